@@ -1,0 +1,156 @@
+# vlmdb - a vector database for image-text retrieval.
+#
+#   make demo      install missing packages, build, run the end-to-end demo
+#   make test      install missing packages, build, run every test
+#   make test T=db run one module's tests (tests/test_db.c)
+#   make asan      the test suite under AddressSanitizer + UBSan
+#   make tsan      the concurrency tests under ThreadSanitizer
+#   make fuzz      libFuzzer targets (run: make fuzz-run SECONDS=600)
+#   make bench     build the benchmarks (bench/*.c -> build/bench/*)
+#   make FAISS_PREFIX=/opt/faiss   link a real libfaiss_c instead of the shim
+
+CC       ?= cc
+CXX      ?= c++
+BUILD    ?= build
+ARCH     ?= -march=native
+OPT      ?= -O2
+SAN      ?=
+CSTD      = -std=c11 -D_GNU_SOURCE
+WARN      = -Wall -Wextra -Werror -Wno-format-truncation -Wno-error=deprecated-declarations
+INCLUDES  = -Icommon -Iembed -Iindex -Idb -Inet -Icli
+PKG_CFLAGS := $(shell pkg-config --cflags jansson libutf8proc libpng libuv 2>/dev/null)
+
+ifeq ($(SAN),asan)
+  SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+  OPT      = -O1
+else ifeq ($(SAN),tsan)
+  SANFLAGS = -fsanitize=thread -fno-omit-frame-pointer
+  OPT      = -O1
+endif
+
+CFLAGS   += $(CSTD) $(OPT) -g $(ARCH) $(WARN) $(INCLUDES) $(PKG_CFLAGS) $(SANFLAGS) -pthread
+CXXFLAGS += -std=c++17 $(OPT) -g $(ARCH) -Wall -Wextra -Iindex $(SANFLAGS) -pthread
+LDFLAGS  += $(SANFLAGS) -pthread
+
+ifdef FAISS_PREFIX
+  CFLAGS   += -I$(FAISS_PREFIX)/include -DVLM_FAISS_REAL_CAPI=1
+  FAISS_LIBS = -L$(FAISS_PREFIX)/lib -Wl,-rpath,$(FAISS_PREFIX)/lib -lfaiss_c -lfaiss
+  SHIM_SRC  =
+else
+  FAISS_LIBS = -lfaiss
+  SHIM_SRC   = $(wildcard index/*.cpp)
+endif
+
+LIBS = -ljansson -lutf8proc -ljpeg -lpng16 -llmdb -lsqlite3 -luv \
+       $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
+TEST_LIBS = -lcmocka -lhiredis
+
+MODULES  = common embed index db net
+LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
+CLI_SRC  = $(wildcard cli/*.c)
+LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(SHIM_SRC:%.cpp=$(BUILD)/obj/%.o)
+CLI_OBJ  = $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_SRC = $(wildcard tests/test_*.c)
+TEST_BIN = $(TEST_SRC:tests/%.c=$(BUILD)/%)
+HELPER_SRC = $(wildcard tests/helpers/*.c)
+HELPER_BIN = $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/helpers/%)
+TEST_UTIL_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/util/*.c))
+BENCH_SRC = $(wildcard bench/*.c)
+BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all deps build test asan tsan fuzz fuzz-run bench demo data clean
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/vlmdb
+
+deps:
+	@sh tools/deps.sh build
+
+build: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) all tests-build
+
+tests-build: $(TEST_BIN) $(HELPER_BIN) $(BUILD)/vlmdb
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libvlm.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/vlmdb: $(CLI_OBJ) $(BUILD)/libvlm.a
+	$(CC) $(LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libvlm.a $(LIBS)
+
+# Tests link the library and the CLI objects (but not cli/main.c's main),
+# so command functions can be tested in process.
+CLI_LIB_OBJ = $(filter-out $(BUILD)/obj/cli/main.o,$(CLI_OBJ))
+
+$(BUILD)/test_%: tests/test_%.c $(BUILD)/libvlm.a $(CLI_LIB_OBJ) $(TEST_UTIL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_UTIL_OBJ) $(CLI_LIB_OBJ) $(BUILD)/libvlm.a $(LDFLAGS) $(LIBS) $(TEST_LIBS)
+
+$(BUILD)/helpers/%: tests/helpers/%.c $(BUILD)/libvlm.a $(TEST_UTIL_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_UTIL_OBJ) $(BUILD)/libvlm.a $(LDFLAGS) $(LIBS) $(TEST_LIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libvlm.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libvlm.a $(LDFLAGS) $(LIBS) -lhiredis
+
+# Run the suite (or one module with T=name).  Each test binary prints
+# cmocka's summary; the last lines sum them up.
+test: build
+	@BUILD=$(BUILD) bash tools/run-tests.sh $(if $(T),$(BUILD)/test_$(T),$(TEST_BIN))
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=asan test
+
+# ThreadSanitizer over the tests that exercise concurrency.
+TSAN_TESTS ?= db net
+tsan: deps
+	@$(MAKE) --no-print-directory BUILD=build-tsan SAN=tsan -j$$(nproc) \
+	  $(TSAN_TESTS:%=build-tsan/test_%) build-tsan/vlmdb
+	@BUILD=build-tsan VLM_TSAN=1 TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" \
+	  bash tools/run-tests.sh $(TSAN_TESTS:%=build-tsan/test_%)
+
+# libFuzzer targets: tests/fuzz/fuzz_*.c, built with clang.
+FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
+fuzz: deps
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CXX=clang++ SAN=fuzz \
+	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" \
+	  OPT=-O1 $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/fuzz/%)
+
+build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libvlm.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
+
+SECONDS ?= 60
+fuzz-run: fuzz
+	@for f in $(FUZZ_SRC:tests/fuzz/%.c=%); do \
+	  mkdir -p build-fuzz/corpus/$$f; \
+	  echo "== $$f ($(SECONDS)s)"; \
+	  build-fuzz/fuzz/$$f -max_total_time=$(SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=build-fuzz/ build-fuzz/corpus/$$f tests/fuzz/corpus/$$f || exit 1; \
+	done
+
+bench: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) $(BENCH_BIN)
+
+data: deps
+	@sh tools/deps.sh data
+	@$(MAKE) --no-print-directory -j$$(nproc) all
+	@sh tools/make-data.sh
+
+demo: build
+	@sh tools/deps.sh data
+	@sh tools/demo.sh
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

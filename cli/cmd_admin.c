@@ -1,0 +1,27 @@
+/* placeholder until the module lands; replaced by the real command. */
+#include "vlm_cli.h"
+int cmd_info(int argc, char **argv) {
+  (void)argc;
+  vlm_cli_error(argv[0], "not available yet");
+  return VLM_EXIT_RUNTIME;
+}
+int cmd_get(int argc, char **argv) {
+  (void)argc;
+  vlm_cli_error(argv[0], "not available yet");
+  return VLM_EXIT_RUNTIME;
+}
+int cmd_delete(int argc, char **argv) {
+  (void)argc;
+  vlm_cli_error(argv[0], "not available yet");
+  return VLM_EXIT_RUNTIME;
+}
+int cmd_export(int argc, char **argv) {
+  (void)argc;
+  vlm_cli_error(argv[0], "not available yet");
+  return VLM_EXIT_RUNTIME;
+}
+int cmd_reindex(int argc, char **argv) {
+  (void)argc;
+  vlm_cli_error(argv[0], "not available yet");
+  return VLM_EXIT_RUNTIME;
+}

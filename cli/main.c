@@ -1,0 +1,61 @@
+/* main.c - the `vlmdb` binary: one table of subcommands. */
+#include "vlm_cli.h"
+
+#include <string.h>
+
+typedef struct {
+  const char *name;
+  vlm_cmd_fn fn;
+  const char *summary;
+} vlm_command;
+
+static const vlm_command commands[] = {
+    {"init", cmd_init, "create a database bound to a model"},
+    {"ingest", cmd_ingest, "bulk-load a catalog (JSONL, CSV/TSV, directory)"},
+    {"search", cmd_search, "search by text, image or stored key"},
+    {"eval", cmd_eval, "measure cross-modal Recall@K"},
+    {"info", cmd_info, "show a database's counts and configuration"},
+    {"get", cmd_get, "print one item by key"},
+    {"delete", cmd_delete, "delete items by key"},
+    {"export", cmd_export, "write the database back out as JSONL"},
+    {"reindex", cmd_reindex, "rebuild the vector index with another kind"},
+    {"serve", cmd_serve, "serve a database over TCP (Redis protocol)"},
+    {"embed", cmd_embed, "print CLIP embeddings of texts and images"},
+    {"tokenize", cmd_tokenize, "print CLIP token ids of texts"},
+    {"train", cmd_train, "train or fine-tune a CLIP model"},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: vlmdb <command> [options]   (vlmdb <command> --help)\n\n"
+             "commands:\n");
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+  fprintf(f, "  %-10s %s\n", "help", "show this list");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return VLM_EXIT_USAGE;
+  }
+  const char *name = argv[1];
+  if (!strcmp(name, "help") || !strcmp(name, "--help") || !strcmp(name, "-h")) {
+    if (argc > 2) {
+      for (size_t i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(argv[2], commands[i].name)) {
+          char *help_argv[] = {argv[2], "--help", NULL};
+          return commands[i].fn(2, help_argv);
+        }
+    }
+    usage(stdout);
+    return VLM_EXIT_OK;
+  }
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (!strcmp(name, commands[i].name))
+      return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "vlmdb: unknown command '%s'\n", name);
+  usage(stderr);
+  return VLM_EXIT_USAGE;
+}

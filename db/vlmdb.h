@@ -1,0 +1,179 @@
+/* vlmdb.h - the vlmdb database: items with CLIP vectors, payloads and
+ * typed metadata, in one directory, answering filtered k-NN queries.
+ *
+ * A database directory holds meta.sqlite (metadata, filters, FTS5),
+ * payload.lmdb/ (payloads and vectors: the source of truth), the FAISS
+ * index file (a checkpoint of LMDB's vectors) and manifest.json.
+ *
+ * Threads: one handle may be shared by many threads.  Searches and gets
+ * run concurrently; writes (put, delete, checkpoint, reindex) are
+ * serialized internally and a search never sees half a batch.
+ * Every function returns 0 or a negative VLM_E* code and on failure sets
+ * vlm_errmsg() with the key, file or expression at fault.
+ */
+#ifndef VLMDB_H
+#define VLMDB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct vlm_db vlm_db;
+
+typedef enum {
+  VLM_FIELD_TEXT = 0,
+  VLM_FIELD_INT = 1,
+  VLM_FIELD_REAL = 2
+} vlm_field_type;
+
+typedef struct {
+  const char *name;    /* [A-Za-z_][A-Za-z0-9_]*, not a reserved name */
+  vlm_field_type type;
+} vlm_field;
+
+/* Parse "name:type" (type text|int|real) into *out; out->name points into
+ * spec.  VLM_EINVAL with a message on a bad spec. */
+int vlm_field_parse(const char *spec, vlm_field *out);
+
+typedef struct {
+  int dim;                   /* vector dimension, required */
+  const char *index_factory; /* NULL = "HNSW32" */
+  const char *model_id;      /* vlm_clip_model_id of the model, required */
+  const char *model_dir;     /* where the model was loaded from (recorded
+                                for information; may be NULL) */
+  const vlm_field *fields;   /* declared metadata fields */
+  int nfields;
+} vlm_db_config;
+
+typedef struct {
+  int readonly;              /* open for reading only */
+  const char *expect_model_id; /* if non-NULL, refuse (VLM_EMISMATCH) a
+                                  database made with another model */
+  uint64_t map_size;         /* LMDB map size; 0 = default (64 GiB) */
+  size_t max_payload;        /* cap on one item's payload bytes; 0 = 16 MiB */
+} vlm_db_open_options;
+
+/* Create a new database in dir (created if missing, must be empty). */
+int vlm_db_create(const char *dir, const vlm_db_config *config,
+                  vlm_db **out);
+/* Open an existing database, recovering from a crash if needed (see the
+ * README's data-safety section).  opts may be NULL. */
+int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
+                vlm_db **out);
+/* Checkpoint (unless readonly) and close.  Accepts NULL. */
+void vlm_db_close(vlm_db *db);
+
+/* One item to write.  At least one vector is required. */
+typedef struct {
+  const char *key;         /* unique, non-empty UTF-8, at most 511 bytes */
+  const float *image_vec;  /* dim floats or NULL */
+  const float *text_vec;   /* dim floats or NULL */
+  const char *caption;     /* text of the item, indexed by FTS5; may be NULL */
+  const char *source;      /* source URI or path; may be NULL */
+  const void *thumb;       /* JPEG thumbnail bytes; may be NULL */
+  size_t thumb_len;
+  const char *meta_json;   /* JSON object or NULL: declared fields become
+                              SQLite columns, all of it stays in the
+                              payload */
+} vlm_item;
+
+/* put flags */
+#define VLM_PUT_UPSERT 1u    /* replace an existing key (else it is skipped) */
+
+/* Write a batch atomically and durably: when put returns 0, every item is
+ * committed in all stores and survives kill -9 or power loss.  A key that
+ * already exists is skipped (or replaced with VLM_PUT_UPSERT).  Items
+ * that fail validation (bad key, NaN vector, payload too big, duplicate key
+ * within the batch, wrong meta type) fail the whole batch with an error
+ * naming the key, and nothing is written.  *written (may be NULL) gets the
+ * number of items inserted or replaced. */
+int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
+               int *written);
+
+/* Delete keys (missing keys are ignored); *deleted (may be NULL) gets how
+ * many existed.  Atomic and durable like put. */
+int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted);
+
+/* 1 if key exists, 0 if not, negative on error. */
+int vlm_db_exists(vlm_db *db, const char *key);
+
+/* A stored item, owned by the caller: free with vlm_record_free. */
+typedef struct {
+  char *key;
+  int dim;
+  float *image_vec;   /* NULL if absent */
+  float *text_vec;    /* NULL if absent */
+  char *caption;      /* NULL if absent */
+  char *source;       /* NULL if absent */
+  uint8_t *thumb;     /* NULL if absent */
+  size_t thumb_len;
+  char *meta_json;    /* the item's metadata object, "{}" if none */
+} vlm_record;
+
+/* Get an item by key; VLM_ENOTFOUND if absent. */
+int vlm_db_get(vlm_db *db, const char *key, vlm_record **out);
+void vlm_record_free(vlm_record *rec); /* accepts NULL */
+
+typedef enum {
+  VLM_TARGET_ANY = 0,   /* match image and text vectors (best per key) */
+  VLM_TARGET_IMAGE = 1,
+  VLM_TARGET_TEXT = 2
+} vlm_target;
+
+typedef struct {
+  int k;                  /* results wanted, 1..10000 */
+  const char *filter;     /* SQL boolean expression over declared fields and
+                             `key`, or NULL */
+  vlm_target target;
+  int ef_search;          /* 0 = default */
+  int nprobe;             /* 0 = default */
+  int exact;              /* 1 = brute force over LMDB vectors (an oracle) */
+  const char *hybrid_text;/* if non-NULL, fuse BM25 over captions for this
+                             query text with the vector ranking (RRF) */
+  float hybrid_weight;    /* weight of BM25 in the fusion, 0..1; 0 = 0.5 */
+} vlm_search_options;
+
+typedef struct {
+  char *key;
+  float score;            /* cosine similarity, or fused score in hybrid */
+  vlm_target modality;    /* which vector matched (IMAGE or TEXT) */
+} vlm_hit;
+
+/* Search by vector (may be NULL only for a pure BM25 query with
+ * hybrid_text set).  *hits is malloc'd, sorted by descending score, one
+ * hit per key; free with vlm_hits_free. */
+int vlm_db_search(vlm_db *db, const float *query,
+                  const vlm_search_options *opts, vlm_hit **hits,
+                  int *nhits);
+void vlm_hits_free(vlm_hit *hits, int nhits); /* accepts NULL */
+
+typedef struct {
+  int64_t items;          /* keys */
+  int64_t image_vectors;
+  int64_t text_vectors;
+  int64_t index_vectors;  /* vectors in the FAISS index */
+  int dim;
+  char index_factory[128];
+  char model_id[80];
+  char model_dir[512];
+  int format_version;
+  int nfields;
+  vlm_field_type field_types[64];
+  char field_names[64][64];
+  uint64_t disk_bytes;
+} vlm_db_info;
+
+int vlm_db_stat(vlm_db *db, vlm_db_info *info);
+
+/* Write the FAISS index file now (it records the last change it holds). */
+int vlm_db_checkpoint(vlm_db *db);
+
+/* Rebuild the index with another factory string, training it from the
+ * stored vectors when needed; the manifest is updated atomically. */
+int vlm_db_reindex(vlm_db *db, const char *factory);
+
+/* Visit every item in key order (for export and eval).  A non-zero return
+ * from fn stops the walk and is returned. */
+typedef int (*vlm_db_visit_fn)(const vlm_record *rec, void *arg);
+int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg);
+
+#endif

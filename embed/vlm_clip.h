@@ -1,0 +1,97 @@
+/* vlm_clip.h - CLIP inference: load a checkpoint, tokenize, preprocess,
+ * and encode texts and images into vectors of one shared space.
+ *
+ * A vlm_clip is loaded once and is then read-only: any number of threads
+ * may call the encode and tokenize functions on one handle at the same
+ * time (each call allocates its own scratch).  vlm_clip_free must not race
+ * with other calls.  Every function returns 0 or a negative VLM_E* code
+ * and on failure sets vlm_errmsg() with the file, tensor or field at fault.
+ */
+#ifndef VLM_CLIP_H
+#define VLM_CLIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct vlm_clip vlm_clip;
+
+/* How an image with an alpha channel becomes RGB. */
+typedef enum {
+  VLM_ALPHA_DROP = 0,  /* as the reference (PIL convert("RGB")): ignore alpha */
+  VLM_ALPHA_WHITE = 1  /* composite onto white first */
+} vlm_alpha_mode;
+
+typedef struct {
+  int threads;              /* compute threads per call; 0 = all cores */
+  vlm_alpha_mode alpha;     /* default VLM_ALPHA_DROP */
+  uint64_t max_pixels;      /* decoded width*height cap; 0 = 64 Mpx default */
+} vlm_clip_options;
+
+/* Encode flags. */
+#define VLM_CLIP_RAW 1u /* return the projection output, not L2-normalized */
+
+/* Load a CLIP model from a directory holding config.json and
+ * model.safetensors (Hugging Face names) or open_clip_model.safetensors
+ * (original names), vocab.json + merges.txt, optional
+ * preprocessor_config.json.  opts may be NULL for defaults. */
+int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
+                  vlm_clip **out);
+void vlm_clip_free(vlm_clip *clip); /* accepts NULL */
+
+int vlm_clip_dim(const vlm_clip *clip);            /* projection dim */
+int vlm_clip_image_size(const vlm_clip *clip);     /* input side, pixels */
+int vlm_clip_context_length(const vlm_clip *clip); /* text positions */
+
+/* A stable identity of the loaded weights and geometry: a hex digest
+ * (64 chars + NUL) of config and tensor bytes.  Databases record it so
+ * vectors from different models are never mixed. */
+const char *vlm_clip_model_id(const vlm_clip *clip);
+
+/* Tokenize one UTF-8 text: start token, BPE ids, end token, truncated to
+ * the context length with the end token kept last.  Writes up to max_ids
+ * ids and the count to *n_ids.  Invalid UTF-8 gives VLM_EFORMAT. */
+int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
+                      int max_ids, int *n_ids);
+
+/* Encode n texts into out[n * dim]. */
+int vlm_clip_encode_texts(const vlm_clip *clip, const char *const *texts,
+                          int n, unsigned flags, float *out);
+
+/* Decode and preprocess one encoded image (JPEG or PNG bytes) into
+ * pixels[3 * S * S] (S = vlm_clip_image_size), normalized, CHW.  Thread
+ * safe; this is the per-image step a pipeline runs in its decode workers. */
+int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
+                        float *pixels);
+int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
+                             float *pixels);
+
+/* Encode n preprocessed images, pixels[n * 3 * S * S], into out[n * dim]. */
+int vlm_clip_encode_pixels(const vlm_clip *clip, const float *pixels, int n,
+                           unsigned flags, float *out);
+
+/* Decode + preprocess + encode, from files or memory buffers.  If any
+ * image fails, nothing is written to out and the error names the input. */
+int vlm_clip_encode_images(const vlm_clip *clip, const char *const *paths,
+                           int n, unsigned flags, float *out);
+int vlm_clip_encode_image_buffers(const vlm_clip *clip,
+                                  const void *const *data, const size_t *lens,
+                                  int n, unsigned flags, float *out);
+
+/* Decoded 8-bit RGB image, for thumbnails and training augmentation. */
+typedef struct {
+  int w, h;
+  uint8_t *rgb; /* w * h * 3, row-major */
+} vlm_image;
+
+/* Decode JPEG/PNG bytes to RGB8 (alpha handled as opts->alpha says;
+ * max_pixels enforced before allocation).  Free with vlm_image_free. */
+int vlm_image_decode(const void *data, size_t len,
+                     const vlm_clip_options *opts, vlm_image *out);
+void vlm_image_free(vlm_image *img); /* accepts NULL and zeroed images */
+
+/* Encode img as a baseline JPEG whose longest side is at most max_side
+ * (downscaled with antialiasing; never upscaled).  *jpeg is malloc'd. */
+int vlm_image_thumbnail_jpeg(const vlm_image *img, int max_side, int quality,
+                             uint8_t **jpeg, size_t *len);
+
+#endif
