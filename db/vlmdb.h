@@ -44,12 +44,26 @@ typedef struct {
   int nfields;
 } vlm_db_config;
 
+/* Receives warnings of open (an index file rebuilt from LMDB, recovery
+ * replayed batches).  Called on the opening thread. */
+typedef void (*vlm_db_warn_fn)(void *arg, const char *msg);
+
 typedef struct {
   int readonly;              /* open for reading only */
   const char *expect_model_id; /* if non-NULL, refuse (VLM_EMISMATCH) a
                                   database made with another model */
   uint64_t map_size;         /* LMDB map size; 0 = default (64 GiB) */
   size_t max_payload;        /* cap on one item's payload bytes; 0 = 16 MiB */
+  /* Fields added later; zero keeps the default. */
+  int expect_dim;            /* if non-zero, refuse (VLM_EMISMATCH) a
+                                database of another dimension */
+  vlm_db_warn_fn warn;       /* NULL = print warnings to stderr as
+                                "vlmdb: warning: ..." */
+  void *warn_arg;
+  int async_index;           /* 1 = put returns once LMDB and SQLite are
+                                committed; a background thread adds the
+                                vectors to FAISS (searches cover the
+                                not-yet-indexed tail exactly meanwhile) */
 } vlm_db_open_options;
 
 /* Create a new database in dir (created if missing, must be empty). */
@@ -160,9 +174,21 @@ typedef struct {
   vlm_field_type field_types[64];
   char field_names[64][64];
   uint64_t disk_bytes;
+  /* Fields added later. */
+  uint64_t seq;           /* last committed batch */
+  int64_t pending_vectors;/* committed vectors not yet in FAISS (searched
+                             exactly) */
+  int64_t tombstones;     /* deleted vectors still in FAISS (skipped) */
+  int index_trained;      /* 0 while an IVF/PQ index waits for enough
+                             vectors (searches are exact meanwhile) */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);
+
+/* Check that the three stores agree: every LMDB item has its SQLite row
+ * (same id and key) and FTS row, counts match, and the FAISS side covers
+ * every live vector.  0, or VLM_ECORRUPT naming the first disagreement. */
+int vlm_db_verify(vlm_db *db);
 
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);
