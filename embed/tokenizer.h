@@ -24,6 +24,9 @@ void vlm__tokenizer_free(vlm__tokenizer *tok); /* accepts NULL */
 int32_t vlm__tokenizer_bos(const vlm__tokenizer *tok); /* <|startoftext|> */
 int32_t vlm__tokenizer_eos(const vlm__tokenizer *tok); /* <|endoftext|> */
 int vlm__tokenizer_vocab_size(const vlm__tokenizer *tok);
+/* Id of a vocabulary entry given as its byte-encoded string (as in
+ * vocab.json, e.g. "hello</w>"), or -1 if there is none. */
+int32_t vlm__tokenizer_lookup(const vlm__tokenizer *tok, const char *piece);
 
 /* Tokenize UTF-8 text into at most min(context_length, max_ids) ids,
  * bos first and eos last (eos kept when truncating).  Invalid UTF-8 gives
