@@ -1,0 +1,118 @@
+/* train_model.h - the trainable CLIP: parameter layout under Hugging Face
+ * names, and forward/backward of the whole model (internal to embed/).
+ *
+ * All base parameters live in one array of `total` elements; each tensor
+ * has a name, shape and offset in the layout's table (llm.c style).  The
+ * q, k and v projections of a layer are adjacent, so together they are
+ * one [3C, C] matrix (and one [3C] bias).  LoRA adapters, when enabled,
+ * live in a second array with their own table.
+ *
+ * The model is compiled for float (training) and double (gradient
+ * checks) from train_model_tmpl.h; both share one layout.
+ */
+#ifndef VLM_TRAIN_MODEL_H
+#define VLM_TRAIN_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "train_kernels.h"
+
+typedef struct {
+  char name[112];   /* Hugging Face name */
+  int ndim;         /* 0 for the scalar logit_scale */
+  int64_t shape[4];
+  size_t offset, numel;
+  int decay;        /* AdamW weight decay applies (matrices, not norms,
+                       biases, embeddings or logit_scale) */
+} vlm__tparam;
+
+enum { VLM__LORA_Q, VLM__LORA_K, VLM__LORA_V, VLM__LORA_O, VLM__LORA_FC1,
+       VLM__LORA_FC2, VLM__LORA_N };
+
+typedef struct {
+  size_t ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b;
+  size_t fc1_w, fc1_b, fc2_w, fc2_b;
+  size_t lora_a[VLM__LORA_N], lora_b[VLM__LORA_N]; /* into the lora array */
+} vlm__tlayer;
+
+typedef struct {
+  vlm__clip_config cfg;
+  int vision_tokens;  /* (image_size / patch_size)^2 + 1 */
+  /* base parameters */
+  vlm__tparam *params;
+  int nparams;
+  size_t total;
+  size_t patch_w, cls, vpos, pre_ln_w, pre_ln_b, post_ln_w, post_ln_b, vproj;
+  size_t tok, tpos, final_ln_w, final_ln_b, tproj, logit_scale;
+  vlm__tlayer *vlayers, *tlayers;
+  /* LoRA (rank 0 = none) */
+  int lora_rank;
+  float lora_alpha, lora_scale; /* scale = alpha / rank */
+  vlm__tparam *lora;
+  int nlora;
+  size_t lora_total;
+} vlm__tlayout;
+
+/* Check the geometry (divisibility, positive sizes) and build the table. */
+int vlm__tlayout_create(const vlm__clip_config *cfg, int lora_rank,
+                        float lora_alpha, vlm__tlayout **out);
+void vlm__tlayout_free(vlm__tlayout *layout); /* accepts NULL */
+/* The parameter named name (base table), or NULL. */
+const vlm__tparam *vlm__tlayout_find(const vlm__tlayout *layout,
+                                     const char *name);
+/* Fill the layout's config with the Hugging Face defaults of a CLIP
+ * ViT-B/32 (what a config.json may omit). */
+void vlm__tconfig_defaults(vlm__clip_config *cfg);
+
+/* Floating-point operations of one training step (forward + backward)
+ * over B pairs with text_tokens tokens in all; matmuls only. */
+double vlm__tmodel_step_flops(const vlm__tlayout *layout, int B,
+                              int64_t text_tokens);
+
+/* A batch of texts: ids of sequence b at ids[off[b] .. off[b]+len[b]),
+ * bos first and eos last (pooling reads the last position). */
+typedef struct {
+  int n;
+  const int32_t *ids;
+  const int *off, *len;
+} vlm__ttexts;
+
+#define VLM__TM_DECLARE(real, SFX)                                            \
+  typedef struct vlm__tmodel_##SFX vlm__tmodel_##SFX;                        \
+  /* Activations for up to max_batch pairs and max_text_tokens tokens.     \
+   * with_grads = 0: no gradient arrays (evaluation only).  The model     \
+   * borrows layout and pool, which must outlive it. */                    \
+  int vlm__tmodel_create_##SFX(const vlm__tlayout *layout, vlm__tpool *pool, \
+                               int max_batch, int64_t max_text_tokens,       \
+                               int with_grads, vlm__tmodel_##SFX **out);     \
+  void vlm__tmodel_free_##SFX(vlm__tmodel_##SFX *m);                         \
+  /* The parameter and gradient arrays (layout->total and ->lora_total    \
+   * elements; grads NULL without with_grads; lora NULL without LoRA). */  \
+  real *vlm__tmodel_params_##SFX(vlm__tmodel_##SFX *m);                      \
+  real *vlm__tmodel_grads_##SFX(vlm__tmodel_##SFX *m);                       \
+  real *vlm__tmodel_lora_##SFX(vlm__tmodel_##SFX *m);                        \
+  real *vlm__tmodel_lora_grads_##SFX(vlm__tmodel_##SFX *m);                  \
+  /* Freeze the base weights (gradients only for LoRA); default with LoRA. */\
+  void vlm__tmodel_freeze_base_##SFX(vlm__tmodel_##SFX *m, int frozen);      \
+  /* Encode B images, pixels[B,3,S,S] -> emb[B,D], L2-normalized (emb may  \
+   * be NULL: the result stays in the model for the loss). */               \
+  void vlm__tmodel_images_##SFX(vlm__tmodel_##SFX *m, const real *pixels,    \
+                                int B, real *emb);                           \
+  void vlm__tmodel_texts_##SFX(vlm__tmodel_##SFX *m, const vlm__ttexts *t,   \
+                               real *emb);                                   \
+  /* Unnormalized projection outputs of the last images/texts call [B,D]. */ \
+  const real *vlm__tmodel_image_proj_##SFX(const vlm__tmodel_##SFX *m);      \
+  const real *vlm__tmodel_text_proj_##SFX(const vlm__tmodel_##SFX *m);       \
+  /* Contrastive loss of the last images + texts calls (same B). */          \
+  real vlm__tmodel_loss_##SFX(vlm__tmodel_##SFX *m);                         \
+  /* Add the gradients of the last loss to the gradient arrays (zero them  \
+   * first with vlm__tmodel_zero_grads). */                                 \
+  void vlm__tmodel_backward_##SFX(vlm__tmodel_##SFX *m);                     \
+  void vlm__tmodel_zero_grads_##SFX(vlm__tmodel_##SFX *m);
+
+VLM__TM_DECLARE(float, f32)
+VLM__TM_DECLARE(double, f64)
+
+#endif
