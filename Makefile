@@ -102,6 +102,25 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libvlm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libvlm.a $(LDFLAGS) $(LIBS) -lhiredis
 
+# Catalog builders for `make data` (tools/<x>.c -> $(BUILD)/tools/<x>), with
+# their shared code in tools/lib/ (also linked into tests/test_data.c).
+TOOL_SRC = $(wildcard tools/*.c)
+TOOL_BIN = $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
+TOOL_LIB_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/lib/*.c))
+TOOL_CFLAGS := $(shell pkg-config --cflags libxml-2.0 zlib 2>/dev/null || echo -I/usr/include/libxml2)
+TOOL_LIBS := $(shell pkg-config --libs libxml-2.0 zlib 2>/dev/null || echo -lxml2 -lz)
+
+$(BUILD)/obj/tools/%.o: CFLAGS += -Itools $(TOOL_CFLAGS)
+
+$(BUILD)/tools/%: tools/%.c tools/vlm_data.h $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itools $(TOOL_CFLAGS) -o $@ $< $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o $(LDFLAGS) $(TOOL_LIBS) $(LIBS)
+
+# The builders need only the error list from the library.
+$(BUILD)/test_data: tests/test_data.c tools/vlm_data.h $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests -Itools -o $@ $< $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o $(LDFLAGS) $(TOOL_LIBS) $(LIBS) $(TEST_LIBS)
+
 # Run the suite (or one module with T=name).  Each test binary prints
 # cmocka's summary; the last lines sum them up.
 test: build
@@ -143,8 +162,8 @@ bench: deps
 
 data: deps
 	@sh tools/deps.sh data
-	@$(MAKE) --no-print-directory -j$$(nproc) all
-	@sh tools/make-data.sh
+	@$(MAKE) --no-print-directory -j$$(nproc) all $(TOOL_BIN)
+	@BUILD=$(BUILD) sh tools/make-data.sh
 
 demo: build
 	@sh tools/deps.sh data
