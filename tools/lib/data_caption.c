@@ -683,7 +683,13 @@ int vlm_data_caption_build(const vlm_data_svg_meta *meta, const char *stem,
     char *kw;
     if ((rc = keyword_clean(meta->keywords[i], &kw))) goto fail;
     if (!kw) continue;
-    int dup = 0;
+    char *kw_folded = fold(kw);
+    if (!kw_folded) {
+      free(kw);
+      goto nomem;
+    }
+    int dup = !strcmp(kw_folded, creator_folded);   /* the author's name */
+    free(kw_folded);
     for (int j = 0; j < out->nkeywords && !dup; j++)
       dup = !strcmp(out->keywords[j], kw);
     if (dup) free(kw);
