@@ -36,4 +36,24 @@ const vlm__clip_config *vlm__clip_get_config(const vlm_clip *clip);
 const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
                               int64_t *numel);
 
+/* Load with an explicit weights file (model.safetensors or
+ * open_clip_model.safetensors, or any file in either layout); dir supplies
+ * config.json, open_clip_config.json, preprocessor_config.json and the
+ * tokenizer files, each when present.  vlm_clip_load is this with the
+ * file found in dir.  Tests use it to load both layouts of one fixture. */
+int vlm__clip_load_weights(const char *dir, const char *weights_path,
+                           const vlm_clip_options *opts, vlm_clip **out);
+
+/* Encode n token sequences (the text tower alone): ids[i] holds n_ids[i]
+ * ids, start and end tokens included, 1 <= n_ids[i] <= context_length,
+ * each id < vocab_size.  The sequence is pooled at its end token as the
+ * reference finds it: the argmax of the ids (the first end token, the
+ * largest id of CLIP's vocabulary); when a config's eos_token_id is not
+ * the largest id, its first occurrence (as Hugging Face does).  Only
+ * positions up to that one are computed.  out[n * dim]; flags as for
+ * vlm_clip_encode_texts.  Thread safe like the public encoders. */
+int vlm__clip_encode_tokens(const vlm_clip *clip, const int32_t *const *ids,
+                            const int *n_ids, int n, unsigned flags,
+                            float *out);
+
 #endif

@@ -1,0 +1,376 @@
+/* clip.c - the public vlm_clip_* API: loading, the model id, and batched
+ * encoding on top of the towers in forward.c. */
+#include <cblas.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clip_int.h"
+#include "kernels.h"
+#include "sha256.h"
+#include "tokenizer.h"
+#include "vlm_error.h"
+
+/* Sequences are encoded in groups of about this many rows: big enough
+ * that each GEMM runs near peak, small enough that activations stay a few
+ * tens of MB whatever n the caller passes. */
+#define ROWS_PER_PASS 1024
+
+static int file_exists(const char *path) { return access(path, F_OK) == 0; }
+
+static int cpu_count(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+int vlm__clip_load_weights(const char *dir, const char *weights_path,
+                           const vlm_clip_options *opts, vlm_clip **out) {
+  int rc = 0;
+  char path[PATH_MAX];
+  if (!out)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_load: out is NULL");
+  *out = NULL;
+  if (!dir || !weights_path)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_load: no model directory");
+  vlm_clip *clip = calloc(1, sizeof *clip);
+  if (!clip)
+    return vlm_seterr(VLM_ENOMEM, "%s: out of memory", dir);
+  pthread_mutex_init(&clip->id_lock, NULL);
+  if (opts)
+    clip->opts = *opts;
+  clip->threads = clip->opts.threads > 0 ? clip->opts.threads : cpu_count();
+  if (clip->threads > 64)
+    clip->threads = 64;
+
+  /* Geometry: config.json states all of it; without it (original layout
+   * only) open_clip_config.json may state some, the shapes give the rest. */
+  vlm__clip_config *cfg = &clip->cfg;
+  vlm__config_defaults(cfg);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  int have_config = file_exists(path);
+  vlm__preprocess_cfg oc_pp;
+  vlm__pp_defaults(&oc_pp, 0);
+  if (have_config) {
+    if ((rc = vlm__config_read_hf(path, cfg)))
+      goto fail;
+  } else {
+    cfg->vision_width = cfg->vision_layers = cfg->vision_heads = 0;
+    cfg->vision_mlp = cfg->image_size = cfg->patch_size = 0;
+    cfg->text_width = cfg->text_layers = cfg->text_heads = cfg->text_mlp = 0;
+    cfg->vocab_size = cfg->context_length = cfg->projection_dim = 0;
+    snprintf(path, sizeof path, "%s/open_clip_config.json", dir);
+    if (file_exists(path) &&
+        (rc = vlm__config_read_open_clip(path, cfg, &oc_pp)))
+      goto fail;
+  }
+  if ((rc = vlm__weights_load(clip, weights_path)))
+    goto fail;
+
+  /* Preprocessing: CLIP's defaults, open_clip's mean/std, then
+   * preprocessor_config.json. */
+  vlm__preprocess_cfg *pp = &clip->pp;
+  vlm__pp_defaults(pp, cfg->image_size);
+  memcpy(pp->mean, oc_pp.mean, sizeof pp->mean);
+  memcpy(pp->std, oc_pp.std, sizeof pp->std);
+  snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+  if (file_exists(path) && (rc = vlm__config_read_preprocessor(path, pp)))
+    goto fail;
+  if (pp->crop != cfg->image_size) {
+    rc = vlm_seterr(VLM_EMISMATCH, "%s: crop_size %d does not match the "
+                    "model's image_size %d", path, pp->crop, cfg->image_size);
+    goto fail;
+  }
+  memcpy(cfg->mean, pp->mean, sizeof cfg->mean);
+  memcpy(cfg->std, pp->std, sizeof cfg->std);
+  pp->alpha = clip->opts.alpha;
+  pp->max_pixels = clip->opts.max_pixels;
+
+  /* Tokenizer: the Hugging Face files, else CLIP's original merges. */
+  char merges[PATH_MAX];
+  snprintf(path, sizeof path, "%s/vocab.json", dir);
+  snprintf(merges, sizeof merges, "%s/merges.txt", dir);
+  if (file_exists(path) || file_exists(merges)) {
+    rc = vlm__tokenizer_load(path, merges, &clip->tok);
+  } else {
+    snprintf(path, sizeof path, "%s/bpe_simple_vocab_16e6.txt.gz", dir);
+    if (file_exists(path))
+      rc = vlm__tokenizer_load_bpe_gz(path, &clip->tok);
+    else
+      rc = vlm_seterr(VLM_ENOTFOUND, "%s: no tokenizer (vocab.json and "
+                      "merges.txt, or bpe_simple_vocab_16e6.txt.gz)", dir);
+  }
+  if (rc)
+    goto fail;
+  if (vlm__tokenizer_vocab_size(clip->tok) > cfg->vocab_size) {
+    rc = vlm_seterr(VLM_EMISMATCH, "%s: the tokenizer has %d ids but the "
+                    "model's token embedding only %d", dir,
+                    vlm__tokenizer_vocab_size(clip->tok), cfg->vocab_size);
+    goto fail;
+  }
+
+  clip->weights_path = strdup(weights_path);
+  if (!clip->weights_path) {
+    rc = vlm_seterr(VLM_ENOMEM, "%s: out of memory", dir);
+    goto fail;
+  }
+  /* The towers split work over their own threads and call sgemm from
+   * each; OpenBLAS's own pool (one per process) would multiply that and
+   * serialize concurrent callers, so it runs single-threaded. */
+  openblas_set_num_threads(1);
+  *out = clip;
+  return 0;
+
+fail:
+  vlm_clip_free(clip);
+  return rc;
+}
+
+int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
+                  vlm_clip **out) {
+  char path[PATH_MAX];
+  if (out)
+    *out = NULL;
+  if (!dir || !out)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_load: NULL argument");
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  if (!file_exists(path)) {
+    snprintf(path, sizeof path, "%s/open_clip_model.safetensors", dir);
+    if (!file_exists(path))
+      return vlm_seterr(VLM_ENOTFOUND, "%s: no model.safetensors or "
+                        "open_clip_model.safetensors", dir);
+  }
+  return vlm__clip_load_weights(dir, path, opts, out);
+}
+
+void vlm_clip_free(vlm_clip *clip) {
+  if (!clip)
+    return;
+  vlm__weights_free(clip);
+  vlm__tokenizer_free(clip->tok);
+  free(clip->weights_path);
+  pthread_mutex_destroy(&clip->id_lock);
+  free(clip);
+}
+
+int vlm_clip_dim(const vlm_clip *clip) {
+  return clip ? clip->cfg.projection_dim : 0;
+}
+
+int vlm_clip_image_size(const vlm_clip *clip) {
+  return clip ? clip->cfg.image_size : 0;
+}
+
+int vlm_clip_context_length(const vlm_clip *clip) {
+  return clip ? clip->cfg.context_length : 0;
+}
+
+/* ---- model id ------------------------------------------------------------ */
+
+/* SHA-256 of a versioned text of the geometry and preprocessing, then
+ * every tensor in name order: its Hugging Face name, element count, and
+ * F32 little-endian values.  The values are the ones the towers use, so
+ * the two layouts of one model, or its F16 and F32 files, share an id. */
+static void compute_model_id(vlm_clip *clip) {
+  const vlm__clip_config *c = &clip->cfg;
+  vlm__sha256 s;
+  vlm__sha256_init(&s);
+  char text[1024];
+  int n = snprintf(
+      text, sizeof text,
+      "vlmdb clip model id v1\n"
+      "vision %d %d %d %d image %d patch %d act %d eps %.9g\n"
+      "text %d %d %d %d vocab %d ctx %d act %d eps %.9g bos %d eos %d\n"
+      "proj %d\n"
+      "mean %.9g %.9g %.9g std %.9g %.9g %.9g resize %d crop %d\n",
+      c->vision_width, c->vision_layers, c->vision_heads, c->vision_mlp,
+      c->image_size, c->patch_size, c->vision_quick_gelu, c->vision_eps,
+      c->text_width, c->text_layers, c->text_heads, c->text_mlp,
+      c->vocab_size, c->context_length, c->text_quick_gelu, c->text_eps,
+      c->bos_id, c->eos_id, c->projection_dim, clip->pp.mean[0],
+      clip->pp.mean[1], clip->pp.mean[2], clip->pp.std[0], clip->pp.std[1],
+      clip->pp.std[2], clip->pp.resize, clip->pp.crop);
+  vlm__sha256_update(&s, text, (size_t)n);
+  for (int i = 0; i < clip->n_named; i++) {
+    const vlm__named_tensor *t = &clip->named[i];
+    uint8_t count[8];
+    for (int b = 0; b < 8; b++)
+      count[b] = (uint8_t)((uint64_t)t->numel >> (8 * b));
+    vlm__sha256_update(&s, t->name, strlen(t->name) + 1);
+    vlm__sha256_update(&s, count, sizeof count);
+    /* x86-64 and every other host we build on is little-endian. */
+    vlm__sha256_update(&s, t->data, (size_t)t->numel * sizeof(float));
+  }
+  uint8_t digest[32];
+  vlm__sha256_final(&s, digest, clip->model_id);
+}
+
+const char *vlm_clip_model_id(const vlm_clip *clip) {
+  if (!clip)
+    return NULL;
+  vlm_clip *m = (vlm_clip *)clip; /* the id is computed once, on demand */
+  pthread_mutex_lock(&m->id_lock);
+  if (!m->id_done) {
+    compute_model_id(m);
+    m->id_done = 1;
+  }
+  pthread_mutex_unlock(&m->id_lock);
+  return m->model_id;
+}
+
+/* ---- text ---------------------------------------------------------------- */
+
+/* Position of the end token the reference pools at. */
+static int pool_position(const vlm__clip_config *cfg, const int32_t *ids,
+                         int n) {
+  if (cfg->eos_id != 2) /* 2: legacy configs, where HF uses argmax too */
+    for (int i = 0; i < n; i++)
+      if (ids[i] == cfg->eos_id)
+        return i;
+  int best = 0;
+  for (int i = 1; i < n; i++)
+    if (ids[i] > ids[best])
+      best = i;
+  return best;
+}
+
+static void finish(const vlm_clip *clip, float *out, int n, unsigned flags) {
+  if (flags & VLM_CLIP_RAW)
+    return;
+  int D = clip->cfg.projection_dim;
+  for (int i = 0; i < n; i++)
+    vlm__l2_normalize(out + (size_t)i * D, D);
+}
+
+int vlm__clip_encode_tokens(const vlm_clip *clip, const int32_t *const *ids,
+                            const int *n_ids, int n, unsigned flags,
+                            float *out) {
+  if (!clip || n < 0 || (n > 0 && (!ids || !n_ids || !out)))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_encode: NULL argument");
+  const vlm__clip_config *cfg = &clip->cfg;
+  int rc = 0;
+  int *len = malloc((size_t)(n ? n : 1) * sizeof *len);
+  if (!len)
+    return vlm_seterr(VLM_ENOMEM, "out of memory");
+  for (int i = 0; i < n; i++) {
+    if (!ids[i] || n_ids[i] < 1 || n_ids[i] > cfg->context_length) {
+      rc = vlm_seterr(VLM_EINVAL, "text %d: %d tokens (must be 1..%d)", i,
+                      n_ids[i], cfg->context_length);
+      goto done;
+    }
+    for (int t = 0; t < n_ids[i]; t++)
+      if (ids[i][t] < 0 || ids[i][t] >= cfg->vocab_size) {
+        rc = vlm_seterr(VLM_EINVAL, "text %d: token %d is id %d, outside the "
+                        "vocabulary (%d)", i, t, (int)ids[i][t],
+                        cfg->vocab_size);
+        goto done;
+      }
+    /* Causal attention: positions after the pooled one cannot change it. */
+    len[i] = pool_position(cfg, ids[i], n_ids[i]) + 1;
+  }
+  const int D = cfg->projection_dim;
+  for (int i = 0; i < n;) {
+    int j = i, rows = 0;
+    while (j < n && (j == i || rows + len[j] <= ROWS_PER_PASS))
+      rows += len[j++];
+    if ((rc = vlm__text_forward(clip, ids + i, len + i, j - i,
+                                out + (size_t)i * D)))
+      goto done;
+    i = j;
+  }
+  finish(clip, out, n, flags);
+done:
+  free(len);
+  return rc;
+}
+
+int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
+                      int max_ids, int *n_ids) {
+  if (n_ids)
+    *n_ids = 0;
+  if (!clip || !text || !ids || !n_ids || max_ids < 2)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_tokenize: NULL argument or "
+                      "max_ids < 2");
+  return vlm__tokenize(clip->tok, text, clip->cfg.context_length, ids,
+                       max_ids, n_ids);
+}
+
+int vlm_clip_encode_texts(const vlm_clip *clip, const char *const *texts,
+                          int n, unsigned flags, float *out) {
+  if (!clip || n < 0 || (n > 0 && (!texts || !out)))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_encode_texts: NULL argument");
+  if (n == 0)
+    return 0;
+  const int ctx = clip->cfg.context_length;
+  int32_t *buf = malloc((size_t)n * ctx * sizeof *buf);
+  int32_t **ids = malloc((size_t)n * sizeof *ids);
+  int *n_ids = malloc((size_t)n * sizeof *n_ids);
+  int rc = 0;
+  if (!buf || !ids || !n_ids) {
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory for %d texts", n);
+    goto done;
+  }
+  for (int i = 0; i < n; i++) {
+    ids[i] = buf + (size_t)i * ctx;
+    if ((rc = vlm_clip_tokenize(clip, texts[i], ids[i], ctx, &n_ids[i])))
+      goto done;
+  }
+  rc = vlm__clip_encode_tokens(clip, (const int32_t *const *)ids, n_ids, n,
+                               flags, out);
+done:
+  free(buf);
+  free(ids);
+  free(n_ids);
+  return rc;
+}
+
+/* ---- images -------------------------------------------------------------- */
+
+int vlm_clip_encode_pixels(const vlm_clip *clip, const float *pixels, int n,
+                           unsigned flags, float *out) {
+  if (!clip || n < 0 || (n > 0 && (!pixels || !out)))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_encode_pixels: NULL argument");
+  const vlm__clip_config *cfg = &clip->cfg;
+  const int G = cfg->image_size / cfg->patch_size;
+  const size_t per_image = (size_t)3 * cfg->image_size * cfg->image_size;
+  int batch = ROWS_PER_PASS / (G * G + 1);
+  if (batch < 1)
+    batch = 1;
+  for (int i = 0; i < n; i += batch) {
+    int m = n - i < batch ? n - i : batch;
+    int rc = vlm__vision_forward(clip, pixels + (size_t)i * per_image, m,
+                                 out + (size_t)i * cfg->projection_dim);
+    if (rc)
+      return rc;
+  }
+  finish(clip, out, n, flags);
+  return 0;
+}
+
+int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
+                        float *pixels) {
+  (void)clip, (void)data, (void)len, (void)pixels;
+  return vlm_seterr(VLM_EUNSUPPORTED, "image preprocessing is not built yet");
+}
+
+int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
+                             float *pixels) {
+  (void)clip, (void)pixels;
+  return vlm_seterr(VLM_EUNSUPPORTED, "%s: image preprocessing is not built "
+                    "yet", path ? path : "(null)");
+}
+
+int vlm_clip_encode_images(const vlm_clip *clip, const char *const *paths,
+                           int n, unsigned flags, float *out) {
+  (void)clip, (void)paths, (void)n, (void)flags, (void)out;
+  return vlm_seterr(VLM_EUNSUPPORTED, "image preprocessing is not built yet");
+}
+
+int vlm_clip_encode_image_buffers(const vlm_clip *clip,
+                                  const void *const *data, const size_t *lens,
+                                  int n, unsigned flags, float *out) {
+  (void)clip, (void)data, (void)lens, (void)n, (void)flags, (void)out;
+  return vlm_seterr(VLM_EUNSUPPORTED, "image preprocessing is not built yet");
+}

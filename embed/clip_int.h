@@ -1,0 +1,127 @@
+/* clip_int.h - the engine's private structures (embed/ only).
+ *
+ * A loaded model is one vlm_clip: geometry (vlm__clip_config), the mapped
+ * checkpoint, one arena holding every weight that could not be used in
+ * place (converted from F16/BF16, or transposed from the original layout),
+ * named pointers per tower and block, and the table that maps Hugging Face
+ * names to F32 tensors for vlm__clip_tensor.  Everything is read-only after
+ * vlm_clip_load returns.
+ */
+#ifndef VLM_CLIP_INT_H
+#define VLM_CLIP_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "preprocess.h"
+#include "safetensors.h"
+#include "vlm_clip.h"
+
+/* One pre-LN transformer block; all weights F32 in Hugging Face layout
+ * (Linear weights are [out, in]). */
+typedef struct {
+  const float *ln1_w, *ln1_b;
+  const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b; /* [C, C], [C] */
+  const float *o_w, *o_b;                          /* [C, C], [C] */
+  const float *ln2_w, *ln2_b;
+  const float *fc1_w, *fc1_b;                      /* [F, C], [F] */
+  const float *fc2_w, *fc2_b;                      /* [C, F], [C] */
+  /* q, k, v weights (and biases) are adjacent in memory, so one GEMM of
+   * width 3C computes all three. */
+  int qkv_fused;
+} vlm__block;
+
+typedef struct {
+  /* vision */
+  const float *patch_w;          /* [Wv, 3, P, P] */
+  const float *class_emb;        /* [Wv] */
+  const float *vpos;             /* [G*G + 1, Wv] */
+  const float *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b;
+  const float *vproj;            /* [D, Wv] */
+  vlm__block *vblocks;
+  /* text */
+  const float *tok_emb;          /* [V, Wt] */
+  const float *tpos;             /* [ctx, Wt] */
+  const float *final_ln_w, *final_ln_b;
+  const float *tproj;            /* [D, Wt] */
+  vlm__block *tblocks;
+  const float *logit_scale;      /* 0-d */
+} vlm__weights;
+
+/* A tensor as vlm__clip_tensor exposes it. */
+typedef struct {
+  char *name;                    /* Hugging Face name */
+  const float *data;
+  int64_t numel;
+} vlm__named_tensor;
+
+typedef enum { VLM__LAYOUT_HF = 0, VLM__LAYOUT_ORIGINAL = 1 } vlm__layout;
+
+struct vlm__tokenizer;
+
+struct vlm_clip {
+  vlm__clip_config cfg;
+  vlm__preprocess_cfg pp;
+  vlm_clip_options opts;
+  int threads;                   /* resolved: >= 1 */
+  vlm__layout layout;
+  char *weights_path;
+  vlm__safetensors *st;
+  float *arena;                  /* converted / transposed weights */
+  size_t arena_bytes;
+  vlm__weights w;
+  vlm__named_tensor *named;      /* sorted by name */
+  int n_named;
+  struct vlm__tokenizer *tok;
+  pthread_mutex_t id_lock;       /* guards the lazily computed model id */
+  int id_done;
+  char model_id[65];
+};
+
+/* config.c --------------------------------------------------------------- */
+
+/* Hugging Face defaults (openai/clip-vit-base-patch32) and CLIP's
+ * preprocessing constants. */
+void vlm__config_defaults(vlm__clip_config *cfg);
+void vlm__pp_defaults(vlm__preprocess_cfg *pp, int image_size);
+
+/* Read config.json (CLIPModel) over cfg's defaults.  Errors name the file
+ * and the field: VLM_EIO, VLM_EFORMAT, VLM_EUNSUPPORTED. */
+int vlm__config_read_hf(const char *path, vlm__clip_config *cfg);
+
+/* Read open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...})
+ * into a cfg whose geometry starts at zero: it sets the fields the file
+ * states and leaves the rest zero, to be inferred from tensor shapes. */
+int vlm__config_read_open_clip(const char *path, vlm__clip_config *cfg,
+                               vlm__preprocess_cfg *pp);
+
+/* Read preprocessor_config.json (CLIPImageProcessor) into pp. */
+int vlm__config_read_preprocessor(const char *path, vlm__preprocess_cfg *pp);
+
+/* Check ranges and divisibility; names the offending field. */
+int vlm__config_validate(const vlm__clip_config *cfg, const char *label);
+
+/* weights.c -------------------------------------------------------------- */
+
+/* Map path, work out its layout from the tensor names, and bind every
+ * weight.  clip->cfg holds the geometry read from config files; for the
+ * original layout a zero field means "infer it from the tensor shapes as
+ * the reference does", and a non-zero field must agree with them.  Every
+ * expected tensor must be present with the expected shape, or the load
+ * fails naming it.  On failure vlm__weights_free releases what was set. */
+int vlm__weights_load(vlm_clip *clip, const char *path);
+void vlm__weights_free(vlm_clip *clip);
+
+/* forward.c -------------------------------------------------------------- */
+
+/* Text tower over n token sequences; out[n * D] (projection output, not
+ * normalized).  ids[i] has n_ids[i] ids (1..context_length). */
+int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
+                      const int *n_ids, int n, float *out);
+
+/* Vision tower over n images pixels[n * 3 * S * S]; out[n * D]. */
+int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
+                        float *out);
+
+#endif

@@ -1,0 +1,415 @@
+/* forward.c - the vision and text towers.
+ *
+ * One call runs as a team of threads (the caller plus threads-1 helpers,
+ * created for the call), each executing the same layer sequence on its
+ * share of the work and meeting at a barrier between steps: matrix
+ * products are split by output columns, layer norms by rows, attention by
+ * (sequence, head).  Each thread calls single-threaded sgemm.  This keeps
+ * every call's parallelism its own, so concurrent callers on one model do
+ * not fight over OpenBLAS's process-wide thread pool; a call's result
+ * depends only on its inputs and the model's thread count, never on what
+ * other threads are doing.
+ *
+ * Sequences of one batch are packed row after row (a text of 7 tokens
+ * takes 7 rows), so one GEMM covers the batch and padding costs nothing.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clip_int.h"
+#include "kernels.h"
+#include "vlm_error.h"
+
+#define MAX_THREADS 64
+
+typedef struct team team;
+struct team {
+  void (*fn)(void *arg, int tid);
+  void *arg;
+  int nth;
+  int go;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pthread_barrier_t bar;
+};
+
+typedef struct {
+  team *tm;
+  int tid;
+} team_slot;
+
+static void *team_worker(void *p) {
+  team_slot *s = p;
+  team *tm = s->tm;
+  pthread_mutex_lock(&tm->mu);
+  while (!tm->go)
+    pthread_cond_wait(&tm->cv, &tm->mu);
+  pthread_mutex_unlock(&tm->mu);
+  if (s->tid < tm->nth)
+    tm->fn(tm->arg, s->tid);
+  return NULL;
+}
+
+/* Run fn(arg, tid) on up to want threads (the caller is tid 0).  If a
+ * thread cannot be created the team is smaller; the work split adapts
+ * because every thread reads tm->nth only after the start gate opens. */
+static void team_run(team *tm, int want, void (*fn)(void *, int), void *arg) {
+  pthread_t th[MAX_THREADS];
+  team_slot slots[MAX_THREADS];
+  if (want > MAX_THREADS)
+    want = MAX_THREADS;
+  if (want < 1)
+    want = 1;
+  tm->fn = fn;
+  tm->arg = arg;
+  tm->go = 0;
+  tm->nth = want;
+  pthread_mutex_init(&tm->mu, NULL);
+  pthread_cond_init(&tm->cv, NULL);
+  int started = 1;
+  for (int t = 1; t < want; t++) {
+    slots[t].tm = tm;
+    slots[t].tid = t;
+    if (pthread_create(&th[t], NULL, team_worker, &slots[t]))
+      break;
+    started++;
+  }
+  tm->nth = started;
+  if (started > 1)
+    pthread_barrier_init(&tm->bar, NULL, (unsigned)started);
+  pthread_mutex_lock(&tm->mu);
+  tm->go = 1;
+  pthread_cond_broadcast(&tm->cv);
+  pthread_mutex_unlock(&tm->mu);
+  fn(arg, 0);
+  for (int t = 1; t < started; t++)
+    pthread_join(th[t], NULL);
+  if (started > 1)
+    pthread_barrier_destroy(&tm->bar);
+  pthread_cond_destroy(&tm->cv);
+  pthread_mutex_destroy(&tm->mu);
+}
+
+static inline void team_sync(team *tm) {
+  if (tm->nth > 1)
+    pthread_barrier_wait(&tm->bar);
+}
+
+/* [lo, hi) of n items for thread tid. */
+static inline void share(int n, int tid, int nth, int *lo, int *hi) {
+  *lo = (int)((int64_t)n * tid / nth);
+  *hi = (int)((int64_t)n * (tid + 1) / nth);
+}
+
+/* Columns [lo, hi) of N for thread tid, in whole groups of 16. */
+static inline void share_cols(int N, int tid, int nth, int *lo, int *hi) {
+  int groups = (N + 15) / 16;
+  share(groups, tid, nth, lo, hi);
+  *lo *= 16;
+  *hi *= 16;
+  if (*hi > N)
+    *hi = N;
+  if (*lo > N)
+    *lo = N;
+}
+
+/* ---- one forward pass -------------------------------------------------- */
+
+typedef struct {
+  team tm;
+  /* tower geometry */
+  int C, H, hd, F, layers, causal, quick;
+  float eps;
+  const vlm__block *blocks;
+  /* batch: n sequences packed into R rows */
+  int n, R, max_T;
+  int *start, *len;
+  /* activations */
+  float *x;      /* [R, C] residual stream */
+  float *h;      /* [R, C] normed input of a sub-layer */
+  float *qkv;    /* [R, 3C] */
+  float *att;    /* [R, C] attention output before out_proj */
+  float *mlp;    /* [R, F] */
+  float *scores; /* [threads, max_T] */
+  float *pooled; /* [n, C] */
+  /* pooling and projection */
+  const float *ln_w, *ln_b, *proj;
+  int D;
+  float *out; /* [n, D] */
+  /* inputs */
+  const vlm_clip *clip;
+  const int32_t *const *ids;
+  const float *pixels;
+  float *patches; /* [n * G*G, 3*P*P] */
+} fwd;
+
+/* out[:, cols of tid] = in · w[cols]ᵀ (+ bias) */
+static void mm_share(const fwd *f, int tid, float *out, int ldo,
+                     const float *in, int ldi, const float *w,
+                     const float *bias, int M, int N, int K, int acc) {
+  int lo, hi;
+  share_cols(N, tid, f->tm.nth, &lo, &hi);
+  if (hi > lo)
+    vlm__matmul(out + lo, ldo, in, ldi, w + (size_t)lo * K, K,
+                bias ? bias + lo : NULL, M, hi - lo, K, acc);
+}
+
+static void blocks_run(fwd *f, int tid) {
+  const int C = f->C, R = f->R, F = f->F, nth = f->tm.nth;
+  int r0, r1;
+  share(R, tid, nth, &r0, &r1);
+  for (int l = 0; l < f->layers; l++) {
+    const vlm__block *b = &f->blocks[l];
+    /* h = ln_1(x) */
+    vlm__layernorm(f->h + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
+                   b->ln1_w, b->ln1_b, r1 - r0, C, f->eps);
+    team_sync(&f->tm);
+    /* qkv = h · [Wq; Wk; Wv]ᵀ + b */
+    if (b->qkv_fused) {
+      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, b->q_b, R, 3 * C, C,
+               0);
+    } else {
+      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, b->q_b, R, C, C, 0);
+      mm_share(f, tid, f->qkv + C, 3 * C, f->h, C, b->k_w, b->k_b, R, C, C, 0);
+      mm_share(f, tid, f->qkv + 2 * C, 3 * C, f->h, C, b->v_w, b->v_b, R, C,
+               C, 0);
+    }
+    team_sync(&f->tm);
+    /* attention per (sequence, head) */
+    int t0, t1;
+    share(f->n * f->H, tid, nth, &t0, &t1);
+    for (int task = t0; task < t1; task++) {
+      int i = task / f->H, head = task % f->H;
+      size_t row = (size_t)f->start[i];
+      const float *q = f->qkv + row * 3 * C + (size_t)head * f->hd;
+      vlm__attention(f->att + row * C + (size_t)head * f->hd, C, q, q + C,
+                     q + 2 * C, 3 * C, f->len[i], f->hd, f->causal,
+                     f->scores + (size_t)tid * f->max_T);
+    }
+    team_sync(&f->tm);
+    /* x += att · Woᵀ + bo */
+    mm_share(f, tid, f->x, C, f->att, C, b->o_w, b->o_b, R, C, C, 1);
+    team_sync(&f->tm);
+    /* h = ln_2(x) */
+    vlm__layernorm(f->h + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
+                   b->ln2_w, b->ln2_b, r1 - r0, C, f->eps);
+    team_sync(&f->tm);
+    /* mlp = act(h · W1ᵀ + b1), each thread on its own columns */
+    int c0, c1;
+    share_cols(F, tid, nth, &c0, &c1);
+    if (c1 > c0) {
+      vlm__matmul(f->mlp + c0, F, f->h, C, b->fc1_w + (size_t)c0 * C, C,
+                  b->fc1_b + c0, R, c1 - c0, C, 0);
+      for (int r = 0; r < R; r++) {
+        float *seg = f->mlp + (size_t)r * F + c0;
+        if (f->quick)
+          vlm__quick_gelu(seg, (size_t)(c1 - c0));
+        else
+          vlm__gelu(seg, (size_t)(c1 - c0));
+      }
+    }
+    team_sync(&f->tm);
+    /* x += mlp · W2ᵀ + b2 */
+    mm_share(f, tid, f->x, C, f->mlp, F, b->fc2_w, b->fc2_b, R, C, F, 1);
+    team_sync(&f->tm);
+  }
+}
+
+/* pooled = ln(x[last row of each sequence]); out = pooled · projᵀ */
+static void pool_run(fwd *f, int tid) {
+  int i0, i1;
+  share(f->n, tid, f->tm.nth, &i0, &i1);
+  for (int i = i0; i < i1; i++) {
+    size_t row = (size_t)(f->start[i] + f->len[i] - 1);
+    if (!f->causal)
+      row = (size_t)f->start[i]; /* vision: the class token */
+    vlm__layernorm(f->pooled + (size_t)i * f->C, f->C, f->x + row * f->C,
+                   f->C, f->ln_w, f->ln_b, 1, f->C, f->eps);
+  }
+  team_sync(&f->tm);
+  mm_share(f, tid, f->out, f->D, f->pooled, f->C, f->proj, NULL, f->n, f->D,
+           f->C, 0);
+}
+
+static void text_thread(void *arg, int tid) {
+  fwd *f = arg;
+  const vlm__weights *w = &f->clip->w;
+  const int C = f->C;
+  int i0, i1;
+  share(f->n, tid, f->tm.nth, &i0, &i1);
+  for (int i = i0; i < i1; i++)
+    for (int t = 0; t < f->len[i]; t++) {
+      float *x = f->x + (size_t)(f->start[i] + t) * C;
+      const float *e = w->tok_emb + (size_t)f->ids[i][t] * C;
+      const float *p = w->tpos + (size_t)t * C;
+      for (int c = 0; c < C; c++)
+        x[c] = e[c] + p[c];
+    }
+  team_sync(&f->tm);
+  blocks_run(f, tid);
+  pool_run(f, tid);
+}
+
+static void vision_thread(void *arg, int tid) {
+  fwd *f = arg;
+  const vlm__clip_config *cfg = &f->clip->cfg;
+  const vlm__weights *w = &f->clip->w;
+  const int C = f->C, P = cfg->patch_size, S = cfg->image_size;
+  const int G = S / P, NP = G * G, K = 3 * P * P, T = NP + 1;
+  const int nth = f->tm.nth;
+  /* im2col: row (image, patch), column (channel, y, x) as conv1's
+   * [C, 3, P, P] weight is laid out. */
+  int p0, p1;
+  share(f->n * NP, tid, nth, &p0, &p1);
+  for (int r = p0; r < p1; r++) {
+    int img = r / NP, gy = (r % NP) / G, gx = r % G;
+    const float *src = f->pixels + (size_t)img * 3 * S * S;
+    float *dst = f->patches + (size_t)r * K;
+    for (int c = 0; c < 3; c++)
+      for (int y = 0; y < P; y++)
+        memcpy(dst + (c * P + y) * P,
+               src + ((size_t)c * S + (size_t)gy * P + y) * S + (size_t)gx * P,
+               (size_t)P * sizeof(float));
+  }
+  team_sync(&f->tm);
+  /* h[n*NP, C] = patches · conv1ᵀ */
+  mm_share(f, tid, f->h, C, f->patches, K, w->patch_w, NULL, f->n * NP, C, K,
+           0);
+  team_sync(&f->tm);
+  /* x = [class; patches] + positions, then pre-LN in place */
+  int r0, r1;
+  share(f->R, tid, nth, &r0, &r1);
+  for (int r = r0; r < r1; r++) {
+    int img = r / T, t = r % T;
+    float *x = f->x + (size_t)r * C;
+    const float *src = t == 0 ? w->class_emb
+                              : f->h + ((size_t)img * NP + (size_t)(t - 1)) * C;
+    const float *pos = w->vpos + (size_t)t * C;
+    for (int c = 0; c < C; c++)
+      x[c] = src[c] + pos[c];
+  }
+  vlm__layernorm(f->x + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
+                 w->pre_ln_w, w->pre_ln_b, r1 - r0, C, f->eps);
+  team_sync(&f->tm);
+  blocks_run(f, tid);
+  pool_run(f, tid);
+}
+
+static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
+  size_t R = (size_t)f->R, C = (size_t)f->C, F = (size_t)f->F;
+  size_t floats = R * C * 3 + R * 3 * C + R * F +
+                  (size_t)MAX_THREADS * (size_t)f->max_T + (size_t)f->n * C +
+                  extra_floats;
+  float *mem = malloc(floats * sizeof(float));
+  int *idx = malloc((size_t)f->n * 2 * sizeof(int));
+  if (!mem || !idx) {
+    free(mem);
+    free(idx);
+    return vlm_seterr(VLM_ENOMEM, "out of memory for %d-row activations",
+                      f->R);
+  }
+  f->x = mem;
+  f->h = f->x + R * C;
+  f->att = f->h + R * C;
+  f->qkv = f->att + R * C;
+  f->mlp = f->qkv + R * 3 * C;
+  f->scores = f->mlp + R * F;
+  f->pooled = f->scores + (size_t)MAX_THREADS * (size_t)f->max_T;
+  *extra = f->pooled + (size_t)f->n * C;
+  f->start = idx;
+  f->len = idx + f->n;
+  return 0;
+}
+
+static void fwd_free(fwd *f) {
+  free(f->x);
+  free(f->start);
+}
+
+static int threads_for(const vlm_clip *clip, int rows) {
+  int t = clip->threads;
+  /* Below a few rows per thread the split costs more than it gains. */
+  (void)rows;
+  return t < 1 ? 1 : t;
+}
+
+int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
+                      const int *n_ids, int n, float *out) {
+  const vlm__clip_config *cfg = &clip->cfg;
+  fwd f;
+  memset(&f, 0, sizeof f);
+  f.clip = clip;
+  f.C = cfg->text_width;
+  f.H = cfg->text_heads;
+  f.hd = f.C / f.H;
+  f.F = cfg->text_mlp;
+  f.layers = cfg->text_layers;
+  f.causal = 1;
+  f.quick = cfg->text_quick_gelu;
+  f.eps = cfg->text_eps;
+  f.blocks = clip->w.tblocks;
+  f.ln_w = clip->w.final_ln_w;
+  f.ln_b = clip->w.final_ln_b;
+  f.proj = clip->w.tproj;
+  f.D = cfg->projection_dim;
+  f.out = out;
+  f.ids = ids;
+  f.n = n;
+  for (int i = 0; i < n; i++) {
+    f.R += n_ids[i];
+    if (n_ids[i] > f.max_T)
+      f.max_T = n_ids[i];
+  }
+  float *unused;
+  int rc = fwd_alloc(&f, 0, &unused);
+  if (rc)
+    return rc;
+  for (int i = 0, row = 0; i < n; i++) {
+    f.start[i] = row;
+    f.len[i] = n_ids[i];
+    row += n_ids[i];
+  }
+  team_run(&f.tm, threads_for(clip, f.R), text_thread, &f);
+  fwd_free(&f);
+  return 0;
+}
+
+int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
+                        float *out) {
+  const vlm__clip_config *cfg = &clip->cfg;
+  const int G = cfg->image_size / cfg->patch_size;
+  fwd f;
+  memset(&f, 0, sizeof f);
+  f.clip = clip;
+  f.C = cfg->vision_width;
+  f.H = cfg->vision_heads;
+  f.hd = f.C / f.H;
+  f.F = cfg->vision_mlp;
+  f.layers = cfg->vision_layers;
+  f.causal = 0;
+  f.quick = cfg->vision_quick_gelu;
+  f.eps = cfg->vision_eps;
+  f.blocks = clip->w.vblocks;
+  f.ln_w = clip->w.post_ln_w;
+  f.ln_b = clip->w.post_ln_b;
+  f.proj = clip->w.vproj;
+  f.D = cfg->projection_dim;
+  f.out = out;
+  f.pixels = pixels;
+  f.n = n;
+  f.max_T = G * G + 1;
+  f.R = n * f.max_T;
+  size_t patch_floats = (size_t)n * G * G * 3 * cfg->patch_size *
+                        cfg->patch_size;
+  int rc = fwd_alloc(&f, patch_floats, &f.patches);
+  if (rc)
+    return rc;
+  for (int i = 0; i < n; i++) {
+    f.start[i] = i * f.max_T;
+    f.len[i] = f.max_T;
+  }
+  team_run(&f.tm, threads_for(clip, f.R), vision_thread, &f);
+  fwd_free(&f);
+  return 0;
+}

@@ -1,0 +1,294 @@
+/* kernels.c - numeric kernels of the CLIP towers.
+ *
+ * The elementwise kernels use GCC/Clang vector extensions of 16 floats:
+ * the compiler lowers them to AVX-512, AVX2 or SSE as the target allows,
+ * and there is one code path to test.  Transcendentals are evaluated with
+ * polynomials because libm's expf/erff do not vectorize under the
+ * project's strict math flags, and a scalar call per element would cost
+ * more than the matrix products around it. */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define VL 16
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+static inline vf vload(const float *p) {
+  vf v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vset(float x) { return (vf){0} + x; }
+static inline vf vsel(vi mask, vf a, vf b) {
+  return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+static inline vf vmax(vf a, vf b) { return vsel(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vsel(a < b, a, b); }
+static inline float vsum(vf v) {
+  float s = 0;
+  for (int i = 0; i < VL; i++)
+    s += v[i];
+  return s;
+}
+
+/* exp(x), Cephes' single-precision polynomial on x - n ln 2. */
+static inline vf vexp(vf x) {
+  const vf magic = vset(12582912.0f); /* 1.5 * 2^23: round to nearest */
+  x = vmin(vmax(x, vset(-87.33654f)), vset(88.3762626647949f));
+  vf n = (x * 1.44269504088896341f + magic) - magic;
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = vset(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * (r * r) + r + 1.0f;
+  /* n in [-126, 128]; 2^128 is out of range, so scale in two steps. */
+  vi ni = __builtin_convertvector(n, vi);
+  vi half = ni >> 1;
+  vf s1 = (vf)((half + 127) << 23);
+  vf s2 = (vf)((ni - half + 127) << 23);
+  return p * s1 * s2;
+}
+
+static inline float sexp(float x) {
+  vf v = vexp(vset(x));
+  return v[0];
+}
+
+void vlm__exp(float *out, const float *x, size_t n) {
+  size_t i = 0;
+  for (; i + VL <= n; i += VL)
+    vstore(out + i, vexp(vload(x + i)));
+  for (; i < n; i++)
+    out[i] = sexp(x[i]);
+}
+
+/* ---- matrix products --------------------------------------------------- */
+
+void vlm__matmul(float *out, int ldo, const float *in, int ldi,
+                 const float *w, int ldw, const float *bias, int M, int N,
+                 int K, int accumulate) {
+  if (M <= 0 || N <= 0)
+    return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, ldi,
+              w, ldw, accumulate ? 1.0f : 0.0f, out, ldo);
+  if (!bias)
+    return;
+  for (int m = 0; m < M; m++) {
+    float *row = out + (size_t)m * ldo;
+    int n = 0;
+    for (; n + VL <= N; n += VL)
+      vstore(row + n, vload(row + n) + vload(bias + n));
+    for (; n < N; n++)
+      row[n] += bias[n];
+  }
+}
+
+/* ---- normalization and activations ------------------------------------ */
+
+static inline float dot(const float *a, const float *b, int n) {
+  vf s0 = {0}, s1 = {0};
+  int i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    s0 += vload(a + i) * vload(b + i);
+    s1 += vload(a + i + VL) * vload(b + i + VL);
+  }
+  for (; i + VL <= n; i += VL)
+    s0 += vload(a + i) * vload(b + i);
+  float s = vsum(s0 + s1);
+  for (; i < n; i++)
+    s += a[i] * b[i];
+  return s;
+}
+
+void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,
+                    const float *w, const float *b, int rows, int C,
+                    float eps) {
+  for (int r = 0; r < rows; r++) {
+    const float *x = in + (size_t)r * ld_in;
+    float *y = out + (size_t)r * ld_out;
+    vf acc = {0};
+    int i = 0;
+    for (; i + VL <= C; i += VL)
+      acc += vload(x + i);
+    float sum = vsum(acc);
+    for (; i < C; i++)
+      sum += x[i];
+    float mean = sum / (float)C;
+    /* Two passes (mean, then centred squares) as the reference's float32
+     * kernels effectively do; one-pass E[x²]-E[x]² loses digits. */
+    vf vm = vset(mean);
+    acc = (vf){0};
+    for (i = 0; i + VL <= C; i += VL) {
+      vf d = vload(x + i) - vm;
+      acc += d * d;
+    }
+    float var = vsum(acc);
+    for (; i < C; i++)
+      var += (x[i] - mean) * (x[i] - mean);
+    var /= (float)C;
+    float rstd = 1.0f / sqrtf(var + eps);
+    vf vr = vset(rstd);
+    for (i = 0; i + VL <= C; i += VL)
+      vstore(y + i, (vload(x + i) - vm) * vr * vload(w + i) + vload(b + i));
+    for (; i < C; i++)
+      y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+  }
+}
+
+static inline vf vquick_gelu(vf x) {
+  return x / (1.0f + vexp(x * -1.702f));
+}
+
+void vlm__quick_gelu(float *x, size_t n) {
+  size_t i = 0;
+  for (; i + VL <= n; i += VL)
+    vstore(x + i, vquick_gelu(vload(x + i)));
+  if (i < n) {
+    float tail[VL] = {0};
+    memcpy(tail, x + i, (n - i) * sizeof *x);
+    vf t = vquick_gelu(vload(tail));
+    vstore(tail, t);
+    memcpy(x + i, tail, (n - i) * sizeof *x);
+  }
+}
+
+/* 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz & Stegun 7.1.26
+ * (absolute error below 1.5e-7). */
+static inline vf vgelu(vf x) {
+  vf z = x * 0.70710678118654752f;
+  vi neg = z < 0;
+  vf az = vsel(neg, -z, z);
+  vf t = 1.0f / (1.0f + 0.3275911f * az);
+  vf p = vset(1.061405429f);
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  p = p * t;
+  vf erf_abs = 1.0f - p * vexp(-az * az);
+  vf erf = vsel(neg, -erf_abs, erf_abs);
+  return 0.5f * x * (1.0f + erf);
+}
+
+void vlm__gelu(float *x, size_t n) {
+  size_t i = 0;
+  for (; i + VL <= n; i += VL)
+    vstore(x + i, vgelu(vload(x + i)));
+  if (i < n) {
+    float tail[VL] = {0};
+    memcpy(tail, x + i, (n - i) * sizeof *x);
+    vstore(tail, vgelu(vload(tail)));
+    memcpy(x + i, tail, (n - i) * sizeof *x);
+  }
+}
+
+void vlm__softmax(float *x, int n) {
+  float mx = x[0];
+  for (int i = 1; i < n; i++)
+    mx = x[i] > mx ? x[i] : mx;
+  vf vmx = vset(mx), acc = {0};
+  int i = 0;
+  for (; i + VL <= n; i += VL) {
+    vf e = vexp(vload(x + i) - vmx);
+    vstore(x + i, e);
+    acc += e;
+  }
+  float sum = vsum(acc);
+  for (; i < n; i++) {
+    x[i] = sexp(x[i] - mx);
+    sum += x[i];
+  }
+  float inv = 1.0f / sum;
+  for (i = 0; i < n; i++)
+    x[i] *= inv;
+}
+
+void vlm__attention(float *out, int ld_out, const float *q, const float *k,
+                    const float *v, int ld_qkv, int T, int hd, int causal,
+                    float *scores) {
+  const float scale = 1.0f / sqrtf((float)hd);
+  for (int i = 0; i < T; i++) {
+    const float *qi = q + (size_t)i * ld_qkv;
+    int n = causal ? i + 1 : T;
+    for (int j = 0; j < n; j++)
+      scores[j] = dot(qi, k + (size_t)j * ld_qkv, hd) * scale;
+    vlm__softmax(scores, n);
+    float *o = out + (size_t)i * ld_out;
+    memset(o, 0, (size_t)hd * sizeof *o);
+    for (int j = 0; j < n; j++) {
+      const float *vj = v + (size_t)j * ld_qkv;
+      const float p = scores[j];
+      int d = 0;
+      for (; d + VL <= hd; d += VL)
+        vstore(o + d, vload(o + d) + p * vload(vj + d));
+      for (; d < hd; d++)
+        o[d] += p * vj[d];
+    }
+  }
+}
+
+void vlm__l2_normalize(float *x, int n) {
+  double ss = 0;
+  for (int i = 0; i < n; i++)
+    ss += (double)x[i] * x[i];
+  if (ss <= 0)
+    return;
+  float inv = (float)(1.0 / sqrt(ss));
+  for (int i = 0; i < n; i++)
+    x[i] *= inv;
+}
+
+/* ---- dtype conversion --------------------------------------------------- */
+
+static float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13); /* inf / nan */
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else { /* subnormal: renormalize */
+    int e = -1;
+    do {
+      e++;
+      mant <<= 1;
+    } while (!(mant & 0x400));
+    bits = sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ff) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+void vlm__f16_to_f32(float *out, const uint16_t *in, size_t n) {
+  size_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(in + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; i++)
+    out[i] = half_to_float(in[i]);
+}
+
+void vlm__bf16_to_f32(float *out, const uint16_t *in, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint32_t bits = (uint32_t)in[i] << 16;
+    memcpy(out + i, &bits, sizeof bits);
+  }
+}

@@ -1,0 +1,53 @@
+/* kernels.h - the numeric kernels of the CLIP towers (internal to embed/).
+ *
+ * Plain loops over GCC/Clang vector extensions (one code path the compiler
+ * lowers for any target) or OpenBLAS calls.  Output first; every buffer is
+ * row-major float32; shapes are given as [rows, cols].  No kernel
+ * allocates, locks or keeps state, so any thread may run any kernel. */
+#ifndef VLM_KERNELS_H
+#define VLM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* out[M, N] (row stride ldo) = in[M, K] (stride ldi) · w[N, K]ᵀ (stride ldw)
+ * + bias[N] (NULL: none); accumulate != 0 adds to what out holds instead.
+ * This is a Linear layer with Hugging Face's [out, in] weight layout. */
+void vlm__matmul(float *out, int ldo, const float *in, int ldi,
+                 const float *w, int ldw, const float *bias, int M, int N,
+                 int K, int accumulate);
+
+/* out[rows, C] = layer_norm(in[rows, C]) * w[C] + b[C]; rows of both are
+ * stride ld_out / ld_in.  out may equal in. */
+void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,
+                    const float *w, const float *b, int rows, int C,
+                    float eps);
+
+/* In place on x[n]: x * sigmoid(1.702 x) (CLIP's quick_gelu) or
+ * 0.5 x (1 + erf(x / sqrt 2)) (exact GELU). */
+void vlm__quick_gelu(float *x, size_t n);
+void vlm__gelu(float *x, size_t n);
+
+/* In place on x[n]: exp(x - max) / sum.  n >= 1. */
+void vlm__softmax(float *x, int n);
+
+/* Self-attention of one head over T positions.  q, k, v: [T, hd] with row
+ * stride ld_qkv; out: [T, hd] with row stride ld_out; scores: scratch of
+ * T floats.  causal: position i attends to positions 0..i only. */
+void vlm__attention(float *out, int ld_out, const float *q, const float *k,
+                    const float *v, int ld_qkv, int T, int hd, int causal,
+                    float *scores);
+
+/* x[n] /= ||x[n]||₂ (a zero vector stays zero). */
+void vlm__l2_normalize(float *x, int n);
+
+/* out[n] = in[n] widened from IEEE half / bfloat16 (bit patterns, host
+ * order, as read from a little-endian file on a little-endian host). */
+void vlm__f16_to_f32(float *out, const uint16_t *in, size_t n);
+void vlm__bf16_to_f32(float *out, const uint16_t *in, size_t n);
+
+/* Vector exp of x[n] into out[n] (relative error about 2 ulp; inputs
+ * clamped to about [-87, 88]).  Exposed for tests. */
+void vlm__exp(float *out, const float *x, size_t n);
+
+#endif

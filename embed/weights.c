@@ -1,0 +1,586 @@
+/* weights.c - bind a checkpoint's tensors to the towers.
+ *
+ * Both layouts are described by one list of expected tensors, each with its
+ * Hugging Face name and shape and where it comes from in the file: the same
+ * tensor, a block of rows of one (q, k, v inside open_clip's stacked
+ * in_proj_weight), or the transpose of one (open_clip's visual.proj and
+ * text_projection are [in, out]).  Every entry must be found with the
+ * expected dtype and shape, or the load fails naming it; nothing is
+ * optional, so a model can never run with a weight left unset.
+ *
+ * F32 data that is suitably aligned is used where it lies in the mapping.
+ * Everything else (F16/BF16 converted, transposes) goes into one arena,
+ * laid out in list order so that q, k and v of a block end up adjacent
+ * and one GEMM computes all three. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "clip_int.h"
+#include "kernels.h"
+#include "vlm_error.h"
+
+enum { SRC_WHOLE, SRC_ROWS, SRC_TRANSPOSE };
+
+typedef struct {
+  char hf[96];                 /* Hugging Face name */
+  char src[96];                /* name in the file */
+  int kind;                    /* SRC_* */
+  int64_t offset;              /* SRC_ROWS: first element within src */
+  int ndim;                    /* expected shape of the HF tensor */
+  int64_t shape[4];
+  int src_ndim;                /* expected shape of the file's tensor */
+  int64_t src_shape[4];
+  const float **bind;          /* where the tower keeps the pointer */
+  /* filled while loading */
+  const vlm__st_tensor *t;
+  const float *data;
+} spec;
+
+typedef struct {
+  spec *v;
+  int n, cap;
+  int failed;
+} spec_list;
+
+static spec *add(spec_list *l, const char *hf, const char *src, int kind,
+                 const float **bind, int ndim, const int64_t *shape) {
+  if (l->n == l->cap) {
+    int cap = l->cap ? 2 * l->cap : 256;
+    spec *v = realloc(l->v, (size_t)cap * sizeof *v);
+    if (!v) {
+      l->failed = 1;
+      return NULL;
+    }
+    l->v = v;
+    l->cap = cap;
+  }
+  spec *s = &l->v[l->n++];
+  memset(s, 0, sizeof *s);
+  snprintf(s->hf, sizeof s->hf, "%s", hf);
+  snprintf(s->src, sizeof s->src, "%s", src);
+  s->kind = kind;
+  s->bind = bind;
+  s->ndim = ndim;
+  memcpy(s->shape, shape, (size_t)ndim * sizeof *shape);
+  s->src_ndim = ndim;
+  memcpy(s->src_shape, shape, (size_t)ndim * sizeof *shape);
+  return s;
+}
+
+#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
+#define NDIM(...) ((int)(sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t)))
+/* An HF tensor read unchanged from src. */
+#define SAME(l, hf, src, bind, ...) \
+  add(l, hf, src, SRC_WHOLE, bind, NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__))
+
+/* ---- the expected tensors of each layout ------------------------------- */
+
+static void block_specs(spec_list *l, vlm__layout layout, int tower_text,
+                        int i, int C, int F, vlm__block *b) {
+  char hf[96], src[96], hfp[64], srcp[64];
+  snprintf(hfp, sizeof hfp, "%s.encoder.layers.%d",
+           tower_text ? "text_model" : "vision_model", i);
+  snprintf(srcp, sizeof srcp, "%stransformer.resblocks.%d",
+           tower_text ? "" : "visual.", i);
+#define HF(suffix) (snprintf(hf, sizeof hf, "%s.%s", hfp, suffix), hf)
+#define OC(suffix) (snprintf(src, sizeof src, "%s.%s", srcp, suffix), src)
+  if (layout == VLM__LAYOUT_HF) {
+    SAME(l, HF("layer_norm1.weight"), hf, &b->ln1_w, C);
+    SAME(l, HF("layer_norm1.bias"), hf, &b->ln1_b, C);
+    /* q, k, v weights then biases, in this order, so converted copies
+     * land adjacent in the arena. */
+    SAME(l, HF("self_attn.q_proj.weight"), hf, &b->q_w, C, C);
+    SAME(l, HF("self_attn.k_proj.weight"), hf, &b->k_w, C, C);
+    SAME(l, HF("self_attn.v_proj.weight"), hf, &b->v_w, C, C);
+    SAME(l, HF("self_attn.q_proj.bias"), hf, &b->q_b, C);
+    SAME(l, HF("self_attn.k_proj.bias"), hf, &b->k_b, C);
+    SAME(l, HF("self_attn.v_proj.bias"), hf, &b->v_b, C);
+    SAME(l, HF("self_attn.out_proj.weight"), hf, &b->o_w, C, C);
+    SAME(l, HF("self_attn.out_proj.bias"), hf, &b->o_b, C);
+    SAME(l, HF("layer_norm2.weight"), hf, &b->ln2_w, C);
+    SAME(l, HF("layer_norm2.bias"), hf, &b->ln2_b, C);
+    SAME(l, HF("mlp.fc1.weight"), hf, &b->fc1_w, F, C);
+    SAME(l, HF("mlp.fc1.bias"), hf, &b->fc1_b, F);
+    SAME(l, HF("mlp.fc2.weight"), hf, &b->fc2_w, C, F);
+    SAME(l, HF("mlp.fc2.bias"), hf, &b->fc2_b, C);
+    return;
+  }
+  SAME(l, HF("layer_norm1.weight"), OC("ln_1.weight"), &b->ln1_w, C);
+  SAME(l, HF("layer_norm1.bias"), OC("ln_1.bias"), &b->ln1_b, C);
+  static const char *qkv[3] = {"q", "k", "v"};
+  const float **wbind[3] = {&b->q_w, &b->k_w, &b->v_w};
+  const float **bbind[3] = {&b->q_b, &b->k_b, &b->v_b};
+  for (int j = 0; j < 3; j++) {
+    snprintf(hf, sizeof hf, "%s.self_attn.%s_proj.weight", hfp, qkv[j]);
+    spec *s = add(l, hf, OC("attn.in_proj_weight"), SRC_ROWS, wbind[j], 2,
+                  SHAPE(C, C));
+    if (s) {
+      s->offset = (int64_t)j * C * C;
+      s->src_shape[0] = 3 * (int64_t)C;
+    }
+  }
+  for (int j = 0; j < 3; j++) {
+    snprintf(hf, sizeof hf, "%s.self_attn.%s_proj.bias", hfp, qkv[j]);
+    spec *s = add(l, hf, OC("attn.in_proj_bias"), SRC_ROWS, bbind[j], 1,
+                  SHAPE(C));
+    if (s) {
+      s->offset = (int64_t)j * C;
+      s->src_shape[0] = 3 * (int64_t)C;
+    }
+  }
+  SAME(l, HF("self_attn.out_proj.weight"), OC("attn.out_proj.weight"),
+       &b->o_w, C, C);
+  SAME(l, HF("self_attn.out_proj.bias"), OC("attn.out_proj.bias"), &b->o_b,
+       C);
+  SAME(l, HF("layer_norm2.weight"), OC("ln_2.weight"), &b->ln2_w, C);
+  SAME(l, HF("layer_norm2.bias"), OC("ln_2.bias"), &b->ln2_b, C);
+  SAME(l, HF("mlp.fc1.weight"), OC("mlp.c_fc.weight"), &b->fc1_w, F, C);
+  SAME(l, HF("mlp.fc1.bias"), OC("mlp.c_fc.bias"), &b->fc1_b, F);
+  SAME(l, HF("mlp.fc2.weight"), OC("mlp.c_proj.weight"), &b->fc2_w, C, F);
+  SAME(l, HF("mlp.fc2.bias"), OC("mlp.c_proj.bias"), &b->fc2_b, C);
+#undef HF
+#undef OC
+}
+
+static void model_specs(spec_list *l, vlm__layout layout,
+                        const vlm__clip_config *c, vlm__weights *w) {
+  const int64_t Wv = c->vision_width, Wt = c->text_width, D = c->projection_dim;
+  const int64_t P = c->patch_size, G = c->image_size / c->patch_size;
+  const int hf = layout == VLM__LAYOUT_HF;
+  SAME(l, "vision_model.embeddings.class_embedding",
+       hf ? "vision_model.embeddings.class_embedding" : "visual.class_embedding",
+       &w->class_emb, Wv);
+  SAME(l, "vision_model.embeddings.patch_embedding.weight",
+       hf ? "vision_model.embeddings.patch_embedding.weight"
+          : "visual.conv1.weight",
+       &w->patch_w, Wv, 3, P, P);
+  SAME(l, "vision_model.embeddings.position_embedding.weight",
+       hf ? "vision_model.embeddings.position_embedding.weight"
+          : "visual.positional_embedding",
+       &w->vpos, G * G + 1, Wv);
+  SAME(l, "vision_model.pre_layrnorm.weight",
+       hf ? "vision_model.pre_layrnorm.weight" : "visual.ln_pre.weight",
+       &w->pre_ln_w, Wv);
+  SAME(l, "vision_model.pre_layrnorm.bias",
+       hf ? "vision_model.pre_layrnorm.bias" : "visual.ln_pre.bias",
+       &w->pre_ln_b, Wv);
+  for (int i = 0; i < c->vision_layers; i++)
+    block_specs(l, layout, 0, i, (int)Wv, c->vision_mlp, &w->vblocks[i]);
+  SAME(l, "vision_model.post_layernorm.weight",
+       hf ? "vision_model.post_layernorm.weight" : "visual.ln_post.weight",
+       &w->post_ln_w, Wv);
+  SAME(l, "vision_model.post_layernorm.bias",
+       hf ? "vision_model.post_layernorm.bias" : "visual.ln_post.bias",
+       &w->post_ln_b, Wv);
+  if (hf) {
+    SAME(l, "visual_projection.weight", "visual_projection.weight", &w->vproj,
+         D, Wv);
+  } else {
+    spec *s = add(l, "visual_projection.weight", "visual.proj", SRC_TRANSPOSE,
+                  &w->vproj, 2, SHAPE(D, Wv));
+    if (s)
+      s->src_shape[0] = Wv, s->src_shape[1] = D;
+  }
+
+  SAME(l, "text_model.embeddings.token_embedding.weight",
+       hf ? "text_model.embeddings.token_embedding.weight"
+          : "token_embedding.weight",
+       &w->tok_emb, c->vocab_size, Wt);
+  SAME(l, "text_model.embeddings.position_embedding.weight",
+       hf ? "text_model.embeddings.position_embedding.weight"
+          : "positional_embedding",
+       &w->tpos, c->context_length, Wt);
+  for (int i = 0; i < c->text_layers; i++)
+    block_specs(l, layout, 1, i, (int)Wt, c->text_mlp, &w->tblocks[i]);
+  SAME(l, "text_model.final_layer_norm.weight",
+       hf ? "text_model.final_layer_norm.weight" : "ln_final.weight",
+       &w->final_ln_w, Wt);
+  SAME(l, "text_model.final_layer_norm.bias",
+       hf ? "text_model.final_layer_norm.bias" : "ln_final.bias",
+       &w->final_ln_b, Wt);
+  if (hf) {
+    SAME(l, "text_projection.weight", "text_projection.weight", &w->tproj, D,
+         Wt);
+  } else {
+    spec *s = add(l, "text_projection.weight", "text_projection",
+                  SRC_TRANSPOSE, &w->tproj, 2, SHAPE(D, Wt));
+    if (s)
+      s->src_shape[0] = Wt, s->src_shape[1] = D;
+  }
+  /* A 0-d tensor; binding it gives the value to the config. */
+  add(l, "logit_scale", "logit_scale", SRC_WHOLE, &w->logit_scale, 0, NULL);
+}
+
+/* ---- geometry of the original layout, from shapes ---------------------- */
+
+static const vlm__st_tensor *need(const vlm__safetensors *st, const char *name,
+                                  int ndim, int *rc) {
+  const vlm__st_tensor *t = vlm__st_find(st, name);
+  if (!t) {
+    *rc = vlm_seterr(VLM_ENOTFOUND, "%s: missing tensor %s", st->path, name);
+    return NULL;
+  }
+  if (t->ndim != ndim) {
+    *rc = vlm_seterr(VLM_EMISMATCH, "%s: tensor %s has %d dimensions, "
+                     "expected %d", st->path, name, t->ndim, ndim);
+    return NULL;
+  }
+  return t;
+}
+
+/* Count distinct N in "<prefix>N.<anything>" names. */
+static int count_blocks(const vlm__safetensors *st, const char *prefix) {
+  size_t plen = strlen(prefix);
+  int max = -1;
+  for (int i = 0; i < st->n_tensors; i++) {
+    const char *name = st->tensors[i].name;
+    if (strncmp(name, prefix, plen) || !isdigit((unsigned char)name[plen]))
+      continue;
+    long n = strtol(name + plen, NULL, 10);
+    if (n > max && n < 4096)
+      max = (int)n;
+  }
+  return max + 1;
+}
+
+/* Set a zero field to v; a non-zero one must already agree (the tensor
+ * shapes checked later would also catch it, but this names the field). */
+static int infer(int *field, int64_t v, const char *what, const char *tensor,
+                 const char *path) {
+  if (v <= 0 || v > (1 << 24))
+    return vlm_seterr(VLM_EMISMATCH, "%s: tensor %s gives an invalid %s "
+                      "(%lld)", path, tensor, what, (long long)v);
+  if (*field == 0)
+    *field = (int)v;
+  else if (*field != v)
+    return vlm_seterr(VLM_EMISMATCH, "%s: tensor %s implies %s %lld but the "
+                      "config says %d", path, tensor, what, (long long)v,
+                      *field);
+  return 0;
+}
+
+static int infer_original(const vlm__safetensors *st, vlm__clip_config *c) {
+  int rc = 0;
+  const char *path = st->path;
+  if (vlm__st_find(st, "visual.layer1.0.conv1.weight"))
+    return vlm_seterr(VLM_EUNSUPPORTED, "%s: ResNet CLIP vision towers are "
+                      "not supported (only ViT)", path);
+  const vlm__st_tensor *conv, *vpos, *fc, *tok, *tpos, *lnf, *proj, *tfc;
+  if (!(conv = need(st, "visual.conv1.weight", 4, &rc)) ||
+      !(vpos = need(st, "visual.positional_embedding", 2, &rc)) ||
+      !(fc = need(st, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2,
+                  &rc)) ||
+      !(tok = need(st, "token_embedding.weight", 2, &rc)) ||
+      !(tpos = need(st, "positional_embedding", 2, &rc)) ||
+      !(lnf = need(st, "ln_final.weight", 1, &rc)) ||
+      !(proj = need(st, "text_projection", 2, &rc)) ||
+      !(tfc = need(st, "transformer.resblocks.0.mlp.c_fc.weight", 2, &rc)))
+    return rc;
+  int64_t patch = conv->shape[3], ntok = vpos->shape[0] - 1, grid = 0;
+  while ((grid + 1) * (grid + 1) <= ntok)
+    grid++;
+  if (grid * grid != ntok)
+    return vlm_seterr(VLM_EMISMATCH, "%s: visual.positional_embedding has "
+                      "%lld rows, not 1 + a square number of patches", path,
+                      (long long)vpos->shape[0]);
+  if ((rc = infer(&c->vision_width, conv->shape[0], "vision width",
+                  "visual.conv1.weight", path)) ||
+      (rc = infer(&c->patch_size, patch, "patch size", "visual.conv1.weight",
+                  path)) ||
+      (rc = infer(&c->image_size, patch * grid, "image size",
+                  "visual.positional_embedding", path)) ||
+      (rc = infer(&c->vision_layers,
+                  count_blocks(st, "visual.transformer.resblocks."),
+                  "vision layer count", "visual.transformer.resblocks.*",
+                  path)) ||
+      (rc = infer(&c->vision_mlp, fc->shape[0], "vision MLP width",
+                  "visual.transformer.resblocks.0.mlp.c_fc.weight", path)) ||
+      (rc = infer(&c->vocab_size, tok->shape[0], "vocabulary size",
+                  "token_embedding.weight", path)) ||
+      (rc = infer(&c->context_length, tpos->shape[0], "context length",
+                  "positional_embedding", path)) ||
+      (rc = infer(&c->text_width, lnf->shape[0], "text width",
+                  "ln_final.weight", path)) ||
+      (rc = infer(&c->text_layers, count_blocks(st, "transformer.resblocks."),
+                  "text layer count", "transformer.resblocks.*", path)) ||
+      (rc = infer(&c->text_mlp, tfc->shape[0], "text MLP width",
+                  "transformer.resblocks.0.mlp.c_fc.weight", path)) ||
+      (rc = infer(&c->projection_dim, proj->shape[1], "projection dim",
+                  "text_projection", path)))
+    return rc;
+  /* The reference builds heads = width / 64. */
+  if (!c->vision_heads)
+    c->vision_heads = c->vision_width >= 64 ? c->vision_width / 64 : 1;
+  if (!c->text_heads)
+    c->text_heads = c->text_width >= 64 ? c->text_width / 64 : 1;
+  return vlm__config_validate(c, path);
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+static void format_shape(char *buf, size_t cap, int ndim, const int64_t *s) {
+  size_t n = (size_t)snprintf(buf, cap, "[");
+  for (int i = 0; i < ndim && n < cap; i++)
+    n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "",
+                          (long long)s[i]);
+  if (n < cap)
+    snprintf(buf + n, cap - n, "]");
+}
+
+/* Element i .. i+count of t as F32 into out. */
+static void read_f32(float *out, const vlm__st_tensor *t, int64_t i,
+                     int64_t count) {
+  switch (t->dtype) {
+  case VLM__DT_F32:
+    memcpy(out, (const float *)t->data + i, (size_t)count * sizeof *out);
+    break;
+  case VLM__DT_F16:
+    vlm__f16_to_f32(out, (const uint16_t *)t->data + i, (size_t)count);
+    break;
+  case VLM__DT_BF16:
+    vlm__bf16_to_f32(out, (const uint16_t *)t->data + i, (size_t)count);
+    break;
+  default:
+    break; /* rejected before */
+  }
+}
+
+static int in_place(const vlm__st_tensor *t) {
+  return t->dtype == VLM__DT_F32 && ((uintptr_t)t->data & 3) == 0;
+}
+
+static int cmp_named(const void *a, const void *b) {
+  return strcmp(((const vlm__named_tensor *)a)->name,
+                ((const vlm__named_tensor *)b)->name);
+}
+
+int vlm__weights_load(vlm_clip *clip, const char *path) {
+  int rc = 0;
+  spec_list l = {0};
+  const vlm__st_tensor **src_done = NULL;
+  const float **src_data = NULL;
+  vlm__clip_config *c = &clip->cfg;
+
+  if ((rc = vlm__st_open(path, &clip->st)))
+    return rc;
+  vlm__safetensors *st = clip->st;
+  if (vlm__st_find(st, "vision_model.embeddings.patch_embedding.weight") ||
+      vlm__st_find(st, "text_model.embeddings.token_embedding.weight")) {
+    clip->layout = VLM__LAYOUT_HF;
+    if (c->vision_width == 0) {
+      rc = vlm_seterr(VLM_ENOTFOUND, "%s: the Hugging Face layout needs "
+                      "config.json beside it", path);
+      goto fail;
+    }
+  } else if (vlm__st_find(st, "visual.conv1.weight") ||
+             vlm__st_find(st, "token_embedding.weight")) {
+    clip->layout = VLM__LAYOUT_ORIGINAL;
+    if ((rc = infer_original(st, c)))
+      goto fail;
+  } else {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: not a CLIP checkpoint (no "
+                    "vision_model.embeddings.patch_embedding.weight or "
+                    "visual.conv1.weight)", path);
+    goto fail;
+  }
+  if ((rc = vlm__config_validate(c, path)))
+    goto fail;
+
+  clip->w.vblocks = calloc((size_t)c->vision_layers, sizeof(vlm__block));
+  clip->w.tblocks = calloc((size_t)c->text_layers, sizeof(vlm__block));
+  if (!clip->w.vblocks || !clip->w.tblocks)
+    goto nomem;
+  model_specs(&l, clip->layout, c, &clip->w);
+  if (l.failed)
+    goto nomem;
+
+  /* 1. Find and check every tensor; size the arena. */
+  size_t arena_floats = 0;
+  src_done = calloc((size_t)l.n, sizeof *src_done);
+  src_data = calloc((size_t)l.n, sizeof *src_data);
+  if (!src_done || !src_data)
+    goto nomem;
+  int n_src = 0;
+  for (int i = 0; i < l.n; i++) {
+    spec *s = &l.v[i];
+    const vlm__st_tensor *t = vlm__st_find(st, s->src);
+    if (!t) {
+      rc = vlm_seterr(VLM_ENOTFOUND, "%s: missing tensor %s", path, s->src);
+      goto fail;
+    }
+    if (t->dtype != VLM__DT_F32 && t->dtype != VLM__DT_F16 &&
+        t->dtype != VLM__DT_BF16) {
+      rc = vlm_seterr(VLM_EUNSUPPORTED, "%s: tensor %s has dtype %s "
+                      "(supported: F32, F16, BF16)", path, s->src,
+                      vlm__dtype_name(t->dtype));
+      goto fail;
+    }
+    int same = t->ndim == s->src_ndim;
+    for (int d = 0; same && d < t->ndim; d++)
+      same = t->shape[d] == s->src_shape[d];
+    if (s->src_ndim == 0 && t->ndim == 1 && t->shape[0] == 1)
+      same = 1; /* a scalar saved as [1] */
+    if (!same) {
+      char got[96], want[96];
+      format_shape(got, sizeof got, t->ndim, t->shape);
+      format_shape(want, sizeof want, s->src_ndim, s->src_shape);
+      rc = vlm_seterr(VLM_EMISMATCH, "%s: tensor %s has shape %s but the "
+                      "model's configuration needs %s", path, s->src, got,
+                      want);
+      goto fail;
+    }
+    s->t = t;
+    int seen = 0;
+    for (int j = 0; j < n_src && !seen; j++)
+      seen = src_done[j] == t;
+    if (!seen) {
+      src_done[n_src++] = t;
+      if (!in_place(t) && s->kind != SRC_TRANSPOSE)
+        arena_floats += ((size_t)t->numel + 15) & ~(size_t)15;
+    }
+    if (s->kind == SRC_TRANSPOSE)
+      arena_floats += ((size_t)t->numel + 15) & ~(size_t)15;
+  }
+
+  /* 2. One arena for everything converted.  Anonymous memory, so pages
+   * the model never touches cost nothing. */
+  if (arena_floats) {
+    clip->arena_bytes = arena_floats * sizeof(float);
+    void *a = mmap(NULL, clip->arena_bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED) {
+      clip->arena_bytes = 0;
+      goto nomem;
+    }
+    clip->arena = a;
+  }
+
+  /* 3. Convert each source once, in list order, then bind. */
+  size_t used = 0;
+  memset(src_done, 0, (size_t)l.n * sizeof *src_done);
+  n_src = 0;
+  for (int i = 0; i < l.n; i++) {
+    spec *s = &l.v[i];
+    const vlm__st_tensor *t = s->t;
+    const float *data = NULL;
+    int j;
+    for (j = 0; j < n_src; j++)
+      if (src_done[j] == t)
+        break;
+    if (s->kind == SRC_TRANSPOSE) {
+      float *dst = clip->arena + used;
+      used += ((size_t)t->numel + 15) & ~(size_t)15;
+      int64_t rows = t->shape[0], cols = t->shape[1];
+      float *row = malloc((size_t)cols * sizeof *row);
+      if (!row)
+        goto nomem;
+      for (int64_t r = 0; r < rows; r++) {
+        read_f32(row, t, r * cols, cols);
+        for (int64_t k = 0; k < cols; k++)
+          dst[k * rows + r] = row[k];
+      }
+      free(row);
+      s->data = dst;
+      continue;
+    }
+    if (j < n_src) {
+      data = src_data[j];
+    } else if (in_place(t)) {
+      data = t->data;
+    } else {
+      float *dst = clip->arena + used;
+      used += ((size_t)t->numel + 15) & ~(size_t)15;
+      read_f32(dst, t, 0, t->numel);
+      data = dst;
+    }
+    if (j == n_src) {
+      src_done[n_src] = t;
+      src_data[n_src++] = data;
+    }
+    s->data = data + (s->kind == SRC_ROWS ? s->offset : 0);
+  }
+
+  /* 4. Bind the towers and the name table. */
+  clip->named = calloc((size_t)l.n, sizeof *clip->named);
+  if (!clip->named)
+    goto nomem;
+  for (int i = 0; i < l.n; i++) {
+    spec *s = &l.v[i];
+    *s->bind = s->data;
+    int64_t numel = 1;
+    for (int d = 0; d < s->ndim; d++)
+      numel *= s->shape[d];
+    clip->named[i].name = strdup(s->hf);
+    clip->named[i].data = s->data;
+    clip->named[i].numel = numel;
+    clip->n_named = i + 1;
+    if (!clip->named[i].name)
+      goto nomem;
+  }
+  qsort(clip->named, (size_t)clip->n_named, sizeof *clip->named, cmp_named);
+  c->logit_scale = *clip->w.logit_scale;
+  for (int i = 0; i < c->vision_layers; i++) {
+    vlm__block *b = &clip->w.vblocks[i];
+    size_t C = (size_t)c->vision_width;
+    b->qkv_fused = b->k_w == b->q_w + C * C && b->v_w == b->k_w + C * C &&
+                   b->k_b == b->q_b + C && b->v_b == b->k_b + C;
+  }
+  for (int i = 0; i < c->text_layers; i++) {
+    vlm__block *b = &clip->w.tblocks[i];
+    size_t C = (size_t)c->text_width;
+    b->qkv_fused = b->k_w == b->q_w + C * C && b->v_w == b->k_w + C * C &&
+                   b->k_b == b->q_b + C && b->v_b == b->k_b + C;
+  }
+  if (clip->arena)
+    mprotect(clip->arena, clip->arena_bytes, PROT_READ);
+  goto done;
+
+nomem:
+  rc = vlm_seterr(VLM_ENOMEM, "%s: out of memory loading weights", path);
+fail:
+  vlm__weights_free(clip);
+done:
+  free(l.v);
+  free(src_done);
+  free(src_data);
+  return rc;
+}
+
+void vlm__weights_free(vlm_clip *clip) {
+  for (int i = 0; i < clip->n_named; i++)
+    free(clip->named[i].name);
+  free(clip->named);
+  clip->named = NULL;
+  clip->n_named = 0;
+  if (clip->arena)
+    munmap(clip->arena, clip->arena_bytes);
+  clip->arena = NULL;
+  clip->arena_bytes = 0;
+  free(clip->w.vblocks);
+  free(clip->w.tblocks);
+  memset(&clip->w, 0, sizeof clip->w);
+  vlm__st_close(clip->st);
+  clip->st = NULL;
+}
+
+const vlm__clip_config *vlm__clip_get_config(const vlm_clip *clip) {
+  return clip ? &clip->cfg : NULL;
+}
+
+const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
+                              int64_t *numel) {
+  if (!clip || !hf_name || !clip->named)
+    return NULL;
+  vlm__named_tensor key = {.name = (char *)hf_name};
+  const vlm__named_tensor *t =
+      bsearch(&key, clip->named, (size_t)clip->n_named, sizeof *clip->named,
+              cmp_named);
+  if (!t)
+    return NULL;
+  if (numel)
+    *numel = t->numel;
+  return t->data;
+}
