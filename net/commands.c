@@ -1,0 +1,1505 @@
+/* commands.c - the command table and its handlers.
+ *
+ * One table of {name, proc, exec, arity, flags}.  vlm__dispatch looks a
+ * request up, checks its arity and the client's authentication in one
+ * place, then runs proc on the loop; commands with an exec (everything
+ * that touches the database or the model) continue on a worker.  Replies
+ * use RESP3 types (maps, doubles) for clients that said HELLO 3 and the
+ * RESP2 equivalents otherwise; resp.c maps them.
+ */
+#include <ctype.h>
+#include <fnmatch.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "netint.h"
+#include "vlm_error.h"
+
+#define VLM_SERVER_VERSION "0.1.0"
+
+/* ======================================================================
+ * Argument helpers
+ * ==================================================================== */
+
+static int arg_is(const vlm__resp_arg *a, const char *word) {
+  size_t n = strlen(word);
+  return a->len == n && strncasecmp(a->ptr, word, n) == 0;
+}
+
+/* Copy an argument into a C string for messages: at most 64 bytes, and
+ * bytes that are not printable shown as '?'. */
+static const char *arg_show(const vlm__resp_arg *a, char *buf, size_t cap) {
+  size_t n = a->len < cap - 1 ? a->len : cap - 1;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)a->ptr[i];
+    buf[i] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+  }
+  buf[n] = '\0';
+  return buf;
+}
+
+static int arg_long(vlm__ctx *ctx, const vlm__resp_arg *a, long min, long max,
+                    const char *what, long *out) {
+  char tmp[32];
+  if (a->len == 0 || a->len >= sizeof tmp)
+    goto bad;
+  memcpy(tmp, a->ptr, a->len);
+  tmp[a->len] = '\0';
+  char *end;
+  long v = strtol(tmp, &end, 10);
+  if (*end != '\0' || v < min || v > max)
+    goto bad;
+  *out = v;
+  return 0;
+bad:
+  vlm__reply_error(ctx->out, "ERR", "%s must be an integer from %ld to %ld",
+                   what, min, max);
+  return -1;
+}
+
+static int arg_double(vlm__ctx *ctx, const vlm__resp_arg *a, double min,
+                      double max, const char *what, double *out) {
+  char tmp[64];
+  if (a->len == 0 || a->len >= sizeof tmp)
+    goto bad;
+  memcpy(tmp, a->ptr, a->len);
+  tmp[a->len] = '\0';
+  char *end;
+  double v = strtod(tmp, &end);
+  if (*end != '\0' || !(v >= min && v <= max))
+    goto bad;
+  *out = v;
+  return 0;
+bad:
+  vlm__reply_error(ctx->out, "ERR", "%s must be a number from %g to %g", what,
+                   min, max);
+  return -1;
+}
+
+/* Worker-command arguments are NUL-terminated copies; a NUL inside would
+ * silently cut a key or text short, so it is refused. */
+static int arg_cstr(vlm__ctx *ctx, const vlm__resp_arg *a, const char *what) {
+  if (memchr(a->ptr, '\0', a->len)) {
+    vlm__reply_error(ctx->out, "ERR", "%s contains a NUL byte", what);
+    return -1;
+  }
+  return 0;
+}
+
+static int syntax_error(vlm__ctx *ctx, const vlm__resp_arg *a) {
+  char tmp[64];
+  vlm__reply_error(ctx->out, "ERR", "syntax error near '%s'",
+                   arg_show(a, tmp, sizeof tmp));
+  return -1;
+}
+
+static int need_model(vlm__ctx *ctx, const char *what) {
+  if (ctx->srv->clip)
+    return 0;
+  vlm__reply_error(ctx->out, "ERR", "%s needs a model: start vlmdb serve "
+                   "with --model", what);
+  return -1;
+}
+
+/* vlm_db and vlm_clip errors as "-ERR <kind>: <detail>". */
+static void reply_liberr(vlm__buf *out, int rc) {
+  const char *detail = vlm_errmsg();
+  if (detail && *detail && strcmp(detail, vlm_strerror(rc)))
+    vlm__reply_error(out, "ERR", "%s: %s", vlm_strerror(rc), detail);
+  else
+    vlm__reply_error(out, "ERR", "%s", vlm_strerror(rc));
+}
+
+/* A vector argument: exactly dim little-endian float32 values, finite.
+ * Copied out because wire bytes carry no alignment. */
+static int arg_vector(vlm__ctx *ctx, const vlm__resp_arg *a, const char *what,
+                      float **out) {
+  size_t dim = (size_t)ctx->srv->dim;
+  if (a->len != dim * sizeof(float)) {
+    vlm__reply_error(ctx->out, "ERR", "%s must be %zu float32 values (%zu "
+                     "bytes), got %zu bytes", what, dim, dim * sizeof(float),
+                     a->len);
+    return -1;
+  }
+  float *v = malloc(a->len);
+  if (!v) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  memcpy(v, a->ptr, a->len);
+  for (size_t i = 0; i < dim; i++)
+    if (!isfinite(v[i])) {
+      free(v);
+      vlm__reply_error(ctx->out, "ERR", "%s has a non-finite value at %zu",
+                       what, i);
+      return -1;
+    }
+  *out = v;
+  return 0;
+}
+
+static void reply_vector(vlm__buf *out, const float *v, int dim, int as_array) {
+  if (!as_array) {
+    vlm__reply_bulk(out, v, (size_t)dim * sizeof(float));
+    return;
+  }
+  vlm__reply_array(out, dim);
+  for (int i = 0; i < dim; i++)
+    vlm__reply_float(out, v[i]);
+}
+
+/* ======================================================================
+ * Connection commands (answered on the loop)
+ * ==================================================================== */
+
+static int cmd_ping(vlm__ctx *ctx) {
+  if (ctx->argc > 2) {
+    vlm__reply_error(ctx->out, "ERR", "wrong number of arguments for 'ping' "
+                     "command");
+    return -1;
+  }
+  if (ctx->argc == 2)
+    vlm__reply_bulk(ctx->out, ctx->argv[1].ptr, ctx->argv[1].len);
+  else
+    vlm__reply_status(ctx->out, "PONG");
+  return 0;
+}
+
+static int cmd_echo(vlm__ctx *ctx) {
+  vlm__reply_bulk(ctx->out, ctx->argv[1].ptr, ctx->argv[1].len);
+  return 0;
+}
+
+static int cmd_quit(vlm__ctx *ctx) {
+  vlm__reply_status(ctx->out, "OK");
+  vlm__conn_quit(ctx->conn);
+  return 0;
+}
+
+/* Compare in time that depends only on the secret's length, never on how
+ * much of a guess is right. */
+static int secret_equal(const char *guess, size_t glen, const char *secret,
+                        size_t slen) {
+  volatile unsigned char diff = glen != slen;
+  for (size_t i = 0; i < slen; i++) {
+    unsigned char g = glen ? (unsigned char)guess[i % glen] : 0;
+    diff |= (unsigned char)(g ^ (unsigned char)secret[i]);
+  }
+  return diff == 0;
+}
+
+/* Check a user and password; 0 and the client authenticated, or -1 after
+ * the error reply. */
+static int check_auth(vlm__ctx *ctx, const vlm__resp_arg *user,
+                      const vlm__resp_arg *pass) {
+  vlm_server *srv = ctx->srv;
+  if (!srv->password) {
+    vlm__reply_error(ctx->out, "ERR", "AUTH <password> called without any "
+                     "password configured for the default user. Are you sure"
+                     " your configuration is correct?");
+    return -1;
+  }
+  int ok = secret_equal(pass->ptr, pass->len, srv->password,
+                        srv->password_len);
+  if (user && !arg_is(user, "default"))
+    ok = 0;
+  if (!ok) {
+    srv->stats.auth_failures++;
+    vlm__reply_error(ctx->out, "WRONGPASS", "invalid username-password pair"
+                     " or user is disabled.");
+    return -1;
+  }
+  ctx->conn->authed = 1;
+  return 0;
+}
+
+static int cmd_auth(vlm__ctx *ctx) {
+  if (ctx->argc > 3) {
+    vlm__reply_error(ctx->out, "ERR", "syntax error");
+    return -1;
+  }
+  const vlm__resp_arg *user = ctx->argc == 3 ? &ctx->argv[1] : NULL;
+  if (check_auth(ctx, user, &ctx->argv[ctx->argc - 1]) < 0)
+    return -1;
+  vlm__reply_status(ctx->out, "OK");
+  return 0;
+}
+
+static int valid_client_name(const vlm__resp_arg *a) {
+  for (size_t i = 0; i < a->len; i++)
+    if (a->ptr[i] < '!' || a->ptr[i] > '~')
+      return 0;
+  return 1;
+}
+
+static void set_name(char *dst, size_t cap, const vlm__resp_arg *a) {
+  size_t n = a->len < cap - 1 ? a->len : cap - 1;
+  memcpy(dst, a->ptr, n);
+  dst[n] = '\0';
+}
+
+static int cmd_hello(vlm__ctx *ctx) {
+  vlm__conn *conn = ctx->conn;
+  int proto = conn->resp3 ? 3 : 2;
+  int i = 1;
+  if (ctx->argc >= 2) {
+    long v;
+    char tmp[24];
+    char *end;
+    const vlm__resp_arg *a = &ctx->argv[1];
+    v = a->len > 0 && a->len < sizeof tmp
+            ? (memcpy(tmp, a->ptr, a->len), tmp[a->len] = '\0',
+               strtol(tmp, &end, 10))
+            : -1;
+    if (a->len == 0 || a->len >= sizeof tmp || *end != '\0') {
+      vlm__reply_error(ctx->out, "ERR", "Protocol version is not an integer "
+                       "or out of range");
+      return -1;
+    }
+    if (v != 2 && v != 3) {
+      vlm__reply_error(ctx->out, "NOPROTO", "unsupported protocol version");
+      return -1;
+    }
+    proto = (int)v;
+    i = 2;
+  }
+  const vlm__resp_arg *user = NULL, *pass = NULL, *name = NULL;
+  for (; i < ctx->argc; i++) {
+    if (arg_is(&ctx->argv[i], "AUTH") && i + 2 < ctx->argc) {
+      user = &ctx->argv[i + 1];
+      pass = &ctx->argv[i + 2];
+      i += 2;
+    } else if (arg_is(&ctx->argv[i], "SETNAME") && i + 1 < ctx->argc) {
+      name = &ctx->argv[++i];
+    } else {
+      return syntax_error(ctx, &ctx->argv[i]);
+    }
+  }
+  if (pass && check_auth(ctx, user, pass) < 0)
+    return -1;
+  if (!conn->authed) {
+    vlm__reply_error(ctx->out, "NOAUTH", "HELLO must be called with the "
+                     "client already authenticated, otherwise the HELLO "
+                     "<proto> AUTH <user> <pass> option can be used to "
+                     "authenticate the client and select the RESP protocol "
+                     "version at the same time");
+    return -1;
+  }
+  if (name) {
+    if (!valid_client_name(name)) {
+      vlm__reply_error(ctx->out, "ERR", "Client names cannot contain spaces, "
+                       "newlines or special characters.");
+      return -1;
+    }
+    set_name(conn->name, sizeof conn->name, name);
+  }
+  conn->resp3 = proto == 3;
+  ctx->out->resp3 = conn->resp3;
+  if (ctx->out != &conn->out)
+    conn->out.resp3 = conn->resp3;
+  vlm__buf *out = ctx->out;
+  vlm__reply_map(out, 7);
+  vlm__reply_cstr(out, "server");
+  vlm__reply_cstr(out, "vlmdb");
+  vlm__reply_cstr(out, "version");
+  vlm__reply_cstr(out, VLM_SERVER_VERSION);
+  vlm__reply_cstr(out, "proto");
+  vlm__reply_int(out, proto);
+  vlm__reply_cstr(out, "id");
+  vlm__reply_int(out, (long long)conn->id);
+  vlm__reply_cstr(out, "mode");
+  vlm__reply_cstr(out, "standalone");
+  vlm__reply_cstr(out, "role");
+  vlm__reply_cstr(out, "master");
+  vlm__reply_cstr(out, "modules");
+  vlm__reply_array(out, 0);
+  return 0;
+}
+
+static int cmd_select(vlm__ctx *ctx) {
+  if (!arg_is(&ctx->argv[1], "0")) {
+    vlm__reply_error(ctx->out, "ERR", "DB index is out of range");
+    return -1;
+  }
+  vlm__reply_status(ctx->out, "OK");
+  return 0;
+}
+
+static void client_line(vlm__buf *b, const vlm__conn *c, uint64_t now) {
+  vlm__buf_printf(b, "id=%llu addr=%s name=%s age=%llu idle=%llu "
+                  "qbuf=%zu obuf=%zu jobs=%d resp=%d lib-name=%s "
+                  "lib-ver=%s cmd=%s\n",
+                  (unsigned long long)c->id, c->addr, c->name,
+                  (unsigned long long)((now - c->created_ms) / 1000),
+                  (unsigned long long)((now - c->last_ms) / 1000),
+                  c->qlen - c->qpos, c->out.len + c->wlen, c->njobs,
+                  c->resp3 ? 3 : 2, c->lib_name, c->lib_ver, c->last_cmd);
+}
+
+static int cmd_client(vlm__ctx *ctx) {
+  vlm__conn *conn = ctx->conn;
+  const vlm__resp_arg *sub = &ctx->argv[1];
+  char tmp[64];
+  if (arg_is(sub, "SETNAME") && ctx->argc == 3) {
+    if (!valid_client_name(&ctx->argv[2])) {
+      vlm__reply_error(ctx->out, "ERR", "Client names cannot contain spaces, "
+                       "newlines or special characters.");
+      return -1;
+    }
+    set_name(conn->name, sizeof conn->name, &ctx->argv[2]);
+    vlm__reply_status(ctx->out, "OK");
+  } else if (arg_is(sub, "GETNAME") && ctx->argc == 2) {
+    if (conn->name[0])
+      vlm__reply_cstr(ctx->out, conn->name);
+    else
+      vlm__reply_null(ctx->out);
+  } else if (arg_is(sub, "SETINFO") && ctx->argc == 4) {
+    const vlm__resp_arg *what = &ctx->argv[2], *val = &ctx->argv[3];
+    if (!valid_client_name(val)) {
+      vlm__reply_error(ctx->out, "ERR", "%s cannot contain spaces, newlines "
+                       "or special characters.", arg_show(what, tmp,
+                                                          sizeof tmp));
+      return -1;
+    }
+    if (arg_is(what, "LIB-NAME"))
+      set_name(conn->lib_name, sizeof conn->lib_name, val);
+    else if (arg_is(what, "LIB-VER"))
+      set_name(conn->lib_ver, sizeof conn->lib_ver, val);
+    else {
+      vlm__reply_error(ctx->out, "ERR", "Unrecognized option '%s'",
+                       arg_show(what, tmp, sizeof tmp));
+      return -1;
+    }
+    vlm__reply_status(ctx->out, "OK");
+  } else if (arg_is(sub, "ID") && ctx->argc == 2) {
+    vlm__reply_int(ctx->out, (long long)conn->id);
+  } else if (arg_is(sub, "INFO") && ctx->argc == 2) {
+    vlm__buf line;
+    vlm__buf_init(&line, 0);
+    client_line(&line, conn, uv_now(&ctx->srv->loop));
+    vlm__reply_bulk(ctx->out, line.data, line.len);
+    vlm__buf_free(&line);
+  } else if (arg_is(sub, "LIST") && ctx->argc == 2) {
+    vlm__buf list;
+    vlm__buf_init(&list, 0);
+    uint64_t now = uv_now(&ctx->srv->loop);
+    for (vlm__conn *c = ctx->srv->conns; c; c = c->next)
+      if (!c->closing)
+        client_line(&list, c, now);
+    vlm__reply_bulk(ctx->out, list.data, list.len);
+    vlm__buf_free(&list);
+  } else if (arg_is(sub, "HELP")) {
+    static const char *help[] = {
+        "CLIENT <subcommand> [<arg> ...]. Subcommands are:",
+        "SETNAME <name>", "GETNAME", "SETINFO LIB-NAME|LIB-VER <value>", "ID",
+        "INFO", "LIST", "HELP"};
+    vlm__reply_array(ctx->out, sizeof help / sizeof help[0]);
+    for (size_t i = 0; i < sizeof help / sizeof help[0]; i++)
+      vlm__reply_status(ctx->out, help[i]);
+  } else {
+    vlm__reply_error(ctx->out, "ERR", "unknown subcommand or wrong number of "
+                     "arguments for '%s'. Try CLIENT HELP.",
+                     arg_show(sub, tmp, sizeof tmp));
+    return -1;
+  }
+  return 0;
+}
+
+/* CONFIG GET answers what clients probe for (redis-benchmark asks for
+ * "save" and "appendonly"); the settings are the command-line flags. */
+static int cmd_config(vlm__ctx *ctx) {
+  vlm_server *srv = ctx->srv;
+  char tmp[64];
+  if (!arg_is(&ctx->argv[1], "GET") || ctx->argc < 3) {
+    vlm__reply_error(ctx->out, "ERR", "CONFIG %s is not supported: the "
+                     "settings are vlmdb serve's flags",
+                     arg_show(&ctx->argv[1], tmp, sizeof tmp));
+    return -1;
+  }
+  char values[10][32];
+  const char *names[10] = {"save", "appendonly", "port", "bind",
+                           "maxclients", "timeout", "databases",
+                           "worker-threads", "max-request-bytes",
+                           "batch-window-us"};
+  snprintf(values[0], 32, "%s", "");
+  snprintf(values[1], 32, "%s", "no");
+  snprintf(values[2], 32, "%d", srv->port);
+  snprintf(values[3], 32, "%s", srv->bind);
+  snprintf(values[4], 32, "%d", srv->maxclients);
+  snprintf(values[5], 32, "%d", srv->timeout_s);
+  snprintf(values[6], 32, "%d", 1);
+  snprintf(values[7], 32, "%d", srv->threads);
+  snprintf(values[8], 32, "%zu", srv->max_request);
+  snprintf(values[9], 32, "%d", srv->batch_window_us);
+  int match[10] = {0}, n = 0;
+  for (int a = 2; a < ctx->argc; a++) {
+    char pat[128];
+    size_t len = ctx->argv[a].len < sizeof pat - 1 ? ctx->argv[a].len
+                                                   : sizeof pat - 1;
+    memcpy(pat, ctx->argv[a].ptr, len);
+    pat[len] = '\0';
+    for (int i = 0; i < 10; i++)
+      if (!match[i] && fnmatch(pat, names[i], FNM_CASEFOLD) == 0) {
+        match[i] = 1;
+        n++;
+      }
+  }
+  vlm__reply_map(ctx->out, n);
+  for (int i = 0; i < 10; i++)
+    if (match[i]) {
+      vlm__reply_cstr(ctx->out, names[i]);
+      vlm__reply_cstr(ctx->out, values[i]);
+    }
+  return 0;
+}
+
+/* ======================================================================
+ * COMMAND: introspection, in Redis 7's reply format
+ * ==================================================================== */
+
+static const vlm__command *lookup(const char *name, size_t len);
+static const vlm__command *table_at(size_t i);
+static size_t table_size(void);
+
+static void lower_name(const vlm__command *cmd, char *buf, size_t cap) {
+  size_t i = 0;
+  for (; cmd->name[i] && i < cap - 1; i++)
+    buf[i] = (char)tolower((unsigned char)cmd->name[i]);
+  buf[i] = '\0';
+}
+
+static void reply_command_info(vlm__buf *out, const vlm__command *cmd) {
+  char name[32];
+  lower_name(cmd, name, sizeof name);
+  vlm__reply_array(out, 10);
+  vlm__reply_cstr(out, name);
+  vlm__reply_int(out, cmd->arity);
+  int nflags = 1 + !!(cmd->flags & VLM__CMD_NOAUTH) + !cmd->exec;
+  vlm__reply_array(out, nflags);
+  vlm__reply_status(out, (cmd->flags & VLM__CMD_WRITE) ? "write" : "readonly");
+  if (cmd->flags & VLM__CMD_NOAUTH)
+    vlm__reply_status(out, "no_auth");
+  if (!cmd->exec)
+    vlm__reply_status(out, "fast");
+  vlm__reply_int(out, 0); /* first key: vlmdb has no cluster key slots */
+  vlm__reply_int(out, 0);
+  vlm__reply_int(out, 0);
+  vlm__reply_array(out, 0); /* ACL categories */
+  vlm__reply_array(out, 0); /* tips */
+  vlm__reply_array(out, 0); /* key specs */
+  vlm__reply_array(out, 0); /* subcommands */
+}
+
+static void reply_command_docs(vlm__buf *out, const vlm__command *cmd) {
+  char name[32];
+  lower_name(cmd, name, sizeof name);
+  vlm__reply_cstr(out, name);
+  vlm__reply_map(out, 4);
+  vlm__reply_cstr(out, "summary");
+  vlm__reply_cstr(out, cmd->summary);
+  vlm__reply_cstr(out, "since");
+  vlm__reply_cstr(out, VLM_SERVER_VERSION);
+  vlm__reply_cstr(out, "group");
+  vlm__reply_cstr(out, cmd->group);
+  vlm__reply_cstr(out, "syntax");
+  vlm__reply_cstr(out, cmd->syntax);
+}
+
+static int cmd_command(vlm__ctx *ctx) {
+  vlm__buf *out = ctx->out;
+  size_t n = table_size();
+  char tmp[64];
+  if (ctx->argc == 1) {
+    vlm__reply_array(out, (long)n);
+    for (size_t i = 0; i < n; i++)
+      reply_command_info(out, table_at(i));
+    return 0;
+  }
+  const vlm__resp_arg *sub = &ctx->argv[1];
+  if (arg_is(sub, "COUNT") && ctx->argc == 2) {
+    vlm__reply_int(out, (long long)n);
+  } else if (arg_is(sub, "LIST") && ctx->argc == 2) {
+    vlm__reply_array(out, (long)n);
+    for (size_t i = 0; i < n; i++) {
+      char name[32];
+      lower_name(table_at(i), name, sizeof name);
+      vlm__reply_cstr(out, name);
+    }
+  } else if (arg_is(sub, "INFO")) {
+    if (ctx->argc == 2) {
+      vlm__reply_array(out, (long)n);
+      for (size_t i = 0; i < n; i++)
+        reply_command_info(out, table_at(i));
+      return 0;
+    }
+    vlm__reply_array(out, ctx->argc - 2);
+    for (int a = 2; a < ctx->argc; a++) {
+      const vlm__command *cmd = lookup(ctx->argv[a].ptr, ctx->argv[a].len);
+      if (cmd)
+        reply_command_info(out, cmd);
+      else
+        vlm__reply_null(out);
+    }
+  } else if (arg_is(sub, "DOCS")) {
+    if (ctx->argc == 2) {
+      vlm__reply_map(out, (long)n);
+      for (size_t i = 0; i < n; i++)
+        reply_command_docs(out, table_at(i));
+      return 0;
+    }
+    int found = 0;
+    for (int a = 2; a < ctx->argc; a++)
+      found += lookup(ctx->argv[a].ptr, ctx->argv[a].len) != NULL;
+    vlm__reply_map(out, found);
+    for (int a = 2; a < ctx->argc; a++) {
+      const vlm__command *cmd = lookup(ctx->argv[a].ptr, ctx->argv[a].len);
+      if (cmd)
+        reply_command_docs(out, cmd);
+    }
+  } else if (arg_is(sub, "HELP")) {
+    static const char *help[] = {
+        "COMMAND <subcommand> [<arg> ...]. Subcommands are:",
+        "(no subcommand): every command's details", "COUNT", "LIST",
+        "INFO [<command-name> ...]", "DOCS [<command-name> ...]", "HELP"};
+    vlm__reply_array(out, sizeof help / sizeof help[0]);
+    for (size_t i = 0; i < sizeof help / sizeof help[0]; i++)
+      vlm__reply_status(out, help[i]);
+  } else {
+    vlm__reply_error(out, "ERR", "unknown subcommand or wrong number of "
+                     "arguments for '%s'. Try COMMAND HELP.",
+                     arg_show(sub, tmp, sizeof tmp));
+    return -1;
+  }
+  return 0;
+}
+
+/* ======================================================================
+ * INFO: loop sections in proc, database and model sections on a worker
+ * ==================================================================== */
+
+typedef struct {
+  vlm__buf text;
+  int db, model;
+} info_state;
+
+static void info_state_free(void *p) {
+  info_state *st = p;
+  if (st)
+    vlm__buf_free(&st->text);
+  free(st);
+}
+
+static void human_bytes(char *buf, size_t cap, double bytes) {
+  const char *units[] = {"B", "K", "M", "G", "T"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    u++;
+  }
+  snprintf(buf, cap, "%.2f%s", bytes, units[u]);
+}
+
+static int cmd_info_proc(vlm__ctx *ctx) {
+  vlm_server *srv = ctx->srv;
+  static const char *names[] = {"server", "clients", "stats", "memory", "db",
+                                "model"};
+  int want[6] = {0}, any = 0;
+  for (int a = 1; a < ctx->argc; a++) {
+    const vlm__resp_arg *s = &ctx->argv[a];
+    if (arg_is(s, "all") || arg_is(s, "everything") || arg_is(s, "default")) {
+      for (int i = 0; i < 6; i++)
+        want[i] = 1;
+    }
+    for (int i = 0; i < 6; i++)
+      if (arg_is(s, names[i]))
+        want[i] = 1;
+    any = 1;
+  }
+  if (!any)
+    for (int i = 0; i < 6; i++)
+      want[i] = 1;
+  info_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  ctx->job->state = st;
+  ctx->job->state_free = info_state_free;
+  st->db = want[4];
+  st->model = want[5];
+  vlm__buf *b = &st->text;
+  uint64_t now = uv_now(&srv->loop);
+  if (want[0])
+    vlm__buf_printf(b, "# Server\r\nvlmdb_version:%s\r\nprocess_id:%d\r\n"
+                    "tcp_port:%d\r\nbind:%s\r\nuptime_in_seconds:%llu\r\n"
+                    "multiplexing_api:libuv %s\r\nworker_threads:%d\r\n"
+                    "batch_window_us:%d\r\nbatch_max:%d\r\n"
+                    "max_request_bytes:%zu\r\nmax_output_bytes:%zu\r\n"
+                    "timeout:%d\r\nrequirepass:%s\r\n\r\n",
+                    VLM_SERVER_VERSION, (int)getpid(), srv->port, srv->bind,
+                    (unsigned long long)((now - srv->start_ms) / 1000),
+                    uv_version_string(), srv->threads, srv->batch_window_us,
+                    srv->batch_max, srv->max_request, srv->max_output,
+                    srv->timeout_s, srv->password ? "yes" : "no");
+  size_t qbufs = 0, obufs = 0;
+  int busy = 0, jobs = 0;
+  for (vlm__conn *c = srv->conns; c; c = c->next) {
+    qbufs += c->qcap;
+    obufs += c->out.cap + c->wlen;
+    busy += c->njobs > 0;
+    jobs += c->njobs;
+  }
+  if (want[1])
+    vlm__buf_printf(b, "# Clients\r\nconnected_clients:%d\r\nmaxclients:%d\r\n"
+                    "clients_waiting_for_workers:%d\r\nrequests_in_flight:%d"
+                    "\r\n\r\n", srv->nconns, srv->maxclients, busy, jobs);
+  if (want[2]) {
+    const vlm__stats *s = &srv->stats;
+    const vlm__batcher *bt = &srv->batcher;
+    long long tb = atomic_load(&bt->batches[VLM__TEXT]);
+    long long ti = atomic_load(&bt->items[VLM__TEXT]);
+    long long ib = atomic_load(&bt->batches[VLM__IMAGE]);
+    long long ii = atomic_load(&bt->items[VLM__IMAGE]);
+    vlm__buf_printf(
+        b, "# Stats\r\ntotal_connections_received:%llu\r\n"
+        "total_commands_processed:%llu\r\nrejected_connections:%llu\r\n"
+        "total_net_input_bytes:%llu\r\ntotal_net_output_bytes:%llu\r\n"
+        "protocol_errors:%llu\r\nslow_reader_disconnects:%llu\r\n"
+        "idle_timeouts:%llu\r\nauth_failures:%llu\r\n"
+        "text_embed_batches:%lld\r\ntext_embeds_batched:%lld\r\n"
+        "text_largest_batch:%lld\r\nimage_embed_batches:%lld\r\n"
+        "image_embeds_batched:%lld\r\nimage_largest_batch:%lld\r\n\r\n",
+        (unsigned long long)s->connections, (unsigned long long)s->commands,
+        (unsigned long long)s->rejected, (unsigned long long)s->net_in,
+        (unsigned long long)s->net_out,
+        (unsigned long long)s->protocol_errors,
+        (unsigned long long)s->slow_readers, (unsigned long long)s->timeouts,
+        (unsigned long long)s->auth_failures, tb, ti,
+        (long long)atomic_load(&bt->largest[VLM__TEXT]), ib, ii,
+        (long long)atomic_load(&bt->largest[VLM__IMAGE]));
+  }
+  if (want[3]) {
+    long rss = vlm__proc_status_kb("VmRSS"), hwm = vlm__proc_status_kb("VmHWM");
+    char h1[32], h2[32];
+    human_bytes(h1, sizeof h1, (double)rss * 1024);
+    human_bytes(h2, sizeof h2, (double)hwm * 1024);
+    vlm__buf_printf(b, "# Memory\r\nused_memory_rss:%ld\r\n"
+                    "used_memory_rss_human:%s\r\nused_memory_peak_rss:%ld\r\n"
+                    "used_memory_peak_rss_human:%s\r\n"
+                    "client_input_buffers:%zu\r\nclient_output_buffers:%zu"
+                    "\r\n\r\n", rss * 1024, h1, hwm * 1024, h2, qbufs, obufs);
+  }
+  if (b->oom) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+static void cmd_info_exec(vlm__job *job) {
+  vlm_server *srv = job->srv;
+  info_state *st = job->state;
+  vlm__buf *b = &st->text;
+  if (st->db) {
+    vlm_db_info info;
+    int rc = vlm_db_stat(srv->db, &info);
+    if (rc < 0) {
+      reply_liberr(&job->reply, rc);
+      return;
+    }
+    vlm__buf_printf(b, "# Db\r\nitems:%lld\r\nimage_vectors:%lld\r\n"
+                    "text_vectors:%lld\r\nindex_vectors:%lld\r\ndim:%d\r\n"
+                    "index_factory:%s\r\nformat_version:%d\r\n"
+                    "disk_bytes:%llu\r\nfields:",
+                    (long long)info.items, (long long)info.image_vectors,
+                    (long long)info.text_vectors,
+                    (long long)info.index_vectors, info.dim,
+                    info.index_factory, info.format_version,
+                    (unsigned long long)info.disk_bytes);
+    static const char *types[] = {"text", "int", "real"};
+    for (int i = 0; i < info.nfields && i < 64; i++)
+      vlm__buf_printf(b, "%s%s:%s", i ? "," : "", info.field_names[i],
+                      (unsigned)info.field_types[i] < 3
+                          ? types[info.field_types[i]]
+                          : "?");
+    vlm__buf_printf(b, "\r\nmodel_id:%s\r\n\r\n", info.model_id);
+  }
+  if (st->model) {
+    if (srv->clip)
+      vlm__buf_printf(b, "# Model\r\nmodel_loaded:1\r\nmodel_id:%s\r\n"
+                      "model_dir:%s\r\ndim:%d\r\nimage_size:%d\r\n"
+                      "context_length:%d\r\n\r\n",
+                      vlm_clip_model_id(srv->clip), srv->model_dir,
+                      vlm_clip_dim(srv->clip), vlm_clip_image_size(srv->clip),
+                      vlm_clip_context_length(srv->clip));
+    else
+      vlm__buf_printf(b, "# Model\r\nmodel_loaded:0\r\n\r\n");
+  }
+  size_t len = b->len >= 2 ? b->len - 2 : b->len; /* no trailing blank line */
+  if (b->oom)
+    vlm__reply_error(&job->reply, "ERR", "out of memory");
+  else
+    vlm__reply_bulk(&job->reply, b->data, len);
+}
+
+/* ======================================================================
+ * SEARCH
+ * ==================================================================== */
+
+enum { Q_TEXT, Q_IMAGE, Q_KEY, Q_VECTOR };
+enum { F_CAPTION = -1, F_SOURCE = -2, F_META = -3, F_THUMB = -4,
+       F_MODALITY = -5 };
+#define MAX_RETURN 32
+
+typedef struct {
+  int qtype;
+  const char *key;         /* Q_KEY */
+  float *vec;              /* Q_VECTOR */
+  vlm_search_options opts;
+  int nfields;
+  int fields[MAX_RETURN];  /* F_* or a declared field's index */
+  const char *field_names[MAX_RETURN];
+} search_state;
+
+static void search_state_free(void *p) {
+  search_state *st = p;
+  if (st)
+    free(st->vec);
+  free(st);
+}
+
+static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
+                         const char **name) {
+  static const struct {
+    const char *name;
+    int id;
+  } builtin[] = {{"caption", F_CAPTION}, {"source", F_SOURCE},
+                 {"meta", F_META},       {"thumb", F_THUMB},
+                 {"modality", F_MODALITY}};
+  for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
+    if (arg_is(a, builtin[i].name)) {
+      *field = builtin[i].id;
+      *name = builtin[i].name;
+      return 0;
+    }
+  vlm_server *srv = ctx->srv;
+  for (int i = 0; i < srv->nfields; i++)
+    if (a->len == strlen(srv->field_names[i]) &&
+        !memcmp(a->ptr, srv->field_names[i], a->len)) {
+      *field = i;
+      *name = srv->field_names[i];
+      return 0;
+    }
+  char tmp[64];
+  vlm__reply_error(ctx->out, "ERR", "unknown field '%s' in RETURN (caption, "
+                   "source, meta, thumb, modality or a declared field)",
+                   arg_show(a, tmp, sizeof tmp));
+  return -1;
+}
+
+static int cmd_search_proc(vlm__ctx *ctx) {
+  vlm__job *job = ctx->job;
+  search_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  job->state = st;
+  job->state_free = search_state_free;
+  st->opts.k = 10;
+  st->opts.target = VLM_TARGET_ANY;
+  const vlm__resp_arg *kind = &ctx->argv[1], *q = &ctx->argv[2];
+  if (arg_is(kind, "TEXT"))
+    st->qtype = Q_TEXT;
+  else if (arg_is(kind, "IMAGE"))
+    st->qtype = Q_IMAGE;
+  else if (arg_is(kind, "KEY"))
+    st->qtype = Q_KEY;
+  else if (arg_is(kind, "VECTOR"))
+    st->qtype = Q_VECTOR;
+  else {
+    char tmp[64];
+    vlm__reply_error(ctx->out, "ERR", "SEARCH: unknown query kind '%s' (TEXT,"
+                     " IMAGE, KEY or VECTOR)", arg_show(kind, tmp, sizeof tmp));
+    return -1;
+  }
+  for (int i = 3; i < ctx->argc; i++) {
+    const vlm__resp_arg *a = &ctx->argv[i];
+    int has = i + 1 < ctx->argc;
+    long v;
+    double d;
+    if (arg_is(a, "K") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, 10000, "K", &v) < 0)
+        return -1;
+      st->opts.k = (int)v;
+    } else if (arg_is(a, "FILTER") && has) {
+      if (arg_cstr(ctx, &ctx->argv[++i], "FILTER") < 0)
+        return -1;
+      st->opts.filter = ctx->argv[i].ptr;
+    } else if (arg_is(a, "TARGET") && has) {
+      const vlm__resp_arg *t = &ctx->argv[++i];
+      if (arg_is(t, "ANY"))
+        st->opts.target = VLM_TARGET_ANY;
+      else if (arg_is(t, "IMAGE"))
+        st->opts.target = VLM_TARGET_IMAGE;
+      else if (arg_is(t, "TEXT"))
+        st->opts.target = VLM_TARGET_TEXT;
+      else {
+        vlm__reply_error(ctx->out, "ERR", "TARGET must be ANY, IMAGE or TEXT");
+        return -1;
+      }
+    } else if (arg_is(a, "HYBRID") && has) {
+      if (arg_cstr(ctx, &ctx->argv[++i], "HYBRID") < 0)
+        return -1;
+      st->opts.hybrid_text = ctx->argv[i].ptr;
+    } else if (arg_is(a, "WEIGHT") && has) {
+      if (arg_double(ctx, &ctx->argv[++i], 0, 1, "WEIGHT", &d) < 0)
+        return -1;
+      st->opts.hybrid_weight = (float)d;
+    } else if (arg_is(a, "EF") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "EF", &v) < 0)
+        return -1;
+      st->opts.ef_search = (int)v;
+    } else if (arg_is(a, "NPROBE") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "NPROBE", &v) < 0)
+        return -1;
+      st->opts.nprobe = (int)v;
+    } else if (arg_is(a, "EXACT")) {
+      st->opts.exact = 1;
+    } else if (arg_is(a, "RETURN") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 0, MAX_RETURN, "RETURN count",
+                   &v) < 0)
+        return -1;
+      if (i + v >= ctx->argc) {
+        vlm__reply_error(ctx->out, "ERR", "RETURN %ld needs %ld field names",
+                         v, v);
+        return -1;
+      }
+      for (long f = 0; f < v; f++) {
+        if (resolve_field(ctx, &ctx->argv[++i], &st->fields[st->nfields],
+                          &st->field_names[st->nfields]) < 0)
+          return -1;
+        st->nfields++;
+      }
+    } else {
+      return syntax_error(ctx, a);
+    }
+  }
+  if (st->opts.hybrid_weight > 0 && !st->opts.hybrid_text) {
+    vlm__reply_error(ctx->out, "ERR", "WEIGHT needs HYBRID <text>");
+    return -1;
+  }
+  switch (st->qtype) {
+  case Q_TEXT:
+    if (need_model(ctx, "SEARCH TEXT") < 0 || arg_cstr(ctx, q, "text") < 0)
+      return -1;
+    job->embed_text = q->ptr;
+    break;
+  case Q_IMAGE:
+    if (need_model(ctx, "SEARCH IMAGE") < 0)
+      return -1;
+    job->embed_image = q->ptr;
+    job->embed_image_len = q->len;
+    break;
+  case Q_KEY:
+    if (q->len == 0 || arg_cstr(ctx, q, "key") < 0) {
+      if (q->len == 0)
+        vlm__reply_error(ctx->out, "ERR", "empty key");
+      return -1;
+    }
+    st->key = q->ptr;
+    break;
+  case Q_VECTOR:
+    if (arg_vector(ctx, q, "VECTOR", &st->vec) < 0)
+      return -1;
+    break;
+  }
+  return 0;
+}
+
+static const char *modality_name(vlm_target t) {
+  return t == VLM_TARGET_IMAGE ? "image" : t == VLM_TARGET_TEXT ? "text"
+                                                                : "any";
+}
+
+static void reply_json_value(vlm__buf *out, json_t *v) {
+  if (!v || json_is_null(v)) {
+    vlm__reply_null(out);
+  } else if (json_is_integer(v)) {
+    vlm__reply_int(out, (long long)json_integer_value(v));
+  } else if (json_is_real(v)) {
+    vlm__reply_double(out, json_real_value(v));
+  } else if (json_is_string(v)) {
+    vlm__reply_bulk(out, json_string_value(v), json_string_length(v));
+  } else if (json_is_boolean(v)) {
+    vlm__reply_bool(out, json_is_true(v));
+  } else {
+    char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    vlm__reply_cstr(out, s);
+    free(s);
+  }
+}
+
+static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
+                        const vlm_record *rec, json_t *meta,
+                        const char *name) {
+  switch (field) {
+  case F_MODALITY:
+    vlm__reply_cstr(out, modality_name(hit->modality));
+    return;
+  case F_CAPTION:
+    vlm__reply_cstr(out, rec ? rec->caption : NULL);
+    return;
+  case F_SOURCE:
+    vlm__reply_cstr(out, rec ? rec->source : NULL);
+    return;
+  case F_META:
+    vlm__reply_cstr(out, rec ? rec->meta_json : NULL);
+    return;
+  case F_THUMB:
+    if (rec && rec->thumb)
+      vlm__reply_bulk(out, rec->thumb, rec->thumb_len);
+    else
+      vlm__reply_null(out);
+    return;
+  default:
+    reply_json_value(out, meta ? json_object_get(meta, name) : NULL);
+  }
+}
+
+static void cmd_search_exec(vlm__job *job) {
+  vlm_server *srv = job->srv;
+  search_state *st = job->state;
+  vlm__buf *out = &job->reply;
+  const float *query = NULL;
+  vlm_record *keyrec = NULL;
+  vlm_hit *hits = NULL;
+  int nhits = 0, rc;
+  switch (st->qtype) {
+  case Q_TEXT:
+    query = job->text_vec;
+    break;
+  case Q_IMAGE:
+    query = job->image_vec;
+    break;
+  case Q_VECTOR:
+    query = st->vec;
+    break;
+  case Q_KEY:
+    rc = vlm_db_get(srv->db, st->key, &keyrec);
+    if (rc == VLM_ENOTFOUND) {
+      vlm__reply_error(out, "ERR", "no such key '%.200s'", st->key);
+      return;
+    }
+    if (rc < 0) {
+      reply_liberr(out, rc);
+      return;
+    }
+    query = keyrec->image_vec ? keyrec->image_vec : keyrec->text_vec;
+    if (!query) {
+      vlm__reply_error(out, "ERR", "key '%.200s' has no vector", st->key);
+      goto done;
+    }
+    break;
+  }
+  rc = vlm_db_search(srv->db, query, &st->opts, &hits, &nhits);
+  if (rc < 0) {
+    reply_liberr(out, rc);
+    goto done;
+  }
+  int need_rec = 0;
+  for (int f = 0; f < st->nfields; f++)
+    need_rec |= st->fields[f] != F_MODALITY;
+  if (out->resp3)
+    vlm__reply_map(out, nhits);
+  else
+    vlm__reply_array(out, nhits);
+  for (int h = 0; h < nhits; h++) {
+    vlm_record *rec = NULL;
+    json_t *meta = NULL;
+    if (need_rec && vlm_db_get(srv->db, hits[h].key, &rec) == 0) {
+      for (int f = 0; f < st->nfields; f++)
+        if (st->fields[f] >= 0 && !meta && rec->meta_json)
+          meta = json_loads(rec->meta_json, 0, NULL);
+    }
+    if (out->resp3) {
+      vlm__reply_cstr(out, hits[h].key);
+      vlm__reply_map(out, 1 + st->nfields);
+    } else {
+      vlm__reply_array(out, 2 + 2 * st->nfields);
+      vlm__reply_cstr(out, hits[h].key);
+    }
+    if (out->resp3)
+      vlm__reply_cstr(out, "score");
+    vlm__reply_float(out, hits[h].score);
+    for (int f = 0; f < st->nfields; f++) {
+      vlm__reply_cstr(out, st->field_names[f]);
+      reply_field(out, st->fields[f], &hits[h], rec, meta,
+                  st->field_names[f]);
+    }
+    json_decref(meta);
+    vlm_record_free(rec);
+  }
+done:
+  vlm_hits_free(hits, nhits);
+  vlm_record_free(keyrec);
+}
+
+/* ======================================================================
+ * ADD / UPSERT, DEL, GET, EXISTS
+ * ==================================================================== */
+
+#define THUMB_SIDE 128
+#define THUMB_QUALITY 85
+
+typedef struct {
+  vlm_item item;
+  unsigned flags;
+  const void *image;
+  size_t image_len;
+  float *image_vec, *text_vec;  /* given as bytes */
+} add_state;
+
+static void add_state_free(void *p) {
+  add_state *st = p;
+  if (st) {
+    free(st->image_vec);
+    free(st->text_vec);
+  }
+  free(st);
+}
+
+static int cmd_add_proc(vlm__ctx *ctx) {
+  vlm__job *job = ctx->job;
+  add_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  job->state = st;
+  job->state_free = add_state_free;
+  st->flags = arg_is(&ctx->argv[0], "UPSERT") ? VLM_PUT_UPSERT : 0;
+  const vlm__resp_arg *key = &ctx->argv[1];
+  if (key->len == 0) {
+    vlm__reply_error(ctx->out, "ERR", "empty key");
+    return -1;
+  }
+  if (arg_cstr(ctx, key, "key") < 0)
+    return -1;
+  st->item.key = key->ptr;
+  for (int i = 2; i < ctx->argc; i++) {
+    const vlm__resp_arg *a = &ctx->argv[i];
+    if (i + 1 >= ctx->argc)
+      return syntax_error(ctx, a);
+    const vlm__resp_arg *v = &ctx->argv[++i];
+    if (arg_is(a, "TEXT")) {
+      if (arg_cstr(ctx, v, "TEXT") < 0)
+        return -1;
+      st->item.caption = v->ptr;
+    } else if (arg_is(a, "IMAGE")) {
+      st->image = v->ptr;
+      st->image_len = v->len;
+    } else if (arg_is(a, "META")) {
+      if (arg_cstr(ctx, v, "META") < 0)
+        return -1;
+      st->item.meta_json = v->ptr;
+    } else if (arg_is(a, "SOURCE")) {
+      if (arg_cstr(ctx, v, "SOURCE") < 0)
+        return -1;
+      st->item.source = v->ptr;
+    } else if (arg_is(a, "IMAGEVEC")) {
+      free(st->image_vec);
+      st->image_vec = NULL;
+      if (arg_vector(ctx, v, "IMAGEVEC", &st->image_vec) < 0)
+        return -1;
+    } else if (arg_is(a, "TEXTVEC")) {
+      free(st->text_vec);
+      st->text_vec = NULL;
+      if (arg_vector(ctx, v, "TEXTVEC", &st->text_vec) < 0)
+        return -1;
+    } else {
+      return syntax_error(ctx, a);
+    }
+  }
+  /* Vectors not given are computed from the text and the image. */
+  if (st->item.caption && !st->text_vec && ctx->srv->clip)
+    job->embed_text = st->item.caption;
+  if (st->image && !st->image_vec) {
+    if (need_model(ctx, "ADD with IMAGE and no IMAGEVEC") < 0)
+      return -1;
+    job->embed_image = st->image;
+    job->embed_image_len = st->image_len;
+  }
+  if (!st->text_vec && !st->image_vec && !job->embed_text &&
+      !job->embed_image) {
+    vlm__reply_error(ctx->out, "ERR", "%s needs a vector: TEXT or IMAGE "
+                     "(with a model loaded), TEXTVEC or IMAGEVEC",
+                     st->flags ? "UPSERT" : "ADD");
+    return -1;
+  }
+  return 0;
+}
+
+static void cmd_add_exec(vlm__job *job) {
+  vlm_server *srv = job->srv;
+  add_state *st = job->state;
+  uint8_t *thumb = NULL;
+  size_t thumb_len = 0;
+  int rc;
+  if (st->image) {
+    vlm_image img = {0};
+    rc = vlm_image_decode(st->image, st->image_len, NULL, &img);
+    if (rc == 0)
+      rc = vlm_image_thumbnail_jpeg(&img, THUMB_SIDE, THUMB_QUALITY, &thumb,
+                                    &thumb_len);
+    vlm_image_free(&img);
+    if (rc < 0) {
+      vlm__reply_error(&job->reply, "ERR", "cannot read the image: %s",
+                       vlm_errmsg());
+      return;
+    }
+  }
+  vlm_item item = st->item;
+  item.image_vec = st->image_vec ? st->image_vec : job->image_vec;
+  item.text_vec = st->text_vec ? st->text_vec : job->text_vec;
+  item.thumb = thumb;
+  item.thumb_len = thumb_len;
+  int written = 0;
+  rc = vlm_db_put(srv->db, &item, 1, st->flags, &written);
+  if (rc < 0)
+    reply_liberr(&job->reply, rc);
+  else
+    vlm__reply_int(&job->reply, written);
+  free(thumb);
+}
+
+static int cmd_keys_proc(vlm__ctx *ctx) {
+  for (int i = 1; i < ctx->argc; i++)
+    if (arg_cstr(ctx, &ctx->argv[i], "key") < 0)
+      return -1;
+  return 0;
+}
+
+static void cmd_del_exec(vlm__job *job) {
+  int n = job->argc - 1;
+  const char **keys = malloc((size_t)n * sizeof *keys);
+  if (!keys) {
+    vlm__reply_error(&job->reply, "ERR", "out of memory");
+    return;
+  }
+  for (int i = 0; i < n; i++)
+    keys[i] = job->argv[i + 1].ptr;
+  int deleted = 0;
+  int rc = vlm_db_delete(job->srv->db, keys, n, &deleted);
+  if (rc < 0)
+    reply_liberr(&job->reply, rc);
+  else
+    vlm__reply_int(&job->reply, deleted);
+  free(keys);
+}
+
+static void cmd_exists_exec(vlm__job *job) {
+  long long n = 0;
+  for (int i = 1; i < job->argc; i++) {
+    int rc = vlm_db_exists(job->srv->db, job->argv[i].ptr);
+    if (rc < 0) {
+      reply_liberr(&job->reply, rc);
+      return;
+    }
+    n += rc;
+  }
+  vlm__reply_int(&job->reply, n);
+}
+
+typedef struct {
+  int thumb, vectors;
+} get_state;
+
+static int cmd_get_proc(vlm__ctx *ctx) {
+  if (arg_cstr(ctx, &ctx->argv[1], "key") < 0)
+    return -1;
+  get_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  ctx->job->state = st;
+  ctx->job->state_free = free;
+  for (int i = 2; i < ctx->argc; i++) {
+    if (arg_is(&ctx->argv[i], "WITHTHUMB"))
+      st->thumb = 1;
+    else if (arg_is(&ctx->argv[i], "WITHVECTORS"))
+      st->vectors = 1;
+    else
+      return syntax_error(ctx, &ctx->argv[i]);
+  }
+  return 0;
+}
+
+static void cmd_get_exec(vlm__job *job) {
+  get_state *st = job->state;
+  vlm__buf *out = &job->reply;
+  vlm_record *rec = NULL;
+  int rc = vlm_db_get(job->srv->db, job->argv[1].ptr, &rec);
+  if (rc == VLM_ENOTFOUND) {
+    vlm__reply_null(out);
+    return;
+  }
+  if (rc < 0) {
+    reply_liberr(out, rc);
+    return;
+  }
+  vlm__reply_map(out, 4 + st->thumb + 2 * st->vectors);
+  vlm__reply_cstr(out, "key");
+  vlm__reply_cstr(out, rec->key);
+  vlm__reply_cstr(out, "caption");
+  vlm__reply_cstr(out, rec->caption);
+  vlm__reply_cstr(out, "source");
+  vlm__reply_cstr(out, rec->source);
+  vlm__reply_cstr(out, "meta");
+  vlm__reply_cstr(out, rec->meta_json);
+  if (st->thumb) {
+    vlm__reply_cstr(out, "thumb");
+    if (rec->thumb)
+      vlm__reply_bulk(out, rec->thumb, rec->thumb_len);
+    else
+      vlm__reply_null(out);
+  }
+  if (st->vectors) {
+    vlm__reply_cstr(out, "image_vec");
+    if (rec->image_vec)
+      vlm__reply_bulk(out, rec->image_vec, (size_t)rec->dim * sizeof(float));
+    else
+      vlm__reply_null(out);
+    vlm__reply_cstr(out, "text_vec");
+    if (rec->text_vec)
+      vlm__reply_bulk(out, rec->text_vec, (size_t)rec->dim * sizeof(float));
+    else
+      vlm__reply_null(out);
+  }
+  vlm_record_free(rec);
+}
+
+/* ======================================================================
+ * EMBED, COUNT, SAVE
+ * ==================================================================== */
+
+typedef struct {
+  int image, as_array;
+} embed_state;
+
+static int cmd_embed_proc(vlm__ctx *ctx) {
+  vlm__job *job = ctx->job;
+  embed_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  job->state = st;
+  job->state_free = free;
+  st->as_array = ctx->conn->resp3;
+  for (int i = 3; i < ctx->argc; i++) {
+    if (arg_is(&ctx->argv[i], "BYTES"))
+      st->as_array = 0;
+    else if (arg_is(&ctx->argv[i], "ARRAY"))
+      st->as_array = 1;
+    else
+      return syntax_error(ctx, &ctx->argv[i]);
+  }
+  if (need_model(ctx, "EMBED") < 0)
+    return -1;
+  const vlm__resp_arg *kind = &ctx->argv[1], *data = &ctx->argv[2];
+  if (arg_is(kind, "TEXT")) {
+    if (arg_cstr(ctx, data, "text") < 0)
+      return -1;
+    job->embed_text = data->ptr;
+  } else if (arg_is(kind, "IMAGE")) {
+    st->image = 1;
+    job->embed_image = data->ptr;
+    job->embed_image_len = data->len;
+  } else {
+    char tmp[64];
+    vlm__reply_error(ctx->out, "ERR", "EMBED: unknown input kind '%s' (TEXT "
+                     "or IMAGE)", arg_show(kind, tmp, sizeof tmp));
+    return -1;
+  }
+  return 0;
+}
+
+static void cmd_embed_exec(vlm__job *job) {
+  embed_state *st = job->state;
+  reply_vector(&job->reply, st->image ? job->image_vec : job->text_vec,
+               job->srv->dim, st->as_array);
+}
+
+static int cmd_noargs_proc(vlm__ctx *ctx) {
+  (void)ctx;
+  return 0;
+}
+
+static void cmd_count_exec(vlm__job *job) {
+  vlm_db_info info;
+  int rc = vlm_db_stat(job->srv->db, &info);
+  if (rc < 0)
+    reply_liberr(&job->reply, rc);
+  else
+    vlm__reply_int(&job->reply, info.items);
+}
+
+static void cmd_save_exec(vlm__job *job) {
+  int rc = vlm_db_checkpoint(job->srv->db);
+  if (rc < 0)
+    reply_liberr(&job->reply, rc);
+  else
+    vlm__reply_status(&job->reply, "OK");
+}
+
+/* ======================================================================
+ * The table
+ * ==================================================================== */
+
+#define NOAUTH VLM__CMD_NOAUTH
+#define WRITE VLM__CMD_WRITE
+#define ADMIN VLM__CMD_ADMIN
+
+static const vlm__command commands[] = {
+    {"PING", cmd_ping, NULL, -1, 0, "connection", "[message]",
+     "Answer PONG, or the message."},
+    {"ECHO", cmd_echo, NULL, 2, 0, "connection", "message",
+     "Answer the message."},
+    {"AUTH", cmd_auth, NULL, -2, NOAUTH, "connection", "[username] password",
+     "Authenticate the connection (--requirepass)."},
+    {"HELLO", cmd_hello, NULL, -1, NOAUTH, "connection",
+     "[2|3 [AUTH username password] [SETNAME name]]",
+     "Choose RESP2 or RESP3, optionally authenticating; answer server facts."},
+    {"QUIT", cmd_quit, NULL, -1, NOAUTH, "connection", "",
+     "Close the connection after the replies owed."},
+    {"SELECT", cmd_select, NULL, 2, 0, "connection", "0",
+     "Accepted for client libraries: vlmdb has one database."},
+    {"CLIENT", cmd_client, NULL, -2, 0, "connection",
+     "SETNAME name | GETNAME | SETINFO LIB-NAME|LIB-VER value | ID | INFO | "
+     "LIST", "Name and inspect connections."},
+    {"COMMAND", cmd_command, NULL, -1, 0, "server",
+     "[COUNT | LIST | INFO [name ...] | DOCS [name ...]]",
+     "Describe the commands."},
+    {"CONFIG", cmd_config, NULL, -2, 0, "server", "GET pattern [pattern ...]",
+     "Read the server's settings."},
+    {"INFO", cmd_info_proc, cmd_info_exec, -1, 0, "server",
+     "[server|clients|stats|memory|db|model|all ...]",
+     "Server, client, statistics, memory, database and model facts."},
+    {"SEARCH", cmd_search_proc, cmd_search_exec, -3, 0, "search",
+     "TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes [K k] "
+     "[FILTER expr] [TARGET ANY|IMAGE|TEXT] [HYBRID text [WEIGHT w]] "
+     "[EF ef] [NPROBE nprobe] [EXACT] [RETURN n field ...]",
+     "k nearest items: key, score and the fields asked for."},
+    {"ADD", cmd_add_proc, cmd_add_exec, -4, WRITE, "write",
+     "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
+     "[IMAGEVEC float32-bytes] [TEXTVEC float32-bytes]",
+     "Add an item (skipped, reply 0, if the key exists)."},
+    {"UPSERT", cmd_add_proc, cmd_add_exec, -4, WRITE, "write",
+     "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
+     "[IMAGEVEC float32-bytes] [TEXTVEC float32-bytes]",
+     "Add or replace an item."},
+    {"DEL", cmd_keys_proc, cmd_del_exec, -2, WRITE, "write", "key [key ...]",
+     "Delete items; answer how many existed."},
+    {"GET", cmd_get_proc, cmd_get_exec, -2, 0, "read",
+     "key [WITHTHUMB] [WITHVECTORS]",
+     "An item's caption, source, metadata (and thumbnail, vectors)."},
+    {"EXISTS", cmd_keys_proc, cmd_exists_exec, -2, 0, "read", "key [key ...]",
+     "How many of the keys exist."},
+    {"EMBED", cmd_embed_proc, cmd_embed_exec, -3, 0, "embed",
+     "TEXT text | IMAGE bytes [BYTES|ARRAY]",
+     "The model's normalized vector: float32 bytes (RESP3: doubles)."},
+    {"COUNT", cmd_noargs_proc, cmd_count_exec, 1, 0, "admin", "",
+     "Number of items."},
+    {"DBSIZE", cmd_noargs_proc, cmd_count_exec, 1, 0, "admin", "",
+     "Number of items (as COUNT)."},
+    {"SAVE", cmd_noargs_proc, cmd_save_exec, 1, ADMIN, "admin", "",
+     "Checkpoint the vector index now."},
+};
+
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static const vlm__command *table_at(size_t i) { return &commands[i]; }
+static size_t table_size(void) { return NCOMMANDS; }
+
+static const vlm__command *lookup(const char *name, size_t len) {
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (strlen(commands[i].name) == len &&
+        strncasecmp(commands[i].name, name, len) == 0)
+      return &commands[i];
+  return NULL;
+}
+
+int vlm__commands_init(vlm_server *srv) {
+  (void)srv;
+  return 0;
+}
+
+/* ======================================================================
+ * Dispatch: the one place that checks arity and authentication
+ * ==================================================================== */
+
+static void reply_unknown(vlm__buf *out, int argc, const vlm__resp_arg *argv) {
+  char name[130], args[160] = "", tmp[130];
+  arg_show(&argv[0], name, sizeof name);
+  size_t used = 0;
+  for (int i = 1; i < argc && used < 128; i++) {
+    int n = snprintf(args + used, sizeof args - used, "'%s' ",
+                     arg_show(&argv[i], tmp, sizeof tmp));
+    if (n < 0 || (size_t)n >= sizeof args - used)
+      break;
+    used += (size_t)n;
+  }
+  vlm__reply_error(out, "ERR", "unknown command '%s', with args beginning "
+                   "with: %s", name, args);
+}
+
+void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
+  vlm_server *srv = conn->srv;
+  const vlm__command *cmd = lookup(argv[0].ptr, argv[0].len);
+  if (!cmd) {
+    reply_unknown(vlm__conn_reply_buf(conn), argc, argv);
+    return;
+  }
+  snprintf(conn->last_cmd, sizeof conn->last_cmd, "%s", cmd->name);
+  if ((cmd->arity > 0 && argc != cmd->arity) ||
+      (cmd->arity < 0 && argc < -cmd->arity)) {
+    char name[32];
+    lower_name(cmd, name, sizeof name);
+    vlm__reply_error(vlm__conn_reply_buf(conn), "ERR", "wrong number of "
+                     "arguments for '%s' command", name);
+    return;
+  }
+  if (!conn->authed && !(cmd->flags & VLM__CMD_NOAUTH)) {
+    vlm__reply_error(vlm__conn_reply_buf(conn), "NOAUTH",
+                     "Authentication required.");
+    return;
+  }
+  vlm__ctx ctx = {srv, conn, NULL, argc, argv, NULL};
+  if (!cmd->exec) {
+    ctx.out = vlm__conn_reply_buf(conn);
+    cmd->proc(&ctx);
+    return;
+  }
+  vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
+  if (!job) {
+    vlm__reply_error(vlm__conn_reply_buf(conn), "ERR", "out of memory");
+    return;
+  }
+  ctx.job = job;
+  ctx.argv = job->argv;
+  ctx.out = &job->reply;
+  if (cmd->proc(&ctx) < 0) {
+    /* Bad arguments: answer in order, no worker needed. */
+    vlm__buf *out = vlm__conn_reply_buf(conn);
+    vlm__buf_append(out, job->reply.data, job->reply.len);
+    vlm__job_free(job);
+    return;
+  }
+  vlm__conn_push_job(conn, job);
+  vlm__job_start(job);
+}

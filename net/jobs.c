@@ -1,0 +1,305 @@
+/* jobs.c - a request's way through the worker pool.
+ *
+ * A job that needs an embedding goes through stages, each a pool task:
+ *
+ *   decode: an image is decoded and preprocessed on its own task, so many
+ *           images decode in parallel;
+ *   embed:  the job joins the batcher queue of its modality; one collector
+ *           task per modality waits up to the batch window for more jobs
+ *           (or until the batch is full), takes the batch and runs the
+ *           model once for all of it, then resubmits every job;
+ *   exec:   the command's own work (search, write, reply formatting);
+ *
+ * and then goes back to the loop through the completion queue.  While one
+ * collector encodes its batch, the next collector already gathers the
+ * following one on another worker, so batching never serializes the model.
+ * With batching off every job embeds its own input in its exec task.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "netint.h"
+#include "vlm_error.h"
+
+/* ---- jobs ---- */
+
+vlm__job *vlm__job_new(vlm__conn *conn, const vlm__command *cmd, int argc,
+                       const vlm__resp_arg *argv) {
+  size_t bytes = sizeof(vlm__job) + (size_t)argc * sizeof(vlm__resp_arg);
+  for (int i = 0; i < argc; i++)
+    bytes += argv[i].len + 1;
+  vlm__job *job = calloc(1, bytes);
+  if (!job)
+    return NULL;
+  job->conn = conn;
+  job->srv = conn->srv;
+  job->cmd = cmd;
+  job->argc = argc;
+  vlm__buf_init(&job->reply, conn->resp3);
+  if (argc > 0) {
+    job->argv = (vlm__resp_arg *)(job + 1);
+    char *p = (char *)(job->argv + argc);
+    for (int i = 0; i < argc; i++) {
+      memcpy(p, argv[i].ptr, argv[i].len);
+      p[argv[i].len] = '\0';
+      job->argv[i].ptr = p;
+      job->argv[i].len = argv[i].len;
+      job->argv[i].off = 0;
+      p += argv[i].len + 1;
+    }
+  }
+  return job;
+}
+
+void vlm__job_free(vlm__job *job) {
+  if (!job)
+    return;
+  vlm__buf_free(&job->reply);
+  if (job->state_free)
+    job->state_free(job->state);
+  free(job->text_vec);
+  free(job->image_vec);
+  free(job->pixels);
+  free(job);
+}
+
+void vlm__job_complete(vlm__job *job) {
+  vlm_server *srv = job->srv;
+  job->done_next = NULL;
+  pthread_mutex_lock(&srv->done_mu);
+  if (srv->done_tail)
+    srv->done_tail->done_next = job;
+  else
+    srv->done_head = job;
+  srv->done_tail = job;
+  pthread_mutex_unlock(&srv->done_mu);
+  uv_async_send(&srv->async_done);
+}
+
+static void job_fail(vlm__job *job, const char *what) {
+  job->reply.len = 0;
+  vlm__reply_error(&job->reply, "ERR", "%s: %s", what, vlm_errmsg());
+  job->failed = 1;
+}
+
+static int batching(const vlm_server *srv) {
+  return srv->batcher.window_ns >= 0;
+}
+
+static void batcher_submit(vlm__batcher *b, int m, vlm__job *job);
+
+static void job_run(vlm__task *task) {
+  vlm__job *job = (vlm__job *)task;
+  vlm_server *srv = job->srv;
+  size_t dim = (size_t)srv->dim;
+  int rc;
+
+  if (!job->failed && job->embed_image && !job->pixels) {
+    size_t side = (size_t)srv->image_size;
+    job->pixels = malloc(3 * side * side * sizeof(float));
+    if (!job->pixels)
+      rc = vlm_seterr(VLM_ENOMEM, "image pixels");
+    else
+      rc = vlm_clip_preprocess(srv->clip, job->embed_image,
+                               job->embed_image_len, job->pixels);
+    if (rc < 0)
+      job_fail(job, "cannot read the image");
+  }
+  if (!job->failed && job->embed_text && !job->text_vec) {
+    if (batching(srv)) {
+      batcher_submit(&srv->batcher, VLM__TEXT, job);
+      return;
+    }
+    job->text_vec = malloc(dim * sizeof(float));
+    rc = job->text_vec ? vlm_clip_encode_texts(srv->clip, &job->embed_text, 1,
+                                               0, job->text_vec)
+                       : vlm_seterr(VLM_ENOMEM, "vector");
+    if (rc < 0)
+      job_fail(job, "cannot embed the text");
+  }
+  if (!job->failed && job->embed_image && !job->image_vec) {
+    if (batching(srv)) {
+      batcher_submit(&srv->batcher, VLM__IMAGE, job);
+      return;
+    }
+    job->image_vec = malloc(dim * sizeof(float));
+    rc = job->image_vec ? vlm_clip_encode_pixels(srv->clip, job->pixels, 1, 0,
+                                                 job->image_vec)
+                        : vlm_seterr(VLM_ENOMEM, "vector");
+    if (rc < 0)
+      job_fail(job, "cannot embed the image");
+  }
+  if (!job->failed)
+    job->cmd->exec(job);
+  vlm__job_complete(job);
+}
+
+void vlm__job_start(vlm__job *job) {
+  job->conn->refs++;
+  job->task.run = job_run;
+  vlm__pool_submit(&job->srv->pool, &job->task);
+}
+
+/* ---- batcher ---- */
+
+static void collect(vlm__task *task);
+
+int vlm__batcher_init(vlm__batcher *b, vlm_server *srv, int window_us,
+                      int max) {
+  memset(b, 0, sizeof *b);
+  b->srv = srv;
+  b->window_ns = window_us < 0 ? -1 : (long)window_us * 1000;
+  b->max = max;
+  pthread_mutex_init(&b->mu, NULL);
+  for (int m = 0; m < 2; m++) {
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->cv[m], &attr);
+    pthread_condattr_destroy(&attr);
+    atomic_init(&b->batches[m], 0);
+    atomic_init(&b->items[m], 0);
+    atomic_init(&b->largest[m], 0);
+  }
+  for (int m = 0; m < 2; m++) {
+    b->q[m].task.run = collect;
+    b->q[m].batcher = b;
+    b->q[m].modality = m;
+  }
+  return 0;
+}
+
+void vlm__batcher_destroy(vlm__batcher *b) {
+  pthread_mutex_destroy(&b->mu);
+  pthread_cond_destroy(&b->cv[0]);
+  pthread_cond_destroy(&b->cv[1]);
+}
+
+static void batcher_submit(vlm__batcher *b, int m, vlm__job *job) {
+  vlm__batch_queue *q = &b->q[m];
+  pthread_mutex_lock(&b->mu);
+  job->enqueued_ns = vlm__now_ns();
+  job->batch_next = NULL;
+  if (q->tail)
+    q->tail->batch_next = job;
+  else
+    q->head = job;
+  q->tail = job;
+  q->n++;
+  if (!q->collecting) {
+    q->collecting = 1;
+    vlm__pool_submit(&b->srv->pool, &q->task);
+  } else if (q->n >= b->max) {
+    pthread_cond_signal(&b->cv[m]);
+  }
+  pthread_mutex_unlock(&b->mu);
+}
+
+/* Wait for the batch to fill or the window (from its first job's arrival)
+ * to pass, then take it.  The next collector is queued before this one
+ * starts encoding. */
+static vlm__job *take_batch(vlm__batcher *b, int m, int *count) {
+  vlm__batch_queue *q = &b->q[m];
+  pthread_mutex_lock(&b->mu);
+  uint64_t deadline = q->head->enqueued_ns + (uint64_t)b->window_ns;
+  while (q->n < b->max) {
+    uint64_t now = vlm__now_ns();
+    if (now >= deadline)
+      break;
+    struct timespec ts = {(time_t)(deadline / 1000000000u),
+                          (long)(deadline % 1000000000u)};
+    pthread_cond_timedwait(&b->cv[m], &b->mu, &ts);
+  }
+  vlm__job *head = q->head, *last = NULL, *job = head;
+  int n = 0;
+  while (job && n < b->max) {
+    last = job;
+    job = job->batch_next;
+    n++;
+  }
+  last->batch_next = NULL;
+  q->head = job;
+  if (!job)
+    q->tail = NULL;
+  q->n -= n;
+  if (q->n > 0)
+    vlm__pool_submit(&b->srv->pool, &q->task);
+  else
+    q->collecting = 0;
+  pthread_mutex_unlock(&b->mu);
+
+  atomic_fetch_add(&b->batches[m], 1);
+  atomic_fetch_add(&b->items[m], n);
+  long long largest = atomic_load(&b->largest[m]);
+  while (n > largest &&
+         !atomic_compare_exchange_weak(&b->largest[m], &largest, n))
+    ;
+  *count = n;
+  return head;
+}
+
+/* Give each job of the batch its vector (or its own error) and send it on
+ * to its next stage. */
+static void finish_batch(vlm__batcher *b, int m, vlm__job *head,
+                         const float *vecs, int rc) {
+  vlm_server *srv = b->srv;
+  size_t dim = (size_t)srv->dim;
+  int i = 0;
+  for (vlm__job *job = head, *next; job; job = next, i++) {
+    next = job->batch_next;
+    float *vec = malloc(dim * sizeof(float));
+    int jrc = vec ? 0 : vlm_seterr(VLM_ENOMEM, "vector");
+    if (jrc == 0 && rc == 0) {
+      memcpy(vec, vecs + (size_t)i * dim, dim * sizeof(float));
+    } else if (jrc == 0) {
+      /* The batch failed: find out which input is at fault. */
+      if (m == VLM__TEXT)
+        jrc = vlm_clip_encode_texts(srv->clip, &job->embed_text, 1, 0, vec);
+      else
+        jrc = vlm_clip_encode_pixels(srv->clip, job->pixels, 1, 0, vec);
+    }
+    if (jrc < 0) {
+      free(vec);
+      job_fail(job, m == VLM__TEXT ? "cannot embed the text"
+                                   : "cannot embed the image");
+    } else if (m == VLM__TEXT) {
+      job->text_vec = vec;
+    } else {
+      job->image_vec = vec;
+    }
+    vlm__pool_submit(&srv->pool, &job->task);
+  }
+}
+
+static void collect(vlm__task *task) {
+  vlm__batch_queue *q = (vlm__batch_queue *)task;
+  vlm__batcher *b = q->batcher;
+  vlm_server *srv = b->srv;
+  int m = q->modality, n;
+  vlm__job *head = take_batch(b, m, &n);
+  size_t side = (size_t)srv->image_size, one = 3 * side * side;
+  float *vecs = malloc((size_t)n * (size_t)srv->dim * sizeof(float));
+  int rc = vlm_seterr(VLM_ENOMEM, "batch of %d", n);
+  if (m == VLM__TEXT) {
+    const char **texts = malloc((size_t)n * sizeof *texts);
+    if (texts && vecs) {
+      int i = 0;
+      for (vlm__job *job = head; job; job = job->batch_next)
+        texts[i++] = job->embed_text;
+      rc = vlm_clip_encode_texts(srv->clip, texts, n, 0, vecs);
+    }
+    free(texts);
+  } else {
+    float *pixels = malloc((size_t)n * one * sizeof(float));
+    if (pixels && vecs) {
+      int i = 0;
+      for (vlm__job *job = head; job; job = job->batch_next)
+        memcpy(pixels + (size_t)i++ * one, job->pixels, one * sizeof(float));
+      rc = vlm_clip_encode_pixels(srv->clip, pixels, n, 0, vecs);
+    }
+    free(pixels);
+  }
+  finish_batch(b, m, head, vecs, rc);
+  free(vecs);
+}

@@ -1,0 +1,261 @@
+/* netint.h - the server's private structures, shared by the files of net/:
+ *
+ *   server.c    the libuv loop: listener, connections, reading, writing,
+ *               limits, idle timeout, graceful shutdown
+ *   pool.c      the worker threads
+ *   jobs.c      a request's way through the workers: image decoding,
+ *               embedding (dynamic batching per modality), execution, and
+ *               back to the loop in its connection's order
+ *   commands.c  the command table and its handlers
+ *   resp.c      the protocol
+ *
+ * Thread rules.  Everything in vlm_server and vlm__conn belongs to the loop
+ * thread, except the fields marked otherwise.  A job belongs to the loop
+ * until it is submitted to the pool, then to the workers (the batcher hands
+ * it from one worker stage to the next) until vlm__job_complete posts it
+ * back; workers touch only the job, the read-only server settings, the
+ * database and the model (both thread safe).
+ */
+#ifndef VLM_NET_INT_H
+#define VLM_NET_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "resp.h"
+#include "vlm_server.h"
+
+typedef struct vlm__conn vlm__conn;
+typedef struct vlm__job vlm__job;
+typedef struct vlm__command vlm__command;
+
+/* ---- worker pool (pool.c) ---- */
+
+typedef struct vlm__task {
+  struct vlm__task *next;
+  void (*run)(struct vlm__task *task);
+} vlm__task;
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  vlm__task *head, *tail;
+  int nthreads;
+  int active;      /* tasks running */
+  int stopping;
+  pthread_t *threads;
+} vlm__pool;
+
+int vlm__pool_start(vlm__pool *pool, int nthreads);
+/* FIFO; any thread.  Tasks submitted while stopping still run. */
+void vlm__pool_submit(vlm__pool *pool, vlm__task *task);
+/* Run every queued task (and those they submit), then join the threads. */
+void vlm__pool_stop(vlm__pool *pool);
+
+/* ---- embedding batcher (jobs.c) ---- */
+
+enum { VLM__TEXT = 0, VLM__IMAGE = 1 };
+
+typedef struct vlm__batcher vlm__batcher;
+
+typedef struct {
+  vlm__task task;  /* the collector (first: the task is the queue) */
+  vlm__batcher *batcher;
+  int modality;
+  vlm__job *head, *tail;
+  int n;
+  int collecting;  /* the collector is queued or waiting */
+} vlm__batch_queue;
+
+struct vlm__batcher {
+  vlm_server *srv;
+  pthread_mutex_t mu;
+  pthread_cond_t cv[2];
+  vlm__batch_queue q[2];
+  long window_ns;  /* < 0: no batching */
+  int max;
+  atomic_llong batches[2], items[2], largest[2];
+};
+
+int vlm__batcher_init(vlm__batcher *b, vlm_server *srv, int window_us,
+                      int max);
+void vlm__batcher_destroy(vlm__batcher *b);
+
+/* ---- jobs (jobs.c) ---- */
+
+/* A request answered off the loop, or an inline reply that had to wait
+ * behind one (then done from the start and argc == 0). */
+struct vlm__job {
+  vlm__task task;           /* runs job stages on the pool */
+  vlm__job *next;           /* connection's reply order (loop) */
+  vlm__job *done_next;      /* server's completion queue */
+  vlm__job *batch_next;     /* batcher queue (batcher lock) */
+  vlm__conn *conn;
+  vlm_server *srv;
+  const vlm__command *cmd;
+  int argc;
+  vlm__resp_arg *argv;      /* copies, each NUL-terminated, one allocation */
+  vlm__buf reply;
+  int done;                 /* loop: reply complete */
+  int orphan;               /* loop: its connection closed */
+  int failed;               /* an error reply has been written */
+  /* Embedding stage, set by the command's proc on the loop. */
+  const char *embed_text;           /* text to embed, or NULL */
+  const void *embed_image;          /* image bytes to embed, or NULL */
+  size_t embed_image_len;
+  float *text_vec, *image_vec;      /* dim floats, malloc'd by the stage */
+  float *pixels;                    /* preprocessed image */
+  uint64_t enqueued_ns;             /* batcher: arrival time */
+  /* Command-specific state from proc to exec. */
+  void *state;
+  void (*state_free)(void *state);
+};
+
+/* New job for cmd with copies of argv (argc 0: an inline reply slot). */
+vlm__job *vlm__job_new(vlm__conn *conn, const vlm__command *cmd, int argc,
+                       const vlm__resp_arg *argv);
+void vlm__job_free(vlm__job *job);
+/* Submit to the workers (loop thread). */
+void vlm__job_start(vlm__job *job);
+/* Post a finished job back to the loop (any thread). */
+void vlm__job_complete(vlm__job *job);
+
+/* ---- commands (commands.c) ---- */
+
+typedef struct {
+  vlm_server *srv;
+  vlm__conn *conn;          /* the client (loop only) */
+  vlm__job *job;            /* NULL for a command answered on the loop */
+  int argc;
+  const vlm__resp_arg *argv;
+  vlm__buf *out;            /* where the reply goes */
+} vlm__ctx;
+
+/* proc runs on the loop: it answers (inline commands) or checks the
+ * arguments and fills job->state / job->embed_* (worker commands).  It
+ * returns 0, or -1 after writing an error reply.  exec runs on a worker
+ * and writes the reply to job->reply. */
+typedef int (*vlm__proc_fn)(vlm__ctx *ctx);
+typedef void (*vlm__exec_fn)(vlm__job *job);
+
+#define VLM__CMD_NOAUTH 1u  /* allowed before AUTH */
+#define VLM__CMD_WRITE 2u   /* changes the database */
+#define VLM__CMD_ADMIN 4u
+
+struct vlm__command {
+  const char *name;         /* upper case */
+  vlm__proc_fn proc;
+  vlm__exec_fn exec;        /* NULL: answered on the loop */
+  int arity;                /* Redis's: n exact, -n at least n (with name) */
+  unsigned flags;
+  const char *group;        /* for COMMAND DOCS */
+  const char *syntax;       /* arguments, for COMMAND DOCS and HELP */
+  const char *summary;
+};
+
+/* Look up, check arity and authentication, and run one request. */
+void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv);
+/* Called once per server to resolve the database's field names. */
+int vlm__commands_init(vlm_server *srv);
+
+/* ---- server and connections (server.c) ---- */
+
+typedef struct {
+  uint64_t connections;     /* accepted */
+  uint64_t rejected;        /* refused: maxclients */
+  uint64_t commands;        /* processed */
+  uint64_t net_in, net_out; /* bytes */
+  uint64_t protocol_errors;
+  uint64_t slow_readers;    /* disconnected: output cap */
+  uint64_t timeouts;        /* disconnected: idle */
+  uint64_t auth_failures;
+} vlm__stats;
+
+struct vlm__conn {
+  uv_tcp_t tcp;
+  vlm_server *srv;
+  vlm__conn *prev, *next;
+  uint64_t id;
+  vlm__resp_parser parser;
+  char *qbuf;               /* unconsumed input [qpos, qlen) */
+  size_t qcap, qlen, qpos;
+  vlm__buf out;             /* replies not yet handed to the kernel */
+  uv_write_t wreq;
+  char *wdata;              /* bytes of the write in flight */
+  size_t wlen;
+  int writing;
+  vlm__job *jobs_head, *jobs_tail;  /* replies owed, in request order */
+  int njobs;
+  int refs;                 /* jobs in the workers */
+  int resp3, authed;
+  int reading, paused, quit, closing, closed;
+  int flush_queued;         /* on the completion handler's flush list */
+  vlm__conn *flush_next;
+  uint64_t created_ms, last_ms;
+  char last_cmd[24];
+  char name[128];
+  char lib_name[64], lib_ver[32];
+  char addr[64];
+};
+
+struct vlm_server {
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_async_t async_done, async_stop;
+  uv_signal_t sig_int, sig_term;
+  uv_timer_t cron, shutdown_timer;
+
+  /* Settings (read-only once created; workers may read them). */
+  vlm_db *db;
+  vlm_clip *clip;
+  int dim;                  /* database vector dimension */
+  int image_size;           /* model input side, pixels */
+  char bind[64];
+  int port;
+  char *password;
+  size_t password_len;
+  int threads, maxclients, max_pipeline, timeout_s, handle_signals;
+  int batch_window_us, batch_max;
+  size_t max_request, max_output;
+  char model_dir[512];
+  FILE *log;
+  vlm__resp_limits limits;
+  int nfields;
+  char field_names[64][64];
+  vlm_field_type field_types[64];
+
+  vlm__pool pool;
+  vlm__batcher batcher;
+  pthread_mutex_t done_mu;  /* guards done_head/done_tail */
+  vlm__job *done_head, *done_tail;
+
+  vlm__conn *conns;
+  int nconns;
+  uint64_t next_id;
+  char *rbuf;               /* shared read buffer for clients with no
+                               partial request */
+  int rbuf_busy;
+  int running, shutting_down, stop_requested;
+  int checkpoint_rc;
+  uint64_t start_ms;
+  size_t freed_since_trim;
+  vlm__stats stats;
+};
+
+/* The buffer the reply to the request being dispatched goes to: the
+ * connection's output, or an inline slot queued behind pending jobs. */
+vlm__buf *vlm__conn_reply_buf(vlm__conn *conn);
+/* Queue a job's reply slot on its connection (before starting it). */
+void vlm__conn_push_job(vlm__conn *conn, vlm__job *job);
+/* Close the connection once every reply owed has been written. */
+void vlm__conn_quit(vlm__conn *conn);
+void vlm__server_log(vlm_server *srv, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+uint64_t vlm__now_ms(void);
+uint64_t vlm__now_ns(void);
+/* Memory figures for INFO: kB from /proc/self/status (0 if unknown). */
+long vlm__proc_status_kb(const char *field);
+
+#endif

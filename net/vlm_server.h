@@ -1,0 +1,95 @@
+/* vlm_server.h - serve a vlmdb database over TCP with the Redis protocol.
+ *
+ * The server speaks RESP2 and RESP3 (HELLO 3), so redis-cli,
+ * redis-benchmark, hiredis, redis-py and every other Redis client talk to
+ * it unchanged, with their pipelining, connection pools and AUTH.  Its
+ * commands are vlmdb's own: SEARCH, ADD, UPSERT, GET, DEL, EMBED, COUNT,
+ * SAVE, EVAL, next to PING, ECHO, AUTH, HELLO, QUIT, INFO, COMMAND, CLIENT
+ * and CONFIG GET (see the README's "Server" section for the syntax).
+ *
+ * Threads: one libuv loop thread does all network I/O and the cheap
+ * commands; a pool of worker threads runs embedding, search, writes and
+ * reads of the database, so the loop never blocks on them.  Replies on
+ * one connection come back in request order whatever order the work
+ * finishes in.  Embedding requests from all clients are batched per
+ * modality within a short window (batch_window_us).
+ *
+ * Lifetime: create binds and listens (errors such as a port in use are
+ * reported there, before run); run serves until vlm_server_stop is called
+ * or, with handle_signals, SIGINT or SIGTERM arrives; then it stops
+ * accepting, finishes the requests already received, writes their
+ * replies, checkpoints the database (vlm_db_checkpoint) and returns.  The
+ * caller then frees the server and closes the database and model, which
+ * the server borrows and never closes.
+ *
+ * Errors: 0 or a negative VLM_E* code with vlm_errmsg() set.
+ */
+#ifndef VLM_SERVER_H
+#define VLM_SERVER_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "vlm_clip.h"
+#include "vlmdb.h"
+
+typedef struct vlm_server vlm_server;
+
+/* The port `vlmdb serve` listens on by default (Redis's is 6379). */
+#define VLM_SERVER_DEFAULT_PORT 7878
+
+/* batch_window_us value that turns dynamic batching off. */
+#define VLM_SERVER_NO_BATCH (-1)
+
+/* Zero means "default" for every field. */
+typedef struct {
+  const char *bind;          /* address to listen on; NULL = "127.0.0.1".
+                                Any address other than a loopback one
+                                needs requirepass (VLM_EINVAL otherwise) */
+  int port;                  /* 0 = an ephemeral port: see vlm_server_port */
+  const char *requirepass;   /* password for AUTH; NULL = none */
+  int threads;               /* worker threads; 0 = online CPUs */
+  int maxclients;            /* 0 = 10000; more connections get an error */
+  size_t max_request_bytes;  /* bytes of one request's arguments (also the
+                                cap on one bulk argument); 0 = 64 MiB */
+  size_t max_output_bytes;   /* unsent reply bytes one client may hold
+                                before it is disconnected as a slow reader;
+                                0 = 256 MiB */
+  int max_pipeline;          /* requests of one client in flight before
+                                the server stops reading from it until
+                                replies are written; 0 = 1024 */
+  int timeout_s;             /* close connections idle this long; 0 = never */
+  int batch_window_us;       /* how long an embedding request waits for
+                                others to join its batch; 0 = 1000 us;
+                                VLM_SERVER_NO_BATCH = embed one by one */
+  int batch_max;             /* largest embedding batch; 0 = 64 */
+  int handle_signals;        /* run() catches SIGINT and SIGTERM and shuts
+                                down gracefully (and ignores SIGPIPE) */
+  const char *model_dir;     /* reported by INFO; may be NULL */
+  FILE *log;                 /* one line per notable event; NULL = quiet */
+} vlm_server_options;
+
+/* Create a server for db (required) and clip (NULL: the commands that
+ * embed text or images reply with an error).  Binds and listens on
+ * return.  db must have been made with clip's model; both are borrowed
+ * and must outlive the server.  Errors: VLM_EINVAL (bad option, public
+ * bind without a password), VLM_ENET (address in use, ...), VLM_ENOMEM. */
+int vlm_server_create(vlm_db *db, vlm_clip *clip,
+                      const vlm_server_options *opts, vlm_server **out);
+
+/* The port the server listens on (the chosen one when opts->port was 0). */
+int vlm_server_port(const vlm_server *srv);
+
+/* Serve on the calling thread until stopped (see the header comment).
+ * Returns 0, or the error of the final checkpoint. */
+int vlm_server_run(vlm_server *srv);
+
+/* Ask a running server to shut down gracefully.  Safe from any thread and
+ * from a signal handler; run() returns once the shutdown is complete.
+ * Calling it before run() makes run() shut down at once. */
+void vlm_server_stop(vlm_server *srv);
+
+/* Free a server that is not running.  Accepts NULL. */
+void vlm_server_free(vlm_server *srv);
+
+#endif
