@@ -28,4 +28,41 @@ void vlm__preprocess_defaults(vlm__preprocess_cfg *cfg, int image_size);
 int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
                     size_t len, float *pixels);
 
+/* ---- additive internal helpers (preprocess.c, image.c) ---- */
+
+#include "image.h"
+
+/* The same pipeline on an already decoded image (which it may modify:
+ * the alpha-onto-white option flattens it in place).  resize >= crop. */
+int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
+                            float *pixels);
+
+/* ToTensor + Normalize of a crop x crop RGB8 image into CHW floats. */
+void vlm__preprocess_normalize(const vlm__preprocess_cfg *cfg,
+                               const uint8_t *rgb, float *pixels);
+
+/* Pillow's Image.resize((dw, dh), BICUBIC) in the image's own mode
+ * (NEAREST for P and 1, premultiplied for LA and RGBA), restricted to the
+ * output window [x0, x0+cw) x [y0, y0+ch): bit-identical to resizing fully
+ * and then cropping.  dst gets its own pixels (free with
+ * vlm__decoded_free); palette and tRNS are copied. */
+int vlm__decoded_resize_window(const vlm__decoded *src, int dw, int dh, int x0,
+                               int y0, int cw, int ch, vlm__decoded *dst);
+
+/* Pillow's convert("RGB") of the whole image into rgb[w * h * 3]. */
+void vlm__decoded_to_rgb(const vlm__decoded *im, uint8_t *rgb);
+
+/* Composite onto white (VLM_ALPHA_WHITE), in place. */
+int vlm__decoded_flatten_white(vlm__decoded *im);
+
+/* Resize an RGB8 image to w x h exactly as Pillow's
+ * Image.resize((w, h), BICUBIC) on an "RGB" image (antialiased when
+ * shrinking).  For training augmentation (RandomResizedCrop = crop, then
+ * this) and thumbnails.  *out is malloc'd; free with vlm_image_free. */
+int vlm__image_resize(const vlm_image *src, int w, int h, vlm_image *out);
+
+/* PIL's img.crop((x, y, x + w, y + h)) inside the image; *out malloc'd. */
+int vlm__image_crop(const vlm_image *src, int x, int y, int w, int h,
+                    vlm_image *out);
+
 #endif

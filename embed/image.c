@@ -1,0 +1,455 @@
+/* image.c - JPEG (libjpeg-turbo) and PNG (libpng) decoding into PIL's
+ * modes, RGB8 decoding and JPEG thumbnails.
+ *
+ * Neither library may exit or print: libjpeg's error_exit and libpng's
+ * error function longjmp back here, warnings are silenced.
+ *
+ * Corrupt data: PIL (without LOAD_TRUNCATED_IMAGES) refuses a truncated
+ * file but accepts what libjpeg only warns about (stray bytes before a
+ * marker, an entropy segment ending early, ...).  We do the same: running
+ * out of input (libjpeg's JWRN_JPEG_EOF, a short PNG read) is
+ * VLM_ECORRUPT; other libjpeg warnings are accepted.  libpng's errors
+ * (bad CRC on a critical chunk, bad zlib data, ...) are VLM_ECORRUPT.
+ *
+ * Limits: width * height above max_pixels is refused from the header,
+ * before any pixel memory.  libjpeg's own work memory is capped at
+ * 64 bytes per capped pixel, and a progressive JPEG may not have more than
+ * 1000 scans (a known way to make a small file decode for minutes).
+ */
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jerror.h>
+#include <jpeglib.h>
+#include <png.h>
+
+#include "image.h"
+#include "preprocess.h"
+#include "vlm_clip.h"
+#include "vlm_error.h"
+
+#define JPEG_MAX_SCANS 1000
+
+void vlm__decoded_free(vlm__decoded *im) {
+  if (!im) return;
+  free(im->pixels);
+  im->pixels = NULL;
+}
+
+static int check_dims(uint64_t w, uint64_t h, uint64_t max_pixels, const char *fmt) {
+  if (w == 0 || h == 0) return vlm_seterr(VLM_ECORRUPT, "%s: zero image size %llux%llu", fmt,
+                                          (unsigned long long)w, (unsigned long long)h);
+  if (w > INT32_MAX / 8 || h > INT32_MAX / 8 || w * h > max_pixels)
+    return vlm_seterr(VLM_ETOOBIG, "%s: %llux%llu pixels exceeds the cap of %llu", fmt,
+                      (unsigned long long)w, (unsigned long long)h,
+                      (unsigned long long)max_pixels);
+  return 0;
+}
+
+/* ---- JPEG -------------------------------------------------------------- */
+
+typedef struct {
+  struct jpeg_error_mgr mgr;
+  jmp_buf jump;
+  int rc;         /* set before longjmp */
+  int all_rows;   /* every scanline decoded: only the trailer may be missing */
+  char msg[JMSG_LENGTH_MAX];
+} jpeg_err;
+
+static void jpeg_error_exit(j_common_ptr cinfo) {
+  jpeg_err *e = (jpeg_err *)cinfo->err;
+  (*cinfo->err->format_message)(cinfo, e->msg);
+  if (!e->rc) {
+    int code = cinfo->err->msg_code;
+    if (code == JERR_OUT_OF_MEMORY || code == JERR_BAD_ALLOC_CHUNK) e->rc = VLM_ENOMEM;
+    else if (code == JERR_NO_BACKING_STORE || code == JERR_IMAGE_TOO_BIG)
+      e->rc = VLM_ETOOBIG; /* work-memory cap, or past libjpeg's 65500 px */
+    else if (code == JERR_BAD_PRECISION || code == JERR_SOF_UNSUPPORTED ||
+             code == JERR_CONVERSION_NOTIMPL || code == JERR_ARITH_NOTIMPL)
+      e->rc = VLM_EUNSUPPORTED;
+    else e->rc = VLM_ECORRUPT;
+  }
+  longjmp(e->jump, 1);
+}
+
+static void jpeg_emit_message(j_common_ptr cinfo, int level) {
+  jpeg_err *e = (jpeg_err *)cinfo->err;
+  /* level -1 is a warning; the data running out before the last row is
+   * one we refuse (a missing EOI marker after it is accepted) */
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF && !e->all_rows) {
+    snprintf(e->msg, sizeof e->msg, "truncated JPEG data");
+    e->rc = VLM_ECORRUPT;
+    longjmp(e->jump, 1);
+  }
+  if (level < 0) cinfo->err->num_warnings++;
+}
+
+static void jpeg_output_message(j_common_ptr cinfo) { (void)cinfo; }
+
+static void jpeg_scan_limit(j_common_ptr cinfo) {
+  j_decompress_ptr d = (j_decompress_ptr)cinfo;
+  if (d->input_scan_number > JPEG_MAX_SCANS) {
+    jpeg_err *e = (jpeg_err *)cinfo->err;
+    snprintf(e->msg, sizeof e->msg, "more than %d progressive scans", JPEG_MAX_SCANS);
+    e->rc = VLM_ECORRUPT;
+    longjmp(e->jump, 1);
+  }
+}
+
+static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels,
+                       vlm__decoded *out) {
+  struct jpeg_decompress_struct cinfo;
+  struct jpeg_progress_mgr progress;
+  jpeg_err err;
+  /* volatile: modified between setjmp and longjmp */
+  uint8_t *volatile pixels = NULL;
+  memset(&err, 0, sizeof err);
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_error_exit;
+  err.mgr.emit_message = jpeg_emit_message;
+  err.mgr.output_message = jpeg_output_message;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    free(pixels);
+    return vlm_seterr(err.rc ? err.rc : VLM_ECORRUPT, "JPEG: %s", err.msg);
+  }
+  jpeg_create_decompress(&cinfo);
+  progress.progress_monitor = jpeg_scan_limit;
+  cinfo.progress = &progress;
+  cinfo.mem->max_memory_to_use = (long)(max_pixels < (1ull << 26) ? max_pixels * 64 : (1ull << 32));
+  jpeg_mem_src(&cinfo, data, (unsigned long)len);
+  jpeg_read_header(&cinfo, TRUE);
+  int rc = check_dims(cinfo.image_width, cinfo.image_height, max_pixels, "JPEG");
+  if (rc) {
+    jpeg_destroy_decompress(&cinfo);
+    return rc;
+  }
+  switch (cinfo.num_components) {
+  case 1:
+    out->mode = VLM__MODE_L;
+    cinfo.out_color_space = JCS_GRAYSCALE;
+    break;
+  case 3:
+    out->mode = VLM__MODE_RGB;
+    cinfo.out_color_space = JCS_RGB;
+    break;
+  case 4:
+    out->mode = VLM__MODE_CMYK;
+    cinfo.out_color_space = JCS_CMYK;
+    break;
+  default:
+    jpeg_destroy_decompress(&cinfo);
+    return vlm_seterr(VLM_EUNSUPPORTED, "JPEG: %d colour components", cinfo.num_components);
+  }
+  jpeg_start_decompress(&cinfo);
+  int w = (int)cinfo.output_width, h = (int)cinfo.output_height, C = cinfo.output_components;
+  pixels = malloc((size_t)w * h * C);
+  if (!pixels) {
+    jpeg_destroy_decompress(&cinfo);
+    return vlm_seterr(VLM_ENOMEM, "JPEG: %dx%d", w, h);
+  }
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = pixels + (size_t)cinfo.output_scanline * w * C;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  err.all_rows = 1;
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  if (out->mode == VLM__MODE_CMYK) /* PIL reads 4-component JPEG as "CMYK;I" */
+    for (size_t i = 0; i < (size_t)w * h * 4; i++) pixels[i] = (uint8_t)(255 - pixels[i]);
+  out->w = w;
+  out->h = h;
+  out->channels = C;
+  out->pixels = pixels;
+  return 0;
+}
+
+/* ---- PNG --------------------------------------------------------------- */
+
+typedef struct {
+  const uint8_t *data;
+  size_t len, pos;
+  jmp_buf jump;
+  int rc;
+  char msg[200];
+} png_ctx;
+
+static void png_error_fn(png_structp png, png_const_charp msg) {
+  png_ctx *c = png_get_error_ptr(png);
+  if (!c->rc) {
+    snprintf(c->msg, sizeof c->msg, "%s", msg);
+    c->rc = VLM_ECORRUPT;
+  }
+  longjmp(c->jump, 1);
+}
+
+static void png_warning_fn(png_structp png, png_const_charp msg) {
+  (void)png;
+  (void)msg;
+}
+
+static void png_read_fn(png_structp png, png_bytep out, size_t n) {
+  png_ctx *c = png_get_io_ptr(png);
+  if (n > c->len - c->pos) {
+    snprintf(c->msg, sizeof c->msg, "truncated PNG data");
+    c->rc = VLM_ECORRUPT;
+    png_error(png, "truncated");
+  }
+  memcpy(out, c->data + c->pos, n);
+  c->pos += n;
+}
+
+static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels,
+                      vlm__decoded *out) {
+  png_ctx ctx = {.data = data, .len = len};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &ctx, png_error_fn,
+                                           png_warning_fn);
+  png_infop info = png ? png_create_info_struct(png) : NULL;
+  uint8_t *volatile pixels = NULL;
+  png_bytep *volatile rows = NULL;
+  if (!png || !info) {
+    png_destroy_read_struct(png ? &png : NULL, NULL, NULL);
+    return vlm_seterr(VLM_ENOMEM, "PNG: decoder");
+  }
+  if (setjmp(ctx.jump)) {
+    png_destroy_read_struct(&png, &info, NULL);
+    free(pixels);
+    free(rows);
+    if (ctx.rc == VLM_ETOOBIG) return ctx.rc; /* message already set */
+    return vlm_seterr(ctx.rc ? ctx.rc : VLM_ECORRUPT, "PNG: %s", ctx.msg);
+  }
+  png_set_read_fn(png, &ctx, png_read_fn);
+  png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  png_read_info(png, info);
+  png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+  int rc = check_dims(w, h, max_pixels, "PNG");
+  if (rc) {
+    png_destroy_read_struct(&png, &info, NULL);
+    return rc;
+  }
+  int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
+  out->has_trns = 0;
+  if (type == PNG_COLOR_TYPE_PALETTE) {
+    png_colorp pal;
+    int npal = 0;
+    if (png_get_PLTE(png, info, &pal, &npal) && npal > 0) {
+      for (int i = 0; i < npal && i < 256; i++) {
+        out->palette[3 * i] = pal[i].red;
+        out->palette[3 * i + 1] = pal[i].green;
+        out->palette[3 * i + 2] = pal[i].blue;
+      }
+      out->palette_n = npal < 256 ? npal : 256;
+    }
+    png_bytep trans;
+    int ntrans = 0;
+    png_color_16p key;
+    memset(out->trns_alpha, 255, sizeof out->trns_alpha);
+    if (png_get_tRNS(png, info, &trans, &ntrans, &key) && ntrans > 0) {
+      memcpy(out->trns_alpha, trans, (size_t)(ntrans < 256 ? ntrans : 256));
+      out->has_trns = 1;
+    }
+    if (depth < 8) png_set_packing(png); /* one index per byte */
+    out->mode = VLM__MODE_P;
+    out->channels = 1;
+  } else if (type == PNG_COLOR_TYPE_GRAY) {
+    png_bytep trans;
+    int ntrans = 0;
+    png_color_16p key;
+    if (depth <= 8 && png_get_tRNS(png, info, &trans, &ntrans, &key)) {
+      out->has_trns = 1;
+      out->trns_key[0] = (uint16_t)(key->gray * (255 / ((1 << depth) - 1)));
+    }
+    if (depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    if (depth == 16) {
+      png_set_swap(png); /* host-order uint16 (little-endian machines) */
+      out->mode = VLM__MODE_I16;
+    } else {
+      out->mode = depth == 1 ? VLM__MODE_1 : VLM__MODE_L;
+    }
+    out->channels = 1;
+  } else if (type == PNG_COLOR_TYPE_GRAY_ALPHA) {
+    if (depth == 16) png_set_strip_16(png);
+    out->mode = VLM__MODE_LA;
+    out->channels = 2;
+  } else if (type == PNG_COLOR_TYPE_RGB) {
+    png_bytep trans;
+    int ntrans = 0;
+    png_color_16p key;
+    if (depth == 8 && png_get_tRNS(png, info, &trans, &ntrans, &key)) {
+      out->has_trns = 1;
+      out->trns_key[0] = key->red;
+      out->trns_key[1] = key->green;
+      out->trns_key[2] = key->blue;
+    }
+    if (depth == 16) png_set_strip_16(png);
+    out->mode = VLM__MODE_RGB;
+    out->channels = 3;
+  } else if (type == PNG_COLOR_TYPE_RGB_ALPHA) {
+    if (depth == 16) png_set_strip_16(png);
+    out->mode = VLM__MODE_RGBA;
+    out->channels = 4;
+  } else {
+    png_destroy_read_struct(&png, &info, NULL);
+    return vlm_seterr(VLM_EUNSUPPORTED, "PNG: colour type %d", type);
+  }
+  /* the tRNS chunk stays out of the pixels: no png_set_tRNS_to_alpha */
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  size_t rowbytes = png_get_rowbytes(png, info);
+  size_t want = (size_t)w * out->channels * vlm__mode_sample_bytes(out->mode);
+  if (rowbytes != want) {
+    png_destroy_read_struct(&png, &info, NULL);
+    return vlm_seterr(VLM_EUNSUPPORTED, "PNG: unexpected row size %zu (want %zu)", rowbytes,
+                      want);
+  }
+  pixels = malloc(rowbytes * h);
+  rows = malloc(h * sizeof *rows);
+  if (!pixels || !rows) {
+    ctx.rc = VLM_ENOMEM;
+    snprintf(ctx.msg, sizeof ctx.msg, "%ux%u pixels", (unsigned)w, (unsigned)h);
+    longjmp(ctx.jump, 1);
+  }
+  for (png_uint_32 y = 0; y < h; y++) rows[y] = pixels + y * rowbytes;
+  png_read_image(png, rows);
+  /* the image data is complete; what follows (IEND, text) is not needed */
+  png_destroy_read_struct(&png, &info, NULL);
+  free(rows);
+  out->w = (int)w;
+  out->h = (int)h;
+  out->pixels = pixels;
+  return 0;
+}
+
+/* ---- entry points ------------------------------------------------------ */
+
+static const char *sniff(const uint8_t *p, size_t len) {
+  if (len >= 6 && (!memcmp(p, "GIF87a", 6) || !memcmp(p, "GIF89a", 6))) return "GIF";
+  if (len >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4)) return "WebP";
+  if (len >= 2 && p[0] == 'B' && p[1] == 'M') return "BMP";
+  if (len >= 4 && (!memcmp(p, "II*\0", 4) || !memcmp(p, "MM\0*", 4))) return "TIFF";
+  if (len >= 12 && !memcmp(p + 4, "ftyp", 4)) return "HEIF/AVIF/MP4";
+  if (len >= 5 && !memcmp(p, "<?xml", 5)) return "XML/SVG";
+  if (len >= 4 && !memcmp(p, "<svg", 4)) return "SVG";
+  return NULL;
+}
+
+int vlm__image_decode_native(const void *data, size_t len, uint64_t max_pixels,
+                             vlm__decoded *out) {
+  memset(out, 0, sizeof *out);
+  if (!data && len) return vlm_seterr(VLM_EINVAL, "image: NULL data");
+  if (max_pixels == 0) max_pixels = VLM__DEFAULT_MAX_PIXELS;
+  const uint8_t *p = data;
+  if (len == 0) return vlm_seterr(VLM_EUNSUPPORTED, "image: empty input (0 bytes)");
+  if (len >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF)
+    return decode_jpeg(p, len, max_pixels, out);
+  if (len >= 8 && !memcmp(p, "\x89PNG\r\n\x1a\n", 8)) return decode_png(p, len, max_pixels, out);
+  const char *kind = sniff(p, len);
+  if (kind) return vlm_seterr(VLM_EUNSUPPORTED, "image: %s is not supported (JPEG and PNG are)", kind);
+  return vlm_seterr(VLM_EUNSUPPORTED, "image: not a JPEG or PNG file (starts %02x %02x %02x %02x)",
+                    p[0], len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
+}
+
+int vlm_image_decode(const void *data, size_t len, const vlm_clip_options *opts,
+                     vlm_image *out) {
+  vlm__decoded im;
+  if (!out) return vlm_seterr(VLM_EINVAL, "image: NULL output");
+  memset(out, 0, sizeof *out);
+  int rc = vlm__image_decode_native(data, len, opts ? opts->max_pixels : 0, &im);
+  if (rc) return rc;
+  if (opts && opts->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(&im)) != 0)
+    goto done;
+  out->rgb = malloc((size_t)im.w * im.h * 3);
+  if (!out->rgb) {
+    rc = vlm_seterr(VLM_ENOMEM, "image: %dx%d", im.w, im.h);
+    goto done;
+  }
+  vlm__decoded_to_rgb(&im, out->rgb);
+  out->w = im.w;
+  out->h = im.h;
+done:
+  vlm__decoded_free(&im);
+  return rc;
+}
+
+void vlm_image_free(vlm_image *img) {
+  if (!img) return;
+  free(img->rgb);
+  img->rgb = NULL;
+  img->w = img->h = 0;
+}
+
+/* ---- thumbnails -------------------------------------------------------- */
+
+static void jpeg_encode_error_exit(j_common_ptr cinfo) {
+  jpeg_err *e = (jpeg_err *)cinfo->err;
+  (*cinfo->err->format_message)(cinfo, e->msg);
+  longjmp(e->jump, 1);
+}
+
+int vlm_image_thumbnail_jpeg(const vlm_image *img, int max_side, int quality,
+                             uint8_t **jpeg, size_t *len) {
+  if (!img || !img->rgb || img->w < 1 || img->h < 1 || max_side < 1 || !jpeg || !len)
+    return vlm_seterr(VLM_EINVAL, "thumbnail: bad image or arguments");
+  *jpeg = NULL;
+  *len = 0;
+  int w = img->w, h = img->h;
+  /* the longest side becomes max_side (never upscaled), aspect kept */
+  if (w > max_side || h > max_side) {
+    if (w >= h) {
+      h = (int)(((int64_t)h * max_side + w / 2) / w);
+      w = max_side;
+    } else {
+      w = (int)(((int64_t)w * max_side + h / 2) / h);
+      h = max_side;
+    }
+    if (w < 1) w = 1;
+    if (h < 1) h = 1;
+  }
+  vlm_image small = {0};
+  const vlm_image *src = img;
+  if (w != img->w || h != img->h) {
+    int rc = vlm__image_resize(img, w, h, &small);
+    if (rc) return rc;
+    src = &small;
+  }
+  const int q = quality < 1 ? 1 : quality > 100 ? 100 : quality;
+
+  struct jpeg_compress_struct cinfo;
+  /* the encoder's output buffer, reachable after a longjmp */
+  struct {
+    jpeg_err err;
+    unsigned char *buf;
+    unsigned long size;
+  } enc;
+  memset(&enc, 0, sizeof enc);
+  cinfo.err = jpeg_std_error(&enc.err.mgr);
+  enc.err.mgr.error_exit = jpeg_encode_error_exit;
+  enc.err.mgr.output_message = jpeg_output_message;
+  if (setjmp(enc.err.jump)) {
+    jpeg_destroy_compress(&cinfo);
+    free(enc.buf);
+    vlm_image_free(&small);
+    return vlm_seterr(VLM_ENOMEM, "thumbnail: JPEG encoder: %s", enc.err.msg);
+  }
+  jpeg_create_compress(&cinfo);
+  jpeg_mem_dest(&cinfo, &enc.buf, &enc.size);
+  cinfo.image_width = (JDIMENSION)src->w;
+  cinfo.image_height = (JDIMENSION)src->h;
+  cinfo.input_components = 3;
+  cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, q, TRUE);
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    JSAMPROW row = src->rgb + (size_t)cinfo.next_scanline * src->w * 3;
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  vlm_image_free(&small);
+  *jpeg = enc.buf;
+  *len = enc.size;
+  return 0;
+}
