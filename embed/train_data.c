@@ -1,0 +1,660 @@
+/* train_data.c - reading, checking, caching and augmenting the training
+ * pairs, and the loader threads that build batches ahead of the compute.
+ *
+ * Images are decoded once, in parallel, when the data set is opened:
+ * that finds unreadable images before training starts, gives the data
+ * digest, and (within cache_bytes) keeps each image reduced to a shorter
+ * side of twice the model's input, which is all a random resized crop
+ * needs.  Images over the budget are decoded again each time they are
+ * used, through the same reduction, so the pixels never depend on
+ * whether an image was cached.
+ */
+#include "train_data.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "preprocess.h"
+#include "sha256.h"
+#include "vlm_clip.h"
+#include "vlm_error.h"
+
+/* ---- random numbers ---------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* A stream keyed by (seed, a, b, salt). */
+static uint64_t stream_seed(uint64_t seed, uint64_t a, uint64_t b,
+                            uint64_t salt) {
+  uint64_t x = seed;
+  uint64_t h = splitmix64(&x);
+  x = h ^ (a * 0xd6e8feb86659fd93ull);
+  h = splitmix64(&x);
+  x = h ^ (b * 0xa0761d6478bd642full);
+  h = splitmix64(&x);
+  x = h ^ salt;
+  return splitmix64(&x);
+}
+
+static double uniform(uint64_t *s) { /* [0, 1) */
+  return (double)(splitmix64(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* ---- the data set ------------------------------------------------------ */
+
+typedef struct {
+  int item;        /* index into the caller's items */
+  int ntok;
+  int32_t *ids;
+  vlm_image img;   /* cached reduced image (rgb NULL when not cached) */
+  float *pixels;   /* eval mode */
+  char *path;      /* for decoding again when not cached */
+} pair;
+
+typedef struct {
+  int64_t step;    /* step held (or being built) */
+  int state;       /* 0 free, 1 building, 2 ready, 3 in use */
+  float *pixels;
+  int *pairs;
+} slot;
+
+struct vlm__tdata {
+  vlm__tdata_cfg cfg;
+  pair *pairs;
+  int n, skipped;
+  char digest[65];
+  /* loader */
+  int batch, spe, nslots, nthreads;
+  int64_t next_build, end_step;
+  slot *slots;
+  pthread_t *threads;
+  int started, quit;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int load_error;
+};
+
+int vlm__tdata_count(const vlm__tdata *d) { return d->n; }
+int vlm__tdata_skipped(const vlm__tdata *d) { return d->skipped; }
+int vlm__tdata_item(const vlm__tdata *d, int i) { return d->pairs[i].item; }
+const char *vlm__tdata_digest(const vlm__tdata *d) { return d->digest; }
+int vlm__tdata_steps_per_epoch(const vlm__tdata *d) { return d->spe; }
+const float *vlm__tdata_pixels(const vlm__tdata *d, int i) {
+  return d->pairs[i].pixels;
+}
+
+void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
+                       int *len) {
+  *ids = d->pairs[i].ids;
+  *len = d->pairs[i].ntok;
+}
+
+static int read_file(const char *path, uint8_t **data, size_t *len) {
+  *data = NULL;
+  *len = 0;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return vlm_seterr(errno == ENOENT ? VLM_ENOTFOUND : VLM_EIO, "%s: %s",
+                      path, strerror(errno));
+  uint8_t *buf = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n == cap) {
+      cap = cap ? cap * 2 : 65536;
+      if (cap > ((size_t)1 << 30)) {
+        free(buf);
+        fclose(f);
+        return vlm_seterr(VLM_ETOOBIG, "%s: over 1 GiB", path);
+      }
+      uint8_t *p = realloc(buf, cap);
+      if (!p) {
+        free(buf);
+        fclose(f);
+        return vlm_seterr(VLM_ENOMEM, "%s", path);
+      }
+      buf = p;
+    }
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (got == 0)
+      break;
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    return vlm_seterr(VLM_EIO, "%s: read error", path);
+  }
+  *data = buf;
+  *len = n;
+  return 0;
+}
+
+/* ---- reduction ----------------------------------------------------------- */
+
+/* Reduce a decoded image so its shorter side is at most `side` (Pillow's
+ * bicubic, antialiased), or copy it. */
+static int reduce(const vlm_image *img, int side, vlm_image *out) {
+  int sw = img->w, sh = img->h, mn = sw < sh ? sw : sh;
+  if (mn <= side)
+    return vlm__image_crop(img, 0, 0, sw, sh, out);
+  int ow = (int)((int64_t)sw * side / mn), oh = (int)((int64_t)sh * side / mn);
+  return vlm__image_resize(img, ow > 0 ? ow : 1, oh > 0 ? oh : 1, out);
+}
+
+/* ---- opening: decode, check, tokenize, digest --------------------------- */
+
+typedef struct {
+  vlm__tdata *d;
+  const vlm_train_item *items;
+  const vlm__tokenizer *tok;
+  int n;
+  atomic_int next;
+  atomic_llong cached_bytes;
+  /* per item results */
+  int *ok;
+  char (*why)[256];
+  uint8_t (*sha)[32];
+  pair *tmp;
+} prep_ctx;
+
+static void prep_one(prep_ctx *c, int i) {
+  const vlm__tdata_cfg *cfg = &c->d->cfg;
+  const vlm_train_item *it = &c->items[i];
+  pair *p = &c->tmp[i];
+  uint8_t *data = NULL;
+  size_t len = 0;
+  vlm_image img = {0};
+  p->item = i;
+  c->ok[i] = 0;
+  if (!it->image || !it->text) {
+    snprintf(c->why[i], sizeof c->why[i], "needs both an image and a text");
+    return;
+  }
+  /* text */
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->context_length);
+  int n_ids = 0;
+  if (!ids) {
+    snprintf(c->why[i], sizeof c->why[i], "out of memory");
+    return;
+  }
+  if (vlm__tokenize(c->tok, it->text, cfg->context_length, ids,
+                    cfg->context_length, &n_ids)) {
+    snprintf(c->why[i], sizeof c->why[i], "text: %s", vlm_errmsg());
+    free(ids);
+    return;
+  }
+  if (n_ids <= 2) {
+    snprintf(c->why[i], sizeof c->why[i], "empty text");
+    free(ids);
+    return;
+  }
+  for (int k = 0; k < n_ids; k++)
+    if (ids[k] < 0 || ids[k] >= cfg->vocab_size) {
+      snprintf(c->why[i], sizeof c->why[i],
+               "token id %d outside the model's vocabulary of %d", ids[k],
+               cfg->vocab_size);
+      free(ids);
+      return;
+    }
+  p->ids = ids;
+  p->ntok = n_ids;
+  /* image */
+  if (read_file(it->image, &data, &len)) {
+    snprintf(c->why[i], sizeof c->why[i], "%s", vlm_errmsg());
+    return;
+  }
+  vlm__sha256 sh;
+  vlm__sha256_init(&sh);
+  vlm__sha256_update(&sh, data, len);
+  vlm__sha256_final(&sh, c->sha[i], NULL);
+  if (cfg->eval) {
+    vlm__preprocess_cfg pc;
+    vlm__preprocess_defaults(&pc, cfg->image_size);
+    memcpy(pc.mean, cfg->mean, sizeof pc.mean);
+    memcpy(pc.std, cfg->std, sizeof pc.std);
+    size_t S = (size_t)cfg->image_size;
+    p->pixels = malloc(sizeof(float) * 3 * S * S);
+    if (!p->pixels || vlm__preprocess(&pc, data, len, p->pixels)) {
+      snprintf(c->why[i], sizeof c->why[i], "%s",
+               p->pixels ? vlm_errmsg() : "out of memory");
+      goto done;
+    }
+  } else {
+    if (vlm_image_decode(data, len, NULL, &img)) {
+      snprintf(c->why[i], sizeof c->why[i], "%s: %s", it->image,
+               vlm_errmsg());
+      goto done;
+    }
+    vlm_image small = {0};
+    if (reduce(&img, 2 * cfg->image_size, &small)) {
+      snprintf(c->why[i], sizeof c->why[i], "%s", vlm_errmsg());
+      goto done;
+    }
+    long long bytes = (long long)small.w * small.h * 3;
+    if (atomic_fetch_add(&c->cached_bytes, bytes) + bytes <=
+        cfg->cache_bytes) {
+      p->img = small;
+    } else {
+      vlm_image_free(&small);
+      p->path = strdup(it->image);
+      if (!p->path) {
+        snprintf(c->why[i], sizeof c->why[i], "out of memory");
+        goto done;
+      }
+    }
+  }
+  c->ok[i] = 1;
+done:
+  vlm_image_free(&img);
+  free(data);
+}
+
+static void *prep_main(void *arg) {
+  prep_ctx *c = arg;
+  for (;;) {
+    int i = atomic_fetch_add(&c->next, 1);
+    if (i >= c->n)
+      break;
+    prep_one(c, i);
+  }
+  return NULL;
+}
+
+static void pair_free(pair *p) {
+  free(p->ids);
+  vlm_image_free(&p->img);
+  free(p->pixels);
+  free(p->path);
+}
+
+static void loader_stop(vlm__tdata *d);
+
+void vlm__tdata_free(vlm__tdata *d) {
+  if (!d)
+    return;
+  loader_stop(d);
+  for (int i = 0; i < d->n; i++)
+    pair_free(&d->pairs[i]);
+  free(d->pairs);
+  pthread_mutex_destroy(&d->mu);
+  pthread_cond_destroy(&d->cv);
+  free(d);
+}
+
+int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
+                    int n, const vlm__tokenizer *tok, vlm__tdata **out) {
+  *out = NULL;
+  int rc = 0;
+  vlm__tdata *d = calloc(1, sizeof *d);
+  prep_ctx c = {0};
+  pthread_t *th = NULL;
+  if (!d)
+    return vlm_seterr(VLM_ENOMEM, "training data");
+  pthread_mutex_init(&d->mu, NULL);
+  pthread_cond_init(&d->cv, NULL);
+  d->cfg = *cfg;
+  if (n <= 0) {
+    rc = vlm_seterr(VLM_EINVAL, "no image-text pairs");
+    goto fail;
+  }
+  c.d = d;
+  c.items = items;
+  c.tok = tok;
+  c.n = n;
+  c.ok = calloc((size_t)n, sizeof *c.ok);
+  c.why = calloc((size_t)n, sizeof *c.why);
+  c.sha = calloc((size_t)n, sizeof *c.sha);
+  c.tmp = calloc((size_t)n, sizeof *c.tmp);
+  int T = cfg->threads < 1 ? 1 : cfg->threads;
+  th = calloc((size_t)T, sizeof *th);
+  if (!c.ok || !c.why || !c.sha || !c.tmp || !th) {
+    rc = vlm_seterr(VLM_ENOMEM, "training data: %d pairs", n);
+    goto fail;
+  }
+  int started = 0;
+  for (int t = 1; t < T; t++)
+    if (pthread_create(&th[t], NULL, prep_main, &c) == 0)
+      started = t;
+    else
+      break;
+  prep_main(&c);
+  for (int t = 1; t <= started; t++)
+    pthread_join(th[t], NULL);
+  /* keep the good pairs, in order; digest them */
+  d->pairs = calloc((size_t)n, sizeof *d->pairs);
+  if (!d->pairs) {
+    rc = vlm_seterr(VLM_ENOMEM, "training data");
+    goto fail;
+  }
+  vlm__sha256 sh;
+  vlm__sha256_init(&sh);
+  for (int i = 0; i < n; i++) {
+    if (!c.ok[i]) {
+      d->skipped++;
+      if (cfg->log)
+        fprintf(cfg->log, "vlmdb train: skipping pair %d (%s): %s\n", i + 1,
+                items[i].key ? items[i].key : "?", c.why[i]);
+      pair_free(&c.tmp[i]);
+      continue;
+    }
+    d->pairs[d->n++] = c.tmp[i];
+    const char *key = items[i].key ? items[i].key : "";
+    vlm__sha256_update(&sh, key, strlen(key) + 1);
+    vlm__sha256_update(&sh, items[i].text, strlen(items[i].text) + 1);
+    vlm__sha256_update(&sh, c.sha[i], 32);
+  }
+  uint8_t dig[32];
+  vlm__sha256_final(&sh, dig, d->digest);
+  if (d->n == 0) {
+    rc = vlm_seterr(VLM_EINVAL, "none of the %d pairs is usable (first: %s)",
+                    n, c.why[0]);
+    goto fail;
+  }
+  free(c.ok); free(c.why); free(c.sha); free(c.tmp); free(th);
+  *out = d;
+  return 0;
+fail:
+  if (c.tmp && !d->pairs)
+    for (int i = 0; i < n; i++)
+      pair_free(&c.tmp[i]);
+  free(c.ok); free(c.why); free(c.sha); free(c.tmp); free(th);
+  vlm__tdata_free(d);
+  return rc;
+}
+
+/* ---- augmentation ------------------------------------------------------- */
+
+/* torchvision's RandomResizedCrop.get_params: an integer box of area
+ * scale in [smin, 1] and aspect ratio in [3/4, 4/3], else the centered
+ * box of the nearest allowed ratio. */
+static void crop_box(int w, int h, double smin, uint64_t *rs, int box[4]) {
+  double area = (double)w * h, lo = log(3.0 / 4), hi = log(4.0 / 3);
+  for (int attempt = 0; attempt < 10; attempt++) {
+    double target = area * (smin + (1 - smin) * uniform(rs));
+    double ratio = exp(lo + (hi - lo) * uniform(rs));
+    int cw = (int)lround(sqrt(target * ratio));
+    int ch = (int)lround(sqrt(target / ratio));
+    if (cw > 0 && ch > 0 && cw <= w && ch <= h) {
+      box[0] = (int)(uniform(rs) * (w - cw + 1));
+      box[1] = (int)(uniform(rs) * (h - ch + 1));
+      box[2] = cw;
+      box[3] = ch;
+      return;
+    }
+  }
+  double in_ratio = (double)w / h;
+  int cw = w, ch = h;
+  if (in_ratio < 3.0 / 4)
+    ch = (int)lround(w / (3.0 / 4));
+  else if (in_ratio > 4.0 / 3)
+    cw = (int)lround(h * (4.0 / 3));
+  if (ch > h)
+    ch = h;
+  if (cw > w)
+    cw = w;
+  box[0] = (w - cw) / 2;
+  box[1] = (h - ch) / 2;
+  box[2] = cw;
+  box[3] = ch;
+}
+
+/* The training pixels of pair i in epoch e: a random resized crop of the
+ * reduced image to S x S (Pillow bicubic), colour jitter (brightness,
+ * contrast, saturation, as torchvision's ColorJitter), an optional
+ * horizontal flip, normalized CHW.  Without augmentation: the centered
+ * square. */
+static int augment(const vlm__tdata *d, int i, int64_t epoch, float *out) {
+  const vlm__tdata_cfg *cfg = &d->cfg;
+  const pair *p = &d->pairs[i];
+  int S = cfg->image_size, rc = 0;
+  vlm_image own = {0}, crop = {0}, res = {0};
+  const vlm_image *src = &p->img;
+  float *tmp = NULL;
+  if (!src->rgb) { /* not cached: decode again, reduce the same way */
+    uint8_t *data;
+    size_t len;
+    vlm_image img = {0};
+    rc = read_file(p->path, &data, &len);
+    if (!rc) {
+      rc = vlm_image_decode(data, len, NULL, &img);
+      free(data);
+    }
+    if (!rc) {
+      rc = reduce(&img, 2 * S, &own);
+      vlm_image_free(&img);
+    }
+    if (rc)
+      return rc;
+    src = &own;
+  }
+  uint64_t rs = stream_seed(cfg->seed, (uint64_t)epoch, (uint64_t)p->item,
+                            0x61756731ull);
+  int w = src->w, h = src->h, mn = w < h ? w : h;
+  int box[4] = {(w - mn) / 2, (h - mn) / 2, mn, mn};
+  if (cfg->augment)
+    crop_box(w, h, cfg->crop_scale_min, &rs, box);
+  if ((rc = vlm__image_crop(src, box[0], box[1], box[2], box[3], &crop)) ||
+      (rc = vlm__image_resize(&crop, S, S, &res)))
+    goto done;
+  int n = S * S;
+  tmp = malloc(sizeof(float) * (size_t)n * 3);
+  if (!tmp) {
+    rc = VLM_ENOMEM;
+    goto done;
+  }
+  for (int k = 0; k < n * 3; k++)
+    tmp[k] = res.rgb[k] * (1.0f / 255);
+  if (cfg->augment && cfg->jitter > 0) {
+    float j = cfg->jitter;
+    float bright = 1 + j * (float)(2 * uniform(&rs) - 1);
+    float contrast = 1 + j * (float)(2 * uniform(&rs) - 1);
+    float sat = 1 + j * (float)(2 * uniform(&rs) - 1);
+    double gmean = 0;
+    for (int k = 0; k < n; k++) {
+      float *px = tmp + k * 3;
+      for (int c = 0; c < 3; c++) {
+        float v = px[c] * bright;
+        px[c] = v < 0 ? 0 : v > 1 ? 1 : v;
+      }
+      gmean += 0.299f * px[0] + 0.587f * px[1] + 0.114f * px[2];
+    }
+    float gm = (float)(gmean / n);
+    for (int k = 0; k < n; k++) {
+      float *px = tmp + k * 3;
+      for (int c = 0; c < 3; c++) {
+        float v = (px[c] - gm) * contrast + gm;
+        px[c] = v < 0 ? 0 : v > 1 ? 1 : v;
+      }
+      float gray = 0.299f * px[0] + 0.587f * px[1] + 0.114f * px[2];
+      for (int c = 0; c < 3; c++) {
+        float v = (px[c] - gray) * sat + gray;
+        px[c] = v < 0 ? 0 : v > 1 ? 1 : v;
+      }
+    }
+  }
+  int flip = cfg->augment && cfg->hflip && uniform(&rs) < 0.5;
+  for (int c = 0; c < 3; c++) {
+    float m = cfg->mean[c], is = 1 / cfg->std[c];
+    for (int y = 0; y < S; y++)
+      for (int x = 0; x < S; x++) {
+        int sx = flip ? S - 1 - x : x;
+        out[((size_t)c * S + y) * S + x] =
+            (tmp[((size_t)y * S + sx) * 3 + c] - m) * is;
+      }
+  }
+done:
+  free(tmp);
+  vlm_image_free(&own);
+  vlm_image_free(&crop);
+  vlm_image_free(&res);
+  return rc;
+}
+
+/* The pairs of epoch e in order: a Fisher-Yates shuffle from (seed, e). */
+static void epoch_perm(const vlm__tdata *d, int64_t epoch, int *perm) {
+  for (int i = 0; i < d->n; i++)
+    perm[i] = i;
+  uint64_t rs = stream_seed(d->cfg.seed, (uint64_t)epoch, 0, 0x7065726dull);
+  for (int i = d->n - 1; i > 0; i--) {
+    int j = (int)(uniform(&rs) * (i + 1));
+    int t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+}
+
+static int build(const vlm__tdata *d, int batch, int64_t step, float *pixels,
+                 int *pairs, int *perm) {
+  int spe = d->n / batch;
+  int64_t epoch = step / spe;
+  int k = (int)(step % spe);
+  epoch_perm(d, epoch, perm);
+  size_t per = (size_t)3 * d->cfg.image_size * d->cfg.image_size;
+  for (int b = 0; b < batch; b++) {
+    pairs[b] = perm[k * batch + b];
+    int rc = augment(d, pairs[b], epoch, pixels + b * per);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+void vlm__tdata_build(const vlm__tdata *d, int batch, int64_t step,
+                      float *pixels, int *pairs) {
+  int *perm = malloc(sizeof(int) * (size_t)d->n);
+  if (perm)
+    build(d, batch, step, pixels, pairs, perm);
+  free(perm);
+}
+
+/* ---- loader threads ----------------------------------------------------- */
+
+static void *loader_main(void *arg) {
+  vlm__tdata *d = arg;
+  int *perm = malloc(sizeof(int) * (size_t)d->n);
+  pthread_mutex_lock(&d->mu);
+  while (!d->quit) {
+    int64_t s = d->next_build;
+    slot *sl = s < d->end_step ? &d->slots[s % d->nslots] : NULL;
+    if (!sl || sl->state != 0) {
+      pthread_cond_wait(&d->cv, &d->mu);
+      continue;
+    }
+    d->next_build++;
+    sl->step = s;
+    sl->state = 1;
+    pthread_mutex_unlock(&d->mu);
+    int rc = perm ? build(d, d->batch, s, sl->pixels, sl->pairs, perm)
+                  : VLM_ENOMEM;
+    pthread_mutex_lock(&d->mu);
+    if (rc && !d->load_error)
+      d->load_error = rc;
+    sl->state = 2;
+    pthread_cond_broadcast(&d->cv);
+  }
+  pthread_mutex_unlock(&d->mu);
+  free(perm);
+  return NULL;
+}
+
+static void loader_stop(vlm__tdata *d) {
+  if (d->started) {
+    pthread_mutex_lock(&d->mu);
+    d->quit = 1;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    for (int t = 0; t < d->nthreads; t++)
+      pthread_join(d->threads[t], NULL);
+    d->started = 0;
+  }
+  if (d->slots)
+    for (int i = 0; i < d->nslots; i++) {
+      free(d->slots[i].pixels);
+      free(d->slots[i].pairs);
+    }
+  free(d->slots);
+  free(d->threads);
+  d->slots = NULL;
+  d->threads = NULL;
+}
+
+int vlm__tdata_start(vlm__tdata *d, int batch, int64_t first_step,
+                     int64_t end_step) {
+  loader_stop(d);
+  if (batch < 1 || batch > d->n)
+    return vlm_seterr(VLM_EINVAL, "batch %d with %d pairs", batch, d->n);
+  d->batch = batch;
+  d->spe = d->n / batch;
+  d->next_build = first_step;
+  d->end_step = end_step;
+  d->quit = 0;
+  d->load_error = 0;
+  d->nthreads = d->cfg.loader_threads < 1 ? 1 : d->cfg.loader_threads;
+  d->nslots = d->nthreads + 1;
+  d->slots = calloc((size_t)d->nslots, sizeof *d->slots);
+  d->threads = calloc((size_t)d->nthreads, sizeof *d->threads);
+  if (!d->slots || !d->threads)
+    goto nomem;
+  size_t per = (size_t)3 * d->cfg.image_size * d->cfg.image_size;
+  for (int i = 0; i < d->nslots; i++) {
+    d->slots[i].step = -1;
+    d->slots[i].pixels = malloc(sizeof(float) * per * batch);
+    d->slots[i].pairs = malloc(sizeof(int) * batch);
+    if (!d->slots[i].pixels || !d->slots[i].pairs)
+      goto nomem;
+  }
+  for (int t = 0; t < d->nthreads; t++) {
+    if (pthread_create(&d->threads[t], NULL, loader_main, d)) {
+      d->nthreads = t;
+      d->started = t > 0;
+      if (t == 0)
+        goto nomem;
+      break;
+    }
+  }
+  d->started = 1;
+  return 0;
+nomem:
+  loader_stop(d);
+  return vlm_seterr(VLM_ENOMEM, "batch loader");
+}
+
+int vlm__tdata_next(vlm__tdata *d, int64_t step, const float **pixels,
+                    const int **pairs) {
+  if (!d->started || step >= d->end_step)
+    return vlm_seterr(VLM_ESTATE, "batch loader: step %lld not scheduled",
+                      (long long)step);
+  slot *sl = &d->slots[step % d->nslots];
+  pthread_mutex_lock(&d->mu);
+  while (!(sl->step == step && sl->state == 2) && !d->load_error)
+    pthread_cond_wait(&d->cv, &d->mu);
+  int rc = d->load_error;
+  if (!rc)
+    sl->state = 3;
+  pthread_mutex_unlock(&d->mu);
+  if (rc)
+    return vlm_seterr(rc, "batch loader: an image could not be read again "
+                          "(changed on disk?)");
+  *pixels = sl->pixels;
+  *pairs = sl->pairs;
+  return 0;
+}
+
+void vlm__tdata_release(vlm__tdata *d, int64_t step) {
+  slot *sl = &d->slots[step % d->nslots];
+  pthread_mutex_lock(&d->mu);
+  if (sl->step == step)
+    sl->state = 0;
+  pthread_cond_broadcast(&d->cv);
+  pthread_mutex_unlock(&d->mu);
+}

@@ -1,0 +1,75 @@
+/* train_data.h - the trainer's data: image-text pairs read, decoded,
+ * tokenized and checked up front, then augmented into batches by loader
+ * threads running ahead of the compute (internal to embed/).
+ *
+ * Determinism: the order of the pairs in epoch e is a permutation drawn
+ * from (seed, e); the augmentation of a pair from (seed, e, pair).  No
+ * generator state is carried from batch to batch, so the batch of any
+ * step can be rebuilt from scratch (that is what makes resuming exact),
+ * and it does not matter which loader thread builds it.
+ */
+#ifndef VLM_TRAIN_DATA_H
+#define VLM_TRAIN_DATA_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tokenizer.h"
+#include "vlm_train.h"
+
+typedef struct {
+  int image_size;
+  float mean[3], std[3];
+  int eval;              /* 1: preprocess exactly as inference does (no
+                            augmentation), keep the pixels */
+  int augment;           /* training: random resized crop + jitter */
+  float crop_scale_min, jitter;
+  int hflip;
+  int64_t cache_bytes;   /* decoded images kept in memory up to this */
+  int threads;           /* decoding threads while opening */
+  int loader_threads;    /* threads building batches during training */
+  uint64_t seed;
+  int context_length;
+  int vocab_size;        /* token ids must be below it */
+  FILE *log;             /* skipped pairs are reported here */
+} vlm__tdata_cfg;
+
+typedef struct vlm__tdata vlm__tdata;
+
+/* Read, decode and tokenize n pairs (in cfg->threads threads).  A pair
+ * whose image cannot be read or decoded, or whose text is empty, is
+ * skipped and reported; it is an error only if none is left.  The
+ * tokenizer is only used during the call. */
+int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
+                    int n, const vlm__tokenizer *tok, vlm__tdata **out);
+void vlm__tdata_free(vlm__tdata *d); /* stops the loader; accepts NULL */
+
+int vlm__tdata_count(const vlm__tdata *d);   /* usable pairs */
+int vlm__tdata_skipped(const vlm__tdata *d);
+/* Index into the items given to open of usable pair i. */
+int vlm__tdata_item(const vlm__tdata *d, int i);
+/* SHA-256 (hex) over the usable pairs in order: key, text, image bytes. */
+const char *vlm__tdata_digest(const vlm__tdata *d);
+/* Token ids of pair i, bos first and eos last. */
+void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
+                       int *len);
+/* Eval mode: the preprocessed pixels [3,S,S] of pair i. */
+const float *vlm__tdata_pixels(const vlm__tdata *d, int i);
+
+/* Training batches: step s of epoch s / steps_per_epoch holds pairs
+ * perm[(s % steps_per_epoch) * batch + b].  Loader threads build batches
+ * first_step .. end_step-1 ahead of the consumer.  */
+int vlm__tdata_start(vlm__tdata *d, int batch, int64_t first_step,
+                     int64_t end_step);
+int vlm__tdata_steps_per_epoch(const vlm__tdata *d);
+/* Wait for the batch of step (steps are consumed in order) and get its
+ * pixels [batch,3,S,S] and pair indices [batch].  Valid until release. */
+int vlm__tdata_next(vlm__tdata *d, int64_t step, const float **pixels,
+                    const int **pairs);
+void vlm__tdata_release(vlm__tdata *d, int64_t step);
+
+/* Build one batch directly, without the loader (tests, benchmarks). */
+void vlm__tdata_build(const vlm__tdata *d, int batch, int64_t step,
+                      float *pixels, int *pairs);
+
+#endif

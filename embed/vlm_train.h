@@ -1,0 +1,136 @@
+/* vlm_train.h - contrastive training and fine-tuning of CLIP models.
+ *
+ * vlm_train_run trains a CLIP model on image-text pairs with the CLIP
+ * symmetric contrastive loss and writes it to out_dir in the standard
+ * Hugging Face layout, which vlm_clip_load (and anything else that loads
+ * CLIP) reads:
+ *
+ *   config.json, model.safetensors (F16 or F32), vocab.json, merges.txt,
+ *   preprocessor_config.json, training.json (command, seed, data digest,
+ *   steps, final metrics), metrics.csv (one row per evaluation),
+ *   train.log (the progress lines), checkpoint/ (the resumable state:
+ *   weights, AdamW moments and step, in F32), and with LoRA and
+ *   save_adapters, adapter_model.safetensors + adapter_config.json (PEFT
+ *   names).
+ *
+ * The model starts from a checkpoint (init_dir: any model vlm_clip_load
+ * reads) or from scratch (config_path: a Hugging Face CLIP config.json;
+ * weights initialised as open_clip does).  AdamW with decoupled weight
+ * decay (none on norms, biases, embeddings, logit_scale), linear warm-up
+ * then cosine decay, gradient clipping by global norm; logit_scale is
+ * clamped to [0, ln 100] after each step as open_clip does.  With
+ * lora_rank > 0, low-rank adapters (B zero-initialised, scaled by
+ * alpha / rank) on every attention and MLP projection of both towers are
+ * trained and the base weights are frozen; the exported model has the
+ * adapters merged in.
+ *
+ * Determinism: for a given seed, data and thread count the run is
+ * bit-for-bit reproducible, and a run resumed from a checkpoint continues
+ * exactly as the uninterrupted run would have (the data order and every
+ * augmentation are functions of the seed, epoch and item, not of any
+ * saved generator state).
+ *
+ * Errors: VLM_EINVAL (bad options), VLM_EIO / VLM_ENOTFOUND (files),
+ * VLM_EFORMAT (bad config.json), VLM_EMISMATCH (resume with another
+ * geometry or data set), VLM_ENUMERIC (the loss diverged), VLM_ENOMEM,
+ * VLM_EINTR (stopped through opts->stop: the state was checkpointed
+ * first).  vlm_errmsg() names the file, item or option at fault.
+ */
+#ifndef VLM_TRAIN_H
+#define VLM_TRAIN_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* One image-text pair.  Strings are borrowed for the duration of the
+ * call. */
+typedef struct {
+  const char *key;   /* identity: the held-out split and the data digest
+                        use it */
+  const char *image; /* path of a JPEG or PNG file */
+  const char *text;  /* caption */
+} vlm_train_item;
+
+typedef struct {
+  /* data */
+  const vlm_train_item *items;     /* training pairs */
+  int n_items;
+  const vlm_train_item *val_items; /* held-out pairs, or NULL */
+  int n_val;
+  double val_fraction;  /* without val_items: hold out this share of items,
+                           chosen by a hash of the key (0 = no evaluation) */
+  /* model */
+  const char *out_dir;       /* created if missing */
+  const char *init_dir;      /* start from this model, or NULL */
+  const char *config_path;   /* geometry for a model from scratch */
+  const char *tokenizer_dir; /* vocab.json + merges.txt; NULL = init_dir */
+  /* schedule and optimizer (0 / negative = the default noted) */
+  int epochs;                /* 10 */
+  int batch;                 /* 128 (clamped to the training set size) */
+  int64_t max_steps;         /* 0 = epochs x steps per epoch */
+  float lr;                  /* 5e-4 from scratch, 1e-5 fine-tuning,
+                                1e-4 LoRA */
+  float min_lr;              /* cosine floor, 0 */
+  int warmup_steps;          /* -1 = 10% of the steps, at most 2000 */
+  float weight_decay;        /* 0.1 */
+  float beta1, beta2, adam_eps; /* 0.9, 0.98, 1e-6 */
+  float grad_clip;           /* global norm, 1.0; negative = off */
+  uint64_t seed;
+  int threads;               /* compute threads; 0 = all cores */
+  int loader_threads;        /* image decoding threads; 0 = 1 */
+  /* LoRA */
+  int lora_rank;             /* 0 = full training */
+  float lora_alpha;          /* 0 = 2 x rank */
+  int save_adapters;         /* also write the adapters alone */
+  /* augmentation (training images only) */
+  int no_augment;            /* just resize and center-crop */
+  float crop_scale_min;      /* random resized crop area, 0.5 */
+  float jitter;              /* colour jitter strength, 0.2 */
+  int hflip;                 /* random horizontal flips (off: images may
+                                contain text) */
+  int cache_mb;              /* decoded images kept in memory, 4096 */
+  /* checkpoints */
+  int checkpoint_every;      /* steps; 0 = each epoch end */
+  int resume;                /* continue from out_dir/checkpoint */
+  int64_t stop_after;        /* stop (with a checkpoint) after this step */
+  int f16;                   /* model.safetensors in F16 (else F32) */
+  volatile int *stop;        /* set non-zero to checkpoint and stop */
+  /* reporting */
+  FILE *log;                 /* progress lines; NULL = silent */
+  double log_every_s;        /* 10 */
+  const char *command;       /* recorded in training.json */
+} vlm_train_options;
+
+/* Recall@K of a held-out evaluation. */
+typedef struct {
+  int n;                            /* pairs evaluated */
+  double i2t[3], t2i[3];            /* Recall@1, @5, @10 */
+  double i2t_median, t2i_median;    /* median rank (1 = best) */
+} vlm_train_recall;
+
+typedef struct {
+  int64_t steps;          /* optimizer steps done in all */
+  int epochs;             /* completed epochs */
+  double loss;            /* mean loss of the last epoch (or of the steps
+                             since the last epoch end) */
+  int n_train, n_skipped; /* pairs used; pairs skipped (bad image/text) */
+  char data_digest[65];   /* SHA-256 of the training pairs */
+  vlm_train_recall recall; /* the last evaluation (n = 0 if none) */
+  /* The last evaluation's L2-normalized embeddings, [recall.n x dim],
+   * in held-out order (malloc'd; NULL if none), and the held-out items'
+   * indices into val_items (or into items with val_fraction). */
+  int dim;
+  float *image_emb, *text_emb;
+  int *eval_index;
+  double pairs_per_s;     /* training throughput of this call */
+} vlm_train_result;
+
+/* Defaults as documented above; the caller then sets data and out_dir. */
+void vlm_train_options_default(vlm_train_options *opts);
+
+/* Train.  res may be NULL; otherwise free it with vlm_train_result_free,
+ * also after a failure. */
+int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res);
+void vlm_train_result_free(vlm_train_result *res); /* accepts zeroed */
+
+#endif
