@@ -1,27 +1,424 @@
-/* placeholder until the module lands; replaced by the real command. */
+/* cmd_admin.c - the small database commands: info, get, delete, export,
+ * reindex. */
+#include "catalog.h"
+#include "opts.h"
+#include "progress.h"
 #include "vlm_cli.h"
+#include "vlm_error.h"
+#include "vlmdb.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Parse the flags every admin command shares (--db, --json, --help) and
+ * its own; returns -1 to go on, else the exit status. */
+typedef struct {
+  const char *cmd;
+  const char *usage;
+  const char *db_dir;
+  int as_json;
+  int vectors;          /* get, export: --vectors */
+  const char *thumb;    /* get: --thumb FILE */
+  const char *output;   /* export: -o FILE */
+  const char *factory;  /* reindex: --index */
+  int first_arg;        /* argv index of the first positional argument */
+} admin_args;
+
+enum { OPT_VECTORS = 1, OPT_THUMB = 2, OPT_OUTPUT = 4, OPT_INDEX = 8 };
+
+static int parse_admin(int argc, char **argv, unsigned allowed,
+                       admin_args *a) {
+  static const struct option longopts[] = {
+      {"db", required_argument, NULL, 'd'},
+      {"json", no_argument, NULL, 'j'},
+      {"vectors", no_argument, NULL, 'v'},
+      {"thumb", required_argument, NULL, 't'},
+      {"output", required_argument, NULL, 'o'},
+      {"index", required_argument, NULL, 'i'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  vlm_cli_getopt_reset();
+  int c;
+  while ((c = getopt_long(argc, argv, allowed & OPT_OUTPUT ? "o:h" : "h",
+                          longopts, NULL)) != -1) {
+    unsigned need = c == 'v'   ? OPT_VECTORS
+                    : c == 't' ? OPT_THUMB
+                    : c == 'o' ? OPT_OUTPUT
+                    : c == 'i' ? OPT_INDEX
+                               : 0;
+    if (need && !(allowed & need))
+      return vlm_cli_usage_error(a->cmd, "that flag is not for this command");
+    switch (c) {
+    case 'd': a->db_dir = optarg; break;
+    case 'j': a->as_json = 1; break;
+    case 'v': a->vectors = 1; break;
+    case 't': a->thumb = optarg; break;
+    case 'o': a->output = optarg; break;
+    case 'i': a->factory = optarg; break;
+    case 'h': fputs(a->usage, stdout); return VLM_EXIT_OK;
+    default: fputs(a->usage, stderr); return VLM_EXIT_USAGE;
+    }
+  }
+  if (!a->db_dir)
+    return vlm_cli_usage_error(a->cmd, "--db DIR is required");
+  a->first_arg = optind;
+  return -1;
+}
+
+static void print_json_line(json_t *o) {
+  char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+  if (s)
+    printf("%s\n", s);
+  free(s);
+  json_decref(o);
+}
+
+static const char *type_name(vlm_field_type t) {
+  return t == VLM_FIELD_TEXT ? "text" : t == VLM_FIELD_INT ? "int" : "real";
+}
+
+/* ---------------------------------------------------------------- info */
+
+static const char info_usage[] =
+    "usage: vlmdb info --db DIR [--json]\n"
+    "\n"
+    "Show a database's counts and configuration: items, vectors of each\n"
+    "kind, the index, the model, declared fields and size on disk.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb info --db photos.vlm\n";
+
 int cmd_info(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  admin_args a = {.cmd = "info", .usage = info_usage};
+  int rc = parse_admin(argc, argv, 0, &a);
+  if (rc >= 0)
+    return rc;
+  if (a.first_arg < argc)
+    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
+                               argv[a.first_arg]);
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, 1, &db))
+    return VLM_EXIT_RUNTIME;
+  vlm_db_info info;
+  rc = vlm_db_stat(db, &info);
+  vlm_db_close(db);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  if (a.as_json) {
+    json_t *o = json_object(), *fields = json_array();
+    for (int i = 0; i < info.nfields && i < 64; i++) {
+      json_t *f = json_object();
+      json_object_set_new(f, "name", json_string(info.field_names[i]));
+      json_object_set_new(f, "type",
+                          json_string(type_name(info.field_types[i])));
+      json_array_append_new(fields, f);
+    }
+    json_object_set_new(o, "items", json_integer(info.items));
+    json_object_set_new(o, "image_vectors", json_integer(info.image_vectors));
+    json_object_set_new(o, "text_vectors", json_integer(info.text_vectors));
+    json_object_set_new(o, "index_vectors", json_integer(info.index_vectors));
+    json_object_set_new(o, "pending_vectors",
+                        json_integer(info.pending_vectors));
+    json_object_set_new(o, "index", json_string(info.index_factory));
+    json_object_set_new(o, "index_trained", json_boolean(info.index_trained));
+    json_object_set_new(o, "dim", json_integer(info.dim));
+    json_object_set_new(o, "model_id", json_string(info.model_id));
+    json_object_set_new(o, "model_dir", json_string(info.model_dir));
+    json_object_set_new(o, "format_version",
+                        json_integer(info.format_version));
+    json_object_set_new(o, "fields", fields);
+    json_object_set_new(o, "disk_bytes", json_integer((json_int_t)info.disk_bytes));
+    print_json_line(o);
+    return VLM_EXIT_OK;
+  }
+  printf("database:       %s\n", a.db_dir);
+  printf("items:          %lld\n", (long long)info.items);
+  printf("image vectors:  %lld\n", (long long)info.image_vectors);
+  printf("text vectors:   %lld\n", (long long)info.text_vectors);
+  printf("index:          %s (%lld vectors%s%s)\n", info.index_factory,
+         (long long)info.index_vectors,
+         info.index_trained ? "" : ", not trained yet: searches are exact",
+         info.pending_vectors ? ", some pending" : "");
+  printf("dimension:      %d\n", info.dim);
+  printf("model:          %s\n", info.model_dir[0] ? info.model_dir : "?");
+  printf("model id:       %s\n", info.model_id);
+  printf("fields:        ");
+  if (info.nfields == 0)
+    printf(" (none)");
+  for (int i = 0; i < info.nfields && i < 64; i++)
+    printf("%s %s:%s", i ? "," : "", info.field_names[i],
+           type_name(info.field_types[i]));
+  printf("\n");
+  printf("disk:           %.1f MiB\n", (double)info.disk_bytes / (1 << 20));
+  printf("format version: %d\n", info.format_version);
+  return VLM_EXIT_OK;
 }
+
+/* ----------------------------------------------------------------- get */
+
+static const char get_usage[] =
+    "usage: vlmdb get --db DIR KEY [--json] [--vectors] [--thumb FILE]\n"
+    "\n"
+    "Print one item: caption, source, metadata, which vectors it has and\n"
+    "its thumbnail's size.  --thumb FILE writes the JPEG thumbnail;\n"
+    "--vectors adds the vectors to the JSON output.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb get --db photos.vlm p1 --thumb p1-thumb.jpg\n";
+
+static json_t *vector_array(const float *v, int dim) {
+  json_t *a = json_array();
+  for (int i = 0; i < dim; i++)
+    json_array_append_new(a, json_real(v[i]));
+  return a;
+}
+
 int cmd_get(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  admin_args a = {.cmd = "get", .usage = get_usage};
+  int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_THUMB, &a);
+  if (rc >= 0)
+    return rc;
+  if (a.first_arg + 1 != argc)
+    return vlm_cli_usage_error(a.cmd, "give exactly one KEY");
+  const char *key = argv[a.first_arg];
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, 1, &db))
+    return VLM_EXIT_RUNTIME;
+  vlm_record *rec = NULL;
+  int status = VLM_EXIT_RUNTIME;
+  rc = vlm_db_get(db, key, &rec);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    goto done;
+  }
+  if (a.thumb) {
+    if (!rec->thumb) {
+      vlm_cli_error(a.cmd, "item \"%s\" has no thumbnail", key);
+      goto done;
+    }
+    FILE *f = fopen(a.thumb, "wb");
+    if (!f || fwrite(rec->thumb, 1, rec->thumb_len, f) != rec->thumb_len) {
+      vlm_cli_error(a.cmd, "writing %s failed", a.thumb);
+      if (f)
+        fclose(f);
+      goto done;
+    }
+    if (fclose(f)) {
+      vlm_cli_error(a.cmd, "writing %s failed", a.thumb);
+      goto done;
+    }
+  }
+  json_t *meta = json_loads(rec->meta_json ? rec->meta_json : "{}", 0, NULL);
+  if (a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "key", json_string(rec->key));
+    json_object_set_new(o, "caption",
+                        rec->caption ? json_string(rec->caption) : json_null());
+    json_object_set_new(o, "source",
+                        rec->source ? json_string(rec->source) : json_null());
+    json_object_set_new(o, "meta", meta ? meta : json_object());
+    json_object_set_new(o, "dim", json_integer(rec->dim));
+    json_object_set_new(o, "image_vector",
+                        !rec->image_vec ? json_null()
+                        : a.vectors     ? vector_array(rec->image_vec, rec->dim)
+                                        : json_true());
+    json_object_set_new(o, "text_vector",
+                        !rec->text_vec ? json_null()
+                        : a.vectors    ? vector_array(rec->text_vec, rec->dim)
+                                       : json_true());
+    json_object_set_new(o, "thumb_bytes", json_integer((json_int_t)rec->thumb_len));
+    print_json_line(o);
+  } else {
+    char *meta_text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+    json_decref(meta);
+    printf("key:      %s\n", rec->key);
+    printf("caption:  %s\n", rec->caption ? rec->caption : "-");
+    printf("source:   %s\n", rec->source ? rec->source : "-");
+    printf("meta:     %s\n", meta_text ? meta_text : "{}");
+    printf("vectors:  %s%s%s (dimension %d)\n",
+           rec->image_vec ? "image" : "",
+           rec->image_vec && rec->text_vec ? ", " : "",
+           rec->text_vec ? "text" : "", rec->dim);
+    if (rec->thumb)
+      printf("thumb:    %zu bytes JPEG\n", rec->thumb_len);
+    else
+      printf("thumb:    -\n");
+    free(meta_text);
+  }
+  status = VLM_EXIT_OK;
+done:
+  vlm_record_free(rec);
+  vlm_db_close(db);
+  return status;
 }
+
+/* -------------------------------------------------------------- delete */
+
+static const char delete_usage[] =
+    "usage: vlmdb delete --db DIR KEY... [--json]\n"
+    "\n"
+    "Delete items by key from every store (keys that do not exist are\n"
+    "ignored) and print how many existed.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb delete --db photos.vlm p1 p2\n";
+
 int cmd_delete(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  admin_args a = {.cmd = "delete", .usage = delete_usage};
+  int rc = parse_admin(argc, argv, 0, &a);
+  if (rc >= 0)
+    return rc;
+  int n = argc - a.first_arg;
+  if (n < 1)
+    return vlm_cli_usage_error(a.cmd, "give the KEYs to delete");
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
+    return VLM_EXIT_RUNTIME;
+  int deleted = 0;
+  rc = vlm_db_delete(db, (const char *const *)argv + a.first_arg, n, &deleted);
+  vlm_db_close(db);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  if (a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "requested", json_integer(n));
+    json_object_set_new(o, "deleted", json_integer(deleted));
+    print_json_line(o);
+  } else {
+    printf("deleted %d of %d key%s\n", deleted, n, n == 1 ? "" : "s");
+  }
+  return VLM_EXIT_OK;
 }
+
+/* -------------------------------------------------------------- export */
+
+static const char export_usage[] =
+    "usage: vlmdb export --db DIR [--vectors] [-o FILE]\n"
+    "\n"
+    "Write every item as a JSONL catalog that `vlmdb ingest` reads back:\n"
+    "key, image (the stored source path), text (the caption), meta.  With\n"
+    "--vectors each line also carries image_vector, text_vector and the\n"
+    "thumbnail (base64), so ingest rebuilds the items without their image\n"
+    "files and without running the model.\n"
+    "\n"
+    "  -o, --output FILE   write there instead of stdout\n"
+    "\n"
+    "example:\n"
+    "  vlmdb export --db photos.vlm --vectors -o photos-export.jsonl\n"
+    "  vlmdb init --db copy.vlm && vlmdb ingest --db copy.vlm "
+    "photos-export.jsonl\n";
+
+typedef struct {
+  FILE *out;
+  int vectors;
+  long n;
+  long lossy; /* items whose vectors the line cannot rebuild */
+} export_ctx;
+
+static int export_one(const vlm_record *rec, void *arg) {
+  export_ctx *x = arg;
+  char *line = vlm_catalog_format_record(rec, x->vectors);
+  if (!line)
+    return vlm_seterr(VLM_ENOMEM, "formatting key \"%s\"", rec->key);
+  int bad = fputs(line, x->out) < 0 || fputc('\n', x->out) == EOF;
+  free(line);
+  if (bad)
+    return vlm_seterr(VLM_EIO, "writing the export failed");
+  x->n++;
+  if (!x->vectors && ((rec->image_vec && !rec->source) ||
+                      (rec->text_vec && !rec->caption)))
+    x->lossy++;
+  return 0;
+}
+
 int cmd_export(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  admin_args a = {.cmd = "export", .usage = export_usage};
+  int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_OUTPUT, &a);
+  if (rc >= 0)
+    return rc;
+  if (a.first_arg < argc)
+    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
+                               argv[a.first_arg]);
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, 1, &db))
+    return VLM_EXIT_RUNTIME;
+  export_ctx x = {.out = stdout, .vectors = a.vectors};
+  if (a.output && !(x.out = fopen(a.output, "w"))) {
+    vlm_cli_error(a.cmd, "%s: cannot create", a.output);
+    vlm_db_close(db);
+    return VLM_EXIT_RUNTIME;
+  }
+  rc = vlm_db_foreach(db, export_one, &x);
+  vlm_db_close(db);
+  int close_failed = x.out != stdout ? fclose(x.out) : fflush(stdout);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  if (close_failed) {
+    vlm_cli_error(a.cmd, "writing the export failed");
+    return VLM_EXIT_RUNTIME;
+  }
+  fprintf(stderr, "vlmdb %s: %ld items\n", a.cmd, x.n);
+  if (x.lossy)
+    fprintf(stderr,
+            "vlmdb %s: warning: %ld items have a vector without the source "
+            "or caption it came from; only --vectors exports them whole\n",
+            a.cmd, x.lossy);
+  return VLM_EXIT_OK;
 }
+
+/* ------------------------------------------------------------- reindex */
+
+static const char reindex_usage[] =
+    "usage: vlmdb reindex --db DIR --index FACTORY [--json]\n"
+    "\n"
+    "Rebuild the vector index with another FAISS kind (HNSW32, Flat,\n"
+    "IVF1024,Flat, IVF1024,PQ64, ...), training it from the stored vectors\n"
+    "when it needs training.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb reindex --db photos.vlm --index IVF256,SQ8\n";
+
 int cmd_reindex(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  admin_args a = {.cmd = "reindex", .usage = reindex_usage};
+  int rc = parse_admin(argc, argv, OPT_INDEX, &a);
+  if (rc >= 0)
+    return rc;
+  if (!a.factory)
+    return vlm_cli_usage_error(a.cmd, "--index FACTORY is required");
+  if (a.first_arg < argc)
+    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
+                               argv[a.first_arg]);
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
+    return VLM_EXIT_RUNTIME;
+  double t0 = vlm_now();
+  rc = vlm_db_reindex(db, a.factory);
+  double elapsed = vlm_now() - t0;
+  vlm_db_info info;
+  if (!rc)
+    rc = vlm_db_stat(db, &info);
+  vlm_db_close(db);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  if (a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "index", json_string(info.index_factory));
+    json_object_set_new(o, "index_vectors", json_integer(info.index_vectors));
+    json_object_set_new(o, "elapsed_s", json_real(elapsed));
+    print_json_line(o);
+  } else {
+    printf("reindexed with %s: %lld vectors in %.1f s\n", info.index_factory,
+           (long long)info.index_vectors, elapsed);
+  }
+  return VLM_EXIT_OK;
 }

@@ -1,7 +1,993 @@
-/* placeholder until the module lands; replaced by the real command. */
+/* cmd_ingest.c - `vlmdb ingest`: bulk-load a catalog.
+ *
+ * A pipeline in four stages, so image ingest runs at the speed of the
+ * embedding engine rather than at the sum of all steps:
+ *
+ *   reader (this thread)   reads and checks rows, drops duplicates and
+ *                          keys already stored, fills batches in order
+ *   decode workers (N)     read, decode and preprocess images, make the
+ *                          JPEG thumbnails (one item at a time, any batch)
+ *   embedder (1)           encodes a batch's pixels and texts (the model
+ *                          uses every core inside one call)
+ *   writer (1)             reports bad rows in catalog order, writes the
+ *                          batch with one vlm_db_put, updates progress
+ *
+ * Batches live in a ring of NSLOTS slots and move through the stages in
+ * catalog order; one mutex and one condition variable guard the ring (the
+ * work per hand-off is milliseconds, so contention does not matter).  A
+ * batch is acknowledged when vlm_db_put returns: SIGINT stops the run after
+ * the batch being written, and a re-run skips every acknowledged key.
+ */
+#include "catalog.h"
+#include "opts.h"
+#include "progress.h"
 #include "vlm_cli.h"
+#include "vlm_clip.h"
+#include "vlm_error.h"
+#include "vlmdb.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NSLOTS 4
+#define ROWS_PER_GOOD 8 /* a batch holds at most batch * 8 rows in all */
+#define THUMB_SIDE 256
+#define THUMB_QUALITY 85
+#define MAX_BATCH 4096
+#define MAX_THREADS 256
+
+static const char usage[] =
+    "usage: vlmdb ingest --db DIR CATALOG [--images-root DIR] [--batch N]\n"
+    "                    [--threads N] [--upsert] [--strict] [--format F]\n"
+    "                    [--model DIR] [--json] [--quiet]\n"
+    "\n"
+    "Embed and store every row of CATALOG: a JSONL file (.jsonl), a CSV or\n"
+    "TSV file with a header (.csv, .tsv), or a directory of images (key =\n"
+    "relative path, text from a NAME.txt sidecar).  Image paths are relative\n"
+    "to the catalog's directory unless --images-root says otherwise.\n"
+    "Keys already in the database are skipped (so an interrupted ingest\n"
+    "resumes where it stopped); bad rows are reported with their line and\n"
+    "skipped.  A summary goes to stdout, progress and problems to stderr.\n"
+    "\n"
+    "  --db DIR            the database (made by `vlmdb init`)\n"
+    "  --images-root DIR   base directory of relative image paths\n"
+    "  --batch N           items per batch and transaction (default 32)\n"
+    "  --threads N         image decoding threads (default: all cores)\n"
+    "  --upsert            replace keys that exist instead of skipping them\n"
+    "  --strict            stop at the first bad row and exit with 1\n"
+    "  --format F          jsonl, csv, tsv or dir (default: from the name)\n"
+    "  --model DIR         the model, if not where the database says\n"
+    "  --json              print the summary as JSON\n"
+    "  -q, --quiet         no progress display\n"
+    "  -h, --help          this help\n"
+    "\n"
+    "Exit status: 0, or 1 when nothing could be ingested, the run was\n"
+    "interrupted or failed, or --strict met a bad row; 2 for bad flags.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb ingest --db photos.vlm photos.jsonl --batch 64\n"
+    "  (photos.jsonl: {\"key\": \"p1\", \"image\": \"img/p1.jpg\", \"text\": \"a red "
+    "bike\",\n"
+    "                 \"meta\": {\"category\": \"bikes\", \"year\": 2019}})\n";
+
+/* ------------------------------------------------------------- state */
+
+typedef struct {
+  vlm_catalog_row row;   /* row.error set: skipped (and why) */
+  int embed_image;       /* decode, preprocess, encode the image */
+  int embed_text;        /* encode the text */
+  int make_thumb;        /* decode the image for a thumbnail */
+  int pixel_slot;        /* where its pixels go in the batch */
+  const float *image_vec;/* the vectors to store */
+  const float *text_vec;
+  uint8_t *thumb;        /* made by a worker (else row.thumb is used) */
+  size_t thumb_len;
+} ingest_item;
+
+typedef enum {
+  SLOT_FREE,
+  SLOT_FILLING,   /* the reader is adding rows */
+  SLOT_PREPARING, /* workers are decoding its images */
+  SLOT_PREPARED,  /* waiting for the embedder */
+  SLOT_EMBEDDED   /* waiting for the writer */
+} slot_state;
+
+typedef struct {
+  slot_state state;
+  long seq;
+  ingest_item *items;
+  int n;
+  int ngood;       /* rows without an error when filled */
+  int npixels;     /* pixel slots in use */
+  int *prep;       /* indices of items the workers must prepare */
+  int nprep, next_claim, nprepared;
+  float *pixels;   /* batch_size * 3 * S * S */
+  float *image_out;/* batch_size * dim */
+  float *text_out;
+} batch;
+
+typedef struct {
+  char **keys;
+  long *lines;
+  size_t cap, n;
+} keyset;
+
+typedef struct {
+  /* configuration, fixed while the pipeline runs */
+  const char *cmd;
+  const char *catalog_path;
+  int catalog_is_dir;
+  vlm_db *db;
+  const char *model_dir;
+  vlm_clip *clip;         /* loaded when the first row needs it */
+  int dim;
+  size_t pixel_floats;    /* 3 * S * S */
+  int batch_size, max_rows, nworkers;
+  unsigned put_flags;
+  int strict;
+
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  batch slots[NSLOTS];
+  long next_fill, next_embed, next_write; /* batch sequence numbers */
+  int reading_done;       /* no more batches will be filled */
+  int writer_done;
+  int stop;               /* everyone: leave now */
+  int failed;             /* a fatal error ended the run */
+  int strict_stopped;
+
+  /* results; written by the writer (and the reader before it starts) */
+  long rows_done, ingested;
+  long skipped[VLM_SKIP_NREASONS];
+  vlm_progress progress;
+  pthread_mutex_t report_mu;
+  keyset seen;
+} ingest;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+/* ------------------------------------------------------------ key set */
+
+static uint64_t hash_key(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+/* 1 and *line if key was seen, 0 after adding it, negative on error. */
+static int keyset_add(keyset *ks, const char *key, long line, long *prev) {
+  if (ks->n * 2 >= ks->cap) {
+    size_t cap = ks->cap ? ks->cap * 2 : 1024;
+    char **keys = calloc(cap, sizeof *keys);
+    long *lines = calloc(cap, sizeof *lines);
+    if (!keys || !lines) {
+      free(keys);
+      free(lines);
+      return VLM_ENOMEM;
+    }
+    for (size_t i = 0; i < ks->cap; i++) {
+      if (!ks->keys[i])
+        continue;
+      size_t j = hash_key(ks->keys[i]) & (cap - 1);
+      while (keys[j])
+        j = (j + 1) & (cap - 1);
+      keys[j] = ks->keys[i];
+      lines[j] = ks->lines[i];
+    }
+    free(ks->keys);
+    free(ks->lines);
+    ks->keys = keys;
+    ks->lines = lines;
+    ks->cap = cap;
+  }
+  size_t j = hash_key(key) & (ks->cap - 1);
+  for (; ks->keys[j]; j = (j + 1) & (ks->cap - 1))
+    if (!strcmp(ks->keys[j], key)) {
+      *prev = ks->lines[j];
+      return 1;
+    }
+  if (!(ks->keys[j] = strdup(key)))
+    return VLM_ENOMEM;
+  ks->lines[j] = line;
+  ks->n++;
+  return 0;
+}
+
+static void keyset_free(keyset *ks) {
+  for (size_t i = 0; i < ks->cap; i++)
+    free(ks->keys[i]);
+  free(ks->keys);
+  free(ks->lines);
+}
+
+/* ---------------------------------------------------------- reporting */
+
+static void set_item_error(ingest_item *it, vlm_skip_reason reason,
+                           const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_item_error(ingest_item *it, vlm_skip_reason reason,
+                           const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(it->row.message, sizeof it->row.message, fmt, ap);
+  va_end(ap);
+  it->row.error = reason;
+}
+
+/* Print a skipped row: "CATALOG:LINE: REASON: key "K": message". */
+static void report_row(ingest *ing, const vlm_catalog_row *row) {
+  pthread_mutex_lock(&ing->report_mu);
+  vlm_progress_finish(&ing->progress);
+  if (ing->catalog_is_dir)
+    fprintf(stderr, "vlmdb %s: %s/%s: %s: %s\n", ing->cmd, ing->catalog_path,
+            row->key ? row->key : "?", vlm_skip_reason_name(row->error),
+            row->message);
+  else if (row->key)
+    fprintf(stderr, "vlmdb %s: %s:%ld: %s: key \"%s\": %s\n", ing->cmd,
+            ing->catalog_path, row->line, vlm_skip_reason_name(row->error),
+            row->key, row->message);
+  else
+    fprintf(stderr, "vlmdb %s: %s:%ld: %s: %s\n", ing->cmd, ing->catalog_path,
+            row->line, vlm_skip_reason_name(row->error), row->message);
+  pthread_mutex_unlock(&ing->report_mu);
+}
+
+static void report_fatal(ingest *ing, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void report_fatal(ingest *ing, const char *fmt, ...) {
+  va_list ap;
+  pthread_mutex_lock(&ing->report_mu);
+  vlm_progress_finish(&ing->progress);
+  fprintf(stderr, "vlmdb %s: ", ing->cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+  pthread_mutex_unlock(&ing->report_mu);
+}
+
+/* ------------------------------------------------------ decode worker */
+
+static int read_whole_file(const char *path, uint8_t **data, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return -errno;
+  struct stat st;
+  int err = 0;
+  if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
+    err = S_ISDIR(st.st_mode) ? -EISDIR : -EIO;
+    goto done;
+  }
+  *data = malloc(st.st_size ? (size_t)st.st_size : 1);
+  if (!*data) {
+    err = -ENOMEM;
+    goto done;
+  }
+  *len = fread(*data, 1, (size_t)st.st_size, f);
+  if (*len != (size_t)st.st_size) {
+    err = -EIO;
+    free(*data);
+    *data = NULL;
+  }
+done:
+  fclose(f);
+  return err;
+}
+
+static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
+  uint8_t *data = NULL;
+  size_t len = 0;
+  int err = read_whole_file(it->row.image, &data, &len);
+  if (err) {
+    /* With a precomputed vector the image only gives a thumbnail. */
+    if (it->embed_image)
+      set_item_error(it, VLM_SKIP_MISSING_FILE, "%s: %s", it->row.image,
+                     strerror(-err));
+    return;
+  }
+  if (it->embed_image) {
+    int rc = vlm_clip_preprocess(ing->clip, data, len,
+                                 b->pixels + it->pixel_slot * ing->pixel_floats);
+    if (rc) {
+      set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: %s", it->row.image,
+                     vlm_errmsg());
+      goto done;
+    }
+  }
+  if (it->make_thumb) {
+    vlm_clip_options opts = {.alpha = VLM_ALPHA_WHITE};
+    vlm_image img = {0};
+    int rc = vlm_image_decode(data, len, &opts, &img);
+    if (!rc)
+      rc = vlm_image_thumbnail_jpeg(&img, THUMB_SIDE, THUMB_QUALITY,
+                                    &it->thumb, &it->thumb_len);
+    vlm_image_free(&img);
+    if (rc && it->embed_image)
+      set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: thumbnail: %s",
+                     it->row.image, vlm_errmsg());
+  }
+done:
+  free(data);
+}
+
+static void *worker_main(void *arg) {
+  ingest *ing = arg;
+  pthread_mutex_lock(&ing->mu);
+  while (!ing->stop) {
+    batch *b = NULL;
+    for (long s = ing->next_embed; s < ing->next_fill && !b; s++) {
+      batch *c = &ing->slots[s % NSLOTS];
+      if (c->state == SLOT_PREPARING && c->next_claim < c->nprep)
+        b = c;
+    }
+    if (!b) {
+      pthread_cond_wait(&ing->cv, &ing->mu);
+      continue;
+    }
+    ingest_item *it = &b->items[b->prep[b->next_claim++]];
+    pthread_mutex_unlock(&ing->mu);
+    prepare_item(ing, b, it);
+    pthread_mutex_lock(&ing->mu);
+    if (++b->nprepared == b->nprep) {
+      b->state = SLOT_PREPARED;
+      pthread_cond_broadcast(&ing->cv);
+    }
+  }
+  pthread_mutex_unlock(&ing->mu);
+  return NULL;
+}
+
+/* ------------------------------------------------------------ embedder */
+
+static void embed_batch(ingest *ing, batch *b) {
+  int dim = ing->dim;
+  /* Images: close the gaps left by failed decodes, encode in one call. */
+  int m = 0;
+  for (int i = 0; i < b->n; i++) {
+    ingest_item *it = &b->items[i];
+    if (!it->embed_image || it->row.error)
+      continue;
+    if (it->pixel_slot != m)
+      memmove(b->pixels + m * ing->pixel_floats,
+              b->pixels + it->pixel_slot * ing->pixel_floats,
+              ing->pixel_floats * sizeof(float));
+    it->pixel_slot = m++;
+  }
+  if (m > 0 && vlm_clip_encode_pixels(ing->clip, b->pixels, m, 0,
+                                      b->image_out)) {
+    /* Find the culprit one image at a time. */
+    for (int i = 0; i < b->n; i++) {
+      ingest_item *it = &b->items[i];
+      if (it->embed_image && !it->row.error &&
+          vlm_clip_encode_pixels(ing->clip,
+                                 b->pixels + it->pixel_slot * ing->pixel_floats,
+                                 1, 0, b->image_out + it->pixel_slot * dim))
+        set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "encoding: %s",
+                       vlm_errmsg());
+    }
+  }
+  /* Texts: one call for the batch. */
+  const char **texts = malloc((size_t)b->n * sizeof *texts);
+  int *text_item = malloc((size_t)b->n * sizeof *text_item);
+  int t = 0;
+  if (texts && text_item) {
+    for (int i = 0; i < b->n; i++) {
+      ingest_item *it = &b->items[i];
+      if (it->embed_text && !it->row.error) {
+        texts[t] = it->row.text;
+        text_item[t++] = i;
+      }
+    }
+    if (t > 0 && vlm_clip_encode_texts(ing->clip, texts, t, 0, b->text_out)) {
+      for (int j = 0; j < t; j++)
+        if (vlm_clip_encode_texts(ing->clip, &texts[j], 1, 0,
+                                  b->text_out + j * dim))
+          set_item_error(&b->items[text_item[j]], VLM_SKIP_REJECTED,
+                         "encoding the text: %s", vlm_errmsg());
+    }
+  } else {
+    for (int i = 0; i < b->n; i++)
+      if (b->items[i].embed_text && !b->items[i].row.error)
+        set_item_error(&b->items[i], VLM_SKIP_REJECTED, "out of memory");
+  }
+  for (int j = 0; j < t; j++)
+    b->items[text_item[j]].text_vec = b->text_out + j * dim;
+  for (int i = 0; i < b->n; i++) {
+    ingest_item *it = &b->items[i];
+    if (it->embed_image)
+      it->image_vec = b->image_out + it->pixel_slot * dim;
+    else
+      it->image_vec = it->row.image_vec;
+    if (!it->embed_text)
+      it->text_vec = it->row.text_vec;
+  }
+  free(texts);
+  free(text_item);
+}
+
+static void *embedder_main(void *arg) {
+  ingest *ing = arg;
+  pthread_mutex_lock(&ing->mu);
+  for (;;) {
+    batch *b = &ing->slots[ing->next_embed % NSLOTS];
+    while (!ing->stop &&
+           !(b->state == SLOT_PREPARED && b->seq == ing->next_embed) &&
+           !(ing->reading_done && ing->next_embed == ing->next_fill))
+      pthread_cond_wait(&ing->cv, &ing->mu);
+    if (ing->stop || (ing->reading_done && ing->next_embed == ing->next_fill))
+      break;
+    pthread_mutex_unlock(&ing->mu);
+    embed_batch(ing, b);
+    pthread_mutex_lock(&ing->mu);
+    b->state = SLOT_EMBEDDED;
+    ing->next_embed++;
+    pthread_cond_broadcast(&ing->cv);
+  }
+  pthread_mutex_unlock(&ing->mu);
+  return NULL;
+}
+
+/* -------------------------------------------------------------- writer */
+
+/* Errors that concern one item (it is skipped) rather than the database
+ * (the run stops). */
+static int is_item_error(int rc) {
+  return rc == VLM_EINVAL || rc == VLM_EFORMAT || rc == VLM_ENUMERIC ||
+         rc == VLM_ETOOBIG || rc == VLM_EMISMATCH || rc == VLM_EEXISTS;
+}
+
+static void to_db_item(const ingest_item *it, vlm_item *out) {
+  memset(out, 0, sizeof *out);
+  out->key = it->row.key;
+  out->image_vec = it->image_vec;
+  out->text_vec = it->text_vec;
+  out->caption = it->row.caption;
+  out->source = it->row.source;
+  out->thumb = it->thumb ? it->thumb : it->row.thumb;
+  out->thumb_len = it->thumb ? it->thumb_len : it->row.thumb_len;
+  out->meta_json = it->row.meta_json;
+}
+
+/* Write one batch; returns 0, or -1 when the run must stop. */
+static int write_batch(ingest *ing, batch *b) {
+  int bad = 0;
+  for (int i = 0; i < b->n; i++) {
+    const vlm_catalog_row *row = &b->items[i].row;
+    if (row->error == VLM_SKIP_NONE)
+      continue;
+    if (row->error != VLM_SKIP_EXISTS) {
+      report_row(ing, row);
+      bad++;
+    }
+    ing->skipped[row->error]++;
+  }
+  if (bad && ing->strict) {
+    ing->strict_stopped = 1;
+    return -1;
+  }
+  vlm_item *items = malloc((size_t)b->n * sizeof *items);
+  int *which = malloc((size_t)b->n * sizeof *which);
+  int m = 0, status = 0;
+  if (!items || !which) {
+    report_fatal(ing, "out of memory");
+    status = -1;
+    goto done;
+  }
+  for (int i = 0; i < b->n; i++)
+    if (b->items[i].row.error == VLM_SKIP_NONE) {
+      to_db_item(&b->items[i], &items[m]);
+      which[m++] = i;
+    }
+  if (m == 0)
+    goto done;
+  int written = 0;
+  int rc = vlm_db_put(ing->db, items, m, ing->put_flags, &written);
+  if (rc == 0) {
+    ing->ingested += written;
+    ing->skipped[VLM_SKIP_EXISTS] += m - written; /* stored meanwhile */
+  } else if (is_item_error(rc)) {
+    /* The batch failed as a whole: find the items at fault. */
+    for (int j = 0; j < m; j++) {
+      rc = vlm_db_put(ing->db, &items[j], 1, ing->put_flags, &written);
+      if (rc == 0) {
+        ing->ingested += written;
+        ing->skipped[VLM_SKIP_EXISTS] += 1 - written;
+      } else if (is_item_error(rc)) {
+        ingest_item *it = &b->items[which[j]];
+        set_item_error(it, VLM_SKIP_REJECTED, "%s", vlm_errmsg());
+        report_row(ing, &it->row);
+        ing->skipped[VLM_SKIP_REJECTED]++;
+        if (ing->strict) {
+          ing->strict_stopped = 1;
+          status = -1;
+          goto done;
+        }
+      } else {
+        report_fatal(ing, "writing key \"%s\": %s: %s", items[j].key,
+                     vlm_strerror(rc), vlm_errmsg());
+        status = -1;
+        goto done;
+      }
+    }
+  } else {
+    report_fatal(ing, "writing a batch (rows from line %ld): %s: %s",
+                 b->items[0].row.line, vlm_strerror(rc), vlm_errmsg());
+    status = -1;
+  }
+done:
+  free(items);
+  free(which);
+  return status;
+}
+
+static void clear_batch(batch *b) {
+  for (int i = 0; i < b->n; i++) {
+    vlm_catalog_row_clear(&b->items[i].row);
+    free(b->items[i].thumb);
+  }
+  memset(b->items, 0, (size_t)b->n * sizeof *b->items);
+  b->n = b->ngood = b->npixels = 0;
+  b->nprep = b->next_claim = b->nprepared = 0;
+}
+
+static void *writer_main(void *arg) {
+  ingest *ing = arg;
+  pthread_mutex_lock(&ing->mu);
+  for (;;) {
+    batch *b = &ing->slots[ing->next_write % NSLOTS];
+    while (!ing->stop && !interrupted &&
+           !(b->state == SLOT_EMBEDDED && b->seq == ing->next_write) &&
+           !(ing->reading_done && ing->next_write == ing->next_fill)) {
+      /* Wake up now and then to notice Ctrl-C. */
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until);
+      until.tv_nsec += 100 * 1000 * 1000;
+      if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+      }
+      pthread_cond_timedwait(&ing->cv, &ing->mu, &until);
+    }
+    if (ing->stop || interrupted ||
+        (ing->reading_done && ing->next_write == ing->next_fill))
+      break;
+    pthread_mutex_unlock(&ing->mu);
+    int rc = write_batch(ing, b);
+    ing->rows_done += b->n;
+    pthread_mutex_lock(&ing->report_mu);
+    vlm_progress_update(&ing->progress, ing->rows_done);
+    pthread_mutex_unlock(&ing->report_mu);
+    clear_batch(b);
+    pthread_mutex_lock(&ing->mu);
+    b->state = SLOT_FREE;
+    ing->next_write++;
+    if (rc) {
+      ing->failed = !ing->strict_stopped;
+      break;
+    }
+    pthread_cond_broadcast(&ing->cv);
+  }
+  /* Whatever is still in the pipeline is dropped: it was not
+   * acknowledged, and a re-run picks it up. */
+  if (interrupted || ing->failed || ing->strict_stopped)
+    ing->stop = 1;
+  ing->writer_done = 1;
+  pthread_cond_broadcast(&ing->cv);
+  pthread_mutex_unlock(&ing->mu);
+  return NULL;
+}
+
+/* -------------------------------------------------------------- reader */
+
+/* Wait for the next free slot and start filling it; NULL when stopping. */
+static batch *start_batch(ingest *ing) {
+  pthread_mutex_lock(&ing->mu);
+  batch *b = &ing->slots[ing->next_fill % NSLOTS];
+  while (!ing->stop && b->state != SLOT_FREE)
+    pthread_cond_wait(&ing->cv, &ing->mu);
+  if (ing->stop) {
+    pthread_mutex_unlock(&ing->mu);
+    return NULL;
+  }
+  b->state = SLOT_FILLING;
+  b->seq = ing->next_fill++;
+  pthread_mutex_unlock(&ing->mu);
+  return b;
+}
+
+static void publish_batch(ingest *ing, batch *b) {
+  b->nprep = 0;
+  for (int i = 0; i < b->n; i++) {
+    ingest_item *it = &b->items[i];
+    if (!it->row.error && (it->embed_image || it->make_thumb))
+      b->prep[b->nprep++] = i;
+  }
+  pthread_mutex_lock(&ing->mu);
+  b->state = b->nprep ? SLOT_PREPARING : SLOT_PREPARED;
+  pthread_cond_broadcast(&ing->cv);
+  pthread_mutex_unlock(&ing->mu);
+}
+
+/* Decide what a good row needs; 0, or -1 when the run must stop. */
+static int classify_row(ingest *ing, batch *b, ingest_item *it) {
+  vlm_catalog_row *row = &it->row;
+  long first_line;
+  int rc = keyset_add(&ing->seen, row->key, row->line, &first_line);
+  if (rc < 0) {
+    report_fatal(ing, "out of memory");
+    return -1;
+  }
+  if (rc == 1) {
+    set_item_error(it, VLM_SKIP_DUPLICATE, "the key is also on %s %ld",
+                   ing->catalog_is_dir ? "entry" : "line", first_line);
+    return 0;
+  }
+  if (!(ing->put_flags & VLM_PUT_UPSERT)) {
+    rc = vlm_db_exists(ing->db, row->key);
+    if (rc < 0) {
+      report_fatal(ing, "looking up key \"%s\": %s", row->key, vlm_errmsg());
+      return -1;
+    }
+    if (rc == 1) {
+      set_item_error(it, VLM_SKIP_EXISTS, "already stored");
+      return 0;
+    }
+  }
+  int local = row->image && row->image[0] == '/';
+  if (row->image && !row->image_vec && !local) {
+    set_item_error(it, VLM_SKIP_MISSING_FILE,
+                   "%s: only local files can be read", row->image);
+    return 0;
+  }
+  it->embed_image = row->image && !row->image_vec;
+  it->embed_text = row->text && !row->text_vec;
+  it->make_thumb = local && !row->thumb;
+  if ((it->embed_image || it->embed_text) && !ing->clip) {
+    if (vlm_cli_load_model(ing->cmd, ing->db, ing->model_dir, 0, &ing->clip))
+      return -1;
+    ing->pixel_floats =
+        (size_t)3 * vlm_clip_image_size(ing->clip) * vlm_clip_image_size(ing->clip);
+  }
+  if (it->embed_image) {
+    if (!b->pixels) {
+      b->pixels = malloc((size_t)ing->batch_size * ing->pixel_floats *
+                         sizeof(float));
+      if (!b->pixels) {
+        report_fatal(ing, "out of memory for a batch of pixels");
+        return -1;
+      }
+    }
+    it->pixel_slot = b->npixels++;
+  }
+  b->ngood++;
+  return 0;
+}
+
+/* Read the catalog into batches until it ends, the run stops or Ctrl-C.
+ * Returns 0 or -1 (a fatal error, already reported). */
+static int read_catalog(ingest *ing, vlm_catalog *cat) {
+  batch *b = NULL;
+  int status = 0;
+  while (!interrupted) {
+    if (!b && !(b = start_batch(ing)))
+      break;
+    ingest_item *it = &b->items[b->n];
+    memset(it, 0, sizeof *it);
+    int rc = vlm_catalog_next(cat, &it->row);
+    if (rc <= 0)
+      vlm_catalog_row_clear(&it->row);
+    if (rc < 0) {
+      report_fatal(ing, "reading %s: %s", ing->catalog_path, vlm_errmsg());
+      status = -1;
+      break;
+    }
+    if (rc == 0)
+      break;
+    b->n++;
+    if (!it->row.error && classify_row(ing, b, it)) {
+      status = -1;
+      break;
+    }
+    if (b->ngood == ing->batch_size || b->n == ing->max_rows) {
+      publish_batch(ing, b);
+      b = NULL;
+    }
+  }
+  if (b && b->n > 0 && status == 0 && !interrupted) {
+    publish_batch(ing, b);
+  } else if (b) {
+    /* Not published: give the slot back. */
+    clear_batch(b);
+    pthread_mutex_lock(&ing->mu);
+    b->state = SLOT_FREE;
+    ing->next_fill--;
+    pthread_mutex_unlock(&ing->mu);
+  }
+  pthread_mutex_lock(&ing->mu);
+  ing->reading_done = 1;
+  if (status)
+    ing->failed = 1;
+  pthread_cond_broadcast(&ing->cv);
+  pthread_mutex_unlock(&ing->mu);
+  return status;
+}
+
+/* ------------------------------------------------------------- summary */
+
+static void print_summary(ingest *ing, double elapsed, int as_json) {
+  long skipped = 0;
+  for (int r = 1; r < VLM_SKIP_NREASONS; r++)
+    skipped += ing->skipped[r];
+  double rate = elapsed > 0 ? (double)ing->ingested / elapsed : 0;
+  const char *status = ing->failed           ? "failed"
+                       : ing->strict_stopped ? "stopped"
+                       : interrupted         ? "interrupted"
+                                             : "done";
+  if (as_json) {
+    json_t *o = json_object(), *by = json_object();
+    for (int r = 1; r < VLM_SKIP_NREASONS; r++)
+      json_object_set_new(by, vlm_skip_reason_name(r),
+                          json_integer(ing->skipped[r]));
+    json_object_set_new(o, "status", json_string(status));
+    json_object_set_new(o, "rows", json_integer(ing->rows_done));
+    json_object_set_new(o, "ingested", json_integer(ing->ingested));
+    json_object_set_new(o, "skipped", json_integer(skipped));
+    json_object_set_new(o, "skipped_by_reason", by);
+    json_object_set_new(o, "elapsed_s", json_real(elapsed));
+    json_object_set_new(o, "items_per_s", json_real(rate));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    if (s)
+      printf("%s\n", s);
+    free(s);
+    json_decref(o);
+    return;
+  }
+  printf("%s: ingested %ld of %ld rows in %.1f s (%.1f items/s)",
+         status, ing->ingested, ing->rows_done, elapsed, rate);
+  if (skipped) {
+    printf("; skipped %ld:", skipped);
+    int first = 1;
+    for (int r = 1; r < VLM_SKIP_NREASONS; r++)
+      if (ing->skipped[r]) {
+        printf("%s %s %ld", first ? "" : ",", vlm_skip_reason_name(r),
+               ing->skipped[r]);
+        first = 0;
+      }
+  }
+  printf("\n");
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int parse_format(const char *s, vlm_catalog_format *out) {
+  static const struct {
+    const char *name;
+    vlm_catalog_format format;
+  } formats[] = {{"jsonl", VLM_CATALOG_JSONL},
+                 {"csv", VLM_CATALOG_CSV},
+                 {"tsv", VLM_CATALOG_TSV},
+                 {"dir", VLM_CATALOG_DIR}};
+  for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
+    if (!strcmp(s, formats[i].name)) {
+      *out = formats[i].format;
+      return 0;
+    }
+  return -1;
+}
+
+static int setup_slots(ingest *ing) {
+  for (int s = 0; s < NSLOTS; s++) {
+    batch *b = &ing->slots[s];
+    b->items = calloc((size_t)ing->max_rows, sizeof *b->items);
+    b->prep = calloc((size_t)ing->max_rows, sizeof *b->prep);
+    b->image_out = malloc((size_t)ing->batch_size * ing->dim * sizeof(float));
+    b->text_out = malloc((size_t)ing->batch_size * ing->dim * sizeof(float));
+    if (!b->items || !b->prep || !b->image_out || !b->text_out)
+      return -1;
+  }
+  return 0;
+}
+
+static void free_slots(ingest *ing) {
+  for (int s = 0; s < NSLOTS; s++) {
+    batch *b = &ing->slots[s];
+    if (b->items)
+      clear_batch(b);
+    free(b->items);
+    free(b->prep);
+    free(b->pixels);
+    free(b->image_out);
+    free(b->text_out);
+  }
+}
+
 int cmd_ingest(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  const char *cmd = "ingest", *db_dir = NULL, *images_root = NULL;
+  ingest ing;
+  memset(&ing, 0, sizeof ing);
+  ing.cmd = cmd;
+  long batch_size = 32, threads = sysconf(_SC_NPROCESSORS_ONLN);
+  int as_json = 0, quiet = 0;
+  vlm_catalog_format format = VLM_CATALOG_AUTO;
+  static const struct option longopts[] = {
+      {"db", required_argument, NULL, 'd'},
+      {"images-root", required_argument, NULL, 'r'},
+      {"batch", required_argument, NULL, 'b'},
+      {"threads", required_argument, NULL, 't'},
+      {"upsert", no_argument, NULL, 'u'},
+      {"strict", no_argument, NULL, 's'},
+      {"format", required_argument, NULL, 'f'},
+      {"model", required_argument, NULL, 'm'},
+      {"json", no_argument, NULL, 'j'},
+      {"quiet", no_argument, NULL, 'q'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  vlm_cli_getopt_reset();
+  int c;
+  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'd': db_dir = optarg; break;
+    case 'r': images_root = optarg; break;
+    case 'b':
+      if (vlm_cli_parse_long(cmd, "--batch", optarg, 1, MAX_BATCH,
+                             &batch_size))
+        return VLM_EXIT_USAGE;
+      break;
+    case 't':
+      if (vlm_cli_parse_long(cmd, "--threads", optarg, 1, MAX_THREADS,
+                             &threads))
+        return VLM_EXIT_USAGE;
+      break;
+    case 'u': ing.put_flags |= VLM_PUT_UPSERT; break;
+    case 's': ing.strict = 1; break;
+    case 'f':
+      if (parse_format(optarg, &format))
+        return vlm_cli_usage_error(cmd, "--format is jsonl, csv, tsv or dir");
+      break;
+    case 'm': ing.model_dir = optarg; break;
+    case 'j': as_json = 1; break;
+    case 'q': quiet = 1; break;
+    case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
+    default: fputs(usage, stderr); return VLM_EXIT_USAGE;
+    }
+  }
+  if (!db_dir)
+    return vlm_cli_usage_error(cmd, "--db DIR is required");
+  if (optind + 1 != argc)
+    return vlm_cli_usage_error(cmd, "give exactly one CATALOG");
+  if (threads < 1)
+    threads = 1;
+  ing.catalog_path = argv[optind];
+  ing.batch_size = (int)batch_size;
+  ing.max_rows = (int)batch_size * ROWS_PER_GOOD;
+  ing.nworkers = (int)threads;
+
+  int status = VLM_EXIT_RUNTIME;
+  vlm_catalog *cat = NULL;
+  pthread_t workers[MAX_THREADS], embedder, writer;
+  int nstarted = 0, embedder_started = 0, writer_started = 0;
+  struct sigaction old_int, old_term;
+  int handlers_set = 0;
+  pthread_mutex_init(&ing.mu, NULL);
+  pthread_cond_init(&ing.cv, NULL);
+  pthread_mutex_init(&ing.report_mu, NULL);
+
+  if (vlm_cli_open_db(cmd, db_dir, 0, &ing.db))
+    goto done;
+  vlm_db_info info;
+  int rc = vlm_db_stat(ing.db, &info);
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  ing.dim = info.dim;
+  vlm_field fields[64];
+  for (int i = 0; i < info.nfields && i < 64; i++) {
+    fields[i].name = info.field_names[i];
+    fields[i].type = info.field_types[i];
+  }
+  vlm_catalog_options copts = {.format = format,
+                               .images_root = images_root,
+                               .fields = fields,
+                               .nfields = info.nfields < 64 ? info.nfields : 64,
+                               .dim = info.dim};
+  rc = vlm_catalog_open(ing.catalog_path, &copts, &cat);
+  if (rc) {
+    vlm_cli_error(cmd, "%s", vlm_errmsg());
+    goto done;
+  }
+  ing.catalog_is_dir = vlm_catalog_get_format(cat) == VLM_CATALOG_DIR;
+  if (setup_slots(&ing)) {
+    vlm_cli_error(cmd, "out of memory");
+    goto done;
+  }
+
+  interrupted = 0;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_interrupt;
+  sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  handlers_set = 1;
+
+  vlm_progress_init(&ing.progress, stderr, cmd, vlm_catalog_count(cat));
+  ing.progress.quiet |= quiet;
+
+  for (; nstarted < ing.nworkers; nstarted++)
+    if (pthread_create(&workers[nstarted], NULL, worker_main, &ing))
+      break;
+  embedder_started = !pthread_create(&embedder, NULL, embedder_main, &ing);
+  writer_started = !pthread_create(&writer, NULL, writer_main, &ing);
+  if (nstarted == 0 || !embedder_started || !writer_started) {
+    vlm_cli_error(cmd, "cannot start threads");
+    ing.failed = 1;
+  } else {
+    read_catalog(&ing, cat);
+  }
+
+  /* Wait for the writer to drain the pipeline (or to stop it). */
+  pthread_mutex_lock(&ing.mu);
+  while (writer_started && !ing.writer_done)
+    pthread_cond_wait(&ing.cv, &ing.mu);
+  ing.stop = 1;
+  pthread_cond_broadcast(&ing.cv);
+  pthread_mutex_unlock(&ing.mu);
+  for (int i = 0; i < nstarted; i++)
+    pthread_join(workers[i], NULL);
+  if (embedder_started)
+    pthread_join(embedder, NULL);
+  if (writer_started)
+    pthread_join(writer, NULL);
+
+  double elapsed = vlm_progress_elapsed(&ing.progress);
+  vlm_progress_finish(&ing.progress);
+  print_summary(&ing, elapsed, as_json);
+  fflush(stdout);
+  if (interrupted)
+    vlm_cli_error(cmd, "interrupted; everything acknowledged is stored, "
+                       "run the same command again to resume");
+  if (ing.strict_stopped)
+    vlm_cli_error(cmd, "stopped at the first bad row (--strict); rows "
+                       "before its batch are stored");
+  long errors = 0;
+  for (int r = 1; r < VLM_SKIP_NREASONS; r++)
+    if (r != VLM_SKIP_EXISTS)
+      errors += ing.skipped[r];
+  if (ing.failed || ing.strict_stopped || interrupted ||
+      (ing.ingested == 0 && errors > 0))
+    status = VLM_EXIT_RUNTIME;
+  else
+    status = VLM_EXIT_OK;
+done:
+  if (handlers_set) {
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+  }
+  vlm_catalog_close(cat);
+  free_slots(&ing);
+  keyset_free(&ing.seen);
+  vlm_clip_free(ing.clip);
+  vlm_db_close(ing.db);
+  pthread_mutex_destroy(&ing.mu);
+  pthread_cond_destroy(&ing.cv);
+  pthread_mutex_destroy(&ing.report_mu);
+  return status;
 }

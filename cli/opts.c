@@ -1,0 +1,83 @@
+/* opts.c - helpers shared by the database commands. */
+#include "opts.h"
+#include "vlm_cli.h"
+#include "vlm_error.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int vlm_cli_usage_error(const char *cmd, const char *fmt, ...) {
+  va_list ap;
+  fprintf(stderr, "vlmdb %s: ", cmd);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\n(see 'vlmdb %s --help')\n", cmd);
+  return VLM_EXIT_USAGE;
+}
+
+int vlm_cli_parse_long(const char *cmd, const char *flag, const char *text,
+                       long min, long max, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno || end == text || *end || v < min || v > max) {
+    vlm_cli_usage_error(cmd, "%s wants a whole number from %ld to %ld, not "
+                             "'%s'",
+                        flag, min, max, text);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
+                    vlm_db **out) {
+  vlm_db_open_options opts = {.readonly = readonly};
+  int rc = vlm_db_open(dir, &opts, out);
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+    return -1;
+  }
+  return 0;
+}
+
+int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
+                       int threads, vlm_clip **out) {
+  vlm_db_info info;
+  int rc = vlm_db_stat(db, &info);
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+    return -1;
+  }
+  const char *dir = model_dir;
+  if (!dir && info.model_dir[0] && access(info.model_dir, R_OK) == 0)
+    dir = info.model_dir;
+  if (!dir)
+    dir = vlm_cli_default_model();
+  vlm_clip_options copts = {.threads = threads};
+  rc = vlm_clip_load(dir, &copts, out);
+  if (rc) {
+    vlm_cli_error(cmd, "loading the model from %s: %s", dir, vlm_errmsg());
+    return -1;
+  }
+  if (strcmp(vlm_clip_model_id(*out), info.model_id)) {
+    vlm_cli_error(cmd,
+                  "the model in %s (%.16s...) is not the one the database "
+                  "was made with (%.16s...); pass --model DIR",
+                  dir, vlm_clip_model_id(*out), info.model_id);
+    vlm_clip_free(*out);
+    *out = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+void vlm_cli_getopt_reset(void) {
+  optind = 0; /* glibc: 0 also resets its internal state */
+  opterr = 1;
+}

@@ -1,0 +1,33 @@
+/* opts.h - helpers shared by the database commands: numbers from flags,
+ * opening a database and loading the model it was made with. */
+#ifndef VLM_CLI_OPTS_H
+#define VLM_CLI_OPTS_H
+
+#include "vlm_clip.h"
+#include "vlmdb.h"
+
+/* Parse a decimal integer in [min, max] given to flag.  Prints a usage
+ * error and returns -1 when it is not one. */
+int vlm_cli_parse_long(const char *cmd, const char *flag, const char *text,
+                       long min, long max, long *out);
+
+/* Print "vlmdb CMD: message" and a pointer to --help; returns
+ * VLM_EXIT_USAGE. */
+int vlm_cli_usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Open the database in dir, printing the error if it fails.  0 or -1. */
+int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
+                    vlm_db **out);
+
+/* Load the model a database was made with: model_dir if given, else the
+ * directory the database recorded, else vlm_cli_default_model().  Refuses
+ * (prints why, returns -1) a model whose identity differs from the
+ * database's.  threads: compute threads (0 = all cores). */
+int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
+                       int threads, vlm_clip **out);
+
+/* Reset getopt so a command can be run more than once in one process. */
+void vlm_cli_getopt_reset(void);
+
+#endif
