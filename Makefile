@@ -116,8 +116,9 @@ $(BUILD)/tools/%: tools/%.c tools/vlm_data.h $(TOOL_LIB_OBJ) $(BUILD)/obj/common
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itools $(TOOL_CFLAGS) -o $@ $< $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o $(LDFLAGS) $(TOOL_LIBS) $(LIBS)
 
-# The builders need only the error list from the library.
-$(BUILD)/test_data: tests/test_data.c tools/vlm_data.h $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o
+# The builders need only the error list from the library; test_data runs
+# the built programs too.
+$(BUILD)/test_data: tests/test_data.c tools/vlm_data.h $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o | $(TOOL_BIN)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests -Itools -o $@ $< $(TOOL_LIB_OBJ) $(BUILD)/obj/common/vlm_error.o $(LDFLAGS) $(TOOL_LIBS) $(LIBS) $(TEST_LIBS)
 
@@ -142,6 +143,7 @@ FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 fuzz: deps
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=clang CXX=clang++ SAN=fuzz \
 	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" \
+	  WARN="$(WARN) -Wno-unknown-warning-option" \
 	  OPT=-O1 $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/fuzz/%)
 
 build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libvlm.a

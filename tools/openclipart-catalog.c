@@ -105,7 +105,7 @@ static void scan(const char *root, const char *rel, entry_list *out) {
           out->v = realloc(out->v, out->cap * sizeof *out->v);
           if (!out->v) exit(1);
         }
-        out->v[out->n++] = (png_entry){xstrdup(sub), xstrdup(real), S_ISLNK(lst.st_mode)};
+        out->v[out->n++] = (png_entry){sub, xstrdup(real), S_ISLNK(lst.st_mode)};
         sub = NULL;
       }
     }

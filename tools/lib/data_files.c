@@ -68,8 +68,10 @@ int vlm_data_read_gz(const char *path, size_t max_len, uint8_t **buf,
   /* gzread passes through files that are not gzip-compressed. */
   gzFile gz = gzopen(path, "rb");
   if (!gz) return vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno ? errno : ENOMEM));
-  size_t cap = 1 << 20, n = 0;
-  uint8_t *data = malloc(cap);
+  /* Read at most max_len + 1 bytes: one more than allowed means too big. */
+  size_t limit = max_len < SIZE_MAX ? max_len + 1 : max_len;
+  size_t cap = limit < ((size_t)1 << 20) ? limit : (size_t)1 << 20, n = 0;
+  uint8_t *data = malloc(cap ? cap : 1);
   int rc = 0;
   if (!data) {
     rc = vlm_seterr(VLM_ENOMEM, "%s", path);
@@ -77,11 +79,8 @@ int vlm_data_read_gz(const char *path, size_t max_len, uint8_t **buf,
   }
   for (;;) {
     if (n == cap) {
-      if (cap >= max_len) {
-        rc = vlm_seterr(VLM_ETOOBIG, "%s: more than %zu bytes", path, max_len);
-        goto fail;
-      }
-      size_t grown_cap = cap * 2 > max_len ? max_len : cap * 2;
+      if (cap >= limit) break;
+      size_t grown_cap = cap > limit / 2 ? limit : cap * 2;
       uint8_t *grown = realloc(data, grown_cap);
       if (!grown) {
         rc = vlm_seterr(VLM_ENOMEM, "%s", path);
@@ -100,6 +99,10 @@ int vlm_data_read_gz(const char *path, size_t max_len, uint8_t **buf,
     }
     if (got == 0) break;
     n += (size_t)got;
+  }
+  if (n > max_len) {
+    rc = vlm_seterr(VLM_ETOOBIG, "%s: more than %zu bytes", path, max_len);
+    goto fail;
   }
   /* A truncated gzip stream reads as a short file without error: check. */
   {

@@ -1,0 +1,113 @@
+#!/bin/sh
+# Build vlmdb's example catalogs under data/ from Debian packages
+# (see tools/DATA.md).  Called by `make data`, which installs the packages
+# and builds the builders first.
+#
+#   tools/make-data.sh [openclipart] [fashion-mnist]    (default: both)
+#
+# A dataset is rebuilt only when its builder or its package changed since
+# the last run (FORCE=1 rebuilds anyway).  Each dataset directory gets
+# digest.json: SHA-256 of train.jsonl, test.jsonl and of the images, plus
+# the package versions; the training record cites the train digest.
+set -eu
+
+BUILD=${BUILD:-build}
+DATA=${DATA:-data}
+FORCE=${FORCE:-0}
+
+sets=${*:-openclipart fashion-mnist}
+
+say() { echo "make-data: $*" >&2; }
+
+pkg_version() {
+  dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo missing
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# The stamp: what the outputs were made from.
+stamp_of() {   # builder package...
+  tool=$1; shift
+  printf 'builder %s\n' "$(sha "$tool")"
+  for p in "$@"; do printf '%s %s\n' "$p" "$(pkg_version "$p")"; done
+}
+
+up_to_date() {   # dir stamp_text
+  [ "$FORCE" = 0 ] && [ -f "$1/.stamp" ] && [ -f "$1/digest.json" ] &&
+    [ "$(cat "$1/.stamp")" = "$2" ]
+}
+
+# digest.json for a dataset directory.  images_digest: SHA-256 of the
+# sorted "sha256  key" lines of every image the catalogs name.
+write_digest() {   # dir images_digest packages...
+  dir=$1 images=$2; shift 2
+  {
+    printf '{\n'
+    printf '  "train_jsonl_sha256": "%s",\n' "$(sha "$dir/train.jsonl")"
+    printf '  "test_jsonl_sha256": "%s",\n' "$(sha "$dir/test.jsonl")"
+    [ -f "$dir/catalog.jsonl" ] &&
+      printf '  "catalog_jsonl_sha256": "%s",\n' "$(sha "$dir/catalog.jsonl")"
+    printf '  "train_items": %s,\n' "$(wc -l < "$dir/train.jsonl" | tr -d ' ')"
+    printf '  "test_items": %s,\n' "$(wc -l < "$dir/test.jsonl" | tr -d ' ')"
+    printf '  "images_sha256": "%s",\n' "$images"
+    printf '  "packages": {'
+    sep=""
+    for p in "$@"; do printf '%s"%s": "%s"' "$sep" "$p" "$(pkg_version "$p")"; sep=", "; done
+    printf '}\n}\n'
+  } > "$dir/digest.json.tmp"
+  mv "$dir/digest.json.tmp" "$dir/digest.json"
+}
+
+# Image paths of catalog lines ("image":"..." is the second field the
+# builders write; no other field can contain that text before it).
+image_paths() {
+  sed -n 's/^{"key":"[^"]*","image":"\([^"]*\)".*/\1/p' "$@"
+}
+
+openclipart() {
+  tool=$BUILD/tools/openclipart-catalog
+  out=$DATA/openclipart
+  [ -x "$tool" ] || { say "$tool is not built (run: make data)"; exit 1; }
+  [ -d /usr/share/openclipart/png ] || { say "openclipart-png is not installed (run: make data)"; exit 1; }
+  stamp=$(stamp_of "$tool" openclipart-png openclipart-svg)
+  if up_to_date "$out" "$stamp"; then
+    say "openclipart: up to date ($out/, FORCE=1 to rebuild)"
+    return 0
+  fi
+  mkdir -p "$out"
+  "$tool" --out "$out"
+  say "openclipart: hashing images"
+  images=$(image_paths "$out/catalog.jsonl" | tr '\n' '\0' | xargs -0 sha256sum |
+           sed 's|  /usr/share/openclipart/png/|  |' | LC_ALL=C sort -k2 | sha256sum | cut -d' ' -f1)
+  write_digest "$out" "$images" openclipart-png openclipart-svg
+  printf '%s\n' "$stamp" > "$out/.stamp"
+}
+
+fashion_mnist() {
+  tool=$BUILD/tools/fashion-mnist
+  out=$DATA/fashion-mnist
+  [ -x "$tool" ] || { say "$tool is not built (run: make data)"; exit 1; }
+  [ -d /usr/share/datasets/fashion-mnist ] ||
+    { say "dataset-fashion-mnist is not installed (run: make data)"; exit 1; }
+  stamp=$(stamp_of "$tool" dataset-fashion-mnist)
+  if up_to_date "$out" "$stamp"; then
+    say "fashion-mnist: up to date ($out/, FORCE=1 to rebuild)"
+    return 0
+  fi
+  mkdir -p "$out"
+  "$tool" --out "$out"
+  # The PNGs are a pure function of the package's idx files: hash those.
+  images=$(cd /usr/share/datasets/fashion-mnist && sha256sum ./*-images-idx3-ubyte.gz |
+           LC_ALL=C sort -k2 | sha256sum | cut -d' ' -f1)
+  write_digest "$out" "$images" dataset-fashion-mnist
+  printf '%s\n' "$stamp" > "$out/.stamp"
+}
+
+for s in $sets; do
+  case $s in
+    openclipart) openclipart ;;
+    fashion-mnist) fashion_mnist ;;
+    *) say "unknown dataset '$s' (openclipart, fashion-mnist)"; exit 2 ;;
+  esac
+  say "$s: $(grep -h '"train_items"\|"test_items"\|"train_jsonl_sha256"' "$DATA/$s/digest.json" | tr -d ' \n')"
+done
