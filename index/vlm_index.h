@@ -4,6 +4,40 @@
  * only faiss_* C API functions).  A vlm_index is not safe for a write
  * (train, add, remove) concurrent with anything else; concurrent searches
  * are safe.  The caller (db/) guards it with a rwlock.
+ *
+ * Every function returning int returns 0 or a negative VLM_E* code and
+ * sets vlm_errmsg() (FAISS's own message is included where FAISS failed).
+ * A failed call leaves the index as it was, except that a failed add or
+ * remove inside FAISS may have applied part of the batch (FAISS gives no
+ * transaction): db/ treats the index as a checkpoint and rebuilds it.
+ *
+ * What each kind supports (the factory string picks the kind):
+ *
+ *   kind          factory examples        ids        remove  bitmap  tuning
+ *   flat          "Flat"                  IDMap      yes     yes     -
+ *   hnsw          "HNSW32", "HNSW32,SQ8"  IDMap      NO      yes     ef_search
+ *   ivf           "IVF64,Flat",           native     yes     yes     nprobe
+ *                 "IVF256,PQ32", "IVF1024,SQ8"
+ *   other         "PQ16", "LSH", ...      IDMap      maybe   yes     -
+ *
+ * - ids: flat/hnsw/other are wrapped as "IDMap,<factory>" so they accept
+ *   caller ids; IVF stores ids itself.  Ids must be >= 0 (-1 marks "no
+ *   result").  FAISS does not check uniqueness: adding an id twice stores
+ *   two vectors under it, so remove before re-adding (upsert).
+ * - remove: HNSW cannot remove vectors (FAISS's graph has no delete);
+ *   vlm_index_remove returns VLM_EUNSUPPORTED without touching the index.
+ *   For HNSW, keep a tombstone set, pass the live ids as the search bitmap
+ *   and rebuild the index to compact.  vlm_index_can_remove() tells which.
+ *   Removal is O(ntotal) per call for every kind (one batch per call).
+ * - bitmap: an ID selector over the caller's ids, applied inside the FAISS
+ *   search (not a post-filter), so k results come back whenever k allowed
+ *   vectors are reachable.  For HNSW a very selective bitmap can make the
+ *   graph walk return fewer than k (ids -1): widen ef_search and retry.
+ *   For IVF only the nprobe probed lists are scanned.
+ * - tuning: ef_search (HNSW, default 16, FAISS's) and nprobe (IVF, default
+ *   the index's nprobe, 1 unless the factory string set it) apply to one
+ *   call only; the index itself is not modified, so searches with
+ *   different parameters may run concurrently.
  */
 #ifndef VLM_INDEX_H
 #define VLM_INDEX_H
@@ -35,11 +69,21 @@ int vlm_index_is_trained(const vlm_index *index);
 /* Minimum number of training vectors this kind wants (e.g. 39 * nlist for
  * IVF, 2^nbits * 39 for PQ); 0 when no training is needed. */
 int64_t vlm_index_train_size(const vlm_index *index);
+/* Train on n vectors.  A no-op returning 0 when the index is already
+ * trained.  VLM_EINVAL when n < vlm_index_train_size() (FAISS's k-means
+ * quality floor, which it would otherwise only warn about on stderr). */
 int vlm_index_train(vlm_index *index, int64_t n, const float *x);
 
+/* 1 when vlm_index_remove can remove from this index, 0 when it returns
+ * VLM_EUNSUPPORTED (HNSW kinds). */
+int vlm_index_can_remove(const vlm_index *index);
+
+/* Add n vectors x[n * dim] under ids[n] (each >= 0).  VLM_ESTATE before
+ * training, VLM_ENUMERIC if a component is NaN or Inf (nothing added). */
 int vlm_index_add(vlm_index *index, int64_t n, const float *x,
                   const int64_t *ids);
-/* Remove ids; *removed (may be NULL) gets how many were present. */
+/* Remove ids; *removed (may be NULL) gets how many vectors were removed
+ * (ids not present are ignored).  VLM_EUNSUPPORTED for HNSW kinds. */
 int vlm_index_remove(vlm_index *index, int64_t n, const int64_t *ids,
                      int64_t *removed);
 
@@ -52,15 +96,29 @@ typedef struct {
   int64_t bitmap_bits;    /* ids >= bitmap_bits are not allowed */
 } vlm_index_params;
 
-/* k nearest neighbours of nq queries.  scores[nq * k] are similarities
- * for IP and squared distances for L2; ids[nq * k] is -1 where fewer than
- * k results exist.  Safe to call from many threads at once. */
+/* k nearest neighbours of nq queries[nq * dim], best first.  scores[nq *
+ * k] are similarities for IP and squared distances for L2; ids[nq * k] is
+ * -1 (and its score -FLT_MAX for IP, FLT_MAX for L2) where fewer than k
+ * results exist.  params may be NULL.  VLM_ESTATE before training,
+ * VLM_ENUMERIC for a NaN/Inf query, VLM_EINVAL for k < 1.  Safe to call
+ * from many threads at once.  FAISS parallelises over the nq queries with
+ * OpenMP; callers searching from many threads should set OMP_NUM_THREADS
+ * (or omp_set_num_threads) so the two do not oversubscribe. */
 int vlm_index_search(const vlm_index *index, int64_t nq, const float *queries,
                      int k, const vlm_index_params *params, float *scores,
                      int64_t *ids);
 
-/* Persist to / load from a file (FAISS's own format).  write goes to
- * path + ".tmp", fsyncs, then renames, so a crash leaves the old file. */
+/* Persist to / load from a file.  The file is a 64-byte vlmdb header
+ * (magic "VLMIDX1\n", format version, dim, metric, factory string length,
+ * FAISS payload length and CRC-32C, header CRC-32C), the factory string,
+ * then the index in FAISS's own format (faiss_write_index).  write goes to
+ * path + ".tmp", fsyncs it, renames it over path and fsyncs the directory,
+ * so a crash leaves either the old or the new file, never a mix.
+ * read returns VLM_EIO (cannot open/read; VLM_ENOTFOUND if missing),
+ * VLM_EFORMAT (not a vlmdb index file), VLM_EVERSION (newer format),
+ * VLM_ECORRUPT (checksum or length mismatch, FAISS refused the payload);
+ * on any of these db/ rebuilds the index from its vectors.  write returns
+ * VLM_EIO or VLM_ENOSPACE and leaves path untouched. */
 int vlm_index_write(const vlm_index *index, const char *path);
 int vlm_index_read(const char *path, vlm_index **out);
 

@@ -1,0 +1,523 @@
+/* faiss_c_api.cpp - the part of FAISS's C API that vlmdb calls, over
+ * Debian's static C++ libfaiss.a (1.7.3 ships the C API headers but not
+ * libfaiss_c).
+ *
+ * Each function has upstream's name, signature and behaviour (upstream
+ * c_api/ sources): C++ exceptions are caught at the boundary, stored in a
+ * thread-local exception_ptr, and reported as FaissErrorCode; their text
+ * is read back with faiss_get_last_error().  Nothing here is called by
+ * vlmdb's C code except through these faiss_* names, and building with
+ * FAISS_PREFIX leaves this file out in favour of a real libfaiss_c.
+ *
+ * One deliberate difference from 1.7.3's C++: IndexIDMap::search() in
+ * 1.7.3 throws on any SearchParameters.  Upstream (>= 1.7.4) instead runs
+ * the sub-index search with the selector translated from the caller's ids
+ * to the sub-index's sequential ids.  faiss_Index_search_with_params does
+ * the same here, so a selector over user ids works on "IDMap,Flat" and
+ * "IDMap,HNSW32" exactly as it does with a real, current libfaiss_c.
+ * A second one: see HNSWEfGate below (efSearch in SearchParametersHNSW).
+ */
+#include <faiss/Index.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/HNSW.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+
+#include <condition_variable>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <typeinfo>
+#include <unordered_map>
+#include <stdexcept>
+#include <vector>
+
+#include "faiss_c_ext.h"
+
+#include <faiss/c_api/error_impl.h>
+#include <faiss/c_api/macros_impl.h>
+
+using faiss::Index;
+using faiss::IndexIDMap;
+using faiss::IndexIVF;
+using faiss::SearchParameters;
+using faiss::SearchParametersHNSW;
+using faiss::SearchParametersIVF;
+
+/* Upstream's CATCH_AND_HANDLE prints every exception to stderr unless
+ * NDEBUG is set; a library must not write to stderr on a caller's bad
+ * input, so this one only records it. */
+#define VLM_CATCH                                                       \
+    catch (faiss::FaissException & e) {                                 \
+        faiss_last_exception = std::make_exception_ptr(e);              \
+        return FAISS_EXCEPT;                                            \
+    }                                                                   \
+    catch (std::exception & e) {                                        \
+        faiss_last_exception = std::make_exception_ptr(e);              \
+        return STD_EXCEPT;                                              \
+    }                                                                   \
+    catch (...) {                                                       \
+        faiss_last_exception = std::make_exception_ptr(                 \
+                std::runtime_error("Unknown error"));                   \
+        return UNKNOWN_EXCEPT;                                          \
+    }                                                                   \
+    return OK;
+
+thread_local std::exception_ptr faiss_last_exception;
+
+namespace {
+
+/* Selects sub-index id i iff the caller's selector selects id_map[i]. */
+struct IDSelectorTranslated : faiss::IDSelector {
+    const std::vector<faiss::Index::idx_t>& id_map;
+    const faiss::IDSelector* sel;
+
+    IDSelectorTranslated(
+            const std::vector<faiss::Index::idx_t>& id_map_in,
+            const faiss::IDSelector* sel_in)
+            : id_map(id_map_in), sel(sel_in) {}
+
+    bool is_member(idx_t id) const override {
+        return id >= 0 && id < (idx_t)id_map.size() &&
+                sel->is_member(id_map[id]);
+    }
+};
+
+/* 1.7.3's HNSW::search sizes its candidate queue from the index's own
+ * hnsw.efSearch and reads SearchParametersHNSW::efSearch only in its
+ * stopping rule, so a per-call efSearch above the index's has almost no
+ * effect (measured: recall flat from ef 16 to 256).  Upstream (>= 1.7.4)
+ * uses max(params->efSearch, k) for both.  To get upstream's behaviour
+ * without a data race, the shim sets hnsw.efSearch to the call's value
+ * inside a gate: searches with the same efSearch run concurrently, a
+ * search with a different one waits until the running ones finish (new
+ * arrivals queue behind a waiter, so nobody starves), and the index's own
+ * value is restored when the last search leaves, so write_index and
+ * parameterless searches never see a borrowed value. */
+class HNSWEfGate {
+   public:
+    void enter(faiss::HNSW& hnsw, int ef) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        State& st = states_[&hnsw];
+        if (st.active > 0 && !(st.ef == ef && st.waiting == 0)) {
+            /* join a group only after a drain since we queued, so
+             * same-ef arrivals cannot keep a waiter out forever */
+            uint64_t gen = st.drains;
+            st.waiting++;
+            cv_.wait(lock, [&] {
+                return st.active == 0 || (st.ef == ef && st.drains != gen);
+            });
+            st.waiting--;
+        }
+        if (st.active == 0) {
+            st.saved = hnsw.efSearch;
+            st.ef = ef;
+            hnsw.efSearch = ef;
+        }
+        st.active++;
+    }
+
+    void leave(faiss::HNSW& hnsw) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        State& st = states_[&hnsw];
+        if (--st.active == 0) {
+            hnsw.efSearch = st.saved;
+            if (st.waiting == 0) {
+                states_.erase(&hnsw);
+            } else {
+                st.drains++;
+                cv_.notify_all();
+            }
+        }
+    }
+
+   private:
+    struct State {
+        int active = 0;  /* searches running with hnsw.efSearch == ef */
+        int waiting = 0; /* searches waiting for another ef */
+        int ef = 0;
+        int saved = 0;   /* the index's own efSearch */
+        uint64_t drains = 0;
+    };
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::unordered_map<const faiss::HNSW*, State> states_;
+};
+
+HNSWEfGate hnsw_ef_gate;
+
+/* Runs index->search(...) with params, through the gate when index is an
+ * IndexHNSW and params carry an efSearch. */
+void search_maybe_hnsw(
+        const Index* index,
+        Index::idx_t n,
+        const float* x,
+        Index::idx_t k,
+        float* distances,
+        Index::idx_t* labels,
+        const SearchParameters* params) {
+    auto* hnsw_index = dynamic_cast<const faiss::IndexHNSW*>(index);
+    auto* hp = dynamic_cast<const SearchParametersHNSW*>(params);
+    if (hnsw_index == nullptr || hp == nullptr) {
+        index->search(n, x, k, distances, labels, params);
+        return;
+    }
+    auto& hnsw = const_cast<faiss::HNSW&>(hnsw_index->hnsw);
+    hnsw_ef_gate.enter(hnsw, hp->efSearch);
+    try {
+        index->search(n, x, k, distances, labels, params);
+    } catch (...) {
+        hnsw_ef_gate.leave(hnsw);
+        throw;
+    }
+    hnsw_ef_gate.leave(hnsw);
+}
+
+/* A copy of params, of the same dynamic type, whose selector is sel. */
+SearchParameters* copy_params_with_sel(
+        const SearchParameters* params,
+        faiss::IDSelector* sel) {
+    SearchParameters* copy;
+    if (auto* p = dynamic_cast<const SearchParametersHNSW*>(params)) {
+        copy = new SearchParametersHNSW(*p);
+    } else if (auto* p = dynamic_cast<const SearchParametersIVF*>(params)) {
+        copy = new SearchParametersIVF(*p);
+    } else if (typeid(*params) == typeid(SearchParameters)) {
+        copy = new SearchParameters(*params);
+    } else {
+        FAISS_THROW_MSG("IndexIDMap: unsupported SearchParameters type");
+    }
+    copy->sel = sel;
+    return copy;
+}
+
+/* IndexIDMap::search with parameters, as upstream >= 1.7.4 does it. */
+void idmap_search(
+        const IndexIDMap* idmap,
+        Index::idx_t n,
+        const float* x,
+        Index::idx_t k,
+        float* distances,
+        Index::idx_t* labels,
+        const SearchParameters* params) {
+    IDSelectorTranslated translated(idmap->id_map, params->sel);
+    std::unique_ptr<SearchParameters> sub(copy_params_with_sel(
+            params, params->sel ? &translated : nullptr));
+    search_maybe_hnsw(idmap->index, n, x, k, distances, labels, sub.get());
+    for (Index::idx_t i = 0; i < n * k; i++) {
+        if (labels[i] >= 0) {
+            labels[i] = idmap->id_map[labels[i]];
+        }
+    }
+}
+
+} // namespace
+
+extern "C" {
+
+/* error_impl.cpp */
+
+const char* faiss_get_last_error() {
+    if (faiss_last_exception) {
+        try {
+            std::rethrow_exception(faiss_last_exception);
+        } catch (std::exception& e) {
+            return e.what();
+        } catch (...) {
+            return "Unknown error";
+        }
+    }
+    return nullptr;
+}
+
+/* Index_c.cpp */
+
+DEFINE_DESTRUCTOR(Index)
+DEFINE_GETTER(Index, int, d)
+DEFINE_GETTER(Index, int, is_trained)
+DEFINE_GETTER(Index, idx_t, ntotal)
+DEFINE_GETTER(Index, FaissMetricType, metric_type)
+DEFINE_GETTER(Index, int, verbose)
+DEFINE_SETTER(Index, int, verbose)
+
+int faiss_Index_train(FaissIndex* index, idx_t n, const float* x) {
+    try {
+        reinterpret_cast<Index*>(index)->train(n, x);
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_add(FaissIndex* index, idx_t n, const float* x) {
+    try {
+        reinterpret_cast<Index*>(index)->add(n, x);
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_add_with_ids(
+        FaissIndex* index,
+        idx_t n,
+        const float* x,
+        const idx_t* xids) {
+    try {
+        reinterpret_cast<Index*>(index)->add_with_ids(n, x, xids);
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_search(
+        const FaissIndex* index,
+        idx_t n,
+        const float* x,
+        idx_t k,
+        float* distances,
+        idx_t* labels) {
+    try {
+        reinterpret_cast<const Index*>(index)->search(
+                n, x, k, distances, labels);
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_search_with_params(
+        const FaissIndex* index,
+        idx_t n,
+        const float* x,
+        idx_t k,
+        const FaissSearchParameters* params,
+        float* distances,
+        idx_t* labels) {
+    try {
+        auto* idx = reinterpret_cast<const Index*>(index);
+        auto* sp = reinterpret_cast<const SearchParameters*>(params);
+        auto* idmap = dynamic_cast<const IndexIDMap*>(idx);
+        if (idmap && sp) {
+            idmap_search(idmap, n, x, k, distances, labels, sp);
+        } else {
+            search_maybe_hnsw(idx, n, x, k, distances, labels, sp);
+        }
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_reset(FaissIndex* index) {
+    try {
+        reinterpret_cast<Index*>(index)->reset();
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_remove_ids(
+        FaissIndex* index,
+        const FaissIDSelector* sel,
+        size_t* n_removed) {
+    try {
+        size_t n = reinterpret_cast<Index*>(index)->remove_ids(
+                *reinterpret_cast<const faiss::IDSelector*>(sel));
+        if (n_removed) {
+            *n_removed = n;
+        }
+    }
+    VLM_CATCH
+}
+
+int faiss_Index_reconstruct(const FaissIndex* index, idx_t key, float* recons) {
+    try {
+        reinterpret_cast<const Index*>(index)->reconstruct(key, recons);
+    }
+    VLM_CATCH
+}
+
+DEFINE_DESTRUCTOR(SearchParameters)
+
+int faiss_SearchParameters_new(
+        FaissSearchParameters** p_sp,
+        FaissIDSelector* sel) {
+    try {
+        SearchParameters* sp = new SearchParameters;
+        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
+        *p_sp = reinterpret_cast<FaissSearchParameters*>(sp);
+    }
+    VLM_CATCH
+}
+
+/* index_factory_c.cpp */
+
+int faiss_index_factory(
+        FaissIndex** p_index,
+        int d,
+        const char* description,
+        FaissMetricType metric) {
+    try {
+        *p_index = reinterpret_cast<FaissIndex*>(faiss::index_factory(
+                d, description, static_cast<faiss::MetricType>(metric)));
+    }
+    VLM_CATCH
+}
+
+/* index_io_c.cpp */
+
+int faiss_write_index(const FaissIndex* idx, FILE* f) {
+    try {
+        faiss::write_index(reinterpret_cast<const Index*>(idx), f);
+    }
+    VLM_CATCH
+}
+
+int faiss_write_index_fname(const FaissIndex* idx, const char* fname) {
+    try {
+        faiss::write_index(reinterpret_cast<const Index*>(idx), fname);
+    }
+    VLM_CATCH
+}
+
+int faiss_read_index(FILE* f, int io_flags, FaissIndex** p_out) {
+    try {
+        *p_out = reinterpret_cast<FaissIndex*>(faiss::read_index(f, io_flags));
+    }
+    VLM_CATCH
+}
+
+int faiss_read_index_fname(
+        const char* fname,
+        int io_flags,
+        FaissIndex** p_out) {
+    try {
+        *p_out = reinterpret_cast<FaissIndex*>(
+                faiss::read_index(fname, io_flags));
+    }
+    VLM_CATCH
+}
+
+/* IndexIVF_c.cpp */
+
+DEFINE_DESTRUCTOR(IndexIVF)
+DEFINE_INDEX_DOWNCAST(IndexIVF)
+DEFINE_GETTER(IndexIVF, size_t, nlist)
+DEFINE_GETTER(IndexIVF, size_t, nprobe)
+DEFINE_SETTER(IndexIVF, size_t, nprobe)
+
+#define DEFINE_SEARCH_PARAMETERS_DOWNCAST(clazz)                       \
+    Faiss##clazz* faiss_##clazz##_cast(FaissSearchParameters* sp) {    \
+        return reinterpret_cast<Faiss##clazz*>(                        \
+                dynamic_cast<faiss::clazz*>(                           \
+                        reinterpret_cast<SearchParameters*>(sp)));     \
+    }
+
+DEFINE_DESTRUCTOR(SearchParametersIVF)
+DEFINE_SEARCH_PARAMETERS_DOWNCAST(SearchParametersIVF)
+
+int faiss_SearchParametersIVF_new(FaissSearchParametersIVF** p_sp) {
+    try {
+        *p_sp = reinterpret_cast<FaissSearchParametersIVF*>(
+                new SearchParametersIVF);
+    }
+    VLM_CATCH
+}
+
+int faiss_SearchParametersIVF_new_with(
+        FaissSearchParametersIVF** p_sp,
+        FaissIDSelector* sel,
+        size_t nprobe,
+        size_t max_codes) {
+    try {
+        SearchParametersIVF* sp = new SearchParametersIVF;
+        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
+        sp->nprobe = nprobe;
+        sp->max_codes = max_codes;
+        *p_sp = reinterpret_cast<FaissSearchParametersIVF*>(sp);
+    }
+    VLM_CATCH
+}
+
+DEFINE_GETTER_PERMISSIVE(SearchParametersIVF, const FaissIDSelector*, sel)
+DEFINE_GETTER(SearchParametersIVF, size_t, nprobe)
+DEFINE_SETTER(SearchParametersIVF, size_t, nprobe)
+DEFINE_GETTER(SearchParametersIVF, size_t, max_codes)
+DEFINE_SETTER(SearchParametersIVF, size_t, max_codes)
+
+/* IndexHNSW_c.cpp */
+
+DEFINE_DESTRUCTOR(SearchParametersHNSW)
+DEFINE_SEARCH_PARAMETERS_DOWNCAST(SearchParametersHNSW)
+
+int faiss_SearchParametersHNSW_new(FaissSearchParametersHNSW** p_sp) {
+    try {
+        *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
+                new SearchParametersHNSW);
+    }
+    VLM_CATCH
+}
+
+int faiss_SearchParametersHNSW_new_with(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel,
+        int efSearch) {
+    try {
+        SearchParametersHNSW* sp = new SearchParametersHNSW;
+        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
+        sp->efSearch = efSearch;
+        *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(sp);
+    }
+    VLM_CATCH
+}
+
+DEFINE_GETTER_PERMISSIVE(SearchParametersHNSW, const FaissIDSelector*, sel)
+DEFINE_GETTER(SearchParametersHNSW, int, efSearch)
+DEFINE_SETTER(SearchParametersHNSW, int, efSearch)
+
+/* MetaIndexes_c.cpp */
+
+DEFINE_INDEX_DOWNCAST(IndexIDMap)
+
+/* impl/AuxIndexStructures_c.cpp */
+
+DEFINE_DESTRUCTOR(IDSelector)
+
+int faiss_IDSelector_is_member(const FaissIDSelector* sel, idx_t id) {
+    return reinterpret_cast<const faiss::IDSelector*>(sel)->is_member(id);
+}
+
+int faiss_IDSelectorRange_new(
+        FaissIDSelectorRange** p_sel,
+        idx_t imin,
+        idx_t imax) {
+    try {
+        *p_sel = reinterpret_cast<FaissIDSelectorRange*>(
+                new faiss::IDSelectorRange(imin, imax));
+    }
+    VLM_CATCH
+}
+
+int faiss_IDSelectorBatch_new(
+        FaissIDSelectorBatch** p_sel,
+        size_t n,
+        const idx_t* indices) {
+    try {
+        *p_sel = reinterpret_cast<FaissIDSelectorBatch*>(
+                new faiss::IDSelectorBatch(n, indices));
+    }
+    VLM_CATCH
+}
+
+DEFINE_DESTRUCTOR(IDSelectorBitmap)
+DEFINE_GETTER(IDSelectorBitmap, size_t, n)
+DEFINE_GETTER(IDSelectorBitmap, const uint8_t*, bitmap)
+
+int faiss_IDSelectorBitmap_new(
+        FaissIDSelectorBitmap** p_sel,
+        size_t n,
+        const uint8_t* bitmap) {
+    try {
+        *p_sel = reinterpret_cast<FaissIDSelectorBitmap*>(
+                new faiss::IDSelectorBitmap(n, bitmap));
+    }
+    VLM_CATCH
+}
+
+} // extern "C"
