@@ -388,6 +388,45 @@ static void jpeg_encode_error_exit(j_common_ptr cinfo) {
   longjmp(e->jump, 1);
 }
 
+/* State of one encode, kept in memory so that the longjmp path sees it. */
+typedef struct {
+  struct jpeg_compress_struct cinfo;
+  jpeg_err err;
+  const vlm_image *src;
+  int quality;
+  unsigned char *buf;
+  unsigned long size;
+} jpeg_encoder;
+
+/* Baseline JPEG of enc->src into enc->buf (malloc'd) / enc->size. */
+static int encode_jpeg(jpeg_encoder *enc) {
+  enc->cinfo.err = jpeg_std_error(&enc->err.mgr);
+  enc->err.mgr.error_exit = jpeg_encode_error_exit;
+  enc->err.mgr.output_message = jpeg_output_message;
+  if (setjmp(enc->err.jump)) {
+    jpeg_destroy_compress(&enc->cinfo);
+    free(enc->buf);
+    enc->buf = NULL;
+    return vlm_seterr(VLM_ENOMEM, "thumbnail: JPEG encoder: %s", enc->err.msg);
+  }
+  jpeg_create_compress(&enc->cinfo);
+  jpeg_mem_dest(&enc->cinfo, &enc->buf, &enc->size);
+  enc->cinfo.image_width = (JDIMENSION)enc->src->w;
+  enc->cinfo.image_height = (JDIMENSION)enc->src->h;
+  enc->cinfo.input_components = 3;
+  enc->cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&enc->cinfo);
+  jpeg_set_quality(&enc->cinfo, enc->quality, TRUE);
+  jpeg_start_compress(&enc->cinfo, TRUE);
+  while (enc->cinfo.next_scanline < enc->cinfo.image_height) {
+    JSAMPROW row = enc->src->rgb + (size_t)enc->cinfo.next_scanline * enc->src->w * 3;
+    jpeg_write_scanlines(&enc->cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&enc->cinfo);
+  jpeg_destroy_compress(&enc->cinfo);
+  return 0;
+}
+
 int vlm_image_thumbnail_jpeg(const vlm_image *img, int max_side, int quality,
                              uint8_t **jpeg, size_t *len) {
   if (!img || !img->rgb || img->w < 1 || img->h < 1 || max_side < 1 || !jpeg || !len)
@@ -408,48 +447,20 @@ int vlm_image_thumbnail_jpeg(const vlm_image *img, int max_side, int quality,
     if (h < 1) h = 1;
   }
   vlm_image small = {0};
-  const vlm_image *src = img;
+  jpeg_encoder *enc = calloc(1, sizeof *enc);
+  if (!enc) return vlm_seterr(VLM_ENOMEM, "thumbnail: encoder");
+  enc->src = img;
+  enc->quality = quality < 1 ? 1 : quality > 100 ? 100 : quality;
+  int rc = 0;
   if (w != img->w || h != img->h) {
-    int rc = vlm__image_resize(img, w, h, &small);
-    if (rc) return rc;
-    src = &small;
+    if ((rc = vlm__image_resize(img, w, h, &small)) != 0) goto done;
+    enc->src = &small;
   }
-  const int q = quality < 1 ? 1 : quality > 100 ? 100 : quality;
-
-  struct jpeg_compress_struct cinfo;
-  /* the encoder's output buffer, reachable after a longjmp */
-  struct {
-    jpeg_err err;
-    unsigned char *buf;
-    unsigned long size;
-  } enc;
-  memset(&enc, 0, sizeof enc);
-  cinfo.err = jpeg_std_error(&enc.err.mgr);
-  enc.err.mgr.error_exit = jpeg_encode_error_exit;
-  enc.err.mgr.output_message = jpeg_output_message;
-  if (setjmp(enc.err.jump)) {
-    jpeg_destroy_compress(&cinfo);
-    free(enc.buf);
-    vlm_image_free(&small);
-    return vlm_seterr(VLM_ENOMEM, "thumbnail: JPEG encoder: %s", enc.err.msg);
-  }
-  jpeg_create_compress(&cinfo);
-  jpeg_mem_dest(&cinfo, &enc.buf, &enc.size);
-  cinfo.image_width = (JDIMENSION)src->w;
-  cinfo.image_height = (JDIMENSION)src->h;
-  cinfo.input_components = 3;
-  cinfo.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&cinfo);
-  jpeg_set_quality(&cinfo, q, TRUE);
-  jpeg_start_compress(&cinfo, TRUE);
-  while (cinfo.next_scanline < cinfo.image_height) {
-    JSAMPROW row = src->rgb + (size_t)cinfo.next_scanline * src->w * 3;
-    jpeg_write_scanlines(&cinfo, &row, 1);
-  }
-  jpeg_finish_compress(&cinfo);
-  jpeg_destroy_compress(&cinfo);
+  if ((rc = encode_jpeg(enc)) != 0) goto done;
+  *jpeg = enc->buf;
+  *len = enc->size;
+done:
   vlm_image_free(&small);
-  *jpeg = enc.buf;
-  *len = enc.size;
-  return 0;
+  free(enc);
+  return rc;
 }
