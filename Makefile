@@ -169,7 +169,8 @@ data: deps
 
 demo: build
 	@sh tools/deps.sh data
-	@sh tools/demo.sh
+	@$(MAKE) --no-print-directory $(TOOL_BIN)
+	@BUILD=$(BUILD) sh tools/demo.sh
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
