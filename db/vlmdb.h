@@ -30,8 +30,10 @@ typedef struct {
   vlm_field_type type;
 } vlm_field;
 
-/* Parse "name:type" (type text|int|real) into *out; out->name points into
- * spec.  VLM_EINVAL with a message on a bad spec. */
+/* Parse "name:type" (type text|int|real) into *out.  out->name points to
+ * thread-local storage that stays valid for the next 63 calls on the
+ * calling thread (enough for every field of a database; vlm_db_create
+ * copies the names).  VLM_EINVAL with a message on a bad spec. */
 int vlm_field_parse(const char *spec, vlm_field *out);
 
 typedef struct {

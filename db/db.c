@@ -1,0 +1,1141 @@
+/* db.c - the database handle: create, open (with recovery), close, the
+ * write protocol (put, delete), get, stat, verify.
+ *
+ * The write protocol (README "Data safety") in one paragraph: a batch is
+ * staged in one LMDB write transaction (records, vectors, keys, the
+ * batch's change list under its sequence number, and state.seq) and in
+ * one SQLite transaction (rows, captions, vlm_state.seq = the same
+ * number).  Then, under pub_lock, LMDB commits first - that is the commit
+ * point - and SQLite commits second; the batch is published to readers
+ * and the FAISS side catches up from LMDB afterwards.  On open, SQLite is
+ * replayed from LMDB's log when its seq is behind, and every index loads
+ * its checkpoint and catches up the same way.
+ */
+#include "db_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <dirent.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_PAYLOAD (16u << 20)
+
+void vlm__warn(vlm_db *db, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (db->warn)
+    db->warn(db->warn_arg, msg);
+  else
+    fprintf(stderr, "vlmdb: warning: %s\n", msg);
+}
+
+/* ---- reader pool --------------------------------------------------------- */
+
+void vlm__reader_free(vlm__reader *r) {
+  if (!r)
+    return;
+  if (r->txn)
+    mdb_txn_abort(r->txn);
+  sqlite3_finalize(r->filter);
+  sqlite3_finalize(r->pin);
+  if (r->sql)
+    sqlite3_close(r->sql);
+  free(r->filter_text);
+  free(r);
+}
+
+int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out) {
+  vlm__reader *r;
+  pthread_mutex_lock(&db->pool_mu);
+  r = db->pool;
+  if (r)
+    db->pool = r->next;
+  pthread_mutex_unlock(&db->pool_mu);
+  if (!r && !(r = calloc(1, sizeof *r)))
+    return vlm_seterr(VLM_ENOMEM, "reader");
+  r->next = NULL;
+  if (need_sql) {
+    int rc = vlm__reader_sql(db, r);
+    if (rc) {
+      vlm__reader_put(db, r);
+      return rc;
+    }
+  }
+  *out = r;
+  return 0;
+}
+
+void vlm__reader_put(vlm_db *db, vlm__reader *r) {
+  pthread_mutex_lock(&db->pool_mu);
+  r->next = db->pool;
+  db->pool = r;
+  pthread_mutex_unlock(&db->pool_mu);
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static int utf8_ok(const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned c = s[i];
+    size_t len;
+    unsigned min;
+    if (c < 0x80) {
+      if (c == 0)
+        return 0;
+      i++;
+      continue;
+    }
+    if ((c & 0xe0) == 0xc0)
+      len = 2, min = 0x80, c &= 0x1f;
+    else if ((c & 0xf0) == 0xe0)
+      len = 3, min = 0x800, c &= 0x0f;
+    else if ((c & 0xf8) == 0xf0)
+      len = 4, min = 0x10000, c &= 0x07;
+    else
+      return 0;
+    if (i + len > n)
+      return 0;
+    for (size_t j = 1; j < len; j++) {
+      if ((s[i + j] & 0xc0) != 0x80)
+        return 0;
+      c = (c << 6) | (s[i + j] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+      return 0;
+    i += len;
+  }
+  return 1;
+}
+
+static int check_key(const char *key) {
+  if (!key || !*key)
+    return vlm_seterr(VLM_EINVAL, "item key is empty");
+  size_t n = strlen(key);
+  if (n > VLM__MAX_KEY)
+    return vlm_seterr(VLM_EINVAL, "key \"%.40s...\": %zu bytes, limit %d",
+                      key, n, VLM__MAX_KEY);
+  if (!utf8_ok((const unsigned char *)key, n))
+    return vlm_seterr(VLM_EINVAL, "key is not valid UTF-8");
+  return 0;
+}
+
+static int lock_dir(const char *dir, int readonly, int *fd_out) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/LOCK", dir);
+  int fd = open(path, readonly ? O_RDONLY | O_CLOEXEC
+                               : O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  *fd_out = -1;
+  if (fd < 0) {
+    if (readonly && errno == ENOENT)
+      return 0;
+    return vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno));
+  }
+  if (flock(fd, (readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+    int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK)
+      return vlm_seterr(VLM_EBUSY,
+                        "%s: the database is open %s elsewhere", dir,
+                        readonly ? "for writing" : "");
+    return vlm_seterr(VLM_EIO, "%s: lock: %s", path, strerror(e));
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+/* ---- create / open / close ---------------------------------------------- */
+
+static int dir_is_empty(const char *dir) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  int empty = 1;
+  if (!d)
+    return -1;
+  while ((e = readdir(d)))
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+      empty = 0;
+  closedir(d);
+  return empty;
+}
+
+static void remove_created(const char *dir, int rmdir_too) {
+  static const char *files[] = {"manifest.json", "manifest.json.tmp",
+                                "meta.sqlite", "meta.sqlite-wal",
+                                "meta.sqlite-shm", "meta.sqlite-journal",
+                                "payload.lmdb/data.mdb",
+                                "payload.lmdb/lock.mdb", "payload.lmdb",
+                                "LOCK"};
+  char path[PATH_MAX];
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    if (unlink(path) != 0 && errno == EISDIR)
+      rmdir(path);
+    rmdir(path);
+  }
+  if (rmdir_too)
+    rmdir(dir);
+}
+
+int vlm_db_create(const char *dir, const vlm_db_config *config,
+                  vlm_db **out) {
+  vlm__manifest m;
+  vlm__lmdb lm;
+  vlm_index *probe = NULL;
+  char path[PATH_MAX];
+  int rc, made_dir = 0;
+  if (!dir || !config || !out)
+    return vlm_seterr(VLM_EINVAL, "create: NULL argument");
+  *out = NULL;
+  memset(&m, 0, sizeof m);
+  if (config->dim < 1 || config->dim > 65536)
+    return vlm_seterr(VLM_EINVAL, "create: dimension %d outside 1..65536",
+                      config->dim);
+  if (!config->model_id || !*config->model_id ||
+      strlen(config->model_id) >= sizeof m.model_id)
+    return vlm_seterr(VLM_EINVAL, "create: a model id (1..%zu bytes) is "
+                      "required", sizeof m.model_id - 1);
+  const char *factory = config->index_factory ? config->index_factory
+                                              : "HNSW32";
+  if (strlen(factory) >= sizeof m.factory)
+    return vlm_seterr(VLM_EINVAL, "create: factory string too long");
+  if (config->model_dir && strlen(config->model_dir) >= sizeof m.model_dir)
+    return vlm_seterr(VLM_EINVAL, "create: model_dir too long");
+  if (config->nfields < 0 || config->nfields > VLM__MAX_FIELDS ||
+      (config->nfields && !config->fields))
+    return vlm_seterr(VLM_EINVAL, "create: 0..%d fields", VLM__MAX_FIELDS);
+  for (int i = 0; i < config->nfields; i++) {
+    char why[160];
+    const vlm_field *f = &config->fields[i];
+    if (!f->name || vlm__field_name_ok(f->name, why, sizeof why) != 0)
+      return vlm_seterr(VLM_EINVAL, "create: field %s",
+                        f->name ? why : "without a name");
+    if (f->type != VLM_FIELD_TEXT && f->type != VLM_FIELD_INT &&
+        f->type != VLM_FIELD_REAL)
+      return vlm_seterr(VLM_EINVAL, "create: field %s: bad type", f->name);
+    for (int j = 0; j < i; j++)
+      if (!strcasecmp(config->fields[j].name, f->name))
+        return vlm_seterr(VLM_EINVAL, "create: field %s declared twice",
+                          f->name);
+    strcpy(m.fname[i], f->name);
+    m.ftype[i] = f->type;
+  }
+  m.nfields = config->nfields;
+  m.format_version = VLM__FORMAT_VERSION;
+  m.dim = config->dim;
+  strcpy(m.factory, factory);
+  strcpy(m.model_id, config->model_id);
+  if (config->model_dir)
+    strcpy(m.model_dir, config->model_dir);
+  if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
+    return vlm_seterr(VLM_EINVAL, "create: index factory \"%s\": %s",
+                      factory, vlm_errmsg());
+  vlm_index_free(probe);
+
+  if (mkdir(dir, 0755) == 0) {
+    made_dir = 1;
+  } else if (errno != EEXIST) {
+    return vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s",
+                      dir, strerror(errno));
+  } else {
+    int e = dir_is_empty(dir);
+    if (e < 0)
+      return vlm_seterr(VLM_EIO, "%s: %s", dir, strerror(errno));
+    if (!e)
+      return vlm_seterr(VLM_EEXISTS, "%s: exists and is not empty", dir);
+  }
+  snprintf(path, sizeof path, "%s/meta.sqlite", dir);
+  if ((rc = vlm__sql_create(path, &m)))
+    goto fail;
+  if ((rc = vlm__lmdb_open(&lm, dir, 0, 1, 0)))
+    goto fail;
+  {
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(lm.env, NULL, 0, &txn);
+    if (mrc) {
+      rc = vlm__lmdb_err(mrc, dir);
+    } else if ((rc = vlm__lmdb_put_u64(&lm, txn, "seq", 0)) ||
+               (rc = vlm__lmdb_put_u64(&lm, txn, "next_id", 1))) {
+      mdb_txn_abort(txn);
+    } else if ((mrc = mdb_txn_commit(txn))) {
+      rc = vlm__lmdb_err(mrc, dir);
+    }
+    vlm__lmdb_close(&lm);
+    if (rc)
+      goto fail;
+  }
+  /* The manifest comes last: a directory without one is not a database,
+   * so a crash during create never leaves a half-made one that opens. */
+  if ((rc = vlm__manifest_write(dir, &m)))
+    goto fail;
+  if ((rc = vlm_db_open(dir, NULL, out)))
+    return rc;
+  return 0;
+fail:
+  remove_created(dir, made_dir);
+  return rc;
+}
+
+static void *bg_main(void *arg);
+
+static void db_free(vlm_db *db) {
+  if (!db)
+    return;
+  while (db->pool) {
+    vlm__reader *r = db->pool;
+    db->pool = r->next;
+    vlm__reader_free(r);
+  }
+  vlm__vindex_close(db);
+  vlm__sql_close_writer(db);
+  vlm__lmdb_close(&db->lm);
+  if (db->lock_fd >= 0)
+    close(db->lock_fd);
+  pthread_mutex_destroy(&db->write_mu);
+  pthread_mutex_destroy(&db->index_mu);
+  pthread_mutex_destroy(&db->pool_mu);
+  pthread_mutex_destroy(&db->bg_mu);
+  pthread_cond_destroy(&db->bg_cv);
+  pthread_rwlock_destroy(&db->pub_lock);
+  pthread_rwlock_destroy(&db->index_lock);
+  free(db->dir);
+  free(db);
+}
+
+static int count_keys(vlm_db *db, int64_t *items) {
+  MDB_txn *txn;
+  MDB_stat st;
+  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+  if (rc)
+    return vlm__lmdb_err(rc, db->dir);
+  rc = mdb_stat(txn, db->lm.keys, &st);
+  mdb_txn_abort(txn);
+  if (rc)
+    return vlm__lmdb_err(rc, db->dir);
+  *items = (int64_t)st.ms_entries;
+  return 0;
+}
+
+int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
+                vlm_db **out) {
+  vlm_db_open_options o = {0};
+  vlm_db *db = NULL;
+  int rc;
+  if (!dir || !out)
+    return vlm_seterr(VLM_EINVAL, "open: NULL argument");
+  *out = NULL;
+  if (opts)
+    o = *opts;
+  if (!(db = calloc(1, sizeof *db)) || !(db->dir = strdup(dir))) {
+    free(db);
+    return vlm_seterr(VLM_ENOMEM, "open");
+  }
+  db->lock_fd = -1;
+  db->readonly = o.readonly;
+  db->max_payload = o.max_payload ? o.max_payload : DEFAULT_MAX_PAYLOAD;
+  db->warn = o.warn;
+  db->warn_arg = o.warn_arg;
+  db->async = o.async_index && !o.readonly;
+  pthread_mutex_init(&db->write_mu, NULL);
+  pthread_mutex_init(&db->index_mu, NULL);
+  pthread_mutex_init(&db->pool_mu, NULL);
+  pthread_mutex_init(&db->bg_mu, NULL);
+  pthread_cond_init(&db->bg_cv, NULL);
+  pthread_rwlock_init(&db->pub_lock, NULL);
+  {
+    /* Writer preference: a steady stream of searches must not starve the
+     * index updates of the writer. */
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    pthread_rwlockattr_setkind_np(&a,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&db->index_lock, &a);
+    pthread_rwlockattr_destroy(&a);
+  }
+
+  if ((rc = vlm__manifest_read(dir, &db->man)))
+    goto fail;
+  if (o.expect_model_id && strcmp(o.expect_model_id, db->man.model_id)) {
+    rc = vlm_seterr(VLM_EMISMATCH,
+                    "%s was made with model \"%s\", not \"%s\"; use that "
+                    "model or another database",
+                    dir, db->man.model_id, o.expect_model_id);
+    goto fail;
+  }
+  if (o.expect_dim && o.expect_dim != db->man.dim) {
+    rc = vlm_seterr(VLM_EMISMATCH,
+                    "%s holds %d-dimensional vectors, not %d", dir,
+                    db->man.dim, o.expect_dim);
+    goto fail;
+  }
+  if ((rc = lock_dir(dir, db->readonly, &db->lock_fd)))
+    goto fail;
+  if ((rc = vlm__lmdb_open(&db->lm, dir, db->readonly, 0, o.map_size)))
+    goto fail;
+
+  /* Recovery: LMDB is the truth; bring SQLite up to LMDB's batch. */
+  uint64_t lseq, next_id, sseq;
+  {
+    MDB_txn *txn;
+    int mrc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+    if (mrc) {
+      rc = vlm__lmdb_err(mrc, dir);
+      goto fail;
+    }
+    rc = vlm__lmdb_get_u64(&db->lm, txn, "seq", &lseq);
+    if (!rc)
+      rc = vlm__lmdb_get_u64(&db->lm, txn, "next_id", &next_id);
+    mdb_txn_abort(txn);
+    if (rc)
+      goto fail;
+    if (next_id == 0)
+      next_id = 1;
+  }
+  if (!db->readonly) {
+    if ((rc = vlm__sql_open_writer(db)) ||
+        (rc = vlm__sql_get_seq(db->wsql, &sseq)))
+      goto fail;
+  } else {
+    vlm__reader *r = NULL;
+    if ((rc = vlm__reader_get(db, 1, &r)))
+      goto fail;
+    rc = vlm__sql_get_seq(r->sql, &sseq);
+    vlm__reader_put(db, r);
+    if (rc)
+      goto fail;
+  }
+  if (sseq > lseq) {
+    rc = vlm_seterr(VLM_ECORRUPT,
+                    "%s: meta.sqlite is at batch %llu but payload.lmdb only "
+                    "at %llu (stores from different copies?)",
+                    dir, (unsigned long long)sseq, (unsigned long long)lseq);
+    goto fail;
+  }
+  if (sseq < lseq) {
+    if (db->readonly) {
+      rc = vlm_seterr(VLM_ESTATE,
+                      "%s needs crash recovery (meta.sqlite at batch %llu, "
+                      "payload at %llu); open it read-write once",
+                      dir, (unsigned long long)sseq,
+                      (unsigned long long)lseq);
+      goto fail;
+    }
+    if ((rc = vlm__sql_replay(db, sseq, lseq)))
+      goto fail;
+    vlm__warn(db, "%s: recovered: replayed %llu batch(es) into meta.sqlite",
+              dir, (unsigned long long)(lseq - sseq));
+  }
+  db->pub_seq = lseq;
+  db->pub_next_id = next_id;
+  if ((rc = count_keys(db, &db->pub_items)))
+    goto fail;
+  if ((rc = vlm__vindex_open(db)))
+    goto fail;
+  for (int m = 0; m < VLM__NMOD; m++)
+    db->pub_vecs[m] = db->vx[m].nlive;
+  if (!db->readonly)
+    vlm__vindex_remove_orphans(db);
+  if (db->async) {
+    if (pthread_create(&db->bg, NULL, bg_main, db) != 0) {
+      rc = vlm_seterr(VLM_ENOMEM, "open: cannot start the index thread");
+      goto fail;
+    }
+    db->bg_started = 1;
+  }
+  *out = db;
+  return 0;
+fail:
+  db_free(db);
+  return rc;
+}
+
+static void bg_stop(vlm_db *db) {
+  if (!db->bg_started)
+    return;
+  pthread_mutex_lock(&db->bg_mu);
+  db->bg_stop = 1;
+  pthread_cond_signal(&db->bg_cv);
+  pthread_mutex_unlock(&db->bg_mu);
+  pthread_join(db->bg, NULL);
+  db->bg_started = 0;
+}
+
+static void *bg_main(void *arg) {
+  vlm_db *db = arg;
+  pthread_mutex_lock(&db->bg_mu);
+  for (;;) {
+    while (!db->bg_work && !db->bg_stop)
+      pthread_cond_wait(&db->bg_cv, &db->bg_mu);
+    if (db->bg_stop)
+      break;
+    db->bg_work = 0;
+    pthread_mutex_unlock(&db->bg_mu);
+    int rc = vlm__vindex_catch_up(db);
+    if (rc)
+      vlm__warn(db, "%s: background indexing: %s", db->dir, vlm_errmsg());
+    pthread_mutex_lock(&db->bg_mu);
+  }
+  pthread_mutex_unlock(&db->bg_mu);
+  return NULL;
+}
+
+void vlm_db_close(vlm_db *db) {
+  if (!db)
+    return;
+  bg_stop(db);
+  if (!db->readonly && !db->broken) {
+    pthread_mutex_lock(&db->write_mu);
+    if (vlm__vindex_checkpoint(db) != 0)
+      vlm__warn(db, "%s: checkpoint at close: %s (the index will be caught "
+                "up from the payload store on open)", db->dir, vlm_errmsg());
+    pthread_mutex_unlock(&db->write_mu);
+  }
+  db_free(db);
+}
+
+/* ---- the write protocol --------------------------------------------------- */
+
+/* Commit both stores and publish.  txn and the SQLite transaction hold the
+ * whole batch.  LMDB commits first (the commit point); SQLite second. */
+static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
+                          uint64_t next_id, int64_t d_items,
+                          const int64_t d_vecs[VLM__NMOD]) {
+  int rc = 0;
+  pthread_rwlock_wrlock(&db->pub_lock);
+  int mrc = mdb_txn_commit(txn);
+  if (mrc) {
+    vlm__sql_rollback(db);
+    pthread_rwlock_unlock(&db->pub_lock);
+    return vlm__lmdb_err(mrc, "commit");
+  }
+  if ((rc = vlm__sql_commit(db))) {
+    /* LMDB holds the batch; bring SQLite to it by replay, which is what
+     * the next open would do. */
+    char why[512];
+    snprintf(why, sizeof why, "%s", vlm_errmsg());
+    vlm__sql_rollback(db);
+    if (vlm__sql_replay(db, seq - 1, seq) == 0) {
+      rc = 0;
+    } else {
+      db->broken = 1;
+      rc = vlm_seterr(rc, "batch %llu is committed in payload.lmdb, but "
+                      "meta.sqlite failed (%s); writes are refused until the "
+                      "database is reopened, which repairs it",
+                      (unsigned long long)seq, why);
+    }
+  }
+  db->pub_seq = seq;
+  db->pub_next_id = next_id;
+  db->pub_items += d_items;
+  for (int m = 0; m < VLM__NMOD; m++)
+    db->pub_vecs[m] += d_vecs[m];
+  pthread_rwlock_unlock(&db->pub_lock);
+  return rc;
+}
+
+static void after_commit(vlm_db *db) {
+  if (db->async) {
+    pthread_mutex_lock(&db->bg_mu);
+    db->bg_work = 1;
+    pthread_cond_signal(&db->bg_cv);
+    pthread_mutex_unlock(&db->bg_mu);
+    return;
+  }
+  /* The batch is durable and visible (searches cover the pending tail
+   * exactly); a failure here only delays indexing to the next batch. */
+  if (vlm__vindex_catch_up(db) != 0)
+    vlm__warn(db, "%s: indexing: %s", db->dir, vlm_errmsg());
+}
+
+static int writable(vlm_db *db) {
+  if (db->readonly)
+    return vlm_seterr(VLM_ESTATE, "%s is open read-only", db->dir);
+  if (db->broken)
+    return vlm_seterr(VLM_ESTATE, "%s: an earlier write failed half-way; "
+                      "reopen the database to repair it", db->dir);
+  return 0;
+}
+
+static int key_cmp(const void *a, const void *b) {
+  return strcmp(**(const char *const *const *)a,
+                **(const char *const *const *)b);
+}
+
+static uint32_t vec_flags(const uint8_t *data, size_t len) {
+  uint32_t f = 0;
+  if (len >= 4)
+    memcpy(&f, data, 4);
+  return f & (VLM__HAS_IMAGE | VLM__HAS_TEXT);
+}
+
+int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
+               int *written) {
+  float *vecs = NULL;
+  json_t **metas = NULL;
+  const char *const **order = NULL;
+  vlm__change *ch = NULL;
+  MDB_txn *txn = NULL;
+  int rc, nch = 0, locked = 0, sql_open = 0;
+  int64_t d_items = 0, d_vecs[VLM__NMOD] = {0, 0};
+  if (written)
+    *written = 0;
+  if (!db || (n > 0 && !items) || n < 0)
+    return vlm_seterr(VLM_EINVAL, "put: bad arguments");
+  if ((rc = writable(db)))
+    return rc;
+  if (n == 0)
+    return 0;
+  int dim = db->man.dim;
+
+  /* Validate everything before touching a store. */
+  vecs = malloc((size_t)n * 2 * dim * sizeof *vecs);
+  metas = calloc((size_t)n, sizeof *metas);
+  order = malloc((size_t)n * sizeof *order);
+  ch = malloc((size_t)n * sizeof *ch);
+  if (!vecs || !metas || !order || !ch) {
+    rc = vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
+    goto done;
+  }
+  for (int i = 0; i < n; i++) {
+    const vlm_item *it = &items[i];
+    char what[600];
+    if ((rc = check_key(it->key)))
+      goto done;
+    if (!it->image_vec && !it->text_vec) {
+      rc = vlm_seterr(VLM_EINVAL, "key \"%s\": no image or text vector",
+                      it->key);
+      goto done;
+    }
+    if (it->image_vec) {
+      snprintf(what, sizeof what, "key \"%s\": image vector", it->key);
+      if ((rc = vlm__normalize(it->image_vec, vecs + (size_t)2 * i * dim, dim,
+                               what)))
+        goto done;
+    }
+    if (it->text_vec) {
+      snprintf(what, sizeof what, "key \"%s\": text vector", it->key);
+      if ((rc = vlm__normalize(it->text_vec, vecs + (size_t)(2 * i + 1) * dim,
+                               dim, what)))
+        goto done;
+    }
+    if (it->thumb_len && !it->thumb) {
+      rc = vlm_seterr(VLM_EINVAL, "key \"%s\": thumb_len without thumb",
+                      it->key);
+      goto done;
+    }
+    if (it->thumb && it->thumb_len &&
+        (it->thumb_len < 3 || memcmp(it->thumb, "\xff\xd8\xff", 3))) {
+      rc = vlm_seterr(VLM_EFORMAT, "key \"%s\": thumbnail is not JPEG data",
+                      it->key);
+      goto done;
+    }
+    size_t payload = vlm__rec_size(strlen(it->key), it);
+    if (payload > db->max_payload || payload > UINT32_MAX) {
+      rc = vlm_seterr(VLM_ETOOBIG,
+                      "key \"%s\": payload of %zu bytes exceeds the cap of "
+                      "%zu", it->key, payload, db->max_payload);
+      goto done;
+    }
+    if ((rc = vlm__meta_check(&db->man, it->key, it->meta_json, &metas[i])))
+      goto done;
+    order[i] = &items[i].key;
+  }
+  qsort(order, (size_t)n, sizeof *order, key_cmp);
+  for (int i = 1; i < n; i++)
+    if (!strcmp(*order[i], *order[i - 1])) {
+      rc = vlm_seterr(VLM_EINVAL, "key \"%s\" appears twice in the batch",
+                      *order[i]);
+      goto done;
+    }
+
+  pthread_mutex_lock(&db->write_mu);
+  locked = 1;
+  if ((rc = writable(db)))
+    goto done;
+  int mrc = mdb_txn_begin(db->lm.env, NULL, 0, &txn);
+  if (mrc) {
+    rc = vlm__lmdb_err(mrc, "put");
+    goto done;
+  }
+  uint64_t seq, next_id;
+  if ((rc = vlm__lmdb_get_u64(&db->lm, txn, "seq", &seq)) ||
+      (rc = vlm__lmdb_get_u64(&db->lm, txn, "next_id", &next_id)))
+    goto done;
+  if (next_id == 0)
+    next_id = 1;
+  seq++;
+  if ((rc = vlm__sql_begin(db)))
+    goto done;
+  sql_open = 1;
+  for (int i = 0; i < n; i++) {
+    const vlm_item *it = &items[i];
+    size_t klen = strlen(it->key);
+    MDB_val k = {klen, (void *)it->key}, v;
+    uint64_t old_id = 0, id;
+    mrc = mdb_get(txn, db->lm.keys, &k, &v);
+    if (mrc == 0) {
+      if (!(flags & VLM_PUT_UPSERT))
+        continue;
+      memcpy(&old_id, v.mv_data, 8);
+    } else if (mrc != MDB_NOTFOUND) {
+      rc = vlm__lmdb_err(mrc, it->key);
+      goto done;
+    }
+    id = next_id++;
+    uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
+                  (it->text_vec ? VLM__HAS_TEXT : 0);
+    MDB_val ik = {sizeof id, &id};
+    v.mv_size = vlm__rec_size(klen, it);
+    if ((mrc = mdb_put(txn, db->lm.items, &ik, &v, MDB_RESERVE))) {
+      rc = vlm__lmdb_err(mrc, it->key);
+      goto done;
+    }
+    vlm__rec_encode(v.mv_data, vf, seq, it->key, klen, it);
+    int nv = !!it->image_vec + !!it->text_vec;
+    v.mv_size = 8 + (size_t)nv * dim * 4;
+    if ((mrc = mdb_put(txn, db->lm.vecs, &ik, &v, MDB_RESERVE))) {
+      rc = vlm__lmdb_err(mrc, it->key);
+      goto done;
+    }
+    {
+      uint32_t hdr[2] = {vf, (uint32_t)dim};
+      uint8_t *p = v.mv_data;
+      memcpy(p, hdr, 8);
+      p += 8;
+      if (it->image_vec) {
+        memcpy(p, vecs + (size_t)2 * i * dim, (size_t)dim * 4);
+        p += (size_t)dim * 4;
+      }
+      if (it->text_vec)
+        memcpy(p, vecs + (size_t)(2 * i + 1) * dim, (size_t)dim * 4);
+    }
+    v.mv_size = 8;
+    v.mv_data = &id;
+    if ((mrc = mdb_put(txn, db->lm.keys, &k, &v, 0))) {
+      rc = vlm__lmdb_err(mrc, it->key);
+      goto done;
+    }
+    if (old_id) {
+      MDB_val ok = {sizeof old_id, &old_id}, ov;
+      if ((mrc = mdb_get(txn, db->lm.vecs, &ok, &ov)) == 0) {
+        uint32_t of = vec_flags(ov.mv_data, ov.mv_size);
+        d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
+        d_vecs[1] -= !!(of & VLM__HAS_TEXT);
+      }
+      if (((mrc = mdb_del(txn, db->lm.items, &ok, NULL)) &&
+           mrc != MDB_NOTFOUND) ||
+          ((mrc = mdb_del(txn, db->lm.vecs, &ok, NULL)) &&
+           mrc != MDB_NOTFOUND)) {
+        rc = vlm__lmdb_err(mrc, it->key);
+        goto done;
+      }
+    } else {
+      d_items++;
+    }
+    d_vecs[0] += !!it->image_vec;
+    d_vecs[1] += !!it->text_vec;
+    ch[nch].new_id = id;
+    ch[nch].old_id = old_id;
+    if ((rc = vlm__sql_apply(db, &ch[nch], it->key, klen, metas[i],
+                             it->caption, it->caption ? strlen(it->caption) : 0,
+                             0)))
+      goto done;
+    nch++;
+  }
+  if (nch == 0) {
+    rc = 0; /* every key existed: nothing to commit */
+    goto done;
+  }
+  {
+    MDB_val lk = {sizeof seq, &seq}, lv = {(size_t)nch * sizeof *ch, ch};
+    if ((mrc = mdb_put(txn, db->lm.log, &lk, &lv, 0))) {
+      rc = vlm__lmdb_err(mrc, "log");
+      goto done;
+    }
+  }
+  if ((rc = vlm__lmdb_put_u64(&db->lm, txn, "seq", seq)) ||
+      (rc = vlm__lmdb_put_u64(&db->lm, txn, "next_id", next_id)) ||
+      (rc = vlm__sql_set_seq(db, seq)))
+    goto done;
+  rc = commit_publish(db, txn, seq, next_id, d_items, d_vecs);
+  txn = NULL;
+  sql_open = 0;
+  if (rc == 0 || db->broken)
+    after_commit(db);
+  if (rc == 0 && written)
+    *written = nch;
+done:
+  if (txn)
+    mdb_txn_abort(txn);
+  if (sql_open)
+    vlm__sql_rollback(db);
+  if (locked)
+    pthread_mutex_unlock(&db->write_mu);
+  if (metas)
+    for (int i = 0; i < n; i++)
+      json_decref(metas[i]);
+  free(metas);
+  free(vecs);
+  free(order);
+  free(ch);
+  return rc;
+}
+
+int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
+  vlm__change *ch = NULL;
+  MDB_txn *txn = NULL;
+  int rc, nch = 0, locked = 0, sql_open = 0;
+  int64_t d_vecs[VLM__NMOD] = {0, 0};
+  if (deleted)
+    *deleted = 0;
+  if (!db || n < 0 || (n > 0 && !keys))
+    return vlm_seterr(VLM_EINVAL, "delete: bad arguments");
+  if ((rc = writable(db)))
+    return rc;
+  for (int i = 0; i < n; i++)
+    if ((rc = check_key(keys[i])))
+      return rc;
+  if (n == 0)
+    return 0;
+  if (!(ch = malloc((size_t)n * sizeof *ch)))
+    return vlm_seterr(VLM_ENOMEM, "delete");
+  pthread_mutex_lock(&db->write_mu);
+  locked = 1;
+  if ((rc = writable(db)))
+    goto done;
+  int mrc = mdb_txn_begin(db->lm.env, NULL, 0, &txn);
+  if (mrc) {
+    rc = vlm__lmdb_err(mrc, "delete");
+    goto done;
+  }
+  uint64_t seq, next_id;
+  if ((rc = vlm__lmdb_get_u64(&db->lm, txn, "seq", &seq)) ||
+      (rc = vlm__lmdb_get_u64(&db->lm, txn, "next_id", &next_id)))
+    goto done;
+  if (next_id == 0)
+    next_id = 1;
+  seq++;
+  if ((rc = vlm__sql_begin(db)))
+    goto done;
+  sql_open = 1;
+  for (int i = 0; i < n; i++) {
+    MDB_val k = {strlen(keys[i]), (void *)keys[i]}, v;
+    uint64_t id;
+    mrc = mdb_get(txn, db->lm.keys, &k, &v);
+    if (mrc == MDB_NOTFOUND)
+      continue;
+    if (mrc) {
+      rc = vlm__lmdb_err(mrc, keys[i]);
+      goto done;
+    }
+    memcpy(&id, v.mv_data, 8);
+    MDB_val ik = {sizeof id, &id}, iv;
+    if ((mrc = mdb_get(txn, db->lm.vecs, &ik, &iv)) == 0) {
+      uint32_t of = vec_flags(iv.mv_data, iv.mv_size);
+      d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
+      d_vecs[1] -= !!(of & VLM__HAS_TEXT);
+    }
+    if ((mrc = mdb_del(txn, db->lm.keys, &k, NULL)) ||
+        ((mrc = mdb_del(txn, db->lm.items, &ik, NULL)) &&
+         mrc != MDB_NOTFOUND) ||
+        ((mrc = mdb_del(txn, db->lm.vecs, &ik, NULL)) &&
+         mrc != MDB_NOTFOUND)) {
+      rc = vlm__lmdb_err(mrc, keys[i]);
+      goto done;
+    }
+    ch[nch].new_id = 0;
+    ch[nch].old_id = id;
+    if ((rc = vlm__sql_apply(db, &ch[nch], NULL, 0, NULL, NULL, 0, 0)))
+      goto done;
+    nch++;
+  }
+  if (nch == 0) {
+    rc = 0;
+    goto done;
+  }
+  {
+    MDB_val lk = {sizeof seq, &seq}, lv = {(size_t)nch * sizeof *ch, ch};
+    if ((mrc = mdb_put(txn, db->lm.log, &lk, &lv, 0))) {
+      rc = vlm__lmdb_err(mrc, "log");
+      goto done;
+    }
+  }
+  if ((rc = vlm__lmdb_put_u64(&db->lm, txn, "seq", seq)) ||
+      (rc = vlm__sql_set_seq(db, seq)))
+    goto done;
+  rc = commit_publish(db, txn, seq, next_id, -nch, d_vecs);
+  txn = NULL;
+  sql_open = 0;
+  if (rc == 0 || db->broken)
+    after_commit(db);
+  if (rc == 0 && deleted)
+    *deleted = nch;
+done:
+  if (txn)
+    mdb_txn_abort(txn);
+  if (sql_open)
+    vlm__sql_rollback(db);
+  if (locked)
+    pthread_mutex_unlock(&db->write_mu);
+  free(ch);
+  return rc;
+}
+
+/* ---- reads ---------------------------------------------------------------- */
+
+static int begin_read(vlm_db *db, vlm__reader **r) {
+  int rc = vlm__reader_get(db, 0, r);
+  if (rc)
+    return rc;
+  pthread_rwlock_rdlock(&db->pub_lock);
+  int mrc = (*r)->txn ? mdb_txn_renew((*r)->txn)
+                      : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &(*r)->txn);
+  pthread_rwlock_unlock(&db->pub_lock);
+  if (mrc) {
+    if ((*r)->txn)
+      mdb_txn_abort((*r)->txn);
+    (*r)->txn = NULL;
+    vlm__reader_put(db, *r);
+    return vlm__lmdb_err(mrc, "read");
+  }
+  return 0;
+}
+
+static void end_read(vlm_db *db, vlm__reader *r) {
+  mdb_txn_reset(r->txn);
+  vlm__reader_put(db, r);
+}
+
+static int lookup_id(vlm_db *db, MDB_txn *txn, const char *key, uint64_t *id) {
+  MDB_val k = {strlen(key), (void *)key}, v;
+  int rc = mdb_get(txn, db->lm.keys, &k, &v);
+  if (rc == MDB_NOTFOUND)
+    return VLM_ENOTFOUND;
+  if (rc)
+    return vlm__lmdb_err(rc, key);
+  if (v.mv_size != 8)
+    return vlm_seterr(VLM_ECORRUPT, "key \"%s\": bad id", key);
+  memcpy(id, v.mv_data, 8);
+  return 0;
+}
+
+int vlm_db_exists(vlm_db *db, const char *key) {
+  vlm__reader *r;
+  uint64_t id;
+  if (!db || !key)
+    return vlm_seterr(VLM_EINVAL, "exists: NULL argument");
+  int rc = begin_read(db, &r);
+  if (rc)
+    return rc;
+  rc = lookup_id(db, r->txn, key, &id);
+  end_read(db, r);
+  return rc == 0 ? 1 : rc == VLM_ENOTFOUND ? 0 : rc;
+}
+
+static char *dup_n(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+/* Build a caller-owned record of item id from txn. */
+static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id,
+                       vlm_record **out) {
+  vlm__rec rec;
+  uint32_t vf;
+  const void *vec[VLM__NMOD];
+  int dim = db->man.dim, rc;
+  vlm_record *r;
+  *out = NULL;
+  if ((rc = vlm__rec_get(&db->lm, txn, id, &rec)))
+    return rc == VLM_ENOTFOUND
+               ? vlm_seterr(VLM_ECORRUPT, "item %llu: record missing",
+                            (unsigned long long)id)
+               : rc;
+  if ((rc = vlm__vecs_get(&db->lm, txn, id, dim, &vf, vec)))
+    return rc == VLM_ENOTFOUND
+               ? vlm_seterr(VLM_ECORRUPT, "item %llu: vectors missing",
+                            (unsigned long long)id)
+               : rc;
+  if (!(r = calloc(1, sizeof *r)))
+    return vlm_seterr(VLM_ENOMEM, "record");
+  r->dim = dim;
+  int oom = !(r->key = dup_n(rec.key, rec.key_len));
+  if (vec[0] && !oom && (oom = !(r->image_vec = malloc((size_t)dim * 4))) == 0)
+    memcpy(r->image_vec, vec[0], (size_t)dim * 4);
+  if (vec[1] && !oom && (oom = !(r->text_vec = malloc((size_t)dim * 4))) == 0)
+    memcpy(r->text_vec, vec[1], (size_t)dim * 4);
+  if ((rec.flags & VLM__HAS_CAPTION) && !oom)
+    oom = !(r->caption = dup_n(rec.caption, rec.caption_len));
+  if ((rec.flags & VLM__HAS_SOURCE) && !oom)
+    oom = !(r->source = dup_n(rec.source, rec.source_len));
+  if ((rec.flags & VLM__HAS_THUMB) && !oom &&
+      (oom = !(r->thumb = malloc(rec.thumb_len))) == 0) {
+    memcpy(r->thumb, rec.thumb, rec.thumb_len);
+    r->thumb_len = rec.thumb_len;
+  }
+  if (!oom)
+    oom = !(r->meta_json = rec.meta_len ? dup_n(rec.meta, rec.meta_len)
+                                        : strdup("{}"));
+  if (oom) {
+    vlm_record_free(r);
+    return vlm_seterr(VLM_ENOMEM, "record");
+  }
+  *out = r;
+  return 0;
+}
+
+int vlm_db_get(vlm_db *db, const char *key, vlm_record **out) {
+  vlm__reader *r;
+  uint64_t id;
+  if (!db || !key || !out)
+    return vlm_seterr(VLM_EINVAL, "get: NULL argument");
+  *out = NULL;
+  int rc = begin_read(db, &r);
+  if (rc)
+    return rc;
+  rc = lookup_id(db, r->txn, key, &id);
+  if (rc == VLM_ENOTFOUND)
+    rc = vlm_seterr(VLM_ENOTFOUND, "key \"%s\" not found", key);
+  else if (!rc)
+    rc = make_record(db, r->txn, id, out);
+  end_read(db, r);
+  return rc;
+}
+
+void vlm_record_free(vlm_record *rec) {
+  if (!rec)
+    return;
+  free(rec->key);
+  free(rec->image_vec);
+  free(rec->text_vec);
+  free(rec->caption);
+  free(rec->source);
+  free(rec->thumb);
+  free(rec->meta_json);
+  free(rec);
+}
+
+int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
+  vlm__reader *r;
+  MDB_cursor *cur = NULL;
+  MDB_val k, v;
+  if (!db || !fn)
+    return vlm_seterr(VLM_EINVAL, "foreach: NULL argument");
+  int rc = begin_read(db, &r);
+  if (rc)
+    return rc;
+  if ((rc = mdb_cursor_open(r->txn, db->lm.keys, &cur))) {
+    rc = vlm__lmdb_err(rc, "foreach");
+    goto done;
+  }
+  int mrc;
+  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
+       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    vlm_record *rec;
+    memcpy(&id, v.mv_data, 8);
+    if ((rc = make_record(db, r->txn, id, &rec)))
+      goto done;
+    rc = fn(rec, arg);
+    vlm_record_free(rec);
+    if (rc)
+      goto done;
+  }
+  rc = mrc == MDB_NOTFOUND ? 0 : vlm__lmdb_err(mrc, "foreach");
+done:
+  if (cur)
+    mdb_cursor_close(cur);
+  end_read(db, r);
+  return rc;
+}
+
+static uint64_t file_bytes(const char *dir, const char *name) {
+  char path[PATH_MAX];
+  struct stat st;
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
+
+int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
+  if (!db || !info)
+    return vlm_seterr(VLM_EINVAL, "stat: NULL argument");
+  memset(info, 0, sizeof *info);
+  pthread_rwlock_rdlock(&db->index_lock);
+  pthread_rwlock_rdlock(&db->pub_lock);
+  info->items = db->pub_items;
+  info->image_vectors = db->pub_vecs[0];
+  info->text_vectors = db->pub_vecs[1];
+  info->seq = db->pub_seq;
+  pthread_rwlock_unlock(&db->pub_lock);
+  info->index_trained = 1;
+  for (int m = 0; m < VLM__NMOD; m++) {
+    vlm__vindex *vx = &db->vx[m];
+    int64_t count = vlm_index_count(vx->index);
+    info->index_vectors += count;
+    info->tombstones += vx->ntomb;
+    int64_t pending = vx->nlive - (count - vx->ntomb);
+    int64_t published = m == 0 ? info->image_vectors : info->text_vectors;
+    pending += published - vx->nlive; /* not yet seen by the index side */
+    info->pending_vectors += pending > 0 ? pending : 0;
+    if (!vlm_index_is_trained(vx->index))
+      info->index_trained = 0;
+  }
+  snprintf(info->index_factory, sizeof info->index_factory, "%s",
+           db->man.factory);
+  for (int m = 0; m < VLM__NMOD; m++)
+    if (db->man.ckpt[m].file[0])
+      info->disk_bytes += file_bytes(db->dir, db->man.ckpt[m].file);
+  pthread_rwlock_unlock(&db->index_lock);
+  info->dim = db->man.dim;
+  snprintf(info->model_id, sizeof info->model_id, "%s", db->man.model_id);
+  snprintf(info->model_dir, sizeof info->model_dir, "%s", db->man.model_dir);
+  info->format_version = db->man.format_version;
+  info->nfields = db->man.nfields;
+  for (int i = 0; i < db->man.nfields; i++) {
+    info->field_types[i] = db->man.ftype[i];
+    snprintf(info->field_names[i], sizeof info->field_names[i], "%s",
+             db->man.fname[i]);
+  }
+  static const char *files[] = {"meta.sqlite", "meta.sqlite-wal",
+                                "payload.lmdb/data.mdb", "manifest.json"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
+    info->disk_bytes += file_bytes(db->dir, files[i]);
+  return 0;
+}
+
+int vlm_db_checkpoint(vlm_db *db) {
+  if (!db)
+    return vlm_seterr(VLM_EINVAL, "checkpoint: NULL argument");
+  int rc = writable(db);
+  if (rc)
+    return rc;
+  pthread_mutex_lock(&db->write_mu);
+  rc = vlm__vindex_checkpoint(db);
+  pthread_mutex_unlock(&db->write_mu);
+  return rc;
+}
+
+int vlm_db_reindex(vlm_db *db, const char *factory) {
+  if (!db)
+    return vlm_seterr(VLM_EINVAL, "reindex: NULL argument");
+  int rc = writable(db);
+  if (rc)
+    return rc;
+  pthread_mutex_lock(&db->write_mu);
+  rc = vlm__vindex_reindex(db, factory);
+  pthread_mutex_unlock(&db->write_mu);
+  return rc;
+}

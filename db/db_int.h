@@ -1,0 +1,268 @@
+/* db_int.h - private declarations of the db module (vlm__ prefix).
+ *
+ * Layers, one file each:
+ *   manifest.c  manifest.json: read, validate, write atomically
+ *   fields.c    declared fields: parsing specs, checking metadata JSON
+ *   payload.c   LMDB: items, vectors, the change log (the source of truth)
+ *   meta.c      SQLite: the metadata table, FTS5, replay, reader pool
+ *   filter.c    filter expressions: lexical check, authorizer, compile
+ *   vindex.c    the FAISS side: live bitmaps, catch-up, rebuild, checkpoint
+ *   planner.c   search: exact scans, filtered planning, merging modalities
+ *   hybrid.c    BM25 over captions and reciprocal rank fusion
+ *   db.c        open/create/close, put/delete (the write protocol), get, stat
+ *
+ * Locks, always taken in this order (see README "Data safety"):
+ *   write_mu  > index_mu > index_lock > pub_lock > pool_mu
+ * Readers take index_lock (read) then pub_lock (read) briefly to pin their
+ * LMDB and SQLite snapshots; the writer holds pub_lock (write) only while it
+ * commits LMDB and SQLite and publishes the new sequence number.
+ */
+#ifndef VLM_DB_INT_H
+#define VLM_DB_INT_H
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "vlm_error.h"
+#include "vlm_index.h"
+#include "vlmdb.h"
+
+#define VLM__FORMAT_VERSION 1
+#define VLM__MAX_FIELDS 64
+#define VLM__MAX_KEY 511
+#define VLM__MAX_FILTER 4096
+#define VLM__NMOD 2 /* modalities: 0 image, 1 text */
+#define VLM__MOD_IMAGE 0
+#define VLM__MOD_TEXT 1
+
+/* Item flags, stored in LMDB records. */
+#define VLM__HAS_IMAGE 0x1u
+#define VLM__HAS_TEXT 0x2u
+#define VLM__HAS_CAPTION 0x4u
+#define VLM__HAS_SOURCE 0x8u
+#define VLM__HAS_THUMB 0x10u
+
+/* ---- manifest ---------------------------------------------------------- */
+
+typedef struct {
+  char file[96];   /* index file name inside the directory, "" if none */
+  uint64_t seq;    /* last batch whose changes the file holds */
+  uint64_t upto;   /* items with id < upto are in it (when live) */
+} vlm__ckpt;
+
+typedef struct {
+  int format_version;
+  int dim;
+  char factory[128];
+  char model_id[80];
+  char model_dir[512];
+  int nfields;
+  vlm_field_type ftype[VLM__MAX_FIELDS];
+  char fname[VLM__MAX_FIELDS][64];
+  vlm__ckpt ckpt[VLM__NMOD];
+} vlm__manifest;
+
+int vlm__manifest_read(const char *dir, vlm__manifest *m);
+int vlm__manifest_write(const char *dir, const vlm__manifest *m);
+int vlm__fsync_dir(const char *dir);
+
+/* ---- fields ------------------------------------------------------------ */
+
+int vlm__field_name_ok(const char *name, char *why, size_t whylen);
+/* Parse an item's meta_json (may be NULL): *obj gets a new reference to
+ * the object (NULL when meta_json is NULL); checks declared field types. */
+int vlm__meta_check(const vlm__manifest *m, const char *key,
+                    const char *meta_json, json_t **obj);
+
+/* ---- LMDB (payload.c) -------------------------------------------------- */
+
+typedef struct {
+  MDB_env *env;
+  MDB_dbi keys;  /* key -> u64 item id */
+  MDB_dbi items; /* id (integer key) -> record header + payload */
+  MDB_dbi vecs;  /* id (integer key) -> u32 flags, u32 dim, vectors */
+  MDB_dbi log;   /* seq (integer key) -> changes of that batch */
+  MDB_dbi state; /* "seq", "next_id" -> u64 */
+} vlm__lmdb;
+
+/* One change of a batch: an item written (new_id) replacing old_id, or a
+ * delete (new_id 0). */
+typedef struct {
+  uint64_t new_id;
+  uint64_t old_id;
+} vlm__change;
+
+/* A decoded item record (pointers into LMDB's map, valid for the txn). */
+typedef struct {
+  uint32_t flags;
+  uint64_t seq;
+  const char *key; size_t key_len;
+  const char *caption; size_t caption_len;
+  const char *source; size_t source_len;
+  const char *meta; size_t meta_len;
+  const uint8_t *thumb; size_t thumb_len;
+} vlm__rec;
+
+int vlm__lmdb_err(int rc, const char *what);
+int vlm__lmdb_open(vlm__lmdb *lm, const char *dir, int readonly, int create,
+                   uint64_t map_size);
+void vlm__lmdb_close(vlm__lmdb *lm);
+int vlm__lmdb_get_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
+                      uint64_t *out);
+int vlm__lmdb_put_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
+                      uint64_t v);
+size_t vlm__rec_size(size_t key_len, const vlm_item *it);
+void vlm__rec_encode(void *dst, uint32_t flags, uint64_t seq, const char *key,
+                     size_t key_len, const vlm_item *it);
+int vlm__rec_decode(const void *data, size_t len, vlm__rec *out);
+int vlm__rec_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, vlm__rec *out);
+/* Vectors of item id: *flags gets HAS_IMAGE/HAS_TEXT; vec[m] point into
+ * the map (possibly unaligned) or NULL.  VLM_ENOTFOUND if absent. */
+int vlm__vecs_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, int dim,
+                  uint32_t *flags, const void *vec[VLM__NMOD]);
+int vlm__vecs_parse(const MDB_val *v, int dim, uint32_t *flags,
+                    const void *vec[VLM__NMOD]);
+int vlm__log_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t seq,
+                 vlm__change **changes, size_t *n);
+
+/* ---- SQLite (meta.c) --------------------------------------------------- */
+
+typedef struct vlm__authctx {
+  int armed;           /* 1 while a filter is being compiled */
+  int nselect;
+  const vlm__manifest *man;
+  char why[256];       /* first reason for a denial */
+} vlm__authctx;
+
+typedef struct vlm__reader {
+  MDB_txn *txn;          /* reset between uses (MDB_NOTLS) */
+  sqlite3 *sql;          /* read-only connection, lazily opened */
+  sqlite3_stmt *pin;     /* pins the snapshot inside BEGIN */
+  vlm__authctx auth;
+  char *filter_text;     /* last filter compiled on this connection */
+  sqlite3_stmt *filter;
+  struct vlm__reader *next;
+} vlm__reader;
+
+int vlm__sql_err(sqlite3 *db, int rc, const char *what);
+int vlm__sql_create(const char *path, const vlm__manifest *m);
+int vlm__sql_open_writer(vlm_db *db);
+void vlm__sql_close_writer(vlm_db *db);
+int vlm__sql_get_seq(sqlite3 *sql, uint64_t *seq);
+int vlm__sql_begin(vlm_db *db);
+int vlm__sql_apply(vlm_db *db, const vlm__change *c, const char *key,
+                   size_t key_len, const json_t *meta, const char *caption,
+                   size_t caption_len, int replay);
+int vlm__sql_set_seq(vlm_db *db, uint64_t seq);
+int vlm__sql_commit(vlm_db *db);
+void vlm__sql_rollback(vlm_db *db);
+int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq);
+int vlm__sql_count(sqlite3 *sql, const char *table, int64_t *out);
+int vlm__reader_sql(vlm_db *db, vlm__reader *r);
+
+/* ---- filters (filter.c) ------------------------------------------------ */
+
+int vlm__filter_lex(const char *expr);
+int vlm__authorizer(void *arg, int action, const char *a, const char *b,
+                    const char *dbname, const char *trigger);
+/* Run the filter on r's snapshot: ids (sorted ascending) of matches. */
+int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
+                    uint64_t **ids, size_t *n);
+
+/* ---- FAISS side (vindex.c) --------------------------------------------- */
+
+typedef struct {
+  vlm_index *index;
+  uint64_t upto;       /* items with id < upto went through the index */
+  int removable;       /* 1 remove_ids works, 0 tombstones, -1 unknown */
+  int64_t ntomb;       /* dead vectors still in the index */
+  int64_t nlive;       /* live vectors of this modality (index side) */
+  uint8_t *live;       /* bit per item id: live and has this modality */
+} vlm__vindex;
+
+int vlm__vindex_open(vlm_db *db);
+void vlm__vindex_close(vlm_db *db);
+int vlm__vindex_catch_up(vlm_db *db);
+int vlm__vindex_checkpoint(vlm_db *db);
+int vlm__vindex_reindex(vlm_db *db, const char *factory);
+int vlm__factory_nlist(const char *factory);
+void vlm__vindex_remove_orphans(vlm_db *db);
+
+static inline int vlm__bit(const uint8_t *bm, uint64_t i) {
+  return (bm[i >> 3] >> (i & 7)) & 1;
+}
+
+/* ---- search (planner.c, hybrid.c) -------------------------------------- */
+
+typedef struct {
+  uint64_t id;
+  float score;
+  int mod;
+} vlm__cand;
+
+/* Pin r's LMDB (and, with need_sql, SQLite) snapshot at the published
+ * state; *next_id and *nitems describe it.  Undo with snapshot_end. */
+int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
+                        uint64_t *next_id, int64_t *nitems);
+void vlm__snapshot_end(vlm__reader *r, int need_sql);
+float vlm__dot(const float *a, const void *b_unaligned, int dim);
+int vlm__normalize(const float *in, float *out, int dim, const char *what);
+int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
+                const uint8_t *allow, uint64_t allow_bits, int depth,
+                uint64_t **ids, int *n);
+
+/* ---- the handle -------------------------------------------------------- */
+
+struct vlm_db {
+  char *dir;
+  int readonly;
+  int lock_fd;
+  size_t max_payload;
+  vlm_db_warn_fn warn;
+  void *warn_arg;
+  vlm__manifest man;
+  vlm__lmdb lm;
+
+  /* writer (write_mu) */
+  pthread_mutex_t write_mu;
+  sqlite3 *wsql;
+  sqlite3_stmt *st_ins, *st_del, *st_fts_ins, *st_fts_del, *st_seq;
+  int broken;                 /* SQLite fell behind LMDB: reopen */
+
+  /* published state (pub_lock) */
+  pthread_rwlock_t pub_lock;
+  uint64_t pub_seq, pub_next_id;
+  int64_t pub_items, pub_vecs[VLM__NMOD];
+
+  /* FAISS side (index_mu for changes, index_lock for use) */
+  pthread_mutex_t index_mu;
+  pthread_rwlock_t index_lock;
+  uint64_t ix_seq;            /* last batch applied to the index side */
+  uint64_t ix_next;           /* live bitmaps cover ids < ix_next */
+  size_t live_bytes;
+  vlm__vindex vx[VLM__NMOD];
+
+  /* optional background indexing */
+  int async;
+  pthread_t bg;
+  int bg_started, bg_stop, bg_work;
+  pthread_mutex_t bg_mu;
+  pthread_cond_t bg_cv;
+
+  /* reader pool */
+  pthread_mutex_t pool_mu;
+  vlm__reader *pool;
+};
+
+void vlm__warn(vlm_db *db, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out);
+void vlm__reader_put(vlm_db *db, vlm__reader *r);
+void vlm__reader_free(vlm__reader *r);
+
+#endif

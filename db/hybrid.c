@@ -1,0 +1,95 @@
+/* hybrid.c - BM25 over captions (SQLite FTS5) for hybrid search.
+ *
+ * The query text is never handed to FTS5's query syntax as is: it is cut
+ * into words (runs of letters, digits and non-ASCII bytes), each word is
+ * quoted as an FTS5 string and the words are OR-ed, so any user text is a
+ * valid query and BM25 ranks captions by how many and how rare the shared
+ * words are.  The ranking is fused with the vector ranking in planner.c.
+ */
+#include "db_int.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char *fts_query(const char *text) {
+  size_t n = strlen(text);
+  char *out = malloc(n * 3 + 8), *p = out;
+  int words = 0;
+  if (!out)
+    return NULL;
+  for (size_t i = 0; i < n;) {
+    unsigned char c = (unsigned char)text[i];
+    if (!(isalnum(c) || c >= 0x80)) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < n && (isalnum((unsigned char)text[j]) ||
+                     (unsigned char)text[j] >= 0x80))
+      j++;
+    if (words++)
+      p += sprintf(p, " OR ");
+    *p++ = '"';
+    memcpy(p, text + i, j - i);
+    p += j - i;
+    *p++ = '"';
+    i = j;
+  }
+  *p = '\0';
+  if (!words) {
+    free(out);
+    return strdup("");
+  }
+  return out;
+}
+
+int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
+                const uint8_t *allow, uint64_t allow_bits, int depth,
+                uint64_t **ids_out, int *n_out) {
+  sqlite3_stmt *st = NULL;
+  uint64_t *ids = NULL;
+  int n = 0, rc;
+  char *q = fts_query(text);
+  (void)db;
+  *ids_out = NULL;
+  *n_out = 0;
+  if (!q)
+    return vlm_seterr(VLM_ENOMEM, "hybrid");
+  if (!*q) {
+    free(q);
+    return 0; /* no words: BM25 has nothing to rank */
+  }
+  if (!(ids = malloc((size_t)depth * sizeof *ids))) {
+    free(q);
+    return vlm_seterr(VLM_ENOMEM, "hybrid");
+  }
+  rc = sqlite3_prepare_v2(r->sql,
+                          "SELECT rowid FROM captions WHERE captions MATCH ?1 "
+                          "ORDER BY rank",
+                          -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    rc = vlm__sql_err(r->sql, rc, "hybrid");
+    goto done;
+  }
+  sqlite3_bind_text(st, 1, q, -1, SQLITE_STATIC);
+  while (n < depth && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    uint64_t id = (uint64_t)sqlite3_column_int64(st, 0);
+    if (allow && (id >= allow_bits || !vlm__bit(allow, id)))
+      continue;
+    ids[n++] = id;
+  }
+  if (n < depth && rc != SQLITE_DONE) {
+    rc = vlm__sql_err(r->sql, rc, "hybrid");
+    goto done;
+  }
+  rc = 0;
+  *ids_out = ids;
+  *n_out = n;
+  ids = NULL;
+done:
+  sqlite3_finalize(st);
+  free(ids);
+  free(q);
+  return rc;
+}

@@ -1,0 +1,259 @@
+/* manifest.c - manifest.json: what a database directory is.
+ *
+ * The manifest names the format and its version, the vector dimension and
+ * metric, the index factory string, the model that made the vectors, the
+ * declared fields, and the FAISS checkpoint of each modality (file, the
+ * last batch it holds, and the id watermark).  It is replaced atomically:
+ * written to manifest.json.tmp, fsync'd, renamed, and the directory
+ * fsync'd, so a crash leaves either the old or the new manifest.
+ */
+#include "db_int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MANIFEST_FORMAT "vlmdb"
+
+static const char *mod_name[VLM__NMOD] = {"image", "text"};
+
+static const char *type_name(vlm_field_type t) {
+  switch (t) {
+  case VLM_FIELD_INT: return "int";
+  case VLM_FIELD_REAL: return "real";
+  default: return "text";
+  }
+}
+
+int vlm__fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0)
+    return vlm_seterr(VLM_EIO, "%s: %s", dir, strerror(errno));
+  int rc = fsync(fd);
+  int e = errno;
+  close(fd);
+  if (rc != 0)
+    return vlm_seterr(e == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "fsync %s: %s",
+                      dir, strerror(e));
+  return 0;
+}
+
+static int copy_str(char *dst, size_t cap, json_t *v, const char *name,
+                    const char *path) {
+  if (!json_is_string(v))
+    return vlm_seterr(VLM_EFORMAT, "%s: \"%s\" missing or not a string",
+                      path, name);
+  const char *s = json_string_value(v);
+  if (strlen(s) >= cap)
+    return vlm_seterr(VLM_EFORMAT, "%s: \"%s\" too long", path, name);
+  strcpy(dst, s);
+  return 0;
+}
+
+int vlm__manifest_read(const char *dir, vlm__manifest *m) {
+  char path[PATH_MAX];
+  struct stat st;
+  memset(m, 0, sizeof *m);
+  if (stat(dir, &st) != 0)
+    return vlm_seterr(VLM_ENOTFOUND, "%s: %s", dir, strerror(errno));
+  if (!S_ISDIR(st.st_mode))
+    return vlm_seterr(VLM_EFORMAT, "%s: not a directory", dir);
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  if (access(path, F_OK) != 0)
+    return vlm_seterr(VLM_EFORMAT,
+                      "%s: not a vlmdb database (no manifest.json)", dir);
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root)
+    return vlm_seterr(VLM_EFORMAT, "%s:%d: not valid JSON: %s", path,
+                      jerr.line, jerr.text);
+  int rc = 0;
+  if (!json_is_object(root)) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: not a JSON object", path);
+    goto done;
+  }
+  json_t *fmt = json_object_get(root, "format");
+  if (!json_is_string(fmt) || strcmp(json_string_value(fmt), MANIFEST_FORMAT)) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: not a vlmdb manifest (format is not "
+                    "\"vlmdb\")", path);
+    goto done;
+  }
+  json_t *ver = json_object_get(root, "format_version");
+  if (!json_is_integer(ver)) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: format_version missing", path);
+    goto done;
+  }
+  if (json_integer_value(ver) != VLM__FORMAT_VERSION) {
+    rc = vlm_seterr(VLM_EVERSION,
+                    "%s: format version %lld, this vlmdb reads version %d",
+                    path, (long long)json_integer_value(ver),
+                    VLM__FORMAT_VERSION);
+    goto done;
+  }
+  m->format_version = VLM__FORMAT_VERSION;
+  json_t *dim = json_object_get(root, "dim");
+  if (!json_is_integer(dim) || json_integer_value(dim) < 1 ||
+      json_integer_value(dim) > 65536) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"dim\"", path);
+    goto done;
+  }
+  m->dim = (int)json_integer_value(dim);
+  json_t *metric = json_object_get(root, "metric");
+  if (!json_is_string(metric) || strcmp(json_string_value(metric), "ip")) {
+    rc = vlm_seterr(VLM_EUNSUPPORTED, "%s: metric must be \"ip\"", path);
+    goto done;
+  }
+  if ((rc = copy_str(m->factory, sizeof m->factory,
+                     json_object_get(root, "index_factory"), "index_factory",
+                     path)) ||
+      (rc = copy_str(m->model_id, sizeof m->model_id,
+                     json_object_get(root, "model_id"), "model_id", path)))
+    goto done;
+  json_t *mdir = json_object_get(root, "model_dir");
+  if (json_is_string(mdir) &&
+      (rc = copy_str(m->model_dir, sizeof m->model_dir, mdir, "model_dir",
+                     path)))
+    goto done;
+  json_t *fields = json_object_get(root, "fields");
+  if (!json_is_array(fields) || json_array_size(fields) > VLM__MAX_FIELDS) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"fields\"", path);
+    goto done;
+  }
+  for (size_t i = 0; i < json_array_size(fields); i++) {
+    json_t *f = json_array_get(fields, i);
+    const char *t = json_string_value(json_object_get(f, "type"));
+    if ((rc = copy_str(m->fname[i], sizeof m->fname[i],
+                       json_object_get(f, "name"), "fields[].name", path)))
+      goto done;
+    char why[128];
+    if (vlm__field_name_ok(m->fname[i], why, sizeof why) != 0) {
+      rc = vlm_seterr(VLM_EFORMAT, "%s: field %s", path, why);
+      goto done;
+    }
+    if (t && !strcmp(t, "text"))
+      m->ftype[i] = VLM_FIELD_TEXT;
+    else if (t && !strcmp(t, "int"))
+      m->ftype[i] = VLM_FIELD_INT;
+    else if (t && !strcmp(t, "real"))
+      m->ftype[i] = VLM_FIELD_REAL;
+    else {
+      rc = vlm_seterr(VLM_EFORMAT, "%s: field %s: bad type", path,
+                      m->fname[i]);
+      goto done;
+    }
+    m->nfields++;
+  }
+  json_t *ix = json_object_get(root, "index");
+  for (int mod = 0; mod < VLM__NMOD; mod++) {
+    json_t *c = json_object_get(ix, mod_name[mod]);
+    if (!json_is_object(c))
+      continue;
+    json_t *file = json_object_get(c, "file");
+    json_t *seq = json_object_get(c, "seq");
+    json_t *upto = json_object_get(c, "upto");
+    if (!json_is_string(file) || !json_is_integer(seq) ||
+        !json_is_integer(upto) ||
+        strlen(json_string_value(file)) >= sizeof m->ckpt[mod].file ||
+        strchr(json_string_value(file), '/')) {
+      rc = vlm_seterr(VLM_EFORMAT, "%s: bad index checkpoint \"%s\"", path,
+                      mod_name[mod]);
+      goto done;
+    }
+    strcpy(m->ckpt[mod].file, json_string_value(file));
+    m->ckpt[mod].seq = (uint64_t)json_integer_value(seq);
+    m->ckpt[mod].upto = (uint64_t)json_integer_value(upto);
+  }
+done:
+  json_decref(root);
+  return rc;
+}
+
+int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
+  char path[PATH_MAX], tmp[PATH_MAX];
+  int rc = 0, fd = -1;
+  char *text = NULL;
+  json_t *root = json_object();
+  json_t *fields = json_array();
+  json_t *ix = json_object();
+  if (!root || !fields || !ix) {
+    json_decref(root);
+    json_decref(fields);
+    json_decref(ix);
+    return vlm_seterr(VLM_ENOMEM, "manifest");
+  }
+  json_object_set_new(root, "format", json_string(MANIFEST_FORMAT));
+  json_object_set_new(root, "format_version", json_integer(m->format_version));
+  json_object_set_new(root, "dim", json_integer(m->dim));
+  json_object_set_new(root, "metric", json_string("ip"));
+  json_object_set_new(root, "index_factory", json_string(m->factory));
+  json_object_set_new(root, "model_id", json_string(m->model_id));
+  json_object_set_new(root, "model_dir", json_string(m->model_dir));
+  for (int i = 0; i < m->nfields; i++) {
+    json_t *f = json_object();
+    json_object_set_new(f, "name", json_string(m->fname[i]));
+    json_object_set_new(f, "type", json_string(type_name(m->ftype[i])));
+    json_array_append_new(fields, f);
+  }
+  json_object_set_new(root, "fields", fields);
+  for (int mod = 0; mod < VLM__NMOD; mod++) {
+    if (!m->ckpt[mod].file[0])
+      continue;
+    json_t *c = json_object();
+    json_object_set_new(c, "file", json_string(m->ckpt[mod].file));
+    json_object_set_new(c, "seq", json_integer((json_int_t)m->ckpt[mod].seq));
+    json_object_set_new(c, "upto",
+                        json_integer((json_int_t)m->ckpt[mod].upto));
+    json_object_set_new(ix, mod_name[mod], c);
+  }
+  json_object_set_new(root, "index", ix);
+  text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(root);
+  if (!text)
+    return vlm_seterr(VLM_ENOMEM, "manifest");
+
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  snprintf(tmp, sizeof tmp, "%s/manifest.json.tmp", dir);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    rc = vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s", tmp,
+                    strerror(errno));
+    goto done;
+  }
+  size_t len = strlen(text), off = 0;
+  while (off < len) {
+    ssize_t w = write(fd, text + off, len - off);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0) {
+      rc = vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s", tmp,
+                      strerror(errno));
+      goto done;
+    }
+    off += (size_t)w;
+  }
+  if (write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
+    rc = vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s", tmp,
+                    strerror(errno));
+    goto done;
+  }
+  close(fd);
+  fd = -1;
+  if (rename(tmp, path) != 0) {
+    rc = vlm_seterr(VLM_EIO, "rename %s: %s", tmp, strerror(errno));
+    goto done;
+  }
+  rc = vlm__fsync_dir(dir);
+done:
+  if (fd >= 0) {
+    close(fd);
+    unlink(tmp);
+  } else if (rc != 0) {
+    unlink(tmp);
+  }
+  free(text);
+  return rc;
+}

@@ -1,0 +1,402 @@
+/* meta.c - the SQLite layer: declared fields as indexed columns, FTS5 over
+ * captions, the last applied batch, and read-only reader connections.
+ *
+ * meta.sqlite:
+ *   items(id INTEGER PRIMARY KEY, key TEXT UNIQUE, <declared fields>)
+ *   captions  FTS5(caption), rowid = item id
+ *   vlm_state(name, value): "seq" = last LMDB batch applied here, written
+ *             in the same transaction as the batch's rows
+ * WAL with synchronous=FULL: a COMMIT is durable when it returns.
+ */
+#include "db_int.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+int vlm__sql_err(sqlite3 *db, int rc, const char *what) {
+  int code;
+  switch (rc & 0xff) {
+  case SQLITE_FULL:
+    code = VLM_ENOSPACE;
+    break;
+  case SQLITE_CORRUPT:
+  case SQLITE_NOTADB:
+    code = VLM_ECORRUPT;
+    break;
+  case SQLITE_BUSY:
+  case SQLITE_LOCKED:
+    code = VLM_EBUSY;
+    break;
+  case SQLITE_NOMEM:
+    code = VLM_ENOMEM;
+    break;
+  case SQLITE_IOERR:
+  case SQLITE_CANTOPEN:
+    code = VLM_EIO;
+    break;
+  case SQLITE_AUTH:
+    code = VLM_EFILTER;
+    break;
+  default:
+    code = VLM_ESTORE;
+  }
+  return vlm_seterr(code, "%s: sqlite: %s", what,
+                    db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+}
+
+static const char *sql_type(vlm_field_type t) {
+  switch (t) {
+  case VLM_FIELD_INT: return "INTEGER";
+  case VLM_FIELD_REAL: return "REAL";
+  default: return "TEXT";
+  }
+}
+
+static int exec(sqlite3 *db, const char *sql) {
+  char *msg = NULL;
+  int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+  if (rc != SQLITE_OK) {
+    int err = vlm__sql_err(db, rc, sql);
+    sqlite3_free(msg);
+    return err;
+  }
+  return 0;
+}
+
+static int set_pragmas(sqlite3 *db) {
+  sqlite3_busy_timeout(db, 10000);
+  int rc = exec(db, "PRAGMA journal_mode=WAL");
+  if (!rc)
+    rc = exec(db, "PRAGMA synchronous=FULL");
+  return rc;
+}
+
+int vlm__sql_create(const char *path, const vlm__manifest *m) {
+  sqlite3 *db = NULL;
+  char *sql = NULL;
+  int rc = sqlite3_open_v2(path, &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+  if (rc != SQLITE_OK) {
+    rc = vlm__sql_err(db, rc, path);
+    goto done;
+  }
+  if ((rc = set_pragmas(db)))
+    goto done;
+  size_t cap = 512 + (size_t)m->nfields * 200;
+  sql = malloc(cap);
+  if (!sql) {
+    rc = vlm_seterr(VLM_ENOMEM, "schema");
+    goto done;
+  }
+  size_t off = (size_t)snprintf(sql, cap,
+                                "BEGIN;\nCREATE TABLE items(id INTEGER "
+                                "PRIMARY KEY, key TEXT NOT NULL UNIQUE");
+  for (int i = 0; i < m->nfields; i++)
+    off += (size_t)snprintf(sql + off, cap - off, ", \"%s\" %s", m->fname[i],
+                            sql_type(m->ftype[i]));
+  off += (size_t)snprintf(sql + off, cap - off, ");\n");
+  for (int i = 0; i < m->nfields; i++)
+    off += (size_t)snprintf(sql + off, cap - off,
+                            "CREATE INDEX \"items_%s\" ON items(\"%s\");\n",
+                            m->fname[i], m->fname[i]);
+  snprintf(sql + off, cap - off,
+           "CREATE VIRTUAL TABLE captions USING fts5(caption, "
+           "tokenize='unicode61 remove_diacritics 2');\n"
+           "CREATE TABLE vlm_state(name TEXT PRIMARY KEY, value INTEGER);\n"
+           "INSERT INTO vlm_state VALUES('seq', 0), ('format_version', %d);\n"
+           "COMMIT;",
+           VLM__FORMAT_VERSION);
+  rc = exec(db, sql);
+done:
+  free(sql);
+  sqlite3_close(db);
+  return rc;
+}
+
+int vlm__sql_get_seq(sqlite3 *sql, uint64_t *seq) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(
+      sql, "SELECT value FROM vlm_state WHERE name='seq'", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return vlm__sql_err(sql, rc, "meta.sqlite");
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *seq = (uint64_t)sqlite3_column_int64(st, 0);
+    rc = 0;
+  } else {
+    rc = rc == SQLITE_DONE
+             ? vlm_seterr(VLM_ECORRUPT, "meta.sqlite: no sequence number")
+             : vlm__sql_err(sql, rc, "meta.sqlite");
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int vlm__sql_count(sqlite3 *sql, const char *table, int64_t *out) {
+  char q[128];
+  sqlite3_stmt *st = NULL;
+  snprintf(q, sizeof q, "SELECT count(*) FROM %s", table);
+  int rc = sqlite3_prepare_v2(sql, q, -1, &st, NULL);
+  if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    *out = sqlite3_column_int64(st, 0);
+    rc = 0;
+  } else {
+    rc = vlm__sql_err(sql, rc, table);
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+int vlm__sql_open_writer(vlm_db *db) {
+  char path[PATH_MAX];
+  char *sql = NULL;
+  int rc;
+  snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
+  rc = sqlite3_open_v2(path, &db->wsql, SQLITE_OPEN_READWRITE, NULL);
+  if (rc != SQLITE_OK) {
+    rc = vlm__sql_err(db->wsql, rc, path);
+    goto done;
+  }
+  if ((rc = set_pragmas(db->wsql)))
+    goto done;
+  const vlm__manifest *m = &db->man;
+  size_t cap = 256 + (size_t)m->nfields * 80;
+  if (!(sql = malloc(cap))) {
+    rc = vlm_seterr(VLM_ENOMEM, "statements");
+    goto done;
+  }
+  size_t off = (size_t)snprintf(sql, cap, "INSERT OR REPLACE INTO items(id, key");
+  for (int i = 0; i < m->nfields; i++)
+    off += (size_t)snprintf(sql + off, cap - off, ", \"%s\"", m->fname[i]);
+  off += (size_t)snprintf(sql + off, cap - off, ") VALUES(?, ?");
+  for (int i = 0; i < m->nfields; i++)
+    off += (size_t)snprintf(sql + off, cap - off, ", ?");
+  snprintf(sql + off, cap - off, ")");
+  struct {
+    sqlite3_stmt **st;
+    const char *sql;
+  } stmts[] = {
+      {&db->st_ins, sql},
+      {&db->st_del, "DELETE FROM items WHERE id = ?"},
+      {&db->st_fts_ins, "INSERT INTO captions(rowid, caption) VALUES(?, ?)"},
+      {&db->st_fts_del, "DELETE FROM captions WHERE rowid = ?"},
+      {&db->st_seq, "UPDATE vlm_state SET value = ? WHERE name = 'seq'"},
+  };
+  for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++) {
+    rc = sqlite3_prepare_v3(db->wsql, stmts[i].sql, -1,
+                            SQLITE_PREPARE_PERSISTENT, stmts[i].st, NULL);
+    if (rc != SQLITE_OK) {
+      rc = vlm__sql_err(db->wsql, rc, path);
+      goto done;
+    }
+  }
+  rc = 0;
+done:
+  free(sql);
+  return rc;
+}
+
+void vlm__sql_close_writer(vlm_db *db) {
+  sqlite3_stmt **all[] = {&db->st_ins, &db->st_del, &db->st_fts_ins,
+                          &db->st_fts_del, &db->st_seq};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+    sqlite3_finalize(*all[i]);
+    *all[i] = NULL;
+  }
+  if (db->wsql)
+    sqlite3_close(db->wsql);
+  db->wsql = NULL;
+}
+
+int vlm__sql_begin(vlm_db *db) { return exec(db->wsql, "BEGIN IMMEDIATE"); }
+
+int vlm__sql_commit(vlm_db *db) { return exec(db->wsql, "COMMIT"); }
+
+void vlm__sql_rollback(vlm_db *db) {
+  if (db->wsql && !sqlite3_get_autocommit(db->wsql))
+    sqlite3_exec(db->wsql, "ROLLBACK", NULL, NULL, NULL);
+}
+
+static int step_done(vlm_db *db, sqlite3_stmt *st, const char *what) {
+  int rc = sqlite3_step(st);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  if (rc != SQLITE_DONE)
+    return vlm__sql_err(db->wsql, rc, what);
+  return 0;
+}
+
+static int bind_field(sqlite3_stmt *st, int col, vlm_field_type t,
+                      const json_t *v) {
+  if (!v || json_is_null(v))
+    return sqlite3_bind_null(st, col);
+  switch (t) {
+  case VLM_FIELD_INT:
+    if (json_is_integer(v))
+      return sqlite3_bind_int64(st, col, json_integer_value(v));
+    if (json_is_boolean(v))
+      return sqlite3_bind_int64(st, col, json_is_true(v));
+    return sqlite3_bind_int64(st, col, (sqlite3_int64)json_number_value(v));
+  case VLM_FIELD_REAL:
+    return sqlite3_bind_double(st, col, json_number_value(v));
+  case VLM_FIELD_TEXT:
+  default:
+    if (json_is_string(v))
+      return sqlite3_bind_text(st, col, json_string_value(v),
+                               (int)json_string_length(v), SQLITE_STATIC);
+    {
+      char *s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+      if (!s)
+        return SQLITE_NOMEM;
+      return sqlite3_bind_text(st, col, s, -1, free);
+    }
+  }
+}
+
+/* Apply one change to the open SQLite transaction.  For a write, key,
+ * meta (may be NULL) and caption (may be NULL) describe the new item. */
+int vlm__sql_apply(vlm_db *db, const vlm__change *c, const char *key,
+                   size_t key_len, const json_t *meta, const char *caption,
+                   size_t caption_len, int replay) {
+  int rc;
+  uint64_t del[2] = {c->old_id, replay ? c->new_id : 0};
+  for (int i = 0; i < 2; i++) {
+    if (!del[i])
+      continue;
+    sqlite3_bind_int64(db->st_del, 1, (sqlite3_int64)del[i]);
+    if ((rc = step_done(db, db->st_del, "delete item row")))
+      return rc;
+    sqlite3_bind_int64(db->st_fts_del, 1, (sqlite3_int64)del[i]);
+    if ((rc = step_done(db, db->st_fts_del, "delete caption row")))
+      return rc;
+  }
+  if (!c->new_id)
+    return 0;
+  sqlite3_stmt *st = db->st_ins;
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)c->new_id);
+  sqlite3_bind_text(st, 2, key, (int)key_len, SQLITE_STATIC);
+  for (int i = 0; i < db->man.nfields; i++) {
+    const json_t *v = meta ? json_object_get(meta, db->man.fname[i]) : NULL;
+    if (bind_field(st, 3 + i, db->man.ftype[i], v) != SQLITE_OK) {
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+      return vlm_seterr(VLM_ENOMEM, "bind field %s", db->man.fname[i]);
+    }
+  }
+  if ((rc = step_done(db, st, "insert item row")))
+    return rc;
+  if (caption && caption_len) {
+    sqlite3_bind_int64(db->st_fts_ins, 1, (sqlite3_int64)c->new_id);
+    sqlite3_bind_text(db->st_fts_ins, 2, caption, (int)caption_len,
+                      SQLITE_STATIC);
+    if ((rc = step_done(db, db->st_fts_ins, "insert caption row")))
+      return rc;
+  }
+  return 0;
+}
+
+int vlm__sql_set_seq(vlm_db *db, uint64_t seq) {
+  sqlite3_bind_int64(db->st_seq, 1, (sqlite3_int64)seq);
+  return step_done(db, db->st_seq, "set sequence");
+}
+
+/* Bring SQLite from batch from_seq to to_seq using LMDB's log: each
+ * change's replaced id is deleted and its new item, if it is still live in
+ * LMDB, is (re)inserted from its LMDB record.  Idempotent; one SQLite
+ * transaction. */
+int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
+  MDB_txn *txn = NULL;
+  vlm__change *ch = NULL;
+  size_t nch = 0;
+  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+  if (rc)
+    return vlm__lmdb_err(rc, "replay");
+  if ((rc = vlm__sql_begin(db)))
+    goto done;
+  for (uint64_t seq = from_seq + 1; seq <= to_seq; seq++) {
+    rc = vlm__log_get(&db->lm, txn, seq, &ch, &nch);
+    if (rc == VLM_ENOTFOUND) {
+      rc = vlm_seterr(VLM_ECORRUPT,
+                      "%s: batch %llu is missing from the log; cannot bring "
+                      "meta.sqlite up to date",
+                      db->dir, (unsigned long long)seq);
+      goto done;
+    }
+    if (rc)
+      goto done;
+    for (size_t i = 0; i < nch; i++) {
+      vlm__change c = ch[i];
+      vlm__rec rec;
+      json_t *meta = NULL;
+      if (c.new_id) {
+        rc = vlm__rec_get(&db->lm, txn, c.new_id, &rec);
+        if (rc == VLM_ENOTFOUND) {
+          c.new_id = 0; /* replaced or deleted by a later batch */
+          rc = 0;
+        } else if (rc) {
+          goto done;
+        } else if (rec.meta_len) {
+          json_error_t jerr;
+          meta = json_loadb(rec.meta, rec.meta_len, 0, &jerr);
+        }
+      }
+      if (c.new_id)
+        rc = vlm__sql_apply(db, &c, rec.key, rec.key_len, meta,
+                            (rec.flags & VLM__HAS_CAPTION) ? rec.caption : NULL,
+                            rec.caption_len, 1);
+      else
+        rc = vlm__sql_apply(db, &c, NULL, 0, NULL, NULL, 0, 1);
+      json_decref(meta);
+      if (rc)
+        goto done;
+    }
+    free(ch);
+    ch = NULL;
+  }
+  if ((rc = vlm__sql_set_seq(db, to_seq)))
+    goto done;
+  rc = vlm__sql_commit(db);
+done:
+  free(ch);
+  if (rc)
+    vlm__sql_rollback(db);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+/* Open r's read-only connection, hardened for running user filters. */
+int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
+  char path[PATH_MAX];
+  if (r->sql)
+    return 0;
+  snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
+  int rc = sqlite3_open_v2(path, &r->sql,
+                           SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    rc = vlm__sql_err(r->sql, rc, path);
+    sqlite3_close(r->sql);
+    r->sql = NULL;
+    return rc;
+  }
+  sqlite3_busy_timeout(r->sql, 10000);
+  sqlite3_db_config(r->sql, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 0, NULL);
+  sqlite3_db_config(r->sql, SQLITE_DBCONFIG_DEFENSIVE, 1, NULL);
+  sqlite3_db_config(r->sql, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
+  sqlite3_limit(r->sql, SQLITE_LIMIT_ATTACHED, 0);
+  sqlite3_limit(r->sql, SQLITE_LIMIT_SQL_LENGTH, VLM__MAX_FILTER + 1024);
+  sqlite3_limit(r->sql, SQLITE_LIMIT_EXPR_DEPTH, 200);
+  sqlite3_limit(r->sql, SQLITE_LIMIT_LENGTH, 1 << 20);
+  r->auth.man = &db->man;
+  sqlite3_set_authorizer(r->sql, vlm__authorizer, &r->auth);
+  rc = sqlite3_prepare_v3(r->sql,
+                          "SELECT value FROM vlm_state WHERE name = 'seq'", -1,
+                          SQLITE_PREPARE_PERSISTENT, &r->pin, NULL);
+  if (rc != SQLITE_OK) {
+    rc = vlm__sql_err(r->sql, rc, path);
+    sqlite3_close(r->sql);
+    r->sql = NULL;
+    return rc;
+  }
+  return 0;
+}

@@ -1,0 +1,547 @@
+/* planner.c - vector search: exact scans, the filtered-search planner and
+ * merging modalities into one hit per key.
+ *
+ * A search pins one snapshot: it holds index_lock (read) throughout and
+ * takes its LMDB transaction and (when it needs SQLite) its SQLite read
+ * transaction under pub_lock, which the writer holds while committing, so
+ * all three views show the same batches.  Every candidate is resolved
+ * against the LMDB snapshot, so index entries of items deleted after the
+ * last catch-up (or tombstones) never surface, and the pending tail (ids
+ * >= upto, committed but not yet in FAISS) is scanned exactly.
+ *
+ * Filtered search: the filter's matching ids come from SQLite.  Few
+ * matches (<= exact_limit) are scored exactly, which is both faster and
+ * exact; otherwise FAISS searches with the matches as an ID-selector
+ * bitmap and efSearch/nprobe widened by 1/selectivity, and if fewer than
+ * k hits come back it widens again, then falls back to the exact scan.
+ */
+#include "db_int.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_EF 64
+#define DEFAULT_NPROBE 16
+#define MAX_EF 4096
+#define EXACT_MIN 4096 /* filtered: always exact at or below this */
+#define EXACT_FRACTION 20 /* ... or below 1/20 of the items */
+#define RRF_K 60.0f
+
+float vlm__dot(const float *a, const void *b, int dim) {
+  return cblas_sdot(dim, a, 1, (const float *)b, 1);
+}
+
+int vlm__normalize(const float *in, float *out, int dim, const char *what) {
+  double ss = 0;
+  for (int i = 0; i < dim; i++) {
+    if (!isfinite(in[i]))
+      return vlm_seterr(VLM_ENUMERIC, "%s: element %d is not finite", what,
+                        i);
+    ss += (double)in[i] * in[i];
+  }
+  if (!(ss > 0) || !isfinite(ss))
+    return vlm_seterr(VLM_EINVAL, "%s: vector has zero or infinite length",
+                      what);
+  /* Unit vectors (to float precision) are kept bit for bit, so what is
+   * stored is exactly what the caller gave. */
+  if (fabs(ss - 1.0) <= 1e-5) {
+    if (out != in)
+      memcpy(out, in, (size_t)dim * sizeof *out);
+    return 0;
+  }
+  float inv = (float)(1.0 / sqrt(ss));
+  for (int i = 0; i < dim; i++)
+    out[i] = in[i] * inv;
+  return 0;
+}
+
+/* ---- a bounded min-heap of candidates ---------------------------------- */
+
+typedef struct {
+  vlm__cand *c;
+  int n, cap;
+} heap;
+
+static void heap_push(heap *h, uint64_t id, float score, int mod) {
+  vlm__cand x = {id, score, mod};
+  if (h->n == h->cap) {
+    if (score <= h->c[0].score)
+      return;
+    int i = 0; /* replace the root and sift down */
+    for (;;) {
+      int l = 2 * i + 1, r = l + 1, s = i;
+      float ss = score;
+      if (l < h->n && h->c[l].score < ss)
+        s = l, ss = h->c[l].score;
+      if (r < h->n && h->c[r].score < ss)
+        s = r;
+      if (s == i)
+        break;
+      h->c[i] = h->c[s];
+      i = s;
+    }
+    h->c[i] = x;
+    return;
+  }
+  int i = h->n++;
+  while (i > 0) {
+    int p = (i - 1) / 2;
+    if (h->c[p].score <= score)
+      break;
+    h->c[i] = h->c[p];
+    i = p;
+  }
+  h->c[i] = x;
+}
+
+static int cand_desc(const void *a, const void *b) {
+  const vlm__cand *x = a, *y = b;
+  if (x->score != y->score)
+    return x->score < y->score ? 1 : -1;
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static int cand_id_desc(const void *a, const void *b) {
+  const vlm__cand *x = a, *y = b;
+  if (x->id != y->id)
+    return x->id < y->id ? -1 : 1;
+  return x->score < y->score ? 1 : x->score > y->score ? -1 : 0;
+}
+
+/* ---- search context ---------------------------------------------------- */
+
+typedef struct {
+  vlm_db *db;
+  vlm__reader *r;
+  const float *q;
+  int dim;
+  const uint64_t *fids; /* filter matches, sorted; NULL = no filter */
+  size_t nf;
+  const uint8_t *allow; /* bitmap of fids */
+  uint64_t allow_bits;
+  float *scratch;
+} sctx;
+
+static float score_vec(sctx *s, const void *vec) {
+  if (((uintptr_t)vec & 3) == 0)
+    return vlm__dot(s->q, vec, s->dim);
+  memcpy(s->scratch, vec, (size_t)s->dim * sizeof(float));
+  return vlm__dot(s->q, s->scratch, s->dim);
+}
+
+/* Exact scores of modality m for live items with id >= lo (restricted to
+ * the filter matches when there is a filter). */
+static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
+  vlm__lmdb *lm = &s->db->lm;
+  int rc;
+  if (s->fids) {
+    size_t a = 0, b = s->nf;
+    while (a < b) {
+      size_t mid = (a + b) / 2;
+      if (s->fids[mid] < lo)
+        a = mid + 1;
+      else
+        b = mid;
+    }
+    for (size_t i = a; i < s->nf; i++) {
+      uint32_t flags;
+      const void *vec[VLM__NMOD];
+      rc = vlm__vecs_get(lm, s->r->txn, s->fids[i], s->dim, &flags, vec);
+      if (rc == VLM_ENOTFOUND)
+        continue;
+      if (rc)
+        return rc;
+      if (vec[m])
+        heap_push(h, s->fids[i], score_vec(s, vec[m]), m);
+    }
+    return 0;
+  }
+  MDB_cursor *cur;
+  MDB_val k = {sizeof lo, &lo}, v;
+  if ((rc = mdb_cursor_open(s->r->txn, lm->vecs, &cur)))
+    return vlm__lmdb_err(rc, "vecs");
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    uint32_t flags;
+    const void *vec[VLM__NMOD];
+    memcpy(&id, k.mv_data, 8);
+    if (vlm__vecs_parse(&v, s->dim, &flags, vec) != 0) {
+      mdb_cursor_close(cur);
+      return VLM_ECORRUPT;
+    }
+    if (vec[m])
+      heap_push(h, id, score_vec(s, vec[m]), m);
+  }
+  mdb_cursor_close(cur);
+  return rc == MDB_NOTFOUND ? 0 : vlm__lmdb_err(rc, "vecs");
+}
+
+/* FAISS search of modality m; pushes live hits.  *returned gets how many
+ * ids FAISS gave back (live or not). */
+static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
+                        heap *h, int *returned) {
+  vlm_db *db = s->db;
+  vlm__vindex *vx = &db->vx[m];
+  vlm_index_params p = {0};
+  float *scores = malloc((size_t)kk * sizeof *scores);
+  int64_t *ids = malloc((size_t)kk * sizeof *ids);
+  int rc;
+  *returned = 0;
+  if (!scores || !ids) {
+    rc = vlm_seterr(VLM_ENOMEM, "search");
+    goto done;
+  }
+  p.ef_search = ef;
+  p.nprobe = nprobe;
+  if (s->allow) {
+    p.bitmap = s->allow;
+    p.bitmap_bits = (int64_t)s->allow_bits;
+  } else if (vx->ntomb > 0) {
+    p.bitmap = vx->live;
+    p.bitmap_bits = (int64_t)vx->upto;
+  }
+  if ((rc = vlm_index_search(vx->index, 1, s->q, kk, &p, scores, ids)))
+    goto done;
+  for (int i = 0; i < kk; i++) {
+    if (ids[i] < 0)
+      continue;
+    (*returned)++;
+    uint64_t id = (uint64_t)ids[i];
+    MDB_val key = {sizeof id, &id}, val;
+    /* Resolve against the snapshot: skips items deleted since the index
+     * side last caught up. */
+    int g = mdb_get(s->r->txn, db->lm.vecs, &key, &val);
+    if (g == MDB_NOTFOUND)
+      continue;
+    if (g) {
+      rc = vlm__lmdb_err(g, "vecs");
+      goto done;
+    }
+    heap_push(h, id, scores[i], m);
+  }
+  rc = 0;
+done:
+  free(scores);
+  free(ids);
+  return rc;
+}
+
+/* Top kk of modality m into h (capacity kk). */
+static int search_modality(sctx *s, int m, int kk,
+                           const vlm_search_options *o, int64_t nitems,
+                           heap *h) {
+  vlm_db *db = s->db;
+  vlm__vindex *vx = &db->vx[m];
+  int exact = o->exact || vx->upto == 0 || vlm_index_count(vx->index) == 0;
+  if (!exact && s->fids) {
+    size_t limit = (size_t)(nitems / EXACT_FRACTION);
+    if (limit < EXACT_MIN)
+      limit = EXACT_MIN;
+    exact = s->nf <= limit;
+  }
+  if (exact) {
+    h->n = 0;
+    return exact_scan(s, m, 1, h);
+  }
+  int ef = o->ef_search > 0 ? o->ef_search : DEFAULT_EF;
+  int nlist = vlm__factory_nlist(db->man.factory);
+  int nprobe = o->nprobe > 0 ? o->nprobe : DEFAULT_NPROBE;
+  if (ef < kk)
+    ef = kk;
+  if (s->fids) {
+    double sel = nitems > 0 ? (double)s->nf / (double)nitems : 1.0;
+    if (sel > 1)
+      sel = 1;
+    double want = 2.0 * kk / sel;
+    if (want > ef)
+      ef = want > MAX_EF ? MAX_EF : (int)want;
+    double np = nprobe / sel;
+    nprobe = np > (nlist > 0 ? nlist : 1 << 20) ? (nlist > 0 ? nlist : nprobe)
+                                                 : (int)np;
+  }
+  if (nlist > 0 && nprobe > nlist)
+    nprobe = nlist;
+  int64_t available = vx->nlive;
+  if (s->fids && (int64_t)s->nf < available)
+    available = (int64_t)s->nf;
+  int want = kk < available ? kk : (int)available;
+  int ask = kk;
+  for (int attempt = 0; attempt < 4; attempt++) {
+    int returned = 0, rc;
+    h->n = 0;
+    if ((rc = index_search(s, m, ask, ef, nprobe, h, &returned)) ||
+        (rc = exact_scan(s, m, vx->upto, h)))
+      return rc;
+    if (h->n >= want)
+      return 0;
+    /* Fewer than wanted: widen the search and ask for more. */
+    if (ef < MAX_EF)
+      ef = ef * 4 > MAX_EF ? MAX_EF : ef * 4;
+    nprobe *= 4;
+    if (nlist > 0 && nprobe > nlist)
+      nprobe = nlist;
+    if (returned >= ask && ask < 4 * 10000)
+      ask *= 2; /* FAISS had more: dead entries took places */
+  }
+  /* Still short: the matches must be few or scattered; score them all. */
+  h->n = 0;
+  return exact_scan(s, m, 1, h);
+}
+
+/* Vector ranking: up to depth candidates, one per item, best first. */
+static int vector_ranking(sctx *s, const vlm_search_options *o, int depth,
+                          int64_t nitems, vlm__cand **out, int *nout) {
+  int mods[2], nm = 0, rc = 0;
+  if (o->target == VLM_TARGET_ANY || o->target == VLM_TARGET_IMAGE)
+    mods[nm++] = VLM__MOD_IMAGE;
+  if (o->target == VLM_TARGET_ANY || o->target == VLM_TARGET_TEXT)
+    mods[nm++] = VLM__MOD_TEXT;
+  vlm__cand *all = malloc((size_t)depth * nm * sizeof *all);
+  heap h = {malloc((size_t)depth * sizeof(vlm__cand)), 0, depth};
+  int n = 0;
+  if (!all || !h.c) {
+    rc = vlm_seterr(VLM_ENOMEM, "search");
+    goto fail;
+  }
+  for (int i = 0; i < nm; i++) {
+    if ((rc = search_modality(s, mods[i], depth, o, nitems, &h)))
+      goto fail;
+    memcpy(all + n, h.c, (size_t)h.n * sizeof *all);
+    n += h.n;
+  }
+  /* One hit per item: the best of its modalities. */
+  qsort(all, (size_t)n, sizeof *all, cand_id_desc);
+  int w = 0;
+  for (int i = 0; i < n; i++)
+    if (w == 0 || all[w - 1].id != all[i].id)
+      all[w++] = all[i];
+  qsort(all, (size_t)w, sizeof *all, cand_desc);
+  if (w > depth)
+    w = depth;
+  free(h.c);
+  *out = all;
+  *nout = w;
+  return 0;
+fail:
+  free(all);
+  free(h.c);
+  return rc;
+}
+
+/* ---- snapshot ---------------------------------------------------------- */
+
+int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
+                          uint64_t *next_id, int64_t *nitems) {
+  int rc = 0;
+  pthread_rwlock_rdlock(&db->pub_lock);
+  int mrc = r->txn ? mdb_txn_renew(r->txn)
+                   : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);
+  if (mrc) {
+    if (r->txn)
+      mdb_txn_abort(r->txn);
+    r->txn = NULL;
+    rc = vlm__lmdb_err(mrc, "search");
+    goto done;
+  }
+  if (need_sql) {
+    int s = sqlite3_exec(r->sql, "BEGIN", NULL, NULL, NULL);
+    if (s == SQLITE_OK) {
+      s = sqlite3_step(r->pin);
+      sqlite3_reset(r->pin);
+      s = (s == SQLITE_ROW || s == SQLITE_DONE) ? SQLITE_OK : s;
+    }
+    if (s != SQLITE_OK) {
+      rc = vlm__sql_err(r->sql, s, "search");
+      sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
+      mdb_txn_reset(r->txn);
+      goto done;
+    }
+  }
+  *next_id = db->pub_next_id;
+  *nitems = db->pub_items;
+done:
+  pthread_rwlock_unlock(&db->pub_lock);
+  return rc;
+}
+
+void vlm__snapshot_end(vlm__reader *r, int need_sql) {
+  if (need_sql && r->sql && !sqlite3_get_autocommit(r->sql))
+    sqlite3_exec(r->sql, "COMMIT", NULL, NULL, NULL);
+  if (r->txn)
+    mdb_txn_reset(r->txn);
+}
+
+/* ---- the public search -------------------------------------------------- */
+
+int vlm_db_search(vlm_db *db, const float *query,
+                  const vlm_search_options *opts, vlm_hit **hits_out,
+                  int *nhits_out) {
+  vlm_search_options o = {0};
+  vlm__reader *r = NULL;
+  float *q = NULL, *scratch = NULL;
+  uint64_t *fids = NULL, *bm25 = NULL;
+  uint8_t *allow = NULL;
+  vlm__cand *vr = NULL;
+  vlm_hit *hits = NULL;
+  int nvr = 0, nbm = 0, nhits = 0, rc, locked = 0, snap = 0;
+  int need_sql;
+  if (!db || !hits_out || !nhits_out)
+    return vlm_seterr(VLM_EINVAL, "search: NULL argument");
+  *hits_out = NULL;
+  *nhits_out = 0;
+  if (opts)
+    o = *opts;
+  if (o.k == 0)
+    o.k = 10;
+  if (o.k < 1 || o.k > 10000)
+    return vlm_seterr(VLM_EINVAL, "search: k=%d outside 1..10000", o.k);
+  if (o.target != VLM_TARGET_ANY && o.target != VLM_TARGET_IMAGE &&
+      o.target != VLM_TARGET_TEXT)
+    return vlm_seterr(VLM_EINVAL, "search: bad target %d", (int)o.target);
+  if (!query && !o.hybrid_text)
+    return vlm_seterr(VLM_EINVAL, "search: no query vector and no text");
+  if (o.hybrid_weight < 0 || o.hybrid_weight > 1 || isnan(o.hybrid_weight))
+    return vlm_seterr(VLM_EINVAL, "search: hybrid_weight must be in 0..1");
+  if (o.filter && (rc = vlm__filter_lex(o.filter)))
+    return rc;
+  int dim = db->man.dim;
+  if (query) {
+    if (!(q = malloc((size_t)dim * sizeof *q)) ||
+        !(scratch = malloc((size_t)dim * sizeof *scratch))) {
+      rc = vlm_seterr(VLM_ENOMEM, "search");
+      goto done;
+    }
+    if ((rc = vlm__normalize(query, q, dim, "query")))
+      goto done;
+  }
+  need_sql = o.filter || o.hybrid_text;
+  if ((rc = vlm__reader_get(db, need_sql, &r)))
+    goto done;
+  pthread_rwlock_rdlock(&db->index_lock);
+  locked = 1;
+  uint64_t next_id;
+  int64_t nitems;
+  if ((rc = vlm__snapshot_begin(db, r, need_sql, &next_id, &nitems)))
+    goto done;
+  snap = 1;
+  size_t nf = 0;
+  if (o.filter) {
+    if ((rc = vlm__filter_ids(db, r, o.filter, &fids, &nf)))
+      goto done;
+    if (!(allow = calloc((size_t)(next_id >> 3) + 1, 1))) {
+      rc = vlm_seterr(VLM_ENOMEM, "search");
+      goto done;
+    }
+    for (size_t i = 0; i < nf; i++)
+      if (fids[i] < next_id)
+        allow[fids[i] >> 3] |= (uint8_t)(1u << (fids[i] & 7));
+  }
+  int depth = o.k;
+  if (o.hybrid_text && depth < 50)
+    depth = 50;
+  if (q && (!o.filter || nf > 0)) {
+    sctx s = {db, r, q, dim, o.filter ? fids : NULL, nf, allow, next_id,
+              scratch};
+    if ((rc = vector_ranking(&s, &o, depth, nitems, &vr, &nvr)))
+      goto done;
+  }
+  if (o.hybrid_text &&
+      (rc = vlm__hybrid(db, r, o.hybrid_text, allow, next_id, depth, &bm25,
+                        &nbm)))
+    goto done;
+
+  /* Fuse (reciprocal rank fusion) or take the vector ranking as is. */
+  vlm__cand *final = vr;
+  int nfinal = nvr;
+  vlm__cand *fused = NULL;
+  if (o.hybrid_text) {
+    float w = o.hybrid_weight > 0 ? o.hybrid_weight : 0.5f;
+    fused = malloc((size_t)(nvr + nbm + 1) * sizeof *fused);
+    if (!fused) {
+      rc = vlm_seterr(VLM_ENOMEM, "search");
+      goto done;
+    }
+    int nfu = 0;
+    for (int i = 0; i < nvr; i++) {
+      fused[nfu] = vr[i];
+      fused[nfu++].score = (1 - w) / (RRF_K + i + 1);
+    }
+    for (int i = 0; i < nbm; i++) {
+      float add = w / (RRF_K + i + 1);
+      int j;
+      for (j = 0; j < nfu; j++)
+        if (fused[j].id == bm25[i])
+          break;
+      if (j < nfu) {
+        fused[j].score += add;
+      } else {
+        fused[nfu].id = bm25[i];
+        fused[nfu].score = add;
+        fused[nfu++].mod = VLM__MOD_TEXT;
+      }
+    }
+    qsort(fused, (size_t)nfu, sizeof *fused, cand_desc);
+    final = fused;
+    nfinal = nfu;
+  }
+  if (nfinal > o.k)
+    nfinal = o.k;
+  if (nfinal > 0 && !(hits = calloc((size_t)nfinal, sizeof *hits))) {
+    rc = vlm_seterr(VLM_ENOMEM, "search");
+    free(fused);
+    goto done;
+  }
+  for (int i = 0; i < nfinal; i++) {
+    vlm__rec rec;
+    rc = vlm__rec_get(&db->lm, r->txn, final[i].id, &rec);
+    if (rc == VLM_ENOTFOUND)
+      continue;
+    if (rc) {
+      free(fused);
+      goto done;
+    }
+    vlm_hit *h = &hits[nhits];
+    if (!(h->key = strndup(rec.key, rec.key_len))) {
+      rc = vlm_seterr(VLM_ENOMEM, "search");
+      free(fused);
+      goto done;
+    }
+    h->score = final[i].score;
+    h->modality = final[i].mod == VLM__MOD_IMAGE ? VLM_TARGET_IMAGE
+                                                 : VLM_TARGET_TEXT;
+    nhits++;
+  }
+  free(fused);
+  rc = 0;
+done:
+  if (snap)
+    vlm__snapshot_end(r, need_sql);
+  if (locked)
+    pthread_rwlock_unlock(&db->index_lock);
+  if (r)
+    vlm__reader_put(db, r);
+  if (rc) {
+    vlm_hits_free(hits, nhits);
+  } else {
+    *hits_out = hits;
+    *nhits_out = nhits;
+  }
+  free(q);
+  free(scratch);
+  free(fids);
+  free(allow);
+  free(vr);
+  free(bm25);
+  return rc;
+}
+
+void vlm_hits_free(vlm_hit *hits, int nhits) {
+  if (!hits)
+    return;
+  for (int i = 0; i < nhits; i++)
+    free(hits[i].key);
+  free(hits);
+}

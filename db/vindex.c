@@ -1,0 +1,812 @@
+/* vindex.c - the FAISS side of a database: one index per modality (image,
+ * text), kept in step with LMDB.
+ *
+ * LMDB holds every vector; an index is a derived structure.  For each
+ * modality the index side keeps:
+ *   upto    items with id < upto have been through the index (added when
+ *           live); items with id >= upto are the "pending tail" that
+ *           searches scan exactly from LMDB.  Item ids only grow, so a
+ *           watermark is enough.  An untrained IVF/PQ index has upto 0.
+ *   live    a bitmap of live item ids having this modality, used as the
+ *           ID selector when the index holds tombstones;
+ *   ntomb   vectors of deleted or replaced items still in an index that
+ *           cannot remove ids (HNSW); searches skip them, checkpoint
+ *           compacts when they pass a fifth of the index.
+ * ix_seq is the last batch applied to the index side; catch_up applies
+ * batches (ix_seq, published] from LMDB's log and vectors table.  A
+ * checkpoint writes each index to <modality>-<seq>-<nonce>.faiss and then
+ * points the manifest at it atomically; open loads it and catches up.
+ */
+#include "db_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *mod_name[VLM__NMOD] = {"image", "text"};
+
+#define ADD_CHUNK 4096
+
+int vlm__factory_nlist(const char *factory) {
+  const char *p = strstr(factory, "IVF");
+  if (!p)
+    return 0;
+  return atoi(p + 3);
+}
+
+static int grow_bits(vlm_db *db, uint64_t nbits) {
+  size_t need = (size_t)(nbits >> 3) + 1;
+  if (need <= db->live_bytes)
+    return 0;
+  size_t cap = db->live_bytes ? db->live_bytes : 4096;
+  while (cap < need)
+    cap *= 2;
+  for (int m = 0; m < VLM__NMOD; m++) {
+    uint8_t *p = realloc(db->vx[m].live, cap);
+    if (!p)
+      return vlm_seterr(VLM_ENOMEM, "live bitmap");
+    memset(p + db->live_bytes, 0, cap - db->live_bytes);
+    db->vx[m].live = p;
+  }
+  db->live_bytes = cap;
+  return 0;
+}
+
+static void set_bit(uint8_t *bm, uint64_t i) { bm[i >> 3] |= (uint8_t)(1u << (i & 7)); }
+static void clear_bit(uint8_t *bm, uint64_t i) { bm[i >> 3] &= (uint8_t)~(1u << (i & 7)); }
+
+static int txn_state(vlm_db *db, MDB_txn *txn, uint64_t *seq, uint64_t *next) {
+  int rc = vlm__lmdb_get_u64(&db->lm, txn, "seq", seq);
+  if (!rc)
+    rc = vlm__lmdb_get_u64(&db->lm, txn, "next_id", next);
+  if (!rc && *next == 0)
+    *next = 1;
+  return rc;
+}
+
+/* A read transaction at the published state. */
+static int begin_published(vlm_db *db, MDB_txn **txn) {
+  pthread_rwlock_rdlock(&db->pub_lock);
+  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, txn);
+  pthread_rwlock_unlock(&db->pub_lock);
+  return rc ? vlm__lmdb_err(rc, "index read") : 0;
+}
+
+/* Build a fresh index of modality m from txn: trained from a sample when
+ * the kind needs it and enough vectors exist (else left untrained, with
+ * *upto 0: searches stay exact), then holding every live vector. */
+static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
+                       uint64_t tnext, int64_t nlive, vlm_index **out,
+                       uint64_t *upto) {
+  vlm_index *ix = NULL;
+  MDB_cursor *cur = NULL;
+  float *buf = NULL;
+  int64_t *ids = NULL;
+  int dim = db->man.dim, rc;
+  uint64_t first = 1;
+  MDB_val k = {sizeof first, &first}, v;
+  *out = NULL;
+  *upto = 0;
+  if ((rc = vlm_index_create(factory, dim, VLM_METRIC_IP, &ix)))
+    return rc;
+  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto fail;
+  }
+  if (!vlm_index_is_trained(ix)) {
+    int64_t need = vlm_index_train_size(ix);
+    if (need < 1)
+      need = 1;
+    if (nlive < need) {
+      *out = ix; /* not enough vectors yet: exact search meanwhile */
+      mdb_cursor_close(cur);
+      return 0;
+    }
+    int64_t ntrain = nlive < 2 * need ? nlive : 2 * need;
+    int64_t stride = nlive / ntrain, seen = 0, got = 0;
+    if (!(buf = malloc((size_t)ntrain * dim * sizeof(float)))) {
+      rc = vlm_seterr(VLM_ENOMEM, "training sample");
+      goto fail;
+    }
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+         rc == 0 && got < ntrain; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      uint32_t flags;
+      const void *vec[VLM__NMOD];
+      if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
+        goto fail;
+      if (!vec[m])
+        continue;
+      if (seen++ % stride == 0)
+        memcpy(buf + (size_t)got++ * dim, vec[m], (size_t)dim * 4);
+    }
+    if (rc && rc != MDB_NOTFOUND) {
+      rc = vlm__lmdb_err(rc, "vecs");
+      goto fail;
+    }
+    if ((rc = vlm_index_train(ix, got, buf)))
+      goto fail;
+    free(buf);
+    buf = NULL;
+  }
+  buf = malloc((size_t)ADD_CHUNK * dim * sizeof(float));
+  ids = malloc(ADD_CHUNK * sizeof *ids);
+  if (!buf || !ids) {
+    rc = vlm_seterr(VLM_ENOMEM, "index build");
+    goto fail;
+  }
+  int64_t n = 0;
+  first = 1;
+  k.mv_size = sizeof first;
+  k.mv_data = &first;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    uint32_t flags;
+    const void *vec[VLM__NMOD];
+    memcpy(&id, k.mv_data, 8);
+    if (id >= tnext)
+      break;
+    if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
+      goto fail;
+    if (!vec[m])
+      continue;
+    memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
+    ids[n++] = (int64_t)id;
+    if (n == ADD_CHUNK) {
+      if ((rc = vlm_index_add(ix, n, buf, ids)))
+        goto fail;
+      n = 0;
+    }
+  }
+  if (rc && rc != MDB_NOTFOUND) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto fail;
+  }
+  if (n && (rc = vlm_index_add(ix, n, buf, ids)))
+    goto fail;
+  free(buf);
+  free(ids);
+  mdb_cursor_close(cur);
+  *out = ix;
+  *upto = tnext;
+  return 0;
+fail:
+  free(buf);
+  free(ids);
+  if (cur)
+    mdb_cursor_close(cur);
+  vlm_index_free(ix);
+  return rc;
+}
+
+/* Remove ids from index m, or count them as tombstones when the index
+ * cannot remove (HNSW) or removal fails: a tombstone is always safe, since
+ * searches resolve every hit against LMDB. */
+static void drop_ids(vlm__vindex *vx, const int64_t *ids, int64_t n) {
+  if (n == 0)
+    return;
+  if (vx->removable != 0) {
+    int64_t removed = 0;
+    int rc = vlm_index_remove(vx->index, n, ids, &removed);
+    if (rc == 0) {
+      vx->removable = 1; /* ids the index did not hold need no tombstone */
+      return;
+    }
+    vx->removable = 0;
+  }
+  vx->ntomb += n;
+}
+
+typedef struct {
+  int64_t *ids;
+  size_t n, cap;
+} idvec;
+
+static int idvec_push(idvec *v, int64_t id) {
+  if (v->n == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 256;
+    int64_t *p = realloc(v->ids, cap * sizeof *p);
+    if (!p)
+      return vlm_seterr(VLM_ENOMEM, "id list");
+    v->ids = p;
+    v->cap = cap;
+  }
+  v->ids[v->n++] = id;
+  return 0;
+}
+
+/* Apply batches (ix_seq, T] to the index side.  Caller holds index_mu. */
+static int catch_up_locked(vlm_db *db) {
+  MDB_txn *txn = NULL;
+  MDB_cursor *cur = NULL;
+  vlm__change *ch = NULL;
+  size_t nch;
+  idvec drops[VLM__NMOD] = {{0}}, olds = {0};
+  float *buf = NULL;
+  int64_t *ids = NULL;
+  uint64_t tseq, tnext;
+  int dim = db->man.dim, rc;
+  if ((rc = begin_published(db, &txn)))
+    return rc;
+  if ((rc = txn_state(db, txn, &tseq, &tnext)))
+    goto done;
+  if (tseq == db->ix_seq && tnext == db->ix_next)
+    goto done;
+  /* Replaced and deleted ids of the new batches. */
+  for (uint64_t s = db->ix_seq + 1; s <= tseq; s++) {
+    rc = vlm__log_get(&db->lm, txn, s, &ch, &nch);
+    if (rc == VLM_ENOTFOUND) {
+      rc = vlm_seterr(VLM_ECORRUPT, "batch %llu missing from the log",
+                      (unsigned long long)s);
+      goto done;
+    }
+    if (rc)
+      goto done;
+    for (size_t i = 0; i < nch; i++)
+      if (ch[i].old_id && (rc = idvec_push(&olds, (int64_t)ch[i].old_id)))
+        goto done;
+    free(ch);
+    ch = NULL;
+  }
+  pthread_rwlock_wrlock(&db->index_lock);
+  rc = grow_bits(db, tnext);
+  if (!rc) {
+    for (size_t i = 0; i < olds.n && !rc; i++) {
+      uint64_t id = (uint64_t)olds.ids[i];
+      if (id >= db->ix_next)
+        continue; /* born and gone within these batches */
+      for (int m = 0; m < VLM__NMOD && !rc; m++) {
+        vlm__vindex *vx = &db->vx[m];
+        if (!vlm__bit(vx->live, id))
+          continue;
+        clear_bit(vx->live, id);
+        vx->nlive--;
+        if (id < vx->upto)
+          rc = idvec_push(&drops[m], (int64_t)id);
+      }
+    }
+    for (int m = 0; m < VLM__NMOD && !rc; m++)
+      drop_ids(&db->vx[m], drops[m].ids, (int64_t)drops[m].n);
+  }
+  pthread_rwlock_unlock(&db->index_lock);
+  if (rc)
+    goto done;
+
+  /* New items, in chunks so searches are not held off for long. */
+  buf = malloc((size_t)ADD_CHUNK * VLM__NMOD * dim * sizeof(float));
+  ids = malloc((size_t)ADD_CHUNK * VLM__NMOD * sizeof *ids);
+  if (!buf || !ids) {
+    rc = vlm_seterr(VLM_ENOMEM, "index catch-up");
+    goto done;
+  }
+  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  uint64_t start = db->ix_next;
+  MDB_val k = {sizeof start, &start}, v;
+  int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  for (;;) {
+    int64_t n[VLM__NMOD] = {0, 0};
+    uint64_t chunk_ids[ADD_CHUNK];
+    uint32_t chunk_flags[ADD_CHUNK];
+    int nchunk = 0;
+    uint64_t id = 0;
+    for (; mrc == 0 && nchunk < ADD_CHUNK;
+         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+      uint32_t flags;
+      const void *vec[VLM__NMOD];
+      memcpy(&id, k.mv_data, 8);
+      if (id >= tnext) {
+        mrc = MDB_NOTFOUND;
+        break;
+      }
+      if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
+        goto done;
+      chunk_ids[nchunk] = id;
+      chunk_flags[nchunk++] = flags;
+      for (int m = 0; m < VLM__NMOD; m++) {
+        if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
+            db->vx[m].upto == 0)
+          continue;
+        int64_t j = m * ADD_CHUNK + n[m]++;
+        memcpy(buf + (size_t)j * dim, vec[m], (size_t)dim * 4);
+        ids[j] = (int64_t)id;
+      }
+    }
+    if (mrc && mrc != MDB_NOTFOUND) {
+      rc = vlm__lmdb_err(mrc, "vecs");
+      goto done;
+    }
+    uint64_t upto = mrc == MDB_NOTFOUND ? tnext : id + 1;
+    pthread_rwlock_wrlock(&db->index_lock);
+    for (int i = 0; i < nchunk; i++)
+      for (int m = 0; m < VLM__NMOD; m++)
+        if (chunk_flags[i] & (m == 0 ? VLM__HAS_IMAGE : VLM__HAS_TEXT)) {
+          set_bit(db->vx[m].live, chunk_ids[i]);
+          db->vx[m].nlive++;
+        }
+    for (int m = 0; m < VLM__NMOD && !rc; m++) {
+      vlm__vindex *vx = &db->vx[m];
+      if (vx->upto == 0 || !vlm_index_is_trained(vx->index))
+        continue;
+      if (n[m])
+        rc = vlm_index_add(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
+                           ids + m * ADD_CHUNK);
+      if (!rc)
+        vx->upto = upto;
+    }
+    if (!rc && mrc == MDB_NOTFOUND) {
+      db->ix_seq = tseq;
+      db->ix_next = tnext;
+    }
+    pthread_rwlock_unlock(&db->index_lock);
+    if (rc || mrc == MDB_NOTFOUND)
+      break;
+  }
+  if (rc)
+    goto done;
+  /* Train an index that has just reached enough vectors.  The build reads
+   * txn (state tseq, which the index side now matches) outside the lock. */
+  for (int m = 0; m < VLM__NMOD; m++) {
+    vlm__vindex *vx = &db->vx[m];
+    if (vx->upto != 0 || vlm_index_is_trained(vx->index))
+      continue;
+    int64_t need = vlm_index_train_size(vx->index);
+    if (vx->nlive < (need < 1 ? 1 : need))
+      continue;
+    vlm_index *fresh = NULL;
+    uint64_t upto = 0;
+    if ((rc = build_index(db, txn, db->man.factory, m, tnext, vx->nlive,
+                          &fresh, &upto)))
+      goto done;
+    pthread_rwlock_wrlock(&db->index_lock);
+    vlm_index *old = vx->index;
+    vx->index = fresh;
+    vx->upto = upto;
+    vx->ntomb = 0;
+    vx->removable = -1;
+    pthread_rwlock_unlock(&db->index_lock);
+    vlm_index_free(old);
+  }
+done:
+  if (cur)
+    mdb_cursor_close(cur);
+  mdb_txn_abort(txn);
+  free(ch);
+  free(olds.ids);
+  for (int m = 0; m < VLM__NMOD; m++)
+    free(drops[m].ids);
+  free(buf);
+  free(ids);
+  return rc;
+}
+
+int vlm__vindex_catch_up(vlm_db *db) {
+  pthread_mutex_lock(&db->index_mu);
+  int rc = catch_up_locked(db);
+  pthread_mutex_unlock(&db->index_mu);
+  return rc;
+}
+
+/* Load modality m's checkpoint and bring it to the state of txn, or
+ * return non-zero (with the reason in why) to have it rebuilt. */
+static int load_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
+                           uint64_t tnext, char *why, size_t whylen) {
+  const vlm__ckpt *c = &db->man.ckpt[m];
+  vlm__vindex *vx = &db->vx[m];
+  char path[PATH_MAX];
+  vlm_index *ix = NULL;
+  vlm__change *ch = NULL;
+  size_t nch;
+  idvec drops = {0};
+  snprintf(path, sizeof path, "%s/%s", db->dir, c->file);
+  if (c->seq > tseq || c->upto > tnext) {
+    snprintf(why, whylen, "%s is ahead of the stores", c->file);
+    return -1;
+  }
+  if (vlm_index_read(path, &ix) != 0) {
+    snprintf(why, whylen, "%s: %s", c->file, vlm_errmsg());
+    return -1;
+  }
+  if (vlm_index_dim(ix) != db->man.dim ||
+      vlm_index_metric(ix) != VLM_METRIC_IP || !vlm_index_is_trained(ix)) {
+    snprintf(why, whylen, "%s does not match the manifest", c->file);
+    goto fail;
+  }
+  for (uint64_t s = c->seq + 1; s <= tseq; s++) {
+    if (vlm__log_get(&db->lm, txn, s, &ch, &nch) != 0) {
+      snprintf(why, whylen, "batch %llu is missing from the log",
+               (unsigned long long)s);
+      goto fail;
+    }
+    for (size_t i = 0; i < nch; i++)
+      if (ch[i].old_id && ch[i].old_id < c->upto &&
+          idvec_push(&drops, (int64_t)ch[i].old_id) != 0) {
+        snprintf(why, whylen, "out of memory");
+        goto fail;
+      }
+    free(ch);
+    ch = NULL;
+  }
+  vx->index = ix;
+  vx->removable = -1;
+  vx->ntomb = 0;
+  /* The checkpoint may hold vectors of items deleted after it: remove
+   * them where the index can, else they become tombstones below. */
+  if (drops.n) {
+    int64_t removed = 0;
+    if (vlm_index_remove(ix, (int64_t)drops.n, drops.ids, &removed) == 0)
+      vx->removable = 1;
+    else
+      vx->removable = 0;
+  }
+  free(drops.ids);
+  vx->upto = c->upto;
+  return 0;
+fail:
+  free(ch);
+  free(drops.ids);
+  vlm_index_free(ix);
+  return -1;
+}
+
+/* Add the live vectors of modality m with id in [vx->upto, tnext). */
+static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
+  vlm__vindex *vx = &db->vx[m];
+  int dim = db->man.dim, rc;
+  MDB_cursor *cur = NULL;
+  float *buf = malloc((size_t)ADD_CHUNK * dim * sizeof(float));
+  int64_t *ids = malloc(ADD_CHUNK * sizeof *ids), n = 0;
+  uint64_t start = vx->upto;
+  MDB_val k = {sizeof start, &start}, v;
+  if (!buf || !ids) {
+    rc = vlm_seterr(VLM_ENOMEM, "index catch-up");
+    goto done;
+  }
+  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    uint32_t flags;
+    const void *vec[VLM__NMOD];
+    memcpy(&id, k.mv_data, 8);
+    if (id >= tnext)
+      break;
+    if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
+      goto done;
+    if (!vec[m])
+      continue;
+    memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
+    ids[n++] = (int64_t)id;
+    if (n == ADD_CHUNK) {
+      if ((rc = vlm_index_add(vx->index, n, buf, ids)))
+        goto done;
+      n = 0;
+    }
+  }
+  if (rc && rc != MDB_NOTFOUND) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  rc = n ? vlm_index_add(vx->index, n, buf, ids) : 0;
+  if (!rc)
+    vx->upto = tnext;
+done:
+  if (cur)
+    mdb_cursor_close(cur);
+  free(buf);
+  free(ids);
+  return rc;
+}
+
+int vlm__vindex_open(vlm_db *db) {
+  MDB_txn *txn = NULL;
+  MDB_cursor *cur = NULL;
+  uint64_t tseq, tnext;
+  int dim = db->man.dim, rc;
+  if ((rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn)))
+    return vlm__lmdb_err(rc, "open index");
+  if ((rc = txn_state(db, txn, &tseq, &tnext)))
+    goto done;
+  if ((rc = grow_bits(db, tnext)))
+    goto done;
+  /* Live bitmaps from the vectors table. */
+  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  MDB_val k, v;
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    uint32_t flags;
+    const void *vec[VLM__NMOD];
+    memcpy(&id, k.mv_data, 8);
+    if (id >= tnext) {
+      rc = vlm_seterr(VLM_ECORRUPT, "item id %llu beyond next_id %llu",
+                      (unsigned long long)id, (unsigned long long)tnext);
+      goto done;
+    }
+    if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
+      goto done;
+    for (int m = 0; m < VLM__NMOD; m++)
+      if (vec[m]) {
+        set_bit(db->vx[m].live, id);
+        db->vx[m].nlive++;
+      }
+  }
+  if (rc != MDB_NOTFOUND) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  mdb_cursor_close(cur);
+  cur = NULL;
+  for (int m = 0; m < VLM__NMOD; m++) {
+    vlm__vindex *vx = &db->vx[m];
+    char why[PATH_MAX + 128];
+    int loaded = 0;
+    if (db->man.ckpt[m].file[0]) {
+      if (load_checkpoint(db, txn, m, tseq, tnext, why, sizeof why) == 0)
+        loaded = 1;
+      else
+        vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload "
+                  "store", db->dir, mod_name[m], why);
+    }
+    if (loaded) {
+      if ((rc = add_tail(db, txn, m, tnext)))
+        goto done;
+    } else {
+      vlm_index *ix = NULL;
+      uint64_t upto = 0;
+      if ((rc = build_index(db, txn, db->man.factory, m, tnext, vx->nlive,
+                            &ix, &upto)))
+        goto done;
+      vx->index = ix;
+      vx->upto = upto;
+      vx->removable = -1;
+    }
+    vx->ntomb = vlm_index_count(vx->index) - (vx->upto ? vx->nlive : 0);
+    if (vx->ntomb < 0)
+      vx->ntomb = 0;
+    if (vx->ntomb > 0 && vx->removable < 0)
+      vx->removable = 0;
+    /* Enough vectors now for an index that still waits for training. */
+    if (vx->upto == 0 && !vlm_index_is_trained(vx->index)) {
+      int64_t need = vlm_index_train_size(vx->index);
+      if (vx->nlive >= (need < 1 ? 1 : need)) {
+        vlm_index *ix = NULL;
+        uint64_t upto = 0;
+        if ((rc = build_index(db, txn, db->man.factory, m, tnext, vx->nlive,
+                              &ix, &upto)))
+          goto done;
+        vlm_index_free(vx->index);
+        vx->index = ix;
+        vx->upto = upto;
+      }
+    }
+  }
+  db->ix_seq = tseq;
+  db->ix_next = tnext;
+  rc = 0;
+done:
+  if (cur)
+    mdb_cursor_close(cur);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+void vlm__vindex_close(vlm_db *db) {
+  for (int m = 0; m < VLM__NMOD; m++) {
+    vlm_index_free(db->vx[m].index);
+    free(db->vx[m].live);
+    db->vx[m].index = NULL;
+    db->vx[m].live = NULL;
+  }
+  db->live_bytes = 0;
+}
+
+static void nonce(char *out, size_t cap) {
+  static unsigned counter;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  snprintf(out, cap, "%08lx%04x",
+           (unsigned long)(ts.tv_nsec ^ (ts.tv_sec << 20) ^ getpid()),
+           __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED) & 0xffff);
+}
+
+/* Remove index files the manifest does not name (left by a crash between
+ * writing a checkpoint and switching the manifest to it). */
+void vlm__vindex_remove_orphans(vlm_db *db) {
+  DIR *d = opendir(db->dir);
+  struct dirent *e;
+  if (!d)
+    return;
+  while ((e = readdir(d))) {
+    size_t n = strlen(e->d_name);
+    int ours = (n > 6 && !strcmp(e->d_name + n - 6, ".faiss")) ||
+               (n > 10 && !strcmp(e->d_name + n - 10, ".faiss.tmp")) ||
+               !strcmp(e->d_name, "manifest.json.tmp");
+    if (!ours)
+      continue;
+    int named = 0;
+    for (int m = 0; m < VLM__NMOD; m++)
+      if (!strcmp(e->d_name, db->man.ckpt[m].file))
+        named = 1;
+    if (!named && unlinkat(dirfd(d), e->d_name, 0) != 0 && errno != ENOENT)
+      vlm__warn(db, "%s/%s: cannot remove: %s", db->dir, e->d_name,
+                strerror(errno));
+  }
+  closedir(d);
+}
+
+/* Write every index that changed, switch the manifest to the new files,
+ * drop the old ones and prune the log.  Caller holds write_mu. */
+static int checkpoint_locked(vlm_db *db, int force) {
+  vlm__manifest next = db->man;
+  MDB_txn *txn = NULL;
+  int rc = 0, changed = 0;
+  for (int m = 0; m < VLM__NMOD; m++) {
+    vlm__vindex *vx = &db->vx[m];
+    vlm__ckpt *c = &next.ckpt[m];
+    if (vx->upto == 0 || !vlm_index_is_trained(vx->index)) {
+      if (c->file[0])
+        changed = 1;
+      memset(c, 0, sizeof *c); /* rebuilt from LMDB on open */
+      continue;
+    }
+    if (!force && c->file[0] && c->seq == db->ix_seq && c->upto == vx->upto)
+      continue;
+    char n[32], path[PATH_MAX];
+    nonce(n, sizeof n);
+    snprintf(c->file, sizeof c->file, "%s-%llu-%s.faiss", mod_name[m],
+             (unsigned long long)db->ix_seq, n);
+    snprintf(path, sizeof path, "%s/%s", db->dir, c->file);
+    pthread_rwlock_rdlock(&db->index_lock);
+    rc = vlm_index_write(vx->index, path);
+    c->seq = db->ix_seq;
+    c->upto = vx->upto;
+    pthread_rwlock_unlock(&db->index_lock);
+    if (rc)
+      goto fail;
+    changed = 1;
+  }
+  if (changed) {
+    if ((rc = vlm__fsync_dir(db->dir)) ||
+        (rc = vlm__manifest_write(db->dir, &next)))
+      goto fail;
+    db->man = next;
+    vlm__vindex_remove_orphans(db);
+  }
+  /* Prune log entries every store has: SQLite is at pub_seq, and each
+   * checkpointed index at its seq; an index without a checkpoint is
+   * rebuilt from the vectors, which needs no log. */
+  uint64_t keep_after = db->pub_seq;
+  for (int m = 0; m < VLM__NMOD; m++)
+    if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
+      keep_after = db->man.ckpt[m].seq;
+  if ((rc = mdb_txn_begin(db->lm.env, NULL, 0, &txn)))
+    return vlm__lmdb_err(rc, "prune log");
+  MDB_cursor *cur;
+  MDB_val k, v;
+  int pruned = 0;
+  if ((rc = mdb_cursor_open(txn, db->lm.log, &cur)) == 0) {
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
+      uint64_t s;
+      memcpy(&s, k.mv_data, 8);
+      if (s > keep_after)
+        break;
+      if ((rc = mdb_cursor_del(cur, 0)))
+        break;
+      pruned++;
+    }
+    mdb_cursor_close(cur);
+  }
+  if (rc && rc != MDB_NOTFOUND) {
+    mdb_txn_abort(txn);
+    return vlm__lmdb_err(rc, "prune log");
+  }
+  if (!pruned) {
+    mdb_txn_abort(txn);
+    return 0;
+  }
+  rc = mdb_txn_commit(txn);
+  return rc ? vlm__lmdb_err(rc, "prune log") : 0;
+fail:
+  for (int m = 0; m < VLM__NMOD; m++)
+    if (next.ckpt[m].file[0] && strcmp(next.ckpt[m].file, db->man.ckpt[m].file)) {
+      char path[PATH_MAX];
+      snprintf(path, sizeof path, "%s/%s", db->dir, next.ckpt[m].file);
+      unlink(path);
+    }
+  return rc;
+}
+
+/* Rebuild index m (compaction or a new factory) from the published state;
+ * the caller holds write_mu and index_mu, so nothing is published
+ * meanwhile and the index side is at txn's state after catch-up. */
+static int rebuild(vlm_db *db, int m, const char *factory, vlm_index **out,
+                   uint64_t *upto) {
+  MDB_txn *txn = NULL;
+  uint64_t tseq, tnext;
+  int rc = begin_published(db, &txn);
+  if (rc)
+    return rc;
+  if (!(rc = txn_state(db, txn, &tseq, &tnext)))
+    rc = build_index(db, txn, factory, m, tnext, db->vx[m].nlive, out, upto);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+int vlm__vindex_checkpoint(vlm_db *db) {
+  pthread_mutex_lock(&db->index_mu);
+  int rc = catch_up_locked(db), force = 0;
+  for (int m = 0; m < VLM__NMOD && !rc; m++) {
+    vlm__vindex *vx = &db->vx[m];
+    int64_t count = vlm_index_count(vx->index);
+    if (vx->ntomb == 0 || vx->ntomb * 5 < count)
+      continue;
+    vlm_index *fresh = NULL;
+    uint64_t upto = 0;
+    if ((rc = rebuild(db, m, db->man.factory, &fresh, &upto)))
+      break;
+    pthread_rwlock_wrlock(&db->index_lock);
+    vlm_index *old = vx->index;
+    vx->index = fresh;
+    vx->upto = upto;
+    vx->ntomb = 0;
+    vx->removable = -1;
+    pthread_rwlock_unlock(&db->index_lock);
+    vlm_index_free(old);
+    force = 1;
+  }
+  if (!rc)
+    rc = checkpoint_locked(db, force);
+  pthread_mutex_unlock(&db->index_mu);
+  return rc;
+}
+
+int vlm__vindex_reindex(vlm_db *db, const char *factory) {
+  vlm_index *probe = NULL, *fresh[VLM__NMOD] = {NULL, NULL};
+  uint64_t upto[VLM__NMOD] = {0, 0};
+  int rc;
+  if (!factory || !*factory || strlen(factory) >= sizeof db->man.factory)
+    return vlm_seterr(VLM_EINVAL, "reindex: bad factory string");
+  if ((rc = vlm_index_create(factory, db->man.dim, VLM_METRIC_IP, &probe)))
+    return vlm_seterr(VLM_EINVAL, "reindex: factory \"%s\": %s", factory,
+                      vlm_errmsg());
+  vlm_index_free(probe);
+  pthread_mutex_lock(&db->index_mu);
+  if ((rc = catch_up_locked(db)))
+    goto done;
+  for (int m = 0; m < VLM__NMOD; m++)
+    if ((rc = rebuild(db, m, factory, &fresh[m], &upto[m])))
+      goto done;
+  pthread_rwlock_wrlock(&db->index_lock);
+  for (int m = 0; m < VLM__NMOD; m++) {
+    vlm_index *old = db->vx[m].index;
+    db->vx[m].index = fresh[m];
+    db->vx[m].upto = upto[m];
+    db->vx[m].ntomb = 0;
+    db->vx[m].removable = -1;
+    fresh[m] = old; /* freed below */
+  }
+  strcpy(db->man.factory, factory);
+  pthread_rwlock_unlock(&db->index_lock);
+  /* The manifest switches factory and files in one atomic rename.  If it
+   * fails, the old manifest (old factory, old files) stays in force on
+   * disk and the next checkpoint or close writes the new one. */
+  rc = checkpoint_locked(db, 1);
+done:
+  pthread_mutex_unlock(&db->index_mu);
+  for (int m = 0; m < VLM__NMOD; m++)
+    vlm_index_free(fresh[m]);
+  return rc;
+}

@@ -1,0 +1,1845 @@
+/* test_db.c - the database: CRUD across the three stores, every search
+ * target against a brute-force oracle, reopen, reindex, training, refusals,
+ * bad input, full disk, filters (against a naive scan) and their
+ * injection attempts, hybrid search, recovery, the kill -9 crash test and
+ * concurrent readers with a writer.
+ *
+ * VLM_TEST_ONLY=<substring> runs only the tests whose names contain it;
+ * under `make tsan` (VLM_TSAN=1) only the concurrency tests run.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers/crash_model.h"
+#include "vlm_error.h"
+#include "vlmdb.h"
+
+#define DIM 16
+
+/* ------------------------------------------------------------ helpers */
+
+#define CHECK(call)                                                        \
+  do {                                                                     \
+    int rc_ = (call);                                                      \
+    if (rc_ != 0)                                                          \
+      fail_msg("%s = %d (%s): %s", #call, rc_, vlm_errname(rc_),           \
+               vlm_errmsg());                                              \
+  } while (0)
+
+#define EXPECT_ERR(code, call)                                             \
+  do {                                                                     \
+    int rc_ = (call);                                                      \
+    if (rc_ != (code))                                                     \
+      fail_msg("%s = %d (%s), expected %s: %s", #call, rc_,                \
+               vlm_errname(rc_), vlm_errname(code), vlm_errmsg());         \
+  } while (0)
+
+static uint64_t rng_state = 1;
+
+static uint64_t rng_next(void) {
+  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+static double rng_uniform(void) {
+  return (double)(rng_next() >> 11) / 9007199254740992.0;
+}
+
+static void unit(float *x, int d) {
+  double ss = 0;
+  for (int i = 0; i < d; i++) {
+    x[i] = (float)(rng_uniform() * 2 - 1);
+    ss += (double)x[i] * x[i];
+  }
+  float inv = (float)(1.0 / sqrt(ss));
+  for (int i = 0; i < d; i++)
+    x[i] *= inv;
+}
+
+static float dot(const float *a, const float *b, int d) {
+  double s = 0;
+  for (int i = 0; i < d; i++)
+    s += (double)a[i] * b[i];
+  return (float)s;
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag,
+                 struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(p);
+}
+
+static void rm_rf(const char *path) {
+  nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+typedef struct {
+  char root[64]; /* mkdtemp dir */
+  char dir[96];  /* the database inside it */
+} tmp;
+
+static void tmp_make(tmp *t) {
+  strcpy(t->root, "/tmp/vlmdb-test-XXXXXX");
+  assert_non_null(mkdtemp(t->root));
+  snprintf(t->dir, sizeof t->dir, "%s/db", t->root);
+}
+
+static void tmp_free(tmp *t) { rm_rf(t->root); }
+
+static vlm_field fields3[] = {{"category", VLM_FIELD_TEXT},
+                              {"year", VLM_FIELD_INT},
+                              {"price", VLM_FIELD_REAL}};
+
+static vlm_db *make_db(const char *dir, const char *factory, int dim) {
+  vlm_db_config c = {0};
+  vlm_db *db = NULL;
+  c.dim = dim;
+  c.index_factory = factory;
+  c.model_id = "test-model";
+  c.model_dir = "/nowhere";
+  c.fields = fields3;
+  c.nfields = 3;
+  CHECK(vlm_db_create(dir, &c, &db));
+  return db;
+}
+
+static int warnings;
+static char last_warning[1024];
+
+static void count_warning(void *arg, const char *msg) {
+  (void)arg;
+  warnings++;
+  snprintf(last_warning, sizeof last_warning, "%s", msg);
+}
+
+static vlm_db *open_db(const char *dir) {
+  vlm_db_open_options o = {0};
+  vlm_db *db = NULL;
+  o.warn = count_warning;
+  CHECK(vlm_db_open(dir, &o, &db));
+  return db;
+}
+
+/* A test corpus: n items with image and/or text vectors and metadata. */
+typedef struct {
+  int n, dim;
+  char (*key)[32];
+  float *img, *txt;   /* n * dim */
+  int *has_img, *has_txt;
+  char (*caption)[64];
+  char (*meta)[128];
+  char (*category)[16];
+  int *year;
+  double *price;
+} corpus;
+
+static const char *categories[] = {"animals", "plants", "cars", "food",
+                                   "art"};
+static const char *words[] = {"cat", "dog", "tree", "red", "car", "apple",
+                              "river", "house"};
+
+static void corpus_make(corpus *c, int n, int dim, uint64_t seed) {
+  rng_state = seed;
+  c->n = n;
+  c->dim = dim;
+  c->key = calloc((size_t)n, sizeof *c->key);
+  c->img = calloc((size_t)n * dim, sizeof(float));
+  c->txt = calloc((size_t)n * dim, sizeof(float));
+  c->has_img = calloc((size_t)n, sizeof(int));
+  c->has_txt = calloc((size_t)n, sizeof(int));
+  c->caption = calloc((size_t)n, sizeof *c->caption);
+  c->meta = calloc((size_t)n, sizeof *c->meta);
+  c->category = calloc((size_t)n, sizeof *c->category);
+  c->year = calloc((size_t)n, sizeof(int));
+  c->price = calloc((size_t)n, sizeof(double));
+  for (int i = 0; i < n; i++) {
+    snprintf(c->key[i], sizeof c->key[i], "item-%05d", i);
+    int kind = (int)(rng_next() % 4); /* 0 image, 1 text, 2-3 both */
+    c->has_img[i] = kind != 1;
+    c->has_txt[i] = kind != 0;
+    unit(c->img + (size_t)i * dim, dim);
+    unit(c->txt + (size_t)i * dim, dim);
+    snprintf(c->caption[i], sizeof c->caption[i], "a %s and a %s",
+             words[rng_next() % 8], words[rng_next() % 8]);
+    snprintf(c->category[i], sizeof c->category[i], "%s",
+             categories[rng_next() % 5]);
+    c->year[i] = 1990 + (int)(rng_next() % 35);
+    c->price[i] = (double)(rng_next() % 10000) / 100.0;
+    snprintf(c->meta[i], sizeof c->meta[i],
+             "{\"category\": \"%s\", \"year\": %d, \"price\": %.2f, "
+             "\"extra\": [1, 2]}",
+             c->category[i], c->year[i], c->price[i]);
+  }
+}
+
+static void corpus_free(corpus *c) {
+  free(c->key), free(c->img), free(c->txt), free(c->has_img);
+  free(c->has_txt), free(c->caption), free(c->meta), free(c->category);
+  free(c->year), free(c->price);
+}
+
+static vlm_item corpus_item(const corpus *c, int i) {
+  vlm_item it = {0};
+  it.key = c->key[i];
+  it.image_vec = c->has_img[i] ? c->img + (size_t)i * c->dim : NULL;
+  it.text_vec = c->has_txt[i] ? c->txt + (size_t)i * c->dim : NULL;
+  it.caption = c->caption[i];
+  it.meta_json = c->meta[i];
+  return it;
+}
+
+static void corpus_put(vlm_db *db, const corpus *c, int from, int to,
+                       int batch) {
+  vlm_item *items = calloc((size_t)batch, sizeof *items);
+  for (int i = from; i < to; i += batch) {
+    int n = 0;
+    for (int j = i; j < to && j < i + batch; j++)
+      items[n++] = corpus_item(c, j);
+    int written = -1;
+    CHECK(vlm_db_put(db, items, n, 0, &written));
+    assert_int_equal(written, n);
+  }
+  free(items);
+}
+
+/* Brute-force oracle: best score per item over the target modalities,
+ * restricted to items i with alive[i] and allowed(i). */
+typedef int (*pred_fn)(const corpus *c, int i);
+
+typedef struct {
+  int i;
+  float score;
+} scored;
+
+static int scored_desc(const void *a, const void *b) {
+  const scored *x = a, *y = b;
+  return x->score < y->score ? 1 : x->score > y->score ? -1 : x->i - y->i;
+}
+
+static int oracle(const corpus *c, const int *alive, pred_fn pred,
+                  const float *q, vlm_target target, scored *out) {
+  int n = 0;
+  for (int i = 0; i < c->n; i++) {
+    if ((alive && !alive[i]) || (pred && !pred(c, i)))
+      continue;
+    float best = -INFINITY;
+    if (c->has_img[i] && target != VLM_TARGET_TEXT)
+      best = fmaxf(best, dot(q, c->img + (size_t)i * c->dim, c->dim));
+    if (c->has_txt[i] && target != VLM_TARGET_IMAGE)
+      best = fmaxf(best, dot(q, c->txt + (size_t)i * c->dim, c->dim));
+    if (best == -INFINITY)
+      continue;
+    out[n].i = i;
+    out[n++].score = best;
+  }
+  qsort(out, (size_t)n, sizeof *out, scored_desc);
+  return n;
+}
+
+static int key_index(const char *key) {
+  int i;
+  if (sscanf(key, "item-%d", &i) != 1)
+    return -1;
+  return i;
+}
+
+/* Exact search must equal the oracle: same keys in the same order (ties
+ * aside) and the same scores. */
+static void expect_same_as_oracle(const corpus *c, const vlm_hit *hits,
+                                  int nhits, const scored *want, int nwant,
+                                  int k) {
+  int expect = nwant < k ? nwant : k;
+  if (nhits != expect)
+    fail_msg("got %d hits, oracle has %d", nhits, expect);
+  for (int r = 0; r < nhits; r++) {
+    if (fabsf(hits[r].score - want[r].score) > 1e-4f)
+      fail_msg("rank %d: score %f (key %s), oracle %f (key %s)", r,
+               hits[r].score, hits[r].key, want[r].score,
+               c->key[want[r].i]);
+    if (strcmp(hits[r].key, c->key[want[r].i]) &&
+        fabsf(want[r].score - (r + 1 < nwant ? want[r + 1].score : -9)) >
+            1e-5f &&
+        (r == 0 || fabsf(want[r].score - want[r - 1].score) > 1e-5f))
+      fail_msg("rank %d: key %s, oracle %s (score %f)", r, hits[r].key,
+               c->key[want[r].i], want[r].score);
+  }
+}
+
+/* recall@k of hits against the oracle's top k */
+static double recall_at(const corpus *c, const vlm_hit *hits, int nhits,
+                        const scored *want, int nwant, int k) {
+  int expect = nwant < k ? nwant : k, found = 0;
+  if (expect == 0)
+    return 1.0;
+  for (int r = 0; r < expect; r++)
+    for (int h = 0; h < nhits; h++)
+      if (!strcmp(hits[h].key, c->key[want[r].i])) {
+        found++;
+        break;
+      }
+  return (double)found / expect;
+}
+
+/* ------------------------------------------------------------ CRUD */
+
+static void test_put_get_exact_payload(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  float a[DIM], b[DIM];
+  unit(a, DIM);
+  unit(b, DIM);
+  unsigned char thumb[300];
+  thumb[0] = 0xff, thumb[1] = 0xd8, thumb[2] = 0xff;
+  for (int i = 3; i < 300; i++)
+    thumb[i] = (unsigned char)(i * 31);
+  vlm_item items[3] = {{0}};
+  items[0].key = "both";
+  items[0].image_vec = a;
+  items[0].text_vec = b;
+  items[0].caption = "a red car on a bridge";
+  items[0].source = "file:///photos/car.jpg";
+  items[0].thumb = thumb;
+  items[0].thumb_len = sizeof thumb;
+  items[0].meta_json = "{\"category\": \"cars\", \"year\": 2007, "
+                       "\"price\": 12.5, \"colour\": \"red\"}";
+  items[1].key = "image-only";
+  items[1].image_vec = b;
+  items[2].key = "ключ-テキスト"; /* unicode key, text only */
+  items[2].text_vec = a;
+  items[2].caption = "";
+  int written = -1;
+  CHECK(vlm_db_put(db, items, 3, 0, &written));
+  assert_int_equal(written, 3);
+
+  vlm_record *r = NULL;
+  CHECK(vlm_db_get(db, "both", &r));
+  assert_string_equal(r->key, "both");
+  assert_int_equal(r->dim, DIM);
+  assert_memory_equal(r->image_vec, a, sizeof a);
+  assert_memory_equal(r->text_vec, b, sizeof b);
+  assert_string_equal(r->caption, "a red car on a bridge");
+  assert_string_equal(r->source, "file:///photos/car.jpg");
+  assert_int_equal(r->thumb_len, sizeof thumb);
+  assert_memory_equal(r->thumb, thumb, sizeof thumb);
+  assert_string_equal(r->meta_json, items[0].meta_json);
+  vlm_record_free(r);
+
+  CHECK(vlm_db_get(db, "image-only", &r));
+  assert_memory_equal(r->image_vec, b, sizeof b);
+  assert_null(r->text_vec);
+  assert_null(r->caption);
+  assert_null(r->source);
+  assert_null(r->thumb);
+  assert_string_equal(r->meta_json, "{}");
+  vlm_record_free(r);
+
+  CHECK(vlm_db_get(db, "ключ-テキスト", &r));
+  assert_null(r->image_vec);
+  assert_memory_equal(r->text_vec, a, sizeof a);
+  assert_non_null(r->caption);
+  assert_string_equal(r->caption, "");
+  vlm_record_free(r);
+
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_get(db, "missing", &r));
+  assert_null(r);
+  assert_int_equal(vlm_db_exists(db, "both"), 1);
+  assert_int_equal(vlm_db_exists(db, "missing"), 0);
+
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, 3);
+  assert_int_equal(info.image_vectors, 2);
+  assert_int_equal(info.text_vectors, 2);
+  assert_int_equal(info.index_vectors, 4);
+  assert_int_equal(info.dim, DIM);
+  assert_string_equal(info.index_factory, "Flat");
+  assert_string_equal(info.model_id, "test-model");
+  assert_int_equal(info.nfields, 3);
+  assert_string_equal(info.field_names[1], "year");
+  assert_int_equal(info.field_types[1], VLM_FIELD_INT);
+  CHECK(vlm_db_verify(db));
+
+  /* A non-unit vector is stored normalized. */
+  float big[DIM];
+  for (int i = 0; i < DIM; i++)
+    big[i] = a[i] * 3.0f;
+  vlm_item nu = {0};
+  nu.key = "scaled";
+  nu.image_vec = big;
+  CHECK(vlm_db_put(db, &nu, 1, 0, NULL));
+  CHECK(vlm_db_get(db, "scaled", &r));
+  for (int i = 0; i < DIM; i++)
+    assert_float_equal(r->image_vec[i], a[i], 1e-6);
+  vlm_record_free(r);
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+static int visit_count(const vlm_record *rec, void *arg) {
+  char *prev = arg;
+  if (prev[0] && strcmp(prev, rec->key) >= 0)
+    return -100; /* not in key order */
+  snprintf(prev, 64, "%s", rec->key);
+  return 0;
+}
+
+static int visit_stop(const vlm_record *rec, void *arg) {
+  (void)rec;
+  return ++*(int *)arg == 5 ? 42 : 0;
+}
+
+static void test_upsert_delete_reach_all_stores(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 300, DIM, 7);
+  corpus_put(db, &c, 0, 300, 64);
+  CHECK(vlm_db_verify(db));
+
+  /* Put without UPSERT skips existing keys, leaving them untouched. */
+  corpus c2;
+  corpus_make(&c2, 300, DIM, 8); /* same keys, other content */
+  vlm_item it = corpus_item(&c2, 5);
+  int written = -1;
+  CHECK(vlm_db_put(db, &it, 1, 0, &written));
+  assert_int_equal(written, 0);
+  vlm_record *r;
+  CHECK(vlm_db_get(db, c.key[5], &r));
+  assert_string_equal(r->meta_json, c.meta[5]);
+  vlm_record_free(r);
+
+  /* Upsert replaces the item in LMDB, SQLite (filter, FTS) and FAISS. */
+  vlm_item up[2] = {corpus_item(&c2, 5), corpus_item(&c2, 6)};
+  up[0].caption = "zebra crossing";
+  up[0].meta_json = "{\"category\": \"upserted\", \"year\": 1}";
+  up[1].image_vec = c2.img + 6 * DIM; /* make sure both have an image */
+  CHECK(vlm_db_put(db, up, 2, VLM_PUT_UPSERT, &written));
+  assert_int_equal(written, 2);
+  CHECK(vlm_db_get(db, c.key[5], &r));
+  assert_string_equal(r->meta_json, up[0].meta_json);
+  assert_string_equal(r->caption, "zebra crossing");
+  vlm_record_free(r);
+
+  vlm_search_options o = {0};
+  vlm_hit *hits;
+  int nh;
+  o.k = 10;
+  o.filter = "category = 'upserted'";
+  CHECK(vlm_db_search(db, c2.img + 5 * DIM, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  assert_string_equal(hits[0].key, c.key[5]);
+  vlm_hits_free(hits, nh);
+  o.filter = NULL;
+  o.target = VLM_TARGET_IMAGE;
+  o.k = 1;
+  o.ef_search = 200;
+  CHECK(vlm_db_search(db, up[1].image_vec, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  assert_string_equal(hits[0].key, c.key[6]);
+  assert_float_equal(hits[0].score, 1.0, 1e-5);
+  vlm_hits_free(hits, nh);
+  /* The old vector of key 6 no longer leads to it (tombstoned in HNSW). */
+  if (c.has_img[6]) {
+    o.k = 300;
+    o.exact = 0;
+    CHECK(vlm_db_search(db, c.img + 6 * DIM, &o, &hits, &nh));
+    for (int h = 0; h < nh; h++)
+      if (!strcmp(hits[h].key, c.key[6]))
+        assert_true(fabsf(hits[h].score -
+                          dot(c.img + 6 * DIM, c2.img + 6 * DIM, DIM)) < 1e-4);
+    vlm_hits_free(hits, nh);
+  }
+  o.k = 10;
+  o.hybrid_text = "zebra";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  assert_string_equal(hits[0].key, c.key[5]);
+  vlm_hits_free(hits, nh);
+  o.hybrid_text = NULL;
+  CHECK(vlm_db_verify(db));
+
+  /* Delete: gone from get, filters, FTS and search. */
+  const char *del[] = {c.key[5], c.key[7], "never-existed", c.key[7]};
+  int deleted = -1;
+  CHECK(vlm_db_delete(db, del, 4, &deleted));
+  assert_int_equal(deleted, 2);
+  assert_int_equal(vlm_db_exists(db, c.key[5]), 0);
+  assert_int_equal(vlm_db_exists(db, c.key[7]), 0);
+  o.filter = "category = 'upserted'";
+  CHECK(vlm_db_search(db, c2.img + 5 * DIM, &o, &hits, &nh));
+  assert_int_equal(nh, 0);
+  vlm_hits_free(hits, nh);
+  o.filter = NULL;
+  o.k = 300;
+  o.target = VLM_TARGET_ANY;
+  CHECK(vlm_db_search(db, c.img + 7 * DIM, &o, &hits, &nh));
+  assert_int_equal(nh, 298);
+  for (int h = 0; h < nh; h++) {
+    assert_string_not_equal(hits[h].key, c.key[5]);
+    assert_string_not_equal(hits[h].key, c.key[7]);
+  }
+  vlm_hits_free(hits, nh);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, 298);
+  assert_true(info.tombstones > 0); /* HNSW cannot remove */
+  CHECK(vlm_db_verify(db));
+
+  char prev[64] = "";
+  CHECK(vlm_db_foreach(db, visit_count, prev));
+  int stops = 0;
+  assert_int_equal(vlm_db_foreach(db, visit_stop, &stops), 42);
+  assert_int_equal(stops, 5);
+
+  /* Tombstones survive a reopen and a checkpoint compacts them. */
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  o.k = 300;
+  CHECK(vlm_db_search(db, c.img + 7 * DIM, &o, &hits, &nh));
+  assert_int_equal(nh, 298);
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  corpus_free(&c);
+  corpus_free(&c2);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ search */
+
+static void check_targets(vlm_db *db, const corpus *c, const int *alive,
+                          int exact, double min_recall) {
+  vlm_target targets[] = {VLM_TARGET_ANY, VLM_TARGET_IMAGE, VLM_TARGET_TEXT};
+  scored *want = malloc((size_t)c->n * sizeof *want);
+  float q[64];
+  double recall_sum = 0;
+  int nq = 0;
+  for (int t = 0; t < 3; t++)
+    for (int qi = 0; qi < 20; qi++) {
+      unit(q, c->dim);
+      vlm_search_options o = {0};
+      o.k = 10;
+      o.target = targets[t];
+      o.exact = exact;
+      o.ef_search = 128;
+      o.nprobe = 64;
+      vlm_hit *hits;
+      int nh;
+      CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+      int nw = oracle(c, alive, NULL, q, targets[t], want);
+      /* one hit per key, modality consistent with the target */
+      for (int a = 0; a < nh; a++) {
+        for (int b = a + 1; b < nh; b++)
+          assert_string_not_equal(hits[a].key, hits[b].key);
+        if (targets[t] != VLM_TARGET_ANY)
+          assert_int_equal(hits[a].modality, targets[t]);
+        int i = key_index(hits[a].key);
+        assert_true(i >= 0);
+        const float *v = hits[a].modality == VLM_TARGET_IMAGE
+                             ? c->img + (size_t)i * c->dim
+                             : c->txt + (size_t)i * c->dim;
+        assert_true(hits[a].modality == VLM_TARGET_IMAGE ? c->has_img[i]
+                                                         : c->has_txt[i]);
+        assert_float_equal(hits[a].score, dot(q, v, c->dim), 1e-4);
+        if (a > 0)
+          assert_true(hits[a].score <= hits[a - 1].score);
+      }
+      if (exact)
+        expect_same_as_oracle(c, hits, nh, want, nw, 10);
+      recall_sum += recall_at(c, hits, nh, want, nw, 10);
+      nq++;
+      vlm_hits_free(hits, nh);
+    }
+  free(want);
+  double recall = recall_sum / nq;
+  if (recall < min_recall)
+    fail_msg("recall@10 %.3f below %.3f", recall, min_recall);
+}
+
+static void test_search_targets_exact_and_index(void **state) {
+  (void)state;
+  const char *factories[] = {"Flat", "HNSW32", "IVF8,Flat"};
+  for (int f = 0; f < 3; f++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, factories[f], DIM);
+    corpus c;
+    corpus_make(&c, 1500, DIM, 11 + f);
+    corpus_put(db, &c, 0, 1500, 500);
+    check_targets(db, &c, NULL, 1, 1.0);
+    /* Flat and IVF with nprobe = nlist are exact too; HNSW nearly. */
+    check_targets(db, &c, NULL, 0, f == 1 ? 0.95 : 1.0);
+    vlm_db_close(db);
+    corpus_free(&c);
+    tmp_free(&t);
+  }
+}
+
+static void test_reopen_and_index_file_recovery(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 800, DIM, 21);
+  corpus_put(db, &c, 0, 600, 100);
+  CHECK(vlm_db_checkpoint(db));
+  corpus_put(db, &c, 600, 800, 100); /* after the checkpoint */
+  vlm_db_info before;
+  CHECK(vlm_db_stat(db, &before));
+  /* Simulate a crash: the last 200 items are not in the index file. */
+  vlm_db_close(db);
+
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 0);
+  vlm_db_info after;
+  CHECK(vlm_db_stat(db, &after));
+  assert_int_equal(after.items, 800);
+  assert_int_equal(after.index_vectors, before.index_vectors);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 1, 1.0);
+  check_targets(db, &c, NULL, 0, 0.95);
+  vlm_db_close(db);
+
+  /* Corrupt every index file: open rebuilds from LMDB with a warning. */
+  char path[256];
+  FILE *mf;
+  snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+  assert_non_null(mf = fopen(path, "r"));
+  char man[4096];
+  size_t mlen = fread(man, 1, sizeof man - 1, mf);
+  man[mlen] = '\0';
+  fclose(mf);
+  char *file = strstr(man, "image-");
+  assert_non_null(file);
+  char name[128];
+  assert_int_equal(sscanf(file, "%127[^\"]", name), 1);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  int fd = open(path, O_WRONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, "garbage!", 8, 100), 8);
+  close(fd);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  assert_non_null(strstr(last_warning, "rebuilding"));
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 0, 0.95);
+  vlm_db_close(db);
+
+  /* A missing index file too. */
+  assert_non_null(mf = fopen(t.dir, "r")); /* dir exists */
+  fclose(mf);
+  snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+  assert_non_null(mf = fopen(path, "r"));
+  mlen = fread(man, 1, sizeof man - 1, mf);
+  man[mlen] = '\0';
+  fclose(mf);
+  assert_non_null(file = strstr(man, "image-"));
+  assert_int_equal(sscanf(file, "%127[^\"]", name), 1);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  assert_int_equal(unlink(path), 0);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 0, 0.95);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+static void test_reindex(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 1000, DIM, 31);
+  corpus_put(db, &c, 0, 1000, 250);
+  const char *del[] = {c.key[1], c.key[2], c.key[3]};
+  CHECK(vlm_db_delete(db, del, 3, NULL));
+  int alive[1000];
+  for (int i = 0; i < 1000; i++)
+    alive[i] = i < 1 || i > 3;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_reindex(db, "NoSuchIndex"));
+  CHECK(vlm_db_reindex(db, "Flat"));
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_string_equal(info.index_factory, "Flat");
+  assert_int_equal(info.tombstones, 0);
+  assert_int_equal(info.index_vectors, info.image_vectors + info.text_vectors);
+  check_targets(db, &c, alive, 0, 1.0); /* Flat: exact */
+  CHECK(vlm_db_reindex(db, "IVF16,Flat"));
+  check_targets(db, &c, alive, 0, 1.0); /* nprobe 64 >= 16 lists */
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  CHECK(vlm_db_stat(db, &info));
+  assert_string_equal(info.index_factory, "IVF16,Flat");
+  assert_int_equal(info.index_trained, 1);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, alive, 0, 1.0);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+static void test_training_threshold(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "IVF8,Flat", DIM); /* trains at 39 * 8 */
+  corpus c;
+  corpus_make(&c, 900, DIM, 41);
+  for (int i = 0; i < 900; i++)
+    c.has_img[i] = 1, c.has_txt[i] = i % 2; /* 900 images, 450 texts */
+  corpus_put(db, &c, 0, 200, 50);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.index_trained, 0);
+  assert_int_equal(info.index_vectors, 0);
+  assert_int_equal(info.pending_vectors, 300);
+  int alive[900];
+  for (int i = 0; i < 900; i++)
+    alive[i] = i < 200;
+  check_targets(db, &c, alive, 0, 1.0); /* exact while untrained */
+  corpus_put(db, &c, 200, 400, 50);     /* images pass 312 */
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.index_vectors, 400); /* image index trained */
+  assert_int_equal(info.index_trained, 0);   /* text (200) not yet */
+  for (int i = 0; i < 900; i++)
+    alive[i] = i < 400;
+  check_targets(db, &c, alive, 0, 1.0);
+  corpus_put(db, &c, 400, 900, 50);
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.index_trained, 1);
+  assert_int_equal(info.index_vectors, 1350);
+  assert_int_equal(info.pending_vectors, 0);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 0, 1.0);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 0, 1.0);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ refusals */
+
+static void rewrite_manifest(const char *dir, const char *from,
+                             const char *to) {
+  char path[256], buf[8192], out[8192];
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  buf[n] = '\0';
+  fclose(f);
+  char *p = strstr(buf, from);
+  assert_non_null(p);
+  snprintf(out, sizeof out, "%.*s%s%s", (int)(p - buf), buf, to,
+           p + strlen(from));
+  f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(out, f);
+  fclose(f);
+}
+
+static void test_open_refusals(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, NULL, DIM);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_string_equal(info.index_factory, "HNSW32");
+  assert_int_equal(info.format_version, 1);
+  /* A second writer is refused while the first is open. */
+  vlm_db *other = NULL;
+  EXPECT_ERR(VLM_EBUSY, vlm_db_open(t.dir, NULL, &other));
+  vlm_db_close(db);
+
+  vlm_db_open_options o = {0};
+  o.expect_model_id = "another-model";
+  EXPECT_ERR(VLM_EMISMATCH, vlm_db_open(t.dir, &o, &db));
+  assert_non_null(strstr(vlm_errmsg(), "test-model"));
+  o.expect_model_id = "test-model";
+  o.expect_dim = DIM * 2;
+  EXPECT_ERR(VLM_EMISMATCH, vlm_db_open(t.dir, &o, &db));
+  o.expect_dim = DIM;
+  CHECK(vlm_db_open(t.dir, &o, &db));
+  vlm_db_close(db);
+
+  /* Creating over an existing database is refused. */
+  vlm_db_config c = {0};
+  c.dim = DIM;
+  c.model_id = "m";
+  EXPECT_ERR(VLM_EEXISTS, vlm_db_create(t.dir, &c, &db));
+
+  rewrite_manifest(t.dir, "\"format_version\": 1", "\"format_version\": 99");
+  EXPECT_ERR(VLM_EVERSION, vlm_db_open(t.dir, NULL, &db));
+  assert_non_null(strstr(vlm_errmsg(), "99"));
+  rewrite_manifest(t.dir, "\"format_version\": 99", "\"format_version\": 1");
+  CHECK(vlm_db_open(t.dir, NULL, &db));
+  vlm_db_close(db);
+
+  /* Not a database: an empty directory, a file, a missing path, a
+   * manifest that is not vlmdb's, and garbage. */
+  char path[256];
+  snprintf(path, sizeof path, "%s/empty", t.root);
+  assert_int_equal(mkdir(path, 0755), 0);
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_open(path, NULL, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a vlmdb database"));
+  snprintf(path, sizeof path, "%s/db/meta.sqlite", t.root);
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_open(path, NULL, &db));
+  snprintf(path, sizeof path, "%s/nothing-here", t.root);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_open(path, NULL, &db));
+  snprintf(path, sizeof path, "%s/empty/manifest.json", t.root);
+  FILE *f = fopen(path, "w");
+  fputs("{\"format\": \"something-else\", \"format_version\": 1}", f);
+  fclose(f);
+  snprintf(path, sizeof path, "%s/empty", t.root);
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_open(path, NULL, &db));
+  snprintf(path, sizeof path, "%s/empty/manifest.json", t.root);
+  f = fopen(path, "w");
+  fputs("\x01\x02garbage", f);
+  fclose(f);
+  snprintf(path, sizeof path, "%s/empty", t.root);
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_open(path, NULL, &db));
+
+  /* Bad configurations. */
+  snprintf(path, sizeof path, "%s/new", t.root);
+  c.dim = 0;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(path, &c, &db));
+  c.dim = DIM;
+  c.model_id = NULL;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(path, &c, &db));
+  c.model_id = "m";
+  c.index_factory = "Bogus42";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(path, &c, &db));
+  c.index_factory = NULL;
+  vlm_field bad[] = {{"key", VLM_FIELD_TEXT}};
+  c.fields = bad;
+  c.nfields = 1;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(path, &c, &db));
+  vlm_field twice[] = {{"year", VLM_FIELD_INT}, {"YEAR", VLM_FIELD_INT}};
+  c.fields = twice;
+  c.nfields = 2;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(path, &c, &db));
+  assert_int_equal(access(path, F_OK), -1); /* nothing left behind */
+
+  vlm_field fp;
+  CHECK(vlm_field_parse("category:text", &fp));
+  assert_string_equal(fp.name, "category");
+  assert_int_equal(fp.type, VLM_FIELD_TEXT);
+  vlm_field fp2;
+  CHECK(vlm_field_parse("year:int", &fp2));
+  assert_string_equal(fp.name, "category"); /* still valid */
+  assert_string_equal(fp2.name, "year");
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse("year", &fp));
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse("year:date", &fp));
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse("1abc:int", &fp));
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse("select:int", &fp));
+
+  /* Read-only: searches work, writes are refused. */
+  o.readonly = 1;
+  o.expect_dim = 0;
+  CHECK(vlm_db_open(t.dir, &o, &db));
+  float v[DIM];
+  unit(v, DIM);
+  vlm_item it = {0};
+  it.key = "x";
+  it.image_vec = v;
+  EXPECT_ERR(VLM_ESTATE, vlm_db_put(db, &it, 1, 0, NULL));
+  EXPECT_ERR(VLM_ESTATE, vlm_db_checkpoint(db));
+  vlm_hit *hits;
+  int nh;
+  vlm_search_options so = {0};
+  so.k = 5;
+  so.filter = "year > 3";
+  CHECK(vlm_db_search(db, v, &so, &hits, &nh));
+  assert_int_equal(nh, 0);
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+static void test_bad_input_fails_whole_batch(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  vlm_db_close(db);
+  vlm_db_open_options oo = {0};
+  oo.max_payload = 1000;
+  CHECK(vlm_db_open(t.dir, &oo, &db));
+  float good[DIM], nan_v[DIM], inf_v[DIM], zero[DIM] = {0};
+  unit(good, DIM);
+  memcpy(nan_v, good, sizeof good);
+  memcpy(inf_v, good, sizeof good);
+  nan_v[3] = NAN;
+  inf_v[7] = INFINITY;
+  vlm_item ok = {0};
+  ok.key = "ok";
+  ok.image_vec = good;
+  char longkey[600];
+  memset(longkey, 'k', sizeof longkey - 1);
+  longkey[sizeof longkey - 1] = '\0';
+  char bigcap[2000];
+  memset(bigcap, 'c', sizeof bigcap - 1);
+  bigcap[sizeof bigcap - 1] = '\0';
+  struct {
+    int err;
+    vlm_item bad;
+    const char *msg;
+  } cases[] = {
+      {VLM_ENUMERIC, {.key = "nan", .image_vec = nan_v}, "not finite"},
+      {VLM_ENUMERIC, {.key = "inf", .text_vec = inf_v}, "not finite"},
+      {VLM_EINVAL, {.key = "zero", .image_vec = zero}, "zero"},
+      {VLM_EINVAL, {.key = "novec"}, "no image or text vector"},
+      {VLM_EINVAL, {.key = "", .image_vec = good}, "empty"},
+      {VLM_EINVAL, {.key = NULL, .image_vec = good}, "empty"},
+      {VLM_EINVAL, {.key = longkey, .image_vec = good}, "limit"},
+      {VLM_EINVAL, {.key = "bad\xff\xfeutf8", .image_vec = good}, "UTF-8"},
+      {VLM_ETOOBIG, {.key = "big", .image_vec = good, .caption = bigcap},
+       "exceeds"},
+      {VLM_EFORMAT, {.key = "json", .image_vec = good, .meta_json = "{bad"},
+       "meta_json"},
+      {VLM_EFORMAT, {.key = "arr", .image_vec = good, .meta_json = "[1]"},
+       "not an object"},
+      {VLM_EINVAL,
+       {.key = "type", .image_vec = good, .meta_json = "{\"year\": \"x\"}"},
+       "year"},
+      {VLM_EINVAL,
+       {.key = "type2", .image_vec = good,
+        .meta_json = "{\"price\": \"cheap\"}"},
+       "price"},
+      {VLM_EFORMAT,
+       {.key = "png", .image_vec = good, .thumb = "\x89PNG", .thumb_len = 4},
+       "JPEG"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    vlm_item batch[2] = {ok, cases[i].bad};
+    int written = -1;
+    int rc = vlm_db_put(db, batch, 2, 0, &written);
+    if (rc != cases[i].err || !strstr(vlm_errmsg(), cases[i].msg))
+      fail_msg("case %zu: rc %s (%s), expected %s mentioning \"%s\"", i,
+               vlm_errname(rc), vlm_errmsg(), vlm_errname(cases[i].err),
+               cases[i].msg);
+    assert_int_equal(written, 0);
+    assert_int_equal(vlm_db_exists(db, "ok"), 0); /* nothing written */
+  }
+  /* Duplicate keys in one batch. */
+  vlm_item dup[3] = {ok, ok, ok};
+  dup[1].key = "other";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, dup, 3, 0, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "twice"));
+  assert_int_equal(vlm_db_exists(db, "ok"), 0);
+  /* Search input. */
+  vlm_search_options o = {0};
+  vlm_hit *hits;
+  int nh;
+  o.k = 0; /* 0 = default 10 */
+  CHECK(vlm_db_search(db, good, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  o.k = 10001;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_search(db, good, &o, &hits, &nh));
+  o.k = 5;
+  EXPECT_ERR(VLM_ENUMERIC, vlm_db_search(db, nan_v, &o, &hits, &nh));
+  EXPECT_ERR(VLM_EINVAL, vlm_db_search(db, NULL, &o, &hits, &nh));
+  o.target = (vlm_target)7;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_search(db, good, &o, &hits, &nh));
+  o.target = VLM_TARGET_ANY;
+  o.hybrid_weight = 2;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_search(db, good, &o, &hits, &nh));
+  /* After all that, the database is intact and writable. */
+  CHECK(vlm_db_put(db, &ok, 1, 0, NULL));
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* Full disk: a tiny LMDB map.  Writes fail cleanly with VLM_ENOSPACE,
+ * nothing acknowledged is lost, and the failed batch is absent. */
+static void test_full_disk(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", 64);
+  vlm_db_close(db);
+  vlm_db_open_options o = {0};
+  o.map_size = 1 << 20; /* 1 MiB */
+  o.warn = count_warning;
+  CHECK(vlm_db_open(t.dir, &o, &db));
+  corpus c;
+  corpus_make(&c, 2000, 64, 51);
+  int acked = 0, rc = 0;
+  vlm_item items[50];
+  for (int b = 0; b < 40 && rc == 0; b++) {
+    for (int j = 0; j < 50; j++)
+      items[j] = corpus_item(&c, b * 50 + j);
+    rc = vlm_db_put(db, items, 50, 0, NULL);
+    if (rc == 0)
+      acked += 50;
+  }
+  assert_int_equal(rc, VLM_ENOSPACE);
+  assert_true(acked > 0);
+  int failed_from = acked;
+  /* A later smaller write may still fail; the handle stays usable. */
+  vlm_hit *hits;
+  int nh;
+  vlm_search_options so = {0};
+  so.k = 3;
+  CHECK(vlm_db_search(db, c.img, &so, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, acked);
+  for (int i = 0; i < acked; i++)
+    assert_int_equal(vlm_db_exists(db, c.key[i]), 1);
+  for (int i = failed_from; i < failed_from + 50; i++)
+    assert_int_equal(vlm_db_exists(db, c.key[i]), 0);
+  CHECK(vlm_db_verify(db));
+  /* With room again, writing resumes. */
+  corpus_put(db, &c, failed_from, failed_from + 50, 50);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Full disk for real, when this process may mount a small tmpfs: every
+ * store (LMDB, SQLite WAL, index files, manifest) can meet ENOSPC.  The
+ * write fails with a clear error, then the filesystem is grown (remount)
+ * and the reopened database holds every acknowledged item. */
+static void test_full_disk_tmpfs(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char mnt[128];
+  snprintf(mnt, sizeof mnt, "%s/mnt", t.root);
+  assert_int_equal(mkdir(mnt, 0755), 0);
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
+    tmp_free(&t);
+    skip(); /* not allowed to mount here: test_full_disk covers LMDB */
+  }
+  char dir[160];
+  snprintf(dir, sizeof dir, "%s/db", mnt);
+  vlm_db *db = make_db(dir, "Flat", 64);
+  corpus c;
+  corpus_make(&c, 8000, 64, 61);
+  int acked = 0, rc = 0, b;
+  vlm_item items[50];
+  for (b = 0; b < 160 && rc == 0; b++) {
+    for (int j = 0; j < 50; j++)
+      items[j] = corpus_item(&c, b * 50 + j);
+    rc = vlm_db_put(db, items, 50, 0, NULL);
+    if (rc == 0)
+      acked += 50;
+  }
+  if (rc != VLM_ENOSPACE)
+    fail_msg("write on a full disk: %s: %s", vlm_errname(rc), vlm_errmsg());
+  assert_true(acked > 0);
+  assert_non_null(strstr(vlm_errmsg(), "space"));
+  warnings = 0;
+  vlm_db_close(db); /* its checkpoint may fail for lack of space */
+  assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=64m"), 0);
+  db = open_db(dir);
+  CHECK(vlm_db_verify(db));
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  /* The failed batch is either absent or (if LMDB committed it before
+   * SQLite hit the wall) complete; never partial. */
+  if (info.items != acked && info.items != acked + 50)
+    fail_msg("%lld items after a full disk, %d acknowledged",
+             (long long)info.items, acked);
+  for (int i = 0; i < acked; i++)
+    assert_int_equal(vlm_db_exists(db, c.key[i]), 1);
+  corpus_put(db, &c, (int)info.items, (int)info.items + 100, 50);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  umount2(mnt, MNT_DETACH);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ filters */
+
+static int p_animals_recent(const corpus *c, int i) {
+  return !strcmp(c->category[i], "animals") && c->year[i] >= 2005;
+}
+static int p_price_range(const corpus *c, int i) {
+  return c->price[i] > 20 && c->price[i] <= 55.5;
+}
+static int p_keys(const corpus *c, int i) {
+  return !strcmp(c->key[i], "item-00003") || !strcmp(c->key[i], "item-00010");
+}
+static int p_like(const corpus *c, int i) {
+  return strstr(c->category[i], "an") != NULL;
+}
+static int p_or_not(const corpus *c, int i) {
+  return !(c->year[i] < 2000) || !strcmp(c->category[i], "art");
+}
+static int p_lower_in(const corpus *c, int i) {
+  return (!strcmp(c->category[i], "cars") || !strcmp(c->category[i], "food")) &&
+         c->year[i] % 2 == 0;
+}
+static int p_none(const corpus *c, int i) {
+  (void)c, (void)i;
+  return 0;
+}
+static int p_all(const corpus *c, int i) {
+  (void)c, (void)i;
+  return 1;
+}
+static int p_quote(const corpus *c, int i) {
+  return strcmp(c->category[i], "it's") == 0;
+}
+
+static struct {
+  const char *expr;
+  pred_fn pred;
+} filter_cases[] = {
+    {"category = 'animals' AND year >= 2005", p_animals_recent},
+    {"price > 20 AND price <= 55.5", p_price_range},
+    {"key IN ('item-00003', 'item-00010')", p_keys},
+    {"category LIKE '%an%'", p_like},
+    {"NOT (year < 2000) OR category = 'art'", p_or_not},
+    {"upper(category) IN ('CARS', 'FOOD') AND year % 2 = 0", p_lower_in},
+    {"year BETWEEN 3000 AND 4000", p_none},
+    {"1", p_all},
+    {"category = 'it''s'", p_quote},
+};
+
+static void test_filters_match_naive_scan(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 3000, DIM, 71);
+  corpus_put(db, &c, 0, 3000, 1000);
+  scored *want = malloc(3000 * sizeof *want);
+  float q[DIM];
+  for (size_t f = 0; f < sizeof filter_cases / sizeof filter_cases[0]; f++) {
+    for (int qi = 0; qi < 5; qi++) {
+      unit(q, DIM);
+      vlm_search_options o = {0};
+      vlm_hit *hits;
+      int nh;
+      o.filter = filter_cases[f].expr;
+      /* exact, every match: the same set as the naive scan */
+      o.k = 3000;
+      o.exact = 1;
+      CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+      int nw = oracle(&c, NULL, filter_cases[f].pred, q, VLM_TARGET_ANY, want);
+      if (nh != nw)
+        fail_msg("filter \"%s\": %d hits, naive scan %d", o.filter, nh, nw);
+      expect_same_as_oracle(&c, hits, nh, want, nw, 3000);
+      vlm_hits_free(hits, nh);
+      /* through the planner (index or exact), top 10 */
+      o.k = 10;
+      o.exact = 0;
+      CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+      double r = recall_at(&c, hits, nh, want, nw, 10);
+      for (int h = 0; h < nh; h++)
+        assert_true(filter_cases[f].pred(&c, key_index(hits[h].key)));
+      if (r < 0.9)
+        fail_msg("filter \"%s\": recall@10 %.2f", o.filter, r);
+      vlm_hits_free(hits, nh);
+    }
+  }
+  free(want);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+static int64_t sql_count(const char *dir, const char *sql) {
+  char path[256];
+  sqlite3 *s;
+  sqlite3_stmt *st;
+  snprintf(path, sizeof path, "%s/meta.sqlite", dir);
+  assert_int_equal(sqlite3_open_v2(path, &s, SQLITE_OPEN_READONLY, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(s, sql, -1, &st, NULL), SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  int64_t n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(s);
+  return n;
+}
+
+static void test_filter_injection_refused(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 200, DIM, 81);
+  corpus_put(db, &c, 0, 200, 200);
+  int64_t schema = sql_count(t.dir, "SELECT count(*) FROM sqlite_master");
+  const char *attacks[] = {
+      "1); DROP TABLE items; --",
+      "1); DROP TABLE items",
+      "1; DELETE FROM items",
+      "1) OR (1",
+      "1 -- ",
+      "1 /* comment */",
+      "key = 'a') UNION SELECT id FROM items WHERE (1",
+      "key IN (SELECT name FROM sqlite_master)",
+      "EXISTS (SELECT 1 FROM sqlite_master)",
+      "key IN (SELECT key FROM items)",
+      "(SELECT count(*) FROM captions) > 0",
+      "key IN (SELECT caption FROM captions WHERE captions MATCH 'cat')",
+      "(SELECT value FROM vlm_state) > 0",
+      "load_extension('/tmp/evil.so') IS NULL",
+      "ATTACH DATABASE '/tmp/x.db' AS x",
+      "1 AND (ATTACH '/tmp/x.db' AS x)",
+      "PRAGMA writable_schema = 1",
+      "1 = (PRAGMA user_version)",
+      "randomblob(1000000000) IS NULL",
+      "zeroblob(1000000000) IS NULL",
+      "sqlite_version() = 'x'",
+      "key IN (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM "
+      "c) SELECT x FROM c)",
+      "no_such_column = 1",
+      "items.rowid > 0 AND main.sqlite_master.name = 'x'",
+      "category = ?",
+      "category = :name",
+      "category = 'unterminated",
+      "((year > 1)",
+      "",
+      "   ",
+      "year >",
+      "fts5_source_id() IS NOT NULL",
+      "printf('%.*c', 100000000, 'x') IS NOT NULL",
+      "key MATCH 'x'",
+  };
+  for (size_t i = 0; i < sizeof attacks / sizeof attacks[0]; i++) {
+    vlm_search_options o = {0};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    o.k = 5;
+    o.filter = attacks[i];
+    int rc = vlm_db_search(db, c.img, &o, &hits, &nh);
+    if (rc != VLM_EFILTER)
+      fail_msg("filter \"%s\": %s (%s), expected VLM_EFILTER", attacks[i],
+               vlm_errname(rc), rc ? vlm_errmsg() : "accepted");
+    assert_true(strlen(vlm_errmsg()) > 10);
+    assert_null(hits);
+  }
+  /* An over-long filter. */
+  char *longf = malloc(10000);
+  strcpy(longf, "year > 0");
+  for (size_t n = strlen(longf); n < 9000; n = strlen(longf))
+    strcat(longf, " AND year > 0");
+  vlm_search_options o = {0};
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  o.k = 5;
+  o.filter = longf;
+  EXPECT_ERR(VLM_EFILTER, vlm_db_search(db, c.img, &o, &hits, &nh));
+  free(longf);
+  /* The database is unchanged and still answers filters. */
+  assert_int_equal(sql_count(t.dir, "SELECT count(*) FROM sqlite_master"),
+                   schema);
+  assert_int_equal(sql_count(t.dir, "SELECT count(*) FROM items"), 200);
+  CHECK(vlm_db_verify(db));
+  o.filter = "category = 'animals'";
+  CHECK(vlm_db_search(db, c.img, &o, &hits, &nh));
+  assert_true(nh > 0);
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ hybrid */
+
+static void test_hybrid_rrf(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 400, DIM, 91);
+  corpus_put(db, &c, 0, 400, 400);
+  /* Oracle BM25 ranking straight from FTS5, as keys. */
+  char path[256];
+  sqlite3 *s;
+  sqlite3_stmt *st;
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  assert_int_equal(sqlite3_open_v2(path, &s, SQLITE_OPEN_READONLY, NULL),
+                   SQLITE_OK);
+  assert_int_equal(
+      sqlite3_prepare_v2(s,
+                         "SELECT items.key FROM captions JOIN items ON "
+                         "items.id = captions.rowid WHERE captions MATCH "
+                         "'\"river\" OR \"house\"' ORDER BY rank, "
+                         "captions.rowid LIMIT 50",
+                         -1, &st, NULL),
+      SQLITE_OK);
+  char bm25[50][32];
+  int nb = 0;
+  while (sqlite3_step(st) == SQLITE_ROW)
+    snprintf(bm25[nb++], 32, "%s", sqlite3_column_text(st, 0));
+  sqlite3_finalize(st);
+  sqlite3_close(s);
+  assert_true(nb >= 10);
+
+  /* Pure BM25: the same order. */
+  vlm_search_options o = {0};
+  vlm_hit *hits;
+  int nh;
+  o.k = 10;
+  o.hybrid_text = "River, house!";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 10);
+  for (int i = 0; i < nh; i++)
+    assert_string_equal(hits[i].key, bm25[i]);
+  vlm_hits_free(hits, nh);
+
+  /* Fused: recompute RRF from the exact vector ranking and BM25. */
+  float q[DIM];
+  unit(q, DIM);
+  vlm_search_options vo = {0};
+  vo.k = 50;
+  vo.exact = 1;
+  vlm_hit *vh;
+  int nv;
+  CHECK(vlm_db_search(db, q, &vo, &vh, &nv));
+  float w = 0.3f;
+  struct {
+    char key[32];
+    float s;
+  } fused[100];
+  int nf = 0;
+  for (int i = 0; i < nv; i++) {
+    snprintf(fused[nf].key, 32, "%s", vh[i].key);
+    fused[nf++].s = (1 - w) / (60.0f + i + 1);
+  }
+  for (int i = 0; i < nb; i++) {
+    int j;
+    for (j = 0; j < nf; j++)
+      if (!strcmp(fused[j].key, bm25[i]))
+        break;
+    if (j == nf) {
+      snprintf(fused[nf].key, 32, "%s", bm25[i]);
+      fused[nf++].s = 0;
+    }
+    fused[j].s += w / (60.0f + i + 1);
+  }
+  vlm_hits_free(vh, nv);
+  o.k = 10;
+  o.exact = 1;
+  o.hybrid_weight = w;
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  assert_int_equal(nh, 10);
+  for (int i = 0; i < nh; i++) {
+    int j;
+    for (j = 0; j < nf; j++)
+      if (!strcmp(fused[j].key, hits[i].key))
+        break;
+    assert_true(j < nf);
+    assert_float_equal(hits[i].score, fused[j].s, 1e-6);
+    /* no better-fused key was left out */
+    for (int x = 0; x < nf; x++)
+      if (fused[x].s > hits[nh - 1].score + 1e-6f) {
+        int in = 0;
+        for (int y = 0; y < nh; y++)
+          in |= !strcmp(hits[y].key, fused[x].key);
+        if (!in)
+          fail_msg("key %s (fused %f) missing from the top 10", fused[x].key,
+                   fused[x].s);
+      }
+  }
+  vlm_hits_free(hits, nh);
+  /* Hybrid with a filter keeps only matching items. */
+  o.filter = "category = 'animals'";
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  for (int i = 0; i < nh; i++)
+    assert_string_equal(c.category[key_index(hits[i].key)], "animals");
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ recovery */
+
+/* The crash point between LMDB's commit and SQLite's: the last batch is
+ * in LMDB, not in SQLite.  Made by hand (undo the last batch in
+ * meta.sqlite), reopening must replay it. */
+static void test_recovery_replays_sqlite(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 300, DIM, 101);
+  corpus_put(db, &c, 0, 200, 100);
+  corpus_put(db, &c, 200, 300, 100); /* batch 3 */
+  const char *del[] = {c.key[0]};
+  CHECK(vlm_db_delete(db, del, 1, NULL)); /* batch 4 */
+  vlm_db_close(db);
+  char path[256];
+  sqlite3 *s;
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  assert_int_equal(sqlite3_open(path, &s), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(s,
+                   "BEGIN; DELETE FROM items WHERE id > 200; "
+                   "DELETE FROM captions WHERE rowid > 200; "
+                   "INSERT INTO items(id, key) VALUES(1, 'item-00000'); "
+                   "UPDATE vlm_state SET value = 2 WHERE name = 'seq'; COMMIT",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  sqlite3_close(s);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  assert_non_null(strstr(last_warning, "replayed 2 batch"));
+  CHECK(vlm_db_verify(db));
+  vlm_search_options o = {0};
+  vlm_hit *hits;
+  int nh;
+  o.k = 300;
+  o.filter = "year >= 0";
+  o.exact = 1;
+  CHECK(vlm_db_search(db, c.img, &o, &hits, &nh));
+  assert_int_equal(nh, 299);
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+
+  /* meta.sqlite ahead of payload.lmdb cannot happen by this protocol and
+   * is refused rather than guessed at. */
+  assert_int_equal(sqlite3_open(path, &s), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(s, "UPDATE vlm_state SET value = 99 WHERE "
+                                   "name = 'seq'",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(s);
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_open(t.dir, NULL, &db));
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ crash test */
+
+static const char *build_dir(void) {
+  const char *b = getenv("BUILD");
+  return b && *b ? b : "build";
+}
+
+static int cm_check_state(vlm_db *db, const int *version, char *why,
+                          size_t whylen) {
+  vlm_db_info info;
+  int present = 0;
+  if (vlm_db_stat(db, &info) != 0) {
+    snprintf(why, whylen, "stat: %s", vlm_errmsg());
+    return -1;
+  }
+  for (int i = 0; i < CM_NKEYS; i++)
+    present += version[i] >= 0;
+  if (info.items != present) {
+    snprintf(why, whylen, "%lld items, expected %d", (long long)info.items,
+             present);
+    return -1;
+  }
+  for (int i = 0; i < CM_NKEYS; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "k%d", i);
+    vlm_record *r = NULL;
+    int rc = vlm_db_get(db, key, &r);
+    if (version[i] < 0) {
+      if (rc != VLM_ENOTFOUND) {
+        snprintf(why, whylen, "%s should be absent (%s)", key,
+                 vlm_errname(rc));
+        vlm_record_free(r);
+        return -1;
+      }
+      continue;
+    }
+    if (rc != 0) {
+      snprintf(why, whylen, "%s: %s", key, vlm_errmsg());
+      return -1;
+    }
+    cm_item want;
+    cm_make(&want, i, version[i]);
+    int same =
+        r->image_vec && !memcmp(r->image_vec, want.image, sizeof want.image) &&
+        !!r->text_vec == !!want.item.text_vec &&
+        (!r->text_vec || !memcmp(r->text_vec, want.text, sizeof want.text)) &&
+        r->caption && !strcmp(r->caption, want.caption) &&
+        !!r->source == !!want.item.source &&
+        (!r->source || !strcmp(r->source, want.source)) &&
+        r->thumb_len == want.item.thumb_len &&
+        (!r->thumb_len || !memcmp(r->thumb, want.thumb, r->thumb_len)) &&
+        !strcmp(r->meta_json, want.meta);
+    vlm_record_free(r);
+    if (!same) {
+      snprintf(why, whylen, "%s: payload or vector differs from version %d",
+               key, version[i]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static void test_crash_kill9_recovery(void **state) {
+  (void)state;
+  char helper[256];
+  snprintf(helper, sizeof helper, "%s/helpers/crash_writer", build_dir());
+  if (access(helper, X_OK) != 0)
+    fail_msg("%s is not built (make builds it with the tests)", helper);
+  tmp t;
+  tmp_make(&t);
+  vlm_db_config cfg = {0};
+  vlm_field f[] = {{"category", VLM_FIELD_TEXT}, {"year", VLM_FIELD_INT}};
+  cfg.dim = CM_DIM;
+  cfg.index_factory = CM_FACTORY;
+  cfg.model_id = "crash-model";
+  cfg.fields = f;
+  cfg.nfields = 2;
+  vlm_db *db;
+  CHECK(vlm_db_create(t.dir, &cfg, &db));
+  vlm_db_close(db);
+  int *acked_state = calloc(CM_NKEYS, sizeof(int));
+  int *next_state = calloc(CM_NKEYS, sizeof(int));
+  for (int i = 0; i < CM_NKEYS; i++)
+    acked_state[i] = -1;
+  int last_acked = -1, kills = 0, finished = 0, rounds = 0;
+  rng_state = (uint64_t)time(NULL);
+  uint64_t seed = rng_state;
+  while (kills < 50 && rounds < 400) {
+    rounds++;
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    char first[16];
+    snprintf(first, sizeof first, "%d", last_acked + 1);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      dup2(pfd[1], 1);
+      close(pfd[0]);
+      close(pfd[1]);
+      execl(helper, helper, t.dir, first, (char *)NULL);
+      _exit(127);
+    }
+    close(pfd[1]);
+    /* Kill at a random moment: sometimes during open and recovery,
+     * mostly during writes and checkpoints. */
+    int delay_us = (int)(rng_next() % 4 == 0 ? rng_next() % 20000
+                                             : rng_next() % 120000);
+    usleep((useconds_t)delay_us);
+    int killed = kill(pid, SIGKILL) == 0;
+    int status;
+    waitpid(pid, &status, 0);
+    /* Read every acknowledgement the child wrote. */
+    char buf[8192];
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(pfd[0], buf + len, sizeof buf - 1 - len)) > 0)
+      len += (size_t)r;
+    close(pfd[0]);
+    buf[len] = '\0';
+    int done = strstr(buf, "done\n") != NULL;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+      if (!strcmp(line, "open") || !strcmp(line, "done"))
+        continue;
+      int j = atoi(line);
+      assert_int_equal(j, last_acked + 1);
+      cm_apply(j, acked_state);
+      last_acked = j;
+    }
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      kills++;
+    else if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+      fail_msg("writer exited with status %d (seed %llu)", status,
+               (unsigned long long)seed);
+    (void)killed;
+
+    /* Reopen (recovery) and check: the state is that after the last
+     * acknowledged op, or after the one more op that may have committed
+     * unacknowledged - exactly, never a mixture. */
+    vlm_db_open_options o = {0};
+    o.warn = count_warning;
+    CHECK(vlm_db_open(t.dir, &o, &db));
+    int vr = vlm_db_verify(db);
+    if (vr)
+      fail_msg("after kill %d (seed %llu): stores disagree: %s", kills,
+               (unsigned long long)seed, vlm_errmsg());
+    char why_a[256] = "", why_b[256] = "";
+    int which = 0;
+    if (cm_check_state(db, acked_state, why_a, sizeof why_a) == 0) {
+      which = 1;
+    } else if (last_acked + 1 < CM_NOPS) {
+      memcpy(next_state, acked_state, CM_NKEYS * sizeof(int));
+      cm_apply(last_acked + 1, next_state);
+      if (cm_check_state(db, next_state, why_b, sizeof why_b) == 0)
+        which = 2;
+    }
+    if (!which)
+      fail_msg("after kill %d at op %d (seed %llu): not the acknowledged "
+               "state (%s) nor the next one (%s)",
+               kills, last_acked, (unsigned long long)seed, why_a, why_b);
+    /* Search finds acknowledged items by their own vectors. */
+    const int *st = which == 1 ? acked_state : next_state;
+    for (int s = 0; s < 40; s++) {
+      int i = (int)(rng_next() % CM_NKEYS);
+      if (st[i] < 0)
+        continue;
+      cm_item want;
+      cm_make(&want, i, st[i]);
+      vlm_search_options so = {0};
+      vlm_hit *hits;
+      int nh, found = 0;
+      so.k = 5;
+      so.target = VLM_TARGET_IMAGE;
+      so.ef_search = 256;
+      CHECK(vlm_db_search(db, want.image, &so, &hits, &nh));
+      for (int h = 0; h < nh; h++)
+        found |= !strcmp(hits[h].key, want.key) && hits[h].score > 0.9999f;
+      vlm_hits_free(hits, nh);
+      if (!found)
+        fail_msg("after kill %d: search does not find %s", kills, want.key);
+    }
+    vlm_db_close(db);
+    if (done) {
+      finished++;
+      /* Start over on a fresh database to collect more kills. */
+      rm_rf(t.dir);
+      CHECK(vlm_db_create(t.dir, &cfg, &db));
+      vlm_db_close(db);
+      for (int i = 0; i < CM_NKEYS; i++)
+        acked_state[i] = -1;
+      last_acked = -1;
+    }
+  }
+  printf("[   INFO   ] crash test: %d kills, %d complete runs, %d rounds, "
+         "seed %llu\n",
+         kills, finished, rounds, (unsigned long long)seed);
+  assert_true(kills >= 50);
+  free(acked_state);
+  free(next_state);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ concurrency */
+
+#define CC_M 20      /* items per batch, all with the same vector */
+#define CC_OPS 120   /* writer ops */
+#define CC_READERS 4
+
+typedef struct {
+  vlm_db *db;
+  float vec[CC_OPS][DIM];
+  int ops_done;   /* written by the writer, read by readers (atomics) */
+  int stop;
+  int violations;
+  long searches;
+  char first_violation[256];
+} cc_shared;
+
+static void cc_vector(float *v, int b) {
+  uint64_t save = rng_state;
+  rng_state = 0xabcdef + (uint64_t)b * 7919;
+  unit(v, DIM);
+  rng_state = save;
+}
+
+static void *cc_writer(void *arg) {
+  cc_shared *s = arg;
+  char keys[CC_M][32];
+  vlm_item items[CC_M];
+  char meta[64];
+  for (int b = 0; b < CC_OPS; b++) {
+    int rc;
+    if (b % 4 == 3) {
+      /* delete a whole earlier batch in one op */
+      const char *kp[CC_M];
+      int victim = b - 3;
+      for (int i = 0; i < CC_M; i++) {
+        snprintf(keys[i], 32, "b%d-%d", victim, i);
+        kp[i] = keys[i];
+      }
+      rc = vlm_db_delete(s->db, kp, CC_M, NULL);
+    } else {
+      snprintf(meta, sizeof meta, "{\"year\": %d}", b);
+      for (int i = 0; i < CC_M; i++) {
+        snprintf(keys[i], 32, "b%d-%d", b, i);
+        memset(&items[i], 0, sizeof items[i]);
+        items[i].key = keys[i];
+        items[i].image_vec = s->vec[b];
+        items[i].meta_json = meta;
+        items[i].caption = "same caption for all";
+      }
+      rc = vlm_db_put(s->db, items, CC_M, 0, NULL);
+    }
+    if (rc) {
+      __atomic_store_n(&s->violations, 1000, __ATOMIC_SEQ_CST);
+      snprintf(s->first_violation, sizeof s->first_violation, "writer: %s",
+               vlm_errmsg());
+      break;
+    }
+    if (b % 25 == 24)
+      vlm_db_checkpoint(s->db);
+    __atomic_store_n(&s->ops_done, b + 1, __ATOMIC_SEQ_CST);
+  }
+  __atomic_store_n(&s->stop, 1, __ATOMIC_SEQ_CST);
+  return NULL;
+}
+
+static void cc_violation(cc_shared *s, const char *fmt, int a, int b, int c) {
+  if (__atomic_fetch_add(&s->violations, 1, __ATOMIC_SEQ_CST) == 0)
+    snprintf(s->first_violation, sizeof s->first_violation, fmt, a, b, c);
+}
+
+static void *cc_reader(void *arg) {
+  cc_shared *s = arg;
+  uint64_t r = (uint64_t)(uintptr_t)pthread_self();
+  while (!__atomic_load_n(&s->stop, __ATOMIC_SEQ_CST)) {
+    int done = __atomic_load_n(&s->ops_done, __ATOMIC_SEQ_CST);
+    r = r * 6364136223846793005ull + 1442695040888963407ull;
+    int b = (int)((r >> 33) % (uint64_t)(done + 2));
+    if (b >= CC_OPS || b % 4 == 3)
+      continue;
+    vlm_search_options o = {0};
+    vlm_hit *hits;
+    int nh, n = 0;
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "b%d-", b);
+    /* Unfiltered: all CC_M copies of batch b's vector, or none. */
+    o.k = 2 * CC_M;
+    o.target = VLM_TARGET_IMAGE;
+    if (vlm_db_search(s->db, s->vec[b], &o, &hits, &nh) != 0) {
+      cc_violation(s, "search failed (batch %d)%.0d%.0d", b, 0, 0);
+      continue;
+    }
+    for (int h = 0; h < nh; h++)
+      n += !strncmp(hits[h].key, prefix, strlen(prefix)) &&
+           hits[h].score > 0.9999f;
+    vlm_hits_free(hits, nh);
+    if (n != 0 && n != CC_M)
+      cc_violation(s, "search saw %d of the %d items of batch %d", n, CC_M,
+                   b);
+    /* Filtered (SQLite snapshot) and exact: the same rule. */
+    char filter[32];
+    snprintf(filter, sizeof filter, "year = %d", b);
+    o.filter = filter;
+    o.exact = (int)(r & 1);
+    if (vlm_db_search(s->db, s->vec[b], &o, &hits, &nh) != 0) {
+      cc_violation(s, "filtered search failed (batch %d)%.0d%.0d", b, 0, 0);
+      continue;
+    }
+    if (nh != 0 && nh != CC_M)
+      cc_violation(s, "filtered search saw %d of the %d items of batch %d",
+                   nh, CC_M, b);
+    vlm_hits_free(hits, nh);
+    __atomic_fetch_add(&s->searches, 1, __ATOMIC_SEQ_CST);
+  }
+  return NULL;
+}
+
+static void run_concurrency(const char *factory, int async) {
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, factory, DIM);
+  vlm_db_close(db);
+  vlm_db_open_options o = {0};
+  o.async_index = async;
+  o.warn = count_warning;
+  CHECK(vlm_db_open(t.dir, &o, &db));
+  cc_shared *s = calloc(1, sizeof *s);
+  s->db = db;
+  for (int b = 0; b < CC_OPS; b++)
+    cc_vector(s->vec[b], b);
+  pthread_t w, rd[CC_READERS];
+  for (int i = 0; i < CC_READERS; i++)
+    assert_int_equal(pthread_create(&rd[i], NULL, cc_reader, s), 0);
+  assert_int_equal(pthread_create(&w, NULL, cc_writer, s), 0);
+  pthread_join(w, NULL);
+  for (int i = 0; i < CC_READERS; i++)
+    pthread_join(rd[i], NULL);
+  if (s->violations)
+    fail_msg("%s%s: %d violations; first: %s", factory,
+             async ? " (async)" : "", s->violations, s->first_violation);
+  printf("[   INFO   ] %s%s: %ld consistent searches during %d writes\n",
+         factory, async ? " async" : "", s->searches, CC_OPS);
+  CHECK(vlm_db_checkpoint(db));
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  free(s);
+  tmp_free(&t);
+}
+
+static void test_concurrency_readers_never_see_half_a_batch(void **state) {
+  (void)state;
+  run_concurrency("Flat", 0);
+  run_concurrency("HNSW32", 0);
+  run_concurrency("Flat", 1);
+}
+
+/* ------------------------------------------------------------ main */
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_put_get_exact_payload),
+      cmocka_unit_test(test_upsert_delete_reach_all_stores),
+      cmocka_unit_test(test_search_targets_exact_and_index),
+      cmocka_unit_test(test_reopen_and_index_file_recovery),
+      cmocka_unit_test(test_reindex),
+      cmocka_unit_test(test_training_threshold),
+      cmocka_unit_test(test_open_refusals),
+      cmocka_unit_test(test_bad_input_fails_whole_batch),
+      cmocka_unit_test(test_full_disk),
+      cmocka_unit_test(test_full_disk_tmpfs),
+      cmocka_unit_test(test_filters_match_naive_scan),
+      cmocka_unit_test(test_filter_injection_refused),
+      cmocka_unit_test(test_hybrid_rrf),
+      cmocka_unit_test(test_recovery_replays_sqlite),
+      cmocka_unit_test(test_crash_kill9_recovery),
+      cmocka_unit_test(test_concurrency_readers_never_see_half_a_batch),
+  };
+  const char *only = getenv("VLM_TEST_ONLY");
+  if ((!only || !*only) && getenv("VLM_TSAN"))
+    only = "concurrency";
+  if (only && *only) {
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "*%s*", only);
+    cmocka_set_test_filter(pattern);
+  }
+  return cmocka_run_group_tests_name("db", tests, NULL, NULL);
+}
