@@ -35,6 +35,11 @@
 
 #define PRECISION_BITS (32 - 8 - 2)
 
+/* Longest side the resize step may produce (a 1 x 100000 image resized to
+ * 224 would be 22.4 Mpx long; only its crop is computed, but the NEAREST
+ * positions are accumulated along it). */
+#define MAX_RESIZED_SIDE (1 << 24)
+
 void vlm__preprocess_defaults(vlm__preprocess_cfg *cfg, int image_size) {
   static const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
   static const float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
@@ -73,9 +78,11 @@ static void coeffs_free(coeffs *c) {
   memset(c, 0, sizeof *c);
 }
 
-/* Taps for resizing in_size samples to out_size over the box [0, in_size),
- * as Pillow's precompute_coeffs + normalize_coeffs_8bpc. */
-static int coeffs_compute(int in_size, int out_size, coeffs *c) {
+/* Taps for output samples [out0, out0 + n) of resizing in_size samples to
+ * out_size over the box [0, in_size), as Pillow's precompute_coeffs +
+ * normalize_coeffs_8bpc (each output's taps depend only on its index, so
+ * a window needs memory for the window only).  Entry i is output out0+i. */
+static int coeffs_compute(int in_size, int out_size, int out0, int n, coeffs *c) {
   float in0 = 0.0f, in1 = (float)in_size;
   double scale = (double)(in1 - in0) / out_size;
   double filterscale = scale < 1.0 ? 1.0 : scale;
@@ -83,15 +90,16 @@ static int coeffs_compute(int in_size, int out_size, coeffs *c) {
   int ksize = (int)ceil(support) * 2 + 1;
   memset(c, 0, sizeof *c);
   c->ksize = ksize;
-  c->first = malloc((size_t)out_size * sizeof *c->first);
-  c->count = malloc((size_t)out_size * sizeof *c->count);
-  c->k = calloc((size_t)out_size * (size_t)ksize, sizeof *c->k);
-  c->kfix = calloc((size_t)out_size * (size_t)ksize, sizeof *c->kfix);
+  c->first = malloc((size_t)n * sizeof *c->first);
+  c->count = malloc((size_t)n * sizeof *c->count);
+  c->k = calloc((size_t)n * (size_t)ksize, sizeof *c->k);
+  c->kfix = calloc((size_t)n * (size_t)ksize, sizeof *c->kfix);
   if (!c->first || !c->count || !c->k || !c->kfix) {
     coeffs_free(c);
-    return vlm_seterr(VLM_ENOMEM, "resize: %d taps x %d", ksize, out_size);
+    return vlm_seterr(VLM_ENOMEM, "resize: %d taps x %d", ksize, n);
   }
-  for (int xx = 0; xx < out_size; xx++) {
+  for (int i = 0; i < n; i++) {
+    int xx = out0 + i;
     double center = in0 + (xx + 0.5) * scale;
     double ww = 0.0, ss = 1.0 / filterscale;
     int xmin = (int)(center - support + 0.5);
@@ -99,7 +107,7 @@ static int coeffs_compute(int in_size, int out_size, coeffs *c) {
     int xmax = (int)(center + support + 0.5);
     if (xmax > in_size) xmax = in_size;
     xmax -= xmin;
-    double *k = &c->k[(size_t)xx * ksize];
+    double *k = &c->k[(size_t)i * ksize];
     for (int x = 0; x < xmax; x++) {
       double w = bicubic((x + xmin - center + 0.5) * ss);
       k[x] = w;
@@ -107,10 +115,10 @@ static int coeffs_compute(int in_size, int out_size, coeffs *c) {
     }
     for (int x = 0; x < xmax; x++)
       if (ww != 0.0) k[x] /= ww;
-    c->first[xx] = xmin;
-    c->count[xx] = xmax;
+    c->first[i] = xmin;
+    c->count[i] = xmax;
   }
-  for (size_t i = 0; i < (size_t)out_size * ksize; i++) {
+  for (size_t i = 0; i < (size_t)n * ksize; i++) {
     double v = c->k[i];
     c->kfix[i] = v < 0 ? (int32_t)(-0.5 + v * (1 << PRECISION_BITS))
                        : (int32_t)(0.5 + v * (1 << PRECISION_BITS));
@@ -149,16 +157,16 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
   /* the input rows the window's vertical taps read */
   int row0 = y0, row1 = y0 + ch;
   if (need_v) {
-    if ((rc = coeffs_compute(h, dh, &vc)) != 0) goto done;
-    row0 = vc.first[y0];
-    row1 = vc.first[y0 + ch - 1] + vc.count[y0 + ch - 1];
+    if ((rc = coeffs_compute(h, dh, y0, ch, &vc)) != 0) goto done;
+    row0 = vc.first[0];
+    row1 = vc.first[ch - 1] + vc.count[ch - 1];
   }
   /* horizontal pass: rows [row0, row1) -> tmp (cw x (row1 - row0)) */
   const void *vin;
   int vin_row0; /* input row held by vin's first row */
   size_t vin_stride;
   if (need_h) {
-    if ((rc = coeffs_compute(w, dw, &hc)) != 0) goto done;
+    if ((rc = coeffs_compute(w, dw, x0, cw, &hc)) != 0) goto done;
     tmp = malloc((size_t)cw * (size_t)(row1 - row0) * C * sb);
     if (!tmp) {
       rc = vlm_seterr(VLM_ENOMEM, "resize: %dx%d", cw, row1 - row0);
@@ -166,11 +174,11 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
     }
     for (int y = row0; y < row1; y++) {
       for (int xx = 0; xx < cw; xx++) {
-        int ox = x0 + xx, xmin = hc.first[ox], n = hc.count[ox];
+        int xmin = hc.first[xx], n = hc.count[xx];
         size_t out_at = ((size_t)(y - row0) * cw + xx) * C;
         if (!i16) {
           const uint8_t *in = (const uint8_t *)src + ((size_t)y * w + xmin) * C;
-          const int32_t *k = &hc.kfix[(size_t)ox * hc.ksize];
+          const int32_t *k = &hc.kfix[(size_t)xx * hc.ksize];
           for (int c = 0; c < C; c++) {
             int32_t ss = 1 << (PRECISION_BITS - 1);
             for (int x = 0; x < n; x++) ss += in[(size_t)x * C + c] * k[x];
@@ -178,7 +186,7 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
           }
         } else {
           const uint16_t *in = (const uint16_t *)src + ((size_t)y * w + xmin);
-          const double *k = &hc.k[(size_t)ox * hc.ksize];
+          const double *k = &hc.k[(size_t)xx * hc.ksize];
           double ss = 0.0;
           for (int x = 0; x < n; x++) ss += in[x] * k[x];
           ((uint16_t *)tmp)[out_at] = store_i16(round_up(ss));
@@ -203,9 +211,9 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
         memcpy((uint8_t *)dst + out_at * sb, (const uint8_t *)vin + in_at * sb, C * sb);
         continue;
       }
-      int ymin = vc.first[oy], n = vc.count[oy];
+      int ymin = vc.first[yy], n = vc.count[yy];
       if (!i16) {
-        const int32_t *k = &vc.kfix[(size_t)oy * vc.ksize];
+        const int32_t *k = &vc.kfix[(size_t)yy * vc.ksize];
         for (int c = 0; c < C; c++) {
           int32_t ss = 1 << (PRECISION_BITS - 1);
           for (int y = 0; y < n; y++) {
@@ -215,7 +223,7 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
           ((uint8_t *)dst)[out_at + c] = clip8_fixed(ss);
         }
       } else {
-        const double *k = &vc.k[(size_t)oy * vc.ksize];
+        const double *k = &vc.k[(size_t)yy * vc.ksize];
         double ss = 0.0;
         for (int y = 0; y < n; y++) {
           size_t in_at = (size_t)(ymin + y - vin_row0) * vin_stride + (size_t)xx;
@@ -233,40 +241,38 @@ done:
 }
 
 /* Pillow's NEAREST resize: an affine scale sampling at accumulated
- * (double) pixel-centre positions, COORD() truncating. */
-static int nearest_table(int in_size, int out_size, int *tab) {
+ * (double) pixel-centre positions, COORD() truncating.  The sum is
+ * accumulated from output 0 as Pillow does, so that the window's positions
+ * carry the same rounding. */
+static void nearest_table(int in_size, int out_size, int out0, int n, int *tab) {
   double a = (double)((float)in_size - 0.0f) / out_size;
   double pos = 0.0 + a * 0.5;
-  for (int x = 0; x < out_size; x++) {
-    int v = pos < 0.0 ? -1 : (int)pos;
-    if (v < 0 || v >= in_size) return -1; /* cannot happen for a plain scale */
-    tab[x] = v;
+  for (int x = 0; x < out0 + n; x++) {
+    if (x >= out0) {
+      int v = pos < 0.0 ? -1 : (int)pos;
+      tab[x - out0] = v < 0 ? 0 : v >= in_size ? in_size - 1 : v; /* in range for a scale */
+    }
     pos += a;
   }
-  return 0;
 }
 
 static int resample_nearest(const uint8_t *src, int w, int h, int C, int dw,
                             int dh, int x0, int y0, int cw, int ch,
                             uint8_t *dst) {
-  int *xt = malloc((size_t)dw * sizeof *xt), *yt = malloc((size_t)dh * sizeof *yt);
-  int rc = 0;
+  int *xt = malloc((size_t)cw * sizeof *xt), *yt = malloc((size_t)ch * sizeof *yt);
   if (!xt || !yt) {
-    rc = vlm_seterr(VLM_ENOMEM, "resize: nearest tables");
-    goto done;
+    free(xt);
+    free(yt);
+    return vlm_seterr(VLM_ENOMEM, "resize: nearest tables");
   }
-  if (nearest_table(w, dw, xt) != 0 || nearest_table(h, dh, yt) != 0) {
-    rc = vlm_seterr(VLM_EINVAL, "resize: bad nearest scale %dx%d -> %dx%d", w, h, dw, dh);
-    goto done;
-  }
+  nearest_table(w, dw, x0, cw, xt);
+  nearest_table(h, dh, y0, ch, yt);
   for (int yy = 0; yy < ch; yy++)
     for (int xx = 0; xx < cw; xx++)
-      memcpy(dst + ((size_t)yy * cw + xx) * C,
-             src + ((size_t)yt[y0 + yy] * w + xt[x0 + xx]) * C, C);
-done:
+      memcpy(dst + ((size_t)yy * cw + xx) * C, src + ((size_t)yt[yy] * w + xt[xx]) * C, C);
   free(xt);
   free(yt);
-  return rc;
+  return 0;
 }
 
 /* MULDIV255 of Pillow: a * b / 255 rounded. */
@@ -486,12 +492,16 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
   if (cfg->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(im)) != 0) return rc;
   /* torchvision Resize(n): shorter side -> n, longer -> int(n * long / short) */
   int w = im->w, h = im->h, dw, dh;
+  double d_long = w <= h ? (double)((int64_t)n * h) / w : (double)((int64_t)n * w) / h;
+  if (d_long > MAX_RESIZED_SIDE)
+    return vlm_seterr(VLM_ETOOBIG, "preprocess: %dx%d: aspect ratio too extreme (%.0f px long)",
+                      w, h, d_long);
   if (w <= h) {
     dw = n;
-    dh = (int)((double)((int64_t)n * h) / w);
+    dh = (int)d_long;
   } else {
     dh = n;
-    dw = (int)((double)((int64_t)n * w) / h);
+    dw = (int)d_long;
   }
   int x0 = center_offset(dw - S), y0 = center_offset(dh - S);
   if ((rc = vlm__decoded_resize_window(im, dw, dh, x0, y0, S, S, &win)) != 0) goto done;

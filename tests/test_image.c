@@ -509,6 +509,34 @@ static void test_pixel_cap(void **state) {
   free(jpg);
 }
 
+/* Extreme aspect ratios: a 1-pixel-high strip is resized to 224 x 22.4 M
+ * in the reference; only the crop is computed here, and past 16 M pixels
+ * along the resized side it is refused. */
+static void test_extreme_aspect(void **state) {
+  (void)state;
+  int w = 60000;
+  uint8_t *row = malloc((size_t)w * 3);
+  for (int x = 0; x < w * 3; x++) row[x] = 77;
+  membuf png = write_png(row, w, 1, 3);
+  vlm__preprocess_cfg cfg;
+  vlm__preprocess_defaults(&cfg, 224);
+  float *px = malloc(sizeof(float) * 3 * 224 * 224);
+  assert_int_equal(vlm__preprocess(&cfg, png.buf, png.len, px), 0);
+  for (int c = 0; c < 3; c++) /* a constant image stays constant */
+    for (int p = 0; p < 224 * 224; p++) assert_true(px[c * 224 * 224 + p] == normalize(&cfg, c, 77));
+  free(png.buf);
+  free(row);
+  w = 100000; /* 224 * 100000 > 2^24 */
+  row = malloc((size_t)w * 3);
+  memset(row, 9, (size_t)w * 3);
+  png = write_png(row, 1, w, 3);
+  assert_int_equal(vlm__preprocess(&cfg, png.buf, png.len, px), VLM_ETOOBIG);
+  assert_non_null(strstr(vlm_errmsg(), "aspect"));
+  free(png.buf);
+  free(row);
+  free(px);
+}
+
 /* ---- thumbnails ----------------------------------------------------------- */
 
 static void test_thumbnail(void **state) {
@@ -640,6 +668,7 @@ int main(void) {
       cmocka_unit_test(test_garbage_and_bit_flips),
       cmocka_unit_test(test_unsupported_and_empty),
       cmocka_unit_test(test_pixel_cap),
+      cmocka_unit_test(test_extreme_aspect),
       cmocka_unit_test(test_thumbnail),
       cmocka_unit_test(test_concurrent_preprocess),
       cmocka_unit_test(test_fuzz_regressions),
