@@ -263,7 +263,9 @@ static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels,
     }
     if (depth < 8) png_set_expand_gray_1_2_4_to_8(png);
     if (depth == 16) {
-      png_set_swap(png); /* host-order uint16 (little-endian machines) */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+      png_set_swap(png); /* PNG samples are big-endian; keep host order */
+#endif
       out->mode = VLM__MODE_I16;
     } else {
       out->mode = depth == 1 ? VLM__MODE_1 : VLM__MODE_L;
