@@ -432,6 +432,7 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
     return set_row_error(row, VLM_SKIP_KEY, "empty \"key\"");
   if (strlen(key) != keylen)
     return set_row_error(row, VLM_SKIP_KEY, "\"key\" contains a NUL byte");
+  free(row->key); /* a CSV row sets it early, for messages */
   row->key = strdup(key);
   if (!row->key)
     return VLM_ENOMEM;
@@ -816,6 +817,9 @@ static json_t *csv_object(vlm_catalog *cat, vlm_catalog_row *row) {
   for (int i = 0; i < cat->ncols; i++) {
     const csv_column *col = &cat->cols[i];
     const char *cell = cat->rec.v[i];
+    if (col->kind == COL_KEY && *cell && !row->key && utf8_valid(cell) &&
+        !(row->key = strdup(cell)))
+      goto nomem;
     if (!*cell && col->kind != COL_KEY)
       continue; /* an empty cell is an absent value */
     if (!utf8_valid(cell)) {

@@ -240,7 +240,7 @@ int cmd_eval(int argc, char **argv) {
     json_object_set_new(o, "i2t", res.directions & VLM_EVAL_I2T
                                       ? direction_json(&res.i2t, with_index)
                                       : json_null());
-    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(10));
     if (s)
       printf("%s\n", s);
     free(s);

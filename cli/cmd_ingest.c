@@ -69,8 +69,9 @@ static const char usage[] =
     "  -q, --quiet         no progress display\n"
     "  -h, --help          this help\n"
     "\n"
-    "Exit status: 0, or 1 when nothing could be ingested, the run was\n"
-    "interrupted or failed, or --strict met a bad row; 2 for bad flags.\n"
+    "Exit status: 0, or 1 when rows failed and none is stored (by this run\n"
+    "or an earlier one), the run was interrupted or failed, or --strict met\n"
+    "a bad row; 2 for bad flags.\n"
     "\n"
     "example:\n"
     "  vlmdb ingest --db photos.vlm photos.jsonl --batch 64\n"
@@ -971,8 +972,10 @@ int cmd_ingest(int argc, char **argv) {
   for (int r = 1; r < VLM_SKIP_NREASONS; r++)
     if (r != VLM_SKIP_EXISTS)
       errors += ing.skipped[r];
+  /* "Nothing could be ingested": no row is stored now, neither by this
+   * run nor by an earlier one, and some failed. */
   if (ing.failed || ing.strict_stopped || interrupted ||
-      (ing.ingested == 0 && errors > 0))
+      (ing.ingested + ing.skipped[VLM_SKIP_EXISTS] == 0 && errors > 0))
     status = VLM_EXIT_RUNTIME;
   else
     status = VLM_EXIT_OK;

@@ -8,14 +8,18 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "catalog.h"
@@ -41,6 +45,26 @@ static char *make_tmpdir(void) {
   char *dir = strdup("/tmp/vlm_test_cli.XXXXXX");
   assert_non_null(mkdtemp(dir));
   return dir;
+}
+
+/* Each test that writes files gets a fresh directory, removed afterwards
+ * even when the test fails. */
+static pid_t running_child; /* a vlmdb still running, killed on teardown */
+
+static int setup_tmpdir(void **state) {
+  *state = make_tmpdir();
+  return 0;
+}
+
+static int teardown_tmpdir(void **state) {
+  if (running_child > 0) {
+    kill(running_child, SIGKILL);
+    waitpid(running_child, NULL, 0);
+    running_child = 0;
+  }
+  rm_rf(*state);
+  free(*state);
+  return 0;
 }
 
 static void write_file(const char *dir, const char *name, const char *text) {
@@ -91,8 +115,7 @@ static void assert_path_is(const char *got, const char *dir, const char *rel) {
 /* ------------------------------------------------------------- JSONL */
 
 static void test_jsonl_rows_and_errors(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   write_file(dir, "cat.jsonl",
              "{\"key\": \"a\", \"image\": \"img/a.jpg\", \"text\": \"a cat\", "
              "\"meta\": {\"category\": \"animals\", \"year\": 2005, \"x\": [1]}}\n"
@@ -188,15 +211,12 @@ static void test_jsonl_rows_and_errors(void **state) {
   n = read_all(path, &opts, rows);
   assert_string_equal(rows[0].image, "/srv/images/img/a.jpg");
   clear_rows(rows, n);
-  rm_rf(dir);
-  free(dir);
 }
 
 /* --------------------------------------------------------------- CSV */
 
 static void test_csv_quoting_and_line_numbers(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   write_file(dir, "cat.csv",
              "key,image,text,meta.category,meta.year,meta.price\r\n"
              "k1,a.jpg,\"a dog, a cat\",animals,2001,1.5\r\n"
@@ -266,13 +286,10 @@ static void test_csv_quoting_and_line_numbers(void **state) {
   assert_int_equal(rows[7].error, VLM_SKIP_SYNTAX);
   assert_non_null(strstr(rows[7].message, "unterminated"));
   clear_rows(rows, n);
-  rm_rf(dir);
-  free(dir);
 }
 
 static void test_tsv_and_vectors(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   write_file(dir, "cat.tsv",
              "key\ttext\tvector\tmeta.note\n"
              "t1\thello, world\t[0.25, -1, 3e2]\tcomma, inside\n"
@@ -295,13 +312,10 @@ static void test_tsv_and_vectors(void **state) {
   assert_string_equal(rows[2].text, "quoted\ttab");
   assert_true(rows[2].text_vec[2] == 0.5f);
   clear_rows(rows, n);
-  rm_rf(dir);
-  free(dir);
 }
 
 static void test_csv_bad_headers(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   char path[PATH_MAX];
   vlm_catalog *cat = NULL;
   write_file(dir, "a.csv", "key,imgae\nk,x.jpg\n");
@@ -322,15 +336,12 @@ static void test_csv_bad_headers(void **state) {
   assert_int_equal(vlm_catalog_open(path, NULL, &cat), VLM_EINVAL);
   snprintf(path, sizeof path, "%s/missing.jsonl", dir);
   assert_int_equal(vlm_catalog_open(path, NULL, &cat), VLM_ENOTFOUND);
-  rm_rf(dir);
-  free(dir);
 }
 
 /* --------------------------------------------------------- directory */
 
 static void test_directory_catalog(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   write_file(dir, "b.jpg", "not really a jpeg");
   write_file(dir, "b.txt", "  caption of b\n");
   write_file(dir, "sub/a.PNG", "x");
@@ -356,8 +367,6 @@ static void test_directory_catalog(void **state) {
     assert_int_equal(rows[i].line, i + 1);
   }
   clear_rows(rows, n);
-  rm_rf(dir);
-  free(dir);
 }
 
 /* ------------------------------------------------- export round trip */
@@ -386,8 +395,7 @@ static void test_base64_rfc4648_vectors(void **state) {
 }
 
 static void test_export_line_reads_back(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   float image_vec[4] = {0.1f, -0.2f, 1.0f / 3.0f, 1e-30f};
   float text_vec[4] = {3.4e38f, -1.17549435e-38f, 0.0f, 0.7f};
   uint8_t thumb[5] = {0xff, 0xd8, 0x00, 0x7f, 0xd9};
@@ -445,8 +453,6 @@ static void test_export_line_reads_back(void **state) {
   /* a stored-only caption without vectors is not a row ingest can use */
   assert_int_equal(rows[1].error, VLM_SKIP_EMPTY);
   clear_rows(rows, n);
-  rm_rf(dir);
-  free(dir);
 }
 
 static void test_resolve_path(void **state) {
@@ -561,8 +567,7 @@ static void test_eval_metric_by_hand(void **state) {
 }
 
 static void test_eval_pairs_file(void **state) {
-  (void)state;
-  char *dir = make_tmpdir();
+  const char *dir = *state;
   write_file(dir, "pairs.jsonl",
              "{\"image\": \"img1\", \"text\": \"img1#0\"}\n\n"
              "{\"image\": \"img2\", \"text\": [\"img2#0\", \"img2#1\"]}\n");
@@ -582,23 +587,888 @@ static void test_eval_pairs_file(void **state) {
   snprintf(path, sizeof path, "%s/bad.jsonl", dir);
   assert_int_equal(vlm_eval_pairs_load(path, &pairs, &n), VLM_EFORMAT);
   assert_non_null(strstr(vlm_errmsg(), "bad.jsonl:2:"));
-  rm_rf(dir);
-  free(dir);
+}
+
+/* ------------------------------------------------- the vlmdb binary */
+
+
+#define MODEL "tests/fixtures/clip-tiny"
+
+static const char *fixture_images[] = {
+    "gray.jpg", "gray.png",  "palette.png",      "photo_prog.jpg", "photo_rgb.jpg",
+    "rgb.png",  "rgba.png",  "small_upscale.png", "wide.png"};
+#define NFIXTURES 9
+
+static char *vlmdb_path(void) {
+  const char *build = getenv("BUILD");
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/vlmdb", build && *build ? build : "build");
+  char *abs = realpath(path, NULL);
+  if (!abs)
+    fail_msg("%s not found: build it first (make %s)", path, path);
+  return abs;
+}
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return strdup("");
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&buf, &len);
+  char chunk[8192];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    fwrite(chunk, 1, n, mem);
+  fclose(mem);
+  fclose(f);
+  return buf;
+}
+
+/* Start `vlmdb args...` with stdout and stderr going to files in dir. */
+static pid_t spawn_vlmdb(const char *dir, const char *const *args) {
+  char *bin = vlmdb_path();
+  char out[PATH_MAX], err[PATH_MAX];
+  snprintf(out, sizeof out, "%s/.stdout", dir);
+  snprintf(err, sizeof err, "%s/.stderr", dir);
+  const char *argv[64] = {bin};
+  int n = 1;
+  for (; args[n - 1]; n++) {
+    assert_true(n < 63);
+    argv[n] = args[n - 1];
+  }
+  argv[n] = NULL;
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fi = open("/dev/null", O_RDONLY);
+    if (fo < 0 || fe < 0 || fi < 0)
+      _exit(127);
+    dup2(fo, 1);
+    dup2(fe, 2);
+    dup2(fi, 0);
+    setenv("VLMDB_PROGRESS", "lines", 1);
+    setenv("VLMDB_PROGRESS_INTERVAL", "0.02", 1);
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  free(bin);
+  return pid;
+}
+
+/* Run `vlmdb args...`; returns the exit status, *out and *err (may be
+ * NULL) get what it printed. */
+static int run_vlmdb(const char *dir, char **out, char **err,
+                     const char *const *args) {
+  pid_t pid = spawn_vlmdb(dir, args);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/.stdout", dir);
+  char *o = slurp(path);
+  snprintf(path, sizeof path, "%s/.stderr", dir);
+  char *e = slurp(path);
+  if (out)
+    *out = o;
+  else
+    free(o);
+  if (err)
+    *err = e;
+  else
+    free(e);
+  if (!WIFEXITED(st))
+    fail_msg("vlmdb %s died with signal %d", args[0], WTERMSIG(st));
+  return WEXITSTATUS(st);
+}
+
+#define RUN(dir, out, err, ...)                                             \
+  run_vlmdb(dir, out, err, (const char *const[]){__VA_ARGS__, NULL})
+
+/* Run and insist on exit status 0, printing stderr otherwise. */
+static char *run_ok(const char *dir, const char *const *args) {
+  char *out, *err;
+  int rc = run_vlmdb(dir, &out, &err, args);
+  if (rc != 0)
+    fail_msg("vlmdb %s exited %d:\n%s", args[0], rc, err);
+  free(err);
+  return out;
+}
+#define RUN_OK(dir, ...) run_ok(dir, (const char *const[]){__VA_ARGS__, NULL})
+
+static json_t *parse_json(const char *text) {
+  json_error_t jerr;
+  json_t *v = json_loads(text, 0, &jerr);
+  if (!v)
+    fail_msg("not JSON (%s): %s", jerr.text, text);
+  return v;
+}
+
+static void copy_file(const char *from, const char *to) {
+  char *data;
+  FILE *in = fopen(from, "rb");
+  assert_non_null(in);
+  fseek(in, 0, SEEK_END);
+  long n = ftell(in);
+  fseek(in, 0, SEEK_SET);
+  data = malloc((size_t)n);
+  assert_int_equal(fread(data, 1, (size_t)n, in), (size_t)n);
+  fclose(in);
+  FILE *out = fopen(to, "wb");
+  assert_non_null(out);
+  assert_int_equal(fwrite(data, 1, (size_t)n, out), (size_t)n);
+  fclose(out);
+  free(data);
+}
+
+/* tmp/img/<fixture images> and tmp/img/corrupt.jpg */
+static void make_images(const char *dir) {
+  char path[PATH_MAX], src[PATH_MAX];
+  snprintf(path, sizeof path, "%s/img", dir);
+  mkdir(path, 0755);
+  for (int i = 0; i < NFIXTURES; i++) {
+    snprintf(src, sizeof src, MODEL "/%s", fixture_images[i]);
+    snprintf(path, sizeof path, "%s/img/%s", dir, fixture_images[i]);
+    copy_file(src, path);
+  }
+  write_file(dir, "img/corrupt.jpg", "\xff\xd8\xff\xe0 this is not a JPEG");
+}
+
+static void db_path(char *buf, size_t size, const char *dir, const char *name) {
+  snprintf(buf, size, "%s/%s", dir, name);
+}
+
+static const char main_catalog[] =
+    "{\"key\": \"gray\", \"image\": \"img/gray.jpg\", \"text\": \"a gray "
+    "square\", \"meta\": {\"category\": \"plain\", \"year\": 2001}}\n"
+    "{\"key\": \"photo\", \"image\": \"img/photo_rgb.jpg\", \"text\": \"a "
+    "colourful photo, with commas\", \"meta\": {\"category\": \"photo\", "
+    "\"year\": 2010}}\n"
+    "{\"key\": \"progressive\", \"image\": \"img/photo_prog.jpg\", \"text\": "
+    "\"a progressive photo\", \"meta\": {\"category\": \"photo\", \"year\": "
+    "2011}}\n"
+    "{\"key\": \"rgb\", \"image\": \"img/rgb.png\", \"text\": \"red green "
+    "blue\", \"meta\": {\"category\": \"plain\", \"year\": 2003}}\n"
+    "{\"key\": \"rgba\", \"image\": \"img/rgba.png\", \"text\": "
+    "\"transparent\", \"meta\": {\"category\": \"alpha\", \"year\": 2004}}\n"
+    "{\"key\": \"palette\", \"image\": \"img/palette.png\", \"text\": \"few "
+    "colours\", \"meta\": {\"category\": \"plain\", \"year\": 2005}}\n"
+    "{\"key\": \"wide\", \"image\": \"img/wide.png\", \"text\": \"a wide "
+    "banner\", \"meta\": {\"category\": \"photo\", \"year\": 2012}}\n"
+    "{\"key\": \"\xe3\x81\xad\xe3\x81\x93/\xe7\x8c\xab \xe2\x9c\x93\", "
+    "\"image\": \"img/small_upscale.png\", \"text\": \"tiny image, unicode "
+    "key\", \"meta\": {\"category\": \"plain\", \"year\": 2006}}\n"
+    "{\"key\": \"gray-png\", \"image\": \"img/gray.png\", \"text\": \"gray "
+    "png\"}\n"
+    "{\"key\": \"text-only\", \"text\": \"just words\", \"meta\": "
+    "{\"category\": \"words\"}}\n"
+    "{\"key\": \"missing\", \"image\": \"img/nope.jpg\", \"text\": \"x\"}\n"
+    "{\"key\": \"corrupt\", \"image\": \"img/corrupt.jpg\", \"text\": \"x\"}\n"
+    "{\"key\": \"gray\", \"image\": \"img/gray.png\", \"text\": \"again\"}\n"
+    "{\"key\": \"badyear\", \"image\": \"img/gray.jpg\", \"meta\": {\"year\": "
+    "\"old\"}}\n"
+    "this line is not JSON\n";
+#define MAIN_GOOD 10
+static const char *main_keys[MAIN_GOOD] = {
+    "gray", "photo", "progressive", "rgb", "rgba", "palette", "wide",
+    "\xe3\x81\xad\xe3\x81\x93/\xe7\x8c\xab \xe2\x9c\x93", "gray-png",
+    "text-only"};
+
+/* init a database with the conformance model and two fields */
+static void init_db(const char *dir, const char *name) {
+  char db[PATH_MAX];
+  db_path(db, sizeof db, dir, name);
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--field",
+              "category:text", "--field", "year:int"));
+}
+
+static long json_int(json_t *o, const char *name) {
+  json_t *v = json_object_get(o, name);
+  if (!json_is_integer(v))
+    fail_msg("\"%s\" is not an integer", name);
+  return (long)json_integer_value(v);
+}
+
+/* key -> {image_vector, text_vector, ...} from `export --vectors` */
+static json_t *export_map(const char *dir, const char *db) {
+  char *out = RUN_OK(dir, "export", "--db", db, "--vectors");
+  json_t *map = json_object();
+  char *save = NULL;
+  for (char *line = strtok_r(out, "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save)) {
+    json_t *o = parse_json(line);
+    const char *key = json_string_value(json_object_get(o, "key"));
+    assert_non_null(key);
+    assert_null(json_object_get(map, key)); /* no key twice */
+    json_object_set_new(map, key, o);
+  }
+  free(out);
+  return map;
+}
+
+static double dot_json(json_t *a, json_t *b) {
+  assert_int_equal(json_array_size(a), json_array_size(b));
+  double s = 0;
+  for (size_t i = 0; i < json_array_size(a); i++)
+    s += json_number_value(json_array_get(a, i)) *
+         json_number_value(json_array_get(b, i));
+  return s;
+}
+
+/* Oracle for one eval direction with self pairs: naive ranks from the
+ * exported vectors (ties against the ground truth). */
+static void oracle_eval(json_t *map, const char *qfield, const char *cfield,
+                        const int *ks, int nks, double *recall,
+                        double *mean_rank, long *nqueries) {
+  const char *qkey, *ckey;
+  json_t *q, *c;
+  long nq = 0;
+  double rank_sum = 0;
+  for (int i = 0; i < nks; i++)
+    recall[i] = 0;
+  json_object_foreach(map, qkey, q) {
+    json_t *qv = json_object_get(q, qfield);
+    json_t *own = json_object_get(q, cfield);
+    if (!qv || !own)
+      continue;
+    double best = dot_json(qv, own);
+    long rank = 1;
+    json_object_foreach(map, ckey, c) {
+      json_t *cv = json_object_get(c, cfield);
+      if (cv && strcmp(ckey, qkey) && dot_json(qv, cv) >= best)
+        rank++;
+    }
+    nq++;
+    rank_sum += (double)rank;
+    for (int i = 0; i < nks; i++)
+      recall[i] += rank <= ks[i];
+  }
+  for (int i = 0; i < nks; i++)
+    recall[i] /= (double)nq;
+  *mean_rank = rank_sum / (double)nq;
+  *nqueries = nq;
+}
+
+/* Display columns of a UTF-8 prefix (CJK wide, the rest one column). */
+static int columns(const char *s, size_t bytes) {
+  int w = 0;
+  for (size_t i = 0; i < bytes;) {
+    unsigned char c = (unsigned char)s[i];
+    uint32_t cp = c;
+    int n = c < 0x80 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+    if (n == 2)
+      cp = (c & 0x1f) << 6 | (s[i + 1] & 0x3f);
+    else if (n == 3)
+      cp = (c & 0x0f) << 12 | (s[i + 1] & 0x3f) << 6 | (s[i + 2] & 0x3f);
+    w += (cp >= 0x1100 && cp <= 0x115f) || (cp >= 0x2e80 && cp <= 0xa4cf) ||
+                 (cp >= 0xac00 && cp <= 0xd7a3) || (cp >= 0xff00 && cp <= 0xff60)
+             ? 2
+             : 1;
+    i += (size_t)n;
+  }
+  return w;
+}
+
+static void test_e2e_ingest_search_eval(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], catalog[PATH_MAX];
+  make_images(dir);
+  write_file(dir, "catalog.jsonl", main_catalog);
+  db_path(db, sizeof db, dir, "db");
+  db_path(catalog, sizeof catalog, dir, "catalog.jsonl");
+  init_db(dir, "db");
+
+  /* ingest: ten good rows, five bad ones reported with their lines */
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "ingest", "--db", db, catalog, "--json");
+  if (rc != 0)
+    fail_msg("ingest exited %d: %s", rc, err);
+  json_t *sum = parse_json(out);
+  assert_int_equal(json_int(sum, "ingested"), MAIN_GOOD);
+  assert_int_equal(json_int(sum, "rows"), 15);
+  assert_int_equal(json_int(sum, "skipped"), 5);
+  json_t *by = json_object_get(sum, "skipped_by_reason");
+  assert_int_equal(json_int(by, "missing-file"), 1);
+  assert_int_equal(json_int(by, "corrupt-image"), 1);
+  assert_int_equal(json_int(by, "duplicate-key"), 1);
+  assert_int_equal(json_int(by, "wrong-type"), 1);
+  assert_int_equal(json_int(by, "bad-syntax"), 1);
+  assert_int_equal(json_int(by, "exists"), 0);
+  assert_string_equal(json_string_value(json_object_get(sum, "status")),
+                      "done");
+  json_decref(sum);
+  const char *want_lines[] = {
+      "catalog.jsonl:11: missing-file: key \"missing\"",
+      "catalog.jsonl:12: corrupt-image: key \"corrupt\"",
+      "catalog.jsonl:13: duplicate-key: key \"gray\": the key is also on line 1",
+      "catalog.jsonl:14: wrong-type: key \"badyear\": meta.year",
+      "catalog.jsonl:15: bad-syntax: bad JSON"};
+  for (int i = 0; i < 5; i++)
+    if (!strstr(err, want_lines[i]))
+      fail_msg("stderr lacks '%s':\n%s", want_lines[i], err);
+  free(out);
+  free(err);
+
+  /* a second run skips everything: nothing new, exit 0 */
+  out = RUN_OK(dir, "ingest", "--db", db, catalog, "--json");
+  sum = parse_json(out);
+  assert_int_equal(json_int(sum, "ingested"), 0);
+  assert_int_equal(json_int(json_object_get(sum, "skipped_by_reason"), "exists"),
+                   MAIN_GOOD);
+  json_decref(sum);
+  free(out);
+
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  assert_int_equal(json_int(info, "items"), MAIN_GOOD);
+  assert_int_equal(json_int(info, "image_vectors"), MAIN_GOOD - 1);
+  assert_int_equal(json_int(info, "text_vectors"), MAIN_GOOD);
+  assert_int_equal(json_int(info, "dim"), 48);
+  json_decref(info);
+  free(out);
+
+  json_t *map = export_map(dir, db);
+  assert_int_equal(json_object_size(map), MAIN_GOOD);
+  for (int i = 0; i < MAIN_GOOD; i++)
+    assert_non_null(json_object_get(map, main_keys[i]));
+
+  /* search by a stored image: itself first, scores as the dot products of
+   * the exported vectors, in descending order */
+  out = RUN_OK(dir, "search", "--db", db, "--key", "photo", "--target",
+               "image", "-k", "20", "--json");
+  json_t *res = parse_json(out);
+  json_t *hits = json_object_get(res, "results");
+  assert_int_equal(json_array_size(hits), MAIN_GOOD - 1);
+  json_t *qv = json_object_get(json_object_get(map, "photo"), "image_vector");
+  double prev = 2;
+  for (size_t i = 0; i < json_array_size(hits); i++) {
+    json_t *h = json_array_get(hits, i);
+    const char *key = json_string_value(json_object_get(h, "key"));
+    double score = json_number_value(json_object_get(h, "score"));
+    double want =
+        dot_json(qv, json_object_get(json_object_get(map, key), "image_vector"));
+    if (fabs(score - want) > 1e-4)
+      fail_msg("hit %zu %s: score %.6f, dot product %.6f", i, key, score, want);
+    assert_true(score <= prev + 1e-6);
+    prev = score;
+    assert_int_equal(json_int(h, "rank"), (long)i + 1);
+    assert_string_equal(json_string_value(json_object_get(h, "match")),
+                        "image");
+  }
+  assert_string_equal(
+      json_string_value(json_object_get(json_array_get(hits, 0), "key")),
+      "photo");
+  json_decref(res);
+  free(out);
+
+  /* filters: exactly the matching items when k covers them */
+  struct {
+    const char *filter;
+    const char *keys[4];
+  } filters[] = {
+      {"category = 'photo'", {"photo", "progressive", "wide"}},
+      {"year >= 2005 AND category = 'plain'",
+       {"palette", "\xe3\x81\xad\xe3\x81\x93/\xe7\x8c\xab \xe2\x9c\x93"}},
+  };
+  for (int f = 0; f < 2; f++) {
+    out = RUN_OK(dir, "search", "--db", db, "--text", "a photo", "-k", "10",
+                 "--filter", filters[f].filter, "--json");
+    res = parse_json(out);
+    hits = json_object_get(res, "results");
+    size_t nwant = 0;
+    while (nwant < 4 && filters[f].keys[nwant])
+      nwant++;
+    if (json_array_size(hits) != nwant)
+      fail_msg("filter %s: %zu hits, want %zu: %s", filters[f].filter,
+               json_array_size(hits), nwant, out);
+    for (size_t i = 0; i < nwant; i++) {
+      const char *key = json_string_value(json_object_get(json_array_get(hits, i), "key"));
+      int found = 0;
+      for (size_t j = 0; j < nwant; j++)
+        found |= !strcmp(key, filters[f].keys[j]);
+      if (!found)
+        fail_msg("filter %s: unexpected hit %s", filters[f].filter, key);
+    }
+    json_decref(res);
+    free(out);
+  }
+  /* a forbidden filter is the user's mistake: exit 2 */
+  assert_int_equal(RUN(dir, NULL, NULL, "search", "--db", db, "--text", "x",
+                       "--filter", "1); DROP TABLE items; --"),
+                   2);
+
+  /* the table: a header, one line per hit, columns aligned */
+  out = RUN_OK(dir, "search", "--db", db, "--text", "tiny image", "-k", "10",
+               "--fields", "category,year");
+  char *save = NULL;
+  int lines = 0, match_col = -1;
+  for (char *line = strtok_r(out, "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save), lines++) {
+    const char *m = lines == 0 ? strstr(line, "match")
+                               : strstr(line, "  image  ") ? strstr(line, "  image  ") + 2
+                                                            : strstr(line, "  text  ") + 2;
+    assert_non_null(m);
+    int col = columns(line, (size_t)(m - line));
+    if (lines == 0) {
+      assert_true(!strncmp(line, "rank", 4));
+      assert_non_null(strstr(line, "caption"));
+      assert_non_null(strstr(line, "category"));
+      match_col = col;
+    } else if (col != match_col) {
+      fail_msg("line %d: 'match' column at %d, header at %d:\n%s", lines, col,
+               match_col, line);
+    }
+  }
+  assert_int_equal(lines, 1 + MAIN_GOOD);
+  free(out);
+
+  /* eval against a naive computation over the exported vectors */
+  out = RUN_OK(dir, "eval", "--db", db, "-k", "1,2,5", "--json");
+  res = parse_json(out);
+  assert_int_equal(json_int(res, "pairs"), MAIN_GOOD - 1);
+  const int ks[3] = {1, 2, 5};
+  const char *dirs[2] = {"t2i", "i2t"};
+  for (int d = 0; d < 2; d++) {
+    json_t *jd = json_object_get(res, dirs[d]);
+    assert_non_null(jd);
+    double recall[3], mean_rank;
+    long nq;
+    oracle_eval(map, d == 0 ? "text_vector" : "image_vector",
+                d == 0 ? "image_vector" : "text_vector", ks, 3, recall,
+                &mean_rank, &nq);
+    assert_int_equal(json_int(jd, "queries"), nq);
+    assert_int_equal(json_int(jd, "candidates"),
+                     d == 0 ? MAIN_GOOD - 1 : MAIN_GOOD);
+    for (int i = 0; i < 3; i++) {
+      char name[8];
+      snprintf(name, sizeof name, "%d", ks[i]);
+      double got = json_number_value(
+          json_object_get(json_object_get(jd, "recall"), name));
+      if (fabs(got - recall[i]) > 1e-8)
+        fail_msg("%s R@%d: eval %.6f, oracle %.6f", dirs[d], ks[i], got,
+                 recall[i]);
+      json_t *ir = json_object_get(json_object_get(jd, "index_recall"), name);
+      assert_true(json_is_number(ir));
+      assert_true(json_number_value(ir) >= 0 && json_number_value(ir) <= 1);
+      assert_true(json_is_number(
+          json_object_get(json_object_get(jd, "recall_index"), name)));
+    }
+    double got_mean = json_number_value(json_object_get(jd, "mean_rank"));
+    if (fabs(got_mean - mean_rank) > 1e-8)
+      fail_msg("%s mean rank: eval %.6f, oracle %.6f", dirs[d], got_mean,
+               mean_rank);
+    assert_true(json_number_value(json_object_get(jd, "median_rank")) >= 1);
+    assert_true(json_number_value(json_object_get(jd, "index_ms_per_query")) >= 0);
+    assert_true(json_number_value(json_object_get(jd, "exact_ms_per_query")) >= 0);
+  }
+  json_decref(res);
+  free(out);
+  /* the human report names its parts */
+  out = RUN_OK(dir, "eval", "--db", db);
+  assert_non_null(strstr(out, "text->image"));
+  assert_non_null(strstr(out, "image->text"));
+  assert_non_null(strstr(out, "Recall@K"));
+  assert_non_null(strstr(out, "median rank"));
+  free(out);
+
+  /* pairs file, COCO style: "gray" with two captions, one of them the
+   * text-only item */
+  write_file(dir, "pairs.jsonl",
+             "{\"image\": \"gray\", \"text\": [\"gray\", \"text-only\"]}\n"
+             "{\"image\": \"photo\", \"text\": \"photo\"}\n"
+             "{\"image\": \"nope\", \"text\": \"photo\"}\n");
+  char pairs[PATH_MAX];
+  db_path(pairs, sizeof pairs, dir, "pairs.jsonl");
+  out = RUN_OK(dir, "eval", "--db", db, "--pairs", pairs, "--json", "-k",
+               "1,10");
+  res = parse_json(out);
+  assert_int_equal(json_int(res, "pairs"), 3);
+  assert_int_equal(json_int(res, "skipped_pairs"), 1);
+  assert_int_equal(json_int(json_object_get(res, "i2t"), "queries"), 2);
+  assert_int_equal(json_int(json_object_get(res, "t2i"), "queries"), 3);
+  /* 10 >= every candidate count: everything is a hit at 10 */
+  assert_true(json_number_value(json_object_get(
+                  json_object_get(json_object_get(res, "i2t"), "recall"),
+                  "10")) == 1.0);
+  json_decref(res);
+  free(out);
+
+  /* get, --thumb, delete */
+  char thumb[PATH_MAX];
+  db_path(thumb, sizeof thumb, dir, "thumb.jpg");
+  out = RUN_OK(dir, "get", "--db", db, "photo", "--json", "--thumb", thumb);
+  res = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(res, "caption")),
+                      "a colourful photo, with commas");
+  assert_int_equal(json_int(json_object_get(res, "meta"), "year"), 2010);
+  long thumb_bytes = json_int(res, "thumb_bytes");
+  assert_true(thumb_bytes > 100);
+  struct stat st;
+  assert_int_equal(stat(thumb, &st), 0);
+  assert_int_equal(st.st_size, thumb_bytes);
+  char *jpeg = slurp(thumb);
+  assert_true((unsigned char)jpeg[0] == 0xff && (unsigned char)jpeg[1] == 0xd8);
+  free(jpeg);
+  json_decref(res);
+  free(out);
+  assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", db, "no-such-key"), 1);
+  out = RUN_OK(dir, "delete", "--db", db, "rgb", "no-such-key", "--json");
+  res = parse_json(out);
+  assert_int_equal(json_int(res, "deleted"), 1);
+  assert_int_equal(json_int(res, "requested"), 2);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  info = parse_json(out);
+  assert_int_equal(json_int(info, "items"), MAIN_GOOD - 1);
+  json_decref(info);
+  free(out);
+
+  json_decref(map);
+}
+
+/* export -> ingest into a new database gives the same items: with
+ * --vectors exactly, without them by re-embedding the same files */
+static void test_e2e_export_roundtrip(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], catalog[PATH_MAX], exp[PATH_MAX];
+  make_images(dir);
+  write_file(dir, "catalog.jsonl", main_catalog);
+  db_path(db, sizeof db, dir, "db");
+  db_path(catalog, sizeof catalog, dir, "catalog.jsonl");
+  init_db(dir, "db");
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, catalog), 0);
+  json_t *orig = export_map(dir, db);
+
+  for (int with_vectors = 1; with_vectors >= 0; with_vectors--) {
+    const char *name = with_vectors ? "copy-v" : "copy";
+    char copy[PATH_MAX];
+    db_path(copy, sizeof copy, dir, name);
+    db_path(exp, sizeof exp, dir, with_vectors ? "exp-v.jsonl" : "exp.jsonl");
+    if (with_vectors)
+      free(RUN_OK(dir, "export", "--db", db, "--vectors", "-o", exp));
+    else
+      free(RUN_OK(dir, "export", "--db", db, "-o", exp));
+    init_db(dir, name);
+    char *out = RUN_OK(dir, "ingest", "--db", copy, exp, "--json");
+    json_t *sum = parse_json(out);
+    assert_int_equal(json_int(sum, "ingested"), MAIN_GOOD);
+    assert_int_equal(json_int(sum, "skipped"), 0);
+    json_decref(sum);
+    free(out);
+    json_t *again = export_map(dir, copy);
+    assert_int_equal(json_object_size(again), MAIN_GOOD);
+    const char *key;
+    json_t *a;
+    json_object_foreach(orig, key, a) {
+      json_t *b = json_object_get(again, key);
+      assert_non_null(b);
+      if (with_vectors) {
+        if (!json_equal(a, b)) {
+          char *sa = json_dumps(a, JSON_COMPACT), *sb = json_dumps(b, JSON_COMPACT);
+          fail_msg("key %s differs:\n%.300s\n%.300s", key, sa, sb);
+        }
+        continue;
+      }
+      /* re-embedded: the same up to float rounding */
+      const char *fields[] = {"image", "text", "meta", "thumbnail"};
+      for (int f = 0; f < 4; f++)
+        if (!json_equal(json_object_get(a, fields[f]) ? json_object_get(a, fields[f]) : json_null(),
+                        json_object_get(b, fields[f]) ? json_object_get(b, fields[f]) : json_null()))
+          fail_msg("key %s: \"%s\" differs", key, fields[f]);
+      const char *vecs[] = {"image_vector", "text_vector"};
+      for (int v = 0; v < 2; v++) {
+        json_t *va = json_object_get(a, vecs[v]), *vb = json_object_get(b, vecs[v]);
+        assert_int_equal(!va, !vb);
+        for (size_t i = 0; va && i < json_array_size(va); i++) {
+          double x = json_number_value(json_array_get(va, i));
+          double y = json_number_value(json_array_get(vb, i));
+          if (fabs(x - y) > 1e-5)
+            fail_msg("key %s %s[%zu]: %.7f vs %.7f", key, vecs[v], i, x, y);
+        }
+      }
+    }
+    json_decref(again);
+  }
+  json_decref(orig);
+}
+
+/* A catalog of n rows cycling over the fixture images. */
+static void write_big_catalog(const char *dir, int n) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/big.jsonl", dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  for (int i = 0; i < n; i++)
+    fprintf(f,
+            "{\"key\": \"item%04d\", \"image\": \"img/%s\", \"text\": "
+            "\"caption number %d\", \"meta\": {\"year\": %d}}\n",
+            i, fixture_images[i % NFIXTURES], i, 1900 + i % 120);
+  fclose(f);
+}
+
+/* Wait until the child's progress lines show at least `rows` done. */
+static int wait_progress(const char *dir, pid_t pid, long rows) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/.stderr", dir);
+  for (int tries = 0; tries < 6000; tries++) { /* 60 s at most */
+    char *err = slurp(path);
+    long best = -1;
+    for (char *p = err; (p = strstr(p, "ingest: ")); p += 8) {
+      long done = strtol(p + 8, NULL, 10);
+      if (done > best)
+        best = done;
+    }
+    free(err);
+    if (best >= rows)
+      return 1;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      running_child = 0;
+      fail_msg("the ingest ended (status %d) before %ld rows were reported",
+               st, rows);
+    }
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  return 0;
+}
+
+static void check_complete(const char *dir, const char *db, int n) {
+  char *out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  assert_int_equal(json_int(info, "items"), n);
+  assert_int_equal(json_int(info, "image_vectors"), n);
+  assert_int_equal(json_int(info, "text_vectors"), n);
+  json_decref(info);
+  free(out);
+  json_t *map = export_map(dir, db); /* fails on a key seen twice */
+  assert_int_equal(json_object_size(map), n);
+  for (int i = 0; i < n; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "item%04d", i);
+    json_t *o = json_object_get(map, key);
+    if (!o)
+      fail_msg("%s is missing", key);
+    char want[64];
+    snprintf(want, sizeof want, "caption number %d", i);
+    assert_string_equal(json_string_value(json_object_get(o, "text")), want);
+    assert_non_null(json_object_get(o, "image_vector"));
+  }
+  json_decref(map);
+}
+
+/* kill -9 in the middle of an ingest, run it again: all rows, once */
+static void test_e2e_resume_after_sigkill(void **state) {
+  const int n = 600;
+  const char *dir = *state;
+  char db[PATH_MAX], catalog[PATH_MAX];
+  make_images(dir);
+  write_big_catalog(dir, n);
+  db_path(db, sizeof db, dir, "db");
+  db_path(catalog, sizeof catalog, dir, "big.jsonl");
+  init_db(dir, "db");
+  pid_t pid = spawn_vlmdb(dir, (const char *const[]){"ingest", "--db", db,
+                                                      catalog, "--batch", "4",
+                                                      "--threads", "1", NULL});
+  running_child = pid;
+  assert_true(wait_progress(dir, pid, 40));
+  kill(pid, SIGKILL);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  running_child = 0;
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+
+  char *out = RUN_OK(dir, "ingest", "--db", db, catalog, "--json");
+  json_t *sum = parse_json(out);
+  long ingested = json_int(sum, "ingested");
+  long exists = json_int(json_object_get(sum, "skipped_by_reason"), "exists");
+  if (ingested + exists != n || exists < 40 || ingested == 0)
+    fail_msg("after the kill: %ld ingested + %ld already there, want %d with "
+             "at least 40 from the first run",
+             ingested, exists, n);
+  json_decref(sum);
+  free(out);
+  check_complete(dir, db, n);
+}
+
+/* Ctrl-C: the run stops after the batch being written, says so, exits 1;
+ * the next run completes it */
+static void test_e2e_sigint_stops_cleanly(void **state) {
+  const int n = 600;
+  const char *dir = *state;
+  char db[PATH_MAX], catalog[PATH_MAX];
+  make_images(dir);
+  write_big_catalog(dir, n);
+  db_path(db, sizeof db, dir, "db");
+  db_path(catalog, sizeof catalog, dir, "big.jsonl");
+  init_db(dir, "db");
+  pid_t pid = spawn_vlmdb(dir, (const char *const[]){"ingest", "--db", db,
+                                                      catalog, "--batch", "4",
+                                                      "--threads", "1",
+                                                      "--json", NULL});
+  running_child = pid;
+  assert_true(wait_progress(dir, pid, 40));
+  kill(pid, SIGINT);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  running_child = 0;
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 1);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/.stdout", dir);
+  char *out = slurp(path);
+  json_t *sum = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(sum, "status")),
+                      "interrupted");
+  long first = json_int(sum, "ingested");
+  assert_true(first >= 40 && first < n);
+  json_decref(sum);
+  free(out);
+
+  out = RUN_OK(dir, "ingest", "--db", db, catalog, "--json");
+  sum = parse_json(out);
+  assert_int_equal(json_int(sum, "ingested"), n - first);
+  assert_int_equal(json_int(json_object_get(sum, "skipped_by_reason"), "exists"),
+                   first);
+  json_decref(sum);
+  free(out);
+  check_complete(dir, db, n);
+}
+
+/* CSV with quoting, TSV and a directory through the binary; --strict and
+ * the exit status when nothing could be ingested */
+static void test_e2e_csv_tsv_dir_and_exit_status(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], path[PATH_MAX];
+  make_images(dir);
+  db_path(db, sizeof db, dir, "db");
+  init_db(dir, "db");
+  write_file(dir, "c.csv",
+             "key,image,text,meta.category,meta.year\n"
+             "c1,img/gray.jpg,\"a \"\"quoted\"\", comma, text\",plain,2001\n"
+             "c2,img/rgb.png,\"two\nlines\",photo,2002\n"
+             "c3,img/nope.png,x,plain,2003\n"
+             "c4,img/wide.png,x,plain,not-a-year\n");
+  db_path(path, sizeof path, dir, "c.csv");
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "ingest", "--db", db, path);
+  assert_int_equal(rc, 0);
+  assert_non_null(strstr(out, "ingested 2 of 4 rows"));
+  if (!strstr(err, "c.csv:5: missing-file: key \"c3\"") ||
+      !strstr(err, "c.csv:6: wrong-type: key \"c4\""))
+    fail_msg("stderr:\n%s", err);
+  free(out);
+  free(err);
+  out = RUN_OK(dir, "get", "--db", db, "c1", "--json");
+  json_t *rec = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(rec, "caption")),
+                      "a \"quoted\", comma, text");
+  json_decref(rec);
+  free(out);
+  out = RUN_OK(dir, "get", "--db", db, "c2", "--json");
+  rec = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(rec, "caption")),
+                      "two\nlines");
+  assert_int_equal(json_int(json_object_get(rec, "meta"), "year"), 2002);
+  json_decref(rec);
+  free(out);
+
+  write_file(dir, "t.tsv", "key\ttext\tmeta.category\nt1\ttab, separated\twords\n");
+  db_path(path, sizeof path, dir, "t.tsv");
+  free(RUN_OK(dir, "ingest", "--db", db, path));
+
+  /* a directory: keys are relative paths, sidecars give the text */
+  write_file(dir, "img/wide.txt", "a very wide picture\n");
+  db_path(path, sizeof path, dir, "img");
+  rc = RUN(dir, &out, &err, "ingest", "--db", db, path, "--json");
+  assert_int_equal(rc, 0);
+  json_t *sum = parse_json(out);
+  assert_int_equal(json_int(sum, "ingested"), NFIXTURES);
+  assert_int_equal(json_int(json_object_get(sum, "skipped_by_reason"),
+                            "corrupt-image"),
+                   1);
+  json_decref(sum);
+  free(out);
+  free(err);
+  out = RUN_OK(dir, "get", "--db", db, "wide.png", "--json");
+  rec = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(rec, "caption")),
+                      "a very wide picture");
+  json_decref(rec);
+  free(out);
+
+  /* --strict: stop at the first bad row, exit 1 */
+  write_file(dir, "s.jsonl", "{\"key\": \"s1\", \"text\": \"fine\"}\n"
+                             "{\"key\": \"s2\", \"text\": 7}\n");
+  db_path(path, sizeof path, dir, "s.jsonl");
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, path, "--strict"),
+                   1);
+  /* nothing could be ingested: exit 1; without --strict one good row is
+   * enough for 0 */
+  write_file(dir, "bad.jsonl", "{\"key\": \"b1\"}\nnot json\n");
+  db_path(path, sizeof path, dir, "bad.jsonl");
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, path), 1);
+  db_path(path, sizeof path, dir, "s.jsonl");
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, path), 0);
+}
+
+static void test_e2e_help_and_usage_errors(void **state) {
+  const char *dir = *state;
+  const char *cmds[] = {"init", "ingest", "search", "eval", "info",
+                        "get",  "delete", "export", "reindex"};
+  for (int i = 0; i < 9; i++) {
+    char *out;
+    assert_int_equal(RUN(dir, &out, NULL, cmds[i], "--help"), 0);
+    if (!strstr(out, "usage: vlmdb") || !strstr(out, "example"))
+      fail_msg("%s --help:\n%s", cmds[i], out);
+    free(out);
+    assert_int_equal(RUN(dir, NULL, NULL, cmds[i], "--no-such-flag"), 2);
+    /* no --db */
+    assert_int_equal(RUN(dir, NULL, NULL, cmds[i]), 2);
+  }
+  assert_int_equal(RUN(dir, NULL, NULL, "search", "--db", dir, "-k", "0",
+                       "--text", "x"),
+                   2);
+  assert_int_equal(RUN(dir, NULL, NULL, "eval", "--db", dir, "-k", "1,x"), 2);
+  /* not a database: a runtime error */
+  assert_int_equal(RUN(dir, NULL, NULL, "info", "--db", dir), 1);
 }
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_jsonl_rows_and_errors),
-      cmocka_unit_test(test_csv_quoting_and_line_numbers),
-      cmocka_unit_test(test_tsv_and_vectors),
-      cmocka_unit_test(test_csv_bad_headers),
-      cmocka_unit_test(test_directory_catalog),
+      cmocka_unit_test_setup_teardown(test_jsonl_rows_and_errors, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_csv_quoting_and_line_numbers, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_tsv_and_vectors, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_csv_bad_headers, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_directory_catalog, setup_tmpdir,
+                                      teardown_tmpdir),
       cmocka_unit_test(test_base64_rfc4648_vectors),
-      cmocka_unit_test(test_export_line_reads_back),
+      cmocka_unit_test_setup_teardown(test_export_line_reads_back, setup_tmpdir,
+                                      teardown_tmpdir),
       cmocka_unit_test(test_resolve_path),
       cmocka_unit_test(test_progress_text),
       cmocka_unit_test(test_eval_metric_by_hand),
-      cmocka_unit_test(test_eval_pairs_file),
+      cmocka_unit_test_setup_teardown(test_eval_pairs_file, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_help_and_usage_errors, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_ingest_search_eval, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_export_roundtrip, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_csv_tsv_dir_and_exit_status, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_resume_after_sigkill, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_sigint_stops_cleanly, setup_tmpdir,
+                                      teardown_tmpdir),
   };
   return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
 }
