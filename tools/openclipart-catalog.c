@@ -2,7 +2,7 @@
  * openclipart-png and openclipart-svg packages.
  *
  *   openclipart-catalog [--png-root DIR] [--svg-root DIR] [--out DIR]
- *                       [--no-pixel-check] [--dump]
+ *                       [--max-family N] [--no-pixel-check] [--dump]
  *
  * Writes OUT/catalog.jsonl (every item), OUT/train.jsonl, OUT/test.jsonl
  * (the split: FNV-1a 64 of the key mod 10 == 0 is test) and OUT/stats.json,
@@ -33,6 +33,7 @@
 #define BOILERPLATE_DESCRIPTIONS 20 /* files sharing a description */
 #define MAX_PIXELS (24u * 1000 * 1000) /* larger renders are left out */
 #define MIN_SIDE 8                     /* smaller ones too */
+#define MAX_FAMILY 25 /* items whose captions differ only in digits */
 
 typedef struct {
   char *rel;    /* path under the PNG root, with ".png" */
@@ -136,6 +137,10 @@ typedef struct {
   vlm_data_png_info info;
   long long bytes;
   int excluded;           /* reason index, 0 = kept */
+  char *path;             /* copy of key split in place: */
+  const char *category;   /* first directory ("" at the top) */
+  const char *subcategory;/* second directory or NULL */
+  vlm_data_caption cap;   /* built for items not excluded before step 3 */
 } item;
 
 enum {
@@ -147,12 +152,14 @@ enum {
   EX_TOO_LARGE,
   EX_TOO_SMALL,
   EX_BLANK,
+  EX_SERIES,
   EX_BAD_NAME,
   EX_COUNT
 };
 static const char *const excluded_names[EX_COUNT] = {
     "kept", "no_svg", "svg_unreadable", "png_unreadable", "licence_not_public_domain",
-    "over_24_megapixels", "side_under_8px", "blank_image", "name_not_utf8"};
+    "over_24_megapixels", "side_under_8px", "blank_image",
+    "near_duplicate_series", "name_not_utf8"};
 
 static int cmp_item(const void *a, const void *b) {
   return strcmp(((const item *)a)->key, ((const item *)b)->key);
@@ -203,10 +210,38 @@ static void commit_tmp(FILE *f, char *tmp_path, const char *out_dir, const char 
   free(tmp_path);
 }
 
+typedef struct {
+  char *family;     /* caption, lower case, digit runs as '#' */
+  uint64_t hash;    /* FNV-1a of the key: the order within a family */
+  size_t index;
+} family_entry;
+
+static char *family_of(const char *caption) {
+  char *f = xmalloc(strlen(caption) + 1);
+  size_t o = 0;
+  for (const char *p = caption; *p; p++) {
+    if (*p >= '0' && *p <= '9') {
+      if (o == 0 || f[o - 1] != '#') f[o++] = '#';
+    } else {
+      f[o++] = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+    }
+  }
+  f[o] = 0;
+  return f;
+}
+
+static int cmp_family(const void *a, const void *b) {
+  const family_entry *x = a, *y = b;
+  int c = strcmp(x->family, y->family);
+  if (c) return c;
+  if (x->hash != y->hash) return x->hash < y->hash ? -1 : 1;
+  return x->index < y->index ? -1 : x->index > y->index;
+}
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: openclipart-catalog [--png-root DIR] [--svg-root DIR] [--out DIR]\n"
-          "                           [--no-pixel-check] [--dump]\n"
+          "                           [--max-family N] [--no-pixel-check] [--dump]\n"
           "Build catalog.jsonl, train.jsonl, test.jsonl and stats.json from\n"
           "openclipart's PNG and SVG trees (defaults: /usr/share/openclipart/png,\n"
           "/usr/share/openclipart/svg, data/openclipart).\n");
@@ -216,12 +251,13 @@ int main(int argc, char **argv) {
   const char *png_root_arg = "/usr/share/openclipart/png";
   const char *svg_root = "/usr/share/openclipart/svg";
   const char *out_dir = "data/openclipart";
-  int pixel_check = 1, dump = 0;
+  int pixel_check = 1, dump = 0, max_family = MAX_FAMILY;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--png-root") && i + 1 < argc) png_root_arg = argv[++i];
     else if (!strcmp(argv[i], "--svg-root") && i + 1 < argc) svg_root = argv[++i];
     else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_dir = argv[++i];
     else if (!strcmp(argv[i], "--no-pixel-check")) pixel_check = 0;
+    else if (!strcmp(argv[i], "--max-family") && i + 1 < argc) max_family = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--dump")) dump = 1;
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
@@ -351,7 +387,55 @@ int main(int argc, char **argv) {
   }
   double t_parse = now_s() - t0;
 
-  /* 3. Captions and output. */
+  /* 3. Captions. */
+  for (size_t i = 0; i < nitems; i++) {
+    item *it = &items[i];
+    if (it->excluded) continue;
+    /* category/subcategory/.../stem */
+    it->path = xstrdup(it->key);
+    char *slash = strchr(it->path, '/');
+    it->category = slash ? it->path : "";
+    const char *stem = strrchr(it->key, '/') ? strrchr(it->key, '/') + 1 : it->key;
+    if (slash) {
+      *slash = 0;
+      char *rest = slash + 1;
+      char *slash2 = strchr(rest, '/');
+      if (slash2) {
+        *slash2 = 0;
+        it->subcategory = rest;
+      }
+    }
+    char fallback[256];
+    snprintf(fallback, sizeof fallback, "%s%s%s", it->category, it->subcategory ? " " : "",
+             it->subcategory ? it->subcategory : "");
+    for (char *p = fallback; *p; p++)
+      if (*p == '_') *p = ' ';
+    if (vlm_data_caption_build(&it->meta, stem, fallback, bp, &it->cap)) die(it->key);
+  }
+
+  /* 4. Generated series ("star 63pt05step", "star 57pt23step", ... 1375
+   * of them): at most max_family items whose captions are the same up to
+   * digits, the ones with the smallest key hash, so the rest of the
+   * collection is not drowned and captions stay tellable apart. */
+  size_t nfam = 0;
+  family_entry *fam = calloc(nitems ? nitems : 1, sizeof *fam);
+  if (!fam) return 1;
+  for (size_t i = 0; i < nitems; i++) {
+    if (items[i].excluded) continue;
+    fam[nfam].family = family_of(items[i].cap.text);
+    fam[nfam].hash = vlm_data_fnv1a64(items[i].key, strlen(items[i].key));
+    fam[nfam].index = i;
+    nfam++;
+  }
+  qsort(fam, nfam, sizeof *fam, cmp_family);
+  for (size_t i = 0, run = 0; i < nfam; i++) {
+    run = (i > 0 && !strcmp(fam[i].family, fam[i - 1].family)) ? run + 1 : 0;
+    if (max_family > 0 && run >= (size_t)max_family) items[fam[i].index].excluded = EX_SERIES;
+  }
+  for (size_t i = 0; i < nfam; i++) free(fam[i].family);
+  free(fam);
+
+  /* 5. Output. */
   char *tmp_all, *tmp_train, *tmp_test;
   FILE *f_all = open_tmp(out_dir, "catalog.jsonl", &tmp_all);
   FILE *f_train = open_tmp(out_dir, "train.jsonl", &tmp_train);
@@ -369,28 +453,8 @@ int main(int argc, char **argv) {
     item *it = &items[i];
     excluded_count[it->excluded]++;
     if (it->excluded) continue;
-    /* category/subcategory/.../stem */
-    char *path = xstrdup(it->key);
-    char *slash = strchr(path, '/');
-    const char *category = slash ? path : "";
-    const char *subcategory = NULL;
-    const char *stem = strrchr(it->key, '/') ? strrchr(it->key, '/') + 1 : it->key;
-    if (slash) {
-      *slash = 0;
-      char *rest = slash + 1;
-      char *slash2 = strchr(rest, '/');
-      if (slash2) {
-        *slash2 = 0;
-        subcategory = rest;
-      }
-    }
-    char fallback[256];
-    snprintf(fallback, sizeof fallback, "%s%s%s", category, subcategory ? " " : "",
-             subcategory ? subcategory : "");
-    for (char *p = fallback; *p; p++)
-      if (*p == '_') *p = ' ';
-    vlm_data_caption cap;
-    if (vlm_data_caption_build(&it->meta, stem, fallback, bp, &cap)) die(it->key);
+    const char *category = it->category, *subcategory = it->subcategory;
+    const vlm_data_caption cap = it->cap;
 
     json_t *meta = json_object();
     if (*category) json_object_set_new(meta, "category", json_string(category));
@@ -455,8 +519,6 @@ int main(int argc, char **argv) {
     total_bytes += it->bytes;
     n_large += it->info.width > 2048 || it->info.height > 2048 || it->bytes > (1 << 20);
     n_small += side < 32;
-    vlm_data_caption_free(&cap);
-    free(path);
   }
   commit_tmp(f_all, tmp_all, out_dir, "catalog.jsonl");
   commit_tmp(f_train, tmp_train, out_dir, "train.jsonl");
@@ -509,6 +571,7 @@ int main(int argc, char **argv) {
   json_object_set_new(pixels, "transparent_pixels_dark", json_integer(n_dark_bg));
   json_object_set_new(pixels, "blank_when_alpha_dropped", json_integer(n_blank_no_alpha));
   json_object_set_new(stats, "pixels", pixels);
+  json_object_set_new(stats, "max_family", json_integer(max_family));
   json_object_set_new(stats, "split", json_string("test iff FNV-1a-64(key) % 10 == 0"));
   char *tmp_stats;
   FILE *f_stats = open_tmp(out_dir, "stats.json", &tmp_stats);
@@ -531,6 +594,8 @@ int main(int argc, char **argv) {
     free(items[i].image);
     free(items[i].svg);
     vlm_data_svg_meta_free(&items[i].meta);
+    vlm_data_caption_free(&items[i].cap);
+    free(items[i].path);
   }
   free(items);
   for (size_t i = 0; i < entries.n; i++) {
