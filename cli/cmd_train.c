@@ -1,7 +1,465 @@
-/* placeholder until the module lands; replaced by the real command. */
+/* cmd_train.c - `vlmdb train`: train or fine-tune a CLIP model on a
+ * catalog of image-text pairs (the library does the work: vlm_train.h). */
 #include "vlm_cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "vlm_error.h"
+#include "vlm_train.h"
+
+static const char usage[] =
+    "usage: vlmdb train --catalog FILE --out DIR [--init DIR | --config FILE]\n"
+    "                   [--epochs N] [--batch N] [--lr X] [--seed N]\n"
+    "                   [--threads N] [--lora RANK] [--resume] [options]\n"
+    "\n"
+    "Train a CLIP model on the items of a catalog that have both an image\n"
+    "and a text (the formats `vlmdb ingest` reads), with CLIP's symmetric\n"
+    "contrastive loss, and write it to DIR in the Hugging Face layout:\n"
+    "config.json, model.safetensors, vocab.json, merges.txt,\n"
+    "preprocessor_config.json, training.json, plus metrics.csv (held-out\n"
+    "Recall@1/5/10 after every epoch), train.log and checkpoint/.\n"
+    "\n"
+    "model:\n"
+    "  --init DIR          start from this model (any model `vlmdb embed`\n"
+    "                      loads); without it, --config FILE gives the\n"
+    "                      geometry (a Hugging Face CLIP config.json) of a\n"
+    "                      model trained from scratch\n"
+    "  --tokenizer DIR     vocab.json + merges.txt (default: the --init\n"
+    "                      model's, else the default model's)\n"
+    "  --lora RANK         train low-rank adapters on every attention and\n"
+    "                      MLP projection, base weights frozen; the output\n"
+    "                      has them merged in\n"
+    "  --lora-alpha X      adapter scale numerator (default 2 x RANK)\n"
+    "  --save-adapters     also write adapter_model.safetensors (PEFT names)\n"
+    "  --f32               write model.safetensors in F32 (default F16)\n"
+    "data:\n"
+    "  --catalog FILE      training pairs (JSONL, CSV/TSV or a directory)\n"
+    "  --images-root DIR   base of relative image paths\n"
+    "  --val-catalog FILE  held-out pairs evaluated after every epoch\n"
+    "  --val-fraction X    else hold out this share of the catalog, chosen\n"
+    "                      by a hash of the key (default 0.05; 0 = none)\n"
+    "  --no-augment        no random crops or colour jitter\n"
+    "  --crop-scale X      smallest random crop, as a share of the area\n"
+    "                      (default 0.5)\n"
+    "  --jitter X          colour jitter strength (default 0.2)\n"
+    "  --hflip             random horizontal flips (off by default: images\n"
+    "                      may contain text)\n"
+    "  --cache-mb N        decoded images kept in memory (default 4096)\n"
+    "  --loader-threads N  threads building batches ahead (default 1)\n"
+    "optimization:\n"
+    "  --epochs N          passes over the data (default 10)\n"
+    "  --max-steps N       train this many steps instead\n"
+    "  --batch N           pairs per step (default 128)\n"
+    "  --lr X              peak learning rate (default 5e-4 from scratch,\n"
+    "                      1e-5 fine-tuning, 1e-4 with --lora)\n"
+    "  --min-lr X          end of the cosine decay (default 0)\n"
+    "  --warmup N          linear warm-up steps (default 10%, at most 2000)\n"
+    "  --weight-decay X    AdamW decoupled weight decay (default 0.1)\n"
+    "  --grad-clip X       clip the gradient's global norm (default 1; 0 =\n"
+    "                      off)\n"
+    "  --seed N            random seed (default 1)\n"
+    "  --threads N         compute threads (default: all cores)\n"
+    "checkpoints:\n"
+    "  --checkpoint-every N  steps between checkpoints (default: each epoch)\n"
+    "  --resume            continue from DIR/checkpoint (bit for bit with the\n"
+    "                      same thread count); starts afresh if there is none\n"
+    "  --stop-after N      checkpoint and stop after step N\n"
+    "  -q, --quiet         no progress lines\n"
+    "  -h, --help          this help\n"
+    "\n"
+    "Ctrl-C (or SIGTERM) writes a checkpoint and stops; run the same command\n"
+    "with --resume to continue.  Exit status: 0, 1 when training failed or\n"
+    "was stopped, 2 for bad flags.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb train --catalog clipart.jsonl --config models/default-config.json \\\n"
+    "              --out models/clipart --epochs 40 --batch 128 --seed 1\n"
+    "  vlmdb train --catalog products.jsonl --init models/default --lora 8 \\\n"
+    "              --out models/products --epochs 5\n";
+
+static volatile int stop_flag;
+
+static void on_signal(int sig) {
+  (void)sig;
+  stop_flag = 1;
+}
+
+static int parse_long(const char *cmd, const char *flag, const char *text,
+                      long min, long max, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (errno || end == text || *end || v < min || v > max) {
+    vlm_cli_error(cmd, "%s wants an integer in [%ld, %ld], not '%s'", flag,
+                  min, max, text);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int parse_double(const char *cmd, const char *flag, const char *text,
+                        double min, double max, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(text, &end);
+  if (errno || end == text || *end || !(v >= min && v <= max)) {
+    vlm_cli_error(cmd, "%s wants a number in [%g, %g], not '%s'", flag, min,
+                  max, text);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+typedef struct {
+  vlm_train_item *items;
+  char **strings;
+  int n, cap, nstr, capstr;
+} item_list;
+
+static char *keep(item_list *l, char *s) {
+  if (!s)
+    return NULL;
+  if (l->nstr == l->capstr) {
+    int cap = l->capstr ? l->capstr * 2 : 256;
+    char **p = realloc(l->strings, sizeof *p * cap);
+    if (!p)
+      return NULL;
+    l->strings = p;
+    l->capstr = cap;
+  }
+  l->strings[l->nstr++] = s;
+  return s;
+}
+
+static void list_free(item_list *l) {
+  for (int i = 0; i < l->nstr; i++)
+    free(l->strings[i]);
+  free(l->strings);
+  free(l->items);
+}
+
+/* The catalog's rows with an image and a text.  Bad rows and rows
+ * without both are reported (the first few) and counted. */
+static int read_pairs(const char *cmd, const char *path,
+                      const char *images_root, item_list *out, int quiet) {
+  vlm_catalog_options co = {0};
+  co.images_root = images_root;
+  vlm_catalog *cat = NULL;
+  int rc = vlm_catalog_open(path, &co, &cat);
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+    return -1;
+  }
+  vlm_catalog_row row = {0};
+  long bad = 0, partial = 0;
+  for (;;) {
+    rc = vlm_catalog_next(cat, &row);
+    if (rc <= 0)
+      break;
+    if (row.error) {
+      if (!quiet && bad < 10)
+        fprintf(stderr, "vlmdb %s: %s:%ld: skipped: %s\n", cmd, path,
+                row.line, row.message);
+      bad++;
+    } else if (!row.image || !row.text || !*row.text) {
+      partial++;
+    } else {
+      if (out->n == out->cap) {
+        int cap = out->cap ? out->cap * 2 : 1024;
+        vlm_train_item *p = realloc(out->items, sizeof *p * cap);
+        if (!p) {
+          rc = VLM_ENOMEM;
+          break;
+        }
+        out->items = p;
+        out->cap = cap;
+      }
+      vlm_train_item *it = &out->items[out->n];
+      it->key = keep(out, row.key);
+      it->image = keep(out, row.image);
+      it->text = keep(out, row.text);
+      if (!it->key || !it->image || !it->text) {
+        rc = VLM_ENOMEM;
+        break;
+      }
+      row.key = row.image = row.text = NULL; /* now owned by the list */
+      out->n++;
+    }
+    vlm_catalog_row_clear(&row);
+  }
+  vlm_catalog_row_clear(&row);
+  vlm_catalog_close(cat);
+  if (rc < 0) {
+    vlm_cli_liberror(cmd, rc);
+    return -1;
+  }
+  if (!quiet && (bad || partial))
+    fprintf(stderr, "vlmdb %s: %s: %d pairs; %ld bad rows and %ld rows "
+                    "without both an image and a text skipped\n",
+            cmd, path, out->n, bad, partial);
+  if (out->n == 0) {
+    vlm_cli_error(cmd, "%s: no items with both an image and a text", path);
+    return -1;
+  }
+  return 0;
+}
+
+/* The default tokenizer: the default model's, else the CLIP tokenizer in
+ * the source tree's test fixtures (the standard vocabulary). */
+static const char *default_tokenizer(void) {
+  static char found[PATH_MAX];
+  char probe[PATH_MAX + 32];
+  const char *model = vlm_cli_default_model();
+  snprintf(probe, sizeof probe, "%s/vocab.json", model);
+  if (access(probe, R_OK) == 0)
+    return model;
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n > 0) {
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = '\0';
+      snprintf(found, sizeof found, "%s/../tests/fixtures/clip-tiny", exe);
+      snprintf(probe, sizeof probe, "%s/vocab.json", found);
+      if (access(probe, R_OK) == 0)
+        return found;
+    }
+  }
+  if (access("tests/fixtures/clip-tiny/vocab.json", R_OK) == 0)
+    return "tests/fixtures/clip-tiny";
+  return NULL;
+}
+
+static char *join_args(int argc, char **argv) {
+  size_t len = 16;
+  for (int i = 0; i < argc; i++)
+    len += strlen(argv[i]) * 2 + 3;
+  char *s = malloc(len), *p = s;
+  if (!s)
+    return NULL;
+  p += sprintf(p, "vlmdb");
+  for (int i = 0; i < argc; i++) {
+    int quote = strpbrk(argv[i], " \t'\"\\$") != NULL || !*argv[i];
+    *p++ = ' ';
+    if (quote)
+      *p++ = '\'';
+    for (const char *q = argv[i]; *q; q++) {
+      if (*q == '\'' && quote) {
+        memcpy(p, "'\\''", 4);
+        p += 4;
+      } else {
+        *p++ = *q;
+      }
+    }
+    if (quote)
+      *p++ = '\'';
+  }
+  *p = '\0';
+  return s;
+}
+
 int cmd_train(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  const char *cmd = "train";
+  const char *catalog = NULL, *val_catalog = NULL, *images_root = NULL;
+  int quiet = 0, val_fraction_given = 0;
+  vlm_train_options o;
+  vlm_train_options_default(&o);
+  o.val_fraction = 0.05;
+  enum {
+    O_CATALOG = 256, O_OUT, O_INIT, O_CONFIG, O_TOKENIZER, O_LORA,
+    O_LORA_ALPHA, O_SAVE_ADAPTERS, O_F32, O_IMAGES_ROOT, O_VAL_CATALOG,
+    O_VAL_FRACTION, O_NO_AUGMENT, O_CROP_SCALE, O_JITTER, O_HFLIP,
+    O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
+    O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
+    O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER
+  };
+  static const struct option longopts[] = {
+      {"catalog", required_argument, NULL, O_CATALOG},
+      {"out", required_argument, NULL, O_OUT},
+      {"init", required_argument, NULL, O_INIT},
+      {"config", required_argument, NULL, O_CONFIG},
+      {"tokenizer", required_argument, NULL, O_TOKENIZER},
+      {"lora", required_argument, NULL, O_LORA},
+      {"lora-alpha", required_argument, NULL, O_LORA_ALPHA},
+      {"save-adapters", no_argument, NULL, O_SAVE_ADAPTERS},
+      {"f32", no_argument, NULL, O_F32},
+      {"images-root", required_argument, NULL, O_IMAGES_ROOT},
+      {"val-catalog", required_argument, NULL, O_VAL_CATALOG},
+      {"val-fraction", required_argument, NULL, O_VAL_FRACTION},
+      {"no-augment", no_argument, NULL, O_NO_AUGMENT},
+      {"crop-scale", required_argument, NULL, O_CROP_SCALE},
+      {"jitter", required_argument, NULL, O_JITTER},
+      {"hflip", no_argument, NULL, O_HFLIP},
+      {"cache-mb", required_argument, NULL, O_CACHE_MB},
+      {"loader-threads", required_argument, NULL, O_LOADER_THREADS},
+      {"epochs", required_argument, NULL, O_EPOCHS},
+      {"max-steps", required_argument, NULL, O_MAX_STEPS},
+      {"batch", required_argument, NULL, O_BATCH},
+      {"lr", required_argument, NULL, O_LR},
+      {"min-lr", required_argument, NULL, O_MIN_LR},
+      {"warmup", required_argument, NULL, O_WARMUP},
+      {"weight-decay", required_argument, NULL, O_WEIGHT_DECAY},
+      {"grad-clip", required_argument, NULL, O_GRAD_CLIP},
+      {"seed", required_argument, NULL, O_SEED},
+      {"threads", required_argument, NULL, O_THREADS},
+      {"checkpoint-every", required_argument, NULL, O_CHECKPOINT_EVERY},
+      {"resume", no_argument, NULL, O_RESUME},
+      {"stop-after", required_argument, NULL, O_STOP_AFTER},
+      {"quiet", no_argument, NULL, 'q'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  optind = 0; /* full reset: commands may run more than once per process */
+  int c;
+  long lv;
+  double dv;
+#define LONG_ARG(flag, lo, hi, dst)                                          \
+  do {                                                                       \
+    if (parse_long(cmd, flag, optarg, lo, hi, &lv))                          \
+      return VLM_EXIT_USAGE;                                                 \
+    dst = lv;                                                                \
+  } while (0)
+#define DOUBLE_ARG(flag, lo, hi, dst)                                        \
+  do {                                                                       \
+    if (parse_double(cmd, flag, optarg, lo, hi, &dv))                        \
+      return VLM_EXIT_USAGE;                                                 \
+    dst = dv;                                                                \
+  } while (0)
+  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
+    switch (c) {
+    case O_CATALOG: catalog = optarg; break;
+    case O_OUT: o.out_dir = optarg; break;
+    case O_INIT: o.init_dir = optarg; break;
+    case O_CONFIG: o.config_path = optarg; break;
+    case O_TOKENIZER: o.tokenizer_dir = optarg; break;
+    case O_LORA: LONG_ARG("--lora", 1, 1024, o.lora_rank); break;
+    case O_LORA_ALPHA: DOUBLE_ARG("--lora-alpha", 1e-6, 1e6, o.lora_alpha); break;
+    case O_SAVE_ADAPTERS: o.save_adapters = 1; break;
+    case O_F32: o.f16 = 0; break;
+    case O_IMAGES_ROOT: images_root = optarg; break;
+    case O_VAL_CATALOG: val_catalog = optarg; break;
+    case O_VAL_FRACTION:
+      DOUBLE_ARG("--val-fraction", 0, 0.9, o.val_fraction);
+      val_fraction_given = 1;
+      break;
+    case O_NO_AUGMENT: o.no_augment = 1; break;
+    case O_CROP_SCALE: DOUBLE_ARG("--crop-scale", 0.01, 1, o.crop_scale_min); break;
+    case O_JITTER: DOUBLE_ARG("--jitter", 0, 0.99, o.jitter); break;
+    case O_HFLIP: o.hflip = 1; break;
+    case O_CACHE_MB: LONG_ARG("--cache-mb", 0, 1 << 20, o.cache_mb); break;
+    case O_LOADER_THREADS: LONG_ARG("--loader-threads", 1, 64, o.loader_threads); break;
+    case O_EPOCHS: LONG_ARG("--epochs", 1, 1000000, o.epochs); break;
+    case O_MAX_STEPS: LONG_ARG("--max-steps", 1, LONG_MAX, o.max_steps); break;
+    case O_BATCH: LONG_ARG("--batch", 2, 65536, o.batch); break;
+    case O_LR: DOUBLE_ARG("--lr", 1e-12, 10, o.lr); break;
+    case O_MIN_LR: DOUBLE_ARG("--min-lr", 0, 10, o.min_lr); break;
+    case O_WARMUP: LONG_ARG("--warmup", 0, INT_MAX, o.warmup_steps); break;
+    case O_WEIGHT_DECAY: DOUBLE_ARG("--weight-decay", 0, 10, o.weight_decay); break;
+    case O_GRAD_CLIP:
+      DOUBLE_ARG("--grad-clip", 0, 1e9, o.grad_clip);
+      if (o.grad_clip == 0)
+        o.grad_clip = -1;
+      break;
+    case O_SEED: LONG_ARG("--seed", 0, LONG_MAX, o.seed); break;
+    case O_THREADS: LONG_ARG("--threads", 1, 256, o.threads); break;
+    case O_CHECKPOINT_EVERY: LONG_ARG("--checkpoint-every", 1, INT_MAX, o.checkpoint_every); break;
+    case O_RESUME: o.resume = 1; break;
+    case O_STOP_AFTER: LONG_ARG("--stop-after", 1, LONG_MAX, o.stop_after); break;
+    case 'q': quiet = 1; break;
+    case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
+    default: fputs(usage, stderr); return VLM_EXIT_USAGE;
+    }
+  }
+#undef LONG_ARG
+#undef DOUBLE_ARG
+  if (optind != argc) {
+    vlm_cli_error(cmd, "unexpected argument '%s' (see --help)", argv[optind]);
+    return VLM_EXIT_USAGE;
+  }
+  if (!catalog || !o.out_dir) {
+    vlm_cli_error(cmd, "--catalog FILE and --out DIR are required "
+                       "(see --help)");
+    return VLM_EXIT_USAGE;
+  }
+  if (o.init_dir && o.config_path) {
+    vlm_cli_error(cmd, "give --init or --config, not both");
+    return VLM_EXIT_USAGE;
+  }
+  if (!o.init_dir && !o.config_path && !o.resume) {
+    vlm_cli_error(cmd, "give --init DIR (fine-tune) or --config FILE (from "
+                       "scratch)");
+    return VLM_EXIT_USAGE;
+  }
+  if (val_catalog && val_fraction_given) {
+    vlm_cli_error(cmd, "give --val-catalog or --val-fraction, not both");
+    return VLM_EXIT_USAGE;
+  }
+  if (!o.tokenizer_dir && !o.init_dir) {
+    o.tokenizer_dir = default_tokenizer();
+    if (!o.tokenizer_dir && !o.resume) {
+      vlm_cli_error(cmd, "no tokenizer found: give --tokenizer DIR (with "
+                         "vocab.json and merges.txt)");
+      return VLM_EXIT_USAGE;
+    }
+  }
+  item_list train = {0}, val = {0};
+  int status = VLM_EXIT_RUNTIME;
+  char *command = join_args(argc, argv);
+  if (read_pairs(cmd, catalog, images_root, &train, quiet))
+    goto done;
+  if (val_catalog) {
+    if (read_pairs(cmd, val_catalog, images_root, &val, quiet))
+      goto done;
+    o.val_items = val.items;
+    o.n_val = val.n;
+    o.val_fraction = 0;
+  }
+  o.items = train.items;
+  o.n_items = train.n;
+  o.log = quiet ? NULL : stderr;
+  o.command = command;
+  o.stop = &stop_flag;
+  stop_flag = 0;
+  struct sigaction sa = {0}, old_int, old_term;
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  vlm_train_result res;
+  int rc = vlm_train_run(&o, &res);
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+  } else {
+    printf("trained %lld steps (%d epochs) on %d pairs, final loss %.4f, "
+           "%.1f pairs/s\n",
+           (long long)res.steps, res.epochs, res.n_train, res.loss,
+           res.pairs_per_s);
+    if (res.recall.n)
+      printf("held-out %d pairs: image->text R@1 %.3f R@5 %.3f R@10 %.3f "
+             "(median rank %.1f); text->image R@1 %.3f R@5 %.3f R@10 %.3f "
+             "(median rank %.1f)\n",
+             res.recall.n, res.recall.i2t[0], res.recall.i2t[1],
+             res.recall.i2t[2], res.recall.i2t_median, res.recall.t2i[0],
+             res.recall.t2i[1], res.recall.t2i[2], res.recall.t2i_median);
+    printf("model written to %s\n", o.out_dir);
+    status = VLM_EXIT_OK;
+  }
+  vlm_train_result_free(&res);
+done:
+  free(command);
+  list_free(&train);
+  list_free(&val);
+  return status;
 }

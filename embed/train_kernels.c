@@ -78,6 +78,10 @@ int vlm__tpool_create(int n, vlm__tpool **out) {
     }
     for (int t = 1; t < n; t++) {
       tpool_arg *arg = malloc(sizeof *arg);
+      if (arg) {
+        arg->pool = p;
+        arg->index = t;
+      }
       if (!arg || pthread_create(&p->threads[t], NULL, tpool_main, arg)) {
         free(arg);
         p->n = t; /* threads 1..t-1 exist */
@@ -85,8 +89,6 @@ int vlm__tpool_create(int n, vlm__tpool **out) {
         return vlm_seterr(VLM_ENOMEM, "thread pool: cannot start thread %d",
                           t);
       }
-      arg->pool = p;
-      arg->index = t;
     }
   }
   *out = p;

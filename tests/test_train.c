@@ -1,20 +1,36 @@
 /* test_train.c - the CLIP trainer: gradient checks of every op and of the
  * whole model against central finite differences (double precision),
- * float kernels against double ones. */
+ * float kernels against double ones, the F16 writer against the
+ * compiler's conversion, and end to end: a tiny model learns a synthetic
+ * set of coloured shapes, its export loads in the inference engine and
+ * gives the trainer's embeddings, a resumed run equals an uninterrupted
+ * one bit for bit, and LoRA exports the merged weights. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <math.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "model.h"
+#include "preprocess.h"
+#include "safetensors.h"
+#include "safetensors_write.h"
+#include "train_data.h"
 #include "train_kernels.h"
 #include "train_model.h"
+#include "vlm_cli.h"
+#include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_train.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -649,8 +665,584 @@ static void test_grad_model_lora(void **state) {
   model_case(1, 1);
 }
 
+/* ---- F16 conversion -------------------------------------------------- */
+
+static void test_f16_matches_compiler(void **state) {
+  (void)state;
+  /* every half value round-trips, and random floats (normal, subnormal,
+   * overflowing, ties) round as the compiler's conversion does */
+  for (uint32_t h = 0; h < 0x10000; h++) {
+    uint16_t bits = (uint16_t)h;
+    _Float16 hv;
+    memcpy(&hv, &bits, 2);
+    float f = (float)hv;
+    if (f != f)
+      continue; /* NaN payloads need not match */
+    uint16_t got = vlm__f32_to_f16(f);
+    if (got != bits) {
+      print_error("half %04x -> %g -> %04x\n", bits, f, got);
+      fail();
+    }
+  }
+  for (int i = 0; i < 200000; i++) {
+    uint32_t x = (uint32_t)(urand() * 4294967296.0);
+    /* bias towards the half range */
+    if (i % 2)
+      x = (x & 0x807fffffu) | ((uint32_t)(100 + (x >> 23) % 60) << 23);
+    float f;
+    memcpy(&f, &x, 4);
+    if (f != f)
+      continue;
+    _Float16 want = (_Float16)f;
+    uint16_t wb;
+    memcpy(&wb, &want, 2);
+    uint16_t got = vlm__f32_to_f16(f);
+    if (got != wb) {
+      print_error("%.9g (%08x): %04x, compiler %04x\n", f, x, got, wb);
+      fail();
+    }
+  }
+}
+
+/* ---- end to end: a synthetic image-text set -------------------------- */
+
+#define NCOLOURS 6
+#define NSHAPES 4
+#define NPAIRS (NCOLOURS * NSHAPES)
+
+static const char *const colour_names[NCOLOURS] = {
+    "red", "green", "blue", "yellow", "purple", "black"};
+static const uint8_t colour_rgb[NCOLOURS][3] = {
+    {220, 30, 30}, {30, 170, 40}, {30, 60, 220},
+    {230, 210, 30}, {140, 40, 170}, {20, 20, 20}};
+static const char *const shape_names[NSHAPES] = {"circle", "square",
+                                                 "triangle", "cross"};
+
+typedef struct {
+  char dir[256];
+  char config[300], catalog[300];
+  char keys[NPAIRS][32], paths[NPAIRS][300], texts[NPAIRS][64];
+  vlm_train_item items[NPAIRS];
+  /* the trained model of the learning test, shared by later tests */
+  char trained[300];
+  int have_trained;
+} synth;
+
+static synth *S;
+
+static int inside(int shape, double dx, double dy, double r) {
+  switch (shape) {
+  case 0: return dx * dx + dy * dy <= r * r;
+  case 1: return fabs(dx) <= r * 0.85 && fabs(dy) <= r * 0.85;
+  case 2: return dy <= r * 0.8 && dy >= -r && fabs(dx) <= (dy + r) * 0.6;
+  default: return (fabs(dx) <= r * 0.3 && fabs(dy) <= r) ||
+                  (fabs(dy) <= r * 0.3 && fabs(dx) <= r);
+  }
+}
+
+/* A 36x32 PNG: one shape of one colour on a light, slightly noisy
+ * background, its size and position varied a little. */
+static void write_shape_png(const char *path, int colour, int shape) {
+  enum { W = 36, H = 32 };
+  uint8_t px[W * H * 3];
+  double r = 9 + 3 * urand(), cx = W / 2.0 + 4 * (urand() - 0.5),
+         cy = H / 2.0 + 4 * (urand() - 0.5);
+  for (int y = 0; y < H; y++)
+    for (int x = 0; x < W; x++) {
+      uint8_t *p = px + (y * W + x) * 3;
+      int in = inside(shape, x + 0.5 - cx, y + 0.5 - cy, r);
+      for (int c = 0; c < 3; c++) {
+        int v = in ? colour_rgb[colour][c] : 235;
+        v += (int)(urand() * 12) - 6;
+        p[c] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+      }
+    }
+  png_image img;
+  memset(&img, 0, sizeof img);
+  img.version = PNG_IMAGE_VERSION;
+  img.width = W;
+  img.height = H;
+  img.format = PNG_FORMAT_RGB;
+  assert_true(png_image_write_to_file(&img, path, 0, px, 0, NULL));
+}
+
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static int rm_rf(const char *path) {
+  struct stat st;
+  if (lstat(path, &st))
+    return 0;
+  if (S_ISDIR(st.st_mode)) {
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+        continue;
+      char sub[1024];
+      snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+      rm_rf(sub);
+    }
+    if (d)
+      closedir(d);
+    return rmdir(path);
+  }
+  return unlink(path);
+}
+
+static const char tiny_config_json[] =
+    "{\"projection_dim\": 32, \"logit_scale_init_value\": 2.6592,\n"
+    " \"text_config\": {\"vocab_size\": 49408, \"hidden_size\": 64,\n"
+    "   \"intermediate_size\": 128, \"num_hidden_layers\": 2,\n"
+    "   \"num_attention_heads\": 2, \"max_position_embeddings\": 16,\n"
+    "   \"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-5},\n"
+    " \"vision_config\": {\"hidden_size\": 64, \"intermediate_size\": 128,\n"
+    "   \"num_hidden_layers\": 2, \"num_attention_heads\": 2,\n"
+    "   \"image_size\": 32, \"patch_size\": 8, \"hidden_act\": \"gelu\",\n"
+    "   \"layer_norm_eps\": 1e-5}}\n";
+
+static int synth_setup(void **state) {
+  (void)state;
+  S = calloc(1, sizeof *S);
+  if (!S)
+    return -1;
+  strcpy(S->dir, "/tmp/vlm_train_XXXXXX");
+  if (!mkdtemp(S->dir))
+    return -1;
+  rng_state = 0x1234567ull;
+  for (int c = 0; c < NCOLOURS; c++)
+    for (int sh = 0; sh < NSHAPES; sh++) {
+      int i = c * NSHAPES + sh;
+      char key[32], dir[256], file[300];
+      snprintf(key, sizeof key, "%s-%s", colour_names[c], shape_names[sh]);
+      memcpy(dir, S->dir, sizeof dir);
+      snprintf(file, sizeof file, "%s/%s.png", dir, key);
+      memcpy(S->keys[i], key, sizeof key);
+      memcpy(S->paths[i], file, sizeof file);
+      snprintf(S->texts[i], sizeof S->texts[i], "a %s %s", colour_names[c],
+               shape_names[sh]);
+      write_shape_png(S->paths[i], c, sh);
+      S->items[i] = (vlm_train_item){S->keys[i], S->paths[i], S->texts[i]};
+    }
+  snprintf(S->config, sizeof S->config, "%s/config.json", S->dir);
+  write_text(S->config, tiny_config_json);
+  snprintf(S->catalog, sizeof S->catalog, "%s/catalog.jsonl", S->dir);
+  FILE *f = fopen(S->catalog, "w");
+  if (!f)
+    return -1;
+  for (int i = 0; i < NPAIRS; i++)
+    fprintf(f, "{\"key\": \"%s\", \"image\": \"%s.png\", \"text\": \"%s\"}\n",
+            S->keys[i], S->keys[i], S->texts[i]);
+  fclose(f);
+  return 0;
+}
+
+static int synth_teardown(void **state) {
+  (void)state;
+  if (S) {
+    rm_rf(S->dir);
+    free(S);
+    S = NULL;
+  }
+  return 0;
+}
+
+static void base_options(vlm_train_options *o, const char *out) {
+  vlm_train_options_default(o);
+  o->items = S->items;
+  o->n_items = NPAIRS;
+  o->out_dir = out;
+  o->config_path = S->config;
+  o->tokenizer_dir = "tests/fixtures/clip-tiny";
+  o->batch = NPAIRS;
+  o->lr = 2e-3f;
+  o->warmup_steps = 20;
+  o->weight_decay = 0.01f;
+  o->crop_scale_min = 0.8f;
+  o->jitter = 0; /* colours are the labels */
+  o->threads = 1;
+  o->loader_threads = 2;
+  o->seed = 7;
+}
+
+static double cosine(const float *a, const float *b, int n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (int i = 0; i < n; i++) {
+    ab += (double)a[i] * b[i];
+    aa += (double)a[i] * a[i];
+    bb += (double)b[i] * b[i];
+  }
+  return ab / sqrt(aa * bb);
+}
+
+static int read_file_all(const char *path, uint8_t **data, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return -1;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  *data = malloc((size_t)n + 1);
+  *len = fread(*data, 1, (size_t)n, f);
+  fclose(f);
+  return 0;
+}
+
+/* The model learns the set (loss falls, Recall@1 >= 0.9 both ways on it),
+ * and its export, loaded by the inference engine, gives the embeddings the
+ * trainer computed in its last evaluation. */
+static void test_train_learns_and_round_trips(void **state) {
+  (void)state;
+  vlm_train_options o;
+  snprintf(S->trained, sizeof S->trained, "%s/learned", S->dir);
+  base_options(&o, S->trained);
+  o.max_steps = 300;
+  o.val_items = S->items; /* evaluate on the training set itself */
+  o.n_val = NPAIRS;
+  o.f16 = 0;
+  o.checkpoint_every = 100;
+  vlm_train_result res;
+  int rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("train: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  assert_int_equal(res.steps, 300);
+  assert_int_equal(res.n_train, NPAIRS);
+  double chance_loss = log((double)NPAIRS);
+  print_message("loss %.4f (chance %.4f); R@1 i2t %.3f t2i %.3f; %.0f "
+                "pairs/s\n",
+                res.loss, chance_loss, res.recall.i2t[0], res.recall.t2i[0],
+                res.pairs_per_s);
+  assert_true(res.loss < 0.5 * chance_loss);
+  assert_true(res.recall.n == NPAIRS);
+  assert_true(res.recall.i2t[0] >= 0.9);
+  assert_true(res.recall.t2i[0] >= 0.9);
+  /* metrics.csv has one row per epoch (300 steps of a 24-pair epoch) */
+  char path[512];
+  snprintf(path, sizeof path, "%s/metrics.csv", S->trained);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  int lines = 0;
+  char line[1024];
+  while (fgets(line, sizeof line, f))
+    lines++;
+  fclose(f);
+  assert_int_equal(lines, 1 + 300);
+  /* round trip through the inference engine */
+  vlm_clip *clip = NULL;
+  rc = vlm_clip_load(S->trained, NULL, &clip);
+  if (rc)
+    print_error("load: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  int D = vlm_clip_dim(clip);
+  assert_int_equal(D, res.dim);
+  const char *paths[NPAIRS], *texts[NPAIRS];
+  for (int i = 0; i < NPAIRS; i++) {
+    int k = res.eval_index[i];
+    paths[i] = S->items[k].image;
+    texts[i] = S->items[k].text;
+  }
+  float *img = malloc(sizeof(float) * NPAIRS * D);
+  float *txt = malloc(sizeof(float) * NPAIRS * D);
+  /* images: the engine's preprocessing of the files, its forward pass */
+  int side = vlm_clip_image_size(clip);
+  float *pix = malloc(sizeof(float) * NPAIRS * 3 * side * side);
+  const vlm__clip_config *cc = vlm__clip_get_config(clip);
+  vlm__preprocess_cfg pc;
+  vlm__preprocess_defaults(&pc, side);
+  memcpy(pc.mean, cc->mean, sizeof pc.mean);
+  memcpy(pc.std, cc->std, sizeof pc.std);
+  for (int i = 0; i < NPAIRS; i++) {
+    uint8_t *data;
+    size_t len;
+    assert_int_equal(read_file_all(paths[i], &data, &len), 0);
+    assert_int_equal(
+        vlm__preprocess(&pc, data, len, pix + (size_t)i * 3 * side * side), 0);
+    free(data);
+  }
+  assert_int_equal(vlm_clip_encode_pixels(clip, pix, NPAIRS, 0, img), 0);
+  free(pix);
+  assert_int_equal(vlm_clip_encode_texts(clip, texts, NPAIRS, 0, txt), 0);
+  double worst_cos = 1, worst_abs = 0;
+  for (int i = 0; i < NPAIRS; i++) {
+    worst_cos = fmin(worst_cos, cosine(img + i * D, res.image_emb + i * D, D));
+    worst_cos = fmin(worst_cos, cosine(txt + i * D, res.text_emb + i * D, D));
+    for (int j = 0; j < D; j++) {
+      worst_abs = fmax(worst_abs, fabs(img[i * D + j] - res.image_emb[i * D + j]));
+      worst_abs = fmax(worst_abs, fabs(txt[i * D + j] - res.text_emb[i * D + j]));
+    }
+  }
+  print_message("round trip: worst cosine %.8f, max abs diff %.2e\n",
+                worst_cos, worst_abs);
+  assert_true(worst_cos >= 0.99999);
+  assert_true(worst_abs <= 1e-4);
+  free(img);
+  free(txt);
+  vlm_clip_free(clip);
+  vlm_train_result_free(&res);
+  S->have_trained = 1;
+}
+
+static int same_file(const char *a, const char *b) {
+  uint8_t *x = NULL, *y = NULL;
+  size_t nx = 0, ny = 0;
+  int ok = !read_file_all(a, &x, &nx) && !read_file_all(b, &y, &ny) &&
+           nx == ny && !memcmp(x, y, nx);
+  free(x);
+  free(y);
+  return ok;
+}
+
+/* N steps straight == N/2, stop, resume, N/2: identical weights and
+ * optimizer state, with 2 compute threads. */
+static void test_resume_is_bit_exact(void **state) {
+  (void)state;
+  char a[300], b[300], pa[400], pb[400];
+  snprintf(a, sizeof a, "%s/straight", S->dir);
+  snprintf(b, sizeof b, "%s/resumed", S->dir);
+  vlm_train_options o;
+  base_options(&o, a);
+  o.max_steps = 30;
+  o.threads = 2;
+  o.f16 = 0;
+  o.batch = 16; /* 1 step per epoch, so the run crosses reshuffles */
+  o.checkpoint_every = 10;
+  o.val_fraction = 0.2; /* held out by key hash */
+  o.items = S->items;
+  o.n_items = NPAIRS;
+  vlm_train_result ra, rb, rc2;
+  assert_int_equal(vlm_train_run(&o, &ra), 0);
+  o.out_dir = b;
+  o.stop_after = 13;
+  assert_int_equal(vlm_train_run(&o, &rb), 0);
+  assert_int_equal(rb.steps, 13);
+  /* not resuming over a checkpoint is refused */
+  o.stop_after = 0;
+  assert_int_equal(vlm_train_run(&o, &rc2), VLM_EEXISTS);
+  vlm_train_result_free(&rc2);
+  o.resume = 1;
+  o.lr = 1; /* ignored: the checkpoint's options win */
+  assert_int_equal(vlm_train_run(&o, &rc2), 0);
+  assert_int_equal(rc2.steps, 30);
+  snprintf(pa, sizeof pa, "%s/checkpoint/state.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/checkpoint/state.safetensors", b);
+  assert_true(same_file(pa, pb));
+  snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+  assert_true(same_file(pa, pb));
+  assert_string_equal(ra.data_digest, rc2.data_digest);
+  assert_true(ra.recall.n > 0 && ra.recall.n < NPAIRS);
+  assert_true(ra.recall.n == rc2.recall.n);
+  assert_memory_equal(ra.image_emb, rc2.image_emb,
+                      sizeof(float) * ra.recall.n * ra.dim);
+  vlm_train_result_free(&ra);
+  vlm_train_result_free(&rb);
+  vlm_train_result_free(&rc2);
+}
+
+/* The loader threads build exactly the batches a direct build gives, so
+ * the data order and augmentation do not depend on timing; a corrupt
+ * image is skipped, not fatal. */
+static void test_loader_matches_direct_build(void **state) {
+  (void)state;
+  vlm_train_item items[NPAIRS + 1];
+  memcpy(items, S->items, sizeof S->items);
+  char bad[320];
+  snprintf(bad, sizeof bad, "%s/corrupt.png", S->dir);
+  write_text(bad, "\x89PNG\r\n\x1a\n this is not a PNG");
+  items[NPAIRS] = (vlm_train_item){"corrupt", bad, "a broken image"};
+  vlm__tokenizer *tok = NULL;
+  assert_int_equal(vlm__tokenizer_load("tests/fixtures/clip-tiny/vocab.json",
+                                       "tests/fixtures/clip-tiny/merges.txt",
+                                       &tok),
+                   0);
+  vlm__tdata_cfg cfg = {.image_size = 32, .augment = 1,
+                        .crop_scale_min = 0.5f, .jitter = 0.3f, .hflip = 1,
+                        .cache_bytes = 1000, /* most images not cached */
+                        .threads = 2, .loader_threads = 3, .seed = 11,
+                        .context_length = 16, .vocab_size = 49408};
+  for (int c = 0; c < 3; c++) {
+    cfg.mean[c] = 0.5f;
+    cfg.std[c] = 0.25f;
+  }
+  vlm__tdata *d = NULL;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS + 1, tok, &d), 0);
+  assert_int_equal(vlm__tdata_count(d), NPAIRS);
+  assert_int_equal(vlm__tdata_skipped(d), 1);
+  int B = 5, steps = 12; /* 4 steps per epoch: 3 epochs */
+  size_t per = 3 * 32 * 32;
+  float *direct = malloc(sizeof(float) * per * B);
+  int pairs[5];
+  assert_int_equal(vlm__tdata_start(d, B, 0, steps), 0);
+  int seen[NPAIRS] = {0};
+  for (int s = 0; s < steps; s++) {
+    const float *px;
+    const int *pp;
+    assert_int_equal(vlm__tdata_next(d, s, &px, &pp), 0);
+    vlm__tdata_build(d, B, s, direct, pairs);
+    assert_memory_equal(pp, pairs, sizeof pairs);
+    assert_memory_equal(px, direct, sizeof(float) * per * B);
+    if (s < 4)
+      for (int b = 0; b < B; b++)
+        seen[pp[b]]++;
+    vlm__tdata_release(d, s);
+  }
+  /* an epoch draws distinct pairs */
+  for (int i = 0; i < NPAIRS; i++)
+    assert_true(seen[i] <= 1);
+  /* another epoch, another order and other crops */
+  float *e0 = malloc(sizeof(float) * per * B);
+  int p0[5], p1[5];
+  vlm__tdata_build(d, B, 0, e0, p0);
+  vlm__tdata_build(d, B, 4, direct, p1);
+  assert_true(memcmp(p0, p1, sizeof p0) != 0 ||
+              memcmp(e0, direct, sizeof(float) * per * B) != 0);
+  free(e0);
+  free(direct);
+  vlm__tdata_free(d);
+  vlm__tokenizer_free(tok);
+}
+
+/* LoRA from the learned model: the base stays frozen, and the exported
+ * weights are exactly W + (alpha / r) B A of the saved adapters. */
+static void test_lora_exports_merged_weights(void **state) {
+  (void)state;
+  if (!S->have_trained)
+    skip();
+  char out[300], path[400];
+  snprintf(out, sizeof out, "%s/lora", S->dir);
+  vlm_train_options o;
+  base_options(&o, out);
+  o.config_path = NULL;
+  o.init_dir = S->trained;
+  o.tokenizer_dir = NULL; /* the initial model's */
+  o.lora_rank = 4;
+  o.lora_alpha = 8;
+  o.lr = 5e-3f;
+  o.max_steps = 10;
+  o.save_adapters = 1;
+  o.f16 = 0;
+  vlm_train_result res;
+  int rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("lora: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  vlm_train_result_free(&res);
+  vlm_clip *base = NULL, *merged = NULL;
+  assert_int_equal(vlm_clip_load(S->trained, NULL, &base), 0);
+  assert_int_equal(vlm_clip_load(out, NULL, &merged), 0);
+  snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
+  vlm__safetensors *ad = NULL;
+  assert_int_equal(vlm__st_open(path, &ad), 0);
+  vlm__tlayout *L;
+  assert_int_equal(
+      vlm__tlayout_create(vlm__clip_get_config(base), 4, 8.0f, &L), 0);
+  int adapted = 0, nonzero_b = 0;
+  for (int i = 0; i < L->nparams; i++) {
+    const char *name = L->params[i].name;
+    int64_t n0, n1;
+    const float *w0 = vlm__clip_tensor(base, name, &n0);
+    const float *w1 = vlm__clip_tensor(merged, name, &n1);
+    assert_non_null(w0);
+    assert_non_null(w1);
+    assert_int_equal(n0, n1);
+    char an[200], bn[200];
+    const char *dot = strrchr(name, '.');
+    int is_weight = dot && !strcmp(dot, ".weight");
+    if (!dot)
+      dot = name + strlen(name);
+    snprintf(an, sizeof an, "base_model.model.%.*s.lora_A.weight",
+             (int)(dot - name), name);
+    snprintf(bn, sizeof bn, "base_model.model.%.*s.lora_B.weight",
+             (int)(dot - name), name);
+    const vlm__st_tensor *A = is_weight ? vlm__st_find(ad, an) : NULL;
+    const vlm__st_tensor *Bt = is_weight ? vlm__st_find(ad, bn) : NULL;
+    if (!A) { /* not adapted: unchanged to the bit */
+      assert_memory_equal(w0, w1, sizeof(float) * n0);
+      continue;
+    }
+    assert_non_null(Bt);
+    adapted++;
+    int r = (int)A->shape[0], in = (int)A->shape[1], outd = (int)Bt->shape[0];
+    assert_int_equal(r, 4);
+    assert_int_equal((int64_t)in * outd, n0);
+    const float *a = A->data, *b = Bt->data;
+    double worst = 0;
+    for (int y = 0; y < outd; y++)
+      for (int x = 0; x < in; x++) {
+        double d = 0;
+        for (int k = 0; k < r; k++)
+          d += (double)b[y * r + k] * a[k * in + x];
+        double want = w0[(size_t)y * in + x] + 2.0 * d; /* alpha/r = 2 */
+        worst = fmax(worst, fabs(want - w1[(size_t)y * in + x]));
+      }
+    for (int k = 0; k < outd * r; k++)
+      nonzero_b += b[k] != 0;
+    if (worst > 1e-5) {
+      print_error("%s: merged weight off by %.3e\n", name, worst);
+      fail();
+    }
+  }
+  /* 6 projections per layer, 2 layers, 2 towers; and training moved B */
+  assert_int_equal(adapted, 24);
+  assert_true(nonzero_b > 0);
+  vlm__st_close(ad);
+  vlm__tlayout_free(L);
+  vlm_clip_free(base);
+  vlm_clip_free(merged);
+}
+
+/* `vlmdb train` from a catalog file: flags, outputs, F16 export that the
+ * engine loads, training.json contents. */
+static void test_cli_train(void **state) {
+  (void)state;
+  char out[300], steps[16] = "6";
+  snprintf(out, sizeof out, "%s/cli", S->dir);
+  char *argv[] = {"train", "--catalog", S->catalog, "--out", out,
+                  "--config", S->config, "--tokenizer",
+                  "tests/fixtures/clip-tiny", "--max-steps", steps,
+                  "--batch", "8", "--val-fraction", "0.25", "--seed", "3",
+                  "--threads", "2", "--checkpoint-every", "100", "--quiet", NULL};
+  int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
+  assert_int_equal(cmd_train(argc, argv), 0);
+  static const char *const files[] = {
+      "config.json", "model.safetensors", "vocab.json", "merges.txt",
+      "preprocessor_config.json", "training.json", "metrics.csv",
+      "checkpoint/state.safetensors"};
+  char path[512];
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", out, files[i]);
+    if (access(path, R_OK)) {
+      print_error("missing %s\n", path);
+      fail();
+    }
+  }
+  vlm_clip *clip = NULL;
+  assert_int_equal(vlm_clip_load(out, NULL, &clip), 0);
+  assert_int_equal(vlm_clip_dim(clip), 32);
+  assert_int_equal(vlm_clip_context_length(clip), 16);
+  vlm_clip_free(clip);
+  snprintf(path, sizeof path, "%s/training.json", out);
+  uint8_t *js;
+  size_t n;
+  assert_int_equal(read_file_all(path, &js, &n), 0);
+  js[n] = 0;
+  assert_non_null(strstr((char *)js, "\"steps\": 6"));
+  assert_non_null(strstr((char *)js, "\"seed\": 3"));
+  assert_non_null(strstr((char *)js, "\"data_digest\": \""));
+  assert_non_null(strstr((char *)js, "--max-steps 6"));
+  free(js);
+  /* bad flags are usage errors */
+  char *bad[] = {"train", "--catalog", S->catalog, NULL};
+  assert_int_equal(cmd_train(3, bad), 2);
+}
+
 int main(void) {
-  const struct CMUnitTest tests[] = {
+  const struct CMUnitTest grads[] = {
       cmocka_unit_test(test_grad_linear),
       cmocka_unit_test(test_grad_layernorm),
       cmocka_unit_test(test_grad_attention),
@@ -666,6 +1258,17 @@ int main(void) {
       cmocka_unit_test(test_grad_model_quick_gelu),
       cmocka_unit_test(test_grad_model_gelu),
       cmocka_unit_test(test_grad_model_lora),
+      cmocka_unit_test(test_f16_matches_compiler),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  const struct CMUnitTest training[] = {
+      cmocka_unit_test(test_train_learns_and_round_trips),
+      cmocka_unit_test(test_resume_is_bit_exact),
+      cmocka_unit_test(test_loader_matches_direct_build),
+      cmocka_unit_test(test_lora_exports_merged_weights),
+      cmocka_unit_test(test_cli_train),
+  };
+  int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);
+  failed += cmocka_run_group_tests_name("training", training, synth_setup,
+                                        synth_teardown);
+  return failed;
 }
