@@ -30,6 +30,9 @@ typedef struct {
   /* q, k, v weights (and biases) are adjacent in memory, so one GEMM of
    * width 3C computes all three. */
   int qkv_fused;
+  /* The same weights packed for few-row products (kernels.h), or NULL:
+   * [q; k; v] as one matrix of 3C rows, out_proj, fc1, fc2. */
+  const uint16_t *p_qkv, *p_o, *p_fc1, *p_fc2;
 } vlm__block;
 
 typedef struct {
@@ -70,6 +73,9 @@ struct vlm_clip {
   vlm__safetensors *st;
   float *arena;                  /* converted / transposed weights */
   size_t arena_bytes;
+  uint16_t *panels;              /* text weights packed for few-row products */
+  size_t panels_bytes;
+  int panels_bf16;               /* panels hold bfloat16, else half */
   vlm__weights w;
   vlm__named_tensor *named;      /* sorted by name */
   int n_named;

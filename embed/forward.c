@@ -22,6 +22,9 @@
 #include "vlm_error.h"
 
 #define MAX_THREADS 64
+#ifndef PANEL_MAX_ROWS
+#define PANEL_MAX_ROWS 96
+#endif
 
 typedef struct team team;
 struct team {
@@ -121,6 +124,7 @@ typedef struct {
   /* tower geometry */
   int C, H, hd, F, layers, causal, quick;
   float eps;
+  int panels, panels_bf16; /* use the blocks' packed weights */
   const vlm__block *blocks;
   /* batch: n sequences packed into R rows */
   int n, R, max_T;
@@ -144,11 +148,23 @@ typedef struct {
   float *patches; /* [n * G*G, 3*P*P] */
 } fwd;
 
-/* out[:, cols of tid] = in · w[cols]ᵀ (+ bias) */
+/* out[:, cols of tid] = in · w[cols]ᵀ (+ bias), from the packed panels
+ * when the pass uses them (few rows), else sgemm. */
 static void mm_share(const fwd *f, int tid, float *out, int ldo,
                      const float *in, int ldi, const float *w,
-                     const float *bias, int M, int N, int K, int acc) {
+                     const uint16_t *panels, const float *bias, int M, int N,
+                     int K, int acc) {
   int lo, hi;
+  if (panels && f->panels) {
+    int np = (N + VLM__PANEL - 1) / VLM__PANEL;
+    share(np, tid, f->tm.nth, &lo, &hi);
+    lo *= VLM__PANEL;
+    hi = hi * VLM__PANEL < N ? hi * VLM__PANEL : N;
+    if (hi > lo)
+      vlm__matmul_panels(out, ldo, in, ldi, panels, f->panels_bf16, bias, M,
+                         lo, hi, K, acc);
+    return;
+  }
   share_cols(N, tid, f->tm.nth, &lo, &hi);
   if (hi > lo)
     vlm__matmul(out + lo, ldo, in, ldi, w + (size_t)lo * K, K,
@@ -167,13 +183,15 @@ static void blocks_run(fwd *f, int tid) {
     team_sync(&f->tm);
     /* qkv = h · [Wq; Wk; Wv]ᵀ + b */
     if (b->qkv_fused) {
-      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, b->q_b, R, 3 * C, C,
-               0);
+      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, b->p_qkv, b->q_b, R,
+               3 * C, C, 0);
     } else {
-      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, b->q_b, R, C, C, 0);
-      mm_share(f, tid, f->qkv + C, 3 * C, f->h, C, b->k_w, b->k_b, R, C, C, 0);
-      mm_share(f, tid, f->qkv + 2 * C, 3 * C, f->h, C, b->v_w, b->v_b, R, C,
+      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, NULL, b->q_b, R, C, C,
+               0);
+      mm_share(f, tid, f->qkv + C, 3 * C, f->h, C, b->k_w, NULL, b->k_b, R, C,
                C, 0);
+      mm_share(f, tid, f->qkv + 2 * C, 3 * C, f->h, C, b->v_w, NULL, b->v_b,
+               R, C, C, 0);
     }
     team_sync(&f->tm);
     /* attention per (sequence, head) */
@@ -189,7 +207,7 @@ static void blocks_run(fwd *f, int tid) {
     }
     team_sync(&f->tm);
     /* x += att · Woᵀ + bo */
-    mm_share(f, tid, f->x, C, f->att, C, b->o_w, b->o_b, R, C, C, 1);
+    mm_share(f, tid, f->x, C, f->att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
     team_sync(&f->tm);
     /* h = ln_2(x) */
     vlm__layernorm(f->h + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
@@ -197,10 +215,20 @@ static void blocks_run(fwd *f, int tid) {
     team_sync(&f->tm);
     /* mlp = act(h · W1ᵀ + b1), each thread on its own columns */
     int c0, c1;
-    share_cols(F, tid, nth, &c0, &c1);
+    if (f->panels && b->p_fc1) {
+      share((F + VLM__PANEL - 1) / VLM__PANEL, tid, nth, &c0, &c1);
+      c0 *= VLM__PANEL;
+      c1 = c1 * VLM__PANEL < F ? c1 * VLM__PANEL : F;
+      if (c1 > c0)
+        vlm__matmul_panels(f->mlp, F, f->h, C, b->p_fc1, f->panels_bf16,
+                           b->fc1_b, R, c0, c1, C, 0);
+    } else {
+      share_cols(F, tid, nth, &c0, &c1);
+      if (c1 > c0)
+        vlm__matmul(f->mlp + c0, F, f->h, C, b->fc1_w + (size_t)c0 * C, C,
+                    b->fc1_b + c0, R, c1 - c0, C, 0);
+    }
     if (c1 > c0) {
-      vlm__matmul(f->mlp + c0, F, f->h, C, b->fc1_w + (size_t)c0 * C, C,
-                  b->fc1_b + c0, R, c1 - c0, C, 0);
       for (int r = 0; r < R; r++) {
         float *seg = f->mlp + (size_t)r * F + c0;
         if (f->quick)
@@ -211,7 +239,8 @@ static void blocks_run(fwd *f, int tid) {
     }
     team_sync(&f->tm);
     /* x += mlp · W2ᵀ + b2 */
-    mm_share(f, tid, f->x, C, f->mlp, F, b->fc2_w, b->fc2_b, R, C, F, 1);
+    mm_share(f, tid, f->x, C, f->mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C,
+             F, 1);
     team_sync(&f->tm);
   }
 }
@@ -228,8 +257,8 @@ static void pool_run(fwd *f, int tid) {
                    f->C, f->ln_w, f->ln_b, 1, f->C, f->eps);
   }
   team_sync(&f->tm);
-  mm_share(f, tid, f->out, f->D, f->pooled, f->C, f->proj, NULL, f->n, f->D,
-           f->C, 0);
+  mm_share(f, tid, f->out, f->D, f->pooled, f->C, f->proj, NULL, NULL, f->n,
+           f->D, f->C, 0);
 }
 
 static void text_thread(void *arg, int tid) {
@@ -274,8 +303,8 @@ static void vision_thread(void *arg, int tid) {
   }
   team_sync(&f->tm);
   /* h[n*NP, C] = patches · conv1ᵀ */
-  mm_share(f, tid, f->h, C, f->patches, K, w->patch_w, NULL, f->n * NP, C, K,
-           0);
+  mm_share(f, tid, f->h, C, f->patches, K, w->patch_w, NULL, NULL, f->n * NP,
+           C, K, 0);
   team_sync(&f->tm);
   /* x = [class; patches] + positions, then pre-LN in place */
   int r0, r1;
@@ -361,6 +390,10 @@ int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
     if (n_ids[i] > f.max_T)
       f.max_T = n_ids[i];
   }
+  /* Packed weights win while the weights' bytes, not the arithmetic,
+   * bound the pass. */
+  f.panels = clip->panels != NULL && f.R <= PANEL_MAX_ROWS;
+  f.panels_bf16 = clip->panels_bf16;
   float *unused;
   int rc = fwd_alloc(&f, 0, &unused);
   if (rc)

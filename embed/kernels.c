@@ -292,3 +292,120 @@ void vlm__bf16_to_f32(float *out, const uint16_t *in, size_t n) {
     memcpy(out + i, &bits, sizeof bits);
   }
 }
+
+/* ---- panel products for a few rows -------------------------------------- */
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+int vlm__panels_supported(void) { return 1; }
+
+static inline __m512 widen(const uint16_t *p, int bf16) {
+  __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)p);
+  if (bf16)
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
+}
+
+/* Up to 7 rows against one panel: 14 accumulators stay in registers, and
+ * each widened weight vector feeds 7 FMAs.  Written out row by row so the
+ * compiler keeps the accumulators in registers. */
+#define ROWS 7
+static inline __attribute__((always_inline)) void
+panel_rows(float *out, int ldo, const float *in, int ldi,
+           const uint16_t *panel, const int bf16, const float *bias, int rows,
+           int ncols, int K, int accumulate) {
+  const float *r0 = in, *r1 = in + (rows > 1 ? ldi : 0),
+              *r2 = in + (size_t)(rows > 2 ? 2 : 0) * ldi,
+              *r3 = in + (size_t)(rows > 3 ? 3 : 0) * ldi,
+              *r4 = in + (size_t)(rows > 4 ? 4 : 0) * ldi,
+              *r5 = in + (size_t)(rows > 5 ? 5 : 0) * ldi,
+              *r6 = in + (size_t)(rows > 6 ? 6 : 0) * ldi;
+  __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00,
+         a20 = a00, a21 = a00, a30 = a00, a31 = a00, a40 = a00, a41 = a00,
+         a50 = a00, a51 = a00, a60 = a00, a61 = a00;
+  const uint16_t *w = panel;
+  for (int k = 0; k < K; k++, w += VLM__PANEL) {
+    __m512 w0 = widen(w, bf16), w1 = widen(w + 16, bf16), x;
+#define ROW(m)                                                                 \
+  x = _mm512_set1_ps(r##m[k]);                                                 \
+  a##m##0 = _mm512_fmadd_ps(x, w0, a##m##0);                                   \
+  a##m##1 = _mm512_fmadd_ps(x, w1, a##m##1);
+    ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5) ROW(6)
+#undef ROW
+  }
+  __m512 acc[ROWS][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31},
+                         {a40, a41}, {a50, a51}, {a60, a61}};
+  __mmask16 k0 = (__mmask16)(ncols >= 16 ? 0xffff : (1u << ncols) - 1);
+  __mmask16 k1 = (__mmask16)(ncols >= 32 ? 0xffff
+                             : ncols <= 16 ? 0
+                                           : (1u << (ncols - 16)) - 1);
+  __m512 b0 = bias ? _mm512_maskz_loadu_ps(k0, bias) : _mm512_setzero_ps();
+  __m512 b1 = bias ? _mm512_maskz_loadu_ps(k1, bias + 16) : _mm512_setzero_ps();
+  for (int m = 0; m < rows; m++) {
+    float *o = out + (size_t)m * ldo;
+    __m512 v0 = _mm512_add_ps(acc[m][0], b0), v1 = _mm512_add_ps(acc[m][1], b1);
+    if (accumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(k0, o));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(k1, o + 16));
+    }
+    _mm512_mask_storeu_ps(o, k0, v0);
+    _mm512_mask_storeu_ps(o + 16, k1, v1);
+  }
+}
+
+void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
+                        const uint16_t *panels, int bf16, const float *bias,
+                        int M, int n0, int n1, int K, int accumulate) {
+  for (int n = n0; n < n1; n += VLM__PANEL) {
+    const uint16_t *panel = panels + (size_t)(n / VLM__PANEL) * K * VLM__PANEL;
+    int ncols = n1 - n < VLM__PANEL ? n1 - n : VLM__PANEL;
+    for (int m = 0; m < M; m += ROWS) {
+      /* Two instances, so the dtype test leaves the inner loop. */
+      if (bf16)
+        panel_rows(out + (size_t)m * ldo + n, ldo, in + (size_t)m * ldi, ldi,
+                   panel, 1, bias ? bias + n : NULL,
+                   M - m < ROWS ? M - m : ROWS, ncols, K, accumulate);
+      else
+        panel_rows(out + (size_t)m * ldo + n, ldo, in + (size_t)m * ldi, ldi,
+                   panel, 0, bias ? bias + n : NULL,
+                   M - m < ROWS ? M - m : ROWS, ncols, K, accumulate);
+    }
+  }
+}
+#undef ROWS
+
+#else
+
+int vlm__panels_supported(void) { return 0; }
+
+void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
+                        const uint16_t *panels, int bf16, const float *bias,
+                        int M, int n0, int n1, int K, int accumulate) {
+  /* Never called: panels are only built where they are supported. */
+  (void)out, (void)ldo, (void)in, (void)ldi, (void)panels, (void)bf16;
+  (void)bias, (void)M, (void)n0, (void)n1, (void)K, (void)accumulate;
+}
+
+#endif
+
+void vlm__panel_pack(uint16_t *panels, const uint16_t *const *rows, int N,
+                     int K) {
+  int np = (N + VLM__PANEL - 1) / VLM__PANEL;
+  for (int p = 0; p < np; p++) {
+    uint16_t *dst = panels + (size_t)p * K * VLM__PANEL;
+    const uint16_t *src[VLM__PANEL];
+    int width = N - p * VLM__PANEL < VLM__PANEL ? N - p * VLM__PANEL
+                                                : VLM__PANEL;
+    for (int j = 0; j < width; j++)
+      src[j] = rows[p * VLM__PANEL + j];
+    for (int k = 0; k < K; k++, dst += VLM__PANEL) {
+      int j = 0;
+      for (; j < width; j++)
+        dst[j] = src[j][k];
+      for (; j < VLM__PANEL; j++)
+        dst[j] = 0;
+    }
+  }
+}

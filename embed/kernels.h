@@ -17,6 +17,27 @@ void vlm__matmul(float *out, int ldo, const float *in, int ldi,
                  const float *w, int ldw, const float *bias, int M, int N,
                  int K, int accumulate);
 
+/* Linear layers for a few rows at a time (a text query), where sgemm
+ * would spend more time packing the weight matrix than multiplying.  The
+ * weights are packed once at load into panels of VLM__PANEL output
+ * columns, [ceil(N / VLM__PANEL)][K][VLM__PANEL], as IEEE half or
+ * bfloat16 (exactly the checkpoint's values; columns past N are zero), and
+ * widened on the fly, so a product reads half the bytes an F32 one would.
+ * Only built where the CPU has AVX-512 (vlm__panels_supported). */
+#define VLM__PANEL 32
+int vlm__panels_supported(void);
+
+/* Pack w (N rows of K 16-bit values; row n at rows[n]) into panels. */
+void vlm__panel_pack(uint16_t *panels, const uint16_t *const *rows, int N,
+                     int K);
+
+/* out[M, n0:n1] (stride ldo) = in[M, K] · w[n0:n1, K]ᵀ + bias[n0:n1] (NULL:
+ * none), accumulating into out when accumulate != 0.  n0 is a multiple of
+ * VLM__PANEL; n1 <= N.  bf16: the panels hold bfloat16, else half. */
+void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
+                        const uint16_t *panels, int bf16, const float *bias,
+                        int M, int n0, int n1, int K, int accumulate);
+
 /* out[rows, C] = layer_norm(in[rows, C]) * w[C] + b[C]; rows of both are
  * stride ld_out / ld_in.  out may equal in. */
 void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,

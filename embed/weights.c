@@ -352,6 +352,118 @@ static int in_place(const vlm__st_tensor *t) {
   return t->dtype == VLM__DT_F32 && ((uintptr_t)t->data & 3) == 0;
 }
 
+/* The 16-bit file data behind an HF tensor, or NULL if it is not F16/BF16
+ * (of the wanted kind) read unchanged or as a block of rows. */
+static const uint16_t *raw16(const spec_list *l, const char *hf, int bf16) {
+  for (int i = 0; i < l->n; i++) {
+    const spec *s = &l->v[i];
+    if (strcmp(s->hf, hf))
+      continue;
+    vlm__dtype want = bf16 ? VLM__DT_BF16 : VLM__DT_F16;
+    if (s->kind == SRC_TRANSPOSE || s->t->dtype != want ||
+        ((uintptr_t)s->t->data & 1))
+      return NULL;
+    return (const uint16_t *)s->t->data +
+           (s->kind == SRC_ROWS ? s->offset : 0);
+  }
+  return NULL;
+}
+
+/* Pack the text tower's Linear weights into panels (kernels.h) when the
+ * file holds them as F16 or BF16, so the panels are exact.  Queries are
+ * short texts: at a few rows a product is bound by reading the weights,
+ * and half-width weights halve that.  Not an error when it cannot be done:
+ * the towers then use sgemm. */
+static int build_panels(vlm_clip *clip, const spec_list *l) {
+  const vlm__clip_config *c = &clip->cfg;
+  const char *env = getenv("VLMDB_CLIP_PANELS");
+  if (!vlm__panels_supported() || (env && !strcmp(env, "0")))
+    return 0;
+  const int C = c->text_width, F = c->text_mlp, L = c->text_layers;
+  const vlm__st_tensor *probe = vlm__st_find(
+      clip->st, clip->layout == VLM__LAYOUT_HF
+                    ? "text_model.encoder.layers.0.mlp.fc1.weight"
+                    : "transformer.resblocks.0.mlp.c_fc.weight");
+  if (!probe || (probe->dtype != VLM__DT_F16 && probe->dtype != VLM__DT_BF16))
+    return 0;
+  int bf16 = probe->dtype == VLM__DT_BF16;
+  for (int i = 0; i < L; i++)
+    if (!clip->w.tblocks[i].qkv_fused)
+      return 0;
+  size_t pc = (size_t)VLM__PANEL;
+#define PANELS(N, K) ((((size_t)(N) + pc - 1) / pc) * pc * (size_t)(K))
+  size_t per_layer = PANELS(3 * C, C) + PANELS(C, C) + PANELS(F, C) +
+                     PANELS(C, F);
+  size_t bytes = per_layer * (size_t)L * sizeof(uint16_t);
+  int rows_n = 3 * C > F ? 3 * C : F;
+  const uint16_t **rows = malloc((size_t)rows_n * sizeof *rows);
+  if (!rows)
+    return vlm_seterr(VLM_ENOMEM, "out of memory packing text weights");
+  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) {
+    free(rows);
+    return vlm_seterr(VLM_ENOMEM, "out of memory packing text weights");
+  }
+  uint16_t *at = mem;
+  int ok = 1;
+  char name[128];
+  for (int i = 0; i < L && ok; i++) {
+    vlm__block *b = &clip->w.tblocks[i];
+    static const char *qkv[3] = {"q", "k", "v"};
+    for (int j = 0; j < 3 && ok; j++) {
+      snprintf(name, sizeof name,
+               "text_model.encoder.layers.%d.self_attn.%s_proj.weight", i,
+               qkv[j]);
+      const uint16_t *w = raw16(l, name, bf16);
+      ok = w != NULL;
+      for (int n = 0; ok && n < C; n++)
+        rows[j * C + n] = w + (size_t)n * C;
+    }
+    static const struct {
+      const char *suffix;
+      int which;
+    } mats[3] = {{"self_attn.out_proj.weight", 0},
+                 {"mlp.fc1.weight", 1},
+                 {"mlp.fc2.weight", 2}};
+    if (!ok)
+      break;
+    vlm__panel_pack(at, rows, 3 * C, C);
+    b->p_qkv = at;
+    at += PANELS(3 * C, C);
+    for (int j = 0; j < 3 && ok; j++) {
+      int N = mats[j].which == 1 ? F : C, K = mats[j].which == 2 ? F : C;
+      snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", i,
+               mats[j].suffix);
+      const uint16_t *w = raw16(l, name, bf16);
+      ok = w != NULL;
+      for (int n = 0; ok && n < N; n++)
+        rows[n] = w + (size_t)n * K;
+      if (!ok)
+        break;
+      vlm__panel_pack(at, rows, N, K);
+      const uint16_t **dst[3] = {&b->p_o, &b->p_fc1, &b->p_fc2};
+      *dst[j] = at;
+      at += PANELS(N, K);
+    }
+  }
+#undef PANELS
+  free(rows);
+  if (!ok) { /* mixed dtypes: leave the text tower on sgemm */
+    munmap(mem, bytes);
+    for (int i = 0; i < L; i++) {
+      vlm__block *b = &clip->w.tblocks[i];
+      b->p_qkv = b->p_o = b->p_fc1 = b->p_fc2 = NULL;
+    }
+    return 0;
+  }
+  mprotect(mem, bytes, PROT_READ);
+  clip->panels = mem;
+  clip->panels_bytes = bytes;
+  clip->panels_bf16 = bf16;
+  return 0;
+}
+
 static int cmp_named(const void *a, const void *b) {
   return strcmp(((const vlm__named_tensor *)a)->name,
                 ((const vlm__named_tensor *)b)->name);
@@ -536,6 +648,8 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
   }
   if (clip->arena)
     mprotect(clip->arena, clip->arena_bytes, PROT_READ);
+  if ((rc = build_panels(clip, &l)))
+    goto fail;
   goto done;
 
 nomem:
@@ -559,6 +673,10 @@ void vlm__weights_free(vlm_clip *clip) {
     munmap(clip->arena, clip->arena_bytes);
   clip->arena = NULL;
   clip->arena_bytes = 0;
+  if (clip->panels)
+    munmap(clip->panels, clip->panels_bytes);
+  clip->panels = NULL;
+  clip->panels_bytes = 0;
   free(clip->w.vblocks);
   free(clip->w.tblocks);
   memset(&clip->w, 0, sizeof clip->w);
