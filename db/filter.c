@@ -7,7 +7,9 @@
  *  1. a lexical check: bounded length, quotes closed, parentheses balanced
  *     and never closing more than they open (so the expression cannot end
  *     the WHERE clause), no `;`, no comments (which could hide the closing
- *     parenthesis), no bound parameters;
+ *     parenthesis), no bound parameters, and none of the keywords that
+ *     start a subquery or a statement (SELECT, VALUES, WITH, ATTACH,
+ *     PRAGMA, INSERT, ...) outside quotes;
  *  2. sqlite3_prepare_v2 must consume the whole text (tail check) and yield
  *     a read-only statement with one column and no parameters;
  *  3. an authorizer (armed only while a filter is compiled and run) allows
@@ -60,8 +62,8 @@ int vlm__authorizer(void *arg, int action, const char *a, const char *b,
     if (!a || strcmp(a, "items"))
       return deny(ctx, "table \"%s\"%s may not be read; only key and the "
                   "declared fields", a, NULL);
-    if (!b || !strcasecmp(b, "id") || !strcasecmp(b, "key"))
-      return SQLITE_OK;
+    if (!b || !*b || !strcasecmp(b, "id") || !strcasecmp(b, "key"))
+      return SQLITE_OK; /* "" = the table is touched, no column read */
     for (int i = 0; i < ctx->man->nfields; i++)
       if (!strcasecmp(b, ctx->man->fname[i]))
         return SQLITE_OK;
@@ -115,6 +117,25 @@ int vlm__filter_lex(const char *expr) {
         j++;
       }
       i = j;
+      continue;
+    }
+    if (isalpha((unsigned char)c) || c == '_') {
+      size_t j = i;
+      while (j < n && (isalnum((unsigned char)expr[j]) || expr[j] == '_'))
+        j++;
+      static const char *banned[] = {"select", "values", "with", "attach",
+                                     "detach", "pragma", "insert", "update",
+                                     "delete", "drop", "create", "alter",
+                                     "vacuum", "reindex", "analyze"};
+      for (size_t b = 0; b < sizeof banned / sizeof banned[0]; b++)
+        if (j - i == strlen(banned[b]) &&
+            !strncasecmp(expr + i, banned[b], j - i))
+          return vlm_seterr(VLM_EFILTER,
+                            "filter: %s is not allowed (an expression over "
+                            "key and the declared fields only; no "
+                            "subqueries or statements)",
+                            banned[b]);
+      i = j - 1;
       continue;
     }
     switch (c) {
