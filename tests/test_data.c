@@ -843,6 +843,30 @@ static void test_fashion_mnist_on_tiny_idx_files(void **state) {
       assert_string_not_equal(json_string_value(json_object_get(cl, "text")),
                               json_string_value(json_object_get(json_array_get(classes, d), "text")));
   }
+  /* Zero-shot: the 3 test images without text, then the 10 classes; the
+   * pairs give each image its true class. */
+  snprintf(p, sizeof p, "%s/out/zeroshot.jsonl", dir);
+  json_t *zs = read_jsonl(p, &n);
+  assert_int_equal(n, 3 + 10);
+  for (size_t k = 0; k < 3; k++) {
+    json_t *z = json_array_get(zs, k);
+    assert_null(json_object_get(z, "text"));
+    assert_string_equal(json_string_value(json_object_get(z, "image")),
+                        json_string_value(json_object_get(json_array_get(test, k), "image")));
+  }
+  assert_string_equal(json_string_value(json_object_get(json_array_get(zs, 12), "key")), "class/9");
+  snprintf(p, sizeof p, "%s/out/zeroshot-pairs.jsonl", dir);
+  json_t *pairs = read_jsonl(p, &n);
+  assert_int_equal(n, 3);
+  for (size_t k = 0; k < 3; k++) {
+    char want[32];
+    snprintf(want, sizeof want, "class/%zu", (k + 1) % 10);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(pairs, k), "text")), want);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(pairs, k), "image")),
+                        json_string_value(json_object_get(json_array_get(test, k), "key")));
+  }
+  json_decref(zs);
+  json_decref(pairs);
   json_decref(train);
   json_decref(test);
   json_decref(classes);

@@ -12,6 +12,12 @@
  *   OUT/classes.jsonl   the 10 class captions for zero-shot checks, as a
  *       text-only catalog: {"key":"class/0","text":"a photo of a t-shirt",
  *       "meta":{"label":0,"class":"T-shirt/top"}}
+ *   OUT/zeroshot.jsonl  the test images without captions plus the 10
+ *       class captions, one database's worth: {"key":"test/00000","image":
+ *       "test/00000.png","meta":{...}} and the classes.jsonl lines
+ *   OUT/zeroshot-pairs.jsonl  {"image":"test/00000","text":"class/9"} for
+ *       `vlmdb eval --pairs ... --direction i2t -k 1`: image->text
+ *       Recall@1 over the 10 class captions is zero-shot accuracy
  *   OUT/stats.json      counts per split and class
  * --limit N keeps the first N images of each split (for quick tests).
  * Captions rotate over a few templates by image index; classes.jsonl
@@ -105,6 +111,19 @@ static json_t *class_meta(int label) {
   return meta;
 }
 
+/* A class caption as a text-only catalog line. */
+static void write_class_line(FILE *f, int c) {
+  char key[32], text[128];
+  snprintf(key, sizeof key, "class/%d", c);
+  snprintf(text, sizeof text, templates[0], class_phrases[c]);
+  json_t *line = json_object();
+  json_object_set_new(line, "key", json_string(key));
+  json_object_set_new(line, "text", json_string(text));
+  json_object_set_new(line, "meta", class_meta(c));
+  write_line(f, line);
+  json_decref(line);
+}
+
 /* One split: decode, write PNGs and the catalog; returns counts. */
 static json_t *do_split(const char *src, const char *out, const char *src_prefix,
                         const char *split, long limit) {
@@ -160,6 +179,35 @@ static json_t *do_split(const char *src, const char *out, const char *src_prefix
   }
   commit_tmp(f, tmp, catalog);
 
+  if (!strcmp(split, "test")) {
+    /* Image-only items and their true class, for zero-shot accuracy. */
+    char *zs = path_join(out, "zeroshot.jsonl"), *pairs = path_join(out, "zeroshot-pairs.jsonl");
+    char *tmp_zs, *tmp_pairs;
+    FILE *fz = open_tmp(zs, &tmp_zs), *fp = open_tmp(pairs, &tmp_pairs);
+    for (long i = 0; i < n; i++) {
+      char key[64], rel[80], cls[32];
+      snprintf(key, sizeof key, "%s/%05ld", split, i);
+      snprintf(rel, sizeof rel, "%s.png", key);
+      snprintf(cls, sizeof cls, "class/%d", labels.data[i]);
+      json_t *line = json_object();
+      json_object_set_new(line, "key", json_string(key));
+      json_object_set_new(line, "image", json_string(rel));
+      json_object_set_new(line, "meta", class_meta(labels.data[i]));
+      write_line(fz, line);
+      json_decref(line);
+      json_t *pair = json_object();
+      json_object_set_new(pair, "image", json_string(key));
+      json_object_set_new(pair, "text", json_string(cls));
+      write_line(fp, pair);
+      json_decref(pair);
+    }
+    for (int c = 0; c < NCLASSES; c++) write_class_line(fz, c);
+    commit_tmp(fz, tmp_zs, zs);
+    commit_tmp(fp, tmp_pairs, pairs);
+    free(zs);
+    free(pairs);
+  }
+
   json_t *counts = json_object();
   json_object_set_new(counts, "items", json_integer(n));
   json_object_set_new(counts, "width", json_integer(w));
@@ -212,15 +260,9 @@ int main(int argc, char **argv) {
   FILE *f = open_tmp(classes, &tmp);
   json_t *captions = json_array();
   for (int c = 0; c < NCLASSES; c++) {
-    char key[32], text[128];
-    snprintf(key, sizeof key, "class/%d", c);
+    char text[128];
     snprintf(text, sizeof text, templates[0], class_phrases[c]);
-    json_t *line = json_object();
-    json_object_set_new(line, "key", json_string(key));
-    json_object_set_new(line, "text", json_string(text));
-    json_object_set_new(line, "meta", class_meta(c));
-    write_line(f, line);
-    json_decref(line);
+    write_class_line(f, c);
     json_array_append_new(captions, json_string(text));
   }
   commit_tmp(f, tmp, classes);
