@@ -351,26 +351,192 @@ int vlm_clip_encode_pixels(const vlm_clip *clip, const float *pixels, int n,
 
 int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
                         float *pixels) {
-  (void)clip, (void)data, (void)len, (void)pixels;
-  return vlm_seterr(VLM_EUNSUPPORTED, "image preprocessing is not built yet");
+  if (!clip || !pixels || (!data && len))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_preprocess: NULL argument");
+  return vlm__preprocess(&clip->pp, data, len, pixels);
+}
+
+/* Read a whole file (images are small next to the weights). */
+static int read_file(const char *path, uint8_t **data, size_t *len) {
+  *data = NULL;
+  *len = 0;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return vlm_seterr(errno == ENOENT ? VLM_ENOTFOUND : VLM_EIO, "%s: %s",
+                      path, strerror(errno));
+  size_t cap = 1 << 16, n = 0;
+  uint8_t *buf = malloc(cap);
+  for (;;) {
+    if (!buf) {
+      fclose(f);
+      return vlm_seterr(VLM_ENOMEM, "%s: out of memory reading", path);
+    }
+    n += fread(buf + n, 1, cap - n, f);
+    if (n < cap)
+      break;
+    if (cap >= (size_t)1 << 31) {
+      free(buf);
+      fclose(f);
+      return vlm_seterr(VLM_ETOOBIG, "%s: larger than 2 GiB", path);
+    }
+    uint8_t *bigger = realloc(buf, cap * 2);
+    if (!bigger)
+      free(buf);
+    buf = bigger;
+    cap *= 2;
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (err) {
+    free(buf);
+    return vlm_seterr(VLM_EIO, "%s: read error", path);
+  }
+  *data = buf;
+  *len = n;
+  return 0;
 }
 
 int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
                              float *pixels) {
-  (void)clip, (void)pixels;
-  return vlm_seterr(VLM_EUNSUPPORTED, "%s: image preprocessing is not built "
-                    "yet", path ? path : "(null)");
+  if (!clip || !path || !pixels)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_preprocess_file: NULL argument");
+  uint8_t *data;
+  size_t len;
+  int rc = read_file(path, &data, &len);
+  if (rc)
+    return rc;
+  rc = vlm__preprocess(&clip->pp, data, len, pixels);
+  free(data);
+  if (rc) {
+    char detail[512];
+    snprintf(detail, sizeof detail, "%s", vlm_errmsg());
+    vlm_seterr(rc, "%s: %s", path, detail);
+  }
+  return rc;
+}
+
+/* Decoding and preprocessing run on the model's threads, each image on
+ * one thread; the first failure (lowest index) is reported. */
+typedef struct {
+  const vlm_clip *clip;
+  const char *const *paths;       /* files, or */
+  const void *const *data;        /* buffers */
+  const size_t *lens;
+  float *pixels;                  /* [n, 3, S, S] */
+  int first, n;
+  pthread_mutex_t mu;
+  int next;
+  int err_index, err_rc;
+  char err_msg[768];
+} decode_job;
+
+static void *decode_worker(void *arg) {
+  decode_job *j = arg;
+  const size_t per = (size_t)3 * j->clip->cfg.image_size *
+                     j->clip->cfg.image_size;
+  for (;;) {
+    pthread_mutex_lock(&j->mu);
+    int i = j->next++;
+    int stop = i >= j->n || (j->err_rc && i > j->err_index);
+    pthread_mutex_unlock(&j->mu);
+    if (stop)
+      break;
+    int idx = j->first + i, rc;
+    float *dst = j->pixels + (size_t)i * per;
+    if (j->paths) {
+      rc = vlm_clip_preprocess_file(j->clip, j->paths[idx], dst);
+    } else {
+      rc = vlm_clip_preprocess(j->clip, j->data[idx], j->lens[idx], dst);
+      if (rc) {
+        char detail[512];
+        snprintf(detail, sizeof detail, "%s", vlm_errmsg());
+        vlm_seterr(rc, "image %d: %s", idx, detail);
+      }
+    }
+    if (rc) {
+      pthread_mutex_lock(&j->mu);
+      if (!j->err_rc || i < j->err_index) {
+        j->err_rc = rc;
+        j->err_index = i;
+        snprintf(j->err_msg, sizeof j->err_msg, "%s", vlm_errmsg());
+      }
+      pthread_mutex_unlock(&j->mu);
+    }
+  }
+  return NULL;
+}
+
+static int decode_all(decode_job *j) {
+  pthread_t th[64];
+  int want = j->clip->threads < j->n ? j->clip->threads : j->n, started = 0;
+  pthread_mutex_init(&j->mu, NULL);
+  j->next = 0;
+  j->err_rc = 0;
+  for (int t = 1; t < want; t++) {
+    if (pthread_create(&th[started], NULL, decode_worker, j))
+      break;
+    started++;
+  }
+  decode_worker(j);
+  for (int t = 0; t < started; t++)
+    pthread_join(th[t], NULL);
+  pthread_mutex_destroy(&j->mu);
+  if (j->err_rc)
+    return vlm_seterr(j->err_rc, "%s", j->err_msg);
+  return 0;
+}
+
+/* Images per decode + encode round: bounds the pixel buffer. */
+#define IMAGES_PER_ROUND 32
+
+static int encode_images(const vlm_clip *clip, const char *const *paths,
+                         const void *const *data, const size_t *lens, int n,
+                         unsigned flags, float *out) {
+  if (!clip || n < 0 || (n > 0 && !out) || (n > 0 && !paths && !data) ||
+      (data && !lens))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_encode_images: NULL argument");
+  if (n == 0)
+    return 0;
+  const int D = clip->cfg.projection_dim, S = clip->cfg.image_size;
+  const size_t per = (size_t)3 * S * S;
+  int round = n < IMAGES_PER_ROUND ? n : IMAGES_PER_ROUND;
+  float *pixels = malloc((size_t)round * per * sizeof *pixels);
+  /* Results go to out only once every image has succeeded. */
+  float *vec = malloc((size_t)n * D * sizeof *vec);
+  int rc = 0;
+  if (!pixels || !vec) {
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory for %d images", n);
+    goto done;
+  }
+  for (int i = 0; i < n; i += round) {
+    decode_job j = {.clip = clip, .paths = paths, .data = data, .lens = lens,
+                    .pixels = pixels, .first = i,
+                    .n = n - i < round ? n - i : round};
+    if ((rc = decode_all(&j)) ||
+        (rc = vlm_clip_encode_pixels(clip, pixels, j.n, flags,
+                                     vec + (size_t)i * D)))
+      goto done;
+  }
+  memcpy(out, vec, (size_t)n * D * sizeof *out);
+done:
+  free(pixels);
+  free(vec);
+  return rc;
 }
 
 int vlm_clip_encode_images(const vlm_clip *clip, const char *const *paths,
                            int n, unsigned flags, float *out) {
-  (void)clip, (void)paths, (void)n, (void)flags, (void)out;
-  return vlm_seterr(VLM_EUNSUPPORTED, "image preprocessing is not built yet");
+  if (n > 0 && paths)
+    for (int i = 0; i < n; i++)
+      if (!paths[i])
+        return vlm_seterr(VLM_EINVAL, "image %d: NULL path", i);
+  return encode_images(clip, paths, NULL, NULL, n, flags, out);
 }
 
 int vlm_clip_encode_image_buffers(const vlm_clip *clip,
                                   const void *const *data, const size_t *lens,
                                   int n, unsigned flags, float *out) {
-  (void)clip, (void)data, (void)lens, (void)n, (void)flags, (void)out;
-  return vlm_seterr(VLM_EUNSUPPORTED, "image preprocessing is not built yet");
+  if (n > 0 && !data)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_encode_image_buffers: NULL data");
+  return encode_images(clip, NULL, data, lens, n, flags, out);
 }

@@ -38,6 +38,7 @@ typedef struct {
 typedef struct {
   /* vision */
   const float *patch_w;          /* [Wv, 3, P, P] */
+  const uint16_t *p_patch;       /* the same, packed (kernels.h), or NULL */
   const float *class_emb;        /* [Wv] */
   const float *vpos;             /* [G*G + 1, Wv] */
   const float *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b;
@@ -73,7 +74,7 @@ struct vlm_clip {
   vlm__safetensors *st;
   float *arena;                  /* converted / transposed weights */
   size_t arena_bytes;
-  uint16_t *panels;              /* text weights packed for few-row products */
+  uint16_t *panels;              /* weights packed for the panel kernel */
   size_t panels_bytes;
   int panels_bf16;               /* panels hold bfloat16, else half */
   vlm__weights w;

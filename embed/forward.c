@@ -22,9 +22,6 @@
 #include "vlm_error.h"
 
 #define MAX_THREADS 64
-#ifndef PANEL_MAX_ROWS
-#define PANEL_MAX_ROWS 96
-#endif
 
 typedef struct team team;
 struct team {
@@ -303,8 +300,8 @@ static void vision_thread(void *arg, int tid) {
   }
   team_sync(&f->tm);
   /* h[n*NP, C] = patches · conv1ᵀ */
-  mm_share(f, tid, f->h, C, f->patches, K, w->patch_w, NULL, NULL, f->n * NP,
-           C, K, 0);
+  mm_share(f, tid, f->h, C, f->patches, K, w->patch_w, w->p_patch, NULL,
+           f->n * NP, C, K, 0);
   team_sync(&f->tm);
   /* x = [class; patches] + positions, then pre-LN in place */
   int r0, r1;
@@ -390,9 +387,7 @@ int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
     if (n_ids[i] > f.max_T)
       f.max_T = n_ids[i];
   }
-  /* Packed weights win while the weights' bytes, not the arithmetic,
-   * bound the pass. */
-  f.panels = clip->panels != NULL && f.R <= PANEL_MAX_ROWS;
+  f.panels = clip->panels != NULL;
   f.panels_bf16 = clip->panels_bf16;
   float *unused;
   int rc = fwd_alloc(&f, 0, &unused);
@@ -433,6 +428,8 @@ int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
   f.n = n;
   f.max_T = G * G + 1;
   f.R = n * f.max_T;
+  f.panels = clip->panels != NULL;
+  f.panels_bf16 = clip->panels_bf16;
   size_t patch_floats = (size_t)n * G * G * 3 * cfg->patch_size *
                         cfg->patch_size;
   int rc = fwd_alloc(&f, patch_floats, &f.patches);

@@ -358,19 +358,24 @@ panel_rows(float *out, int ldo, const float *in, int ldi,
 void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                         const uint16_t *panels, int bf16, const float *bias,
                         int M, int n0, int n1, int K, int accumulate) {
+  /* Blocks of rows (their inputs stay in L2) against every panel of the
+   * range (a panel is K * 64 bytes, read from L1/L2 by each 7-row group). */
+  const int RB = 8 * ROWS;
+  for (int mb = 0; mb < M; mb += RB)
   for (int n = n0; n < n1; n += VLM__PANEL) {
     const uint16_t *panel = panels + (size_t)(n / VLM__PANEL) * K * VLM__PANEL;
     int ncols = n1 - n < VLM__PANEL ? n1 - n : VLM__PANEL;
-    for (int m = 0; m < M; m += ROWS) {
+    int mend = mb + RB < M ? mb + RB : M;
+    for (int m = mb; m < mend; m += ROWS) {
       /* Two instances, so the dtype test leaves the inner loop. */
       if (bf16)
         panel_rows(out + (size_t)m * ldo + n, ldo, in + (size_t)m * ldi, ldi,
                    panel, 1, bias ? bias + n : NULL,
-                   M - m < ROWS ? M - m : ROWS, ncols, K, accumulate);
+                   mend - m < ROWS ? mend - m : ROWS, ncols, K, accumulate);
       else
         panel_rows(out + (size_t)m * ldo + n, ldo, in + (size_t)m * ldi, ldi,
                    panel, 0, bias ? bias + n : NULL,
-                   M - m < ROWS ? M - m : ROWS, ncols, K, accumulate);
+                   mend - m < ROWS ? mend - m : ROWS, ncols, K, accumulate);
     }
   }
 }

@@ -369,17 +369,76 @@ static const uint16_t *raw16(const spec_list *l, const char *hf, int bf16) {
   return NULL;
 }
 
-/* Pack the text tower's Linear weights into panels (kernels.h) when the
- * file holds them as F16 or BF16, so the panels are exact.  Queries are
- * short texts: at a few rows a product is bound by reading the weights,
- * and half-width weights halve that.  Not an error when it cannot be done:
- * the towers then use sgemm. */
+/* Pack every Linear weight of the towers (and the patch embedding) into
+ * panels (kernels.h) when the file holds them as F16 or BF16, so the
+ * panels are exact.  The panel kernel needs no per-call packing of the
+ * weights (which at a few rows costs as much as the product) and reads
+ * half the bytes of F32.  Not an error when it cannot be done (an F32
+ * file, mixed dtypes, no AVX-512): the towers then use sgemm. */
+static size_t panel_elems(int N, int K) {
+  size_t pc = VLM__PANEL;
+  return (((size_t)N + pc - 1) / pc) * pc * (size_t)K;
+}
+
+static size_t tower_panel_elems(int L, int C, int F) {
+  return (size_t)L * (panel_elems(3 * C, C) + panel_elems(C, C) +
+                      panel_elems(F, C) + panel_elems(C, F));
+}
+
+/* Pack hf (N x K) at *at; NULL-free rows table of at least N entries. */
+static int pack_one(const spec_list *l, const char *hf, int bf16, int N,
+                    int K, const uint16_t **rows, uint16_t **at,
+                    const uint16_t **dst) {
+  const uint16_t *w = raw16(l, hf, bf16);
+  if (!w)
+    return -1;
+  for (int n = 0; n < N; n++)
+    rows[n] = w + (size_t)n * K;
+  vlm__panel_pack(*at, rows, N, K);
+  *dst = *at;
+  *at += panel_elems(N, K);
+  return 0;
+}
+
+static int pack_tower(const spec_list *l, const char *tower, int bf16,
+                      int L, int C, int F, vlm__block *blocks,
+                      const uint16_t **rows, uint16_t **at) {
+  char name[128];
+  for (int i = 0; i < L; i++) {
+    vlm__block *b = &blocks[i];
+    if (!b->qkv_fused) /* the biases must be one [3C] vector */
+      return -1;
+    static const char *qkv[3] = {"q", "k", "v"};
+    for (int j = 0; j < 3; j++) {
+      snprintf(name, sizeof name, "%s.encoder.layers.%d.self_attn.%s_proj."
+               "weight", tower, i, qkv[j]);
+      const uint16_t *w = raw16(l, name, bf16);
+      if (!w)
+        return -1;
+      for (int n = 0; n < C; n++)
+        rows[j * C + n] = w + (size_t)n * C;
+    }
+    vlm__panel_pack(*at, rows, 3 * C, C);
+    b->p_qkv = *at;
+    *at += panel_elems(3 * C, C);
+#define LAYER(s) (snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", \
+                           tower, i, s), name)
+    if (pack_one(l, LAYER("self_attn.out_proj.weight"), bf16, C, C, rows, at,
+                 &b->p_o) ||
+        pack_one(l, LAYER("mlp.fc1.weight"), bf16, F, C, rows, at,
+                 &b->p_fc1) ||
+        pack_one(l, LAYER("mlp.fc2.weight"), bf16, C, F, rows, at, &b->p_fc2))
+      return -1;
+#undef LAYER
+  }
+  return 0;
+}
+
 static int build_panels(vlm_clip *clip, const spec_list *l) {
   const vlm__clip_config *c = &clip->cfg;
   const char *env = getenv("VLMDB_CLIP_PANELS");
   if (!vlm__panels_supported() || (env && !strcmp(env, "0")))
     return 0;
-  const int C = c->text_width, F = c->text_mlp, L = c->text_layers;
   const vlm__st_tensor *probe = vlm__st_find(
       clip->st, clip->layout == VLM__LAYOUT_HF
                     ? "text_model.encoder.layers.0.mlp.fc1.weight"
@@ -387,80 +446,51 @@ static int build_panels(vlm_clip *clip, const spec_list *l) {
   if (!probe || (probe->dtype != VLM__DT_F16 && probe->dtype != VLM__DT_BF16))
     return 0;
   int bf16 = probe->dtype == VLM__DT_BF16;
-  for (int i = 0; i < L; i++)
-    if (!clip->w.tblocks[i].qkv_fused)
-      return 0;
-  size_t pc = (size_t)VLM__PANEL;
-#define PANELS(N, K) ((((size_t)(N) + pc - 1) / pc) * pc * (size_t)(K))
-  size_t per_layer = PANELS(3 * C, C) + PANELS(C, C) + PANELS(F, C) +
-                     PANELS(C, F);
-  size_t bytes = per_layer * (size_t)L * sizeof(uint16_t);
-  int rows_n = 3 * C > F ? 3 * C : F;
+  const int P = c->patch_size, KP = 3 * P * P;
+  size_t elems = tower_panel_elems(c->text_layers, c->text_width,
+                                   c->text_mlp) +
+                 tower_panel_elems(c->vision_layers, c->vision_width,
+                                   c->vision_mlp) +
+                 panel_elems(c->vision_width, KP);
+  size_t bytes = elems * sizeof(uint16_t);
+  int rows_n = 3 * c->text_width;
+  int most[3] = {c->text_mlp, 3 * c->vision_width, c->vision_mlp};
+  for (int i = 0; i < 3; i++)
+    rows_n = most[i] > rows_n ? most[i] : rows_n;
   const uint16_t **rows = malloc((size_t)rows_n * sizeof *rows);
-  if (!rows)
-    return vlm_seterr(VLM_ENOMEM, "out of memory packing text weights");
   void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) {
+  if (!rows || mem == MAP_FAILED) {
     free(rows);
-    return vlm_seterr(VLM_ENOMEM, "out of memory packing text weights");
+    if (mem != MAP_FAILED)
+      munmap(mem, bytes);
+    return vlm_seterr(VLM_ENOMEM, "out of memory packing weights");
   }
   uint16_t *at = mem;
-  int ok = 1;
-  char name[128];
-  for (int i = 0; i < L && ok; i++) {
-    vlm__block *b = &clip->w.tblocks[i];
-    static const char *qkv[3] = {"q", "k", "v"};
-    for (int j = 0; j < 3 && ok; j++) {
-      snprintf(name, sizeof name,
-               "text_model.encoder.layers.%d.self_attn.%s_proj.weight", i,
-               qkv[j]);
-      const uint16_t *w = raw16(l, name, bf16);
-      ok = w != NULL;
-      for (int n = 0; ok && n < C; n++)
-        rows[j * C + n] = w + (size_t)n * C;
-    }
-    static const struct {
-      const char *suffix;
-      int which;
-    } mats[3] = {{"self_attn.out_proj.weight", 0},
-                 {"mlp.fc1.weight", 1},
-                 {"mlp.fc2.weight", 2}};
-    if (!ok)
-      break;
-    vlm__panel_pack(at, rows, 3 * C, C);
-    b->p_qkv = at;
-    at += PANELS(3 * C, C);
-    for (int j = 0; j < 3 && ok; j++) {
-      int N = mats[j].which == 1 ? F : C, K = mats[j].which == 2 ? F : C;
-      snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", i,
-               mats[j].suffix);
-      const uint16_t *w = raw16(l, name, bf16);
-      ok = w != NULL;
-      for (int n = 0; ok && n < N; n++)
-        rows[n] = w + (size_t)n * K;
-      if (!ok)
-        break;
-      vlm__panel_pack(at, rows, N, K);
-      const uint16_t **dst[3] = {&b->p_o, &b->p_fc1, &b->p_fc2};
-      *dst[j] = at;
-      at += PANELS(N, K);
-    }
-  }
-#undef PANELS
+  const uint16_t *patch = NULL;
+  int bad = pack_tower(l, "text_model", bf16, c->text_layers, c->text_width,
+                       c->text_mlp, clip->w.tblocks, rows, &at) ||
+            pack_tower(l, "vision_model", bf16, c->vision_layers,
+                       c->vision_width, c->vision_mlp, clip->w.vblocks, rows,
+                       &at) ||
+            pack_one(l, "vision_model.embeddings.patch_embedding.weight", bf16,
+                     c->vision_width, KP, rows, &at, &patch);
   free(rows);
-  if (!ok) { /* mixed dtypes: leave the text tower on sgemm */
+  if (bad) { /* mixed dtypes: leave everything on sgemm */
     munmap(mem, bytes);
-    for (int i = 0; i < L; i++) {
-      vlm__block *b = &clip->w.tblocks[i];
-      b->p_qkv = b->p_o = b->p_fc1 = b->p_fc2 = NULL;
-    }
+    vlm__block *towers[2] = {clip->w.tblocks, clip->w.vblocks};
+    int layers[2] = {c->text_layers, c->vision_layers};
+    for (int t = 0; t < 2; t++)
+      for (int i = 0; i < layers[t]; i++)
+        towers[t][i].p_qkv = towers[t][i].p_o = towers[t][i].p_fc1 =
+            towers[t][i].p_fc2 = NULL;
     return 0;
   }
   mprotect(mem, bytes, PROT_READ);
   clip->panels = mem;
   clip->panels_bytes = bytes;
   clip->panels_bf16 = bf16;
+  clip->w.p_patch = patch;
   return 0;
 }
 

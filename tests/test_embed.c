@@ -199,6 +199,11 @@ static void expect_close(const char *what, const char *name, const float *got,
   }
 }
 
+static void rm_rf(const char *dir);
+static char *make_tmpdir(void);
+static uint8_t *slurp(const char *path, size_t *len);
+static void spit(const char *path, const void *data, size_t len);
+
 /* ---- conformance: towers from reference inputs ----------------------------- */
 
 static void check_texts(vlm_clip *clip, const char *layout) {
@@ -433,6 +438,136 @@ static void test_config_and_accessors(void **state) {
   assert_int_equal(vlm_clip_context_length(ref.hf), 77);
   assert_int_equal(vlm_clip_dim(NULL), 0);
   vlm_clip_free(NULL);
+}
+
+/* ---- full path: text and image files through the public API ------------ */
+
+static void test_tokenize_matches_reference(void **state) {
+  (void)state;
+  int32_t ids[80];
+  for (int i = 0; i < ref.n_texts; i++) {
+    int n = -1;
+    int rc = vlm_clip_tokenize(ref.hf, ref.texts[i].text, ids, 80, &n);
+    if (rc)
+      fail_msg("tokenize '%s': %s", ref.texts[i].text, vlm_errmsg());
+    if (n != ref.texts[i].n_ids ||
+        memcmp(ids, ref.texts[i].ids, (size_t)n * sizeof *ids))
+      fail_msg("tokenize '%s': %d ids (first %d), reference %d (first %d)",
+               ref.texts[i].text, n, ids[0], ref.texts[i].n_ids,
+               ref.texts[i].ids[0]);
+  }
+  int n = -1;
+  assert_int_equal(vlm_clip_tokenize(ref.hf, "bad \xff utf8", ids, 80, &n),
+                   VLM_EFORMAT);
+}
+
+static void test_text_full_path(void **state) {
+  (void)state;
+  for (int l = 0; l < 2; l++) {
+    vlm_clip *clip = l ? ref.oc : ref.hf;
+    const int D = vlm_clip_dim(clip);
+    const char *texts[64];
+    for (int i = 0; i < ref.n_texts; i++)
+      texts[i] = ref.texts[i].text;
+    float *raw = malloc((size_t)ref.n_texts * D * sizeof *raw);
+    float *nrm = malloc((size_t)ref.n_texts * D * sizeof *nrm);
+    assert_int_equal(
+        vlm_clip_encode_texts(clip, texts, ref.n_texts, VLM_CLIP_RAW, raw), 0);
+    assert_int_equal(vlm_clip_encode_texts(clip, texts, ref.n_texts, 0, nrm),
+                     0);
+    for (int i = 0; i < ref.n_texts; i++) {
+      expect_close(l ? "open_clip text -> embedding" : "HF text -> embedding",
+                   texts[i], raw + (size_t)i * D, ref.texts[i].embedding, D,
+                   0.99999, 1e-4);
+      expect_close("text -> normalized", texts[i], nrm + (size_t)i * D,
+                   ref.texts[i].normalized, D, 0.99999, 1e-4);
+    }
+    /* Invalid UTF-8 in one text fails the call, naming the problem. */
+    const char *bad[2] = {"fine", "bad \xc3\x28"};
+    assert_int_equal(vlm_clip_encode_texts(clip, bad, 2, 0, nrm), VLM_EFORMAT);
+    free(raw);
+    free(nrm);
+  }
+}
+
+static void test_image_full_path(void **state) {
+  (void)state;
+  const int D = ref.dim, S = ref.side;
+  const size_t per = (size_t)3 * S * S;
+  float *px = malloc(per * sizeof *px);
+  const char *paths[32];
+  char path_buf[32][256];
+  const void *bufs[32];
+  size_t lens[32];
+  for (int i = 0; i < ref.n_images; i++) {
+    snprintf(path_buf[i], sizeof path_buf[i], FIX "/%s", ref.images[i].file);
+    paths[i] = path_buf[i];
+    int rc = vlm_clip_preprocess_file(ref.hf, paths[i], px);
+    if (rc)
+      fail_msg("%s: %s", paths[i], vlm_errmsg());
+    int at;
+    double d = max_abs_diff(px, ref.images[i].pixels, (int)per, &at);
+    if (d > 0.02)
+      fail_msg("%s: preprocessed value [%d] = %.6f, reference %.6f", paths[i],
+               at, px[at], ref.images[i].pixels[at]);
+    bufs[i] = slurp(paths[i], &lens[i]);
+  }
+  for (int l = 0; l < 2; l++) {
+    vlm_clip *clip = l ? ref.oc : ref.hf;
+    float *a = malloc((size_t)ref.n_images * D * sizeof *a);
+    float *b = malloc((size_t)ref.n_images * D * sizeof *b);
+    assert_int_equal(vlm_clip_encode_images(clip, paths, ref.n_images, 0, a),
+                     0);
+    assert_int_equal(vlm_clip_encode_image_buffers(clip, bufs, lens,
+                                                   ref.n_images, 0, b), 0);
+    assert_memory_equal(a, b, (size_t)ref.n_images * D * sizeof *a);
+    for (int i = 0; i < ref.n_images; i++)
+      expect_close(l ? "open_clip image file -> embedding"
+                     : "HF image file -> embedding",
+                   paths[i], a + (size_t)i * D, ref.images[i].normalized, D,
+                   0.9999, 1.0);
+    free(a);
+    free(b);
+  }
+  for (int i = 0; i < ref.n_images; i++)
+    free((void *)bufs[i]);
+  free(px);
+}
+
+static void test_image_errors_name_the_input(void **state) {
+  (void)state;
+  const int D = ref.dim;
+  char *dir = make_tmpdir();
+  char trunc[512], text[512], missing[512];
+  snprintf(trunc, sizeof trunc, "%s/trunc.jpg", dir);
+  snprintf(text, sizeof text, "%s/notes.png", dir);
+  snprintf(missing, sizeof missing, "%s/missing.jpg", dir);
+  size_t len;
+  uint8_t *jpg = slurp(FIX "/photo_rgb.jpg", &len);
+  spit(trunc, jpg, len / 3);
+  spit(text, "hello, world\n", 13);
+  const char *paths[3] = {FIX "/rgb.png", NULL, FIX "/gray.jpg"};
+  float out[3 * 512];
+  const char *bad[3] = {trunc, text, missing};
+  for (int k = 0; k < 3; k++) {
+    paths[1] = bad[k];
+    for (int i = 0; i < 3 * D; i++)
+      out[i] = 7.0f;
+    int rc = vlm_clip_encode_images(ref.hf, paths, 3, 0, out);
+    if (rc == 0 || !strstr(vlm_errmsg(), bad[k]))
+      fail_msg("encode with %s: %s '%s'", bad[k], vlm_errname(rc),
+               vlm_errmsg());
+    for (int i = 0; i < 3 * D; i++)
+      assert_true(out[i] == 7.0f); /* nothing written */
+  }
+  const void *bufs[2] = {jpg, jpg};
+  size_t lens[2] = {len, 10};
+  int rc = vlm_clip_encode_image_buffers(ref.hf, bufs, lens, 2, 0, out);
+  if (rc == 0 || !strstr(vlm_errmsg(), "image 1"))
+    fail_msg("buffer 1 of 10 bytes: %s '%s'", vlm_errname(rc), vlm_errmsg());
+  free(jpg);
+  rm_rf(dir);
+  free(dir);
 }
 
 /* ---- temp dirs and checkpoint surgery ----------------------------------- */
@@ -1426,6 +1561,10 @@ int main(void) {
       cmocka_unit_test(test_logits_per_image),
       cmocka_unit_test(test_batch_equals_single),
       cmocka_unit_test(test_text_pools_at_end_token),
+      cmocka_unit_test(test_tokenize_matches_reference),
+      cmocka_unit_test(test_text_full_path),
+      cmocka_unit_test(test_image_full_path),
+      cmocka_unit_test(test_image_errors_name_the_input),
       cmocka_unit_test(test_layouts_give_same_tensors),
       cmocka_unit_test(test_model_id),
       cmocka_unit_test(test_f32_and_bf16_files),
