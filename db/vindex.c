@@ -669,7 +669,10 @@ static int checkpoint_locked(vlm_db *db, int force) {
     snprintf(c->file, sizeof c->file, "%s-%llu-%s.faiss", mod_name[m],
              (unsigned long long)db->ix_seq, n);
     snprintf(path, sizeof path, "%s/%s", db->dir, c->file);
-    pthread_rwlock_rdlock(&db->index_lock);
+    /* Exclusive, although writing only reads the index: the index module
+     * lends an HNSW index a search's efSearch for the duration of that
+     * search, so a concurrent write could save the borrowed value. */
+    pthread_rwlock_wrlock(&db->index_lock);
     rc = vlm_index_write(vx->index, path);
     c->seq = db->ix_seq;
     c->upto = vx->upto;
@@ -682,7 +685,11 @@ static int checkpoint_locked(vlm_db *db, int force) {
     if ((rc = vlm__fsync_dir(db->dir)) ||
         (rc = vlm__manifest_write(db->dir, &next)))
       goto fail;
-    db->man = next;
+    /* Only the checkpoint entries change; searches read the rest of the
+     * manifest without locks, stat reads these under index_lock. */
+    pthread_rwlock_wrlock(&db->index_lock);
+    memcpy(db->man.ckpt, next.ckpt, sizeof next.ckpt);
+    pthread_rwlock_unlock(&db->index_lock);
     vlm__vindex_remove_orphans(db);
   }
   /* Prune log entries every store has: SQLite is at pub_seq, and each
