@@ -570,6 +570,139 @@ static void test_image_errors_name_the_input(void **state) {
   free(dir);
 }
 
+/* ---- the CLI commands ---------------------------------------------------- */
+
+/* Run a command in process with stdout captured; returns what it printed. */
+static char *capture(int (*fn)(int, char **), int argc, char **argv,
+                     int *status) {
+  char path[] = "/tmp/vlm-embed-out-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  fflush(stdout);
+  int saved = dup(1);
+  dup2(fd, 1);
+  *status = fn(argc, argv);
+  fflush(stdout);
+  dup2(saved, 1);
+  close(saved);
+  close(fd);
+  size_t len;
+  uint8_t *out = slurp(path, &len);
+  unlink(path);
+  out = realloc(out, len + 1);
+  out[len] = '\0';
+  return (char *)out;
+}
+
+static void test_cli_embed(void **state) {
+  (void)state;
+  const int D = ref.dim;
+  char img0[256], img1[256];
+  snprintf(img0, sizeof img0, FIX "/%s", ref.images[0].file);
+  snprintf(img1, sizeof img1, FIX "/%s", ref.images[4].file);
+  for (int raw = 0; raw <= 1; raw++) {
+    char *argv[] = {"embed", "--model", FIX, "--image", img0, "--text",
+                    ref.texts[0].text, "--image", img1, "--text",
+                    ref.texts[6].text, "--threads", "2",
+                    raw ? "--raw" : NULL, NULL};
+    int status;
+    char *out = capture(cmd_embed, raw ? 14 : 13, argv, &status);
+    assert_int_equal(status, VLM_EXIT_OK);
+    /* texts first in the order given, then images */
+    const char *kinds[4] = {"text", "text", "image", "image"};
+    const char *inputs[4] = {ref.texts[0].text, ref.texts[6].text, img0, img1};
+    const float *want[4] = {
+        raw ? ref.texts[0].embedding : ref.texts[0].normalized,
+        raw ? ref.texts[6].embedding : ref.texts[6].normalized,
+        raw ? ref.images[0].embedding : ref.images[0].normalized,
+        raw ? ref.images[4].embedding : ref.images[4].normalized};
+    char *line = out;
+    for (int i = 0; i < 4; i++) {
+      char *nl = strchr(line, '\n');
+      assert_non_null(nl);
+      *nl = '\0';
+      json_error_t err;
+      json_t *o = json_loads(line, 0, &err);
+      if (!o)
+        fail_msg("line %d is not JSON (%s): %s", i, err.text, line);
+      assert_int_equal(json_object_size(o), 3);
+      assert_string_equal(json_string_value(json_object_get(o, "kind")),
+                          kinds[i]);
+      assert_string_equal(json_string_value(json_object_get(o, "input")),
+                          inputs[i]);
+      int n;
+      float *v = json_floats(json_object_get(o, "embedding"), &n);
+      assert_int_equal(n, D);
+      expect_close("vlmdb embed", inputs[i], v, want[i], D,
+                   i < 2 ? 0.99999 : 0.9999, i < 2 ? 1e-4 : 1.0);
+      free(v);
+      json_decref(o);
+      line = nl + 1;
+    }
+    assert_string_equal(line, "");
+    free(out);
+  }
+  /* usage errors: 2; runtime errors: 1; --help: 0 with an example */
+  int status;
+  char *a1[] = {"embed", "--model", FIX, NULL};
+  free(capture(cmd_embed, 3, a1, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  char *a2[] = {"embed", "--model", FIX, "stray", NULL};
+  free(capture(cmd_embed, 4, a2, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  char *a3[] = {"embed", "--threads", "zero", "--text", "x", NULL};
+  free(capture(cmd_embed, 5, a3, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  char *a4[] = {"embed", "--model", "/nonexistent", "--text", "x", NULL};
+  free(capture(cmd_embed, 5, a4, &status));
+  assert_int_equal(status, VLM_EXIT_RUNTIME);
+  char *a5[] = {"embed", "--model", FIX, "--image", "/nonexistent.png", NULL};
+  char *out = capture(cmd_embed, 5, a5, &status);
+  assert_int_equal(status, VLM_EXIT_RUNTIME);
+  assert_string_equal(out, ""); /* nothing half-printed */
+  free(out);
+  char *a6[] = {"embed", "--help", NULL};
+  out = capture(cmd_embed, 2, a6, &status);
+  assert_int_equal(status, VLM_EXIT_OK);
+  assert_non_null(strstr(out, "example"));
+  free(out);
+}
+
+static void test_cli_tokenize(void **state) {
+  (void)state;
+  char *argv[] = {"tokenize", "--model", FIX, ref.texts[0].text,
+                  ref.texts[8].text, ref.texts[2].text, NULL};
+  int status;
+  char *out = capture(cmd_tokenize, 6, argv, &status);
+  assert_int_equal(status, VLM_EXIT_OK);
+  const int which[3] = {0, 8, 2};
+  char *line = out;
+  for (int i = 0; i < 3; i++) {
+    char *nl = strchr(line, '\n');
+    assert_non_null(nl);
+    *nl = '\0';
+    json_t *arr = json_loads(line, 0, NULL);
+    assert_true(json_is_array(arr));
+    const ref_text *t = &ref.texts[which[i]];
+    assert_int_equal(json_array_size(arr), t->n_ids);
+    for (int k = 0; k < t->n_ids; k++)
+      assert_int_equal(json_integer_value(json_array_get(arr, (size_t)k)),
+                       t->ids[k]);
+    json_decref(arr);
+    line = nl + 1;
+  }
+  assert_string_equal(line, "");
+  free(out);
+  char *a1[] = {"tokenize", "--model", FIX, NULL};
+  free(capture(cmd_tokenize, 3, a1, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  char *a2[] = {"tokenize", "--help", NULL};
+  out = capture(cmd_tokenize, 2, a2, &status);
+  assert_int_equal(status, VLM_EXIT_OK);
+  assert_non_null(strstr(out, "example"));
+  free(out);
+}
+
 /* ---- temp dirs and checkpoint surgery ----------------------------------- */
 
 static void rm_rf(const char *dir) {
@@ -1565,6 +1698,8 @@ int main(void) {
       cmocka_unit_test(test_text_full_path),
       cmocka_unit_test(test_image_full_path),
       cmocka_unit_test(test_image_errors_name_the_input),
+      cmocka_unit_test(test_cli_embed),
+      cmocka_unit_test(test_cli_tokenize),
       cmocka_unit_test(test_layouts_give_same_tensors),
       cmocka_unit_test(test_model_id),
       cmocka_unit_test(test_f32_and_bf16_files),
