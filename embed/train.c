@@ -412,45 +412,6 @@ static int init_from_model(trainer *t, vlm_clip *clip) {
 
 /* ---- optimizer ---------------------------------------------------------- */
 
-typedef struct {
-  trainer *t;
-  float lr, scale; /* scale: gradient clipping factor */
-  int64_t step;    /* 1-based */
-  double *partial; /* per-thread sums of squares */
-} opt_ctx;
-
-static void sumsq_chunk(void *p, int64_t begin, int64_t end, int th) {
-  opt_ctx *c = p;
-  const float *g = c->t->g;
-  double s = 0;
-  for (int64_t i = begin; i < end; i++)
-    s += (double)g[i] * g[i];
-  c->partial[th] = s;
-}
-
-/* PyTorch's AdamW: p *= 1 - lr wd (where decay applies), then
- * p -= lr mhat / (sqrt(vhat) + eps). */
-static void adamw_chunk(void *p, int64_t begin, int64_t end, int th) {
-  (void)th;
-  opt_ctx *c = p;
-  trainer *t = c->t;
-  const vlm_train_options *o = &t->o;
-  float b1 = o->beta1, b2 = o->beta2, lr = c->lr, eps = o->adam_eps;
-  float bc1 = 1 - powf(b1, (float)c->step), bc2 = 1 - powf(b2, (float)c->step);
-  float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2);
-  float wdf = 1 - lr * o->weight_decay;
-  float *w = t->w, *m = t->adam_m, *v = t->adam_v;
-  const float *g = t->g;
-  for (int64_t i = begin; i < end; i++) {
-    float gi = g[i] * c->scale;
-    m[i] = b1 * m[i] + (1 - b1) * gi;
-    v[i] = b2 * v[i] + (1 - b2) * gi * gi;
-    if (t->decay[i])
-      w[i] *= wdf;
-    w[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
-  }
-}
-
 static float lr_at(const trainer *t, int64_t step) {
   const vlm_train_options *o = &t->o;
   if (step < t->warmup)
@@ -1342,22 +1303,16 @@ static int train_step(trainer *t, const float *pixels, const int *pairs,
   vlm__tmodel_backward_f32(t->m);
   free(ids); free(off); free(len);
   /* global gradient norm, clipping, AdamW */
-  int T = vlm__tpool_threads(t->pool);
-  double partial[256] = {0};
-  opt_ctx c = {t, lr_at(t, t->step), 1, t->step + 1, partial};
-  if (T > 256)
-    T = 256;
-  vlm__tpool_for(t->pool, (int64_t)t->ntrain, sumsq_chunk, &c);
-  double ss = 0;
-  for (int i = 0; i < T; i++)
-    ss += partial[i];
-  double norm = sqrt(ss);
+  double norm = sqrt(vlm__tgrad_sumsq(t->pool, t->g, t->ntrain));
   *loss_out = loss;
   if (!isfinite(loss) || !isfinite(norm))
     return VLM_ENUMERIC; /* caller skips the update */
+  vlm__tadamw h = {lr_at(t, t->step), t->o.beta1, t->o.beta2, t->o.adam_eps,
+                   t->o.weight_decay, 1, t->step + 1};
   if (t->o.grad_clip > 0 && norm > t->o.grad_clip)
-    c.scale = (float)(t->o.grad_clip / norm);
-  vlm__tpool_for(t->pool, (int64_t)t->ntrain, adamw_chunk, &c);
+    h.grad_scale = (float)(t->o.grad_clip / norm);
+  vlm__tadamw_update(t->pool, &h, t->w, t->g, t->adam_m, t->adam_v, t->decay,
+                     t->ntrain);
   if (L->lora_rank == 0) {
     float *ls = vlm__tmodel_params_f32(t->m) + L->logit_scale;
     if (*ls > LN100)

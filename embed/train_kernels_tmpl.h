@@ -1,8 +1,9 @@
 /* train_kernels_tmpl.h - the training kernels, written once for `real`.
  *
- * Included twice by train_kernels.c: with real = float, SFX = f32 and
- * GEMM = cblas_sgemm, then with real = double, SFX = f64, GEMM =
- * cblas_dgemm.  No include guard on purpose.  Shapes are in
+ * Included twice by train_kernels.c: with real = float, SFX = f32,
+ * GEMM = cblas_sgemm and EXP = a vectorizable expf, then with real =
+ * double, SFX = f64, GEMM = cblas_dgemm, EXP = exp.  No include guard on
+ * purpose.  Shapes are in
  * train_kernels.h.
  */
 
@@ -254,7 +255,7 @@ static void TKS(attn_fwd_tasks)(void *p, int64_t begin, int64_t end, int t) {
           mx = row[j];
       real sum = 0;
       for (int j = 0; j < n; j++) {
-        row[j] = exp(row[j] - mx);
+        row[j] = EXP(row[j] - mx);
         sum += row[j];
       }
       real inv = 1 / sum;
@@ -346,7 +347,7 @@ static void TKS(act_fwd)(void *p, int64_t begin, int64_t end, int t) {
   if (c->quick) {
     for (int64_t i = begin; i < end; i++) {
       real x = c->inp[i];
-      c->out[i] = x / (1 + exp((real)-1.702 * x));
+      c->out[i] = x / (1 + EXP((real)-1.702 * x));
     }
   } else {
     for (int64_t i = begin; i < end; i++) {
@@ -362,7 +363,7 @@ static void TKS(act_bwd)(void *p, int64_t begin, int64_t end, int t) {
   if (c->quick) {
     for (int64_t i = begin; i < end; i++) {
       real x = c->inp[i];
-      real sg = 1 / (1 + exp((real)-1.702 * x));
+      real sg = 1 / (1 + EXP((real)-1.702 * x));
       c->out[i] = c->dout[i] * (sg + (real)1.702 * x * sg * (1 - sg));
     }
   } else {

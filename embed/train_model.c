@@ -2,6 +2,7 @@
  * compiled for float and double from train_model_tmpl.h. */
 #include "train_model.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -301,6 +302,65 @@ double vlm__tmodel_step_flops(const vlm__tlayout *L, int B,
                          Nt * c->text_layers * (6 * Ct + 2 * c->text_mlp)) *
                     3;
   return fwd + bwd;
+}
+
+/* ---- optimizer -------------------------------------------------------- */
+
+typedef struct {
+  const vlm__tadamw *h;
+  float *w, *m, *v;
+  const float *g;
+  const uint8_t *decay;
+  double partial[256];
+} adamw_ctx;
+
+static void sumsq_chunk(void *p, int64_t begin, int64_t end, int th) {
+  adamw_ctx *c = p;
+  double s = 0;
+  for (int64_t i = begin; i < end; i++)
+    s += (double)c->g[i] * c->g[i];
+  c->partial[th] = s;
+}
+
+double vlm__tgrad_sumsq(vlm__tpool *pool, const float *g, size_t n) {
+  adamw_ctx c = {.g = g};
+  int T = vlm__tpool_threads(pool);
+  if (T > 256) /* partial sums per thread */
+    T = 256;
+  vlm__tpool_for(T == vlm__tpool_threads(pool) ? pool : NULL, (int64_t)n,
+                 sumsq_chunk, &c);
+  double s = 0;
+  for (int t = 0; t < T; t++)
+    s += c.partial[t];
+  return s;
+}
+
+static void adamw_chunk(void *p, int64_t begin, int64_t end, int th) {
+  (void)th;
+  adamw_ctx *c = p;
+  const vlm__tadamw *h = c->h;
+  float b1 = h->beta1, b2 = h->beta2, lr = h->lr, eps = h->eps;
+  float bc1 = 1 - powf(b1, (float)h->step), bc2 = 1 - powf(b2, (float)h->step);
+  float step_size = lr / bc1, inv_bc2_sqrt = 1 / sqrtf(bc2);
+  float wdf = 1 - lr * h->weight_decay, gs = h->grad_scale;
+  float *w = c->w, *m = c->m, *v = c->v;
+  const float *g = c->g;
+  const uint8_t *decay = c->decay;
+  for (int64_t i = begin; i < end; i++) {
+    float gi = g[i] * gs;
+    m[i] = b1 * m[i] + (1 - b1) * gi;
+    v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+    if (decay[i])
+      w[i] *= wdf;
+    w[i] -= step_size * m[i] / (sqrtf(v[i]) * inv_bc2_sqrt + eps);
+  }
+}
+
+void vlm__tadamw_update(vlm__tpool *pool, const vlm__tadamw *h, float *w,
+                        const float *g, float *m, float *v,
+                        const uint8_t *decay, size_t n) {
+  adamw_ctx c = {.h = h, .w = w, .m = m, .v = v, .g = g, .decay = decay};
+  vlm__tpool_for(pool, (int64_t)n, adamw_chunk, &c);
 }
 
 /* ---- the model, twice ----------------------------------------------- */

@@ -71,6 +71,20 @@ void vlm__tconfig_defaults(vlm__clip_config *cfg);
 double vlm__tmodel_step_flops(const vlm__tlayout *layout, int B,
                               int64_t text_tokens);
 
+/* AdamW as PyTorch has it: w *= 1 - lr * weight_decay where decay[i],
+ * then w -= lr * mhat / (sqrt(vhat) + eps), with the gradient scaled by
+ * grad_scale (clipping) and bias corrections for step (1-based). */
+typedef struct {
+  float lr, beta1, beta2, eps, weight_decay, grad_scale;
+  int64_t step;
+} vlm__tadamw;
+
+void vlm__tadamw_update(vlm__tpool *pool, const vlm__tadamw *h, float *w,
+                        const float *g, float *m, float *v,
+                        const uint8_t *decay, size_t n);
+/* Sum of squares of g[n], in double; deterministic for a given pool. */
+double vlm__tgrad_sumsq(vlm__tpool *pool, const float *g, size_t n);
+
 /* A batch of texts: ids of sequence b at ids[off[b] .. off[b]+len[b]),
  * bos first and eos last (pooling reads the last position). */
 typedef struct {
