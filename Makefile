@@ -75,6 +75,10 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# The trainer's elementwise kernels need the vectorizer's full cost model
+# (-O2's is too cheap for loops of unknown length).
+$(BUILD)/obj/embed/train_kernels.o: CFLAGS += -O3
+
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
