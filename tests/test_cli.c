@@ -691,8 +691,12 @@ static int run_vlmdb(const char *dir, char **out, char **err,
 static char *run_ok(const char *dir, const char *const *args) {
   char *out, *err;
   int rc = run_vlmdb(dir, &out, &err, args);
-  if (rc != 0)
-    fail_msg("vlmdb %s exited %d:\n%s", args[0], rc, err);
+  if (rc != 0) {
+    print_error("vlmdb %s exited %d:\n%s\n", args[0], rc, err);
+    free(out);
+    free(err);
+    fail();
+  }
   free(err);
   return out;
 }
