@@ -61,6 +61,7 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
     cfg->vision_mlp = cfg->image_size = cfg->patch_size = 0;
     cfg->text_width = cfg->text_layers = cfg->text_heads = cfg->text_mlp = 0;
     cfg->vocab_size = cfg->context_length = cfg->projection_dim = 0;
+    cfg->bos_id = cfg->eos_id = 0; /* CLIP's: the last two ids (below) */
     snprintf(path, sizeof path, "%s/open_clip_config.json", dir);
     if (file_exists(path) &&
         (rc = vlm__config_read_open_clip(path, cfg, &oc_pp)))

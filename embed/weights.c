@@ -311,6 +311,12 @@ static int infer_original(const vlm__safetensors *st, vlm__clip_config *c) {
       (rc = infer(&c->projection_dim, proj->shape[1], "projection dim",
                   "text_projection", path)))
     return rc;
+  /* Without a config the start and end tokens are the vocabulary's last
+   * two ids, as in CLIP's tokenizer. */
+  if (c->bos_id == 0 && c->eos_id == 0) {
+    c->bos_id = c->vocab_size - 2 > 0 ? c->vocab_size - 2 : 0;
+    c->eos_id = c->vocab_size - 1;
+  }
   /* The reference builds heads = width / 64. */
   if (!c->vision_heads)
     c->vision_heads = c->vision_width >= 64 ? c->vision_width / 64 : 1;
