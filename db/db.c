@@ -286,6 +286,7 @@ fail:
 }
 
 static void *bg_main(void *arg);
+static void maybe_checkpoint(vlm_db *db);
 
 static void db_free(vlm_db *db) {
   if (!db)
@@ -480,8 +481,14 @@ static void *bg_main(void *arg) {
     db->bg_work = 0;
     pthread_mutex_unlock(&db->bg_mu);
     int rc = vlm__vindex_catch_up(db);
-    if (rc)
+    if (rc) {
       vlm__warn(db, "%s: background indexing: %s", db->dir, vlm_errmsg());
+    } else {
+      pthread_mutex_lock(&db->write_mu);
+      if (!__atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
+        maybe_checkpoint(db);
+      pthread_mutex_unlock(&db->write_mu);
+    }
     pthread_mutex_lock(&db->bg_mu);
   }
   pthread_mutex_unlock(&db->bg_mu);
@@ -492,7 +499,7 @@ void vlm_db_close(vlm_db *db) {
   if (!db)
     return;
   bg_stop(db);
-  if (!db->readonly && !db->broken) {
+  if (!db->readonly && !__atomic_load_n(&db->broken, __ATOMIC_ACQUIRE)) {
     pthread_mutex_lock(&db->write_mu);
     if (vlm__vindex_checkpoint(db) != 0)
       vlm__warn(db, "%s: checkpoint at close: %s (the index will be caught "
@@ -526,7 +533,7 @@ static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
     if (vlm__sql_replay(db, seq - 1, seq) == 0) {
       rc = 0;
     } else {
-      db->broken = 1;
+      __atomic_store_n(&db->broken, 1, __ATOMIC_RELEASE);
       rc = vlm_seterr(rc, "batch %llu is committed in payload.lmdb, but "
                       "meta.sqlite failed (%s); writes are refused until the "
                       "database is reopened, which repairs it",
@@ -542,6 +549,25 @@ static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
   return rc;
 }
 
+/* Checkpoint on our own once many vectors are newer than the index files,
+ * so a reopen after a crash never has to re-add more than about this many.
+ * Caller holds write_mu. */
+#define AUTO_CHECKPOINT_ITEMS 200000
+
+static void maybe_checkpoint(vlm_db *db) {
+  uint64_t oldest = UINT64_MAX;
+  pthread_rwlock_rdlock(&db->index_lock);
+  for (int m = 0; m < VLM__NMOD; m++)
+    if (db->vx[m].upto && db->man.ckpt[m].upto < oldest)
+      oldest = db->man.ckpt[m].upto;
+  uint64_t next = db->ix_next;
+  pthread_rwlock_unlock(&db->index_lock);
+  if (oldest == UINT64_MAX || next - oldest < AUTO_CHECKPOINT_ITEMS)
+    return;
+  if (vlm__vindex_checkpoint(db) != 0)
+    vlm__warn(db, "%s: automatic checkpoint: %s", db->dir, vlm_errmsg());
+}
+
 static void after_commit(vlm_db *db) {
   if (db->async) {
     pthread_mutex_lock(&db->bg_mu);
@@ -554,12 +580,14 @@ static void after_commit(vlm_db *db) {
    * exactly); a failure here only delays indexing to the next batch. */
   if (vlm__vindex_catch_up(db) != 0)
     vlm__warn(db, "%s: indexing: %s", db->dir, vlm_errmsg());
+  else
+    maybe_checkpoint(db);
 }
 
 static int writable(vlm_db *db) {
   if (db->readonly)
     return vlm_seterr(VLM_ESTATE, "%s is open read-only", db->dir);
-  if (db->broken)
+  if (__atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
     return vlm_seterr(VLM_ESTATE, "%s: an earlier write failed half-way; "
                       "reopen the database to repair it", db->dir);
   return 0;
@@ -769,7 +797,7 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
   rc = commit_publish(db, txn, seq, next_id, d_items, d_vecs);
   txn = NULL;
   sql_open = 0;
-  if (rc == 0 || db->broken)
+  if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
     after_commit(db);
   if (rc == 0 && written)
     *written = nch;
@@ -875,7 +903,7 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
   rc = commit_publish(db, txn, seq, next_id, -nch, d_vecs);
   txn = NULL;
   sql_open = 0;
-  if (rc == 0 || db->broken)
+  if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
     after_commit(db);
   if (rc == 0 && deleted)
     *deleted = nch;
