@@ -183,7 +183,8 @@ int vlm_data_png_pixels_read(const char *path, uint64_t max_pixels,
                              vlm_data_png_pixels *out);
 
 /* Write an 8-bit grayscale PNG of w x h pixels (row-major, w bytes per
- * row), atomically (temp file, then rename). */
+ * row) through a temp file renamed into place (a reader never sees half
+ * a file; an existing file is unlinked first). */
 int vlm_data_png_write_gray(const char *path, const uint8_t *pixels, int w,
                             int h);
 

@@ -218,7 +218,10 @@ int vlm_data_png_write_gray(const char *path, const uint8_t *pixels, int w,
   if (!png_image_write_to_file(&image, tmp, 0, pixels, w, NULL)) {
     rc = vlm_seterr(VLM_EIO, "%s: %s", tmp, image.message);
     unlink(tmp);
-  } else if (rename(tmp, path)) {
+  } else if ((unlink(path) && errno != ENOENT) || rename(tmp, path)) {
+    /* Unlink first: ext4 flushes data synchronously when a rename
+     * replaces a file (auto_da_alloc), which makes rewriting 70,000 small
+     * files take minutes instead of seconds. */
     rc = vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno));
     unlink(tmp);
   }
