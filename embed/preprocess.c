@@ -145,6 +145,50 @@ static inline uint16_t store_i16(int v) {
 
 /* ---- two-pass resample over an output window ------------------------- */
 
+/* One output pixel of the horizontal pass: n taps over C interleaved
+ * channels, each channel accumulated from 1 << 21 as Pillow does.  Scalar
+ * accumulators per channel count keep the sums in registers. */
+static void taps_u8(const uint8_t *in, const int32_t *k, int n, int C, uint8_t *out) {
+  const int32_t half = 1 << (PRECISION_BITS - 1);
+  int32_t s0 = half, s1 = half, s2 = half, s3 = half;
+  switch (C) {
+  case 1:
+    for (int x = 0; x < n; x++) s0 += in[x] * k[x];
+    out[0] = clip8_fixed(s0);
+    break;
+  case 2:
+    for (int x = 0; x < n; x++) {
+      s0 += in[2 * x] * k[x];
+      s1 += in[2 * x + 1] * k[x];
+    }
+    out[0] = clip8_fixed(s0);
+    out[1] = clip8_fixed(s1);
+    break;
+  case 3:
+    for (int x = 0; x < n; x++) {
+      s0 += in[3 * x] * k[x];
+      s1 += in[3 * x + 1] * k[x];
+      s2 += in[3 * x + 2] * k[x];
+    }
+    out[0] = clip8_fixed(s0);
+    out[1] = clip8_fixed(s1);
+    out[2] = clip8_fixed(s2);
+    break;
+  default:
+    for (int x = 0; x < n; x++) {
+      s0 += in[4 * x] * k[x];
+      s1 += in[4 * x + 1] * k[x];
+      s2 += in[4 * x + 2] * k[x];
+      s3 += in[4 * x + 3] * k[x];
+    }
+    out[0] = clip8_fixed(s0);
+    out[1] = clip8_fixed(s1);
+    out[2] = clip8_fixed(s2);
+    out[3] = clip8_fixed(s3);
+    break;
+  }
+}
+
 /* dst (cw x ch x C) = window [x0, x0+cw) x [y0, y0+ch) of src (w x h x C)
  * resized to dw x dh.  8-bit samples, or 16-bit when i16. */
 static int resample(const void *src, int w, int h, int C, int i16, int dw,
@@ -179,11 +223,7 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
         if (!i16) {
           const uint8_t *in = (const uint8_t *)src + ((size_t)y * w + xmin) * C;
           const int32_t *k = &hc.kfix[(size_t)xx * hc.ksize];
-          for (int c = 0; c < C; c++) {
-            int32_t ss = 1 << (PRECISION_BITS - 1);
-            for (int x = 0; x < n; x++) ss += in[(size_t)x * C + c] * k[x];
-            ((uint8_t *)tmp)[out_at + c] = clip8_fixed(ss);
-          }
+          taps_u8(in, k, n, C, (uint8_t *)tmp + out_at);
         } else {
           const uint16_t *in = (const uint16_t *)src + ((size_t)y * w + xmin);
           const double *k = &hc.k[(size_t)xx * hc.ksize];
@@ -201,7 +241,31 @@ static int resample(const void *src, int w, int h, int C, int i16, int dw,
     vin_row0 = 0;
     vin_stride = (size_t)w * C;
   }
-  /* vertical pass (or a copy of the window's rows) */
+  /* vertical pass, 8-bit: whole output rows accumulated tap by tap (the
+   * same sums in the same order as Pillow's per-pixel loop) */
+  if (need_v && !i16) {
+    size_t rowlen = (size_t)cw * C;
+    int32_t *acc = malloc(rowlen * sizeof *acc);
+    if (!acc) {
+      rc = vlm_seterr(VLM_ENOMEM, "resize: row of %d", cw);
+      goto done;
+    }
+    for (int yy = 0; yy < ch; yy++) {
+      int ymin = vc.first[yy], n = vc.count[yy];
+      const int32_t *k = &vc.kfix[(size_t)yy * vc.ksize];
+      for (size_t i = 0; i < rowlen; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+      for (int y = 0; y < n; y++) {
+        const uint8_t *row = (const uint8_t *)vin + (size_t)(ymin + y - vin_row0) * vin_stride;
+        int32_t kk = k[y];
+        for (size_t i = 0; i < rowlen; i++) acc[i] += row[i] * kk;
+      }
+      uint8_t *o = (uint8_t *)dst + (size_t)yy * rowlen;
+      for (size_t i = 0; i < rowlen; i++) o[i] = clip8_fixed(acc[i]);
+    }
+    free(acc);
+    goto done;
+  }
+  /* vertical pass for I;16, or a copy of the window's rows */
   for (int yy = 0; yy < ch; yy++) {
     int oy = y0 + yy;
     for (int xx = 0; xx < cw; xx++) {
