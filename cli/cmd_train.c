@@ -52,6 +52,8 @@ static const char usage[] =
     "  --jitter X          colour jitter strength (default 0.2)\n"
     "  --hflip             random horizontal flips (off by default: images\n"
     "                      may contain text)\n"
+    "  --alpha-white       composite transparent images onto white (default:\n"
+    "                      drop alpha, as CLIP's reference preprocessing)\n"
     "  --cache-mb N        decoded images kept in memory (default 4096)\n"
     "  --loader-threads N  threads building batches ahead (default 1)\n"
     "optimization:\n"
@@ -279,7 +281,7 @@ int cmd_train(int argc, char **argv) {
   enum {
     O_CATALOG = 256, O_OUT, O_INIT, O_CONFIG, O_TOKENIZER, O_LORA,
     O_LORA_ALPHA, O_SAVE_ADAPTERS, O_F32, O_IMAGES_ROOT, O_VAL_CATALOG,
-    O_VAL_FRACTION, O_NO_AUGMENT, O_CROP_SCALE, O_JITTER, O_HFLIP,
+    O_VAL_FRACTION, O_NO_AUGMENT, O_CROP_SCALE, O_JITTER, O_HFLIP, O_ALPHA_WHITE,
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
     O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER
@@ -301,6 +303,7 @@ int cmd_train(int argc, char **argv) {
       {"crop-scale", required_argument, NULL, O_CROP_SCALE},
       {"jitter", required_argument, NULL, O_JITTER},
       {"hflip", no_argument, NULL, O_HFLIP},
+      {"alpha-white", no_argument, NULL, O_ALPHA_WHITE},
       {"cache-mb", required_argument, NULL, O_CACHE_MB},
       {"loader-threads", required_argument, NULL, O_LOADER_THREADS},
       {"epochs", required_argument, NULL, O_EPOCHS},
@@ -356,6 +359,7 @@ int cmd_train(int argc, char **argv) {
     case O_CROP_SCALE: DOUBLE_ARG("--crop-scale", 0.01, 1, o.crop_scale_min); break;
     case O_JITTER: DOUBLE_ARG("--jitter", 0, 0.99, o.jitter); break;
     case O_HFLIP: o.hflip = 1; break;
+    case O_ALPHA_WHITE: o.alpha_white = 1; break;
     case O_CACHE_MB: LONG_ARG("--cache-mb", 0, 1 << 20, o.cache_mb); break;
     case O_LOADER_THREADS: LONG_ARG("--loader-threads", 1, 64, o.loader_threads); break;
     case O_EPOCHS: LONG_ARG("--epochs", 1, 1000000, o.epochs); break;

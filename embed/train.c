@@ -650,21 +650,28 @@ static int export_model(trainer *t) {
   return rc;
 }
 
+/* A float option as its shortest decimal (0.9, not 0.899999976). */
+static double f7(float x) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%.7g", (double)x);
+  return strtod(buf, NULL);
+}
+
 static json_t *options_json(const trainer *t) {
   const vlm_train_options *o = &t->o;
   return json_pack(
       "{s:I, s:i, s:I, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:f, "
-      "s:b, s:b, s:f, s:f, s:b, s:i, s:b}",
+      "s:b, s:b, s:f, s:f, s:b, s:i, s:b, s:b}",
       "seed", (json_int_t)o->seed, "batch", o->batch, "total_steps",
-      (json_int_t)t->total_steps, "lr", (double)o->lr, "min_lr",
-      (double)o->min_lr, "warmup_steps", t->warmup, "weight_decay",
-      (double)o->weight_decay, "beta1", (double)o->beta1, "beta2",
-      (double)o->beta2, "adam_eps", (double)o->adam_eps, "grad_clip",
-      (double)o->grad_clip, "lora_rank", o->lora_rank, "lora_alpha",
-      (double)o->lora_alpha, "augment", !o->no_augment, "hflip", o->hflip,
-      "crop_scale_min", (double)o->crop_scale_min, "jitter",
-      (double)o->jitter, "f16", o->f16, "epochs", o->epochs, "save_adapters",
-      o->save_adapters);
+      (json_int_t)t->total_steps, "lr", f7(o->lr), "min_lr", f7(o->min_lr),
+      "warmup_steps", t->warmup, "weight_decay", f7(o->weight_decay),
+      "beta1", f7(o->beta1), "beta2", f7(o->beta2), "adam_eps",
+      f7(o->adam_eps), "grad_clip", f7(o->grad_clip), "lora_rank",
+      o->lora_rank, "lora_alpha", f7(o->lora_alpha), "augment",
+      !o->no_augment, "hflip", o->hflip, "crop_scale_min",
+      f7(o->crop_scale_min), "jitter", f7(o->jitter), "f16", o->f16,
+      "epochs", o->epochs, "save_adapters", o->save_adapters, "alpha_white",
+      o->alpha_white);
 }
 
 /* The resumable state: F32 weights (and adapters), AdamW moments, step,
@@ -824,6 +831,7 @@ static int apply_saved_options(trainer *t, json_t *opt, const char *path) {
   GET_B("f16", o->f16);
   GET_I("epochs", o->epochs);
   GET_B("save_adapters", o->save_adapters);
+  GET_B("alpha_white", o->alpha_white);
   o->no_augment = !aug;
   o->max_steps = t->total_steps;
   return 0;
@@ -1159,6 +1167,7 @@ static int setup(trainer *t, const vlm_train_options *opts) {
       .crop_scale_min = o->crop_scale_min,
       .jitter = o->jitter,
       .hflip = o->hflip,
+      .alpha_white = o->alpha_white,
       .cache_bytes = (int64_t)(o->cache_mb > 0 ? o->cache_mb : 4096) << 20,
       .threads = threads,
       .loader_threads = o->loader_threads > 0 ? o->loader_threads : 1,

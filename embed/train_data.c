@@ -220,6 +220,7 @@ static void prep_one(prep_ctx *c, int i) {
   if (cfg->eval) {
     vlm__preprocess_cfg pc;
     vlm__preprocess_defaults(&pc, cfg->image_size);
+    pc.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
     memcpy(pc.mean, cfg->mean, sizeof pc.mean);
     memcpy(pc.std, cfg->std, sizeof pc.std);
     size_t S = (size_t)cfg->image_size;
@@ -230,7 +231,9 @@ static void prep_one(prep_ctx *c, int i) {
       goto done;
     }
   } else {
-    if (vlm_image_decode(data, len, NULL, &img)) {
+    vlm_clip_options dopt = {0};
+    dopt.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
+    if (vlm_image_decode(data, len, &dopt, &img)) {
       snprintf(c->why[i], sizeof c->why[i], "%s: %s", it->image,
                vlm_errmsg());
       goto done;
@@ -426,7 +429,9 @@ static int augment(const vlm__tdata *d, int i, int64_t epoch, float *out) {
     vlm_image img = {0};
     rc = read_file(p->path, &data, &len);
     if (!rc) {
-      rc = vlm_image_decode(data, len, NULL, &img);
+      vlm_clip_options dopt = {0};
+      dopt.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
+      rc = vlm_image_decode(data, len, &dopt, &img);
       free(data);
     }
     if (!rc) {

@@ -25,6 +25,8 @@ typedef struct {
   int augment;           /* training: random resized crop + jitter */
   float crop_scale_min, jitter;
   int hflip;
+  int alpha_white;       /* composite transparent images onto white
+                            (VLM_ALPHA_WHITE) instead of dropping alpha */
   int64_t cache_bytes;   /* decoded images kept in memory up to this */
   int threads;           /* decoding threads while opening */
   int loader_threads;    /* threads building batches during training */

@@ -88,6 +88,10 @@ typedef struct {
   float jitter;              /* colour jitter strength, 0.2 */
   int hflip;                 /* random horizontal flips (off: images may
                                 contain text) */
+  int alpha_white;           /* transparent images composited onto white
+                                (load the model with VLM_ALPHA_WHITE
+                                then); default: alpha dropped, as the
+                                reference preprocessing does */
   int cache_mb;              /* decoded images kept in memory, 4096 */
   /* checkpoints */
   int checkpoint_every;      /* steps; 0 = each epoch end */
