@@ -23,6 +23,17 @@
  * - convert("RGB"): L replicated, LA/RGBA alpha dropped, P through the
  *   palette, 1 as 0/255, I;16 clipped to 255, CMYK as Pillow's cmyk2rgb.
  * - ToTensor/Normalize in float32: (v / 255 - mean) / std.
+ *
+ * Where Pillow versions differ we follow Pillow 10 and later: 16-bit gray
+ * PNGs open as "I;16" (Pillow 9 used "I"; the results differ only when the
+ * first pass overshoots below 0, which "I;16" clips), and palette indices
+ * past the palette are black (Pillow 9: a gray ramp).  Either way a 16-bit
+ * gray image converts to RGB by clipping at 255, so most of them come out
+ * nearly white, exactly as in the reference.
+ *
+ * Sizes: resize >= crop is required (CLIP's configs always have it).  A
+ * resized side past 2^24 pixels (aspect ratios beyond 75000:1 at 224) is
+ * VLM_ETOOBIG.
  */
 #include "preprocess.h"
 
