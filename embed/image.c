@@ -7,9 +7,11 @@
  * Corrupt data: PIL (without LOAD_TRUNCATED_IMAGES) refuses a truncated
  * file but accepts what libjpeg only warns about (stray bytes before a
  * marker, an entropy segment ending early, ...).  We do the same: running
- * out of input (libjpeg's JWRN_JPEG_EOF, a short PNG read) is
- * VLM_ECORRUPT; other libjpeg warnings are accepted.  libpng's errors
- * (bad CRC on a critical chunk, bad zlib data, ...) are VLM_ECORRUPT.
+ * out of input before the last row (libjpeg's JWRN_JPEG_EOF, a short PNG
+ * read) is VLM_ECORRUPT; other libjpeg warnings are accepted, and so is a
+ * file that ends after its last row (no JPEG EOI, no PNG IEND).  libpng's
+ * errors (bad CRC on a critical chunk, bad zlib data, ...) are
+ * VLM_ECORRUPT; its warnings are ignored.
  *
  * Limits: width * height above max_pixels is refused from the header,
  * before any pixel memory.  libjpeg's own work memory is capped at
