@@ -997,8 +997,9 @@ static int same_file(const char *a, const char *b) {
   return ok;
 }
 
-/* N steps straight == N/2, stop, resume, N/2: identical weights and
- * optimizer state, with 2 compute threads. */
+/* N steps straight == 1 step and a stop request, resume to step 13,
+ * resume to N: identical weights and optimizer state, with 2 compute
+ * threads. */
 static void test_resume_is_bit_exact(void **state) {
   (void)state;
   char a[300], b[300], pa[400], pb[400];
@@ -1017,9 +1018,18 @@ static void test_resume_is_bit_exact(void **state) {
   vlm_train_result ra, rb, rc2;
   assert_int_equal(vlm_train_run(&o, &ra), 0);
   o.out_dir = b;
+  /* a stop request (Ctrl-C) checkpoints after the current step */
+  volatile int stop = 1;
+  o.stop = &stop;
+  assert_int_equal(vlm_train_run(&o, &rb), VLM_EINTR);
+  assert_int_equal(rb.steps, 1);
+  vlm_train_result_free(&rb);
+  stop = 0;
+  o.resume = 1;
   o.stop_after = 13;
   assert_int_equal(vlm_train_run(&o, &rb), 0);
   assert_int_equal(rb.steps, 13);
+  o.resume = 0;
   /* not resuming over a checkpoint is refused */
   o.stop_after = 0;
   assert_int_equal(vlm_train_run(&o, &rc2), VLM_EEXISTS);
