@@ -1,7 +1,189 @@
-/* placeholder until the module lands; replaced by the real command. */
+/* cmd_serve.c - `vlmdb serve`: serve a database over TCP with the Redis
+ * protocol (see net/vlm_server.h and the README's "Server" section). */
+#include <errno.h>
+#include <limits.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "vlm_cli.h"
+#include "vlm_clip.h"
+#include "vlm_error.h"
+#include "vlm_server.h"
+#include "vlmdb.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+"usage: vlmdb serve --db DIR [options]\n"
+"\n"
+"Serve a database over TCP with the Redis protocol (RESP2 and RESP3):\n"
+"redis-cli, redis-benchmark and every Redis client library can talk to it.\n"
+"\n"
+"  --db DIR                 the database (required)\n"
+"  --model DIR              the CLIP model for text and image queries\n"
+"                           (default: $VLMDB_MODEL or models/default; without\n"
+"                           one, only KEY and VECTOR searches work)\n"
+"  --bind ADDR              address to listen on (default 127.0.0.1); any\n"
+"                           other than loopback needs --requirepass\n"
+"  --port P                 TCP port (default %d; 0 picks a free one)\n"
+"  --requirepass SECRET     clients must AUTH with SECRET first\n"
+"  --threads N              worker threads (default: the CPU count)\n"
+"  --maxclients N           connections at most (default 10000)\n"
+"  --max-request-bytes N    bytes of one request (default 64 MiB)\n"
+"  --max-output-bytes N     unsent reply bytes before a client that does\n"
+"                           not read is disconnected (default 256 MiB)\n"
+"  --timeout S              close connections idle S seconds (default 0:\n"
+"                           never)\n"
+"  --batch-window-us N      how long an embedding waits for others to batch\n"
+"                           with (default 1000; 0 turns batching off)\n"
+"  --batch-max N            largest embedding batch (default 64)\n"
+"  --quiet                  no log lines on stderr\n"
+"\n"
+"SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
+"the index is checkpointed, the stores closed.\n",
+          VLM_SERVER_DEFAULT_PORT);
+}
+
+/* A non-negative integer flag value with an optional K/M/G suffix. */
+static int parse_count(const char *s, long long max, long long *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (end == s || v < 0 || errno)
+    return -1;
+  long long mult = 1;
+  if (*end == 'k' || *end == 'K')
+    mult = 1024, end++;
+  else if (*end == 'm' || *end == 'M')
+    mult = 1024 * 1024, end++;
+  else if (*end == 'g' || *end == 'G')
+    mult = 1024 * 1024 * 1024, end++;
+  if (*end || v > max / mult)
+    return -1;
+  *out = v * mult;
+  return 0;
+}
+
 int cmd_serve(int argc, char **argv) {
-  (void)argc;
-  vlm_cli_error(argv[0], "not available yet");
-  return VLM_EXIT_RUNTIME;
+  const char *cmd = argv[0];
+  const char *db_dir = NULL, *model_dir = NULL;
+  vlm_server_options opts = {0};
+  opts.port = VLM_SERVER_DEFAULT_PORT;
+  int quiet = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage(stdout);
+      return VLM_EXIT_OK;
+    }
+    if (!strcmp(a, "--quiet")) {
+      quiet = 1;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      vlm_cli_error(cmd, "%s needs a value (see --help)", a);
+      return VLM_EXIT_USAGE;
+    }
+    const char *v = argv[++i];
+    long long n = 0;
+    int bad = 0;
+    if (!strcmp(a, "--db"))
+      db_dir = v;
+    else if (!strcmp(a, "--model"))
+      model_dir = v;
+    else if (!strcmp(a, "--bind"))
+      opts.bind = v;
+    else if (!strcmp(a, "--requirepass"))
+      opts.requirepass = v;
+    else if (!strcmp(a, "--port"))
+      bad = parse_count(v, 65535, &n) < 0, opts.port = (int)n;
+    else if (!strcmp(a, "--threads"))
+      bad = parse_count(v, 1024, &n) < 0 || n < 1, opts.threads = (int)n;
+    else if (!strcmp(a, "--maxclients"))
+      bad = parse_count(v, 1000000, &n) < 0 || n < 1,
+      opts.maxclients = (int)n;
+    else if (!strcmp(a, "--max-request-bytes"))
+      bad = parse_count(v, 1LL << 32, &n) < 0 || n < 1024,
+      opts.max_request_bytes = (size_t)n;
+    else if (!strcmp(a, "--max-output-bytes"))
+      bad = parse_count(v, 1LL << 40, &n) < 0 || n < 1024,
+      opts.max_output_bytes = (size_t)n;
+    else if (!strcmp(a, "--timeout"))
+      bad = parse_count(v, 100000000, &n) < 0, opts.timeout_s = (int)n;
+    else if (!strcmp(a, "--batch-window-us"))
+      bad = parse_count(v, 10000000, &n) < 0,
+      opts.batch_window_us = n == 0 ? VLM_SERVER_NO_BATCH : (int)n;
+    else if (!strcmp(a, "--batch-max"))
+      bad = parse_count(v, 4096, &n) < 0 || n < 1, opts.batch_max = (int)n;
+    else {
+      vlm_cli_error(cmd, "unknown option '%s' (see --help)", a);
+      return VLM_EXIT_USAGE;
+    }
+    if (bad) {
+      vlm_cli_error(cmd, "bad value '%s' for %s", v, a);
+      return VLM_EXIT_USAGE;
+    }
+  }
+  if (!db_dir) {
+    vlm_cli_error(cmd, "--db DIR is required (see --help)");
+    return VLM_EXIT_USAGE;
+  }
+
+  /* Freed request and reply buffers go back to the system instead of
+   * raising glibc's mmap threshold, so memory returns to its baseline
+   * after a burst of large requests. */
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+
+  int status = VLM_EXIT_RUNTIME, rc;
+  vlm_clip *clip = NULL;
+  vlm_db *db = NULL;
+  vlm_server *srv = NULL;
+  int explicit_model = model_dir != NULL;
+  if (!model_dir)
+    model_dir = vlm_cli_default_model();
+  vlm_clip_options copts = {0};
+  copts.threads = 1; /* parallelism comes from the worker threads */
+  rc = vlm_clip_load(model_dir, &copts, &clip);
+  if (rc < 0) {
+    if (explicit_model) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    if (!quiet)
+      fprintf(stderr, "vlmdb serve: no model at %s (%s): serving without "
+              "one; TEXT and IMAGE queries are refused\n", model_dir,
+              vlm_errmsg());
+    clip = NULL;
+    model_dir = NULL;
+  }
+  vlm_db_open_options dopts = {0};
+  dopts.expect_model_id = clip ? vlm_clip_model_id(clip) : NULL;
+  rc = vlm_db_open(db_dir, &dopts, &db);
+  if (rc < 0) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  opts.handle_signals = 1;
+  opts.model_dir = model_dir;
+  opts.log = quiet ? NULL : stderr;
+  rc = vlm_server_create(db, clip, &opts, &srv);
+  if (rc < 0) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  printf("vlmdb serve: listening on %s:%d\n", opts.bind ? opts.bind
+         : "127.0.0.1", vlm_server_port(srv));
+  fflush(stdout);
+  rc = vlm_server_run(srv);
+  if (rc < 0) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  status = VLM_EXIT_OK;
+done:
+  vlm_server_free(srv);
+  vlm_db_close(db);
+  vlm_clip_free(clip);
+  return status;
 }

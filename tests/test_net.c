@@ -1,0 +1,2271 @@
+/* test_net.c - the RESP parser, and `vlmdb serve` as a real process on a
+ * loopback port, driven by real clients: hiredis, redis-cli, raw sockets.
+ *
+ * Oracles: the parser against the argument lists the test encoded and
+ * against itself fed whole; the server's embeddings against the model run
+ * in this process; its searches against a brute-force scan of vectors this
+ * process computed; RESP3 replies through a reader written here, separate
+ * from the server's writer; memory against the server's own baseline RSS.
+ *
+ * Every server is started by start_server and stopped (SIGTERM, graceful)
+ * by stop_server, which also checks it exited cleanly; sockets have receive
+ * timeouts and waits have deadlines, so no test can hang.  $BUILD selects
+ * the server binary (build/vlmdb, build-asan/vlmdb, build-tsan/vlmdb).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../net/resp.h"
+#include "vlm_clip.h"
+#include "vlm_error.h"
+#include "vlmdb.h"
+
+#define MODEL_DIR "tests/fixtures/clip-tiny"
+#define IO_TIMEOUT_S 30
+
+static vlm_clip *g_clip;
+static int g_dim;
+
+/* ======================================================================
+ * Small helpers
+ * ==================================================================== */
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint32_t rng(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (uint32_t)(rng_state >> 16);
+}
+
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc((size_t)n + 1);
+  if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    free(buf);
+    fclose(f);
+    return NULL;
+  }
+  fclose(f);
+  *len = (size_t)n;
+  return buf;
+}
+
+static void rm_rf(const char *dir) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0)
+    fprintf(stderr, "warning: could not remove %s\n", dir);
+}
+
+static void normalize(float *v, int n) {
+  double s = 0;
+  for (int i = 0; i < n; i++)
+    s += (double)v[i] * v[i];
+  s = sqrt(s);
+  for (int i = 0; i < n; i++)
+    v[i] = (float)(v[i] / s);
+}
+
+static float dotf(const float *a, const float *b, int n) {
+  double s = 0;
+  for (int i = 0; i < n; i++)
+    s += (double)a[i] * b[i];
+  return (float)s;
+}
+
+/* ======================================================================
+ * Server processes
+ * ==================================================================== */
+
+typedef struct {
+  pid_t pid;
+  int port;
+  char dir[64];     /* temp dir: db/ and server.log */
+  char db[96];
+  char log[96];
+} server_t;
+
+/* Servers and dirs still up, for cleanup after a failed test. */
+static server_t *g_live[8];
+
+static void track(server_t *s, int on) {
+  for (int i = 0; i < 8; i++)
+    if (on ? !g_live[i] : g_live[i] == s) {
+      g_live[i] = on ? s : NULL;
+      return;
+    }
+}
+
+static const char *build_dir(void) {
+  const char *b = getenv("BUILD");
+  return b && *b ? b : "build";
+}
+
+static void print_log(const server_t *s) {
+  size_t n;
+  char *text = read_file(s->log, &n);
+  if (text) {
+    text[n] = '\0';
+    fprintf(stderr, "---- server log (%s) ----\n%s---- end ----\n", s->log,
+            text);
+    free(text);
+  }
+}
+
+/* Make a temp dir with an empty database (fields n:int, cat:text). */
+static void make_db(server_t *s) {
+  memset(s, 0, sizeof *s);
+  snprintf(s->dir, sizeof s->dir, "/tmp/vlm_net_XXXXXX");
+  assert_non_null(mkdtemp(s->dir));
+  snprintf(s->db, sizeof s->db, "%s/db", s->dir);
+  snprintf(s->log, sizeof s->log, "%s/server.log", s->dir);
+  vlm_field fields[2] = {{"n", VLM_FIELD_INT}, {"cat", VLM_FIELD_TEXT}};
+  vlm_db_config cfg = {0};
+  cfg.dim = g_dim;
+  cfg.index_factory = "Flat";
+  cfg.model_id = vlm_clip_model_id(g_clip);
+  cfg.model_dir = MODEL_DIR;
+  cfg.fields = fields;
+  cfg.nfields = 2;
+  vlm_db *db = NULL;
+  int rc = vlm_db_create(s->db, &cfg, &db);
+  if (rc < 0)
+    fail_msg("vlm_db_create: %s", vlm_errmsg());
+  vlm_db_close(db);
+  track(s, 1);
+}
+
+static void server_done(server_t *s) {
+  track(s, 0);
+  rm_rf(s->dir);
+}
+
+/* Spawn `$BUILD/vlmdb serve --db ... --port 0 extra...` and read the port
+ * it prints.  Returns 0, or the exit status if it exited instead. */
+static int spawn_server(server_t *s, const char *const *extra) {
+  char bin[256];
+  snprintf(bin, sizeof bin, "%s/vlmdb", build_dir());
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = bin;
+  argv[n++] = "serve";
+  argv[n++] = "--db";
+  argv[n++] = s->db;
+  argv[n++] = "--model";
+  argv[n++] = MODEL_DIR;
+  argv[n++] = "--port";
+  argv[n++] = "0";
+  for (int i = 0; extra && extra[i]; i++)
+    argv[n++] = extra[i];
+  argv[n] = NULL;
+  int out[2];
+  assert_int_equal(pipe(out), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
+    int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(out[1], 1);
+    dup2(log, 2);
+    close(out[0]);
+    close(out[1]);
+    close(log);
+    execv(bin, (char *const *)argv);
+    _exit(127);
+  }
+  close(out[1]);
+  s->pid = pid;
+  char line[256];
+  size_t len = 0;
+  double deadline = now_s() + 60;
+  while (now_s() < deadline && len < sizeof line - 1) {
+    struct pollfd p = {out[0], POLLIN, 0};
+    if (poll(&p, 1, 100) <= 0)
+      continue;
+    ssize_t r = read(out[0], line + len, 1);
+    if (r <= 0)
+      break;
+    if (line[len++] == '\n')
+      break;
+  }
+  line[len] = '\0';
+  close(out[0]);
+  char *colon = strrchr(line, ':');
+  if (!strstr(line, "listening on") || !colon) {
+    int status = 0;
+    for (int i = 0; i < 3000 && waitpid(pid, &status, WNOHANG) == 0; i++)
+      sleep_ms(10);
+    s->pid = 0;
+    if (WIFEXITED(status))
+      return WEXITSTATUS(status) ? WEXITSTATUS(status) : -1;
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+  }
+  s->port = atoi(colon + 1);
+  return 0;
+}
+
+static void start_server(server_t *s, const char *const *extra) {
+  int rc = spawn_server(s, extra);
+  if (rc != 0) {
+    print_log(s);
+    fail_msg("server did not start (status %d)", rc);
+  }
+}
+
+/* SIGTERM and wait for a clean exit (status 0: graceful shutdown worked,
+ * and under ASan, no leak). */
+static void stop_server(server_t *s) {
+  if (!s->pid)
+    return;
+  kill(s->pid, SIGTERM);
+  int status = 0;
+  pid_t r = 0;
+  double deadline = now_s() + 60;
+  while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && now_s() < deadline)
+    sleep_ms(10);
+  if (r == 0) {
+    kill(s->pid, SIGKILL);
+    waitpid(s->pid, &status, 0);
+    s->pid = 0;
+    print_log(s);
+    fail_msg("server did not stop within 60 s of SIGTERM");
+  }
+  s->pid = 0;
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    print_log(s);
+    fail_msg("server exit: %s %d", WIFEXITED(status) ? "status" : "signal",
+             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+  }
+}
+
+static long rss_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return -1;
+  long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmRSS:", 6))
+      kb = strtol(line + 6, NULL, 10);
+  fclose(f);
+  return kb;
+}
+
+static void assert_alive(const server_t *s) {
+  int status;
+  if (waitpid(s->pid, &status, WNOHANG) != 0) {
+    print_log(s);
+    fail_msg("server died: %s %d", WIFEXITED(status) ? "status" : "signal",
+             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+  }
+}
+
+/* ======================================================================
+ * Clients: hiredis, and raw sockets with an independent RESP3 reader
+ * ==================================================================== */
+
+static redisContext *hconnect(int port) {
+  struct timeval tv = {IO_TIMEOUT_S, 0};
+  redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+  assert_non_null(c);
+  if (c->err)
+    fail_msg("connect: %s", c->errstr);
+  redisSetTimeout(c, tv);
+  return c;
+}
+
+static redisReply *hcmd(redisContext *c, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(c, fmt, ap);
+  va_end(ap);
+  if (!r)
+    fail_msg("command '%s': %s", fmt, c->errstr);
+  return r;
+}
+
+static redisReply *hcmdargv(redisContext *c, int argc, const char **argv,
+                            const size_t *lens) {
+  redisReply *r = redisCommandArgv(c, argc, argv, lens);
+  if (!r)
+    fail_msg("command '%s': %s", argv[0], c->errstr);
+  return r;
+}
+
+static void expect_status(redisReply *r, const char *s) {
+  if (r->type != REDIS_REPLY_STATUS || strcmp(r->str, s))
+    fail_msg("expected +%s, got type %d '%s'", s, r->type,
+             r->str ? r->str : "");
+  freeReplyObject(r);
+}
+
+static void expect_int(redisReply *r, long long v) {
+  if (r->type != REDIS_REPLY_INTEGER)
+    fail_msg("expected :%lld, got type %d '%s'", v, r->type,
+             r->str ? r->str : "");
+  assert_int_equal(r->integer, v);
+  freeReplyObject(r);
+}
+
+static void expect_error(redisReply *r, const char *prefix) {
+  if (r->type != REDIS_REPLY_ERROR || strncmp(r->str, prefix, strlen(prefix)))
+    fail_msg("expected error '%s...', got type %d '%s'", prefix, r->type,
+             r->str ? r->str : "");
+  freeReplyObject(r);
+}
+
+static void expect_ping(redisContext *c) { expect_status(hcmd(c, "PING"), "PONG"); }
+
+static int tcp_connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(fd >= 0);
+  struct sockaddr_in sa = {0};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+    fail_msg("connect: %s", strerror(errno));
+  struct timeval tv = {IO_TIMEOUT_S, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+static int send_all(int fd, const void *data, size_t len) {
+  const char *p = data;
+  while (len > 0) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Read until the peer closes (or the timeout); returns bytes read. */
+static size_t read_to_eof(int fd, char *buf, size_t cap, int *closed) {
+  size_t len = 0;
+  *closed = 0;
+  for (;;) {
+    char tmp[65536];
+    ssize_t n = recv(fd, tmp, sizeof tmp, 0);
+    if (n == 0 || (n < 0 && (errno == ECONNRESET || errno == EPIPE))) {
+      *closed = 1;
+      break;
+    }
+    if (n < 0)
+      break; /* timeout */
+    size_t take = (size_t)n < cap - len ? (size_t)n : cap - len;
+    memcpy(buf + len, tmp, take);
+    len += take;
+  }
+  return len;
+}
+
+/* A RESP3 value, parsed here independently of net/resp.c. */
+typedef struct r3 {
+  char type;            /* + - : $ * % _ , # = ~ */
+  long long integer;
+  double dbl;
+  char *str;            /* + - $ , = */
+  size_t len;
+  size_t n;             /* * % ~: elements (maps: 2n) */
+  struct r3 **el;
+} r3;
+
+typedef struct {
+  int fd;
+  char buf[1 << 16];
+  size_t len, pos;
+  char *tap;        /* if set, a copy of every byte consumed */
+  size_t tap_len;
+} r3_conn;
+
+static void r3_consume(r3_conn *c, const char *p, size_t n) {
+  if (c->tap) {
+    memcpy(c->tap + c->tap_len, p, n);
+    c->tap_len += n;
+  }
+}
+
+static void r3_free(r3 *v) {
+  if (!v)
+    return;
+  for (size_t i = 0; i < v->n; i++)
+    r3_free(v->el[i]);
+  free(v->el);
+  free(v->str);
+  free(v);
+}
+
+static int r3_fill(r3_conn *c) {
+  if (c->pos > 0) {
+    memmove(c->buf, c->buf + c->pos, c->len - c->pos);
+    c->len -= c->pos;
+    c->pos = 0;
+  }
+  if (c->len == sizeof c->buf)
+    return -1;
+  ssize_t n = recv(c->fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+  if (n <= 0)
+    return -1;
+  c->len += (size_t)n;
+  return 0;
+}
+
+static int r3_line(r3_conn *c, char *out, size_t cap) {
+  for (;;) {
+    char *nl = memchr(c->buf + c->pos, '\n', c->len - c->pos);
+    if (nl) {
+      size_t n = (size_t)(nl - (c->buf + c->pos));
+      if (n == 0 || c->buf[c->pos + n - 1] != '\r' || n > cap)
+        return -1;
+      memcpy(out, c->buf + c->pos, n - 1);
+      out[n - 1] = '\0';
+      r3_consume(c, c->buf + c->pos, n + 1);
+      c->pos += n + 1;
+      return 0;
+    }
+    if (r3_fill(c) < 0)
+      return -1;
+  }
+}
+
+static int r3_bytes(r3_conn *c, char *out, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    if (c->pos == c->len && r3_fill(c) < 0)
+      return -1;
+    size_t take = c->len - c->pos < n - got ? c->len - c->pos : n - got;
+    memcpy(out + got, c->buf + c->pos, take);
+    r3_consume(c, c->buf + c->pos, take);
+    c->pos += take;
+    got += take;
+  }
+  return 0;
+}
+
+static r3 *r3_read(r3_conn *c) {
+  char line[1024];
+  if (r3_line(c, line, sizeof line) < 0)
+    return NULL;
+  r3 *v = calloc(1, sizeof *v);
+  v->type = line[0];
+  const char *rest = line + 1;
+  switch (v->type) {
+  case '+':
+  case '-':
+    v->str = strdup(rest);
+    v->len = strlen(rest);
+    return v;
+  case ':':
+    v->integer = strtoll(rest, NULL, 10);
+    return v;
+  case ',':
+    v->dbl = strtod(rest, NULL);
+    v->str = strdup(rest);
+    return v;
+  case '_':
+    return v;
+  case '#':
+    v->integer = rest[0] == 't';
+    return v;
+  case '$':
+  case '=': {
+    long long n = strtoll(rest, NULL, 10);
+    if (n < 0) {
+      v->type = '_';
+      return v;
+    }
+    v->str = malloc((size_t)n + 2);
+    v->len = (size_t)n;
+    if (r3_bytes(c, v->str, (size_t)n + 2) < 0) {
+      r3_free(v);
+      return NULL;
+    }
+    v->str[n] = '\0';
+    return v;
+  }
+  case '*':
+  case '%':
+  case '~': {
+    long long n = strtoll(rest, NULL, 10);
+    if (n < 0) {
+      v->type = '_';
+      return v;
+    }
+    v->n = (size_t)(v->type == '%' ? 2 * n : n);
+    v->el = calloc(v->n ? v->n : 1, sizeof *v->el);
+    for (size_t i = 0; i < v->n; i++)
+      if (!(v->el[i] = r3_read(c))) {
+        r3_free(v);
+        return NULL;
+      }
+    return v;
+  }
+  }
+  r3_free(v);
+  return NULL;
+}
+
+/* Encode a command as a multibulk. */
+static size_t encode_cmd(char *out, int argc, const char **argv,
+                         const size_t *lens) {
+  size_t n = (size_t)sprintf(out, "*%d\r\n", argc);
+  for (int i = 0; i < argc; i++) {
+    size_t len = lens ? lens[i] : strlen(argv[i]);
+    n += (size_t)sprintf(out + n, "$%zu\r\n", len);
+    memcpy(out + n, argv[i], len);
+    n += len;
+    memcpy(out + n, "\r\n", 2);
+    n += 2;
+  }
+  return n;
+}
+
+static r3 *r3_cmd(r3_conn *c, int argc, const char **argv,
+                  const size_t *lens) {
+  size_t total = 64;
+  for (int i = 0; i < argc; i++)
+    total += (lens ? lens[i] : strlen(argv[i])) + 32;
+  char *buf = malloc(total);
+  size_t n = encode_cmd(buf, argc, argv, lens);
+  assert_int_equal(send_all(c->fd, buf, n), 0);
+  free(buf);
+  r3 *v = r3_read(c);
+  assert_non_null(v);
+  return v;
+}
+
+/* The value of key in a RESP3 map, or NULL. */
+static r3 *r3_get(r3 *map, const char *key) {
+  if (map->type != '%')
+    return NULL;
+  for (size_t i = 0; i + 1 < map->n; i += 2)
+    if (map->el[i]->str && !strcmp(map->el[i]->str, key))
+      return map->el[i + 1];
+  return NULL;
+}
+
+/* ======================================================================
+ * RESP parser unit tests
+ * ==================================================================== */
+
+typedef struct {
+  int argc;
+  const char *argv[8];
+  size_t lens[8];  /* 0 = strlen, unless the arg is "" */
+} cmd_spec;
+
+static vlm__resp_limits parser_limits(void) {
+  vlm__resp_limits lim = {1 << 20, 1000, 4096, 4 << 20};
+  return lim;
+}
+
+/* Parse data fed in chunks ending at the given cut points (plus the end),
+ * the way a socket delivers it, into a list of argument lists. */
+typedef struct {
+  int n;
+  int argc[64];
+  char *args[64][16];
+  size_t lens[64][16];
+  int err;
+  char errmsg[128];
+} parsed;
+
+static void parsed_free(parsed *p) {
+  for (int i = 0; i < p->n; i++)
+    for (int j = 0; j < p->argc[i]; j++)
+      free(p->args[i][j]);
+}
+
+static void parse_chunks(const char *data, size_t len, const size_t *cuts,
+                         int ncuts, const vlm__resp_limits *lim, parsed *out) {
+  memset(out, 0, sizeof *out);
+  vlm__resp_parser p;
+  vlm__resp_parser_init(&p, lim);
+  char *buf = malloc(len + 1);
+  size_t have = 0, start = 0;
+  for (int c = 0; c <= ncuts; c++) {
+    size_t upto = c < ncuts ? cuts[c] : len;
+    memcpy(buf + have, data + have, upto - have);
+    have = upto;
+    for (;;) {
+      size_t used;
+      int rc = vlm__resp_parse(&p, buf + start, have - start, &used);
+      if (rc == VLM__RESP_MORE)
+        break;
+      if (rc < 0) {
+        out->err = rc;
+        snprintf(out->errmsg, sizeof out->errmsg, "%s", p.err);
+        goto done;
+      }
+      start += used;
+      if (p.argc == 0)
+        continue;
+      int k = out->n++;
+      out->argc[k] = p.argc;
+      for (int i = 0; i < p.argc; i++) {
+        out->args[k][i] = malloc(p.argv[i].len + 1);
+        memcpy(out->args[k][i], p.argv[i].ptr, p.argv[i].len);
+        out->args[k][i][p.argv[i].len] = '\0';
+        out->lens[k][i] = p.argv[i].len;
+      }
+    }
+  }
+done:
+  free(buf);
+  vlm__resp_parser_free(&p);
+}
+
+static void assert_parsed_equal(const parsed *a, const parsed *b,
+                                const char *what) {
+  if (a->n != b->n || a->err != b->err)
+    fail_msg("%s: %d requests (err %d) vs %d (err %d)", what, a->n, a->err,
+             b->n, b->err);
+  for (int i = 0; i < a->n; i++) {
+    assert_int_equal(a->argc[i], b->argc[i]);
+    for (int j = 0; j < a->argc[i]; j++) {
+      assert_int_equal(a->lens[i][j], b->lens[i][j]);
+      assert_memory_equal(a->args[i][j], b->args[i][j], a->lens[i][j]);
+    }
+  }
+}
+
+static void test_resp_split_at_every_byte(void **state) {
+  (void)state;
+  /* Requests with the argument lists they must parse to. */
+  static const char *const specs[][6] = {
+      {"PING", NULL},
+      {"ECHO", "hello world", NULL},
+      {"SEARCH", "TEXT", "a red car", "K", "5", NULL},
+      {"ECHO", "", NULL},
+      {"SET", "k\r\nv", "binary\r\n\r\n", NULL},
+  };
+  char data[4096];
+  size_t len = 0;
+  int nspecs = (int)(sizeof specs / sizeof specs[0]);
+  for (int s = 0; s < nspecs; s++) {
+    int argc = 0;
+    while (specs[s][argc])
+      argc++;
+    len += encode_cmd(data + len, argc, (const char **)specs[s], NULL);
+  }
+  /* Inline forms, with redis-cli quoting. */
+  const char *inl = "PING\r\n  ECHO   \"quoted \\\"x\\\" \\x41\\n\" 'it s'\n"
+                    "\r\nECHO 'a\\'b'\r\n*0\r\n*-1\r\n";
+  memcpy(data + len, inl, strlen(inl));
+  len += strlen(inl);
+
+  vlm__resp_limits lim = parser_limits();
+  parsed whole, split;
+  parse_chunks(data, len, NULL, 0, &lim, &whole);
+  /* The oracle: what the requests were made of. */
+  assert_int_equal(whole.err, 0);
+  assert_int_equal(whole.n, nspecs + 3);
+  for (int s = 0; s < nspecs; s++)
+    for (int i = 0; specs[s][i]; i++) {
+      assert_int_equal(whole.lens[s][i], strlen(specs[s][i]));
+      assert_memory_equal(whole.args[s][i], specs[s][i], whole.lens[s][i]);
+    }
+  assert_int_equal(whole.argc[nspecs], 1);
+  assert_int_equal(whole.argc[nspecs + 1], 3);
+  assert_string_equal(whole.args[nspecs + 1][1], "quoted \"x\" A\n");
+  assert_string_equal(whole.args[nspecs + 1][2], "it s");
+  assert_int_equal(whole.argc[nspecs + 2], 2);
+  assert_string_equal(whole.args[nspecs + 2][0], "ECHO");
+  assert_string_equal(whole.args[nspecs + 2][1], "a'b");
+
+  /* One cut at every position, then every byte on its own. */
+  for (size_t cut = 1; cut < len; cut++) {
+    parse_chunks(data, len, &cut, 1, &lim, &split);
+    char what[64];
+    snprintf(what, sizeof what, "cut at %zu", cut);
+    assert_parsed_equal(&whole, &split, what);
+    parsed_free(&split);
+  }
+  size_t *cuts = malloc(len * sizeof *cuts);
+  for (size_t i = 0; i < len; i++)
+    cuts[i] = i + 1;
+  parse_chunks(data, len, cuts, (int)len - 1, &lim, &split);
+  assert_parsed_equal(&whole, &split, "byte by byte");
+  parsed_free(&split);
+  free(cuts);
+  parsed_free(&whole);
+}
+
+/* Random binary argument lists encoded as multibulk come back exactly,
+ * whole and split at random points. */
+static void test_resp_random_roundtrip(void **state) {
+  (void)state;
+  vlm__resp_limits lim = parser_limits();
+  for (int round = 0; round < 200; round++) {
+    char data[8192];
+    size_t len = 0;
+    int nreq = 1 + (int)(rng() % 5);
+    parsed expect = {0};
+    for (int r = 0; r < nreq; r++) {
+      int argc = 1 + (int)(rng() % 6);
+      const char *argv[8];
+      size_t lens[8];
+      char bytes[8][64];
+      for (int i = 0; i < argc; i++) {
+        lens[i] = rng() % 40;
+        for (size_t j = 0; j < lens[i]; j++)
+          bytes[i][j] = (char)rng();
+        argv[i] = bytes[i];
+        expect.args[r][i] = malloc(lens[i] + 1);
+        memcpy(expect.args[r][i], bytes[i], lens[i]);
+        expect.lens[r][i] = lens[i];
+      }
+      expect.argc[r] = argc;
+      len += encode_cmd(data + len, argc, argv, lens);
+    }
+    expect.n = nreq;
+    size_t cuts[4];
+    int ncuts = (int)(rng() % 4);
+    size_t last = 0;
+    for (int c = 0; c < ncuts; c++) {
+      cuts[c] = last + rng() % (len - last);
+      last = cuts[c];
+    }
+    parsed got;
+    parse_chunks(data, len, cuts, ncuts, &lim, &got);
+    assert_parsed_equal(&expect, &got, "random roundtrip");
+    parsed_free(&got);
+    parsed_free(&expect);
+  }
+}
+
+/* Each hostile input is refused as soon as its header is read, before any
+ * of the announced bytes would have to be buffered. */
+static void test_resp_limits_and_garbage(void **state) {
+  (void)state;
+  vlm__resp_limits lim = parser_limits();
+  static const struct {
+    const char *in;
+    int rc;
+    const char *msg;
+  } cases[] = {
+      {"*99999999999\r\n", VLM_ETOOBIG, "invalid multibulk length"},
+      {"*1001\r\n", VLM_ETOOBIG, "invalid multibulk length"},
+      {"*1x\r\n", VLM_EFORMAT, "invalid multibulk length"},
+      {"*\r\n", VLM_EFORMAT, "invalid multibulk length"},
+      {"*1234567890123456789012345678901234567890\r\n", VLM_EFORMAT,
+       "too big mbulk"},
+      {"*12345678901234567890\r\n", VLM_EFORMAT, "invalid multibulk length"},
+      {"*1\r\n$-1\r\n", VLM_EFORMAT, "invalid bulk length"},
+      {"*1\r\n$-9999999999\r\n", VLM_EFORMAT, "invalid bulk length"},
+      {"*1\r\n$1048577\r\n", VLM_ETOOBIG, "invalid bulk length"},
+      {"*1\r\n$99999999999999999\r\n", VLM_ETOOBIG, "invalid bulk length"},
+      {"*1\r\n$999999999999999999999\r\n", VLM_EFORMAT, "invalid bulk length"},
+      {"*2\r\n$3\r\nabc\r\n:5\r\n", VLM_EFORMAT, "expected '$', got ':'"},
+      {"*1\r\n$3\r\nabcXY", VLM_EFORMAT, "not terminated by CRLF"},
+      {"*1\r\n\x01", VLM_EFORMAT, "expected '$', got byte 0x01"},
+      {"*1\n...............................", VLM_EFORMAT, "too big mbulk"},
+      {"ECHO \"abc\n", VLM_EFORMAT, "unbalanced quotes"},
+      {"ECHO \"abc\"x\n", VLM_EFORMAT, "unbalanced quotes"},
+      {"ECHO 'abc\n", VLM_EFORMAT, "unbalanced quotes"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    parsed got;
+    parse_chunks(cases[i].in, strlen(cases[i].in), NULL, 0, &lim, &got);
+    if (got.err != cases[i].rc || !strstr(got.errmsg, cases[i].msg))
+      fail_msg("case %zu '%s': got %d '%s', want %d '%s'", i, cases[i].in,
+               got.err, got.errmsg, cases[i].rc, cases[i].msg);
+    parsed_free(&got);
+  }
+  /* A bulk over the whole-request limit, with many args each under the
+   * bulk limit. */
+  vlm__resp_limits small = {100, 1000, 4096, 250};
+  char big[1024];
+  size_t n = (size_t)sprintf(big, "*4\r\n");
+  for (int i = 0; i < 3; i++)
+    n += (size_t)sprintf(big + n, "$90\r\n%090d\r\n", i);
+  parsed got;
+  parse_chunks(big, n, NULL, 0, &small, &got);
+  assert_int_equal(got.err, VLM_ETOOBIG);
+  assert_non_null(strstr(got.errmsg, "request larger than 250"));
+  parsed_free(&got);
+  /* An inline line longer than the limit without a newline: refused once
+   * it passes the limit, whatever comes next. */
+  char *line = malloc(5000);
+  memset(line, 'a', 5000);
+  parse_chunks(line, 5000, NULL, 0, &lim, &got);
+  assert_int_equal(got.err, VLM_ETOOBIG);
+  parsed_free(&got);
+  free(line);
+  /* Random garbage never crashes and never yields more than it holds. */
+  for (int round = 0; round < 2000; round++) {
+    char junk[256];
+    size_t jl = rng() % sizeof junk;
+    for (size_t j = 0; j < jl; j++)
+      junk[j] = (char)(rng() % 4 == 0 ? "*$\r\n0123456789-"[rng() % 16]
+                                      : (char)rng());
+    parse_chunks(junk, jl, NULL, 0, &lim, &got);
+    for (int r = 0; r < got.n; r++)
+      for (int a = 0; a < got.argc[r]; a++)
+        assert_true(got.lens[r][a] <= jl);
+    parsed_free(&got);
+  }
+}
+
+static void test_resp_writer(void **state) {
+  (void)state;
+  for (int resp3 = 0; resp3 <= 1; resp3++) {
+    vlm__buf b;
+    vlm__buf_init(&b, resp3);
+    vlm__reply_status(&b, "OK");
+    vlm__reply_error(&b, "ERR", "bad\r\nthing %d", 7);
+    vlm__reply_int(&b, -42);
+    vlm__reply_bulk(&b, "a\0b", 3);
+    vlm__reply_null(&b);
+    vlm__reply_map(&b, 1);
+    vlm__reply_cstr(&b, "k");
+    vlm__reply_double(&b, 0.5);
+    vlm__reply_float(&b, 0.1f);
+    vlm__reply_bool(&b, 1);
+    vlm__reply_array(&b, 0);
+    static const char want3[] =
+        "+OK\r\n-ERR bad  thing 7\r\n:-42\r\n$3\r\na\0b\r\n_\r\n"
+        "%1\r\n$1\r\nk\r\n,0.5\r\n,0.1\r\n#t\r\n*0\r\n";
+    static const char want2[] =
+        "+OK\r\n-ERR bad  thing 7\r\n:-42\r\n$3\r\na\0b\r\n$-1\r\n"
+        "*2\r\n$1\r\nk\r\n$3\r\n0.5\r\n$3\r\n0.1\r\n:1\r\n*0\r\n";
+    const char *want = resp3 ? want3 : want2;
+    size_t wlen = resp3 ? sizeof want3 - 1 : sizeof want2 - 1;
+    if (b.len != wlen || memcmp(b.data, want, wlen)) {
+      fwrite(b.data, 1, b.len, stderr);
+      fail_msg("resp%d writer: %zu bytes, want %zu", resp3 ? 3 : 2, b.len,
+               wlen);
+    }
+    vlm__buf_free(&b);
+  }
+}
+
+/* ======================================================================
+ * Server tests
+ * ==================================================================== */
+
+typedef struct {
+  const char *key;
+  const char *caption;
+  const char *image;   /* fixture file or NULL */
+  int n;
+  const char *cat;
+} item_spec;
+
+static const item_spec items[] = {
+    {"cat", "a photo of a cat", "photo_rgb.jpg", 1, "animal"},
+    {"dog", "A Photo Of A DOG!!", "photo_prog.jpg", 2, "animal"},
+    {"fox", "the quick brown fox jumps over the lazy dog", NULL, 3, "animal"},
+    {"saturn", "Saturn, the ringed planet", "gray.jpg", 4, "space"},
+    {"car", "a red sports car parked next to a yellow fire hydrant", "rgb.png",
+     5, "thing"},
+    {"sun", "clip art of a smiling sun", "palette.png", 6, "space"},
+    {"cafe", "café crème brûlée", NULL, 7, "food"},
+    {"tokyo", "东京塔的夜景", "wide.png", 8, "place"},
+};
+#define NITEMS ((int)(sizeof items / sizeof items[0]))
+
+static void text_vec(const char *text, float *out) {
+  int rc = vlm_clip_encode_texts(g_clip, &text, 1, 0, out);
+  if (rc < 0)
+    fail_msg("encode '%s': %s", text, vlm_errmsg());
+}
+
+static char *fixture(const char *name, size_t *len) {
+  char path[256];
+  snprintf(path, sizeof path, "%s/%s", MODEL_DIR, name);
+  char *data = read_file(path, len);
+  if (!data)
+    fail_msg("cannot read %s", path);
+  return data;
+}
+
+static void image_vec(const char *name, float *out) {
+  size_t len;
+  char *data = fixture(name, &len);
+  const void *p = data;
+  int rc = vlm_clip_encode_image_buffers(g_clip, &p, &len, 1, 0, out);
+  free(data);
+  if (rc < 0)
+    fail_msg("encode %s: %s", name, vlm_errmsg());
+}
+
+static void assert_vec_near(const float *got, const float *want, int n,
+                            float tol, const char *what) {
+  for (int i = 0; i < n; i++)
+    if (fabsf(got[i] - want[i]) > tol)
+      fail_msg("%s[%d]: got %.7g, want %.7g (tolerance %g)", what, i,
+               (double)got[i], (double)want[i], (double)tol);
+}
+
+/* ADD every fixture item through the server (TEXT, IMAGE, META). */
+static void add_items(redisContext *c) {
+  for (int i = 0; i < NITEMS; i++) {
+    char meta[128];
+    snprintf(meta, sizeof meta, "{\"n\":%d,\"cat\":\"%s\"}", items[i].n,
+             items[i].cat);
+    const char *argv[10] = {"ADD", items[i].key, "TEXT", items[i].caption,
+                            "META", meta};
+    size_t lens[10] = {3, strlen(items[i].key), 4, strlen(items[i].caption),
+                       4, strlen(meta)};
+    int argc = 6;
+    char *img = NULL;
+    if (items[i].image) {
+      img = fixture(items[i].image, &lens[7]);
+      argv[6] = "IMAGE";
+      lens[6] = 5;
+      argv[7] = img;
+      argc = 8;
+    }
+    expect_int(hcmdargv(c, argc, argv, lens), 1);
+    free(img);
+  }
+}
+
+/* The brute-force oracle: every item's best cosine over its vectors. */
+typedef struct {
+  const char *key;
+  float score;
+} scored;
+
+static int by_score(const void *a, const void *b) {
+  float x = ((const scored *)a)->score, y = ((const scored *)b)->score;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int oracle(const float *q, int target, int max_n, scored *out) {
+  int m = 0;
+  float *v = malloc((size_t)g_dim * sizeof(float));
+  for (int i = 0; i < NITEMS; i++) {
+    if (items[i].n > max_n)
+      continue;
+    float best = -INFINITY;
+    if (target != VLM_TARGET_IMAGE) {
+      text_vec(items[i].caption, v);
+      best = dotf(q, v, g_dim);
+    }
+    if (items[i].image && target != VLM_TARGET_TEXT) {
+      image_vec(items[i].image, v);
+      float s = dotf(q, v, g_dim);
+      best = s > best ? s : best;
+    }
+    if (best == -INFINITY)
+      continue;
+    out[m].key = items[i].key;
+    out[m].score = best;
+    m++;
+  }
+  free(v);
+  qsort(out, (size_t)m, sizeof *out, by_score);
+  return m;
+}
+
+/* Compare a RESP2 SEARCH reply (array of [key, score, ...]) with the
+ * oracle's top k; keys must match where scores are not near-ties. */
+static void assert_search_matches(redisReply *r, const scored *want, int k) {
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("SEARCH reply type %d '%s'", r->type, r->str ? r->str : "");
+  assert_int_equal(r->elements, (size_t)k);
+  for (int i = 0; i < k; i++) {
+    redisReply *e = r->element[i];
+    assert_int_equal(e->type, REDIS_REPLY_ARRAY);
+    assert_true(e->elements >= 2);
+    double score = strtod(e->element[1]->str, NULL);
+    if (fabs(score - want[i].score) > 1e-4)
+      fail_msg("hit %d: score %.6f (%s), oracle %.6f (%s)", i, score,
+               e->element[0]->str, (double)want[i].score, want[i].key);
+    int tie = (i > 0 && fabsf(want[i].score - want[i - 1].score) < 1e-4) ||
+              (i + 1 < k && fabsf(want[i].score - want[i + 1].score) < 1e-4);
+    if (!tie && strcmp(e->element[0]->str, want[i].key))
+      fail_msg("hit %d: key %s, oracle %s", i, e->element[0]->str,
+               want[i].key);
+  }
+}
+
+static void test_connection_commands(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  expect_ping(c);
+  redisReply *r = hcmd(c, "PING %s", "hi there");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  assert_string_equal(r->str, "hi there");
+  freeReplyObject(r);
+  r = hcmd(c, "ECHO %b", "a\0b\r\nc", (size_t)6);
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  assert_int_equal(r->len, 6);
+  assert_memory_equal(r->str, "a\0b\r\nc", 6);
+  freeReplyObject(r);
+
+  /* Errors name the problem and leave the connection usable. */
+  expect_error(hcmd(c, "NOSUCH a b"), "ERR unknown command 'NOSUCH', with "
+                                      "args beginning with: 'a' 'b'");
+  expect_error(hcmd(c, "ECHO"), "ERR wrong number of arguments for 'echo'");
+  expect_error(hcmd(c, "ECHO a b"), "ERR wrong number of arguments for 'echo'");
+  expect_error(hcmd(c, "PING a b"), "ERR wrong number of arguments for 'ping'");
+  expect_error(hcmd(c, "SEARCH TEXT"), "ERR wrong number of arguments");
+  expect_error(hcmd(c, "SEARCH SOUND x"), "ERR SEARCH: unknown query kind");
+  expect_error(hcmd(c, "SEARCH TEXT x K 0"), "ERR K must be an integer");
+  expect_error(hcmd(c, "SEARCH TEXT x K abc"), "ERR K must be an integer");
+  expect_error(hcmd(c, "SEARCH TEXT x BOGUS"), "ERR syntax error near 'BOGUS'");
+  expect_error(hcmd(c, "SEARCH TEXT x RETURN 1 nosuchfield"),
+               "ERR unknown field 'nosuchfield'");
+  expect_error(hcmd(c, "SEARCH VECTOR %b", "abc", (size_t)3),
+               "ERR VECTOR must be 48 float32 values");
+  expect_error(hcmd(c, "SEARCH KEY nokey"), "ERR no such key 'nokey'");
+  expect_error(hcmd(c, "ADD k"), "ERR wrong number of arguments for 'add'");
+  expect_error(hcmd(c, "ADD k META {}"), "ERR ADD needs a vector");
+  expect_error(hcmd(c, "ADD k TEXTVEC abc"), "ERR TEXTVEC must be 48 float32");
+  expect_error(hcmd(c, "EMBED SOUND x"), "ERR EMBED: unknown input kind");
+  expect_error(hcmd(c, "GET k WITHNOTHING"), "ERR syntax error");
+  expect_error(hcmd(c, "SELECT 1"), "ERR DB index is out of range");
+  expect_error(hcmd(c, "AUTH secret"), "ERR AUTH <password> called without");
+  expect_error(hcmd(c, "HELLO 4"), "NOPROTO");
+  expect_error(hcmd(c, "HELLO x"), "ERR Protocol version is not an integer");
+  expect_error(hcmd(c, "CLIENT BOGUS"), "ERR unknown subcommand");
+  expect_error(hcmd(c, "CONFIG SET x y"), "ERR CONFIG SET is not supported");
+  expect_ping(c);
+
+  expect_status(hcmd(c, "SELECT 0"), "OK");
+  expect_status(hcmd(c, "CLIENT SETNAME tester"), "OK");
+  r = hcmd(c, "CLIENT GETNAME");
+  assert_string_equal(r->str, "tester");
+  freeReplyObject(r);
+  expect_error(hcmd(c, "CLIENT SETNAME %s", "has space"),
+               "ERR Client names cannot contain spaces");
+  expect_status(hcmd(c, "CLIENT SETINFO LIB-NAME hiredis"), "OK");
+  expect_status(hcmd(c, "CLIENT SETINFO LIB-VER 0.14"), "OK");
+  r = hcmd(c, "CLIENT ID");
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  long long id = r->integer;
+  freeReplyObject(r);
+  r = hcmd(c, "CLIENT LIST");
+  char want[64];
+  snprintf(want, sizeof want, "id=%lld ", id);
+  assert_non_null(strstr(r->str, want));
+  assert_non_null(strstr(r->str, "name=tester"));
+  assert_non_null(strstr(r->str, "lib-name=hiredis lib-ver=0.14"));
+  freeReplyObject(r);
+
+  /* COMMAND: every entry well formed, COUNT and DOCS agree with it. */
+  r = hcmd(c, "COMMAND");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  size_t ncmd = r->elements;
+  assert_true(ncmd >= 15);
+  for (size_t i = 0; i < ncmd; i++) {
+    redisReply *e = r->element[i];
+    assert_int_equal(e->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(e->elements, 10);
+    assert_int_equal(e->element[0]->type, REDIS_REPLY_STRING);
+    assert_int_equal(e->element[1]->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(e->element[2]->type, REDIS_REPLY_ARRAY);
+  }
+  freeReplyObject(r);
+  expect_int(hcmd(c, "COMMAND COUNT"), (long long)ncmd);
+  r = hcmd(c, "COMMAND DOCS");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 2 * ncmd);
+  freeReplyObject(r);
+  r = hcmd(c, "COMMAND DOCS search");
+  assert_int_equal(r->elements, 2);
+  assert_string_equal(r->element[0]->str, "search");
+  freeReplyObject(r);
+  r = hcmd(c, "COMMAND INFO ping nosuch");
+  assert_int_equal(r->elements, 2);
+  assert_string_equal(r->element[0]->element[0]->str, "ping");
+  assert_int_equal(r->element[0]->element[1]->integer, -1);
+  assert_int_equal(r->element[1]->type, REDIS_REPLY_NIL);
+  freeReplyObject(r);
+
+  /* CONFIG GET as redis-benchmark asks it. */
+  r = hcmd(c, "CONFIG GET save");
+  assert_int_equal(r->elements, 2);
+  assert_string_equal(r->element[0]->str, "save");
+  freeReplyObject(r);
+  r = hcmd(c, "CONFIG GET *");
+  assert_true(r->elements >= 10);
+  freeReplyObject(r);
+
+  /* INFO: every section, with the port it really listens on. */
+  r = hcmd(c, "INFO");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  const char *sections[] = {"# Server", "# Clients", "# Stats", "# Memory",
+                            "# Db", "# Model", "connected_clients:1",
+                            "items:0", "dim:48", "model_loaded:1"};
+  for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
+    if (!strstr(r->str, sections[i]))
+      fail_msg("INFO lacks '%s':\n%s", sections[i], r->str);
+  snprintf(want, sizeof want, "tcp_port:%d\r\n", s.port);
+  assert_non_null(strstr(r->str, want));
+  freeReplyObject(r);
+  r = hcmd(c, "INFO clients");
+  assert_non_null(strstr(r->str, "# Clients"));
+  assert_null(strstr(r->str, "# Server"));
+  freeReplyObject(r);
+
+  /* HELLO 2: a map as a flat array. */
+  r = hcmd(c, "HELLO 2");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 14);
+  assert_string_equal(r->element[0]->str, "server");
+  assert_string_equal(r->element[1]->str, "vlmdb");
+  assert_string_equal(r->element[4]->str, "proto");
+  assert_int_equal(r->element[5]->integer, 2);
+  freeReplyObject(r);
+
+  expect_status(hcmd(c, "QUIT"), "OK");
+  r = redisCommand(c, "PING");
+  assert_null(r); /* closed by the server */
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
+static void test_write_read_search(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  add_items(c);
+  expect_int(hcmd(c, "COUNT"), NITEMS);
+  expect_int(hcmd(c, "DBSIZE"), NITEMS);
+  /* ADD of an existing key is skipped; UPSERT replaces. */
+  expect_int(hcmd(c, "ADD cat TEXT %s", "another cat"), 0);
+  expect_int(hcmd(c, "UPSERT cat TEXT %s META %s", "a photo of a cat",
+                  "{\"n\":1,\"cat\":\"animal\"}"), 1);
+  expect_int(hcmd(c, "COUNT"), NITEMS);
+  expect_int(hcmd(c, "EXISTS cat dog nokey"), 2);
+
+  /* GET: the stored fields, and vectors equal to the model's in-process. */
+  float *want = malloc((size_t)g_dim * sizeof(float));
+  redisReply *r = hcmd(c, "GET dog WITHTHUMB WITHVECTORS");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 14);
+  assert_string_equal(r->element[1]->str, "dog");
+  assert_string_equal(r->element[3]->str, "A Photo Of A DOG!!");
+  assert_int_equal(r->element[5]->type, REDIS_REPLY_NIL); /* no source */
+  assert_non_null(strstr(r->element[7]->str, "\"cat\""));
+  assert_string_equal(r->element[8]->str, "thumb");
+  assert_true(r->element[9]->len > 100);
+  assert_int_equal((unsigned char)r->element[9]->str[0], 0xFF); /* JPEG */
+  assert_int_equal((unsigned char)r->element[9]->str[1], 0xD8);
+  assert_int_equal(r->element[11]->len, (size_t)g_dim * 4);
+  assert_int_equal(r->element[13]->len, (size_t)g_dim * 4);
+  image_vec("photo_prog.jpg", want);
+  assert_vec_near((const float *)r->element[11]->str, want, g_dim, 1e-5f,
+                  "GET image_vec");
+  text_vec("A Photo Of A DOG!!", want);
+  assert_vec_near((const float *)r->element[13]->str, want, g_dim, 1e-5f,
+                  "GET text_vec");
+  freeReplyObject(r);
+  r = hcmd(c, "GET nokey");
+  assert_int_equal(r->type, REDIS_REPLY_NIL);
+  freeReplyObject(r);
+
+  /* EMBED equals the model in this process. */
+  r = hcmd(c, "EMBED TEXT %s", "a photo of a cat");
+  assert_int_equal(r->len, (size_t)g_dim * 4);
+  text_vec("a photo of a cat", want);
+  assert_vec_near((const float *)r->str, want, g_dim, 1e-5f, "EMBED TEXT");
+  freeReplyObject(r);
+  size_t ilen;
+  char *img = fixture("rgba.png", &ilen);
+  r = hcmd(c, "EMBED IMAGE %b", img, ilen);
+  assert_int_equal(r->len, (size_t)g_dim * 4);
+  image_vec("rgba.png", want);
+  assert_vec_near((const float *)r->str, want, g_dim, 1e-5f, "EMBED IMAGE");
+  freeReplyObject(r);
+  expect_error(hcmd(c, "EMBED IMAGE %b", "not an image", (size_t)12),
+               "ERR cannot read the image");
+  expect_error(hcmd(c, "EMBED TEXT %b", "\xff\xfe", (size_t)2),
+               "ERR cannot embed the text");
+
+  /* SEARCH against the brute-force oracle. */
+  scored *o = malloc(NITEMS * sizeof *o);
+  text_vec("a photo of a dog", want);
+  int m = oracle(want, VLM_TARGET_ANY, 1000, o);
+  r = hcmd(c, "SEARCH TEXT %s K 5", "a photo of a dog");
+  assert_search_matches(r, o, 5);
+  freeReplyObject(r);
+  r = hcmd(c, "SEARCH TEXT %s K 100 EXACT", "a photo of a dog");
+  assert_search_matches(r, o, m);
+  freeReplyObject(r);
+  r = hcmd(c, "SEARCH VECTOR %b K 3", want, (size_t)g_dim * 4);
+  assert_search_matches(r, o, 3);
+  freeReplyObject(r);
+  /* Filter over a declared field, and target modality. */
+  m = oracle(want, VLM_TARGET_TEXT, 4, o);
+  r = hcmd(c, "SEARCH TEXT %s K 10 FILTER %s TARGET TEXT", "a photo of a dog",
+           "n <= 4");
+  assert_search_matches(r, o, m);
+  freeReplyObject(r);
+  image_vec("rgba.png", want);
+  m = oracle(want, VLM_TARGET_IMAGE, 1000, o);
+  r = hcmd(c, "SEARCH IMAGE %b K 4 TARGET IMAGE EF 64 NPROBE 4", img, ilen);
+  assert_search_matches(r, o, 4);
+  freeReplyObject(r);
+  /* By stored key: the item's image vector is the query. */
+  image_vec("gray.jpg", want);
+  m = oracle(want, VLM_TARGET_ANY, 1000, o);
+  r = hcmd(c, "SEARCH KEY saturn K 3");
+  assert_search_matches(r, o, 3);
+  assert_string_equal(r->element[0]->element[0]->str, "saturn");
+  freeReplyObject(r);
+  /* RETURN fields. */
+  r = hcmd(c, "SEARCH KEY car K 1 RETURN 6 caption n cat modality meta thumb");
+  assert_int_equal(r->elements, 1);
+  redisReply *e = r->element[0];
+  assert_int_equal(e->elements, 14);
+  assert_string_equal(e->element[0]->str, "car");
+  assert_string_equal(e->element[2]->str, "caption");
+  assert_string_equal(e->element[3]->str, items[4].caption);
+  assert_string_equal(e->element[4]->str, "n");
+  assert_int_equal(e->element[5]->integer, 5);
+  assert_string_equal(e->element[7]->str, "thing");
+  assert_string_equal(e->element[9]->str, "image");
+  assert_int_equal((unsigned char)e->element[13]->str[0], 0xFF);
+  freeReplyObject(r);
+  /* Hybrid fuses BM25 over captions: a well-formed ranking of k items. */
+  r = hcmd(c, "SEARCH TEXT %s K 3 HYBRID %s WEIGHT 0.5", "planet",
+           "ringed planet");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 3);
+  freeReplyObject(r);
+  expect_error(hcmd(c, "SEARCH TEXT x FILTER %s", "nosuchcol = 1"), "ERR");
+  expect_ping(c);
+
+  /* DEL, then the keys are gone from GET and SEARCH. */
+  expect_int(hcmd(c, "DEL cat dog nokey"), 2);
+  expect_int(hcmd(c, "COUNT"), NITEMS - 2);
+  r = hcmd(c, "SEARCH TEXT %s K 100", "a photo of a cat");
+  assert_int_equal(r->elements, (size_t)(NITEMS - 2));
+  for (size_t i = 0; i < r->elements; i++) {
+    assert_string_not_equal(r->element[i]->element[0]->str, "cat");
+    assert_string_not_equal(r->element[i]->element[0]->str, "dog");
+  }
+  freeReplyObject(r);
+  expect_status(hcmd(c, "SAVE"), "OK");
+  /* Vectors given as bytes. */
+  float *v = malloc((size_t)g_dim * sizeof(float));
+  for (int i = 0; i < g_dim; i++)
+    v[i] = (float)(rng() % 1000) / 1000.0f - 0.5f;
+  normalize(v, g_dim);
+  expect_int(hcmd(c, "ADD raw IMAGEVEC %b SOURCE %s", v, (size_t)g_dim * 4,
+                  "file:///raw"), 1);
+  r = hcmd(c, "SEARCH VECTOR %b K 1 RETURN 1 source", v, (size_t)g_dim * 4);
+  assert_string_equal(r->element[0]->element[0]->str, "raw");
+  assert_true(fabs(strtod(r->element[0]->element[1]->str, NULL) - 1.0) < 1e-4);
+  assert_string_equal(r->element[0]->element[3]->str, "file:///raw");
+  freeReplyObject(r);
+  free(v);
+  free(img);
+  free(o);
+  free(want);
+  redisFree(c);
+  stop_server(&s);
+
+  /* The writes survived the graceful shutdown. */
+  start_server(&s, NULL);
+  c = hconnect(s.port);
+  expect_int(hcmd(c, "COUNT"), NITEMS - 1);
+  expect_int(hcmd(c, "EXISTS raw saturn cat"), 2);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
+static void test_resp3(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  add_items(c);
+  redisFree(c);
+  r3_conn *rc = calloc(1, sizeof *rc);
+  rc->fd = tcp_connect(s.port);
+  const char *hello[] = {"HELLO", "3", "SETNAME", "r3"};
+  r3 *v = r3_cmd(rc, 4, hello, NULL);
+  assert_int_equal(v->type, '%');
+  assert_string_equal(r3_get(v, "server")->str, "vlmdb");
+  assert_int_equal(r3_get(v, "proto")->integer, 3);
+  r3_free(v);
+  const char *get[] = {"GET", "cat"};
+  v = r3_cmd(rc, 2, get, NULL);
+  assert_int_equal(v->type, '%');
+  assert_string_equal(r3_get(v, "caption")->str, "a photo of a cat");
+  assert_int_equal(r3_get(v, "source")->type, '_');
+  r3_free(v);
+  const char *getnone[] = {"GET", "nokey"};
+  v = r3_cmd(rc, 2, getnone, NULL);
+  assert_int_equal(v->type, '_');
+  r3_free(v);
+
+  /* SEARCH: a map of key -> {score (double), fields}. */
+  float *want = malloc((size_t)g_dim * sizeof(float));
+  scored o[NITEMS];
+  text_vec("a photo of a cat", want);
+  oracle(want, VLM_TARGET_ANY, 1000, o);
+  const char *search[] = {"SEARCH", "TEXT", "a photo of a cat", "K", "3",
+                          "RETURN", "2", "caption", "n"};
+  v = r3_cmd(rc, 9, search, NULL);
+  assert_int_equal(v->type, '%');
+  assert_int_equal(v->n, 6);
+  for (int i = 0; i < 3; i++) {
+    r3 *hit = v->el[2 * i + 1];
+    assert_int_equal(hit->type, '%');
+    r3 *score = r3_get(hit, "score");
+    assert_int_equal(score->type, ',');
+    if (fabs(score->dbl - o[i].score) > 1e-4)
+      fail_msg("hit %d: %s %.6f, oracle %s %.6f", i, v->el[2 * i]->str,
+               score->dbl, o[i].key, (double)o[i].score);
+    assert_int_equal(r3_get(hit, "n")->type, ':');
+    assert_int_equal(r3_get(hit, "caption")->type, '$');
+  }
+  r3_free(v);
+
+  /* EMBED: doubles by default in RESP3, bytes on request. */
+  const char *embed[] = {"EMBED", "TEXT", "Saturn, the ringed planet"};
+  v = r3_cmd(rc, 3, embed, NULL);
+  assert_int_equal(v->type, '*');
+  assert_int_equal(v->n, (size_t)g_dim);
+  text_vec("Saturn, the ringed planet", want);
+  for (int i = 0; i < g_dim; i++) {
+    assert_int_equal(v->el[i]->type, ',');
+    if (fabs(v->el[i]->dbl - want[i]) > 1e-5)
+      fail_msg("EMBED[%d] %.7g, in-process %.7g", i, v->el[i]->dbl,
+               (double)want[i]);
+  }
+  r3_free(v);
+  const char *embedb[] = {"EMBED", "TEXT", "Saturn, the ringed planet",
+                          "BYTES"};
+  v = r3_cmd(rc, 4, embedb, NULL);
+  assert_int_equal(v->type, '$');
+  assert_int_equal(v->len, (size_t)g_dim * 4);
+  assert_vec_near((const float *)v->str, want, g_dim, 1e-5f, "EMBED BYTES");
+  r3_free(v);
+  const char *cfg[] = {"CONFIG", "GET", "appendonly"};
+  v = r3_cmd(rc, 3, cfg, NULL);
+  assert_int_equal(v->type, '%');
+  assert_string_equal(r3_get(v, "appendonly")->str, "no");
+  r3_free(v);
+  const char *bad[] = {"SEARCH", "TEXT"};
+  v = r3_cmd(rc, 2, bad, NULL);
+  assert_int_equal(v->type, '-');
+  r3_free(v);
+  /* Back to RESP2. */
+  const char *hello2[] = {"HELLO", "2"};
+  v = r3_cmd(rc, 2, hello2, NULL);
+  assert_int_equal(v->type, '*');
+  r3_free(v);
+  v = r3_cmd(rc, 2, get, NULL);
+  assert_int_equal(v->type, '*');
+  assert_int_equal(v->n, 8);
+  assert_int_equal(v->el[5]->type, '_'); /* $-1 read as null */
+  r3_free(v);
+  close(rc->fd);
+  free(rc);
+  free(want);
+  stop_server(&s);
+  server_done(&s);
+}
+
+static void test_auth(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  const char *pass[] = {"--requirepass", "s3cret pass", NULL};
+  start_server(&s, pass);
+  redisContext *c = hconnect(s.port);
+  expect_error(hcmd(c, "PING"), "NOAUTH Authentication required.");
+  expect_error(hcmd(c, "SEARCH TEXT x"), "NOAUTH");
+  expect_error(hcmd(c, "COUNT"), "NOAUTH");
+  expect_error(hcmd(c, "INFO"), "NOAUTH");
+  expect_error(hcmd(c, "NOSUCH"), "ERR unknown command");
+  expect_error(hcmd(c, "AUTH %s", "wrong"), "WRONGPASS");
+  expect_error(hcmd(c, "AUTH %s", "s3cret pas"), "WRONGPASS");
+  expect_error(hcmd(c, "AUTH %s", "s3cret passs"), "WRONGPASS");
+  expect_error(hcmd(c, "AUTH %s", ""), "WRONGPASS");
+  expect_error(hcmd(c, "AUTH other %s", "s3cret pass"), "WRONGPASS");
+  expect_error(hcmd(c, "HELLO 3"), "NOAUTH HELLO must be called");
+  expect_error(hcmd(c, "PING"), "NOAUTH");
+  expect_status(hcmd(c, "AUTH %s", "s3cret pass"), "OK");
+  expect_ping(c);
+  expect_int(hcmd(c, "COUNT"), 0);
+  redisFree(c);
+  c = hconnect(s.port);
+  expect_status(hcmd(c, "AUTH default %s", "s3cret pass"), "OK");
+  expect_ping(c);
+  redisReply *r = hcmd(c, "INFO stats");
+  assert_non_null(strstr(r->str, "auth_failures:5"));
+  freeReplyObject(r);
+  redisFree(c);
+  c = hconnect(s.port);
+  expect_error(hcmd(c, "HELLO 2 AUTH default wrong"), "WRONGPASS");
+  r = hcmd(c, "HELLO 2 AUTH default %s", "s3cret pass");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  freeReplyObject(r);
+  expect_ping(c);
+  redisFree(c);
+  c = hconnect(s.port);
+  expect_status(hcmd(c, "QUIT"), "OK");
+  redisFree(c);
+  stop_server(&s);
+
+  /* Another address than loopback without a password: refused at start. */
+  const char *open_bind[] = {"--bind", "0.0.0.0", NULL};
+  int rc = spawn_server(&s, open_bind);
+  assert_int_equal(rc, 1);
+  size_t n;
+  char *log = read_file(s.log, &n);
+  assert_non_null(log);
+  log[n] = '\0';
+  if (!strstr(log, "refusing to listen on 0.0.0.0 without a password"))
+    fail_msg("log: %s", log);
+  free(log);
+  const char *open_pass[] = {"--bind", "0.0.0.0", "--requirepass", "x", NULL};
+  start_server(&s, open_pass);
+  c = hconnect(s.port);
+  expect_error(hcmd(c, "PING"), "NOAUTH");
+  expect_status(hcmd(c, "AUTH x"), "OK");
+  expect_ping(c);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
+/* 10,000 pipelined commands mixing loop commands with worker commands, so
+ * replies finishing out of order must still come back in order. */
+static void test_pipeline_10000(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  add_items(c);
+  enum { N = 10000, NT = 7 };
+  float *tv = malloc((size_t)NT * g_dim * sizeof(float));
+  char texts[NT][32];
+  for (int t = 0; t < NT; t++) {
+    snprintf(texts[t], sizeof texts[t], "text number %d", t);
+    text_vec(texts[t], tv + (size_t)t * g_dim);
+  }
+  for (int i = 0; i < N; i++) {
+    const char *key = items[i % NITEMS].key;
+    switch (i % 6) {
+    case 0: redisAppendCommand(c, "PING"); break;
+    case 1: redisAppendCommand(c, "ECHO e%d", i); break;
+    case 2: redisAppendCommand(c, "EXISTS %s nokey %s", key, key); break;
+    case 3: redisAppendCommand(c, "SEARCH KEY %s K 1 TARGET %s", key,
+                               items[i % NITEMS].image ? "IMAGE" : "TEXT");
+      break;
+    case 4: redisAppendCommand(c, "EMBED TEXT %s", texts[i % NT]); break;
+    case 5: redisAppendCommand(c, "NOSUCH %d", i); break;
+    }
+  }
+  for (int i = 0; i < N; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK)
+      fail_msg("reply %d: %s", i, c->errstr);
+    const char *key = items[i % NITEMS].key;
+    char want[32];
+    switch (i % 6) {
+    case 0:
+      assert_int_equal(r->type, REDIS_REPLY_STATUS);
+      assert_string_equal(r->str, "PONG");
+      break;
+    case 1:
+      snprintf(want, sizeof want, "e%d", i);
+      assert_string_equal(r->str, want);
+      break;
+    case 2:
+      assert_int_equal(r->integer, 2);
+      break;
+    case 3:
+      if (r->type != REDIS_REPLY_ARRAY || r->elements != 1)
+        fail_msg("reply %d: SEARCH KEY %s: type %d", i, key, r->type);
+      assert_string_equal(r->element[0]->element[0]->str, key);
+      break;
+    case 4:
+      assert_int_equal(r->len, (size_t)g_dim * 4);
+      assert_vec_near((const float *)r->str,
+                      tv + (size_t)(i % NT) * g_dim, g_dim, 1e-5f, "EMBED");
+      break;
+    case 5:
+      assert_int_equal(r->type, REDIS_REPLY_ERROR);
+      snprintf(want, sizeof want, "'%d'", i);
+      assert_non_null(strstr(r->str, want));
+      break;
+    }
+    freeReplyObject(r);
+  }
+  expect_ping(c);
+  free(tv);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
+/* Run a shell command line, capture its stdout. */
+static char *run_shell(const char *cmdline) {
+  FILE *p = popen(cmdline, "r");
+  assert_non_null(p);
+  size_t cap = 1 << 16, len = 0;
+  char *out = malloc(cap);
+  size_t n;
+  while ((n = fread(out + len, 1, cap - len - 1, p)) > 0)
+    len += n;
+  out[len] = '\0';
+  int status = pclose(p);
+  if (status != 0)
+    fail_msg("'%s' exited with %d; output: %s", cmdline, status, out);
+  return out;
+}
+
+static void expect_shell(const char *cmdline, const char *want) {
+  char *out = run_shell(cmdline);
+  if (strcmp(out, want))
+    fail_msg("%s\n  printed: '%s'\n  wanted:  '%s'", cmdline, out, want);
+  free(out);
+}
+
+/* redis-cli's interactive mode on a pseudo-terminal: it fetches COMMAND
+ * DOCS for its help at start, as a user at a terminal would see. */
+static char *redis_cli_interactive(int port, const char *const *lines) {
+  int fd;
+  pid_t pid = forkpty(&fd, NULL, NULL, NULL);
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    execlp("redis-cli", "redis-cli", "-p", p, (char *)NULL);
+    _exit(127);
+  }
+  size_t cap = 1 << 20, len = 0;
+  char *out = malloc(cap);
+  int next = 0;
+  double deadline = now_s() + 20, quiet_since = now_s();
+  while (now_s() < deadline) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 50) > 0) {
+      ssize_t n = read(fd, out + len, cap - len - 1);
+      if (n <= 0)
+        break;
+      /* linenoise asks where the cursor is: answer like a terminal. */
+      for (ssize_t i = 0; i + 3 < n; i++)
+        if (!memcmp(out + len + i, "\x1b[6n", 4) &&
+            write(fd, "\x1b[1;1R", 6) != 6)
+          break;
+      len += (size_t)n;
+      quiet_since = now_s();
+    } else if (now_s() - quiet_since > 0.3) {
+      const char *line = lines[next] ? lines[next] : "quit";
+      if (write(fd, line, strlen(line)) < 0 || write(fd, "\r", 1) < 0)
+        break;
+      if (!lines[next])
+        break;
+      next++;
+      quiet_since = now_s();
+    }
+  }
+  out[len] = '\0';
+  int status;
+  for (int i = 0; i < 300 && waitpid(pid, &status, WNOHANG) == 0; i++)
+    sleep_ms(10);
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  close(fd);
+  return out;
+}
+
+static void test_redis_cli(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  char cmd[1024], want[256];
+#define CLI(fmt, ...) (snprintf(cmd, sizeof cmd, "redis-cli -p %d " fmt, \
+                                s.port, ##__VA_ARGS__), cmd)
+  expect_shell(CLI("PING"), "PONG\n");
+  expect_shell(CLI("ADD cat TEXT 'a photo of a cat' META '{\"n\":1,\"cat\":"
+                   "\"animal\"}'"), "1\n");
+  expect_shell(CLI("-x ADD car IMAGE < %s/rgb.png", MODEL_DIR), "1\n");
+  expect_shell(CLI("COUNT"), "2\n");
+  expect_shell(CLI("--no-raw COUNT"), "(integer) 2\n");
+  char *out = run_shell(CLI("SEARCH TEXT 'a photo of a cat' K 1 RETURN 2 "
+                            "caption n"));
+  if (strncmp(out, "cat\n", 4) || !strstr(out, "\ncaption\na photo of a cat\n"
+                                                "n\n1\n"))
+    fail_msg("SEARCH printed '%s'", out);
+  free(out);
+  out = run_shell(CLI("-x SEARCH IMAGE < %s/rgb.png", MODEL_DIR));
+  if (strncmp(out, "car\n", 4))
+    fail_msg("SEARCH IMAGE printed '%s'", out);
+  free(out);
+  expect_shell(CLI("GET cat"), "key\ncat\ncaption\na photo of a cat\nsource"
+                               "\n\nmeta\n{\"n\":1,\"cat\":\"animal\"}\n");
+  expect_shell(CLI("NOSUCH thing"), "ERR unknown command 'NOSUCH', with args "
+                                    "beginning with: 'thing' \n\n");
+  expect_shell(CLI("ECHO"), "ERR wrong number of arguments for 'echo' "
+                            "command\n\n");
+  snprintf(want, sizeof want, "printf 'PING\\nECHO hi\\nDEL car\\nCOUNT\\n' | "
+           "redis-cli -p %d", s.port);
+  expect_shell(want, "PONG\nhi\n1\n1\n");
+  out = run_shell(CLI("-3 HELLO 3"));
+  if (!strstr(out, "proto 3\n"))
+    fail_msg("HELLO 3 printed '%s'", out);
+  free(out);
+  out = run_shell(CLI("INFO server"));
+  snprintf(want, sizeof want, "tcp_port:%d", s.port);
+  if (!strstr(out, "vlmdb_version:") || !strstr(out, want))
+    fail_msg("INFO printed '%s'", out);
+  free(out);
+  const char *lines[] = {"help search", "ping", "count", NULL};
+  out = redis_cli_interactive(s.port, lines);
+  if (!strstr(out, "k nearest items") || !strstr(out, "PONG") ||
+      !strstr(out, "(integer) 1"))
+    fail_msg("interactive redis-cli printed '%s'", out);
+  free(out);
+  stop_server(&s);
+  const char *pass[] = {"--requirepass", "pw", NULL};
+  start_server(&s, pass);
+  expect_shell(CLI("PING"), "NOAUTH Authentication required.\n\n");
+  expect_shell(CLI("-a pw --no-auth-warning PING"), "PONG\n");
+  expect_shell(CLI("-a pw --no-auth-warning -3 COUNT"), "1\n");
+#undef CLI
+  stop_server(&s);
+  server_done(&s);
+}
+
+static long info_field(redisContext *c, const char *section,
+                       const char *field) {
+  redisReply *r = hcmd(c, "INFO %s", section);
+  char *p = strstr(r->str, field);
+  long v = p ? strtol(p + strlen(field) + 1, NULL, 10) : -1;
+  freeReplyObject(r);
+  return v;
+}
+
+/* ---- hostile input ---- */
+
+/* Send raw bytes on a new connection, read until the server closes it,
+ * and check what it answered. */
+static void expect_raw_close(int port, const char *data, size_t len,
+                             const char *want_prefix) {
+  if (len == 0)
+    len = strlen(data);
+  int fd = tcp_connect(port);
+  assert_int_equal(send_all(fd, data, len), 0);
+  char buf[4096];
+  int closed;
+  size_t n = read_to_eof(fd, buf, sizeof buf - 1, &closed);
+  buf[n] = '\0';
+  close(fd);
+  if (!closed || strncmp(buf, want_prefix, strlen(want_prefix)))
+    fail_msg("sent '%.40s': got '%s' (closed %d), want '%s...' then close",
+             data, buf, closed, want_prefix);
+}
+
+/* Read exactly len reply bytes. */
+static void recv_exact(int fd, char *buf, size_t len) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = recv(fd, buf + got, len - got, 0);
+    if (n <= 0)
+      fail_msg("recv after %zu of %zu bytes: %s", got, len,
+               n == 0 ? "closed" : strerror(errno));
+    got += (size_t)n;
+  }
+}
+
+static long settle_rss(pid_t pid) {
+  sleep_ms(2500); /* the server trims freed memory once a second */
+  return rss_kb(pid);
+}
+
+static void test_hostile_input(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  const char *opts[] = {"--max-request-bytes", "8M", "--max-output-bytes",
+                        "4M", NULL};
+  start_server(&s, opts);
+  redisContext *watch = hconnect(s.port);
+  add_items(watch);
+  /* Warm up every path once, then take the baseline. */
+  char *big = malloc(8 << 20);
+  memset(big, 'x', 8 << 20);
+  redisReply *r = hcmd(watch, "ECHO %b", big, (size_t)(1 << 20));
+  assert_int_equal(r->len, 1 << 20);
+  freeReplyObject(r);
+  freeReplyObject(hcmd(watch, "SEARCH TEXT %s K 3", "warm up"));
+  long base = settle_rss(s.pid);
+
+  /* Negative and huge lengths. */
+  int fd = tcp_connect(s.port);
+  const char *empty = "*-1\r\n*0\r\n*1\r\n$4\r\nPING\r\n";
+  assert_int_equal(send_all(fd, empty, strlen(empty)), 0);
+  char buf[256];
+  recv_exact(fd, buf, 7);
+  assert_memory_equal(buf, "+PONG\r\n", 7);
+  close(fd);
+  expect_raw_close(s.port, "*1\r\n$-5\r\n", 0,
+                   "-ERR Protocol error: invalid bulk length");
+  expect_raw_close(s.port, "*99999999999\r\n", 0,
+                   "-ERR Protocol error: invalid multibulk length");
+  expect_raw_close(s.port, "*-99999999999999999999\r\n", 0,
+                   "-ERR Protocol error: invalid multibulk length");
+  expect_raw_close(s.port, "*1234567890123456789012345678901234567890", 0,
+                   "-ERR Protocol error: too big mbulk count string");
+  expect_raw_close(s.port, "*1\r\n$2147483648\r\n", 0,
+                   "-ERR Protocol error: invalid bulk length");
+  expect_raw_close(s.port, "*1\r\n$9223372036854775807\r\n", 0,
+                   "-ERR Protocol error: invalid bulk length");
+  expect_raw_close(s.port, "*2\r\n$4\r\nECHO\r\n$8388609\r\n", 0,
+                   "-ERR Protocol error: invalid bulk length");
+  expect_ping(watch);
+
+  /* Binary garbage. */
+  for (int i = 0; i < 200; i++) {
+    char junk[4096];
+    size_t jl = 1 + rng() % sizeof junk;
+    for (size_t j = 0; j < jl; j++)
+      junk[j] = (char)rng();
+    if (i % 2)
+      junk[0] = '*';
+    fd = tcp_connect(s.port);
+    send_all(fd, junk, jl);
+    shutdown(fd, SHUT_WR);
+    int closed;
+    char sink[65536];
+    read_to_eof(fd, sink, sizeof sink, &closed);
+    assert_true(closed);
+    close(fd);
+  }
+  expect_ping(watch);
+  assert_alive(&s);
+
+  /* Partial frames: split at every byte, the replies are the same as for
+   * the frames sent whole. */
+  char frames[2048];
+  size_t flen = 0;
+  const char *f1[] = {"PING"};
+  const char *f2[] = {"ECHO", "bin\0ary\r\n"};
+  size_t f2l[] = {4, 10};
+  const char *f3[] = {"EXISTS", "cat", "nokey"};
+  const char *f4[] = {"SEARCH", "KEY", "fox", "K", "2"};
+  const char *f5[] = {"EMBED", "TEXT", "split"};
+  flen += encode_cmd(frames + flen, 1, f1, NULL);
+  flen += encode_cmd(frames + flen, 2, f2, f2l);
+  flen += encode_cmd(frames + flen, 3, f3, NULL);
+  flen += encode_cmd(frames + flen, 5, f4, NULL);
+  flen += encode_cmd(frames + flen, 3, f5, NULL);
+  memcpy(frames + flen, "ECHO \"in line\"\r\n", 16);
+  flen += 16;
+  fd = tcp_connect(s.port);
+  assert_int_equal(send_all(fd, frames, flen), 0);
+  r3_conn *rc = calloc(1, sizeof *rc);
+  rc->fd = fd;
+  char *oracle_reply = malloc(1 << 16);
+  rc->tap = oracle_reply;
+  for (int i = 0; i < 6; i++) {
+    r3 *v = r3_read(rc);
+    assert_non_null(v);
+    assert_int_not_equal(v->type, '-');
+    r3_free(v);
+  }
+  size_t rlen = rc->tap_len;
+  assert_int_equal(rc->len, rc->pos); /* nothing more came */
+  close(fd);
+  char *got = malloc(rlen);
+  fd = tcp_connect(s.port);
+  for (size_t i = 0; i < flen; i++) {
+    assert_int_equal(send_all(fd, frames + i, 1), 0);
+    usleep(300);
+  }
+  recv_exact(fd, got, rlen);
+  assert_memory_equal(got, oracle_reply, rlen);
+  for (size_t cut = 1; cut < flen; cut++) {
+    assert_int_equal(send_all(fd, frames, cut), 0);
+    usleep(1000);
+    assert_int_equal(send_all(fd, frames + cut, flen - cut), 0);
+    recv_exact(fd, got, rlen);
+    if (memcmp(got, oracle_reply, rlen))
+      fail_msg("replies differ when the frames are cut at byte %zu", cut);
+  }
+  close(fd);
+  free(got);
+  free(oracle_reply);
+  free(rc);
+  expect_ping(watch);
+
+  /* Disconnect mid-request and mid-reply. */
+  for (int i = 0; i < 20; i++) {
+    fd = tcp_connect(s.port);
+    char head[64];
+    int hl = sprintf(head, "*2\r\n$4\r\nECHO\r\n$%d\r\n", 4 << 20);
+    send_all(fd, head, (size_t)hl);
+    send_all(fd, big, (size_t)(1 + rng() % (2 << 20)));
+    close(fd);
+  }
+  expect_ping(watch);
+  for (int i = 0; i < 10; i++) {
+    fd = tcp_connect(s.port);
+    for (int j = 0; j < 8; j++) {
+      char head[64];
+      int hl = sprintf(head, "*2\r\n$4\r\nECHO\r\n$%d\r\n", 1 << 20);
+      send_all(fd, head, (size_t)hl);
+      send_all(fd, big, 1 << 20);
+      send_all(fd, "\r\n", 2);
+    }
+    const char *q[] = {"SEARCH", "TEXT", "gone before the reply"};
+    char req[128];
+    size_t ql = encode_cmd(req, 3, q, NULL);
+    for (int j = 0; j < 20; j++)
+      send_all(fd, req, ql);
+    char one[100];
+    recv(fd, one, sizeof one, 0); /* some of the reply, then vanish */
+    close(fd);
+  }
+  expect_ping(watch);
+  assert_alive(&s);
+
+  /* A slow reader: requests keep coming, replies are never read; past
+   * --max-output-bytes the server disconnects it. */
+  long slow_before = info_field(watch, "stats", "slow_reader_disconnects");
+  fd = tcp_connect(s.port);
+  struct timeval tv = {2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  int sent = 0, cut_off = 0;
+  for (; sent < 400 && !cut_off; sent++) {
+    char head[64];
+    int hl = sprintf(head, "*2\r\n$4\r\nECHO\r\n$%d\r\n", 512 << 10);
+    if (send_all(fd, head, (size_t)hl) < 0 ||
+        send_all(fd, big, 512 << 10) < 0 || send_all(fd, "\r\n", 2) < 0)
+      cut_off = 1;
+    if (sent % 16 == 0)
+      expect_ping(watch); /* the others are served meanwhile */
+  }
+  close(fd);
+  if (!cut_off)
+    fail_msg("a client that never reads was not disconnected after %d "
+             "requests of 512 KiB", sent);
+  assert_int_equal(info_field(watch, "stats", "slow_reader_disconnects"),
+                   slow_before + 1);
+  expect_ping(watch);
+  assert_alive(&s);
+
+  long after = settle_rss(s.pid);
+  /* Tolerance: 12 MiB, for allocator caches and fragmentation; the
+   * transient peaks above were tens of MiB. */
+  print_message("    RSS baseline %ld kB, after hostile input %ld kB\n", base,
+                after);
+  if (after > base + 12 * 1024)
+    fail_msg("RSS %ld kB after hostile input, baseline %ld kB", after, base);
+  free(big);
+  redisFree(watch);
+  stop_server(&s);
+  server_done(&s);
+}
+
+static void raise_fd_limit(rlim_t want) {
+  struct rlimit rl;
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (rl.rlim_cur >= want)
+    return;
+  rl.rlim_cur = want < rl.rlim_max ? want : rl.rlim_max;
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (rl.rlim_cur < want)
+    fail_msg("RLIMIT_NOFILE hard limit %lu < %lu", (unsigned long)rl.rlim_max,
+             (unsigned long)want);
+}
+
+static void test_many_connections(void **state) {
+  (void)state;
+  enum { NCONN = 1000, CYCLES = 10000 };
+  raise_fd_limit(NCONN + 200); /* the server inherits it */
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *watch = hconnect(s.port);
+  for (int i = 0; i < 50; i++)
+    close(tcp_connect(s.port));
+  long base = settle_rss(s.pid);
+  int *fds = malloc(NCONN * sizeof *fds);
+  for (int i = 0; i < NCONN; i++)
+    fds[i] = tcp_connect(s.port);
+  for (int i = 0; i < NCONN; i++)
+    assert_int_equal(send_all(fds[i], "PING\r\n", 6), 0);
+  for (int i = 0; i < NCONN; i++) {
+    char buf[8];
+    recv_exact(fds[i], buf, 7);
+    assert_memory_equal(buf, "+PONG\r\n", 7);
+  }
+  expect_ping(watch);
+  assert_int_equal(info_field(watch, "clients", "connected_clients"),
+                   NCONN + 1);
+  for (int i = 0; i < NCONN; i++)
+    close(fds[i]);
+  free(fds);
+  for (int i = 0; i < CYCLES; i++) {
+    int fd = tcp_connect(s.port);
+    if (i % 2) {
+      char buf[8];
+      assert_int_equal(send_all(fd, "*1\r\n$4\r\nPING\r\n", 14), 0);
+      recv_exact(fd, buf, 7);
+    }
+    close(fd);
+    if (i % 1000 == 0)
+      expect_ping(watch);
+  }
+  expect_ping(watch);
+  long clients = 0;
+  for (int i = 0; i < 500; i++) {
+    clients = info_field(watch, "clients", "connected_clients");
+    if (clients == 1)
+      break;
+    sleep_ms(10);
+  }
+  assert_int_equal(clients, 1);
+  assert_true(info_field(watch, "stats", "total_connections_received") >=
+              NCONN + CYCLES);
+  long after = settle_rss(s.pid);
+  print_message("    RSS baseline %ld kB, after %d connections %ld kB\n", base,
+                NCONN + CYCLES, after);
+  if (after > base + 8 * 1024)
+    fail_msg("RSS %ld kB after the connections, baseline %ld kB", after, base);
+  redisFree(watch);
+  stop_server(&s);
+  server_done(&s);
+}
+
+static void test_server_limits(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  const char *opts[] = {"--maxclients", "5", "--max-request-bytes", "65536",
+                        "--timeout", "1", NULL};
+  start_server(&s, opts);
+  /* maxclients: the sixth connection is told and closed. */
+  redisContext *c[5];
+  for (int i = 0; i < 5; i++) {
+    c[i] = hconnect(s.port);
+    expect_ping(c[i]);
+  }
+  expect_raw_close(s.port, "PING\r\n", 0,
+                   "-ERR max number of clients reached\r\n");
+  redisFree(c[4]);
+  for (int i = 0; i < 4; i++)
+    redisFree(c[i]);
+  /* Closed connections free their slots (the server sees the close a
+   * moment later). */
+  redisContext *h = NULL;
+  for (int i = 0; i < 200 && !h; i++) {
+    h = hconnect(s.port);
+    redisReply *r = redisCommand(h, "PING");
+    if (!r || r->type != REDIS_REPLY_STATUS) {
+      redisFree(h);
+      h = NULL;
+      sleep_ms(10);
+    }
+    if (r)
+      freeReplyObject(r);
+  }
+  assert_non_null(h);
+  /* Request size. */
+  char *big = malloc(70000);
+  memset(big, 'y', 70000);
+  redisReply *r = hcmd(h, "ECHO %b", big, (size_t)60000);
+  assert_int_equal(r->len, 60000);
+  freeReplyObject(r);
+  redisFree(h);
+  char head[64];
+  int hl = sprintf(head, "*2\r\n$4\r\nECHO\r\n$%d\r\n", 65537);
+  expect_raw_close(s.port, head, (size_t)hl,
+                   "-ERR Protocol error: invalid bulk length");
+  expect_raw_close(s.port, big, 70000,
+                   "-ERR Protocol error: too big inline request");
+  /* Idle timeout: an idle client is closed, a busy one is not. */
+  int idle = tcp_connect(s.port);
+  h = hconnect(s.port);
+  double t0 = now_s();
+  while (now_s() - t0 < 3.5) {
+    expect_ping(h);
+    sleep_ms(200);
+  }
+  int closed;
+  char buf[16];
+  struct timeval tv = {3, 0};
+  setsockopt(idle, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  size_t n = read_to_eof(idle, buf, sizeof buf, &closed);
+  assert_int_equal(n, 0);
+  assert_true(closed);
+  close(idle);
+  assert_true(info_field(h, "stats", "idle_timeouts") >= 1);
+  redisFree(h);
+  free(big);
+  stop_server(&s);
+  server_done(&s);
+}
+
+/* SIGTERM with requests in flight: every request received is answered,
+ * the writes are durable, the exit is clean. */
+static void test_graceful_shutdown(void **state) {
+  (void)state;
+  enum { N = 300 };
+  server_t s;
+  make_db(&s);
+  const char *opts[] = {"--threads", "1", NULL};
+  start_server(&s, opts);
+  redisContext *watch = hconnect(s.port);
+  long before = info_field(watch, "stats", "total_commands_processed");
+  int fd = tcp_connect(s.port);
+  char *req = malloc(N * 128 + 64);
+  size_t len = 0;
+  for (int i = 0; i < N; i++) {
+    char key[32], text[64];
+    snprintf(key, sizeof key, "k%d", i);
+    snprintf(text, sizeof text, "caption number %d", i);
+    const char *argv[] = {"ADD", key, "TEXT", text};
+    len += encode_cmd(req + len, 4, argv, NULL);
+  }
+  len += encode_cmd(req + len, 1, (const char *[]){"PING"}, NULL);
+  assert_int_equal(send_all(fd, req, len), 0);
+  /* Wait until the server has read them all (INFO counts itself). */
+  for (int i = 0; i < 2000; i++) {
+    if (info_field(watch, "stats", "total_commands_processed") >=
+        before + N + 1 + i + 1)
+      break;
+    sleep_ms(5);
+  }
+  kill(s.pid, SIGTERM);
+  r3_conn *rc = calloc(1, sizeof *rc);
+  rc->fd = fd;
+  for (int i = 0; i < N; i++) {
+    r3 *v = r3_read(rc);
+    if (!v)
+      fail_msg("reply %d of %d missing after SIGTERM", i, N);
+    if (v->type != ':' || v->integer != 1)
+      fail_msg("reply %d: type %c '%s'", i, v->type, v->str ? v->str : "");
+    r3_free(v);
+  }
+  r3 *v = r3_read(rc);
+  assert_non_null(v);
+  assert_int_equal(v->type, '+');
+  r3_free(v);
+  assert_null(r3_read(rc)); /* then the server closes */
+  close(fd);
+  free(rc);
+  free(req);
+  redisFree(watch);
+  stop_server(&s); /* waits for exit status 0 */
+  start_server(&s, NULL);
+  watch = hconnect(s.port);
+  expect_int(hcmd(watch, "COUNT"), N);
+  redisFree(watch);
+  stop_server(&s);
+  server_done(&s);
+}
+
+/* Embeddings from many clients at once are batched, and every client gets
+ * its own vector; with batching off there are no batches. */
+static void run_batch_clients(int port, int nclients, int per_client,
+                              const float *tv, const char (*texts)[32],
+                              int ntexts) {
+  int *fds = malloc((size_t)nclients * sizeof *fds);
+  for (int cidx = 0; cidx < nclients; cidx++) {
+    fds[cidx] = tcp_connect(port);
+    char req[8192];
+    size_t len = 0;
+    for (int j = 0; j < per_client; j++) {
+      const char *argv[] = {"EMBED", "TEXT", texts[(cidx + j) % ntexts],
+                            "BYTES"};
+      len += encode_cmd(req + len, 4, argv, NULL);
+    }
+    assert_int_equal(send_all(fds[cidx], req, len), 0);
+  }
+  for (int cidx = 0; cidx < nclients; cidx++) {
+    r3_conn *rc = calloc(1, sizeof *rc);
+    rc->fd = fds[cidx];
+    for (int j = 0; j < per_client; j++) {
+      r3 *v = r3_read(rc);
+      assert_non_null(v);
+      if (v->type != '$' || v->len != (size_t)g_dim * 4)
+        fail_msg("client %d reply %d: type %c '%s'", cidx, j, v->type,
+                 v->str ? v->str : "");
+      assert_vec_near((const float *)v->str,
+                      tv + (size_t)((cidx + j) % ntexts) * g_dim, g_dim,
+                      1e-5f, "batched EMBED");
+      r3_free(v);
+    }
+    close(fds[cidx]);
+    free(rc);
+  }
+  free(fds);
+}
+
+static void test_batching(void **state) {
+  (void)state;
+  enum { NT = 13 };
+  char texts[NT][32];
+  float *tv = malloc((size_t)NT * g_dim * sizeof(float));
+  for (int t = 0; t < NT; t++) {
+    snprintf(texts[t], sizeof texts[t], "batched text %d", t);
+    text_vec(texts[t], tv + (size_t)t * g_dim);
+  }
+  server_t s;
+  make_db(&s);
+  const char *on[] = {"--batch-window-us", "20000", "--threads", "2", NULL};
+  start_server(&s, on);
+  run_batch_clients(s.port, 8, 25, tv, texts, NT);
+  redisContext *h = hconnect(s.port);
+  long largest = info_field(h, "stats", "text_largest_batch");
+  long batched = info_field(h, "stats", "text_embeds_batched");
+  assert_int_equal(batched, 200);
+  if (largest < 2)
+    fail_msg("200 embeddings from 8 clients within a 20 ms window: largest "
+             "batch %ld", largest);
+  /* Images batch too. */
+  size_t ilen;
+  char *img = fixture("photo_rgb.jpg", &ilen);
+  for (int i = 0; i < 16; i++)
+    redisAppendCommand(h, "EMBED IMAGE %b", img, ilen);
+  float *want = malloc((size_t)g_dim * sizeof(float));
+  image_vec("photo_rgb.jpg", want);
+  for (int i = 0; i < 16; i++) {
+    redisReply *r;
+    assert_int_equal(redisGetReply(h, (void **)&r), REDIS_OK);
+    assert_int_equal(r->len, (size_t)g_dim * 4);
+    assert_vec_near((const float *)r->str, want, g_dim, 1e-5f, "EMBED IMAGE");
+    freeReplyObject(r);
+  }
+  assert_true(info_field(h, "stats", "image_largest_batch") >= 2);
+  free(want);
+  free(img);
+  redisFree(h);
+  stop_server(&s);
+  const char *off[] = {"--batch-window-us", "0", NULL};
+  start_server(&s, off);
+  run_batch_clients(s.port, 8, 25, tv, texts, NT);
+  h = hconnect(s.port);
+  assert_int_equal(info_field(h, "stats", "text_embed_batches"), 0);
+  redisFree(h);
+  stop_server(&s);
+  server_done(&s);
+  free(tv);
+}
+
+/* ======================================================================
+ * main
+ * ==================================================================== */
+
+static int group_setup(void **state) {
+  (void)state;
+  signal(SIGPIPE, SIG_IGN);
+  if (vlm_clip_load(MODEL_DIR, NULL, &g_clip) < 0) {
+    fprintf(stderr, "cannot load %s: %s\n", MODEL_DIR, vlm_errmsg());
+    return -1;
+  }
+  g_dim = vlm_clip_dim(g_clip);
+  char bin[256];
+  snprintf(bin, sizeof bin, "%s/vlmdb", build_dir());
+  if (access(bin, X_OK) != 0) {
+    fprintf(stderr, "%s is not built\n", bin);
+    return -1;
+  }
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  for (int i = 0; i < 8; i++)
+    if (g_live[i]) {
+      if (g_live[i]->pid) {
+        kill(g_live[i]->pid, SIGKILL);
+        waitpid(g_live[i]->pid, NULL, 0);
+      }
+      rm_rf(g_live[i]->dir);
+    }
+  vlm_clip_free(g_clip);
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_resp_split_at_every_byte),
+      cmocka_unit_test(test_resp_random_roundtrip),
+      cmocka_unit_test(test_resp_limits_and_garbage),
+      cmocka_unit_test(test_resp_writer),
+      cmocka_unit_test(test_connection_commands),
+      cmocka_unit_test(test_write_read_search),
+      cmocka_unit_test(test_resp3),
+      cmocka_unit_test(test_auth),
+      cmocka_unit_test(test_pipeline_10000),
+      cmocka_unit_test(test_redis_cli),
+      cmocka_unit_test(test_hostile_input),
+      cmocka_unit_test(test_many_connections),
+      cmocka_unit_test(test_server_limits),
+      cmocka_unit_test(test_graceful_shutdown),
+      cmocka_unit_test(test_batching),
+  };
+  const char *only = getenv("NET_TEST"); /* run one test: NET_TEST=name */
+  if (only && *only)
+    cmocka_set_test_filter(only);
+  return cmocka_run_group_tests_name("net", tests, group_setup,
+                                     group_teardown);
+}
