@@ -6,10 +6,14 @@
 # 2. creates data/demo.vlmdb with the default model and a `category` field
 #    (models/default/; until it exists, the random-weight test model
 #    tests/fixtures/clip-tiny, whose results mean nothing)
-# 3. ingests the catalog, then searches: text->image, with a filter,
-#    image->image, hybrid (vectors + BM25 over captions)
-# 4. measures Recall@K on the held-out test split (data/demo-test.vlmdb)
-# 5. prints how to serve the database and query it with redis-cli
+# 3. ingests the held-out test split into data/demo-test.vlmdb, then the
+#    whole catalog into data/demo.vlmdb (or, when the model is too slow to
+#    embed it all within VLMDB_DEMO_BUDGET seconds, a sample spread over
+#    the catalog; `vlmdb ingest` can finish it later, it resumes)
+# 4. searches: text->image, with a filter, image->image, hybrid (vectors +
+#    BM25 over captions)
+# 5. measures Recall@K on the test split
+# 6. prints how to serve the database and query it with redis-cli
 #
 # Re-runnable: it deletes and recreates its own two databases each time.
 # Settings (environment):
@@ -17,6 +21,8 @@
 #                      goes to the same name with -test before .vlmdb)
 #   VLMDB_DEMO_ITEMS   ingest only about this many catalog items (spread
 #                      over the catalog), for a quicker run
+#   VLMDB_DEMO_BUDGET  seconds the catalog's ingest may take, judged from
+#                      the speed of the test split's (default 180)
 #   VLMDB_MODEL        the model directory (default models/default)
 #   BUILD              the build directory (default build)
 set -eu
@@ -29,6 +35,7 @@ case $DB in
   *) TEST_DB=$DB-test ;;
 esac
 ITEMS=${VLMDB_DEMO_ITEMS:-0}
+BUDGET=${VLMDB_DEMO_BUDGET:-180}
 CATALOG_DIR=data/openclipart
 
 start=$(date +%s)
@@ -36,9 +43,20 @@ if [ -t 1 ]; then bold=$(printf '\033[1m') plain=$(printf '\033[0m'); else bold=
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 note() { printf '%s\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
-run() {   # show the command, then run it
-  printf '$ %s\n' "$*"
+run() {   # show the command (quoted as a shell would need), then run it
+  line='$'
+  for a in "$@"; do
+    case $a in
+      *[!A-Za-z0-9_./:,=@%+-]*|'') a="'$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'" ;;
+    esac
+    line="$line $a"
+  done
+  printf '%s\n' "$line"
   "$@"
+}
+# Every k-th line of a file, about n of them, so each category keeps its share.
+spread() {   # file n
+  awk -v n="$2" -v t="$(wc -l < "$1")" 'BEGIN { s = t / n } NR == int(c * s) + 1 { print; c++ }' "$1"
 }
 
 [ -x "$VLMDB" ] || die "$VLMDB is not built (run: make demo)"
@@ -54,22 +72,15 @@ total=$(wc -l < "$CATALOG" | tr -d ' ')
 ntest=$(wc -l < "$TEST_CATALOG" | tr -d ' ')
 note "$total items ($ntest in the test split); one line:"
 head -n 1 "$CATALOG" | cut -c 1-300
-if [ "$ITEMS" -gt 0 ] 2>/dev/null && [ "$ITEMS" -lt "$total" ]; then
-  # Every k-th item, so every category keeps its share.
-  subset=$CATALOG_DIR/demo-subset.jsonl
-  awk -v n="$ITEMS" -v t="$total" 'BEGIN { s = t / n } NR == int(c * s) + 1 { print; c++ }' \
-    "$CATALOG" > "$subset"
-  CATALOG=$subset
-  note "VLMDB_DEMO_ITEMS=$ITEMS: using $(wc -l < "$CATALOG" | tr -d ' ') of them ($CATALOG)"
-  if [ "$ITEMS" -lt "$ntest" ]; then
-    awk -v n="$ITEMS" -v t="$ntest" 'BEGIN { s = t / n } NR == int(c * s) + 1 { print; c++ }' \
-      "$TEST_CATALOG" > "$CATALOG_DIR/demo-test-subset.jsonl"
-    TEST_CATALOG=$CATALOG_DIR/demo-test-subset.jsonl
-  fi
+case $ITEMS in *[!0-9]*|'') die "VLMDB_DEMO_ITEMS must be a number" ;; esac
+case $BUDGET in *[!0-9]*|'') die "VLMDB_DEMO_BUDGET must be a number" ;; esac
+if [ "$ITEMS" -gt 0 ] && [ "$ITEMS" -lt "$ntest" ]; then
+  spread "$TEST_CATALOG" "$ITEMS" > "$CATALOG_DIR/demo-test-subset.jsonl"
+  TEST_CATALOG=$CATALOG_DIR/demo-test-subset.jsonl
 fi
 
-# ---- 2. the database ---------------------------------------------------
-step "2. A database bound to a CLIP model"
+# ---- 2. the model --------------------------------------------------------
+step "2. The model"
 if [ -n "${VLMDB_MODEL:-}" ]; then
   MODEL=$VLMDB_MODEL
 elif [ -f models/default/config.json ]; then
@@ -100,46 +111,70 @@ reset_db() {
 }
 reset_db "$DB"
 reset_db "$TEST_DB"
-mkdir -p "$(dirname "$DB")"
-run "$VLMDB" init --db "$DB" --model "$MODEL" --field category:text --field subcategory:text
+mkdir -p "$(dirname "$DB")" "$(dirname "$TEST_DB")"
 
-# ---- 3. ingest and search ---------------------------------------------
-step "3. Ingest the catalog (embeds every image and caption)"
+# ---- 3. ingest ---------------------------------------------------------
+step "3. Ingest (embeds every image and caption)"
+note "First the held-out test split, into its own database for step 5:"
+run "$VLMDB" init --db "$TEST_DB" --model "$MODEL" --field category:text
+t0=$(date +%s)
+run "$VLMDB" ingest --db "$TEST_DB" "$TEST_CATALOG"
+t1=$(date +%s)
+ntest_done=$(wc -l < "$TEST_CATALOG" | tr -d ' ')
+
+# How much of the catalog fits the time budget at the speed just seen.
+want=$total
+[ "$ITEMS" -gt 0 ] && [ "$ITEMS" -lt "$total" ] && want=$ITEMS
+elapsed=$((t1 - t0)); [ "$elapsed" -lt 1 ] && elapsed=1
+fits=$((ntest_done * BUDGET / elapsed))
+if [ "$ITEMS" -eq 0 ] && [ "$fits" -lt "$want" ]; then
+  want=$fits
+  [ "$want" -lt 200 ] && want=200
+  note "At about $((ntest_done / elapsed)) items/s the whole catalog would take about $((total * elapsed / ntest_done)) s;"
+  note "this demo ingests $want items spread over it (VLMDB_DEMO_BUDGET=$BUDGET s)."
+fi
+if [ "$want" -lt "$total" ]; then
+  CATALOG=$CATALOG_DIR/demo-subset.jsonl
+  spread "$CATALOG_DIR/catalog.jsonl" "$want" > "$CATALOG"
+  note "Using $(wc -l < "$CATALOG" | tr -d ' ') of the $total items ($CATALOG)."
+fi
+note ""
+note "Then the catalog:"
+run "$VLMDB" init --db "$DB" --model "$MODEL" --field category:text --field subcategory:text
 run "$VLMDB" ingest --db "$DB" "$CATALOG"
 run "$VLMDB" info --db "$DB"
 
-step "Text -> image: what the model sees in the pictures"
+# ---- 4. search ----------------------------------------------------------
+step "4. Search, text -> image: what the model sees in the pictures"
 for q in "a planet in space" "a red car" "a cat"; do
   run "$VLMDB" search --db "$DB" --text "$q" -k 5 --target image --fields category
   echo
 done
 
-step "Text -> image, only in one category (a SQL filter on a declared field)"
+step "4. Search, text -> image, only in one category (a SQL filter on a declared field)"
 run "$VLMDB" search --db "$DB" --text "a bird" -k 5 --target image \
   --filter "category = 'animals'" --fields category,subcategory
 
-step "Image -> image: pictures like this one"
+step "4. Search, image -> image: pictures like this one"
 # The first cat in the catalog (else the first item) as the query image.
 query=$(grep -m 1 '"key":"animals/mammals/housecats/' "$CATALOG" || head -n 1 "$CATALOG")
 query_image=$(printf '%s\n' "$query" | sed -n 's/^{"key":"[^"]*","image":"\([^"]*\)".*/\1/p')
 note "query image: $query_image"
 run "$VLMDB" search --db "$DB" --image "$query_image" -k 5 --target image --fields category
 
-step "Hybrid: vector ranking fused with BM25 over the captions"
+step "4. Search, hybrid: vector ranking fused with BM25 over the captions"
 run "$VLMDB" search --db "$DB" --text "penguin" -k 5 --hybrid --fields category
 
-# ---- 4. recall ---------------------------------------------------------
-step "4. Retrieval quality on the held-out test split"
-note "A separate database holds only the test items (never trained on),"
-note "so each caption's own picture competes with the other test pictures."
-run "$VLMDB" init --db "$TEST_DB" --model "$MODEL" --field category:text
-run "$VLMDB" ingest --db "$TEST_DB" "$TEST_CATALOG"
+# ---- 5. recall -----------------------------------------------------------
+step "5. Retrieval quality on the held-out test split"
+note "$TEST_DB holds only the test items (never trained on): each caption's"
+note "own picture competes with the other test pictures, and vice versa."
 run "$VLMDB" eval --db "$TEST_DB" -k 1,5,10
 n=$(wc -l < "$TEST_CATALOG" | tr -d ' ')
 awk -v n="$n" 'BEGIN { printf "chance level with %d items: R@1 %.4f  R@5 %.4f  R@10 %.4f  median rank %d\n", n, 1/n, 5/n, 10/n, (n+1)/2 }'
 
-# ---- 5. the server -----------------------------------------------------
-step "5. Serve it (Redis protocol: any Redis client works)"
+# ---- 6. the server -------------------------------------------------------
+step "6. Serve it (Redis protocol: any Redis client works)"
 cat <<EOF
 The database stays in $DB (the test split in $TEST_DB).
 Start the server (port 7878 by default, bound to 127.0.0.1):
@@ -158,4 +193,8 @@ then, from another terminal:
 
 Run the demo again at any time: make demo (it recreates both databases).
 EOF
+if [ "$CATALOG" != "$CATALOG_DIR/catalog.jsonl" ]; then
+  note "To add the rest of the catalog (it skips what is already in):"
+  note "  $VLMDB ingest --db $DB $CATALOG_DIR/catalog.jsonl"
+fi
 note "demo finished in $(( $(date +%s) - start )) s"

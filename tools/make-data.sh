@@ -109,5 +109,8 @@ for s in $sets; do
     fashion-mnist) fashion_mnist ;;
     *) say "unknown dataset '$s' (openclipart, fashion-mnist)"; exit 2 ;;
   esac
-  say "$s: $(grep -h '"train_items"\|"test_items"\|"train_jsonl_sha256"' "$DATA/$s/digest.json" | tr -d ' \n')"
+  d=$DATA/$s/digest.json
+  field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\).*/\1/p" "$d"; }
+  say "$s: $(field train_items) train + $(field test_items) test items in $DATA/$s/;" \
+      "train.jsonl sha256 $(field train_jsonl_sha256)"
 done
