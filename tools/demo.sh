@@ -179,7 +179,7 @@ cat <<EOF
 The database stays in $DB (the test split in $TEST_DB).
 Start the server (port 7878 by default, bound to 127.0.0.1):
 
-  $VLMDB serve --db $DB
+  $VLMDB serve --db $DB --model $MODEL
 
 then, from another terminal:
 
