@@ -21,7 +21,6 @@
 #include <unistd.h>
 
 #include "model.h"
-#include "preprocess.h"
 #include "safetensors.h"
 #include "safetensors_write.h"
 #include "train_data.h"
@@ -948,24 +947,12 @@ static void test_train_learns_and_round_trips(void **state) {
   }
   float *img = malloc(sizeof(float) * NPAIRS * D);
   float *txt = malloc(sizeof(float) * NPAIRS * D);
-  /* images: the engine's preprocessing of the files, its forward pass */
-  int side = vlm_clip_image_size(clip);
-  float *pix = malloc(sizeof(float) * NPAIRS * 3 * side * side);
-  const vlm__clip_config *cc = vlm__clip_get_config(clip);
-  vlm__preprocess_cfg pc;
-  vlm__preprocess_defaults(&pc, side);
-  memcpy(pc.mean, cc->mean, sizeof pc.mean);
-  memcpy(pc.std, cc->std, sizeof pc.std);
-  for (int i = 0; i < NPAIRS; i++) {
-    uint8_t *data;
-    size_t len;
-    assert_int_equal(read_file_all(paths[i], &data, &len), 0);
-    assert_int_equal(
-        vlm__preprocess(&pc, data, len, pix + (size_t)i * 3 * side * side), 0);
-    free(data);
-  }
-  assert_int_equal(vlm_clip_encode_pixels(clip, pix, NPAIRS, 0, img), 0);
-  free(pix);
+  /* the files themselves, through the engine's decode, preprocessing and
+   * forward pass */
+  int rc_img = vlm_clip_encode_images(clip, paths, NPAIRS, 0, img);
+  if (rc_img)
+    print_error("encode images: %s\n", vlm_errmsg());
+  assert_int_equal(rc_img, 0);
   assert_int_equal(vlm_clip_encode_texts(clip, texts, NPAIRS, 0, txt), 0);
   double worst_cos = 1, worst_abs = 0;
   for (int i = 0; i < NPAIRS; i++) {
