@@ -26,6 +26,7 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/utils/distances.h>
 
 #include <condition_variable>
 #include <cstdio>
@@ -40,6 +41,7 @@
 #include "faiss_c_ext.h"
 
 #include <faiss/c_api/error_impl.h>
+#include <faiss/c_api/utils/distances_c.h>
 #include <faiss/c_api/macros_impl.h>
 
 using faiss::Index;
@@ -518,6 +520,17 @@ int faiss_IDSelectorBitmap_new(
                 new faiss::IDSelectorBitmap(n, bitmap));
     }
     VLM_CATCH
+}
+
+/* utils/distances_c.cpp (bench/search.c measures FAISS's own kernels) */
+
+void faiss_fvec_inner_products_ny(
+        float* ip,
+        const float* x,
+        const float* y,
+        size_t d,
+        size_t ny) {
+    faiss::fvec_inner_products_ny(ip, x, y, d, ny);
 }
 
 } // extern "C"
