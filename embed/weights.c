@@ -63,10 +63,9 @@ static spec *add(spec_list *l, const char *hf, const char *src, int kind,
   snprintf(s->src, sizeof s->src, "%s", src);
   s->kind = kind;
   s->bind = bind;
-  s->ndim = ndim;
-  memcpy(s->shape, shape, (size_t)ndim * sizeof *shape);
-  s->src_ndim = ndim;
-  memcpy(s->src_shape, shape, (size_t)ndim * sizeof *shape);
+  s->ndim = s->src_ndim = ndim;
+  for (int d = 0; d < ndim; d++)
+    s->shape[d] = s->src_shape[d] = shape[d];
   return s;
 }
 

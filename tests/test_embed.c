@@ -997,7 +997,7 @@ static void c_overlap(ckpt *c) {
   json_t *q = json_object_get(
       entry(c, "vision_model.encoder.layers.0.self_attn.q_proj.weight"),
       "data_offsets");
-  json_object_set(
+  json_object_set_new(
       entry(c, "vision_model.encoder.layers.0.self_attn.k_proj.weight"),
       "data_offsets", json_deep_copy(q));
 }
