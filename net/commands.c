@@ -17,6 +17,7 @@
 
 #include "netint.h"
 #include "vlm_error.h"
+#include "vlm_eval.h"
 
 #define VLM_SERVER_VERSION "0.1.0"
 
@@ -1357,6 +1358,141 @@ static void cmd_save_exec(vlm__job *job) {
     vlm__reply_status(&job->reply, "OK");
 }
 
+
+/* ======================================================================
+ * EVAL: cross-modal Recall@K over the stored pairs (vlm_db_eval)
+ * ==================================================================== */
+
+typedef struct {
+  vlm_eval_options opts;
+  int ks[VLM_EVAL_MAX_KS];
+} eval_state;
+
+static int cmd_eval_proc(vlm__ctx *ctx) {
+  eval_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  ctx->job->state = st;
+  ctx->job->state_free = free;
+  int nks = 0;
+  for (int i = 1; i < ctx->argc; i++) {
+    const vlm__resp_arg *a = &ctx->argv[i];
+    int has = i + 1 < ctx->argc;
+    long v;
+    if (arg_is(a, "K") && has) {
+      if (nks == VLM_EVAL_MAX_KS) {
+        vlm__reply_error(ctx->out, "ERR", "at most %d K values",
+                         VLM_EVAL_MAX_KS);
+        return -1;
+      }
+      if (arg_long(ctx, &ctx->argv[++i], 1, 10000, "K", &v) < 0)
+        return -1;
+      st->ks[nks++] = (int)v;
+    } else if (arg_is(a, "DIRECTION") && has) {
+      const vlm__resp_arg *d = &ctx->argv[++i];
+      if (arg_is(d, "T2I"))
+        st->opts.directions = VLM_EVAL_T2I;
+      else if (arg_is(d, "I2T"))
+        st->opts.directions = VLM_EVAL_I2T;
+      else if (arg_is(d, "BOTH"))
+        st->opts.directions = VLM_EVAL_T2I | VLM_EVAL_I2T;
+      else {
+        vlm__reply_error(ctx->out, "ERR", "DIRECTION must be T2I, I2T or "
+                         "BOTH");
+        return -1;
+      }
+    } else if (arg_is(a, "SAMPLE") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 30, "SAMPLE", &v) < 0)
+        return -1;
+      st->opts.sample = (int)v;
+    } else if (arg_is(a, "SEED") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 0, 1L << 62, "SEED", &v) < 0)
+        return -1;
+      st->opts.seed = (uint64_t)v;
+    } else if (arg_is(a, "EF") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "EF", &v) < 0)
+        return -1;
+      st->opts.ef_search = (int)v;
+    } else if (arg_is(a, "NPROBE") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "NPROBE", &v) < 0)
+        return -1;
+      st->opts.nprobe = (int)v;
+    } else if (arg_is(a, "EXACTONLY")) {
+      st->opts.skip_index = 1;
+    } else {
+      return syntax_error(ctx, a);
+    }
+  }
+  if (nks > 0) {
+    st->opts.ks = st->ks;
+    st->opts.nks = nks;
+  }
+  return 0;
+}
+
+static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
+                                 int skip_index) {
+  /* queries, candidates, the K entries, median, mean, the timings */
+  vlm__reply_map(out, 2 + d->nks * (skip_index ? 1 : 3) + 2 +
+                          (skip_index ? 1 : 2));
+  vlm__reply_cstr(out, "queries");
+  vlm__reply_int(out, d->queries);
+  vlm__reply_cstr(out, "candidates");
+  vlm__reply_int(out, d->candidates);
+  char name[48];
+  for (int i = 0; i < d->nks; i++) {
+    snprintf(name, sizeof name, "recall@%d", d->at[i].k);
+    vlm__reply_cstr(out, name);
+    vlm__reply_double(out, d->at[i].recall);
+    if (skip_index)
+      continue;
+    snprintf(name, sizeof name, "recall_index@%d", d->at[i].k);
+    vlm__reply_cstr(out, name);
+    vlm__reply_double(out, d->at[i].recall_index);
+    snprintf(name, sizeof name, "index_recall@%d", d->at[i].k);
+    vlm__reply_cstr(out, name);
+    vlm__reply_double(out, d->at[i].index_recall);
+  }
+  vlm__reply_cstr(out, "median_rank");
+  vlm__reply_double(out, d->median_rank);
+  vlm__reply_cstr(out, "mean_rank");
+  vlm__reply_double(out, d->mean_rank);
+  vlm__reply_cstr(out, "exact_ms_per_query");
+  vlm__reply_double(out, d->exact_ms_per_query);
+  if (!skip_index) {
+    vlm__reply_cstr(out, "index_ms_per_query");
+    vlm__reply_double(out, d->index_ms_per_query);
+  }
+}
+
+static void cmd_eval_exec(vlm__job *job) {
+  eval_state *st = job->state;
+  vlm_eval_result res;
+  int rc = vlm_db_eval(job->srv->db, &st->opts, &res);
+  if (rc < 0) {
+    reply_liberr(&job->reply, rc);
+    return;
+  }
+  vlm__buf *out = &job->reply;
+  int t2i = !!(res.directions & VLM_EVAL_T2I);
+  int i2t = !!(res.directions & VLM_EVAL_I2T);
+  vlm__reply_map(out, 2 + t2i + i2t);
+  vlm__reply_cstr(out, "pairs");
+  vlm__reply_int(out, res.pairs);
+  vlm__reply_cstr(out, "skipped_pairs");
+  vlm__reply_int(out, res.skipped_pairs);
+  if (t2i) {
+    vlm__reply_cstr(out, "text_to_image");
+    reply_eval_direction(out, &res.t2i, st->opts.skip_index);
+  }
+  if (i2t) {
+    vlm__reply_cstr(out, "image_to_text");
+    reply_eval_direction(out, &res.i2t, st->opts.skip_index);
+  }
+}
+
 /* ======================================================================
  * The table
  * ==================================================================== */
@@ -1419,6 +1555,10 @@ static const vlm__command commands[] = {
      "Number of items (as COUNT)."},
     {"SAVE", cmd_noargs_proc, cmd_save_exec, 1, ADMIN, "admin", "",
      "Checkpoint the vector index now."},
+    {"EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",
+     "[K k ...] [DIRECTION T2I|I2T|BOTH] [SAMPLE n [SEED s]] [EF ef] "
+     "[NPROBE nprobe] [EXACTONLY]",
+     "Cross-modal Recall@K over the items that have both vectors."},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

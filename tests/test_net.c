@@ -1034,6 +1034,74 @@ static void assert_search_matches(redisReply *r, const scored *want, int k) {
   }
 }
 
+/* A value of a RESP2 flat map by name, or NULL. */
+static redisReply *flat_get(redisReply *map, const char *key) {
+  for (size_t i = 0; i + 1 < map->elements; i += 2)
+    if (map->element[i]->str && !strcmp(map->element[i]->str, key))
+      return map->element[i + 1];
+  return NULL;
+}
+
+/* EVAL against ranks computed here from in-process vectors: for each item
+ * with a caption and an image, rank its partner among all candidates of
+ * the other modality (ties count against it). */
+static void check_eval(redisContext *c) {
+  float *tv = malloc((size_t)NITEMS * g_dim * sizeof(float));
+  float *iv = malloc((size_t)NITEMS * g_dim * sizeof(float));
+  for (int i = 0; i < NITEMS; i++) {
+    text_vec(items[i].caption, tv + (size_t)i * g_dim);
+    if (items[i].image)
+      image_vec(items[i].image, iv + (size_t)i * g_dim);
+  }
+  int ks[2] = {1, 3};
+  double want[2][2] = {{0}}; /* [direction][k] */
+  int npairs = 0;
+  for (int dir = 0; dir < 2; dir++) {
+    for (int q = 0; q < NITEMS; q++) {
+      if (!items[q].image)
+        continue;
+      npairs += dir == 0;
+      const float *qv = (dir == 0 ? tv : iv) + (size_t)q * g_dim;
+      const float *cands = dir == 0 ? iv : tv;
+      float self = dotf(qv, cands + (size_t)q * g_dim, g_dim);
+      int rank = 1;
+      for (int j = 0; j < NITEMS; j++)
+        if (j != q && (dir == 1 || items[j].image) &&
+            dotf(qv, cands + (size_t)j * g_dim, g_dim) >= self)
+          rank++;
+      for (int k = 0; k < 2; k++)
+        want[dir][k] += rank <= ks[k];
+    }
+  }
+  redisReply *r = hcmd(c, "EVAL K 1 K 3");
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("EVAL: type %d '%s'", r->type, r->str ? r->str : "");
+  assert_int_equal(flat_get(r, "pairs")->integer, npairs);
+  const char *names[2] = {"text_to_image", "image_to_text"};
+  for (int dir = 0; dir < 2; dir++) {
+    redisReply *d = flat_get(r, names[dir]);
+    assert_non_null(d);
+    assert_int_equal(flat_get(d, "queries")->integer, npairs);
+    for (int k = 0; k < 2; k++) {
+      char key[32];
+      snprintf(key, sizeof key, "recall@%d", ks[k]);
+      double got = strtod(flat_get(d, key)->str, NULL);
+      if (fabs(got - want[dir][k] / npairs) > 1e-9)
+        fail_msg("EVAL %s %s: server %.6f, oracle %.6f", names[dir], key, got,
+                 want[dir][k] / npairs);
+    }
+  }
+  freeReplyObject(r);
+  expect_error(hcmd(c, "EVAL K 0"), "ERR K must be an integer");
+  expect_error(hcmd(c, "EVAL DIRECTION up"), "ERR DIRECTION must be");
+  r = hcmd(c, "EVAL DIRECTION T2I EXACTONLY");
+  assert_non_null(flat_get(r, "text_to_image"));
+  assert_null(flat_get(r, "image_to_text"));
+  freeReplyObject(r);
+  free(tv);
+  free(iv);
+}
+
 static void test_connection_commands(void **state) {
   (void)state;
   server_t s;
@@ -1186,8 +1254,11 @@ static void test_write_read_search(void **state) {
   expect_int(hcmd(c, "DBSIZE"), NITEMS);
   /* ADD of an existing key is skipped; UPSERT replaces. */
   expect_int(hcmd(c, "ADD cat TEXT %s", "another cat"), 0);
-  expect_int(hcmd(c, "UPSERT cat TEXT %s META %s", "a photo of a cat",
-                  "{\"n\":1,\"cat\":\"animal\"}"), 1);
+  size_t catlen;
+  char *catimg = fixture("photo_rgb.jpg", &catlen);
+  expect_int(hcmd(c, "UPSERT cat TEXT %s IMAGE %b META %s", "a photo of a cat",
+                  catimg, catlen, "{\"n\":1,\"cat\":\"animal\"}"), 1);
+  free(catimg);
   expect_int(hcmd(c, "COUNT"), NITEMS);
   expect_int(hcmd(c, "EXISTS cat dog nokey"), 2);
 
@@ -1288,6 +1359,7 @@ static void test_write_read_search(void **state) {
   freeReplyObject(r);
   expect_error(hcmd(c, "SEARCH TEXT x FILTER %s", "nosuchcol = 1"), "ERR");
   expect_ping(c);
+  check_eval(c);
 
   /* DEL, then the keys are gone from GET and SEARCH. */
   expect_int(hcmd(c, "DEL cat dog nokey"), 2);
