@@ -524,7 +524,9 @@ int vlm__train_apply_saved_options(vlm__trainer *t, json_t *opt,
   GET_B("f16", o->f16);
   GET_I("epochs", o->epochs);
   GET_B("save_adapters", o->save_adapters);
-  GET_B("alpha_white", o->alpha_white);
+  /* added after the first checkpoints were made: optional */
+  if (json_object_get(opt, "alpha_white"))
+    GET_B("alpha_white", o->alpha_white);
   o->no_augment = !aug;
   o->max_steps = t->total_steps;
   return 0;
