@@ -36,8 +36,18 @@
  *   For IVF only the nprobe probed lists are scanned.
  * - tuning: ef_search (HNSW, default 16, FAISS's) and nprobe (IVF, default
  *   the index's nprobe, 1 unless the factory string set it) apply to one
- *   call only; the index itself is not modified, so searches with
- *   different parameters may run concurrently.
+ *   call only, so searches with different parameters may run concurrently.
+ *   Over Debian's FAISS 1.7.3 the shim has to set HNSW's efSearch on the
+ *   index for the duration of a search (1.7.3 ignores the per-call value
+ *   for its queue size): concurrent HNSW searches with the same ef_search
+ *   run in parallel, ones with different values take turns.  A real
+ *   libfaiss_c >= 1.7.4 needs none of that.
+ * - PQ: "PQ{m}" is built as FAISS's "PQ{m}np" (no polysemous training,
+ *   which costs minutes and serves only polysemous search, unused here).
+ *   PQ codes are lossy: recall@10 of IVF..,PQ.. plateaus well below 1.
+ * - threads: FAISS uses OpenMP inside add, train and multi-query search.
+ *   On a machine shared with other work, run with OMP_WAIT_POLICY=passive
+ *   (libgomp's default spin-waiting made PQ training 14x slower here).
  */
 #ifndef VLM_INDEX_H
 #define VLM_INDEX_H
