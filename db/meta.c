@@ -153,12 +153,15 @@ int vlm__sql_open_writer(vlm_db *db) {
   char *sql = NULL;
   int rc;
   snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
-  rc = sqlite3_open_v2(path, &db->wsql, SQLITE_OPEN_READWRITE, NULL);
+  /* Used only under write_mu: no SQLite mutexes needed. */
+  rc = sqlite3_open_v2(path, &db->wsql,
+                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(db->wsql, rc, path);
     goto done;
   }
-  if ((rc = set_pragmas(db->wsql)))
+  if ((rc = set_pragmas(db->wsql)) ||
+      (rc = exec(db->wsql, "PRAGMA cache_size = -65536")))
     goto done;
   const vlm__manifest *m = &db->man;
   size_t cap = 256 + (size_t)m->nfields * 80;
