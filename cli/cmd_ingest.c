@@ -31,6 +31,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -153,7 +154,9 @@ typedef struct {
   keyset seen;
 } ingest;
 
-static volatile sig_atomic_t interrupted;
+/* Set by the signal handler, read by every stage: a lock-free atomic is
+ * both async-signal-safe and race-free across threads. */
+static atomic_int interrupted;
 
 static void on_interrupt(int sig) {
   (void)sig;
