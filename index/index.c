@@ -385,7 +385,10 @@ int vlm_index_search(const vlm_index *index, int64_t nq, const float *queries,
   rc = faiss_Index_search_with_params(index->faiss, nq, queries, k, sp,
                                       scores, ids);
   if (rc != 0) {
-    err = faiss_fail(VLM_EINDEX, "index search");
+    /* Flat, HNSW and IVF take these parameters; other kinds may want a
+     * SearchParameters subclass of their own (IndexPQ) or none (LSH). */
+    err = faiss_fail(index->kind == KIND_OTHER ? VLM_EUNSUPPORTED : VLM_EINDEX,
+                     "index search");
     goto done;
   }
 

@@ -18,7 +18,11 @@
  *   hnsw          "HNSW32", "HNSW32,SQ8"  IDMap      NO      yes     ef_search
  *   ivf           "IVF64,Flat",           native     yes     yes     nprobe
  *                 "IVF256,PQ32", "IVF1024,SQ8"
- *   other         "PQ16", "LSH", ...      IDMap      maybe   yes     -
+ *   other         "SQ8", "PQ16", "LSH"    IDMap      yes*    some*   -
+ *
+ *   (* checked on 1.7.3: SQ8 and PQ16 remove; a bitmap works on SQ8 but
+ *   not on PQ16 or LSH, where vlm_index_search returns VLM_EUNSUPPORTED
+ *   whenever a bitmap is given.  db/ should stick to the first three.)
  *
  * - ids: flat/hnsw/other are wrapped as "IDMap,<factory>" so they accept
  *   caller ids; IVF stores ids itself.  Ids must be >= 0 (-1 marks "no

@@ -710,6 +710,19 @@ static void test_errors(void **state) {
   assert_true(ids[0] >= 0 && ids[1] >= 0);
   vlm_index_free(index);
   vlm_index_free(NULL);
+
+  /* a kind whose FAISS search takes no parameters: plain search works, a
+   * bitmap is refused as unsupported rather than silently ignored */
+  assert_int_equal(vlm_index_create("LSH", DIM, VLM_METRIC_L2, &index), 0);
+  assert_int_equal(vlm_index_add(index, 100, d.x, d.ids), 0);
+  assert_int_equal(vlm_index_search(index, 1, d.q, K, NULL, sc, ids), 0);
+  assert_true(ids[0] >= 0);
+  uint8_t bitmap[8] = {0xff};
+  vlm_index_params withbits = {.bitmap = bitmap, .bitmap_bits = 64};
+  rc = vlm_index_search(index, 1, d.q, K, &withbits, sc, ids);
+  assert_int_equal(rc, VLM_EUNSUPPORTED);
+  print_message("LSH with bitmap: %s\n", vlm_errmsg());
+  vlm_index_free(index);
   free_data(&d);
 }
 
