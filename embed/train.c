@@ -754,7 +754,9 @@ finish:
   if (!evaluated_at_end && t->val) {
     if ((rc = evaluate(t)))
       return rc;
-    if ((rc = vlm__train_metrics_append(t, vlm__train_now() - t->t_start)))
+    /* a run resumed at its end has its row already */
+    if (t->step != t->metrics_last_step &&
+        (rc = vlm__train_metrics_append(t, vlm__train_now() - t->t_start)))
       return rc;
   }
   return vlm__train_save_all(t);
@@ -765,6 +767,7 @@ int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res) {
   if (res)
     memset(res, 0, sizeof *res);
   t.t_start = vlm__train_now();
+  t.metrics_last_step = -1;
   int rc = setup(&t, opts);
   if (!rc) {
     say(&t,

@@ -39,6 +39,7 @@ typedef struct {
   /* progress */
   double t_start, t_last_log;
   int64_t steps_this_call;
+  int64_t metrics_last_step; /* step of metrics.csv's last row, or -1 */
   double loop_s; /* time in the training loop */
   double epoch_loss_sum;
   int epoch_loss_n;
@@ -79,7 +80,8 @@ int vlm__train_apply_saved_options(vlm__trainer *t, json_t *opt,
 /* Weights, adapters and AdamW moments from the checkpoint file. */
 int vlm__train_load_checkpoint(vlm__trainer *t, const char *path);
 
-/* metrics.csv: drop rows past max_step; append the last evaluation. */
+/* metrics.csv: drop rows past max_step (noting the last row kept in
+ * t->metrics_last_step); append the last evaluation. */
 int vlm__train_metrics_trim(vlm__trainer *t, int64_t max_step);
 int vlm__train_metrics_append(vlm__trainer *t, double elapsed);
 

@@ -617,9 +617,11 @@ int vlm__train_metrics_trim(vlm__trainer *t, int64_t max_step) {
   int first = 1;
   while (fgets(line, sizeof line, f)) {
     long long epoch, step;
-    if (first || sscanf(line, "%lld,%lld", &epoch, &step) != 2 ||
-        step <= max_step)
+    int is_row = !first && sscanf(line, "%lld,%lld", &epoch, &step) == 2;
+    if (!is_row || step <= max_step)
       fputs(line, out);
+    if (is_row && step <= max_step && step > t->metrics_last_step)
+      t->metrics_last_step = step;
     first = 0;
   }
   fclose(f);
@@ -650,6 +652,7 @@ int vlm__train_metrics_append(vlm__trainer *t, double elapsed) {
           (double)vlm__train_lr_at(t, t->step > 0 ? t->step - 1 : 0), exp(-ls),
           r->n, r->i2t[0], r->i2t[1], r->i2t[2], r->i2t_median, r->t2i[0],
           r->t2i[1], r->t2i[2], r->t2i_median, elapsed);
+  t->metrics_last_step = t->step;
   if (fclose(f))
     return vlm_seterr(VLM_EIO, "%s: write error", path);
   return 0;

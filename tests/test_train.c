@@ -1036,6 +1036,26 @@ static void test_resume_is_bit_exact(void **state) {
   assert_true(ra.recall.n == rc2.recall.n);
   assert_memory_equal(ra.image_emb, rc2.image_emb,
                       sizeof(float) * ra.recall.n * ra.dim);
+  /* resuming a finished run changes nothing and adds no metrics row */
+  vlm_train_result rd;
+  assert_int_equal(vlm_train_run(&o, &rd), 0);
+  assert_int_equal(rd.steps, 30);
+  vlm_train_result_free(&rd);
+  assert_true(same_file(pa, pb));
+  char csv[400], line[1024];
+  snprintf(csv, sizeof csv, "%s/metrics.csv", b);
+  FILE *f = fopen(csv, "r");
+  assert_non_null(f);
+  long long last = -1, epoch, step;
+  int rows = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "%lld,%lld", &epoch, &step) == 2) {
+      assert_true(step > last); /* one row per evaluation, in order */
+      last = step;
+      rows++;
+    }
+  fclose(f);
+  assert_int_equal(rows, 30); /* one step per epoch */
   vlm_train_result_free(&ra);
   vlm_train_result_free(&rb);
   vlm_train_result_free(&rc2);
