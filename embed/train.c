@@ -770,14 +770,24 @@ int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res) {
   t.metrics_last_step = -1;
   int rc = setup(&t, opts);
   if (!rc) {
+    /* FLOPs of a step with captions of the mean length */
+    double tokens = 0;
+    int n = vlm__tdata_count(t.train);
+    for (int i = 0; i < n; i++) {
+      const int32_t *ids;
+      int len;
+      vlm__tdata_tokens(t.train, i, &ids, &len);
+      tokens += len;
+    }
+    double gflop =
+        vlm__tmodel_step_flops(t.L, t.o.batch,
+                               (int64_t)(tokens / n * t.o.batch)) / 1e9;
     say(&t,
         "vlmdb train: %s, %lld steps of %d pairs (%d per epoch), lr %.3g, "
-        "warm-up %d, %d threads, %.2f GFLOP per step\n",
+        "warm-up %d, %d threads, %zu parameters, %.1f GFLOP per step\n",
         t.L->lora_rank ? "LoRA" : t.o.init_dir ? "fine-tuning" : "from scratch",
         (long long)t.total_steps, t.o.batch, t.spe, (double)t.o.lr, t.warmup,
-        vlm__tpool_threads(t.pool),
-        vlm__tmodel_step_flops(t.L, t.o.batch,
-                               (int64_t)t.o.batch * 16) / 1e9);
+        vlm__tpool_threads(t.pool), t.ntrain, gflop);
     rc = run_loop(&t);
   }
   if (res && t.train) {

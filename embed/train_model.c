@@ -2,6 +2,7 @@
  * compiled for float and double from train_model_tmpl.h. */
 #include "train_model.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>

@@ -402,6 +402,7 @@ void TM(images)(TMS(model) *m, const real *pixels, int B, real *emb) {
   int T = L->vision_tokens, C = c->vision_width, D = c->projection_dim;
   TMS(tower) *t = &m->vis;
   int64_t N = (int64_t)B * T;
+  assert(B <= m->max_batch);
   m->nimg = B;
   t->seqs.n = B;
   t->seqs.max_len = T;
@@ -453,6 +454,7 @@ void TM(texts)(TMS(model) *m, const vlm__ttexts *tx, real *emb) {
       maxlen = len;
     m->tidx[b] = (int)N - 1;
   }
+  assert(B <= m->max_batch && N <= m->max_text);
   m->ntxt = B;
   m->ntok = N;
   t->seqs.n = B;
