@@ -1647,34 +1647,64 @@ static void test_safetensors_parse(void **state) {
   assert_non_null(strstr(vlm_errmsg(), "a"));
 }
 
-/* Inputs the fuzzer found, kept so they stay fixed. */
+/* Inputs the fuzzer found, kept so they stay fixed: each goes through
+ * the same two stages as tests/fuzz/fuzz_safetensors.c (header parser,
+ * then the loader beside a tiny config.json and without one). */
+static const char fuzz_tiny_config[] =
+    "{\"projection_dim\": 4,"
+    " \"text_config\": {\"hidden_size\": 8, \"intermediate_size\": 16,"
+    "  \"num_hidden_layers\": 1, \"num_attention_heads\": 2,"
+    "  \"max_position_embeddings\": 4, \"vocab_size\": 10,"
+    "  \"bos_token_id\": 8, \"eos_token_id\": 9},"
+    " \"vision_config\": {\"hidden_size\": 8, \"intermediate_size\": 16,"
+    "  \"num_hidden_layers\": 1, \"num_attention_heads\": 2,"
+    "  \"image_size\": 4, \"patch_size\": 2}}";
+
 static void test_fuzz_regressions(void **state) {
   (void)state;
   const char *dir = "tests/fixtures/crashes";
+  char *with = make_tmpdir(), *without = make_tmpdir();
+  char cfg[512];
+  snprintf(cfg, sizeof cfg, "%s/config.json", with);
+  spit(cfg, fuzz_tiny_config, strlen(fuzz_tiny_config));
   DIR *d = opendir(dir);
+  assert_non_null(d);
   int n = 0;
-  if (d) {
-    struct dirent *e;
-    while ((e = readdir(d))) {
-      if (strncmp(e->d_name, "safetensors-", 12))
-        continue;
-      char path[512];
-      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-      size_t len;
-      uint8_t *b = slurp(path, &len);
-      vlm__safetensors *st = NULL;
-      int rc = vlm__st_parse(b, len, path, &st);
-      if (rc == 0) {
-        for (int i = 0; i < st->n_tensors; i++)
-          assert_true(st->tensors[i].offset + st->tensors[i].nbytes <= len);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, "safetensors-", 12))
+      continue;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    size_t len;
+    uint8_t *b = slurp(path, &len);
+    vlm__safetensors *st = NULL;
+    int rc = vlm__st_parse(b, len, path, &st);
+    if (rc == 0)
+      for (int i = 0; i < st->n_tensors; i++)
+        assert_true((const uint8_t *)st->tensors[i].data +
+                        st->tensors[i].nbytes <= b + len);
+    vlm__st_close(st);
+    free(b);
+    if (rc == 0) {
+      const char *dirs[2] = {with, without};
+      for (int k = 0; k < 2; k++) {
+        vlm_clip *clip = NULL;
+        rc = vlm__clip_load_weights(dirs[k], path, NULL, &clip);
+        assert_int_not_equal(rc, 0); /* no tokenizer there */
+        assert_null(clip);
       }
-      vlm__st_close(st);
-      free(b);
-      n++;
     }
-    closedir(d);
+    n++;
   }
+  closedir(d);
+  assert_true(n >= 1);
   print_message("replayed %d fuzz regression input(s)\n", n);
+  unlink(cfg);
+  rm_rf(with);
+  rm_rf(without);
+  free(with);
+  free(without);
 }
 
 int main(void) {
