@@ -89,7 +89,8 @@ static double rng_normal(rng *r) {
   return sqrt(-2 * log(1 - u)) * cos(6.283185307179586 * v);
 }
 
-/* Hugging Face's CLIPPreTrainedModel._init_weights (factor 1). */
+/* Hugging Face's CLIPPreTrainedModel._init_weights (factor 1), except the
+ * text position embedding: std 0.01 as open_clip. */
 static void init_scratch(const vlm__tlayout *L, float *p, uint64_t seed) {
   const vlm__clip_config *c = &L->cfg;
   for (int i = 0; i < L->nparams; i++) {

@@ -15,8 +15,10 @@
  *
  * The model starts from a checkpoint (init_dir: any model vlm_clip_load
  * reads) or from scratch (config_path: a Hugging Face CLIP config.json;
- * weights initialised as open_clip does).  AdamW with decoupled weight
- * decay (none on norms, biases, embeddings, logit_scale), linear warm-up
+ * weights initialised as Hugging Face's CLIPModel does).  AdamW with
+ * decoupled weight decay (none on norms, biases, token/position/class
+ * embeddings, logit_scale; the patch embedding, a convolution, is
+ * decayed like the other matrices), linear warm-up
  * then cosine decay, gradient clipping by global norm; logit_scale is
  * clamped to [0, ln 100] after each step as open_clip does.  With
  * lora_rank > 0, low-rank adapters (B zero-initialised, scaled by
