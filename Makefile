@@ -137,7 +137,7 @@ asan:
 # ThreadSanitizer over the tests that exercise concurrency.  OpenMP is
 # kept to one thread: libgomp is not instrumented, so TSan cannot see the
 # barriers inside FAISS's parallel loops and would report false races.
-TSAN_TESTS ?= db net
+TSAN_TESTS ?= db net embed
 tsan: deps
 	@$(MAKE) --no-print-directory BUILD=build-tsan SAN=tsan -j$$(nproc) \
 	  $(TSAN_TESTS:%=build-tsan/test_%) build-tsan/vlmdb
