@@ -1,0 +1,675 @@
+/* net.c - `vlmdb serve` under load, with a real redis-server as the anchor.
+ *
+ *   build/bench/net [--n ITEMS] [--dim DIM] [--threads T] [--seconds S]
+ *                   [--model DIR] [--skip ping,vector,text] [--dir TMPDIR]
+ *
+ * 1. PING: redis-benchmark -t ping (PING_INLINE and PING_MBULK), 50
+ *    clients, without and with pipelining (-P 16), against redis-server and
+ *    vlmdb serve started on spare loopback ports in the same run,
+ *    alternating, best of three each.  Goal: vlmdb >= 90% of redis-server.
+ * 2. Vector search: ITEMS random unit vectors of DIM (default 100,000 x
+ *    512) in an HNSW32 database; the same k=10 queries in process
+ *    (vlm_db_search on T threads) and through the server (T worker
+ *    threads; 4 hiredis clients each keeping 8 requests in flight; SEARCH
+ *    VECTOR with the raw float32 bytes).  Also one query at a time, for
+ *    latency.  Goal: server overhead <= 10% in throughput.
+ * 3. Text search end to end (embedding + search): 50 clients, each one
+ *    request at a time, SEARCH TEXT ... K 10 against a database bound to
+ *    the model (ITEMS random image vectors of the model's dimension), for
+ *    S seconds; QPS, p50 and p99 latency; meanwhile one more client sends
+ *    PING every 2 ms and reports its p99 (the loop must stay responsive).
+ *    Run with dynamic batching on (default window) and off.
+ *
+ * Every server is a real `vlmdb serve` process (the binary beside this
+ * one's directory: build/vlmdb), stopped with SIGTERM.  Numbers go to
+ * stdout; run it niced on a shared machine and read them as such.
+ */
+#include <errno.h>
+#include <ftw.h>
+#include <hiredis/hiredis.h>
+#include <limits.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vlm_clip.h"
+#include "vlm_error.h"
+#include "vlmdb.h"
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "bench/net: ");
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(1);
+}
+
+static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
+static double rng_normal(void) {
+  /* Box-Muller over xorshift. */
+  double u[2];
+  for (int i = 0; i < 2; i++) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    u[i] = ((rng_state >> 11) + 0.5) / 9007199254740992.0;
+  }
+  return sqrt(-2 * log(u[0])) * cos(2 * M_PI * u[1]);
+}
+
+static void random_unit(float *v, int dim) {
+  double s = 0;
+  for (int i = 0; i < dim; i++) {
+    v[i] = (float)rng_normal();
+    s += (double)v[i] * v[i];
+  }
+  s = sqrt(s);
+  for (int i = 0; i < dim; i++)
+    v[i] = (float)(v[i] / s);
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double percentile(double *v, size_t n, double p) {
+  if (n == 0)
+    return NAN;
+  qsort(v, n, sizeof *v, cmp_double);
+  size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+  return v[i];
+}
+
+/* ---- processes ---- */
+
+static char g_vlmdb[PATH_MAX];
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {0};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 ||
+      getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+    die("no free port: %s", strerror(errno));
+  close(fd);
+  return ntohs(sa.sin_port);
+}
+
+/* Start a child with stdout to a pipe (returned in *out_fd, or closed). */
+static pid_t spawn(const char *const *argv, int *out_fd, const char *log) {
+  int p[2];
+  if (pipe(p) < 0)
+    die("pipe");
+  pid_t pid = fork();
+  if (pid < 0)
+    die("fork");
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    dup2(p[1], 1);
+    FILE *f = fopen(log ? log : "/dev/null", "a");
+    if (f)
+      dup2(fileno(f), 2);
+    close(p[0]);
+    close(p[1]);
+    execvp(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  close(p[1]);
+  if (out_fd)
+    *out_fd = p[0];
+  else
+    close(p[0]);
+  return pid;
+}
+
+static void stop(pid_t pid) {
+  kill(pid, SIGTERM);
+  int status;
+  for (int i = 0; i < 3000; i++) {
+    if (waitpid(pid, &status, WNOHANG) == pid)
+      return;
+    usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+}
+
+typedef struct {
+  pid_t pid;
+  int port;
+} server;
+
+static server start_vlmdb(const char *db, const char *model,
+                          const char *const *extra, const char *log) {
+  const char *argv[32] = {g_vlmdb, "serve", "--db", db, "--port", "0"};
+  int n = 6;
+  if (model) {
+    argv[n++] = "--model";
+    argv[n++] = model;
+  }
+  for (int i = 0; extra && extra[i]; i++)
+    argv[n++] = extra[i];
+  argv[n] = NULL;
+  int fd;
+  server s = {spawn(argv, &fd, log), 0};
+  char line[256];
+  size_t len = 0;
+  while (len < sizeof line - 1) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 60000) <= 0 || read(fd, line + len, 1) != 1)
+      break;
+    if (line[len++] == '\n')
+      break;
+  }
+  line[len] = '\0';
+  close(fd);
+  char *colon = strrchr(line, ':');
+  if (!strstr(line, "listening on") || !colon)
+    die("vlmdb serve did not start (see %s)", log);
+  s.port = atoi(colon + 1);
+  return s;
+}
+
+static server start_redis(void) {
+  server s = {0, free_port()};
+  char port[16];
+  snprintf(port, sizeof port, "%d", s.port);
+  const char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", NULL};
+  s.pid = spawn(argv, NULL, NULL);
+  for (int i = 0; i < 500; i++) {
+    redisContext *c = redisConnect("127.0.0.1", s.port);
+    if (c && !c->err) {
+      redisReply *r = redisCommand(c, "PING");
+      int ok = r && r->type == REDIS_REPLY_STATUS;
+      if (r)
+        freeReplyObject(r);
+      redisFree(c);
+      if (ok)
+        return s;
+    } else if (c) {
+      redisFree(c);
+    }
+    usleep(10000);
+  }
+  die("redis-server did not start on port %d", s.port);
+  return s;
+}
+
+/* ======================================================================
+ * 1. PING with redis-benchmark
+ * ==================================================================== */
+
+/* rps of PING_INLINE and PING_MBULK from redis-benchmark --csv. */
+static void redis_benchmark_ping(int port, int pipeline, int requests,
+                                 double rps[2]) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "redis-benchmark -h 127.0.0.1 -p %d -c 50 -n %d "
+           "-P %d -t ping --csv 2>/dev/null", port, requests, pipeline);
+  FILE *p = popen(cmd, "r");
+  if (!p)
+    die("redis-benchmark");
+  char line[512];
+  rps[0] = rps[1] = 0;
+  while (fgets(line, sizeof line, p)) {
+    double v;
+    if (sscanf(line, "\"PING_INLINE\",\"%lf\"", &v) == 1)
+      rps[0] = v;
+    else if (sscanf(line, "\"PING_MBULK\",\"%lf\"", &v) == 1)
+      rps[1] = v;
+  }
+  if (pclose(p) != 0 || rps[0] == 0 || rps[1] == 0)
+    die("redis-benchmark against port %d failed", port);
+}
+
+static void bench_ping(const char *dir) {
+  char db[PATH_MAX], log[PATH_MAX];
+  snprintf(db, sizeof db, "%s/ping.db", dir);
+  snprintf(log, sizeof log, "%s/ping.log", dir);
+  vlm_db_config cfg = {0};
+  cfg.dim = 8;
+  cfg.index_factory = "Flat";
+  cfg.model_id = "bench-no-model";
+  vlm_db *h;
+  if (vlm_db_create(db, &cfg, &h) < 0)
+    die("create %s: %s", db, vlm_errmsg());
+  vlm_db_close(h);
+  server redis = start_redis();
+  server vlm = start_vlmdb(db, NULL, NULL, log);
+  printf("\n== PING, 50 clients (redis-benchmark; best of 3, alternating)\n");
+  printf("%-22s %14s %14s %8s\n", "", "redis-server", "vlmdb serve",
+         "ratio");
+  const int pipelines[2] = {1, 16};
+  for (int pi = 0; pi < 2; pi++) {
+    int n = pipelines[pi] == 1 ? 200000 : 2000000;
+    double best_r[2] = {0, 0}, best_v[2] = {0, 0};
+    for (int round = 0; round < 3; round++) {
+      double r[2], v[2];
+      redis_benchmark_ping(redis.port, pipelines[pi], n, r);
+      redis_benchmark_ping(vlm.port, pipelines[pi], n, v);
+      for (int t = 0; t < 2; t++) {
+        best_r[t] = r[t] > best_r[t] ? r[t] : best_r[t];
+        best_v[t] = v[t] > best_v[t] ? v[t] : best_v[t];
+      }
+    }
+    const char *names[2] = {"PING_INLINE", "PING_MBULK"};
+    for (int t = 0; t < 2; t++)
+      printf("%-11s -P %-2d     %14.0f %14.0f %7.1f%%\n", names[t],
+             pipelines[pi], best_r[t], best_v[t],
+             100.0 * best_v[t] / best_r[t]);
+  }
+  stop(vlm.pid);
+  stop(redis.pid);
+}
+
+/* ======================================================================
+ * 2. Vector search: in process vs through the server
+ * ==================================================================== */
+
+typedef struct {
+  vlm_db *db;
+  const float *queries;
+  int nq, dim, k;
+  int next; /* shared cursor */
+  pthread_mutex_t mu;
+  double *lat;
+  int port, depth;
+} vec_job;
+
+static int take(vec_job *j, int n) {
+  pthread_mutex_lock(&j->mu);
+  int i = j->next;
+  j->next += n;
+  pthread_mutex_unlock(&j->mu);
+  return i;
+}
+
+static void *inproc_worker(void *arg) {
+  vec_job *j = arg;
+  vlm_search_options o = {0};
+  o.k = j->k;
+  for (;;) {
+    int i = take(j, 1);
+    if (i >= j->nq)
+      break;
+    vlm_hit *hits;
+    int nh;
+    double t0 = now();
+    if (vlm_db_search(j->db, j->queries + (size_t)i * j->dim, &o, &hits,
+                      &nh) < 0)
+      die("search: %s", vlm_errmsg());
+    j->lat[i] = now() - t0;
+    if (nh != j->k)
+      die("search gave %d hits", nh);
+    vlm_hits_free(hits, nh);
+  }
+  return NULL;
+}
+
+static void *server_worker(void *arg) {
+  vec_job *j = arg;
+  redisContext *c = redisConnect("127.0.0.1", j->port);
+  if (!c || c->err)
+    die("connect");
+  char kbuf[16];
+  snprintf(kbuf, sizeof kbuf, "%d", j->k);
+  for (;;) {
+    int i = take(j, j->depth);
+    if (i >= j->nq)
+      break;
+    int n = i + j->depth <= j->nq ? j->depth : j->nq - i;
+    double t0 = now();
+    for (int q = 0; q < n; q++) {
+      const char *argv[] = {"SEARCH", "VECTOR",
+                            (const char *)(j->queries +
+                                           (size_t)(i + q) * j->dim),
+                            "K", kbuf};
+      size_t lens[] = {6, 6, (size_t)j->dim * sizeof(float), 1,
+                       strlen(kbuf)};
+      redisAppendCommandArgv(c, 5, argv, lens);
+    }
+    for (int q = 0; q < n; q++) {
+      redisReply *r;
+      if (redisGetReply(c, (void **)&r) != REDIS_OK)
+        die("reply: %s", c->errstr);
+      if (r->type != REDIS_REPLY_ARRAY || (int)r->elements != j->k)
+        die("SEARCH reply type %d: %s", r->type, r->str ? r->str : "");
+      j->lat[i + q] = (now() - t0) / n;
+      freeReplyObject(r);
+    }
+  }
+  redisFree(c);
+  return NULL;
+}
+
+static double run_vec(vec_job *j, int nthreads, void *(*fn)(void *)) {
+  j->next = 0;
+  pthread_t *t = calloc((size_t)nthreads, sizeof *t);
+  double t0 = now();
+  for (int i = 0; i < nthreads; i++)
+    pthread_create(&t[i], NULL, fn, j);
+  for (int i = 0; i < nthreads; i++)
+    pthread_join(t[i], NULL);
+  double dt = now() - t0;
+  free(t);
+  return j->nq / dt;
+}
+
+static void fill_db(const char *path, int n, int dim, const char *factory,
+                    const char *model_id) {
+  vlm_db_config cfg = {0};
+  cfg.dim = dim;
+  cfg.index_factory = factory;
+  cfg.model_id = model_id;
+  vlm_db *db;
+  if (vlm_db_create(path, &cfg, &db) < 0)
+    die("create %s: %s", path, vlm_errmsg());
+  enum { B = 1000 };
+  float *vecs = malloc((size_t)B * dim * sizeof(float));
+  vlm_item *items = calloc(B, sizeof *items);
+  char (*keys)[16] = malloc(B * sizeof *keys);
+  double t0 = now();
+  for (int base = 0; base < n; base += B) {
+    int m = n - base < B ? n - base : B;
+    for (int i = 0; i < m; i++) {
+      random_unit(vecs + (size_t)i * dim, dim);
+      snprintf(keys[i], sizeof keys[i], "%012d", base + i);
+      items[i].key = keys[i];
+      items[i].image_vec = vecs + (size_t)i * dim;
+    }
+    if (vlm_db_put(db, items, m, 0, NULL) < 0)
+      die("put: %s", vlm_errmsg());
+  }
+  if (vlm_db_checkpoint(db) < 0)
+    die("checkpoint: %s", vlm_errmsg());
+  vlm_db_close(db);
+  fprintf(stderr, "  (%s: %d x %d %s built in %.1f s)\n", path, n, dim,
+          factory, now() - t0);
+  free(vecs);
+  free(items);
+  free(keys);
+}
+
+static void bench_vector(const char *dir, int n, int dim, int threads) {
+  char db[PATH_MAX], log[PATH_MAX];
+  snprintf(db, sizeof db, "%s/vec.db", dir);
+  snprintf(log, sizeof log, "%s/vec.log", dir);
+  fill_db(db, n, dim, "HNSW32", "bench-no-model");
+  enum { NQ = 20000 };
+  vec_job j = {0};
+  j.nq = NQ;
+  j.dim = dim;
+  j.k = 10;
+  pthread_mutex_init(&j.mu, NULL);
+  float *q = malloc((size_t)NQ * dim * sizeof(float));
+  for (int i = 0; i < NQ; i++)
+    random_unit(q + (size_t)i * dim, dim);
+  j.queries = q;
+  j.lat = calloc(NQ, sizeof *j.lat);
+
+  if (vlm_db_open(db, NULL, &j.db) < 0)
+    die("open: %s", vlm_errmsg());
+  run_vec(&j, threads, inproc_worker); /* warm up */
+  double in_qps = run_vec(&j, threads, inproc_worker);
+  j.nq = 3000;
+  run_vec(&j, 1, inproc_worker);
+  double in_p50 = percentile(j.lat, (size_t)j.nq, 0.5) * 1e6;
+  vlm_db_close(j.db);
+  j.db = NULL;
+  j.nq = NQ;
+
+  char tbuf[16];
+  snprintf(tbuf, sizeof tbuf, "%d", threads);
+  const char *extra[] = {"--threads", tbuf, NULL};
+  server s = start_vlmdb(db, NULL, extra, log);
+  j.port = s.port;
+  j.depth = 8;
+  run_vec(&j, 4, server_worker); /* warm up */
+  double srv_qps = run_vec(&j, 4, server_worker);
+  j.nq = 3000;
+  j.depth = 1;
+  run_vec(&j, 1, server_worker);
+  double srv_p50 = percentile(j.lat, (size_t)j.nq, 0.5) * 1e6;
+  stop(s.pid);
+
+  printf("\n== Vector search, k=10, HNSW32, %d x %d, %d worker threads\n", n,
+         dim, threads);
+  printf("%-34s %12s %14s\n", "", "QPS", "p50 1-at-a-time");
+  printf("%-34s %12.0f %12.0f us\n", "in process (vlm_db_search)", in_qps,
+         in_p50);
+  printf("%-34s %12.0f %12.0f us\n", "through vlmdb serve (SEARCH VECTOR)",
+         srv_qps, srv_p50);
+  printf("server overhead: %.1f%% in throughput, %+.0f us per query alone\n",
+         100.0 * (in_qps / srv_qps - 1), srv_p50 - in_p50);
+  free(q);
+  free(j.lat);
+  pthread_mutex_destroy(&j.mu);
+}
+
+/* ======================================================================
+ * 3. Text search end to end, and PING while it runs
+ * ==================================================================== */
+
+typedef struct {
+  int port;
+  double until;
+  double *lat;
+  size_t n, cap;
+  int id;
+  int ping_every_us;  /* > 0: the PING prober */
+} text_client;
+
+static const char *const phrases[] = {
+    "a photo of a cat", "a red sports car", "a dog on the beach",
+    "clip art of a smiling sun", "the ringed planet saturn",
+    "a bowl of fruit on a table", "a city street at night",
+    "two people riding bicycles", "a mountain lake at sunrise",
+    "a plate of pasta"};
+
+static void *text_worker(void *arg) {
+  text_client *tc = arg;
+  redisContext *c = redisConnect("127.0.0.1", tc->port);
+  if (!c || c->err)
+    die("connect");
+  unsigned i = (unsigned)tc->id * 7919u;
+  while (now() < tc->until) {
+    double t0 = now();
+    redisReply *r;
+    if (tc->ping_every_us) {
+      r = redisCommand(c, "PING");
+    } else {
+      char text[96];
+      snprintf(text, sizeof text, "%s %u",
+               phrases[i % (sizeof phrases / sizeof phrases[0])], i % 1000);
+      r = redisCommand(c, "SEARCH TEXT %s K 10", text);
+    }
+    if (!r || r->type == REDIS_REPLY_ERROR)
+      die("text client: %s", r ? r->str : c->errstr);
+    freeReplyObject(r);
+    double dt = now() - t0;
+    if (tc->n == tc->cap) {
+      tc->cap = tc->cap ? tc->cap * 2 : 4096;
+      tc->lat = realloc(tc->lat, tc->cap * sizeof *tc->lat);
+    }
+    tc->lat[tc->n++] = dt;
+    i++;
+    if (tc->ping_every_us)
+      usleep((useconds_t)tc->ping_every_us);
+  }
+  redisFree(c);
+  return NULL;
+}
+
+static void text_run(const char *db, const char *model, const char *dir,
+                     double seconds, int threads, int batch_us) {
+  char log[PATH_MAX], tbuf[16], bbuf[16];
+  snprintf(log, sizeof log, "%s/text.log", dir);
+  snprintf(tbuf, sizeof tbuf, "%d", threads);
+  snprintf(bbuf, sizeof bbuf, "%d", batch_us);
+  const char *extra[] = {"--threads", tbuf, "--batch-window-us", bbuf, NULL};
+  server s = start_vlmdb(db, model, extra, log);
+  enum { NC = 50 };
+  text_client tc[NC + 1];
+  pthread_t t[NC + 1];
+  double until = now() + seconds;
+  for (int i = 0; i <= NC; i++) {
+    memset(&tc[i], 0, sizeof tc[i]);
+    tc[i].port = s.port;
+    tc[i].until = until;
+    tc[i].id = i;
+    tc[i].ping_every_us = i == NC ? 2000 : 0;
+    pthread_create(&t[i], NULL, text_worker, &tc[i]);
+  }
+  for (int i = 0; i <= NC; i++)
+    pthread_join(t[i], NULL);
+  size_t total = 0;
+  for (int i = 0; i < NC; i++)
+    total += tc[i].n;
+  double *all = malloc(total * sizeof *all);
+  size_t k = 0;
+  for (int i = 0; i < NC; i++) {
+    memcpy(all + k, tc[i].lat, tc[i].n * sizeof *all);
+    k += tc[i].n;
+    free(tc[i].lat);
+  }
+  redisContext *c = redisConnect("127.0.0.1", s.port);
+  redisReply *r = redisCommand(c, "INFO stats");
+  long long batches = 0, items = 0, largest = 0;
+  if (r && r->str) {
+    char *p;
+    if ((p = strstr(r->str, "text_embed_batches:")))
+      batches = atoll(p + 19);
+    if ((p = strstr(r->str, "text_embeds_batched:")))
+      items = atoll(p + 20);
+    if ((p = strstr(r->str, "text_largest_batch:")))
+      largest = atoll(p + 19);
+  }
+  if (r)
+    freeReplyObject(r);
+  redisFree(c);
+  stop(s.pid);
+  double p50 = percentile(all, total, 0.5) * 1e3;
+  double p99 = percentile(all, total, 0.99) * 1e3;
+  double ping99 = percentile(tc[NC].lat, tc[NC].n, 0.99) * 1e3;
+  char batch[64];
+  if (batch_us > 0)
+    snprintf(batch, sizeof batch, "window %d us: mean %.1f, max %lld",
+             batch_us, batches ? (double)items / batches : 0.0, largest);
+  else
+    snprintf(batch, sizeof batch, "off");
+  printf("%-40s %8.0f %9.2f %9.2f %10.3f\n", batch, total / seconds, p50, p99,
+         ping99);
+  free(all);
+  free(tc[NC].lat);
+}
+
+static void bench_text(const char *dir, const char *model, int n,
+                       double seconds, int threads) {
+  vlm_clip *clip;
+  if (vlm_clip_load(model, NULL, &clip) < 0)
+    die("model %s: %s", model, vlm_errmsg());
+  char db[PATH_MAX];
+  snprintf(db, sizeof db, "%s/text.db", dir);
+  fill_db(db, n, vlm_clip_dim(clip), "HNSW32", vlm_clip_model_id(clip));
+  printf("\n== Text search end to end (embed + search), k=10, HNSW32, %d "
+         "items,\n   model %s, 50 clients one request at a time, %.0f s, %d "
+         "worker threads\n", n, model, seconds, threads);
+  printf("%-40s %8s %9s %9s %10s\n", "batching", "QPS", "p50 ms", "p99 ms",
+         "PING p99 ms");
+  vlm_clip_free(clip);
+  text_run(db, model, dir, seconds, threads, 1000);
+  text_run(db, model, dir, seconds, threads, 0);
+}
+
+/* ====================================================================== */
+
+static int rm_entry(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+int main(int argc, char **argv) {
+  int n = 100000, dim = 512, threads = 0;
+  double seconds = 5;
+  const char *model = "tests/fixtures/clip-tiny", *skip = "", *tmp = "/tmp";
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--n") && v)
+      n = atoi(v), i++;
+    else if (!strcmp(a, "--dim") && v)
+      dim = atoi(v), i++;
+    else if (!strcmp(a, "--threads") && v)
+      threads = atoi(v), i++;
+    else if (!strcmp(a, "--seconds") && v)
+      seconds = atof(v), i++;
+    else if (!strcmp(a, "--model") && v)
+      model = v, i++;
+    else if (!strcmp(a, "--skip") && v)
+      skip = v, i++;
+    else if (!strcmp(a, "--dir") && v)
+      tmp = v, i++;
+    else
+      die("usage: %s [--n ITEMS] [--dim DIM] [--threads T] [--seconds S] "
+          "[--model DIR] [--skip ping,vector,text] [--dir TMPDIR]", argv[0]);
+  }
+  if (threads <= 0) {
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = c > 0 ? (int)c : 2;
+  }
+  /* build/bench/net -> build/vlmdb */
+  ssize_t len = readlink("/proc/self/exe", g_vlmdb, sizeof g_vlmdb - 1);
+  if (len <= 0)
+    die("readlink");
+  g_vlmdb[len] = '\0';
+  char *slash = strrchr(g_vlmdb, '/');
+  *slash = '\0';
+  slash = strrchr(g_vlmdb, '/');
+  if (!slash)
+    die("cannot find vlmdb beside %s", g_vlmdb);
+  strcpy(slash + 1, "vlmdb");
+  if (access(g_vlmdb, X_OK) != 0)
+    die("%s is not built (make build/vlmdb)", g_vlmdb);
+  signal(SIGPIPE, SIG_IGN);
+
+  char dir[PATH_MAX];
+  snprintf(dir, sizeof dir, "%s/vlm_bench_net_XXXXXX", tmp);
+  if (!mkdtemp(dir))
+    die("mkdtemp: %s", strerror(errno));
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  printf("vlmdb serve benchmark: %ld online CPUs; worker threads %d\n", cores,
+         threads);
+  if (!strstr(skip, "ping"))
+    bench_ping(dir);
+  if (!strstr(skip, "vector"))
+    bench_vector(dir, n, dim, threads);
+  if (!strstr(skip, "text"))
+    bench_text(dir, model, n, seconds, threads);
+  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  return 0;
+}
