@@ -39,6 +39,7 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
   if (!clip)
     return vlm_seterr(VLM_ENOMEM, "%s: out of memory", dir);
   pthread_mutex_init(&clip->id_lock, NULL);
+  pthread_mutex_init(&clip->scratch_lock, NULL);
   if (opts)
     clip->opts = *opts;
   clip->threads = clip->opts.threads > 0 ? clip->opts.threads : cpu_count();
@@ -152,6 +153,9 @@ void vlm_clip_free(vlm_clip *clip) {
   vlm__weights_free(clip);
   vlm__tokenizer_free(clip->tok);
   free(clip->weights_path);
+  for (int i = 0; i < clip->n_scratch; i++)
+    free(clip->scratch[i].ptr);
+  pthread_mutex_destroy(&clip->scratch_lock);
   pthread_mutex_destroy(&clip->id_lock);
   free(clip);
 }
@@ -166,6 +170,54 @@ int vlm_clip_image_size(const vlm_clip *clip) {
 
 int vlm_clip_context_length(const vlm_clip *clip) {
   return clip ? clip->cfg.context_length : 0;
+}
+
+/* ---- scratch pool -------------------------------------------------------- */
+
+void *vlm__scratch_get(const vlm_clip *clip, size_t bytes, size_t *got) {
+  vlm_clip *m = (vlm_clip *)clip; /* the pool is the one mutable part */
+  void *ptr = NULL;
+  pthread_mutex_lock(&m->scratch_lock);
+  int best = -1;
+  for (int i = 0; i < m->n_scratch; i++)
+    if (m->scratch[i].bytes >= bytes &&
+        (best < 0 || m->scratch[i].bytes < m->scratch[best].bytes))
+      best = i;
+  if (best >= 0) {
+    ptr = m->scratch[best].ptr;
+    *got = m->scratch[best].bytes;
+    m->scratch[best] = m->scratch[--m->n_scratch];
+  }
+  pthread_mutex_unlock(&m->scratch_lock);
+  if (!ptr) {
+    ptr = malloc(bytes ? bytes : 1);
+    *got = bytes;
+  }
+  return ptr;
+}
+
+void vlm__scratch_put(const vlm_clip *clip, void *ptr, size_t bytes) {
+  vlm_clip *m = (vlm_clip *)clip;
+  if (!ptr)
+    return;
+  pthread_mutex_lock(&m->scratch_lock);
+  if (m->n_scratch == VLM__SCRATCH_KEEP) {
+    /* Full: drop the smallest kept buffer if this one is bigger. */
+    int small = 0;
+    for (int i = 1; i < m->n_scratch; i++)
+      if (m->scratch[i].bytes < m->scratch[small].bytes)
+        small = i;
+    if (m->scratch[small].bytes < bytes) {
+      void *old = m->scratch[small].ptr;
+      m->scratch[small] = (vlm__scratch){ptr, bytes};
+      ptr = old;
+    }
+  } else {
+    m->scratch[m->n_scratch++] = (vlm__scratch){ptr, bytes};
+    ptr = NULL;
+  }
+  pthread_mutex_unlock(&m->scratch_lock);
+  free(ptr);
 }
 
 /* ---- model id ------------------------------------------------------------ */
@@ -501,7 +553,9 @@ static int encode_images(const vlm_clip *clip, const char *const *paths,
   const int D = clip->cfg.projection_dim, S = clip->cfg.image_size;
   const size_t per = (size_t)3 * S * S;
   int round = n < IMAGES_PER_ROUND ? n : IMAGES_PER_ROUND;
-  float *pixels = malloc((size_t)round * per * sizeof *pixels);
+  size_t pixels_bytes;
+  float *pixels = vlm__scratch_get(clip, (size_t)round * per * sizeof *pixels,
+                                   &pixels_bytes);
   /* Results go to out only once every image has succeeded. */
   float *vec = malloc((size_t)n * D * sizeof *vec);
   int rc = 0;
@@ -520,7 +574,7 @@ static int encode_images(const vlm_clip *clip, const char *const *paths,
   }
   memcpy(out, vec, (size_t)n * D * sizeof *out);
 done:
-  free(pixels);
+  vlm__scratch_put(clip, pixels, pixels_bytes);
   free(vec);
   return rc;
 }

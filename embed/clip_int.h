@@ -64,6 +64,14 @@ typedef enum { VLM__LAYOUT_HF = 0, VLM__LAYOUT_ORIGINAL = 1 } vlm__layout;
 
 struct vlm__tokenizer;
 
+/* Activation buffers kept between calls: a fresh multi-MB malloc is a
+ * fresh mmap, and zeroing its pages cost as much as a fifth of a batch. */
+#define VLM__SCRATCH_KEEP 8
+typedef struct {
+  void *ptr;
+  size_t bytes;
+} vlm__scratch;
+
 struct vlm_clip {
   vlm__clip_config cfg;
   vlm__preprocess_cfg pp;
@@ -81,6 +89,9 @@ struct vlm_clip {
   vlm__named_tensor *named;      /* sorted by name */
   int n_named;
   struct vlm__tokenizer *tok;
+  pthread_mutex_t scratch_lock;  /* guards scratch[] */
+  vlm__scratch scratch[VLM__SCRATCH_KEEP];
+  int n_scratch;
   pthread_mutex_t id_lock;       /* guards the lazily computed model id */
   int id_done;
   char model_id[65];
@@ -119,6 +130,13 @@ int vlm__config_validate(const vlm__clip_config *cfg, const char *label);
  * fails naming it.  On failure vlm__weights_free releases what was set. */
 int vlm__weights_load(vlm_clip *clip, const char *path);
 void vlm__weights_free(vlm_clip *clip);
+
+/* clip.c ----------------------------------------------------------------- */
+
+/* A buffer of at least bytes for one call (from the model's pool when one
+ * fits), and its return; thread safe.  NULL when out of memory. */
+void *vlm__scratch_get(const vlm_clip *clip, size_t bytes, size_t *got);
+void vlm__scratch_put(const vlm_clip *clip, void *ptr, size_t bytes);
 
 /* forward.c -------------------------------------------------------------- */
 

@@ -132,7 +132,8 @@ typedef struct {
   float *qkv;    /* [R, 3C] */
   float *att;    /* [R, C] attention output before out_proj */
   float *mlp;    /* [R, F] */
-  float *scores; /* [threads, max_T] */
+  float *scores; /* [threads, scores_per_thread] attention scratch */
+  size_t scores_per_thread;
   float *pooled; /* [n, C] */
   /* pooling and projection */
   const float *ln_w, *ln_b, *proj;
@@ -143,6 +144,7 @@ typedef struct {
   const int32_t *const *ids;
   const float *pixels;
   float *patches; /* [n * G*G, 3*P*P] */
+  size_t mem_bytes; /* the scratch block x points into */
 } fwd;
 
 /* out[:, cols of tid] = in · w[cols]ᵀ (+ bias), from the packed panels
@@ -200,7 +202,7 @@ static void blocks_run(fwd *f, int tid) {
       const float *q = f->qkv + row * 3 * C + (size_t)head * f->hd;
       vlm__attention(f->att + row * C + (size_t)head * f->hd, C, q, q + C,
                      q + 2 * C, 3 * C, f->len[i], f->hd, f->causal,
-                     f->scores + (size_t)tid * f->max_T);
+                     f->scores + (size_t)tid * f->scores_per_thread);
     }
     team_sync(&f->tm);
     /* x += att · Woᵀ + bo */
@@ -324,13 +326,15 @@ static void vision_thread(void *arg, int tid) {
 
 static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   size_t R = (size_t)f->R, C = (size_t)f->C, F = (size_t)f->F;
+  f->scores_per_thread = vlm__attention_scratch(f->max_T, f->hd);
   size_t floats = R * C * 3 + R * 3 * C + R * F +
-                  (size_t)MAX_THREADS * (size_t)f->max_T + (size_t)f->n * C +
-                  extra_floats;
-  float *mem = malloc(floats * sizeof(float));
+                  (size_t)MAX_THREADS * f->scores_per_thread +
+                  (size_t)f->n * C + extra_floats;
+  float *mem = vlm__scratch_get(f->clip, floats * sizeof(float),
+                                &f->mem_bytes);
   int *idx = malloc((size_t)f->n * 2 * sizeof(int));
   if (!mem || !idx) {
-    free(mem);
+    vlm__scratch_put(f->clip, mem, f->mem_bytes);
     free(idx);
     return vlm_seterr(VLM_ENOMEM, "out of memory for %d-row activations",
                       f->R);
@@ -341,7 +345,7 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   f->qkv = f->att + R * C;
   f->mlp = f->qkv + R * 3 * C;
   f->scores = f->mlp + R * F;
-  f->pooled = f->scores + (size_t)MAX_THREADS * (size_t)f->max_T;
+  f->pooled = f->scores + (size_t)MAX_THREADS * f->scores_per_thread;
   *extra = f->pooled + (size_t)f->n * C;
   f->start = idx;
   f->len = idx + f->n;
@@ -349,7 +353,7 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
 }
 
 static void fwd_free(fwd *f) {
-  free(f->x);
+  vlm__scratch_put(f->clip, f->x, f->mem_bytes);
   free(f->start);
 }
 

@@ -97,21 +97,6 @@ void vlm__matmul(float *out, int ldo, const float *in, int ldi,
 
 /* ---- normalization and activations ------------------------------------ */
 
-static inline float dot(const float *a, const float *b, int n) {
-  vf s0 = {0}, s1 = {0};
-  int i = 0;
-  for (; i + 2 * VL <= n; i += 2 * VL) {
-    s0 += vload(a + i) * vload(b + i);
-    s1 += vload(a + i + VL) * vload(b + i + VL);
-  }
-  for (; i + VL <= n; i += VL)
-    s0 += vload(a + i) * vload(b + i);
-  float s = vsum(s0 + s1);
-  for (; i < n; i++)
-    s += a[i] * b[i];
-  return s;
-}
-
 void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,
                     const float *w, const float *b, int rows, int C,
                     float eps) {
@@ -215,29 +200,82 @@ void vlm__softmax(float *x, int n) {
     x[i] *= inv;
 }
 
+/* Keys are handled 64 at a time (four vectors of accumulators). */
+#define KB (4 * VL)
+
+size_t vlm__attention_scratch(int T, int hd) {
+  size_t Tp = ((size_t)T + KB - 1) / KB * KB;
+  return Tp + (size_t)hd * Tp;
+}
+
+/* The keys are transposed once per head ([hd, T], padded to whole blocks)
+ * so that the scores of one query against 64 keys are sums of hd
+ * broadcast-multiplies kept in registers, with no horizontal sums; the
+ * weighted sum of values likewise keeps 64 output columns in registers. */
 void vlm__attention(float *out, int ld_out, const float *q, const float *k,
                     const float *v, int ld_qkv, int T, int hd, int causal,
-                    float *scores) {
+                    float *scratch) {
   const float scale = 1.0f / sqrtf((float)hd);
+  const int Tp = (T + KB - 1) / KB * KB;
+  float *scores = scratch, *kt = scratch + Tp;
+  for (int d = 0; d < hd; d++) {
+    float *row = kt + (size_t)d * Tp;
+    for (int j = 0; j < T; j++)
+      row[j] = k[(size_t)j * ld_qkv + d] * scale;
+    for (int j = T; j < Tp; j++)
+      row[j] = 0;
+  }
   for (int i = 0; i < T; i++) {
     const float *qi = q + (size_t)i * ld_qkv;
-    int n = causal ? i + 1 : T;
-    for (int j = 0; j < n; j++)
-      scores[j] = dot(qi, k + (size_t)j * ld_qkv, hd) * scale;
+    const int n = causal ? i + 1 : T;
+    for (int jb = 0; jb < n; jb += KB) {
+      vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+      const float *col = kt + jb;
+      for (int d = 0; d < hd; d++, col += Tp) {
+        const vf qd = vset(qi[d]);
+        s0 += qd * vload(col);
+        s1 += qd * vload(col + VL);
+        s2 += qd * vload(col + 2 * VL);
+        s3 += qd * vload(col + 3 * VL);
+      }
+      vstore(scores + jb, s0);
+      vstore(scores + jb + VL, s1);
+      vstore(scores + jb + 2 * VL, s2);
+      vstore(scores + jb + 3 * VL, s3);
+    }
     vlm__softmax(scores, n);
     float *o = out + (size_t)i * ld_out;
-    memset(o, 0, (size_t)hd * sizeof *o);
-    for (int j = 0; j < n; j++) {
-      const float *vj = v + (size_t)j * ld_qkv;
-      const float p = scores[j];
-      int d = 0;
-      for (; d + VL <= hd; d += VL)
-        vstore(o + d, vload(o + d) + p * vload(vj + d));
-      for (; d < hd; d++)
-        o[d] += p * vj[d];
+    int d = 0;
+    for (; d + KB <= hd; d += KB) {
+      vf o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
+      for (int j = 0; j < n; j++) {
+        const float *vj = v + (size_t)j * ld_qkv + d;
+        const vf p = vset(scores[j]);
+        o0 += p * vload(vj);
+        o1 += p * vload(vj + VL);
+        o2 += p * vload(vj + 2 * VL);
+        o3 += p * vload(vj + 3 * VL);
+      }
+      vstore(o + d, o0);
+      vstore(o + d + VL, o1);
+      vstore(o + d + 2 * VL, o2);
+      vstore(o + d + 3 * VL, o3);
+    }
+    for (; d + VL <= hd; d += VL) {
+      vf o0 = {0};
+      for (int j = 0; j < n; j++)
+        o0 += vset(scores[j]) * vload(v + (size_t)j * ld_qkv + d);
+      vstore(o + d, o0);
+    }
+    for (; d < hd; d++) {
+      float acc = 0;
+      for (int j = 0; j < n; j++)
+        acc += scores[j] * v[(size_t)j * ld_qkv + d];
+      o[d] = acc;
     }
   }
 }
+#undef KB
 
 void vlm__l2_normalize(float *x, int n) {
   double ss = 0;
