@@ -40,6 +40,7 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
     return vlm_seterr(VLM_ENOMEM, "%s: out of memory", dir);
   pthread_mutex_init(&clip->id_lock, NULL);
   pthread_mutex_init(&clip->scratch_lock, NULL);
+  pthread_mutex_init(&clip->lazy_lock, NULL);
   if (opts)
     clip->opts = *opts;
   clip->threads = clip->opts.threads > 0 ? clip->opts.threads : cpu_count();
@@ -156,6 +157,7 @@ void vlm_clip_free(vlm_clip *clip) {
   for (int i = 0; i < clip->n_scratch; i++)
     free(clip->scratch[i].ptr);
   pthread_mutex_destroy(&clip->scratch_lock);
+  pthread_mutex_destroy(&clip->lazy_lock);
   pthread_mutex_destroy(&clip->id_lock);
   free(clip);
 }
@@ -246,6 +248,8 @@ static void compute_model_id(vlm_clip *clip) {
       clip->pp.mean[1], clip->pp.mean[2], clip->pp.std[0], clip->pp.std[1],
       clip->pp.std[2], clip->pp.resize, clip->pp.crop);
   vlm__sha256_update(&s, text, (size_t)n);
+  enum { CHUNK = 1 << 16 };
+  float *buf = malloc(CHUNK * sizeof *buf);
   for (int i = 0; i < clip->n_named; i++) {
     const vlm__named_tensor *t = &clip->named[i];
     uint8_t count[8];
@@ -254,8 +258,17 @@ static void compute_model_id(vlm_clip *clip) {
     vlm__sha256_update(&s, t->name, strlen(t->name) + 1);
     vlm__sha256_update(&s, count, sizeof count);
     /* x86-64 and every other host we build on is little-endian. */
-    vlm__sha256_update(&s, t->data, (size_t)t->numel * sizeof(float));
+    for (int64_t k = 0; k < t->numel; k += CHUNK) {
+      int64_t m = t->numel - k < CHUNK ? t->numel - k : CHUNK;
+      if (buf) {
+        vlm__named_read(t, k, m, buf);
+        vlm__sha256_update(&s, buf, (size_t)m * sizeof(float));
+      }
+    }
   }
+  if (!buf) /* out of memory: an id that matches nothing */
+    vlm__sha256_update(&s, "out of memory", 13);
+  free(buf);
   uint8_t digest[32];
   vlm__sha256_final(&s, digest, clip->model_id);
 }

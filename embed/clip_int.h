@@ -53,11 +53,17 @@ typedef struct {
   const float *logit_scale;      /* 0-d */
 } vlm__weights;
 
-/* A tensor as vlm__clip_tensor exposes it. */
+/* A tensor as vlm__clip_tensor exposes it.  Linear weights that the towers
+ * read from packed panels are "lazy": no F32 copy is made at load, and
+ * vlm__clip_tensor converts one from the file on first use. */
 typedef struct {
   char *name;                    /* Hugging Face name */
-  const float *data;
+  const float *data;             /* NULL while a lazy tensor is unconverted */
   int64_t numel;
+  int lazy;
+  const vlm__st_tensor *src;     /* lazy: elements src_offset.. of src */
+  int64_t src_offset;
+  float *owned;                  /* lazy: the converted copy, once made */
 } vlm__named_tensor;
 
 typedef enum { VLM__LAYOUT_HF = 0, VLM__LAYOUT_ORIGINAL = 1 } vlm__layout;
@@ -89,6 +95,7 @@ struct vlm_clip {
   vlm__named_tensor *named;      /* sorted by name */
   int n_named;
   struct vlm__tokenizer *tok;
+  pthread_mutex_t lazy_lock;     /* guards named[].data of lazy tensors */
   pthread_mutex_t scratch_lock;  /* guards scratch[] */
   vlm__scratch scratch[VLM__SCRATCH_KEEP];
   int n_scratch;
@@ -130,6 +137,11 @@ int vlm__config_validate(const vlm__clip_config *cfg, const char *label);
  * fails naming it.  On failure vlm__weights_free releases what was set. */
 int vlm__weights_load(vlm_clip *clip, const char *path);
 void vlm__weights_free(vlm_clip *clip);
+
+/* Elements [i, i + count) of a named tensor as F32 into dst (from its F32
+ * data, or converted from the file for a lazy tensor). */
+void vlm__named_read(const vlm__named_tensor *t, int64_t i, int64_t count,
+                     float *dst);
 
 /* clip.c ----------------------------------------------------------------- */
 

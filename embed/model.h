@@ -30,9 +30,12 @@ typedef struct {
 const vlm__clip_config *vlm__clip_get_config(const vlm_clip *clip);
 
 /* F32 weights of a loaded model under its Hugging Face name, e.g.
- * "vision_model.encoder.layers.0.self_attn.q_proj.weight"; *numel gets
- * the element count.  NULL if the model has no such tensor.  The pointer
- * lives as long as the model. */
+ * "vision_model.encoder.layers.0.self_attn.q_proj.weight", in Hugging Face
+ * layout whatever the file's layout and dtype; *numel gets the element
+ * count.  NULL if the model has no such tensor (or, for a weight the
+ * towers read from packed F16 panels and that is converted to F32 on its
+ * first request, if that conversion runs out of memory).  Thread safe;
+ * the pointer lives as long as the model. */
 const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
                               int64_t *numel);
 

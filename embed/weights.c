@@ -34,6 +34,7 @@ typedef struct {
   int src_ndim;                /* expected shape of the file's tensor */
   int64_t src_shape[4];
   const float **bind;          /* where the tower keeps the pointer */
+  int lazy;                    /* read from panels: no F32 copy at load */
   /* filled while loading */
   const vlm__st_tensor *t;
   const float *data;
@@ -439,18 +440,56 @@ static int pack_tower(const spec_list *l, const char *tower, int bf16,
   return 0;
 }
 
-static int build_panels(vlm_clip *clip, const spec_list *l) {
+static spec *find_spec(spec_list *l, const char *hf) {
+  for (int i = 0; i < l->n; i++)
+    if (!strcmp(l->v[i].hf, hf))
+      return &l->v[i];
+  return NULL;
+}
+
+/* Whether every Linear weight (and the patch embedding) can be packed:
+ * all F16 or all BF16, 2-byte aligned.  If so, mark them lazy and set
+ * *bf16.  Widths must be whole vectors so the q, k, v biases converted in
+ * list order lie adjacent (one [3C] bias for the fused product). */
+static int panels_possible(const vlm_clip *clip, spec_list *l, int *bf16) {
   const vlm__clip_config *c = &clip->cfg;
   const char *env = getenv("VLMDB_CLIP_PANELS");
-  if (!vlm__panels_supported() || (env && !strcmp(env, "0")))
+  if (!vlm__panels_supported() || (env && !strcmp(env, "0")) ||
+      c->text_width % 16 || c->vision_width % 16)
     return 0;
-  const vlm__st_tensor *probe = vlm__st_find(
-      clip->st, clip->layout == VLM__LAYOUT_HF
-                    ? "text_model.encoder.layers.0.mlp.fc1.weight"
-                    : "transformer.resblocks.0.mlp.c_fc.weight");
-  if (!probe || (probe->dtype != VLM__DT_F16 && probe->dtype != VLM__DT_BF16))
+  spec *probe = find_spec(l, "vision_model.embeddings.patch_embedding.weight");
+  if (!probe || (probe->t->dtype != VLM__DT_F16 &&
+                 probe->t->dtype != VLM__DT_BF16))
     return 0;
-  int bf16 = probe->dtype == VLM__DT_BF16;
+  *bf16 = probe->t->dtype == VLM__DT_BF16;
+  static const char *mats[6] = {
+      "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+      "self_attn.v_proj.weight", "self_attn.out_proj.weight",
+      "mlp.fc1.weight",          "mlp.fc2.weight"};
+  char name[128];
+  for (int pass = 0; pass < 2; pass++) { /* check all, then mark all */
+    for (int t = 0; t < 2; t++) {
+      const char *tower = t ? "vision_model" : "text_model";
+      int L = t ? c->vision_layers : c->text_layers;
+      for (int i = 0; i < L; i++)
+        for (int m = 0; m < 6; m++) {
+          snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", tower, i,
+                   mats[m]);
+          if (!pass && !raw16(l, name, *bf16))
+            return 0;
+          if (pass)
+            find_spec(l, name)->lazy = 1;
+        }
+    }
+    if (!pass && !raw16(l, probe->hf, *bf16))
+      return 0;
+  }
+  probe->lazy = 1;
+  return 1;
+}
+
+static int build_panels(vlm_clip *clip, const spec_list *l, int bf16) {
+  const vlm__clip_config *c = &clip->cfg;
   const int P = c->patch_size, KP = 3 * P * P;
   size_t elems = tower_panel_elems(c->text_layers, c->text_width,
                                    c->text_mlp) +
@@ -481,15 +520,10 @@ static int build_panels(vlm_clip *clip, const spec_list *l) {
             pack_one(l, "vision_model.embeddings.patch_embedding.weight", bf16,
                      c->vision_width, KP, rows, &at, &patch);
   free(rows);
-  if (bad) { /* mixed dtypes: leave everything on sgemm */
+  if (bad) { /* panels_possible checked every source: cannot happen */
     munmap(mem, bytes);
-    vlm__block *towers[2] = {clip->w.tblocks, clip->w.vblocks};
-    int layers[2] = {c->text_layers, c->vision_layers};
-    for (int t = 0; t < 2; t++)
-      for (int i = 0; i < layers[t]; i++)
-        towers[t][i].p_qkv = towers[t][i].p_o = towers[t][i].p_fc1 =
-            towers[t][i].p_fc2 = NULL;
-    return 0;
+    return vlm_seterr(VLM_ECORRUPT, "%s: weights changed while packing",
+                      clip->st->path);
   }
   mprotect(mem, bytes, PROT_READ);
   clip->panels = mem;
@@ -580,6 +614,13 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
       goto fail;
     }
     s->t = t;
+  }
+  int bf16 = 0, use_panels = panels_possible(clip, &l, &bf16);
+  for (int i = 0; i < l.n; i++) {
+    spec *s = &l.v[i];
+    const vlm__st_tensor *t = s->t;
+    if (s->lazy)
+      continue;
     int seen = 0;
     for (int j = 0; j < n_src && !seen; j++)
       seen = src_done[j] == t;
@@ -614,6 +655,10 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     const vlm__st_tensor *t = s->t;
     const float *data = NULL;
     int j;
+    if (s->lazy) {
+      s->data = NULL;
+      continue;
+    }
     for (j = 0; j < n_src; j++)
       if (src_done[j] == t)
         break;
@@ -663,27 +708,35 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     clip->named[i].name = strdup(s->hf);
     clip->named[i].data = s->data;
     clip->named[i].numel = numel;
+    clip->named[i].lazy = s->lazy;
+    clip->named[i].src = s->t;
+    clip->named[i].src_offset = s->kind == SRC_ROWS ? s->offset : 0;
     clip->n_named = i + 1;
     if (!clip->named[i].name)
       goto nomem;
   }
   qsort(clip->named, (size_t)clip->n_named, sizeof *clip->named, cmp_named);
   c->logit_scale = *clip->w.logit_scale;
-  for (int i = 0; i < c->vision_layers; i++) {
-    vlm__block *b = &clip->w.vblocks[i];
-    size_t C = (size_t)c->vision_width;
-    b->qkv_fused = b->k_w == b->q_w + C * C && b->v_w == b->k_w + C * C &&
-                   b->k_b == b->q_b + C && b->v_b == b->k_b + C;
-  }
-  for (int i = 0; i < c->text_layers; i++) {
-    vlm__block *b = &clip->w.tblocks[i];
-    size_t C = (size_t)c->text_width;
-    b->qkv_fused = b->k_w == b->q_w + C * C && b->v_w == b->k_w + C * C &&
-                   b->k_b == b->q_b + C && b->v_b == b->k_b + C;
+  for (int t = 0; t < 2; t++) {
+    int L = t ? c->vision_layers : c->text_layers;
+    size_t C = (size_t)(t ? c->vision_width : c->text_width);
+    for (int i = 0; i < L; i++) {
+      vlm__block *b = t ? &clip->w.vblocks[i] : &clip->w.tblocks[i];
+      /* With panels the weights have no F32 copy; the packed [q; k; v]
+       * matrix is fused by construction. */
+      int biases = b->k_b == b->q_b + C && b->v_b == b->k_b + C;
+      b->qkv_fused = biases && (use_panels || (b->k_w == b->q_w + C * C &&
+                                               b->v_w == b->k_w + C * C));
+      if (use_panels && !biases) {
+        rc = vlm_seterr(VLM_ECORRUPT, "%s: internal: q/k/v biases of layer "
+                        "%d are not adjacent", path, i);
+        goto fail;
+      }
+    }
   }
   if (clip->arena)
     mprotect(clip->arena, clip->arena_bytes, PROT_READ);
-  if ((rc = build_panels(clip, &l)))
+  if (use_panels && (rc = build_panels(clip, &l, bf16)))
     goto fail;
   goto done;
 
@@ -699,8 +752,10 @@ done:
 }
 
 void vlm__weights_free(vlm_clip *clip) {
-  for (int i = 0; i < clip->n_named; i++)
+  for (int i = 0; i < clip->n_named; i++) {
     free(clip->named[i].name);
+    free(clip->named[i].owned);
+  }
   free(clip->named);
   clip->named = NULL;
   clip->n_named = 0;
@@ -735,5 +790,28 @@ const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
     return NULL;
   if (numel)
     *numel = t->numel;
-  return t->data;
+  if (!t->lazy)
+    return t->data;
+  vlm_clip *m = (vlm_clip *)clip; /* converted once, under the lock */
+  vlm__named_tensor *mt = (vlm__named_tensor *)t;
+  pthread_mutex_lock(&m->lazy_lock);
+  if (!mt->owned) {
+    float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *buf);
+    if (buf) {
+      read_f32(buf, t->src, t->src_offset, t->numel);
+      mt->owned = buf;
+      mt->data = buf;
+    }
+  }
+  const float *data = mt->owned;
+  pthread_mutex_unlock(&m->lazy_lock);
+  return data;
+}
+
+void vlm__named_read(const vlm__named_tensor *t, int64_t i, int64_t count,
+                     float *dst) {
+  if (t->lazy)
+    read_f32(dst, t->src, t->src_offset + i, count);
+  else
+    memcpy(dst, t->data + i, (size_t)count * sizeof *dst);
 }

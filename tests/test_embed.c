@@ -1349,6 +1349,7 @@ typedef struct {
   vlm_clip *clip;
   float *txt, *img;
   int rc;
+  const float *tensor; /* what vlm__clip_tensor gave this thread */
 } worker_arg;
 
 static void *encode_all(void *p) {
@@ -1363,6 +1364,8 @@ static void *encode_all(void *p) {
   float *pixels = malloc(ref.n_images * per * sizeof *pixels);
   for (int i = 0; i < ref.n_images; i++)
     memcpy(pixels + i * per, ref.images[i].pixels, per * sizeof *pixels);
+  a->tensor = vlm__clip_tensor(a->clip, "vision_model.encoder.layers.1.mlp."
+                               "fc1.weight", NULL);
   for (int round = 0; round < 3 && !a->rc; round++) {
     a->rc = vlm__clip_encode_tokens(a->clip, ids, n_ids, ref.n_texts, 0,
                                     a->txt);
@@ -1397,6 +1400,8 @@ static void test_concurrent_callers(void **state) {
       pthread_join(th[w], NULL);
     for (int w = 0; w < NW; w++) {
       assert_int_equal(args[w].rc, 0);
+      assert_non_null(args[w].tensor);
+      assert_ptr_equal(args[w].tensor, args[NW].tensor);
       assert_memory_equal(args[w].txt, args[NW].txt,
                           (size_t)ref.n_texts * D * sizeof(float));
       assert_memory_equal(args[w].img, args[NW].img,
