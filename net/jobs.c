@@ -4,15 +4,16 @@
  *
  *   decode: an image is decoded and preprocessed on its own task, so many
  *           images decode in parallel;
- *   embed:  the job joins the batcher queue of its modality; one collector
- *           task per modality waits up to the batch window for more jobs
- *           (or until the batch is full), takes the batch and runs the
- *           model once for all of it, then resubmits every job;
+ *   embed:  the job joins the batcher queue of its modality; that
+ *           modality's collector thread waits up to the batch window from
+ *           the first queued job's arrival (or until the batch is full),
+ *           takes the batch and hands it to the pool as one task, which
+ *           runs the model once for all of it and resubmits every job;
  *   exec:   the command's own work (search, write, reply formatting);
  *
- * and then goes back to the loop through the completion queue.  While one
- * collector encodes its batch, the next collector already gathers the
- * following one on another worker, so batching never serializes the model.
+ * and then goes back to the loop through the completion queue.  The
+ * collectors only sleep and hand over, so waiting for a window never
+ * holds a worker, and while one batch is encoded the next is gathered.
  * With batching off every job embeds its own input in its exec task.
  */
 #include <stdlib.h>
@@ -143,10 +144,90 @@ void vlm__job_start(vlm__job *job) {
 
 /* ---- batcher ---- */
 
-static void collect(vlm__task *task);
+typedef struct {
+  vlm__task task;  /* first: the pool runs it */
+  vlm__batcher *batcher;
+  int modality, n;
+  vlm__job *head;
+} batch_task;
 
-int vlm__batcher_init(vlm__batcher *b, vlm_server *srv, int window_us,
-                      int max) {
+static void encode_batch(vlm__batcher *b, int m, vlm__job *head, int n);
+
+static void batch_task_run(vlm__task *task) {
+  batch_task *bt = (batch_task *)task;
+  encode_batch(bt->batcher, bt->modality, bt->head, bt->n);
+  free(bt);
+}
+
+/* Take up to max jobs off queue m (lock held). */
+static vlm__job *take_batch(vlm__batcher *b, int m, int *count) {
+  vlm__batch_queue *q = &b->q[m];
+  vlm__job *head = q->head, *last = NULL, *job = head;
+  int n = 0;
+  while (job && n < b->max) {
+    last = job;
+    job = job->batch_next;
+    n++;
+  }
+  if (last)
+    last->batch_next = NULL;
+  q->head = job;
+  if (!job)
+    q->tail = NULL;
+  q->n -= n;
+  *count = n;
+  return head;
+}
+
+typedef struct {
+  vlm__batcher *b;
+  int m;
+} collector_arg;
+
+static void *collector_main(void *arg) {
+  collector_arg ca = *(collector_arg *)arg;
+  free(arg);
+  vlm__batcher *b = ca.b;
+  int m = ca.m;
+  vlm__batch_queue *q = &b->q[m];
+  pthread_mutex_lock(&b->mu);
+  for (;;) {
+    while (!q->head && !b->stopping)
+      pthread_cond_wait(&b->cv[m], &b->mu);
+    if (!q->head)
+      break; /* stopping and drained */
+    /* The window counts from the first job's arrival. */
+    uint64_t deadline = q->head->enqueued_ns + (uint64_t)b->window_ns;
+    while (q->n < b->max && !b->stopping) {
+      uint64_t now = vlm__now_ns();
+      if (now >= deadline)
+        break;
+      struct timespec ts = {(time_t)(deadline / 1000000000u),
+                            (long)(deadline % 1000000000u)};
+      pthread_cond_timedwait(&b->cv[m], &b->mu, &ts);
+    }
+    int n;
+    vlm__job *head = take_batch(b, m, &n);
+    pthread_mutex_unlock(&b->mu);
+    batch_task *bt = malloc(sizeof *bt);
+    if (bt) {
+      bt->task.run = batch_task_run;
+      bt->batcher = b;
+      bt->modality = m;
+      bt->n = n;
+      bt->head = head;
+      vlm__pool_submit(&b->srv->pool, &bt->task);
+    } else {
+      encode_batch(b, m, head, n); /* out of memory: do it here */
+    }
+    pthread_mutex_lock(&b->mu);
+  }
+  pthread_mutex_unlock(&b->mu);
+  return NULL;
+}
+
+int vlm__batcher_start(vlm__batcher *b, vlm_server *srv, int window_us,
+                       int max) {
   memset(b, 0, sizeof *b);
   b->srv = srv;
   b->window_ns = window_us < 0 ? -1 : (long)window_us * 1000;
@@ -162,12 +243,38 @@ int vlm__batcher_init(vlm__batcher *b, vlm_server *srv, int window_us,
     atomic_init(&b->items[m], 0);
     atomic_init(&b->largest[m], 0);
   }
+  if (b->window_ns < 0 || !srv->clip) {
+    b->stopped = 1;
+    return 0;
+  }
   for (int m = 0; m < 2; m++) {
-    b->q[m].task.run = collect;
-    b->q[m].batcher = b;
-    b->q[m].modality = m;
+    collector_arg *ca = malloc(sizeof *ca);
+    if (ca) {
+      ca->b = b;
+      ca->m = m;
+    }
+    if (!ca || pthread_create(&b->threads[m], NULL, collector_main, ca) != 0) {
+      free(ca);
+      vlm__batcher_stop(b);
+      return vlm_seterr(VLM_ENOMEM, "cannot start the batcher threads");
+    }
+    b->nthreads++;
   }
   return 0;
+}
+
+void vlm__batcher_stop(vlm__batcher *b) {
+  pthread_mutex_lock(&b->mu);
+  b->stopping = 1;
+  pthread_cond_broadcast(&b->cv[0]);
+  pthread_cond_broadcast(&b->cv[1]);
+  pthread_mutex_unlock(&b->mu);
+  for (int m = 0; m < b->nthreads; m++)
+    pthread_join(b->threads[m], NULL);
+  b->nthreads = 0;
+  pthread_mutex_lock(&b->mu);
+  b->stopped = 1;
+  pthread_mutex_unlock(&b->mu);
 }
 
 void vlm__batcher_destroy(vlm__batcher *b) {
@@ -179,6 +286,12 @@ void vlm__batcher_destroy(vlm__batcher *b) {
 static void batcher_submit(vlm__batcher *b, int m, vlm__job *job) {
   vlm__batch_queue *q = &b->q[m];
   pthread_mutex_lock(&b->mu);
+  if (b->stopped) {
+    pthread_mutex_unlock(&b->mu);
+    job->batch_next = NULL;
+    encode_batch(b, m, job, 1);
+    return;
+  }
   job->enqueued_ns = vlm__now_ns();
   job->batch_next = NULL;
   if (q->tail)
@@ -187,56 +300,9 @@ static void batcher_submit(vlm__batcher *b, int m, vlm__job *job) {
     q->head = job;
   q->tail = job;
   q->n++;
-  if (!q->collecting) {
-    q->collecting = 1;
-    vlm__pool_submit(&b->srv->pool, &q->task);
-  } else if (q->n >= b->max) {
+  if (q->n == 1 || q->n >= b->max)
     pthread_cond_signal(&b->cv[m]);
-  }
   pthread_mutex_unlock(&b->mu);
-}
-
-/* Wait for the batch to fill or the window (from its first job's arrival)
- * to pass, then take it.  The next collector is queued before this one
- * starts encoding. */
-static vlm__job *take_batch(vlm__batcher *b, int m, int *count) {
-  vlm__batch_queue *q = &b->q[m];
-  pthread_mutex_lock(&b->mu);
-  uint64_t deadline = q->head->enqueued_ns + (uint64_t)b->window_ns;
-  while (q->n < b->max) {
-    uint64_t now = vlm__now_ns();
-    if (now >= deadline)
-      break;
-    struct timespec ts = {(time_t)(deadline / 1000000000u),
-                          (long)(deadline % 1000000000u)};
-    pthread_cond_timedwait(&b->cv[m], &b->mu, &ts);
-  }
-  vlm__job *head = q->head, *last = NULL, *job = head;
-  int n = 0;
-  while (job && n < b->max) {
-    last = job;
-    job = job->batch_next;
-    n++;
-  }
-  last->batch_next = NULL;
-  q->head = job;
-  if (!job)
-    q->tail = NULL;
-  q->n -= n;
-  if (q->n > 0)
-    vlm__pool_submit(&b->srv->pool, &q->task);
-  else
-    q->collecting = 0;
-  pthread_mutex_unlock(&b->mu);
-
-  atomic_fetch_add(&b->batches[m], 1);
-  atomic_fetch_add(&b->items[m], n);
-  long long largest = atomic_load(&b->largest[m]);
-  while (n > largest &&
-         !atomic_compare_exchange_weak(&b->largest[m], &largest, n))
-    ;
-  *count = n;
-  return head;
 }
 
 /* Give each job of the batch its vector (or its own error) and send it on
@@ -272,12 +338,15 @@ static void finish_batch(vlm__batcher *b, int m, vlm__job *head,
   }
 }
 
-static void collect(vlm__task *task) {
-  vlm__batch_queue *q = (vlm__batch_queue *)task;
-  vlm__batcher *b = q->batcher;
+/* Run the model once for n jobs of modality m. */
+static void encode_batch(vlm__batcher *b, int m, vlm__job *head, int n) {
   vlm_server *srv = b->srv;
-  int m = q->modality, n;
-  vlm__job *head = take_batch(b, m, &n);
+  atomic_fetch_add(&b->batches[m], 1);
+  atomic_fetch_add(&b->items[m], n);
+  long long largest = atomic_load(&b->largest[m]);
+  while (n > largest &&
+         !atomic_compare_exchange_weak(&b->largest[m], &largest, n))
+    ;
   size_t side = (size_t)srv->image_size, one = 3 * side * side;
   float *vecs = malloc((size_t)n * (size_t)srv->dim * sizeof(float));
   int rc = vlm_seterr(VLM_ENOMEM, "batch of %d", n);
@@ -291,8 +360,10 @@ static void collect(vlm__task *task) {
     }
     free(texts);
   } else {
-    float *pixels = malloc((size_t)n * one * sizeof(float));
-    if (pixels && vecs) {
+    float *pixels = n == 1 ? NULL : malloc((size_t)n * one * sizeof(float));
+    if (n == 1 && vecs) {
+      rc = vlm_clip_encode_pixels(srv->clip, head->pixels, 1, 0, vecs);
+    } else if (pixels && vecs) {
       int i = 0;
       for (vlm__job *job = head; job; job = job->batch_next)
         memcpy(pixels + (size_t)i++ * one, job->pixels, one * sizeof(float));

@@ -61,26 +61,32 @@ enum { VLM__TEXT = 0, VLM__IMAGE = 1 };
 typedef struct vlm__batcher vlm__batcher;
 
 typedef struct {
-  vlm__task task;  /* the collector (first: the task is the queue) */
-  vlm__batcher *batcher;
-  int modality;
   vlm__job *head, *tail;
   int n;
-  int collecting;  /* the collector is queued or waiting */
 } vlm__batch_queue;
 
+/* One collector thread per modality waits for a batch to fill (or its
+ * window to pass) and hands it to the pool; waiting never holds a worker. */
 struct vlm__batcher {
   vlm_server *srv;
   pthread_mutex_t mu;
   pthread_cond_t cv[2];
   vlm__batch_queue q[2];
+  pthread_t threads[2];
+  int nthreads;
+  int stopping;    /* collectors: take what is queued and exit */
+  int stopped;     /* collectors gone: embed on the submitting thread */
   long window_ns;  /* < 0: no batching */
   int max;
   atomic_llong batches[2], items[2], largest[2];
 };
 
-int vlm__batcher_init(vlm__batcher *b, vlm_server *srv, int window_us,
-                      int max);
+/* Start the collectors (when batching is on and a model is loaded). */
+int vlm__batcher_start(vlm__batcher *b, vlm_server *srv, int window_us,
+                       int max);
+/* Flush the queues to the pool and join the collectors; the pool must
+ * still run.  Later submissions embed at once on the calling worker. */
+void vlm__batcher_stop(vlm__batcher *b);
 void vlm__batcher_destroy(vlm__batcher *b);
 
 /* ---- jobs (jobs.c) ---- */

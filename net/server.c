@@ -571,6 +571,7 @@ static void close_handle(vlm_server *srv, uv_handle_t *h) {
 
 static void finish_shutdown(vlm_server *srv) {
   /* No client is left: every job still in the workers is an orphan. */
+  vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
   on_jobs_done(&srv->async_done);
   int rc = vlm_db_checkpoint(srv->db);
@@ -772,12 +773,14 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   rc = vlm__commands_init(srv);
   if (rc < 0)
     goto fail_loop;
-  vlm__batcher_init(&srv->batcher, srv,
-                    srv->batch_window_us < 0 ? -1 : srv->batch_window_us,
-                    srv->batch_max);
   rc = vlm__pool_start(&srv->pool, srv->threads);
+  if (rc < 0)
+    goto fail_loop;
+  rc = vlm__batcher_start(&srv->batcher, srv, srv->batch_window_us,
+                          srv->batch_max);
   if (rc < 0) {
     vlm__batcher_destroy(&srv->batcher);
+    vlm__pool_stop(&srv->pool);
     goto fail_loop;
   }
   *out = srv;
@@ -837,6 +840,7 @@ void vlm_server_free(vlm_server *srv) {
     for (vlm__conn *conn = srv->conns; conn; conn = conn->next)
       conn_close(conn);
     uv_run(&srv->loop, UV_RUN_NOWAIT);
+    vlm__batcher_stop(&srv->batcher);
     vlm__pool_stop(&srv->pool);
     on_jobs_done(&srv->async_done);
     close_handle(srv, (uv_handle_t *)&srv->async_done);
