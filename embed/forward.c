@@ -14,6 +14,7 @@
  * takes 7 rows), so one GEMM covers the batch and padding costs nothing.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,51 @@
 
 #define MAX_THREADS 64
 
+/* A barrier that spins briefly before sleeping.  The steps between
+ * barriers are short (a text query's layer is tens of microseconds), and
+ * waking a thread from a futex costs about as much as the step, so the
+ * waiters first watch the generation counter; if the others are slow (a
+ * busy machine), they block on the condition variable. */
+#define SPIN_ITERATIONS 4000
+
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int n;
+  atomic_int arrived;
+  atomic_uint gen;
+} barrier;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+static void barrier_wait(barrier *b) {
+  unsigned g = atomic_load_explicit(&b->gen, memory_order_acquire);
+  if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) ==
+      b->n - 1) {
+    /* Last to arrive: reset for the next use, then release the others.
+     * Whoever sees the new generation also sees arrived == 0. */
+    atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+    pthread_mutex_lock(&b->mu);
+    atomic_store_explicit(&b->gen, g + 1, memory_order_release);
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return;
+  }
+  for (int i = 0; i < SPIN_ITERATIONS; i++) {
+    if (atomic_load_explicit(&b->gen, memory_order_acquire) != g)
+      return;
+    cpu_relax();
+  }
+  pthread_mutex_lock(&b->mu);
+  while (atomic_load_explicit(&b->gen, memory_order_acquire) == g)
+    pthread_cond_wait(&b->cv, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+}
+
 typedef struct team team;
 struct team {
   void (*fn)(void *arg, int tid);
@@ -31,7 +77,7 @@ struct team {
   int go;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  pthread_barrier_t bar;
+  barrier bar;
 };
 
 typedef struct {
@@ -76,8 +122,13 @@ static void team_run(team *tm, int want, void (*fn)(void *, int), void *arg) {
     started++;
   }
   tm->nth = started;
-  if (started > 1)
-    pthread_barrier_init(&tm->bar, NULL, (unsigned)started);
+  if (started > 1) {
+    pthread_mutex_init(&tm->bar.mu, NULL);
+    pthread_cond_init(&tm->bar.cv, NULL);
+    tm->bar.n = started;
+    atomic_init(&tm->bar.arrived, 0);
+    atomic_init(&tm->bar.gen, 0);
+  }
   pthread_mutex_lock(&tm->mu);
   tm->go = 1;
   pthread_cond_broadcast(&tm->cv);
@@ -85,15 +136,17 @@ static void team_run(team *tm, int want, void (*fn)(void *, int), void *arg) {
   fn(arg, 0);
   for (int t = 1; t < started; t++)
     pthread_join(th[t], NULL);
-  if (started > 1)
-    pthread_barrier_destroy(&tm->bar);
+  if (started > 1) {
+    pthread_cond_destroy(&tm->bar.cv);
+    pthread_mutex_destroy(&tm->bar.mu);
+  }
   pthread_cond_destroy(&tm->cv);
   pthread_mutex_destroy(&tm->mu);
 }
 
 static inline void team_sync(team *tm) {
   if (tm->nth > 1)
-    pthread_barrier_wait(&tm->bar);
+    barrier_wait(&tm->bar);
 }
 
 /* [lo, hi) of n items for thread tid. */
