@@ -1,14 +1,30 @@
 /* pool.c - the worker threads that run embedding, search and database
  * work off the event loop.  A plain FIFO under one mutex: tasks are
  * milliseconds of work each, so the queue is never the bottleneck. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "netint.h"
 #include "vlm_error.h"
 
+/* Workers run at a lower priority than the event loop thread (Linux
+ * priorities are per thread): when they keep every core busy, the loop
+ * still gets a core the moment a client sends, so PING and the replies of
+ * finished work are not delayed behind a search. */
+#define WORKER_NICE 5
+
 static void *worker_main(void *arg) {
   vlm__pool *pool = arg;
+  pid_t tid = (pid_t)syscall(SYS_gettid);
+  errno = 0;
+  int prio = getpriority(PRIO_PROCESS, (id_t)tid);
+  if (errno == 0)
+    setpriority(PRIO_PROCESS, (id_t)tid,
+                prio + WORKER_NICE > 19 ? 19 : prio + WORKER_NICE);
   pthread_mutex_lock(&pool->mu);
   for (;;) {
     /* Stop only when nothing is queued and nothing running could still
