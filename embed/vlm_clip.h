@@ -6,6 +6,13 @@
  * time (each call allocates its own scratch).  vlm_clip_free must not race
  * with other calls.  Every function returns 0 or a negative VLM_E* code
  * and on failure sets vlm_errmsg() with the file, tensor or field at fault.
+ *
+ * Threads: each encode call runs on up to vlm_clip_options.threads threads
+ * of its own (the caller's plus helpers created for the call), each
+ * calling single-threaded BLAS.  OpenBLAS keeps one thread count for the
+ * whole process, and its pool would multiply that and make concurrent
+ * callers queue for it, so vlm_clip_load sets OpenBLAS to one thread
+ * (openblas_set_num_threads(1)) for the process.
  */
 #ifndef VLM_CLIP_H
 #define VLM_CLIP_H
