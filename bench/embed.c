@@ -359,6 +359,21 @@ static stat2 panel_gflops(int M, int N, int K, int threads, int reps) {
   return (stat2){t[reps - 1], s.median};
 }
 
+/* Two callers sharing one model, each encoding batches of 16. */
+typedef struct {
+  const vlm_clip *clip;
+  const float *pixels;
+  float *out;
+  int batches;
+} caller_job;
+
+static void *caller_thread(void *p) {
+  caller_job *j = p;
+  for (int b = 0; b < j->batches; b++)
+    vlm_clip_encode_pixels(j->clip, j->pixels, 16, 0, j->out);
+  return NULL;
+}
+
 int main(int argc, char **argv) {
   int f32 = 0, reps = 7, coretype = 1, panels = 1;
   const char *keep = NULL;
@@ -501,6 +516,31 @@ int main(int argc, char **argv) {
     cell[3][th - 1] = summarize(t, reps);
     vlm_clip_free(clip);
   }
+  /* Concurrent callers: two threads on one model loaded with threads=1
+   * (each call single-threaded, as a server's workers would run it). */
+  double conc[64];
+  {
+    vlm_clip_options o = {.threads = 1};
+    vlm_clip *clip = NULL;
+    if (vlm_clip_load(dir, &o, &clip)) {
+      fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
+      return 1;
+    }
+    float *out2 = malloc(16 * D * sizeof *out2);
+    for (int r = 0; r < reps; r++) {
+      caller_job a = {clip, pixels, out, 1}, b = {clip, pixels, out2, 1};
+      pthread_t th;
+      double t1 = now();
+      pthread_create(&th, NULL, caller_thread, &b);
+      caller_thread(&a);
+      pthread_join(th, NULL);
+      conc[r] = 32.0 / (now() - t1);
+    }
+    free(out2);
+    vlm_clip_free(clip);
+  }
+  stat2 cs = summarize(conc, reps);
+
   /* images/s from ms per image: the best rate is 1000 / min ms. */
   printf("%-34s %6.1f / %5.1f %6.1f / %5.1f\n", "images/s, batch 1 (best/med)",
          1e3 / cell[0][0].min, 1e3 / cell[0][0].median, 1e3 / cell[0][1].min,
@@ -509,6 +549,9 @@ int main(int argc, char **argv) {
          "images/s, batch 16 (best/med)", 1e3 / cell[1][0].min,
          1e3 / cell[1][0].median, 1e3 / cell[1][1].min,
          1e3 / cell[1][1].median);
+  printf("%-34s %6s   %5s %6.1f / %5.1f\n",
+         "images/s, 2 callers x 1 thread, b16", "", "", conc[reps - 1],
+         cs.median);
   printf("%-34s %6.1f / %5.1f %6.1f / %5.1f\n", "ms per image, batch 1",
          cell[0][0].min, cell[0][0].median, cell[0][1].min, cell[0][1].median);
   printf("%-34s %6.2f / %5.2f %6.2f / %5.2f\n", "ms, 7-token text",
