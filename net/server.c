@@ -284,9 +284,14 @@ static int conn_qbuf_reserve(vlm__conn *conn, size_t need) {
   }
   if (conn->qcap - conn->qlen >= need)
     return 0;
+  /* Double small buffers; size a large one (a big bulk whose length the
+   * parser knows) exactly, so a 64 MiB image does not take 128 MiB. */
   size_t cap = conn->qcap ? conn->qcap : READ_CHUNK;
-  while (cap - conn->qlen < need)
-    cap *= 2;
+  if (conn->qlen + need > (1u << 20))
+    cap = conn->qlen + need;
+  else
+    while (cap - conn->qlen < need)
+      cap *= 2;
   char *q = realloc(conn->qbuf, cap);
   if (!q)
     return VLM_ENOMEM;
