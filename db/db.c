@@ -51,6 +51,7 @@ void vlm__reader_free(vlm__reader *r) {
   if (r->sql)
     sqlite3_close(r->sql);
   free(r->filter_text);
+  free(r->cache_ids);
   free(r);
 }
 

@@ -146,6 +146,10 @@ typedef struct vlm__reader {
   vlm__authctx auth;
   char *filter_text;     /* last filter compiled on this connection */
   sqlite3_stmt *filter;
+  uint64_t *cache_ids;   /* its matches at batch cache_seq */
+  size_t cache_n;
+  uint64_t cache_seq;
+  int cache_valid;
   struct vlm__reader *next;
 } vlm__reader;
 
@@ -172,7 +176,7 @@ int vlm__authorizer(void *arg, int action, const char *a, const char *b,
                     const char *dbname, const char *trigger);
 /* Run the filter on r's snapshot: ids (sorted ascending) of matches. */
 int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
-                    uint64_t **ids, size_t *n);
+                    uint64_t seq, uint64_t **ids, size_t *n);
 
 /* ---- FAISS side (vindex.c) --------------------------------------------- */
 
@@ -208,7 +212,7 @@ typedef struct {
 /* Pin r's LMDB (and, with need_sql, SQLite) snapshot at the published
  * state; *next_id and *nitems describe it.  Undo with snapshot_end. */
 int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
-                        uint64_t *next_id, int64_t *nitems);
+                        uint64_t *next_id, int64_t *nitems, uint64_t *seq);
 void vlm__snapshot_end(vlm__reader *r, int need_sql);
 float vlm__dot(const float *a, const void *b_unaligned, int dim);
 int vlm__normalize(const float *in, float *out, int dim, const char *what);

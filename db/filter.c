@@ -223,7 +223,7 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
-                    uint64_t **ids_out, size_t *n_out) {
+                    uint64_t seq, uint64_t **ids_out, size_t *n_out) {
   int rc;
   uint64_t *ids = NULL;
   size_t n = 0, cap = 0;
@@ -234,7 +234,19 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
     return rc;
   /* One compiled filter is kept per reader connection: the common case is
    * the same filter with many query vectors. */
+  if (r->filter && r->filter_text && !strcmp(r->filter_text, expr) &&
+      r->cache_valid && r->cache_seq == seq) {
+    /* Same filter, no batch committed since: the matches are the same. */
+    ids = malloc((r->cache_n ? r->cache_n : 1) * sizeof *ids);
+    if (!ids)
+      return vlm_seterr(VLM_ENOMEM, "filter results");
+    memcpy(ids, r->cache_ids, r->cache_n * sizeof *ids);
+    *ids_out = ids;
+    *n_out = r->cache_n;
+    return 0;
+  }
   if (!r->filter || !r->filter_text || strcmp(r->filter_text, expr)) {
+    r->cache_valid = 0;
     sqlite3_finalize(r->filter);
     r->filter = NULL;
     free(r->filter_text);
@@ -272,8 +284,35 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
     goto done;
   }
   rc = 0;
-  if (!sorted)
-    qsort(ids, n, sizeof *ids, cmp_u64);
+  if (!sorted) {
+    /* Rows come in index order; a bitmap pass sorts them in O(n + ids). */
+    uint64_t maxid = 0;
+    for (size_t i = 0; i < n; i++)
+      if (ids[i] > maxid)
+        maxid = ids[i];
+    uint64_t *bits = calloc((size_t)(maxid >> 6) + 1, sizeof *bits);
+    if (!bits) {
+      qsort(ids, n, sizeof *ids, cmp_u64);
+    } else {
+      for (size_t i = 0; i < n; i++)
+        bits[ids[i] >> 6] |= 1ull << (ids[i] & 63);
+      size_t w = 0;
+      for (uint64_t word = 0; word <= (maxid >> 6); word++)
+        for (uint64_t b = bits[word]; b; b &= b - 1)
+          ids[w++] = (word << 6) | (uint64_t)__builtin_ctzll(b);
+      n = w; /* duplicates, if any, collapse */
+      free(bits);
+    }
+  }
+  /* Keep a copy for the next search with this filter. */
+  free(r->cache_ids);
+  r->cache_ids = malloc((n ? n : 1) * sizeof *ids);
+  r->cache_valid = r->cache_ids != NULL;
+  if (r->cache_valid) {
+    memcpy(r->cache_ids, ids, n * sizeof *ids);
+    r->cache_n = n;
+    r->cache_seq = seq;
+  }
   *ids_out = ids;
   *n_out = n;
   ids = NULL;

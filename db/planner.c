@@ -19,6 +19,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -136,7 +137,9 @@ static float score_vec(sctx *s, const void *vec) {
 static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
   vlm__lmdb *lm = &s->db->lm;
   int rc;
-  if (s->fids) {
+  /* Dense matches: one sequential pass with the bitmap beats a B-tree
+   * descent per id. */
+  if (s->fids && s->nf * 8 < s->allow_bits) {
     size_t a = 0, b = s->nf;
     while (a < b) {
       size_t mid = (a + b) / 2;
@@ -168,6 +171,8 @@ static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
     uint32_t flags;
     const void *vec[VLM__NMOD];
     memcpy(&id, k.mv_data, 8);
+    if (s->allow && (id >= s->allow_bits || !vlm__bit(s->allow, id)))
+      continue;
     if (vlm__vecs_parse(&v, s->dim, &flags, vec) != 0) {
       mdb_cursor_close(cur);
       return VLM_ECORRUPT;
@@ -182,7 +187,7 @@ static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
 /* FAISS search of modality m; pushes live hits.  *returned gets how many
  * ids FAISS gave back (live or not). */
 static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
-                        heap *h, int *returned) {
+                        int probe, heap *h, int *returned) {
   vlm_db *db = s->db;
   vlm__vindex *vx = &db->vx[m];
   vlm_index_params p = {0};
@@ -196,18 +201,33 @@ static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
   }
   p.ef_search = ef;
   p.nprobe = nprobe;
-  if (s->allow) {
+  if (probe) {
+    /* unfiltered; *returned counts the hits that match the filter */
+  } else if (s->allow) {
     p.bitmap = s->allow;
     p.bitmap_bits = (int64_t)s->allow_bits;
   } else if (vx->ntomb > 0) {
     p.bitmap = vx->live;
     p.bitmap_bits = (int64_t)vx->upto;
   }
-  if ((rc = vlm_index_search(vx->index, 1, s->q, kk, &p, scores, ids)))
+  /* One query: FAISS would still open an OpenMP team (and a visited table
+   * per thread) for it, which costs more than the search on a busy
+   * machine; searches run in parallel on the callers' threads instead.
+   * The setting is per thread and restored. */
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  rc = vlm_index_search(vx->index, 1, s->q, kk, &p, scores, ids);
+  omp_set_num_threads(threads);
+  if (rc)
     goto done;
   for (int i = 0; i < kk; i++) {
     if (ids[i] < 0)
       continue;
+    if (probe) {
+      uint64_t id = (uint64_t)ids[i];
+      *returned += id < s->allow_bits && vlm__bit(s->allow, id);
+      continue;
+    }
     (*returned)++;
     uint64_t id = (uint64_t)ids[i];
     MDB_val key = {sizeof id, &id}, val;
@@ -227,6 +247,44 @@ done:
   free(scores);
   free(ids);
   return rc;
+}
+
+/* Evidence that a filtered FAISS search missed better matches: score an
+ * evenly spaced sample of the matches exactly; a sampled item that beats
+ * the k-th result and is not among the results proves the answer wrong
+ * (a filter correlated with the vectors can keep a graph walk away from
+ * every match).  Such items are added to h either way.  Returns 1 when
+ * something was missed. */
+#define SAMPLE_CHECK 256
+
+static int sample_missed(sctx *s, int m, uint64_t upto, heap *h, int *err) {
+  int missed = 0;
+  size_t step = s->nf / SAMPLE_CHECK + 1;
+  for (size_t i = 0; i < s->nf; i += step) {
+    uint64_t id = s->fids[i];
+    uint32_t flags;
+    const void *vec[VLM__NMOD];
+    if (id >= upto)
+      continue; /* the pending tail was scanned exactly */
+    int rc = vlm__vecs_get(&s->db->lm, s->r->txn, id, s->dim, &flags, vec);
+    if (rc == VLM_ENOTFOUND || (rc == 0 && !vec[m]))
+      continue;
+    if (rc) {
+      *err = rc;
+      return 0;
+    }
+    float score = score_vec(s, vec[m]);
+    if (h->n == h->cap && score <= h->c[0].score)
+      continue;
+    int present = 0;
+    for (int j = 0; j < h->n && !present; j++)
+      present = h->c[j].id == id;
+    if (!present) {
+      missed = 1;
+      heap_push(h, id, score, m);
+    }
+  }
+  return missed;
 }
 
 /* Top kk of modality m into h (capacity kk). */
@@ -255,6 +313,25 @@ static int search_modality(sctx *s, int m, int kk,
     double sel = nitems > 0 ? (double)s->nf / (double)nitems : 1.0;
     if (sel > 1)
       sel = 1;
+    /* Probe the query's neighbourhood without the filter: the share of
+     * matches there, not the global selectivity, decides how hard the
+     * filtered graph walk will be.  A filter that (almost) excludes the
+     * neighbourhood - anti-correlated with the vectors - keeps the walk
+     * away from every match: score the matches exactly instead. */
+    int nprobe_hits = 0, kprobe = kk * 4 < 64 ? 64 : kk * 4;
+    if (kprobe > 1024)
+      kprobe = 1024;
+    int rc = index_search(s, m, kprobe, ef > kprobe ? ef : kprobe, nprobe, 1,
+                          h, &nprobe_hits);
+    if (rc)
+      return rc;
+    double local = (double)nprobe_hits / kprobe;
+    if (local * 4 < sel) {
+      h->n = 0;
+      return exact_scan(s, m, 1, h);
+    }
+    if (local < sel)
+      sel = local;
     double want = 2.0 * kk / sel;
     if (want > ef)
       ef = want > MAX_EF ? MAX_EF : (int)want;
@@ -272,12 +349,19 @@ static int search_modality(sctx *s, int m, int kk,
   for (int attempt = 0; attempt < 4; attempt++) {
     int returned = 0, rc;
     h->n = 0;
-    if ((rc = index_search(s, m, ask, ef, nprobe, h, &returned)) ||
+    if ((rc = index_search(s, m, ask, ef, nprobe, 0, h, &returned)) ||
         (rc = exact_scan(s, m, vx->upto, h)))
       return rc;
-    if (h->n >= want)
-      return 0;
-    /* Fewer than wanted: widen the search and ask for more. */
+    if (h->n >= want) {
+      if (!s->fids)
+        return 0;
+      int err = 0, missed = sample_missed(s, m, vx->upto, h, &err);
+      if (err)
+        return err;
+      if (!missed)
+        return 0;
+    }
+    /* Fewer than wanted, or provably missing matches: widen and retry. */
     if (ef < MAX_EF)
       ef = ef * 4 > MAX_EF ? MAX_EF : ef * 4;
     nprobe *= 4;
@@ -334,7 +418,7 @@ fail:
 /* ---- snapshot ---------------------------------------------------------- */
 
 int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
-                          uint64_t *next_id, int64_t *nitems) {
+                        uint64_t *next_id, int64_t *nitems, uint64_t *seq) {
   int rc = 0;
   pthread_rwlock_rdlock(&db->pub_lock);
   int mrc = r->txn ? mdb_txn_renew(r->txn)
@@ -362,6 +446,7 @@ int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
   }
   *next_id = db->pub_next_id;
   *nitems = db->pub_items;
+  *seq = db->pub_seq;
 done:
   pthread_rwlock_unlock(&db->pub_lock);
   return rc;
@@ -422,14 +507,14 @@ int vlm_db_search(vlm_db *db, const float *query,
     goto done;
   pthread_rwlock_rdlock(&db->index_lock);
   locked = 1;
-  uint64_t next_id;
+  uint64_t next_id, seq;
   int64_t nitems;
-  if ((rc = vlm__snapshot_begin(db, r, need_sql, &next_id, &nitems)))
+  if ((rc = vlm__snapshot_begin(db, r, need_sql, &next_id, &nitems, &seq)))
     goto done;
   snap = 1;
   size_t nf = 0;
   if (o.filter) {
-    if ((rc = vlm__filter_ids(db, r, o.filter, &fids, &nf)))
+    if ((rc = vlm__filter_ids(db, r, o.filter, seq, &fids, &nf)))
       goto done;
     if (!(allow = calloc((size_t)(next_id >> 3) + 1, 1))) {
       rc = vlm_seterr(VLM_ENOMEM, "search");

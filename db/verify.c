@@ -164,7 +164,7 @@ static int check_index(vlm_db *db, MDB_txn *txn, uint64_t lseq,
 
 int vlm_db_verify(vlm_db *db) {
   vlm__reader *r = NULL;
-  uint64_t next_id;
+  uint64_t next_id, pseq;
   int64_t nitems, nvec[VLM__NMOD] = {0, 0}, ncaptions = 0;
   if (!db)
     return vlm_seterr(VLM_EINVAL, "verify: NULL argument");
@@ -172,7 +172,7 @@ int vlm_db_verify(vlm_db *db) {
   if (rc)
     return rc;
   pthread_rwlock_rdlock(&db->index_lock);
-  if ((rc = vlm__snapshot_begin(db, r, 1, &next_id, &nitems)))
+  if ((rc = vlm__snapshot_begin(db, r, 1, &next_id, &nitems, &pseq)))
     goto done;
   uint64_t lseq;
   if (!(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "seq", &lseq)) &&
