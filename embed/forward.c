@@ -188,6 +188,7 @@ typedef struct {
   float *scores; /* [threads, scores_per_thread] attention scratch */
   size_t scores_per_thread;
   float *pooled; /* [n, C] */
+  float *xc;     /* [n, C] the pooled rows' residual stream, last block */
   /* pooling and projection */
   const float *ln_w, *ln_b, *proj;
   int D;
@@ -223,12 +224,62 @@ static void mm_share(const fwd *f, int tid, float *out, int ldo,
                 bias ? bias + lo : NULL, M, hi - lo, K, acc);
 }
 
+/* The second half of a block over R rows: x += att·Woᵀ + bo, then
+ * x += W2·act(W1·ln_2(x)).  h and mlp are scratch of R rows. */
+static void block_tail(fwd *f, int tid, const vlm__block *b, float *x,
+                       const float *att, float *h, float *mlp, int R) {
+  const int C = f->C, F = f->F, nth = f->tm.nth;
+  int r0, r1;
+  share(R, tid, nth, &r0, &r1);
+  mm_share(f, tid, x, C, att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
+  team_sync(&f->tm);
+  vlm__layernorm(h + (size_t)r0 * C, C, x + (size_t)r0 * C, C, b->ln2_w,
+                 b->ln2_b, r1 - r0, C, f->eps);
+  team_sync(&f->tm);
+  /* mlp = act(h · W1ᵀ + b1), each thread on its own columns */
+  int c0, c1;
+  if (f->panels && b->p_fc1) {
+    share((F + VLM__PANEL - 1) / VLM__PANEL, tid, nth, &c0, &c1);
+    c0 *= VLM__PANEL;
+    c1 = c1 * VLM__PANEL < F ? c1 * VLM__PANEL : F;
+    if (c1 > c0)
+      vlm__matmul_panels(mlp, F, h, C, b->p_fc1, f->panels_bf16, b->fc1_b, R,
+                         c0, c1, C, 0);
+  } else {
+    share_cols(F, tid, nth, &c0, &c1);
+    if (c1 > c0)
+      vlm__matmul(mlp + c0, F, h, C, b->fc1_w + (size_t)c0 * C, C,
+                  b->fc1_b + c0, R, c1 - c0, C, 0);
+  }
+  if (c1 > c0)
+    for (int r = 0; r < R; r++) {
+      float *seg = mlp + (size_t)r * F + c0;
+      if (f->quick)
+        vlm__quick_gelu(seg, (size_t)(c1 - c0));
+      else
+        vlm__gelu(seg, (size_t)(c1 - c0));
+    }
+  team_sync(&f->tm);
+  mm_share(f, tid, x, C, mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C, F, 1);
+  team_sync(&f->tm);
+}
+
+/* Row of sequence i the tower pools: the class token (vision) or the end
+ * token, the sequence's last row (text). */
+static inline int pool_row(const fwd *f, int i) {
+  return f->causal ? f->start[i] + f->len[i] - 1 : f->start[i];
+}
+
+/* The blocks.  In the last one only the pooled rows matter past the
+ * attention (keys and values still come from every row), so the rest of
+ * it runs on those n rows, gathered into xc. */
 static void blocks_run(fwd *f, int tid) {
-  const int C = f->C, R = f->R, F = f->F, nth = f->tm.nth;
+  const int C = f->C, R = f->R, nth = f->tm.nth;
   int r0, r1;
   share(R, tid, nth, &r0, &r1);
   for (int l = 0; l < f->layers; l++) {
     const vlm__block *b = &f->blocks[l];
+    const int last = l == f->layers - 1;
     /* h = ln_1(x) */
     vlm__layernorm(f->h + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
                    b->ln1_w, b->ln1_b, r1 - r0, C, f->eps);
@@ -246,68 +297,43 @@ static void blocks_run(fwd *f, int tid) {
                R, C, C, 0);
     }
     team_sync(&f->tm);
-    /* attention per (sequence, head) */
+    /* attention per (sequence, head); in the last block only the pooled
+     * query, written to row i of att */
     int t0, t1;
     share(f->n * f->H, tid, nth, &t0, &t1);
     for (int task = t0; task < t1; task++) {
       int i = task / f->H, head = task % f->H;
       size_t row = (size_t)f->start[i];
       const float *q = f->qkv + row * 3 * C + (size_t)head * f->hd;
-      vlm__attention(f->att + row * C + (size_t)head * f->hd, C, q, q + C,
-                     q + 2 * C, 3 * C, f->len[i], f->hd, f->causal,
+      int q0 = last ? pool_row(f, i) - f->start[i] : 0;
+      int q1 = last ? q0 + 1 : f->len[i];
+      float *out = f->att + (last ? (size_t)i : row) * C + (size_t)head * f->hd;
+      vlm__attention(out, C, q, q + C, q + 2 * C, 3 * C, f->len[i], f->hd,
+                     f->causal, q0, q1,
                      f->scores + (size_t)tid * f->scores_per_thread);
     }
-    team_sync(&f->tm);
-    /* x += att · Woᵀ + bo */
-    mm_share(f, tid, f->x, C, f->att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
-    team_sync(&f->tm);
-    /* h = ln_2(x) */
-    vlm__layernorm(f->h + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
-                   b->ln2_w, b->ln2_b, r1 - r0, C, f->eps);
-    team_sync(&f->tm);
-    /* mlp = act(h · W1ᵀ + b1), each thread on its own columns */
-    int c0, c1;
-    if (f->panels && b->p_fc1) {
-      share((F + VLM__PANEL - 1) / VLM__PANEL, tid, nth, &c0, &c1);
-      c0 *= VLM__PANEL;
-      c1 = c1 * VLM__PANEL < F ? c1 * VLM__PANEL : F;
-      if (c1 > c0)
-        vlm__matmul_panels(f->mlp, F, f->h, C, b->p_fc1, f->panels_bf16,
-                           b->fc1_b, R, c0, c1, C, 0);
-    } else {
-      share_cols(F, tid, nth, &c0, &c1);
-      if (c1 > c0)
-        vlm__matmul(f->mlp + c0, F, f->h, C, b->fc1_w + (size_t)c0 * C, C,
-                    b->fc1_b + c0, R, c1 - c0, C, 0);
+    if (!last) {
+      team_sync(&f->tm);
+      block_tail(f, tid, b, f->x, f->att, f->h, f->mlp, R);
+      continue;
     }
-    if (c1 > c0) {
-      for (int r = 0; r < R; r++) {
-        float *seg = f->mlp + (size_t)r * F + c0;
-        if (f->quick)
-          vlm__quick_gelu(seg, (size_t)(c1 - c0));
-        else
-          vlm__gelu(seg, (size_t)(c1 - c0));
-      }
-    }
+    int i0, i1;
+    share(f->n, tid, nth, &i0, &i1);
+    for (int i = i0; i < i1; i++)
+      memcpy(f->xc + (size_t)i * C, f->x + (size_t)pool_row(f, i) * C,
+             (size_t)C * sizeof(float));
     team_sync(&f->tm);
-    /* x += mlp · W2ᵀ + b2 */
-    mm_share(f, tid, f->x, C, f->mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C,
-             F, 1);
-    team_sync(&f->tm);
+    block_tail(f, tid, b, f->xc, f->att, f->h, f->mlp, f->n);
   }
 }
 
-/* pooled = ln(x[last row of each sequence]); out = pooled · projᵀ */
+/* pooled = ln(pooled rows, in xc); out = pooled · projᵀ */
 static void pool_run(fwd *f, int tid) {
   int i0, i1;
   share(f->n, tid, f->tm.nth, &i0, &i1);
-  for (int i = i0; i < i1; i++) {
-    size_t row = (size_t)(f->start[i] + f->len[i] - 1);
-    if (!f->causal)
-      row = (size_t)f->start[i]; /* vision: the class token */
-    vlm__layernorm(f->pooled + (size_t)i * f->C, f->C, f->x + row * f->C,
-                   f->C, f->ln_w, f->ln_b, 1, f->C, f->eps);
-  }
+  vlm__layernorm(f->pooled + (size_t)i0 * f->C, f->C,
+                 f->xc + (size_t)i0 * f->C, f->C, f->ln_w, f->ln_b, i1 - i0,
+                 f->C, f->eps);
   team_sync(&f->tm);
   mm_share(f, tid, f->out, f->D, f->pooled, f->C, f->proj, NULL, NULL, f->n,
            f->D, f->C, 0);
@@ -382,7 +408,7 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   f->scores_per_thread = vlm__attention_scratch(f->max_T, f->hd);
   size_t floats = R * C * 3 + R * 3 * C + R * F +
                   (size_t)MAX_THREADS * f->scores_per_thread +
-                  (size_t)f->n * C + extra_floats;
+                  2 * (size_t)f->n * C + extra_floats;
   float *mem = vlm__scratch_get(f->clip, floats * sizeof(float),
                                 &f->mem_bytes);
   int *idx = malloc((size_t)f->n * 2 * sizeof(int));
@@ -399,7 +425,8 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   f->mlp = f->qkv + R * 3 * C;
   f->scores = f->mlp + R * F;
   f->pooled = f->scores + (size_t)MAX_THREADS * f->scores_per_thread;
-  *extra = f->pooled + (size_t)f->n * C;
+  f->xc = f->pooled + (size_t)f->n * C;
+  *extra = f->xc + (size_t)f->n * C;
   f->start = idx;
   f->len = idx + f->n;
   return 0;

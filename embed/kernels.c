@@ -214,7 +214,7 @@ size_t vlm__attention_scratch(int T, int hd) {
  * weighted sum of values likewise keeps 64 output columns in registers. */
 void vlm__attention(float *out, int ld_out, const float *q, const float *k,
                     const float *v, int ld_qkv, int T, int hd, int causal,
-                    float *scratch) {
+                    int q0, int q1, float *scratch) {
   const float scale = 1.0f / sqrtf((float)hd);
   const int Tp = (T + KB - 1) / KB * KB;
   float *scores = scratch, *kt = scratch + Tp;
@@ -225,7 +225,7 @@ void vlm__attention(float *out, int ld_out, const float *q, const float *k,
     for (int j = T; j < Tp; j++)
       row[j] = 0;
   }
-  for (int i = 0; i < T; i++) {
+  for (int i = q0; i < q1; i++) {
     const float *qi = q + (size_t)i * ld_qkv;
     const int n = causal ? i + 1 : T;
     for (int jb = 0; jb < n; jb += KB) {
@@ -244,7 +244,7 @@ void vlm__attention(float *out, int ld_out, const float *q, const float *k,
       vstore(scores + jb + 3 * VL, s3);
     }
     vlm__softmax(scores, n);
-    float *o = out + (size_t)i * ld_out;
+    float *o = out + (size_t)(i - q0) * ld_out;
     int d = 0;
     for (; d + KB <= hd; d += KB) {
       vf o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};

@@ -52,14 +52,15 @@ void vlm__gelu(float *x, size_t n);
 /* In place on x[n]: exp(x - max) / sum.  n >= 1. */
 void vlm__softmax(float *x, int n);
 
-/* Self-attention of one head over T positions.  q, k, v: [T, hd] with row
- * stride ld_qkv; out: [T, hd] with row stride ld_out; scratch: at least
+/* Self-attention of one head over T positions, for the queries q0..q1-1.
+ * q, k, v: [T, hd] with row stride ld_qkv; out: [q1 - q0, hd] with row
+ * stride ld_out (query i in row i - q0); scratch: at least
  * vlm__attention_scratch(T, hd) floats.  causal: position i attends to
  * positions 0..i only. */
 size_t vlm__attention_scratch(int T, int hd);
 void vlm__attention(float *out, int ld_out, const float *q, const float *k,
                     const float *v, int ld_qkv, int T, int hd, int causal,
-                    float *scratch);
+                    int q0, int q1, float *scratch);
 
 /* x[n] /= ||x[n]||₂ (a zero vector stays zero). */
 void vlm__l2_normalize(float *x, int n);

@@ -1488,8 +1488,13 @@ static void test_kernel_layernorm_softmax_attention(void **state) {
   for (int i = 0; i < T * 3 * HD; i++)
     q[i] = 2.0f * frand();
   for (int causal = 0; causal <= 1; causal++) {
-    vlm__attention(o, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal,
+    vlm__attention(o, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal, 0, T,
                    scores);
+    /* a range of queries gives the same rows */
+    float part[5 * HD];
+    vlm__attention(part, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal, 7,
+                   12, scores);
+    assert_memory_equal(part, o + 7 * HD, sizeof part);
     for (int i = 0; i < T; i++) {
       int n = causal ? i + 1 : T;
       double s[T], mx = -1e300, sum = 0;
