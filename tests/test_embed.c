@@ -341,6 +341,40 @@ static void test_batch_equals_single(void **state) {
   free(batch);
 }
 
+/* Batches bigger than one pass (about 1024 rows) are split and still
+ * give every input its own vector. */
+static void test_large_batches(void **state) {
+  (void)state;
+  vlm_clip *clip = ref.hf;
+  const int D = vlm_clip_dim(clip), N = 150;
+  const size_t per = (size_t)3 * ref.side * ref.side;
+  float *pixels = malloc(N * per * sizeof *pixels);
+  float *out = malloc((size_t)N * D * sizeof *out);
+  for (int i = 0; i < N; i++)
+    memcpy(pixels + i * per, ref.images[i % ref.n_images].pixels,
+           per * sizeof *pixels);
+  assert_int_equal(vlm_clip_encode_pixels(clip, pixels, N, 0, out), 0);
+  for (int i = 0; i < N; i++)
+    expect_close("image in a big batch", ref.images[i % ref.n_images].file,
+                 out + (size_t)i * D, ref.images[i % ref.n_images].normalized,
+                 D, 0.99999, 1e-4);
+  const int32_t *ids[600];
+  int n_ids[600];
+  float *txt = malloc(600 * (size_t)D * sizeof *txt);
+  for (int i = 0; i < 600; i++) {
+    ids[i] = ref.texts[i % ref.n_texts].ids;
+    n_ids[i] = ref.texts[i % ref.n_texts].n_ids;
+  }
+  assert_int_equal(vlm__clip_encode_tokens(clip, ids, n_ids, 600, 0, txt), 0);
+  for (int i = 0; i < 600; i++)
+    expect_close("text in a big batch", ref.texts[i % ref.n_texts].text,
+                 txt + (size_t)i * D, ref.texts[i % ref.n_texts].normalized, D,
+                 0.99999, 1e-4);
+  free(txt);
+  free(pixels);
+  free(out);
+}
+
 /* Positions after the end token do not change the pooled vector
  * (causal attention), and a sequence is pooled at its first end token. */
 static void test_text_pools_at_end_token(void **state) {
@@ -1745,6 +1779,7 @@ int main(void) {
       cmocka_unit_test(test_vision_tower_original),
       cmocka_unit_test(test_logits_per_image),
       cmocka_unit_test(test_batch_equals_single),
+      cmocka_unit_test(test_large_batches),
       cmocka_unit_test(test_text_pools_at_end_token),
       cmocka_unit_test(test_tokenize_matches_reference),
       cmocka_unit_test(test_text_full_path),
