@@ -380,8 +380,16 @@ int vlm_clip_encode_texts(const vlm_clip *clip, const char *const *texts,
   }
   for (int i = 0; i < n; i++) {
     ids[i] = buf + (size_t)i * ctx;
-    if ((rc = vlm_clip_tokenize(clip, texts[i], ids[i], ctx, &n_ids[i])))
+    if (!texts[i]) {
+      rc = vlm_seterr(VLM_EINVAL, "text %d: NULL", i);
       goto done;
+    }
+    if ((rc = vlm_clip_tokenize(clip, texts[i], ids[i], ctx, &n_ids[i]))) {
+      char detail[512];
+      snprintf(detail, sizeof detail, "%s", vlm_errmsg());
+      vlm_seterr(rc, "text %d: %s", i, detail);
+      goto done;
+    }
   }
   rc = vlm__clip_encode_tokens(clip, (const int32_t *const *)ids, n_ids, n,
                                flags, out);

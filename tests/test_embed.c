@@ -519,6 +519,7 @@ static void test_text_full_path(void **state) {
     /* Invalid UTF-8 in one text fails the call, naming the problem. */
     const char *bad[2] = {"fine", "bad \xc3\x28"};
     assert_int_equal(vlm_clip_encode_texts(clip, bad, 2, 0, nrm), VLM_EFORMAT);
+    assert_non_null(strstr(vlm_errmsg(), "text 1"));
     free(raw);
     free(nrm);
   }
