@@ -13,6 +13,7 @@
  * laid out in list order so that q, k and v of a block end up adjacent
  * and one GEMM computes all three. */
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -391,30 +392,48 @@ static size_t tower_panel_elems(int L, int C, int F) {
                       panel_elems(F, C) + panel_elems(C, F));
 }
 
-/* Pack hf (N x K) at *at; NULL-free rows table of at least N entries. */
-static int pack_one(const spec_list *l, const char *hf, int bf16, int N,
-                    int K, const uint16_t **rows, uint16_t **at,
-                    const uint16_t **dst) {
+/* Packing is planned first (where each matrix goes, which file rows feed
+ * it) and then run on the model's threads: it is most of the load time. */
+typedef struct {
+  uint16_t *dst;
+  const uint16_t **rows;
+  int N, K;
+} pack_job;
+
+typedef struct {
+  pack_job *jobs;
+  int n;
+  const uint16_t **rows; /* next free entries of the row-pointer table */
+  uint16_t *at;          /* next free panel element */
+  pthread_mutex_t mu;
+  int next;
+} pack_plan;
+
+/* Plan hf (N x K) at plan->at. */
+static int plan_one(const spec_list *l, const char *hf, int bf16, int N,
+                    int K, pack_plan *plan, const uint16_t **dst) {
   const uint16_t *w = raw16(l, hf, bf16);
   if (!w)
     return -1;
+  pack_job *j = &plan->jobs[plan->n++];
+  *j = (pack_job){plan->at, plan->rows, N, K};
   for (int n = 0; n < N; n++)
-    rows[n] = w + (size_t)n * K;
-  vlm__panel_pack(*at, rows, N, K);
-  *dst = *at;
-  *at += panel_elems(N, K);
+    plan->rows[n] = w + (size_t)n * K;
+  plan->rows += N;
+  *dst = plan->at;
+  plan->at += panel_elems(N, K);
   return 0;
 }
 
-static int pack_tower(const spec_list *l, const char *tower, int bf16,
-                      int L, int C, int F, vlm__block *blocks,
-                      const uint16_t **rows, uint16_t **at) {
+static int plan_tower(const spec_list *l, const char *tower, int bf16, int L,
+                      int C, int F, vlm__block *blocks, pack_plan *plan) {
   char name[128];
   for (int i = 0; i < L; i++) {
     vlm__block *b = &blocks[i];
     if (!b->qkv_fused) /* the biases must be one [3C] vector */
       return -1;
     static const char *qkv[3] = {"q", "k", "v"};
+    const uint16_t **rows = plan->rows;
     for (int j = 0; j < 3; j++) {
       snprintf(name, sizeof name, "%s.encoder.layers.%d.self_attn.%s_proj."
                "weight", tower, i, qkv[j]);
@@ -424,20 +443,33 @@ static int pack_tower(const spec_list *l, const char *tower, int bf16,
       for (int n = 0; n < C; n++)
         rows[j * C + n] = w + (size_t)n * C;
     }
-    vlm__panel_pack(*at, rows, 3 * C, C);
-    b->p_qkv = *at;
-    *at += panel_elems(3 * C, C);
+    plan->jobs[plan->n++] = (pack_job){plan->at, rows, 3 * C, C};
+    plan->rows += 3 * C;
+    b->p_qkv = plan->at;
+    plan->at += panel_elems(3 * C, C);
 #define LAYER(s) (snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", \
                            tower, i, s), name)
-    if (pack_one(l, LAYER("self_attn.out_proj.weight"), bf16, C, C, rows, at,
+    if (plan_one(l, LAYER("self_attn.out_proj.weight"), bf16, C, C, plan,
                  &b->p_o) ||
-        pack_one(l, LAYER("mlp.fc1.weight"), bf16, F, C, rows, at,
-                 &b->p_fc1) ||
-        pack_one(l, LAYER("mlp.fc2.weight"), bf16, C, F, rows, at, &b->p_fc2))
+        plan_one(l, LAYER("mlp.fc1.weight"), bf16, F, C, plan, &b->p_fc1) ||
+        plan_one(l, LAYER("mlp.fc2.weight"), bf16, C, F, plan, &b->p_fc2))
       return -1;
 #undef LAYER
   }
   return 0;
+}
+
+static void *pack_worker(void *arg) {
+  pack_plan *plan = arg;
+  for (;;) {
+    pthread_mutex_lock(&plan->mu);
+    int i = plan->next++;
+    pthread_mutex_unlock(&plan->mu);
+    if (i >= plan->n)
+      return NULL;
+    const pack_job *j = &plan->jobs[i];
+    vlm__panel_pack(j->dst, j->rows, j->N, j->K);
+  }
 }
 
 static spec *find_spec(spec_list *l, const char *hf) {
@@ -497,29 +529,47 @@ static int build_panels(vlm_clip *clip, const spec_list *l, int bf16) {
                                    c->vision_mlp) +
                  panel_elems(c->vision_width, KP);
   size_t bytes = elems * sizeof(uint16_t);
-  int rows_n = 3 * c->text_width;
-  int most[3] = {c->text_mlp, 3 * c->vision_width, c->vision_mlp};
-  for (int i = 0; i < 3; i++)
-    rows_n = most[i] > rows_n ? most[i] : rows_n;
-  const uint16_t **rows = malloc((size_t)rows_n * sizeof *rows);
+  size_t n_rows = (size_t)c->text_layers * (5 * c->text_width + c->text_mlp) +
+                  (size_t)c->vision_layers *
+                      (5 * c->vision_width + c->vision_mlp) +
+                  (size_t)c->vision_width;
+  int n_jobs = 4 * (c->text_layers + c->vision_layers) + 1;
+  pack_plan plan = {0};
+  plan.jobs = malloc((size_t)n_jobs * sizeof *plan.jobs);
+  const uint16_t **rows = malloc(n_rows * sizeof *rows);
   void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (!rows || mem == MAP_FAILED) {
+  if (!rows || !plan.jobs || mem == MAP_FAILED) {
     free(rows);
+    free(plan.jobs);
     if (mem != MAP_FAILED)
       munmap(mem, bytes);
     return vlm_seterr(VLM_ENOMEM, "out of memory packing weights");
   }
-  uint16_t *at = mem;
+  plan.rows = rows;
+  plan.at = mem;
   const uint16_t *patch = NULL;
-  int bad = pack_tower(l, "text_model", bf16, c->text_layers, c->text_width,
-                       c->text_mlp, clip->w.tblocks, rows, &at) ||
-            pack_tower(l, "vision_model", bf16, c->vision_layers,
-                       c->vision_width, c->vision_mlp, clip->w.vblocks, rows,
-                       &at) ||
-            pack_one(l, "vision_model.embeddings.patch_embedding.weight", bf16,
-                     c->vision_width, KP, rows, &at, &patch);
+  int bad = plan_tower(l, "text_model", bf16, c->text_layers, c->text_width,
+                       c->text_mlp, clip->w.tblocks, &plan) ||
+            plan_tower(l, "vision_model", bf16, c->vision_layers,
+                       c->vision_width, c->vision_mlp, clip->w.vblocks,
+                       &plan) ||
+            plan_one(l, "vision_model.embeddings.patch_embedding.weight",
+                     bf16, c->vision_width, KP, &plan, &patch);
+  if (!bad) {
+    pthread_t th[64];
+    int started = 0;
+    pthread_mutex_init(&plan.mu, NULL);
+    for (int t = 1; t < clip->threads && t < 64; t++)
+      if (!pthread_create(&th[started], NULL, pack_worker, &plan))
+        started++;
+    pack_worker(&plan);
+    for (int t = 0; t < started; t++)
+      pthread_join(th[t], NULL);
+    pthread_mutex_destroy(&plan.mu);
+  }
   free(rows);
+  free(plan.jobs);
   if (bad) { /* panels_possible checked every source: cannot happen */
     munmap(mem, bytes);
     return vlm_seterr(VLM_ECORRUPT, "%s: weights changed while packing",
