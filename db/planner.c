@@ -332,6 +332,9 @@ static int search_modality(sctx *s, int m, int kk,
     }
     if (local < sel)
       sel = local;
+    /* A filtered walk keeps fewer of the candidates it visits: always at
+     * least twice the unfiltered breadth, more as matches get rarer. */
+    ef *= 2;
     double want = 2.0 * kk / sel;
     if (want > ef)
       ef = want > MAX_EF ? MAX_EF : (int)want;
