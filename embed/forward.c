@@ -437,13 +437,6 @@ static void fwd_free(fwd *f) {
   free(f->start);
 }
 
-static int threads_for(const vlm_clip *clip, int rows) {
-  int t = clip->threads;
-  /* Below a few rows per thread the split costs more than it gains. */
-  (void)rows;
-  return t < 1 ? 1 : t;
-}
-
 int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
                       const int *n_ids, int n, float *out) {
   const vlm__clip_config *cfg = &clip->cfg;
@@ -482,7 +475,7 @@ int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
     f.len[i] = n_ids[i];
     row += n_ids[i];
   }
-  team_run(&f.tm, threads_for(clip, f.R), text_thread, &f);
+  team_run(&f.tm, clip->threads, text_thread, &f);
   fwd_free(&f);
   return 0;
 }
@@ -523,7 +516,7 @@ int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
     f.start[i] = i * f.max_T;
     f.len[i] = f.max_T;
   }
-  team_run(&f.tm, threads_for(clip, f.R), vision_thread, &f);
+  team_run(&f.tm, clip->threads, vision_thread, &f);
   fwd_free(&f);
   return 0;
 }
