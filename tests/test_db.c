@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -1199,6 +1200,10 @@ static void test_filters_match_naive_scan(void **state) {
 static void test_planner_filtered_recall(void **state) {
   (void)state;
   enum { N = 12000, NC = 20, PD = 32 };
+  /* One OpenMP thread: FAISS builds the same graph on every run, so the
+   * recall measured here does not depend on the machine's load. */
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
   tmp t;
   tmp_make(&t);
   vlm_db *db = make_db(t.dir, "HNSW32", PD);
@@ -1289,6 +1294,7 @@ static void test_planner_filtered_recall(void **state) {
                recall);
   }
   vlm_db_close(db);
+  omp_set_num_threads(threads);
   free(x), free(year), free(cl), free(keys), free(metas), free(items);
   tmp_free(&t);
 }
@@ -1797,6 +1803,7 @@ typedef struct {
   int ops_done;   /* written by the writer, read by readers (atomics) */
   int stop;
   int violations;
+  int approximate; /* HNSW: an unfiltered search may miss a duplicate */
   long searches;
   char first_violation[256];
 } cc_shared;
@@ -1869,7 +1876,8 @@ static void *cc_reader(void *arg) {
     int nh, n = 0;
     char prefix[16];
     snprintf(prefix, sizeof prefix, "b%d-", b);
-    /* Unfiltered: all CC_M copies of batch b's vector, or none. */
+    /* Unfiltered: all CC_M copies of batch b's vector, or none (with an
+     * approximate index: never more than CC_M). */
     o.k = 2 * CC_M;
     o.target = VLM_TARGET_IMAGE;
     if (vlm_db_search(s->db, s->vec[b], &o, &hits, &nh) != 0) {
@@ -1880,7 +1888,7 @@ static void *cc_reader(void *arg) {
       n += !strncmp(hits[h].key, prefix, strlen(prefix)) &&
            hits[h].score > 0.9999f;
     vlm_hits_free(hits, nh);
-    if (n != 0 && n != CC_M)
+    if (n != 0 && n != CC_M && !(s->approximate && n < CC_M))
       cc_violation(s, "search saw %d of the %d items of batch %d", n, CC_M,
                    b);
     /* Filtered (SQLite snapshot) and exact: the same rule. */
@@ -1912,6 +1920,7 @@ static void run_concurrency(const char *factory, int async) {
   CHECK(vlm_db_open(t.dir, &o, &db));
   cc_shared *s = calloc(1, sizeof *s);
   s->db = db;
+  s->approximate = strcmp(factory, "Flat") != 0;
   for (int b = 0; b < CC_OPS; b++)
     cc_vector(s->vec[b], b);
   pthread_t w, rd[CC_READERS];
