@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clip_int.h" /* white-box checks of the loaded model */
 #include "kernels.h"
 #include "model.h"
 #include "safetensors.h"
@@ -815,14 +816,17 @@ static void ckpt_read(const char *path, ckpt *c) {
   free(b);
 }
 
+/* Header padded with spaces to a multiple of 8, as the reference writer
+ * does, so the data region starts aligned. */
 static void ckpt_write(const ckpt *c, const char *path) {
   char *h = json_dumps(c->header, JSON_COMPACT);
-  size_t hlen = strlen(h);
+  size_t text = strlen(h), hlen = (text + 7) & ~(size_t)7;
   size_t len = 8 + hlen + c->data_len;
   uint8_t *b = malloc(len);
   for (int i = 0; i < 8; i++)
     b[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-  memcpy(b + 8, h, hlen);
+  memcpy(b + 8, h, text);
+  memset(b + 8 + text, ' ', hlen - text);
   memcpy(b + 8 + hlen, c->data, c->data_len);
   spit(path, b, len);
   free(b);
@@ -1339,6 +1343,25 @@ static void test_f32_and_bf16_files(void **state) {
   assert_int_equal(vlm_clip_load(dir, NULL, &clip), 0);
   check_texts(clip, "F32 file");
   check_images(clip, "F32 file");
+  /* F32 weights are used where they lie in the mapping, not copied. */
+  for (int i = 0; i < clip->n_named; i++) {
+    const uint8_t *p = (const uint8_t *)clip->named[i].data;
+    const uint8_t *map = clip->st->map;
+    if (!p || p < map || p >= map + clip->st->map_len)
+      fail_msg("F32 tensor %s is not in the file mapping",
+               clip->named[i].name);
+  }
+  assert_string_equal(vlm_clip_model_id(clip), vlm_clip_model_id(ref.hf));
+  vlm_clip_free(clip);
+
+  /* The original layout in F32: q, k, v are row blocks of the mapped
+   * in_proj_weight, used in place. */
+  char oc[512];
+  snprintf(oc, sizeof oc, "%s/open_clip_model.safetensors", dir);
+  write_converted(OC_FILE, oc, 0);
+  assert_int_equal(vlm__clip_load_weights(dir, oc, NULL, &clip), 0);
+  check_texts(clip, "open_clip F32 file");
+  check_images(clip, "open_clip F32 file");
   assert_string_equal(vlm_clip_model_id(clip), vlm_clip_model_id(ref.hf));
   vlm_clip_free(clip);
 
