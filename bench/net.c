@@ -656,6 +656,7 @@ int main(int argc, char **argv) {
   if (access(g_vlmdb, X_OK) != 0)
     die("%s is not built (make build/vlmdb)", g_vlmdb);
   signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, NULL, _IOLBF, 0);
 
   char dir[PATH_MAX];
   snprintf(dir, sizeof dir, "%s/vlm_bench_net_XXXXXX", tmp);

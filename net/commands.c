@@ -8,6 +8,7 @@
  * RESP2 equivalents otherwise; resp.c maps them.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <fnmatch.h>
 #include <jansson.h>
 #include <math.h>
@@ -42,16 +43,26 @@ static const char *arg_show(const vlm__resp_arg *a, char *buf, size_t cap) {
   return buf;
 }
 
-static int arg_long(vlm__ctx *ctx, const vlm__resp_arg *a, long min, long max,
-                    const char *what, long *out) {
+/* A whole argument as a decimal integer; -1 if it is not one. */
+static int parse_long(const vlm__resp_arg *a, long *out) {
   char tmp[32];
   if (a->len == 0 || a->len >= sizeof tmp)
-    goto bad;
+    return -1;
   memcpy(tmp, a->ptr, a->len);
   tmp[a->len] = '\0';
   char *end;
+  errno = 0;
   long v = strtol(tmp, &end, 10);
-  if (*end != '\0' || v < min || v > max)
+  if (*end != '\0' || errno)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static int arg_long(vlm__ctx *ctx, const vlm__resp_arg *a, long min, long max,
+                    const char *what, long *out) {
+  long v;
+  if (parse_long(a, &v) < 0 || v < min || v > max)
     goto bad;
   *out = v;
   return 0;
@@ -248,14 +259,7 @@ static int cmd_hello(vlm__ctx *ctx) {
   int i = 1;
   if (ctx->argc >= 2) {
     long v;
-    char tmp[24];
-    char *end;
-    const vlm__resp_arg *a = &ctx->argv[1];
-    v = a->len > 0 && a->len < sizeof tmp
-            ? (memcpy(tmp, a->ptr, a->len), tmp[a->len] = '\0',
-               strtol(tmp, &end, 10))
-            : -1;
-    if (a->len == 0 || a->len >= sizeof tmp || *end != '\0') {
+    if (parse_long(&ctx->argv[1], &v) < 0) {
       vlm__reply_error(ctx->out, "ERR", "Protocol version is not an integer "
                        "or out of range");
       return -1;
@@ -478,11 +482,14 @@ static void reply_command_info(vlm__buf *out, const vlm__command *cmd) {
   vlm__reply_array(out, 10);
   vlm__reply_cstr(out, name);
   vlm__reply_int(out, cmd->arity);
-  int nflags = 1 + !!(cmd->flags & VLM__CMD_NOAUTH) + !cmd->exec;
+  int nflags = 1 + !!(cmd->flags & VLM__CMD_NOAUTH) +
+               !!(cmd->flags & VLM__CMD_ADMIN) + !cmd->exec;
   vlm__reply_array(out, nflags);
   vlm__reply_status(out, (cmd->flags & VLM__CMD_WRITE) ? "write" : "readonly");
   if (cmd->flags & VLM__CMD_NOAUTH)
     vlm__reply_status(out, "no_auth");
+  if (cmd->flags & VLM__CMD_ADMIN)
+    vlm__reply_status(out, "admin");
   if (!cmd->exec)
     vlm__reply_status(out, "fast");
   vlm__reply_int(out, 0); /* first key: vlmdb has no cluster key slots */
@@ -1572,11 +1579,6 @@ static const vlm__command *lookup(const char *name, size_t len) {
         strncasecmp(commands[i].name, name, len) == 0)
       return &commands[i];
   return NULL;
-}
-
-int vlm__commands_init(vlm_server *srv) {
-  (void)srv;
-  return 0;
 }
 
 /* ======================================================================

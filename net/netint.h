@@ -163,8 +163,6 @@ struct vlm__command {
 
 /* Look up, check arity and authentication, and run one request. */
 void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv);
-/* Called once per server to resolve the database's field names. */
-int vlm__commands_init(vlm_server *srv);
 
 /* ---- server and connections (server.c) ---- */
 

@@ -343,7 +343,7 @@ static size_t process_bytes(vlm__conn *conn, char *data, size_t len) {
       /* The reply goes out in order, then the connection closes: the
        * stream cannot be resynchronized. */
       vlm__reply_error(vlm__conn_reply_buf(conn), "ERR", "%s",
-                       conn->parser.err + 0);
+                       conn->parser.err);
       vlm__conn_quit(conn);
       return len;
     }
@@ -385,11 +385,19 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   int shared = buf->base == srv->rbuf;
   if (shared)
     srv->rbuf_busy = 0;
+  if (nread == UV_EOF) {
+    /* The client is done sending (it may have only shut down its side,
+     * as `printf 'SEARCH ...' | nc -N` does): answer what it sent, then
+     * close.  If it is gone entirely, the first write fails and closes. */
+    vlm__conn_quit(conn);
+    conn_flush(conn);
+    return;
+  }
   if (nread < 0) {
     if (nread == UV_ENOBUFS)
       vlm__server_log(srv, "client %llu: out of memory for its request",
                       (unsigned long long)conn->id);
-    conn_close(conn); /* EOF or error: replies owed are dropped */
+    conn_close(conn); /* a socket error: replies owed are dropped */
     return;
   }
   if (nread == 0 || conn->closing)
@@ -773,9 +781,6 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
     srv->sig_term.data = srv;
   }
   rc = listen_on(srv);
-  if (rc < 0)
-    goto fail_loop;
-  rc = vlm__commands_init(srv);
   if (rc < 0)
     goto fail_loop;
   rc = vlm__pool_start(&srv->pool, srv->threads);

@@ -1875,6 +1875,23 @@ static void test_hostile_input(void **state) {
                    "-ERR Protocol error: invalid bulk length");
   expect_ping(watch);
 
+  /* A client that shuts down its sending side after its requests (as
+   * `printf ... | nc -N` does) still gets every reply, then EOF. */
+  fd = tcp_connect(s.port);
+  const char *half = "EMBED TEXT half-closed\r\nPING\r\n";
+  assert_int_equal(send_all(fd, half, strlen(half)), 0);
+  shutdown(fd, SHUT_WR);
+  {
+    char got[1024], want[32];
+    int closed;
+    size_t n = read_to_eof(fd, got, sizeof got, &closed);
+    int hl = snprintf(want, sizeof want, "$%d\r\n", g_dim * 4);
+    if (!closed || n != (size_t)hl + (size_t)g_dim * 4 + 2 + 7 ||
+        memcmp(got, want, (size_t)hl) || memcmp(got + n - 7, "+PONG\r\n", 7))
+      fail_msg("half-closed client: %zu bytes, closed %d", n, closed);
+  }
+  close(fd);
+
   /* Binary garbage. */
   for (int i = 0; i < 200; i++) {
     char junk[4096];
