@@ -34,6 +34,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -375,8 +376,20 @@ done:
   free(data);
 }
 
+/* Decode workers run at a lower priority than the encoder: the encoder
+ * splits each layer over every core and waits for its slowest thread, so
+ * a decode thread taking its core stalls all of them, while decoding
+ * needs only a few percent of the CPU for a real model (and all of it,
+ * uncontended, when the encoder is idle).  On Linux a thread's nice
+ * value is its own. */
+#define WORKER_NICE 10
+
 static void *worker_main(void *arg) {
   ingest *ing = arg;
+  errno = 0;
+  int nice_now = getpriority(PRIO_PROCESS, 0);
+  if (errno == 0)
+    setpriority(PRIO_PROCESS, (id_t)gettid(), nice_now + WORKER_NICE);
   pthread_mutex_lock(&ing->mu);
   while (!ing->stop) {
     batch *b = NULL;
