@@ -1133,6 +1133,162 @@ static void test_e2e_ingest_search_eval(void **state) {
   json_decref(map);
 }
 
+/* The keys of a search's JSON results, in order, as one string. */
+static char *result_keys(const char *json_text) {
+  json_t *res = parse_json(json_text);
+  json_t *hits = json_object_get(res, "results");
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&buf, &len);
+  for (size_t i = 0; i < json_array_size(hits); i++)
+    fprintf(mem, "%s|",
+            json_string_value(json_object_get(json_array_get(hits, i), "key")));
+  fclose(mem);
+  json_decref(res);
+  return buf;
+}
+
+/* search by image file, --exact, --ef, --hybrid; eval --direction and
+ * --sample; reindex; --upsert */
+static void test_e2e_search_options_reindex_upsert(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], catalog[PATH_MAX], image[PATH_MAX];
+  make_images(dir);
+  write_file(dir, "catalog.jsonl", main_catalog);
+  db_path(db, sizeof db, dir, "db");
+  db_path(catalog, sizeof catalog, dir, "catalog.jsonl");
+  db_path(image, sizeof image, dir, "img/photo_prog.jpg");
+  init_db(dir, "db");
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, catalog), 0);
+
+  /* an image file finds its own item first, at cosine 1 */
+  char *out = RUN_OK(dir, "search", "--db", db, "--image", image, "--target",
+                     "image", "-k", "3", "--json");
+  json_t *res = parse_json(out);
+  json_t *top = json_array_get(json_object_get(res, "results"), 0);
+  assert_string_equal(json_string_value(json_object_get(top, "key")),
+                      "progressive");
+  assert_true(fabs(json_number_value(json_object_get(top, "score")) - 1.0) <
+              1e-4);
+  assert_string_equal(
+      json_string_value(json_object_get(json_object_get(res, "query"), "image")),
+      image);
+  json_decref(res);
+  free(out);
+
+  /* the index and brute force agree on a database this small */
+  char *ann = RUN_OK(dir, "search", "--db", db, "--text", "a wide banner",
+                     "-k", "10", "--ef", "64", "--json");
+  char *exact = RUN_OK(dir, "search", "--db", db, "--text", "a wide banner",
+                       "-k", "10", "--exact", "--json");
+  char *ka = result_keys(ann), *ke = result_keys(exact);
+  assert_string_equal(ka, ke);
+  free(ka);
+  free(ke);
+  free(ann);
+  free(exact);
+
+  /* hybrid: BM25 over captions fused in; the caption with both words
+   * ranks first, and the output says it was hybrid */
+  out = RUN_OK(dir, "search", "--db", db, "--text", "wide banner", "--hybrid",
+               "-k", "5", "--json");
+  res = parse_json(out);
+  assert_true(json_is_true(json_object_get(res, "hybrid")));
+  top = json_array_get(json_object_get(res, "results"), 0);
+  assert_string_equal(json_string_value(json_object_get(top, "key")), "wide");
+  json_decref(res);
+  free(out);
+  assert_int_equal(RUN(dir, NULL, NULL, "search", "--db", db, "--key", "wide",
+                       "--hybrid"),
+                   2);
+
+  /* eval: one direction, a sample */
+  out = RUN_OK(dir, "eval", "--db", db, "--direction", "t2i", "--sample", "4",
+               "--json");
+  res = parse_json(out);
+  assert_true(json_is_null(json_object_get(res, "i2t")));
+  assert_int_equal(json_int(json_object_get(res, "t2i"), "queries"), 4);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "eval", "--db", db, "--no-index", "--json");
+  res = parse_json(out);
+  assert_true(json_is_null(json_object_get(json_object_get(res, "i2t"),
+                                           "index_recall")));
+  json_decref(res);
+  free(out);
+
+  /* reindex with another kind: same answers from the new index */
+  char *before = RUN_OK(dir, "search", "--db", db, "--key", "gray", "-k",
+                        "10", "--json");
+  out = RUN_OK(dir, "reindex", "--db", db, "--index", "Flat", "--json");
+  res = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(res, "index")), "Flat");
+  assert_int_equal(json_int(res, "index_vectors"), 2 * MAIN_GOOD - 1);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  res = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(res, "index")), "Flat");
+  json_decref(res);
+  free(out);
+  char *after = RUN_OK(dir, "search", "--db", db, "--key", "gray", "-k", "10",
+                       "--json");
+  char *kb = result_keys(before), *kf = result_keys(after);
+  assert_string_equal(kb, kf);
+  free(kb);
+  free(kf);
+  free(before);
+  free(after);
+
+  /* a changed row: skipped without --upsert, replaced with it */
+  write_file(dir, "change.jsonl",
+             "{\"key\": \"photo\", \"image\": \"img/rgb.png\", \"text\": "
+             "\"replaced\", \"meta\": {\"category\": \"new\", \"year\": 2024}}\n");
+  char change[PATH_MAX];
+  db_path(change, sizeof change, dir, "change.jsonl");
+  out = RUN_OK(dir, "ingest", "--db", db, change, "--json");
+  res = parse_json(out);
+  assert_int_equal(json_int(res, "ingested"), 0);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "get", "--db", db, "photo", "--json");
+  res = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(res, "caption")),
+                      "a colourful photo, with commas");
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "ingest", "--db", db, change, "--upsert", "--json");
+  res = parse_json(out);
+  assert_int_equal(json_int(res, "ingested"), 1);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "get", "--db", db, "photo", "--json");
+  res = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(res, "caption")),
+                      "replaced");
+  assert_int_equal(json_int(json_object_get(res, "meta"), "year"), 2024);
+  json_decref(res);
+  free(out);
+  /* the replaced vectors are searched: its new image is rgb.png's */
+  out = RUN_OK(dir, "search", "--db", db, "--key", "rgb", "--target", "image",
+               "-k", "2", "--json");
+  res = parse_json(out);
+  json_t *hits = json_object_get(res, "results");
+  int found = 0;
+  for (size_t i = 0; i < json_array_size(hits); i++)
+    found |= !strcmp(json_string_value(json_object_get(json_array_get(hits, i),
+                                                       "key")),
+                     "photo");
+  assert_true(found);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  res = parse_json(out);
+  assert_int_equal(json_int(res, "items"), MAIN_GOOD);
+  json_decref(res);
+  free(out);
+}
+
 /* export -> ingest into a new database gives the same items: with
  * --vectors exactly, without them by re-embedding the same files */
 static void test_e2e_export_roundtrip(void **state) {
@@ -1465,6 +1621,8 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_ingest_search_eval, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_search_options_reindex_upsert,
+                                      setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_export_roundtrip, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_csv_tsv_dir_and_exit_status, setup_tmpdir,
