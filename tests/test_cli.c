@@ -498,6 +498,57 @@ static void test_progress_text(void **state) {
   assert_string_equal(buf, "1:02:05");
 }
 
+/* The bar redraws in place; line mode prints whole lines, rate limited. */
+static void test_progress_modes(void **state) {
+  (void)state;
+  char *text;
+  size_t len;
+  vlm_progress p;
+  struct timespec pause = {0, 120 * 1000 * 1000};
+
+  setenv("VLMDB_PROGRESS", "bar", 1);
+  FILE *mem = open_memstream(&text, &len);
+  vlm_progress_init(&p, mem, "ingest", 100);
+  vlm_progress_update(&p, 10); /* too soon after init: nothing */
+  nanosleep(&pause, NULL);
+  vlm_progress_update(&p, 50);
+  vlm_progress_finish(&p);
+  fclose(mem);
+  if (!strstr(text, "\ringest: [############............] 50/100   50%") ||
+      !strstr(text, "ETA ") || !strstr(text, "\033[K") ||
+      strstr(text, "10/100") || !strstr(text, "\r\033[K"))
+    fail_msg("bar output: '%s'", text);
+  assert_null(strchr(text, '\n'));
+  free(text);
+
+  setenv("VLMDB_PROGRESS", "lines", 1);
+  setenv("VLMDB_PROGRESS_INTERVAL", "0.1", 1);
+  mem = open_memstream(&text, &len);
+  vlm_progress_init(&p, mem, "ingest", -1);
+  vlm_progress_update(&p, 3);
+  nanosleep(&pause, NULL);
+  vlm_progress_update(&p, 7);
+  vlm_progress_update(&p, 8); /* within the interval: dropped */
+  vlm_progress_finish(&p);
+  fclose(mem);
+  if (strncmp(text, "ingest: 7  ", 11) || strstr(text, "ingest: 8") ||
+      strchr(text, '\r') || text[len - 1] != '\n')
+    fail_msg("line output: '%s'", text);
+  free(text);
+
+  setenv("VLMDB_PROGRESS", "off", 1);
+  mem = open_memstream(&text, &len);
+  vlm_progress_init(&p, mem, "ingest", 10);
+  nanosleep(&pause, NULL);
+  vlm_progress_update(&p, 5);
+  vlm_progress_finish(&p);
+  fclose(mem);
+  assert_int_equal(len, 0);
+  free(text);
+  unsetenv("VLMDB_PROGRESS");
+  unsetenv("VLMDB_PROGRESS_INTERVAL");
+}
+
 /* -------------------------------------------------------------- eval */
 
 /* A hand-computed example: 3 text queries over 4 images, and 4 image
@@ -1614,6 +1665,7 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test(test_resolve_path),
       cmocka_unit_test(test_progress_text),
+      cmocka_unit_test(test_progress_modes),
       cmocka_unit_test(test_eval_metric_by_hand),
       cmocka_unit_test_setup_teardown(test_eval_pairs_file, setup_tmpdir,
                                       teardown_tmpdir),
