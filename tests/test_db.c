@@ -100,13 +100,41 @@ typedef struct {
   char dir[96];  /* the database inside it */
 } tmp;
 
+/* Temp dirs of the running test, removed by teardown even when the test
+ * fails half-way (a failure longjmps out of the test function). */
+static char live_roots[8][64];
+
 static void tmp_make(tmp *t) {
   strcpy(t->root, "/tmp/vlmdb-test-XXXXXX");
   assert_non_null(mkdtemp(t->root));
   snprintf(t->dir, sizeof t->dir, "%s/db", t->root);
+  for (int i = 0; i < 8; i++)
+    if (!live_roots[i][0]) {
+      strcpy(live_roots[i], t->root);
+      break;
+    }
 }
 
-static void tmp_free(tmp *t) { rm_rf(t->root); }
+static void tmp_free(tmp *t) {
+  rm_rf(t->root);
+  for (int i = 0; i < 8; i++)
+    if (!strcmp(live_roots[i], t->root))
+      live_roots[i][0] = '\0';
+}
+
+static int teardown_tmp(void **state) {
+  (void)state;
+  for (int i = 0; i < 8; i++)
+    if (live_roots[i][0]) {
+      umount2(live_roots[i], MNT_DETACH); /* no-op unless a mount is left */
+      char mnt[96];
+      snprintf(mnt, sizeof mnt, "%s/mnt", live_roots[i]);
+      umount2(mnt, MNT_DETACH);
+      rm_rf(live_roots[i]);
+      live_roots[i][0] = '\0';
+    }
+  return 0;
+}
 
 static vlm_field fields3[] = {{"category", VLM_FIELD_TEXT},
                               {"year", VLM_FIELD_INT},
@@ -1953,23 +1981,23 @@ static void test_concurrency_readers_never_see_half_a_batch(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_put_get_exact_payload),
-      cmocka_unit_test(test_upsert_delete_reach_all_stores),
-      cmocka_unit_test(test_search_targets_exact_and_index),
-      cmocka_unit_test(test_reopen_and_index_file_recovery),
-      cmocka_unit_test(test_reindex),
-      cmocka_unit_test(test_training_threshold),
-      cmocka_unit_test(test_open_refusals),
-      cmocka_unit_test(test_bad_input_fails_whole_batch),
-      cmocka_unit_test(test_full_disk),
-      cmocka_unit_test(test_full_disk_tmpfs),
-      cmocka_unit_test(test_filters_match_naive_scan),
-      cmocka_unit_test(test_planner_filtered_recall),
-      cmocka_unit_test(test_filter_injection_refused),
-      cmocka_unit_test(test_hybrid_rrf),
-      cmocka_unit_test(test_recovery_replays_sqlite),
-      cmocka_unit_test(test_crash_kill9_recovery),
-      cmocka_unit_test(test_concurrency_readers_never_see_half_a_batch),
+      cmocka_unit_test_teardown(test_put_get_exact_payload, teardown_tmp),
+      cmocka_unit_test_teardown(test_upsert_delete_reach_all_stores, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
+      cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
+      cmocka_unit_test_teardown(test_reindex, teardown_tmp),
+      cmocka_unit_test_teardown(test_training_threshold, teardown_tmp),
+      cmocka_unit_test_teardown(test_open_refusals, teardown_tmp),
+      cmocka_unit_test_teardown(test_bad_input_fails_whole_batch, teardown_tmp),
+      cmocka_unit_test_teardown(test_full_disk, teardown_tmp),
+      cmocka_unit_test_teardown(test_full_disk_tmpfs, teardown_tmp),
+      cmocka_unit_test_teardown(test_filters_match_naive_scan, teardown_tmp),
+      cmocka_unit_test_teardown(test_planner_filtered_recall, teardown_tmp),
+      cmocka_unit_test_teardown(test_filter_injection_refused, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_rrf, teardown_tmp),
+      cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),
+      cmocka_unit_test_teardown(test_crash_kill9_recovery, teardown_tmp),
+      cmocka_unit_test_teardown(test_concurrency_readers_never_see_half_a_batch, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
