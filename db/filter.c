@@ -240,7 +240,8 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
     ids = malloc((r->cache_n ? r->cache_n : 1) * sizeof *ids);
     if (!ids)
       return vlm_seterr(VLM_ENOMEM, "filter results");
-    memcpy(ids, r->cache_ids, r->cache_n * sizeof *ids);
+    if (r->cache_n)
+      memcpy(ids, r->cache_ids, r->cache_n * sizeof *ids);
     *ids_out = ids;
     *n_out = r->cache_n;
     return 0;
@@ -309,7 +310,8 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
   r->cache_ids = malloc((n ? n : 1) * sizeof *ids);
   r->cache_valid = r->cache_ids != NULL;
   if (r->cache_valid) {
-    memcpy(r->cache_ids, ids, n * sizeof *ids);
+    if (n)
+      memcpy(r->cache_ids, ids, n * sizeof *ids);
     r->cache_n = n;
     r->cache_seq = seq;
   }
