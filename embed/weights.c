@@ -11,7 +11,12 @@
  * F32 data that is suitably aligned is used where it lies in the mapping.
  * Everything else (F16/BF16 converted, transposes) goes into one arena,
  * laid out in list order so that q, k and v of a block end up adjacent
- * and one GEMM computes all three. */
+ * and one GEMM computes all three.
+ *
+ * When every Linear weight is F16 (or every one BF16) and the CPU has
+ * AVX-512, those weights are instead packed from the file into panels for
+ * the panel kernel (kernels.h) and get no F32 copy at load ("lazy": made on
+ * request by vlm__clip_tensor). */
 #include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
