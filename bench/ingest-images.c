@@ -10,8 +10,10 @@
  *   raw     vlm_clip_encode_images over the files in batches of --batch
  *           (decode + preprocess + encode, every core), twice;
  *   ingest  `vlmdb ingest --batch N` into a fresh database: its own clock
- *           (reading the catalog to the last acknowledged batch; model
- *           load included) and the wall clock of the whole process.
+ *           (reading the catalog to the last acknowledged batch, model
+ *           load included), the same without the model load (the raw
+ *           rate does not include it either), and the wall clock of the
+ *           whole process.
  * The ingest does more than the raw call: a second decode for the JPEG
  * thumbnail and the three-store write; the pipeline hides them behind the
  * encoder.  Target: ingest >= 90% of the raw rate.
@@ -243,16 +245,22 @@ int main(int argc, char **argv) {
   }
   long ingested = (long)json_integer_value(json_object_get(sum, "ingested"));
   double pipeline = json_real_value(json_object_get(sum, "items_per_s"));
+  double elapsed = json_real_value(json_object_get(sum, "elapsed_s"));
+  double load = json_real_value(json_object_get(sum, "model_load_s"));
   json_decref(sum);
-  printf("vlmdb ingest:                %8.1f images/s (%ld ingested; wall "
-         "clock with process start: %.1f images/s)\n",
-         pipeline, ingested, ingested / wall);
+  double steady = ingested / (elapsed - load);
+  printf("vlmdb ingest:                %8.1f images/s (%ld ingested in %.1f s, "
+         "of which %.1f s loading the model: %.1f images/s without it; "
+         "wall clock with process start: %.1f images/s)\n",
+         pipeline, ingested, elapsed, load, steady, ingested / wall);
   fflush(stdout);
 
   double raw2 = raw_rate(clip, paths, n, batch, out);
   printf("raw vlm_clip_encode_images:  %8.1f images/s (again)\n", raw2);
   double raw = (raw1 + raw2) / 2;
-  printf("ingest / raw: %.1f%% (target >= 90%%)\n", 100.0 * pipeline / raw);
+  printf("ingest / raw: %.1f%% (target >= 90%%); without the model load "
+         "(which raw does not time): %.1f%%\n",
+         100.0 * pipeline / raw, 100.0 * steady / raw);
 
   for (int i = 0; i < n; i++)
     free(paths[i]);

@@ -150,6 +150,7 @@ typedef struct {
   /* results; written by the writer (and the reader before it starts) */
   long rows_done, ingested;
   long skipped[VLM_SKIP_NREASONS];
+  double model_load_s;    /* time spent loading the model, inside elapsed */
   vlm_progress progress;
   pthread_mutex_t report_mu;
   keyset seen;
@@ -721,8 +722,10 @@ static int classify_row(ingest *ing, batch *b, ingest_item *it) {
   it->embed_text = row->text && !row->text_vec;
   it->make_thumb = local && !row->thumb;
   if ((it->embed_image || it->embed_text) && !ing->clip) {
+    double t0 = vlm_now();
     if (vlm_cli_load_model(ing->cmd, ing->db, ing->model_dir, 0, &ing->clip))
       return -1;
+    ing->model_load_s = vlm_now() - t0;
     ing->pixel_floats =
         (size_t)3 * vlm_clip_image_size(ing->clip) * vlm_clip_image_size(ing->clip);
   }
@@ -813,6 +816,7 @@ static void print_summary(ingest *ing, double elapsed, int as_json) {
     json_object_set_new(o, "skipped_by_reason", by);
     json_object_set_new(o, "elapsed_s", json_real(elapsed));
     json_object_set_new(o, "items_per_s", json_real(rate));
+    json_object_set_new(o, "model_load_s", json_real(ing->model_load_s));
     char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
     if (s)
       printf("%s\n", s);
