@@ -1,18 +1,23 @@
 /* forward.c - the vision and text towers.
  *
  * One call runs as a team of threads (the caller plus threads-1 helpers,
- * created for the call), each executing the same layer sequence on its
- * share of the work and meeting at a barrier between steps: matrix
- * products are split by output columns, layer norms by rows, attention by
- * (sequence, head).  Each thread calls single-threaded sgemm.  This keeps
- * every call's parallelism its own, so concurrent callers on one model do
- * not fight over OpenBLAS's process-wide thread pool; a call's result
- * depends only on its inputs and the model's thread count, never on what
- * other threads are doing.
+ * created for the call), each executing the same sequence of steps (layer
+ * norm, q/k/v product, attention, ...).  A step is cut into chunks (a few
+ * panels of output columns, a (sequence, head) pair, a block of rows) that
+ * the threads claim from a per-step counter, and a thread moves on once
+ * every chunk of the step is done.  So the work goes to whichever threads
+ * are running: on a busy machine, where a helper may not get a core for a
+ * while, the others take its share instead of waiting for it, and a thread
+ * that was away finds the finished steps and catches up.  Each thread
+ * calls single-threaded BLAS, so concurrent callers on one model do not
+ * fight over OpenBLAS's process-wide pool.  Which thread computes a chunk
+ * does not change its result: a call's output depends only on its inputs
+ * and the model's thread count (the sgemm path sizes its chunks by it).
  *
  * Sequences of one batch are packed row after row (a text of 7 tokens
- * takes 7 rows), so one GEMM covers the batch and padding costs nothing.
+ * takes 7 rows), so one product covers the batch and padding costs nothing.
  */
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -24,20 +29,30 @@
 
 #define MAX_THREADS 64
 
-/* A barrier that spins briefly before sleeping.  The steps between
- * barriers are short (a text query's layer is tens of microseconds), and
- * waking a thread from a futex costs about as much as the step, so the
- * waiters first watch the generation counter; if the others are slow (a
- * busy machine), they block on the condition variable. */
+/* ---- steps and the team ------------------------------------------------- */
+
+/* Waiting for a step's last chunk: spin briefly (steps are short: a text
+ * query's layer is tens of microseconds, and a futex wake costs about as
+ * much), then sleep on the team's condition variable. */
 #define SPIN_ITERATIONS 4000
+#define ROWS_PER_CHUNK 16
+#define PANELS_PER_CHUNK 2
 
 typedef struct {
-  pthread_mutex_t mu;
+  atomic_int claimed; /* next chunk to hand out */
+  atomic_int done;    /* chunks finished */
+} step;
+
+typedef struct {
+  void (*fn)(void *arg, int tid);
+  void *arg;
+  int nth;
+  int go;
+  pthread_mutex_t mu; /* start gate, and sleeping waiters */
   pthread_cond_t cv;
-  int n;
-  atomic_int arrived;
-  atomic_uint gen;
-} barrier;
+  step *steps;        /* one per step of the pass, zeroed */
+  int n_steps;
+} team;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -45,40 +60,46 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void barrier_wait(barrier *b) {
-  unsigned g = atomic_load_explicit(&b->gen, memory_order_acquire);
-  if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) ==
-      b->n - 1) {
-    /* Last to arrive: reset for the next use, then release the others.
-     * Whoever sees the new generation also sees arrived == 0. */
-    atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
-    pthread_mutex_lock(&b->mu);
-    atomic_store_explicit(&b->gen, g + 1, memory_order_release);
-    pthread_cond_broadcast(&b->cv);
-    pthread_mutex_unlock(&b->mu);
-    return;
+/* The next step of this thread's program (every thread runs the same
+ * sequence, so the same index means the same step everywhere). */
+static inline step *step_next(team *tm, int *s) {
+  assert(*s < tm->n_steps);
+  return &tm->steps[(*s)++];
+}
+
+static inline int step_claim(step *st) {
+  return atomic_fetch_add_explicit(&st->claimed, 1, memory_order_relaxed);
+}
+
+/* A chunk is finished: its writes are released to whoever sees done. */
+static inline void step_finish(team *tm, step *st, int n) {
+  if (atomic_fetch_add_explicit(&st->done, 1, memory_order_acq_rel) + 1 == n &&
+      tm->nth > 1) {
+    pthread_mutex_lock(&tm->mu);
+    pthread_cond_broadcast(&tm->cv);
+    pthread_mutex_unlock(&tm->mu);
   }
+}
+
+/* Wait until all n chunks of st are finished (and see their writes). */
+static void step_wait(team *tm, step *st, int n) {
   for (int i = 0; i < SPIN_ITERATIONS; i++) {
-    if (atomic_load_explicit(&b->gen, memory_order_acquire) != g)
+    if (atomic_load_explicit(&st->done, memory_order_acquire) >= n)
       return;
     cpu_relax();
   }
-  pthread_mutex_lock(&b->mu);
-  while (atomic_load_explicit(&b->gen, memory_order_acquire) == g)
-    pthread_cond_wait(&b->cv, &b->mu);
-  pthread_mutex_unlock(&b->mu);
+  pthread_mutex_lock(&tm->mu);
+  while (atomic_load_explicit(&st->done, memory_order_acquire) < n)
+    pthread_cond_wait(&tm->cv, &tm->mu);
+  pthread_mutex_unlock(&tm->mu);
 }
 
-typedef struct team team;
-struct team {
-  void (*fn)(void *arg, int tid);
-  void *arg;
-  int nth;
-  int go;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  barrier bar;
-};
+/* for (each chunk k of n claimed by this thread) { body }, then wait for
+ * the step to complete. */
+#define FOR_CHUNKS(tm, s, k, n)                                               \
+  for (step *st_ = step_next(tm, s), *once_ = st_; once_;                     \
+       step_wait(tm, st_, n), once_ = NULL)                                   \
+    for (int k; (k = step_claim(st_)) < (n); step_finish(tm, st_, n))
 
 typedef struct {
   team *tm;
@@ -92,25 +113,21 @@ static void *team_worker(void *p) {
   while (!tm->go)
     pthread_cond_wait(&tm->cv, &tm->mu);
   pthread_mutex_unlock(&tm->mu);
-  if (s->tid < tm->nth)
-    tm->fn(tm->arg, s->tid);
+  tm->fn(tm->arg, s->tid);
   return NULL;
 }
 
 /* Run fn(arg, tid) on up to want threads (the caller is tid 0).  If a
- * thread cannot be created the team is smaller; the work split adapts
- * because every thread reads tm->nth only after the start gate opens. */
+ * thread cannot be created the team is just smaller: chunks go to the
+ * threads there are. */
 static void team_run(team *tm, int want, void (*fn)(void *, int), void *arg) {
   pthread_t th[MAX_THREADS];
   team_slot slots[MAX_THREADS];
   if (want > MAX_THREADS)
     want = MAX_THREADS;
-  if (want < 1)
-    want = 1;
   tm->fn = fn;
   tm->arg = arg;
   tm->go = 0;
-  tm->nth = want;
   pthread_mutex_init(&tm->mu, NULL);
   pthread_cond_init(&tm->cv, NULL);
   int started = 1;
@@ -121,53 +138,21 @@ static void team_run(team *tm, int want, void (*fn)(void *, int), void *arg) {
       break;
     started++;
   }
-  tm->nth = started;
-  if (started > 1) {
-    pthread_mutex_init(&tm->bar.mu, NULL);
-    pthread_cond_init(&tm->bar.cv, NULL);
-    tm->bar.n = started;
-    atomic_init(&tm->bar.arrived, 0);
-    atomic_init(&tm->bar.gen, 0);
-  }
   pthread_mutex_lock(&tm->mu);
+  tm->nth = started;
   tm->go = 1;
   pthread_cond_broadcast(&tm->cv);
   pthread_mutex_unlock(&tm->mu);
   fn(arg, 0);
   for (int t = 1; t < started; t++)
     pthread_join(th[t], NULL);
-  if (started > 1) {
-    pthread_cond_destroy(&tm->bar.cv);
-    pthread_mutex_destroy(&tm->bar.mu);
-  }
   pthread_cond_destroy(&tm->cv);
   pthread_mutex_destroy(&tm->mu);
 }
 
-static inline void team_sync(team *tm) {
-  if (tm->nth > 1)
-    barrier_wait(&tm->bar);
-}
+static inline int chunks_of(int n, int per) { return (n + per - 1) / per; }
 
-/* [lo, hi) of n items for thread tid. */
-static inline void share(int n, int tid, int nth, int *lo, int *hi) {
-  *lo = (int)((int64_t)n * tid / nth);
-  *hi = (int)((int64_t)n * (tid + 1) / nth);
-}
-
-/* Columns [lo, hi) of N for thread tid, in whole groups of 16. */
-static inline void share_cols(int N, int tid, int nth, int *lo, int *hi) {
-  int groups = (N + 15) / 16;
-  share(groups, tid, nth, lo, hi);
-  *lo *= 16;
-  *hi *= 16;
-  if (*hi > N)
-    *hi = N;
-  if (*lo > N)
-    *lo = N;
-}
-
-/* ---- one forward pass -------------------------------------------------- */
+/* ---- one forward pass ---------------------------------------------------- */
 
 typedef struct {
   team tm;
@@ -197,71 +182,94 @@ typedef struct {
   const vlm_clip *clip;
   const int32_t *const *ids;
   const float *pixels;
-  float *patches; /* [n * G*G, 3*P*P] */
+  float *patches;   /* [n * G*G, 3*P*P] */
   size_t mem_bytes; /* the scratch block x points into */
 } fwd;
 
-/* out[:, cols of tid] = in · w[cols]ᵀ (+ bias), from the packed panels
- * when the pass uses them (few rows), else sgemm. */
-static void mm_share(const fwd *f, int tid, float *out, int ldo,
+/* Column chunks of a product with N outputs: a couple of panels each for
+ * the panel kernel (it reads its input in place, so small chunks cost
+ * nothing); for sgemm, which packs the input on every call, a few large
+ * ones. */
+static int col_chunks(const fwd *f, const uint16_t *panels, int N) {
+  if (panels && f->panels)
+    return chunks_of(chunks_of(N, VLM__PANEL), PANELS_PER_CHUNK);
+  int n = 2 * f->tm.nth;
+  int groups = chunks_of(N, 16);
+  return n < groups ? n : groups;
+}
+
+/* out[:, columns of chunk k] = in · w[columns]ᵀ (+ bias); *c0, *c1 get the
+ * columns. */
+static void mm_chunk(const fwd *f, int k, int nk, float *out, int ldo,
                      const float *in, int ldi, const float *w,
                      const uint16_t *panels, const float *bias, int M, int N,
-                     int K, int acc) {
+                     int K, int acc, int *c0, int *c1) {
   int lo, hi;
   if (panels && f->panels) {
-    int np = (N + VLM__PANEL - 1) / VLM__PANEL;
-    share(np, tid, f->tm.nth, &lo, &hi);
-    lo *= VLM__PANEL;
-    hi = hi * VLM__PANEL < N ? hi * VLM__PANEL : N;
+    const int per = PANELS_PER_CHUNK * VLM__PANEL;
+    lo = k * per;
+    hi = lo + per < N ? lo + per : N;
+    vlm__matmul_panels(out, ldo, in, ldi, panels, f->panels_bf16, bias, M, lo,
+                       hi, K, acc);
+  } else {
+    int groups = chunks_of(N, 16);
+    lo = (int)((int64_t)groups * k / nk) * 16;
+    hi = (int)((int64_t)groups * (k + 1) / nk) * 16;
+    hi = hi < N ? hi : N;
     if (hi > lo)
-      vlm__matmul_panels(out, ldo, in, ldi, panels, f->panels_bf16, bias, M,
-                         lo, hi, K, acc);
-    return;
+      vlm__matmul(out + lo, ldo, in, ldi, w + (size_t)lo * K, K,
+                  bias ? bias + lo : NULL, M, hi - lo, K, acc);
   }
-  share_cols(N, tid, f->tm.nth, &lo, &hi);
-  if (hi > lo)
-    vlm__matmul(out + lo, ldo, in, ldi, w + (size_t)lo * K, K,
-                bias ? bias + lo : NULL, M, hi - lo, K, acc);
+  if (c0) {
+    *c0 = lo;
+    *c1 = hi;
+  }
+}
+
+/* A whole product as one step. */
+static void mm_step(fwd *f, int *s, float *out, int ldo, const float *in,
+                    int ldi, const float *w, const uint16_t *panels,
+                    const float *bias, int M, int N, int K, int acc) {
+  const int nk = col_chunks(f, panels, N);
+  FOR_CHUNKS(&f->tm, s, k, nk)
+  mm_chunk(f, k, nk, out, ldo, in, ldi, w, panels, bias, M, N, K, acc, NULL,
+           NULL);
+}
+
+/* out[rows] = layer_norm(in[rows]) as one step. */
+static void ln_step(fwd *f, int *s, float *out, const float *in,
+                    const float *w, const float *b, int R) {
+  const int C = f->C, nk = chunks_of(R, ROWS_PER_CHUNK);
+  FOR_CHUNKS(&f->tm, s, k, nk) {
+    int r0 = k * ROWS_PER_CHUNK;
+    int rows = R - r0 < ROWS_PER_CHUNK ? R - r0 : ROWS_PER_CHUNK;
+    vlm__layernorm(out + (size_t)r0 * C, C, in + (size_t)r0 * C, C, w, b,
+                   rows, C, f->eps);
+  }
 }
 
 /* The second half of a block over R rows: x += att·Woᵀ + bo, then
  * x += W2·act(W1·ln_2(x)).  h and mlp are scratch of R rows. */
-static void block_tail(fwd *f, int tid, const vlm__block *b, float *x,
+static void block_tail(fwd *f, int *s, const vlm__block *b, float *x,
                        const float *att, float *h, float *mlp, int R) {
-  const int C = f->C, F = f->F, nth = f->tm.nth;
-  int r0, r1;
-  share(R, tid, nth, &r0, &r1);
-  mm_share(f, tid, x, C, att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
-  team_sync(&f->tm);
-  vlm__layernorm(h + (size_t)r0 * C, C, x + (size_t)r0 * C, C, b->ln2_w,
-                 b->ln2_b, r1 - r0, C, f->eps);
-  team_sync(&f->tm);
-  /* mlp = act(h · W1ᵀ + b1), each thread on its own columns */
-  int c0, c1;
-  if (f->panels && b->p_fc1) {
-    share((F + VLM__PANEL - 1) / VLM__PANEL, tid, nth, &c0, &c1);
-    c0 *= VLM__PANEL;
-    c1 = c1 * VLM__PANEL < F ? c1 * VLM__PANEL : F;
-    if (c1 > c0)
-      vlm__matmul_panels(mlp, F, h, C, b->p_fc1, f->panels_bf16, b->fc1_b, R,
-                         c0, c1, C, 0);
-  } else {
-    share_cols(F, tid, nth, &c0, &c1);
-    if (c1 > c0)
-      vlm__matmul(mlp + c0, F, h, C, b->fc1_w + (size_t)c0 * C, C,
-                  b->fc1_b + c0, R, c1 - c0, C, 0);
-  }
-  if (c1 > c0)
-    for (int r = 0; r < R; r++) {
+  const int C = f->C, F = f->F;
+  mm_step(f, s, x, C, att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
+  ln_step(f, s, h, x, b->ln2_w, b->ln2_b, R);
+  /* mlp = act(h · W1ᵀ + b1), the activation on the chunk just computed */
+  const int nk = col_chunks(f, b->p_fc1, F);
+  FOR_CHUNKS(&f->tm, s, k, nk) {
+    int c0, c1;
+    mm_chunk(f, k, nk, mlp, F, h, C, b->fc1_w, b->p_fc1, b->fc1_b, R, F, C, 0,
+             &c0, &c1);
+    for (int r = 0; r < R && c1 > c0; r++) {
       float *seg = mlp + (size_t)r * F + c0;
       if (f->quick)
         vlm__quick_gelu(seg, (size_t)(c1 - c0));
       else
         vlm__gelu(seg, (size_t)(c1 - c0));
     }
-  team_sync(&f->tm);
-  mm_share(f, tid, x, C, mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C, F, 1);
-  team_sync(&f->tm);
+  }
+  mm_step(f, s, x, C, mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C, F, 1);
 }
 
 /* Row of sequence i the tower pools: the class token (vision) or the end
@@ -273,35 +281,27 @@ static inline int pool_row(const fwd *f, int i) {
 /* The blocks.  In the last one only the pooled rows matter past the
  * attention (keys and values still come from every row), so the rest of
  * it runs on those n rows, gathered into xc. */
-static void blocks_run(fwd *f, int tid) {
-  const int C = f->C, R = f->R, nth = f->tm.nth;
-  int r0, r1;
-  share(R, tid, nth, &r0, &r1);
+static void blocks_run(fwd *f, int tid, int *s) {
+  const int C = f->C, R = f->R;
+  float *scores = f->scores + (size_t)tid * f->scores_per_thread;
   for (int l = 0; l < f->layers; l++) {
     const vlm__block *b = &f->blocks[l];
     const int last = l == f->layers - 1;
-    /* h = ln_1(x) */
-    vlm__layernorm(f->h + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
-                   b->ln1_w, b->ln1_b, r1 - r0, C, f->eps);
-    team_sync(&f->tm);
+    ln_step(f, s, f->h, f->x, b->ln1_w, b->ln1_b, R);
     /* qkv = h · [Wq; Wk; Wv]ᵀ + b */
     if (b->qkv_fused) {
-      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, b->p_qkv, b->q_b, R,
-               3 * C, C, 0);
+      mm_step(f, s, f->qkv, 3 * C, f->h, C, b->q_w, b->p_qkv, b->q_b, R,
+              3 * C, C, 0);
     } else {
-      mm_share(f, tid, f->qkv, 3 * C, f->h, C, b->q_w, NULL, b->q_b, R, C, C,
-               0);
-      mm_share(f, tid, f->qkv + C, 3 * C, f->h, C, b->k_w, NULL, b->k_b, R, C,
-               C, 0);
-      mm_share(f, tid, f->qkv + 2 * C, 3 * C, f->h, C, b->v_w, NULL, b->v_b,
-               R, C, C, 0);
+      mm_step(f, s, f->qkv, 3 * C, f->h, C, b->q_w, NULL, b->q_b, R, C, C, 0);
+      mm_step(f, s, f->qkv + C, 3 * C, f->h, C, b->k_w, NULL, b->k_b, R, C, C,
+              0);
+      mm_step(f, s, f->qkv + 2 * C, 3 * C, f->h, C, b->v_w, NULL, b->v_b, R,
+              C, C, 0);
     }
-    team_sync(&f->tm);
     /* attention per (sequence, head); in the last block only the pooled
      * query, written to row i of att */
-    int t0, t1;
-    share(f->n * f->H, tid, nth, &t0, &t1);
-    for (int task = t0; task < t1; task++) {
+    FOR_CHUNKS(&f->tm, s, task, f->n * f->H) {
       int i = task / f->H, head = task % f->H;
       size_t row = (size_t)f->start[i];
       const float *q = f->qkv + row * 3 * C + (size_t)head * f->hd;
@@ -309,53 +309,41 @@ static void blocks_run(fwd *f, int tid) {
       int q1 = last ? q0 + 1 : f->len[i];
       float *out = f->att + (last ? (size_t)i : row) * C + (size_t)head * f->hd;
       vlm__attention(out, C, q, q + C, q + 2 * C, 3 * C, f->len[i], f->hd,
-                     f->causal, q0, q1,
-                     f->scores + (size_t)tid * f->scores_per_thread);
+                     f->causal, q0, q1, scores);
     }
     if (!last) {
-      team_sync(&f->tm);
-      block_tail(f, tid, b, f->x, f->att, f->h, f->mlp, R);
+      block_tail(f, s, b, f->x, f->att, f->h, f->mlp, R);
       continue;
     }
-    int i0, i1;
-    share(f->n, tid, nth, &i0, &i1);
-    for (int i = i0; i < i1; i++)
-      memcpy(f->xc + (size_t)i * C, f->x + (size_t)pool_row(f, i) * C,
-             (size_t)C * sizeof(float));
-    team_sync(&f->tm);
-    block_tail(f, tid, b, f->xc, f->att, f->h, f->mlp, f->n);
+    FOR_CHUNKS(&f->tm, s, i, f->n)
+    memcpy(f->xc + (size_t)i * C, f->x + (size_t)pool_row(f, i) * C,
+           (size_t)C * sizeof(float));
+    block_tail(f, s, b, f->xc, f->att, f->h, f->mlp, f->n);
   }
 }
 
 /* pooled = ln(pooled rows, in xc); out = pooled · projᵀ */
-static void pool_run(fwd *f, int tid) {
-  int i0, i1;
-  share(f->n, tid, f->tm.nth, &i0, &i1);
-  vlm__layernorm(f->pooled + (size_t)i0 * f->C, f->C,
-                 f->xc + (size_t)i0 * f->C, f->C, f->ln_w, f->ln_b, i1 - i0,
-                 f->C, f->eps);
-  team_sync(&f->tm);
-  mm_share(f, tid, f->out, f->D, f->pooled, f->C, f->proj, NULL, NULL, f->n,
-           f->D, f->C, 0);
+static void pool_run(fwd *f, int *s) {
+  ln_step(f, s, f->pooled, f->xc, f->ln_w, f->ln_b, f->n);
+  mm_step(f, s, f->out, f->D, f->pooled, f->C, f->proj, NULL, NULL, f->n,
+          f->D, f->C, 0);
 }
 
 static void text_thread(void *arg, int tid) {
   fwd *f = arg;
   const vlm__weights *w = &f->clip->w;
   const int C = f->C;
-  int i0, i1;
-  share(f->n, tid, f->tm.nth, &i0, &i1);
-  for (int i = i0; i < i1; i++)
-    for (int t = 0; t < f->len[i]; t++) {
-      float *x = f->x + (size_t)(f->start[i] + t) * C;
-      const float *e = w->tok_emb + (size_t)f->ids[i][t] * C;
-      const float *p = w->tpos + (size_t)t * C;
-      for (int c = 0; c < C; c++)
-        x[c] = e[c] + p[c];
-    }
-  team_sync(&f->tm);
-  blocks_run(f, tid);
-  pool_run(f, tid);
+  int s = 0;
+  FOR_CHUNKS(&f->tm, &s, i, f->n)
+  for (int t = 0; t < f->len[i]; t++) {
+    float *x = f->x + (size_t)(f->start[i] + t) * C;
+    const float *e = w->tok_emb + (size_t)f->ids[i][t] * C;
+    const float *p = w->tpos + (size_t)t * C;
+    for (int c = 0; c < C; c++)
+      x[c] = e[c] + p[c];
+  }
+  blocks_run(f, tid, &s);
+  pool_run(f, &s);
 }
 
 static void vision_thread(void *arg, int tid) {
@@ -364,43 +352,50 @@ static void vision_thread(void *arg, int tid) {
   const vlm__weights *w = &f->clip->w;
   const int C = f->C, P = cfg->patch_size, S = cfg->image_size;
   const int G = S / P, NP = G * G, K = 3 * P * P, T = NP + 1;
-  const int nth = f->tm.nth;
+  int s = 0;
   /* im2col: row (image, patch), column (channel, y, x) as conv1's
    * [C, 3, P, P] weight is laid out. */
-  int p0, p1;
-  share(f->n * NP, tid, nth, &p0, &p1);
-  for (int r = p0; r < p1; r++) {
-    int img = r / NP, gy = (r % NP) / G, gx = r % G;
-    const float *src = f->pixels + (size_t)img * 3 * S * S;
-    float *dst = f->patches + (size_t)r * K;
-    for (int c = 0; c < 3; c++)
-      for (int y = 0; y < P; y++)
-        memcpy(dst + (c * P + y) * P,
-               src + ((size_t)c * S + (size_t)gy * P + y) * S + (size_t)gx * P,
-               (size_t)P * sizeof(float));
+  FOR_CHUNKS(&f->tm, &s, k, chunks_of(f->n * NP, ROWS_PER_CHUNK)) {
+    int end = (k + 1) * ROWS_PER_CHUNK < f->n * NP ? (k + 1) * ROWS_PER_CHUNK
+                                                   : f->n * NP;
+    for (int r = k * ROWS_PER_CHUNK; r < end; r++) {
+      int img = r / NP, gy = (r % NP) / G, gx = r % G;
+      const float *src = f->pixels + (size_t)img * 3 * S * S;
+      float *dst = f->patches + (size_t)r * K;
+      for (int c = 0; c < 3; c++)
+        for (int y = 0; y < P; y++)
+          memcpy(dst + (c * P + y) * P,
+                 src + ((size_t)c * S + (size_t)gy * P + y) * S +
+                     (size_t)gx * P,
+                 (size_t)P * sizeof(float));
+    }
   }
-  team_sync(&f->tm);
   /* h[n*NP, C] = patches · conv1ᵀ */
-  mm_share(f, tid, f->h, C, f->patches, K, w->patch_w, w->p_patch, NULL,
-           f->n * NP, C, K, 0);
-  team_sync(&f->tm);
-  /* x = [class; patches] + positions, then pre-LN in place */
-  int r0, r1;
-  share(f->R, tid, nth, &r0, &r1);
-  for (int r = r0; r < r1; r++) {
-    int img = r / T, t = r % T;
-    float *x = f->x + (size_t)r * C;
-    const float *src = t == 0 ? w->class_emb
-                              : f->h + ((size_t)img * NP + (size_t)(t - 1)) * C;
-    const float *pos = w->vpos + (size_t)t * C;
-    for (int c = 0; c < C; c++)
-      x[c] = src[c] + pos[c];
+  mm_step(f, &s, f->h, C, f->patches, K, w->patch_w, w->p_patch, NULL,
+          f->n * NP, C, K, 0);
+  /* x = [class; patches] + positions */
+  FOR_CHUNKS(&f->tm, &s, k, chunks_of(f->R, ROWS_PER_CHUNK)) {
+    int end = (k + 1) * ROWS_PER_CHUNK < f->R ? (k + 1) * ROWS_PER_CHUNK
+                                              : f->R;
+    for (int r = k * ROWS_PER_CHUNK; r < end; r++) {
+      int img = r / T, t = r % T;
+      float *x = f->x + (size_t)r * C;
+      const float *src =
+          t == 0 ? w->class_emb
+                 : f->h + ((size_t)img * NP + (size_t)(t - 1)) * C;
+      const float *pos = w->vpos + (size_t)t * C;
+      for (int c = 0; c < C; c++)
+        x[c] = src[c] + pos[c];
+    }
   }
-  vlm__layernorm(f->x + (size_t)r0 * C, C, f->x + (size_t)r0 * C, C,
-                 w->pre_ln_w, w->pre_ln_b, r1 - r0, C, f->eps);
-  team_sync(&f->tm);
-  blocks_run(f, tid);
-  pool_run(f, tid);
+  ln_step(f, &s, f->x, f->x, w->pre_ln_w, w->pre_ln_b, f->R);
+  blocks_run(f, tid, &s);
+  pool_run(f, &s);
+}
+
+/* Steps of one pass: an upper bound on what the thread functions take. */
+static int steps_needed(const fwd *f) {
+  return 4 + f->layers * 10 + 8;
 }
 
 static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
@@ -412,11 +407,18 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   float *mem = vlm__scratch_get(f->clip, floats * sizeof(float),
                                 &f->mem_bytes);
   int *idx = malloc((size_t)f->n * 2 * sizeof(int));
-  if (!mem || !idx) {
+  f->tm.n_steps = steps_needed(f);
+  f->tm.steps = calloc((size_t)f->tm.n_steps, sizeof *f->tm.steps);
+  if (!mem || !idx || !f->tm.steps) {
     vlm__scratch_put(f->clip, mem, f->mem_bytes);
     free(idx);
+    free(f->tm.steps);
     return vlm_seterr(VLM_ENOMEM, "out of memory for %d-row activations",
                       f->R);
+  }
+  for (int i = 0; i < f->tm.n_steps; i++) {
+    atomic_init(&f->tm.steps[i].claimed, 0);
+    atomic_init(&f->tm.steps[i].done, 0);
   }
   f->x = mem;
   f->h = f->x + R * C;
@@ -435,6 +437,7 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
 static void fwd_free(fwd *f) {
   vlm__scratch_put(f->clip, f->x, f->mem_bytes);
   free(f->start);
+  free(f->tm.steps);
 }
 
 int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
