@@ -1,7 +1,7 @@
 /* filter.c - filtered search: recall@10 and QPS per selectivity.
  *
  *   build/bench/filter [-n ITEMS] [-d DIM] [-q QUERIES] [-f FACTORY]
- *                      [--ef EF] [--dir TMPDIR]
+ *                      [--ef EF[,EF...]] [--dir TMPDIR]
  *
  * N random-but-clustered unit vectors (100 clusters) with two int fields:
  *   rnd   uniform in 0..999999, independent of the vector;
@@ -101,6 +101,7 @@ static int oracle(const float *sims, const int *field, int n, int limit,
 
 int main(int argc, char **argv) {
   int n = 200000, dim = 512, nq = 200, ef = 0;
+  const char *eflist = "0";
   const char *factory = "HNSW32", *tmpdir = "/tmp";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "-n") && i + 1 < argc)
@@ -112,12 +113,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "-f") && i + 1 < argc)
       factory = argv[++i];
     else if (!strcmp(argv[i], "--ef") && i + 1 < argc)
-      ef = atoi(argv[++i]);
+      eflist = argv[++i];
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc)
       tmpdir = argv[++i];
     else {
       fprintf(stderr, "usage: filter [-n N] [-d DIM] [-q Q] [-f FACTORY] "
-                      "[--ef EF] [--dir TMPDIR]\n");
+                      "[--ef EF[,EF...]] [--dir TMPDIR]\n");
       return 2;
     }
   }
@@ -196,6 +197,9 @@ int main(int argc, char **argv) {
   printf("filter: %d items, dim %d, %s, %d queries, k %d; built in %.1f s\n",
          n, dim, factory, nq, K, now() - t0);
 
+  char *efl = strdup(eflist);
+  for (char *efname = strtok(efl, ","); efname; efname = strtok(NULL, ",")) {
+  ef = atoi(efname);
   static const double sels[] = {0.001, 0.01, 0.1, 0.5, 1.0};
   static const char *names[] = {"rnd", "corr"};
   /* Unfiltered baseline first. */
@@ -234,7 +238,8 @@ int main(int argc, char **argv) {
     }
     recall_base = found / ((double)nq * K);
   }
-  printf("unfiltered: recall@10 %.4f, %.0f QPS\n\n", recall_base, qps_base);
+  printf("efSearch %s: unfiltered recall@10 %.4f, %.0f QPS\n\n",
+         ef ? efname : "default (64)", recall_base, qps_base);
   printf("%-6s %11s %9s %10s %10s %10s\n", "field", "selectivity",
          "recall@10", "QPS cold", "QPS same", "vs unfilt");
   for (int f = 0; f < 2; f++) {
@@ -295,6 +300,9 @@ int main(int argc, char **argv) {
       fflush(stdout);
     }
   }
+  printf("\n");
+  }
+  free(efl);
   vlm_db_close(db);
   nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
   free(centres), free(x), free(rnd), free(corr), free(keys), free(metas);
