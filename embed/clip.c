@@ -88,7 +88,8 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
   }
   memcpy(cfg->mean, pp->mean, sizeof cfg->mean);
   memcpy(cfg->std, pp->std, sizeof cfg->std);
-  pp->alpha = clip->opts.alpha;
+  if (clip->opts.alpha != VLM_ALPHA_MODEL)
+    pp->alpha = clip->opts.alpha;
   pp->max_pixels = clip->opts.max_pixels;
 
   /* Tokenizer: the Hugging Face files, else CLIP's original merges. */

@@ -307,6 +307,17 @@ int vlm__config_read_preprocessor(const char *path, vlm__preprocess_cfg *pp) {
   if ((rc = get_side(root, "size", path, &pp->resize)) ||
       (rc = get_side(root, "crop_size", path, &pp->crop)))
     goto done;
+  json_t *alpha = json_object_get(root, "vlmdb_alpha");
+  if (alpha && !json_is_null(alpha)) {
+    const char *mode = json_string_value(alpha);
+    if (mode && !strcmp(mode, "white"))
+      pp->alpha = VLM_ALPHA_WHITE;
+    else if (mode && !strcmp(mode, "drop"))
+      pp->alpha = VLM_ALPHA_DROP;
+    else
+      rc = vlm_seterr(VLM_EFORMAT, "%s: vlmdb_alpha must be \"white\" or "
+                      "\"drop\"", path);
+  }
 done:
   json_decref(root);
   return rc;

@@ -200,17 +200,20 @@ static json_t *config_json(const vlm__clip_config *c) {
                    "text_config", t, "vision_config", v);
 }
 
-static json_t *preprocessor_json(const vlm__clip_config *c) {
+/* The preprocessing the model was trained with; "vlmdb_alpha" tells the
+ * engine how to flatten transparent images as training did. */
+static json_t *preprocessor_json(const vlm__clip_config *c, int alpha_white) {
   return json_pack(
       "{s:{s:i, s:i}, s:b, s:b, s:b, s:b, s:b, s:[f,f,f], s:[f,f,f], "
-      "s:s, s:i, s:f, s:{s:i}}",
+      "s:s, s:i, s:f, s:{s:i}, s:s}",
       "crop_size", "height", c->image_size, "width", c->image_size,
       "do_center_crop", 1, "do_normalize", 1, "do_resize", 1, "do_rescale", 1,
       "do_convert_rgb", 1, "image_mean", (double)c->mean[0],
       (double)c->mean[1], (double)c->mean[2], "image_std", (double)c->std[0],
       (double)c->std[1], (double)c->std[2], "image_processor_type",
       "CLIPImageProcessor", "resample", 3, "rescale_factor", 1.0 / 255,
-      "size", "shortest_edge", c->image_size);
+      "size", "shortest_edge", c->image_size, "vlmdb_alpha",
+      alpha_white ? "white" : "drop");
 }
 
 /* ---- checkpoints and export --------------------------------------------- */
@@ -276,7 +279,7 @@ static int export_model(vlm__trainer *t) {
   const char *dir = t->o.out_dir;
   int rc;
   json_t *cfg = config_json(&t->cfg);
-  json_t *pre = preprocessor_json(&t->cfg);
+  json_t *pre = preprocessor_json(&t->cfg, t->o.alpha_white);
   if (!cfg || !pre) {
     json_decref(cfg);
     json_decref(pre);

@@ -22,15 +22,21 @@
 
 typedef struct vlm_clip vlm_clip;
 
-/* How an image with an alpha channel becomes RGB. */
+/* How an image with an alpha channel becomes RGB.  A model records the
+ * way it was trained in its preprocessor_config.json as
+ * "vlmdb_alpha": "white" or "drop" (other CLIP loaders ignore the key);
+ * VLM_ALPHA_MODEL follows that record, and the reference behaviour (drop)
+ * when there is none, so the vectors of a database and of its queries are
+ * always made the same way. */
 typedef enum {
-  VLM_ALPHA_DROP = 0,  /* as the reference (PIL convert("RGB")): ignore alpha */
-  VLM_ALPHA_WHITE = 1  /* composite onto white first */
+  VLM_ALPHA_MODEL = 0, /* as the model says; drop when it says nothing */
+  VLM_ALPHA_DROP = 1,  /* as the reference (PIL convert("RGB")): ignore alpha */
+  VLM_ALPHA_WHITE = 2  /* composite onto white first */
 } vlm_alpha_mode;
 
 typedef struct {
   int threads;              /* compute threads per call; 0 = all cores */
-  vlm_alpha_mode alpha;     /* default VLM_ALPHA_DROP */
+  vlm_alpha_mode alpha;     /* default VLM_ALPHA_MODEL */
   uint64_t max_pixels;      /* decoded width*height cap; 0 = 64 Mpx default */
 } vlm_clip_options;
 

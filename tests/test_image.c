@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "image.h"
@@ -356,6 +357,83 @@ static void truncations(const char *path, int *failures, int *successes) {
   free(data);
 }
 
+/* A model's preprocessor_config.json records how it flattens alpha
+ * ("vlmdb_alpha"); VLM_ALPHA_MODEL follows it, an explicit mode wins. */
+static void write_model_copy(const char *dir, const char *alpha_json) {
+  static const char *links[] = {"config.json", "model.safetensors",
+                                "vocab.json", "merges.txt"};
+  char src[1024], dst[1024];
+  char cwd[512];
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
+    snprintf(src, sizeof src, "%s/tests/fixtures/clip-tiny/%s", cwd, links[i]);
+    snprintf(dst, sizeof dst, "%s/%s", dir, links[i]);
+    unlink(dst);
+    assert_int_equal(symlink(src, dst), 0);
+  }
+  json_error_t err;
+  json_t *pp = json_load_file("tests/fixtures/clip-tiny/preprocessor_config.json", 0, &err);
+  assert_non_null(pp);
+  if (alpha_json)
+    json_object_set_new(pp, "vlmdb_alpha", json_loads(alpha_json, JSON_DECODE_ANY, &err));
+  snprintf(dst, sizeof dst, "%s/preprocessor_config.json", dir);
+  assert_int_equal(json_dump_file(pp, dst, 0), 0);
+  json_decref(pp);
+}
+
+static void test_model_alpha_record(void **state) {
+  (void)state;
+  size_t len;
+  uint8_t *data = read_all("tests/fixtures/clip-tiny/rgba.png", &len);
+  vlm__preprocess_cfg cfg;
+  vlm__preprocess_defaults(&cfg, 32);
+  float drop[3 * 32 * 32], white[3 * 32 * 32], got[3 * 32 * 32];
+  cfg.alpha = VLM_ALPHA_DROP;
+  assert_int_equal(vlm__preprocess(&cfg, data, len, drop), 0);
+  cfg.alpha = VLM_ALPHA_WHITE;
+  assert_int_equal(vlm__preprocess(&cfg, data, len, white), 0);
+  assert_memory_not_equal(drop, white, sizeof drop);
+
+  char dir[] = "/tmp/vlm_alpha_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  vlm_clip *clip = NULL;
+
+  /* no record: the reference behaviour */
+  assert_int_equal(vlm_clip_load("tests/fixtures/clip-tiny", NULL, &clip), 0);
+  assert_int_equal(vlm_clip_preprocess(clip, data, len, got), 0);
+  assert_memory_equal(got, drop, sizeof got);
+  vlm_clip_free(clip);
+
+  /* "white": followed by default, overridden by an explicit mode */
+  write_model_copy(dir, "\"white\"");
+  assert_int_equal(vlm_clip_load(dir, NULL, &clip), 0);
+  assert_int_equal(vlm_clip_preprocess(clip, data, len, got), 0);
+  assert_memory_equal(got, white, sizeof got);
+  vlm_clip_free(clip);
+  vlm_clip_options drop_opts = {.alpha = VLM_ALPHA_DROP};
+  assert_int_equal(vlm_clip_load(dir, &drop_opts, &clip), 0);
+  assert_int_equal(vlm_clip_preprocess(clip, data, len, got), 0);
+  assert_memory_equal(got, drop, sizeof got);
+  vlm_clip_free(clip);
+
+  /* anything else is refused, naming the key */
+  write_model_copy(dir, "\"grey\"");
+  clip = NULL;
+  assert_int_equal(vlm_clip_load(dir, NULL, &clip), VLM_EFORMAT);
+  assert_null(clip);
+  assert_non_null(strstr(vlm_errmsg(), "vlmdb_alpha"));
+
+  static const char *names[] = {"config.json", "model.safetensors", "vocab.json",
+                                "merges.txt", "preprocessor_config.json"};
+  char path[1024];
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+  free(data);
+}
+
 static void test_truncated_files(void **state) {
   (void)state;
   const char *files[] = {FIX "clip-tiny/photo_rgb.jpg", FIX "clip-tiny/photo_prog.jpg",
@@ -664,6 +742,7 @@ int main(void) {
       cmocka_unit_test(test_pil_modes),
       cmocka_unit_test(test_rgb_resize_helper),
       cmocka_unit_test(test_alpha_onto_white),
+      cmocka_unit_test(test_model_alpha_record),
       cmocka_unit_test(test_truncated_files),
       cmocka_unit_test(test_garbage_and_bit_flips),
       cmocka_unit_test(test_unsupported_and_empty),
