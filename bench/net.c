@@ -2,6 +2,7 @@
  *
  *   build/bench/net [--n ITEMS] [--dim DIM] [--threads T] [--seconds S]
  *                   [--model DIR] [--skip ping,vector,text] [--dir TMPDIR]
+ *                   [--vec-db DIR]   (reuse a database of image vectors)
  *
  * 1. PING: redis-benchmark -t ping (PING_INLINE and PING_MBULK), 50
  *    clients, without and with pipelining (-P 16), against redis-server and
@@ -12,10 +13,13 @@
  *    (vlm_db_search on T threads) and through the server (T worker
  *    threads; 4 hiredis clients each keeping 8 requests in flight; SEARCH
  *    VECTOR with the raw float32 bytes).  Also one query at a time, for
- *    latency.  Goal: server overhead <= 10% in throughput.
+ *    latency.  Goal: server overhead <= 10% in throughput.  The items have
+ *    image vectors only and the queries say TARGET IMAGE, so both sides
+ *    measure the HNSW index alone.
  * 3. Text search end to end (embedding + search): 50 clients, each one
  *    request at a time, SEARCH TEXT ... K 10 against a database bound to
- *    the model (ITEMS random image vectors of the model's dimension), for
+ *    the model (ITEMS random image vectors of the model's dimension; TARGET
+ *    IMAGE: text-to-image retrieval), for
  *    S seconds; QPS, p50 and p99 latency; meanwhile one more client sends
  *    PING every 2 ms and reports its p99 (the loop must stay responsive).
  *    Run with dynamic batching on (default window) and off.
@@ -311,6 +315,7 @@ static void *inproc_worker(void *arg) {
   vec_job *j = arg;
   vlm_search_options o = {0};
   o.k = j->k;
+  o.target = VLM_TARGET_IMAGE;
   for (;;) {
     int i = take(j, 1);
     if (i >= j->nq)
@@ -346,10 +351,10 @@ static void *server_worker(void *arg) {
       const char *argv[] = {"SEARCH", "VECTOR",
                             (const char *)(j->queries +
                                            (size_t)(i + q) * j->dim),
-                            "K", kbuf};
+                            "K", kbuf, "TARGET", "IMAGE"};
       size_t lens[] = {6, 6, (size_t)j->dim * sizeof(float), 1,
-                       strlen(kbuf)};
-      redisAppendCommandArgv(c, 5, argv, lens);
+                       strlen(kbuf), 6, 5};
+      redisAppendCommandArgv(c, 7, argv, lens);
     }
     for (int q = 0; q < n; q++) {
       redisReply *r;
@@ -413,11 +418,23 @@ static void fill_db(const char *path, int n, int dim, const char *factory,
   free(keys);
 }
 
-static void bench_vector(const char *dir, int n, int dim, int threads) {
+static void bench_vector(const char *dir, int n, int dim, int threads,
+                         const char *reuse) {
   char db[PATH_MAX], log[PATH_MAX];
   snprintf(db, sizeof db, "%s/vec.db", dir);
   snprintf(log, sizeof log, "%s/vec.log", dir);
-  fill_db(db, n, dim, "HNSW32", "bench-no-model");
+  if (reuse) {
+    vlm_db *h;
+    vlm_db_info info;
+    if (vlm_db_open(reuse, NULL, &h) < 0 || vlm_db_stat(h, &info) < 0)
+      die("%s: %s", reuse, vlm_errmsg());
+    vlm_db_close(h);
+    n = (int)info.items;
+    dim = info.dim;
+    snprintf(db, sizeof db, "%s", reuse);
+  } else {
+    fill_db(db, n, dim, "HNSW32", "bench-no-model");
+  }
   enum { NQ = 20000 };
   vec_job j = {0};
   j.nq = NQ;
@@ -504,7 +521,7 @@ static void *text_worker(void *arg) {
       char text[96];
       snprintf(text, sizeof text, "%s %u",
                phrases[i % (sizeof phrases / sizeof phrases[0])], i % 1000);
-      r = redisCommand(c, "SEARCH TEXT %s K 10", text);
+      r = redisCommand(c, "SEARCH TEXT %s K 10 TARGET IMAGE", text);
     }
     if (!r || r->type == REDIS_REPLY_ERROR)
       die("text client: %s", r ? r->str : c->errstr);
@@ -618,6 +635,7 @@ int main(int argc, char **argv) {
   int n = 100000, dim = 512, threads = 0;
   double seconds = 5;
   const char *model = "tests/fixtures/clip-tiny", *skip = "", *tmp = "/tmp";
+  const char *vec_db = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--n") && v)
@@ -634,9 +652,12 @@ int main(int argc, char **argv) {
       skip = v, i++;
     else if (!strcmp(a, "--dir") && v)
       tmp = v, i++;
+    else if (!strcmp(a, "--vec-db") && v)
+      vec_db = v, i++;
     else
       die("usage: %s [--n ITEMS] [--dim DIM] [--threads T] [--seconds S] "
-          "[--model DIR] [--skip ping,vector,text] [--dir TMPDIR]", argv[0]);
+          "[--model DIR] [--skip ping,vector,text] [--dir TMPDIR] "
+          "[--vec-db DIR]", argv[0]);
   }
   if (threads <= 0) {
     long c = sysconf(_SC_NPROCESSORS_ONLN);
@@ -668,7 +689,7 @@ int main(int argc, char **argv) {
   if (!strstr(skip, "ping"))
     bench_ping(dir);
   if (!strstr(skip, "vector"))
-    bench_vector(dir, n, dim, threads);
+    bench_vector(dir, n, dim, threads, vec_db);
   if (!strstr(skip, "text"))
     bench_text(dir, model, n, seconds, threads);
   nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
