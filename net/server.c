@@ -534,8 +534,8 @@ static void on_connection(uv_stream_t *listener, int status) {
   }
   if (srv->nconns > srv->maxclients) {
     srv->stats.rejected++;
-    static const char msg[] = "-ERR max number of clients reached\r\n";
-    uv_buf_t buf = uv_buf_init((char *)msg, sizeof msg - 1);
+    vlm__reply_error(&conn->out, "ERR", "max number of clients reached");
+    uv_buf_t buf = uv_buf_init(conn->out.data, (unsigned)conn->out.len);
     uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
     conn_close(conn);
     return;
