@@ -225,7 +225,8 @@ void vlm__scratch_put(const vlm_clip *clip, void *ptr, size_t bytes) {
 
 /* ---- model id ------------------------------------------------------------ */
 
-/* SHA-256 of a versioned text of the geometry and preprocessing, then
+/* SHA-256 of a versioned text of the geometry and preprocessing (the
+ * alpha mode in effect included), then
  * every tensor in name order: its Hugging Face name, element count, and
  * F32 little-endian values.  The values are the ones the towers use, so
  * the two layouts of one model, or its F16 and F32 files, share an id. */
@@ -249,6 +250,11 @@ static void compute_model_id(vlm_clip *clip) {
       clip->pp.mean[1], clip->pp.mean[2], clip->pp.std[0], clip->pp.std[1],
       clip->pp.std[2], clip->pp.resize, clip->pp.crop);
   vlm__sha256_update(&s, text, (size_t)n);
+  /* Compositing transparent images onto white changes their vectors; the
+   * reference behaviour (drop alpha) adds nothing, so ids of models that
+   * use it stay as they were. */
+  if (clip->pp.alpha == VLM_ALPHA_WHITE)
+    vlm__sha256_update(&s, "alpha white\n", 12);
   enum { CHUNK = 1 << 16 };
   float *buf = malloc(CHUNK * sizeof *buf);
   for (int i = 0; i < clip->n_named; i++) {

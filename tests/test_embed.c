@@ -1399,6 +1399,16 @@ static void test_model_id(void **state) {
   assert_int_equal(vlm_clip_load(FIX, NULL, &again), 0);
   assert_string_equal(vlm_clip_model_id(again), id);
   vlm_clip_free(again);
+  /* Preprocessing that changes image vectors changes the id; the
+   * reference's (drop alpha) is the default. */
+  vlm_clip_options white = {.alpha = VLM_ALPHA_WHITE};
+  vlm_clip_options drop = {.alpha = VLM_ALPHA_DROP};
+  assert_int_equal(vlm_clip_load(FIX, &white, &again), 0);
+  assert_string_not_equal(vlm_clip_model_id(again), id);
+  vlm_clip_free(again);
+  assert_int_equal(vlm_clip_load(FIX, &drop, &again), 0);
+  assert_string_equal(vlm_clip_model_id(again), id);
+  vlm_clip_free(again);
 }
 
 /* ---- concurrency ---------------------------------------------------------- */
