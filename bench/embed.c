@@ -21,8 +21,10 @@
  * F32 checkpoint or a CPU without AVX-512 runs).  The second anchor row is
  * that kernel's rate at the same shape.
  *
+ * --model DIR measures an existing model instead (e.g. models/default).
+ *
  * usage: build/bench/embed [--f32] [--reps N] [--no-coretype] [--no-panels]
- *                          [--keep DIR]
+ *                          [--keep DIR] [--model DIR]
  */
 #include <cblas.h>
 #include <jansson.h>
@@ -384,7 +386,7 @@ static void *caller_thread(void *p) {
 
 int main(int argc, char **argv) {
   int f32 = 0, reps = 7, coretype = 1, panels = 1;
-  const char *keep = NULL;
+  const char *keep = NULL, *model = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--f32"))
       f32 = 1;
@@ -396,9 +398,11 @@ int main(int argc, char **argv) {
       panels = 0;
     else if (!strcmp(argv[i], "--keep") && i + 1 < argc)
       keep = argv[++i];
+    else if (!strcmp(argv[i], "--model") && i + 1 < argc)
+      model = argv[++i];
     else {
       fprintf(stderr, "usage: %s [--f32] [--reps N] [--no-coretype] "
-              "[--no-panels] [--keep DIR]\n", argv[0]);
+              "[--no-panels] [--keep DIR] [--model DIR]\n", argv[0]);
       return 2;
     }
   }
@@ -420,7 +424,9 @@ int main(int argc, char **argv) {
     setenv("VLMDB_CLIP_PANELS", "0", 1);
 
   char dir[PATH_MAX];
-  if (keep) {
+  if (model) {
+    snprintf(dir, sizeof dir, "%s", model);
+  } else if (keep) {
     snprintf(dir, sizeof dir, "%s", keep);
     mkdir(dir, 0755);
   } else {
@@ -437,8 +443,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "bench: cannot write the checkpoint in %s\n", dir);
     return 1;
   }
-  printf("vlmdb embed benchmark: ViT-B/32 geometry, random %s weights "
-         "(written in %.1f s to %s)\n", f32 ? "F32" : "F16", now() - t0, dir);
+  if (model)
+    printf("vlmdb embed benchmark: the model in %s\n", dir);
+  else
+    printf("vlmdb embed benchmark: ViT-B/32 geometry, random %s weights "
+           "(written in %.1f s to %s)\n", f32 ? "F32" : "F16", now() - t0,
+           dir);
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   printf("OpenBLAS %s core, %ld CPUs online, %d runs per cell "
          "(min / median); matmuls: %s\n\n", openblas_get_corename(), ncpu,
@@ -466,7 +476,16 @@ int main(int argc, char **argv) {
            p2.median);
   }
 
-  const int S = IMG;
+  int S = IMG;
+  if (model) { /* the model's own input size */
+    vlm_clip *probe_clip = NULL;
+    if (vlm_clip_load(dir, NULL, &probe_clip)) {
+      fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
+      return 1;
+    }
+    S = vlm_clip_image_size(probe_clip);
+    vlm_clip_free(probe_clip);
+  }
   const size_t per = (size_t)3 * S * S;
   float *pixels = malloc(16 * per * sizeof *pixels);
   for (size_t i = 0; i < 16 * per; i++)
@@ -568,7 +587,8 @@ int main(int argc, char **argv) {
   /* per image: 12 blocks of 2*50*(4*768^2 + 2*768*3072) = 8.49 GFLOP,
    * patch embedding 0.23, attention 0.09 */
   double gflop = 8.82;
-  printf("\nvision at batch 16 (best) runs at %.0f%% (1 thread) and %.0f%% "
+  if (!model) /* the FLOP count is the ViT-B/32 geometry's */
+    printf("\nvision at batch 16 (best) runs at %.0f%% (1 thread) and %.0f%% "
          "(2 threads) of the best %s rate (%.2f GFLOP per image)\n",
          100.0 * gflop / (cell[1][0].min * 1e-3) / anchor1.min,
          100.0 * gflop / (cell[1][1].min * 1e-3) / anchor2.min, anchor,
