@@ -439,7 +439,7 @@ int main(int argc, char **argv) {
   char probe[PATH_MAX + 32];
   snprintf(probe, sizeof probe, "%s/model.safetensors", dir);
   double t0 = now();
-  if (access(probe, R_OK) != 0 && write_model(dir, f32)) {
+  if (!model && access(probe, R_OK) != 0 && write_model(dir, f32)) {
     fprintf(stderr, "bench: cannot write the checkpoint in %s\n", dir);
     return 1;
   }
