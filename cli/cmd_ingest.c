@@ -322,6 +322,8 @@ static void box_reduce(vlm_image *img, int fx, int fy) {
  * box filter while it stays at least twice the thumbnail, so the
  * antialiased resample that follows reads a quarter of the pixels or
  * fewer. */
+static int thumbnail_of(vlm_image *img, uint8_t **jpeg, size_t *jpeg_len);
+
 static int make_thumbnail(const void *data, size_t len, uint8_t **jpeg,
                           size_t *jpeg_len) {
   vlm_clip_options opts = {.alpha = VLM_ALPHA_WHITE};
@@ -329,22 +331,28 @@ static int make_thumbnail(const void *data, size_t len, uint8_t **jpeg,
   int rc = vlm_image_decode(data, len, &opts, &img);
   if (rc)
     return rc;
-  int longest = img.w > img.h ? img.w : img.h;
+  rc = thumbnail_of(&img, jpeg, jpeg_len);
+  vlm_image_free(&img);
+  return rc;
+}
+
+/* The thumbnail of a decoded image (RGB over white); img is reduced in
+ * place. */
+static int thumbnail_of(vlm_image *img, uint8_t **jpeg, size_t *jpeg_len) {
+  int longest = img->w > img->h ? img->w : img->h;
   if (longest > THUMB_SIDE) {
-    double target_w = (double)img.w * THUMB_SIDE / longest;
-    double target_h = (double)img.h * THUMB_SIDE / longest;
-    int fx = (int)(img.w / (2 * target_w)), fy = (int)(img.h / (2 * target_h));
+    double target_w = (double)img->w * THUMB_SIDE / longest;
+    double target_h = (double)img->h * THUMB_SIDE / longest;
+    int fx = (int)(img->w / (2 * target_w)), fy = (int)(img->h / (2 * target_h));
     if (fx < 1)
       fx = 1;
     if (fy < 1)
       fy = 1;
     if (fx > 1 || fy > 1)
-      box_reduce(&img, fx, fy);
+      box_reduce(img, fx, fy);
   }
-  rc = vlm_image_thumbnail_jpeg(&img, THUMB_SIDE, THUMB_QUALITY, jpeg,
-                                jpeg_len);
-  vlm_image_free(&img);
-  return rc;
+  return vlm_image_thumbnail_jpeg(img, THUMB_SIDE, THUMB_QUALITY, jpeg,
+                                  jpeg_len);
 }
 
 static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
@@ -358,9 +366,13 @@ static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
                      strerror(-err));
     return;
   }
+  vlm_image img = {0};
   if (it->embed_image) {
-    int rc = vlm_clip_preprocess(ing->clip, data, len,
-                                 b->pixels + it->pixel_slot * ing->pixel_floats);
+    /* One decode gives the model's pixels and the thumbnail's image. */
+    float *pixels = b->pixels + it->pixel_slot * ing->pixel_floats;
+    int rc = it->make_thumb
+                 ? vlm_clip_preprocess_image(ing->clip, data, len, pixels, &img)
+                 : vlm_clip_preprocess(ing->clip, data, len, pixels);
     if (rc) {
       set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: %s", it->row.image,
                      vlm_errmsg());
@@ -368,12 +380,14 @@ static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
     }
   }
   if (it->make_thumb) {
-    int rc = make_thumbnail(data, len, &it->thumb, &it->thumb_len);
+    int rc = img.rgb ? thumbnail_of(&img, &it->thumb, &it->thumb_len)
+                     : make_thumbnail(data, len, &it->thumb, &it->thumb_len);
     if (rc && it->embed_image)
       set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: thumbnail: %s",
                      it->row.image, vlm_errmsg());
   }
 done:
+  vlm_image_free(&img);
   free(data);
 }
 

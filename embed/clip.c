@@ -437,6 +437,34 @@ int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
   return vlm__preprocess(&clip->pp, data, len, pixels);
 }
 
+int vlm_clip_preprocess_image(const vlm_clip *clip, const void *data,
+                              size_t len, float *pixels, vlm_image *img) {
+  if (img)
+    memset(img, 0, sizeof *img);
+  if (!clip || !pixels || !img || (!data && len))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_preprocess_image: NULL argument");
+  vlm__decoded im;
+  int rc = vlm__image_decode_native(data, len, clip->pp.max_pixels, &im);
+  if (rc)
+    return rc;
+  /* The model's pipeline first (it may composite onto white in place),
+   * then onto white for the thumbnail (a no-op when already done). */
+  if ((rc = vlm__preprocess_decoded(&clip->pp, &im, pixels)) ||
+      (rc = vlm__decoded_flatten_white(&im)))
+    goto done;
+  img->rgb = malloc((size_t)im.w * im.h * 3);
+  if (!img->rgb) {
+    rc = vlm_seterr(VLM_ENOMEM, "image: %dx%d", im.w, im.h);
+    goto done;
+  }
+  vlm__decoded_to_rgb(&im, img->rgb);
+  img->w = im.w;
+  img->h = im.h;
+done:
+  vlm__decoded_free(&im);
+  return rc;
+}
+
 /* Read a whole file (images are small next to the weights). */
 static int read_file(const char *path, uint8_t **data, size_t *len) {
   *data = NULL;

@@ -40,6 +40,12 @@ typedef struct {
   uint64_t max_pixels;      /* decoded width*height cap; 0 = 64 Mpx default */
 } vlm_clip_options;
 
+/* Decoded 8-bit RGB image, for thumbnails and training augmentation. */
+typedef struct {
+  int w, h;
+  uint8_t *rgb; /* w * h * 3, row-major */
+} vlm_image;
+
 /* Encode flags. */
 #define VLM_CLIP_RAW 1u /* return the projection output, not L2-normalized */
 
@@ -77,6 +83,12 @@ int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
                         float *pixels);
 int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
                              float *pixels);
+/* vlm_clip_preprocess, and from the same decode the image as RGB8
+ * composited onto white into *img (for a thumbnail; free it with
+ * vlm_image_free).  Decoding once matters when decoding costs more than
+ * encoding (small models, large images).  On failure *img is zeroed. */
+int vlm_clip_preprocess_image(const vlm_clip *clip, const void *data,
+                              size_t len, float *pixels, vlm_image *img);
 
 /* Encode n preprocessed images, pixels[n * 3 * S * S], into out[n * dim]. */
 int vlm_clip_encode_pixels(const vlm_clip *clip, const float *pixels, int n,
@@ -90,11 +102,6 @@ int vlm_clip_encode_image_buffers(const vlm_clip *clip,
                                   const void *const *data, const size_t *lens,
                                   int n, unsigned flags, float *out);
 
-/* Decoded 8-bit RGB image, for thumbnails and training augmentation. */
-typedef struct {
-  int w, h;
-  uint8_t *rgb; /* w * h * 3, row-major */
-} vlm_image;
 
 /* Decode JPEG/PNG bytes to RGB8 (alpha handled as opts->alpha says;
  * max_pixels enforced before allocation).  Free with vlm_image_free. */
