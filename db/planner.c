@@ -293,6 +293,13 @@ static int search_modality(sctx *s, int m, int kk,
                            heap *h) {
   vlm_db *db = s->db;
   vlm__vindex *vx = &db->vx[m];
+  /* The index side has seen every id below upto and found no vector of
+   * this modality (a text-only or image-only database): only the tail it
+   * has not seen yet can hold one, so scan just that, not every item. */
+  if (!o->exact && vx->upto > 0 && vx->nlive == 0) {
+    h->n = 0;
+    return exact_scan(s, m, vx->upto, h);
+  }
   int exact = o->exact || vx->upto == 0 || vlm_index_count(vx->index) == 0;
   if (!exact && s->fids) {
     size_t limit = (size_t)(nitems / EXACT_FRACTION);

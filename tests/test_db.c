@@ -629,6 +629,59 @@ static void test_search_targets_exact_and_index(void **state) {
   }
 }
 
+/* A database whose items first have text vectors only: searches over the
+ * empty image modality return nothing (and must not scan every item), and
+ * image vectors that arrive later are found at once, through the index
+ * and the exact scan alike. */
+static void test_one_modality_database(void **state) {
+  (void)state;
+  const char *factories[] = {"Flat", "HNSW32"};
+  for (int f = 0; f < 2; f++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, factories[f], DIM);
+    corpus c;
+    corpus_make(&c, 600, DIM, 91 + f);
+    for (int i = 0; i < 400; i++) {
+      c.has_txt[i] = 1;
+      c.has_img[i] = 0;
+    }
+    for (int i = 400; i < 600; i++) {
+      c.has_txt[i] = 0;
+      c.has_img[i] = 1;
+    }
+    corpus_put(db, &c, 0, 400, 100);
+    int alive[600] = {0};
+    for (int i = 0; i < 400; i++)
+      alive[i] = 1;
+    float q[64];
+    unit(q, DIM);
+    vlm_search_options o = {.k = 10, .target = VLM_TARGET_IMAGE};
+    vlm_hit *hits;
+    int nh = -1;
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    assert_int_equal(nh, 0);
+    vlm_hits_free(hits, nh);
+    check_targets(db, &c, alive, 1, 1.0);
+    check_targets(db, &c, alive, 0, f == 1 ? 0.95 : 1.0);
+
+    /* image-only items arrive: the image modality is no longer empty */
+    corpus_put(db, &c, 400, 600, 50);
+    for (int i = 400; i < 600; i++)
+      alive[i] = 1;
+    memcpy(q, c.img + (size_t)450 * DIM, sizeof(float) * DIM);
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    assert_true(nh > 0);
+    assert_string_equal(hits[0].key, c.key[450]);
+    vlm_hits_free(hits, nh);
+    check_targets(db, &c, alive, 1, 1.0);
+    check_targets(db, &c, alive, 0, f == 1 ? 0.95 : 1.0);
+    vlm_db_close(db);
+    corpus_free(&c);
+    tmp_free(&t);
+  }
+}
+
 static void test_reopen_and_index_file_recovery(void **state) {
   (void)state;
   tmp t;
@@ -1983,6 +2036,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_put_get_exact_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_upsert_delete_reach_all_stores, teardown_tmp),
+      cmocka_unit_test_teardown(test_one_modality_database, teardown_tmp),
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
