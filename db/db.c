@@ -606,6 +606,35 @@ static uint32_t vec_flags(const uint8_t *data, size_t len) {
   return f & (VLM__HAS_IMAGE | VLM__HAS_TEXT);
 }
 
+/* The start of every batch (put, delete): the writer lock, the LMDB write
+ * transaction with the next batch number and item id, then the SQLite
+ * transaction.  What it opened is recorded in *txn, *locked and *sql_open
+ * for the caller's cleanup, whether it succeeds or fails. */
+static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
+                       int *locked, int *sql_open, uint64_t *seq,
+                       uint64_t *next_id) {
+  pthread_mutex_lock(&db->write_mu);
+  *locked = 1;
+  int rc = writable(db);
+  if (rc)
+    return rc;
+  int mrc = mdb_txn_begin(db->lm.env, NULL, 0, txn);
+  if (mrc) {
+    *txn = NULL;
+    return vlm__lmdb_err(mrc, what);
+  }
+  if ((rc = vlm__lmdb_get_u64(&db->lm, *txn, "seq", seq)) ||
+      (rc = vlm__lmdb_get_u64(&db->lm, *txn, "next_id", next_id)))
+    return rc;
+  if (*next_id == 0)
+    *next_id = 1;
+  (*seq)++;
+  if ((rc = vlm__sql_begin(db)))
+    return rc;
+  *sql_open = 1;
+  return 0;
+}
+
 int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                int *written) {
   float *vecs = NULL;
@@ -686,25 +715,11 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
       goto done;
     }
 
-  pthread_mutex_lock(&db->write_mu);
-  locked = 1;
-  if ((rc = writable(db)))
-    goto done;
-  int mrc = mdb_txn_begin(db->lm.env, NULL, 0, &txn);
-  if (mrc) {
-    rc = vlm__lmdb_err(mrc, "put");
-    goto done;
-  }
   uint64_t seq, next_id;
-  if ((rc = vlm__lmdb_get_u64(&db->lm, txn, "seq", &seq)) ||
-      (rc = vlm__lmdb_get_u64(&db->lm, txn, "next_id", &next_id)))
+  int mrc;
+  if ((rc = batch_begin(db, "put", &txn, &locked, &sql_open, &seq,
+                        &next_id)))
     goto done;
-  if (next_id == 0)
-    next_id = 1;
-  seq++;
-  if ((rc = vlm__sql_begin(db)))
-    goto done;
-  sql_open = 1;
   for (int i = 0; i < n; i++) {
     const vlm_item *it = &items[i];
     size_t klen = strlen(it->key);
@@ -837,25 +852,11 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
     return 0;
   if (!(ch = malloc((size_t)n * sizeof *ch)))
     return vlm_seterr(VLM_ENOMEM, "delete");
-  pthread_mutex_lock(&db->write_mu);
-  locked = 1;
-  if ((rc = writable(db)))
-    goto done;
-  int mrc = mdb_txn_begin(db->lm.env, NULL, 0, &txn);
-  if (mrc) {
-    rc = vlm__lmdb_err(mrc, "delete");
-    goto done;
-  }
   uint64_t seq, next_id;
-  if ((rc = vlm__lmdb_get_u64(&db->lm, txn, "seq", &seq)) ||
-      (rc = vlm__lmdb_get_u64(&db->lm, txn, "next_id", &next_id)))
+  int mrc;
+  if ((rc = batch_begin(db, "delete", &txn, &locked, &sql_open, &seq,
+                        &next_id)))
     goto done;
-  if (next_id == 0)
-    next_id = 1;
-  seq++;
-  if ((rc = vlm__sql_begin(db)))
-    goto done;
-  sql_open = 1;
   for (int i = 0; i < n; i++) {
     MDB_val k = {strlen(keys[i]), (void *)keys[i]}, v;
     uint64_t id;
