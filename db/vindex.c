@@ -76,6 +76,56 @@ static int begin_published(vlm_db *db, MDB_txn **txn) {
   return rc ? vlm__lmdb_err(rc, "index read") : 0;
 }
 
+/* Add the live vectors of modality m with id in [from, tnext) to ix, in
+ * chunks of ADD_CHUNK. */
+static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
+                     uint64_t from, uint64_t tnext) {
+  int dim = db->man.dim, rc;
+  MDB_cursor *cur = NULL;
+  float *buf = malloc((size_t)ADD_CHUNK * dim * sizeof(float));
+  int64_t *ids = malloc(ADD_CHUNK * sizeof *ids), n = 0;
+  MDB_val k = {sizeof from, &from}, v;
+  if (!buf || !ids) {
+    rc = vlm_seterr(VLM_ENOMEM, "index add");
+    goto done;
+  }
+  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    uint32_t flags;
+    const void *vec[VLM__NMOD];
+    memcpy(&id, k.mv_data, 8);
+    if (id >= tnext)
+      break;
+    if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
+      goto done;
+    if (!vec[m])
+      continue;
+    memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
+    ids[n++] = (int64_t)id;
+    if (n == ADD_CHUNK) {
+      if ((rc = vlm_index_add(ix, n, buf, ids)))
+        goto done;
+      n = 0;
+    }
+  }
+  if (rc && rc != MDB_NOTFOUND) {
+    rc = vlm__lmdb_err(rc, "vecs");
+    goto done;
+  }
+  rc = n ? vlm_index_add(ix, n, buf, ids) : 0;
+done:
+  if (cur)
+    mdb_cursor_close(cur);
+  free(buf);
+  free(ids);
+  return rc;
+}
+
 /* Build a fresh index of modality m from txn: trained from a sample when
  * the kind needs it and enough vectors exist (else left untrained, with
  * *upto 0: searches stay exact), then holding every live vector. */
@@ -85,7 +135,6 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
   vlm_index *ix = NULL;
   MDB_cursor *cur = NULL;
   float *buf = NULL;
-  int64_t *ids = NULL;
   int dim = db->man.dim, rc;
   uint64_t first = 1;
   MDB_val k = {sizeof first, &first}, v;
@@ -132,51 +181,15 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
     free(buf);
     buf = NULL;
   }
-  buf = malloc((size_t)ADD_CHUNK * dim * sizeof(float));
-  ids = malloc(ADD_CHUNK * sizeof *ids);
-  if (!buf || !ids) {
-    rc = vlm_seterr(VLM_ENOMEM, "index build");
-    goto fail;
-  }
-  int64_t n = 0;
-  first = 1;
-  k.mv_size = sizeof first;
-  k.mv_data = &first;
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-    uint64_t id;
-    uint32_t flags;
-    const void *vec[VLM__NMOD];
-    memcpy(&id, k.mv_data, 8);
-    if (id >= tnext)
-      break;
-    if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
-      goto fail;
-    if (!vec[m])
-      continue;
-    memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
-    ids[n++] = (int64_t)id;
-    if (n == ADD_CHUNK) {
-      if ((rc = vlm_index_add(ix, n, buf, ids)))
-        goto fail;
-      n = 0;
-    }
-  }
-  if (rc && rc != MDB_NOTFOUND) {
-    rc = vlm__lmdb_err(rc, "vecs");
-    goto fail;
-  }
-  if (n && (rc = vlm_index_add(ix, n, buf, ids)))
-    goto fail;
-  free(buf);
-  free(ids);
   mdb_cursor_close(cur);
+  cur = NULL;
+  if ((rc = add_range(db, txn, m, ix, 1, tnext)))
+    goto fail;
   *out = ix;
   *upto = tnext;
   return 0;
 fail:
   free(buf);
-  free(ids);
   if (cur)
     mdb_cursor_close(cur);
   vlm_index_free(ix);
@@ -458,52 +471,9 @@ fail:
 /* Add the live vectors of modality m with id in [vx->upto, tnext). */
 static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   vlm__vindex *vx = &db->vx[m];
-  int dim = db->man.dim, rc;
-  MDB_cursor *cur = NULL;
-  float *buf = malloc((size_t)ADD_CHUNK * dim * sizeof(float));
-  int64_t *ids = malloc(ADD_CHUNK * sizeof *ids), n = 0;
-  uint64_t start = vx->upto;
-  MDB_val k = {sizeof start, &start}, v;
-  if (!buf || !ids) {
-    rc = vlm_seterr(VLM_ENOMEM, "index catch-up");
-    goto done;
-  }
-  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
-    rc = vlm__lmdb_err(rc, "vecs");
-    goto done;
-  }
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-    uint64_t id;
-    uint32_t flags;
-    const void *vec[VLM__NMOD];
-    memcpy(&id, k.mv_data, 8);
-    if (id >= tnext)
-      break;
-    if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
-      goto done;
-    if (!vec[m])
-      continue;
-    memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
-    ids[n++] = (int64_t)id;
-    if (n == ADD_CHUNK) {
-      if ((rc = vlm_index_add(vx->index, n, buf, ids)))
-        goto done;
-      n = 0;
-    }
-  }
-  if (rc && rc != MDB_NOTFOUND) {
-    rc = vlm__lmdb_err(rc, "vecs");
-    goto done;
-  }
-  rc = n ? vlm_index_add(vx->index, n, buf, ids) : 0;
+  int rc = add_range(db, txn, m, vx->index, vx->upto, tnext);
   if (!rc)
     vx->upto = tnext;
-done:
-  if (cur)
-    mdb_cursor_close(cur);
-  free(buf);
-  free(ids);
   return rc;
 }
 
