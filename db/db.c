@@ -641,6 +641,7 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
   json_t **metas = NULL;
   const char *const **order = NULL;
   vlm__change *ch = NULL;
+  vlm__sql_change *rows = NULL;
   MDB_txn *txn = NULL;
   int rc, nch = 0, locked = 0, sql_open = 0;
   int64_t d_items = 0, d_vecs[VLM__NMOD] = {0, 0};
@@ -659,7 +660,8 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
   metas = calloc((size_t)n, sizeof *metas);
   order = malloc((size_t)n * sizeof *order);
   ch = malloc((size_t)n * sizeof *ch);
-  if (!vecs || !metas || !order || !ch) {
+  rows = malloc((size_t)n * sizeof *rows);
+  if (!vecs || !metas || !order || !ch || !rows) {
     rc = vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
     goto done;
   }
@@ -789,16 +791,20 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
     d_vecs[1] += !!it->text_vec;
     ch[nch].new_id = id;
     ch[nch].old_id = old_id;
-    if ((rc = vlm__sql_apply(db, &ch[nch], it->key, klen, metas[i],
-                             it->caption, it->caption ? strlen(it->caption) : 0,
-                             0)))
-      goto done;
+    rows[nch].c = ch[nch];
+    rows[nch].key = it->key;
+    rows[nch].key_len = klen;
+    rows[nch].meta = metas[i];
+    rows[nch].caption = it->caption;
+    rows[nch].caption_len = it->caption ? strlen(it->caption) : 0;
     nch++;
   }
   if (nch == 0) {
     rc = 0; /* every key existed: nothing to commit */
     goto done;
   }
+  if ((rc = vlm__sql_apply(db, rows, (size_t)nch, 0)))
+    goto done;
   {
     MDB_val lk = {sizeof seq, &seq}, lv = {(size_t)nch * sizeof *ch, ch};
     if ((mrc = mdb_put(txn, db->lm.log, &lk, &lv, 0))) {
@@ -831,11 +837,13 @@ done:
   free(vecs);
   free(order);
   free(ch);
+  free(rows);
   return rc;
 }
 
 int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
   vlm__change *ch = NULL;
+  vlm__sql_change *rows = NULL;
   MDB_txn *txn = NULL;
   int rc, nch = 0, locked = 0, sql_open = 0;
   int64_t d_vecs[VLM__NMOD] = {0, 0};
@@ -850,8 +858,13 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
       return rc;
   if (n == 0)
     return 0;
-  if (!(ch = malloc((size_t)n * sizeof *ch)))
+  ch = malloc((size_t)n * sizeof *ch);
+  rows = malloc((size_t)n * sizeof *rows);
+  if (!ch || !rows) {
+    free(ch);
+    free(rows);
     return vlm_seterr(VLM_ENOMEM, "delete");
+  }
   uint64_t seq, next_id;
   int mrc;
   if ((rc = batch_begin(db, "delete", &txn, &locked, &sql_open, &seq,
@@ -884,14 +897,15 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
     }
     ch[nch].new_id = 0;
     ch[nch].old_id = id;
-    if ((rc = vlm__sql_apply(db, &ch[nch], NULL, 0, NULL, NULL, 0, 0)))
-      goto done;
+    rows[nch] = (vlm__sql_change){.c = ch[nch]};
     nch++;
   }
   if (nch == 0) {
     rc = 0;
     goto done;
   }
+  if ((rc = vlm__sql_apply(db, rows, (size_t)nch, 0)))
+    goto done;
   {
     MDB_val lk = {sizeof seq, &seq}, lv = {(size_t)nch * sizeof *ch, ch};
     if ((mrc = mdb_put(txn, db->lm.log, &lk, &lv, 0))) {
@@ -917,6 +931,7 @@ done:
   if (locked)
     pthread_mutex_unlock(&db->write_mu);
   free(ch);
+  free(rows);
   return rc;
 }
 

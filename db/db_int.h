@@ -159,9 +159,23 @@ int vlm__sql_open_writer(vlm_db *db);
 void vlm__sql_close_writer(vlm_db *db);
 int vlm__sql_get_seq(sqlite3 *sql, uint64_t *seq);
 int vlm__sql_begin(vlm_db *db);
-int vlm__sql_apply(vlm_db *db, const vlm__change *c, const char *key,
-                   size_t key_len, const json_t *meta, const char *caption,
-                   size_t caption_len, int replay);
+/* One change of a batch as SQLite stages it: for a write (c.new_id != 0)
+ * the new item's key, metadata (may be NULL) and caption (NULL or length
+ * 0: none); pointers are borrowed for the call. */
+typedef struct {
+  vlm__change c;
+  const char *key;
+  size_t key_len;
+  const json_t *meta;
+  const char *caption;
+  size_t caption_len;
+} vlm__sql_change;
+
+/* Stage n changes of one batch in the open SQLite transaction: replaced
+ * and deleted ids lose their rows (with replay, new ids too, so that a
+ * replay is idempotent), new items get theirs. */
+int vlm__sql_apply(vlm_db *db, const vlm__sql_change *ch, size_t n,
+                   int replay);
 int vlm__sql_set_seq(vlm_db *db, uint64_t seq);
 int vlm__sql_commit(vlm_db *db);
 void vlm__sql_rollback(vlm_db *db);
