@@ -16,8 +16,18 @@
  * the same here, so a selector over user ids works on "IDMap,Flat" and
  * "IDMap,HNSW32" exactly as it does with a real, current libfaiss_c.
  * A second one: see HNSWEfGate below (efSearch in SearchParametersHNSW).
+ *
+ * And one substitution that changes speed, not behaviour: Debian builds
+ * libfaiss.a for baseline x86-64, so its fvec_inner_product/fvec_L2sqr
+ * are scalar loops (one dependent add per element).  Every flat store
+ * the shim creates or reads (the vectors under an HNSW graph, a Flat
+ * index, an IVF coarse quantizer) is swapped for FastFlat, an IndexFlat
+ * whose distance computer and small-batch search use SIMD kernels
+ * compiled for this machine.  It is still an IndexFlat: write_index
+ * writes it as one, so files stay plain FAISS files.
  */
 #include <faiss/Index.h>
+#include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
@@ -26,7 +36,10 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/utils/Heap.h>
 #include <faiss/utils/distances.h>
+
+#include <immintrin.h>
 
 #include <condition_variable>
 #include <cstdio>
@@ -152,6 +165,227 @@ class HNSWEfGate {
 };
 
 HNSWEfGate hnsw_ef_gate;
+
+/* ---- SIMD flat distances --------------------------------------------- */
+
+#ifdef __AVX512F__
+/* Horizontal sum through memory: GCC 12's extract/reduce intrinsics trip
+ * -Wmaybe-uninitialized, and this runs once per distance. */
+inline float hsum512(__m512 v) {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    float s = 0;
+    for (int i = 0; i < 8; i++)
+        s += t[i] + t[i + 8];
+    return s;
+}
+#endif
+
+inline float dot_simd(const float* a, const float* b, size_t d) {
+#ifdef __AVX512F__
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    __m512 s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 64 <= d; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(
+                _mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i + 16 <= d; i += 16)
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    if (i < d) {
+        __mmask16 m = (__mmask16)((1u << (d - i)) - 1);
+        s1 = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, a + i),
+                _mm512_maskz_loadu_ps(m, b + i),
+                s1);
+    }
+    return hsum512(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+#else
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++)
+            s[j] += a[i + j] * b[i + j];
+    for (; i < d; i++)
+        s[0] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+#endif
+}
+
+inline float l2_simd(const float* a, const float* b, size_t d) {
+#ifdef __AVX512F__
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    size_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m512 t0 = _mm512_sub_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i));
+        __m512 t1 = _mm512_sub_ps(
+                _mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16));
+        s0 = _mm512_fmadd_ps(t0, t0, s0);
+        s1 = _mm512_fmadd_ps(t1, t1, s1);
+    }
+    for (; i < d; i += 16) {
+        __mmask16 m = d - i >= 16 ? (__mmask16)0xffff
+                                  : (__mmask16)((1u << (d - i)) - 1);
+        __m512 t = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i));
+        s0 = _mm512_fmadd_ps(t, t, s0);
+    }
+    return hsum512(_mm512_add_ps(s0, s1));
+#else
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= d; i += 8)
+        for (int j = 0; j < 8; j++) {
+            float t = a[i + j] - b[i + j];
+            s[j] += t * t;
+        }
+    for (; i < d; i++)
+        s[0] += (a[i] - b[i]) * (a[i] - b[i]);
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+#endif
+}
+
+struct FastFlatDis : faiss::FlatCodesDistanceComputer {
+    size_t d;
+    bool ip;
+    const float* b;
+    const float* q = nullptr;
+
+    FastFlatDis(const faiss::IndexFlat& f)
+            : faiss::FlatCodesDistanceComputer(f.codes.data(), f.code_size),
+              d(f.d),
+              ip(f.metric_type == faiss::METRIC_INNER_PRODUCT),
+              b(f.get_xb()) {}
+
+    void set_query(const float* x) override {
+        q = x;
+    }
+    float distance_to_code(const uint8_t* code) override {
+        const float* y = reinterpret_cast<const float*>(code);
+        return ip ? dot_simd(q, y, d) : l2_simd(q, y, d);
+    }
+    float symmetric_dis(idx_t i, idx_t j) override {
+        return ip ? dot_simd(b + i * d, b + j * d, d)
+                  : l2_simd(b + i * d, b + j * d, d);
+    }
+};
+
+struct FastFlat : faiss::IndexFlat {
+    /* Takes over other's vectors (other is left empty). */
+    explicit FastFlat(faiss::IndexFlat* other)
+            : faiss::IndexFlat(other->d, other->metric_type) {
+        metric_arg = other->metric_arg;
+        verbose = other->verbose;
+        is_trained = other->is_trained;
+        ntotal = other->ntotal;
+        codes.swap(other->codes);
+        other->ntotal = 0;
+    }
+
+    faiss::FlatCodesDistanceComputer* get_FlatCodesDistanceComputer()
+            const override {
+        if (metric_type != faiss::METRIC_INNER_PRODUCT &&
+            metric_type != faiss::METRIC_L2)
+            return faiss::IndexFlat::get_FlatCodesDistanceComputer();
+        return new FastFlatDis(*this);
+    }
+
+    /* Few queries: one SIMD pass over the vectors per query (FAISS's own
+     * path for fewer than distance_compute_blas_threshold queries is the
+     * scalar kernel).  Many: FAISS's BLAS path is already fast. */
+    void search(
+            idx_t n,
+            const float* x,
+            idx_t k,
+            float* distances,
+            idx_t* labels,
+            const faiss::SearchParameters* params) const override {
+        bool ip = metric_type == faiss::METRIC_INNER_PRODUCT;
+        if (n >= faiss::distance_compute_blas_threshold ||
+            (!ip && metric_type != faiss::METRIC_L2) ||
+            (params && typeid(*params) != typeid(faiss::SearchParameters))) {
+            faiss::IndexFlat::search(n, x, k, distances, labels, params);
+            return;
+        }
+        const faiss::IDSelector* sel = params ? params->sel : nullptr;
+        const float* xb = get_xb();
+        for (idx_t q = 0; q < n; q++) {
+            const float* xq = x + q * d;
+            float* D = distances + q * k;
+            idx_t* I = labels + q * k;
+            if (ip) {
+                faiss::minheap_heapify(k, D, I);
+                for (idx_t j = 0; j < ntotal; j++) {
+                    if (sel && !sel->is_member(j))
+                        continue;
+                    float s = dot_simd(xq, xb + j * d, d);
+                    if (s > D[0])
+                        faiss::minheap_replace_top(k, D, I, s, j);
+                }
+                faiss::minheap_reorder(k, D, I);
+            } else {
+                faiss::maxheap_heapify(k, D, I);
+                for (idx_t j = 0; j < ntotal; j++) {
+                    if (sel && !sel->is_member(j))
+                        continue;
+                    float s = l2_simd(xq, xb + j * d, d);
+                    if (s < D[0])
+                        faiss::maxheap_replace_top(k, D, I, s, j);
+                }
+                faiss::maxheap_reorder(k, D, I);
+            }
+        }
+    }
+};
+
+/* f itself when it is not a plain IndexFlat, else a FastFlat holding its
+ * vectors (f is deleted when owned, left empty otherwise). */
+Index* fastify(Index* f, bool owned) {
+    if (f == nullptr || !owned)
+        return f;
+    const std::type_info& t = typeid(*f);
+    if (t != typeid(faiss::IndexFlat) && t != typeid(faiss::IndexFlatIP) &&
+        t != typeid(faiss::IndexFlatL2))
+        return f;
+    auto* flat = static_cast<faiss::IndexFlat*>(f);
+    Index* fast = new FastFlat(flat);
+    delete flat;
+    return fast;
+}
+
+Index* accelerate(Index* index);
+
+/* accelerate() for a sub-index that may not be owned by its parent. */
+Index* accelerate_owned(Index* index, bool owned) {
+    if (dynamic_cast<faiss::IndexFlat*>(index) != nullptr)
+        return fastify(index, owned);
+    return accelerate(index);
+}
+
+/* Swaps the flat stores inside index (see the header comment); returns
+ * the index to use in its place (a top-level Flat is itself replaced). */
+Index* accelerate(Index* index) {
+    if (auto* m = dynamic_cast<IndexIDMap*>(index)) {
+        m->index = accelerate_owned(m->index, m->own_fields);
+        return index;
+    }
+    if (auto* h = dynamic_cast<faiss::IndexHNSW*>(index)) {
+        h->storage = fastify(h->storage, h->own_fields);
+        return index;
+    }
+    if (auto* ivf = dynamic_cast<IndexIVF*>(index)) {
+        ivf->quantizer = fastify(ivf->quantizer, ivf->own_fields);
+        return index;
+    }
+    return fastify(index, true);
+}
+
+
 
 /* Runs index->search(...) with params, through the gate when index is an
  * IndexHNSW and params carry an efSearch. */
@@ -356,8 +590,8 @@ int faiss_index_factory(
         const char* description,
         FaissMetricType metric) {
     try {
-        *p_index = reinterpret_cast<FaissIndex*>(faiss::index_factory(
-                d, description, static_cast<faiss::MetricType>(metric)));
+        *p_index = reinterpret_cast<FaissIndex*>(accelerate(faiss::index_factory(
+                d, description, static_cast<faiss::MetricType>(metric))));
     }
     VLM_CATCH
 }
@@ -380,7 +614,8 @@ int faiss_write_index_fname(const FaissIndex* idx, const char* fname) {
 
 int faiss_read_index(FILE* f, int io_flags, FaissIndex** p_out) {
     try {
-        *p_out = reinterpret_cast<FaissIndex*>(faiss::read_index(f, io_flags));
+        *p_out = reinterpret_cast<FaissIndex*>(
+                accelerate(faiss::read_index(f, io_flags)));
     }
     VLM_CATCH
 }
@@ -391,7 +626,7 @@ int faiss_read_index_fname(
         FaissIndex** p_out) {
     try {
         *p_out = reinterpret_cast<FaissIndex*>(
-                faiss::read_index(fname, io_flags));
+                accelerate(faiss::read_index(fname, io_flags)));
     }
     VLM_CATCH
 }
