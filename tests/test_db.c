@@ -1668,6 +1668,261 @@ static void test_recovery_replays_sqlite(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ batch staging */
+
+/* SQLite stages a batch as all its item rows, then all its captions (see
+ * vlm__sql_apply).  Batches that mix new items with upserts that change or
+ * drop a caption, and delete batches, must leave meta.sqlite exactly as a
+ * naive model says, both written live and replayed after a crash: every
+ * row's fields and caption, the caption count, each word's MATCH against a
+ * naive scan, and FTS5's own integrity check. */
+#define MIX_KEYS 300
+#define MIX_PUT 40
+#define MIX_DEL 8
+
+typedef struct {
+  int alive[MIX_KEYS];
+  char caption[MIX_KEYS][64]; /* "" = no caption */
+  char category[MIX_KEYS][16];
+  int year[MIX_KEYS];
+} mix_model;
+
+typedef struct {
+  int slot[MIX_PUT];
+  char caption[MIX_PUT][64];
+  char category[MIX_PUT][16];
+  int year[MIX_PUT];
+  char meta[MIX_PUT][96];
+  int del[MIX_DEL];
+} mix_batch;
+
+/* 40 distinct slots to put (stride 7 is coprime with 300), 8 more to
+ * delete; a quarter of the puts have no caption. */
+static void mix_plan(mix_batch *b) {
+  int start = (int)(rng_next() % MIX_KEYS);
+  for (int k = 0; k < MIX_PUT; k++) {
+    b->slot[k] = (start + 7 * k) % MIX_KEYS;
+    if (rng_next() % 4 == 0)
+      b->caption[k][0] = '\0';
+    else
+      snprintf(b->caption[k], sizeof b->caption[k], "a %s and a %s",
+               words[rng_next() % 8], words[rng_next() % 8]);
+    snprintf(b->category[k], sizeof b->category[k], "%s",
+             categories[rng_next() % 5]);
+    b->year[k] = 1990 + (int)(rng_next() % 35);
+    snprintf(b->meta[k], sizeof b->meta[k],
+             "{\"category\": \"%s\", \"year\": %d}", b->category[k],
+             b->year[k]);
+  }
+  for (int k = 0; k < MIX_DEL; k++)
+    b->del[k] = (start + 7 * (MIX_PUT + k)) % MIX_KEYS;
+}
+
+/* One upsert batch and one delete batch; 0 or the failing call's code. */
+static int mix_run(vlm_db *db, const corpus *c, const mix_batch *b) {
+  vlm_item items[MIX_PUT];
+  const char *del[MIX_DEL];
+  for (int k = 0; k < MIX_PUT; k++) {
+    items[k] = corpus_item(c, b->slot[k]);
+    items[k].caption = b->caption[k][0] ? b->caption[k] : NULL;
+    items[k].meta_json = b->meta[k];
+  }
+  for (int k = 0; k < MIX_DEL; k++)
+    del[k] = c->key[b->del[k]];
+  int rc = vlm_db_put(db, items, MIX_PUT, VLM_PUT_UPSERT, NULL);
+  return rc ? rc : vlm_db_delete(db, del, MIX_DEL, NULL);
+}
+
+/* Apply b to the model; returns the number of batches it commits (the
+ * delete commits none when none of its keys is live). */
+static int mix_apply(mix_model *m, const mix_batch *b) {
+  int deleted = 0;
+  for (int k = 0; k < MIX_PUT; k++) {
+    int i = b->slot[k];
+    m->alive[i] = 1;
+    strcpy(m->caption[i], b->caption[k]);
+    strcpy(m->category[i], b->category[k]);
+    m->year[i] = b->year[k];
+  }
+  for (int k = 0; k < MIX_DEL; k++) {
+    deleted += m->alive[b->del[k]];
+    m->alive[b->del[k]] = 0;
+  }
+  return 1 + (deleted > 0);
+}
+
+static int has_word(const char *caption, const char *word) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%s", caption);
+  for (char *save = NULL, *w = strtok_r(buf, " ", &save); w;
+       w = strtok_r(NULL, " ", &save))
+    if (!strcmp(w, word))
+      return 1;
+  return 0;
+}
+
+static void mix_check(const char *dir, const mix_model *m) {
+  char path[256];
+  sqlite3 *s;
+  sqlite3_stmt *st;
+  snprintf(path, sizeof path, "%s/meta.sqlite", dir);
+  assert_int_equal(sqlite3_open_v2(path, &s, SQLITE_OPEN_READWRITE, NULL),
+                   SQLITE_OK);
+  sqlite3_busy_timeout(s, 10000);
+  int nalive = 0, ncap = 0, nrows = 0, seen[MIX_KEYS] = {0};
+  for (int i = 0; i < MIX_KEYS; i++) {
+    nalive += m->alive[i];
+    ncap += m->alive[i] && m->caption[i][0];
+  }
+  assert_int_equal(
+      sqlite3_prepare_v2(s,
+                         "SELECT items.key, items.category, items.year, "
+                         "captions.caption FROM items LEFT JOIN captions ON "
+                         "captions.rowid = items.id",
+                         -1, &st, NULL),
+      SQLITE_OK);
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char *key = (const char *)sqlite3_column_text(st, 0);
+    const char *cat = (const char *)sqlite3_column_text(st, 1);
+    const char *cap = (const char *)sqlite3_column_text(st, 3);
+    int i = key_index(key);
+    if (i < 0 || i >= MIX_KEYS || seen[i] || !m->alive[i])
+      fail_msg("row %s: unexpected (dead or repeated)", key);
+    seen[i] = 1;
+    nrows++;
+    if (strcmp(cat ? cat : "", m->category[i]) ||
+        sqlite3_column_int(st, 2) != m->year[i])
+      fail_msg("row %s: category %s year %d, expected %s %d", key, cat,
+               sqlite3_column_int(st, 2), m->category[i], m->year[i]);
+    if (strcmp(cap ? cap : "", m->caption[i]))
+      fail_msg("row %s: caption \"%s\", expected \"%s\"", key,
+               cap ? cap : "(none)", m->caption[i]);
+  }
+  sqlite3_finalize(st);
+  assert_int_equal(nrows, nalive);
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT count(*) FROM captions", -1,
+                                      &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), ncap);
+  sqlite3_finalize(st);
+  for (int w = 0; w < 8; w++) {
+    int want = 0, got = 0;
+    for (int i = 0; i < MIX_KEYS; i++)
+      want += m->alive[i] && has_word(m->caption[i], words[w]);
+    assert_int_equal(
+        sqlite3_prepare_v2(s,
+                           "SELECT items.key FROM captions JOIN items ON "
+                           "items.id = captions.rowid WHERE captions MATCH ?1",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(st, 1, words[w], -1, SQLITE_STATIC);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      int i = key_index((const char *)sqlite3_column_text(st, 0));
+      if (i < 0 || i >= MIX_KEYS || !m->alive[i] ||
+          !has_word(m->caption[i], words[w]))
+        fail_msg("MATCH %s: %s does not have it (\"%s\")", words[w],
+                 sqlite3_column_text(st, 0),
+                 i >= 0 && i < MIX_KEYS ? m->caption[i] : "?");
+      got++;
+    }
+    sqlite3_finalize(st);
+    if (got != want)
+      fail_msg("MATCH %s: %d items, naive scan %d", words[w], got, want);
+  }
+  char *err = NULL;
+  if (sqlite3_exec(s, "INSERT INTO captions(captions) "
+                      "VALUES('integrity-check')",
+                   NULL, NULL, &err) != SQLITE_OK)
+    fail_msg("FTS5 integrity-check: %s", err ? err : "?");
+  sqlite3_close(s);
+}
+
+static void copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+  char buf[65536];
+  size_t n;
+  assert_non_null(in);
+  assert_non_null(out);
+  while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+    assert_int_equal(fwrite(buf, 1, n, out), n);
+  fclose(in);
+  assert_int_equal(fclose(out), 0);
+}
+
+static void test_mixed_batches_sqlite_matches_model(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, MIX_KEYS, DIM, 4242);
+  static mix_model m;
+  memset(&m, 0, sizeof m);
+  corpus_put(db, &c, 0, 200, 50);
+  for (int i = 0; i < 200; i++) {
+    m.alive[i] = 1;
+    strcpy(m.caption[i], c.caption[i]);
+    strcpy(m.category[i], c.category[i]);
+    m.year[i] = c.year[i];
+  }
+  static mix_batch b[6];
+  rng_state = 99;
+  for (int j = 0; j < 6; j++)
+    mix_plan(&b[j]);
+  /* Written live. */
+  for (int j = 0; j < 3; j++) {
+    CHECK(mix_run(db, &c, &b[j]));
+    mix_apply(&m, &b[j]);
+  }
+  mix_check(t.dir, &m);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+
+  /* Replayed: a child writes three more pairs of batches and dies without
+   * closing; meta.sqlite is put back to before them, so the next open
+   * replays them all from LMDB's log. */
+  char path[256], bak[256], wal[256], shm[256];
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  snprintf(bak, sizeof bak, "%s/meta.sqlite.bak", t.root);
+  snprintf(wal, sizeof wal, "%s/meta.sqlite-wal", t.dir);
+  snprintf(shm, sizeof shm, "%s/meta.sqlite-shm", t.dir);
+  assert_int_equal(access(wal, F_OK), -1); /* close checkpointed it */
+  copy_file(path, bak);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    vlm_db *cdb;
+    if (vlm_db_open(t.dir, NULL, &cdb) != 0)
+      _exit(1);
+    for (int j = 3; j < 6; j++)
+      if (mix_run(cdb, &c, &b[j]) != 0)
+        _exit(2);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  int nbatches = 0;
+  for (int j = 3; j < 6; j++)
+    nbatches += mix_apply(&m, &b[j]);
+  char want[64];
+  snprintf(want, sizeof want, "replayed %d batch", nbatches);
+  copy_file(bak, path);
+  unlink(wal);
+  unlink(shm);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  if (!strstr(last_warning, want))
+    fail_msg("warning \"%s\", expected \"%s\"", last_warning, want);
+  CHECK(vlm_db_verify(db));
+  mix_check(t.dir, &m);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ crash test */
 
 static const char *build_dir(void) {
@@ -2050,6 +2305,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_filter_injection_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_rrf, teardown_tmp),
       cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),
+      cmocka_unit_test_teardown(test_mixed_batches_sqlite_matches_model, teardown_tmp),
       cmocka_unit_test_teardown(test_crash_kill9_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_concurrency_readers_never_see_half_a_batch, teardown_tmp),
   };
