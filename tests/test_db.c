@@ -1707,12 +1707,12 @@ static void mix_plan(mix_batch *b) {
     else
       snprintf(b->caption[k], sizeof b->caption[k], "a %s and a %s",
                words[rng_next() % 8], words[rng_next() % 8]);
-    snprintf(b->category[k], sizeof b->category[k], "%s",
-             categories[rng_next() % 5]);
-    b->year[k] = 1990 + (int)(rng_next() % 35);
+    const char *category = categories[rng_next() % 5];
+    int year = 1990 + (int)(rng_next() % 35);
+    snprintf(b->category[k], sizeof b->category[k], "%s", category);
+    b->year[k] = year;
     snprintf(b->meta[k], sizeof b->meta[k],
-             "{\"category\": \"%s\", \"year\": %d}", b->category[k],
-             b->year[k]);
+             "{\"category\": \"%s\", \"year\": %d}", category, year);
   }
   for (int k = 0; k < MIX_DEL; k++)
     b->del[k] = (start + 7 * (MIX_PUT + k)) % MIX_KEYS;
