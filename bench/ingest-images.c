@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -39,6 +40,16 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds (user + system) of this process or of its waited-for
+ * children: on a shared machine the rates swing with the load, the core
+ * time per image much less. */
+static double cpu_s(int who) {
+  struct rusage ru;
+  getrusage(who, &ru);
+  return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 +
+         (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
 }
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
@@ -128,8 +139,8 @@ static int run(const char *const *argv, const char *out_path) {
 }
 
 static double raw_rate(vlm_clip *clip, char **paths, int n, int batch,
-                       float *out) {
-  double t0 = now_s();
+                       float *out, double *cpu_ms_per_image) {
+  double t0 = now_s(), c0 = cpu_s(RUSAGE_SELF);
   for (int i = 0; i < n; i += batch) {
     int m = n - i < batch ? n - i : batch;
     if (vlm_clip_encode_images(clip, (const char *const *)paths + i, m, 0,
@@ -138,7 +149,10 @@ static double raw_rate(vlm_clip *clip, char **paths, int n, int batch,
       exit(1);
     }
   }
-  return n / (now_s() - t0);
+  double wall = now_s() - t0;
+  if (cpu_ms_per_image)
+    *cpu_ms_per_image = (cpu_s(RUSAGE_SELF) - c0) * 1e3 / n;
+  return n / wall;
 }
 
 int main(int argc, char **argv) {
@@ -215,9 +229,11 @@ int main(int argc, char **argv) {
   printf("images: %d JPEGs, 320x240 to 1024x768, %.1f KiB on average; "
          "batch %d; %ld cores\n",
          n, bytes / n / 1024, batch, sysconf(_SC_NPROCESSORS_ONLN));
-  raw_rate(clip, paths, batch < n ? batch : n, batch, out); /* warm up */
-  double raw1 = raw_rate(clip, paths, n, batch, out);
-  printf("raw vlm_clip_encode_images:  %8.1f images/s\n", raw1);
+  raw_rate(clip, paths, batch < n ? batch : n, batch, out, NULL); /* warm up */
+  double cpu_raw1, cpu_raw2, cpu_ingest;
+  double raw1 = raw_rate(clip, paths, n, batch, out, &cpu_raw1);
+  printf("raw vlm_clip_encode_images:  %8.1f images/s (%.2f ms of CPU per "
+         "image)\n", raw1, cpu_raw1);
   fflush(stdout);
 
   char db[PATH_MAX], out_path[PATH_MAX], batch_s[16];
@@ -232,9 +248,10 @@ int main(int argc, char **argv) {
   }
   const char *ingest_argv[] = {vlmdb_abs, "ingest", "--db", db, catalog,
                                "--batch", batch_s, "--json", "--quiet", NULL};
-  double t0 = now_s();
+  double t0 = now_s(), c0 = cpu_s(RUSAGE_CHILDREN);
   int rc = run(ingest_argv, out_path);
   double wall = now_s() - t0;
+  cpu_ingest = (cpu_s(RUSAGE_CHILDREN) - c0) * 1e3 / n;
   FILE *f = fopen(out_path, "r");
   json_t *sum = f ? json_loadf(f, 0, NULL) : NULL;
   if (f)
@@ -253,14 +270,19 @@ int main(int argc, char **argv) {
          "of which %.1f s loading the model: %.1f images/s without it; "
          "wall clock with process start: %.1f images/s)\n",
          pipeline, ingested, elapsed, load, steady, ingested / wall);
+  printf("                             %.2f ms of CPU per image, the whole "
+         "process\n", cpu_ingest);
   fflush(stdout);
 
-  double raw2 = raw_rate(clip, paths, n, batch, out);
-  printf("raw vlm_clip_encode_images:  %8.1f images/s (again)\n", raw2);
+  double raw2 = raw_rate(clip, paths, n, batch, out, &cpu_raw2);
+  printf("raw vlm_clip_encode_images:  %8.1f images/s (again; %.2f ms of CPU "
+         "per image)\n", raw2, cpu_raw2);
   double raw = (raw1 + raw2) / 2;
   printf("ingest / raw: %.1f%% (target >= 90%%); without the model load "
-         "(which raw does not time): %.1f%%\n",
-         100.0 * pipeline / raw, 100.0 * steady / raw);
+         "(which raw does not time): %.1f%%; raw / ingest CPU per image: "
+         "%.1f%%\n",
+         100.0 * pipeline / raw, 100.0 * steady / raw,
+         100.0 * (cpu_raw1 + cpu_raw2) / 2 / cpu_ingest);
 
   for (int i = 0; i < n; i++)
     free(paths[i]);

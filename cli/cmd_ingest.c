@@ -296,34 +296,14 @@ done:
   return err;
 }
 
-/* Shrink img in place by whole factors (fx, fy) with a box filter. */
-static void box_reduce(vlm_image *img, int fx, int fy) {
-  int w = img->w / fx, h = img->h / fy;
-  int area = fx * fy;
-  for (int y = 0; y < h; y++)
-    for (int x = 0; x < w; x++)
-      for (int c = 0; c < 3; c++) {
-        int sum = 0;
-        for (int dy = 0; dy < fy; dy++) {
-          const uint8_t *row = img->rgb + ((size_t)(y * fy + dy) * img->w) * 3;
-          for (int dx = 0; dx < fx; dx++)
-            sum += row[(size_t)(x * fx + dx) * 3 + c];
-        }
-        /* writes trail reads: output pixel i never overwrites input not
-         * yet read, since it lies at or before every input it reads */
-        img->rgb[((size_t)y * w + x) * 3 + c] = (uint8_t)((sum + area / 2) / area);
-      }
-  img->w = w;
-  img->h = h;
+/* The JPEG thumbnail of a decoded image (RGB over white): the longest
+ * side at most THUMB_SIDE, reduced by area averaging. */
+static int thumbnail_of(const vlm_image *img, uint8_t **jpeg, size_t *jpeg_len) {
+  return vlm_image_thumbnail_jpeg(img, THUMB_SIDE, THUMB_QUALITY, jpeg,
+                                  jpeg_len);
 }
 
-/* The JPEG thumbnail of an encoded image.  As PIL's Image.thumbnail does
- * (reducing_gap 2), a large image is first shrunk by a whole factor with a
- * box filter while it stays at least twice the thumbnail, so the
- * antialiased resample that follows reads a quarter of the pixels or
- * fewer. */
-static int thumbnail_of(vlm_image *img, uint8_t **jpeg, size_t *jpeg_len);
-
+/* The thumbnail of an encoded image, for rows whose vector is given. */
 static int make_thumbnail(const void *data, size_t len, uint8_t **jpeg,
                           size_t *jpeg_len) {
   vlm_clip_options opts = {.alpha = VLM_ALPHA_WHITE};
@@ -334,25 +314,6 @@ static int make_thumbnail(const void *data, size_t len, uint8_t **jpeg,
   rc = thumbnail_of(&img, jpeg, jpeg_len);
   vlm_image_free(&img);
   return rc;
-}
-
-/* The thumbnail of a decoded image (RGB over white); img is reduced in
- * place. */
-static int thumbnail_of(vlm_image *img, uint8_t **jpeg, size_t *jpeg_len) {
-  int longest = img->w > img->h ? img->w : img->h;
-  if (longest > THUMB_SIDE) {
-    double target_w = (double)img->w * THUMB_SIDE / longest;
-    double target_h = (double)img->h * THUMB_SIDE / longest;
-    int fx = (int)(img->w / (2 * target_w)), fy = (int)(img->h / (2 * target_h));
-    if (fx < 1)
-      fx = 1;
-    if (fy < 1)
-      fy = 1;
-    if (fx > 1 || fy > 1)
-      box_reduce(img, fx, fy);
-  }
-  return vlm_image_thumbnail_jpeg(img, THUMB_SIDE, THUMB_QUALITY, jpeg,
-                                  jpeg_len);
 }
 
 static void prepare_item(ingest *ing, batch *b, ingest_item *it) {

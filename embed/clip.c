@@ -452,12 +452,18 @@ int vlm_clip_preprocess_image(const vlm_clip *clip, const void *data,
   if ((rc = vlm__preprocess_decoded(&clip->pp, &im, pixels)) ||
       (rc = vlm__decoded_flatten_white(&im)))
     goto done;
-  img->rgb = malloc((size_t)im.w * im.h * 3);
-  if (!img->rgb) {
-    rc = vlm_seterr(VLM_ENOMEM, "image: %dx%d", im.w, im.h);
-    goto done;
+  if (im.mode == VLM__MODE_RGB) {
+    /* already RGB8, w * h * 3: hand the decoded pixels over */
+    img->rgb = im.pixels;
+    im.pixels = NULL;
+  } else {
+    img->rgb = malloc((size_t)im.w * im.h * 3);
+    if (!img->rgb) {
+      rc = vlm_seterr(VLM_ENOMEM, "image: %dx%d", im.w, im.h);
+      goto done;
+    }
+    vlm__decoded_to_rgb(&im, img->rgb);
   }
-  vlm__decoded_to_rgb(&im, img->rgb);
   img->w = im.w;
   img->h = im.h;
 done:

@@ -639,11 +639,19 @@ static void test_thumbnail(void **state) {
     int got_short = back.w < back.h ? back.w : back.h;
     assert_true(fabs(got_short - want_short) <= 1.0);
     assert_true((img.w >= img.h) == (back.w >= back.h));
-    /* the same picture: compare with our own resize.  The fixtures are
-     * noise-like and thumbnails are 4:2:0, so PSNR is modest (24-30 dB);
-     * another fixture photo scores 12 dB, this one shifted 3 px 15 dB. */
+    /* the same picture: compare with the area resize it is made with
+     * (the JPEG's loss only).  The fixtures are noise-like and thumbnails
+     * are 4:2:0, so PSNR is modest (24-30 dB); another fixture photo
+     * scores 12 dB, this one shifted 3 px 15 dB. */
     vlm_image small;
-    assert_int_equal(vlm__image_resize(&img, back.w, back.h, &small), 0);
+    if (back.w == img.w && back.h == img.h) {
+      small.w = img.w;
+      small.h = img.h;
+      small.rgb = malloc((size_t)img.w * img.h * 3);
+      memcpy(small.rgb, img.rgb, (size_t)img.w * img.h * 3);
+    } else {
+      assert_int_equal(vlm__image_area_resize(&img, back.w, back.h, &small), 0);
+    }
     double se = 0;
     for (size_t k = 0; k < (size_t)back.w * back.h * 3; k++) {
       double d = (double)back.rgb[k] - small.rgb[k];
@@ -663,6 +671,89 @@ static void test_thumbnail(void **state) {
   uint8_t *j;
   size_t jl;
   assert_int_equal(vlm_image_thumbnail_jpeg(&none, 256, 85, &j, &jl), VLM_EINVAL);
+}
+
+/* The exact area average, in double: output (x, y) is the mean of the
+ * input over [x * w / tw, (x + 1) * w / tw) x [y * h / th, ...), partial
+ * pixels weighted by the fraction covered. */
+static double area_overlap(int i, int o, int in, int out) {
+  double a = (double)i, b = a + 1, lo = (double)o * in / out, hi = (double)(o + 1) * in / out;
+  double l = a > lo ? a : lo, r = b < hi ? b : hi;
+  return r > l ? r - l : 0;
+}
+
+static void area_oracle(const vlm_image *src, int tw, int th, double *out) {
+  for (int y = 0; y < th; y++)
+    for (int x = 0; x < tw; x++)
+      for (int c = 0; c < 3; c++) {
+        double sum = 0, wsum = 0;
+        for (int sy = 0; sy < src->h; sy++) {
+          double wy = area_overlap(sy, y, src->h, th);
+          if (wy == 0) continue;
+          for (int sx = 0; sx < src->w; sx++) {
+            double wx = area_overlap(sx, x, src->w, tw);
+            if (wx == 0) continue;
+            sum += wx * wy * src->rgb[((size_t)sy * src->w + sx) * 3 + c];
+            wsum += wx * wy;
+          }
+        }
+        out[((size_t)y * tw + x) * 3 + c] = sum / wsum;
+      }
+}
+
+static uint32_t test_rng = 12345;
+static uint8_t rnd8(void) {
+  test_rng = test_rng * 1103515245u + 12345u;
+  return (uint8_t)(test_rng >> 16);
+}
+
+/* vlm__image_area_resize against the exact average: within one level
+ * everywhere (fixed point), exact on a flat image, for odd sizes, whole
+ * and fractional factors, one-pixel-wide strips and no-op sizes. */
+static void test_area_resize(void **state) {
+  (void)state;
+  static const int cases[][4] = {
+      {640, 480, 256, 192}, {333, 517, 165, 256}, {17, 23, 7, 9},   {100, 1, 26, 1},
+      {1, 100, 1, 3},       {9, 9, 1, 1},         {5, 7, 5, 7},     {257, 3, 256, 3},
+      {31, 29, 8, 8},       {1000, 3, 256, 1},    {512, 512, 256, 256}, {300, 200, 299, 199}};
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+    int w = cases[t][0], h = cases[t][1], tw = cases[t][2], th = cases[t][3];
+    vlm_image src = {.w = w, .h = h, .rgb = malloc((size_t)w * h * 3)}, out;
+    /* noise on odd rows, a gradient on even ones: both extremes of what a
+     * box filter meets */
+    for (int y = 0; y < h; y++)
+      for (int x = 0; x < w * 3; x++)
+        src.rgb[(size_t)y * w * 3 + x] = (y & 1) ? rnd8() : (uint8_t)(x * 255 / (w * 3));
+    double *want = malloc((size_t)tw * th * 3 * sizeof *want);
+    area_oracle(&src, tw, th, want);
+    assert_int_equal(vlm__image_area_resize(&src, tw, th, &out), 0);
+    assert_int_equal(out.w, tw);
+    assert_int_equal(out.h, th);
+    double worst = 0;
+    for (size_t k = 0; k < (size_t)tw * th * 3; k++) {
+      double d = fabs(out.rgb[k] - want[k]);
+      if (d > worst) worst = d;
+    }
+    print_message("%dx%d -> %dx%d: at most %.3f from the exact mean\n", w, h, tw, th, worst);
+    assert_true(worst <= 0.51);
+    vlm_image_free(&out);
+    /* a flat image stays exactly flat */
+    memset(src.rgb, 201, (size_t)w * h * 3);
+    assert_int_equal(vlm__image_area_resize(&src, tw, th, &out), 0);
+    for (size_t k = 0; k < (size_t)tw * th * 3; k++)
+      if (out.rgb[k] != 201) {
+        fprintf(stderr, "%dx%d -> %dx%d: flat 201 gave %d at %zu\n", w, h, tw, th,
+                out.rgb[k], k);
+        fail();
+      }
+    vlm_image_free(&out);
+    /* an upscale or an empty size is refused */
+    assert_int_equal(vlm__image_area_resize(&src, w + 1, th, &out), VLM_EINVAL);
+    assert_int_equal(vlm__image_area_resize(&src, tw, 0, &out), VLM_EINVAL);
+    assert_null(out.rgb);
+    free(want);
+    free(src.rgb);
+  }
 }
 
 /* ---- threads and regressions ---------------------------------------------- */
@@ -749,6 +840,7 @@ int main(void) {
       cmocka_unit_test(test_pixel_cap),
       cmocka_unit_test(test_extreme_aspect),
       cmocka_unit_test(test_thumbnail),
+      cmocka_unit_test(test_area_resize),
       cmocka_unit_test(test_concurrent_preprocess),
       cmocka_unit_test(test_fuzz_regressions),
   };
