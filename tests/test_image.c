@@ -756,6 +756,121 @@ static void test_area_resize(void **state) {
   }
 }
 
+/* vlm_clip_preprocess_image, for every mode the decoder meets: the
+ * model's pixels are those of vlm_clip_preprocess (bit for bit), the image
+ * is vlm_image_decode's RGB composited onto white (byte for byte: RGB
+ * images hand over the decoded buffer, the others are converted), and its
+ * thumbnail has the geometry vlm_image_thumbnail_jpeg promises. */
+static void test_preprocess_image_modes(void **state) {
+  (void)state;
+  static const char *files[] = {
+      FIX "images/cmyk.jpg",      FIX "images/ycck.jpg",      FIX "images/gray_prog.jpg",
+      FIX "images/s422.jpg",      FIX "images/la.png",        FIX "images/la16.png",
+      FIX "images/rgba_wide.png", FIX "images/pal_trns.png",  FIX "images/pal1.png",
+      FIX "images/gray16.png",    FIX "images/gray_trns.png", FIX "images/rgb_trns.png",
+      FIX "images/rgb16.png",     FIX "images/interlaced.png", FIX "images/big.jpg",
+      FIX "clip-tiny/photo_rgb.jpg", FIX "clip-tiny/wide.png", FIX "clip-tiny/small_upscale.png"};
+  vlm_clip *clip = NULL;
+  assert_int_equal(vlm_clip_load("tests/fixtures/clip-tiny", NULL, &clip), 0);
+  float want[3 * 32 * 32], got[3 * 32 * 32];
+  vlm_clip_options white = {.alpha = VLM_ALPHA_WHITE};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    size_t len;
+    uint8_t *data = read_all(files[i], &len);
+    assert_non_null(data);
+    vlm_image img, ref;
+    assert_int_equal(vlm_clip_preprocess(clip, data, len, want), 0);
+    assert_int_equal(vlm_clip_preprocess_image(clip, data, len, got, &img), 0);
+    assert_memory_equal(got, want, sizeof got);
+    assert_int_equal(vlm_image_decode(data, len, &white, &ref), 0);
+    assert_int_equal(img.w, ref.w);
+    assert_int_equal(img.h, ref.h);
+    assert_memory_equal(img.rgb, ref.rgb, (size_t)ref.w * ref.h * 3);
+    uint8_t *jpeg = NULL;
+    size_t jlen = 0;
+    vlm_image back;
+    assert_int_equal(vlm_image_thumbnail_jpeg(&img, 256, 85, &jpeg, &jlen), 0);
+    assert_int_equal(vlm_image_decode(jpeg, jlen, NULL, &back), 0);
+    int longest = img.w > img.h ? img.w : img.h;
+    assert_int_equal(back.w > back.h ? back.w : back.h, longest > 256 ? 256 : longest);
+    print_message("%-32s %dx%d -> thumbnail %dx%d, %zu bytes\n", files[i], img.w, img.h,
+                  back.w, back.h, jlen);
+    vlm_image_free(&back);
+    vlm_image_free(&ref);
+    vlm_image_free(&img);
+    free(jpeg);
+    free(data);
+  }
+  /* a corrupt image: an error, and *img zeroed */
+  uint8_t junk[64] = {0xFF, 0xD8, 0xFF, 0xE0};
+  vlm_image img = {.w = 7, .h = 7};
+  assert_int_not_equal(vlm_clip_preprocess_image(clip, junk, sizeof junk, got, &img), 0);
+  assert_null(img.rgb);
+  assert_int_equal(img.w, 0);
+  vlm_clip_free(clip);
+}
+
+/* Thumbnail geometry for odd and tiny sizes: the longest side is
+ * min(longest, max_side), the other side the aspect rounded (at least 1),
+ * the orientation kept, and the JPEG's pixels close to the area average
+ * of a smooth picture. */
+static void test_thumbnail_sizes(void **state) {
+  (void)state;
+  static const int sizes[][2] = {{1, 1},     {1, 1000},  {1000, 1}, {2, 513},  {257, 255},
+                                 {256, 256}, {255, 600}, {600, 255}, {3, 3},   {511, 1},
+                                 {1023, 767}, {17, 4000}};
+  for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+    int w = sizes[t][0], h = sizes[t][1];
+    vlm_image img = {.w = w, .h = h, .rgb = malloc((size_t)w * h * 3)}, back, area;
+    /* smooth, at most 2.5 levels a pixel: survives 4:2:0 JPEG well */
+    int gw = w > 64 ? w : 64, gh = h > 64 ? h : 64;
+    for (int y = 0; y < h; y++)
+      for (int x = 0; x < w; x++) {
+        uint8_t *p = img.rgb + ((size_t)y * w + x) * 3;
+        p[0] = (uint8_t)(40 + 160 * x / gw);
+        p[1] = (uint8_t)(40 + 160 * y / gh);
+        p[2] = 128;
+      }
+    uint8_t *jpeg = NULL;
+    size_t jlen = 0;
+    assert_int_equal(vlm_image_thumbnail_jpeg(&img, 256, 90, &jpeg, &jlen), 0);
+    assert_int_equal(vlm_image_decode(jpeg, jlen, NULL, &back), 0);
+    int longest = w > h ? w : h, shortest = w < h ? w : h;
+    int want_long = longest > 256 ? 256 : longest;
+    int want_short = (int)(((int64_t)shortest * want_long + longest / 2) / longest);
+    if (want_short < 1) want_short = 1;
+    int got_long = back.w > back.h ? back.w : back.h, got_short = back.w > back.h ? back.h : back.w;
+    if (w == h) got_short = back.h;
+    assert_int_equal(got_long, want_long);
+    assert_int_equal(got_short, want_short);
+    assert_true((w >= h) == (back.w >= back.h));
+    /* against the area average (the JPEG's loss only) */
+    if (back.w < w || back.h < h) {
+      assert_int_equal(vlm__image_area_resize(&img, back.w, back.h, &area), 0);
+    } else {
+      area.w = w;
+      area.h = h;
+      area.rgb = malloc((size_t)w * h * 3);
+      memcpy(area.rgb, img.rgb, (size_t)w * h * 3);
+    }
+    double worst = 0, se = 0;
+    size_t n = (size_t)back.w * back.h * 3;
+    for (size_t k = 0; k < n; k++) {
+      double d = fabs((double)back.rgb[k] - area.rgb[k]);
+      se += d * d;
+      if (d > worst) worst = d;
+    }
+    double rms = sqrt(se / (double)n);
+    print_message("%dx%d -> %dx%d: RMS %.2f from the area average, worst %.0f\n", w, h,
+                  back.w, back.h, rms, worst);
+    assert_true(rms <= 3);
+    vlm_image_free(&area);
+    vlm_image_free(&back);
+    vlm_image_free(&img);
+    free(jpeg);
+  }
+}
+
 /* ---- threads and regressions ---------------------------------------------- */
 
 typedef struct {
@@ -841,6 +956,8 @@ int main(void) {
       cmocka_unit_test(test_extreme_aspect),
       cmocka_unit_test(test_thumbnail),
       cmocka_unit_test(test_area_resize),
+      cmocka_unit_test(test_preprocess_image_modes),
+      cmocka_unit_test(test_thumbnail_sizes),
       cmocka_unit_test(test_concurrent_preprocess),
       cmocka_unit_test(test_fuzz_regressions),
   };
