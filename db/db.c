@@ -655,8 +655,11 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
     return 0;
   int dim = db->man.dim;
 
-  /* Validate everything before touching a store. */
-  vecs = malloc((size_t)n * 2 * dim * sizeof *vecs);
+  /* Validate everything before touching a store.  Vectors are normalized
+   * here only to check them, into one scratch vector, and again into the
+   * LMDB record while staging: a batch-sized copy of every vector cost
+   * more (fresh pages for tens of MB) than normalizing twice. */
+  vecs = malloc((size_t)dim * sizeof *vecs);
   metas = calloc((size_t)n, sizeof *metas);
   order = malloc((size_t)n * sizeof *order);
   ch = malloc((size_t)n * sizeof *ch);
@@ -677,14 +680,12 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
     }
     if (it->image_vec) {
       snprintf(what, sizeof what, "key \"%s\": image vector", it->key);
-      if ((rc = vlm__normalize(it->image_vec, vecs + (size_t)2 * i * dim, dim,
-                               what)))
+      if ((rc = vlm__normalize(it->image_vec, vecs, dim, what)))
         goto done;
     }
     if (it->text_vec) {
       snprintf(what, sizeof what, "key \"%s\": text vector", it->key);
-      if ((rc = vlm__normalize(it->text_vec, vecs + (size_t)(2 * i + 1) * dim,
-                               dim, what)))
+      if ((rc = vlm__normalize(it->text_vec, vecs, dim, what)))
         goto done;
     }
     if (it->thumb_len && !it->thumb) {
@@ -757,12 +758,17 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
       uint8_t *p = v.mv_data;
       memcpy(p, hdr, 8);
       p += 8;
-      if (it->image_vec) {
-        memcpy(p, vecs + (size_t)2 * i * dim, (size_t)dim * 4);
+      /* Validated above: the same input normalizes the same way again.
+       * Through the scratch vector, as LMDB's space may be unaligned. */
+      const float *in[2] = {it->image_vec, it->text_vec};
+      for (int m = 0; m < 2; m++) {
+        if (!in[m])
+          continue;
+        if ((rc = vlm__normalize(in[m], vecs, dim, it->key)))
+          goto done;
+        memcpy(p, vecs, (size_t)dim * 4);
         p += (size_t)dim * 4;
       }
-      if (it->text_vec)
-        memcpy(p, vecs + (size_t)(2 * i + 1) * dim, (size_t)dim * 4);
     }
     v.mv_size = 8;
     v.mv_data = &id;
