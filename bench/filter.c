@@ -3,6 +3,9 @@
  *   build/bench/filter [-n ITEMS] [-d DIM] [-q QUERIES] [-f FACTORY]
  *                      [--ef EF[,EF...]] [--dir TMPDIR]
  *
+ * --ef 0 (the default) leaves efSearch to the database: the effort it
+ * tuned for this data (see db/tune.c).
+ *
  * N random-but-clustered unit vectors (100 clusters) with two int fields:
  *   rnd   uniform in 0..999999, independent of the vector;
  *   corr  cluster * 10000 + uniform 0..9999, so `corr < s * 1e6` selects
@@ -196,6 +199,14 @@ int main(int argc, char **argv) {
   }
   printf("filter: %d items, dim %d, %s, %d queries, k %d; built in %.1f s\n",
          n, dim, factory, nq, K, now() - t0);
+  vlm_db_info info;
+  if (vlm_db_stat(db, &info) == 0)
+    printf("tuned default effort (efSearch/nprobe): %d, measured at %lld "
+           "vectors\n",
+           info.tuned_effort[0], (long long)info.tuned_at[0]);
+  char tuned_name[48];
+  snprintf(tuned_name, sizeof tuned_name, "default (tuned: %d)",
+           info.tuned_effort[0]);
 
   char *efl = strdup(eflist);
   for (char *efname = strtok(efl, ","); efname; efname = strtok(NULL, ",")) {
@@ -239,7 +250,8 @@ int main(int argc, char **argv) {
     recall_base = found / ((double)nq * K);
   }
   printf("efSearch %s: unfiltered recall@10 %.4f, %.0f QPS\n\n",
-         ef ? efname : "default (64)", recall_base, qps_base);
+         ef ? efname : info.tuned_effort[0] ? tuned_name : "default (64)",
+         recall_base, qps_base);
   printf("%-6s %11s %9s %10s %10s %10s\n", "field", "selectivity",
          "recall@10", "QPS cold", "QPS same", "vs unfilt");
   for (int f = 0; f < 2; f++) {

@@ -1137,6 +1137,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
     int64_t count = vlm_index_count(vx->index);
     info->index_vectors += count;
     info->tombstones += vx->ntomb;
+    info->tuned_effort[m] = vx->tuned;
+    info->tuned_at[m] = vx->tuned_n;
     int64_t pending = vx->nlive - (count - vx->ntomb);
     int64_t published = m == 0 ? info->image_vectors : info->text_vectors;
     pending += published - vx->nlive; /* not yet seen by the index side */

@@ -53,6 +53,8 @@ typedef struct {
   char file[96];   /* index file name inside the directory, "" if none */
   uint64_t seq;    /* last batch whose changes the file holds */
   uint64_t upto;   /* items with id < upto are in it (when live) */
+  int tuned;       /* the index's tuned search effort, 0 if none */
+  int64_t tuned_n; /* ... measured at this many vectors */
 } vlm__ckpt;
 
 typedef struct {
@@ -201,6 +203,10 @@ typedef struct {
   int64_t ntomb;       /* dead vectors still in the index */
   int64_t nlive;       /* live vectors of this modality (index side) */
   uint8_t *live;       /* bit per item id: live and has this modality */
+  int tuned;           /* efSearch/nprobe meeting the recall target on a
+                          sample (tune.c); 0 = not tuned yet */
+  int64_t tuned_n;     /* nlive when tuned */
+  double tuned_recall; /* the sample's recall@10 at tuned */
 } vlm__vindex;
 
 int vlm__vindex_open(vlm_db *db);
@@ -214,6 +220,10 @@ void vlm__vindex_remove_orphans(vlm_db *db);
 static inline int vlm__bit(const uint8_t *bm, uint64_t i) {
   return (bm[i >> 3] >> (i & 7)) & 1;
 }
+
+/* Measure and set vx[m].tuned when the index has doubled since it was
+ * last tuned (or always, with force).  Caller holds index_mu. */
+int vlm__vindex_tune(vlm_db *db, int m, int force);
 
 /* ---- search (planner.c, hybrid.c) -------------------------------------- */
 

@@ -166,6 +166,15 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     strcpy(m->ckpt[mod].file, json_string_value(file));
     m->ckpt[mod].seq = (uint64_t)json_integer_value(seq);
     m->ckpt[mod].upto = (uint64_t)json_integer_value(upto);
+    /* Optional (absent in older manifests: the index is tuned again). */
+    json_t *tuned = json_object_get(c, "tuned");
+    json_t *tuned_n = json_object_get(c, "tuned_n");
+    if (json_is_integer(tuned) && json_is_integer(tuned_n) &&
+        json_integer_value(tuned) > 0 && json_integer_value(tuned) <= 1 << 20 &&
+        json_integer_value(tuned_n) > 0) {
+      m->ckpt[mod].tuned = (int)json_integer_value(tuned);
+      m->ckpt[mod].tuned_n = (int64_t)json_integer_value(tuned_n);
+    }
   }
 done:
   json_decref(root);
@@ -207,6 +216,11 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
     json_object_set_new(c, "seq", json_integer((json_int_t)m->ckpt[mod].seq));
     json_object_set_new(c, "upto",
                         json_integer((json_int_t)m->ckpt[mod].upto));
+    if (m->ckpt[mod].tuned > 0) {
+      json_object_set_new(c, "tuned", json_integer(m->ckpt[mod].tuned));
+      json_object_set_new(c, "tuned_n",
+                          json_integer((json_int_t)m->ckpt[mod].tuned_n));
+    }
     json_object_set_new(ix, mod_name[mod], c);
   }
   json_object_set_new(root, "index", ix);

@@ -311,9 +311,15 @@ static int search_modality(sctx *s, int m, int kk,
     h->n = 0;
     return exact_scan(s, m, 1, h);
   }
-  int ef = o->ef_search > 0 ? o->ef_search : DEFAULT_EF;
+  /* A search that sets no effort gets the one tuned for this index's
+   * data (tune.c), or the fixed defaults until it has been measured. */
   int nlist = vlm__factory_nlist(db->man.factory);
-  int nprobe = o->nprobe > 0 ? o->nprobe : DEFAULT_NPROBE;
+  int ef = o->ef_search > 0 ? o->ef_search
+           : vx->tuned > 0 && nlist <= 0 ? vx->tuned
+                                         : DEFAULT_EF;
+  int nprobe = o->nprobe > 0 ? o->nprobe
+               : vx->tuned > 0 && nlist > 0 ? vx->tuned
+                                            : DEFAULT_NPROBE;
   if (ef < kk)
     ef = kk;
   if (s->fids) {

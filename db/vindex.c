@@ -402,6 +402,11 @@ done:
 int vlm__vindex_catch_up(vlm_db *db) {
   pthread_mutex_lock(&db->index_mu);
   int rc = catch_up_locked(db);
+  /* A failed tuning keeps the previous effort; it is retried next time. */
+  for (int m = 0; m < VLM__NMOD && !rc; m++)
+    if (vlm__vindex_tune(db, m, 0) != 0)
+      vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
+                vlm_errmsg());
   pthread_mutex_unlock(&db->index_mu);
   return rc;
 }
@@ -460,6 +465,8 @@ static int load_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
   }
   free(drops.ids);
   vx->upto = c->upto;
+  vx->tuned = c->tuned;
+  vx->tuned_n = c->tuned_n;
   return 0;
 fail:
   free(ch);
@@ -570,6 +577,13 @@ done:
   if (cur)
     mdb_cursor_close(cur);
   mdb_txn_abort(txn);
+  /* An index rebuilt here, or checkpointed before tuning existed, has no
+   * tuned effort; a writer measures it now (a reader searches with the
+   * defaults rather than pay for it on every open). */
+  for (int m = 0; m < VLM__NMOD && !rc && !db->readonly; m++)
+    if (vlm__vindex_tune(db, m, 0) != 0)
+      vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
+                vlm_errmsg());
   return rc;
 }
 
@@ -632,8 +646,16 @@ static int checkpoint_locked(vlm_db *db, int force) {
       memset(c, 0, sizeof *c); /* rebuilt from LMDB on open */
       continue;
     }
-    if (!force && c->file[0] && c->seq == db->ix_seq && c->upto == vx->upto)
+    if (!force && c->file[0] && c->seq == db->ix_seq && c->upto == vx->upto) {
+      if (c->tuned != vx->tuned) {
+        c->tuned = vx->tuned;
+        c->tuned_n = vx->tuned_n;
+        changed = 1;
+      }
       continue;
+    }
+    c->tuned = vx->tuned;
+    c->tuned_n = vx->tuned_n;
     char n[32], path[PATH_MAX];
     nonce(n, sizeof n);
     snprintf(c->file, sizeof c->file, "%s-%llu-%s.faiss", mod_name[m],
@@ -773,10 +795,16 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory) {
     db->vx[m].upto = upto[m];
     db->vx[m].ntomb = 0;
     db->vx[m].removable = -1;
+    db->vx[m].tuned = 0; /* another kind of index: tuned below */
+    db->vx[m].tuned_n = 0;
     fresh[m] = old; /* freed below */
   }
   strcpy(db->man.factory, factory);
   pthread_rwlock_unlock(&db->index_lock);
+  for (int m = 0; m < VLM__NMOD; m++)
+    if (vlm__vindex_tune(db, m, 1) != 0)
+      vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
+                vlm_errmsg());
   /* The manifest switches factory and files in one atomic rename.  If it
    * fails, the old manifest (old factory, old files) stays in force on
    * disk and the next checkpoint or close writes the new one. */

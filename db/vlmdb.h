@@ -183,6 +183,12 @@ typedef struct {
   int64_t tombstones;     /* deleted vectors still in FAISS (skipped) */
   int index_trained;      /* 0 while an IVF/PQ index waits for enough
                              vectors (searches are exact meanwhile) */
+  int tuned_effort[2];    /* image, text index: the efSearch (HNSW) or
+                             nprobe (IVF) searches use by default, measured
+                             to reach recall@10 >= 0.99 on a sample of the
+                             database's own vectors; 0 = not measured yet
+                             (defaults 64 / 16) */
+  int64_t tuned_at[2];    /* vectors in the index when it was measured */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);

@@ -792,6 +792,100 @@ static void test_reindex(void **state) {
   tmp_free(&t);
 }
 
+/* Mean recall@10 (image target) of default searches, or ef_search ef,
+ * over nq random queries, against the brute-force oracle. */
+static double default_recall(vlm_db *db, const corpus *c, int ef, int nq,
+                             uint64_t seed) {
+  float *q = malloc((size_t)c->dim * sizeof *q);
+  scored *want = malloc((size_t)c->n * sizeof *want);
+  uint64_t saved = rng_state;
+  rng_state = seed;
+  double sum = 0;
+  for (int j = 0; j < nq; j++) {
+    unit(q, c->dim);
+    int nw = oracle(c, NULL, NULL, q, VLM_TARGET_IMAGE, want);
+    vlm_search_options o = {0};
+    o.k = 10;
+    o.target = VLM_TARGET_IMAGE;
+    o.ef_search = ef;
+    vlm_hit *hits;
+    int nh;
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    sum += recall_at(c, hits, nh, want, nw, 10);
+    vlm_hits_free(hits, nh);
+  }
+  rng_state = saved;
+  free(q);
+  free(want);
+  return sum / nq;
+}
+
+/* The index measures the effort that reaches the recall target on its
+ * own data (uniform random vectors: hard for a graph), searches use it
+ * by default, it survives reopen, and a new kind of index is measured
+ * again. */
+static void test_tuned_effort(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  const int dim = 48, n = 4000;
+  vlm_db *db = make_db(t.dir, "HNSW32", dim);
+  corpus c;
+  corpus_make(&c, n, dim, 77);
+  for (int i = 0; i < n; i++)
+    c.has_img[i] = 1, c.has_txt[i] = i % 4 == 0;
+  vlm_db_info info;
+  corpus_put(db, &c, 0, 1000, 500);
+  CHECK(vlm_db_stat(db, &info));
+  int first = info.tuned_effort[0];
+  assert_true(first >= 16);
+  assert_int_equal(info.tuned_at[0], 1000);
+  corpus_put(db, &c, 1000, n, 500);
+  CHECK(vlm_db_stat(db, &info));
+  /* measured again at 2,000 and 4,000 vectors (each doubling) */
+  assert_int_equal(info.tuned_at[0], 4000);
+  int tuned = info.tuned_effort[0];
+  double r_def = default_recall(db, &c, 0, 100, 901);
+  double r16 = default_recall(db, &c, 16, 100, 901);
+  double r_tuned = default_recall(db, &c, tuned, 100, 901);
+  print_message("HNSW32 on %d uniform %d-d vectors: tuned efSearch %d "
+                "(%d at 1,000); recall@10 default %.3f, ef %d %.3f, "
+                "ef 16 %.3f\n",
+                n, dim, tuned, first, r_def, tuned, r_tuned, r16);
+  if (!(r_def >= 0.97))
+    fail_msg("default recall@10 %.3f < 0.97 with tuned ef %d", r_def, tuned);
+  /* the default is the tuned effort, not a fixed one */
+  if (fabs(r_def - r_tuned) > 1e-9)
+    fail_msg("default recall %.3f != recall at ef %d %.3f", r_def, tuned,
+             r_tuned);
+  vlm_db_close(db);
+
+  /* Kept in the manifest: a reader has it without measuring. */
+  vlm_db_open_options ro = {0};
+  ro.readonly = 1;
+  CHECK(vlm_db_open(t.dir, &ro, &db));
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.tuned_effort[0], tuned);
+  assert_int_equal(info.tuned_at[0], 4000);
+  vlm_db_close(db);
+
+  /* A new kind of index is measured at once: nprobe for IVF. */
+  db = open_db(t.dir);
+  CHECK(vlm_db_reindex(db, "IVF32,Flat"));
+  CHECK(vlm_db_stat(db, &info));
+  int nprobe = info.tuned_effort[0];
+  r_def = default_recall(db, &c, 0, 100, 902);
+  print_message("IVF32,Flat: tuned nprobe %d, default recall@10 %.3f\n",
+                nprobe, r_def);
+  assert_true(nprobe >= 1 && nprobe <= 32);
+  if (!(r_def >= 0.97))
+    fail_msg("IVF default recall@10 %.3f < 0.97 with nprobe %d", r_def,
+             nprobe);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 static void test_training_threshold(void **state) {
   (void)state;
   tmp t;
@@ -2295,6 +2389,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
+      cmocka_unit_test_teardown(test_tuned_effort, teardown_tmp),
       cmocka_unit_test_teardown(test_training_threshold, teardown_tmp),
       cmocka_unit_test_teardown(test_open_refusals, teardown_tmp),
       cmocka_unit_test_teardown(test_bad_input_fails_whole_batch, teardown_tmp),
