@@ -26,6 +26,7 @@
  * compiled for this machine.  It is still an IndexFlat: write_index
  * writes it as one, so files stay plain FAISS files.
  */
+#include <faiss/AutoTune.h>
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
@@ -578,6 +579,32 @@ int faiss_SearchParameters_new(
         SearchParameters* sp = new SearchParameters;
         sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
         *p_sp = reinterpret_cast<FaissSearchParameters*>(sp);
+    }
+    VLM_CATCH
+}
+
+/* AutoTune_c.cpp */
+
+void faiss_ParameterSpace_free(FaissParameterSpace* ps) {
+    delete reinterpret_cast<faiss::ParameterSpace*>(ps);
+}
+
+int faiss_ParameterSpace_new(FaissParameterSpace** p_ps) {
+    try {
+        *p_ps = reinterpret_cast<FaissParameterSpace*>(
+                new faiss::ParameterSpace);
+    }
+    VLM_CATCH
+}
+
+int faiss_ParameterSpace_set_index_parameter(
+        const FaissParameterSpace* ps,
+        FaissIndex* index,
+        const char* name,
+        double value) {
+    try {
+        reinterpret_cast<const faiss::ParameterSpace*>(ps)->set_index_parameter(
+                reinterpret_cast<Index*>(index), name, value);
     }
     VLM_CATCH
 }
