@@ -400,11 +400,14 @@ void vlm_image_free(vlm_image *img) {
  *
  * Fixed point: the taps of each output row or column are the exact
  * integer overlaps (in units of 1/tw or 1/th of an input pixel) scaled
- * to sum to exactly 1 << AREA_BITS, so a flat image stays flat.  Vertical
- * sums (at most 255 << 22) fit 32-bit lanes and keep 8 fraction bits in
- * 16 (at most 255 << 8); the horizontal sums are 64-bit.  The result is
- * within about half a level of the exact mean. */
-#define AREA_BITS 22
+ * to sum to exactly 1 << AREA_VBITS vertically, 1 << AREA_HBITS
+ * horizontally, so a flat image stays flat.  Vertical sums (at most
+ * 255 << 22) fit 32-bit lanes and keep 8 fraction bits in 16 (at most
+ * 255 << 8); horizontal sums of those with 16-bit weights fit 32 bits
+ * (65280 << 16, plus a half, < 2^32).  The result is within about half a
+ * level of the exact mean. */
+#define AREA_VBITS 22
+#define AREA_HBITS 16
 
 typedef struct {
   int taps;       /* stride of weight (the most taps of any output) */
@@ -419,8 +422,9 @@ static void area_taps_free(area_taps *t) {
   free(t->weight);
 }
 
-/* Taps of reducing in_size samples to out_size (out_size <= in_size). */
-static int area_taps_make(int in_size, int out_size, area_taps *t) {
+/* Taps of reducing in_size samples to out_size (out_size <= in_size),
+ * each output's summing to 1 << bits. */
+static int area_taps_make(int in_size, int out_size, int bits, area_taps *t) {
   memset(t, 0, sizeof *t);
   /* an output covers in_size / out_size inputs: at most that rounded up,
    * plus one where its ends fall inside two pixels */
@@ -444,11 +448,11 @@ static int area_taps_make(int in_size, int out_size, area_taps *t) {
     for (int i = i0; i < i1; i++, n++) {
       int64_t a = (int64_t)i * out_size, b = a + out_size;
       int64_t overlap = (b < hi ? b : hi) - (a > lo ? a : lo);
-      w[n] = (uint32_t)((overlap * (1 << AREA_BITS) + in_size / 2) / in_size);
+      w[n] = (uint32_t)((overlap * (1 << bits) + in_size / 2) / in_size);
       sum += w[n];
       if (w[n] > w[big]) big = n;
     }
-    w[big] = (uint32_t)((int64_t)w[big] + (1 << AREA_BITS) - sum);
+    w[big] = (uint32_t)((int64_t)w[big] + (1 << bits) - sum);
     t->first[o] = i0;
     t->count[o] = n;
   }
@@ -477,17 +481,17 @@ static void area_row_madd(uint32_t *acc, const uint8_t *row, size_t n, uint32_t 
   for (; i < n; i++) acc[i] += row[i] * weight;
 }
 
-/* mid[0, n) = acc[0, n) with AREA_BITS - 8 fraction bits dropped, rounded */
+/* mid[0, n) = acc[0, n) with AREA_VBITS - 8 fraction bits dropped, rounded */
 static void area_row_narrow(uint16_t *mid, const uint32_t *acc, size_t n) {
-  const uint32_t half = 1u << (AREA_BITS - 9);
+  const uint32_t half = 1u << (AREA_VBITS - 9);
   size_t i = 0;
   for (; i + AREA_VL <= n; i += AREA_VL) {
     area_v32 a;
     memcpy(&a, acc + i, sizeof a);
-    area_v16 m = __builtin_convertvector((a + half) >> (AREA_BITS - 8), area_v16);
+    area_v16 m = __builtin_convertvector((a + half) >> (AREA_VBITS - 8), area_v16);
     memcpy(mid + i, &m, sizeof m);
   }
-  for (; i < n; i++) mid[i] = (uint16_t)((acc[i] + half) >> (AREA_BITS - 8));
+  for (; i < n; i++) mid[i] = (uint16_t)((acc[i] + half) >> (AREA_VBITS - 8));
 }
 
 int vlm__image_area_resize(const vlm_image *src, int tw, int th, vlm_image *out) {
@@ -501,8 +505,8 @@ int vlm__image_area_resize(const vlm_image *src, int tw, int th, vlm_image *out)
   area_taps vt, ht;
   uint32_t *acc = NULL;
   uint16_t *mid = NULL;
-  if ((rc = area_taps_make(src->h, th, &vt)) != 0) return rc;
-  if ((rc = area_taps_make(w, tw, &ht)) != 0) {
+  if ((rc = area_taps_make(src->h, th, AREA_VBITS, &vt)) != 0) return rc;
+  if ((rc = area_taps_make(w, tw, AREA_HBITS, &ht)) != 0) {
     area_taps_free(&vt);
     return rc;
   }
@@ -528,15 +532,15 @@ int vlm__image_area_resize(const vlm_image *src, int tw, int th, vlm_image *out)
     for (int x = 0; x < tw; x++, o += 3) {
       const uint16_t *in = mid + (size_t)ht.first[x] * 3;
       const uint32_t *hw = ht.weight + (size_t)x * ht.taps;
-      uint64_t r = 1ull << (AREA_BITS + 7), g = r, b = r;
+      uint32_t r = 1u << (AREA_HBITS + 7), g = r, b = r;
       for (int k = 0; k < ht.count[x]; k++, in += 3) {
-        r += (uint64_t)in[0] * hw[k];
-        g += (uint64_t)in[1] * hw[k];
-        b += (uint64_t)in[2] * hw[k];
+        r += in[0] * hw[k];
+        g += in[1] * hw[k];
+        b += in[2] * hw[k];
       }
-      o[0] = (uint8_t)(r >> (AREA_BITS + 8));
-      o[1] = (uint8_t)(g >> (AREA_BITS + 8));
-      o[2] = (uint8_t)(b >> (AREA_BITS + 8));
+      o[0] = (uint8_t)(r >> (AREA_HBITS + 8));
+      o[1] = (uint8_t)(g >> (AREA_HBITS + 8));
+      o[2] = (uint8_t)(b >> (AREA_HBITS + 8));
     }
   }
   out->w = tw;
