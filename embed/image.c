@@ -398,65 +398,45 @@ void vlm_image_free(vlm_image *img) {
  * rows with vector arithmetic; the horizontal pass then sees only the
  * th rows it produced.
  *
- * Fixed point: the taps of each output row or column are the exact
- * integer overlaps (in units of 1/tw or 1/th of an input pixel) scaled
- * to sum to exactly 1 << AREA_VBITS vertically, 1 << AREA_HBITS
- * horizontally, so a flat image stays flat.  Vertical sums (at most
- * 255 << 22) fit 32-bit lanes and keep 8 fraction bits in 16 (at most
- * 255 << 8); horizontal sums of those with 16-bit weights fit 32 bits
- * (65280 << 16, plus a half, < 2^32).  The result is within about half a
- * level of the exact mean. */
+ * Fixed point: the weights of an output's taps are its exact integer
+ * overlaps with the input pixels (in units of 1/tw or 1/th of an input
+ * pixel) scaled to 1 << AREA_VBITS (vertically) or 1 << AREA_HBITS, each
+ * the difference of two rounded running sums: none is negative, each is
+ * within one unit of exact, and they sum to exactly one, so a flat image
+ * stays flat.  Vertical sums (at most 255 << 22) fit 32-bit lanes and
+ * keep 8 fraction bits in 16 (at most 255 << 8); horizontal sums of those
+ * with 15-bit weights fit 32 bits.  The result is within about half a
+ * level of the exact mean.
+ *
+ * Memory: the horizontal weights are kept, 2 bytes a tap (an input
+ * column is a tap of one output, or two where it straddles a boundary);
+ * the vertical ones are made row by row, so a very tall image needs no
+ * table the size of its height. */
 #define AREA_VBITS 22
-#define AREA_HBITS 16
+#define AREA_HBITS 15
 
-typedef struct {
-  int taps;       /* stride of weight (the most taps of any output) */
-  int *first;     /* [out] first input index */
-  int *count;     /* [out] taps of this output */
-  uint32_t *weight; /* [out * taps] */
-} area_taps;
-
-static void area_taps_free(area_taps *t) {
-  free(t->first);
-  free(t->count);
-  free(t->weight);
-}
-
-/* Taps of reducing in_size samples to out_size (out_size <= in_size),
- * each output's summing to 1 << bits. */
-static int area_taps_make(int in_size, int out_size, int bits, area_taps *t) {
-  memset(t, 0, sizeof *t);
-  /* an output covers in_size / out_size inputs: at most that rounded up,
-   * plus one where its ends fall inside two pixels */
-  t->taps = (in_size + out_size - 1) / out_size + 1;
-  t->first = malloc((size_t)out_size * sizeof *t->first);
-  t->count = malloc((size_t)out_size * sizeof *t->count);
-  t->weight = calloc((size_t)out_size * t->taps, sizeof *t->weight);
-  if (!t->first || !t->count || !t->weight) {
-    area_taps_free(t);
-    return vlm_seterr(VLM_ENOMEM, "thumbnail: %d taps x %d", t->taps, out_size);
-  }
-  for (int o = 0; o < out_size; o++) {
-    /* in units of 1/out_size input pixel: output o covers
-     * [o * in_size, (o + 1) * in_size), input i covers
-     * [i * out_size, (i + 1) * out_size) */
-    int64_t lo = (int64_t)o * in_size, hi = lo + in_size;
-    int i0 = (int)(lo / out_size), i1 = (int)((hi + out_size - 1) / out_size);
-    uint32_t *w = t->weight + (size_t)o * t->taps;
-    int64_t sum = 0;
-    int n = 0, big = 0;
-    for (int i = i0; i < i1; i++, n++) {
-      int64_t a = (int64_t)i * out_size, b = a + out_size;
-      int64_t overlap = (b < hi ? b : hi) - (a > lo ? a : lo);
-      w[n] = (uint32_t)((overlap * (1 << bits) + in_size / 2) / in_size);
-      sum += w[n];
-      if (w[n] > w[big]) big = n;
+/* The taps of output o when in_size samples shrink to out_size: the
+ * first input index (return value) and how many follow (*count); with
+ * weights, their weights, summing to 1 << bits. */
+static int area_taps(int in_size, int out_size, int o, int bits, int *count,
+                     uint32_t *weights) {
+  /* in units of 1/out_size input pixel: output o covers
+   * [o * in_size, (o + 1) * in_size), input i covers
+   * [i * out_size, (i + 1) * out_size) */
+  int64_t lo = (int64_t)o * in_size, hi = lo + in_size;
+  int i0 = (int)(lo / out_size), i1 = (int)((hi + out_size - 1) / out_size);
+  *count = i1 - i0;
+  if (weights) {
+    int64_t prev = 0;
+    for (int i = i0; i < i1; i++) {
+      int64_t end = (int64_t)(i + 1) * out_size;
+      int64_t covered = (end < hi ? end : hi) - lo; /* of in_size, so far */
+      int64_t cum = ((covered << bits) + in_size / 2) / in_size;
+      weights[i - i0] = (uint32_t)(cum - prev);
+      prev = cum;
     }
-    w[big] = (uint32_t)((int64_t)w[big] + (1 << bits) - sum);
-    t->first[o] = i0;
-    t->count[o] = n;
   }
-  return 0;
+  return i0;
 }
 
 /* GCC/Clang vector extensions of 16 lanes, lowered to AVX-512, AVX2 or
@@ -500,44 +480,50 @@ int vlm__image_area_resize(const vlm_image *src, int tw, int th, vlm_image *out)
       th > src->h)
     return vlm_seterr(VLM_EINVAL, "area resize: %dx%d to %dx%d", src ? src->w : 0,
                       src ? src->h : 0, tw, th);
-  int w = src->w, rc = 0;
+  int w = src->w, h = src->h, rc = 0;
   size_t rowlen = (size_t)w * 3;
-  area_taps vt, ht;
-  uint32_t *acc = NULL;
-  uint16_t *mid = NULL;
-  if ((rc = area_taps_make(src->h, th, AREA_VBITS, &vt)) != 0) return rc;
-  if ((rc = area_taps_make(w, tw, AREA_HBITS, &ht)) != 0) {
-    area_taps_free(&vt);
-    return rc;
-  }
-  acc = malloc(rowlen * sizeof *acc);
-  mid = malloc(rowlen * sizeof *mid);
+  /* an output spans at most ceil(in / out) + 1 inputs; in all, every
+   * input once plus one more per output boundary it straddles */
+  int vtaps = (h + th - 1) / th + 1, htaps = (w + tw - 1) / tw + 1;
+  int *hfirst = malloc((size_t)tw * sizeof *hfirst);
+  int *hcount = malloc((size_t)tw * sizeof *hcount);
+  uint16_t *hweight = malloc(((size_t)w + tw) * sizeof *hweight);
+  uint32_t *vweight = malloc((size_t)(vtaps > htaps ? vtaps : htaps) * sizeof *vweight);
+  uint32_t *acc = malloc(rowlen * sizeof *acc);
+  uint16_t *mid = malloc(rowlen * sizeof *mid);
   out->rgb = malloc((size_t)tw * th * 3);
-  if (!acc || !mid || !out->rgb) {
+  if (!hfirst || !hcount || !hweight || !vweight || !acc || !mid || !out->rgb) {
     free(out->rgb);
     out->rgb = NULL;
-    rc = vlm_seterr(VLM_ENOMEM, "area resize: %dx%d", tw, th);
+    rc = vlm_seterr(VLM_ENOMEM, "area resize: %dx%d to %dx%d", w, h, tw, th);
     goto done;
+  }
+  size_t at = 0;
+  for (int x = 0; x < tw; x++) {
+    hfirst[x] = area_taps(w, tw, x, AREA_HBITS, &hcount[x], vweight);
+    for (int k = 0; k < hcount[x]; k++) hweight[at + k] = (uint16_t)vweight[k];
+    at += (size_t)hcount[x];
   }
   for (int y = 0; y < th; y++) {
     /* vertical: the output row at full width, 8 fraction bits */
+    int n, first = area_taps(h, th, y, AREA_VBITS, &n, vweight);
     memset(acc, 0, rowlen * sizeof *acc);
-    const uint32_t *vw = vt.weight + (size_t)y * vt.taps;
-    for (int k = 0; k < vt.count[y]; k++)
-      if (vw[k])
-        area_row_madd(acc, src->rgb + (size_t)(vt.first[y] + k) * rowlen, rowlen, vw[k]);
+    for (int k = 0; k < n; k++)
+      if (vweight[k])
+        area_row_madd(acc, src->rgb + (size_t)(first + k) * rowlen, rowlen, vweight[k]);
     area_row_narrow(mid, acc, rowlen);
     /* horizontal */
     uint8_t *o = out->rgb + (size_t)y * tw * 3;
+    const uint16_t *hw = hweight;
     for (int x = 0; x < tw; x++, o += 3) {
-      const uint16_t *in = mid + (size_t)ht.first[x] * 3;
-      const uint32_t *hw = ht.weight + (size_t)x * ht.taps;
+      const uint16_t *in = mid + (size_t)hfirst[x] * 3;
       uint32_t r = 1u << (AREA_HBITS + 7), g = r, b = r;
-      for (int k = 0; k < ht.count[x]; k++, in += 3) {
-        r += in[0] * hw[k];
-        g += in[1] * hw[k];
-        b += in[2] * hw[k];
+      for (int k = 0; k < hcount[x]; k++, in += 3) {
+        r += (uint32_t)in[0] * hw[k];
+        g += (uint32_t)in[1] * hw[k];
+        b += (uint32_t)in[2] * hw[k];
       }
+      hw += hcount[x];
       o[0] = (uint8_t)(r >> (AREA_HBITS + 8));
       o[1] = (uint8_t)(g >> (AREA_HBITS + 8));
       o[2] = (uint8_t)(b >> (AREA_HBITS + 8));
@@ -546,8 +532,10 @@ int vlm__image_area_resize(const vlm_image *src, int tw, int th, vlm_image *out)
   out->w = tw;
   out->h = th;
 done:
-  area_taps_free(&vt);
-  area_taps_free(&ht);
+  free(hfirst);
+  free(hcount);
+  free(hweight);
+  free(vweight);
   free(acc);
   free(mid);
   return rc;
