@@ -8,7 +8,7 @@
  * TUNE_QUERIES queries from the database itself, computes their exact
  * top 10 with a blocked sgemm over the stored vectors, and tries
  * efSearch (HNSW) or nprobe (IVF) in growing steps until recall@10 on
- * the sample reaches TUNE_RECALL.  The result is the default effort of
+ * the sample reaches TUNE_RECALL (0.997).  The result is the default effort of
  * searches that do not set one (the filtered-search planner widens from
  * it); it is kept in the index's checkpoint entry of the manifest.
  *
@@ -19,8 +19,10 @@
  * (leave one out), so the sample measures the neighbours after itself.
  *
  * The sample's recall is an estimate (its standard error at 0.99 over
- * 2,000 neighbour slots is about 0.002), so the target is set above the
- * 0.99 goal.
+ * 2,000 neighbour slots is about 0.002), queries from outside the
+ * database are a little harder than leave-one-out ones, and the index
+ * grows until it is measured again, so the target is set well above the
+ * 0.99 goal: at 0.995, bench/filter's unfiltered recall came out 0.9895.
  */
 #include "db_int.h"
 
@@ -31,7 +33,7 @@
 #define TUNE_MIN 1000
 #define TUNE_QUERIES 200
 #define TUNE_K 10
-#define TUNE_RECALL 0.995
+#define TUNE_RECALL 0.997
 #define TUNE_CHUNK 2048
 
 static const int hnsw_steps[] = {16,  24,  32,  48,   64,   96,   128,  192, 256,
