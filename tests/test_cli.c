@@ -24,6 +24,7 @@
 
 #include "catalog.h"
 #include "progress.h"
+#include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_eval.h"
 
@@ -676,6 +677,23 @@ static char *slurp(const char *path) {
   return buf;
 }
 
+/* A whole binary file and its length; NULL if it cannot be read. */
+static char *slurp_len(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  char *buf = NULL;
+  *len = 0;
+  FILE *mem = open_memstream(&buf, len);
+  char chunk[8192];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    fwrite(chunk, 1, n, mem);
+  fclose(mem);
+  fclose(f);
+  return buf;
+}
+
 /* Start `vlmdb args...` with stdout and stderr going to files in dir. */
 static pid_t spawn_vlmdb(const char *dir, const char *const *args) {
   char *bin = vlmdb_path();
@@ -1168,6 +1186,46 @@ static void test_e2e_ingest_search_eval(void **state) {
   free(jpeg);
   json_decref(res);
   free(out);
+  /* thumbnails of a large photo, a wide banner and a transparent PNG:
+   * the longest side at most 256, the aspect kept, and (area averaging
+   * keeps the mean) the source's mean colour over white within a couple
+   * of levels */
+  static const struct {
+    const char *key, *file;
+  } thumbs[] = {{"photo", "photo_rgb.jpg"}, {"wide", "wide.png"}, {"rgba", "rgba.png"}};
+  for (size_t t = 0; t < sizeof thumbs / sizeof thumbs[0]; t++) {
+    free(RUN_OK(dir, "get", "--db", db, thumbs[t].key, "--thumb", thumb));
+    size_t src_len, th_len;
+    char src_path[PATH_MAX];
+    snprintf(src_path, sizeof src_path, "tests/fixtures/clip-tiny/%s", thumbs[t].file);
+    char *src_bytes = slurp_len(src_path, &src_len);
+    char *th_bytes = slurp_len(thumb, &th_len);
+    assert_non_null(src_bytes);
+    assert_non_null(th_bytes);
+    vlm_clip_options white = {.alpha = VLM_ALPHA_WHITE};
+    vlm_image src, small;
+    assert_int_equal(vlm_image_decode(src_bytes, src_len, &white, &src), 0);
+    assert_int_equal(vlm_image_decode(th_bytes, th_len, NULL, &small), 0);
+    int longest = src.w > src.h ? src.w : src.h;
+    int want_long = longest > 256 ? 256 : longest;
+    assert_int_equal(small.w > small.h ? small.w : small.h, want_long);
+    double want_short = (double)(src.w < src.h ? src.w : src.h) * want_long / longest;
+    assert_true(fabs((small.w < small.h ? small.w : small.h) - want_short) <= 1.0);
+    for (int c = 0; c < 3; c++) {
+      double m_src = 0, m_small = 0;
+      for (size_t k = 0; k < (size_t)src.w * src.h; k++) m_src += src.rgb[k * 3 + c];
+      for (size_t k = 0; k < (size_t)small.w * small.h; k++) m_small += small.rgb[k * 3 + c];
+      m_src /= (double)src.w * src.h;
+      m_small /= (double)small.w * small.h;
+      print_message("thumbnail of %s: %dx%d -> %dx%d, channel %d mean %.2f (source %.2f)\n",
+                    thumbs[t].key, src.w, src.h, small.w, small.h, c, m_small, m_src);
+      assert_true(fabs(m_small - m_src) < 2.5);
+    }
+    vlm_image_free(&src);
+    vlm_image_free(&small);
+    free(src_bytes);
+    free(th_bytes);
+  }
   assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", db, "no-such-key"), 1);
   out = RUN_OK(dir, "delete", "--db", db, "rgb", "no-such-key", "--json");
   res = parse_json(out);
