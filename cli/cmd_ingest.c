@@ -7,8 +7,9 @@
  *                          keys already stored, fills batches in order
  *   decode workers (N)     read, decode and preprocess images, make the
  *                          JPEG thumbnails (one item at a time, any batch)
- *   embedder (1)           encodes a batch's pixels and texts (the model
- *                          uses every core inside one call)
+ *   embedder (1)           encodes a batch's pixels and texts, split in
+ *                          one slice per core, each slice encoded by a
+ *                          single-threaded call (see embed_batch)
  *   writer (1)             reports bad rows in catalog order, writes the
  *                          batch with one vlm_db_put, updates progress
  *
@@ -115,6 +116,8 @@ typedef struct {
   float *pixels;   /* batch_size * 3 * S * S */
   float *image_out;/* batch_size * dim */
   float *text_out;
+  const char **texts; /* max_rows: the texts to encode, and their items */
+  int *text_item;
 } batch;
 
 typedef struct {
@@ -134,6 +137,7 @@ typedef struct {
   int dim;
   size_t pixel_floats;    /* 3 * S * S */
   int batch_size, max_rows, nworkers;
+  int nencoders;          /* concurrent single-threaded encode calls */
   unsigned put_flags;
   int strict;
 
@@ -393,9 +397,73 @@ static void *worker_main(void *arg) {
 
 /* ------------------------------------------------------------ embedder */
 
+/* Encoding a batch data-parallel: the batch's images (and texts) are cut
+ * into one slice per core and each slice is encoded by a single-threaded
+ * call on its own thread (the model is loaded with one thread per call).
+ * For a small model this is cheaper than one call splitting every layer
+ * over the cores, which waits for its slowest thread a few dozen times
+ * per image; for a large one it is as fast; and a core taken by another
+ * process (or by a decode worker) delays only its own slice.  Slices are
+ * equal, so they end together; the batch is the one wait. */
+typedef struct {
+  const vlm_clip *clip;
+  const float *pixels;    /* images: n inputs of pixel_floats, or */
+  const char **texts;     /* texts: n of them */
+  int n;
+  float *out;             /* n * dim */
+  int rc;
+} encode_slice;
+
+static void *encode_slice_main(void *arg) {
+  encode_slice *sl = arg;
+  sl->rc = sl->pixels
+               ? vlm_clip_encode_pixels(sl->clip, sl->pixels, sl->n, 0, sl->out)
+               : vlm_clip_encode_texts(sl->clip, sl->texts, sl->n, 0, sl->out);
+  return NULL;
+}
+
+/* Encode n inputs (pixels, or texts) into out[n * dim] in up to
+ * ing->nencoders slices; 0, or the first slice's error.  A failed slice
+ * leaves its outputs undefined; the caller retries one input at a time. */
+static int encode_sliced(ingest *ing, const float *pixels, const char **texts,
+                         int n, float *out) {
+  encode_slice sl[MAX_THREADS];
+  pthread_t th[MAX_THREADS];
+  int started[MAX_THREADS];
+  int k = n < ing->nencoders ? n : ing->nencoders;
+  if (k < 1)
+    return 0;
+  int per = (n + k - 1) / k;
+  k = (n + per - 1) / per;
+  for (int i = 0; i < k; i++) {
+    int first = i * per, m = n - first < per ? n - first : per;
+    sl[i] = (encode_slice){.clip = ing->clip,
+                           .pixels = pixels ? pixels + (size_t)first *
+                                                           ing->pixel_floats
+                                            : NULL,
+                           .texts = pixels ? NULL : texts + first,
+                           .n = m,
+                           .out = out + (size_t)first * ing->dim};
+    /* slice 0 runs here; so does any slice whose thread cannot start */
+    started[i] = i > 0 && !pthread_create(&th[i], NULL, encode_slice_main,
+                                          &sl[i]);
+  }
+  encode_slice_main(&sl[0]);
+  for (int i = 1; i < k; i++) {
+    if (started[i])
+      pthread_join(th[i], NULL);
+    else
+      encode_slice_main(&sl[i]);
+  }
+  for (int i = 0; i < k; i++)
+    if (sl[i].rc)
+      return sl[i].rc;
+  return 0;
+}
+
 static void embed_batch(ingest *ing, batch *b) {
   int dim = ing->dim;
-  /* Images: close the gaps left by failed decodes, encode in one call. */
+  /* Images: close the gaps left by failed decodes, encode in one go. */
   int m = 0;
   for (int i = 0; i < b->n; i++) {
     ingest_item *it = &b->items[i];
@@ -407,8 +475,7 @@ static void embed_batch(ingest *ing, batch *b) {
               ing->pixel_floats * sizeof(float));
     it->pixel_slot = m++;
   }
-  if (m > 0 && vlm_clip_encode_pixels(ing->clip, b->pixels, m, 0,
-                                      b->image_out)) {
+  if (m > 0 && encode_sliced(ing, b->pixels, NULL, m, b->image_out)) {
     /* Find the culprit one image at a time. */
     for (int i = 0; i < b->n; i++) {
       ingest_item *it = &b->items[i];
@@ -420,29 +487,23 @@ static void embed_batch(ingest *ing, batch *b) {
                        vlm_errmsg());
     }
   }
-  /* Texts: one call for the batch. */
-  const char **texts = malloc((size_t)b->n * sizeof *texts);
-  int *text_item = malloc((size_t)b->n * sizeof *text_item);
+  /* Texts: likewise. */
+  const char **texts = b->texts;
+  int *text_item = b->text_item;
   int t = 0;
-  if (texts && text_item) {
-    for (int i = 0; i < b->n; i++) {
-      ingest_item *it = &b->items[i];
-      if (it->embed_text && !it->row.error) {
-        texts[t] = it->row.text;
-        text_item[t++] = i;
-      }
+  for (int i = 0; i < b->n; i++) {
+    ingest_item *it = &b->items[i];
+    if (it->embed_text && !it->row.error) {
+      texts[t] = it->row.text;
+      text_item[t++] = i;
     }
-    if (t > 0 && vlm_clip_encode_texts(ing->clip, texts, t, 0, b->text_out)) {
-      for (int j = 0; j < t; j++)
-        if (vlm_clip_encode_texts(ing->clip, &texts[j], 1, 0,
-                                  b->text_out + j * dim))
-          set_item_error(&b->items[text_item[j]], VLM_SKIP_REJECTED,
-                         "encoding the text: %s", vlm_errmsg());
-    }
-  } else {
-    for (int i = 0; i < b->n; i++)
-      if (b->items[i].embed_text && !b->items[i].row.error)
-        set_item_error(&b->items[i], VLM_SKIP_REJECTED, "out of memory");
+  }
+  if (t > 0 && encode_sliced(ing, NULL, texts, t, b->text_out)) {
+    for (int j = 0; j < t; j++)
+      if (vlm_clip_encode_texts(ing->clip, &texts[j], 1, 0,
+                                b->text_out + j * dim))
+        set_item_error(&b->items[text_item[j]], VLM_SKIP_REJECTED,
+                       "encoding the text: %s", vlm_errmsg());
   }
   for (int j = 0; j < t; j++)
     b->items[text_item[j]].text_vec = b->text_out + j * dim;
@@ -455,8 +516,6 @@ static void embed_batch(ingest *ing, batch *b) {
     if (!it->embed_text)
       it->text_vec = it->row.text_vec;
   }
-  free(texts);
-  free(text_item);
 }
 
 static void *embedder_main(void *arg) {
@@ -698,7 +757,8 @@ static int classify_row(ingest *ing, batch *b, ingest_item *it) {
   it->make_thumb = local && !row->thumb;
   if ((it->embed_image || it->embed_text) && !ing->clip) {
     double t0 = vlm_now();
-    if (vlm_cli_load_model(ing->cmd, ing->db, ing->model_dir, 0, &ing->clip))
+    /* one thread per call: embed_batch runs a call per core */
+    if (vlm_cli_load_model(ing->cmd, ing->db, ing->model_dir, 1, &ing->clip))
       return -1;
     ing->model_load_s = vlm_now() - t0;
     ing->pixel_floats =
@@ -839,7 +899,10 @@ static int setup_slots(ingest *ing) {
     b->prep = calloc((size_t)ing->max_rows, sizeof *b->prep);
     b->image_out = malloc((size_t)ing->batch_size * ing->dim * sizeof(float));
     b->text_out = malloc((size_t)ing->batch_size * ing->dim * sizeof(float));
-    if (!b->items || !b->prep || !b->image_out || !b->text_out)
+    b->texts = calloc((size_t)ing->max_rows, sizeof *b->texts);
+    b->text_item = calloc((size_t)ing->max_rows, sizeof *b->text_item);
+    if (!b->items || !b->prep || !b->image_out || !b->text_out || !b->texts ||
+        !b->text_item)
       return -1;
   }
   return 0;
@@ -855,6 +918,8 @@ static void free_slots(ingest *ing) {
     free(b->pixels);
     free(b->image_out);
     free(b->text_out);
+    free(b->texts);
+    free(b->text_item);
   }
 }
 
@@ -918,6 +983,8 @@ int cmd_ingest(int argc, char **argv) {
   ing.batch_size = (int)batch_size;
   ing.max_rows = (int)batch_size * ROWS_PER_GOOD;
   ing.nworkers = (int)threads;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  ing.nencoders = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : (int)ncpu;
 
   int status = VLM_EXIT_RUNTIME;
   vlm_catalog *cat = NULL;
