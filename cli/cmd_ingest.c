@@ -356,12 +356,11 @@ done:
   free(data);
 }
 
-/* Decode workers run at a lower priority than the encoder: the encoder
- * splits each layer over every core and waits for its slowest thread, so
- * a decode thread taking its core stalls all of them, while decoding
- * needs only a few percent of the CPU for a real model (and all of it,
- * uncontended, when the encoder is idle).  On Linux a thread's nice
- * value is its own. */
+/* Decode workers run at a lower priority than the encoder: a batch is
+ * done when its slowest slice is (embed_batch), so a decode thread taking
+ * a slice's core delays the whole batch, while decoding needs only a few
+ * percent of the CPU for a real model (and all of it, uncontended, when
+ * the encoder is idle).  On Linux a thread's nice value is its own. */
 #define WORKER_NICE 10
 
 static void *worker_main(void *arg) {
