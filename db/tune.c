@@ -27,6 +27,7 @@
 #include "db_int.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,7 +157,7 @@ done:
 static int trial(vlm_db *db, int m, int hnsw, int p, const float *qs, int nq,
                  const truth *t, double *recall) {
   vlm__vindex *vx = &db->vx[m];
-  int kk = TUNE_K + 1, rc;
+  int kk = TUNE_K + 1, rc = 0;
   float *scores = malloc((size_t)nq * kk * sizeof *scores);
   int64_t *ids = malloc((size_t)nq * kk * sizeof *ids);
   if (!scores || !ids) {
@@ -174,7 +175,15 @@ static int trial(vlm_db *db, int m, int hnsw, int p, const float *qs, int nq,
     ip.bitmap = vx->live;
     ip.bitmap_bits = (int64_t)vx->upto;
   }
-  rc = vlm_index_search(vx->index, nq, qs, kk, &ip, scores, ids);
+  /* One query per call, on one thread, as searches run: a batch call
+   * would hold the HNSW efSearch gate (faiss_c_api.cpp) for the whole
+   * sample and make concurrent searches with another efSearch wait. */
+  int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  for (int q = 0; q < nq && rc == 0; q++)
+    rc = vlm_index_search(vx->index, 1, qs + (size_t)q * db->man.dim, kk, &ip,
+                          scores + (size_t)q * kk, ids + (size_t)q * kk);
+  omp_set_num_threads(threads);
   pthread_rwlock_unlock(&db->index_lock);
   if (rc == 0) {
     long hits = 0, slots = 0;
