@@ -595,7 +595,7 @@ int main(int argc, char **argv) {
          gflop);
   free(pixels);
   free(out);
-  if (!keep) {
+  if (!keep && !model) { /* only the temporary model this run wrote */
     static const char *files[] = {"model.safetensors", "config.json",
                                   "vocab.json", "merges.txt"};
     for (int i = 0; i < 4; i++) {
