@@ -869,6 +869,31 @@ static void test_tuned_effort(void **state) {
   assert_int_equal(info.tuned_at[0], 4000);
   vlm_db_close(db);
 
+  /* Duplicates (the same caption on many items): the exact top 10 and
+   * the index's pick different ids among equal scores, which is not a
+   * loss; tuning must not climb to the largest efSearch over it. */
+  {
+    tmp t2;
+    tmp_make(&t2);
+    vlm_db *dd = make_db(t2.dir, "HNSW32", dim);
+    corpus d;
+    corpus_make(&d, 3000, dim, 78);
+    for (int i = 0; i < 3000; i++) {
+      d.has_img[i] = 1, d.has_txt[i] = 0;
+      memcpy(d.img + (size_t)i * dim, d.img + (size_t)(i % 150) * dim,
+             (size_t)dim * sizeof(float));
+    }
+    corpus_put(dd, &d, 0, 3000, 1000);
+    vlm_db_info di;
+    CHECK(vlm_db_stat(dd, &di));
+    print_message("HNSW32 on 3000 vectors, 150 distinct: tuned efSearch %d\n",
+                  di.tuned_effort[0]);
+    assert_true(di.tuned_effort[0] >= 16 && di.tuned_effort[0] <= 256);
+    vlm_db_close(dd);
+    corpus_free(&d);
+    tmp_free(&t2);
+  }
+
   /* A new kind of index is measured at once: nprobe for IVF. */
   db = open_db(t.dir);
   CHECK(vlm_db_reindex(db, "IVF32,Flat"));
