@@ -206,7 +206,6 @@ typedef struct {
   int tuned;           /* efSearch/nprobe meeting the recall target on a
                           sample (tune.c); 0 = not tuned yet */
   int64_t tuned_n;     /* nlive when tuned */
-  double tuned_recall; /* the sample's recall@10 at tuned */
 } vlm__vindex;
 
 int vlm__vindex_open(vlm_db *db);

@@ -293,7 +293,6 @@ int vlm__vindex_tune(vlm_db *db, int m, int force) {
   pthread_rwlock_wrlock(&db->index_lock);
   vx->tuned = chosen;
   vx->tuned_n = vx->nlive;
-  vx->tuned_recall = recall;
   pthread_rwlock_unlock(&db->index_lock);
   rc = 0;
 done:
