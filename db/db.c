@@ -47,6 +47,7 @@ void vlm__reader_free(vlm__reader *r) {
   if (r->txn)
     mdb_txn_abort(r->txn);
   sqlite3_finalize(r->filter);
+  sqlite3_finalize(r->filter_one);
   sqlite3_finalize(r->pin);
   if (r->sql)
     sqlite3_close(r->sql);

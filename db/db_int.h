@@ -148,10 +148,13 @@ typedef struct vlm__reader {
   vlm__authctx auth;
   char *filter_text;     /* last filter compiled on this connection */
   sqlite3_stmt *filter;
+  sqlite3_stmt *filter_one; /* the same filter on one id (?1), or NULL */
   uint64_t *cache_ids;   /* its matches at batch cache_seq */
   size_t cache_n;
   uint64_t cache_seq;
   int cache_valid;
+  uint64_t broad_seq;    /* at batch broad_seq it matched more than */
+  size_t broad_limit;    /* broad_limit items (0: not known) */
   struct vlm__reader *next;
 } vlm__reader;
 
@@ -190,9 +193,16 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r);
 int vlm__filter_lex(const char *expr);
 int vlm__authorizer(void *arg, int action, const char *a, const char *b,
                     const char *dbname, const char *trigger);
-/* Run the filter on r's snapshot: ids (sorted ascending) of matches. */
+/* Run the filter on r's snapshot: ids (sorted ascending) of matches.
+ * With more than limit matches, stop early and report *complete = 0
+ * (no ids); SIZE_MAX = no limit. */
 int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
-                    uint64_t seq, uint64_t **ids, size_t *n);
+                    uint64_t seq, size_t limit, uint64_t **ids, size_t *n,
+                    int *complete);
+/* Does item id match expr (the filter last given to vlm__filter_ids on
+ * this reader)?  *match 0 for an id with no row. */
+int vlm__filter_match(vlm__reader *r, const char *expr, uint64_t id,
+                      int *match);
 
 /* ---- FAISS side (vindex.c) --------------------------------------------- */
 

@@ -175,7 +175,10 @@ int vlm__filter_lex(const char *expr) {
   return 0;
 }
 
-static int compile(vlm__reader *r, const char *expr, sqlite3_stmt **out) {
+/* The statement "SELECT id FROM items WHERE (expr)", or with one_id
+ * "... WHERE id = ?1 AND (expr)". */
+static int compile(vlm__reader *r, const char *expr, int one_id,
+                   sqlite3_stmt **out) {
   size_t n = strlen(expr);
   char *sql = malloc(n + 64);
   const char *tail = NULL;
@@ -184,7 +187,10 @@ static int compile(vlm__reader *r, const char *expr, sqlite3_stmt **out) {
   *out = NULL;
   if (!sql)
     return vlm_seterr(VLM_ENOMEM, "filter");
-  snprintf(sql, n + 64, "SELECT id FROM items WHERE (%s)", expr);
+  snprintf(sql, n + 64,
+           one_id ? "SELECT id FROM items WHERE id = ?1 AND (%s)"
+                  : "SELECT id FROM items WHERE (%s)",
+           expr);
   r->auth.armed = 1;
   r->auth.nselect = 0;
   r->auth.why[0] = '\0';
@@ -204,7 +210,7 @@ static int compile(vlm__reader *r, const char *expr, sqlite3_stmt **out) {
     goto fail;
   }
   if (!sqlite3_stmt_readonly(st) || sqlite3_column_count(st) != 1 ||
-      sqlite3_bind_parameter_count(st) != 0) {
+      sqlite3_bind_parameter_count(st) != one_id) {
     rc = vlm_seterr(VLM_EFILTER, "filter: not a plain expression");
     goto fail;
   }
@@ -223,15 +229,22 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
-                    uint64_t seq, uint64_t **ids_out, size_t *n_out) {
+                    uint64_t seq, size_t limit, uint64_t **ids_out,
+                    size_t *n_out, int *complete) {
   int rc;
   uint64_t *ids = NULL;
   size_t n = 0, cap = 0;
   *ids_out = NULL;
   *n_out = 0;
+  *complete = 1;
   (void)db;
   if ((rc = vlm__filter_lex(expr)))
     return rc;
+  if (r->filter && r->filter_text && !strcmp(r->filter_text, expr) &&
+      r->broad_limit && r->broad_seq == seq && limit <= r->broad_limit) {
+    *complete = 0; /* known to match more than limit at this batch */
+    return 0;
+  }
   /* One compiled filter is kept per reader connection: the common case is
    * the same filter with many query vectors. */
   if (r->filter && r->filter_text && !strcmp(r->filter_text, expr) &&
@@ -248,11 +261,13 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
   }
   if (!r->filter || !r->filter_text || strcmp(r->filter_text, expr)) {
     r->cache_valid = 0;
+    r->broad_limit = 0;
     sqlite3_finalize(r->filter);
-    r->filter = NULL;
+    sqlite3_finalize(r->filter_one);
+    r->filter = r->filter_one = NULL;
     free(r->filter_text);
     r->filter_text = NULL;
-    if ((rc = compile(r, expr, &r->filter)))
+    if ((rc = compile(r, expr, 0, &r->filter)))
       return rc;
     if (!(r->filter_text = strdup(expr)))
       return vlm_seterr(VLM_ENOMEM, "filter");
@@ -264,6 +279,14 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
   r->auth.why[0] = '\0';
   int sorted = 1;
   while ((rc = sqlite3_step(r->filter)) == SQLITE_ROW) {
+    if (n == limit) { /* more than limit: say so, keep no ids */
+      r->broad_seq = seq;
+      r->broad_limit = limit;
+      *complete = 0;
+      n = 0;
+      rc = 0;
+      goto done;
+    }
     if (n == cap) {
       cap = cap ? cap * 2 : 1024;
       uint64_t *p = realloc(ids, cap * sizeof *ids);
@@ -322,5 +345,33 @@ done:
   r->auth.armed = 0;
   sqlite3_reset(r->filter);
   free(ids);
+  return rc;
+}
+
+int vlm__filter_match(vlm__reader *r, const char *expr, uint64_t id,
+                      int *match) {
+  int rc;
+  *match = 0;
+  if (!r->filter_text || strcmp(r->filter_text, expr))
+    return vlm_seterr(VLM_ESTATE, "filter: not the reader's filter");
+  if (!r->filter_one && (rc = compile(r, expr, 1, &r->filter_one)))
+    return rc;
+  r->auth.armed = 1;
+  r->auth.nselect = 0;
+  r->auth.why[0] = '\0';
+  sqlite3_bind_int64(r->filter_one, 1, (sqlite3_int64)id);
+  rc = sqlite3_step(r->filter_one);
+  if (rc == SQLITE_ROW) {
+    *match = (uint64_t)sqlite3_column_int64(r->filter_one, 0) == id;
+    rc = 0;
+  } else if (rc == SQLITE_DONE) {
+    rc = 0;
+  } else {
+    rc = r->auth.why[0]
+             ? vlm_seterr(VLM_EFILTER, "filter refused: %s", r->auth.why)
+             : vlm_seterr(VLM_EFILTER, "filter: %s", sqlite3_errmsg(r->sql));
+  }
+  r->auth.armed = 0;
+  sqlite3_reset(r->filter_one);
   return rc;
 }

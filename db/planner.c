@@ -123,7 +123,11 @@ typedef struct {
   const uint8_t *allow; /* bitmap of fids */
   uint64_t allow_bits;
   float *scratch;
+  const char *post;     /* filter matching too many items to list: test
+                           the unfiltered ranking's candidates instead */
 } sctx;
+
+#define POST_FALLBACK 1 /* post-filtering found too few: list the matches */
 
 static float score_vec(sctx *s, const void *vec) {
   if (((uintptr_t)vec & 3) == 0)
@@ -287,6 +291,63 @@ static int sample_missed(sctx *s, int m, uint64_t upto, heap *h, int *err) {
   return missed;
 }
 
+/* A filter matching more than the exact-scan limit (a large share of the
+ * items): instead of listing every match, walk the unfiltered ranking and
+ * keep the candidates the filter accepts (one indexed SQLite lookup
+ * each).  Exact with respect to the index's ranking: every match scoring
+ * above the k-th match found ranks above it, so it is among the
+ * candidates.  Depth starts at 8k and widens x4 up to POST_MAX_DEPTH;
+ * when that finds fewer than k (matches rare near the query: a filter
+ * correlated with the vectors) the caller lists the matches and takes
+ * the bitmap path. */
+#define POST_MAX_DEPTH 4096
+
+static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
+                              heap *h) {
+  vlm__vindex *vx = &s->db->vx[m];
+  int64_t total = vx->nlive + (int64_t)(s->allow_bits - vx->upto);
+  int depth = kk * 8 < 64 ? 64 : kk * 8, rc = 0;
+  heap c = {NULL, 0, 0};
+  for (;;) {
+    vlm__cand *p = realloc(c.c, (size_t)depth * sizeof *p);
+    if (!p) {
+      rc = vlm_seterr(VLM_ENOMEM, "search");
+      break;
+    }
+    c.c = p;
+    c.cap = depth;
+    c.n = 0;
+    int returned = 0, e = ef > 2 * depth ? ef : 2 * depth;
+    if ((rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe, 0,
+                           &c, &returned)) ||
+        (rc = exact_scan(s, m, vx->upto, &c)))
+      break;
+    qsort(c.c, (size_t)c.n, sizeof *c.c, cand_desc);
+    h->n = 0;
+    int found = 0;
+    for (int i = 0; i < c.n && found < kk; i++) {
+      int match;
+      if ((rc = vlm__filter_match(s->r, s->post, c.c[i].id, &match)))
+        goto done;
+      if (match) {
+        heap_push(h, c.c[i].id, c.c[i].score, m);
+        found++;
+      }
+    }
+    /* Enough, or the candidates were every vector there is. */
+    if (found == kk || (int64_t)depth >= total)
+      break;
+    if (depth * 4 > POST_MAX_DEPTH) {
+      rc = POST_FALLBACK;
+      break;
+    }
+    depth *= 4;
+  }
+done:
+  free(c.c);
+  return rc;
+}
+
 /* Top kk of modality m into h (capacity kk). */
 static int search_modality(sctx *s, int m, int kk,
                            const vlm_search_options *o, int64_t nitems,
@@ -296,11 +357,13 @@ static int search_modality(sctx *s, int m, int kk,
   /* The index side has seen every id below upto and found no vector of
    * this modality (a text-only or image-only database): only the tail it
    * has not seen yet can hold one, so scan just that, not every item. */
+  int exact = o->exact || vx->upto == 0 || vlm_index_count(vx->index) == 0;
+  if (s->post && (exact || vx->nlive == 0))
+    return POST_FALLBACK; /* an exact scan needs the list of matches */
   if (!o->exact && vx->upto > 0 && vx->nlive == 0) {
     h->n = 0;
     return exact_scan(s, m, vx->upto, h);
   }
-  int exact = o->exact || vx->upto == 0 || vlm_index_count(vx->index) == 0;
   if (!exact && s->fids) {
     size_t limit = (size_t)(nitems / EXACT_FRACTION);
     if (limit < EXACT_MIN)
@@ -322,6 +385,8 @@ static int search_modality(sctx *s, int m, int kk,
                                             : DEFAULT_NPROBE;
   if (ef < kk)
     ef = kk;
+  if (s->post)
+    return post_filter_search(s, m, kk, 2 * ef, nprobe, h);
   if (s->fids) {
     double sel = nitems > 0 ? (double)s->nf / (double)nitems : 1.0;
     if (sel > 1)
@@ -529,9 +594,38 @@ int vlm_db_search(vlm_db *db, const float *query,
     goto done;
   snap = 1;
   size_t nf = 0;
+  int listed = 1;
   if (o.filter) {
-    if ((rc = vlm__filter_ids(db, r, o.filter, seq, &fids, &nf)))
+    /* Up to the exact-scan limit the matches are listed (and scored
+     * exactly); beyond it a vector search post-filters the unfiltered
+     * ranking, unless it needs the list (hybrid, exact). */
+    size_t limit = (size_t)(nitems / EXACT_FRACTION);
+    if (limit < EXACT_MIN)
+      limit = EXACT_MIN;
+    if (!q || o.hybrid_text || o.exact)
+      limit = SIZE_MAX;
+    if ((rc = vlm__filter_ids(db, r, o.filter, seq, limit, &fids, &nf,
+                              &listed)))
       goto done;
+  }
+  int depth = o.k;
+  if (o.hybrid_text && depth < 50)
+    depth = 50;
+  if (q && !listed) {
+    sctx s = {db, r, q, dim, NULL, 0, NULL, next_id, scratch, o.filter};
+    rc = vector_ranking(&s, &o, depth, nitems, &vr, &nvr);
+    if (rc == POST_FALLBACK) {
+      free(vr);
+      vr = NULL;
+      nvr = 0;
+      if ((rc = vlm__filter_ids(db, r, o.filter, seq, SIZE_MAX, &fids, &nf,
+                                &listed)))
+        goto done;
+    } else if (rc) {
+      goto done;
+    }
+  }
+  if (o.filter && listed) {
     if (!(allow = calloc((size_t)(next_id >> 3) + 1, 1))) {
       rc = vlm_seterr(VLM_ENOMEM, "search");
       goto done;
@@ -540,12 +634,9 @@ int vlm_db_search(vlm_db *db, const float *query,
       if (fids[i] < next_id)
         allow[fids[i] >> 3] |= (uint8_t)(1u << (fids[i] & 7));
   }
-  int depth = o.k;
-  if (o.hybrid_text && depth < 50)
-    depth = 50;
-  if (q && (!o.filter || nf > 0)) {
+  if (q && listed && !vr && (!o.filter || nf > 0)) {
     sctx s = {db, r, q, dim, o.filter ? fids : NULL, nf, allow, next_id,
-              scratch};
+              scratch, NULL};
     if ((rc = vector_ranking(&s, &o, depth, nitems, &vr, &nvr)))
       goto done;
   }
