@@ -296,17 +296,18 @@ static int sample_missed(sctx *s, int m, uint64_t upto, heap *h, int *err) {
  * keep the candidates the filter accepts (one indexed SQLite lookup
  * each).  Exact with respect to the index's ranking: every match scoring
  * above the k-th match found ranks above it, so it is among the
- * candidates.  Depth starts at 8k and widens x4 up to POST_MAX_DEPTH;
- * when that finds fewer than k (matches rare near the query: a filter
- * correlated with the vectors) the caller lists the matches and takes
- * the bitmap path. */
-#define POST_MAX_DEPTH 4096
+ * candidates.  Depth starts at 4k (enough when most items match) and
+ * grows to what the share of matches seen so far calls for, up to
+ * POST_MAX_DEPTH; when that finds fewer than k, or two rounds find none
+ * (matches rare near the query: a filter correlated with the vectors),
+ * the caller lists the matches and takes the bitmap path. */
+#define POST_MAX_DEPTH 1024
 
 static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
                               heap *h) {
   vlm__vindex *vx = &s->db->vx[m];
   int64_t total = vx->nlive + (int64_t)(s->allow_bits - vx->upto);
-  int depth = kk * 8 < 64 ? 64 : kk * 8, rc = 0;
+  int depth = kk * 4, rc = 0;
   heap c = {NULL, 0, 0};
   for (;;) {
     vlm__cand *p = realloc(c.c, (size_t)depth * sizeof *p);
@@ -318,8 +319,9 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     c.cap = depth;
     c.n = 0;
     int returned = 0, e = ef > 2 * depth ? ef : 2 * depth;
-    if ((rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe, 0,
-                           &c, &returned)) ||
+    if ((vx->nlive > 0 &&
+         (rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe, 0,
+                            &c, &returned))) ||
         (rc = exact_scan(s, m, vx->upto, &c)))
       break;
     qsort(c.c, (size_t)c.n, sizeof *c.c, cand_desc);
@@ -337,11 +339,16 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     /* Enough, or the candidates were every vector there is. */
     if (found == kk || (int64_t)depth >= total)
       break;
-    if (depth * 4 > POST_MAX_DEPTH) {
+    if (depth >= POST_MAX_DEPTH || (found == 0 && depth >= 8 * kk)) {
       rc = POST_FALLBACK;
       break;
     }
-    depth *= 4;
+    /* Deep enough for the share of matches seen so far, with margin;
+     * x8 when none was seen. */
+    double next = found > 0 ? 1.5 * kk * c.n / found : 8.0 * depth;
+    if (next < 2.0 * depth)
+      next = 2.0 * depth;
+    depth = next > POST_MAX_DEPTH ? POST_MAX_DEPTH : (int)next;
   }
 done:
   free(c.c);
@@ -354,13 +361,17 @@ static int search_modality(sctx *s, int m, int kk,
                            heap *h) {
   vlm_db *db = s->db;
   vlm__vindex *vx = &db->vx[m];
+  int exact = o->exact || vx->upto == 0 || vlm_index_count(vx->index) == 0;
+  /* Post-filtering needs a ranking to walk: the index's, or, for a
+   * modality without vectors in it, the pending tail's alone.  An index
+   * that cannot be searched yet (untrained) but has vectors needs the
+   * list of matches for an exact scan. */
+  if (s->post && (o->exact || (exact && vx->nlive > 0)))
+    return POST_FALLBACK;
   /* The index side has seen every id below upto and found no vector of
    * this modality (a text-only or image-only database): only the tail it
    * has not seen yet can hold one, so scan just that, not every item. */
-  int exact = o->exact || vx->upto == 0 || vlm_index_count(vx->index) == 0;
-  if (s->post && (exact || vx->nlive == 0))
-    return POST_FALLBACK; /* an exact scan needs the list of matches */
-  if (!o->exact && vx->upto > 0 && vx->nlive == 0) {
+  if (!s->post && !o->exact && vx->upto > 0 && vx->nlive == 0) {
     h->n = 0;
     return exact_scan(s, m, vx->upto, h);
   }
@@ -370,7 +381,7 @@ static int search_modality(sctx *s, int m, int kk,
       limit = EXACT_MIN;
     exact = s->nf <= limit;
   }
-  if (exact) {
+  if (exact && !s->post) {
     h->n = 0;
     return exact_scan(s, m, 1, h);
   }
