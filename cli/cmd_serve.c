@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "opts.h"
 #include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
@@ -22,8 +24,10 @@ static void usage(FILE *f) {
 "\n"
 "  --db DIR                 the database (required)\n"
 "  --model DIR              the CLIP model for text and image queries\n"
-"                           (default: $VLMDB_MODEL or models/default; without\n"
-"                           one, only KEY and VECTOR searches work)\n"
+"                           (default: the one the database records, else\n"
+"                           $VLMDB_MODEL or models/default; it must be the\n"
+"                           database's model; without one, only KEY and\n"
+"                           VECTOR searches work)\n"
 "  --bind ADDR              address to listen on (default 127.0.0.1); any\n"
 "                           other than loopback needs --requirepass\n"
 "  --port P                 TCP port (default %d; 0 picks a free one)\n"
@@ -140,8 +144,24 @@ int cmd_serve(int argc, char **argv) {
   vlm_db *db = NULL;
   vlm_server *srv = NULL;
   int explicit_model = model_dir != NULL;
+  /* The database names the model it was made with; --model only
+   * overrides it (and must be that same model). */
+  vlm_db_open_options dopts = {0};
+  rc = vlm_db_open(db_dir, &dopts, &db);
+  if (rc < 0) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  vlm_db_info info;
+  rc = vlm_db_stat(db, &info);
+  if (rc < 0) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
   if (!model_dir)
-    model_dir = vlm_cli_default_model();
+    model_dir = info.model_dir[0] && access(info.model_dir, R_OK) == 0
+                    ? info.model_dir
+                    : vlm_cli_default_model();
   vlm_clip_options copts = {0};
   copts.threads = 1; /* parallelism comes from the worker threads */
   rc = vlm_clip_load(model_dir, &copts, &clip);
@@ -156,12 +176,8 @@ int cmd_serve(int argc, char **argv) {
               vlm_errmsg());
     clip = NULL;
     model_dir = NULL;
-  }
-  vlm_db_open_options dopts = {0};
-  dopts.expect_model_id = clip ? vlm_clip_model_id(clip) : NULL;
-  rc = vlm_db_open(db_dir, &dopts, &db);
-  if (rc < 0) {
-    vlm_cli_liberror(cmd, rc);
+  } else if (strcmp(vlm_clip_model_id(clip), info.model_id)) {
+    vlm_cli_model_mismatch(cmd, model_dir, db_dir, &info);
     goto done;
   }
   opts.handle_signals = 1;

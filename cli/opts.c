@@ -66,15 +66,21 @@ int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
     return -1;
   }
   if (strcmp(vlm_clip_model_id(*out), info.model_id)) {
-    vlm_cli_error(cmd,
-                  "the model in %s (%.16s...) is not the one the database "
-                  "was made with (%.16s...); pass --model DIR",
-                  dir, vlm_clip_model_id(*out), info.model_id);
+    vlm_cli_model_mismatch(cmd, dir, NULL, &info);
     vlm_clip_free(*out);
     *out = NULL;
     return -1;
   }
   return 0;
+}
+
+void vlm_cli_model_mismatch(const char *cmd, const char *model_dir,
+                            const char *db_dir, const vlm_db_info *info) {
+  vlm_cli_error(cmd,
+                "the model in %s is not the one the database%s%s was made "
+                "with (%s); pass --model with that directory",
+                model_dir, db_dir ? " " : "", db_dir ? db_dir : "",
+                info->model_dir[0] ? info->model_dir : "a directory it does not record");
 }
 
 void vlm_cli_getopt_reset(void) {

@@ -27,6 +27,12 @@ int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
 int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
                        int threads, vlm_clip **out);
 
+/* Print that the model in model_dir is not the one the database (db_dir,
+ * or NULL to leave it unnamed) was made with, naming the directory the
+ * database recorded. */
+void vlm_cli_model_mismatch(const char *cmd, const char *model_dir,
+                            const char *db_dir, const vlm_db_info *info);
+
 /* Reset getopt so a command can be run more than once in one process. */
 void vlm_cli_getopt_reset(void);
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <hiredis/hiredis.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1706,6 +1707,76 @@ static void test_e2e_help_and_usage_errors(void **state) {
   assert_int_equal(RUN(dir, NULL, NULL, "info", "--db", dir), 1);
 }
 
+/* `serve` without --model loads the model the database was made with, as
+ * every other command does; a --model that is another model is refused,
+ * naming both directories. */
+static void test_e2e_serve_uses_recorded_model(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], path[PATH_MAX];
+  make_images(dir);
+  init_db(dir, "db");
+  db_path(db, sizeof db, dir, "db");
+  snprintf(path, sizeof path, "%s/cat.jsonl", dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"key\": \"gray\", \"image\": \"img/gray.jpg\", \"text\": \"a gray "
+        "square\"}\n", f);
+  fclose(f);
+  free(RUN_OK(dir, "ingest", "--db", db, path));
+
+  pid_t pid = spawn_vlmdb(dir, (const char *const[]){"serve", "--db", db,
+                                                      "--port", "0", NULL});
+  running_child = pid;
+  snprintf(path, sizeof path, "%s/.stdout", dir);
+  int port = 0;
+  for (int i = 0; i < 3000 && !port; i++) {
+    char *out = slurp(path);
+    const char *at = strstr(out, "listening on ");
+    const char *colon = at ? strchr(at, ':') : NULL;
+    if (colon && strchr(colon, '\n'))
+      port = atoi(colon + 1);
+    free(out);
+    int st;
+    if (!port && waitpid(pid, &st, WNOHANG) == pid) {
+      running_child = 0;
+      snprintf(path, sizeof path, "%s/.stderr", dir);
+      char *err = slurp(path);
+      fail_msg("serve exited before listening:\n%s", err);
+    }
+    if (!port) {
+      struct timespec pause = {0, 10 * 1000 * 1000};
+      nanosleep(&pause, NULL);
+    }
+  }
+  assert_true(port > 0);
+  redisContext *c = redisConnect("127.0.0.1", port);
+  assert_non_null(c);
+  assert_int_equal(c->err, 0);
+  redisReply *r = redisCommand(c, "SEARCH TEXT %s K 1", "a gray square");
+  assert_non_null(r);
+  if (r->type == REDIS_REPLY_ERROR)
+    fail_msg("SEARCH TEXT: %s", r->str);
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_true(r->elements >= 1);
+  freeReplyObject(r);
+  redisFree(c);
+  kill(pid, SIGTERM);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  running_child = 0;
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+
+  /* Another model given explicitly: refused, both directories named. */
+  char *err;
+  assert_int_equal(RUN(dir, NULL, &err, "serve", "--db", db, "--port", "0",
+                       "--model", "models/default"),
+                   1);
+  if (!strstr(err, "models/default") || !strstr(err, "clip-tiny"))
+    fail_msg("the refusal names neither directory:\n%s", err);
+  free(err);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_jsonl_rows_and_errors, setup_tmpdir,
@@ -1739,6 +1810,8 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_resume_after_sigkill, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_serve_uses_recorded_model,
+                                      setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_sigint_stops_cleanly, setup_tmpdir,
                                       teardown_tmpdir),
   };
