@@ -36,6 +36,10 @@ fi
 
 echo "vlmdb: installing missing packages:$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q >&2 || true
+# A fresh machine often runs unattended-upgrades at boot: wait for its dpkg
+# lock (up to 10 minutes) instead of failing at once.
+LOCK_WAIT="-o DPkg::Lock::Timeout=600"
 # shellcheck disable=SC2086
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2
+$SUDO apt-get $LOCK_WAIT update -q >&2 || true
+# shellcheck disable=SC2086
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get $LOCK_WAIT install -y -q --no-install-recommends $missing >&2
