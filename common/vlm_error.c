@@ -27,12 +27,18 @@ const char *vlm_errname(int err) {
 
 const char *vlm_errmsg(void) { return errmsg; }
 
+/* Formats into a scratch buffer first: callers add context to the message
+ * they were given (vlm_seterr(rc, "%s: %s", what, vlm_errmsg())), and
+ * vsnprintf from the buffer it writes to is undefined (it garbled such
+ * messages: 'index factory "Foo": ring Foo'). */
 int vlm_vseterr(int err, const char *fmt, va_list ap) {
+  char msg[sizeof errmsg];
   int n = 0;
   if (fmt)
-    n = vsnprintf(errmsg, sizeof errmsg, fmt, ap);
+    n = vsnprintf(msg, sizeof msg, fmt, ap);
   if (!fmt || n <= 0)
-    snprintf(errmsg, sizeof errmsg, "%s", vlm_strerror(err));
+    snprintf(msg, sizeof msg, "%s", vlm_strerror(err));
+  memcpy(errmsg, msg, strlen(msg) + 1);
   return err;
 }
 

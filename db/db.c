@@ -239,8 +239,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   if (config->model_dir)
     strcpy(m.model_dir, config->model_dir);
   if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
-    return vlm_seterr(VLM_EINVAL, "create: index factory \"%s\": %s",
-                      factory, vlm_errmsg());
+    return vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
   vlm_index_free(probe);
 
   if (mkdir(dir, 0755) == 0) {

@@ -192,7 +192,8 @@ int vlm_index_create(const char *factory, int dim, vlm_metric metric,
   }
   faiss_description(factory, desc);
   if (faiss_index_factory(&faiss, dim, desc, fm) != 0)
-    return faiss_fail(VLM_EINVAL, factory);
+    return vlm_seterr(VLM_EINVAL, "index factory \"%s\": %s", factory,
+                      faiss_what());
   /* Anything that is neither an IVF nor already an IDMap gets one, so
    * every kind takes caller ids. */
   if (faiss_IndexIVF_cast(faiss) == NULL &&

@@ -42,6 +42,28 @@ static void test_seterr_returns_code_and_keeps_detail(void **state) {
   assert_string_equal(vlm_errmsg(), "");
 }
 
+/* Context added to the message a callee left: the detail is read while
+ * the new one is written. */
+static void test_seterr_wraps_its_own_detail(void **state) {
+  (void)state;
+  vlm_seterr(VLM_EINVAL, "index \"%s\": could not parse index string %s",
+             "Foo", "Foo");
+  vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
+  assert_string_equal(vlm_errmsg(),
+                      "create: index \"Foo\": could not parse index string Foo");
+  vlm_seterr(VLM_EFORMAT, "key \"%s\"", "v9");
+  vlm_seterr(VLM_EFORMAT, "%s: %s: line %d", "catalog.jsonl", vlm_errmsg(), 3);
+  assert_string_equal(vlm_errmsg(), "catalog.jsonl: key \"v9\": line 3");
+  /* a message that fills the buffer is cut, never overrun */
+  char big[2000];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+  vlm_seterr(VLM_EIO, "%s", big);
+  vlm_seterr(VLM_EIO, "outer: %s", vlm_errmsg());
+  assert_int_equal(strncmp(vlm_errmsg(), "outer: xxxx", 11), 0);
+  assert_true(strlen(vlm_errmsg()) < 1024);
+}
+
 static void *other_thread(void *arg) {
   (void)arg;
   vlm_seterr(VLM_EIO, "other thread");
@@ -61,6 +83,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_code_has_a_distinct_message),
       cmocka_unit_test(test_seterr_returns_code_and_keeps_detail),
+      cmocka_unit_test(test_seterr_wraps_its_own_detail),
       cmocka_unit_test(test_detail_is_per_thread),
   };
   return cmocka_run_group_tests_name("common", tests, NULL, NULL);

@@ -659,6 +659,9 @@ static void test_errors(void **state) {
   assert_null(index);
   print_message("bad factory: %s\n", vlm_errmsg());
   assert_non_null(strstr(vlm_errmsg(), "NoSuchIndex42"));
+  /* FAISS's own words, once, without its C++ signature or source path */
+  assert_string_equal(vlm_errmsg(), "index factory \"NoSuchIndex42\": could "
+                                    "not parse index string NoSuchIndex42");
 
   assert_int_equal(vlm_index_create("Flat", 0, VLM_METRIC_IP, &index), VLM_EINVAL);
   assert_int_equal(vlm_index_create("Flat", -5, VLM_METRIC_IP, &index), VLM_EINVAL);
