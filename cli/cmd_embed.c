@@ -115,7 +115,7 @@ int cmd_embed(int argc, char **argv) {
       status = VLM_EXIT_OK;
       goto done;
     default:
-      status = vlm_cli_usage_error(cmd, "unknown option");
+      status = vlm_cli_getopt_failed(cmd);
       goto done;
     }
   }
@@ -176,7 +176,7 @@ int cmd_tokenize(int argc, char **argv) {
     switch (c) {
     case 'm': model = optarg; break;
     case 'h': fputs(tokenize_usage, stdout); return VLM_EXIT_OK;
-    default: return vlm_cli_usage_error(cmd, "unknown option");
+    default: return vlm_cli_getopt_failed(cmd);
     }
   }
   if (optind >= argc)

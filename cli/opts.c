@@ -20,6 +20,11 @@ int vlm_cli_usage_error(const char *cmd, const char *fmt, ...) {
   return VLM_EXIT_USAGE;
 }
 
+int vlm_cli_getopt_failed(const char *cmd) {
+  fprintf(stderr, "(see 'vlmdb %s --help')\n", cmd);
+  return VLM_EXIT_USAGE;
+}
+
 int vlm_cli_parse_long(const char *cmd, const char *flag, const char *text,
                        long min, long max, long *out) {
   char *end;

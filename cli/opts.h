@@ -16,6 +16,11 @@ int vlm_cli_parse_long(const char *cmd, const char *flag, const char *text,
 int vlm_cli_usage_error(const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* After getopt_long returned '?': it has already said what was wrong
+ * (unknown option, missing value); point to --help.  Returns
+ * VLM_EXIT_USAGE. */
+int vlm_cli_getopt_failed(const char *cmd);
+
 /* Open the database in dir, printing the error if it fails.  0 or -1. */
 int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
                     vlm_db **out);

@@ -1705,6 +1705,12 @@ static void test_e2e_help_and_usage_errors(void **state) {
   assert_int_equal(RUN(dir, NULL, NULL, "eval", "--db", dir, "-k", "1,x"), 2);
   /* not a database: a runtime error */
   assert_int_equal(RUN(dir, NULL, NULL, "info", "--db", dir), 1);
+  /* a flag without its value: one message saying so, then the hint */
+  char *err;
+  assert_int_equal(RUN(dir, NULL, &err, "embed", "--text"), 2);
+  if (!strstr(err, "requires an argument") || strstr(err, "unknown option"))
+    fail_msg("embed --text:\n%s", err);
+  free(err);
 }
 
 /* `serve` without --model loads the model the database was made with, as
