@@ -271,6 +271,9 @@ void vlm_catalog_row_clear(vlm_catalog_row *row) {
   free(row->text);
   free(row->caption);
   free(row->meta_json);
+  for (int i = 0; i < row->ntexts; i++)
+    free(row->texts[i]);
+  free(row->texts);
   free(row->image_vec);
   free(row->text_vec);
   free(row->thumb);
@@ -300,6 +303,72 @@ static const char *json_type_name(const json_t *v) {
 
 /* A member that must be a string (or absent/null).  Returns 0 and sets
  * *out (NULL when absent) or fills the row's error and returns 1. */
+/* One string of "texts", kept unless empty. */
+static int add_text(const json_t *v, const char *where, vlm_catalog_row *row) {
+  if (!json_is_string(v))
+    return set_row_error(row, VLM_SKIP_TYPE,
+                         "\"texts\"%s must be a string, not %s", where,
+                         json_type_name(v));
+  const char *t = json_string_value(v);
+  if (strlen(t) != json_string_length(v))
+    return set_row_error(row, VLM_SKIP_TYPE,
+                         "\"texts\"%s contains a NUL byte", where);
+  if (!*t)
+    return 0;
+  char **p = realloc(row->texts, sizeof *p * (size_t)(row->ntexts + 1));
+  if (!p)
+    return VLM_ENOMEM;
+  row->texts = p;
+  if (!(row->texts[row->ntexts] = strdup(t)))
+    return VLM_ENOMEM;
+  row->ntexts++;
+  return 0;
+}
+
+/* "texts": other captions of the item, as an array of strings or as an
+ * object of arrays or strings by language ({"de": "Eine Katze.", "fr":
+ * ["Un chat.", "chat"]}).  Only the trainer reads them; the language
+ * names are not interpreted. */
+static int get_texts(const json_t *obj, vlm_catalog_row *row) {
+  const json_t *texts = json_object_get(obj, "texts");
+  if (!texts || json_is_null(texts))
+    return 0;
+  char where[96];
+  int rc;
+  if (json_is_array(texts)) {
+    size_t i;
+    const json_t *v;
+    json_array_foreach(texts, i, v) {
+      snprintf(where, sizeof where, "[%zu]", i);
+      if ((rc = add_text(v, where, row)))
+        return rc;
+    }
+    return 0;
+  }
+  if (!json_is_object(texts))
+    return set_row_error(row, VLM_SKIP_TYPE,
+                         "\"texts\" must be an array or an object, not %s",
+                         json_type_name(texts));
+  const char *lang;
+  const json_t *v;
+  json_object_foreach((json_t *)texts, lang, v) {
+    if (json_is_array(v)) {
+      size_t i;
+      const json_t *e;
+      json_array_foreach(v, i, e) {
+        snprintf(where, sizeof where, ".%.64s[%zu]", lang, i);
+        if ((rc = add_text(e, where, row)))
+          return rc;
+      }
+    } else {
+      snprintf(where, sizeof where, ".%.64s", lang);
+      if ((rc = add_text(v, where, row)))
+        return rc;
+    }
+  }
+  return 0;
+}
+
 static int get_string(const json_t *obj, const char *name, const char **out,
                       vlm_catalog_row *row) {
   const json_t *v = json_object_get(obj, name);
@@ -466,6 +535,10 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
     if (!row->meta_json)
       return VLM_ENOMEM;
   }
+
+  int trc = get_texts(obj, row);
+  if (trc)
+    return trc < 0 ? trc : 1;
 
   int dim = 0;
   float *any_vec = NULL;

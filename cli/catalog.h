@@ -78,6 +78,9 @@ typedef struct {
   char *text;           /* text to embed, or NULL */
   char *caption;        /* caption to store (the text, or "caption") */
   char *meta_json;      /* compact JSON object, or NULL */
+  char **texts;         /* JSONL "texts": other captions of the item
+                           (translations, paraphrases), for training */
+  int ntexts;
   float *image_vec;     /* precomputed vectors (dim floats) or NULL */
   float *text_vec;
   int dim;              /* length of the precomputed vectors */

@@ -54,6 +54,9 @@ static const char usage[] =
     "                      may contain text)\n"
     "  --alpha-white       composite transparent images onto white (default:\n"
     "                      drop alpha, as CLIP's reference preprocessing)\n"
+    "  --alt-text-share X  how often a row with \"texts\" (other captions:\n"
+    "                      translations, paraphrases) is captioned by one of\n"
+    "                      them instead of its \"text\" (default 0.5)\n"
     "  --cache-mb N        decoded images kept in memory (default 4096)\n"
     "  --loader-threads N  threads building batches ahead (default 1)\n"
     "optimization:\n"
@@ -129,7 +132,8 @@ typedef struct {
   int n, cap, nstr, capstr;
 } item_list;
 
-static char *keep(item_list *l, char *s) {
+/* Take ownership of a malloc'd block (a string, or an array of them). */
+static void *keep(item_list *l, void *s) {
   if (!s)
     return NULL;
   if (l->nstr == l->capstr) {
@@ -196,6 +200,26 @@ static int read_pairs(const char *cmd, const char *path,
         break;
       }
       row.key = row.image = row.text = NULL; /* now owned by the list */
+      it->alt_texts = NULL;
+      it->n_alt_texts = 0;
+      if (row.ntexts > 0) {
+        int kept = 0;
+        while (kept < row.ntexts && keep(out, row.texts[kept]))
+          kept++;
+        if (kept < row.ntexts || !keep(out, row.texts)) {
+          for (int k = kept; k < row.ntexts; k++)
+            free(row.texts[k]);
+          free(row.texts); /* never kept on this path */
+          row.texts = NULL;
+          row.ntexts = 0;
+          rc = VLM_ENOMEM;
+          break;
+        }
+        it->alt_texts = (const char *const *)row.texts;
+        it->n_alt_texts = row.ntexts;
+        row.texts = NULL; /* the strings and the array are the list's */
+        row.ntexts = 0;
+      }
       out->n++;
     }
     vlm_catalog_row_clear(&row);
@@ -283,6 +307,7 @@ int cmd_train(int argc, char **argv) {
     O_CATALOG = 256, O_OUT, O_INIT, O_CONFIG, O_TOKENIZER, O_LORA,
     O_LORA_ALPHA, O_SAVE_ADAPTERS, O_F32, O_IMAGES_ROOT, O_VAL_CATALOG,
     O_VAL_FRACTION, O_NO_AUGMENT, O_CROP_SCALE, O_JITTER, O_HFLIP, O_ALPHA_WHITE,
+    O_ALT_TEXT_SHARE,
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
     O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER
@@ -305,6 +330,7 @@ int cmd_train(int argc, char **argv) {
       {"jitter", required_argument, NULL, O_JITTER},
       {"hflip", no_argument, NULL, O_HFLIP},
       {"alpha-white", no_argument, NULL, O_ALPHA_WHITE},
+      {"alt-text-share", required_argument, NULL, O_ALT_TEXT_SHARE},
       {"cache-mb", required_argument, NULL, O_CACHE_MB},
       {"loader-threads", required_argument, NULL, O_LOADER_THREADS},
       {"epochs", required_argument, NULL, O_EPOCHS},
@@ -361,6 +387,7 @@ int cmd_train(int argc, char **argv) {
     case O_JITTER: DOUBLE_ARG("--jitter", 0, 0.99, o.jitter); break;
     case O_HFLIP: o.hflip = 1; break;
     case O_ALPHA_WHITE: o.alpha_white = 1; break;
+    case O_ALT_TEXT_SHARE: DOUBLE_ARG("--alt-text-share", 0, 1, o.alt_text_share); break;
     case O_CACHE_MB: LONG_ARG("--cache-mb", 0, 1 << 20, o.cache_mb); break;
     case O_LOADER_THREADS: LONG_ARG("--loader-threads", 1, 64, o.loader_threads); break;
     case O_EPOCHS: LONG_ARG("--epochs", 1, 1000000, o.epochs); break;

@@ -52,6 +52,7 @@ void vlm_train_options_default(vlm_train_options *o) {
   o->crop_scale_min = 0.5f;
   o->jitter = 0.2f;
   o->cache_mb = 4096;
+  o->alt_text_share = 0.5f;
   o->f16 = 1;
   o->log_every_s = 10;
 }
@@ -485,6 +486,7 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
       .crop_scale_min = o->crop_scale_min,
       .jitter = o->jitter,
       .hflip = o->hflip,
+      .alt_text_share = o->alt_text_share,
       .alpha_white = o->alpha_white,
       .cache_bytes = (int64_t)(o->cache_mb > 0 ? o->cache_mb : 4096) << 20,
       .threads = threads,
@@ -603,8 +605,8 @@ static void fmt_duration(char *buf, size_t n, double s) {
     snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
-static int train_step(vlm__trainer *t, const float *pixels, const int *pairs,
-                      double *loss_out) {
+static int train_step(vlm__trainer *t, int64_t epoch, const float *pixels,
+                      const int *pairs, double *loss_out) {
   int B = t->o.batch;
   const vlm__tlayout *L = t->L;
   int ctx = t->cfg.context_length;
@@ -618,7 +620,7 @@ static int train_step(vlm__trainer *t, const float *pixels, const int *pairs,
   for (int b = 0; b < B; b++) {
     const int32_t *tk;
     int tl;
-    vlm__tdata_tokens(t->train, pairs[b], &tk, &tl);
+    vlm__tdata_train_tokens(t->train, pairs[b], epoch, &tk, &tl);
     memcpy(ids + pos, tk, sizeof(int32_t) * tl);
     off[b] = pos;
     len[b] = tl;
@@ -677,7 +679,8 @@ static int run_loop(vlm__trainer *t) {
     if ((rc = vlm__tdata_next(t->train, t->step, &pixels, &pairs)))
       return rc;
     double loss = 0;
-    int src = train_step(t, pixels, pairs, &loss);
+    int src = train_step(t, t->step / vlm__tdata_steps_per_epoch(t->train),
+                         pixels, pairs, &loss);
     vlm__tdata_release(t->train, t->step);
     if (src == VLM_ENUMERIC) {
       say(t, "vlmdb train: step %lld: non-finite loss or gradient; update "

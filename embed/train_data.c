@@ -55,6 +55,10 @@ typedef struct {
   int item;        /* index into the caller's items */
   int ntok;
   int32_t *ids;
+  int nalt;        /* usable alt_texts, tokenized */
+  int *alt_ntok;
+  int32_t **alt_ids;
+  int *alt_src;    /* their indices into the item's alt_texts */
   vlm_image img;   /* cached reduced image (rgb NULL when not cached) */
   float *pixels;   /* eval mode */
   char *path;      /* for decoding again when not cached */
@@ -88,6 +92,27 @@ int vlm__tdata_skipped(const vlm__tdata *d) { return d->skipped; }
 int vlm__tdata_item(const vlm__tdata *d, int i) { return d->pairs[i].item; }
 const char *vlm__tdata_digest(const vlm__tdata *d) { return d->digest; }
 int vlm__tdata_steps_per_epoch(const vlm__tdata *d) { return d->spe; }
+int vlm__tdata_alt_count(const vlm__tdata *d, int i) {
+  return d->pairs[i].nalt;
+}
+
+void vlm__tdata_train_tokens(const vlm__tdata *d, int i, int64_t epoch,
+                             const int32_t **ids, int *len) {
+  const pair *p = &d->pairs[i];
+  if (p->nalt > 0) {
+    uint64_t rs = stream_seed(d->cfg.seed, (uint64_t)epoch, (uint64_t)p->item,
+                              0x63617074ull);
+    if (uniform(&rs) < d->cfg.alt_text_share) {
+      int k = (int)(uniform(&rs) * p->nalt);
+      *ids = p->alt_ids[k];
+      *len = p->alt_ntok[k];
+      return;
+    }
+  }
+  *ids = p->ids;
+  *len = p->ntok;
+}
+
 const float *vlm__tdata_pixels(const vlm__tdata *d, int i) {
   return d->pairs[i].pixels;
 }
@@ -167,6 +192,42 @@ typedef struct {
   pair *tmp;
 } prep_ctx;
 
+/* Tokenize one caption into a malloc'd array.  0, or -1 with why set
+ * (the caption is empty, or has ids outside the vocabulary). */
+static int tokenize_caption(const prep_ctx *c, const char *text,
+                            int32_t **out, int *n_out, char *why,
+                            size_t why_size) {
+  const vlm__tdata_cfg *cfg = &c->d->cfg;
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->context_length);
+  int n_ids = 0;
+  if (!ids) {
+    snprintf(why, why_size, "out of memory");
+    return -1;
+  }
+  if (vlm__tokenize(c->tok, text, cfg->context_length, ids,
+                    cfg->context_length, &n_ids)) {
+    snprintf(why, why_size, "text: %s", vlm_errmsg());
+    free(ids);
+    return -1;
+  }
+  if (n_ids <= 2) {
+    snprintf(why, why_size, "empty text");
+    free(ids);
+    return -1;
+  }
+  for (int k = 0; k < n_ids; k++)
+    if (ids[k] < 0 || ids[k] >= cfg->vocab_size) {
+      snprintf(why, why_size,
+               "token id %d outside the model's vocabulary of %d", ids[k],
+               cfg->vocab_size);
+      free(ids);
+      return -1;
+    }
+  *out = ids;
+  *n_out = n_ids;
+  return 0;
+}
+
 static void prep_one(prep_ctx *c, int i) {
   const vlm__tdata_cfg *cfg = &c->d->cfg;
   const vlm_train_item *it = &c->items[i];
@@ -181,33 +242,32 @@ static void prep_one(prep_ctx *c, int i) {
     return;
   }
   /* text */
-  int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->context_length);
+  int32_t *ids = NULL;
   int n_ids = 0;
-  if (!ids) {
-    snprintf(c->why[i], sizeof c->why[i], "out of memory");
+  if (tokenize_caption(c, it->text, &ids, &n_ids, c->why[i],
+                       sizeof c->why[i]))
     return;
-  }
-  if (vlm__tokenize(c->tok, it->text, cfg->context_length, ids,
-                    cfg->context_length, &n_ids)) {
-    snprintf(c->why[i], sizeof c->why[i], "text: %s", vlm_errmsg());
-    free(ids);
-    return;
-  }
-  if (n_ids <= 2) {
-    snprintf(c->why[i], sizeof c->why[i], "empty text");
-    free(ids);
-    return;
-  }
-  for (int k = 0; k < n_ids; k++)
-    if (ids[k] < 0 || ids[k] >= cfg->vocab_size) {
-      snprintf(c->why[i], sizeof c->why[i],
-               "token id %d outside the model's vocabulary of %d", ids[k],
-               cfg->vocab_size);
-      free(ids);
-      return;
-    }
   p->ids = ids;
   p->ntok = n_ids;
+  /* other captions: one that cannot be used is left out, not the pair */
+  if (it->alt_texts && it->n_alt_texts > 0) {
+    size_t m = (size_t)it->n_alt_texts;
+    p->alt_ids = calloc(m, sizeof *p->alt_ids);
+    p->alt_ntok = calloc(m, sizeof *p->alt_ntok);
+    p->alt_src = calloc(m, sizeof *p->alt_src);
+    if (!p->alt_ids || !p->alt_ntok || !p->alt_src) {
+      snprintf(c->why[i], sizeof c->why[i], "out of memory");
+      return;
+    }
+    char why[256];
+    for (int k = 0; k < it->n_alt_texts; k++) {
+      if (!it->alt_texts[k] ||
+          tokenize_caption(c, it->alt_texts[k], &p->alt_ids[p->nalt],
+                           &p->alt_ntok[p->nalt], why, sizeof why))
+        continue;
+      p->alt_src[p->nalt++] = k;
+    }
+  }
   /* image */
   if (read_file(it->image, &data, &len)) {
     snprintf(c->why[i], sizeof c->why[i], "%s", vlm_errmsg());
@@ -275,6 +335,11 @@ static void *prep_main(void *arg) {
 
 static void pair_free(pair *p) {
   free(p->ids);
+  for (int k = 0; k < p->nalt; k++)
+    free(p->alt_ids[k]);
+  free(p->alt_ids);
+  free(p->alt_ntok);
+  free(p->alt_src);
   vlm_image_free(&p->img);
   free(p->pixels);
   free(p->path);
@@ -355,6 +420,14 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
     vlm__sha256_update(&sh, key, strlen(key) + 1);
     vlm__sha256_update(&sh, items[i].text, strlen(items[i].text) + 1);
     vlm__sha256_update(&sh, c.sha[i], 32);
+    const pair *p = &d->pairs[d->n - 1];
+    if (p->nalt > 0) { /* absent ones leave older digests as they were */
+      vlm__sha256_update(&sh, "alt", 4);
+      for (int k = 0; k < p->nalt; k++) {
+        const char *a = items[i].alt_texts[p->alt_src[k]];
+        vlm__sha256_update(&sh, a, strlen(a) + 1);
+      }
+    }
   }
   uint8_t dig[32];
   vlm__sha256_final(&sh, dig, d->digest);

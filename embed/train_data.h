@@ -25,6 +25,8 @@ typedef struct {
   int augment;           /* training: random resized crop + jitter */
   float crop_scale_min, jitter;
   int hflip;
+  float alt_text_share;  /* training: share of draws captioned by one of
+                            an item's alt_texts (vlm_train_options) */
   int alpha_white;       /* composite transparent images onto white
                             (VLM_ALPHA_WHITE) instead of dropping alpha */
   int64_t cache_bytes;   /* decoded images kept in memory up to this */
@@ -50,11 +52,20 @@ int vlm__tdata_count(const vlm__tdata *d);   /* usable pairs */
 int vlm__tdata_skipped(const vlm__tdata *d);
 /* Index into the items given to open of usable pair i. */
 int vlm__tdata_item(const vlm__tdata *d, int i);
-/* SHA-256 (hex) over the usable pairs in order: key, text, image bytes. */
+/* SHA-256 (hex) over the usable pairs in order: key, text, image bytes,
+ * and (only for pairs that have some) the usable alt_texts. */
 const char *vlm__tdata_digest(const vlm__tdata *d);
 /* Token ids of pair i, bos first and eos last. */
 void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
                        int *len);
+/* Token ids of the caption pair i has in epoch `epoch` of training: its
+ * text, or with probability cfg->alt_text_share one of its usable
+ * alt_texts (uniformly), drawn from (seed, epoch, pair). */
+void vlm__tdata_train_tokens(const vlm__tdata *d, int i, int64_t epoch,
+                             const int32_t **ids, int *len);
+/* Number of usable alt_texts of pair i (those that tokenize to at least
+ * one token within the vocabulary). */
+int vlm__tdata_alt_count(const vlm__tdata *d, int i);
 /* Eval mode: the preprocessed pixels [3,S,S] of pair i. */
 const float *vlm__tdata_pixels(const vlm__tdata *d, int i);
 

@@ -355,7 +355,7 @@ static json_t *options_json(const vlm__trainer *t) {
   const vlm_train_options *o = &t->o;
   return json_pack(
       "{s:I, s:i, s:I, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:f, "
-      "s:b, s:b, s:f, s:f, s:b, s:i, s:b, s:b}",
+      "s:b, s:b, s:f, s:f, s:b, s:i, s:b, s:b, s:f}",
       "seed", (json_int_t)o->seed, "batch", o->batch, "total_steps",
       (json_int_t)t->total_steps, "lr", f7(o->lr), "min_lr", f7(o->min_lr),
       "warmup_steps", t->warmup, "weight_decay", f7(o->weight_decay),
@@ -365,7 +365,7 @@ static json_t *options_json(const vlm__trainer *t) {
       !o->no_augment, "hflip", o->hflip, "crop_scale_min",
       f7(o->crop_scale_min), "jitter", f7(o->jitter), "f16", o->f16,
       "epochs", o->epochs, "save_adapters", o->save_adapters, "alpha_white",
-      o->alpha_white);
+      o->alpha_white, "alt_text_share", f7(o->alt_text_share));
 }
 
 /* The resumable state: F32 weights (and adapters), AdamW moments, step,
@@ -530,6 +530,8 @@ int vlm__train_apply_saved_options(vlm__trainer *t, json_t *opt,
   /* added after the first checkpoints were made: optional */
   if (json_object_get(opt, "alpha_white"))
     GET_B("alpha_white", o->alpha_white);
+  if (json_object_get(opt, "alt_text_share"))
+    GET_F("alt_text_share", o->alt_text_share);
   o->no_augment = !aug;
   o->max_steps = t->total_steps;
   return 0;

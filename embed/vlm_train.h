@@ -50,7 +50,10 @@ typedef struct {
   const char *key;   /* identity: the held-out split and the data digest
                         use it */
   const char *image; /* path of a JPEG or PNG file */
-  const char *text;  /* caption */
+  const char *text;  /* caption; held-out evaluation always uses it */
+  const char *const *alt_texts; /* other captions of the same image
+                                   (translations, paraphrases), or NULL */
+  int n_alt_texts;
 } vlm_train_item;
 
 typedef struct {
@@ -95,6 +98,11 @@ typedef struct {
                                 then); default: alpha dropped, as the
                                 reference preprocessing does */
   int cache_mb;              /* decoded images kept in memory, 4096 */
+  float alt_text_share;      /* each time a pair with alt_texts is drawn,
+                                it is captioned by one of them (chosen
+                                uniformly) with this probability, else by
+                                text; 0.5; a function of (seed, epoch,
+                                item) like every augmentation */
   /* checkpoints */
   int checkpoint_every;      /* steps; 0 = each epoch end */
   int resume;                /* continue from out_dir/checkpoint */

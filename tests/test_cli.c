@@ -217,6 +217,42 @@ static void test_jsonl_rows_and_errors(void **state) {
 
 /* --------------------------------------------------------------- CSV */
 
+/* "texts": other captions, as an array or by language; empty ones are
+ * dropped, anything but strings makes the row bad. */
+static void test_jsonl_texts(void **state) {
+  const char *dir = *state;
+  write_file(dir, "texts.jsonl",
+             "{\"key\": \"a\", \"text\": \"a cat\", \"texts\": [\"eine Katze\", "
+             "\"\", \"un chat\"]}\n"
+             "{\"key\": \"b\", \"text\": \"a dog\", \"texts\": {\"de\": \"ein "
+             "Hund\", \"ja\": [\"\\u72ac\", \"\\u3044\\u306c\"], \"fr\": []}}\n"
+             "{\"key\": \"c\", \"text\": \"x\", \"texts\": {\"de\": 3}}\n"
+             "{\"key\": \"d\", \"text\": \"x\", \"texts\": \"not a list\"}\n"
+             "{\"key\": \"e\", \"text\": \"x\", \"texts\": [\"a\\u0000b\"]}\n"
+             "{\"key\": \"f\", \"text\": \"no others\", \"texts\": null}\n");
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/texts.jsonl", dir);
+  vlm_catalog_row rows[MAX_ROWS];
+  int n = read_all(path, NULL, rows);
+  assert_int_equal(n, 6);
+  assert_int_equal(rows[0].error, VLM_SKIP_NONE);
+  assert_int_equal(rows[0].ntexts, 2);
+  assert_string_equal(rows[0].texts[0], "eine Katze");
+  assert_string_equal(rows[0].texts[1], "un chat");
+  assert_int_equal(rows[1].error, VLM_SKIP_NONE);
+  assert_int_equal(rows[1].ntexts, 3);
+  assert_string_equal(rows[1].texts[0], "ein Hund");
+  assert_string_equal(rows[1].texts[1], "\xe7\x8a\xac");
+  assert_string_equal(rows[1].texts[2], "\xe3\x81\x84\xe3\x81\xac");
+  assert_int_equal(rows[2].error, VLM_SKIP_TYPE);
+  assert_non_null(strstr(rows[2].message, "\"texts\".de must be a string"));
+  assert_int_equal(rows[3].error, VLM_SKIP_TYPE);
+  assert_int_not_equal(rows[4].error, VLM_SKIP_NONE); /* a NUL: refused */
+  assert_int_equal(rows[5].error, VLM_SKIP_NONE);
+  assert_int_equal(rows[5].ntexts, 0);
+  clear_rows(rows, n);
+}
+
 static void test_csv_quoting_and_line_numbers(void **state) {
   const char *dir = *state;
   write_file(dir, "cat.csv",
@@ -1786,6 +1822,8 @@ static void test_e2e_serve_uses_recorded_model(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_jsonl_rows_and_errors, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_jsonl_texts, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_csv_quoting_and_line_numbers, setup_tmpdir,
                                       teardown_tmpdir),

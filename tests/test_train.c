@@ -825,7 +825,7 @@ static int synth_setup(void **state) {
       snprintf(S->texts[i], sizeof S->texts[i], "a %s %s", colour_names[c],
                shape_names[sh]);
       write_shape_png(S->paths[i], c, sh);
-      S->items[i] = (vlm_train_item){S->keys[i], S->paths[i], S->texts[i]};
+      S->items[i] = (vlm_train_item){.key = S->keys[i], .image = S->paths[i], .text = S->texts[i]};
     }
   snprintf(S->config, sizeof S->config, "%s/config.json", S->dir);
   write_text(S->config, tiny_config_json);
@@ -1071,7 +1071,7 @@ static void test_loader_matches_direct_build(void **state) {
   char bad[320];
   snprintf(bad, sizeof bad, "%s/corrupt.png", S->dir);
   write_text(bad, "\x89PNG\r\n\x1a\n this is not a PNG");
-  items[NPAIRS] = (vlm_train_item){"corrupt", bad, "a broken image"};
+  items[NPAIRS] = (vlm_train_item){.key = "corrupt", .image = bad, .text = "a broken image"};
   vlm__tokenizer *tok = NULL;
   assert_int_equal(vlm__tokenizer_load("tests/fixtures/clip-tiny/vocab.json",
                                        "tests/fixtures/clip-tiny/merges.txt",
@@ -1121,6 +1121,103 @@ static void test_loader_matches_direct_build(void **state) {
   free(e0);
   free(direct);
   vlm__tdata_free(d);
+  vlm__tokenizer_free(tok);
+}
+
+/* Other captions: each draw of a pair with alt_texts takes one of them
+ * with probability alt_text_share (uniformly among the usable ones), else
+ * its text, as a function of (seed, epoch, pair); unusable alt texts are
+ * left out, not the pair; the digest covers them only where they exist. */
+static void test_alt_texts(void **state) {
+  (void)state;
+  static const char *const alts[] = {"eine rote katze", "", "un chat rouge",
+                                     "\xe7\x8c\xab"};
+  vlm_train_item items[NPAIRS];
+  memcpy(items, S->items, sizeof items);
+  vlm__tokenizer *tok = NULL;
+  assert_int_equal(vlm__tokenizer_load("tests/fixtures/clip-tiny/vocab.json",
+                                       "tests/fixtures/clip-tiny/merges.txt",
+                                       &tok),
+                   0);
+  vlm__tdata_cfg cfg = {.image_size = 32, .threads = 1, .seed = 5,
+                        .context_length = 16, .vocab_size = 49408,
+                        .cache_bytes = 1 << 20, .alt_text_share = 0.5f};
+  for (int c = 0; c < 3; c++)
+    cfg.mean[c] = 0.5f, cfg.std[c] = 0.25f;
+  vlm__tdata *plain = NULL, *d = NULL, *again = NULL;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &plain), 0);
+  items[0].alt_texts = alts;
+  items[0].n_alt_texts = 4;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &d), 0);
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &again), 0);
+  assert_int_equal(vlm__tdata_count(d), NPAIRS);
+  assert_int_equal(vlm__tdata_alt_count(d, 0), 3); /* "" is left out */
+  assert_int_equal(vlm__tdata_alt_count(d, 1), 0);
+  assert_string_not_equal(vlm__tdata_digest(plain), vlm__tdata_digest(d));
+  assert_string_equal(vlm__tdata_digest(d), vlm__tdata_digest(again));
+
+  /* The candidates, tokenized by the oracle. */
+  const char *cands[4] = {items[0].text, alts[0], alts[2], alts[3]};
+  int32_t cand_ids[4][16];
+  int cand_len[4];
+  for (int k = 0; k < 4; k++)
+    assert_int_equal(vlm__tokenize(tok, cands[k], 16, cand_ids[k], 16,
+                                   &cand_len[k]),
+                     0);
+  int counts[4] = {0};
+  const int epochs = 4000;
+  for (int e = 0; e < epochs; e++) {
+    const int32_t *ids, *ids2;
+    int len, len2;
+    vlm__tdata_train_tokens(d, 0, e, &ids, &len);
+    vlm__tdata_train_tokens(again, 0, e, &ids2, &len2);
+    assert_int_equal(len, len2);
+    assert_memory_equal(ids, ids2, sizeof *ids * (size_t)len);
+    int which = -1;
+    for (int k = 0; k < 4 && which < 0; k++)
+      if (len == cand_len[k] &&
+          !memcmp(ids, cand_ids[k], sizeof *ids * (size_t)len))
+        which = k;
+    if (which < 0)
+      fail_msg("epoch %d: a caption that is none of the pair's", e);
+    counts[which]++;
+    /* a pair without alt texts always has its text */
+    vlm__tdata_train_tokens(d, 1, e, &ids, &len);
+    const int32_t *ref;
+    int ref_len;
+    vlm__tdata_tokens(d, 1, &ref, &ref_len);
+    assert_ptr_equal(ids, ref);
+  }
+  /* binomial: 4000 draws at 0.5, then 1/6 each; 5 sigma bounds */
+  print_message("text %d, alt %d %d %d of %d\n", counts[0], counts[1],
+                counts[2], counts[3], epochs);
+  assert_true(abs(counts[0] - epochs / 2) < 5 * 32);
+  for (int k = 1; k < 4; k++)
+    assert_true(abs(counts[k] - epochs / 6) < 5 * 24);
+  /* share 0: always the text; share 1: never */
+  vlm__tdata_free(again);
+  cfg.alt_text_share = 0;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &again), 0);
+  for (int e = 0; e < 200; e++) {
+    const int32_t *ids;
+    int len;
+    vlm__tdata_train_tokens(again, 0, e, &ids, &len);
+    assert_int_equal(len, cand_len[0]);
+    assert_memory_equal(ids, cand_ids[0], sizeof *ids * (size_t)len);
+  }
+  vlm__tdata_free(again);
+  cfg.alt_text_share = 1;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &again), 0);
+  for (int e = 0; e < 200; e++) {
+    const int32_t *ids;
+    int len;
+    vlm__tdata_train_tokens(again, 0, e, &ids, &len);
+    assert_false(len == cand_len[0] &&
+                 !memcmp(ids, cand_ids[0], sizeof *ids * (size_t)len));
+  }
+  vlm__tdata_free(again);
+  vlm__tdata_free(d);
+  vlm__tdata_free(plain);
   vlm__tokenizer_free(tok);
 }
 
@@ -1281,6 +1378,7 @@ int main(void) {
       cmocka_unit_test(test_train_learns_and_round_trips),
       cmocka_unit_test(test_resume_is_bit_exact),
       cmocka_unit_test(test_loader_matches_direct_build),
+      cmocka_unit_test(test_alt_texts),
       cmocka_unit_test(test_lora_exports_merged_weights),
       cmocka_unit_test(test_cli_train),
   };
