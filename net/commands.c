@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fnmatch.h>
 #include <jansson.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -333,15 +334,29 @@ static int cmd_select(vlm__ctx *ctx) {
   return 0;
 }
 
+/* One CLIENT LIST / CLIENT INFO line: every field Redis always sends (a
+ * client library may index any of them: redis-py's client_info() reads
+ * db, sub, psub, multi, qbuf-free, argv-mem, obl, oll, omem, tot-mem),
+ * with values that hold for vlmdb (one database, no pub/sub, no
+ * transactions queued), then vlmdb's own (jobs, obuf). */
 static void client_line(vlm__buf *b, const vlm__conn *c, uint64_t now) {
-  vlm__buf_printf(b, "id=%llu addr=%s name=%s age=%llu idle=%llu "
-                  "qbuf=%zu obuf=%zu jobs=%d resp=%d lib-name=%s "
-                  "lib-ver=%s cmd=%s\n",
-                  (unsigned long long)c->id, c->addr, c->name,
+  uv_os_fd_t fd = -1;
+  if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0)
+    fd = -1;
+  size_t qbuf = c->qlen - c->qpos, obuf = c->out.len + c->wlen;
+  vlm__buf_printf(b, "id=%llu addr=%s laddr=%s:%d fd=%d name=%s age=%llu "
+                  "idle=%llu flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "
+                  "qbuf=%zu qbuf-free=%zu argv-mem=0 multi-mem=0 rbs=%zu "
+                  "rbp=%zu obl=0 oll=0 omem=%zu tot-mem=%zu events=r "
+                  "cmd=%s user=default redir=-1 resp=%d lib-name=%s "
+                  "lib-ver=%s jobs=%d obuf=%zu\n",
+                  (unsigned long long)c->id, c->addr, c->srv->bind,
+                  c->srv->port, (int)fd, c->name,
                   (unsigned long long)((now - c->created_ms) / 1000),
-                  (unsigned long long)((now - c->last_ms) / 1000),
-                  c->qlen - c->qpos, c->out.len + c->wlen, c->njobs,
-                  c->resp3 ? 3 : 2, c->lib_name, c->lib_ver, c->last_cmd);
+                  (unsigned long long)((now - c->last_ms) / 1000), qbuf,
+                  c->qcap - c->qlen, c->qcap, c->qlen, obuf,
+                  c->qcap + c->out.cap + c->wlen, c->last_cmd,
+                  c->resp3 ? 3 : 2, c->lib_name, c->lib_ver, c->njobs, obuf);
 }
 
 static int cmd_client(vlm__ctx *ctx) {
@@ -590,7 +605,7 @@ static int cmd_command(vlm__ctx *ctx) {
 
 typedef struct {
   vlm__buf text;
-  int db, model;
+  int db, model, keyspace;
 } info_state;
 
 static void info_state_free(void *p) {
@@ -612,22 +627,24 @@ static void human_bytes(char *buf, size_t cap, double bytes) {
 
 static int cmd_info_proc(vlm__ctx *ctx) {
   vlm_server *srv = ctx->srv;
-  static const char *names[] = {"server", "clients", "stats", "memory", "db",
-                                "model"};
-  int want[6] = {0}, any = 0;
+  enum { NSECTIONS = 7 };
+  static const char *names[NSECTIONS] = {"server", "clients", "stats",
+                                         "memory", "db",      "model",
+                                         "keyspace"};
+  int want[NSECTIONS] = {0}, any = 0;
   for (int a = 1; a < ctx->argc; a++) {
     const vlm__resp_arg *s = &ctx->argv[a];
     if (arg_is(s, "all") || arg_is(s, "everything") || arg_is(s, "default")) {
-      for (int i = 0; i < 6; i++)
+      for (int i = 0; i < NSECTIONS; i++)
         want[i] = 1;
     }
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < NSECTIONS; i++)
       if (arg_is(s, names[i]))
         want[i] = 1;
     any = 1;
   }
   if (!any)
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < NSECTIONS; i++)
       want[i] = 1;
   info_state *st = calloc(1, sizeof *st);
   if (!st) {
@@ -638,6 +655,7 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   ctx->job->state_free = info_state_free;
   st->db = want[4];
   st->model = want[5];
+  st->keyspace = want[6];
   vlm__buf *b = &st->text;
   uint64_t now = uv_now(&srv->loop);
   if (want[0])
@@ -662,6 +680,7 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   }
   if (want[1])
     vlm__buf_printf(b, "# Clients\r\nconnected_clients:%d\r\nmaxclients:%d\r\n"
+                    "blocked_clients:0\r\n"
                     "clients_waiting_for_workers:%d\r\nrequests_in_flight:%d"
                     "\r\n\r\n", srv->nconns, srv->maxclients, busy, jobs);
   if (want[2]) {
@@ -691,14 +710,33 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   }
   if (want[3]) {
     long rss = vlm__proc_status_kb("VmRSS"), hwm = vlm__proc_status_kb("VmHWM");
-    char h1[32], h2[32];
-    human_bytes(h1, sizeof h1, (double)rss * 1024);
-    human_bytes(h2, sizeof h2, (double)hwm * 1024);
-    vlm__buf_printf(b, "# Memory\r\nused_memory_rss:%ld\r\n"
+    /* used_memory, as Redis means it: bytes the allocator has handed out
+     * (heap chunks in use plus mmap'd blocks); the index and the stores'
+     * memory maps are in the RSS figures, not here. */
+    struct mallinfo2 mi = mallinfo2();
+    size_t used = mi.uordblks + mi.hblkhd;
+    static _Atomic size_t used_peak;
+    size_t peak = atomic_load(&used_peak);
+    while (used > peak && !atomic_compare_exchange_weak(&used_peak, &peak, used))
+      ;
+    if (used > peak)
+      peak = used;
+    char h1[32], h2[32], h3[32], h4[32];
+    human_bytes(h1, sizeof h1, (double)used);
+    human_bytes(h2, sizeof h2, (double)peak);
+    human_bytes(h3, sizeof h3, (double)rss * 1024);
+    human_bytes(h4, sizeof h4, (double)hwm * 1024);
+    vlm__buf_printf(b, "# Memory\r\nused_memory:%zu\r\nused_memory_human:%s"
+                    "\r\nused_memory_peak:%zu\r\nused_memory_peak_human:%s"
+                    "\r\nused_memory_rss:%ld\r\n"
                     "used_memory_rss_human:%s\r\nused_memory_peak_rss:%ld\r\n"
-                    "used_memory_peak_rss_human:%s\r\n"
+                    "used_memory_peak_rss_human:%s\r\nmaxmemory:0\r\n"
+                    "maxmemory_human:0B\r\nmem_fragmentation_ratio:%.2f\r\n"
+                    "mem_allocator:glibc\r\n"
                     "client_input_buffers:%zu\r\nclient_output_buffers:%zu"
-                    "\r\n\r\n", rss * 1024, h1, hwm * 1024, h2, qbufs, obufs);
+                    "\r\n\r\n", used, h1, peak, h2, rss * 1024, h3, hwm * 1024,
+                    h4, used ? (double)rss * 1024 / (double)used : 0.0, qbufs,
+                    obufs);
   }
   if (b->oom) {
     vlm__reply_error(ctx->out, "ERR", "out of memory");
@@ -711,13 +749,15 @@ static void cmd_info_exec(vlm__job *job) {
   vlm_server *srv = job->srv;
   info_state *st = job->state;
   vlm__buf *b = &st->text;
-  if (st->db) {
-    vlm_db_info info;
+  vlm_db_info info;
+  if (st->db || st->keyspace) {
     int rc = vlm_db_stat(srv->db, &info);
     if (rc < 0) {
       reply_liberr(&job->reply, rc);
       return;
     }
+  }
+  if (st->db) {
     vlm__buf_printf(b, "# Db\r\nitems:%lld\r\nimage_vectors:%lld\r\n"
                     "text_vectors:%lld\r\nindex_vectors:%lld\r\ndim:%d\r\n"
                     "index_factory:%s\r\nformat_version:%d\r\n"
@@ -746,6 +786,11 @@ static void cmd_info_exec(vlm__job *job) {
     else
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:0\r\n\r\n");
   }
+  /* Redis's one line per database, which redis-cli --stat and monitoring
+   * tools read for the key count; vlmdb keys never expire. */
+  if (st->keyspace)
+    vlm__buf_printf(b, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n"
+                    "\r\n", (long long)info.items);
   size_t len = b->len >= 2 ? b->len - 2 : b->len; /* no trailing blank line */
   if (b->oom)
     vlm__reply_error(&job->reply, "ERR", "out of memory");

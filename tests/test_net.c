@@ -1815,6 +1815,69 @@ static void recv_exact(int fd, char *buf, size_t len) {
   }
 }
 
+/* What monitoring tools and client libraries read: INFO's used_memory,
+ * blocked_clients and # Keyspace, redis-cli --stat, and every field of
+ * CLIENT INFO / LIST that redis-py's client_info() indexes. */
+static void test_client_tools(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  redisReply *r;
+  for (int i = 0; i < 3; i++) {
+    r = hcmd(c, "ADD k%d TEXT %s", i, "a cat on a sofa");
+    freeReplyObject(r);
+  }
+  r = hcmd(c, "INFO");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  const char *must[] = {"\r\nused_memory:", "\r\nused_memory_human:",
+                        "\r\nused_memory_peak:", "\r\nblocked_clients:0\r\n",
+                        "# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0",
+                        "\r\nmaxmemory:0\r\n"};
+  for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
+    if (!strstr(r->str, must[i]))
+      fail_msg("INFO lacks '%s':\n%s", must[i], r->str);
+  long long used = atoll(strstr(r->str, "\r\nused_memory:") + 14);
+  assert_true(used > 0);
+  freeReplyObject(r);
+  r = hcmd(c, "INFO keyspace");
+  assert_string_equal(r->str, "# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n");
+  freeReplyObject(r);
+  r = hcmd(c, "CLIENT INFO");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  const char *fields[] = {"id=",    " addr=", " laddr=",    " fd=",
+                          " name=", " age=",  " idle=",     " flags=",
+                          " db=0",  " sub=0", " psub=0",    " multi=-1",
+                          " qbuf=", " qbuf-free=", " argv-mem=", " obl=",
+                          " oll=",  " omem=", " tot-mem=",  " cmd=",
+                          " user=", " resp=2"};
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+    if (!strstr(r->str, fields[i]))
+      fail_msg("CLIENT INFO lacks '%s': %s", fields[i], r->str);
+  freeReplyObject(r);
+  redisFree(c);
+
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "/usr/bin/python3 -c 'import redis; r = redis.Redis(port=%d); "
+           "i = r.client_info(); l = r.client_list(); "
+           "print(i[\"db\"], i[\"multi\"], i[\"tot-mem\"] >= 0, len(l), "
+           "r.info(\"keyspace\")[\"db0\"][\"keys\"], "
+           "r.info(\"memory\")[\"used_memory\"] > 0)' 2>&1", s.port);
+  expect_shell(cmd, "0 -1 True 1 3 True\n");
+  /* --stat prints a line a second: keys, memory, clients, blocked */
+  snprintf(cmd, sizeof cmd, "timeout 2.5 stdbuf -o0 redis-cli -p %d --stat "
+           "-i 1 2>&1; test $? = 124", s.port);
+  char *out = run_shell(cmd);
+  const char *line = strstr(out, "\n3 ");
+  if (!strstr(out, "keys") || !line || !strstr(line, " 0 "))
+    fail_msg("redis-cli --stat printed:\n%s", out);
+  free(out);
+  stop_server(&s);
+  server_done(&s);
+}
+
 /* How far above its baseline the server's RSS may stay once a test's
  * connections are gone.  Plain builds: a few MiB of allocator caches and
  * fragmentation.  Under ASan and TSan the sanitizer's allocator keeps
@@ -2368,6 +2431,7 @@ int main(void) {
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),
       cmocka_unit_test(test_redis_cli),
+      cmocka_unit_test(test_client_tools),
       cmocka_unit_test(test_hostile_input),
       cmocka_unit_test(test_many_connections),
       cmocka_unit_test(test_server_limits),

@@ -7,7 +7,7 @@ set -eu
 BUILD_PKGS="build-essential pkg-config clang libfaiss-dev liblmdb-dev lmdb-utils
 libsqlite3-dev libuv1-dev libcmocka-dev libopenblas-dev libhiredis-dev
 redis-tools redis-server libjpeg62-turbo-dev libpng-dev libutf8proc-dev
-libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev"
+libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis"
 DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist"
 
 pkgs=$BUILD_PKGS
