@@ -1420,6 +1420,13 @@ typedef struct {
   int ks[VLM_EVAL_MAX_KS];
 } eval_state;
 
+/* EVAL: Redis's Lua scripting, which vlmdb does not have. */
+static int cmd_lua_eval(vlm__ctx *ctx) {
+  vlm__reply_error(ctx->out, "ERR", "vlmdb runs no Lua scripts; the "
+                   "Recall@K evaluation is VLM.EVAL");
+  return -1;
+}
+
 static int cmd_eval_proc(vlm__ctx *ctx) {
   eval_state *st = calloc(1, sizeof *st);
   if (!st) {
@@ -1434,14 +1441,24 @@ static int cmd_eval_proc(vlm__ctx *ctx) {
     int has = i + 1 < ctx->argc;
     long v;
     if (arg_is(a, "K") && has) {
-      if (nks == VLM_EVAL_MAX_KS) {
-        vlm__reply_error(ctx->out, "ERR", "at most %d K values",
-                         VLM_EVAL_MAX_KS);
-        return -1;
-      }
-      if (arg_long(ctx, &ctx->argv[++i], 1, 10000, "K", &v) < 0)
-        return -1;
-      st->ks[nks++] = (int)v;
+      /* K 10, or a list as the CLI takes it: K 1,5,10 */
+      const vlm__resp_arg *list = &ctx->argv[++i];
+      size_t at = 0;
+      do {
+        size_t end = at;
+        while (end < list->len && list->ptr[end] != ',')
+          end++;
+        vlm__resp_arg one = {.ptr = list->ptr + at, .len = end - at};
+        if (nks == VLM_EVAL_MAX_KS) {
+          vlm__reply_error(ctx->out, "ERR", "at most %d K values",
+                           VLM_EVAL_MAX_KS);
+          return -1;
+        }
+        if (arg_long(ctx, &one, 1, 10000, "K", &v) < 0)
+          return -1;
+        st->ks[nks++] = (int)v;
+        at = end + 1;
+      } while (at <= list->len);
     } else if (arg_is(a, "DIRECTION") && has) {
       const vlm__resp_arg *d = &ctx->argv[++i];
       if (arg_is(d, "T2I"))
@@ -1607,10 +1624,16 @@ static const vlm__command commands[] = {
      "Number of items (as COUNT)."},
     {"SAVE", cmd_noargs_proc, cmd_save_exec, 1, ADMIN, "admin", "",
      "Checkpoint the vector index now."},
-    {"EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",
-     "[K k ...] [DIRECTION T2I|I2T|BOTH] [SAMPLE n [SEED s]] [EF ef] "
+    {"VLM.EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",
+     "[K k[,k...] ...] [DIRECTION T2I|I2T|BOTH] [SAMPLE n [SEED s]] [EF ef] "
      "[NPROBE nprobe] [EXACTONLY]",
      "Cross-modal Recall@K over the items that have both vectors."},
+    /* Redis's EVAL runs a Lua script; client libraries and cluster
+     * clients treat it so (script, numkeys, keys), so the name is not
+     * reused: it answers what to call instead. */
+    {"EVAL", cmd_lua_eval, NULL, -1, 0, "scripting",
+     "script numkeys [key ...] [arg ...]",
+     "Not supported (no Lua): Recall@K is VLM.EVAL."},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

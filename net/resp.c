@@ -484,8 +484,13 @@ void vlm__reply_double(vlm__buf *b, double v) {
     snprintf(tmp, sizeof tmp, "nan");
   else if (isinf(v))
     snprintf(tmp, sizeof tmp, v > 0 ? "inf" : "-inf");
-  else
-    snprintf(tmp, sizeof tmp, "%.17g", v);
+  else /* the shortest decimal that reads back as v: 0.456, not
+          * 0.45614035087719296 */
+    for (int prec = 1; prec <= 17; prec++) {
+      snprintf(tmp, sizeof tmp, "%.*g", prec, v);
+      if (strtod(tmp, NULL) == v)
+        break;
+    }
   if (b->resp3)
     vlm__buf_printf(b, ",%s\r\n", tmp);
   else

@@ -1083,9 +1083,9 @@ static void check_eval(redisContext *c) {
         want[dir][k] += rank <= ks[k];
     }
   }
-  redisReply *r = hcmd(c, "EVAL K 1 K 3");
+  redisReply *r = hcmd(c, "VLM.EVAL K 1 K 3");
   if (r->type != REDIS_REPLY_ARRAY)
-    fail_msg("EVAL: type %d '%s'", r->type, r->str ? r->str : "");
+    fail_msg("VLM.EVAL: type %d '%s'", r->type, r->str ? r->str : "");
   assert_int_equal(flat_get(r, "pairs")->integer, npairs);
   const char *names[2] = {"text_to_image", "image_to_text"};
   for (int dir = 0; dir < 2; dir++) {
@@ -1097,14 +1097,38 @@ static void check_eval(redisContext *c) {
       snprintf(key, sizeof key, "recall@%d", ks[k]);
       double got = strtod(flat_get(d, key)->str, NULL);
       if (fabs(got - want[dir][k] / npairs) > 1e-9)
-        fail_msg("EVAL %s %s: server %.6f, oracle %.6f", names[dir], key, got,
-                 want[dir][k] / npairs);
+        fail_msg("VLM.EVAL %s %s: server %.6f, oracle %.6f", names[dir], key,
+                 got, want[dir][k] / npairs);
+      /* the shortest decimal that reads back: "0.25", not 0.25000...1 */
+      char shortest[64];
+      for (int prec = 1; prec <= 17; prec++) {
+        snprintf(shortest, sizeof shortest, "%.*g", prec, got);
+        if (strtod(shortest, NULL) == got)
+          break;
+      }
+      assert_string_equal(flat_get(d, key)->str, shortest);
     }
   }
+  /* the CLI's list form gives the same answer */
+  redisReply *listed = hcmd(c, "VLM.EVAL K 1,3");
+  assert_int_equal(listed->type, REDIS_REPLY_ARRAY);
+  for (int dir = 0; dir < 2; dir++)
+    for (int k = 0; k < 2; k++) {
+      char key[32];
+      snprintf(key, sizeof key, "recall@%d", ks[k]);
+      assert_string_equal(flat_get(flat_get(listed, names[dir]), key)->str,
+                          flat_get(flat_get(r, names[dir]), key)->str);
+    }
+  freeReplyObject(listed);
   freeReplyObject(r);
-  expect_error(hcmd(c, "EVAL K 0"), "ERR K must be an integer");
-  expect_error(hcmd(c, "EVAL DIRECTION up"), "ERR DIRECTION must be");
-  r = hcmd(c, "EVAL DIRECTION T2I EXACTONLY");
+  expect_error(hcmd(c, "VLM.EVAL K 0"), "ERR K must be an integer");
+  expect_error(hcmd(c, "VLM.EVAL K 1,,3"), "ERR K must be an integer");
+  expect_error(hcmd(c, "VLM.EVAL K 1,"), "ERR K must be an integer");
+  expect_error(hcmd(c, "VLM.EVAL DIRECTION up"), "ERR DIRECTION must be");
+  /* Redis's Lua EVAL is not this command, and says what is */
+  expect_error(hcmd(c, "EVAL %s 0", "return 1"), "ERR vlmdb runs no Lua");
+  expect_error(hcmd(c, "EVAL K 1"), "ERR vlmdb runs no Lua");
+  r = hcmd(c, "VLM.EVAL DIRECTION T2I EXACTONLY");
   assert_non_null(flat_get(r, "text_to_image"));
   assert_null(flat_get(r, "image_to_text"));
   freeReplyObject(r);
