@@ -42,8 +42,6 @@
 
 #define NSLOTS 4
 #define ROWS_PER_GOOD 8 /* a batch holds at most batch * 8 rows in all */
-#define THUMB_SIDE 256
-#define THUMB_QUALITY 85
 #define MAX_BATCH 4096
 #define MAX_THREADS 256
 
@@ -300,26 +298,6 @@ done:
   return err;
 }
 
-/* The JPEG thumbnail of a decoded image (RGB over white): the longest
- * side at most THUMB_SIDE, reduced by area averaging. */
-static int thumbnail_of(const vlm_image *img, uint8_t **jpeg, size_t *jpeg_len) {
-  return vlm_image_thumbnail_jpeg(img, THUMB_SIDE, THUMB_QUALITY, jpeg,
-                                  jpeg_len);
-}
-
-/* The thumbnail of an encoded image, for rows whose vector is given. */
-static int make_thumbnail(const void *data, size_t len, uint8_t **jpeg,
-                          size_t *jpeg_len) {
-  vlm_clip_options opts = {.alpha = VLM_ALPHA_WHITE};
-  vlm_image img = {0};
-  int rc = vlm_image_decode(data, len, &opts, &img);
-  if (rc)
-    return rc;
-  rc = thumbnail_of(&img, jpeg, jpeg_len);
-  vlm_image_free(&img);
-  return rc;
-}
-
 static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
   uint8_t *data = NULL;
   size_t len = 0;
@@ -345,8 +323,8 @@ static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
     }
   }
   if (it->make_thumb) {
-    int rc = img.rgb ? thumbnail_of(&img, &it->thumb, &it->thumb_len)
-                     : make_thumbnail(data, len, &it->thumb, &it->thumb_len);
+    int rc = img.rgb ? vlm_image_thumbnail(&img, &it->thumb, &it->thumb_len)
+                     : vlm_image_thumbnail_bytes(data, len, &it->thumb, &it->thumb_len);
     if (rc && it->embed_image)
       set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: thumbnail: %s",
                      it->row.image, vlm_errmsg());

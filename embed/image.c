@@ -623,3 +623,19 @@ done:
   free(enc);
   return rc;
 }
+
+int vlm_image_thumbnail(const vlm_image *img, uint8_t **jpeg, size_t *len) {
+  return vlm_image_thumbnail_jpeg(img, VLM_THUMB_SIDE, VLM_THUMB_QUALITY, jpeg,
+                                  len);
+}
+
+int vlm_image_thumbnail_bytes(const void *data, size_t len, uint8_t **jpeg,
+                              size_t *jpeg_len) {
+  vlm_clip_options opts = {.alpha = VLM_ALPHA_WHITE};
+  vlm_image img = {0};
+  int rc = vlm_image_decode(data, len, &opts, &img);
+  if (rc == 0)
+    rc = vlm_image_thumbnail(&img, jpeg, jpeg_len);
+  vlm_image_free(&img);
+  return rc;
+}

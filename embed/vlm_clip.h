@@ -114,4 +114,16 @@ void vlm_image_free(vlm_image *img); /* accepts NULL and zeroed images */
 int vlm_image_thumbnail_jpeg(const vlm_image *img, int max_side, int quality,
                              uint8_t **jpeg, size_t *len);
 
+/* The thumbnail vlmdb stores for an item, whichever path adds it (ingest,
+ * the server's ADD): the picture as a person sees it (transparent areas
+ * over white), longest side at most VLM_THUMB_SIDE, JPEG quality
+ * VLM_THUMB_QUALITY.  vlm_image_thumbnail takes an image decoded with
+ * VLM_ALPHA_WHITE (as vlm_clip_preprocess_image returns it);
+ * vlm_image_thumbnail_bytes decodes encoded bytes itself. */
+#define VLM_THUMB_SIDE 256
+#define VLM_THUMB_QUALITY 85
+int vlm_image_thumbnail(const vlm_image *img, uint8_t **jpeg, size_t *len);
+int vlm_image_thumbnail_bytes(const void *data, size_t len, uint8_t **jpeg,
+                              size_t *jpeg_len);
+
 #endif

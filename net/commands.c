@@ -1105,9 +1105,6 @@ done:
  * ADD / UPSERT, DEL, GET, EXISTS
  * ==================================================================== */
 
-#define THUMB_SIDE 128
-#define THUMB_QUALITY 85
-
 typedef struct {
   vlm_item item;
   unsigned flags;
@@ -1203,12 +1200,8 @@ static void cmd_add_exec(vlm__job *job) {
   size_t thumb_len = 0;
   int rc;
   if (st->image) {
-    vlm_image img = {0};
-    rc = vlm_image_decode(st->image, st->image_len, NULL, &img);
-    if (rc == 0)
-      rc = vlm_image_thumbnail_jpeg(&img, THUMB_SIDE, THUMB_QUALITY, &thumb,
-                                    &thumb_len);
-    vlm_image_free(&img);
+    rc = vlm_image_thumbnail_bytes(st->image, st->image_len, &thumb,
+                                   &thumb_len);
     if (rc < 0) {
       vlm__reply_error(&job->reply, "ERR", "cannot read the image: %s",
                        vlm_errmsg());

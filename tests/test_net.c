@@ -1318,6 +1318,32 @@ static void test_write_read_search(void **state) {
   assert_vec_near((const float *)r->element[13]->str, want, g_dim, 1e-5f,
                   "GET text_vec");
   freeReplyObject(r);
+
+  /* ADD stores the thumbnail ingest stores: one function, one size; a
+   * transparent PNG over white. */
+  size_t rgbalen;
+  char *rgba = fixture("rgba.png", &rgbalen);
+  expect_int(hcmd(c, "ADD clear IMAGE %b", rgba, rgbalen), 1);
+  uint8_t *thumb_want = NULL;
+  size_t thumb_want_len = 0;
+  assert_int_equal(vlm_image_thumbnail_bytes(rgba, rgbalen, &thumb_want,
+                                             &thumb_want_len),
+                   0);
+  r = hcmd(c, "GET clear WITHTHUMB");
+  assert_string_equal(r->element[8]->str, "thumb");
+  assert_int_equal(r->element[9]->len, thumb_want_len);
+  assert_memory_equal(r->element[9]->str, thumb_want, thumb_want_len);
+  vlm_image timg = {0};
+  assert_int_equal(vlm_image_decode(r->element[9]->str, r->element[9]->len,
+                                    NULL, &timg),
+                   0);
+  assert_int_equal(timg.w, VLM_THUMB_SIDE); /* 257 x 129 -> 256 x 128 */
+  assert_int_equal(timg.h, 128);
+  vlm_image_free(&timg);
+  freeReplyObject(r);
+  free(thumb_want);
+  free(rgba);
+  expect_int(hcmd(c, "DEL clear"), 1);
   r = hcmd(c, "GET nokey");
   assert_int_equal(r->type, REDIS_REPLY_NIL);
   freeReplyObject(r);
