@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <dirent.h>
@@ -131,6 +132,53 @@ static int check_key(const char *key) {
   return 0;
 }
 
+/* The command line of process pid as "vlmdb serve --db x" (arguments
+ * joined by spaces, cut to cap), or "" if it cannot be read. */
+static void process_command(pid_t pid, char *buf, size_t cap) {
+  char path[64];
+  buf[0] = '\0';
+  snprintf(path, sizeof path, "/proc/%d/cmdline", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  ssize_t n = read(fd, buf, cap - 1);
+  close(fd);
+  if (n <= 0)
+    return;
+  buf[n] = '\0';
+  for (ssize_t i = 0; i < n; i++)
+    if (buf[i] == '\0')
+      buf[i] = ' ';
+  while (n > 0 && buf[n - 1] == ' ')
+    buf[--n] = '\0';
+  /* the program's own path says little: keep its last component */
+  char *space = strchr(buf, ' ');
+  char *slash = memrchr(buf, '/', space ? (size_t)(space - buf) : strlen(buf));
+  if (slash)
+    memmove(buf, slash + 1, strlen(slash + 1) + 1);
+}
+
+/* Who holds the lock, in words, for the busy error: the writer records
+ * its pid in LOCK; a reader's shared lock leaves no name. */
+static void lock_holder(int fd, char *buf, size_t cap) {
+  char text[32] = {0};
+  ssize_t n = pread(fd, text, sizeof text - 1, 0);
+  long pid = n > 0 ? strtol(text, NULL, 10) : 0;
+  char cmd[160];
+  if (pid > 0 && kill((pid_t)pid, 0) == 0) {
+    process_command((pid_t)pid, cmd, sizeof cmd);
+    if (strlen(cmd) > 60)
+      memcpy(cmd + 57, "...", 4);
+    snprintf(buf, cap, "a writer (pid %ld%s%s)", pid, cmd[0] ? ": " : "",
+             cmd);
+  } else {
+    snprintf(buf, cap, "read-only processes (vlmdb search, info, get, "
+                       "export or eval)");
+  }
+}
+
+/* One writer process, or any number of read-only ones: flock on LOCK.  A
+ * writer writes its pid there so that the refusal can say who holds it. */
 static int lock_dir(const char *dir, int readonly, int *fd_out) {
   char path[PATH_MAX];
   snprintf(path, sizeof path, "%s/LOCK", dir);
@@ -144,12 +192,25 @@ static int lock_dir(const char *dir, int readonly, int *fd_out) {
   }
   if (flock(fd, (readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
     int e = errno;
+    char who[256];
+    if (e == EWOULDBLOCK)
+      lock_holder(fd, who, sizeof who);
     close(fd);
     if (e == EWOULDBLOCK)
-      return vlm_seterr(VLM_EBUSY,
-                        "%s: the database is open %s elsewhere", dir,
-                        readonly ? "for writing" : "");
+      return vlm_seterr(VLM_EBUSY, "%s: the database is open elsewhere, by "
+                        "%s; %s", dir, who,
+                        readonly ? "query the server, or run this when the "
+                                   "writer has finished"
+                                 : "one writer at a time: wait for it, or "
+                                   "stop it");
     return vlm_seterr(VLM_EIO, "%s: lock: %s", path, strerror(e));
+  }
+  if (!readonly) {
+    char text[32];
+    int n = snprintf(text, sizeof text, "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n) {
+      /* only a refused open's message depends on it */
+    }
   }
   *fd_out = fd;
   return 0;
@@ -300,8 +361,13 @@ static void db_free(vlm_db *db) {
   vlm__vindex_close(db);
   vlm__sql_close_writer(db);
   vlm__lmdb_close(&db->lm);
-  if (db->lock_fd >= 0)
+  if (db->lock_fd >= 0) {
+    /* a pid left in LOCK would name this process as the holder later */
+    if (!db->readonly && ftruncate(db->lock_fd, 0) != 0) {
+      /* only a later refusal's message depends on it */
+    }
     close(db->lock_fd);
+  }
   pthread_mutex_destroy(&db->write_mu);
   pthread_mutex_destroy(&db->index_mu);
   pthread_mutex_destroy(&db->pool_mu);

@@ -992,10 +992,25 @@ static void test_open_refusals(void **state) {
   CHECK(vlm_db_stat(db, &info));
   assert_string_equal(info.index_factory, "HNSW32");
   assert_int_equal(info.format_version, 1);
-  /* A second writer is refused while the first is open. */
+  /* A second writer is refused while the first is open, and so is a
+   * reader; the refusal names the writer (its pid and command). */
   vlm_db *other = NULL;
+  char who[64];
+  snprintf(who, sizeof who, "by a writer (pid %d: test_db", (int)getpid());
   EXPECT_ERR(VLM_EBUSY, vlm_db_open(t.dir, NULL, &other));
+  if (!strstr(vlm_errmsg(), who) || strstr(vlm_errmsg(), "  "))
+    fail_msg("busy message: %s", vlm_errmsg());
+  vlm_db_open_options ro = {.readonly = 1};
+  EXPECT_ERR(VLM_EBUSY, vlm_db_open(t.dir, &ro, &other));
+  if (!strstr(vlm_errmsg(), who) || !strstr(vlm_errmsg(), "query the server"))
+    fail_msg("busy message: %s", vlm_errmsg());
   vlm_db_close(db);
+  /* A writer refused by a reader is told it is readers. */
+  CHECK(vlm_db_open(t.dir, &ro, &other));
+  EXPECT_ERR(VLM_EBUSY, vlm_db_open(t.dir, NULL, &db));
+  if (!strstr(vlm_errmsg(), "by read-only processes"))
+    fail_msg("busy message: %s", vlm_errmsg());
+  vlm_db_close(other);
 
   vlm_db_open_options o = {0};
   o.expect_model_id = "another-model";
