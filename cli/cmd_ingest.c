@@ -540,20 +540,24 @@ static void to_db_item(const ingest_item *it, vlm_item *out) {
 
 /* Write one batch; returns 0, or -1 when the run must stop. */
 static int write_batch(ingest *ing, batch *b) {
-  int bad = 0;
-  for (int i = 0; i < b->n; i++) {
+  /* With --strict the first bad row ends the run: the good rows before it
+   * are written, nothing after it is looked at. */
+  int stop_at = -1;
+  for (int i = 0; i < b->n && stop_at < 0; i++) {
     const vlm_catalog_row *row = &b->items[i].row;
     if (row->error == VLM_SKIP_NONE)
       continue;
     if (row->error != VLM_SKIP_EXISTS) {
       report_row(ing, row);
-      bad++;
+      if (ing->strict)
+        stop_at = i;
     }
     ing->skipped[row->error]++;
   }
-  if (bad && ing->strict) {
+  int end = b->n;
+  if (stop_at >= 0) {
     ing->strict_stopped = 1;
-    return -1;
+    end = stop_at;
   }
   vlm_item *items = malloc((size_t)b->n * sizeof *items);
   int *which = malloc((size_t)b->n * sizeof *which);
@@ -563,7 +567,7 @@ static int write_batch(ingest *ing, batch *b) {
     status = -1;
     goto done;
   }
-  for (int i = 0; i < b->n; i++)
+  for (int i = 0; i < end; i++)
     if (b->items[i].row.error == VLM_SKIP_NONE) {
       to_db_item(&b->items[i], &items[m]);
       which[m++] = i;
@@ -584,7 +588,13 @@ static int write_batch(ingest *ing, batch *b) {
         ing->skipped[VLM_SKIP_EXISTS] += 1 - written;
       } else if (is_item_error(rc)) {
         ingest_item *it = &b->items[which[j]];
-        set_item_error(it, VLM_SKIP_REJECTED, "%s", vlm_errmsg());
+        /* the library's message may already name the key */
+        const char *msg = vlm_errmsg();
+        char prefix[600];
+        snprintf(prefix, sizeof prefix, "key \"%s\": ", items[j].key);
+        if (!strncmp(msg, prefix, strlen(prefix)))
+          msg += strlen(prefix);
+        set_item_error(it, VLM_SKIP_REJECTED, "%s", msg);
         report_row(ing, &it->row);
         ing->skipped[VLM_SKIP_REJECTED]++;
         if (ing->strict) {
@@ -607,7 +617,7 @@ static int write_batch(ingest *ing, batch *b) {
 done:
   free(items);
   free(which);
-  return status;
+  return ing->strict_stopped ? -1 : status;
 }
 
 static void clear_batch(batch *b) {
@@ -1050,8 +1060,8 @@ int cmd_ingest(int argc, char **argv) {
     vlm_cli_error(cmd, "interrupted; everything acknowledged is stored, "
                        "run the same command again to resume");
   if (ing.strict_stopped)
-    vlm_cli_error(cmd, "stopped at the first bad row (--strict); rows "
-                       "before its batch are stored");
+    vlm_cli_error(cmd, "stopped at the first bad row (--strict); the rows "
+                       "before it are stored, none after it");
   long errors = 0;
   for (int r = 1; r < VLM_SKIP_NREASONS; r++)
     if (r != VLM_SKIP_EXISTS)

@@ -1706,12 +1706,38 @@ static void test_e2e_csv_tsv_dir_and_exit_status(void **state) {
   json_decref(rec);
   free(out);
 
-  /* --strict: stop at the first bad row, exit 1 */
+  /* --strict: stop at the first bad row, exit 1; the rows before it (in
+   * the same batch too) are stored, none after it, and only it counts */
   write_file(dir, "s.jsonl", "{\"key\": \"s1\", \"text\": \"fine\"}\n"
-                             "{\"key\": \"s2\", \"text\": 7}\n");
+                             "{\"key\": \"s2\", \"text\": 7}\n"
+                             "{\"key\": \"s3\", \"text\": \"after\"}\n"
+                             "{\"key\": \"s4\", \"text\": 8}\n");
   db_path(path, sizeof path, dir, "s.jsonl");
-  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, path, "--strict"),
+  assert_int_equal(RUN(dir, &out, NULL, "ingest", "--db", db, path, "--strict",
+                       "--json"),
                    1);
+  json_t *strict_sum = parse_json(out);
+  assert_int_equal(json_int(strict_sum, "ingested"), 1);
+  assert_int_equal(json_int(strict_sum, "skipped"), 1);
+  json_decref(strict_sum);
+  free(out);
+  assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", db, "s1"), 0);
+  assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", db, "s3"), 1);
+  /* a row the database rejects is reported with its key once */
+  {
+    char zeros[48 * 3 + 64] = "{\"key\": \"z\", \"text_vector\": [0";
+    for (int i = 1; i < 48; i++)
+      strcat(zeros, ",0");
+    strcat(zeros, "]}\n");
+    write_file(dir, "z.jsonl", zeros);
+    db_path(path, sizeof path, dir, "z.jsonl");
+    char *err;
+    assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", db, path), 1);
+    if (!strstr(err, "rejected: key \"z\": ") ||
+        strstr(err, "key \"z\": key \"z\""))
+      fail_msg("rejected row reported as:\n%s", err);
+    free(err);
+  }
   /* nothing could be ingested: exit 1; without --strict one good row is
    * enough for 0 */
   write_file(dir, "bad.jsonl", "{\"key\": \"b1\"}\nnot json\n");
