@@ -46,10 +46,10 @@ void vlm_progress_format(char *buf, size_t size, long done, long total,
       vlm_format_duration(eta, sizeof eta, (double)(total - done) / rate);
     else
       strcpy(eta, "?");
-    snprintf(buf + n, size - n, "%ld/%ld  %3d%%  %.1f items/s  ETA %s", done,
+    snprintf(buf + n, size - n, "%ld/%ld  %3d%%  %.1f rows/s  ETA %s", done,
              total, pct, rate, eta);
   } else {
-    snprintf(buf + n, size - n, "%ld  %.1f items/s", done, rate);
+    snprintf(buf + n, size - n, "%ld  %.1f rows/s", done, rate);
   }
 }
 

@@ -1,9 +1,9 @@
 /* progress.h - progress reporting on stderr for long commands.
  *
  * On a terminal a bar is redrawn in place (at most 10 times a second):
- *   [########............] 1200/5000  24%  123.4 items/s  ETA 0:31
+ *   [########............] 1200/5000  24%  123.4 rows/s  ETA 0:31
  * Elsewhere (a log file, a pipe) a plain line is written every `interval`
- * seconds:  ingest: 1200/5000 (24%), 123.4 items/s, ETA 0:31
+ * seconds:  ingest: 1200/5000 (24%), 123.4 rows/s, ETA 0:31
  * The caller owns the struct; one thread updates it.
  */
 #ifndef VLM_PROGRESS_H
@@ -41,7 +41,7 @@ double vlm_progress_elapsed(const vlm_progress *p);
 double vlm_now(void);
 
 /* Format one progress text into buf (bar_width 0 = no bar):
- *   "[####....] 1200/5000  24%  123.4 items/s  ETA 0:31"
+ *   "[####....] 1200/5000  24%  123.4 rows/s  ETA 0:31"
  * With total < 0 the bar, percentage and ETA are left out. */
 void vlm_progress_format(char *buf, size_t size, long done, long total,
                          double elapsed, int bar_width);

@@ -525,13 +525,13 @@ static void test_progress_text(void **state) {
   (void)state;
   char buf[256];
   vlm_progress_format(buf, sizeof buf, 250, 1000, 5.0, 10);
-  assert_string_equal(buf, "[##........] 250/1000   25%  50.0 items/s  ETA 0:15");
+  assert_string_equal(buf, "[##........] 250/1000   25%  50.0 rows/s  ETA 0:15");
   vlm_progress_format(buf, sizeof buf, 1000, 1000, 10.0, 4);
-  assert_string_equal(buf, "[####] 1000/1000  100%  100.0 items/s  ETA 0:00");
+  assert_string_equal(buf, "[####] 1000/1000  100%  100.0 rows/s  ETA 0:00");
   vlm_progress_format(buf, sizeof buf, 0, 10, 0.0, 0);
-  assert_string_equal(buf, "0/10    0%  0.0 items/s  ETA ?");
+  assert_string_equal(buf, "0/10    0%  0.0 rows/s  ETA ?");
   vlm_progress_format(buf, sizeof buf, 42, -1, 2.0, 10);
-  assert_string_equal(buf, "42  21.0 items/s");
+  assert_string_equal(buf, "42  21.0 rows/s");
   vlm_format_duration(buf, sizeof buf, 3725.2);
   assert_string_equal(buf, "1:02:05");
 }
