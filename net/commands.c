@@ -491,6 +491,27 @@ static void lower_name(const vlm__command *cmd, char *buf, size_t cap) {
   buf[i] = '\0';
 }
 
+/* Where a command's keys are, as COMMAND reports them (first, last, step;
+ * last -1 = to the end), so that cluster-aware clients can route keyed
+ * commands.  Commands not listed take no key (SEARCH KEY k names an item
+ * to search by, which may live on any shard). */
+static void key_positions(const char *name, int *first, int *last,
+                          int *step) {
+  static const struct {
+    const char *name;
+    int first, last, step;
+  } keyed[] = {{"ADD", 1, 1, 1},  {"UPSERT", 1, 1, 1}, {"GET", 1, 1, 1},
+               {"DEL", 1, -1, 1}, {"EXISTS", 1, -1, 1}};
+  for (size_t i = 0; i < sizeof keyed / sizeof keyed[0]; i++)
+    if (!strcmp(keyed[i].name, name)) {
+      *first = keyed[i].first;
+      *last = keyed[i].last;
+      *step = keyed[i].step;
+      return;
+    }
+  *first = *last = *step = 0;
+}
+
 static void reply_command_info(vlm__buf *out, const vlm__command *cmd) {
   char name[32];
   lower_name(cmd, name, sizeof name);
@@ -507,9 +528,11 @@ static void reply_command_info(vlm__buf *out, const vlm__command *cmd) {
     vlm__reply_status(out, "admin");
   if (!cmd->exec)
     vlm__reply_status(out, "fast");
-  vlm__reply_int(out, 0); /* first key: vlmdb has no cluster key slots */
-  vlm__reply_int(out, 0);
-  vlm__reply_int(out, 0);
+  int first = 0, last = 0, step = 0;
+  key_positions(cmd->name, &first, &last, &step);
+  vlm__reply_int(out, first);
+  vlm__reply_int(out, last);
+  vlm__reply_int(out, step);
   vlm__reply_array(out, 0); /* ACL categories */
   vlm__reply_array(out, 0); /* tips */
   vlm__reply_array(out, 0); /* key specs */

@@ -1136,6 +1136,8 @@ static void check_eval(redisContext *c) {
   free(iv);
 }
 
+static void expect_shell(const char *cmdline, const char *want);
+
 static void test_connection_commands(void **state) {
   (void)state;
   server_t s;
@@ -1232,6 +1234,28 @@ static void test_connection_commands(void **state) {
   assert_int_equal(r->element[0]->element[1]->integer, -1);
   assert_int_equal(r->element[1]->type, REDIS_REPLY_NIL);
   freeReplyObject(r);
+  /* key positions (first, last, step), as cluster clients route by them */
+  r = hcmd(c, "COMMAND INFO add upsert get del exists search");
+  const long long pos[6][3] = {{1, 1, 1},  {1, 1, 1},  {1, 1, 1},
+                               {1, -1, 1}, {1, -1, 1}, {0, 0, 0}};
+  assert_int_equal(r->elements, 6);
+  for (int i = 0; i < 6; i++)
+    for (int k = 0; k < 3; k++)
+      assert_int_equal(r->element[i]->element[3 + k]->integer, pos[i][k]);
+  freeReplyObject(r);
+  {
+    /* and redis-py's own parser of COMMAND finds the keys */
+    char cmdline[1024];
+    snprintf(cmdline, sizeof cmdline,
+             "/usr/bin/python3 -c 'import redis; "
+             "from redis.commands.parser import CommandsParser; "
+             "r = redis.Redis(port=%d); p = CommandsParser(r); "
+             "print(p.get_keys(r, \"DEL\", \"a\", \"b\"), "
+             "p.get_keys(r, \"ADD\", \"k1\", \"TEXT\", \"x\"), "
+             "p.get_keys(r, \"SEARCH\", \"TEXT\", \"x\"))' 2>&1",
+             s.port);
+    expect_shell(cmdline, "['a', 'b'] ['k1'] None\n");
+  }
 
   /* CONFIG GET as redis-benchmark asks it. */
   r = hcmd(c, "CONFIG GET save");
