@@ -1179,6 +1179,70 @@ done:
   return rc;
 }
 
+int vlm_db_scan(vlm_db *db, uint64_t cursor, int count, char ***keys, int *n,
+                uint64_t *next) {
+  if (!db || !keys || !n || !next || count < 1)
+    return vlm_seterr(VLM_EINVAL, "scan: bad argument");
+  *keys = NULL;
+  *n = 0;
+  *next = 0;
+  char **out = calloc((size_t)count, sizeof *out);
+  if (!out)
+    return vlm_seterr(VLM_ENOMEM, "scan");
+  vlm__reader *r;
+  MDB_cursor *cur = NULL;
+  int rc = begin_read(db, &r), got = 0;
+  if (rc) {
+    free(out);
+    return rc;
+  }
+  if ((rc = mdb_cursor_open(r->txn, db->lm.items, &cur))) {
+    rc = vlm__lmdb_err(rc, "scan");
+    goto done;
+  }
+  MDB_val k = {sizeof cursor, &cursor}, v;
+  int mrc;
+  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); mrc == 0;
+       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    uint64_t id;
+    memcpy(&id, k.mv_data, 8);
+    if (got == count) {
+      *next = id;
+      break;
+    }
+    vlm__rec rec;
+    if ((rc = vlm__rec_decode(v.mv_data, v.mv_size, &rec)))
+      goto done;
+    if (!(out[got] = dup_n(rec.key, rec.key_len))) {
+      rc = vlm_seterr(VLM_ENOMEM, "scan");
+      goto done;
+    }
+    got++;
+  }
+  if (mrc != 0 && mrc != MDB_NOTFOUND)
+    rc = vlm__lmdb_err(mrc, "scan");
+done:
+  if (cur)
+    mdb_cursor_close(cur);
+  end_read(db, r);
+  if (rc) {
+    vlm_db_keys_free(out, got);
+    *next = 0;
+    return rc;
+  }
+  *keys = out;
+  *n = got;
+  return 0;
+}
+
+void vlm_db_keys_free(char **keys, int n) {
+  if (!keys)
+    return;
+  for (int i = 0; i < n; i++)
+    free(keys[i]);
+  free(keys);
+}
+
 static uint64_t file_bytes(const char *dir, const char *name) {
   char path[PATH_MAX];
   struct stat st;

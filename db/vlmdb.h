@@ -210,4 +210,14 @@ int vlm_db_reindex(vlm_db *db, const char *factory);
 typedef int (*vlm_db_visit_fn)(const vlm_record *rec, void *arg);
 int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg);
 
+/* One step of a walk over the keys of the live items, in item-id order,
+ * for SCAN: up to count keys of the items whose id is >= cursor (0 = from
+ * the start), into *keys (malloc'd, *n of them; free with vlm_db_keys_free)
+ * and the cursor to continue from into *next (0 when the walk is done).
+ * Over a whole walk an item that lives throughout is returned exactly once;
+ * one added or deleted meanwhile may or may not be (as Redis's SCAN). */
+int vlm_db_scan(vlm_db *db, uint64_t cursor, int count, char ***keys, int *n,
+                uint64_t *next);
+void vlm_db_keys_free(char **keys, int n); /* accepts NULL */
+
 #endif

@@ -501,7 +501,7 @@ static void key_positions(const char *name, int *first, int *last,
     const char *name;
     int first, last, step;
   } keyed[] = {{"ADD", 1, 1, 1},  {"UPSERT", 1, 1, 1}, {"GET", 1, 1, 1},
-               {"DEL", 1, -1, 1}, {"EXISTS", 1, -1, 1}};
+               {"DEL", 1, -1, 1}, {"EXISTS", 1, -1, 1}, {"TYPE", 1, 1, 1}};
   for (size_t i = 0; i < sizeof keyed / sizeof keyed[0]; i++)
     if (!strcmp(keyed[i].name, name)) {
       *first = keyed[i].first;
@@ -1283,6 +1283,101 @@ static void cmd_exists_exec(vlm__job *job) {
   vlm__reply_int(&job->reply, n);
 }
 
+/* SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]: the item keys.
+ * The cursor is an item id (items are walked in id order, so a walk
+ * survives writes: vlm_db_scan); COUNT is how many items one call looks
+ * at (10 by default); MATCH is a glob as Redis's (fnmatch, with no
+ * special slashes or dots); every key is of TYPE "item". */
+#define SCAN_MAX_COUNT 100000
+
+typedef struct {
+  uint64_t cursor;
+  int count;
+  int type_ok;   /* TYPE absent or "item" */
+  int match_arg; /* argv index of the pattern, 0 = none */
+} scan_state;
+
+static int cmd_scan_proc(vlm__ctx *ctx) {
+  scan_state *st = calloc(1, sizeof *st);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  ctx->job->state = st;
+  ctx->job->state_free = free;
+  st->count = 10;
+  st->type_ok = 1;
+  const vlm__resp_arg *c = &ctx->argv[1];
+  char tmp[32], *end;
+  if (c->len == 0 || c->len >= sizeof tmp || c->ptr[0] < '0' ||
+      c->ptr[0] > '9')
+    goto bad_cursor;
+  memcpy(tmp, c->ptr, c->len);
+  tmp[c->len] = '\0';
+  errno = 0;
+  st->cursor = strtoull(tmp, &end, 10);
+  if (*end || errno)
+    goto bad_cursor;
+  for (int i = 2; i < ctx->argc; i++) {
+    const vlm__resp_arg *a = &ctx->argv[i];
+    int has = i + 1 < ctx->argc;
+    long v;
+    if (arg_is(a, "MATCH") && has) {
+      if (arg_cstr(ctx, &ctx->argv[++i], "pattern") < 0)
+        return -1;
+      st->match_arg = i;
+    } else if (arg_is(a, "COUNT") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 1, SCAN_MAX_COUNT, "COUNT", &v) < 0)
+        return -1;
+      st->count = (int)v;
+    } else if (arg_is(a, "TYPE") && has) {
+      st->type_ok = arg_is(&ctx->argv[++i], "item");
+    } else {
+      return syntax_error(ctx, a);
+    }
+  }
+  return 0;
+bad_cursor:
+  vlm__reply_error(ctx->out, "ERR", "invalid cursor");
+  return -1;
+}
+
+static void cmd_scan_exec(vlm__job *job) {
+  scan_state *st = job->state;
+  char **keys = NULL;
+  int n = 0;
+  uint64_t next = 0;
+  int rc = vlm_db_scan(job->srv->db, st->cursor, st->count, &keys, &n, &next);
+  if (rc < 0) {
+    reply_liberr(&job->reply, rc);
+    return;
+  }
+  const char *pattern = st->match_arg ? job->argv[st->match_arg].ptr : NULL;
+  int shown = 0;
+  for (int i = 0; i < n; i++)
+    if (st->type_ok && (!pattern || fnmatch(pattern, keys[i], 0) == 0))
+      keys[shown++] = keys[i];
+    else
+      free(keys[i]);
+  char cur[24];
+  snprintf(cur, sizeof cur, "%llu", (unsigned long long)next);
+  vlm__reply_array(&job->reply, 2);
+  vlm__reply_cstr(&job->reply, cur);
+  vlm__reply_array(&job->reply, shown);
+  for (int i = 0; i < shown; i++)
+    vlm__reply_cstr(&job->reply, keys[i]);
+  vlm_db_keys_free(keys, shown);
+}
+
+/* TYPE key: "item" for a stored key, "none" otherwise. */
+static void cmd_type_exec(vlm__job *job) {
+  int rc = vlm_db_exists(job->srv->db, job->argv[1].ptr);
+  if (rc < 0)
+    reply_liberr(&job->reply, rc);
+  else
+    vlm__reply_status(&job->reply, rc ? "item" : "none");
+}
+
 typedef struct {
   int thumb, vectors;
 } get_state;
@@ -1631,6 +1726,12 @@ static const vlm__command commands[] = {
      "An item's caption, source, metadata (and thumbnail, vectors)."},
     {"EXISTS", cmd_keys_proc, cmd_exists_exec, -2, 0, "read", "key [key ...]",
      "How many of the keys exist."},
+    {"SCAN", cmd_scan_proc, cmd_scan_exec, -2, 0, "read",
+     "cursor [MATCH pattern] [COUNT count] [TYPE item]",
+     "Walk the item keys: a cursor to continue from (0 at the end) and "
+     "keys."},
+    {"TYPE", cmd_keys_proc, cmd_type_exec, 2, 0, "read", "key",
+     "\"item\" for a stored key, \"none\" otherwise."},
     {"EMBED", cmd_embed_proc, cmd_embed_exec, -3, 0, "embed",
      "TEXT text | IMAGE bytes [BYTES|ARRAY]",
      "The model's normalized vector: float32 bytes (RESP3: doubles)."},

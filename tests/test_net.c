@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <hiredis/hiredis.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -1952,6 +1953,103 @@ static void test_client_tools(void **state) {
   server_done(&s);
 }
 
+/* SCAN walks the item keys: a key that lives through the whole walk comes
+ * back exactly once though items are added and deleted between calls;
+ * MATCH agrees with a naive glob; redis-cli --scan and redis-py's
+ * scan_iter walk it too; TYPE says "item" or "none". */
+static void test_scan(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  enum { N = 300 };
+  for (int i = 0; i < N; i++)
+    freeReplyObject(hcmd(c, "ADD k:%d TEXT %s", i, "x"));
+  int seen[N] = {0};
+  unsigned long long cursor = 0;
+  int calls = 0, added = 0;
+  do {
+    redisReply *r = hcmd(c, "SCAN %llu COUNT 7", cursor);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, 2);
+    cursor = strtoull(r->element[0]->str, NULL, 10);
+    for (size_t i = 0; i < r->element[1]->elements; i++) {
+      const char *k = r->element[1]->element[i]->str;
+      if (!strncmp(k, "k:", 2))
+        seen[atoi(k + 2)]++;
+    }
+    freeReplyObject(r);
+    /* meanwhile: delete the multiples of 10 above 150, add new keys */
+    if (calls == 5)
+      for (int i = 160; i < N; i += 10)
+        freeReplyObject(hcmd(c, "DEL k:%d", i));
+    freeReplyObject(hcmd(c, "ADD new:%d TEXT %s", added++, "y"));
+    assert_true(++calls < 1000);
+  } while (cursor != 0);
+  for (int i = 0; i < N; i++)
+    if (!(i >= 160 && i % 10 == 0) && seen[i] != 1)
+      fail_msg("k:%d came back %d times", i, seen[i]);
+  /* MATCH, against fnmatch over the full key list */
+  const char *patterns[] = {"k:1*", "k:?5", "k:[12]0", "new:*", "*:9", "zz*"};
+  for (size_t p = 0; p < sizeof patterns / sizeof patterns[0]; p++) {
+    int got = 0, want = 0;
+    cursor = 0;
+    do {
+      redisReply *r = hcmd(c, "SCAN %llu MATCH %s COUNT 50", cursor,
+                           patterns[p]);
+      cursor = strtoull(r->element[0]->str, NULL, 10);
+      for (size_t i = 0; i < r->element[1]->elements; i++) {
+        assert_int_equal(fnmatch(patterns[p], r->element[1]->element[i]->str, 0),
+                         0);
+        got++;
+      }
+      freeReplyObject(r);
+    } while (cursor != 0);
+    redisReply *all = hcmd(c, "SCAN 0 COUNT 100000");
+    assert_string_equal(all->element[0]->str, "0");
+    for (size_t i = 0; i < all->element[1]->elements; i++)
+      want += fnmatch(patterns[p], all->element[1]->element[i]->str, 0) == 0;
+    freeReplyObject(all);
+    if (got != want)
+      fail_msg("SCAN MATCH %s: %d keys, a naive glob finds %d", patterns[p],
+               got, want);
+  }
+  expect_error(hcmd(c, "SCAN -1"), "ERR invalid cursor");
+  expect_error(hcmd(c, "SCAN x"), "ERR invalid cursor");
+  expect_error(hcmd(c, "SCAN 0 COUNT 0"), "ERR COUNT must be");
+  redisReply *r = hcmd(c, "SCAN 0 TYPE string COUNT 1000");
+  assert_int_equal(r->element[1]->elements, 0);
+  freeReplyObject(r);
+  r = hcmd(c, "TYPE k:1");
+  assert_string_equal(r->str, "item");
+  freeReplyObject(r);
+  r = hcmd(c, "TYPE nope");
+  assert_string_equal(r->str, "none");
+  freeReplyObject(r);
+  long long total = 0;
+  r = hcmd(c, "COUNT");
+  total = r->integer;
+  freeReplyObject(r);
+  redisFree(c);
+  char cmd[512], want[64];
+  snprintf(cmd, sizeof cmd, "redis-cli -p %d --scan | wc -l", s.port);
+  snprintf(want, sizeof want, "%lld\n", total);
+  expect_shell(cmd, want);
+  snprintf(cmd, sizeof cmd, "redis-cli -p %d --scan --pattern 'new:*' | wc -l",
+           s.port);
+  snprintf(want, sizeof want, "%d\n", added);
+  expect_shell(cmd, want);
+  snprintf(cmd, sizeof cmd,
+           "/usr/bin/python3 -c 'import redis; r = redis.Redis(port=%d); "
+           "print(len(set(r.scan_iter(count=11))), r.type(\"k:2\"))' 2>&1",
+           s.port);
+  snprintf(want, sizeof want, "%lld b'item'\n", total);
+  expect_shell(cmd, want);
+  stop_server(&s);
+  server_done(&s);
+}
+
 /* How far above its baseline the server's RSS may stay once a test's
  * connections are gone.  Plain builds: a few MiB of allocator caches and
  * fragmentation.  Under ASan and TSan the sanitizer's allocator keeps
@@ -2506,6 +2604,7 @@ int main(void) {
       cmocka_unit_test(test_pipeline_10000),
       cmocka_unit_test(test_redis_cli),
       cmocka_unit_test(test_client_tools),
+      cmocka_unit_test(test_scan),
       cmocka_unit_test(test_hostile_input),
       cmocka_unit_test(test_many_connections),
       cmocka_unit_test(test_server_limits),
