@@ -1350,6 +1350,42 @@ static void test_cli_train(void **state) {
   assert_non_null(strstr((char *)js, "\"data_digest\": \""));
   assert_non_null(strstr((char *)js, "--max-steps 6"));
   free(js);
+  /* A catalog whose rows carry other captions ("texts"): they reach the
+   * trainer (the data digest covers them) and the share is recorded. */
+  char alt_catalog[300], alt_out[300];
+  snprintf(alt_catalog, sizeof alt_catalog, "%s/alt.jsonl", S->dir);
+  snprintf(alt_out, sizeof alt_out, "%s/cli-alt", S->dir);
+  FILE *f = fopen(alt_catalog, "w");
+  assert_non_null(f);
+  for (int i = 0; i < NPAIRS; i++)
+    fprintf(f, "{\"key\": \"%s\", \"image\": \"%s.png\", \"text\": \"%s\", "
+            "\"texts\": {\"de\": \"ein Bild\", \"fr\": [\"une image\"]}}\n",
+            S->keys[i], S->keys[i], S->texts[i]);
+  fclose(f);
+  char *alt_argv[] = {"train", "--catalog", alt_catalog, "--out", alt_out,
+                      "--config", S->config, "--tokenizer",
+                      "tests/fixtures/clip-tiny", "--max-steps", steps,
+                      "--batch", "8", "--val-fraction", "0.25", "--seed", "3",
+                      "--threads", "2", "--alt-text-share", "0.75", "--quiet",
+                      NULL};
+  assert_int_equal(cmd_train((int)(sizeof alt_argv / sizeof alt_argv[0]) - 1,
+                             alt_argv),
+                   0);
+  snprintf(path, sizeof path, "%s/training.json", alt_out);
+  uint8_t *alt_js;
+  assert_int_equal(read_file_all(path, &alt_js, &n), 0);
+  alt_js[n] = 0;
+  assert_non_null(strstr((char *)alt_js, "\"alt_text_share\": 0.75"));
+  snprintf(path, sizeof path, "%s/training.json", out);
+  assert_int_equal(read_file_all(path, &js, &n), 0);
+  js[n] = 0;
+  const char *d1 = strstr((char *)js, "\"data_digest\": \"");
+  const char *d2 = strstr((char *)alt_js, "\"data_digest\": \"");
+  assert_non_null(d1);
+  assert_non_null(d2);
+  assert_true(strncmp(d1, d2, 80) != 0);
+  free(js);
+  free(alt_js);
   /* bad flags are usage errors */
   char *bad[] = {"train", "--catalog", S->catalog, NULL};
   assert_int_equal(cmd_train(3, bad), 2);
