@@ -738,6 +738,8 @@ static int cmd_info_proc(vlm__ctx *ctx) {
      * memory maps are in the RSS figures, not here. */
     struct mallinfo2 mi = mallinfo2();
     size_t used = mi.uordblks + mi.hblkhd;
+    if (used == 0) /* an allocator that keeps no such count (sanitizers) */
+      used = (size_t)(rss > 0 ? rss : 0) * 1024;
     static _Atomic size_t used_peak;
     size_t peak = atomic_load(&used_peak);
     while (used > peak && !atomic_compare_exchange_weak(&used_peak, &peak, used))
