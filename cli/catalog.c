@@ -225,6 +225,8 @@ typedef struct {
   int n, cap;
   char *buf; /* the field being read */
   size_t len, bufcap;
+  int nul_field;  /* the first field holding a NUL byte, or -1 */
+  long nul_line;  /* the line that NUL byte is on */
 } csv_record;
 
 struct vlm_catalog {
@@ -608,7 +610,8 @@ static int jsonl_next(vlm_catalog *cat, vlm_catalog_row *row) {
     size_t len = strlen(s);
     if ((size_t)n != (size_t)(s - line) + len) {
       row->line = cat->line;
-      set_row_error(row, VLM_SKIP_SYNTAX, "bad JSON: NUL byte in line");
+      set_row_error(row, VLM_SKIP_SYNTAX, "bad JSON: NUL byte at column %zu",
+                    (size_t)(s - line) + len + 1);
       free(line);
       return 1;
     }
@@ -620,9 +623,17 @@ static int jsonl_next(vlm_catalog *cat, vlm_catalog_row *row) {
       continue;
     row->line = cat->line;
     json_error_t jerr;
-    json_t *obj = json_loads(s, 0, &jerr);
+    /* A member given twice would otherwise resolve silently to the last
+     * one; the row is refused instead (nested objects, meta too). */
+    json_t *obj = json_loads(s, JSON_REJECT_DUPLICATES, &jerr);
     int rc;
-    if (!obj)
+    const char *near;
+    if (!obj && json_error_code(&jerr) == json_error_duplicate_key &&
+        (near = strstr(jerr.text, "near '")) && strlen(near) > 7)
+      rc = set_row_error(row, VLM_SKIP_SYNTAX,
+                         "bad JSON: duplicate member %.*s (column %d)",
+                         (int)strlen(near) - 7, near + 6, jerr.column);
+    else if (!obj)
       rc = set_row_error(row, VLM_SKIP_SYNTAX, "bad JSON: %s (column %d)",
                          jerr.text, jerr.column);
     else
@@ -691,6 +702,18 @@ static void rec_reset(csv_record *r) {
     free(r->v[i]);
   r->n = 0;
   r->len = 0;
+  r->nul_field = -1;
+  r->nul_line = 0;
+}
+
+/* Append c to the field being read, noting where the first NUL byte is: a
+ * cell is a C string from here on, and a NUL would cut it short. */
+static int rec_add(csv_record *r, int c, long line) {
+  if (c == '\0' && r->nul_field < 0) {
+    r->nul_field = r->n;
+    r->nul_line = line;
+  }
+  return rec_putc(r, c);
 }
 
 static void rec_free(csv_record *r) {
@@ -728,10 +751,10 @@ static int csv_read(FILE *f, char delim, long *line, csv_record *r,
           if (c != '"')
             break; /* closing quote; c is what follows it */
         }
+        if (rec_add(r, c, *line + 1))
+          return VLM_ENOMEM;
         if (c == '\n')
           (*line)++;
-        if (rec_putc(r, c))
-          return VLM_ENOMEM;
       }
       if (c == '\r') {
         int next = getc_unlocked(f);
@@ -754,7 +777,7 @@ static int csv_read(FILE *f, char delim, long *line, csv_record *r,
           }
           ungetc(next, f);
         }
-        if (rec_putc(r, c))
+        if (rec_add(r, c, *line + 1))
           return VLM_ENOMEM;
         c = getc_unlocked(f);
       }
@@ -821,6 +844,9 @@ static int csv_header(vlm_catalog *cat) {
     return vlm_seterr(VLM_EFORMAT, "%s: empty file, no header row", cat->path);
   if (bad)
     return vlm_seterr(VLM_EFORMAT, "%s:%ld: header: %s", cat->path, start, bad);
+  if (cat->rec.nul_field >= 0)
+    return vlm_seterr(VLM_EFORMAT, "%s:%ld: header: column %d holds a NUL byte",
+                      cat->path, cat->rec.nul_line, cat->rec.nul_field + 1);
   cat->cols = calloc(cat->rec.n, sizeof *cat->cols);
   if (!cat->cols)
     return VLM_ENOMEM;
@@ -972,6 +998,16 @@ static int csv_next(vlm_catalog *cat, vlm_catalog_row *row) {
     return set_row_error(row, VLM_SKIP_SYNTAX,
                          "%d field%s, the header has %d", cat->rec.n,
                          cat->rec.n == 1 ? "" : "s", cat->ncols);
+  if (cat->rec.nul_field >= 0) {
+    const csv_column *col = &cat->cols[cat->rec.nul_field];
+    return set_row_error(row, VLM_SKIP_SYNTAX,
+                         "NUL byte in column %d (%s%s), line %ld",
+                         cat->rec.nul_field + 1,
+                         col->kind == COL_META ? "meta." : "",
+                         col->kind == COL_META ? col->meta_name
+                                               : column_names[col->kind],
+                         cat->rec.nul_line);
+  }
   json_t *obj = csv_object(cat, row);
   if (!obj)
     return 1;
@@ -1039,7 +1075,8 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 /* The sidecar text of an image: NAME.jpg.txt or NAME.txt.  Returns 0 with
- * *text NULL when there is none. */
+ * *text NULL when there is none, 1 when it holds a NUL byte, or a negative
+ * code. */
 static int read_sidecar(const char *image_path, char **text) {
   char path[PATH_MAX + 8];
   *text = NULL;
@@ -1070,6 +1107,11 @@ static int read_sidecar(const char *image_path, char **text) {
   fclose(mem);
   if (!buf)
     return VLM_ENOMEM;
+  if (memchr(buf, '\0', len)) { /* it would cut the text short */
+    free(buf);
+    *text = NULL;
+    return 1;
+  }
   char *t = trim(buf);
   memmove(buf, t, strlen(t) + 1);
   *text = buf;
@@ -1084,11 +1126,15 @@ static int dir_next(vlm_catalog *cat, vlm_catalog_row *row) {
   json_t *obj = json_object();
   char *image = vlm_catalog_resolve_path(cat->base, rel);
   char *text = NULL;
-  int rc = VLM_ENOMEM;
-  if (!obj || !image || read_sidecar(image, &text))
+  int rc = VLM_ENOMEM, sidecar = 0;
+  if (!obj || !image || (sidecar = read_sidecar(image, &text)) < 0)
     goto done;
   if (!(row->key = strdup(rel)))
     goto done;
+  if (sidecar == 1) {
+    rc = set_row_error(row, VLM_SKIP_SYNTAX, "sidecar text holds a NUL byte");
+    goto done;
+  }
   if (text && !utf8_valid(text)) {
     rc = set_row_error(row, VLM_SKIP_SYNTAX, "sidecar text is not UTF-8");
     goto done;

@@ -107,7 +107,7 @@ int vlm_eval_pairs_load(const char *path, vlm_eval_pair **pairs,
     if (!*s)
       continue;
     json_error_t jerr;
-    obj = json_loads(s, 0, &jerr);
+    obj = json_loads(s, JSON_REJECT_DUPLICATES, &jerr); /* no last-one-wins */
     if (!obj) {
       rc = vlm_seterr(VLM_EFORMAT, "%s:%ld: bad JSON: %s", path, lineno,
                       jerr.text);

@@ -84,6 +84,17 @@ static void write_file(const char *dir, const char *name, const char *text) {
   fclose(f);
 }
 
+/* Like write_file, for contents with NUL bytes. */
+static void write_bytes(const char *dir, const char *name, const char *data,
+                        size_t len) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  fclose(f);
+}
+
 /* Read every row of a catalog; returns the count. */
 #define MAX_ROWS 32
 static int read_all(const char *path, const vlm_catalog_options *opts,
@@ -374,6 +385,79 @@ static void test_csv_bad_headers(void **state) {
   assert_int_equal(vlm_catalog_open(path, NULL, &cat), VLM_EINVAL);
   snprintf(path, sizeof path, "%s/missing.jsonl", dir);
   assert_int_equal(vlm_catalog_open(path, NULL, &cat), VLM_ENOTFOUND);
+}
+
+/* A NUL byte would cut a C string short, so every reader refuses the row
+ * (the JSONL reader always did; CSV cells and sidecar texts were silently
+ * truncated), and a JSON member given twice is refused rather than
+ * resolved to the last one. */
+static void test_nul_bytes_and_duplicate_members(void **state) {
+  const char *dir = *state;
+  static const char jsonl[] =
+      "{\"key\": \"n1\", \"text\": \"cut\0here\"}\n"
+      "{\"key\": \"d1\", \"text\": \"first\", \"text\": \"second\"}\n"
+      "{\"key\": \"d2\", \"text\": \"t\", \"meta\": {\"year\": 1, \"year\": 2}}\n"
+      "{\"key\": \"ok\", \"text\": \"fine\", \"meta\": {\"a\": {\"b\": 1}, \"b\": 2}}\n";
+  write_bytes(dir, "nul.jsonl", jsonl, sizeof jsonl - 1);
+  static const char csv[] = "key,text,meta.note\n"
+                            "c1,cut\0here,x\n"
+                            "c2,fine,\"two\nlines\0\"\n"
+                            "c3,fine,y\n";
+  write_bytes(dir, "nul.csv", csv, sizeof csv - 1);
+  static const char header[] = "key,te\0xt\nh1,x\n";
+  write_bytes(dir, "header.csv", header, sizeof header - 1);
+  write_file(dir, "pics/a.jpg", "x");
+  write_bytes(dir, "pics/a.txt", "cap\0tion", 8);
+  write_file(dir, "pics/b.jpg", "x");
+  write_file(dir, "pics/b.txt", "caption");
+
+  char path[PATH_MAX];
+  vlm_catalog_row rows[MAX_ROWS] = {{0}};
+  snprintf(path, sizeof path, "%s/nul.jsonl", dir);
+  int n = read_all(path, NULL, rows);
+  assert_int_equal(n, 4);
+  assert_int_equal(rows[0].error, VLM_SKIP_SYNTAX);
+  assert_int_equal(rows[0].line, 1);
+  assert_non_null(strstr(rows[0].message, "NUL byte at column 27"));
+  assert_int_equal(rows[1].error, VLM_SKIP_SYNTAX);
+  assert_int_equal(rows[1].line, 2);
+  assert_non_null(strstr(rows[1].message, "duplicate member \"text\""));
+  assert_int_equal(rows[2].error, VLM_SKIP_SYNTAX);
+  assert_int_equal(rows[2].line, 3);
+  assert_non_null(strstr(rows[2].message, "duplicate member \"year\""));
+  /* The same name in different objects is no duplicate. */
+  assert_int_equal(rows[3].error, VLM_SKIP_NONE);
+  clear_rows(rows, n);
+
+  snprintf(path, sizeof path, "%s/nul.csv", dir);
+  n = read_all(path, NULL, rows);
+  assert_int_equal(n, 3);
+  assert_int_equal(rows[0].error, VLM_SKIP_SYNTAX);
+  assert_int_equal(rows[0].line, 2);
+  assert_non_null(strstr(rows[0].message, "NUL byte in column 2 (text), line 2"));
+  assert_int_equal(rows[1].error, VLM_SKIP_SYNTAX);
+  assert_int_equal(rows[1].line, 3);
+  assert_non_null(
+      strstr(rows[1].message, "NUL byte in column 3 (meta.note), line 4"));
+  assert_int_equal(rows[2].error, VLM_SKIP_NONE);
+  assert_int_equal(rows[2].line, 5);
+  assert_string_equal(rows[2].text, "fine");
+  clear_rows(rows, n);
+
+  vlm_catalog *cat = NULL;
+  snprintf(path, sizeof path, "%s/header.csv", dir);
+  assert_int_equal(vlm_catalog_open(path, NULL, &cat), VLM_EFORMAT);
+  assert_non_null(strstr(vlm_errmsg(), "header.csv:1: header: column 2 holds a NUL"));
+
+  snprintf(path, sizeof path, "%s/pics", dir);
+  n = read_all(path, NULL, rows);
+  assert_int_equal(n, 2);
+  assert_string_equal(rows[0].key, "a.jpg");
+  assert_int_equal(rows[0].error, VLM_SKIP_SYNTAX);
+  assert_non_null(strstr(rows[0].message, "sidecar text holds a NUL byte"));
+  assert_int_equal(rows[1].error, VLM_SKIP_NONE);
+  assert_string_equal(rows[1].text, "caption");
+  clear_rows(rows, n);
 }
 
 /* --------------------------------------------------------- directory */
@@ -676,6 +760,11 @@ static void test_eval_pairs_file(void **state) {
   snprintf(path, sizeof path, "%s/bad.jsonl", dir);
   assert_int_equal(vlm_eval_pairs_load(path, &pairs, &n), VLM_EFORMAT);
   assert_non_null(strstr(vlm_errmsg(), "bad.jsonl:2:"));
+  write_file(dir, "dup.jsonl",
+             "{\"image\": \"img1\", \"text\": \"a\", \"text\": \"b\"}\n");
+  snprintf(path, sizeof path, "%s/dup.jsonl", dir);
+  assert_int_equal(vlm_eval_pairs_load(path, &pairs, &n), VLM_EFORMAT);
+  assert_non_null(strstr(vlm_errmsg(), "dup.jsonl:1: bad JSON: duplicate"));
 }
 
 /* ------------------------------------------------- the vlmdb binary */
@@ -1857,6 +1946,8 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_csv_bad_headers, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_nul_bytes_and_duplicate_members,
+                                      setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_directory_catalog, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test(test_base64_rfc4648_vectors),
