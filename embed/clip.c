@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "clip_int.h"
+#include "image.h"
 #include "kernels.h"
 #include "sha256.h"
 #include "tokenizer.h"
@@ -471,53 +472,13 @@ done:
   return rc;
 }
 
-/* Read a whole file (images are small next to the weights). */
-static int read_file(const char *path, uint8_t **data, size_t *len) {
-  *data = NULL;
-  *len = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return vlm_seterr(errno == ENOENT ? VLM_ENOTFOUND : VLM_EIO, "%s: %s",
-                      path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  uint8_t *buf = malloc(cap);
-  for (;;) {
-    if (!buf) {
-      fclose(f);
-      return vlm_seterr(VLM_ENOMEM, "%s: out of memory reading", path);
-    }
-    n += fread(buf + n, 1, cap - n, f);
-    if (n < cap)
-      break;
-    if (cap >= (size_t)1 << 31) {
-      free(buf);
-      fclose(f);
-      return vlm_seterr(VLM_ETOOBIG, "%s: larger than 2 GiB", path);
-    }
-    uint8_t *bigger = realloc(buf, cap * 2);
-    if (!bigger)
-      free(buf);
-    buf = bigger;
-    cap *= 2;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return vlm_seterr(VLM_EIO, "%s: read error", path);
-  }
-  *data = buf;
-  *len = n;
-  return 0;
-}
-
 int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
                              float *pixels) {
   if (!clip || !path || !pixels)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_preprocess_file: NULL argument");
   uint8_t *data;
   size_t len;
-  int rc = read_file(path, &data, &len);
+  int rc = vlm__image_read_file(path, (size_t)1 << 31, &data, &len);
   if (rc)
     return rc;
   rc = vlm__preprocess(&clip->pp, data, len, pixels);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "image.h"
 #include "preprocess.h"
 #include "sha256.h"
 #include "vlm_clip.h"
@@ -123,45 +124,9 @@ void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
   *len = d->pairs[i].ntok;
 }
 
+/* Image files: regular files only (a FIFO would block the loader). */
 static int read_file(const char *path, uint8_t **data, size_t *len) {
-  *data = NULL;
-  *len = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return vlm_seterr(errno == ENOENT ? VLM_ENOTFOUND : VLM_EIO, "%s: %s",
-                      path, strerror(errno));
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n == cap) {
-      cap = cap ? cap * 2 : 65536;
-      if (cap > ((size_t)1 << 30)) {
-        free(buf);
-        fclose(f);
-        return vlm_seterr(VLM_ETOOBIG, "%s: over 1 GiB", path);
-      }
-      uint8_t *p = realloc(buf, cap);
-      if (!p) {
-        free(buf);
-        fclose(f);
-        return vlm_seterr(VLM_ENOMEM, "%s", path);
-      }
-      buf = p;
-    }
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0)
-      break;
-  }
-  int err = ferror(f);
-  fclose(f);
-  if (err) {
-    free(buf);
-    return vlm_seterr(VLM_EIO, "%s: read error", path);
-  }
-  *data = buf;
-  *len = n;
-  return 0;
+  return vlm__image_read_file(path, (size_t)1 << 30, data, len);
 }
 
 /* ---- reduction ----------------------------------------------------------- */

@@ -15,6 +15,14 @@
  * collectors only sleep and hand over, so waiting for a window never
  * holds a worker, and while one batch is encoded the next is gathered.
  * With batching off every job embeds its own input in its exec task.
+ *
+ * Order.  A connection's jobs enter the workers in request order, and a
+ * write (or SAVE, EVAL) enters only when the connection has nothing else
+ * in the workers; reads between two writes go in together.  So pipelined
+ * commands take effect in the order sent (ADD k; DEL k deletes k) while
+ * other connections' jobs, and their embeddings in the batcher, proceed
+ * in parallel.  The gate runs on the loop thread: vlm__job_start queues
+ * the job or launches it, vlm__job_finished launches what it held back.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +82,7 @@ void vlm__job_complete(vlm__job *job) {
   else
     srv->done_head = job;
   srv->done_tail = job;
+  pthread_cond_signal(&srv->done_cv);
   pthread_mutex_unlock(&srv->done_mu);
   uv_async_send(&srv->async_done);
 }
@@ -136,10 +145,58 @@ static void job_run(vlm__task *task) {
   vlm__job_complete(job);
 }
 
-void vlm__job_start(vlm__job *job) {
-  job->conn->refs++;
+/* ---- execution order per connection (loop thread) ---- */
+
+static int job_exclusive(const vlm__job *job) {
+  return (job->cmd->flags & (VLM__CMD_WRITE | VLM__CMD_ADMIN)) != 0;
+}
+
+static int job_may_run(const vlm__conn *conn, const vlm__job *job) {
+  if (conn->exec_write)
+    return 0;
+  return !job_exclusive(job) || conn->exec_reads == 0;
+}
+
+static void job_launch(vlm__job *job) {
+  vlm__conn *conn = job->conn;
+  if (job_exclusive(job))
+    conn->exec_write = 1;
+  else
+    conn->exec_reads++;
   job->task.run = job_run;
   vlm__pool_submit(&job->srv->pool, &job->task);
+}
+
+void vlm__job_start(vlm__job *job) {
+  vlm__conn *conn = job->conn;
+  conn->refs++;
+  if (!conn->wait_head && job_may_run(conn, job)) {
+    job_launch(job);
+    return;
+  }
+  job->wait_next = NULL;
+  if (conn->wait_tail)
+    conn->wait_tail->wait_next = job;
+  else
+    conn->wait_head = job;
+  conn->wait_tail = job;
+  job->srv->jobs_waiting++;
+}
+
+void vlm__job_finished(vlm__job *job) {
+  vlm__conn *conn = job->conn;
+  if (job_exclusive(job))
+    conn->exec_write = 0;
+  else
+    conn->exec_reads--;
+  vlm__job *next;
+  while ((next = conn->wait_head) && job_may_run(conn, next)) {
+    conn->wait_head = next->wait_next;
+    if (!conn->wait_head)
+      conn->wait_tail = NULL;
+    job->srv->jobs_waiting--;
+    job_launch(next);
+  }
 }
 
 /* ---- batcher ---- */

@@ -96,6 +96,7 @@ void vlm__batcher_destroy(vlm__batcher *b);
 struct vlm__job {
   vlm__task task;           /* runs job stages on the pool */
   vlm__job *next;           /* connection's reply order (loop) */
+  vlm__job *wait_next;      /* connection's execution queue (loop) */
   vlm__job *done_next;      /* server's completion queue */
   vlm__job *batch_next;     /* batcher queue (batcher lock) */
   vlm__conn *conn;
@@ -123,8 +124,14 @@ struct vlm__job {
 vlm__job *vlm__job_new(vlm__conn *conn, const vlm__command *cmd, int argc,
                        const vlm__resp_arg *argv);
 void vlm__job_free(vlm__job *job);
-/* Submit to the workers (loop thread). */
+/* Hand a job to its connection's execution order (loop thread): it goes
+ * to the workers at once, or waits until the earlier jobs it must follow
+ * are done (see vlm__conn's exec fields). */
 void vlm__job_start(vlm__job *job);
+/* A job came back from the workers (loop thread, before it is freed or
+ * its reply drained): release its place and start the jobs that waited on
+ * it. */
+void vlm__job_finished(vlm__job *job);
 /* Post a finished job back to the loop (any thread). */
 void vlm__job_complete(vlm__job *job);
 
@@ -192,7 +199,16 @@ struct vlm__conn {
   int writing;
   vlm__job *jobs_head, *jobs_tail;  /* replies owed, in request order */
   int njobs;
-  int refs;                 /* jobs in the workers */
+  int refs;                 /* jobs in the workers or waiting to go */
+  /* Execution order.  Commands take effect in the order sent: a write
+   * (VLM__CMD_WRITE or ADMIN) starts only when every earlier job of the
+   * connection is done, and nothing starts while a write runs; reads
+   * between writes run in parallel.  Jobs that cannot start yet wait here,
+   * in request order, and keep waiting (as orphans) if the client leaves:
+   * a command received is a command executed. */
+  vlm__job *wait_head, *wait_tail;
+  int exec_reads;           /* read jobs in the workers */
+  int exec_write;           /* a write job is in the workers */
   int resp3, authed;
   int reading, paused, quit, closing, closed;
   int flush_queued;         /* on the completion handler's flush list */
@@ -233,7 +249,9 @@ struct vlm_server {
   vlm__pool pool;
   vlm__batcher batcher;
   pthread_mutex_t done_mu;  /* guards done_head/done_tail */
+  pthread_cond_t done_cv;   /* signalled with done_mu when a job is posted */
   vlm__job *done_head, *done_tail;
+  int jobs_waiting;         /* loop: jobs in connections' wait queues */
 
   vlm__conn *conns;
   int nconns;

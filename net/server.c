@@ -6,8 +6,8 @@
  * request moves to the client's own buffer, which then grows to fit the
  * request, up to the request limits the parser enforces, and is freed once
  * empty.  Every complete request in a read is dispatched at once
- * (pipelining); a client with max_pipeline requests still in the workers
- * is not read from until replies drain.
+ * (pipelining); its jobs take effect in request order (jobs.c); a client
+ * with max_pipeline requests owed is not read from until replies drain.
  *
  * Output.  Replies are appended to the client's output buffer and written
  * with uv_try_write when the read (or a batch of completions) has been
@@ -454,6 +454,7 @@ static void on_jobs_done(uv_async_t *async) {
     vlm__job *next = job->done_next;
     vlm__conn *conn = job->conn;
     conn->refs--;
+    vlm__job_finished(job);
     if (job->orphan) {
       vlm__job_free(job);
       if (conn->closed && conn->refs == 0)
@@ -582,8 +583,23 @@ static void close_handle(vlm_server *srv, uv_handle_t *h) {
   }
 }
 
+/* Run the jobs still waiting behind others of their (closed) connection:
+ * each completion may release the next, so take completions here until no
+ * job waits.  Some job of each such connection is in the workers, so this
+ * ends. */
+static void drain_waiting_jobs(vlm_server *srv) {
+  while (srv->jobs_waiting > 0) {
+    pthread_mutex_lock(&srv->done_mu);
+    while (!srv->done_head)
+      pthread_cond_wait(&srv->done_cv, &srv->done_mu);
+    pthread_mutex_unlock(&srv->done_mu);
+    on_jobs_done(&srv->async_done);
+  }
+}
+
 static void finish_shutdown(vlm_server *srv) {
   /* No client is left: every job still in the workers is an orphan. */
+  drain_waiting_jobs(srv);
   vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
   on_jobs_done(&srv->async_done);
@@ -752,6 +768,7 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
     srv->field_types[i] = info.field_types[i];
   }
   pthread_mutex_init(&srv->done_mu, NULL);
+  pthread_cond_init(&srv->done_cv, NULL);
   srv->rbuf = malloc(READ_CHUNK);
   if (!srv->rbuf || (opts->requirepass && *opts->requirepass &&
                      !srv->password)) {
@@ -810,6 +827,7 @@ fail_loop:
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
 fail_early:
+  pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
   free(srv->password);
@@ -850,6 +868,7 @@ void vlm_server_free(vlm_server *srv) {
     for (vlm__conn *conn = srv->conns; conn; conn = conn->next)
       conn_close(conn);
     uv_run(&srv->loop, UV_RUN_NOWAIT);
+    drain_waiting_jobs(srv);
     vlm__batcher_stop(&srv->batcher);
     vlm__pool_stop(&srv->pool);
     on_jobs_done(&srv->async_done);
@@ -865,6 +884,7 @@ void vlm_server_free(vlm_server *srv) {
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
   vlm__batcher_destroy(&srv->batcher);
+  pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
   if (srv->password) {

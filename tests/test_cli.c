@@ -1836,6 +1836,63 @@ static void test_e2e_csv_tsv_dir_and_exit_status(void **state) {
   assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", db, path), 0);
 }
 
+/* An image path that is a FIFO, a directory or a device is a bad row like
+ * a missing file: the ingest finishes, stores the good rows around it and
+ * reports it.  Before, opening the FIFO blocked the batch forever (and
+ * SIGTERM did not end it), so a hang is caught here with a deadline. */
+static void test_e2e_non_regular_image_files(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], path[PATH_MAX];
+  make_images(dir);
+  db_path(db, sizeof db, dir, "db");
+  init_db(dir, "db");
+  db_path(path, sizeof path, dir, "img/pipe.jpg");
+  assert_int_equal(mkfifo(path, 0600), 0);
+  db_path(path, sizeof path, dir, "img/folder.jpg");
+  assert_int_equal(mkdir(path, 0700), 0);
+  write_file(dir, "odd.jsonl",
+             "{\"key\": \"ok1\", \"image\": \"img/gray.jpg\", \"text\": \"a\"}\n"
+             "{\"key\": \"fifo\", \"image\": \"img/pipe.jpg\", \"text\": \"b\"}\n"
+             "{\"key\": \"dir\", \"image\": \"img/folder.jpg\"}\n"
+             "{\"key\": \"dev\", \"image\": \"/dev/null\"}\n"
+             "{\"key\": \"ok2\", \"image\": \"img/rgb.png\"}\n");
+  db_path(path, sizeof path, dir, "odd.jsonl");
+  const char *args[] = {"ingest", "--db", db, path, NULL};
+  pid_t pid = spawn_vlmdb(dir, args);
+  int st = 0;
+  pid_t got = 0;
+  for (int i = 0; i < 1200 && got == 0; i++) { /* 60 s */
+    got = waitpid(pid, &st, WNOHANG);
+    if (got == 0)
+      usleep(50000);
+  }
+  if (got == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    fail_msg("vlmdb ingest still running after 60 s (a FIFO image path)");
+  }
+  snprintf(path, sizeof path, "%s/.stdout", dir);
+  char *out = slurp(path);
+  snprintf(path, sizeof path, "%s/.stderr", dir);
+  char *err = slurp(path);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 ||
+      !strstr(out, "ingested 2 of 5 rows") ||
+      !strstr(err, "odd.jsonl:2: missing-file: key \"fifo\"") ||
+      !strstr(err, "FIFO") ||
+      !strstr(err, "odd.jsonl:3: missing-file: key \"dir\"") ||
+      !strstr(err, "odd.jsonl:4: missing-file: key \"dev\""))
+    fail_msg("ingest status %d\nstdout:\n%s\nstderr:\n%s", st, out, err);
+  free(out);
+  free(err);
+  free(RUN_OK(dir, "get", "--db", db, "ok1", "--json"));
+  free(RUN_OK(dir, "get", "--db", db, "ok2", "--json"));
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  assert_int_equal(json_int(info, "items"), 2);
+  json_decref(info);
+  free(out);
+}
+
 static void test_e2e_help_and_usage_errors(void **state) {
   const char *dir = *state;
   const char *cmds[] = {"init", "ingest", "search", "eval", "info",
@@ -1966,6 +2023,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_e2e_search_options_reindex_upsert,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_export_roundtrip, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_non_regular_image_files, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_csv_tsv_dir_and_exit_status, setup_tmpdir,
                                       teardown_tmpdir),

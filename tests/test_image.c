@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -923,6 +925,75 @@ static void test_concurrent_preprocess(void **state) {
   assert_int_equal(bad, 0);
 }
 
+/* A FIFO, a directory or a device given as an image file is refused at
+ * once, as a missing file is; before, opening the FIFO waited forever for
+ * a writer.  The calls run in a child with an alarm so that a hang fails
+ * the test instead of stopping the suite. */
+static void test_non_regular_files(void **state) {
+  (void)state;
+  char dir[] = "/tmp/vlm_image_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char fifo[64], sub[64], missing[64];
+  snprintf(fifo, sizeof fifo, "%s/pipe.jpg", dir);
+  snprintf(sub, sizeof sub, "%s/dir.jpg", dir);
+  snprintf(missing, sizeof missing, "%s/nope.jpg", dir);
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  assert_int_equal(mkdir(sub, 0700), 0);
+  vlm_clip *clip = NULL;
+  assert_int_equal(vlm_clip_load("tests/fixtures/clip-tiny", NULL, &clip), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    alarm(20);
+    static float pixels[3 * 32 * 32], want[3 * 32 * 32];
+    const char *bad[] = {fifo, sub, "/dev/null", missing};
+    const char *kind[] = {"FIFO", "directory", "device", "No such file"};
+    for (int i = 0; i < 4; i++) {
+      int rc = vlm_clip_preprocess_file(clip, bad[i], pixels);
+      if (rc != VLM_ENOTFOUND || !strstr(vlm_errmsg(), kind[i])) {
+        fprintf(stderr, "%s: rc %d '%s', wanted VLM_ENOTFOUND, '%s'\n",
+                bad[i], rc, vlm_errmsg(), kind[i]);
+        _exit(1);
+      }
+      uint8_t *data = (uint8_t *)1;
+      size_t len = 1;
+      rc = vlm__image_read_file(bad[i], 1u << 20, &data, &len);
+      if (rc != VLM_ENOTFOUND || data || len) {
+        fprintf(stderr, "vlm__image_read_file %s: rc %d\n", bad[i], rc);
+        _exit(1);
+      }
+    }
+    /* A regular file still reads whole and preprocesses as its bytes do. */
+    size_t len;
+    uint8_t *data = read_all(FIX "clip-tiny/photo_rgb.jpg", &len), *got;
+    size_t got_len;
+    if (vlm__image_read_file(FIX "clip-tiny/photo_rgb.jpg", 1u << 20, &got,
+                             &got_len) ||
+        got_len != len || memcmp(got, data, len) ||
+        vlm__image_read_file(FIX "clip-tiny/photo_rgb.jpg", len - 1, &got,
+                             &got_len) != VLM_ETOOBIG ||
+        vlm_clip_preprocess_file(clip, FIX "clip-tiny/photo_rgb.jpg",
+                                 pixels) ||
+        vlm_clip_preprocess(clip, data, len, want) ||
+        memcmp(pixels, want, sizeof want)) {
+      fprintf(stderr, "regular file: %s\n", vlm_errmsg());
+      _exit(1);
+    }
+    _exit(0);
+  }
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    fail_msg("non-regular image files: child %s %d",
+             WIFEXITED(st) ? "exited" : "died of signal",
+             WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+  vlm_clip_free(clip);
+  unlink(fifo);
+  rmdir(sub);
+  rmdir(dir);
+}
+
 static void test_fuzz_regressions(void **state) {
   (void)state;
   DIR *d = opendir(FIX "crashes");
@@ -962,6 +1033,7 @@ int main(void) {
       cmocka_unit_test(test_preprocess_image_modes),
       cmocka_unit_test(test_thumbnail_sizes),
       cmocka_unit_test(test_concurrent_preprocess),
+      cmocka_unit_test(test_non_regular_files),
       cmocka_unit_test(test_fuzz_regressions),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1741,6 +1741,145 @@ static void expect_shell(const char *cmdline, const char *want) {
   free(out);
 }
 
+/* ---- the commands of one connection take effect in the order sent ---- */
+
+static redisReply *next_reply(redisContext *c, const char *what, int round) {
+  redisReply *r = NULL;
+  if (redisGetReply(c, (void **)&r) != REDIS_OK)
+    fail_msg("%s, round %d: %s", what, round, c->errstr);
+  return r;
+}
+
+static void next_int(redisContext *c, long long want, const char *what,
+                     int round) {
+  redisReply *r = next_reply(c, what, round);
+  if (r->type != REDIS_REPLY_INTEGER || r->integer != want)
+    fail_msg("%s, round %d: reply type %d %lld '%s', wanted :%lld", what,
+             round, r->type, r->integer, r->str ? r->str : "", want);
+  freeReplyObject(r);
+}
+
+static void next_caption(redisContext *c, const char *want, const char *what,
+                         int round) {
+  redisReply *r = next_reply(c, what, round);
+  redisReply *cap = r->type == REDIS_REPLY_ARRAY ? flat_get(r, "caption")
+                                                 : NULL;
+  if (!cap || !cap->str || strcmp(cap->str, want))
+    fail_msg("%s, round %d: caption '%s' (reply type %d), wanted '%s'", what,
+             round, cap && cap->str ? cap->str : "(none)", r->type, want);
+  freeReplyObject(r);
+}
+
+/* One round of writes on keys named by prefix and round, each depending on
+ * the one before: ADD a; DEL a; EXISTS a; UPSERT b first; UPSERT b second;
+ * GET b; ADD b (exists). */
+static void append_order_round(redisContext *c, const char *prefix, int i) {
+  redisAppendCommand(c, "ADD %sa%d TEXT %s", prefix, i, "gone soon");
+  redisAppendCommand(c, "DEL %sa%d", prefix, i);
+  redisAppendCommand(c, "EXISTS %sa%d", prefix, i);
+  redisAppendCommand(c, "UPSERT %sb%d TEXT first", prefix, i);
+  redisAppendCommand(c, "UPSERT %sb%d TEXT second", prefix, i);
+  redisAppendCommand(c, "GET %sb%d", prefix, i);
+  redisAppendCommand(c, "ADD %sb%d TEXT third", prefix, i);
+}
+
+static void check_order_round(redisContext *c, int i) {
+  next_int(c, 1, "ADD a", i);
+  next_int(c, 1, "DEL a after ADD a", i);
+  next_int(c, 0, "EXISTS a after DEL a", i);
+  next_int(c, 1, "UPSERT b first", i);
+  next_int(c, 1, "UPSERT b second", i);
+  next_caption(c, "second", "GET b after UPSERT first, second", i);
+  next_int(c, 0, "ADD b after UPSERT b", i);
+}
+
+/* What a pipeline left behind, read back one command at a time. */
+static void check_order_left(redisContext *c, const char *prefix, int rounds) {
+  for (int i = 0; i < rounds; i++) {
+    redisAppendCommand(c, "EXISTS %sa%d", prefix, i);
+    redisAppendCommand(c, "GET %sb%d", prefix, i);
+    next_int(c, 0, "EXISTS a afterwards", i);
+    next_caption(c, "second", "GET b afterwards", i);
+  }
+}
+
+static void test_pipeline_order(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  enum { ROUNDS = 200, NCONN = 4, CONN_ROUNDS = 60 };
+
+  /* One hiredis pipeline. */
+  redisContext *c = hconnect(s.port);
+  for (int i = 0; i < ROUNDS; i++)
+    append_order_round(c, "h", i);
+  for (int i = 0; i < ROUNDS; i++)
+    check_order_round(c, i);
+  check_order_left(c, "h", ROUNDS);
+  expect_int(hcmd(c, "COUNT"), ROUNDS);
+
+  /* redis-cli --pipe: the raw protocol from a file, as a bulk load does. */
+  char path[600], cmdline[1400];
+  snprintf(path, sizeof path, "%s/pipe.txt", s.dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  for (int i = 0; i < ROUNDS; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "pa%d", i);
+    const char *add[] = {"ADD", key, "TEXT", "gone soon"};
+    const char *del[] = {"DEL", key};
+    char buf[256];
+    fwrite(buf, 1, encode_cmd(buf, 4, add, NULL), f);
+    fwrite(buf, 1, encode_cmd(buf, 2, del, NULL), f);
+    snprintf(key, sizeof key, "pb%d", i);
+    const char *first[] = {"UPSERT", key, "TEXT", "first"};
+    const char *second[] = {"UPSERT", key, "TEXT", "second"};
+    fwrite(buf, 1, encode_cmd(buf, 4, first, NULL), f);
+    fwrite(buf, 1, encode_cmd(buf, 4, second, NULL), f);
+  }
+  fclose(f);
+  snprintf(cmdline, sizeof cmdline, "redis-cli -p %d --pipe < %s 2>&1",
+           s.port, path);
+  char *out = run_shell(cmdline);
+  char want[64];
+  snprintf(want, sizeof want, "errors: 0, replies: %d", 4 * ROUNDS);
+  if (!strstr(out, want))
+    fail_msg("redis-cli --pipe printed '%s', wanted '%s'", out, want);
+  free(out);
+  check_order_left(c, "p", ROUNDS);
+  expect_int(hcmd(c, "COUNT"), 2 * ROUNDS);
+
+  /* Several connections at once, each pipelining its own keys, their
+   * requests interleaved on the server. */
+  redisContext *cs[NCONN];
+  char prefix[NCONN][8];
+  for (int k = 0; k < NCONN; k++) {
+    cs[k] = hconnect(s.port);
+    snprintf(prefix[k], sizeof prefix[k], "c%d", k);
+  }
+  for (int i = 0; i < CONN_ROUNDS; i++)
+    for (int k = 0; k < NCONN; k++)
+      append_order_round(cs[k], prefix[k], i);
+  for (int k = 0; k < NCONN; k++) {
+    int done = 0;
+    while (!done) /* send everything before reading anything */
+      assert_int_equal(redisBufferWrite(cs[k], &done), REDIS_OK);
+  }
+  for (int k = 0; k < NCONN; k++)
+    for (int i = 0; i < CONN_ROUNDS; i++)
+      check_order_round(cs[k], i);
+  for (int k = 0; k < NCONN; k++) {
+    check_order_left(cs[k], prefix[k], CONN_ROUNDS);
+    redisFree(cs[k]);
+  }
+  expect_int(hcmd(c, "COUNT"), 2 * ROUNDS + NCONN * CONN_ROUNDS);
+  expect_ping(c);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 /* redis-cli's interactive mode on a pseudo-terminal: it fetches COMMAND
  * DOCS for its help at start, as a user at a terminal would see. */
 static char *redis_cli_interactive(int port, const char *const *lines) {
@@ -2602,6 +2741,7 @@ int main(void) {
       cmocka_unit_test(test_resp3),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),
+      cmocka_unit_test(test_pipeline_order),
       cmocka_unit_test(test_redis_cli),
       cmocka_unit_test(test_client_tools),
       cmocka_unit_test(test_scan),
