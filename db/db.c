@@ -765,6 +765,20 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                       it->key);
       goto done;
     }
+    {
+      const char *text[3] = {it->caption, it->source, it->meta_json};
+      static const char *text_name[3] = {"caption", "source", "meta_json"};
+      for (int t = 0; t < 3; t++) {
+        size_t len = text[t] ? strlen(text[t]) : 0;
+        if (len > VLM_DB_MAX_TEXT) {
+          rc = vlm_seterr(VLM_ETOOBIG,
+                          "key \"%s\": %s of %zu bytes exceeds the limit of "
+                          "%u (VLM_DB_MAX_TEXT)", it->key, text_name[t], len,
+                          VLM_DB_MAX_TEXT);
+          goto done;
+        }
+      }
+    }
     size_t payload = vlm__rec_size(strlen(it->key), it);
     if (payload > db->max_payload || payload > UINT32_MAX) {
       rc = vlm_seterr(VLM_ETOOBIG,

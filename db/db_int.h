@@ -248,7 +248,14 @@ int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
                         uint64_t *next_id, int64_t *nitems, uint64_t *seq);
 void vlm__snapshot_end(vlm__reader *r, int need_sql);
 float vlm__dot(const float *a, const void *b_unaligned, int dim);
+/* Normalize in to unit length into out (may equal in): VLM_ENUMERIC for a
+ * non-finite element, VLM_EINVAL when the length is not a normal float
+ * (zero or denormal scale).  Never overflows; out is always finite. */
 int vlm__normalize(const float *in, float *out, int dim, const char *what);
+/* 1 if all dim floats at vec (possibly unaligned) are finite.  Stored
+ * vectors failing it (written by builds before normalize was overflow-safe)
+ * are left out of the indexes and never rank; delete still removes them. */
+int vlm__vec_finite(const void *vec_unaligned, int dim);
 int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
                 const uint8_t *allow, uint64_t allow_bits, int depth,
                 uint64_t **ids, int *n);
@@ -283,6 +290,7 @@ struct vlm_db {
   uint64_t ix_next;           /* live bitmaps cover ids < ix_next */
   size_t live_bytes;
   vlm__vindex vx[VLM__NMOD];
+  int64_t bad_vecs;           /* stored non-finite vectors left out */
 
   /* optional background indexing */
   int async;

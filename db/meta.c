@@ -432,7 +432,9 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   sqlite3_limit(r->sql, SQLITE_LIMIT_ATTACHED, 0);
   sqlite3_limit(r->sql, SQLITE_LIMIT_SQL_LENGTH, VLM__MAX_FILTER + 1024);
   sqlite3_limit(r->sql, SQLITE_LIMIT_EXPR_DEPTH, 200);
-  sqlite3_limit(r->sql, SQLITE_LIMIT_LENGTH, 1 << 20);
+  /* A row holds the key, a caption and fields taken from meta_json, each
+   * at most VLM_DB_MAX_TEXT (put enforces it): room for all of them. */
+  sqlite3_limit(r->sql, SQLITE_LIMIT_LENGTH, 3 * VLM_DB_MAX_TEXT + 65536);
   r->auth.man = &db->man;
   sqlite3_set_authorizer(r->sql, vlm__authorizer, &r->auth);
   rc = sqlite3_prepare_v3(r->sql,

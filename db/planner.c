@@ -18,6 +18,7 @@
 #include "db_int.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -35,27 +36,51 @@ float vlm__dot(const float *a, const void *b, int dim) {
 }
 
 int vlm__normalize(const float *in, float *out, int dim, const char *what) {
-  double ss = 0;
+  /* Scaled by the largest magnitude before squaring, so neither tiny nor
+   * huge elements overflow or underflow the sum; the norm itself must be
+   * a normal float, since 1/norm of a denormal-scale vector overflows a
+   * float and would store infinities. */
+  double amax = 0;
   for (int i = 0; i < dim; i++) {
     if (!isfinite(in[i]))
       return vlm_seterr(VLM_ENUMERIC, "%s: element %d is not finite", what,
                         i);
-    ss += (double)in[i] * in[i];
+    double a = fabs((double)in[i]);
+    if (a > amax)
+      amax = a;
   }
-  if (!(ss > 0) || !isfinite(ss))
-    return vlm_seterr(VLM_EINVAL, "%s: vector has zero or infinite length",
-                      what);
+  double ss = 0;
+  if (amax > 0)
+    for (int i = 0; i < dim; i++) {
+      double x = in[i] / amax;
+      ss += x * x;
+    }
+  double norm = amax * sqrt(ss);
+  if (!(norm >= FLT_MIN) || !isfinite(norm))
+    return vlm_seterr(VLM_EINVAL,
+                      "%s: vector length %g is zero or too small to "
+                      "normalize (at least %g)", what, norm, (double)FLT_MIN);
   /* Unit vectors (to float precision) are kept bit for bit, so what is
    * stored is exactly what the caller gave. */
-  if (fabs(ss - 1.0) <= 1e-5) {
+  if (fabs(norm - 1.0) <= 5e-6) {
     if (out != in)
       memcpy(out, in, (size_t)dim * sizeof *out);
     return 0;
   }
-  float inv = (float)(1.0 / sqrt(ss));
   for (int i = 0; i < dim; i++)
-    out[i] = in[i] * inv;
+    out[i] = (float)(in[i] / norm);
   return 0;
+}
+
+int vlm__vec_finite(const void *vec_unaligned, int dim) {
+  const unsigned char *p = vec_unaligned;
+  for (int i = 0; i < dim; i++) {
+    float x;
+    memcpy(&x, p + (size_t)i * 4, 4);
+    if (!isfinite(x))
+      return 0;
+  }
+  return 1;
 }
 
 /* ---- a bounded min-heap of candidates ---------------------------------- */
@@ -67,6 +92,8 @@ typedef struct {
 
 static void heap_push(heap *h, uint64_t id, float score, int mod) {
   vlm__cand x = {id, score, mod};
+  if (!isfinite(score))
+    return; /* a damaged stored vector (see vlm__vec_finite) never ranks */
   if (h->n == h->cap) {
     if (score <= h->c[0].score)
       return;
@@ -322,7 +349,7 @@ static int sample_missed(sctx *s, int m, uint64_t upto, heap *h, int *err) {
       return 0;
     }
     float score = score_vec(s, vec[m]);
-    if (h->n == h->cap && score <= h->c[0].score)
+    if (!isfinite(score) || (h->n == h->cap && score <= h->c[0].score))
       continue;
     int present = 0;
     for (int j = 0; j < h->n && !present; j++)

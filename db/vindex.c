@@ -76,6 +76,17 @@ static int begin_published(vlm_db *db, MDB_txn **txn) {
   return rc ? vlm__lmdb_err(rc, "index read") : 0;
 }
 
+/* A stored vector that is not finite (written by a build whose normalize
+ * could overflow) stays out of the index: FAISS refuses it, and one bad
+ * record must not keep the database from opening.  It stays live (get,
+ * export and delete see it); searches never rank it. */
+static void skip_bad(vlm_db *db, int m, uint64_t id) {
+  db->bad_vecs++;
+  vlm__warn(db, "%s: item id %llu: stored %s vector is not finite; left "
+            "out of the index (delete or re-put the item to repair it)",
+            db->dir, (unsigned long long)id, mod_name[m]);
+}
+
 /* Add the live vectors of modality m with id in [from, tnext) to ix, in
  * chunks of ADD_CHUNK. */
 static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
@@ -105,6 +116,10 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
       goto done;
     if (!vec[m])
       continue;
+    if (!vlm__vec_finite(vec[m], dim)) {
+      skip_bad(db, m, id);
+      continue;
+    }
     memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
     ids[n++] = (int64_t)id;
     if (n == ADD_CHUNK) {
@@ -167,7 +182,7 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
       const void *vec[VLM__NMOD];
       if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
         goto fail;
-      if (!vec[m])
+      if (!vec[m] || !vlm__vec_finite(vec[m], dim))
         continue;
       if (seen++ % stride == 0)
         memcpy(buf + (size_t)got++ * dim, vec[m], (size_t)dim * 4);
@@ -326,6 +341,10 @@ static int catch_up_locked(vlm_db *db) {
         if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
             db->vx[m].upto == 0)
           continue;
+        if (!vlm__vec_finite(vec[m], dim)) {
+          skip_bad(db, m, id);
+          continue;
+        }
         int64_t j = m * ADD_CHUNK + n[m]++;
         memcpy(buf + (size_t)j * dim, vec[m], (size_t)dim * 4);
         ids[j] = (int64_t)id;

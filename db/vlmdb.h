@@ -78,18 +78,26 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
 /* Checkpoint (unless readonly) and close.  Accepts NULL. */
 void vlm_db_close(vlm_db *db);
 
+/* The most bytes of one item's caption, source and meta_json, each: put
+ * refuses a longer one (VLM_ETOOBIG, naming the key and the field), and
+ * every reader accepts values up to it.  The whole payload is further
+ * capped by vlm_db_open_options.max_payload. */
+#define VLM_DB_MAX_TEXT (1u << 20)
+
 /* One item to write.  At least one vector is required. */
 typedef struct {
   const char *key;         /* unique, non-empty UTF-8, at most 511 bytes */
   const float *image_vec;  /* dim floats or NULL */
   const float *text_vec;   /* dim floats or NULL */
-  const char *caption;     /* text of the item, indexed by FTS5; may be NULL */
-  const char *source;      /* source URI or path; may be NULL */
+  const char *caption;     /* text of the item, indexed by FTS5; may be NULL;
+                              at most VLM_DB_MAX_TEXT bytes */
+  const char *source;      /* source URI or path; may be NULL; at most
+                              VLM_DB_MAX_TEXT bytes */
   const void *thumb;       /* JPEG thumbnail bytes; may be NULL */
   size_t thumb_len;
   const char *meta_json;   /* JSON object or NULL: declared fields become
                               SQLite columns, all of it stays in the
-                              payload */
+                              payload; at most VLM_DB_MAX_TEXT bytes */
 } vlm_item;
 
 /* put flags */
