@@ -983,6 +983,101 @@ static void rewrite_manifest(const char *dir, const char *from,
   fclose(f);
 }
 
+/* Vectors that a naive normalize would overflow or underflow: a tiny one
+ * (its 1/length is infinite in float) is refused before the commit point,
+ * so the database stays openable; huge and tiny-element ones that
+ * have a proper unit form are stored finite and at unit length; a caption
+ * at the text limit reads back everywhere, one byte over is refused. */
+static void test_extreme_vectors_and_text_limit(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  float v[DIM] = {0};
+  vlm_item it = {.key = "tiny", .image_vec = v, .caption = "tiny"};
+  int written = 0;
+  v[0] = 1e-40f; /* denormal: length below FLT_MIN */
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, &it, 1, 0, &written));
+  assert_non_null(strstr(vlm_errmsg(), "tiny"));
+  v[0] = 0;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, &it, 1, 0, &written));
+  v[0] = NAN;
+  EXPECT_ERR(VLM_ENUMERIC, vlm_db_put(db, &it, 1, 0, &written));
+  v[0] = INFINITY;
+  EXPECT_ERR(VLM_ENUMERIC, vlm_db_put(db, &it, 1, 0, &written));
+  /* accepted: huge (the sum of squares overflows a float), many small
+   * normal elements (each square underflows a float), a mixed one */
+  float huge[DIM], small[DIM], mixed[DIM];
+  for (int i = 0; i < DIM; i++) {
+    huge[i] = i % 2 ? 3e38f : -3e38f;
+    small[i] = 2e-38f;
+    mixed[i] = i == 3 ? 1e30f : 1e-30f;
+  }
+  vlm_item ok[3] = {{.key = "huge", .image_vec = huge},
+                    {.key = "small", .image_vec = small},
+                    {.key = "mixed", .text_vec = mixed}};
+  CHECK(vlm_db_put(db, ok, 3, 0, &written));
+  assert_int_equal(written, 3);
+  vlm_db_close(db);
+  CHECK(vlm_db_open(t.dir, NULL, &db)); /* opens: nothing poisoned it */
+  const char *keys[3] = {"huge", "small", "mixed"};
+  for (int k = 0; k < 3; k++) {
+    vlm_record *rec;
+    CHECK(vlm_db_get(db, keys[k], &rec));
+    const float *x = rec->image_vec ? rec->image_vec : rec->text_vec;
+    assert_non_null(x);
+    double ss = 0;
+    for (int i = 0; i < DIM; i++) {
+      assert_true(isfinite(x[i]));
+      ss += (double)x[i] * x[i];
+    }
+    if (fabs(ss - 1) > 1e-5)
+      fail_msg("%s: stored length^2 %.9f", keys[k], ss);
+    vlm_record_free(rec);
+  }
+  /* a search by the huge vector finds it first, exactly and by index */
+  vlm_search_options o = {0};
+  o.k = 1;
+  vlm_hit *hits;
+  int nh;
+  for (int exact = 0; exact < 2; exact++) {
+    o.exact = exact;
+    CHECK(vlm_db_search(db, huge, &o, &hits, &nh));
+    assert_int_equal(nh, 1);
+    assert_string_equal(hits[0].key, "huge");
+    vlm_hits_free(hits, nh);
+  }
+
+  /* the text limit */
+  char *big = malloc(VLM_DB_MAX_TEXT + 2);
+  memset(big, 'w', VLM_DB_MAX_TEXT + 1);
+  memcpy(big, "zebra ", 6);
+  big[VLM_DB_MAX_TEXT] = '\0';
+  float u[DIM];
+  unit(u, DIM);
+  vlm_item full = {.key = "full", .image_vec = u, .caption = big};
+  CHECK(vlm_db_put(db, &full, 1, 0, &written));
+  big[VLM_DB_MAX_TEXT] = 'w';
+  big[VLM_DB_MAX_TEXT + 1] = '\0';
+  vlm_item over = {.key = "over", .image_vec = u, .caption = big};
+  EXPECT_ERR(VLM_ETOOBIG, vlm_db_put(db, &over, 1, 0, &written));
+  assert_non_null(strstr(vlm_errmsg(), "over"));
+  vlm_record *rec;
+  CHECK(vlm_db_get(db, "full", &rec));
+  assert_int_equal(strlen(rec->caption), VLM_DB_MAX_TEXT);
+  vlm_record_free(rec);
+  CHECK(vlm_db_verify(db));
+  o.exact = 0;
+  o.hybrid_text = "zebra";
+  CHECK(vlm_db_search(db, u, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  assert_string_equal(hits[0].key, "full");
+  vlm_hits_free(hits, nh);
+  free(big);
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
 static void test_open_refusals(void **state) {
   (void)state;
   tmp t;
@@ -2610,6 +2705,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_broad_filters, teardown_tmp),
       cmocka_unit_test_teardown(test_filter_injection_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_rrf, teardown_tmp),
+      cmocka_unit_test_teardown(test_extreme_vectors_and_text_limit,
+                                teardown_tmp),
       cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),
       cmocka_unit_test_teardown(test_mixed_batches_sqlite_matches_model, teardown_tmp),
       cmocka_unit_test_teardown(test_crash_kill9_recovery, teardown_tmp),
