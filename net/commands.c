@@ -102,6 +102,19 @@ static int arg_cstr(vlm__ctx *ctx, const vlm__resp_arg *a, const char *what) {
   return 0;
 }
 
+/* The state a command's proc hands to its exec: zeroed, owned by the job
+ * (freed with free_fn).  NULL, with the error replied, when out of memory. */
+static void *job_state(vlm__ctx *ctx, size_t size, void (*free_fn)(void *)) {
+  void *st = calloc(1, size);
+  if (!st) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return NULL;
+  }
+  ctx->job->state = st;
+  ctx->job->state_free = free_fn;
+  return st;
+}
+
 static int syntax_error(vlm__ctx *ctx, const vlm__resp_arg *a) {
   char tmp[64];
   vlm__reply_error(ctx->out, "ERR", "syntax error near '%s'",
@@ -669,13 +682,9 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   if (!any)
     for (int i = 0; i < NSECTIONS; i++)
       want[i] = 1;
-  info_state *st = calloc(1, sizeof *st);
-  if (!st) {
-    vlm__reply_error(ctx->out, "ERR", "out of memory");
+  info_state *st = job_state(ctx, sizeof *st, info_state_free);
+  if (!st)
     return -1;
-  }
-  ctx->job->state = st;
-  ctx->job->state_free = info_state_free;
   st->db = want[4];
   st->model = want[5];
   st->keyspace = want[6];
@@ -1300,13 +1309,9 @@ typedef struct {
 } scan_state;
 
 static int cmd_scan_proc(vlm__ctx *ctx) {
-  scan_state *st = calloc(1, sizeof *st);
-  if (!st) {
-    vlm__reply_error(ctx->out, "ERR", "out of memory");
+  scan_state *st = job_state(ctx, sizeof *st, free);
+  if (!st)
     return -1;
-  }
-  ctx->job->state = st;
-  ctx->job->state_free = free;
   st->count = 10;
   st->type_ok = 1;
   const vlm__resp_arg *c = &ctx->argv[1];
@@ -1387,13 +1392,9 @@ typedef struct {
 static int cmd_get_proc(vlm__ctx *ctx) {
   if (arg_cstr(ctx, &ctx->argv[1], "key") < 0)
     return -1;
-  get_state *st = calloc(1, sizeof *st);
-  if (!st) {
-    vlm__reply_error(ctx->out, "ERR", "out of memory");
+  get_state *st = job_state(ctx, sizeof *st, free);
+  if (!st)
     return -1;
-  }
-  ctx->job->state = st;
-  ctx->job->state_free = free;
   for (int i = 2; i < ctx->argc; i++) {
     if (arg_is(&ctx->argv[i], "WITHTHUMB"))
       st->thumb = 1;
@@ -1541,13 +1542,9 @@ static int cmd_lua_eval(vlm__ctx *ctx) {
 }
 
 static int cmd_eval_proc(vlm__ctx *ctx) {
-  eval_state *st = calloc(1, sizeof *st);
-  if (!st) {
-    vlm__reply_error(ctx->out, "ERR", "out of memory");
+  eval_state *st = job_state(ctx, sizeof *st, free);
+  if (!st)
     return -1;
-  }
-  ctx->job->state = st;
-  ctx->job->state_free = free;
   int nks = 0;
   for (int i = 1; i < ctx->argc; i++) {
     const vlm__resp_arg *a = &ctx->argv[i];
