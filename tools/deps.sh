@@ -12,7 +12,7 @@ libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis"
 DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist"
 # the next default model's sources (tools/make-data.sh emoji tuxpaint)
 DATA_NEXT_PKGS="fonts-noto-color-emoji unicode-cldr-core python3-fonttools
-tuxpaint-stamps-default librsvg2-bin"
+tuxpaint-stamps-default librsvg2-bin npm"
 
 pkgs=$BUILD_PKGS
 [ "${1:-build}" = data ] && pkgs="$BUILD_PKGS $DATA_PKGS"

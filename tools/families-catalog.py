@@ -39,11 +39,16 @@ def write_catalog(out, rows, stats):
     dump = lambda r: json.dumps(r, ensure_ascii=False, separators=(",", ":"))
     with open(os.path.join(out, "catalog.jsonl"), "w") as c, \
          open(os.path.join(out, "train.jsonl"), "w") as tr, \
-         open(os.path.join(out, "test.jsonl"), "w") as te:
+         open(os.path.join(out, "test.jsonl"), "w") as te, \
+         open(os.path.join(out, "style.jsonl"), "w") as styl:
         for r in rows:
             line = dump(r) + "\n"
             c.write(line)
-            (te if r["meta"]["split"] == "test" else tr).write(line)
+            split = r["meta"]["split"]
+            if split == "style":
+                styl.write(line)
+            else:
+                (te if split == "test" else tr).write(line)
     with open(os.path.join(out, "stats.json"), "w") as f:
         json.dump(stats, f, ensure_ascii=False, indent=1, sort_keys=True)
         f.write("\n")
@@ -177,6 +182,87 @@ def emoji(out):
              stats["locales_80pct"], stats["test"]), file=sys.stderr)
 
 
+# ---- more emoji styles (npm packages) -----------------------------------
+
+# name, npm tarball, member prefix, file suffix, held out as a style
+STYLES = [
+    ("twemoji", "emoji-datasource-twitter-16.0.0.tgz", "package/img/twitter/64/", ".png", False),
+    ("openmoji", "openmoji-17.0.0.tgz", "package/color/svg/", ".svg", False),
+    ("openmoji-line", "openmoji-17.0.0.tgz", "package/black/svg/", ".svg", True),
+]
+
+
+def render_svgs(jobs, side):
+    """(svg bytes, png path) pairs -> PNGs, side x side, with rsvg-convert."""
+    from concurrent.futures import ThreadPoolExecutor
+    def one(job):
+        svg, path = job
+        r = subprocess.run(["rsvg-convert", "-w", str(side), "-h", str(side),
+                            "-o", path], input=svg, capture_output=True)
+        return r.returncode == 0
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
+        return list(ex.map(one, jobs))
+
+
+def emoji_styles(out):
+    import tarfile
+    npm = os.environ.get("NPM_CACHE", "data/.npm")
+    ann = cldr_annotations()
+    en = ann.get("en", {})
+    rows, stats = [], {}
+    for style, tgz, prefix, suffix, held in STYLES:
+        pngdir = os.path.join(out, "png", style)
+        os.makedirs(pngdir, exist_ok=True)
+        st = stats.setdefault(style, {"files": 0, "named": 0, "skin_tone": 0})
+        jobs, pending = [], []
+        with tarfile.open(os.path.join(npm, tgz)) as tf:
+            for m in sorted(tf.getmembers(), key=lambda m: m.name):
+                if not m.isfile() or not m.name.startswith(prefix) \
+                        or not m.name.endswith(suffix):
+                    continue
+                stem = m.name[len(prefix):-len(suffix)]
+                try:
+                    cps = strip_fe0f(tuple(int(h, 16) for h in stem.split("-")))
+                except ValueError:
+                    continue
+                st["files"] += 1
+                if cps not in en or not en[cps][0]:
+                    continue   # OpenMoji's extras and unnamed sequences
+                st["named"] += 1
+                hexs = "_".join("%04x" % c for c in cps)
+                path = os.path.abspath(os.path.join(pngdir, hexs + ".png"))
+                data = tf.extractfile(m).read()
+                if suffix == ".svg":
+                    jobs.append((data, path))
+                else:
+                    with open(path, "wb") as f:
+                        f.write(data)
+                texts = {loc: caption(*d[cps]) for loc, d in ann.items()
+                         if loc not in ("en", "root") and cps in d
+                         and (d[cps][0] or d[cps][1])}
+                skin = any(c in SKIN for c in cps)
+                st["skin_tone"] += skin
+                concept = "emoji/" + "_".join("%04x" % c for c in cps if c not in SKIN)
+                split = "style" if held else "test" if is_test(concept) else "train"
+                pending.append((path, {"key": style + "/" + hexs, "image": path,
+                     "text": caption(*en[cps]), "texts": texts,
+                     "weight": SKIN_WEIGHT if skin else 1.0,
+                     "meta": {"name": en[cps][0], "concept": concept,
+                              "style": style, "split": split}}))
+        ok = render_svgs(jobs, 72) if jobs else []
+        bad = {p for (svg, p), good in zip(jobs, ok) if not good}
+        st["render_failed"] = len(bad)
+        rows += [r for p, r in pending if p not in bad]
+    stats["items"] = len(rows)
+    stats["test"] = sum(r["meta"]["split"] == "test" for r in rows)
+    stats["style"] = sum(r["meta"]["split"] == "style" for r in rows)
+    write_catalog(out, rows, stats)
+    print("emoji-styles: %s; %d items, %d concept-test, %d style-test"
+          % (", ".join("%s %d/%d named" % (k, v["named"], v["files"])
+                       for k, v in stats.items() if isinstance(v, dict)),
+             len(rows), stats["test"], stats["style"]), file=sys.stderr)
+
+
 # ---- Tux Paint ---------------------------------------------------------
 
 LANG_RE = re.compile(r"^([A-Za-z]{2,3}(?:_[A-Za-z]{2,4})?(?:@\w+)?)(?:\.utf-?8)?=(.*)$")
@@ -250,7 +336,8 @@ def tuxpaint(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[2] != "--out" or sys.argv[1] not in ("emoji", "tuxpaint"):
-        sys.exit("usage: families-catalog.py emoji|tuxpaint --out DIR")
+    sets = {"emoji": emoji, "emoji-styles": emoji_styles, "tuxpaint": tuxpaint}
+    if len(sys.argv) != 4 or sys.argv[2] != "--out" or sys.argv[1] not in sets:
+        sys.exit("usage: families-catalog.py emoji|emoji-styles|tuxpaint --out DIR")
     os.makedirs(sys.argv[3], exist_ok=True)
-    (emoji if sys.argv[1] == "emoji" else tuxpaint)(sys.argv[3])
+    sets[sys.argv[1]](sys.argv[3])

@@ -129,13 +129,37 @@ families() {   # set packages...
   printf '%s\n' "$stamp" > "$out/.stamp"
 }
 
+# npm tarballs, pinned by SHA-256 (tools/DATA.md): fetched once with
+# `npm pack` into $DATA/.npm and checked every time.
+NPM_PKGS="emoji-datasource-twitter@16.0.0 f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877
+openmoji@17.0.0 55ee7d13485dec86e9f38c1f3a645a13382d33ff97c0cd845ee824b0aef45e68"
+
+npm_fetch() {
+  mkdir -p "$DATA/.npm"
+  printf '%s\n' "$NPM_PKGS" | while read -r spec want; do
+    file=$DATA/.npm/$(printf '%s' "$spec" | sed 's/@/-/').tgz
+    if [ ! -f "$file" ]; then
+      command -v npm >/dev/null ||
+        { say "npm is not installed (run: sh tools/deps.sh data-next)"; exit 1; }
+      say "fetching $spec from the npm registry"
+      (cd "$DATA/.npm" && npm pack --silent "$spec" >/dev/null) ||
+        { say "npm pack $spec failed"; exit 1; }
+    fi
+    got=$(sha "$file")
+    [ "$got" = "$want" ] ||
+      { say "$file: sha256 $got, want $want"; rm -f "$file"; exit 1; }
+  done
+}
+
 for s in $sets; do
   case $s in
     openclipart) openclipart ;;
     fashion-mnist) fashion_mnist ;;
     emoji) families emoji fonts-noto-color-emoji unicode-cldr-core python3-fonttools ;;
     tuxpaint) families tuxpaint tuxpaint-stamps-default librsvg2-bin ;;
-    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, tuxpaint)"; exit 2 ;;
+    emoji-styles) npm_fetch
+       NPM_CACHE=$DATA/.npm families emoji-styles unicode-cldr-core librsvg2-bin ;;
+    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint)"; exit 2 ;;
   esac
   d=$DATA/$s/digest.json
   field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\).*/\1/p" "$d"; }
