@@ -542,6 +542,16 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
   if (trc)
     return trc < 0 ? trc : 1;
 
+  const json_t *w = json_object_get(obj, "weight");
+  if (w && !json_is_null(w)) {
+    double wv = json_is_number(w) ? json_number_value(w) : -1;
+    if (!(wv > 0 && wv <= VLM_CATALOG_MAX_WEIGHT))
+      return set_row_error(row, VLM_SKIP_TYPE,
+                           "\"weight\" must be a number in (0, %g]",
+                           (double)VLM_CATALOG_MAX_WEIGHT);
+    row->weight = wv;
+  }
+
   int dim = 0;
   float *any_vec = NULL;
   if (get_vector(cat, obj, "image_vector", &row->image_vec, &dim, row) ||

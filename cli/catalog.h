@@ -67,6 +67,9 @@ typedef struct {
                                0 = not checked */
 } vlm_catalog_options;
 
+/* The largest "weight" a row may give. */
+#define VLM_CATALOG_MAX_WEIGHT 1000
+
 /* One catalog row.  All strings are malloc'd and owned by the row. */
 typedef struct {
   long line;            /* line where the record starts (1-based); for a
@@ -81,6 +84,8 @@ typedef struct {
   char **texts;         /* JSONL "texts": other captions of the item
                            (translations, paraphrases), for training */
   int ntexts;
+  double weight;        /* JSONL "weight": how often the trainer draws the
+                           item, relative to 1; 0 when absent (= 1) */
   float *image_vec;     /* precomputed vectors (dim floats) or NULL */
   float *text_vec;
   int dim;              /* length of the precomputed vectors */

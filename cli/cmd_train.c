@@ -32,6 +32,9 @@ static const char usage[] =
     "                      loads); without it, --config FILE gives the\n"
     "                      geometry (a Hugging Face CLIP config.json) of a\n"
     "                      model trained from scratch\n"
+    "  --context N         text positions (default: the --init model's or\n"
+    "                      the config's); longer than the --init model's\n"
+    "                      grows its position embeddings\n"
     "  --tokenizer DIR     vocab.json + merges.txt (default: the --init\n"
     "                      model's, else the default model's)\n"
     "  --lora RANK         train low-rank adapters on every attention and\n"
@@ -41,9 +44,15 @@ static const char usage[] =
     "  --save-adapters     also write adapter_model.safetensors (PEFT names)\n"
     "  --f32               write model.safetensors in F32 (default F16)\n"
     "data:\n"
-    "  --catalog FILE      training pairs (JSONL, CSV/TSV or a directory)\n"
+    "  --catalog FILE      training pairs (JSONL, CSV/TSV or a directory);\n"
+    "                      repeat it to train on several.  A JSONL row's\n"
+    "                      \"weight\" (default 1) is how often it is drawn\n"
+    "                      per epoch: 0.25 = in a quarter of the epochs\n"
+    "  --weight X          multiply the weights of the --catalog before it\n"
+    "                      (mix sources: --catalog a --catalog b --weight 3)\n"
     "  --images-root DIR   base of relative image paths\n"
     "  --val-catalog FILE  held-out pairs evaluated after every epoch\n"
+    "                      (repeatable)\n"
     "  --val-fraction X    else hold out this share of the catalog, chosen\n"
     "                      by a hash of the key (default 0.05; 0 = none)\n"
     "  --no-augment        no random crops or colour jitter\n"
@@ -202,6 +211,7 @@ static int read_pairs(const char *cmd, const char *path,
       row.key = row.image = row.text = NULL; /* now owned by the list */
       it->alt_texts = NULL;
       it->n_alt_texts = 0;
+      it->weight = row.weight;
       if (row.ntexts > 0) {
         int kept = 0;
         while (kept < row.ntexts && keep(out, row.texts[kept]))
@@ -298,7 +308,11 @@ static char *join_args(int argc, char **argv) {
 
 int cmd_train(int argc, char **argv) {
   const char *cmd = "train";
-  const char *catalog = NULL, *val_catalog = NULL, *images_root = NULL;
+  enum { MAX_CATALOGS = 32 };
+  const char *catalogs[MAX_CATALOGS], *val_catalogs[MAX_CATALOGS];
+  double cat_weight[MAX_CATALOGS];
+  int ncat = 0, nval = 0;
+  const char *images_root = NULL;
   int quiet = 0, val_fraction_given = 0;
   vlm_train_options o;
   vlm_train_options_default(&o);
@@ -307,13 +321,14 @@ int cmd_train(int argc, char **argv) {
     O_CATALOG = 256, O_OUT, O_INIT, O_CONFIG, O_TOKENIZER, O_LORA,
     O_LORA_ALPHA, O_SAVE_ADAPTERS, O_F32, O_IMAGES_ROOT, O_VAL_CATALOG,
     O_VAL_FRACTION, O_NO_AUGMENT, O_CROP_SCALE, O_JITTER, O_HFLIP, O_ALPHA_WHITE,
-    O_ALT_TEXT_SHARE,
+    O_ALT_TEXT_SHARE, O_CONTEXT, O_WEIGHT,
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
     O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER
   };
   static const struct option longopts[] = {
       {"catalog", required_argument, NULL, O_CATALOG},
+      {"weight", required_argument, NULL, O_WEIGHT},
       {"out", required_argument, NULL, O_OUT},
       {"init", required_argument, NULL, O_INIT},
       {"config", required_argument, NULL, O_CONFIG},
@@ -331,6 +346,7 @@ int cmd_train(int argc, char **argv) {
       {"hflip", no_argument, NULL, O_HFLIP},
       {"alpha-white", no_argument, NULL, O_ALPHA_WHITE},
       {"alt-text-share", required_argument, NULL, O_ALT_TEXT_SHARE},
+      {"context", required_argument, NULL, O_CONTEXT},
       {"cache-mb", required_argument, NULL, O_CACHE_MB},
       {"loader-threads", required_argument, NULL, O_LOADER_THREADS},
       {"epochs", required_argument, NULL, O_EPOCHS},
@@ -367,7 +383,21 @@ int cmd_train(int argc, char **argv) {
   } while (0)
   while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
     switch (c) {
-    case O_CATALOG: catalog = optarg; break;
+    case O_CATALOG:
+      if (ncat == MAX_CATALOGS) {
+        vlm_cli_error(cmd, "at most %d --catalog files", MAX_CATALOGS);
+        return VLM_EXIT_USAGE;
+      }
+      cat_weight[ncat] = 1;
+      catalogs[ncat++] = optarg;
+      break;
+    case O_WEIGHT:
+      if (!ncat) {
+        vlm_cli_error(cmd, "--weight scales the --catalog before it");
+        return VLM_EXIT_USAGE;
+      }
+      DOUBLE_ARG("--weight", 1e-6, VLM_CATALOG_MAX_WEIGHT, cat_weight[ncat - 1]);
+      break;
     case O_OUT: o.out_dir = optarg; break;
     case O_INIT: o.init_dir = optarg; break;
     case O_CONFIG: o.config_path = optarg; break;
@@ -377,7 +407,13 @@ int cmd_train(int argc, char **argv) {
     case O_SAVE_ADAPTERS: o.save_adapters = 1; break;
     case O_F32: o.f16 = 0; break;
     case O_IMAGES_ROOT: images_root = optarg; break;
-    case O_VAL_CATALOG: val_catalog = optarg; break;
+    case O_VAL_CATALOG:
+      if (nval == MAX_CATALOGS) {
+        vlm_cli_error(cmd, "at most %d --val-catalog files", MAX_CATALOGS);
+        return VLM_EXIT_USAGE;
+      }
+      val_catalogs[nval++] = optarg;
+      break;
     case O_VAL_FRACTION:
       DOUBLE_ARG("--val-fraction", 0, 0.9, o.val_fraction);
       val_fraction_given = 1;
@@ -388,6 +424,7 @@ int cmd_train(int argc, char **argv) {
     case O_HFLIP: o.hflip = 1; break;
     case O_ALPHA_WHITE: o.alpha_white = 1; break;
     case O_ALT_TEXT_SHARE: DOUBLE_ARG("--alt-text-share", 0, 1, o.alt_text_share); break;
+    case O_CONTEXT: LONG_ARG("--context", 2, 1 << 14, o.context_length); break;
     case O_CACHE_MB: LONG_ARG("--cache-mb", 0, 1 << 20, o.cache_mb); break;
     case O_LOADER_THREADS: LONG_ARG("--loader-threads", 1, 64, o.loader_threads); break;
     case O_EPOCHS: LONG_ARG("--epochs", 1, 1000000, o.epochs); break;
@@ -418,7 +455,7 @@ int cmd_train(int argc, char **argv) {
     vlm_cli_error(cmd, "unexpected argument '%s' (see --help)", argv[optind]);
     return VLM_EXIT_USAGE;
   }
-  if (!catalog || !o.out_dir) {
+  if (!ncat || !o.out_dir) {
     vlm_cli_error(cmd, "--catalog FILE and --out DIR are required "
                        "(see --help)");
     return VLM_EXIT_USAGE;
@@ -432,7 +469,7 @@ int cmd_train(int argc, char **argv) {
                        "scratch)");
     return VLM_EXIT_USAGE;
   }
-  if (val_catalog && val_fraction_given) {
+  if (nval && val_fraction_given) {
     vlm_cli_error(cmd, "give --val-catalog or --val-fraction, not both");
     return VLM_EXIT_USAGE;
   }
@@ -447,11 +484,21 @@ int cmd_train(int argc, char **argv) {
   item_list train = {0}, val = {0};
   int status = VLM_EXIT_RUNTIME;
   char *command = join_args(argc, argv);
-  if (read_pairs(cmd, catalog, images_root, &train, quiet))
-    goto done;
-  if (val_catalog) {
-    if (read_pairs(cmd, val_catalog, images_root, &val, quiet))
+  for (int i = 0; i < ncat; i++) {
+    int first = train.n;
+    if (read_pairs(cmd, catalogs[i], images_root, &train, quiet))
       goto done;
+    for (int k = first; k < train.n && cat_weight[i] != 1; k++) {
+      double w = train.items[k].weight > 0 ? train.items[k].weight : 1;
+      w *= cat_weight[i];
+      train.items[k].weight = w < VLM_CATALOG_MAX_WEIGHT ? w
+                                                         : VLM_CATALOG_MAX_WEIGHT;
+    }
+  }
+  if (nval) {
+    for (int i = 0; i < nval; i++)
+      if (read_pairs(cmd, val_catalogs[i], images_root, &val, quiet))
+        goto done;
     o.val_items = val.items;
     o.n_val = val.n;
     o.val_fraction = 0;

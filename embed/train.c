@@ -150,10 +150,21 @@ static void init_lora(const vlm__tlayout *L, float *p, uint64_t seed) {
 
 static int init_from_model(vlm__trainer *t, vlm_clip *clip) {
   float *p = vlm__tmodel_params_f32(t->m);
+  static const char text_pos[] =
+      "text_model.embeddings.position_embedding.weight";
   for (int i = 0; i < t->L->nparams; i++) {
     const vlm__tparam *tp = &t->L->params[i];
     int64_t numel = 0;
     const float *src = vlm__clip_tensor(clip, tp->name, &numel);
+    int64_t width = t->cfg.text_width;
+    if (src && !strcmp(tp->name, text_pos) && numel % width == 0 &&
+        (size_t)numel < tp->numel) { /* a longer context (--context) */
+      memcpy(p + tp->offset, src, sizeof(float) * (size_t)numel);
+      for (size_t j = (size_t)numel; j < tp->numel; j += (size_t)width)
+        memcpy(p + tp->offset + j, src + numel - width,
+               sizeof(float) * (size_t)width);
+      continue;
+    }
     if (!src && !strcmp(tp->name, "logit_scale")) {
       p[tp->offset] = vlm__clip_get_config(clip)->logit_scale;
       continue;
@@ -427,6 +438,12 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
     if ((rc = vlm_clip_load(o->init_dir, NULL, &clip)))
       return rc;
     t->cfg = *vlm__clip_get_config(clip);
+    if (o->context_length > 0 && o->context_length < t->cfg.context_length) {
+      vlm_clip_free(clip);
+      return vlm_seterr(VLM_EINVAL, "context %d is shorter than the initial "
+                        "model's %d", o->context_length,
+                        t->cfg.context_length);
+    }
   } else if (o->config_path) {
     if ((rc = vlm__train_load_config(o->config_path, &t->cfg)))
       return rc;
@@ -434,6 +451,8 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
     return vlm_seterr(VLM_EINVAL, "give an initial model (--init) or a "
                                   "geometry (--config)");
   }
+  if (!resuming && o->context_length > 0)
+    t->cfg.context_length = o->context_length;
   /* defaults that depend on the mode */
   if (o->lora_alpha <= 0)
     o->lora_alpha = 2.0f * (o->lora_rank > 0 ? o->lora_rank : 1);
@@ -520,12 +539,12 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
                     vlm__tdata_digest(t->train));
     goto fail;
   }
-  if (o->batch > vlm__tdata_count(t->train)) {
+  if (o->batch > vlm__tdata_draws(t->train)) {
     say(t, "vlmdb train: batch %d reduced to the %d training pairs\n",
-        o->batch, vlm__tdata_count(t->train));
-    o->batch = vlm__tdata_count(t->train);
+        o->batch, vlm__tdata_draws(t->train));
+    o->batch = vlm__tdata_draws(t->train);
   }
-  t->spe = vlm__tdata_count(t->train) / o->batch;
+  t->spe = vlm__tdata_draws(t->train) / o->batch;
   if (!resuming) {
     t->total_steps = o->max_steps > 0 ? o->max_steps
                                       : (int64_t)o->epochs * t->spe;

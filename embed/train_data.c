@@ -12,6 +12,7 @@
 #include "train_data.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -54,6 +55,7 @@ static double uniform(uint64_t *s) { /* [0, 1) */
 
 typedef struct {
   int item;        /* index into the caller's items */
+  double weight;   /* expected draws per epoch */
   int ntok;
   int32_t *ids;
   int nalt;        /* usable alt_texts, tokenized */
@@ -76,6 +78,8 @@ struct vlm__tdata {
   vlm__tdata_cfg cfg;
   pair *pairs;
   int n, skipped;
+  int draws;       /* pairs drawn per epoch: the rounded sum of weights */
+  int list_cap;    /* room an epoch's list needs: the sum of ceil(weight) */
   char digest[65];
   /* loader */
   int batch, spe, nslots, nthreads;
@@ -89,6 +93,7 @@ struct vlm__tdata {
 };
 
 int vlm__tdata_count(const vlm__tdata *d) { return d->n; }
+int vlm__tdata_draws(const vlm__tdata *d) { return d->draws; }
 int vlm__tdata_skipped(const vlm__tdata *d) { return d->skipped; }
 int vlm__tdata_item(const vlm__tdata *d, int i) { return d->pairs[i].item; }
 const char *vlm__tdata_digest(const vlm__tdata *d) { return d->digest; }
@@ -97,9 +102,16 @@ int vlm__tdata_alt_count(const vlm__tdata *d, int i) {
   return d->pairs[i].nalt;
 }
 
-void vlm__tdata_train_tokens(const vlm__tdata *d, int i, int64_t epoch,
+/* The random streams of a pair's r-th draw in an epoch: the epoch's for
+ * the first, so unweighted data is drawn exactly as before weights. */
+static int64_t draw_epoch(const vlm__tdata *d, int draw, int64_t epoch) {
+  return epoch + (int64_t)(draw / d->n) * ((int64_t)1 << 40);
+}
+
+void vlm__tdata_train_tokens(const vlm__tdata *d, int draw, int64_t epoch,
                              const int32_t **ids, int *len) {
-  const pair *p = &d->pairs[i];
+  const pair *p = &d->pairs[draw % d->n];
+  epoch = draw_epoch(d, draw, epoch);
   if (p->nalt > 0) {
     uint64_t rs = stream_seed(d->cfg.seed, (uint64_t)epoch, (uint64_t)p->item,
                               0x63617074ull);
@@ -201,6 +213,7 @@ static void prep_one(prep_ctx *c, int i) {
   size_t len = 0;
   vlm_image img = {0};
   p->item = i;
+  p->weight = it->weight > 0 ? it->weight : 1;
   c->ok[i] = 0;
   if (!it->image || !it->text) {
     snprintf(c->why[i], sizeof c->why[i], "needs both an image and a text");
@@ -386,6 +399,10 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
     vlm__sha256_update(&sh, items[i].text, strlen(items[i].text) + 1);
     vlm__sha256_update(&sh, c.sha[i], 32);
     const pair *p = &d->pairs[d->n - 1];
+    if (p->weight != 1) { /* likewise */
+      vlm__sha256_update(&sh, "weight", 7);
+      vlm__sha256_update(&sh, &p->weight, sizeof p->weight);
+    }
     if (p->nalt > 0) { /* absent ones leave older digests as they were */
       vlm__sha256_update(&sh, "alt", 4);
       for (int k = 0; k < p->nalt; k++) {
@@ -394,6 +411,25 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
       }
     }
   }
+  double wsum = 0, cap = 0;
+  for (int i = 0; i < d->n; i++) {
+    wsum += d->pairs[i].weight;
+    cap += ceil(d->pairs[i].weight);
+  }
+  double maxw = 1;
+  for (int i = 0; i < d->n; i++)
+    if (d->pairs[i].weight > maxw)
+      maxw = d->pairs[i].weight;
+  if (wsum > INT_MAX / 2 || cap > INT_MAX / 2 ||
+      ceil(maxw) * d->n > INT_MAX) {
+    rc = vlm_seterr(VLM_EINVAL, "the weights add up to %.0f draws per epoch",
+                    wsum);
+    goto fail;
+  }
+  d->draws = (int)llround(wsum);
+  if (d->draws < 1)
+    d->draws = 1;
+  d->list_cap = (int)cap > d->draws ? (int)cap : d->draws;
   uint8_t dig[32];
   vlm__sha256_final(&sh, dig, d->digest);
   if (d->n == 0) {
@@ -454,9 +490,10 @@ static void crop_box(int w, int h, double smin, uint64_t *rs, int box[4]) {
  * contrast, saturation, as torchvision's ColorJitter), an optional
  * horizontal flip, normalized CHW.  Without augmentation: the centered
  * square. */
-static int augment(const vlm__tdata *d, int i, int64_t epoch, float *out) {
+static int augment(const vlm__tdata *d, int draw, int64_t epoch, float *out) {
   const vlm__tdata_cfg *cfg = &d->cfg;
-  const pair *p = &d->pairs[i];
+  const pair *p = &d->pairs[draw % d->n];
+  epoch = draw_epoch(d, draw, epoch);
   int S = cfg->image_size, rc = 0;
   vlm_image own = {0}, crop = {0}, res = {0};
   const vlm_image *src = &p->img;
@@ -543,25 +580,44 @@ done:
   return rc;
 }
 
-/* The pairs of epoch e in order: a Fisher-Yates shuffle from (seed, e). */
-static void epoch_perm(const vlm__tdata *d, int64_t epoch, int *perm) {
-  for (int i = 0; i < d->n; i++)
-    perm[i] = i;
-  uint64_t rs = stream_seed(d->cfg.seed, (uint64_t)epoch, 0, 0x7065726dull);
-  for (int i = d->n - 1; i > 0; i--) {
-    int j = (int)(uniform(&rs) * (i + 1));
-    int t = perm[i];
-    perm[i] = perm[j];
-    perm[j] = t;
+/* The pairs of epoch e in order, d->draws of them: pair i appears
+ * floor(w) times plus once more with probability frac(w), drawn from
+ * (seed, e, pair); the list is shuffled (Fisher-Yates from (seed, e)) and
+ * cut or cycled to d->draws.  With every weight 1 it is a permutation.
+ * list has room for d->list_cap. */
+static void epoch_list(const vlm__tdata *d, int64_t epoch, int *list) {
+  int m = 0;
+  for (int i = 0; i < d->n; i++) {
+    double w = d->pairs[i].weight;
+    int reps = (int)w;
+    if (w != reps) {
+      uint64_t ws = stream_seed(d->cfg.seed, (uint64_t)epoch,
+                                (uint64_t)d->pairs[i].item, 0x77676874ull);
+      reps += uniform(&ws) < w - reps;
+    }
+    for (int r = 0; r < reps; r++)
+      list[m++] = i + r * d->n; /* a draw: pair i's r-th of the epoch */
   }
+  uint64_t rs = stream_seed(d->cfg.seed, (uint64_t)epoch, 0, 0x7065726dull);
+  for (int i = m - 1; i > 0; i--) {
+    int j = (int)(uniform(&rs) * (i + 1));
+    int t = list[i];
+    list[i] = list[j];
+    list[j] = t;
+  }
+  if (m == 0) /* every weight drew nothing: the pairs in order */
+    for (; m < d->n && m < d->draws; m++)
+      list[m] = m;
+  for (int i = m; i < d->draws; i++)
+    list[i] = list[i % m];
 }
 
 static int build(const vlm__tdata *d, int batch, int64_t step, float *pixels,
                  int *pairs, int *perm) {
-  int spe = d->n / batch;
+  int spe = d->draws / batch;
   int64_t epoch = step / spe;
   int k = (int)(step % spe);
-  epoch_perm(d, epoch, perm);
+  epoch_list(d, epoch, perm);
   size_t per = (size_t)3 * d->cfg.image_size * d->cfg.image_size;
   for (int b = 0; b < batch; b++) {
     pairs[b] = perm[k * batch + b];
@@ -574,7 +630,7 @@ static int build(const vlm__tdata *d, int batch, int64_t step, float *pixels,
 
 void vlm__tdata_build(const vlm__tdata *d, int batch, int64_t step,
                       float *pixels, int *pairs) {
-  int *perm = malloc(sizeof(int) * (size_t)d->n);
+  int *perm = malloc(sizeof(int) * (size_t)d->list_cap);
   if (perm)
     build(d, batch, step, pixels, pairs, perm);
   free(perm);
@@ -584,7 +640,7 @@ void vlm__tdata_build(const vlm__tdata *d, int batch, int64_t step,
 
 static void *loader_main(void *arg) {
   vlm__tdata *d = arg;
-  int *perm = malloc(sizeof(int) * (size_t)d->n);
+  int *perm = malloc(sizeof(int) * (size_t)d->list_cap);
   pthread_mutex_lock(&d->mu);
   while (!d->quit) {
     int64_t s = d->next_build;
@@ -634,10 +690,11 @@ static void loader_stop(vlm__tdata *d) {
 int vlm__tdata_start(vlm__tdata *d, int batch, int64_t first_step,
                      int64_t end_step) {
   loader_stop(d);
-  if (batch < 1 || batch > d->n)
-    return vlm_seterr(VLM_EINVAL, "batch %d with %d pairs", batch, d->n);
+  if (batch < 1 || batch > d->draws)
+    return vlm_seterr(VLM_EINVAL, "batch %d with %d draws per epoch", batch,
+                      d->draws);
   d->batch = batch;
-  d->spe = d->n / batch;
+  d->spe = d->draws / batch;
   d->next_build = first_step;
   d->end_step = end_step;
   d->quit = 0;

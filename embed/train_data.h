@@ -49,6 +49,9 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
 void vlm__tdata_free(vlm__tdata *d); /* stops the loader; accepts NULL */
 
 int vlm__tdata_count(const vlm__tdata *d);   /* usable pairs */
+/* Pairs drawn per training epoch: the sum of the items' weights, rounded
+ * (the count when every weight is 1). */
+int vlm__tdata_draws(const vlm__tdata *d);
 int vlm__tdata_skipped(const vlm__tdata *d);
 /* Index into the items given to open of usable pair i. */
 int vlm__tdata_item(const vlm__tdata *d, int i);
@@ -58,10 +61,11 @@ const char *vlm__tdata_digest(const vlm__tdata *d);
 /* Token ids of pair i, bos first and eos last. */
 void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
                        int *len);
-/* Token ids of the caption pair i has in epoch `epoch` of training: its
- * text, or with probability cfg->alt_text_share one of its usable
- * alt_texts (uniformly), drawn from (seed, epoch, pair). */
-void vlm__tdata_train_tokens(const vlm__tdata *d, int i, int64_t epoch,
+/* Token ids of the caption a draw (an entry of a batch's pairs) has in
+ * epoch `epoch` of training: its text, or with probability
+ * cfg->alt_text_share one of its usable alt_texts (uniformly), drawn from
+ * (seed, epoch, pair, r) for the pair's r-th draw of the epoch. */
+void vlm__tdata_train_tokens(const vlm__tdata *d, int draw, int64_t epoch,
                              const int32_t **ids, int *len);
 /* Number of usable alt_texts of pair i (those that tokenize to at least
  * one token within the vocabulary). */
@@ -70,13 +74,17 @@ int vlm__tdata_alt_count(const vlm__tdata *d, int i);
 const float *vlm__tdata_pixels(const vlm__tdata *d, int i);
 
 /* Training batches: step s of epoch s / steps_per_epoch holds pairs
- * perm[(s % steps_per_epoch) * batch + b].  Loader threads build batches
+ * list[(s % steps_per_epoch) * batch + b] of that epoch's list of draws
+ * (every pair once, shuffled, when all weights are 1; else pair i
+ * floor(w) times and once more with probability frac(w)).  Loader threads build batches
  * first_step .. end_step-1 ahead of the consumer.  */
 int vlm__tdata_start(vlm__tdata *d, int batch, int64_t first_step,
                      int64_t end_step);
 int vlm__tdata_steps_per_epoch(const vlm__tdata *d);
 /* Wait for the batch of step (steps are consumed in order) and get its
- * pixels [batch,3,S,S] and pair indices [batch].  Valid until release. */
+ * pixels [batch,3,S,S] and draws [batch]: pair draw % count, for the
+ * (draw / count)-th time that epoch (0 unless a weight is above 1).
+ * Valid until release. */
 int vlm__tdata_next(vlm__tdata *d, int64_t step, const float **pixels,
                     const int **pairs);
 void vlm__tdata_release(vlm__tdata *d, int64_t step);

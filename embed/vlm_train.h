@@ -54,6 +54,9 @@ typedef struct {
   const char *const *alt_texts; /* other captions of the same image
                                    (translations, paraphrases), or NULL */
   int n_alt_texts;
+  double weight;     /* expected draws per epoch (0 = 1): an item of weight
+                        0.25 is drawn in a quarter of the epochs, one of
+                        weight 2 twice per epoch */
 } vlm_train_item;
 
 typedef struct {
@@ -98,6 +101,11 @@ typedef struct {
                                 then); default: alpha dropped, as the
                                 reference preprocessing does */
   int cache_mb;              /* decoded images kept in memory, 4096 */
+  int context_length;        /* text positions of the model trained; 0 =
+                                the initial model's or the config's.  Larger
+                                than the initial model's: its position
+                                embeddings are kept and the new rows start
+                                as copies of its last one */
   float alt_text_share;      /* each time a pair with alt_texts is drawn,
                                 it is captioned by one of them (chosen
                                 uniformly) with this probability, else by

@@ -264,6 +264,38 @@ static void test_jsonl_texts(void **state) {
   clear_rows(rows, n);
 }
 
+/* "weight": a positive number up to VLM_CATALOG_MAX_WEIGHT, 0 when absent;
+ * anything else skips the row with the reason. */
+static void test_jsonl_weight(void **state) {
+  const char *dir = *state;
+  write_file(dir, "w.jsonl",
+             "{\"key\": \"a\", \"text\": \"x\", \"weight\": 0.25}\n"
+             "{\"key\": \"b\", \"text\": \"x\"}\n"
+             "{\"key\": \"c\", \"text\": \"x\", \"weight\": 3}\n"
+             "{\"key\": \"d\", \"text\": \"x\", \"weight\": -1}\n"
+             "{\"key\": \"e\", \"text\": \"x\", \"weight\": \"2\"}\n"
+             "{\"key\": \"f\", \"text\": \"x\", \"weight\": 0}\n"
+             "{\"key\": \"g\", \"text\": \"x\", \"weight\": 1e9}\n"
+             "{\"key\": \"h\", \"text\": \"x\", \"weight\": null}\n");
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/w.jsonl", dir);
+  vlm_catalog_row rows[MAX_ROWS];
+  int n = read_all(path, NULL, rows);
+  assert_int_equal(n, 8);
+  assert_int_equal(rows[0].error, VLM_SKIP_NONE);
+  assert_true(rows[0].weight == 0.25);
+  assert_int_equal(rows[1].error, VLM_SKIP_NONE);
+  assert_true(rows[1].weight == 0);
+  assert_true(rows[2].weight == 3);
+  for (int i = 3; i < 7; i++) {
+    assert_int_equal(rows[i].error, VLM_SKIP_TYPE);
+    assert_non_null(strstr(rows[i].message, "\"weight\" must be"));
+  }
+  assert_int_equal(rows[7].error, VLM_SKIP_NONE);
+  assert_true(rows[7].weight == 0);
+  clear_rows(rows, n);
+}
+
 static void test_csv_quoting_and_line_numbers(void **state) {
   const char *dir = *state;
   write_file(dir, "cat.csv",
@@ -1996,6 +2028,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_jsonl_rows_and_errors, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_jsonl_texts, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_jsonl_weight, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_csv_quoting_and_line_numbers, setup_tmpdir,
                                       teardown_tmpdir),

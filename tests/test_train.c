@@ -1124,6 +1124,94 @@ static void test_loader_matches_direct_build(void **state) {
   vlm__tokenizer_free(tok);
 }
 
+/* Weights: an epoch draws pair i floor(w) times plus once with probability
+ * frac(w), as a function of (seed, epoch); repeated draws get their own
+ * augmentation; all weights 1 is a permutation, as without weights. */
+static void test_item_weights(void **state) {
+  (void)state;
+  vlm_train_item items[NPAIRS];
+  memcpy(items, S->items, sizeof items);
+  vlm__tokenizer *tok = NULL;
+  assert_int_equal(vlm__tokenizer_load("tests/fixtures/clip-tiny/vocab.json",
+                                       "tests/fixtures/clip-tiny/merges.txt",
+                                       &tok),
+                   0);
+  vlm__tdata_cfg cfg = {.image_size = 16, .augment = 1,
+                        .crop_scale_min = 0.5f, .jitter = 0.3f,
+                        .cache_bytes = 1 << 22, .threads = 1, .seed = 3,
+                        .context_length = 16, .vocab_size = 49408};
+  for (int c = 0; c < 3; c++)
+    cfg.mean[c] = 0.5f, cfg.std[c] = 0.25f;
+  vlm__tdata *plain = NULL, *w = NULL;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &plain), 0);
+  items[0].weight = 0.25;
+  items[1].weight = 2;
+  items[2].weight = 1; /* the same as absent */
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &w), 0);
+  assert_int_equal(vlm__tdata_draws(plain), NPAIRS);
+  assert_int_equal(vlm__tdata_draws(w), NPAIRS); /* llround(N + 0.25) */
+  assert_string_not_equal(vlm__tdata_digest(plain), vlm__tdata_digest(w));
+
+  const int N = NPAIRS, epochs = 1600;
+  size_t per = 3 * 16 * 16;
+  float *px = malloc(sizeof(float) * per * (size_t)N);
+  int pairs[NPAIRS];
+  int zero = 0, one_twice = 0, one_distinct = 0;
+  for (int e = 0; e < epochs; e++) {
+    int seen[NPAIRS] = {0};
+    vlm__tdata_build(plain, N, e, px, pairs);
+    for (int b = 0; b < N; b++) {
+      assert_true(pairs[b] >= 0 && pairs[b] < N);
+      seen[pairs[b]]++;
+    }
+    for (int i = 0; i < N; i++)
+      assert_int_equal(seen[i], 1);
+    memset(seen, 0, sizeof seen);
+    vlm__tdata_build(w, N, e, px, pairs);
+    int at[2] = {-1, -1};
+    for (int b = 0; b < N; b++) {
+      assert_true(pairs[b] >= 0 && pairs[b] < 2 * N);
+      seen[pairs[b] % N]++;
+      if (pairs[b] % N == 1)
+        at[pairs[b] / N] = b;
+    }
+    zero += seen[0];
+    assert_true(seen[0] <= 1);
+    assert_true(seen[1] >= 1 && seen[1] <= 2); /* the cut may take one */
+    for (int i = 2; i < N; i++)
+      assert_true(seen[i] <= 1);
+    if (seen[1] == 2) {
+      one_twice++;
+      assert_true(at[0] >= 0 && at[1] >= 0);
+      one_distinct += memcmp(px + per * (size_t)at[0],
+                             px + per * (size_t)at[1],
+                             sizeof(float) * per) != 0;
+    }
+  }
+  /* binomial(1600, 0.25): sd 17; 5 sigma */
+  print_message("weight 0.25: %d of %d epochs; weight 2 twice in %d, with "
+                "distinct crops in %d\n", zero, epochs, one_twice,
+                one_distinct);
+  assert_true(abs(zero - epochs / 4) < 5 * 17);
+  assert_true(one_twice > epochs * 9 / 10);
+  assert_int_equal(one_distinct, one_twice);
+  /* the same seed, the same epochs */
+  vlm__tdata *again = NULL;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &again), 0);
+  int p2[NPAIRS];
+  float *px2 = malloc(sizeof(float) * per * (size_t)N);
+  vlm__tdata_build(w, N, 7, px, pairs);
+  vlm__tdata_build(again, N, 7, px2, p2);
+  assert_memory_equal(pairs, p2, sizeof pairs);
+  assert_memory_equal(px, px2, sizeof(float) * per * (size_t)N);
+  free(px2);
+  free(px);
+  vlm__tdata_free(again);
+  vlm__tdata_free(w);
+  vlm__tdata_free(plain);
+  vlm__tokenizer_free(tok);
+}
+
 /* Other captions: each draw of a pair with alt_texts takes one of them
  * with probability alt_text_share (uniformly among the usable ones), else
  * its text, as a function of (seed, epoch, pair); unusable alt texts are
@@ -1219,6 +1307,57 @@ static void test_alt_texts(void **state) {
   vlm__tdata_free(d);
   vlm__tdata_free(plain);
   vlm__tokenizer_free(tok);
+}
+
+/* A longer context from an initial model: its position embeddings are
+ * kept and the new rows start as copies of its last one (LoRA keeps them
+ * frozen, so the export shows exactly the initial values); a shorter one
+ * is refused. */
+static void test_context_growth(void **state) {
+  (void)state;
+  if (!S->have_trained)
+    skip();
+  char out[300];
+  snprintf(out, sizeof out, "%s/longer", S->dir);
+  vlm_clip *base = NULL, *grown = NULL;
+  assert_int_equal(vlm_clip_load(S->trained, NULL, &base), 0);
+  const vlm__clip_config *bc = vlm__clip_get_config(base);
+  int ctx = bc->context_length, width = bc->text_width;
+  vlm_train_options o;
+  base_options(&o, out);
+  o.config_path = NULL;
+  o.init_dir = S->trained;
+  o.tokenizer_dir = NULL;
+  o.lora_rank = 2;
+  o.max_steps = 1;
+  o.f16 = 0;
+  o.context_length = ctx - 1;
+  vlm_train_result res;
+  assert_int_not_equal(vlm_train_run(&o, &res), 0);
+  assert_non_null(strstr(vlm_errmsg(), "shorter"));
+  o.context_length = ctx + 8;
+  int rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("context: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  vlm_train_result_free(&res);
+  assert_int_equal(vlm_clip_load(out, NULL, &grown), 0);
+  assert_int_equal(vlm__clip_get_config(grown)->context_length, ctx + 8);
+  const char *name = "text_model.embeddings.position_embedding.weight";
+  int64_t n0, n1;
+  const float *p0 = vlm__clip_tensor(base, name, &n0);
+  const float *p1 = vlm__clip_tensor(grown, name, &n1);
+  assert_non_null(p0);
+  assert_non_null(p1);
+  assert_int_equal(n0, (int64_t)ctx * width);
+  assert_int_equal(n1, (int64_t)(ctx + 8) * width);
+  assert_memory_equal(p0, p1, sizeof(float) * (size_t)n0);
+  for (int r = ctx; r < ctx + 8; r++)
+    assert_memory_equal(p1 + (size_t)r * width,
+                        p0 + (size_t)(ctx - 1) * width,
+                        sizeof(float) * (size_t)width);
+  vlm_clip_free(grown);
+  vlm_clip_free(base);
 }
 
 /* LoRA from the learned model: the base stays frozen, and the exported
@@ -1386,9 +1525,44 @@ static void test_cli_train(void **state) {
   assert_true(strncmp(d1, d2, 80) != 0);
   free(js);
   free(alt_js);
+  /* Several catalogs, one scaled by --weight, rows with their own
+   * "weight" (a bad one skips its row, not the catalog). */
+  char mix_catalog[300], mix_out[300];
+  snprintf(mix_catalog, sizeof mix_catalog, "%s/mix.jsonl", S->dir);
+  snprintf(mix_out, sizeof mix_out, "%s/cli-mix", S->dir);
+  f = fopen(mix_catalog, "w");
+  assert_non_null(f);
+  for (int i = 0; i < NPAIRS; i++)
+    fprintf(f, "{\"key\": \"mix/%s\", \"image\": \"%s.png\", \"text\": "
+            "\"%s\", \"weight\": %s}\n", S->keys[i], S->keys[i], S->texts[i],
+            i == 0 ? "-1" : i == 1 ? "\"heavy\"" : i % 2 ? "0.5" : "3");
+  fclose(f);
+  char *mix_argv[] = {"train", "--catalog", S->catalog, "--catalog",
+                      mix_catalog, "--weight", "2", "--out", mix_out,
+                      "--config", S->config, "--tokenizer",
+                      "tests/fixtures/clip-tiny", "--max-steps", "2",
+                      "--batch", "8", "--val-fraction", "0", "--seed", "3",
+                      "--threads", "1", "--quiet", NULL};
+  assert_int_equal(cmd_train((int)(sizeof mix_argv / sizeof mix_argv[0]) - 1,
+                             mix_argv),
+                   0);
+  snprintf(path, sizeof path, "%s/training.json", mix_out);
+  assert_int_equal(read_file_all(path, &js, &n), 0);
+  js[n] = 0;
+  char want[64];
+  snprintf(want, sizeof want, "\"train_pairs\": %d,", 2 * NPAIRS - 2);
+  assert_non_null(strstr((char *)js, want));
+  assert_non_null(strstr((char *)js, "--weight 2"));
+  free(js);
   /* bad flags are usage errors */
   char *bad[] = {"train", "--catalog", S->catalog, NULL};
   assert_int_equal(cmd_train(3, bad), 2);
+  char *early[] = {"train", "--weight", "2", "--catalog", S->catalog,
+                   "--out", mix_out, NULL};
+  assert_int_equal(cmd_train(7, early), 2);
+  char *zero[] = {"train", "--catalog", S->catalog, "--weight", "0",
+                  "--out", mix_out, NULL};
+  assert_int_equal(cmd_train(7, zero), 2);
 }
 
 int main(void) {
@@ -1415,7 +1589,9 @@ int main(void) {
       cmocka_unit_test(test_resume_is_bit_exact),
       cmocka_unit_test(test_loader_matches_direct_build),
       cmocka_unit_test(test_alt_texts),
+      cmocka_unit_test(test_item_weights),
       cmocka_unit_test(test_lora_exports_merged_weights),
+      cmocka_unit_test(test_context_growth),
       cmocka_unit_test(test_cli_train),
   };
   int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);
