@@ -16,7 +16,8 @@ static const char usage[] =
     "usage: vlmdb search --db DIR (--text T | --image PATH | --key K)\n"
     "                    [-k N] [--filter EXPR] [--target image|text|any]\n"
     "                    [--hybrid [--hybrid-weight W]] [--ef N] [--nprobe N]\n"
-    "                    [--exact] [--fields F1,F2] [--model DIR] [--json]\n"
+    "                    [--exact] [--collapse T] [--fields F1,F2]\n"
+    "                    [--model DIR] [--json]\n"
     "\n"
     "Find the k items nearest to a query: a text (--text), an image file\n"
     "(--image) or an item already stored (--key: its image vector, else its\n"
@@ -37,6 +38,9 @@ static const char usage[] =
     "  --ef N              HNSW efSearch for this query\n"
     "  --nprobe N          IVF lists to probe for this query\n"
     "  --exact             brute-force search (no index)\n"
+    "  --collapse T        one result per group of near-identical images\n"
+    "                      (image vectors with cosine >= T, e.g. 0.95); the\n"
+    "                      match column shows how many were folded (+N)\n"
     "  --fields F1,F2      metadata fields to show as columns\n"
     "  --model DIR         the model, if not where the database says\n"
     "  --json              one JSON object instead of the table\n"
@@ -169,7 +173,13 @@ static void print_table(const result_set *rs, char **fields, int nfields) {
     snprintf(buf, sizeof buf, "%.4f", rs->hits[i].score);
     row[1] = strdup(buf);
     row[2] = cell_text(rs->hits[i].key, 60);
-    row[3] = strdup(target_name(rs->hits[i].modality));
+    if (rs->hits[i].similar) { /* collapsed near-duplicates */
+      snprintf(buf, sizeof buf, "%s +%d", target_name(rs->hits[i].modality),
+               rs->hits[i].similar);
+      row[3] = strdup(buf);
+    } else {
+      row[3] = strdup(target_name(rs->hits[i].modality));
+    }
     row[4] = cell_text(rec ? rec->caption : NULL, 50);
     for (int f = 0; f < nfields; f++) {
       char *v = meta_value_text(meta, fields[f]);
@@ -214,6 +224,8 @@ static void print_json(const result_set *rs, json_t *query,
                       opts->filter ? json_string(opts->filter) : json_null());
   json_object_set_new(o, "hybrid", json_boolean(hybrid));
   json_object_set_new(o, "exact", json_boolean(opts->exact));
+  if (opts->collapse > 0)
+    json_object_set_new(o, "collapse", json_real(opts->collapse));
   for (int i = 0; i < rs->nhits; i++) {
     const vlm_record *rec = rs->recs[i];
     json_t *r = json_object();
@@ -222,6 +234,8 @@ static void print_json(const result_set *rs, json_t *query,
     json_object_set_new(r, "score", json_real(rs->hits[i].score));
     json_object_set_new(r, "match",
                         json_string(target_name(rs->hits[i].modality)));
+    if (opts->collapse > 0)
+      json_object_set_new(r, "similar", json_integer(rs->hits[i].similar));
     json_object_set_new(r, "caption", rec && rec->caption
                                           ? json_string(rec->caption)
                                           : json_null());
@@ -273,6 +287,7 @@ int cmd_search(int argc, char **argv) {
       {"ef", required_argument, NULL, 'e'},
       {"nprobe", required_argument, NULL, 'n'},
       {"exact", no_argument, NULL, 'x'},
+      {"collapse", required_argument, NULL, 'C'},
       {"fields", required_argument, NULL, 'F'},
       {"model", required_argument, NULL, 'm'},
       {"json", no_argument, NULL, 'j'},
@@ -320,6 +335,14 @@ int cmd_search(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       break;
     case 'x': sopts.exact = 1; break;
+    case 'C': {
+      char *end;
+      double t = strtod(optarg, &end);
+      if (end == optarg || *end || !(t > 0 && t <= 1))
+        return vlm_cli_usage_error(cmd, "--collapse is a cosine in (0, 1]");
+      sopts.collapse = (float)t;
+      break;
+    }
     case 'F': field_list = optarg; break;
     case 'm': model_dir = optarg; break;
     case 'j': as_json = 1; break;

@@ -29,6 +29,7 @@
 #define MAX_EF 4096
 #define EXACT_MIN 4096 /* filtered: always exact at or below this */
 #define EXACT_FRACTION 20 /* ... or below 1/20 of the items */
+#define VLM__COLLAPSE_DEPTH 10000 /* candidates a collapsed search ranks */
 #define RRF_K 60.0f
 
 float vlm__dot(const float *a, const void *b, int dim) {
@@ -622,6 +623,55 @@ void vlm__snapshot_end(vlm__reader *r, int need_sql) {
     mdb_txn_reset(r->txn);
 }
 
+/* ---- near-duplicates ----------------------------------------------------- */
+
+/* Keep, best first, up to k of the n candidates whose image vector has
+ * cosine < thr with every image vector kept before it; a folded one adds
+ * to similar[] of the first kept one it matches.  Candidates without an
+ * image vector are kept as they are.  Compacts c; returns the count kept
+ * or a negative error. */
+static int collapse_near(vlm_db *db, MDB_txn *txn, vlm__cand *c, int n,
+                         int k, float thr, int *similar) {
+  int dim = db->man.dim, kept = 0;
+  float *kv = malloc((size_t)k * dim * sizeof *kv);
+  int *kslot = malloc((size_t)k * sizeof *kslot); /* kv row -> kept index */
+  int nkv = 0;
+  if (!kv || !kslot) {
+    free(kv);
+    free(kslot);
+    return vlm_seterr(VLM_ENOMEM, "search: collapse");
+  }
+  for (int i = 0; i < n && kept < k; i++) {
+    uint32_t flags = 0;
+    const void *vec[VLM__NMOD] = {NULL, NULL};
+    int rc = vlm__vecs_get(&db->lm, txn, c[i].id, dim, &flags, vec);
+    if (rc && rc != VLM_ENOTFOUND) {
+      free(kv);
+      free(kslot);
+      return rc;
+    }
+    const void *iv = rc ? NULL : vec[VLM__MOD_IMAGE];
+    int into = -1;
+    if (iv && vlm__vec_finite(iv, dim))
+      for (int j = 0; j < nkv && into < 0; j++)
+        if (vlm__dot(kv + (size_t)j * dim, iv, dim) >= thr)
+          into = kslot[j];
+    if (into >= 0) {
+      similar[into]++;
+      continue;
+    }
+    if (iv && vlm__vec_finite(iv, dim)) {
+      memcpy(kv + (size_t)nkv * dim, iv, (size_t)dim * sizeof *kv);
+      kslot[nkv++] = kept;
+    }
+    similar[kept] = 0;
+    c[kept++] = c[i];
+  }
+  free(kv);
+  free(kslot);
+  return kept;
+}
+
 /* ---- the public search -------------------------------------------------- */
 
 int vlm_db_search(vlm_db *db, const float *query,
@@ -653,6 +703,8 @@ int vlm_db_search(vlm_db *db, const float *query,
     return vlm_seterr(VLM_EINVAL, "search: no query vector and no text");
   if (o.hybrid_weight < 0 || o.hybrid_weight > 1 || isnan(o.hybrid_weight))
     return vlm_seterr(VLM_EINVAL, "search: hybrid_weight must be in 0..1");
+  if (!(o.collapse >= 0 && o.collapse <= 1))
+    return vlm_seterr(VLM_EINVAL, "search: collapse must be in 0..1");
   if (o.filter && (rc = vlm__filter_lex(o.filter)))
     return rc;
   int dim = db->man.dim;
@@ -693,6 +745,11 @@ int vlm_db_search(vlm_db *db, const float *query,
   int depth = o.k;
   if (o.hybrid_text && depth < 50)
     depth = 50;
+  if (o.collapse > 0) { /* room for the near-duplicates that fold away */
+    int want = o.k < 13 ? 100 : o.k * 8;
+    depth = want > VLM__COLLAPSE_DEPTH ? VLM__COLLAPSE_DEPTH
+                                       : want > depth ? want : depth;
+  }
   if (q && !listed) {
     sctx s = {db, r, q, dim, NULL, 0, NULL, next_id, scratch, o.filter};
     rc = vector_ranking(&s, &o, depth, nitems, &vr, &nvr);
@@ -748,10 +805,29 @@ int vlm_db_search(vlm_db *db, const float *query,
     final = fused;
     nfinal = nfu;
   }
+  int *similar = NULL;
+  if (o.collapse > 0 && nfinal > 0) {
+    if (!(similar = calloc((size_t)(nfinal < o.k ? nfinal : o.k),
+                           sizeof *similar))) {
+      rc = vlm_seterr(VLM_ENOMEM, "search");
+      free(fused);
+      goto done;
+    }
+    int kept = collapse_near(db, r->txn, final, nfinal, o.k, o.collapse,
+                             similar);
+    if (kept < 0) {
+      rc = kept;
+      free(similar);
+      free(fused);
+      goto done;
+    }
+    nfinal = kept;
+  }
   if (nfinal > o.k)
     nfinal = o.k;
   if (nfinal > 0 && !(hits = calloc((size_t)nfinal, sizeof *hits))) {
     rc = vlm_seterr(VLM_ENOMEM, "search");
+    free(similar);
     free(fused);
     goto done;
   }
@@ -761,20 +837,24 @@ int vlm_db_search(vlm_db *db, const float *query,
     if (rc == VLM_ENOTFOUND)
       continue;
     if (rc) {
+      free(similar);
       free(fused);
       goto done;
     }
     vlm_hit *h = &hits[nhits];
     if (!(h->key = strndup(rec.key, rec.key_len))) {
       rc = vlm_seterr(VLM_ENOMEM, "search");
+      free(similar);
       free(fused);
       goto done;
     }
     h->score = final[i].score;
+    h->similar = similar ? similar[i] : 0;
     h->modality = final[i].mod == VLM__MOD_IMAGE ? VLM_TARGET_IMAGE
                                                  : VLM_TARGET_TEXT;
     nhits++;
   }
+  free(similar);
   free(fused);
   rc = 0;
 done:

@@ -154,12 +154,18 @@ typedef struct {
   const char *hybrid_text;/* if non-NULL, fuse BM25 over captions for this
                              query text with the vector ranking (RRF) */
   float hybrid_weight;    /* weight of BM25 in the fusion, 0..1; 0 = 0.5 */
+  float collapse;         /* 0 = off; else in (0, 1]: a result whose image
+                             vector has cosine >= collapse with a better
+                             result's is folded into it (near-duplicates
+                             take one slot); results without an image
+                             vector are never folded */
 } vlm_search_options;
 
 typedef struct {
   char *key;
   float score;            /* cosine similarity, or fused score in hybrid */
   vlm_target modality;    /* which vector matched (IMAGE or TEXT) */
+  int similar;            /* with collapse: results folded into this one */
 } vlm_hit;
 
 /* Search by vector (may be NULL only for a pure BM25 query with

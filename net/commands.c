@@ -838,7 +838,7 @@ static void cmd_info_exec(vlm__job *job) {
 
 enum { Q_TEXT, Q_IMAGE, Q_KEY, Q_VECTOR };
 enum { F_CAPTION = -1, F_SOURCE = -2, F_META = -3, F_THUMB = -4,
-       F_MODALITY = -5 };
+       F_MODALITY = -5, F_SIMILAR = -6 };
 #define MAX_RETURN 32
 
 typedef struct {
@@ -865,7 +865,7 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
     int id;
   } builtin[] = {{"caption", F_CAPTION}, {"source", F_SOURCE},
                  {"meta", F_META},       {"thumb", F_THUMB},
-                 {"modality", F_MODALITY}};
+                 {"modality", F_MODALITY}, {"similar", F_SIMILAR}};
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (arg_is(a, builtin[i].name)) {
       *field = builtin[i].id;
@@ -882,7 +882,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
     }
   char tmp[64];
   vlm__reply_error(ctx->out, "ERR", "unknown field '%s' in RETURN (caption, "
-                   "source, meta, thumb, modality or a declared field)",
+                   "source, meta, thumb, modality, similar or a declared "
+                   "field)",
                    arg_show(a, tmp, sizeof tmp));
   return -1;
 }
@@ -956,6 +957,14 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       st->opts.nprobe = (int)v;
     } else if (arg_is(a, "EXACT")) {
       st->opts.exact = 1;
+    } else if (arg_is(a, "COLLAPSE") && has) {
+      if (arg_double(ctx, &ctx->argv[++i], 0, 1, "COLLAPSE", &d) < 0)
+        return -1;
+      if (d <= 0) {
+        vlm__reply_error(ctx->out, "ERR", "COLLAPSE is a cosine in (0, 1]");
+        return -1;
+      }
+      st->opts.collapse = (float)d;
     } else if (arg_is(a, "RETURN") && has) {
       if (arg_long(ctx, &ctx->argv[++i], 0, MAX_RETURN, "RETURN count",
                    &v) < 0)
@@ -1037,6 +1046,9 @@ static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
   case F_MODALITY:
     vlm__reply_cstr(out, modality_name(hit->modality));
     return;
+  case F_SIMILAR:
+    vlm__reply_int(out, hit->similar);
+    return;
   case F_CAPTION:
     vlm__reply_cstr(out, rec ? rec->caption : NULL);
     return;
@@ -1099,7 +1111,7 @@ static void cmd_search_exec(vlm__job *job) {
   }
   int need_rec = 0;
   for (int f = 0; f < st->nfields; f++)
-    need_rec |= st->fields[f] != F_MODALITY;
+    need_rec |= st->fields[f] != F_MODALITY && st->fields[f] != F_SIMILAR;
   if (out->resp3)
     vlm__reply_map(out, nhits);
   else
@@ -1708,7 +1720,7 @@ static const vlm__command commands[] = {
     {"SEARCH", cmd_search_proc, cmd_search_exec, -3, 0, "search",
      "TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes [K k] "
      "[FILTER expr] [TARGET ANY|IMAGE|TEXT] [HYBRID text [WEIGHT w]] "
-     "[EF ef] [NPROBE nprobe] [EXACT] [RETURN n field ...]",
+     "[EF ef] [NPROBE nprobe] [EXACT] [COLLAPSE cosine] [RETURN n field ...]",
      "k nearest items: key, score and the fields asked for."},
     {"ADD", cmd_add_proc, cmd_add_exec, -4, WRITE, "write",
      "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "

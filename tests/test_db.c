@@ -638,6 +638,107 @@ static void test_search_targets_exact_and_index(void **state) {
   }
 }
 
+/* Collapse: the exact ranking, then greedily one result per group of
+ * images with cosine >= t (the oracle below), with the count folded into
+ * each; items without an image are never folded.  Through a Flat index
+ * and the exact scan alike; bad thresholds are refused. */
+static void test_collapse_near_duplicates(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  const int n = 600, nclusters = 30;
+  corpus_make(&c, n, DIM, 77);
+  float *centre = calloc((size_t)nclusters * DIM, sizeof *centre);
+  for (int k = 0; k < nclusters; k++)
+    unit(centre + (size_t)k * DIM, DIM);
+  for (int i = 0; i < 8 * nclusters; i++) { /* 8 near-copies per centre */
+    float *v = c.img + (size_t)i * DIM;
+    for (int d = 0; d < DIM; d++)
+      v[d] = centre[(size_t)(i % nclusters) * DIM + d] +
+             0.02f * (float)(rng_uniform() - 0.5);
+    unit_normalize(v, DIM);
+  }
+  corpus_put(db, &c, 0, n, 200);
+  const float thr = 0.9f;
+  scored *all = malloc(sizeof *all * (size_t)n);
+  float q[DIM];
+  for (int trial = 0; trial < 20; trial++) {
+    if (trial % 2) { /* near a cluster */
+      memcpy(q, centre + (size_t)(trial % nclusters) * DIM, sizeof q);
+      q[trial % DIM] += 0.3f;
+      unit_normalize(q, DIM);
+    } else {
+      unit(q, DIM);
+    }
+    vlm_target target = trial % 4 < 2 ? VLM_TARGET_ANY : VLM_TARGET_IMAGE;
+    int k = trial % 3 == 0 ? 5 : 12;
+    /* the oracle */
+    int m = oracle(&c, NULL, NULL, q, target, all);
+    int kept[64], similar[64], nk = 0;
+    float kept_score[64];
+    for (int j = 0; j < m && nk < k; j++) {
+      int i = all[j].i, into = -1;
+      if (c.has_img[i])
+        for (int a = 0; a < nk && into < 0; a++)
+          if (c.has_img[kept[a]] &&
+              dot(c.img + (size_t)i * DIM, c.img + (size_t)kept[a] * DIM,
+                  DIM) >= thr)
+            into = a;
+      if (into >= 0) {
+        similar[into]++;
+      } else {
+        similar[nk] = 0;
+        kept_score[nk] = all[j].score;
+        kept[nk++] = i;
+      }
+    }
+    int folded = 0;
+    for (int a = 0; a < nk; a++)
+      folded += similar[a];
+    if (trial % 2)
+      assert_true(folded > 0); /* a query near a cluster folds some */
+    for (int exact = 0; exact < 2; exact++) {
+      vlm_search_options o = {.k = k, .target = target, .exact = exact,
+                              .collapse = thr};
+      vlm_hit *hits = NULL;
+      int nh = 0;
+      CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+      assert_int_equal(nh, nk);
+      for (int a = 0; a < nk; a++) {
+        assert_string_equal(hits[a].key, c.key[kept[a]]);
+        assert_int_equal(hits[a].similar, similar[a]);
+        assert_float_equal(hits[a].score, kept_score[a], 1e-5);
+      }
+      vlm_hits_free(hits, nh);
+    }
+  }
+  /* without collapse nothing is folded */
+  vlm_search_options o = {.k = 10};
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  CHECK(vlm_db_search(db, centre, &o, &hits, &nh));
+  int clustered = 0;
+  for (int a = 0; a < nh; a++) {
+    assert_int_equal(hits[a].similar, 0);
+    clustered += key_index(hits[a].key) < 8 * nclusters &&
+                 key_index(hits[a].key) % nclusters == 0;
+  }
+  assert_true(clustered > 1); /* the copies of centre 0 fill the top */
+  vlm_hits_free(hits, nh);
+  float bad[] = {-0.1f, 1.5f, NAN};
+  for (int b = 0; b < 3; b++) {
+    vlm_search_options ob = {.k = 10, .collapse = bad[b]};
+    assert_int_equal(vlm_db_search(db, q, &ob, &hits, &nh), VLM_EINVAL);
+  }
+  free(all);
+  free(centre);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* A database whose items first have text vectors only: searches over the
  * empty image modality return nothing (and must not scan every item), and
  * image vectors that arrive later are found at once, through the index
@@ -2692,6 +2793,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_upsert_delete_reach_all_stores, teardown_tmp),
       cmocka_unit_test_teardown(test_one_modality_database, teardown_tmp),
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
+      cmocka_unit_test_teardown(test_collapse_near_duplicates, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
       cmocka_unit_test_teardown(test_tuned_effort, teardown_tmp),

@@ -1436,6 +1436,27 @@ static void test_write_read_search(void **state) {
   assert_string_equal(e->element[9]->str, "image");
   assert_int_equal((unsigned char)e->element[13]->str[0], 0xFF);
   freeReplyObject(r);
+  /* COLLAPSE folds near-identical images into the best hit; "similar"
+   * says how many (the library's oracle test checks which). */
+  r = hcmd(c, "SEARCH KEY saturn K %d RETURN 1 similar", NITEMS);
+  size_t uncollapsed = r->elements;
+  freeReplyObject(r);
+  r = hcmd(c, "SEARCH KEY saturn K %d COLLAPSE 0.000001 RETURN 1 similar",
+           NITEMS);
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_true(r->elements >= 1 && r->elements < uncollapsed);
+  assert_string_equal(r->element[0]->element[0]->str, "saturn");
+  long long folded = 0;
+  for (size_t h = 0; h < r->elements; h++) {
+    assert_string_equal(r->element[h]->element[2]->str, "similar");
+    assert_int_equal(r->element[h]->element[3]->type, REDIS_REPLY_INTEGER);
+    folded += r->element[h]->element[3]->integer;
+  }
+  assert_int_equal((long long)r->elements + folded, (long long)uncollapsed);
+  freeReplyObject(r);
+  expect_error(hcmd(c, "SEARCH KEY saturn COLLAPSE 0"),
+               "ERR COLLAPSE is a cosine");
+  expect_error(hcmd(c, "SEARCH KEY saturn COLLAPSE 1.5"), "ERR");
   /* Hybrid fuses BM25 over captions: a well-formed ranking of k items. */
   r = hcmd(c, "SEARCH TEXT %s K 3 HYBRID %s WEIGHT 0.5", "planet",
            "ringed planet");
