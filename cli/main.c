@@ -13,6 +13,7 @@ static const vlm_command commands[] = {
     {"init", cmd_init, "create a database bound to a model"},
     {"ingest", cmd_ingest, "bulk-load a catalog (JSONL, CSV/TSV, directory)"},
     {"search", cmd_search, "search by text, image or stored key"},
+    {"sheet", cmd_sheet, "draw search results as a PNG contact sheet"},
     {"eval", cmd_eval, "measure cross-modal Recall@K"},
     {"info", cmd_info, "show a database's counts and configuration"},
     {"get", cmd_get, "print one item by key"},

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "catalog.h"
+#include "image.h"
 #include "progress.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
@@ -1229,6 +1230,43 @@ static void test_e2e_ingest_search_eval(void **state) {
   assert_int_equal(RUN(dir, NULL, NULL, "search", "--db", db, "--text", "x",
                        "--filter", "1); DROP TABLE items; --"),
                    2);
+
+  /* the contact sheet: one line and one row of cells per query, the
+   * picture's size from -k and --cell, thumbnails drawn into the cells */
+  {
+    char png[PATH_MAX];
+    snprintf(png, sizeof png, "%s/sheet.png", dir);
+    out = RUN_OK(dir, "sheet", "--db", db, "--out", png, "-k", "3", "--cell",
+                 "32", "--text", "tiny image", "--text", "a photo");
+    assert_true(!strncmp(out, "tiny image: ", 12));
+    assert_non_null(strstr(out, "\na photo: "));
+    free(out);
+    uint8_t *data;
+    size_t len;
+    assert_int_equal(vlm__image_read_file(png, 1 << 24, &data, &len), 0);
+    vlm_clip_options po = {0};
+    vlm_image im = {0};
+    assert_int_equal(vlm_image_decode(data, len, &po, &im), 0);
+    free(data);
+    assert_int_equal(im.w, 4 + 3 * 36);
+    assert_int_equal(im.h, 4 + 2 * 36);
+    int drawn = 0; /* cells that are neither background nor "no picture" */
+    for (int r = 0; r < 2; r++)
+      for (int k = 0; k < 3; k++) {
+        int x0 = 4 + k * 36, y0 = 4 + r * 36, odd = 0;
+        for (int y = y0; y < y0 + 32; y++)
+          for (int x = x0; x < x0 + 32; x++) {
+            const uint8_t *p = im.rgb + ((size_t)y * im.w + x) * 3;
+            odd |= !(p[0] == p[1] && p[1] == p[2] &&
+                     (p[0] == 0xb0 || p[0] == 0xd8));
+          }
+        drawn += odd;
+      }
+    assert_true(drawn >= 4);
+    vlm_image_free(&im);
+    assert_int_equal(RUN(dir, NULL, NULL, "sheet", "--db", db, "--text", "x"),
+                     2);
+  }
 
   /* the table: a header, one line per hit, columns aligned */
   out = RUN_OK(dir, "search", "--db", db, "--text", "tiny image", "-k", "10",
