@@ -20,6 +20,8 @@ static const vlm_command commands[] = {
     {"delete", cmd_delete, "delete items by key"},
     {"export", cmd_export, "write the database back out as JSONL"},
     {"reindex", cmd_reindex, "rebuild the vector index with another kind"},
+    {"verify", cmd_verify, "check that a database's stores agree"},
+    {"recover", cmd_recover, "finish crash recovery (replay, index repair)"},
     {"serve", cmd_serve, "serve a database over TCP (Redis protocol)"},
     {"embed", cmd_embed, "print CLIP embeddings of texts and images"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts"},

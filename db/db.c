@@ -231,6 +231,79 @@ static int dir_is_empty(const char *dir) {
   return empty;
 }
 
+static void remove_created(const char *dir, int rmdir_too);
+
+/* The parent directory of path ("." for a bare name), trailing slashes
+ * ignored. */
+static void parent_of(const char *path, char *out, size_t cap) {
+  size_t n = strlen(path);
+  while (n > 1 && path[n - 1] == '/')
+    n--;
+  size_t cut = n;
+  while (cut > 0 && path[cut - 1] != '/')
+    cut--;
+  if (cut == 0) {
+    snprintf(out, cap, ".");
+    return;
+  }
+  while (cut > 1 && path[cut - 1] == '/')
+    cut--;
+  snprintf(out, cap, "%.*s", (int)cut, path);
+}
+
+/* dir's last component, trailing slashes ignored, into out. */
+static void base_of(const char *path, char *out, size_t cap) {
+  size_t n = strlen(path);
+  while (n > 1 && path[n - 1] == '/')
+    n--;
+  size_t b = n;
+  while (b > 0 && path[b - 1] != '/')
+    b--;
+  snprintf(out, cap, "%.*s", (int)(n - b), path + b);
+}
+
+/* PARENT/.NAME.creating-PID: where vlm_db_create builds dir. */
+static int creating_path(const char *dir, char *out, size_t cap) {
+  char parent[PATH_MAX], base[NAME_MAX + 1];
+  parent_of(dir, parent, sizeof parent);
+  base_of(dir, base, sizeof base);
+  if (!*base || !strcmp(base, ".") || !strcmp(base, "..") ||
+      strlen(base) > NAME_MAX - 32)
+    return vlm_seterr(VLM_EINVAL, "create: %s: not a usable directory name",
+                      dir);
+  if (snprintf(out, cap, "%s/.%s.creating-%ld", parent, base,
+               (long)getpid()) >= (int)cap)
+    return vlm_seterr(VLM_EINVAL, "create: %s: path too long", dir);
+  return 0;
+}
+
+/* Remove .NAME.creating-PID siblings of dir left by creates that were
+ * killed (their process is gone). */
+static void remove_stale_creating(const char *dir) {
+  char parent[PATH_MAX], base[NAME_MAX + 1], prefix[NAME_MAX + 16];
+  parent_of(dir, parent, sizeof parent);
+  base_of(dir, base, sizeof base);
+  int plen = snprintf(prefix, sizeof prefix, ".%s.creating-", base);
+  DIR *d = opendir(parent);
+  if (!d)
+    return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, prefix, (size_t)plen))
+      continue;
+    char *end;
+    long pid = strtol(e->d_name + plen, &end, 10);
+    if (*end || pid <= 0 || pid == (long)getpid() ||
+        !(kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+      continue;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", parent, e->d_name) <
+        (int)sizeof path)
+      remove_created(path, 1);
+  }
+  closedir(d);
+}
+
 static void remove_created(const char *dir, int rmdir_too) {
   static const char *files[] = {"manifest.json", "manifest.json.tmp",
                                 "meta.sqlite", "meta.sqlite-wal",
@@ -255,7 +328,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   vlm__lmdb lm;
   vlm_index *probe = NULL;
   char path[PATH_MAX];
-  int rc, made_dir = 0;
+  int rc;
   if (!dir || !config || !out)
     return vlm_seterr(VLM_EINVAL, "create: NULL argument");
   *out = NULL;
@@ -303,22 +376,33 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     return vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
   vlm_index_free(probe);
 
-  if (mkdir(dir, 0755) == 0) {
-    made_dir = 1;
-  } else if (errno != EEXIST) {
-    return vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s",
-                      dir, strerror(errno));
-  } else {
+  /* Built beside dir under a temporary name, then renamed onto it: a
+   * create killed part-way leaves no half-made database at dir, only a
+   * .NAME.creating-PID sibling that the next create removes. */
+  char tmp[PATH_MAX];
+  if ((rc = creating_path(dir, tmp, sizeof tmp)))
+    return rc;
+  struct stat st;
+  if (stat(dir, &st) == 0) {
+    if (!S_ISDIR(st.st_mode))
+      return vlm_seterr(VLM_EEXISTS, "%s: exists and is not a directory",
+                        dir);
     int e = dir_is_empty(dir);
     if (e < 0)
       return vlm_seterr(VLM_EIO, "%s: %s", dir, strerror(errno));
     if (!e)
       return vlm_seterr(VLM_EEXISTS, "%s: exists and is not empty", dir);
+  } else if (errno != ENOENT) {
+    return vlm_seterr(VLM_EIO, "%s: %s", dir, strerror(errno));
   }
-  snprintf(path, sizeof path, "%s/meta.sqlite", dir);
+  remove_stale_creating(dir);
+  if (mkdir(tmp, 0755) != 0)
+    return vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s",
+                      tmp, strerror(errno));
+  snprintf(path, sizeof path, "%s/meta.sqlite", tmp);
   if ((rc = vlm__sql_create(path, &m)))
     goto fail;
-  if ((rc = vlm__lmdb_open(&lm, dir, 0, 1, 0)))
+  if ((rc = vlm__lmdb_open(&lm, tmp, 0, 1, 0)))
     goto fail;
   {
     MDB_txn *txn;
@@ -335,15 +419,27 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     if (rc)
       goto fail;
   }
-  /* The manifest comes last: a directory without one is not a database,
-   * so a crash during create never leaves a half-made one that opens. */
-  if ((rc = vlm__manifest_write(dir, &m)))
+  if ((rc = vlm__manifest_write(tmp, &m)))
     goto fail;
+  /* rename(2) replaces an empty directory; a non-empty one that appeared
+   * meanwhile makes it fail, and that create loses. */
+  if (rename(tmp, dir) != 0) {
+    int e = errno;
+    rc = e == EEXIST || e == ENOTEMPTY
+             ? vlm_seterr(VLM_EEXISTS, "%s: exists and is not empty", dir)
+             : vlm_seterr(e == ENOSPC ? VLM_ENOSPACE : VLM_EIO,
+                          "%s: rename from %s: %s", dir, tmp, strerror(e));
+    goto fail;
+  }
+  char parent[PATH_MAX];
+  parent_of(dir, parent, sizeof parent);
+  if ((rc = vlm__fsync_dir(parent)))
+    return rc;
   if ((rc = vlm_db_open(dir, NULL, out)))
     return rc;
   return 0;
 fail:
-  remove_created(dir, made_dir);
+  remove_created(tmp, 1);
   return rc;
 }
 
@@ -492,9 +588,10 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
     if (db->readonly) {
       rc = vlm_seterr(VLM_ESTATE,
                       "%s needs crash recovery (meta.sqlite at batch %llu, "
-                      "payload at %llu); open it read-write once",
+                      "payload at %llu): run `vlmdb recover --db %s` (or "
+                      "open it read-write once)",
                       dir, (unsigned long long)sseq,
-                      (unsigned long long)lseq);
+                      (unsigned long long)lseq, dir);
       goto fail;
     }
     if ((rc = vlm__sql_replay(db, sseq, lseq)))

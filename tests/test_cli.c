@@ -8,6 +8,7 @@
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -23,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
 #include "catalog.h"
 #include "image.h"
 #include "progress.h"
@@ -930,6 +932,57 @@ static char *run_ok(const char *dir, const char *const *args) {
 }
 #define RUN_OK(dir, ...) run_ok(dir, (const char *const[]){__VA_ARGS__, NULL})
 
+/* init killed at any moment: the database directory either does not exist
+ * (and a second init makes it) or is a whole database; the temporary
+ * sibling a killed init leaves is removed by the next one. */
+static void test_init_killed_anywhere(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX];
+  snprintf(db, sizeof db, "%s/probe", dir);
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  free(RUN_OK(dir, "init", "--db", db, "--model", "tests/fixtures/clip-tiny"));
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double dt = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+  int absent = 0, whole = 0;
+  const int trials = 24;
+  for (int t = 0; t < trials; t++) {
+    snprintf(db, sizeof db, "%s/db-%d", dir, t);
+    const char *args[] = {"init", "--db", db, "--model",
+                          "tests/fixtures/clip-tiny", NULL};
+    pid_t pid = spawn_vlmdb(dir, args);
+    usleep((useconds_t)(dt * 1.2e6 * t / trials));
+    kill(pid, SIGKILL);
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    struct stat sb;
+    if (stat(db, &sb) == 0) {
+      char man[PATH_MAX];
+      snprintf(man, sizeof man, "%s/manifest.json", db);
+      if (stat(man, &sb) != 0)
+        fail_msg("trial %d: %s exists without a manifest", t, db);
+      free(RUN_OK(dir, "info", "--db", db));
+      whole++;
+    } else {
+      free(RUN_OK(dir, "init", "--db", db, "--model",
+                  "tests/fixtures/clip-tiny"));
+      absent++;
+    }
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *e;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, ".db-%d.creating-", t);
+    while ((e = readdir(d)))
+      if (!strncmp(e->d_name, prefix, strlen(prefix)))
+        fail_msg("trial %d: %s left behind", t, e->d_name);
+    closedir(d);
+  }
+  print_message("init killed %d times: %d before it finished, %d after\n",
+                trials, absent, whole);
+  assert_true(absent > 0 && whole > 0);
+}
+
 static json_t *parse_json(const char *text) {
   json_error_t jerr;
   json_t *v = json_loads(text, 0, &jerr);
@@ -1159,6 +1212,20 @@ static void test_e2e_ingest_search_eval(void **state) {
   assert_int_equal(json_int(info, "text_vectors"), MAIN_GOOD);
   assert_int_equal(json_int(info, "dim"), 48);
   json_decref(info);
+  free(out);
+
+  /* verify: whole; recover: nothing to do, says where it stands */
+  out = RUN_OK(dir, "verify", "--db", db);
+  assert_true(!strncmp(out, "ok: ", 4));
+  free(out);
+  out = RUN_OK(dir, "verify", "--db", db, "--json");
+  json_t *vj = parse_json(out);
+  assert_true(json_is_true(json_object_get(vj, "ok")));
+  assert_int_equal(json_int(vj, "items"), MAIN_GOOD);
+  json_decref(vj);
+  free(out);
+  out = RUN_OK(dir, "recover", "--db", db);
+  assert_non_null(strstr(out, "consistent at batch"));
   free(out);
 
   json_t *map = export_map(dir, db);
@@ -2061,6 +2128,35 @@ static void test_e2e_serve_uses_recorded_model(void **state) {
   free(err);
 }
 
+/* vlmdb verify finds stores that disagree and says which; exit 1. */
+static void test_verify_finds_disagreement(void **state) {
+  const char *dir = *state;
+  char db[PATH_MAX], cat[PATH_MAX], sql[PATH_MAX];
+  snprintf(db, sizeof db, "%s/v.vlmdb", dir);
+  snprintf(cat, sizeof cat, "%s/v.jsonl", dir);
+  snprintf(sql, sizeof sql, "%s/meta.sqlite", db);
+  FILE *f = fopen(cat, "w");
+  assert_non_null(f);
+  for (int i = 0; i < 20; i++)
+    fprintf(f, "{\"key\": \"t%02d\", \"text\": \"caption number %d\"}\n", i, i);
+  fclose(f);
+  free(RUN_OK(dir, "init", "--db", db, "--model", "tests/fixtures/clip-tiny",
+              "--index", "Flat"));
+  free(RUN_OK(dir, "ingest", "--db", db, "--quiet", cat));
+  free(RUN_OK(dir, "verify", "--db", db));
+  sqlite3 *s;
+  assert_int_equal(sqlite3_open(sql, &s), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(s, "DELETE FROM items WHERE key = 't07'",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(s);
+  char *out, *err;
+  assert_int_equal(RUN(dir, &out, &err, "verify", "--db", db), 1);
+  assert_non_null(strstr(err, "vlmdb verify: "));
+  free(out);
+  free(err);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_jsonl_rows_and_errors, setup_tmpdir,
@@ -2069,6 +2165,10 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_jsonl_weight, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_init_killed_anywhere, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_verify_finds_disagreement,
+                                      setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_csv_quoting_and_line_numbers, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_tsv_and_vectors, setup_tmpdir,

@@ -2139,6 +2139,12 @@ static void test_recovery_replays_sqlite(void **state) {
                    NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(s);
+  /* read-only, it cannot replay: it refuses and names the command that
+   * does */
+  vlm_db_open_options ro = {.readonly = 1};
+  vlm_db *rdb = NULL;
+  EXPECT_ERR(VLM_ESTATE, vlm_db_open(t.dir, &ro, &rdb));
+  assert_non_null(strstr(vlm_errmsg(), "run `vlmdb recover --db "));
   warnings = 0;
   db = open_db(t.dir);
   assert_int_equal(warnings, 1);
