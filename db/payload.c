@@ -82,6 +82,30 @@ int vlm__lmdb_open(vlm__lmdb *lm, const char *dir, int readonly, int create,
   unsigned flags = MDB_NOTLS | (readonly ? MDB_RDONLY : 0);
   if ((rc = mdb_env_open(lm->env, path, flags, 0644)))
     goto fail;
+  /* A data file shorter than the pages its meta page says are in use
+   * (truncated by a bad copy or a full disk) would fault (SIGBUS) on
+   * the first read past its end: refuse it before any transaction. */
+  {
+    MDB_envinfo ei;
+    MDB_stat es;
+    struct stat fs;
+    char data[PATH_MAX + 16];
+    snprintf(data, sizeof data, "%s/data.mdb", path);
+    if (mdb_env_info(lm->env, &ei) == 0 && mdb_env_stat(lm->env, &es) == 0 &&
+        stat(data, &fs) == 0 &&
+        (uint64_t)fs.st_size <
+            ((uint64_t)ei.me_last_pgno + 1) * (uint64_t)es.ms_psize) {
+      mdb_env_close(lm->env);
+      lm->env = NULL;
+      return vlm_seterr(
+          VLM_ECORRUPT,
+          "%s is damaged: it is %lld bytes but its pages reach %llu "
+          "(truncated?); restore the database from a backup",
+          data, (long long)fs.st_size,
+          (unsigned long long)(((uint64_t)ei.me_last_pgno + 1) *
+                               (uint64_t)es.ms_psize));
+    }
+  }
   if ((rc = mdb_txn_begin(lm->env, NULL, readonly ? MDB_RDONLY : 0, &txn)))
     goto fail;
   unsigned cf = create ? MDB_CREATE : 0;

@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -1176,6 +1177,51 @@ static void test_extreme_vectors_and_text_limit(void **state) {
   vlm_hits_free(hits, nh);
   free(big);
   vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* A truncated data.mdb (a bad copy, a full disk) is refused with a clear
+ * error by every open, read-only or not, instead of faulting on the first
+ * read past its end; the full file opens again. */
+static void test_truncated_payload_refused(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 1500, DIM, 5);
+  corpus_put(db, &c, 0, 1500, 500);
+  vlm_db_close(db);
+  char data[PATH_MAX], save[PATH_MAX];
+  snprintf(data, sizeof data, "%s/payload.lmdb/data.mdb", t.dir);
+  snprintf(save, sizeof save, "%s/data.mdb.full", t.dir);
+  struct stat st;
+  assert_int_equal(stat(data, &st), 0);
+  char cmd[3 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", data, save);
+  assert_int_equal(system(cmd), 0);
+  off_t cuts[] = {st.st_size / 2, st.st_size - 4096, 3 * 4096};
+  for (int k = 0; k < 3; k++) {
+    assert_int_equal(truncate(data, cuts[k]), 0);
+    for (int ro = 0; ro < 2; ro++) {
+      vlm_db_open_options o = {.readonly = ro};
+      vlm_db *bad = NULL;
+      int rc = vlm_db_open(t.dir, &o, &bad);
+      if (rc == 0) {
+        vlm_db_close(bad);
+        fail_msg("truncated to %lld bytes: opened (%s)", (long long)cuts[k],
+                 ro ? "read-only" : "read-write");
+      }
+      assert_int_equal(rc, VLM_ECORRUPT);
+      assert_non_null(strstr(vlm_errmsg(), "is damaged"));
+    }
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", save, data);
+    assert_int_equal(system(cmd), 0);
+  }
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  corpus_free(&c);
   tmp_free(&t);
 }
 
@@ -2800,6 +2846,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_one_modality_database, teardown_tmp),
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
       cmocka_unit_test_teardown(test_collapse_near_duplicates, teardown_tmp),
+      cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
       cmocka_unit_test_teardown(test_tuned_effort, teardown_tmp),
