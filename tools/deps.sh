@@ -1,22 +1,22 @@
 #!/bin/sh
 # Install the Debian packages vlmdb needs, if any are missing.
-# Usage: tools/deps.sh [build|data|data-next]   (build: compile and test;
-# data: also the catalogs `make demo` and `make data` read; data-next: also
-# the emoji and Tux Paint sources of `tools/make-data.sh emoji tuxpaint`).
+# Usage: tools/deps.sh [build|data]   (build: compile and test; data: also
+# the sources of the catalogs `make data` and `make demo` build;
+# data-next is the same as data).
 set -eu
 
 BUILD_PKGS="build-essential pkg-config clang libfaiss-dev liblmdb-dev lmdb-utils
 libsqlite3-dev libuv1-dev libcmocka-dev libopenblas-dev libhiredis-dev
 redis-tools redis-server libjpeg62-turbo-dev libpng-dev libutf8proc-dev
 libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis"
-DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist"
-# the next default model's sources (tools/make-data.sh emoji tuxpaint)
-DATA_NEXT_PKGS="fonts-noto-color-emoji unicode-cldr-core python3-fonttools
+# the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
+# emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint
+DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist
+fonts-noto-color-emoji unicode-cldr-core python3-fonttools
 tuxpaint-stamps-default librsvg2-bin npm"
 
 pkgs=$BUILD_PKGS
-[ "${1:-build}" = data ] && pkgs="$BUILD_PKGS $DATA_PKGS"
-[ "${1:-build}" = data-next ] && pkgs="$BUILD_PKGS $DATA_PKGS $DATA_NEXT_PKGS"
+case ${1:-build} in data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;; esac
 
 missing=""
 for p in $pkgs; do

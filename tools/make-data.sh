@@ -3,7 +3,8 @@
 # (see tools/DATA.md).  Called by `make data`, which installs the packages
 # and builds the builders first.
 #
-#   tools/make-data.sh [openclipart] [fashion-mnist]    (default: both)
+#   tools/make-data.sh [openclipart] [fashion-mnist] [emoji] [tuxpaint]
+#                      [emoji-styles]                   (default: all)
 #
 # A dataset is rebuilt only when its builder or its package changed since
 # the last run (FORCE=1 rebuilds anyway).  Each dataset directory gets
@@ -15,7 +16,7 @@ BUILD=${BUILD:-build}
 DATA=${DATA:-data}
 FORCE=${FORCE:-0}
 
-sets=${*:-openclipart fashion-mnist}
+sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles}
 
 say() { echo "make-data: $*" >&2; }
 
@@ -103,9 +104,7 @@ fashion_mnist() {
   printf '%s\n' "$stamp" > "$out/.stamp"
 }
 
-# The next default model's sources (not built by default yet: ask for them,
-# `tools/make-data.sh emoji tuxpaint`, after `sh tools/deps.sh data-next`):
-# tools/families-catalog.py writes the catalog and the PNGs it extracts or
+# Emoji, emoji styles and Tux Paint: tools/families-catalog.py writes the catalog and the PNGs it extracts or
 # renders under data/<set>/.
 families() {   # set packages...
   set_name=$1; shift
@@ -113,7 +112,7 @@ families() {   # set packages...
   out=$DATA/$set_name
   for p in "$@"; do
     [ "$(pkg_version "$p")" != missing ] ||
-      { say "$p is not installed (run: sh tools/deps.sh data-next)"; exit 1; }
+      { say "$p is not installed (run: sh tools/deps.sh data)"; exit 1; }
   done
   stamp=$(stamp_of "$tool" "$@")
   if up_to_date "$out" "$stamp"; then
@@ -140,7 +139,7 @@ npm_fetch() {
     file=$DATA/.npm/$(printf '%s' "$spec" | sed 's/@/-/').tgz
     if [ ! -f "$file" ]; then
       command -v npm >/dev/null ||
-        { say "npm is not installed (run: sh tools/deps.sh data-next)"; exit 1; }
+        { say "npm is not installed (run: sh tools/deps.sh data)"; exit 1; }
       say "fetching $spec from the npm registry"
       (cd "$DATA/.npm" && npm pack --silent "$spec" >/dev/null) ||
         { say "npm pack $spec failed"; exit 1; }

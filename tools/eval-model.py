@@ -1,0 +1,261 @@
+#!/usr/bin/python3
+"""Measure a model on vlmdb's held-out data, with vlmdb itself.
+
+  tools/eval-model.py --model models/default [--work DIR] [--json OUT]
+                      [--only held,lang,fmnist,shapes,queries]
+
+Needs `make data` and `tools/make-data.sh emoji tuxpaint emoji-styles`.
+Every measure builds a database with `vlmdb init/ingest` and reads
+`vlmdb eval --json` or `vlmdb search --json`:
+
+- held: Recall@1/5/10 text->image and image->text on each held-out set
+  (openclipart test; emoji, emoji-styles and tuxpaint concept tests; the
+  OpenMoji line drawings held out as a style).
+- lang: the emoji and Tux Paint concept tests captioned in one language
+  each (en de fr es zh ja ru).
+- fmnist: Fashion-MNIST zero-shot accuracy (10 class captions).
+- shapes: 1,000 synthetic pictures, 5 colours x 5 shapes; the caption
+  nearest each picture among the 25 "a <colour> <shape>": right shape,
+  right colour.
+- queries: tools/queries.json (natural-language queries in 7 languages
+  with the items that should come back), precision@10 text->image on the
+  openclipart catalog and on the demo catalog (openclipart + emoji + Tux
+  Paint), with and without collapse of near-duplicates.
+"""
+import argparse, json, os, random, re, struct, subprocess, sys, zlib
+
+VLMDB = os.environ.get("VLMDB", "build/vlmdb")
+LANGS = ["en", "de", "fr", "es", "zh", "ja", "ru"]
+HELD = [("openclipart", "data/openclipart/test.jsonl"),
+        ("emoji", "data/emoji/test.jsonl"),
+        ("emoji-styles", "data/emoji-styles/test.jsonl"),
+        ("openmoji-line (style)", "data/emoji-styles/style.jsonl"),
+        ("tuxpaint", "data/tuxpaint/test.jsonl")]
+DEMO = ["data/openclipart/catalog.jsonl", "data/emoji/catalog.jsonl",
+        "data/tuxpaint/catalog.jsonl"]
+
+
+def run(*args, quiet=True):
+    r = subprocess.run([VLMDB] + list(args), capture_output=True, text=True)
+    if r.returncode:
+        sys.exit("vlmdb %s failed: %s" % (" ".join(args), r.stderr.strip()[-500:]))
+    return r.stdout
+
+
+def make_db(path, model, catalogs):
+    if os.path.exists(path):
+        subprocess.run(["rm", "-rf", path], check=True)
+    run("init", "--db", path, "--model", model, "--index", "Flat")
+    for c in catalogs:
+        run("ingest", "--db", path, "--quiet", c)
+
+
+def recall(db, pairs=None, direction="t2i,i2t"):
+    args = ["eval", "--db", db, "--json", "--no-index", "--direction", direction]
+    if pairs:
+        args += ["--pairs", pairs]
+    j = json.loads(run(*args))
+    out = {}
+    for d in ("t2i", "i2t"):
+        if d in j and j[d]:
+            out[d] = {k: round(v, 4) for k, v in j[d]["recall"].items()}
+    out["pairs"] = j["pairs"]
+    return out
+
+
+def pick_text(row, lang):
+    if lang == "en":
+        return row["text"]
+    texts = row.get("texts") or {}
+    for k in [lang] + sorted(k for k in texts if k.startswith(lang + "_")):
+        if texts.get(k):
+            v = texts[k]
+            return v if isinstance(v, str) else v[0]
+    return None
+
+
+def held(model, work):
+    out = {}
+    for name, cat in HELD:
+        db = os.path.join(work, "held-" + re.sub(r"\W+", "-", name))
+        make_db(db, model, [cat])
+        out[name] = recall(db)
+        print("held %-24s %s" % (name, out[name]), file=sys.stderr)
+    return out
+
+
+def lang(model, work):
+    out = {}
+    for l in LANGS:
+        path = os.path.join(work, "lang-%s.jsonl" % l)
+        n = 0
+        with open(path, "w") as f:
+            for cat in ("data/emoji/test.jsonl", "data/tuxpaint/test.jsonl"):
+                for line in open(cat):
+                    r = json.loads(line)
+                    t = pick_text(r, l)
+                    if t:
+                        f.write(json.dumps({"key": r["key"], "image": r["image"],
+                                            "text": t}, ensure_ascii=False) + "\n")
+                        n += 1
+        db = os.path.join(work, "lang-" + l)
+        make_db(db, model, [path])
+        out[l] = recall(db)
+        print("lang %s (%d) %s" % (l, n, out[l]), file=sys.stderr)
+    return out
+
+
+def fmnist(model, work):
+    db = os.path.join(work, "fmnist")
+    make_db(db, model, ["data/fashion-mnist/zeroshot.jsonl"])
+    r = recall(db, "data/fashion-mnist/zeroshot-pairs.jsonl", "i2t")
+    acc = r["i2t"]["1"]
+    print("fashion-mnist zero-shot %.4f" % acc, file=sys.stderr)
+    return {"accuracy": acc, "images": r["pairs"]}
+
+
+# ---- colour x shape -------------------------------------------------------
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 60, 220),
+           "yellow": (240, 210, 20), "purple": (140, 40, 170)}
+SHAPES = ["circle", "square", "triangle", "star", "heart"]
+
+
+def inside(shape, x, y):   # x, y in [-1, 1], y down
+    import math
+    if shape == "circle":
+        return x * x + y * y <= 1
+    if shape == "square":
+        return abs(x) <= 0.85 and abs(y) <= 0.85
+    if shape == "triangle":
+        return y <= 0.8 and y >= -0.9 and abs(x) <= (y + 0.9) / 1.7 * 0.95
+    if shape == "star":
+        a = math.atan2(y, x) + math.pi / 2
+        r = math.hypot(x, y)
+        k = (a % (2 * math.pi / 5)) / (2 * math.pi / 5)
+        edge = 0.42 + 0.58 * abs(1 - 2 * k) ** 1.6
+        return r <= edge
+    if shape == "heart":
+        X, Y = x * 1.25, -y * 1.25 + 0.25
+        return (X * X + Y * Y - 1) ** 3 - X * X * Y ** 3 <= 0
+    raise ValueError(shape)
+
+
+def write_png(path, w, h, rgb):
+    raw = b"".join(b"\0" + bytes(rgb[y * w * 3:(y + 1) * w * 3]) for y in range(h))
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def shapes(model, work):
+    d = os.path.join(work, "shapes")
+    os.makedirs(d, exist_ok=True)
+    rng = random.Random(12)
+    S = 96
+    rows, shape_pairs, colour_pairs = [], [], []
+    for c in COLOURS:
+        for s in SHAPES:
+            rows.append({"key": "cap/%s-%s" % (c, s), "text": "a %s %s" % (c, s)})
+    for c, col in COLOURS.items():
+        for s in SHAPES:
+            for v in range(40):
+                scale = rng.uniform(0.25, 0.42) * S
+                cx = rng.uniform(scale, S - scale)
+                cy = rng.uniform(scale, S - scale)
+                px = bytearray(b"\xff" * (S * S * 3))
+                for y in range(S):
+                    for x in range(S):
+                        if inside(s, (x + 0.5 - cx) / scale, (y + 0.5 - cy) / scale):
+                            px[(y * S + x) * 3:(y * S + x) * 3 + 3] = bytes(col)
+                key = "img/%s-%s-%02d" % (c, s, v)
+                path = os.path.join(d, key.replace("/", "_") + ".png")
+                if not os.path.exists(path):
+                    write_png(path, S, S, px)
+                rows.append({"key": key, "image": os.path.abspath(path)})
+                shape_pairs.append({"image": key, "text": ["cap/%s-%s" % (o, s) for o in COLOURS]})
+                colour_pairs.append({"image": key, "text": ["cap/%s-%s" % (c, o) for o in SHAPES]})
+    for name, data in (("catalog", rows), ("shape-pairs", shape_pairs), ("colour-pairs", colour_pairs)):
+        with open(os.path.join(d, name + ".jsonl"), "w") as f:
+            for r in data:
+                f.write(json.dumps(r) + "\n")
+    db = os.path.join(work, "shapes-db")
+    make_db(db, model, [os.path.join(d, "catalog.jsonl")])
+    sh = recall(db, os.path.join(d, "shape-pairs.jsonl"), "i2t")["i2t"]["1"]
+    co = recall(db, os.path.join(d, "colour-pairs.jsonl"), "i2t")["i2t"]["1"]
+    print("colour x shape: right shape %.3f, right colour %.3f" % (sh, co), file=sys.stderr)
+    return {"right_shape": sh, "right_colour": co, "pictures": len(shape_pairs)}
+
+
+# ---- queries ----------------------------------------------------------------
+
+def load_rows(catalogs):
+    rows = {}
+    for c in catalogs:
+        for line in open(c):
+            r = json.loads(line)
+            rows[r["key"]] = (r["key"] + " " + (r.get("text") or "")).lower()
+    return rows
+
+
+def precision(db, rows, queries, collapse=None):
+    out = {}
+    for l in LANGS:
+        ps = []
+        for q in queries:
+            args = ["search", "--db", db, "--text", q["q"][l], "-k", "10",
+                    "--target", "image", "--json"]
+            if collapse:
+                args += ["--collapse", str(collapse)]
+            res = json.loads(run(*args))["results"]
+            rel = re.compile(q["relevant"])
+            hits = sum(1 for r in res if rel.search(rows.get(r["key"], "")))
+            ps.append(hits / 10)
+        out[l] = round(sum(ps) / len(ps), 4)
+    return out
+
+
+def queries(model, work, collapse):
+    qs = json.load(open("tools/queries.json"))["queries"]
+    out = {}
+    for name, cats in (("openclipart", ["data/openclipart/catalog.jsonl"]), ("demo", DEMO)):
+        db = os.path.join(work, "q-" + name)
+        make_db(db, model, cats)
+        rows = load_rows(cats)
+        out[name] = precision(db, rows, qs)
+        print("P@10 %s %s" % (name, out[name]), file=sys.stderr)
+        if collapse:
+            out[name + " collapse %.2f" % collapse] = precision(db, rows, qs, collapse)
+            print("P@10 %s collapsed %s" % (name, out[name + " collapse %.2f" % collapse]), file=sys.stderr)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--work", default="data/eval")
+    ap.add_argument("--json")
+    ap.add_argument("--only", default="held,lang,fmnist,shapes,queries")
+    ap.add_argument("--collapse", type=float, default=0)
+    a = ap.parse_args()
+    work = os.path.join(a.work, re.sub(r"\W+", "-", a.model.strip("/")))
+    os.makedirs(work, exist_ok=True)
+    res = {"model": a.model}
+    for part in a.only.split(","):
+        if part == "held": res["held_out"] = held(a.model, work)
+        elif part == "lang": res["per_language"] = lang(a.model, work)
+        elif part == "fmnist": res["fashion_mnist"] = fmnist(a.model, work)
+        elif part == "shapes": res["colour_shape"] = shapes(a.model, work)
+        elif part == "queries": res["queries_p10"] = queries(a.model, work, a.collapse)
+        else: sys.exit("unknown part " + part)
+    text = json.dumps(res, indent=1, ensure_ascii=False)
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
