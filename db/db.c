@@ -23,6 +23,7 @@
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <dirent.h>
 #include <unistd.h>
 
@@ -586,14 +587,18 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   }
   if (sseq < lseq) {
     if (db->readonly) {
-      rc = vlm_seterr(VLM_ESTATE,
-                      "%s needs crash recovery (meta.sqlite at batch %llu, "
-                      "payload at %llu): run `vlmdb recover --db %s` (or "
-                      "open it read-write once)",
-                      dir, (unsigned long long)sseq,
-                      (unsigned long long)lseq, dir);
-      goto fail;
+      /* Everything the payload store holds can still be read (a disk
+       * that filled up must not keep its data hostage); what needs
+       * meta.sqlite (filters, BM25, verify) waits for the replay. */
+      db->sql_behind = lseq - sseq;
+      vlm__warn(db, "%s needs crash recovery (meta.sqlite at batch %llu, "
+                "payload at %llu): reading without filters or hybrid "
+                "search; run `vlmdb recover --db %s` (or open it read-write "
+                "once) to repair it", dir, (unsigned long long)sseq,
+                (unsigned long long)lseq, dir);
     }
+  }
+  if (sseq < lseq && !db->readonly) {
     if ((rc = vlm__sql_replay(db, sseq, lseq)))
       goto fail;
     vlm__warn(db, "%s: recovered: replayed %llu batch(es) into meta.sqlite",
@@ -677,16 +682,18 @@ void vlm_db_close(vlm_db *db) {
 
 /* Commit both stores and publish.  txn and the SQLite transaction hold the
  * whole batch.  LMDB commits first (the commit point); SQLite second. */
+static int commit_error(vlm_db *db, int mrc, uint64_t bytes);
+
 static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
                           uint64_t next_id, int64_t d_items,
-                          const int64_t d_vecs[VLM__NMOD]) {
+                          const int64_t d_vecs[VLM__NMOD], uint64_t bytes) {
   int rc = 0;
   pthread_rwlock_wrlock(&db->pub_lock);
   int mrc = mdb_txn_commit(txn);
   if (mrc) {
     vlm__sql_rollback(db);
     pthread_rwlock_unlock(&db->pub_lock);
-    return vlm__lmdb_err(mrc, "commit");
+    return commit_error(db, mrc, bytes);
   }
   if ((rc = vlm__sql_commit(db))) {
     /* LMDB holds the batch; bring SQLite to it by replay, which is what
@@ -773,6 +780,41 @@ static uint32_t vec_flags(const uint8_t *data, size_t len) {
  * transaction with the next batch number and item id, then the SQLite
  * transaction.  What it opened is recorded in *txn, *locked and *sql_open
  * for the caller's cleanup, whether it succeeds or fails. */
+/* Free space a batch of `bytes` of records may need before its commit
+ * point: LMDB writes copies of the pages it touches (records, key index,
+ * log) and SQLite's WAL the rows and full-text pages; both must fit, or a
+ * full disk would fail SQLite after LMDB committed.  The margin is a
+ * measured overestimate (test_full_disk_campaign). */
+#define SPACE_SLACK ((uint64_t)256 << 10)
+static uint64_t space_needed(uint64_t bytes) { return 3 * bytes + SPACE_SLACK; }
+
+static uint64_t space_free(const char *dir) {
+  struct statvfs sv;
+  if (statvfs(dir, &sv) != 0)
+    return UINT64_MAX; /* unknown: let the write find out */
+  return (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+}
+
+static int space_check(vlm_db *db, const char *what, uint64_t bytes) {
+  uint64_t need = space_needed(bytes), have = space_free(db->dir);
+  if (have >= need)
+    return 0;
+  return vlm_seterr(VLM_ENOSPACE, "%s: the disk of %s is full: the batch "
+                    "needs about %llu KiB free, %llu KiB are; nothing was "
+                    "written", what, db->dir,
+                    (unsigned long long)(need >> 10),
+                    (unsigned long long)(have >> 10));
+}
+
+/* A failed LMDB commit on a disk without room is a full disk, whatever
+ * errno the short write left (LMDB reports EIO for it). */
+static int commit_error(vlm_db *db, int mrc, uint64_t bytes) {
+  if (mrc == EIO && space_free(db->dir) < space_needed(bytes))
+    return vlm_seterr(VLM_ENOSPACE, "commit: the disk of %s is full; "
+                      "nothing was written", db->dir);
+  return vlm__lmdb_err(mrc, "commit");
+}
+
 static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
                        int *locked, int *sql_open, uint64_t *seq,
                        uint64_t *next_id) {
@@ -808,6 +850,7 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
   MDB_txn *txn = NULL;
   int rc, nch = 0, locked = 0, sql_open = 0;
   int64_t d_items = 0, d_vecs[VLM__NMOD] = {0, 0};
+  uint64_t batch_bytes = 0;
   if (written)
     *written = 0;
   if (!db || (n > 0 && !items) || n < 0)
@@ -877,6 +920,8 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
       }
     }
     size_t payload = vlm__rec_size(strlen(it->key), it);
+    batch_bytes += payload + (it->caption ? strlen(it->caption) : 0) +
+                   (it->meta_json ? strlen(it->meta_json) : 0);
     if (payload > db->max_payload || payload > UINT32_MAX) {
       rc = vlm_seterr(VLM_ETOOBIG,
                       "key \"%s\": payload of %zu bytes exceeds the cap of "
@@ -895,6 +940,8 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
       goto done;
     }
 
+  if ((rc = space_check(db, "put", batch_bytes)))
+    goto done;
   uint64_t seq, next_id;
   int mrc;
   if ((rc = batch_begin(db, "put", &txn, &locked, &sql_open, &seq,
@@ -999,7 +1046,7 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
       (rc = vlm__lmdb_put_u64(&db->lm, txn, "next_id", next_id)) ||
       (rc = vlm__sql_set_seq(db, seq)))
     goto done;
-  rc = commit_publish(db, txn, seq, next_id, d_items, d_vecs);
+  rc = commit_publish(db, txn, seq, next_id, d_items, d_vecs, batch_bytes);
   txn = NULL;
   sql_open = 0;
   if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
@@ -1099,7 +1146,7 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
   if ((rc = vlm__lmdb_put_u64(&db->lm, txn, "seq", seq)) ||
       (rc = vlm__sql_set_seq(db, seq)))
     goto done;
-  rc = commit_publish(db, txn, seq, next_id, -nch, d_vecs);
+  rc = commit_publish(db, txn, seq, next_id, -nch, d_vecs, 0);
   txn = NULL;
   sql_open = 0;
   if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))

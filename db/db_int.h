@@ -277,6 +277,8 @@ struct vlm_db {
   sqlite3 *wsql;
   sqlite3_stmt *st_ins, *st_del, *st_fts_ins, *st_fts_del, *st_seq;
   int broken;                 /* SQLite fell behind LMDB: reopen */
+  uint64_t sql_behind;        /* read-only open: batches meta.sqlite lacks
+                                 (filters, BM25 and verify refuse) */
 
   /* published state (pub_lock) */
   pthread_rwlock_t pub_lock;

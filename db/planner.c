@@ -718,6 +718,13 @@ int vlm_db_search(vlm_db *db, const float *query,
       goto done;
   }
   need_sql = o.filter || o.hybrid_text;
+  if (need_sql && db->sql_behind) {
+    rc = vlm_seterr(VLM_ESTATE, "%s needs crash recovery before filters or "
+                    "hybrid search (meta.sqlite lacks %llu batch(es)): run "
+                    "`vlmdb recover --db %s`", db->dir,
+                    (unsigned long long)db->sql_behind, db->dir);
+    goto done;
+  }
   if ((rc = vlm__reader_get(db, need_sql, &r)))
     goto done;
   pthread_rwlock_rdlock(&db->index_lock);

@@ -168,6 +168,11 @@ int vlm_db_verify(vlm_db *db) {
   int64_t nitems, nvec[VLM__NMOD] = {0, 0}, ncaptions = 0;
   if (!db)
     return vlm_seterr(VLM_EINVAL, "verify: NULL argument");
+  if (db->sql_behind)
+    return vlm_seterr(VLM_ESTATE, "%s needs crash recovery before it can be "
+                      "verified (meta.sqlite lacks %llu batch(es)): run "
+                      "`vlmdb recover --db %s`", db->dir,
+                      (unsigned long long)db->sql_behind, db->dir);
   int rc = vlm__reader_get(db, 1, &r);
   if (rc)
     return rc;

@@ -1562,6 +1562,83 @@ static void test_full_disk_tmpfs(void **state) {
   tmp_free(&t);
 }
 
+/* Full disks of many sizes, batches of several sizes: every failure is
+ * VLM_ENOSPACE; what was acknowledged is there; the failed batch is whole
+ * or absent; and the database opens read-only on the still-full disk so
+ * its data can be read out. */
+static void test_full_disk_campaign(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char mnt[128];
+  snprintf(mnt, sizeof mnt, "%s/mnt", t.root);
+  assert_int_equal(mkdir(mnt, 0755), 0);
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
+    tmp_free(&t);
+    skip();
+  }
+  umount2(mnt, MNT_DETACH);
+  corpus c;
+  corpus_make(&c, 12000, 64, 91);
+  int bad_code = 0, bad_open = 0, trials = 0;
+  for (int trial = 0; trial < 16; trial++) {
+    char opt[64];
+    snprintf(opt, sizeof opt, "size=%dk", 1024 + trial * 160);
+    assert_int_equal(mount("tmpfs", mnt, "tmpfs", 0, opt), 0);
+    char dir[160];
+    snprintf(dir, sizeof dir, "%s/db", mnt);
+    vlm_db_config cfg = {.dim = 64, .index_factory = "Flat",
+                         .model_id = "test-model", .model_dir = "/nowhere"};
+    vlm_db *db = NULL;
+    int rc = vlm_db_create(dir, &cfg, &db);
+    int acked = 0, batch = 10 + 37 * (trial % 5);
+    vlm_item items[200];
+    for (int b = 0; rc == 0 && acked + batch <= c.n; b++) {
+      for (int j = 0; j < batch; j++)
+        items[j] = corpus_item(&c, acked + j);
+      rc = vlm_db_put(db, items, batch, 0, NULL);
+      if (rc == 0)
+        acked += batch;
+    }
+    trials++;
+    if (rc != VLM_ENOSPACE) {
+      print_error("trial %d (%s, batch %d): %s: %s\n", trial, opt, batch,
+                  vlm_errname(rc), vlm_errmsg());
+      bad_code++;
+    }
+    vlm_db_close(db);
+    /* still full: read-only must open and read everything acknowledged */
+    vlm_db_open_options ro = {.readonly = 1};
+    vlm_db *rdb = NULL;
+    rc = vlm_db_open(dir, &ro, &rdb);
+    if (rc) {
+      print_error("trial %d: read-only open on the full disk: %s: %s\n",
+                  trial, vlm_errname(rc), vlm_errmsg());
+      bad_open++;
+    } else {
+      for (int i = 0; i < acked; i++)
+        assert_int_equal(vlm_db_exists(rdb, c.key[i]), 1);
+      vlm_db_close(rdb);
+    }
+    assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=64m"), 0);
+    db = open_db(dir);
+    CHECK(vlm_db_verify(db));
+    vlm_db_info info;
+    CHECK(vlm_db_stat(db, &info));
+    if (info.items != acked && info.items != acked + batch)
+      fail_msg("trial %d: %lld items, %d acknowledged (batch %d)", trial,
+               (long long)info.items, acked, batch);
+    vlm_db_close(db);
+    umount2(mnt, MNT_DETACH);
+  }
+  print_message("%d full-disk trials: %d wrong codes, %d read-only opens "
+                "refused\n", trials, bad_code, bad_open);
+  assert_int_equal(bad_code, 0);
+  assert_int_equal(bad_open, 0);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ filters */
 
 static int p_animals_recent(const corpus *c, int i) {
@@ -2185,12 +2262,30 @@ static void test_recovery_replays_sqlite(void **state) {
                    NULL, NULL, NULL),
       SQLITE_OK);
   sqlite3_close(s);
-  /* read-only, it cannot replay: it refuses and names the command that
-   * does */
-  vlm_db_open_options ro = {.readonly = 1};
+  /* read-only, it cannot replay: it opens for what the payload store
+   * answers (get, plain search), warns naming the command that repairs
+   * it, and refuses what needs meta.sqlite */
+  vlm_db_open_options ro = {.readonly = 1, .warn = count_warning};
   vlm_db *rdb = NULL;
-  EXPECT_ERR(VLM_ESTATE, vlm_db_open(t.dir, &ro, &rdb));
-  assert_non_null(strstr(vlm_errmsg(), "run `vlmdb recover --db "));
+  warnings = 0;
+  CHECK(vlm_db_open(t.dir, &ro, &rdb));
+  assert_int_equal(warnings, 1);
+  assert_non_null(strstr(last_warning, "run `vlmdb recover --db "));
+  assert_int_equal(vlm_db_exists(rdb, c.key[250]), 1); /* batch 3 */
+  assert_int_equal(vlm_db_exists(rdb, c.key[0]), 0);   /* batch 4 */
+  {
+    vlm_search_options so = {.k = 5};
+    vlm_hit *h = NULL;
+    int nhh = 0;
+    CHECK(vlm_db_search(rdb, c.img, &so, &h, &nhh));
+    assert_int_equal(nhh, 5);
+    vlm_hits_free(h, nhh);
+    so.filter = "year > 2000";
+    EXPECT_ERR(VLM_ESTATE, vlm_db_search(rdb, c.img, &so, &h, &nhh));
+    assert_non_null(strstr(vlm_errmsg(), "vlmdb recover --db"));
+    EXPECT_ERR(VLM_ESTATE, vlm_db_verify(rdb));
+  }
+  vlm_db_close(rdb);
   warnings = 0;
   db = open_db(t.dir);
   assert_int_equal(warnings, 1);
@@ -2847,6 +2942,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
       cmocka_unit_test_teardown(test_collapse_near_duplicates, teardown_tmp),
       cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
+      cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
       cmocka_unit_test_teardown(test_tuned_effort, teardown_tmp),
