@@ -691,10 +691,12 @@ static void *writer_main(void *arg) {
       break;
     pthread_mutex_unlock(&ing->mu);
     int rc = write_batch(ing, b);
-    ing->rows_done += b->n;
-    pthread_mutex_lock(&ing->report_mu);
-    vlm_progress_update(&ing->progress, ing->rows_done);
-    pthread_mutex_unlock(&ing->report_mu);
+    if (!rc || ing->strict_stopped) { /* a failed batch is not progress */
+      ing->rows_done += b->n;
+      pthread_mutex_lock(&ing->report_mu);
+      vlm_progress_update(&ing->progress, ing->rows_done);
+      pthread_mutex_unlock(&ing->report_mu);
+    }
     clear_batch(b);
     pthread_mutex_lock(&ing->mu);
     b->state = SLOT_FREE;

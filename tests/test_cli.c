@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -2157,6 +2158,55 @@ static void test_verify_finds_disagreement(void **state) {
   free(err);
 }
 
+/* ingest onto a disk that fills up: exit 1 with a clear message, the
+ * summary counts exactly what is stored, no progress line counts the
+ * failed batch, and the database opens read-only on the full disk. */
+static void test_ingest_full_disk(void **state) {
+  const char *dir = *state;
+  char mnt[PATH_MAX], db[PATH_MAX], cat[PATH_MAX];
+  snprintf(mnt, sizeof mnt, "%s/mnt", dir);
+  assert_int_equal(mkdir(mnt, 0755), 0);
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=1536k") != 0)
+    skip(); /* not allowed to mount here */
+  snprintf(db, sizeof db, "%s/db", mnt);
+  snprintf(cat, sizeof cat, "%s/full.jsonl", dir);
+  FILE *f = fopen(cat, "w");
+  assert_non_null(f);
+  char pad[3001];
+  memset(pad, 'x', sizeof pad - 1);
+  pad[sizeof pad - 1] = 0;
+  for (int i = 0; i < 1500; i++)
+    fprintf(f, "{\"key\": \"k%04d\", \"text\": \"caption %d\", \"meta\": "
+            "{\"pad\": \"%s\"}}\n", i, i, pad);
+  fclose(f);
+  free(RUN_OK(dir, "init", "--db", db, "--model", "tests/fixtures/clip-tiny",
+              "--index", "Flat"));
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "ingest", "--db", db, "--json", cat);
+  assert_int_equal(rc, 1);
+  if (!strstr(err, "full"))
+    fail_msg("unclear message:\n%s", err);
+  json_t *sum = parse_json(out);
+  long ingested = json_int(sum, "ingested");
+  assert_true(ingested > 0 && ingested < 1500);
+  json_decref(sum);
+  /* progress lines ("ingest: N rows ...") never pass what was stored */
+  for (const char *p = strstr(err, "ingest: "); p; p = strstr(p + 1, "ingest: ")) {
+    long n;
+    if (sscanf(p, "ingest: %ld", &n) == 1 && n > ingested)
+      fail_msg("a progress line counts %ld rows, %ld stored:\n%s", n,
+               ingested, err);
+  }
+  free(out);
+  free(err);
+  out = RUN_OK(dir, "info", "--db", db, "--json"); /* still full */
+  json_t *info = parse_json(out);
+  assert_int_equal(json_int(info, "items"), ingested);
+  json_decref(info);
+  free(out);
+  umount2(mnt, MNT_DETACH);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_jsonl_rows_and_errors, setup_tmpdir,
@@ -2169,6 +2219,8 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_verify_finds_disagreement,
                                       setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_ingest_full_disk, setup_tmpdir,
+                                      teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_csv_quoting_and_line_numbers, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_tsv_and_vectors, setup_tmpdir,
