@@ -41,7 +41,7 @@ else
   SHIM_SRC   = $(wildcard index/*.cpp)
 endif
 
-LIBS = -ljansson -lutf8proc -ljpeg -lpng16 -lz -llmdb -lsqlite3 -luv \
+LIBS = -ljansson -lutf8proc -ljpeg -lpng16 -lz -llmdb -lsqlite3 -lxxhash -luv \
        $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 

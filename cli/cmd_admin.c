@@ -1,5 +1,5 @@
 /* cmd_admin.c - the small database commands: info, get, delete, export,
- * reindex, verify, recover. */
+ * reindex, verify, recover, salvage. */
 #include "catalog.h"
 #include "opts.h"
 #include "progress.h"
@@ -21,7 +21,7 @@ typedef struct {
   int as_json;
   int vectors;          /* get, export: --vectors */
   const char *thumb;    /* get: --thumb FILE */
-  const char *output;   /* export: -o FILE */
+  const char *output;   /* export: -o FILE; salvage: --out DIR */
   const char *factory;  /* reindex: --index */
   int first_arg;        /* argv index of the first positional argument */
 } admin_args;
@@ -36,6 +36,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
       {"vectors", no_argument, NULL, 'v'},
       {"thumb", required_argument, NULL, 't'},
       {"output", required_argument, NULL, 'o'},
+      {"out", required_argument, NULL, 'o'},
       {"index", required_argument, NULL, 'i'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
@@ -518,4 +519,62 @@ int cmd_recover(int argc, char **argv) {
   printf("%s: consistent at batch %llu, %lld items\n", a.db_dir,
          (unsigned long long)info.seq, (long long)info.items);
   return VLM_EXIT_OK;
+}
+
+/* ------------------------------------------------------------- salvage */
+
+static const char salvage_usage[] =
+    "usage: vlmdb salvage --db DIR --out NEWDIR [--json]\n"
+    "\n"
+    "Copy every record of a damaged database that can still be trusted into\n"
+    "a new database: records that decode, pass their checksum and are still\n"
+    "named by their key.  Reads only DIR's payload store, read-only;\n"
+    "NEWDIR gets DIR's model, index kind and fields, and its metadata and\n"
+    "index are rebuilt from the records.  Each record left behind is listed\n"
+    "on stderr with its key (or id) and why.  Exit status 0 when everything\n"
+    "was saved, 1 when something was left behind or the copy failed.\n"
+    "\n"
+    "example:\n"
+    "  vlmdb verify --db photos.vlm || vlmdb salvage --db photos.vlm --out "
+    "photos-saved.vlm\n";
+
+static void salvage_lost(void *arg, const char *key, uint64_t id,
+                         const char *why) {
+  const char *cmd = arg;
+  if (key)
+    fprintf(stderr, "vlmdb %s: lost key \"%s\" (item %llu): %s\n", cmd, key,
+            (unsigned long long)id, why);
+  else
+    fprintf(stderr, "vlmdb %s: lost item %llu: %s\n", cmd,
+            (unsigned long long)id, why);
+}
+
+int cmd_salvage(int argc, char **argv) {
+  admin_args a = {.cmd = "salvage", .usage = salvage_usage};
+  int rc = parse_admin(argc, argv, OPT_OUTPUT, &a);
+  if (rc >= 0)
+    return rc;
+  if (!a.output)
+    return vlm_cli_usage_error(a.cmd, "--out NEWDIR is required");
+  if (a.first_arg < argc)
+    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
+                               argv[a.first_arg]);
+  vlm_db_salvage_result res;
+  rc = vlm_db_salvage(a.db_dir, a.output, salvage_lost, (void *)a.cmd, &res);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  if (a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "records", json_integer(res.records));
+    json_object_set_new(o, "saved", json_integer(res.saved));
+    json_object_set_new(o, "lost", json_integer(res.lost));
+    print_json_line(o);
+  } else {
+    printf("saved %lld of %lld records into %s; %lld left behind\n",
+           (long long)res.saved, (long long)res.records, a.output,
+           (long long)res.lost);
+  }
+  return res.lost ? VLM_EXIT_RUNTIME : VLM_EXIT_OK;
 }

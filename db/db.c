@@ -843,6 +843,7 @@ static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
 int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                int *written) {
   float *vecs = NULL;
+  uint8_t *vbuf = NULL;
   json_t **metas = NULL;
   const char *const **order = NULL;
   vlm__change *ch = NULL;
@@ -866,11 +867,12 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
    * LMDB record while staging: a batch-sized copy of every vector cost
    * more (fresh pages for tens of MB) than normalizing twice. */
   vecs = malloc((size_t)dim * sizeof *vecs);
+  vbuf = malloc(8 + (size_t)dim * 8);
   metas = calloc((size_t)n, sizeof *metas);
   order = malloc((size_t)n * sizeof *order);
   ch = malloc((size_t)n * sizeof *ch);
   rows = malloc((size_t)n * sizeof *rows);
-  if (!vecs || !metas || !order || !ch || !rows) {
+  if (!vecs || !vbuf || !metas || !order || !ch || !rows) {
     rc = vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
     goto done;
   }
@@ -965,25 +967,17 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
     uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
                   (it->text_vec ? VLM__HAS_TEXT : 0);
     MDB_val ik = {sizeof id, &id};
-    v.mv_size = vlm__rec_size(klen, it);
-    if ((mrc = mdb_put(txn, db->lm.items, &ik, &v, MDB_RESERVE))) {
-      rc = vlm__lmdb_err(mrc, it->key);
-      goto done;
-    }
-    vlm__rec_encode(v.mv_data, vf, seq, it->key, klen, it);
+    /* The vector record first (into vbuf), so the item record can be
+     * sealed with a checksum over both before its reserved space is
+     * left (LMDB: filled before the next put). */
     int nv = !!it->image_vec + !!it->text_vec;
-    v.mv_size = 8 + (size_t)nv * dim * 4;
-    if ((mrc = mdb_put(txn, db->lm.vecs, &ik, &v, MDB_RESERVE))) {
-      rc = vlm__lmdb_err(mrc, it->key);
-      goto done;
-    }
+    size_t vlen = 8 + (size_t)nv * dim * 4;
     {
       uint32_t hdr[2] = {vf, (uint32_t)dim};
-      uint8_t *p = v.mv_data;
+      uint8_t *p = vbuf;
       memcpy(p, hdr, 8);
       p += 8;
-      /* Validated above: the same input normalizes the same way again.
-       * Through the scratch vector, as LMDB's space may be unaligned. */
+      /* Validated above: the same input normalizes the same way again. */
       const float *in[2] = {it->image_vec, it->text_vec};
       for (int m = 0; m < 2; m++) {
         if (!in[m])
@@ -993,6 +987,19 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
         memcpy(p, vecs, (size_t)dim * 4);
         p += (size_t)dim * 4;
       }
+    }
+    v.mv_size = vlm__rec_size(klen, it);
+    if ((mrc = mdb_put(txn, db->lm.items, &ik, &v, MDB_RESERVE))) {
+      rc = vlm__lmdb_err(mrc, it->key);
+      goto done;
+    }
+    vlm__rec_encode(v.mv_data, vf, seq, it->key, klen, it);
+    vlm__rec_seal(v.mv_data, v.mv_size, vbuf, vlen);
+    v.mv_size = vlen;
+    v.mv_data = vbuf;
+    if ((mrc = mdb_put(txn, db->lm.vecs, &ik, &v, 0))) {
+      rc = vlm__lmdb_err(mrc, it->key);
+      goto done;
     }
     v.mv_size = 8;
     v.mv_data = &id;
@@ -1065,6 +1072,7 @@ done:
       json_decref(metas[i]);
   free(metas);
   free(vecs);
+  free(vbuf);
   free(order);
   free(ch);
   free(rows);

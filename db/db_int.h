@@ -46,6 +46,7 @@
 #define VLM__HAS_CAPTION 0x4u
 #define VLM__HAS_SOURCE 0x8u
 #define VLM__HAS_THUMB 0x10u
+#define VLM__HAS_CKSUM 0x20u /* item record carries its checksum */
 
 /* ---- manifest ---------------------------------------------------------- */
 
@@ -122,6 +123,18 @@ size_t vlm__rec_size(size_t key_len, const vlm_item *it);
 void vlm__rec_encode(void *dst, uint32_t flags, uint64_t seq, const char *key,
                      size_t key_len, const vlm_item *it);
 int vlm__rec_decode(const void *data, size_t len, vlm__rec *out);
+/* Checksums: seal sets VLM__HAS_CKSUM and the checksum of an encoded item
+ * record together with its vector record (the bytes stored in vecs);
+ * check verifies it (0 for records written without one) or returns
+ * VLM_ECORRUPT. */
+void vlm__rec_seal(void *rec, size_t len, const void *vecs, size_t vlen);
+int vlm__rec_check(const void *rec, size_t len, const void *vecs,
+                   size_t vlen);
+/* What is wrong with a decoded record's contents (text not UTF-8, meta
+ * not a JSON object, thumbnail not JPEG, a vector not finite or not of
+ * unit length), or NULL (verify.c). */
+const char *vlm__rec_damage(int dim, const vlm__rec *rec,
+                            const void *const vec[VLM__NMOD]);
 int vlm__rec_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, vlm__rec *out);
 /* Vectors of item id: *flags gets HAS_IMAGE/HAS_TEXT; vec[m] point into
  * the map (possibly unaligned) or NULL.  VLM_ENOTFOUND if absent. */

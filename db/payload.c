@@ -11,6 +11,9 @@
  */
 #include "db_int.h"
 
+#define XXH_STATIC_LINKING_ONLY /* XXH32_state_t on the stack */
+#include <xxhash.h>
+
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -19,6 +22,7 @@
 
 #define REC_MAGIC 0x314d4c56u /* "VLM1" */
 #define REC_HDR 40
+#define REC_CKSUM_AT 36 /* hdr[9]: the checksum (vlm__rec_seal) */
 
 int vlm__lmdb_err(int rc, const char *what) {
   int code;
@@ -200,6 +204,45 @@ void vlm__rec_encode(void *dst, uint32_t flags, uint64_t seq, const char *key,
   p = put_bytes(p, it->source, hdr[6]);
   p = put_bytes(p, it->meta_json, hdr[7]);
   put_bytes(p, it->thumb, hdr[8]);
+}
+
+/* The record's checksum: XXH32 of the item record (its checksum word
+ * zero) followed by the item's vector record. */
+static uint32_t rec_digest(const void *rec, size_t len, const void *vecs,
+                           size_t vlen) {
+  XXH32_state_t st;
+  uint32_t zero = 0;
+  XXH32_reset(&st, 0x766c6d64u);
+  XXH32_update(&st, rec, REC_CKSUM_AT);
+  XXH32_update(&st, &zero, 4);
+  XXH32_update(&st, (const uint8_t *)rec + REC_CKSUM_AT + 4,
+               len - REC_CKSUM_AT - 4);
+  if (vlen)
+    XXH32_update(&st, vecs, vlen);
+  return XXH32_digest(&st);
+}
+
+void vlm__rec_seal(void *rec, size_t len, const void *vecs, size_t vlen) {
+  uint32_t flags;
+  memcpy(&flags, (uint8_t *)rec + 4, 4);
+  flags |= VLM__HAS_CKSUM;
+  memcpy((uint8_t *)rec + 4, &flags, 4);
+  uint32_t d = rec_digest(rec, len, vecs, vlen);
+  memcpy((uint8_t *)rec + REC_CKSUM_AT, &d, 4);
+}
+
+int vlm__rec_check(const void *rec, size_t len, const void *vecs,
+                   size_t vlen) {
+  if (len < REC_HDR)
+    return vlm_seterr(VLM_ECORRUPT, "item record too short");
+  uint32_t flags, want;
+  memcpy(&flags, (const uint8_t *)rec + 4, 4);
+  if (!(flags & VLM__HAS_CKSUM))
+    return 0; /* written before records carried checksums */
+  memcpy(&want, (const uint8_t *)rec + REC_CKSUM_AT, 4);
+  if (rec_digest(rec, len, vecs, vlen) != want)
+    return vlm_seterr(VLM_ECORRUPT, "checksum mismatch");
+  return 0;
 }
 
 int vlm__rec_decode(const void *data, size_t len, vlm__rec *out) {

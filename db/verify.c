@@ -6,14 +6,70 @@
  */
 #include "db_int.h"
 
+#include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
+
+static int utf8_ok(const char *s, size_t n) {
+  utf8proc_int32_t cp;
+  while (n > 0) {
+    utf8proc_ssize_t k =
+        utf8proc_iterate((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &cp);
+    if (k <= 0)
+      return 0;
+    s += k;
+    n -= (size_t)k;
+  }
+  return 1;
+}
 
 static int64_t popcount_below(const uint8_t *bm, uint64_t n) {
   int64_t c = 0;
   for (uint64_t i = 0; i < n; i++)
     c += vlm__bit(bm, i);
   return c;
+}
+
+/* What is wrong with a decoded record that has no checksum to say so
+ * (written before records carried one), or NULL: text that is not UTF-8,
+ * meta that is not a JSON object, a thumbnail that is not JPEG, a vector
+ * that is not finite and of unit length. */
+const char *vlm__rec_damage(int dim, const vlm__rec *rec,
+                            const void *const vec[VLM__NMOD]) {
+  if (!utf8_ok(rec->key, rec->key_len))
+    return "key is not UTF-8";
+  if (rec->caption_len && !utf8_ok(rec->caption, rec->caption_len))
+    return "caption is not UTF-8";
+  if (rec->source_len && !utf8_ok(rec->source, rec->source_len))
+    return "source is not UTF-8";
+  if (rec->meta_len) {
+    json_t *m = json_loadb(rec->meta, rec->meta_len, JSON_REJECT_DUPLICATES,
+                           NULL);
+    int ok = json_is_object(m);
+    json_decref(m);
+    if (!ok)
+      return "meta is not a JSON object";
+  }
+  if (rec->thumb_len &&
+      (rec->thumb_len < 3 || memcmp(rec->thumb, "\xff\xd8\xff", 3)))
+    return "thumbnail is not JPEG data";
+  for (int m = 0; m < VLM__NMOD; m++) {
+    if (!vec[m])
+      continue;
+    double n2 = 0;
+    for (int i = 0; i < dim; i++) {
+      float x;
+      memcpy(&x, (const char *)vec[m] + (size_t)i * 4, 4);
+      if (!isfinite(x))
+        return "a vector is not finite";
+      n2 += (double)x * x;
+    }
+    if (fabs(n2 - 1) > 1e-3)
+      return "a vector is not of unit length";
+  }
+  return NULL;
 }
 
 static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
@@ -54,6 +110,23 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
         (vf & (VLM__HAS_IMAGE | VLM__HAS_TEXT)) !=
             (rec.flags & (VLM__HAS_IMAGE | VLM__HAS_TEXT)))
       goto bad;
+    {
+      MDB_val ik = {8, &id}, vv;
+      if (mdb_get(txn, db->lm.vecs, &ik, &vv) != 0)
+        goto bad;
+      const char *why = NULL;
+      if (vlm__rec_check(v.mv_data, v.mv_size, vv.mv_data, vv.mv_size))
+        why = "checksum mismatch";
+      else
+        why = vlm__rec_damage(db->man.dim, &rec, vec);
+      if (why) {
+        mdb_cursor_close(cur);
+        return vlm_seterr(VLM_ECORRUPT, "payload.lmdb: item %llu (key "
+                          "\"%.*s\") is damaged: %s", (unsigned long long)id,
+                          (int)(rec.key_len > 200 ? 200 : rec.key_len),
+                          rec.key, why);
+      }
+    }
     for (int m = 0; m < VLM__NMOD; m++)
       nvec[m] += vec[m] != NULL;
     if ((rec.flags & VLM__HAS_CAPTION) && rec.caption_len)
@@ -67,6 +140,64 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
   }
   mdb_cursor_close(cur);
   return rc == MDB_NOTFOUND ? 0 : vlm__lmdb_err(rc, "verify");
+}
+
+/* The first column of a row (id, key, the declared fields, the caption)
+ * that is not what the payload record says it should be, or NULL.  The
+ * expected values follow vlm__sql_apply's conversions. */
+static const char *row_differs(vlm_db *db, sqlite3_stmt *st,
+                               const vlm__rec *rec) {
+  json_t *meta = rec->meta_len ? json_loadb(rec->meta, rec->meta_len, 0, NULL)
+                               : NULL;
+  const char *bad = NULL;
+  for (int i = 0; i < db->man.nfields && !bad; i++) {
+    int col = 2 + i;
+    const json_t *v = meta ? json_object_get(meta, db->man.fname[i]) : NULL;
+    int type = sqlite3_column_type(st, col);
+    if (!v || json_is_null(v)) {
+      if (type != SQLITE_NULL)
+        bad = db->man.fname[i];
+      continue;
+    }
+    switch (db->man.ftype[i]) {
+    case VLM_FIELD_INT: {
+      sqlite3_int64 want = json_is_integer(v)   ? json_integer_value(v)
+                           : json_is_boolean(v) ? json_is_true(v)
+                               : (sqlite3_int64)json_number_value(v);
+      if (type != SQLITE_INTEGER || sqlite3_column_int64(st, col) != want)
+        bad = db->man.fname[i];
+      break;
+    }
+    case VLM_FIELD_REAL:
+      if ((type != SQLITE_FLOAT && type != SQLITE_INTEGER) ||
+          sqlite3_column_double(st, col) != json_number_value(v))
+        bad = db->man.fname[i];
+      break;
+    default: {
+      char *dump = json_is_string(v) ? NULL
+                                     : json_dumps(v, JSON_COMPACT |
+                                                         JSON_ENCODE_ANY);
+      const char *want = dump ? dump : json_string_value(v);
+      size_t wlen = dump ? strlen(dump) : json_string_length(v);
+      if (type != SQLITE_TEXT || !want ||
+          (size_t)sqlite3_column_bytes(st, col) != wlen ||
+          memcmp(sqlite3_column_text(st, col), want, wlen))
+        bad = db->man.fname[i];
+      free(dump);
+    }
+    }
+  }
+  json_decref(meta);
+  if (bad)
+    return bad;
+  int cc = 2 + db->man.nfields;
+  int has = (rec->flags & VLM__HAS_CAPTION) && rec->caption_len;
+  if (sqlite3_column_type(st, cc) == SQLITE_NULL)
+    return has ? "caption" : NULL;
+  if (!has || (size_t)sqlite3_column_bytes(st, cc) != rec->caption_len ||
+      memcmp(sqlite3_column_text(st, cc), rec->caption, rec->caption_len))
+    return "caption";
+  return NULL;
 }
 
 static int check_sql(vlm_db *db, vlm__reader *r, uint64_t lseq,
@@ -87,8 +218,15 @@ static int check_sql(vlm_db *db, vlm__reader *r, uint64_t lseq,
     return vlm_seterr(VLM_ECORRUPT, "meta.sqlite: %lld caption rows, "
                       "payload.lmdb: %lld captions", (long long)nfts,
                       (long long)ncaptions);
-  rc = sqlite3_prepare_v2(r->sql, "SELECT id, key FROM items ORDER BY id",
-                          -1, &st, NULL);
+  char sql[256 + VLM__MAX_FIELDS * 80];
+  size_t off = (size_t)snprintf(sql, sizeof sql, "SELECT id, key");
+  for (int i = 0; i < db->man.nfields; i++)
+    off += (size_t)snprintf(sql + off, sizeof sql - off, ", \"%s\"",
+                            db->man.fname[i]);
+  snprintf(sql + off, sizeof sql - off,
+           ", (SELECT caption FROM captions WHERE rowid = items.id) "
+           "FROM items ORDER BY id");
+  rc = sqlite3_prepare_v2(r->sql, sql, -1, &st, NULL);
   if (rc != SQLITE_OK)
     return vlm__sql_err(r->sql, rc, "verify");
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -102,6 +240,14 @@ static int check_sql(vlm_db *db, vlm__reader *r, uint64_t lseq,
       rc = vlm_seterr(VLM_ECORRUPT, "meta.sqlite row %llu (key \"%s\") has "
                       "no matching payload item", (unsigned long long)id,
                       key ? key : "");
+      sqlite3_finalize(st);
+      return rc;
+    }
+    const char *what = row_differs(db, st, &rec);
+    if (what) {
+      rc = vlm_seterr(VLM_ECORRUPT, "meta.sqlite row %llu (key \"%s\"): %s "
+                      "differs from the payload record",
+                      (unsigned long long)id, key, what);
       sqlite3_finalize(st);
       return rc;
     }

@@ -212,6 +212,23 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info);
  * every live vector.  0, or VLM_ECORRUPT naming the first disagreement. */
 int vlm_db_verify(vlm_db *db);
 
+/* Salvage: copy every record of the database in src that decodes, passes
+ * its checksum (or, written before checksums, is well-formed) and is still
+ * named by its key into a new database dst (created, with src's model,
+ * index kind and fields; meta.sqlite and the index are rebuilt from the
+ * records).  Reads only src's payload store, read-only.  lost (may be
+ * NULL) is called for each record left behind, with its key when that is
+ * readable (else NULL), its id and why. */
+typedef void (*vlm_db_salvage_fn)(void *arg, const char *key, uint64_t id,
+                                  const char *why);
+typedef struct {
+  int64_t records;  /* item records found */
+  int64_t saved;    /* copied into dst */
+  int64_t lost;     /* left behind (reported through lost) */
+} vlm_db_salvage_result;
+int vlm_db_salvage(const char *src, const char *dst, vlm_db_salvage_fn lost,
+                   void *arg, vlm_db_salvage_result *res);
+
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);
 

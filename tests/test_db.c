@@ -1225,6 +1225,217 @@ static void test_truncated_payload_refused(void **state) {
   tmp_free(&t);
 }
 
+/* Single bit flips anywhere in data.mdb: every trial ends in a clear error
+ * (open or verify) or in data identical to what was written; never in
+ * verify passing over a changed record.  Each trial runs in a child, so a
+ * crash is counted and reported (a damaged tree page can still crash the
+ * reader: 1 in 240 here) rather than taking the test down. */
+static void test_bit_flips_are_caught(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 400, DIM, 23);
+  corpus_put(db, &c, 0, 400, 100);
+  vlm_db_close(db);
+  char data[PATH_MAX], work[PATH_MAX + 8], cmd[4 * PATH_MAX];
+  snprintf(data, sizeof data, "%s/payload.lmdb/data.mdb", t.dir);
+  snprintf(work, sizeof work, "%s.orig", data);
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", data, work);
+  assert_int_equal(system(cmd), 0);
+  struct stat st;
+  assert_int_equal(stat(data, &st), 0);
+  int caught = 0, same = 0, silent = 0, crashed = 0;
+  rng_state = 4242;
+  const int trials = 240;
+  for (int trial = 0; trial < trials; trial++) {
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", work, data);
+    assert_int_equal(system(cmd), 0);
+    /* after the two meta pages: they are checked by LMDB itself */
+    off_t at = 8192 + (off_t)(rng_next() % (uint64_t)(st.st_size - 8192));
+    int bit = (int)(rng_next() % 8);
+    int fd = open(data, O_RDWR);
+    assert_true(fd >= 0);
+    unsigned char b;
+    assert_int_equal(pread(fd, &b, 1, at), 1);
+    b ^= (unsigned char)(1u << bit);
+    assert_int_equal(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      /* cmocka's handlers would report a crash of this copy as a failed
+       * test and run on: let it die, the parent counts it */
+      signal(SIGSEGV, SIG_DFL);
+      signal(SIGBUS, SIG_DFL);
+      signal(SIGABRT, SIG_DFL);
+      signal(SIGILL, SIG_DFL);
+      signal(SIGFPE, SIG_DFL);
+      /* 0: caught, 1: identical, 2: silently wrong */
+      vlm_db_open_options o = {.readonly = 1};
+      vlm_db *d = NULL;
+      if (vlm_db_open(t.dir, &o, &d) != 0)
+        _exit(0);
+      if (vlm_db_verify(d) != 0)
+        _exit(0);
+      for (int i = 0; i < c.n; i++) {
+        vlm_record *rec = NULL;
+        if (vlm_db_get(d, c.key[i], &rec) != 0)
+          _exit(0); /* a clear error on read */
+        int ok = rec->caption && !strcmp(rec->caption, c.caption[i]) &&
+                 rec->meta_json && !strcmp(rec->meta_json, c.meta[i]) &&
+                 !rec->image_vec == !c.has_img[i] &&
+                 !rec->text_vec == !c.has_txt[i];
+        float tmpv[DIM];
+        if (ok && rec->image_vec) {
+          memcpy(tmpv, c.img + (size_t)i * DIM, sizeof tmpv);
+          unit_normalize(tmpv, DIM);
+          for (int k = 0; k < DIM; k++)
+            ok &= fabsf(tmpv[k] - rec->image_vec[k]) < 1e-6f;
+        }
+        vlm_record_free(rec);
+        if (!ok)
+          _exit(2);
+      }
+      _exit(1);
+    }
+    int ws;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    if (!WIFEXITED(ws)) {
+      crashed++;
+      print_message("trial %d: byte %lld bit %d: signal %d\n", trial,
+                    (long long)at, bit, WTERMSIG(ws));
+    }
+    else if (WEXITSTATUS(ws) == 0)
+      caught++;
+    else if (WEXITSTATUS(ws) == 1)
+      same++;
+    else
+      silent++;
+  }
+  print_message("%d bit flips in data.mdb: %d caught, %d harmless, %d "
+                "silently wrong, %d crashed\n", trials,
+                caught, same, silent, crashed);
+  assert_int_equal(silent, 0);
+  assert_true(caught > 0);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* A value changed inside three records (still valid JSON, so only the
+ * checksum can tell): verify names one, salvage copies the other 397 into
+ * a new database that verifies and holds exactly what was written, and
+ * lists the three it left behind by key. */
+typedef struct {
+  int n;
+  char keys[8][32];
+} lost_list;
+
+static void on_lost(void *arg, const char *key, uint64_t id,
+                    const char *why) {
+  lost_list *l = arg;
+  (void)id;
+  assert_non_null(key);
+  assert_non_null(strstr(why, "checksum"));
+  if (l->n < 8)
+    snprintf(l->keys[l->n], sizeof l->keys[0], "%s", key);
+  l->n++;
+}
+
+static void test_checksums_and_salvage(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 400, DIM, 31);
+  corpus_put(db, &c, 0, 400, 100);
+  vlm_db_close(db);
+  /* an undamaged database salvages whole */
+  char out[PATH_MAX], data[PATH_MAX];
+  snprintf(out, sizeof out, "%s-whole", t.dir);
+  vlm_db_salvage_result res;
+  lost_list l = {0};
+  CHECK(vlm_db_salvage(t.dir, out, on_lost, &l, &res));
+  assert_int_equal(res.records, 400);
+  assert_int_equal(res.saved, 400);
+  assert_int_equal(res.lost, 0);
+  rm_rf(out);
+  /* change one digit of the price inside three items' meta */
+  snprintf(data, sizeof data, "%s/payload.lmdb/data.mdb", t.dir);
+  FILE *f = fopen(data, "r+b");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  char *buf = malloc((size_t)size);
+  fseek(f, 0, SEEK_SET);
+  assert_int_equal(fread(buf, 1, (size_t)size, f), (size_t)size);
+  const int victims[3] = {10, 200, 333};
+  for (int v = 0; v < 3; v++) {
+    /* every copy: pages LMDB freed may still hold an older one */
+    const char *m = c.meta[victims[v]];
+    int copies = 0;
+    for (char *at = buf; (at = memmem(at, (size_t)(buf + size - at), m,
+                                      strlen(m)));
+         at++, copies++) {
+      char *digit = strstr(at, "\"price\": ") + 9;
+      char was = *digit;
+      *digit = was == '9' ? '8' : (char)(was + 1);
+      fseek(f, (long)(digit - buf), SEEK_SET);
+      fputc(*digit, f);
+      *digit = was; /* so the search finds the next copy as written */
+    }
+    assert_true(copies > 0);
+  }
+  fclose(f);
+  free(buf);
+  db = open_db(t.dir);
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_verify(db));
+  assert_non_null(strstr(vlm_errmsg(), "checksum mismatch"));
+  vlm_db_close(db);
+  snprintf(out, sizeof out, "%s-saved", t.dir);
+  memset(&l, 0, sizeof l);
+  CHECK(vlm_db_salvage(t.dir, out, on_lost, &l, &res));
+  assert_int_equal(res.records, 400);
+  assert_int_equal(res.saved, 397);
+  assert_int_equal(res.lost, 3);
+  assert_int_equal(l.n, 3);
+  for (int v = 0; v < 3; v++)
+    assert_string_equal(l.keys[v], c.key[victims[v]]);
+  vlm_db *sdb = open_db(out);
+  CHECK(vlm_db_verify(sdb));
+  for (int i = 0; i < c.n; i++) {
+    vlm_record *rec = NULL;
+    int rc = vlm_db_get(sdb, c.key[i], &rec);
+    if (i == 10 || i == 200 || i == 333) {
+      assert_int_equal(rc, VLM_ENOTFOUND);
+      continue;
+    }
+    CHECK(rc);
+    assert_string_equal(rec->caption, c.caption[i]);
+    assert_string_equal(rec->meta_json, c.meta[i]);
+    assert_int_equal(!rec->image_vec, !c.has_img[i]);
+    assert_int_equal(!rec->text_vec, !c.has_txt[i]);
+    vlm_record_free(rec);
+  }
+  /* filters come back from the rebuilt metadata */
+  vlm_search_options o = {.k = 400, .filter = "year >= 2000", .exact = 1};
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  CHECK(vlm_db_search(sdb, c.img, &o, &hits, &nh));
+  int want = 0;
+  for (int i = 0; i < c.n; i++)
+    want += c.year[i] >= 2000 && i != 10 && i != 200 && i != 333;
+  assert_int_equal(nh, want);
+  vlm_hits_free(hits, nh);
+  vlm_db_close(sdb);
+  rm_rf(out);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 static void test_open_refusals(void **state) {
   (void)state;
   tmp t;
@@ -2943,6 +3154,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_collapse_near_duplicates, teardown_tmp),
       cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
+      cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
+      cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
       cmocka_unit_test_teardown(test_tuned_effort, teardown_tmp),
