@@ -200,9 +200,9 @@ def load_rows(catalogs):
     return rows
 
 
-def precision(db, rows, queries, collapse=None):
+def precision(db, rows, queries, collapse=None, langs=LANGS):
     out = {}
-    for l in LANGS:
+    for l in langs:
         ps = []
         for q in queries:
             args = ["search", "--db", db, "--text", q["q"][l], "-k", "10",
@@ -232,7 +232,30 @@ def queries(model, work, collapse):
     return out
 
 
+def p10_main(argv):
+    """tools/eval-model.py p10 --db DB --catalog C [--catalog C ...]
+    [--langs en,de] [--collapse T]: P@10 of tools/queries.json on an
+    existing database, with and without collapse (make demo uses it)."""
+    ap = argparse.ArgumentParser(prog="eval-model.py p10")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--catalog", action="append", required=True)
+    ap.add_argument("--langs", default=",".join(LANGS))
+    ap.add_argument("--collapse", type=float, default=0)
+    a = ap.parse_args(argv)
+    qs = json.load(open("tools/queries.json"))["queries"]
+    rows = load_rows(a.catalog)
+    langs = a.langs.split(",")
+    plain = precision(a.db, rows, qs, None, langs)
+    coll = precision(a.db, rows, qs, a.collapse, langs) if a.collapse else None
+    print("%d queries, precision@10 (relevant: tools/queries.json)" % len(qs))
+    print("language  P@10" + ("  with --collapse %.2f" % a.collapse if coll else ""))
+    for l in langs:
+        print("%-8s  %.3f" % (l, plain[l]) + ("  %.3f" % coll[l] if coll else ""))
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "p10":
+        return p10_main(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", default="data/eval")
