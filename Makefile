@@ -156,6 +156,11 @@ build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libvlm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
 
+# the catalog readers live in cli/: link them too
+build-fuzz/fuzz/fuzz_catalog: tests/fuzz/fuzz_catalog.c build-fuzz/libvlm.a $(CLI_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -fsanitize-link-c++-runtime -Itests -o $@ $< $(CLI_LIB_OBJ) build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
+
 SECONDS ?= 60
 fuzz-run: fuzz
 	@for f in $(FUZZ_SRC:tests/fuzz/%.c=%); do \
