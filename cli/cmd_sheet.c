@@ -23,7 +23,8 @@ static const char usage[] =
     "\n"
     "Search the database for each --text query and draw the results' stored\n"
     "thumbnails as a PNG contact sheet: one row per query, best result on\n"
-    "the left, each thumbnail fitted into a white square cell.  Results\n"
+    "the left, each thumbnail fitted into a white square cell (reduced,\n"
+    "never enlarged).  Results\n"
     "without a thumbnail are left as an empty grey cell.  Prints one line\n"
     "per row: the query and the keys shown.\n"
     "\n"
@@ -64,18 +65,24 @@ static int draw_cell(canvas *c, int x0, int y0, int cell, const uint8_t *jpeg,
   if (rc)
     return rc;
   int w = img.w, h = img.h;
-  if (w >= h) {
-    h = (int)(((int64_t)h * cell + w / 2) / w);
-    w = cell;
+  if (w > cell || h > cell) { /* reduced to fit; a smaller one is centred */
+    if (w >= h) {
+      h = (int)(((int64_t)h * cell + w / 2) / w);
+      w = cell;
+    } else {
+      w = (int)(((int64_t)w * cell + h / 2) / h);
+      h = cell;
+    }
+    if (w < 1)
+      w = 1;
+    if (h < 1)
+      h = 1;
+    rc = vlm__image_area_resize(&img, w, h, &small);
   } else {
-    w = (int)(((int64_t)w * cell + h / 2) / h);
-    h = cell;
+    small = img;
+    img = (vlm_image){0};
   }
-  if (w < 1)
-    w = 1;
-  if (h < 1)
-    h = 1;
-  if ((rc = vlm__image_area_resize(&img, w, h, &small)) == 0) {
+  if (rc == 0) {
     fill(c, x0, y0, cell, cell, 0xff);
     int ox = x0 + (cell - w) / 2, oy = y0 + (cell - h) / 2;
     for (int y = 0; y < h; y++)
