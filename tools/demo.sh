@@ -1,8 +1,10 @@
 #!/bin/sh
-# vlmdb end to end on public-domain clip art (called by `make demo`, which
+# vlmdb end to end on free pictures from Debian: openclipart clip art, Noto
+# emoji and Tux Paint's photos and drawings (called by `make demo`, which
 # has already installed the packages and built vlmdb).
 #
-# 1. builds the openclipart catalog (tools/make-data.sh, see tools/DATA.md)
+# 1. builds the three catalogs (tools/make-data.sh, see tools/DATA.md) and
+#    joins them into data/demo/catalog.jsonl (and their test splits)
 # 2. creates data/demo.vlmdb with the default model and a `category` field
 #    (models/default/; until it exists, the random-weight test model
 #    tests/fixtures/clip-tiny, whose results mean nothing)
@@ -10,9 +12,11 @@
 #    whole catalog into data/demo.vlmdb (or, when the model is too slow to
 #    embed it all within VLMDB_DEMO_BUDGET seconds, a sample spread over
 #    the catalog; `vlmdb ingest` can finish it later, it resumes)
-# 4. searches: text->image, with a filter, image->image, hybrid (vectors +
-#    BM25 over captions)
-# 5. measures Recall@K on the test split
+# 4. searches: text->image (English, German, Chinese), near-duplicates
+#    collapsed, with a filter, image->image, hybrid (vectors + BM25 over
+#    captions), and a contact sheet PNG of results
+# 5. measures Recall@K on the test splits and precision@10 of natural-
+#    language queries, before and after collapse
 # 6. prints how to serve the database and query it with redis-cli
 #
 # Re-runnable: it deletes and recreates its own two databases each time.
@@ -29,6 +33,7 @@ set -eu
 
 BUILD=${BUILD:-build}
 VLMDB=$BUILD/vlmdb
+export VLMDB   # tools/eval-model.py runs it too
 DB=${VLMDB_DEMO_DB:-data/demo.vlmdb}
 case $DB in
   *.vlmdb) TEST_DB=${DB%.vlmdb}-test.vlmdb ;;
@@ -36,7 +41,7 @@ case $DB in
 esac
 ITEMS=${VLMDB_DEMO_ITEMS:-0}
 BUDGET=${VLMDB_DEMO_BUDGET:-180}
-CATALOG_DIR=data/openclipart
+CATALOG_DIR=data/demo
 
 start=$(date +%s)
 if [ -t 1 ]; then bold=$(printf '\033[1m') plain=$(printf '\033[0m'); else bold="" plain=""; fi
@@ -62,16 +67,19 @@ spread() {   # file n
 [ -x "$VLMDB" ] || die "$VLMDB is not built (run: make demo)"
 
 # ---- 1. the catalog ----------------------------------------------------
-step "1. The catalog: openclipart (public domain clip art from Debian)"
+step "1. The catalog: clip art, emoji and Tux Paint photos and drawings (free data from Debian)"
 [ -x "$BUILD/tools/openclipart-catalog" ] ||
   make --no-print-directory -s BUILD="$BUILD" "$BUILD/tools/openclipart-catalog" >/dev/null
-BUILD=$BUILD sh tools/make-data.sh openclipart
+BUILD=$BUILD sh tools/make-data.sh openclipart emoji tuxpaint
+mkdir -p "$CATALOG_DIR"
+cat data/openclipart/catalog.jsonl data/emoji/catalog.jsonl data/tuxpaint/catalog.jsonl > "$CATALOG_DIR/catalog.jsonl"
+cat data/openclipart/test.jsonl data/emoji/test.jsonl data/tuxpaint/test.jsonl > "$CATALOG_DIR/test.jsonl"
 CATALOG=$CATALOG_DIR/catalog.jsonl
 TEST_CATALOG=$CATALOG_DIR/test.jsonl
 total=$(wc -l < "$CATALOG" | tr -d ' ')
 ntest=$(wc -l < "$TEST_CATALOG" | tr -d ' ')
-note "$total items ($ntest in the test split); one line:"
-head -n 1 "$CATALOG" | cut -c 1-300
+note "$total items: openclipart $(wc -l < data/openclipart/catalog.jsonl | tr -d ' '), emoji $(wc -l < data/emoji/catalog.jsonl | tr -d ' '), Tux Paint $(wc -l < data/tuxpaint/catalog.jsonl | tr -d ' ') ($ntest in the held-out test splits); a Tux Paint line:"
+head -n 1 data/tuxpaint/catalog.jsonl | cut -c 1-300
 case $ITEMS in *[!0-9]*|'') die "VLMDB_DEMO_ITEMS must be a number" ;; esac
 case $BUDGET in *[!0-9]*|'') die "VLMDB_DEMO_BUDGET must be a number" ;; esac
 if [ "$ITEMS" -gt 0 ] && [ "$ITEMS" -lt "$ntest" ]; then
@@ -145,19 +153,32 @@ run "$VLMDB" ingest --db "$DB" "$CATALOG"
 run "$VLMDB" info --db "$DB"
 
 # ---- 4. search ----------------------------------------------------------
-step "4. Search, text -> image: what the model sees in the pictures"
-for q in "a planet in space" "a red car" "a cat"; do
-  run "$VLMDB" search --db "$DB" --text "$q" -k 5 --target image --fields category
+step "4. Search, text -> image: objects, described in other words"
+for q in "a dog" "a cat" "something to drink" "a furry pet"; do
+  run "$VLMDB" search --db "$DB" --text "$q" -k 5 --target image --collapse 0.98 --fields category
   echo
 done
+
+step "4. Search in other languages (the same model, the same database)"
+for q in "ein Flugzeug" "猫"; do
+  run "$VLMDB" search --db "$DB" --text "$q" -k 5 --target image --collapse 0.98 --fields category
+  echo
+done
+
+step "4. Near-duplicates: --collapse keeps one of each group of near-identical pictures"
+note "Without it, a series of nearly identical items (here 18 red jigsaw pieces) fills the top:"
+run "$VLMDB" search --db "$DB" --text "a red car" -k 6 --target image
+echo
+note "With --collapse 0.98 each group takes one slot; the match column counts the rest (+N):"
+run "$VLMDB" search --db "$DB" --text "a red car" -k 6 --target image --collapse 0.98
 
 step "4. Search, text -> image, only in one category (a SQL filter on a declared field)"
 run "$VLMDB" search --db "$DB" --text "a bird" -k 5 --target image \
   --filter "category = 'animals'" --fields category,subcategory
 
 step "4. Search, image -> image: pictures like this one"
-# The first cat in the catalog (else the first item) as the query image.
-query=$(grep -m 1 '"key":"animals/mammals/housecats/' "$CATALOG" || head -n 1 "$CATALOG")
+# The first cat photo among the Tux Paint stamps (else the first item).
+query=$(grep -m 1 '"key":"tuxpaint/animals/mammals/cats/' "$CATALOG" || head -n 1 "$CATALOG")
 query_image=$(printf '%s\n' "$query" | sed -n 's/^{"key":"[^"]*","image":"\([^"]*\)".*/\1/p')
 note "query image: $query_image"
 run "$VLMDB" search --db "$DB" --image "$query_image" -k 5 --target image --fields category
@@ -165,13 +186,26 @@ run "$VLMDB" search --db "$DB" --image "$query_image" -k 5 --target image --fiel
 step "4. Search, hybrid: vector ranking fused with BM25 over the captions"
 run "$VLMDB" search --db "$DB" --text "penguin" -k 5 --hybrid --fields category
 
-# ---- 5. recall -----------------------------------------------------------
-step "5. Retrieval quality on the held-out test split"
-note "$TEST_DB holds only the test items (never trained on): each caption's"
-note "own picture competes with the other test pictures, and vice versa."
+step "4. A contact sheet: the results as pictures (one row per query)"
+run "$VLMDB" sheet --db "$DB" --out data/demo-sheet.png -k 8 --collapse 0.98 \
+  --text "a dog" --text "a red car" --text "something to drink" --text "ein Flugzeug" --text "猫"
+note "written to data/demo-sheet.png"
+
+# ---- 5. quality ------------------------------------------------------------
+step "5. Retrieval quality on the held-out test splits"
+note "$TEST_DB holds only the test items (concepts never trained on): each"
+note "caption's own picture competes with the other test pictures, and vice versa."
 run "$VLMDB" eval --db "$TEST_DB" -k 1,5,10
 n=$(wc -l < "$TEST_CATALOG" | tr -d ' ')
 awk -v n="$n" 'BEGIN { printf "chance level with %d items: R@1 %.4f  R@5 %.4f  R@10 %.4f  median rank %d\n", n, 1/n, 5/n, 10/n, (n+1)/2 }'
+if [ "$CATALOG" = "$CATALOG_DIR/catalog.jsonl" ]; then
+  note ""
+  note "Natural-language queries (tools/queries.json: none uses the words of the"
+  note "captions it should find), precision@10 over the whole catalog, before and"
+  note "after collapsing near-duplicates:"
+  run /usr/bin/python3 tools/eval-model.py p10 --db "$DB" --catalog "$CATALOG" \
+    --langs en,de,zh --collapse 0.98
+fi
 
 # ---- 6. the server -------------------------------------------------------
 step "6. Serve it (Redis protocol: any Redis client works)"
@@ -185,7 +219,7 @@ then, from another terminal:
 
   redis-cli -p 7878 PING
   redis-cli -p 7878 COUNT
-  redis-cli -p 7878 SEARCH TEXT "a red car" K 5 RETURN 2 caption category
+  redis-cli -p 7878 SEARCH TEXT "a red car" K 5 COLLAPSE 0.98 RETURN 3 caption category similar
   redis-cli -p 7878 SEARCH TEXT "a bird" K 5 FILTER "category = 'animals'" RETURN 1 caption
   redis-cli -p 7878 SEARCH KEY "$(printf '%s\n' "$query" | sed -n 's/^{"key":"\([^"]*\)".*/\1/p')" K 5
   redis-cli -p 7878 INFO model

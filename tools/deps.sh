@@ -21,6 +21,9 @@ case ${1:-build} in data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;; esac
 
 missing=""
 for p in $pkgs; do
+  # npm may come with another Node.js build (its nodejs conflicts with
+  # Debian's npm package): any working npm will do
+  [ "$p" = npm ] && command -v npm >/dev/null 2>&1 && continue
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   case "$status" in
     "install ok installed") ;;
