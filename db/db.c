@@ -279,7 +279,8 @@ static int creating_path(const char *dir, char *out, size_t cap) {
 }
 
 /* Remove .NAME.creating-PID siblings of dir left by creates that were
- * killed (their process is gone). */
+ * killed (their process is gone).  Two creates of one name at once in
+ * live processes keep their own; the rename decides which one wins. */
 static void remove_stale_creating(const char *dir) {
   char parent[PATH_MAX], base[NAME_MAX + 1], prefix[NAME_MAX + 16];
   parent_of(dir, parent, sizeof parent);
@@ -294,8 +295,11 @@ static void remove_stale_creating(const char *dir) {
       continue;
     char *end;
     long pid = strtol(e->d_name + plen, &end, 10);
-    if (*end || pid <= 0 || pid == (long)getpid() ||
-        !(kill((pid_t)pid, 0) != 0 && errno == ESRCH))
+    /* ours is stale too: this create has not made its own yet (a dead
+     * process may have had our pid) */
+    if (*end || pid <= 0 ||
+        (pid != (long)getpid() &&
+         !(kill((pid_t)pid, 0) != 0 && errno == ESRCH)))
       continue;
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", parent, e->d_name) <
