@@ -1238,7 +1238,10 @@ static char *dup_n(const char *s, size_t n) {
 }
 
 /* Build a caller-owned record of item id from txn. */
-static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id,
+/* check: verify the record's checksum first (get does; the walk of
+ * foreach leaves that to verify and salvage, so an export still reads
+ * past a damaged record). */
+static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
                        vlm_record **out) {
   vlm__rec rec;
   uint32_t vf;
@@ -1251,6 +1254,17 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id,
                ? vlm_seterr(VLM_ECORRUPT, "item %llu: record missing",
                             (unsigned long long)id)
                : rc;
+  if (check) {
+    MDB_val ik = {sizeof id, &id}, rv, vv;
+    if (mdb_get(txn, db->lm.items, &ik, &rv) == 0 &&
+        mdb_get(txn, db->lm.vecs, &ik, &vv) == 0 &&
+        vlm__rec_check(rv.mv_data, rv.mv_size, vv.mv_data, vv.mv_size))
+      return vlm_seterr(VLM_ECORRUPT, "item %llu (key \"%.*s\"): checksum "
+                        "mismatch, the record is damaged (vlmdb salvage "
+                        "copies the sound ones)", (unsigned long long)id,
+                        (int)(rec.key_len > 200 ? 200 : rec.key_len),
+                        rec.key);
+  }
   if ((rc = vlm__vecs_get(&db->lm, txn, id, dim, &vf, vec)))
     return rc == VLM_ENOTFOUND
                ? vlm_seterr(VLM_ECORRUPT, "item %llu: vectors missing",
@@ -1297,7 +1311,7 @@ int vlm_db_get(vlm_db *db, const char *key, vlm_record **out) {
   if (rc == VLM_ENOTFOUND)
     rc = vlm_seterr(VLM_ENOTFOUND, "key \"%s\" not found", key);
   else if (!rc)
-    rc = make_record(db, r->txn, id, out);
+    rc = make_record(db, r->txn, id, 1, out);
   end_read(db, r);
   return rc;
 }
@@ -1334,7 +1348,7 @@ int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
     uint64_t id;
     vlm_record *rec;
     memcpy(&id, v.mv_data, 8);
-    if ((rc = make_record(db, r->txn, id, &rec)))
+    if ((rc = make_record(db, r->txn, id, 0, &rec)))
       goto done;
     rc = fn(rec, arg);
     vlm_record_free(rec);

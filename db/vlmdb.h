@@ -133,7 +133,8 @@ typedef struct {
   char *meta_json;    /* the item's metadata object, "{}" if none */
 } vlm_record;
 
-/* Get an item by key; VLM_ENOTFOUND if absent. */
+/* Get an item by key; VLM_ENOTFOUND if absent, VLM_ECORRUPT if its record
+ * fails its checksum. */
 int vlm_db_get(vlm_db *db, const char *key, vlm_record **out);
 void vlm_record_free(vlm_record *rec); /* accepts NULL */
 

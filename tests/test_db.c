@@ -1394,6 +1394,18 @@ static void test_checksums_and_salvage(void **state) {
   db = open_db(t.dir);
   EXPECT_ERR(VLM_ECORRUPT, vlm_db_verify(db));
   assert_non_null(strstr(vlm_errmsg(), "checksum mismatch"));
+  /* get refuses the damaged records, and only them */
+  for (int i = 0; i < c.n; i++) {
+    vlm_record *rec = NULL;
+    int rc = vlm_db_get(db, c.key[i], &rec);
+    if (i == 10 || i == 200 || i == 333) {
+      assert_int_equal(rc, VLM_ECORRUPT);
+      assert_non_null(strstr(vlm_errmsg(), "checksum mismatch"));
+    } else {
+      CHECK(rc);
+      vlm_record_free(rec);
+    }
+  }
   vlm_db_close(db);
   snprintf(out, sizeof out, "%s-saved", t.dir);
   memset(&l, 0, sizeof l);
