@@ -26,7 +26,8 @@ typedef struct {
   int first_arg;        /* argv index of the first positional argument */
 } admin_args;
 
-enum { OPT_VECTORS = 1, OPT_THUMB = 2, OPT_OUTPUT = 4, OPT_INDEX = 8 };
+enum { OPT_VECTORS = 1, OPT_THUMB = 2, OPT_OUTPUT = 4, OPT_INDEX = 8,
+       OPT_ARGS = 16 /* takes positional arguments (keys) */ };
 
 static int parse_admin(int argc, char **argv, unsigned allowed,
                        admin_args *a) {
@@ -64,6 +65,9 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
   }
   if (!a->db_dir)
     return vlm_cli_usage_error(a->cmd, "--db DIR is required");
+  if (!(allowed & OPT_ARGS) && optind < argc)
+    return vlm_cli_usage_error(a->cmd, "unexpected argument '%s'",
+                               argv[optind]);
   a->first_arg = optind;
   return -1;
 }
@@ -96,9 +100,6 @@ int cmd_info(int argc, char **argv) {
   int rc = parse_admin(argc, argv, 0, &a);
   if (rc >= 0)
     return rc;
-  if (a.first_arg < argc)
-    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
-                               argv[a.first_arg]);
   vlm_db *db;
   if (vlm_cli_open_db(a.cmd, a.db_dir, 1, &db))
     return VLM_EXIT_RUNTIME;
@@ -190,7 +191,7 @@ static json_t *vector_array(const float *v, int dim) {
 
 int cmd_get(int argc, char **argv) {
   admin_args a = {.cmd = "get", .usage = get_usage};
-  int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_THUMB, &a);
+  int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_THUMB | OPT_ARGS, &a);
   if (rc >= 0)
     return rc;
   if (a.first_arg + 1 != argc)
@@ -280,7 +281,7 @@ static const char delete_usage[] =
 
 int cmd_delete(int argc, char **argv) {
   admin_args a = {.cmd = "delete", .usage = delete_usage};
-  int rc = parse_admin(argc, argv, 0, &a);
+  int rc = parse_admin(argc, argv, OPT_ARGS, &a);
   if (rc >= 0)
     return rc;
   int n = argc - a.first_arg;
@@ -353,9 +354,6 @@ int cmd_export(int argc, char **argv) {
   int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_OUTPUT, &a);
   if (rc >= 0)
     return rc;
-  if (a.first_arg < argc)
-    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
-                               argv[a.first_arg]);
   vlm_db *db;
   if (vlm_cli_open_db(a.cmd, a.db_dir, 1, &db))
     return VLM_EXIT_RUNTIME;
@@ -404,9 +402,6 @@ int cmd_reindex(int argc, char **argv) {
     return rc;
   if (!a.factory)
     return vlm_cli_usage_error(a.cmd, "--index FACTORY is required");
-  if (a.first_arg < argc)
-    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
-                               argv[a.first_arg]);
   vlm_db *db;
   if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
     return VLM_EXIT_RUNTIME;
@@ -453,9 +448,6 @@ int cmd_verify(int argc, char **argv) {
   int rc = parse_admin(argc, argv, 0, &a);
   if (rc >= 0)
     return rc;
-  if (a.first_arg < argc)
-    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
-                               argv[a.first_arg]);
   vlm_db *db;
   if (vlm_cli_open_db(a.cmd, a.db_dir, 1, &db))
     return VLM_EXIT_RUNTIME;
@@ -503,9 +495,6 @@ int cmd_recover(int argc, char **argv) {
   int rc = parse_admin(argc, argv, 0, &a);
   if (rc >= 0)
     return rc;
-  if (a.first_arg < argc)
-    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
-                               argv[a.first_arg]);
   vlm_db *db;
   if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
     return VLM_EXIT_RUNTIME;
@@ -556,9 +545,6 @@ int cmd_salvage(int argc, char **argv) {
     return rc;
   if (!a.output)
     return vlm_cli_usage_error(a.cmd, "--out NEWDIR is required");
-  if (a.first_arg < argc)
-    return vlm_cli_usage_error(a.cmd, "unexpected argument '%s'",
-                               argv[a.first_arg]);
   vlm_db_salvage_result res;
   rc = vlm_db_salvage(a.db_dir, a.output, salvage_lost, (void *)a.cmd, &res);
   if (rc) {

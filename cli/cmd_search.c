@@ -307,14 +307,8 @@ int cmd_search(int argc, char **argv) {
       break;
     case 'f': sopts.filter = optarg; break;
     case 'T':
-      if (!strcmp(optarg, "image"))
-        sopts.target = VLM_TARGET_IMAGE;
-      else if (!strcmp(optarg, "text"))
-        sopts.target = VLM_TARGET_TEXT;
-      else if (!strcmp(optarg, "any"))
-        sopts.target = VLM_TARGET_ANY;
-      else
-        return vlm_cli_usage_error(cmd, "--target is image, text or any");
+      if (vlm_cli_parse_target(cmd, optarg, &sopts.target))
+        return VLM_EXIT_USAGE;
       break;
     case 'H': hybrid = 1; break;
     case 'W': {
@@ -335,14 +329,10 @@ int cmd_search(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       break;
     case 'x': sopts.exact = 1; break;
-    case 'C': {
-      char *end;
-      double t = strtod(optarg, &end);
-      if (end == optarg || *end || !(t > 0 && t <= 1))
-        return vlm_cli_usage_error(cmd, "--collapse is a cosine in (0, 1]");
-      sopts.collapse = (float)t;
+    case 'C':
+      if (vlm_cli_parse_collapse(cmd, optarg, &sopts.collapse))
+        return VLM_EXIT_USAGE;
       break;
-    }
     case 'F': field_list = optarg; break;
     case 'm': model_dir = optarg; break;
     case 'j': as_json = 1; break;

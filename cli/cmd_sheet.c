@@ -174,24 +174,14 @@ int cmd_sheet(int argc, char **argv) {
       if (vlm_cli_parse_long(cmd, "--cell", optarg, 16, 512, &cell))
         return VLM_EXIT_USAGE;
       break;
-    case 'C': {
-      char *end;
-      double t = strtod(optarg, &end);
-      if (end == optarg || *end || !(t > 0 && t <= 1))
-        return vlm_cli_usage_error(cmd, "--collapse is a cosine in (0, 1]");
-      sopts.collapse = (float)t;
+    case 'C':
+      if (vlm_cli_parse_collapse(cmd, optarg, &sopts.collapse))
+        return VLM_EXIT_USAGE;
       break;
-    }
     case 'f': sopts.filter = optarg; break;
     case 'T':
-      if (!strcmp(optarg, "image"))
-        sopts.target = VLM_TARGET_IMAGE;
-      else if (!strcmp(optarg, "text"))
-        sopts.target = VLM_TARGET_TEXT;
-      else if (!strcmp(optarg, "any"))
-        sopts.target = VLM_TARGET_ANY;
-      else
-        return vlm_cli_usage_error(cmd, "--target is image, text or any");
+      if (vlm_cli_parse_target(cmd, optarg, &sopts.target))
+        return VLM_EXIT_USAGE;
       break;
     case 'm': model_dir = optarg; break;
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;

@@ -40,6 +40,31 @@ int vlm_cli_parse_long(const char *cmd, const char *flag, const char *text,
   return 0;
 }
 
+int vlm_cli_parse_target(const char *cmd, const char *text, vlm_target *out) {
+  if (!strcmp(text, "image"))
+    *out = VLM_TARGET_IMAGE;
+  else if (!strcmp(text, "text"))
+    *out = VLM_TARGET_TEXT;
+  else if (!strcmp(text, "any"))
+    *out = VLM_TARGET_ANY;
+  else {
+    vlm_cli_usage_error(cmd, "--target is image, text or any");
+    return -1;
+  }
+  return 0;
+}
+
+int vlm_cli_parse_collapse(const char *cmd, const char *text, float *out) {
+  char *end;
+  double t = strtod(text, &end);
+  if (end == text || *end || !(t > 0 && t <= 1)) {
+    vlm_cli_usage_error(cmd, "--collapse is a cosine in (0, 1]");
+    return -1;
+  }
+  *out = (float)t;
+  return 0;
+}
+
 int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
                     vlm_db **out) {
   vlm_db_open_options opts = {.readonly = readonly};

@@ -11,6 +11,12 @@
 int vlm_cli_parse_long(const char *cmd, const char *flag, const char *text,
                        long min, long max, long *out);
 
+/* --target image|text|any and --collapse T (a cosine in (0, 1]), as
+ * search and sheet take them.  Print a usage error and return -1 when the
+ * value is not one. */
+int vlm_cli_parse_target(const char *cmd, const char *text, vlm_target *out);
+int vlm_cli_parse_collapse(const char *cmd, const char *text, float *out);
+
 /* Print "vlmdb CMD: message" and a pointer to --help; returns
  * VLM_EXIT_USAGE. */
 int vlm_cli_usage_error(const char *cmd, const char *fmt, ...)
