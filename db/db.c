@@ -1249,27 +1249,28 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
   int dim = db->man.dim, rc;
   vlm_record *r;
   *out = NULL;
-  if ((rc = vlm__rec_get(&db->lm, txn, id, &rec)))
-    return rc == VLM_ENOTFOUND
+  MDB_val ik = {sizeof id, &id}, rv, vv;
+  int mrc = mdb_get(txn, db->lm.items, &ik, &rv);
+  if (mrc)
+    return mrc == MDB_NOTFOUND
                ? vlm_seterr(VLM_ECORRUPT, "item %llu: record missing",
                             (unsigned long long)id)
-               : rc;
-  if (check) {
-    MDB_val ik = {sizeof id, &id}, rv, vv;
-    if (mdb_get(txn, db->lm.items, &ik, &rv) == 0 &&
-        mdb_get(txn, db->lm.vecs, &ik, &vv) == 0 &&
-        vlm__rec_check(rv.mv_data, rv.mv_size, vv.mv_data, vv.mv_size))
-      return vlm_seterr(VLM_ECORRUPT, "item %llu (key \"%.*s\"): checksum "
-                        "mismatch, the record is damaged (vlmdb salvage "
-                        "copies the sound ones)", (unsigned long long)id,
-                        (int)(rec.key_len > 200 ? 200 : rec.key_len),
-                        rec.key);
-  }
-  if ((rc = vlm__vecs_get(&db->lm, txn, id, dim, &vf, vec)))
-    return rc == VLM_ENOTFOUND
+               : vlm__lmdb_err(mrc, "items");
+  if ((rc = vlm__rec_decode(rv.mv_data, rv.mv_size, &rec)))
+    return rc;
+  mrc = mdb_get(txn, db->lm.vecs, &ik, &vv);
+  if (mrc)
+    return mrc == MDB_NOTFOUND
                ? vlm_seterr(VLM_ECORRUPT, "item %llu: vectors missing",
                             (unsigned long long)id)
-               : rc;
+               : vlm__lmdb_err(mrc, "vecs");
+  if ((rc = vlm__vecs_parse(&vv, dim, &vf, vec)))
+    return rc;
+  if (check && vlm__rec_check(rv.mv_data, rv.mv_size, vv.mv_data, vv.mv_size))
+    return vlm_seterr(VLM_ECORRUPT, "item %llu (key \"%.*s\"): checksum "
+                      "mismatch, the record is damaged (vlmdb salvage copies "
+                      "the sound ones)", (unsigned long long)id,
+                      (int)(rec.key_len > 200 ? 200 : rec.key_len), rec.key);
   if (!(r = calloc(1, sizeof *r)))
     return vlm_seterr(VLM_ENOMEM, "record");
   r->dim = dim;

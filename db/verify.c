@@ -106,14 +106,13 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
     memcpy(&kid, kv.mv_data, 8);
     if (kid != id)
       goto bad;
-    if (vlm__vecs_get(&db->lm, txn, id, db->man.dim, &vf, vec) != 0 ||
+    MDB_val ik = {8, &id}, vv;
+    if (mdb_get(txn, db->lm.vecs, &ik, &vv) != 0 ||
+        vlm__vecs_parse(&vv, db->man.dim, &vf, vec) != 0 ||
         (vf & (VLM__HAS_IMAGE | VLM__HAS_TEXT)) !=
             (rec.flags & (VLM__HAS_IMAGE | VLM__HAS_TEXT)))
       goto bad;
     {
-      MDB_val ik = {8, &id}, vv;
-      if (mdb_get(txn, db->lm.vecs, &ik, &vv) != 0)
-        goto bad;
       const char *why = NULL;
       if (vlm__rec_check(v.mv_data, v.mv_size, vv.mv_data, vv.mv_size))
         why = "checksum mismatch";
