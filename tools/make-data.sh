@@ -4,7 +4,7 @@
 # and builds the builders first.
 #
 #   tools/make-data.sh [openclipart] [fashion-mnist] [emoji] [tuxpaint]
-#                      [emoji-styles]                   (default: all)
+#                      [emoji-styles] [wordnet]         (default: all)
 #
 # A dataset is rebuilt only when its builder or its package changed since
 # the last run (FORCE=1 rebuilds anyway).  Each dataset directory gets
@@ -16,7 +16,7 @@ BUILD=${BUILD:-build}
 DATA=${DATA:-data}
 FORCE=${FORCE:-0}
 
-sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles}
+sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet}
 
 say() { echo "make-data: $*" >&2; }
 
@@ -150,6 +150,42 @@ npm_fetch() {
   done
 }
 
+# Caption variants from WordNet and FreeDict for the train rows of the
+# picture catalogs (tools/wordnet-captions.py); made after them.
+WORDNET_PKGS="wordnet-base dict-freedict-eng-deu dict-freedict-eng-fra
+dict-freedict-eng-spa dict-freedict-eng-rus dict-freedict-eng-jpn"
+WORDNET_FROM="openclipart emoji emoji-styles tuxpaint"
+
+wordnet() {
+  tool=tools/wordnet-captions.py
+  out=$DATA/wordnet
+  for p in $WORDNET_PKGS; do
+    [ "$(pkg_version "$p")" != missing ] ||
+      { say "$p is not installed (run: sh tools/deps.sh data)"; exit 1; }
+  done
+  srcs=""
+  for src in $WORDNET_FROM; do
+    [ -f "$DATA/$src/train.jsonl" ] ||
+      { say "wordnet: $DATA/$src/train.jsonl is missing (run: tools/make-data.sh $src)"; exit 1; }
+    srcs="$srcs $DATA/$src/train.jsonl"
+  done
+  # shellcheck disable=SC2086
+  stamp=$(stamp_of "$tool" $WORDNET_PKGS; for f in $srcs; do printf '%s %s\n' "$f" "$(sha "$f")"; done)
+  if up_to_date "$out" "$stamp"; then
+    say "wordnet: up to date ($out/, FORCE=1 to rebuild)"
+    return 0
+  fi
+  mkdir -p "$out"
+  # shellcheck disable=SC2086
+  /usr/bin/python3 "$tool" --out "$out" $srcs
+  # the pictures are the sources': their digests stand for them
+  images=$(for src in $WORDNET_FROM; do sed -n 's/^  "images_sha256": "\(.*\)",/\1/p' "$DATA/$src/digest.json"; done |
+           sha256sum | cut -d' ' -f1)
+  # shellcheck disable=SC2086
+  write_digest "$out" "$images" $WORDNET_PKGS
+  printf '%s\n' "$stamp" > "$out/.stamp"
+}
+
 for s in $sets; do
   case $s in
     openclipart) openclipart ;;
@@ -158,7 +194,8 @@ for s in $sets; do
     tuxpaint) families tuxpaint tuxpaint-stamps-default librsvg2-bin ;;
     emoji-styles) npm_fetch
        NPM_CACHE=$DATA/.npm families emoji-styles unicode-cldr-core librsvg2-bin ;;
-    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint)"; exit 2 ;;
+    wordnet) wordnet ;;
+    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet)"; exit 2 ;;
   esac
   d=$DATA/$s/digest.json
   field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\).*/\1/p" "$d"; }
