@@ -372,6 +372,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   }
   m.nfields = config->nfields;
   m.format_version = VLM__FORMAT_VERSION;
+  m.sql_cksum = 1;
   m.dim = config->dim;
   strcpy(m.factory, factory);
   strcpy(m.model_id, config->model_id);

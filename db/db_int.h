@@ -68,6 +68,7 @@ typedef struct {
   vlm_field_type ftype[VLM__MAX_FIELDS];
   char fname[VLM__MAX_FIELDS][64];
   vlm__ckpt ckpt[VLM__NMOD];
+  int sql_cksum;   /* meta.sqlite's pages carry checksums (sqlvfs.c) */
 } vlm__manifest;
 
 int vlm__manifest_read(const char *dir, vlm__manifest *m);
@@ -172,6 +173,17 @@ typedef struct vlm__reader {
 } vlm__reader;
 
 int vlm__sql_err(sqlite3 *db, int rc, const char *what);
+
+/* sqlvfs.c: meta.sqlite is opened through this VFS, which checks a
+ * checksum in the last 8 bytes of every page of a file made with them. */
+#define VLM__SQL_VFS "vlmdb-cksum"
+#define VLM__FCNTL_CKSUM 0x766c6d01 /* int[2]: checked?, pages that failed */
+const char *vlm__sql_vfs(void);     /* registers it once; NULL if it can't */
+int vlm__sql_reserve(sqlite3 *db);  /* a new file: make room for them */
+int vlm__sql_cksum_state(sqlite3 *db, int *on, int *faults);
+/* After db's first read: the manifest's promise of checksums holds. */
+int vlm__sql_check_cksum(sqlite3 *db, const vlm__manifest *m,
+                         const char *path);
 int vlm__sql_create(const char *path, const vlm__manifest *m);
 int vlm__sql_open_writer(vlm_db *db);
 void vlm__sql_close_writer(vlm_db *db);

@@ -147,6 +147,15 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     }
     m->nfields++;
   }
+  /* Absent in manifests of databases made before meta.sqlite had page
+   * checksums. */
+  json_t *ck = json_object_get(root, "sql_page_checksums");
+  if (ck && !json_is_boolean(ck)) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: \"sql_page_checksums\" is not a boolean",
+                    path);
+    goto done;
+  }
+  m->sql_cksum = json_is_true(ck);
   json_t *ix = json_object_get(root, "index");
   for (int mod = 0; mod < VLM__NMOD; mod++) {
     json_t *c = json_object_get(ix, mod_name[mod]);
@@ -201,6 +210,8 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
   json_object_set_new(root, "index_factory", json_string(m->factory));
   json_object_set_new(root, "model_id", json_string(m->model_id));
   json_object_set_new(root, "model_dir", json_string(m->model_dir));
+  if (m->sql_cksum)
+    json_object_set_new(root, "sql_page_checksums", json_true());
   for (int i = 0; i < m->nfields; i++) {
     json_t *f = json_object();
     json_object_set_new(f, "name", json_string(m->fname[i]));

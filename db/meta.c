@@ -16,6 +16,17 @@
 
 int vlm__sql_err(sqlite3 *db, int rc, const char *what) {
   int code;
+  if (db && (rc & 0xff) == (sqlite3_extended_errcode(db) & 0xff))
+    rc = sqlite3_extended_errcode(db);
+  if (rc == SQLITE_IOERR_DATA || (rc & 0xff) == SQLITE_CORRUPT ||
+      (rc & 0xff) == SQLITE_NOTADB)
+    return vlm_seterr(VLM_ECORRUPT,
+                      "%s: meta.sqlite is damaged (%s); every record is "
+                      "also in the payload store: `vlmdb salvage` copies "
+                      "them into a fresh database, or restore a backup",
+                      what, rc == SQLITE_IOERR_DATA
+                                ? "a page fails its checksum"
+                                : db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
   switch (rc & 0xff) {
   case SQLITE_FULL:
     code = VLM_ENOSPACE;
@@ -72,13 +83,35 @@ static int set_pragmas(sqlite3 *db) {
   return rc;
 }
 
+int vlm__sql_check_cksum(sqlite3 *db, const vlm__manifest *m,
+                         const char *path) {
+  int on = 0;
+  vlm__sql_cksum_state(db, &on, NULL);
+  if (m->sql_cksum && !on)
+    return vlm_seterr(VLM_ECORRUPT,
+                      "%s: meta.sqlite is damaged (its header no longer "
+                      "says its pages carry checksums); `vlmdb salvage` "
+                      "copies every record into a fresh database",
+                      path);
+  return 0;
+}
+
 int vlm__sql_create(const char *path, const vlm__manifest *m) {
   sqlite3 *db = NULL;
   char *sql = NULL;
+  const char *vfs = vlm__sql_vfs();
+  if (m->sql_cksum && !vfs)
+    return vlm_seterr(VLM_ESTORE, "%s: cannot register SQLite's %s VFS",
+                      path, VLM__SQL_VFS);
   int rc = sqlite3_open_v2(path, &db,
-                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs);
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(db, rc, path);
+    goto done;
+  }
+  /* before anything is written: room for the page checksums */
+  if (m->sql_cksum && (rc = vlm__sql_reserve(db)) != SQLITE_OK) {
+    rc = vlm__sql_err(db, rc, "meta.sqlite reserve bytes");
     goto done;
   }
   if ((rc = set_pragmas(db)))
@@ -155,7 +188,8 @@ int vlm__sql_open_writer(vlm_db *db) {
   snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
   /* Used only under write_mu: no SQLite mutexes needed. */
   rc = sqlite3_open_v2(path, &db->wsql,
-                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                       vlm__sql_vfs());
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(db->wsql, rc, path);
     goto done;
@@ -194,7 +228,7 @@ int vlm__sql_open_writer(vlm_db *db) {
       goto done;
     }
   }
-  rc = 0;
+  rc = vlm__sql_check_cksum(db->wsql, m, path);
 done:
   free(sql);
   return rc;
@@ -418,7 +452,8 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
     return 0;
   snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
   int rc = sqlite3_open_v2(path, &r->sql,
-                           SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+                           SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                           vlm__sql_vfs());
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(r->sql, rc, path);
     sqlite3_close(r->sql);
@@ -440,8 +475,13 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   rc = sqlite3_prepare_v3(r->sql,
                           "SELECT value FROM vlm_state WHERE name = 'seq'", -1,
                           SQLITE_PREPARE_PERSISTENT, &r->pin, NULL);
-  if (rc != SQLITE_OK) {
+  if (rc != SQLITE_OK)
     rc = vlm__sql_err(r->sql, rc, path);
+  else
+    rc = vlm__sql_check_cksum(r->sql, &db->man, path);
+  if (rc) {
+    sqlite3_finalize(r->pin);
+    r->pin = NULL;
     sqlite3_close(r->sql);
     r->sql = NULL;
     return rc;

@@ -35,6 +35,9 @@
 
 /* ------------------------------------------------------------ helpers */
 
+/* db/sqlvfs.c: the VFS vlmdb opens meta.sqlite through (page checksums). */
+const char *vlm__sql_vfs(void);
+
 static int rm_entry(const char *path, const struct stat *st, int flag,
                     struct FTW *ftw) {
   (void)st;
@@ -2146,7 +2149,9 @@ static void test_verify_finds_disagreement(void **state) {
   free(RUN_OK(dir, "ingest", "--db", db, "--quiet", cat));
   free(RUN_OK(dir, "verify", "--db", db));
   sqlite3 *s;
-  assert_int_equal(sqlite3_open(sql, &s), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_open_v2(sql, &s, SQLITE_OPEN_READWRITE, vlm__sql_vfs()),
+      SQLITE_OK);
   assert_int_equal(sqlite3_exec(s, "DELETE FROM items WHERE key = 't07'",
                                 NULL, NULL, NULL),
                    SQLITE_OK);

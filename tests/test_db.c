@@ -35,6 +35,15 @@
 #include "vlm_error.h"
 #include "vlmdb.h"
 
+/* db/sqlvfs.c: meta.sqlite's page checksums.  A test that edits the file
+ * on purpose goes through it, as vlmdb does, so that only what it meant to
+ * change changes. */
+const char *vlm__sql_vfs(void);
+
+static int sql_open_rw(const char *path, sqlite3 **s) {
+  return sqlite3_open_v2(path, s, SQLITE_OPEN_READWRITE, vlm__sql_vfs());
+}
+
 #define DIM 16
 
 /* ------------------------------------------------------------ helpers */
@@ -1324,6 +1333,150 @@ static void test_bit_flips_are_caught(void **state) {
   tmp_free(&t);
 }
 
+/* What the SQLite side answers: filtered and hybrid searches, as one
+ * string of keys per query.  NULL on an error. */
+static char *sql_answers(vlm_db *db, const corpus *c) {
+  static const char *filters[] = {
+      "category = 'animals'", "category = 'cars' OR category = 'art'",
+      "year > 2005", "price < 20", "year BETWEEN 1995 AND 2000 AND "
+      "category != 'food'", "key >= 'item-00300'", "price * 2 > year - 1900"};
+  static const char *texts[] = {"river", "cat house", "apple"};
+  size_t cap = 1 << 16, len = 0;
+  char *out = malloc(cap);
+  if (!out)
+    return NULL;
+  out[0] = '\0';
+  int nq = (int)(sizeof filters / sizeof *filters + sizeof texts / sizeof *texts);
+  for (int q = 0; q < nq; q++) {
+    vlm_search_options o = {0};
+    o.k = 40;
+    o.exact = 1;
+    const float *v = c->img + (size_t)(q * 7 % c->n) * DIM;
+    if (q < (int)(sizeof filters / sizeof *filters))
+      o.filter = filters[q];
+    else
+      o.hybrid_text = texts[q - (int)(sizeof filters / sizeof *filters)];
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    if (vlm_db_search(db, v, &o, &hits, &nh) != 0) {
+      free(out);
+      return NULL;
+    }
+    for (int h = 0; h < nh; h++) {
+      if (len + 40 > cap && !(out = realloc(out, cap *= 2)))
+        return NULL;
+      len += (size_t)snprintf(out + len, cap - len, "%s ", hits[h].key);
+    }
+    len += (size_t)snprintf(out + len, cap - len, "| ");
+    vlm_hits_free(hits, nh);
+  }
+  return out;
+}
+
+/* Single bit flips anywhere in meta.sqlite (its pages carry checksums,
+ * db/sqlvfs.c): every trial ends in a clear error or in the same answers
+ * to filtered and hybrid searches as before; never a silently wrong
+ * filter answer.  Each trial runs in a child, as above. */
+static void test_sql_bit_flips_are_caught(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 400, DIM, 29);
+  corpus_put(db, &c, 0, 400, 100);
+  char *want = sql_answers(db, &c);
+  assert_non_null(want);
+  vlm_db_close(db); /* the last connection checkpoints the WAL */
+  char data[PATH_MAX], work[PATH_MAX + 8], wal[PATH_MAX + 8];
+  char cmd[4 * PATH_MAX];
+  snprintf(data, sizeof data, "%s/meta.sqlite", t.dir);
+  snprintf(wal, sizeof wal, "%s-wal", data);
+  struct stat st;
+  assert_true(stat(wal, &st) != 0 || st.st_size == 0);
+  unsigned char hdr[100];
+  int fd = open(data, O_RDONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pread(fd, hdr, sizeof hdr, 0), (ssize_t)sizeof hdr);
+  close(fd);
+  assert_int_equal(hdr[20], 8); /* the reserved bytes of the checksums */
+  snprintf(work, sizeof work, "%s.orig", data);
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", data, work);
+  assert_int_equal(system(cmd), 0);
+  assert_int_equal(stat(data, &st), 0);
+  int caught = 0, same = 0, silent = 0, crashed = 0;
+  rng_state = 777;
+  const int trials = 200;
+  for (int trial = 0; trial < trials; trial++) {
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", work, data);
+    assert_int_equal(system(cmd), 0);
+    off_t at = (off_t)(rng_next() % (uint64_t)st.st_size);
+    int bit = (int)(rng_next() % 8);
+    fd = open(data, O_RDWR);
+    assert_true(fd >= 0);
+    unsigned char b;
+    assert_int_equal(pread(fd, &b, 1, at), 1);
+    b ^= (unsigned char)(1u << bit);
+    assert_int_equal(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      signal(SIGSEGV, SIG_DFL);
+      signal(SIGBUS, SIG_DFL);
+      signal(SIGABRT, SIG_DFL);
+      signal(SIGILL, SIG_DFL);
+      signal(SIGFPE, SIG_DFL);
+      /* 0: caught, 1: identical, 2: silently wrong */
+      vlm_db_open_options o = {.readonly = 1};
+      vlm_db *d = NULL;
+      if (vlm_db_open(t.dir, &o, &d) != 0)
+        _exit(0);
+      char *got = sql_answers(d, &c);
+      if (!got)
+        _exit(0);
+      if (strcmp(got, want) != 0)
+        _exit(2);
+      _exit(vlm_db_verify(d) != 0 ? 0 : 1);
+    }
+    int ws;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    if (!WIFEXITED(ws)) {
+      crashed++;
+      print_message("trial %d: byte %lld bit %d: signal %d\n", trial,
+                    (long long)at, bit, WTERMSIG(ws));
+    } else if (WEXITSTATUS(ws) == 0) {
+      caught++;
+    } else if (WEXITSTATUS(ws) == 1) {
+      same++;
+    } else {
+      silent++;
+      print_message("trial %d: byte %lld bit %d: silently wrong\n", trial,
+                    (long long)at, bit);
+    }
+  }
+  print_message("%d bit flips in meta.sqlite: %d caught, %d harmless, %d "
+                "silently wrong, %d crashed\n", trials, caught, same, silent,
+                crashed);
+  assert_int_equal(silent, 0);
+  assert_int_equal(crashed, 0);
+  assert_true(caught > trials / 2);
+  /* the sound file answers as before */
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", work, data);
+  assert_int_equal(system(cmd), 0);
+  db = open_db(t.dir);
+  char *again = sql_answers(db, &c);
+  assert_non_null(again);
+  assert_string_equal(again, want);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  free(again);
+  free(want);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* A value changed inside three records (still valid JSON, so only the
  * checksum can tell): verify names one, salvage copies the other 397 into
  * a new database that verifies and holds exactly what was written, and
@@ -2475,7 +2628,7 @@ static void test_recovery_replays_sqlite(void **state) {
   char path[256];
   sqlite3 *s;
   snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
-  assert_int_equal(sqlite3_open(path, &s), SQLITE_OK);
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
   assert_int_equal(
       sqlite3_exec(s,
                    "BEGIN; DELETE FROM items WHERE id > 200; "
@@ -2527,7 +2680,7 @@ static void test_recovery_replays_sqlite(void **state) {
 
   /* meta.sqlite ahead of payload.lmdb cannot happen by this protocol and
    * is refused rather than guessed at. */
-  assert_int_equal(sqlite3_open(path, &s), SQLITE_OK);
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
   assert_int_equal(sqlite3_exec(s, "UPDATE vlm_state SET value = 99 WHERE "
                                    "name = 'seq'",
                                 NULL, NULL, NULL),
@@ -2636,8 +2789,7 @@ static void mix_check(const char *dir, const mix_model *m) {
   sqlite3 *s;
   sqlite3_stmt *st;
   snprintf(path, sizeof path, "%s/meta.sqlite", dir);
-  assert_int_equal(sqlite3_open_v2(path, &s, SQLITE_OPEN_READWRITE, NULL),
-                   SQLITE_OK);
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
   sqlite3_busy_timeout(s, 10000);
   int nalive = 0, ncap = 0, nrows = 0, seen[MIX_KEYS] = {0};
   for (int i = 0; i < MIX_KEYS; i++) {
@@ -3167,6 +3319,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
+      cmocka_unit_test_teardown(test_sql_bit_flips_are_caught, teardown_tmp),
       cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
