@@ -58,7 +58,7 @@ TEST_UTIL_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/util/*.c))
 BENCH_SRC = $(wildcard bench/*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps build test asan tsan fuzz fuzz-run bench demo data clean
+.PHONY: all deps build test asan tsan crash fuzz fuzz-run bench demo data clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/vlmdb
@@ -133,6 +133,13 @@ test: build
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=asan test
+
+# The long crash campaign: the kill -9 test of `make test` (ingest, upsert,
+# delete, index checkpoints and reindexing in a writer child, every
+# acknowledged item checked exactly after each kill) run to CRASH_KILLS.
+CRASH_KILLS ?= 1000
+crash: build
+	@VLM_CRASH_KILLS=$(CRASH_KILLS) VLM_TEST_ONLY=crash_kill9 $(BUILD)/test_db
 
 # ThreadSanitizer over the tests that exercise concurrency.  OpenMP is
 # kept to one thread: libgomp is not instrumented, so TSan cannot see the

@@ -3033,7 +3033,11 @@ static void test_crash_kill9_recovery(void **state) {
   int ops_total = 0;
   rng_state = (uint64_t)time(NULL);
   uint64_t seed = rng_state;
-  while (kills < 50 && rounds < 400) {
+  /* make test: 50 kills; make crash: VLM_CRASH_KILLS (1,000 or more) */
+  const char *want_env = getenv("VLM_CRASH_KILLS");
+  int want = want_env && atoi(want_env) > 0 ? atoi(want_env) : 50;
+  int items_checked = 0;
+  while (kills < want && rounds < 8 * want) {
     rounds++;
     int pfd[2];
     assert_int_equal(pipe(pfd), 0);
@@ -3113,21 +3117,23 @@ static void test_crash_kill9_recovery(void **state) {
       int i = (int)(rng_next() % CM_NKEYS);
       if (st[i] < 0)
         continue;
-      cm_item want;
-      cm_make(&want, i, st[i]);
+      cm_item it;
+      cm_make(&it, i, st[i]);
       vlm_search_options so = {0};
       vlm_hit *hits;
       int nh, found = 0;
       so.k = 5;
       so.target = VLM_TARGET_IMAGE;
       so.ef_search = 256;
-      CHECK(vlm_db_search(db, want.image, &so, &hits, &nh));
+      CHECK(vlm_db_search(db, it.image, &so, &hits, &nh));
       for (int h = 0; h < nh; h++)
-        found |= !strcmp(hits[h].key, want.key) && hits[h].score > 0.9999f;
+        found |= !strcmp(hits[h].key, it.key) && hits[h].score > 0.9999f;
       vlm_hits_free(hits, nh);
       if (!found)
-        fail_msg("after kill %d: search does not find %s", kills, want.key);
+        fail_msg("after kill %d: search does not find %s", kills, it.key);
     }
+    for (int i = 0; i < CM_NKEYS; i++)
+      items_checked += st[i] >= 0;
     vlm_db_close(db);
     if (done) {
       finished++;
@@ -3141,9 +3147,11 @@ static void test_crash_kill9_recovery(void **state) {
     }
   }
   printf("[   INFO   ] crash test: %d kills, %d ops acknowledged, %d "
-         "complete runs, %d kills after a commit before its ack, seed %llu\n",
-         kills, ops_total, finished, unacked, (unsigned long long)seed);
-  assert_true(kills >= 50);
+         "complete runs, %d kills after a commit before its ack, %d "
+         "acknowledged items checked exactly after the kills, 0 lost, seed "
+         "%llu\n", kills, ops_total, finished, unacked, items_checked,
+         (unsigned long long)seed);
+  assert_true(kills >= want);
   free(acked_state);
   free(next_state);
   tmp_free(&t);

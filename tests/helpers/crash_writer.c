@@ -5,7 +5,8 @@
  * Opens the database DIR and runs ops FIRST_OP .. CM_NOPS-1 of the crash
  * model (crash_model.h), writing "<op>\n" to stdout (a pipe) after each op
  * is acknowledged, i.e. after vlm_db_put / vlm_db_delete returned 0.  It
- * checkpoints every 16 ops so kills also land in checkpoints.  The parent
+ * checkpoints every 16 ops and reindexes every 24 (to Flat, then back to
+ * CM_FACTORY) so kills also land in checkpoints and index rebuilds.  The parent
  * kills it with SIGKILL at random moments.  Exit status 0 after "done".
  */
 #include <errno.h>
@@ -87,6 +88,12 @@ int main(int argc, char **argv) {
     say(line);
     if (j % 16 == 15 && (rc = vlm_db_checkpoint(db))) {
       fprintf(stderr, "crash_writer: checkpoint: %s\n", vlm_errmsg());
+      return 1;
+    }
+    /* Kills land in reindexing too: to a flat index and back. */
+    if (j % 24 == 23 &&
+        (rc = vlm_db_reindex(db, j % 48 == 23 ? "Flat" : CM_FACTORY))) {
+      fprintf(stderr, "crash_writer: reindex: %s\n", vlm_errmsg());
       return 1;
     }
   }
