@@ -32,7 +32,8 @@
   X(INTR,        -17, "interrupted")                                     \
   X(VERSION,     -18, "unknown format version")                          \
   X(NUMERIC,     -19, "non-finite number")                               \
-  X(STATE,       -20, "operation not valid in this state")
+  X(STATE,       -20, "operation not valid in this state")              \
+  X(READONLY,    -21, "read-only database or filesystem")
 
 enum {
   VLM_OK = 0,

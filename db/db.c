@@ -547,9 +547,22 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
                     db->man.dim, o.expect_dim);
     goto fail;
   }
+  {
+    struct statvfs sv;
+    db->rofs = statvfs(dir, &sv) == 0 && (sv.f_flag & ST_RDONLY);
+  }
+  if (db->rofs && !db->readonly) {
+    rc = vlm_seterr(VLM_EREADONLY,
+                    "%s is on a read-only filesystem: it can only be read "
+                    "(open it read-only: search, get, info, export, verify)",
+                    dir);
+    goto fail;
+  }
   if ((rc = lock_dir(dir, db->readonly, &db->lock_fd)))
     goto fail;
-  if ((rc = vlm__lmdb_open(&db->lm, dir, db->readonly, 0, o.map_size)))
+  if ((rc = vlm__lmdb_open(&db->lm, dir,
+                           db->rofs ? VLM__RO_MEDIA : db->readonly, 0,
+                           o.map_size)))
     goto fail;
 
   /* Recovery: LMDB is the truth; bring SQLite up to LMDB's batch. */

@@ -172,6 +172,10 @@ typedef struct vlm__reader {
   struct vlm__reader *next;
 } vlm__reader;
 
+/* vlm__lmdb_open's readonly argument for a database on a read-only
+ * filesystem (no lock files can be made; nothing can change). */
+#define VLM__RO_MEDIA 2
+
 int vlm__sql_err(sqlite3 *db, int rc, const char *what);
 
 /* sqlvfs.c: meta.sqlite is opened through this VFS, which checks a
@@ -302,6 +306,7 @@ struct vlm_db {
   sqlite3 *wsql;
   sqlite3_stmt *st_ins, *st_del, *st_fts_ins, *st_fts_del, *st_seq;
   int broken;                 /* SQLite fell behind LMDB: reopen */
+  int rofs;                   /* on a read-only filesystem (opened read-only) */
   uint64_t sql_behind;        /* read-only open: batches meta.sqlite lacks
                                  (filters, BM25 and verify refuse) */
 

@@ -10,8 +10,10 @@
  */
 #include "db_int.h"
 
+#include <ctype.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 int vlm__sql_err(sqlite3 *db, int rc, const char *what) {
@@ -445,15 +447,47 @@ done:
   return rc;
 }
 
+/* "file:PATH?QUERY" with PATH percent-encoded (RFC 3986 unreserved
+ * characters and '/' kept). */
+static char *file_uri(const char *path, const char *query) {
+  size_t n = strlen(path);
+  char *u = malloc(5 + 3 * n + 1 + strlen(query) + 1), *o = u;
+  if (!u)
+    return NULL;
+  o += sprintf(o, "file:");
+  for (const unsigned char *p = (const unsigned char *)path; *p; p++) {
+    if (isalnum(*p) || strchr("-._~/", *p))
+      *o++ = (char)*p;
+    else
+      o += sprintf(o, "%%%02X", *p);
+  }
+  sprintf(o, "?%s", query);
+  return u;
+}
+
 /* Open r's read-only connection, hardened for running user filters. */
 int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   char path[PATH_MAX];
   if (r->sql)
     return 0;
   snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
-  int rc = sqlite3_open_v2(path, &r->sql,
-                           SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                           vlm__sql_vfs());
+  int rc;
+  if (db->rofs) {
+    /* A WAL database on a read-only filesystem opens only as immutable
+     * (no -shm can be made); nothing can change it there. */
+    char *uri = file_uri(path, "immutable=1");
+    if (!uri)
+      return vlm_seterr(VLM_ENOMEM, "%s", path);
+    rc = sqlite3_open_v2(uri, &r->sql,
+                         SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX |
+                             SQLITE_OPEN_URI,
+                         vlm__sql_vfs());
+    free(uri);
+  } else {
+    rc = sqlite3_open_v2(path, &r->sql,
+                         SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                         vlm__sql_vfs());
+  }
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(r->sql, rc, path);
     sqlite3_close(r->sql);

@@ -84,6 +84,10 @@ int vlm__lmdb_open(vlm__lmdb *lm, const char *dir, int readonly, int create,
   /* MDB_NOTLS: read transactions belong to the reader pool, not to a
    * thread.  Default sync: a commit is durable when it returns. */
   unsigned flags = MDB_NOTLS | (readonly ? MDB_RDONLY : 0);
+  /* On a read-only filesystem nobody can write, and lock.mdb cannot be
+   * made: LMDB's reader table is not needed. */
+  if (readonly == VLM__RO_MEDIA)
+    flags |= MDB_NOLOCK;
   if ((rc = mdb_env_open(lm->env, path, flags, 0644)))
     goto fail;
   /* A data file shorter than the pages its meta page says are in use

@@ -1938,6 +1938,62 @@ static void test_full_disk_tmpfs(void **state) {
   tmp_free(&t);
 }
 
+/* A database on a read-only filesystem (a snapshot, a read-only volume):
+ * a read-write open is refused with VLM_EREADONLY; a read-only open reads
+ * everything, filters and BM25 included, and verifies; nothing on the
+ * filesystem changes. */
+static void test_read_only_filesystem(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char mnt[128], dir[160];
+  snprintf(mnt, sizeof mnt, "%s/mnt", t.root);
+  assert_int_equal(mkdir(mnt, 0755), 0);
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=16m") != 0) {
+    tmp_free(&t);
+    skip(); /* not allowed to mount here */
+  }
+  snprintf(dir, sizeof dir, "%s/db", mnt);
+  vlm_db *db = make_db(dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 300, DIM, 71);
+  corpus_put(db, &c, 0, 300, 100);
+  char *want = sql_answers(db, &c);
+  assert_non_null(want);
+  vlm_db_close(db);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "ls -laR '%s' > '%s/before.txt'", dir, t.root);
+  assert_int_equal(system(cmd), 0);
+  assert_int_equal(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT | MS_RDONLY, ""),
+                   0);
+  EXPECT_ERR(VLM_EREADONLY, vlm_db_open(dir, NULL, &db));
+  assert_non_null(strstr(vlm_errmsg(), "read-only filesystem"));
+  vlm_db_open_options o = {.readonly = 1};
+  CHECK(vlm_db_open(dir, &o, &db));
+  CHECK(vlm_db_verify(db));
+  char *got = sql_answers(db, &c);
+  assert_non_null(got);
+  assert_string_equal(got, want);
+  for (int i = 0; i < c.n; i += 7) {
+    vlm_record *rec = NULL;
+    CHECK(vlm_db_get(db, c.key[i], &rec));
+    assert_string_equal(rec->caption, c.caption[i]);
+    vlm_record_free(rec);
+  }
+  vlm_item it = corpus_item(&c, 0);
+  assert_int_not_equal(vlm_db_put(db, &it, 1, VLM_PUT_UPSERT, NULL), 0);
+  vlm_db_close(db);
+  snprintf(cmd, sizeof cmd,
+           "ls -laR '%s' > '%s/after.txt' && cmp -s '%s/before.txt' "
+           "'%s/after.txt'", dir, t.root, t.root, t.root);
+  assert_int_equal(system(cmd), 0);
+  umount2(mnt, MNT_DETACH);
+  free(want);
+  free(got);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* Full disks of many sizes, batches of several sizes: every failure is
  * VLM_ENOSPACE; what was acknowledged is there; the failed batch is whole
  * or absent; and the database opens read-only on the still-full disk so
@@ -3328,6 +3384,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
       cmocka_unit_test_teardown(test_sql_bit_flips_are_caught, teardown_tmp),
+      cmocka_unit_test_teardown(test_read_only_filesystem, teardown_tmp),
       cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_reopen_and_index_file_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_reindex, teardown_tmp),
