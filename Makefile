@@ -17,7 +17,7 @@ OPT      ?= -O2
 SAN      ?=
 CSTD      = -std=c11 -D_GNU_SOURCE
 WARN      = -Wall -Wextra -Werror -Wno-format-truncation -Wno-error=deprecated-declarations
-INCLUDES  = -Icommon -Iembed -Iindex -Idb -Inet -Icli
+INCLUDES  = -Icommon -Iembed -Itrain -Iindex -Idb -Inet -Icli
 PKG_CFLAGS := $(shell pkg-config --cflags jansson libutf8proc libpng libuv 2>/dev/null)
 
 ifeq ($(SAN),asan)
@@ -45,7 +45,7 @@ LIBS = -ljansson -lutf8proc -ljpeg -lpng16 -lz -llmdb -lsqlite3 -lxxhash -luv \
        $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 
-MODULES  = common embed index db net
+MODULES  = common embed train index db net
 LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 CLI_SRC  = $(wildcard cli/*.c)
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(SHIM_SRC:%.cpp=$(BUILD)/obj/%.o)
@@ -77,7 +77,7 @@ $(BUILD)/obj/%.o: %.c
 
 # The trainer's elementwise kernels need the vectorizer's full cost model
 # (-O2's is too cheap for loops of unknown length).
-$(BUILD)/obj/embed/train_kernels.o: CFLAGS += -O3
+$(BUILD)/obj/train/train_kernels.o: CFLAGS += -O3
 
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(dir $@)
