@@ -46,7 +46,7 @@ static int geti(json_t *o, const char *k, int *v) {
 }
 
 static int load_config(const char *path, vlm__clip_config *c) {
-  vlm__tconfig_defaults(c);
+  vlm__config_defaults(c);
   json_error_t e;
   json_t *root = json_load_file(path, 0, &e);
   if (!root) {

@@ -108,7 +108,6 @@ struct vlm_clip {
 
 /* Hugging Face defaults (openai/clip-vit-base-patch32) and CLIP's
  * preprocessing constants. */
-void vlm__config_defaults(vlm__clip_config *cfg);
 void vlm__pp_defaults(vlm__preprocess_cfg *pp, int image_size);
 
 /* Read config.json (CLIPModel) over cfg's defaults.  Errors name the file

@@ -123,6 +123,16 @@ int vlm__config_read_hf(const char *path, vlm__clip_config *cfg) {
   json_t *root = load_json(path, &rc);
   if (!root)
     return rc;
+  rc = vlm__config_parse_hf(root, path, cfg);
+  json_decref(root);
+  return rc;
+}
+
+int vlm__config_parse_hf(json_t *root, const char *path,
+                         vlm__clip_config *cfg) {
+  int rc = 0;
+  if (!json_is_object(root))
+    return vlm_seterr(VLM_EFORMAT, "%s: not a JSON object", path);
   json_t *text = section(root, "text_config", "text_config_dict");
   json_t *vision = section(root, "vision_config", "vision_config_dict");
   if (!text || !vision) {
@@ -173,7 +183,6 @@ int vlm__config_read_hf(const char *path, vlm__clip_config *cfg) {
   }
   rc = vlm__config_validate(cfg, path);
 done:
-  json_decref(root);
   return rc;
 }
 

@@ -26,6 +26,17 @@ typedef struct {
   float mean[3], std[3];   /* preprocessing */
 } vlm__clip_config;
 
+/* transformers' CLIPVisionConfig / CLIPTextConfig defaults. */
+void vlm__config_defaults(vlm__clip_config *cfg);
+
+/* A Hugging Face CLIP config.json (text_config / vision_config, or the
+ * legacy *_config_dict keys) over what cfg holds, validated; root is the
+ * parsed document, path names it in errors.  vlm_clip_load and the trainer
+ * both read configs with it.  Declared with json_t from <jansson.h>. */
+struct json_t;
+int vlm__config_parse_hf(struct json_t *root, const char *path,
+                         vlm__clip_config *cfg);
+
 /* Geometry of a loaded model. */
 const vlm__clip_config *vlm__clip_get_config(const vlm_clip *clip);
 

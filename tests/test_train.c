@@ -24,6 +24,7 @@
 #include "safetensors.h"
 #include "safetensors_write.h"
 #include "train_data.h"
+#include "train_int.h"
 #include "train_kernels.h"
 #include "train_model.h"
 #include "vlm_cli.h"
@@ -539,7 +540,7 @@ static void test_float_matches_double(void **state) {
 /* ---- the whole model ------------------------------------------------- */
 
 static void tiny_config(vlm__clip_config *c, int quick) {
-  vlm__tconfig_defaults(c);
+  vlm__config_defaults(c);
   c->vision_width = 8;
   c->vision_layers = 2;
   c->vision_heads = 2;
@@ -1313,6 +1314,45 @@ static void test_alt_texts(void **state) {
  * kept and the new rows start as copies of its last one (LoRA keeps them
  * frozen, so the export shows exactly the initial values); a shorter one
  * is refused. */
+/* The trainer reads a config.json exactly as vlm_clip_load does (one
+ * parser): the legacy text_config_dict / vision_config_dict keys too, and
+ * the same refusals. */
+static void test_trainer_reads_configs_as_the_engine(void **state) {
+  (void)state;
+  char dir[] = "/tmp/vlm-train-cfg-XXXXXX", path[64];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"projection_dim\": 32, \"text_config_dict\": {\"hidden_size\": "
+        "64, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, "
+        "\"intermediate_size\": 128, \"max_position_embeddings\": 16}, "
+        "\"vision_config_dict\": {\"hidden_size\": 48, \"num_hidden_layers"
+        "\": 1, \"num_attention_heads\": 3, \"intermediate_size\": 96, "
+        "\"image_size\": 32, \"patch_size\": 8, \"hidden_act\": \"gelu\"}}",
+        f);
+  fclose(f);
+  vlm__clip_config c;
+  assert_int_equal(vlm__train_load_config(path, &c), 0);
+  assert_int_equal(c.projection_dim, 32);
+  assert_int_equal(c.text_width, 64);
+  assert_int_equal(c.context_length, 16);
+  assert_int_equal(c.vision_width, 48);
+  assert_int_equal(c.patch_size, 8);
+  assert_int_equal(c.vision_quick_gelu, 0);
+  assert_int_equal(c.text_quick_gelu, 1); /* the default */
+  assert_int_equal(c.vocab_size, 49408);
+  /* a width the heads do not divide: refused like the engine refuses it */
+  f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"text_config\": {\"hidden_size\": 65, \"num_attention_heads\": "
+        "2}, \"vision_config\": {}}", f);
+  fclose(f);
+  assert_int_not_equal(vlm__train_load_config(path, &c), 0);
+  unlink(path);
+  rmdir(dir);
+}
+
 static void test_context_growth(void **state) {
   (void)state;
   if (!S->have_trained)
@@ -1592,6 +1632,7 @@ int main(void) {
       cmocka_unit_test(test_item_weights),
       cmocka_unit_test(test_lora_exports_merged_weights),
       cmocka_unit_test(test_context_growth),
+      cmocka_unit_test(test_trainer_reads_configs_as_the_engine),
       cmocka_unit_test(test_cli_train),
   };
   int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);

@@ -81,79 +81,14 @@ static int write_json(const char *path, json_t *doc) {
 
 /* ---- configuration ------------------------------------------------------ */
 
-static int cfg_int(json_t *o, const char *key, int *v, const char *path) {
-  json_t *j = json_object_get(o, key);
-  if (!j)
-    return 0;
-  if (!json_is_integer(j))
-    return vlm_seterr(VLM_EFORMAT, "%s: %s must be an integer", path, key);
-  *v = (int)json_integer_value(j);
-  return 0;
-}
-
-static int cfg_float(json_t *o, const char *key, float *v, const char *path) {
-  json_t *j = json_object_get(o, key);
-  if (!j)
-    return 0;
-  if (!json_is_number(j))
-    return vlm_seterr(VLM_EFORMAT, "%s: %s must be a number", path, key);
-  *v = (float)json_number_value(j);
-  return 0;
-}
-
-static int cfg_act(json_t *o, int *quick, const char *path) {
-  json_t *j = json_object_get(o, "hidden_act");
-  if (!j)
-    return 0;
-  const char *s = json_string_value(j);
-  if (s && !strcmp(s, "quick_gelu"))
-    *quick = 1;
-  else if (s && !strcmp(s, "gelu"))
-    *quick = 0;
-  else
-    return vlm_seterr(VLM_EUNSUPPORTED,
-                      "%s: hidden_act must be quick_gelu or gelu", path);
-  return 0;
-}
-
-/* A Hugging Face CLIP config.json (text_config / vision_config) over the
- * HF defaults. */
+/* A Hugging Face CLIP config.json over the Hugging Face defaults, read as
+ * vlm_clip_load reads it (embed/config.c). */
 int vlm__train_parse_config(json_t *root, const char *path,
                             vlm__clip_config *c) {
-  vlm__tconfig_defaults(c);
-  if (!json_is_object(root))
-    return vlm_seterr(VLM_EFORMAT, "%s: not a JSON object", path);
-  json_t *t = json_object_get(root, "text_config");
-  json_t *v = json_object_get(root, "vision_config");
-  if (!json_is_object(t) || !json_is_object(v))
-    return vlm_seterr(VLM_EFORMAT, "%s: needs text_config and vision_config",
-                      path);
-  int rc;
-  if ((rc = cfg_int(root, "projection_dim", &c->projection_dim, path)) ||
-      (rc = cfg_float(root, "logit_scale_init_value", &c->logit_scale,
-                      path)) ||
-      (rc = cfg_int(t, "vocab_size", &c->vocab_size, path)) ||
-      (rc = cfg_int(t, "hidden_size", &c->text_width, path)) ||
-      (rc = cfg_int(t, "intermediate_size", &c->text_mlp, path)) ||
-      (rc = cfg_int(t, "num_hidden_layers", &c->text_layers, path)) ||
-      (rc = cfg_int(t, "num_attention_heads", &c->text_heads, path)) ||
-      (rc = cfg_int(t, "max_position_embeddings", &c->context_length, path)) ||
-      (rc = cfg_float(t, "layer_norm_eps", &c->text_eps, path)) ||
-      (rc = cfg_int(t, "bos_token_id", &c->bos_id, path)) ||
-      (rc = cfg_int(t, "eos_token_id", &c->eos_id, path)) ||
-      (rc = cfg_act(t, &c->text_quick_gelu, path)) ||
-      (rc = cfg_int(v, "hidden_size", &c->vision_width, path)) ||
-      (rc = cfg_int(v, "intermediate_size", &c->vision_mlp, path)) ||
-      (rc = cfg_int(v, "num_hidden_layers", &c->vision_layers, path)) ||
-      (rc = cfg_int(v, "num_attention_heads", &c->vision_heads, path)) ||
-      (rc = cfg_int(v, "image_size", &c->image_size, path)) ||
-      (rc = cfg_int(v, "patch_size", &c->patch_size, path)) ||
-      (rc = cfg_float(v, "layer_norm_eps", &c->vision_eps, path)) ||
-      (rc = cfg_act(v, &c->vision_quick_gelu, path)))
+  vlm__config_defaults(c);
+  int rc = vlm__config_parse_hf(root, path, c);
+  if (rc)
     return rc;
-  json_t *nc = json_object_get(v, "num_channels");
-  if (nc && json_integer_value(nc) != 3)
-    return vlm_seterr(VLM_EUNSUPPORTED, "%s: num_channels must be 3", path);
   /* legacy configs say eos 2 and mean "the largest id", which is eos */
   if (c->eos_id == 2)
     c->eos_id = 49407;

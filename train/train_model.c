@@ -11,34 +11,6 @@
 
 #include "vlm_error.h"
 
-void vlm__tconfig_defaults(vlm__clip_config *c) {
-  memset(c, 0, sizeof *c);
-  c->vision_width = 768;
-  c->vision_layers = 12;
-  c->vision_heads = 12;
-  c->vision_mlp = 3072;
-  c->image_size = 224;
-  c->patch_size = 32;
-  c->vision_quick_gelu = 1;
-  c->vision_eps = 1e-5f;
-  c->text_width = 512;
-  c->text_layers = 12;
-  c->text_heads = 8;
-  c->text_mlp = 2048;
-  c->vocab_size = 49408;
-  c->context_length = 77;
-  c->text_quick_gelu = 1;
-  c->text_eps = 1e-5f;
-  c->bos_id = 49406;
-  c->eos_id = 49407;
-  c->projection_dim = 512;
-  c->logit_scale = 2.6592f;
-  const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
-  const float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
-  memcpy(c->mean, mean, sizeof mean);
-  memcpy(c->std, std, sizeof std);
-}
-
 /* ---- layout --------------------------------------------------------- */
 
 typedef struct {

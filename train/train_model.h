@@ -62,9 +62,6 @@ void vlm__tlayout_free(vlm__tlayout *layout); /* accepts NULL */
 /* The parameter named name (base table), or NULL. */
 const vlm__tparam *vlm__tlayout_find(const vlm__tlayout *layout,
                                      const char *name);
-/* Fill the layout's config with the Hugging Face defaults of a CLIP
- * ViT-B/32 (what a config.json may omit). */
-void vlm__tconfig_defaults(vlm__clip_config *cfg);
 
 /* Floating-point operations of one training step (forward + backward)
  * over B pairs with text_tokens tokens in all; matmuls only. */
