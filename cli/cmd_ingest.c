@@ -25,6 +25,7 @@
 #include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 #include "vlmdb.h"
 
 #include <errno.h>
@@ -273,78 +274,15 @@ static void report_fatal(ingest *ing, const char *fmt, ...) {
 
 /* ------------------------------------------------------ decode worker */
 
-/* Read an image file whole: 0, or -errno with *why saying what went wrong.
- * Only regular files: a FIFO, directory or device is refused like a
- * missing file.  The open is non-blocking, since opening a FIFO for reading
- * waits for a writer (forever, and the batch with it); fstat then tells
- * what the path is before anything is read. */
-static int read_whole_file(const char *path, uint8_t **data, size_t *len,
-                           const char **why) {
-  *data = NULL;
-  *len = 0;
-  *why = NULL;
-  int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = -errno;
-    *why = strerror(-err);
-    return err;
-  }
-  struct stat st;
-  int err = 0;
-  if (fstat(fd, &st)) {
-    err = -errno;
-    *why = strerror(-err);
-    goto done;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    err = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-    *why = S_ISDIR(st.st_mode)    ? "a directory, not an image file"
-           : S_ISFIFO(st.st_mode) ? "a FIFO, not an image file"
-           : S_ISSOCK(st.st_mode) ? "a socket, not an image file"
-                                  : "a device, not an image file";
-    goto done;
-  }
-  int fl = fcntl(fd, F_GETFL);
-  if (fl >= 0)
-    (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-  size_t want = (size_t)st.st_size;
-  *data = malloc(want ? want : 1);
-  if (!*data) {
-    err = -ENOMEM;
-    *why = strerror(ENOMEM);
-    goto done;
-  }
-  while (*len < want) {
-    ssize_t got = read(fd, *data + *len, want - *len);
-    if (got < 0 && errno == EINTR)
-      continue;
-    if (got <= 0) {
-      err = got < 0 ? -errno : -EIO;
-      *why = got < 0 ? strerror(errno) : "file shrank while being read";
-      break;
-    }
-    *len += (size_t)got;
-  }
-  if (err) {
-    free(*data);
-    *data = NULL;
-    *len = 0;
-  }
-done:
-  close(fd);
-  return err;
-}
-
 static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
   uint8_t *data = NULL;
   size_t len = 0;
-  const char *why;
-  int err = read_whole_file(it->row.image, &data, &len, &why);
-  if (err) {
+  /* Regular files only: a FIFO, directory or device is refused like a
+   * missing file, without waiting on it (vlm_file.h). */
+  if (vlm_read_file(it->row.image, VLM_MAX_IMAGE_FILE, &data, &len)) {
     /* With a precomputed vector the image only gives a thumbnail. */
     if (it->embed_image)
-      set_item_error(it, VLM_SKIP_MISSING_FILE, "%s: %s", it->row.image,
-                     why);
+      set_item_error(it, VLM_SKIP_MISSING_FILE, "%s", vlm_errmsg());
     return;
   }
   vlm_image img = {0};

@@ -14,6 +14,7 @@
 #include "sha256.h"
 #include "tokenizer.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 
 /* Sequences are encoded in groups of about this many rows: big enough
  * that each GEMM runs near peak, small enough that activations stay a few
@@ -478,7 +479,7 @@ int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
     return vlm_seterr(VLM_EINVAL, "vlm_clip_preprocess_file: NULL argument");
   uint8_t *data;
   size_t len;
-  int rc = vlm__image_read_file(path, (size_t)1 << 31, &data, &len);
+  int rc = vlm_read_file(path, VLM_MAX_IMAGE_FILE, &data, &len);
   if (rc)
     return rc;
   rc = vlm__preprocess(&clip->pp, data, len, pixels);

@@ -70,13 +70,5 @@ void vlm__decoded_free(vlm__decoded *im); /* accepts NULL and zeroed */
 /* Bytes per sample of a mode (2 for I16, else 1). */
 int vlm__mode_sample_bytes(vlm__image_mode mode);
 
-/* Read the whole image file at path into *data (malloc'd, the caller frees
- * it) and *len.  Only a regular file is read: a FIFO, directory, socket or
- * device is refused without waiting on it (it is opened O_NONBLOCK and
- * checked with fstat before any read), as a missing file is:
- * VLM_ENOTFOUND.  VLM_ETOOBIG past max_bytes, VLM_EIO, VLM_ENOMEM.  On
- * failure *data is NULL and *len 0. */
-int vlm__image_read_file(const char *path, size_t max_bytes, uint8_t **data,
-                         size_t *len);
 
 #endif

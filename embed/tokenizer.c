@@ -40,6 +40,7 @@
 #include <zlib.h>
 
 #include "vlm_error.h"
+#include "vlm_file.h"
 
 /* The reference keeps merges[1 : 49152 - 256 - 2 + 1] of the list. */
 #define CLIP_MAX_MERGES (49152 - 256 - 2)
@@ -350,41 +351,10 @@ fail:
   return rc;
 }
 
+/* Tokenizer files (vocab.json, merges.txt, CLIP's .txt.gz), read whole
+ * and NUL-terminated; a few MB in practice. */
 static int read_file(const char *path, char **data, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return vlm_seterr(errno == ENOENT ? VLM_ENOTFOUND : VLM_EIO, "%s: %s", path, strerror(errno));
-  size_t cap = 1 << 20, n = 0;
-  char *buf = malloc(cap + 1);
-  int rc = 0;
-  if (!buf) {
-    rc = vlm_seterr(VLM_ENOMEM, "%s", path);
-    goto done;
-  }
-  for (;;) {
-    if (n == cap) {
-      char *bigger = realloc(buf, cap * 2 + 1);
-      if (!bigger) {
-        rc = vlm_seterr(VLM_ENOMEM, "%s", path);
-        goto done;
-      }
-      buf = bigger;
-      cap *= 2;
-    }
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) break;
-  }
-  if (ferror(f)) rc = vlm_seterr(VLM_EIO, "%s: read error", path);
-done:
-  fclose(f);
-  if (rc) {
-    free(buf);
-    return rc;
-  }
-  buf[n] = 0;
-  *data = buf;
-  *len = n;
-  return 0;
+  return vlm_read_file(path, (size_t)256 << 20, (uint8_t **)data, len);
 }
 
 /* Split data (NUL-terminated) into '\n' lines in place, keep the reference's

@@ -31,6 +31,7 @@
 #include "progress.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 #include "vlm_eval.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -1314,7 +1315,7 @@ static void test_e2e_ingest_search_eval(void **state) {
     free(out);
     uint8_t *data;
     size_t len;
-    assert_int_equal(vlm__image_read_file(png, 1 << 24, &data, &len), 0);
+    assert_int_equal(vlm_read_file(png, 1 << 24, &data, &len), 0);
     vlm_clip_options po = {0};
     vlm_image im = {0};
     assert_int_equal(vlm_image_decode(data, len, &po, &im), 0);

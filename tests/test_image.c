@@ -32,6 +32,7 @@
 #include "preprocess.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 
 #define FIX "tests/fixtures/"
 
@@ -958,9 +959,9 @@ static void test_non_regular_files(void **state) {
       }
       uint8_t *data = (uint8_t *)1;
       size_t len = 1;
-      rc = vlm__image_read_file(bad[i], 1u << 20, &data, &len);
+      rc = vlm_read_file(bad[i], 1u << 20, &data, &len);
       if (rc != VLM_ENOTFOUND || data || len) {
-        fprintf(stderr, "vlm__image_read_file %s: rc %d\n", bad[i], rc);
+        fprintf(stderr, "vlm_read_file %s: rc %d\n", bad[i], rc);
         _exit(1);
       }
     }
@@ -968,10 +969,10 @@ static void test_non_regular_files(void **state) {
     size_t len;
     uint8_t *data = read_all(FIX "clip-tiny/photo_rgb.jpg", &len), *got;
     size_t got_len;
-    if (vlm__image_read_file(FIX "clip-tiny/photo_rgb.jpg", 1u << 20, &got,
+    if (vlm_read_file(FIX "clip-tiny/photo_rgb.jpg", 1u << 20, &got,
                              &got_len) ||
         got_len != len || memcmp(got, data, len) ||
-        vlm__image_read_file(FIX "clip-tiny/photo_rgb.jpg", len - 1, &got,
+        vlm_read_file(FIX "clip-tiny/photo_rgb.jpg", len - 1, &got,
                              &got_len) != VLM_ETOOBIG ||
         vlm_clip_preprocess_file(clip, FIX "clip-tiny/photo_rgb.jpg",
                                  pixels) ||

@@ -24,6 +24,7 @@
 #include "sha256.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 
 /* ---- random numbers ---------------------------------------------------- */
 
@@ -138,7 +139,7 @@ void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
 
 /* Image files: regular files only (a FIFO would block the loader). */
 static int read_file(const char *path, uint8_t **data, size_t *len) {
-  return vlm__image_read_file(path, (size_t)1 << 30, data, len);
+  return vlm_read_file(path, VLM_MAX_IMAGE_FILE, data, len);
 }
 
 /* ---- reduction ----------------------------------------------------------- */
