@@ -5,7 +5,7 @@
 #
 #   make data && tools/train-default.sh [OUT]     (default OUT: data/runs/v3)
 #
-# About an hour on the 2-core machine; Ctrl-C checkpoints, and the same
+# About 50 minutes on the 2-core machine; Ctrl-C checkpoints, and the same
 # command with --resume appended continues bit for bit.  Measure the result
 # with tools/eval-model.py --model OUT (and --model models/default to
 # compare).
