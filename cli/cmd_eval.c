@@ -52,7 +52,7 @@ static int parse_ks(const char *text, int *ks, int *nks) {
   for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
     char *end;
     long k = strtol(t, &end, 10);
-    if (end == t || *end || k < 1 || k > 10000 || n == VLM_EVAL_MAX_KS) {
+    if (end == t || *end || k < 1 || k > VLM_DB_MAX_K || n == VLM_EVAL_MAX_KS) {
       rc = -1;
       break;
     }
@@ -164,8 +164,8 @@ int cmd_eval(int argc, char **argv) {
     case 'k':
       if (parse_ks(optarg, ks, &nks))
         return vlm_cli_usage_error(cmd, "-k wants up to %d cut-offs from 1 to "
-                                        "10000, like 1,5,10",
-                                   VLM_EVAL_MAX_KS);
+                                        "%d, like 1,5,10",
+                                   VLM_EVAL_MAX_KS, VLM_DB_MAX_K);
       break;
     case 'D':
       if (parse_directions(optarg, &opts.directions))

@@ -302,7 +302,7 @@ int cmd_search(int argc, char **argv) {
     case 'i': image = optarg; break;
     case 'K': key = optarg; break;
     case 'k':
-      if (vlm_cli_parse_long(cmd, "-k", optarg, 1, 10000, &k))
+      if (vlm_cli_parse_long(cmd, "-k", optarg, 1, VLM_DB_MAX_K, &k))
         return VLM_EXIT_USAGE;
       break;
     case 'f': sopts.filter = optarg; break;

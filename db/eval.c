@@ -479,8 +479,9 @@ int vlm_db_eval(vlm_db *db, const vlm_eval_options *opts,
     return vlm_seterr(VLM_EINVAL, "eval: 1 to %d cut-offs, not %d",
                       VLM_EVAL_MAX_KS, nks);
   for (int i = 0; i < nks; i++)
-    if (ks[i] < 1 || ks[i] > 10000)
-      return vlm_seterr(VLM_EINVAL, "eval: K = %d is not in 1..10000", ks[i]);
+    if (ks[i] < 1 || ks[i] > VLM_DB_MAX_K)
+      return vlm_seterr(VLM_EINVAL, "eval: K = %d is not in 1..%d", ks[i],
+                        VLM_DB_MAX_K);
   if (opts->sample < 0)
     return vlm_seterr(VLM_EINVAL, "eval: negative sample size");
   unsigned dirs = opts->directions ? opts->directions

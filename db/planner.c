@@ -29,7 +29,7 @@
 #define MAX_EF 4096
 #define EXACT_MIN 4096 /* filtered: always exact at or below this */
 #define EXACT_FRACTION 20 /* ... or below 1/20 of the items */
-#define VLM__COLLAPSE_DEPTH 10000 /* candidates a collapsed search ranks */
+#define VLM__COLLAPSE_DEPTH VLM_DB_MAX_K /* candidates a collapsed search ranks */
 #define RRF_K 60.0f
 
 float vlm__dot(const float *a, const void *b, int dim) {
@@ -531,7 +531,7 @@ static int search_modality(sctx *s, int m, int kk,
     nprobe *= 4;
     if (nlist > 0 && nprobe > nlist)
       nprobe = nlist;
-    if (returned >= ask && ask < 4 * 10000)
+    if (returned >= ask && ask < 4 * VLM_DB_MAX_K)
       ask *= 2; /* FAISS had more: dead entries took places */
   }
   /* Still short: the matches must be few or scattered; score them all. */
@@ -694,8 +694,9 @@ int vlm_db_search(vlm_db *db, const float *query,
     o = *opts;
   if (o.k == 0)
     o.k = 10;
-  if (o.k < 1 || o.k > 10000)
-    return vlm_seterr(VLM_EINVAL, "search: k=%d outside 1..10000", o.k);
+  if (o.k < 1 || o.k > VLM_DB_MAX_K)
+    return vlm_seterr(VLM_EINVAL, "search: k=%d outside 1..%d", o.k,
+                      VLM_DB_MAX_K);
   if (o.target != VLM_TARGET_ANY && o.target != VLM_TARGET_IMAGE &&
       o.target != VLM_TARGET_TEXT)
     return vlm_seterr(VLM_EINVAL, "search: bad target %d", (int)o.target);

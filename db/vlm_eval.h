@@ -43,7 +43,7 @@ typedef struct {
 } vlm_eval_pair;
 
 typedef struct {
-  const int *ks;          /* cut-offs, each 1..10000; NULL = {1, 5, 10} */
+  const int *ks;          /* cut-offs, each 1..VLM_DB_MAX_K; NULL = {1, 5, 10} */
   int nks;                /* at most VLM_EVAL_MAX_KS */
   unsigned directions;    /* VLM_EVAL_T2I | VLM_EVAL_I2T; 0 = both */
   const vlm_eval_pair *pairs; /* NULL = items with both vectors */

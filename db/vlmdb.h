@@ -84,6 +84,9 @@ void vlm_db_close(vlm_db *db);
  * capped by vlm_db_open_options.max_payload. */
 #define VLM_DB_MAX_TEXT (1u << 20)
 
+/* The most results one search (k) or one eval cut-off (K) may ask for. */
+#define VLM_DB_MAX_K 10000
+
 /* One item to write.  At least one vector is required. */
 typedef struct {
   const char *key;         /* unique, non-empty UTF-8, at most 511 bytes */
@@ -145,7 +148,7 @@ typedef enum {
 } vlm_target;
 
 typedef struct {
-  int k;                  /* results wanted, 1..10000 */
+  int k;                  /* results wanted, 1..VLM_DB_MAX_K */
   const char *filter;     /* SQL boolean expression over declared fields and
                              `key`, or NULL */
   vlm_target target;

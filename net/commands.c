@@ -920,7 +920,7 @@ static int cmd_search_proc(vlm__ctx *ctx) {
     long v;
     double d;
     if (arg_is(a, "K") && has) {
-      if (arg_long(ctx, &ctx->argv[++i], 1, 10000, "K", &v) < 0)
+      if (arg_long(ctx, &ctx->argv[++i], 1, VLM_DB_MAX_K, "K", &v) < 0)
         return -1;
       st->opts.k = (int)v;
     } else if (arg_is(a, "FILTER") && has) {
@@ -1576,7 +1576,7 @@ static int cmd_eval_proc(vlm__ctx *ctx) {
                            VLM_EVAL_MAX_KS);
           return -1;
         }
-        if (arg_long(ctx, &one, 1, 10000, "K", &v) < 0)
+        if (arg_long(ctx, &one, 1, VLM_DB_MAX_K, "K", &v) < 0)
           return -1;
         st->ks[nks++] = (int)v;
         at = end + 1;
