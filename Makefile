@@ -5,6 +5,7 @@
 #   make test T=db run one module's tests (tests/test_db.c)
 #   make asan      the test suite under AddressSanitizer + UBSan
 #   make tsan      the concurrency tests under ThreadSanitizer
+#   make crash     the kill -9 crash campaign (CRASH_KILLS=1000)
 #   make fuzz      libFuzzer targets (run: make fuzz-run SECONDS=600)
 #   make bench     build the benchmarks (bench/*.c -> build/bench/*)
 #   make FAISS_PREFIX=/opt/faiss   link a real libfaiss_c instead of the shim
