@@ -181,10 +181,10 @@ int vlm__sql_err(sqlite3 *db, int rc, const char *what);
 /* sqlvfs.c: meta.sqlite is opened through this VFS, which checks a
  * checksum in the last 8 bytes of every page of a file made with them. */
 #define VLM__SQL_VFS "vlmdb-cksum"
-#define VLM__FCNTL_CKSUM 0x766c6d01 /* int[2]: checked?, pages that failed */
+#define VLM__FCNTL_CKSUM 0x766c6d01 /* int: its pages are checked */
 const char *vlm__sql_vfs(void);     /* registers it once; NULL if it can't */
 int vlm__sql_reserve(sqlite3 *db);  /* a new file: make room for them */
-int vlm__sql_cksum_state(sqlite3 *db, int *on, int *faults);
+int vlm__sql_cksummed(sqlite3 *db); /* db's file carries them (after a read) */
 /* After db's first read: the manifest's promise of checksums holds. */
 int vlm__sql_check_cksum(sqlite3 *db, const vlm__manifest *m,
                          const char *path);

@@ -87,9 +87,7 @@ static int set_pragmas(sqlite3 *db) {
 
 int vlm__sql_check_cksum(sqlite3 *db, const vlm__manifest *m,
                          const char *path) {
-  int on = 0;
-  vlm__sql_cksum_state(db, &on, NULL);
-  if (m->sql_cksum && !on)
+  if (m->sql_cksum && !vlm__sql_cksummed(db))
     return vlm_seterr(VLM_ECORRUPT,
                       "%s: meta.sqlite is damaged (its header no longer "
                       "says its pages carry checksums); `vlmdb salvage` "

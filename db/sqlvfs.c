@@ -33,7 +33,6 @@ typedef struct {
   sqlite3_file base;
   int main_db; /* the database file (not a WAL, journal or temp file) */
   int on;      /* its header says RESERVE reserved bytes: pages checked */
-  int faults;  /* pages that failed their check */
 } cfile;
 
 #define REAL(f) ((sqlite3_file *)((cfile *)(f) + 1))
@@ -80,7 +79,6 @@ static int c_read(sqlite3_file *file, void *buf, int n, sqlite3_int64 off) {
   if (f->on && is_page(n) && off % n == 0) {
     const unsigned char *p = buf;
     if (get_le64(p + n - RESERVE) != sum(p, n)) {
-      f->faults++;
       sqlite3_log(SQLITE_IOERR_DATA,
                   "meta.sqlite: page %lld fails its checksum",
                   (long long)(off / n + 1));
@@ -127,9 +125,7 @@ static int c_reserved(sqlite3_file *file, int *out) {
 static int c_control(sqlite3_file *file, int op, void *arg) {
   cfile *f = (cfile *)file;
   if (op == VLM__FCNTL_CKSUM) {
-    int *out = arg;
-    out[0] = f->on;
-    out[1] = f->faults;
+    *(int *)arg = f->on;
     return SQLITE_OK;
   }
   if (op == SQLITE_FCNTL_PRAGMA && f->on) {
@@ -267,11 +263,9 @@ int vlm__sql_reserve(sqlite3 *db) {
   return sqlite3_file_control(db, "main", SQLITE_FCNTL_RESERVE_BYTES, &n);
 }
 
-int vlm__sql_cksum_state(sqlite3 *db, int *on, int *faults) {
-  int st[2] = {0, 0};
-  int rc = sqlite3_file_control(db, "main", VLM__FCNTL_CKSUM, st);
-  *on = rc == SQLITE_OK && st[0];
-  if (faults)
-    *faults = rc == SQLITE_OK ? st[1] : 0;
-  return rc == SQLITE_OK ? 0 : -1;
+int vlm__sql_cksummed(sqlite3 *db) {
+  int on = 0;
+  return sqlite3_file_control(db, "main", VLM__FCNTL_CKSUM, &on) ==
+             SQLITE_OK &&
+         on;
 }

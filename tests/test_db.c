@@ -1234,6 +1234,59 @@ static void test_truncated_payload_refused(void **state) {
   tmp_free(&t);
 }
 
+/* ---- bit-flip trials: flip, run the check in a child, count ----------- */
+
+static void flip_bit(const char *path, off_t at, int bit) {
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  unsigned char b;
+  assert_int_equal(pread(fd, &b, 1, at), 1);
+  b ^= (unsigned char)(1u << bit);
+  assert_int_equal(pwrite(fd, &b, 1, at), 1);
+  close(fd);
+}
+
+/* fork() for one trial; the child dies of a fault instead of reporting it
+ * (cmocka's handlers would call it a failed test and run on), so the
+ * parent can count it. */
+static pid_t fork_trial(void) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    signal(SIGSEGV, SIG_DFL);
+    signal(SIGBUS, SIG_DFL);
+    signal(SIGABRT, SIG_DFL);
+    signal(SIGILL, SIG_DFL);
+    signal(SIGFPE, SIG_DFL);
+  }
+  return pid;
+}
+
+typedef struct {
+  int caught, same, silent, crashed;
+} flip_tally;
+
+/* The child exits 0 (caught), 1 (identical) or 2 (silently wrong). */
+static void tally_trial(pid_t pid, int trial, off_t at, int bit,
+                        flip_tally *n) {
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  if (!WIFEXITED(ws)) {
+    n->crashed++;
+    print_message("trial %d: byte %lld bit %d: signal %d\n", trial,
+                  (long long)at, bit, WTERMSIG(ws));
+  } else if (WEXITSTATUS(ws) == 0) {
+    n->caught++;
+  } else if (WEXITSTATUS(ws) == 1) {
+    n->same++;
+  } else {
+    n->silent++;
+    print_message("trial %d: byte %lld bit %d: silently wrong\n", trial,
+                  (long long)at, bit);
+  }
+}
+
 /* Single bit flips anywhere in data.mdb: every trial ends in a clear error
  * (open or verify) or in data identical to what was written; never in
  * verify passing over a changed record.  Each trial runs in a child, so a
@@ -1255,7 +1308,7 @@ static void test_bit_flips_are_caught(void **state) {
   assert_int_equal(system(cmd), 0);
   struct stat st;
   assert_int_equal(stat(data, &st), 0);
-  int caught = 0, same = 0, silent = 0, crashed = 0;
+  flip_tally n = {0};
   rng_state = 4242;
   const int trials = 240;
   for (int trial = 0; trial < trials; trial++) {
@@ -1264,24 +1317,9 @@ static void test_bit_flips_are_caught(void **state) {
     /* after the two meta pages: they are checked by LMDB itself */
     off_t at = 8192 + (off_t)(rng_next() % (uint64_t)(st.st_size - 8192));
     int bit = (int)(rng_next() % 8);
-    int fd = open(data, O_RDWR);
-    assert_true(fd >= 0);
-    unsigned char b;
-    assert_int_equal(pread(fd, &b, 1, at), 1);
-    b ^= (unsigned char)(1u << bit);
-    assert_int_equal(pwrite(fd, &b, 1, at), 1);
-    close(fd);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
+    flip_bit(data, at, bit);
+    pid_t pid = fork_trial();
     if (pid == 0) {
-      /* cmocka's handlers would report a crash of this copy as a failed
-       * test and run on: let it die, the parent counts it */
-      signal(SIGSEGV, SIG_DFL);
-      signal(SIGBUS, SIG_DFL);
-      signal(SIGABRT, SIG_DFL);
-      signal(SIGILL, SIG_DFL);
-      signal(SIGFPE, SIG_DFL);
       /* 0: caught, 1: identical, 2: silently wrong */
       vlm_db_open_options o = {.readonly = 1};
       vlm_db *d = NULL;
@@ -1310,25 +1348,13 @@ static void test_bit_flips_are_caught(void **state) {
       }
       _exit(1);
     }
-    int ws;
-    assert_int_equal(waitpid(pid, &ws, 0), pid);
-    if (!WIFEXITED(ws)) {
-      crashed++;
-      print_message("trial %d: byte %lld bit %d: signal %d\n", trial,
-                    (long long)at, bit, WTERMSIG(ws));
-    }
-    else if (WEXITSTATUS(ws) == 0)
-      caught++;
-    else if (WEXITSTATUS(ws) == 1)
-      same++;
-    else
-      silent++;
+    tally_trial(pid, trial, at, bit, &n);
   }
   print_message("%d bit flips in data.mdb: %d caught, %d harmless, %d "
                 "silently wrong, %d crashed\n", trials,
-                caught, same, silent, crashed);
-  assert_int_equal(silent, 0);
-  assert_true(caught > 0);
+                n.caught, n.same, n.silent, n.crashed);
+  assert_int_equal(n.silent, 0);
+  assert_true(n.caught > 0);
   corpus_free(&c);
   tmp_free(&t);
 }
@@ -1404,7 +1430,7 @@ static void test_sql_bit_flips_are_caught(void **state) {
   snprintf(cmd, sizeof cmd, "cp '%s' '%s'", data, work);
   assert_int_equal(system(cmd), 0);
   assert_int_equal(stat(data, &st), 0);
-  int caught = 0, same = 0, silent = 0, crashed = 0;
+  flip_tally n = {0};
   rng_state = 777;
   const int trials = 200;
   for (int trial = 0; trial < trials; trial++) {
@@ -1412,22 +1438,9 @@ static void test_sql_bit_flips_are_caught(void **state) {
     assert_int_equal(system(cmd), 0);
     off_t at = (off_t)(rng_next() % (uint64_t)st.st_size);
     int bit = (int)(rng_next() % 8);
-    fd = open(data, O_RDWR);
-    assert_true(fd >= 0);
-    unsigned char b;
-    assert_int_equal(pread(fd, &b, 1, at), 1);
-    b ^= (unsigned char)(1u << bit);
-    assert_int_equal(pwrite(fd, &b, 1, at), 1);
-    close(fd);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
+    flip_bit(data, at, bit);
+    pid_t pid = fork_trial();
     if (pid == 0) {
-      signal(SIGSEGV, SIG_DFL);
-      signal(SIGBUS, SIG_DFL);
-      signal(SIGABRT, SIG_DFL);
-      signal(SIGILL, SIG_DFL);
-      signal(SIGFPE, SIG_DFL);
       /* 0: caught, 1: identical, 2: silently wrong */
       vlm_db_open_options o = {.readonly = 1};
       vlm_db *d = NULL;
@@ -1440,28 +1453,14 @@ static void test_sql_bit_flips_are_caught(void **state) {
         _exit(2);
       _exit(vlm_db_verify(d) != 0 ? 0 : 1);
     }
-    int ws;
-    assert_int_equal(waitpid(pid, &ws, 0), pid);
-    if (!WIFEXITED(ws)) {
-      crashed++;
-      print_message("trial %d: byte %lld bit %d: signal %d\n", trial,
-                    (long long)at, bit, WTERMSIG(ws));
-    } else if (WEXITSTATUS(ws) == 0) {
-      caught++;
-    } else if (WEXITSTATUS(ws) == 1) {
-      same++;
-    } else {
-      silent++;
-      print_message("trial %d: byte %lld bit %d: silently wrong\n", trial,
-                    (long long)at, bit);
-    }
+    tally_trial(pid, trial, at, bit, &n);
   }
   print_message("%d bit flips in meta.sqlite: %d caught, %d harmless, %d "
-                "silently wrong, %d crashed\n", trials, caught, same, silent,
-                crashed);
-  assert_int_equal(silent, 0);
-  assert_int_equal(crashed, 0);
-  assert_true(caught > trials / 2);
+                "silently wrong, %d crashed\n", trials, n.caught, n.same,
+                n.silent, n.crashed);
+  assert_int_equal(n.silent, 0);
+  assert_int_equal(n.crashed, 0);
+  assert_true(n.caught > trials / 2);
   /* the sound file answers as before */
   snprintf(cmd, sizeof cmd, "cp '%s' '%s'", work, data);
   assert_int_equal(system(cmd), 0);
