@@ -17,7 +17,7 @@ DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist
 fonts-noto-color-emoji unicode-cldr-core python3-fonttools
 tuxpaint-stamps-default librsvg2-bin npm wordnet-base dict-freedict-eng-deu
 dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
-dict-freedict-eng-jpn"
+dict-freedict-eng-jpn python3-numpy"
 
 pkgs=$BUILD_PKGS
 case ${1:-build} in data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;; esac

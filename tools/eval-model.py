@@ -16,7 +16,8 @@ Every measure builds a database with `vlmdb init/ingest` and reads
 - fmnist: Fashion-MNIST zero-shot accuracy (10 class captions).
 - shapes: 1,000 synthetic pictures, 5 colours x 5 shapes; the caption
   nearest each picture among the 25 "a <colour> <shape>": right shape,
-  right colour.
+  right colour; and both on the pictures whose combination data/shapes
+  holds out of training.
 - queries: tools/queries.json (natural-language queries in 7 languages
   with the items that should come back), precision@10 text->image on the
   openclipart catalog and on the demo catalog (openclipart + emoji + Tux
@@ -186,7 +187,28 @@ def shapes(model, work):
     sh = recall(db, os.path.join(d, "shape-pairs.jsonl"), "i2t")["i2t"]["1"]
     co = recall(db, os.path.join(d, "colour-pairs.jsonl"), "i2t")["i2t"]["1"]
     print("colour x shape: right shape %.3f, right colour %.3f" % (sh, co), file=sys.stderr)
-    return {"right_shape": sh, "right_colour": co, "pictures": len(shape_pairs)}
+    res = {"right_shape": sh, "right_colour": co, "pictures": len(shape_pairs)}
+    # the combinations data/shapes holds out of training: does the model
+    # compose a colour and a form it learned apart?
+    try:
+        with open("data/shapes/stats.json") as f:
+            held = set(json.load(f)["held_out"])
+    except OSError:
+        held = set()
+    sel = [i for i, p in enumerate(shape_pairs)
+           if " ".join(p["image"][4:].split("-")[:2]) in held]
+    if sel:
+        for name, pairs in (("shape-held", shape_pairs), ("colour-held", colour_pairs)):
+            with open(os.path.join(d, name + ".jsonl"), "w") as f:
+                for i in sel:
+                    f.write(json.dumps(pairs[i]) + "\n")
+        hs = recall(db, os.path.join(d, "shape-held.jsonl"), "i2t")["i2t"]["1"]
+        hc = recall(db, os.path.join(d, "colour-held.jsonl"), "i2t")["i2t"]["1"]
+        print("  on the %d pictures of combinations data/shapes holds out: "
+              "shape %.3f, colour %.3f" % (len(sel), hs, hc), file=sys.stderr)
+        res.update({"held_combinations": sorted({" ".join(shape_pairs[i]["image"][4:].split("-")[:2]) for i in sel}),
+                    "held_right_shape": hs, "held_right_colour": hc, "held_pictures": len(sel)})
+    return res
 
 
 # ---- queries ----------------------------------------------------------------

@@ -4,7 +4,7 @@
 # and builds the builders first.
 #
 #   tools/make-data.sh [openclipart] [fashion-mnist] [emoji] [tuxpaint]
-#                      [emoji-styles] [wordnet]         (default: all)
+#                      [emoji-styles] [wordnet] [shapes]   (default: all)
 #
 # A dataset is rebuilt only when its builder or its package changed since
 # the last run (FORCE=1 rebuilds anyway).  Each dataset directory gets
@@ -16,7 +16,7 @@ BUILD=${BUILD:-build}
 DATA=${DATA:-data}
 FORCE=${FORCE:-0}
 
-sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet}
+sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet shapes}
 
 say() { echo "make-data: $*" >&2; }
 
@@ -186,6 +186,26 @@ wordnet() {
   printf '%s\n' "$stamp" > "$out/.stamp"
 }
 
+# Synthetic colour x shape pictures (tools/shapes-data.py): no package
+# data, only numpy; the builder's digest and its seed fix the bytes.
+shapes() {
+  tool=tools/shapes-data.py
+  out=$DATA/shapes
+  [ "$(pkg_version python3-numpy)" != missing ] ||
+    { say "python3-numpy is not installed (run: sh tools/deps.sh data)"; exit 1; }
+  stamp=$(stamp_of "$tool" python3-numpy)
+  if up_to_date "$out" "$stamp"; then
+    say "shapes: up to date ($out/, FORCE=1 to rebuild)"
+    return 0
+  fi
+  rm -rf "$out"
+  mkdir -p "$out"
+  /usr/bin/python3 "$tool" --out "$out"
+  images=$(cd "$out/png" && sha256sum -- *.png | sha256sum | cut -d' ' -f1)
+  write_digest "$out" "$images" python3-numpy
+  printf '%s\n' "$stamp" > "$out/.stamp"
+}
+
 for s in $sets; do
   case $s in
     openclipart) openclipart ;;
@@ -195,7 +215,8 @@ for s in $sets; do
     emoji-styles) npm_fetch
        NPM_CACHE=$DATA/.npm families emoji-styles unicode-cldr-core librsvg2-bin ;;
     wordnet) wordnet ;;
-    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet)"; exit 2 ;;
+    shapes) shapes ;;
+    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet, shapes)"; exit 2 ;;
   esac
   d=$DATA/$s/digest.json
   field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\).*/\1/p" "$d"; }
