@@ -146,6 +146,36 @@ int vlm__vecs_parse(const MDB_val *v, int dim, uint32_t *flags,
 int vlm__log_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t seq,
                  vlm__change **changes, size_t *n);
 
+/* ---- LMDB trees read page by page (lmdbwalk.c) ------------------------ */
+
+/* The next step a user takes when the payload store is damaged. */
+#define VLM__LMDB_DAMAGED_HINT                                               \
+  "restore a backup, or run `vlmdb salvage --db DB --out DIR` to copy "    \
+  "every sound record into a fresh database"
+
+typedef struct {
+  uint64_t count;  /* damaged places met */
+  char first[256]; /* the first, with its page */
+} vlm__lwalk_damage;
+
+typedef struct vlm__lwalk vlm__lwalk;
+
+/* A walk of one tree ("keys", "items", "vecs", "log", "state"; NULL: the
+ * main tree) of txn's snapshot.  Entries come in key order; damaged
+ * subtrees are stepped over and counted. */
+int vlm__lwalk_open(vlm__lmdb *lm, MDB_txn *txn, const char *name,
+                    vlm__lwalk **out);
+/* 0 and the next entry (valid until the next call), 1 at the end, <0 on
+ * an I/O or memory error. */
+int vlm__lwalk_next(vlm__lwalk *w, MDB_val *key, MDB_val *val,
+                    unsigned *node_flags);
+const vlm__lwalk_damage *vlm__lwalk_damaged(const vlm__lwalk *w);
+/* After the end: entries the tree records that the walk did not reach. */
+int64_t vlm__lwalk_missing(const vlm__lwalk *w);
+void vlm__lwalk_close(vlm__lwalk *w);
+/* Every tree checked page by page: 0 or VLM_ECORRUPT naming the page. */
+int vlm__lmdb_check(vlm__lmdb *lm, MDB_txn *txn);
+
 /* ---- SQLite (meta.c) --------------------------------------------------- */
 
 typedef struct vlm__authctx {

@@ -2,17 +2,23 @@
  * damaged database into a fresh one.
  *
  * It reads the source's payload store directly (read-only; meta.sqlite
- * and the index files are not needed, they are rebuilt from the records),
- * walks the items by id and keeps a record only when it decodes, its
- * checksum holds (records written before checksums: when its contents are
- * well-formed, as verify judges them), and its key still names it.  A
- * damaged stretch of the tree is skipped by seeking past the id that
- * failed.  Everything it cannot save is reported by key or id.
+ * and the index files are not needed, they are rebuilt from the records)
+ * and only through the page-checking walker (lmdbwalk.c), never through
+ * LMDB's cursors, which trust their pages: a damaged subtree is stepped
+ * over and the records it held are counted as lost.  The items and vecs
+ * trees are read side by side in id order; a record is kept when it
+ * decodes, its checksum holds (records written before checksums: when its
+ * contents are well-formed, as verify judges them), and the keys tree
+ * still names it (when the keys tree is itself damaged, a record whose key
+ * it no longer lists is kept: the record's own checksum vouches for it).
+ * Everything it cannot save is reported by key or id.
  */
 #include "db_int.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 enum { SALVAGE_BATCH = 256 };
 
@@ -97,26 +103,95 @@ static int stage(salvage_batch *b, const vlm__rec *rec,
   return 0;
 }
 
+/* The keys tree as (id, hash of the key) sorted by id: which key names
+ * which id, without a second pass through a tree that may be damaged. */
+typedef struct {
+  uint64_t id, h;
+} key_ref;
+
+typedef struct {
+  key_ref *v;
+  size_t n, cap;
+  int damaged; /* the keys tree had damaged places */
+} key_map;
+
+static int cmp_ref(const void *a, const void *b) {
+  const key_ref *x = a, *y = b;
+  return (x->id > y->id) - (x->id < y->id);
+}
+
+static int load_keys(vlm__lmdb *lm, MDB_txn *txn, key_map *km) {
+  vlm__lwalk *w = NULL;
+  int rc = vlm__lwalk_open(lm, txn, "keys", &w);
+  if (rc)
+    return rc;
+  MDB_val k, v;
+  while ((rc = vlm__lwalk_next(w, &k, &v, NULL)) == 0) {
+    if (v.mv_size != 8)
+      continue;
+    if (km->n == km->cap) {
+      size_t nc = km->cap ? 2 * km->cap : 1024;
+      key_ref *nv = realloc(km->v, nc * sizeof *nv);
+      if (!nv) {
+        rc = vlm_seterr(VLM_ENOMEM, "salvage");
+        break;
+      }
+      km->v = nv;
+      km->cap = nc;
+    }
+    memcpy(&km->v[km->n].id, v.mv_data, 8);
+    km->v[km->n++].h = XXH3_64bits(k.mv_data, k.mv_size);
+  }
+  km->damaged = vlm__lwalk_damaged(w)->count > 0;
+  vlm__lwalk_close(w);
+  if (rc < 0)
+    return rc;
+  qsort(km->v, km->n, sizeof *km->v, cmp_ref);
+  return 0;
+}
+
+/* The vecs tree, stepped forward to id. */
+typedef struct {
+  vlm__lwalk *w;
+  int started;
+  uint64_t id; /* of the entry in v; UINT64_MAX past the end */
+  MDB_val v;
+} vec_cursor;
+
+static int vec_seek(vec_cursor *vc, uint64_t id) {
+  while (!vc->started || (vc->id != UINT64_MAX && vc->id < id)) {
+    vc->started = 1;
+    MDB_val k;
+    int rc = vlm__lwalk_next(vc->w, &k, &vc->v, NULL);
+    if (rc < 0)
+      return rc;
+    if (rc) {
+      vc->id = UINT64_MAX;
+      break;
+    }
+    memcpy(&vc->id, k.mv_data, 8); /* the walker checked: 8 bytes */
+  }
+  return 0;
+}
+
 /* Why a decoded record cannot be trusted, or NULL (vec gets its vectors). */
-static const char *check_one(vlm__lmdb *lm, MDB_txn *txn, uint64_t id,
+static const char *check_one(const key_map *km, vec_cursor *vc, uint64_t id,
                              const vlm__manifest *m, const MDB_val *v,
                              const vlm__rec *rec, const void *vec[VLM__NMOD]) {
   uint32_t vf = 0;
-  MDB_val vk = {8, &id}, vv;
-  if (mdb_get(txn, lm->vecs, &vk, &vv) != 0 ||
-      vlm__vecs_parse(&vv, m->dim, &vf, vec) != 0)
+  if (vc->id != id || vlm__vecs_parse(&vc->v, m->dim, &vf, vec) != 0)
     return "its vectors are missing or damaged";
-  if (vlm__rec_check(v->mv_data, v->mv_size, vv.mv_data, vv.mv_size) != 0)
+  if (vlm__rec_check(v->mv_data, v->mv_size, vc->v.mv_data, vc->v.mv_size))
     return "checksum mismatch";
   const char *why = vlm__rec_damage(m->dim, rec, vec);
   if (why)
     return why;
-  MDB_val kk = {rec->key_len, (void *)rec->key}, kv;
-  uint64_t kid = 0;
-  if (mdb_get(txn, lm->keys, &kk, &kv) != 0 || kv.mv_size != 8)
-    return "its key does not name it";
-  memcpy(&kid, kv.mv_data, 8);
-  return kid == id ? NULL : "its key does not name it";
+  key_ref want = {id, 0};
+  const key_ref *got = bsearch(&want, km->v, km->n, sizeof *km->v, cmp_ref);
+  if (!got)
+    return km->damaged ? NULL : "its key does not name it";
+  return got->h == XXH3_64bits(rec->key, rec->key_len)
+             ? NULL : "its key does not name it";
 }
 
 int vlm_db_salvage(const char *src, const char *dst,
@@ -126,7 +201,9 @@ int vlm_db_salvage(const char *src, const char *dst,
   vlm__lmdb lm;
   vlm_db *out = NULL;
   MDB_txn *txn = NULL;
-  MDB_cursor *cur = NULL;
+  vlm__lwalk *items = NULL;
+  vec_cursor vc = {NULL, 0, 0, {0, NULL}};
+  key_map km = {NULL, 0, 0, 0};
   salvage_batch *b = NULL;
   int rc;
   if (!src || !dst || !res)
@@ -150,45 +227,26 @@ int vlm_db_salvage(const char *src, const char *dst,
     goto done;
   }
   int mrc = mdb_txn_begin(lm.env, NULL, MDB_RDONLY, &txn);
-  if (!mrc)
-    mrc = mdb_cursor_open(txn, lm.items, &cur);
   if (mrc) {
     rc = vlm__lmdb_err(mrc, "salvage");
     goto done;
   }
-  uint64_t next = 0;
-  MDB_val k = {sizeof next, &next}, v;
-  mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-  while (mrc != MDB_NOTFOUND) {
-    uint64_t id = next;
-    if (mrc == 0 && k.mv_size == 8)
-      memcpy(&id, k.mv_data, 8);
-    if (mrc != 0 || k.mv_size != 8) {
-      /* a damaged page: report and seek past it */
-      res->lost++;
-      if (lost)
-        lost(arg, NULL, id, "unreadable stretch of the payload store");
-      next = id + 1;
-      if (next == 0)
-        break;
-      k.mv_size = sizeof next;
-      k.mv_data = &next;
-      mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-      if (mrc == 0 && k.mv_size == 8) {
-        uint64_t got;
-        memcpy(&got, k.mv_data, 8);
-        if (got < next) /* the tree walked backwards: give up here */
-          break;
-      }
-      continue;
-    }
+  if ((rc = load_keys(&lm, txn, &km)) ||
+      (rc = vlm__lwalk_open(&lm, txn, "items", &items)) ||
+      (rc = vlm__lwalk_open(&lm, txn, "vecs", &vc.w)))
+    goto done;
+  MDB_val k, v;
+  while ((rc = vlm__lwalk_next(items, &k, &v, NULL)) == 0) {
+    uint64_t id;
+    memcpy(&id, k.mv_data, 8); /* the walker checked: 8 bytes */
+    if ((rc = vec_seek(&vc, id)))
+      goto done;
     res->records++;
     vlm__rec rec;
-    const char *why = NULL;
     const void *vec[VLM__NMOD] = {NULL, NULL};
     int key_ok = vlm__rec_decode(v.mv_data, v.mv_size, &rec) == 0;
-    why = key_ok ? check_one(&lm, txn, id, &m, &v, &rec, vec)
-                 : "the record does not decode";
+    const char *why = key_ok ? check_one(&km, &vc, id, &m, &v, &rec, vec)
+                             : "the record does not decode";
     if (why) {
       res->lost++;
       if (lost) {
@@ -204,8 +262,22 @@ int vlm_db_salvage(const char *src, const char *dst,
       if (b->n == SALVAGE_BATCH && (rc = batch_flush(out, b, &res->saved)))
         goto done;
     }
-    mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-    next = id + 1;
+  }
+  if (rc < 0)
+    goto done;
+  /* records in damaged stretches of the items tree: their ids are gone
+   * with the pages, only their number is known */
+  const vlm__lwalk_damage *dmg = vlm__lwalk_damaged(items);
+  if (dmg->count) {
+    int64_t missing = vlm__lwalk_missing(items);
+    res->records += missing;
+    res->lost += missing;
+    if (lost) {
+      char why[400];
+      snprintf(why, sizeof why, "%lld record(s) in unreadable stretches of "
+               "the payload store (%s)", (long long)missing, dmg->first);
+      lost(arg, NULL, 0, why);
+    }
   }
   rc = batch_flush(out, b, &res->saved);
 done:
@@ -213,8 +285,9 @@ done:
     batch_clear(b);
     free(b);
   }
-  if (cur)
-    mdb_cursor_close(cur);
+  vlm__lwalk_close(items);
+  vlm__lwalk_close(vc.w);
+  free(km.v);
   if (txn)
     mdb_txn_abort(txn);
   vlm__lmdb_close(&lm);

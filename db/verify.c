@@ -347,7 +347,10 @@ int vlm_db_verify(vlm_db *db) {
   if ((rc = vlm__snapshot_begin(db, r, 1, &next_id, &nitems, &pseq)))
     goto done;
   uint64_t lseq;
-  if (!(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "seq", &lseq)) &&
+  /* the trees page by page first: what follows reads through LMDB, which
+   * trusts its pages */
+  if (!(rc = vlm__lmdb_check(&db->lm, r->txn)) &&
+      !(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "seq", &lseq)) &&
       !(rc = check_lmdb(db, r->txn, nitems, nvec, &ncaptions)) &&
       !(rc = check_sql(db, r, lseq, nitems, ncaptions)))
     rc = check_index(db, r->txn, lseq, nvec);
