@@ -135,12 +135,16 @@ test: build
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=asan test
 
-# The long crash campaign: the kill -9 test of `make test` (ingest, upsert,
-# delete, index checkpoints and reindexing in a writer child, every
-# acknowledged item checked exactly after each kill) run to CRASH_KILLS.
+# The long crash campaign: the kill -9 tests of `make test` run longer.
+# CRASH_KILLS kills of a writer child (ingest, upsert, delete, index
+# checkpoints and reindexing; every acknowledged item checked exactly after
+# each kill), then SERVER_KILLS kills of `vlmdb serve` under four writing
+# clients and SAVE (every acknowledged write checked after each restart).
 CRASH_KILLS ?= 1000
+SERVER_KILLS ?= 250
 crash: build
 	@VLM_CRASH_KILLS=$(CRASH_KILLS) VLM_TEST_ONLY=crash_kill9 $(BUILD)/test_db
+	@VLM_SERVER_KILLS=$(SERVER_KILLS) NET_TEST=test_kill9_under_load $(BUILD)/test_net
 
 # ThreadSanitizer over the tests that exercise concurrency.  OpenMP is
 # kept to one thread: libgomp is not instrumented, so TSan cannot see the

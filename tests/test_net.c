@@ -2717,6 +2717,165 @@ static void test_batching(void **state) {
 }
 
 /* ======================================================================
+ * kill -9 under load: the server keeps every write it acknowledged
+ * ==================================================================== */
+
+enum { KC_CLIENTS = 4, KC_KEYS = 37 };
+
+/* Client c's op j: key j % KC_KEYS; every fifth a DEL, else an UPSERT
+ * whose meta says j.  Redoing an op is harmless, so a client restarts
+ * from the op after its last acknowledged one. */
+static int kc_is_del(int j) { return j % 5 == 4; }
+
+static void kc_vec(int c, int j, float *v) {
+  for (int k = 0; k < g_dim; k++)
+    v[k] = 1.5f + sinf((float)(j * 13 + k * 7 + c));
+}
+
+/* A client process: ops from `first` until killed or an error, one line
+ * "j" on out per acknowledged op; every 50th op one client also SAVEs. */
+static void kc_client(int port, int c, int first, int out) {
+  redisContext *h = redisConnect("127.0.0.1", port);
+  if (!h || h->err)
+    _exit(0);
+  float *v = malloc(sizeof(float) * (size_t)g_dim);
+  for (int j = first;; j++) {
+    char key[32], meta[32];
+    snprintf(key, sizeof key, "c%d-k%02d", c, j % KC_KEYS);
+    redisReply *r;
+    if (kc_is_del(j)) {
+      r = redisCommand(h, "DEL %s", key);
+    } else {
+      kc_vec(c, j, v);
+      snprintf(meta, sizeof meta, "{\"n\":%d}", j);
+      r = redisCommand(h, "UPSERT %s TEXTVEC %b META %s", key, v,
+                       (size_t)g_dim * 4, meta);
+    }
+    if (!r || r->type == REDIS_REPLY_ERROR)
+      _exit(0); /* the server is gone */
+    freeReplyObject(r);
+    char line[16];
+    int n = snprintf(line, sizeof line, "%d\n", j);
+    if (write(out, line, (size_t)n) != n)
+      _exit(0);
+    if (c == 0 && j % 50 == 49) {
+      r = redisCommand(h, "SAVE");
+      if (!r || r->type == REDIS_REPLY_ERROR)
+        _exit(0);
+      freeReplyObject(r);
+    }
+  }
+}
+
+/* The meta "n" a key should hold after client c's ops up to `upto`
+ * (-1: absent; -2: never written). */
+static int kc_expect(int key, int upto) {
+  int last = -2;
+  for (int j = key; j <= upto; j += KC_KEYS)
+    last = kc_is_del(j) ? -1 : j;
+  return last;
+}
+
+/* Four clients write while the server is killed at a random moment, again
+ * and again; after each restart every key holds what its client's last
+ * acknowledged op left, or what the one op in flight would have.
+ * make test: 8 kills; make crash: VLM_SERVER_KILLS. */
+static void test_kill9_under_load(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  const char *want_env = getenv("VLM_SERVER_KILLS");
+  int want = want_env && atoi(want_env) > 0 ? atoi(want_env) : 8;
+  int acked[KC_CLIENTS];
+  for (int c = 0; c < KC_CLIENTS; c++)
+    acked[c] = -1;
+  uint64_t seed = (uint64_t)time(NULL), x = seed | 1;
+  long checked = 0, ops = 0;
+  float *v = malloc(sizeof(float) * (size_t)g_dim);
+  for (int kill_no = 0; kill_no <= want; kill_no++) {
+    start_server(&s, NULL);
+    /* check what the last kill left */
+    redisContext *h = hconnect(s.port);
+    for (int c = 0; c < KC_CLIENTS; c++)
+      for (int key = 0; key < KC_KEYS; key++) {
+        int a = kc_expect(key, acked[c]), b = kc_expect(key, acked[c] + 1);
+        char k[32];
+        snprintf(k, sizeof k, "c%d-k%02d", c, key);
+        redisReply *r = hcmd(h, "GET %s", k);
+        int got = -1;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements >= 8 &&
+            r->element[7]->str)
+          got = atoi(strstr(r->element[7]->str, ":") + 1);
+        if (a == -2)
+          a = -1;
+        if (b == -2)
+          b = -1;
+        if (got != a && got != b)
+          fail_msg("kill %d (seed %llu): %s holds %d, acknowledged %d "
+                   "(in flight: %d)", kill_no, (unsigned long long)seed, k,
+                   got, a, b);
+        if (got >= 0) { /* and its vector is the one written */
+          freeReplyObject(r);
+          r = hcmd(h, "GET %s WITHVECTORS", k);
+          kc_vec(c, got, v);
+          normalize(v, g_dim);
+          assert_int_equal(r->element[r->elements - 1]->len,
+                           (size_t)g_dim * 4);
+          assert_vec_near((const float *)r->element[r->elements - 1]->str,
+                          v, g_dim, 1e-5f, k);
+        }
+        freeReplyObject(r);
+        checked++;
+      }
+    redisFree(h);
+    if (kill_no == want)
+      break;
+    pid_t kid[KC_CLIENTS];
+    int pipes[KC_CLIENTS];
+    for (int c = 0; c < KC_CLIENTS; c++) {
+      int pfd[2];
+      assert_int_equal(pipe(pfd), 0);
+      fflush(NULL);
+      kid[c] = fork();
+      assert_true(kid[c] >= 0);
+      if (kid[c] == 0) {
+        close(pfd[0]);
+        kc_client(s.port, c, acked[c] + 1, pfd[1]);
+      }
+      close(pfd[1]);
+      pipes[c] = pfd[0];
+    }
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    sleep_ms(100 + (int)(x % 900));
+    kill(s.pid, SIGKILL);
+    waitpid(s.pid, NULL, 0);
+    s.pid = 0;
+    for (int c = 0; c < KC_CLIENTS; c++) {
+      waitpid(kid[c], NULL, 0);
+      char buf[1 << 16];
+      size_t len = 0;
+      ssize_t r;
+      while ((r = read(pipes[c], buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)r;
+      close(pipes[c]);
+      buf[len] = '\0';
+      for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+        int j = atoi(line);
+        assert_int_equal(j, acked[c] + 1);
+        acked[c] = j;
+        ops++;
+      }
+    }
+  }
+  print_message("server kill -9 under 4 clients: %d kills, %ld acknowledged "
+                "ops, %ld keys checked, 0 lost\n", want, ops, checked);
+  assert_true(ops > 0);
+  free(v);
+  stop_server(&s);
+  server_done(&s);
+}
+
+/* ======================================================================
  * main
  * ==================================================================== */
 
@@ -2771,6 +2930,7 @@ int main(void) {
       cmocka_unit_test(test_server_limits),
       cmocka_unit_test(test_graceful_shutdown),
       cmocka_unit_test(test_batching),
+      cmocka_unit_test(test_kill9_under_load),
   };
   const char *only = getenv("NET_TEST"); /* run one test: NET_TEST=name */
   if (only && *only)
