@@ -6,6 +6,7 @@
  */
 #include "catalog.h"
 #include "vlm_error.h"
+#include "vlm_utf8.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -448,39 +449,6 @@ static int check_meta(const vlm_catalog *cat, const json_t *meta,
           json_type_name(v));
   }
   return 0;
-}
-
-static int utf8_valid(const char *s) {
-  const unsigned char *p = (const unsigned char *)s;
-  while (*p) {
-    int n;
-    uint32_t cp;
-    if (*p < 0x80) {
-      p++;
-      continue;
-    } else if ((*p & 0xe0) == 0xc0) {
-      n = 1;
-      cp = *p & 0x1f;
-    } else if ((*p & 0xf0) == 0xe0) {
-      n = 2;
-      cp = *p & 0x0f;
-    } else if ((*p & 0xf8) == 0xf0) {
-      n = 3;
-      cp = *p & 0x07;
-    } else {
-      return 0;
-    }
-    for (int i = 1; i <= n; i++) {
-      if ((p[i] & 0xc0) != 0x80)
-        return 0;
-      cp = cp << 6 | (p[i] & 0x3f);
-    }
-    static const uint32_t min_cp[4] = {0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      return 0;
-    p += n + 1;
-  }
-  return 1;
 }
 
 /* Check one row object and fill *row.  Returns 1 (row filled, maybe with
@@ -926,12 +894,12 @@ static json_t *csv_object(vlm_catalog *cat, vlm_catalog_row *row) {
   for (int i = 0; i < cat->ncols; i++) {
     const csv_column *col = &cat->cols[i];
     const char *cell = cat->rec.v[i];
-    if (col->kind == COL_KEY && *cell && !row->key && utf8_valid(cell) &&
-        !(row->key = strdup(cell)))
+    if (col->kind == COL_KEY && *cell && !row->key &&
+        vlm_utf8_valid(cell, strlen(cell)) && !(row->key = strdup(cell)))
       goto nomem;
     if (!*cell && col->kind != COL_KEY)
       continue; /* an empty cell is an absent value */
-    if (!utf8_valid(cell)) {
+    if (!vlm_utf8_valid(cell, strlen(cell))) {
       set_row_error(row, VLM_SKIP_SYNTAX, "column %d (%s%s) is not valid UTF-8",
                     i + 1, col->kind == COL_META ? "meta." : "",
                     col->kind == COL_META ? col->meta_name
@@ -1145,7 +1113,7 @@ static int dir_next(vlm_catalog *cat, vlm_catalog_row *row) {
     rc = set_row_error(row, VLM_SKIP_SYNTAX, "sidecar text holds a NUL byte");
     goto done;
   }
-  if (text && !utf8_valid(text)) {
+  if (text && !vlm_utf8_valid(text, strlen(text))) {
     rc = set_row_error(row, VLM_SKIP_SYNTAX, "sidecar text is not UTF-8");
     goto done;
   }
@@ -1153,7 +1121,7 @@ static int dir_next(vlm_catalog *cat, vlm_catalog_row *row) {
     free(text);
     text = NULL;
   }
-  if (!utf8_valid(rel)) {
+  if (!vlm_utf8_valid(rel, strlen(rel))) {
     rc = set_row_error(row, VLM_SKIP_KEY, "file name is not UTF-8");
     goto done;
   }

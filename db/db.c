@@ -12,6 +12,7 @@
  * its checkpoint and catches up the same way.
  */
 #include "db_int.h"
+#include "vlm_utf8.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -88,39 +89,6 @@ void vlm__reader_put(vlm_db *db, vlm__reader *r) {
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static int utf8_ok(const unsigned char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned c = s[i];
-    size_t len;
-    unsigned min;
-    if (c < 0x80) {
-      if (c == 0)
-        return 0;
-      i++;
-      continue;
-    }
-    if ((c & 0xe0) == 0xc0)
-      len = 2, min = 0x80, c &= 0x1f;
-    else if ((c & 0xf0) == 0xe0)
-      len = 3, min = 0x800, c &= 0x0f;
-    else if ((c & 0xf8) == 0xf0)
-      len = 4, min = 0x10000, c &= 0x07;
-    else
-      return 0;
-    if (i + len > n)
-      return 0;
-    for (size_t j = 1; j < len; j++) {
-      if ((s[i + j] & 0xc0) != 0x80)
-        return 0;
-      c = (c << 6) | (s[i + j] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-      return 0;
-    i += len;
-  }
-  return 1;
-}
-
 static int check_key(const char *key) {
   if (!key || !*key)
     return vlm_seterr(VLM_EINVAL, "item key is empty");
@@ -128,7 +96,7 @@ static int check_key(const char *key) {
   if (n > VLM__MAX_KEY)
     return vlm_seterr(VLM_EINVAL, "key \"%.40s...\": %zu bytes, limit %d",
                       key, n, VLM__MAX_KEY);
-  if (!utf8_ok((const unsigned char *)key, n))
+  if (!vlm_utf8_valid(key, n))
     return vlm_seterr(VLM_EINVAL, "key is not valid UTF-8");
   return 0;
 }
@@ -935,6 +903,13 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                           "key \"%s\": %s of %zu bytes exceeds the limit of "
                           "%u (VLM_DB_MAX_TEXT)", it->key, text_name[t], len,
                           VLM_DB_MAX_TEXT);
+          goto done;
+        }
+        /* verify holds every stored string to UTF-8: refuse here what it
+         * would later call damage */
+        if (t < 2 && text[t] && !vlm_utf8_valid(text[t], len)) {
+          rc = vlm_seterr(VLM_EINVAL, "key \"%s\": %s is not valid UTF-8",
+                          it->key, text_name[t]);
           goto done;
         }
       }

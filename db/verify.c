@@ -5,25 +5,12 @@
  * crash test after every recovery and available to `vlmdb info`.
  */
 #include "db_int.h"
+#include "vlm_utf8.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <utf8proc.h>
-
-static int utf8_ok(const char *s, size_t n) {
-  utf8proc_int32_t cp;
-  while (n > 0) {
-    utf8proc_ssize_t k =
-        utf8proc_iterate((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &cp);
-    if (k <= 0)
-      return 0;
-    s += k;
-    n -= (size_t)k;
-  }
-  return 1;
-}
 
 static int64_t popcount_below(const uint8_t *bm, uint64_t n) {
   int64_t c = 0;
@@ -38,11 +25,11 @@ static int64_t popcount_below(const uint8_t *bm, uint64_t n) {
  * that is not finite and of unit length. */
 const char *vlm__rec_damage(int dim, const vlm__rec *rec,
                             const void *const vec[VLM__NMOD]) {
-  if (!utf8_ok(rec->key, rec->key_len))
+  if (!vlm_utf8_valid(rec->key, rec->key_len))
     return "key is not UTF-8";
-  if (rec->caption_len && !utf8_ok(rec->caption, rec->caption_len))
+  if (rec->caption_len && !vlm_utf8_valid(rec->caption, rec->caption_len))
     return "caption is not UTF-8";
-  if (rec->source_len && !utf8_ok(rec->source, rec->source_len))
+  if (rec->source_len && !vlm_utf8_valid(rec->source, rec->source_len))
     return "source is not UTF-8";
   if (rec->meta_len) {
     json_t *m = json_loadb(rec->meta, rec->meta_len, JSON_REJECT_DUPLICATES,

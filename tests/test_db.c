@@ -1874,6 +1874,11 @@ static void test_bad_input_fails_whole_batch(void **state) {
       {VLM_EINVAL, {.key = NULL, .image_vec = good}, "empty"},
       {VLM_EINVAL, {.key = longkey, .image_vec = good}, "limit"},
       {VLM_EINVAL, {.key = "bad\xff\xfeutf8", .image_vec = good}, "UTF-8"},
+      /* verify calls such a stored record damaged (found by fuzz_put) */
+      {VLM_EINVAL, {.key = "cap", .image_vec = good, .caption = "a\xeb"},
+       "caption is not valid UTF-8"},
+      {VLM_EINVAL, {.key = "src", .image_vec = good,
+                    .source = "\xed\xa0\x80.png"}, "source is not valid UTF-8"},
       {VLM_ETOOBIG, {.key = "big", .image_vec = good, .caption = bigcap},
        "exceeds"},
       {VLM_EFORMAT, {.key = "json", .image_vec = good, .meta_json = "{bad"},
