@@ -173,6 +173,11 @@ build-fuzz/fuzz/fuzz_catalog: tests/fuzz/fuzz_catalog.c build-fuzz/libvlm.a $(CL
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer -fsanitize-link-c++-runtime -Itests -o $@ $< $(CLI_LIB_OBJ) build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
 
+# the write path reaches FAISS (C++): link the C++ runtime's sanitizers
+build-fuzz/fuzz/fuzz_put: tests/fuzz/fuzz_put.c build-fuzz/libvlm.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -fsanitize-link-c++-runtime -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
+
 SECONDS ?= 60
 fuzz-run: fuzz
 	@for f in $(FUZZ_SRC:tests/fuzz/%.c=%); do \
