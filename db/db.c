@@ -187,7 +187,7 @@ static int lock_dir(const char *dir, int readonly, int *fd_out) {
 
 /* ---- create / open / close ---------------------------------------------- */
 
-static int dir_is_empty(const char *dir) {
+int vlm__dir_is_empty(const char *dir) {
   DIR *d = opendir(dir);
   struct dirent *e;
   int empty = 1;
@@ -200,11 +200,9 @@ static int dir_is_empty(const char *dir) {
   return empty;
 }
 
-static void remove_created(const char *dir, int rmdir_too);
-
 /* The parent directory of path ("." for a bare name), trailing slashes
  * ignored. */
-static void parent_of(const char *path, char *out, size_t cap) {
+void vlm__parent_of(const char *path, char *out, size_t cap) {
   size_t n = strlen(path);
   while (n > 1 && path[n - 1] == '/')
     n--;
@@ -232,9 +230,9 @@ static void base_of(const char *path, char *out, size_t cap) {
 }
 
 /* PARENT/.NAME.creating-PID: where vlm_db_create builds dir. */
-static int creating_path(const char *dir, char *out, size_t cap) {
+int vlm__creating_path(const char *dir, char *out, size_t cap) {
   char parent[PATH_MAX], base[NAME_MAX + 1];
-  parent_of(dir, parent, sizeof parent);
+  vlm__parent_of(dir, parent, sizeof parent);
   base_of(dir, base, sizeof base);
   if (!*base || !strcmp(base, ".") || !strcmp(base, "..") ||
       strlen(base) > NAME_MAX - 32)
@@ -249,9 +247,9 @@ static int creating_path(const char *dir, char *out, size_t cap) {
 /* Remove .NAME.creating-PID siblings of dir left by creates that were
  * killed (their process is gone).  Two creates of one name at once in
  * live processes keep their own; the rename decides which one wins. */
-static void remove_stale_creating(const char *dir) {
+void vlm__remove_stale_creating(const char *dir) {
   char parent[PATH_MAX], base[NAME_MAX + 1], prefix[NAME_MAX + 16];
-  parent_of(dir, parent, sizeof parent);
+  vlm__parent_of(dir, parent, sizeof parent);
   base_of(dir, base, sizeof base);
   int plen = snprintf(prefix, sizeof prefix, ".%s.creating-", base);
   DIR *d = opendir(parent);
@@ -272,24 +270,28 @@ static void remove_stale_creating(const char *dir) {
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", parent, e->d_name) <
         (int)sizeof path)
-      remove_created(path, 1);
+      vlm__remove_created(path, 1);
   }
   closedir(d);
 }
 
-static void remove_created(const char *dir, int rmdir_too) {
-  static const char *files[] = {"manifest.json", "manifest.json.tmp",
-                                "meta.sqlite", "meta.sqlite-wal",
-                                "meta.sqlite-shm", "meta.sqlite-journal",
-                                "payload.lmdb/data.mdb",
-                                "payload.lmdb/lock.mdb", "payload.lmdb",
-                                "LOCK"};
+/* Empty a directory that vlm_db_create or vlm_db_backup was building
+ * (its files, index files included, and payload.lmdb's), and with
+ * rmdir_too remove it.  Only ever given a .NAME.creating-PID sibling. */
+void vlm__remove_created(const char *dir, int rmdir_too) {
   char path[PATH_MAX];
-  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-    if (unlink(path) != 0 && errno == EISDIR)
+  for (int pass = 0; pass < 2; pass++) {
+    snprintf(path, sizeof path, pass ? "%s" : "%s/payload.lmdb", dir);
+    DIR *d = opendir(path);
+    struct dirent *e;
+    if (!d)
+      continue;
+    while ((e = readdir(d)))
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+        unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+    if (!pass)
       rmdir(path);
-    rmdir(path);
   }
   if (rmdir_too)
     rmdir(dir);
@@ -354,14 +356,14 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
    * create killed part-way leaves no half-made database at dir, only a
    * .NAME.creating-PID sibling that the next create removes. */
   char tmp[PATH_MAX];
-  if ((rc = creating_path(dir, tmp, sizeof tmp)))
+  if ((rc = vlm__creating_path(dir, tmp, sizeof tmp)))
     return rc;
   struct stat st;
   if (stat(dir, &st) == 0) {
     if (!S_ISDIR(st.st_mode))
       return vlm_seterr(VLM_EEXISTS, "%s: exists and is not a directory",
                         dir);
-    int e = dir_is_empty(dir);
+    int e = vlm__dir_is_empty(dir);
     if (e < 0)
       return vlm_seterr(VLM_EIO, "%s: %s", dir, strerror(errno));
     if (!e)
@@ -369,7 +371,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   } else if (errno != ENOENT) {
     return vlm_seterr(VLM_EIO, "%s: %s", dir, strerror(errno));
   }
-  remove_stale_creating(dir);
+  vlm__remove_stale_creating(dir);
   if (mkdir(tmp, 0755) != 0)
     return vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s",
                       tmp, strerror(errno));
@@ -406,14 +408,14 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     goto fail;
   }
   char parent[PATH_MAX];
-  parent_of(dir, parent, sizeof parent);
+  vlm__parent_of(dir, parent, sizeof parent);
   if ((rc = vlm__fsync_dir(parent)))
     return rc;
   if ((rc = vlm_db_open(dir, NULL, out)))
     return rc;
   return 0;
 fail:
-  remove_created(tmp, 1);
+  vlm__remove_created(tmp, 1);
   return rc;
 }
 
@@ -478,6 +480,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
     return vlm_seterr(VLM_ENOMEM, "open");
   }
   db->lock_fd = -1;
+  db->log_pin = UINT64_MAX;
   db->readonly = o.readonly;
   db->max_payload = o.max_payload ? o.max_payload : DEFAULT_MAX_PAYLOAD;
   db->warn = o.warn;

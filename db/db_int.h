@@ -10,6 +10,7 @@
  *   planner.c   search: exact scans, filtered planning, merging modalities
  *   hybrid.c    BM25 over captions and reciprocal rank fusion
  *   db.c        open/create/close, put/delete (the write protocol), get, stat
+ *   backup.c    online backup: a consistent copy while the database is written
  *
  * Locks, always taken in this order (see README "Data safety"):
  *   write_mu  > index_mu > index_lock > pub_lock > pool_mu
@@ -339,6 +340,10 @@ struct vlm_db {
   int rofs;                   /* on a read-only filesystem (opened read-only) */
   uint64_t sql_behind;        /* read-only open: batches meta.sqlite lacks
                                  (filters, BM25 and verify refuse) */
+  uint64_t log_pin;           /* a backup under way replays the log after
+                                 this batch into its copy: checkpoints keep
+                                 it (UINT64_MAX: none) */
+  int backing_up;             /* one backup at a time */
 
   /* published state (pub_lock) */
   pthread_rwlock_t pub_lock;
@@ -371,5 +376,18 @@ void vlm__warn(vlm_db *db, const char *fmt, ...)
 int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out);
 void vlm__reader_put(vlm_db *db, vlm__reader *r);
 void vlm__reader_free(vlm__reader *r);
+
+/* Test hook: when set (only tests set it), called at named points of
+ * the library where a test wants to widen a race window ("backup-pinned":
+ * a backup has pinned its starting point and released the writers). */
+extern void (*vlm__test_hook)(const char *where, vlm_db *db);
+
+/* Building a database beside its final name (db.c): PARENT/.NAME.creating-
+ * PID, emptied and removed on failure, renamed onto NAME when whole. */
+int vlm__dir_is_empty(const char *dir);
+void vlm__parent_of(const char *path, char *out, size_t cap);
+int vlm__creating_path(const char *dir, char *out, size_t cap);
+void vlm__remove_stale_creating(const char *dir);
+void vlm__remove_created(const char *dir, int rmdir_too);
 
 #endif

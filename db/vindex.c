@@ -707,6 +707,8 @@ static int checkpoint_locked(vlm_db *db, int force) {
    * checkpointed index at its seq; an index without a checkpoint is
    * rebuilt from the vectors, which needs no log. */
   uint64_t keep_after = db->pub_seq;
+  if (db->log_pin < keep_after) /* a backup replays from there */
+    keep_after = db->log_pin;
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
       keep_after = db->man.ckpt[m].seq;

@@ -233,6 +233,25 @@ typedef struct {
 int vlm_db_salvage(const char *src, const char *dst, vlm_db_salvage_fn lost,
                    void *arg, vlm_db_salvage_result *res);
 
+/* Online backup: write a consistent copy of db to dst while db is served
+ * and written (from any thread; writers wait only while the starting point
+ * is pinned, not for the copy).  dst must be absent or an empty directory;
+ * the copy is built beside it and renamed into place, so dst ends up a
+ * whole database or absent.  The copy holds every batch acknowledged before
+ * the call and possibly some acknowledged during it, never part of one:
+ * payload store, meta.sqlite and index files all at one batch number, with
+ * its manifest.  It opens as any database does (a restore is opening or
+ * moving it).  One backup of a handle at a time (VLM_EBUSY); VLM_EEXISTS
+ * when dst is in the way; VLM_ENOSPACE when its disk fills (nothing is
+ * left behind).  info may be NULL. */
+typedef struct {
+  uint64_t seq;     /* the batch number of the copy */
+  int64_t items;    /* items in it */
+  uint64_t bytes;   /* its size on disk */
+  double seconds;
+} vlm_db_backup_info;
+int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info);
+
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);
 
