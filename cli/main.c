@@ -23,6 +23,7 @@ static const vlm_command commands[] = {
     {"verify", cmd_verify, "check that a database's stores agree"},
     {"recover", cmd_recover, "finish crash recovery (replay, index repair)"},
     {"salvage", cmd_salvage, "copy a damaged database's sound records out"},
+    {"backup", cmd_backup, "write a consistent copy of a database"},
     {"serve", cmd_serve, "serve a database over TCP (Redis protocol)"},
     {"embed", cmd_embed, "print CLIP embeddings of texts and images"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts"},

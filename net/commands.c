@@ -1463,7 +1463,7 @@ static void cmd_get_exec(vlm__job *job) {
 }
 
 /* ======================================================================
- * EMBED, COUNT, SAVE
+ * EMBED, COUNT, SAVE, BACKUP
  * ==================================================================== */
 
 typedef struct {
@@ -1536,6 +1536,55 @@ static void cmd_save_exec(vlm__job *job) {
     vlm__reply_status(&job->reply, "OK");
 }
 
+/* BACKUP dir: vlm_db_backup on a worker, while the others serve and the
+ * writes go on.  Ordered like a write on its connection, so a pipeline's
+ * earlier writes are in the copy. */
+typedef struct {
+  char *dir;
+} backup_state;
+
+static void backup_state_free(void *p) {
+  backup_state *st = p;
+  free(st->dir);
+  free(st);
+}
+
+static int cmd_backup_proc(vlm__ctx *ctx) {
+  const vlm__resp_arg *dir = &ctx->argv[1];
+  if (arg_cstr(ctx, dir, "the backup directory") < 0)
+    return -1;
+  if (dir->len == 0) {
+    vlm__reply_error(ctx->out, "ERR", "BACKUP: the directory is empty");
+    return -1;
+  }
+  backup_state *st = job_state(ctx, sizeof *st, backup_state_free);
+  if (!st)
+    return -1;
+  if (!(st->dir = strndup(dir->ptr, dir->len))) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+static void cmd_backup_exec(vlm__job *job) {
+  backup_state *st = job->state;
+  vlm_db_backup_info info;
+  int rc = vlm_db_backup(job->srv->db, st->dir, &info);
+  if (rc < 0) {
+    reply_liberr(&job->reply, rc);
+    return;
+  }
+  vlm__reply_map(&job->reply, 4);
+  vlm__reply_cstr(&job->reply, "batch");
+  vlm__reply_int(&job->reply, (long long)info.seq);
+  vlm__reply_cstr(&job->reply, "items");
+  vlm__reply_int(&job->reply, info.items);
+  vlm__reply_cstr(&job->reply, "bytes");
+  vlm__reply_int(&job->reply, (long long)info.bytes);
+  vlm__reply_cstr(&job->reply, "seconds");
+  vlm__reply_double(&job->reply, info.seconds);
+}
 
 /* ======================================================================
  * EVAL: cross-modal Recall@K over the stored pairs (vlm_db_eval)
@@ -1752,6 +1801,10 @@ static const vlm__command commands[] = {
      "Number of items (as COUNT)."},
     {"SAVE", cmd_noargs_proc, cmd_save_exec, 1, ADMIN, "admin", "",
      "Checkpoint the vector index now."},
+    {"BACKUP", cmd_backup_proc, cmd_backup_exec, 2, ADMIN, "admin",
+     "directory",
+     "Write a consistent copy of the database to a new directory (on the "
+     "server's machine) while serving: batch, items, bytes, seconds."},
     {"VLM.EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",
      "[K k[,k...] ...] [DIRECTION T2I|I2T|BOTH] [SAMPLE n [SEED s]] [EF ef] "
      "[NPROBE nprobe] [EXACTONLY]",

@@ -1233,6 +1233,29 @@ static void test_e2e_ingest_search_eval(void **state) {
   assert_non_null(strstr(out, "consistent at batch"));
   free(out);
 
+  /* backup: a copy that exports exactly as the original; the same place
+   * twice is refused */
+  char copy[PATH_MAX];
+  snprintf(copy, sizeof copy, "%s/copy.vlm", dir);
+  out = RUN_OK(dir, "backup", "--db", db, "--out", copy, "--json");
+  json_t *bj = parse_json(out);
+  assert_int_equal(json_int(bj, "items"), MAIN_GOOD);
+  json_decref(bj);
+  free(out);
+  free(RUN_OK(dir, "verify", "--db", copy));
+  {
+    json_t *a = export_map(dir, db), *b = export_map(dir, copy);
+    assert_true(json_equal(a, b));
+    json_decref(a);
+    json_decref(b);
+  }
+  char *bout = NULL, *berr = NULL;
+  assert_int_equal(RUN(dir, &bout, &berr, "backup", "--db", db, "--out", copy),
+                   1);
+  assert_non_null(strstr(berr, "exists"));
+  free(bout);
+  free(berr);
+
   json_t *map = export_map(dir, db);
   assert_int_equal(json_object_size(map), MAIN_GOOD);
   for (int i = 0; i < MAIN_GOOD; i++)

@@ -1507,6 +1507,58 @@ static void test_write_read_search(void **state) {
   server_done(&s);
 }
 
+/* BACKUP while the server serves: a pipelined write before it is in the
+ * copy (ordered like a write), the copy opens, verifies and holds what the
+ * server held; a second BACKUP to the same place is refused. */
+static void test_backup_command(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  add_items(c);
+  float *v = malloc((size_t)g_dim * sizeof(float));
+  for (int i = 0; i < g_dim; i++)
+    v[i] = (float)(rng() % 1000) / 1000.0f - 0.5f;
+  normalize(v, g_dim);
+  char dst[160];
+  snprintf(dst, sizeof dst, "%s/copy", s.dir);
+  redisAppendCommand(c, "UPSERT late IMAGEVEC %b", v, (size_t)g_dim * 4);
+  redisAppendCommand(c, "BACKUP %s", dst);
+  redisReply *r = NULL;
+  assert_int_equal(redisGetReply(c, (void **)&r), REDIS_OK);
+  expect_int(r, 1);
+  assert_int_equal(redisGetReply(c, (void **)&r), REDIS_OK);
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("BACKUP: reply type %d: %s", r->type, r->str ? r->str : "");
+  assert_int_equal(r->elements, 8);
+  assert_string_equal(r->element[2]->str, "items");
+  assert_int_equal(r->element[3]->integer, NITEMS + 1);
+  freeReplyObject(r);
+  expect_error(hcmd(c, "BACKUP %s", dst), "ERR already exists");
+  expect_error(hcmd(c, "BACKUP"), "ERR wrong number of arguments");
+  redisFree(c);
+  stop_server(&s);
+
+  vlm_db_open_options o = {.readonly = 1};
+  vlm_db *db = NULL;
+  if (vlm_db_open(dst, &o, &db) != 0)
+    fail_msg("the copy does not open: %s", vlm_errmsg());
+  if (vlm_db_verify(db) != 0)
+    fail_msg("the copy does not verify: %s", vlm_errmsg());
+  vlm_db_info info;
+  assert_int_equal(vlm_db_stat(db, &info), 0);
+  assert_int_equal(info.items, NITEMS + 1);
+  vlm_record *rec = NULL;
+  assert_int_equal(vlm_db_get(db, "late", &rec), 0);
+  for (int i = 0; i < g_dim; i++)
+    assert_true(fabsf(rec->image_vec[i] - v[i]) < 1e-6f);
+  vlm_record_free(rec);
+  vlm_db_close(db);
+  free(v);
+  server_done(&s);
+}
+
 static void test_resp3(void **state) {
   (void)state;
   server_t s;
@@ -2918,6 +2970,7 @@ int main(void) {
       cmocka_unit_test(test_resp_writer),
       cmocka_unit_test(test_connection_commands),
       cmocka_unit_test(test_write_read_search),
+      cmocka_unit_test(test_backup_command),
       cmocka_unit_test(test_resp3),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),
