@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -3170,6 +3171,61 @@ static int cm_check_state(vlm_db *db, const int *version, char *why,
   return 0;
 }
 
+/* Check each backup BACKUPS/bk-<j> not checked before: it opens,
+ * verifies and holds exactly the state after op j (it is then renamed
+ * bk-<j>.ok).  scratch holds CM_NKEYS ints.  Returns how many. */
+static int cm_check_backups(const char *backups, int *scratch,
+                            uint64_t seed) {
+  DIR *d = opendir(backups);
+  struct dirent *e;
+  int n = 0;
+  assert_non_null(d);
+  while ((e = readdir(d))) {
+    int j;
+    char tail;
+    if (sscanf(e->d_name, "bk-%d%c", &j, &tail) != 1)
+      continue;
+    char path[512], ok[512], why[256] = "";
+    snprintf(path, sizeof path, "%s/%s", backups, e->d_name);
+    for (int i = 0; i < CM_NKEYS; i++)
+      scratch[i] = -1;
+    for (int k = 0; k <= j; k++)
+      cm_apply(k, scratch);
+    vlm_db *b = open_db(path);
+    if (vlm_db_verify(b) != 0)
+      fail_msg("backup %s (seed %llu) does not verify: %s", path,
+               (unsigned long long)seed, vlm_errmsg());
+    if (cm_check_state(b, scratch, why, sizeof why) != 0)
+      fail_msg("backup %s (seed %llu) is not the state after op %d: %s",
+               path, (unsigned long long)seed, j, why);
+    vlm_db_close(b);
+    snprintf(ok, sizeof ok, "%s.ok", path);
+    assert_int_equal(rename(path, ok), 0);
+    n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* A backup killed part-way leaves only its .bk-<j>.creating-PID sibling
+ * (never a bk-<j>): count and remove them. */
+static int cm_sweep_backups(const char *backups) {
+  DIR *d = opendir(backups);
+  struct dirent *e;
+  int n = 0;
+  assert_non_null(d);
+  while ((e = readdir(d))) {
+    if (e->d_name[0] != '.' || !strstr(e->d_name, ".creating-"))
+      continue;
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", backups, e->d_name);
+    rm_rf(path);
+    n++;
+  }
+  closedir(d);
+  return n;
+}
+
 static void test_crash_kill9_recovery(void **state) {
   (void)state;
   char helper[256];
@@ -3200,6 +3256,13 @@ static void test_crash_kill9_recovery(void **state) {
   const char *want_env = getenv("VLM_CRASH_KILLS");
   int want = want_env && atoi(want_env) > 0 ? atoi(want_env) : 50;
   int items_checked = 0;
+  /* The writer backs the database up now and then (kills land in backups
+   * too); every backup that reached its name must hold exactly the state
+   * after the op it followed. */
+  char backups[160];
+  snprintf(backups, sizeof backups, "%s/backups", t.root);
+  assert_int_equal(mkdir(backups, 0755), 0);
+  int backups_checked = 0, backups_killed = 0;
   while (kills < want && rounds < 8 * want) {
     rounds++;
     int pfd[2];
@@ -3212,7 +3275,7 @@ static void test_crash_kill9_recovery(void **state) {
       dup2(pfd[1], 1);
       close(pfd[0]);
       close(pfd[1]);
-      execl(helper, helper, t.dir, first, (char *)NULL);
+      execl(helper, helper, t.dir, first, backups, (char *)NULL);
       _exit(127);
     }
     close(pfd[1]);
@@ -3234,7 +3297,8 @@ static void test_crash_kill9_recovery(void **state) {
     buf[len] = '\0';
     int done = strstr(buf, "done\n") != NULL;
     for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-      if (!strcmp(line, "open") || !strcmp(line, "done"))
+      if (!strcmp(line, "open") || !strcmp(line, "done") ||
+          !strncmp(line, "backup ", 7))
         continue;
       int j = atoi(line);
       assert_int_equal(j, last_acked + 1);
@@ -3298,6 +3362,8 @@ static void test_crash_kill9_recovery(void **state) {
     for (int i = 0; i < CM_NKEYS; i++)
       items_checked += st[i] >= 0;
     vlm_db_close(db);
+    backups_checked += cm_check_backups(backups, next_state, seed);
+    backups_killed += cm_sweep_backups(backups);
     if (done) {
       finished++;
       /* Start over on a fresh database to collect more kills. */
@@ -3307,13 +3373,17 @@ static void test_crash_kill9_recovery(void **state) {
       for (int i = 0; i < CM_NKEYS; i++)
         acked_state[i] = -1;
       last_acked = -1;
+      rm_rf(backups);
+      assert_int_equal(mkdir(backups, 0755), 0);
     }
   }
   printf("[   INFO   ] crash test: %d kills, %d ops acknowledged, %d "
          "complete runs, %d kills after a commit before its ack, %d "
-         "acknowledged items checked exactly after the kills, 0 lost, seed "
-         "%llu\n", kills, ops_total, finished, unacked, items_checked,
-         (unsigned long long)seed);
+         "acknowledged items checked exactly after the kills, 0 lost; %d "
+         "backups taken between the kills each opened, verified and held "
+         "exactly its op's state, %d killed part-way left no name behind; "
+         "seed %llu\n", kills, ops_total, finished, unacked, items_checked,
+         backups_checked, backups_killed, (unsigned long long)seed);
   assert_true(kills >= want);
   free(acked_state);
   free(next_state);

@@ -1,12 +1,15 @@
 /* crash_writer.c - the writer child of the crash test.
  *
- *   crash_writer DIR FIRST_OP
+ *   crash_writer DIR FIRST_OP [BACKUPS]
  *
  * Opens the database DIR and runs ops FIRST_OP .. CM_NOPS-1 of the crash
  * model (crash_model.h), writing "<op>\n" to stdout (a pipe) after each op
  * is acknowledged, i.e. after vlm_db_put / vlm_db_delete returned 0.  It
  * checkpoints every 16 ops and reindexes every 24 (to Flat, then back to
- * CM_FACTORY) so kills also land in checkpoints and index rebuilds.  The parent
+ * CM_FACTORY) so kills also land in checkpoints and index rebuilds.  With
+ * BACKUPS, after every op j with j % 20 == 10 it backs the database up to
+ * BACKUPS/bk-<j> (vlm_db_backup; skipped when that exists) and writes
+ * "backup <j>\n": the copy must hold exactly the state after op j.  The parent
  * kills it with SIGKILL at random moments.  Exit status 0 after "done".
  */
 #include <errno.h>
@@ -37,8 +40,8 @@ static void quiet(void *arg, const char *msg) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: crash_writer DIR FIRST_OP\n");
+  if (argc != 3 && argc != 4) {
+    fprintf(stderr, "usage: crash_writer DIR FIRST_OP [BACKUPS]\n");
     return 2;
   }
   vlm_db_open_options o = {0};
@@ -86,6 +89,18 @@ int main(int argc, char **argv) {
     char line[32];
     snprintf(line, sizeof line, "%d\n", j);
     say(line);
+    if (argc == 4 && j % 20 == 10) {
+      char dst[4096];
+      snprintf(dst, sizeof dst, "%s/bk-%d", argv[3], j);
+      if (access(dst, F_OK) != 0) {
+        if ((rc = vlm_db_backup(db, dst, NULL))) {
+          fprintf(stderr, "crash_writer: backup: %s\n", vlm_errmsg());
+          return 1;
+        }
+        snprintf(line, sizeof line, "backup %d\n", j);
+        say(line);
+      }
+    }
     if (j % 16 == 15 && (rc = vlm_db_checkpoint(db))) {
       fprintf(stderr, "crash_writer: checkpoint: %s\n", vlm_errmsg());
       return 1;
