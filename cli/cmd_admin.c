@@ -480,9 +480,12 @@ int cmd_verify(int argc, char **argv) {
 static const char recover_usage[] =
     "usage: vlmdb recover --db DIR\n"
     "\n"
-    "Finish the crash recovery a database needs after its writer was killed:\n"
-    "open it read-write (which replays committed batches the metadata store\n"
-    "had not applied yet and rebuilds a damaged index file), then close it.\n"
+    "Finish the crash recovery a database needs after its writer was killed,\n"
+    "and mend what the payload store (the truth) can mend: open it read-\n"
+    "write (which replays committed batches the metadata store had not\n"
+    "applied yet, rebuilds a missing or unreadable meta.sqlite and a damaged\n"
+    "index file), verify it, and when verify finds damage rebuild\n"
+    "meta.sqlite from the payload store and verify again.\n"
     "Read-only commands (search, info, get, export, eval) refuse a database\n"
     "in that state and name this command.  Nothing acknowledged is lost.\n"
     "Needs the writer's lock: stop a running server first.\n"
@@ -499,14 +502,29 @@ int cmd_recover(int argc, char **argv) {
   if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
     return VLM_EXIT_RUNTIME;
   vlm_db_info info;
-  rc = vlm_db_stat(db, &info);
+  int rebuilt = 0;
+  /* the open replayed what was missing; damage found now in meta.sqlite
+   * is mended from the payload store, which is the truth */
+  if ((rc = vlm_db_verify(db)) != 0) {
+    fprintf(stderr, "vlmdb %s: %s; rebuilding meta.sqlite from the payload "
+            "store\n", a.cmd, vlm_errmsg());
+    if ((rc = vlm_db_rebuild_meta(db)) == 0 && (rc = vlm_db_verify(db)))
+      fprintf(stderr, "vlmdb %s: still damaged after the rebuild: the "
+              "payload store or the index is damaged; run `vlmdb salvage`\n",
+              a.cmd);
+    rebuilt = 1;
+  }
+  if (!rc)
+    rc = vlm_db_stat(db, &info);
   vlm_db_close(db);
   if (rc) {
     vlm_cli_liberror(a.cmd, rc);
     return VLM_EXIT_RUNTIME;
   }
-  printf("%s: consistent at batch %llu, %lld items\n", a.db_dir,
-         (unsigned long long)info.seq, (long long)info.items);
+  printf("%s: consistent at batch %llu, %lld items%s\n", a.db_dir,
+         (unsigned long long)info.seq, (long long)info.items,
+         rebuilt ? " (meta.sqlite rebuilt; the old file is "
+                   "meta.sqlite.damaged)" : "");
   return VLM_EXIT_OK;
 }
 

@@ -554,12 +554,42 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
     if (next_id == 0)
       next_id = 1;
   }
+  char sql_path[PATH_MAX];
+  struct stat sql_st;
+  snprintf(sql_path, sizeof sql_path, "%s/meta.sqlite", dir);
+  int sql_missing = stat(sql_path, &sql_st) != 0 && errno == ENOENT;
   if (!db->readonly) {
-    if ((rc = vlm__sql_open_writer(db)) ||
-        (rc = vlm__sql_get_seq(db->wsql, &sseq)))
-      goto fail;
+    /* LMDB is the truth: a meta.sqlite that is missing, damaged or from
+     * another copy is rebuilt from its records, as a lost index is. */
+    char why[600] = "";
+    if (sql_missing) {
+      snprintf(why, sizeof why, "is missing");
+    } else if ((rc = vlm__sql_open_writer(db)) ||
+               (rc = vlm__sql_get_seq(db->wsql, &sseq))) {
+      if (rc != VLM_ECORRUPT)
+        goto fail;
+      snprintf(why, sizeof why, "cannot be read (%s)", vlm_errmsg());
+    } else if (sseq > lseq) {
+      snprintf(why, sizeof why, "is at batch %llu, ahead of the payload "
+               "store's %llu (a copy from elsewhere?)",
+               (unsigned long long)sseq, (unsigned long long)lseq);
+    }
+    if (why[0]) {
+      if ((rc = vlm__sql_rebuild(db, lseq)))
+        goto fail;
+      vlm__warn(db, "%s: meta.sqlite %s; rebuilt it from the payload store "
+                "at batch %llu%s", dir, why, (unsigned long long)lseq,
+                sql_missing ? "" : " (the old file is meta.sqlite.damaged)");
+      sseq = lseq;
+    }
   } else {
     vlm__reader *r = NULL;
+    if (sql_missing) {
+      rc = vlm_seterr(VLM_ECORRUPT, "%s: meta.sqlite is missing; run `vlmdb "
+                      "recover --db %s` to rebuild it from the payload store",
+                      dir, dir);
+      goto fail;
+    }
     if ((rc = vlm__reader_get(db, 1, &r)))
       goto fail;
     rc = vlm__sql_get_seq(r->sql, &sseq);
@@ -588,10 +618,20 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
     }
   }
   if (sseq < lseq && !db->readonly) {
-    if ((rc = vlm__sql_replay(db, sseq, lseq)))
+    if ((rc = vlm__sql_replay(db, sseq, lseq)) == 0) {
+      vlm__warn(db, "%s: recovered: replayed %llu batch(es) into "
+                "meta.sqlite", dir, (unsigned long long)(lseq - sseq));
+    } else if (rc == VLM_ECORRUPT) { /* the log no longer reaches back */
+      char why[512];
+      snprintf(why, sizeof why, "%s", vlm_errmsg());
+      if ((rc = vlm__sql_rebuild(db, lseq)))
+        goto fail;
+      vlm__warn(db, "%s: meta.sqlite could not be replayed (%s); rebuilt it "
+                "from the payload store at batch %llu", dir, why,
+                (unsigned long long)lseq);
+    } else {
       goto fail;
-    vlm__warn(db, "%s: recovered: replayed %llu batch(es) into meta.sqlite",
-              dir, (unsigned long long)(lseq - sseq));
+    }
   }
   db->pub_seq = lseq;
   db->pub_next_id = next_id;
@@ -1484,6 +1524,27 @@ int vlm_db_checkpoint(vlm_db *db) {
     return rc;
   pthread_mutex_lock(&db->write_mu);
   rc = vlm__vindex_checkpoint(db);
+  pthread_mutex_unlock(&db->write_mu);
+  return rc;
+}
+
+int vlm_db_rebuild_meta(vlm_db *db) {
+  if (!db)
+    return vlm_seterr(VLM_EINVAL, "rebuild meta: NULL argument");
+  if (db->readonly)
+    return vlm_seterr(VLM_ESTATE, "%s is open read-only", db->dir);
+  pthread_mutex_lock(&db->write_mu);
+  /* pooled readers hold connections to the file being replaced */
+  pthread_mutex_lock(&db->pool_mu);
+  while (db->pool) {
+    vlm__reader *r = db->pool;
+    db->pool = r->next;
+    vlm__reader_free(r);
+  }
+  pthread_mutex_unlock(&db->pool_mu);
+  int rc = vlm__sql_rebuild(db, db->pub_seq);
+  if (!rc)
+    __atomic_store_n(&db->broken, 0, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&db->write_mu);
   return rc;
 }

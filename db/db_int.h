@@ -245,6 +245,10 @@ int vlm__sql_set_seq(vlm_db *db, uint64_t seq);
 int vlm__sql_commit(vlm_db *db);
 void vlm__sql_rollback(vlm_db *db);
 int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq);
+/* Rebuild meta.sqlite from every live record of the payload store at
+ * batch seq (the old file is kept as meta.sqlite.damaged); the writer
+ * connection is left open on the new file. */
+int vlm__sql_rebuild(vlm_db *db, uint64_t seq);
 int vlm__sql_count(sqlite3 *sql, const char *table, int64_t *out);
 int vlm__reader_sql(vlm_db *db, vlm__reader *r);
 

@@ -11,10 +11,12 @@
 #include "db_int.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 int vlm__sql_err(sqlite3 *db, int rc, const char *what) {
   int code;
@@ -24,8 +26,8 @@ int vlm__sql_err(sqlite3 *db, int rc, const char *what) {
       (rc & 0xff) == SQLITE_NOTADB)
     return vlm_seterr(VLM_ECORRUPT,
                       "%s: meta.sqlite is damaged (%s); every record is "
-                      "also in the payload store: `vlmdb salvage` copies "
-                      "them into a fresh database, or restore a backup",
+                      "also in the payload store: `vlmdb recover --db DIR` "
+                      "rebuilds it from there (or restore a backup)",
                       what, rc == SQLITE_IOERR_DATA
                                 ? "a page fails its checksum"
                                 : db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
@@ -439,6 +441,102 @@ int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
 done:
   free_rows(rows, nrows);
   free(ch);
+  if (rc)
+    vlm__sql_rollback(db);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+/* Rebuild meta.sqlite from the payload store's records, LMDB being the
+ * truth: the old file (and its WAL) is kept as meta.sqlite.damaged, a
+ * fresh one is created with the manifest's schema, every live record
+ * gets its row and caption row in one transaction, and its batch number
+ * becomes seq.  Leaves the writer connection open on the new file. */
+enum { REBUILD_CHUNK = 512 };
+
+int vlm__sql_rebuild(vlm_db *db, uint64_t seq) {
+  static const char *side[] = {"", "-wal", "-shm"};
+  char path[PATH_MAX], from[PATH_MAX], to[PATH_MAX];
+  MDB_txn *txn = NULL;
+  MDB_cursor *cur = NULL;
+  vlm__sql_change *rows = NULL;
+  size_t n = 0;
+  int rc;
+  vlm__sql_close_writer(db);
+  snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
+  for (int i = 0; i < 3; i++) {
+    snprintf(from, sizeof from, "%s%s", path, side[i]);
+    snprintf(to, sizeof to, "%s.damaged%s", path, side[i]);
+    unlink(to);
+    if (rename(from, to) != 0 && errno != ENOENT)
+      return vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO,
+                        "rebuilding meta.sqlite: %s: %s", from,
+                        strerror(errno));
+  }
+  if ((rc = vlm__sql_create(path, &db->man)) ||
+      (rc = vlm__sql_open_writer(db)))
+    return rc;
+  if ((rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn)))
+    return vlm__lmdb_err(rc, "rebuilding meta.sqlite");
+  if (!(rows = calloc(REBUILD_CHUNK, sizeof *rows))) {
+    rc = vlm_seterr(VLM_ENOMEM, "rebuilding meta.sqlite");
+    goto done;
+  }
+  if ((rc = vlm__sql_begin(db)))
+    goto done;
+  if ((rc = mdb_cursor_open(txn, db->lm.items, &cur))) {
+    rc = vlm__lmdb_err(rc, "rebuilding meta.sqlite");
+    goto done;
+  }
+  MDB_val k, v;
+  int mrc;
+  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
+       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    vlm__sql_change *x = &rows[n];
+    vlm__rec rec;
+    uint64_t id;
+    if (k.mv_size != 8) {
+      rc = vlm_seterr(VLM_ECORRUPT, "rebuilding meta.sqlite: an item id of "
+                      "%zu bytes", k.mv_size);
+      goto done;
+    }
+    memcpy(&id, k.mv_data, 8);
+    if ((rc = vlm__rec_decode(v.mv_data, v.mv_size, &rec)))
+      goto done;
+    memset(x, 0, sizeof *x);
+    x->c.new_id = id;
+    x->key = rec.key;
+    x->key_len = rec.key_len;
+    if (rec.flags & VLM__HAS_CAPTION) {
+      x->caption = rec.caption;
+      x->caption_len = rec.caption_len;
+    }
+    if (rec.meta_len) {
+      json_error_t jerr;
+      x->meta = json_loadb(rec.meta, rec.meta_len, 0, &jerr);
+    }
+    if (++n == REBUILD_CHUNK) {
+      rc = vlm__sql_apply(db, rows, n, 0);
+      for (size_t i = 0; i < n; i++)
+        json_decref((json_t *)rows[i].meta);
+      n = 0;
+      if (rc)
+        goto done;
+    }
+  }
+  if (mrc != MDB_NOTFOUND) {
+    rc = vlm__lmdb_err(mrc, "rebuilding meta.sqlite");
+    goto done;
+  }
+  if ((n && (rc = vlm__sql_apply(db, rows, n, 0))) ||
+      (rc = vlm__sql_set_seq(db, seq)) || (rc = vlm__sql_commit(db)))
+    goto done;
+done:
+  for (size_t i = 0; rows && i < n; i++)
+    json_decref((json_t *)rows[i].meta);
+  free(rows);
+  if (cur)
+    mdb_cursor_close(cur);
   if (rc)
     vlm__sql_rollback(db);
   mdb_txn_abort(txn);

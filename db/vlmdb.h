@@ -252,6 +252,15 @@ typedef struct {
 } vlm_db_backup_info;
 int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info);
 
+/* Rebuild meta.sqlite (the metadata rows filters read and the caption
+ * rows BM25 reads) from the payload store's records, which are the truth;
+ * the old file is kept as meta.sqlite.damaged.  A read-write open does it
+ * by itself when meta.sqlite is missing, unreadable or from another copy;
+ * this is for damage found later (vlmdb recover runs it when verify
+ * fails).  Read-write handles only; no other thread may use db during the
+ * call. */
+int vlm_db_rebuild_meta(vlm_db *db);
+
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);
 

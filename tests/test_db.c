@@ -2842,15 +2842,25 @@ static void test_recovery_replays_sqlite(void **state) {
   vlm_hits_free(hits, nh);
   vlm_db_close(db);
 
-  /* meta.sqlite ahead of payload.lmdb cannot happen by this protocol and
-   * is refused rather than guessed at. */
+  /* meta.sqlite ahead of payload.lmdb cannot happen by this protocol: a
+   * reader refuses it rather than guess, a writer rebuilds it from the
+   * payload store, the truth. */
   assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
   assert_int_equal(sqlite3_exec(s, "UPDATE vlm_state SET value = 99 WHERE "
                                    "name = 'seq'",
                                 NULL, NULL, NULL),
                    SQLITE_OK);
   sqlite3_close(s);
-  EXPECT_ERR(VLM_ECORRUPT, vlm_db_open(t.dir, NULL, &db));
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_open(t.dir, &ro, &db));
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  assert_non_null(strstr(last_warning, "ahead of the payload store"));
+  CHECK(vlm_db_verify(db));
+  CHECK(vlm_db_search(db, c.img, &o, &hits, &nh));
+  assert_int_equal(nh, 299);
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
   corpus_free(&c);
   tmp_free(&t);
 }
@@ -3548,6 +3558,160 @@ static void test_concurrency_readers_never_see_half_a_batch(void **state) {
   run_concurrency("Flat", 1);
 }
 
+/* ------------------------------------------------------------ meta rebuild */
+
+/* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
+ * serves must be what the records say. */
+static void rb_check(vlm_db *db, const corpus *c, const int *alive,
+                     const char *what) {
+  CHECK(vlm_db_verify(db));
+  vlm_search_options o = {0};
+  vlm_hit *hits;
+  int nh;
+  char filter[64];
+  for (int k = 0; k < 5; k++) {
+    snprintf(filter, sizeof filter, "category = '%s' AND year >= 2000",
+             categories[k]);
+    o.k = c->n;
+    o.exact = 1;
+    o.filter = filter;
+    CHECK(vlm_db_search(db, c->img, &o, &hits, &nh));
+    int want = 0;
+    for (int i = 0; i < c->n; i++)
+      want += alive[i] && !strcmp(c->category[i], categories[k]) &&
+              c->year[i] >= 2000;
+    if (nh != want)
+      fail_msg("%s: filter %s: %d hits, a scan of the records says %d", what,
+               filter, nh, want);
+    for (int h = 0; h < nh; h++) {
+      int i = atoi(hits[h].key + 5);
+      if (!alive[i] || strcmp(c->category[i], categories[k]) ||
+          c->year[i] < 2000)
+        fail_msg("%s: filter %s matched %s", what, filter, hits[h].key);
+    }
+    vlm_hits_free(hits, nh);
+  }
+  memset(&o, 0, sizeof o);
+  o.k = c->n;
+  o.hybrid_text = "river";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  int want = 0;
+  for (int i = 0; i < c->n; i++)
+    want += alive[i] && strstr(c->caption[i], "river") != NULL;
+  if (nh != want)
+    fail_msg("%s: BM25 \"river\": %d hits, a scan says %d", what, nh, want);
+  vlm_hits_free(hits, nh);
+}
+
+static void test_meta_rebuilt_from_payload(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 300, DIM, 777);
+  corpus_put(db, &c, 0, 300, 60);
+  int alive[300];
+  for (int i = 0; i < 300; i++)
+    alive[i] = 1;
+  for (int i = 0; i < 300; i += 15) {
+    const char *k[1] = {c.key[i]};
+    CHECK(vlm_db_delete(db, k, 1, NULL));
+    alive[i] = 0;
+  }
+  rb_check(db, &c, alive, "as written");
+  vlm_db_close(db);
+  char path[256], side[256], later[256];
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  snprintf(later, sizeof later, "%s/meta.sqlite.later", t.root);
+
+  /* 1. missing: a reader is told what to run, a writer rebuilds it */
+  unlink(path);
+  for (int i = 0; i < 2; i++) {
+    snprintf(side, sizeof side, "%s%s", path, i ? "-shm" : "-wal");
+    unlink(side);
+  }
+  vlm_db_open_options ro = {.readonly = 1, .warn = count_warning};
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_open(t.dir, &ro, &db));
+  assert_non_null(strstr(vlm_errmsg(), "vlmdb recover"));
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  assert_non_null(strstr(last_warning, "is missing; rebuilt it"));
+  rb_check(db, &c, alive, "rebuilt after it went missing");
+  /* one more write on the rebuilt file, kept for step 3 */
+  const char *k10[1] = {c.key[10]};
+  CHECK(vlm_db_delete(db, k10, 1, NULL));
+  alive[10] = 0;
+  vlm_db_close(db);
+  copy_file(path, later);
+
+  /* 2. garbage where the file was */
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  for (int i = 0; i < 8192; i++)
+    fputc((int)(rng_next() & 0xff), f);
+  fclose(f);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 1);
+  assert_non_null(strstr(last_warning, "cannot be read"));
+  snprintf(side, sizeof side, "%s.damaged", path);
+  assert_int_equal(access(side, F_OK), 0);
+  rb_check(db, &c, alive, "rebuilt over garbage");
+  vlm_db_close(db);
+
+  /* 3. a copy from a later state than the payload store's: put back the
+   * file that saw one more batch, onto a payload store one batch behind */
+  {
+    tmp t2;
+    tmp_make(&t2);
+    vlm_db *d2 = make_db(t2.dir, "HNSW32", DIM);
+    corpus_put(d2, &c, 0, 300, 60);
+    vlm_db_close(d2);
+    char p2[256];
+    snprintf(p2, sizeof p2, "%s/meta.sqlite", t2.dir);
+    copy_file(later, p2); /* batch 26 onto a payload store at batch 5 */
+    warnings = 0;
+    d2 = open_db(t2.dir);
+    assert_int_equal(warnings, 1);
+    assert_non_null(strstr(last_warning, "ahead of the payload store"));
+    int all[300];
+    for (int i = 0; i < 300; i++)
+      all[i] = 1;
+    rb_check(d2, &c, all, "rebuilt over another copy's file");
+    vlm_db_close(d2);
+    tmp_free(&t2);
+  }
+
+  /* 4. damage found only later (a page the open does not read): verify
+   * names it, vlm_db_rebuild_meta mends it */
+  db = open_db(t.dir);
+  CHECK(vlm_db_checkpoint(db));
+  vlm_db_close(db);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_true(st.st_size > 4 * 4096);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  unsigned char byte;
+  off_t at = st.st_size - 4096 + 100; /* the last page */
+  assert_int_equal(pread(fd, &byte, 1, at), 1);
+  byte ^= 0x10;
+  assert_int_equal(pwrite(fd, &byte, 1, at), 1);
+  close(fd);
+  db = open_db(t.dir);
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_verify(db));
+  CHECK(vlm_db_rebuild_meta(db));
+  rb_check(db, &c, alive, "rebuilt after damage found by verify");
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  rb_check(db, &c, alive, "rebuilt, reopened");
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ backup */
 
 /* The writes of the backup test, in order: round j upserts k<j>-0..3 and,
@@ -3854,6 +4018,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_crash_kill9_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_concurrency_readers_never_see_half_a_batch, teardown_tmp),
       cmocka_unit_test_teardown(test_backup_during_writes, teardown_tmp),
+      cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
