@@ -437,8 +437,8 @@ static const char verify_usage[] =
     "Check that the database's stores agree: every payload record has its\n"
     "metadata and full-text rows (same id and key), the counts match, and\n"
     "the vector index covers every live vector.  Opens the database read-\n"
-    "only, so it runs beside a server.  Exit status 0 when it is whole, 1\n"
-    "with the first disagreement named otherwise.\n"
+    "only (not beside a running writer yet).  Exit status 0 when it is\n"
+    "whole, 1 with the first disagreement named otherwise.\n"
     "\n"
     "example:\n"
     "  vlmdb verify --db photos.vlm\n";
