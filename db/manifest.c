@@ -6,6 +6,13 @@
  * last batch it holds, and the id watermark).  It is replaced atomically:
  * written to manifest.json.tmp, fsync'd, renamed, and the directory
  * fsync'd, so a crash leaves either the old or the new manifest.
+ *
+ * The manifest carries "checksum", XXH3-64 of its own content (the
+ * object without that member, dumped compact with sorted keys), so a
+ * flipped bit in it (a model directory, a factory string, a field type)
+ * is refused at open instead of quietly changing what the database does.
+ * (Index files carry a checksum of their own, written by the index shim.)
+ * Manifests written before it have none and are read as before.
  */
 #include "db_int.h"
 
@@ -16,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #define MANIFEST_FORMAT "vlmdb"
 
@@ -40,6 +48,38 @@ int vlm__fsync_dir(const char *dir) {
     return vlm_seterr(e == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "fsync %s: %s",
                       dir, strerror(e));
   return 0;
+}
+
+/* XXH3-64 of root without its "checksum" member, dumped compact with
+ * sorted keys (so the pretty layout on disk does not matter). */
+static int content_sum(json_t *root, uint64_t *out) {
+  json_t *copy = json_copy(root);
+  if (!copy)
+    return -1;
+  json_object_del(copy, "checksum");
+  char *text = json_dumps(copy, JSON_COMPACT | JSON_SORT_KEYS);
+  json_decref(copy);
+  if (!text)
+    return -1;
+  *out = XXH3_64bits(text, strlen(text));
+  free(text);
+  return 0;
+}
+
+static int parse_hex64(json_t *v, uint64_t *out) {
+  const char *s = json_string_value(v);
+  char *end;
+  if (!s || strlen(s) != 16)
+    return -1;
+  errno = 0;
+  *out = strtoull(s, &end, 16);
+  return *end || errno ? -1 : 0;
+}
+
+static json_t *hex64(uint64_t v) {
+  char s[17];
+  snprintf(s, sizeof s, "%016llx", (unsigned long long)v);
+  return json_string(s);
 }
 
 static int copy_str(char *dst, size_t cap, json_t *v, const char *name,
@@ -95,6 +135,25 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     goto done;
   }
   m->format_version = VLM__FORMAT_VERSION;
+  json_t *sum = json_object_get(root, "checksum");
+  if (sum) {
+    uint64_t want, have;
+    if (parse_hex64(sum, &want) != 0) {
+      rc = vlm_seterr(VLM_ECORRUPT, "%s: \"checksum\" is not 16 hex digits",
+                      path);
+      goto done;
+    }
+    if (content_sum(root, &have) != 0) {
+      rc = vlm_seterr(VLM_ENOMEM, "%s", path);
+      goto done;
+    }
+    if (have != want) {
+      rc = vlm_seterr(VLM_ECORRUPT, "%s is damaged (its content does not "
+                      "match its checksum): restore it from a backup of "
+                      "this database", path);
+      goto done;
+    }
+  }
   json_t *dim = json_object_get(root, "dim");
   if (!json_is_integer(dim) || json_integer_value(dim) < 1 ||
       json_integer_value(dim) > 65536) {
@@ -235,6 +294,12 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
     json_object_set_new(ix, mod_name[mod], c);
   }
   json_object_set_new(root, "index", ix);
+  uint64_t sum;
+  if (content_sum(root, &sum) != 0) {
+    json_decref(root);
+    return vlm_seterr(VLM_ENOMEM, "manifest");
+  }
+  json_object_set_new(root, "checksum", hex64(sum));
   text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
   json_decref(root);
   if (!text)

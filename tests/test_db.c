@@ -1255,6 +1255,9 @@ static pid_t fork_trial(void) {
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
+    /* OpenMP's thread pool does not survive fork(): a child that rebuilds
+     * an index must not wait for the parent's workers */
+    omp_set_num_threads(1);
     signal(SIGSEGV, SIG_DFL);
     signal(SIGBUS, SIG_DFL);
     signal(SIGABRT, SIG_DFL);
@@ -1358,6 +1361,129 @@ static void test_bit_flips_are_caught(void **state) {
   assert_int_equal(n.silent, 0);
   assert_int_equal(n.crashed, 0);
   assert_true(n.caught > 0);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* What the index side answers: approximate searches (efSearch 64) of
+ * both modalities, keys and scores, as one string.  NULL on an error. */
+static char *index_answers(vlm_db *db, const corpus *c) {
+  size_t cap = 1 << 16, len = 0;
+  char *out = malloc(cap);
+  if (!out)
+    return NULL;
+  out[0] = '\0';
+  for (int q = 0; q < 12; q++) {
+    vlm_search_options o = {0};
+    o.k = 10;
+    o.ef_search = 64;
+    o.target = q % 2 ? VLM_TARGET_TEXT : VLM_TARGET_IMAGE;
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    if (vlm_db_search(db, c->img + (size_t)(q * 31 % c->n) * DIM, &o, &hits,
+                      &nh) != 0) {
+      free(out);
+      return NULL;
+    }
+    for (int h = 0; h < nh; h++)
+      len += (size_t)snprintf(out + len, cap - len, "%s %.6f ", hits[h].key,
+                              hits[h].score);
+    len += (size_t)snprintf(out + len, cap - len, "| ");
+    vlm_hits_free(hits, nh);
+  }
+  return out;
+}
+
+/* Bit flips and truncations in the index files and the manifest: each ends
+ * in a clear error (the manifest, which carries its own checksum), an
+ * index rebuilt from the payload store with a warning (the index files
+ * carry a checksum the index shim checks), or answers identical to the
+ * sound files' - never a silently wrong answer or a crash.  Each trial
+ * runs in a child. */
+static int fault_warnings;
+static void fault_warn(void *arg, const char *msg) {
+  (void)arg;
+  (void)msg;
+  fault_warnings++;
+}
+
+static void test_index_and_manifest_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 600, DIM, 31);
+  corpus_put(db, &c, 0, 600, 100);
+  CHECK(vlm_db_checkpoint(db));
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  char *want = index_answers(db, &c);
+  assert_non_null(want);
+  vlm_db_close(db);
+  /* the files: both index checkpoints and the manifest */
+  char files[3][PATH_MAX];
+  int nfiles = 0;
+  DIR *d = opendir(t.dir);
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (strstr(e->d_name, ".faiss") || !strcmp(e->d_name, "manifest.json"))
+      snprintf(files[nfiles++], PATH_MAX, "%s/%s", t.dir, e->d_name);
+  closedir(d);
+  assert_int_equal(nfiles, 3);
+  rng_state = 9191;
+  for (int f = 0; f < nfiles; f++) {
+    char orig[PATH_MAX + 8], cmd[3 * PATH_MAX];
+    struct stat st;
+    snprintf(orig, sizeof orig, "%s.orig", files[f]);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", files[f], orig);
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(stat(files[f], &st), 0);
+    flip_tally n = {0};
+    const int trials = 60;
+    for (int trial = 0; trial < trials; trial++) {
+      snprintf(cmd, sizeof cmd, "cp '%s' '%s'", orig, files[f]);
+      assert_int_equal(system(cmd), 0);
+      off_t at = (off_t)(rng_next() % (uint64_t)st.st_size);
+      int bit = (int)(rng_next() % 8);
+      if (trial % 6 == 5) /* one trial in six truncates instead */
+        assert_int_equal(truncate(files[f], at), 0);
+      else
+        flip_bit(files[f], at, bit);
+      pid_t pid = fork_trial();
+      if (pid == 0) {
+        /* 0: caught, 1: identical, 2: silently wrong */
+        vlm_db_open_options o = {.readonly = 1, .warn = fault_warn};
+        vlm_db *dd = NULL;
+        fault_warnings = 0;
+        if (vlm_db_open(t.dir, &o, &dd) != 0)
+          _exit(0);
+        int rebuilt = fault_warnings > 0;
+        if (vlm_db_verify(dd) != 0)
+          _exit(0);
+        char *got = index_answers(dd, &c);
+        if (!got)
+          _exit(0);
+        if (rebuilt) /* a fresh graph: held to the exact answers */
+          _exit(0);
+        _exit(strcmp(got, want) ? 2 : 1);
+      }
+      tally_trial(pid, trial, at, bit, &n);
+    }
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", orig, files[f]);
+    assert_int_equal(system(cmd), 0);
+    print_message("%d bit flips and truncations in %s: %d caught, %d "
+                  "harmless, %d silently wrong, %d crashed\n", trials,
+                  strrchr(files[f], '/') + 1, n.caught, n.same, n.silent,
+                  n.crashed);
+    assert_int_equal(n.silent, 0);
+    assert_int_equal(n.crashed, 0);
+  }
+  /* a rebuilt index answers as the exact search does (recall, not bits) */
+  db = open_db(t.dir);
+  check_targets(db, &c, NULL, 0, 0.95);
+  vlm_db_close(db);
+  free(want);
   corpus_free(&c);
   tmp_free(&t);
 }
@@ -3994,6 +4120,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
       cmocka_unit_test_teardown(test_sql_bit_flips_are_caught, teardown_tmp),
+      cmocka_unit_test_teardown(test_index_and_manifest_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_read_only_filesystem, teardown_tmp),
       cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_salvage_steps_over_a_damaged_page,
