@@ -794,8 +794,7 @@ static int writable(vlm_db *db) {
 }
 
 static int key_cmp(const void *a, const void *b) {
-  return strcmp(**(const char *const *const *)a,
-                **(const char *const *const *)b);
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 static uint32_t vec_flags(const uint8_t *data, size_t len) {
@@ -869,343 +868,384 @@ static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
   return 0;
 }
 
-int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
-               int *written) {
-  float *vecs = NULL;
-  uint8_t *vbuf = NULL;
+/* ---- the batch engine: put, delete and mixed writes ------------------------ */
+
+/* One batch being staged: what batch_begin opened (for batch_end's
+ * cleanup), the changes for the log and SQLite, the counts to publish and
+ * scratch space for one vector record. */
+typedef struct {
+  MDB_txn *txn;
+  int locked, sql_open;
+  uint64_t seq, next_id, bytes;
+  vlm__change *ch;
+  vlm__sql_change *rows;
+  int nch;
+  int64_t d_items, d_vecs[VLM__NMOD];
+  float *vecs;   /* dim floats */
+  uint8_t *vbuf; /* a vector record */
+} batch;
+
+/* Check one item before anything is touched: key, vectors (normalized
+ * into scratch only to check them: finite, of a normal length), thumbnail,
+ * text limits and UTF-8, payload cap, declared field types.  *meta gets
+ * the parsed metadata (or NULL); *bytes grows by what it will write. */
+static int validate_item(vlm_db *db, const vlm_item *it, float *scratch,
+                         json_t **meta, uint64_t *bytes) {
+  int dim = db->man.dim, rc;
+  char what[600];
+  if ((rc = check_key(it->key)))
+    return rc;
+  if (!it->image_vec && !it->text_vec)
+    return vlm_seterr(VLM_EINVAL, "key \"%s\": no image or text vector",
+                      it->key);
+  if (it->image_vec) {
+    snprintf(what, sizeof what, "key \"%s\": image vector", it->key);
+    if ((rc = vlm__normalize(it->image_vec, scratch, dim, what)))
+      return rc;
+  }
+  if (it->text_vec) {
+    snprintf(what, sizeof what, "key \"%s\": text vector", it->key);
+    if ((rc = vlm__normalize(it->text_vec, scratch, dim, what)))
+      return rc;
+  }
+  if (it->thumb_len && !it->thumb)
+    return vlm_seterr(VLM_EINVAL, "key \"%s\": thumb_len without thumb",
+                      it->key);
+  if (it->thumb && it->thumb_len &&
+      (it->thumb_len < 3 || memcmp(it->thumb, "\xff\xd8\xff", 3)))
+    return vlm_seterr(VLM_EFORMAT, "key \"%s\": thumbnail is not JPEG data",
+                      it->key);
+  const char *text[3] = {it->caption, it->source, it->meta_json};
+  static const char *text_name[3] = {"caption", "source", "meta_json"};
+  for (int t = 0; t < 3; t++) {
+    size_t len = text[t] ? strlen(text[t]) : 0;
+    if (len > VLM_DB_MAX_TEXT)
+      return vlm_seterr(VLM_ETOOBIG, "key \"%s\": %s of %zu bytes exceeds the "
+                        "limit of %u (VLM_DB_MAX_TEXT)", it->key, text_name[t],
+                        len, VLM_DB_MAX_TEXT);
+    /* verify holds every stored string to UTF-8: refuse here what it
+     * would later call damage */
+    if (t < 2 && text[t] && !vlm_utf8_valid(text[t], len))
+      return vlm_seterr(VLM_EINVAL, "key \"%s\": %s is not valid UTF-8",
+                        it->key, text_name[t]);
+  }
+  size_t payload = vlm__rec_size(strlen(it->key), it);
+  *bytes += payload + (it->caption ? strlen(it->caption) : 0) +
+            (it->meta_json ? strlen(it->meta_json) : 0);
+  if (payload > db->max_payload || payload > UINT32_MAX)
+    return vlm_seterr(VLM_ETOOBIG, "key \"%s\": payload of %zu bytes exceeds "
+                      "the cap of %zu", it->key, payload, db->max_payload);
+  return vlm__meta_check(&db->man, it->key, it->meta_json, meta);
+}
+
+/* Room for n changes; the writer lock, both transactions, the next batch
+ * number.  On failure batch_end still cleans up. */
+static int batch_open(vlm_db *db, batch *b, int n, const char *what) {
+  memset(b, 0, sizeof *b);
+  int dim = db->man.dim;
+  b->vecs = malloc((size_t)dim * sizeof *b->vecs);
+  b->vbuf = malloc(8 + (size_t)dim * 8);
+  b->ch = malloc((size_t)n * sizeof *b->ch);
+  b->rows = malloc((size_t)n * sizeof *b->rows);
+  if (!b->vecs || !b->vbuf || !b->ch || !b->rows)
+    return vlm_seterr(VLM_ENOMEM, "%s: batch of %d", what, n);
+  return batch_begin(db, what, &b->txn, &b->locked, &b->sql_open, &b->seq,
+                     &b->next_id);
+}
+
+/* Stage a put of a validated item (meta: its parsed metadata, borrowed
+ * until the batch ends).  *changed: 0 when the key exists and the put is
+ * not an upsert (nothing staged). */
+static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
+                     const json_t *meta, int upsert, int *changed) {
+  int dim = db->man.dim, rc, mrc;
+  size_t klen = strlen(it->key);
+  MDB_val k = {klen, (void *)it->key}, v;
+  uint64_t old_id = 0, id;
+  *changed = 0;
+  mrc = mdb_get(b->txn, db->lm.keys, &k, &v);
+  if (mrc == 0) {
+    if (!upsert)
+      return 0;
+    memcpy(&old_id, v.mv_data, 8);
+  } else if (mrc != MDB_NOTFOUND) {
+    return vlm__lmdb_err(mrc, it->key);
+  }
+  id = b->next_id++;
+  uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
+                (it->text_vec ? VLM__HAS_TEXT : 0);
+  MDB_val ik = {sizeof id, &id};
+  /* The vector record first (into vbuf), so the item record can be sealed
+   * with a checksum over both before its reserved space is left (LMDB:
+   * filled before the next put).  Vectors are normalized again here
+   * rather than kept from validation: a batch-sized copy of every vector
+   * cost more (fresh pages for tens of MB) than normalizing twice. */
+  int nv = !!it->image_vec + !!it->text_vec;
+  size_t vlen = 8 + (size_t)nv * dim * 4;
+  {
+    uint32_t hdr[2] = {vf, (uint32_t)dim};
+    uint8_t *p = b->vbuf;
+    memcpy(p, hdr, 8);
+    p += 8;
+    const float *in[2] = {it->image_vec, it->text_vec};
+    for (int m = 0; m < 2; m++) {
+      if (!in[m])
+        continue;
+      if ((rc = vlm__normalize(in[m], b->vecs, dim, it->key)))
+        return rc;
+      memcpy(p, b->vecs, (size_t)dim * 4);
+      p += (size_t)dim * 4;
+    }
+  }
+  v.mv_size = vlm__rec_size(klen, it);
+  if ((mrc = mdb_put(b->txn, db->lm.items, &ik, &v, MDB_RESERVE)))
+    return vlm__lmdb_err(mrc, it->key);
+  vlm__rec_encode(v.mv_data, vf, b->seq, it->key, klen, it);
+  vlm__rec_seal(v.mv_data, v.mv_size, b->vbuf, vlen);
+  v.mv_size = vlen;
+  v.mv_data = b->vbuf;
+  if ((mrc = mdb_put(b->txn, db->lm.vecs, &ik, &v, 0)))
+    return vlm__lmdb_err(mrc, it->key);
+  v.mv_size = 8;
+  v.mv_data = &id;
+  if ((mrc = mdb_put(b->txn, db->lm.keys, &k, &v, 0)))
+    return vlm__lmdb_err(mrc, it->key);
+  if (old_id) {
+    MDB_val ok = {sizeof old_id, &old_id}, ov;
+    if ((mrc = mdb_get(b->txn, db->lm.vecs, &ok, &ov)) == 0) {
+      uint32_t of = vec_flags(ov.mv_data, ov.mv_size);
+      b->d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
+      b->d_vecs[1] -= !!(of & VLM__HAS_TEXT);
+    }
+    if (((mrc = mdb_del(b->txn, db->lm.items, &ok, NULL)) &&
+         mrc != MDB_NOTFOUND) ||
+        ((mrc = mdb_del(b->txn, db->lm.vecs, &ok, NULL)) &&
+         mrc != MDB_NOTFOUND))
+      return vlm__lmdb_err(mrc, it->key);
+  } else {
+    b->d_items++;
+  }
+  b->d_vecs[0] += !!it->image_vec;
+  b->d_vecs[1] += !!it->text_vec;
+  vlm__change c = {id, old_id};
+  b->ch[b->nch] = c;
+  b->rows[b->nch] = (vlm__sql_change){
+      .c = c, .key = it->key, .key_len = klen, .meta = meta,
+      .caption = it->caption,
+      .caption_len = it->caption ? strlen(it->caption) : 0};
+  b->nch++;
+  *changed = 1;
+  return 0;
+}
+
+/* Stage the delete of key; *changed 0 when it does not exist. */
+static int stage_delete(vlm_db *db, batch *b, const char *key,
+                        int *changed) {
+  MDB_val k = {strlen(key), (void *)key}, v;
+  uint64_t id;
+  *changed = 0;
+  int mrc = mdb_get(b->txn, db->lm.keys, &k, &v);
+  if (mrc == MDB_NOTFOUND)
+    return 0;
+  if (mrc)
+    return vlm__lmdb_err(mrc, key);
+  memcpy(&id, v.mv_data, 8);
+  MDB_val ik = {sizeof id, &id}, iv;
+  if ((mrc = mdb_get(b->txn, db->lm.vecs, &ik, &iv)) == 0) {
+    uint32_t of = vec_flags(iv.mv_data, iv.mv_size);
+    b->d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
+    b->d_vecs[1] -= !!(of & VLM__HAS_TEXT);
+  }
+  if ((mrc = mdb_del(b->txn, db->lm.keys, &k, NULL)) ||
+      ((mrc = mdb_del(b->txn, db->lm.items, &ik, NULL)) &&
+       mrc != MDB_NOTFOUND) ||
+      ((mrc = mdb_del(b->txn, db->lm.vecs, &ik, NULL)) &&
+       mrc != MDB_NOTFOUND))
+    return vlm__lmdb_err(mrc, key);
+  b->d_items--;
+  vlm__change c = {0, id};
+  b->ch[b->nch] = c;
+  b->rows[b->nch] = (vlm__sql_change){.c = c};
+  b->nch++;
+  *changed = 1;
+  return 0;
+}
+
+/* The commit sequence every batch shares: SQLite's rows, the log entry,
+ * the batch number, then commit_publish (LMDB, the commit point, then
+ * SQLite) and the index catch-up.  A batch that changed nothing commits
+ * nothing. */
+static int batch_commit(vlm_db *db, batch *b) {
+  int rc, mrc;
+  if (b->nch == 0)
+    return 0;
+  if ((rc = vlm__sql_apply(db, b->rows, (size_t)b->nch, 0)))
+    return rc;
+  MDB_val lk = {sizeof b->seq, &b->seq},
+          lv = {(size_t)b->nch * sizeof *b->ch, b->ch};
+  if ((mrc = mdb_put(b->txn, db->lm.log, &lk, &lv, 0)))
+    return vlm__lmdb_err(mrc, "log");
+  if ((rc = vlm__lmdb_put_u64(&db->lm, b->txn, "seq", b->seq)) ||
+      (rc = vlm__lmdb_put_u64(&db->lm, b->txn, "next_id", b->next_id)) ||
+      (rc = vlm__sql_set_seq(db, b->seq)))
+    return rc;
+  rc = commit_publish(db, b->txn, b->seq, b->next_id, b->d_items, b->d_vecs,
+                      b->bytes);
+  b->txn = NULL;
+  b->sql_open = 0;
+  if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
+    after_commit(db);
+  return rc;
+}
+
+static void batch_end(vlm_db *db, batch *b) {
+  if (b->txn)
+    mdb_txn_abort(b->txn);
+  if (b->sql_open)
+    vlm__sql_rollback(db);
+  if (b->locked)
+    pthread_mutex_unlock(&db->write_mu);
+  free(b->vecs);
+  free(b->vbuf);
+  free(b->ch);
+  free(b->rows);
+}
+
+/* Validate ops, then stage and commit them as one batch; changed[i] (or
+ * NULL) says whether op i changed anything.  unique_keys: refuse a key
+ * twice (put's contract). */
+static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
+                     int unique_keys, int *changed, const char *what) {
   json_t **metas = NULL;
-  const char *const **order = NULL;
-  vlm__change *ch = NULL;
-  vlm__sql_change *rows = NULL;
-  MDB_txn *txn = NULL;
-  int rc, nch = 0, locked = 0, sql_open = 0;
-  int64_t d_items = 0, d_vecs[VLM__NMOD] = {0, 0};
-  uint64_t batch_bytes = 0;
-  if (written)
-    *written = 0;
-  if (!db || (n > 0 && !items) || n < 0)
-    return vlm_seterr(VLM_EINVAL, "put: bad arguments");
+  const char **order = NULL;
+  float *scratch = NULL;
+  batch b;
+  int rc;
+  memset(&b, 0, sizeof b);
+  if (changed)
+    for (int i = 0; i < n; i++)
+      changed[i] = 0;
   if ((rc = writable(db)))
     return rc;
   if (n == 0)
     return 0;
-  int dim = db->man.dim;
-
-  /* Validate everything before touching a store.  Vectors are normalized
-   * here only to check them, into one scratch vector, and again into the
-   * LMDB record while staging: a batch-sized copy of every vector cost
-   * more (fresh pages for tens of MB) than normalizing twice. */
-  vecs = malloc((size_t)dim * sizeof *vecs);
-  vbuf = malloc(8 + (size_t)dim * 8);
   metas = calloc((size_t)n, sizeof *metas);
   order = malloc((size_t)n * sizeof *order);
-  ch = malloc((size_t)n * sizeof *ch);
-  rows = malloc((size_t)n * sizeof *rows);
-  if (!vecs || !vbuf || !metas || !order || !ch || !rows) {
-    rc = vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
+  scratch = malloc((size_t)db->man.dim * sizeof *scratch);
+  if (!metas || !order || !scratch) {
+    rc = vlm_seterr(VLM_ENOMEM, "%s: batch of %d", what, n);
     goto done;
   }
+  /* Everything is checked before a store is touched. */
+  uint64_t bytes = 0;
   for (int i = 0; i < n; i++) {
-    const vlm_item *it = &items[i];
-    char what[600];
-    if ((rc = check_key(it->key)))
+    const vlm_write_op *op = &ops[i];
+    if (op->kind == VLM_WRITE_DELETE)
+      rc = check_key(op->item.key);
+    else if (op->kind == VLM_WRITE_ADD || op->kind == VLM_WRITE_UPSERT)
+      rc = validate_item(db, &op->item, scratch, &metas[i], &bytes);
+    else
+      rc = vlm_seterr(VLM_EINVAL, "%s: op %d: unknown kind %d", what, i,
+                      (int)op->kind);
+    if (rc)
       goto done;
-    if (!it->image_vec && !it->text_vec) {
-      rc = vlm_seterr(VLM_EINVAL, "key \"%s\": no image or text vector",
-                      it->key);
-      goto done;
-    }
-    if (it->image_vec) {
-      snprintf(what, sizeof what, "key \"%s\": image vector", it->key);
-      if ((rc = vlm__normalize(it->image_vec, vecs, dim, what)))
-        goto done;
-    }
-    if (it->text_vec) {
-      snprintf(what, sizeof what, "key \"%s\": text vector", it->key);
-      if ((rc = vlm__normalize(it->text_vec, vecs, dim, what)))
-        goto done;
-    }
-    if (it->thumb_len && !it->thumb) {
-      rc = vlm_seterr(VLM_EINVAL, "key \"%s\": thumb_len without thumb",
-                      it->key);
-      goto done;
-    }
-    if (it->thumb && it->thumb_len &&
-        (it->thumb_len < 3 || memcmp(it->thumb, "\xff\xd8\xff", 3))) {
-      rc = vlm_seterr(VLM_EFORMAT, "key \"%s\": thumbnail is not JPEG data",
-                      it->key);
-      goto done;
-    }
-    {
-      const char *text[3] = {it->caption, it->source, it->meta_json};
-      static const char *text_name[3] = {"caption", "source", "meta_json"};
-      for (int t = 0; t < 3; t++) {
-        size_t len = text[t] ? strlen(text[t]) : 0;
-        if (len > VLM_DB_MAX_TEXT) {
-          rc = vlm_seterr(VLM_ETOOBIG,
-                          "key \"%s\": %s of %zu bytes exceeds the limit of "
-                          "%u (VLM_DB_MAX_TEXT)", it->key, text_name[t], len,
-                          VLM_DB_MAX_TEXT);
-          goto done;
-        }
-        /* verify holds every stored string to UTF-8: refuse here what it
-         * would later call damage */
-        if (t < 2 && text[t] && !vlm_utf8_valid(text[t], len)) {
-          rc = vlm_seterr(VLM_EINVAL, "key \"%s\": %s is not valid UTF-8",
-                          it->key, text_name[t]);
-          goto done;
-        }
-      }
-    }
-    size_t payload = vlm__rec_size(strlen(it->key), it);
-    batch_bytes += payload + (it->caption ? strlen(it->caption) : 0) +
-                   (it->meta_json ? strlen(it->meta_json) : 0);
-    if (payload > db->max_payload || payload > UINT32_MAX) {
-      rc = vlm_seterr(VLM_ETOOBIG,
-                      "key \"%s\": payload of %zu bytes exceeds the cap of "
-                      "%zu", it->key, payload, db->max_payload);
-      goto done;
-    }
-    if ((rc = vlm__meta_check(&db->man, it->key, it->meta_json, &metas[i])))
-      goto done;
-    order[i] = &items[i].key;
+    order[i] = op->item.key;
   }
-  qsort(order, (size_t)n, sizeof *order, key_cmp);
-  for (int i = 1; i < n; i++)
-    if (!strcmp(*order[i], *order[i - 1])) {
-      rc = vlm_seterr(VLM_EINVAL, "key \"%s\" appears twice in the batch",
-                      *order[i]);
-      goto done;
-    }
-
-  if ((rc = space_check(db, "put", batch_bytes)))
+  if (unique_keys) {
+    qsort(order, (size_t)n, sizeof *order, key_cmp);
+    for (int i = 1; i < n; i++)
+      if (!strcmp(order[i], order[i - 1])) {
+        rc = vlm_seterr(VLM_EINVAL, "key \"%s\" appears twice in the batch",
+                        order[i]);
+        goto done;
+      }
+  }
+  if (bytes && (rc = space_check(db, what, bytes)))
     goto done;
-  uint64_t seq, next_id;
-  int mrc;
-  if ((rc = batch_begin(db, "put", &txn, &locked, &sql_open, &seq,
-                        &next_id)))
+  if ((rc = batch_open(db, &b, n, what)))
     goto done;
+  b.bytes = bytes;
   for (int i = 0; i < n; i++) {
-    const vlm_item *it = &items[i];
-    size_t klen = strlen(it->key);
-    MDB_val k = {klen, (void *)it->key}, v;
-    uint64_t old_id = 0, id;
-    mrc = mdb_get(txn, db->lm.keys, &k, &v);
-    if (mrc == 0) {
-      if (!(flags & VLM_PUT_UPSERT))
-        continue;
-      memcpy(&old_id, v.mv_data, 8);
-    } else if (mrc != MDB_NOTFOUND) {
-      rc = vlm__lmdb_err(mrc, it->key);
+    const vlm_write_op *op = &ops[i];
+    int ch = 0;
+    rc = op->kind == VLM_WRITE_DELETE
+             ? stage_delete(db, &b, op->item.key, &ch)
+             : stage_put(db, &b, &op->item, metas[i],
+                         op->kind == VLM_WRITE_UPSERT, &ch);
+    if (rc)
       goto done;
-    }
-    id = next_id++;
-    uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
-                  (it->text_vec ? VLM__HAS_TEXT : 0);
-    MDB_val ik = {sizeof id, &id};
-    /* The vector record first (into vbuf), so the item record can be
-     * sealed with a checksum over both before its reserved space is
-     * left (LMDB: filled before the next put). */
-    int nv = !!it->image_vec + !!it->text_vec;
-    size_t vlen = 8 + (size_t)nv * dim * 4;
-    {
-      uint32_t hdr[2] = {vf, (uint32_t)dim};
-      uint8_t *p = vbuf;
-      memcpy(p, hdr, 8);
-      p += 8;
-      /* Validated above: the same input normalizes the same way again. */
-      const float *in[2] = {it->image_vec, it->text_vec};
-      for (int m = 0; m < 2; m++) {
-        if (!in[m])
-          continue;
-        if ((rc = vlm__normalize(in[m], vecs, dim, it->key)))
-          goto done;
-        memcpy(p, vecs, (size_t)dim * 4);
-        p += (size_t)dim * 4;
-      }
-    }
-    v.mv_size = vlm__rec_size(klen, it);
-    if ((mrc = mdb_put(txn, db->lm.items, &ik, &v, MDB_RESERVE))) {
-      rc = vlm__lmdb_err(mrc, it->key);
-      goto done;
-    }
-    vlm__rec_encode(v.mv_data, vf, seq, it->key, klen, it);
-    vlm__rec_seal(v.mv_data, v.mv_size, vbuf, vlen);
-    v.mv_size = vlen;
-    v.mv_data = vbuf;
-    if ((mrc = mdb_put(txn, db->lm.vecs, &ik, &v, 0))) {
-      rc = vlm__lmdb_err(mrc, it->key);
-      goto done;
-    }
-    v.mv_size = 8;
-    v.mv_data = &id;
-    if ((mrc = mdb_put(txn, db->lm.keys, &k, &v, 0))) {
-      rc = vlm__lmdb_err(mrc, it->key);
-      goto done;
-    }
-    if (old_id) {
-      MDB_val ok = {sizeof old_id, &old_id}, ov;
-      if ((mrc = mdb_get(txn, db->lm.vecs, &ok, &ov)) == 0) {
-        uint32_t of = vec_flags(ov.mv_data, ov.mv_size);
-        d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
-        d_vecs[1] -= !!(of & VLM__HAS_TEXT);
-      }
-      if (((mrc = mdb_del(txn, db->lm.items, &ok, NULL)) &&
-           mrc != MDB_NOTFOUND) ||
-          ((mrc = mdb_del(txn, db->lm.vecs, &ok, NULL)) &&
-           mrc != MDB_NOTFOUND)) {
-        rc = vlm__lmdb_err(mrc, it->key);
-        goto done;
-      }
-    } else {
-      d_items++;
-    }
-    d_vecs[0] += !!it->image_vec;
-    d_vecs[1] += !!it->text_vec;
-    ch[nch].new_id = id;
-    ch[nch].old_id = old_id;
-    rows[nch].c = ch[nch];
-    rows[nch].key = it->key;
-    rows[nch].key_len = klen;
-    rows[nch].meta = metas[i];
-    rows[nch].caption = it->caption;
-    rows[nch].caption_len = it->caption ? strlen(it->caption) : 0;
-    nch++;
+    if (changed)
+      changed[i] = ch;
   }
-  if (nch == 0) {
-    rc = 0; /* every key existed: nothing to commit */
-    goto done;
-  }
-  if ((rc = vlm__sql_apply(db, rows, (size_t)nch, 0)))
-    goto done;
-  {
-    MDB_val lk = {sizeof seq, &seq}, lv = {(size_t)nch * sizeof *ch, ch};
-    if ((mrc = mdb_put(txn, db->lm.log, &lk, &lv, 0))) {
-      rc = vlm__lmdb_err(mrc, "log");
-      goto done;
-    }
-  }
-  if ((rc = vlm__lmdb_put_u64(&db->lm, txn, "seq", seq)) ||
-      (rc = vlm__lmdb_put_u64(&db->lm, txn, "next_id", next_id)) ||
-      (rc = vlm__sql_set_seq(db, seq)))
-    goto done;
-  rc = commit_publish(db, txn, seq, next_id, d_items, d_vecs, batch_bytes);
-  txn = NULL;
-  sql_open = 0;
-  if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
-    after_commit(db);
-  if (rc == 0 && written)
-    *written = nch;
+  rc = batch_commit(db, &b);
 done:
-  if (txn)
-    mdb_txn_abort(txn);
-  if (sql_open)
-    vlm__sql_rollback(db);
-  if (locked)
-    pthread_mutex_unlock(&db->write_mu);
+  batch_end(db, &b);
+  if (rc && changed)
+    for (int i = 0; i < n; i++)
+      changed[i] = 0;
   if (metas)
     for (int i = 0; i < n; i++)
       json_decref(metas[i]);
   free(metas);
-  free(vecs);
-  free(vbuf);
   free(order);
-  free(ch);
-  free(rows);
+  free(scratch);
+  return rc;
+}
+
+int vlm_db_write(vlm_db *db, const vlm_write_op *ops, int n, int *changed) {
+  if (!db || n < 0 || (n > 0 && !ops))
+    return vlm_seterr(VLM_EINVAL, "write: bad arguments");
+  return write_ops(db, ops, n, 0, changed, "write");
+}
+
+int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
+               int *written) {
+  if (written)
+    *written = 0;
+  if (!db || (n > 0 && !items) || n < 0)
+    return vlm_seterr(VLM_EINVAL, "put: bad arguments");
+  vlm_write_op *ops = calloc((size_t)(n ? n : 1), sizeof *ops);
+  int *changed = malloc((size_t)(n ? n : 1) * sizeof *changed);
+  if (!ops || !changed) {
+    free(ops);
+    free(changed);
+    return vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
+  }
+  for (int i = 0; i < n; i++) {
+    ops[i].kind = (flags & VLM_PUT_UPSERT) ? VLM_WRITE_UPSERT : VLM_WRITE_ADD;
+    ops[i].item = items[i];
+  }
+  int rc = write_ops(db, ops, n, 1, changed, "put");
+  if (rc == 0 && written)
+    for (int i = 0; i < n; i++)
+      *written += changed[i];
+  free(ops);
+  free(changed);
   return rc;
 }
 
 int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
-  vlm__change *ch = NULL;
-  vlm__sql_change *rows = NULL;
-  MDB_txn *txn = NULL;
-  int rc, nch = 0, locked = 0, sql_open = 0;
-  int64_t d_vecs[VLM__NMOD] = {0, 0};
   if (deleted)
     *deleted = 0;
   if (!db || n < 0 || (n > 0 && !keys))
     return vlm_seterr(VLM_EINVAL, "delete: bad arguments");
-  if ((rc = writable(db)))
-    return rc;
-  for (int i = 0; i < n; i++)
-    if ((rc = check_key(keys[i])))
-      return rc;
-  if (n == 0)
-    return 0;
-  ch = malloc((size_t)n * sizeof *ch);
-  rows = malloc((size_t)n * sizeof *rows);
-  if (!ch || !rows) {
-    free(ch);
-    free(rows);
+  vlm_write_op *ops = calloc((size_t)(n ? n : 1), sizeof *ops);
+  int *changed = malloc((size_t)(n ? n : 1) * sizeof *changed);
+  if (!ops || !changed) {
+    free(ops);
+    free(changed);
     return vlm_seterr(VLM_ENOMEM, "delete");
   }
-  uint64_t seq, next_id;
-  int mrc;
-  if ((rc = batch_begin(db, "delete", &txn, &locked, &sql_open, &seq,
-                        &next_id)))
-    goto done;
   for (int i = 0; i < n; i++) {
-    MDB_val k = {strlen(keys[i]), (void *)keys[i]}, v;
-    uint64_t id;
-    mrc = mdb_get(txn, db->lm.keys, &k, &v);
-    if (mrc == MDB_NOTFOUND)
-      continue;
-    if (mrc) {
-      rc = vlm__lmdb_err(mrc, keys[i]);
-      goto done;
-    }
-    memcpy(&id, v.mv_data, 8);
-    MDB_val ik = {sizeof id, &id}, iv;
-    if ((mrc = mdb_get(txn, db->lm.vecs, &ik, &iv)) == 0) {
-      uint32_t of = vec_flags(iv.mv_data, iv.mv_size);
-      d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
-      d_vecs[1] -= !!(of & VLM__HAS_TEXT);
-    }
-    if ((mrc = mdb_del(txn, db->lm.keys, &k, NULL)) ||
-        ((mrc = mdb_del(txn, db->lm.items, &ik, NULL)) &&
-         mrc != MDB_NOTFOUND) ||
-        ((mrc = mdb_del(txn, db->lm.vecs, &ik, NULL)) &&
-         mrc != MDB_NOTFOUND)) {
-      rc = vlm__lmdb_err(mrc, keys[i]);
-      goto done;
-    }
-    ch[nch].new_id = 0;
-    ch[nch].old_id = id;
-    rows[nch] = (vlm__sql_change){.c = ch[nch]};
-    nch++;
+    ops[i].kind = VLM_WRITE_DELETE;
+    ops[i].item.key = keys[i];
   }
-  if (nch == 0) {
-    rc = 0;
-    goto done;
-  }
-  if ((rc = vlm__sql_apply(db, rows, (size_t)nch, 0)))
-    goto done;
-  {
-    MDB_val lk = {sizeof seq, &seq}, lv = {(size_t)nch * sizeof *ch, ch};
-    if ((mrc = mdb_put(txn, db->lm.log, &lk, &lv, 0))) {
-      rc = vlm__lmdb_err(mrc, "log");
-      goto done;
-    }
-  }
-  if ((rc = vlm__lmdb_put_u64(&db->lm, txn, "seq", seq)) ||
-      (rc = vlm__sql_set_seq(db, seq)))
-    goto done;
-  rc = commit_publish(db, txn, seq, next_id, -nch, d_vecs, 0);
-  txn = NULL;
-  sql_open = 0;
-  if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
-    after_commit(db);
+  int rc = write_ops(db, ops, n, 0, changed, "delete");
   if (rc == 0 && deleted)
-    *deleted = nch;
-done:
-  if (txn)
-    mdb_txn_abort(txn);
-  if (sql_open)
-    vlm__sql_rollback(db);
-  if (locked)
-    pthread_mutex_unlock(&db->write_mu);
-  free(ch);
-  free(rows);
+    for (int i = 0; i < n; i++)
+      *deleted += changed[i];
+  free(ops);
+  free(changed);
   return rc;
 }
 

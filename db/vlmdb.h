@@ -120,6 +120,25 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
  * many existed.  Atomic and durable like put. */
 int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted);
 
+/* Puts and deletes in one batch (the server's MULTI/EXEC): applied in
+ * order, so a later op sees the earlier ones (ADD k, DELETE k leaves no k;
+ * a key may appear many times), and atomic and durable like put: every op
+ * is validated first and any refusal fails the whole batch, nothing
+ * written; once acknowledged, all of it survives a crash, and a crash
+ * before leaves none of it.  changed (may be NULL) gets n flags: op i
+ * added, replaced or deleted an item (0: an ADD of an existing key, a
+ * DELETE of a missing one); all 0 on failure. */
+typedef enum {
+  VLM_WRITE_ADD = 0,    /* insert item; skipped if its key exists */
+  VLM_WRITE_UPSERT = 1, /* insert or replace item */
+  VLM_WRITE_DELETE = 2  /* delete item.key; the rest of item is ignored */
+} vlm_write_kind;
+typedef struct {
+  vlm_write_kind kind;
+  vlm_item item;
+} vlm_write_op;
+int vlm_db_write(vlm_db *db, const vlm_write_op *ops, int n, int *changed);
+
 /* 1 if key exists, 0 if not, negative on error. */
 int vlm_db_exists(vlm_db *db, const char *key);
 

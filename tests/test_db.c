@@ -3245,6 +3245,178 @@ static void test_mixed_batches_sqlite_matches_model(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ mixed writes */
+
+/* vlm_db_write: random batches of ADD, UPSERT and DELETE over a few keys,
+ * repeats within a batch included, against a model applying the ops in
+ * order; a batch with one bad op changes nothing; live, after a reopen and
+ * after meta.sqlite is replayed from the log. */
+enum { MW_KEYS = 24 };
+
+typedef struct {
+  int version[MW_KEYS]; /* -1 absent */
+} mw_model;
+
+static void mw_vec(int key, int version, float *v) {
+  uint64_t keep = rng_state;
+  rng_state = (uint64_t)key * 1000003u + (uint64_t)version * 7919u + 1;
+  unit(v, DIM);
+  rng_state = keep;
+}
+
+static void mw_check(vlm_db *db, const mw_model *m, const char *when) {
+  int64_t present = 0;
+  for (int k = 0; k < MW_KEYS; k++) {
+    char key[16], cap[32];
+    snprintf(key, sizeof key, "mw%d", k);
+    vlm_record *r = NULL;
+    int rc = vlm_db_get(db, key, &r);
+    if (m->version[k] < 0) {
+      if (rc != VLM_ENOTFOUND)
+        fail_msg("%s: %s should be absent (%d)", when, key, rc);
+      continue;
+    }
+    present++;
+    if (rc)
+      fail_msg("%s: %s missing: %s", when, key, vlm_errmsg());
+    snprintf(cap, sizeof cap, "v%d", m->version[k]);
+    if (!r->caption || strcmp(r->caption, cap))
+      fail_msg("%s: %s is \"%s\", expected \"%s\"", when, key,
+               r->caption ? r->caption : "(none)", cap);
+    float want[DIM];
+    mw_vec(k, m->version[k], want);
+    for (int d = 0; d < DIM; d++)
+      if (fabsf(r->image_vec[d] - want[d]) > 1e-6f)
+        fail_msg("%s: %s: vector differs", when, key);
+    vlm_record_free(r);
+  }
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  if (info.items != present)
+    fail_msg("%s: %lld items, expected %lld", when, (long long)info.items,
+             (long long)present);
+  /* meta.sqlite agrees: a filter over every row, and BM25 by caption */
+  CHECK(vlm_db_verify(db));
+}
+
+/* Run nb random batches on db (NULL: the model only, drawing the same
+ * batches) and the model; versions count up from *ver. */
+static void mw_run(vlm_db *db, mw_model *m, int nb, int *ver) {
+  vlm_write_op ops[12];
+  float vecs[12][DIM];
+  char keys[12][16], caps[12][32];
+  int changed[12];
+  for (int b = 0; b < nb; b++) {
+    int n = 1 + (int)(rng_next() % 12);
+    mw_model next = *m;
+    int want[12];
+    for (int i = 0; i < n; i++) {
+      int k = (int)(rng_next() % MW_KEYS);
+      int kind = (int)(rng_next() % 3);
+      memset(&ops[i], 0, sizeof ops[i]);
+      snprintf(keys[i], sizeof keys[i], "mw%d", k);
+      ops[i].kind = (vlm_write_kind)kind;
+      ops[i].item.key = keys[i];
+      if (kind == VLM_WRITE_DELETE) {
+        want[i] = next.version[k] >= 0;
+        next.version[k] = -1;
+        continue;
+      }
+      int v = (*ver)++;
+      mw_vec(k, v, vecs[i]);
+      snprintf(caps[i], sizeof caps[i], "v%d", v);
+      ops[i].item.image_vec = vecs[i];
+      ops[i].item.caption = caps[i];
+      if (kind == VLM_WRITE_ADD && next.version[k] >= 0) {
+        want[i] = 0;
+      } else {
+        want[i] = 1;
+        next.version[k] = v;
+      }
+    }
+    if (b % 7 == 3) { /* one bad op: nothing of the batch is written */
+      int bad = (int)(rng_next() % (uint64_t)n);
+      static float nan_vec[DIM];
+      nan_vec[0] = NAN;
+      ops[bad].kind = VLM_WRITE_UPSERT;
+      ops[bad].item.image_vec = nan_vec;
+      if (!db)
+        continue;
+      EXPECT_ERR(VLM_ENUMERIC, vlm_db_write(db, ops, n, changed));
+      for (int i = 0; i < n; i++)
+        assert_int_equal(changed[i], 0);
+      continue;
+    }
+    if (!db) {
+      *m = next;
+      continue;
+    }
+    CHECK(vlm_db_write(db, ops, n, changed));
+    for (int i = 0; i < n; i++)
+      if (changed[i] != want[i])
+        fail_msg("batch %d op %d (%s %s): changed %d, expected %d", b, i,
+                 ops[i].kind == VLM_WRITE_DELETE ? "DELETE"
+                 : ops[i].kind == VLM_WRITE_ADD  ? "ADD"
+                                                 : "UPSERT",
+                 keys[i], changed[i], want[i]);
+    *m = next;
+  }
+}
+
+static void test_write_mixed_batches(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  mw_model m;
+  for (int k = 0; k < MW_KEYS; k++)
+    m.version[k] = -1;
+  int ver = 0;
+  rng_state = 5150;
+  mw_run(db, &m, 60, &ver);
+  mw_check(db, &m, "live");
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  mw_check(db, &m, "reopened");
+  vlm_db_close(db);
+
+  /* replayed: a child writes more batches and dies without closing;
+   * meta.sqlite is put back to before them, so the open replays them */
+  char path[256], bak[256], side[256];
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  snprintf(bak, sizeof bak, "%s/meta.sqlite.bak", t.root);
+  copy_file(path, bak);
+  uint64_t keep = rng_state;
+  int keep_ver = ver;
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    vlm_db *cdb;
+    if (vlm_db_open(t.dir, NULL, &cdb) != 0)
+      _exit(1);
+    mw_model cm = m;
+    mw_run(cdb, &cm, 20, &ver);
+    _exit(0);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  rng_state = keep; /* the same batches on the model */
+  ver = keep_ver;
+  mw_run(NULL, &m, 20, &ver);
+  copy_file(bak, path);
+  for (int i = 0; i < 2; i++) {
+    snprintf(side, sizeof side, "%s%s", path, i ? "-shm" : "-wal");
+    unlink(side);
+  }
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_non_null(strstr(last_warning, "replayed"));
+  mw_check(db, &m, "replayed");
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ crash test */
 
 static const char *build_dir(void) {
@@ -4142,6 +4314,7 @@ int main(void) {
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),
       cmocka_unit_test_teardown(test_mixed_batches_sqlite_matches_model, teardown_tmp),
+      cmocka_unit_test_teardown(test_write_mixed_batches, teardown_tmp),
       cmocka_unit_test_teardown(test_crash_kill9_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_concurrency_readers_never_see_half_a_batch, teardown_tmp),
       cmocka_unit_test_teardown(test_backup_during_writes, teardown_tmp),
