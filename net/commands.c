@@ -350,15 +350,16 @@ static int cmd_select(vlm__ctx *ctx) {
 /* One CLIENT LIST / CLIENT INFO line: every field Redis always sends (a
  * client library may index any of them: redis-py's client_info() reads
  * db, sub, psub, multi, qbuf-free, argv-mem, obl, oll, omem, tot-mem),
- * with values that hold for vlmdb (one database, no pub/sub, no
- * transactions queued), then vlmdb's own (jobs, obuf). */
+ * with values that hold for vlmdb (one database, no pub/sub; multi: the
+ * commands queued in MULTI, -1 outside one), then vlmdb's own (jobs,
+ * obuf). */
 static void client_line(vlm__buf *b, const vlm__conn *c, uint64_t now) {
   uv_os_fd_t fd = -1;
   if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0)
     fd = -1;
   size_t qbuf = c->qlen - c->qpos, obuf = c->out.len + c->wlen;
   vlm__buf_printf(b, "id=%llu addr=%s laddr=%s:%d fd=%d name=%s age=%llu "
-                  "idle=%llu flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 "
+                  "idle=%llu flags=%s db=0 sub=0 psub=0 ssub=0 multi=%d "
                   "qbuf=%zu qbuf-free=%zu argv-mem=0 multi-mem=0 rbs=%zu "
                   "rbp=%zu obl=0 oll=0 omem=%zu tot-mem=%zu events=r "
                   "cmd=%s user=default redir=-1 resp=%d lib-name=%s "
@@ -366,7 +367,8 @@ static void client_line(vlm__buf *b, const vlm__conn *c, uint64_t now) {
                   (unsigned long long)c->id, c->addr, c->srv->bind,
                   c->srv->port, (int)fd, c->name,
                   (unsigned long long)((now - c->created_ms) / 1000),
-                  (unsigned long long)((now - c->last_ms) / 1000), qbuf,
+                  (unsigned long long)((now - c->last_ms) / 1000),
+                  c->multi ? "x" : "N", c->multi ? c->multi_n : -1, qbuf,
                   c->qcap - c->qlen, c->qcap, c->qlen, obuf,
                   c->qcap + c->out.cap + c->wlen, c->last_cmd,
                   c->resp3 ? 3 : 2, c->lib_name, c->lib_ver, c->njobs, obuf);
@@ -1239,28 +1241,38 @@ static int cmd_add_proc(vlm__ctx *ctx) {
   return 0;
 }
 
+/* The item an ADD/UPSERT job writes, its vectors given or embedded, with
+ * the thumbnail made from its image (*thumb, malloc'd, or NULL).  0, or
+ * -1 with *why set (the image cannot be read). */
+static int add_item(vlm__job *job, vlm_item *item, uint8_t **thumb,
+                    char *why, size_t whylen) {
+  add_state *st = job->state;
+  size_t thumb_len = 0;
+  *thumb = NULL;
+  if (st->image && vlm_image_thumbnail_bytes(st->image, st->image_len, thumb,
+                                             &thumb_len) < 0) {
+    snprintf(why, whylen, "cannot read the image: %s", vlm_errmsg());
+    return -1;
+  }
+  *item = st->item;
+  item->image_vec = st->image_vec ? st->image_vec : job->image_vec;
+  item->text_vec = st->text_vec ? st->text_vec : job->text_vec;
+  item->thumb = *thumb;
+  item->thumb_len = thumb_len;
+  return 0;
+}
+
 static void cmd_add_exec(vlm__job *job) {
-  vlm_server *srv = job->srv;
   add_state *st = job->state;
   uint8_t *thumb = NULL;
-  size_t thumb_len = 0;
-  int rc;
-  if (st->image) {
-    rc = vlm_image_thumbnail_bytes(st->image, st->image_len, &thumb,
-                                   &thumb_len);
-    if (rc < 0) {
-      vlm__reply_error(&job->reply, "ERR", "cannot read the image: %s",
-                       vlm_errmsg());
-      return;
-    }
+  vlm_item item;
+  char why[512];
+  if (add_item(job, &item, &thumb, why, sizeof why) < 0) {
+    vlm__reply_error(&job->reply, "ERR", "%s", why);
+    return;
   }
-  vlm_item item = st->item;
-  item.image_vec = st->image_vec ? st->image_vec : job->image_vec;
-  item.text_vec = st->text_vec ? st->text_vec : job->text_vec;
-  item.thumb = thumb;
-  item.thumb_len = thumb_len;
   int written = 0;
-  rc = vlm_db_put(srv->db, &item, 1, st->flags, &written);
+  int rc = vlm_db_put(job->srv->db, &item, 1, st->flags, &written);
   if (rc < 0)
     reply_liberr(&job->reply, rc);
   else
@@ -1587,6 +1599,203 @@ static void cmd_backup_exec(vlm__job *job) {
 }
 
 /* ======================================================================
+ * MULTI / EXEC / DISCARD: a transaction is one durable batch
+ *
+ * While a connection is in MULTI, every command is looked up and its
+ * arguments checked as usual (proc runs), then queued instead of started,
+ * and answered +QUEUED.  Only writes can be queued (ADD, UPSERT, DEL): at
+ * EXEC they become one vlm_db_write batch, applied in order, all or
+ * nothing, acknowledged together - the guarantee Redis's MULTI does not
+ * give (it applies what it can).  A command refused while queueing
+ * (unknown, wrong arity, bad arguments, or not a write) makes EXEC answer
+ * -EXECABORT and run nothing, as Redis does; so does a batch the database
+ * refuses at EXEC (a vector that does not normalize, a text over the
+ * limit, an image that does not decode): nothing of it is written.
+ * ==================================================================== */
+
+#define MULTI_MAX 100000 /* queued commands per transaction */
+
+static int cmd_multi(vlm__ctx *ctx) {
+  vlm__conn *conn = ctx->conn;
+  if (conn->multi) {
+    vlm__reply_error(ctx->out, "ERR", "MULTI calls can not be nested");
+    return -1;
+  }
+  conn->multi = 1;
+  conn->multi_dirty = 0;
+  vlm__reply_status(ctx->out, "OK");
+  return 0;
+}
+
+static void multi_reset(vlm__conn *conn) {
+  vlm__job_free_list(conn->multi_head);
+  conn->multi_head = conn->multi_tail = NULL;
+  conn->multi = conn->multi_dirty = conn->multi_n = 0;
+}
+
+static int cmd_discard(vlm__ctx *ctx) {
+  if (!ctx->conn->multi) {
+    vlm__reply_error(ctx->out, "ERR", "DISCARD without MULTI");
+    return -1;
+  }
+  multi_reset(ctx->conn);
+  vlm__reply_status(ctx->out, "OK");
+  return 0;
+}
+
+/* Queue one command of a transaction (dispatch, loop thread). */
+static void multi_queue(vlm__conn *conn, const vlm__command *cmd, int argc,
+                        const vlm__resp_arg *argv) {
+  vlm__buf *out = vlm__conn_reply_buf(conn);
+  if (!(cmd->flags & VLM__CMD_WRITE) || !cmd->exec) {
+    char name[32];
+    lower_name(cmd, name, sizeof name);
+    vlm__reply_error(out, "ERR", "'%s' cannot be queued: a vlmdb transaction "
+                     "holds writes (ADD, UPSERT, DEL), applied as one batch "
+                     "at EXEC", name);
+    conn->multi_dirty = 1;
+    return;
+  }
+  if (conn->multi_n >= MULTI_MAX) {
+    vlm__reply_error(out, "ERR", "a transaction holds at most %d commands",
+                     MULTI_MAX);
+    conn->multi_dirty = 1;
+    return;
+  }
+  vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
+  if (!job) {
+    vlm__reply_error(out, "ERR", "out of memory");
+    conn->multi_dirty = 1;
+    return;
+  }
+  vlm__ctx ctx = {conn->srv, conn, job, argc, job->argv, &job->reply};
+  if (cmd->proc(&ctx) < 0) {
+    vlm__buf_append(out, job->reply.data, job->reply.len);
+    vlm__job_free(job);
+    conn->multi_dirty = 1;
+    return;
+  }
+  job->multi_next = NULL;
+  if (conn->multi_tail)
+    conn->multi_tail->multi_next = job;
+  else
+    conn->multi_head = job;
+  conn->multi_tail = job;
+  conn->multi_n++;
+  vlm__reply_status(out, "QUEUED");
+}
+
+typedef struct {
+  vlm__job *head; /* the queued jobs, in order */
+  int n;
+} exec_state;
+
+static void exec_state_free(void *p) {
+  exec_state *st = p;
+  vlm__job_free_list(st->head);
+  free(st);
+}
+
+static int cmd_exec_proc(vlm__ctx *ctx) {
+  vlm__conn *conn = ctx->conn;
+  if (!conn->multi) {
+    vlm__reply_error(ctx->out, "ERR", "EXEC without MULTI");
+    return -1;
+  }
+  if (conn->multi_dirty) {
+    multi_reset(conn);
+    vlm__reply_error(ctx->out, "EXECABORT", "Transaction discarded because "
+                     "of previous errors.");
+    return -1;
+  }
+  exec_state *st = job_state(ctx, sizeof *st, exec_state_free);
+  if (!st)
+    return -1;
+  st->head = conn->multi_head;
+  st->n = conn->multi_n;
+  conn->multi_head = conn->multi_tail = NULL;
+  conn->multi = conn->multi_n = 0;
+  return 0;
+}
+
+/* The text of an error reply ("-ERR text\r\n" -> "text"). */
+static void reply_text(const vlm__buf *b, char *out, size_t cap) {
+  const char *p = b->len > 1 ? b->data + 1 : "";
+  size_t n = b->len > 3 ? b->len - 3 : 0;
+  if (n > 4 && !memcmp(p, "ERR ", 4))
+    p += 4, n -= 4;
+  snprintf(out, cap, "%.*s", (int)n, p);
+}
+
+static void cmd_exec_exec(vlm__job *job) {
+  exec_state *st = job->state;
+  vlm_write_op *ops = NULL;
+  uint8_t **thumbs = NULL;
+  int *changed = NULL, nops = 0, rc;
+  char why[600];
+  /* the inputs of every queued write, embedded before the batch */
+  for (vlm__job *q = st->head; q; q = q->multi_next) {
+    if (vlm__job_embed_now(q) < 0) {
+      char text[512];
+      reply_text(&q->reply, text, sizeof text);
+      vlm__reply_error(&job->reply, "EXECABORT", "Transaction discarded, "
+                       "nothing written: %s %s: %s", q->cmd->name,
+                       q->argv[1].ptr, text);
+      return;
+    }
+    nops += arg_is(&q->argv[0], "DEL") ? q->argc - 1 : 1;
+  }
+  ops = calloc((size_t)nops + 1, sizeof *ops);
+  thumbs = calloc((size_t)st->n + 1, sizeof *thumbs);
+  changed = calloc((size_t)nops + 1, sizeof *changed);
+  if (!ops || !thumbs || !changed) {
+    vlm__reply_error(&job->reply, "EXECABORT", "Transaction discarded, "
+                     "nothing written: out of memory");
+    goto done;
+  }
+  int o = 0, j = 0;
+  for (vlm__job *q = st->head; q; q = q->multi_next, j++) {
+    if (arg_is(&q->argv[0], "DEL")) {
+      for (int i = 1; i < q->argc; i++) {
+        ops[o].kind = VLM_WRITE_DELETE;
+        ops[o++].item.key = q->argv[i].ptr;
+      }
+      continue;
+    }
+    add_state *as = q->state;
+    if (add_item(q, &ops[o].item, &thumbs[j], why, sizeof why) < 0) {
+      vlm__reply_error(&job->reply, "EXECABORT", "Transaction discarded, "
+                       "nothing written: %s %s: %s", q->cmd->name,
+                       q->argv[1].ptr, why);
+      goto done;
+    }
+    ops[o++].kind = as->flags ? VLM_WRITE_UPSERT : VLM_WRITE_ADD;
+  }
+  if ((rc = vlm_db_write(job->srv->db, ops, nops, changed)) < 0) {
+    const char *detail = vlm_errmsg();
+    vlm__reply_error(&job->reply, "EXECABORT", "Transaction discarded, "
+                     "nothing written: %s%s%s", vlm_strerror(rc),
+                     detail && *detail ? ": " : "", detail ? detail : "");
+    goto done;
+  }
+  vlm__reply_array(&job->reply, st->n);
+  o = 0;
+  for (vlm__job *q = st->head; q; q = q->multi_next) {
+    long long n = 0;
+    int k = arg_is(&q->argv[0], "DEL") ? q->argc - 1 : 1;
+    for (int i = 0; i < k; i++)
+      n += changed[o++];
+    vlm__reply_int(&job->reply, n);
+  }
+done:
+  for (int i = 0; thumbs && i < st->n; i++)
+    free(thumbs[i]);
+  free(thumbs);
+  free(ops);
+  free(changed);
+}
+
+/* ======================================================================
  * EVAL: cross-modal Recall@K over the stored pairs (vlm_db_eval)
  * ==================================================================== */
 
@@ -1740,6 +1949,7 @@ static void cmd_eval_exec(vlm__job *job) {
 #define NOAUTH VLM__CMD_NOAUTH
 #define WRITE VLM__CMD_WRITE
 #define ADMIN VLM__CMD_ADMIN
+#define TX VLM__CMD_TX
 
 static const vlm__command commands[] = {
     {"PING", cmd_ping, NULL, -1, 0, "connection", "[message]",
@@ -1751,7 +1961,7 @@ static const vlm__command commands[] = {
     {"HELLO", cmd_hello, NULL, -1, NOAUTH, "connection",
      "[2|3 [AUTH username password] [SETNAME name]]",
      "Choose RESP2 or RESP3, optionally authenticating; answer server facts."},
-    {"QUIT", cmd_quit, NULL, -1, NOAUTH, "connection", "",
+    {"QUIT", cmd_quit, NULL, -1, NOAUTH | TX, "connection", "",
      "Close the connection after the replies owed."},
     {"SELECT", cmd_select, NULL, 2, 0, "connection", "0",
      "Accepted for client libraries: vlmdb has one database."},
@@ -1799,6 +2009,14 @@ static const vlm__command commands[] = {
      "Number of items."},
     {"DBSIZE", cmd_noargs_proc, cmd_count_exec, 1, 0, "admin", "",
      "Number of items (as COUNT)."},
+    {"MULTI", cmd_multi, NULL, 1, TX, "transactions", "",
+     "Start a transaction: the writes that follow (ADD, UPSERT, DEL) are "
+     "queued and applied by EXEC as one batch."},
+    {"EXEC", cmd_exec_proc, cmd_exec_exec, 1, WRITE | TX, "transactions", "",
+     "Apply the queued writes as one durable batch, all or nothing: one "
+     "reply per command, or EXECABORT and nothing written."},
+    {"DISCARD", cmd_discard, NULL, 1, TX, "transactions", "",
+     "Drop the queued writes and leave the transaction."},
     {"SAVE", cmd_noargs_proc, cmd_save_exec, 1, ADMIN, "admin", "",
      "Checkpoint the vector index now."},
     {"BACKUP", cmd_backup_proc, cmd_backup_exec, 2, ADMIN, "admin",
@@ -1854,6 +2072,7 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
   const vlm__command *cmd = lookup(argv[0].ptr, argv[0].len);
   if (!cmd) {
     reply_unknown(vlm__conn_reply_buf(conn), argc, argv);
+    conn->multi_dirty = conn->multi; /* EXEC will abort */
     return;
   }
   snprintf(conn->last_cmd, sizeof conn->last_cmd, "%s", cmd->name);
@@ -1863,11 +2082,17 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     lower_name(cmd, name, sizeof name);
     vlm__reply_error(vlm__conn_reply_buf(conn), "ERR", "wrong number of "
                      "arguments for '%s' command", name);
+    conn->multi_dirty = conn->multi;
     return;
   }
   if (!conn->authed && !(cmd->flags & VLM__CMD_NOAUTH)) {
     vlm__reply_error(vlm__conn_reply_buf(conn), "NOAUTH",
                      "Authentication required.");
+    conn->multi_dirty = conn->multi;
+    return;
+  }
+  if (conn->multi && !(cmd->flags & VLM__CMD_TX)) {
+    multi_queue(conn, cmd, argc, argv);
     return;
   }
   vlm__ctx ctx = {srv, conn, NULL, argc, argv, NULL};

@@ -93,6 +93,46 @@ static void job_fail(vlm__job *job, const char *what) {
   job->failed = 1;
 }
 
+void vlm__job_free_list(vlm__job *head) {
+  while (head) {
+    vlm__job *next = head->multi_next;
+    vlm__job_free(head);
+    head = next;
+  }
+}
+
+int vlm__job_embed_now(vlm__job *job) {
+  vlm_server *srv = job->srv;
+  size_t dim = (size_t)srv->dim;
+  int rc;
+  if (!job->failed && job->embed_image && !job->pixels) {
+    size_t side = (size_t)srv->image_size;
+    job->pixels = malloc(3 * side * side * sizeof(float));
+    rc = job->pixels ? vlm_clip_preprocess(srv->clip, job->embed_image,
+                                           job->embed_image_len, job->pixels)
+                     : vlm_seterr(VLM_ENOMEM, "image pixels");
+    if (rc < 0)
+      job_fail(job, "cannot read the image");
+  }
+  if (!job->failed && job->embed_text && !job->text_vec) {
+    job->text_vec = malloc(dim * sizeof(float));
+    rc = job->text_vec ? vlm_clip_encode_texts(srv->clip, &job->embed_text, 1,
+                                               0, job->text_vec)
+                       : vlm_seterr(VLM_ENOMEM, "vector");
+    if (rc < 0)
+      job_fail(job, "cannot embed the text");
+  }
+  if (!job->failed && job->embed_image && !job->image_vec) {
+    job->image_vec = malloc(dim * sizeof(float));
+    rc = job->image_vec ? vlm_clip_encode_pixels(srv->clip, job->pixels, 1, 0,
+                                                 job->image_vec)
+                        : vlm_seterr(VLM_ENOMEM, "vector");
+    if (rc < 0)
+      job_fail(job, "cannot embed the image");
+  }
+  return job->failed ? -1 : 0;
+}
+
 static int batching(const vlm_server *srv) {
   return srv->batcher.window_ns >= 0;
 }
@@ -102,43 +142,30 @@ static void batcher_submit(vlm__batcher *b, int m, vlm__job *job);
 static void job_run(vlm__task *task) {
   vlm__job *job = (vlm__job *)task;
   vlm_server *srv = job->srv;
-  size_t dim = (size_t)srv->dim;
   int rc;
 
-  if (!job->failed && job->embed_image && !job->pixels) {
-    size_t side = (size_t)srv->image_size;
-    job->pixels = malloc(3 * side * side * sizeof(float));
-    if (!job->pixels)
-      rc = vlm_seterr(VLM_ENOMEM, "image pixels");
-    else
-      rc = vlm_clip_preprocess(srv->clip, job->embed_image,
-                               job->embed_image_len, job->pixels);
-    if (rc < 0)
-      job_fail(job, "cannot read the image");
-  }
-  if (!job->failed && job->embed_text && !job->text_vec) {
-    if (batching(srv)) {
+  if (batching(srv)) {
+    /* the image is decoded here; the batcher encodes it with others */
+    if (!job->failed && job->embed_image && !job->pixels) {
+      size_t side = (size_t)srv->image_size;
+      job->pixels = malloc(3 * side * side * sizeof(float));
+      rc = job->pixels ? vlm_clip_preprocess(srv->clip, job->embed_image,
+                                             job->embed_image_len,
+                                             job->pixels)
+                       : vlm_seterr(VLM_ENOMEM, "image pixels");
+      if (rc < 0)
+        job_fail(job, "cannot read the image");
+    }
+    if (!job->failed && job->embed_text && !job->text_vec) {
       batcher_submit(&srv->batcher, VLM__TEXT, job);
       return;
     }
-    job->text_vec = malloc(dim * sizeof(float));
-    rc = job->text_vec ? vlm_clip_encode_texts(srv->clip, &job->embed_text, 1,
-                                               0, job->text_vec)
-                       : vlm_seterr(VLM_ENOMEM, "vector");
-    if (rc < 0)
-      job_fail(job, "cannot embed the text");
-  }
-  if (!job->failed && job->embed_image && !job->image_vec) {
-    if (batching(srv)) {
+    if (!job->failed && job->embed_image && !job->image_vec) {
       batcher_submit(&srv->batcher, VLM__IMAGE, job);
       return;
     }
-    job->image_vec = malloc(dim * sizeof(float));
-    rc = job->image_vec ? vlm_clip_encode_pixels(srv->clip, job->pixels, 1, 0,
-                                                 job->image_vec)
-                        : vlm_seterr(VLM_ENOMEM, "vector");
-    if (rc < 0)
-      job_fail(job, "cannot embed the image");
+  } else {
+    vlm__job_embed_now(job);
   }
   if (!job->failed)
     job->cmd->exec(job);

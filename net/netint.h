@@ -118,6 +118,7 @@ struct vlm__job {
   /* Command-specific state from proc to exec. */
   void *state;
   void (*state_free)(void *state);
+  vlm__job *multi_next;     /* a MULTI queue (loop) or an EXEC's list */
 };
 
 /* New job for cmd with copies of argv (argc 0: an inline reply slot). */
@@ -134,6 +135,12 @@ void vlm__job_start(vlm__job *job);
 void vlm__job_finished(vlm__job *job);
 /* Post a finished job back to the loop (any thread). */
 void vlm__job_complete(vlm__job *job);
+/* Compute the job's embeddings now, on this thread (not through the
+ * batcher): EXEC embeds its queued commands' inputs before their batch.
+ * 0, or -1 with job->failed set and the error in job->reply. */
+int vlm__job_embed_now(vlm__job *job);
+/* Free a list of queued jobs linked through multi_next. */
+void vlm__job_free_list(vlm__job *head);
 
 /* ---- commands (commands.c) ---- */
 
@@ -156,6 +163,7 @@ typedef void (*vlm__exec_fn)(vlm__job *job);
 #define VLM__CMD_NOAUTH 1u  /* allowed before AUTH */
 #define VLM__CMD_WRITE 2u   /* changes the database */
 #define VLM__CMD_ADMIN 4u
+#define VLM__CMD_TX 8u      /* MULTI, EXEC, DISCARD, QUIT: never queued */
 
 struct vlm__command {
   const char *name;         /* upper case */
@@ -209,6 +217,10 @@ struct vlm__conn {
   vlm__job *wait_head, *wait_tail;
   int exec_reads;           /* read jobs in the workers */
   int exec_write;           /* a write job is in the workers */
+  /* MULTI: commands queued for EXEC (checked, not started), and whether
+   * one was refused while queueing (EXEC then aborts). */
+  int multi, multi_dirty, multi_n;
+  vlm__job *multi_head, *multi_tail;
   int resp3, authed;
   int reading, paused, quit, closing, closed;
   int flush_queued;         /* on the completion handler's flush list */

@@ -256,6 +256,8 @@ static void on_conn_close(uv_handle_t *handle) {
   }
   conn->jobs_head = conn->jobs_tail = NULL;
   conn->njobs = 0;
+  vlm__job_free_list(conn->multi_head); /* a transaction never executed */
+  conn->multi_head = conn->multi_tail = NULL;
   conn->closed = 1;
   if (conn->refs == 0)
     conn_free(conn);

@@ -1138,6 +1138,7 @@ static void check_eval(redisContext *c) {
 }
 
 static void expect_shell(const char *cmdline, const char *want);
+static char *run_shell(const char *cmdline);
 
 static void test_connection_commands(void **state) {
   (void)state;
@@ -1556,6 +1557,164 @@ static void test_backup_command(void **state) {
   vlm_record_free(rec);
   vlm_db_close(db);
   free(v);
+  server_done(&s);
+}
+
+/* MULTI / EXEC / DISCARD with Redis's replies, the writes of one EXEC
+ * applied as one batch, all or nothing: hiredis for the edge cases,
+ * redis-py's default (transactional) pipeline, and kill -9 while an EXEC
+ * of 1,500 writes is in flight: after the restart all of them or none. */
+static long long count_prefix(redisContext *c, const char *prefix, int n) {
+  long long found = 0;
+  for (int i = 0; i < n; i++) {
+    redisReply *r = hcmd(c, "EXISTS %s%d", prefix, i);
+    found += r->integer;
+    freeReplyObject(r);
+  }
+  return found;
+}
+
+static void test_multi_exec(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  float *v = malloc((size_t)g_dim * sizeof(float));
+  for (int i = 0; i < g_dim; i++)
+    v[i] = (float)(rng() % 1000) / 1000.0f - 0.5f;
+  normalize(v, g_dim);
+  size_t vb = (size_t)g_dim * 4;
+
+  /* in order, one reply per command */
+  expect_status(hcmd(c, "MULTI"), "OK");
+  expect_status(hcmd(c, "ADD a IMAGEVEC %b TEXT %s", v, vb, "first"), "QUEUED");
+  expect_status(hcmd(c, "ADD a IMAGEVEC %b TEXT %s", v, vb, "second"),
+                "QUEUED");
+  expect_status(hcmd(c, "UPSERT b IMAGEVEC %b", v, vb), "QUEUED");
+  expect_status(hcmd(c, "DEL b nokey"), "QUEUED");
+  expect_status(hcmd(c, "UPSERT c IMAGEVEC %b TEXT %s", v, vb, "kept"),
+                "QUEUED");
+  redisReply *r = hcmd(c, "EXEC");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 5);
+  const long long want[5] = {1, 0, 1, 1, 1};
+  for (int i = 0; i < 5; i++)
+    assert_int_equal(r->element[i]->integer, want[i]);
+  freeReplyObject(r);
+  expect_int(hcmd(c, "EXISTS a b c"), 2);
+  r = hcmd(c, "GET a");
+  assert_string_equal(r->element[3]->str, "first");
+  freeReplyObject(r);
+
+  /* Redis's errors */
+  expect_error(hcmd(c, "EXEC"), "ERR EXEC without MULTI");
+  expect_error(hcmd(c, "DISCARD"), "ERR DISCARD without MULTI");
+  expect_status(hcmd(c, "MULTI"), "OK");
+  expect_error(hcmd(c, "MULTI"), "ERR MULTI calls can not be nested");
+  expect_status(hcmd(c, "ADD d IMAGEVEC %b", v, vb), "QUEUED");
+  expect_status(hcmd(c, "DISCARD"), "OK");
+  expect_int(hcmd(c, "EXISTS d"), 0);
+  /* an error while queueing aborts the whole transaction */
+  const char *bad[] = {"NOSUCHCOMMAND x", "ADD", "ADD e TEXTVEC short",
+                       "GET a"};
+  for (int b = 0; b < 4; b++) {
+    expect_status(hcmd(c, "MULTI"), "OK");
+    expect_status(hcmd(c, "ADD d IMAGEVEC %b", v, vb), "QUEUED");
+    r = hcmd(c, bad[b]);
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    expect_status(hcmd(c, "ADD e IMAGEVEC %b", v, vb), "QUEUED");
+    expect_error(hcmd(c, "EXEC"), "EXECABORT Transaction discarded because "
+                                  "of previous errors");
+    expect_int(hcmd(c, "EXISTS d e"), 0);
+  }
+  /* the database refuses one write at EXEC: nothing of it is written */
+  float *nan_vec = calloc((size_t)g_dim, sizeof(float)); /* zero length */
+  expect_status(hcmd(c, "MULTI"), "OK");
+  expect_status(hcmd(c, "ADD d IMAGEVEC %b", v, vb), "QUEUED");
+  expect_status(hcmd(c, "DEL a"), "QUEUED");
+  expect_status(hcmd(c, "ADD e IMAGEVEC %b", nan_vec, vb), "QUEUED");
+  expect_error(hcmd(c, "EXEC"), "EXECABORT Transaction discarded, nothing "
+                                "written");
+  expect_int(hcmd(c, "EXISTS a d e"), 1);
+  free(nan_vec);
+  /* an empty transaction */
+  expect_status(hcmd(c, "MULTI"), "OK");
+  r = hcmd(c, "EXEC");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 0);
+  freeReplyObject(r);
+  /* a connection that leaves inside MULTI leaves nothing behind */
+  redisContext *c2 = hconnect(s.port);
+  expect_status(hcmd(c2, "MULTI"), "OK");
+  expect_status(hcmd(c2, "ADD f IMAGEVEC %b", v, vb), "QUEUED");
+  redisFree(c2);
+  expect_int(hcmd(c, "EXISTS f"), 0);
+
+  /* redis-py's default pipeline is a transaction */
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "/usr/bin/python3 -c 'import redis; r = redis.Redis(port=%d); "
+           "p = r.pipeline(); p.execute_command(\"ADD\", \"py1\", \"TEXT\", "
+           "\"x\", \"TEXTVEC\", bytes(%zu)); p.execute_command(\"DEL\", "
+           "\"a\")\ntry:\n  print(p.execute())\nexcept Exception as e:\n"
+           "  print(type(e).__name__)' 2>&1", s.port, vb);
+  /* a zero vector is refused by the database: the whole batch is */
+  expect_shell(cmd, "ExecAbortError\n");
+  expect_int(hcmd(c, "EXISTS a py1"), 1);
+  float vv[1024];
+  for (int i = 0; i < g_dim; i++)
+    vv[i] = v[i];
+  char hex[8192];
+  size_t hl = 0;
+  for (size_t i = 0; i < vb; i++)
+    hl += (size_t)snprintf(hex + hl, sizeof hex - hl, "%02x",
+                           ((unsigned char *)vv)[i]);
+  snprintf(cmd, sizeof cmd,
+           "/usr/bin/python3 -c 'import redis; r = redis.Redis(port=%d); "
+           "v = bytes.fromhex(\"%s\"); p = r.pipeline(); "
+           "p.execute_command(\"ADD\", \"py1\", \"IMAGEVEC\", v); "
+           "p.execute_command(\"ADD\", \"py2\", \"IMAGEVEC\", v); "
+           "p.execute_command(\"DEL\", \"a\"); print(p.execute())' 2>&1",
+           s.port, hex);
+  expect_shell(cmd, "[1, 1, 1]\n");
+  expect_int(hcmd(c, "EXISTS a py1 py2"), 2);
+  redisFree(c);
+
+  /* kill -9 with an EXEC of 1,500 writes in flight: all or nothing */
+  int all = 0, none = 0;
+  for (int trial = 0; trial < 8; trial++) {
+    c = hconnect(s.port);
+    char prefix[16];
+    snprintf(prefix, sizeof prefix, "t%d-", trial);
+    redisAppendCommand(c, "MULTI");
+    for (int i = 0; i < 1500; i++)
+      redisAppendCommand(c, "UPSERT %s%d IMAGEVEC %b", prefix, i, v, vb);
+    redisAppendCommand(c, "EXEC");
+    int done = 0;
+    while (!done)
+      assert_int_equal(redisBufferWrite(c, &done), REDIS_OK);
+    sleep_ms((int)(rng() % 12));
+    kill(s.pid, SIGKILL);
+    int st;
+    waitpid(s.pid, &st, 0);
+    s.pid = 0;
+    redisFree(c);
+    start_server(&s, NULL);
+    c = hconnect(s.port);
+    long long n = count_prefix(c, prefix, 1500);
+    if (n != 0 && n != 1500)
+      fail_msg("trial %d: %lld of the transaction's 1,500 writes survived "
+               "kill -9", trial, n);
+    all += n == 1500;
+    none += n == 0;
+    redisFree(c);
+  }
+  print_message("kill -9 during EXEC: %d trials kept all 1,500 writes, %d "
+                "none, none kept part\n", all, none);
+  free(v);
+  stop_server(&s);
   server_done(&s);
 }
 
@@ -2772,7 +2931,7 @@ static void test_batching(void **state) {
  * kill -9 under load: the server keeps every write it acknowledged
  * ==================================================================== */
 
-enum { KC_CLIENTS = 4, KC_KEYS = 37 };
+enum { KC_CLIENTS = 4, KC_KEYS = 37, KC_TX_CLIENT = 1, KC_TX = 4 };
 
 /* Client c's op j: key j % KC_KEYS; every fifth a DEL, else an UPSERT
  * whose meta says j.  Redoing an op is harmless, so a client restarts
@@ -2791,6 +2950,38 @@ static void kc_client(int port, int c, int first, int out) {
   if (!h || h->err)
     _exit(0);
   float *v = malloc(sizeof(float) * (size_t)g_dim);
+  if (c == KC_TX_CLIENT) { /* its ops in transactions of KC_TX ops */
+    for (int j = first;; j += KC_TX) {
+      redisAppendCommand(h, "MULTI");
+      for (int t = j; t < j + KC_TX; t++) {
+        char key[32], meta[32];
+        snprintf(key, sizeof key, "c%d-k%02d", c, t % KC_KEYS);
+        if (kc_is_del(t)) {
+          redisAppendCommand(h, "DEL %s", key);
+        } else {
+          kc_vec(c, t, v);
+          snprintf(meta, sizeof meta, "{\"n\":%d}", t);
+          redisAppendCommand(h, "UPSERT %s TEXTVEC %b META %s", key, v,
+                             (size_t)g_dim * 4, meta);
+        }
+      }
+      redisAppendCommand(h, "EXEC");
+      for (int t = 0; t < KC_TX + 2; t++) {
+        redisReply *r = NULL;
+        if (redisGetReply(h, (void **)&r) != REDIS_OK || !r ||
+            r->type == REDIS_REPLY_ERROR ||
+            (t == KC_TX + 1 && r->type != REDIS_REPLY_ARRAY))
+          _exit(0);
+        freeReplyObject(r);
+      }
+      for (int t = j; t < j + KC_TX; t++) {
+        char line[16];
+        int n = snprintf(line, sizeof line, "%d\n", t);
+        if (write(out, line, (size_t)n) != n)
+          _exit(0);
+      }
+    }
+  }
   for (int j = first;; j++) {
     char key[32], meta[32];
     snprintf(key, sizeof key, "c%d-k%02d", c, j % KC_KEYS);
@@ -2848,9 +3039,12 @@ static void test_kill9_under_load(void **state) {
     start_server(&s, NULL);
     /* check what the last kill left */
     redisContext *h = hconnect(s.port);
-    for (int c = 0; c < KC_CLIENTS; c++)
+    for (int c = 0; c < KC_CLIENTS; c++) {
+      /* the transaction client: all of its EXEC in flight, or none */
+      int tx = c == KC_TX_CLIENT, tx_all = 1, tx_none = 1;
       for (int key = 0; key < KC_KEYS; key++) {
-        int a = kc_expect(key, acked[c]), b = kc_expect(key, acked[c] + 1);
+        int a = kc_expect(key, acked[c]),
+            b = kc_expect(key, acked[c] + (tx ? KC_TX : 1));
         char k[32];
         snprintf(k, sizeof k, "c%d-k%02d", c, key);
         redisReply *r = hcmd(h, "GET %s", k);
@@ -2866,6 +3060,8 @@ static void test_kill9_under_load(void **state) {
           fail_msg("kill %d (seed %llu): %s holds %d, acknowledged %d "
                    "(in flight: %d)", kill_no, (unsigned long long)seed, k,
                    got, a, b);
+        tx_none &= got == a;
+        tx_all &= got == b;
         if (got >= 0) { /* and its vector is the one written */
           freeReplyObject(r);
           r = hcmd(h, "GET %s WITHVECTORS", k);
@@ -2879,6 +3075,10 @@ static void test_kill9_under_load(void **state) {
         freeReplyObject(r);
         checked++;
       }
+      if (tx && !tx_all && !tx_none)
+        fail_msg("kill %d (seed %llu): part of a transaction survived",
+                 kill_no, (unsigned long long)seed);
+    }
     redisFree(h);
     if (kill_no == want)
       break;
@@ -2919,8 +3119,10 @@ static void test_kill9_under_load(void **state) {
       }
     }
   }
-  print_message("server kill -9 under 4 clients: %d kills, %ld acknowledged "
-                "ops, %ld keys checked, 0 lost\n", want, ops, checked);
+  print_message("server kill -9 under 4 clients (one writing in MULTI/EXEC "
+                "transactions of %d): %d kills, %ld acknowledged ops, %ld "
+                "keys checked, 0 lost, no transaction split\n", KC_TX, want,
+                ops, checked);
   assert_true(ops > 0);
   free(v);
   stop_server(&s);
@@ -2971,6 +3173,7 @@ int main(void) {
       cmocka_unit_test(test_connection_commands),
       cmocka_unit_test(test_write_read_search),
       cmocka_unit_test(test_backup_command),
+      cmocka_unit_test(test_multi_exec),
       cmocka_unit_test(test_resp3),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),
