@@ -1,5 +1,5 @@
 /* cmd_admin.c - the small database commands: info, get, delete, export,
- * reindex, verify, recover, salvage, backup. */
+ * update, reindex, verify, recover, salvage, backup. */
 #include "catalog.h"
 #include "opts.h"
 #include "progress.h"
@@ -23,11 +23,14 @@ typedef struct {
   const char *thumb;    /* get: --thumb FILE */
   const char *output;   /* export: -o FILE; salvage: --out DIR */
   const char *factory;  /* reindex: --index */
+  const char *meta;     /* update: --meta JSON */
+  const char *source;   /* update: --source URI */
   int first_arg;        /* argv index of the first positional argument */
 } admin_args;
 
 enum { OPT_VECTORS = 1, OPT_THUMB = 2, OPT_OUTPUT = 4, OPT_INDEX = 8,
-       OPT_ARGS = 16 /* takes positional arguments (keys) */ };
+       OPT_ARGS = 16, /* takes positional arguments (keys) */
+       OPT_UPDATE = 32 /* --meta, --source */ };
 
 static int parse_admin(int argc, char **argv, unsigned allowed,
                        admin_args *a) {
@@ -39,6 +42,8 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
       {"output", required_argument, NULL, 'o'},
       {"out", required_argument, NULL, 'o'},
       {"index", required_argument, NULL, 'i'},
+      {"meta", required_argument, NULL, 'm'},
+      {"source", required_argument, NULL, 's'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -49,6 +54,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
                     : c == 't' ? OPT_THUMB
                     : c == 'o' ? OPT_OUTPUT
                     : c == 'i' ? OPT_INDEX
+                    : c == 'm' || c == 's' ? OPT_UPDATE
                                : 0;
     if (need && !(allowed & need))
       return vlm_cli_usage_error(a->cmd, "that flag is not for this command");
@@ -59,6 +65,8 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
     case 't': a->thumb = optarg; break;
     case 'o': a->output = optarg; break;
     case 'i': a->factory = optarg; break;
+    case 'm': a->meta = optarg; break;
+    case 's': a->source = optarg; break;
     case 'h': fputs(a->usage, stdout); return VLM_EXIT_OK;
     default: fputs(a->usage, stderr); return VLM_EXIT_USAGE;
     }
@@ -309,6 +317,59 @@ int cmd_delete(int argc, char **argv) {
 }
 
 /* -------------------------------------------------------------- export */
+
+static const char update_usage[] =
+    "usage: vlmdb update --db DIR KEY [--meta JSON] [--source URI] [--json]\n"
+    "\n"
+    "Change what is named of an existing item and keep everything else\n"
+    "(vectors, thumbnail, caption): --meta replaces its whole metadata\n"
+    "object (declared fields are checked and re-indexed for filters),\n"
+    "--source its source.  One durable batch.  Exit status 1 when KEY does\n"
+    "not exist.  (The server's UPDATE and SETMETA do the same, and UPDATE\n"
+    "can also change the caption or image, embedding them again.)\n"
+    "\n"
+    "example:\n"
+    "  vlmdb update --db photos.vlm p1 --meta '{\"category\": \"bikes\", "
+    "\"year\": 2020}'\n";
+
+int cmd_update(int argc, char **argv) {
+  admin_args a = {.cmd = "update", .usage = update_usage};
+  int rc = parse_admin(argc, argv, OPT_ARGS | OPT_UPDATE, &a);
+  if (rc >= 0)
+    return rc;
+  if (argc - a.first_arg != 1)
+    return vlm_cli_usage_error(a.cmd, "give one KEY to update");
+  if (!a.meta && !a.source)
+    return vlm_cli_usage_error(a.cmd, "nothing to change: give --meta JSON "
+                               "or --source URI");
+  const char *key = argv[a.first_arg];
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
+    return VLM_EXIT_RUNTIME;
+  vlm_write_op op = {.kind = VLM_WRITE_UPDATE,
+                     .item = {.key = key, .meta_json = a.meta,
+                              .source = a.source}};
+  int changed = 0;
+  rc = vlm_db_write(db, &op, 1, &changed);
+  vlm_db_close(db);
+  if (rc) {
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  if (a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "key", json_string(key));
+    json_object_set_new(o, "updated", json_boolean(changed));
+    print_json_line(o);
+  } else if (changed) {
+    printf("updated %s\n", key);
+  }
+  if (!changed) {
+    fprintf(stderr, "vlmdb %s: no item with key \"%s\"\n", a.cmd, key);
+    return VLM_EXIT_RUNTIME;
+  }
+  return VLM_EXIT_OK;
+}
 
 static const char export_usage[] =
     "usage: vlmdb export --db DIR [--vectors] [-o FILE]\n"

@@ -18,6 +18,7 @@ static const vlm_command commands[] = {
     {"info", cmd_info, "show a database's counts and configuration"},
     {"get", cmd_get, "print one item by key"},
     {"delete", cmd_delete, "delete items by key"},
+    {"update", cmd_update, "change an item's metadata or source, keep the rest"},
     {"export", cmd_export, "write the database back out as JSONL"},
     {"reindex", cmd_reindex, "rebuild the vector index with another kind"},
     {"verify", cmd_verify, "check that a database's stores agree"},

@@ -870,6 +870,15 @@ static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
 
 /* ---- the batch engine: put, delete and mixed writes ------------------------ */
 
+static char *dup_n(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
 /* One batch being staged: what batch_begin opened (for batch_end's
  * cleanup), the changes for the log and SQLite, the counts to publish and
  * scratch space for one vector record. */
@@ -883,19 +892,39 @@ typedef struct {
   int64_t d_items, d_vecs[VLM__NMOD];
   float *vecs;   /* dim floats */
   uint8_t *vbuf; /* a vector record */
+  void **own;    /* copies the batch's SQLite rows point into (updates) */
+  int nown, cown;
 } batch;
+
+/* Keep p (malloc'd, may be NULL) until the batch ends. */
+static int batch_keep(batch *b, void *p) {
+  if (!p)
+    return 0;
+  if (b->nown == b->cown) {
+    int cap = b->cown ? 2 * b->cown : 16;
+    void **own = realloc(b->own, (size_t)cap * sizeof *own);
+    if (!own) {
+      free(p);
+      return vlm_seterr(VLM_ENOMEM, "update");
+    }
+    b->own = own;
+    b->cown = cap;
+  }
+  b->own[b->nown++] = p;
+  return 0;
+}
 
 /* Check one item before anything is touched: key, vectors (normalized
  * into scratch only to check them: finite, of a normal length), thumbnail,
  * text limits and UTF-8, payload cap, declared field types.  *meta gets
  * the parsed metadata (or NULL); *bytes grows by what it will write. */
-static int validate_item(vlm_db *db, const vlm_item *it, float *scratch,
-                         json_t **meta, uint64_t *bytes) {
+static int validate_item(vlm_db *db, const vlm_item *it, int update,
+                         float *scratch, json_t **meta, uint64_t *bytes) {
   int dim = db->man.dim, rc;
   char what[600];
   if ((rc = check_key(it->key)))
     return rc;
-  if (!it->image_vec && !it->text_vec)
+  if (!it->image_vec && !it->text_vec && !update)
     return vlm_seterr(VLM_EINVAL, "key \"%s\": no image or text vector",
                       it->key);
   if (it->image_vec) {
@@ -1038,6 +1067,76 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
   return 0;
 }
 
+/* Stage an update of a validated item: the fields it names (non-NULL)
+ * replace the stored ones, the others are kept, and the merged item is
+ * staged as an upsert.  The kept fields are copied out of the map first
+ * (the writes that follow may move the pages they are on) and live until
+ * the batch ends, since SQLite's rows point at them.  *meta: the item's
+ * parsed metadata, set here from the stored one when it names none (the
+ * caller frees it).  *changed 0 when the key does not exist. */
+static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
+                        json_t **meta, int *changed) {
+  int dim = db->man.dim, rc;
+  MDB_val k = {strlen(it->key), (void *)it->key}, v;
+  uint64_t id;
+  *changed = 0;
+  int mrc = mdb_get(b->txn, db->lm.keys, &k, &v);
+  if (mrc == MDB_NOTFOUND)
+    return 0;
+  if (mrc)
+    return vlm__lmdb_err(mrc, it->key);
+  memcpy(&id, v.mv_data, 8);
+  vlm__rec rec;
+  uint32_t vf;
+  const void *vec[VLM__NMOD];
+  if ((rc = vlm__rec_get(&db->lm, b->txn, id, &rec)) ||
+      (rc = vlm__vecs_get(&db->lm, b->txn, id, dim, &vf, vec)))
+    return rc;
+  vlm_item m = *it;
+  char *mj = NULL;
+  if (!it->caption && (rec.flags & VLM__HAS_CAPTION) &&
+      ((rc = batch_keep(b, (void *)(m.caption = dup_n(rec.caption,
+                                                      rec.caption_len)))) ||
+       !m.caption))
+    return rc ? rc : vlm_seterr(VLM_ENOMEM, "update");
+  if (!it->source && (rec.flags & VLM__HAS_SOURCE) &&
+      ((rc = batch_keep(b, (void *)(m.source = dup_n(rec.source,
+                                                     rec.source_len)))) ||
+       !m.source))
+    return rc ? rc : vlm_seterr(VLM_ENOMEM, "update");
+  if (!it->thumb && (rec.flags & VLM__HAS_THUMB) && rec.thumb_len) {
+    void *t = malloc(rec.thumb_len);
+    if (!t || (rc = batch_keep(b, t)))
+      return t ? rc : vlm_seterr(VLM_ENOMEM, "update");
+    memcpy(t, rec.thumb, rec.thumb_len);
+    m.thumb = t;
+    m.thumb_len = rec.thumb_len;
+  }
+  const float **mv[VLM__NMOD] = {&m.image_vec, &m.text_vec};
+  for (int i = 0; i < VLM__NMOD; i++) {
+    if (*mv[i] || !vec[i])
+      continue;
+    float *c = malloc((size_t)dim * sizeof *c);
+    if (!c || (rc = batch_keep(b, c)))
+      return c ? rc : vlm_seterr(VLM_ENOMEM, "update");
+    memcpy(c, vec[i], (size_t)dim * sizeof *c);
+    *mv[i] = c;
+  }
+  if (!it->meta_json && rec.meta_len) {
+    if (!(mj = dup_n(rec.meta, rec.meta_len)) || (rc = batch_keep(b, mj)))
+      return mj ? rc : vlm_seterr(VLM_ENOMEM, "update");
+    m.meta_json = mj;
+    if ((rc = vlm__meta_check(&db->man, it->key, mj, meta)))
+      return rc;
+  }
+  size_t payload = vlm__rec_size(strlen(m.key), &m);
+  if (payload > db->max_payload || payload > UINT32_MAX)
+    return vlm_seterr(VLM_ETOOBIG, "key \"%s\": the updated payload of %zu "
+                      "bytes exceeds the cap of %zu", m.key, payload,
+                      db->max_payload);
+  return stage_put(db, b, &m, *meta, 1, changed);
+}
+
 /* Stage the delete of key; *changed 0 when it does not exist. */
 static int stage_delete(vlm_db *db, batch *b, const char *key,
                         int *changed) {
@@ -1109,6 +1208,9 @@ static void batch_end(vlm_db *db, batch *b) {
   free(b->vbuf);
   free(b->ch);
   free(b->rows);
+  for (int i = 0; i < b->nown; i++)
+    free(b->own[i]);
+  free(b->own);
 }
 
 /* Validate ops, then stage and commit them as one batch; changed[i] (or
@@ -1142,8 +1244,10 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
     const vlm_write_op *op = &ops[i];
     if (op->kind == VLM_WRITE_DELETE)
       rc = check_key(op->item.key);
-    else if (op->kind == VLM_WRITE_ADD || op->kind == VLM_WRITE_UPSERT)
-      rc = validate_item(db, &op->item, scratch, &metas[i], &bytes);
+    else if (op->kind == VLM_WRITE_ADD || op->kind == VLM_WRITE_UPSERT ||
+             op->kind == VLM_WRITE_UPDATE)
+      rc = validate_item(db, &op->item, op->kind == VLM_WRITE_UPDATE,
+                         scratch, &metas[i], &bytes);
     else
       rc = vlm_seterr(VLM_EINVAL, "%s: op %d: unknown kind %d", what, i,
                       (int)op->kind);
@@ -1170,6 +1274,8 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
     int ch = 0;
     rc = op->kind == VLM_WRITE_DELETE
              ? stage_delete(db, &b, op->item.key, &ch)
+         : op->kind == VLM_WRITE_UPDATE
+             ? stage_update(db, &b, &op->item, &metas[i], &ch)
              : stage_put(db, &b, &op->item, metas[i],
                          op->kind == VLM_WRITE_UPSERT, &ch);
     if (rc)
@@ -1298,15 +1404,6 @@ int vlm_db_exists(vlm_db *db, const char *key) {
   rc = lookup_id(db, r->txn, key, &id);
   end_read(db, r);
   return rc == 0 ? 1 : rc == VLM_ENOTFOUND ? 0 : rc;
-}
-
-static char *dup_n(const char *s, size_t n) {
-  char *p = malloc(n + 1);
-  if (p) {
-    memcpy(p, s, n);
-    p[n] = '\0';
-  }
-  return p;
 }
 
 /* Build a caller-owned record of item id from txn. */

@@ -131,7 +131,12 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted);
 typedef enum {
   VLM_WRITE_ADD = 0,    /* insert item; skipped if its key exists */
   VLM_WRITE_UPSERT = 1, /* insert or replace item */
-  VLM_WRITE_DELETE = 2  /* delete item.key; the rest of item is ignored */
+  VLM_WRITE_DELETE = 2, /* delete item.key; the rest of item is ignored */
+  VLM_WRITE_UPDATE = 3  /* change only what item names (non-NULL caption,
+                           source, meta_json, thumb, vectors) of an
+                           existing key, keeping the rest; skipped if the
+                           key does not exist.  A new meta_json replaces
+                           the whole metadata object. */
 } vlm_write_kind;
 typedef struct {
   vlm_write_kind kind;

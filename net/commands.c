@@ -515,8 +515,10 @@ static void key_positions(const char *name, int *first, int *last,
   static const struct {
     const char *name;
     int first, last, step;
-  } keyed[] = {{"ADD", 1, 1, 1},  {"UPSERT", 1, 1, 1}, {"GET", 1, 1, 1},
-               {"DEL", 1, -1, 1}, {"EXISTS", 1, -1, 1}, {"TYPE", 1, 1, 1}};
+  } keyed[] = {{"ADD", 1, 1, 1},     {"UPSERT", 1, 1, 1},
+               {"UPDATE", 1, 1, 1},  {"SETMETA", 1, 1, 1},
+               {"GET", 1, 1, 1},     {"DEL", 1, -1, 1},
+               {"EXISTS", 1, -1, 1}, {"TYPE", 1, 1, 1}};
   for (size_t i = 0; i < sizeof keyed / sizeof keyed[0]; i++)
     if (!strcmp(keyed[i].name, name)) {
       *first = keyed[i].first;
@@ -1155,7 +1157,7 @@ done:
 
 typedef struct {
   vlm_item item;
-  unsigned flags;
+  vlm_write_kind kind; /* ADD, UPSERT or UPDATE */
   const void *image;
   size_t image_len;
   float *image_vec, *text_vec;  /* given as bytes */
@@ -1179,7 +1181,9 @@ static int cmd_add_proc(vlm__ctx *ctx) {
   }
   job->state = st;
   job->state_free = add_state_free;
-  st->flags = arg_is(&ctx->argv[0], "UPSERT") ? VLM_PUT_UPSERT : 0;
+  st->kind = arg_is(&ctx->argv[0], "UPSERT")   ? VLM_WRITE_UPSERT
+             : arg_is(&ctx->argv[0], "UPDATE") ? VLM_WRITE_UPDATE
+                                               : VLM_WRITE_ADD;
   const vlm__resp_arg *key = &ctx->argv[1];
   if (key->len == 0) {
     vlm__reply_error(ctx->out, "ERR", "empty key");
@@ -1232,12 +1236,30 @@ static int cmd_add_proc(vlm__ctx *ctx) {
     job->embed_image_len = st->image_len;
   }
   if (!st->text_vec && !st->image_vec && !job->embed_text &&
-      !job->embed_image) {
+      !job->embed_image && st->kind != VLM_WRITE_UPDATE) {
     vlm__reply_error(ctx->out, "ERR", "%s needs a vector: TEXT or IMAGE "
                      "(with a model loaded), TEXTVEC or IMAGEVEC",
-                     st->flags ? "UPSERT" : "ADD");
+                     st->kind == VLM_WRITE_UPSERT ? "UPSERT" : "ADD");
     return -1;
   }
+  return 0;
+}
+
+/* SETMETA key json: UPDATE key META json. */
+static int cmd_setmeta_proc(vlm__ctx *ctx) {
+  add_state *st = job_state(ctx, sizeof *st, add_state_free);
+  if (!st)
+    return -1;
+  st->kind = VLM_WRITE_UPDATE;
+  if (ctx->argv[1].len == 0) {
+    vlm__reply_error(ctx->out, "ERR", "empty key");
+    return -1;
+  }
+  if (arg_cstr(ctx, &ctx->argv[1], "key") < 0 ||
+      arg_cstr(ctx, &ctx->argv[2], "META") < 0)
+    return -1;
+  st->item.key = ctx->argv[1].ptr;
+  st->item.meta_json = ctx->argv[2].ptr;
   return 0;
 }
 
@@ -1272,7 +1294,8 @@ static void cmd_add_exec(vlm__job *job) {
     return;
   }
   int written = 0;
-  int rc = vlm_db_put(job->srv->db, &item, 1, st->flags, &written);
+  vlm_write_op op = {.kind = st->kind, .item = item};
+  int rc = vlm_db_write(job->srv->db, &op, 1, &written);
   if (rc < 0)
     reply_liberr(&job->reply, rc);
   else
@@ -1603,8 +1626,9 @@ static void cmd_backup_exec(vlm__job *job) {
  *
  * While a connection is in MULTI, every command is looked up and its
  * arguments checked as usual (proc runs), then queued instead of started,
- * and answered +QUEUED.  Only writes can be queued (ADD, UPSERT, DEL): at
- * EXEC they become one vlm_db_write batch, applied in order, all or
+ * and answered +QUEUED.  Only writes can be queued (ADD, UPSERT, UPDATE,
+ * SETMETA, DEL): at EXEC they become one vlm_db_write batch, applied in
+ * order, all or
  * nothing, acknowledged together - the guarantee Redis's MULTI does not
  * give (it applies what it can).  A command refused while queueing
  * (unknown, wrong arity, bad arguments, or not a write) makes EXEC answer
@@ -1651,7 +1675,7 @@ static void multi_queue(vlm__conn *conn, const vlm__command *cmd, int argc,
     char name[32];
     lower_name(cmd, name, sizeof name);
     vlm__reply_error(out, "ERR", "'%s' cannot be queued: a vlmdb transaction "
-                     "holds writes (ADD, UPSERT, DEL), applied as one batch "
+                     "holds writes (ADD, UPSERT, UPDATE, SETMETA, DEL), applied as one batch "
                      "at EXEC", name);
     conn->multi_dirty = 1;
     return;
@@ -1769,7 +1793,7 @@ static void cmd_exec_exec(vlm__job *job) {
                        q->argv[1].ptr, why);
       goto done;
     }
-    ops[o++].kind = as->flags ? VLM_WRITE_UPSERT : VLM_WRITE_ADD;
+    ops[o++].kind = as->kind;
   }
   if ((rc = vlm_db_write(job->srv->db, ops, nops, changed)) < 0) {
     const char *detail = vlm_errmsg();
@@ -1989,6 +2013,15 @@ static const vlm__command commands[] = {
      "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
      "[IMAGEVEC float32-bytes] [TEXTVEC float32-bytes]",
      "Add or replace an item."},
+    {"UPDATE", cmd_add_proc, cmd_add_exec, -3, WRITE, "write",
+     "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
+     "[IMAGEVEC float32-bytes] [TEXTVEC float32-bytes]",
+     "Change only what is named of an existing item (reply 0 if the key "
+     "does not exist); TEXT and IMAGE are embedded again unless their "
+     "vector is given."},
+    {"SETMETA", cmd_setmeta_proc, cmd_add_exec, 3, WRITE, "write",
+     "key json", "Replace an existing item's metadata, keeping the rest "
+     "(UPDATE key META json)."},
     {"DEL", cmd_keys_proc, cmd_del_exec, -2, WRITE, "write", "key [key ...]",
      "Delete items; answer how many existed."},
     {"GET", cmd_get_proc, cmd_get_exec, -2, 0, "read",

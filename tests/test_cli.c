@@ -1539,6 +1539,34 @@ static void test_e2e_ingest_search_eval(void **state) {
     free(th_bytes);
   }
   assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", db, "no-such-key"), 1);
+  /* update: the metadata changes, the thumbnail, caption and vectors do
+   * not; a missing key is an error */
+  out = RUN_OK(dir, "update", "--db", db, "photo", "--meta",
+               "{\"category\": \"pictures\", \"year\": 2024}", "--json");
+  res = parse_json(out);
+  assert_true(json_is_true(json_object_get(res, "updated")));
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "get", "--db", db, "photo", "--json", "--vectors");
+  res = parse_json(out);
+  assert_int_equal(json_int(json_object_get(res, "meta"), "year"), 2024);
+  assert_string_equal(json_string_value(json_object_get(res, "caption")),
+                      "a colourful photo, with commas");
+  assert_int_equal(json_int(res, "thumb_bytes"), thumb_bytes);
+  assert_true(json_equal(json_object_get(res, "image_vector"),
+                         json_object_get(json_object_get(map, "photo"),
+                                         "image_vector")));
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "search", "--db", db, "--key", "photo", "--filter",
+               "year = 2024", "--json");
+  res = parse_json(out);
+  assert_int_equal(json_array_size(json_object_get(res, "results")), 1);
+  json_decref(res);
+  free(out);
+  assert_int_equal(RUN(dir, NULL, NULL, "update", "--db", db, "no-such-key",
+                       "--source", "x"), 1);
+  assert_int_equal(RUN(dir, NULL, NULL, "update", "--db", db, "photo"), 2);
   out = RUN_OK(dir, "delete", "--db", db, "rgb", "no-such-key", "--json");
   res = parse_json(out);
   assert_int_equal(json_int(res, "deleted"), 1);

@@ -3417,6 +3417,112 @@ static void test_write_mixed_batches(void **state) {
   tmp_free(&t);
 }
 
+/* VLM_WRITE_UPDATE changes only what the item names: metadata alone
+ * keeps the vectors, thumbnail, caption and source (filters and BM25 see
+ * the change); a caption alone keeps the metadata; a missing key is
+ * skipped; a bad field type refuses the batch. */
+static int upd_count(vlm_db *db, const char *filter, const char *bm25,
+                     const float *q) {
+  vlm_search_options o = {0};
+  o.k = 50;
+  o.exact = 1;
+  o.filter = filter;
+  o.hybrid_text = bm25;
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  CHECK(vlm_db_search(db, bm25 ? NULL : q, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  return nh;
+}
+
+static void test_update_changes_only_what_it_names(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  float img[DIM], txt[DIM], txt2[DIM];
+  rng_state = 808;
+  unit(img, DIM);
+  unit(txt, DIM);
+  unit(txt2, DIM);
+  static const unsigned char thumb[] = {0xff, 0xd8, 0xff, 0xe0, 1, 2, 3};
+  vlm_item it = {.key = "car", .image_vec = img, .text_vec = txt,
+                 .caption = "a red zebra car", .source = "file:///car.jpg",
+                 .thumb = thumb, .thumb_len = sizeof thumb,
+                 .meta_json = "{\"category\": \"cars\", \"year\": 2001}"};
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_write_op op = {.kind = VLM_WRITE_UPDATE};
+  int changed = -1;
+
+  /* metadata alone */
+  op.item = (vlm_item){.key = "car",
+                       .meta_json = "{\"category\": \"art\", \"year\": 1999}"};
+  CHECK(vlm_db_write(db, &op, 1, &changed));
+  assert_int_equal(changed, 1);
+  for (int pass = 0; pass < 2; pass++) {
+    vlm_record *r = NULL;
+    CHECK(vlm_db_get(db, "car", &r));
+    assert_string_equal(r->caption, "a red zebra car");
+    assert_string_equal(r->source, "file:///car.jpg");
+    assert_int_equal(r->thumb_len, sizeof thumb);
+    assert_memory_equal(r->thumb, thumb, sizeof thumb);
+    assert_non_null(r->image_vec);
+    assert_non_null(r->text_vec);
+    assert_memory_equal(r->image_vec, img, sizeof img);
+    assert_memory_equal(r->text_vec, txt, sizeof txt);
+    assert_non_null(strstr(r->meta_json, "\"art\""));
+    vlm_record_free(r);
+    assert_int_equal(upd_count(db, "category = 'art' AND year = 1999", NULL,
+                               img), 1);
+    assert_int_equal(upd_count(db, "category = 'cars'", NULL, img), 0);
+    assert_int_equal(upd_count(db, NULL, "zebra", NULL), 1);
+    CHECK(vlm_db_verify(db));
+    if (pass == 0) { /* and after a reopen */
+      vlm_db_close(db);
+      db = open_db(t.dir);
+    }
+  }
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, 1);
+  assert_int_equal(info.image_vectors, 1);
+  assert_int_equal(info.text_vectors, 1);
+
+  /* a caption and a text vector; the metadata stays */
+  op.item = (vlm_item){.key = "car", .caption = "a blue okapi",
+                       .text_vec = txt2};
+  CHECK(vlm_db_write(db, &op, 1, &changed));
+  assert_int_equal(changed, 1);
+  vlm_record *r = NULL;
+  CHECK(vlm_db_get(db, "car", &r));
+  assert_string_equal(r->caption, "a blue okapi");
+  assert_memory_equal(r->image_vec, img, sizeof img);
+  assert_memory_equal(r->text_vec, txt2, sizeof txt2);
+  assert_non_null(strstr(r->meta_json, "\"art\""));
+  vlm_record_free(r);
+  assert_int_equal(upd_count(db, NULL, "okapi", NULL), 1);
+  assert_int_equal(upd_count(db, NULL, "zebra", NULL), 0);
+  assert_int_equal(upd_count(db, "year = 1999", NULL, img), 1);
+
+  /* a missing key is skipped; a bad type refuses the whole batch */
+  vlm_write_op two[2] = {
+      {.kind = VLM_WRITE_UPDATE, .item = {.key = "nope", .caption = "x"}},
+      {.kind = VLM_WRITE_UPDATE, .item = {.key = "car", .caption = "y"}}};
+  int ch2[2];
+  CHECK(vlm_db_write(db, two, 2, ch2));
+  assert_int_equal(ch2[0], 0);
+  assert_int_equal(ch2[1], 1);
+  assert_int_equal(vlm_db_exists(db, "nope"), 0);
+  two[1].item.meta_json = "{\"year\": \"not a number\"}";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_write(db, two, 2, ch2));
+  CHECK(vlm_db_get(db, "car", &r));
+  assert_string_equal(r->caption, "y");
+  vlm_record_free(r);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ crash test */
 
 static const char *build_dir(void) {
@@ -4315,6 +4421,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),
       cmocka_unit_test_teardown(test_mixed_batches_sqlite_matches_model, teardown_tmp),
       cmocka_unit_test_teardown(test_write_mixed_batches, teardown_tmp),
+      cmocka_unit_test_teardown(test_update_changes_only_what_it_names,
+                                teardown_tmp),
       cmocka_unit_test_teardown(test_crash_kill9_recovery, teardown_tmp),
       cmocka_unit_test_teardown(test_concurrency_readers_never_see_half_a_batch, teardown_tmp),
       cmocka_unit_test_teardown(test_backup_during_writes, teardown_tmp),

@@ -1560,6 +1560,84 @@ static void test_backup_command(void **state) {
   server_done(&s);
 }
 
+/* UPDATE and SETMETA change only what they name: the thumbnail and the
+ * vectors of an image item survive a metadata change; a new TEXT gets
+ * the model's vector for it, the image vector stays. */
+static redisReply *get_field(redisContext *c, const char *key,
+                             const char *field) {
+  redisReply *r = hcmd(c, "GET %s WITHTHUMB WITHVECTORS", key);
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  for (size_t i = 0; i + 1 < r->elements; i += 2)
+    if (!strcmp(r->element[i]->str, field)) {
+      redisReply *v = r->element[i + 1];
+      r->element[i + 1] = NULL; /* hand it over */
+      freeReplyObject(r);
+      return v;
+    }
+  fail_msg("GET %s has no %s", key, field);
+  return NULL;
+}
+
+static void test_update_commands(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  size_t ilen;
+  char *img = fixture("photo_rgb.jpg", &ilen);
+  expect_int(hcmd(c, "ADD p IMAGE %b TEXT %s META %s", img, ilen,
+                  "a photo of a cat", "{\"n\": 1, \"cat\": \"animal\"}"), 1);
+  redisReply *thumb = get_field(c, "p", "thumb");
+  redisReply *ivec = get_field(c, "p", "image_vec");
+  redisReply *tvec = get_field(c, "p", "text_vec");
+  expect_int(hcmd(c, "SETMETA p %s", "{\"n\": 2, \"cat\": \"pet\"}"), 1);
+  redisReply *r = get_field(c, "p", "meta");
+  assert_non_null(strstr(r->str, "\"pet\""));
+  freeReplyObject(r);
+  r = get_field(c, "p", "thumb");
+  assert_int_equal(r->len, thumb->len);
+  assert_memory_equal(r->str, thumb->str, r->len);
+  freeReplyObject(r);
+  r = get_field(c, "p", "image_vec");
+  assert_memory_equal(r->str, ivec->str, r->len);
+  freeReplyObject(r);
+  r = get_field(c, "p", "caption");
+  assert_string_equal(r->str, "a photo of a cat");
+  freeReplyObject(r);
+  r = hcmd(c, "SEARCH TEXT %s K 5 FILTER %s", "cat", "cat = 'pet' AND n = 2");
+  assert_int_equal(r->elements, 1);
+  freeReplyObject(r);
+  /* a new caption: its text vector is the model's, the image's stays */
+  expect_int(hcmd(c, "UPDATE p TEXT %s", "a sleeping dog"), 1);
+  r = get_field(c, "p", "text_vec");
+  redisReply *e = hcmd(c, "EMBED TEXT %s", "a sleeping dog");
+  assert_int_equal(r->len, e->len);
+  assert_vec_near((const float *)r->str, (const float *)e->str, g_dim, 1e-5f,
+                  "UPDATE TEXT");
+  assert_true(memcmp(r->str, tvec->str, r->len) != 0);
+  freeReplyObject(e);
+  freeReplyObject(r);
+  r = get_field(c, "p", "image_vec");
+  assert_memory_equal(r->str, ivec->str, r->len);
+  freeReplyObject(r);
+  expect_int(hcmd(c, "UPDATE nokey SOURCE %s", "x"), 0);
+  expect_int(hcmd(c, "EXISTS nokey"), 0);
+  expect_error(hcmd(c, "UPDATE p"), "ERR wrong number of arguments");
+  expect_error(hcmd(c, "SETMETA p %s", "{bad"), "ERR");
+  expect_error(hcmd(c, "SETMETA p %s", "{\"n\": \"two\"}"), "ERR");
+  r = get_field(c, "p", "meta");
+  assert_non_null(strstr(r->str, "\"pet\""));
+  freeReplyObject(r);
+  freeReplyObject(thumb);
+  freeReplyObject(ivec);
+  freeReplyObject(tvec);
+  free(img);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 /* MULTI / EXEC / DISCARD with Redis's replies, the writes of one EXEC
  * applied as one batch, all or nothing: hiredis for the edge cases,
  * redis-py's default (transactional) pipeline, and kill -9 while an EXEC
@@ -3174,6 +3252,7 @@ int main(void) {
       cmocka_unit_test(test_write_read_search),
       cmocka_unit_test(test_backup_command),
       cmocka_unit_test(test_multi_exec),
+      cmocka_unit_test(test_update_commands),
       cmocka_unit_test(test_resp3),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),
