@@ -23,6 +23,11 @@
  *
  * The copy is built in a .NAME.creating-PID sibling of dst (as vlm_db_create
  * builds a database), so dst is either absent or a whole database.
+ *
+ * From a read-only handle beside a writer in another process the pin
+ * cannot hold that writer's checkpoints back: if one prunes the log the
+ * copy would replay, the copy's open rebuilds meta.sqlite and the index
+ * from its payload store instead - slower, and the same result.
  */
 #include "db_int.h"
 
@@ -205,19 +210,42 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
   db->backing_up = 1;
   /* 1. the starting point: index checkpoints, meta.sqlite's snapshot, the
    * log pinned after the older of the two */
-  pthread_rwlock_rdlock(&db->index_lock);
-  memcpy(ck, db->man.ckpt, sizeof ck);
-  pthread_rwlock_unlock(&db->index_lock);
   uint64_t pin = UINT64_MAX, sseq = 0;
-  for (int m = 0; m < VLM__NMOD && !rc; m++) {
-    if (!ck[m].file[0])
-      continue;
-    snprintf(path, sizeof path, "%s/%s", db->dir, ck[m].file);
-    if ((fds[m] = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-      rc = vlm_seterr(VLM_EIO, "backup: %s: %s", path, strerror(errno));
-    else if (ck[m].seq < pin)
-      pin = ck[m].seq;
+  for (int attempt = 0;; attempt++) {
+    /* a read-only handle beside a writer in another process: the files
+     * the manifest names now (a checkpoint there may replace one between
+     * reading the manifest and opening it: read it again) */
+    vlm__manifest now;
+    if (db->follow && (rc = vlm__manifest_read(db->dir, &now)) == 0) {
+      memcpy(ck, now.ckpt, sizeof ck);
+    } else if (!rc) {
+      pthread_rwlock_rdlock(&db->index_lock);
+      memcpy(ck, db->man.ckpt, sizeof ck);
+      pthread_rwlock_unlock(&db->index_lock);
+    }
+    int vanished = 0;
+    for (int m = 0; m < VLM__NMOD && !rc; m++) {
+      if (!ck[m].file[0])
+        continue;
+      snprintf(path, sizeof path, "%s/%s", db->dir, ck[m].file);
+      if ((fds[m] = open(path, O_RDONLY | O_CLOEXEC)) >= 0)
+        continue;
+      if (errno == ENOENT && db->follow && attempt < 5)
+        vanished = 1;
+      else
+        rc = vlm_seterr(VLM_EIO, "backup: %s: %s", path, strerror(errno));
+    }
+    if (rc || !vanished)
+      break;
+    for (int m = 0; m < VLM__NMOD; m++)
+      if (fds[m] >= 0) {
+        close(fds[m]);
+        fds[m] = -1;
+      }
   }
+  for (int m = 0; m < VLM__NMOD && !rc; m++)
+    if (ck[m].file[0] && ck[m].seq < pin)
+      pin = ck[m].seq;
   if (!rc)
     rc = vlm__reader_get(db, 1, &r);
   if (!rc) {

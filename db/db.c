@@ -128,7 +128,7 @@ static void process_command(pid_t pid, char *buf, size_t cap) {
 }
 
 /* Who holds the lock, in words, for the busy error: the writer records
- * its pid in LOCK; a reader's shared lock leaves no name. */
+ * its pid in LOCK (gone only if it is being replaced this instant). */
 static void lock_holder(int fd, char *buf, size_t cap) {
   char text[32] = {0};
   ssize_t n = pread(fd, text, sizeof text - 1, 0);
@@ -141,25 +141,24 @@ static void lock_holder(int fd, char *buf, size_t cap) {
     snprintf(buf, cap, "a writer (pid %ld%s%s)", pid, cmd[0] ? ": " : "",
              cmd);
   } else {
-    snprintf(buf, cap, "read-only processes (vlmdb search, info, get, "
-                       "export or eval)");
+    snprintf(buf, cap, "another writer");
   }
 }
 
-/* One writer process, or any number of read-only ones: flock on LOCK.  A
- * writer writes its pid there so that the refusal can say who holds it. */
+/* One writer process at a time: flock on LOCK, where the writer writes its
+ * pid so that a refusal can say who holds it.  Read-only processes take
+ * no lock: LMDB and SQLite's WAL let them read beside the writer, and each
+ * search pairs the two stores' snapshots itself (planner.c). */
 static int lock_dir(const char *dir, int readonly, int *fd_out) {
   char path[PATH_MAX];
-  snprintf(path, sizeof path, "%s/LOCK", dir);
-  int fd = open(path, readonly ? O_RDONLY | O_CLOEXEC
-                               : O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   *fd_out = -1;
-  if (fd < 0) {
-    if (readonly && errno == ENOENT)
-      return 0;
+  if (readonly)
+    return 0;
+  snprintf(path, sizeof path, "%s/LOCK", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0)
     return vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno));
-  }
-  if (flock(fd, (readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
     char who[256];
     if (e == EWOULDBLOCK)
@@ -167,22 +166,99 @@ static int lock_dir(const char *dir, int readonly, int *fd_out) {
     close(fd);
     if (e == EWOULDBLOCK)
       return vlm_seterr(VLM_EBUSY, "%s: the database is open elsewhere, by "
-                        "%s; %s", dir, who,
-                        readonly ? "query the server, or run this when the "
-                                   "writer has finished"
-                                 : "one writer at a time: wait for it, or "
-                                   "stop it");
+                        "%s; one writer at a time: wait for it, or stop it "
+                        "(read-only commands run beside it)", dir, who);
     return vlm_seterr(VLM_EIO, "%s: lock: %s", path, strerror(e));
   }
-  if (!readonly) {
-    char text[32];
-    int n = snprintf(text, sizeof text, "%d\n", (int)getpid());
-    if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n) {
-      /* only a refused open's message depends on it */
-    }
+  char text[32];
+  int n = snprintf(text, sizeof text, "%d\n", (int)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n) {
+    /* only a refused open's message and readers' crash check use it */
   }
   *fd_out = fd;
   return 0;
+}
+
+/* 1 if a writer process holds dir (its pid in LOCK is alive). */
+int vlm__writer_alive(const char *dir) {
+  char path[PATH_MAX], text[32] = {0};
+  snprintf(path, sizeof path, "%s/LOCK", dir);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = pread(fd, text, sizeof text - 1, 0);
+  close(fd);
+  long pid = n > 0 ? strtol(text, NULL, 10) : 0;
+  return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+/* The databases this process has open.  LMDB must not have one
+ * environment open twice in a process beside a writer (its locks are per
+ * process: closing one copy drops the other's), so a writer and any
+ * other handle of the same directory are refused here, where a second
+ * process would be allowed. */
+typedef struct open_db {
+  dev_t dev;
+  ino_t ino;
+  pid_t pid; /* a child forked with handles open does not own them */
+  int writers, readers;
+  struct open_db *next;
+} open_db;
+
+static pthread_mutex_t open_mu = PTHREAD_MUTEX_INITIALIZER;
+static open_db *open_dbs;
+
+static int open_register(vlm_db *db, const char *dir, int readonly) {
+  struct stat st;
+  if (stat(dir, &st) != 0)
+    return vlm_seterr(VLM_ENOTFOUND, "%s: %s", dir, strerror(errno));
+  int rc = 0;
+  pthread_mutex_lock(&open_mu);
+  open_db *e = open_dbs;
+  while (e && (e->dev != st.st_dev || e->ino != st.st_ino ||
+               e->pid != getpid()))
+    e = e->next;
+  if (e && (e->writers || !readonly)) {
+    rc = vlm_seterr(VLM_EBUSY, "%s: the database is already open in this "
+                    "process%s; use that handle", dir,
+                    e->writers ? " for writing" : " (read-only)");
+  } else if (!e && !(e = calloc(1, sizeof *e))) {
+    rc = vlm_seterr(VLM_ENOMEM, "open");
+  } else {
+    if (!e->writers && !e->readers) {
+      e->dev = st.st_dev;
+      e->ino = st.st_ino;
+      e->pid = getpid();
+      e->next = open_dbs;
+      open_dbs = e;
+    }
+    readonly ? e->readers++ : e->writers++;
+    db->reg_dev = st.st_dev;
+    db->reg_ino = st.st_ino;
+    db->registered = 1;
+  }
+  pthread_mutex_unlock(&open_mu);
+  return rc;
+}
+
+static void open_unregister(vlm_db *db) {
+  if (!db->registered)
+    return;
+  pthread_mutex_lock(&open_mu);
+  for (open_db **p = &open_dbs; *p; p = &(*p)->next) {
+    open_db *e = *p;
+    if (e->dev != db->reg_dev || e->ino != db->reg_ino ||
+        e->pid != getpid())
+      continue;
+    db->readonly ? e->readers-- : e->writers--;
+    if (!e->readers && !e->writers) {
+      *p = e->next;
+      free(e);
+    }
+    break;
+  }
+  pthread_mutex_unlock(&open_mu);
+  db->registered = 0;
 }
 
 /* ---- create / open / close ---------------------------------------------- */
@@ -425,6 +501,7 @@ static void maybe_checkpoint(vlm_db *db);
 static void db_free(vlm_db *db) {
   if (!db)
     return;
+  open_unregister(db);
   while (db->pool) {
     vlm__reader *r = db->pool;
     db->pool = r->next;
@@ -529,8 +606,10 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
                     dir);
     goto fail;
   }
-  if ((rc = lock_dir(dir, db->readonly, &db->lock_fd)))
+  if ((rc = open_register(db, dir, db->readonly)) ||
+      (rc = lock_dir(dir, db->readonly, &db->lock_fd)))
     goto fail;
+  db->follow = db->readonly && !db->rofs;
   if ((rc = vlm__lmdb_open(&db->lm, dir,
                            db->rofs ? VLM__RO_MEDIA : db->readonly, 0,
                            o.map_size)))
@@ -538,6 +617,8 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
 
   /* Recovery: LMDB is the truth; bring SQLite up to LMDB's batch. */
   uint64_t lseq, next_id, sseq;
+  int pairs = 0;
+again:
   {
     MDB_txn *txn;
     int mrc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
@@ -596,6 +677,16 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
     vlm__reader_put(db, r);
     if (rc)
       goto fail;
+    /* A writer working beside us commits LMDB, then SQLite: between the
+     * two (or after a batch landed between our two reads) the numbers
+     * differ for a moment.  Read again until they agree; a gap that stays
+     * with no writer alive is a crash's, handled below. */
+    if (sseq != lseq && db->follow && pairs < 5000 &&
+        (sseq > lseq || vlm__writer_alive(dir))) {
+      if (++pairs > 20)
+        usleep(1000);
+      goto again;
+    }
   }
   if (sseq > lseq) {
     rc = vlm_seterr(VLM_ECORRUPT,

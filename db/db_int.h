@@ -26,6 +26,7 @@
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include <jansson.h>
 
@@ -348,6 +349,12 @@ struct vlm_db {
                                  this batch into its copy: checkpoints keep
                                  it (UINT64_MAX: none) */
   int backing_up;             /* one backup at a time */
+  int follow;                 /* read-only beside a possible writer: each
+                                 search pairs LMDB's and SQLite's snapshots
+                                 and reads its batch from them (planner.c) */
+  int registered;             /* in this process's list of open databases */
+  dev_t reg_dev;
+  ino_t reg_ino;
 
   /* published state (pub_lock) */
   pthread_rwlock_t pub_lock;
@@ -380,6 +387,9 @@ void vlm__warn(vlm_db *db, const char *fmt, ...)
 int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out);
 void vlm__reader_put(vlm_db *db, vlm__reader *r);
 void vlm__reader_free(vlm__reader *r);
+
+/* 1 if a writer process holds dir (the pid it wrote in LOCK is alive). */
+int vlm__writer_alive(const char *dir);
 
 /* Test hook: when set (only tests set it), called at named points of
  * the library where a test wants to widen a race window ("backup-pinned":

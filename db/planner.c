@@ -23,6 +23,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEFAULT_EF 64
 #define DEFAULT_NPROBE 16
@@ -581,9 +582,77 @@ fail:
 
 /* ---- snapshot ---------------------------------------------------------- */
 
+/* A read-only handle beside a writer in another process: the published
+ * state of this process says nothing, so the batch, next id and item count
+ * come from the LMDB snapshot itself, and SQLite's snapshot (taken first:
+ * the writer commits LMDB first, SQLite second) must show the same batch,
+ * or both are taken again.  The index side (loaded at open) holds ids
+ * below its upto; newer ones are the pending tail, scanned exactly, and
+ * hits of items deleted since are resolved away against the snapshot. */
+static int snapshot_follow(vlm_db *db, vlm__reader *r, int need_sql,
+                           uint64_t *next_id, int64_t *nitems,
+                           uint64_t *seq) {
+  for (int attempt = 0;; attempt++) {
+    uint64_t sseq = 0, lseq = 0, nid = 0;
+    int rc = 0;
+    if (need_sql) {
+      int s = sqlite3_exec(r->sql, "BEGIN", NULL, NULL, NULL);
+      if (s == SQLITE_OK) {
+        s = sqlite3_step(r->pin);
+        if (s == SQLITE_ROW)
+          sseq = (uint64_t)sqlite3_column_int64(r->pin, 0);
+        sqlite3_reset(r->pin);
+        s = (s == SQLITE_ROW || s == SQLITE_DONE) ? SQLITE_OK : s;
+      }
+      if (s != SQLITE_OK) {
+        rc = vlm__sql_err(r->sql, s, "search");
+        sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+      }
+    }
+    int mrc = r->txn ? mdb_txn_renew(r->txn)
+                     : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);
+    if (mrc) {
+      if (r->txn)
+        mdb_txn_abort(r->txn);
+      r->txn = NULL;
+      rc = vlm__lmdb_err(mrc, "search");
+    } else {
+      MDB_stat st;
+      if (!(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "seq", &lseq)) &&
+          !(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "next_id", &nid)) &&
+          (mrc = mdb_stat(r->txn, db->lm.keys, &st)))
+        rc = vlm__lmdb_err(mrc, "search");
+      *nitems = rc ? 0 : (int64_t)st.ms_entries;
+    }
+    if (!rc && (!need_sql || sseq == lseq)) {
+      *seq = lseq;
+      *next_id = nid ? nid : 1;
+      return 0;
+    }
+    if (r->txn)
+      mdb_txn_reset(r->txn);
+    if (need_sql)
+      sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
+    if (rc)
+      return rc;
+    /* the writer is between its two commits: a moment */
+    if (attempt >= 5000 || (attempt > 100 && !vlm__writer_alive(db->dir)))
+      return vlm_seterr(VLM_ESTATE, "%s: meta.sqlite is at batch %llu and "
+                        "the payload store at %llu, and no writer is "
+                        "finishing it: run `vlmdb recover --db %s`",
+                        db->dir, (unsigned long long)sseq,
+                        (unsigned long long)lseq, db->dir);
+    if (attempt > 20)
+      usleep(1000);
+  }
+}
+
 int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
                         uint64_t *next_id, int64_t *nitems, uint64_t *seq) {
   int rc = 0;
+  if (db->follow)
+    return snapshot_follow(db, r, need_sql, next_id, nitems, seq);
   pthread_rwlock_rdlock(&db->pub_lock);
   int mrc = r->txn ? mdb_txn_renew(r->txn)
                    : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);

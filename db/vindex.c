@@ -503,7 +503,28 @@ static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   return rc;
 }
 
+static int vindex_open_once(vlm_db *db, int may_rebuild);
+
+/* A read-only process beside a writer can read a manifest whose index
+ * file the writer's next checkpoint has just replaced (or whose log it has
+ * pruned): read the manifest again and retry before rebuilding from the
+ * payload store. */
 int vlm__vindex_open(vlm_db *db) {
+  for (int attempt = 0;; attempt++) {
+    int last = !db->follow || attempt >= 3;
+    int rc = vindex_open_once(db, last);
+    if (rc != VLM_EBUSY || last)
+      return rc;
+    vlm__vindex_close(db);
+    for (int m = 0; m < VLM__NMOD; m++)
+      db->vx[m].nlive = 0;
+    vlm__manifest fresh;
+    if (vlm__manifest_read(db->dir, &fresh) == 0)
+      memcpy(db->man.ckpt, fresh.ckpt, sizeof fresh.ckpt);
+  }
+}
+
+static int vindex_open_once(vlm_db *db, int may_rebuild) {
   MDB_txn *txn = NULL;
   MDB_cursor *cur = NULL;
   uint64_t tseq, tnext;
@@ -550,11 +571,15 @@ int vlm__vindex_open(vlm_db *db) {
     char why[PATH_MAX + 128];
     int loaded = 0;
     if (db->man.ckpt[m].file[0]) {
-      if (load_checkpoint(db, txn, m, tseq, tnext, why, sizeof why) == 0)
+      if (load_checkpoint(db, txn, m, tseq, tnext, why, sizeof why) == 0) {
         loaded = 1;
-      else
+      } else if (!may_rebuild) {
+        rc = VLM_EBUSY; /* read the manifest again first */
+        goto done;
+      } else {
         vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload "
                   "store", db->dir, mod_name[m], why);
+      }
     }
     if (loaded) {
       if ((rc = add_tail(db, txn, m, tnext)))

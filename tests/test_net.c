@@ -1538,6 +1538,18 @@ static void test_backup_command(void **state) {
   freeReplyObject(r);
   expect_error(hcmd(c, "BACKUP %s", dst), "ERR already exists");
   expect_error(hcmd(c, "BACKUP"), "ERR wrong number of arguments");
+  /* read-only commands run beside the server: verify, search, and a
+   * backup of their own */
+  char cmd[1024], dst2[200];
+  snprintf(dst2, sizeof dst2, "%s/copy2", s.dir);
+  snprintf(cmd, sizeof cmd, "%s/vlmdb verify --db %s >/dev/null && "
+           "%s/vlmdb search --db %s --model %s --text cat -k 1 --json | grep -c '\"key\"' && "
+           "%s/vlmdb backup --db %s --out %s --json | grep -o '\"items\":"
+           "[0-9]*'", build_dir(), s.db, build_dir(), s.db, MODEL_DIR,
+           build_dir(), s.db, dst2);
+  char want[64];
+  snprintf(want, sizeof want, "1\n\"items\":%d\n", NITEMS + 1);
+  expect_shell(cmd, want);
   redisFree(c);
   stop_server(&s);
 
