@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define KEY_MAX_BYTES 511
+#define KEY_MAX_BYTES VLM_DB_MAX_KEY
 #define DIR_MAX_DEPTH 64
 
 /* ---------------------------------------------------------------- names */

@@ -120,7 +120,7 @@ int cmd_info(int argc, char **argv) {
   }
   if (a.as_json) {
     json_t *o = json_object(), *fields = json_array();
-    for (int i = 0; i < info.nfields && i < 64; i++) {
+    for (int i = 0; i < info.nfields; i++) {
       json_t *f = json_object();
       json_object_set_new(f, "name", json_string(info.field_names[i]));
       json_object_set_new(f, "type",

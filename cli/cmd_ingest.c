@@ -971,14 +971,14 @@ int cmd_ingest(int argc, char **argv) {
   }
   ing.dim = info.dim;
   vlm_field fields[64];
-  for (int i = 0; i < info.nfields && i < 64; i++) {
+  for (int i = 0; i < info.nfields; i++) {
     fields[i].name = info.field_names[i];
     fields[i].type = info.field_types[i];
   }
   vlm_catalog_options copts = {.format = format,
                                .images_root = images_root,
                                .fields = fields,
-                               .nfields = info.nfields < 64 ? info.nfields : 64,
+                               .nfields = info.nfields,
                                .dim = info.dim};
   rc = vlm_catalog_open(ing.catalog_path, &copts, &cat);
   if (rc) {

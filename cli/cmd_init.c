@@ -28,7 +28,7 @@ static const char usage[] =
     "example:\n"
     "  vlmdb init --db photos.vlm --field category:text --field year:int\n";
 
-#define MAX_FIELDS 64
+#define MAX_FIELDS VLM_DB_MAX_FIELDS
 
 int cmd_init(int argc, char **argv) {
   const char *cmd = "init", *db_dir = NULL, *model_dir = NULL,

@@ -33,20 +33,23 @@ static void usage(FILE *f) {
 "  --port P                 TCP port (default %d; 0 picks a free one)\n"
 "  --requirepass SECRET     clients must AUTH with SECRET first\n"
 "  --threads N              worker threads (default: the CPU count)\n"
-"  --maxclients N           connections at most (default 10000)\n"
-"  --max-request-bytes N    bytes of one request (default 64 MiB)\n"
+"  --maxclients N           connections at most (default %d)\n"
+"  --max-request-bytes N    bytes of one request (default %zu MiB)\n"
 "  --max-output-bytes N     unsent reply bytes before a client that does\n"
-"                           not read is disconnected (default 256 MiB)\n"
+"                           not read is disconnected (default %zu MiB)\n"
 "  --timeout S              close connections idle S seconds (default 0:\n"
 "                           never)\n"
 "  --batch-window-us N      how long an embedding waits for others to batch\n"
-"                           with (default 1000; 0 turns batching off)\n"
-"  --batch-max N            largest embedding batch (default 64)\n"
+"                           with (default %d; 0 turns batching off)\n"
+"  --batch-max N            largest embedding batch (default %d)\n"
 "  --quiet                  no log lines on stderr\n"
 "\n"
 "SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
 "the index is checkpointed, the stores closed.\n",
-          VLM_SERVER_DEFAULT_PORT);
+          VLM_SERVER_DEFAULT_PORT, VLM_SERVER_DEFAULT_MAXCLIENTS,
+          VLM_SERVER_DEFAULT_MAX_REQUEST >> 20,
+          VLM_SERVER_DEFAULT_MAX_OUTPUT >> 20,
+          VLM_SERVER_DEFAULT_BATCH_WINDOW_US, VLM_SERVER_DEFAULT_BATCH_MAX);
 }
 
 /* A non-negative integer flag value with an optional K/M/G suffix. */

@@ -35,8 +35,8 @@
 #include "vlmdb.h"
 
 #define VLM__FORMAT_VERSION 1
-#define VLM__MAX_FIELDS 64
-#define VLM__MAX_KEY 511
+#define VLM__MAX_FIELDS VLM_DB_MAX_FIELDS
+#define VLM__MAX_KEY VLM_DB_MAX_KEY
 #define VLM__MAX_FILTER 4096
 #define VLM__NMOD 2 /* modalities: 0 image, 1 text */
 #define VLM__MOD_IMAGE 0
@@ -68,7 +68,7 @@ typedef struct {
   char model_dir[512];
   int nfields;
   vlm_field_type ftype[VLM__MAX_FIELDS];
-  char fname[VLM__MAX_FIELDS][64];
+  char fname[VLM__MAX_FIELDS][VLM_DB_FIELD_NAME];
   vlm__ckpt ckpt[VLM__NMOD];
   int sql_cksum;   /* meta.sqlite's pages carry checksums (sqlvfs.c) */
 } vlm__manifest;

@@ -42,7 +42,7 @@ int vlm__field_name_ok(const char *name, char *why, size_t whylen) {
 }
 
 int vlm_field_parse(const char *spec, vlm_field *out) {
-  static _Thread_local char names[VLM__MAX_FIELDS][64];
+  static _Thread_local char names[VLM__MAX_FIELDS][VLM_DB_FIELD_NAME];
   static _Thread_local unsigned next_name;
   if (!spec || !out)
     return vlm_seterr(VLM_EINVAL, "field spec: NULL argument");

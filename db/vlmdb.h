@@ -87,9 +87,17 @@ void vlm_db_close(vlm_db *db);
 /* The most results one search (k) or one eval cut-off (K) may ask for. */
 #define VLM_DB_MAX_K 10000
 
+/* A key is 1..VLM_DB_MAX_KEY bytes of UTF-8; a database declares at most
+ * VLM_DB_MAX_FIELDS fields, each named in fewer than VLM_DB_FIELD_NAME
+ * bytes. */
+#define VLM_DB_MAX_KEY 511
+#define VLM_DB_MAX_FIELDS 64
+#define VLM_DB_FIELD_NAME 64
+
 /* One item to write.  At least one vector is required. */
 typedef struct {
-  const char *key;         /* unique, non-empty UTF-8, at most 511 bytes */
+  const char *key;         /* unique, non-empty UTF-8, at most
+                              VLM_DB_MAX_KEY bytes */
   const float *image_vec;  /* dim floats or NULL */
   const float *text_vec;   /* dim floats or NULL */
   const char *caption;     /* text of the item, indexed by FTS5; may be NULL;
@@ -215,8 +223,8 @@ typedef struct {
   char model_dir[512];
   int format_version;
   int nfields;
-  vlm_field_type field_types[64];
-  char field_names[64][64];
+  vlm_field_type field_types[VLM_DB_MAX_FIELDS];
+  char field_names[VLM_DB_MAX_FIELDS][VLM_DB_FIELD_NAME];
   uint64_t disk_bytes;
   /* Fields added later. */
   uint64_t seq;           /* last committed batch */

@@ -806,7 +806,7 @@ static void cmd_info_exec(vlm__job *job) {
                     info.index_factory, info.format_version,
                     (unsigned long long)info.disk_bytes);
     static const char *types[] = {"text", "int", "real"};
-    for (int i = 0; i < info.nfields && i < 64; i++)
+    for (int i = 0; i < info.nfields; i++)
       vlm__buf_printf(b, "%s%s:%s", i ? "," : "", info.field_names[i],
                       (unsigned)info.field_types[i] < 3
                           ? types[info.field_types[i]]

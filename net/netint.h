@@ -255,8 +255,8 @@ struct vlm_server {
   FILE *log;
   vlm__resp_limits limits;
   int nfields;
-  char field_names[64][64];
-  vlm_field_type field_types[64];
+  char field_names[VLM_DB_MAX_FIELDS][VLM_DB_FIELD_NAME];
+  vlm_field_type field_types[VLM_DB_MAX_FIELDS];
 
   vlm__pool pool;
   vlm__batcher batcher;

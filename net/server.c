@@ -746,15 +746,20 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   }
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   srv->threads = opts->threads ? opts->threads : (ncpu > 0 ? (int)ncpu : 2);
-  srv->maxclients = opts->maxclients ? opts->maxclients : 10000;
+  srv->maxclients = opts->maxclients ? opts->maxclients
+                                     : VLM_SERVER_DEFAULT_MAXCLIENTS;
   srv->max_request = opts->max_request_bytes ? opts->max_request_bytes
-                                             : 64u << 20;
+                                             : VLM_SERVER_DEFAULT_MAX_REQUEST;
   srv->max_output = opts->max_output_bytes ? opts->max_output_bytes
-                                           : 256u << 20;
-  srv->max_pipeline = opts->max_pipeline ? opts->max_pipeline : 1024;
+                                           : VLM_SERVER_DEFAULT_MAX_OUTPUT;
+  srv->max_pipeline = opts->max_pipeline ? opts->max_pipeline
+                                         : VLM_SERVER_DEFAULT_MAX_PIPELINE;
   srv->timeout_s = opts->timeout_s;
-  srv->batch_window_us = opts->batch_window_us ? opts->batch_window_us : 1000;
-  srv->batch_max = opts->batch_max ? opts->batch_max : 64;
+  srv->batch_window_us = opts->batch_window_us
+                             ? opts->batch_window_us
+                             : VLM_SERVER_DEFAULT_BATCH_WINDOW_US;
+  srv->batch_max = opts->batch_max ? opts->batch_max
+                                   : VLM_SERVER_DEFAULT_BATCH_MAX;
   srv->handle_signals = opts->handle_signals;
   snprintf(srv->model_dir, sizeof srv->model_dir, "%s",
            opts->model_dir ? opts->model_dir : "");
@@ -763,7 +768,7 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   srv->limits.max_request = srv->max_request;
   srv->limits.max_args = 1 << 16;
   srv->limits.max_inline = 64 * 1024;
-  srv->nfields = info.nfields < 64 ? info.nfields : 64;
+  srv->nfields = info.nfields;
   for (int i = 0; i < srv->nfields; i++) {
     snprintf(srv->field_names[i], sizeof srv->field_names[i], "%s",
              info.field_names[i]);

@@ -38,6 +38,14 @@ typedef struct vlm_server vlm_server;
 /* The port `vlmdb serve` listens on by default (Redis's is 6379). */
 #define VLM_SERVER_DEFAULT_PORT 7878
 
+/* The defaults of vlm_server_options' zero fields (and of `vlmdb serve`). */
+#define VLM_SERVER_DEFAULT_MAXCLIENTS 10000
+#define VLM_SERVER_DEFAULT_MAX_REQUEST ((size_t)64 << 20)
+#define VLM_SERVER_DEFAULT_MAX_OUTPUT ((size_t)256 << 20)
+#define VLM_SERVER_DEFAULT_MAX_PIPELINE 1024
+#define VLM_SERVER_DEFAULT_BATCH_WINDOW_US 1000
+#define VLM_SERVER_DEFAULT_BATCH_MAX 64
+
 /* batch_window_us value that turns dynamic batching off. */
 #define VLM_SERVER_NO_BATCH (-1)
 
@@ -49,20 +57,25 @@ typedef struct {
   int port;                  /* 0 = an ephemeral port: see vlm_server_port */
   const char *requirepass;   /* password for AUTH; NULL = none */
   int threads;               /* worker threads; 0 = online CPUs */
-  int maxclients;            /* 0 = 10000; more connections get an error */
+  int maxclients;            /* 0 = VLM_SERVER_DEFAULT_MAXCLIENTS; more
+                                connections get an error */
   size_t max_request_bytes;  /* bytes of one request's arguments (also the
-                                cap on one bulk argument); 0 = 64 MiB */
+                                cap on one bulk argument); 0 =
+                                VLM_SERVER_DEFAULT_MAX_REQUEST */
   size_t max_output_bytes;   /* unsent reply bytes one client may hold
                                 before it is disconnected as a slow reader;
-                                0 = 256 MiB */
+                                0 = VLM_SERVER_DEFAULT_MAX_OUTPUT */
   int max_pipeline;          /* requests of one client in flight before
                                 the server stops reading from it until
-                                replies are written; 0 = 1024 */
+                                replies are written; 0 =
+                                VLM_SERVER_DEFAULT_MAX_PIPELINE */
   int timeout_s;             /* close connections idle this long; 0 = never */
   int batch_window_us;       /* how long an embedding request waits for
-                                others to join its batch; 0 = 1000 us;
+                                others to join its batch; 0 =
+                                VLM_SERVER_DEFAULT_BATCH_WINDOW_US;
                                 VLM_SERVER_NO_BATCH = embed one by one */
-  int batch_max;             /* largest embedding batch; 0 = 64 */
+  int batch_max;             /* largest embedding batch; 0 =
+                                VLM_SERVER_DEFAULT_BATCH_MAX */
   int handle_signals;        /* run() catches SIGINT and SIGTERM and shuts
                                 down gracefully (and ignores SIGPIPE) */
   const char *model_dir;     /* reported by INFO; may be NULL */
