@@ -560,7 +560,7 @@ static void reply_command_docs(vlm__buf *out, const vlm__command *cmd) {
   char name[32];
   lower_name(cmd, name, sizeof name);
   vlm__reply_cstr(out, name);
-  vlm__reply_map(out, 4);
+  vlm__reply_map(out, 5);
   vlm__reply_cstr(out, "summary");
   vlm__reply_cstr(out, cmd->summary);
   vlm__reply_cstr(out, "since");
@@ -569,6 +569,8 @@ static void reply_command_docs(vlm__buf *out, const vlm__command *cmd) {
   vlm__reply_cstr(out, cmd->group);
   vlm__reply_cstr(out, "syntax");
   vlm__reply_cstr(out, cmd->syntax);
+  vlm__reply_cstr(out, "arguments");
+  vlm__reply_doc_args(out, cmd->syntax);
 }
 
 static int cmd_command(vlm__ctx *ctx) {
@@ -1983,27 +1985,28 @@ static const vlm__command commands[] = {
     {"AUTH", cmd_auth, NULL, -2, NOAUTH, "connection", "[username] password",
      "Authenticate the connection (--requirepass)."},
     {"HELLO", cmd_hello, NULL, -1, NOAUTH, "connection",
-     "[2|3 [AUTH username password] [SETNAME name]]",
+     "[protover] [AUTH username password] [SETNAME clientname]",
      "Choose RESP2 or RESP3, optionally authenticating; answer server facts."},
     {"QUIT", cmd_quit, NULL, -1, NOAUTH | TX, "connection", "",
      "Close the connection after the replies owed."},
-    {"SELECT", cmd_select, NULL, 2, 0, "connection", "0",
+    {"SELECT", cmd_select, NULL, 2, 0, "connection", "index",
      "Accepted for client libraries: vlmdb has one database."},
     {"CLIENT", cmd_client, NULL, -2, 0, "connection",
-     "SETNAME name | GETNAME | SETINFO LIB-NAME|LIB-VER value | ID | INFO | "
-     "LIST", "Name and inspect connections."},
+     "SETNAME name | GETNAME | SETINFO attribute value | ID | INFO | LIST",
+     "Name and inspect connections (SETINFO: LIB-NAME or LIB-VER)."},
     {"COMMAND", cmd_command, NULL, -1, 0, "server",
-     "[COUNT | LIST | INFO [name ...] | DOCS [name ...]]",
+     "[COUNT | LIST | INFO | DOCS] [name [name ...]]",
      "Describe the commands."},
     {"CONFIG", cmd_config, NULL, -2, 0, "server", "GET pattern [pattern ...]",
      "Read the server's settings."},
     {"INFO", cmd_info_proc, cmd_info_exec, -1, 0, "server",
-     "[server|clients|stats|memory|db|model|all ...]",
+     "[section [section ...]]",
      "Server, client, statistics, memory, database and model facts."},
     {"SEARCH", cmd_search_proc, cmd_search_exec, -3, 0, "search",
-     "TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes [K k] "
-     "[FILTER expr] [TARGET ANY|IMAGE|TEXT] [HYBRID text [WEIGHT w]] "
-     "[EF ef] [NPROBE nprobe] [EXACT] [COLLAPSE cosine] [RETURN n field ...]",
+     "(TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes) [K k] "
+     "[FILTER expr] [TARGET (ANY | IMAGE | TEXT)] [HYBRID text [WEIGHT w]] "
+     "[EF ef] [NPROBE nprobe] [EXACT] [COLLAPSE cosine] "
+     "[RETURN n field [field ...]]",
      "k nearest items: key, score and the fields asked for."},
     {"ADD", cmd_add_proc, cmd_add_exec, -4, WRITE, "write",
      "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
@@ -2036,7 +2039,7 @@ static const vlm__command commands[] = {
     {"TYPE", cmd_keys_proc, cmd_type_exec, 2, 0, "read", "key",
      "\"item\" for a stored key, \"none\" otherwise."},
     {"EMBED", cmd_embed_proc, cmd_embed_exec, -3, 0, "embed",
-     "TEXT text | IMAGE bytes [BYTES|ARRAY]",
+     "(TEXT text | IMAGE bytes) [BYTES | ARRAY]",
      "The model's normalized vector: float32 bytes (RESP3: doubles)."},
     {"COUNT", cmd_noargs_proc, cmd_count_exec, 1, 0, "admin", "",
      "Number of items."},
@@ -2057,14 +2060,14 @@ static const vlm__command commands[] = {
      "Write a consistent copy of the database to a new directory (on the "
      "server's machine) while serving: batch, items, bytes, seconds."},
     {"VLM.EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",
-     "[K k[,k...] ...] [DIRECTION T2I|I2T|BOTH] [SAMPLE n [SEED s]] [EF ef] "
+     "[K k-list] [DIRECTION (T2I | I2T | BOTH)] [SAMPLE n [SEED s]] [EF ef] "
      "[NPROBE nprobe] [EXACTONLY]",
      "Cross-modal Recall@K over the items that have both vectors."},
     /* Redis's EVAL runs a Lua script; client libraries and cluster
      * clients treat it so (script, numkeys, keys), so the name is not
      * reused: it answers what to call instead. */
     {"EVAL", cmd_lua_eval, NULL, -1, 0, "scripting",
-     "script numkeys [key ...] [arg ...]",
+     "script numkeys [key [key ...]] [arg [arg ...]]",
      "Not supported (no Lua): Recall@K is VLM.EVAL."},
 };
 

@@ -176,6 +176,10 @@ struct vlm__command {
   const char *summary;
 };
 
+/* COMMAND DOCS "arguments" of a syntax line (docs.c): an array of Redis
+ * argument maps; an empty one and -1 for a line outside the grammar. */
+int vlm__reply_doc_args(vlm__buf *out, const char *syntax);
+
 /* Look up, check arity and authentication, and run one request. */
 void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv);
 

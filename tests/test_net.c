@@ -1140,6 +1140,64 @@ static void check_eval(redisContext *c) {
 static void expect_shell(const char *cmdline, const char *want);
 static char *run_shell(const char *cmdline);
 
+/* COMMAND DOCS helpers: a field of a RESP2 map, and an "arguments" tree
+ * rendered as Redis's docs write syntax lines ("[K k]", "(A | B)",
+ * "name [name ...]"). */
+static redisReply *map_get(redisReply *m, const char *key) {
+  for (size_t i = 0; m && i + 1 < m->elements; i += 2)
+    if (m->element[i]->str && !strcmp(m->element[i]->str, key))
+      return m->element[i + 1];
+  return NULL;
+}
+
+static void render_arg(redisReply *a, char *out, size_t cap, int top_alone) {
+  redisReply *type = map_get(a, "type"), *name = map_get(a, "name"),
+             *token = map_get(a, "token"), *flags = map_get(a, "flags"),
+             *kids = map_get(a, "arguments");
+  int optional = 0, multiple = 0;
+  for (size_t i = 0; flags && i < flags->elements; i++) {
+    optional |= !strcmp(flags->element[i]->str, "optional");
+    multiple |= !strcmp(flags->element[i]->str, "multiple");
+  }
+  char body[1024] = "";
+  size_t n = 0;
+  if (!strcmp(type->str, "pure-token")) {
+    n += (size_t)snprintf(body, sizeof body, "%s", token->str);
+  } else if (!strcmp(type->str, "oneof") || !strcmp(type->str, "block")) {
+    int oneof = !strcmp(type->str, "oneof");
+    if (token)
+      n += (size_t)snprintf(body + n, sizeof body - n, "%s ", token->str);
+    for (size_t i = 0; i < kids->elements; i++) {
+      char k[512];
+      render_arg(kids->element[i], k, sizeof k, 0);
+      n += (size_t)snprintf(body + n, sizeof body - n, "%s%s",
+                            i ? (oneof ? " | " : " ") : "", k);
+    }
+    if (oneof && !optional && !top_alone) {
+      char tmp[1024];
+      snprintf(tmp, sizeof tmp, "(%s)", body);
+      snprintf(body, sizeof body, "%s", tmp);
+    }
+  } else {
+    n += (size_t)snprintf(body + n, sizeof body - n, "%s%s%s",
+                          token ? token->str : "", token ? " " : "",
+                          name->str);
+    if (multiple)
+      snprintf(body + n, sizeof body - n, " [%s ...]", name->str);
+  }
+  snprintf(out, cap, optional ? "[%s]" : "%s", body);
+}
+
+static void render_args(redisReply *args, char *out, size_t cap) {
+  size_t n = 0;
+  out[0] = '\0';
+  for (size_t i = 0; i < args->elements; i++) {
+    char a[1024];
+    render_arg(args->element[i], a, sizeof a, args->elements == 1);
+    n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? " " : "", a);
+  }
+}
+
 static void test_connection_commands(void **state) {
   (void)state;
   server_t s;
@@ -1229,6 +1287,21 @@ static void test_connection_commands(void **state) {
   r = hcmd(c, "COMMAND DOCS search");
   assert_int_equal(r->elements, 2);
   assert_string_equal(r->element[0]->str, "search");
+  freeReplyObject(r);
+  /* every command's "arguments" tree, rendered back the way Redis's docs
+   * write a syntax line, is its syntax line */
+  r = hcmd(c, "COMMAND DOCS");
+  for (size_t i = 0; i + 1 < r->elements; i += 2) {
+    redisReply *d = r->element[i + 1];
+    redisReply *syntax = map_get(d, "syntax"), *args = map_get(d, "arguments");
+    assert_non_null(syntax);
+    assert_non_null(args);
+    char got[1024] = "";
+    render_args(args, got, sizeof got);
+    if (strcmp(got, syntax->str))
+      fail_msg("%s: the arguments render as '%s', the syntax is '%s'",
+               r->element[i]->str, got, syntax->str);
+  }
   freeReplyObject(r);
   r = hcmd(c, "COMMAND INFO ping nosuch");
   assert_int_equal(r->elements, 2);
@@ -2296,7 +2369,8 @@ static void test_redis_cli(void **state) {
   const char *lines[] = {"help search", "ping", "count", NULL};
   out = redis_cli_interactive(s.port, lines);
   if (!strstr(out, "k nearest items") || !strstr(out, "PONG") ||
-      !strstr(out, "(integer) 1"))
+      !strstr(out, "(integer) 1") || !strstr(out, "[K k]") ||
+      !strstr(out, "[FILTER expr]"))
     fail_msg("interactive redis-cli printed '%s'", out);
   free(out);
   stop_server(&s);
