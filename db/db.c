@@ -42,51 +42,6 @@ void vlm__warn(vlm_db *db, const char *fmt, ...) {
     fprintf(stderr, "vlmdb: warning: %s\n", msg);
 }
 
-/* ---- reader pool --------------------------------------------------------- */
-
-void vlm__reader_free(vlm__reader *r) {
-  if (!r)
-    return;
-  if (r->txn)
-    mdb_txn_abort(r->txn);
-  sqlite3_finalize(r->filter);
-  sqlite3_finalize(r->filter_one);
-  sqlite3_finalize(r->pin);
-  if (r->sql)
-    sqlite3_close(r->sql);
-  free(r->filter_text);
-  free(r->cache_ids);
-  free(r);
-}
-
-int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out) {
-  vlm__reader *r;
-  pthread_mutex_lock(&db->pool_mu);
-  r = db->pool;
-  if (r)
-    db->pool = r->next;
-  pthread_mutex_unlock(&db->pool_mu);
-  if (!r && !(r = calloc(1, sizeof *r)))
-    return vlm_seterr(VLM_ENOMEM, "reader");
-  r->next = NULL;
-  if (need_sql) {
-    int rc = vlm__reader_sql(db, r);
-    if (rc) {
-      vlm__reader_put(db, r);
-      return rc;
-    }
-  }
-  *out = r;
-  return 0;
-}
-
-void vlm__reader_put(vlm_db *db, vlm__reader *r) {
-  pthread_mutex_lock(&db->pool_mu);
-  r->next = db->pool;
-  db->pool = r;
-  pthread_mutex_unlock(&db->pool_mu);
-}
-
 /* ---- helpers ------------------------------------------------------------- */
 
 static int check_key(const char *key) {
@@ -1100,23 +1055,9 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
    * filled before the next put).  Vectors are normalized again here
    * rather than kept from validation: a batch-sized copy of every vector
    * cost more (fresh pages for tens of MB) than normalizing twice. */
-  int nv = !!it->image_vec + !!it->text_vec;
-  size_t vlen = 8 + (size_t)nv * dim * 4;
-  {
-    uint32_t hdr[2] = {vf, (uint32_t)dim};
-    uint8_t *p = b->vbuf;
-    memcpy(p, hdr, 8);
-    p += 8;
-    const float *in[2] = {it->image_vec, it->text_vec};
-    for (int m = 0; m < 2; m++) {
-      if (!in[m])
-        continue;
-      if ((rc = vlm__normalize(in[m], b->vecs, dim, it->key)))
-        return rc;
-      memcpy(p, b->vecs, (size_t)dim * 4);
-      p += (size_t)dim * 4;
-    }
-  }
+  size_t vlen;
+  if ((rc = vlm__vecs_encode(b->vbuf, it, dim, b->vecs, &vlen)))
+    return rc;
   v.mv_size = vlm__rec_size(klen, it);
   if ((mrc = mdb_put(b->txn, db->lm.items, &ik, &v, MDB_RESERVE)))
     return vlm__lmdb_err(mrc, it->key);

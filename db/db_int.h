@@ -1,16 +1,27 @@
 /* db_int.h - private declarations of the db module (vlm__ prefix).
  *
  * Layers, one file each:
- *   manifest.c  manifest.json: read, validate, write atomically
+ *   manifest.c  manifest.json: read, validate, write atomically, checksum
  *   fields.c    declared fields: parsing specs, checking metadata JSON
- *   payload.c   LMDB: items, vectors, the change log (the source of truth)
- *   meta.c      SQLite: the metadata table, FTS5, replay, reader pool
+ *   payload.c   LMDB: items, vectors, the change log (the source of truth);
+ *               record and vector record encoding, checksums
+ *   lmdbwalk.c  LMDB's trees read page by page, every page checked
+ *   meta.c      SQLite: the metadata table, FTS5, replay, rebuild, and the
+ *               reader pool
+ *   sqlvfs.c    page checksums for meta.sqlite (a VFS shim)
  *   filter.c    filter expressions: lexical check, authorizer, compile
  *   vindex.c    the FAISS side: live bitmaps, catch-up, rebuild, checkpoint
- *   planner.c   search: exact scans, filtered planning, merging modalities
+ *   tune.c      measuring each index's search effort on its own vectors
+ *   vector.c    dot product, overflow-safe normalization
+ *   planner.c   search: snapshots, exact scans, filtered planning, merging
+ *               modalities, near-duplicate collapse
  *   hybrid.c    BM25 over captions and reciprocal rank fusion
- *   db.c        open/create/close, put/delete (the write protocol), get, stat
+ *   db.c        open/create/close, the batch engine (put, delete, write:
+ *               the write protocol), get, scan, stat
+ *   verify.c    every record, row and index entry checked against the others
+ *   salvage.c   copying the sound records out of a damaged database
  *   backup.c    online backup: a consistent copy while the database is written
+ *   eval.c      Recall@K over the stored pairs
  *
  * Locks, always taken in this order (see README "Data safety"):
  *   write_mu  > index_mu > index_lock > pub_lock > pool_mu
@@ -145,6 +156,11 @@ int vlm__vecs_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, int dim,
                   uint32_t *flags, const void *vec[VLM__NMOD]);
 int vlm__vecs_parse(const MDB_val *v, int dim, uint32_t *flags,
                     const void *vec[VLM__NMOD]);
+/* Encode it's vector record (u32 flags, u32 dim, the image then the text
+ * vector, each normalized through scratch) into dst (room for 8 + 2 *
+ * dim * 4 bytes); *len gets its size.  0 or the normalization's error. */
+int vlm__vecs_encode(uint8_t *dst, const vlm_item *it, int dim,
+                     float *scratch, size_t *len);
 int vlm__log_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t seq,
                  vlm__change **changes, size_t *n);
 
@@ -312,6 +328,7 @@ typedef struct {
 int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
                         uint64_t *next_id, int64_t *nitems, uint64_t *seq);
 void vlm__snapshot_end(vlm__reader *r, int need_sql);
+/* vector.c */
 float vlm__dot(const float *a, const void *b_unaligned, int dim);
 /* Normalize in to unit length into out (may equal in): VLM_ENUMERIC for a
  * non-finite element, VLM_EINVAL when the length is not a normal float
@@ -321,6 +338,11 @@ int vlm__normalize(const float *in, float *out, int dim, const char *what);
  * vectors failing it (written by builds before normalize was overflow-safe)
  * are left out of the indexes and never rank; delete still removes them. */
 int vlm__vec_finite(const void *vec_unaligned, int dim);
+/* Reciprocal rank fusion of a vector ranking and a BM25 ranking into out
+ * (room for nvr + nbm), unsorted; the number of entries, or -1 out of
+ * memory (hybrid.c). */
+int vlm__fuse_rrf(const vlm__cand *vr, int nvr, const uint64_t *bm25,
+                  int nbm, float w, vlm__cand *out);
 int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
                 const uint8_t *allow, uint64_t allow_bits, int depth,
                 uint64_t **ids, int *n);

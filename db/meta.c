@@ -618,3 +618,48 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   }
   return 0;
 }
+
+/* ---- reader pool --------------------------------------------------------- */
+
+void vlm__reader_free(vlm__reader *r) {
+  if (!r)
+    return;
+  if (r->txn)
+    mdb_txn_abort(r->txn);
+  sqlite3_finalize(r->filter);
+  sqlite3_finalize(r->filter_one);
+  sqlite3_finalize(r->pin);
+  if (r->sql)
+    sqlite3_close(r->sql);
+  free(r->filter_text);
+  free(r->cache_ids);
+  free(r);
+}
+
+int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out) {
+  vlm__reader *r;
+  pthread_mutex_lock(&db->pool_mu);
+  r = db->pool;
+  if (r)
+    db->pool = r->next;
+  pthread_mutex_unlock(&db->pool_mu);
+  if (!r && !(r = calloc(1, sizeof *r)))
+    return vlm_seterr(VLM_ENOMEM, "reader");
+  r->next = NULL;
+  if (need_sql) {
+    int rc = vlm__reader_sql(db, r);
+    if (rc) {
+      vlm__reader_put(db, r);
+      return rc;
+    }
+  }
+  *out = r;
+  return 0;
+}
+
+void vlm__reader_put(vlm_db *db, vlm__reader *r) {
+  pthread_mutex_lock(&db->pool_mu);
+  r->next = db->pool;
+  db->pool = r;
+  pthread_mutex_unlock(&db->pool_mu);
+}

@@ -281,6 +281,28 @@ int vlm__rec_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, vlm__rec *out) {
   return vlm__rec_decode(v.mv_data, v.mv_size, out);
 }
 
+int vlm__vecs_encode(uint8_t *dst, const vlm_item *it, int dim,
+                     float *scratch, size_t *len) {
+  uint32_t hdr[2] = {(it->image_vec ? VLM__HAS_IMAGE : 0) |
+                         (it->text_vec ? VLM__HAS_TEXT : 0),
+                     (uint32_t)dim};
+  uint8_t *p = dst;
+  memcpy(p, hdr, 8);
+  p += 8;
+  const float *in[2] = {it->image_vec, it->text_vec};
+  for (int m = 0; m < 2; m++) {
+    if (!in[m])
+      continue;
+    int rc = vlm__normalize(in[m], scratch, dim, it->key);
+    if (rc)
+      return rc;
+    memcpy(p, scratch, (size_t)dim * 4);
+    p += (size_t)dim * 4;
+  }
+  *len = (size_t)(p - dst);
+  return 0;
+}
+
 int vlm__vecs_parse(const MDB_val *v, int dim, uint32_t *flags,
                     const void *vec[VLM__NMOD]) {
   uint32_t hdr[2];

@@ -17,8 +17,6 @@
  */
 #include "db_int.h"
 
-#include <cblas.h>
-#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -31,59 +29,6 @@
 #define EXACT_MIN 4096 /* filtered: always exact at or below this */
 #define EXACT_FRACTION 20 /* ... or below 1/20 of the items */
 #define VLM__COLLAPSE_DEPTH VLM_DB_MAX_K /* candidates a collapsed search ranks */
-#define RRF_K 60.0f
-
-float vlm__dot(const float *a, const void *b, int dim) {
-  return cblas_sdot(dim, a, 1, (const float *)b, 1);
-}
-
-int vlm__normalize(const float *in, float *out, int dim, const char *what) {
-  /* Scaled by the largest magnitude before squaring, so neither tiny nor
-   * huge elements overflow or underflow the sum; the norm itself must be
-   * a normal float, since 1/norm of a denormal-scale vector overflows a
-   * float and would store infinities. */
-  double amax = 0;
-  for (int i = 0; i < dim; i++) {
-    if (!isfinite(in[i]))
-      return vlm_seterr(VLM_ENUMERIC, "%s: element %d is not finite", what,
-                        i);
-    double a = fabs((double)in[i]);
-    if (a > amax)
-      amax = a;
-  }
-  double ss = 0;
-  if (amax > 0)
-    for (int i = 0; i < dim; i++) {
-      double x = in[i] / amax;
-      ss += x * x;
-    }
-  double norm = amax * sqrt(ss);
-  if (!(norm >= FLT_MIN) || !isfinite(norm))
-    return vlm_seterr(VLM_EINVAL,
-                      "%s: vector length %g is zero or too small to "
-                      "normalize (at least %g)", what, norm, (double)FLT_MIN);
-  /* Unit vectors (to float precision) are kept bit for bit, so what is
-   * stored is exactly what the caller gave. */
-  if (fabs(norm - 1.0) <= 5e-6) {
-    if (out != in)
-      memcpy(out, in, (size_t)dim * sizeof *out);
-    return 0;
-  }
-  for (int i = 0; i < dim; i++)
-    out[i] = (float)(in[i] / norm);
-  return 0;
-}
-
-int vlm__vec_finite(const void *vec_unaligned, int dim) {
-  const unsigned char *p = vec_unaligned;
-  for (int i = 0; i < dim; i++) {
-    float x;
-    memcpy(&x, p + (size_t)i * 4, 4);
-    if (!isfinite(x))
-      return 0;
-  }
-  return 1;
-}
 
 /* ---- a bounded min-heap of candidates ---------------------------------- */
 
@@ -131,50 +76,6 @@ static int cand_desc(const void *a, const void *b) {
   if (x->score != y->score)
     return x->score < y->score ? 1 : -1;
   return x->id < y->id ? -1 : x->id > y->id;
-}
-
-/* Reciprocal rank fusion of the vector ranking vr and the BM25 ranking
- * bm25 into out (room for nvr + nbm): an id gets (1 - w) / (RRF_K + rank)
- * from its first place in vr and w / (RRF_K + rank) from each place in
- * bm25; ids only BM25 found are appended as text matches.  Unsorted.  An
- * open-addressing table from id to its place in out keeps it linear (a
- * k = 10,000 hybrid search spent most of its time in the nested scan this
- * replaced).  Returns the number of entries, or -1 out of memory. */
-static int fuse_rrf(const vlm__cand *vr, int nvr, const uint64_t *bm25,
-                    int nbm, float w, vlm__cand *out) {
-  size_t cap = 16;
-  while (cap < 2 * ((size_t)nvr + (size_t)nbm))
-    cap <<= 1;
-  int *slot = malloc(cap * sizeof *slot); /* index into out, -1 empty */
-  if (!slot)
-    return -1;
-  memset(slot, 0xff, cap * sizeof *slot);
-  int n = 0;
-  for (int i = 0; i < nvr + nbm; i++) {
-    int from_vr = i < nvr;
-    uint64_t id = from_vr ? vr[i].id : bm25[i - nvr];
-    size_t h = (size_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & (cap - 1);
-    while (slot[h] >= 0 && out[slot[h]].id != id)
-      h = (h + 1) & (cap - 1);
-    float add = from_vr ? (1 - w) / (RRF_K + i + 1)
-                        : w / (RRF_K + (i - nvr) + 1);
-    if (slot[h] >= 0 && !from_vr) {
-      out[slot[h]].score += add;
-      continue;
-    }
-    if (slot[h] < 0)
-      slot[h] = n;
-    if (from_vr) {
-      out[n] = vr[i]; /* a repeated vector id keeps its own entry */
-    } else {
-      memset(&out[n], 0, sizeof out[n]);
-      out[n].id = id;
-      out[n].mod = VLM__MOD_TEXT;
-    }
-    out[n++].score = add;
-  }
-  free(slot);
-  return n;
 }
 
 static int cand_id_desc(const void *a, const void *b) {
@@ -872,7 +773,7 @@ int vlm_db_search(vlm_db *db, const float *query,
       rc = vlm_seterr(VLM_ENOMEM, "search");
       goto done;
     }
-    int nfu = fuse_rrf(vr, nvr, bm25, nbm, w, fused);
+    int nfu = vlm__fuse_rrf(vr, nvr, bm25, nbm, w, fused);
     if (nfu < 0) {
       rc = vlm_seterr(VLM_ENOMEM, "search");
       free(fused);
