@@ -644,216 +644,235 @@ static int collapse_near(vlm_db *db, MDB_txn *txn, vlm__cand *c, int n,
 
 /* ---- the public search -------------------------------------------------- */
 
+/* ---- one search, in four steps ------------------------------------------ */
+
+/* A search's working state, from check to resolve; search_free frees it. */
+typedef struct {
+  vlm_search_options o;
+  int dim, need_sql, depth;
+  float *q, *scratch;     /* the normalized query (NULL: BM25 only) */
+  uint64_t next_id, seq;  /* the snapshot */
+  int64_t nitems;
+  uint64_t *fids;         /* the filter's matches, sorted */
+  size_t nf;
+  int listed;             /* 0: too many to list, post-filter instead */
+  uint8_t *allow;         /* bitmap of fids */
+  vlm__cand *vr;          /* the vector ranking */
+  int nvr;
+  uint64_t *bm25;         /* the BM25 ranking (hybrid) */
+  int nbm;
+  vlm__cand *fused;       /* hybrid: both fused */
+  vlm__cand *final;       /* vr or fused */
+  int nfinal;
+  int *similar;           /* collapse: near-duplicates folded per result */
+} search;
+
+static void search_free(search *s) {
+  free(s->q);
+  free(s->scratch);
+  free(s->fids);
+  free(s->allow);
+  free(s->vr);
+  free(s->bm25);
+  free(s->fused);
+  free(s->similar);
+}
+
+/* Validate the options and normalize the query; how deep to rank. */
+static int search_check(vlm_db *db, const float *query,
+                        const vlm_search_options *opts, search *s) {
+  vlm_search_options *o = &s->o;
+  int rc;
+  if (opts)
+    *o = *opts;
+  if (o->k == 0)
+    o->k = 10;
+  if (o->k < 1 || o->k > VLM_DB_MAX_K)
+    return vlm_seterr(VLM_EINVAL, "search: k=%d outside 1..%d", o->k,
+                      VLM_DB_MAX_K);
+  if (o->target != VLM_TARGET_ANY && o->target != VLM_TARGET_IMAGE &&
+      o->target != VLM_TARGET_TEXT)
+    return vlm_seterr(VLM_EINVAL, "search: bad target %d", (int)o->target);
+  if (!query && !o->hybrid_text)
+    return vlm_seterr(VLM_EINVAL, "search: no query vector and no text");
+  if (o->hybrid_weight < 0 || o->hybrid_weight > 1 ||
+      isnan(o->hybrid_weight))
+    return vlm_seterr(VLM_EINVAL, "search: hybrid_weight must be in 0..1");
+  if (!(o->collapse >= 0 && o->collapse <= 1))
+    return vlm_seterr(VLM_EINVAL, "search: collapse must be in 0..1");
+  if (o->filter && (rc = vlm__filter_lex(o->filter)))
+    return rc;
+  s->dim = db->man.dim;
+  if (query) {
+    if (!(s->q = malloc((size_t)s->dim * sizeof *s->q)) ||
+        !(s->scratch = malloc((size_t)s->dim * sizeof *s->scratch)))
+      return vlm_seterr(VLM_ENOMEM, "search");
+    if ((rc = vlm__normalize(query, s->q, s->dim, "query")))
+      return rc;
+  }
+  s->need_sql = o->filter || o->hybrid_text;
+  if (s->need_sql && db->sql_behind)
+    return vlm_seterr(VLM_ESTATE, "%s needs crash recovery before filters "
+                      "or hybrid search (meta.sqlite lacks %llu batch(es)): "
+                      "run `vlmdb recover --db %s`", db->dir,
+                      (unsigned long long)db->sql_behind, db->dir);
+  s->depth = o->k;
+  if (o->hybrid_text && s->depth < 50)
+    s->depth = 50;
+  if (o->collapse > 0) { /* room for the near-duplicates that fold away */
+    int want = o->k < 13 ? 100 : o->k * 8;
+    s->depth = want > VLM__COLLAPSE_DEPTH ? VLM__COLLAPSE_DEPTH
+               : want > s->depth          ? want
+                                          : s->depth;
+  }
+  return 0;
+}
+
+/* The filter's matches from the SQLite snapshot: up to the exact-scan
+ * limit they are listed (and scored exactly); beyond it a vector search
+ * post-filters the unfiltered ranking, unless it needs the list (hybrid,
+ * exact). */
+static int search_filter(vlm_db *db, vlm__reader *r, search *s) {
+  s->listed = 1;
+  if (!s->o.filter)
+    return 0;
+  size_t limit = (size_t)(s->nitems / EXACT_FRACTION);
+  if (limit < EXACT_MIN)
+    limit = EXACT_MIN;
+  if (!s->q || s->o.hybrid_text || s->o.exact)
+    limit = SIZE_MAX;
+  return vlm__filter_ids(db, r, s->o.filter, s->seq, limit, &s->fids,
+                         &s->nf, &s->listed);
+}
+
+/* The vector ranking (post-filtered, or over the listed matches), the
+ * BM25 ranking, and their fusion into s->final. */
+static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
+  const vlm_search_options *o = &s->o;
+  int rc;
+  if (s->q && !s->listed) {
+    sctx c = {db, r, s->q, s->dim, NULL, 0, NULL, s->next_id, s->scratch,
+              o->filter};
+    rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr);
+    if (rc == POST_FALLBACK) { /* too few passed: list the matches after all */
+      free(s->vr);
+      s->vr = NULL;
+      s->nvr = 0;
+      if ((rc = vlm__filter_ids(db, r, o->filter, s->seq, SIZE_MAX, &s->fids,
+                                &s->nf, &s->listed)))
+        return rc;
+    } else if (rc) {
+      return rc;
+    }
+  }
+  if (o->filter && s->listed) {
+    if (!(s->allow = calloc((size_t)(s->next_id >> 3) + 1, 1)))
+      return vlm_seterr(VLM_ENOMEM, "search");
+    for (size_t i = 0; i < s->nf; i++)
+      if (s->fids[i] < s->next_id)
+        s->allow[s->fids[i] >> 3] |= (uint8_t)(1u << (s->fids[i] & 7));
+  }
+  if (s->q && s->listed && !s->vr && (!o->filter || s->nf > 0)) {
+    sctx c = {db, r, s->q, s->dim, o->filter ? s->fids : NULL, s->nf,
+              s->allow, s->next_id, s->scratch, NULL};
+    if ((rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr)))
+      return rc;
+  }
+  s->final = s->vr;
+  s->nfinal = s->nvr;
+  if (!o->hybrid_text)
+    return 0;
+  if ((rc = vlm__hybrid(db, r, o->hybrid_text, s->allow, s->next_id,
+                        s->depth, &s->bm25, &s->nbm)))
+    return rc;
+  float w = o->hybrid_weight > 0 ? o->hybrid_weight : 0.5f;
+  if (!(s->fused = malloc((size_t)(s->nvr + s->nbm + 1) * sizeof *s->fused)))
+    return vlm_seterr(VLM_ENOMEM, "search");
+  int nfu = vlm__fuse_rrf(s->vr, s->nvr, s->bm25, s->nbm, w, s->fused);
+  if (nfu < 0)
+    return vlm_seterr(VLM_ENOMEM, "search");
+  qsort(s->fused, (size_t)nfu, sizeof *s->fused, cand_desc);
+  s->final = s->fused;
+  s->nfinal = nfu;
+  return 0;
+}
+
+/* Near-duplicates folded, the first k resolved to keys against the LMDB
+ * snapshot (an id the snapshot no longer holds is left out). */
+static int search_resolve(vlm_db *db, vlm__reader *r, search *s,
+                          vlm_hit **out, int *nout) {
+  const vlm_search_options *o = &s->o;
+  int nfinal = s->nfinal, nhits = 0, rc;
+  vlm_hit *hits = NULL;
+  *out = NULL;
+  *nout = 0;
+  if (o->collapse > 0 && nfinal > 0) {
+    if (!(s->similar = calloc((size_t)(nfinal < o->k ? nfinal : o->k),
+                              sizeof *s->similar)))
+      return vlm_seterr(VLM_ENOMEM, "search");
+    int kept = collapse_near(db, r->txn, s->final, nfinal, o->k,
+                             o->collapse, s->similar);
+    if (kept < 0)
+      return kept;
+    nfinal = kept;
+  }
+  if (nfinal > o->k)
+    nfinal = o->k;
+  if (nfinal > 0 && !(hits = calloc((size_t)nfinal, sizeof *hits)))
+    return vlm_seterr(VLM_ENOMEM, "search");
+  for (int i = 0; i < nfinal; i++) {
+    vlm__rec rec;
+    rc = vlm__rec_get(&db->lm, r->txn, s->final[i].id, &rec);
+    if (rc == VLM_ENOTFOUND)
+      continue;
+    vlm_hit *h = &hits[nhits];
+    if (rc || !(h->key = strndup(rec.key, rec.key_len))) {
+      vlm_hits_free(hits, nhits);
+      return rc ? rc : vlm_seterr(VLM_ENOMEM, "search");
+    }
+    h->score = s->final[i].score;
+    h->similar = s->similar ? s->similar[i] : 0;
+    h->modality = s->final[i].mod == VLM__MOD_IMAGE ? VLM_TARGET_IMAGE
+                                                    : VLM_TARGET_TEXT;
+    nhits++;
+  }
+  *out = hits;
+  *nout = nhits;
+  return 0;
+}
+
 int vlm_db_search(vlm_db *db, const float *query,
                   const vlm_search_options *opts, vlm_hit **hits_out,
                   int *nhits_out) {
-  vlm_search_options o = {0};
+  search s;
   vlm__reader *r = NULL;
-  float *q = NULL, *scratch = NULL;
-  uint64_t *fids = NULL, *bm25 = NULL;
-  uint8_t *allow = NULL;
-  vlm__cand *vr = NULL;
-  vlm_hit *hits = NULL;
-  int nvr = 0, nbm = 0, nhits = 0, rc, locked = 0, snap = 0;
-  int need_sql;
+  int rc, locked = 0, snap = 0;
   if (!db || !hits_out || !nhits_out)
     return vlm_seterr(VLM_EINVAL, "search: NULL argument");
   *hits_out = NULL;
   *nhits_out = 0;
-  if (opts)
-    o = *opts;
-  if (o.k == 0)
-    o.k = 10;
-  if (o.k < 1 || o.k > VLM_DB_MAX_K)
-    return vlm_seterr(VLM_EINVAL, "search: k=%d outside 1..%d", o.k,
-                      VLM_DB_MAX_K);
-  if (o.target != VLM_TARGET_ANY && o.target != VLM_TARGET_IMAGE &&
-      o.target != VLM_TARGET_TEXT)
-    return vlm_seterr(VLM_EINVAL, "search: bad target %d", (int)o.target);
-  if (!query && !o.hybrid_text)
-    return vlm_seterr(VLM_EINVAL, "search: no query vector and no text");
-  if (o.hybrid_weight < 0 || o.hybrid_weight > 1 || isnan(o.hybrid_weight))
-    return vlm_seterr(VLM_EINVAL, "search: hybrid_weight must be in 0..1");
-  if (!(o.collapse >= 0 && o.collapse <= 1))
-    return vlm_seterr(VLM_EINVAL, "search: collapse must be in 0..1");
-  if (o.filter && (rc = vlm__filter_lex(o.filter)))
-    return rc;
-  int dim = db->man.dim;
-  if (query) {
-    if (!(q = malloc((size_t)dim * sizeof *q)) ||
-        !(scratch = malloc((size_t)dim * sizeof *scratch))) {
-      rc = vlm_seterr(VLM_ENOMEM, "search");
-      goto done;
-    }
-    if ((rc = vlm__normalize(query, q, dim, "query")))
-      goto done;
-  }
-  need_sql = o.filter || o.hybrid_text;
-  if (need_sql && db->sql_behind) {
-    rc = vlm_seterr(VLM_ESTATE, "%s needs crash recovery before filters or "
-                    "hybrid search (meta.sqlite lacks %llu batch(es)): run "
-                    "`vlmdb recover --db %s`", db->dir,
-                    (unsigned long long)db->sql_behind, db->dir);
+  memset(&s, 0, sizeof s);
+  if ((rc = search_check(db, query, opts, &s)) ||
+      (rc = vlm__reader_get(db, s.need_sql, &r)))
     goto done;
-  }
-  if ((rc = vlm__reader_get(db, need_sql, &r)))
-    goto done;
+  /* one snapshot of all three stores for the whole search */
   pthread_rwlock_rdlock(&db->index_lock);
   locked = 1;
-  uint64_t next_id, seq;
-  int64_t nitems;
-  if ((rc = vlm__snapshot_begin(db, r, need_sql, &next_id, &nitems, &seq)))
+  if ((rc = vlm__snapshot_begin(db, r, s.need_sql, &s.next_id, &s.nitems,
+                                &s.seq)))
     goto done;
   snap = 1;
-  size_t nf = 0;
-  int listed = 1;
-  if (o.filter) {
-    /* Up to the exact-scan limit the matches are listed (and scored
-     * exactly); beyond it a vector search post-filters the unfiltered
-     * ranking, unless it needs the list (hybrid, exact). */
-    size_t limit = (size_t)(nitems / EXACT_FRACTION);
-    if (limit < EXACT_MIN)
-      limit = EXACT_MIN;
-    if (!q || o.hybrid_text || o.exact)
-      limit = SIZE_MAX;
-    if ((rc = vlm__filter_ids(db, r, o.filter, seq, limit, &fids, &nf,
-                              &listed)))
-      goto done;
-  }
-  int depth = o.k;
-  if (o.hybrid_text && depth < 50)
-    depth = 50;
-  if (o.collapse > 0) { /* room for the near-duplicates that fold away */
-    int want = o.k < 13 ? 100 : o.k * 8;
-    depth = want > VLM__COLLAPSE_DEPTH ? VLM__COLLAPSE_DEPTH
-                                       : want > depth ? want : depth;
-  }
-  if (q && !listed) {
-    sctx s = {db, r, q, dim, NULL, 0, NULL, next_id, scratch, o.filter};
-    rc = vector_ranking(&s, &o, depth, nitems, &vr, &nvr);
-    if (rc == POST_FALLBACK) {
-      free(vr);
-      vr = NULL;
-      nvr = 0;
-      if ((rc = vlm__filter_ids(db, r, o.filter, seq, SIZE_MAX, &fids, &nf,
-                                &listed)))
-        goto done;
-    } else if (rc) {
-      goto done;
-    }
-  }
-  if (o.filter && listed) {
-    if (!(allow = calloc((size_t)(next_id >> 3) + 1, 1))) {
-      rc = vlm_seterr(VLM_ENOMEM, "search");
-      goto done;
-    }
-    for (size_t i = 0; i < nf; i++)
-      if (fids[i] < next_id)
-        allow[fids[i] >> 3] |= (uint8_t)(1u << (fids[i] & 7));
-  }
-  if (q && listed && !vr && (!o.filter || nf > 0)) {
-    sctx s = {db, r, q, dim, o.filter ? fids : NULL, nf, allow, next_id,
-              scratch, NULL};
-    if ((rc = vector_ranking(&s, &o, depth, nitems, &vr, &nvr)))
-      goto done;
-  }
-  if (o.hybrid_text &&
-      (rc = vlm__hybrid(db, r, o.hybrid_text, allow, next_id, depth, &bm25,
-                        &nbm)))
+  if ((rc = search_filter(db, r, &s)) || (rc = search_rank(db, r, &s)))
     goto done;
-
-  /* Fuse (reciprocal rank fusion) or take the vector ranking as is. */
-  vlm__cand *final = vr;
-  int nfinal = nvr;
-  vlm__cand *fused = NULL;
-  if (o.hybrid_text) {
-    float w = o.hybrid_weight > 0 ? o.hybrid_weight : 0.5f;
-    fused = malloc((size_t)(nvr + nbm + 1) * sizeof *fused);
-    if (!fused) {
-      rc = vlm_seterr(VLM_ENOMEM, "search");
-      goto done;
-    }
-    int nfu = vlm__fuse_rrf(vr, nvr, bm25, nbm, w, fused);
-    if (nfu < 0) {
-      rc = vlm_seterr(VLM_ENOMEM, "search");
-      free(fused);
-      goto done;
-    }
-    qsort(fused, (size_t)nfu, sizeof *fused, cand_desc);
-    final = fused;
-    nfinal = nfu;
-  }
-  int *similar = NULL;
-  if (o.collapse > 0 && nfinal > 0) {
-    if (!(similar = calloc((size_t)(nfinal < o.k ? nfinal : o.k),
-                           sizeof *similar))) {
-      rc = vlm_seterr(VLM_ENOMEM, "search");
-      free(fused);
-      goto done;
-    }
-    int kept = collapse_near(db, r->txn, final, nfinal, o.k, o.collapse,
-                             similar);
-    if (kept < 0) {
-      rc = kept;
-      free(similar);
-      free(fused);
-      goto done;
-    }
-    nfinal = kept;
-  }
-  if (nfinal > o.k)
-    nfinal = o.k;
-  if (nfinal > 0 && !(hits = calloc((size_t)nfinal, sizeof *hits))) {
-    rc = vlm_seterr(VLM_ENOMEM, "search");
-    free(similar);
-    free(fused);
-    goto done;
-  }
-  for (int i = 0; i < nfinal; i++) {
-    vlm__rec rec;
-    rc = vlm__rec_get(&db->lm, r->txn, final[i].id, &rec);
-    if (rc == VLM_ENOTFOUND)
-      continue;
-    if (rc) {
-      free(similar);
-      free(fused);
-      goto done;
-    }
-    vlm_hit *h = &hits[nhits];
-    if (!(h->key = strndup(rec.key, rec.key_len))) {
-      rc = vlm_seterr(VLM_ENOMEM, "search");
-      free(similar);
-      free(fused);
-      goto done;
-    }
-    h->score = final[i].score;
-    h->similar = similar ? similar[i] : 0;
-    h->modality = final[i].mod == VLM__MOD_IMAGE ? VLM_TARGET_IMAGE
-                                                 : VLM_TARGET_TEXT;
-    nhits++;
-  }
-  free(similar);
-  free(fused);
-  rc = 0;
+  rc = search_resolve(db, r, &s, hits_out, nhits_out);
 done:
   if (snap)
-    vlm__snapshot_end(r, need_sql);
+    vlm__snapshot_end(r, s.need_sql);
   if (locked)
     pthread_rwlock_unlock(&db->index_lock);
   if (r)
     vlm__reader_put(db, r);
-  if (rc) {
-    vlm_hits_free(hits, nhits);
-  } else {
-    *hits_out = hits;
-    *nhits_out = nhits;
-  }
-  free(q);
-  free(scratch);
-  free(fids);
-  free(allow);
-  free(vr);
-  free(bm25);
+  search_free(&s);
   return rc;
 }
 
