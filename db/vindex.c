@@ -56,6 +56,20 @@ static int grow_bits(vlm_db *db, uint64_t nbits) {
   return 0;
 }
 
+/* Put a freshly built index (covering ids below upto, no tombstones) in
+ * place of modality m's and return the old one for the caller to free
+ * outside the lock.  Caller holds index_lock for writing. */
+static vlm_index *swap_index(vlm_db *db, int m, vlm_index *fresh,
+                             uint64_t upto) {
+  vlm__vindex *vx = &db->vx[m];
+  vlm_index *old = vx->index;
+  vx->index = fresh;
+  vx->upto = upto;
+  vx->ntomb = 0;
+  vx->removable = -1;
+  return old;
+}
+
 static void set_bit(uint8_t *bm, uint64_t i) { bm[i >> 3] |= (uint8_t)(1u << (i & 7)); }
 static void clear_bit(uint8_t *bm, uint64_t i) { bm[i >> 3] &= (uint8_t)~(1u << (i & 7)); }
 
@@ -397,11 +411,7 @@ static int catch_up_locked(vlm_db *db) {
                           &fresh, &upto)))
       goto done;
     pthread_rwlock_wrlock(&db->index_lock);
-    vlm_index *old = vx->index;
-    vx->index = fresh;
-    vx->upto = upto;
-    vx->ntomb = 0;
-    vx->removable = -1;
+    vlm_index *old = swap_index(db, m, fresh, upto);
     pthread_rwlock_unlock(&db->index_lock);
     vlm_index_free(old);
   }
@@ -803,11 +813,7 @@ int vlm__vindex_checkpoint(vlm_db *db) {
     if ((rc = rebuild(db, m, db->man.factory, &fresh, &upto)))
       break;
     pthread_rwlock_wrlock(&db->index_lock);
-    vlm_index *old = vx->index;
-    vx->index = fresh;
-    vx->upto = upto;
-    vx->ntomb = 0;
-    vx->removable = -1;
+    vlm_index *old = swap_index(db, m, fresh, upto);
     pthread_rwlock_unlock(&db->index_lock);
     vlm_index_free(old);
     force = 1;
@@ -836,14 +842,9 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory) {
       goto done;
   pthread_rwlock_wrlock(&db->index_lock);
   for (int m = 0; m < VLM__NMOD; m++) {
-    vlm_index *old = db->vx[m].index;
-    db->vx[m].index = fresh[m];
-    db->vx[m].upto = upto[m];
-    db->vx[m].ntomb = 0;
-    db->vx[m].removable = -1;
+    fresh[m] = swap_index(db, m, fresh[m], upto[m]); /* the old: freed below */
     db->vx[m].tuned = 0; /* another kind of index: tuned below */
     db->vx[m].tuned_n = 0;
-    fresh[m] = old; /* freed below */
   }
   strcpy(db->man.factory, factory);
   pthread_rwlock_unlock(&db->index_lock);
