@@ -115,6 +115,22 @@ static void *job_state(vlm__ctx *ctx, size_t size, void (*free_fn)(void *)) {
   return st;
 }
 
+/* The search-effort options SEARCH and VLM.EVAL share: EF ef, NPROBE n
+ * at argv[*i] (with its value after it).  1 when it took one (*i moves to
+ * the value), 0 when argv[*i] is not one of them, -1 after an error. */
+static int arg_effort(vlm__ctx *ctx, int *i, int *ef, int *nprobe) {
+  const vlm__resp_arg *a = &ctx->argv[*i];
+  int is_ef = arg_is(a, "EF"), is_np = arg_is(a, "NPROBE");
+  long v;
+  if ((!is_ef && !is_np) || *i + 1 >= ctx->argc)
+    return 0;
+  if (arg_long(ctx, &ctx->argv[++*i], 1, 1 << 20, is_ef ? "EF" : "NPROBE",
+               &v) < 0)
+    return -1;
+  *(is_ef ? ef : nprobe) = (int)v;
+  return 1;
+}
+
 static int syntax_error(vlm__ctx *ctx, const vlm__resp_arg *a) {
   char tmp[64];
   vlm__reply_error(ctx->out, "ERR", "syntax error near '%s'",
@@ -922,7 +938,7 @@ static int cmd_search_proc(vlm__ctx *ctx) {
   }
   for (int i = 3; i < ctx->argc; i++) {
     const vlm__resp_arg *a = &ctx->argv[i];
-    int has = i + 1 < ctx->argc;
+    int has = i + 1 < ctx->argc, e;
     long v;
     double d;
     if (arg_is(a, "K") && has) {
@@ -953,14 +969,10 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       if (arg_double(ctx, &ctx->argv[++i], 0, 1, "WEIGHT", &d) < 0)
         return -1;
       st->opts.hybrid_weight = (float)d;
-    } else if (arg_is(a, "EF") && has) {
-      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "EF", &v) < 0)
+    } else if ((e = arg_effort(ctx, &i, &st->opts.ef_search,
+                               &st->opts.nprobe))) {
+      if (e < 0)
         return -1;
-      st->opts.ef_search = (int)v;
-    } else if (arg_is(a, "NPROBE") && has) {
-      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "NPROBE", &v) < 0)
-        return -1;
-      st->opts.nprobe = (int)v;
     } else if (arg_is(a, "EXACT")) {
       st->opts.exact = 1;
     } else if (arg_is(a, "COLLAPSE") && has) {
@@ -1844,7 +1856,7 @@ static int cmd_eval_proc(vlm__ctx *ctx) {
   int nks = 0;
   for (int i = 1; i < ctx->argc; i++) {
     const vlm__resp_arg *a = &ctx->argv[i];
-    int has = i + 1 < ctx->argc;
+    int has = i + 1 < ctx->argc, e;
     long v;
     if (arg_is(a, "K") && has) {
       /* K 10, or a list as the CLI takes it: K 1,5,10 */
@@ -1886,14 +1898,10 @@ static int cmd_eval_proc(vlm__ctx *ctx) {
       if (arg_long(ctx, &ctx->argv[++i], 0, 1L << 62, "SEED", &v) < 0)
         return -1;
       st->opts.seed = (uint64_t)v;
-    } else if (arg_is(a, "EF") && has) {
-      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "EF", &v) < 0)
+    } else if ((e = arg_effort(ctx, &i, &st->opts.ef_search,
+                               &st->opts.nprobe))) {
+      if (e < 0)
         return -1;
-      st->opts.ef_search = (int)v;
-    } else if (arg_is(a, "NPROBE") && has) {
-      if (arg_long(ctx, &ctx->argv[++i], 1, 1 << 20, "NPROBE", &v) < 0)
-        return -1;
-      st->opts.nprobe = (int)v;
     } else if (arg_is(a, "EXACTONLY")) {
       st->opts.skip_index = 1;
     } else {
