@@ -201,9 +201,9 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
     return vlm_seterr(VLM_EIO, "backup: %s: %s", dst, strerror(errno));
   }
 
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   if (db->backing_up) {
-    pthread_mutex_unlock(&db->write_mu);
+    vlm__write_unlock(db);
     return vlm_seterr(VLM_EBUSY, "backup: %s: another backup is under way",
                       db->dir);
   }
@@ -261,7 +261,7 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
     db->log_pin = pin;
     pinned = 1;
   }
-  pthread_mutex_unlock(&db->write_mu);
+  vlm__write_unlock(db);
   if (rc)
     goto done;
   if (vlm__test_hook)
@@ -308,10 +308,10 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
   memcpy(copy.ckpt, ck, sizeof ck);
   if ((rc = vlm__manifest_write(tmp, &copy)))
     goto done;
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   db->log_pin = UINT64_MAX;
   pinned = 0;
-  pthread_mutex_unlock(&db->write_mu);
+  vlm__write_unlock(db);
 
   /* 3. one batch number everywhere, then into place */
   if ((rc = finish_copy(tmp, info)))
@@ -344,11 +344,11 @@ done:
       close(fds[m]);
   if (made)
     vlm__remove_created(tmp, 1);
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   if (pinned)
     db->log_pin = UINT64_MAX;
   db->backing_up = 0;
-  pthread_mutex_unlock(&db->write_mu);
+  vlm__write_unlock(db);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   info->seconds =
       (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;

@@ -728,10 +728,10 @@ static void *bg_main(void *arg) {
     if (rc) {
       vlm__warn(db, "%s: background indexing: %s", db->dir, vlm_errmsg());
     } else {
-      pthread_mutex_lock(&db->write_mu);
+      vlm__write_lock(db);
       if (!__atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
         maybe_checkpoint(db);
-      pthread_mutex_unlock(&db->write_mu);
+      vlm__write_unlock(db);
     }
     pthread_mutex_lock(&db->bg_mu);
   }
@@ -744,11 +744,11 @@ void vlm_db_close(vlm_db *db) {
     return;
   bg_stop(db);
   if (!db->readonly && !__atomic_load_n(&db->broken, __ATOMIC_ACQUIRE)) {
-    pthread_mutex_lock(&db->write_mu);
+    vlm__write_lock(db);
     if (vlm__vindex_checkpoint(db) != 0)
       vlm__warn(db, "%s: checkpoint at close: %s (the index will be caught "
                 "up from the payload store on open)", db->dir, vlm_errmsg());
-    pthread_mutex_unlock(&db->write_mu);
+    vlm__write_unlock(db);
   }
   db_free(db);
 }
@@ -762,6 +762,8 @@ static int commit_error(vlm_db *db, int mrc, uint64_t bytes);
 static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
                           uint64_t next_id, int64_t d_items,
                           const int64_t d_vecs[VLM__NMOD], uint64_t bytes) {
+  assert(vlm__write_held(db));
+  assert(seq == db->pub_seq + 1); /* batch numbers go up by one */
   int rc = 0;
   pthread_rwlock_wrlock(&db->pub_lock);
   int mrc = mdb_txn_commit(txn);
@@ -801,6 +803,7 @@ static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
 #define AUTO_CHECKPOINT_ITEMS 200000
 
 static void maybe_checkpoint(vlm_db *db) {
+  assert(vlm__write_held(db));
   uint64_t oldest = UINT64_MAX;
   pthread_rwlock_rdlock(&db->index_lock);
   for (int m = 0; m < VLM__NMOD; m++)
@@ -892,7 +895,7 @@ static int commit_error(vlm_db *db, int mrc, uint64_t bytes) {
 static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
                        int *locked, int *sql_open, uint64_t *seq,
                        uint64_t *next_id) {
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   *locked = 1;
   int rc = writable(db);
   if (rc)
@@ -1033,6 +1036,7 @@ static int batch_open(vlm_db *db, batch *b, int n, const char *what) {
  * not an upsert (nothing staged). */
 static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
                      const json_t *meta, int upsert, int *changed) {
+  assert(vlm__write_held(db) && b->txn);
   int dim = db->man.dim, rc, mrc;
   size_t klen = strlen(it->key);
   MDB_val k = {klen, (void *)it->key}, v;
@@ -1108,6 +1112,7 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
  * caller frees it).  *changed 0 when the key does not exist. */
 static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
                         json_t **meta, int *changed) {
+  assert(vlm__write_held(db) && b->txn);
   int dim = db->man.dim, rc;
   MDB_val k = {strlen(it->key), (void *)it->key}, v;
   uint64_t id;
@@ -1172,6 +1177,7 @@ static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
 /* Stage the delete of key; *changed 0 when it does not exist. */
 static int stage_delete(vlm_db *db, batch *b, const char *key,
                         int *changed) {
+  assert(vlm__write_held(db) && b->txn);
   MDB_val k = {strlen(key), (void *)key}, v;
   uint64_t id;
   *changed = 0;
@@ -1207,6 +1213,7 @@ static int stage_delete(vlm_db *db, batch *b, const char *key,
  * SQLite) and the index catch-up.  A batch that changed nothing commits
  * nothing. */
 static int batch_commit(vlm_db *db, batch *b) {
+  assert(vlm__write_held(db));
   int rc, mrc;
   if (b->nch == 0)
     return 0;
@@ -1235,7 +1242,7 @@ static void batch_end(vlm_db *db, batch *b) {
   if (b->sql_open)
     vlm__sql_rollback(db);
   if (b->locked)
-    pthread_mutex_unlock(&db->write_mu);
+    vlm__write_unlock(db);
   free(b->vecs);
   free(b->vbuf);
   free(b->ch);
@@ -1691,9 +1698,9 @@ int vlm_db_checkpoint(vlm_db *db) {
   int rc = writable(db);
   if (rc)
     return rc;
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   rc = vlm__vindex_checkpoint(db);
-  pthread_mutex_unlock(&db->write_mu);
+  vlm__write_unlock(db);
   return rc;
 }
 
@@ -1702,7 +1709,7 @@ int vlm_db_rebuild_meta(vlm_db *db) {
     return vlm_seterr(VLM_EINVAL, "rebuild meta: NULL argument");
   if (db->readonly)
     return vlm_seterr(VLM_ESTATE, "%s is open read-only", db->dir);
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   /* pooled readers hold connections to the file being replaced */
   pthread_mutex_lock(&db->pool_mu);
   while (db->pool) {
@@ -1714,7 +1721,7 @@ int vlm_db_rebuild_meta(vlm_db *db) {
   int rc = vlm__sql_rebuild(db, db->pub_seq);
   if (!rc)
     __atomic_store_n(&db->broken, 0, __ATOMIC_RELEASE);
-  pthread_mutex_unlock(&db->write_mu);
+  vlm__write_unlock(db);
   return rc;
 }
 
@@ -1724,8 +1731,8 @@ int vlm_db_reindex(vlm_db *db, const char *factory) {
   int rc = writable(db);
   if (rc)
     return rc;
-  pthread_mutex_lock(&db->write_mu);
+  vlm__write_lock(db);
   rc = vlm__vindex_reindex(db, factory);
-  pthread_mutex_unlock(&db->write_mu);
+  vlm__write_unlock(db);
   return rc;
 }

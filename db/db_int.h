@@ -32,6 +32,7 @@
 #ifndef VLM_DB_INT_H
 #define VLM_DB_INT_H
 
+#include <assert.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -361,6 +362,10 @@ struct vlm_db {
 
   /* writer (write_mu) */
   pthread_mutex_t write_mu;
+  pthread_t write_owner;      /* who holds write_mu (write_held), and */
+  int write_held;             /* index_mu (index_held): for the asserts */
+  pthread_t index_owner;      /* of the functions that need them */
+  int index_held;
   sqlite3 *wsql;
   sqlite3_stmt *st_ins, *st_del, *st_fts_ins, *st_fts_del, *st_seq;
   int broken;                 /* SQLite fell behind LMDB: reopen */
@@ -403,6 +408,36 @@ struct vlm_db {
   pthread_mutex_t pool_mu;
   vlm__reader *pool;
 };
+
+/* write_mu and index_mu, taken and released through these so that a
+ * function that needs one can assert its caller holds it
+ * (assert(vlm__write_held(db))). */
+static inline void vlm__write_lock(vlm_db *db) {
+  pthread_mutex_lock(&db->write_mu);
+  db->write_owner = pthread_self();
+  db->write_held = 1;
+}
+static inline int vlm__write_held(const vlm_db *db) {
+  return db->write_held && pthread_equal(db->write_owner, pthread_self());
+}
+static inline void vlm__write_unlock(vlm_db *db) {
+  assert(vlm__write_held(db));
+  db->write_held = 0;
+  pthread_mutex_unlock(&db->write_mu);
+}
+static inline void vlm__index_lock(vlm_db *db) {
+  pthread_mutex_lock(&db->index_mu);
+  db->index_owner = pthread_self();
+  db->index_held = 1;
+}
+static inline int vlm__index_held(const vlm_db *db) {
+  return db->index_held && pthread_equal(db->index_owner, pthread_self());
+}
+static inline void vlm__index_unlock(vlm_db *db) {
+  assert(vlm__index_held(db));
+  db->index_held = 0;
+  pthread_mutex_unlock(&db->index_mu);
+}
 
 void vlm__warn(vlm_db *db, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -58,6 +58,7 @@ static void heap_push(heap *h, uint64_t id, float score, int mod) {
       i = s;
     }
     h->c[i] = x;
+    assert(i == 0 || h->c[(i - 1) / 2].score <= score);
     return;
   }
   int i = h->n++;
@@ -69,6 +70,8 @@ static void heap_push(heap *h, uint64_t id, float score, int mod) {
     i = p;
   }
   h->c[i] = x;
+  /* a min-heap: the new entry is no smaller than its parent */
+  assert(i == 0 || h->c[(i - 1) / 2].score <= h->c[i].score);
 }
 
 static int cand_desc(const void *a, const void *b) {

@@ -215,6 +215,7 @@ static int trial(vlm_db *db, int m, int hnsw, int p, const float *qs, int nq,
 }
 
 int vlm__vindex_tune(vlm_db *db, int m, int force) {
+  assert(vlm__index_held(db));
   vlm__vindex *vx = &db->vx[m];
   int hnsw = strstr(db->man.factory, "HNSW") != NULL;
   int nlist = vlm__factory_nlist(db->man.factory);

@@ -316,7 +316,19 @@ static int check_index(vlm_db *db, MDB_txn *txn, uint64_t lseq,
   return 0;
 }
 
+static int verify_once(vlm_db *db);
+
+/* A writer that commits twice while a walk starts (beside it in this
+ * process or another) rewrites the snapshot's meta page under it: the
+ * walk says so (VLM_EBUSY), and verify takes a fresh snapshot. */
 int vlm_db_verify(vlm_db *db) {
+  int rc;
+  for (int attempt = 0;; attempt++)
+    if ((rc = verify_once(db)) != VLM_EBUSY || attempt == 20)
+      return rc;
+}
+
+static int verify_once(vlm_db *db) {
   vlm__reader *r = NULL;
   uint64_t next_id, pseq;
   int64_t nitems, nvec[VLM__NMOD] = {0, 0}, ncaptions = 0;

@@ -263,6 +263,7 @@ static int idvec_push(idvec *v, int64_t id) {
 
 /* Apply batches (ix_seq, T] to the index side.  Caller holds index_mu. */
 static int catch_up_locked(vlm_db *db) {
+  assert(vlm__index_held(db));
   MDB_txn *txn = NULL;
   MDB_cursor *cur = NULL;
   vlm__change *ch = NULL;
@@ -429,14 +430,14 @@ done:
 }
 
 int vlm__vindex_catch_up(vlm_db *db) {
-  pthread_mutex_lock(&db->index_mu);
+  vlm__index_lock(db);
   int rc = catch_up_locked(db);
   /* A failed tuning keeps the previous effort; it is retried next time. */
   for (int m = 0; m < VLM__NMOD && !rc; m++)
     if (vlm__vindex_tune(db, m, 0) != 0)
       vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
                 vlm_errmsg());
-  pthread_mutex_unlock(&db->index_mu);
+  vlm__index_unlock(db);
   return rc;
 }
 
@@ -634,10 +635,14 @@ done:
   /* An index rebuilt here, or checkpointed before tuning existed, has no
    * tuned effort; a writer measures it now (a reader searches with the
    * defaults rather than pay for it on every open). */
-  for (int m = 0; m < VLM__NMOD && !rc && !db->readonly; m++)
-    if (vlm__vindex_tune(db, m, 0) != 0)
-      vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
-                vlm_errmsg());
+  if (!rc && !db->readonly) {
+    vlm__index_lock(db); /* nothing else runs yet; tune's contract */
+    for (int m = 0; m < VLM__NMOD; m++)
+      if (vlm__vindex_tune(db, m, 0) != 0)
+        vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
+                  vlm_errmsg());
+    vlm__index_unlock(db);
+  }
   return rc;
 }
 
@@ -688,6 +693,7 @@ void vlm__vindex_remove_orphans(vlm_db *db) {
 /* Write every index that changed, switch the manifest to the new files,
  * drop the old ones and prune the log.  Caller holds write_mu. */
 static int checkpoint_locked(vlm_db *db, int force) {
+  assert(vlm__write_held(db) && vlm__index_held(db));
   vlm__manifest next = db->man;
   MDB_txn *txn = NULL;
   int rc = 0, changed = 0;
@@ -801,7 +807,7 @@ static int rebuild(vlm_db *db, int m, const char *factory, vlm_index **out,
 }
 
 int vlm__vindex_checkpoint(vlm_db *db) {
-  pthread_mutex_lock(&db->index_mu);
+  vlm__index_lock(db);
   int rc = catch_up_locked(db), force = 0;
   for (int m = 0; m < VLM__NMOD && !rc; m++) {
     vlm__vindex *vx = &db->vx[m];
@@ -820,7 +826,7 @@ int vlm__vindex_checkpoint(vlm_db *db) {
   }
   if (!rc)
     rc = checkpoint_locked(db, force);
-  pthread_mutex_unlock(&db->index_mu);
+  vlm__index_unlock(db);
   return rc;
 }
 
@@ -834,7 +840,7 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory) {
     return vlm_seterr(VLM_EINVAL, "reindex: factory \"%s\": %s", factory,
                       vlm_errmsg());
   vlm_index_free(probe);
-  pthread_mutex_lock(&db->index_mu);
+  vlm__index_lock(db);
   if ((rc = catch_up_locked(db)))
     goto done;
   for (int m = 0; m < VLM__NMOD; m++)
@@ -857,7 +863,7 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory) {
    * disk and the next checkpoint or close writes the new one. */
   rc = checkpoint_locked(db, 1);
 done:
-  pthread_mutex_unlock(&db->index_mu);
+  vlm__index_unlock(db);
   for (int m = 0; m < VLM__NMOD; m++)
     vlm_index_free(fresh[m]);
   return rc;

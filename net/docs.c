@@ -163,7 +163,8 @@ static int seq_to_arg(darg *kids, int n, darg *out, int among_alts) {
     *out = kids[0];
     if (among_alts && !strcmp(out->type, "string") && !out->token[0]) {
       /* a lone word among alternatives is a literal */
-      snprintf(out->token, sizeof out->token, "%s", out->name);
+      memcpy(out->token, out->name, sizeof out->token - 1);
+      out->token[sizeof out->token - 1] = '\0';
       out->type = "pure-token";
     }
     return 0;
