@@ -27,6 +27,7 @@
 
 #include <sqlite3.h>
 #include "catalog.h"
+#include "util/util.h"
 #include "image.h"
 #include "progress.h"
 #include "vlm_clip.h"
@@ -39,17 +40,7 @@
 /* db/sqlvfs.c: the VFS vlmdb opens meta.sqlite through (page checksums). */
 const char *vlm__sql_vfs(void);
 
-static int rm_entry(const char *path, const struct stat *st, int flag,
-                    struct FTW *ftw) {
-  (void)st;
-  (void)flag;
-  (void)ftw;
-  return remove(path);
-}
-
-static void rm_rf(const char *dir) {
-  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
+static void rm_rf(const char *dir) { vlm_test_rm_rf(dir); }
 
 static char *make_tmpdir(void) {
   char *dir = strdup("/tmp/vlm_test_cli.XXXXXX");

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "helpers/crash_model.h"
+#include "util/util.h"
 #include "vlm_error.h"
 #include "vlmdb.h"
 
@@ -49,34 +50,14 @@ static int sql_open_rw(const char *path, sqlite3 **s) {
 
 /* ------------------------------------------------------------ helpers */
 
-#define CHECK(call)                                                        \
-  do {                                                                     \
-    int rc_ = (call);                                                      \
-    if (rc_ != 0)                                                          \
-      fail_msg("%s = %d (%s): %s", #call, rc_, vlm_errname(rc_),           \
-               vlm_errmsg());                                              \
-  } while (0)
-
-#define EXPECT_ERR(code, call)                                             \
-  do {                                                                     \
-    int rc_ = (call);                                                      \
-    if (rc_ != (code))                                                     \
-      fail_msg("%s = %d (%s), expected %s: %s", #call, rc_,                \
-               vlm_errname(rc_), vlm_errname(code), vlm_errmsg());         \
-  } while (0)
+#define CHECK VLM_CHECK
+#define EXPECT_ERR VLM_EXPECT_ERR
 
 static uint64_t rng_state = 1;
 
-static uint64_t rng_next(void) {
-  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+static uint64_t rng_next(void) { return vlm_test_splitmix64(&rng_state); }
 
-static double rng_uniform(void) {
-  return (double)(rng_next() >> 11) / 9007199254740992.0;
-}
+static double rng_uniform(void) { return vlm_test_uniform(&rng_state); }
 
 static void unit(float *x, int d) {
   double ss = 0;
@@ -105,15 +86,7 @@ static float dot(const float *a, const float *b, int d) {
   return (float)s;
 }
 
-static int rm_cb(const char *p, const struct stat *sb, int flag,
-                 struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
-
-static void rm_rf(const char *path) {
-  nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
+static void rm_rf(const char *path) { vlm_test_rm_rf(path); }
 
 typedef struct {
   char root[64]; /* mkdtemp dir */

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "clip_int.h" /* white-box checks of the loaded model */
+#include "util/util.h"
 #include "kernels.h"
 #include "model.h"
 #include "safetensors.h"
@@ -741,25 +742,7 @@ static void test_cli_tokenize(void **state) {
 
 /* ---- temp dirs and checkpoint surgery ----------------------------------- */
 
-static void rm_rf(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d)
-    return;
-  struct dirent *e;
-  char p[512];
-  while ((e = readdir(d))) {
-    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-      continue;
-    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-    struct stat sb;
-    if (!lstat(p, &sb) && S_ISDIR(sb.st_mode))
-      rm_rf(p);
-    else
-      unlink(p);
-  }
-  closedir(d);
-  rmdir(dir);
-}
+static void rm_rf(const char *dir) { vlm_test_rm_rf(dir); }
 
 static char *make_tmpdir(void) {
   char *t = strdup("/tmp/vlm-embed-XXXXXX");

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/util.h"
 #include "vlm_error.h"
 #include "vlm_index.h"
 
@@ -31,14 +32,9 @@
 
 static uint64_t rng_state;
 
-static uint64_t rng_next(void) { /* splitmix64 */
-  uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+static uint64_t rng_next(void) { return vlm_test_splitmix64(&rng_state); }
 
-static double rng_uniform(void) { return (rng_next() >> 11) * (1.0 / 9007199254740992.0); }
+static double rng_uniform(void) { return vlm_test_uniform(&rng_state); }
 
 static float rng_normal(void) {
   double u = rng_uniform(), v = rng_uniform();

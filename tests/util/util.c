@@ -1,0 +1,44 @@
+/* util.c - see util.h. */
+#include "util.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static int rm_entry(const char *path, const struct stat *sb, int flag,
+                    struct FTW *ftw) {
+  (void)sb;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+void vlm_test_rm_rf(const char *path) {
+  nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+uint64_t vlm_test_splitmix64(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+double vlm_test_uniform(uint64_t *state) {
+  return (double)(vlm_test_splitmix64(state) >> 11) / 9007199254740992.0;
+}
+
+size_t vlm_test_resp_encode(char *out, int argc, const char **argv,
+                            const size_t *lens) {
+  size_t n = (size_t)sprintf(out, "*%d\r\n", argc);
+  for (int i = 0; i < argc; i++) {
+    size_t len = lens ? lens[i] : strlen(argv[i]);
+    n += (size_t)sprintf(out + n, "$%zu\r\n", len);
+    memcpy(out + n, argv[i], len);
+    n += len;
+    memcpy(out + n, "\r\n", 2);
+    n += 2;
+  }
+  return n;
+}

@@ -1,0 +1,45 @@
+/* util.h - what the test programs share: removing a temp tree, the
+ * splitmix64 generator, and check macros for vlmdb calls that print the
+ * error code, its name and the library's message on failure.
+ *
+ * Include after <cmocka.h> (the macros use fail_msg). */
+#ifndef VLM_TEST_UTIL_H
+#define VLM_TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vlm_error.h"
+
+/* Remove path and everything under it (no error if it is absent). */
+void vlm_test_rm_rf(const char *path);
+
+/* splitmix64: the next value of the generator whose state is *state. */
+uint64_t vlm_test_splitmix64(uint64_t *state);
+/* A uniform double in [0, 1) from *state. */
+double vlm_test_uniform(uint64_t *state);
+
+/* Encode argv (lens NULL: strlen each) as a RESP request into out (room
+ * enough); its length. */
+size_t vlm_test_resp_encode(char *out, int argc, const char **argv,
+                            const size_t *lens);
+
+/* call must return 0; else fail with its code, name and message. */
+#define VLM_CHECK(call)                                                    \
+  do {                                                                     \
+    int rc_ = (call);                                                      \
+    if (rc_ != 0)                                                          \
+      fail_msg("%s = %d (%s): %s", #call, rc_, vlm_errname(rc_),           \
+               vlm_errmsg());                                              \
+  } while (0)
+
+/* call must return code; else fail printing both. */
+#define VLM_EXPECT_ERR(code, call)                                         \
+  do {                                                                     \
+    int rc_ = (call);                                                      \
+    if (rc_ != (code))                                                     \
+      fail_msg("%s = %d (%s), expected %s: %s", #call, rc_,                \
+               vlm_errname(rc_), vlm_errname(code), vlm_errmsg());         \
+  } while (0)
+
+#endif
