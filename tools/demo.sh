@@ -166,11 +166,11 @@ for q in "ein Flugzeug" "猫"; do
 done
 
 step "4. Near-duplicates: --collapse keeps one of each group of near-identical pictures"
-note "Without it, a series of nearly identical items (here 18 red jigsaw pieces) fills the top:"
-run "$VLMDB" search --db "$DB" --text "a red car" -k 6 --target image
+note "Without it, a series of nearly identical items (here 16 red jigsaw pieces) fills the top:"
+run "$VLMDB" search --db "$DB" --text "a red jigsaw piece" -k 6 --target image
 echo
 note "With --collapse 0.98 each group takes one slot; the match column counts the rest (+N):"
-run "$VLMDB" search --db "$DB" --text "a red car" -k 6 --target image --collapse 0.98
+run "$VLMDB" search --db "$DB" --text "a red jigsaw piece" -k 6 --target image --collapse 0.98
 
 step "4. Search, text -> image, only in one category (a SQL filter on a declared field)"
 run "$VLMDB" search --db "$DB" --text "a bird" -k 5 --target image \
