@@ -6,6 +6,7 @@
 #   make asan      the test suite under AddressSanitizer + UBSan
 #   make tsan      the concurrency tests under ThreadSanitizer
 #   make crash     the kill -9 crash campaign (CRASH_KILLS=1000)
+#   make coverage  line coverage per module (the tests under --coverage)
 #   make fuzz      libFuzzer targets (run: make fuzz-run SECONDS=600)
 #   make bench     build the benchmarks (bench/*.c -> build/bench/*)
 #   make FAISS_PREFIX=/opt/faiss   link a real libfaiss_c instead of the shim
@@ -59,7 +60,7 @@ TEST_UTIL_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/util/*.c))
 BENCH_SRC = $(wildcard bench/*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps build test asan tsan crash fuzz fuzz-run bench demo data clean
+.PHONY: all deps build test asan tsan crash coverage fuzz fuzz-run bench demo data clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/vlmdb
@@ -146,6 +147,12 @@ crash: build
 	@VLM_CRASH_KILLS=$(CRASH_KILLS) VLM_TEST_ONLY=crash_kill9 $(BUILD)/test_db
 	@VLM_SERVER_KILLS=$(SERVER_KILLS) NET_TEST=test_kill9_under_load $(BUILD)/test_net
 
+# Line coverage per module: the test suite built with --coverage (-O0)
+# into build-cov, then tools/coverage.sh sums gcov's counts per module.
+coverage: deps
+	@$(MAKE) --no-print-directory BUILD=build-cov OPT=-O0 SANFLAGS=--coverage test; \
+	  rc=$$?; BUILD=build-cov sh tools/coverage.sh $(MODULES) cli; exit $$rc
+
 # ThreadSanitizer over the tests that exercise concurrency.  OpenMP is
 # kept to one thread: libgomp is not instrumented, so TSan cannot see the
 # barriers inside FAISS's parallel loops and would report false races.
@@ -201,6 +208,6 @@ demo: build
 	@BUILD=$(BUILD) sh tools/demo.sh
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz build-cov
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
