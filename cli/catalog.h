@@ -109,7 +109,8 @@ vlm_catalog_format vlm_catalog_get_format(const vlm_catalog *cat);
  * header not counted); -1 if it cannot be known. */
 long vlm_catalog_count(vlm_catalog *cat);
 
-/* Read the next row into *row (cleared first).  Returns 1 with a row (check
+/* Read the next row into *row, which must be zeroed before its first use
+ * (what it held is cleared first).  Returns 1 with a row (check
  * row->error), 0 at the end, or a negative VLM_E* code on a read error. */
 int vlm_catalog_next(vlm_catalog *cat, vlm_catalog_row *row);
 

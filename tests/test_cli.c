@@ -242,7 +242,7 @@ static void test_jsonl_texts(void **state) {
              "{\"key\": \"f\", \"text\": \"no others\", \"texts\": null}\n");
   char path[PATH_MAX];
   snprintf(path, sizeof path, "%s/texts.jsonl", dir);
-  vlm_catalog_row rows[MAX_ROWS];
+  vlm_catalog_row rows[MAX_ROWS] = {{0}};
   int n = read_all(path, NULL, rows);
   assert_int_equal(n, 6);
   assert_int_equal(rows[0].error, VLM_SKIP_NONE);
@@ -278,7 +278,7 @@ static void test_jsonl_weight(void **state) {
              "{\"key\": \"h\", \"text\": \"x\", \"weight\": null}\n");
   char path[PATH_MAX];
   snprintf(path, sizeof path, "%s/w.jsonl", dir);
-  vlm_catalog_row rows[MAX_ROWS];
+  vlm_catalog_row rows[MAX_ROWS] = {{0}};
   int n = read_all(path, NULL, rows);
   assert_int_equal(n, 8);
   assert_int_equal(rows[0].error, VLM_SKIP_NONE);
