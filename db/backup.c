@@ -41,8 +41,6 @@
 #include <time.h>
 #include <unistd.h>
 
-void (*vlm__test_hook)(const char *where, vlm_db *db);
-
 static int errno_code(int e) { return e == ENOSPC ? VLM_ENOSPACE : VLM_EIO; }
 
 /* Copy what fd holds to path (created), fsync'd. */

@@ -30,6 +30,10 @@
 
 #define DEFAULT_MAX_PAYLOAD (16u << 20)
 
+/* Set by tests only (db_int.h). */
+void (*vlm__test_hook)(const char *where, vlm_db *db);
+int (*vlm__test_fault)(const char *where);
+
 void vlm__warn(vlm_db *db, const char *fmt, ...) {
   char msg[1024];
   va_list ap;
@@ -766,19 +770,27 @@ static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
   assert(seq == db->pub_seq + 1); /* batch numbers go up by one */
   int rc = 0;
   pthread_rwlock_wrlock(&db->pub_lock);
-  int mrc = mdb_txn_commit(txn);
+  int mrc;
+  if (VLM__FAULT("lmdb-commit")) { /* as a failed write of the commit */
+    mdb_txn_abort(txn);
+    mrc = EIO;
+  } else {
+    mrc = mdb_txn_commit(txn);
+  }
   if (mrc) {
     vlm__sql_rollback(db);
     pthread_rwlock_unlock(&db->pub_lock);
     return commit_error(db, mrc, bytes);
   }
-  if ((rc = vlm__sql_commit(db))) {
+  if ((rc = VLM__FAULT("sql-commit")
+                ? vlm_seterr(VLM_EIO, "meta.sqlite: commit: disk I/O error")
+                : vlm__sql_commit(db))) {
     /* LMDB holds the batch; bring SQLite to it by replay, which is what
      * the next open would do. */
     char why[512];
     snprintf(why, sizeof why, "%s", vlm_errmsg());
     vlm__sql_rollback(db);
-    if (vlm__sql_replay(db, seq - 1, seq) == 0) {
+    if (!VLM__FAULT("sql-replay") && vlm__sql_replay(db, seq - 1, seq) == 0) {
       rc = 0;
     } else {
       __atomic_store_n(&db->broken, 1, __ATOMIC_RELEASE);

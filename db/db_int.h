@@ -452,6 +452,12 @@ int vlm__writer_alive(const char *dir);
  * the library where a test wants to widen a race window ("backup-pinned":
  * a backup has pinned its starting point and released the writers). */
 extern void (*vlm__test_hook)(const char *where, vlm_db *db);
+/* Test fault points: when set (only tests set it), asked at named points
+ * of the write protocol whether to fail there as the real fault would
+ * ("lmdb-commit", "sql-commit", "sql-replay"), so that every branch of the
+ * protocol runs in `make test` without a broken disk. */
+extern int (*vlm__test_fault)(const char *where);
+#define VLM__FAULT(where) (vlm__test_fault && vlm__test_fault(where))
 
 /* Building a database beside its final name (db.c): PARENT/.NAME.creating-
  * PID, emptied and removed on failure, renamed onto NAME when whole. */

@@ -4171,6 +4171,89 @@ static void test_concurrency_readers_never_see_half_a_batch(void **state) {
   run_concurrency("Flat", 1);
 }
 
+/* ------------------------------------------------------------ commit faults */
+
+/* The branches of the commit sequence a healthy disk never takes, through
+ * the test fault points: LMDB's commit fails (nothing of the batch, the
+ * database goes on); SQLite's commit fails and the replay mends it (the
+ * batch is acknowledged and whole); both fail (the batch is durable in
+ * LMDB, the error says so, writes are refused until a reopen repairs). */
+extern int (*vlm__test_fault)(const char *where);
+static const char *fault_at[3];
+
+static int fault_here(const char *where) {
+  for (int i = 0; i < 3; i++)
+    if (fault_at[i] && !strcmp(fault_at[i], where))
+      return 1;
+  return 0;
+}
+
+static int cf_count(vlm_db *db, const char *filter) {
+  vlm_search_options o = {.k = 100, .exact = 1, .filter = filter};
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  float q[DIM] = {1};
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  return nh;
+}
+
+static void test_commit_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 40, DIM, 515);
+  corpus_put(db, &c, 0, 10, 10);
+  vlm__test_fault = fault_here;
+
+  /* 1. LMDB's commit fails: an error, nothing of the batch anywhere */
+  fault_at[0] = "lmdb-commit";
+  vlm_item it = corpus_item(&c, 10);
+  int rc = vlm_db_put(db, &it, 1, 0, NULL);
+  assert_true(rc < 0);
+  fault_at[0] = NULL;
+  assert_int_equal(vlm_db_exists(db, c.key[10]), 0);
+  CHECK(vlm_db_verify(db));
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL)); /* and the next batch commits */
+  assert_int_equal(vlm_db_exists(db, c.key[10]), 1);
+
+  /* 2. SQLite's commit fails, the replay mends it: acknowledged, whole */
+  fault_at[0] = "sql-commit";
+  it = corpus_item(&c, 11);
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  fault_at[0] = NULL;
+  CHECK(vlm_db_verify(db));
+  char filter[64];
+  snprintf(filter, sizeof filter, "key = '%s'", c.key[11]);
+  assert_int_equal(cf_count(db, filter), 1);
+
+  /* 3. both fail: durable in LMDB, the error says so, writes refused */
+  fault_at[0] = "sql-commit";
+  fault_at[1] = "sql-replay";
+  it = corpus_item(&c, 12);
+  rc = vlm_db_put(db, &it, 1, 0, NULL);
+  fault_at[0] = fault_at[1] = NULL;
+  assert_true(rc < 0);
+  assert_non_null(strstr(vlm_errmsg(), "committed in payload.lmdb"));
+  it = corpus_item(&c, 13);
+  EXPECT_ERR(VLM_ESTATE, vlm_db_put(db, &it, 1, 0, NULL));
+  vlm__test_fault = NULL;
+  vlm_db_close(db);
+  warnings = 0;
+  db = open_db(t.dir); /* the replay the open runs repairs it */
+  assert_non_null(strstr(last_warning, "replayed 1 batch"));
+  assert_int_equal(vlm_db_exists(db, c.key[12]), 1);
+  snprintf(filter, sizeof filter, "key = '%s'", c.key[12]);
+  assert_int_equal(cf_count(db, filter), 1);
+  CHECK(vlm_db_verify(db));
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -4637,6 +4720,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_readers_beside_a_live_writer, teardown_tmp),
       cmocka_unit_test_teardown(test_backup_during_writes, teardown_tmp),
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
+      cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
