@@ -453,9 +453,11 @@ int vlm__writer_alive(const char *dir);
  * a backup has pinned its starting point and released the writers). */
 extern void (*vlm__test_hook)(const char *where, vlm_db *db);
 /* Test fault points: when set (only tests set it), asked at named points
- * of the write protocol whether to fail there as the real fault would
- * ("lmdb-commit", "sql-commit", "sql-replay"), so that every branch of the
- * protocol runs in `make test` without a broken disk. */
+ * of the write protocol and the planner whether to fail there as the real
+ * fault would ("lmdb-commit", "sql-commit", "sql-replay"; "planner-short":
+ * a filtered walk found too few, "planner-missed": the sample check found
+ * a better match it missed), so that every branch runs in `make test`
+ * without a broken disk or unlucky data. */
 extern int (*vlm__test_fault)(const char *where);
 #define VLM__FAULT(where) (vlm__test_fault && vlm__test_fault(where))
 

@@ -421,13 +421,15 @@ static int search_modality(sctx *s, int m, int kk,
     if ((rc = index_search(s, m, ask, ef, nprobe, 0, h, &returned)) ||
         (rc = exact_scan(s, m, vx->upto, h)))
       return rc;
+    if (VLM__FAULT("planner-short")) /* as a walk that found too few */
+      h->n = 0;
     if (h->n >= want) {
       if (!s->fids)
         return 0;
       int err = 0, missed = sample_missed(s, m, vx->upto, h, &err);
       if (err)
         return err;
-      if (!missed)
+      if (!missed && !VLM__FAULT("planner-missed"))
         return 0;
     }
     /* Fewer than wanted, or provably missing matches: widen and retry. */

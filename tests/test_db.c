@@ -4181,10 +4181,14 @@ static void test_concurrency_readers_never_see_half_a_batch(void **state) {
 extern int (*vlm__test_fault)(const char *where);
 static const char *fault_at[3];
 
+static int fault_hits;
+
 static int fault_here(const char *where) {
   for (int i = 0; i < 3; i++)
-    if (fault_at[i] && !strcmp(fault_at[i], where))
+    if (fault_at[i] && !strcmp(fault_at[i], where)) {
+      fault_hits++;
       return 1;
+    }
   return 0;
 }
 
@@ -4249,6 +4253,64 @@ static void test_commit_faults(void **state) {
   assert_int_equal(cf_count(db, filter), 1);
   CHECK(vlm_db_verify(db));
   CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* The filtered index walk's retries.  A hybrid search lists every match
+ * of its filter, and over the exact-scan limit (here 4,800 of 6,000) the
+ * vector side walks the index with the matches as a bitmap: a walk that
+ * comes back short, and a sample check that finds a match the walk
+ * missed, widen the search and retry, then score the matches exactly.
+ * With every retry failing the answer must be the exact search's. */
+static char *hits_keys(vlm_hit *hits, int nh) {
+  char *out = calloc(1, (size_t)nh * 16 + 1);
+  for (int h = 0; h < nh; h++) {
+    strcat(out, hits[h].key);
+    strcat(out, " ");
+  }
+  return out;
+}
+
+static void test_planner_retries(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 6000, DIM, 717);
+  corpus_put(db, &c, 0, 6000, 1000);
+  static const char *modes[] = {"planner-short", "planner-missed"};
+  vlm__test_fault = fault_here;
+  for (int q = 0; q < 5; q++) {
+    const float *qv = c.img + (size_t)(q * 37) * DIM;
+    vlm_search_options o = {.k = 20, .target = VLM_TARGET_IMAGE,
+                            .filter = "category != 'art'",
+                            .hybrid_text = "river house"};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    o.exact = 1;
+    CHECK(vlm_db_search(db, qv, &o, &hits, &nh));
+    char *want = hits_keys(hits, nh);
+    vlm_hits_free(hits, nh);
+    o.exact = 0;
+    for (int mode = 0; mode < 2; mode++) {
+      fault_at[0] = modes[mode];
+      fault_hits = 0;
+      CHECK(vlm_db_search(db, qv, &o, &hits, &nh));
+      char *got = hits_keys(hits, nh);
+      vlm_hits_free(hits, nh);
+      if (fault_hits == 0)
+        fail_msg("%s: the fault point was never reached", modes[mode]);
+      if (strcmp(got, want))
+        fail_msg("%s: query %d: %s\nexact: %s", modes[mode], q, got, want);
+      free(got);
+    }
+    fault_at[0] = NULL;
+    free(want);
+  }
+  vlm__test_fault = NULL;
   vlm_db_close(db);
   corpus_free(&c);
   tmp_free(&t);
@@ -4721,6 +4783,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_backup_during_writes, teardown_tmp),
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_planner_retries, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
