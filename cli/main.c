@@ -22,7 +22,7 @@ static const vlm_command commands[] = {
     {"export", cmd_export, "write the database back out as JSONL"},
     {"reindex", cmd_reindex, "rebuild the vector index with another kind"},
     {"verify", cmd_verify, "check that a database's stores agree"},
-    {"recover", cmd_recover, "finish crash recovery (replay, index repair)"},
+    {"recover", cmd_recover, "finish crash recovery, rebuild what LMDB can"},
     {"salvage", cmd_salvage, "copy a damaged database's sound records out"},
     {"backup", cmd_backup, "write a consistent copy of a database"},
     {"serve", cmd_serve, "serve a database over TCP (Redis protocol)"},
