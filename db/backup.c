@@ -246,13 +246,8 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
       pin = ck[m].seq;
   if (!rc)
     rc = vlm__reader_get(db, 1, &r);
-  if (!rc) {
-    int s = sqlite3_exec(r->sql, "BEGIN", NULL, NULL, NULL);
-    if (s == SQLITE_OK)
-      rc = vlm__sql_get_seq(r->sql, &sseq);
-    else
-      rc = vlm__sql_err(r->sql, s, "backup: meta.sqlite");
-  }
+  if (!rc)
+    rc = vlm__reader_sql_begin(r, &sseq, "backup: meta.sqlite");
   if (!rc) {
     if (sseq < pin)
       pin = sseq;

@@ -476,8 +476,8 @@ static void db_free(vlm_db *db) {
     }
     close(db->lock_fd);
   }
-  pthread_mutex_destroy(&db->write_mu);
-  pthread_mutex_destroy(&db->index_mu);
+  pthread_mutex_destroy(&db->write_mu.mu);
+  pthread_mutex_destroy(&db->index_mu.mu);
   pthread_mutex_destroy(&db->pool_mu);
   pthread_mutex_destroy(&db->bg_mu);
   pthread_cond_destroy(&db->bg_cv);
@@ -522,8 +522,8 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   db->warn = o.warn;
   db->warn_arg = o.warn_arg;
   db->async = o.async_index && !o.readonly;
-  pthread_mutex_init(&db->write_mu, NULL);
-  pthread_mutex_init(&db->index_mu, NULL);
+  pthread_mutex_init(&db->write_mu.mu, NULL);
+  pthread_mutex_init(&db->index_mu.mu, NULL);
   pthread_mutex_init(&db->pool_mu, NULL);
   pthread_mutex_init(&db->bg_mu, NULL);
   pthread_cond_init(&db->bg_cv, NULL);
@@ -1265,16 +1265,20 @@ static void batch_end(vlm_db *db, batch *b) {
 }
 
 /* Validate ops, then stage and commit them as one batch; changed[i] (or
- * NULL) says whether op i changed anything.  unique_keys: refuse a key
- * twice (put's contract). */
+ * NULL) says whether op i changed anything and *nchanged (or NULL) how many
+ * did.  unique_keys: refuse a key twice (put's contract). */
 static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
-                     int unique_keys, int *changed, const char *what) {
+                     int unique_keys, int *changed, int *nchanged,
+                     const char *what) {
   json_t **metas = NULL;
   const char **order = NULL;
   float *scratch = NULL;
   batch b;
   int rc;
+  int count = 0;
   memset(&b, 0, sizeof b);
+  if (nchanged)
+    *nchanged = 0;
   if (changed)
     for (int i = 0; i < n; i++)
       changed[i] = 0;
@@ -1333,8 +1337,10 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
       goto done;
     if (changed)
       changed[i] = ch;
+    count += ch;
   }
-  rc = batch_commit(db, &b);
+  if ((rc = batch_commit(db, &b)) == 0 && nchanged)
+    *nchanged = count;
 done:
   batch_end(db, &b);
   if (rc && changed)
@@ -1352,9 +1358,10 @@ done:
 int vlm_db_write(vlm_db *db, const vlm_write_op *ops, int n, int *changed) {
   if (!db || n < 0 || (n > 0 && !ops))
     return vlm_seterr(VLM_EINVAL, "write: bad arguments");
-  return write_ops(db, ops, n, 0, changed, "write");
+  return write_ops(db, ops, n, 0, changed, NULL, "write");
 }
 
+/* put and delete are write batches of one kind of op. */
 int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                int *written) {
   if (written)
@@ -1362,22 +1369,14 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
   if (!db || (n > 0 && !items) || n < 0)
     return vlm_seterr(VLM_EINVAL, "put: bad arguments");
   vlm_write_op *ops = calloc((size_t)(n ? n : 1), sizeof *ops);
-  int *changed = malloc((size_t)(n ? n : 1) * sizeof *changed);
-  if (!ops || !changed) {
-    free(ops);
-    free(changed);
+  if (!ops)
     return vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
-  }
   for (int i = 0; i < n; i++) {
     ops[i].kind = (flags & VLM_PUT_UPSERT) ? VLM_WRITE_UPSERT : VLM_WRITE_ADD;
     ops[i].item = items[i];
   }
-  int rc = write_ops(db, ops, n, 1, changed, "put");
-  if (rc == 0 && written)
-    for (int i = 0; i < n; i++)
-      *written += changed[i];
+  int rc = write_ops(db, ops, n, 1, NULL, written, "put");
   free(ops);
-  free(changed);
   return rc;
 }
 
@@ -1387,22 +1386,14 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
   if (!db || n < 0 || (n > 0 && !keys))
     return vlm_seterr(VLM_EINVAL, "delete: bad arguments");
   vlm_write_op *ops = calloc((size_t)(n ? n : 1), sizeof *ops);
-  int *changed = malloc((size_t)(n ? n : 1) * sizeof *changed);
-  if (!ops || !changed) {
-    free(ops);
-    free(changed);
+  if (!ops)
     return vlm_seterr(VLM_ENOMEM, "delete");
-  }
   for (int i = 0; i < n; i++) {
     ops[i].kind = VLM_WRITE_DELETE;
     ops[i].item.key = keys[i];
   }
-  int rc = write_ops(db, ops, n, 0, changed, "delete");
-  if (rc == 0 && deleted)
-    for (int i = 0; i < n; i++)
-      *deleted += changed[i];
+  int rc = write_ops(db, ops, n, 0, NULL, deleted, "delete");
   free(ops);
-  free(changed);
   return rc;
 }
 
@@ -1413,17 +1404,11 @@ static int begin_read(vlm_db *db, vlm__reader **r) {
   if (rc)
     return rc;
   pthread_rwlock_rdlock(&db->pub_lock);
-  int mrc = (*r)->txn ? mdb_txn_renew((*r)->txn)
-                      : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &(*r)->txn);
+  rc = vlm__reader_txn(db, *r, "read");
   pthread_rwlock_unlock(&db->pub_lock);
-  if (mrc) {
-    if ((*r)->txn)
-      mdb_txn_abort((*r)->txn);
-    (*r)->txn = NULL;
+  if (rc)
     vlm__reader_put(db, *r);
-    return vlm__lmdb_err(mrc, "read");
-  }
-  return 0;
+  return rc;
 }
 
 static void end_read(vlm_db *db, vlm__reader *r) {

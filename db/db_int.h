@@ -350,6 +350,28 @@ int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
 
 /* ---- the handle -------------------------------------------------------- */
 
+/* A mutex that knows its holder, so that a function that needs it can
+ * assert its caller holds it (write_mu, index_mu). */
+typedef struct {
+  pthread_mutex_t mu;
+  pthread_t owner;
+  int held;
+} vlm__owned_mu;
+
+static inline void vlm__owned_lock(vlm__owned_mu *m) {
+  pthread_mutex_lock(&m->mu);
+  m->owner = pthread_self();
+  m->held = 1;
+}
+static inline int vlm__owned_held(const vlm__owned_mu *m) {
+  return m->held && pthread_equal(m->owner, pthread_self());
+}
+static inline void vlm__owned_unlock(vlm__owned_mu *m) {
+  assert(vlm__owned_held(m));
+  m->held = 0;
+  pthread_mutex_unlock(&m->mu);
+}
+
 struct vlm_db {
   char *dir;
   int readonly;
@@ -361,11 +383,7 @@ struct vlm_db {
   vlm__lmdb lm;
 
   /* writer (write_mu) */
-  pthread_mutex_t write_mu;
-  pthread_t write_owner;      /* who holds write_mu (write_held), and */
-  int write_held;             /* index_mu (index_held): for the asserts */
-  pthread_t index_owner;      /* of the functions that need them */
-  int index_held;
+  vlm__owned_mu write_mu;
   sqlite3 *wsql;
   sqlite3_stmt *st_ins, *st_del, *st_fts_ins, *st_fts_del, *st_seq;
   int broken;                 /* SQLite fell behind LMDB: reopen */
@@ -389,7 +407,7 @@ struct vlm_db {
   int64_t pub_items, pub_vecs[VLM__NMOD];
 
   /* FAISS side (index_mu for changes, index_lock for use) */
-  pthread_mutex_t index_mu;
+  vlm__owned_mu index_mu;
   pthread_rwlock_t index_lock;
   uint64_t ix_seq;            /* last batch applied to the index side */
   uint64_t ix_next;           /* live bitmaps cover ids < ix_next */
@@ -409,40 +427,22 @@ struct vlm_db {
   vlm__reader *pool;
 };
 
-/* write_mu and index_mu, taken and released through these so that a
- * function that needs one can assert its caller holds it
- * (assert(vlm__write_held(db))). */
-static inline void vlm__write_lock(vlm_db *db) {
-  pthread_mutex_lock(&db->write_mu);
-  db->write_owner = pthread_self();
-  db->write_held = 1;
-}
-static inline int vlm__write_held(const vlm_db *db) {
-  return db->write_held && pthread_equal(db->write_owner, pthread_self());
-}
-static inline void vlm__write_unlock(vlm_db *db) {
-  assert(vlm__write_held(db));
-  db->write_held = 0;
-  pthread_mutex_unlock(&db->write_mu);
-}
-static inline void vlm__index_lock(vlm_db *db) {
-  pthread_mutex_lock(&db->index_mu);
-  db->index_owner = pthread_self();
-  db->index_held = 1;
-}
-static inline int vlm__index_held(const vlm_db *db) {
-  return db->index_held && pthread_equal(db->index_owner, pthread_self());
-}
-static inline void vlm__index_unlock(vlm_db *db) {
-  assert(vlm__index_held(db));
-  db->index_held = 0;
-  pthread_mutex_unlock(&db->index_mu);
-}
+#define vlm__write_lock(db) vlm__owned_lock(&(db)->write_mu)
+#define vlm__write_unlock(db) vlm__owned_unlock(&(db)->write_mu)
+#define vlm__write_held(db) vlm__owned_held(&(db)->write_mu)
+#define vlm__index_lock(db) vlm__owned_lock(&(db)->index_mu)
+#define vlm__index_unlock(db) vlm__owned_unlock(&(db)->index_mu)
+#define vlm__index_held(db) vlm__owned_held(&(db)->index_mu)
 
 void vlm__warn(vlm_db *db, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out);
 void vlm__reader_put(vlm_db *db, vlm__reader *r);
+/* Begin (or renew) r's LMDB read transaction; on failure r->txn is gone. */
+int vlm__reader_txn(vlm_db *db, vlm__reader *r, const char *what);
+/* BEGIN on r's SQLite connection and pin its snapshot by reading the batch
+ * it holds (into *seq, may be NULL); rolled back on failure. */
+int vlm__reader_sql_begin(vlm__reader *r, uint64_t *seq, const char *what);
 void vlm__reader_free(vlm__reader *r);
 
 /* 1 if a writer process holds dir (the pid it wrote in LOCK is alive). */

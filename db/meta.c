@@ -363,11 +363,28 @@ int vlm__sql_set_seq(vlm_db *db, uint64_t seq) {
   return step_done(db, db->st_seq, "set sequence");
 }
 
-static void free_rows(vlm__sql_change *rows, size_t n) {
-  if (!rows)
-    return;
-  for (size_t i = 0; i < n; i++)
+/* x's row and caption from item record rec (pointers into the map, valid
+ * for the read transaction); its metadata parsed, freed by free_rows. */
+static void row_from_rec(vlm__sql_change *x, const vlm__rec *rec) {
+  x->key = rec->key;
+  x->key_len = rec->key_len;
+  if (rec->flags & VLM__HAS_CAPTION) {
+    x->caption = rec->caption;
+    x->caption_len = rec->caption_len;
+  }
+  if (rec->meta_len) {
+    json_error_t jerr;
+    x->meta = json_loadb(rec->meta, rec->meta_len, 0, &jerr);
+  }
+}
+
+static void drop_metas(vlm__sql_change *rows, size_t n) {
+  for (size_t i = 0; rows && i < n; i++)
     json_decref((json_t *)rows[i].meta);
+}
+
+static void free_rows(vlm__sql_change *rows, size_t n) {
+  drop_metas(rows, n);
   free(rows);
 }
 
@@ -416,16 +433,7 @@ int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
       }
       if (rc)
         goto done;
-      x->key = rec.key;
-      x->key_len = rec.key_len;
-      if (rec.flags & VLM__HAS_CAPTION) {
-        x->caption = rec.caption;
-        x->caption_len = rec.caption_len;
-      }
-      if (rec.meta_len) {
-        json_error_t jerr;
-        x->meta = json_loadb(rec.meta, rec.meta_len, 0, &jerr);
-      }
+      row_from_rec(x, &rec);
     }
     if ((rc = vlm__sql_apply(db, rows, nrows, 1)))
       goto done;
@@ -505,20 +513,10 @@ int vlm__sql_rebuild(vlm_db *db, uint64_t seq) {
       goto done;
     memset(x, 0, sizeof *x);
     x->c.new_id = id;
-    x->key = rec.key;
-    x->key_len = rec.key_len;
-    if (rec.flags & VLM__HAS_CAPTION) {
-      x->caption = rec.caption;
-      x->caption_len = rec.caption_len;
-    }
-    if (rec.meta_len) {
-      json_error_t jerr;
-      x->meta = json_loadb(rec.meta, rec.meta_len, 0, &jerr);
-    }
+    row_from_rec(x, &rec);
     if (++n == REBUILD_CHUNK) {
       rc = vlm__sql_apply(db, rows, n, 0);
-      for (size_t i = 0; i < n; i++)
-        json_decref((json_t *)rows[i].meta);
+      drop_metas(rows, n);
       n = 0;
       if (rc)
         goto done;
@@ -532,9 +530,7 @@ int vlm__sql_rebuild(vlm_db *db, uint64_t seq) {
       (rc = vlm__sql_set_seq(db, seq)) || (rc = vlm__sql_commit(db)))
     goto done;
 done:
-  for (size_t i = 0; rows && i < n; i++)
-    json_decref((json_t *)rows[i].meta);
-  free(rows);
+  free_rows(rows, n);
   if (cur)
     mdb_cursor_close(cur);
   if (rc)
@@ -655,6 +651,33 @@ int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out) {
   }
   *out = r;
   return 0;
+}
+
+int vlm__reader_txn(vlm_db *db, vlm__reader *r, const char *what) {
+  int mrc = r->txn ? mdb_txn_renew(r->txn)
+                   : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);
+  if (!mrc)
+    return 0;
+  if (r->txn)
+    mdb_txn_abort(r->txn);
+  r->txn = NULL;
+  return vlm__lmdb_err(mrc, what);
+}
+
+int vlm__reader_sql_begin(vlm__reader *r, uint64_t *seq, const char *what) {
+  int s = sqlite3_exec(r->sql, "BEGIN", NULL, NULL, NULL);
+  if (s == SQLITE_OK) {
+    s = sqlite3_step(r->pin);
+    if (s == SQLITE_ROW && seq)
+      *seq = (uint64_t)sqlite3_column_int64(r->pin, 0);
+    sqlite3_reset(r->pin);
+    s = (s == SQLITE_ROW || s == SQLITE_DONE) ? SQLITE_OK : s;
+  }
+  if (s == SQLITE_OK)
+    return 0;
+  int rc = vlm__sql_err(r->sql, s, what);
+  sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
 }
 
 void vlm__reader_put(vlm_db *db, vlm__reader *r) {

@@ -501,30 +501,11 @@ static int snapshot_follow(vlm_db *db, vlm__reader *r, int need_sql,
   for (int attempt = 0;; attempt++) {
     uint64_t sseq = 0, lseq = 0, nid = 0;
     int rc = 0;
-    if (need_sql) {
-      int s = sqlite3_exec(r->sql, "BEGIN", NULL, NULL, NULL);
-      if (s == SQLITE_OK) {
-        s = sqlite3_step(r->pin);
-        if (s == SQLITE_ROW)
-          sseq = (uint64_t)sqlite3_column_int64(r->pin, 0);
-        sqlite3_reset(r->pin);
-        s = (s == SQLITE_ROW || s == SQLITE_DONE) ? SQLITE_OK : s;
-      }
-      if (s != SQLITE_OK) {
-        rc = vlm__sql_err(r->sql, s, "search");
-        sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
-        return rc;
-      }
-    }
-    int mrc = r->txn ? mdb_txn_renew(r->txn)
-                     : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);
-    if (mrc) {
-      if (r->txn)
-        mdb_txn_abort(r->txn);
-      r->txn = NULL;
-      rc = vlm__lmdb_err(mrc, "search");
-    } else {
+    if (need_sql && (rc = vlm__reader_sql_begin(r, &sseq, "search")))
+      return rc;
+    if (!(rc = vlm__reader_txn(db, r, "search"))) {
       MDB_stat st;
+      int mrc;
       if (!(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "seq", &lseq)) &&
           !(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "next_id", &nid)) &&
           (mrc = mdb_stat(r->txn, db->lm.keys, &st)))
@@ -560,28 +541,11 @@ int vlm__snapshot_begin(vlm_db *db, vlm__reader *r, int need_sql,
   if (db->follow)
     return snapshot_follow(db, r, need_sql, next_id, nitems, seq);
   pthread_rwlock_rdlock(&db->pub_lock);
-  int mrc = r->txn ? mdb_txn_renew(r->txn)
-                   : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);
-  if (mrc) {
-    if (r->txn)
-      mdb_txn_abort(r->txn);
-    r->txn = NULL;
-    rc = vlm__lmdb_err(mrc, "search");
+  if ((rc = vlm__reader_txn(db, r, "search")))
     goto done;
-  }
-  if (need_sql) {
-    int s = sqlite3_exec(r->sql, "BEGIN", NULL, NULL, NULL);
-    if (s == SQLITE_OK) {
-      s = sqlite3_step(r->pin);
-      sqlite3_reset(r->pin);
-      s = (s == SQLITE_ROW || s == SQLITE_DONE) ? SQLITE_OK : s;
-    }
-    if (s != SQLITE_OK) {
-      rc = vlm__sql_err(r->sql, s, "search");
-      sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
-      mdb_txn_reset(r->txn);
-      goto done;
-    }
+  if (need_sql && (rc = vlm__reader_sql_begin(r, NULL, "search"))) {
+    mdb_txn_reset(r->txn);
+    goto done;
   }
   *next_id = db->pub_next_id;
   *nitems = db->pub_items;
