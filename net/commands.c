@@ -1651,6 +1651,30 @@ static void cmd_backup_exec(vlm__job *job) {
  * limit, an image that does not decode): nothing of it is written.
  * ==================================================================== */
 
+/* A job for cmd with its arguments checked (proc run), or NULL after the
+ * error reply went to out (bad arguments, out of memory); out NULL: the
+ * connection's next reply place, taken only then (a place taken for a
+ * job that goes to the workers would be an empty reply slot). */
+static vlm__job *job_prepare(vlm__conn *conn, const vlm__command *cmd,
+                             int argc, const vlm__resp_arg *argv,
+                             vlm__buf *out) {
+  vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
+  if (!job) {
+    vlm__reply_error(out ? out : vlm__conn_reply_buf(conn), "ERR",
+                     "out of memory");
+    return NULL;
+  }
+  vlm__ctx ctx = {conn->srv, conn, job, argc, job->argv, &job->reply};
+  if (cmd->proc(&ctx) < 0) { /* answered in order, no worker needed */
+    if (!out)
+      out = vlm__conn_reply_buf(conn);
+    vlm__buf_append(out, job->reply.data, job->reply.len);
+    vlm__job_free(job);
+    return NULL;
+  }
+  return job;
+}
+
 #define MULTI_MAX 100000 /* queued commands per transaction */
 
 static int cmd_multi(vlm__ctx *ctx) {
@@ -1700,16 +1724,8 @@ static void multi_queue(vlm__conn *conn, const vlm__command *cmd, int argc,
     conn->multi_dirty = 1;
     return;
   }
-  vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
+  vlm__job *job = job_prepare(conn, cmd, argc, argv, out);
   if (!job) {
-    vlm__reply_error(out, "ERR", "out of memory");
-    conn->multi_dirty = 1;
-    return;
-  }
-  vlm__ctx ctx = {conn->srv, conn, job, argc, job->argv, &job->reply};
-  if (cmd->proc(&ctx) < 0) {
-    vlm__buf_append(out, job->reply.data, job->reply.len);
-    vlm__job_free(job);
     conn->multi_dirty = 1;
     return;
   }
@@ -2145,21 +2161,9 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     cmd->proc(&ctx);
     return;
   }
-  vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
-  if (!job) {
-    vlm__reply_error(vlm__conn_reply_buf(conn), "ERR", "out of memory");
+  vlm__job *job = job_prepare(conn, cmd, argc, argv, NULL);
+  if (!job)
     return;
-  }
-  ctx.job = job;
-  ctx.argv = job->argv;
-  ctx.out = &job->reply;
-  if (cmd->proc(&ctx) < 0) {
-    /* Bad arguments: answer in order, no worker needed. */
-    vlm__buf *out = vlm__conn_reply_buf(conn);
-    vlm__buf_append(out, job->reply.data, job->reply.len);
-    vlm__job_free(job);
-    return;
-  }
   vlm__conn_push_job(conn, job);
   vlm__job_start(job);
 }
