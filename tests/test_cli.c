@@ -1152,6 +1152,15 @@ static int columns(const char *s, size_t bytes) {
   return w;
 }
 
+/* The two databases export exactly the same items. */
+static void assert_same_export(const char *dir, const char *a_db,
+                               const char *b_db) {
+  json_t *a = export_map(dir, a_db), *b = export_map(dir, b_db);
+  assert_true(json_equal(a, b));
+  json_decref(a);
+  json_decref(b);
+}
+
 static void test_e2e_ingest_search_eval(void **state) {
   const char *dir = *state;
   char db[PATH_MAX], catalog[PATH_MAX];
@@ -1234,12 +1243,7 @@ static void test_e2e_ingest_search_eval(void **state) {
   json_decref(bj);
   free(out);
   free(RUN_OK(dir, "verify", "--db", copy));
-  {
-    json_t *a = export_map(dir, db), *b = export_map(dir, copy);
-    assert_true(json_equal(a, b));
-    json_decref(a);
-    json_decref(b);
-  }
+  assert_same_export(dir, db, copy);
   char *bout = NULL, *berr = NULL;
   assert_int_equal(RUN(dir, &bout, &berr, "backup", "--db", db, "--out", copy),
                    1);
@@ -1261,12 +1265,7 @@ static void test_e2e_ingest_search_eval(void **state) {
   assert_non_null(strstr(out, "consistent at batch"));
   free(out);
   free(RUN_OK(dir, "verify", "--db", copy));
-  {
-    json_t *a = export_map(dir, db), *b = export_map(dir, copy);
-    assert_true(json_equal(a, b));
-    json_decref(a);
-    json_decref(b);
-  }
+  assert_same_export(dir, db, copy);
 
   json_t *map = export_map(dir, db);
   assert_int_equal(json_object_size(map), MAIN_GOOD);

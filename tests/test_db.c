@@ -1501,6 +1501,22 @@ static char *sql_answers(vlm_db *db, const corpus *c) {
   return out;
 }
 
+/* A trial child over a damaged meta.sqlite: exits 0 (caught: an error or
+ * verify failing), 1 (the same answers as before, verify passing) or 2
+ * (silently wrong answers). */
+static void sql_trial(const char *dir, const corpus *c, const char *want) {
+  vlm_db_open_options o = {.readonly = 1};
+  vlm_db *d = NULL;
+  if (vlm_db_open(dir, &o, &d) != 0)
+    _exit(0);
+  char *got = sql_answers(d, c);
+  if (!got)
+    _exit(0);
+  if (strcmp(got, want) != 0)
+    _exit(2);
+  _exit(vlm_db_verify(d) != 0 ? 0 : 1);
+}
+
 /* Single bit flips anywhere in meta.sqlite (its pages carry checksums,
  * db/sqlvfs.c): every trial ends in a clear error or in the same answers
  * to filtered and hybrid searches as before; never a silently wrong
@@ -1542,19 +1558,8 @@ static void test_sql_bit_flips_are_caught(void **state) {
     int bit = (int)(rng_next() % 8);
     flip_bit(data, at, bit);
     pid_t pid = fork_trial();
-    if (pid == 0) {
-      /* 0: caught, 1: identical, 2: silently wrong */
-      vlm_db_open_options o = {.readonly = 1};
-      vlm_db *d = NULL;
-      if (vlm_db_open(t.dir, &o, &d) != 0)
-        _exit(0);
-      char *got = sql_answers(d, &c);
-      if (!got)
-        _exit(0);
-      if (strcmp(got, want) != 0)
-        _exit(2);
-      _exit(vlm_db_verify(d) != 0 ? 0 : 1);
-    }
+    if (pid == 0)
+      sql_trial(t.dir, &c, want);
     tally_trial(pid, trial, at, bit, &n);
   }
   print_message("%d bit flips in meta.sqlite: %d caught, %d harmless, %d "
@@ -1573,18 +1578,8 @@ static void test_sql_bit_flips_are_caught(void **state) {
       at -= at % 4096;
     assert_int_equal(truncate(data, at), 0);
     pid_t pid = fork_trial();
-    if (pid == 0) {
-      vlm_db_open_options o = {.readonly = 1};
-      vlm_db *d = NULL;
-      if (vlm_db_open(t.dir, &o, &d) != 0)
-        _exit(0);
-      char *got = sql_answers(d, &c);
-      if (!got)
-        _exit(0);
-      if (strcmp(got, want) != 0)
-        _exit(2);
-      _exit(vlm_db_verify(d) != 0 ? 0 : 1);
-    }
+    if (pid == 0)
+      sql_trial(t.dir, &c, want);
     tally_trial(pid, trial, at, -1, &tr);
   }
   print_message("30 truncations of meta.sqlite: %d caught, %d harmless, %d "
