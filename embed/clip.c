@@ -3,6 +3,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,29 @@ static int file_exists(const char *path) { return access(path, F_OK) == 0; }
 static int cpu_count(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+/* The preprocessed image must be the model's image_size square: the crop
+ * when there is one, else the straight resize. */
+static int check_input_size(vlm__preprocess_cfg *pp, int image_size,
+                            const char *path) {
+  if (pp->center_crop) {
+    if (pp->crop != image_size)
+      return vlm_seterr(VLM_EMISMATCH, "%s: crop_size %d does not match the "
+                        "model's image_size %d", path, pp->crop, image_size);
+    return 0;
+  }
+  pp->crop = image_size; /* the side the pipeline produces */
+  if (!pp->do_resize)
+    return 0; /* each image must then already be image_size square */
+  if (pp->resize_w <= 0)
+    return vlm_seterr(VLM_EUNSUPPORTED, "%s: size.shortest_edge without a "
+                      "center crop gives images of varying shape", path);
+  if (pp->resize_w != image_size || pp->resize_h != image_size)
+    return vlm_seterr(VLM_EMISMATCH, "%s: size %dx%d does not match the "
+                      "model's image_size %d", path, pp->resize_w,
+                      pp->resize_h, image_size);
+  return 0;
 }
 
 int vlm__clip_load_weights(const char *dir, const char *weights_path,
@@ -74,27 +98,34 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
   if ((rc = vlm__weights_load(clip, weights_path)))
     goto fail;
 
-  /* Preprocessing: CLIP's defaults, open_clip's mean/std, then
-   * preprocessor_config.json. */
+  /* Preprocessing: the family's defaults (for CLIP with open_clip's
+   * mean/std), then preprocessor_config.json. */
   vlm__preprocess_cfg *pp = &clip->pp;
-  vlm__pp_defaults(pp, cfg->image_size);
-  memcpy(pp->mean, oc_pp.mean, sizeof pp->mean);
-  memcpy(pp->std, oc_pp.std, sizeof pp->std);
-  snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
-  if (file_exists(path) && (rc = vlm__config_read_preprocessor(path, pp)))
-    goto fail;
-  if (pp->crop != cfg->image_size) {
-    rc = vlm_seterr(VLM_EMISMATCH, "%s: crop_size %d does not match the "
-                    "model's image_size %d", path, pp->crop, cfg->image_size);
-    goto fail;
+  vlm__pp_family_defaults(pp, cfg->family, cfg->image_size);
+  if (cfg->family == VLM__FAMILY_CLIP) {
+    memcpy(pp->mean, oc_pp.mean, sizeof pp->mean);
+    memcpy(pp->std, oc_pp.std, sizeof pp->std);
   }
+  snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+  if (file_exists(path) &&
+      (rc = vlm__config_read_preprocessor(path, cfg->family, pp)))
+    goto fail;
+  if ((rc = check_input_size(pp, cfg->image_size, path)))
+    goto fail;
   memcpy(cfg->mean, pp->mean, sizeof cfg->mean);
   memcpy(cfg->std, pp->std, sizeof cfg->std);
   if (clip->opts.alpha != VLM_ALPHA_MODEL)
     pp->alpha = clip->opts.alpha;
   pp->max_pixels = clip->opts.max_pixels;
 
-  /* Tokenizer: the Hugging Face files, else CLIP's original merges. */
+  /* Tokenizer.  SigLIP's SentencePiece and Chinese-CLIP's WordPiece
+   * tokenizers (tokenizer_spm.h, tokenizer_wp.h) are not loaded here yet:
+   * these models load without one, clip->tok stays NULL, and
+   * vlm_clip_tokenize / vlm_clip_encode_texts say VLM_EUNSUPPORTED, while
+   * vlm__clip_encode_tokens encodes their ids.  CLIP: the Hugging Face
+   * files, else CLIP's original merges. */
+  if (cfg->family != VLM__FAMILY_CLIP)
+    goto tokenizer_done;
   char merges[PATH_MAX];
   snprintf(path, sizeof path, "%s/vocab.json", dir);
   snprintf(merges, sizeof merges, "%s/merges.txt", dir);
@@ -117,6 +148,7 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
     goto fail;
   }
 
+tokenizer_done:
   clip->weights_path = strdup(weights_path);
   if (!clip->weights_path) {
     rc = vlm_seterr(VLM_ENOMEM, "%s: out of memory", dir);
@@ -175,6 +207,50 @@ int vlm_clip_image_size(const vlm_clip *clip) {
 
 int vlm_clip_context_length(const vlm_clip *clip) {
   return clip ? clip->cfg.context_length : 0;
+}
+
+const char *vlm_clip_family(const vlm_clip *clip) {
+  return clip ? vlm__family_name(clip->cfg.family) : NULL;
+}
+
+float vlm_clip_logit_scale(const vlm_clip *clip) {
+  return clip ? clip->cfg.logit_scale : 0.0f;
+}
+
+float vlm_clip_logit_bias(const vlm_clip *clip) {
+  return clip ? clip->cfg.logit_bias : 0.0f;
+}
+
+float vlm_clip_logit(const vlm_clip *clip, float cosine) {
+  if (!clip)
+    return 0.0f;
+  return expf(clip->cfg.logit_scale) * cosine + clip->cfg.logit_bias;
+}
+
+int vlm_clip_probabilities(const vlm_clip *clip, const float *cosines, int n,
+                           float *probs) {
+  if (!clip || n < 0 || (n > 0 && (!cosines || !probs)))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_probabilities: NULL argument");
+  if (n == 0)
+    return 0;
+  if (clip->cfg.family == VLM__FAMILY_SIGLIP) {
+    /* each pair on its own: sigmoid(logit) */
+    for (int i = 0; i < n; i++)
+      probs[i] = 1.0f / (1.0f + expf(-vlm_clip_logit(clip, cosines[i])));
+    return 0;
+  }
+  /* softmax over the candidates, in double so a large scale cannot
+   * overflow */
+  double mx = vlm_clip_logit(clip, cosines[0]), sum = 0;
+  for (int i = 1; i < n; i++) {
+    double l = vlm_clip_logit(clip, cosines[i]);
+    mx = l > mx ? l : mx;
+  }
+  for (int i = 0; i < n; i++)
+    sum += exp(vlm_clip_logit(clip, cosines[i]) - mx);
+  for (int i = 0; i < n; i++)
+    probs[i] = (float)(exp(vlm_clip_logit(clip, cosines[i]) - mx) / sum);
+  return 0;
 }
 
 /* ---- scratch pool -------------------------------------------------------- */
@@ -245,13 +321,28 @@ static void compute_model_id(vlm_clip *clip) {
       "proj %d\n"
       "mean %.9g %.9g %.9g std %.9g %.9g %.9g resize %d crop %d\n",
       c->vision_width, c->vision_layers, c->vision_heads, c->vision_mlp,
-      c->image_size, c->patch_size, c->vision_quick_gelu, c->vision_eps,
+      c->image_size, c->patch_size, (int)c->vision_act, c->vision_eps,
       c->text_width, c->text_layers, c->text_heads, c->text_mlp,
-      c->vocab_size, c->context_length, c->text_quick_gelu, c->text_eps,
+      c->vocab_size, c->context_length, (int)c->text_act, c->text_eps,
       c->bos_id, c->eos_id, c->projection_dim, clip->pp.mean[0],
       clip->pp.mean[1], clip->pp.mean[2], clip->pp.std[0], clip->pp.std[1],
       clip->pp.std[2], clip->pp.resize, clip->pp.crop);
   vlm__sha256_update(&s, text, (size_t)n);
+  /* Other families, and preprocessing that is not CLIP's classic one, add
+   * a line; CLIP models with the classic pipeline keep the ids they had. */
+  const vlm__preprocess_cfg *pp = &clip->pp;
+  if (c->family != VLM__FAMILY_CLIP || pp->resize_w > 0 || !pp->do_resize ||
+      !pp->center_crop || pp->crop_floor || pp->rgb_first ||
+      pp->exif_transpose || pp->rescale != 1.0 / 255) {
+    n = snprintf(text, sizeof text,
+                 "family %s types %d resize %dx%d do %d crop %d floor %d "
+                 "rgb first %d exif %d rescale %.17g\n",
+                 vlm__family_name(c->family), c->type_vocab_size,
+                 pp->resize_w, pp->resize_h, pp->do_resize, pp->center_crop,
+                 pp->crop_floor, pp->rgb_first, pp->exif_transpose,
+                 pp->rescale);
+    vlm__sha256_update(&s, text, (size_t)n);
+  }
   /* Compositing transparent images onto white changes their vectors; the
    * reference behaviour (drop alpha) adds nothing, so ids of models that
    * use it stay as they were. */
@@ -342,8 +433,21 @@ int vlm__clip_encode_tokens(const vlm_clip *clip, const int32_t *const *ids,
                         cfg->vocab_size);
         goto done;
       }
-    /* Causal attention: positions after the pooled one cannot change it. */
-    len[i] = pool_position(cfg, ids[i], n_ids[i]) + 1;
+    if (cfg->family == VLM__FAMILY_CLIP) {
+      /* Causal attention: positions after the pooled one cannot change
+       * it. */
+      len[i] = pool_position(cfg, ids[i], n_ids[i]) + 1;
+    } else if (cfg->family == VLM__FAMILY_SIGLIP &&
+               n_ids[i] != cfg->context_length) {
+      /* every position attends to every other and the last is pooled, so
+       * the padding is part of the input */
+      rc = vlm_seterr(VLM_EINVAL, "text %d: %d tokens (SigLIP encodes "
+                      "exactly %d: the ids padded with the tokenizer's pad "
+                      "id)", i, n_ids[i], cfg->context_length);
+      goto done;
+    } else {
+      len[i] = n_ids[i];
+    }
   }
   const int D = cfg->projection_dim;
   for (int i = 0; i < n;) {
@@ -368,6 +472,10 @@ int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
   if (!clip || !text || !ids || !n_ids || max_ids < 2)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_tokenize: NULL argument or "
                       "max_ids < 2");
+  if (!clip->tok)
+    return vlm_seterr(VLM_EUNSUPPORTED, "the %s tokenizer is not available "
+                      "in this build (encode token ids instead)",
+                      vlm__family_name(clip->cfg.family));
   return vlm__tokenize(clip->tok, text, clip->cfg.context_length, ids,
                        max_ids, n_ids);
 }

@@ -18,8 +18,13 @@
 #include "safetensors.h"
 #include "vlm_clip.h"
 
-/* One pre-LN transformer block; all weights F32 in Hugging Face layout
- * (Linear weights are [out, in]). */
+/* One transformer block; all weights F32 in Hugging Face layout (Linear
+ * weights are [out, in]).  Pre-LN (CLIP, SigLIP): ln1 before attention,
+ * ln2 before the MLP.  Post-LN (BERT, Chinese-CLIP's text tower): ln1 is
+ * attention.output.LayerNorm after the attention's residual, ln2
+ * output.LayerNorm after the MLP's.  SigLIP's attention-pooling head is a
+ * block too: q/k/v rows of its in_proj, out_proj, ln2 = its layernorm,
+ * its MLP; ln1 unused. */
 typedef struct {
   const float *ln1_w, *ln1_b;
   const float *q_w, *q_b, *k_w, *k_b, *v_w, *v_b; /* [C, C], [C] */
@@ -35,22 +40,32 @@ typedef struct {
   const uint16_t *p_qkv, *p_o, *p_fc1, *p_fc2;
 } vlm__block;
 
+/* NULL where the family has no such tensor (see model.h). */
 typedef struct {
   /* vision */
   const float *patch_w;          /* [Wv, 3, P, P] */
+  const float *patch_b;          /* [Wv] SigLIP */
   const uint16_t *p_patch;       /* the same, packed (kernels.h), or NULL */
-  const float *class_emb;        /* [Wv] */
-  const float *vpos;             /* [G*G + 1, Wv] */
+  const float *class_emb;        /* [Wv] CLIP, Chinese-CLIP */
+  const float *vpos;             /* [G*G (+ 1 with a class token), Wv] */
   const float *pre_ln_w, *pre_ln_b, *post_ln_w, *post_ln_b;
-  const float *vproj;            /* [D, Wv] */
+  const float *vproj;            /* [D, Wv] CLIP, Chinese-CLIP */
   vlm__block *vblocks;
+  /* SigLIP's attention-pooling head */
+  const float *probe;            /* [Wv] */
+  const float *head_in_w, *head_in_b; /* in_proj [3 Wv, Wv], [3 Wv] */
+  vlm__block vhead;
   /* text */
   const float *tok_emb;          /* [V, Wt] */
   const float *tpos;             /* [ctx, Wt] */
-  const float *final_ln_w, *final_ln_b;
-  const float *tproj;            /* [D, Wt] */
+  const float *type_emb;         /* [types, Wt] Chinese-CLIP */
+  const float *emb_ln_w, *emb_ln_b; /* Chinese-CLIP's embedding LayerNorm */
+  const float *final_ln_w, *final_ln_b; /* CLIP, SigLIP */
+  const float *tproj;            /* [D, Wt]; SigLIP: text_model.head */
+  const float *tproj_b;          /* [D] SigLIP's head bias */
   vlm__block *tblocks;
   const float *logit_scale;      /* 0-d */
+  const float *logit_bias;       /* 0-d, SigLIP */
 } vlm__weights;
 
 /* A tensor as vlm__clip_tensor exposes it.  Linear weights that the towers
@@ -106,12 +121,19 @@ struct vlm_clip {
 
 /* config.c --------------------------------------------------------------- */
 
-/* Hugging Face defaults (openai/clip-vit-base-patch32) and CLIP's
- * preprocessing constants. */
+/* CLIP's preprocessing (vlm__preprocess_defaults). */
 void vlm__pp_defaults(vlm__preprocess_cfg *pp, int image_size);
 
-/* Read config.json (CLIPModel) over cfg's defaults.  Errors name the file
- * and the field: VLM_EIO, VLM_EFORMAT, VLM_EUNSUPPORTED. */
+/* The family's image processor's defaults for a model of image_size:
+ * CLIP's (torchvision), SigLIP's (EXIF, RGB first, straight to
+ * image_size, mean = std = 0.5) or Chinese-CLIP's (EXIF, RGB first,
+ * shortest edge and center crop, CLIP's mean and std). */
+void vlm__pp_family_defaults(vlm__preprocess_cfg *pp, vlm__family family,
+                             int image_size);
+
+/* Read config.json (CLIPModel, SiglipModel, ChineseCLIPModel) over cfg's
+ * defaults.  Errors name the file and the field: VLM_EIO, VLM_EFORMAT,
+ * VLM_EUNSUPPORTED. */
 int vlm__config_read_hf(const char *path, vlm__clip_config *cfg);
 
 /* Read open_clip_config.json ({"model_cfg": ..., "preprocess_cfg": ...})
@@ -120,8 +142,13 @@ int vlm__config_read_hf(const char *path, vlm__clip_config *cfg);
 int vlm__config_read_open_clip(const char *path, vlm__clip_config *cfg,
                                vlm__preprocess_cfg *pp);
 
-/* Read preprocessor_config.json (CLIPImageProcessor) into pp. */
-int vlm__config_read_preprocessor(const char *path, vlm__preprocess_cfg *pp);
+/* Read preprocessor_config.json (the family's image processor) over pp:
+ * image_mean/std, do_normalize, size (int, shortest_edge or
+ * height/width), do_resize, do_center_crop and crop_size (not for SigLIP,
+ * whose processor has no crop), do_rescale and rescale_factor, resample
+ * (3 only), and vlmdb's own vlmdb_alpha and vlmdb_exif_transpose. */
+int vlm__config_read_preprocessor(const char *path, vlm__family family,
+                                  vlm__preprocess_cfg *pp);
 
 /* Check ranges and divisibility; names the offending field. */
 int vlm__config_validate(const vlm__clip_config *cfg, const char *label);
@@ -152,7 +179,9 @@ void vlm__scratch_put(const vlm_clip *clip, void *ptr, size_t bytes);
 /* forward.c -------------------------------------------------------------- */
 
 /* Text tower over n token sequences; out[n * D] (projection output, not
- * normalized).  ids[i] has n_ids[i] ids (1..context_length). */
+ * normalized).  ids[i] has n_ids[i] ids (1..context_length), all of
+ * which are computed (vlm__clip_encode_tokens trims CLIP's to its end
+ * token). */
 int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
                       const int *n_ids, int n, float *out);
 

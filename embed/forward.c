@@ -154,10 +154,20 @@ static inline int chunks_of(int n, int per) { return (n + per - 1) / per; }
 
 /* ---- one forward pass ---------------------------------------------------- */
 
+/* How a tower pools each sequence into one vector. */
+typedef enum {
+  POOL_FIRST, /* the first row: CLIP's class token, BERT's [CLS] */
+  POOL_LAST,  /* the last row: CLIP's end token, SigLIP's last position */
+  POOL_HEAD   /* SigLIP's attention-pooling head over every row */
+} pool_kind;
+
 typedef struct {
   team tm;
   /* tower geometry */
-  int C, H, hd, F, layers, causal, quick;
+  int C, H, hd, F, layers, causal;
+  vlm__act act;
+  int post_ln;       /* BERT's post-LN blocks, else pre-LN */
+  pool_kind pool;
   float eps;
   int panels, panels_bf16; /* use the blocks' packed weights */
   const vlm__block *blocks;
@@ -174,8 +184,9 @@ typedef struct {
   size_t scores_per_thread;
   float *pooled; /* [n, C] */
   float *xc;     /* [n, C] the pooled rows' residual stream, last block */
-  /* pooling and projection */
-  const float *ln_w, *ln_b, *proj;
+  /* pooling and projection: out = ln(pooled) · projᵀ + proj_b (ln_w and
+   * proj_b NULL when the tower has none) */
+  const float *ln_w, *ln_b, *proj, *proj_b;
   int D;
   float *out; /* [n, D] */
   /* inputs */
@@ -248,56 +259,80 @@ static void ln_step(fwd *f, int *s, float *out, const float *in,
   }
 }
 
-/* The second half of a block over R rows: x += att·Woᵀ + bo, then
- * x += W2·act(W1·ln_2(x)).  h and mlp are scratch of R rows. */
+static void activation(const fwd *f, float *x, size_t n) {
+  switch (f->act) {
+  case VLM__ACT_QUICK_GELU:
+    vlm__quick_gelu(x, n);
+    break;
+  case VLM__ACT_GELU_TANH:
+    vlm__gelu_tanh(x, n);
+    break;
+  default:
+    vlm__gelu(x, n);
+    break;
+  }
+}
+
+/* The second half of a block over R rows.  Pre-LN: x += att·Woᵀ + bo,
+ * then x += W2·act(W1·ln_2(x)).  Post-LN (BERT): x = ln_1(x + att·Woᵀ +
+ * bo), then x = ln_2(x + W2·act(W1·x)).  h and mlp are scratch of R
+ * rows. */
 static void block_tail(fwd *f, int *s, const vlm__block *b, float *x,
                        const float *att, float *h, float *mlp, int R) {
   const int C = f->C, F = f->F;
   mm_step(f, s, x, C, att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
-  ln_step(f, s, h, x, b->ln2_w, b->ln2_b, R);
-  /* mlp = act(h · W1ᵀ + b1), the activation on the chunk just computed */
+  const float *in;
+  if (f->post_ln) {
+    ln_step(f, s, x, x, b->ln1_w, b->ln1_b, R);
+    in = x;
+  } else {
+    ln_step(f, s, h, x, b->ln2_w, b->ln2_b, R);
+    in = h;
+  }
+  /* mlp = act(in · W1ᵀ + b1), the activation on the chunk just computed */
   const int nk = col_chunks(f, b->p_fc1, F);
   FOR_CHUNKS(&f->tm, s, k, nk) {
     int c0, c1;
-    mm_chunk(f, k, nk, mlp, F, h, C, b->fc1_w, b->p_fc1, b->fc1_b, R, F, C, 0,
-             &c0, &c1);
-    for (int r = 0; r < R && c1 > c0; r++) {
-      float *seg = mlp + (size_t)r * F + c0;
-      if (f->quick)
-        vlm__quick_gelu(seg, (size_t)(c1 - c0));
-      else
-        vlm__gelu(seg, (size_t)(c1 - c0));
-    }
+    mm_chunk(f, k, nk, mlp, F, in, C, b->fc1_w, b->p_fc1, b->fc1_b, R, F, C,
+             0, &c0, &c1);
+    for (int r = 0; r < R && c1 > c0; r++)
+      activation(f, mlp + (size_t)r * F + c0, (size_t)(c1 - c0));
   }
   mm_step(f, s, x, C, mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C, F, 1);
+  if (f->post_ln)
+    ln_step(f, s, x, x, b->ln2_w, b->ln2_b, R);
 }
 
-/* Row of sequence i the tower pools: the class token (vision) or the end
- * token, the sequence's last row (text). */
+/* Row of sequence i the tower pools. */
 static inline int pool_row(const fwd *f, int i) {
-  return f->causal ? f->start[i] + f->len[i] - 1 : f->start[i];
+  return f->pool == POOL_LAST ? f->start[i] + f->len[i] - 1 : f->start[i];
 }
 
-/* The blocks.  In the last one only the pooled rows matter past the
- * attention (keys and values still come from every row), so the rest of
- * it runs on those n rows, gathered into xc. */
+/* The blocks.  When one row per sequence is pooled, only those rows
+ * matter in the last block past the attention (keys and values still come
+ * from every row), so the rest of it runs on those n rows, gathered into
+ * xc; the attention-pooling head needs every row of the last block. */
 static void blocks_run(fwd *f, int tid, int *s) {
   const int C = f->C, R = f->R;
   float *scores = f->scores + (size_t)tid * f->scores_per_thread;
   for (int l = 0; l < f->layers; l++) {
     const vlm__block *b = &f->blocks[l];
-    const int last = l == f->layers - 1;
-    ln_step(f, s, f->h, f->x, b->ln1_w, b->ln1_b, R);
-    /* qkv = h · [Wq; Wk; Wv]ᵀ + b */
+    const int last = l == f->layers - 1 && f->pool != POOL_HEAD;
+    const float *in = f->x;
+    if (!f->post_ln) {
+      ln_step(f, s, f->h, f->x, b->ln1_w, b->ln1_b, R);
+      in = f->h;
+    }
+    /* qkv = in · [Wq; Wk; Wv]ᵀ + b */
     if (b->qkv_fused) {
-      mm_step(f, s, f->qkv, 3 * C, f->h, C, b->q_w, b->p_qkv, b->q_b, R,
-              3 * C, C, 0);
+      mm_step(f, s, f->qkv, 3 * C, in, C, b->q_w, b->p_qkv, b->q_b, R, 3 * C,
+              C, 0);
     } else {
-      mm_step(f, s, f->qkv, 3 * C, f->h, C, b->q_w, NULL, b->q_b, R, C, C, 0);
-      mm_step(f, s, f->qkv + C, 3 * C, f->h, C, b->k_w, NULL, b->k_b, R, C, C,
+      mm_step(f, s, f->qkv, 3 * C, in, C, b->q_w, NULL, b->q_b, R, C, C, 0);
+      mm_step(f, s, f->qkv + C, 3 * C, in, C, b->k_w, NULL, b->k_b, R, C, C,
               0);
-      mm_step(f, s, f->qkv + 2 * C, 3 * C, f->h, C, b->v_w, NULL, b->v_b, R,
-              C, C, 0);
+      mm_step(f, s, f->qkv + 2 * C, 3 * C, in, C, b->v_w, NULL, b->v_b, R, C,
+              C, 0);
     }
     /* attention per (sequence, head); in the last block only the pooled
      * query, written to row i of att */
@@ -322,10 +357,52 @@ static void blocks_run(fwd *f, int tid, int *s) {
   }
 }
 
-/* pooled = ln(pooled rows, in xc); out = pooled · projᵀ */
-static void pool_run(fwd *f, int *s) {
-  ln_step(f, s, f->pooled, f->xc, f->ln_w, f->ln_b, f->n);
-  mm_step(f, s, f->out, f->D, f->pooled, f->C, f->proj, NULL, NULL, f->n,
+/* SigLIP's multihead attention-pooling head (torch MultiheadAttention with
+ * one learned query, the probe), over x = post_layernorm(last hidden
+ * state) of every row: a = softmax(q·kᵀ/√hd)·v per head, then out_proj;
+ * the result y = a + mlp(layernorm(a)) (the probe is not added back) goes
+ * to xc.  The block_tail of the head block computes exactly that from a
+ * zeroed xc. */
+static void head_run(fwd *f, int tid, int *s) {
+  const vlm__weights *w = &f->clip->w;
+  const vlm__block *hb = &w->vhead;
+  const int C = f->C;
+  float *scores = f->scores + (size_t)tid * f->scores_per_thread;
+  float *pq = f->pooled; /* the probe's query row, C floats */
+  ln_step(f, s, f->x, f->x, w->post_ln_w, w->post_ln_b, f->R);
+  /* qkv of every row (its q part unused), and the probe's q */
+  mm_step(f, s, f->qkv, 3 * C, f->x, C, hb->q_w, hb->p_qkv, hb->q_b, f->R,
+          3 * C, C, 0);
+  mm_step(f, s, pq, C, w->probe, C, hb->q_w, hb->p_qkv, hb->q_b, 1, C, C, 0);
+  FOR_CHUNKS(&f->tm, s, task, f->n * f->H) {
+    int i = task / f->H, head = task % f->H;
+    const float *kv = f->qkv + (size_t)f->start[i] * 3 * C +
+                      (size_t)head * f->hd;
+    vlm__attention(f->att + (size_t)i * C + (size_t)head * f->hd, C,
+                   pq + (size_t)head * f->hd, kv + C, kv + 2 * C, 3 * C,
+                   f->len[i], f->hd, 0, 0, 1, scores);
+  }
+  FOR_CHUNKS(&f->tm, s, i, f->n)
+  memset(f->xc + (size_t)i * C, 0, (size_t)C * sizeof(float));
+  block_tail(f, s, hb, f->xc, f->att, f->h, f->mlp, f->n);
+  FOR_CHUNKS(&f->tm, s, i, f->n)
+  memcpy(f->out + (size_t)i * f->D, f->xc + (size_t)i * C,
+         (size_t)C * sizeof(float));
+}
+
+/* pooled = ln(pooled rows, in xc) (or them unchanged); out = pooled ·
+ * projᵀ + proj_b */
+static void pool_run(fwd *f, int tid, int *s) {
+  if (f->pool == POOL_HEAD) {
+    head_run(f, tid, s);
+    return;
+  }
+  const float *pooled = f->xc;
+  if (f->ln_w) {
+    ln_step(f, s, f->pooled, f->xc, f->ln_w, f->ln_b, f->n);
+    pooled = f->pooled;
+  }
+  mm_step(f, s, f->out, f->D, pooled, f->C, f->proj, NULL, f->proj_b, f->n,
           f->D, f->C, 0);
 }
 
@@ -334,6 +411,7 @@ static void text_thread(void *arg, int tid) {
   const vlm__weights *w = &f->clip->w;
   const int C = f->C;
   int s = 0;
+  /* x = token + position (+ token type 0, for BERT) embeddings */
   FOR_CHUNKS(&f->tm, &s, i, f->n)
   for (int t = 0; t < f->len[i]; t++) {
     float *x = f->x + (size_t)(f->start[i] + t) * C;
@@ -341,9 +419,14 @@ static void text_thread(void *arg, int tid) {
     const float *p = w->tpos + (size_t)t * C;
     for (int c = 0; c < C; c++)
       x[c] = e[c] + p[c];
+    if (w->type_emb)
+      for (int c = 0; c < C; c++)
+        x[c] += w->type_emb[c];
   }
+  if (w->emb_ln_w)
+    ln_step(f, &s, f->x, f->x, w->emb_ln_w, w->emb_ln_b, f->R);
   blocks_run(f, tid, &s);
-  pool_run(f, &s);
+  pool_run(f, tid, &s);
 }
 
 static void vision_thread(void *arg, int tid) {
@@ -351,7 +434,8 @@ static void vision_thread(void *arg, int tid) {
   const vlm__clip_config *cfg = &f->clip->cfg;
   const vlm__weights *w = &f->clip->w;
   const int C = f->C, P = cfg->patch_size, S = cfg->image_size;
-  const int G = S / P, NP = G * G, K = 3 * P * P, T = NP + 1;
+  const int cls = w->class_emb != NULL; /* SigLIP has no class token */
+  const int G = S / P, NP = G * G, K = 3 * P * P, T = NP + cls;
   int s = 0;
   /* im2col: row (image, patch), column (channel, y, x) as conv1's
    * [C, 3, P, P] weight is laid out. */
@@ -370,10 +454,10 @@ static void vision_thread(void *arg, int tid) {
                  (size_t)P * sizeof(float));
     }
   }
-  /* h[n*NP, C] = patches · conv1ᵀ */
-  mm_step(f, &s, f->h, C, f->patches, K, w->patch_w, w->p_patch, NULL,
+  /* h[n*NP, C] = patches · conv1ᵀ (+ bias) */
+  mm_step(f, &s, f->h, C, f->patches, K, w->patch_w, w->p_patch, w->patch_b,
           f->n * NP, C, K, 0);
-  /* x = [class; patches] + positions */
+  /* x = [class;] patches + positions */
   FOR_CHUNKS(&f->tm, &s, k, chunks_of(f->R, ROWS_PER_CHUNK)) {
     int end = (k + 1) * ROWS_PER_CHUNK < f->R ? (k + 1) * ROWS_PER_CHUNK
                                               : f->R;
@@ -381,21 +465,23 @@ static void vision_thread(void *arg, int tid) {
       int img = r / T, t = r % T;
       float *x = f->x + (size_t)r * C;
       const float *src =
-          t == 0 ? w->class_emb
-                 : f->h + ((size_t)img * NP + (size_t)(t - 1)) * C;
+          cls && t == 0 ? w->class_emb
+                        : f->h + ((size_t)img * NP + (size_t)(t - cls)) * C;
       const float *pos = w->vpos + (size_t)t * C;
       for (int c = 0; c < C; c++)
         x[c] = src[c] + pos[c];
     }
   }
-  ln_step(f, &s, f->x, f->x, w->pre_ln_w, w->pre_ln_b, f->R);
+  if (w->pre_ln_w)
+    ln_step(f, &s, f->x, f->x, w->pre_ln_w, w->pre_ln_b, f->R);
   blocks_run(f, tid, &s);
-  pool_run(f, &s);
+  pool_run(f, tid, &s);
 }
 
-/* Steps of one pass: an upper bound on what the thread functions take. */
+/* Steps of one pass: an upper bound on what the thread functions take
+ * (embeddings 4, a block at most 10, pooling at most 14). */
 static int steps_needed(const fwd *f) {
-  return 4 + f->layers * 10 + 8;
+  return 4 + f->layers * 10 + 14;
 }
 
 static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
@@ -451,13 +537,18 @@ int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
   f.hd = f.C / f.H;
   f.F = cfg->text_mlp;
   f.layers = cfg->text_layers;
-  f.causal = 1;
-  f.quick = cfg->text_quick_gelu;
+  /* CLIP: causal, pooled at the end token (the last row computed);
+   * SigLIP: no mask, the last position; BERT: no mask, [CLS] */
+  f.causal = cfg->family == VLM__FAMILY_CLIP;
+  f.post_ln = cfg->family == VLM__FAMILY_CHINESE_CLIP;
+  f.pool = f.post_ln ? POOL_FIRST : POOL_LAST;
+  f.act = cfg->text_act;
   f.eps = cfg->text_eps;
   f.blocks = clip->w.tblocks;
   f.ln_w = clip->w.final_ln_w;
   f.ln_b = clip->w.final_ln_b;
   f.proj = clip->w.tproj;
+  f.proj_b = clip->w.tproj_b;
   f.D = cfg->projection_dim;
   f.out = out;
   f.ids = ids;
@@ -496,7 +587,8 @@ int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
   f.F = cfg->vision_mlp;
   f.layers = cfg->vision_layers;
   f.causal = 0;
-  f.quick = cfg->vision_quick_gelu;
+  f.pool = cfg->family == VLM__FAMILY_SIGLIP ? POOL_HEAD : POOL_FIRST;
+  f.act = cfg->vision_act;
   f.eps = cfg->vision_eps;
   f.blocks = clip->w.vblocks;
   f.ln_w = clip->w.post_ln_w;
@@ -506,7 +598,7 @@ int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
   f.out = out;
   f.pixels = pixels;
   f.n = n;
-  f.max_T = G * G + 1;
+  f.max_T = G * G + (clip->w.class_emb != NULL);
   f.R = n * f.max_T;
   f.panels = clip->panels != NULL;
   f.panels_bf16 = clip->panels_bf16;

@@ -179,6 +179,25 @@ void vlm__gelu(float *x, size_t n) {
   }
 }
 
+/* 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3):
+ * PyTorch's gelu(approximate="tanh"), written with the vector exp. */
+static inline vf vgelu_tanh(vf x) {
+  vf u = x * (0.7978845608028654f + 0.035677408136300125f * x * x);
+  return x / (1.0f + vexp(u * -2.0f));
+}
+
+void vlm__gelu_tanh(float *x, size_t n) {
+  size_t i = 0;
+  for (; i + VL <= n; i += VL)
+    vstore(x + i, vgelu_tanh(vload(x + i)));
+  if (i < n) {
+    float tail[VL] = {0};
+    memcpy(tail, x + i, (n - i) * sizeof *x);
+    vstore(tail, vgelu_tanh(vload(tail)));
+    memcpy(x + i, tail, (n - i) * sizeof *x);
+  }
+}
+
 void vlm__softmax(float *x, int n) {
   float mx = x[0];
   for (int i = 1; i < n; i++)

@@ -48,6 +48,9 @@ void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,
  * 0.5 x (1 + erf(x / sqrt 2)) (exact GELU). */
 void vlm__quick_gelu(float *x, size_t n);
 void vlm__gelu(float *x, size_t n);
+/* In place on x[n]: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+ * (gelu_pytorch_tanh, SigLIP's activation). */
+void vlm__gelu_tanh(float *x, size_t n);
 
 /* In place on x[n]: exp(x - max) / sum.  n >= 1. */
 void vlm__softmax(float *x, int n);

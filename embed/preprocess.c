@@ -34,6 +34,15 @@
  * Sizes: resize >= crop is required (CLIP's configs always have it).  A
  * resized side past 2^24 pixels (aspect ratios beyond 75000:1 at 224) is
  * VLM_ETOOBIG.
+ *
+ * Hugging Face's pipelines (SigLIP, Chinese-CLIP; cfg->rgb_first) differ:
+ * transformers.image_utils.load_image applies the EXIF orientation and
+ * converts to RGB before the image processor sees the image, so the resize
+ * runs on RGB (alpha dropped, palette expanded first); the processor's
+ * size may be {"height", "width"} (a straight resize, aspect not kept);
+ * its center_crop floors the offsets; rescale is float32(v * factor) with
+ * the product in double (for 1/255 the same float as v / 255.0f for every
+ * v, checked exhaustively), normalize (x - mean) / std in float32.
  */
 #include "preprocess.h"
 
@@ -56,7 +65,10 @@ void vlm__preprocess_defaults(vlm__preprocess_cfg *cfg, int image_size) {
   static const float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
   memset(cfg, 0, sizeof *cfg);
   cfg->resize = image_size;
+  cfg->do_resize = 1;
+  cfg->center_crop = 1;
   cfg->crop = image_size;
+  cfg->rescale = 1.0 / 255;
   memcpy(cfg->mean, mean, sizeof mean);
   memcpy(cfg->std, std, sizeof std);
   cfg->alpha = VLM_ALPHA_DROP;
@@ -549,11 +561,40 @@ void vlm__preprocess_normalize(const vlm__preprocess_cfg *cfg, const uint8_t *rg
                                float *pixels) {
   int S = cfg->crop;
   size_t plane = (size_t)S * S;
+  /* float32(v * factor), the product in double, as transformers' rescale;
+   * for 1/255 it equals ToTensor's v / 255.0f for all 256 values. */
+  double factor = cfg->rescale > 0 ? cfg->rescale : 1.0 / 255;
   for (size_t i = 0; i < plane; i++)
     for (int c = 0; c < 3; c++) {
-      float v = (float)rgb[3 * i + c] / 255.0f;
+      float v = (float)(rgb[3 * i + c] * factor);
       pixels[c * plane + i] = (v - cfg->mean[c]) / cfg->std[c];
     }
+}
+
+/* EXIF orientation, as ImageOps.exif_transpose in Hugging Face's
+ * load_image.  Call site for the EXIF work in image.c: when vlm__decoded
+ * records the file's orientation, its apply function is called here.
+ * Until then an image keeps its stored orientation (of the conformance
+ * images only exif_rot6.jpg carries one). */
+static int apply_exif_orientation(vlm__decoded *im) {
+  (void)im;
+  return 0;
+}
+
+/* convert("RGB") in place (a no-op for RGB). */
+static int convert_to_rgb(vlm__decoded *im) {
+  if (im->mode == VLM__MODE_RGB)
+    return 0;
+  uint8_t *rgb = malloc((size_t)im->w * im->h * 3);
+  if (!rgb)
+    return vlm_seterr(VLM_ENOMEM, "preprocess: %dx%d", im->w, im->h);
+  vlm__decoded_to_rgb(im, rgb);
+  free(im->pixels);
+  im->pixels = rgb;
+  im->mode = VLM__MODE_RGB;
+  im->channels = 3;
+  im->has_trns = 0;
+  return 0;
 }
 
 int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
@@ -562,23 +603,43 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
   vlm__decoded win = {0};
   uint8_t *rgb = NULL;
   int n = cfg->resize, S = cfg->crop;
-  if (n < 1 || S < 1 || S > n)
+  int shortest = cfg->do_resize && cfg->resize_w <= 0;
+  if (S < 1 || (shortest && (n < 1 || (cfg->center_crop && S > n))) ||
+      (cfg->do_resize && !shortest && cfg->resize_h < 1))
     return vlm_seterr(VLM_EINVAL, "preprocess: resize %d / crop %d not supported", n, S);
+  if (cfg->exif_transpose && (rc = apply_exif_orientation(im)) != 0) return rc;
   if (cfg->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(im)) != 0) return rc;
-  /* torchvision Resize(n): shorter side -> n, longer -> int(n * long / short) */
-  int w = im->w, h = im->h, dw, dh;
-  double d_long = w <= h ? (double)((int64_t)n * h) / w : (double)((int64_t)n * w) / h;
-  if (d_long > MAX_RESIZED_SIDE)
-    return vlm_seterr(VLM_ETOOBIG, "preprocess: %dx%d: aspect ratio too extreme (%.0f px long)",
-                      w, h, d_long);
-  if (w <= h) {
-    dw = n;
-    dh = (int)d_long;
-  } else {
-    dh = n;
-    dw = (int)d_long;
+  if (cfg->rgb_first && (rc = convert_to_rgb(im)) != 0) return rc;
+  int w = im->w, h = im->h, dw = w, dh = h;
+  if (shortest) {
+    /* torchvision Resize(n) (and transformers' shortest_edge): shorter side
+     * -> n, longer -> int(n * long / short) */
+    double d_long = w <= h ? (double)((int64_t)n * h) / w : (double)((int64_t)n * w) / h;
+    if (d_long > MAX_RESIZED_SIDE)
+      return vlm_seterr(VLM_ETOOBIG, "preprocess: %dx%d: aspect ratio too extreme (%.0f px long)",
+                        w, h, d_long);
+    if (w <= h) {
+      dw = n;
+      dh = (int)d_long;
+    } else {
+      dh = n;
+      dw = (int)d_long;
+    }
+  } else if (cfg->do_resize) {
+    dw = cfg->resize_w;
+    dh = cfg->resize_h;
   }
-  int x0 = center_offset(dw - S), y0 = center_offset(dh - S);
+  int x0 = 0, y0 = 0;
+  if (cfg->center_crop) {
+    if (dw < S || dh < S)
+      return vlm_seterr(VLM_EINVAL, "preprocess: a %dx%d image is smaller than the %dx%d crop",
+                        dw, dh, S, S);
+    x0 = cfg->crop_floor ? (dw - S) / 2 : center_offset(dw - S);
+    y0 = cfg->crop_floor ? (dh - S) / 2 : center_offset(dh - S);
+  } else if (dw != S || dh != S) {
+    return vlm_seterr(VLM_EINVAL, "preprocess: a %dx%d image without resize or crop does not "
+                      "fit the model's %dx%d input", dw, dh, S, S);
+  }
   if ((rc = vlm__decoded_resize_window(im, dw, dh, x0, y0, S, S, &win)) != 0) goto done;
   rgb = malloc((size_t)S * S * 3);
   if (!rgb) {

@@ -1,9 +1,18 @@
-/* preprocess.h - image decoding and CLIP preprocessing (internal to embed/).
+/* preprocess.h - image decoding and preprocessing (internal to embed/).
  *
- * Reproduces the reference pipeline: decode, convert as PIL does per mode,
- * resize the shorter side to `resize` with PIL's bicubic filter
- * (antialiased when shrinking), center crop crop x crop, scale to [0,1],
- * normalize with mean/std, CHW float32.
+ * Reproduces two reference pipelines:
+ * - OpenAI CLIP's (torchvision over PIL; the CLIP family): decode, resize
+ *   the shorter side to `resize` with PIL's bicubic filter (antialiased
+ *   when shrinking) in the mode PIL opened the image in, center crop
+ *   crop x crop (offsets rounded half to even), convert to RGB, scale to
+ *   [0,1], normalize with mean/std, CHW float32.
+ * - Hugging Face's (transformers.image_utils.load_image and the family's
+ *   image processor; SigLIP, Chinese-CLIP): decode, EXIF orientation,
+ *   convert("RGB"), bicubic resize (straight to resize_w x resize_h, or
+ *   the shorter side to `resize`), center crop if asked (offsets floored,
+ *   as transformers' center_crop), rescale, normalize.
+ * The steps are switched by the fields below, read from
+ * preprocessor_config.json over the family's defaults.
  */
 #ifndef VLM_PREPROCESS_H
 #define VLM_PREPROCESS_H
@@ -14,14 +23,25 @@
 #include "vlm_clip.h"
 
 typedef struct {
-  int resize;           /* shortest edge after resize */
+  int resize;           /* shortest edge after resize (resize_w = 0) */
+  int resize_w, resize_h; /* > 0: resize straight to this, aspect not kept
+                           (size {"height", "width"} of HF processors) */
+  int do_resize;        /* 0: no resize (do_resize false) */
+  int center_crop;      /* 0: no crop (do_center_crop false) */
   int crop;             /* center crop side (= model image size) */
+  int crop_floor;       /* crop offsets floored (transformers), else
+                           rounded half to even (torchvision) */
+  int rgb_first;        /* convert("RGB") before resizing (HF pipelines),
+                           else resize in the decoded mode (torchvision) */
+  int exif_transpose;   /* apply the EXIF orientation first (HF pipelines) */
+  double rescale;       /* rescale_factor: float32(v * rescale in double) */
   float mean[3], std[3];
   vlm_alpha_mode alpha;
   uint64_t max_pixels;  /* 0 = default cap */
 } vlm__preprocess_cfg;
 
-/* CLIP's defaults for a given image size. */
+/* CLIP's defaults for a given image size: shortest edge + center crop to
+ * image_size, rescale 1/255, CLIP's mean and std, no EXIF. */
 void vlm__preprocess_defaults(vlm__preprocess_cfg *cfg, int image_size);
 
 /* Decode JPEG/PNG bytes and preprocess into pixels[3 * crop * crop]. */
@@ -33,7 +53,10 @@ int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
 #include "image.h"
 
 /* The same pipeline on an already decoded image (which it may modify:
- * the alpha-onto-white option flattens it in place).  resize >= crop. */
+ * the alpha-onto-white option flattens it in place, EXIF orientation and
+ * convert-first replace its pixels).  With a crop, the resized image must
+ * cover it (VLM_EINVAL otherwise, as when no resize and no crop leave the
+ * image at another size than crop x crop). */
 int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
                             float *pixels);
 

@@ -49,10 +49,17 @@ typedef struct {
 /* Encode flags. */
 #define VLM_CLIP_RAW 1u /* return the projection output, not L2-normalized */
 
-/* Load a CLIP model from a directory holding config.json and
+/* Load a model from a directory holding config.json and
  * model.safetensors (Hugging Face names) or open_clip_model.safetensors
  * (original names), vocab.json + merges.txt, optional
- * preprocessor_config.json.  opts may be NULL for defaults. */
+ * preprocessor_config.json.  opts may be NULL for defaults.
+ *
+ * Three families (config.json's model_type): CLIP ("clip", either
+ * layout), SigLIP and fixed-resolution SigLIP 2 ("siglip", Hugging Face
+ * layout) and Chinese-CLIP ("chinese_clip", Hugging Face layout).  The
+ * SigLIP and Chinese-CLIP tokenizers are not loaded yet: such a model
+ * loads without them, encodes images, and its tokenize and encode_texts
+ * calls fail with VLM_EUNSUPPORTED. */
 int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
                   vlm_clip **out);
 void vlm_clip_free(vlm_clip *clip); /* accepts NULL */
@@ -61,6 +68,25 @@ int vlm_clip_dim(const vlm_clip *clip);            /* projection dim */
 int vlm_clip_image_size(const vlm_clip *clip);     /* input side, pixels */
 int vlm_clip_context_length(const vlm_clip *clip); /* text positions */
 
+/* The model's family: "clip", "siglip" or "chinese_clip" (NULL for a
+ * NULL handle). */
+const char *vlm_clip_family(const vlm_clip *clip);
+
+/* The trained score of a pair is logit = exp(logit_scale) * cosine +
+ * logit_bias, with the values as the checkpoint stores them (logit_bias
+ * is SigLIP's; 0 for CLIP and Chinese-CLIP). */
+float vlm_clip_logit_scale(const vlm_clip *clip);
+float vlm_clip_logit_bias(const vlm_clip *clip);
+float vlm_clip_logit(const vlm_clip *clip, float cosine);
+
+/* The family's probabilities for one query's cosines to n candidates
+ * (normalized vectors' dot products), into probs[n]: SigLIP scores each
+ * pair on its own, sigmoid(logit); CLIP and Chinese-CLIP share one
+ * softmax of the logits over the n candidates.  For eval and the
+ * server's logits. */
+int vlm_clip_probabilities(const vlm_clip *clip, const float *cosines, int n,
+                           float *probs);
+
 /* A stable identity of the loaded weights and geometry: a hex digest
  * (64 chars + NUL) of config and tensor bytes.  Databases record it so
  * vectors from different models are never mixed. */
@@ -68,7 +94,9 @@ const char *vlm_clip_model_id(const vlm_clip *clip);
 
 /* Tokenize one UTF-8 text: start token, BPE ids, end token, truncated to
  * the context length with the end token kept last.  Writes up to max_ids
- * ids and the count to *n_ids.  Invalid UTF-8 gives VLM_EFORMAT. */
+ * ids and the count to *n_ids.  Invalid UTF-8 gives VLM_EFORMAT; a model
+ * loaded without a tokenizer (SigLIP, Chinese-CLIP for now) gives
+ * VLM_EUNSUPPORTED. */
 int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
                       int max_ids, int *n_ids);
 

@@ -81,6 +81,8 @@ static spec *add(spec_list *l, const char *hf, const char *src, int kind,
 /* An HF tensor read unchanged from src. */
 #define SAME(l, hf, src, bind, ...) \
   add(l, hf, src, SRC_WHOLE, bind, NDIM(__VA_ARGS__), SHAPE(__VA_ARGS__))
+/* An HF tensor under its own name. */
+#define HF_SAME(l, hf, bind, ...) SAME(l, hf, hf, bind, __VA_ARGS__)
 
 /* ---- the expected tensors of each layout ------------------------------- */
 
@@ -151,11 +153,83 @@ static void block_specs(spec_list *l, vlm__layout layout, int tower_text,
 #undef OC
 }
 
+/* BERT's post-LN layer (Chinese-CLIP's text tower), in the same order as
+ * block_specs so converted q, k, v land adjacent. */
+static void bert_block_specs(spec_list *l, int i, int C, int F,
+                             vlm__block *b) {
+  char hf[96];
+#define BT(suffix) \
+  (snprintf(hf, sizeof hf, "text_model.encoder.layer.%d.%s", i, suffix), hf)
+  SAME(l, BT("attention.self.query.weight"), hf, &b->q_w, C, C);
+  SAME(l, BT("attention.self.key.weight"), hf, &b->k_w, C, C);
+  SAME(l, BT("attention.self.value.weight"), hf, &b->v_w, C, C);
+  SAME(l, BT("attention.self.query.bias"), hf, &b->q_b, C);
+  SAME(l, BT("attention.self.key.bias"), hf, &b->k_b, C);
+  SAME(l, BT("attention.self.value.bias"), hf, &b->v_b, C);
+  SAME(l, BT("attention.output.dense.weight"), hf, &b->o_w, C, C);
+  SAME(l, BT("attention.output.dense.bias"), hf, &b->o_b, C);
+  SAME(l, BT("attention.output.LayerNorm.weight"), hf, &b->ln1_w, C);
+  SAME(l, BT("attention.output.LayerNorm.bias"), hf, &b->ln1_b, C);
+  SAME(l, BT("intermediate.dense.weight"), hf, &b->fc1_w, F, C);
+  SAME(l, BT("intermediate.dense.bias"), hf, &b->fc1_b, F);
+  SAME(l, BT("output.dense.weight"), hf, &b->fc2_w, C, F);
+  SAME(l, BT("output.dense.bias"), hf, &b->fc2_b, C);
+  SAME(l, BT("output.LayerNorm.weight"), hf, &b->ln2_w, C);
+  SAME(l, BT("output.LayerNorm.bias"), hf, &b->ln2_b, C);
+#undef BT
+}
+
+/* SiglipModel: no class token, pre-LN or projections; a patch bias, the
+ * attention-pooling head, text_model.head, logit_bias. */
+static void siglip_specs(spec_list *l, const vlm__clip_config *c,
+                         vlm__weights *w) {
+  const int64_t Wv = c->vision_width, Wt = c->text_width, F = c->vision_mlp;
+  const int64_t P = c->patch_size, G = c->image_size / c->patch_size;
+  HF_SAME(l, "vision_model.embeddings.patch_embedding.weight", &w->patch_w, Wv, 3, P, P);
+  HF_SAME(l, "vision_model.embeddings.patch_embedding.bias", &w->patch_b, Wv);
+  HF_SAME(l, "vision_model.embeddings.position_embedding.weight", &w->vpos, G * G, Wv);
+  for (int i = 0; i < c->vision_layers; i++)
+    block_specs(l, VLM__LAYOUT_HF, 0, i, (int)Wv, c->vision_mlp,
+                &w->vblocks[i]);
+  HF_SAME(l, "vision_model.post_layernorm.weight", &w->post_ln_w, Wv);
+  HF_SAME(l, "vision_model.post_layernorm.bias", &w->post_ln_b, Wv);
+  vlm__block *h = &w->vhead;
+  HF_SAME(l, "vision_model.head.probe", &w->probe, 1, 1, Wv);
+  HF_SAME(l, "vision_model.head.attention.in_proj_weight", &w->head_in_w, 3 * Wv, Wv);
+  HF_SAME(l, "vision_model.head.attention.in_proj_bias", &w->head_in_b, 3 * Wv);
+  HF_SAME(l, "vision_model.head.attention.out_proj.weight", &h->o_w, Wv, Wv);
+  HF_SAME(l, "vision_model.head.attention.out_proj.bias", &h->o_b, Wv);
+  HF_SAME(l, "vision_model.head.layernorm.weight", &h->ln2_w, Wv);
+  HF_SAME(l, "vision_model.head.layernorm.bias", &h->ln2_b, Wv);
+  HF_SAME(l, "vision_model.head.mlp.fc1.weight", &h->fc1_w, F, Wv);
+  HF_SAME(l, "vision_model.head.mlp.fc1.bias", &h->fc1_b, F);
+  HF_SAME(l, "vision_model.head.mlp.fc2.weight", &h->fc2_w, Wv, F);
+  HF_SAME(l, "vision_model.head.mlp.fc2.bias", &h->fc2_b, Wv);
+  HF_SAME(l, "text_model.embeddings.token_embedding.weight", &w->tok_emb,
+       c->vocab_size, Wt);
+  HF_SAME(l, "text_model.embeddings.position_embedding.weight", &w->tpos,
+       c->context_length, Wt);
+  for (int i = 0; i < c->text_layers; i++)
+    block_specs(l, VLM__LAYOUT_HF, 1, i, (int)Wt, c->text_mlp,
+                &w->tblocks[i]);
+  HF_SAME(l, "text_model.final_layer_norm.weight", &w->final_ln_w, Wt);
+  HF_SAME(l, "text_model.final_layer_norm.bias", &w->final_ln_b, Wt);
+  HF_SAME(l, "text_model.head.weight", &w->tproj, c->projection_dim, Wt);
+  HF_SAME(l, "text_model.head.bias", &w->tproj_b, c->projection_dim);
+  add(l, "logit_scale", "logit_scale", SRC_WHOLE, &w->logit_scale, 0, NULL);
+  add(l, "logit_bias", "logit_bias", SRC_WHOLE, &w->logit_bias, 0, NULL);
+}
+
 static void model_specs(spec_list *l, vlm__layout layout,
                         const vlm__clip_config *c, vlm__weights *w) {
   const int64_t Wv = c->vision_width, Wt = c->text_width, D = c->projection_dim;
   const int64_t P = c->patch_size, G = c->image_size / c->patch_size;
   const int hf = layout == VLM__LAYOUT_HF;
+  if (c->family == VLM__FAMILY_SIGLIP) {
+    siglip_specs(l, c, w);
+    return;
+  }
+  /* CLIP's ViT (Chinese-CLIP's too, under the same names) */
   SAME(l, "vision_model.embeddings.class_embedding",
        hf ? "vision_model.embeddings.class_embedding" : "visual.class_embedding",
        &w->class_emb, Wv);
@@ -189,6 +263,25 @@ static void model_specs(spec_list *l, vlm__layout layout,
                   &w->vproj, 2, SHAPE(D, Wv));
     if (s)
       s->src_shape[0] = Wv, s->src_shape[1] = D;
+  }
+
+  if (c->family == VLM__FAMILY_CHINESE_CLIP) {
+    /* BERT: word + position + token type embeddings, their LayerNorm,
+     * post-LN layers; no final layer norm; [CLS] projected */
+    HF_SAME(l, "text_model.embeddings.word_embeddings.weight", &w->tok_emb,
+         c->vocab_size, Wt);
+    HF_SAME(l, "text_model.embeddings.position_embeddings.weight", &w->tpos,
+         c->context_length, Wt);
+    HF_SAME(l, "text_model.embeddings.token_type_embeddings.weight", &w->type_emb,
+         c->type_vocab_size, Wt);
+    HF_SAME(l, "text_model.embeddings.LayerNorm.weight", &w->emb_ln_w, Wt);
+    HF_SAME(l, "text_model.embeddings.LayerNorm.bias", &w->emb_ln_b, Wt);
+    for (int i = 0; i < c->text_layers; i++)
+      bert_block_specs(l, i, (int)Wt, c->text_mlp, &w->tblocks[i]);
+    SAME(l, "text_projection.weight", "text_projection.weight", &w->tproj, D,
+         Wt);
+    add(l, "logit_scale", "logit_scale", SRC_WHOLE, &w->logit_scale, 0, NULL);
+    return;
   }
 
   SAME(l, "text_model.embeddings.token_embedding.weight",
@@ -364,29 +457,33 @@ static int in_place(const vlm__st_tensor *t) {
   return t->dtype == VLM__DT_F32 && ((uintptr_t)t->data & 3) == 0;
 }
 
-/* The 16-bit file data behind an HF tensor, or NULL if it is not F16/BF16
- * (of the wanted kind) read unchanged or as a block of rows. */
-static const uint16_t *raw16(const spec_list *l, const char *hf, int bf16) {
-  for (int i = 0; i < l->n; i++) {
-    const spec *s = &l->v[i];
-    if (strcmp(s->hf, hf))
-      continue;
-    vlm__dtype want = bf16 ? VLM__DT_BF16 : VLM__DT_F16;
-    if (s->kind == SRC_TRANSPOSE || s->t->dtype != want ||
-        ((uintptr_t)s->t->data & 1))
-      return NULL;
-    return (const uint16_t *)s->t->data +
-           (s->kind == SRC_ROWS ? s->offset : 0);
-  }
+/* The spec that binds *bind. */
+static spec *find_bind(const spec_list *l, const float *const *bind) {
+  for (int i = 0; i < l->n; i++)
+    if (l->v[i].bind == bind)
+      return &l->v[i];
   return NULL;
 }
 
-/* Pack every Linear weight of the towers (and the patch embedding) into
- * panels (kernels.h) when the file holds them as F16 or BF16, so the
- * panels are exact.  The panel kernel needs no per-call packing of the
- * weights (which at a few rows costs as much as the product) and reads
- * half the bytes of F32.  Not an error when it cannot be done (an F32
- * file, mixed dtypes, no AVX-512): the towers then use sgemm. */
+/* The 16-bit file data behind the tensor bound to *bind, or NULL if it is
+ * not F16/BF16 (of the wanted kind) read unchanged or as a block of rows. */
+static const uint16_t *raw16(const spec_list *l, const float *const *bind,
+                             int bf16) {
+  const spec *s = find_bind(l, bind);
+  vlm__dtype want = bf16 ? VLM__DT_BF16 : VLM__DT_F16;
+  if (!s || s->kind == SRC_TRANSPOSE || s->t->dtype != want ||
+      ((uintptr_t)s->t->data & 1))
+    return NULL;
+  return (const uint16_t *)s->t->data + (s->kind == SRC_ROWS ? s->offset : 0);
+}
+
+/* Pack every Linear weight of the towers (and the patch embedding, and
+ * SigLIP's pooling head) into panels (kernels.h) when the file holds them
+ * as F16 or BF16, so the panels are exact.  The panel kernel needs no
+ * per-call packing of the weights (which at a few rows costs as much as
+ * the product) and reads half the bytes of F32.  Not an error when it
+ * cannot be done (an F32 file, mixed dtypes, no AVX-512): the towers then
+ * use sgemm. */
 static size_t panel_elems(int N, int K) {
   size_t pc = VLM__PANEL;
   return (((size_t)N + pc - 1) / pc) * pc * (size_t)K;
@@ -414,10 +511,10 @@ typedef struct {
   int next;
 } pack_plan;
 
-/* Plan hf (N x K) at plan->at. */
-static int plan_one(const spec_list *l, const char *hf, int bf16, int N,
-                    int K, pack_plan *plan, const uint16_t **dst) {
-  const uint16_t *w = raw16(l, hf, bf16);
+/* Plan the matrix bound to *bind (N x K) at plan->at. */
+static int plan_one(const spec_list *l, const float *const *bind, int bf16,
+                    int N, int K, pack_plan *plan, const uint16_t **dst) {
+  const uint16_t *w = raw16(l, bind, bf16);
   if (!w)
     return -1;
   pack_job *j = &plan->jobs[plan->n++];
@@ -430,19 +527,24 @@ static int plan_one(const spec_list *l, const char *hf, int bf16, int N,
   return 0;
 }
 
-static int plan_tower(const spec_list *l, const char *tower, int bf16, int L,
-                      int C, int F, vlm__block *blocks, pack_plan *plan) {
-  char name[128];
+/* Out-proj, fc1 and fc2 of a block; q, k, v are planned by the caller. */
+static int plan_rest(const spec_list *l, int bf16, int C, int F,
+                     vlm__block *b, pack_plan *plan) {
+  return plan_one(l, &b->o_w, bf16, C, C, plan, &b->p_o) ||
+         plan_one(l, &b->fc1_w, bf16, F, C, plan, &b->p_fc1) ||
+         plan_one(l, &b->fc2_w, bf16, C, F, plan, &b->p_fc2);
+}
+
+static int plan_tower(const spec_list *l, int bf16, int L, int C, int F,
+                      vlm__block *blocks, pack_plan *plan) {
   for (int i = 0; i < L; i++) {
     vlm__block *b = &blocks[i];
     if (!b->qkv_fused) /* the biases must be one [3C] vector */
       return -1;
-    static const char *qkv[3] = {"q", "k", "v"};
+    const float *const *qkv[3] = {&b->q_w, &b->k_w, &b->v_w};
     const uint16_t **rows = plan->rows;
     for (int j = 0; j < 3; j++) {
-      snprintf(name, sizeof name, "%s.encoder.layers.%d.self_attn.%s_proj."
-               "weight", tower, i, qkv[j]);
-      const uint16_t *w = raw16(l, name, bf16);
+      const uint16_t *w = raw16(l, qkv[j], bf16);
       if (!w)
         return -1;
       for (int n = 0; n < C; n++)
@@ -452,14 +554,8 @@ static int plan_tower(const spec_list *l, const char *tower, int bf16, int L,
     plan->rows += 3 * C;
     b->p_qkv = plan->at;
     plan->at += panel_elems(3 * C, C);
-#define LAYER(s) (snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", \
-                           tower, i, s), name)
-    if (plan_one(l, LAYER("self_attn.out_proj.weight"), bf16, C, C, plan,
-                 &b->p_o) ||
-        plan_one(l, LAYER("mlp.fc1.weight"), bf16, F, C, plan, &b->p_fc1) ||
-        plan_one(l, LAYER("mlp.fc2.weight"), bf16, C, F, plan, &b->p_fc2))
+    if (plan_rest(l, bf16, C, F, b, plan))
       return -1;
-#undef LAYER
   }
   return 0;
 }
@@ -477,11 +573,33 @@ static void *pack_worker(void *arg) {
   }
 }
 
-static spec *find_spec(spec_list *l, const char *hf) {
-  for (int i = 0; i < l->n; i++)
-    if (!strcmp(l->v[i].hf, hf))
-      return &l->v[i];
-  return NULL;
+/* The bind addresses of every matrix the panels replace: per block q, k,
+ * v, out, fc1, fc2; SigLIP's head in_proj, out, fc1, fc2; the patch
+ * embedding.  Returns the count written to out (cap entries). */
+static int packed_binds(const vlm_clip *clip, const float *const **out,
+                        int cap) {
+  const vlm__clip_config *c = &clip->cfg;
+  vlm__weights *w = (vlm__weights *)&clip->w;
+  int n = 0;
+  for (int t = 0; t < 2; t++) {
+    int L = t ? c->vision_layers : c->text_layers;
+    for (int i = 0; i < L; i++) {
+      vlm__block *b = t ? &w->vblocks[i] : &w->tblocks[i];
+      const float *const *m[6] = {&b->q_w, &b->k_w,   &b->v_w,
+                                  &b->o_w, &b->fc1_w, &b->fc2_w};
+      for (int k = 0; k < 6 && n < cap; k++)
+        out[n++] = m[k];
+    }
+  }
+  if (c->family == VLM__FAMILY_SIGLIP) {
+    const float *const *m[4] = {&w->head_in_w, &w->vhead.o_w,
+                                &w->vhead.fc1_w, &w->vhead.fc2_w};
+    for (int k = 0; k < 4 && n < cap; k++)
+      out[n++] = m[k];
+  }
+  if (n < cap)
+    out[n++] = &w->patch_w;
+  return n;
 }
 
 /* Whether every Linear weight (and the patch embedding) can be packed:
@@ -494,51 +612,39 @@ static int panels_possible(const vlm_clip *clip, spec_list *l, int *bf16) {
   if (!vlm__panels_supported() || (env && !strcmp(env, "0")) ||
       c->text_width % 16 || c->vision_width % 16)
     return 0;
-  spec *probe = find_spec(l, "vision_model.embeddings.patch_embedding.weight");
+  spec *probe = find_bind(l, &clip->w.patch_w);
   if (!probe || (probe->t->dtype != VLM__DT_F16 &&
                  probe->t->dtype != VLM__DT_BF16))
     return 0;
   *bf16 = probe->t->dtype == VLM__DT_BF16;
-  static const char *mats[6] = {
-      "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-      "self_attn.v_proj.weight", "self_attn.out_proj.weight",
-      "mlp.fc1.weight",          "mlp.fc2.weight"};
-  char name[128];
-  for (int pass = 0; pass < 2; pass++) { /* check all, then mark all */
-    for (int t = 0; t < 2; t++) {
-      const char *tower = t ? "vision_model" : "text_model";
-      int L = t ? c->vision_layers : c->text_layers;
-      for (int i = 0; i < L; i++)
-        for (int m = 0; m < 6; m++) {
-          snprintf(name, sizeof name, "%s.encoder.layers.%d.%s", tower, i,
-                   mats[m]);
-          if (!pass && !raw16(l, name, *bf16))
-            return 0;
-          if (pass)
-            find_spec(l, name)->lazy = 1;
-        }
-    }
-    if (!pass && !raw16(l, probe->hf, *bf16))
-      return 0;
-  }
-  probe->lazy = 1;
-  return 1;
+  int cap = 6 * (c->text_layers + c->vision_layers) + 5;
+  const float *const **binds = malloc((size_t)cap * sizeof *binds);
+  if (!binds)
+    return 0;
+  int n = packed_binds(clip, binds, cap), ok = 1;
+  for (int i = 0; i < n && ok; i++)
+    ok = raw16(l, binds[i], *bf16) != NULL;
+  for (int i = 0; i < n && ok; i++) /* check all, then mark all */
+    find_bind(l, binds[i])->lazy = 1;
+  free(binds);
+  return ok;
 }
 
 static int build_panels(vlm_clip *clip, const spec_list *l, int bf16) {
   const vlm__clip_config *c = &clip->cfg;
   const int P = c->patch_size, KP = 3 * P * P;
+  const int head = c->family == VLM__FAMILY_SIGLIP;
   size_t elems = tower_panel_elems(c->text_layers, c->text_width,
                                    c->text_mlp) +
-                 tower_panel_elems(c->vision_layers, c->vision_width,
+                 tower_panel_elems(c->vision_layers + head, c->vision_width,
                                    c->vision_mlp) +
                  panel_elems(c->vision_width, KP);
   size_t bytes = elems * sizeof(uint16_t);
   size_t n_rows = (size_t)c->text_layers * (5 * c->text_width + c->text_mlp) +
-                  (size_t)c->vision_layers *
+                  (size_t)(c->vision_layers + head) *
                       (5 * c->vision_width + c->vision_mlp) +
                   (size_t)c->vision_width;
-  int n_jobs = 4 * (c->text_layers + c->vision_layers) + 1;
+  int n_jobs = 4 * (c->text_layers + c->vision_layers + head) + 1;
   pack_plan plan = {0};
   plan.jobs = malloc((size_t)n_jobs * sizeof *plan.jobs);
   const uint16_t **rows = malloc(n_rows * sizeof *rows);
@@ -554,13 +660,18 @@ static int build_panels(vlm_clip *clip, const spec_list *l, int bf16) {
   plan.rows = rows;
   plan.at = mem;
   const uint16_t *patch = NULL;
-  int bad = plan_tower(l, "text_model", bf16, c->text_layers, c->text_width,
-                       c->text_mlp, clip->w.tblocks, &plan) ||
-            plan_tower(l, "vision_model", bf16, c->vision_layers,
-                       c->vision_width, c->vision_mlp, clip->w.vblocks,
-                       &plan) ||
-            plan_one(l, "vision_model.embeddings.patch_embedding.weight",
-                     bf16, c->vision_width, KP, &plan, &patch);
+  vlm__block *vh = &clip->w.vhead;
+  int bad = plan_tower(l, bf16, c->text_layers, c->text_width, c->text_mlp,
+                       clip->w.tblocks, &plan) ||
+            plan_tower(l, bf16, c->vision_layers, c->vision_width,
+                       c->vision_mlp, clip->w.vblocks, &plan) ||
+            (head && (plan_one(l, &clip->w.head_in_w, bf16,
+                               3 * c->vision_width, c->vision_width, &plan,
+                               &vh->p_qkv) ||
+                      plan_rest(l, bf16, c->vision_width, c->vision_mlp, vh,
+                                &plan))) ||
+            plan_one(l, &clip->w.patch_w, bf16, c->vision_width, KP, &plan,
+                     &patch);
   if (!bad) {
     pthread_t th[64];
     int started = 0;
@@ -603,7 +714,10 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
   if ((rc = vlm__st_open(path, &clip->st)))
     return rc;
   vlm__safetensors *st = clip->st;
-  if (vlm__st_find(st, "vision_model.embeddings.patch_embedding.weight") ||
+  /* SigLIP and Chinese-CLIP come in the Hugging Face layout only (a
+   * missing tensor is then named by the list below). */
+  if (c->family != VLM__FAMILY_CLIP ||
+      vlm__st_find(st, "vision_model.embeddings.patch_embedding.weight") ||
       vlm__st_find(st, "text_model.embeddings.token_embedding.weight")) {
     clip->layout = VLM__LAYOUT_HF;
     if (c->vision_width == 0) {
@@ -772,6 +886,20 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
   }
   qsort(clip->named, (size_t)clip->n_named, sizeof *clip->named, cmp_named);
   c->logit_scale = *clip->w.logit_scale;
+  c->logit_bias = clip->w.logit_bias ? *clip->w.logit_bias : 0.0f;
+  if (c->family == VLM__FAMILY_SIGLIP) {
+    /* the pooling head's q, k, v: row blocks of its one in_proj (no F32
+     * copy of the weight when it is packed) */
+    vlm__weights *w = &clip->w;
+    size_t C = (size_t)c->vision_width;
+    w->vhead.q_w = w->head_in_w;
+    w->vhead.k_w = w->head_in_w ? w->head_in_w + C * C : NULL;
+    w->vhead.v_w = w->head_in_w ? w->head_in_w + 2 * C * C : NULL;
+    w->vhead.q_b = w->head_in_b;
+    w->vhead.k_b = w->head_in_b + C;
+    w->vhead.v_b = w->head_in_b + 2 * C;
+    w->vhead.qkv_fused = 1;
+  }
   for (int t = 0; t < 2; t++) {
     int L = t ? c->vision_layers : c->text_layers;
     size_t C = (size_t)(t ? c->vision_width : c->text_width);

@@ -465,8 +465,8 @@ static void test_config_and_accessors(void **state) {
   assert_int_equal(c->context_length, 77);
   assert_int_equal(c->vocab_size, 49408);
   assert_int_equal(c->projection_dim, 48);
-  assert_int_equal(c->text_quick_gelu, 1);
-  assert_int_equal(c->vision_quick_gelu, 1);
+  assert_int_equal(c->text_act, VLM__ACT_QUICK_GELU);
+  assert_int_equal(c->vision_act, VLM__ACT_QUICK_GELU);
   assert_true(fabsf(c->mean[0] - 0.48145466f) < 1e-7f);
   assert_true(fabsf(c->std[2] - 0.27577711f) < 1e-7f);
   assert_int_equal(vlm_clip_dim(ref.hf), 48);

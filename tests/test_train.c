@@ -547,14 +547,14 @@ static void tiny_config(vlm__clip_config *c, int quick) {
   c->vision_mlp = 12;
   c->image_size = 8;
   c->patch_size = 4;
-  c->vision_quick_gelu = quick;
+  c->vision_act = quick ? VLM__ACT_QUICK_GELU : VLM__ACT_GELU;
   c->text_width = 6;
   c->text_layers = 2;
   c->text_heads = 2;
   c->text_mlp = 10;
   c->vocab_size = 11;
   c->context_length = 6;
-  c->text_quick_gelu = quick;
+  c->text_act = quick ? VLM__ACT_QUICK_GELU : VLM__ACT_GELU;
   c->bos_id = 9;
   c->eos_id = 10;
   c->projection_dim = 5;
@@ -1339,8 +1339,8 @@ static void test_trainer_reads_configs_as_the_engine(void **state) {
   assert_int_equal(c.context_length, 16);
   assert_int_equal(c.vision_width, 48);
   assert_int_equal(c.patch_size, 8);
-  assert_int_equal(c.vision_quick_gelu, 0);
-  assert_int_equal(c.text_quick_gelu, 1); /* the default */
+  assert_int_equal(c.vision_act, VLM__ACT_GELU);
+  assert_int_equal(c.text_act, VLM__ACT_QUICK_GELU); /* the default */
   assert_int_equal(c.vocab_size, 49408);
   /* a width the heads do not divide: refused like the engine refuses it */
   f = fopen(path, "w");

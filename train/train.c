@@ -451,6 +451,18 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
     return vlm_seterr(VLM_EINVAL, "give an initial model (--init) or a "
                                   "geometry (--config)");
   }
+  /* The trainer's towers are CLIP's (causal text, class token, no
+   * SigLIP head or BERT layers, no tanh GELU). */
+  if (t->cfg.family != VLM__FAMILY_CLIP ||
+      t->cfg.text_act == VLM__ACT_GELU_TANH ||
+      t->cfg.vision_act == VLM__ACT_GELU_TANH) {
+    rc = vlm_seterr(VLM_EUNSUPPORTED, "training supports CLIP models only "
+                    "(this is a %s model%s)",
+                    vlm__family_name(t->cfg.family),
+                    t->cfg.family == VLM__FAMILY_CLIP
+                        ? " with gelu_pytorch_tanh" : "");
+    goto fail;
+  }
   if (!resuming && o->context_length > 0)
     t->cfg.context_length = o->context_length;
   /* defaults that depend on the mode */

@@ -116,7 +116,7 @@ static json_t *config_json(const vlm__clip_config *c) {
       "hidden_size", c->text_width, "intermediate_size", c->text_mlp,
       "num_hidden_layers", c->text_layers, "num_attention_heads",
       c->text_heads, "max_position_embeddings", c->context_length,
-      "hidden_act", c->text_quick_gelu ? "quick_gelu" : "gelu",
+      "hidden_act", c->text_act == VLM__ACT_QUICK_GELU ? "quick_gelu" : "gelu",
       "layer_norm_eps", (double)c->text_eps, "projection_dim",
       c->projection_dim, "bos_token_id", c->bos_id, "eos_token_id", c->eos_id,
       "pad_token_id", 1);
@@ -126,7 +126,7 @@ static json_t *config_json(const vlm__clip_config *c) {
       c->vision_mlp, "num_hidden_layers", c->vision_layers,
       "num_attention_heads", c->vision_heads, "image_size", c->image_size,
       "patch_size", c->patch_size, "num_channels", 3, "hidden_act",
-      c->vision_quick_gelu ? "quick_gelu" : "gelu", "layer_norm_eps",
+      c->vision_act == VLM__ACT_QUICK_GELU ? "quick_gelu" : "gelu", "layer_norm_eps",
       (double)c->vision_eps, "projection_dim", c->projection_dim);
   return json_pack("{s:[s], s:s, s:i, s:f, s:s, s:o, s:o}", "architectures",
                    "CLIPModel", "model_type", "clip", "projection_dim",

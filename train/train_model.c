@@ -123,6 +123,10 @@ static int check_geometry(const vlm__clip_config *c) {
     if (!(cond))                                                             \
       return vlm_seterr(VLM_EINVAL, __VA_ARGS__);                            \
   } while (0)
+  if (c->family != VLM__FAMILY_CLIP || c->text_act == VLM__ACT_GELU_TANH ||
+      c->vision_act == VLM__ACT_GELU_TANH)
+    return vlm_seterr(VLM_EUNSUPPORTED, "config: training supports CLIP "
+                      "models with gelu or quick_gelu only");
   NEED(c->vision_width > 0 && c->vision_layers >= 0 && c->vision_heads > 0 &&
            c->vision_mlp > 0,
        "config: vision tower sizes must be positive");

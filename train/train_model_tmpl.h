@@ -81,11 +81,11 @@ static int TMS(tower_init)(TMS(tower) *t, const vlm__tlayout *L, int tower,
   t->tower = tower;
   if (tower == 0) {
     t->C = c->vision_width; t->H = c->vision_heads; t->M = c->vision_mlp;
-    t->layers = c->vision_layers; t->quick = c->vision_quick_gelu;
+    t->layers = c->vision_layers; t->quick = c->vision_act == VLM__ACT_QUICK_GELU;
     t->eps = c->vision_eps; t->causal = 0; t->off = L->vlayers;
   } else {
     t->C = c->text_width; t->H = c->text_heads; t->M = c->text_mlp;
-    t->layers = c->text_layers; t->quick = c->text_quick_gelu;
+    t->layers = c->text_layers; t->quick = c->text_act == VLM__ACT_QUICK_GELU;
     t->eps = c->text_eps; t->causal = 1; t->off = L->tlayers;
   }
   t->N = N;
