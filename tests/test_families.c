@@ -228,12 +228,24 @@ static double max_abs_diff(const float *a, const float *b, int n, int *at) {
   return m;
 }
 
+/* The worst cosine and difference seen since the last report. */
+static double worst_cos = 1, worst_abs = 0;
+
+static void report(const char *what, int n) {
+  printf("    %s: %d vectors, min cosine %.9f, max |diff| %.2e\n", what, n,
+         worst_cos, worst_abs);
+  worst_cos = 1;
+  worst_abs = 0;
+}
+
 /* Fails with both values printed unless got matches want within the
  * conformance bounds (cosine >= 0.99999, max |diff| <= 1e-4). */
 static void expect_close(const char *what, const char *name, const float *got,
                          const float *want, int n) {
   int at;
   double c = cosine(got, want, n), d = max_abs_diff(got, want, n, &at);
+  worst_cos = c < worst_cos ? c : worst_cos;
+  worst_abs = d > worst_abs ? d : worst_abs;
   if (!(c >= 0.99999) || !(d <= 1e-4))
     fail_msg("%s '%s': cosine %.9f (need >= 0.99999), max |diff| %.3g at "
              "[%d] (got %.7g, reference %.7g; need <= 1e-4)",
@@ -369,6 +381,9 @@ static void check_texts(const fixture *fx, vlm_clip *clip, const char *how) {
     expect_close(what, fx->texts[i].text, nrm + (size_t)i * D,
                  fx->texts[i].normalized, D);
   }
+  snprintf(what, sizeof what, "%s %s texts (raw and normalized)", fx->dir,
+           how);
+  report(what, fx->n_texts);
   /* One at a time gives the batch's vectors (sequences are packed row
    * after row; nothing leaks between them). */
   float one[1024];
@@ -380,6 +395,8 @@ static void check_texts(const fixture *fx, vlm_clip *clip, const char *how) {
     snprintf(what, sizeof what, "%s %s single text", fx->dir, how);
     expect_close(what, fx->texts[i].text, one, raw + (size_t)i * D, D);
   }
+  worst_cos = 1;
+  worst_abs = 0;
   free(raw);
   free(nrm);
 }
@@ -410,6 +427,9 @@ static void check_images(const fixture *fx, vlm_clip *clip, const char *how) {
     expect_close(what, fx->images[i].file, nrm + (size_t)i * D,
                  fx->images[i].normalized, D);
   }
+  snprintf(what, sizeof what, "%s %s images (raw and normalized)", fx->dir,
+           how);
+  report(what, fx->n_images);
   free(raw);
   free(nrm);
 }
@@ -471,6 +491,8 @@ static void test_logits_and_probabilities(void **state) {
       worst_prob = d > worst_prob ? d : worst_prob;
     }
   }
+  printf("    %s: logits max |diff| %.2e, probabilities %.2e\n", fx->dir,
+         worst_logit, worst_prob);
   if (!(worst_logit < 1e-3) || !(worst_prob < 1e-4))
     fail_msg("%s: logits max |diff| %.3g (need < 1e-3), probabilities %.3g "
              "(need < 1e-4)", fx->dir, worst_logit, worst_prob);
@@ -910,6 +932,87 @@ static void test_f32_and_bf16_files(void **state) {
   free(dir);
 }
 
+/* ---- other geometries ----------------------------------------------------------- */
+
+/* tests/fixtures/families-geometry: checkpoints of other shapes than the
+ * conformance fixtures (widths 32..96 including ones that are not
+ * multiples of 16, 1 to 6 heads, patches of 2 to 8 pixels, text and vision
+ * depths that differ, gelu_new, F32, F16 and BF16 files) with embeddings
+ * from the conformance fixtures' numpy checkers (gen.py there).  Each is
+ * checked on the default path and on sgemm. */
+static void check_geometry(const char *dir, int sgemm) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/ref.json", dir);
+  json_error_t err;
+  json_t *r = json_load_file(path, 0, &err);
+  if (!r)
+    fail_msg("%s: %s", path, err.text);
+  if (sgemm)
+    setenv("VLMDB_CLIP_PANELS", "0", 1);
+  vlm_clip *clip = NULL;
+  int rc = vlm_clip_load(dir, NULL, &clip);
+  unsetenv("VLMDB_CLIP_PANELS");
+  if (rc)
+    fail_msg("%s: %s", dir, vlm_errmsg());
+  const int D = vlm_clip_dim(clip), S = vlm_clip_image_size(clip);
+  assert_int_equal(S, json_integer_value(json_object_get(r, "side")));
+  float *out = malloc((size_t)D * sizeof *out);
+  char what[160];
+  json_t *texts = json_object_get(r, "texts");
+  for (size_t i = 0; i < json_array_size(texts); i++) {
+    json_t *t = json_array_get(texts, i), *ids = json_object_get(t, "ids");
+    int n = (int)json_array_size(ids);
+    int32_t *v = malloc((size_t)n * sizeof *v);
+    for (int k = 0; k < n; k++)
+      v[k] = (int32_t)json_integer_value(json_array_get(ids, (size_t)k));
+    const int32_t *pv = v;
+    VLM_CHECK(vlm__clip_encode_tokens(clip, &pv, &n, 1, VLM_CLIP_RAW, out));
+    int dn;
+    float *want = json_floats(json_object_get(t, "embedding"), &dn);
+    assert_int_equal(dn, D);
+    snprintf(what, sizeof what, "%s%s text", dir, sgemm ? " (sgemm)" : "");
+    snprintf(path, sizeof path, "%zu", i);
+    expect_close(what, path, out, want, D);
+    free(want);
+    free(v);
+  }
+  json_t *images = json_object_get(r, "images");
+  const size_t per = (size_t)3 * S * S;
+  for (size_t i = 0; i < json_array_size(images); i++) {
+    json_t *im = json_array_get(images, i);
+    snprintf(path, sizeof path, "%s/%s", dir,
+             json_string_value(json_object_get(im, "file")));
+    float *px = read_pixels(path, per);
+    assert_non_null(px);
+    VLM_CHECK(vlm_clip_encode_pixels(clip, px, 1, VLM_CLIP_RAW, out));
+    int dn;
+    float *want = json_floats(json_object_get(im, "embedding"), &dn);
+    assert_int_equal(dn, D);
+    snprintf(what, sizeof what, "%s%s image", dir, sgemm ? " (sgemm)" : "");
+    expect_close(what, path, out, want, D);
+    free(want);
+    free(px);
+  }
+  snprintf(what, sizeof what, "%s%s texts and images", dir,
+           sgemm ? " (sgemm)" : "");
+  report(what, (int)(json_array_size(texts) + json_array_size(images)));
+  free(out);
+  vlm_clip_free(clip);
+  json_decref(r);
+}
+
+static void test_other_geometries(void **state) {
+  (void)state;
+  static const char *dirs[] = {"sigA", "sigB", "sigC", "ccA", "ccB", "ccC"};
+  char dir[256];
+  for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+    for (int sgemm = 0; sgemm < 2; sgemm++) {
+      snprintf(dir, sizeof dir, "tests/fixtures/families-geometry/%s",
+               dirs[i]);
+      check_geometry(dir, sgemm);
+    }
+}
+
 /* ---- configs ------------------------------------------------------------------ */
 
 /* Geometry from a config.json text (parsed over CLIP's defaults, as
@@ -1148,6 +1251,7 @@ int main(void) {
       BOTH(test_every_tensor_deleted),
       BOTH(test_every_tensor_perturbed),
       BOTH(test_f32_and_bf16_files),
+      cmocka_unit_test(test_other_geometries),
       cmocka_unit_test(test_sparse_config_defaults),
       BOTH(test_sparse_config_loads),
       BOTH(test_accessors_and_errors),
