@@ -581,26 +581,25 @@ static int apply_exif_orientation(vlm__decoded *im) {
   return 0;
 }
 
-/* convert("RGB") in place (a no-op for RGB). */
-static int convert_to_rgb(vlm__decoded *im) {
-  if (im->mode == VLM__MODE_RGB)
-    return 0;
-  uint8_t *rgb = malloc((size_t)im->w * im->h * 3);
-  if (!rgb)
+/* convert("RGB") of im into out (its own pixels; free with
+ * vlm__decoded_free).  im is left as it is: a caller may still want its
+ * alpha (the thumbnail of vlm_clip_preprocess_image goes onto white). */
+static int convert_to_rgb(const vlm__decoded *im, vlm__decoded *out) {
+  *out = *im;
+  out->pixels = malloc((size_t)im->w * im->h * 3);
+  if (!out->pixels)
     return vlm_seterr(VLM_ENOMEM, "preprocess: %dx%d", im->w, im->h);
-  vlm__decoded_to_rgb(im, rgb);
-  free(im->pixels);
-  im->pixels = rgb;
-  im->mode = VLM__MODE_RGB;
-  im->channels = 3;
-  im->has_trns = 0;
+  vlm__decoded_to_rgb(im, out->pixels);
+  out->mode = VLM__MODE_RGB;
+  out->channels = 3;
+  out->has_trns = 0;
   return 0;
 }
 
 int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
                             float *pixels) {
   int rc = 0;
-  vlm__decoded win = {0};
+  vlm__decoded win = {0}, conv = {0};
   uint8_t *rgb = NULL;
   int n = cfg->resize, S = cfg->crop;
   int shortest = cfg->do_resize && cfg->resize_w <= 0;
@@ -609,15 +608,21 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
     return vlm_seterr(VLM_EINVAL, "preprocess: resize %d / crop %d not supported", n, S);
   if (cfg->exif_transpose && (rc = apply_exif_orientation(im)) != 0) return rc;
   if (cfg->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(im)) != 0) return rc;
-  if (cfg->rgb_first && (rc = convert_to_rgb(im)) != 0) return rc;
+  const vlm__decoded *src = im;
+  if (cfg->rgb_first && im->mode != VLM__MODE_RGB) {
+    if ((rc = convert_to_rgb(im, &conv)) != 0) return rc;
+    src = &conv;
+  }
   int w = im->w, h = im->h, dw = w, dh = h;
   if (shortest) {
     /* torchvision Resize(n) (and transformers' shortest_edge): shorter side
      * -> n, longer -> int(n * long / short) */
     double d_long = w <= h ? (double)((int64_t)n * h) / w : (double)((int64_t)n * w) / h;
-    if (d_long > MAX_RESIZED_SIDE)
-      return vlm_seterr(VLM_ETOOBIG, "preprocess: %dx%d: aspect ratio too extreme (%.0f px long)",
-                        w, h, d_long);
+    if (d_long > MAX_RESIZED_SIDE) {
+      rc = vlm_seterr(VLM_ETOOBIG, "preprocess: %dx%d: aspect ratio too extreme (%.0f px long)",
+                      w, h, d_long);
+      goto done;
+    }
     if (w <= h) {
       dw = n;
       dh = (int)d_long;
@@ -631,16 +636,19 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
   }
   int x0 = 0, y0 = 0;
   if (cfg->center_crop) {
-    if (dw < S || dh < S)
-      return vlm_seterr(VLM_EINVAL, "preprocess: a %dx%d image is smaller than the %dx%d crop",
-                        dw, dh, S, S);
+    if (dw < S || dh < S) {
+      rc = vlm_seterr(VLM_EINVAL, "preprocess: a %dx%d image is smaller than the %dx%d crop",
+                      dw, dh, S, S);
+      goto done;
+    }
     x0 = cfg->crop_floor ? (dw - S) / 2 : center_offset(dw - S);
     y0 = cfg->crop_floor ? (dh - S) / 2 : center_offset(dh - S);
   } else if (dw != S || dh != S) {
-    return vlm_seterr(VLM_EINVAL, "preprocess: a %dx%d image without resize or crop does not "
-                      "fit the model's %dx%d input", dw, dh, S, S);
+    rc = vlm_seterr(VLM_EINVAL, "preprocess: a %dx%d image without resize or crop does not "
+                    "fit the model's %dx%d input", dw, dh, S, S);
+    goto done;
   }
-  if ((rc = vlm__decoded_resize_window(im, dw, dh, x0, y0, S, S, &win)) != 0) goto done;
+  if ((rc = vlm__decoded_resize_window(src, dw, dh, x0, y0, S, S, &win)) != 0) goto done;
   rgb = malloc((size_t)S * S * 3);
   if (!rgb) {
     rc = vlm_seterr(VLM_ENOMEM, "preprocess: %dx%d", S, S);
@@ -650,6 +658,7 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
   vlm__preprocess_normalize(cfg, rgb, pixels);
 done:
   free(win.pixels);
+  free(conv.pixels);
   free(rgb);
   return rc;
 }

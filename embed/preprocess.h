@@ -53,8 +53,8 @@ int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
 #include "image.h"
 
 /* The same pipeline on an already decoded image (which it may modify:
- * the alpha-onto-white option flattens it in place, EXIF orientation and
- * convert-first replace its pixels).  With a crop, the resized image must
+ * the alpha-onto-white option flattens it in place, the EXIF orientation
+ * turns it as a person sees it; convert-first works on a copy).  With a crop, the resized image must
  * cover it (VLM_EINVAL otherwise, as when no resize and no crop leave the
  * image at another size than crop x crop). */
 int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,

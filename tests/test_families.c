@@ -510,7 +510,7 @@ static void test_logits_and_probabilities(void **state) {
 static void test_pixels_from_files(void **state) {
   fixture *fx = *state;
   const size_t per = (size_t)3 * fx->side * fx->side;
-  float *px = malloc(per * sizeof *px);
+  float *px = malloc(per * sizeof *px), *px2 = malloc(per * sizeof *px2);
   char path[512];
   int checked = 0;
   for (int i = 0; i < fx->n_images; i++) {
@@ -523,10 +523,27 @@ static void test_pixels_from_files(void **state) {
       if (memcmp(&px[k], &r->pixels[k], sizeof *px))
         fail_msg("%s: pixel %zu is %.9g, reference %.9g", path, k, px[k],
                  r->pixels[k]);
+    /* the same pixels from the one-decode path, whose picture for the
+     * thumbnail keeps transparency over white (the model's pipeline drops
+     * alpha on a copy) */
+    size_t len;
+    uint8_t *data = slurp(path, &len);
+    vlm_image img, white;
+    VLM_CHECK(vlm_clip_preprocess_image(fx->clip, data, len, px2, &img));
+    assert_memory_equal(px2, r->pixels, per * sizeof *px2);
+    vlm_clip_options wo = {.alpha = VLM_ALPHA_WHITE};
+    VLM_CHECK(vlm_image_decode(data, len, &wo, &white));
+    assert_int_equal(img.w, white.w);
+    assert_int_equal(img.h, white.h);
+    assert_memory_equal(img.rgb, white.rgb, (size_t)img.w * img.h * 3);
+    vlm_image_free(&img);
+    vlm_image_free(&white);
+    free(data);
     checked++;
   }
   assert_int_equal(checked, fx->n_images - 1);
   free(px);
+  free(px2);
 }
 
 /* exif_rot6.jpg: stored landscape with EXIF orientation 6 (rotate 90°
