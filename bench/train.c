@@ -69,9 +69,11 @@ static int load_config(const char *path, vlm__clip_config *c) {
   geti(v, "image_size", &c->image_size);
   geti(v, "patch_size", &c->patch_size);
   const char *act = json_string_value(json_object_get(t, "hidden_act"));
-  c->text_quick_gelu = !act || !strcmp(act, "quick_gelu");
+  c->text_act = !act || !strcmp(act, "quick_gelu") ? VLM__ACT_QUICK_GELU
+                                                : VLM__ACT_GELU;
   act = json_string_value(json_object_get(v, "hidden_act"));
-  c->vision_quick_gelu = !act || !strcmp(act, "quick_gelu");
+  c->vision_act = !act || !strcmp(act, "quick_gelu") ? VLM__ACT_QUICK_GELU
+                                                  : VLM__ACT_GELU;
   json_decref(root);
   return 0;
 }
