@@ -355,11 +355,12 @@ static int wordpiece(const vlm__wp_tok *tok, const uint32_t *w, size_t n, id_lis
   return 0;
 }
 
-/* 1 if s is in the BasicTokenizer's never_split: the config's list and,
- * unless split_special_tokens, the special tokens. */
+/* 1 if s is in the BasicTokenizer's never_split: the config's list and
+ * the special tokens (tokenize() does not pass split_special_tokens on to
+ * _tokenize, whose default keeps them). */
 static int never_split(const vlm__wp_tok *tok, const char *s, size_t len) {
   return in_list(tok->never_split, tok->n_never_split, s, len) ||
-         (!tok->hf.split_special_tokens && vlm__hf_is_special(&tok->hf, s, len));
+         vlm__hf_is_special(&tok->hf, s, len);
 }
 
 /* A word that _run_split_on_punc keeps whole: BertTokenizer._tokenize
@@ -516,7 +517,11 @@ int vlm__wp_tokenize(const vlm__wp_tok *tok, const char *text, int max_len,
                       VLM__TOK_MAX_TEXT);
   rc = vlm__utf8_decode(text, len, "tokenize", &cp, &n);
   if (rc != 0) return rc;
-  rc = vlm__hf_split(&tok->hf, cp, n, tok->do_lower_case, &chunks, &n_chunks);
+  /* BertTokenizer.do_lower_case reads basic_tokenizer.do_lower_case: with
+   * do_basic_tokenize false there is no basic_tokenizer, hasattr() is
+   * false, and tokenize() never lowercases */
+  rc = vlm__hf_split(&tok->hf, cp, n, tok->do_basic_tokenize && tok->do_lower_case, &chunks,
+                     &n_chunks);
   if (rc != 0) goto done;
   size_t want = limit - 2;
   size_t stop = tok->hf.truncation_left ? (size_t)-1 : want;
