@@ -173,9 +173,10 @@ fuzz: deps
 	  WARN="$(WARN) -Wno-unknown-warning-option" \
 	  OPT=-O1 $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/fuzz/%)
 
+# (the library holds C++ shims: link the C++ runtime's sanitizers)
 build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libvlm.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -fsanitize-link-c++-runtime -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
 
 # the catalog readers live in cli/: link them too
 build-fuzz/fuzz/fuzz_catalog: tests/fuzz/fuzz_catalog.c build-fuzz/libvlm.a $(CLI_LIB_OBJ)

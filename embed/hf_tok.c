@@ -755,6 +755,7 @@ int vlm__hf_tokens_init(vlm__hf_tokens *t, const char *dir, json_t *cfg,
     if (!spec[k].set || t->n_decoder == 0) continue;
     int32_t i = vlm__strmap_get(added_map, spec[k].tok.content, spec[k].tok.len);
     if (i < 0) continue;
+    token_clear(&spec[k].tok);
     rc = token_copy(&spec[k].tok, &t->decoder[i], cfg_path);
     spec[k].is_added = 1;
   }

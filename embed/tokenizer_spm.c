@@ -414,7 +414,7 @@ int vlm__spm_tokenize(const vlm__spm_tok *tok, const char *text, int max_len,
   }
   size_t m = 0;
   if (tok->gemma && tok->add_bos) ids[m++] = tok->bos;
-  memcpy(ids + m, l.id + first, count * sizeof *ids);
+  if (count) memcpy(ids + m, l.id + first, count * sizeof *ids);
   m += count;
   if (tok->gemma) {
     if (tok->add_eos) ids[m++] = tok->eos;

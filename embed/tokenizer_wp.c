@@ -538,7 +538,7 @@ int vlm__wp_tokenize(const vlm__wp_tok *tok, const char *text, int max_len,
     count = want;
   }
   ids[0] = tok->cls;
-  memcpy(ids + 1, l.id + first, count * sizeof *ids);
+  if (count) memcpy(ids + 1, l.id + first, count * sizeof *ids);
   ids[1 + count] = tok->sep;
   *n_ids = (int)(count + 2);
 done:
