@@ -230,14 +230,33 @@ int32_t vlm__wp_tok_pad(const vlm__wp_tok *tok) { return tok->pad; }
 
 /* ---- character classes ------------------------------------------------ */
 
+/* The code points Unicode 14.0 assigns: the reference outputs were made
+ * with Python 3.11, whose unicodedata is 14.0, and BERT drops unassigned
+ * (Cn) characters; utf8proc follows a newer Unicode (15.0 in Debian 12),
+ * where e.g. CJK Extension H is assigned. */
+static const struct { uint32_t lo, hi; } unicode14_assigned[] = {
+#include "unicode14.inc"
+};
+
+/* unicodedata.category as Python 3.11 sees it. */
+static utf8proc_category_t category(uint32_t c) {
+  size_t lo = 0, hi = sizeof unicode14_assigned / sizeof *unicode14_assigned;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (c < unicode14_assigned[mid].lo) hi = mid;
+    else if (c > unicode14_assigned[mid].hi) lo = mid + 1;
+    else return utf8proc_category((utf8proc_int32_t)c);
+  }
+  return UTF8PROC_CATEGORY_CN;
+}
+
 static int is_bert_whitespace(uint32_t c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
-         utf8proc_category((utf8proc_int32_t)c) == UTF8PROC_CATEGORY_ZS;
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || category(c) == UTF8PROC_CATEGORY_ZS;
 }
 
 static int is_bert_control(uint32_t c) {
   if (c == '\t' || c == '\n' || c == '\r') return 0;
-  switch (utf8proc_category((utf8proc_int32_t)c)) {
+  switch (category(c)) {
   case UTF8PROC_CATEGORY_CN: /* unassigned */
   case UTF8PROC_CATEGORY_CC:
   case UTF8PROC_CATEGORY_CF:
@@ -253,7 +272,7 @@ static int is_bert_punct(uint32_t c) {
   if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
       (c >= 123 && c <= 126))
     return 1;
-  utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
+  utf8proc_category_t k = category(c);
   return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
 }
 
@@ -401,7 +420,7 @@ static int basic_word(const vlm__wp_tok *tok, const uint32_t *w, size_t n, id_li
     if (rc != 0) goto done;
     size_t k = 0;
     for (size_t i = 0; i < m; i++)
-      if (utf8proc_category((utf8proc_int32_t)nfd[i]) != UTF8PROC_CATEGORY_MN) nfd[k++] = nfd[i];
+      if (category(nfd[i]) != UTF8PROC_CATEGORY_MN) nfd[k++] = nfd[i];
     m = k;
     t = nfd;
   }

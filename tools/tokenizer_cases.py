@@ -63,7 +63,10 @@ POOL = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") * 
      "café", "naïve", "Ǆ", "ǅ", "ǆ", "ﬀ", "😀", "👍🏽", "🇩🇪", "𠀀", "\U0002a700", "\uf900", "\U0002f800", "Привет", "мир",
      "Ελληνικά", "שלום", "مرحبا", "ℌ", "Ⅻ", "½", "²", "…", "—", "–", "“", "”", "‘", "’", "•", "€", "©",
      "the", "photo", "of", "a", "cat", "dog", "hello", "world", "unaffable", "x" * 105, "y" * 99, "z" * 100,
-     "foo-bar", "Foo-Bar", "<extra>", "<EXTRA>", "extra"]
+     "foo-bar", "Foo-Bar", "<extra>", "<EXTRA>", "extra",
+     # assigned in Unicode 15.0 (unassigned, so dropped by BERT, in the
+     # reference's Python 3.11): CJK Extension H, Nag Mundari, Kawi
+     "\U00031350", "\U0001e4d0", "\U00011f00"]
 CURATED = [
     "", " ", "   ", "!!!", "...", "?!", "\u2581", "\u2581\u2581 \u2581", "</s>", "</S>", "<unk>", "</s></s>", " </s> ",
     "HELLO </S>", "<unk>hello", "\u2581</s>", "a photo of a cat", "A Photo Of A CAT.", "it's 3.14 a_b", "İstanbul",
@@ -72,7 +75,7 @@ CURATED = [
     "[MASK]x[UNK]", "a\u200bb\u00adc\u200ed", "tab\there\nnew\rline\u2028ls\u2029ps", "\x0b\x0c\x1c\x1d\x1e\x1f\x85",
     "x" * 100, "x" * 101, "unaffable " * 3, "😀 👍🏽 🇩🇪", "𠀀𪜀\U0002f800", "foo-bar Foo-Bar", "<extra>x <EXTRA> extra",
     "<start_of_turn>user\nhi<end_of_turn>", "<bos><eos><pad>", "<2mass> <mask>", "1234567890", "  leading and trailing  ",
-    "a " * 80, "word" * 40, "。" * 70, "中文" * 40,
+    "a " * 80, "word" * 40, "。" * 70, "中文" * 40, "猫\U00031350\U000313a0狗 a\U0001e4d0b \U00011f00\U00011f41",
 ]
 
 
