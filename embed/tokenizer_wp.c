@@ -464,6 +464,29 @@ done:
   return rc;
 }
 
+/* whitespace_tokenize, then each word through the basic tokenizer's
+ * per-word steps (or straight to WordPiece), until out holds more than
+ * stop ids. */
+static int tokenize_words(const vlm__wp_tok *tok, const uint32_t *t, size_t m, id_list *out,
+                          size_t stop) {
+  size_t i = 0;
+  while (i < m && out->n <= stop) {
+    if (vlm__py_isspace(t[i])) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < m && !vlm__py_isspace(t[j])) j++;
+    int rc = tok->do_basic_tokenize ? basic_word(tok, t + i, j - i, out)
+                                    : wordpiece(tok, t + i, j - i, out);
+    if (rc != 0) return rc;
+    i = j;
+  }
+  return 0;
+}
+
+#define NFC_WINDOW 65536
+
 /* BertTokenizer._tokenize of one text chunk, stopping once out holds more
  * than stop ids. */
 static int tokenize_chunk(const vlm__wp_tok *tok, const uint32_t *c, size_t n, id_list *out,
@@ -476,7 +499,6 @@ static int tokenize_chunk(const vlm__wp_tok *tok, const uint32_t *c, size_t n, i
     rc = vlm_seterr(VLM_ENOMEM, "tokenize: %zu code points", n);
     goto done;
   }
-  const uint32_t *t = c;
   if (tok->do_basic_tokenize) {
     for (size_t i = 0; i < n; i++) { /* _clean_text, _tokenize_chinese_chars */
       uint32_t ch = c[i];
@@ -491,24 +513,23 @@ static int tokenize_chunk(const vlm__wp_tok *tok, const uint32_t *c, size_t n, i
         a[m++] = ch;
       }
     }
-    rc = normalize(a, m, 1, &nfc, &m);
-    if (rc != 0) goto done;
-    t = nfc;
-  } else {
-    m = n;
-  }
-  size_t i = 0;
-  while (i < m && out->n <= stop) {
-    if (vlm__py_isspace(t[i])) {
-      i++;
-      continue;
+    /* NFC window by window, cut before a space (a starter that composes
+     * with nothing, so NFC(x + " " + y) = NFC(x) + " " + NFC(y)): a huge
+     * text costs only the windows up to the last id kept */
+    size_t w0 = 0;
+    while (w0 < m && out->n <= stop) {
+      size_t w1 = w0 + NFC_WINDOW < m ? w0 + NFC_WINDOW : m;
+      while (w1 < m && a[w1] != ' ') w1++;
+      size_t k = 0;
+      rc = normalize(a + w0, w1 - w0, 1, &nfc, &k);
+      if (rc == 0) rc = tokenize_words(tok, nfc, k, out, stop);
+      free(nfc);
+      nfc = NULL;
+      if (rc != 0) goto done;
+      w0 = w1;
     }
-    size_t j = i;
-    while (j < m && !vlm__py_isspace(t[j])) j++;
-    rc = tok->do_basic_tokenize ? basic_word(tok, t + i, j - i, out)
-                                : wordpiece(tok, t + i, j - i, out);
-    if (rc != 0) goto done;
-    i = j;
+  } else {
+    rc = tokenize_words(tok, c, n, out, stop);
   }
 done:
   free(a);

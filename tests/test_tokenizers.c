@@ -417,6 +417,17 @@ static void test_bert_rules(void **state) {
   assert_int_equal(n, 52);
   assert_int_equal(ids[0], 101);
   assert_int_equal(ids[51], 102);
+  /* text past the first NFC window (64 Ki code points): the same */
+  size_t pad = 70000;
+  char *far = malloc(pad + 64);
+  assert_non_null(far);
+  far[0] = 'x';
+  memset(far + 1, ' ', pad);
+  strcpy(far + 1 + pad, "e\xcc\x81 \xe4\xb8\xad\xe6\x96\x87 caf\xc3\xa9");
+  assert_true(same_ids(t, far, "x e \xe4\xb8\xad\xe6\x96\x87 cafe", 52));
+  for (size_t i = 1; i <= pad; i += 7) far[i] = (char)(i % 3 ? '\t' : '\n');
+  assert_true(same_ids(t, far, "x e \xe4\xb8\xad \xe6\x96\x87 cafe", 52));
+  free(far);
   int32_t small[5];
   int m = -1;
   assert_int_equal(vlm__wp_tokenize(bert, long_text, 52, small, 5, &m), 0);
