@@ -400,9 +400,13 @@ static int token_from_json(json_t *o, int force_special, vlm__hf_token *k, const
 }
 
 static vlm__hf_token *decoder_find(const vlm__hf_tokens *t, int32_t id) {
-  for (size_t i = 0; i < t->n_decoder; i++)
-    if (t->decoder[i].id == id) return &t->decoder[i];
-  return NULL;
+  if (!t->decoder_index) return NULL;
+  int32_t i = vlm__strmap_get(t->decoder_index, (const char *)&id, sizeof id);
+  return i >= 0 ? &t->decoder[i] : NULL;
+}
+
+const vlm__hf_token *vlm__hf_added(const vlm__hf_tokens *t, int32_t id) {
+  return decoder_find(t, id);
 }
 
 /* decoder[id] = k (k's strings taken over; a Python dict keeps the
@@ -422,6 +426,9 @@ static int decoder_set(vlm__hf_tokens *t, int32_t id, vlm__hf_token *k) {
     t->decoder = d;
     t->cap_decoder = cap;
   }
+  if (!t->decoder_index && vlm__strmap_new(64, &t->decoder_index) != 0) return VLM_ENOMEM;
+  int rc = vlm__strmap_put(t->decoder_index, (const char *)&id, sizeof id, (int32_t)t->n_decoder);
+  if (rc != 0) return rc;
   t->decoder[t->n_decoder++] = *k;
   return 0;
 }
@@ -855,6 +862,7 @@ void vlm__hf_tokens_free(vlm__hf_tokens *t) {
   if (!t) return;
   for (size_t i = 0; i < t->n_decoder; i++) token_clear(&t->decoder[i]);
   free(t->decoder);
+  vlm__strmap_free(t->decoder_index);
   vlm__strmap_free(t->encoder);
   for (int k = 0; k < VLM__HF_NSPECIAL; k++) free(t->special[k]);
   for (size_t k = 0; k < t->n_additional; k++) free(t->additional[k]);
@@ -1098,16 +1106,22 @@ int vlm__hf_split(const vlm__hf_tokens *t, const uint32_t *text, size_t n,
     const vlm__hf_token *k = decoder_find(t, ch[i].added_id);
     if (!k) continue;
     vlm__hf_chunk *left = i > 0 ? &ch[i - 1] : NULL, *right = i + 1 < nch ? &ch[i + 1] : NULL;
-    if (k->rstrip && right && right->n) {
+    /* the reference tests single_word on left / right as they were before
+     * its own stripping (it keeps the old strings), and merges into the
+     * stripped ones */
+    int has_left = left && left->n, has_right = right && right->n;
+    uint32_t left_last = has_left ? left->cp[left->n - 1] : 0;
+    uint32_t right_first = has_right ? right->cp[0] : 0;
+    if (k->rstrip && has_right) {
       size_t a = 0;
       while (a < right->n && vlm__py_isspace(right->cp[a])) a++;
       memmove(right->cp, right->cp + a, (right->n - a) * sizeof *right->cp);
       right->n -= a;
     }
-    if (k->lstrip && left && left->n) {
+    if (k->lstrip && has_left) {
       while (left->n && vlm__py_isspace(left->cp[left->n - 1])) left->n--;
     }
-    if (k->single_word && left && left->n && left->cp[left->n - 1] != ' ') {
+    if (k->single_word && has_left && left_last != ' ') {
       uint32_t *g = realloc(left->cp, (left->n + ch[i].n + 1) * sizeof *g);
       if (!g) {
         rc = vlm_seterr(VLM_ENOMEM, "tokenizer: split");
@@ -1117,7 +1131,7 @@ int vlm__hf_split(const vlm__hf_tokens *t, const uint32_t *text, size_t n,
       left->cp = g;
       left->n += ch[i].n;
       ch[i].n = 0;
-    } else if (k->single_word && right && right->n && right->cp[0] != ' ') {
+    } else if (k->single_word && has_right && right_first != ' ') {
       uint32_t *g = malloc((right->n + ch[i].n + 1) * sizeof *g);
       if (!g) {
         rc = vlm_seterr(VLM_ENOMEM, "tokenizer: split");

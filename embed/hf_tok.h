@@ -100,6 +100,7 @@ typedef struct vlm__hf_tokens {
   /* _added_tokens_decoder, in insertion order, one entry per id */
   vlm__hf_token *decoder;
   size_t n_decoder, cap_decoder;
+  vlm__strmap *decoder_index; /* id (4 bytes) -> position in decoder */
   vlm__strmap *encoder; /* _added_tokens_encoder: content -> id */
   /* the special attributes after loading (content strings, or NULL) */
   char *special[VLM__HF_NSPECIAL];
@@ -131,6 +132,8 @@ void vlm__hf_tokens_free(vlm__hf_tokens *t);
 /* Id of a special attribute's token (its added-token id, else the
  * vocabulary's), or -1 when unset. */
 int32_t vlm__hf_special_id(const vlm__hf_tokens *t, const vlm__hf_class *cls, int which);
+/* The added token with this id, or NULL. */
+const vlm__hf_token *vlm__hf_added(const vlm__hf_tokens *t, int32_t id);
 /* 1 if s is one of all_special_tokens. */
 int vlm__hf_is_special(const vlm__hf_tokens *t, const char *s, size_t len);
 

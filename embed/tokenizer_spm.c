@@ -65,9 +65,7 @@ static int32_t spm_lookup(const void *ctx, const vlm__hf_tokens *t, const char *
   const char *p = vlm__spm_id_to_piece(sp, id, &plen);
   if (!p || plen != len || memcmp(p, s, len) != 0) return -1; /* the unknown id */
   /* {convert_ids_to_tokens(i): i}: an added token at id i hides the piece */
-  for (size_t i = 0; i < t->n_decoder; i++)
-    if (t->decoder[i].id == id) return -1;
-  return id;
+  return vlm__hf_added(t, id) ? -1 : id;
 }
 
 static size_t spm_vocab_len(const void *ctx, const vlm__hf_tokens *t) {
@@ -78,11 +76,11 @@ static size_t spm_vocab_len(const void *ctx, const vlm__hf_tokens *t) {
   for (int i = 0; i < n; i++) {
     size_t len = 0;
     const char *p = vlm__spm_id_to_piece(sp, i, &len);
-    for (size_t k = 0; k < t->n_decoder; k++)
-      if (t->decoder[k].id == i) {
-        p = t->decoder[k].content;
-        len = t->decoder[k].len;
-      }
+    const vlm__hf_token *added = vlm__hf_added(t, i);
+    if (added) {
+      p = added->content;
+      len = added->len;
+    }
     if (p) vlm__strmap_put(m, p, len, i);
   }
   for (size_t k = 0; k < t->n_decoder; k++)

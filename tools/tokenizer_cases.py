@@ -114,6 +114,41 @@ VARIANTS = [
     ("gemma-trunc8", GemmaTokenizer, "gemma-tiny", {"add_eos_token": True}, 8),
 ]
 
+
+def many_added(first_id, seed):
+    """An added_tokens_decoder of 227 tokens with seeded random flags:
+    prefixes of each other, ones that hold spaces or U+2581, and every mix
+    of lstrip / rstrip / single_word / normalized / special."""
+    rnd = random.Random(seed)
+    words = ["<unused%d>" % i for i in range(200)] + ["<h%d>" % i for i in range(1, 7)] + \
+        ["</h%d>" % i for i in range(1, 7)] + ["<b>", "<br>", "<table>", "ab", "abc", "bcd", "\u2581\u2581", "  ",
+                                              "x y", "Ab", "AB", "d\u00e9j\u00e0", "\u4e2d\u6587", "[x]", "<T>"]
+    dec = {}
+    for i, w in enumerate(words):
+        dec[str(first_id + i)] = {"content": w, "lstrip": rnd.random() < 0.3, "rstrip": rnd.random() < 0.3,
+                                  "single_word": rnd.random() < 0.2, "normalized": rnd.random() < 0.5,
+                                  "special": rnd.random() < 0.5}
+    return dec, words
+
+
+MANY = {fx: many_added(first, 77 + i) for i, (fx, first) in
+        enumerate((("siglip-tiny", 4000), ("chinese-clip-tiny", 5361), ("gemma-tiny", 1000)))}
+
+
+def many_texts(seed, words, n):
+    rnd = random.Random(seed)
+    pool = words + list("abcdxy <>/\t\n") + ["<unused1", "<unused12", "unused3>", "<h", "h1>", "\u4e2d", "\u00e9",
+                                               "AB", "<UNUSED7>", "X Y", "D\u00c9J\u00c0"]
+    return ["".join(rnd.choice(pool) for _ in range(rnd.choice([1, 2, 5, 10, 30]))) for _ in range(n)]
+
+
+VARIANTS += [
+    ("siglip-many-added", SiglipTokenizer, "siglip-tiny", {"added_tokens_decoder+": MANY["siglip-tiny"][0]}, 64),
+    ("bert-many-added", BertTokenizer, "chinese-clip-tiny",
+     {"added_tokens_decoder+": MANY["chinese-clip-tiny"][0]}, 52),
+    ("gemma-many-added", GemmaTokenizer, "gemma-tiny", {"added_tokens_decoder+": MANY["gemma-tiny"][0]}, 64),
+]
+
 FILES = ("spiece.model", "tokenizer.model", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 cases = []
 for i, (name, cls, fixture, change, L) in enumerate(VARIANTS):
@@ -131,9 +166,10 @@ for i, (name, cls, fixture, change, L) in enumerate(VARIANTS):
     json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"), ensure_ascii=False)
     tok = cls.from_pretrained(d)
     entry = {"name": name, "fixture": fixture, "config": change, "max_length": L, "texts": []}
-    for t in texts(1000 + i, 150):
+    sample = many_texts(2000 + i, MANY[fixture][1], 300) if name.endswith("-many-added") else texts(1000 + i, 150)
+    for t in sample:
         ids = tok(t, truncation=True, max_length=L)["input_ids"]
-        if cls is GemmaTokenizer and "<" not in t:
+        if cls is GemmaTokenizer and "<" not in t and not name.endswith("-many-added"):
             # no added token in the text: GemmaTokenizer is plain SentencePiece
             body = tok.sp_model.encode(t)[:L - tok.add_bos_token - tok.add_eos_token]
             assert ids == [2] * tok.add_bos_token + body + [1] * tok.add_eos_token, (t, ids)
