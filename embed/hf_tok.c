@@ -503,8 +503,8 @@ static int special_from_json(json_t *v, int force_special, vlm__hf_special *s, c
 }
 
 /* Append a string to additional_special_tokens unless present. */
-static int additional_add(vlm__hf_tokens *t, vlm__hf_special **extra, size_t *n_extra,
-                          const vlm__hf_special *s, const char *what) {
+static int additional_add(vlm__hf_special **extra, size_t *n_extra, const vlm__hf_special *s,
+                          const char *what) {
   for (size_t i = 0; i < *n_extra; i++)
     if (strcmp((*extra)[i].tok.content, s->tok.content) == 0) return 0;
   vlm__hf_special *e = realloc(*extra, (*n_extra + 1) * sizeof *e);
@@ -516,11 +516,10 @@ static int additional_add(vlm__hf_tokens *t, vlm__hf_special **extra, size_t *n_
   int rc = token_copy(&e[*n_extra].tok, &s->tok, what);
   if (rc != 0) return rc;
   (*n_extra)++;
-  (void)t;
   return 0;
 }
 
-static int parse_additional(vlm__hf_tokens *t, json_t *list, int force_special,
+static int parse_additional(json_t *list, int force_special,
                             vlm__hf_special **extra, size_t *n_extra, const char *what) {
   if (!list || json_is_null(list)) return 0;
   if (!json_is_array(list))
@@ -530,7 +529,7 @@ static int parse_additional(vlm__hf_tokens *t, json_t *list, int force_special,
   json_array_foreach(list, i, v) {
     vlm__hf_special s = {0};
     int rc = special_from_json(v, force_special, &s, what);
-    if (rc == 0 && s.set) rc = additional_add(t, extra, n_extra, &s, what);
+    if (rc == 0 && s.set) rc = additional_add(extra, n_extra, &s, what);
     token_clear(&s.tok);
     if (rc != 0) return rc;
   }
@@ -665,9 +664,7 @@ int vlm__hf_tokens_init(vlm__hf_tokens *t, const char *dir, json_t *cfg,
    * null unsets) */
   for (int k = 0; k < VLM__HF_NSPECIAL; k++) {
     json_t *v = cfg ? json_object_get(cfg, special_keys[k]) : NULL;
-    if (v) {
-      json_t *type = json_is_object(v) ? json_object_get(v, "__type") : NULL;
-      (void)type; /* {"__type": "AddedToken", ...} and plain dicts alike */
+    if (v) { /* a string, or an AddedToken dict (with "__type" or not) */
       rc = special_from_json(v, 0, &spec[k], cfg_path);
     } else if (cls->defaults[k]) {
       rc = token_set_content(&spec[k].tok, cls->defaults[k], strlen(cls->defaults[k]), cfg_path);
@@ -676,7 +673,7 @@ int vlm__hf_tokens_init(vlm__hf_tokens *t, const char *dir, json_t *cfg,
     if (rc != 0) goto done;
   }
   if (cfg) {
-    rc = parse_additional(t, json_object_get(cfg, "additional_special_tokens"), 0, &extra,
+    rc = parse_additional(json_object_get(cfg, "additional_special_tokens"), 0, &extra,
                           &n_extra, cfg_path);
     if (rc != 0) goto done;
     t->split_special_tokens = json_is_true(json_object_get(cfg, "split_special_tokens"));
@@ -715,7 +712,7 @@ int vlm__hf_tokens_init(vlm__hf_tokens *t, const char *dir, json_t *cfg,
       }
       json_t *list = json_object_get(stm, "additional_special_tokens");
       if (json_is_array(list)) {
-        rc = parse_additional(t, list, 1, &extra, &n_extra, stm_path);
+        rc = parse_additional(list, 1, &extra, &n_extra, stm_path);
         if (rc != 0) goto done;
       }
     }
