@@ -31,7 +31,7 @@ else ifeq ($(SAN),tsan)
 endif
 
 CFLAGS   += $(CSTD) $(OPT) -g $(ARCH) $(WARN) $(INCLUDES) $(PKG_CFLAGS) $(SANFLAGS) -pthread
-CXXFLAGS += -std=c++17 $(OPT) -g $(ARCH) -Wall -Wextra -Iindex $(SANFLAGS) -pthread
+CXXFLAGS += -std=c++17 $(OPT) -g $(ARCH) -Wall -Wextra -Iindex -Iembed $(SANFLAGS) -pthread
 LDFLAGS  += $(SANFLAGS) -pthread
 
 ifdef FAISS_PREFIX
@@ -44,13 +44,15 @@ else
 endif
 
 LIBS = -ljansson -lutf8proc -ljpeg -lpng16 -lz -llmdb -lsqlite3 -lxxhash -luv \
-       $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
+       -lsentencepiece $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 
 MODULES  = common embed train index db net
 LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c))
 CLI_SRC  = $(wildcard cli/*.c)
-LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(SHIM_SRC:%.cpp=$(BUILD)/obj/%.o)
+# C++ shims compiled into the library always: embed/'s over libsentencepiece
+CXX_SRC  = $(wildcard embed/*.cpp)
+LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(SHIM_SRC:%.cpp=$(BUILD)/obj/%.o) $(CXX_SRC:%.cpp=$(BUILD)/obj/%.o)
 CLI_OBJ  = $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_SRC = $(wildcard tests/test_*.c)
 TEST_BIN = $(TEST_SRC:tests/%.c=$(BUILD)/%)
@@ -171,9 +173,10 @@ fuzz: deps
 	  WARN="$(WARN) -Wno-unknown-warning-option" \
 	  OPT=-O1 $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/fuzz/%)
 
+# (the library holds C++ shims: link the C++ runtime's sanitizers)
 build-fuzz/fuzz/%: tests/fuzz/%.c build-fuzz/libvlm.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -fsanitize=fuzzer -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -fsanitize-link-c++-runtime -Itests -o $@ $< build-fuzz/libvlm.a $(LDFLAGS) $(LIBS)
 
 # the catalog readers live in cli/: link them too
 build-fuzz/fuzz/fuzz_catalog: tests/fuzz/fuzz_catalog.c build-fuzz/libvlm.a $(CLI_LIB_OBJ)

@@ -20,13 +20,17 @@ typedef struct vlm__spm_tok vlm__spm_tok;
 int vlm__spm_tok_load(const char *dir, vlm__spm_tok **out);
 void vlm__spm_tok_free(vlm__spm_tok *tok); /* accepts NULL */
 
+/* Every id the tokenizer gives is below vocab_size (the model's pieces
+ * and any added token beyond them). */
 int vlm__spm_tok_vocab_size(const vlm__spm_tok *tok);
-int32_t vlm__spm_tok_pad(const vlm__spm_tok *tok); /* id the text is padded with */
-int32_t vlm__spm_tok_eos(const vlm__spm_tok *tok);
+int32_t vlm__spm_tok_pad(const vlm__spm_tok *tok); /* id the text is padded with; -1: none */
+int32_t vlm__spm_tok_eos(const vlm__spm_tok *tok); /* -1: none (Gemma only) */
 
 /* Tokenize UTF-8 text as the reference tokenizer does with
  * truncation=True, max_length=max_len, no padding: at most
- * min(max_len, max_ids) ids.  Invalid UTF-8 gives VLM_EFORMAT. */
+ * min(max_len, max_ids) ids.  Invalid UTF-8 gives VLM_EFORMAT; text over
+ * 4 MiB VLM_ETOOBIG; a limit that leaves no room after the special ids
+ * (SigLIP: < 2) VLM_EINVAL. */
 int vlm__spm_tokenize(const vlm__spm_tok *tok, const char *text, int max_len,
                       int32_t *ids, int max_ids, int *n_ids);
 
