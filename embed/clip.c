@@ -1,6 +1,7 @@
 /* clip.c - the public vlm_clip_* API: loading, the model id, and batched
  * encoding on top of the towers in forward.c. */
 #include <cblas.h>
+#include <jansson.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -14,6 +15,8 @@
 #include "kernels.h"
 #include "sha256.h"
 #include "tokenizer.h"
+#include "tokenizer_spm.h"
+#include "tokenizer_wp.h"
 #include "vlm_error.h"
 #include "vlm_file.h"
 
@@ -52,8 +55,34 @@ static int check_input_size(vlm__preprocess_cfg *pp, int image_size,
   return 0;
 }
 
-int vlm__clip_load_weights(const char *dir, const char *weights_path,
-                           const vlm_clip_options *opts, vlm_clip **out) {
+/* Every id a tokenizer gives must have a row in the token embedding. */
+static int check_tokenizer_vocab(const char *dir, int tok_vocab,
+                                 int model_vocab) {
+  if (tok_vocab > model_vocab)
+    return vlm_seterr(VLM_EMISMATCH, "%s: the tokenizer has %d ids but the "
+                      "model's token embedding only %d", dir, tok_vocab,
+                      model_vocab);
+  return 0;
+}
+
+/* tokenizer_config.json's model_max_length (what tokenizer(text,
+ * truncation=True) cuts at), when it is below the model's positions. */
+static int tokenizer_max_length(const char *dir, int positions) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+  json_t *root = json_load_file(path, 0, NULL);
+  int n = positions;
+  json_t *v = root ? json_object_get(root, "model_max_length") : NULL;
+  if (json_is_integer(v) && json_integer_value(v) >= 3 &&
+      json_integer_value(v) < positions)
+    n = (int)json_integer_value(v);
+  json_decref(root);
+  return n;
+}
+
+static int load_model(const char *dir, const char *weights_path,
+                      const vlm_clip_options *opts, int with_tokenizer,
+                      vlm_clip **out) {
   int rc = 0;
   char path[PATH_MAX];
   if (!out)
@@ -118,14 +147,36 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
     pp->alpha = clip->opts.alpha;
   pp->max_pixels = clip->opts.max_pixels;
 
-  /* Tokenizer.  SigLIP's SentencePiece and Chinese-CLIP's WordPiece
-   * tokenizers (tokenizer_spm.h, tokenizer_wp.h) are not loaded here yet:
-   * these models load without one, clip->tok stays NULL, and
-   * vlm_clip_tokenize / vlm_clip_encode_texts say VLM_EUNSUPPORTED, while
-   * vlm__clip_encode_tokens encodes their ids.  CLIP: the Hugging Face
-   * files, else CLIP's original merges. */
-  if (cfg->family != VLM__FAMILY_CLIP)
+  /* Tokenizer: the family's own.  SigLIP: SentencePiece (spiece.model,
+   * or SigLIP 2's Gemma tokenizer.model); Chinese-CLIP: BERT's WordPiece
+   * (vocab.txt), its texts limited by the tokenizer's model_max_length;
+   * CLIP: the Hugging Face files, else CLIP's original merges. */
+  clip->text_max_len = cfg->context_length;
+  if (!with_tokenizer)
     goto tokenizer_done;
+  if (cfg->family == VLM__FAMILY_SIGLIP) {
+    if ((rc = vlm__spm_tok_load(dir, &clip->spm)))
+      goto fail;
+    if (vlm__spm_tok_pad(clip->spm) < 0) {
+      rc = vlm_seterr(VLM_EUNSUPPORTED, "%s: the SentencePiece tokenizer "
+                      "names no pad token (SigLIP pads every text to %d "
+                      "ids)", dir, cfg->context_length);
+      goto fail;
+    }
+    if ((rc = check_tokenizer_vocab(dir, vlm__spm_tok_vocab_size(clip->spm),
+                                    cfg->vocab_size)))
+      goto fail;
+    goto tokenizer_done;
+  }
+  if (cfg->family == VLM__FAMILY_CHINESE_CLIP) {
+    if ((rc = vlm__wp_tok_load(dir, &clip->wp)))
+      goto fail;
+    if ((rc = check_tokenizer_vocab(dir, vlm__wp_tok_vocab_size(clip->wp),
+                                    cfg->vocab_size)))
+      goto fail;
+    clip->text_max_len = tokenizer_max_length(dir, cfg->context_length);
+    goto tokenizer_done;
+  }
   char merges[PATH_MAX];
   snprintf(path, sizeof path, "%s/vocab.json", dir);
   snprintf(merges, sizeof merges, "%s/merges.txt", dir);
@@ -139,14 +190,9 @@ int vlm__clip_load_weights(const char *dir, const char *weights_path,
       rc = vlm_seterr(VLM_ENOTFOUND, "%s: no tokenizer (vocab.json and "
                       "merges.txt, or bpe_simple_vocab_16e6.txt.gz)", dir);
   }
-  if (rc)
+  if (rc || (rc = check_tokenizer_vocab(
+                 dir, vlm__tokenizer_vocab_size(clip->tok), cfg->vocab_size)))
     goto fail;
-  if (vlm__tokenizer_vocab_size(clip->tok) > cfg->vocab_size) {
-    rc = vlm_seterr(VLM_EMISMATCH, "%s: the tokenizer has %d ids but the "
-                    "model's token embedding only %d", dir,
-                    vlm__tokenizer_vocab_size(clip->tok), cfg->vocab_size);
-    goto fail;
-  }
 
 tokenizer_done:
   clip->weights_path = strdup(weights_path);
@@ -166,6 +212,23 @@ fail:
   return rc;
 }
 
+int vlm__clip_load_weights(const char *dir, const char *weights_path,
+                           const vlm_clip_options *opts, vlm_clip **out) {
+  return load_model(dir, weights_path, opts, 1, out);
+}
+
+/* The weights file of a model directory into path. */
+static int find_weights(const char *dir, char *path, size_t cap) {
+  snprintf(path, cap, "%s/model.safetensors", dir);
+  if (file_exists(path))
+    return 0;
+  snprintf(path, cap, "%s/open_clip_model.safetensors", dir);
+  if (file_exists(path))
+    return 0;
+  return vlm_seterr(VLM_ENOTFOUND, "%s: no model.safetensors or "
+                    "open_clip_model.safetensors", dir);
+}
+
 int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
                   vlm_clip **out) {
   char path[PATH_MAX];
@@ -173,14 +236,19 @@ int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
     *out = NULL;
   if (!dir || !out)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_load: NULL argument");
-  snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  if (!file_exists(path)) {
-    snprintf(path, sizeof path, "%s/open_clip_model.safetensors", dir);
-    if (!file_exists(path))
-      return vlm_seterr(VLM_ENOTFOUND, "%s: no model.safetensors or "
-                        "open_clip_model.safetensors", dir);
-  }
-  return vlm__clip_load_weights(dir, path, opts, out);
+  int rc = find_weights(dir, path, sizeof path);
+  return rc ? rc : load_model(dir, path, opts, 1, out);
+}
+
+int vlm__clip_load_towers(const char *dir, const vlm_clip_options *opts,
+                          vlm_clip **out) {
+  char path[PATH_MAX];
+  if (out)
+    *out = NULL;
+  if (!dir || !out)
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_load: NULL argument");
+  int rc = find_weights(dir, path, sizeof path);
+  return rc ? rc : load_model(dir, path, opts, 0, out);
 }
 
 void vlm_clip_free(vlm_clip *clip) {
@@ -188,6 +256,8 @@ void vlm_clip_free(vlm_clip *clip) {
     return;
   vlm__weights_free(clip);
   vlm__tokenizer_free(clip->tok);
+  vlm__spm_tok_free(clip->spm);
+  vlm__wp_tok_free(clip->wp);
   free(clip->weights_path);
   for (int i = 0; i < clip->n_scratch; i++)
     free(clip->scratch[i].ptr);
@@ -472,10 +542,27 @@ int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
   if (!clip || !text || !ids || !n_ids || max_ids < 2)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_tokenize: NULL argument or "
                       "max_ids < 2");
-  if (!clip->tok)
-    return vlm_seterr(VLM_EUNSUPPORTED, "the %s tokenizer is not available "
-                      "in this build (encode token ids instead)",
-                      vlm__family_name(clip->cfg.family));
+  if (!clip->tok && !clip->spm && !clip->wp)
+    return vlm_seterr(VLM_EUNSUPPORTED, "the model was loaded without its "
+                      "tokenizer (encode token ids instead)");
+  if (clip->spm) {
+    /* SigLIP's model sees exactly context_length ids: the tokenizer's,
+     * padded with its pad id (as the processor's padding="max_length") */
+    const int ctx = clip->cfg.context_length;
+    if (max_ids < ctx)
+      return vlm_seterr(VLM_EINVAL, "vlm_clip_tokenize: SigLIP texts take "
+                        "%d ids, max_ids is %d", ctx, max_ids);
+    int rc = vlm__spm_tokenize(clip->spm, text, ctx, ids, ctx, n_ids);
+    if (rc)
+      return rc;
+    for (int i = *n_ids; i < ctx; i++)
+      ids[i] = vlm__spm_tok_pad(clip->spm);
+    *n_ids = ctx;
+    return 0;
+  }
+  if (clip->wp)
+    return vlm__wp_tokenize(clip->wp, text, clip->text_max_len, ids, max_ids,
+                            n_ids);
   return vlm__tokenize(clip->tok, text, clip->cfg.context_length, ids,
                        max_ids, n_ids);
 }

@@ -84,6 +84,8 @@ typedef struct {
 typedef enum { VLM__LAYOUT_HF = 0, VLM__LAYOUT_ORIGINAL = 1 } vlm__layout;
 
 struct vlm__tokenizer;
+struct vlm__spm_tok;
+struct vlm__wp_tok;
 
 /* Activation buffers kept between calls: a fresh multi-MB malloc is a
  * fresh mmap, and zeroing its pages cost as much as a fifth of a batch. */
@@ -109,7 +111,10 @@ struct vlm_clip {
   vlm__weights w;
   vlm__named_tensor *named;      /* sorted by name */
   int n_named;
-  struct vlm__tokenizer *tok;
+  struct vlm__tokenizer *tok;    /* CLIP: byte-level BPE */
+  struct vlm__spm_tok *spm;      /* SigLIP: SentencePiece */
+  struct vlm__wp_tok *wp;        /* Chinese-CLIP: WordPiece */
+  int text_max_len;              /* ids a text may take (tokenizer limit) */
   pthread_mutex_t lazy_lock;     /* guards named[].data of lazy tensors */
   pthread_mutex_t scratch_lock;  /* guards scratch[] */
   vlm__scratch scratch[VLM__SCRATCH_KEEP];

@@ -99,6 +99,12 @@ const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
 int vlm__clip_load_weights(const char *dir, const char *weights_path,
                            const vlm_clip_options *opts, vlm_clip **out);
 
+/* vlm_clip_load without the tokenizer: the towers alone, for checkpoints
+ * that come without one (tests of other geometries); texts then give
+ * VLM_EUNSUPPORTED and token ids are encoded with vlm__clip_encode_tokens. */
+int vlm__clip_load_towers(const char *dir, const vlm_clip_options *opts,
+                          vlm_clip **out);
+
 /* Encode n token sequences (the text tower alone): ids[i] holds n_ids[i]
  * ids, each < vocab_size, as the family's tokenizer gives them:
  * - CLIP: start and end tokens included, 1 <= n_ids[i] <= context_length.

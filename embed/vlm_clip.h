@@ -56,10 +56,11 @@ typedef struct {
  *
  * Three families (config.json's model_type): CLIP ("clip", either
  * layout), SigLIP and fixed-resolution SigLIP 2 ("siglip", Hugging Face
- * layout) and Chinese-CLIP ("chinese_clip", Hugging Face layout).  The
- * SigLIP and Chinese-CLIP tokenizers are not loaded yet: such a model
- * loads without them, encodes images, and its tokenize and encode_texts
- * calls fail with VLM_EUNSUPPORTED. */
+ * layout) and Chinese-CLIP ("chinese_clip", Hugging Face layout), each
+ * with its own tokenizer files: vocab.json + merges.txt (CLIP),
+ * spiece.model or tokenizer.model (SigLIP, SigLIP 2), vocab.txt
+ * (Chinese-CLIP), with tokenizer_config.json and special_tokens_map.json
+ * where the family has them. */
 int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
                   vlm_clip **out);
 void vlm_clip_free(vlm_clip *clip); /* accepts NULL */
@@ -92,11 +93,13 @@ int vlm_clip_probabilities(const vlm_clip *clip, const float *cosines, int n,
  * vectors from different models are never mixed. */
 const char *vlm_clip_model_id(const vlm_clip *clip);
 
-/* Tokenize one UTF-8 text: start token, BPE ids, end token, truncated to
- * the context length with the end token kept last.  Writes up to max_ids
- * ids and the count to *n_ids.  Invalid UTF-8 gives VLM_EFORMAT; a model
- * loaded without a tokenizer (SigLIP, Chinese-CLIP for now) gives
- * VLM_EUNSUPPORTED. */
+/* Tokenize one UTF-8 text into the ids the model sees, as the family's
+ * reference tokenizer does with truncation: CLIP start token, BPE ids,
+ * end token (the end token kept last when cut to the context length);
+ * SigLIP the SentencePiece ids and </s>, padded with the pad id to exactly
+ * the context length (max_ids must allow it); Chinese-CLIP [CLS] WordPiece
+ * ids [SEP].  Writes up to max_ids ids and the count to *n_ids.  Invalid
+ * UTF-8 gives VLM_EFORMAT. */
 int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
                       int max_ids, int *n_ids);
 

@@ -38,6 +38,7 @@
 
 typedef struct {
   char *text;
+  int has_nul; /* U+0000 inside: a C string cannot carry the whole text */
   int32_t ids[512]; /* what the model sees: SigLIP's padded input_ids */
   int n_ids;
   float *embedding, *normalized;
@@ -114,7 +115,9 @@ static int load_fixture(fixture *fx) {
   for (int i = 0; i < fx->n_texts; i++) {
     json_t *t = json_array_get(texts, (size_t)i);
     ref_text *r = &fx->texts[i];
-    r->text = strdup(json_string_value(json_object_get(t, "text")));
+    json_t *jt = json_object_get(t, "text");
+    r->text = strdup(json_string_value(jt));
+    r->has_nul = strlen(r->text) != json_string_length(jt);
     json_t *ids = json_object_get(t, ids_key);
     r->n_ids = (int)json_array_size(ids);
     for (int k = 0; k < r->n_ids && k < 512; k++)
@@ -348,6 +351,15 @@ static char *model_dir(const fixture *fx, int with_config) {
   if (with_config)
     link_into(fx, dir, "config.json");
   link_into(fx, dir, "preprocessor_config.json");
+  /* the family's tokenizer files */
+  const char *tok[] = {"spiece.model", "vocab.txt", "tokenizer_config.json",
+                       "special_tokens_map.json"};
+  for (size_t i = 0; i < sizeof tok / sizeof *tok; i++) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", fx->dir, tok[i]);
+    if (access(p, F_OK) == 0)
+      link_into(fx, dir, tok[i]);
+  }
   return dir;
 }
 
@@ -967,7 +979,7 @@ static void check_geometry(const char *dir, int sgemm) {
   if (sgemm)
     setenv("VLMDB_CLIP_PANELS", "0", 1);
   vlm_clip *clip = NULL;
-  int rc = vlm_clip_load(dir, NULL, &clip);
+  int rc = vlm__clip_load_towers(dir, NULL, &clip);
   unsetenv("VLMDB_CLIP_PANELS");
   if (rc)
     fail_msg("%s: %s", dir, vlm_errmsg());
@@ -1195,6 +1207,63 @@ static void test_sparse_config_loads(void **state) {
 
 /* ---- the public surface ------------------------------------------------------- */
 
+/* Text to vector through the family's own tokenizer, as a user's query
+ * goes: vlm_clip_tokenize gives the ids the reference model saw (SigLIP:
+ * padded to its positions), and vlm_clip_encode_texts the reference
+ * embeddings, for every reference text that a C string can carry. */
+static void test_texts_end_to_end(void **state) {
+  fixture *fx = *state;
+  vlm_clip *models[2] = {fx->clip, fx->sgemm};
+  const char *how[2] = {"panels", "sgemm"};
+  const int D = fx->dim;
+  const char *texts[MAX_TEXTS];
+  int idx[MAX_TEXTS], n = 0;
+  for (int i = 0; i < fx->n_texts; i++)
+    if (!fx->texts[i].has_nul) {
+      idx[n] = i;
+      texts[n++] = fx->texts[i].text;
+    }
+  assert_true(n >= fx->n_texts - 1);
+  for (int m = 0; m < 2; m++) {
+    vlm_clip *clip = models[m];
+    for (int j = 0; j < n; j++) {
+      const ref_text *r = &fx->texts[idx[j]];
+      int32_t ids[512];
+      int nid = 0;
+      VLM_CHECK(vlm_clip_tokenize(clip, r->text, ids, 512, &nid));
+      assert_int_equal(nid, r->n_ids);
+      assert_memory_equal(ids, r->ids, (size_t)nid * sizeof *ids);
+    }
+    float *raw = malloc((size_t)n * D * sizeof *raw);
+    float *nrm = malloc((size_t)n * D * sizeof *nrm);
+    assert_non_null(raw);
+    assert_non_null(nrm);
+    VLM_CHECK(vlm_clip_encode_texts(clip, texts, n, VLM_CLIP_RAW, raw));
+    VLM_CHECK(vlm_clip_encode_texts(clip, texts, n, 0, nrm));
+    char what[96];
+    snprintf(what, sizeof what, "%s %s texts end to end", fx->dir, how[m]);
+    for (int j = 0; j < n; j++) {
+      const ref_text *r = &fx->texts[idx[j]];
+      expect_close(what, r->text, raw + (size_t)j * D, r->embedding, D);
+      expect_close(what, r->text, nrm + (size_t)j * D, r->normalized, D);
+    }
+    report(what, n);
+    worst_cos = 1;
+    worst_abs = 0;
+    free(raw);
+    free(nrm);
+  }
+  /* bad input is an error, not a crash */
+  int32_t ids[64];
+  int nid = 7;
+  VLM_EXPECT_ERR(VLM_EFORMAT, vlm_clip_tokenize(fx->clip, "caf\xc3", ids,
+                                                64, &nid));
+  assert_int_equal(nid, 0);
+  if (fx->family == VLM__FAMILY_SIGLIP)
+    VLM_EXPECT_ERR(VLM_EINVAL,
+                   vlm_clip_tokenize(fx->clip, "a cat", ids, 63, &nid));
+}
+
 static void test_accessors_and_errors(void **state) {
   fixture *fx = *state;
   vlm_clip *clip = fx->clip;
@@ -1205,16 +1274,7 @@ static void test_accessors_and_errors(void **state) {
   assert_int_equal(vlm_clip_dim(clip), fx->dim);
   assert_int_equal(vlm_clip_image_size(clip), fx->side);
   assert_int_equal(vlm_clip_context_length(clip), 64);
-  /* no tokenizer yet: a clear refusal, not a crash */
-  int32_t ids[64];
-  int n = 0;
-  VLM_EXPECT_ERR(VLM_EUNSUPPORTED,
-                 vlm_clip_tokenize(clip, "a photo of a cat", ids, 64, &n));
-  assert_int_equal(n, 0);
-  const char *texts[1] = {"a cat"};
   float out[1024];
-  VLM_EXPECT_ERR(VLM_EUNSUPPORTED,
-                 vlm_clip_encode_texts(clip, texts, 1, 0, out));
   /* ids the model cannot take */
   const int32_t *p = fx->texts[0].ids;
   int len = fx->texts[0].n_ids;
@@ -1271,6 +1331,7 @@ int main(void) {
       cmocka_unit_test(test_other_geometries),
       cmocka_unit_test(test_sparse_config_defaults),
       BOTH(test_sparse_config_loads),
+      BOTH(test_texts_end_to_end),
       BOTH(test_accessors_and_errors),
 #undef BOTH
   };
