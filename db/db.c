@@ -423,7 +423,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     } else if ((rc = vlm__lmdb_put_u64(&lm, txn, "seq", 0)) ||
                (rc = vlm__lmdb_put_u64(&lm, txn, "next_id", 1))) {
       mdb_txn_abort(txn);
-    } else if ((mrc = mdb_txn_commit(txn))) {
+    } else if ((mrc = vlm__mdb_txn_commit(txn))) {
       rc = vlm__lmdb_err(mrc, dir);
     }
     vlm__lmdb_close(&lm);
@@ -493,7 +493,7 @@ static int count_keys(vlm_db *db, int64_t *items) {
   int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
   if (rc)
     return vlm__lmdb_err(rc, db->dir);
-  rc = mdb_stat(txn, db->lm.keys, &st);
+  rc = vlm__mdb_stat(txn, db->lm.keys, &st);
   mdb_txn_abort(txn);
   if (rc)
     return vlm__lmdb_err(rc, db->dir);
@@ -775,7 +775,7 @@ static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
     mdb_txn_abort(txn);
     mrc = EIO;
   } else {
-    mrc = mdb_txn_commit(txn);
+    mrc = vlm__mdb_txn_commit(txn);
   }
   if (mrc) {
     vlm__sql_rollback(db);
@@ -1043,6 +1043,40 @@ static int batch_open(vlm_db *db, batch *b, int n, const char *what) {
                      &b->next_id);
 }
 
+static int lookup_id(vlm_db *db, MDB_txn *txn, const char *key, uint64_t *id) {
+  MDB_val k = {strlen(key), (void *)key}, v;
+  int rc = vlm__mdb_get(txn, db->lm.keys, &k, &v);
+  if (rc == MDB_NOTFOUND)
+    return VLM_ENOTFOUND;
+  if (rc)
+    return vlm__lmdb_err(rc, key);
+  if (v.mv_size != 8)
+    return vlm_seterr(VLM_ECORRUPT, "key \"%s\": bad id", key);
+  memcpy(id, v.mv_data, 8);
+  return 0;
+}
+
+/* lookup_id for a write: the item the key names must also name the key
+ * back, so that a damaged key table cannot make a write replace or delete
+ * another item's record. */
+static int owned_id(vlm_db *db, MDB_txn *txn, const char *key, uint64_t *id) {
+  int rc = lookup_id(db, txn, key, id);
+  if (rc)
+    return rc;
+  vlm__rec rec;
+  if ((rc = vlm__rec_get(&db->lm, txn, *id, &rec)))
+    return rc == VLM_ENOTFOUND
+               ? vlm_seterr(VLM_ECORRUPT, "key \"%s\": item %llu missing",
+                            key, (unsigned long long)*id)
+               : rc;
+  if (rec.key_len != strlen(key) || memcmp(rec.key, key, rec.key_len) != 0)
+    return vlm_seterr(VLM_ECORRUPT, "key \"%s\": the key table points to "
+                      "item %llu, which holds another key: payload.lmdb is "
+                      "damaged; " VLM__LMDB_DAMAGED_HINT, key,
+                      (unsigned long long)*id);
+  return 0;
+}
+
 /* Stage a put of a validated item (meta: its parsed metadata, borrowed
  * until the batch ends).  *changed: 0 when the key exists and the put is
  * not an upsert (nothing staged). */
@@ -1054,14 +1088,13 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
   MDB_val k = {klen, (void *)it->key}, v;
   uint64_t old_id = 0, id;
   *changed = 0;
-  mrc = mdb_get(b->txn, db->lm.keys, &k, &v);
-  if (mrc == 0) {
-    if (!upsert)
-      return 0;
-    memcpy(&old_id, v.mv_data, 8);
-  } else if (mrc != MDB_NOTFOUND) {
-    return vlm__lmdb_err(mrc, it->key);
-  }
+  rc = owned_id(db, b->txn, it->key, &old_id);
+  if (rc == 0 && !upsert)
+    return 0;
+  if (rc == VLM_ENOTFOUND)
+    old_id = 0;
+  else if (rc)
+    return rc;
   id = b->next_id++;
   uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
                 (it->text_vec ? VLM__HAS_TEXT : 0);
@@ -1075,28 +1108,28 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
   if ((rc = vlm__vecs_encode(b->vbuf, it, dim, b->vecs, &vlen)))
     return rc;
   v.mv_size = vlm__rec_size(klen, it);
-  if ((mrc = mdb_put(b->txn, db->lm.items, &ik, &v, MDB_RESERVE)))
+  if ((mrc = vlm__mdb_put(b->txn, db->lm.items, &ik, &v, MDB_RESERVE)))
     return vlm__lmdb_err(mrc, it->key);
   vlm__rec_encode(v.mv_data, vf, b->seq, it->key, klen, it);
   vlm__rec_seal(v.mv_data, v.mv_size, b->vbuf, vlen);
   v.mv_size = vlen;
   v.mv_data = b->vbuf;
-  if ((mrc = mdb_put(b->txn, db->lm.vecs, &ik, &v, 0)))
+  if ((mrc = vlm__mdb_put(b->txn, db->lm.vecs, &ik, &v, 0)))
     return vlm__lmdb_err(mrc, it->key);
   v.mv_size = 8;
   v.mv_data = &id;
-  if ((mrc = mdb_put(b->txn, db->lm.keys, &k, &v, 0)))
+  if ((mrc = vlm__mdb_put(b->txn, db->lm.keys, &k, &v, 0)))
     return vlm__lmdb_err(mrc, it->key);
   if (old_id) {
     MDB_val ok = {sizeof old_id, &old_id}, ov;
-    if ((mrc = mdb_get(b->txn, db->lm.vecs, &ok, &ov)) == 0) {
+    if ((mrc = vlm__mdb_get(b->txn, db->lm.vecs, &ok, &ov)) == 0) {
       uint32_t of = vec_flags(ov.mv_data, ov.mv_size);
       b->d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
       b->d_vecs[1] -= !!(of & VLM__HAS_TEXT);
     }
-    if (((mrc = mdb_del(b->txn, db->lm.items, &ok, NULL)) &&
+    if (((mrc = vlm__mdb_del(b->txn, db->lm.items, &ok, NULL)) &&
          mrc != MDB_NOTFOUND) ||
-        ((mrc = mdb_del(b->txn, db->lm.vecs, &ok, NULL)) &&
+        ((mrc = vlm__mdb_del(b->txn, db->lm.vecs, &ok, NULL)) &&
          mrc != MDB_NOTFOUND))
       return vlm__lmdb_err(mrc, it->key);
   } else {
@@ -1126,15 +1159,10 @@ static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
                         json_t **meta, int *changed) {
   assert(vlm__write_held(db) && b->txn);
   int dim = db->man.dim, rc;
-  MDB_val k = {strlen(it->key), (void *)it->key}, v;
   uint64_t id;
   *changed = 0;
-  int mrc = mdb_get(b->txn, db->lm.keys, &k, &v);
-  if (mrc == MDB_NOTFOUND)
-    return 0;
-  if (mrc)
-    return vlm__lmdb_err(mrc, it->key);
-  memcpy(&id, v.mv_data, 8);
+  if ((rc = owned_id(db, b->txn, it->key, &id)))
+    return rc == VLM_ENOTFOUND ? 0 : rc;
   vlm__rec rec;
   uint32_t vf;
   const void *vec[VLM__NMOD];
@@ -1190,25 +1218,22 @@ static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
 static int stage_delete(vlm_db *db, batch *b, const char *key,
                         int *changed) {
   assert(vlm__write_held(db) && b->txn);
-  MDB_val k = {strlen(key), (void *)key}, v;
+  MDB_val k = {strlen(key), (void *)key};
   uint64_t id;
   *changed = 0;
-  int mrc = mdb_get(b->txn, db->lm.keys, &k, &v);
-  if (mrc == MDB_NOTFOUND)
-    return 0;
-  if (mrc)
-    return vlm__lmdb_err(mrc, key);
-  memcpy(&id, v.mv_data, 8);
+  int rc = owned_id(db, b->txn, key, &id), mrc;
+  if (rc)
+    return rc == VLM_ENOTFOUND ? 0 : rc;
   MDB_val ik = {sizeof id, &id}, iv;
-  if ((mrc = mdb_get(b->txn, db->lm.vecs, &ik, &iv)) == 0) {
+  if ((mrc = vlm__mdb_get(b->txn, db->lm.vecs, &ik, &iv)) == 0) {
     uint32_t of = vec_flags(iv.mv_data, iv.mv_size);
     b->d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
     b->d_vecs[1] -= !!(of & VLM__HAS_TEXT);
   }
-  if ((mrc = mdb_del(b->txn, db->lm.keys, &k, NULL)) ||
-      ((mrc = mdb_del(b->txn, db->lm.items, &ik, NULL)) &&
+  if ((mrc = vlm__mdb_del(b->txn, db->lm.keys, &k, NULL)) ||
+      ((mrc = vlm__mdb_del(b->txn, db->lm.items, &ik, NULL)) &&
        mrc != MDB_NOTFOUND) ||
-      ((mrc = mdb_del(b->txn, db->lm.vecs, &ik, NULL)) &&
+      ((mrc = vlm__mdb_del(b->txn, db->lm.vecs, &ik, NULL)) &&
        mrc != MDB_NOTFOUND))
     return vlm__lmdb_err(mrc, key);
   b->d_items--;
@@ -1233,7 +1258,7 @@ static int batch_commit(vlm_db *db, batch *b) {
     return rc;
   MDB_val lk = {sizeof b->seq, &b->seq},
           lv = {(size_t)b->nch * sizeof *b->ch, b->ch};
-  if ((mrc = mdb_put(b->txn, db->lm.log, &lk, &lv, 0)))
+  if ((mrc = vlm__mdb_put(b->txn, db->lm.log, &lk, &lv, 0)))
     return vlm__lmdb_err(mrc, "log");
   if ((rc = vlm__lmdb_put_u64(&db->lm, b->txn, "seq", b->seq)) ||
       (rc = vlm__lmdb_put_u64(&db->lm, b->txn, "next_id", b->next_id)) ||
@@ -1416,19 +1441,6 @@ static void end_read(vlm_db *db, vlm__reader *r) {
   vlm__reader_put(db, r);
 }
 
-static int lookup_id(vlm_db *db, MDB_txn *txn, const char *key, uint64_t *id) {
-  MDB_val k = {strlen(key), (void *)key}, v;
-  int rc = mdb_get(txn, db->lm.keys, &k, &v);
-  if (rc == MDB_NOTFOUND)
-    return VLM_ENOTFOUND;
-  if (rc)
-    return vlm__lmdb_err(rc, key);
-  if (v.mv_size != 8)
-    return vlm_seterr(VLM_ECORRUPT, "key \"%s\": bad id", key);
-  memcpy(id, v.mv_data, 8);
-  return 0;
-}
-
 int vlm_db_exists(vlm_db *db, const char *key) {
   vlm__reader *r;
   uint64_t id;
@@ -1455,7 +1467,7 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
   vlm_record *r;
   *out = NULL;
   MDB_val ik = {sizeof id, &id}, rv, vv;
-  int mrc = mdb_get(txn, db->lm.items, &ik, &rv);
+  int mrc = vlm__mdb_get(txn, db->lm.items, &ik, &rv);
   if (mrc)
     return mrc == MDB_NOTFOUND
                ? vlm_seterr(VLM_ECORRUPT, "item %llu: record missing",
@@ -1463,7 +1475,7 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
                : vlm__lmdb_err(mrc, "items");
   if ((rc = vlm__rec_decode(rv.mv_data, rv.mv_size, &rec)))
     return rc;
-  mrc = mdb_get(txn, db->lm.vecs, &ik, &vv);
+  mrc = vlm__mdb_get(txn, db->lm.vecs, &ik, &vv);
   if (mrc)
     return mrc == MDB_NOTFOUND
                ? vlm_seterr(VLM_ECORRUPT, "item %llu: vectors missing",
@@ -1518,6 +1530,16 @@ int vlm_db_get(vlm_db *db, const char *key, vlm_record **out) {
     rc = vlm_seterr(VLM_ENOTFOUND, "key \"%s\" not found", key);
   else if (!rc)
     rc = make_record(db, r->txn, id, 1, out);
+  /* The record names its key and its checksum covers it: a damaged keys
+   * tree that sends a key to another item's sound record is caught here */
+  if (!rc && strcmp((*out)->key, key) != 0) {
+    rc = vlm_seterr(VLM_ECORRUPT, "key \"%s\": the key table points to item "
+                    "%llu, which holds key \"%.200s\": payload.lmdb is "
+                    "damaged; " VLM__LMDB_DAMAGED_HINT, key,
+                    (unsigned long long)id, (*out)->key);
+    vlm_record_free(*out);
+    *out = NULL;
+  }
   end_read(db, r);
   return rc;
 }
@@ -1544,13 +1566,13 @@ int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
   int rc = begin_read(db, &r);
   if (rc)
     return rc;
-  if ((rc = mdb_cursor_open(r->txn, db->lm.keys, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(r->txn, db->lm.keys, &cur))) {
     rc = vlm__lmdb_err(rc, "foreach");
     goto done;
   }
   int mrc;
-  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
-       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
+       mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id;
     vlm_record *rec;
     memcpy(&id, v.mv_data, 8);
@@ -1586,14 +1608,14 @@ int vlm_db_scan(vlm_db *db, uint64_t cursor, int count, char ***keys, int *n,
     free(out);
     return rc;
   }
-  if ((rc = mdb_cursor_open(r->txn, db->lm.items, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(r->txn, db->lm.items, &cur))) {
     rc = vlm__lmdb_err(rc, "scan");
     goto done;
   }
   MDB_val k = {sizeof cursor, &cursor}, v;
   int mrc;
-  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); mrc == 0;
-       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); mrc == 0;
+       mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id;
     memcpy(&id, k.mv_data, 8);
     if (got == count) {

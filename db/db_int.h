@@ -165,6 +165,30 @@ int vlm__vecs_encode(uint8_t *dst, const vlm_item *it, int dim,
 int vlm__log_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t seq,
                  vlm__change **changes, size_t *n);
 
+/* ---- LMDB calls a damaged page cannot crash (lmdbguard.c) ------------- */
+
+/* Every call that reads pages goes through these: LMDB's assertion
+ * failures and faults inside the call come back as MDB_CORRUPTED (which
+ * vlm__lmdb_err words with what LMDB tripped on), and values reaching past
+ * the pages in use are refused.  vlm__mdb_guard_env arms an environment
+ * (its assertion hook and the process's SIGSEGV/SIGBUS handler, which
+ * passes faults outside LMDB on to the handler before it). */
+void vlm__mdb_guard_env(MDB_env *env);
+const char *vlm__mdb_damage(void); /* the calling thread's last, or "" */
+int vlm__mdb_get(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data);
+int vlm__mdb_cursor_get(MDB_cursor *c, MDB_val *key, MDB_val *data,
+                        MDB_cursor_op op);
+int vlm__mdb_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data,
+                 unsigned flags);
+int vlm__mdb_del(MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *data);
+int vlm__mdb_cursor_del(MDB_cursor *c, unsigned flags);
+int vlm__mdb_cursor_open(MDB_txn *txn, MDB_dbi dbi, MDB_cursor **c);
+int vlm__mdb_dbi_open(MDB_txn *txn, const char *name, unsigned flags,
+                      MDB_dbi *dbi);
+int vlm__mdb_stat(MDB_txn *txn, MDB_dbi dbi, MDB_stat *st);
+/* Frees txn whether it succeeds or fails, as mdb_txn_commit. */
+int vlm__mdb_txn_commit(MDB_txn *txn);
+
 /* ---- LMDB trees read page by page (lmdbwalk.c) ------------------------ */
 
 /* The next step a user takes when the payload store is damaged. */

@@ -220,7 +220,7 @@ int vlm__lwalk_open(vlm__lmdb *lm, MDB_txn *txn, const char *name,
       damage(w, 0, "the tree is missing");
     w->done = 1;
   }
-  if ((rc = mdb_dbi_open(txn, name, 0, &w->dbi)) && found) {
+  if ((rc = vlm__mdb_dbi_open(txn, name, 0, &w->dbi)) && found) {
     rc = vlm__lmdb_err(rc, "payload store walk");
     goto fail;
   }

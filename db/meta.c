@@ -492,14 +492,14 @@ int vlm__sql_rebuild(vlm_db *db, uint64_t seq) {
   }
   if ((rc = vlm__sql_begin(db)))
     goto done;
-  if ((rc = mdb_cursor_open(txn, db->lm.items, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.items, &cur))) {
     rc = vlm__lmdb_err(rc, "rebuilding meta.sqlite");
     goto done;
   }
   MDB_val k, v;
   int mrc;
-  for (mrc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
-       mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); mrc == 0;
+       mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     vlm__sql_change *x = &rows[n];
     vlm__rec rec;
     uint64_t id;

@@ -58,6 +58,9 @@ int vlm__lmdb_err(int rc, const char *what) {
   default:
     code = VLM_ESTORE;
   }
+  if (rc == MDB_CORRUPTED && vlm__mdb_damage()[0])
+    return vlm_seterr(code, "%s: payload.lmdb is damaged (%s); "
+                      VLM__LMDB_DAMAGED_HINT, what, vlm__mdb_damage());
   return vlm_seterr(code, "%s: lmdb: %s", what, mdb_strerror(rc));
 }
 
@@ -76,6 +79,7 @@ int vlm__lmdb_open(vlm__lmdb *lm, const char *dir, int readonly, int create,
     return vlm_seterr(VLM_ECORRUPT, "%s: missing", path);
   if ((rc = mdb_env_create(&lm->env)))
     return vlm__lmdb_err(rc, path);
+  vlm__mdb_guard_env(lm->env);
   mdb_env_set_maxdbs(lm->env, 8);
   mdb_env_set_maxreaders(lm->env, 1022);
   if ((rc = mdb_env_set_mapsize(lm->env, map_size ? map_size
@@ -117,13 +121,13 @@ int vlm__lmdb_open(vlm__lmdb *lm, const char *dir, int readonly, int create,
   if ((rc = mdb_txn_begin(lm->env, NULL, readonly ? MDB_RDONLY : 0, &txn)))
     goto fail;
   unsigned cf = create ? MDB_CREATE : 0;
-  if ((rc = mdb_dbi_open(txn, "keys", cf, &lm->keys)) ||
-      (rc = mdb_dbi_open(txn, "items", cf | MDB_INTEGERKEY, &lm->items)) ||
-      (rc = mdb_dbi_open(txn, "vecs", cf | MDB_INTEGERKEY, &lm->vecs)) ||
-      (rc = mdb_dbi_open(txn, "log", cf | MDB_INTEGERKEY, &lm->log)) ||
-      (rc = mdb_dbi_open(txn, "state", cf, &lm->state)))
+  if ((rc = vlm__mdb_dbi_open(txn, "keys", cf, &lm->keys)) ||
+      (rc = vlm__mdb_dbi_open(txn, "items", cf | MDB_INTEGERKEY, &lm->items)) ||
+      (rc = vlm__mdb_dbi_open(txn, "vecs", cf | MDB_INTEGERKEY, &lm->vecs)) ||
+      (rc = vlm__mdb_dbi_open(txn, "log", cf | MDB_INTEGERKEY, &lm->log)) ||
+      (rc = vlm__mdb_dbi_open(txn, "state", cf, &lm->state)))
     goto fail;
-  if ((rc = mdb_txn_commit(txn))) {
+  if ((rc = vlm__mdb_txn_commit(txn))) {
     txn = NULL;
     goto fail;
   }
@@ -150,7 +154,7 @@ void vlm__lmdb_close(vlm__lmdb *lm) {
 int vlm__lmdb_get_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
                       uint64_t *out) {
   MDB_val k = {strlen(name), (void *)name}, v;
-  int rc = mdb_get(txn, lm->state, &k, &v);
+  int rc = vlm__mdb_get(txn, lm->state, &k, &v);
   if (rc == MDB_NOTFOUND) {
     *out = 0;
     return 0;
@@ -166,7 +170,7 @@ int vlm__lmdb_get_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
 int vlm__lmdb_put_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
                       uint64_t value) {
   MDB_val k = {strlen(name), (void *)name}, v = {8, &value};
-  int rc = mdb_put(txn, lm->state, &k, &v, 0);
+  int rc = vlm__mdb_put(txn, lm->state, &k, &v, 0);
   return rc ? vlm__lmdb_err(rc, name) : 0;
 }
 
@@ -273,7 +277,7 @@ int vlm__rec_decode(const void *data, size_t len, vlm__rec *out) {
 
 int vlm__rec_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, vlm__rec *out) {
   MDB_val k = {sizeof id, &id}, v;
-  int rc = mdb_get(txn, lm->items, &k, &v);
+  int rc = vlm__mdb_get(txn, lm->items, &k, &v);
   if (rc == MDB_NOTFOUND)
     return VLM_ENOTFOUND;
   if (rc)
@@ -327,7 +331,7 @@ int vlm__vecs_parse(const MDB_val *v, int dim, uint32_t *flags,
 int vlm__vecs_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t id, int dim,
                   uint32_t *flags, const void *vec[VLM__NMOD]) {
   MDB_val k = {sizeof id, &id}, v;
-  int rc = mdb_get(txn, lm->vecs, &k, &v);
+  int rc = vlm__mdb_get(txn, lm->vecs, &k, &v);
   if (rc == MDB_NOTFOUND)
     return VLM_ENOTFOUND;
   if (rc)
@@ -340,7 +344,7 @@ int vlm__log_get(vlm__lmdb *lm, MDB_txn *txn, uint64_t seq,
   MDB_val k = {sizeof seq, &seq}, v;
   *changes = NULL;
   *n = 0;
-  int rc = mdb_get(txn, lm->log, &k, &v);
+  int rc = vlm__mdb_get(txn, lm->log, &k, &v);
   if (rc == MDB_NOTFOUND)
     return VLM_ENOTFOUND;
   if (rc)

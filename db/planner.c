@@ -144,10 +144,10 @@ static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
   }
   MDB_cursor *cur;
   MDB_val k = {sizeof lo, &lo}, v;
-  if ((rc = mdb_cursor_open(s->r->txn, lm->vecs, &cur)))
+  if ((rc = vlm__mdb_cursor_open(s->r->txn, lm->vecs, &cur)))
     return vlm__lmdb_err(rc, "vecs");
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id;
     uint32_t flags;
     const void *vec[VLM__NMOD];
@@ -214,7 +214,7 @@ static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
     MDB_val key = {sizeof id, &id}, val;
     /* Resolve against the snapshot: skips items deleted since the index
      * side last caught up. */
-    int g = mdb_get(s->r->txn, db->lm.vecs, &key, &val);
+    int g = vlm__mdb_get(s->r->txn, db->lm.vecs, &key, &val);
     if (g == MDB_NOTFOUND)
       continue;
     if (g) {
@@ -508,7 +508,7 @@ static int snapshot_follow(vlm_db *db, vlm__reader *r, int need_sql,
       int mrc;
       if (!(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "seq", &lseq)) &&
           !(rc = vlm__lmdb_get_u64(&db->lm, r->txn, "next_id", &nid)) &&
-          (mrc = mdb_stat(r->txn, db->lm.keys, &st)))
+          (mrc = vlm__mdb_stat(r->txn, db->lm.keys, &st)))
         rc = vlm__lmdb_err(mrc, "search");
       *nitems = rc ? 0 : (int64_t)st.ms_entries;
     }

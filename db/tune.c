@@ -105,13 +105,13 @@ static int exact_truth(vlm_db *db, MDB_txn *txn, int m, uint64_t upto,
     rc = vlm_seterr(VLM_ENOMEM, "tune");
     goto done;
   }
-  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
   MDB_val k, v;
   int last = 0;
-  rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+  rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST);
   while (!last) {
     uint64_t id = 0;
     if (rc == 0) {
@@ -133,7 +133,7 @@ static int exact_truth(vlm_db *db, MDB_txn *txn, int m, uint64_t upto,
         memcpy(block + (size_t)rows * dim, vec[m], (size_t)dim * sizeof(float));
         ids[rows++] = id;
       }
-      rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+      rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
     if (rows == TUNE_CHUNK || (last && rows > 0)) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, rows, dim,

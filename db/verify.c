@@ -65,9 +65,9 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
   MDB_cursor *cur = NULL;
   MDB_val k, v;
   int rc;
-  if ((rc = mdb_stat(txn, db->lm.keys, &sk)) ||
-      (rc = mdb_stat(txn, db->lm.items, &si)) ||
-      (rc = mdb_stat(txn, db->lm.vecs, &sv)))
+  if ((rc = vlm__mdb_stat(txn, db->lm.keys, &sk)) ||
+      (rc = vlm__mdb_stat(txn, db->lm.items, &si)) ||
+      (rc = vlm__mdb_stat(txn, db->lm.vecs, &sv)))
     return vlm__lmdb_err(rc, "verify");
   if (sk.ms_entries != si.ms_entries || si.ms_entries != sv.ms_entries ||
       (int64_t)sk.ms_entries != nitems)
@@ -76,10 +76,10 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
                       "records, %lld published",
                       sk.ms_entries, si.ms_entries, sv.ms_entries,
                       (long long)nitems);
-  if ((rc = mdb_cursor_open(txn, db->lm.items, &cur)))
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.items, &cur)))
     return vlm__lmdb_err(rc, "verify");
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+       rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id, kid;
     vlm__rec rec;
     uint32_t vf;
@@ -88,13 +88,13 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
     if (vlm__rec_decode(v.mv_data, v.mv_size, &rec) != 0)
       goto bad;
     MDB_val kk = {rec.key_len, (void *)rec.key}, kv;
-    if (mdb_get(txn, db->lm.keys, &kk, &kv) != 0 || kv.mv_size != 8)
+    if (vlm__mdb_get(txn, db->lm.keys, &kk, &kv) != 0 || kv.mv_size != 8)
       goto bad;
     memcpy(&kid, kv.mv_data, 8);
     if (kid != id)
       goto bad;
     MDB_val ik = {8, &id}, vv;
-    if (mdb_get(txn, db->lm.vecs, &ik, &vv) != 0 ||
+    if (vlm__mdb_get(txn, db->lm.vecs, &ik, &vv) != 0 ||
         vlm__vecs_parse(&vv, db->man.dim, &vf, vec) != 0 ||
         (vf & (VLM__HAS_IMAGE | VLM__HAS_TEXT)) !=
             (rec.flags & (VLM__HAS_IMAGE | VLM__HAS_TEXT)))
@@ -291,11 +291,11 @@ static int check_index(vlm_db *db, MDB_txn *txn, uint64_t lseq,
   /* Every live bit names a stored vector of that modality. */
   MDB_cursor *cur;
   MDB_val k, v;
-  int rc = mdb_cursor_open(txn, db->lm.vecs, &cur);
+  int rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur);
   if (rc)
     return vlm__lmdb_err(rc, "verify");
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+       rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id;
     uint32_t vf;
     const void *vec[VLM__NMOD];

@@ -114,12 +114,12 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     rc = vlm_seterr(VLM_ENOMEM, "index add");
     goto done;
   }
-  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+       rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id;
     uint32_t flags;
     const void *vec[VLM__NMOD];
@@ -171,7 +171,7 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
   *upto = 0;
   if ((rc = vlm_index_create(factory, dim, VLM_METRIC_IP, &ix)))
     return rc;
-  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto fail;
   }
@@ -190,8 +190,8 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
       rc = vlm_seterr(VLM_ENOMEM, "training sample");
       goto fail;
     }
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-         rc == 0 && got < ntrain; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+    for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+         rc == 0 && got < ntrain; rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
       uint32_t flags;
       const void *vec[VLM__NMOD];
       if ((rc = vlm__vecs_parse(&v, dim, &flags, vec)))
@@ -326,13 +326,13 @@ static int catch_up_locked(vlm_db *db) {
     rc = vlm_seterr(VLM_ENOMEM, "index catch-up");
     goto done;
   }
-  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
   uint64_t start = db->ix_next;
   MDB_val k = {sizeof start, &start}, v;
-  int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+  int mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
   for (;;) {
     int64_t n[VLM__NMOD] = {0, 0};
     uint64_t chunk_ids[ADD_CHUNK];
@@ -340,7 +340,7 @@ static int catch_up_locked(vlm_db *db) {
     int nchunk = 0;
     uint64_t id = 0;
     for (; mrc == 0 && nchunk < ADD_CHUNK;
-         mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+         mrc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
       uint32_t flags;
       const void *vec[VLM__NMOD];
       memcpy(&id, k.mv_data, 8);
@@ -547,13 +547,13 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
   if ((rc = grow_bits(db, tnext)))
     goto done;
   /* Live bitmaps from the vectors table. */
-  if ((rc = mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
   MDB_val k, v;
-  for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
-       rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+  for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+       rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
     uint64_t id;
     uint32_t flags;
     const void *vec[VLM__NMOD];
@@ -758,13 +758,13 @@ static int checkpoint_locked(vlm_db *db, int force) {
   MDB_cursor *cur;
   MDB_val k, v;
   int pruned = 0;
-  if ((rc = mdb_cursor_open(txn, db->lm.log, &cur)) == 0) {
-    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
+  if ((rc = vlm__mdb_cursor_open(txn, db->lm.log, &cur)) == 0) {
+    while ((rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
       uint64_t s;
       memcpy(&s, k.mv_data, 8);
       if (s > keep_after)
         break;
-      if ((rc = mdb_cursor_del(cur, 0)))
+      if ((rc = vlm__mdb_cursor_del(cur, 0)))
         break;
       pruned++;
     }
@@ -778,7 +778,7 @@ static int checkpoint_locked(vlm_db *db, int force) {
     mdb_txn_abort(txn);
     return 0;
   }
-  rc = mdb_txn_commit(txn);
+  rc = vlm__mdb_txn_commit(txn);
   return rc ? vlm__lmdb_err(rc, "prune log") : 0;
 fail:
   for (int m = 0; m < VLM__NMOD; m++)

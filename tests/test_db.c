@@ -1338,6 +1338,112 @@ static void test_bit_flips_are_caught(void **state) {
   tmp_free(&t);
 }
 
+/* The ordinary commands on a damaged data.mdb, with no verify first:
+ * open (read-only and read-write), get of every key, a search of each
+ * modality, a scan, a full walk (export), a delete and a put.  LMDB
+ * trusts its pages, so a damaged tree page used to abort (mdb.c
+ * assertions) or fault in any of them; every trial must now end in a
+ * clear error or in the data as written, never in a crash, and get must
+ * never return a changed record (its checksum). */
+static int count_visit(const vlm_record *rec, void *arg) {
+  (void)rec;
+  (*(int *)arg)++;
+  return 0;
+}
+
+static void test_bit_flips_in_ordinary_commands(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 400, DIM, 29);
+  corpus_put(db, &c, 0, 400, 100);
+  vlm_db_close(db);
+  /* each trial starts from the whole database as written (a read-write
+   * trial rebuilds meta.sqlite and the indexes, and deletes) */
+  char data[PATH_MAX], work[PATH_MAX + 8], cmd[4 * PATH_MAX];
+  snprintf(data, sizeof data, "%s/payload.lmdb/data.mdb", t.dir);
+  snprintf(work, sizeof work, "%s.orig", t.dir);
+  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", t.dir, work);
+  assert_int_equal(system(cmd), 0);
+  struct stat st;
+  assert_int_equal(stat(data, &st), 0);
+  flip_tally n = {0};
+  rng_state = 777;
+  const int trials = 300;
+  for (int trial = 0; trial < trials; trial++) {
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -a '%s' '%s'", t.dir, work,
+             t.dir);
+    assert_int_equal(system(cmd), 0);
+    off_t at = 8192 + (off_t)(rng_next() % (uint64_t)(st.st_size - 8192));
+    int bit = (int)(rng_next() % 8);
+    /* a third of the trials damage a whole byte of a page header or node
+     * table, where LMDB's own pointers live */
+    if (trial % 3 == 0)
+      at = (at & ~(off_t)4095) + (off_t)(rng_next() % 64);
+    flip_bit(data, at, bit);
+    pid_t pid = fork_trial();
+    if (pid == 0) {
+      int errors = 0, wrong = 0;
+      vlm_db_open_options o = {.readonly = trial % 2};
+      vlm_db *d = NULL;
+      if (vlm_db_open(t.dir, &o, &d) != 0)
+        _exit(0);
+      for (int i = 0; i < c.n; i++) {
+        vlm_record *rec = NULL;
+        if (vlm_db_get(d, c.key[i], &rec) != 0) {
+          errors++;
+          continue;
+        }
+        int ok = rec->caption && !strcmp(rec->caption, c.caption[i]) &&
+                 rec->meta_json && !strcmp(rec->meta_json, c.meta[i]);
+        vlm_record_free(rec);
+        wrong += !ok;
+      }
+      for (int q = 0; q < 4; q++) {
+        vlm_search_options so = {0};
+        so.k = 10;
+        so.target = q % 2 ? VLM_TARGET_TEXT : VLM_TARGET_IMAGE;
+        vlm_hit *hits = NULL;
+        int nh = 0;
+        if (vlm_db_search(d, c.img + (size_t)(q * 37) * DIM, &so, &hits,
+                          &nh) != 0)
+          errors++;
+        else
+          vlm_hits_free(hits, nh);
+      }
+      char **keys = NULL;
+      int nk = 0;
+      uint64_t next = 0;
+      if (vlm_db_scan(d, 0, 50, &keys, &nk, &next) == 0)
+        vlm_db_keys_free(keys, nk);
+      else
+        errors++;
+      int visited = 0;
+      errors += vlm_db_foreach(d, count_visit, &visited) != 0;
+      if (!o.readonly) {
+        const char *dk[1] = {c.key[trial % c.n]};
+        int deleted = 0;
+        errors += vlm_db_delete(d, dk, 1, &deleted) != 0;
+      }
+      vlm_db_close(d);
+      _exit(wrong ? 2 : errors ? 0 : 1);
+    }
+    tally_trial(pid, trial, at, bit, &n);
+  }
+  print_message("%d bit flips in data.mdb, ordinary commands: %d caught, "
+                "%d harmless, %d silently wrong, %d crashed\n", trials,
+                n.caught, n.same, n.silent, n.crashed);
+  assert_int_equal(n.silent, 0);
+  assert_int_equal(n.crashed, 0);
+  assert_true(n.caught > 0);
+  corpus_free(&c);
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", work);
+  assert_int_equal(system(cmd), 0);
+  tmp_free(&t);
+}
+
 /* What the index side answers: approximate searches (efSearch 64) of
  * both modalities, keys and scores, as one string.  NULL on an error. */
 static char *index_answers(vlm_db *db, const corpus *c) {
@@ -4746,6 +4852,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
+      cmocka_unit_test_teardown(test_bit_flips_in_ordinary_commands,
+                                teardown_tmp),
       cmocka_unit_test_teardown(test_sql_bit_flips_are_caught, teardown_tmp),
       cmocka_unit_test_teardown(test_index_and_manifest_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_read_only_filesystem, teardown_tmp),
