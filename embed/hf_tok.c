@@ -21,69 +21,9 @@
 
 #include "vlm_error.h"
 #include "vlm_file.h"
+#include "vlm_utf8.h"
 
 /* ---- UTF-8 ----------------------------------------------------------- */
-
-size_t vlm__utf8_put(char *out, uint32_t cp) {
-  if (cp < 0x80) {
-    out[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    out[0] = (char)(0xE0 | (cp >> 12));
-    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-  }
-  out[0] = (char)(0xF0 | (cp >> 18));
-  out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-  out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-  out[3] = (char)(0x80 | (cp & 0x3F));
-  return 4;
-}
-
-/* One strictly valid UTF-8 sequence at s[0..len): its length, or 0
- * (overlong forms, surrogates, > U+10FFFF, bad or missing continuation). */
-static size_t utf8_next(const unsigned char *s, size_t len, uint32_t *cp) {
-  unsigned c = s[0];
-  if (c < 0x80) {
-    *cp = c;
-    return 1;
-  }
-  size_t n;
-  unsigned lo = 0x80, hi = 0xBF;
-  uint32_t v;
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-    v = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    v = c & 0x0F;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    v = c & 0x07;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (len < n) return 0;
-  for (size_t i = 1; i < n; i++) {
-    unsigned b = s[i];
-    unsigned l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-    if (b < l || b > h) return 0;
-    v = (v << 6) | (b & 0x3F);
-  }
-  *cp = v;
-  return n;
-}
 
 int vlm__utf8_decode(const char *s, size_t len, const char *what,
                      uint32_t **out, size_t *n) {
@@ -93,7 +33,7 @@ int vlm__utf8_decode(const char *s, size_t len, const char *what,
   if (!cp) return vlm_seterr(VLM_ENOMEM, "%s: %zu bytes of text", what, len);
   size_t m = 0;
   for (size_t i = 0; i < len;) {
-    size_t k = utf8_next((const unsigned char *)s + i, len - i, &cp[m]);
+    size_t k = vlm_utf8_next(s + i, len - i, &cp[m]);
     if (!k) {
       free(cp);
       return vlm_seterr(VLM_EFORMAT, "%s: invalid UTF-8 at byte %zu (0x%02x)", what, i,
@@ -113,7 +53,7 @@ int vlm__utf8_encode(const uint32_t *cp, size_t n, char **out, size_t *len) {
   *len = 0;
   if (!s) return vlm_seterr(VLM_ENOMEM, "tokenizer: %zu code points", n);
   size_t m = 0;
-  for (size_t i = 0; i < n; i++) m += vlm__utf8_put(s + m, cp[i]);
+  for (size_t i = 0; i < n; i++) m += vlm_utf8_put(s + m, cp[i]);
   s[m] = 0;
   *out = s;
   *len = m;
@@ -1051,7 +991,7 @@ static int32_t chunk_added_id(const vlm__hf_tokens *t, const vlm__hf_chunk *c) {
   if (c->n == 0 || c->n > VLM__TOK_MAX_ADDED) return -1;
   char buf[4 * VLM__TOK_MAX_ADDED + 1];
   size_t len = 0;
-  for (size_t i = 0; i < c->n; i++) len += vlm__utf8_put(buf + len, c->cp[i]);
+  for (size_t i = 0; i < c->n; i++) len += vlm_utf8_put(buf + len, c->cp[i]);
   return vlm__strmap_get(t->encoder, buf, len);
 }
 

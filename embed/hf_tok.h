@@ -35,7 +35,6 @@ int vlm__utf8_decode(const char *s, size_t len, const char *what,
                      uint32_t **out, size_t *n);
 /* Code points to UTF-8 (*out malloc'd, NUL-terminated). */
 int vlm__utf8_encode(const uint32_t *cp, size_t n, char **out, size_t *len);
-size_t vlm__utf8_put(char *out, uint32_t cp); /* 1..4 bytes */
 
 int vlm__py_isspace(uint32_t c); /* str.isspace */
 /* str.lower() of the one-character string c: 1 or 2 code points. */

@@ -40,6 +40,7 @@
 #include <zlib.h>
 
 #include "vlm_error.h"
+#include "vlm_utf8.h"
 #include "vlm_file.h"
 
 /* The reference keeps merges[1 : 49152 - 256 - 2 + 1] of the list. */
@@ -199,67 +200,6 @@ static uint32_t byte_to_cp(int b, int *order_index) {
   return 256u + (uint32_t)n;
 }
 
-static size_t utf8_put(char *out, uint32_t cp) {
-  if (cp < 0x80) {
-    out[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    out[0] = (char)(0xE0 | (cp >> 12));
-    out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[2] = (char)(0x80 | (cp & 0x3F));
-    return 3;
-  }
-  out[0] = (char)(0xF0 | (cp >> 18));
-  out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-  out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-  out[3] = (char)(0x80 | (cp & 0x3F));
-  return 4;
-}
-
-/* Strict UTF-8 decoding of one sequence at s[0..len).  Returns its length
- * (1..4) and the code point, or 0 if the bytes there are not valid UTF-8
- * (overlong forms, surrogates, > U+10FFFF, bad or missing continuation). */
-static size_t utf8_next(const unsigned char *s, size_t len, uint32_t *cp) {
-  unsigned c = s[0];
-  if (c < 0x80) {
-    *cp = c;
-    return 1;
-  }
-  size_t n;
-  unsigned lo = 0x80, hi = 0xBF;
-  uint32_t v;
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-    v = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    v = c & 0x0F;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    v = c & 0x07;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (len < n) return 0;
-  for (size_t i = 1; i < n; i++) {
-    unsigned b = s[i];
-    unsigned l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-    if (b < l || b > h) return 0;
-    v = (v << 6) | (b & 0x3F);
-  }
-  *cp = v;
-  return n;
-}
 
 void vlm__tokenizer_free(vlm__tokenizer *tok) {
   if (!tok) return;
@@ -293,7 +233,7 @@ static int build(str_map *vocab_in, char **lines, size_t n_lines,
 
   char buf[64];
   for (int b = 0; b < 256; b++) {
-    size_t n = utf8_put(buf, byte_to_cp(b, NULL));
+    size_t n = vlm_utf8_put(buf, byte_to_cp(b, NULL));
     tok->byte_id[b] = str_map_get(vocab, buf, n);
     memcpy(buf + n, "</w>", 4);
     tok->byte_end_id[b] = str_map_get(vocab, buf, n + 4);
@@ -375,7 +315,7 @@ static int check_utf8(const char *data, size_t len, const char *path) {
   const unsigned char *s = (const unsigned char *)data;
   for (size_t i = 0; i < len;) {
     uint32_t cp;
-    size_t n = utf8_next(s + i, len - i, &cp);
+    size_t n = vlm_utf8_next(s + i, len - i, &cp);
     if (!n) return vlm_seterr(VLM_EFORMAT, "%s: invalid UTF-8 at byte %zu", path, i);
     i += n;
   }
@@ -499,7 +439,7 @@ int vlm__tokenizer_load_bpe_gz(const char *bpe_gz, vlm__tokenizer **out) {
   for (int pass = 0; pass < 2; pass++) {
     for (int b = 0; b < 256; b++) {
       int idx;
-      size_t n = utf8_put(buf, byte_to_cp(b, &idx));
+      size_t n = vlm_utf8_put(buf, byte_to_cp(b, &idx));
       if (pass) {
         memcpy(buf + n, "</w>", 4);
         n += 4;
@@ -913,7 +853,7 @@ int vlm__tokenize(const vlm__tokenizer *tok, const char *text,
   size_t n = 0;
   for (size_t i = 0; i < len;) {
     uint32_t cp;
-    size_t k = utf8_next((const unsigned char *)text + i, len - i, &cp);
+    size_t k = vlm_utf8_next((const unsigned char *)text + i, len - i, &cp);
     if (!k) {
       rc = vlm_seterr(VLM_EFORMAT, "tokenize: invalid UTF-8 at byte %zu (0x%02x)", i,
                       (unsigned char)text[i]);
@@ -975,7 +915,7 @@ int vlm__tokenize(const vlm__tokenizer *tok, const char *text,
       continue;
     }
     size_t nb = 0;
-    for (size_t k = start; k < i; k++) nb += utf8_put((char *)word + nb, t[k]);
+    for (size_t k = start; k < i; k++) nb += vlm_utf8_put((char *)word + nb, t[k]);
     got += bpe_word(tok, &s, word, nb, body + got, want - got) ;
     if (got > want) got = want;
   }

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "hf_tok.h"
+#include "vlm_utf8.h"
 #include "spm_shim.h"
 #include "vlm_error.h"
 #include "vlm_file.h"
@@ -308,7 +309,7 @@ static size_t canonicalize(const uint32_t *cp, size_t n, const char *prefix, cha
     }
     if (pending_space && m > body) out[m++] = ' ';
     pending_space = 0;
-    m += vlm__utf8_put(out + m, c);
+    m += vlm_utf8_put(out + m, c);
   }
   out[m] = 0;
   return m;
@@ -322,7 +323,7 @@ static int encode_chunk(const vlm__spm_tok *tok, const vlm__hf_chunk *c, tok_lis
   if (!buf) return vlm_seterr(VLM_ENOMEM, "tokenize: %zu code points", c->n);
   if (tok->gemma) {
     len = 0;
-    for (size_t i = 0; i < c->n; i++) len += vlm__utf8_put(buf + len, c->cp[i]);
+    for (size_t i = 0; i < c->n; i++) len += vlm_utf8_put(buf + len, c->cp[i]);
   } else {
     len = canonicalize(c->cp, c->n, tok->unk_prefix, buf);
   }
@@ -390,7 +391,7 @@ int vlm__spm_tokenize(const vlm__spm_tok *tok, const char *text, int max_len,
     if (chunks[i].added_id >= 0) {
       char buf[4 * VLM__TOK_MAX_ADDED + 1];
       size_t blen = 0;
-      for (size_t k = 0; k < chunks[i].n; k++) blen += vlm__utf8_put(buf + blen, chunks[i].cp[k]);
+      for (size_t k = 0; k < chunks[i].n; k++) blen += vlm_utf8_put(buf + blen, chunks[i].cp[k]);
       rc = list_push(&l, chunks[i].added_id, blen == 3 && memcmp(buf, "\xe2\x96\x81", 3) == 0,
                      vlm__hf_is_special(&tok->hf, buf, blen));
     } else {

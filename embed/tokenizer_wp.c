@@ -36,6 +36,7 @@
 #include <utf8proc.h>
 
 #include "hf_tok.h"
+#include "vlm_utf8.h"
 #include "vlm_error.h"
 #include "vlm_file.h"
 
@@ -353,7 +354,7 @@ static int wordpiece(const vlm__wp_tok *tok, const uint32_t *w, size_t n, id_lis
         buf[0] = buf[1] = '#';
         len = 2;
       }
-      for (size_t k = start; k < end; k++) len += vlm__utf8_put(buf + len, w[k]);
+      for (size_t k = start; k < end; k++) len += vlm_utf8_put(buf + len, w[k]);
       id = vlm__strmap_get(tok->vocab, buf, len);
       if (id >= 0) {
         /* the string goes through convert_tokens_to_ids: an added token of
@@ -398,7 +399,7 @@ static int basic_word(const vlm__wp_tok *tok, const uint32_t *w, size_t n, id_li
   char *buf = malloc(4 * n + 1);
   if (!buf) return vlm_seterr(VLM_ENOMEM, "tokenize: %zu code points", n);
   size_t len = 0;
-  for (size_t k = 0; k < n; k++) len += vlm__utf8_put(buf + len, w[k]);
+  for (size_t k = 0; k < n; k++) len += vlm_utf8_put(buf + len, w[k]);
   if (never_split(tok, buf, len)) {
     rc = whole_word(tok, w, n, buf, len, out);
     goto done;
@@ -435,7 +436,7 @@ static int basic_word(const vlm__wp_tok *tok, const uint32_t *w, size_t n, id_li
     buf = b;
   }
   len = 0;
-  for (size_t k = 0; k < m; k++) len += vlm__utf8_put(buf + len, t[k]);
+  for (size_t k = 0; k < m; k++) len += vlm_utf8_put(buf + len, t[k]);
   if (m && never_split(tok, buf, len)) {
     rc = whole_word(tok, t, m, buf, len, out);
     goto done;
@@ -450,7 +451,7 @@ static int basic_word(const vlm__wp_tok *tok, const uint32_t *w, size_t n, id_li
     if (!is_bert_punct(t[i]))
       while (j < m && !is_bert_punct(t[j]) && !vlm__py_isspace(t[j])) j++;
     size_t plen = 0;
-    for (size_t k = i; k < j; k++) plen += vlm__utf8_put(buf + plen, t[k]);
+    for (size_t k = i; k < j; k++) plen += vlm_utf8_put(buf + plen, t[k]);
     if (in_list(tok->never_split, tok->n_never_split, buf, plen))
       rc = push_id(out, token_id(tok, buf, plen));
     else
