@@ -829,16 +829,21 @@ static void cmd_info_exec(vlm__job *job) {
                       (unsigned)info.field_types[i] < 3
                           ? types[info.field_types[i]]
                           : "?");
-    vlm__buf_printf(b, "\r\nmodel_id:%s\r\n\r\n", info.model_id);
+    vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n\r\n",
+                    info.model_id, info.model_family);
   }
   if (st->model) {
     if (srv->clip)
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:1\r\nmodel_id:%s\r\n"
-                      "model_dir:%s\r\ndim:%d\r\nimage_size:%d\r\n"
-                      "context_length:%d\r\n\r\n",
+                      "model_dir:%s\r\nfamily:%s\r\ndim:%d\r\n"
+                      "image_size:%d\r\ncontext_length:%d\r\n"
+                      "logit_scale:%.9g\r\nlogit_bias:%.9g\r\n\r\n",
                       vlm_clip_model_id(srv->clip), srv->model_dir,
-                      vlm_clip_dim(srv->clip), vlm_clip_image_size(srv->clip),
-                      vlm_clip_context_length(srv->clip));
+                      vlm_clip_family(srv->clip), vlm_clip_dim(srv->clip),
+                      vlm_clip_image_size(srv->clip),
+                      vlm_clip_context_length(srv->clip),
+                      (double)vlm_clip_logit_scale(srv->clip),
+                      (double)vlm_clip_logit_bias(srv->clip));
     else
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:0\r\n\r\n");
   }
