@@ -1,12 +1,15 @@
-/* bench/embed.c - speed of the CLIP towers at the ViT-B/32 geometry.
+/* bench/embed.c - speed of the towers at the ViT-B/32 and SigLIP
+ * B/16-224 geometries.
  *
- * Writes a random-weight ViT-B/32 checkpoint in the Hugging Face layout
- * (F16 by default) to a temp dir, loads it, and prints a table: images/s
- * at batch 1 and 16, ms for a 7-token and a 77-token text, with 1 and 2
+ * Writes a random-weight checkpoint of each geometry in the Hugging Face
+ * layout (F16 by default) to a temp dir, loads it, and prints a table:
+ * images/s at batch 1 and 16, ms for a 7-token and a 77-token text (CLIP)
+ * or for a text (SigLIP, which always runs its 64 positions), with 1 and 2
  * threads; each cell is the min and median of several runs.  The anchor
- * row is the machine's sgemm rate at the shapes the vision tower uses
- * (one thread; two threads each on half the columns, as the engine
- * splits them), so the table can be read against what the hardware gives.
+ * rows, measured once for both, are the machine's sgemm rate at the
+ * shapes the vision tower uses (one thread; two threads each on half the
+ * columns, as the engine splits them), so the tables can be read against
+ * what the hardware gives and against each other.
  *
  * OpenBLAS 0.3.21 does not recognise recent AMD cores and falls back to
  * its AVX2 (Haswell) kernels even where AVX-512 is available; its
@@ -21,10 +24,15 @@
  * F32 checkpoint or a CPU without AVX-512 runs).  The second anchor row is
  * that kernel's rate at the same shape.
  *
- * --model DIR measures an existing model instead (e.g. models/default).
+ * --keep DIR writes the checkpoints to DIR/vit-b32 and DIR/siglip-b16
+ * and keeps them (a later run reuses them).
+ * --model DIR measures an existing model instead (e.g. models/default);
+ * --geometry vit-b32|siglip-b16 measures one geometry only.  SigLIP's
+ * text cell runs 64 token ids through the tower (vlm__clip_encode_tokens)
+ * so it needs no tokenizer file.
  *
  * usage: build/bench/embed [--f32] [--reps N] [--no-coretype] [--no-panels]
- *                          [--keep DIR] [--model DIR]
+ *                          [--keep DIR] [--model DIR] [--geometry NAME]
  */
 #include <cblas.h>
 #include <jansson.h>
@@ -43,11 +51,37 @@
 #include "vlm_clip.h"
 #include "vlm_error.h"
 
-/* ViT-B/32 */
-enum {
-  WV = 768, LV = 12, HV = 12, FV = 3072, IMG = 224, PATCH = 32,
-  WT = 512, LT = 12, HT = 8, FT = 2048, VOCAB = 49408, CTX = 77, D = 512
+/* A geometry the benchmark writes a checkpoint of. */
+typedef struct {
+  const char *name, *slug;
+  int siglip; /* SiglipModel layout (no class token, MAP head, text head) */
+  int WV, LV, HV, FV, IMG, PATCH; /* vision width, layers, heads, MLP, px */
+  int WT, LT, HT, FT, VOCAB, CTX; /* text */
+  int D;                          /* output dimension */
+} geometry;
+
+static const geometry geometries[] = {
+    {"ViT-B/32", "vit-b32", 0, 768, 12, 12, 3072, 224, 32,
+     512, 12, 8, 2048, 49408, 77, 512},
+    /* google/siglip-base-patch16-224 */
+    {"SigLIP B/16-224", "siglip-b16", 1, 768, 12, 12, 3072, 224, 16,
+     768, 12, 12, 3072, 32000, 64, 768},
 };
+#define NGEOMETRIES (int)(sizeof geometries / sizeof geometries[0])
+
+/* GFLOP of one image through the vision tower: T tokens through L blocks
+ * (2*T*(4*C^2 + 2*C*F) each, attention 4*T^2*C), the patch embedding,
+ * and CLIP's projection of the class token or SigLIP's pooling head (its
+ * keys and values over every token).  ViT-B/32: 8.49 + 0.09 + 0.23 = 8.82. */
+static double vision_gflop(const geometry *g) {
+  double G = g->IMG / g->PATCH, T = G * G + (g->siglip ? 0 : 1), C = g->WV,
+         F = g->FV;
+  double f = g->LV * (2 * T * (4 * C * C + 2 * C * F) + 4 * T * T * C) +
+             2 * G * G * C * 3.0 * g->PATCH * g->PATCH;
+  f += g->siglip ? 2 * T * C * 2 * C + 2 * (2 * C * C + 2 * C * F)
+                 : 2 * C * g->D;
+  return f * 1e-9;
+}
 
 static double now(void) {
   struct timespec t;
@@ -164,33 +198,81 @@ static void put_blocks(writer *w, const char *tower, int layers, int C,
   }
 }
 
-static int write_model(const char *dir, int f32) {
+/* SiglipModel's own tensors: patch bias, no class token or pre-LN, the
+ * attention-pooling head, text_model.head, logit_bias. */
+static void put_siglip(writer *w, const geometry *g) {
+  const int WV = g->WV, WT = g->WT, FV = g->FV, G = g->IMG / g->PATCH;
+  put(w, "logit_scale", 1, 0, 0, NULL);
+  put(w, "logit_bias", 2, 0, 0, NULL);
+  put(w, "vision_model.embeddings.patch_embedding.weight", 0, 0.02f,
+      S(WV, 3, g->PATCH, g->PATCH));
+  put(w, "vision_model.embeddings.patch_embedding.bias", 2, 0, S(WV));
+  put(w, "vision_model.embeddings.position_embedding.weight", 0, 0.02f,
+      S(G * G, WV));
+  put_blocks(w, "vision_model", g->LV, WV, FV);
+  put(w, "vision_model.post_layernorm.weight", 1, 0, S(WV));
+  put(w, "vision_model.post_layernorm.bias", 2, 0, S(WV));
+  put(w, "vision_model.head.probe", 0, 0.02f, S(1, 1, WV));
+  put(w, "vision_model.head.attention.in_proj_weight", 0,
+      1.0f / sqrtf((float)WV), S(3 * WV, WV));
+  put(w, "vision_model.head.attention.in_proj_bias", 2, 0, S(3 * WV));
+  put(w, "vision_model.head.attention.out_proj.weight", 0,
+      1.0f / sqrtf((float)WV), S(WV, WV));
+  put(w, "vision_model.head.attention.out_proj.bias", 2, 0, S(WV));
+  put(w, "vision_model.head.layernorm.weight", 1, 0, S(WV));
+  put(w, "vision_model.head.layernorm.bias", 2, 0, S(WV));
+  put(w, "vision_model.head.mlp.fc1.weight", 0, 1.0f / sqrtf((float)WV),
+      S(FV, WV));
+  put(w, "vision_model.head.mlp.fc1.bias", 2, 0, S(FV));
+  put(w, "vision_model.head.mlp.fc2.weight", 0, 1.0f / sqrtf((float)FV),
+      S(WV, FV));
+  put(w, "vision_model.head.mlp.fc2.bias", 2, 0, S(WV));
+  put(w, "text_model.embeddings.token_embedding.weight", 0, 0.02f,
+      S(g->VOCAB, WT));
+  put(w, "text_model.embeddings.position_embedding.weight", 0, 0.01f,
+      S(g->CTX, WT));
+  put_blocks(w, "text_model", g->LT, WT, g->FT);
+  put(w, "text_model.final_layer_norm.weight", 1, 0, S(WT));
+  put(w, "text_model.final_layer_norm.bias", 2, 0, S(WT));
+  put(w, "text_model.head.weight", 0, 1.0f / sqrtf((float)WT), S(g->D, WT));
+  put(w, "text_model.head.bias", 2, 0, S(g->D));
+}
+
+static void put_clip(writer *w, const geometry *g) {
+  const int WV = g->WV, WT = g->WT, G = g->IMG / g->PATCH;
+  put(w, "logit_scale", 1, 0, 0, NULL);
+  put(w, "vision_model.embeddings.class_embedding", 0, 0.02f, S(WV));
+  put(w, "vision_model.embeddings.patch_embedding.weight", 0, 0.02f,
+      S(WV, 3, g->PATCH, g->PATCH));
+  put(w, "vision_model.embeddings.position_embedding.weight", 0, 0.02f,
+      S(G * G + 1, WV));
+  put(w, "vision_model.pre_layrnorm.weight", 1, 0, S(WV));
+  put(w, "vision_model.pre_layrnorm.bias", 2, 0, S(WV));
+  put_blocks(w, "vision_model", g->LV, WV, g->FV);
+  put(w, "vision_model.post_layernorm.weight", 1, 0, S(WV));
+  put(w, "vision_model.post_layernorm.bias", 2, 0, S(WV));
+  put(w, "visual_projection.weight", 0, 0.03f, S(g->D, WV));
+  put(w, "text_model.embeddings.token_embedding.weight", 0, 0.02f,
+      S(g->VOCAB, WT));
+  put(w, "text_model.embeddings.position_embedding.weight", 0, 0.01f,
+      S(g->CTX, WT));
+  put_blocks(w, "text_model", g->LT, WT, g->FT);
+  put(w, "text_model.final_layer_norm.weight", 1, 0, S(WT));
+  put(w, "text_model.final_layer_norm.bias", 2, 0, S(WT));
+  put(w, "text_projection.weight", 0, 0.04f, S(g->D, WT));
+}
+
+static int write_model(const char *dir, const geometry *g, int f32) {
   char path[PATH_MAX], tmp[PATH_MAX];
   writer w = {json_object(), NULL, 0, f32};
   snprintf(tmp, sizeof tmp, "%s/data.bin", dir);
   w.data = fopen(tmp, "wb");
   if (!w.data)
     return -1;
-  put(&w, "logit_scale", 1, 0, 0, NULL);
-  put(&w, "vision_model.embeddings.class_embedding", 0, 0.02f, S(WV));
-  put(&w, "vision_model.embeddings.patch_embedding.weight", 0, 0.02f,
-      S(WV, 3, PATCH, PATCH));
-  put(&w, "vision_model.embeddings.position_embedding.weight", 0, 0.02f,
-      S((IMG / PATCH) * (IMG / PATCH) + 1, WV));
-  put(&w, "vision_model.pre_layrnorm.weight", 1, 0, S(WV));
-  put(&w, "vision_model.pre_layrnorm.bias", 2, 0, S(WV));
-  put_blocks(&w, "vision_model", LV, WV, FV);
-  put(&w, "vision_model.post_layernorm.weight", 1, 0, S(WV));
-  put(&w, "vision_model.post_layernorm.bias", 2, 0, S(WV));
-  put(&w, "visual_projection.weight", 0, 0.03f, S(D, WV));
-  put(&w, "text_model.embeddings.token_embedding.weight", 0, 0.02f,
-      S(VOCAB, WT));
-  put(&w, "text_model.embeddings.position_embedding.weight", 0, 0.01f,
-      S(CTX, WT));
-  put_blocks(&w, "text_model", LT, WT, FT);
-  put(&w, "text_model.final_layer_norm.weight", 1, 0, S(WT));
-  put(&w, "text_model.final_layer_norm.bias", 2, 0, S(WT));
-  put(&w, "text_projection.weight", 0, 0.04f, S(D, WT));
+  if (g->siglip)
+    put_siglip(&w, g);
+  else
+    put_clip(&w, g);
   fclose(w.data);
 
   /* header, padded to 8 bytes as the reference writer does */
@@ -221,6 +303,26 @@ static int write_model(const char *dir, int f32) {
   FILE *cfg = fopen(path, "w");
   if (!cfg)
     return -1;
+  if (g->siglip) {
+    /* as sparse as the published config: the rest are transformers'
+     * defaults (64 text positions, gelu_pytorch_tanh, eps 1e-6) */
+    fprintf(cfg,
+            "{\"architectures\": [\"SiglipModel\"], \"model_type\": \"siglip\",\n"
+            " \"text_config\": {\"hidden_size\": %d, \"intermediate_size\": %d,"
+            " \"num_hidden_layers\": %d, \"num_attention_heads\": %d,"
+            " \"vocab_size\": %d, \"model_type\": \"siglip_text_model\"},\n"
+            " \"vision_config\": {\"hidden_size\": %d, \"intermediate_size\": %d,"
+            " \"num_hidden_layers\": %d, \"num_attention_heads\": %d,"
+            " \"image_size\": %d, \"patch_size\": %d,"
+            " \"model_type\": \"siglip_vision_model\"}}\n",
+            g->WT, g->FT, g->LT, g->HT, g->VOCAB, g->WV, g->FV, g->LV, g->HV,
+            g->IMG, g->PATCH);
+    fclose(cfg);
+    return 0; /* its tokenizer is not needed: texts run as token ids */
+  }
+  const int WV = g->WV, LV = g->LV, HV = g->HV, FV = g->FV, IMG = g->IMG,
+            PATCH = g->PATCH, WT = g->WT, LT = g->LT, HT = g->HT, FT = g->FT,
+            VOCAB = g->VOCAB, CTX = g->CTX, D = g->D;
   fprintf(cfg,
           "{\"projection_dim\": %d,\n"
           " \"text_config\": {\"hidden_size\": %d, \"intermediate_size\": %d,"
@@ -384,117 +486,43 @@ static void *caller_thread(void *p) {
   return NULL;
 }
 
-int main(int argc, char **argv) {
-  int f32 = 0, reps = 7, coretype = 1, panels = 1;
-  const char *keep = NULL, *model = NULL;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--f32"))
-      f32 = 1;
-    else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
-      reps = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--no-coretype"))
-      coretype = 0;
-    else if (!strcmp(argv[i], "--no-panels"))
-      panels = 0;
-    else if (!strcmp(argv[i], "--keep") && i + 1 < argc)
-      keep = argv[++i];
-    else if (!strcmp(argv[i], "--model") && i + 1 < argc)
-      model = argv[++i];
-    else {
-      fprintf(stderr, "usage: %s [--f32] [--reps N] [--no-coretype] "
-              "[--no-panels] [--keep DIR] [--model DIR]\n", argv[0]);
-      return 2;
-    }
-  }
-  if (reps < 3)
-    reps = 3;
-  if (reps > 64)
-    reps = 64;
-  const char *core = openblas_get_corename();
-  if (coretype && !getenv("OPENBLAS_CORETYPE") &&
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      core && (!strcmp(core, "Haswell") || !strcmp(core, "Zen"))) {
-    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
-    execv("/proc/self/exe", argv);
-    perror("bench: re-exec"); /* carry on with the default kernels */
-  }
-  openblas_set_num_threads(1);
-  if (!panels)
-    setenv("VLMDB_CLIP_PANELS", "0", 1);
+/* The anchors: the machine's rates for the 800x3072x768 product. */
+typedef struct {
+  stat2 rate[2]; /* 1 and 2 threads: the one the towers' matmuls use */
+  const char *name;
+} anchor;
 
-  char dir[PATH_MAX];
-  if (model) {
-    snprintf(dir, sizeof dir, "%s", model);
-  } else if (keep) {
-    snprintf(dir, sizeof dir, "%s", keep);
-    mkdir(dir, 0755);
-  } else {
-    snprintf(dir, sizeof dir, "/tmp/vlm-bench-embed-XXXXXX");
-    if (!mkdtemp(dir)) {
-      perror("mkdtemp");
-      return 1;
-    }
-  }
-  char probe[PATH_MAX + 32];
-  snprintf(probe, sizeof probe, "%s/model.safetensors", dir);
-  double t0 = now();
-  if (!model && access(probe, R_OK) != 0 && write_model(dir, f32)) {
-    fprintf(stderr, "bench: cannot write the checkpoint in %s\n", dir);
+/* Measure the model in dir and print its table.  g: the geometry the
+ * benchmark wrote there (NULL: a model given with --model). */
+static int measure(const char *dir, const geometry *g, int reps,
+                   const anchor *an) {
+  vlm_clip *probe_clip = NULL;
+  if (vlm_clip_load(dir, NULL, &probe_clip)) {
+    fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
     return 1;
   }
-  if (model)
-    printf("vlmdb embed benchmark: the model in %s\n", dir);
-  else
-    printf("vlmdb embed benchmark: ViT-B/32 geometry, random %s weights "
-           "(written in %.1f s to %s)\n", f32 ? "F32" : "F16", now() - t0,
-           dir);
-  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-  printf("OpenBLAS %s core, %ld CPUs online, %d runs per cell "
-         "(min / median); matmuls: %s\n\n", openblas_get_corename(), ncpu,
-         reps, panels && vlm__panels_supported() && !f32
-                   ? "F16 panels (AVX-512 kernel)" : "OpenBLAS sgemm on F32");
-
-  stat2 g1 = sgemm_gflops(800, 3072, 768, 1, reps);
-  stat2 g2 = sgemm_gflops(800, 3072, 768, 2, reps);
-  printf("%-34s %14s %14s\n", "", "1 thread", "2 threads");
-  printf("%-34s %6.0f / %5.0f %6.0f / %5.0f\n",
-         "sgemm 800x3072x768 GFLOPS (max/med)", g1.min, g1.median, g2.min,
-         g2.median);
-  stat2 anchor1 = g1, anchor2 = g2;
-  const char *anchor = "sgemm";
-  if (vlm__panels_supported()) {
-    stat2 p1 = panel_gflops(800, 3072, 768, 1, reps);
-    stat2 p2 = panel_gflops(800, 3072, 768, 2, reps);
-    if (panels && !f32) {
-      anchor1 = p1;
-      anchor2 = p2;
-      anchor = "panel kernel";
-    }
-    printf("%-34s %6.0f / %5.0f %6.0f / %5.0f\n",
-           "panels 800x3072x768 GFLOPS", p1.min, p1.median, p2.min,
-           p2.median);
-  }
-
-  int S = IMG;
-  if (model) { /* the model's own input size */
-    vlm_clip *probe_clip = NULL;
-    if (vlm_clip_load(dir, NULL, &probe_clip)) {
-      fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
-      return 1;
-    }
-    S = vlm_clip_image_size(probe_clip);
-    vlm_clip_free(probe_clip);
-  }
+  const int S = vlm_clip_image_size(probe_clip), D = vlm_clip_dim(probe_clip),
+            ctx = vlm_clip_context_length(probe_clip);
+  const int siglip = !strcmp(vlm_clip_family(probe_clip), "siglip");
+  printf("\n%s: %s, %d px, %d text positions, dimension %d\n",
+         g ? g->name : dir, vlm_clip_family(probe_clip), S, ctx, D);
+  vlm_clip_free(probe_clip);
   const size_t per = (size_t)3 * S * S;
   float *pixels = malloc(16 * per * sizeof *pixels);
   for (size_t i = 0; i < 16 * per; i++)
     pixels[i] = 1.5f * urand();
-  float *out = malloc(16 * D * sizeof *out);
+  float *out = malloc(16 * (size_t)D * sizeof *out);
   char long_text[1024] = "";
   for (int i = 0; i < 100; i++)
     strcat(long_text, "word ");
   const char *short_text = "a photo of a cat"; /* 7 tokens */
+  /* SigLIP runs every position whatever the text: one text of 64 ids
+   * (a few words, then the pad id, as its tokenizer pads) */
+  int32_t sig_ids[1024];
+  const int32_t *sig_rows[1] = {sig_ids};
+  int sig_n = ctx < 1024 ? ctx : 1024;
+  for (int i = 0; i < sig_n; i++)
+    sig_ids[i] = i < 7 ? 100 + 37 * i : 1;
 
   stat2 cell[4][2];
   double cpu_ms[4] = {0, 0, 0, 0};
@@ -502,30 +530,49 @@ int main(int argc, char **argv) {
   for (int th = 1; th <= 2; th++) {
     vlm_clip_options o = {.threads = th};
     vlm_clip *clip = NULL;
-    t0 = now();
+    double t0 = now();
     if (vlm_clip_load(dir, &o, &clip)) {
       fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
       return 1;
     }
     load_s[th - 1] = now() - t0;
-    int32_t ids[80];
-    int n_ids;
-    vlm_clip_tokenize(clip, short_text, ids, 80, &n_ids);
-    if (n_ids != 7)
-      fprintf(stderr, "bench: short text has %d tokens\n", n_ids);
+    if (!siglip) {
+      int32_t ids[80];
+      int n_ids = 0;
+      vlm_clip_tokenize(clip, short_text, ids, 80, &n_ids);
+      if (n_ids != 7)
+        fprintf(stderr, "bench: short text has %d tokens\n", n_ids);
+    }
     double t[64];
     /* warm-up: page in the weights */
     vlm_clip_encode_pixels(clip, pixels, 1, 0, out);
     const char *lt = long_text;
-    vlm_clip_encode_texts(clip, &lt, 1, 0, out);
+    if (siglip)
+      vlm__clip_encode_tokens(clip, sig_rows, &sig_n, 1, 0, out);
+    else
+      vlm_clip_encode_texts(clip, &lt, 1, 0, out);
     for (int k = 0; k < 4; k++) {
+      if (siglip && k == 3) { /* one text cell: every text is 64 positions */
+        cell[3][th - 1] = cell[2][th - 1];
+        cpu_ms[3] = cpu_ms[2];
+        continue;
+      }
       for (int r = 0; r < reps; r++) {
         double a = now(), ca = cpu_now();
+        int rc = 0;
         switch (k) {
-        case 0: vlm_clip_encode_pixels(clip, pixels, 1, 0, out); break;
-        case 1: vlm_clip_encode_pixels(clip, pixels, 16, 0, out); break;
-        case 2: vlm_clip_encode_texts(clip, &short_text, 1, 0, out); break;
-        default: vlm_clip_encode_texts(clip, &lt, 1, 0, out); break;
+        case 0: rc = vlm_clip_encode_pixels(clip, pixels, 1, 0, out); break;
+        case 1: rc = vlm_clip_encode_pixels(clip, pixels, 16, 0, out); break;
+        case 2:
+          rc = siglip ? vlm__clip_encode_tokens(clip, sig_rows, &sig_n, 1, 0,
+                                                out)
+                      : vlm_clip_encode_texts(clip, &short_text, 1, 0, out);
+          break;
+        default: rc = vlm_clip_encode_texts(clip, &lt, 1, 0, out); break;
+        }
+        if (rc) {
+          fprintf(stderr, "bench: encode: %s\n", vlm_errmsg());
+          return 1;
         }
         double per = k == 1 ? 16.0 : 1.0;
         t[r] = (now() - a) * 1e3 / per;
@@ -547,7 +594,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
       return 1;
     }
-    float *out2 = malloc(16 * D * sizeof *out2);
+    float *out2 = malloc(16 * (size_t)D * sizeof *out2);
     for (int r = 0; r < reps; r++) {
       caller_job a = {clip, pixels, out, 1}, b = {clip, pixels, out2, 1};
       pthread_t th;
@@ -563,6 +610,7 @@ int main(int argc, char **argv) {
   stat2 cs = summarize(conc, reps);
 
   /* images/s from ms per image: the best rate is 1000 / min ms. */
+  printf("%-34s %14s %14s\n", "", "1 thread", "2 threads");
   printf("%-34s %6.1f / %5.1f %6.1f / %5.1f\n", "images/s, batch 1 (best/med)",
          1e3 / cell[0][0].min, 1e3 / cell[0][0].median, 1e3 / cell[0][1].min,
          1e3 / cell[0][1].median);
@@ -575,35 +623,163 @@ int main(int argc, char **argv) {
          cs.median);
   printf("%-34s %6.1f / %5.1f %6.1f / %5.1f\n", "ms per image, batch 1",
          cell[0][0].min, cell[0][0].median, cell[0][1].min, cell[0][1].median);
-  printf("%-34s %6.2f / %5.2f %6.2f / %5.2f\n", "ms, 7-token text",
-         cell[2][0].min, cell[2][0].median, cell[2][1].min, cell[2][1].median);
-  printf("%-34s %6.2f / %5.2f %6.2f / %5.2f\n", "ms, 77-token text",
-         cell[3][0].min, cell[3][0].median, cell[3][1].min, cell[3][1].median);
+  if (siglip) {
+    char label[48];
+    snprintf(label, sizeof label, "ms, text (%d positions)", sig_n);
+    printf("%-34s %6.2f / %5.2f %6.2f / %5.2f\n", label, cell[2][0].min,
+           cell[2][0].median, cell[2][1].min, cell[2][1].median);
+  } else {
+    printf("%-34s %6.2f / %5.2f %6.2f / %5.2f\n", "ms, 7-token text",
+           cell[2][0].min, cell[2][0].median, cell[2][1].min,
+           cell[2][1].median);
+    printf("%-34s %6.2f / %5.2f %6.2f / %5.2f\n", "ms, 77-token text",
+           cell[3][0].min, cell[3][0].median, cell[3][1].min,
+           cell[3][1].median);
+  }
   printf("%-34s %6.2f %16.2f\n", "load s (convert, pack)", load_s[0],
          load_s[1]);
-  printf("%-34s %6.1f / %5.1f / %5.2f / %5.2f ms\n",
-         "1 thread CPU time, min (b1/b16/7t/77t)", cpu_ms[0], cpu_ms[1],
-         cpu_ms[2], cpu_ms[3]);
-  /* per image: 12 blocks of 2*50*(4*768^2 + 2*768*3072) = 8.49 GFLOP,
-   * patch embedding 0.23, attention 0.09 */
-  double gflop = 8.82;
-  if (!model) /* the FLOP count is the ViT-B/32 geometry's */
-    printf("\nvision at batch 16 (best) runs at %.0f%% (1 thread) and %.0f%% "
-         "(2 threads) of the best %s rate (%.2f GFLOP per image)\n",
-         100.0 * gflop / (cell[1][0].min * 1e-3) / anchor1.min,
-         100.0 * gflop / (cell[1][1].min * 1e-3) / anchor2.min, anchor,
-         gflop);
+  if (siglip)
+    printf("%-34s %6.1f / %5.1f / %5.2f ms\n",
+           "1 thread CPU time, min (b1/b16/text)", cpu_ms[0], cpu_ms[1],
+           cpu_ms[2]);
+  else
+    printf("%-34s %6.1f / %5.1f / %5.2f / %5.2f ms\n",
+           "1 thread CPU time, min (b1/b16/7t/77t)", cpu_ms[0], cpu_ms[1],
+           cpu_ms[2], cpu_ms[3]);
+  if (g) { /* the FLOP count is the written geometry's */
+    double gflop = vision_gflop(g);
+    printf("vision at batch 16 (best) runs at %.0f%% (1 thread) and %.0f%% "
+           "(2 threads) of the best %s rate (%.2f GFLOP per image)\n",
+           100.0 * gflop / (cell[1][0].min * 1e-3) / an->rate[0].min,
+           100.0 * gflop / (cell[1][1].min * 1e-3) / an->rate[1].min,
+           an->name, gflop);
+  }
   free(pixels);
   free(out);
-  if (!keep && !model) { /* only the temporary model this run wrote */
-    static const char *files[] = {"model.safetensors", "config.json",
-                                  "vocab.json", "merges.txt"};
-    for (int i = 0; i < 4; i++) {
-      char p[PATH_MAX + 32];
-      snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-      unlink(p);
-    }
-    rmdir(dir);
-  }
   return 0;
+}
+
+int main(int argc, char **argv) {
+  int f32 = 0, reps = 7, coretype = 1, panels = 1;
+  const char *keep = NULL, *model = NULL, *only = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--f32"))
+      f32 = 1;
+    else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+      reps = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--no-coretype"))
+      coretype = 0;
+    else if (!strcmp(argv[i], "--no-panels"))
+      panels = 0;
+    else if (!strcmp(argv[i], "--keep") && i + 1 < argc)
+      keep = argv[++i];
+    else if (!strcmp(argv[i], "--model") && i + 1 < argc)
+      model = argv[++i];
+    else if (!strcmp(argv[i], "--geometry") && i + 1 < argc)
+      only = argv[++i];
+    else {
+      fprintf(stderr, "usage: %s [--f32] [--reps N] [--no-coretype] "
+              "[--no-panels] [--keep DIR] [--model DIR] "
+              "[--geometry vit-b32|siglip-b16]\n", argv[0]);
+      return 2;
+    }
+  }
+  int known = !only;
+  for (int i = 0; i < NGEOMETRIES && only; i++)
+    known |= !strcmp(only, geometries[i].slug);
+  if (!known) {
+    fprintf(stderr, "bench: --geometry is vit-b32 or siglip-b16\n");
+    return 2;
+  }
+  if (reps < 3)
+    reps = 3;
+  if (reps > 64)
+    reps = 64;
+  const char *core = openblas_get_corename();
+  if (coretype && !getenv("OPENBLAS_CORETYPE") &&
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      core && (!strcmp(core, "Haswell") || !strcmp(core, "Zen"))) {
+    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    execv("/proc/self/exe", argv);
+    perror("bench: re-exec"); /* carry on with the default kernels */
+  }
+  openblas_set_num_threads(1);
+  if (!panels)
+    setenv("VLMDB_CLIP_PANELS", "0", 1);
+
+  char root[PATH_MAX];
+  if (model) {
+    snprintf(root, sizeof root, "%s", model);
+    printf("vlmdb embed benchmark: the model in %s\n", root);
+  } else {
+    if (keep) {
+      snprintf(root, sizeof root, "%s", keep);
+      mkdir(root, 0755);
+    } else {
+      snprintf(root, sizeof root, "/tmp/vlm-bench-embed-XXXXXX");
+      if (!mkdtemp(root)) {
+        perror("mkdtemp");
+        return 1;
+      }
+    }
+    printf("vlmdb embed benchmark: random %s weights in %s\n",
+           f32 ? "F32" : "F16", root);
+  }
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  printf("OpenBLAS %s core, %ld CPUs online, %d runs per cell "
+         "(min / median); matmuls: %s\n\n", openblas_get_corename(), ncpu,
+         reps, panels && vlm__panels_supported() && !f32
+                   ? "F16 panels (AVX-512 kernel)" : "OpenBLAS sgemm on F32");
+
+  stat2 g1 = sgemm_gflops(800, 3072, 768, 1, reps);
+  stat2 g2 = sgemm_gflops(800, 3072, 768, 2, reps);
+  printf("%-34s %14s %14s\n", "", "1 thread", "2 threads");
+  printf("%-34s %6.0f / %5.0f %6.0f / %5.0f\n",
+         "sgemm 800x3072x768 GFLOPS (max/med)", g1.min, g1.median, g2.min,
+         g2.median);
+  anchor an = {{g1, g2}, "sgemm"};
+  if (vlm__panels_supported()) {
+    stat2 p1 = panel_gflops(800, 3072, 768, 1, reps);
+    stat2 p2 = panel_gflops(800, 3072, 768, 2, reps);
+    if (panels && !f32)
+      an = (anchor){{p1, p2}, "panel kernel"};
+    printf("%-34s %6.0f / %5.0f %6.0f / %5.0f\n",
+           "panels 800x3072x768 GFLOPS", p1.min, p1.median, p2.min,
+           p2.median);
+  }
+
+  if (model)
+    return measure(root, NULL, reps, &an);
+  int status = 0;
+  for (int i = 0; i < NGEOMETRIES && !status; i++) {
+    const geometry *g = &geometries[i];
+    if (only && strcmp(only, g->slug))
+      continue;
+    char dir[PATH_MAX + 16], probe[PATH_MAX + 48];
+    snprintf(dir, sizeof dir, "%s/%s", root, g->slug);
+    mkdir(dir, 0755);
+    snprintf(probe, sizeof probe, "%s/model.safetensors", dir);
+    double t0 = now();
+    if (access(probe, R_OK) != 0) {
+      if (write_model(dir, g, f32)) {
+        fprintf(stderr, "bench: cannot write the checkpoint in %s\n", dir);
+        return 1;
+      }
+      printf("\n(%s checkpoint written in %.1f s)", g->name, now() - t0);
+    }
+    status = measure(dir, g, reps, &an);
+    if (!keep) { /* only the temporary model this run wrote */
+      static const char *files[] = {"model.safetensors", "config.json",
+                                    "vocab.json", "merges.txt"};
+      for (int f = 0; f < 4; f++) {
+        snprintf(probe, sizeof probe, "%s/%s", dir, files[f]);
+        unlink(probe);
+      }
+      rmdir(dir);
+    }
+  }
+  if (!keep)
+    rmdir(root);
+  return status;
 }

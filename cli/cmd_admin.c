@@ -142,6 +142,7 @@ int cmd_info(int argc, char **argv) {
     json_object_set_new(o, "dim", json_integer(info.dim));
     json_object_set_new(o, "model_id", json_string(info.model_id));
     json_object_set_new(o, "model_dir", json_string(info.model_dir));
+    json_object_set_new(o, "model_family", json_string(info.model_family));
     json_object_set_new(o, "format_version",
                         json_integer(info.format_version));
     json_object_set_new(o, "fields", fields);
@@ -166,6 +167,7 @@ int cmd_info(int argc, char **argv) {
   printf("dimension:      %d\n", info.dim);
   printf("model:          %s\n", info.model_dir[0] ? info.model_dir : "?");
   printf("model id:       %s\n", info.model_id);
+  printf("model family:   %s\n", info.model_family);
   printf("fields:        ");
   if (info.nfields == 0)
     printf(" (none)");

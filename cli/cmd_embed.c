@@ -7,25 +7,36 @@
 #include "vlm_error.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char embed_usage[] =
     "usage: vlmdb embed [--model DIR] [--text T]... [--image PATH]... [--raw]\n"
-    "                   [--threads N]\n"
+    "                   [--threads N] [--json]\n"
     "\n"
-    "Print the CLIP embedding of each text and image, one JSON object per\n"
+    "Print the embedding of each text and image, one JSON object per\n"
     "line: texts first, in the order given, then images:\n"
     "  {\"kind\":\"text\",\"input\":\"...\",\"embedding\":[...]}\n"
     "  {\"kind\":\"image\",\"input\":\"PATH\",\"embedding\":[...]}\n"
     "Embeddings are L2-normalized unless --raw.\n"
     "\n"
+    "With --json, one JSON object instead: \"model\" (dir, family: clip,\n"
+    "siglip or chinese_clip, model_id, dim, image_size, context_length,\n"
+    "logit_scale, logit_bias), \"embeddings\" (the objects above) and, when\n"
+    "texts and images are both given, the model's own scores of every pair:\n"
+    "\"logits_per_image\" [image][text] (exp(logit_scale) * cosine +\n"
+    "logit_bias) and \"probs_per_image\" (SigLIP: sigmoid of each logit;\n"
+    "CLIP, Chinese-CLIP: softmax over the texts).  --json without texts or\n"
+    "images describes the model alone.\n"
+    "\n"
     "  --model DIR     the model directory (default: $VLMDB_MODEL, else\n"
     "                  models/default)\n"
     "  --text T        a text to embed (repeatable)\n"
-    "  --image PATH    a JPEG or PNG file to embed (repeatable)\n"
+    "  --image PATH    an image file to embed (repeatable)\n"
     "  --raw           print the projection output, not normalized\n"
     "  --threads N     compute threads (default: all cores)\n"
+    "  --json          one JSON object with the model and the scores\n"
     "  -h, --help      this help\n"
     "\n"
     "example:\n"
@@ -53,13 +64,79 @@ static void print_vector(const float *v, int n) {
   putchar(']');
 }
 
-static void print_line(const char *kind, const char *input, const float *v,
-                       int n) {
+static void print_object(const char *kind, const char *input, const float *v,
+                         int n) {
   printf("{\"kind\":\"%s\",\"input\":", kind);
   vlm_cli_json_string(stdout, input);
   fputs(",\"embedding\":", stdout);
   print_vector(v, n);
-  fputs("}\n", stdout);
+  fputs("}", stdout);
+}
+
+static void print_model(const vlm_clip *clip, const char *dir) {
+  fputs("\"model\":{\"dir\":", stdout);
+  vlm_cli_json_string(stdout, dir);
+  printf(",\"family\":\"%s\",\"model_id\":\"%s\",\"dim\":%d,"
+         "\"image_size\":%d,\"context_length\":%d,\"logit_scale\":%.9g,"
+         "\"logit_bias\":%.9g}",
+         vlm_clip_family(clip), vlm_clip_model_id(clip), vlm_clip_dim(clip),
+         vlm_clip_image_size(clip), vlm_clip_context_length(clip),
+         (double)vlm_clip_logit_scale(clip),
+         (double)vlm_clip_logit_bias(clip));
+}
+
+static void normalize(float *v, int n) {
+  double ss = 0;
+  for (int i = 0; i < n; i++)
+    ss += (double)v[i] * v[i];
+  float inv = ss > 0 ? (float)(1.0 / sqrt(ss)) : 0.0f;
+  for (int i = 0; i < n; i++)
+    v[i] *= inv;
+}
+
+/* The model's own scores of every (image, text) pair, as the reference
+ * models' forward returns them: logits_per_image[i][t] from the cosines of
+ * the normalized vectors, probs_per_image by the family's rule
+ * (vlm_clip_probabilities: one image's row over the texts). */
+static int print_scores(const vlm_clip *clip, const float *tv, int n_texts,
+                        const float *iv, int n_images, int D) {
+  float *t = malloc(((size_t)n_texts * D + (size_t)n_images * D +
+                     2 * (size_t)n_texts) * sizeof *t);
+  if (!t)
+    return VLM_ENOMEM;
+  float *im = t + (size_t)n_texts * D, *cos = im + (size_t)n_images * D,
+        *probs = cos + n_texts;
+  memcpy(t, tv, (size_t)n_texts * D * sizeof *t);
+  memcpy(im, iv, (size_t)n_images * D * sizeof *im);
+  for (int i = 0; i < n_texts; i++)
+    normalize(t + (size_t)i * D, D);
+  for (int i = 0; i < n_images; i++)
+    normalize(im + (size_t)i * D, D);
+  int rc = 0;
+  for (int pass = 0; pass < 2 && !rc; pass++) {
+    fputs(pass ? ",\"probs_per_image\":[" : ",\"logits_per_image\":[",
+          stdout);
+    for (int i = 0; i < n_images && !rc; i++) {
+      for (int j = 0; j < n_texts; j++) {
+        double dot = 0;
+        for (int d = 0; d < D; d++)
+          dot += (double)im[(size_t)i * D + d] * t[(size_t)j * D + d];
+        cos[j] = (float)dot;
+      }
+      if (pass == 0)
+        for (int j = 0; j < n_texts; j++)
+          probs[j] = vlm_clip_logit(clip, cos[j]);
+      else
+        rc = vlm_clip_probabilities(clip, cos, n_texts, probs);
+      fputs(i ? ",[" : "[", stdout);
+      for (int j = 0; j < n_texts; j++)
+        printf(j ? ",%.9g" : "%.9g", (double)probs[j]);
+      fputs("]", stdout);
+    }
+    fputs("]", stdout);
+  }
+  free(t);
+  return rc;
 }
 
 static int load(const char *cmd, const char *dir, int threads,
@@ -83,7 +160,7 @@ int cmd_embed(int argc, char **argv) {
   const char **images = calloc((size_t)argc, sizeof *images);
   float *tv = NULL, *iv = NULL;
   vlm_clip *clip = NULL;
-  int n_texts = 0, n_images = 0;
+  int n_texts = 0, n_images = 0, as_json = 0;
   if (!texts || !images) {
     vlm_cli_error(cmd, "out of memory");
     goto done;
@@ -94,6 +171,7 @@ int cmd_embed(int argc, char **argv) {
       {"image", required_argument, NULL, 'i'},
       {"raw", no_argument, NULL, 'r'},
       {"threads", required_argument, NULL, 'j'},
+      {"json", no_argument, NULL, 'J'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -101,6 +179,7 @@ int cmd_embed(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
     switch (c) {
     case 'm': model = optarg; break;
+    case 'J': as_json = 1; break;
     case 't': texts[n_texts++] = optarg; break;
     case 'i': images[n_images++] = optarg; break;
     case 'r': flags |= VLM_CLIP_RAW; break;
@@ -125,12 +204,13 @@ int cmd_embed(int argc, char **argv) {
                                  argv[optind]);
     goto done;
   }
-  if (n_texts + n_images == 0) {
+  if (n_texts + n_images == 0 && !as_json) {
     status = vlm_cli_usage_error(cmd, "nothing to embed: give --text or "
                                  "--image");
     goto done;
   }
-  if (load(cmd, model ? model : vlm_cli_default_model(), (int)threads, &clip))
+  const char *dir = model ? model : vlm_cli_default_model();
+  if (load(cmd, dir, (int)threads, &clip))
     goto done;
   const int D = vlm_clip_dim(clip);
   tv = malloc(((size_t)n_texts * D + 1) * sizeof *tv);
@@ -149,10 +229,32 @@ int cmd_embed(int argc, char **argv) {
     vlm_cli_liberror(cmd, rc);
     goto done;
   }
-  for (int i = 0; i < n_texts; i++)
-    print_line("text", texts[i], tv + (size_t)i * D, D);
-  for (int i = 0; i < n_images; i++)
-    print_line("image", images[i], iv + (size_t)i * D, D);
+  if (as_json) {
+    fputs("{", stdout);
+    print_model(clip, dir);
+    fputs(",\"embeddings\":[", stdout);
+  }
+  for (int i = 0; i < n_texts + n_images; i++) {
+    int is_text = i < n_texts;
+    if (as_json && i)
+      fputs(",", stdout);
+    print_object(is_text ? "text" : "image",
+                 is_text ? texts[i] : images[i - n_texts],
+                 is_text ? tv + (size_t)i * D : iv + (size_t)(i - n_texts) * D,
+                 D);
+    if (!as_json)
+      fputs("\n", stdout);
+  }
+  if (as_json) {
+    fputs("]", stdout);
+    if (n_texts && n_images &&
+        (rc = print_scores(clip, tv, n_texts, iv, n_images, D))) {
+      fputs("}\n", stdout);
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    fputs("}\n", stdout);
+  }
   status = fflush(stdout) == 0 ? VLM_EXIT_OK : VLM_EXIT_RUNTIME;
 done:
   vlm_clip_free(clip);

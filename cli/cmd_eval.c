@@ -2,6 +2,7 @@
  * metric lives in db/eval.c, so the server can run it too). */
 #include "opts.h"
 #include "vlm_cli.h"
+#include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_eval.h"
 #include "vlmdb.h"
@@ -10,11 +11,13 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char usage[] =
     "usage: vlmdb eval --db DIR [--pairs FILE] [-k 1,5,10]\n"
     "                  [--direction t2i,i2t] [--sample N] [--seed S]\n"
-    "                  [--ef N] [--nprobe N] [--no-index] [--json]\n"
+    "                  [--ef N] [--nprobe N] [--no-index] [--model DIR]\n"
+    "                  [--json]\n"
     "\n"
     "Measure cross-modal retrieval: each text's own image is its ground\n"
     "truth (text->image, t2i) and each image's texts are its ground truth\n"
@@ -23,7 +26,11 @@ static const char usage[] =
     "mean rank (exact scores over every stored vector; ties count against\n"
     "the ground truth), and how much the ANN index loses: Recall@K through\n"
     "the index and the index's top K against exact search, with the time\n"
-    "per query of each.\n"
+    "per query of each.  With the database's model at hand (the directory\n"
+    "it recorded, or --model DIR), also the model's own confidence: the mean\n"
+    "probability its family's score gives each query's ground truth\n"
+    "(SigLIP: the sigmoid of the pair's logit; CLIP, Chinese-CLIP: the\n"
+    "softmax over every candidate).\n"
     "\n"
     "  --db DIR            the database\n"
     "  --pairs FILE        JSONL ground truth, one object a line:\n"
@@ -37,6 +44,9 @@ static const char usage[] =
     "  --seed S            seed of the sample (default 1)\n"
     "  --ef N, --nprobe N  index search parameters\n"
     "  --no-index          exact ranks only (skip the per-query searches)\n"
+    "  --model DIR         the model for the probabilities (default: the\n"
+    "                      one the database recorded; without one they are\n"
+    "                      left out)\n"
     "  --json              one JSON object instead of the report\n"
     "  -h, --help          this help\n"
     "\n"
@@ -94,6 +104,11 @@ static json_t *by_k(const vlm_eval_direction *d, int which) {
   return o;
 }
 
+static int model_probabilities(void *clip, const float *cosines, int n,
+                               float *probs) {
+  return vlm_clip_probabilities(clip, cosines, n, probs);
+}
+
 static json_t *direction_json(const vlm_eval_direction *d, int with_index) {
   json_t *o = json_object();
   json_object_set_new(o, "queries", json_integer(d->queries));
@@ -109,6 +124,9 @@ static json_t *direction_json(const vlm_eval_direction *d, int with_index) {
   json_object_set_new(o, "exact_ms_per_query",
                       with_index ? json_real(d->exact_ms_per_query)
                                  : json_null());
+  json_object_set_new(o, "gt_probability",
+                      d->gt_probability < 0 ? json_null()
+                                            : json_real(d->gt_probability));
   return o;
 }
 
@@ -132,13 +150,17 @@ static void print_direction(const char *title, const char *cands,
   }
   printf("\n  median rank %.1f, mean rank %.1f\n", d->median_rank,
          d->mean_rank);
+  if (d->gt_probability >= 0)
+    printf("  ground-truth probability (the model's own score), mean %.4f\n",
+           d->gt_probability);
   if (with_index)
     printf("  time per query: index %.3f ms, exact %.3f ms\n",
            d->index_ms_per_query, d->exact_ms_per_query);
 }
 
 int cmd_eval(int argc, char **argv) {
-  const char *cmd = "eval", *db_dir = NULL, *pairs_path = NULL;
+  const char *cmd = "eval", *db_dir = NULL, *pairs_path = NULL,
+             *model_dir = NULL;
   int ks[VLM_EVAL_MAX_KS] = {1, 5, 10}, nks = 3, as_json = 0;
   long sample = 0, seed = 1, ef = 0, nprobe = 0;
   vlm_eval_options opts = {0};
@@ -152,6 +174,7 @@ int cmd_eval(int argc, char **argv) {
       {"ef", required_argument, NULL, 'e'},
       {"nprobe", required_argument, NULL, 'n'},
       {"no-index", no_argument, NULL, 'N'},
+      {"model", required_argument, NULL, 'm'},
       {"json", no_argument, NULL, 'j'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
@@ -188,6 +211,7 @@ int cmd_eval(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       break;
     case 'N': opts.skip_index = 1; break;
+    case 'm': model_dir = optarg; break;
     case 'j': as_json = 1; break;
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: fputs(usage, stderr); return VLM_EXIT_USAGE;
@@ -206,6 +230,7 @@ int cmd_eval(int argc, char **argv) {
 
   int status = VLM_EXIT_RUNTIME;
   vlm_db *db = NULL;
+  vlm_clip *clip = NULL;
   vlm_eval_pair *pairs = NULL;
   int npairs = 0;
   if (pairs_path) {
@@ -219,6 +244,29 @@ int cmd_eval(int argc, char **argv) {
   }
   if (vlm_cli_open_db(cmd, db_dir, 1, &db))
     goto done;
+  /* The model only scores (the ranks need none): one named with --model
+   * must load, the recorded one is used when it is still there. */
+  vlm_db_info info;
+  if (model_dir) {
+    if (vlm_cli_load_model(cmd, db, model_dir, 1, &clip))
+      goto done;
+  } else if (vlm_db_stat(db, &info) == 0 && info.model_dir[0] &&
+             access(info.model_dir, R_OK) == 0) {
+    vlm_clip_options copts = {.threads = 1};
+    if (vlm_clip_load(info.model_dir, &copts, &clip) == 0 &&
+        strcmp(vlm_clip_model_id(clip), info.model_id)) {
+      vlm_clip_free(clip);
+      clip = NULL;
+    }
+    if (!clip)
+      fprintf(stderr, "vlmdb eval: note: the model in %s is not loadable or "
+              "not the database's: its probabilities are left out\n",
+              info.model_dir);
+  }
+  if (clip) {
+    opts.probabilities = model_probabilities;
+    opts.probabilities_arg = clip;
+  }
   vlm_eval_result res;
   int rc = vlm_db_eval(db, &opts, &res);
   if (rc) {
@@ -259,6 +307,7 @@ int cmd_eval(int argc, char **argv) {
   status = VLM_EXIT_OK;
 done:
   vlm_db_close(db);
+  vlm_clip_free(clip);
   vlm_eval_pairs_free(pairs, npairs);
   return status;
 }

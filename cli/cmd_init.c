@@ -15,7 +15,8 @@ static const char usage[] =
     "                  [--field NAME:TYPE]...\n"
     "\n"
     "Create an empty database in DIR (created if missing; must be empty),\n"
-    "bound to a CLIP model: every vector it stores comes from that model.\n"
+    "bound to a model (CLIP, SigLIP or Chinese-CLIP): every vector it\n"
+    "stores comes from that model.\n"
     "\n"
     "  --db DIR            the database directory\n"
     "  --model DIR         the model (default: $VLMDB_MODEL or models/default)\n"
@@ -93,7 +94,8 @@ int cmd_init(int argc, char **argv) {
                           .model_id = vlm_clip_model_id(clip),
                           .model_dir = model_abs,
                           .fields = fields,
-                          .nfields = nfields};
+                          .nfields = nfields,
+                          .model_family = vlm_clip_family(clip)};
   rc = vlm_db_create(db_dir, &config, &db);
   if (rc) {
     vlm_cli_liberror(cmd, rc);

@@ -356,6 +356,10 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     return vlm_seterr(VLM_EINVAL, "create: factory string too long");
   if (config->model_dir && strlen(config->model_dir) >= sizeof m.model_dir)
     return vlm_seterr(VLM_EINVAL, "create: model_dir too long");
+  const char *family = config->model_family ? config->model_family : "clip";
+  if (vlm__model_family_ok(family) != 0)
+    return vlm_seterr(VLM_EINVAL, "create: model family '%.40s' is not 1..%zu "
+                      "of [a-z0-9_]", family, sizeof m.model_family - 1);
   if (config->nfields < 0 || config->nfields > VLM__MAX_FIELDS ||
       (config->nfields && !config->fields))
     return vlm_seterr(VLM_EINVAL, "create: 0..%d fields", VLM__MAX_FIELDS);
@@ -383,6 +387,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   strcpy(m.model_id, config->model_id);
   if (config->model_dir)
     strcpy(m.model_dir, config->model_dir);
+  strcpy(m.model_family, family);
   if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
     return vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
   vlm_index_free(probe);
@@ -1697,6 +1702,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   info->dim = db->man.dim;
   snprintf(info->model_id, sizeof info->model_id, "%s", db->man.model_id);
   snprintf(info->model_dir, sizeof info->model_dir, "%s", db->man.model_dir);
+  snprintf(info->model_family, sizeof info->model_family, "%s",
+           db->man.model_family);
   info->format_version = db->man.format_version;
   info->nfields = db->man.nfields;
   for (int i = 0; i < db->man.nfields; i++) {

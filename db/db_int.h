@@ -78,6 +78,8 @@ typedef struct {
   char factory[128];
   char model_id[80];
   char model_dir[512];
+  char model_family[32]; /* vlm_clip_family of the model ("clip" when the
+                            manifest predates the families) */
   int nfields;
   vlm_field_type ftype[VLM__MAX_FIELDS];
   char fname[VLM__MAX_FIELDS][VLM_DB_FIELD_NAME];
@@ -86,6 +88,9 @@ typedef struct {
 } vlm__manifest;
 
 int vlm__manifest_read(const char *dir, vlm__manifest *m);
+/* 0 when name is a model family a manifest may record: 1..31 bytes of
+ * [a-z0-9_]; -1 otherwise. */
+int vlm__model_family_ok(const char *name);
 int vlm__manifest_write(const char *dir, const vlm__manifest *m);
 int vlm__fsync_dir(const char *dir);
 

@@ -327,7 +327,7 @@ static int eval_direction(vlm_db *db, const vec_set *qset, const vec_set *cset,
   int64_t *gt = malloc((size_t)(npairs ? npairs : 1) * sizeof *gt);
   int64_t *order = malloc((size_t)(nq ? nq : 1) * sizeof *order);
   int64_t *ranks = malloc((size_t)(nq ? nq : 1) * sizeof *ranks);
-  float *qbuf = NULL, *scores = NULL;
+  float *qbuf = NULL, *scores = NULL, *probs = NULL;
   double *idx_recall = calloc((size_t)nks, sizeof *idx_recall);
   double *ovl = calloc((size_t)nks, sizeof *ovl);
   if (!start || !gt || !order || !ranks || !idx_recall || !ovl) {
@@ -358,6 +358,18 @@ static int eval_direction(vlm_db *db, const vec_set *qset, const vec_set *cset,
   out->queries = nrun;
   out->candidates = cset->n;
   out->nks = nks;
+  out->gt_probability = -1;
+  if (opts->probabilities && cset->n > INT32_MAX) {
+    rc = vlm_seterr(VLM_EINVAL, "eval: the model's probabilities over %lld "
+                    "candidates (at most %d)", (long long)cset->n, INT32_MAX);
+    goto done;
+  }
+  if (opts->probabilities &&
+      !(probs = malloc((size_t)(cset->n ? cset->n : 1) * sizeof *probs))) {
+    rc = VLM_ENOMEM;
+    goto done;
+  }
+  double prob_sum = 0;
 
   /* Exact ranks: a block of queries against every candidate at once. */
   int64_t block = cset->n > 0 ? (int64_t)(16 << 20) / cset->n : 256;
@@ -384,10 +396,23 @@ static int eval_direction(vlm_db *db, const vec_set *qset, const vec_set *cset,
                 scores, (int)cset->n);
     for (int64_t i = 0; i < nb; i++) {
       int64_t g = order[q0 + i];
-      ranks[q0 + i] = vlm_eval_rank(scores + i * cset->n, cset->n,
-                                    gt + start[g], (int)(start[g + 1] - start[g]));
+      const float *row = scores + i * cset->n;
+      const int64_t *G = gt + start[g];
+      int ngt = (int)(start[g + 1] - start[g]);
+      ranks[q0 + i] = vlm_eval_rank(row, cset->n, G, ngt);
+      if (!probs)
+        continue;
+      if ((rc = opts->probabilities(opts->probabilities_arg, row,
+                                    (int)cset->n, probs)) < 0)
+        goto done;
+      float best = probs[G[0]];
+      for (int j = 1; j < ngt; j++)
+        best = probs[G[j]] > best ? probs[G[j]] : best;
+      prob_sum += best;
     }
   }
+  if (probs)
+    out->gt_probability = nrun ? prob_sum / (double)nrun : 0;
   double recall[VLM_EVAL_MAX_KS];
   vlm_eval_summarize(ranks, nrun, ks, nks, recall, &out->median_rank,
                      &out->mean_rank);
@@ -464,6 +489,7 @@ done:
   free(ranks);
   free(qbuf);
   free(scores);
+  free(probs);
   free(idx_recall);
   free(ovl);
   return rc;

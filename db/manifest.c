@@ -94,6 +94,17 @@ static int copy_str(char *dst, size_t cap, json_t *v, const char *name,
   return 0;
 }
 
+int vlm__model_family_ok(const char *name) {
+  size_t n = strlen(name);
+  if (n < 1 || n >= sizeof ((vlm__manifest *)0)->model_family)
+    return -1;
+  for (size_t i = 0; i < n; i++)
+    if (!((name[i] >= 'a' && name[i] <= 'z') ||
+          (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
+      return -1;
+  return 0;
+}
+
 int vlm__manifest_read(const char *dir, vlm__manifest *m) {
   char path[PATH_MAX];
   struct stat st;
@@ -177,6 +188,18 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
       (rc = copy_str(m->model_dir, sizeof m->model_dir, mdir, "model_dir",
                      path)))
     goto done;
+  /* Absent in manifests written before the model families: every model
+   * vlmdb loaded then was a CLIP. */
+  json_t *family = json_object_get(root, "model_family");
+  if (!family) {
+    strcpy(m->model_family, "clip");
+  } else if ((rc = copy_str(m->model_family, sizeof m->model_family, family,
+                            "model_family", path))) {
+    goto done;
+  } else if (vlm__model_family_ok(m->model_family) != 0) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"model_family\"", path);
+    goto done;
+  }
   json_t *fields = json_object_get(root, "fields");
   if (!json_is_array(fields) || json_array_size(fields) > VLM__MAX_FIELDS) {
     rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"fields\"", path);
@@ -269,6 +292,9 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
   json_object_set_new(root, "index_factory", json_string(m->factory));
   json_object_set_new(root, "model_id", json_string(m->model_id));
   json_object_set_new(root, "model_dir", json_string(m->model_dir));
+  json_object_set_new(root, "model_family",
+                      json_string(m->model_family[0] ? m->model_family
+                                                     : "clip"));
   if (m->sql_cksum)
     json_object_set_new(root, "sql_page_checksums", json_true());
   for (int i = 0; i < m->nfields; i++) {

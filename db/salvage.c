@@ -219,7 +219,8 @@ int vlm_db_salvage(const char *src, const char *dst,
   vlm_db_config cfg = {.dim = m.dim, .index_factory = m.factory,
                        .model_id = m.model_id,
                        .model_dir = m.model_dir[0] ? m.model_dir : NULL,
-                       .fields = fields, .nfields = m.nfields};
+                       .fields = fields, .nfields = m.nfields,
+                       .model_family = m.model_family};
   if ((rc = vlm_db_create(dst, &cfg, &out)))
     goto done;
   if (!(b = calloc(1, sizeof *b))) {

@@ -17,6 +17,16 @@
  * alike therefore gets no credit.  Scores are cosine similarities
  * (inner products of the stored unit vectors), computed exactly.
  *
+ * The model's own score.  The ranks above depend only on the order of the
+ * cosines, which every family's score keeps (logit = exp(logit_scale) *
+ * cosine + logit_bias), so they are the same under the model's logits.
+ * What the family changes is how sure the model is: given the model's
+ * probabilities (opts->probabilities, vlm_clip_probabilities of the loaded
+ * model: SigLIP's sigmoid of each pair's logit, CLIP's and Chinese-CLIP's
+ * softmax over all candidates), each query's ground-truth probability is
+ * the probability of its best-scoring partner, and gt_probability is its
+ * mean over the queries.
+ *
  * The index columns run the database's own search (vlm_db_search) per
  * query: recall_index is Recall@K when the ranking comes from the ANN index
  * instead of exact scores, and index_recall is |ANN top K n exact top K| /
@@ -54,6 +64,12 @@ typedef struct {
   int ef_search;          /* index search parameters; 0 = defaults */
   int nprobe;
   int skip_index;         /* 1 = exact ranks only (no per-query searches) */
+  /* The model's probabilities for one query's cosines to n candidates,
+   * into probs[n] (0 or a negative VLM_E* code); NULL = gt_probability is
+   * not measured.  Called from the evaluating thread with
+   * probabilities_arg. */
+  int (*probabilities)(void *arg, const float *cosines, int n, float *probs);
+  void *probabilities_arg;
 } vlm_eval_options;
 
 typedef struct {
@@ -72,6 +88,8 @@ typedef struct {
   double mean_rank;
   double index_ms_per_query; /* vlm_db_search with the index */
   double exact_ms_per_query; /* vlm_db_search with exact = 1 */
+  double gt_probability;  /* mean ground-truth probability under the
+                             model's own score; -1 when not measured */
 } vlm_eval_direction;
 
 typedef struct {

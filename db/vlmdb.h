@@ -44,6 +44,9 @@ typedef struct {
                                 for information; may be NULL) */
   const vlm_field *fields;   /* declared metadata fields */
   int nfields;
+  /* Fields added later; zero keeps the default. */
+  const char *model_family;  /* vlm_clip_family of the model: 1..31 of
+                                [a-z0-9_]; NULL = "clip" */
 } vlm_db_config;
 
 /* Receives warnings of open (an index file rebuilt from LMDB, recovery
@@ -239,6 +242,10 @@ typedef struct {
                              database's own vectors; 0 = not measured yet
                              (defaults 64 / 16) */
   int64_t tuned_at[2];    /* vectors in the index when it was measured */
+  char model_family[32];  /* the model's family as recorded at create
+                             (vlm_clip_family: "clip", "siglip",
+                             "chinese_clip"); "clip" for databases made
+                             before families were recorded */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);

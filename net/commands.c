@@ -829,16 +829,21 @@ static void cmd_info_exec(vlm__job *job) {
                       (unsigned)info.field_types[i] < 3
                           ? types[info.field_types[i]]
                           : "?");
-    vlm__buf_printf(b, "\r\nmodel_id:%s\r\n\r\n", info.model_id);
+    vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n\r\n",
+                    info.model_id, info.model_family);
   }
   if (st->model) {
     if (srv->clip)
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:1\r\nmodel_id:%s\r\n"
-                      "model_dir:%s\r\ndim:%d\r\nimage_size:%d\r\n"
-                      "context_length:%d\r\n\r\n",
+                      "model_dir:%s\r\nfamily:%s\r\ndim:%d\r\n"
+                      "image_size:%d\r\ncontext_length:%d\r\n"
+                      "logit_scale:%.9g\r\nlogit_bias:%.9g\r\n\r\n",
                       vlm_clip_model_id(srv->clip), srv->model_dir,
-                      vlm_clip_dim(srv->clip), vlm_clip_image_size(srv->clip),
-                      vlm_clip_context_length(srv->clip));
+                      vlm_clip_family(srv->clip), vlm_clip_dim(srv->clip),
+                      vlm_clip_image_size(srv->clip),
+                      vlm_clip_context_length(srv->clip),
+                      (double)vlm_clip_logit_scale(srv->clip),
+                      (double)vlm_clip_logit_bias(srv->clip));
     else
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:0\r\n\r\n");
   }
@@ -860,7 +865,7 @@ static void cmd_info_exec(vlm__job *job) {
 
 enum { Q_TEXT, Q_IMAGE, Q_KEY, Q_VECTOR };
 enum { F_CAPTION = -1, F_SOURCE = -2, F_META = -3, F_THUMB = -4,
-       F_MODALITY = -5, F_SIMILAR = -6 };
+       F_MODALITY = -5, F_SIMILAR = -6, F_LOGIT = -7, F_PROBABILITY = -8 };
 #define MAX_RETURN 32
 
 typedef struct {
@@ -887,7 +892,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
     int id;
   } builtin[] = {{"caption", F_CAPTION}, {"source", F_SOURCE},
                  {"meta", F_META},       {"thumb", F_THUMB},
-                 {"modality", F_MODALITY}, {"similar", F_SIMILAR}};
+                 {"modality", F_MODALITY}, {"similar", F_SIMILAR},
+                 {"logit", F_LOGIT},     {"probability", F_PROBABILITY}};
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (arg_is(a, builtin[i].name)) {
       *field = builtin[i].id;
@@ -904,8 +910,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
     }
   char tmp[64];
   vlm__reply_error(ctx->out, "ERR", "unknown field '%s' in RETURN (caption, "
-                   "source, meta, thumb, modality, similar or a declared "
-                   "field)",
+                   "source, meta, thumb, modality, similar, logit, "
+                   "probability or a declared field)",
                    arg_show(a, tmp, sizeof tmp));
   return -1;
 }
@@ -1006,6 +1012,19 @@ static int cmd_search_proc(vlm__ctx *ctx) {
     vlm__reply_error(ctx->out, "ERR", "WEIGHT needs HYBRID <text>");
     return -1;
   }
+  /* logit and probability are the model's own score of a cosine, so they
+   * need the model, and a hybrid score (fused ranks) is no cosine. */
+  for (int f = 0; f < st->nfields; f++) {
+    if (st->fields[f] != F_LOGIT && st->fields[f] != F_PROBABILITY)
+      continue;
+    if (need_model(ctx, "RETURN logit/probability") < 0)
+      return -1;
+    if (st->opts.hybrid_text) {
+      vlm__reply_error(ctx->out, "ERR", "RETURN %s: a HYBRID score is not a "
+                       "cosine", st->field_names[f]);
+      return -1;
+    }
+  }
   switch (st->qtype) {
   case Q_TEXT:
     if (need_model(ctx, "SEARCH TEXT") < 0 || arg_cstr(ctx, q, "text") < 0)
@@ -1059,8 +1078,14 @@ static void reply_json_value(vlm__buf *out, json_t *v) {
 
 static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
                         const vlm_record *rec, json_t *meta,
-                        const char *name) {
+                        const char *name, const vlm_clip *clip, float prob) {
   switch (field) {
+  case F_LOGIT:
+    vlm__reply_float(out, vlm_clip_logit(clip, hit->score));
+    return;
+  case F_PROBABILITY:
+    vlm__reply_float(out, prob);
+    return;
   case F_MODALITY:
     vlm__reply_cstr(out, modality_name(hit->modality));
     return;
@@ -1094,6 +1119,7 @@ static void cmd_search_exec(vlm__job *job) {
   const float *query = NULL;
   vlm_record *keyrec = NULL;
   vlm_hit *hits = NULL;
+  float *probs = NULL;
   int nhits = 0, rc;
   switch (st->qtype) {
   case Q_TEXT:
@@ -1127,9 +1153,28 @@ static void cmd_search_exec(vlm__job *job) {
     reply_liberr(out, rc);
     goto done;
   }
-  int need_rec = 0;
-  for (int f = 0; f < st->nfields; f++)
-    need_rec |= st->fields[f] != F_MODALITY && st->fields[f] != F_SIMILAR;
+  int need_rec = 0, need_prob = 0;
+  for (int f = 0; f < st->nfields; f++) {
+    need_rec |= st->fields[f] >= F_THUMB;
+    need_prob |= st->fields[f] == F_PROBABILITY;
+  }
+  /* The family's probabilities of the hits (vlm_clip_probabilities):
+   * SigLIP scores each hit on its own, CLIP shares a softmax over the hits
+   * returned, as its zero-shot classification does over its labels. */
+  if (need_prob && nhits > 0) {
+    probs = malloc((size_t)nhits * 2 * sizeof *probs);
+    if (!probs) {
+      vlm__reply_error(out, "ERR", "out of memory");
+      goto done;
+    }
+    for (int h = 0; h < nhits; h++)
+      probs[nhits + h] = hits[h].score;
+    if ((rc = vlm_clip_probabilities(srv->clip, probs + nhits, nhits,
+                                     probs)) < 0) {
+      reply_liberr(out, rc);
+      goto done;
+    }
+  }
   if (out->resp3)
     vlm__reply_map(out, nhits);
   else
@@ -1155,12 +1200,13 @@ static void cmd_search_exec(vlm__job *job) {
     for (int f = 0; f < st->nfields; f++) {
       vlm__reply_cstr(out, st->field_names[f]);
       reply_field(out, st->fields[f], &hits[h], rec, meta,
-                  st->field_names[f]);
+                  st->field_names[f], srv->clip, probs ? probs[h] : 0.0f);
     }
     json_decref(meta);
     vlm_record_free(rec);
   }
 done:
+  free(probs);
   vlm_hits_free(hits, nhits);
   vlm_record_free(keyrec);
 }
@@ -1933,9 +1979,11 @@ static int cmd_eval_proc(vlm__ctx *ctx) {
 
 static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
                                  int skip_index) {
-  /* queries, candidates, the K entries, median, mean, the timings */
+  /* queries, candidates, the K entries, median, mean, the timings, the
+   * ground-truth probability when the model scored it */
+  int with_prob = d->gt_probability >= 0;
   vlm__reply_map(out, 2 + d->nks * (skip_index ? 1 : 3) + 2 +
-                          (skip_index ? 1 : 2));
+                          (skip_index ? 1 : 2) + with_prob);
   vlm__reply_cstr(out, "queries");
   vlm__reply_int(out, d->queries);
   vlm__reply_cstr(out, "candidates");
@@ -1964,11 +2012,24 @@ static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
     vlm__reply_cstr(out, "index_ms_per_query");
     vlm__reply_double(out, d->index_ms_per_query);
   }
+  if (with_prob) {
+    vlm__reply_cstr(out, "gt_probability");
+    vlm__reply_double(out, d->gt_probability);
+  }
+}
+
+static int model_probabilities(void *clip, const float *cosines, int n,
+                               float *probs) {
+  return vlm_clip_probabilities(clip, cosines, n, probs);
 }
 
 static void cmd_eval_exec(vlm__job *job) {
   eval_state *st = job->state;
   vlm_eval_result res;
+  if (job->srv->clip) { /* the model's own score of the ground truth */
+    st->opts.probabilities = model_probabilities;
+    st->opts.probabilities_arg = job->srv->clip;
+  }
   int rc = vlm_db_eval(job->srv->db, &st->opts, &res);
   if (rc < 0) {
     reply_liberr(&job->reply, rc);

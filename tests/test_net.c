@@ -754,6 +754,8 @@ static void check_eval(redisContext *c) {
   }
   int ks[2] = {1, 3};
   double want[2][2] = {{0}}; /* [direction][k] */
+  double want_prob[2] = {0}; /* CLIP's softmax of the partner, summed */
+  double scale = exp((double)vlm_clip_logit_scale(g_clip));
   int npairs = 0;
   for (int dir = 0; dir < 2; dir++) {
     for (int q = 0; q < NITEMS; q++) {
@@ -764,10 +766,15 @@ static void check_eval(redisContext *c) {
       const float *cands = dir == 0 ? iv : tv;
       float self = dotf(qv, cands + (size_t)q * g_dim, g_dim);
       int rank = 1;
-      for (int j = 0; j < NITEMS; j++)
-        if (j != q && (dir == 1 || items[j].image) &&
-            dotf(qv, cands + (size_t)j * g_dim, g_dim) >= self)
-          rank++;
+      double z = 0;
+      for (int j = 0; j < NITEMS; j++) {
+        if (dir == 0 && !items[j].image)
+          continue;
+        float other = dotf(qv, cands + (size_t)j * g_dim, g_dim);
+        rank += j != q && other >= self;
+        z += exp(scale * ((double)other - self));
+      }
+      want_prob[dir] += 1 / z;
       for (int k = 0; k < 2; k++)
         want[dir][k] += rank <= ks[k];
     }
@@ -781,6 +788,10 @@ static void check_eval(redisContext *c) {
     redisReply *d = flat_get(r, names[dir]);
     assert_non_null(d);
     assert_int_equal(flat_get(d, "queries")->integer, npairs);
+    double prob = strtod(flat_get(d, "gt_probability")->str, NULL);
+    if (fabs(prob - want_prob[dir] / npairs) > 1e-5)
+      fail_msg("VLM.EVAL %s gt_probability: server %.7f, oracle %.7f",
+               names[dir], prob, want_prob[dir] / npairs);
     for (int k = 0; k < 2; k++) {
       char key[32];
       snprintf(key, sizeof key, "recall@%d", ks[k]);
@@ -1034,7 +1045,9 @@ static void test_connection_commands(void **state) {
   assert_int_equal(r->type, REDIS_REPLY_STRING);
   const char *sections[] = {"# Server", "# Clients", "# Stats", "# Memory",
                             "# Db", "# Model", "connected_clients:1",
-                            "items:0", "dim:48", "model_loaded:1"};
+                            "items:0", "dim:48", "model_loaded:1",
+                            "\r\nfamily:clip\r\n", "\r\nmodel_family:clip\r\n",
+                            "\r\nlogit_bias:0\r\n"};
   for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
     if (!strstr(r->str, sections[i]))
       fail_msg("INFO lacks '%s':\n%s", sections[i], r->str);
@@ -1226,6 +1239,34 @@ static void test_write_read_search(void **state) {
   assert_int_equal(r->elements, 3);
   freeReplyObject(r);
   expect_error(hcmd(c, "SEARCH TEXT x FILTER %s", "nosuchcol = 1"), "ERR");
+  /* The model's own scores of the hits: CLIP's logit, and its softmax
+   * over the hits returned, computed here from the scores. */
+  r = hcmd(c, "SEARCH TEXT %s K 5 TARGET IMAGE RETURN 2 logit probability",
+           "a photo of a cat");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 5);
+  {
+    double scale = exp((double)vlm_clip_logit_scale(g_clip)), z = 0;
+    double top = strtod(r->element[0]->element[1]->str, NULL);
+    for (size_t h = 0; h < r->elements; h++)
+      z += exp(scale * (strtod(r->element[h]->element[1]->str, NULL) - top));
+    for (size_t h = 0; h < r->elements; h++) {
+      redisReply *hit = r->element[h];
+      assert_int_equal(hit->elements, 6);
+      assert_string_equal(hit->element[2]->str, "logit");
+      assert_string_equal(hit->element[4]->str, "probability");
+      double score = strtod(hit->element[1]->str, NULL);
+      double logit = strtod(hit->element[3]->str, NULL);
+      double prob = strtod(hit->element[5]->str, NULL);
+      double want_prob = exp(scale * (score - top)) / z;
+      if (fabs(logit - scale * score) > 1e-4 || fabs(prob - want_prob) > 1e-5)
+        fail_msg("hit %zu: logit %.6f, probability %.6f; oracle %.6f, %.6f",
+                 h, logit, prob, scale * score, want_prob);
+    }
+  }
+  freeReplyObject(r);
+  expect_error(hcmd(c, "SEARCH TEXT x HYBRID y RETURN 1 probability"),
+               "ERR RETURN probability: a HYBRID score is not a cosine");
   expect_ping(c);
   check_eval(c);
 
