@@ -327,6 +327,14 @@ int vlm__config_read_preprocessor(const char *path, vlm__preprocess_cfg *pp) {
       rc = vlm_seterr(VLM_EFORMAT, "%s: vlmdb_alpha must be \"white\" or "
                       "\"drop\"", path);
   }
+  json_t *exif = json_object_get(root, "vlmdb_exif_transpose");
+  if (!rc && exif && !json_is_null(exif)) {
+    if (json_is_boolean(exif))
+      pp->exif_transpose = json_is_true(exif);
+    else
+      rc = vlm_seterr(VLM_EFORMAT, "%s: vlmdb_exif_transpose must be true or "
+                      "false", path);
+  }
 done:
   json_decref(root);
   return rc;

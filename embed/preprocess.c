@@ -23,6 +23,7 @@
  * - convert("RGB"): L replicated, LA/RGBA alpha dropped, P through the
  *   palette, 1 as 0/255, I;16 clipped to 255, CMYK as Pillow's cmyk2rgb.
  * - ToTensor/Normalize in float32: (v / 255 - mean) / std.
+ * - With exif_transpose, ImageOps.exif_transpose first (image_exif.c).
  *
  * Where Pillow versions differ we follow Pillow 10 and later: 16-bit gray
  * PNGs open as "I;16" (Pillow 9 used "I"; the results differ only when the
@@ -564,6 +565,7 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
   int n = cfg->resize, S = cfg->crop;
   if (n < 1 || S < 1 || S > n)
     return vlm_seterr(VLM_EINVAL, "preprocess: resize %d / crop %d not supported", n, S);
+  if (cfg->exif_transpose && (rc = vlm__decoded_apply_orientation(im)) != 0) return rc;
   if (cfg->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(im)) != 0) return rc;
   /* torchvision Resize(n): shorter side -> n, longer -> int(n * long / short) */
   int w = im->w, h = im->h, dw, dh;

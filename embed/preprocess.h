@@ -19,12 +19,16 @@ typedef struct {
   float mean[3], std[3];
   vlm_alpha_mode alpha;
   uint64_t max_pixels;  /* 0 = default cap */
+  int exif_transpose;   /* 1: turn the image upright by its EXIF
+                           orientation right after decoding (Hugging Face
+                           pipelines); 0 (default): ignore it, as the CLIP
+                           reference does */
 } vlm__preprocess_cfg;
 
 /* CLIP's defaults for a given image size. */
 void vlm__preprocess_defaults(vlm__preprocess_cfg *cfg, int image_size);
 
-/* Decode JPEG/PNG bytes and preprocess into pixels[3 * crop * crop]. */
+/* Decode image bytes (image.h) and preprocess into pixels[3 * crop * crop]. */
 int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
                     size_t len, float *pixels);
 
@@ -33,7 +37,8 @@ int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
 #include "image.h"
 
 /* The same pipeline on an already decoded image (which it may modify:
- * the alpha-onto-white option flattens it in place).  resize >= crop. */
+ * exif_transpose turns it upright and the alpha-onto-white option
+ * flattens it, in place).  resize >= crop. */
 int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
                             float *pixels);
 

@@ -130,19 +130,24 @@ static void test_pil_modes(void **state) {
   json_t *e;
   json_array_foreach(man, i, e) {
     const char *file = json_string_value(json_object_get(e, "file"));
-    if (!file) continue;
+    if (!file || !json_object_get(e, "size")) continue; /* upright / decoded: below */
     int n = (int)json_integer_value(json_object_get(e, "size"));
+    int transpose = json_is_true(json_object_get(e, "exif_transpose"));
     char path[256];
     size_t len, rlen;
     snprintf(path, sizeof path, FIX "images/%s", file);
     uint8_t *data = read_all(path, &len);
-    snprintf(path, sizeof path, FIX "images/%s.n%d.rgb", file, n);
+    if (transpose)
+      snprintf(path, sizeof path, FIX "images/%s", json_string_value(json_object_get(e, "rgb")));
+    else
+      snprintf(path, sizeof path, FIX "images/%s.n%d.rgb", file, n);
     uint8_t *want = read_all(path, &rlen);
     assert_non_null(data);
     assert_non_null(want);
     assert_int_equal(rlen, (size_t)n * n * 3);
     vlm__preprocess_cfg cfg;
     vlm__preprocess_defaults(&cfg, n);
+    cfg.exif_transpose = transpose;
     float *got = malloc(sizeof(float) * 3 * n * n);
     int rc = vlm__preprocess(&cfg, data, len, got);
     if (rc) fprintf(stderr, "%s: %s\n", file, vlm_errmsg());
@@ -158,8 +163,9 @@ static void test_pil_modes(void **state) {
           fprintf(stderr, "%s n=%d pixel (%d,%d) ch %d: got %.6f want %.6f (PIL %u)\n", file,
                   n, p % n, p / n, c, g, w, want[3 * p + c]);
       }
-    print_message("%-16s %-5s n=%-3d max |diff| %.3g\n", file,
-                  json_string_value(json_object_get(e, "pil_mode")), n, maxdiff);
+    print_message("%-24s %-5s n=%-3d%s max |diff| %.3g\n", file,
+                  transpose ? "" : json_string_value(json_object_get(e, "pil_mode")), n,
+                  transpose ? " exif_transpose" : "", maxdiff);
     bad += mism != 0;
     checked++;
     free(data);
@@ -167,7 +173,7 @@ static void test_pil_modes(void **state) {
     free(got);
   }
   json_decref(man);
-  assert_true(checked >= 30);
+  assert_true(checked >= 105);
   assert_int_equal(bad, 0);
 }
 
@@ -496,19 +502,30 @@ static void test_unsupported_and_empty(void **state) {
     const char *bytes;
     size_t len;
     const char *word;
+    int rc;
   } cases[] = {
-      {"GIF89a\x01\x00\x01\x00\x00\x00\x00", 13, "GIF"},
-      {"RIFF\x10\x00\x00\x00WEBPVP8 ", 16, "WebP"},
-      {"BM\x36\x00\x00\x00", 6, "BMP"},
-      {"II*\0\x08\0\0\0", 8, "TIFF"},
-      {"hello world", 11, "not a JPEG or PNG"},
-      {"\xff\xd8", 2, "not a JPEG or PNG"},
-      {"", 0, "empty"},
+      /* a known format cut short: corrupt, the message naming it */
+      {"GIF89a\x01\x00\x01\x00\x00\x00\x00", 13, "GIF", VLM_ECORRUPT},
+      {"RIFF\x10\x00\x00\x00WEBPVP8 ", 16, "WebP", VLM_ECORRUPT},
+      {"BM\x36\x00\x00\x00", 6, "BMP", VLM_ECORRUPT},
+      {"II*\0\x08\0\0\0", 8, "TIFF", VLM_ECORRUPT},
+      {"\0\0\0\x18" "ftypheic\0\0\0\0mif1heic", 24, "HEIF", VLM_ECORRUPT},
+      /* variants and formats we do not read */
+      {"BM\x36\x00\x00\x00\0\0\0\0\x36\0\0\0\x20\0\0\0", 18, "header size 32",
+       VLM_EUNSUPPORTED},
+      {"\0\0\0\x18" "ftypisom\0\0\0\0isomiso2", 24, "not HEIC or AVIF", VLM_EUNSUPPORTED},
+      {"<svg xmlns='http://www.w3.org/2000/svg'/>", 41, "SVG", VLM_EUNSUPPORTED},
+      {"hello world", 11, "not a JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC or AVIF",
+       VLM_EUNSUPPORTED},
+      {"\xff\xd8", 2, "not a JPEG", VLM_EUNSUPPORTED},
+      {"", 0, "empty", VLM_EUNSUPPORTED},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     vlm__decoded im;
     int rc = vlm__image_decode_native(cases[i].bytes, cases[i].len, 0, &im);
-    assert_int_equal(rc, VLM_EUNSUPPORTED);
+    if (rc != cases[i].rc) fprintf(stderr, "case %zu: rc %d: %s\n", i, rc, vlm_errmsg());
+    assert_int_equal(rc, cases[i].rc);
+    assert_null(im.pixels);
     if (!strstr(vlm_errmsg(), cases[i].word)) fprintf(stderr, "msg: %s\n", vlm_errmsg());
     assert_non_null(strstr(vlm_errmsg(), cases[i].word));
   }
