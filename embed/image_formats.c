@@ -228,20 +228,20 @@ done:
  * pillow-heif does: the primary image, the container's transforms (irot,
  * imir, clap) applied, 8 bits per sample (higher depths scaled down by
  * libheif, pillow-heif's convert_hdr_to_8bit default), RGB, or RGBA when
- * the image has alpha.  The size checked against the cap is the
- * transformed one libheif reports from the headers, and libheif itself is
- * limited to sides no longer than the cap allows. */
+ * the image has alpha.  Both the shown size and the coded one (ispe,
+ * before a crop) are checked against the cap from the headers, and
+ * libheif itself refuses sides longer than the cap allows. */
 
 static int heif_fail(struct heif_error e, const char *what) {
   int code = VLM_ECORRUPT;
-  if (e.code == heif_error_Unsupported_filetype || e.code == heif_error_Unsupported_feature ||
+  if (e.subcode == heif_suberror_Security_limit_exceeded) /* under any error code */
+    code = VLM_ETOOBIG;
+  else if (e.code == heif_error_Unsupported_filetype || e.code == heif_error_Unsupported_feature ||
       e.code == heif_error_Plugin_loading_error ||
       (e.code == heif_error_Decoder_plugin_error && e.subcode == heif_suberror_Unsupported_codec))
     code = VLM_EUNSUPPORTED;
   else if (e.code == heif_error_Memory_allocation_error)
     code = VLM_ENOMEM;
-  else if (e.code == heif_error_Invalid_input && e.subcode == heif_suberror_Security_limit_exceeded)
-    code = VLM_ETOOBIG;
   return vlm_seterr(code, "HEIF: %s: %s", what, e.message ? e.message : "error");
 }
 
@@ -269,9 +269,14 @@ int vlm__decode_heif(const uint8_t *data, size_t len, uint64_t max_pixels, vlm__
     rc = heif_fail(e, "primary image");
     goto done;
   }
+  /* the shown size, and the coded size before a crop (clap) shrinks it:
+   * the decoder allocates the latter */
   int w = heif_image_handle_get_width(handle), h = heif_image_handle_get_height(handle);
+  int cw = heif_image_handle_get_ispe_width(handle), ch = heif_image_handle_get_ispe_height(handle);
   if ((rc = vlm__image_check_dims(w < 0 ? 0 : (uint64_t)w, h < 0 ? 0 : (uint64_t)h, max_pixels,
-                                  "HEIF")))
+                                  "HEIF")) ||
+      (rc = vlm__image_check_dims(cw < 0 ? 0 : (uint64_t)cw, ch < 0 ? 0 : (uint64_t)ch,
+                                  max_pixels, "HEIF")))
     goto done;
   int alpha = heif_image_handle_has_alpha_channel(handle);
   opt = heif_decoding_options_alloc();
