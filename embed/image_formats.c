@@ -5,6 +5,7 @@
  * Every decoder reads the canvas size first and refuses it against the
  * pixel cap before any pixel memory is allocated, by us or the library.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -245,7 +246,14 @@ static int heif_fail(struct heif_error e, const char *what) {
   return vlm_seterr(code, "HEIF: %s: %s", what, e.message ? e.message : "error");
 }
 
+/* libheif registers its codecs in heif_init: once per process, before any
+ * thread decodes (never undone: other users of libheif in the process may
+ * hold it too). */
+static pthread_once_t heif_once = PTHREAD_ONCE_INIT;
+static void heif_start(void) { heif_init(NULL); }
+
 int vlm__decode_heif(const uint8_t *data, size_t len, uint64_t max_pixels, vlm__decoded *out) {
+  pthread_once(&heif_once, heif_start);
   enum heif_filetype_result ft = heif_check_filetype(data, len > 12 ? 12 : (int)len);
   if (ft == heif_filetype_no || ft == heif_filetype_yes_unsupported)
     return vlm_seterr(VLM_EUNSUPPORTED, "image: an ISO media file that is not HEIC or AVIF");

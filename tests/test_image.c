@@ -1358,8 +1358,11 @@ static void *preprocess_thread(void *p) {
 static void test_concurrent_preprocess(void **state) {
   (void)state;
   const char *files[] = {FIX "clip-tiny/photo_rgb.jpg", FIX "clip-tiny/rgba.png",
-                         FIX "clip-tiny/palette.png", FIX "clip-tiny/photo_prog.jpg"};
-  enum { N = 4 };
+                         FIX "clip-tiny/palette.png",   FIX "clip-tiny/photo_prog.jpg",
+                         FIX "images/webp_anim.webp",   FIX "images/gif_trns.gif",
+                         FIX "images/tiff_jpeg.tif",    FIX "images/bmp_rle8.bmp",
+                         FIX "images/heif_rgb.heic",    FIX "images/avif_alpha.avif"};
+  enum { N = 10 };
   uint8_t *data[N];
   size_t len[N];
   float expect[N][3 * 32 * 32];
