@@ -31,7 +31,7 @@
  *                                                     associated alpha
  *                                                     unpremultiplied)
  *   TIFF palette 1/2/4/8 bits         VLM__MODE_P     P (colormap high bytes)
- *   TIFF CMYK 8 bits                  VLM__MODE_CMYK  CMYK
+ *   TIFF CMYK 8 bits (16: II only)    VLM__MODE_CMYK  CMYK (16 bits: high bytes)
  *   BMP 1/4/8 bits                    P, or 1 / L     as BmpImagePlugin: a
  *                                     when the        black/white or gray
  *                                     palette is gray ramp palette is dropped

@@ -14,6 +14,7 @@
  *   2 RGB                4+ (8, 16), extra 2/none  RGBA    RGBA
  *   3 palette            1 (1, 2, 4, 8)            P       P;1..P (colormap >> 8)
  *   5 separated          4+ (8), extra 0 / none    CMYK    CMYK, CMYKX
+ *   5 separated (II)     4 (16)                    CMYK    CMYK;16N (high byte)
  *
  * Compression, fill order and tiles are libtiff's business (Pillow uses
  * libtiff for every compressed file and unpacks the same bytes);
@@ -185,6 +186,7 @@ static int tiff_mode(const tiff_layout *L) {
     return VLM__MODE_P;
   if (p == 5 && b == 8 && ((s == 4 && L->extra < 0) || (s >= 5 && s <= 6 && L->extra == 0)))
     return VLM__MODE_CMYK;
+  if (p == 5 && b == 16 && s == 4 && L->extra < 0 && L->le) return VLM__MODE_CMYK;
   return -1;
 }
 

@@ -197,12 +197,15 @@ cmap = [(i * 4099) % 65536 for i in range(16)] + [(i * 9001 + 300) % 65536 for i
        [(65535 - i * 3000) % 65536 for i in range(16)]
 write_tiff(p("tiff_pal4.tif"), [[((x * 3 + y) % 16,) for x in range(W)] for y in range(H)], 4, 3,
            colormap=cmap)
+write_tiff(p("tiff_cmyk16.tif"), [[tuple(min(65535, v * 257 + x) for v in px[y][x]) + ((x * y) % 256 * 257,)
+                                  for x in range(W)] for y in range(H)], 16, 5)
 write_tiff(p("tiff_planar.tif"), px, 8, 2, planar=2, rowsperstrip=7)
 write_tiff(p("tiff_tiled.tif"), px, 8, 2, tile=(16, 16), be=True)
 write_tiff(p("tiff_orient3.tif"), px, 8, 2, orientation=3)
 write_tiff(p("tiff_orient6.tif"), px, 8, 2, orientation=6)
 for f in ("tiff_rgb16.tif", "tiff_rgba_assoc.tif", "tiff_rgba16_assoc.tif", "tiff_rgbx.tif",
           "tiff_gray4_white.tif", "tiff_gray2.tif", "tiff_1bit_white.tif", "tiff_pal4.tif",
+          "tiff_cmyk16.tif",
           "tiff_planar.tif", "tiff_tiled.tif", "tiff_orient3.tif", "tiff_orient6.tif"):
     add(f, [32])
 
