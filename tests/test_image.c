@@ -533,7 +533,13 @@ static int decode_and_preprocess(const uint8_t *p, size_t n, uint64_t cap) {
   vlm_image img;
   vlm_clip_options opts = {.max_pixels = cap};
   int rc2 = vlm_image_decode(p, n, &opts, &img);
-  if (rc2 == 0) vlm_image_free(&img);
+  int extreme = 0; /* preprocessing alone refuses a resized side past 2^24 */
+  if (rc2 == 0) {
+    uint64_t lo = img.w < img.h ? img.w : img.h, hi = img.w < img.h ? img.h : img.w;
+    extreme = hi * 32 > (1ull << 24) * lo;
+    vlm_image_free(&img);
+  }
+  if (extreme && rc == VLM_ETOOBIG) return rc;
   if ((rc == 0) != (rc2 == 0)) return -999; /* both paths must agree */
   return rc;
 }
