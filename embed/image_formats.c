@@ -250,7 +250,21 @@ static int heif_fail(struct heif_error e, const char *what) {
  * thread decodes (never undone: other users of libheif in the process may
  * hold it too). */
 static pthread_once_t heif_once = PTHREAD_ONCE_INIT;
-static void heif_start(void) { heif_init(NULL); }
+static const char *heif_av1_decoder; /* "aom" when libheif has it, else NULL */
+
+/* AV1 decoding is exact (every conforming decoder gives the same pixels),
+ * so the decoder is ours to choose: libheif 1.15's dav1d plugin leaks its
+ * input buffer when dav1d rejects the data (found by fuzz_image), its aom
+ * plugin does not. */
+static void heif_start(void) {
+  heif_init(NULL);
+  const struct heif_decoder_descriptor *d[8];
+  int n = heif_get_decoder_descriptors(heif_compression_AV1, d, 8);
+  for (int i = 0; i < n; i++) {
+    const char *id = heif_decoder_descriptor_get_id_name(d[i]);
+    if (id && !strcmp(id, "aom")) heif_av1_decoder = "aom";
+  }
+}
 
 int vlm__decode_heif(const uint8_t *data, size_t len, uint64_t max_pixels, vlm__decoded *out) {
   pthread_once(&heif_once, heif_start);
@@ -293,6 +307,10 @@ int vlm__decode_heif(const uint8_t *data, size_t len, uint64_t max_pixels, vlm__
     goto done;
   }
   opt->convert_hdr_to_8bit = 1;
+  int blen = len > (1 << 16) ? 1 << 16 : (int)len; /* the ftyp box is first */
+  if (heif_av1_decoder && (heif_has_compatible_brand(data, blen, "avif") == 1 ||
+                           heif_has_compatible_brand(data, blen, "avis") == 1))
+    opt->decoder_id = heif_av1_decoder;
   e = heif_decode_image(handle, &img, heif_colorspace_RGB,
                         alpha ? heif_chroma_interleaved_RGBA : heif_chroma_interleaved_RGB, opt);
   if (e.code) {
