@@ -20,7 +20,9 @@ SAN      ?=
 CSTD      = -std=c11 -D_GNU_SOURCE
 WARN      = -Wall -Wextra -Werror -Wno-format-truncation -Wno-error=deprecated-declarations
 INCLUDES  = -Icommon -Iembed -Itrain -Iindex -Idb -Inet -Icli
-PKG_CFLAGS := $(shell pkg-config --cflags jansson libutf8proc libpng libuv 2>/dev/null)
+PKG_CFLAGS := $(shell pkg-config --cflags jansson libutf8proc libpng libuv libwebp libwebpdemux libtiff-4 libheif 2>/dev/null)
+# the image decoders beyond JPEG and PNG (giflib has no pkg-config file)
+IMAGE_LIBS := $(shell pkg-config --libs libwebpdemux libwebp libtiff-4 libheif 2>/dev/null || echo -lwebpdemux -lwebp -ltiff -lheif) -lgif
 
 ifeq ($(SAN),asan)
   SANFLAGS = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -43,7 +45,7 @@ else
   SHIM_SRC   = $(wildcard index/*.cpp)
 endif
 
-LIBS = -ljansson -lutf8proc -ljpeg -lpng16 -lz -llmdb -lsqlite3 -lxxhash -luv \
+LIBS = -ljansson -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv \
        -lsentencepiece $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 

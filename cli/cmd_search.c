@@ -26,7 +26,7 @@ static const char usage[] =
     "\n"
     "  --db DIR            the database\n"
     "  --text T            query text\n"
-    "  --image PATH        query image (JPEG or PNG)\n"
+    "  --image PATH        query image (JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC, AVIF)\n"
     "  --key K             query by a stored item\n"
     "  -k, --k N           results wanted (default 10, at most 10000)\n"
     "  --filter EXPR       SQL condition over the declared fields and key,\n"

@@ -145,6 +145,8 @@ static int load_model(const char *dir, const char *weights_path,
   memcpy(cfg->std, pp->std, sizeof cfg->std);
   if (clip->opts.alpha != VLM_ALPHA_MODEL)
     pp->alpha = clip->opts.alpha;
+  if (clip->opts.orientation != VLM_ORIENT_MODEL)
+    pp->exif_transpose = clip->opts.orientation == VLM_ORIENT_APPLY;
   pp->max_pixels = clip->opts.max_pixels;
 
   /* Tokenizer: the family's own.  SigLIP: SentencePiece (spiece.model,
@@ -418,6 +420,10 @@ static void compute_model_id(vlm_clip *clip) {
    * use it stay as they were. */
   if (clip->pp.alpha == VLM_ALPHA_WHITE)
     vlm__sha256_update(&s, "alpha white\n", 12);
+  /* Turning photos upright by their EXIF orientation changes their
+   * vectors likewise; the reference behaviour (ignore it) adds nothing. */
+  if (clip->pp.exif_transpose)
+    vlm__sha256_update(&s, "exif transpose\n", 15);
   enum { CHUNK = 1 << 16 };
   float *buf = malloc(CHUNK * sizeof *buf);
   for (int i = 0; i < clip->n_named; i++) {
@@ -644,9 +650,11 @@ int vlm_clip_preprocess_image(const vlm_clip *clip, const void *data,
   int rc = vlm__image_decode_native(data, len, clip->pp.max_pixels, &im);
   if (rc)
     return rc;
-  /* The model's pipeline first (it may composite onto white in place),
-   * then onto white for the thumbnail (a no-op when already done). */
+  /* The model's pipeline first (it may turn the image upright and
+   * composite it onto white in place), then upright and onto white for
+   * the thumbnail (no-ops when already done). */
   if ((rc = vlm__preprocess_decoded(&clip->pp, &im, pixels)) ||
+      (rc = vlm__decoded_apply_orientation(&im)) ||
       (rc = vlm__decoded_flatten_white(&im)))
     goto done;
   if (im.mode == VLM__MODE_RGB) {

@@ -1,5 +1,7 @@
 /* image.c - JPEG (libjpeg-turbo) and PNG (libpng) decoding into PIL's
- * modes, RGB8 decoding and JPEG thumbnails.
+ * modes, the format sniffing that sends other formats to their decoders
+ * (image_formats.c, image_tiff.c, image_bmp.c), RGB8 decoding and JPEG
+ * thumbnails.
  *
  * Neither library may exit or print: libjpeg's error_exit and libpng's
  * error function longjmp back here, warnings are silenced.
@@ -44,7 +46,7 @@ void vlm__decoded_free(vlm__decoded *im) {
   im->pixels = NULL;
 }
 
-static int check_dims(uint64_t w, uint64_t h, uint64_t max_pixels, const char *fmt) {
+int vlm__image_check_dims(uint64_t w, uint64_t h, uint64_t max_pixels, const char *fmt) {
   if (w == 0 || h == 0) return vlm_seterr(VLM_ECORRUPT, "%s: zero image size %llux%llu", fmt,
                                           (unsigned long long)w, (unsigned long long)h);
   if (w > INT32_MAX / 8 || h > INT32_MAX / 8 || w * h > max_pixels)
@@ -126,8 +128,15 @@ static int decode_jpeg(const uint8_t *data, size_t len, uint64_t max_pixels,
   cinfo.progress = &progress;
   cinfo.mem->max_memory_to_use = (long)(max_pixels < (1ull << 26) ? max_pixels * 64 : (1ull << 32));
   jpeg_mem_src(&cinfo, data, (unsigned long)len);
+  jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
   jpeg_read_header(&cinfo, TRUE);
-  int rc = check_dims(cinfo.image_width, cinfo.image_height, max_pixels, "JPEG");
+  /* Pillow reads the first APP1 segment that starts "Exif\0" */
+  for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next)
+    if (m->marker == JPEG_APP0 + 1 && m->data_length >= 5 && !memcmp(m->data, "Exif", 5)) {
+      out->orientation = vlm__exif_orientation(m->data, m->data_length);
+      break;
+    }
+  int rc = vlm__image_check_dims(cinfo.image_width, cinfo.image_height, max_pixels, "JPEG");
   if (rc) {
     jpeg_destroy_decompress(&cinfo);
     return rc;
@@ -230,13 +239,17 @@ static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels,
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   png_read_info(png, info);
   png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
-  int rc = check_dims(w, h, max_pixels, "PNG");
+  int rc = vlm__image_check_dims(w, h, max_pixels, "PNG");
   if (rc) {
     png_destroy_read_struct(&png, &info, NULL);
     return rc;
   }
   int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
   out->has_trns = 0;
+  png_uint_32 exif_len = 0;
+  png_bytep exif = NULL;
+  if (png_get_eXIf_1(png, info, &exif_len, &exif)) /* only an eXIf before IDAT */
+    out->orientation = vlm__exif_orientation(exif, exif_len);
   if (type == PNG_COLOR_TYPE_PALETTE) {
     png_colorp pal;
     int npal = 0;
@@ -332,20 +345,25 @@ static int decode_png(const uint8_t *data, size_t len, uint64_t max_pixels,
 
 /* ---- entry points ------------------------------------------------------ */
 
-static const char *sniff(const uint8_t *p, size_t len) {
-  if (len >= 6 && (!memcmp(p, "GIF87a", 6) || !memcmp(p, "GIF89a", 6))) return "GIF";
-  if (len >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4)) return "WebP";
-  if (len >= 2 && p[0] == 'B' && p[1] == 'M') return "BMP";
-  if (len >= 4 && (!memcmp(p, "II*\0", 4) || !memcmp(p, "MM\0*", 4))) return "TIFF";
-  if (len >= 12 && !memcmp(p + 4, "ftyp", 4)) return "HEIF/AVIF/MP4";
-  if (len >= 5 && !memcmp(p, "<?xml", 5)) return "XML/SVG";
-  if (len >= 4 && !memcmp(p, "<svg", 4)) return "SVG";
-  return NULL;
+enum { FMT_NONE, FMT_GIF, FMT_WEBP, FMT_BMP, FMT_TIFF, FMT_HEIF, FMT_SVG };
+
+/* The format from the first bytes, as Pillow's _accept functions (and
+ * pillow-heif's, for an ISO-BMFF "ftyp" box) tell them apart. */
+static int sniff(const uint8_t *p, size_t len) {
+  if (len >= 6 && (!memcmp(p, "GIF87a", 6) || !memcmp(p, "GIF89a", 6))) return FMT_GIF;
+  if (len >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4)) return FMT_WEBP;
+  if (len >= 2 && p[0] == 'B' && p[1] == 'M') return FMT_BMP;
+  if (len >= 4 && (!memcmp(p, "II*\0", 4) || !memcmp(p, "MM\0*", 4))) return FMT_TIFF;
+  if (len >= 12 && !memcmp(p + 4, "ftyp", 4)) return FMT_HEIF;
+  if (len >= 5 && !memcmp(p, "<?xml", 5)) return FMT_SVG;
+  if (len >= 4 && !memcmp(p, "<svg", 4)) return FMT_SVG;
+  return FMT_NONE;
 }
 
 int vlm__image_decode_native(const void *data, size_t len, uint64_t max_pixels,
                              vlm__decoded *out) {
   memset(out, 0, sizeof *out);
+  out->orientation = 1;
   if (!data && len) return vlm_seterr(VLM_EINVAL, "image: NULL data");
   if (max_pixels == 0) max_pixels = VLM__DEFAULT_MAX_PIXELS;
   const uint8_t *p = data;
@@ -353,10 +371,26 @@ int vlm__image_decode_native(const void *data, size_t len, uint64_t max_pixels,
   if (len >= 3 && p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF)
     return decode_jpeg(p, len, max_pixels, out);
   if (len >= 8 && !memcmp(p, "\x89PNG\r\n\x1a\n", 8)) return decode_png(p, len, max_pixels, out);
-  const char *kind = sniff(p, len);
-  if (kind) return vlm_seterr(VLM_EUNSUPPORTED, "image: %s is not supported (JPEG and PNG are)", kind);
-  return vlm_seterr(VLM_EUNSUPPORTED, "image: not a JPEG or PNG file (starts %02x %02x %02x %02x)",
-                    p[0], len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
+  int rc;
+  switch (sniff(p, len)) {
+  case FMT_GIF: rc = vlm__decode_gif(p, len, max_pixels, out); break;
+  case FMT_WEBP: rc = vlm__decode_webp(p, len, max_pixels, out); break;
+  case FMT_BMP: rc = vlm__decode_bmp(p, len, max_pixels, out); break;
+  case FMT_TIFF: rc = vlm__decode_tiff(p, len, max_pixels, out); break;
+  case FMT_HEIF: rc = vlm__decode_heif(p, len, max_pixels, out); break;
+  case FMT_SVG:
+    return vlm_seterr(VLM_EUNSUPPORTED, "image: SVG is not supported (draw it to PNG first)");
+  default:
+    return vlm_seterr(VLM_EUNSUPPORTED,
+                      "image: not a JPEG, PNG, WebP, GIF, TIFF, BMP, HEIC or AVIF file "
+                      "(starts %02x %02x %02x %02x)",
+                      p[0], len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
+  }
+  if (rc) {
+    vlm__decoded_free(out);
+    memset(out, 0, sizeof *out);
+  }
+  return rc;
 }
 
 int vlm_image_decode(const void *data, size_t len, const vlm_clip_options *opts,
@@ -366,6 +400,9 @@ int vlm_image_decode(const void *data, size_t len, const vlm_clip_options *opts,
   memset(out, 0, sizeof *out);
   int rc = vlm__image_decode_native(data, len, opts ? opts->max_pixels : 0, &im);
   if (rc) return rc;
+  if ((!opts || opts->orientation != VLM_ORIENT_IGNORE) &&
+      (rc = vlm__decoded_apply_orientation(&im)) != 0)
+    goto done;
   if (opts && opts->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(&im)) != 0)
     goto done;
   out->rgb = malloc((size_t)im.w * im.h * 3);

@@ -23,6 +23,7 @@
  * - convert("RGB"): L replicated, LA/RGBA alpha dropped, P through the
  *   palette, 1 as 0/255, I;16 clipped to 255, CMYK as Pillow's cmyk2rgb.
  * - ToTensor/Normalize in float32: (v / 255 - mean) / std.
+ * - With exif_transpose, ImageOps.exif_transpose first (image_exif.c).
  *
  * Where Pillow versions differ we follow Pillow 10 and later: 16-bit gray
  * PNGs open as "I;16" (Pillow 9 used "I"; the results differ only when the
@@ -571,16 +572,6 @@ void vlm__preprocess_normalize(const vlm__preprocess_cfg *cfg, const uint8_t *rg
     }
 }
 
-/* EXIF orientation, as ImageOps.exif_transpose in Hugging Face's
- * load_image.  Call site for the EXIF work in image.c: when vlm__decoded
- * records the file's orientation, its apply function is called here.
- * Until then an image keeps its stored orientation (of the conformance
- * images only exif_rot6.jpg carries one). */
-static int apply_exif_orientation(vlm__decoded *im) {
-  (void)im;
-  return 0;
-}
-
 /* convert("RGB") of im into out (its own pixels; free with
  * vlm__decoded_free).  im is left as it is: a caller may still want its
  * alpha (the thumbnail of vlm_clip_preprocess_image goes onto white). */
@@ -606,7 +597,7 @@ int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
   if (S < 1 || (shortest && (n < 1 || (cfg->center_crop && S > n))) ||
       (cfg->do_resize && !shortest && cfg->resize_h < 1))
     return vlm_seterr(VLM_EINVAL, "preprocess: resize %d / crop %d not supported", n, S);
-  if (cfg->exif_transpose && (rc = apply_exif_orientation(im)) != 0) return rc;
+  if (cfg->exif_transpose && (rc = vlm__decoded_apply_orientation(im)) != 0) return rc;
   if (cfg->alpha == VLM_ALPHA_WHITE && (rc = vlm__decoded_flatten_white(im)) != 0) return rc;
   const vlm__decoded *src = im;
   if (cfg->rgb_first && im->mode != VLM__MODE_RGB) {

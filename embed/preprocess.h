@@ -33,18 +33,21 @@ typedef struct {
                            rounded half to even (torchvision) */
   int rgb_first;        /* convert("RGB") before resizing (HF pipelines),
                            else resize in the decoded mode (torchvision) */
-  int exif_transpose;   /* apply the EXIF orientation first (HF pipelines) */
   double rescale;       /* rescale_factor: float32(v * rescale in double) */
   float mean[3], std[3];
   vlm_alpha_mode alpha;
   uint64_t max_pixels;  /* 0 = default cap */
+  int exif_transpose;   /* 1: turn the image upright by its EXIF
+                           orientation right after decoding (Hugging Face
+                           pipelines); 0 (default): ignore it, as the CLIP
+                           reference does */
 } vlm__preprocess_cfg;
 
 /* CLIP's defaults for a given image size: shortest edge + center crop to
  * image_size, rescale 1/255, CLIP's mean and std, no EXIF. */
 void vlm__preprocess_defaults(vlm__preprocess_cfg *cfg, int image_size);
 
-/* Decode JPEG/PNG bytes and preprocess into pixels[3 * crop * crop]. */
+/* Decode image bytes (image.h) and preprocess into pixels[3 * crop * crop]. */
 int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
                     size_t len, float *pixels);
 
@@ -53,10 +56,10 @@ int vlm__preprocess(const vlm__preprocess_cfg *cfg, const void *data,
 #include "image.h"
 
 /* The same pipeline on an already decoded image (which it may modify:
- * the alpha-onto-white option flattens it in place, the EXIF orientation
- * turns it as a person sees it; convert-first works on a copy).  With a crop, the resized image must
- * cover it (VLM_EINVAL otherwise, as when no resize and no crop leave the
- * image at another size than crop x crop). */
+ * exif_transpose turns it upright and the alpha-onto-white option
+ * flattens it, in place; convert-first works on a copy).  With a crop,
+ * the resized image must cover it (VLM_EINVAL otherwise, as when no resize
+ * and no crop leave the image at another size than crop x crop). */
 int vlm__preprocess_decoded(const vlm__preprocess_cfg *cfg, vlm__decoded *im,
                             float *pixels);
 

@@ -34,10 +34,26 @@ typedef enum {
   VLM_ALPHA_WHITE = 2  /* composite onto white first */
 } vlm_alpha_mode;
 
+/* Whether a photo's EXIF orientation turns it upright before a model sees
+ * it.  The OpenAI CLIP reference ignores it (the stored pixels); Hugging
+ * Face pipelines apply it (ImageOps.exif_transpose).  A model records its
+ * choice in preprocessor_config.json as "vlmdb_exif_transpose": true or
+ * false; VLM_ORIENT_MODEL follows that record (ignore when there is
+ * none).  Thumbnails always show the picture upright, whatever the model
+ * does.  TIFF, HEIC and AVIF come out of their decoders upright already
+ * (as Pillow and pillow-heif open them), so this changes JPEG, PNG and
+ * WebP photos only. */
+typedef enum {
+  VLM_ORIENT_MODEL = 0,  /* as the model says; ignore when it says nothing */
+  VLM_ORIENT_IGNORE = 1, /* the stored pixels, as the CLIP reference */
+  VLM_ORIENT_APPLY = 2   /* turned upright first, as exif_transpose */
+} vlm_orient_mode;
+
 typedef struct {
   int threads;              /* compute threads per call; 0 = all cores */
   vlm_alpha_mode alpha;     /* default VLM_ALPHA_MODEL */
   uint64_t max_pixels;      /* decoded width*height cap; 0 = 64 Mpx default */
+  vlm_orient_mode orientation; /* default VLM_ORIENT_MODEL */
 } vlm_clip_options;
 
 /* Decoded 8-bit RGB image, for thumbnails and training augmentation. */
@@ -107,7 +123,8 @@ int vlm_clip_tokenize(const vlm_clip *clip, const char *text, int32_t *ids,
 int vlm_clip_encode_texts(const vlm_clip *clip, const char *const *texts,
                           int n, unsigned flags, float *out);
 
-/* Decode and preprocess one encoded image (JPEG or PNG bytes) into
+/* Decode and preprocess one encoded image (JPEG, PNG, WebP, GIF, TIFF,
+ * BMP, HEIC or AVIF bytes; the format is read from the bytes) into
  * pixels[3 * S * S] (S = vlm_clip_image_size), normalized, CHW.  Thread
  * safe; this is the per-image step a pipeline runs in its decode workers. */
 int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
@@ -115,8 +132,8 @@ int vlm_clip_preprocess(const vlm_clip *clip, const void *data, size_t len,
 int vlm_clip_preprocess_file(const vlm_clip *clip, const char *path,
                              float *pixels);
 /* vlm_clip_preprocess, and from the same decode the image as RGB8
- * composited onto white into *img (for a thumbnail; free it with
- * vlm_image_free).  Decoding once matters when decoding costs more than
+ * composited onto white and turned upright by its EXIF orientation into
+ * *img (for a thumbnail; free it with vlm_image_free).  Decoding once matters when decoding costs more than
  * encoding (small models, large images).  On failure *img is zeroed. */
 int vlm_clip_preprocess_image(const vlm_clip *clip, const void *data,
                               size_t len, float *pixels, vlm_image *img);
@@ -134,8 +151,12 @@ int vlm_clip_encode_image_buffers(const vlm_clip *clip,
                                   int n, unsigned flags, float *out);
 
 
-/* Decode JPEG/PNG bytes to RGB8 (alpha handled as opts->alpha says;
- * max_pixels enforced before allocation).  Free with vlm_image_free. */
+/* Decode image bytes (the formats of vlm_clip_preprocess) to RGB8: the
+ * picture as a person sees it, turned upright by its EXIF orientation
+ * unless opts->orientation is VLM_ORIENT_IGNORE (there is no model here:
+ * VLM_ORIENT_MODEL applies it); alpha handled as opts->alpha says;
+ * max_pixels enforced before allocation.  opts may be NULL.  Free with
+ * vlm_image_free. */
 int vlm_image_decode(const void *data, size_t len,
                      const vlm_clip_options *opts, vlm_image *out);
 void vlm_image_free(vlm_image *img); /* accepts NULL and zeroed images */
@@ -146,9 +167,9 @@ int vlm_image_thumbnail_jpeg(const vlm_image *img, int max_side, int quality,
                              uint8_t **jpeg, size_t *len);
 
 /* The thumbnail vlmdb stores for an item, whichever path adds it (ingest,
- * the server's ADD): the picture as a person sees it (transparent areas
- * over white), longest side at most VLM_THUMB_SIDE, JPEG quality
- * VLM_THUMB_QUALITY.  vlm_image_thumbnail takes an image decoded with
+ * the server's ADD): the picture as a person sees it (upright by its EXIF
+ * orientation, transparent areas over white), longest side at most
+ * VLM_THUMB_SIDE, JPEG quality VLM_THUMB_QUALITY.  vlm_image_thumbnail takes an image decoded with
  * VLM_ALPHA_WHITE (as vlm_clip_preprocess_image returns it);
  * vlm_image_thumbnail_bytes decodes encoded bytes itself. */
 #define VLM_THUMB_SIDE 256

@@ -5,7 +5,10 @@ before ToTensor (PIL: resize shorter side to n BICUBIC, center crop n,
 convert("RGB")), as <file>.n<N>.rgb (n*n*3 bytes, HWC).  Also Pillow's
 plain RGB bicubic resizes of one photo as resize_<w>x<h>.rgb.
 Needs Debian's python3-pil (made with Pillow 9.4.0 and libjpeg62-turbo
-2.1.5); ycck.jpg comes from libjpeg directly (PIL cannot write YCCK).
+2.1.5, libwebp 1.2.4, libtiff 4.5.0); ycck.jpg comes from libjpeg directly
+(PIL cannot write YCCK).  The other formats are written by
+tools/make_image_fixtures_formats.py (run from here), HEIC and AVIF with
+libheif's heif-enc, their expected pixels from heif-convert.
     python3 tools/make_image_fixtures.py tests/fixtures/images
 """
 import json
@@ -176,11 +179,23 @@ s += chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b"")
 open(p("interlaced.png"), "wb").write(s)
 add("interlaced.png", [32])
 
+# ---- WebP, GIF, TIFF, BMP, EXIF orientation, HEIC/AVIF ----------------
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "make_image_fixtures_formats.py")).read())
+
 manifest = []
 for name, sizes in files:
     im0 = Image.open(p(name))
     for n in sizes:
         im = Image.open(p(name))
+        # load first: Pillow turns a TIFF by its Orientation tag on load
+        # (and Pillow >= 10.1 reports the turned size before it), so the
+        # size is the loaded image's
+        im.load()
+        if im.mode in ("I;16", "I;16B"):
+            # Pillow 9.4 cannot resize I;16 (10 can, as vlmdb does); its
+            # "I" resize is the same where nothing overshoots below 0,
+            # which these smooth pictures never do
+            im = im.convert("I")
         w, h = im.size
         if w <= h:
             nw, nh = n, int(n * h / w)
@@ -199,4 +214,5 @@ for src, name, (w, h) in ((photo, "photo_rgb.jpg", (123, 77)), (photo, "photo_rg
     out = "resize_%s_%dx%d.rgb" % (name.split(".")[0], w, h)
     open(p(out), "wb").write(src.resize((w, h), Image.BICUBIC).tobytes())
     manifest.append({"resize_of": "clip-tiny/" + name, "size": [w, h], "rgb": out})
+manifest += extra_manifest
 json.dump(manifest, open(p("manifest.json"), "w"), indent=1)

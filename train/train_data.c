@@ -272,6 +272,8 @@ static void prep_one(prep_ctx *c, int i) {
   } else {
     vlm_clip_options dopt = {0};
     dopt.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
+    /* the stored pixels, as the eval path's preprocessing sees them */
+    dopt.orientation = VLM_ORIENT_IGNORE;
     if (vlm_image_decode(data, len, &dopt, &img)) {
       snprintf(c->why[i], sizeof c->why[i], "%s: %s", it->image,
                vlm_errmsg());
@@ -507,6 +509,7 @@ static int augment(const vlm__tdata *d, int draw, int64_t epoch, float *out) {
     if (!rc) {
       vlm_clip_options dopt = {0};
       dopt.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
+      dopt.orientation = VLM_ORIENT_IGNORE;
       rc = vlm_image_decode(data, len, &dopt, &img);
       free(data);
     }
