@@ -24,6 +24,7 @@
 
 #include "clip_int.h" /* white-box checks of the loaded model */
 #include "util/util.h"
+#include "util/files.h"
 #include "kernels.h"
 #include "model.h"
 #include "safetensors.h"
@@ -203,8 +204,6 @@ static void expect_close(const char *what, const char *name, const float *got,
 
 static void rm_rf(const char *dir);
 static char *make_tmpdir(void);
-static uint8_t *slurp(const char *path, size_t *len);
-static void spit(const char *path, const void *data, size_t len);
 
 /* ---- conformance: towers from reference inputs ----------------------------- */
 
@@ -547,7 +546,7 @@ static void test_image_full_path(void **state) {
     if (d > 0.02)
       fail_msg("%s: preprocessed value [%d] = %.6f, reference %.6f", paths[i],
                at, px[at], ref.images[i].pixels[at]);
-    bufs[i] = slurp(paths[i], &lens[i]);
+    bufs[i] = vlm_test_slurp(paths[i], &lens[i]);
   }
   for (int l = 0; l < 2; l++) {
     vlm_clip *clip = l ? ref.oc : ref.hf;
@@ -580,9 +579,9 @@ static void test_image_errors_name_the_input(void **state) {
   snprintf(text, sizeof text, "%s/notes.png", dir);
   snprintf(missing, sizeof missing, "%s/missing.jpg", dir);
   size_t len;
-  uint8_t *jpg = slurp(FIX "/photo_rgb.jpg", &len);
-  spit(trunc, jpg, len / 3);
-  spit(text, "hello, world\n", 13);
+  uint8_t *jpg = vlm_test_slurp(FIX "/photo_rgb.jpg", &len);
+  vlm_test_spit(trunc, jpg, len / 3);
+  vlm_test_spit(text, "hello, world\n", 13);
   const char *paths[3] = {FIX "/rgb.png", NULL, FIX "/gray.jpg"};
   float out[3 * 512];
   const char *bad[3] = {trunc, text, missing};
@@ -624,7 +623,7 @@ static char *capture(int (*fn)(int, char **), int argc, char **argv,
   close(saved);
   close(fd);
   size_t len;
-  uint8_t *out = slurp(path, &len);
+  uint8_t *out = vlm_test_slurp(path, &len);
   unlink(path);
   out = realloc(out, len + 1);
   out[len] = '\0';
@@ -758,69 +757,6 @@ static void link_into(const char *dir, const char *name) {
   assert_int_equal(symlink(src, dst), 0);
 }
 
-static uint8_t *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  *len = (size_t)ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc(*len ? *len : 1);
-  assert_int_equal(fread(b, 1, *len, f), *len);
-  fclose(f);
-  return b;
-}
-
-static void spit(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(data, 1, len, f), len);
-  fclose(f);
-}
-
-/* A checkpoint as header JSON + data region, to edit and write back. */
-typedef struct {
-  json_t *header;
-  uint8_t *data;
-  size_t data_len;
-} ckpt;
-
-static void ckpt_read(const char *path, ckpt *c) {
-  size_t len;
-  uint8_t *b = slurp(path, &len);
-  uint64_t hlen = 0;
-  for (int i = 7; i >= 0; i--)
-    hlen = hlen << 8 | b[i];
-  json_error_t err;
-  c->header = json_loadb((const char *)b + 8, (size_t)hlen, 0, &err);
-  assert_non_null(c->header);
-  c->data_len = len - 8 - hlen;
-  c->data = malloc(c->data_len);
-  memcpy(c->data, b + 8 + hlen, c->data_len);
-  free(b);
-}
-
-/* Header padded with spaces to a multiple of 8, as the reference writer
- * does, so the data region starts aligned. */
-static void ckpt_write(const ckpt *c, const char *path) {
-  char *h = json_dumps(c->header, JSON_COMPACT);
-  size_t text = strlen(h), hlen = (text + 7) & ~(size_t)7;
-  size_t len = 8 + hlen + c->data_len;
-  uint8_t *b = malloc(len);
-  for (int i = 0; i < 8; i++)
-    b[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-  memcpy(b + 8, h, text);
-  memset(b + 8 + text, ' ', hlen - text);
-  memcpy(b + 8 + hlen, c->data, c->data_len);
-  spit(path, b, len);
-  free(b);
-  free(h);
-}
-
-static void ckpt_free(ckpt *c) {
-  json_decref(c->header);
-  free(c->data);
-}
-
 /* A dir with config, tokenizer and preprocessor linked from the fixture. */
 static char *model_dir(int with_config) {
   char *dir = make_tmpdir();
@@ -856,8 +792,8 @@ static void delete_each(const char *fixture, const char *name) {
   char *dir = model_dir(1);
   char path[512];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  ckpt c;
-  ckpt_read(fixture, &c);
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(fixture, &c);
   const char *key;
   json_t *v;
   void *tmp;
@@ -871,7 +807,7 @@ static void delete_each(const char *fixture, const char *name) {
     const char *victim = json_string_value(json_array_get(keys, i));
     json_t *saved = json_incref(json_object_get(c.header, victim));
     json_object_del(c.header, victim);
-    ckpt_write(&c, path);
+    vlm_test_ckpt_write(&c, path);
     vlm_clip *clip = NULL;
     int rc = vlm__clip_load_weights(dir, path, NULL, &clip);
     if (rc == 0 || !strstr(vlm_errmsg(), victim) || !strstr(vlm_errmsg(), path))
@@ -883,7 +819,7 @@ static void delete_each(const char *fixture, const char *name) {
   }
   assert_true(n > 50);
   json_decref(keys);
-  ckpt_free(&c);
+  vlm_test_ckpt_free(&c);
   rm_rf(dir);
   free(dir);
 }
@@ -915,8 +851,8 @@ static void test_every_tensor_matters(void **state) {
   char *dir = model_dir(1);
   char path[512];
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  ckpt c;
-  ckpt_read(HF_FILE, &c);
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(HF_FILE, &c);
   const int D = ref.dim;
   /* Inputs: every reference text and one image. */
   const int32_t *ids[64];
@@ -942,7 +878,7 @@ static void test_every_tensor_matters(void **state) {
      * config, which the towers do not use, so check it directly. */
     for (size_t k = b + 1; k < e; k += 2)
       c.data[k] ^= 0x80;
-    ckpt_write(&c, path);
+    vlm_test_ckpt_write(&c, path);
     vlm_clip *clip = NULL;
     if (vlm__clip_load_weights(dir, path, NULL, &clip))
       fail_msg("%s: %s", key, vlm_errmsg());
@@ -982,49 +918,49 @@ static void test_every_tensor_matters(void **state) {
   }
   assert_true(n > 50);
   free(txt);
-  ckpt_free(&c);
+  vlm_test_ckpt_free(&c);
   rm_rf(dir);
   free(dir);
 }
 
 /* Header edits that must be refused with a clear error. */
-typedef void (*corrupt_fn)(ckpt *c);
+typedef void (*corrupt_fn)(vlm_test_ckpt *c);
 
-static json_t *entry(ckpt *c, const char *name) {
+static json_t *entry(vlm_test_ckpt *c, const char *name) {
   json_t *e = json_object_get(c->header, name);
   assert_non_null(e);
   return e;
 }
 
-static void c_unknown_dtype(ckpt *c) {
+static void c_unknown_dtype(vlm_test_ckpt *c) {
   json_object_set_new(entry(c, "text_model.final_layer_norm.bias"), "dtype",
                       json_string("F17"));
 }
-static void c_int_dtype(ckpt *c) {
+static void c_int_dtype(vlm_test_ckpt *c) {
   json_t *e = entry(c, "text_model.final_layer_norm.bias");
   json_object_set_new(e, "dtype", json_string("I16"));
 }
-static void c_offsets_past_end(ckpt *c) {
+static void c_offsets_past_end(vlm_test_ckpt *c) {
   json_t *e = entry(c, "visual_projection.weight");
   json_t *off = json_object_get(e, "data_offsets");
   json_int_t end = json_integer_value(json_array_get(off, 1));
   json_array_set_new(off, 0, json_integer(end + 1000000));
   json_array_set_new(off, 1, json_integer(end + 1000000 + 48 * 128 * 2));
 }
-static void c_offsets_reversed(ckpt *c) {
+static void c_offsets_reversed(vlm_test_ckpt *c) {
   json_t *off = json_object_get(entry(c, "visual_projection.weight"),
                                 "data_offsets");
   json_t *a = json_incref(json_array_get(off, 0));
   json_array_set(off, 0, json_array_get(off, 1));
   json_array_set_new(off, 1, a);
 }
-static void c_short_data(ckpt *c) {
+static void c_short_data(vlm_test_ckpt *c) {
   json_t *off = json_object_get(entry(c, "visual_projection.weight"),
                                 "data_offsets");
   json_int_t end = json_integer_value(json_array_get(off, 1));
   json_array_set_new(off, 1, json_integer(end - 2));
 }
-static void c_overlap(ckpt *c) {
+static void c_overlap(vlm_test_ckpt *c) {
   /* Point k_proj of layer 0 at q_proj's bytes. */
   json_t *q = json_object_get(
       entry(c, "vision_model.encoder.layers.0.self_attn.q_proj.weight"),
@@ -1033,23 +969,23 @@ static void c_overlap(ckpt *c) {
       entry(c, "vision_model.encoder.layers.0.self_attn.k_proj.weight"),
       "data_offsets", json_deep_copy(q));
 }
-static void c_shape_mismatch(ckpt *c) {
+static void c_shape_mismatch(vlm_test_ckpt *c) {
   /* Consistent bytes, but not the shape config.json describes. */
   json_t *shape = json_object_get(entry(c, "visual_projection.weight"),
                                   "shape");
   json_array_set_new(shape, 0, json_integer(128));
   json_array_set_new(shape, 1, json_integer(48));
 }
-static void c_negative_dim(ckpt *c) {
+static void c_negative_dim(vlm_test_ckpt *c) {
   json_t *shape = json_object_get(entry(c, "visual_projection.weight"),
                                   "shape");
   json_array_set_new(shape, 0, json_integer(-48));
 }
-static void c_shape_not_array(ckpt *c) {
+static void c_shape_not_array(vlm_test_ckpt *c) {
   json_object_set_new(entry(c, "visual_projection.weight"), "shape",
                       json_string("48x128"));
 }
-static void c_entry_not_object(ckpt *c) {
+static void c_entry_not_object(vlm_test_ckpt *c) {
   json_object_set_new(c->header, "visual_projection.weight", json_integer(3));
 }
 
@@ -1085,11 +1021,11 @@ static void test_corrupt_header_fields(void **state) {
   char path[512];
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    ckpt c;
-    ckpt_read(HF_FILE, &c);
+    vlm_test_ckpt c;
+    vlm_test_ckpt_read(HF_FILE, &c);
     cases[i].fn(&c);
-    ckpt_write(&c, path);
-    ckpt_free(&c);
+    vlm_test_ckpt_write(&c, path);
+    vlm_test_ckpt_free(&c);
     vlm_clip *clip = NULL;
     int rc = vlm__clip_load_weights(dir, path, NULL, &clip);
     if (rc != cases[i].code || !strstr(vlm_errmsg(), cases[i].tensor) ||
@@ -1110,36 +1046,36 @@ static void test_corrupt_file_bytes(void **state) {
   char path[512];
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   size_t len;
-  uint8_t *orig = slurp(HF_FILE, &len);
+  uint8_t *orig = vlm_test_slurp(HF_FILE, &len);
   uint8_t *b = malloc(len);
 
   /* header length past the end of the file */
   memcpy(b, orig, len);
   b[5] = 0x10;
-  spit(path, b, len);
+  vlm_test_spit(path, b, len);
   expect_load_error(dir, "model.safetensors", VLM_ECORRUPT, path,
                     "header length");
   /* file shorter than the length field */
-  spit(path, orig, 5);
+  vlm_test_spit(path, orig, 5);
   expect_load_error(dir, "model.safetensors", VLM_ECORRUPT, path, "short");
   /* empty file */
-  spit(path, orig, 0);
+  vlm_test_spit(path, orig, 0);
   expect_load_error(dir, "model.safetensors", VLM_ECORRUPT, path, NULL);
   /* truncated data: the last tensor runs past the end */
-  spit(path, orig, len - 100);
+  vlm_test_spit(path, orig, len - 100);
   expect_load_error(dir, "model.safetensors", VLM_ECORRUPT, path,
                     "visual_projection.weight");
   /* header cut inside the JSON */
   memcpy(b, orig, len);
   b[8 + 100] = '\0';
-  spit(path, b, len);
+  vlm_test_spit(path, b, len);
   expect_load_error(dir, "model.safetensors", VLM_EFORMAT, path, "JSON");
   /* header that is JSON but not an object */
   {
     const char *h = "[1, 2, 3]";
     uint8_t small[64] = {(uint8_t)strlen(h)};
     memcpy(small + 8, h, strlen(h));
-    spit(path, small, 8 + strlen(h));
+    vlm_test_spit(path, small, 8 + strlen(h));
     expect_load_error(dir, "model.safetensors", VLM_EFORMAT, path, "object");
   }
   /* a valid safetensors file that is not a CLIP */
@@ -1148,7 +1084,7 @@ static void test_corrupt_file_bytes(void **state) {
                     "\"data_offsets\":[0,4]}}";
     uint8_t small[128] = {(uint8_t)strlen(h)};
     memcpy(small + 8, h, strlen(h));
-    spit(path, small, 8 + strlen(h) + 4);
+    vlm_test_spit(path, small, 8 + strlen(h) + 4);
     expect_load_error(dir, "model.safetensors", VLM_EFORMAT, path, "CLIP");
   }
   /* no file at all */
@@ -1175,12 +1111,12 @@ static void test_bad_config(void **state) {
                     NULL);
   /* config.json that is not JSON */
   snprintf(path, sizeof path, "%s/config.json", dir);
-  spit(path, "{\"text_config\": ", 16);
+  vlm_test_spit(path, "{\"text_config\": ", 16);
   expect_load_error(dir, "model.safetensors", VLM_EFORMAT, "config.json",
                     NULL);
   /* config.json whose geometry does not match the tensors */
   size_t len;
-  uint8_t *cfg = slurp(FIX "/config.json", &len);
+  uint8_t *cfg = vlm_test_slurp(FIX "/config.json", &len);
   json_t *root = json_loadb((const char *)cfg, len, 0, NULL);
   json_object_set_new(json_object_get(root, "vision_config"),
                       "intermediate_size", json_integer(500));
@@ -1210,10 +1146,10 @@ static void test_bad_config(void **state) {
   link_into(dir, "config.json");
   snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
   unlink(path);
-  spit(path, "{\"crop_size\": 64}", 17);
+  vlm_test_spit(path, "{\"crop_size\": 64}", 17);
   expect_load_error(dir, "model.safetensors", VLM_EMISMATCH, "crop_size",
                     NULL);
-  spit(path, "{\"image_std\": [1, 0, 1]}", 24);
+  vlm_test_spit(path, "{\"image_std\": [1, 0, 1]}", 24);
   expect_load_error(dir, "model.safetensors", VLM_EFORMAT, "image_std", NULL);
   rm_rf(dir);
   free(dir);
@@ -1254,7 +1190,7 @@ static void test_original_layout_infers_geometry(void **state) {
                    "\"width\": 128, \"patch_size\": 8},"
                    " \"text_cfg\": {\"context_length\": 77, \"vocab_size\": "
                    "49408, \"width\": 64, \"heads\": 4, \"layers\": 2}}}";
-  spit(path, oc, strlen(oc));
+  vlm_test_spit(path, oc, strlen(oc));
   assert_int_equal(vlm_clip_load(dir, NULL, &clip), 0);
   assert_int_equal(vlm__clip_get_config(clip)->text_heads, 4);
   check_texts(clip, "open_clip + open_clip_config.json");
@@ -1262,7 +1198,7 @@ static void test_original_layout_infers_geometry(void **state) {
   vlm_clip_free(clip);
   /* ... and a config that contradicts the shapes is refused. */
   const char *bad = "{\"model_cfg\": {\"embed_dim\": 64, \"quick_gelu\": true}}";
-  spit(path, bad, strlen(bad));
+  vlm_test_spit(path, bad, strlen(bad));
   assert_int_equal(vlm_clip_load(dir, NULL, &clip), VLM_EMISMATCH);
   assert_non_null(strstr(vlm_errmsg(), "text_projection"));
   rm_rf(dir);
@@ -1272,8 +1208,8 @@ static void test_original_layout_infers_geometry(void **state) {
 /* F32 and BF16 files: the loader converts (or maps) them; F32 copies of
  * the F16 weights must give the same vectors and the same model id. */
 static void write_converted(const char *src, const char *dst, int bf16) {
-  ckpt c;
-  ckpt_read(src, &c);
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(src, &c);
   const char *key;
   json_t *v;
   /* Lay tensors out again, each at a multiple of its element size. */
@@ -1312,8 +1248,8 @@ static void write_converted(const char *src, const char *dst, int bf16) {
   free(c.data);
   c.data = out;
   c.data_len = used;
-  ckpt_write(&c, dst);
-  ckpt_free(&c);
+  vlm_test_ckpt_write(&c, dst);
+  vlm_test_ckpt_free(&c);
 }
 
 static void test_f32_and_bf16_files(void **state) {
@@ -1739,7 +1675,7 @@ static void test_fuzz_regressions(void **state) {
   char *with = make_tmpdir(), *without = make_tmpdir();
   char cfg[512];
   snprintf(cfg, sizeof cfg, "%s/config.json", with);
-  spit(cfg, fuzz_tiny_config, strlen(fuzz_tiny_config));
+  vlm_test_spit(cfg, fuzz_tiny_config, strlen(fuzz_tiny_config));
   DIR *d = opendir(dir);
   assert_non_null(d);
   int n = 0;
@@ -1750,7 +1686,7 @@ static void test_fuzz_regressions(void **state) {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     size_t len;
-    uint8_t *b = slurp(path, &len);
+    uint8_t *b = vlm_test_slurp(path, &len);
     vlm__safetensors *st = NULL;
     int rc = vlm__st_parse(b, len, path, &st);
     if (rc == 0)

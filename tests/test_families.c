@@ -28,6 +28,7 @@
 #include "sha256.h"
 #include "train_model.h"
 #include "util/util.h"
+#include "util/files.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
 
@@ -271,73 +272,10 @@ static void link_into(const fixture *fx, const char *dir, const char *name) {
   assert_int_equal(symlink(src, dst), 0);
 }
 
-static uint8_t *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  *len = (size_t)ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc(*len ? *len : 1);
-  assert_int_equal(fread(b, 1, *len, f), *len);
-  fclose(f);
-  return b;
-}
-
-static void spit(const char *path, const void *data, size_t len) {
-  FILE *f = fopen(path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(data, 1, len, f), len);
-  fclose(f);
-}
-
 static void write_text(const char *dir, const char *name, const char *text) {
   char path[512];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  spit(path, text, strlen(text));
-}
-
-/* A checkpoint as header JSON + data region, to edit and write back. */
-typedef struct {
-  json_t *header;
-  uint8_t *data;
-  size_t data_len;
-} ckpt;
-
-static void ckpt_read(const char *path, ckpt *c) {
-  size_t len;
-  uint8_t *b = slurp(path, &len);
-  uint64_t hlen = 0;
-  for (int i = 7; i >= 0; i--)
-    hlen = hlen << 8 | b[i];
-  json_error_t err;
-  c->header = json_loadb((const char *)b + 8, (size_t)hlen, 0, &err);
-  assert_non_null(c->header);
-  c->data_len = len - 8 - hlen;
-  c->data = malloc(c->data_len);
-  memcpy(c->data, b + 8 + hlen, c->data_len);
-  free(b);
-}
-
-/* Header padded with spaces to a multiple of 8, as the reference writer
- * does, so the data region starts aligned. */
-static void ckpt_write(const ckpt *c, const char *path) {
-  char *h = json_dumps(c->header, JSON_COMPACT);
-  size_t text = strlen(h), hlen = (text + 7) & ~(size_t)7;
-  size_t len = 8 + hlen + c->data_len;
-  uint8_t *b = malloc(len);
-  for (int i = 0; i < 8; i++)
-    b[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-  memcpy(b + 8, h, text);
-  memset(b + 8 + text, ' ', hlen - text);
-  memcpy(b + 8 + hlen, c->data, c->data_len);
-  spit(path, b, len);
-  free(b);
-  free(h);
-}
-
-static void ckpt_free(ckpt *c) {
-  json_decref(c->header);
-  free(c->data);
+  vlm_test_spit(path, text, strlen(text));
 }
 
 static void ckpt_path(const fixture *fx, char *path, size_t cap) {
@@ -537,7 +475,7 @@ static void test_pixels_from_files(void **state) {
      * thumbnail keeps transparency over white (the model's pipeline drops
      * alpha on a copy) */
     size_t len;
-    uint8_t *data = slurp(path, &len);
+    uint8_t *data = vlm_test_slurp(path, &len);
     vlm_image img, white;
     VLM_CHECK(vlm_clip_preprocess_image(fx->clip, data, len, px2, &img));
     assert_memory_equal(px2, r->pixels, per * sizeof *px2);
@@ -573,7 +511,7 @@ static void test_exif_pipeline(void **state) {
   char path[512];
   snprintf(path, sizeof path, "%s/exif_rot6.jpg", fx->dir);
   size_t len;
-  uint8_t *data = slurp(path, &len);
+  uint8_t *data = vlm_test_slurp(path, &len);
   vlm__decoded im;
   VLM_CHECK(vlm__image_decode_native(data, len, 0, &im));
   free(data);
@@ -689,7 +627,7 @@ static void test_preprocess_config(void **state) {
   snprintf(path, sizeof path, "%s/rgba.png", fx->dir);
   VLM_CHECK(vlm_clip_preprocess_file(clip, path, got));
   size_t len;
-  uint8_t *data = slurp(path, &len);
+  uint8_t *data = vlm_test_slurp(path, &len);
   vlm__decoded im;
   VLM_CHECK(vlm__image_decode_native(data, len, 0, &im));
   free(data);
@@ -765,8 +703,8 @@ static void test_every_tensor_deleted(void **state) {
   char src[512], path[512];
   ckpt_path(fx, src, sizeof src);
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  ckpt c;
-  ckpt_read(src, &c);
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(src, &c);
   const char *key;
   json_t *v;
   void *tmp;
@@ -779,7 +717,7 @@ static void test_every_tensor_deleted(void **state) {
     const char *victim = json_string_value(json_array_get(keys, i));
     json_t *saved = json_incref(json_object_get(c.header, victim));
     json_object_del(c.header, victim);
-    ckpt_write(&c, path);
+    vlm_test_ckpt_write(&c, path);
     vlm_clip *clip = NULL;
     int rc = vlm__clip_load_weights(dir, path, NULL, &clip);
     if (rc != VLM_ENOTFOUND || !strstr(vlm_errmsg(), victim) ||
@@ -792,7 +730,7 @@ static void test_every_tensor_deleted(void **state) {
   assert_int_equal(json_array_size(keys),
                    fx->family == VLM__FAMILY_SIGLIP ? 88 : 79);
   json_decref(keys);
-  ckpt_free(&c);
+  vlm_test_ckpt_free(&c);
   vlm_test_rm_rf(dir);
   free(dir);
 }
@@ -805,8 +743,8 @@ static void test_every_tensor_perturbed(void **state) {
   char src[512], path[512];
   ckpt_path(fx, src, sizeof src);
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  ckpt c;
-  ckpt_read(src, &c);
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(src, &c);
   const int D = fx->dim, NT = fx->n_texts;
   float *txt = malloc((size_t)NT * D * sizeof *txt);
   float *img = malloc((size_t)D * sizeof *img);
@@ -821,7 +759,7 @@ static void test_every_tensor_perturbed(void **state) {
     size_t e = (size_t)json_integer_value(json_array_get(off, 1));
     for (size_t k = b + 1; k < e; k += 2) /* the sign of every F16 value */
       c.data[k] ^= 0x80;
-    ckpt_write(&c, path);
+    vlm_test_ckpt_write(&c, path);
     vlm_clip *clip = NULL;
     if (vlm__clip_load_weights(dir, path, NULL, &clip))
       fail_msg("%s: %s", key, vlm_errmsg());
@@ -862,7 +800,7 @@ static void test_every_tensor_perturbed(void **state) {
   assert_int_equal(n, fx->family == VLM__FAMILY_SIGLIP ? 88 : 79);
   free(txt);
   free(img);
-  ckpt_free(&c);
+  vlm_test_ckpt_free(&c);
   vlm_test_rm_rf(dir);
   free(dir);
 }
@@ -870,8 +808,8 @@ static void test_every_tensor_perturbed(void **state) {
 /* The fixture re-encoded: F32 (exact) or BF16 (each F16 value truncated
  * to BF16), or F32 holding the BF16-truncated values (mode 2). */
 static void write_converted(const char *src, const char *dst, int mode) {
-  ckpt c;
-  ckpt_read(src, &c);
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(src, &c);
   const char *key;
   json_t *v;
   size_t cap = c.data_len * 2 + 64, used = 0;
@@ -909,8 +847,8 @@ static void write_converted(const char *src, const char *dst, int mode) {
   free(c.data);
   c.data = out;
   c.data_len = used;
-  ckpt_write(&c, dst);
-  ckpt_free(&c);
+  vlm_test_ckpt_write(&c, dst);
+  vlm_test_ckpt_free(&c);
 }
 
 static void test_f32_and_bf16_files(void **state) {

@@ -1,0 +1,31 @@
+/* files.h - file helpers the test programs share: whole files in and out,
+ * and safetensors checkpoints taken apart (header JSON + data region) to
+ * be edited and written back.  Failures fail the running cmocka test.
+ *
+ * Include after <cmocka.h>. */
+#ifndef VLM_TEST_FILES_H
+#define VLM_TEST_FILES_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The whole file (malloc'd; *len its size). */
+uint8_t *vlm_test_slurp(const char *path, size_t *len);
+/* Write len bytes as the whole file. */
+void vlm_test_spit(const char *path, const void *data, size_t len);
+
+/* A safetensors checkpoint as header JSON + data region. */
+typedef struct {
+  json_t *header;
+  uint8_t *data;
+  size_t data_len;
+} vlm_test_ckpt;
+
+void vlm_test_ckpt_read(const char *path, vlm_test_ckpt *c);
+/* The header padded with spaces to a multiple of 8, as the reference
+ * writer does, so the data region starts aligned. */
+void vlm_test_ckpt_write(const vlm_test_ckpt *c, const char *path);
+void vlm_test_ckpt_free(vlm_test_ckpt *c);
+
+#endif
