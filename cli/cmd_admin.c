@@ -143,6 +143,8 @@ int cmd_info(int argc, char **argv) {
     json_object_set_new(o, "model_id", json_string(info.model_id));
     json_object_set_new(o, "model_dir", json_string(info.model_dir));
     json_object_set_new(o, "model_family", json_string(info.model_family));
+    json_object_set_new(o, "image_orientation",
+                        json_string(info.image_orientation));
     json_object_set_new(o, "format_version",
                         json_integer(info.format_version));
     json_object_set_new(o, "fields", fields);
@@ -168,6 +170,12 @@ int cmd_info(int argc, char **argv) {
   printf("model:          %s\n", info.model_dir[0] ? info.model_dir : "?");
   printf("model id:       %s\n", info.model_id);
   printf("model family:   %s\n", info.model_family);
+  printf("EXIF:           %s\n",
+         !strcmp(info.image_orientation, "apply")
+             ? "photos turned upright (--exif apply)"
+         : !strcmp(info.image_orientation, "ignore")
+             ? "orientation ignored (--exif ignore)"
+             : "as the model says");
   printf("fields:        ");
   if (info.nfields == 0)
     printf(" (none)");

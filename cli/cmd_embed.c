@@ -13,7 +13,7 @@
 
 static const char embed_usage[] =
     "usage: vlmdb embed [--model DIR] [--text T]... [--image PATH]... [--raw]\n"
-    "                   [--threads N] [--json]\n"
+    "                   [--threads N] [--json] [--exif apply|ignore]\n"
     "\n"
     "Print the embedding of each text and image, one JSON object per\n"
     "line: texts first, in the order given, then images:\n"
@@ -36,6 +36,8 @@ static const char embed_usage[] =
     "  --image PATH    an image file to embed (JPEG, PNG, WebP, GIF, TIFF,\n"
     "                  BMP, HEIC or AVIF; repeatable)\n"
     "  --raw           print the projection output, not normalized\n"
+    "  --exif MODE     apply or ignore photos' EXIF orientation (default:\n"
+    "                  model, the model's own setting)\n"
     "  --threads N     compute threads (default: all cores)\n"
     "  --json          one JSON object with the model and the scores\n"
     "  -h, --help      this help\n"
@@ -140,9 +142,10 @@ static int print_scores(const vlm_clip *clip, const float *tv, int n_texts,
   return rc;
 }
 
-static int load(const char *cmd, const char *dir, int threads,
+static int load(const char *cmd, const char *dir, int threads, int orient,
                 vlm_clip **out) {
-  vlm_clip_options opts = {.threads = threads};
+  vlm_clip_options opts = {.threads = threads,
+                           .orientation = (vlm_orient_mode)orient};
   int rc = vlm_clip_load(dir, &opts, out);
   if (rc) {
     vlm_cli_liberror(cmd, rc);
@@ -161,7 +164,7 @@ int cmd_embed(int argc, char **argv) {
   const char **images = calloc((size_t)argc, sizeof *images);
   float *tv = NULL, *iv = NULL;
   vlm_clip *clip = NULL;
-  int n_texts = 0, n_images = 0, as_json = 0;
+  int n_texts = 0, n_images = 0, as_json = 0, orient = VLM_ORIENT_MODEL;
   if (!texts || !images) {
     vlm_cli_error(cmd, "out of memory");
     goto done;
@@ -173,6 +176,7 @@ int cmd_embed(int argc, char **argv) {
       {"raw", no_argument, NULL, 'r'},
       {"threads", required_argument, NULL, 'j'},
       {"json", no_argument, NULL, 'J'},
+      {"exif", required_argument, NULL, 'e'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -184,6 +188,12 @@ int cmd_embed(int argc, char **argv) {
     case 't': texts[n_texts++] = optarg; break;
     case 'i': images[n_images++] = optarg; break;
     case 'r': flags |= VLM_CLIP_RAW; break;
+    case 'e':
+      if ((orient = vlm_cli_orientation(optarg)) < 0) {
+        status = vlm_cli_usage_error(cmd, "--exif is apply, ignore or model");
+        goto done;
+      }
+      break;
     case 'j':
       if (vlm_cli_parse_long(cmd, "--threads", optarg, 1, 64, &threads)) {
         status = VLM_EXIT_USAGE;
@@ -211,7 +221,7 @@ int cmd_embed(int argc, char **argv) {
     goto done;
   }
   const char *dir = model ? model : vlm_cli_default_model();
-  if (load(cmd, dir, (int)threads, &clip))
+  if (load(cmd, dir, (int)threads, orient, &clip))
     goto done;
   const int D = vlm_clip_dim(clip);
   tv = malloc(((size_t)n_texts * D + 1) * sizeof *tv);
@@ -285,7 +295,8 @@ int cmd_tokenize(int argc, char **argv) {
   if (optind >= argc)
     return vlm_cli_usage_error(cmd, "no text given");
   vlm_clip *clip = NULL;
-  if (load(cmd, model ? model : vlm_cli_default_model(), 1, &clip))
+  if (load(cmd, model ? model : vlm_cli_default_model(), 1, VLM_ORIENT_MODEL,
+           &clip))
     return VLM_EXIT_RUNTIME;
   int ctx = vlm_clip_context_length(clip), status = VLM_EXIT_OK;
   int32_t *ids = malloc((size_t)ctx * sizeof *ids);

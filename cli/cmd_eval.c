@@ -252,7 +252,7 @@ int cmd_eval(int argc, char **argv) {
       goto done;
   } else if (vlm_db_stat(db, &info) == 0 && info.model_dir[0] &&
              access(info.model_dir, R_OK) == 0) {
-    vlm_clip_options copts = {.threads = 1};
+    vlm_clip_options copts = vlm_cli_db_model_options(&info, 1);
     if (vlm_clip_load(info.model_dir, &copts, &clip) == 0 &&
         strcmp(vlm_clip_model_id(clip), info.model_id)) {
       vlm_clip_free(clip);

@@ -12,7 +12,7 @@
 
 static const char usage[] =
     "usage: vlmdb init --db DIR [--model DIR] [--index FACTORY]\n"
-    "                  [--field NAME:TYPE]...\n"
+    "                  [--field NAME:TYPE]... [--exif apply|ignore]\n"
     "\n"
     "Create an empty database in DIR (created if missing; must be empty),\n"
     "bound to a model (CLIP, SigLIP or Chinese-CLIP): every vector it\n"
@@ -24,6 +24,12 @@ static const char usage[] =
     "                      IVF256,Flat, IVF1024,PQ64, IVF256,SQ8, ...\n"
     "  --field NAME:TYPE   a metadata field to index for filters; TYPE is\n"
     "                      text, int or real (repeat for several)\n"
+    "  --exif apply|ignore turn photos upright by their EXIF orientation\n"
+    "                      before embedding (apply) or embed the stored\n"
+    "                      pixels (ignore); default: the model's own\n"
+    "                      setting (SigLIP and Chinese-CLIP apply it, CLIP\n"
+    "                      ignores it). Every command on the database then\n"
+    "                      does the same.\n"
     "  -h, --help          this help\n"
     "\n"
     "example:\n"
@@ -33,7 +39,7 @@ static const char usage[] =
 
 int cmd_init(int argc, char **argv) {
   const char *cmd = "init", *db_dir = NULL, *model_dir = NULL,
-             *factory = NULL;
+             *factory = NULL, *exif = "model";
   vlm_field fields[MAX_FIELDS];
   int nfields = 0;
   static const struct option longopts[] = {
@@ -41,6 +47,7 @@ int cmd_init(int argc, char **argv) {
       {"model", required_argument, NULL, 'm'},
       {"index", required_argument, NULL, 'i'},
       {"field", required_argument, NULL, 'f'},
+      {"exif", required_argument, NULL, 'e'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -50,6 +57,11 @@ int cmd_init(int argc, char **argv) {
     case 'd': db_dir = optarg; break;
     case 'm': model_dir = optarg; break;
     case 'i': factory = optarg; break;
+    case 'e':
+      if (vlm_cli_orientation(optarg) < 0)
+        return vlm_cli_usage_error(cmd, "--exif is apply, ignore or model");
+      exif = optarg;
+      break;
     case 'f':
       if (nfields == MAX_FIELDS)
         return vlm_cli_usage_error(cmd, "at most %d fields", MAX_FIELDS);
@@ -83,7 +95,9 @@ int cmd_init(int argc, char **argv) {
   vlm_clip *clip = NULL;
   vlm_db *db = NULL;
   int status = VLM_EXIT_RUNTIME;
-  int rc = vlm_clip_load(model_abs, NULL, &clip);
+  vlm_clip_options copts = {.orientation =
+                                (vlm_orient_mode)vlm_cli_orientation(exif)};
+  int rc = vlm_clip_load(model_abs, &copts, &clip);
   if (rc) {
     vlm_cli_error(cmd, "loading the model from %s: %s", model_abs,
                   vlm_errmsg());
@@ -95,7 +109,8 @@ int cmd_init(int argc, char **argv) {
                           .model_dir = model_abs,
                           .fields = fields,
                           .nfields = nfields,
-                          .model_family = vlm_clip_family(clip)};
+                          .model_family = vlm_clip_family(clip),
+                          .image_orientation = exif};
   rc = vlm_db_create(db_dir, &config, &db);
   if (rc) {
     vlm_cli_liberror(cmd, rc);

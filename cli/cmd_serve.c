@@ -165,8 +165,8 @@ int cmd_serve(int argc, char **argv) {
     model_dir = info.model_dir[0] && access(info.model_dir, R_OK) == 0
                     ? info.model_dir
                     : vlm_cli_default_model();
-  vlm_clip_options copts = {0};
-  copts.threads = 1; /* parallelism comes from the worker threads */
+  /* one thread a call: parallelism comes from the worker threads */
+  vlm_clip_options copts = vlm_cli_db_model_options(&info, 1);
   rc = vlm_clip_load(model_dir, &copts, &clip);
   if (rc < 0) {
     if (explicit_model) {

@@ -76,6 +76,24 @@ int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
   return 0;
 }
 
+int vlm_cli_orientation(const char *name) {
+  if (!strcmp(name, "model"))
+    return VLM_ORIENT_MODEL;
+  if (!strcmp(name, "apply"))
+    return VLM_ORIENT_APPLY;
+  if (!strcmp(name, "ignore"))
+    return VLM_ORIENT_IGNORE;
+  return -1;
+}
+
+vlm_clip_options vlm_cli_db_model_options(const vlm_db_info *info,
+                                          int threads) {
+  vlm_clip_options o = {.threads = threads};
+  int orient = vlm_cli_orientation(info->image_orientation);
+  o.orientation = orient < 0 ? VLM_ORIENT_MODEL : (vlm_orient_mode)orient;
+  return o;
+}
+
 int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
                        int threads, vlm_clip **out) {
   vlm_db_info info;
@@ -89,7 +107,7 @@ int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
     dir = info.model_dir;
   if (!dir)
     dir = vlm_cli_default_model();
-  vlm_clip_options copts = {.threads = threads};
+  vlm_clip_options copts = vlm_cli_db_model_options(&info, threads);
   rc = vlm_clip_load(dir, &copts, out);
   if (rc) {
     vlm_cli_error(cmd, "loading the model from %s: %s", dir, vlm_errmsg());

@@ -35,6 +35,16 @@ int vlm_cli_open_db(const char *cmd, const char *dir, int readonly,
  * directory the database recorded, else vlm_cli_default_model().  Refuses
  * (prints why, returns -1) a model whose identity differs from the
  * database's.  threads: compute threads (0 = all cores). */
+/* "model", "apply" or "ignore" (an --exif argument or a database's
+ * record) as vlm_clip_options.orientation; -1 for anything else. */
+int vlm_cli_orientation(const char *name);
+
+/* The options a database's model is loaded with: threads, and the image
+ * orientation the database records (it enters the model id when it
+ * applies, so every load must use it). */
+vlm_clip_options vlm_cli_db_model_options(const vlm_db_info *info,
+                                          int threads);
+
 int vlm_cli_load_model(const char *cmd, vlm_db *db, const char *model_dir,
                        int threads, vlm_clip **out);
 

@@ -357,6 +357,12 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   if (config->model_dir && strlen(config->model_dir) >= sizeof m.model_dir)
     return vlm_seterr(VLM_EINVAL, "create: model_dir too long");
   const char *family = config->model_family ? config->model_family : "clip";
+  const char *orient =
+      config->image_orientation ? config->image_orientation : "model";
+  if (strcmp(orient, "model") && strcmp(orient, "apply") &&
+      strcmp(orient, "ignore"))
+    return vlm_seterr(VLM_EINVAL, "create: image orientation '%.40s' is not "
+                      "model, apply or ignore", orient);
   if (vlm__model_family_ok(family) != 0)
     return vlm_seterr(VLM_EINVAL, "create: model family '%.40s' is not 1..%zu "
                       "of [a-z0-9_]", family, sizeof m.model_family - 1);
@@ -388,6 +394,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
   if (config->model_dir)
     strcpy(m.model_dir, config->model_dir);
   strcpy(m.model_family, family);
+  strcpy(m.image_orientation, orient);
   if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
     return vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
   vlm_index_free(probe);
@@ -1704,6 +1711,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   snprintf(info->model_dir, sizeof info->model_dir, "%s", db->man.model_dir);
   snprintf(info->model_family, sizeof info->model_family, "%s",
            db->man.model_family);
+  snprintf(info->image_orientation, sizeof info->image_orientation, "%s",
+           db->man.image_orientation);
   info->format_version = db->man.format_version;
   info->nfields = db->man.nfields;
   for (int i = 0; i < db->man.nfields; i++) {

@@ -78,6 +78,7 @@ typedef struct {
   char factory[128];
   char model_id[80];
   char model_dir[512];
+  char image_orientation[8]; /* "model", "apply", "ignore" */
   char model_family[32]; /* vlm_clip_family of the model ("clip" when the
                             manifest predates the families) */
   int nfields;

@@ -200,6 +200,18 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"model_family\"", path);
     goto done;
   }
+  /* Absent: the model's own setting (manifests before it was recorded) */
+  json_t *orient = json_object_get(root, "image_orientation");
+  if (!orient) {
+    strcpy(m->image_orientation, "model");
+  } else if ((rc = copy_str(m->image_orientation, sizeof m->image_orientation,
+                            orient, "image_orientation", path))) {
+    goto done;
+  } else if (strcmp(m->image_orientation, "apply") &&
+             strcmp(m->image_orientation, "ignore")) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"image_orientation\"", path);
+    goto done;
+  }
   json_t *fields = json_object_get(root, "fields");
   if (!json_is_array(fields) || json_array_size(fields) > VLM__MAX_FIELDS) {
     rc = vlm_seterr(VLM_EFORMAT, "%s: bad \"fields\"", path);
@@ -295,6 +307,10 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
   json_object_set_new(root, "model_family",
                       json_string(m->model_family[0] ? m->model_family
                                                      : "clip"));
+  if (!strcmp(m->image_orientation, "apply") ||
+      !strcmp(m->image_orientation, "ignore"))
+    json_object_set_new(root, "image_orientation",
+                        json_string(m->image_orientation));
   if (m->sql_cksum)
     json_object_set_new(root, "sql_page_checksums", json_true());
   for (int i = 0; i < m->nfields; i++) {

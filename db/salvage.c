@@ -220,7 +220,8 @@ int vlm_db_salvage(const char *src, const char *dst,
                        .model_id = m.model_id,
                        .model_dir = m.model_dir[0] ? m.model_dir : NULL,
                        .fields = fields, .nfields = m.nfields,
-                       .model_family = m.model_family};
+                       .model_family = m.model_family,
+                       .image_orientation = m.image_orientation};
   if ((rc = vlm_db_create(dst, &cfg, &out)))
     goto done;
   if (!(b = calloc(1, sizeof *b))) {

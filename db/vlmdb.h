@@ -47,6 +47,12 @@ typedef struct {
   /* Fields added later; zero keeps the default. */
   const char *model_family;  /* vlm_clip_family of the model: 1..31 of
                                 [a-z0-9_]; NULL = "clip" */
+  const char *image_orientation; /* the EXIF orientation of photos:
+                                "apply" (turn them upright first),
+                                "ignore" (the stored pixels), or NULL /
+                                "model" (the model's own setting); every
+                                model load for the database must use it
+                                (it enters the model id when it applies) */
 } vlm_db_config;
 
 /* Receives warnings of open (an index file rebuilt from LMDB, recovery
@@ -246,6 +252,8 @@ typedef struct {
                              (vlm_clip_family: "clip", "siglip",
                              "chinese_clip"); "clip" for databases made
                              before families were recorded */
+  char image_orientation[8]; /* "model", "apply" or "ignore", as
+                                vlm_db_config.image_orientation */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);

@@ -2665,6 +2665,112 @@ static void test_e2e_chinese_clip_database(void **state) {
   check_family_database(*state, &fc);
 }
 
+/* The EXIF orientation is a database setting: `init --exif ignore` on a
+ * SigLIP model (whose pipeline applies it) stores exif_rot6.jpg as its
+ * stored pixels embed (what `embed --exif ignore` gives), not as the
+ * reference's upright picture; every later command follows the record
+ * (search by the same file finds it at cosine 1); `--exif apply` on a CLIP
+ * model turns it upright (the upright vector of the SigLIP default); info
+ * shows the setting; a bad value is a usage error. */
+static void test_exif_setting_per_database(void **state) {
+  const char *dir = *state;
+  const char *model = "tests/fixtures/siglip-tiny";
+  char img[PATH_MAX], catalog[PATH_MAX], db[PATH_MAX], db2[PATH_MAX];
+  snprintf(img, sizeof img, "%s/exif_rot6.jpg", dir);
+  copy_file("tests/fixtures/siglip-tiny/exif_rot6.jpg", img);
+  db_path(catalog, sizeof catalog, dir, "exif.jsonl");
+  FILE *f = fopen(catalog, "w");
+  assert_non_null(f);
+  fprintf(f, "{\"key\": \"rot\", \"image\": \"exif_rot6.jpg\"}\n");
+  fclose(f);
+  /* the two ways to embed the file, from the command line */
+  char *out = RUN_OK(dir, "embed", "--model", model, "--image", img,
+                     "--exif", "ignore");
+  json_t *stored_px = parse_json(out);
+  free(out);
+  out = RUN_OK(dir, "embed", "--model", model, "--image", img);
+  json_t *upright = parse_json(out);
+  free(out);
+  double diff, c = json_cosine(json_object_get(stored_px, "embedding"),
+                               json_object_get(upright, "embedding"), &diff);
+  print_message("exif_rot6.jpg: stored pixels against upright: cosine "
+                "%.4f\n", c);
+  assert_true(c < 0.99);
+
+  db_path(db, sizeof db, dir, "ignore.vlmdb");
+  free(RUN_OK(dir, "init", "--db", db, "--model", model, "--exif", "ignore"));
+  free(RUN_OK(dir, "ingest", "--db", db, catalog));
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  assert_string_equal(
+      json_string_value(json_object_get(info, "image_orientation")), "ignore");
+  json_decref(info);
+  free(out);
+  json_t *map = export_map(dir, db);
+  c = json_cosine(json_object_get(json_object_get(map, "rot"), "image_vector"),
+                  json_object_get(stored_px, "embedding"), &diff);
+  assert_true(c >= 0.99999 && diff <= 1e-4);
+  json_decref(map);
+  out = RUN_OK(dir, "search", "--db", db, "--image", img, "--target", "image",
+               "-k", "1", "--json");
+  json_t *res = parse_json(out);
+  json_t *top = json_array_get(json_object_get(res, "results"), 0);
+  assert_string_equal(json_string_value(json_object_get(top, "key")), "rot");
+  assert_true(json_number_value(json_object_get(top, "score")) >= 0.9999);
+  json_decref(res);
+  free(out);
+
+  /* the model's own setting by default: upright */
+  db_path(db2, sizeof db2, dir, "model.vlmdb");
+  free(RUN_OK(dir, "init", "--db", db2, "--model", model));
+  free(RUN_OK(dir, "ingest", "--db", db2, catalog));
+  out = RUN_OK(dir, "info", "--db", db2);
+  assert_non_null(strstr(out, "\nEXIF:           as the model says\n"));
+  free(out);
+  map = export_map(dir, db2);
+  c = json_cosine(json_object_get(json_object_get(map, "rot"), "image_vector"),
+                  json_object_get(upright, "embedding"), &diff);
+  assert_true(c >= 0.99999 && diff <= 1e-4);
+  json_decref(map);
+
+  /* a CLIP model ignores EXIF unless the database says apply; the model
+   * id then differs, and the database's commands still load it */
+  char db3[PATH_MAX];
+  db_path(db3, sizeof db3, dir, "clip-apply.vlmdb");
+  free(RUN_OK(dir, "init", "--db", db3, "--model", "tests/fixtures/clip-tiny",
+              "--exif", "apply"));
+  free(RUN_OK(dir, "ingest", "--db", db3, catalog));
+  out = RUN_OK(dir, "search", "--db", db3, "--image", img, "--target",
+               "image", "-k", "1", "--json");
+  res = parse_json(out);
+  top = json_array_get(json_object_get(res, "results"), 0);
+  assert_string_equal(json_string_value(json_object_get(top, "key")), "rot");
+  assert_true(json_number_value(json_object_get(top, "score")) >= 0.9999);
+  json_decref(res);
+  free(out);
+  out = RUN_OK(dir, "embed", "--model", "tests/fixtures/clip-tiny", "--image",
+               img, "--exif", "apply");
+  json_t *clip_up = parse_json(out);
+  free(out);
+  map = export_map(dir, db3);
+  c = json_cosine(json_object_get(json_object_get(map, "rot"), "image_vector"),
+                  json_object_get(clip_up, "embedding"), &diff);
+  assert_true(c >= 0.99999 && diff <= 1e-4);
+  json_decref(map);
+  json_decref(clip_up);
+
+  char *err = NULL;
+  char db4[PATH_MAX];
+  db_path(db4, sizeof db4, dir, "bad.vlmdb");
+  assert_int_equal(RUN(dir, NULL, &err, "init", "--db", db4, "--model", model,
+                       "--exif", "sideways"),
+                   2 /* usage */);
+  assert_non_null(strstr(err, "--exif"));
+  free(err);
+  json_decref(stored_px);
+  json_decref(upright);
+}
+
 /* vlmdb verify finds stores that disagree and says which; exit 1. */
 static void test_verify_finds_disagreement(void **state) {
   const char *dir = *state;
@@ -2796,6 +2902,8 @@ int main(void) {
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_siglip_database, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_exif_setting_per_database,
+                                      setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_chinese_clip_database,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_sigint_stops_cleanly, setup_tmpdir,
