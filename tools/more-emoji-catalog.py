@@ -167,7 +167,9 @@ def fluent(out):
                 taken[cps] = stem
                 st["named"] += 1
                 hexs = "_".join("%04x" % c for c in cps)
-                path = os.path.abspath(os.path.join(pngdir, hexs + ".png"))
+                # realpath: a data/ that is a symlink names the real tree, as a plain
+                # data/ would (the other sets write absolute paths too)
+                path = os.path.realpath(os.path.join(pngdir, hexs + ".png"))
                 jobs.append((tf.extractfile(m).read(), path))
                 skin, row = emoji_row("fluent-" + style, hexs, path, cps, ann,
                                       "fluent-" + style, held)
