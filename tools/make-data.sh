@@ -214,7 +214,7 @@ shapes() {
 # checker), checked by tools/check-catalog.py before anything is stamped.
 # IMAGES: png (the builder renders into <set>/png/) or the package folder
 # the catalog points into (its sha256 lines are taken relative to it).
-more() {   # set builder images packages...
+more_set() {   # set builder images packages...
   set_name=$1 tool=$2 where=$3; shift 3
   out=$DATA/$set_name
   for p in "$@"; do
@@ -256,11 +256,11 @@ for s in $sets; do
     shapes) shapes ;;
     fluent) npm_fetch "$FLUENT_NPM"
        NPM_CACHE=$DATA/.npm MORE_STAMP="npm $FLUENT_NPM" \
-         more fluent tools/more-emoji-catalog.py png unicode-cldr-core librsvg2-bin ;;
-    emojione) more emojione tools/more-emoji-catalog.py \
+         more_set fluent tools/more-emoji-catalog.py png unicode-cldr-core librsvg2-bin ;;
+    emojione) more_set emojione tools/more-emoji-catalog.py \
          /usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png ruby-gemojione unicode-cldr-core ;;
-    art4apps) more art4apps tools/words-catalog.py /usr/share/games/pysiogame/res/images/art4apps pysiogame ;;
-    qabcs) more qabcs tools/words-catalog.py /usr/share/qabcs/abcs/all/pics qabcs-data ;;
+    art4apps) more_set art4apps tools/words-catalog.py /usr/share/games/pysiogame/res/images/art4apps pysiogame ;;
+    qabcs) more_set qabcs tools/words-catalog.py /usr/share/qabcs/abcs/all/pics qabcs-data ;;
     *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet, shapes, fluent, emojione, art4apps, qabcs)"; exit 2 ;;
   esac
   d=$DATA/$s/digest.json
