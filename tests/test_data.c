@@ -1,7 +1,9 @@
 /* test_data.c - the catalog builders of `make data` (tools/lib/, and the
  * openclipart-catalog and fashion-mnist programs) on small synthetic
  * inputs: SVG metadata, caption cleaning, the hash split, IDX and gzip
- * input, PNG checks, and both programs end to end on tiny trees. */
+ * input, PNG checks, both programs end to end on tiny trees, and
+ * tools/check-catalog.py (the check of the script-built catalogs) on a
+ * sound set and on one set per fault it must catch. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -881,6 +883,161 @@ static void test_fashion_mnist_on_tiny_idx_files(void **state) {
   free(dir);
 }
 
+/* ---- tools/check-catalog.py: the check of the script-built sets ------- */
+
+/* What the dataset written by write_checked_set() gets wrong, and the words
+ * the checker must say about it (so that a failure is the right failure). */
+typedef enum {
+  SET_SOUND,
+  SET_CONCEPT_IN_TRAIN_AND_TEST,
+  SET_CATALOG_LACKS_A_ROW,
+  SET_IMAGE_MISSING,
+  SET_IMAGE_NOT_A_PICTURE,
+  SET_IMAGE_TOO_SMALL,
+  SET_JPEG_TRUNCATED,
+  SET_LINE_NOT_JSON,
+  SET_KEY_TWICE,
+  SET_SPLIT_NOT_ITS_FILE,
+  SET_TEXT_EMPTY,
+  SET_TEXTS_NOT_STRINGS,
+  SET_WEIGHT_NEGATIVE,
+  SET_ROWS_UNSORTED,
+  SET_NO_TEST_ROWS,
+} set_fault;
+
+static const struct {
+  set_fault fault;
+  const char *says;
+} set_faults[] = {
+    {SET_CONCEPT_IN_TRAIN_AND_TEST, "concepts in train and test"},
+    {SET_CATALOG_LACKS_A_ROW, "is not catalog.jsonl"},
+    {SET_IMAGE_MISSING, "No such file"},
+    {SET_IMAGE_NOT_A_PICTURE, "neither PNG nor JPEG"},
+    {SET_IMAGE_TOO_SMALL, "is 3x2 (sides 8..1024)"},
+    {SET_JPEG_TRUNCATED, "JPEG"},
+    {SET_LINE_NOT_JSON, "not JSON"},
+    {SET_KEY_TWICE, "key k08 again"},
+    {SET_SPLIT_NOT_ITS_FILE, "meta.split 'test' in train.jsonl"},
+    {SET_TEXT_EMPTY, "k02 has no text"},
+    {SET_TEXTS_NOT_STRINGS, "texts is not a map"},
+    {SET_WEIGHT_NEGATIVE, "weight -1"},
+    {SET_ROWS_UNSORTED, "not sorted"},
+    {SET_NO_TEST_ROWS, "test holds 0 of"},
+};
+
+/* A JPEG's markers up to its frame header (20 x 10), as the checker reads
+ * them; whole = 0 cuts it inside the frame header. */
+static void jpeg_header_file(const char *path, int whole) {
+  static const uint8_t jpg[] = {
+      0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, 'J',  'F',  'I',  'F',  0x00, 0x01, 0x01,
+      0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x00,
+      0x0A, 0x00, 0x14, 0x03, 0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01,
+      0xFF, 0xD9};
+  write_file(path, jpg, whole ? sizeof jpg : 24);
+}
+
+/* Ten rows k00..k09 in DIR: k03 and k07 test, k05 held out as a style (its
+ * concept is k00's, as a style's are), the others train; even rows a 16x12
+ * PNG, odd rows a JPEG.  catalog.jsonl is every row in key order. */
+static void write_checked_set(const char *dir, set_fault fault) {
+  char p[512];
+  FILE *f[3], *cat;
+  const char *names[3] = {"train", "test", "style"};
+  for (int s = 0; s < 3; s++) {
+    snprintf(p, sizeof p, "%s/%s.jsonl", dir, names[s]);
+    assert_non_null(f[s] = fopen(p, "w"));
+  }
+  snprintf(p, sizeof p, "%s/catalog.jsonl", dir);
+  assert_non_null(cat = fopen(p, "w"));
+  char lines[10][512];
+  int split_of[10];
+  for (int i = 0; i < 10; i++) {
+    int split = (i == 3 || i == 7) ? 1 : i == 5 ? 2 : 0;
+    if (fault == SET_NO_TEST_ROWS && split == 1) split = 0;
+    char image[64], concept[16], key[16], text[32], texts[64], weight[16];
+    snprintf(image, sizeof image, "img%02d.%s", i, i % 2 ? "jpg" : "png");
+    snprintf(p, sizeof p, "%s/%s", dir, image);
+    if (i % 2)
+      jpeg_header_file(p, !(fault == SET_JPEG_TRUNCATED && i == 1));
+    else
+      png_file(p, (fault == SET_IMAGE_TOO_SMALL && i == 4) ? 3 : 16,
+               (fault == SET_IMAGE_TOO_SMALL && i == 4) ? 2 : 12, 0);
+    if (fault == SET_IMAGE_MISSING && i == 1) snprintf(image, sizeof image, "missing.png");
+    if (fault == SET_IMAGE_NOT_A_PICTURE && i == 2) {
+      snprintf(image, sizeof image, "notes.txt");
+      snprintf(p, sizeof p, "%s/notes.txt", dir);
+      write_file(p, "not a picture\n", 14);
+    }
+    snprintf(key, sizeof key, "k%02d", (fault == SET_KEY_TWICE && i == 9) ? 8 : i);
+    snprintf(concept, sizeof concept, "c%02d",
+             (i == 5 || (fault == SET_CONCEPT_IN_TRAIN_AND_TEST && i == 3)) ? 0 : i);
+    snprintf(text, sizeof text, "%s", (fault == SET_TEXT_EMPTY && i == 2) ? "" : "a thing");
+    snprintf(texts, sizeof texts, "%s",
+             (fault == SET_TEXTS_NOT_STRINGS && i == 6) ? "{\"de\":1}" : "{\"de\":\"ein Ding\"}");
+    snprintf(weight, sizeof weight, "%s", (fault == SET_WEIGHT_NEGATIVE && i == 8) ? "-1" : "1.0");
+    const char *split_name = names[split];
+    if (fault == SET_SPLIT_NOT_ITS_FILE && i == 1) split_name = "test";
+    snprintf(lines[i], sizeof lines[i],
+             "{\"key\":\"%s\",\"image\":\"%s\",\"text\":\"%s\",\"texts\":%s,\"weight\":%s,"
+             "\"meta\":{\"concept\":\"%s\",\"split\":\"%s\"}}\n",
+             key, image, text, texts, weight, concept, split_name);
+    if (fault == SET_LINE_NOT_JSON && i == 6) snprintf(lines[i], sizeof lines[i], "{not json\n");
+    split_of[i] = split;
+  }
+  for (int n = 0; n < 10; n++) {
+    int i = fault == SET_ROWS_UNSORTED ? 9 - n : n;
+    fputs(lines[i], f[split_of[i]]);
+  }
+  for (int i = 0; i < 10; i++)
+    if (!(fault == SET_CATALOG_LACKS_A_ROW && i == 8)) fputs(lines[i], cat);
+  for (int s = 0; s < 3; s++) assert_int_equal(fclose(f[s]), 0);
+  assert_int_equal(fclose(cat), 0);
+  snprintf(p, sizeof p, "%s/stats.json", dir);
+  write_file(p, "{\"items\": 10}\n", 14);
+}
+
+/* Runs the checker on DIR; its exit status, stderr in *log (malloc'd). */
+static int run_checker(const char *dir, char **log) {
+  char cmd[1024], p[512];
+  snprintf(p, sizeof p, "%s/check.log", dir);
+  snprintf(cmd, sizeof cmd, "/usr/bin/python3 tools/check-catalog.py %s 2>%s", dir, p);
+  int rc = run_tool(cmd);
+  FILE *f = fopen(p, "r");
+  assert_non_null(f);
+  *log = calloc(1, 65536);
+  assert_non_null(*log);
+  size_t n = fread(*log, 1, 65535, f);
+  (*log)[n] = 0;
+  fclose(f);
+  return rc;
+}
+
+static void test_check_catalog_accepts_sound_and_names_each_fault(void **state) {
+  (void)state;
+  if (access("/usr/bin/python3", X_OK)) fail_msg("/usr/bin/python3 is missing (tools/deps.sh)");
+  if (access("tools/check-catalog.py", R_OK)) fail_msg("run from the repository root");
+  char *dir = make_tmpdir();
+  char sub[512], *log;
+  snprintf(sub, sizeof sub, "%s/sound", dir);
+  mkdir(sub, 0755);
+  write_checked_set(sub, SET_SOUND);
+  int rc = run_checker(sub, &log);
+  if (rc != 0 || !strstr(log, "7 train, 2 test, 1 style rows, 10 images: ok"))
+    fail_msg("sound set: exit %d, said: %s", rc, log);
+  free(log);
+  for (size_t i = 0; i < sizeof set_faults / sizeof set_faults[0]; i++) {
+    snprintf(sub, sizeof sub, "%s/fault%zu", dir, i);
+    mkdir(sub, 0755);
+    write_checked_set(sub, set_faults[i].fault);
+    rc = run_checker(sub, &log);
+    if (rc != 1 || !strstr(log, set_faults[i].says))
+      fail_msg("fault %zu: exit %d (want 1), want \"%s\" in: %s", i, rc, set_faults[i].says, log);
+    free(log);
+  }
+  rm_tree(dir);
+  free(dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_fnv1a64_reference_vectors),
@@ -898,6 +1055,7 @@ int main(void) {
       cmocka_unit_test(test_png_gray_round_trip_and_pixel_checks),
       cmocka_unit_test(test_openclipart_catalog_on_a_small_tree),
       cmocka_unit_test(test_fashion_mnist_on_tiny_idx_files),
+      cmocka_unit_test(test_check_catalog_accepts_sound_and_names_each_fault),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

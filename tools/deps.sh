@@ -12,13 +12,14 @@ libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis
 libxxhash-dev libsentencepiece-dev libwebp-dev libgif-dev libtiff-dev
 libheif-dev"
 # the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
-# emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, and
-# the WordNet/FreeDict caption variants
+# emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, the
+# WordNet/FreeDict caption variants, EmojiOne (ruby-gemojione), art4apps
+# (inside pysiogame) and qABCs
 DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist
 fonts-noto-color-emoji unicode-cldr-core python3-fonttools
 tuxpaint-stamps-default librsvg2-bin npm wordnet-base dict-freedict-eng-deu
 dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
-dict-freedict-eng-jpn python3-numpy"
+dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
 
 pkgs=$BUILD_PKGS
 case ${1:-build} in data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;; esac

@@ -4,7 +4,8 @@
 # and builds the builders first.
 #
 #   tools/make-data.sh [openclipart] [fashion-mnist] [emoji] [tuxpaint]
-#                      [emoji-styles] [wordnet] [shapes]   (default: all)
+#                      [emoji-styles] [wordnet] [shapes] [fluent] [emojione]
+#                      [art4apps] [qabcs]   (default: all)
 #
 # A dataset is rebuilt only when its builder or its package changed since
 # the last run (FORCE=1 rebuilds anyway).  Each dataset directory gets
@@ -16,7 +17,7 @@ BUILD=${BUILD:-build}
 DATA=${DATA:-data}
 FORCE=${FORCE:-0}
 
-sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet shapes}
+sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet shapes fluent emojione art4apps qabcs}
 
 say() { echo "make-data: $*" >&2; }
 
@@ -132,10 +133,12 @@ families() {   # set packages...
 # `npm pack` into $DATA/.npm and checked every time.
 NPM_PKGS="emoji-datasource-twitter@16.0.0 f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877
 openmoji@17.0.0 55ee7d13485dec86e9f38c1f3a645a13382d33ff97c0cd845ee824b0aef45e68"
+# Fluent emoji (npm integrity sha512-JTXXwqIie2rWTgOkIJDJxr0WtwTz2WU4kdOq8buLVThYwQ264aFR2jdTyuon2oEbLqqGMT64zI4btyn1saB2xw==)
+FLUENT_NPM="fluentui-emoji@1.3.0 ec892e607e854859b812c7d827801756adc19955b0ef56d4ae8afcddd19492c5"
 
-npm_fetch() {
+npm_fetch() {   # ["spec sha256" lines; default NPM_PKGS]
   mkdir -p "$DATA/.npm"
-  printf '%s\n' "$NPM_PKGS" | while read -r spec want; do
+  printf '%s\n' "${1:-$NPM_PKGS}" | while read -r spec want; do
     file=$DATA/.npm/$(printf '%s' "$spec" | sed 's/@/-/').tgz
     if [ ! -f "$file" ]; then
       command -v npm >/dev/null ||
@@ -206,6 +209,41 @@ shapes() {
   printf '%s\n' "$stamp" > "$out/.stamp"
 }
 
+# Fluent, EmojiOne, art4apps and qabcs (tools/DATA.md): builder scripts that
+# import tools/families-catalog.py (so it is in their stamp, with the
+# checker), checked by tools/check-catalog.py before anything is stamped.
+# IMAGES: png (the builder renders into <set>/png/) or the package folder
+# the catalog points into (its sha256 lines are taken relative to it).
+more_set() {   # set builder images packages...
+  set_name=$1 tool=$2 where=$3; shift 3
+  out=$DATA/$set_name
+  for p in "$@"; do
+    [ "$(pkg_version "$p")" != missing ] ||
+      { say "$p is not installed (run: sh tools/deps.sh data)"; exit 1; }
+  done
+  stamp=$(stamp_of "$tool" "$@"
+          printf 'shared %s\ncheck %s\n' "$(sha tools/families-catalog.py)" "$(sha tools/check-catalog.py)"
+          [ -z "${MORE_STAMP:-}" ] || printf '%s\n' "$MORE_STAMP")
+  if up_to_date "$out" "$stamp"; then
+    say "$set_name: up to date ($out/, FORCE=1 to rebuild)"
+    return 0
+  fi
+  rm -rf "$out"
+  mkdir -p "$out"
+  /usr/bin/python3 "$tool" "$set_name" --out "$out"
+  /usr/bin/python3 tools/check-catalog.py "$out" ||
+    { say "$set_name: the builder wrote a malformed catalog (above); not stamped"; exit 1; }
+  if [ "$where" = png ]; then
+    images=$(cd "$out" && find png -type f -print0 | LC_ALL=C sort -z |
+             xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+  else
+    images=$(image_paths "$out/catalog.jsonl" | tr '\n' '\0' | xargs -0 sha256sum |
+             sed "s|  $where/|  |" | LC_ALL=C sort -k2 | sha256sum | cut -d' ' -f1)
+  fi
+  write_digest "$out" "$images" "$@"
+  printf '%s\n' "$stamp" > "$out/.stamp"
+}
+
 for s in $sets; do
   case $s in
     openclipart) openclipart ;;
@@ -216,7 +254,14 @@ for s in $sets; do
        NPM_CACHE=$DATA/.npm families emoji-styles unicode-cldr-core librsvg2-bin ;;
     wordnet) wordnet ;;
     shapes) shapes ;;
-    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet, shapes)"; exit 2 ;;
+    fluent) npm_fetch "$FLUENT_NPM"
+       NPM_CACHE=$DATA/.npm MORE_STAMP="npm $FLUENT_NPM" \
+         more_set fluent tools/more-emoji-catalog.py png unicode-cldr-core librsvg2-bin ;;
+    emojione) more_set emojione tools/more-emoji-catalog.py \
+         /usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png ruby-gemojione unicode-cldr-core ;;
+    art4apps) more_set art4apps tools/words-catalog.py /usr/share/games/pysiogame/res/images/art4apps pysiogame ;;
+    qabcs) more_set qabcs tools/words-catalog.py /usr/share/qabcs/abcs/all/pics qabcs-data ;;
+    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet, shapes, fluent, emojione, art4apps, qabcs)"; exit 2 ;;
   esac
   d=$DATA/$s/digest.json
   field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\).*/\1/p" "$d"; }

@@ -14,6 +14,18 @@
 # the same command with --resume appended continues bit for bit.  Measure the result
 # with tools/eval-model.py --model OUT (and --model models/default to
 # compare).
+#
+# Available but not in this recipe (tools/DATA.md; the mix is still open):
+# `make data` also builds these train splits, which can be appended as
+# extra arguments, e.g. `tools/train-default.sh OUT --catalog
+# data/art4apps/train.jsonl --weight 2`:
+#   --catalog data/fluent/train.jsonl     Fluent flat + modern, 5,352 rows
+#   --catalog data/emojione/train.jsonl   EmojiOne, 1,602 rows
+#   --catalog data/art4apps/train.jsonl   art4apps drawings, 517 rows, 13 languages
+#   --catalog data/qabcs/train.jsonl      qABCs pictures, 290 rows, 17 languages
+# and held-out sets for --val-catalog or tools/eval-model.py:
+# data/{fluent,emojione,art4apps,qabcs}/test.jsonl, data/fluent/style.jsonl
+# (Fluent's high-contrast style, never trained on).
 set -eu
 BUILD=${BUILD:-build}
 INIT=${INIT:-models/default}
