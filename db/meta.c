@@ -258,7 +258,7 @@ void vlm__sql_rollback(vlm_db *db) {
 }
 
 static int step_done(vlm_db *db, sqlite3_stmt *st, const char *what) {
-  int rc = sqlite3_step(st);
+  int rc = VLM__FAULT("sql-write") ? SQLITE_IOERR : sqlite3_step(st);
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   if (rc != SQLITE_DONE)

@@ -137,7 +137,7 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
     ids[n++] = (int64_t)id;
     if (n == ADD_CHUNK) {
-      if ((rc = vlm_index_add(ix, n, buf, ids)))
+      if ((rc = VLM__INDEX_ADD(ix, n, buf, ids)))
         goto done;
       n = 0;
     }
@@ -146,7 +146,7 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
-  rc = n ? vlm_index_add(ix, n, buf, ids) : 0;
+  rc = n ? VLM__INDEX_ADD(ix, n, buf, ids) : 0;
 done:
   if (cur)
     mdb_cursor_close(cur);
@@ -353,8 +353,10 @@ static int catch_up_locked(vlm_db *db) {
       chunk_ids[nchunk] = id;
       chunk_flags[nchunk++] = flags;
       for (int m = 0; m < VLM__NMOD; m++) {
+        /* id < upto: added by an earlier catch-up whose other modality
+         * failed (ix_next did not move) */
         if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
-            db->vx[m].upto == 0)
+            db->vx[m].upto == 0 || id < db->vx[m].upto)
           continue;
         if (!vlm__vec_finite(vec[m], dim)) {
           skip_bad(db, m, id);
@@ -371,9 +373,11 @@ static int catch_up_locked(vlm_db *db) {
     }
     uint64_t upto = mrc == MDB_NOTFOUND ? tnext : id + 1;
     pthread_rwlock_wrlock(&db->index_lock);
+    /* (a chunk retried after a failed add is counted once) */
     for (int i = 0; i < nchunk; i++)
       for (int m = 0; m < VLM__NMOD; m++)
-        if (chunk_flags[i] & (m == 0 ? VLM__HAS_IMAGE : VLM__HAS_TEXT)) {
+        if ((chunk_flags[i] & (m == 0 ? VLM__HAS_IMAGE : VLM__HAS_TEXT)) &&
+            !vlm__bit(db->vx[m].live, chunk_ids[i])) {
           set_bit(db->vx[m].live, chunk_ids[i]);
           db->vx[m].nlive++;
         }
@@ -382,7 +386,7 @@ static int catch_up_locked(vlm_db *db) {
       if (vx->upto == 0 || !vlm_index_is_trained(vx->index))
         continue;
       if (n[m])
-        rc = vlm_index_add(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
+        rc = VLM__INDEX_ADD(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
                            ids + m * ADD_CHUNK);
       if (!rc)
         vx->upto = upto;

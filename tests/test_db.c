@@ -4417,6 +4417,268 @@ static void test_planner_retries(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ store faults */
+
+/* Every store call of a batch, failed in turn through the test fault
+ * points (the Nth call of one point fails as an I/O error would, for N =
+ * 1, 2, ... until the batch no longer reaches an Nth call): each failure
+ * must be VLM_EIO, leave the database exactly as it was (the same keys,
+ * payloads, rows and index entries; verify passes), and the same batch
+ * must then commit whole.  This is the SQLite project's fault-injection
+ * loop applied to LMDB staging and the SQLite rows of put, upsert,
+ * update and delete. */
+static const char *nth_point;
+static int nth_want, nth_seen;
+
+static int fault_nth(const char *where) {
+  if (!nth_point || strcmp(where, nth_point))
+    return 0;
+  nth_seen++;
+  return nth_want < 0 || nth_seen == nth_want; /* < 0: every call */
+}
+
+static void nth_arm(const char *point, int n) {
+  nth_point = point;
+  nth_want = n;
+  nth_seen = 0;
+  vlm__test_fault = fault_nth;
+}
+
+static void nth_disarm(void) {
+  nth_point = NULL;
+  vlm__test_fault = NULL;
+}
+
+static void sf_caption_is(vlm_db *db, const char *key, const char *want) {
+  vlm_record *rec = NULL;
+  CHECK(vlm_db_get(db, key, &rec));
+  if (!rec->caption || strcmp(rec->caption, want))
+    fail_msg("%s: caption \"%s\", expected \"%s\"", key,
+             rec->caption ? rec->caption : "(none)", want);
+  vlm_record_free(rec);
+}
+
+/* The database holds exactly items [0, 20) of c as written. */
+static void sf_expect_untouched(vlm_db *db, const corpus *c,
+                                const char *what) {
+  CHECK(vlm_db_verify(db));
+  for (int i = 0; i < 22; i++)
+    if (vlm_db_exists(db, c->key[i]) != (i < 20))
+      fail_msg("%s: %s %s", what, c->key[i],
+               i < 20 ? "is gone" : "was written");
+  for (int i = 1; i < 4; i++)
+    sf_caption_is(db, c->key[i], c->caption[i]);
+  assert_int_equal(cf_count(db, "category != ''"), 20);
+}
+
+static void test_store_faults_fail_whole_batches(void **state) {
+  (void)state;
+  static const char *points[] = {"lmdb-begin", "lmdb-write", "sql-write"};
+  corpus c;
+  corpus_make(&c, 22, DIM, 919);
+  for (int p = 0; p < 3; p++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    corpus_put(db, &c, 0, 20, 20);
+    /* a new key, a replaced key (another item's vectors), a delete and an
+     * update of the caption alone */
+    vlm_write_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].kind = VLM_WRITE_ADD;
+    ops[0].item = corpus_item(&c, 20);
+    ops[1].kind = VLM_WRITE_UPSERT;
+    ops[1].item = corpus_item(&c, 21);
+    ops[1].item.key = c.key[1];
+    ops[1].item.caption = "replaced";
+    ops[2].kind = VLM_WRITE_DELETE;
+    ops[2].item.key = c.key[2];
+    ops[3].kind = VLM_WRITE_UPDATE;
+    ops[3].item.key = c.key[3];
+    ops[3].item.caption = "updated";
+    int failures = 0, rc;
+    for (int n = 1;; n++) {
+      int changed[4] = {-1, -1, -1, -1};
+      nth_arm(points[p], n);
+      rc = vlm_db_write(db, ops, 4, changed);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!reached)
+        break;
+      failures++;
+      if (rc != VLM_EIO)
+        fail_msg("%s #%d: %d (%s): %s, expected VLM_EIO", points[p], n, rc,
+                 vlm_errname(rc), vlm_errmsg());
+      for (int i = 0; i < 4; i++)
+        assert_int_equal(changed[i], 0);
+      char what[64];
+      snprintf(what, sizeof what, "after %s #%d", points[p], n);
+      sf_expect_untouched(db, &c, what);
+      assert_true(n < 200);
+    }
+    if (rc != 0)
+      fail_msg("%s: the batch without faults: %s", points[p], vlm_errmsg());
+    /* the batch reaches each point at least once (a begin, and many puts
+     * and rows) */
+    assert_true(failures >= (p == 0 ? 1 : 8));
+    CHECK(vlm_db_verify(db));
+    assert_int_equal(vlm_db_exists(db, c.key[20]), 1);
+    assert_int_equal(vlm_db_exists(db, c.key[2]), 0);
+    sf_caption_is(db, c.key[1], "replaced");
+    sf_caption_is(db, c.key[3], "updated");
+    vlm_db_close(db);
+    tmp_free(&t);
+  }
+  corpus_free(&c);
+}
+
+/* Vectors that do not reach the in-memory index (an add fails): the batch
+ * is durable and acknowledged, a warning says indexing is behind, searches
+ * still find it (the pending tail is scanned exactly), and the next batch
+ * catches the index up with every vector counted once.  The second call of
+ * each catch-up fails too, so one modality's add succeeds and the other's
+ * does not.  A reindex whose build fails keeps the old index. */
+static void expect_index_matches_exact(vlm_db *db, const corpus *c) {
+  for (int q = 0; q < 3; q++) {
+    vlm_search_options o = {.k = 10};
+    vlm_hit *hits = NULL, *want = NULL;
+    int nh = 0, nw = 0;
+    const float *qv = c->img + (size_t)q * DIM;
+    CHECK(vlm_db_search(db, qv, &o, &hits, &nh));
+    o.exact = 1;
+    CHECK(vlm_db_search(db, qv, &o, &want, &nw));
+    assert_int_equal(nh, nw);
+    for (int h = 0; h < nh; h++)
+      if (strcmp(hits[h].key, want[h].key))
+        fail_msg("query %d rank %d: %s, exact search %s", q, h, hits[h].key,
+                 want[h].key);
+    vlm_hits_free(hits, nh);
+    vlm_hits_free(want, nw);
+  }
+}
+
+static void test_index_add_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 60, DIM, 929);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  corpus_put(db, &c, 0, 20, 20);
+  for (int n = 1; n <= 2; n++) {
+    warnings = 0;
+    nth_arm("index-add", n);
+    int written = 0;
+    vlm_item items[10];
+    for (int i = 0; i < 10; i++)
+      items[i] = corpus_item(&c, 20 + 20 * (n - 1) + i);
+    CHECK(vlm_db_put(db, items, 10, 0, &written));
+    assert_int_equal(written, 10);
+    if (nth_seen < n)
+      fail_msg("index-add #%d was never reached", n);
+    nth_disarm();
+    if (warnings == 0 || !strstr(last_warning, "indexing"))
+      fail_msg("index-add #%d: no warning (last: %s)", n, last_warning);
+    expect_index_matches_exact(db, &c);
+    /* the next batch catches up: each vector once */
+    for (int i = 0; i < 10; i++)
+      items[i] = corpus_item(&c, 30 + 20 * (n - 1) + i);
+    CHECK(vlm_db_put(db, items, 10, 0, &written));
+    CHECK(vlm_db_verify(db));
+    expect_index_matches_exact(db, &c);
+  }
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, 60);
+  /* a reindex whose build fails: VLM_EIO, the old index serves on */
+  nth_arm("index-add", -1);
+  EXPECT_ERR(VLM_EIO, vlm_db_reindex(db, "HNSW16"));
+  nth_disarm();
+  CHECK(vlm_db_stat(db, &info));
+  if (strcmp(info.index_factory, "Flat"))
+    fail_msg("index after a failed reindex: %s", info.index_factory);
+  CHECK(vlm_db_verify(db));
+  expect_index_matches_exact(db, &c);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* The stores' upkeep failing half-way: the replay an open runs (the open
+ * fails with VLM_EIO and the next open repairs), and rebuild_meta (it
+ * fails, and nothing acknowledged before or after is lost). */
+static void test_recovery_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 1200, DIM, 939);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus_put(db, &c, 0, 1100, 550);
+  /* payload.lmdb one batch ahead of meta.sqlite, as after a crash */
+  vlm__test_fault = fault_here;
+  fault_at[0] = "sql-commit";
+  fault_at[1] = "sql-replay";
+  vlm_item it = corpus_item(&c, 1100);
+  assert_true(vlm_db_put(db, &it, 1, 0, NULL) < 0);
+  fault_at[0] = fault_at[1] = NULL;
+  vlm__test_fault = NULL;
+  vlm_db_close(db);
+  vlm_db_open_options oo = {.warn = count_warning};
+  db = NULL;
+  nth_arm("sql-write", 1);
+  int rc = vlm_db_open(t.dir, &oo, &db);
+  nth_disarm();
+  if (rc != VLM_EIO)
+    fail_msg("open with a failing replay: %d (%s): %s", rc, vlm_errname(rc),
+             vlm_errmsg());
+  assert_null(db);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_non_null(strstr(last_warning, "replayed 1 batch"));
+  CHECK(vlm_db_verify(db));
+  assert_int_equal(vlm_db_exists(db, c.key[1100]), 1);
+  /* rebuild_meta fails on its first and on a later chunk of rows */
+  for (int n = 1; n <= 600; n += 599) {
+    nth_arm("sql-write", n);
+    rc = vlm_db_rebuild_meta(db);
+    nth_disarm();
+    if (rc != VLM_EIO)
+      fail_msg("rebuild with sql-write #%d: %d (%s): %s", n, rc,
+               vlm_errname(rc), vlm_errmsg());
+    /* writes wait for a repair; reads of the payload go on */
+    it = corpus_item(&c, 1101);
+    rc = vlm_db_put(db, &it, 1, 0, NULL);
+    if (rc != VLM_ESTATE)
+      fail_msg("a write after a failed rebuild: %d (%s): %s", rc,
+               vlm_errname(rc), vlm_errmsg());
+    assert_int_equal(vlm_db_exists(db, c.key[7]), 1);
+    vlm_db_close(db);
+    warnings = 0;
+    db = open_db(t.dir);
+    CHECK(vlm_db_verify(db));
+    vlm_search_options o = {.k = 5000, .exact = 1, .filter = "year > 0"};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    float q[DIM] = {1};
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    vlm_hits_free(hits, nh);
+    assert_int_equal(nh, 1101);
+  }
+  CHECK(vlm_db_rebuild_meta(db));
+  CHECK(vlm_db_verify(db));
+  it = corpus_item(&c, 1101);
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -4887,6 +5149,10 @@ int main(void) {
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_planner_retries, teardown_tmp),
+      cmocka_unit_test_teardown(test_store_faults_fail_whole_batches,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_index_add_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_recovery_faults, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
