@@ -35,7 +35,9 @@
 #include "helpers/crash_model.h"
 #include "util/util.h"
 #include "vlm_error.h"
+#include "vlm_eval.h"
 #include "vlmdb.h"
+#include <jansson.h>
 
 /* db/sqlvfs.c: meta.sqlite's page checksums.  A test that edits the file
  * on purpose goes through it, as vlmdb does, so that only what it meant to
@@ -4679,6 +4681,277 @@ static void test_recovery_faults(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ API refusals */
+
+/* Every public call given what a careless caller passes: NULL handles and
+ * out-parameters, out-of-range sizes and a config vlmdb cannot honour.
+ * Each is refused with VLM_EINVAL (or the code its contract names) and a
+ * message saying which call and what, and nothing is created or changed. */
+#define EXPECT_ERR_MSG(code, words, call)                                  \
+  do {                                                                     \
+    EXPECT_ERR(code, call);                                                \
+    if (!strstr(vlm_errmsg(), words))                                      \
+      fail_msg("%s: message \"%s\" does not say \"%s\"", #call,            \
+               vlm_errmsg(), words);                                       \
+  } while (0)
+
+static void f_write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static int visit_none(const vlm_record *rec, void *arg) {
+  (void)rec;
+  (void)arg;
+  return 0;
+}
+
+static void test_api_refusals(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = NULL;
+  vlm_db_config c = {.dim = DIM, .index_factory = "Flat",
+                     .model_id = "test-model"};
+  char big[700];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+
+  /* create */
+  EXPECT_ERR_MSG(VLM_EINVAL, "NULL argument", vlm_db_create(NULL, &c, &db));
+  EXPECT_ERR_MSG(VLM_EINVAL, "NULL argument",
+                 vlm_db_create(t.dir, NULL, &db));
+  vlm_db_config bad = c;
+  bad.index_factory = big;
+  EXPECT_ERR_MSG(VLM_EINVAL, "factory string too long",
+                 vlm_db_create(t.dir, &bad, &db));
+  bad = c;
+  bad.model_dir = big;
+  EXPECT_ERR_MSG(VLM_EINVAL, "model_dir too long",
+                 vlm_db_create(t.dir, &bad, &db));
+  bad = c;
+  bad.nfields = VLM_DB_MAX_FIELDS + 1;
+  bad.fields = fields3;
+  EXPECT_ERR_MSG(VLM_EINVAL, "fields", vlm_db_create(t.dir, &bad, &db));
+  vlm_field odd[1] = {{"colour", (vlm_field_type)99}};
+  bad = c;
+  bad.fields = odd;
+  bad.nfields = 1;
+  EXPECT_ERR_MSG(VLM_EINVAL, "colour: bad type",
+                 vlm_db_create(t.dir, &bad, &db));
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse(NULL, odd));
+  char file[PATH_MAX];
+  snprintf(file, sizeof file, "%s/plain-file", t.root);
+  FILE *f = fopen(file, "w");
+  assert_non_null(f);
+  fclose(f);
+  EXPECT_ERR_MSG(VLM_EEXISTS, "not a directory", vlm_db_create(file, &c, &db));
+  char full[PATH_MAX];
+  snprintf(full, sizeof full, "%s/full", t.root);
+  assert_int_equal(mkdir(full, 0755), 0);
+  snprintf(file, sizeof file, "%s/something", full);
+  f = fopen(file, "w");
+  assert_non_null(f);
+  fclose(f);
+  EXPECT_ERR_MSG(VLM_EEXISTS, "not empty", vlm_db_create(full, &c, &db));
+  /* a store failing during create leaves nothing behind */
+  nth_arm("lmdb-write", 1);
+  EXPECT_ERR(VLM_EIO, vlm_db_create(t.dir, &c, &db));
+  nth_disarm();
+  assert_null(db);
+  struct stat st;
+  assert_int_equal(stat(t.dir, &st), -1);
+  DIR *d = opendir(t.root);
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d));)
+    if (strstr(e->d_name, "creating"))
+      fail_msg("a failed create left %s behind", e->d_name);
+  closedir(d);
+
+  /* every call on a NULL handle or with NULL out-parameters */
+  CHECK(vlm_db_create(t.dir, &c, &db));
+  float q[DIM] = {1};
+  vlm_hit *hits = NULL;
+  int n = 0;
+  vlm_record *rec = NULL;
+  char **keys = NULL;
+  uint64_t next = 0;
+  vlm_db_info info;
+  vlm_search_options so = {.k = 1};
+  vlm_item it = {.key = "k", .image_vec = q};
+  const char *key = "k";
+  vlm_write_op op = {.kind = VLM_WRITE_ADD, .item = it};
+  EXPECT_ERR_MSG(VLM_EINVAL, "open: NULL argument", vlm_db_open(NULL, NULL, &db));
+  EXPECT_ERR_MSG(VLM_EINVAL, "put", vlm_db_put(NULL, &it, 1, 0, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "put", vlm_db_put(db, NULL, 1, 0, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "delete", vlm_db_delete(NULL, &key, 1, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "write", vlm_db_write(NULL, &op, 1, NULL));
+  op.kind = (vlm_write_kind)7;
+  EXPECT_ERR_MSG(VLM_EINVAL, "unknown kind 7", vlm_db_write(db, &op, 1, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "exists", vlm_db_exists(NULL, "k"));
+  EXPECT_ERR_MSG(VLM_EINVAL, "get", vlm_db_get(db, NULL, &rec));
+  EXPECT_ERR_MSG(VLM_EINVAL, "search", vlm_db_search(NULL, q, &so, &hits, &n));
+  EXPECT_ERR_MSG(VLM_EINVAL, "foreach", vlm_db_foreach(NULL, visit_none, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "scan", vlm_db_scan(db, 0, 0, &keys, &n, &next));
+  EXPECT_ERR_MSG(VLM_EINVAL, "stat", vlm_db_stat(NULL, &info));
+  EXPECT_ERR_MSG(VLM_EINVAL, "verify", vlm_db_verify(NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "checkpoint", vlm_db_checkpoint(NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "rebuild meta", vlm_db_rebuild_meta(NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "reindex", vlm_db_reindex(NULL, "Flat"));
+  EXPECT_ERR_MSG(VLM_EINVAL, "bad factory", vlm_db_reindex(db, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "NoSuchIndex", vlm_db_reindex(db, "NoSuchIndex"));
+  EXPECT_ERR_MSG(VLM_EINVAL, "backup", vlm_db_backup(NULL, t.root, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "salvage", vlm_db_salvage(NULL, NULL, NULL,
+                                                        NULL, NULL));
+  vlm_eval_options eo = {0};
+  vlm_eval_result er;
+  int ks[2] = {1, VLM_DB_MAX_K + 1};
+  eo.ks = ks;
+  eo.nks = 2;
+  EXPECT_ERR_MSG(VLM_EINVAL, "K = 10001", vlm_db_eval(db, &eo, &er));
+  eo.nks = VLM_EVAL_MAX_KS + 1;
+  EXPECT_ERR_MSG(VLM_EINVAL, "cut-offs", vlm_db_eval(db, &eo, &er));
+  eo.nks = 1;
+  eo.sample = -1;
+  EXPECT_ERR_MSG(VLM_EINVAL, "negative sample", vlm_db_eval(db, &eo, &er));
+  eo.sample = 0;
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_eval(db, &eo, &er)); /* nothing to pair */
+  /* a backup onto something in the way; one of a broken database */
+  EXPECT_ERR_MSG(VLM_EEXISTS, "not an empty directory",
+                 vlm_db_backup(db, full, NULL));
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm__test_fault = fault_here;
+  fault_at[0] = "sql-commit";
+  fault_at[1] = "sql-replay";
+  it.key = "k2";
+  assert_true(vlm_db_put(db, &it, 1, 0, NULL) < 0);
+  fault_at[0] = fault_at[1] = NULL;
+  vlm__test_fault = NULL;
+  vlm_db_close(db);
+  /* read-only handles refuse what writes, and a backup of one that needs
+   * crash recovery (its meta.sqlite is a batch behind) is refused */
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/copy", t.root);
+  vlm_db_open_options ro = {.readonly = 1, .warn = count_warning};
+  CHECK(vlm_db_open(t.dir, &ro, &db));
+  EXPECT_ERR_MSG(VLM_ESTATE, "read-only", vlm_db_rebuild_meta(db));
+  EXPECT_ERR_MSG(VLM_ESTATE, "read-only", vlm_db_reindex(db, "Flat"));
+  EXPECT_ERR_MSG(VLM_ESTATE, "read-only", vlm_db_put(db, &it, 1, 0, NULL));
+  EXPECT_ERR_MSG(VLM_ESTATE, "crash recovery", vlm_db_backup(db, dst, NULL));
+  assert_int_equal(stat(dst, &st), -1);
+  vlm_db_close(db);
+  db = open_db(t.dir); /* repairs */
+  CHECK(vlm_db_verify(db));
+  assert_int_equal(vlm_db_exists(db, "k2"), 1);
+  CHECK(vlm_db_backup(db, dst, NULL));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* A manifest.json edited by hand or by another program (no checksum, as
+ * in databases made before manifests carried one): each field vlmdb
+ * relies on, made wrong, is refused on open with VLM_EFORMAT (or the code
+ * for what it means) naming the field; the original opens again. */
+static void test_hostile_manifests(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 10, DIM, 949);
+  corpus_put(db, &c, 0, 10, 10);
+  vlm_db_close(db);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+  json_error_t jerr;
+  json_t *orig = json_load_file(path, 0, &jerr);
+  assert_non_null(orig);
+  static const struct {
+    const char *json_path; /* member to change ("a.b": nested) */
+    const char *value;     /* its new JSON value; NULL: removed */
+    int code;
+    const char *words;
+  } cases[] = {
+      {"checksum", "\"not-hex\"", VLM_ECORRUPT, "16 hex digits"},
+      {"dim", "0", VLM_EFORMAT, "\"dim\""},
+      {"dim", "\"16\"", VLM_EFORMAT, "\"dim\""},
+      {"metric", "\"l2\"", VLM_EUNSUPPORTED, "metric"},
+      {"index_factory", "7", VLM_EFORMAT, "index_factory"},
+      {"model_id", NULL, VLM_EFORMAT, "model_id"},
+      {"model_dir", "\"" /* 600 x */, VLM_EFORMAT, "model_dir\" too long"},
+      {"fields", "{}", VLM_EFORMAT, "fields"},
+      {"fields", "[{\"name\": \"bad name\", \"type\": \"text\"}]",
+       VLM_EFORMAT, "field"},
+      {"fields", "[{\"name\": \"colour\", \"type\": \"blob\"}]", VLM_EFORMAT,
+       "colour: bad type"},
+      {"fields", "[{\"type\": \"text\"}]", VLM_EFORMAT, "fields[].name"},
+      {"sql_page_checksums", "\"yes\"", VLM_EFORMAT, "sql_page_checksums"},
+      {"index.image", "{\"file\": \"../x.faiss\", \"seq\": 1, \"upto\": 1}",
+       VLM_EFORMAT, "index checkpoint \"image\""},
+      {"index.text", "{\"file\": \"t.faiss\", \"seq\": \"1\"}", VLM_EFORMAT,
+       "index checkpoint \"text\""},
+      {"format_version", "2", VLM_EVERSION, "format version 2"},
+      {"format_version", NULL, VLM_EFORMAT, "format_version"},
+      {"format", "\"other\"", VLM_EFORMAT, "not a vlmdb manifest"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    json_t *m = json_deep_copy(orig);
+    if (strcmp(cases[i].json_path, "checksum"))
+      json_object_del(m, "checksum");
+    json_t *parent = m;
+    char name[64];
+    snprintf(name, sizeof name, "%s", cases[i].json_path);
+    char *dot = strchr(name, '.');
+    const char *leaf = name;
+    if (dot) {
+      *dot = '\0';
+      parent = json_object_get(m, name);
+      leaf = dot + 1;
+    }
+    assert_non_null(parent);
+    if (!cases[i].value) {
+      json_object_del(parent, leaf);
+    } else if (!strcmp(cases[i].value, "\"")) {
+      char longs[600];
+      memset(longs, 'x', sizeof longs - 1);
+      longs[sizeof longs - 1] = '\0';
+      json_object_set_new(parent, leaf, json_string(longs));
+    } else {
+      json_t *v = json_loads(cases[i].value, JSON_DECODE_ANY, &jerr);
+      assert_non_null(v);
+      json_object_set_new(parent, leaf, v);
+    }
+    assert_int_equal(json_dump_file(m, path, JSON_INDENT(2)), 0);
+    json_decref(m);
+    vlm_db_open_options o = {.readonly = (int)(i % 2)};
+    db = NULL;
+    int rc = vlm_db_open(t.dir, &o, &db);
+    if (rc != cases[i].code || !strstr(vlm_errmsg(), cases[i].words))
+      fail_msg("%s = %s: %d (%s): %s; expected %s and \"%s\"",
+               cases[i].json_path, cases[i].value ? cases[i].value : "absent",
+               rc, vlm_errname(rc), vlm_errmsg(), vlm_errname(cases[i].code),
+               cases[i].words);
+    assert_null(db);
+  }
+  /* not an object at all */
+  f_write_text(path, "[1, 2, 3]\n");
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_open(t.dir, NULL, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a JSON object"));
+  /* the original, without its checksum, opens and holds everything */
+  json_object_del(orig, "checksum");
+  assert_int_equal(json_dump_file(orig, path, JSON_INDENT(2)), 0);
+  json_decref(orig);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(vlm_db_exists(db, c.key[i]), 1);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -5153,6 +5426,8 @@ int main(void) {
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_index_add_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_recovery_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_api_refusals, teardown_tmp),
+      cmocka_unit_test_teardown(test_hostile_manifests, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
