@@ -26,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pty.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@
 #include "util/util.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_server.h"
 #include "vlmdb.h"
 
 #define MODEL_DIR "tests/fixtures/clip-tiny"
@@ -1532,6 +1534,13 @@ static void test_multi_exec(void **state) {
   expect_shell(cmd, "[1, 1, 1]\n");
   expect_int(hcmd(c, "EXISTS a py1 py2"), 2);
   redisFree(c);
+  /* a server that ran transactions shuts down cleanly, and what they
+   * wrote is there after the restart */
+  stop_server(&s);
+  start_server(&s, NULL);
+  c = hconnect(s.port);
+  expect_int(hcmd(c, "EXISTS a b c d py1 py2"), 3); /* c, py1, py2 */
+  redisFree(c);
 
   /* kill -9 with an EXEC of 1,500 writes in flight: all or nothing */
   int all = 0, none = 0;
@@ -2985,6 +2994,257 @@ static void test_kill9_under_load(void **state) {
  * main
  * ==================================================================== */
 
+/* ======================================================================
+ * The library API in process, and every command's refusals
+ * ==================================================================== */
+
+/* vlm_server_create refuses what it cannot serve safely, each with its
+ * code and a message naming the option; a server created and never run
+ * frees cleanly; a server without a model answers the commands that need
+ * one with an error that says so and everything else normally; stop from
+ * another thread shuts it down (run returns 0) and it cannot run twice. */
+typedef struct {
+  vlm_server *srv;
+  int rc;
+} run_arg;
+
+static void *server_thread(void *p) {
+  run_arg *a = p;
+  a->rc = vlm_server_run(a->srv);
+  return NULL;
+}
+
+#define EXPECT_CREATE_ERR(code, words, db, clip, opts)                     \
+  do {                                                                     \
+    vlm_server *srv_ = NULL;                                               \
+    int rc_ = vlm_server_create(db, clip, opts, &srv_);                    \
+    if (rc_ != (code) || !strstr(vlm_errmsg(), words))                     \
+      fail_msg("create: %d (%s): %s; expected %s, \"%s\"", rc_,            \
+               vlm_errname(rc_), vlm_errmsg(), vlm_errname(code), words);  \
+    assert_null(srv_);                                                     \
+  } while (0)
+
+static void test_server_api(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  vlm_db *db = NULL;
+  VLM_CHECK(vlm_db_open(s.db, NULL, &db));
+  vlm_server_options o = {0};
+  char long_bind[80];
+  memset(long_bind, '1', sizeof long_bind - 1);
+  long_bind[sizeof long_bind - 1] = '\0';
+  EXPECT_CREATE_ERR(VLM_EINVAL, "no database", NULL, g_clip, &o);
+  o.bind = "0.0.0.0";
+  EXPECT_CREATE_ERR(VLM_EINVAL, "without a password", db, g_clip, &o);
+  o.bind = long_bind;
+  EXPECT_CREATE_ERR(VLM_EINVAL, "too long", db, g_clip, &o);
+  o.bind = "no-such-address";
+  o.requirepass = "secret";
+  EXPECT_CREATE_ERR(VLM_EINVAL, "bind address 'no-such-address'", db, g_clip,
+                    &o);
+  o.bind = NULL;
+  o.requirepass = NULL;
+  o.port = 70000;
+  EXPECT_CREATE_ERR(VLM_EINVAL, "port 70000", db, g_clip, &o);
+  o.port = 0;
+  o.threads = -1;
+  EXPECT_CREATE_ERR(VLM_EINVAL, "negative option", db, g_clip, &o);
+  o.threads = 2;
+  /* a database of another dimension than the model's */
+  char other[128];
+  snprintf(other, sizeof other, "%s/other", s.dir);
+  vlm_db_config cfg = {.dim = g_dim + 1, .index_factory = "Flat",
+                       .model_id = "m"};
+  vlm_db *db2 = NULL;
+  VLM_CHECK(vlm_db_create(other, &cfg, &db2));
+  EXPECT_CREATE_ERR(VLM_EMISMATCH, "model dimension", db2, g_clip, &o);
+  vlm_db_close(db2);
+  /* a port in use; a server never run frees cleanly */
+  vlm_server *first = NULL;
+  VLM_CHECK(vlm_server_create(db, g_clip, &o, &first));
+  o.port = vlm_server_port(first);
+  assert_true(o.port > 0);
+  EXPECT_CREATE_ERR(VLM_ENET, "listen on", db, g_clip, &o);
+  vlm_server_free(first);
+  vlm_server_free(NULL);
+
+  /* no model; IPv6 loopback when the machine has it */
+  o.port = 0;
+  o.bind = "::1";
+  vlm_server *srv = NULL;
+  if (vlm_server_create(db, NULL, &o, &srv) != 0) {
+    o.bind = NULL;
+    VLM_CHECK(vlm_server_create(db, NULL, &o, &srv));
+  }
+  char logpath[128];
+  snprintf(logpath, sizeof logpath, "%s/api.log", s.dir);
+  run_arg ra = {srv, -1};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, server_thread, &ra), 0);
+  struct timeval tv = {IO_TIMEOUT_S, 0};
+  redisContext *c = redisConnectWithTimeout(o.bind ? "::1" : "127.0.0.1",
+                                            vlm_server_port(srv), tv);
+  assert_non_null(c);
+  if (c->err)
+    fail_msg("connect: %s", c->errstr);
+  expect_error(hcmd(c, "EMBED TEXT %s", "a cat"), "ERR EMBED needs a model");
+  expect_error(hcmd(c, "SEARCH TEXT %s", "a cat"),
+               "ERR SEARCH TEXT needs a model");
+  expect_error(hcmd(c, "ADD k IMAGE %b", "xx", (size_t)2),
+               "ERR ADD with IMAGE and no IMAGEVEC needs a model");
+  redisReply *r = hcmd(c, "INFO model");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  if (!strstr(r->str, "model_loaded:0"))
+    fail_msg("INFO model without a model:\n%s", r->str);
+  freeReplyObject(r);
+  float *v = calloc((size_t)g_dim, sizeof(float));
+  v[0] = 1;
+  expect_int(hcmd(c, "ADD k IMAGEVEC %b", v, (size_t)g_dim * 4), 1);
+  free(v);
+  expect_int(hcmd(c, "EXISTS k"), 1);
+  vlm_server_stop(srv);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  redisFree(c);
+  assert_int_equal(ra.rc, 0);
+  assert_int_equal(vlm_server_run(srv), VLM_ESTATE);
+  vlm_server_free(srv);
+  assert_int_equal(vlm_db_exists(db, "k"), 1);
+  vlm_db_close(db);
+  server_done(&s);
+}
+
+/* Every command given arguments it must refuse: an error naming what is
+ * wrong, the connection still usable after each, nothing written. */
+static void test_command_refusals(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  size_t vb = (size_t)g_dim * 4;
+  float *v = calloc((size_t)g_dim, sizeof(float));
+  v[0] = 1;
+  expect_int(hcmd(c, "ADD a IMAGEVEC %b TEXT %s META %s", v, vb, "a cat",
+                  "{\"n\": 1, \"cat\": \"x\"}"), 1);
+  float *inf = calloc((size_t)g_dim, sizeof(float));
+  inf[1] = INFINITY;
+  static const struct {
+    const char *cmd;
+    const char *want;
+  } cases[] = {
+      {"SEARCH KEY a TARGET SIDEWAYS", "ERR TARGET must be ANY, IMAGE or TEXT"},
+      {"SEARCH KEY a RETURN 2 n", "ERR RETURN 2 needs 2 field names"},
+      {"SEARCH KEY a RETURN x", "ERR RETURN count must be an integer"},
+      {"SEARCH KEY a WEIGHT 0.5", "ERR WEIGHT needs HYBRID <text>"},
+      {"SEARCH KEY a WEIGHT 2 HYBRID cat", "ERR WEIGHT must be a number"},
+      {"SEARCH KEY a K 0", "ERR K must be an integer from 1"},
+      {"SEARCH KEY a EF x", "ERR"},
+      {"SEARCH KEY a COLLAPSE 0", "ERR COLLAPSE is a cosine in (0, 1]"},
+      {"SEARCH KEY a BOGUS", "ERR syntax error"},
+      {"SEARCH KEY nokey", "ERR"},
+      {"SEARCH WHAT a", "ERR SEARCH: unknown query kind"},
+      {"ADD b", "ERR"},
+      {"ADD b TEXT x IMAGEVEC", "ERR syntax error"},
+      {"ADD b COLOUR red", "ERR syntax error"},
+      {"UPSERT b IMAGEVEC short", "ERR"},
+      {"SETMETA a notjson", "ERR"},
+      {"SCAN notanumber", "ERR invalid cursor"},
+      {"SCAN 0 BOGUS x", "ERR syntax error"},
+      {"SCAN 0 COUNT 0", "ERR"},
+      {"EMBED TEXT cat SIDEWAYS", "ERR syntax error"},
+      {"EMBED SOUND x", "ERR"},
+      {"VLM.EVAL K 1,x", "ERR"},
+      {"VLM.EVAL SAMPLE 0", "ERR SAMPLE must be an integer"},
+      {"VLM.EVAL SEED -1", "ERR SEED must be an integer"},
+      {"VLM.EVAL BOGUS", "ERR syntax error"},
+      {"GET a WITHNOTHING", "ERR syntax error"},
+      {"COMMAND BOGUS", "ERR unknown subcommand"},
+      {"CLIENT SETNAME bad\nname", "ERR"},
+      {"CLIENT NOSUCH", "ERR"},
+      {"HELLO 3 SETNAME bad\tname", "ERR"},
+      {"HELLO 3 BOGUS", "ERR syntax error"},
+      {"AUTH a b c", "ERR syntax error"},
+      {"CONFIG GET", "ERR"},
+      {"INFO nosuchsection x", NULL}, /* an empty reply, not an error */
+  };
+  int wrong = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    /* split on spaces; a "\n" or "\t" stays inside its argument */
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", cases[i].cmd);
+    const char *argv[16];
+    int argc = 0;
+    for (char *tok = strtok(buf, " "); tok && argc < 16; tok = strtok(NULL, " "))
+      argv[argc++] = tok;
+    redisReply *r = hcmdargv(c, argc, argv, NULL);
+    if (cases[i].want ? r->type != REDIS_REPLY_ERROR ||
+                            strncmp(r->str, cases[i].want,
+                                    strlen(cases[i].want))
+                      : r->type == REDIS_REPLY_ERROR) {
+      print_error("%s: %s, expected %s%s\n", cases[i].cmd,
+                  r->type == REDIS_REPLY_ERROR ? r->str : "not an error",
+                  cases[i].want ? "an error " : "no error",
+                  cases[i].want ? cases[i].want : "");
+      wrong++;
+    }
+    freeReplyObject(r);
+    expect_ping(c);
+  }
+  assert_int_equal(wrong, 0);
+  /* binary arguments: a NUL inside a key or text, a non-finite vector */
+  expect_error(hcmd(c, "ADD %b IMAGEVEC %b", "x\0y", (size_t)3, v, vb),
+               "ERR key contains a NUL byte");
+  expect_error(hcmd(c, "SEARCH KEY a FILTER %b", "n\0=1", (size_t)4),
+               "ERR FILTER contains a NUL byte");
+  expect_error(hcmd(c, "ADD b IMAGEVEC %b", inf, vb),
+               "ERR IMAGEVEC has a non-finite value at 1");
+  expect_error(hcmd(c, "SEARCH KEY %s", ""), "ERR empty key");
+  expect_error(hcmd(c, "ADD %s IMAGEVEC %b", "", v, vb), "ERR empty key");
+  expect_error(hcmd(c, "SETMETA %s {}", ""), "ERR empty key");
+  expect_error(hcmd(c, "BACKUP %s", ""), "ERR BACKUP: the directory is empty");
+  /* the help and listing subcommands */
+  redisReply *r = hcmd(c, "COMMAND HELP");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_true(r->elements > 2);
+  freeReplyObject(r);
+  r = hcmd(c, "CLIENT HELP");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_true(r->elements > 2);
+  freeReplyObject(r);
+  r = hcmd(c, "COMMAND LIST");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  int saw_search = 0;
+  for (size_t i = 0; i < r->elements; i++)
+    saw_search |= !strcmp(r->element[i]->str, "search");
+  assert_true(saw_search);
+  size_t ncmd = r->elements;
+  freeReplyObject(r);
+  r = hcmd(c, "COMMAND INFO");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, ncmd);
+  freeReplyObject(r);
+  /* EMBED ARRAY: the model's vector as numbers */
+  r = hcmd(c, "EMBED TEXT %s ARRAY", "a cat");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, (size_t)g_dim);
+  float want[1024];
+  text_vec("a cat", want);
+  for (int i = 0; i < g_dim; i++) {
+    double got = strtod(r->element[i]->str, NULL); /* RESP2: as text */
+    if (fabs(got - want[i]) > 1e-4)
+      fail_msg("EMBED ARRAY [%d]: %g, model %g", i, got, want[i]);
+  }
+  freeReplyObject(r);
+  /* nothing of the refused commands was written */
+  expect_int(hcmd(c, "EXISTS a b x"), 1);
+  free(v);
+  free(inf);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 static int group_setup(void **state) {
   (void)state;
   signal(SIGPIPE, SIG_IGN);
@@ -3036,6 +3296,8 @@ int main(void) {
       cmocka_unit_test(test_graceful_shutdown),
       cmocka_unit_test(test_batching),
       cmocka_unit_test(test_kill9_under_load),
+      cmocka_unit_test(test_server_api),
+      cmocka_unit_test(test_command_refusals),
   };
   const char *only = getenv("NET_TEST"); /* run one test: NET_TEST=name */
   if (only && *only)
