@@ -2142,30 +2142,21 @@ static void test_e2e_serve_uses_recorded_model(void **state) {
   fclose(f);
   free(RUN_OK(dir, "ingest", "--db", db, path));
 
-  pid_t pid = spawn_vlmdb(dir, (const char *const[]){"serve", "--db", db,
-                                                      "--port", "0", NULL});
-  running_child = pid;
-  snprintf(path, sizeof path, "%s/.stdout", dir);
-  int port = 0;
-  for (int i = 0; i < 3000 && !port; i++) {
-    char *out = slurp(path);
-    const char *at = strstr(out, "listening on ");
-    const char *colon = at ? strchr(at, ':') : NULL;
-    if (colon && strchr(colon, '\n'))
-      port = atoi(colon + 1);
-    free(out);
-    int st;
-    if (!port && waitpid(pid, &st, WNOHANG) == pid) {
-      running_child = 0;
-      snprintf(path, sizeof path, "%s/.stderr", dir);
-      char *err = slurp(path);
-      fail_msg("serve exited before listening:\n%s", err);
-    }
-    if (!port) {
-      struct timespec pause = {0, 10 * 1000 * 1000};
-      nanosleep(&pause, NULL);
-    }
+  /* the shared harness (tests/util/server.c) */
+  char *bin = vlmdb_path();
+  char log[PATH_MAX];
+  snprintf(log, sizeof log, "%s/serve.log", dir);
+  vlm_test_server srv;
+  int rc = vlm_test_server_spawn(
+      &srv, bin, (const char *const[]){"--db", db, "--port", "0", NULL}, log,
+      60);
+  free(bin);
+  if (rc != 0) {
+    char *err = slurp(log);
+    fail_msg("serve exited before listening (%d):\n%s", rc, err);
   }
+  running_child = srv.pid;
+  int port = srv.port;
   assert_true(port > 0);
   redisContext *c = redisConnect("127.0.0.1", port);
   assert_non_null(c);
@@ -2178,11 +2169,9 @@ static void test_e2e_serve_uses_recorded_model(void **state) {
   assert_true(r->elements >= 1);
   freeReplyObject(r);
   redisFree(c);
-  kill(pid, SIGTERM);
-  int st;
-  assert_int_equal(waitpid(pid, &st, 0), pid);
+  int st = vlm_test_server_stop(&srv, 60);
   running_child = 0;
-  assert_true(WIFEXITED(st));
+  assert_true(st != -1 && WIFEXITED(st));
   assert_int_equal(WEXITSTATUS(st), 0);
 
   /* Another model given explicitly: refused, both directories named. */

@@ -69,12 +69,10 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* Test data and timings only: no expected value depends on the sequence. */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint32_t rng(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (uint32_t)(rng_state >> 16);
+  return (uint32_t)(vlm_test_splitmix64(&rng_state) >> 32);
 }
 
 static char *read_file(const char *path, size_t *len) {
@@ -180,15 +178,14 @@ static void server_done(server_t *s) {
   rm_rf(s->dir);
 }
 
-/* Spawn `$BUILD/vlmdb serve --db ... --port 0 extra...` and read the port
- * it prints.  Returns 0, or the exit status if it exited instead. */
+/* Spawn `$BUILD/vlmdb serve --db ... --port 0 extra...` (the shared
+ * harness, tests/util/server.c).  Returns 0, or the exit status if it
+ * exited instead. */
 static int spawn_server(server_t *s, const char *const *extra) {
   char bin[256];
   snprintf(bin, sizeof bin, "%s/vlmdb", build_dir());
   const char *argv[64];
   int n = 0;
-  argv[n++] = bin;
-  argv[n++] = "serve";
   argv[n++] = "--db";
   argv[n++] = s->db;
   argv[n++] = "--model";
@@ -198,62 +195,11 @@ static int spawn_server(server_t *s, const char *const *extra) {
   for (int i = 0; extra && extra[i]; i++)
     argv[n++] = extra[i];
   argv[n] = NULL;
-  int out[2];
-  assert_int_equal(pipe(out), 0);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-    int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    dup2(out[1], 1);
-    dup2(log, 2);
-    close(out[0]);
-    close(out[1]);
-    close(log);
-    if (strstr(build_dir(), "asan")) {
-      /* ASan keeps 256 MiB of freed memory in quarantine by default, which
-       * would hide whether the server gives memory back; a small one
-       * still catches use after free. */
-      char opts[512];
-      const char *old = getenv("ASAN_OPTIONS");
-      snprintf(opts, sizeof opts, "%s%squarantine_size_mb=16",
-               old ? old : "", old && *old ? ":" : "");
-      setenv("ASAN_OPTIONS", opts, 1);
-    }
-    execv(bin, (char *const *)argv);
-    _exit(127);
-  }
-  close(out[1]);
-  s->pid = pid;
-  char line[256];
-  size_t len = 0;
-  double deadline = now_s() + 60;
-  while (now_s() < deadline && len < sizeof line - 1) {
-    struct pollfd p = {out[0], POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0)
-      continue;
-    ssize_t r = read(out[0], line + len, 1);
-    if (r <= 0)
-      break;
-    if (line[len++] == '\n')
-      break;
-  }
-  line[len] = '\0';
-  close(out[0]);
-  char *colon = strrchr(line, ':');
-  if (!strstr(line, "listening on") || !colon) {
-    int status = 0;
-    for (int i = 0; i < 3000 && waitpid(pid, &status, WNOHANG) == 0; i++)
-      sleep_ms(10);
-    s->pid = 0;
-    if (WIFEXITED(status))
-      return WEXITSTATUS(status) ? WEXITSTATUS(status) : -1;
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-  }
-  s->port = atoi(colon + 1);
-  return 0;
+  vlm_test_server ts;
+  int rc = vlm_test_server_spawn(&ts, bin, argv, s->log, 60);
+  s->pid = rc == 0 ? ts.pid : 0;
+  s->port = rc == 0 ? ts.port : 0;
+  return rc;
 }
 
 static void start_server(server_t *s, const char *const *extra) {
@@ -269,20 +215,13 @@ static void start_server(server_t *s, const char *const *extra) {
 static void stop_server(server_t *s) {
   if (!s->pid)
     return;
-  kill(s->pid, SIGTERM);
-  int status = 0;
-  pid_t r = 0;
-  double deadline = now_s() + 60;
-  while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && now_s() < deadline)
-    sleep_ms(10);
-  if (r == 0) {
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &status, 0);
-    s->pid = 0;
+  vlm_test_server ts = {s->pid, s->port};
+  int status = vlm_test_server_stop(&ts, 60);
+  s->pid = 0;
+  if (status == -1) {
     print_log(s);
     fail_msg("server did not stop within 60 s of SIGTERM");
   }
-  s->pid = 0;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     print_log(s);
     fail_msg("server exit: %s %d", WIFEXITED(status) ? "status" : "signal",
