@@ -38,6 +38,7 @@
 #include "vlm_eval.h"
 #include "vlmdb.h"
 #include <jansson.h>
+#include <lmdb.h>
 
 /* db/sqlvfs.c: meta.sqlite's page checksums.  A test that edits the file
  * on purpose goes through it, as vlmdb does, so that only what it meant to
@@ -4952,6 +4953,289 @@ static void test_hostile_manifests(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ edges */
+
+/* The stores' error codes translated at the module boundary: each LMDB
+ * and SQLite result vlmdb can meet maps to the VLM_E* code its callers
+ * act on (a full disk to VLM_ENOSPACE, damage to VLM_ECORRUPT, contention
+ * to VLM_EBUSY, ...), with the store's own words in the message. */
+int vlm__lmdb_err(int rc, const char *what);
+int vlm__sql_err(sqlite3 *db, int rc, const char *what);
+
+static void test_store_error_codes(void **state) {
+  (void)state;
+  static const struct {
+    int store, want;
+  } lmdb[] = {
+      {MDB_MAP_FULL, VLM_ENOSPACE}, {ENOSPC, VLM_ENOSPACE},
+      {EDQUOT, VLM_ENOSPACE},       {MDB_NOTFOUND, VLM_ENOTFOUND},
+      {MDB_CORRUPTED, VLM_ECORRUPT}, {MDB_PAGE_NOTFOUND, VLM_ECORRUPT},
+      {MDB_INVALID, VLM_ECORRUPT},  {MDB_VERSION_MISMATCH, VLM_EVERSION},
+      {MDB_READERS_FULL, VLM_EBUSY}, {EBUSY, VLM_EBUSY},
+      {EAGAIN, VLM_EBUSY},          {ENOMEM, VLM_ENOMEM},
+      {EIO, VLM_EIO},               {MDB_KEYEXIST, VLM_ESTORE},
+  };
+  for (size_t i = 0; i < sizeof lmdb / sizeof lmdb[0]; i++) {
+    int got = vlm__lmdb_err(lmdb[i].store, "thing");
+    if (got != lmdb[i].want || !strstr(vlm_errmsg(), "thing") ||
+        !strstr(vlm_errmsg(), mdb_strerror(lmdb[i].store)))
+      fail_msg("LMDB %d (%s): %s, \"%s\"; expected %s",
+               lmdb[i].store, mdb_strerror(lmdb[i].store), vlm_errname(got),
+               vlm_errmsg(), vlm_errname(lmdb[i].want));
+  }
+  static const struct {
+    int store, want;
+  } sql[] = {
+      {SQLITE_FULL, VLM_ENOSPACE},  {SQLITE_NOTADB, VLM_ECORRUPT},
+      {SQLITE_BUSY, VLM_EBUSY},     {SQLITE_LOCKED, VLM_EBUSY},
+      {SQLITE_NOMEM, VLM_ENOMEM},   {SQLITE_IOERR_WRITE, VLM_EIO},
+      {SQLITE_CANTOPEN, VLM_EIO},   {SQLITE_AUTH, VLM_EFILTER},
+      {SQLITE_CONSTRAINT, VLM_ESTORE}, {SQLITE_CORRUPT, VLM_ECORRUPT},
+  };
+  for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+    int got = vlm__sql_err(NULL, sql[i].store, "thing");
+    if (got != sql[i].want || !strstr(vlm_errmsg(), "thing"))
+      fail_msg("SQLite %d (%s): %s, \"%s\"; expected %s", sql[i].store,
+               sqlite3_errstr(sql[i].store), vlm_errname(got), vlm_errmsg(),
+               vlm_errname(sql[i].want));
+  }
+  /* damage names the way out */
+  vlm__sql_err(NULL, SQLITE_CORRUPT, "meta.sqlite");
+  assert_non_null(strstr(vlm_errmsg(), "vlmdb recover"));
+}
+
+/* meta.sqlite's checksum VFS passes what it does not check straight to
+ * the real VFS: time, randomness, sleeping and extension loading behave as
+ * without it. */
+static void test_sql_vfs_passes_through(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/plain.sqlite", t.root);
+  sqlite3 *s = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &s,
+                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                                   vlm__sql_vfs()),
+                   SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT unixepoch('now'), "
+                                      "julianday('now')", -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  long long secs = sqlite3_column_int64(st, 0);
+  double jd = sqlite3_column_double(st, 1);
+  sqlite3_finalize(st);
+  long long now = (long long)time(NULL);
+  if (llabs(secs - now) > 5)
+    fail_msg("time through the VFS: %lld, the clock %lld", secs, now);
+  assert_true(fabs((jd - 2440587.5) * 86400.0 - (double)now) < 5);
+  sqlite3_vfs *v = sqlite3_vfs_find(vlm__sql_vfs());
+  assert_non_null(v);
+  char r1[16] = {0}, r2[16] = {0};
+  v->xRandomness(v, sizeof r1, r1);
+  v->xRandomness(v, sizeof r2, r2);
+  assert_true(memcmp(r1, r2, sizeof r1) != 0);
+  assert_true(v->xSleep(v, 1000) >= 0);
+  double t1 = 0;
+  assert_int_equal(v->xCurrentTime(v, &t1), SQLITE_OK);
+  assert_true(fabs((t1 - 2440587.5) * 86400.0 - (double)now) < 5);
+  void *h = v->xDlOpen(v, "/nonexistent/libnothing.so");
+  assert_null(h);
+  char msg[256] = {0};
+  v->xDlError(v, sizeof msg - 1, msg);
+  if (!strstr(msg, "libnothing"))
+    fail_msg("dlerror through the VFS: \"%s\"", msg);
+  h = v->xDlOpen(v, NULL); /* the program itself */
+  assert_non_null(h);
+  assert_non_null(v->xDlSym(v, h, "sqlite3_libversion"));
+  v->xDlClose(v, h);
+  /* the file methods it does not check: the lock and sector size */
+  sqlite3_file *fp = NULL;
+  assert_int_equal(sqlite3_file_control(s, "main", SQLITE_FCNTL_FILE_POINTER,
+                                        &fp),
+                   SQLITE_OK);
+  int reserved = -1;
+  assert_int_equal(fp->pMethods->xCheckReservedLock(fp, &reserved), SQLITE_OK);
+  assert_int_equal(reserved, 0);
+  assert_true(fp->pMethods->xSectorSize(fp) > 0);
+  sqlite3_close(s);
+  tmp_free(&t);
+}
+
+/* verify compares each meta.sqlite row with its record field by field:
+ * a row edited behind vlmdb's back is named, with the field that differs;
+ * rebuild_meta mends it. */
+static void test_verify_names_the_differing_field(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 12, DIM, 959);
+  corpus_put(db, &c, 0, 12, 12);
+  vlm_db_close(db);
+  char sqlpath[PATH_MAX];
+  snprintf(sqlpath, sizeof sqlpath, "%s/meta.sqlite", t.dir);
+  static const struct {
+    const char *sql, *words;
+  } edits[] = {
+      {"UPDATE items SET year = year + 1 WHERE key = 'item-00003'", "year"},
+      {"UPDATE items SET price = price + 0.5 WHERE key = 'item-00004'",
+       "price"},
+      {"UPDATE items SET category = 'zzz' WHERE key = 'item-00005'",
+       "category"},
+      {"UPDATE items SET category = NULL WHERE key = 'item-00006'",
+       "category"},
+      {"UPDATE captions SET caption = 'not it' WHERE rowid = "
+       "(SELECT id FROM items WHERE key = 'item-00007')",
+       "caption"},
+  };
+  for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+    sqlite3 *s;
+    assert_int_equal(sql_open_rw(sqlpath, &s), SQLITE_OK);
+    char *err = NULL;
+    if (sqlite3_exec(s, edits[i].sql, NULL, NULL, &err) != SQLITE_OK)
+      fail_msg("%s: %s", edits[i].sql, err);
+    assert_int_equal(sqlite3_changes(s), 1);
+    sqlite3_close(s);
+    db = open_db(t.dir);
+    int rc = vlm_db_verify(db);
+    if (rc != VLM_ECORRUPT || !strstr(vlm_errmsg(), edits[i].words))
+      fail_msg("%s: verify %d (%s): %s", edits[i].sql, rc, vlm_errname(rc),
+               vlm_errmsg());
+    CHECK(vlm_db_rebuild_meta(db));
+    CHECK(vlm_db_verify(db));
+    vlm_db_close(db);
+  }
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* meta.sqlite restored from an older copy after the log was pruned: the
+ * batches it misses can no longer be replayed, so the open rebuilds it
+ * from the payload store (with a warning saying so) and nothing is lost. */
+static void test_old_meta_is_rebuilt(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 40, DIM, 969);
+  corpus_put(db, &c, 0, 10, 10);
+  vlm_db_close(db);
+  char cmd[4 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "cp '%s/meta.sqlite' '%s/old.sqlite'", t.dir,
+           t.root);
+  assert_int_equal(system(cmd), 0);
+  db = open_db(t.dir);
+  corpus_put(db, &c, 10, 40, 10);
+  CHECK(vlm_db_checkpoint(db)); /* prunes the log */
+  vlm_db_close(db);
+  snprintf(cmd, sizeof cmd,
+           "rm -f '%s'/meta.sqlite-wal '%s'/meta.sqlite-shm && "
+           "cp '%s/old.sqlite' '%s/meta.sqlite'",
+           t.dir, t.dir, t.root, t.dir);
+  assert_int_equal(system(cmd), 0);
+  warnings = 0;
+  db = open_db(t.dir);
+  if (!strstr(last_warning, "could not be replayed") ||
+      !strstr(last_warning, "rebuilt it"))
+    fail_msg("open of a database with an old meta.sqlite: \"%s\"",
+             last_warning);
+  CHECK(vlm_db_verify(db));
+  vlm_search_options o = {.k = 100, .exact = 1, .filter = "year > 0"};
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  float q[DIM] = {1};
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  assert_int_equal(nh, 40);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Paths and payloads at their limits: database names create cannot use,
+ * relative names, a thumbnail length without its bytes, an update that
+ * would push an item past the payload cap, a second backup while one is
+ * under way (VLM_EBUSY), and close of NULL. */
+extern void (*vlm__test_hook)(const char *where, vlm_db *db);
+static int nested_backup_rc;
+static char nested_backup_dst[PATH_MAX];
+
+static void backup_again(const char *where, vlm_db *db) {
+  if (!strcmp(where, "backup-pinned"))
+    nested_backup_rc = vlm_db_backup(db, nested_backup_dst, NULL);
+}
+
+static void test_path_and_payload_limits(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db_config cfg = {.dim = DIM, .index_factory = "Flat",
+                       .model_id = "test-model"};
+  vlm_db *db = NULL;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create("/", &cfg, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a usable directory name"));
+  char deep[PATH_MAX + 64];
+  memset(deep, 'd', sizeof deep - 1);
+  deep[0] = '/';
+  deep[sizeof deep - 1] = '\0';
+  char longname[400];
+  snprintf(longname, sizeof longname, "%s/%.240s", t.root, deep + 1);
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(longname, &cfg, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a usable directory name"));
+  strcpy(deep + PATH_MAX - 8, "/x"); /* a long parent */
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(deep, &cfg, &db));
+  assert_true(strncmp(vlm_errmsg(), "create: /ddd", 12) == 0); /* (the path
+                                                          fills the message) */
+  char missing[PATH_MAX];
+  snprintf(missing, sizeof missing, "%s/none", t.root);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_open(missing, NULL, &db));
+  /* a relative name, with trailing slashes */
+  char cwd[PATH_MAX];
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  assert_int_equal(chdir(t.root), 0);
+  int rc = vlm_db_create("rel.vlmdb//", &cfg, &db);
+  assert_int_equal(chdir(cwd), 0);
+  if (rc)
+    fail_msg("create of a relative name: %s", vlm_errmsg());
+  vlm_db_close(db);
+  vlm_db_close(NULL);
+  snprintf(missing, sizeof missing, "%s/rel.vlmdb", t.root);
+  vlm_db_open_options o = {.max_payload = 4096, .warn = count_warning};
+  CHECK(vlm_db_open(missing, &o, &db));
+  float v[DIM] = {1};
+  vlm_item it = {.key = "k", .image_vec = v, .thumb_len = 10};
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, &it, 1, 0, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "thumb_len without thumb"));
+  it.thumb_len = 0;
+  char caption[3000];
+  memset(caption, 'c', sizeof caption - 1);
+  caption[sizeof caption - 1] = '\0';
+  it.caption = caption;
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_write_op op = {.kind = VLM_WRITE_UPDATE};
+  op.item.key = "k";
+  op.item.source = caption; /* 3 KB more: over the 4 KB cap */
+  EXPECT_ERR(VLM_ETOOBIG, vlm_db_write(db, &op, 1, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "updated payload"));
+  sf_caption_is(db, "k", caption);
+  /* one backup at a time */
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/b1", t.root);
+  snprintf(nested_backup_dst, sizeof nested_backup_dst, "%s/b2", t.root);
+  nested_backup_rc = 1;
+  vlm__test_hook = backup_again;
+  rc = vlm_db_backup(db, dst, NULL);
+  vlm__test_hook = NULL;
+  CHECK(rc);
+  assert_int_equal(nested_backup_rc, VLM_EBUSY);
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -5428,6 +5712,12 @@ int main(void) {
       cmocka_unit_test_teardown(test_recovery_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_api_refusals, teardown_tmp),
       cmocka_unit_test_teardown(test_hostile_manifests, teardown_tmp),
+      cmocka_unit_test_teardown(test_store_error_codes, teardown_tmp),
+      cmocka_unit_test_teardown(test_sql_vfs_passes_through, teardown_tmp),
+      cmocka_unit_test_teardown(test_verify_names_the_differing_field,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_old_meta_is_rebuilt, teardown_tmp),
+      cmocka_unit_test_teardown(test_path_and_payload_limits, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
