@@ -5236,6 +5236,74 @@ static void test_path_and_payload_limits(void **state) {
   tmp_free(&t);
 }
 
+/* An index checkpoint the manifest names but that cannot serve (a batch
+ * number ahead of the stores, a file of another dimension, a batch the
+ * log no longer holds): the open says why in a warning and rebuilds that
+ * index from the payload store; searches then match the exact scan. */
+static void set_ckpt(const char *dir, const char *mod, const char *member,
+                     json_t *value) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  json_error_t jerr;
+  json_t *m = json_load_file(path, 0, &jerr);
+  assert_non_null(m);
+  json_object_del(m, "checksum");
+  json_t *c = json_object_get(json_object_get(m, "index"), mod);
+  assert_non_null(c);
+  json_object_set_new(c, member, value);
+  assert_int_equal(json_dump_file(m, path, JSON_INDENT(2)), 0);
+  json_decref(m);
+}
+
+static void test_checkpoint_mismatches(void **state) {
+  (void)state;
+  tmp t, t2;
+  tmp_make(&t);
+  tmp_make(&t2);
+  corpus c;
+  corpus_make(&c, 30, DIM, 979);
+  vlm_db *other = make_db(t2.dir, "Flat", DIM / 2);
+  vlm_db_close(other);
+  vlm_db_info info;
+  for (int trial = 0; trial < 3; trial++) {
+    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    corpus_put(db, &c, 0, 10, 10);
+    CHECK(vlm_db_checkpoint(db));
+    corpus_put(db, &c, 10, 30, 10);
+    CHECK(vlm_db_checkpoint(db)); /* the log now starts after batch 3 */
+    CHECK(vlm_db_stat(db, &info));
+    vlm_db_close(db);
+    const char *want;
+    if (trial == 0) {
+      set_ckpt(t.dir, "image", "seq", json_integer(999));
+      want = "is ahead of the stores";
+    } else if (trial == 1) {
+      /* an index file of the other database (half the dimension) */
+      char cmd[4 * PATH_MAX];
+      snprintf(cmd, sizeof cmd, "cp \"$(ls '%s'/image-*.faiss | head -1)\" "
+               "'%s/image-other.faiss'", t2.dir, t.dir);
+      assert_int_equal(system(cmd), 0);
+      set_ckpt(t.dir, "image", "file", json_string("image-other.faiss"));
+      want = "does not match the manifest";
+    } else {
+      set_ckpt(t.dir, "image", "seq", json_integer(1));
+      want = "is missing from the log";
+    }
+    warnings = 0;
+    db = open_db(t.dir);
+    if (!warnings || !strstr(last_warning, want))
+      fail_msg("trial %d: the warning \"%s\" does not say \"%s\"", trial,
+               warnings ? last_warning : "(none)", want);
+    CHECK(vlm_db_verify(db));
+    expect_index_matches_exact(db, &c);
+    vlm_db_close(db);
+    rm_rf(t.dir);
+  }
+  corpus_free(&c);
+  tmp_free(&t2);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -5718,6 +5786,7 @@ int main(void) {
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_old_meta_is_rebuilt, teardown_tmp),
       cmocka_unit_test_teardown(test_path_and_payload_limits, teardown_tmp),
+      cmocka_unit_test_teardown(test_checkpoint_mismatches, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
