@@ -490,7 +490,7 @@ static void db_free(vlm_db *db) {
 static int count_keys(vlm_db *db, int64_t *items) {
   MDB_txn *txn;
   MDB_stat st;
-  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
   if (rc)
     return vlm__lmdb_err(rc, db->dir);
   rc = vlm__mdb_stat(txn, db->lm.keys, &st);
@@ -580,7 +580,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
 again:
   {
     MDB_txn *txn;
-    int mrc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+    int mrc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
     if (mrc) {
       rc = vlm__lmdb_err(mrc, dir);
       goto fail;
@@ -1566,7 +1566,7 @@ int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
   int rc = begin_read(db, &r);
   if (rc)
     return rc;
-  if ((rc = vlm__mdb_cursor_open(r->txn, db->lm.keys, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(r->txn, db->lm.keys, &cur)))) {
     rc = vlm__lmdb_err(rc, "foreach");
     goto done;
   }
@@ -1608,7 +1608,7 @@ int vlm_db_scan(vlm_db *db, uint64_t cursor, int count, char ***keys, int *n,
     free(out);
     return rc;
   }
-  if ((rc = vlm__mdb_cursor_open(r->txn, db->lm.items, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(r->txn, db->lm.items, &cur)))) {
     rc = vlm__lmdb_err(rc, "scan");
     goto done;
   }

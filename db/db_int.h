@@ -33,6 +33,7 @@
 #define VLM_DB_INT_H
 
 #include <assert.h>
+#include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -483,8 +484,9 @@ extern void (*vlm__test_hook)(const char *where, vlm_db *db);
  * a better match it missed), so that every branch runs in `make test`
  * without a broken disk or unlucky data.  The store calls of a batch and
  * of the stores' upkeep fail through VLM__STORE / VLM__SQL_STEP as an I/O
- * error would: "lmdb-begin" (a write transaction), "lmdb-write" (every
- * put and delete a batch stages in LMDB), "sql-write" (every SQLite
+ * error would: "lmdb-begin" (a write transaction), "lmdb-read" (a read
+ * transaction or a cursor over a table), "lmdb-write" (every put and
+ * delete a batch stages in LMDB), "sql-write" (every SQLite
  * statement that writes rows: batches, replay, rebuild), "index-add"
  * (vectors added to an in-memory index). */
 extern int (*vlm__test_fault)(const char *where);

@@ -85,7 +85,7 @@ static int txn_state(vlm_db *db, MDB_txn *txn, uint64_t *seq, uint64_t *next) {
 /* A read transaction at the published state. */
 static int begin_published(vlm_db *db, MDB_txn **txn) {
   pthread_rwlock_rdlock(&db->pub_lock);
-  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, txn);
+  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, txn));
   pthread_rwlock_unlock(&db->pub_lock);
   return rc ? vlm__lmdb_err(rc, "index read") : 0;
 }
@@ -114,7 +114,7 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     rc = vlm_seterr(VLM_ENOMEM, "index add");
     goto done;
   }
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -171,7 +171,7 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
   *upto = 0;
   if ((rc = vlm_index_create(factory, dim, VLM_METRIC_IP, &ix)))
     return rc;
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto fail;
   }
@@ -326,7 +326,7 @@ static int catch_up_locked(vlm_db *db) {
     rc = vlm_seterr(VLM_ENOMEM, "index catch-up");
     goto done;
   }
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -544,14 +544,14 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
   MDB_cursor *cur = NULL;
   uint64_t tseq, tnext;
   int dim = db->man.dim, rc;
-  if ((rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn)))
+  if ((rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn))))
     return vlm__lmdb_err(rc, "open index");
   if ((rc = txn_state(db, txn, &tseq, &tnext)))
     goto done;
   if ((rc = grow_bits(db, tnext)))
     goto done;
   /* Live bitmaps from the vectors table. */
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -757,12 +757,12 @@ static int checkpoint_locked(vlm_db *db, int force) {
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
       keep_after = db->man.ckpt[m].seq;
-  if ((rc = mdb_txn_begin(db->lm.env, NULL, 0, &txn)))
+  if ((rc = VLM__STORE("lmdb-begin", mdb_txn_begin(db->lm.env, NULL, 0, &txn))))
     return vlm__lmdb_err(rc, "prune log");
   MDB_cursor *cur;
   MDB_val k, v;
   int pruned = 0;
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.log, &cur)) == 0) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.log, &cur))) == 0) {
     while ((rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
       uint64_t s;
       memcpy(&s, k.mv_data, 8);

@@ -5304,6 +5304,171 @@ static void test_checkpoint_mismatches(void **state) {
   tmp_free(&t);
 }
 
+/* Every read of the payload store failing in turn ("lmdb-read": the Nth
+ * read transaction or table cursor an operation opens, N = 1, 2, ...):
+ * each operation either fails with VLM_EIO or, where the read was an
+ * optional one (tuning, a checkpoint's pruning), succeeds with the same
+ * answer; either way the same call afterwards gives the answer it gave
+ * before, and the database still verifies. */
+enum {
+  RF_EXACT, RF_INDEX, RF_FILTER, RF_HYBRID, RF_COLLAPSE, RF_GET, RF_SCAN,
+  RF_FOREACH, RF_VERIFY, RF_EVAL, RF_CHECKPOINT, RF_BACKUP, RF_REINDEX,
+  RF_REBUILD, RF_REOPEN, RF_N
+};
+static const char *rf_name[RF_N] = {
+    "exact search", "index search", "filtered search", "hybrid search",
+    "collapsed search", "get", "scan", "foreach", "verify", "eval",
+    "checkpoint", "backup", "reindex", "rebuild_meta", "reopen"};
+
+static int rf_count(const vlm_record *rec, void *arg) {
+  (void)rec;
+  (*(int *)arg)++;
+  return 0;
+}
+
+/* Run op on *db; its answer as text in out. */
+static int rf_run(int op, vlm_db **db, const corpus *c, const tmp *t,
+                  int round, char *out, size_t cap) {
+  vlm_search_options o = {.k = 8};
+  vlm_hit *hits = NULL;
+  int nh = 0, rc = 0;
+  out[0] = '\0';
+  switch (op) {
+  case RF_EXACT: o.exact = 1; break;
+  case RF_FILTER: o.filter = "year > 2000"; break;
+  case RF_HYBRID: o.hybrid_text = "cat tree"; break;
+  case RF_COLLAPSE: o.collapse = 0.3f; break;
+  default: break;
+  }
+  if (op <= RF_COLLAPSE) {
+    rc = vlm_db_search(*db, c->img + DIM, &o, &hits, &nh);
+    for (int h = 0; !rc && h < nh; h++)
+      snprintf(out + strlen(out), cap - strlen(out), "%s+%d ", hits[h].key,
+               hits[h].similar);
+    vlm_hits_free(hits, nh);
+    return rc;
+  }
+  switch (op) {
+  case RF_GET: {
+    vlm_record *rec = NULL;
+    if (!(rc = vlm_db_get(*db, c->key[5], &rec)))
+      snprintf(out, cap, "%s", rec->caption);
+    vlm_record_free(rec);
+    return rc;
+  }
+  case RF_SCAN: {
+    char **keys = NULL;
+    int n = 0;
+    uint64_t next = 0;
+    if (!(rc = vlm_db_scan(*db, 0, 7, &keys, &n, &next)))
+      snprintf(out, cap, "%d %s next %llu", n, n ? keys[0] : "",
+               (unsigned long long)next);
+    vlm_db_keys_free(keys, n);
+    return rc;
+  }
+  case RF_FOREACH: {
+    int n = 0;
+    if (!(rc = vlm_db_foreach(*db, rf_count, &n)))
+      snprintf(out, cap, "%d", n);
+    return rc;
+  }
+  case RF_VERIFY:
+    return vlm_db_verify(*db);
+  case RF_EVAL: {
+    vlm_eval_options eo = {0};
+    vlm_eval_result er;
+    if (!(rc = vlm_db_eval(*db, &eo, &er)))
+      snprintf(out, cap, "%lld %.4f", (long long)er.pairs,
+               er.t2i.at[0].recall);
+    return rc;
+  }
+  case RF_CHECKPOINT: {
+    vlm_item it = corpus_item(c, 200 + round % 400);
+    if ((rc = vlm_db_put(*db, &it, 1, 0, NULL)))
+      return rc;
+    return vlm_db_checkpoint(*db);
+  }
+  case RF_BACKUP: {
+    char dst[PATH_MAX];
+    snprintf(dst, sizeof dst, "%s/backup-%d", t->root, round);
+    vlm_db_backup_info bi;
+    if (!(rc = vlm_db_backup(*db, dst, &bi)))
+      snprintf(out, cap, "%lld", (long long)bi.items);
+    struct stat st;
+    if (rc && stat(dst, &st) == 0)
+      fail_msg("a failed backup left %s", dst);
+    return rc;
+  }
+  case RF_REINDEX:
+    return vlm_db_reindex(*db, "Flat");
+  case RF_REBUILD:
+    return vlm_db_rebuild_meta(*db);
+  case RF_REOPEN: {
+    vlm_db_close(*db);
+    *db = NULL;
+    vlm_db_open_options oo = {.warn = count_warning};
+    rc = vlm_db_open(t->dir, &oo, db);
+    return rc;
+  }
+  }
+  return 0;
+}
+
+static void test_read_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 600, DIM, 989);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  db = open_db(t.dir); /* warnings counted, not printed */
+  corpus_put(db, &c, 0, 200, 100);
+  char want[2048], got[2048], again[2048];
+  int round = 0, faults = 0;
+  for (int op = 0; op < RF_N; op++) {
+    CHECK(rf_run(op, &db, &c, &t, round++, want, sizeof want));
+    /* every one of the first reads, then every doubling (eval reads once
+     * per query) */
+    for (int n = 1;; n = n < 8 ? n + 1 : 2 * n) {
+      nth_arm("lmdb-read", n);
+      int rc = rf_run(op, &db, &c, &t, round++, got, sizeof got);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!db) { /* a reopen that failed: open again without faults */
+        if (rc != VLM_EIO)
+          fail_msg("reopen #%d: %d (%s): %s", n, rc, vlm_errname(rc),
+                   vlm_errmsg());
+        db = open_db(t.dir);
+      }
+      if (!reached) {
+        if (rc)
+          fail_msg("%s: %s", rf_name[op], vlm_errmsg());
+        break;
+      }
+      faults++;
+      if (rc != 0 && rc != VLM_EIO)
+        fail_msg("%s with lmdb-read #%d: %d (%s): %s", rf_name[op], n, rc,
+                 vlm_errname(rc), vlm_errmsg());
+      if (rc == 0 && strcmp(got, want))
+        fail_msg("%s survived lmdb-read #%d with another answer:\n%s\n%s",
+                 rf_name[op], n, got, want);
+      CHECK(rf_run(op, &db, &c, &t, round++, again, sizeof again));
+      if (strcmp(again, want))
+        fail_msg("%s after lmdb-read #%d:\n%s\nbefore:\n%s", rf_name[op], n,
+                 again, want);
+      CHECK(vlm_db_verify(db));
+      if (n >= 100000)
+        fail_msg("%s: still reaching lmdb-read #%d", rf_name[op], n);
+    }
+  }
+  print_message("%d read faults over %d operations\n", faults, RF_N);
+  assert_true(faults >= RF_N);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -5787,6 +5952,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_old_meta_is_rebuilt, teardown_tmp),
       cmocka_unit_test_teardown(test_path_and_payload_limits, teardown_tmp),
       cmocka_unit_test_teardown(test_checkpoint_mismatches, teardown_tmp),
+      cmocka_unit_test_teardown(test_read_faults, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
