@@ -5090,6 +5090,11 @@ static void test_verify_names_the_differing_field(void **state) {
       {"UPDATE captions SET caption = 'not it' WHERE rowid = "
        "(SELECT id FROM items WHERE key = 'item-00007')",
        "caption"},
+      {"DELETE FROM captions WHERE rowid = "
+       "(SELECT id FROM items WHERE key = 'item-00008')",
+       "caption rows"},
+      {"INSERT INTO items(id, key) VALUES (999999, 'ghost')", "ghost"},
+      {"UPDATE items SET key = 'other' WHERE key = 'item-00009'", "other"},
   };
   for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
     sqlite3 *s;
@@ -5313,12 +5318,13 @@ static void test_checkpoint_mismatches(void **state) {
 enum {
   RF_EXACT, RF_INDEX, RF_FILTER, RF_HYBRID, RF_COLLAPSE, RF_GET, RF_SCAN,
   RF_FOREACH, RF_VERIFY, RF_EVAL, RF_CHECKPOINT, RF_BACKUP, RF_REINDEX,
-  RF_REBUILD, RF_REOPEN, RF_N
+  RF_REBUILD, RF_REOPEN, RF_REINDEX_HNSW, RF_N
 };
 static const char *rf_name[RF_N] = {
     "exact search", "index search", "filtered search", "hybrid search",
     "collapsed search", "get", "scan", "foreach", "verify", "eval",
-    "checkpoint", "backup", "reindex", "rebuild_meta", "reopen"};
+    "checkpoint", "backup", "reindex", "rebuild_meta", "reopen",
+    "reindex to HNSW (tuned)"};
 
 static int rf_count(const vlm_record *rec, void *arg) {
   (void)rec;
@@ -5403,6 +5409,8 @@ static int rf_run(int op, vlm_db **db, const corpus *c, const tmp *t,
     return vlm_db_reindex(*db, "Flat");
   case RF_REBUILD:
     return vlm_db_rebuild_meta(*db);
+  case RF_REINDEX_HNSW:
+    return vlm_db_reindex(*db, "HNSW16");
   case RF_REOPEN: {
     vlm_db_close(*db);
     *db = NULL;
@@ -5466,6 +5474,160 @@ static void test_read_faults(void **state) {
   assert_true(faults >= RF_N);
   vlm_db_close(db);
   corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Declared fields given every kind of JSON value their type allows: an
+ * int field takes integers, booleans (0/1) and integral reals, a text
+ * field takes strings and keeps any other value as its JSON text, a real
+ * field takes any number.  Filters see exactly those SQL values, and
+ * verify compares each row with its record. */
+static void test_field_values_of_every_json_type(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  static const struct {
+    const char *meta, *filter;
+  } items[] = {
+      {"{\"year\": true, \"category\": 5, \"price\": 3}",
+       "year = 1 AND category = '5' AND price = 3.0"},
+      {"{\"year\": false, \"category\": [\"a\", 1], \"price\": 2.5}",
+       "year = 0 AND category = '[\"a\",1]' AND price = 2.5"},
+      {"{\"year\": 1999.0, \"category\": {\"x\": null}}",
+       "year = 1999 AND category = '{\"x\":null}' AND price IS NULL"},
+      {"{\"year\": null, \"category\": \"plain\", \"price\": -0.25}",
+       "year IS NULL AND category = 'plain' AND price = -0.25"},
+  };
+  int n = (int)(sizeof items / sizeof items[0]);
+  float v[DIM] = {1};
+  char key[8][16];
+  vlm_item it[8];
+  for (int i = 0; i < n; i++) {
+    snprintf(key[i], sizeof key[i], "k%d", i);
+    it[i] = (vlm_item){.key = key[i], .image_vec = v, .meta_json = items[i].meta};
+  }
+  CHECK(vlm_db_put(db, it, n, 0, NULL));
+  for (int i = 0; i < n; i++) {
+    vlm_search_options o = {.k = 10, .exact = 1, .filter = items[i].filter};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    CHECK(vlm_db_search(db, v, &o, &hits, &nh));
+    if (nh != 1 || strcmp(hits[0].key, key[i]))
+      fail_msg("%s: %d hits (%s), expected %s", items[i].filter, nh,
+               nh ? hits[0].key : "-", key[i]);
+    vlm_hits_free(hits, nh);
+  }
+  CHECK(vlm_db_verify(db));
+  /* and what an int field refuses */
+  it[0].meta_json = "{\"year\": 1999.5}";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, it, 1, VLM_PUT_UPSERT, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "\"year\" must be an integer"));
+  it[0].meta_json = "{\"price\": \"cheap\"}";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, it, 1, VLM_PUT_UPSERT, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "\"price\" must be a number"));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* vlm_field_parse: "name:type" for each type, and the specs it refuses. */
+static void test_field_specs(void **state) {
+  (void)state;
+  vlm_field f;
+  CHECK(vlm_field_parse("price:real", &f));
+  assert_string_equal(f.name, "price");
+  assert_int_equal(f.type, VLM_FIELD_REAL);
+  CHECK(vlm_field_parse("n:int", &f));
+  assert_int_equal(f.type, VLM_FIELD_INT);
+  char longname[100];
+  memset(longname, 'a', 70);
+  strcpy(longname + 70, ":int");
+  static const char *bad[] = {"bad name:text", "x:blob", "notype", ":int",
+                              "caf\xc3\xa9:text"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (vlm_field_parse(bad[i], &f) != VLM_EINVAL)
+      fail_msg("field spec \"%s\" was accepted", bad[i]);
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse(longname, &f));
+  /* a name refused by create too */
+  tmp t;
+  tmp_make(&t);
+  vlm_field odd[1] = {{"no-dash", VLM_FIELD_TEXT}};
+  vlm_db_config c = {.dim = DIM, .index_factory = "Flat", .model_id = "m",
+                     .fields = odd, .nfields = 1};
+  vlm_db *db = NULL;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(t.dir, &c, &db));
+  assert_non_null(strstr(vlm_errmsg(), "letters, digits"));
+  odd[0].name = longname;
+  longname[70] = '\0';
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(t.dir, &c, &db));
+  assert_non_null(strstr(vlm_errmsg(), "1..63 characters"));
+  tmp_free(&t);
+}
+
+/* A hybrid query with no words (only punctuation) has nothing for BM25
+ * to rank: the answer is the vector ranking. */
+static void test_hybrid_without_words(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 50, DIM, 999);
+  corpus_put(db, &c, 0, 50, 50);
+  vlm_search_options o = {.k = 10};
+  vlm_hit *a = NULL, *b = NULL;
+  int na = 0, nb = 0;
+  CHECK(vlm_db_search(db, c.img, &o, &a, &na));
+  o.hybrid_text = "?! -- ...";
+  CHECK(vlm_db_search(db, c.img, &o, &b, &nb));
+  assert_int_equal(na, nb);
+  for (int i = 0; i < na; i++)
+    assert_string_equal(a[i].key, b[i].key);
+  vlm_hits_free(a, na);
+  vlm_hits_free(b, nb);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Pairs files with what a hand-written one gets wrong: each refused with
+ * its line; salvage refuses what is not a database. */
+static void test_pairs_and_salvage_refusals(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_eval_pair *pairs = NULL;
+  int np = 0;
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/none.jsonl", t.root);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_eval_pairs_load(path, &pairs, &np));
+  static const struct {
+    const char *text, *words;
+  } cases[] = {
+      {"{\"image\": \"a\", \"text\": \"b\"}\n{\"image\": \"a\",\n",
+       ":2: bad JSON"},
+      {"{\"image\": \"a\", \"text\": [\"b\", 3]}\n", "\"text\"[1] is not a"},
+      {"{\"image\": 1, \"text\": \"b\"}\n", ":1:"},
+  };
+  snprintf(path, sizeof path, "%s/pairs.jsonl", t.root);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    f_write_text(path, cases[i].text);
+    EXPECT_ERR(VLM_EFORMAT, vlm_eval_pairs_load(path, &pairs, &np));
+    if (!strstr(vlm_errmsg(), cases[i].words))
+      fail_msg("pairs %zu: \"%s\" does not say \"%s\"", i, vlm_errmsg(),
+               cases[i].words);
+  }
+  f_write_text(path, "\n{\"image\": \"a\", \"text\": [\"b\", \"c\"]}\n");
+  CHECK(vlm_eval_pairs_load(path, &pairs, &np));
+  assert_int_equal(np, 2);
+  vlm_eval_pairs_free(pairs, np);
+  vlm_db_salvage_result res;
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/saved", t.root);
+  EXPECT_ERR(VLM_EINVAL, vlm_db_salvage(t.root, dst, NULL, NULL, NULL));
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_salvage(t.root, dst, NULL, NULL, &res));
+  struct stat st;
+  assert_int_equal(stat(dst, &st), -1);
   tmp_free(&t);
 }
 
@@ -5953,6 +6115,11 @@ int main(void) {
       cmocka_unit_test_teardown(test_path_and_payload_limits, teardown_tmp),
       cmocka_unit_test_teardown(test_checkpoint_mismatches, teardown_tmp),
       cmocka_unit_test_teardown(test_read_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_field_values_of_every_json_type,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_field_specs, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_without_words, teardown_tmp),
+      cmocka_unit_test_teardown(test_pairs_and_salvage_refusals, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
