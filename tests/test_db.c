@@ -5631,6 +5631,192 @@ static void test_pairs_and_salvage_refusals(void **state) {
   tmp_free(&t);
 }
 
+/* Records written before records carried checksums (the checksum flag
+ * clear) are judged by their contents: a test makes such records by
+ * clearing the flag, then damages one part of each.  The index side
+ * leaves a non-finite stored vector out (with a warning), searches never
+ * rank it, get still reads an old record whole, and salvage leaves each
+ * damaged record behind saying what is wrong with it. */
+typedef enum { OLD_PLAIN, OLD_NAN, OLD_LONG, OLD_CAPTION, OLD_SOURCE,
+               OLD_META, OLD_THUMB } old_damage;
+
+static void make_old_record(const char *dir, const char *key, old_damage d) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/payload.lmdb", dir);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi keys, items, vecs;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  mdb_env_set_mapsize(env, 64ull << 30);
+  assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "keys", 0, &keys), 0);
+  assert_int_equal(mdb_dbi_open(txn, "items", MDB_INTEGERKEY, &items), 0);
+  assert_int_equal(mdb_dbi_open(txn, "vecs", MDB_INTEGERKEY, &vecs), 0);
+  MDB_val k = {strlen(key), (void *)key}, v;
+  assert_int_equal(mdb_get(txn, keys, &k, &v), 0);
+  uint64_t id;
+  memcpy(&id, v.mv_data, 8);
+  MDB_val ik = {8, &id};
+  assert_int_equal(mdb_get(txn, items, &ik, &v), 0);
+  uint8_t *rec = malloc(v.mv_size);
+  size_t len = v.mv_size;
+  memcpy(rec, v.mv_data, len);
+  uint32_t hdr[10];
+  memcpy(hdr, rec, sizeof hdr);
+  hdr[1] &= ~0x20u; /* no checksum */
+  hdr[9] = 0;
+  memcpy(rec, hdr, sizeof hdr);
+  uint8_t *caption = rec + 40 + hdr[4], *source = caption + hdr[5],
+          *meta = source + hdr[6], *thumb = meta + hdr[7];
+  switch (d) {
+  case OLD_CAPTION: caption[0] = 0xff; break;
+  case OLD_SOURCE: source[0] = 0xff; break;
+  case OLD_META: meta[0] = '['; break;
+  case OLD_THUMB: thumb[0] = 'J'; break;
+  default: break;
+  }
+  v.mv_size = len;
+  v.mv_data = rec;
+  assert_int_equal(mdb_put(txn, items, &ik, &v, 0), 0);
+  free(rec);
+  if (d == OLD_NAN || d == OLD_LONG) {
+    assert_int_equal(mdb_get(txn, vecs, &ik, &v), 0);
+    float *vec = malloc(v.mv_size);
+    size_t vlen = v.mv_size;
+    memcpy(vec, v.mv_data, vlen);
+    if (d == OLD_NAN)
+      vec[2] = NAN; /* the first vector's first value */
+    else
+      for (int i = 2; i < 2 + DIM; i++)
+        vec[i] *= 2;
+    v.mv_size = vlen;
+    v.mv_data = vec;
+    assert_int_equal(mdb_put(txn, vecs, &ik, &v, 0), 0);
+    free(vec);
+  }
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+}
+
+static char all_warnings[4096];
+
+static void keep_warnings(void *arg, const char *msg) {
+  (void)arg;
+  size_t n = strlen(all_warnings);
+  snprintf(all_warnings + n, sizeof all_warnings - n, "%s\n", msg);
+}
+
+static char lost_why[8][64];
+static int nlost;
+
+static void note_lost(void *arg, const char *key, uint64_t id,
+                      const char *why) {
+  (void)arg;
+  (void)id;
+  if (nlost < 8)
+    snprintf(lost_why[nlost++], sizeof lost_why[0], "%s: %s", key ? key : "?",
+             why);
+}
+
+static void test_records_without_checksums(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 20, DIM, 1009);
+  for (int i = 0; i < 20; i++)
+    c.has_img[i] = 1;
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  static const uint8_t jpeg[8] = {0xff, 0xd8, 0xff, 0xe0, 0, 0, 0xff, 0xd9};
+  vlm_item items[20];
+  for (int i = 0; i < 20; i++) {
+    items[i] = corpus_item(&c, i);
+    items[i].source = "file.jpg";
+    items[i].thumb = jpeg;
+    items[i].thumb_len = sizeof jpeg;
+  }
+  CHECK(vlm_db_put(db, items, 10, 0, NULL));
+  CHECK(vlm_db_checkpoint(db));
+  CHECK(vlm_db_put(db, items + 10, 10, 0, NULL)); /* after the checkpoint */
+  vlm_db_close(db);
+  static const struct {
+    int item;
+    old_damage d;
+    const char *why;
+  } old[] = {
+      {2, OLD_PLAIN, NULL},
+      {3, OLD_LONG, "not of unit length"},
+      {11, OLD_NAN, "not finite"},
+      {12, OLD_CAPTION, "caption is not UTF-8"},
+      {13, OLD_SOURCE, "source is not UTF-8"},
+      {14, OLD_META, "meta is not a JSON object"},
+      {15, OLD_THUMB, "thumbnail is not JPEG data"},
+  };
+  int nold = (int)(sizeof old / sizeof old[0]);
+  for (int i = 0; i < nold; i++)
+    make_old_record(t.dir, c.key[old[i].item], old[i].d);
+  /* the index files gone: the open rebuilds them from the records */
+  char cmd[2 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "rm -f '%s'/*.faiss", t.dir);
+  assert_int_equal(system(cmd), 0);
+  all_warnings[0] = '\0';
+  vlm_db_open_options oo = {.warn = keep_warnings};
+  db = NULL;
+  CHECK(vlm_db_open(t.dir, &oo, &db));
+  if (!strstr(all_warnings, "vector is not finite; left"))
+    fail_msg("no warning for the non-finite vector: \"%s\"", all_warnings);
+  /* never ranked, by the index or the exact scan */
+  for (int exact = 0; exact < 2; exact++) {
+    vlm_search_options o = {.k = 20, .exact = exact,
+                            .target = VLM_TARGET_IMAGE};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    CHECK(vlm_db_search(db, c.img + 11 * DIM, &o, &hits, &nh));
+    for (int h = 0; h < nh; h++)
+      if (!strcmp(hits[h].key, c.key[11]))
+        fail_msg("%s search ranked the non-finite vector",
+                 exact ? "exact" : "index");
+    assert_int_equal(nh, 19);
+    vlm_hits_free(hits, nh);
+  }
+  /* an old record without damage reads whole; verify names damage */
+  sf_caption_is(db, c.key[2], c.caption[2]);
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_verify(db));
+  vlm_db_close(db);
+  /* salvage leaves each damaged record behind, saying why */
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/saved", t.root);
+  vlm_db_salvage_result res;
+  nlost = 0;
+  CHECK(vlm_db_salvage(t.dir, dst, note_lost, NULL, &res));
+  assert_int_equal(res.records, 20);
+  assert_int_equal(res.saved, 20 - (nold - 1));
+  assert_int_equal(res.lost, nold - 1);
+  for (int i = 1; i < nold; i++) {
+    int found = 0;
+    for (int j = 0; j < nlost; j++)
+      found |= strstr(lost_why[j], c.key[old[i].item]) &&
+               strstr(lost_why[j], old[i].why);
+    if (!found)
+      fail_msg("salvage did not report %s (%s)", c.key[old[i].item],
+               old[i].why);
+  }
+  /* the damaged item can still be deleted from the original */
+  db = open_db(t.dir);
+  const char *gone = c.key[11];
+  int deleted = 0;
+  CHECK(vlm_db_delete(db, &gone, 1, &deleted));
+  assert_int_equal(deleted, 1);
+  vlm_db_close(db);
+  db = open_db(dst);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -6120,6 +6306,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_field_specs, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_without_words, teardown_tmp),
       cmocka_unit_test_teardown(test_pairs_and_salvage_refusals, teardown_tmp),
+      cmocka_unit_test_teardown(test_records_without_checksums, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
