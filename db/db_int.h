@@ -488,11 +488,15 @@ extern void (*vlm__test_hook)(const char *where, vlm_db *db);
  * transaction or a cursor over a table), "lmdb-write" (every put and
  * delete a batch stages in LMDB), "sql-write" (every SQLite
  * statement that writes rows: batches, replay, rebuild), "index-add"
- * (vectors added to an in-memory index). */
+ * (vectors added to an in-memory index), "file-write" (the files vlmdb
+ * writes itself: manifests, index checkpoints, backup copies). */
 extern int (*vlm__test_fault)(const char *where);
 #define VLM__FAULT(where) (vlm__test_fault && vlm__test_fault(where))
 /* call, or EIO (an LMDB or errno code) when the fault point where fires. */
 #define VLM__STORE(where, call) (VLM__FAULT(where) ? EIO : (call))
+/* write(2), or -1 with errno EIO when the fault point where fires. */
+#define VLM__WRITE(where, fd, buf, n)                                      \
+  (VLM__FAULT(where) ? (errno = EIO, (ssize_t)-1) : write(fd, buf, n))
 /* vlm_index_add, or VLM_EIO with its message when "index-add" fires. */
 #define VLM__INDEX_ADD(ix, n, vecs, ids)                                   \
   (VLM__FAULT("index-add")                                                 \

@@ -729,7 +729,9 @@ static int checkpoint_locked(vlm_db *db, int force) {
      * lends an HNSW index a search's efSearch for the duration of that
      * search, so a concurrent write could save the borrowed value. */
     pthread_rwlock_wrlock(&db->index_lock);
-    rc = vlm_index_write(vx->index, path);
+    rc = VLM__FAULT("file-write")
+             ? vlm_seterr(VLM_EIO, "%s: write: I/O error (test fault)", path)
+             : vlm_index_write(vx->index, path);
     c->seq = db->ix_seq;
     c->upto = vx->upto;
     pthread_rwlock_unlock(&db->index_lock);

@@ -5817,6 +5817,84 @@ static void test_records_without_checksums(void **state) {
   tmp_free(&t);
 }
 
+/* Files vlmdb writes itself failing ("file-write": an index checkpoint,
+ * the manifest, a backup's copies of the payload store, meta.sqlite and
+ * the index files, each write in turn): a checkpoint fails with VLM_EIO
+ * and the previous one stays in force, a backup fails with VLM_EIO and
+ * leaves nothing at or beside its destination, a close whose checkpoint
+ * fails warns, and every reopen finds every item. */
+static void expect_no_creating(const char *dir) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d));)
+    if (strstr(e->d_name, "creating"))
+      fail_msg("%s/%s was left behind", dir, e->d_name);
+  closedir(d);
+}
+
+static void test_file_write_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 200, DIM, 1019);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  corpus_put(db, &c, 0, 50, 50);
+  CHECK(vlm_db_checkpoint(db));
+  int next = 50, faults = 0;
+  for (int op = 0; op < 2; op++) {
+    for (int n = 1;; n++) {
+      char dst[PATH_MAX];
+      snprintf(dst, sizeof dst, "%s/copy-%d-%d", t.root, op, n);
+      if (op == 0)
+        corpus_put(db, &c, next, next + 5, 5), next += 5;
+      nth_arm("file-write", n);
+      int rc = op == 0 ? vlm_db_checkpoint(db) : vlm_db_backup(db, dst, NULL);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!reached) {
+        if (rc)
+          fail_msg("%s: %s", op ? "backup" : "checkpoint", vlm_errmsg());
+        break;
+      }
+      faults++;
+      if (rc != VLM_EIO)
+        fail_msg("%s with file-write #%d: %d (%s): %s",
+                 op ? "backup" : "checkpoint", n, rc, vlm_errname(rc),
+                 vlm_errmsg());
+      struct stat st;
+      if (op == 1 && stat(dst, &st) == 0)
+        fail_msg("a failed backup left %s", dst);
+      expect_no_creating(t.root);
+      CHECK(vlm_db_verify(db));
+      expect_index_matches_exact(db, &c);
+      assert_true(n < 50);
+    }
+  }
+  assert_true(faults >= 4);
+  /* a close whose checkpoint fails: a warning, and the next open catches
+   * the index up from the payload store */
+  corpus_put(db, &c, next, next + 5, 5);
+  next += 5;
+  nth_arm("file-write", -1);
+  warnings = 0;
+  vlm_db_close(db);
+  nth_disarm();
+  if (!warnings || !strstr(last_warning, "checkpoint at close"))
+    fail_msg("close with a failing checkpoint: \"%s\"", last_warning);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, next);
+  expect_index_matches_exact(db, &c);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -6307,6 +6385,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_hybrid_without_words, teardown_tmp),
       cmocka_unit_test_teardown(test_pairs_and_salvage_refusals, teardown_tmp),
       cmocka_unit_test_teardown(test_records_without_checksums, teardown_tmp),
+      cmocka_unit_test_teardown(test_file_write_faults, teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
