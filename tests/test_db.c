@@ -5050,6 +5050,19 @@ static void test_sql_vfs_passes_through(void **state) {
   assert_non_null(h);
   assert_non_null(v->xDlSym(v, h, "sqlite3_libversion"));
   v->xDlClose(v, h);
+  /* memory-mapped reads are refused (they would bypass the check): with
+   * mmap asked for, pages still come through xRead, whole */
+  assert_int_equal(sqlite3_exec(s, "PRAGMA mmap_size = 1048576; "
+                                "CREATE TABLE t(x); "
+                                "INSERT INTO t VALUES (42), (43);",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT sum(x) FROM t", -1, &st,
+                                      NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), 85);
+  sqlite3_finalize(st);
   /* the file methods it does not check: the lock and sector size */
   sqlite3_file *fp = NULL;
   assert_int_equal(sqlite3_file_control(s, "main", SQLITE_FCNTL_FILE_POINTER,
@@ -5895,6 +5908,86 @@ static void test_file_write_faults(void **state) {
   tmp_free(&t);
 }
 
+/* A create killed part-way leaves a .NAME.creating-PID sibling; the next
+ * create of NAME removes it once its process is gone, and keeps a live
+ * process's (that create may still win the rename). */
+static void test_stale_creating_siblings(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  pid_t dead = fork();
+  assert_true(dead >= 0);
+  if (dead == 0)
+    _exit(0);
+  assert_int_equal(waitpid(dead, NULL, 0), dead);
+  char stale[PATH_MAX], live[PATH_MAX], file[PATH_MAX + 16];
+  snprintf(stale, sizeof stale, "%s/.db.creating-%d", t.root, (int)dead);
+  snprintf(live, sizeof live, "%s/.db.creating-1", t.root); /* init lives */
+  assert_int_equal(mkdir(stale, 0755), 0);
+  assert_int_equal(mkdir(live, 0755), 0);
+  snprintf(file, sizeof file, "%s/meta.sqlite", stale);
+  f_write_text(file, "half made");
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  struct stat st;
+  if (stat(stale, &st) == 0)
+    fail_msg("%s (a dead process's) is still there", stale);
+  assert_int_equal(stat(live, &st), 0);
+  assert_int_equal(rmdir(live), 0);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* meta.sqlite without its batch number (its state row deleted): a
+ * read-only open names the damage; a writer's open rebuilds it from the
+ * payload store, with a warning, and nothing is lost. */
+static void test_meta_without_sequence_number(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 20, DIM, 1029);
+  corpus_put(db, &c, 0, 20, 10);
+  vlm_db_close(db);
+  char sqlpath[PATH_MAX];
+  snprintf(sqlpath, sizeof sqlpath, "%s/meta.sqlite", t.dir);
+  sqlite3 *s;
+  assert_int_equal(sql_open_rw(sqlpath, &s), SQLITE_OK);
+  /* (a new page size would move the page checksums: the VFS keeps it) */
+  sqlite3_stmt *st;
+  int before = -1, after = -2;
+  assert_int_equal(sqlite3_prepare_v2(s, "PRAGMA page_size", -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  before = sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  sqlite3_exec(s, "PRAGMA page_size = 65536; VACUUM", NULL, NULL, NULL);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  after = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  assert_int_equal(after, before);
+  assert_int_equal(sqlite3_exec(s, "DELETE FROM vlm_state WHERE name = 'seq'",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(s);
+  vlm_db_open_options ro = {.readonly = 1};
+  db = NULL;
+  int rc = vlm_db_open(t.dir, &ro, &db);
+  if (rc != VLM_ECORRUPT || !strstr(vlm_errmsg(), "no sequence number"))
+    fail_msg("read-only open: %d (%s): %s", rc, vlm_errname(rc),
+             vlm_errmsg());
+  warnings = 0;
+  db = open_db(t.dir);
+  if (!warnings || !strstr(last_warning, "meta.sqlite"))
+    fail_msg("writer open: no warning (%s)", last_warning);
+  CHECK(vlm_db_verify(db));
+  assert_int_equal(cf_count(db, "year > 0"), 20);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -6386,6 +6479,9 @@ int main(void) {
       cmocka_unit_test_teardown(test_pairs_and_salvage_refusals, teardown_tmp),
       cmocka_unit_test_teardown(test_records_without_checksums, teardown_tmp),
       cmocka_unit_test_teardown(test_file_write_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_stale_creating_siblings, teardown_tmp),
+      cmocka_unit_test_teardown(test_meta_without_sequence_number,
+                                teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))
