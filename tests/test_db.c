@@ -5988,6 +5988,133 @@ static void test_meta_without_sequence_number(void **state) {
   tmp_free(&t);
 }
 
+/* A payload store that is not what the manifest promises: missing, an
+ * LMDB file without vlmdb's tables, a batch number of the wrong size: each
+ * open is refused with VLM_ECORRUPT saying what is wrong.  A batch number
+ * behind meta.sqlite's is refused read-only and makes a writer rebuild
+ * meta.sqlite from the records.  A log entry of the wrong size that
+ * the open needs for its replay makes it rebuild meta.sqlite from the
+ * records instead, with a warning, nothing lost. */
+static void raw_state_put(const char *dir, const char *table,
+                          const void *key, size_t klen, const void *val,
+                          size_t vlen, int del) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/payload.lmdb", dir);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  mdb_env_set_mapsize(env, 64ull << 30);
+  assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, table,
+                                strcmp(table, "log") ? 0 : MDB_INTEGERKEY,
+                                &dbi),
+                   0);
+  MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+  assert_int_equal(del ? mdb_del(txn, dbi, &k, NULL)
+                       : mdb_put(txn, dbi, &k, &v, 0),
+                   0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+}
+
+static void expect_open_corrupt(const char *dir, const char *words) {
+  vlm_db *db = NULL;
+  vlm_db_open_options o = {.warn = count_warning};
+  int rc = vlm_db_open(dir, &o, &db);
+  if (rc != VLM_ECORRUPT || !strstr(vlm_errmsg(), words))
+    fail_msg("open: %d (%s): %s; expected VLM_ECORRUPT \"%s\"", rc,
+             vlm_errname(rc), vlm_errmsg(), words);
+  assert_null(db);
+}
+
+static void test_damaged_payload_store(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 20, DIM, 1039);
+  char cmd[4 * PATH_MAX];
+  for (int trial = 0; trial < 5; trial++) {
+    rm_rf(t.dir);
+    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    corpus_put(db, &c, 0, 10, 10);
+    if (trial == 4) { /* payload.lmdb a batch ahead, as after a crash */
+      vlm__test_fault = fault_here;
+      fault_at[0] = "sql-commit";
+      fault_at[1] = "sql-replay";
+      vlm_item it = corpus_item(&c, 10);
+      assert_true(vlm_db_put(db, &it, 1, 0, NULL) < 0);
+      fault_at[0] = fault_at[1] = NULL;
+      vlm__test_fault = NULL;
+    }
+    vlm_db_close(db);
+    uint32_t four = 7;
+    uint64_t seq = 2;
+    switch (trial) {
+    case 0:
+      snprintf(cmd, sizeof cmd, "rm -rf '%s/payload.lmdb'", t.dir);
+      assert_int_equal(system(cmd), 0);
+      expect_open_corrupt(t.dir, "missing");
+      break;
+    case 1: { /* an LMDB environment without vlmdb's tables */
+      snprintf(cmd, sizeof cmd, "rm -rf '%s/payload.lmdb' && mkdir '%s/"
+               "payload.lmdb'", t.dir, t.dir);
+      assert_int_equal(system(cmd), 0);
+      char path[PATH_MAX];
+      snprintf(path, sizeof path, "%s/payload.lmdb", t.dir);
+      MDB_env *env;
+      assert_int_equal(mdb_env_create(&env), 0);
+      assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+      mdb_env_close(env);
+      expect_open_corrupt(t.dir, "lmdb tables missing");
+      break;
+    }
+    case 2:
+      raw_state_put(t.dir, "state", "seq", 3, &four, sizeof four, 0);
+      expect_open_corrupt(t.dir, "lmdb state seq: bad size");
+      break;
+    case 3: { /* no batch number: 0, behind meta.sqlite's */
+      raw_state_put(t.dir, "state", "seq", 3, NULL, 0, 1);
+      vlm_db_open_options ro = {.readonly = 1};
+      db = NULL;
+      EXPECT_ERR(VLM_ECORRUPT, vlm_db_open(t.dir, &ro, &db));
+      assert_non_null(strstr(vlm_errmsg(), "payload.lmdb only at 0"));
+      /* a writer trusts the payload store and rebuilds meta.sqlite */
+      all_warnings[0] = '\0';
+      vlm_db_open_options wo = {.warn = keep_warnings};
+      db = NULL;
+      CHECK(vlm_db_open(t.dir, &wo, &db));
+      if (!strstr(all_warnings, "ahead of the payload store"))
+        fail_msg("writer open: \"%s\"", all_warnings);
+      CHECK(vlm_db_verify(db));
+      assert_int_equal(cf_count(db, "year > 0"), 10);
+      vlm_db_close(db);
+      break;
+    }
+    case 4: { /* the replay's log entry cut short */
+      char bad[5] = {0};
+      raw_state_put(t.dir, "log", &seq, sizeof seq, bad, sizeof bad, 0);
+      all_warnings[0] = '\0';
+      vlm_db_open_options wo = {.warn = keep_warnings};
+      db = NULL;
+      CHECK(vlm_db_open(t.dir, &wo, &db));
+      if (!strstr(all_warnings, "could not be replayed") ||
+          !strstr(all_warnings, "bad size"))
+        fail_msg("open with a damaged log entry: \"%s\"", all_warnings);
+      CHECK(vlm_db_verify(db));
+      assert_int_equal(cf_count(db, "year > 0"), 11);
+      vlm_db_close(db);
+      break;
+    }
+    }
+  }
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -6480,6 +6607,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_records_without_checksums, teardown_tmp),
       cmocka_unit_test_teardown(test_file_write_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_stale_creating_siblings, teardown_tmp),
+      cmocka_unit_test_teardown(test_damaged_payload_store, teardown_tmp),
       cmocka_unit_test_teardown(test_meta_without_sequence_number,
                                 teardown_tmp),
   };
