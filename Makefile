@@ -32,6 +32,14 @@ else ifeq ($(SAN),tsan)
   OPT      = -O1
 endif
 
+# Coverage builds (`make coverage`): forked test children leave by _exit,
+# which skips gcov's exit handler, so the test programs link with
+# --wrap=_exit and tests/util's __wrap__exit writes their counts first.
+ifneq ($(findstring --coverage,$(SANFLAGS)),)
+  CFLAGS        += -DVLM_TEST_COVERAGE
+  TEST_LDFLAGS   = -Wl,--wrap=_exit
+endif
+
 CFLAGS   += $(CSTD) $(OPT) -g $(ARCH) $(WARN) $(INCLUDES) $(PKG_CFLAGS) $(SANFLAGS) -pthread
 CXXFLAGS += -std=c++17 $(OPT) -g $(ARCH) -Wall -Wextra -Iindex -Iembed $(SANFLAGS) -pthread
 LDFLAGS  += $(SANFLAGS) -pthread
@@ -102,11 +110,11 @@ CLI_LIB_OBJ = $(filter-out $(BUILD)/obj/cli/main.o,$(CLI_OBJ))
 
 $(BUILD)/test_%: tests/test_%.c $(BUILD)/libvlm.a $(CLI_LIB_OBJ) $(TEST_UTIL_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_UTIL_OBJ) $(CLI_LIB_OBJ) $(BUILD)/libvlm.a $(LDFLAGS) $(LIBS) $(TEST_LIBS)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_UTIL_OBJ) $(CLI_LIB_OBJ) $(BUILD)/libvlm.a $(LDFLAGS) $(TEST_LDFLAGS) $(LIBS) $(TEST_LIBS)
 
 $(BUILD)/helpers/%: tests/helpers/%.c $(BUILD)/libvlm.a $(TEST_UTIL_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_UTIL_OBJ) $(BUILD)/libvlm.a $(LDFLAGS) $(LIBS) $(TEST_LIBS)
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(TEST_UTIL_OBJ) $(BUILD)/libvlm.a $(LDFLAGS) $(TEST_LDFLAGS) $(LIBS) $(TEST_LIBS)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libvlm.a
 	@mkdir -p $(dir $@)

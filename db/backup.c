@@ -64,7 +64,7 @@ static int copy_fd(int fd, const char *path) {
     if (n == 0)
       break;
     for (ssize_t w = 0; w < n;) {
-      ssize_t k = write(out, buf + w, (size_t)(n - w));
+      ssize_t k = VLM__WRITE("file-write", out, buf + w, (size_t)(n - w));
       if (k < 0 && errno == EINTR)
         continue;
       if (k < 0) {
@@ -132,7 +132,7 @@ static int copy_sql(sqlite3 *src, const char *path) {
   }
   /* One step: the whole file from the source's open read transaction
    * (a step at a time would restart when the writer commits). */
-  int s = sqlite3_backup_step(b, -1);
+  int s = VLM__FAULT("file-write") ? SQLITE_IOERR : sqlite3_backup_step(b, -1);
   int f = sqlite3_backup_finish(b);
   if (s != SQLITE_DONE)
     rc = vlm__sql_err(dst, s == SQLITE_OK ? SQLITE_ERROR : s,
@@ -274,7 +274,8 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
                     strerror(errno));
     goto done;
   }
-  int mrc = mdb_env_copy2(db->lm.env, path, MDB_CP_COMPACT);
+  int mrc = VLM__STORE("file-write",
+                       mdb_env_copy2(db->lm.env, path, MDB_CP_COMPACT));
   if (mrc) {
     rc = mrc == ENOSPC ? vlm_seterr(VLM_ENOSPACE, "backup: %s: %s", path,
                                     strerror(mrc))

@@ -502,7 +502,7 @@ static void db_free(vlm_db *db) {
 static int count_keys(vlm_db *db, int64_t *items) {
   MDB_txn *txn;
   MDB_stat st;
-  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
   if (rc)
     return vlm__lmdb_err(rc, db->dir);
   rc = vlm__mdb_stat(txn, db->lm.keys, &st);
@@ -592,7 +592,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
 again:
   {
     MDB_txn *txn;
-    int mrc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+    int mrc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
     if (mrc) {
       rc = vlm__lmdb_err(mrc, dir);
       goto fail;
@@ -924,7 +924,7 @@ static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
   int rc = writable(db);
   if (rc)
     return rc;
-  int mrc = mdb_txn_begin(db->lm.env, NULL, 0, txn);
+  int mrc = VLM__STORE("lmdb-begin", mdb_txn_begin(db->lm.env, NULL, 0, txn));
   if (mrc) {
     *txn = NULL;
     return vlm__lmdb_err(mrc, what);
@@ -1120,17 +1120,17 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
   if ((rc = vlm__vecs_encode(b->vbuf, it, dim, b->vecs, &vlen)))
     return rc;
   v.mv_size = vlm__rec_size(klen, it);
-  if ((mrc = vlm__mdb_put(b->txn, db->lm.items, &ik, &v, MDB_RESERVE)))
+  if ((mrc = VLM__STORE("lmdb-write", vlm__mdb_put(b->txn, db->lm.items, &ik, &v, MDB_RESERVE))))
     return vlm__lmdb_err(mrc, it->key);
   vlm__rec_encode(v.mv_data, vf, b->seq, it->key, klen, it);
   vlm__rec_seal(v.mv_data, v.mv_size, b->vbuf, vlen);
   v.mv_size = vlen;
   v.mv_data = b->vbuf;
-  if ((mrc = vlm__mdb_put(b->txn, db->lm.vecs, &ik, &v, 0)))
+  if ((mrc = VLM__STORE("lmdb-write", vlm__mdb_put(b->txn, db->lm.vecs, &ik, &v, 0))))
     return vlm__lmdb_err(mrc, it->key);
   v.mv_size = 8;
   v.mv_data = &id;
-  if ((mrc = vlm__mdb_put(b->txn, db->lm.keys, &k, &v, 0)))
+  if ((mrc = VLM__STORE("lmdb-write", vlm__mdb_put(b->txn, db->lm.keys, &k, &v, 0))))
     return vlm__lmdb_err(mrc, it->key);
   if (old_id) {
     MDB_val ok = {sizeof old_id, &old_id}, ov;
@@ -1139,9 +1139,9 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
       b->d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
       b->d_vecs[1] -= !!(of & VLM__HAS_TEXT);
     }
-    if (((mrc = vlm__mdb_del(b->txn, db->lm.items, &ok, NULL)) &&
+    if (((mrc = VLM__STORE("lmdb-write", vlm__mdb_del(b->txn, db->lm.items, &ok, NULL))) &&
          mrc != MDB_NOTFOUND) ||
-        ((mrc = vlm__mdb_del(b->txn, db->lm.vecs, &ok, NULL)) &&
+        ((mrc = VLM__STORE("lmdb-write", vlm__mdb_del(b->txn, db->lm.vecs, &ok, NULL))) &&
          mrc != MDB_NOTFOUND))
       return vlm__lmdb_err(mrc, it->key);
   } else {
@@ -1242,10 +1242,10 @@ static int stage_delete(vlm_db *db, batch *b, const char *key,
     b->d_vecs[0] -= !!(of & VLM__HAS_IMAGE);
     b->d_vecs[1] -= !!(of & VLM__HAS_TEXT);
   }
-  if ((mrc = vlm__mdb_del(b->txn, db->lm.keys, &k, NULL)) ||
-      ((mrc = vlm__mdb_del(b->txn, db->lm.items, &ik, NULL)) &&
+  if ((mrc = VLM__STORE("lmdb-write", vlm__mdb_del(b->txn, db->lm.keys, &k, NULL))) ||
+      ((mrc = VLM__STORE("lmdb-write", vlm__mdb_del(b->txn, db->lm.items, &ik, NULL))) &&
        mrc != MDB_NOTFOUND) ||
-      ((mrc = vlm__mdb_del(b->txn, db->lm.vecs, &ik, NULL)) &&
+      ((mrc = VLM__STORE("lmdb-write", vlm__mdb_del(b->txn, db->lm.vecs, &ik, NULL))) &&
        mrc != MDB_NOTFOUND))
     return vlm__lmdb_err(mrc, key);
   b->d_items--;
@@ -1270,7 +1270,7 @@ static int batch_commit(vlm_db *db, batch *b) {
     return rc;
   MDB_val lk = {sizeof b->seq, &b->seq},
           lv = {(size_t)b->nch * sizeof *b->ch, b->ch};
-  if ((mrc = vlm__mdb_put(b->txn, db->lm.log, &lk, &lv, 0)))
+  if ((mrc = VLM__STORE("lmdb-write", vlm__mdb_put(b->txn, db->lm.log, &lk, &lv, 0))))
     return vlm__lmdb_err(mrc, "log");
   if ((rc = vlm__lmdb_put_u64(&db->lm, b->txn, "seq", b->seq)) ||
       (rc = vlm__lmdb_put_u64(&db->lm, b->txn, "next_id", b->next_id)) ||
@@ -1578,7 +1578,7 @@ int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
   int rc = begin_read(db, &r);
   if (rc)
     return rc;
-  if ((rc = vlm__mdb_cursor_open(r->txn, db->lm.keys, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(r->txn, db->lm.keys, &cur)))) {
     rc = vlm__lmdb_err(rc, "foreach");
     goto done;
   }
@@ -1620,7 +1620,7 @@ int vlm_db_scan(vlm_db *db, uint64_t cursor, int count, char ***keys, int *n,
     free(out);
     return rc;
   }
-  if ((rc = vlm__mdb_cursor_open(r->txn, db->lm.items, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(r->txn, db->lm.items, &cur)))) {
     rc = vlm__lmdb_err(rc, "scan");
     goto done;
   }
@@ -1753,9 +1753,11 @@ int vlm_db_rebuild_meta(vlm_db *db) {
     vlm__reader_free(r);
   }
   pthread_mutex_unlock(&db->pool_mu);
+  /* A rebuild that fails half-way leaves meta.sqlite without the rows:
+   * writes are refused until a reopen repairs it, as after a failed
+   * commit. */
   int rc = vlm__sql_rebuild(db, db->pub_seq);
-  if (!rc)
-    __atomic_store_n(&db->broken, 0, __ATOMIC_RELEASE);
+  __atomic_store_n(&db->broken, rc != 0, __ATOMIC_RELEASE);
   vlm__write_unlock(db);
   return rc;
 }

@@ -33,6 +33,7 @@
 #define VLM_DB_INT_H
 
 #include <assert.h>
+#include <errno.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <sqlite3.h>
@@ -487,9 +488,26 @@ extern void (*vlm__test_hook)(const char *where, vlm_db *db);
  * fault would ("lmdb-commit", "sql-commit", "sql-replay"; "planner-short":
  * a filtered walk found too few, "planner-missed": the sample check found
  * a better match it missed), so that every branch runs in `make test`
- * without a broken disk or unlucky data. */
+ * without a broken disk or unlucky data.  The store calls of a batch and
+ * of the stores' upkeep fail through VLM__STORE / VLM__SQL_STEP as an I/O
+ * error would: "lmdb-begin" (a write transaction), "lmdb-read" (a read
+ * transaction or a cursor over a table), "lmdb-write" (every put and
+ * delete a batch stages in LMDB), "sql-write" (every SQLite
+ * statement that writes rows: batches, replay, rebuild), "index-add"
+ * (vectors added to an in-memory index), "file-write" (the files vlmdb
+ * writes itself: manifests, index checkpoints, backup copies). */
 extern int (*vlm__test_fault)(const char *where);
 #define VLM__FAULT(where) (vlm__test_fault && vlm__test_fault(where))
+/* call, or EIO (an LMDB or errno code) when the fault point where fires. */
+#define VLM__STORE(where, call) (VLM__FAULT(where) ? EIO : (call))
+/* write(2), or -1 with errno EIO when the fault point where fires. */
+#define VLM__WRITE(where, fd, buf, n)                                      \
+  (VLM__FAULT(where) ? (errno = EIO, (ssize_t)-1) : write(fd, buf, n))
+/* vlm_index_add, or VLM_EIO with its message when "index-add" fires. */
+#define VLM__INDEX_ADD(ix, n, vecs, ids)                                   \
+  (VLM__FAULT("index-add")                                                 \
+       ? vlm_seterr(VLM_EIO, "index add: I/O error (test fault)")          \
+       : vlm_index_add(ix, n, vecs, ids))
 
 /* Building a database beside its final name (db.c): PARENT/.NAME.creating-
  * PID, emptied and removed on failure, renamed onto NAME when whole. */

@@ -357,7 +357,7 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
   }
   size_t len = strlen(text), off = 0;
   while (off < len) {
-    ssize_t w = write(fd, text + off, len - off);
+    ssize_t w = VLM__WRITE("file-write", fd, text + off, len - off);
     if (w < 0 && errno == EINTR)
       continue;
     if (w < 0) {

@@ -258,7 +258,7 @@ void vlm__sql_rollback(vlm_db *db) {
 }
 
 static int step_done(vlm_db *db, sqlite3_stmt *st, const char *what) {
-  int rc = sqlite3_step(st);
+  int rc = VLM__FAULT("sql-write") ? SQLITE_IOERR : sqlite3_step(st);
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   if (rc != SQLITE_DONE)
@@ -397,7 +397,7 @@ int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
   vlm__change *ch = NULL;
   vlm__sql_change *rows = NULL;
   size_t nch = 0, nrows = 0;
-  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
   if (rc)
     return vlm__lmdb_err(rc, "replay");
   if ((rc = vlm__sql_begin(db)))
@@ -484,7 +484,7 @@ int vlm__sql_rebuild(vlm_db *db, uint64_t seq) {
   if ((rc = vlm__sql_create(path, &db->man)) ||
       (rc = vlm__sql_open_writer(db)))
     return rc;
-  if ((rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn)))
+  if ((rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn))))
     return vlm__lmdb_err(rc, "rebuilding meta.sqlite");
   if (!(rows = calloc(REBUILD_CHUNK, sizeof *rows))) {
     rc = vlm_seterr(VLM_ENOMEM, "rebuilding meta.sqlite");
@@ -492,7 +492,7 @@ int vlm__sql_rebuild(vlm_db *db, uint64_t seq) {
   }
   if ((rc = vlm__sql_begin(db)))
     goto done;
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.items, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.items, &cur)))) {
     rc = vlm__lmdb_err(rc, "rebuilding meta.sqlite");
     goto done;
   }
@@ -654,8 +654,10 @@ int vlm__reader_get(vlm_db *db, int need_sql, vlm__reader **out) {
 }
 
 int vlm__reader_txn(vlm_db *db, vlm__reader *r, const char *what) {
-  int mrc = r->txn ? mdb_txn_renew(r->txn)
-                   : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &r->txn);
+  int mrc = VLM__STORE("lmdb-read",
+                       r->txn ? mdb_txn_renew(r->txn)
+                              : mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY,
+                                              &r->txn));
   if (!mrc)
     return 0;
   if (r->txn)

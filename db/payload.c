@@ -170,7 +170,7 @@ int vlm__lmdb_get_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
 int vlm__lmdb_put_u64(vlm__lmdb *lm, MDB_txn *txn, const char *name,
                       uint64_t value) {
   MDB_val k = {strlen(name), (void *)name}, v = {8, &value};
-  int rc = vlm__mdb_put(txn, lm->state, &k, &v, 0);
+  int rc = VLM__STORE("lmdb-write", vlm__mdb_put(txn, lm->state, &k, &v, 0));
   return rc ? vlm__lmdb_err(rc, name) : 0;
 }
 

@@ -144,7 +144,7 @@ static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
   }
   MDB_cursor *cur;
   MDB_val k = {sizeof lo, &lo}, v;
-  if ((rc = vlm__mdb_cursor_open(s->r->txn, lm->vecs, &cur)))
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(s->r->txn, lm->vecs, &cur))))
     return vlm__lmdb_err(rc, "vecs");
   for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
        rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {

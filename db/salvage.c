@@ -228,7 +228,7 @@ int vlm_db_salvage(const char *src, const char *dst,
     rc = vlm_seterr(VLM_ENOMEM, "salvage");
     goto done;
   }
-  int mrc = mdb_txn_begin(lm.env, NULL, MDB_RDONLY, &txn);
+  int mrc = VLM__STORE("lmdb-read", mdb_txn_begin(lm.env, NULL, MDB_RDONLY, &txn));
   if (mrc) {
     rc = vlm__lmdb_err(mrc, "salvage");
     goto done;

@@ -105,7 +105,7 @@ static int exact_truth(vlm_db *db, MDB_txn *txn, int m, uint64_t upto,
     rc = vlm_seterr(VLM_ENOMEM, "tune");
     goto done;
   }
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -251,7 +251,7 @@ int vlm__vindex_tune(vlm_db *db, int m, int force) {
     goto done;
   }
   pthread_rwlock_rdlock(&db->pub_lock);
-  rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn);
+  rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
   pthread_rwlock_unlock(&db->pub_lock);
   if (rc) {
     txn = NULL;

@@ -76,7 +76,7 @@ static int check_lmdb(vlm_db *db, MDB_txn *txn, int64_t nitems,
                       "records, %lld published",
                       sk.ms_entries, si.ms_entries, sv.ms_entries,
                       (long long)nitems);
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.items, &cur)))
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.items, &cur))))
     return vlm__lmdb_err(rc, "verify");
   for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
        rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
@@ -291,7 +291,7 @@ static int check_index(vlm_db *db, MDB_txn *txn, uint64_t lseq,
   /* Every live bit names a stored vector of that modality. */
   MDB_cursor *cur;
   MDB_val k, v;
-  int rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur);
+  int rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur));
   if (rc)
     return vlm__lmdb_err(rc, "verify");
   for (rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;

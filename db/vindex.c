@@ -85,7 +85,7 @@ static int txn_state(vlm_db *db, MDB_txn *txn, uint64_t *seq, uint64_t *next) {
 /* A read transaction at the published state. */
 static int begin_published(vlm_db *db, MDB_txn **txn) {
   pthread_rwlock_rdlock(&db->pub_lock);
-  int rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, txn);
+  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, txn));
   pthread_rwlock_unlock(&db->pub_lock);
   return rc ? vlm__lmdb_err(rc, "index read") : 0;
 }
@@ -114,7 +114,7 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     rc = vlm_seterr(VLM_ENOMEM, "index add");
     goto done;
   }
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -137,7 +137,7 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     memcpy(buf + (size_t)n * dim, vec[m], (size_t)dim * 4);
     ids[n++] = (int64_t)id;
     if (n == ADD_CHUNK) {
-      if ((rc = vlm_index_add(ix, n, buf, ids)))
+      if ((rc = VLM__INDEX_ADD(ix, n, buf, ids)))
         goto done;
       n = 0;
     }
@@ -146,7 +146,7 @@ static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
-  rc = n ? vlm_index_add(ix, n, buf, ids) : 0;
+  rc = n ? VLM__INDEX_ADD(ix, n, buf, ids) : 0;
 done:
   if (cur)
     mdb_cursor_close(cur);
@@ -171,7 +171,7 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
   *upto = 0;
   if ((rc = vlm_index_create(factory, dim, VLM_METRIC_IP, &ix)))
     return rc;
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto fail;
   }
@@ -326,7 +326,7 @@ static int catch_up_locked(vlm_db *db) {
     rc = vlm_seterr(VLM_ENOMEM, "index catch-up");
     goto done;
   }
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -353,8 +353,10 @@ static int catch_up_locked(vlm_db *db) {
       chunk_ids[nchunk] = id;
       chunk_flags[nchunk++] = flags;
       for (int m = 0; m < VLM__NMOD; m++) {
+        /* id < upto: added by an earlier catch-up whose other modality
+         * failed (ix_next did not move) */
         if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
-            db->vx[m].upto == 0)
+            db->vx[m].upto == 0 || id < db->vx[m].upto)
           continue;
         if (!vlm__vec_finite(vec[m], dim)) {
           skip_bad(db, m, id);
@@ -371,9 +373,11 @@ static int catch_up_locked(vlm_db *db) {
     }
     uint64_t upto = mrc == MDB_NOTFOUND ? tnext : id + 1;
     pthread_rwlock_wrlock(&db->index_lock);
+    /* (a chunk retried after a failed add is counted once) */
     for (int i = 0; i < nchunk; i++)
       for (int m = 0; m < VLM__NMOD; m++)
-        if (chunk_flags[i] & (m == 0 ? VLM__HAS_IMAGE : VLM__HAS_TEXT)) {
+        if ((chunk_flags[i] & (m == 0 ? VLM__HAS_IMAGE : VLM__HAS_TEXT)) &&
+            !vlm__bit(db->vx[m].live, chunk_ids[i])) {
           set_bit(db->vx[m].live, chunk_ids[i]);
           db->vx[m].nlive++;
         }
@@ -382,7 +386,7 @@ static int catch_up_locked(vlm_db *db) {
       if (vx->upto == 0 || !vlm_index_is_trained(vx->index))
         continue;
       if (n[m])
-        rc = vlm_index_add(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
+        rc = VLM__INDEX_ADD(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
                            ids + m * ADD_CHUNK);
       if (!rc)
         vx->upto = upto;
@@ -540,14 +544,14 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
   MDB_cursor *cur = NULL;
   uint64_t tseq, tnext;
   int dim = db->man.dim, rc;
-  if ((rc = mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn)))
+  if ((rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn))))
     return vlm__lmdb_err(rc, "open index");
   if ((rc = txn_state(db, txn, &tseq, &tnext)))
     goto done;
   if ((rc = grow_bits(db, tnext)))
     goto done;
   /* Live bitmaps from the vectors table. */
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.vecs, &cur))) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
   }
@@ -725,7 +729,9 @@ static int checkpoint_locked(vlm_db *db, int force) {
      * lends an HNSW index a search's efSearch for the duration of that
      * search, so a concurrent write could save the borrowed value. */
     pthread_rwlock_wrlock(&db->index_lock);
-    rc = vlm_index_write(vx->index, path);
+    rc = VLM__FAULT("file-write")
+             ? vlm_seterr(VLM_EIO, "%s: write: I/O error (test fault)", path)
+             : vlm_index_write(vx->index, path);
     c->seq = db->ix_seq;
     c->upto = vx->upto;
     pthread_rwlock_unlock(&db->index_lock);
@@ -753,12 +759,12 @@ static int checkpoint_locked(vlm_db *db, int force) {
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
       keep_after = db->man.ckpt[m].seq;
-  if ((rc = mdb_txn_begin(db->lm.env, NULL, 0, &txn)))
+  if ((rc = VLM__STORE("lmdb-begin", mdb_txn_begin(db->lm.env, NULL, 0, &txn))))
     return vlm__lmdb_err(rc, "prune log");
   MDB_cursor *cur;
   MDB_val k, v;
   int pruned = 0;
-  if ((rc = vlm__mdb_cursor_open(txn, db->lm.log, &cur)) == 0) {
+  if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.log, &cur))) == 0) {
     while ((rc = vlm__mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
       uint64_t s;
       memcpy(&s, k.mv_data, 8);

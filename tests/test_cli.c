@@ -2180,45 +2180,31 @@ static void test_e2e_help_and_usage_errors(void **state) {
   free(err);
 }
 
-/* Start `vlmdb serve --db db --port 0` in dir and read the port it
- * listens on; the child is killed on teardown if the test fails. */
-static pid_t start_serve(const char *dir, const char *db, int *port) {
-  char path[PATH_MAX];
-  pid_t pid = spawn_vlmdb(dir, (const char *const[]){"serve", "--db", db,
-                                                      "--port", "0", NULL});
-  running_child = pid;
-  snprintf(path, sizeof path, "%s/.stdout", dir);
-  *port = 0;
-  for (int i = 0; i < 3000 && !*port; i++) {
-    char *out = slurp(path);
-    const char *at = strstr(out, "listening on ");
-    const char *colon = at ? strchr(at, ':') : NULL;
-    if (colon && strchr(colon, '\n'))
-      *port = atoi(colon + 1);
-    free(out);
-    int st;
-    if (!*port && waitpid(pid, &st, WNOHANG) == pid) {
-      running_child = 0;
-      snprintf(path, sizeof path, "%s/.stderr", dir);
-      char *err = slurp(path);
-      fail_msg("serve exited before listening:\n%s", err);
-    }
-    if (!*port) {
-      struct timespec pause = {0, 10 * 1000 * 1000};
-      nanosleep(&pause, NULL);
-    }
+/* `vlmdb serve --db db --port 0` on the shared harness (tests/util),
+ * its stderr in dir/serve.log; the child is killed on teardown if the test
+ * fails. */
+static void start_serve(const char *dir, const char *db,
+                        vlm_test_server *srv) {
+  char *bin = vlmdb_path();
+  char log[PATH_MAX];
+  snprintf(log, sizeof log, "%s/serve.log", dir);
+  int rc = vlm_test_server_spawn(
+      srv, bin, (const char *const[]){"--db", db, "--port", "0", NULL}, log,
+      60);
+  free(bin);
+  if (rc != 0) {
+    char *err = slurp(log);
+    fail_msg("serve exited before listening (%d):\n%s", rc, err);
   }
-  assert_true(*port > 0);
-  return pid;
+  running_child = srv->pid;
+  assert_true(srv->port > 0);
 }
 
 /* SIGTERM: a clean exit with status 0. */
-static void stop_serve(pid_t pid) {
-  kill(pid, SIGTERM);
-  int st;
-  assert_int_equal(waitpid(pid, &st, 0), pid);
+static void stop_serve(vlm_test_server *srv) {
+  int st = vlm_test_server_stop(srv, 60);
   running_child = 0;
-  assert_true(WIFEXITED(st));
+  assert_true(st != -1 && WIFEXITED(st));
   assert_int_equal(WEXITSTATUS(st), 0);
 }
 
@@ -2239,8 +2225,9 @@ static void test_e2e_serve_uses_recorded_model(void **state) {
   fclose(f);
   free(RUN_OK(dir, "ingest", "--db", db, path));
 
-  int port;
-  pid_t pid = start_serve(dir, db, &port);
+  vlm_test_server srv;
+  start_serve(dir, db, &srv);
+  int port = srv.port;
   redisContext *c = redisConnect("127.0.0.1", port);
   assert_non_null(c);
   assert_int_equal(c->err, 0);
@@ -2255,7 +2242,7 @@ static void test_e2e_serve_uses_recorded_model(void **state) {
   assert_non_null(strstr(r->str, "\r\nfamily:clip\r\n"));
   freeReplyObject(r);
   redisFree(c);
-  stop_serve(pid);
+  stop_serve(&srv);
 
   /* Another model given explicitly: refused, both directories named. */
   char *err;
@@ -2571,8 +2558,9 @@ static void check_family_database(const char *dir, family_case *fc) {
 
   /* served: INFO names the family; SEARCH by key, vector and image bytes;
    * the hits' logits and probabilities are the reference's */
-  int port;
-  pid_t pid = start_serve(dir, db, &port);
+  vlm_test_server srv;
+  start_serve(dir, db, &srv);
+  int port = srv.port;
   redisContext *c = redisConnect("127.0.0.1", port);
   assert_non_null(c);
   assert_int_equal(c->err, 0);
@@ -2649,7 +2637,7 @@ static void check_family_database(const char *dir, family_case *fc) {
   }
   freeReplyObject(r);
   redisFree(c);
-  stop_serve(pid);
+  stop_serve(&srv);
   json_decref(map);
   json_decref(fc->ref);
 }

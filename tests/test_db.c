@@ -35,7 +35,10 @@
 #include "helpers/crash_model.h"
 #include "util/util.h"
 #include "vlm_error.h"
+#include "vlm_eval.h"
 #include "vlmdb.h"
+#include <jansson.h>
+#include <lmdb.h>
 
 /* db/sqlvfs.c: meta.sqlite's page checksums.  A test that edits the file
  * on purpose goes through it, as vlmdb does, so that only what it meant to
@@ -4417,6 +4420,1701 @@ static void test_planner_retries(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ store faults */
+
+/* Every store call of a batch, failed in turn through the test fault
+ * points (the Nth call of one point fails as an I/O error would, for N =
+ * 1, 2, ... until the batch no longer reaches an Nth call): each failure
+ * must be VLM_EIO, leave the database exactly as it was (the same keys,
+ * payloads, rows and index entries; verify passes), and the same batch
+ * must then commit whole.  This is the SQLite project's fault-injection
+ * loop applied to LMDB staging and the SQLite rows of put, upsert,
+ * update and delete. */
+static const char *nth_point;
+static int nth_want, nth_seen;
+
+static int fault_nth(const char *where) {
+  if (!nth_point || strcmp(where, nth_point))
+    return 0;
+  nth_seen++;
+  return nth_want < 0 || nth_seen == nth_want; /* < 0: every call */
+}
+
+static void nth_arm(const char *point, int n) {
+  nth_point = point;
+  nth_want = n;
+  nth_seen = 0;
+  vlm__test_fault = fault_nth;
+}
+
+static void nth_disarm(void) {
+  nth_point = NULL;
+  vlm__test_fault = NULL;
+}
+
+static void sf_caption_is(vlm_db *db, const char *key, const char *want) {
+  vlm_record *rec = NULL;
+  CHECK(vlm_db_get(db, key, &rec));
+  if (!rec->caption || strcmp(rec->caption, want))
+    fail_msg("%s: caption \"%s\", expected \"%s\"", key,
+             rec->caption ? rec->caption : "(none)", want);
+  vlm_record_free(rec);
+}
+
+/* The database holds exactly items [0, 20) of c as written. */
+static void sf_expect_untouched(vlm_db *db, const corpus *c,
+                                const char *what) {
+  CHECK(vlm_db_verify(db));
+  for (int i = 0; i < 22; i++)
+    if (vlm_db_exists(db, c->key[i]) != (i < 20))
+      fail_msg("%s: %s %s", what, c->key[i],
+               i < 20 ? "is gone" : "was written");
+  for (int i = 1; i < 4; i++)
+    sf_caption_is(db, c->key[i], c->caption[i]);
+  assert_int_equal(cf_count(db, "category != ''"), 20);
+}
+
+static void test_store_faults_fail_whole_batches(void **state) {
+  (void)state;
+  static const char *points[] = {"lmdb-begin", "lmdb-write", "sql-write"};
+  corpus c;
+  corpus_make(&c, 22, DIM, 919);
+  for (int p = 0; p < 3; p++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    corpus_put(db, &c, 0, 20, 20);
+    /* a new key, a replaced key (another item's vectors), a delete and an
+     * update of the caption alone */
+    vlm_write_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].kind = VLM_WRITE_ADD;
+    ops[0].item = corpus_item(&c, 20);
+    ops[1].kind = VLM_WRITE_UPSERT;
+    ops[1].item = corpus_item(&c, 21);
+    ops[1].item.key = c.key[1];
+    ops[1].item.caption = "replaced";
+    ops[2].kind = VLM_WRITE_DELETE;
+    ops[2].item.key = c.key[2];
+    ops[3].kind = VLM_WRITE_UPDATE;
+    ops[3].item.key = c.key[3];
+    ops[3].item.caption = "updated";
+    int failures = 0, rc;
+    for (int n = 1;; n++) {
+      int changed[4] = {-1, -1, -1, -1};
+      nth_arm(points[p], n);
+      rc = vlm_db_write(db, ops, 4, changed);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!reached)
+        break;
+      failures++;
+      if (rc != VLM_EIO)
+        fail_msg("%s #%d: %d (%s): %s, expected VLM_EIO", points[p], n, rc,
+                 vlm_errname(rc), vlm_errmsg());
+      for (int i = 0; i < 4; i++)
+        assert_int_equal(changed[i], 0);
+      char what[64];
+      snprintf(what, sizeof what, "after %s #%d", points[p], n);
+      sf_expect_untouched(db, &c, what);
+      assert_true(n < 200);
+    }
+    if (rc != 0)
+      fail_msg("%s: the batch without faults: %s", points[p], vlm_errmsg());
+    /* the batch reaches each point at least once (a begin, and many puts
+     * and rows) */
+    assert_true(failures >= (p == 0 ? 1 : 8));
+    CHECK(vlm_db_verify(db));
+    assert_int_equal(vlm_db_exists(db, c.key[20]), 1);
+    assert_int_equal(vlm_db_exists(db, c.key[2]), 0);
+    sf_caption_is(db, c.key[1], "replaced");
+    sf_caption_is(db, c.key[3], "updated");
+    vlm_db_close(db);
+    tmp_free(&t);
+  }
+  corpus_free(&c);
+}
+
+/* Vectors that do not reach the in-memory index (an add fails): the batch
+ * is durable and acknowledged, a warning says indexing is behind, searches
+ * still find it (the pending tail is scanned exactly), and the next batch
+ * catches the index up with every vector counted once.  The second call of
+ * each catch-up fails too, so one modality's add succeeds and the other's
+ * does not.  A reindex whose build fails keeps the old index. */
+static void expect_index_matches_exact(vlm_db *db, const corpus *c) {
+  for (int q = 0; q < 3; q++) {
+    vlm_search_options o = {.k = 10};
+    vlm_hit *hits = NULL, *want = NULL;
+    int nh = 0, nw = 0;
+    const float *qv = c->img + (size_t)q * DIM;
+    CHECK(vlm_db_search(db, qv, &o, &hits, &nh));
+    o.exact = 1;
+    CHECK(vlm_db_search(db, qv, &o, &want, &nw));
+    assert_int_equal(nh, nw);
+    for (int h = 0; h < nh; h++)
+      if (strcmp(hits[h].key, want[h].key))
+        fail_msg("query %d rank %d: %s, exact search %s", q, h, hits[h].key,
+                 want[h].key);
+    vlm_hits_free(hits, nh);
+    vlm_hits_free(want, nw);
+  }
+}
+
+static void test_index_add_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 60, DIM, 929);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  corpus_put(db, &c, 0, 20, 20);
+  for (int n = 1; n <= 2; n++) {
+    warnings = 0;
+    nth_arm("index-add", n);
+    int written = 0;
+    vlm_item items[10];
+    for (int i = 0; i < 10; i++)
+      items[i] = corpus_item(&c, 20 + 20 * (n - 1) + i);
+    CHECK(vlm_db_put(db, items, 10, 0, &written));
+    assert_int_equal(written, 10);
+    if (nth_seen < n)
+      fail_msg("index-add #%d was never reached", n);
+    nth_disarm();
+    if (warnings == 0 || !strstr(last_warning, "indexing"))
+      fail_msg("index-add #%d: no warning (last: %s)", n, last_warning);
+    expect_index_matches_exact(db, &c);
+    /* the next batch catches up: each vector once */
+    for (int i = 0; i < 10; i++)
+      items[i] = corpus_item(&c, 30 + 20 * (n - 1) + i);
+    CHECK(vlm_db_put(db, items, 10, 0, &written));
+    CHECK(vlm_db_verify(db));
+    expect_index_matches_exact(db, &c);
+  }
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, 60);
+  /* a reindex whose build fails: VLM_EIO, the old index serves on */
+  nth_arm("index-add", -1);
+  EXPECT_ERR(VLM_EIO, vlm_db_reindex(db, "HNSW16"));
+  nth_disarm();
+  CHECK(vlm_db_stat(db, &info));
+  if (strcmp(info.index_factory, "Flat"))
+    fail_msg("index after a failed reindex: %s", info.index_factory);
+  CHECK(vlm_db_verify(db));
+  expect_index_matches_exact(db, &c);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* The stores' upkeep failing half-way: the replay an open runs (the open
+ * fails with VLM_EIO and the next open repairs), and rebuild_meta (it
+ * fails, and nothing acknowledged before or after is lost). */
+static void test_recovery_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 1200, DIM, 939);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus_put(db, &c, 0, 1100, 550);
+  /* payload.lmdb one batch ahead of meta.sqlite, as after a crash */
+  vlm__test_fault = fault_here;
+  fault_at[0] = "sql-commit";
+  fault_at[1] = "sql-replay";
+  vlm_item it = corpus_item(&c, 1100);
+  assert_true(vlm_db_put(db, &it, 1, 0, NULL) < 0);
+  fault_at[0] = fault_at[1] = NULL;
+  vlm__test_fault = NULL;
+  vlm_db_close(db);
+  vlm_db_open_options oo = {.warn = count_warning};
+  db = NULL;
+  nth_arm("sql-write", 1);
+  int rc = vlm_db_open(t.dir, &oo, &db);
+  nth_disarm();
+  if (rc != VLM_EIO)
+    fail_msg("open with a failing replay: %d (%s): %s", rc, vlm_errname(rc),
+             vlm_errmsg());
+  assert_null(db);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_non_null(strstr(last_warning, "replayed 1 batch"));
+  CHECK(vlm_db_verify(db));
+  assert_int_equal(vlm_db_exists(db, c.key[1100]), 1);
+  /* rebuild_meta fails on its first and on a later chunk of rows */
+  for (int n = 1; n <= 600; n += 599) {
+    nth_arm("sql-write", n);
+    rc = vlm_db_rebuild_meta(db);
+    nth_disarm();
+    if (rc != VLM_EIO)
+      fail_msg("rebuild with sql-write #%d: %d (%s): %s", n, rc,
+               vlm_errname(rc), vlm_errmsg());
+    /* writes wait for a repair; reads of the payload go on */
+    it = corpus_item(&c, 1101);
+    rc = vlm_db_put(db, &it, 1, 0, NULL);
+    if (rc != VLM_ESTATE)
+      fail_msg("a write after a failed rebuild: %d (%s): %s", rc,
+               vlm_errname(rc), vlm_errmsg());
+    assert_int_equal(vlm_db_exists(db, c.key[7]), 1);
+    vlm_db_close(db);
+    warnings = 0;
+    db = open_db(t.dir);
+    CHECK(vlm_db_verify(db));
+    vlm_search_options o = {.k = 5000, .exact = 1, .filter = "year > 0"};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    float q[DIM] = {1};
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    vlm_hits_free(hits, nh);
+    assert_int_equal(nh, 1101);
+  }
+  CHECK(vlm_db_rebuild_meta(db));
+  CHECK(vlm_db_verify(db));
+  it = corpus_item(&c, 1101);
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ API refusals */
+
+/* Every public call given what a careless caller passes: NULL handles and
+ * out-parameters, out-of-range sizes and a config vlmdb cannot honour.
+ * Each is refused with VLM_EINVAL (or the code its contract names) and a
+ * message saying which call and what, and nothing is created or changed. */
+#define EXPECT_ERR_MSG(code, words, call)                                  \
+  do {                                                                     \
+    EXPECT_ERR(code, call);                                                \
+    if (!strstr(vlm_errmsg(), words))                                      \
+      fail_msg("%s: message \"%s\" does not say \"%s\"", #call,            \
+               vlm_errmsg(), words);                                       \
+  } while (0)
+
+static void f_write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static int visit_none(const vlm_record *rec, void *arg) {
+  (void)rec;
+  (void)arg;
+  return 0;
+}
+
+static void test_api_refusals(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = NULL;
+  vlm_db_config c = {.dim = DIM, .index_factory = "Flat",
+                     .model_id = "test-model"};
+  char big[700];
+  memset(big, 'x', sizeof big - 1);
+  big[sizeof big - 1] = '\0';
+
+  /* create */
+  EXPECT_ERR_MSG(VLM_EINVAL, "NULL argument", vlm_db_create(NULL, &c, &db));
+  EXPECT_ERR_MSG(VLM_EINVAL, "NULL argument",
+                 vlm_db_create(t.dir, NULL, &db));
+  vlm_db_config bad = c;
+  bad.index_factory = big;
+  EXPECT_ERR_MSG(VLM_EINVAL, "factory string too long",
+                 vlm_db_create(t.dir, &bad, &db));
+  bad = c;
+  bad.model_dir = big;
+  EXPECT_ERR_MSG(VLM_EINVAL, "model_dir too long",
+                 vlm_db_create(t.dir, &bad, &db));
+  bad = c;
+  bad.nfields = VLM_DB_MAX_FIELDS + 1;
+  bad.fields = fields3;
+  EXPECT_ERR_MSG(VLM_EINVAL, "fields", vlm_db_create(t.dir, &bad, &db));
+  vlm_field odd[1] = {{"colour", (vlm_field_type)99}};
+  bad = c;
+  bad.fields = odd;
+  bad.nfields = 1;
+  EXPECT_ERR_MSG(VLM_EINVAL, "colour: bad type",
+                 vlm_db_create(t.dir, &bad, &db));
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse(NULL, odd));
+  char file[PATH_MAX];
+  snprintf(file, sizeof file, "%s/plain-file", t.root);
+  FILE *f = fopen(file, "w");
+  assert_non_null(f);
+  fclose(f);
+  EXPECT_ERR_MSG(VLM_EEXISTS, "not a directory", vlm_db_create(file, &c, &db));
+  char full[PATH_MAX];
+  snprintf(full, sizeof full, "%s/full", t.root);
+  assert_int_equal(mkdir(full, 0755), 0);
+  snprintf(file, sizeof file, "%s/something", full);
+  f = fopen(file, "w");
+  assert_non_null(f);
+  fclose(f);
+  EXPECT_ERR_MSG(VLM_EEXISTS, "not empty", vlm_db_create(full, &c, &db));
+  /* a store failing during create leaves nothing behind */
+  nth_arm("lmdb-write", 1);
+  EXPECT_ERR(VLM_EIO, vlm_db_create(t.dir, &c, &db));
+  nth_disarm();
+  assert_null(db);
+  struct stat st;
+  assert_int_equal(stat(t.dir, &st), -1);
+  DIR *d = opendir(t.root);
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d));)
+    if (strstr(e->d_name, "creating"))
+      fail_msg("a failed create left %s behind", e->d_name);
+  closedir(d);
+
+  /* every call on a NULL handle or with NULL out-parameters */
+  CHECK(vlm_db_create(t.dir, &c, &db));
+  float q[DIM] = {1};
+  vlm_hit *hits = NULL;
+  int n = 0;
+  vlm_record *rec = NULL;
+  char **keys = NULL;
+  uint64_t next = 0;
+  vlm_db_info info;
+  vlm_search_options so = {.k = 1};
+  vlm_item it = {.key = "k", .image_vec = q};
+  const char *key = "k";
+  vlm_write_op op = {.kind = VLM_WRITE_ADD, .item = it};
+  EXPECT_ERR_MSG(VLM_EINVAL, "open: NULL argument", vlm_db_open(NULL, NULL, &db));
+  EXPECT_ERR_MSG(VLM_EINVAL, "put", vlm_db_put(NULL, &it, 1, 0, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "put", vlm_db_put(db, NULL, 1, 0, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "delete", vlm_db_delete(NULL, &key, 1, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "write", vlm_db_write(NULL, &op, 1, NULL));
+  op.kind = (vlm_write_kind)7;
+  EXPECT_ERR_MSG(VLM_EINVAL, "unknown kind 7", vlm_db_write(db, &op, 1, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "exists", vlm_db_exists(NULL, "k"));
+  EXPECT_ERR_MSG(VLM_EINVAL, "get", vlm_db_get(db, NULL, &rec));
+  EXPECT_ERR_MSG(VLM_EINVAL, "search", vlm_db_search(NULL, q, &so, &hits, &n));
+  EXPECT_ERR_MSG(VLM_EINVAL, "foreach", vlm_db_foreach(NULL, visit_none, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "scan", vlm_db_scan(db, 0, 0, &keys, &n, &next));
+  EXPECT_ERR_MSG(VLM_EINVAL, "stat", vlm_db_stat(NULL, &info));
+  EXPECT_ERR_MSG(VLM_EINVAL, "verify", vlm_db_verify(NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "checkpoint", vlm_db_checkpoint(NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "rebuild meta", vlm_db_rebuild_meta(NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "reindex", vlm_db_reindex(NULL, "Flat"));
+  EXPECT_ERR_MSG(VLM_EINVAL, "bad factory", vlm_db_reindex(db, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "NoSuchIndex", vlm_db_reindex(db, "NoSuchIndex"));
+  EXPECT_ERR_MSG(VLM_EINVAL, "backup", vlm_db_backup(NULL, t.root, NULL));
+  EXPECT_ERR_MSG(VLM_EINVAL, "salvage", vlm_db_salvage(NULL, NULL, NULL,
+                                                        NULL, NULL));
+  vlm_eval_options eo = {0};
+  vlm_eval_result er;
+  int ks[2] = {1, VLM_DB_MAX_K + 1};
+  eo.ks = ks;
+  eo.nks = 2;
+  EXPECT_ERR_MSG(VLM_EINVAL, "K = 10001", vlm_db_eval(db, &eo, &er));
+  eo.nks = VLM_EVAL_MAX_KS + 1;
+  EXPECT_ERR_MSG(VLM_EINVAL, "cut-offs", vlm_db_eval(db, &eo, &er));
+  eo.nks = 1;
+  eo.sample = -1;
+  EXPECT_ERR_MSG(VLM_EINVAL, "negative sample", vlm_db_eval(db, &eo, &er));
+  eo.sample = 0;
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_eval(db, &eo, &er)); /* nothing to pair */
+  /* a backup onto something in the way; one of a broken database */
+  EXPECT_ERR_MSG(VLM_EEXISTS, "not an empty directory",
+                 vlm_db_backup(db, full, NULL));
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm__test_fault = fault_here;
+  fault_at[0] = "sql-commit";
+  fault_at[1] = "sql-replay";
+  it.key = "k2";
+  assert_true(vlm_db_put(db, &it, 1, 0, NULL) < 0);
+  fault_at[0] = fault_at[1] = NULL;
+  vlm__test_fault = NULL;
+  vlm_db_close(db);
+  /* read-only handles refuse what writes, and a backup of one that needs
+   * crash recovery (its meta.sqlite is a batch behind) is refused */
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/copy", t.root);
+  vlm_db_open_options ro = {.readonly = 1, .warn = count_warning};
+  CHECK(vlm_db_open(t.dir, &ro, &db));
+  EXPECT_ERR_MSG(VLM_ESTATE, "read-only", vlm_db_rebuild_meta(db));
+  EXPECT_ERR_MSG(VLM_ESTATE, "read-only", vlm_db_reindex(db, "Flat"));
+  EXPECT_ERR_MSG(VLM_ESTATE, "read-only", vlm_db_put(db, &it, 1, 0, NULL));
+  EXPECT_ERR_MSG(VLM_ESTATE, "crash recovery", vlm_db_backup(db, dst, NULL));
+  assert_int_equal(stat(dst, &st), -1);
+  vlm_db_close(db);
+  db = open_db(t.dir); /* repairs */
+  CHECK(vlm_db_verify(db));
+  assert_int_equal(vlm_db_exists(db, "k2"), 1);
+  CHECK(vlm_db_backup(db, dst, NULL));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* A manifest.json edited by hand or by another program (no checksum, as
+ * in databases made before manifests carried one): each field vlmdb
+ * relies on, made wrong, is refused on open with VLM_EFORMAT (or the code
+ * for what it means) naming the field; the original opens again. */
+static void test_hostile_manifests(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 10, DIM, 949);
+  corpus_put(db, &c, 0, 10, 10);
+  vlm_db_close(db);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+  json_error_t jerr;
+  json_t *orig = json_load_file(path, 0, &jerr);
+  assert_non_null(orig);
+  static const struct {
+    const char *json_path; /* member to change ("a.b": nested) */
+    const char *value;     /* its new JSON value; NULL: removed */
+    int code;
+    const char *words;
+  } cases[] = {
+      {"checksum", "\"not-hex\"", VLM_ECORRUPT, "16 hex digits"},
+      {"dim", "0", VLM_EFORMAT, "\"dim\""},
+      {"dim", "\"16\"", VLM_EFORMAT, "\"dim\""},
+      {"metric", "\"l2\"", VLM_EUNSUPPORTED, "metric"},
+      {"index_factory", "7", VLM_EFORMAT, "index_factory"},
+      {"model_id", NULL, VLM_EFORMAT, "model_id"},
+      {"model_dir", "\"" /* 600 x */, VLM_EFORMAT, "model_dir\" too long"},
+      {"fields", "{}", VLM_EFORMAT, "fields"},
+      {"fields", "[{\"name\": \"bad name\", \"type\": \"text\"}]",
+       VLM_EFORMAT, "field"},
+      {"fields", "[{\"name\": \"colour\", \"type\": \"blob\"}]", VLM_EFORMAT,
+       "colour: bad type"},
+      {"fields", "[{\"type\": \"text\"}]", VLM_EFORMAT, "fields[].name"},
+      {"sql_page_checksums", "\"yes\"", VLM_EFORMAT, "sql_page_checksums"},
+      {"index.image", "{\"file\": \"../x.faiss\", \"seq\": 1, \"upto\": 1}",
+       VLM_EFORMAT, "index checkpoint \"image\""},
+      {"index.text", "{\"file\": \"t.faiss\", \"seq\": \"1\"}", VLM_EFORMAT,
+       "index checkpoint \"text\""},
+      {"format_version", "2", VLM_EVERSION, "format version 2"},
+      {"format_version", NULL, VLM_EFORMAT, "format_version"},
+      {"format", "\"other\"", VLM_EFORMAT, "not a vlmdb manifest"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    json_t *m = json_deep_copy(orig);
+    if (strcmp(cases[i].json_path, "checksum"))
+      json_object_del(m, "checksum");
+    json_t *parent = m;
+    char name[64];
+    snprintf(name, sizeof name, "%s", cases[i].json_path);
+    char *dot = strchr(name, '.');
+    const char *leaf = name;
+    if (dot) {
+      *dot = '\0';
+      parent = json_object_get(m, name);
+      leaf = dot + 1;
+    }
+    assert_non_null(parent);
+    if (!cases[i].value) {
+      json_object_del(parent, leaf);
+    } else if (!strcmp(cases[i].value, "\"")) {
+      char longs[600];
+      memset(longs, 'x', sizeof longs - 1);
+      longs[sizeof longs - 1] = '\0';
+      json_object_set_new(parent, leaf, json_string(longs));
+    } else {
+      json_t *v = json_loads(cases[i].value, JSON_DECODE_ANY, &jerr);
+      assert_non_null(v);
+      json_object_set_new(parent, leaf, v);
+    }
+    assert_int_equal(json_dump_file(m, path, JSON_INDENT(2)), 0);
+    json_decref(m);
+    vlm_db_open_options o = {.readonly = (int)(i % 2)};
+    db = NULL;
+    int rc = vlm_db_open(t.dir, &o, &db);
+    if (rc != cases[i].code || !strstr(vlm_errmsg(), cases[i].words))
+      fail_msg("%s = %s: %d (%s): %s; expected %s and \"%s\"",
+               cases[i].json_path, cases[i].value ? cases[i].value : "absent",
+               rc, vlm_errname(rc), vlm_errmsg(), vlm_errname(cases[i].code),
+               cases[i].words);
+    assert_null(db);
+  }
+  /* not an object at all */
+  f_write_text(path, "[1, 2, 3]\n");
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_open(t.dir, NULL, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a JSON object"));
+  /* the original, without its checksum, opens and holds everything */
+  json_object_del(orig, "checksum");
+  assert_int_equal(json_dump_file(orig, path, JSON_INDENT(2)), 0);
+  json_decref(orig);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  for (int i = 0; i < 10; i++)
+    assert_int_equal(vlm_db_exists(db, c.key[i]), 1);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ------------------------------------------------------------ edges */
+
+/* The stores' error codes translated at the module boundary: each LMDB
+ * and SQLite result vlmdb can meet maps to the VLM_E* code its callers
+ * act on (a full disk to VLM_ENOSPACE, damage to VLM_ECORRUPT, contention
+ * to VLM_EBUSY, ...), with the store's own words in the message. */
+int vlm__lmdb_err(int rc, const char *what);
+int vlm__sql_err(sqlite3 *db, int rc, const char *what);
+
+static void test_store_error_codes(void **state) {
+  (void)state;
+  static const struct {
+    int store, want;
+  } lmdb[] = {
+      {MDB_MAP_FULL, VLM_ENOSPACE}, {ENOSPC, VLM_ENOSPACE},
+      {EDQUOT, VLM_ENOSPACE},       {MDB_NOTFOUND, VLM_ENOTFOUND},
+      {MDB_CORRUPTED, VLM_ECORRUPT}, {MDB_PAGE_NOTFOUND, VLM_ECORRUPT},
+      {MDB_INVALID, VLM_ECORRUPT},  {MDB_VERSION_MISMATCH, VLM_EVERSION},
+      {MDB_READERS_FULL, VLM_EBUSY}, {EBUSY, VLM_EBUSY},
+      {EAGAIN, VLM_EBUSY},          {ENOMEM, VLM_ENOMEM},
+      {EIO, VLM_EIO},               {MDB_KEYEXIST, VLM_ESTORE},
+  };
+  for (size_t i = 0; i < sizeof lmdb / sizeof lmdb[0]; i++) {
+    int got = vlm__lmdb_err(lmdb[i].store, "thing");
+    if (got != lmdb[i].want || !strstr(vlm_errmsg(), "thing") ||
+        !strstr(vlm_errmsg(), mdb_strerror(lmdb[i].store)))
+      fail_msg("LMDB %d (%s): %s, \"%s\"; expected %s",
+               lmdb[i].store, mdb_strerror(lmdb[i].store), vlm_errname(got),
+               vlm_errmsg(), vlm_errname(lmdb[i].want));
+  }
+  static const struct {
+    int store, want;
+  } sql[] = {
+      {SQLITE_FULL, VLM_ENOSPACE},  {SQLITE_NOTADB, VLM_ECORRUPT},
+      {SQLITE_BUSY, VLM_EBUSY},     {SQLITE_LOCKED, VLM_EBUSY},
+      {SQLITE_NOMEM, VLM_ENOMEM},   {SQLITE_IOERR_WRITE, VLM_EIO},
+      {SQLITE_CANTOPEN, VLM_EIO},   {SQLITE_AUTH, VLM_EFILTER},
+      {SQLITE_CONSTRAINT, VLM_ESTORE}, {SQLITE_CORRUPT, VLM_ECORRUPT},
+  };
+  for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+    int got = vlm__sql_err(NULL, sql[i].store, "thing");
+    if (got != sql[i].want || !strstr(vlm_errmsg(), "thing"))
+      fail_msg("SQLite %d (%s): %s, \"%s\"; expected %s", sql[i].store,
+               sqlite3_errstr(sql[i].store), vlm_errname(got), vlm_errmsg(),
+               vlm_errname(sql[i].want));
+  }
+  /* damage names the way out */
+  vlm__sql_err(NULL, SQLITE_CORRUPT, "meta.sqlite");
+  assert_non_null(strstr(vlm_errmsg(), "vlmdb recover"));
+}
+
+/* meta.sqlite's checksum VFS passes what it does not check straight to
+ * the real VFS: time, randomness, sleeping and extension loading behave as
+ * without it. */
+static void test_sql_vfs_passes_through(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/plain.sqlite", t.root);
+  sqlite3 *s = NULL;
+  assert_int_equal(sqlite3_open_v2(path, &s,
+                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                                   vlm__sql_vfs()),
+                   SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT unixepoch('now'), "
+                                      "julianday('now')", -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  long long secs = sqlite3_column_int64(st, 0);
+  double jd = sqlite3_column_double(st, 1);
+  sqlite3_finalize(st);
+  long long now = (long long)time(NULL);
+  if (llabs(secs - now) > 5)
+    fail_msg("time through the VFS: %lld, the clock %lld", secs, now);
+  assert_true(fabs((jd - 2440587.5) * 86400.0 - (double)now) < 5);
+  sqlite3_vfs *v = sqlite3_vfs_find(vlm__sql_vfs());
+  assert_non_null(v);
+  char r1[16] = {0}, r2[16] = {0};
+  v->xRandomness(v, sizeof r1, r1);
+  v->xRandomness(v, sizeof r2, r2);
+  assert_true(memcmp(r1, r2, sizeof r1) != 0);
+  assert_true(v->xSleep(v, 1000) >= 0);
+  double t1 = 0;
+  assert_int_equal(v->xCurrentTime(v, &t1), SQLITE_OK);
+  assert_true(fabs((t1 - 2440587.5) * 86400.0 - (double)now) < 5);
+  void *h = v->xDlOpen(v, "/nonexistent/libnothing.so");
+  assert_null(h);
+  char msg[256] = {0};
+  v->xDlError(v, sizeof msg - 1, msg);
+  if (!strstr(msg, "libnothing"))
+    fail_msg("dlerror through the VFS: \"%s\"", msg);
+  h = v->xDlOpen(v, NULL); /* the program itself */
+  assert_non_null(h);
+  assert_non_null(v->xDlSym(v, h, "sqlite3_libversion"));
+  v->xDlClose(v, h);
+  /* memory-mapped reads are refused (they would bypass the check): with
+   * mmap asked for, pages still come through xRead, whole */
+  assert_int_equal(sqlite3_exec(s, "PRAGMA mmap_size = 1048576; "
+                                "CREATE TABLE t(x); "
+                                "INSERT INTO t VALUES (42), (43);",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT sum(x) FROM t", -1, &st,
+                                      NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_int_equal(sqlite3_column_int(st, 0), 85);
+  sqlite3_finalize(st);
+  /* the file methods it does not check: the lock and sector size */
+  sqlite3_file *fp = NULL;
+  assert_int_equal(sqlite3_file_control(s, "main", SQLITE_FCNTL_FILE_POINTER,
+                                        &fp),
+                   SQLITE_OK);
+  int reserved = -1;
+  assert_int_equal(fp->pMethods->xCheckReservedLock(fp, &reserved), SQLITE_OK);
+  assert_int_equal(reserved, 0);
+  assert_true(fp->pMethods->xSectorSize(fp) > 0);
+  sqlite3_close(s);
+  tmp_free(&t);
+}
+
+/* verify compares each meta.sqlite row with its record field by field:
+ * a row edited behind vlmdb's back is named, with the field that differs;
+ * rebuild_meta mends it. */
+static void test_verify_names_the_differing_field(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 12, DIM, 959);
+  corpus_put(db, &c, 0, 12, 12);
+  vlm_db_close(db);
+  char sqlpath[PATH_MAX];
+  snprintf(sqlpath, sizeof sqlpath, "%s/meta.sqlite", t.dir);
+  static const struct {
+    const char *sql, *words;
+  } edits[] = {
+      {"UPDATE items SET year = year + 1 WHERE key = 'item-00003'", "year"},
+      {"UPDATE items SET price = price + 0.5 WHERE key = 'item-00004'",
+       "price"},
+      {"UPDATE items SET category = 'zzz' WHERE key = 'item-00005'",
+       "category"},
+      {"UPDATE items SET category = NULL WHERE key = 'item-00006'",
+       "category"},
+      {"UPDATE captions SET caption = 'not it' WHERE rowid = "
+       "(SELECT id FROM items WHERE key = 'item-00007')",
+       "caption"},
+      {"DELETE FROM captions WHERE rowid = "
+       "(SELECT id FROM items WHERE key = 'item-00008')",
+       "caption rows"},
+      {"INSERT INTO items(id, key) VALUES (999999, 'ghost')", "ghost"},
+      {"UPDATE items SET key = 'other' WHERE key = 'item-00009'", "other"},
+  };
+  for (size_t i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+    sqlite3 *s;
+    assert_int_equal(sql_open_rw(sqlpath, &s), SQLITE_OK);
+    char *err = NULL;
+    if (sqlite3_exec(s, edits[i].sql, NULL, NULL, &err) != SQLITE_OK)
+      fail_msg("%s: %s", edits[i].sql, err);
+    assert_int_equal(sqlite3_changes(s), 1);
+    sqlite3_close(s);
+    db = open_db(t.dir);
+    int rc = vlm_db_verify(db);
+    if (rc != VLM_ECORRUPT || !strstr(vlm_errmsg(), edits[i].words))
+      fail_msg("%s: verify %d (%s): %s", edits[i].sql, rc, vlm_errname(rc),
+               vlm_errmsg());
+    CHECK(vlm_db_rebuild_meta(db));
+    CHECK(vlm_db_verify(db));
+    vlm_db_close(db);
+  }
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* meta.sqlite restored from an older copy after the log was pruned: the
+ * batches it misses can no longer be replayed, so the open rebuilds it
+ * from the payload store (with a warning saying so) and nothing is lost. */
+static void test_old_meta_is_rebuilt(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 40, DIM, 969);
+  corpus_put(db, &c, 0, 10, 10);
+  vlm_db_close(db);
+  char cmd[4 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "cp '%s/meta.sqlite' '%s/old.sqlite'", t.dir,
+           t.root);
+  assert_int_equal(system(cmd), 0);
+  db = open_db(t.dir);
+  corpus_put(db, &c, 10, 40, 10);
+  CHECK(vlm_db_checkpoint(db)); /* prunes the log */
+  vlm_db_close(db);
+  snprintf(cmd, sizeof cmd,
+           "rm -f '%s'/meta.sqlite-wal '%s'/meta.sqlite-shm && "
+           "cp '%s/old.sqlite' '%s/meta.sqlite'",
+           t.dir, t.dir, t.root, t.dir);
+  assert_int_equal(system(cmd), 0);
+  warnings = 0;
+  db = open_db(t.dir);
+  if (!strstr(last_warning, "could not be replayed") ||
+      !strstr(last_warning, "rebuilt it"))
+    fail_msg("open of a database with an old meta.sqlite: \"%s\"",
+             last_warning);
+  CHECK(vlm_db_verify(db));
+  vlm_search_options o = {.k = 100, .exact = 1, .filter = "year > 0"};
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  float q[DIM] = {1};
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  assert_int_equal(nh, 40);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Paths and payloads at their limits: database names create cannot use,
+ * relative names, a thumbnail length without its bytes, an update that
+ * would push an item past the payload cap, a second backup while one is
+ * under way (VLM_EBUSY), and close of NULL. */
+extern void (*vlm__test_hook)(const char *where, vlm_db *db);
+static int nested_backup_rc;
+static char nested_backup_dst[PATH_MAX];
+
+static void backup_again(const char *where, vlm_db *db) {
+  if (!strcmp(where, "backup-pinned"))
+    nested_backup_rc = vlm_db_backup(db, nested_backup_dst, NULL);
+}
+
+static void test_path_and_payload_limits(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db_config cfg = {.dim = DIM, .index_factory = "Flat",
+                       .model_id = "test-model"};
+  vlm_db *db = NULL;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create("/", &cfg, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a usable directory name"));
+  char deep[PATH_MAX + 64];
+  memset(deep, 'd', sizeof deep - 1);
+  deep[0] = '/';
+  deep[sizeof deep - 1] = '\0';
+  char longname[400];
+  snprintf(longname, sizeof longname, "%s/%.240s", t.root, deep + 1);
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(longname, &cfg, &db));
+  assert_non_null(strstr(vlm_errmsg(), "not a usable directory name"));
+  strcpy(deep + PATH_MAX - 8, "/x"); /* a long parent */
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(deep, &cfg, &db));
+  assert_true(strncmp(vlm_errmsg(), "create: /ddd", 12) == 0); /* (the path
+                                                          fills the message) */
+  char missing[PATH_MAX];
+  snprintf(missing, sizeof missing, "%s/none", t.root);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_open(missing, NULL, &db));
+  /* a relative name, with trailing slashes */
+  char cwd[PATH_MAX];
+  assert_non_null(getcwd(cwd, sizeof cwd));
+  assert_int_equal(chdir(t.root), 0);
+  int rc = vlm_db_create("rel.vlmdb//", &cfg, &db);
+  assert_int_equal(chdir(cwd), 0);
+  if (rc)
+    fail_msg("create of a relative name: %s", vlm_errmsg());
+  vlm_db_close(db);
+  vlm_db_close(NULL);
+  snprintf(missing, sizeof missing, "%s/rel.vlmdb", t.root);
+  vlm_db_open_options o = {.max_payload = 4096, .warn = count_warning};
+  CHECK(vlm_db_open(missing, &o, &db));
+  float v[DIM] = {1};
+  vlm_item it = {.key = "k", .image_vec = v, .thumb_len = 10};
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, &it, 1, 0, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "thumb_len without thumb"));
+  it.thumb_len = 0;
+  char caption[3000];
+  memset(caption, 'c', sizeof caption - 1);
+  caption[sizeof caption - 1] = '\0';
+  it.caption = caption;
+  CHECK(vlm_db_put(db, &it, 1, 0, NULL));
+  vlm_write_op op = {.kind = VLM_WRITE_UPDATE};
+  op.item.key = "k";
+  op.item.source = caption; /* 3 KB more: over the 4 KB cap */
+  EXPECT_ERR(VLM_ETOOBIG, vlm_db_write(db, &op, 1, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "updated payload"));
+  sf_caption_is(db, "k", caption);
+  /* one backup at a time */
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/b1", t.root);
+  snprintf(nested_backup_dst, sizeof nested_backup_dst, "%s/b2", t.root);
+  nested_backup_rc = 1;
+  vlm__test_hook = backup_again;
+  rc = vlm_db_backup(db, dst, NULL);
+  vlm__test_hook = NULL;
+  CHECK(rc);
+  assert_int_equal(nested_backup_rc, VLM_EBUSY);
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* An index checkpoint the manifest names but that cannot serve (a batch
+ * number ahead of the stores, a file of another dimension, a batch the
+ * log no longer holds): the open says why in a warning and rebuilds that
+ * index from the payload store; searches then match the exact scan. */
+static void set_ckpt(const char *dir, const char *mod, const char *member,
+                     json_t *value) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  json_error_t jerr;
+  json_t *m = json_load_file(path, 0, &jerr);
+  assert_non_null(m);
+  json_object_del(m, "checksum");
+  json_t *c = json_object_get(json_object_get(m, "index"), mod);
+  assert_non_null(c);
+  json_object_set_new(c, member, value);
+  assert_int_equal(json_dump_file(m, path, JSON_INDENT(2)), 0);
+  json_decref(m);
+}
+
+static void test_checkpoint_mismatches(void **state) {
+  (void)state;
+  tmp t, t2;
+  tmp_make(&t);
+  tmp_make(&t2);
+  corpus c;
+  corpus_make(&c, 30, DIM, 979);
+  vlm_db *other = make_db(t2.dir, "Flat", DIM / 2);
+  vlm_db_close(other);
+  vlm_db_info info;
+  for (int trial = 0; trial < 3; trial++) {
+    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    corpus_put(db, &c, 0, 10, 10);
+    CHECK(vlm_db_checkpoint(db));
+    corpus_put(db, &c, 10, 30, 10);
+    CHECK(vlm_db_checkpoint(db)); /* the log now starts after batch 3 */
+    CHECK(vlm_db_stat(db, &info));
+    vlm_db_close(db);
+    const char *want;
+    if (trial == 0) {
+      set_ckpt(t.dir, "image", "seq", json_integer(999));
+      want = "is ahead of the stores";
+    } else if (trial == 1) {
+      /* an index file of the other database (half the dimension) */
+      char cmd[4 * PATH_MAX];
+      snprintf(cmd, sizeof cmd, "cp \"$(ls '%s'/image-*.faiss | head -1)\" "
+               "'%s/image-other.faiss'", t2.dir, t.dir);
+      assert_int_equal(system(cmd), 0);
+      set_ckpt(t.dir, "image", "file", json_string("image-other.faiss"));
+      want = "does not match the manifest";
+    } else {
+      set_ckpt(t.dir, "image", "seq", json_integer(1));
+      want = "is missing from the log";
+    }
+    warnings = 0;
+    db = open_db(t.dir);
+    if (!warnings || !strstr(last_warning, want))
+      fail_msg("trial %d: the warning \"%s\" does not say \"%s\"", trial,
+               warnings ? last_warning : "(none)", want);
+    CHECK(vlm_db_verify(db));
+    expect_index_matches_exact(db, &c);
+    vlm_db_close(db);
+    rm_rf(t.dir);
+  }
+  corpus_free(&c);
+  tmp_free(&t2);
+  tmp_free(&t);
+}
+
+/* Every read of the payload store failing in turn ("lmdb-read": the Nth
+ * read transaction or table cursor an operation opens, N = 1, 2, ...):
+ * each operation either fails with VLM_EIO or, where the read was an
+ * optional one (tuning, a checkpoint's pruning), succeeds with the same
+ * answer; either way the same call afterwards gives the answer it gave
+ * before, and the database still verifies. */
+enum {
+  RF_EXACT, RF_INDEX, RF_FILTER, RF_HYBRID, RF_COLLAPSE, RF_GET, RF_SCAN,
+  RF_FOREACH, RF_VERIFY, RF_EVAL, RF_CHECKPOINT, RF_BACKUP, RF_REINDEX,
+  RF_REBUILD, RF_REOPEN, RF_REINDEX_HNSW, RF_N
+};
+static const char *rf_name[RF_N] = {
+    "exact search", "index search", "filtered search", "hybrid search",
+    "collapsed search", "get", "scan", "foreach", "verify", "eval",
+    "checkpoint", "backup", "reindex", "rebuild_meta", "reopen",
+    "reindex to HNSW (tuned)"};
+
+static int rf_count(const vlm_record *rec, void *arg) {
+  (void)rec;
+  (*(int *)arg)++;
+  return 0;
+}
+
+/* Run op on *db; its answer as text in out. */
+static int rf_run(int op, vlm_db **db, const corpus *c, const tmp *t,
+                  int round, char *out, size_t cap) {
+  vlm_search_options o = {.k = 8};
+  vlm_hit *hits = NULL;
+  int nh = 0, rc = 0;
+  out[0] = '\0';
+  switch (op) {
+  case RF_EXACT: o.exact = 1; break;
+  case RF_FILTER: o.filter = "year > 2000"; break;
+  case RF_HYBRID: o.hybrid_text = "cat tree"; break;
+  case RF_COLLAPSE: o.collapse = 0.3f; break;
+  default: break;
+  }
+  if (op <= RF_COLLAPSE) {
+    rc = vlm_db_search(*db, c->img + DIM, &o, &hits, &nh);
+    for (int h = 0; !rc && h < nh; h++)
+      snprintf(out + strlen(out), cap - strlen(out), "%s+%d ", hits[h].key,
+               hits[h].similar);
+    vlm_hits_free(hits, nh);
+    return rc;
+  }
+  switch (op) {
+  case RF_GET: {
+    vlm_record *rec = NULL;
+    if (!(rc = vlm_db_get(*db, c->key[5], &rec)))
+      snprintf(out, cap, "%s", rec->caption);
+    vlm_record_free(rec);
+    return rc;
+  }
+  case RF_SCAN: {
+    char **keys = NULL;
+    int n = 0;
+    uint64_t next = 0;
+    if (!(rc = vlm_db_scan(*db, 0, 7, &keys, &n, &next)))
+      snprintf(out, cap, "%d %s next %llu", n, n ? keys[0] : "",
+               (unsigned long long)next);
+    vlm_db_keys_free(keys, n);
+    return rc;
+  }
+  case RF_FOREACH: {
+    int n = 0;
+    if (!(rc = vlm_db_foreach(*db, rf_count, &n)))
+      snprintf(out, cap, "%d", n);
+    return rc;
+  }
+  case RF_VERIFY:
+    return vlm_db_verify(*db);
+  case RF_EVAL: {
+    vlm_eval_options eo = {0};
+    vlm_eval_result er;
+    if (!(rc = vlm_db_eval(*db, &eo, &er)))
+      snprintf(out, cap, "%lld %.4f", (long long)er.pairs,
+               er.t2i.at[0].recall);
+    return rc;
+  }
+  case RF_CHECKPOINT: {
+    vlm_item it = corpus_item(c, 200 + round % 400);
+    if ((rc = vlm_db_put(*db, &it, 1, 0, NULL)))
+      return rc;
+    return vlm_db_checkpoint(*db);
+  }
+  case RF_BACKUP: {
+    char dst[PATH_MAX];
+    snprintf(dst, sizeof dst, "%s/backup-%d", t->root, round);
+    vlm_db_backup_info bi;
+    if (!(rc = vlm_db_backup(*db, dst, &bi)))
+      snprintf(out, cap, "%lld", (long long)bi.items);
+    struct stat st;
+    if (rc && stat(dst, &st) == 0)
+      fail_msg("a failed backup left %s", dst);
+    return rc;
+  }
+  case RF_REINDEX:
+    return vlm_db_reindex(*db, "Flat");
+  case RF_REBUILD:
+    return vlm_db_rebuild_meta(*db);
+  case RF_REINDEX_HNSW:
+    return vlm_db_reindex(*db, "HNSW16");
+  case RF_REOPEN: {
+    vlm_db_close(*db);
+    *db = NULL;
+    vlm_db_open_options oo = {.warn = count_warning};
+    rc = vlm_db_open(t->dir, &oo, db);
+    return rc;
+  }
+  }
+  return 0;
+}
+
+static void test_read_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 600, DIM, 989);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  db = open_db(t.dir); /* warnings counted, not printed */
+  corpus_put(db, &c, 0, 200, 100);
+  char want[2048], got[2048], again[2048];
+  int round = 0, faults = 0;
+  for (int op = 0; op < RF_N; op++) {
+    CHECK(rf_run(op, &db, &c, &t, round++, want, sizeof want));
+    /* every one of the first reads, then every doubling (eval reads once
+     * per query) */
+    for (int n = 1;; n = n < 8 ? n + 1 : 2 * n) {
+      nth_arm("lmdb-read", n);
+      int rc = rf_run(op, &db, &c, &t, round++, got, sizeof got);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!db) { /* a reopen that failed: open again without faults */
+        if (rc != VLM_EIO)
+          fail_msg("reopen #%d: %d (%s): %s", n, rc, vlm_errname(rc),
+                   vlm_errmsg());
+        db = open_db(t.dir);
+      }
+      if (!reached) {
+        if (rc)
+          fail_msg("%s: %s", rf_name[op], vlm_errmsg());
+        break;
+      }
+      faults++;
+      if (rc != 0 && rc != VLM_EIO)
+        fail_msg("%s with lmdb-read #%d: %d (%s): %s", rf_name[op], n, rc,
+                 vlm_errname(rc), vlm_errmsg());
+      if (rc == 0 && strcmp(got, want))
+        fail_msg("%s survived lmdb-read #%d with another answer:\n%s\n%s",
+                 rf_name[op], n, got, want);
+      CHECK(rf_run(op, &db, &c, &t, round++, again, sizeof again));
+      if (strcmp(again, want))
+        fail_msg("%s after lmdb-read #%d:\n%s\nbefore:\n%s", rf_name[op], n,
+                 again, want);
+      CHECK(vlm_db_verify(db));
+      if (n >= 100000)
+        fail_msg("%s: still reaching lmdb-read #%d", rf_name[op], n);
+    }
+  }
+  print_message("%d read faults over %d operations\n", faults, RF_N);
+  assert_true(faults >= RF_N);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Declared fields given every kind of JSON value their type allows: an
+ * int field takes integers, booleans (0/1) and integral reals, a text
+ * field takes strings and keeps any other value as its JSON text, a real
+ * field takes any number.  Filters see exactly those SQL values, and
+ * verify compares each row with its record. */
+static void test_field_values_of_every_json_type(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  static const struct {
+    const char *meta, *filter;
+  } items[] = {
+      {"{\"year\": true, \"category\": 5, \"price\": 3}",
+       "year = 1 AND category = '5' AND price = 3.0"},
+      {"{\"year\": false, \"category\": [\"a\", 1], \"price\": 2.5}",
+       "year = 0 AND category = '[\"a\",1]' AND price = 2.5"},
+      {"{\"year\": 1999.0, \"category\": {\"x\": null}}",
+       "year = 1999 AND category = '{\"x\":null}' AND price IS NULL"},
+      {"{\"year\": null, \"category\": \"plain\", \"price\": -0.25}",
+       "year IS NULL AND category = 'plain' AND price = -0.25"},
+  };
+  int n = (int)(sizeof items / sizeof items[0]);
+  float v[DIM] = {1};
+  char key[8][16];
+  vlm_item it[8];
+  for (int i = 0; i < n; i++) {
+    snprintf(key[i], sizeof key[i], "k%d", i);
+    it[i] = (vlm_item){.key = key[i], .image_vec = v, .meta_json = items[i].meta};
+  }
+  CHECK(vlm_db_put(db, it, n, 0, NULL));
+  for (int i = 0; i < n; i++) {
+    vlm_search_options o = {.k = 10, .exact = 1, .filter = items[i].filter};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    CHECK(vlm_db_search(db, v, &o, &hits, &nh));
+    if (nh != 1 || strcmp(hits[0].key, key[i]))
+      fail_msg("%s: %d hits (%s), expected %s", items[i].filter, nh,
+               nh ? hits[0].key : "-", key[i]);
+    vlm_hits_free(hits, nh);
+  }
+  CHECK(vlm_db_verify(db));
+  /* and what an int field refuses */
+  it[0].meta_json = "{\"year\": 1999.5}";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, it, 1, VLM_PUT_UPSERT, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "\"year\" must be an integer"));
+  it[0].meta_json = "{\"price\": \"cheap\"}";
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, it, 1, VLM_PUT_UPSERT, NULL));
+  assert_non_null(strstr(vlm_errmsg(), "\"price\" must be a number"));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* vlm_field_parse: "name:type" for each type, and the specs it refuses. */
+static void test_field_specs(void **state) {
+  (void)state;
+  vlm_field f;
+  CHECK(vlm_field_parse("price:real", &f));
+  assert_string_equal(f.name, "price");
+  assert_int_equal(f.type, VLM_FIELD_REAL);
+  CHECK(vlm_field_parse("n:int", &f));
+  assert_int_equal(f.type, VLM_FIELD_INT);
+  char longname[100];
+  memset(longname, 'a', 70);
+  strcpy(longname + 70, ":int");
+  static const char *bad[] = {"bad name:text", "x:blob", "notype", ":int",
+                              "caf\xc3\xa9:text"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (vlm_field_parse(bad[i], &f) != VLM_EINVAL)
+      fail_msg("field spec \"%s\" was accepted", bad[i]);
+  EXPECT_ERR(VLM_EINVAL, vlm_field_parse(longname, &f));
+  /* a name refused by create too */
+  tmp t;
+  tmp_make(&t);
+  vlm_field odd[1] = {{"no-dash", VLM_FIELD_TEXT}};
+  vlm_db_config c = {.dim = DIM, .index_factory = "Flat", .model_id = "m",
+                     .fields = odd, .nfields = 1};
+  vlm_db *db = NULL;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(t.dir, &c, &db));
+  assert_non_null(strstr(vlm_errmsg(), "letters, digits"));
+  odd[0].name = longname;
+  longname[70] = '\0';
+  EXPECT_ERR(VLM_EINVAL, vlm_db_create(t.dir, &c, &db));
+  assert_non_null(strstr(vlm_errmsg(), "1..63 characters"));
+  tmp_free(&t);
+}
+
+/* A hybrid query with no words (only punctuation) has nothing for BM25
+ * to rank: the answer is the vector ranking. */
+static void test_hybrid_without_words(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 50, DIM, 999);
+  corpus_put(db, &c, 0, 50, 50);
+  vlm_search_options o = {.k = 10};
+  vlm_hit *a = NULL, *b = NULL;
+  int na = 0, nb = 0;
+  CHECK(vlm_db_search(db, c.img, &o, &a, &na));
+  o.hybrid_text = "?! -- ...";
+  CHECK(vlm_db_search(db, c.img, &o, &b, &nb));
+  assert_int_equal(na, nb);
+  for (int i = 0; i < na; i++)
+    assert_string_equal(a[i].key, b[i].key);
+  vlm_hits_free(a, na);
+  vlm_hits_free(b, nb);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Pairs files with what a hand-written one gets wrong: each refused with
+ * its line; salvage refuses what is not a database. */
+static void test_pairs_and_salvage_refusals(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_eval_pair *pairs = NULL;
+  int np = 0;
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/none.jsonl", t.root);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_eval_pairs_load(path, &pairs, &np));
+  static const struct {
+    const char *text, *words;
+  } cases[] = {
+      {"{\"image\": \"a\", \"text\": \"b\"}\n{\"image\": \"a\",\n",
+       ":2: bad JSON"},
+      {"{\"image\": \"a\", \"text\": [\"b\", 3]}\n", "\"text\"[1] is not a"},
+      {"{\"image\": 1, \"text\": \"b\"}\n", ":1:"},
+  };
+  snprintf(path, sizeof path, "%s/pairs.jsonl", t.root);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    f_write_text(path, cases[i].text);
+    EXPECT_ERR(VLM_EFORMAT, vlm_eval_pairs_load(path, &pairs, &np));
+    if (!strstr(vlm_errmsg(), cases[i].words))
+      fail_msg("pairs %zu: \"%s\" does not say \"%s\"", i, vlm_errmsg(),
+               cases[i].words);
+  }
+  f_write_text(path, "\n{\"image\": \"a\", \"text\": [\"b\", \"c\"]}\n");
+  CHECK(vlm_eval_pairs_load(path, &pairs, &np));
+  assert_int_equal(np, 2);
+  vlm_eval_pairs_free(pairs, np);
+  vlm_db_salvage_result res;
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/saved", t.root);
+  EXPECT_ERR(VLM_EINVAL, vlm_db_salvage(t.root, dst, NULL, NULL, NULL));
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_salvage(t.root, dst, NULL, NULL, &res));
+  struct stat st;
+  assert_int_equal(stat(dst, &st), -1);
+  tmp_free(&t);
+}
+
+/* Records written before records carried checksums (the checksum flag
+ * clear) are judged by their contents: a test makes such records by
+ * clearing the flag, then damages one part of each.  The index side
+ * leaves a non-finite stored vector out (with a warning), searches never
+ * rank it, get still reads an old record whole, and salvage leaves each
+ * damaged record behind saying what is wrong with it. */
+typedef enum { OLD_PLAIN, OLD_NAN, OLD_LONG, OLD_CAPTION, OLD_SOURCE,
+               OLD_META, OLD_THUMB } old_damage;
+
+static void make_old_record(const char *dir, const char *key, old_damage d) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/payload.lmdb", dir);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi keys, items, vecs;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  mdb_env_set_mapsize(env, 64ull << 30);
+  assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "keys", 0, &keys), 0);
+  assert_int_equal(mdb_dbi_open(txn, "items", MDB_INTEGERKEY, &items), 0);
+  assert_int_equal(mdb_dbi_open(txn, "vecs", MDB_INTEGERKEY, &vecs), 0);
+  MDB_val k = {strlen(key), (void *)key}, v;
+  assert_int_equal(mdb_get(txn, keys, &k, &v), 0);
+  uint64_t id;
+  memcpy(&id, v.mv_data, 8);
+  MDB_val ik = {8, &id};
+  assert_int_equal(mdb_get(txn, items, &ik, &v), 0);
+  uint8_t *rec = malloc(v.mv_size);
+  size_t len = v.mv_size;
+  memcpy(rec, v.mv_data, len);
+  uint32_t hdr[10];
+  memcpy(hdr, rec, sizeof hdr);
+  hdr[1] &= ~0x20u; /* no checksum */
+  hdr[9] = 0;
+  memcpy(rec, hdr, sizeof hdr);
+  uint8_t *caption = rec + 40 + hdr[4], *source = caption + hdr[5],
+          *meta = source + hdr[6], *thumb = meta + hdr[7];
+  switch (d) {
+  case OLD_CAPTION: caption[0] = 0xff; break;
+  case OLD_SOURCE: source[0] = 0xff; break;
+  case OLD_META: meta[0] = '['; break;
+  case OLD_THUMB: thumb[0] = 'J'; break;
+  default: break;
+  }
+  v.mv_size = len;
+  v.mv_data = rec;
+  assert_int_equal(mdb_put(txn, items, &ik, &v, 0), 0);
+  free(rec);
+  if (d == OLD_NAN || d == OLD_LONG) {
+    assert_int_equal(mdb_get(txn, vecs, &ik, &v), 0);
+    float *vec = malloc(v.mv_size);
+    size_t vlen = v.mv_size;
+    memcpy(vec, v.mv_data, vlen);
+    if (d == OLD_NAN)
+      vec[2] = NAN; /* the first vector's first value */
+    else
+      for (int i = 2; i < 2 + DIM; i++)
+        vec[i] *= 2;
+    v.mv_size = vlen;
+    v.mv_data = vec;
+    assert_int_equal(mdb_put(txn, vecs, &ik, &v, 0), 0);
+    free(vec);
+  }
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+}
+
+static char all_warnings[4096];
+
+static void keep_warnings(void *arg, const char *msg) {
+  (void)arg;
+  size_t n = strlen(all_warnings);
+  snprintf(all_warnings + n, sizeof all_warnings - n, "%s\n", msg);
+}
+
+static char lost_why[8][64];
+static int nlost;
+
+static void note_lost(void *arg, const char *key, uint64_t id,
+                      const char *why) {
+  (void)arg;
+  (void)id;
+  if (nlost < 8)
+    snprintf(lost_why[nlost++], sizeof lost_why[0], "%s: %s", key ? key : "?",
+             why);
+}
+
+static void test_records_without_checksums(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 20, DIM, 1009);
+  for (int i = 0; i < 20; i++)
+    c.has_img[i] = 1;
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  static const uint8_t jpeg[8] = {0xff, 0xd8, 0xff, 0xe0, 0, 0, 0xff, 0xd9};
+  vlm_item items[20];
+  for (int i = 0; i < 20; i++) {
+    items[i] = corpus_item(&c, i);
+    items[i].source = "file.jpg";
+    items[i].thumb = jpeg;
+    items[i].thumb_len = sizeof jpeg;
+  }
+  CHECK(vlm_db_put(db, items, 10, 0, NULL));
+  CHECK(vlm_db_checkpoint(db));
+  CHECK(vlm_db_put(db, items + 10, 10, 0, NULL)); /* after the checkpoint */
+  vlm_db_close(db);
+  static const struct {
+    int item;
+    old_damage d;
+    const char *why;
+  } old[] = {
+      {2, OLD_PLAIN, NULL},
+      {3, OLD_LONG, "not of unit length"},
+      {11, OLD_NAN, "not finite"},
+      {12, OLD_CAPTION, "caption is not UTF-8"},
+      {13, OLD_SOURCE, "source is not UTF-8"},
+      {14, OLD_META, "meta is not a JSON object"},
+      {15, OLD_THUMB, "thumbnail is not JPEG data"},
+  };
+  int nold = (int)(sizeof old / sizeof old[0]);
+  for (int i = 0; i < nold; i++)
+    make_old_record(t.dir, c.key[old[i].item], old[i].d);
+  /* the index files gone: the open rebuilds them from the records */
+  char cmd[2 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "rm -f '%s'/*.faiss", t.dir);
+  assert_int_equal(system(cmd), 0);
+  all_warnings[0] = '\0';
+  vlm_db_open_options oo = {.warn = keep_warnings};
+  db = NULL;
+  CHECK(vlm_db_open(t.dir, &oo, &db));
+  if (!strstr(all_warnings, "vector is not finite; left"))
+    fail_msg("no warning for the non-finite vector: \"%s\"", all_warnings);
+  /* never ranked, by the index or the exact scan */
+  for (int exact = 0; exact < 2; exact++) {
+    vlm_search_options o = {.k = 20, .exact = exact,
+                            .target = VLM_TARGET_IMAGE};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    CHECK(vlm_db_search(db, c.img + 11 * DIM, &o, &hits, &nh));
+    for (int h = 0; h < nh; h++)
+      if (!strcmp(hits[h].key, c.key[11]))
+        fail_msg("%s search ranked the non-finite vector",
+                 exact ? "exact" : "index");
+    assert_int_equal(nh, 19);
+    vlm_hits_free(hits, nh);
+  }
+  /* an old record without damage reads whole; verify names damage */
+  sf_caption_is(db, c.key[2], c.caption[2]);
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_verify(db));
+  vlm_db_close(db);
+  /* salvage leaves each damaged record behind, saying why */
+  char dst[PATH_MAX];
+  snprintf(dst, sizeof dst, "%s/saved", t.root);
+  vlm_db_salvage_result res;
+  nlost = 0;
+  CHECK(vlm_db_salvage(t.dir, dst, note_lost, NULL, &res));
+  assert_int_equal(res.records, 20);
+  assert_int_equal(res.saved, 20 - (nold - 1));
+  assert_int_equal(res.lost, nold - 1);
+  for (int i = 1; i < nold; i++) {
+    int found = 0;
+    for (int j = 0; j < nlost; j++)
+      found |= strstr(lost_why[j], c.key[old[i].item]) &&
+               strstr(lost_why[j], old[i].why);
+    if (!found)
+      fail_msg("salvage did not report %s (%s)", c.key[old[i].item],
+               old[i].why);
+  }
+  /* the damaged item can still be deleted from the original */
+  db = open_db(t.dir);
+  const char *gone = c.key[11];
+  int deleted = 0;
+  CHECK(vlm_db_delete(db, &gone, 1, &deleted));
+  assert_int_equal(deleted, 1);
+  vlm_db_close(db);
+  db = open_db(dst);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* Files vlmdb writes itself failing ("file-write": an index checkpoint,
+ * the manifest, a backup's copies of the payload store, meta.sqlite and
+ * the index files, each write in turn): a checkpoint fails with VLM_EIO
+ * and the previous one stays in force, a backup fails with VLM_EIO and
+ * leaves nothing at or beside its destination, a close whose checkpoint
+ * fails warns, and every reopen finds every item. */
+static void expect_no_creating(const char *dir) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d));)
+    if (strstr(e->d_name, "creating"))
+      fail_msg("%s/%s was left behind", dir, e->d_name);
+  closedir(d);
+}
+
+static void test_file_write_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 200, DIM, 1019);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  corpus_put(db, &c, 0, 50, 50);
+  CHECK(vlm_db_checkpoint(db));
+  int next = 50, faults = 0;
+  for (int op = 0; op < 2; op++) {
+    for (int n = 1;; n++) {
+      char dst[PATH_MAX];
+      snprintf(dst, sizeof dst, "%s/copy-%d-%d", t.root, op, n);
+      if (op == 0)
+        corpus_put(db, &c, next, next + 5, 5), next += 5;
+      nth_arm("file-write", n);
+      int rc = op == 0 ? vlm_db_checkpoint(db) : vlm_db_backup(db, dst, NULL);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!reached) {
+        if (rc)
+          fail_msg("%s: %s", op ? "backup" : "checkpoint", vlm_errmsg());
+        break;
+      }
+      faults++;
+      if (rc != VLM_EIO)
+        fail_msg("%s with file-write #%d: %d (%s): %s",
+                 op ? "backup" : "checkpoint", n, rc, vlm_errname(rc),
+                 vlm_errmsg());
+      struct stat st;
+      if (op == 1 && stat(dst, &st) == 0)
+        fail_msg("a failed backup left %s", dst);
+      expect_no_creating(t.root);
+      CHECK(vlm_db_verify(db));
+      expect_index_matches_exact(db, &c);
+      assert_true(n < 50);
+    }
+  }
+  assert_true(faults >= 4);
+  /* a close whose checkpoint fails: a warning, and the next open catches
+   * the index up from the payload store */
+  corpus_put(db, &c, next, next + 5, 5);
+  next += 5;
+  nth_arm("file-write", -1);
+  warnings = 0;
+  vlm_db_close(db);
+  nth_disarm();
+  if (!warnings || !strstr(last_warning, "checkpoint at close"))
+    fail_msg("close with a failing checkpoint: \"%s\"", last_warning);
+  db = open_db(t.dir);
+  CHECK(vlm_db_verify(db));
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, next);
+  expect_index_matches_exact(db, &c);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* A create killed part-way leaves a .NAME.creating-PID sibling; the next
+ * create of NAME removes it once its process is gone, and keeps a live
+ * process's (that create may still win the rename). */
+static void test_stale_creating_siblings(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  pid_t dead = fork();
+  assert_true(dead >= 0);
+  if (dead == 0)
+    _exit(0);
+  assert_int_equal(waitpid(dead, NULL, 0), dead);
+  char stale[PATH_MAX], live[PATH_MAX], file[PATH_MAX + 16];
+  snprintf(stale, sizeof stale, "%s/.db.creating-%d", t.root, (int)dead);
+  snprintf(live, sizeof live, "%s/.db.creating-1", t.root); /* init lives */
+  assert_int_equal(mkdir(stale, 0755), 0);
+  assert_int_equal(mkdir(live, 0755), 0);
+  snprintf(file, sizeof file, "%s/meta.sqlite", stale);
+  f_write_text(file, "half made");
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  struct stat st;
+  if (stat(stale, &st) == 0)
+    fail_msg("%s (a dead process's) is still there", stale);
+  assert_int_equal(stat(live, &st), 0);
+  assert_int_equal(rmdir(live), 0);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* meta.sqlite without its batch number (its state row deleted): a
+ * read-only open names the damage; a writer's open rebuilds it from the
+ * payload store, with a warning, and nothing is lost. */
+static void test_meta_without_sequence_number(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  corpus_make(&c, 20, DIM, 1029);
+  corpus_put(db, &c, 0, 20, 10);
+  vlm_db_close(db);
+  char sqlpath[PATH_MAX];
+  snprintf(sqlpath, sizeof sqlpath, "%s/meta.sqlite", t.dir);
+  sqlite3 *s;
+  assert_int_equal(sql_open_rw(sqlpath, &s), SQLITE_OK);
+  /* (a new page size would move the page checksums: the VFS keeps it) */
+  sqlite3_stmt *st;
+  int before = -1, after = -2;
+  assert_int_equal(sqlite3_prepare_v2(s, "PRAGMA page_size", -1, &st, NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  before = sqlite3_column_int(st, 0);
+  sqlite3_reset(st);
+  sqlite3_exec(s, "PRAGMA page_size = 65536; VACUUM", NULL, NULL, NULL);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  after = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  assert_int_equal(after, before);
+  assert_int_equal(sqlite3_exec(s, "DELETE FROM vlm_state WHERE name = 'seq'",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(s);
+  vlm_db_open_options ro = {.readonly = 1};
+  db = NULL;
+  int rc = vlm_db_open(t.dir, &ro, &db);
+  if (rc != VLM_ECORRUPT || !strstr(vlm_errmsg(), "no sequence number"))
+    fail_msg("read-only open: %d (%s): %s", rc, vlm_errname(rc),
+             vlm_errmsg());
+  warnings = 0;
+  db = open_db(t.dir);
+  if (!warnings || !strstr(last_warning, "meta.sqlite"))
+    fail_msg("writer open: no warning (%s)", last_warning);
+  CHECK(vlm_db_verify(db));
+  assert_int_equal(cf_count(db, "year > 0"), 20);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* A payload store that is not what the manifest promises: missing, an
+ * LMDB file without vlmdb's tables, a batch number of the wrong size: each
+ * open is refused with VLM_ECORRUPT saying what is wrong.  A batch number
+ * behind meta.sqlite's is refused read-only and makes a writer rebuild
+ * meta.sqlite from the records.  A log entry of the wrong size that
+ * the open needs for its replay makes it rebuild meta.sqlite from the
+ * records instead, with a warning, nothing lost. */
+static void raw_state_put(const char *dir, const char *table,
+                          const void *key, size_t klen, const void *val,
+                          size_t vlen, int del) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/payload.lmdb", dir);
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi dbi;
+  assert_int_equal(mdb_env_create(&env), 0);
+  mdb_env_set_maxdbs(env, 8);
+  mdb_env_set_mapsize(env, 64ull << 30);
+  assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, table,
+                                strcmp(table, "log") ? 0 : MDB_INTEGERKEY,
+                                &dbi),
+                   0);
+  MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
+  assert_int_equal(del ? mdb_del(txn, dbi, &k, NULL)
+                       : mdb_put(txn, dbi, &k, &v, 0),
+                   0);
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+}
+
+static void expect_open_corrupt(const char *dir, const char *words) {
+  vlm_db *db = NULL;
+  vlm_db_open_options o = {.warn = count_warning};
+  int rc = vlm_db_open(dir, &o, &db);
+  if (rc != VLM_ECORRUPT || !strstr(vlm_errmsg(), words))
+    fail_msg("open: %d (%s): %s; expected VLM_ECORRUPT \"%s\"", rc,
+             vlm_errname(rc), vlm_errmsg(), words);
+  assert_null(db);
+}
+
+static void test_damaged_payload_store(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 20, DIM, 1039);
+  char cmd[4 * PATH_MAX];
+  for (int trial = 0; trial < 5; trial++) {
+    rm_rf(t.dir);
+    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    corpus_put(db, &c, 0, 10, 10);
+    if (trial == 4) { /* payload.lmdb a batch ahead, as after a crash */
+      vlm__test_fault = fault_here;
+      fault_at[0] = "sql-commit";
+      fault_at[1] = "sql-replay";
+      vlm_item it = corpus_item(&c, 10);
+      assert_true(vlm_db_put(db, &it, 1, 0, NULL) < 0);
+      fault_at[0] = fault_at[1] = NULL;
+      vlm__test_fault = NULL;
+    }
+    vlm_db_close(db);
+    uint32_t four = 7;
+    uint64_t seq = 2;
+    switch (trial) {
+    case 0:
+      snprintf(cmd, sizeof cmd, "rm -rf '%s/payload.lmdb'", t.dir);
+      assert_int_equal(system(cmd), 0);
+      expect_open_corrupt(t.dir, "missing");
+      break;
+    case 1: { /* an LMDB environment without vlmdb's tables */
+      snprintf(cmd, sizeof cmd, "rm -rf '%s/payload.lmdb' && mkdir '%s/"
+               "payload.lmdb'", t.dir, t.dir);
+      assert_int_equal(system(cmd), 0);
+      char path[PATH_MAX];
+      snprintf(path, sizeof path, "%s/payload.lmdb", t.dir);
+      MDB_env *env;
+      assert_int_equal(mdb_env_create(&env), 0);
+      assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+      mdb_env_close(env);
+      expect_open_corrupt(t.dir, "lmdb tables missing");
+      break;
+    }
+    case 2:
+      raw_state_put(t.dir, "state", "seq", 3, &four, sizeof four, 0);
+      expect_open_corrupt(t.dir, "lmdb state seq: bad size");
+      break;
+    case 3: { /* no batch number: 0, behind meta.sqlite's */
+      raw_state_put(t.dir, "state", "seq", 3, NULL, 0, 1);
+      vlm_db_open_options ro = {.readonly = 1};
+      db = NULL;
+      EXPECT_ERR(VLM_ECORRUPT, vlm_db_open(t.dir, &ro, &db));
+      assert_non_null(strstr(vlm_errmsg(), "payload.lmdb only at 0"));
+      /* a writer trusts the payload store and rebuilds meta.sqlite */
+      all_warnings[0] = '\0';
+      vlm_db_open_options wo = {.warn = keep_warnings};
+      db = NULL;
+      CHECK(vlm_db_open(t.dir, &wo, &db));
+      if (!strstr(all_warnings, "ahead of the payload store"))
+        fail_msg("writer open: \"%s\"", all_warnings);
+      CHECK(vlm_db_verify(db));
+      assert_int_equal(cf_count(db, "year > 0"), 10);
+      vlm_db_close(db);
+      break;
+    }
+    case 4: { /* the replay's log entry cut short */
+      char bad[5] = {0};
+      raw_state_put(t.dir, "log", &seq, sizeof seq, bad, sizeof bad, 0);
+      all_warnings[0] = '\0';
+      vlm_db_open_options wo = {.warn = keep_warnings};
+      db = NULL;
+      CHECK(vlm_db_open(t.dir, &wo, &db));
+      if (!strstr(all_warnings, "could not be replayed") ||
+          !strstr(all_warnings, "bad size"))
+        fail_msg("open with a damaged log entry: \"%s\"", all_warnings);
+      CHECK(vlm_db_verify(db));
+      assert_int_equal(cf_count(db, "year > 0"), 11);
+      vlm_db_close(db);
+      break;
+    }
+    }
+  }
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ meta rebuild */
 
 /* Filters and BM25 against a naive scan of the corpus: what meta.sqlite
@@ -4887,6 +6585,31 @@ int main(void) {
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_planner_retries, teardown_tmp),
+      cmocka_unit_test_teardown(test_store_faults_fail_whole_batches,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_index_add_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_recovery_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_api_refusals, teardown_tmp),
+      cmocka_unit_test_teardown(test_hostile_manifests, teardown_tmp),
+      cmocka_unit_test_teardown(test_store_error_codes, teardown_tmp),
+      cmocka_unit_test_teardown(test_sql_vfs_passes_through, teardown_tmp),
+      cmocka_unit_test_teardown(test_verify_names_the_differing_field,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_old_meta_is_rebuilt, teardown_tmp),
+      cmocka_unit_test_teardown(test_path_and_payload_limits, teardown_tmp),
+      cmocka_unit_test_teardown(test_checkpoint_mismatches, teardown_tmp),
+      cmocka_unit_test_teardown(test_read_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_field_values_of_every_json_type,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_field_specs, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_without_words, teardown_tmp),
+      cmocka_unit_test_teardown(test_pairs_and_salvage_refusals, teardown_tmp),
+      cmocka_unit_test_teardown(test_records_without_checksums, teardown_tmp),
+      cmocka_unit_test_teardown(test_file_write_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_stale_creating_siblings, teardown_tmp),
+      cmocka_unit_test_teardown(test_damaged_payload_store, teardown_tmp),
+      cmocka_unit_test_teardown(test_meta_without_sequence_number,
+                                teardown_tmp),
   };
   const char *only = getenv("VLM_TEST_ONLY");
   if ((!only || !*only) && getenv("VLM_TSAN"))

@@ -26,6 +26,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pty.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,6 +45,7 @@
 #include "util/util.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_server.h"
 #include "vlmdb.h"
 
 #define MODEL_DIR "tests/fixtures/clip-tiny"
@@ -67,12 +69,10 @@ static void sleep_ms(int ms) {
   nanosleep(&ts, NULL);
 }
 
+/* Test data and timings only: no expected value depends on the sequence. */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint32_t rng(void) {
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (uint32_t)(rng_state >> 16);
+  return (uint32_t)(vlm_test_splitmix64(&rng_state) >> 32);
 }
 
 static char *read_file(const char *path, size_t *len) {
@@ -178,15 +178,14 @@ static void server_done(server_t *s) {
   rm_rf(s->dir);
 }
 
-/* Spawn `$BUILD/vlmdb serve --db ... --port 0 extra...` and read the port
- * it prints.  Returns 0, or the exit status if it exited instead. */
+/* Spawn `$BUILD/vlmdb serve --db ... --port 0 extra...` (the shared
+ * harness, tests/util/server.c).  Returns 0, or the exit status if it
+ * exited instead. */
 static int spawn_server(server_t *s, const char *const *extra) {
   char bin[256];
   snprintf(bin, sizeof bin, "%s/vlmdb", build_dir());
   const char *argv[64];
   int n = 0;
-  argv[n++] = bin;
-  argv[n++] = "serve";
   argv[n++] = "--db";
   argv[n++] = s->db;
   argv[n++] = "--model";
@@ -196,62 +195,11 @@ static int spawn_server(server_t *s, const char *const *extra) {
   for (int i = 0; extra && extra[i]; i++)
     argv[n++] = extra[i];
   argv[n] = NULL;
-  int out[2];
-  assert_int_equal(pipe(out), 0);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-    int log = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-    dup2(out[1], 1);
-    dup2(log, 2);
-    close(out[0]);
-    close(out[1]);
-    close(log);
-    if (strstr(build_dir(), "asan")) {
-      /* ASan keeps 256 MiB of freed memory in quarantine by default, which
-       * would hide whether the server gives memory back; a small one
-       * still catches use after free. */
-      char opts[512];
-      const char *old = getenv("ASAN_OPTIONS");
-      snprintf(opts, sizeof opts, "%s%squarantine_size_mb=16",
-               old ? old : "", old && *old ? ":" : "");
-      setenv("ASAN_OPTIONS", opts, 1);
-    }
-    execv(bin, (char *const *)argv);
-    _exit(127);
-  }
-  close(out[1]);
-  s->pid = pid;
-  char line[256];
-  size_t len = 0;
-  double deadline = now_s() + 60;
-  while (now_s() < deadline && len < sizeof line - 1) {
-    struct pollfd p = {out[0], POLLIN, 0};
-    if (poll(&p, 1, 100) <= 0)
-      continue;
-    ssize_t r = read(out[0], line + len, 1);
-    if (r <= 0)
-      break;
-    if (line[len++] == '\n')
-      break;
-  }
-  line[len] = '\0';
-  close(out[0]);
-  char *colon = strrchr(line, ':');
-  if (!strstr(line, "listening on") || !colon) {
-    int status = 0;
-    for (int i = 0; i < 3000 && waitpid(pid, &status, WNOHANG) == 0; i++)
-      sleep_ms(10);
-    s->pid = 0;
-    if (WIFEXITED(status))
-      return WEXITSTATUS(status) ? WEXITSTATUS(status) : -1;
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-  }
-  s->port = atoi(colon + 1);
-  return 0;
+  vlm_test_server ts;
+  int rc = vlm_test_server_spawn(&ts, bin, argv, s->log, 60);
+  s->pid = rc == 0 ? ts.pid : 0;
+  s->port = rc == 0 ? ts.port : 0;
+  return rc;
 }
 
 static void start_server(server_t *s, const char *const *extra) {
@@ -267,20 +215,13 @@ static void start_server(server_t *s, const char *const *extra) {
 static void stop_server(server_t *s) {
   if (!s->pid)
     return;
-  kill(s->pid, SIGTERM);
-  int status = 0;
-  pid_t r = 0;
-  double deadline = now_s() + 60;
-  while ((r = waitpid(s->pid, &status, WNOHANG)) == 0 && now_s() < deadline)
-    sleep_ms(10);
-  if (r == 0) {
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &status, 0);
-    s->pid = 0;
+  vlm_test_server ts = {s->pid, s->port};
+  int status = vlm_test_server_stop(&ts, 60);
+  s->pid = 0;
+  if (status == -1) {
     print_log(s);
     fail_msg("server did not stop within 60 s of SIGTERM");
   }
-  s->pid = 0;
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     print_log(s);
     fail_msg("server exit: %s %d", WIFEXITED(status) ? "status" : "signal",
@@ -1572,6 +1513,13 @@ static void test_multi_exec(void **state) {
            s.port, hex);
   expect_shell(cmd, "[1, 1, 1]\n");
   expect_int(hcmd(c, "EXISTS a py1 py2"), 2);
+  redisFree(c);
+  /* a server that ran transactions shuts down cleanly, and what they
+   * wrote is there after the restart */
+  stop_server(&s);
+  start_server(&s, NULL);
+  c = hconnect(s.port);
+  expect_int(hcmd(c, "EXISTS a b c d py1 py2"), 3); /* c, py1, py2 */
   redisFree(c);
 
   /* kill -9 with an EXEC of 1,500 writes in flight: all or nothing */
@@ -3026,6 +2974,257 @@ static void test_kill9_under_load(void **state) {
  * main
  * ==================================================================== */
 
+/* ======================================================================
+ * The library API in process, and every command's refusals
+ * ==================================================================== */
+
+/* vlm_server_create refuses what it cannot serve safely, each with its
+ * code and a message naming the option; a server created and never run
+ * frees cleanly; a server without a model answers the commands that need
+ * one with an error that says so and everything else normally; stop from
+ * another thread shuts it down (run returns 0) and it cannot run twice. */
+typedef struct {
+  vlm_server *srv;
+  int rc;
+} run_arg;
+
+static void *server_thread(void *p) {
+  run_arg *a = p;
+  a->rc = vlm_server_run(a->srv);
+  return NULL;
+}
+
+#define EXPECT_CREATE_ERR(code, words, db, clip, opts)                     \
+  do {                                                                     \
+    vlm_server *srv_ = NULL;                                               \
+    int rc_ = vlm_server_create(db, clip, opts, &srv_);                    \
+    if (rc_ != (code) || !strstr(vlm_errmsg(), words))                     \
+      fail_msg("create: %d (%s): %s; expected %s, \"%s\"", rc_,            \
+               vlm_errname(rc_), vlm_errmsg(), vlm_errname(code), words);  \
+    assert_null(srv_);                                                     \
+  } while (0)
+
+static void test_server_api(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  vlm_db *db = NULL;
+  VLM_CHECK(vlm_db_open(s.db, NULL, &db));
+  vlm_server_options o = {0};
+  char long_bind[80];
+  memset(long_bind, '1', sizeof long_bind - 1);
+  long_bind[sizeof long_bind - 1] = '\0';
+  EXPECT_CREATE_ERR(VLM_EINVAL, "no database", NULL, g_clip, &o);
+  o.bind = "0.0.0.0";
+  EXPECT_CREATE_ERR(VLM_EINVAL, "without a password", db, g_clip, &o);
+  o.bind = long_bind;
+  EXPECT_CREATE_ERR(VLM_EINVAL, "too long", db, g_clip, &o);
+  o.bind = "no-such-address";
+  o.requirepass = "secret";
+  EXPECT_CREATE_ERR(VLM_EINVAL, "bind address 'no-such-address'", db, g_clip,
+                    &o);
+  o.bind = NULL;
+  o.requirepass = NULL;
+  o.port = 70000;
+  EXPECT_CREATE_ERR(VLM_EINVAL, "port 70000", db, g_clip, &o);
+  o.port = 0;
+  o.threads = -1;
+  EXPECT_CREATE_ERR(VLM_EINVAL, "negative option", db, g_clip, &o);
+  o.threads = 2;
+  /* a database of another dimension than the model's */
+  char other[128];
+  snprintf(other, sizeof other, "%s/other", s.dir);
+  vlm_db_config cfg = {.dim = g_dim + 1, .index_factory = "Flat",
+                       .model_id = "m"};
+  vlm_db *db2 = NULL;
+  VLM_CHECK(vlm_db_create(other, &cfg, &db2));
+  EXPECT_CREATE_ERR(VLM_EMISMATCH, "model dimension", db2, g_clip, &o);
+  vlm_db_close(db2);
+  /* a port in use; a server never run frees cleanly */
+  vlm_server *first = NULL;
+  VLM_CHECK(vlm_server_create(db, g_clip, &o, &first));
+  o.port = vlm_server_port(first);
+  assert_true(o.port > 0);
+  EXPECT_CREATE_ERR(VLM_ENET, "listen on", db, g_clip, &o);
+  vlm_server_free(first);
+  vlm_server_free(NULL);
+
+  /* no model; IPv6 loopback when the machine has it */
+  o.port = 0;
+  o.bind = "::1";
+  vlm_server *srv = NULL;
+  if (vlm_server_create(db, NULL, &o, &srv) != 0) {
+    o.bind = NULL;
+    VLM_CHECK(vlm_server_create(db, NULL, &o, &srv));
+  }
+  char logpath[128];
+  snprintf(logpath, sizeof logpath, "%s/api.log", s.dir);
+  run_arg ra = {srv, -1};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, server_thread, &ra), 0);
+  struct timeval tv = {IO_TIMEOUT_S, 0};
+  redisContext *c = redisConnectWithTimeout(o.bind ? "::1" : "127.0.0.1",
+                                            vlm_server_port(srv), tv);
+  assert_non_null(c);
+  if (c->err)
+    fail_msg("connect: %s", c->errstr);
+  expect_error(hcmd(c, "EMBED TEXT %s", "a cat"), "ERR EMBED needs a model");
+  expect_error(hcmd(c, "SEARCH TEXT %s", "a cat"),
+               "ERR SEARCH TEXT needs a model");
+  expect_error(hcmd(c, "ADD k IMAGE %b", "xx", (size_t)2),
+               "ERR ADD with IMAGE and no IMAGEVEC needs a model");
+  redisReply *r = hcmd(c, "INFO model");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  if (!strstr(r->str, "model_loaded:0"))
+    fail_msg("INFO model without a model:\n%s", r->str);
+  freeReplyObject(r);
+  float *v = calloc((size_t)g_dim, sizeof(float));
+  v[0] = 1;
+  expect_int(hcmd(c, "ADD k IMAGEVEC %b", v, (size_t)g_dim * 4), 1);
+  free(v);
+  expect_int(hcmd(c, "EXISTS k"), 1);
+  vlm_server_stop(srv);
+  assert_int_equal(pthread_join(th, NULL), 0);
+  redisFree(c);
+  assert_int_equal(ra.rc, 0);
+  assert_int_equal(vlm_server_run(srv), VLM_ESTATE);
+  vlm_server_free(srv);
+  assert_int_equal(vlm_db_exists(db, "k"), 1);
+  vlm_db_close(db);
+  server_done(&s);
+}
+
+/* Every command given arguments it must refuse: an error naming what is
+ * wrong, the connection still usable after each, nothing written. */
+static void test_command_refusals(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  size_t vb = (size_t)g_dim * 4;
+  float *v = calloc((size_t)g_dim, sizeof(float));
+  v[0] = 1;
+  expect_int(hcmd(c, "ADD a IMAGEVEC %b TEXT %s META %s", v, vb, "a cat",
+                  "{\"n\": 1, \"cat\": \"x\"}"), 1);
+  float *inf = calloc((size_t)g_dim, sizeof(float));
+  inf[1] = INFINITY;
+  static const struct {
+    const char *cmd;
+    const char *want;
+  } cases[] = {
+      {"SEARCH KEY a TARGET SIDEWAYS", "ERR TARGET must be ANY, IMAGE or TEXT"},
+      {"SEARCH KEY a RETURN 2 n", "ERR RETURN 2 needs 2 field names"},
+      {"SEARCH KEY a RETURN x", "ERR RETURN count must be an integer"},
+      {"SEARCH KEY a WEIGHT 0.5", "ERR WEIGHT needs HYBRID <text>"},
+      {"SEARCH KEY a WEIGHT 2 HYBRID cat", "ERR WEIGHT must be a number"},
+      {"SEARCH KEY a K 0", "ERR K must be an integer from 1"},
+      {"SEARCH KEY a EF x", "ERR"},
+      {"SEARCH KEY a COLLAPSE 0", "ERR COLLAPSE is a cosine in (0, 1]"},
+      {"SEARCH KEY a BOGUS", "ERR syntax error"},
+      {"SEARCH KEY nokey", "ERR"},
+      {"SEARCH WHAT a", "ERR SEARCH: unknown query kind"},
+      {"ADD b", "ERR"},
+      {"ADD b TEXT x IMAGEVEC", "ERR syntax error"},
+      {"ADD b COLOUR red", "ERR syntax error"},
+      {"UPSERT b IMAGEVEC short", "ERR"},
+      {"SETMETA a notjson", "ERR"},
+      {"SCAN notanumber", "ERR invalid cursor"},
+      {"SCAN 0 BOGUS x", "ERR syntax error"},
+      {"SCAN 0 COUNT 0", "ERR"},
+      {"EMBED TEXT cat SIDEWAYS", "ERR syntax error"},
+      {"EMBED SOUND x", "ERR"},
+      {"VLM.EVAL K 1,x", "ERR"},
+      {"VLM.EVAL SAMPLE 0", "ERR SAMPLE must be an integer"},
+      {"VLM.EVAL SEED -1", "ERR SEED must be an integer"},
+      {"VLM.EVAL BOGUS", "ERR syntax error"},
+      {"GET a WITHNOTHING", "ERR syntax error"},
+      {"COMMAND BOGUS", "ERR unknown subcommand"},
+      {"CLIENT SETNAME bad\nname", "ERR"},
+      {"CLIENT NOSUCH", "ERR"},
+      {"HELLO 3 SETNAME bad\tname", "ERR"},
+      {"HELLO 3 BOGUS", "ERR syntax error"},
+      {"AUTH a b c", "ERR syntax error"},
+      {"CONFIG GET", "ERR"},
+      {"INFO nosuchsection x", NULL}, /* an empty reply, not an error */
+  };
+  int wrong = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    /* split on spaces; a "\n" or "\t" stays inside its argument */
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", cases[i].cmd);
+    const char *argv[16];
+    int argc = 0;
+    for (char *tok = strtok(buf, " "); tok && argc < 16; tok = strtok(NULL, " "))
+      argv[argc++] = tok;
+    redisReply *r = hcmdargv(c, argc, argv, NULL);
+    if (cases[i].want ? r->type != REDIS_REPLY_ERROR ||
+                            strncmp(r->str, cases[i].want,
+                                    strlen(cases[i].want))
+                      : r->type == REDIS_REPLY_ERROR) {
+      print_error("%s: %s, expected %s%s\n", cases[i].cmd,
+                  r->type == REDIS_REPLY_ERROR ? r->str : "not an error",
+                  cases[i].want ? "an error " : "no error",
+                  cases[i].want ? cases[i].want : "");
+      wrong++;
+    }
+    freeReplyObject(r);
+    expect_ping(c);
+  }
+  assert_int_equal(wrong, 0);
+  /* binary arguments: a NUL inside a key or text, a non-finite vector */
+  expect_error(hcmd(c, "ADD %b IMAGEVEC %b", "x\0y", (size_t)3, v, vb),
+               "ERR key contains a NUL byte");
+  expect_error(hcmd(c, "SEARCH KEY a FILTER %b", "n\0=1", (size_t)4),
+               "ERR FILTER contains a NUL byte");
+  expect_error(hcmd(c, "ADD b IMAGEVEC %b", inf, vb),
+               "ERR IMAGEVEC has a non-finite value at 1");
+  expect_error(hcmd(c, "SEARCH KEY %s", ""), "ERR empty key");
+  expect_error(hcmd(c, "ADD %s IMAGEVEC %b", "", v, vb), "ERR empty key");
+  expect_error(hcmd(c, "SETMETA %s {}", ""), "ERR empty key");
+  expect_error(hcmd(c, "BACKUP %s", ""), "ERR BACKUP: the directory is empty");
+  /* the help and listing subcommands */
+  redisReply *r = hcmd(c, "COMMAND HELP");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_true(r->elements > 2);
+  freeReplyObject(r);
+  r = hcmd(c, "CLIENT HELP");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_true(r->elements > 2);
+  freeReplyObject(r);
+  r = hcmd(c, "COMMAND LIST");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  int saw_search = 0;
+  for (size_t i = 0; i < r->elements; i++)
+    saw_search |= !strcmp(r->element[i]->str, "search");
+  assert_true(saw_search);
+  size_t ncmd = r->elements;
+  freeReplyObject(r);
+  r = hcmd(c, "COMMAND INFO");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, ncmd);
+  freeReplyObject(r);
+  /* EMBED ARRAY: the model's vector as numbers */
+  r = hcmd(c, "EMBED TEXT %s ARRAY", "a cat");
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, (size_t)g_dim);
+  float want[1024];
+  text_vec("a cat", want);
+  for (int i = 0; i < g_dim; i++) {
+    double got = strtod(r->element[i]->str, NULL); /* RESP2: as text */
+    if (fabs(got - want[i]) > 1e-4)
+      fail_msg("EMBED ARRAY [%d]: %g, model %g", i, got, want[i]);
+  }
+  freeReplyObject(r);
+  /* nothing of the refused commands was written */
+  expect_int(hcmd(c, "EXISTS a b x"), 1);
+  free(v);
+  free(inf);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 static int group_setup(void **state) {
   (void)state;
   signal(SIGPIPE, SIG_IGN);
@@ -3077,6 +3276,8 @@ int main(void) {
       cmocka_unit_test(test_graceful_shutdown),
       cmocka_unit_test(test_batching),
       cmocka_unit_test(test_kill9_under_load),
+      cmocka_unit_test(test_server_api),
+      cmocka_unit_test(test_command_refusals),
   };
   const char *only = getenv("NET_TEST"); /* run one test: NET_TEST=name */
   if (only && *only)

@@ -27,6 +27,7 @@
 #include "train_int.h"
 #include "train_kernels.h"
 #include "train_model.h"
+#include "util/util.h"
 #include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
@@ -37,10 +38,7 @@
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static double urand(void) { /* [0, 1) */
-  rng_state ^= rng_state << 13;
-  rng_state ^= rng_state >> 7;
-  rng_state ^= rng_state << 17;
-  return (double)(rng_state >> 11) / 9007199254740992.0;
+  return vlm_test_uniform(&rng_state);
 }
 
 static double nrand(void) {
@@ -773,26 +771,6 @@ static void write_text(const char *path, const char *text) {
   fclose(f);
 }
 
-static int rm_rf(const char *path) {
-  struct stat st;
-  if (lstat(path, &st))
-    return 0;
-  if (S_ISDIR(st.st_mode)) {
-    DIR *d = opendir(path);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-        continue;
-      char sub[1024];
-      snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-      rm_rf(sub);
-    }
-    if (d)
-      closedir(d);
-    return rmdir(path);
-  }
-  return unlink(path);
-}
 
 static const char tiny_config_json[] =
     "{\"projection_dim\": 32, \"logit_scale_init_value\": 2.6592,\n"
@@ -844,7 +822,7 @@ static int synth_setup(void **state) {
 static int synth_teardown(void **state) {
   (void)state;
   if (S) {
-    rm_rf(S->dir);
+    vlm_test_rm_rf(S->dir);
     free(S);
     S = NULL;
   }

@@ -1,6 +1,7 @@
 /* util.h - what the test programs share: removing a temp tree, the
- * splitmix64 generator, and check macros for vlmdb calls that print the
- * error code, its name and the library's message on failure.
+ * splitmix64 generator, a `vlmdb serve` child process, and check macros
+ * for vlmdb calls that print the error code, its name and the library's
+ * message on failure.
  *
  * Include after <cmocka.h> (the macros use fail_msg). */
 #ifndef VLM_TEST_UTIL_H
@@ -23,6 +24,24 @@ double vlm_test_uniform(uint64_t *state);
  * enough); its length. */
 size_t vlm_test_resp_encode(char *out, int argc, const char **argv,
                             const size_t *lens);
+
+/* A `vlmdb serve` child process (server.c). */
+typedef struct {
+  int pid;  /* 0 when none runs */
+  int port;
+} vlm_test_server;
+
+/* Start `bin serve args...` (args NULL-terminated; pass "--port", "0" for
+ * an ephemeral port), its stderr appended to log (NULL: inherited), and
+ * wait up to timeout_s for the "listening on HOST:PORT" line it prints.
+ * 0 with s->pid and s->port set; else its exit status (-1 if it did not
+ * exit by itself) and no child left.  The child dies with the test. */
+int vlm_test_server_spawn(vlm_test_server *s, const char *bin,
+                          const char *const *args, const char *log,
+                          double timeout_s);
+/* SIGTERM, and wait up to timeout_s: its wait status, or -1 when it had
+ * to be killed.  0 at once when none runs. */
+int vlm_test_server_stop(vlm_test_server *s, double timeout_s);
 
 /* call must return 0; else fail with its code, name and message. */
 #define VLM_CHECK(call)                                                    \
