@@ -492,12 +492,20 @@ typedef struct {
   const char *name;
 } anchor;
 
+/* The SigLIP checkpoint the benchmark writes has no tokenizer (its text
+ * cell runs token ids): its towers load alone. */
+static int load(const char *dir, const geometry *g, const vlm_clip_options *o,
+                vlm_clip **out) {
+  return g && g->siglip ? vlm__clip_load_towers(dir, o, out)
+                        : vlm_clip_load(dir, o, out);
+}
+
 /* Measure the model in dir and print its table.  g: the geometry the
  * benchmark wrote there (NULL: a model given with --model). */
 static int measure(const char *dir, const geometry *g, int reps,
                    const anchor *an) {
   vlm_clip *probe_clip = NULL;
-  if (vlm_clip_load(dir, NULL, &probe_clip)) {
+  if (load(dir, g, NULL, &probe_clip)) {
     fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
     return 1;
   }
@@ -531,7 +539,7 @@ static int measure(const char *dir, const geometry *g, int reps,
     vlm_clip_options o = {.threads = th};
     vlm_clip *clip = NULL;
     double t0 = now();
-    if (vlm_clip_load(dir, &o, &clip)) {
+    if (load(dir, g, &o, &clip)) {
       fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
       return 1;
     }
@@ -590,7 +598,7 @@ static int measure(const char *dir, const geometry *g, int reps,
   {
     vlm_clip_options o = {.threads = 1};
     vlm_clip *clip = NULL;
-    if (vlm_clip_load(dir, &o, &clip)) {
+    if (load(dir, g, &o, &clip)) {
       fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
       return 1;
     }
