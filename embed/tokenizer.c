@@ -39,9 +39,10 @@
 #include <utf8proc.h>
 #include <zlib.h>
 
+#include "hf_tok.h"
 #include "vlm_error.h"
-#include "vlm_utf8.h"
 #include "vlm_file.h"
+#include "vlm_utf8.h"
 
 /* The reference keeps merges[1 : 49152 - 256 - 2 + 1] of the list. */
 #define CLIP_MAX_MERGES (49152 - 256 - 2)
@@ -504,71 +505,6 @@ static int is_number(uint32_t c) {
   return k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO;
 }
 
-/* Unicode Cased: Lu, Ll, Lt, or any character with a case mapping (which
- * covers Other_Uppercase/Other_Lowercase symbols such as circled letters;
- * the few Other_Lowercase modifier letters without a mapping are missed). */
-static int is_cased(uint32_t c) {
-  utf8proc_category_t k = utf8proc_category((utf8proc_int32_t)c);
-  if (k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT)
-    return 1;
-  return utf8proc_tolower((utf8proc_int32_t)c) != (utf8proc_int32_t)c ||
-         utf8proc_toupper((utf8proc_int32_t)c) != (utf8proc_int32_t)c;
-}
-
-/* Unicode Case_Ignorable: Mn, Me, Cf, Lm, Sk, and the Word_Break classes
- * MidLetter, MidNumLet and Single_Quote. */
-static int is_case_ignorable(uint32_t c) {
-  switch (utf8proc_category((utf8proc_int32_t)c)) {
-  case UTF8PROC_CATEGORY_MN:
-  case UTF8PROC_CATEGORY_ME:
-  case UTF8PROC_CATEGORY_CF:
-  case UTF8PROC_CATEGORY_LM:
-  case UTF8PROC_CATEGORY_SK:
-    return 1;
-  default:
-    break;
-  }
-  switch (c) {
-  case 0x27: case 0x2E: case 0x3A: case 0xB7: case 0x387: case 0x55F:
-  case 0x5F4: case 0x2018: case 0x2019: case 0x2024: case 0x2027:
-  case 0xFE13: case 0xFE52: case 0xFE55: case 0xFF07: case 0xFF0E: case 0xFF1A:
-    return 1;
-  default:
-    return 0;
-  }
-}
-
-/* Python's str.lower(): out has room for 2 * n code points. */
-static size_t py_lower(const uint32_t *in, size_t n, uint32_t *out) {
-  size_t m = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint32_t c = in[i];
-    if (c == 0x130) { /* SpecialCasing: I WITH DOT ABOVE -> i + COMBINING DOT */
-      out[m++] = 0x69;
-      out[m++] = 0x307;
-    } else if (c == 0x3A3) { /* Final_Sigma, as CPython's handle_capital_sigma */
-      size_t j = i;
-      uint32_t prev = 0;
-      int final_sigma = 0;
-      while (j > 0) {
-        prev = in[--j];
-        if (!is_case_ignorable(prev)) {
-          final_sigma = is_cased(prev);
-          break;
-        }
-      }
-      if (final_sigma) {
-        for (j = i + 1; j < n && is_case_ignorable(in[j]); j++) {}
-        final_sigma = j == n || !is_cased(in[j]);
-      }
-      out[m++] = final_sigma ? 0x3C2 : 0x3C3;
-    } else {
-      out[m++] = (uint32_t)utf8proc_tolower((utf8proc_int32_t)c);
-    }
-  }
-  return m;
-}
-
 typedef struct {
   const char *name;
   uint32_t first, second;
@@ -866,7 +802,7 @@ int vlm__tokenize(const vlm__tokenizer *tok, const char *text,
   n = html_unescape(a, n, b);
   n = html_unescape(b, n, a);
   n = clean_whitespace(a, n);
-  n = py_lower(a, n, b);
+  n = vlm__py_lower(a, n, b);
   uint32_t *t = b;
 
   /* body ids: the reference keeps [bos] + body[:limit - 2] + [eos] */
