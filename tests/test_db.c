@@ -5337,7 +5337,7 @@ static const char *rf_name[RF_N] = {
     "exact search", "index search", "filtered search", "hybrid search",
     "collapsed search", "get", "scan", "foreach", "verify", "eval",
     "checkpoint", "backup", "reindex", "rebuild_meta", "reopen",
-    "reindex to HNSW (tuned)"};
+    "reindex to HNSW"};
 
 static int rf_count(const vlm_record *rec, void *arg) {
   (void)rec;
