@@ -1207,57 +1207,12 @@ static void test_original_layout_infers_geometry(void **state) {
 
 /* F32 and BF16 files: the loader converts (or maps) them; F32 copies of
  * the F16 weights must give the same vectors and the same model id. */
-static void write_converted(const char *src, const char *dst, int bf16) {
-  vlm_test_ckpt c;
-  vlm_test_ckpt_read(src, &c);
-  const char *key;
-  json_t *v;
-  /* Lay tensors out again, each at a multiple of its element size. */
-  size_t cap = c.data_len * 2 + 64, used = 0;
-  uint8_t *out = calloc(1, cap);
-  json_object_foreach(c.header, key, v) {
-    if (!strcmp(key, "__metadata__"))
-      continue;
-    json_t *off = json_object_get(v, "data_offsets");
-    size_t b = (size_t)json_integer_value(json_array_get(off, 0));
-    size_t e = (size_t)json_integer_value(json_array_get(off, 1));
-    size_t n = (e - b) / 2;
-    used = (used + 3) & ~(size_t)3;
-    size_t start = used;
-    for (size_t i = 0; i < n; i++) {
-      uint16_t h = (uint16_t)(c.data[b + 2 * i] | c.data[b + 2 * i + 1] << 8);
-      float f;
-      vlm__f16_to_f32(&f, &h, 1);
-      if (bf16) {
-        uint32_t bits;
-        memcpy(&bits, &f, 4);
-        /* F16 values with 11-bit mantissas are not all BF16-exact; the
-         * BF16 file is checked against its own conversion below. */
-        uint16_t hi = (uint16_t)(bits >> 16);
-        memcpy(out + used, &hi, 2);
-        used += 2;
-      } else {
-        memcpy(out + used, &f, 4);
-        used += 4;
-      }
-    }
-    json_object_set_new(v, "dtype", json_string(bf16 ? "BF16" : "F32"));
-    json_array_set_new(off, 0, json_integer((json_int_t)start));
-    json_array_set_new(off, 1, json_integer((json_int_t)used));
-  }
-  free(c.data);
-  c.data = out;
-  c.data_len = used;
-  vlm_test_ckpt_write(&c, dst);
-  vlm_test_ckpt_free(&c);
-}
-
 static void test_f32_and_bf16_files(void **state) {
   (void)state;
   char *dir = model_dir(1);
   char path[512];
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
-  write_converted(HF_FILE, path, 0);
+  vlm_test_ckpt_convert(HF_FILE, path, VLM_TEST_F32);
   vlm_clip *clip = NULL;
   assert_int_equal(vlm_clip_load(dir, NULL, &clip), 0);
   check_texts(clip, "F32 file");
@@ -1277,14 +1232,14 @@ static void test_f32_and_bf16_files(void **state) {
    * in_proj_weight, used in place. */
   char oc[512];
   snprintf(oc, sizeof oc, "%s/open_clip_model.safetensors", dir);
-  write_converted(OC_FILE, oc, 0);
+  vlm_test_ckpt_convert(OC_FILE, oc, VLM_TEST_F32);
   assert_int_equal(vlm__clip_load_weights(dir, oc, NULL, &clip), 0);
   check_texts(clip, "open_clip F32 file");
   check_images(clip, "open_clip F32 file");
   assert_string_equal(vlm_clip_model_id(clip), vlm_clip_model_id(ref.hf));
   vlm_clip_free(clip);
 
-  write_converted(HF_FILE, path, 1);
+  vlm_test_ckpt_convert(HF_FILE, path, VLM_TEST_BF16);
   assert_int_equal(vlm_clip_load(dir, NULL, &clip), 0);
   /* BF16 rounding changes the weights; the tensors must be exactly the
    * truncation of the F16 ones. */

@@ -805,52 +805,6 @@ static void test_every_tensor_perturbed(void **state) {
   free(dir);
 }
 
-/* The fixture re-encoded: F32 (exact) or BF16 (each F16 value truncated
- * to BF16), or F32 holding the BF16-truncated values (mode 2). */
-static void write_converted(const char *src, const char *dst, int mode) {
-  vlm_test_ckpt c;
-  vlm_test_ckpt_read(src, &c);
-  const char *key;
-  json_t *v;
-  size_t cap = c.data_len * 2 + 64, used = 0;
-  uint8_t *out = calloc(1, cap);
-  json_object_foreach(c.header, key, v) {
-    if (!strcmp(key, "__metadata__"))
-      continue;
-    json_t *off = json_object_get(v, "data_offsets");
-    size_t b = (size_t)json_integer_value(json_array_get(off, 0));
-    size_t e = (size_t)json_integer_value(json_array_get(off, 1));
-    size_t n = (e - b) / 2;
-    used = (used + 3) & ~(size_t)3;
-    size_t start = used;
-    for (size_t i = 0; i < n; i++) {
-      uint16_t h = (uint16_t)(c.data[b + 2 * i] | c.data[b + 2 * i + 1] << 8);
-      float f;
-      vlm__f16_to_f32(&f, &h, 1);
-      uint32_t bits;
-      memcpy(&bits, &f, 4);
-      if (mode == 1) {
-        uint16_t hi = (uint16_t)(bits >> 16);
-        memcpy(out + used, &hi, 2);
-        used += 2;
-      } else {
-        if (mode == 2)
-          bits &= 0xffff0000u;
-        memcpy(out + used, &bits, 4);
-        used += 4;
-      }
-    }
-    json_object_set_new(v, "dtype", json_string(mode == 1 ? "BF16" : "F32"));
-    json_array_set_new(off, 0, json_integer((json_int_t)start));
-    json_array_set_new(off, 1, json_integer((json_int_t)used));
-  }
-  free(c.data);
-  c.data = out;
-  c.data_len = used;
-  vlm_test_ckpt_write(&c, dst);
-  vlm_test_ckpt_free(&c);
-}
-
 static void test_f32_and_bf16_files(void **state) {
   fixture *fx = *state;
   char *dir = model_dir(fx, 1);
@@ -858,7 +812,7 @@ static void test_f32_and_bf16_files(void **state) {
   ckpt_path(fx, src, sizeof src);
   snprintf(path, sizeof path, "%s/model.safetensors", dir);
   /* F32: the reference's values exactly; used in place, through sgemm */
-  write_converted(src, path, 0);
+  vlm_test_ckpt_convert(src, path, VLM_TEST_F32);
   vlm_clip *clip = NULL;
   VLM_CHECK(vlm_clip_load(dir, NULL, &clip));
   assert_null(clip->panels);
@@ -874,14 +828,14 @@ static void test_f32_and_bf16_files(void **state) {
   float *i32 = malloc((size_t)NI * D * sizeof *i32);
   float *t16 = malloc((size_t)NT * D * sizeof *t16);
   float *i16 = malloc((size_t)NI * D * sizeof *i16);
-  write_converted(src, path, 2);
+  vlm_test_ckpt_convert(src, path, VLM_TEST_F32_OF_BF16);
   VLM_CHECK(vlm_clip_load(dir, NULL, &clip));
   encode_ref_texts(fx, clip, VLM_CLIP_RAW, t32);
   encode_ref_images(fx, clip, VLM_CLIP_RAW, i32);
   char id32[65];
   snprintf(id32, sizeof id32, "%s", vlm_clip_model_id(clip));
   vlm_clip_free(clip);
-  write_converted(src, path, 1);
+  vlm_test_ckpt_convert(src, path, VLM_TEST_BF16);
   VLM_CHECK(vlm_clip_load(dir, NULL, &clip));
   if (vlm__panels_supported()) {
     assert_non_null(clip->panels);

@@ -7,6 +7,8 @@
 
 #include "files.h"
 
+#include "kernels.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,4 +74,50 @@ void vlm_test_ckpt_write(const vlm_test_ckpt *c, const char *path) {
 void vlm_test_ckpt_free(vlm_test_ckpt *c) {
   json_decref(c->header);
   free(c->data);
+}
+
+void vlm_test_ckpt_convert(const char *src, const char *dst, int mode) {
+  vlm_test_ckpt c;
+  vlm_test_ckpt_read(src, &c);
+  const char *key;
+  json_t *v;
+  size_t cap = c.data_len * 2 + 64, used = 0;
+  uint8_t *out = calloc(1, cap);
+  assert_non_null(out);
+  json_object_foreach(c.header, key, v) {
+    if (!strcmp(key, "__metadata__"))
+      continue;
+    json_t *off = json_object_get(v, "data_offsets");
+    size_t b = (size_t)json_integer_value(json_array_get(off, 0));
+    size_t e = (size_t)json_integer_value(json_array_get(off, 1));
+    size_t n = (e - b) / 2;
+    used = (used + 3) & ~(size_t)3;
+    size_t start = used;
+    for (size_t i = 0; i < n; i++) {
+      uint16_t h = (uint16_t)(c.data[b + 2 * i] | c.data[b + 2 * i + 1] << 8);
+      float f;
+      vlm__f16_to_f32(&f, &h, 1);
+      uint32_t bits;
+      memcpy(&bits, &f, 4);
+      if (mode == VLM_TEST_BF16) {
+        uint16_t hi = (uint16_t)(bits >> 16);
+        memcpy(out + used, &hi, 2);
+        used += 2;
+      } else {
+        if (mode == VLM_TEST_F32_OF_BF16)
+          bits &= 0xffff0000u;
+        memcpy(out + used, &bits, 4);
+        used += 4;
+      }
+    }
+    json_object_set_new(v, "dtype",
+                        json_string(mode == VLM_TEST_BF16 ? "BF16" : "F32"));
+    json_array_set_new(off, 0, json_integer((json_int_t)start));
+    json_array_set_new(off, 1, json_integer((json_int_t)used));
+  }
+  free(c.data);
+  c.data = out;
+  c.data_len = used;
+  vlm_test_ckpt_write(&c, dst);
+  vlm_test_ckpt_free(&c);
 }

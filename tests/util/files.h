@@ -28,4 +28,11 @@ void vlm_test_ckpt_read(const char *path, vlm_test_ckpt *c);
 void vlm_test_ckpt_write(const vlm_test_ckpt *c, const char *path);
 void vlm_test_ckpt_free(vlm_test_ckpt *c);
 
+/* An F16 checkpoint re-encoded, each tensor laid out again at a multiple
+ * of its element size: F32 (exact), BF16 (each F16 value truncated to
+ * BF16; F16's 11-bit mantissas are not all BF16-exact), or F32 holding
+ * the BF16-truncated values. */
+enum { VLM_TEST_F32 = 0, VLM_TEST_BF16 = 1, VLM_TEST_F32_OF_BF16 = 2 };
+void vlm_test_ckpt_convert(const char *src, const char *dst, int mode);
+
 #endif
