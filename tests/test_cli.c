@@ -2311,6 +2311,30 @@ static double json_cosine(json_t *a, json_t *b, double *max_diff) {
   return ab / sqrt(aa * bb);
 }
 
+/* Each item's stored image or text vector ("image" / "text") against
+ * the reference's normalized one: cosine >= min_cos, no component off by
+ * more than 1e-4. */
+static void check_stored_vectors(const family_case *fc, json_t *map,
+                                 const char *which, double min_cos) {
+  char field[16];
+  snprintf(field, sizeof field, "%s_vector", which);
+  double worst_cos = 1, worst_diff = 0;
+  for (int i = 0; i < FAMILY_ITEMS; i++) {
+    char key[16];
+    snprintf(key, sizeof key, "k%d", i);
+    json_t *ref = strcmp(which, "image") ? ref_text(fc, i) : ref_image(fc, i);
+    double diff, c = json_cosine(
+        json_object_get(json_object_get(map, key), field),
+        json_object_get(ref, "normalized"), &diff);
+    worst_cos = c < worst_cos ? c : worst_cos;
+    worst_diff = diff > worst_diff ? diff : worst_diff;
+  }
+  print_message("%s: stored %s vectors against the reference: worst "
+                "cosine %.9f, max difference %.2e\n", fc->family, which,
+                worst_cos, worst_diff);
+  assert_true(worst_cos >= min_cos && worst_diff <= 1e-4);
+}
+
 /* A database bound to a SigLIP or Chinese-CLIP model: created, ingested
  * (images and captions embedded by ingest with the family's image
  * processor and tokenizer), described, searched by text (English,
@@ -2393,40 +2417,12 @@ static void check_family_database(const char *dir, family_case *fc) {
   json_decref(described);
   free(out);
 
-  /* the stored image vectors are the reference's: ingest preprocesses as
-   * the family's image processor does */
-  json_t *map = export_map(dir, db);
-  double worst_cos = 1, worst_diff = 0;
-  for (int i = 0; i < FAMILY_ITEMS; i++) {
-    char key[16];
-    snprintf(key, sizeof key, "k%d", i);
-    double diff, c = json_cosine(
-        json_object_get(json_object_get(map, key), "image_vector"),
-        json_object_get(ref_image(fc, i), "normalized"), &diff);
-    worst_cos = c < worst_cos ? c : worst_cos;
-    worst_diff = diff > worst_diff ? diff : worst_diff;
-  }
-  print_message("%s: stored image vectors against the reference: worst "
-                "cosine %.9f, max difference %.2e\n", fc->family, worst_cos,
-                worst_diff);
-  assert_true(worst_cos >= 0.9999 && worst_diff <= 1e-4);
-  /* and the text vectors: ingest tokenizes the captions as the family's
+  /* the stored vectors are the reference's: ingest preprocesses images as
+   * the family's image processor does and tokenizes captions as its
    * reference tokenizer does */
-  worst_cos = 1;
-  worst_diff = 0;
-  for (int i = 0; i < FAMILY_ITEMS; i++) {
-    char key[16];
-    snprintf(key, sizeof key, "k%d", i);
-    double diff, c = json_cosine(
-        json_object_get(json_object_get(map, key), "text_vector"),
-        json_object_get(ref_text(fc, i), "normalized"), &diff);
-    worst_cos = c < worst_cos ? c : worst_cos;
-    worst_diff = diff > worst_diff ? diff : worst_diff;
-  }
-  print_message("%s: stored text vectors against the reference: worst "
-                "cosine %.9f, max difference %.2e\n", fc->family, worst_cos,
-                worst_diff);
-  assert_true(worst_cos >= 0.99999 && worst_diff <= 1e-4);
+  json_t *map = export_map(dir, db);
+  check_stored_vectors(fc, map, "image", 0.9999);
+  check_stored_vectors(fc, map, "text", 0.99999);
 
   /* search by a stored image: itself first, the scores the exported
    * vectors' dot products; by an image file: its own item; a filter */
