@@ -202,7 +202,8 @@ void vlm__gelu_tanh(float *x, size_t n) {
   }
 }
 
-void vlm__softmax(float *x, int n) {
+/* x[i] = exp(x[i] - max x) in place; returns their sum. */
+static float softmax_exp(float *x, int n) {
   int i = 0;
   float mx = x[0];
   if (n >= VL) {
@@ -225,9 +226,14 @@ void vlm__softmax(float *x, int n) {
     x[i] = sexp(x[i] - mx);
     sum += x[i];
   }
-  const float inv = 1.0f / sum;
+  return sum;
+}
+
+void vlm__softmax(float *x, int n) {
+  const float inv = 1.0f / softmax_exp(x, n);
   const vf vinv = vset(inv);
-  for (i = 0; i + VL <= n; i += VL)
+  int i = 0;
+  for (; i + VL <= n; i += VL)
     vstore(x + i, vload(x + i) * vinv);
   for (; i < n; i++)
     x[i] *= inv;
@@ -264,7 +270,7 @@ static inline int round_vl(int n) { return (n + VL - 1) / VL * VL; }
 
 size_t vlm__attention_scratch(int T, int hd) {
   size_t Tp = (size_t)round_vl(T);
-  return (size_t)QB * Tp + (size_t)hd * Tp + (size_t)QB * (size_t)hd;
+  return (size_t)QB * Tp + 2 * (size_t)hd * Tp + (size_t)QB * (size_t)hd;
 }
 
 /* The micro-kernels below keep their QB x 4 accumulators in named
@@ -273,8 +279,9 @@ size_t vlm__attention_scratch(int T, int hd) {
 
 /* sc[r][j] = q[r] · kt[:, j] for QB rows and keys j < np (a multiple of
  * VL); kt is [hd, Tp]. */
-__attribute__((noinline)) static void attention_scores(float *sc, int Tp, const float *const q[QB],
-                             const float *kt, int np, int hd) {
+__attribute__((noinline)) static void attention_scores(
+    float *sc, int Tp, const float *const q[QB], const float *kt, int np,
+    int hd) {
   const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
   int jb = 0;
   for (; jb + KB <= np; jb += KB) {
@@ -321,9 +328,10 @@ __attribute__((noinline)) static void attention_scores(float *sc, int Tp, const 
   }
 }
 
-/* o[r] = Σ_j sc[r][j] · v[j] for QB rows over keys j < n. */
-__attribute__((noinline)) static void attention_values(float *const o[QB], const float *sc, int Tp,
-                             const float *v, int ld_qkv, int n, int hd) {
+/* o[r] = inv[r] · Σ_j sc[r][j] · v[j] for QB rows over keys j < n. */
+__attribute__((noinline)) static void attention_values(
+    float *const o[QB], const float inv[QB], const float *sc, int Tp,
+    const float *v, int ld_qkv, int n, int hd) {
   const float *p0 = sc, *p1 = sc + Tp, *p2 = sc + 2 * (size_t)Tp,
               *p3 = sc + 3 * (size_t)Tp;
   int d = 0;
@@ -347,10 +355,10 @@ __attribute__((noinline)) static void attention_values(float *const o[QB], const
 #undef STEP
     }
 #define STORE(r)                                                               \
-  vstore(o[r] + d, a##r##0);                                                   \
-  vstore(o[r] + d + VL, a##r##1);                                              \
-  vstore(o[r] + d + 2 * VL, a##r##2);                                          \
-  vstore(o[r] + d + 3 * VL, a##r##3);
+  vstore(o[r] + d, a##r##0 * inv[r]);                                          \
+  vstore(o[r] + d + VL, a##r##1 * inv[r]);                                     \
+  vstore(o[r] + d + 2 * VL, a##r##2 * inv[r]);                                 \
+  vstore(o[r] + d + 3 * VL, a##r##3 * inv[r]);
     ROW4(STORE)
 #undef STORE
   }
@@ -363,24 +371,27 @@ __attribute__((noinline)) static void attention_values(float *const o[QB], const
       a2 = vfma(vset(p2[j]), v0, a2);
       a3 = vfma(vset(p3[j]), v0, a3);
     }
-    vstore(o[0] + d, a0);
-    vstore(o[1] + d, a1);
-    vstore(o[2] + d, a2);
-    vstore(o[3] + d, a3);
+    vstore(o[0] + d, a0 * inv[0]);
+    vstore(o[1] + d, a1 * inv[1]);
+    vstore(o[2] + d, a2 * inv[2]);
+    vstore(o[3] + d, a3 * inv[3]);
   }
   for (; d < hd; d++)
     for (int r = 0; r < QB; r++) {
       float a = 0;
       for (int j = 0; j < n; j++)
         a += sc[(size_t)r * Tp + j] * v[(size_t)j * ld_qkv + d];
-      o[r][d] = a;
+      o[r][d] = a * inv[r];
     }
 }
 #undef ROW4
 
 /* The keys are transposed once per head ([hd, T], scaled by 1/√hd, padded
  * with zeros to whole vectors) so that the scores are sums of
- * broadcast-multiplies kept in registers, with no horizontal sums.  A
+ * broadcast-multiplies kept in registers, with no horizontal sums.  The
+ * values are copied next to each other too: in place, each row of a head
+ * is a qkv row (9 KB at width 768) from the last, a page and a TLB entry
+ * per row.  A
  * group with fewer than QB queries repeats its last one; each row's
  * arithmetic is the same whatever group it falls in, so any range of
  * queries gives the same rows bit for bit. */
@@ -390,13 +401,16 @@ void vlm__attention(float *out, int ld_out, const float *q, const float *k,
   const float scale = 1.0f / sqrtf((float)hd);
   const int Tp = round_vl(T);
   float *sc = scratch, *kt = scratch + (size_t)QB * Tp;
-  float *spare = kt + (size_t)hd * Tp; /* output rows of repeated queries */
+  float *vc = kt + (size_t)hd * Tp; /* the values, rows adjacent */
+  float *spare = vc + (size_t)hd * Tp; /* output rows of repeated queries */
   const int kn = causal ? q1 : T; /* keys any query of the range sees */
   const int knp = round_vl(kn);
   for (int j = 0; j < kn; j++) {
     const float *kj = k + (size_t)j * ld_qkv;
     for (int d = 0; d < hd; d++)
       kt[(size_t)d * Tp + j] = kj[d] * scale;
+    memcpy(vc + (size_t)j * hd, v + (size_t)j * ld_qkv,
+           (size_t)hd * sizeof *vc);
   }
   for (int d = 0; d < hd; d++)
     for (int j = kn; j < knp; j++)
@@ -414,15 +428,16 @@ void vlm__attention(float *out, int ld_out, const float *q, const float *k,
     /* keys the group sees: all, or (causal) up to its last query */
     const int n = causal ? last + 1 : T;
     attention_scores(sc, Tp, qr, kt, round_vl(n), hd);
+    float inv[QB]; /* each row's 1 / Σ exp, applied to its output */
     for (int r = 0; r < QB; r++) {
       int i = i0 + r <= last ? i0 + r : last;
       int ni = causal ? i + 1 : T;
       float *row = sc + (size_t)r * Tp;
-      vlm__softmax(row, ni);
+      inv[r] = 1.0f / softmax_exp(row, ni);
       for (int j = ni; j < n; j++)
         row[j] = 0;
     }
-    attention_values(orow, sc, Tp, v, ld_qkv, n, hd);
+    attention_values(orow, inv, sc, Tp, vc, hd, n, hd);
   }
 }
 #undef KB
