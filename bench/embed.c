@@ -429,7 +429,7 @@ static void *panel_thread(void *p) {
   panel_job *j = p;
   for (int r = 0; r < j->reps; r++)
     vlm__matmul_panels(j->c, j->N, j->a, j->K, j->panels, 0, NULL, j->M,
-                       j->n0, j->n1, j->K, 0);
+                       j->n0, j->n1, j->K, 0, NULL);
   return NULL;
 }
 

@@ -197,6 +197,18 @@ typedef struct {
   size_t mem_bytes; /* the scratch block x points into */
 } fwd;
 
+/* The tower's activation as a kernel. */
+static void (*act_fn(vlm__act act))(float *, size_t) {
+  switch (act) {
+  case VLM__ACT_QUICK_GELU:
+    return vlm__quick_gelu;
+  case VLM__ACT_GELU_TANH:
+    return vlm__gelu_tanh;
+  default:
+    return vlm__gelu;
+  }
+}
+
 /* Column chunks of a product with N outputs: a couple of panels each for
  * the panel kernel (it reads its input in place, so small chunks cost
  * nothing); for sgemm, which packs the input on every call, a few large
@@ -209,19 +221,20 @@ static int col_chunks(const fwd *f, const uint16_t *panels, int N) {
   return n < groups ? n : groups;
 }
 
-/* out[:, columns of chunk k] = in · w[columns]ᵀ (+ bias); *c0, *c1 get the
- * columns. */
+/* out[:, columns of chunk k] = act(in · w[columns]ᵀ (+ bias)) (act NULL:
+ * none).  The panel kernel applies act to a few rows at a time, while they
+ * are in cache. */
 static void mm_chunk(const fwd *f, int k, int nk, float *out, int ldo,
                      const float *in, int ldi, const float *w,
                      const uint16_t *panels, const float *bias, int M, int N,
-                     int K, int acc, int *c0, int *c1) {
+                     int K, int acc, void (*act)(float *, size_t)) {
   int lo, hi;
   if (panels && f->panels) {
     const int per = PANELS_PER_CHUNK * VLM__PANEL;
     lo = k * per;
     hi = lo + per < N ? lo + per : N;
     vlm__matmul_panels(out, ldo, in, ldi, panels, f->panels_bf16, bias, M, lo,
-                       hi, K, acc);
+                       hi, K, acc, act);
   } else {
     int groups = chunks_of(N, 16);
     lo = (int)((int64_t)groups * k / nk) * 16;
@@ -230,10 +243,8 @@ static void mm_chunk(const fwd *f, int k, int nk, float *out, int ldo,
     if (hi > lo)
       vlm__matmul(out + lo, ldo, in, ldi, w + (size_t)lo * K, K,
                   bias ? bias + lo : NULL, M, hi - lo, K, acc);
-  }
-  if (c0) {
-    *c0 = lo;
-    *c1 = hi;
+    for (int r = 0; act && r < M && hi > lo; r++)
+      act(out + (size_t)r * ldo + lo, (size_t)(hi - lo));
   }
 }
 
@@ -243,8 +254,7 @@ static void mm_step(fwd *f, int *s, float *out, int ldo, const float *in,
                     const float *bias, int M, int N, int K, int acc) {
   const int nk = col_chunks(f, panels, N);
   FOR_CHUNKS(&f->tm, s, k, nk)
-  mm_chunk(f, k, nk, out, ldo, in, ldi, w, panels, bias, M, N, K, acc, NULL,
-           NULL);
+  mm_chunk(f, k, nk, out, ldo, in, ldi, w, panels, bias, M, N, K, acc, NULL);
 }
 
 /* out[rows] = layer_norm(in[rows]) as one step. */
@@ -256,20 +266,6 @@ static void ln_step(fwd *f, int *s, float *out, const float *in,
     int rows = R - r0 < ROWS_PER_CHUNK ? R - r0 : ROWS_PER_CHUNK;
     vlm__layernorm(out + (size_t)r0 * C, C, in + (size_t)r0 * C, C, w, b,
                    rows, C, f->eps);
-  }
-}
-
-static void activation(const fwd *f, float *x, size_t n) {
-  switch (f->act) {
-  case VLM__ACT_QUICK_GELU:
-    vlm__quick_gelu(x, n);
-    break;
-  case VLM__ACT_GELU_TANH:
-    vlm__gelu_tanh(x, n);
-    break;
-  default:
-    vlm__gelu(x, n);
-    break;
   }
 }
 
@@ -289,15 +285,11 @@ static void block_tail(fwd *f, int *s, const vlm__block *b, float *x,
     ln_step(f, s, h, x, b->ln2_w, b->ln2_b, R);
     in = h;
   }
-  /* mlp = act(in · W1ᵀ + b1), the activation on the chunk just computed */
+  /* mlp = act(in · W1ᵀ + b1) */
   const int nk = col_chunks(f, b->p_fc1, F);
-  FOR_CHUNKS(&f->tm, s, k, nk) {
-    int c0, c1;
-    mm_chunk(f, k, nk, mlp, F, in, C, b->fc1_w, b->p_fc1, b->fc1_b, R, F, C,
-             0, &c0, &c1);
-    for (int r = 0; r < R && c1 > c0; r++)
-      activation(f, mlp + (size_t)r * F + c0, (size_t)(c1 - c0));
-  }
+  FOR_CHUNKS(&f->tm, s, k, nk)
+  mm_chunk(f, k, nk, mlp, F, in, C, b->fc1_w, b->p_fc1, b->fc1_b, R, F, C, 0,
+           act_fn(f->act));
   mm_step(f, s, x, C, mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C, F, 1);
   if (f->post_ln)
     ln_step(f, s, x, x, b->ln2_w, b->ln2_b, R);

@@ -136,8 +136,20 @@ void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,
   }
 }
 
+/* 1 / x: the 14-bit reciprocal estimate and one Newton step (relative
+ * error about 2^-27) where AVX-512 has it, a division elsewhere.  A
+ * division of 16 floats costs more than the exp polynomial beside it. */
+static inline vf vrecip(vf x) {
+#if defined(__AVX512F__)
+  vf r = (vf)_mm512_rcp14_ps((__m512)x);
+  return r * (2.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
+}
+
 static inline vf vquick_gelu(vf x) {
-  return x / (1.0f + vexp(x * -1.702f));
+  return x * vrecip(1.0f + vexp(x * -1.702f));
 }
 
 void vlm__quick_gelu(float *x, size_t n) {
@@ -159,7 +171,7 @@ static inline vf vgelu(vf x) {
   vf z = x * 0.70710678118654752f;
   vi neg = z < 0;
   vf az = vsel(neg, -z, z);
-  vf t = 1.0f / (1.0f + 0.3275911f * az);
+  vf t = vrecip(1.0f + 0.3275911f * az);
   vf p = vset(1.061405429f);
   p = p * t - 1.453152027f;
   p = p * t + 1.421413741f;
@@ -187,7 +199,7 @@ void vlm__gelu(float *x, size_t n) {
  * PyTorch's gelu(approximate="tanh"), written with the vector exp. */
 static inline vf vgelu_tanh(vf x) {
   vf u = x * (0.7978845608028654f + 0.035677408136300125f * x * x);
-  return x / (1.0f + vexp(u * -2.0f));
+  return x * vrecip(1.0f + vexp(u * -2.0f));
 }
 
 void vlm__gelu_tanh(float *x, size_t n) {
@@ -274,7 +286,15 @@ size_t vlm__attention_scratch(int T, int hd) {
 }
 
 /* The micro-kernels below keep their QB x 4 accumulators in named
- * variables: GCC -O2 leaves an array of vectors in memory. */
+ * variables: GCC -O2 leaves an array of vectors in memory.  IN_REGS pins
+ * the four vectors loaded per step in registers: otherwise GCC folds the
+ * load into each of the QB multiply-adds that use it, QB loads instead of
+ * one. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IN_REGS(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+#else
+#define IN_REGS(a, b, c, d) ((void)0)
+#endif
 #define ROW4(X) X(0) X(1) X(2) X(3)
 
 /* sc[r][j] = q[r] · kt[:, j] for QB rows and keys j < np (a multiple of
@@ -290,8 +310,9 @@ __attribute__((noinline)) static void attention_scores(
 #undef DECL
     const float *col = kt + jb;
     for (int d = 0; d < hd; d++, col += Tp) {
-      const vf k0 = vload(col), k1 = vload(col + VL), k2 = vload(col + 2 * VL),
-               k3 = vload(col + 3 * VL);
+      vf k0 = vload(col), k1 = vload(col + VL), k2 = vload(col + 2 * VL),
+         k3 = vload(col + 3 * VL);
+      IN_REGS(k0, k1, k2, k3);
 #define STEP(r)                                                                \
   {                                                                            \
     const vf qd = vset(q##r[d]);                                               \
@@ -341,8 +362,9 @@ __attribute__((noinline)) static void attention_values(
 #undef DECL
     for (int j = 0; j < n; j++) {
       const float *vj = v + (size_t)j * ld_qkv + d;
-      const vf v0 = vload(vj), v1 = vload(vj + VL), v2 = vload(vj + 2 * VL),
-               v3 = vload(vj + 3 * VL);
+      vf v0 = vload(vj), v1 = vload(vj + VL), v2 = vload(vj + 2 * VL),
+         v3 = vload(vj + 3 * VL);
+      IN_REGS(v0, v1, v2, v3);
 #define STEP(r)                                                                \
   {                                                                            \
     const vf p = vset(p##r[j]);                                                \
@@ -385,6 +407,7 @@ __attribute__((noinline)) static void attention_values(
     }
 }
 #undef ROW4
+#undef IN_REGS
 
 /* The keys are transposed once per head ([hd, T], scaled by 1/√hd, padded
  * with zeros to whole vectors) so that the scores are sums of
@@ -561,11 +584,12 @@ panel_rows(float *out, int ldo, const float *in, int ldi,
 
 void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                         const uint16_t *panels, int bf16, const float *bias,
-                        int M, int n0, int n1, int K, int accumulate) {
+                        int M, int n0, int n1, int K, int accumulate,
+                        void (*act)(float *x, size_t n)) {
   /* Blocks of rows (their inputs stay in L2) against every panel of the
    * range (a panel is K * 64 bytes, read from L1/L2 by each 7-row group). */
   const int RB = 8 * ROWS;
-  for (int mb = 0; mb < M; mb += RB)
+  for (int mb = 0; mb < M; mb += RB) {
   for (int n = n0; n < n1; n += VLM__PANEL) {
     const uint16_t *panel = panels + (size_t)(n / VLM__PANEL) * K * VLM__PANEL;
     int ncols = n1 - n < VLM__PANEL ? n1 - n : VLM__PANEL;
@@ -582,6 +606,10 @@ void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                    mend - m < ROWS ? mend - m : ROWS, ncols, K, accumulate);
     }
   }
+  if (act)
+    for (int m = mb; m < M && m < mb + RB; m++)
+      act(out + (size_t)m * ldo + n0, (size_t)(n1 - n0));
+  }
 }
 #undef ROWS
 
@@ -591,10 +619,12 @@ int vlm__panels_supported(void) { return 0; }
 
 void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                         const uint16_t *panels, int bf16, const float *bias,
-                        int M, int n0, int n1, int K, int accumulate) {
+                        int M, int n0, int n1, int K, int accumulate,
+                        void (*act)(float *x, size_t n)) {
   /* Never called: panels are only built where they are supported. */
   (void)out, (void)ldo, (void)in, (void)ldi, (void)panels, (void)bf16;
   (void)bias, (void)M, (void)n0, (void)n1, (void)K, (void)accumulate;
+  (void)act;
 }
 
 #endif

@@ -1396,6 +1396,28 @@ static void test_kernel_exp_and_activations(void **state) {
     if (fabs(y[i] - want) > 3e-7 * (1 + fabs(x[i])))
       fail_msg("gelu(%.9g) = %.9g, want %.9g", x[i], y[i], want);
   }
+  for (int i = 0; i < N; i++)
+    y[i] = x[i];
+  vlm__gelu_tanh(y, N);
+  for (int i = 0; i < N; i++) {
+    double u = sqrt(2.0 / M_PI) * (x[i] + 0.044715 * pow(x[i], 3));
+    double want = 0.5 * x[i] * (1.0 + tanh(u));
+    if (fabs(y[i] - want) > 1e-6 * (1 + fabs(want)))
+      fail_msg("gelu_tanh(%.9g) = %.9g, want %.9g", x[i], y[i], want);
+  }
+  /* far out, where exp saturates: x above, 0 below, never NaN */
+  static const float far[] = {-1e30f, -1e4f, -100.0f, -60.0f,
+                              60.0f,  100.0f, 1e4f,   1e30f};
+  void (*const act[])(float *, size_t) = {vlm__quick_gelu, vlm__gelu,
+                                          vlm__gelu_tanh};
+  for (size_t a = 0; a < sizeof act / sizeof act[0]; a++)
+    for (size_t i = 0; i < sizeof far / sizeof far[0]; i++) {
+      float v = far[i];
+      act[a](&v, 1);
+      float want = far[i] > 0 ? far[i] : 0.0f;
+      if (!(fabsf(v - want) <= 1e-6f * (1 + fabsf(want))))
+        fail_msg("activation %zu at %g = %g, want %g", a, far[i], v, want);
+    }
   free(x);
   free(y);
 }
