@@ -356,7 +356,8 @@ static void test_grad_vision_embed(void **state) {
   c.R = drand_array(3 * 5 * 4, 1);
   double *dpatch = drand_array(48, 0), *dcls = drand_array(4, 0),
          *dpos = drand_array(20, 0);
-  vlm__tk_vision_embed_backward_f64(NULL, dpatch, dcls, dpos, c.R, 3, 5, 4);
+  vlm__tk_vision_embed_backward_f64(NULL, dpatch, dcls, dpos, c.R, 3, 5, 4,
+                                    1);
   gradcheck("vision embed dpatch", ve_loss, &c, c.patch, dpatch, 48, TOL);
   gradcheck("vision embed dcls", ve_loss, &c, c.cls, dcls, 4, TOL);
   gradcheck("vision embed dpos", ve_loss, &c, c.pos, dpos, 20, TOL);

@@ -22,7 +22,9 @@ typedef struct {
   vlm__tlayout *L;
   vlm__tpool *pool;
   vlm__tmodel_f32 *m;
-  vlm__tokenizer *tok;
+  vlm__tokenizer *tok;          /* CLIP's BPE, or */
+  struct vlm__spm_tok *spm;     /* SigLIP's SentencePiece, or */
+  struct vlm__wp_tok *wp;       /* Chinese-CLIP's WordPiece */
   char tok_dir[4096];
   vlm__tdata *train, *val;
   vlm_train_item *train_items, *val_items; /* the split, when by fraction */
