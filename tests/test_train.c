@@ -243,29 +243,34 @@ static void test_grad_attention_causal(void **state) {
 /* ---- activations ------------------------------------------------------ */
 
 typedef struct {
-  int quick;
+  int act; /* vlm__act */
   int64_t n;
   double *inp, *out, *R;
 } act_ctx;
 
 static double act_loss(void *p) {
   act_ctx *c = p;
-  vlm__tk_act_forward_f64(NULL, c->out, c->inp, c->n, c->quick);
+  vlm__tk_act_forward_f64(NULL, c->out, c->inp, c->n, c->act);
   return dot(c->out, c->R, (size_t)c->n);
 }
 
-static void act_case(int quick) {
-  act_ctx c = {.quick = quick, .n = 40};
+static void act_case(int act) {
+  static const char *const names[3] = {"gelu", "quick_gelu",
+                                       "gelu_pytorch_tanh"};
+  act_ctx c = {.act = act, .n = 40};
   c.inp = drand_array(40, 2);
   c.out = drand_array(40, 0);
   c.R = drand_array(40, 1);
   double *dinp = drand_array(40, 0);
-  vlm__tk_act_backward_f64(NULL, dinp, c.inp, c.R, 40, quick);
-  gradcheck(quick ? "quick_gelu" : "gelu", act_loss, &c, c.inp, dinp, 40, TOL);
-  /* values: quick_gelu(1) = 1 / (1 + e^-1.702), gelu(1) = 0.841344746 */
+  vlm__tk_act_backward_f64(NULL, dinp, c.inp, c.R, 40, act);
+  gradcheck(names[act], act_loss, &c, c.inp, dinp, 40, TOL);
+  /* values: quick_gelu(1) = 1 / (1 + e^-1.702), gelu(1) = 0.841344746,
+   * the tanh form by its definition */
   double one = 1, y;
-  vlm__tk_act_forward_f64(NULL, &y, &one, 1, quick);
-  double want = quick ? 1 / (1 + exp(-1.702)) : 0.8413447460685429;
+  vlm__tk_act_forward_f64(NULL, &y, &one, 1, act);
+  double want = act == 1   ? 1 / (1 + exp(-1.702))
+                : act == 2 ? 0.5 * (1 + tanh(sqrt(2 / M_PI) * 1.044715))
+                           : 0.8413447460685429;
   if (fabs(y - want) > 1e-12) {
     print_error("act(1) = %.12f, want %.12f\n", y, want);
     fail();
@@ -281,6 +286,11 @@ static void test_grad_gelu(void **state) {
 static void test_grad_quick_gelu(void **state) {
   (void)state;
   act_case(1);
+}
+
+static void test_grad_gelu_tanh(void **state) {
+  (void)state;
+  act_case(2);
 }
 
 /* ---- embeddings ------------------------------------------------------- */
@@ -473,6 +483,161 @@ static void test_grad_clip_loss(void **state) {
   free(c.img); free(c.txt); free(c.pr); free(c.pc); free(dimg); free(dtxt);
 }
 
+/* ---- SigLIP's and Chinese-CLIP's kernels ------------------------------ */
+
+/* A row added to every row: SigLIP's patch bias, BERT's token type 0. */
+typedef struct {
+  int N, C;
+  double *base, *row, *out, *R;
+} row_ctx;
+
+static double row_loss(void *p) {
+  row_ctx *c = p;
+  memcpy(c->out, c->base, sizeof(double) * c->N * c->C);
+  vlm__tk_add_row_forward_f64(NULL, c->out, c->row, c->N, c->C);
+  return dot(c->out, c->R, (size_t)c->N * c->C);
+}
+
+static void test_grad_add_row(void **state) {
+  (void)state;
+  row_ctx c = {.N = 5, .C = 4};
+  c.base = drand_array(20, 1);
+  c.row = drand_array(4, 1);
+  c.out = drand_array(20, 0);
+  c.R = drand_array(20, 1);
+  row_loss(&c);
+  for (int n = 0; n < 5; n++)
+    for (int i = 0; i < 4; i++)
+      assert_true(c.out[n * 4 + i] == c.base[n * 4 + i] + c.row[i]);
+  double *drow = drand_array(4, 0);
+  vlm__tk_add_row_backward_f64(NULL, drow, c.R, 5, 4);
+  gradcheck("row added to every row (token type, patch bias)", row_loss, &c,
+            c.row, drow, 4, TOL);
+  free(c.base); free(c.row); free(c.out); free(c.R); free(drow);
+}
+
+static double ve_nocls_loss(void *p) {
+  ve_ctx *c = p;
+  vlm__tk_vision_embed_forward_f64(NULL, c->out, c->patch, NULL, c->pos, c->B,
+                                   c->T, c->C);
+  return dot(c->out, c->R, (size_t)c->B * c->T * c->C);
+}
+
+/* SigLIP's embeddings: patches + positions, no class token. */
+static void test_grad_vision_embed_no_class(void **state) {
+  (void)state;
+  ve_ctx c = {.B = 3, .T = 4, .C = 4};
+  c.patch = drand_array(48, 1);
+  c.pos = drand_array(16, 1);
+  c.out = drand_array(48, 0);
+  c.R = drand_array(48, 1);
+  ve_nocls_loss(&c);
+  assert_true(c.out[(1 * 4 + 2) * 4 + 3] ==
+              c.patch[(1 * 4 + 2) * 4 + 3] + c.pos[2 * 4 + 3]);
+  double *dpatch = drand_array(48, 0), *dpos = drand_array(16, 0);
+  vlm__tk_vision_embed_backward_f64(NULL, dpatch, NULL, dpos, c.R, 3, 4, 4, 0);
+  gradcheck("vision embed (no class) dpatch", ve_nocls_loss, &c, c.patch,
+            dpatch, 48, TOL);
+  gradcheck("vision embed (no class) dpos", ve_nocls_loss, &c, c.pos, dpos, 16,
+            TOL);
+  free(c.patch); free(c.pos); free(c.out); free(c.R); free(dpatch);
+  free(dpos);
+}
+
+typedef struct {
+  int B, T, C, H;
+  double *q, *kv, *out, *probs, *R;
+} map_ctx;
+
+static double map_loss(void *p) {
+  map_ctx *c = p;
+  vlm__tk_map_attention_forward_f64(NULL, c->out, c->probs, c->q, c->kv, c->B,
+                                    c->T, c->C, c->H);
+  return dot(c->out, c->R, (size_t)c->B * c->C);
+}
+
+/* SigLIP's attention pooling: one query over each image's rows. */
+static void test_grad_map_attention(void **state) {
+  (void)state;
+  enum { B = 3, T = 5, C = 6, H = 2, hd = C / H };
+  map_ctx c = {.B = B, .T = T, .C = C, .H = H};
+  c.q = drand_array(C, 1);
+  c.kv = drand_array(B * T * 2 * C, 1);
+  c.out = drand_array(B * C, 0);
+  c.probs = drand_array(B * H * T, 0);
+  c.R = drand_array(B * C, 1);
+  map_loss(&c);
+  /* oracle: softmax(q.k / sqrt(hd)) v per image and head, directly */
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      double w[T], sum = 0;
+      for (int j = 0; j < T; j++) {
+        w[j] = exp(dot(c.q + h * hd, c.kv + (b * T + j) * 2 * C + h * hd, hd) /
+                   sqrt(hd));
+        sum += w[j];
+      }
+      for (int i = 0; i < hd; i++) {
+        double o = 0;
+        for (int j = 0; j < T; j++)
+          o += w[j] / sum * c.kv[(b * T + j) * 2 * C + C + h * hd + i];
+        assert_true(fabs(o - c.out[b * C + h * hd + i]) < 1e-12);
+      }
+    }
+  double *dq = drand_array(C, 0), *dkv = drand_array(B * T * 2 * C, 0);
+  vlm__tk_map_attention_backward_f64(NULL, dq, dkv, c.R, c.q, c.kv, c.probs, B,
+                                     T, C, H);
+  gradcheck("attention pooling dq", map_loss, &c, c.q, dq, C, TOL);
+  gradcheck("attention pooling dkv", map_loss, &c, c.kv, dkv, B * T * 2 * C,
+            TOL);
+  free(c.q); free(c.kv); free(c.out); free(c.probs); free(c.R); free(dq);
+  free(dkv);
+}
+
+typedef struct {
+  int B, D;
+  double *img, *txt, *logits, scale, bias;
+} sig_ctx;
+
+static double sig_loss(void *p) {
+  sig_ctx *c = p;
+  return vlm__tk_siglip_loss_forward_f64(c->logits, c->img, c->txt, c->scale,
+                                         c->bias, c->B, c->D);
+}
+
+/* SigLIP's sigmoid loss, logit_bias included, against its definition
+ * (transformers' SiglipModel: -sum log sigmoid(z * logits) / B). */
+static void test_grad_siglip_loss(void **state) {
+  (void)state;
+  sig_ctx c = {.B = 4, .D = 3, .scale = 1.7, .bias = -2.5};
+  c.img = drand_array(12, 0.6);
+  c.txt = drand_array(12, 0.6);
+  c.logits = drand_array(16, 0);
+  double loss = sig_loss(&c), want = 0;
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) {
+      double l = exp(c.scale) * dot(c.img + i * 3, c.txt + j * 3, 3) + c.bias;
+      double z = i == j ? 1 : -1;
+      want -= log(1 / (1 + exp(-z * l)));
+    }
+  want /= 4;
+  if (fabs(loss - want) > 1e-12) {
+    print_error("sigmoid loss %.15f, direct %.15f\n", loss, want);
+    fail();
+  }
+  double *dimg = drand_array(12, 0), *dtxt = drand_array(12, 0), ds = 0,
+         db = 0;
+  vlm__tk_siglip_loss_backward_f64(dimg, dtxt, &ds, &db, c.logits, c.img,
+                                   c.txt, c.scale, 4, 3);
+  gradcheck("sigmoid loss dimg", sig_loss, &c, c.img, dimg, 12, TOL);
+  gradcheck("sigmoid loss dtxt", sig_loss, &c, c.txt, dtxt, 12, TOL);
+  gradcheck("sigmoid loss dscale", sig_loss, &c, &c.scale, &ds, 1, TOL);
+  gradcheck("sigmoid loss dbias", sig_loss, &c, &c.bias, &db, 1, TOL);
+  /* large logits neither overflow nor lose the loss */
+  c.bias = 800;
+  assert_true(isfinite(sig_loss(&c)) && sig_loss(&c) > 100);
+  free(c.img); free(c.txt); free(c.logits); free(dimg); free(dtxt);
+}
+
 /* ---- float kernels agree with double ones ---------------------------- */
 
 static float *to_float(const double *d, size_t n) {
@@ -573,23 +738,24 @@ static double model_loss(void *p) {
   return vlm__tmodel_loss_f64(c->m);
 }
 
-/* Train-mode gradients of every tensor against finite differences. */
-static void model_case(int quick, int lora) {
-  vlm__clip_config cfg;
-  tiny_config(&cfg, quick);
+/* Train-mode gradients of every tensor against finite differences, for
+ * three texts ids[off[b] .. off[b] + len[b]). */
+static void model_check(const vlm__clip_config *cfg, int lora,
+                        const int32_t *ids, const int *off, const int *len,
+                        const char *label) {
   vlm__tlayout *L;
-  assert_int_equal(vlm__tlayout_create(&cfg, lora ? 2 : 0, 3.0f, &L), 0);
+  assert_int_equal(vlm__tlayout_create(cfg, lora ? 2 : 0, 3.0f, &L), 0);
   enum { B = 3 };
-  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10};
-  static const int off[B] = {0, 4, 6}, len[B] = {4, 2, 6};
+  int ntok = len[0] + len[1] + len[2];
   vlm__tmodel_f64 *m;
-  assert_int_equal(vlm__tmodel_create_f64(L, NULL, B, 12, 1, &m), 0);
+  assert_int_equal(vlm__tmodel_create_f64(L, NULL, B, ntok, 1, &m), 0);
   double *p = vlm__tmodel_params_f64(m);
   for (size_t i = 0; i < L->total; i++)
     p[i] = nrand() * 0.5;
   /* layer norm weights near 1 keep the towers well conditioned */
   for (int i = 0; i < L->nparams; i++)
-    if (strstr(L->params[i].name, "norm") &&
+    if ((strstr(L->params[i].name, "norm") ||
+         strstr(L->params[i].name, "Norm")) &&
         strstr(L->params[i].name, "weight"))
       for (size_t j = 0; j < L->params[i].numel; j++)
         p[L->params[i].offset + j] += 1;
@@ -599,7 +765,8 @@ static void model_case(int quick, int lora) {
     for (size_t i = 0; i < L->lora_total; i++)
       lp[i] = nrand() * 0.5;
   vlm__tmodel_freeze_base_f64(m, 0); /* check base and adapters together */
-  double *pixels = drand_array((size_t)B * 3 * 64, 1);
+  int S = cfg->image_size;
+  double *pixels = drand_array((size_t)B * 3 * S * S, 1);
   model_ctx c = {m, pixels, {B, ids, off, len}, B};
   double loss = model_loss(&c);
   assert_true(isfinite(loss) && loss > 0);
@@ -614,7 +781,8 @@ static void model_case(int quick, int lora) {
                            g + t->offset, t->numel, 1e-3);
     worst = fmax(worst, rel);
     zero += rel < 0;
-    key_bias += strstr(t->name, "k_proj.bias") != NULL;
+    key_bias += strstr(t->name, "k_proj.bias") != NULL ||
+                strstr(t->name, "self.key.bias") != NULL;
   }
   /* only the key biases have an identically zero gradient */
   assert_int_equal(zero, key_bias);
@@ -628,7 +796,7 @@ static void model_case(int quick, int lora) {
     }
   }
   print_message("whole model (%s%s): %d tensors, worst relative error %.2e\n",
-                quick ? "quick_gelu" : "gelu", lora ? ", LoRA" : "",
+                label, lora ? ", LoRA" : "",
                 L->nparams + (lora ? L->nlora : 0), worst);
   /* frozen base: base gradients stay zero, adapters still get theirs */
   if (lora) {
@@ -647,6 +815,72 @@ static void model_case(int quick, int lora) {
   free(pixels);
   vlm__tmodel_free_f64(m);
   vlm__tlayout_free(L);
+}
+
+static void model_case(int quick, int lora) {
+  vlm__clip_config cfg;
+  tiny_config(&cfg, quick);
+  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10};
+  static const int off[3] = {0, 4, 6}, len[3] = {4, 2, 6};
+  model_check(&cfg, lora, ids, off, len, quick ? "quick_gelu" : "gelu");
+}
+
+/* A tiny SigLIP: one width, tanh GELU, no class token, the attention-
+ * pooling head, unmasked texts of exactly context_length ids (padded with
+ * 1), the sigmoid loss with logit_bias. */
+static void siglip_model_case(int lora) {
+  vlm__clip_config cfg;
+  vlm__config_family_defaults(&cfg, VLM__FAMILY_SIGLIP);
+  cfg.vision_width = cfg.text_width = cfg.projection_dim = 8;
+  cfg.vision_layers = cfg.text_layers = 2;
+  cfg.vision_heads = cfg.text_heads = 2;
+  cfg.vision_mlp = 12;
+  cfg.text_mlp = 10;
+  cfg.image_size = 8;
+  cfg.patch_size = 4;
+  cfg.vocab_size = 11;
+  cfg.context_length = 5;
+  static const int32_t ids[] = {3, 4, 2, 1, 1, 7, 2, 1, 1, 1,
+                                5, 5, 6, 8, 2};
+  static const int off[3] = {0, 5, 10}, len[3] = {5, 5, 5};
+  model_check(&cfg, lora, ids, off, len, "SigLIP");
+}
+
+/* A tiny Chinese-CLIP: CLIP's vision tower, a BERT text tower (token
+ * types, embedding LayerNorm, post-LN blocks, erf GELU, [CLS] pooled). */
+static void chinese_clip_model_case(int lora) {
+  vlm__clip_config cfg;
+  tiny_config(&cfg, 1);
+  vlm__clip_config d;
+  vlm__config_family_defaults(&d, VLM__FAMILY_CHINESE_CLIP);
+  cfg.family = VLM__FAMILY_CHINESE_CLIP;
+  cfg.text_act = VLM__ACT_GELU;
+  cfg.text_eps = d.text_eps;
+  cfg.type_vocab_size = 2;
+  cfg.bos_id = cfg.eos_id = -1;
+  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10};
+  static const int off[3] = {0, 4, 6}, len[3] = {4, 2, 6};
+  model_check(&cfg, lora, ids, off, len, "Chinese-CLIP");
+}
+
+static void test_grad_model_siglip(void **state) {
+  (void)state;
+  siglip_model_case(0);
+}
+
+static void test_grad_model_siglip_lora(void **state) {
+  (void)state;
+  siglip_model_case(1);
+}
+
+static void test_grad_model_chinese_clip(void **state) {
+  (void)state;
+  chinese_clip_model_case(0);
+}
+
+static void test_grad_model_chinese_clip_lora(void **state) {
+  (void)state;
+  chinese_clip_model_case(1);
 }
 
 static void test_grad_model_quick_gelu(void **state) {
@@ -1592,15 +1826,24 @@ int main(void) {
       cmocka_unit_test(test_grad_attention_causal),
       cmocka_unit_test(test_grad_gelu),
       cmocka_unit_test(test_grad_quick_gelu),
+      cmocka_unit_test(test_grad_gelu_tanh),
       cmocka_unit_test(test_grad_patch_embed),
       cmocka_unit_test(test_grad_vision_embed),
       cmocka_unit_test(test_grad_text_embed),
       cmocka_unit_test(test_grad_l2norm),
       cmocka_unit_test(test_grad_clip_loss),
+      cmocka_unit_test(test_grad_add_row),
+      cmocka_unit_test(test_grad_vision_embed_no_class),
+      cmocka_unit_test(test_grad_map_attention),
+      cmocka_unit_test(test_grad_siglip_loss),
       cmocka_unit_test(test_float_matches_double),
       cmocka_unit_test(test_grad_model_quick_gelu),
       cmocka_unit_test(test_grad_model_gelu),
       cmocka_unit_test(test_grad_model_lora),
+      cmocka_unit_test(test_grad_model_siglip),
+      cmocka_unit_test(test_grad_model_siglip_lora),
+      cmocka_unit_test(test_grad_model_chinese_clip),
+      cmocka_unit_test(test_grad_model_chinese_clip_lora),
       cmocka_unit_test(test_f16_matches_compiler),
   };
   const struct CMUnitTest training[] = {
