@@ -1704,6 +1704,319 @@ static void test_lora_exports_merged_weights(void **state) {
 
 /* `vlmdb train` from a catalog file: flags, outputs, F16 export that the
  * engine loads, training.json contents. */
+/* ---- SigLIP and Chinese-CLIP checkpoints ------------------------------ */
+
+/* The trainer's forward with a conformance fixture's weights gives the
+ * inference engine's embeddings (vlm_clip), images and texts. */
+static void forward_matches_engine(const char *dir) {
+  vlm_clip *clip = NULL;
+  int rc = vlm_clip_load(dir, NULL, &clip);
+  if (rc)
+    print_error("%s: %s\n", dir, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  vlm__clip_config cfg = *vlm__clip_get_config(clip);
+  vlm__tlayout *L;
+  assert_int_equal(vlm__tlayout_create(&cfg, 0, 0, &L), 0);
+  enum { N = 3 };
+  const char *texts[N] = {"a photo of a cat", "two dogs on a red sofa, 2024",
+                          "x"};
+  const char *files[N] = {"rgb.png", "photo_rgb.jpg", "wide.png"};
+  int ctx = cfg.context_length, S = cfg.image_size, D = cfg.projection_dim;
+  int32_t *ids = malloc(sizeof(int32_t) * N * ctx);
+  int off[N], len[N], pos = 0;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(vlm_clip_tokenize(clip, texts[i], ids + pos, ctx,
+                                       &len[i]), 0);
+    off[i] = pos;
+    pos += len[i];
+  }
+  vlm__tmodel_f32 *m;
+  assert_int_equal(vlm__tmodel_create_f32(L, NULL, N, pos, 0, &m), 0);
+  float *p = vlm__tmodel_params_f32(m);
+  for (int i = 0; i < L->nparams; i++) {
+    const vlm__tparam *t = &L->params[i];
+    int64_t numel = 0;
+    const float *src = vlm__clip_tensor(clip, t->name, &numel);
+    if (!src || (size_t)numel != t->numel)
+      print_error("%s: %s missing or of %lld elements\n", dir, t->name,
+                  (long long)numel);
+    assert_non_null(src);
+    assert_true((size_t)numel == t->numel);
+    memcpy(p + t->offset, src, sizeof(float) * t->numel);
+  }
+  size_t per = (size_t)3 * S * S;
+  float *pix = malloc(sizeof(float) * per * N);
+  float *a = malloc(sizeof(float) * N * D), *b = malloc(sizeof(float) * N * D);
+  for (int i = 0; i < N; i++) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    assert_int_equal(vlm_clip_preprocess_file(clip, path, pix + per * i), 0);
+  }
+  double worst = 1;
+  vlm__tmodel_images_f32(m, pix, N, a);
+  assert_int_equal(vlm_clip_encode_pixels(clip, pix, N, 0, b), 0);
+  for (int i = 0; i < N; i++)
+    worst = fmin(worst, cosine(a + i * D, b + i * D, D));
+  vlm__ttexts tx = {N, ids, off, len};
+  vlm__tmodel_texts_f32(m, &tx, a);
+  assert_int_equal(vlm_clip_encode_texts(clip, texts, N, 0, b), 0);
+  for (int i = 0; i < N; i++)
+    worst = fmin(worst, cosine(a + i * D, b + i * D, D));
+  print_message("%s: trainer forward vs engine, worst cosine %.8f\n",
+                vlm_clip_family(clip), worst);
+  assert_true(worst >= 0.99999);
+  free(ids); free(pix); free(a); free(b);
+  vlm__tmodel_free_f32(m);
+  vlm__tlayout_free(L);
+  vlm_clip_free(clip);
+}
+
+static void test_forward_matches_engine_siglip(void **state) {
+  (void)state;
+  forward_matches_engine("tests/fixtures/siglip-tiny");
+}
+
+static void test_forward_matches_engine_chinese_clip(void **state) {
+  (void)state;
+  forward_matches_engine("tests/fixtures/chinese-clip-tiny");
+}
+
+/* train_loss of metrics.csv's first and last rows. */
+static void metrics_first_last(const char *dir, double *first, double *last,
+                               int *rows) {
+  char path[512], line[1024];
+  snprintf(path, sizeof path, "%s/metrics.csv", dir);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  *rows = 0;
+  long long epoch, step;
+  double loss;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "%lld,%lld,%lf", &epoch, &step, &loss) == 3) {
+      if (!(*rows)++)
+        *first = loss;
+      *last = loss;
+    }
+  fclose(f);
+}
+
+static void family_options(vlm_train_options *o, const char *fixture,
+                           const char *out) {
+  base_options(o, out);
+  o->config_path = NULL;
+  o->tokenizer_dir = NULL; /* the initial model's */
+  o->init_dir = fixture;
+  o->lr = 1e-3f;
+  o->warmup_steps = 3;
+  o->f16 = 0;
+}
+
+/* Fine-tuning a family's checkpoint on the synthetic set: the loss falls,
+ * the export (with its tokenizer) loads as the same family and gives the
+ * embeddings of the trainer's last evaluation, which differ from the
+ * initial model's; then LoRA with --save-adapters: PEFT names of the
+ * family's modules, merged weights that load. */
+static void family_train_case(const char *fixture, const char *family,
+                              const char *const *tok_files,
+                              const char *adapter_name,
+                              const char *target_probe) {
+  char out[300], path[512];
+  snprintf(out, sizeof out, "%s/%s-ft", S->dir, family);
+  vlm_train_options o;
+  family_options(&o, fixture, out);
+  o.max_steps = 30; /* one step per epoch: one metrics row per step */
+  o.val_items = S->items;
+  o.n_val = NPAIRS;
+  vlm_train_result res;
+  int rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("train %s: %s\n", family, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  double first = 0, last = 0;
+  int rows = 0;
+  metrics_first_last(out, &first, &last, &rows);
+  print_message("%s: loss %.4f -> %.4f over %d steps; R@1 i2t %.3f t2i "
+                "%.3f\n",
+                family, first, last, rows, res.recall.i2t[0],
+                res.recall.t2i[0]);
+  assert_int_equal(rows, 30);
+  assert_true(last < 0.8 * first);
+  for (int i = 0; tok_files[i]; i++) {
+    snprintf(path, sizeof path, "%s/%s", out, tok_files[i]);
+    assert_true(vlm__train_file_exists(path));
+  }
+  vlm_clip *trained = NULL, *init = NULL;
+  rc = vlm_clip_load(out, NULL, &trained);
+  if (rc)
+    print_error("load %s: %s\n", out, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  assert_string_equal(vlm_clip_family(trained), family);
+  assert_int_equal(vlm_clip_load(fixture, NULL, &init), 0);
+  int D = vlm_clip_dim(trained);
+  assert_int_equal(D, res.dim);
+  const char *paths[NPAIRS], *texts[NPAIRS];
+  for (int i = 0; i < NPAIRS; i++) {
+    paths[i] = S->items[res.eval_index[i]].image;
+    texts[i] = S->items[res.eval_index[i]].text;
+  }
+  float *img = malloc(sizeof(float) * NPAIRS * D);
+  float *txt = malloc(sizeof(float) * NPAIRS * D);
+  float *img0 = malloc(sizeof(float) * NPAIRS * D);
+  float *txt0 = malloc(sizeof(float) * NPAIRS * D);
+  assert_int_equal(vlm_clip_encode_images(trained, paths, NPAIRS, 0, img), 0);
+  assert_int_equal(vlm_clip_encode_texts(trained, texts, NPAIRS, 0, txt), 0);
+  assert_int_equal(vlm_clip_encode_images(init, paths, NPAIRS, 0, img0), 0);
+  assert_int_equal(vlm_clip_encode_texts(init, texts, NPAIRS, 0, txt0), 0);
+  double worst = 1, moved = 1;
+  for (int i = 0; i < NPAIRS; i++) {
+    worst = fmin(worst, cosine(img + i * D, res.image_emb + i * D, D));
+    worst = fmin(worst, cosine(txt + i * D, res.text_emb + i * D, D));
+    moved = fmin(moved, cosine(img + i * D, img0 + i * D, D));
+    moved = fmin(moved, cosine(txt + i * D, txt0 + i * D, D));
+  }
+  print_message("%s: export vs trainer worst cosine %.8f; vs the initial "
+                "model %.4f\n",
+                family, worst, moved);
+  assert_true(worst >= 0.99999);
+  assert_true(moved < 0.999);
+  vlm_clip_free(trained);
+  vlm_train_result_free(&res);
+
+  /* LoRA */
+  snprintf(out, sizeof out, "%s/%s-lora", S->dir, family);
+  family_options(&o, fixture, out);
+  o.max_steps = 4;
+  o.lora_rank = 2;
+  o.save_adapters = 1;
+  o.val_items = S->items;
+  o.n_val = NPAIRS;
+  rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("LoRA %s: %s\n", family, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
+  vlm__safetensors *st = NULL;
+  assert_int_equal(vlm__st_open(path, &st), 0);
+  if (!vlm__st_find(st, adapter_name))
+    print_error("%s: no %s\n", path, adapter_name);
+  assert_non_null(vlm__st_find(st, adapter_name));
+  /* every adapter pairs A and B under the base model's module names */
+  int n_a = 0, n_b = 0;
+  for (int i = 0; i < st->n_tensors; i++) {
+    const char *n = st->tensors[i].name;
+    assert_true(!strncmp(n, "base_model.model.", 17));
+    n_a += strstr(n, ".lora_A.weight") != NULL;
+    n_b += strstr(n, ".lora_B.weight") != NULL;
+  }
+  assert_true(n_a == n_b && n_a == 6 * 4); /* 6 modules, 2 + 2 layers */
+  vlm__st_close(st);
+  snprintf(path, sizeof path, "%s/adapter_config.json", out);
+  uint8_t *cfg_text = NULL;
+  size_t cfg_len = 0;
+  assert_int_equal(read_file_all(path, &cfg_text, &cfg_len), 0);
+  cfg_text[cfg_len] = '\0';
+  if (!strstr((char *)cfg_text, target_probe))
+    print_error("%s lacks %s:\n%s\n", path, target_probe, (char *)cfg_text);
+  assert_non_null(strstr((char *)cfg_text, target_probe));
+  free(cfg_text);
+  rc = vlm_clip_load(out, NULL, &trained);
+  assert_int_equal(rc, 0);
+  assert_int_equal(vlm_clip_encode_images(trained, paths, NPAIRS, 0, img), 0);
+  worst = 1;
+  for (int i = 0; i < NPAIRS; i++)
+    worst = fmin(worst, cosine(img + i * D, res.image_emb + i * D, D));
+  assert_true(worst >= 0.99999);
+  vlm_clip_free(trained);
+  vlm_clip_free(init);
+  vlm_train_result_free(&res);
+  free(img); free(txt); free(img0); free(txt0);
+}
+
+static void test_train_siglip(void **state) {
+  (void)state;
+  static const char *const files[] = {"spiece.model", "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "preprocessor_config.json", NULL};
+  family_train_case(
+      "tests/fixtures/siglip-tiny", "siglip", files,
+      "base_model.model.text_model.encoder.layers.1.self_attn.q_proj.lora_A."
+      "weight",
+      "encoder\\\\.layers");
+}
+
+static void test_train_chinese_clip(void **state) {
+  (void)state;
+  static const char *const files[] = {"vocab.txt", "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "preprocessor_config.json", NULL};
+  family_train_case(
+      "tests/fixtures/chinese-clip-tiny", "chinese_clip", files,
+      "base_model.model.text_model.encoder.layer.1.attention.output.dense."
+      "lora_B.weight",
+      "\"dense\"");
+}
+
+/* A SigLIP run stopped after its first step and resumed ends bit-for-bit
+ * where the uninterrupted run does (two compute threads). */
+static void test_resume_siglip(void **state) {
+  (void)state;
+  char a[300], b[300], pa[400], pb[400];
+  snprintf(a, sizeof a, "%s/siglip-straight", S->dir);
+  snprintf(b, sizeof b, "%s/siglip-resumed", S->dir);
+  vlm_train_options o;
+  family_options(&o, "tests/fixtures/siglip-tiny", a);
+  o.max_steps = 8;
+  o.batch = 8; /* three steps per epoch: the run crosses reshuffles */
+  o.threads = 2;
+  o.checkpoint_every = 3;
+  vlm_train_result ra, rb;
+  assert_int_equal(vlm_train_run(&o, &ra), 0);
+  o.out_dir = b;
+  volatile int stop = 1;
+  o.stop = &stop;
+  assert_int_equal(vlm_train_run(&o, &rb), VLM_EINTR);
+  assert_int_equal(rb.steps, 1);
+  vlm_train_result_free(&rb);
+  stop = 0;
+  o.resume = 1;
+  o.init_dir = NULL; /* the checkpoint holds everything */
+  int rc = vlm_train_run(&o, &rb);
+  if (rc)
+    print_error("resume: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  assert_int_equal(rb.steps, 8);
+  snprintf(pa, sizeof pa, "%s/checkpoint/state.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/checkpoint/state.safetensors", b);
+  assert_true(same_file(pa, pb));
+  snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+  assert_true(same_file(pa, pb));
+  vlm_train_result_free(&ra);
+  vlm_train_result_free(&rb);
+}
+
+/* What cannot be trained is refused with a clear error. */
+static void test_refusals(void **state) {
+  (void)state;
+  char out[300];
+  snprintf(out, sizeof out, "%s/siglip-context", S->dir);
+  vlm_train_options o;
+  family_options(&o, "tests/fixtures/siglip-tiny", out);
+  o.max_steps = 1;
+  o.context_length = 80;
+  vlm_train_result res;
+  assert_int_equal(vlm_train_run(&o, &res), VLM_EUNSUPPORTED);
+  assert_non_null(strstr(vlm_errmsg(), "SigLIP"));
+  vlm_train_result_free(&res);
+  /* a CLIP tokenizer does not tokenize for a SigLIP model */
+  snprintf(out, sizeof out, "%s/siglip-tok", S->dir);
+  family_options(&o, "tests/fixtures/siglip-tiny", out);
+  o.max_steps = 1;
+  o.tokenizer_dir = "tests/fixtures/clip-tiny";
+  assert_true(vlm_train_run(&o, &res) != 0);
+  vlm_train_result_free(&res);
+}
+
 static void test_cli_train(void **state) {
   (void)state;
   char out[300], steps[16] = "6";
@@ -1856,6 +2169,12 @@ int main(void) {
       cmocka_unit_test(test_context_growth),
       cmocka_unit_test(test_trainer_reads_configs_as_the_engine),
       cmocka_unit_test(test_cli_train),
+      cmocka_unit_test(test_forward_matches_engine_siglip),
+      cmocka_unit_test(test_forward_matches_engine_chinese_clip),
+      cmocka_unit_test(test_train_siglip),
+      cmocka_unit_test(test_train_chinese_clip),
+      cmocka_unit_test(test_resume_siglip),
+      cmocka_unit_test(test_refusals),
   };
   int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);
   failed += cmocka_run_group_tests_name("training", training, synth_setup,
