@@ -1995,6 +1995,115 @@ static void test_resume_siglip(void **state) {
   vlm_train_result_free(&rb);
 }
 
+/* From a config.json of each family: a SiglipModel and a
+ * ChineseCLIPModel geometry train from scratch with the family's
+ * tokenizer, start from the family's initialization (SigLIP's
+ * logit_scale log 10 and logit_bias -10) and export a model of that
+ * family. */
+static void test_train_families_from_scratch(void **state) {
+  (void)state;
+  static const char siglip_json[] =
+      "{\"model_type\": \"siglip\",\n"
+      " \"text_config\": {\"vocab_size\": 4000, \"hidden_size\": 32,\n"
+      "   \"intermediate_size\": 64, \"num_hidden_layers\": 1,\n"
+      "   \"num_attention_heads\": 2, \"max_position_embeddings\": 16},\n"
+      " \"vision_config\": {\"hidden_size\": 32, \"intermediate_size\": 64,\n"
+      "   \"num_hidden_layers\": 1, \"num_attention_heads\": 2,\n"
+      "   \"image_size\": 16, \"patch_size\": 8}}\n";
+  static const char cc_json[] =
+      "{\"model_type\": \"chinese_clip\", \"projection_dim\": 24,\n"
+      " \"text_config\": {\"vocab_size\": 5361, \"hidden_size\": 32,\n"
+      "   \"intermediate_size\": 64, \"num_hidden_layers\": 1,\n"
+      "   \"num_attention_heads\": 2, \"max_position_embeddings\": 24},\n"
+      " \"vision_config\": {\"hidden_size\": 32, \"intermediate_size\": 64,\n"
+      "   \"num_hidden_layers\": 1, \"num_attention_heads\": 2,\n"
+      "   \"image_size\": 16, \"patch_size\": 8}}\n";
+  static const struct {
+    const char *name, *json, *tok;
+  } cases[2] = {{"siglip", siglip_json, "tests/fixtures/siglip-tiny"},
+                {"chinese_clip", cc_json, "tests/fixtures/chinese-clip-tiny"}};
+  for (int k = 0; k < 2; k++) {
+    char cfg[300], out[300];
+    snprintf(cfg, sizeof cfg, "%s/%s-config.json", S->dir, cases[k].name);
+    snprintf(out, sizeof out, "%s/%s-scratch", S->dir, cases[k].name);
+    write_text(cfg, cases[k].json);
+    vlm_train_options o;
+    base_options(&o, out);
+    o.config_path = cfg;
+    o.tokenizer_dir = cases[k].tok;
+    o.max_steps = 1;
+    o.lr = 1e-12f; /* the export is the initialization */
+    o.warmup_steps = 0;
+    o.f16 = 0;
+    vlm_train_result res;
+    int rc = vlm_train_run(&o, &res);
+    if (rc)
+      print_error("%s from scratch: %s\n", cases[k].name, vlm_errmsg());
+    assert_int_equal(rc, 0);
+    assert_true(isfinite(res.loss) && res.loss > 0);
+    vlm_train_result_free(&res);
+    vlm_clip *clip = NULL;
+    rc = vlm_clip_load(out, NULL, &clip);
+    if (rc)
+      print_error("load %s: %s\n", out, vlm_errmsg());
+    assert_int_equal(rc, 0);
+    assert_string_equal(vlm_clip_family(clip), cases[k].name);
+    if (k == 0) {
+      assert_int_equal(vlm_clip_dim(clip), 32);
+      assert_true(fabs(vlm_clip_logit_scale(clip) - log(10.0)) < 1e-5);
+      assert_true(fabs(vlm_clip_logit_bias(clip) + 10) < 1e-5);
+    } else {
+      assert_int_equal(vlm_clip_dim(clip), 24);
+      assert_true(fabs(vlm_clip_logit_scale(clip) - 2.6592) < 1e-5);
+    }
+    /* the encoders run on the exported tokenizer and weights */
+    const char *text = "a red circle";
+    float *e = malloc(sizeof(float) * vlm_clip_dim(clip));
+    assert_int_equal(vlm_clip_encode_texts(clip, &text, 1, 0, e), 0);
+    assert_int_equal(
+        vlm_clip_encode_images(clip, (const char *const *)&S->items[0].image,
+                               1, 0, e),
+        0);
+    free(e);
+    vlm_clip_free(clip);
+  }
+}
+
+/* `vlmdb train` on a SigLIP checkpoint with LoRA, stopped by
+ * --stop-after and resumed without --init (the tokenizer comes from the
+ * output directory). */
+static void test_cli_train_siglip(void **state) {
+  (void)state;
+  char out[300];
+  snprintf(out, sizeof out, "%s/cli-siglip", S->dir);
+  char *argv[] = {"train", "--catalog", S->catalog, "--out", out, "--init",
+                  "tests/fixtures/siglip-tiny", "--lora", "2",
+                  "--save-adapters", "--max-steps", "4", "--batch", "8",
+                  "--val-fraction", "0.25", "--threads", "2", "--stop-after",
+                  "2", "--quiet", NULL};
+  int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
+  assert_int_equal(cmd_train(argc, argv), 0);
+  char *resume_argv[] = {"train", "--catalog", S->catalog, "--out", out,
+                         "--resume", "--val-fraction", "0.25", "--threads",
+                         "2", "--quiet", NULL};
+  assert_int_equal(
+      cmd_train((int)(sizeof resume_argv / sizeof resume_argv[0]) - 1,
+                resume_argv),
+      0);
+  char path[512];
+  snprintf(path, sizeof path, "%s/training.json", out);
+  uint8_t *js;
+  size_t n;
+  assert_int_equal(read_file_all(path, &js, &n), 0);
+  js[n] = 0;
+  assert_non_null(strstr((char *)js, "\"steps\": 4"));
+  free(js);
+  vlm_clip *clip = NULL;
+  assert_int_equal(vlm_clip_load(out, NULL, &clip), 0);
+  assert_string_equal(vlm_clip_family(clip), "siglip");
+  vlm_clip_free(clip);
+}
+
 /* What cannot be trained is refused with a clear error. */
 static void test_refusals(void **state) {
   (void)state;
@@ -2175,6 +2284,8 @@ int main(void) {
       cmocka_unit_test(test_train_chinese_clip),
       cmocka_unit_test(test_resume_siglip),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_train_families_from_scratch),
+      cmocka_unit_test(test_cli_train_siglip),
   };
   int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);
   failed += cmocka_run_group_tests_name("training", training, synth_setup,
