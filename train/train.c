@@ -543,6 +543,15 @@ static int load_tokenizer(vlm__trainer *t, int resuming) {
     if ((rc = vlm__wp_tok_load(td, &t->wp)))
       return rc;
     vocab = vlm__wp_tok_vocab_size(t->wp);
+    /* the tokenizer's model_max_length limits texts, as vlm_clip_load
+     * reads it (the export copies tokenizer_config.json) */
+    vlm__train_join_path(path, sizeof path, td, "tokenizer_config.json");
+    json_t *tc = json_load_file(path, 0, NULL);
+    json_t *mx = tc ? json_object_get(tc, "model_max_length") : NULL;
+    if (json_is_integer(mx) && json_integer_value(mx) >= 3 &&
+        json_integer_value(mx) < 1 << 20)
+      t->text_max_len = (int)json_integer_value(mx);
+    json_decref(tc);
   } else {
     char merges[4200];
     if ((rc = vlm__train_join_path(path, sizeof path, td, "vocab.json")) ||
@@ -679,6 +688,7 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
       .spm = t->spm,
       .wp = t->wp,
       .pad_id = t->spm ? vlm__spm_tok_pad(t->spm) : 0,
+      .wp_max_len = t->text_max_len,
       .log = o->log};
   memcpy(dc.mean, t->cfg.mean, sizeof dc.mean);
   memcpy(dc.std, t->cfg.std, sizeof dc.std);

@@ -199,7 +199,11 @@ static int family_tokenize(const vlm__tokenizer *tok, const vlm__tdata_cfg *cfg,
   if (cfg->spm)
     return vlm__spm_tokenize(cfg->spm, text, ctx, ids, ctx, n_ids);
   if (cfg->wp)
-    return vlm__wp_tokenize(cfg->wp, text, ctx, ids, ctx, n_ids);
+    return vlm__wp_tokenize(cfg->wp, text,
+                            cfg->wp_max_len > 0 && cfg->wp_max_len < ctx
+                                ? cfg->wp_max_len
+                                : ctx,
+                            ids, ctx, n_ids);
   return vlm__tokenize(tok, text, ctx, ids, ctx, n_ids);
 }
 

@@ -47,6 +47,7 @@ typedef struct {
   const struct vlm__spm_tok *spm;
   const struct vlm__wp_tok *wp;
   int32_t pad_id;
+  int wp_max_len;        /* WordPiece texts' limit (0 = context_length) */
   FILE *log;             /* skipped pairs are reported here */
 } vlm__tdata_cfg;
 
