@@ -2034,14 +2034,18 @@ static void test_train_families_from_scratch(void **state) {
       " \"vision_config\": {\"hidden_size\": 32, \"intermediate_size\": 64,\n"
       "   \"num_hidden_layers\": 1, \"num_attention_heads\": 2,\n"
       "   \"image_size\": 16, \"patch_size\": 8}}\n";
+  /* SigLIP 2 (fixed resolution) is a SiglipModel with Gemma's tokenizer */
   static const struct {
-    const char *name, *json, *tok;
-  } cases[2] = {{"siglip", siglip_json, "tests/fixtures/siglip-tiny"},
-                {"chinese_clip", cc_json, "tests/fixtures/chinese-clip-tiny"}};
-  for (int k = 0; k < 2; k++) {
+    const char *name, *json, *tok, *tok_file;
+  } cases[3] = {
+      {"siglip", siglip_json, "tests/fixtures/siglip-tiny", "spiece.model"},
+      {"chinese_clip", cc_json, "tests/fixtures/chinese-clip-tiny",
+       "vocab.txt"},
+      {"siglip", siglip_json, "tests/fixtures/gemma-tiny", "tokenizer.model"}};
+  for (int k = 0; k < 3; k++) {
     char cfg[300], out[300];
     snprintf(cfg, sizeof cfg, "%s/%s-config.json", S->dir, cases[k].name);
-    snprintf(out, sizeof out, "%s/%s-scratch", S->dir, cases[k].name);
+    snprintf(out, sizeof out, "%s/%s-scratch-%d", S->dir, cases[k].name, k);
     write_text(cfg, cases[k].json);
     vlm_train_options o;
     base_options(&o, out);
@@ -2064,7 +2068,10 @@ static void test_train_families_from_scratch(void **state) {
       print_error("load %s: %s\n", out, vlm_errmsg());
     assert_int_equal(rc, 0);
     assert_string_equal(vlm_clip_family(clip), cases[k].name);
-    if (k == 0) {
+    char tok[512];
+    snprintf(tok, sizeof tok, "%s/%s", out, cases[k].tok_file);
+    assert_true(vlm__train_file_exists(tok));
+    if (k != 1) {
       assert_int_equal(vlm_clip_dim(clip), 32);
       assert_true(fabs(vlm_clip_logit_scale(clip) - log(10.0)) < 1e-5);
       assert_true(fabs(vlm_clip_logit_bias(clip) + 10) < 1e-5);

@@ -982,8 +982,9 @@ int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res) {
         vlm__tmodel_step_flops(t.L, t.o.batch,
                                (int64_t)(tokens / n * t.o.batch)) / 1e9;
     say(&t,
-        "vlmdb train: %s, %lld steps of %d pairs (%d per epoch), lr %.3g, "
+        "vlmdb train: %s %s, %lld steps of %d pairs (%d per epoch), lr %.3g, "
         "warm-up %d, %d threads, %zu parameters, %.1f GFLOP per step\n",
+        vlm__family_name(t.cfg.family),
         t.L->lora_rank ? "LoRA" : t.o.init_dir ? "fine-tuning" : "from scratch",
         (long long)t.total_steps, t.o.batch, t.spe, (double)t.o.lr, t.warmup,
         vlm__tpool_threads(t.pool), t.ntrain, gflop);
