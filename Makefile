@@ -53,7 +53,7 @@ else
   SHIM_SRC   = $(wildcard index/*.cpp)
 endif
 
-LIBS = -ljansson -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv \
+LIBS = -ljansson -lhttp_parser -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv \
        -lsentencepiece $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 
@@ -88,6 +88,9 @@ tests-build: $(TEST_BIN) $(HELPER_BIN) $(BUILD)/vlmdb
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# The OpenAPI document is compiled into the server (.incbin in openapi.c).
+$(BUILD)/obj/net/openapi.o: net/openapi.json
 
 # The trainer's elementwise kernels need the vectorizer's full cost model
 # (-O2's is too cheap for loops of unknown length).

@@ -10,7 +10,7 @@ libsqlite3-dev libuv1-dev libcmocka-dev libopenblas-dev libhiredis-dev
 redis-tools redis-server libjpeg62-turbo-dev libpng-dev libutf8proc-dev
 libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis
 libxxhash-dev libsentencepiece-dev libwebp-dev libgif-dev libtiff-dev
-libheif-dev"
+libheif-dev libhttp-parser-dev prometheus"
 # the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
 # emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, the
 # WordNet/FreeDict caption variants, EmojiOne (ruby-gemojione), art4apps
