@@ -91,6 +91,7 @@ typedef struct {
   const void *image; /* an image from a multipart part or a raw body */
   size_t image_len;
   unsigned char *decoded; /* base64 images decoded here (freed) */
+  const char *prefix; /* of field names: "items[3]." in a batch */
   int failed;
 } api_ctx;
 
@@ -98,11 +99,17 @@ static void fail(api_ctx *c, int status, const char *field, const char *fmt,
                  ...) __attribute__((format(printf, 4, 5)));
 static void fail(api_ctx *c, int status, const char *field, const char *fmt,
                  ...) {
-  char msg[512];
+  char msg[512], full[128];
+  const char *pre = c->prefix ? c->prefix : "";
+  size_t n = (size_t)snprintf(msg, sizeof msg, "%s", pre);
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  vsnprintf(msg + n, sizeof msg - n, fmt, ap);
   va_end(ap);
+  if (field && *pre && strncmp(field, pre, strlen(pre))) {
+    snprintf(full, sizeof full, "%s%s", pre, field);
+    field = full;
+  }
   if (!c->failed)
     vlm__http_error(vlm__conn_reply_buf(c->conn), status,
                     vlm__http_code(status), field, c->r->keep_alive, "%s",
@@ -708,11 +715,10 @@ done:
 }
 
 /* The members of an item body as command arguments (after "CMD key"). */
-static int item_args(api_ctx *c, args *a, const char *prefix) {
+static int item_args(api_ctx *c, args *a) {
   static const char *const names[] = {"key",   "text",      "image", "meta",
                                       "source", "image_vec", "text_vec",
                                       NULL};
-  char field[96];
   const char *key;
   json_t *v;
   json_object_foreach(c->params, key, v) {
@@ -720,9 +726,8 @@ static int item_args(api_ctx *c, args *a, const char *prefix) {
     for (int i = 0; names[i]; i++)
       known |= !strcmp(key, names[i]);
     if (!known) {
-      snprintf(field, sizeof field, "%s%s", prefix, key);
-      fail(c, 400, field, "unknown member '%s%s' (text, image, meta, "
-           "source, image_vec, text_vec)", prefix, key);
+      fail(c, 400, key, "unknown member '%s' (text, image, meta, source, "
+           "image_vec, text_vec)", key);
       return -1;
     }
   }
@@ -730,8 +735,6 @@ static int item_args(api_ctx *c, args *a, const char *prefix) {
   size_t n;
   const void *img;
   int rc;
-#define FIELD(name) (snprintf(field, sizeof field, "%s%s", prefix, name), \
-                     field)
   if ((rc = get_str(c, "text", &s, &n)) > 0) {
     args_str(a, "TEXT");
     args_add(a, s, n);
@@ -745,7 +748,7 @@ static int item_args(api_ctx *c, args *a, const char *prefix) {
   json_t *meta = param(c, "meta");
   if (meta && !json_is_null(meta)) {
     if (!json_is_object(meta)) {
-      fail(c, 400, FIELD("meta"), "%smeta must be a JSON object", prefix);
+      fail(c, 400, "meta", "meta must be a JSON object");
       return -1;
     }
     char *text = json_dumps(meta, JSON_COMPACT);
@@ -773,7 +776,6 @@ static int item_args(api_ctx *c, args *a, const char *prefix) {
     if (get_vector(c, "text_vec", a) < 0)
       return -1;
   }
-#undef FIELD
   return 0;
 }
 
@@ -801,8 +803,14 @@ static void route_item_write(api_ctx *c, const char *key, int route) {
   }
   args_str(&a, cmds[route]);
   args_str(&a, key);
-  if (item_args(c, &a, "") < 0)
+  if (item_args(c, &a) < 0)
     goto done;
+  if (route != VLM__API_PATCH && !param(c, "text") && !param(c, "image") &&
+      !c->image && !param(c, "text_vec") && !param(c, "image_vec")) {
+    fail(c, 400, "text", "an item needs a vector: text, image, text_vec or "
+         "image_vec");
+    goto done;
+  }
   if (a.argc == 2) {
     fail(c, 400, "text", route == VLM__API_PATCH
                              ? "nothing to change: give text, image, meta, "
@@ -913,35 +921,38 @@ static void route_batch(api_ctx *c) {
   json_t *saved = c->params;
   for (int i = 0; i < n && !c->failed; i++) {
     json_t *it = json_array_get(items, (size_t)i);
-    char prefix[32], field[48];
+    char prefix[32];
     snprintf(prefix, sizeof prefix, "items[%d].", i);
     args_init(&as[i]);
     if (!json_is_object(it)) {
+      char field[32];
       snprintf(field, sizeof field, "items[%d]", i);
       fail(c, 400, field, "items[%d] must be an object", i);
       break;
     }
     c->params = it;
     c->typed = 1;
+    c->prefix = prefix;
     const char *key = json_string_value(json_object_get(it, "key"));
     if (!key || !*key) {
-      snprintf(field, sizeof field, "items[%d].key", i);
-      fail(c, 400, field, "items[%d].key must be a non-empty string", i);
+      fail(c, 400, "key", "key must be a non-empty string");
+    } else if (!json_object_get(it, "text") &&
+               !json_object_get(it, "image") &&
+               !json_object_get(it, "text_vec") &&
+               !json_object_get(it, "image_vec")) {
+      fail(c, 400, "text", "an item needs a vector: text, image, text_vec "
+           "or image_vec");
     } else {
       args_str(&as[i], add ? "ADD" : "UPSERT");
       args_str(&as[i], key);
-      item_args(c, &as[i], prefix);
-      if (!c->failed && as[i].argc == 2) {
-        snprintf(field, sizeof field, "items[%d].text", i);
-        fail(c, 400, field, "items[%d] needs a vector: text, image, "
-             "text_vec or image_vec", i);
-      }
+      item_args(c, &as[i]);
       if (!c->failed && as[i].store.oom)
         fail(c, 500, NULL, "out of memory");
       if (!c->failed && !(req->keys[i] = strdup(key)))
         fail(c, 500, NULL, "out of memory");
       req->nkeys = i + 1;
     }
+    c->prefix = NULL;
     argcs[i] = as[i].argc;
     argvs[i] = args_argv(&as[i]);
   }
@@ -1473,7 +1484,7 @@ static void render_info(vlm__buf *b, const vlm__r3 *v) {
     }
     i = e + 1;
   }
-  vlm__buf_append(b, "]", 1);
+  vlm__buf_append(b, "],\"sections\":{", 14);
   /* then every section as INFO writes it */
   const char *sec = NULL;
   for (const char *p = t; p < t + len;) {
@@ -1484,8 +1495,9 @@ static void render_info(vlm__buf *b, const vlm__r3 *v) {
     if (ll > 2 && p[0] == '#') {
       if (sec)
         vlm__buf_append(b, "}", 1);
+      if (sec)
+        vlm__buf_append(b, ",", 1);
       sec = p + 2;
-      vlm__buf_append(b, ",", 1);
       char name[32];
       size_t nn = ll - 2 < sizeof name - 1 ? ll - 2 : sizeof name - 1;
       for (size_t i = 0; i < nn; i++)
@@ -1508,7 +1520,7 @@ static void render_info(vlm__buf *b, const vlm__r3 *v) {
   }
   if (sec)
     vlm__buf_append(b, "}", 1);
-  vlm__buf_append(b, "}\n", 2);
+  vlm__buf_append(b, "}}\n", 3);
 }
 
 void vlm__api_render(vlm__conn *conn, vlm__job *job, vlm__buf *out) {

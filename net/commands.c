@@ -2002,7 +2002,7 @@ static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
    * ground-truth probability when the model scored it */
   int with_prob = d->gt_probability >= 0;
   vlm__reply_map(out, 2 + d->nks * (skip_index ? 1 : 3) + 2 +
-                          (skip_index ? 1 : 2) + with_prob);
+                          (skip_index ? 1 : 2) + with_prob + 1);
   vlm__reply_cstr(out, "queries");
   vlm__reply_int(out, d->queries);
   vlm__reply_cstr(out, "candidates");
@@ -2035,6 +2035,18 @@ static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
     vlm__reply_cstr(out, "gt_probability");
     vlm__reply_double(out, d->gt_probability);
   }
+  /* the exact ranks of the ground truth, bucketed: le[i] is bucket i's
+   * upper bound; counts has one more bucket, the ranks above the last */
+  vlm__reply_cstr(out, "rank_histogram");
+  vlm__reply_map(out, 2);
+  vlm__reply_cstr(out, "le");
+  vlm__reply_array(out, VLM_EVAL_RANK_BUCKETS - 1);
+  for (int i = 0; i < VLM_EVAL_RANK_BUCKETS - 1; i++)
+    vlm__reply_int(out, vlm_eval_rank_bounds[i]);
+  vlm__reply_cstr(out, "counts");
+  vlm__reply_array(out, VLM_EVAL_RANK_BUCKETS);
+  for (int i = 0; i < VLM_EVAL_RANK_BUCKETS; i++)
+    vlm__reply_int(out, d->rank_hist[i]);
 }
 
 static int model_probabilities(void *clip, const float *cosines, int n,

@@ -40,7 +40,16 @@ struct vlm__http_conn {
   int fail_status;          /* a limit was passed: 413, 414, 431 */
   char fail_msg[160];
   int stop;                 /* paused after a request that closes */
+  /* After an error that closes: the response goes out, then our side is
+   * shut down and what the client still sends is read and dropped until
+   * it closes (or LINGER_MS pass), so its unread request bytes do not
+   * reset the connection and destroy the response before it is read. */
+  int linger, shut_sent;
+  uint64_t linger_ms;
+  uv_shutdown_t shut;
 };
+
+#define LINGER_MS 2000
 
 static const http_parser_settings *settings(void);
 
@@ -418,8 +427,29 @@ void vlm__http_read(vlm__conn *conn, const char *data, size_t len) {
                   h->fail_msg);
   vlm__http_error(vlm__conn_reply_buf(conn), status, vlm__http_code(status),
                   NULL, 0, "%s", h->fail_msg);
-  vlm__conn_quit(conn);
   h->stop = 1;
+  h->linger = 1;
+  h->linger_ms = uv_now(&srv->loop);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  (void)req;
+  (void)status; /* a failure shows as a read error, which closes */
+}
+
+int vlm__http_flushed(vlm__conn *conn) {
+  vlm__http_conn *h = conn->http;
+  if (!h->linger || h->shut_sent)
+    return 0;
+  h->shut_sent = 1;
+  if (uv_shutdown(&h->shut, (uv_stream_t *)&conn->tcp, on_shutdown) < 0)
+    return -1;
+  return 0;
+}
+
+int vlm__http_linger_over(vlm__conn *conn, uint64_t now_ms) {
+  vlm__http_conn *h = conn->http;
+  return h && h->linger && now_ms - h->linger_ms > LINGER_MS;
 }
 
 void vlm__http_render(vlm__conn *conn, vlm__job *job) {

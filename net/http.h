@@ -70,6 +70,11 @@ int vlm__http_conn_init(vlm__conn *conn);
 void vlm__http_conn_free(vlm__conn *conn);
 /* Parse and handle what arrived (loop thread). */
 void vlm__http_read(vlm__conn *conn, const char *data, size_t len);
+/* Everything owed has been written: after an error that closes, shut
+ * down the sending side (0, or -1: close now). */
+int vlm__http_flushed(vlm__conn *conn);
+/* A connection lingering after such an error for long enough: close it. */
+int vlm__http_linger_over(vlm__conn *conn, uint64_t now_ms);
 /* Append the response of a finished job (its turn has come). */
 void vlm__http_render(vlm__conn *conn, vlm__job *job);
 

@@ -224,6 +224,9 @@ static void conn_flush(vlm__conn *conn) {
   }
   if (conn->quit && !conn->writing && conn->out.len == 0 && conn->njobs == 0)
     conn_close(conn);
+  else if (conn->http && !conn->writing && conn->out.len == 0 &&
+           conn->njobs == 0 && vlm__http_flushed(conn) < 0)
+    conn_close(conn);
 }
 
 /* ======================================================================
@@ -424,6 +427,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   conn->last_ms = uv_now(&srv->loop);
   if (conn->http) {
     vlm__http_read(conn, buf->base, (size_t)nread);
+    conn_drain_jobs(conn); /* requests refused at once are complete */
   } else if (shared) {
     size_t used = process_bytes(conn, buf->base, (size_t)nread);
     size_t rest = (size_t)nread - used;
@@ -595,6 +599,11 @@ static void on_http_connection(uv_stream_t *listener, int status) {
 static void on_cron(uv_timer_t *timer) {
   vlm_server *srv = timer->data;
   uint64_t now = uv_now(&srv->loop);
+  for (vlm__conn *conn = srv->conns, *next; conn; conn = next) {
+    next = conn->next;
+    if (conn->http && !conn->closing && vlm__http_linger_over(conn, now))
+      conn_close(conn);
+  }
   if (srv->timeout_s > 0) {
     uint64_t limit = (uint64_t)srv->timeout_s * 1000u;
     for (vlm__conn *conn = srv->conns, *next; conn; conn = next) {
