@@ -703,13 +703,27 @@ static void route_search(api_ctx *c) {
     fail(c, 400, "fields", "fields must be an array of field names");
     goto done;
   }
+  /* has_thumb: whether the hit's thumbnail URL leads anywhere */
+  int asked = 0;
+  for (int i = 0; i < nf; i++)
+    asked |= flens[i] == 9 && !memcmp(fields[i], "has_thumb", 9);
+  if (!asked) {
+    if (nf == MAX_FIELDS) {
+      fail(c, 400, "fields", "at most %d fields", MAX_FIELDS - 1);
+      goto done;
+    }
+    fields[nf] = "has_thumb";
+    flens[nf++] = 9;
+  }
   args_str(&a, "RETURN");
   args_fmt(&a, "%d", nf);
   for (int i = 0; i < nf; i++)
     args_add(&a, fields[i], flens[i]);
   vlm__http_req *req = new_req(c, VLM__API_SEARCH);
-  if (req)
+  if (req) {
+    req->hide_has_thumb = !asked;
     dispatch(c, &a, req);
+  }
 done:
   args_free(&a);
 }
@@ -1344,7 +1358,8 @@ static void render_search(vlm__buf *body, const vlm__r3 *v,
     int first = 1;
     for (long f = 0; m->type == '%' && f < m->n; f++) {
       const vlm__r3 *name = &m->kids[2 * f];
-      if (vlm__r3_is(name, "score"))
+      if (vlm__r3_is(name, "score") ||
+          (req->hide_has_thumb && vlm__r3_is(name, "has_thumb")))
         continue;
       if (!first)
         vlm__buf_append(body, ",", 1);
@@ -1353,9 +1368,14 @@ static void render_search(vlm__buf *body, const vlm__r3 *v,
       vlm__buf_append(body, ":", 1);
       field_value(body, name, &m->kids[2 * f + 1]);
     }
-    vlm__buf_append(body, "},\"thumbnail\":\"/v1/items/", 25);
-    url_escape(body, tmp);
-    vlm__buf_append(body, "/thumbnail\"}", 12);
+    const vlm__r3 *has = vlm__r3_get(m, "has_thumb");
+    if (has && has->type == '#' && !has->integer) {
+      vlm__buf_append(body, "},\"thumbnail\":null}", 19);
+    } else {
+      vlm__buf_append(body, "},\"thumbnail\":\"/v1/items/", 25);
+      url_escape(body, tmp);
+      vlm__buf_append(body, "/thumbnail\"}", 12);
+    }
   }
   vlm__buf_printf(body, "],\"took_ms\":%.3f}\n",
                   (double)(vlm__now_ns() - req->start_ns) * 1e-6);

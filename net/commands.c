@@ -872,7 +872,8 @@ static void cmd_info_exec(vlm__job *job) {
 
 enum { Q_TEXT, Q_IMAGE, Q_KEY, Q_VECTOR };
 enum { F_CAPTION = -1, F_SOURCE = -2, F_META = -3, F_THUMB = -4,
-       F_MODALITY = -5, F_SIMILAR = -6, F_LOGIT = -7, F_PROBABILITY = -8 };
+       F_MODALITY = -5, F_SIMILAR = -6, F_LOGIT = -7, F_PROBABILITY = -8,
+       F_HAS_THUMB = -9 };
 #define MAX_RETURN 32
 
 typedef struct {
@@ -900,7 +901,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
   } builtin[] = {{"caption", F_CAPTION}, {"source", F_SOURCE},
                  {"meta", F_META},       {"thumb", F_THUMB},
                  {"modality", F_MODALITY}, {"similar", F_SIMILAR},
-                 {"logit", F_LOGIT},     {"probability", F_PROBABILITY}};
+                 {"logit", F_LOGIT},     {"probability", F_PROBABILITY},
+                 {"has_thumb", F_HAS_THUMB}};
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (arg_is(a, builtin[i].name)) {
       *field = builtin[i].id;
@@ -917,8 +919,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
     }
   char tmp[64];
   vlm__reply_error(ctx->out, "ERR", "unknown field '%s' in RETURN (caption, "
-                   "source, meta, thumb, modality, similar, logit, "
-                   "probability or a declared field)",
+                   "source, meta, thumb, has_thumb, modality, similar, "
+                   "logit, probability or a declared field)",
                    arg_show(a, tmp, sizeof tmp));
   return -1;
 }
@@ -1108,6 +1110,9 @@ static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
   case F_META:
     vlm__reply_cstr(out, rec ? rec->meta_json : NULL);
     return;
+  case F_HAS_THUMB:
+    vlm__reply_bool(out, rec && rec->thumb);
+    return;
   case F_THUMB:
     if (rec && rec->thumb)
       vlm__reply_bulk(out, rec->thumb, rec->thumb_len);
@@ -1162,7 +1167,7 @@ static void cmd_search_exec(vlm__job *job) {
   }
   int need_rec = 0, need_prob = 0;
   for (int f = 0; f < st->nfields; f++) {
-    need_rec |= st->fields[f] >= F_THUMB;
+    need_rec |= st->fields[f] >= F_THUMB || st->fields[f] == F_HAS_THUMB;
     need_prob |= st->fields[f] == F_PROBABILITY;
   }
   /* The family's probabilities of the hits (vlm_clip_probabilities):

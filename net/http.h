@@ -54,6 +54,7 @@ struct vlm__http_req {
   int route;                /* VLM__API_* */
   int keep_alive;
   int vectors;              /* GET ?vectors=1 */
+  int hide_has_thumb;       /* search: has_thumb was added, not asked for */
   int batch_add;            /* batch mode "add" */
   int nkeys;                /* batch: keys[] */
   char **keys;

@@ -635,6 +635,32 @@ static void test_routes(void **state) {
                       "/v1/items/cat/thumbnail");
   assert_true(json_is_number(json_object_get(r.json, "took_ms")));
   hresp_free(&r);
+  /* a thumbnail URL only for the items that have one */
+  r = hjson(&c, "GET", "/v1/search?text=fox&k=20&fields=", 200, NULL);
+  hits = json_object_get(r.json, "hits");
+  assert_int_equal(json_array_size(hits), NITEMS);
+  for (size_t i = 0; i < json_array_size(hits); i++) {
+    json_t *h = json_array_get(hits, i);
+    const char *key = json_string_value(json_object_get(h, "key"));
+    int with_image = 0;
+    for (int j = 0; j < NITEMS; j++)
+      if (!strcmp(items[j].key, key))
+        with_image = items[j].image != NULL;
+    json_t *th = json_object_get(h, "thumbnail");
+    assert_int_equal(json_object_size(json_object_get(h, "fields")), 0);
+    if (!with_image) {
+      if (!json_is_null(th))
+        fail_msg("%s has no image, thumbnail %s", key, json_string_value(th));
+      continue;
+    }
+    char want_path[256];
+    item_path(want_path, sizeof want_path, key, "/thumbnail");
+    assert_string_equal(json_string_value(th), want_path);
+    hresp t = hreq(&c, "GET", want_path, NULL, NULL, 0);
+    assert_int_equal(t.status, 200);
+    hresp_free(&t);
+  }
+  hresp_free(&r);
 
   size_t ilen;
   char *img = fixture("gray.jpg", &ilen);
