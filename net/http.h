@@ -5,7 +5,8 @@
  *   api.c      the JSON API (/v1/...): each request becomes the argv of
  *              the command RESP would run (SEARCH, GET, UPSERT, EMBED,
  *              VLM.EVAL, ...), through the same dispatch, workers and
- *              batcher; its RESP3 reply becomes the JSON response
+ *              batcher
+ *   render.c   its RESP3 reply becomes the JSON response
  *   json.c     a RESP3 reply reader and a JSON writer
  *   metrics.c  counters and histograms; GET /metrics
  *
@@ -99,7 +100,7 @@ const char *vlm__http_code(int status);
 
 /* Route one request: a response now, or a command job. */
 void vlm__api_handle(vlm__conn *conn, const vlm__http_request *r);
-/* The response for a job's RESP3 reply. */
+/* The response for a job's RESP3 reply (render.c). */
 void vlm__api_render(vlm__conn *conn, vlm__job *job, vlm__buf *out);
 
 /* ---- json.c ---- */

@@ -9,8 +9,8 @@
  *   commands.c  the command table and its handlers
  *   resp.c      the protocol
  *   http.c      HTTP/1.1 connections: parsing, limits, responses (http.h)
- *   api.c       the JSON API: a request becomes the command RESP would run,
- *               its RESP3 reply becomes JSON (http.h)
+ *   api.c       the JSON API: a request becomes the command RESP would run
+ *   render.c    and its RESP3 reply becomes JSON (http.h)
  *   json.c      a RESP3 reply reader and a JSON writer (http.h)
  *   metrics.c   counters and histograms, /metrics (http.h)
  *
