@@ -91,6 +91,8 @@ $(BUILD)/obj/%.o: %.c
 
 # The OpenAPI document is compiled into the server (.incbin in openapi.c).
 $(BUILD)/obj/net/openapi.o: net/openapi.json
+# So are the web console's files (.incbin in console.c).
+$(BUILD)/obj/net/console.o: net/console/index.html net/console/app.js net/console/app.css
 
 # The trainer's elementwise kernels need the vectorizer's full cost model
 # (-O2's is too cheap for loops of unknown length).

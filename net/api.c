@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "console.h"
 #include "http.h"
 #include "vlm_error.h"
 
@@ -1240,6 +1241,14 @@ void vlm__api_handle(vlm__conn *conn, const vlm__http_request *r) {
           route_item(&c, key, thumb);
       }
     }
+  } else if (vlm__console_asset(p, NULL, NULL, NULL) == 0) {
+    const void *body;
+    size_t len;
+    const char *ctype;
+    if (method_ok(&c, HTTP_GET, HTTP_GET) &&
+        vlm__console_asset(p, &body, &len, &ctype) == 0)
+      vlm__http_respond(vlm__conn_reply_buf(conn), 200, ctype, body, len,
+                        r->keep_alive, vlm__console_headers);
   } else {
     fail(&c, 404, NULL, "no route %s %s (see /openapi.json)",
          http_method_str((enum http_method)r->method), p);

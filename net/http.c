@@ -17,6 +17,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "console.h"
 #include "http.h"
 #include "vlm_error.h"
 
@@ -348,9 +349,13 @@ static int on_message_complete(http_parser *p) {
   r.content_type = h->content_type;
 
   /* Authentication: the same secret as AUTH, as a bearer token, compared
-   * in constant time; the health checks stay open for probes. */
+   * in constant time; the health checks stay open for probes, and the
+   * console's static files for browsers (the page then asks for the
+   * password and sends it with every API request). */
   int open_route = r.method == HTTP_GET && (!strcmp(r.path, "/healthz") ||
-                                            !strcmp(r.path, "/readyz"));
+                                            !strcmp(r.path, "/readyz") ||
+                                            !vlm__console_asset(r.path, NULL,
+                                                                NULL, NULL));
   if (srv->password && !open_route) {
     const char *tok = NULL;
     if (!h->auth_bad && !strncasecmp(h->auth, "Bearer ", 7)) {
