@@ -889,7 +889,9 @@
     try {
       const data = await api('POST', '/v1/eval', body);
       renderEval(data, ks);
-      $('eval-status').textContent = `${data.pairs} pairs evaluated in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+      const first = data.text_to_image || data.image_to_text || {};
+      const queries = first.queries !== undefined && first.queries !== data.pairs ? `${first.queries} queries per direction, ` : '';
+      $('eval-status').textContent = `${queries}${data.pairs} pairs, evaluated in ${((performance.now() - t0) / 1000).toFixed(1)} s`;
     } catch (x) {
       $('eval-status').textContent = '';
       showError(errBox, x);

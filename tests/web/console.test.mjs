@@ -512,16 +512,19 @@ async function runShots() {
     await page.setViewport({ width: 1100, height: 720 });
     await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
     await page.waitForSelector('body[data-ready="1"]');
-    await page.type('#q', args.query || 'a red car');
+    await page.type('#q', args.query || 'a red jigsaw piece');
     await page.select('#k', '20');
+    await page.select('#target', 'image');
     await page.click('#collapse');
     await searchAndWait(page, () => page.keyboard.press('Enter'));
     await loadGrid(page);
+    await page.evaluate(() => document.activeElement.blur());
     await page.screenshot({ path: path.join(dir, 'console-search.png') });
     await page.click('#nav-eval');
     await page.$eval('#eval-sample', (e) => { e.value = '1000'; });
     await page.click('#eval-run');
     await page.waitForSelector('#chart-ranks rect.bar', { timeout: 120000 });
+    await page.evaluate(() => document.activeElement.blur());
     await page.screenshot({ path: path.join(dir, 'console-eval.png') });
     assertClean(w, 'screenshots');
   } finally {
