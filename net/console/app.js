@@ -434,9 +434,15 @@
       card.dataset.index = String(i);
       card.dataset.key = hit.key;
       const thumb = el('div', { class: 'thumb' });
-      const img = el('img', { alt: caption || hit.key, decoding: 'async' });
-      img.dataset.src = hit.thumbnail || itemPath(hit.key) + '/thumbnail';
-      thumb.append(img);
+      if (hit.thumbnail) {
+        const img = el('img', { alt: caption || hit.key, decoding: 'async' });
+        img.dataset.src = hit.thumbnail;
+        thumb.append(img);
+      } else {
+        /* an item stored without an image: nothing to fetch */
+        thumb.dataset.state = 'none';
+        thumb.textContent = 'no image';
+      }
       const body = el('div', { class: 'body' });
       const score = el('div', { class: 'score' });
       score.append(el('span', { class: 'score-value', title: 'score' },
@@ -502,8 +508,8 @@
         tbody.append(tr);
       }
       $('item-caption').textContent = item.caption || '';
-      if (!img.getAttribute('src')) {
-        const res = await request('GET', hit.thumbnail || itemPath(hit.key) + '/thumbnail');
+      if (!img.getAttribute('src') && hit.thumbnail) {
+        const res = await request('GET', hit.thumbnail);
         if (res.ok && itemIndex === index) {
           const url = URL.createObjectURL(await res.blob());
           state.urls.push(url);

@@ -1,11 +1,13 @@
 // console.test.mjs - vlmdb's web console in a real browser (make test-web).
 //
 // Builds a database of the repository's test images (tests/fixtures/images,
-// 94 pictures in every format vlmdb reads, with captions and four declared
-// fields), serves it with a password, and drives Debian's chromium headless
-// through puppeteer-core: sign in (a wrong password first), search by text,
-// move through the grid with the keyboard, filter (a quote in a string
-// value), search by an uploaded image, provoke an API error, open an item,
+// 94 pictures in every format vlmdb reads, and one item without a picture,
+// with captions and four declared fields), serves it with a password, and
+// drives Debian's chromium headless through puppeteer-core: sign in (a
+// wrong password first), search by text (the item without a picture shown
+// as such, its thumbnail never asked for), move through the grid with the
+// keyboard, filter (a quote in a string value), search by an uploaded
+// image, provoke an API error, open an item,
 // "more like this", run eval and read its charts, then the same page at
 // phone width.  Every answer the page shows is checked against the JSON
 // API asked directly (the oracle), or against the catalog for filters.
@@ -85,6 +87,9 @@ function makeCatalog(file) {
       meta: { format: ext, bytes, kib: Math.round(bytes / 102.4) / 10, author: AUTHORS[i % AUTHORS.length] },
     });
   });
+  // and one item without an image (no thumbnail to fetch)
+  rows.push({ key: 'notes/no-image', text: 'a gif picture',
+              meta: { format: 'none', bytes: 0, kib: 0, author: 'Ada' } });
   fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
   return rows;
 }
@@ -219,8 +224,8 @@ async function loadGrid(page) {
     window.scrollTo(0, 0);
   });
   await page.waitForFunction(() => Array.from(document.querySelectorAll('#grid .thumb'))
-    .every((t) => t.dataset.state === 'loaded' && t.querySelector('img').complete &&
-                  t.querySelector('img').naturalWidth > 0), { timeout: 30000 });
+    .every((t) => t.dataset.state === 'none' || (t.dataset.state === 'loaded' && t.querySelector('img').complete &&
+                                                  t.querySelector('img').naturalWidth > 0)), { timeout: 30000 });
   return page.$$eval('#grid .card', (cards) => cards.map((c) => ({
     key: c.dataset.key, score: Number(c.querySelector('.score-value').textContent),
   })));
@@ -300,11 +305,14 @@ async function runTest() {
     for (let i = 1; i < hits.length; i++)
       check(hits[i].score <= hits[i - 1].score, `scores in order at ${i}`);
     const thumbs = w.responses.filter((r) => /\/thumbnail$/.test(r.url()));
-    check(thumbs.length === hits.length, `${thumbs.length} thumbnail requests for ${hits.length} hits`);
+    const imageless = await page.$$eval('#grid .card', (cards) => cards.filter((c) => c.querySelector('.thumb').dataset.state === 'none')
+      .map((c) => [c.dataset.key, c.querySelector('.thumb').textContent]));
+    sameList(imageless, [['notes/no-image', 'no image']], 'the hit without an image (it is among the best for its own caption)');
+    check(thumbs.length === hits.length - 1, `${thumbs.length} thumbnail requests for ${hits.length} hits, one without an image`);
     for (const r of thumbs)
       check(r.status() === 200 && r.headers()['content-type'] === 'image/jpeg', `thumbnail ${r.url()}: ${r.status()}`);
     await shot(page, 'search');
-    log(`text search: ${hits.length} thumbnails loaded, all 200 image/jpeg, same hits as the API`);
+    log(`text search: ${hits.length} hits, ${thumbs.length} thumbnails loaded (all 200 image/jpeg) and one "no image", same hits as the API`);
 
     // Keyboard: / focuses the search box, arrows move in the grid.
     await page.$eval('#q', (q) => q.blur());
