@@ -1559,13 +1559,103 @@ static int group_teardown(void **state) {
   return 0;
 }
 
+/* ======================================================================
+ * The web console's files (net/console/): the bytes on disk, open without
+ * the password (the page asks for it), with their security headers
+ * ==================================================================== */
+
+static void expect_asset(hconn *c, const char *path, const char *file,
+                         const char *ctype) {
+  size_t n;
+  char *want = read_file(file, &n);
+  if (!want)
+    fail_msg("cannot read %s (run from the repository root)", file);
+  hresp r = hreq(c, "GET", path, NULL, NULL, 0);
+  if (r.status != 200)
+    fail_msg("GET %s: status %d: %s", path, r.status, r.body);
+  char line[128];
+  snprintf(line, sizeof line, "\r\nContent-Type: %s\r\n", ctype);
+  if (!strcasestr(r.headers, line))
+    fail_msg("GET %s: want %s in\n%s", path, line + 2, r.headers);
+  assert_non_null(strcasestr(r.headers, "\r\nContent-Security-Policy: "
+                                        "default-src 'none'; script-src "
+                                        "'self';"));
+  assert_non_null(
+      strcasestr(r.headers, "\r\nX-Content-Type-Options: nosniff"));
+  assert_int_equal(r.body_len, n);
+  assert_memory_equal(r.body, want, n);
+  free(want);
+  hresp_free(&r);
+}
+
+static void test_console(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  const char *extra[] = {"--requirepass", "s3cret", NULL};
+  start_server(&s, extra);
+  hconn c = hopen(s.http);
+  /* open, on one kept-alive connection, without the password */
+  expect_asset(&c, "/", "net/console/index.html", "text/html; charset=utf-8");
+  expect_asset(&c, "/?q=cat", "net/console/index.html",
+               "text/html; charset=utf-8");
+  /* every file the page names is served */
+  size_t n;
+  char *html = read_file("net/console/index.html", &n);
+  assert_non_null(html);
+  int named = 0;
+  for (const char *p = html; (p = strstr(p, "\"/console/")); p++) {
+    char path[128];
+    const char *end = strchr(p + 1, '"');
+    assert_non_null(end);
+    snprintf(path, sizeof path, "%.*s", (int)(end - p - 1), p + 1);
+    const char *file = !strcmp(path, "/console/app.js") ? "net/console/app.js"
+                       : !strcmp(path, "/console/app.css")
+                           ? "net/console/app.css"
+                           : NULL;
+    if (!file)
+      fail_msg("index.html names %s, which this test does not know", path);
+    expect_asset(&c, path, file,
+                 strstr(path, ".js") ? "text/javascript; charset=utf-8"
+                                     : "text/css; charset=utf-8");
+    named++;
+  }
+  free(html);
+  assert_int_equal(named, 2);
+  /* the API stays closed; other paths under /console/ are not open */
+  hresp r = hreq(&c, "GET", "/v1/info", NULL, NULL, 0);
+  expect_error(&r, 401, "unauthorized", NULL);
+  hresp_free(&r);
+  r = hreq(&c, "GET", "/console/", NULL, NULL, 0);
+  expect_error(&r, 401, "unauthorized", NULL);
+  hresp_free(&r);
+  r = hreq(&c, "POST", "/", NULL, "x", 1);
+  expect_error(&r, 401, "unauthorized", NULL);
+  hresp_free(&r);
+  /* with it: GET only, and no other file */
+  r = hreq(&c, "POST", "/", "Authorization: Bearer s3cret\r\n", "x", 1);
+  expect_error(&r, 405, "method_not_allowed", NULL);
+  hresp_free(&r);
+  r = hreq(&c, "GET", "/console/app.json", "Authorization: Bearer s3cret\r\n",
+           NULL, 0);
+  expect_error(&r, 404, "not_found", NULL);
+  hresp_free(&r);
+  r = hreq(&c, "GET", "/index.html", "Authorization: Bearer s3cret\r\n", NULL,
+           0);
+  expect_error(&r, 404, "not_found", NULL);
+  hresp_free(&r);
+  hclose(&c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_routes),     cmocka_unit_test(test_same_as_resp),
       cmocka_unit_test(test_pipelining), cmocka_unit_test(test_limits),
       cmocka_unit_test(test_malformed),  cmocka_unit_test(test_auth),
       cmocka_unit_test(test_batch),      cmocka_unit_test(test_metrics),
-      cmocka_unit_test(test_options),
+      cmocka_unit_test(test_options),    cmocka_unit_test(test_console),
   };
   const char *only = getenv("HTTP_TEST"); /* run one test by name */
   if (only && *only)
