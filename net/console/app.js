@@ -483,6 +483,7 @@
     tbody.replaceChildren();
     clearError($('item-error'));
     const img = $('item-img');
+    img.parentElement.hidden = !hit.thumbnail; /* an item without an image */
     const cardImg = document.querySelector(`.card[data-index="${index}"] .thumb img`);
     if (cardImg && cardImg.src)
       img.src = cardImg.src;
@@ -739,9 +740,11 @@
 
   /* A grouped bar chart: groups along x, one bar per series in each.
    * series: [{name, values: [...]}], values[g] for group g. */
-  function barChart({ id, groups, series, yStep, yMax, format, label, valueLabels }) {
+  function barChart({ id, width, groups, series, yStep, yMax, format, label, valueLabels }) {
     const slanted = groups.length > 8; /* long bucket names: slant them */
-    const W = 640, H = slanted ? 280 : 260, left = 46, right = 8, top = 14, bottom = slanted ? 62 : 42;
+    /* drawn at the width it will have, so that text keeps its size */
+    const W = Math.round(Math.min(640, Math.max(300, width || 640)));
+    const H = slanted ? 280 : 260, left = 46, right = 8, top = 14, bottom = slanted ? 62 : 42;
     const plotW = W - left - right, plotH = H - top - bottom;
     const root = svg('svg', { id, viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': label });
     root.append(svg('title', {}, label));
@@ -811,12 +814,15 @@
       return;
     }
     const charts = el('div', { class: 'charts' });
+    /* a chart's width: half the page, or all of it on a narrow screen */
+    const full = out.clientWidth || 640;
+    const width = (full >= 860 ? (full - 20) / 2 : full) - 22;
     const recallSeries = dirs.map(([key, name]) => ({
       name, values: ks.map((k) => Number(data[key][`recall@${k}`]) || 0),
     }));
     const pct = (v, exact) => exact ? v.toFixed(3) : `${Math.round(v * 100)}%`;
     charts.append(chartBox('Recall@K', barChart({
-      id: 'chart-recall', groups: ks.map((k) => `R@${k}`), series: recallSeries, yStep: 0.25, yMax: 1,
+      id: 'chart-recall', width, groups: ks.map((k) => `R@${k}`), series: recallSeries, yStep: 0.25, yMax: 1,
       format: pct, label: 'Recall@K per direction', valueLabels: true,
     }), recallSeries));
     const hist = data[dirs[0][0]].rank_histogram;
@@ -828,7 +834,7 @@
       const maxCount = Math.max(1, ...histSeries.flatMap((s) => s.values));
       const step = niceStep(maxCount / 4);
       charts.append(chartBox('Rank of the true pair', barChart({
-        id: 'chart-ranks', groups: labels, series: histSeries, yStep: step, yMax: step * Math.ceil(maxCount / step),
+        id: 'chart-ranks', width, groups: labels, series: histSeries, yStep: step, yMax: step * Math.ceil(maxCount / step),
         format: (v) => String(Math.round(v)), label: 'Rank histogram per direction', valueLabels: false,
       }), histSeries));
     }

@@ -385,6 +385,36 @@ async function runTest() {
     const chip = await page.$eval('#query-label', (e) => e.textContent);
     check(/^image: gif_pal\.gif/.test(chip), `the query chip: ${chip}`);
     await shot(page, 'image');
+    // dropped and pasted images: the same as a multipart search of the file
+    const dropFile = async (kind, file, type) => {
+      const b64 = fs.readFileSync(path.join(IMAGES, file)).toString('base64');
+      await searchAndWait(page, () => page.evaluate((kind, b64, name, type) => {
+        const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, { type }));
+        if (kind === 'paste') {
+          document.body.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+          return;
+        }
+        document.body.dispatchEvent(new DragEvent('dragenter', { dataTransfer: dt, bubbles: true }));
+        if (document.querySelector('#drop-zone').hidden)
+          throw new Error('dragging a file over the page does not show the drop zone');
+        document.body.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        if (!document.querySelector('#drop-zone').hidden)
+          throw new Error('the drop zone stays after the drop');
+      }, kind, b64, file, type));
+      const got = await loadGrid(page);
+      const f = new FormData();
+      f.append('image', new Blob([fs.readFileSync(path.join(IMAGES, file))]), file);
+      f.append('k', String(k));
+      f.append('target', 'any');
+      f.append('fields', 'caption,source,meta');
+      sameList(keysOf(got), keysOf((await ask('POST', '/v1/search', undefined, f)).hits), `${kind}ped ${file}: hits`);
+      const label = await page.$eval('#query-label', (e) => e.textContent);
+      check(label.startsWith(`image: ${file}`), `${kind}: the query chip says ${label}`);
+    };
+    await dropFile('drop', 'webp_lossy.webp', 'image/webp');
+    await dropFile('paste', 'rgb16.png', 'image/png');
     // a file that is not an image: the API's 400, shown inline
     expect(w, 400, 'POST', /\/v1\/search$/);
     await searchAndWait(page, () => file.uploadFile(path.join(ROOT, 'tests/web/package.json')));
@@ -392,7 +422,7 @@ async function runTest() {
     check(/^Error 400: cannot read the image/.test(apiError), `the API error inline: ${apiError}`);
     await shot(page, 'error');
     assertClean(w, 'image search');
-    log(`image search: same hits as the API; a non-image shown as "${apiError.slice(0, 60)}…"`);
+    log(`image search (file, drop, paste): same hits as the API; a non-image shown as "${apiError.slice(0, 60)}…"`);
 
     // 5. The item view (Enter on a card), Esc closes; "more like this".
     await page.click('#query-clear');
