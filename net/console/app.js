@@ -330,6 +330,10 @@
     const k = Number($('k').value);
     const target = $('target').value;
     const collapse = !$('collapse-wrap').hidden && $('collapse').checked ? Number($('collapse-t').value) : 0;
+    if (!(collapse >= 0 && collapse <= 1) || ($('collapse').checked && !collapse)) {
+      showError(errBox, `collapse: "${$('collapse-t').value}" is not a cosine above 0 and at most 1`);
+      return;
+    }
     const hybrid = !$('hybrid-wrap').hidden && $('hybrid').checked && q.kind === 'text';
     const fields = ['caption', 'source', 'meta'];
     if (collapse)
@@ -942,6 +946,12 @@
       showFilterText();
     } catch (e) {
       showError(errBox, e);
+      const retry = el('button', { type: 'button', class: 'retry' }, 'Try again');
+      retry.addEventListener('click', () => {
+        clearError(errBox);
+        start();
+      });
+      errBox.append(' ', retry);
       return;
     }
     /* Offer collapse and hybrid when the server's API has them. */

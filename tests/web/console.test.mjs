@@ -268,12 +268,22 @@ async function runTest() {
     const page = await browser.newPage();
     const w = watch(page);
 
-    // 1. Sign in: /v1/info answers 401, the page asks; a wrong password
-    //    gets the server's message inline, the right one goes on.
+    // 1. Sign in: /v1/info answers 401, the page asks; dismissed, the
+    //    error shows with a button to try again; a wrong password gets
+    //    the server's message inline, the right one goes on.
+    expect(w, 401, 'GET', /\/v1\/info$/);
     expect(w, 401, 'GET', /\/v1\/info$/);
     expect(w, 401, 'GET', /\/v1\/info$/);
     await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
     await page.waitForSelector('#login[open]');
+    // dismissed (Esc): the server's 401 message inline, and a way back
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => !document.querySelector('#search-error').hidden);
+    const dismissed = await page.$eval('#search-error', (e) => e.textContent);
+    check(/^Error 401: this server needs 'Authorization: Bearer <password>'/.test(dismissed), `the dismissed sign-in: ${dismissed}`);
+    await page.click('#search-error .retry');
+    await page.waitForSelector('#login[open]');
+    check(await page.$eval('#search-error', (e) => e.hidden), 'the error goes when trying again');
     await shot(page, 'login');
     await page.type('#login-password', 'not the password');
     await page.keyboard.press('Enter');
@@ -290,7 +300,7 @@ async function runTest() {
     sameList(filterInputs, ['format equals', 'bytes min', 'bytes max', 'kib min', 'kib max', 'author equals'],
              'filter inputs from /v1/info fields');
     assertClean(w, 'sign in');
-    log('signed in (a wrong password refused inline)');
+    log('signed in (dismissed: the 401 inline with a way back; a wrong password refused inline)');
 
     // 2. A text search: k thumbnails, each a 200 image/jpeg; the same hits
     //    as the API's.
@@ -362,11 +372,33 @@ async function runTest() {
     const numError = await page.$eval('#search-error', (e) => e.textContent);
     check(/bytes max: "12abc" is not an integer/.test(numError), `the bad number's message: ${numError}`);
     check(w.responses.filter((r) => /\/v1\/search$/.test(r.url())).length === searches, 'a bad number sends nothing');
-    await page.click('#filter-clear');
+    // so is a collapse threshold that is not a cosine
+    await searchAndWait(page, () => page.click('#filter-clear'));
+    await searchAndWait(page, () => page.click('#collapse'));
+    // collapse: the API's hits and near-duplicate counts (+N)
+    const collapsed = await loadGrid(page);
+    const wantCollapsed = await ask('POST', '/v1/search', { text: query, k, target: 'any', collapse: 0.98,
+                                                            fields: ['caption', 'source', 'meta', 'similar'] });
+    sameList(keysOf(collapsed), keysOf(wantCollapsed.hits), 'collapsed hits');
+    const badges = await page.$$eval('#grid .card', (cards) => cards.map((c) => {
+      const b = c.querySelector('.similar');
+      return b ? Number(b.textContent.slice(1)) : 0;
+    }));
+    sameList(badges, wantCollapsed.hits.map((h) => h.fields.similar || 0), 'the +N near-duplicate badges');
+    check(badges.some((n) => n > 0), 'some hit has near-duplicates folded into it');
+    const searches2 = w.responses.filter((r) => /\/v1\/search$/.test(r.url())).length;
+    await page.click('#collapse-t', { clickCount: 3 });
+    await page.type('#collapse-t', '0');
+    await page.click('#search-button');
+    await page.waitForFunction(() => /^collapse: "0"/.test(document.querySelector('#search-error').textContent));
+    check(w.responses.filter((r) => /\/v1\/search$/.test(r.url())).length === searches2, 'a bad threshold sends nothing');
+    await page.click('#collapse-t', { clickCount: 3 });
+    await page.type('#collapse-t', '0.98');
+    await page.click('#collapse');
     await page.waitForFunction(() => document.querySelector('#filter-text').textContent === 'no filter' &&
                                      document.querySelector('#search-error').hidden);
     assertClean(w, 'filters');
-    log(`filters: quoted string (${filtered.length} hits = the catalog's matches), number range, bad number refused inline`);
+    log(`filters: quoted string (${filtered.length} hits = the catalog's matches), number range, bad number refused inline; collapse (${badges.filter((n) => n > 0).length} hits with +N)`);
 
     // 4. Search by an uploaded image: the same hits as the API's for the
     //    same file; the image itself is among the best (cosine 1).
