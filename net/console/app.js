@@ -293,12 +293,17 @@
     runSearch();
   }
 
+  /* thumbURL: the item's thumbnail already loaded (a blob URL of the
+   * grid's): the chip takes it over, so the next render does not revoke
+   * it under the chip. */
   function setKeyQuery(key, thumbURL) {
     state.query = { kind: 'key', key };
     $('q').value = '';
-    setChip(`more like: ${key}`, null);
-    if (thumbURL)
-      $('query-thumb').src = thumbURL;
+    const i = thumbURL ? state.urls.indexOf(thumbURL) : -1;
+    if (i >= 0)
+      state.urls.splice(i, 1);
+    setChip(`more like: ${key}`, i >= 0 ? thumbURL : null);
+    state.chipURL = i >= 0 ? thumbURL : null;
     showPage('search');
     runSearch();
   }

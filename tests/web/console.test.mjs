@@ -141,7 +141,7 @@ function stopServer(child) {
 /* ---- the browser ---- */
 
 async function launch() {
-  const argv = ['--disable-gpu', '--no-first-run', '--no-default-browser-check', '--disable-extensions',
+  const argv = ['--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--no-default-browser-check', '--disable-extensions',
                 '--lang=en-US', '--font-render-hinting=none'];
   // chromium's sandbox cannot start as root (CI runs as root)
   if (process.getuid && process.getuid() === 0)
