@@ -386,21 +386,6 @@ static int only(api_ctx *c, const char *const *names) {
  * multipart/form-data: the file part "image", the rest as fields
  * ==================================================================== */
 
-static const char *mem_find(const char *hay, size_t n, const char *needle,
-                            size_t m) {
-  if (m == 0 || n < m)
-    return NULL;
-  for (const char *p = hay; (p = memchr(p, needle[0], n - (size_t)(p - hay)
-                                                           - m + 1));
-       p++) {
-    if (!memcmp(p, needle, m))
-      return p;
-    if ((size_t)(p - hay) + m >= n)
-      break;
-  }
-  return NULL;
-}
-
 /* The value of attr="..." in a header line, into out. */
 static int header_attr(const char *line, size_t n, const char *attr,
                        char *out, size_t cap) {
@@ -442,7 +427,7 @@ static int parse_multipart(api_ctx *c) {
   }
   size_t bl = strlen(boundary);
   const char *body = r->body, *end = r->body + r->body_len;
-  const char *p = mem_find(body, r->body_len, boundary, bl);
+  const char *p = memmem(body, r->body_len, boundary, bl);
   while (p) {
     p += bl;
     if (end - p >= 2 && p[0] == '-' && p[1] == '-')
@@ -450,13 +435,13 @@ static int parse_multipart(api_ctx *c) {
     if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
       break;
     p += 2;
-    const char *hend = mem_find(p, (size_t)(end - p), "\r\n\r\n", 4);
+    const char *hend = memmem(p, (size_t)(end - p), "\r\n\r\n", 4);
     if (!hend)
       break;
     char name[64] = "";
     int has_name = 0;
     for (const char *line = p; line < hend;) {
-      const char *eol = mem_find(line, (size_t)(hend + 2 - line), "\r\n", 2);
+      const char *eol = memmem(line, (size_t)(hend + 2 - line), "\r\n", 2);
       size_t n = (size_t)(eol - line);
       if (n > 20 && !strncasecmp(line, "content-disposition:", 20))
         has_name = header_attr(line, n, "name", name, sizeof name) == 0;
@@ -465,7 +450,7 @@ static int parse_multipart(api_ctx *c) {
     const char *data = hend + 4;
     char delim[84];
     snprintf(delim, sizeof delim, "\r\n%s", boundary);
-    const char *next = mem_find(data, (size_t)(end - data), delim, bl + 2);
+    const char *next = memmem(data, (size_t)(end - data), delim, bl + 2);
     if (!next)
       break;
     if (!has_name) {

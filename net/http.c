@@ -374,6 +374,13 @@ static int on_message_complete(http_parser *p) {
       goto next;
     }
   }
+  /* HEAD would need every response without its body: not served */
+  if (r.method == HTTP_HEAD) {
+    vlm__http_respond(vlm__conn_reply_buf(conn), 405, NULL, NULL, 0, 0,
+                      "Allow: GET, POST, PUT, PATCH, DELETE\r\n");
+    keep_alive = 0;
+    goto next;
+  }
   /* Saturated: as many requests in flight as a RESP client may have. */
   if (conn->njobs >= srv->max_pipeline) {
     vlm__http_error(vlm__conn_reply_buf(conn), 429, "too_many_requests",
