@@ -1499,6 +1499,61 @@ static void test_metrics(void **state) {
   server_done(&s);
 }
 
+/* Saturation: a connection with 1024 requests in flight gets 429 for the
+ * next ones (and stays usable); past --maxclients, 503 and close. */
+static void test_saturation(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  const char *extra[] = {"--maxclients", "2", NULL};
+  start_server(&s, extra);
+  hconn c = hopen(s.http);
+  /* writes of one connection run one at a time, so 3000 pipelined ones
+   * pile up faster than they finish */
+  enum { N = 3000 };
+  const char *one = "DELETE /v1/items/none HTTP/1.1\r\n\r\n";
+  size_t len = strlen(one);
+  char *all = malloc(N * len);
+  for (int i = 0; i < N; i++)
+    memcpy(all + (size_t)i * len, one, len);
+  send_all(c.fd, all, N * len);
+  free(all);
+  int n404 = 0, n429 = 0;
+  for (int i = 0; i < N; i++) {
+    hresp r;
+    if (hread(&c, &r) < 0)
+      fail_msg("response %d of %d: connection closed", i, N);
+    if (r.status == 404)
+      n404++;
+    else if (r.status == 429)
+      expect_error(&r, 429, "too_many_requests", NULL), n429++;
+    else
+      fail_msg("response %d: %d %s", i, r.status, r.body);
+    hresp_free(&r);
+  }
+  fprintf(stderr, "  %d pipelined writes: %d answered, %d refused (429)\n",
+          N, n404, n429);
+  assert_true(n404 >= 1024);
+  assert_true(n429 > 0);
+  hresp r = hjson(&c, "GET", "/healthz", 200, NULL);
+  hresp_free(&r);
+  /* a second connection fits, a third does not */
+  hconn c2 = hopen(s.http);
+  r = hjson(&c2, "GET", "/healthz", 200, NULL);
+  hresp_free(&r);
+  hconn c3 = hopen(s.http);
+  if (hread(&c3, &r) < 0)
+    fail_msg("over maxclients: closed without a response");
+  expect_error(&r, 503, "unavailable", NULL);
+  hresp_free(&r);
+  expect_closed(&c3);
+  hclose(&c3);
+  hclose(&c2);
+  hclose(&c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 /* --no-http: RESP only; --http 0 picks a port. */
 static void test_options(void **state) {
   (void)state;
@@ -1655,7 +1710,8 @@ int main(void) {
       cmocka_unit_test(test_pipelining), cmocka_unit_test(test_limits),
       cmocka_unit_test(test_malformed),  cmocka_unit_test(test_auth),
       cmocka_unit_test(test_batch),      cmocka_unit_test(test_metrics),
-      cmocka_unit_test(test_options),    cmocka_unit_test(test_console),
+      cmocka_unit_test(test_saturation), cmocka_unit_test(test_options),
+      cmocka_unit_test(test_console),
   };
   const char *only = getenv("HTTP_TEST"); /* run one test by name */
   if (only && *only)
