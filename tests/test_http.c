@@ -868,6 +868,47 @@ static void test_same_as_resp(void **state) {
   compare_search(rr, &hr, "hybrid search");
   freeReplyObject(rr);
   hresp_free(&hr);
+  /* hybrid with a weight, and the search effort (ef, nprobe) */
+  rr = redisCommand(rc, "SEARCH TEXT %s K 5 HYBRID %s WEIGHT 0.25 EF 16 "
+                    "NPROBE 2 RETURN 1 caption", "an animal", "photo");
+  hr = hjson(&c, "POST", "/v1/search", 200,
+             "{\"text\":\"an animal\",\"k\":5,\"hybrid\":\"photo\","
+             "\"weight\":0.25,\"ef\":16,\"nprobe\":2,"
+             "\"fields\":[\"caption\"]}");
+  compare_search(rr, &hr, "weighted hybrid search with effort");
+  freeReplyObject(rr);
+  hresp_free(&hr);
+  /* collapse: a second copy of the cat's image folds into one hit */
+  {
+    size_t clen;
+    char *cimg = fixture("photo_rgb.jpg", &clen);
+    char *c64 = base64(cimg, clen);
+    hr = hjson(&c, "PUT", "/v1/items/cat2", 201,
+               "{\"text\":\"the same cat again\",\"image\":\"%s\"}", c64);
+    hresp_free(&hr);
+    free(c64);
+    free(cimg);
+  }
+  rr = redisCommand(rc, "SEARCH KEY cat K 4 TARGET IMAGE COLLAPSE 0.99 "
+                    "RETURN 2 caption similar");
+  hr = hjson(&c, "GET", "/v1/search?key=cat&k=4&target=image&collapse=0.99"
+             "&fields=caption,similar", 200, NULL);
+  compare_search(rr, &hr, "collapsed search");
+  long long folded = 0;
+  json_t *chits = json_object_get(hr.json, "hits");
+  for (size_t i = 0; i < json_array_size(chits); i++) {
+    json_t *h = json_array_get(chits, i);
+    const char *hk = json_string_value(json_object_get(h, "key"));
+    if (!strcmp(hk, "cat2"))
+      fail_msg("collapsed search: cat2 not folded into cat");
+    folded += json_integer_value(
+        json_object_get(json_object_get(h, "fields"), "similar"));
+  }
+  assert_int_equal(folded, 1);
+  freeReplyObject(rr);
+  hresp_free(&hr);
+  hr = hjson(&c, "DELETE", "/v1/items/cat2", 200, NULL);
+  hresp_free(&hr);
 
   /* embed: the same floats */
   rr = redisCommand(rc, "EMBED IMAGE %b ARRAY", img, ilen);

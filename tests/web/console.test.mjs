@@ -150,10 +150,16 @@ async function launch() {
                             defaultViewport: { width: 1280, height: 900 } });
 }
 
-/* The page's problems: console errors, page errors, failed requests and
- * statuses >= 400, except those the test provokes (expect()). */
-function watch(page) {
+/* The page's problems: console errors, page errors, failed requests,
+ * statuses >= 400, except those the test provokes (expect()), and any
+ * request that leaves the server (the page uses no CDN, no network). */
+function watch(page, base) {
   const w = { problems: [], expected: [], responses: [] };
+  page.on('request', (r) => {
+    const u = r.url();
+    if (!u.startsWith(base + '/') && !/^(blob|data):/.test(u))
+      w.problems.push(`request outside the server: ${r.method()} ${u}`);
+  });
   const provoked = (url) => w.expected.some((e) => e.url.test(url));
   page.on('console', (m) => {
     if (m.type() !== 'error')
@@ -266,7 +272,7 @@ async function runTest() {
   const browser = await launch();
   try {
     const page = await browser.newPage();
-    const w = watch(page);
+    const w = watch(page, base);
 
     // 1. Sign in: /v1/info answers 401, the page asks; dismissed, the
     //    error shows with a button to try again; a wrong password gets
@@ -578,7 +584,7 @@ async function runShots() {
   const browser = await launch();
   try {
     const page = await browser.newPage();
-    const w = watch(page);
+    const w = watch(page, base);
     await page.setViewport({ width: 1100, height: 720 });
     await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
     await page.waitForSelector('body[data-ready="1"]');
