@@ -977,6 +977,59 @@ static void test_same_as_resp(void **state) {
   freeReplyObject(rr);
   hresp_free(&hr);
 
+  /* info: INFO's Db and Model sections, field for field (numbers as
+   * numbers), and the server's stats beside them; saved first, so that
+   * no checkpoint moves the index's counts between the two */
+  rr = redisCommand(rc, "SAVE");
+  freeReplyObject(rr);
+  rr = redisCommand(rc, "INFO");
+  hr = hjson(&c, "GET", "/v1/info", 200, NULL);
+  assert_int_equal(rr->type, REDIS_REPLY_STRING);
+  json_t *sections = json_object_get(hr.json, "sections");
+  assert_true(json_is_object(json_object_get(sections, "stats")));
+  assert_true(json_is_integer(json_object_get(json_object_get(sections,
+                                                "stats"),
+                                              "total_commands_processed")));
+  int compared = 0;
+  json_t *sec = NULL;
+  for (char *line = strtok(rr->str, "\r\n"); line;
+       line = strtok(NULL, "\r\n")) {
+    if (line[0] == '#') {
+      sec = !strcmp(line, "# Db") || !strcmp(line, "# Model")
+                ? json_object_get(sections, !strcmp(line, "# Db") ? "db"
+                                                                  : "model")
+                : NULL;
+      if (!strcmp(line, "# Db") || !strcmp(line, "# Model"))
+        assert_non_null(sec);
+      continue;
+    }
+    char *colon = strchr(line, ':');
+    if (!sec || !colon)
+      continue;
+    *colon = '\0';
+    json_t *hv = json_object_get(sec, line);
+    const char *rv = colon + 1;
+    char *end;
+    double d = strtod(rv, &end);
+    if (!hv)
+      fail_msg("/v1/info: no %s", line);
+    if (json_is_number(hv)) {
+      if (*end || d != json_number_value(hv))
+        fail_msg("/v1/info %s: %g over HTTP, %s over RESP", line,
+                 json_number_value(hv), rv);
+    } else if (strcmp(json_string_value(hv), rv)) {
+      fail_msg("/v1/info %s: %s over HTTP, %s over RESP", line,
+               json_string_value(hv), rv);
+    }
+    compared++;
+  }
+  assert_true(compared >= 15);
+  assert_int_equal(json_integer_value(json_object_get(hr.json, "items")),
+                   json_integer_value(json_object_get(
+                       json_object_get(sections, "db"), "items")));
+  freeReplyObject(rr);
+  hresp_free(&hr);
+
   redisFree(rc);
   hclose(&c);
   stop_server(&s);
@@ -1461,6 +1514,12 @@ static void test_metrics(void **state) {
     assert_int_equal(rr->type, REDIS_REPLY_ARRAY);
     freeReplyObject(rr);
   }
+  /* one embed each way */
+  r = hjson(&c, "POST", "/v1/embed", 200, "{\"text\":\"metric\"}");
+  hresp_free(&r);
+  rr = redisCommand(rc, "EMBED TEXT %s", "metric");
+  assert_int_equal(rr->type, REDIS_REPLY_STRING);
+  freeReplyObject(rr);
   rr = redisCommand(rc, "SAVE");
   freeReplyObject(rr);
 
@@ -1489,9 +1548,16 @@ static void test_metrics(void **state) {
                              "\"search\",le=\"+Inf\"}"), 6);
   assert_int_equal(metric(t, "vlmdb_request_duration_seconds_count{command="
                              "\"add\"}"), 3);
-  /* texts embedded: 2 + 1 adds, 6 searches, each once through a batch */
+  assert_int_equal(metric(t, "vlmdb_requests_total{command=\"embed\","
+                             "protocol=\"http\"}"), 1);
+  assert_int_equal(metric(t, "vlmdb_requests_total{command=\"embed\","
+                             "protocol=\"resp\"}"), 1);
+  assert_int_equal(metric(t, "vlmdb_request_duration_seconds_count{command="
+                             "\"embed\"}"), 2);
+  /* texts embedded: 2 + 1 adds, 6 searches, 2 embeds, each once through a
+   * batch */
   assert_int_equal(metric(t, "vlmdb_embed_batch_size_sum{modality=\"text\"}"),
-                   9);
+                   11);
   assert_int_equal(metric(t, "vlmdb_embed_batch_size_sum{modality=\"image\"}"),
                    0);
   assert_true(metric(t, "vlmdb_embed_batch_size_count{modality=\"text\"}") >=
@@ -1503,6 +1569,11 @@ static void test_metrics(void **state) {
   assert_int_equal(metric(t, "vlmdb_vectors{modality=\"image\"}"), 0);
   assert_int_equal(metric(t, "vlmdb_index_info{kind=\"Flat\",trained=\"1\"}"),
                    1);
+  /* every text vector is in the index or its not-yet-indexed tail */
+  assert_int_equal(metric(t, "vlmdb_index_vectors") +
+                       metric(t, "vlmdb_index_pending_vectors"), 2);
+  assert_true(metric(t, "vlmdb_index_tuned_effort{modality=\"text\"}") >= 0);
+  assert_true(metric(t, "vlmdb_index_tuned_effort{modality=\"image\"}") >= 0);
   assert_int_equal(metric(t, "vlmdb_connections{protocol=\"http\"}"), 1);
   assert_int_equal(metric(t, "vlmdb_connections{protocol=\"resp\"}"), 1);
   assert_true(metric(t, "vlmdb_store_bytes{store=\"payload.lmdb\"}") > 0);
