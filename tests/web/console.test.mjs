@@ -487,6 +487,9 @@ async function runTest() {
     await page.click('#grid .card[data-index="4"] .caption');
     await page.waitForSelector('#item[open] #item-table tbody tr');
     const moreKey = await page.$eval('#item-key', (e) => e.textContent);
+    const moreHasImage = !!byKey.get(moreKey).image;
+    if (moreHasImage)
+      await page.waitForFunction(() => document.querySelector('#item-img').naturalWidth > 0);
     await searchAndWait(page, () => page.click('#item-more'));
     check(!(await page.$eval('#item', (d) => d.open)), 'more like this closes the item');
     const more = await loadGrid(page);
@@ -494,6 +497,24 @@ async function runTest() {
     sameList(keysOf(more), keysOf(wantMore.hits), `more like ${moreKey}`);
     check(more.some((h) => h.key === moreKey && h.score >= 0.999), 'the item itself is among the best');
     check(await page.$eval('#query-label', (e) => e.textContent) === `more like: ${moreKey}`, 'the query chip says more like');
+    // the chip keeps the item's picture through the new grid (its object
+    // URL is the chip's now, not revoked with the old grid's)
+    if (moreHasImage) {
+      const chipOk = await page.waitForFunction(() => {
+        const i = document.querySelector('#query-thumb');
+        return i.getAttribute('src') && i.complete && i.naturalWidth > 0;
+      }, { timeout: 5000 }).then(() => true, () => false);
+      check(chipOk, `the query chip shows ${moreKey}'s thumbnail after the new results`);
+      // (loaded again by a new image: the page's CSP lets img-src, not
+      // connect-src, read blob: URLs)
+      const live = await page.$eval('#query-thumb', (i) => new Promise((resolve) => {
+        const probe = new Image();
+        probe.onload = () => resolve(probe.naturalWidth > 0);
+        probe.onerror = () => resolve(false);
+        probe.src = i.src;
+      }));
+      check(live, 'the query chip\'s object URL is still live after the grid was rendered again');
+    }
     await shot(page, 'more-like-this');
     // hybrid and target change the request and still render
     await page.click('#query-clear');
