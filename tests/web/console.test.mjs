@@ -159,6 +159,9 @@ function watch(page, base) {
     const u = r.url();
     if (!u.startsWith(base + '/') && !/^(blob|data):/.test(u))
       w.problems.push(`request outside the server: ${r.method()} ${u}`);
+    // only the k results asked for: the page never walks the keyspace
+    if (u.startsWith(base + '/v1/scan'))
+      w.problems.push(`a scan from the page: ${u}`);
   });
   const provoked = (url) => w.expected.some((e) => e.url.test(url));
   page.on('console', (m) => {
