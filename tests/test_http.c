@@ -1330,6 +1330,16 @@ static void test_malformed(void **state) {
     expect_closed(&c);
     hclose(&c);
   }
+  /* HEAD is not served (every response would need its body left off):
+   * 405 with Allow and no body, then close */
+  c = hopen(s.http);
+  r = hreq(&c, "HEAD", "/healthz", NULL, NULL, 0);
+  assert_int_equal(r.status, 405);
+  assert_non_null(strcasestr(r.headers, "Allow: GET"));
+  assert_int_equal(r.body_len, 0);
+  hresp_free(&r);
+  expect_closed(&c);
+  hclose(&c);
   /* a client that leaves mid-request does not disturb the server */
   c = hopen(s.http);
   send_all(c.fd, "POST /v1/search HTTP/1.1\r\nContent-Length: 100\r\n\r\n{",
