@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vlm_error.h"
@@ -75,13 +76,29 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 static int connect_server(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in sa = {0};
   sa.sin_family = AF_INET;
   sa.sin_port = htons((uint16_t)g_port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-    abort();
+  /* tens of thousands of connections a minute: a SIGALRM (libFuzzer's
+   * -timeout) or a moment without a free local port is no finding; a
+   * server that refuses connections is */
+  int fd = -1;
+  for (int tries = 0;; tries++) {
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+      abort();
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0)
+      break;
+    int e = errno;
+    close(fd);
+    if ((e != EINTR && e != EADDRNOTAVAIL && e != EAGAIN) || tries == 1000) {
+      fprintf(stderr, "fuzz_http: connect: %s\n", strerror(e));
+      abort();
+    }
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
   struct timeval tv = {10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
@@ -137,10 +154,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     send(fd, "Authorization: Bearer fuzz\r\n", 28, MSG_NOSIGNAL);
     data += first, size -= first;
   }
-  for (size_t off = 0; off < size; off += chunk) {
+  for (size_t off = 0; off < size;) {
     size_t n = size - off < chunk ? size - off : chunk;
-    if (send(fd, data + off, n, MSG_NOSIGNAL) < 0)
+    /* (libFuzzer's -timeout is a SIGALRM, which interrupts a socket call
+     * with a timeout even under SA_RESTART: not a finding, go on) */
+    ssize_t w = send(fd, data + off, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
       break; /* the server closed after an error: fine */
+    off += (size_t)w;
   }
   shutdown(fd, SHUT_WR);
   size_t cap = 1 << 20, len = 0;
@@ -154,6 +177,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (r == 0)
       break;
     if (r < 0) {
+      if (errno == EINTR)
+        continue; /* SIGALRM, as above */
       if (errno == ECONNRESET)
         break; /* our unread bytes after an error that closes */
       fprintf(stderr, "fuzz_http: the server did not close: %s\n",
