@@ -215,7 +215,7 @@ static void start_server(server_t *s, const char *const *extra) {
 static void stop_server(server_t *s) {
   if (!s->pid)
     return;
-  vlm_test_server ts = {s->pid, s->port};
+  vlm_test_server ts = {s->pid, s->port, 0};
   int status = vlm_test_server_stop(&ts, 60);
   s->pid = 0;
   if (status == -1) {

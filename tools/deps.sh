@@ -5,19 +5,20 @@
 # data-next is the same as data).
 set -eu
 
+# (chromium and npm: make test-web, the web console in a real browser)
 BUILD_PKGS="build-essential pkg-config clang libfaiss-dev liblmdb-dev lmdb-utils
 libsqlite3-dev libuv1-dev libcmocka-dev libopenblas-dev libhiredis-dev
 redis-tools redis-server libjpeg62-turbo-dev libpng-dev libutf8proc-dev
 libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis
 libxxhash-dev libsentencepiece-dev libwebp-dev libgif-dev libtiff-dev
-libheif-dev"
+libheif-dev libhttp-parser-dev prometheus chromium npm"
 # the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
 # emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, the
 # WordNet/FreeDict caption variants, EmojiOne (ruby-gemojione), art4apps
 # (inside pysiogame) and qABCs
 DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist
 fonts-noto-color-emoji unicode-cldr-core python3-fonttools
-tuxpaint-stamps-default librsvg2-bin npm wordnet-base dict-freedict-eng-deu
+tuxpaint-stamps-default librsvg2-bin wordnet-base dict-freedict-eng-deu
 dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
 dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
 
