@@ -714,6 +714,48 @@ static int build_panels(vlm_clip *clip, const spec_list *l, int bf16) {
 
 /* ---- int8 / bf16 compute (quant.h) ------------------------------------ */
 
+/* With int8 / bf16 compute the blocks have their own packed layers; the
+ * patch embedding stays exact, and runs on the panel kernel as the exact
+ * path's does when the file holds it in F16 / BF16 (else sgemm). */
+static int build_patch_panel(vlm_clip *clip, const spec_list *l) {
+  const vlm__clip_config *c = &clip->cfg;
+  const char *env = getenv("VLMDB_CLIP_PANELS");
+  spec *probe = find_bind(l, &clip->w.patch_w);
+  if (!vlm__panels_supported() || (env && !strcmp(env, "0")) ||
+      c->vision_width % 16 || !probe ||
+      (probe->t->dtype != VLM__DT_F16 && probe->t->dtype != VLM__DT_BF16))
+    return 0;
+  const int bf16 = probe->t->dtype == VLM__DT_BF16;
+  const int N = c->vision_width, K = 3 * c->patch_size * c->patch_size;
+  size_t bytes = panel_elems(N, K) * sizeof(uint16_t);
+  pack_job job;
+  pack_plan plan = {.jobs = &job};
+  const uint16_t **rows = malloc((size_t)N * sizeof *rows), *patch = NULL;
+  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (!rows || mem == MAP_FAILED) {
+    free(rows);
+    if (mem != MAP_FAILED)
+      munmap(mem, bytes);
+    return vlm_seterr(VLM_ENOMEM, "out of memory packing weights");
+  }
+  plan.rows = rows;
+  plan.at = mem;
+  if (plan_one(l, &clip->w.patch_w, bf16, N, K, &plan, &patch)) {
+    free(rows);
+    munmap(mem, bytes);
+    return 0; /* not in 16-bit form: sgemm on the F32 copy */
+  }
+  vlm__panel_pack(job.dst, job.rows, job.N, job.K);
+  free(rows);
+  mprotect(mem, bytes, PROT_READ);
+  clip->panels = mem;
+  clip->panels_bytes = bytes;
+  clip->panels_bf16 = bf16;
+  clip->w.p_patch = patch;
+  return 0;
+}
+
 /* An I8 tensor must be a matrix with "<name>_scale", F32 [rows], beside
  * it (as vlm_clip_quantize writes). */
 static int check_i8(const vlm__safetensors *st, const vlm__st_tensor *t,
@@ -1157,7 +1199,8 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     mprotect(clip->arena, clip->arena_bytes, PROT_READ);
   if (use_panels && (rc = build_panels(clip, &l, bf16)))
     goto fail;
-  if (clip->compute != VLM__COMPUTE_EXACT && (rc = build_qlinears(clip, &l)))
+  if (clip->compute != VLM__COMPUTE_EXACT &&
+      ((rc = build_qlinears(clip, &l)) || (rc = build_patch_panel(clip, &l))))
     goto fail;
   goto done;
 

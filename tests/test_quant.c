@@ -27,8 +27,10 @@
 #include "safetensors.h"
 #include "util/files.h"
 #include "util/util.h"
+#include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlmdb.h"
 
 #define FIX "tests/fixtures/clip-tiny"
 #define OC_FILE FIX "/open_clip_model.safetensors"
@@ -658,6 +660,126 @@ static void test_modes_and_hostile_files(void **state) {
   free(tmp);
 }
 
+/* ---- vlmdb quantize ------------------------------------------------------- */
+
+static char *capture(int (*fn)(int, char **), int argc, char **argv,
+                     int *status) {
+  char path[] = "/tmp/vlm-quant-out-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  fflush(stdout);
+  int saved = dup(1);
+  dup2(fd, 1);
+  *status = fn(argc, argv);
+  fflush(stdout);
+  dup2(saved, 1);
+  close(saved);
+  close(fd);
+  size_t len;
+  uint8_t *out = vlm_test_slurp(path, &len);
+  unlink(path);
+  out = realloc(out, len + 1);
+  out[len] = '\0';
+  return (char *)out;
+}
+
+/* The gate printed and applied; a failed gate leaves nothing behind; a
+ * database made with the exact model refuses the quantized one. */
+static void test_cli_quantize(void **state) {
+  (void)state;
+  char *tmp = make_tmpdir(), out[512], db[512];
+  snprintf(out, sizeof out, "%s/int8", tmp);
+  char *a1[] = {"quantize", "--model", FIX, "--out", out, "--int8",
+                "--catalog", FIX, "--json", NULL};
+  int status;
+  char *text = capture(cmd_quantize, 9, a1, &status);
+  assert_int_equal(status, VLM_EXIT_OK);
+  json_error_t err;
+  json_t *o = json_loads(text, 0, &err);
+  if (!o)
+    fail_msg("not JSON (%s): %s", err.text, text);
+  assert_string_equal(json_string_value(json_object_get(o, "mode")), "int8");
+  assert_true(json_is_true(json_object_get(o, "pass")));
+  assert_true(json_real_value(json_object_get(o, "gate")) == 0.999);
+  json_t *m = json_object_get(o, "measured");
+  const char *rows[] = {"builtin_texts", "synthetic_images",
+                        "catalog_images"};
+  for (int i = 0; i < 3; i++) {
+    json_t *r = json_object_get(m, rows[i]);
+    if (!r)
+      fail_msg("no %s in %s", rows[i], text);
+    double c = json_real_value(json_object_get(r, "min_cos"));
+    assert_true(json_integer_value(json_object_get(r, "n")) > 0);
+    if (!(c >= 0.999 && c <= 1.000001))
+      fail_msg("%s: min cosine %.9f", rows[i], c);
+  }
+  /* the fixture's catalog is its 9 images, all decodable */
+  assert_int_equal(json_integer_value(json_object_get(
+                       json_object_get(m, "catalog_images"), "n")),
+                   9);
+  vlm_clip *q = load(out, VLM_COMPUTE_MODEL, 0);
+  assert_string_equal(vlm_clip_model_id(q),
+                      json_string_value(json_object_get(o, "model_id")));
+  vlm_clip_free(q);
+  json_decref(o);
+  free(text);
+
+  /* OUT not empty: refused, and what is there is kept */
+  text = capture(cmd_quantize, 9, a1, &status);
+  assert_int_equal(status, VLM_EXIT_RUNTIME);
+  free(text);
+  expect_file(out, "model.safetensors");
+
+  /* a gate no quantized model reaches: nothing written */
+  char out2[512];
+  snprintf(out2, sizeof out2, "%s/strict", tmp);
+  char *a2[] = {"quantize", "--model", FIX, "--out", out2, "--bf16",
+                "--min-cos", "1", NULL};
+  text = capture(cmd_quantize, 8, a2, &status);
+  assert_int_equal(status, VLM_EXIT_RUNTIME);
+  assert_non_null(strstr(text, "FAIL"));
+  free(text);
+  struct stat st;
+  assert_int_equal(stat(out2, &st), -1);
+  /* with --force it is kept */
+  char *a3[] = {"quantize", "--model", FIX, "--out", out2, "--bf16",
+                "--min-cos", "1", "--force", NULL};
+  free(capture(cmd_quantize, 9, a3, &status));
+  assert_int_equal(status, VLM_EXIT_OK);
+  expect_file(out2, "model.safetensors");
+
+  /* usage errors */
+  char *u1[] = {"quantize", "--model", FIX, "--out", out2, NULL};
+  char *u2[] = {"quantize", "--model", FIX, "--int8", "--bf16", "--out",
+                out2, NULL};
+  char *u3[] = {"quantize", "--model", FIX, "--int8", NULL};
+  char *u4[] = {"quantize", "--int8", "--out", out2, "--min-cos", "2", NULL};
+  free(capture(cmd_quantize, 5, u1, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  free(capture(cmd_quantize, 7, u2, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  free(capture(cmd_quantize, 4, u3, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  free(capture(cmd_quantize, 6, u4, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+
+  /* model ids: a database made with the exact model refuses the int8 one */
+  snprintf(db, sizeof db, "%s/db", tmp);
+  char *i1[] = {"init", "--db", db, "--model", FIX, NULL};
+  free(capture(cmd_init, 5, i1, &status));
+  assert_int_equal(status, VLM_EXIT_OK);
+  char *s1[] = {"search", "--db", db, "--model", out, "--text", "a cat",
+                NULL};
+  free(capture(cmd_search, 7, s1, &status));
+  assert_int_equal(status, VLM_EXIT_RUNTIME);
+  char *s2[] = {"search", "--db", db, "--model", FIX, "--text", "a cat",
+                NULL};
+  free(capture(cmd_search, 7, s2, &status));
+  assert_int_equal(status, VLM_EXIT_OK);
+  vlm_test_rm_rf(tmp);
+  free(tmp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_kernels),
@@ -667,6 +789,7 @@ int main(void) {
       cmocka_unit_test(test_fallback_and_threads),
       cmocka_unit_test(test_quantize_file),
       cmocka_unit_test(test_modes_and_hostile_files),
+      cmocka_unit_test(test_cli_quantize),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
