@@ -427,6 +427,60 @@ static void test_fallback_and_threads(void **state) {
   }
 }
 
+/* SigLIP (its pooling head stays float) and Chinese-CLIP (post-LN BERT
+ * blocks) through both modes, against their exact path on the fixtures'
+ * images and a few texts.  These fixtures set every parameter at random,
+ * layer norms included, which gives activation outliers a trained model
+ * does not have: issue 20's gates hold for clip-tiny above, not for them
+ * (`vlmdb quantize` refuses them), so the bounds here catch a wrongly
+ * wired block (which gives cosines far below them), not the quantization
+ * error, and the measured values are printed. */
+static void test_other_families(void **state) {
+  (void)state;
+  const char *dirs[] = {"tests/fixtures/siglip-tiny",
+                        "tests/fixtures/chinese-clip-tiny"};
+  const char *imgs[] = {"photo_rgb.jpg", "rgb.png", "gray.png", "wide.png"};
+  const char *texts[] = {"a photo of a cat", "a red car", "\xe7\x8c\xab",
+                         "two dogs playing in the snow"};
+  for (int d = 0; d < 2; d++) {
+    char paths[4][256];
+    const char *pp[4];
+    for (int i = 0; i < 4; i++) {
+      snprintf(paths[i], sizeof paths[i], "%s/%s", dirs[d], imgs[i]);
+      pp[i] = paths[i];
+    }
+    vlm_clip *exact = load(dirs[d], VLM_COMPUTE_EXACT, 1);
+    const int D = vlm_clip_dim(exact);
+    float *e = malloc((size_t)8 * D * sizeof *e), *q = malloc((size_t)8 * D * sizeof *q);
+    assert_int_equal(vlm_clip_encode_images(exact, pp, 4, VLM_CLIP_RAW, e), 0);
+    assert_int_equal(vlm_clip_encode_texts(exact, texts, 4, VLM_CLIP_RAW,
+                                           e + (size_t)4 * D), 0);
+    for (int mode = VLM_COMPUTE_BF16; mode <= VLM_COMPUTE_INT8; mode++) {
+      vlm_clip *qc = load(dirs[d], (vlm_compute_mode)mode, 1);
+      assert_int_equal(vlm_clip_encode_images(qc, pp, 4, VLM_CLIP_RAW, q), 0);
+      assert_int_equal(vlm_clip_encode_texts(qc, texts, 4, VLM_CLIP_RAW,
+                                             q + (size_t)4 * D), 0);
+      double lowest = 1;
+      for (int i = 0; i < 8; i++) {
+        double c = cosine(e + (size_t)i * D, q + (size_t)i * D, D);
+        lowest = c < lowest ? c : lowest;
+      }
+      /* measured: bf16 0.99965 / 0.99978, int8 0.9971 / 0.9822 (SigLIP /
+       * Chinese-CLIP; the latter on rgb.png's saturated colours) */
+      double bound = mode == VLM_COMPUTE_INT8 ? 0.97 : 0.998;
+      print_message("%s %s: lowest cosine to exact %.6f\n", dirs[d] + 15,
+                    vlm_clip_compute(qc), lowest);
+      if (!(lowest >= bound))
+        fail_msg("%s %s: lowest cosine %.6f (need >= %.3f)", dirs[d],
+                 vlm_clip_compute(qc), lowest, bound);
+      vlm_clip_free(qc);
+    }
+    free(e);
+    free(q);
+    vlm_clip_free(exact);
+  }
+}
+
 /* ---- vlm_clip_quantize and the quantized file ----------------------------- */
 
 static char *make_tmpdir(void) {
@@ -787,6 +841,7 @@ int main(void) {
       cmocka_unit_test(test_conformance_bf16),
       cmocka_unit_test(test_conformance_int8),
       cmocka_unit_test(test_fallback_and_threads),
+      cmocka_unit_test(test_other_families),
       cmocka_unit_test(test_quantize_file),
       cmocka_unit_test(test_modes_and_hostile_files),
       cmocka_unit_test(test_cli_quantize),
