@@ -326,6 +326,14 @@ int vlm_clip_quantize(const char *in_dir, const char *out_dir,
     rc = vlm_seterr(VLM_EIO, "%s: %s", out_dir, strerror(errno));
     goto done;
   }
+  /* writing into the source directory would truncate what is read */
+  char real_in[PATH_MAX], real_out[PATH_MAX];
+  if (realpath(in_dir, real_in) && realpath(out_dir, real_out) &&
+      !strcmp(real_in, real_out)) {
+    rc = vlm_seterr(VLM_EINVAL, "%s: the output directory is the model's "
+                    "own", out_dir);
+    goto done;
+  }
   const char *base = strrchr(clip->weights_path, '/');
   base = base ? base + 1 : clip->weights_path;
   char path[PATH_MAX];

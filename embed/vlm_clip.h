@@ -111,7 +111,9 @@ const char *vlm_clip_compute(const vlm_clip *clip);
  * tokenizer, preprocessor).  The source must be a Hugging Face layout
  * model.safetensors or an open_clip_model.safetensors (written back
  * under its own name).  Checks nothing about quality: `vlmdb quantize`
- * measures that.  Errors: VLM_EIO, VLM_EINVAL (mode), the load errors. */
+ * measures that.  Errors: VLM_EIO / VLM_ENOSPACE (writing), VLM_EINVAL
+ * (mode; out_dir is in_dir; the source is already quantized), the load
+ * errors. */
 int vlm_clip_quantize(const char *in_dir, const char *out_dir,
                       vlm_compute_mode mode);
 

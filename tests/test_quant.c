@@ -612,6 +612,14 @@ static void test_quantize_file(void **state) {
   /* bad arguments */
   assert_int_equal(vlm_clip_quantize(FIX, out, VLM_COMPUTE_EXACT), VLM_EINVAL);
   assert_int_equal(vlm_clip_quantize(NULL, out, VLM_COMPUTE_INT8), VLM_EINVAL);
+  /* into its own directory: refused before anything is written */
+  assert_int_equal(vlm_clip_quantize(ocdir, ocdir, VLM_COMPUTE_INT8),
+                   VLM_EINVAL);
+  snprintf(path, sizeof path, "%s/open_clip_model.safetensors", ocdir);
+  vlm__safetensors *same = NULL;
+  assert_int_equal(vlm__st_open(path, &same), 0);
+  assert_null(same->quantization);
+  vlm__st_close(same);
   vlm_clip_free(exact);
   vlm_test_rm_rf(tmp);
   free(tmp);
