@@ -29,6 +29,7 @@ static const vlm_command commands[] = {
     {"embed", cmd_embed, "print CLIP embeddings of texts and images"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts"},
     {"train", cmd_train, "train or fine-tune a CLIP model"},
+    {"quantize", cmd_quantize, "write an int8 or bf16 copy of a model, gated"},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
