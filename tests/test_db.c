@@ -2894,6 +2894,304 @@ static void test_filter_injection_refused(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------ range, pages, groups */
+
+/* A threshold halfway between two neighbouring oracle scores (so float
+ * rounding at the boundary cannot decide a test); -2 if none is clear. */
+static float gap_threshold(const scored *want, int nwant, int at) {
+  for (int r = at; r + 1 < nwant && r < at + 20; r++)
+    if (want[r].score - want[r + 1].score > 1e-4f)
+      return (want[r].score + want[r + 1].score) / 2;
+  return -2;
+}
+
+/* How many oracle results score at least s. */
+static int count_at_least(const scored *want, int nwant, float s) {
+  int n = 0;
+  while (n < nwant && want[n].score >= s)
+    n++;
+  return n;
+}
+
+/* MINSCORE: every result scoring at least s and nothing below it, still
+ * at most k of them.  Flat answers by FAISS range search (k = 0 or k >
+ * 100), or its k-NN scan; IVF with nprobe >= nlist is exact too; HNSW
+ * ranks deeper while the last score still reaches s (high recall).  With
+ * a filter and a target alike, against the brute-force oracle. */
+static void test_search_min_score(void **state) {
+  (void)state;
+  const char *factories[] = {"Flat", "HNSW32", "IVF8,Flat"};
+  for (int f = 0; f < 3; f++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, factories[f], DIM);
+    corpus c;
+    const int n = 2000;
+    corpus_make(&c, n, DIM, 301 + f);
+    corpus_put(db, &c, 0, n, 500);
+    scored *want = malloc(sizeof *want * (size_t)n);
+    for (int trial = 0; trial < 6; trial++) {
+      float q[DIM];
+      unit(q, DIM);
+      vlm_target target = trial % 3 == 0   ? VLM_TARGET_ANY
+                          : trial % 3 == 1 ? VLM_TARGET_IMAGE
+                                           : VLM_TARGET_TEXT;
+      pred_fn pred = trial >= 3 ? p_animals_recent : NULL;
+      const char *filter =
+          trial >= 3 ? "category = 'animals' AND year >= 2005" : NULL;
+      int nwant = oracle(&c, NULL, pred, q, target, want);
+      /* ~150 results unfiltered, ~10 filtered: past the first depth of
+       * a growing search, and past the range-search cutoff */
+      float s = gap_threshold(want, nwant, trial >= 3 ? 10 : 150);
+      assert_true(s > -2);
+      int above = count_at_least(want, nwant, s);
+      int ks[] = {0, 20, 300};
+      for (int e = 0; e < 2; e++)
+        for (int ki = 0; ki < 3; ki++) {
+          vlm_search_options o = {.k = ks[ki], .use_min_score = 1,
+                                  .min_score = s, .target = target,
+                                  .filter = filter, .exact = e};
+          vlm_hit *hits = NULL;
+          int nh = 0;
+          CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+          int k = ks[ki] ? ks[ki] : VLM_DB_MAX_K;
+          int expect = above < k ? above : k;
+          for (int h = 0; h < nh; h++) {
+            if (!(hits[h].score >= s))
+              fail_msg("%s: hit %d scores %f below %f", factories[f], h,
+                       hits[h].score, s);
+            if (h && hits[h].score > hits[h - 1].score)
+              fail_msg("%s: hits out of order at %d", factories[f], h);
+          }
+          if (e || f != 1) { /* exact answers */
+            expect_same_as_oracle(&c, hits, nh, want, expect, k);
+          } else {
+            double rec = recall_at(&c, hits, nh, want, expect, k);
+            assert_true(nh <= expect);
+            if (rec < 0.9)
+              fail_msg("HNSW min_score recall %.3f (%d of %d)", rec, nh,
+                       expect);
+          }
+          vlm_hits_free(hits, nh);
+        }
+    }
+    /* nothing reaches the threshold: an empty answer */
+    float q[DIM];
+    unit(q, DIM);
+    vlm_search_options o = {.use_min_score = 1, .min_score = 1.5f};
+    vlm_hit *hits = NULL;
+    int nh = -1;
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    assert_int_equal(nh, 0);
+    vlm_hits_free(hits, nh);
+    /* a threshold of -1 is every item with a vector of the target, up
+     * to the bound */
+    o.min_score = -1;
+    o.k = 0;
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    int nwant = oracle(&c, NULL, NULL, q, VLM_TARGET_ANY, want);
+    if (f != 1)
+      assert_int_equal(nh, nwant);
+    else
+      assert_true(nh >= nwant * 9 / 10);
+    vlm_hits_free(hits, nh);
+    /* refused: no finite threshold; a threshold on fused ranks */
+    o.min_score = NAN;
+    assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+    o.min_score = 0.5f;
+    o.hybrid_text = "river";
+    assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+    free(want);
+    vlm_db_close(db);
+    corpus_free(&c);
+    tmp_free(&t);
+  }
+}
+
+/* OFFSET: pages of k concatenated are the one search with k = offset +
+ * k, ties in score ordered by item id (the oldest first), through the
+ * Flat index and the exact scan alike, with a filter and a target. */
+static void test_search_offset_pages(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  const int n = 1200, copies = 40;
+  corpus_make(&c, n, DIM, 411);
+  /* items 100.. 100 + copies: one image vector, so ties in score */
+  for (int i = 100; i < 100 + copies; i++) {
+    memcpy(c.img + (size_t)i * DIM, c.img + (size_t)100 * DIM,
+           DIM * sizeof(float));
+    c.has_img[i] = 1;
+  }
+  corpus_put(db, &c, 0, n, 300);
+  float q[DIM];
+  for (int trial = 0; trial < 6; trial++) {
+    if (trial < 3)
+      memcpy(q, c.img + (size_t)100 * DIM, sizeof q); /* the tied copies */
+    else
+      unit(q, DIM);
+    vlm_search_options big = {.k = 90, .exact = trial % 2,
+                              .target = trial == 2 ? VLM_TARGET_IMAGE
+                                                   : VLM_TARGET_ANY,
+                              .filter = trial == 4 ? "year >= 2000" : NULL};
+    vlm_hit *all = NULL;
+    int nall = 0;
+    CHECK(vlm_db_search(db, q, &big, &all, &nall));
+    assert_int_equal(nall, 90);
+    if (trial < 3) { /* the copies tie at the top, oldest first */
+      for (int h = 1; h < copies; h++) {
+        assert_float_equal(all[h].score, all[0].score, 1e-6);
+        assert_true(strcmp(all[h - 1].key, all[h].key) < 0);
+      }
+    }
+    for (int page = 7; page <= 13; page += 6)
+      for (int off = 0; off < 90; off += page) {
+        vlm_search_options o = big;
+        o.k = page;
+        o.offset = off;
+        vlm_hit *hits = NULL;
+        int nh = 0;
+        CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+        int expect = off + page <= 90 ? page : 90 - off;
+        if (nh < expect)
+          fail_msg("page at %d: %d hits, want %d", off, nh, expect);
+        for (int h = 0; h < expect; h++)
+          if (strcmp(hits[h].key, all[off + h].key) ||
+              hits[h].score != all[off + h].score)
+            fail_msg("trial %d page %d at %d: rank %d is %s (%f), the big "
+                     "search's %s (%f)", trial, page, off, off + h,
+                     hits[h].key, hits[h].score, all[off + h].key,
+                     all[off + h].score);
+        vlm_hits_free(hits, nh);
+      }
+    vlm_hits_free(all, nall);
+  }
+  /* past the end: an empty page; refused: negative, past the bound */
+  vlm_search_options o = {.k = 10, .offset = n + 5, .exact = 1};
+  vlm_hit *hits = NULL;
+  int nh = -1;
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  assert_int_equal(nh, 0);
+  vlm_hits_free(hits, nh);
+  o.offset = -1;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.offset = VLM_DB_MAX_K - 5;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.k = 5;
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* The naive grouping oracle: walk the exact ranking, keep an item while
+ * its group (its value of the field; items without it share one) has
+ * fewer than per kept. */
+static int group_oracle(const scored *all, int nall, const char **group,
+                        int per, int k, scored *out) {
+  int n = 0;
+  for (int r = 0; r < nall && n < k; r++) {
+    int same = 0;
+    for (int j = 0; j < n; j++)
+      same += (group[out[j].i] == NULL && group[all[r].i] == NULL) ||
+              (group[out[j].i] && group[all[r].i] &&
+               !strcmp(group[out[j].i], group[all[r].i]));
+    if (same < per)
+      out[n++] = all[r];
+  }
+  return n;
+}
+
+/* GROUPBY: at most per results per value of a declared field (text or
+ * integer), best first, items without the field in a group of their own;
+ * against the naive grouping of the exact ranking, through the Flat index
+ * and the exact scan, with OFFSET pages of it.  Errors for an undeclared
+ * field, PER without GROUPBY, GROUPBY with COLLAPSE. */
+static void test_search_group_by(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  const int n = 1500;
+  corpus_make(&c, n, DIM, 523);
+  const char **bycat = calloc((size_t)n, sizeof *bycat);
+  const char **byyear = calloc((size_t)n, sizeof *byyear);
+  char (*years)[8] = calloc((size_t)n, sizeof *years);
+  for (int i = 0; i < n; i++) {
+    if (i % 13 == 0) { /* neither category nor year */
+      snprintf(c.meta[i], sizeof c.meta[i], "{\"price\": 1.5}");
+      continue;
+    }
+    bycat[i] = c.category[i];
+    snprintf(years[i], sizeof years[i], "%d", c.year[i]);
+    byyear[i] = years[i];
+  }
+  corpus_put(db, &c, 0, n, 500);
+  scored *all = malloc(sizeof *all * (size_t)n);
+  scored *want = malloc(sizeof *want * (size_t)n);
+  struct {
+    const char *field;
+    const char **group;
+    int per, k, offset;
+  } cases[] = {
+      {"category", bycat, 1, 10, 0},  /* six groups: fewer than k */
+      {"category", bycat, 3, 15, 0},
+      {"category", bycat, 40, 200, 0},
+      {"year", byyear, 2, 30, 0},
+      {"year", byyear, 1, 20, 10},    /* a page of a grouped ranking */
+      {"category", bycat, 4, 5, 10},
+  };
+  for (int trial = 0; trial < 4; trial++) {
+    float q[DIM];
+    unit(q, DIM);
+    int nall = oracle(&c, NULL, NULL, q, VLM_TARGET_ANY, all);
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
+      for (int e = 0; e < 2; e++) {
+        vlm_search_options o = {.k = cases[ci].k, .offset = cases[ci].offset,
+                                .group_by = cases[ci].field,
+                                .group_per = cases[ci].per, .exact = e};
+        int nwant = group_oracle(all, nall, cases[ci].group, cases[ci].per,
+                                 cases[ci].offset + cases[ci].k, want);
+        int from = cases[ci].offset < nwant ? cases[ci].offset : nwant;
+        vlm_hit *hits = NULL;
+        int nh = 0;
+        CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+        expect_same_as_oracle(&c, hits, nh, want + from, nwant - from,
+                              cases[ci].k);
+        vlm_hits_free(hits, nh);
+      }
+  }
+  float q[DIM];
+  unit(q, DIM);
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  vlm_search_options o = {.k = 10, .group_by = "nosuch"};
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_by = "key";
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_by = NULL;
+  o.group_per = 2;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_by = "category";
+  o.group_per = -1;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_per = 1;
+  o.collapse = 0.9f;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  free(all);
+  free(want);
+  free(bycat);
+  free(byyear);
+  free(years);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ hybrid */
 
 static void test_hybrid_rrf(void **state) {
@@ -6545,6 +6843,9 @@ int main(void) {
       cmocka_unit_test_teardown(test_one_modality_database, teardown_tmp),
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
       cmocka_unit_test_teardown(test_collapse_near_duplicates, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_min_score, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_offset_pages, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_group_by, teardown_tmp),
       cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
