@@ -1823,6 +1823,31 @@ static void test_e2e_search_options_reindex_upsert(void **state) {
   free(kf);
   free(before);
   free(after);
+  /* reindex --text: meta.sqlite rebuilt from the payload store, the same
+   * filtered answers after it; --index and --text are one or the other */
+  before = RUN_OK(dir, "search", "--db", db, "--key", "gray", "-k", "10",
+                  "--filter", "year >= 2000", "--json");
+  out = RUN_OK(dir, "reindex", "--db", db, "--text", "--json");
+  res = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(res, "text")),
+                      "vlm_cjk");
+  assert_int_equal(json_int(res, "items"), MAIN_GOOD);
+  json_decref(res);
+  free(out);
+  after = RUN_OK(dir, "search", "--db", db, "--key", "gray", "-k", "10",
+                 "--filter", "year >= 2000", "--json");
+  kb = result_keys(before);
+  kf = result_keys(after);
+  assert_string_equal(kb, kf);
+  free(kb);
+  free(kf);
+  free(before);
+  free(after);
+  free(RUN_OK(dir, "verify", "--db", db));
+  assert_int_equal(RUN(dir, NULL, NULL, "reindex", "--db", db), 2);
+  assert_int_equal(RUN(dir, NULL, NULL, "reindex", "--db", db, "--text",
+                       "--index", "Flat"),
+                   2);
 
   /* a changed row: skipped without --upsert, replaced with it */
   write_file(dir, "change.jsonl",

@@ -3194,6 +3194,295 @@ static void test_search_group_by(void **state) {
 
 /* ------------------------------------------------------------ hybrid */
 
+/* CJK text */
+
+/* The vlm_cjk tokenizer's tokens of one caption, as FTS5 stored them
+ * (fts5vocab's instances: term and position), against the list its rules
+ * give by hand: CJK runs as overlapping bigrams with each character
+ * colocated as a unigram, a lone character alone, the rest unicode61's
+ * (folded case, diacritics removed, punctuation dropped). */
+static void test_fts_cjk_tokens(void **state) {
+  (void)state;
+  sqlite3 *s;
+  vlm__sql_vfs(); /* registers vlm_cjk for every later connection */
+  assert_int_equal(sqlite3_open(":memory:", &s), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(s,
+                   "CREATE VIRTUAL TABLE t USING fts5(c, tokenize='vlm_cjk "
+                   "remove_diacritics 2');"
+                   "CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance');"
+                   "INSERT INTO t VALUES('东京塔的夜景 Tokyo café, "
+                   "서울은 猫!東京タワー');",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  static const struct {
+    const char *term;
+    int pos;
+  } want[] = {{"东", 0},    {"东京", 0},   {"京", 1},   {"京塔", 1},
+              {"塔", 2},    {"塔的", 2},   {"的", 3},   {"的夜", 3},
+              {"夜", 4},    {"夜景", 4},   {"景", 4},   {"tokyo", 5},
+              {"cafe", 6},  {"서", 7},     {"서울", 7}, {"울", 8},
+              {"울은", 8},  {"은", 8},     {"猫", 9},   {"東", 10},
+              {"東京", 10}, {"京", 11},    {"京タ", 11}, {"タ", 12},
+              {"タワ", 12}, {"ワ", 13},    {"ワー", 13}, {"ー", 13}};
+  const size_t nwant = sizeof want / sizeof *want;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT term, offset FROM v ORDER "
+                                      "BY offset, term", -1, &st, NULL),
+                   SQLITE_OK);
+  /* the expected list in the same order: by position, then term bytes */
+  size_t got = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char *term = (const char *)sqlite3_column_text(st, 0);
+    int pos = sqlite3_column_int(st, 1);
+    int found = 0;
+    for (size_t w = 0; w < nwant && !found; w++)
+      found = want[w].pos == pos && !strcmp(want[w].term, term);
+    if (!found)
+      fail_msg("token '%s' at %d is not one the rules give", term, pos);
+    got++;
+  }
+  sqlite3_finalize(st);
+  if (got != nwant)
+    fail_msg("%zu tokens, the rules give %zu", got, nwant);
+  /* queries: a word inside the sentence, one character, not a bigram the
+   * text lacks, unicode61's folding outside CJK */
+  const struct {
+    const char *match;
+    int hits;
+  } q[] = {{"\"夜景\"", 1},   {"\"塔的夜景\"", 1}, {"\"猫\"", 1},
+           {"\"京夜\"", 0},   {"\"CAFE\"", 1},    {"\"서울\"", 1},
+           {"\"タワー\"", 1}, {"\"夜东\"", 0}};
+  for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
+    assert_int_equal(sqlite3_prepare_v2(s, "SELECT count(*) FROM t WHERE t "
+                                        "MATCH ?1", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, q[i].match, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    if (sqlite3_column_int(st, 0) != q[i].hits)
+      fail_msg("MATCH %s: %d rows, want %d", q[i].match,
+               sqlite3_column_int(st, 0), q[i].hits);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(s);
+}
+
+/* Naive BM25 as FTS5 defines it (k1 1.2, b 0.75, IDF floored at 1e-6):
+ * documents and the query as token lists, each query term a phrase of
+ * one token; a document's length is its positions (colocated unigrams
+ * take none). */
+typedef struct {
+  char tok[64][16];
+  int colocated[64];
+  int n, npos;
+} toklist;
+
+/* A caption of CJK runs separated by ASCII spaces, as vlm_cjk tokenizes
+ * it for documents (with unigrams) or queries (without). */
+static void cjk_tokens(const char *text, int document, toklist *t) {
+  t->n = t->npos = 0;
+  const char *p = text;
+  while (*p) {
+    while (*p == ' ')
+      p++;
+    const char *chars[32];
+    int lens[32], nc = 0;
+    while (*p && *p != ' ') {
+      int l = (*p & 0xF0) == 0xF0 ? 4 : (*p & 0xE0) == 0xE0 ? 3 : 2;
+      chars[nc] = p;
+      lens[nc++] = l;
+      p += l;
+    }
+    if (nc == 1) {
+      snprintf(t->tok[t->n], 16, "%.*s", lens[0], chars[0]);
+      t->colocated[t->n++] = 0;
+      t->npos++;
+      continue;
+    }
+    for (int i = 0; i + 1 < nc; i++) {
+      snprintf(t->tok[t->n], 16, "%.*s%.*s", lens[i], chars[i], lens[i + 1],
+               chars[i + 1]);
+      t->colocated[t->n++] = 0;
+      t->npos++;
+      if (document) {
+        snprintf(t->tok[t->n], 16, "%.*s", lens[i], chars[i]);
+        t->colocated[t->n++] = 1;
+      }
+    }
+    if (document && nc > 1) {
+      snprintf(t->tok[t->n], 16, "%.*s", lens[nc - 1], chars[nc - 1]);
+      t->colocated[t->n++] = 1;
+    }
+  }
+}
+
+static int tok_count(const toklist *t, const char *term) {
+  int f = 0;
+  for (int i = 0; i < t->n; i++)
+    f += !strcmp(t->tok[i], term);
+  return f;
+}
+
+static double bm25_naive(const toklist *docs, int ndocs, int d,
+                         const toklist *query) {
+  double total = 0, score = 0;
+  for (int i = 0; i < ndocs; i++)
+    total += docs[i].npos;
+  double avgdl = total / ndocs;
+  for (int qi = 0; qi < query->n; qi++) {
+    int nq = 0;
+    for (int i = 0; i < ndocs; i++)
+      nq += tok_count(&docs[i], query->tok[qi]) > 0;
+    double idf = log((ndocs - nq + 0.5) / (nq + 0.5));
+    if (idf <= 0)
+      idf = 1e-6;
+    double f = tok_count(&docs[d], query->tok[qi]);
+    score += idf * f * 2.2 /
+             (f + 1.2 * (1 - 0.75 + 0.75 * docs[d].npos / avgdl));
+  }
+  return score;
+}
+
+/* Hybrid search over Chinese, Japanese and Korean captions: a word inside
+ * a sentence matches (and one character alone), and the BM25 ranking is
+ * the naive BM25 of the tokens vlm_cjk's rules give. */
+static void test_hybrid_cjk(void **state) {
+  (void)state;
+  static const char *captions[] = {
+      "东京塔的夜景非常美丽",     "一只黑猫在沙发上睡觉",
+      "北京的夜景 和 东京的早晨", "夜景",
+      "京都の古いお寺と紅葉",     "紅葉の季節に京都へ行く",
+      "猫が窓辺で寝ている",       "서울의 밤거리 풍경",
+      "부산 바다 와 서울 야경",   "공원 에서 노는 강아지",
+      "小狗 在 公园 里 跑",       "桜と富士山の写真",
+  };
+  const int n = (int)(sizeof captions / sizeof *captions);
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_item items[16];
+  char keys[16][16];
+  float vecs[16][DIM];
+  memset(items, 0, sizeof items);
+  for (int i = 0; i < n; i++) {
+    snprintf(keys[i], sizeof keys[i], "cjk-%02d", i);
+    unit(vecs[i], DIM);
+    items[i].key = keys[i];
+    items[i].text_vec = vecs[i];
+    items[i].caption = captions[i];
+  }
+  int written = 0;
+  CHECK(vlm_db_put(db, items, n, 0, &written));
+  assert_int_equal(written, n);
+  toklist docs[16];
+  for (int i = 0; i < n; i++)
+    cjk_tokens(captions[i], 1, &docs[i]);
+  struct {
+    const char *query;
+    int must; /* a caption that must be found (-1: none) */
+  } qs[] = {{"夜景", 0},      {"东京", 2},  {"猫", 1},     {"紅葉", 4},
+            {"京都の紅葉", 5}, {"밤거리", 7}, {"서울", 8},   {"강아지", 9},
+            {"黑猫", 1},      {"公园", 10}, {"富士山", 11}, {"ロンドン", -1}};
+  for (size_t qi = 0; qi < sizeof qs / sizeof *qs; qi++) {
+    vlm_search_options o = {.k = 50, .hybrid_text = qs[qi].query};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+    toklist q;
+    cjk_tokens(qs[qi].query, 0, &q);
+    double score[16];
+    int matching = 0;
+    for (int d = 0; d < n; d++) {
+      score[d] = bm25_naive(docs, n, d, &q);
+      matching += score[d] > 0;
+    }
+    if (nh != matching)
+      fail_msg("'%s': %d hits, %d captions share a token", qs[qi].query, nh,
+               matching);
+    int found = qs[qi].must < 0;
+    for (int h = 0; h < nh; h++) {
+      int d = -1;
+      sscanf(hits[h].key, "cjk-%d", &d);
+      assert_true(d >= 0 && d < n);
+      found |= d == qs[qi].must;
+      if (h > 0) {
+        int p = -1;
+        sscanf(hits[h - 1].key, "cjk-%d", &p);
+        if (score[d] > score[p] + 1e-9)
+          fail_msg("'%s': %s (BM25 %.6f) ranks below %s (%.6f)",
+                   qs[qi].query, hits[h].key, score[d], hits[h - 1].key,
+                   score[p]);
+      }
+    }
+    if (!found)
+      fail_msg("'%s' did not find '%s'", qs[qi].query,
+               captions[qs[qi].must]);
+    vlm_hits_free(hits, nh);
+  }
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* A database whose captions table predates vlm_cjk keeps unicode61 (a
+ * CJK run is one token: a word inside it is not found, the whole run
+ * is), until meta.sqlite is rebuilt from the payload store, which makes
+ * the table with vlm_cjk. */
+static void test_hybrid_cjk_old_tokenizer_kept(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  char path[256];
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  sqlite3 *s;
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(s,
+                                "DROP TABLE captions; CREATE VIRTUAL TABLE "
+                                "captions USING fts5(caption, tokenize="
+                                "'unicode61 remove_diacritics 2');",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(s);
+  db = open_db(t.dir);
+  float v[DIM];
+  unit(v, DIM);
+  vlm_item it = {.key = "tower", .text_vec = v,
+                 .caption = "东京塔的夜景非常美丽"};
+  int written = 0;
+  CHECK(vlm_db_put(db, &it, 1, 0, &written));
+  vlm_search_options o = {.k = 5, .hybrid_text = "夜景"};
+  vlm_hit *hits = NULL;
+  int nh = -1;
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 0);
+  vlm_hits_free(hits, nh);
+  o.hybrid_text = "东京塔的夜景非常美丽";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  vlm_hits_free(hits, nh);
+  CHECK(vlm_db_rebuild_meta(db));
+  o.hybrid_text = "夜景";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  assert_string_equal(hits[0].key, "tower");
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT sql FROM sqlite_master "
+                                      "WHERE name = 'captions'", -1, &st,
+                                      NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_non_null(strstr((const char *)sqlite3_column_text(st, 0),
+                         "tokenize='vlm_cjk"));
+  sqlite3_finalize(st);
+  sqlite3_close(s);
+  tmp_free(&t);
+}
+
+
 static void test_hybrid_rrf(void **state) {
   (void)state;
   tmp t;
@@ -6870,6 +7159,10 @@ int main(void) {
       cmocka_unit_test_teardown(test_broad_filters, teardown_tmp),
       cmocka_unit_test_teardown(test_filter_injection_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_rrf, teardown_tmp),
+      cmocka_unit_test_teardown(test_fts_cjk_tokens, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_cjk, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_cjk_old_tokenizer_kept,
+                                teardown_tmp),
       cmocka_unit_test_teardown(test_extreme_vectors_and_text_limit,
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),
