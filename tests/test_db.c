@@ -3483,6 +3483,107 @@ static void test_hybrid_cjk_old_tokenizer_kept(void **state) {
 }
 
 
+/* db/hybrid.c's fusion; the struct is db_int.h's vlm__cand. */
+typedef struct {
+  uint64_t id;
+  float score;
+  int mod;
+} vlm__cand;
+int vlm__fuse_rrf(const vlm__cand *vr, int nvr, const uint64_t *bm25,
+                  int nbm, float w, vlm__cand *out);
+
+/* The fusion as it was before it was made linear: for each BM25 hit a
+ * scan of the fused list from its start (the test's oracle). */
+static int fuse_nested(const vlm__cand *vr, int nvr, const uint64_t *bm25,
+                       int nbm, float w, vlm__cand *fused) {
+  int nfu = 0;
+  for (int i = 0; i < nvr; i++) {
+    fused[nfu] = vr[i];
+    fused[nfu++].score = (1 - w) / (60.0f + i + 1);
+  }
+  for (int i = 0; i < nbm; i++) {
+    float add = w / (60.0f + i + 1);
+    int j;
+    for (j = 0; j < nfu; j++)
+      if (fused[j].id == bm25[i])
+        break;
+    if (j < nfu) {
+      fused[j].score += add;
+    } else {
+      fused[nfu].id = bm25[i];
+      fused[nfu].score = add;
+      fused[nfu++].mod = 1; /* VLM__MOD_TEXT */
+    }
+  }
+  return nfu;
+}
+
+/* Linear fusion equals the nested loop entry for entry (ids, scores to
+ * the bit, modalities, order) on random rankings: overlapping, disjoint,
+ * empty, with ids that collide in the hash table's low bits, and at
+ * k = 10,000. */
+static void test_fuse_rrf_matches_nested(void **state) {
+  (void)state;
+  rng_state = 4242;
+  static const int sizes[][2] = {{0, 0},   {0, 7},     {9, 0},       {1, 1},
+                                 {50, 50}, {300, 40},  {40, 300},    {1000, 1000},
+                                 {10000, 10000}};
+  for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++)
+    for (int variant = 0; variant < 3; variant++) {
+      int nvr = sizes[t][0], nbm = sizes[t][1];
+      vlm__cand *vr = calloc((size_t)nvr + 1, sizeof *vr);
+      uint64_t *bm = calloc((size_t)nbm + 1, sizeof *bm);
+      vlm__cand *a = calloc((size_t)(nvr + nbm) + 1, sizeof *a);
+      vlm__cand *b = calloc((size_t)(nvr + nbm) + 1, sizeof *b);
+      /* ids from a pool twice the larger ranking (variant 0), or
+       * multiples of 2^32 (equal low bits, variant 1), or disjoint
+       * (variant 2); each ranking has distinct ids */
+      uint64_t pool = 2 * (uint64_t)(nvr > nbm ? nvr : nbm) + 2;
+      uint64_t *perm = malloc((size_t)pool * sizeof *perm);
+      for (uint64_t i = 0; i < pool; i++)
+        perm[i] = i + 1;
+      for (uint64_t i = pool - 1; i > 0; i--) {
+        uint64_t j = rng_next() % (i + 1), x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+      }
+      for (int i = 0; i < nvr; i++) {
+        uint64_t id = variant == 2 ? 2 * (uint64_t)i + 1 : perm[i];
+        vr[i].id = variant == 1 ? id << 32 : id;
+        vr[i].score = 1.0f - (float)i / (float)(nvr + 1);
+        vr[i].mod = (int)(rng_next() % 2);
+      }
+      for (uint64_t i = pool - 1; i > 0; i--) {
+        uint64_t j = rng_next() % (i + 1), x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+      }
+      for (int i = 0; i < nbm; i++) {
+        uint64_t id = variant == 2 ? 2 * (uint64_t)i + 2 : perm[i];
+        bm[i] = variant == 1 ? id << 32 : id;
+      }
+      float w = (float)rng_uniform();
+      int na = vlm__fuse_rrf(vr, nvr, bm, nbm, w, a);
+      int nb = fuse_nested(vr, nvr, bm, nbm, w, b);
+      if (na != nb)
+        fail_msg("%d x %d variant %d: %d entries, the nested loop %d", nvr,
+                 nbm, variant, na, nb);
+      for (int i = 0; i < na; i++)
+        if (a[i].id != b[i].id || a[i].score != b[i].score ||
+            a[i].mod != b[i].mod)
+          fail_msg("%d x %d variant %d: entry %d is id %llu score %.9g mod "
+                   "%d, the nested loop's id %llu score %.9g mod %d",
+                   nvr, nbm, variant, i, (unsigned long long)a[i].id,
+                   a[i].score, a[i].mod, (unsigned long long)b[i].id,
+                   b[i].score, b[i].mod);
+      free(perm);
+      free(vr);
+      free(bm);
+      free(a);
+      free(b);
+    }
+}
+
 static void test_hybrid_rrf(void **state) {
   (void)state;
   tmp t;
@@ -7159,6 +7260,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_broad_filters, teardown_tmp),
       cmocka_unit_test_teardown(test_filter_injection_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_rrf, teardown_tmp),
+      cmocka_unit_test(test_fuse_rrf_matches_nested),
       cmocka_unit_test_teardown(test_fts_cjk_tokens, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_cjk, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_cjk_old_tokenizer_kept,
