@@ -3419,6 +3419,25 @@ static void test_hybrid_cjk(void **state) {
                captions[qs[qi].must]);
     vlm_hits_free(hits, nh);
   }
+  /* hostile query text: pieces of CJK characters, invalid bytes, quotes,
+   * FTS5 syntax; every one a valid query (or none) */
+  static const char *pieces[] = {"东", "京", "\xe4", "\xe4\xb8", "\x80", "a",
+                                 "\"", " ", "*", "OR", "서", "\xff", "の",
+                                 "NEAR(", "^", "ー", "\xf0\x9f\x98\x80"};
+  rng_state = 77;
+  for (int trial = 0; trial < 300; trial++) {
+    char text[256] = "";
+    int len = 1 + (int)(rng_next() % 24);
+    for (int i = 0; i < len; i++)
+      strcat(text, pieces[rng_next() % (sizeof pieces / sizeof *pieces)]);
+    vlm_search_options o = {.k = 20, .hybrid_text = text};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    int rc = vlm_db_search(db, NULL, &o, &hits, &nh);
+    if (rc)
+      fail_msg("hybrid text '%s': %s", text, vlm_errmsg());
+    vlm_hits_free(hits, nh);
+  }
   vlm_db_close(db);
   tmp_free(&t);
 }
