@@ -33,8 +33,9 @@
 #define RANGE_MIN_K 100 /* at or below, a k-NN scan (the same one pass over
                            Flat, a smaller result) serves a threshold */
 #define RANGE_MAX_VECTORS (1 << 22) /* a Flat range search's result may be
-                                       every vector: above this many, rank
-                                       with a growing k instead */
+                                       every vector: above this many, a
+                                       k-NN scan of depth offset + k cut
+                                       at the threshold instead */
 
 /* ---- a bounded min-heap of candidates ---------------------------------- */
 
