@@ -16,6 +16,7 @@
  *   planner.c   search: snapshots, exact scans, filtered planning, merging
  *               modalities, near-duplicate collapse
  *   hybrid.c    BM25 over captions and reciprocal rank fusion
+ *   fts_cjk.c   the vlm_cjk FTS5 tokenizer: CJK text as character bigrams
  *   db.c        open/create/close, the batch engine (put, delete, write:
  *               the write protocol), get, scan, stat
  *   verify.c    every record, row and index entry checked against the others
@@ -265,6 +266,17 @@ int vlm__sql_err(sqlite3 *db, int rc, const char *what);
 const char *vlm__sql_vfs(void);     /* registers it once; NULL if it can't */
 int vlm__sql_reserve(sqlite3 *db);  /* a new file: make room for them */
 int vlm__sql_cksummed(sqlite3 *db); /* db's file carries them (after a read) */
+
+/* fts_cjk.c: the FTS5 tokenizer new databases' captions use: unicode61,
+ * but CJK runs as character bigrams.  vlm__fts_cjk_auto registers it for
+ * every later connection of the process (vlm__sql_vfs calls it). */
+#define VLM__FTS_CJK "vlm_cjk"
+void vlm__fts_cjk_auto(void);
+int vlm__fts_cjk_register(sqlite3 *db);
+int vlm__cjk_char(uint32_t cp);   /* Han, Hiragana, Katakana or Hangul */
+/* The code point at s[i] (n bytes in all) into *cp, and its length in
+ * bytes; an invalid byte is U+FFFD of length 1. */
+int vlm__utf8_next(const char *s, int n, int i, uint32_t *cp);
 /* After db's first read: the manifest's promise of checksums holds. */
 int vlm__sql_check_cksum(sqlite3 *db, const vlm__manifest *m,
                          const char *path);

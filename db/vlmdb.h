@@ -204,7 +204,30 @@ typedef struct {
                              result's is folded into it (near-duplicates
                              take one slot); results without an image
                              vector are never folded */
+  /* Fields added later; zero keeps the default. */
+  int offset;             /* pagination: skip the first offset results of
+                             the ranking and return the next k (results
+                             offset .. offset+k-1 of a search with k =
+                             offset + k; ties in score are broken by item
+                             id, oldest first, so pages are stable).
+                             0 .. VLM_DB_MAX_K - k */
+  int use_min_score;      /* 1 = range search: only results scoring at
+                             least min_score, still at most k of them
+                             (k = 0 then means VLM_DB_MAX_K - offset).
+                             Vector (cosine) scores only: refused with
+                             hybrid_text */
+  float min_score;        /* the threshold, a finite cosine */
+  const char *group_by;   /* a declared field, or NULL: at most group_per
+                             results per distinct value of it, best first
+                             (diverse pages); items without the field (a
+                             NULL value) form one group of their own.
+                             Looks at the best VLM_DB_GROUP_DEPTH
+                             candidates at most.  Not with collapse */
+  int group_per;          /* results per group, 1..VLM_DB_MAX_K; 0 = 1 */
 } vlm_search_options;
+
+/* How deep a grouped search looks into the ranking for enough groups. */
+#define VLM_DB_GROUP_DEPTH 10000
 
 typedef struct {
   char *key;

@@ -423,6 +423,66 @@ done:
   return err;
 }
 
+/* --------------------------------------------------------- range search */
+
+int vlm_index_can_range(const vlm_index *index) {
+  return index != NULL && index->kind == KIND_FLAT;
+}
+
+int vlm_index_range_search(const vlm_index *index, const float *query,
+                           float min_score, float **scores, int64_t **ids,
+                           int64_t *n) {
+  FaissRangeSearchResult *res = NULL;
+  size_t *lims;
+  idx_t *labels;
+  float *dist;
+  int err = 0;
+  if (scores == NULL || ids == NULL || n == NULL || query == NULL)
+    return vlm_seterr(VLM_EINVAL, "index range search: bad arguments");
+  *scores = NULL;
+  *ids = NULL;
+  *n = 0;
+  if (!vlm_index_can_range(index))
+    return vlm_seterr(VLM_EUNSUPPORTED, "index \"%s\": no exact range "
+                      "search (flat indexes only)", index->factory);
+  if (!isfinite(min_score))
+    return vlm_seterr(VLM_ENUMERIC, "index range search: threshold not finite");
+  err = check_finite("index range search", 1, index->dim, query);
+  if (err) return err;
+  if (faiss_RangeSearchResult_new(&res, 1) != 0)
+    return faiss_fail(VLM_ENOMEM, "index range search");
+  /* FAISS keeps inner products strictly above the radius (distances
+   * strictly below it for L2): step one float past the threshold so a
+   * score equal to it is kept, and let the caller compare exactly. */
+  float radius = index->metric == VLM_METRIC_IP ? nextafterf(min_score, -INFINITY)
+                                                : nextafterf(min_score, INFINITY);
+  if (faiss_Index_range_search(index->faiss, 1, query, radius, res) != 0) {
+    err = faiss_fail(VLM_EINDEX, "index range search");
+    goto done;
+  }
+  faiss_RangeSearchResult_lims(res, &lims);
+  faiss_RangeSearchResult_labels(res, &labels, &dist);
+  size_t count = lims[1] - lims[0];
+  if (count > 0) {
+    *scores = malloc(count * sizeof **scores);
+    *ids = malloc(count * sizeof **ids);
+    if (*scores == NULL || *ids == NULL) {
+      free(*scores);
+      free(*ids);
+      *scores = NULL;
+      *ids = NULL;
+      err = vlm_seterr(VLM_ENOMEM, "index range search");
+      goto done;
+    }
+    memcpy(*scores, dist + lims[0], count * sizeof **scores);
+    for (size_t i = 0; i < count; i++) (*ids)[i] = (int64_t)labels[lims[0] + i];
+  }
+  *n = (int64_t)count;
+done:
+  faiss_RangeSearchResult_free(res);
+  return err;
+}
+
 /* ---------------------------------------------------------------- files */
 
 /* CRC-32C (Castagnoli), reflected, as in iSCSI/ext4: hardware instruction

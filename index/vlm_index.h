@@ -122,6 +122,21 @@ int vlm_index_search(const vlm_index *index, int64_t nq, const float *queries,
                      int k, const vlm_index_params *params, float *scores,
                      int64_t *ids);
 
+/* Range search of one query: every vector whose score is at least
+ * min_score (IP; L2: whose squared distance is at most min_score), into
+ * *scores and *ids (malloc'd, *n of them, unordered; both NULL when *n is
+ * 0; free with free()).  Only the flat kind answers it exactly, by one
+ * scan (FAISS range_search); the others return VLM_EUNSUPPORTED
+ * (vlm_index_can_range says which): HNSW's and IVF's range searches are
+ * approximate in ways a k-NN search with a growing k states better.  The
+ * result holds every match, so its size is bounded only by the index's:
+ * callers cap it by the index size they allow.  VLM_ENUMERIC for a
+ * NaN/Inf query or threshold. */
+int vlm_index_can_range(const vlm_index *index);
+int vlm_index_range_search(const vlm_index *index, const float *query,
+                           float min_score, float **scores, int64_t **ids,
+                           int64_t *n);
+
 /* Persist to / load from a file.  The file is a 64-byte vlmdb header
  * (magic "VLMIDX1\n", format version, dim, metric, factory string length,
  * FAISS payload length and CRC-32C, header CRC-32C), the factory string,

@@ -951,6 +951,7 @@ static int cmd_search_proc(vlm__ctx *ctx) {
                      " IMAGE, KEY or VECTOR)", arg_show(kind, tmp, sizeof tmp));
     return -1;
   }
+  int k_given = 0;
   for (int i = 3; i < ctx->argc; i++) {
     const vlm__resp_arg *a = &ctx->argv[i];
     int has = i + 1 < ctx->argc, e;
@@ -960,6 +961,7 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       if (arg_long(ctx, &ctx->argv[++i], 1, VLM_DB_MAX_K, "K", &v) < 0)
         return -1;
       st->opts.k = (int)v;
+      k_given = 1;
     } else if (arg_is(a, "FILTER") && has) {
       if (arg_cstr(ctx, &ctx->argv[++i], "FILTER") < 0)
         return -1;
@@ -998,6 +1000,37 @@ static int cmd_search_proc(vlm__ctx *ctx) {
         return -1;
       }
       st->opts.collapse = (float)d;
+    } else if (arg_is(a, "MINSCORE") && has) {
+      if (arg_double(ctx, &ctx->argv[++i], -1, 1, "MINSCORE", &d) < 0)
+        return -1;
+      st->opts.use_min_score = 1;
+      st->opts.min_score = (float)d;
+    } else if (arg_is(a, "OFFSET") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 0, VLM_DB_MAX_K - 1, "OFFSET",
+                   &v) < 0)
+        return -1;
+      st->opts.offset = (int)v;
+    } else if (arg_is(a, "GROUPBY") && has) {
+      const vlm__resp_arg *g = &ctx->argv[++i];
+      int known = 0;
+      for (int f = 0; f < ctx->srv->nfields && !known; f++)
+        if (g->len == strlen(ctx->srv->field_names[f]) &&
+            !memcmp(g->ptr, ctx->srv->field_names[f], g->len)) {
+          known = 1;
+          st->opts.group_by = ctx->srv->field_names[f];
+        }
+      if (!known) {
+        char tmp[64];
+        vlm__reply_error(ctx->out, "ERR", "GROUPBY '%s' is not a declared "
+                         "field", arg_show(g, tmp, sizeof tmp));
+        return -1;
+      }
+      if (i + 2 < ctx->argc && arg_is(&ctx->argv[i + 1], "PER")) {
+        i++;
+        if (arg_long(ctx, &ctx->argv[++i], 1, VLM_DB_MAX_K, "PER", &v) < 0)
+          return -1;
+        st->opts.group_per = (int)v;
+      }
     } else if (arg_is(a, "RETURN") && has) {
       if (arg_long(ctx, &ctx->argv[++i], 0, MAX_RETURN, "RETURN count",
                    &v) < 0)
@@ -1019,6 +1052,25 @@ static int cmd_search_proc(vlm__ctx *ctx) {
   }
   if (st->opts.hybrid_weight > 0 && !st->opts.hybrid_text) {
     vlm__reply_error(ctx->out, "ERR", "WEIGHT needs HYBRID <text>");
+    return -1;
+  }
+  /* MINSCORE without K: every result above it, up to the deepest page */
+  if (st->opts.use_min_score && !k_given)
+    st->opts.k = VLM_DB_MAX_K - st->opts.offset;
+  if (st->opts.offset + st->opts.k > VLM_DB_MAX_K) {
+    vlm__reply_error(ctx->out, "ERR", "OFFSET %d + K %d is past the deepest "
+                     "result a search returns (%d)", st->opts.offset,
+                     st->opts.k, VLM_DB_MAX_K);
+    return -1;
+  }
+  if (st->opts.use_min_score && st->opts.hybrid_text) {
+    vlm__reply_error(ctx->out, "ERR", "MINSCORE is a cosine and a HYBRID "
+                     "score is fused ranks: not both");
+    return -1;
+  }
+  if (st->opts.group_by && st->opts.collapse > 0) {
+    vlm__reply_error(ctx->out, "ERR", "GROUPBY and COLLAPSE cannot be "
+                     "combined");
     return -1;
   }
   /* logit and probability are the model's own score of a cosine, so they
@@ -2127,8 +2179,12 @@ static const vlm__command commands[] = {
      "(TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes) [K k] "
      "[FILTER expr] [TARGET (ANY | IMAGE | TEXT)] [HYBRID text [WEIGHT w]] "
      "[EF ef] [NPROBE nprobe] [EXACT] [COLLAPSE cosine] "
+     "[MINSCORE cosine] [OFFSET offset] [GROUPBY field [PER n]] "
      "[RETURN n field [field ...]]",
-     "k nearest items: key, score and the fields asked for."},
+     "k nearest items (results offset .. offset+k-1; with MINSCORE only "
+     "those scoring at least it, K then defaulting to all up to 10000; "
+     "with GROUPBY at most n per value of the field): key, score and the "
+     "fields asked for."},
     {"ADD", cmd_add_proc, cmd_add_exec, -4, WRITE, "write",
      "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
      "[IMAGEVEC float32-bytes] [TEXTVEC float32-bytes]",
