@@ -551,7 +551,8 @@ static int load_params(api_ctx *c, int body_allowed) {
 static void route_search(api_ctx *c) {
   static const char *const names[] = {
       "text", "image", "key", "vector", "k", "filter", "target", "hybrid",
-      "weight", "ef", "nprobe", "exact", "collapse", "fields", NULL};
+      "weight", "ef", "nprobe", "exact", "collapse", "min_score", "offset",
+      "group_by", "per", "fields", NULL};
   args a;
   args_init(&a);
   if (only(c, names) < 0)
@@ -648,6 +649,34 @@ static void route_search(api_ctx *c) {
   if (rc > 0) {
     args_str(&a, "COLLAPSE");
     args_fmt(&a, "%.17g", d);
+  }
+  if ((rc = get_num(c, "min_score", &d)) < 0)
+    goto done;
+  if (rc > 0) {
+    args_str(&a, "MINSCORE");
+    args_fmt(&a, "%.17g", d);
+  }
+  if ((rc = get_int(c, "offset", 0, VLM_DB_MAX_K, &v)) < 0)
+    goto done;
+  if (rc > 0) {
+    args_str(&a, "OFFSET");
+    args_fmt(&a, "%lld", v);
+  }
+  if ((rc = get_str(c, "group_by", &s, &n)) < 0)
+    goto done;
+  if (rc > 0) {
+    args_str(&a, "GROUPBY");
+    args_add(&a, s, n);
+  }
+  if ((rc = get_int(c, "per", 1, VLM_DB_MAX_K, &v)) < 0)
+    goto done;
+  if (rc > 0) {
+    if (!param(c, "group_by")) {
+      fail(c, 400, "per", "per is the number of hits per group_by value");
+      goto done;
+    }
+    args_str(&a, "PER");
+    args_fmt(&a, "%lld", v);
   }
   /* fields: a JSON array of names, or "caption,source" */
   const char *fields[MAX_FIELDS];

@@ -907,6 +907,38 @@ static void test_same_as_resp(void **state) {
   assert_int_equal(folded, 1);
   freeReplyObject(rr);
   hresp_free(&hr);
+  /* the query options: a score floor, a page, groups by a field */
+  rr = redisCommand(rc, "SEARCH TEXT %s K 3 OFFSET 2 MINSCORE -0.5 "
+                    "RETURN 1 caption", "an animal");
+  hr = hjson(&c, "POST", "/v1/search", 200,
+             "{\"text\":\"an animal\",\"k\":3,\"offset\":2,"
+             "\"min_score\":-0.5,\"fields\":[\"caption\"]}");
+  compare_search(rr, &hr, "paged search with a score floor");
+  assert_int_equal(json_array_size(json_object_get(hr.json, "hits")), 3);
+  freeReplyObject(rr);
+  hresp_free(&hr);
+  rr = redisCommand(rc, "SEARCH TEXT %s K 4 GROUPBY cat PER 1 RETURN 1 cat",
+                    "an animal");
+  hr = hjson(&c, "GET", "/v1/search?text=an%20animal&k=4&group_by=cat"
+             "&per=1&fields=cat", 200, NULL);
+  compare_search(rr, &hr, "grouped search");
+  {
+    json_t *gh = json_object_get(hr.json, "hits");
+    for (size_t i = 0; i < json_array_size(gh); i++)
+      for (size_t j = 0; j < i; j++) {
+        json_t *a = json_object_get(
+            json_object_get(json_array_get(gh, i), "fields"), "cat");
+        json_t *b = json_object_get(
+            json_object_get(json_array_get(gh, j), "fields"), "cat");
+        if (a && b && json_equal(a, b))
+          fail_msg("grouped search: two hits with one cat value");
+      }
+  }
+  freeReplyObject(rr);
+  hresp_free(&hr);
+  hr = hjson(&c, "GET", "/v1/search?text=a&per=2", 400, NULL);
+  expect_error(&hr, 400, "bad_request", "per");
+  hresp_free(&hr);
   hr = hjson(&c, "DELETE", "/v1/items/cat2", 200, NULL);
   hresp_free(&hr);
 
