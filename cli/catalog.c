@@ -38,6 +38,7 @@ static const char *const skip_names[VLM_SKIP_NREASONS] = {
     [VLM_SKIP_DUPLICATE] = "duplicate-key",
     [VLM_SKIP_EXISTS] = "exists",
     [VLM_SKIP_REJECTED] = "rejected",
+    [VLM_SKIP_OTHER_SHARD] = "other-shard",
 };
 
 const char *vlm_skip_reason_name(vlm_skip_reason reason) {

@@ -51,6 +51,8 @@ typedef enum {
   VLM_SKIP_DUPLICATE,     /* "duplicate-key": key seen earlier in the run */
   VLM_SKIP_EXISTS,        /* "exists": key already stored (no --upsert) */
   VLM_SKIP_REJECTED,      /* "rejected": the database refused the item */
+  VLM_SKIP_OTHER_SHARD,   /* "other-shard": the key's hash slot belongs to
+                             another shard of the database's cluster */
   VLM_SKIP_NREASONS
 } vlm_skip_reason;
 

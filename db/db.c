@@ -60,6 +60,23 @@ static int check_key(const char *key) {
   return 0;
 }
 
+/* A shard refuses keys of slots it does not hold, so a key can never be
+ * stored in two shards of a cluster; the message names the slot (the
+ * server turns it into a redirection). */
+static int check_slot(vlm_db *db, const char *key) {
+  if (!db->man.nslot_ranges)
+    return 0;
+  int slot = vlm_key_slot(key, strlen(key));
+  if (vlm__slot_mine(&db->man, slot))
+    return 0;
+  char held[128];
+  vlm_slot_ranges_format(db->man.slot_ranges, db->man.nslot_ranges, held,
+                         sizeof held);
+  return vlm_seterr(VLM_EWRONGSHARD, "key \"%.200s\" hashes to slot %d, "
+                    "which shard %d of %d (slots %s) does not hold", key,
+                    slot, db->man.shard, db->man.nshards, held);
+}
+
 /* The command line of process pid as "vlmdb serve --db x" (arguments
  * joined by spaces, cut to cap), or "" if it cannot be read. */
 static void process_command(pid_t pid, char *buf, size_t cap) {
@@ -332,6 +349,46 @@ void vlm__remove_created(const char *dir, int rmdir_too) {
     rmdir(dir);
 }
 
+/* The cluster part of a config into m: checked, ranges sorted. */
+static int set_cluster(vlm__manifest *m, const vlm_db_config *config) {
+  int n = config->nslot_ranges;
+  if (n == 0)
+    return 0;
+  const char *d = config->cluster_digest;
+  if (n < 0 || n > VLM_CLUSTER_MAX_RANGES || !config->slot_ranges)
+    return vlm_seterr(VLM_EINVAL, "create: 1..%d slot ranges",
+                      VLM_CLUSTER_MAX_RANGES);
+  if (!d || strlen(d) != 16 || strspn(d, "0123456789abcdef") != 16)
+    return vlm_seterr(VLM_EINVAL, "create: a cluster digest is 16 "
+                      "lower-case hex digits");
+  if (config->nshards < 1 || config->nshards > VLM_CLUSTER_MAX_SHARDS ||
+      config->shard < 0 || config->shard >= config->nshards)
+    return vlm_seterr(VLM_EINVAL, "create: shard %d of %d", config->shard,
+                      config->nshards);
+  memcpy(m->slot_ranges, config->slot_ranges,
+         (size_t)n * sizeof m->slot_ranges[0]);
+  for (int i = 1; i < n; i++) /* insertion sort: n is small */
+    for (int j = i; j > 0 && m->slot_ranges[j].first <
+                                 m->slot_ranges[j - 1].first; j--) {
+      vlm_slot_range t = m->slot_ranges[j];
+      m->slot_ranges[j] = m->slot_ranges[j - 1];
+      m->slot_ranges[j - 1] = t;
+    }
+  for (int i = 0; i < n; i++) {
+    const vlm_slot_range *r = &m->slot_ranges[i];
+    if (r->first < 0 || r->last >= VLM_SLOTS || r->first > r->last ||
+        (i && r->first <= m->slot_ranges[i - 1].last))
+      return vlm_seterr(VLM_EINVAL, "create: slot range [%d, %d] is outside "
+                        "0..%d, reversed, or overlaps another", r->first,
+                        r->last, VLM_SLOTS - 1);
+  }
+  m->nslot_ranges = n;
+  m->shard = config->shard;
+  m->nshards = config->nshards;
+  strcpy(m->cluster_digest, d);
+  return 0;
+}
+
 int vlm_db_create(const char *dir, const vlm_db_config *config,
                   vlm_db **out) {
   vlm__manifest m;
@@ -395,6 +452,8 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     strcpy(m.model_dir, config->model_dir);
   strcpy(m.model_family, family);
   strcpy(m.image_orientation, orient);
+  if ((rc = set_cluster(&m, config)))
+    return rc;
   if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
     return vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
   vlm_index_free(probe);
@@ -1334,15 +1393,15 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
   uint64_t bytes = 0;
   for (int i = 0; i < n; i++) {
     const vlm_write_op *op = &ops[i];
-    if (op->kind == VLM_WRITE_DELETE)
-      rc = check_key(op->item.key);
-    else if (op->kind == VLM_WRITE_ADD || op->kind == VLM_WRITE_UPSERT ||
-             op->kind == VLM_WRITE_UPDATE)
-      rc = validate_item(db, &op->item, op->kind == VLM_WRITE_UPDATE,
-                         scratch, &metas[i], &bytes);
-    else
+    if (op->kind != VLM_WRITE_ADD && op->kind != VLM_WRITE_UPSERT &&
+        op->kind != VLM_WRITE_UPDATE && op->kind != VLM_WRITE_DELETE)
       rc = vlm_seterr(VLM_EINVAL, "%s: op %d: unknown kind %d", what, i,
                       (int)op->kind);
+    else if (!(rc = check_key(op->item.key)) &&
+             !(rc = check_slot(db, op->item.key)) &&
+             op->kind != VLM_WRITE_DELETE)
+      rc = validate_item(db, &op->item, op->kind == VLM_WRITE_UPDATE,
+                         scratch, &metas[i], &bytes);
     if (rc)
       goto done;
     order[i] = op->item.key;
@@ -1713,6 +1772,15 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
            db->man.model_family);
   snprintf(info->image_orientation, sizeof info->image_orientation, "%s",
            db->man.image_orientation);
+  info->shard = db->man.nslot_ranges ? db->man.shard : -1;
+  if (db->man.nslot_ranges) {
+    info->nshards = db->man.nshards;
+    snprintf(info->cluster_digest, sizeof info->cluster_digest, "%s",
+             db->man.cluster_digest);
+    info->nslot_ranges = db->man.nslot_ranges;
+    memcpy(info->slot_ranges, db->man.slot_ranges,
+           (size_t)db->man.nslot_ranges * sizeof info->slot_ranges[0]);
+  }
   info->format_version = db->man.format_version;
   info->nfields = db->man.nfields;
   for (int i = 0; i < db->man.nfields; i++) {

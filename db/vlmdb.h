@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vlm_slot.h"
+
 typedef struct vlm_db vlm_db;
 
 typedef enum {
@@ -53,6 +55,15 @@ typedef struct {
                                 "model" (the model's own setting); every
                                 model load for the database must use it
                                 (it enters the model id when it applies) */
+  /* A shard of a cluster (vlm_slot.h), when nslot_ranges > 0: the
+   * database then holds only keys of these slots, and every write of a key
+   * of another slot fails with VLM_EWRONGSHARD naming the key and its
+   * slot.  The ranges need not be sorted but must be disjoint, within
+   * 0..VLM_SLOTS-1, at most VLM_CLUSTER_MAX_RANGES. */
+  const char *cluster_digest; /* the map's digest (vlm_cluster.digest) */
+  int shard, nshards;         /* this shard's index among nshards */
+  const vlm_slot_range *slot_ranges;
+  int nslot_ranges;
 } vlm_db_config;
 
 /* Receives warnings of open (an index file rebuilt from LMDB, recovery
@@ -254,6 +265,11 @@ typedef struct {
                              before families were recorded */
   char image_orientation[8]; /* "model", "apply" or "ignore", as
                                 vlm_db_config.image_orientation */
+  int shard;              /* this shard's index, or -1: not a shard */
+  int nshards;            /* shards in its cluster (0: not a shard) */
+  char cluster_digest[17];/* its cluster map's digest ("" if none) */
+  int nslot_ranges;       /* the slots it holds, sorted and disjoint */
+  vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);
