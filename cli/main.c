@@ -29,6 +29,8 @@ static const vlm_command commands[] = {
     {"embed", cmd_embed, "print CLIP embeddings of texts and images"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts"},
     {"train", cmd_train, "train or fine-tune a CLIP model"},
+    {"split", cmd_split, "cut a catalog into one catalog per shard"},
+    {"cluster", cmd_cluster, "check shard databases against a cluster map"},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
