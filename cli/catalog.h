@@ -34,7 +34,10 @@ typedef enum {
   VLM_CATALOG_JSONL,
   VLM_CATALOG_CSV,
   VLM_CATALOG_TSV,
-  VLM_CATALOG_DIR
+  VLM_CATALOG_DIR,
+  VLM_CATALOG_EMBEDDINGS /* a directory in clip-retrieval's layout
+                            (catalog_emb.h): precomputed vectors; AUTO
+                            takes a directory with metadata/ for one */
 } vlm_catalog_format;
 
 /* Why a row was skipped; names (vlm_skip_reason_name) appear in the ingest

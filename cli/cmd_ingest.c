@@ -50,7 +50,8 @@
 #define MAX_THREADS 256
 
 static const char usage[] =
-    "usage: vlmdb ingest --db DIR CATALOG [--images-root DIR] [--batch N]\n"
+    "usage: vlmdb ingest --db DIR (CATALOG | --embeddings DIR)\n"
+    "                    [--images-root DIR] [--batch N]\n"
     "                    [--threads N] [--upsert] [--strict] [--format F]\n"
     "                    [--model DIR] [--json] [--quiet] [--publish]\n"
     "\n"
@@ -68,7 +69,12 @@ static const char usage[] =
     "  --threads N         image decoding threads (default: all cores)\n"
     "  --upsert            replace keys that exist instead of skipping them\n"
     "  --strict            stop at the first bad row and exit with 1\n"
-    "  --format F          jsonl, csv, tsv or dir (default: from the name)\n"
+    "  --format F          jsonl, csv, tsv, dir or embeddings (default: from\n"
+    "                      the name; a directory holding metadata/ is\n"
+    "                      embeddings)\n"
+    "  --embeddings DIR    the catalog is DIR in clip-retrieval's layout\n"
+    "                      (img_emb/, text_emb/, metadata/), as `vlmdb embed\n"
+    "                      --out` writes it: the vectors are stored as given\n"
     "  --model DIR         the model, if not where the database says\n"
     "  --json              print the summary as JSON\n"
     "  -q, --quiet         no progress display\n"
@@ -863,7 +869,8 @@ static int parse_format(const char *s, vlm_catalog_format *out) {
   } formats[] = {{"jsonl", VLM_CATALOG_JSONL},
                  {"csv", VLM_CATALOG_CSV},
                  {"tsv", VLM_CATALOG_TSV},
-                 {"dir", VLM_CATALOG_DIR}};
+                 {"dir", VLM_CATALOG_DIR},
+                 {"embeddings", VLM_CATALOG_EMBEDDINGS}};
   for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
     if (!strcmp(s, formats[i].name)) {
       *out = formats[i].format;
@@ -910,6 +917,7 @@ int cmd_ingest(int argc, char **argv) {
   ing.cmd = cmd;
   long batch_size = 32, threads = sysconf(_SC_NPROCESSORS_ONLN);
   int as_json = 0, quiet = 0, publish = 0;
+  const char *embeddings = NULL;
   char tmp_dir[PATH_MAX];
   const char *final_dir = NULL;
   vlm_catalog_format format = VLM_CATALOG_AUTO;
@@ -925,6 +933,7 @@ int cmd_ingest(int argc, char **argv) {
       {"json", no_argument, NULL, 'j'},
       {"quiet", no_argument, NULL, 'q'},
       {"publish", no_argument, NULL, 'P'},
+      {"embeddings", required_argument, NULL, 'E'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -953,14 +962,20 @@ int cmd_ingest(int argc, char **argv) {
     case 'j': as_json = 1; break;
     case 'q': quiet = 1; break;
     case 'P': publish = 1; break;
+    case 'E':
+      embeddings = optarg;
+      format = VLM_CATALOG_EMBEDDINGS;
+      break;
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: fputs(usage, stderr); return VLM_EXIT_USAGE;
     }
   }
   if (!db_dir)
     return vlm_cli_usage_error(cmd, "--db DIR is required");
-  if (optind + 1 != argc)
-    return vlm_cli_usage_error(cmd, "give exactly one CATALOG");
+  if (optind + !embeddings != argc)
+    return vlm_cli_usage_error(cmd, embeddings ? "--embeddings DIR is the "
+                               "catalog: give no other" : "give exactly one "
+                               "CATALOG");
   if (publish) {
     /* DIR.tmp is the database; DIR appears when it is complete. */
     if (vlm_cli_publish_tmp(cmd, db_dir, tmp_dir, sizeof tmp_dir))
@@ -986,7 +1001,7 @@ int cmd_ingest(int argc, char **argv) {
   }
   if (threads < 1)
     threads = 1;
-  ing.catalog_path = argv[optind];
+  ing.catalog_path = embeddings ? embeddings : argv[optind];
   ing.batch_size = (int)batch_size;
   ing.max_rows = (int)batch_size * ROWS_PER_GOOD;
   ing.nworkers = (int)threads;
