@@ -316,8 +316,9 @@ static int map_metadata(const json_t *in, vlm_catalog_row *row,
   const json_t *caption = json_object_get(in, "caption");
   if (caption && !json_is_null(caption))
     json_object_set(o, "caption", (json_t *)caption);
-  const json_t *source = json_is_string(path) ? path
-                         : json_object_get(in, "source");
+  const json_t *source = json_object_get(in, "source");
+  if (!source || json_is_null(source))
+    source = path;
   if (!source || json_is_null(source))
     source = json_object_get(in, "url");
   if (source && !json_is_null(source))

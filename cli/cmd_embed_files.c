@@ -62,6 +62,7 @@ typedef struct {
   int n;
   float *pixels, *image_out, *text_out;
   long written, images, texts, bad, other_shard;
+  long keyless;          /* with a cluster: bad rows without a key */
 } embedder;
 
 static void report(embedder *e, const char *catalog,
@@ -299,6 +300,7 @@ int cmd_embed_files(int argc, char **argv) {
       continue;
     }
     if (row->error) {
+      e.keyless += cluster && !row->key;
       report(&e, catalog, row, row->message);
       vlm_catalog_row_clear(row);
       continue;
@@ -335,7 +337,7 @@ int cmd_embed_files(int argc, char **argv) {
            e.written, out_dir, name, e.images, e.texts, e.bad, e.other_shard);
   }
   /* exit 1 when rows failed and none was written, as ingest */
-  status = e.bad && !e.written ? VLM_EXIT_RUNTIME : VLM_EXIT_OK;
+  status = e.bad > e.keyless && !e.written ? VLM_EXIT_RUNTIME : VLM_EXIT_OK;
 done:
   vlm__emb_writer_abort(e.out);
   for (int i = 0; e.rows && i < e.batch; i++)

@@ -165,6 +165,7 @@ typedef struct {
 
   /* results; written by the writer (and the reader before it starts) */
   long rows_done, ingested;
+  long keyless;           /* a shard's bad rows without a key */
   long skipped[VLM_SKIP_NREASONS];
   double model_load_s;    /* time spent loading the model, inside elapsed */
   vlm_progress progress;
@@ -536,6 +537,8 @@ static int write_batch(ingest *ing, batch *b) {
     if (row->error == VLM_SKIP_NONE)
       continue;
     if (row->error != VLM_SKIP_EXISTS && row->error != VLM_SKIP_OTHER_SHARD) {
+      if (!row->key && ing->slot_mine)
+        ing->keyless++; /* every shard reports it: it is none's */
       report_row(ing, row);
       if (ing->strict)
         stop_at = i;
@@ -786,6 +789,11 @@ static int read_catalog(ingest *ing, vlm_catalog *cat) {
     if (rc == 0)
       break;
     b->n++;
+    if (it->row.error && it->row.key && ing->slot_mine &&
+        !ing->slot_mine[vlm_key_slot(it->row.key, strlen(it->row.key))]) {
+      /* a bad row of another shard is that shard's to report */
+      set_item_error(it, VLM_SKIP_OTHER_SHARD, "bad row of another shard");
+    }
     if (!it->row.error && classify_row(ing, b, it)) {
       status = -1;
       break;
@@ -1112,7 +1120,10 @@ int cmd_ingest(int argc, char **argv) {
     if (r != VLM_SKIP_EXISTS && r != VLM_SKIP_OTHER_SHARD)
       errors += ing.skipped[r];
   /* "Nothing could be ingested": no row is stored now, neither by this
-   * run nor by an earlier one, and some failed. */
+   * run nor by an earlier one, and some failed.  A shard's failures are
+   * its own rows' (a row without a key is every shard's to report, and
+   * a shard may hold no row of the catalog). */
+  errors -= ing.keyless;
   if (ing.failed || ing.strict_stopped || interrupted ||
       (ing.ingested + ing.skipped[VLM_SKIP_EXISTS] == 0 && errors > 0))
     status = VLM_EXIT_RUNTIME;

@@ -374,15 +374,20 @@ static int set_cluster(vlm__manifest *m, const vlm_db_config *config) {
       m->slot_ranges[j] = m->slot_ranges[j - 1];
       m->slot_ranges[j - 1] = t;
     }
+  int merged = 0;
   for (int i = 0; i < n; i++) {
     const vlm_slot_range *r = &m->slot_ranges[i];
     if (r->first < 0 || r->last >= VLM_SLOTS || r->first > r->last ||
-        (i && r->first <= m->slot_ranges[i - 1].last))
+        (merged && r->first <= m->slot_ranges[merged - 1].last))
       return vlm_seterr(VLM_EINVAL, "create: slot range [%d, %d] is outside "
                         "0..%d, reversed, or overlaps another", r->first,
                         r->last, VLM_SLOTS - 1);
+    if (merged && r->first == m->slot_ranges[merged - 1].last + 1)
+      m->slot_ranges[merged - 1].last = r->last; /* adjacent: one range */
+    else
+      m->slot_ranges[merged++] = *r;
   }
-  m->nslot_ranges = n;
+  m->nslot_ranges = merged;
   m->shard = config->shard;
   m->nshards = config->nshards;
   strcpy(m->cluster_digest, d);

@@ -1,0 +1,1601 @@
+/* test_cluster.c - sharded builds: Redis Cluster's hash slots (against
+ * slots a real redis-server computed), cluster maps, a database as one
+ * shard (refusing other slots' keys, in the library and over the server),
+ * `vlmdb init/ingest/split/cluster check` across shards against a single
+ * database built from the same catalog, atomic publishing under kill -9,
+ * and embeddings as files: .npy against files NumPy wrote, and
+ * clip-retrieval's layout written by `vlmdb embed` and read by ingest. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/files.h"
+#include "util/util.h"
+#include "vlm_error.h"
+#include "vlm_npy.h"
+#include "vlm_slot.h"
+#include "vlmdb.h"
+
+#define MODEL "tests/fixtures/clip-tiny"
+#define NPY "tests/fixtures/npy"
+#define DIM 48 /* clip-tiny's */
+
+/* ------------------------------------------------------------ helpers */
+
+static pid_t running_child;
+
+static int setup_tmpdir(void **state) {
+  char *dir = strdup("/tmp/vlm_test_cluster.XXXXXX");
+  assert_non_null(mkdtemp(dir));
+  *state = dir;
+  return 0;
+}
+
+static int teardown_tmpdir(void **state) {
+  if (running_child > 0) {
+    kill(running_child, SIGKILL);
+    waitpid(running_child, NULL, 0);
+    running_child = 0;
+  }
+  vlm_test_rm_rf(*state);
+  free(*state);
+  return 0;
+}
+
+static char *path_in(const char *dir, const char *name) {
+  char *p = malloc(PATH_MAX);
+  assert_non_null(p);
+  snprintf(p, PATH_MAX, "%s/%s", dir, name);
+  return p;
+}
+
+static void put_text(const char *dir, const char *name, const char *text) {
+  char *p = path_in(dir, name);
+  vlm_test_spit(p, text, strlen(text));
+  free(p);
+}
+
+static char *slurp_text(const char *path) {
+  size_t len;
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return strdup("");
+  fclose(f);
+  uint8_t *d = vlm_test_slurp(path, &len);
+  char *s = malloc(len + 1);
+  memcpy(s, d, len);
+  s[len] = '\0';
+  free(d);
+  return s;
+}
+
+static char *vlmdb_path(void) {
+  const char *build = getenv("BUILD");
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/vlmdb", build && *build ? build : "build");
+  char *abs = realpath(path, NULL);
+  if (!abs)
+    fail_msg("%s not found: build it first (make %s)", path, path);
+  return abs;
+}
+
+/* `vlmdb args...` with stdout and stderr into dir/.stdout and .stderr;
+ * env: NULL-terminated NAME=VALUE pairs set in the child (the shard
+ * variables are cleared first, so the caller's environment never picks a
+ * shard). */
+static pid_t spawn_env(const char *dir, const char *const *env,
+                       const char *const *args) {
+  char *bin = vlmdb_path();
+  char out[PATH_MAX], err[PATH_MAX];
+  snprintf(out, sizeof out, "%s/.stdout", dir);
+  snprintf(err, sizeof err, "%s/.stderr", dir);
+  const char *argv[64] = {bin};
+  int n = 1;
+  for (; args[n - 1]; n++) {
+    assert_true(n < 63);
+    argv[n] = args[n - 1];
+  }
+  argv[n] = NULL;
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fi = open("/dev/null", O_RDONLY);
+    if (fo < 0 || fe < 0 || fi < 0)
+      _exit(127);
+    dup2(fo, 1);
+    dup2(fe, 2);
+    dup2(fi, 0);
+    unsetenv("SLURM_ARRAY_TASK_ID");
+    unsetenv("JOB_COMPLETION_INDEX");
+    unsetenv("VLMDB_SHARD");
+    for (int i = 0; env && env[i]; i++)
+      putenv((char *)env[i]);
+    setenv("VLMDB_PROGRESS", "lines", 1);
+    setenv("VLMDB_PROGRESS_INTERVAL", "0.02", 1);
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  free(bin);
+  return pid;
+}
+
+static int run_env(const char *dir, char **out, char **err,
+                   const char *const *env, const char *const *args) {
+  pid_t pid = spawn_env(dir, env, args);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/.stdout", dir);
+  char *o = slurp_text(path);
+  snprintf(path, sizeof path, "%s/.stderr", dir);
+  char *e = slurp_text(path);
+  if (out)
+    *out = o;
+  else
+    free(o);
+  if (err)
+    *err = e;
+  else
+    free(e);
+  if (!WIFEXITED(st))
+    fail_msg("vlmdb %s died with signal %d", args[0], WTERMSIG(st));
+  return WEXITSTATUS(st);
+}
+
+#define RUN(dir, out, err, ...)                                             \
+  run_env(dir, out, err, NULL, (const char *const[]){__VA_ARGS__, NULL})
+#define RUN_ENV(dir, out, err, env, ...)                                    \
+  run_env(dir, out, err, (const char *const[]){env, NULL},                 \
+          (const char *const[]){__VA_ARGS__, NULL})
+
+static char *run_ok(const char *dir, const char *const *args) {
+  char *out, *err;
+  int rc = run_env(dir, &out, &err, NULL, args);
+  if (rc != 0) {
+    print_error("vlmdb %s exited %d:\n%s\n", args[0], rc, err);
+    free(out);
+    free(err);
+    fail();
+  }
+  free(err);
+  return out;
+}
+#define RUN_OK(dir, ...) run_ok(dir, (const char *const[]){__VA_ARGS__, NULL})
+
+static json_t *parse_json(const char *text) {
+  json_error_t jerr;
+  json_t *v = json_loads(text, 0, &jerr);
+  if (!v)
+    fail_msg("not JSON (%s): %s", jerr.text, text);
+  return v;
+}
+
+static long json_int_at(json_t *o, const char *a, const char *b) {
+  json_t *v = json_object_get(o, a);
+  if (b)
+    v = json_object_get(v, b);
+  if (!json_is_integer(v))
+    fail_msg("no integer %s%s%s", a, b ? "." : "", b ? b : "");
+  return (long)json_integer_value(v);
+}
+
+static void assert_contains(const char *text, const char *want) {
+  if (!strstr(text, want))
+    fail_msg("expected \"%s\" in:\n%s", want, text);
+}
+
+static int exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+static void copy_file(const char *from, const char *to) {
+  size_t len;
+  uint8_t *d = vlm_test_slurp(from, &len);
+  vlm_test_spit(to, d, len);
+  free(d);
+}
+
+/* ------------------------------------------------------- hash slots */
+
+/* Every key of tests/fixtures/keyslots.jsonl (hash tags, empty tags,
+ * braces in every order, UTF-8, and 200 random keys of braces and
+ * letters) has the slot redis-server 7.0's CLUSTER KEYSLOT gave it. */
+static void test_key_slots_match_redis(void **state) {
+  (void)state;
+  assert_int_equal(vlm_crc16("123456789", 9), 0x31C3);
+  assert_int_equal(vlm_key_slot("123456789", 9), 12739);
+  assert_int_equal(vlm_key_slot("{user1000}.following", 20),
+                   vlm_key_slot("{user1000}.followers", 20));
+  assert_int_equal(vlm_key_slot("{user1000}.following", 20),
+                   vlm_key_slot("user1000", 8));
+  FILE *f = fopen("tests/fixtures/keyslots.jsonl", "r");
+  assert_non_null(f);
+  char line[1024];
+  int n = 0, tagged = 0;
+  while (fgets(line, sizeof line, f)) {
+    json_t *o = parse_json(line);
+    json_t *k = json_object_get(o, "key");
+    const char *key = json_string_value(k);
+    size_t len = json_string_length(k);
+    int want = (int)json_integer_value(json_object_get(o, "slot"));
+    int got = vlm_key_slot(key, len);
+    if (got != want)
+      fail_msg("key \"%s\": slot %d, redis says %d", key, got, want);
+    tagged += strchr(key, '{') != NULL;
+    n++;
+    json_decref(o);
+  }
+  fclose(f);
+  print_message("%d keys, %d with braces, all in Redis's slots\n", n, tagged);
+  assert_true(n > 200 && tagged > 50);
+}
+
+/* --------------------------------------------------------- cluster maps */
+
+static vlm_cluster *parse_map(const char *text) {
+  vlm_cluster *c = NULL;
+  int rc = vlm_cluster_parse(text, strlen(text), "map", NULL, NULL, &c);
+  if (rc)
+    fail_msg("%s: %s", text, vlm_errmsg());
+  return c;
+}
+
+static void test_cluster_map_valid(void **state) {
+  (void)state;
+  vlm_cluster *c = parse_map(
+      "{\"shards\": [{\"id\": 2, \"slots\": [[16000, 16383], [0, 99]]},"
+      " {\"id\": 0, \"slots\": [[100, 8000], [8001, 9000]],"
+      "  \"addresses\": [\"10.0.0.1:7878\", \"h:1\"]},"
+      " {\"id\": 1, \"slots\": [[9001, 15999]]}]}");
+  assert_int_equal(c->nshards, 3);
+  assert_int_equal(c->shards[0].nranges, 1); /* adjacent ranges merged */
+  assert_int_equal(c->shards[0].ranges[0].first, 100);
+  assert_int_equal(c->shards[0].ranges[0].last, 9000);
+  assert_int_equal(c->shards[0].naddresses, 2);
+  assert_string_equal(c->shards[0].addresses[0], "10.0.0.1:7878");
+  assert_int_equal(c->shards[2].nranges, 2); /* sorted */
+  assert_int_equal(c->shards[2].ranges[0].first, 0);
+  for (int s = 0; s < VLM_SLOTS; s++) {
+    int want = s < 100 ? 2 : s <= 9000 ? 0 : s <= 15999 ? 1 : 2;
+    if (c->owner[s] != want)
+      fail_msg("slot %d: shard %d, want %d", s, c->owner[s], want);
+  }
+  assert_int_equal(vlm_cluster_shard_of(c, "123456789", 9), 1); /* 12739 */
+  /* the digest is the slot assignment's: the same with other addresses,
+   * ranges split or ordered otherwise; another when a slot moves */
+  vlm_cluster *same = parse_map(
+      "{\"shards\": [{\"id\": 0, \"slots\": [[100, 9000]]},"
+      " {\"id\": 1, \"slots\": [[9001, 12000], [12001, 15999]],"
+      "  \"addresses\": [\"x:9\"]},"
+      " {\"id\": 2, \"slots\": [[0, 99], [16000, 16383]]}]}");
+  assert_string_equal(c->digest, same->digest);
+  vlm_cluster *moved = parse_map(
+      "{\"shards\": [{\"id\": 0, \"slots\": [[100, 9001]]},"
+      " {\"id\": 1, \"slots\": [[9002, 15999]]},"
+      " {\"id\": 2, \"slots\": [[0, 99], [16000, 16383]]}]}");
+  assert_string_not_equal(c->digest, moved->digest);
+  assert_int_equal(strlen(c->digest), 16);
+  vlm_cluster_free(c);
+  vlm_cluster_free(same);
+  vlm_cluster_free(moved);
+}
+
+static void count_problem(void *arg, const char *p) {
+  (void)p;
+  (*(int *)arg)++;
+}
+
+static void test_cluster_map_hostile(void **state) {
+  (void)state;
+  static const struct {
+    const char *text, *want;
+  } cases[] = {
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 8191]]},"
+       " {\"id\": 1, \"slots\": [[8000, 16383]]}]}",
+       "shard 1 range [8000, 16383] overlaps shard 0 range [0, 8191]"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 8191]]},"
+       " {\"id\": 1, \"slots\": [[8200, 16383]]}]}",
+       "slots 8192-8199 belong to no shard"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 100], [50, 16383]]}]}",
+       "shard 0: ranges [0, 100] and [50, 16383] overlap"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16384]]}]}",
+       "range [0, 16384] is not within 0..16383"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[9, 3]]}]}",
+       "range [9, 3] is not within"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[-1, 16383]]}]}",
+       "range [-1, 16383]"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, \"16383\"]]}]}",
+       "slots[0] is not a [first, last] pair"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 1.5e3]]}]}",
+       "slots[0] is not a [first, last] pair"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383, 5]]}]}",
+       "slots[0] is not a [first, last] pair"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": []}]}",
+       "\"slots\" must be a non-empty array"},
+      {"{\"shards\": [{\"id\": 1, \"slots\": [[0, 16383]]}]}",
+       "needs an \"id\" in 0..0"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 8191]]},"
+       " {\"id\": 0, \"slots\": [[8192, 16383]]}]}",
+       "shard id 0 given twice"},
+      {"{\"shards\": [{\"slots\": [[0, 16383]]}]}", "needs an \"id\""},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]], \"weight\": 1}]}",
+       "unknown member \"weight\""},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]]}], \"x\": 1}",
+       "unknown member \"x\""},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]],"
+       " \"addresses\": [\"nohost\"]}]}",
+       "addresses[0] is not \"host:port\""},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]],"
+       " \"addresses\": [\"h:99999\"]}]}",
+       "addresses[0] is not \"host:port\""},
+      {"{\"shards\": []}", "non-empty \"shards\" array"},
+      {"[1, 2]", "non-empty \"shards\" array"},
+      {"{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]]}]", "not valid JSON"},
+      {"{\"shards\": [{\"id\": 0, \"id\": 0, \"slots\": [[0, 16383]]}]}",
+       "not valid JSON"},
+      {"", "not valid JSON"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    vlm_cluster *c = NULL;
+    int rc = vlm_cluster_parse(cases[i].text, strlen(cases[i].text),
+                               "cluster.json", NULL, NULL, &c);
+    if (rc != VLM_EFORMAT || c)
+      fail_msg("case %zu accepted (%d): %s", i, rc, cases[i].text);
+    if (!strstr(vlm_errmsg(), cases[i].want))
+      fail_msg("case %zu: \"%s\" lacks \"%s\"", i, vlm_errmsg(),
+               cases[i].want);
+    assert_int_equal(strncmp(vlm_errmsg(), "cluster.json: ", 14), 0);
+  }
+  /* every problem is reported, not just the first */
+  const char *two = "{\"shards\": [{\"id\": 0, \"slots\": [[0, 8191]]},"
+                    " {\"id\": 1, \"slots\": [[8000, 9000], [10000, 16383]]}]}";
+  int count = 0;
+  vlm_cluster *c = NULL;
+  assert_int_equal(vlm_cluster_parse(two, strlen(two), "m", count_problem,
+                                     &count, &c),
+                   VLM_EFORMAT);
+  assert_int_equal(count, 2); /* the overlap and the gap 9001-9999 */
+  assert_contains(vlm_errmsg(), "and more problems");
+  VLM_EXPECT_ERR(VLM_ENOTFOUND,
+                 vlm_cluster_load("/nonexistent/cluster.json", NULL, NULL, &c));
+  assert_contains(vlm_errmsg(), "/nonexistent/cluster.json");
+}
+
+static void test_shard_index(void **state) {
+  (void)state;
+  int s = -1;
+  unsetenv("SLURM_ARRAY_TASK_ID");
+  unsetenv("JOB_COMPLETION_INDEX");
+  unsetenv("VLMDB_SHARD");
+  VLM_CHECK(vlm_shard_index("3", 4, &s));
+  assert_int_equal(s, 3);
+  const char *bad[] = {"4", "-1", "x", "", " 1", "1 ", "+1", "0x1", "1e0",
+                       "99999999999999999999"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    if (vlm_shard_index(bad[i], 4, &s) != VLM_EINVAL)
+      fail_msg("--shard '%s' accepted", bad[i]);
+    assert_contains(vlm_errmsg(), "not a shard index in 0..3");
+  }
+  VLM_EXPECT_ERR(VLM_EINVAL, vlm_shard_index("auto", 4, &s));
+  assert_contains(vlm_errmsg(), "none of SLURM_ARRAY_TASK_ID");
+  setenv("VLMDB_SHARD", "1", 1);
+  VLM_CHECK(vlm_shard_index("auto", 4, &s));
+  assert_int_equal(s, 1);
+  setenv("JOB_COMPLETION_INDEX", "2", 1);
+  VLM_CHECK(vlm_shard_index("auto", 4, &s));
+  assert_int_equal(s, 2);
+  setenv("SLURM_ARRAY_TASK_ID", "0", 1);
+  VLM_CHECK(vlm_shard_index("auto", 4, &s));
+  assert_int_equal(s, 0);
+  setenv("SLURM_ARRAY_TASK_ID", "7", 1);
+  VLM_EXPECT_ERR(VLM_EINVAL, vlm_shard_index("auto", 4, &s));
+  assert_contains(vlm_errmsg(), "SLURM_ARRAY_TASK_ID is '7'");
+  setenv("SLURM_ARRAY_TASK_ID", "", 1); /* empty: the next one counts */
+  VLM_CHECK(vlm_shard_index("auto", 4, &s));
+  assert_int_equal(s, 2);
+  unsetenv("SLURM_ARRAY_TASK_ID");
+  unsetenv("JOB_COMPLETION_INDEX");
+  unsetenv("VLMDB_SHARD");
+}
+
+/* ------------------------------------------------ the database as a shard */
+
+static void unit_vector(float *v, uint64_t *seed) {
+  double ss = 0;
+  for (int i = 0; i < DIM; i++) {
+    v[i] = (float)(vlm_test_uniform(seed) * 2 - 1);
+    ss += (double)v[i] * v[i];
+  }
+  for (int i = 0; i < DIM; i++)
+    v[i] = (float)(v[i] / sqrt(ss));
+}
+
+/* A key of a slot >= 8192 (high) or < 4096. */
+static void key_on_side(char *buf, size_t cap, int high, int *n) {
+  for (;; (*n)++) {
+    snprintf(buf, cap, "key-%d", *n);
+    int slot = vlm_key_slot(buf, strlen(buf));
+    if (high ? slot >= 8192 : slot < 4096)
+      return;
+  }
+}
+
+static void test_db_refuses_other_slots(void **state) {
+  const char *dir = *state;
+  char *path = path_in(dir, "shard0");
+  vlm_slot_range mine[2] = {{5000, 8191}, {0, 4095}}; /* unsorted */
+  vlm_db_config cfg = {.dim = DIM, .model_id = "m", .index_factory = "Flat",
+                       .cluster_digest = "0123456789abcdef", .shard = 0,
+                       .nshards = 2, .slot_ranges = mine, .nslot_ranges = 2};
+  vlm_db *db;
+  VLM_CHECK(vlm_db_create(path, &cfg, &db));
+  uint64_t seed = 1;
+  float v[DIM];
+  unit_vector(v, &seed);
+  char mine_key[32], other_key[32];
+  int n = 0;
+  key_on_side(mine_key, sizeof mine_key, 0, &n);
+  key_on_side(other_key, sizeof other_key, 1, &n);
+  vlm_item items[2] = {{.key = mine_key, .image_vec = v},
+                       {.key = other_key, .image_vec = v}};
+  int written = -1;
+  VLM_EXPECT_ERR(VLM_EWRONGSHARD, vlm_db_put(db, items, 2, 0, &written));
+  assert_int_equal(written, 0);
+  char want[128];
+  snprintf(want, sizeof want, "key \"%s\" hashes to slot %d", other_key,
+           vlm_key_slot(other_key, strlen(other_key)));
+  assert_contains(vlm_errmsg(), want);
+  assert_contains(vlm_errmsg(), "shard 0 of 2 (slots 0-4095,5000-8191)");
+  assert_int_equal(vlm_db_exists(db, mine_key), 0); /* nothing written */
+  VLM_CHECK(vlm_db_put(db, items, 1, 0, &written));
+  assert_int_equal(written, 1);
+  const char *del[] = {other_key};
+  VLM_EXPECT_ERR(VLM_EWRONGSHARD, vlm_db_delete(db, del, 1, NULL));
+  vlm_write_op up = {.kind = VLM_WRITE_UPDATE,
+                     .item = {.key = other_key, .caption = "x"}};
+  VLM_EXPECT_ERR(VLM_EWRONGSHARD, vlm_db_write(db, &up, 1, NULL));
+  vlm_db_close(db);
+  /* the manifest keeps it */
+  VLM_CHECK(vlm_db_open(path, NULL, &db));
+  vlm_db_info info;
+  VLM_CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.shard, 0);
+  assert_int_equal(info.nshards, 2);
+  assert_string_equal(info.cluster_digest, "0123456789abcdef");
+  assert_int_equal(info.nslot_ranges, 2);
+  assert_int_equal(info.slot_ranges[0].first, 0);
+  assert_int_equal(info.slot_ranges[0].last, 4095);
+  assert_int_equal(info.slot_ranges[1].first, 5000);
+  assert_int_equal(info.slot_ranges[1].last, 8191);
+  VLM_EXPECT_ERR(VLM_EWRONGSHARD, vlm_db_put(db, &items[1], 1, 0, NULL));
+  assert_int_equal(info.items, 1);
+  vlm_db_close(db);
+  /* a database of no cluster takes every key and says so */
+  char *plain = path_in(dir, "plain");
+  vlm_db_config pc = {.dim = DIM, .model_id = "m", .index_factory = "Flat"};
+  VLM_CHECK(vlm_db_create(plain, &pc, &db));
+  VLM_CHECK(vlm_db_put(db, items, 2, 0, &written));
+  assert_int_equal(written, 2);
+  VLM_CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.shard, -1);
+  vlm_db_close(db);
+  /* adjacent ranges are one */
+  char *adj = path_in(dir, "adjacent");
+  vlm_slot_range two[2] = {{101, 16383}, {0, 100}};
+  vlm_db_config ac = cfg;
+  ac.slot_ranges = two;
+  VLM_CHECK(vlm_db_create(adj, &ac, &db));
+  VLM_CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.nslot_ranges, 1);
+  assert_int_equal(info.slot_ranges[0].last, 16383);
+  vlm_db_close(db);
+  free(adj);
+  /* bad cluster configs */
+  char *bad = path_in(dir, "bad");
+  vlm_slot_range overlap[2] = {{0, 100}, {100, 200}};
+  vlm_db_config bc = cfg;
+  bc.slot_ranges = overlap;
+  VLM_EXPECT_ERR(VLM_EINVAL, vlm_db_create(bad, &bc, &db));
+  bc = cfg;
+  bc.shard = 2;
+  VLM_EXPECT_ERR(VLM_EINVAL, vlm_db_create(bad, &bc, &db));
+  bc = cfg;
+  bc.cluster_digest = "xyz";
+  VLM_EXPECT_ERR(VLM_EINVAL, vlm_db_create(bad, &bc, &db));
+  assert_false(exists(bad));
+  free(bad);
+  free(plain);
+  free(path);
+}
+
+/* ---------------------------------------------------------------- npy */
+
+static float *read_npy(const char *path, int64_t *rows, int64_t *cols) {
+  vlm_npy *n;
+  VLM_CHECK(vlm_npy_open(path, &n));
+  const vlm_npy_header *h = vlm_npy_info(n);
+  *rows = h->rows;
+  *cols = h->cols;
+  float *v = malloc((size_t)(h->rows * h->cols + 1) * sizeof *v);
+  VLM_CHECK(vlm_npy_read_rows(n, 0, h->rows, v));
+  vlm_npy_close(n);
+  return v;
+}
+
+static void assert_same_bytes(const char *a, const char *b) {
+  size_t la, lb;
+  uint8_t *x = vlm_test_slurp(a, &la), *y = vlm_test_slurp(b, &lb);
+  if (la != lb || memcmp(x, y, la))
+    fail_msg("%s (%zu bytes) differs from %s (%zu bytes)", a, la, b, lb);
+  free(x);
+  free(y);
+}
+
+static void test_npy_against_numpy(void **state) {
+  const char *dir = *state;
+  int64_t r, c, r2, c2;
+  float *x = read_npy(NPY "/m.f32.npy", &r, &c);
+  assert_int_equal(r, 5);
+  assert_int_equal(c, 7);
+  assert_true(x[2] == 65504.0f && x[3] == 65520.0f && signbit(x[1]));
+  /* float16 widened: bit-equal to NumPy's astype(float32) */
+  float *h = read_npy(NPY "/m.f16.npy", &r2, &c2);
+  float *hw = read_npy(NPY "/m.f16as32.npy", &r, &c);
+  assert_int_equal(r2 * c2, r * c);
+  for (int i = 0; i < r * c; i++)
+    if (memcmp(&h[i], &hw[i], sizeof(float)))
+      fail_msg("value %d: %.9g read from float16, numpy says %.9g", i, h[i],
+               hw[i]);
+  /* format 2.0 */
+  float *v2 = read_npy(NPY "/m.v2.npy", &r2, &c2);
+  assert_memory_equal(v2, x, (size_t)(r * c) * sizeof(float));
+  /* written: NumPy's own bytes, float32 and float16 (its rounding, ties
+   * to even, overflow to infinity) */
+  char *w32 = path_in(dir, "w32.npy"), *w16 = path_in(dir, "w16.npy");
+  VLM_CHECK(vlm_npy_write(w32, x, 5, 7, VLM_NPY_F32));
+  VLM_CHECK(vlm_npy_write(w16, x, 5, 7, VLM_NPY_F16));
+  assert_same_bytes(w32, NPY "/m.f32.npy");
+  assert_same_bytes(w16, NPY "/m.f16.npy");
+  char *we = path_in(dir, "we.npy");
+  VLM_CHECK(vlm_npy_write(we, x, 0, 7, VLM_NPY_F32));
+  assert_same_bytes(we, NPY "/empty.npy");
+  float *e = read_npy(we, &r2, &c2);
+  assert_int_equal(r2, 0);
+  assert_int_equal(c2, 7);
+  free(e);
+  free(we);
+  free(w32);
+  free(w16);
+  free(x);
+  free(h);
+  free(hw);
+  free(v2);
+}
+
+static void expect_npy_error(const char *path, int code, const char *want) {
+  vlm_npy *n = NULL;
+  int rc = vlm_npy_open(path, &n);
+  if (rc != code)
+    fail_msg("%s: %s (%d), want %s", path, vlm_errname(rc), rc,
+             vlm_errname(code));
+  assert_null(n);
+  assert_contains(vlm_errmsg(), want);
+  assert_contains(vlm_errmsg(), path);
+}
+
+static void mutate(const char *dir, const char *name, const char *from,
+                   const char *old, const char *new_text, char *out) {
+  size_t len;
+  uint8_t *d = vlm_test_slurp(from, &len);
+  snprintf(out, PATH_MAX, "%s/%s", dir, name);
+  char *at = memmem(d, len, old, strlen(old));
+  assert_non_null(at);
+  assert_int_equal(strlen(old), strlen(new_text)); /* same header length */
+  memcpy(at, new_text, strlen(new_text));
+  vlm_test_spit(out, d, len);
+  free(d);
+}
+
+static void test_npy_hostile(void **state) {
+  const char *dir = *state;
+  expect_npy_error(NPY "/fortran.npy", VLM_EUNSUPPORTED, "Fortran order");
+  expect_npy_error(NPY "/f8.npy", VLM_EUNSUPPORTED, "dtype '<f8'");
+  expect_npy_error(NPY "/be.npy", VLM_EUNSUPPORTED, "dtype '>f4'");
+  expect_npy_error(NPY "/1d.npy", VLM_EUNSUPPORTED, "1 dimensions");
+  expect_npy_error(NPY "/3d.npy", VLM_EUNSUPPORTED, "3 dimensions");
+  char p[PATH_MAX];
+  size_t len;
+  uint8_t *d = vlm_test_slurp(NPY "/m.f32.npy", &len);
+  snprintf(p, sizeof p, "%s/short.npy", dir);
+  vlm_test_spit(p, d, len - 1);
+  expect_npy_error(p, VLM_EFORMAT, "truncated");
+  snprintf(p, sizeof p, "%s/long.npy", dir);
+  uint8_t *longer = calloc(len + 4, 1);
+  memcpy(longer, d, len);
+  vlm_test_spit(p, longer, len + 4);
+  expect_npy_error(p, VLM_EFORMAT, "4 bytes after the data");
+  snprintf(p, sizeof p, "%s/header-only.npy", dir);
+  vlm_test_spit(p, d, 60);
+  expect_npy_error(p, VLM_EFORMAT, "truncated header");
+  snprintf(p, sizeof p, "%s/tiny.npy", dir);
+  vlm_test_spit(p, d, 5);
+  expect_npy_error(p, VLM_EFORMAT, "not a .npy file");
+  free(longer);
+  free(d);
+  mutate(dir, "magic.npy", NPY "/m.f32.npy", "NUMPY", "NUMPI", p);
+  expect_npy_error(p, VLM_EFORMAT, "not a .npy file");
+  mutate(dir, "ver.npy", NPY "/m.f32.npy", "NUMPY\x01", "NUMPY\x09", p);
+  expect_npy_error(p, VLM_EUNSUPPORTED, "version 9.0");
+  mutate(dir, "key.npy", NPY "/m.f32.npy", "'descr'", "'dtype'", p);
+  expect_npy_error(p, VLM_EFORMAT, "header key 'dtype' unknown");
+  mutate(dir, "twice.npy", NPY "/m.f32.npy", "'fortran_order': False",
+         "'descr'        : '<f4'", p);
+  expect_npy_error(p, VLM_EFORMAT, "given twice");
+  mutate(dir, "neg.npy", NPY "/m.f32.npy", "(5, 7)", "(-5,7)", p);
+  expect_npy_error(p, VLM_EFORMAT, "not the dict numpy writes");
+  mutate(dir, "bool.npy", NPY "/m.f32.npy", "False", "Fals ", p);
+  expect_npy_error(p, VLM_EFORMAT, "not the dict numpy writes");
+  mutate(dir, "nl.npy", NPY "/m.f32.npy", " \n", "  ", p);
+  expect_npy_error(p, VLM_EFORMAT, "does not end with a newline");
+  mutate(dir, "missing.npy", NPY "/m.f32.npy", "'shape': (5, 7), ",
+         "                 ", p);
+  expect_npy_error(p, VLM_EFORMAT, "lacks 'shape'");
+  /* a shape whose byte count overflows 64 bits */
+  mutate(dir, "huge.npy", NPY "/m.f32.npy",
+         "(5, 7), }                   ", "(99999999999, 9999999999), }", p);
+  expect_npy_error(p, VLM_EFORMAT, "truncated");
+  /* reading past the rows */
+  vlm_npy *n;
+  VLM_CHECK(vlm_npy_open(NPY "/m.f32.npy", &n));
+  float row[7];
+  VLM_EXPECT_ERR(VLM_EINVAL, vlm_npy_read_rows(n, 5, 1, row));
+  VLM_CHECK(vlm_npy_read_rows(n, 4, 1, row));
+  vlm_npy_close(n);
+  expect_npy_error("/nonexistent.npy", VLM_ENOTFOUND, "nonexistent");
+}
+
+/* ---------------------------------------------- shards end to end (CLI) */
+
+#define NROWS 240
+
+static const char map3[] =
+    "{\"shards\": [{\"id\": 0, \"slots\": [[0, 5000], [12000, 13000]]},"
+    " {\"id\": 1, \"slots\": [[5001, 11999]], \"addresses\": [\"h1:7878\"]},"
+    " {\"id\": 2, \"slots\": [[13001, 16383]]}]}";
+
+/* A catalog of NROWS items with precomputed vectors (no model work), a
+ * caption, a year, and for every fifth row an image path relative to the
+ * catalog (for split to make absolute; the image gives the thumbnail). */
+static void write_vector_catalog(const char *dir, const char *name) {
+  char *p = path_in(dir, name);
+  FILE *f = fopen(p, "w");
+  assert_non_null(f);
+  uint64_t seed = 18;
+  for (int i = 0; i < NROWS; i++) {
+    float iv[DIM], tv[DIM];
+    unit_vector(iv, &seed);
+    unit_vector(tv, &seed);
+    fprintf(f, "{\"key\": \"%s%d\"", i % 7 ? "item" : "{tagged}item", i);
+    if (i % 5 == 0)
+      fprintf(f, ", \"image\": \"img/photo_rgb.jpg\"");
+    fprintf(f, ", \"caption\": \"caption %d\", \"meta\": {\"year\": %d}, "
+               "\"image_vector\": [", i, 1900 + i);
+    for (int k = 0; k < DIM; k++)
+      fprintf(f, "%s%.9g", k ? ", " : "", iv[k]);
+    fprintf(f, "], \"text_vector\": [");
+    for (int k = 0; k < DIM; k++)
+      fprintf(f, "%s%.9g", k ? ", " : "", tv[k]);
+    fprintf(f, "]}\n");
+  }
+  /* a bad row with a key (its shard reports it) and one without (every
+   * shard does, and it fails none) */
+  fprintf(f, "{\"key\": \"badrow\", \"caption\": \"nothing to store\"}\n"
+             "{\"key\": 7}\n");
+  fclose(f);
+  free(p);
+}
+
+static void make_images(const char *dir) {
+  char *img = path_in(dir, "img");
+  mkdir(img, 0755);
+  char *to = path_in(dir, "img/photo_rgb.jpg");
+  copy_file(MODEL "/photo_rgb.jpg", to);
+  free(to);
+  free(img);
+}
+
+/* Every record of a equal to b's, vectors bit for bit; both must hold
+ * exactly the keys keys[0..n) (or all of b's when keys is NULL). */
+static void assert_records_equal(vlm_db *a, vlm_db *b, const char *key) {
+  vlm_record *x, *y;
+  VLM_CHECK(vlm_db_get(a, key, &x));
+  VLM_CHECK(vlm_db_get(b, key, &y));
+  assert_string_equal(x->meta_json, y->meta_json);
+  assert_true(!x->caption == !y->caption);
+  if (x->caption)
+    assert_string_equal(x->caption, y->caption);
+  assert_true(!x->source == !y->source);
+  if (x->source)
+    assert_string_equal(x->source, y->source);
+  assert_true(!x->image_vec == !y->image_vec && !x->text_vec == !y->text_vec);
+  if (x->image_vec)
+    assert_memory_equal(x->image_vec, y->image_vec, DIM * sizeof(float));
+  if (x->text_vec)
+    assert_memory_equal(x->text_vec, y->text_vec, DIM * sizeof(float));
+  assert_int_equal(x->thumb_len, y->thumb_len);
+  if (x->thumb_len)
+    assert_memory_equal(x->thumb, y->thumb, x->thumb_len);
+  vlm_record_free(x);
+  vlm_record_free(y);
+}
+
+typedef struct {
+  char **keys;
+  int n;
+} keylist;
+
+static int collect_key(const vlm_record *rec, void *arg) {
+  keylist *k = arg;
+  k->keys = realloc(k->keys, (size_t)(k->n + 1) * sizeof *k->keys);
+  k->keys[k->n++] = strdup(rec->key);
+  return 0;
+}
+
+static keylist db_keys(vlm_db *db) {
+  keylist k = {0};
+  VLM_CHECK(vlm_db_foreach(db, collect_key, &k));
+  return k;
+}
+
+static void keylist_free(keylist *k) {
+  for (int i = 0; i < k->n; i++)
+    free(k->keys[i]);
+  free(k->keys);
+}
+
+static vlm_db *open_ro(const char *path) {
+  vlm_db *db;
+  vlm_db_open_options o = {.readonly = 1};
+  VLM_CHECK(vlm_db_open(path, &o, &db));
+  return db;
+}
+
+/* Three shards each read the whole catalog (skipping the others' rows),
+ * three more are loaded from `vlmdb split`'s files: the union of each set
+ * is the single database built from the catalog, every key once, in the
+ * shard its slot names, every record and vector equal. */
+static void test_shards_equal_single_database(void **state) {
+  const char *dir = *state;
+  make_images(dir);
+  write_vector_catalog(dir, "catalog.jsonl");
+  put_text(dir, "cluster.json", map3);
+  char *catalog = path_in(dir, "catalog.jsonl");
+  char *map = path_in(dir, "cluster.json");
+  char *single = path_in(dir, "single");
+  free(RUN_OK(dir, "init", "--db", single, "--model", MODEL, "--index", "Flat",
+              "--field", "year:int"));
+  free(RUN_OK(dir, "ingest", "--db", single, catalog, "-q"));
+  vlm_cluster *cluster;
+  VLM_CHECK(vlm_cluster_load(map, NULL, NULL, &cluster));
+
+  /* shard 0 by --shard 0, 1 by VLMDB_SHARD, 2 by SLURM_ARRAY_TASK_ID */
+  static const char *const env[3] = {NULL, "VLMDB_SHARD=1",
+                                     "SLURM_ARRAY_TASK_ID=2"};
+  char shard[3][PATH_MAX], split_shard[3][PATH_MAX];
+  long total = 0, want_rows[3] = {0, 0, 0};
+  int bad_shard = vlm_cluster_shard_of(cluster, "badrow", 6);
+  for (int i = 0; i < NROWS; i++) {
+    char key[32];
+    snprintf(key, sizeof key, "%s%d", i % 7 ? "item" : "{tagged}item", i);
+    want_rows[vlm_cluster_shard_of(cluster, key, strlen(key))]++;
+  }
+  for (int s = 0; s < 3; s++) {
+    snprintf(shard[s], PATH_MAX, "%s/shard-%d", dir, s);
+    char idx[8];
+    snprintf(idx, sizeof idx, "%d", s);
+    char *out, *err;
+    assert_int_equal(RUN_ENV(dir, &out, NULL, env[s], "init", "--db",
+                             shard[s], "--model", MODEL, "--index", "Flat",
+                             "--field", "year:int", "--cluster", map,
+                             "--shard", s == 0 ? "0" : "auto"),
+                     0);
+    free(out);
+    assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", shard[s],
+                         catalog, "--json", "-q"),
+                     0);
+    json_t *sum = parse_json(out);
+    long ingested = json_int_at(sum, "ingested", NULL);
+    long other = json_int_at(sum, "skipped_by_reason", "other-shard");
+    assert_int_equal(json_int_at(sum, "rows", NULL), NROWS + 2);
+    assert_int_equal(ingested, want_rows[s]);
+    assert_int_equal(other, NROWS - want_rows[s] + (bad_shard != s));
+    assert_int_equal(json_int_at(sum, "skipped_by_reason", "no-content"),
+                     bad_shard == s);
+    assert_int_equal(json_int_at(sum, "skipped_by_reason", "bad-key"), 1);
+    assert_int_equal(json_int_at(sum, "skipped", NULL),
+                     NROWS + 2 - want_rows[s]);
+    assert_true(!strstr(err, "badrow") == (bad_shard != s));
+    assert_contains(err, ":242: bad-key");
+    free(err);
+    total += ingested;
+    json_decref(sum);
+    free(out);
+    /* the text summary counts them too */
+    assert_int_equal(RUN(dir, &out, NULL, "ingest", "--db", shard[s], catalog,
+                         "-q"),
+                     0);
+    char want[64];
+    snprintf(want, sizeof want, "other-shard %ld",
+             NROWS - want_rows[s] + (bad_shard != s));
+    assert_contains(out, want);
+    free(out);
+  }
+  assert_int_equal(total, NROWS);
+  print_message("rows per shard: %ld, %ld, %ld\n", want_rows[0], want_rows[1],
+                want_rows[2]);
+  assert_true(want_rows[0] > 0 && want_rows[1] > 0 && want_rows[2] > 0);
+
+  /* split: one pass, shard-I.jsonl, image paths absolute */
+  char *parts = path_in(dir, "parts");
+  char *out = RUN_OK(dir, "split", "--cluster", map, "--catalog", catalog,
+                     "--out", parts, "--json");
+  json_t *sum = parse_json(out);
+  free(out);
+  assert_int_equal(json_int_at(sum, "rows", NULL), NROWS + 1);
+  assert_int_equal(json_int_at(sum, "bad", NULL), 1); /* the keyless row */
+  for (int s = 0; s < 3; s++)
+    assert_int_equal(json_integer_value(json_array_get(
+                         json_object_get(sum, "shards"), (size_t)s)),
+                     want_rows[s] + (bad_shard == s));
+  json_decref(sum);
+  char *img = path_in(dir, "img/photo_rgb.jpg");
+  char *abs = realpath(img, NULL);
+  for (int s = 0; s < 3; s++) {
+    char part[PATH_MAX];
+    snprintf(part, sizeof part, "%s/shard-%d.jsonl", parts, s);
+    char *text = slurp_text(part);
+    long lines = 0;
+    for (char *q = text; (q = strchr(q, '\n')); q++)
+      lines++;
+    assert_int_equal(lines, want_rows[s] + (bad_shard == s));
+    assert_null(strstr(text, "\"img/photo_rgb.jpg\""));
+    free(text);
+    /* loaded from the split file, from elsewhere: the same shard */
+    snprintf(split_shard[s], PATH_MAX, "%s/split-%d", dir, s);
+    char idx[8];
+    snprintf(idx, sizeof idx, "%d", s);
+    free(RUN_OK(dir, "init", "--db", split_shard[s], "--model", MODEL,
+                "--index", "Flat", "--field", "year:int", "--cluster", map,
+                "--shard", idx));
+    char *o2 = RUN_OK(dir, "ingest", "--db", split_shard[s], part, "--json",
+                      "-q");
+    json_t *js = parse_json(o2);
+    assert_int_equal(json_int_at(js, "ingested", NULL), want_rows[s]);
+    assert_int_equal(json_int_at(js, "skipped", NULL), bad_shard == s);
+    json_decref(js);
+    free(o2);
+  }
+  free(abs);
+  free(img);
+
+  /* every key once, in its slot's shard, equal to the single database */
+  vlm_db *one = open_ro(single);
+  keylist all = db_keys(one);
+  assert_int_equal(all.n, NROWS);
+  int seen = 0;
+  for (int set = 0; set < 2; set++)
+    for (int s = 0; s < 3; s++) {
+      vlm_db *db = open_ro(set ? split_shard[s] : shard[s]);
+      keylist k = db_keys(db);
+      assert_int_equal(k.n, want_rows[s]);
+      for (int i = 0; i < k.n; i++) {
+        assert_int_equal(
+            vlm_cluster_shard_of(cluster, k.keys[i], strlen(k.keys[i])), s);
+        assert_records_equal(db, one, k.keys[i]);
+        seen++;
+      }
+      keylist_free(&k);
+      vlm_db_close(db);
+    }
+  assert_int_equal(seen, 2 * NROWS);
+  /* a key in no shard would leave a hole: every single key is found */
+  for (int i = 0; i < all.n; i++) {
+    int s = vlm_cluster_shard_of(cluster, all.keys[i], strlen(all.keys[i]));
+    vlm_db *db = open_ro(shard[s]);
+    assert_int_equal(vlm_db_exists(db, all.keys[i]), 1);
+    vlm_db_close(db);
+  }
+  keylist_free(&all);
+  vlm_db_close(one);
+
+  /* cluster check: fine, then each kind of problem, one line each */
+  char *err;
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", map, shard[0],
+                       shard[1], shard[2]),
+                   0);
+  char want[128];
+  snprintf(want, sizeof want, "ok: 3 shard databases, %d items, 0 problems",
+           NROWS);
+  assert_contains(out, want);
+  snprintf(want, sizeof want, "shard 1: %s: %ld items, slots 5001-11999",
+           shard[1], want_rows[1]);
+  assert_contains(out, want);
+  assert_string_equal(err, "");
+  free(out);
+  free(err);
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", map, shard[0],
+                       shard[2]),
+                   1);
+  assert_contains(err, "shard 1: no database given");
+  assert_contains(out, "1 problem");
+  free(out);
+  free(err);
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", map, shard[0],
+                       shard[1], shard[2], split_shard[1], single),
+                   1);
+  snprintf(want, sizeof want, "%s: shard 1 is also %s", split_shard[1],
+           shard[1]);
+  assert_contains(err, want);
+  snprintf(want, sizeof want, "%s: not a shard", single);
+  assert_contains(err, want);
+  free(out);
+  free(err);
+  /* another index kind, and a shard of another map */
+  char *hnsw = path_in(dir, "hnsw-2");
+  free(RUN_OK(dir, "init", "--db", hnsw, "--model", MODEL, "--field",
+              "year:int", "--cluster", map, "--shard", "2"));
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", map, shard[0],
+                       shard[1], hnsw),
+                   1);
+  snprintf(want, sizeof want, "%s: index HNSW32, %s has Flat", hnsw, shard[0]);
+  assert_contains(err, want);
+  free(out);
+  free(err);
+  put_text(dir, "other.json",
+           "{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]]}]}");
+  char *other_map = path_in(dir, "other.json");
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", other_map,
+                       shard[0]),
+                   1);
+  assert_contains(err, "made for another cluster map");
+  free(out);
+  free(err);
+  /* a broken map: every problem on its own line, exit 1 */
+  put_text(dir, "broken.json",
+           "{\"shards\": [{\"id\": 0, \"slots\": [[0, 8191]]},"
+           " {\"id\": 1, \"slots\": [[8000, 9000], [10000, 16383]]}]}");
+  char *broken = path_in(dir, "broken.json");
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", broken, shard[0]),
+                   1);
+  assert_contains(err, "overlaps shard 0 range [0, 8191] (from slot 8000)\n");
+  assert_contains(err, "slots 9001-9999 belong to no shard");
+  free(out);
+  free(err);
+  assert_int_equal(RUN(dir, &out, &err, "cluster", "check", "--json", map,
+                       shard[0], shard[1], shard[2]),
+                   0);
+  json_t *cj = parse_json(out);
+  assert_true(json_is_true(json_object_get(cj, "ok")));
+  assert_int_equal(json_int_at(cj, "items", NULL), NROWS);
+  json_decref(cj);
+  free(out);
+  free(err);
+  /* init refuses a broken map (naming the range) and a bad shard */
+  assert_int_equal(RUN(dir, NULL, &err, "init", "--db", hnsw, "--model",
+                       MODEL, "--cluster", broken, "--shard", "0"),
+                   1);
+  assert_contains(err, "shard 1 range [8000, 9000] overlaps");
+  free(err);
+  assert_int_equal(RUN(dir, NULL, &err, "init", "--db", hnsw, "--model",
+                       MODEL, "--cluster", map, "--shard", "3"),
+                   2);
+  assert_contains(err, "--shard '3' is not a shard index in 0..2");
+  free(err);
+  assert_int_equal(RUN(dir, NULL, &err, "init", "--db", hnsw, "--model",
+                       MODEL, "--cluster", map, "--shard", "auto"),
+                   2);
+  assert_contains(err, "none of SLURM_ARRAY_TASK_ID");
+  free(err);
+  assert_int_equal(RUN_ENV(dir, NULL, &err, "JOB_COMPLETION_INDEX=x", "init",
+                           "--db", hnsw, "--model", MODEL, "--cluster", map,
+                           "--shard", "auto"),
+                   2);
+  assert_contains(err, "JOB_COMPLETION_INDEX is 'x'");
+  free(err);
+  assert_int_equal(RUN(dir, NULL, &err, "init", "--db", hnsw, "--model",
+                       MODEL, "--shard", "1"),
+                   2);
+  free(err);
+  /* info shows the shard */
+  out = RUN_OK(dir, "info", "--db", shard[0]);
+  assert_contains(out, "shard:          0 of 3, slots 0-5000,12000-13000");
+  free(out);
+  out = RUN_OK(dir, "info", "--db", shard[0], "--json");
+  json_t *ij = parse_json(out);
+  json_t *cl = json_object_get(ij, "cluster");
+  assert_int_equal(json_int_at(cl, "shards", NULL), 3);
+  assert_string_equal(json_string_value(json_object_get(cl, "digest")),
+                      cluster->digest);
+  json_decref(ij);
+  free(out);
+  free(other_map);
+  free(broken);
+  free(hnsw);
+  free(parts);
+  vlm_cluster_free(cluster);
+  free(single);
+  free(map);
+  free(catalog);
+}
+
+/* The server refuses a write of another shard's key with the database's
+ * error, and takes its own. */
+static void test_server_refuses_other_slots(void **state) {
+  const char *dir = *state;
+  put_text(dir, "cluster.json",
+           "{\"shards\": [{\"id\": 0, \"slots\": [[0, 8191]]},"
+           " {\"id\": 1, \"slots\": [[8192, 16383]]}]}");
+  char *map = path_in(dir, "cluster.json");
+  char *db = path_in(dir, "s0");
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--cluster", map,
+              "--shard", "0"));
+  char *bin = vlmdb_path();
+  char *log = path_in(dir, "serve.log");
+  vlm_test_server srv;
+  const char *args[] = {"--db", db, "--port", "0", NULL};
+  assert_int_equal(vlm_test_server_spawn(&srv, bin, args, log, 60), 0);
+  running_child = srv.pid;
+  redisContext *c = redisConnect("127.0.0.1", srv.port);
+  assert_true(c && !c->err);
+  uint64_t seed = 3;
+  float v[DIM];
+  unit_vector(v, &seed);
+  char mine[32], other[32];
+  int n = 0;
+  key_on_side(mine, sizeof mine, 0, &n);
+  key_on_side(other, sizeof other, 1, &n);
+  redisReply *r = redisCommand(c, "ADD %s IMAGEVEC %b", other, v, sizeof v);
+  assert_non_null(r);
+  assert_int_equal(r->type, REDIS_REPLY_ERROR);
+  assert_contains(r->str, "key belongs to another shard");
+  char want[64];
+  snprintf(want, sizeof want, "slot %d", vlm_key_slot(other, strlen(other)));
+  assert_contains(r->str, want);
+  freeReplyObject(r);
+  r = redisCommand(c, "ADD %s IMAGEVEC %b", mine, v, sizeof v);
+  assert_non_null(r);
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  assert_int_equal(r->integer, 1);
+  freeReplyObject(r);
+  redisFree(c);
+  vlm_test_server_stop(&srv, 10);
+  running_child = 0;
+  free(log);
+  free(bin);
+  free(db);
+  free(map);
+}
+
+/* ------------------------------------------------------ atomic publish */
+
+#define NBIG 1000
+
+static void write_image_catalog(const char *dir, int with_vectors) {
+  static const char *const images[] = {"photo_rgb.jpg", "photo_prog.jpg",
+                                       "rgb.png", "gray.jpg", "wide.png"};
+  char *img = path_in(dir, "img");
+  mkdir(img, 0755);
+  free(img);
+  for (int i = 0; i < 5; i++) {
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, MODEL "/%s", images[i]);
+    snprintf(to, sizeof to, "%s/img/%s", dir, images[i]);
+    copy_file(from, to);
+  }
+  char *p = path_in(dir, "big.jsonl");
+  FILE *f = fopen(p, "w");
+  assert_non_null(f);
+  uint64_t seed = 5;
+  for (int i = 0; i < NBIG; i++) {
+    fprintf(f, "{\"key\": \"item%04d\", \"image\": \"img/%s\", \"%s\": "
+               "\"caption number %d\", \"meta\": {\"n\": %d}",
+            i, images[i % 5], with_vectors ? "caption" : "text", i, i);
+    for (int m = 0; with_vectors && m < 2; m++) {
+      float v[DIM];
+      unit_vector(v, &seed);
+      fprintf(f, ", \"%s\": [", m ? "text_vector" : "image_vector");
+      for (int k = 0; k < DIM; k++)
+        fprintf(f, "%s%.9g", k ? ", " : "", v[k]);
+      fprintf(f, "]");
+    }
+    fprintf(f, "}\n");
+  }
+  fclose(f);
+  free(p);
+}
+
+static int wait_progress(const char *dir, pid_t pid, long rows) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/.stderr", dir);
+  for (int tries = 0; tries < 6000; tries++) { /* 60 s at most */
+    char *err = slurp_text(path);
+    long best = -1;
+    for (char *p = err; (p = strstr(p, "ingest: ")); p += 8) {
+      long done = strtol(p + 8, NULL, 10);
+      if (done > best)
+        best = done;
+    }
+    free(err);
+    if (best >= rows)
+      return 1;
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      running_child = 0;
+      fail_msg("the ingest ended (status %d) before %ld rows were reported",
+               st, rows);
+    }
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+  return 0;
+}
+
+/* A shard task killed with SIGKILL in the middle of its ingest leaves
+ * only DIR.tmp; the same two commands run again resume it, publish DIR,
+ * and the result equals a build that was never interrupted, record for
+ * record, vector for vector and thumbnail for thumbnail.  Run a third
+ * time, they do nothing.  The catalog carries its vectors (the pipeline
+ * still reads every image for its thumbnail): the encoder's rounding
+ * depends on how many rows one call takes, which a resumed run changes. */
+static void test_publish_resumes_after_kill(void **state) {
+  const char *dir = *state;
+  write_image_catalog(dir, 1);
+  put_text(dir, "cluster.json",
+           "{\"shards\": [{\"id\": 0, \"slots\": [[0, 12000]]},"
+           " {\"id\": 1, \"slots\": [[12001, 16383]]}]}");
+  char *map = path_in(dir, "cluster.json");
+  char *catalog = path_in(dir, "big.jsonl");
+  char *clean = path_in(dir, "clean"), *killed = path_in(dir, "killed");
+  char killed_tmp[PATH_MAX];
+  snprintf(killed_tmp, sizeof killed_tmp, "%s.tmp", killed);
+  const char *env = "SLURM_ARRAY_TASK_ID=0";
+  for (int k = 0; k < 2; k++) {
+    char *out;
+    assert_int_equal(RUN_ENV(dir, &out, NULL, env, "init", "--db",
+                             k ? killed : clean, "--model", MODEL, "--cluster",
+                             map, "--shard", "auto", "--publish"),
+                     0);
+    assert_contains(out, "published as");
+    free(out);
+  }
+  /* the same batches as the killed task's: the encoder's rounding depends
+   * on how many rows it takes at once */
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", clean, "--publish",
+                       catalog, "-q", "--batch", "4", "--threads", "1"),
+                   0);
+  assert_true(exists(clean));
+  char clean_tmp[PATH_MAX];
+  snprintf(clean_tmp, sizeof clean_tmp, "%s.tmp", clean);
+  assert_false(exists(clean_tmp));
+
+  pid_t pid = spawn_env(dir, NULL,
+                        (const char *const[]){"ingest", "--db", killed,
+                                              "--publish", catalog, "--batch",
+                                              "4", "--threads", "1", NULL});
+  running_child = pid;
+  assert_true(wait_progress(dir, pid, 40));
+  kill(pid, SIGKILL);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  running_child = 0;
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  assert_false(exists(killed)); /* nothing published */
+  assert_true(exists(killed_tmp));
+
+  /* the task again, both commands */
+  char *out, *err;
+  assert_int_equal(RUN_ENV(dir, &out, NULL, env, "init", "--db", killed,
+                           "--model", MODEL, "--cluster", map, "--shard",
+                           "auto", "--publish"),
+                   0);
+  assert_contains(out, "resuming it");
+  free(out);
+  assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", killed,
+                       "--publish", catalog, "--json", "-q"),
+                   0);
+  json_t *sum = parse_json(out);
+  long exists_n = json_int_at(sum, "skipped_by_reason", "exists");
+  long ingested = json_int_at(sum, "ingested", NULL);
+  /* 40 rows read, about 3 in 4 of them this shard's */
+  assert_true(exists_n >= 10);
+  assert_true(ingested > 0);
+  json_decref(sum);
+  assert_contains(err, "published");
+  free(out);
+  free(err);
+  assert_true(exists(killed));
+  assert_false(exists(killed_tmp));
+
+  vlm_db *a = open_ro(clean), *b = open_ro(killed);
+  keylist ka = db_keys(a), kb = db_keys(b);
+  assert_int_equal(ka.n, kb.n);
+  assert_int_equal(ka.n, exists_n + ingested);
+  assert_true(ka.n > NBIG / 4 && ka.n < NBIG);
+  for (int i = 0; i < ka.n; i++) {
+    assert_string_equal(ka.keys[i], kb.keys[i]);
+    assert_records_equal(b, a, ka.keys[i]);
+  }
+  print_message("killed with %ld items stored; %d items after the rerun, "
+                "each equal to the uninterrupted build\n", exists_n, ka.n);
+  keylist_free(&ka);
+  keylist_free(&kb);
+  vlm_db_close(a);
+  vlm_db_close(b);
+
+  /* a third run: nothing to do, nothing touched */
+  assert_int_equal(RUN_ENV(dir, &out, NULL, env, "init", "--db", killed,
+                           "--model", MODEL, "--cluster", map, "--shard",
+                           "auto", "--publish"),
+                   0);
+  assert_contains(out, "published already");
+  free(out);
+  assert_false(exists(killed_tmp));
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", killed, "--publish",
+                       catalog),
+                   0);
+  assert_contains(err, "published already: nothing to do");
+  free(err);
+  /* a DIR.tmp made with other settings is not resumed */
+  char *other = path_in(dir, "other");
+  free(RUN_OK(dir, "init", "--db", other, "--model", MODEL, "--index", "Flat",
+              "--publish"));
+  assert_int_equal(RUN(dir, NULL, &err, "init", "--db", other, "--model",
+                       MODEL, "--publish"),
+                   1);
+  assert_contains(err, "made with other settings (index Flat)");
+  free(err);
+  /* ingest --publish without its DIR.tmp */
+  char *none = path_in(dir, "none");
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", none, "--publish",
+                       catalog),
+                   1);
+  assert_contains(err, "none.tmp does not exist");
+  free(err);
+  free(none);
+  free(other);
+  free(clean);
+  free(killed);
+  free(catalog);
+  free(map);
+}
+
+/* ------------------------------------------------- embeddings as files */
+
+static void write_layout_npy(const char *dir, const char *name,
+                             const float *v, int64_t rows, int64_t cols) {
+  char *p = path_in(dir, name);
+  VLM_CHECK(vlm_npy_write(p, v, rows, cols, VLM_NPY_F32));
+  free(p);
+}
+
+/* `vlmdb embed --out` writes the layout, float16 or float32, one
+ * partition per shard; ingest reads it back with the vectors as given
+ * (equal to the model's within float16's rounding) and without the model. */
+static void test_embed_files_round_trip(void **state) {
+  const char *dir = *state;
+  write_image_catalog(dir, 0);
+  char *catalog = path_in(dir, "small.jsonl");
+  put_text(dir, "small.jsonl",
+           "{\"key\": \"a\", \"image\": \"img/photo_rgb.jpg\", \"text\": \"a "
+           "street\", \"meta\": {\"n\": 1}}\n"
+           "{\"key\": \"b\", \"image\": \"img/rgb.png\", \"caption\": \"bands\"}\n"
+           "{\"key\": \"c\", \"text\": \"only text\"}\n"
+           "{\"key\": \"d\", \"image\": \"img/missing.jpg\"}\n"
+           "{\"key\": \"e\", \"image\": \"img/wide.png\", \"text\": \"wide\", "
+           "\"source\": \"http://example.com/wide.png\"}\n"
+           "{\"key\": 5}\n");
+  /* the oracle: the same rows embedded by ingest */
+  char *direct = path_in(dir, "direct");
+  free(RUN_OK(dir, "init", "--db", direct, "--model", MODEL, "--index",
+              "Flat"));
+  char *err;
+  assert_int_equal(RUN(dir, NULL, NULL, "ingest", "--db", direct, catalog,
+                       "-q"),
+                   0);
+  for (int f16 = 0; f16 < 2; f16++) {
+    char *emb = path_in(dir, f16 ? "emb16" : "emb32");
+    char *out;
+    assert_int_equal(RUN(dir, &out, &err, "embed", "--model", MODEL,
+                         "--catalog", catalog, "--out", emb, "--dtype",
+                         f16 ? "float16" : "float32", "--json", "--batch",
+                         "2"),
+                     0);
+    json_t *sum = parse_json(out);
+    assert_int_equal(json_int_at(sum, "rows", NULL), 4);
+    assert_int_equal(json_int_at(sum, "images", NULL), 3);
+    assert_int_equal(json_int_at(sum, "texts", NULL), 3);
+    assert_int_equal(json_int_at(sum, "bad", NULL), 2);
+    json_decref(sum);
+    assert_contains(err, "small.jsonl:4: missing-file: key \"d\"");
+    assert_contains(err, "small.jsonl:6: bad-key");
+    free(out);
+    free(err);
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/img_emb/img_emb_0.npy", emb);
+    vlm_npy *n;
+    VLM_CHECK(vlm_npy_open(p, &n));
+    assert_int_equal(vlm_npy_info(n)->rows, 4);
+    assert_int_equal(vlm_npy_info(n)->cols, DIM);
+    assert_int_equal(vlm_npy_info(n)->dtype, f16 ? VLM_NPY_F16 : VLM_NPY_F32);
+    vlm_npy_close(n);
+    snprintf(p, sizeof p, "%s/metadata/metadata_0.jsonl", emb);
+    char *meta = slurp_text(p);
+    assert_contains(meta, "{\"key\":\"a\",\"image_path\":\"");
+    assert_contains(meta, "\"caption\":\"a street\",\"meta\":{\"n\":1}}\n");
+    assert_contains(meta, "\"source\":\"http://example.com/wide.png\"");
+    free(meta);
+
+    char *db = path_in(dir, f16 ? "from16" : "from32");
+    free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index",
+                "Flat"));
+    assert_int_equal(RUN(dir, &out, NULL, "ingest", "--db", db,
+                         f16 ? "--embeddings" : emb, f16 ? emb : "--json",
+                         f16 ? "--json" : "-q", "-q"),
+                     0);
+    sum = parse_json(out);
+    assert_int_equal(json_int_at(sum, "ingested", NULL), 4);
+    assert_true(json_real_value(json_object_get(sum, "model_load_s")) == 0);
+    json_decref(sum);
+    free(out);
+    vlm_db *a = open_ro(db), *b = open_ro(direct);
+    const char *keys[] = {"a", "b", "c", "e"};
+    double worst = 0;
+    for (int k = 0; k < 4; k++) {
+      vlm_record *x, *y;
+      VLM_CHECK(vlm_db_get(a, keys[k], &x));
+      VLM_CHECK(vlm_db_get(b, keys[k], &y));
+      assert_true(!x->image_vec == !y->image_vec);
+      assert_true(!x->text_vec == !y->text_vec);
+      for (int m = 0; m < 2; m++) {
+        const float *u = m ? x->text_vec : x->image_vec;
+        const float *w = m ? y->text_vec : y->image_vec;
+        for (int i = 0; u && i < DIM; i++)
+          if (fabs(u[i] - w[i]) > worst)
+            worst = fabs(u[i] - w[i]);
+      }
+      assert_string_equal(x->meta_json, y->meta_json);
+      assert_true(!x->caption == !y->caption && !x->source == !y->source);
+      if (y->caption)
+        assert_string_equal(x->caption, y->caption);
+      if (y->source)
+        assert_string_equal(x->source, y->source);
+      vlm_record_free(x);
+      vlm_record_free(y);
+    }
+    print_message("%s: largest difference from ingest's own vectors %.3g\n",
+                  f16 ? "float16" : "float32", worst);
+    assert_true(worst < (f16 ? 2e-3 : 1e-5));
+    vlm_db_close(a);
+    vlm_db_close(b);
+    free(db);
+    free(emb);
+  }
+  /* a shard's partition is named as clip-retrieval names partitions */
+  put_text(dir, "c12.json",
+           "{\"shards\": [{\"id\": 0, \"slots\": [[0, 1000]]},"
+           " {\"id\": 1, \"slots\": [[1001, 2000]]},"
+           " {\"id\": 2, \"slots\": [[2001, 3000]]},"
+           " {\"id\": 3, \"slots\": [[3001, 4000]]},"
+           " {\"id\": 4, \"slots\": [[4001, 5000]]},"
+           " {\"id\": 5, \"slots\": [[5001, 6000]]},"
+           " {\"id\": 6, \"slots\": [[6001, 7000]]},"
+           " {\"id\": 7, \"slots\": [[7001, 8000]]},"
+           " {\"id\": 8, \"slots\": [[8001, 9000]]},"
+           " {\"id\": 9, \"slots\": [[9001, 10000]]},"
+           " {\"id\": 10, \"slots\": [[10001, 16383]]}]}");
+  char *c12 = path_in(dir, "c12.json"), *embs = path_in(dir, "embs");
+  long rows = 0;
+  for (int s = 0; s < 11; s++) {
+    char idx[8], *out;
+    snprintf(idx, sizeof idx, "%d", s);
+    assert_int_equal(RUN(dir, &out, NULL, "embed", "--model", MODEL,
+                         "--catalog", catalog, "--out", embs, "--cluster",
+                         c12, "--shard", idx, "--json"),
+                     0);
+    json_t *sum = parse_json(out);
+    rows += json_int_at(sum, "rows", NULL);
+    json_decref(sum);
+    free(out);
+  }
+  assert_int_equal(rows, 4);
+  char p[PATH_MAX];
+  snprintf(p, sizeof p, "%s/metadata/metadata_07.jsonl", embs);
+  assert_true(exists(p));
+  char *all = path_in(dir, "from-shards");
+  free(RUN_OK(dir, "init", "--db", all, "--model", MODEL));
+  char *out = RUN_OK(dir, "ingest", "--db", all, embs, "--json", "-q");
+  json_t *sum = parse_json(out);
+  assert_int_equal(json_int_at(sum, "ingested", NULL), 4);
+  json_decref(sum);
+  free(out);
+  free(all);
+  free(c12);
+  free(embs);
+  free(direct);
+  free(catalog);
+}
+
+/* A hand-made layout: the rows of each partition are checked as a whole
+ * (alignment, dtype, order, dimension, orphans: the ingest stops before
+ * writing) and one by one (non-finite, not normalized, all zeros: the row
+ * is skipped as bad-vector or no-content). */
+static void test_embeddings_layout_hostile(void **state) {
+  const char *dir = *state;
+  char *db = path_in(dir, "db");
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index", "Flat"));
+  char *lay = path_in(dir, "lay");
+  char sub[PATH_MAX];
+  mkdir(lay, 0755);
+  static const char *const subs[] = {"img_emb", "text_emb", "metadata"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(sub, sizeof sub, "%s/%s", lay, subs[i]);
+    mkdir(sub, 0755);
+  }
+  float v[5 * DIM];
+  uint64_t seed = 9;
+  for (int r = 0; r < 5; r++)
+    unit_vector(v + r * DIM, &seed);
+  v[1 * DIM + 3] = NAN;                       /* row 1: not finite */
+  for (int i = 0; i < DIM; i++)
+    v[2 * DIM + i] *= 2;                      /* row 2: length 2 */
+  memset(v + 3 * DIM, 0, DIM * sizeof(float)); /* row 3: absent */
+  write_layout_npy(dir, "lay/img_emb/img_emb_0.npy", v, 5, DIM);
+  put_text(dir, "lay/metadata/metadata_0.jsonl",
+           "{\"key\": \"r0\", \"caption\": \"zero\", \"url\": \"http://x/0\","
+           " \"width\": 64}\n"
+           "{\"key\": \"r1\"}\n"
+           "{\"key\": \"r2\"}\n"
+           "{\"key\": \"r3\"}\n"
+           "{\"image_path\": \"/data/r4.jpg\", \"caption\": \"four\"}\n");
+  char *out, *err;
+  assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", db, lay, "--json",
+                       "-q"),
+                   0);
+  json_t *sum = parse_json(out);
+  assert_int_equal(json_int_at(sum, "ingested", NULL), 2);
+  assert_int_equal(json_int_at(sum, "skipped_by_reason", "bad-vector"), 2);
+  assert_int_equal(json_int_at(sum, "skipped_by_reason", "no-content"), 1);
+  json_decref(sum);
+  assert_contains(err, "img vector [3] is not finite (row 1 of "
+                       "img_emb_0.npy)");
+  assert_contains(err, "img vector has length 2, not 1");
+  free(out);
+  free(err);
+  vlm_db *d = open_ro(db);
+  vlm_record *rec;
+  VLM_CHECK(vlm_db_get(d, "r0", &rec));
+  assert_string_equal(rec->caption, "zero");
+  assert_string_equal(rec->source, "http://x/0");
+  assert_string_equal(rec->meta_json, "{\"width\":64}"); /* flattened */
+  assert_memory_equal(rec->image_vec, v, DIM * sizeof(float));
+  assert_null(rec->text_vec);
+  vlm_record_free(rec);
+  VLM_CHECK(vlm_db_get(d, "/data/r4.jpg", &rec)); /* image_path as key */
+  assert_string_equal(rec->source, "/data/r4.jpg");
+  vlm_record_free(rec);
+  vlm_db_close(d);
+
+  /* partition-wide problems: nothing is ingested, exit 1, named */
+  static const struct {
+    const char *file, *from, *want;
+  } cases[] = {
+      {"lay/text_emb/text_emb_0.npy", NPY "/f8.npy", "dtype '<f8'"},
+      {"lay/text_emb/text_emb_0.npy", NPY "/fortran.npy", "Fortran order"},
+      {"lay/text_emb/text_emb_0.npy", NPY "/m.f32.npy", "dimension 7"},
+      {"lay/text_emb/text_emb_0.npy", NPY "/1d.npy", "1 dimensions"},
+      {"lay/img_emb/img_emb_1.npy", NPY "/m.f32.npy",
+       "no metadata/metadata_1.jsonl beside it"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char *to = path_in(dir, cases[i].file);
+    copy_file(cases[i].from, to);
+    assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", db, lay, "-q"),
+                     1);
+    assert_contains(err, cases[i].want);
+    unlink(to);
+    free(to);
+    free(out);
+    free(err);
+  }
+  /* a truncated .npy */
+  char *img0 = path_in(dir, "lay/img_emb/img_emb_0.npy");
+  size_t len;
+  uint8_t *bytes = vlm_test_slurp(img0, &len);
+  vlm_test_spit(img0, bytes, len - 3);
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", db, lay, "-q"), 1);
+  assert_contains(err, "truncated");
+  free(err);
+  vlm_test_spit(img0, bytes, len);
+  free(bytes);
+  /* another dimension than the database's */
+  float w[5 * 8] = {0};
+  for (int r = 0; r < 5; r++)
+    w[r * 8] = 1;
+  write_layout_npy(dir, "lay/img_emb/img_emb_0.npy", w, 5, 8);
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", db, lay, "-q"), 1);
+  assert_contains(err, "dimension 8");
+  free(err);
+  /* a metadata line more than the vectors */
+  write_layout_npy(dir, "lay/img_emb/img_emb_0.npy", v, 5, DIM);
+  put_text(dir, "lay/metadata/metadata_0.jsonl",
+           "{\"key\": \"r0\"}\n{\"key\": \"r1\"}\n{\"key\": \"r2\"}\n"
+           "{\"key\": \"r3\"}\n{\"key\": \"r4\"}\n{\"key\": \"r5\"}\n");
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", db, lay, "-q"), 1);
+  assert_contains(err, "5 rows, but");
+  assert_contains(err, "has 6 lines: the rows are not aligned");
+  free(err);
+  /* a bad metadata line is one bad row */
+  put_text(dir, "lay/metadata/metadata_0.jsonl",
+           "{\"key\": \"r0\"}\nnot json\n{\"key\": \"r2\"}\n[1]\n"
+           "{\"key\": \"r4\"}\n");
+  assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", db, "--format",
+                       "embeddings", lay, "--json", "-q"),
+                   0);
+  sum = parse_json(out);
+  assert_int_equal(json_int_at(sum, "skipped_by_reason", "bad-syntax"), 2);
+  json_decref(sum);
+  assert_contains(err, "metadata_0.jsonl: not a JSON object");
+  free(out);
+  free(err);
+  free(img0);
+  free(lay);
+  free(db);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_key_slots_match_redis),
+      cmocka_unit_test(test_cluster_map_valid),
+      cmocka_unit_test(test_cluster_map_hostile),
+      cmocka_unit_test(test_shard_index),
+      cmocka_unit_test_setup_teardown(test_db_refuses_other_slots,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_npy_against_numpy, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_npy_hostile, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_shards_equal_single_database,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_server_refuses_other_slots,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_publish_resumes_after_kill,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_embed_files_round_trip,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_embeddings_layout_hostile,
+                                      setup_tmpdir, teardown_tmpdir),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
