@@ -492,6 +492,22 @@ static void test_db_refuses_other_slots(void **state) {
   VLM_EXPECT_ERR(VLM_EWRONGSHARD, vlm_db_put(db, &items[1], 1, 0, NULL));
   assert_int_equal(info.items, 1);
   vlm_db_close(db);
+  /* a salvaged shard is the same shard */
+  char *saved = path_in(dir, "salvaged");
+  vlm_db_salvage_result sr;
+  VLM_CHECK(vlm_db_salvage(path, saved, NULL, NULL, &sr));
+  assert_int_equal(sr.saved, 1);
+  VLM_CHECK(vlm_db_open(saved, NULL, &db));
+  vlm_db_info si;
+  VLM_CHECK(vlm_db_stat(db, &si));
+  assert_int_equal(si.shard, 0);
+  assert_string_equal(si.cluster_digest, info.cluster_digest);
+  assert_int_equal(si.nslot_ranges, 2);
+  assert_memory_equal(si.slot_ranges, info.slot_ranges,
+                      2 * sizeof si.slot_ranges[0]);
+  VLM_EXPECT_ERR(VLM_EWRONGSHARD, vlm_db_put(db, &items[1], 1, 0, NULL));
+  vlm_db_close(db);
+  free(saved);
   /* a database of no cluster takes every key and says so */
   char *plain = path_in(dir, "plain");
   vlm_db_config pc = {.dim = DIM, .model_id = "m", .index_factory = "Flat"};
