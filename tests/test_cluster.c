@@ -890,6 +890,9 @@ static void test_shards_equal_single_database(void **state) {
   json_decref(sum);
   char *img = path_in(dir, "img/photo_rgb.jpg");
   char *abs = realpath(img, NULL);
+  char quoted[PATH_MAX + 4];
+  snprintf(quoted, sizeof quoted, "\"%s\"", abs);
+  int abs_paths = 0;
   for (int s = 0; s < 3; s++) {
     char part[PATH_MAX];
     snprintf(part, sizeof part, "%s/shard-%d.jsonl", parts, s);
@@ -899,6 +902,8 @@ static void test_shards_equal_single_database(void **state) {
       lines++;
     assert_int_equal(lines, want_rows[s] + (bad_shard == s));
     assert_null(strstr(text, "\"img/photo_rgb.jpg\""));
+    for (char *q = text; (q = strstr(q, quoted)); q++)
+      abs_paths++;
     free(text);
     /* loaded from the split file, from elsewhere: the same shard */
     snprintf(split_shard[s], PATH_MAX, "%s/split-%d", dir, s);
@@ -915,6 +920,7 @@ static void test_shards_equal_single_database(void **state) {
     json_decref(js);
     free(o2);
   }
+  assert_int_equal(abs_paths, NROWS / 5); /* every image row's path */
   free(abs);
   free(img);
 
