@@ -47,7 +47,8 @@ LDFLAGS  += $(SANFLAGS) -pthread
 ifdef FAISS_PREFIX
   CFLAGS   += -I$(FAISS_PREFIX)/include -DVLM_FAISS_REAL_CAPI=1
   FAISS_LIBS = -L$(FAISS_PREFIX)/lib -Wl,-rpath,$(FAISS_PREFIX)/lib -lfaiss_c -lfaiss
-  SHIM_SRC  =
+  CXXFLAGS += -I$(FAISS_PREFIX)/include
+  SHIM_SRC  = index/faiss_ondisk.cpp
 else
   FAISS_LIBS = -lfaiss
   SHIM_SRC   = $(wildcard index/*.cpp)

@@ -107,4 +107,44 @@ int faiss_IDSelectorBitmap_new(
 #endif
 
 #endif /* VLM_FAISS_REAL_CAPI */
+
+/* ---- vlmdb extensions (index/faiss_ondisk.cpp; not upstream's) ----
+ * IVF inverted lists in one file on disk, mapped at load.  Each returns 0
+ * or -1 with the reason in vlm_faiss_ondisk_last_error() (thread-local,
+ * valid until the thread's next call). */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+const char* vlm_faiss_ondisk_last_error(void);
+
+/* 1 when index is an IVF whose lists are FAISS's OnDiskInvertedLists. */
+int vlm_faiss_ivf_is_ondisk(const FaissIndex* index);
+
+/* Merge the inverted lists of nparts IVF indexes (each trained exactly as
+ * into: same centroids and code book) into one file at ivfdata_path
+ * (created or truncated), part i's ids moved up by id_offsets[i], and make
+ * that file into's lists (OnDiskInvertedLists::merge_from, then
+ * IndexIVF::replace_invlists; into's ntotal set).  into must be trained
+ * and empty.  The file is msync'ed and fsync'ed before this returns. */
+int vlm_faiss_ivf_merge_ondisk(
+        FaissIndex* into,
+        const FaissIndex* const* parts,
+        const int64_t* id_offsets,
+        int nparts,
+        const char* ivfdata_path);
+
+/* For an index read with IO_FLAG_SKIP_IVF_DATA whose lists are on disk:
+ * map its list file read-only, found by its base name in dir (so the
+ * index and its list file can move together), after checking that every
+ * list lies inside the file.  *file_bytes gets the file's size. */
+int vlm_faiss_ivf_map_ondisk(
+        FaissIndex* index,
+        const char* dir,
+        uint64_t* file_bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
 #endif

@@ -38,6 +38,7 @@ struct vlm_index {
   vlm_metric metric;
   index_kind kind;
   int64_t train_size;
+  uint64_t mapped_bytes; /* size of the mapped list file; 0: in RAM */
 };
 
 /* FAISS's own default efSearch (HNSW::efSearch); index.c never changes
@@ -253,7 +254,47 @@ int64_t vlm_index_train_size(const vlm_index *index) {
 }
 
 int vlm_index_can_remove(const vlm_index *index) {
-  return index->kind != KIND_HNSW;
+  return index->kind != KIND_HNSW && !vlm_faiss_ivf_is_ondisk(index->faiss);
+}
+
+int vlm_index_is_ondisk(const vlm_index *index) {
+  return vlm_faiss_ivf_is_ondisk(index->faiss);
+}
+
+uint64_t vlm_index_mapped_bytes(const vlm_index *index) {
+  return index->mapped_bytes;
+}
+
+/* ---------------------------------------------------------------- merge */
+
+int vlm_index_merge(vlm_index *into, vlm_index *const *parts,
+                    const int64_t *id_offsets, int nparts,
+                    const char *lists_path) {
+  if (into->kind != KIND_IVF)
+    return vlm_seterr(VLM_EUNSUPPORTED, "index \"%s\": only IVF indexes "
+                      "merge (FAISS cannot merge HNSW graphs)", into->factory);
+  if (nparts < 1 || parts == NULL || id_offsets == NULL || lists_path == NULL)
+    return vlm_seterr(VLM_EINVAL, "index merge: no parts");
+  const FaissIndex **fp = malloc((size_t)nparts * sizeof *fp);
+  if (fp == NULL) return vlm_seterr(VLM_ENOMEM, "index merge");
+  for (int i = 0; i < nparts; i++) {
+    if (parts[i]->dim != into->dim || parts[i]->metric != into->metric ||
+        strcmp(parts[i]->factory, into->factory) != 0) {
+      free(fp);
+      return vlm_seterr(VLM_EMISMATCH, "index merge: part %d is \"%s\" "
+                        "(dim %d), the index \"%s\" (dim %d)", i,
+                        parts[i]->factory, parts[i]->dim, into->factory,
+                        into->dim);
+    }
+    fp[i] = parts[i]->faiss;
+  }
+  int rc = vlm_faiss_ivf_merge_ondisk(into->faiss, fp, id_offsets, nparts,
+                                      lists_path);
+  free(fp);
+  if (rc != 0)
+    return vlm_seterr(VLM_EMISMATCH, "index merge into %s: %s", lists_path,
+                      vlm_faiss_ondisk_last_error());
+  return 0;
 }
 
 /* --------------------------------------------------------------- writes */
@@ -278,6 +319,9 @@ int vlm_index_add(vlm_index *index, int64_t n, const float *x,
     return vlm_seterr(VLM_EINVAL, "index add: bad arguments (n %lld)",
                       (long long)n);
   if (n == 0) return 0;
+  if (vlm_faiss_ivf_is_ondisk(index->faiss))
+    return vlm_seterr(VLM_EREADONLY, "index \"%s\": its inverted lists "
+                      "are a merged, read-only file", index->factory);
   if (!vlm_index_is_trained(index))
     return vlm_seterr(VLM_ESTATE, "index \"%s\": add before training",
                       index->factory);
@@ -301,6 +345,9 @@ int vlm_index_remove(vlm_index *index, int64_t n, const int64_t *ids,
   if (n < 0 || (n > 0 && ids == NULL))
     return vlm_seterr(VLM_EINVAL, "index remove: bad arguments (n %lld)",
                       (long long)n);
+  if (vlm_faiss_ivf_is_ondisk(index->faiss))
+    return vlm_seterr(VLM_EREADONLY, "index \"%s\": its inverted lists "
+                      "are a merged, read-only file", index->factory);
   if (!vlm_index_can_remove(index))
     return vlm_seterr(VLM_EUNSUPPORTED,
                       "index \"%s\": HNSW cannot remove vectors; use a "
@@ -463,6 +510,12 @@ static uint32_t crc32c(uint32_t crc, const void *buf, size_t len) {
 #define FILE_MAGIC "VLMIDX1\n"
 #define FILE_VERSION 1u
 #define HEADER_SIZE 64
+/* The IVF's inverted lists live in a file of their own beside this one
+ * (FAISS's OnDiskInvertedLists), mapped read-only at load. */
+#define FILE_FLAG_ONDISK 1u
+/* C++ faiss::IO_FLAG_READ_ONLY | IO_FLAG_SKIP_IVF_DATA (index_io.h): read
+ * an on-disk lists header without mapping its file. */
+#define IO_FLAGS_ONDISK_HEADER (2 | 8)
 
 /* The fixed header, stored little-endian (this code assumes a
  * little-endian host, as FAISS's own format does). */
@@ -476,7 +529,8 @@ typedef struct {
   uint32_t factory_crc;
   uint64_t payload_len;
   uint32_t payload_crc;
-  uint8_t reserved[16];
+  uint32_t flags;        /* FILE_FLAG_*; 0 in files before them */
+  uint8_t reserved[12];
   uint32_t header_crc;   /* CRC-32C of the 60 bytes before it */
 } file_header;
 
@@ -611,6 +665,7 @@ int vlm_index_write(const vlm_index *index, const char *path) {
   h.factory_crc = crc32c(0, index->factory, flen);
   h.payload_len = s.bytes;
   h.payload_crc = s.crc;
+  h.flags = vlm_faiss_ivf_is_ondisk(index->faiss) ? FILE_FLAG_ONDISK : 0;
   h.header_crc = crc32c(0, &h, offsetof(file_header, header_crc));
   if (write_all(s.fd, &h, sizeof h, 0) != 0 || fsync(s.fd) != 0) {
     err = vlm_seterr(io_err(errno), "%s: %s", tmp, strerror(errno));
@@ -723,6 +778,7 @@ int vlm_index_read(const char *path, vlm_index **out) {
     goto fail;
   }
   if (h.factory_len == 0 || h.factory_len > MAX_FACTORY_LEN || h.dim <= 0 ||
+      (h.flags & ~FILE_FLAG_ONDISK) != 0 ||
       (h.metric != VLM_METRIC_IP && h.metric != VLM_METRIC_L2)) {
     err = vlm_seterr(VLM_ECORRUPT, "%s: bad header fields", path);
     goto fail;
@@ -752,7 +808,9 @@ int vlm_index_read(const char *path, vlm_index **out) {
     err = vlm_seterr(VLM_ENOMEM, "%s: fopencookie failed", path);
     goto fail;
   }
-  if (faiss_read_index(fp, 0, &faiss) != 0) {
+  if (faiss_read_index(fp, h.flags & FILE_FLAG_ONDISK ? IO_FLAGS_ONDISK_HEADER
+                                                     : 0,
+                       &faiss) != 0) {
     err = s.error ? vlm_seterr(VLM_EIO, "%s: %s", path, strerror(s.error))
                   : faiss_fail(VLM_ECORRUPT, path);
     goto fail;
@@ -779,8 +837,37 @@ int vlm_index_read(const char *path, vlm_index **out) {
     goto fail;
   }
   fclose(fp);
+  fp = NULL;
   close(s.fd);
+  s.fd = -1;
+  uint64_t mapped = 0;
+  if (h.flags & FILE_FLAG_ONDISK) {
+    /* The list file can be far larger than memory: it is mapped, never
+     * read here (its size and every list's bounds are checked). */
+    if (!vlm_faiss_ivf_is_ondisk(faiss)) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: flagged on-disk, but its lists "
+                       "are not", path);
+      goto fail;
+    }
+    char *dir = strdup(path);
+    if (dir == NULL) {
+      err = vlm_seterr(VLM_ENOMEM, "%s: out of memory", path);
+      goto fail;
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    else strcpy(dir, ".");
+    rc = vlm_faiss_ivf_map_ondisk(faiss, dir, &mapped);
+    free(dir);
+    if (rc != 0) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: inverted-list file: %s", path,
+                       vlm_faiss_ondisk_last_error());
+      goto fail;
+    }
+  }
   err = make_index(factory, h.dim, (vlm_metric)h.metric, faiss, out);
+  if (err == 0) (*out)->mapped_bytes = mapped;
   free(factory);
   return err;
 

@@ -30,6 +30,7 @@
 #include "util/files.h"
 #include "util/util.h"
 #include "vlm_error.h"
+#include "vlm_index.h"
 #include "vlm_npy.h"
 #include "vlm_slot.h"
 #include "vlmdb.h"
@@ -1598,6 +1599,293 @@ static void test_embeddings_layout_hostile(void **state) {
   free(db);
 }
 
+/* ------------------------------------- one big index, memory-mapped */
+
+/* n clustered vectors of dimension d (unit length): IVF lists of uneven
+ * sizes, as real data gives. */
+static float *clustered(int64_t n, int d, uint64_t seed) {
+  float *x = malloc((size_t)n * d * sizeof *x);
+  float centers[16][64];
+  assert_non_null(x);
+  assert_true(d <= 64);
+  for (int c = 0; c < 16; c++)
+    for (int j = 0; j < d; j++)
+      centers[c][j] = (float)(vlm_test_uniform(&seed) * 2 - 1);
+  for (int64_t i = 0; i < n; i++) {
+    int c = (int)(vlm_test_splitmix64(&seed) % 16);
+    double ss = 0;
+    for (int j = 0; j < d; j++) {
+      float v = centers[c][j] + (float)(vlm_test_uniform(&seed) - 0.5);
+      x[i * d + j] = v;
+      ss += (double)v * v;
+    }
+    for (int j = 0; j < d; j++)
+      x[i * d + j] = (float)(x[i * d + j] / sqrt(ss));
+  }
+  return x;
+}
+
+static vlm_index *read_index(const char *path) {
+  vlm_index *ix = NULL;
+  int rc = vlm_index_read(path, &ix);
+  if (rc)
+    print_message("%s: %s\n", path, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  return ix;
+}
+
+/* Three parts, each a copy of one trained index holding a shard's
+ * vectors under its own ids 0..n_i-1, merged with offsets into one index
+ * whose lists are one file: it answers exactly as one index that was
+ * given every vector under the global ids (nprobe = nlist: every list
+ * scanned, so nothing approximate is left but the codes, which are the
+ * same), in RAM after its files moved, and refuses what it cannot do. */
+static void test_ivf_merge_equals_one_index(void **state) {
+  const char *dir = *state;
+  static const char *const factories[] = {"IVF16,Flat", "IVF16,PQ8x4",
+                                          "IVF16,SQ8"};
+  enum { D = 32, N = 12000, NTRAIN = 2000, NQ = 25, K = 10 };
+  float *x = clustered(N, D, 1818);
+  float *q = clustered(NQ, D, 99);
+  int64_t *gids = malloc(N * sizeof *gids);
+  assert_non_null(gids);
+  for (int64_t i = 0; i < N; i++)
+    gids[i] = i + 1; /* vlmdb's ids start at 1 */
+  const int64_t cut[4] = {0, 3000, 3001, N}; /* part 1 holds one vector */
+  for (size_t f = 0; f < sizeof factories / sizeof *factories; f++) {
+    char trained[PATH_MAX], merged[PATH_MAX], lists[PATH_MAX];
+    snprintf(trained, sizeof trained, "%s/trained-%zu.vlmidx", dir, f);
+    snprintf(merged, sizeof merged, "%s/merged-%zu.vlmidx", dir, f);
+    snprintf(lists, sizeof lists, "%s/merged-%zu.vlmidx.ivfdata", dir, f);
+    vlm_index *t;
+    VLM_CHECK(vlm_index_create(factories[f], D, VLM_METRIC_IP, &t));
+    VLM_CHECK(vlm_index_train(t, NTRAIN, x));
+    VLM_CHECK(vlm_index_write(t, trained));
+    vlm_index_free(t);
+
+    /* the oracle: one copy given everything under the global ids */
+    vlm_index *one = read_index(trained);
+    VLM_CHECK(vlm_index_add(one, N, x, gids));
+    /* the parts: copies given their shard's vectors under local ids */
+    vlm_index *parts[3];
+    int64_t offsets[3];
+    for (int p = 0; p < 3; p++) {
+      int64_t n = cut[p + 1] - cut[p];
+      parts[p] = read_index(trained);
+      VLM_CHECK(vlm_index_add(parts[p], n, x + cut[p] * D, gids));
+      offsets[p] = cut[p]; /* global = offset + local (1-based) */
+    }
+    vlm_index *into = read_index(trained);
+    VLM_CHECK(vlm_index_merge(into, parts, offsets, 3, lists));
+    assert_true(vlm_index_is_ondisk(into));
+    assert_int_equal(vlm_index_count(into), N);
+    VLM_CHECK(vlm_index_write(into, merged));
+    vlm_index_free(into);
+
+    vlm_index_params all = {.nprobe = 16};
+    float s1[NQ * K], s2[NQ * K];
+    int64_t i1[NQ * K], i2[NQ * K];
+    VLM_CHECK(vlm_index_search(one, NQ, q, K, &all, s1, i1));
+    vlm_index *m = read_index(merged);
+    assert_true(vlm_index_is_ondisk(m));
+    assert_true(vlm_index_mapped_bytes(m) > 0);
+    assert_int_equal(vlm_index_count(m), N);
+    VLM_CHECK(vlm_index_search(m, NQ, q, K, &all, s2, i2));
+    assert_memory_equal(i1, i2, sizeof i1);
+    assert_memory_equal(s1, s2, sizeof s1);
+    /* the ids are the global ones: the best hit of a stored vector of
+     * part 2 is itself (Flat codes are exact) */
+    if (f == 0) {
+      float s;
+      int64_t id;
+      VLM_CHECK(vlm_index_search(m, 1, x + 5000 * D, 1, &all, &s, &id));
+      assert_int_equal(id, 5001);
+    }
+    /* a filtered search (the dense bitmap over global ids) agrees too */
+    uint8_t bitmap[(N + 1 + 7) / 8];
+    memset(bitmap, 0, sizeof bitmap);
+    for (int64_t id = 1; id <= N; id += 3)
+      bitmap[id >> 3] |= (uint8_t)(1u << (id & 7));
+    vlm_index_params filt = {.nprobe = 16, .bitmap = bitmap,
+                             .bitmap_bits = N + 1};
+    VLM_CHECK(vlm_index_search(one, NQ, q, K, &filt, s1, i1));
+    VLM_CHECK(vlm_index_search(m, NQ, q, K, &filt, s2, i2));
+    assert_memory_equal(i1, i2, sizeof i1);
+    for (int i = 0; i < NQ * K; i++)
+      assert_int_equal((i2[i] - 1) % 3, 0);
+    /* read-only: no add, no remove */
+    assert_int_equal(vlm_index_add(m, 1, x, gids), VLM_EREADONLY);
+    assert_int_equal(vlm_index_remove(m, 1, gids, NULL), VLM_EREADONLY);
+    assert_false(vlm_index_can_remove(m));
+    vlm_index_free(m);
+
+    /* the two files move together (the list file is found beside the
+     * index, by name) */
+    char moved[PATH_MAX], mlists[PATH_MAX], sub[PATH_MAX];
+    snprintf(sub, sizeof sub, "%s/moved-%zu", dir, f);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    snprintf(moved, sizeof moved, "%s/merged-%zu.vlmidx", sub, f);
+    snprintf(mlists, sizeof mlists, "%s/merged-%zu.vlmidx.ivfdata", sub, f);
+    assert_int_equal(rename(merged, moved), 0);
+    assert_int_equal(rename(lists, mlists), 0);
+    m = read_index(moved);
+    VLM_CHECK(vlm_index_search(m, NQ, q, K, &all, s2, i2));
+    VLM_CHECK(vlm_index_search(one, NQ, q, K, &all, s1, i1));
+    assert_memory_equal(i1, i2, sizeof i1);
+    vlm_index_free(m);
+    /* a list file cut short, or missing: refused, not mapped */
+    assert_int_equal(truncate(mlists, 100), 0);
+    vlm_index *bad = NULL;
+    assert_int_equal(vlm_index_read(moved, &bad), VLM_ECORRUPT);
+    assert_contains(vlm_errmsg(), "bytes, the index needs");
+    assert_null(bad);
+    unlink(mlists);
+    assert_int_equal(vlm_index_read(moved, &bad), VLM_ECORRUPT);
+    assert_contains(vlm_errmsg(), "No such file");
+
+    /* a part trained on its own is not a copy of the trained index */
+    vlm_index *other;
+    VLM_CHECK(vlm_index_create(factories[f], D, VLM_METRIC_IP, &other));
+    VLM_CHECK(vlm_index_train(other, NTRAIN, x + (N - NTRAIN) * D));
+    VLM_CHECK(vlm_index_add(other, 10, x, gids));
+    vlm_index *mixed[2] = {parts[0], other};
+    into = read_index(trained);
+    int64_t off2[2] = {0, 3000};
+    assert_int_equal(vlm_index_merge(into, mixed, off2, 2, lists),
+                     VLM_EMISMATCH);
+    assert_contains(vlm_errmsg(), "part 1");
+    vlm_index_free(into);
+    vlm_index_free(other);
+    /* an id pushed past INT64_MAX by its offset */
+    into = read_index(trained);
+    int64_t huge[1] = {INT64_MAX - 5};
+    assert_int_equal(vlm_index_merge(into, parts + 2, huge, 1, lists),
+                     VLM_EMISMATCH);
+    assert_contains(vlm_errmsg(), "overflows");
+    vlm_index_free(into);
+    for (int p = 0; p < 3; p++)
+      vlm_index_free(parts[p]);
+    vlm_index_free(one);
+    print_message("%s: merged index equals one index over all %d vectors\n",
+                  factories[f], N);
+  }
+  /* HNSW graphs do not merge */
+  vlm_index *h, *hp;
+  VLM_CHECK(vlm_index_create("HNSW8", D, VLM_METRIC_IP, &h));
+  VLM_CHECK(vlm_index_create("HNSW8", D, VLM_METRIC_IP, &hp));
+  int64_t zero = 0;
+  char lists[PATH_MAX];
+  snprintf(lists, sizeof lists, "%s/h.ivfdata", dir);
+  assert_int_equal(vlm_index_merge(h, &hp, &zero, 1, lists),
+                   VLM_EUNSUPPORTED);
+  vlm_index_free(h);
+  vlm_index_free(hp);
+  free(x);
+  free(q);
+  free(gids);
+}
+
+/* VmRSS of this process in KiB (/proc/self/status). */
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = -1;
+  assert_non_null(f);
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+      break;
+  fclose(f);
+  return kib;
+}
+
+/* In a fresh child: how much the resident set grows when path is opened
+ * and nq queries are searched with nprobe 1. */
+static long rss_growth_kib(const char *path, const float *q, int nq) {
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    close(fds[0]);
+    long before = rss_kib();
+    vlm_index *ix = NULL;
+    long growth = -1;
+    if (vlm_index_read(path, &ix) == 0) {
+      vlm_index_params p = {.nprobe = 1};
+      float s[10];
+      int64_t id[10];
+      for (int i = 0; i < nq; i++)
+        if (vlm_index_search(ix, 1, q + (size_t)i * vlm_index_dim(ix), 10,
+                             &p, s, id) != 0)
+          _exit(2);
+      growth = rss_kib() - before;
+    }
+    if (write(fds[1], &growth, sizeof growth) != sizeof growth)
+      _exit(3);
+    _exit(0);
+  }
+  close(fds[1]);
+  long growth = -1;
+  assert_int_equal(read(fds[0], &growth, sizeof growth), sizeof growth);
+  close(fds[0]);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  return growth;
+}
+
+/* The merged index opens with its lists mapped: a process that opens it
+ * and searches grows by a small fraction of the list file, where opening
+ * the same index stored whole grows by about its size (the oracle that
+ * the measurement sees a load). */
+static void test_mmap_open_keeps_rss_low(void **state) {
+  const char *dir = *state;
+  enum { D = 64, N = 150000, NLIST = 64, NQ = 4 };
+  float *x = clustered(N, D, 7);
+  int64_t *ids = malloc(N * sizeof *ids);
+  assert_non_null(ids);
+  for (int64_t i = 0; i < N; i++)
+    ids[i] = i + 1;
+  char trained[PATH_MAX], whole[PATH_MAX], merged[PATH_MAX], lists[PATH_MAX];
+  snprintf(trained, sizeof trained, "%s/t.vlmidx", dir);
+  snprintf(whole, sizeof whole, "%s/whole.vlmidx", dir);
+  snprintf(merged, sizeof merged, "%s/merged.vlmidx", dir);
+  snprintf(lists, sizeof lists, "%s/merged.vlmidx.ivfdata", dir);
+  vlm_index *t;
+  char factory[32];
+  snprintf(factory, sizeof factory, "IVF%d,Flat", NLIST);
+  VLM_CHECK(vlm_index_create(factory, D, VLM_METRIC_IP, &t));
+  VLM_CHECK(vlm_index_train(t, NLIST * 39, x));
+  VLM_CHECK(vlm_index_write(t, trained));
+  vlm_index *w = read_index(trained);
+  VLM_CHECK(vlm_index_add(w, N, x, ids));
+  VLM_CHECK(vlm_index_write(w, whole));
+  vlm_index *parts[2] = {read_index(trained), read_index(trained)};
+  VLM_CHECK(vlm_index_add(parts[0], N / 2, x, ids));
+  VLM_CHECK(vlm_index_add(parts[1], N - N / 2, x + (size_t)(N / 2) * D, ids));
+  int64_t off[2] = {0, N / 2};
+  VLM_CHECK(vlm_index_merge(t, parts, off, 2, lists));
+  VLM_CHECK(vlm_index_write(t, merged));
+  vlm_index_free(t);
+  vlm_index_free(w);
+  vlm_index_free(parts[0]);
+  vlm_index_free(parts[1]);
+  free(ids);
+
+  struct stat st;
+  assert_int_equal(stat(lists, &st), 0);
+  long lists_kib = (long)(st.st_size / 1024);
+  long mapped = rss_growth_kib(merged, x, NQ);
+  long loaded = rss_growth_kib(whole, x, NQ);
+  print_message("list file %ld KiB; resident growth: mapped %ld KiB, "
+                "loaded whole %ld KiB\n", lists_kib, mapped, loaded);
+  assert_true(lists_kib > 30000);
+  assert_true(loaded > lists_kib / 2);  /* the measurement sees a load */
+  assert_true(mapped >= 0);
+  assert_true(mapped < lists_kib / 5);  /* far below the index's size */
+  free(x);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_slots_match_redis),
@@ -1620,6 +1908,17 @@ int main(void) {
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_embeddings_layout_hostile,
                                       setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_ivf_merge_equals_one_index,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_mmap_open_keeps_rss_low,
+                                      setup_tmpdir, teardown_tmpdir),
   };
+  /* VLM_TEST_ONLY=<substring>: only the tests whose names contain it */
+  const char *only = getenv("VLM_TEST_ONLY");
+  if (only && *only) {
+    char pattern[128];
+    snprintf(pattern, sizeof pattern, "*%s*", only);
+    cmocka_set_test_filter(pattern);
+  }
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
