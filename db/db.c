@@ -1157,7 +1157,8 @@ static int owned_id(vlm_db *db, MDB_txn *txn, const char *key, uint64_t *id) {
  * until the batch ends).  *changed: 0 when the key exists and the put is
  * not an upsert (nothing staged). */
 static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
-                     const json_t *meta, int upsert, int *changed) {
+                     const json_t *meta, int upsert, const uint64_t *at,
+                     int *changed) {
   assert(vlm__write_held(db) && b->txn);
   int dim = db->man.dim, rc, mrc;
   size_t klen = strlen(it->key);
@@ -1171,6 +1172,15 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
     old_id = 0;
   else if (rc)
     return rc;
+  if (at) {
+    /* vlm_db_put_at: the caller's id, above every id given before */
+    if (*at < b->next_id)
+      return vlm_seterr(VLM_EINVAL, "key \"%s\": id %llu is below the "
+                        "database's next id %llu", it->key,
+                        (unsigned long long)*at,
+                        (unsigned long long)b->next_id);
+    b->next_id = *at;
+  }
   id = b->next_id++;
   uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
                 (it->text_vec ? VLM__HAS_TEXT : 0);
@@ -1287,7 +1297,7 @@ static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
     return vlm_seterr(VLM_ETOOBIG, "key \"%s\": the updated payload of %zu "
                       "bytes exceeds the cap of %zu", m.key, payload,
                       db->max_payload);
-  return stage_put(db, b, &m, *meta, 1, changed);
+  return stage_put(db, b, &m, *meta, 1, NULL, changed);
 }
 
 /* Stage the delete of key; *changed 0 when it does not exist. */
@@ -1369,8 +1379,8 @@ static void batch_end(vlm_db *db, batch *b) {
  * NULL) says whether op i changed anything and *nchanged (or NULL) how many
  * did.  unique_keys: refuse a key twice (put's contract). */
 static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
-                     int unique_keys, int *changed, int *nchanged,
-                     const char *what) {
+                     int unique_keys, const uint64_t *ids, int *changed,
+                     int *nchanged, const char *what) {
   json_t **metas = NULL;
   const char **order = NULL;
   float *scratch = NULL;
@@ -1433,7 +1443,8 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
          : op->kind == VLM_WRITE_UPDATE
              ? stage_update(db, &b, &op->item, &metas[i], &ch)
              : stage_put(db, &b, &op->item, metas[i],
-                         op->kind == VLM_WRITE_UPSERT, &ch);
+                         op->kind == VLM_WRITE_UPSERT, ids ? &ids[i] : NULL,
+                         &ch);
     if (rc)
       goto done;
     if (changed)
@@ -1459,7 +1470,7 @@ done:
 int vlm_db_write(vlm_db *db, const vlm_write_op *ops, int n, int *changed) {
   if (!db || n < 0 || (n > 0 && !ops))
     return vlm_seterr(VLM_EINVAL, "write: bad arguments");
-  return write_ops(db, ops, n, 0, changed, NULL, "write");
+  return write_ops(db, ops, n, 0, NULL, changed, NULL, "write");
 }
 
 /* put and delete are write batches of one kind of op. */
@@ -1476,7 +1487,30 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
     ops[i].kind = (flags & VLM_PUT_UPSERT) ? VLM_WRITE_UPSERT : VLM_WRITE_ADD;
     ops[i].item = items[i];
   }
-  int rc = write_ops(db, ops, n, 1, NULL, written, "put");
+  int rc = write_ops(db, ops, n, 1, NULL, NULL, written, "put");
+  free(ops);
+  return rc;
+}
+
+int vlm_db_put_at(vlm_db *db, const vlm_item *items, const uint64_t *ids,
+                  int n, int *written) {
+  if (written)
+    *written = 0;
+  if (!db || n < 0 || (n > 0 && (!items || !ids)))
+    return vlm_seterr(VLM_EINVAL, "put: bad arguments");
+  for (int i = 0; i < n; i++)
+    if (ids[i] == 0 || ids[i] >= UINT64_MAX / 2 || (i && ids[i] <= ids[i - 1]))
+      return vlm_seterr(VLM_EINVAL, "put: ids must be positive and "
+                        "increase (id %llu at %d)",
+                        (unsigned long long)ids[i], i);
+  vlm_write_op *ops = calloc((size_t)(n ? n : 1), sizeof *ops);
+  if (!ops)
+    return vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
+  for (int i = 0; i < n; i++) {
+    ops[i].kind = VLM_WRITE_ADD;
+    ops[i].item = items[i];
+  }
+  int rc = write_ops(db, ops, n, 1, ids, NULL, written, "put");
   free(ops);
   return rc;
 }
@@ -1493,7 +1527,7 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
     ops[i].kind = VLM_WRITE_DELETE;
     ops[i].item.key = keys[i];
   }
-  int rc = write_ops(db, ops, n, 0, NULL, deleted, "delete");
+  int rc = write_ops(db, ops, n, 0, NULL, NULL, deleted, "delete");
   free(ops);
   return rc;
 }
@@ -1567,6 +1601,7 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
   if (!(r = calloc(1, sizeof *r)))
     return vlm_seterr(VLM_ENOMEM, "record");
   r->dim = dim;
+  r->id = id;
   int oom = !(r->key = dup_n(rec.key, rec.key_len));
   if (vec[0] && !oom && (oom = !(r->image_vec = malloc((size_t)dim * 4))) == 0)
     memcpy(r->image_vec, vec[0], (size_t)dim * 4);
@@ -1748,6 +1783,7 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   info->image_vectors = db->pub_vecs[0];
   info->text_vectors = db->pub_vecs[1];
   info->seq = db->pub_seq;
+  info->next_id = db->pub_next_id;
   pthread_rwlock_unlock(&db->pub_lock);
   info->index_trained = 1;
   for (int m = 0; m < VLM__NMOD; m++) {

@@ -144,6 +144,16 @@ typedef struct {
 int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                int *written);
 
+/* Put for `vlmdb merge`: insert items under the given ids (positive,
+ * increasing, each at or above the database's next id; the next id then
+ * follows the last), so the merged database's ids are the dense global
+ * ids its merged index holds.  Items whose key exists are skipped, as by
+ * put without VLM_PUT_UPSERT (a rerun of a killed merge passes the same
+ * items again); an id below the next id fails the batch with VLM_EINVAL.
+ * Atomic and durable like put. */
+int vlm_db_put_at(vlm_db *db, const vlm_item *items, const uint64_t *ids,
+                  int n, int *written);
+
 /* Delete keys (missing keys are ignored); *deleted (may be NULL) gets how
  * many existed.  Atomic and durable like put. */
 int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted);
@@ -186,6 +196,7 @@ typedef struct {
   uint8_t *thumb;     /* NULL if absent */
   size_t thumb_len;
   char *meta_json;    /* the item's metadata object, "{}" if none */
+  uint64_t id;        /* its internal id (FAISS id; never reused) */
 } vlm_record;
 
 /* Get an item by key; VLM_ENOTFOUND if absent, VLM_ECORRUPT if its record
@@ -270,6 +281,8 @@ typedef struct {
   char cluster_digest[17];/* its cluster map's digest ("" if none) */
   int nslot_ranges;       /* the slots it holds, sorted and disjoint */
   vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
+  uint64_t next_id;       /* the id the next item gets (ids < it are
+                             taken or were: 1 .. next_id-1) */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);

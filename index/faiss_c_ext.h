@@ -118,7 +118,9 @@ extern "C" {
 
 const char* vlm_faiss_ondisk_last_error(void);
 
-/* 1 when index is an IVF whose lists are FAISS's OnDiskInvertedLists. */
+/* 1 when index is an IVF whose lists are FAISS's OnDiskInvertedLists in
+ * a list file of their own, 2 when they are an ordinary index file's
+ * lists mapped in place (read with IO_FLAG_MMAP), 0 otherwise. */
 int vlm_faiss_ivf_is_ondisk(const FaissIndex* index);
 
 /* Merge the inverted lists of nparts IVF indexes (each trained exactly as

@@ -184,9 +184,14 @@ const char* vlm_faiss_ondisk_last_error(void) {
 
 int vlm_faiss_ivf_is_ondisk(const FaissIndex* index) {
     const IndexIVF* ivf = as_ivf(index);
-    return ivf != nullptr &&
-            dynamic_cast<const faiss::OnDiskInvertedLists*>(ivf->invlists) !=
-            nullptr;
+    auto* od = ivf ? dynamic_cast<const faiss::OnDiskInvertedLists*>(
+                             ivf->invlists)
+                   : nullptr;
+    if (!od)
+        return 0;
+    /* IO_FLAG_MMAP maps an ordinary index file's lists in place: an
+     * OnDiskInvertedLists without a file name of its own */
+    return od->filename.empty() ? 2 : 1;
 }
 
 int vlm_faiss_ivf_merge_ondisk(
@@ -214,11 +219,6 @@ int vlm_faiss_ivf_merge_ondisk(
             std::string why = same_training(ivf, part);
             if (!why.empty())
                 return fail(("part " + std::to_string(i) + ": " + why)
-                                    .c_str());
-            if (dynamic_cast<const faiss::OnDiskInvertedLists*>(
-                        part->invlists))
-                return fail(("part " + std::to_string(i) +
-                             " is itself a merged index")
                                     .c_str());
             if (id_offsets[i] < 0)
                 return fail("negative id offset");

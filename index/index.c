@@ -258,7 +258,7 @@ int vlm_index_can_remove(const vlm_index *index) {
 }
 
 int vlm_index_is_ondisk(const vlm_index *index) {
-  return vlm_faiss_ivf_is_ondisk(index->faiss);
+  return vlm_faiss_ivf_is_ondisk(index->faiss) != 0;
 }
 
 uint64_t vlm_index_mapped_bytes(const vlm_index *index) {
@@ -321,7 +321,7 @@ int vlm_index_add(vlm_index *index, int64_t n, const float *x,
   if (n == 0) return 0;
   if (vlm_faiss_ivf_is_ondisk(index->faiss))
     return vlm_seterr(VLM_EREADONLY, "index \"%s\": its inverted lists "
-                      "are a merged, read-only file", index->factory);
+                      "are mapped read-only from disk", index->factory);
   if (!vlm_index_is_trained(index))
     return vlm_seterr(VLM_ESTATE, "index \"%s\": add before training",
                       index->factory);
@@ -347,7 +347,7 @@ int vlm_index_remove(vlm_index *index, int64_t n, const int64_t *ids,
                       (long long)n);
   if (vlm_faiss_ivf_is_ondisk(index->faiss))
     return vlm_seterr(VLM_EREADONLY, "index \"%s\": its inverted lists "
-                      "are a merged, read-only file", index->factory);
+                      "are mapped read-only from disk", index->factory);
   if (!vlm_index_can_remove(index))
     return vlm_seterr(VLM_EUNSUPPORTED,
                       "index \"%s\": HNSW cannot remove vectors; use a "
@@ -623,6 +623,10 @@ int vlm_index_write(const vlm_index *index, const char *path) {
   size_t flen = strlen(index->factory);
   cookie_io_functions_t io = {.write = crc_stream_write};
 
+  if (vlm_faiss_ivf_is_ondisk(index->faiss) == 2)
+    return vlm_seterr(VLM_EUNSUPPORTED, "%s: an index whose lists are "
+                      "mapped from its own file cannot be written elsewhere",
+                      path);
   tmp = malloc(strlen(path) + 5);
   if (tmp == NULL) return vlm_seterr(VLM_ENOMEM, "%s: out of memory", path);
   sprintf(tmp, "%s.tmp", path);
@@ -665,7 +669,7 @@ int vlm_index_write(const vlm_index *index, const char *path) {
   h.factory_crc = crc32c(0, index->factory, flen);
   h.payload_len = s.bytes;
   h.payload_crc = s.crc;
-  h.flags = vlm_faiss_ivf_is_ondisk(index->faiss) ? FILE_FLAG_ONDISK : 0;
+  h.flags = vlm_faiss_ivf_is_ondisk(index->faiss) == 1 ? FILE_FLAG_ONDISK : 0;
   h.header_crc = crc32c(0, &h, offsetof(file_header, header_crc));
   if (write_all(s.fd, &h, sizeof h, 0) != 0 || fsync(s.fd) != 0) {
     err = vlm_seterr(io_err(errno), "%s: %s", tmp, strerror(errno));
@@ -745,7 +749,43 @@ static int verify_payload(int fd, const char *path, const file_header *h) {
   return err;
 }
 
+static int read_file(const char *path, int map_lists, vlm_index **out);
+
 int vlm_index_read(const char *path, vlm_index **out) {
+  return read_file(path, 0, out);
+}
+
+int vlm_index_read_mmap(const char *path, vlm_index **out) {
+  return read_file(path, 1, out);
+}
+
+/* C++ faiss::IO_FLAG_MMAP (index_io.h: IO_FLAG_SKIP_IVF_DATA | 0x646f0000,
+ * the "od" of OnDiskInvertedLists' fourcc "ilod"): an ordinary IVF file's
+ * lists are mapped from the file in place.  The C API's FAISS_IO_FLAG_MMAP
+ * is 1, which C++ reads as no flag at all (everything loaded into RAM). */
+#define IO_FLAG_MMAP_CXX 0x646f0008
+
+/* The payload of fd (at start) read by FAISS from a real FILE * (the
+ * mapping hook needs its descriptor and offsets), its lists mapped. */
+static int read_mapped(int fd, off_t start, const char *path,
+                       FaissIndex **faiss) {
+  int fd2 = dup(fd);
+  FILE *fp = fd2 < 0 ? NULL : fdopen(fd2, "r");
+  if (fp == NULL) {
+    int e = errno;
+    if (fd2 >= 0) close(fd2);
+    return vlm_seterr(VLM_EIO, "%s: %s", path, strerror(e));
+  }
+  int err = 0;
+  if (fseeko(fp, start, SEEK_SET) != 0)
+    err = vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno));
+  else if (faiss_read_index(fp, IO_FLAG_MMAP_CXX, faiss) != 0)
+    err = faiss_fail(VLM_ECORRUPT, path);
+  fclose(fp);
+  return err;
+}
+
+static int read_file(const char *path, int map_lists, vlm_index **out) {
   file_header h;
   crc_stream s = {.fd = -1};
   FILE *fp = NULL;
@@ -798,9 +838,31 @@ int vlm_index_read(const char *path, vlm_index **out) {
 
   /* Verify length and CRC before FAISS sees a byte: 1.7.3's read_index
    * leaks what it built so far when it throws on a truncated file, and a
-   * flipped size field can make it allocate without bound. */
+   * flipped size field can make it allocate without bound.  (It streams
+   * the file through a 1 MiB buffer: nothing is held.) */
   err = verify_payload(s.fd, path, &h);
   if (err) goto fail;
+
+  if (map_lists && !(h.flags & FILE_FLAG_ONDISK)) {
+    err = read_mapped(s.fd, HEADER_SIZE + (off_t)h.factory_len, path, &faiss);
+    if (err) goto fail;
+    close(s.fd);
+    s.fd = -1;
+    if (faiss_Index_d(faiss) != h.dim) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: FAISS index (dim %d) disagrees "
+                       "with header (dim %d)", path, faiss_Index_d(faiss),
+                       h.dim);
+      goto fail;
+    }
+    struct stat st;
+    uint64_t mapped = 0;
+    if (vlm_faiss_ivf_is_ondisk(faiss) && stat(path, &st) == 0)
+      mapped = (uint64_t)st.st_size;
+    err = make_index(factory, h.dim, (vlm_metric)h.metric, faiss, out);
+    if (err == 0) (*out)->mapped_bytes = mapped;
+    free(factory);
+    return err;
+  }
 
   s.limit = h.payload_len;
   fp = fopencookie(&s, "r", io);
@@ -844,7 +906,7 @@ int vlm_index_read(const char *path, vlm_index **out) {
   if (h.flags & FILE_FLAG_ONDISK) {
     /* The list file can be far larger than memory: it is mapped, never
      * read here (its size and every list's bounds are checked). */
-    if (!vlm_faiss_ivf_is_ondisk(faiss)) {
+    if (vlm_faiss_ivf_is_ondisk(faiss) != 1) {
       err = vlm_seterr(VLM_ECORRUPT, "%s: flagged on-disk, but its lists "
                        "are not", path);
       goto fail;

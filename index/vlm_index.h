@@ -139,7 +139,8 @@ int vlm_index_merge(vlm_index *into, vlm_index *const *parts,
                     const int64_t *id_offsets, int nparts,
                     const char *lists_path);
 
-/* 1 when the index's inverted lists are a merged list file (read-only:
+/* 1 when the index's inverted lists are mapped from disk, a merged list
+ * file or (vlm_index_read_mmap) its own file (read-only:
  * add and remove return VLM_EREADONLY, can_remove says 0). */
 int vlm_index_is_ondisk(const vlm_index *index);
 /* Size of the list file vlm_index_read mapped (0 when in RAM). */
@@ -165,5 +166,13 @@ uint64_t vlm_index_mapped_bytes(const vlm_index *index);
  * VLM_EIO or VLM_ENOSPACE and leaves path untouched. */
 int vlm_index_write(const vlm_index *index, const char *path);
 int vlm_index_read(const char *path, vlm_index **out);
+/* read, with an ordinary IVF file's inverted lists mapped in place
+ * (read-only) instead of loaded: FAISS's C++ IO_FLAG_MMAP, 0x646f0008 (the
+ * C API's FAISS_IO_FLAG_MMAP, 1, loads everything).  The file's CRC is
+ * still checked first, streaming.  The index then refuses add and remove
+ * (VLM_EREADONLY) and write (VLM_EUNSUPPORTED); it can be a part of
+ * vlm_index_merge, which is how a merge of large parts stays out of RAM.
+ * Other kinds (and on-disk merged files) read as with vlm_index_read. */
+int vlm_index_read_mmap(const char *path, vlm_index **out);
 
 #endif

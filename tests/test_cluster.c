@@ -1675,6 +1675,17 @@ static void test_ivf_merge_equals_one_index(void **state) {
       VLM_CHECK(vlm_index_add(parts[p], n, x + cut[p] * D, gids));
       offsets[p] = cut[p]; /* global = offset + local (1-based) */
     }
+    /* parts from their files, mapped in place (as the CLI merges them) */
+    for (int p = 0; p < 3; p++) {
+      char part[PATH_MAX];
+      snprintf(part, sizeof part, "%s/part-%zu-%d.vlmidx", dir, f, p);
+      VLM_CHECK(vlm_index_write(parts[p], part));
+      vlm_index_free(parts[p]);
+      VLM_CHECK(vlm_index_read_mmap(part, &parts[p]));
+      assert_true(vlm_index_is_ondisk(parts[p]));
+      assert_int_equal(vlm_index_add(parts[p], 1, x, gids), VLM_EREADONLY);
+      assert_int_equal(vlm_index_write(parts[p], trained), VLM_EUNSUPPORTED);
+    }
     vlm_index *into = read_index(trained);
     VLM_CHECK(vlm_index_merge(into, parts, offsets, 3, lists));
     assert_true(vlm_index_is_ondisk(into));
@@ -1800,7 +1811,8 @@ static long rss_kib(void) {
 
 /* In a fresh child: how much the resident set grows when path is opened
  * and nq queries are searched with nprobe 1. */
-static long rss_growth_kib(const char *path, const float *q, int nq) {
+static long rss_growth_kib(const char *path, int map, const float *q,
+                           int nq) {
   int fds[2];
   assert_int_equal(pipe(fds), 0);
   pid_t pid = fork();
@@ -1810,7 +1822,8 @@ static long rss_growth_kib(const char *path, const float *q, int nq) {
     long before = rss_kib();
     vlm_index *ix = NULL;
     long growth = -1;
-    if (vlm_index_read(path, &ix) == 0) {
+    if ((map ? vlm_index_read_mmap(path, &ix) : vlm_index_read(path, &ix)) ==
+        0) {
       vlm_index_params p = {.nprobe = 1};
       float s[10];
       int64_t id[10];
@@ -1875,14 +1888,17 @@ static void test_mmap_open_keeps_rss_low(void **state) {
   struct stat st;
   assert_int_equal(stat(lists, &st), 0);
   long lists_kib = (long)(st.st_size / 1024);
-  long mapped = rss_growth_kib(merged, x, NQ);
-  long loaded = rss_growth_kib(whole, x, NQ);
-  print_message("list file %ld KiB; resident growth: mapped %ld KiB, "
-                "loaded whole %ld KiB\n", lists_kib, mapped, loaded);
+  long mapped = rss_growth_kib(merged, 0, x, NQ);
+  long loaded = rss_growth_kib(whole, 0, x, NQ);
+  long in_place = rss_growth_kib(whole, 1, x, NQ);
+  print_message("list file %ld KiB; resident growth: merged and mapped %ld "
+                "KiB, loaded whole %ld KiB, whole file mapped in place %ld "
+                "KiB\n", lists_kib, mapped, loaded, in_place);
   assert_true(lists_kib > 30000);
   assert_true(loaded > lists_kib / 2);  /* the measurement sees a load */
   assert_true(mapped >= 0);
   assert_true(mapped < lists_kib / 5);  /* far below the index's size */
+  assert_true(in_place >= 0 && in_place < lists_kib / 5);
   free(x);
 }
 
