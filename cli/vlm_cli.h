@@ -39,6 +39,8 @@ int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_split(int argc, char **argv);
 int cmd_cluster(int argc, char **argv);
+int cmd_index(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 /* Print "vlmdb <cmd>: <message>\n" to stderr (printf format). */
 void vlm_cli_error(const char *cmd, const char *fmt, ...)

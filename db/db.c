@@ -598,6 +598,13 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   db->warn = o.warn;
   db->warn_arg = o.warn_arg;
   db->async = o.async_index && !o.readonly;
+  if (o.mmap_index && !o.readonly) {
+    free(db->dir);
+    free(db);
+    return vlm_seterr(VLM_EINVAL, "open %s: a memory-mapped index needs a "
+                      "read-only open", dir);
+  }
+  db->mmap_index = o.mmap_index;
   pthread_mutex_init(&db->write_mu.mu, NULL);
   pthread_mutex_init(&db->index_mu.mu, NULL);
   pthread_mutex_init(&db->pool_mu, NULL);
@@ -1867,6 +1874,18 @@ int vlm_db_rebuild_meta(vlm_db *db) {
    * commit. */
   int rc = vlm__sql_rebuild(db, db->pub_seq);
   __atomic_store_n(&db->broken, rc != 0, __ATOMIC_RELEASE);
+  vlm__write_unlock(db);
+  return rc;
+}
+
+int vlm_db_adopt_index(vlm_db *db, int modality, const char *path) {
+  if (!db || !path || modality < 0 || modality >= VLM__NMOD)
+    return vlm_seterr(VLM_EINVAL, "adopt index: bad argument");
+  int rc = writable(db);
+  if (rc)
+    return rc;
+  vlm__write_lock(db);
+  rc = vlm__vindex_adopt(db, modality, path);
   vlm__write_unlock(db);
   return rc;
 }

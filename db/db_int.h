@@ -347,6 +347,8 @@ void vlm__vindex_close(vlm_db *db);
 int vlm__vindex_catch_up(vlm_db *db);
 int vlm__vindex_checkpoint(vlm_db *db);
 int vlm__vindex_reindex(vlm_db *db, const char *factory);
+/* vlm_db_adopt_index; the caller holds write_mu. */
+int vlm__vindex_adopt(vlm_db *db, int m, const char *path);
 int vlm__factory_nlist(const char *factory);
 void vlm__vindex_remove_orphans(vlm_db *db);
 
@@ -459,6 +461,7 @@ struct vlm_db {
 
   /* optional background indexing */
   int async;
+  int mmap_index;             /* vlm_db_open_options.mmap_index */
   pthread_t bg;
   int bg_started, bg_stop, bg_work;
   pthread_mutex_t bg_mu;

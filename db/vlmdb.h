@@ -86,6 +86,14 @@ typedef struct {
                                 committed; a background thread adds the
                                 vectors to FAISS (searches cover the
                                 not-yet-indexed tail exactly meanwhile) */
+  int mmap_index;            /* 1 = map an IVF index's inverted lists
+                                from its file instead of loading them
+                                (vlm_index_read_mmap): resident memory
+                                stays far below the index's size.  Only
+                                with readonly (VLM_EINVAL otherwise).  An
+                                index `vlmdb merge` gave the database
+                                (lists in a file of their own) is always
+                                mapped. */
 } vlm_db_open_options;
 
 /* Create a new database in dir (created if missing, must be empty). */
@@ -336,6 +344,19 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info);
  * fails).  Read-write handles only; no other thread may use db during the
  * call. */
 int vlm_db_rebuild_meta(vlm_db *db);
+
+/* Make the IVF index in path (made by vlm_index_merge: inverted lists in
+ * path's list file) the index of modality (0 image, 1 text): for `vlmdb
+ * merge`, whose items carry the global ids the merged index holds.  It
+ * must be of the database's factory and dimension and hold exactly as
+ * many vectors as the modality has live items, all of them in it (each
+ * id is checked).  The list file is linked (or copied) into the database
+ * directory, the index checkpointed over it; the index is mapped
+ * read-only from then on: later puts stay in the exactly searched tail,
+ * `vlmdb reindex` brings everything back into a RAM index.  VLM_EMISMATCH
+ * when it does not fit, VLM_EINVAL for a path that is not such an index.
+ * (A backup does not copy the list file yet.) */
+int vlm_db_adopt_index(vlm_db *db, int modality, const char *path);
 
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);

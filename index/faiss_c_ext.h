@@ -145,6 +145,20 @@ int vlm_faiss_ivf_map_ondisk(
         const char* dir,
         uint64_t* file_bytes);
 
+/* The list file an on-disk index names ("" for none), and a new name for
+ * it (the mapping is kept: the caller moves or links the file). */
+const char* vlm_faiss_ivf_ondisk_filename(const FaissIndex* index);
+
+/* Count the ids of an IVF's lists whose bit is clear in bitmap[nbits] or
+ * that appear a second time; *first gets the first (-1: none). */
+int vlm_faiss_ivf_ids_outside(
+        const FaissIndex* index,
+        const uint8_t* bitmap,
+        int64_t nbits,
+        int64_t* outside,
+        int64_t* first);
+int vlm_faiss_ivf_set_ondisk_filename(FaissIndex* index, const char* path);
+
 #ifdef __cplusplus
 }
 #endif

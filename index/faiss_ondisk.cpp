@@ -321,4 +321,61 @@ int vlm_faiss_ivf_map_ondisk(
     ONDISK_CATCH
 }
 
+int vlm_faiss_ivf_ids_outside(
+        const FaissIndex* index,
+        const uint8_t* bitmap,
+        int64_t nbits,
+        int64_t* outside,
+        int64_t* first) {
+    try {
+        const IndexIVF* ivf = as_ivf(index);
+        if (!ivf)
+            return fail("not an IVF index");
+        std::vector<uint8_t> seen((size_t)(nbits + 7) / 8, 0);
+        *outside = 0;
+        *first = -1;
+        for (size_t l = 0; l < ivf->nlist; l++) {
+            size_t n = ivf->invlists->list_size(l);
+            if (n == 0)
+                continue;
+            faiss::InvertedLists::ScopedIds ids(ivf->invlists, l);
+            for (size_t j = 0; j < n; j++) {
+                idx_t id = ids[j];
+                bool ok = id >= 0 && id < nbits &&
+                        ((bitmap[id >> 3] >> (id & 7)) & 1) &&
+                        !((seen[id >> 3] >> (id & 7)) & 1);
+                if (ok) {
+                    seen[id >> 3] |= (uint8_t)(1u << (id & 7));
+                } else {
+                    if (*outside == 0)
+                        *first = id;
+                    (*outside)++;
+                }
+            }
+        }
+    }
+    ONDISK_CATCH
+}
+
+const char* vlm_faiss_ivf_ondisk_filename(const FaissIndex* index) {
+    const IndexIVF* ivf = as_ivf(index);
+    auto* od = ivf ? dynamic_cast<const faiss::OnDiskInvertedLists*>(
+                             ivf->invlists)
+                   : nullptr;
+    return od ? od->filename.c_str() : "";
+}
+
+int vlm_faiss_ivf_set_ondisk_filename(FaissIndex* index, const char* path) {
+    try {
+        auto* ivf = const_cast<IndexIVF*>(as_ivf(index));
+        auto* od = ivf ? dynamic_cast<faiss::OnDiskInvertedLists*>(
+                                 ivf->invlists)
+                       : nullptr;
+        if (!od || od->filename.empty())
+            return fail("not an index with a list file");
+        od->filename = path;
+    }
+    ONDISK_CATCH
+}
+
 } // extern "C"

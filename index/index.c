@@ -265,6 +265,32 @@ uint64_t vlm_index_mapped_bytes(const vlm_index *index) {
   return index->mapped_bytes;
 }
 
+int vlm_index_ids_outside(const vlm_index *index, const uint8_t *bitmap,
+                          int64_t nbits, int64_t *outside, int64_t *first) {
+  if (index->kind != KIND_IVF)
+    return vlm_seterr(VLM_EUNSUPPORTED, "index \"%s\": not an IVF index",
+                      index->factory);
+  if (vlm_faiss_ivf_ids_outside(index->faiss, bitmap, nbits, outside,
+                                first) != 0)
+    return vlm_seterr(VLM_ENOMEM, "index: %s", vlm_faiss_ondisk_last_error());
+  return 0;
+}
+
+const char *vlm_index_lists_path(const vlm_index *index) {
+  return vlm_faiss_ivf_is_ondisk(index->faiss) == 1
+             ? vlm_faiss_ivf_ondisk_filename(index->faiss)
+             : NULL;
+}
+
+int vlm_index_set_lists_path(vlm_index *index, const char *path) {
+  if (vlm_faiss_ivf_is_ondisk(index->faiss) != 1 || path == NULL)
+    return vlm_seterr(VLM_EINVAL, "index \"%s\": no list file to rename",
+                      index->factory);
+  if (vlm_faiss_ivf_set_ondisk_filename(index->faiss, path) != 0)
+    return vlm_seterr(VLM_ENOMEM, "index: %s", vlm_faiss_ondisk_last_error());
+  return 0;
+}
+
 /* ---------------------------------------------------------------- merge */
 
 int vlm_index_merge(vlm_index *into, vlm_index *const *parts,

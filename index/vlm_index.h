@@ -145,6 +145,17 @@ int vlm_index_merge(vlm_index *into, vlm_index *const *parts,
 int vlm_index_is_ondisk(const vlm_index *index);
 /* Size of the list file vlm_index_read mapped (0 when in RAM). */
 uint64_t vlm_index_mapped_bytes(const vlm_index *index);
+/* The list file of an index with one (NULL otherwise): where it was
+ * mapped from, or the name set_lists_path gave.  set_lists_path renames
+ * it for the next vlm_index_write (only the base name is kept there); the
+ * caller moves or links the file itself.  VLM_EINVAL without one. */
+const char *vlm_index_lists_path(const vlm_index *index);
+/* How many of an IVF index's vectors have an id whose bit is not set in
+ * bitmap[nbits] (or that appears twice), and the first such id (-1 when
+ * none); reads every list's ids.  VLM_EUNSUPPORTED for other kinds. */
+int vlm_index_ids_outside(const vlm_index *index, const uint8_t *bitmap,
+                          int64_t nbits, int64_t *outside, int64_t *first);
+int vlm_index_set_lists_path(vlm_index *index, const char *path);
 
 /* Persist to / load from a file.  The file is a 64-byte vlmdb header
  * (magic "VLMIDX1\n", format version, dim, metric, factory string length,

@@ -1161,14 +1161,16 @@ static void write_image_catalog(const char *dir, int with_vectors) {
   free(p);
 }
 
-static int wait_progress(const char *dir, pid_t pid, long rows) {
-  char path[PATH_MAX];
+static int wait_progress_of(const char *dir, pid_t pid, const char *label,
+                            long rows) {
+  char path[PATH_MAX], tag[32];
   snprintf(path, sizeof path, "%s/.stderr", dir);
+  size_t taglen = (size_t)snprintf(tag, sizeof tag, "%s: ", label);
   for (int tries = 0; tries < 6000; tries++) { /* 60 s at most */
     char *err = slurp_text(path);
     long best = -1;
-    for (char *p = err; (p = strstr(p, "ingest: ")); p += 8) {
-      long done = strtol(p + 8, NULL, 10);
+    for (char *p = err; (p = strstr(p, tag)); p += taglen) {
+      long done = strtol(p + taglen, NULL, 10);
       if (done > best)
         best = done;
     }
@@ -1178,13 +1180,17 @@ static int wait_progress(const char *dir, pid_t pid, long rows) {
     int st;
     if (waitpid(pid, &st, WNOHANG) == pid) {
       running_child = 0;
-      fail_msg("the ingest ended (status %d) before %ld rows were reported",
-               st, rows);
+      fail_msg("the %s ended (status %d) before %ld rows were reported",
+               label, st, rows);
     }
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);
   }
   return 0;
+}
+
+static int wait_progress(const char *dir, pid_t pid, long rows) {
+  return wait_progress_of(dir, pid, "ingest", rows);
 }
 
 /* A shard task killed with SIGKILL in the middle of its ingest leaves
@@ -1902,6 +1908,344 @@ static void test_mmap_open_keeps_rss_low(void **state) {
   free(x);
 }
 
+/* ------------------------------------------- shards merged into one */
+
+/* Three IVF shards of the vector catalog, their image and text vectors
+ * added to copies of one trained index (`vlmdb index train/add/merge`),
+ * and the shards merged with those indexes (`vlmdb merge`): the merged
+ * database equals the single one built from the catalog (keys, records,
+ * vectors bit for bit, metadata rows as filters see them), every item
+ * under its shard's offset plus its own id, and its IVF indexes answer as
+ * one index given every vector under those ids. */
+static void test_merge_shards_equals_single(void **state) {
+  const char *dir = *state;
+  make_images(dir);
+  write_vector_catalog(dir, "catalog.jsonl");
+  put_text(dir, "cluster.json", map3);
+  char *catalog = path_in(dir, "catalog.jsonl");
+  char *map = path_in(dir, "cluster.json");
+  char *single = path_in(dir, "single"), *merged = path_in(dir, "merged");
+  const char *factory = "IVF4,Flat";
+  free(RUN_OK(dir, "init", "--db", single, "--model", MODEL, "--index",
+              factory, "--field", "year:int"));
+  free(RUN_OK(dir, "ingest", "--db", single, catalog, "-q"));
+  char shard[3][PATH_MAX];
+  for (int s = 0; s < 3; s++) {
+    char idx[8];
+    snprintf(shard[s], PATH_MAX, "%s/shard-%d", dir, s);
+    snprintf(idx, sizeof idx, "%d", s);
+    free(RUN_OK(dir, "init", "--db", shard[s], "--model", MODEL, "--index",
+                factory, "--field", "year:int", "--cluster", map, "--shard",
+                idx));
+    free(RUN_OK(dir, "ingest", "--db", shard[s], catalog, "-q"));
+  }
+  /* a shard with a replaced item: its id space has a hole */
+  vlm_db *s1;
+  VLM_CHECK(vlm_db_open(shard[1], NULL, &s1));
+  keylist k1 = db_keys(s1);
+  vlm_record *r;
+  VLM_CHECK(vlm_db_get(s1, k1.keys[0], &r));
+  vlm_item again = {.key = r->key, .image_vec = r->image_vec,
+                    .text_vec = r->text_vec, .caption = r->caption,
+                    .source = r->source, .thumb = r->thumb,
+                    .thumb_len = r->thumb_len, .meta_json = r->meta_json};
+  VLM_CHECK(vlm_db_put(s1, &again, 1, VLM_PUT_UPSERT, NULL));
+  vlm_record_free(r);
+  keylist_free(&k1);
+  vlm_db_close(s1);
+
+  /* one trained index per modality, a part per shard, merged */
+  static const char *const mods[2] = {"image", "text"};
+  char trained[2][PATH_MAX], out[2][PATH_MAX];
+  for (int m = 0; m < 2; m++) {
+    snprintf(trained[m], PATH_MAX, "%s/trained-%s.vlmidx", dir, mods[m]);
+    snprintf(out[m], PATH_MAX, "%s/%s.vlmidx", dir, mods[m]);
+    free(RUN_OK(dir, "index", "train", "--db", single, "--factory", factory,
+                "--sample", "240", "--modality", mods[m], "--out",
+                trained[m]));
+    char part[3][PATH_MAX];
+    for (int s = 0; s < 3; s++) {
+      snprintf(part[s], PATH_MAX, "%s/part-%s-%d.vlmidx", dir, mods[m], s);
+      char *o = RUN_OK(dir, "index", "add", "--db", shard[s], "--trained",
+                       trained[m], "--out", part[s], "--modality", mods[m],
+                       "--json");
+      json_t *js = parse_json(o);
+      assert_int_equal(json_int_at(js, "shard", NULL), s);
+      json_decref(js);
+      free(o);
+    }
+    /* parts given in any order: placed by their shard index */
+    char *o = RUN_OK(dir, "index", "merge", "--trained", trained[m], "--out",
+                     out[m], "--modality", mods[m], "--json", part[2],
+                     part[0], part[1]);
+    json_t *js = parse_json(o);
+    assert_int_equal(json_int_at(js, "vectors", NULL), NROWS);
+    json_decref(js);
+    free(o);
+    /* a part of the other modality, or twice the same shard: refused */
+    char *err;
+    char other[PATH_MAX];
+    snprintf(other, sizeof other, "%s/part-image-0.vlmidx", dir);
+    if (m == 1) {
+      assert_int_equal(RUN(dir, NULL, &err, "index", "merge", "--trained",
+                           trained[m], "--out", out[m], "--modality", "text",
+                           other),
+                       1);
+      assert_contains(err, "holds image vectors, not text");
+      free(err);
+    } else {
+      assert_int_equal(RUN(dir, NULL, &err, "index", "merge", "--trained",
+                           trained[m], "--out", out[m], part[0], part[0]),
+                       1);
+      assert_contains(err, "shard 0 is given twice");
+      free(err);
+    }
+  }
+  /* the refused reruns left the merged indexes as they were */
+  for (int m = 0; m < 2; m++) {
+    vlm_index *ix = read_index(out[m]);
+    assert_int_equal(vlm_index_count(ix), NROWS);
+    vlm_index_free(ix);
+  }
+
+  /* the shards merged, given in any order */
+  char *o = RUN_OK(dir, "merge", "--into", merged, "--image-index", out[0],
+                   "--text-index", out[1], "--json", shard[2], shard[0],
+                   shard[1]);
+  json_t *sum = parse_json(o);
+  free(o);
+  assert_int_equal(json_int_at(sum, "items", NULL), NROWS);
+  assert_int_equal(json_int_at(sum, "merged", NULL), NROWS);
+  json_decref(sum);
+
+  vlm_db *one = open_ro(single), *mdb = open_ro(merged);
+  VLM_CHECK(vlm_db_verify(mdb));
+  keylist all = db_keys(one), mk = db_keys(mdb);
+  assert_int_equal(all.n, NROWS);
+  assert_int_equal(mk.n, NROWS);
+  for (int i = 0; i < all.n; i++) {
+    assert_string_equal(all.keys[i], mk.keys[i]);
+    assert_records_equal(mdb, one, all.keys[i]);
+  }
+  /* ids: the shard's offset (id spaces before it) plus its own */
+  int64_t offset = 0;
+  for (int s = 0; s < 3; s++) {
+    vlm_db *sd = open_ro(shard[s]);
+    vlm_db_info si;
+    VLM_CHECK(vlm_db_stat(sd, &si));
+    keylist k = db_keys(sd);
+    for (int i = 0; i < k.n; i++) {
+      vlm_record *a, *b;
+      VLM_CHECK(vlm_db_get(sd, k.keys[i], &a));
+      VLM_CHECK(vlm_db_get(mdb, k.keys[i], &b));
+      assert_int_equal(b->id, (uint64_t)offset + a->id);
+      vlm_record_free(a);
+      vlm_record_free(b);
+    }
+    keylist_free(&k);
+    offset += (int64_t)si.next_id - 1;
+    vlm_db_close(sd);
+  }
+  vlm_db_info mi;
+  VLM_CHECK(vlm_db_stat(mdb, &mi));
+  assert_int_equal(mi.next_id, (uint64_t)offset + 1);
+  assert_int_equal(mi.index_vectors, 2 * NROWS);
+  assert_int_equal(mi.pending_vectors, 0);
+  assert_string_equal(mi.index_factory, factory);
+
+  /* the metadata rows: a filtered exact search agrees with the single
+   * database's; and every list scanned (nprobe = nlist, Flat codes) the
+   * merged index's answer is the exact one */
+  uint64_t seed = 5;
+  for (int q = 0; q < 10; q++) {
+    float v[DIM];
+    unit_vector(v, &seed);
+    vlm_search_options fo = {.k = 20, .filter = "year % 3 = 0",
+                             .exact = 1, .target = VLM_TARGET_TEXT};
+    vlm_search_options io = {.k = 10, .nprobe = 4,
+                             .target = q % 2 ? VLM_TARGET_TEXT
+                                             : VLM_TARGET_IMAGE};
+    vlm_search_options eo = io;
+    eo.nprobe = 0;
+    eo.exact = 1;
+    vlm_hit *h1, *h2;
+    int n1, n2;
+    VLM_CHECK(vlm_db_search(one, v, &fo, &h1, &n1));
+    VLM_CHECK(vlm_db_search(mdb, v, &fo, &h2, &n2));
+    assert_int_equal(n1, 20);
+    assert_int_equal(n1, n2);
+    for (int i = 0; i < n1; i++) {
+      assert_string_equal(h1[i].key, h2[i].key);
+      assert_true(h1[i].score == h2[i].score);
+    }
+    vlm_hits_free(h1, n1);
+    vlm_hits_free(h2, n2);
+    VLM_CHECK(vlm_db_search(one, v, &eo, &h1, &n1));
+    VLM_CHECK(vlm_db_search(mdb, v, &io, &h2, &n2));
+    assert_int_equal(n1, n2);
+    for (int i = 0; i < n1; i++) {
+      assert_string_equal(h1[i].key, h2[i].key);
+      assert_float_equal(h1[i].score, h2[i].score, 1e-6);
+    }
+    vlm_hits_free(h1, n1);
+    vlm_hits_free(h2, n2);
+  }
+  vlm_db_close(mdb);
+
+  /* the merged index in the database is the merge: one index given every
+   * vector under the merged ids answers the same, id for id */
+  vlm_db_open_options mo = {.readonly = 1, .mmap_index = 1};
+  VLM_CHECK(vlm_db_open(merged, &mo, &mdb));
+  VLM_CHECK(vlm_db_stat(mdb, &mi));
+  assert_int_equal(mi.index_vectors, 2 * NROWS);
+  vlm_db_close(mdb);
+  vlm_db_open_options bad = {.mmap_index = 1};
+  assert_int_equal(vlm_db_open(merged, &bad, &mdb), VLM_EINVAL);
+  vlm_index *want, *got;
+  VLM_CHECK(vlm_index_read(trained[0], &want));
+  VLM_CHECK(vlm_index_read(out[0], &got));
+  mdb = open_ro(merged);
+  for (int i = 0; i < mk.n; i++) {
+    vlm_record *rec;
+    VLM_CHECK(vlm_db_get(mdb, mk.keys[i], &rec));
+    int64_t id = (int64_t)rec->id;
+    VLM_CHECK(vlm_index_add(want, 1, rec->image_vec, &id));
+    vlm_record_free(rec);
+  }
+  vlm_db_close(mdb);
+  seed = 77;
+  for (int q = 0; q < 10; q++) {
+    float v[DIM], s1[10], s2[10];
+    int64_t i1[10], i2[10];
+    unit_vector(v, &seed);
+    vlm_index_params all4 = {.nprobe = 4}, one1 = {.nprobe = 1};
+    VLM_CHECK(vlm_index_search(want, 1, v, 10, &all4, s1, i1));
+    VLM_CHECK(vlm_index_search(got, 1, v, 10, &all4, s2, i2));
+    assert_memory_equal(i1, i2, sizeof i1);
+    VLM_CHECK(vlm_index_search(want, 1, v, 10, &one1, s1, i1));
+    VLM_CHECK(vlm_index_search(got, 1, v, 10, &one1, s2, i2));
+    assert_memory_equal(i1, i2, sizeof i1);
+    assert_memory_equal(s1, s2, sizeof s1);
+  }
+  vlm_index_free(want);
+  vlm_index_free(got);
+
+  /* an index of other ids, or other shards, is refused */
+  char *err;
+  char other[PATH_MAX];
+  snprintf(other, sizeof other, "%s/other", dir);
+  assert_int_equal(RUN(dir, NULL, &err, "merge", "--into", other,
+                       "--image-index", out[0], shard[0], shard[1]),
+                   1);
+  assert_contains(err, "it was not merged from the shards");
+  free(err);
+  /* the database itself says what went wrong with unlike shards */
+  char flat[PATH_MAX];
+  snprintf(flat, sizeof flat, "%s/flat", dir);
+  free(RUN_OK(dir, "init", "--db", flat, "--model", MODEL, "--index", "Flat",
+              "--field", "year:int"));
+  assert_int_equal(RUN(dir, NULL, &err, "merge", "--into", other, shard[0],
+                       flat),
+                   1);
+  assert_contains(err, "differ in index kind");
+  free(err);
+  keylist_free(&all);
+  keylist_free(&mk);
+  vlm_db_close(one);
+  free(catalog);
+  free(map);
+  free(single);
+  free(merged);
+}
+
+/* `vlmdb merge` killed with SIGKILL part-way: the database it was
+ * writing opens and verifies, holding a prefix of the items; the same
+ * command again finishes, and the result equals an uninterrupted merge. */
+static void test_merge_resumes_after_kill(void **state) {
+  const char *dir = *state;
+  make_images(dir);
+  write_vector_catalog(dir, "catalog.jsonl");
+  put_text(dir, "cluster.json", map3);
+  char *catalog = path_in(dir, "catalog.jsonl");
+  char *map = path_in(dir, "cluster.json");
+  char shard[3][PATH_MAX];
+  for (int s = 0; s < 3; s++) {
+    char idx[8];
+    snprintf(shard[s], PATH_MAX, "%s/shard-%d", dir, s);
+    snprintf(idx, sizeof idx, "%d", s);
+    free(RUN_OK(dir, "init", "--db", shard[s], "--model", MODEL, "--index",
+                "HNSW8", "--field", "year:int", "--cluster", map, "--shard",
+                idx));
+    free(RUN_OK(dir, "ingest", "--db", shard[s], catalog, "-q"));
+  }
+  char *clean = path_in(dir, "clean"), *killed = path_in(dir, "killed");
+  free(RUN_OK(dir, "merge", "--into", clean, shard[0], shard[1], shard[2]));
+  /* its progress lines must not be taken for the killed run's */
+  char *errfile = path_in(dir, ".stderr");
+  unlink(errfile);
+  free(errfile);
+  pid_t pid = spawn_env(dir, NULL,
+                        (const char *const[]){"merge", "--into", killed,
+                                              "--batch", "2", shard[0],
+                                              shard[1], shard[2], NULL});
+  running_child = pid;
+  assert_true(wait_progress_of(dir, pid, "merge", 60));
+  kill(pid, SIGKILL);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  running_child = 0;
+  assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  vlm_db *db;
+  vlm_db_open_options ro = {.readonly = 1};
+  VLM_CHECK(vlm_db_open(killed, &ro, &db));
+  VLM_CHECK(vlm_db_verify(db));
+  vlm_db_info info;
+  VLM_CHECK(vlm_db_stat(db, &info));
+  vlm_db_close(db);
+  print_message("killed with %lld of %d items merged\n",
+                (long long)info.items, NROWS);
+  assert_true(info.items >= 60 && info.items < NROWS);
+
+  char *o = RUN_OK(dir, "merge", "--into", killed, "--json", shard[0],
+                   shard[1], shard[2]);
+  json_t *sum = parse_json(o);
+  free(o);
+  assert_int_equal(json_int_at(sum, "items_before", NULL), info.items);
+  assert_int_equal(json_int_at(sum, "already_there", NULL), info.items);
+  assert_int_equal(json_int_at(sum, "items", NULL), NROWS);
+  json_decref(sum);
+  vlm_db *a = open_ro(clean), *b = open_ro(killed);
+  VLM_CHECK(vlm_db_verify(b));
+  keylist ka = db_keys(a), kb = db_keys(b);
+  assert_int_equal(ka.n, NROWS);
+  assert_int_equal(kb.n, NROWS);
+  for (int i = 0; i < ka.n; i++) {
+    assert_string_equal(ka.keys[i], kb.keys[i]);
+    assert_records_equal(a, b, ka.keys[i]);
+    vlm_record *x, *y;
+    VLM_CHECK(vlm_db_get(a, ka.keys[i], &x));
+    VLM_CHECK(vlm_db_get(b, ka.keys[i], &y));
+    assert_int_equal(x->id, y->id);
+    vlm_record_free(x);
+    vlm_record_free(y);
+  }
+  keylist_free(&ka);
+  keylist_free(&kb);
+  vlm_db_close(a);
+  vlm_db_close(b);
+  /* a third run changes nothing */
+  o = RUN_OK(dir, "merge", "--into", killed, "--json", shard[0], shard[1],
+             shard[2]);
+  sum = parse_json(o);
+  free(o);
+  assert_int_equal(json_int_at(sum, "merged", NULL), 0);
+  json_decref(sum);
+  free(clean);
+  free(killed);
+  free(catalog);
+  free(map);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_slots_match_redis),
@@ -1927,6 +2271,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_ivf_merge_equals_one_index,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_mmap_open_keeps_rss_low,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_merge_shards_equals_single,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_merge_resumes_after_kill,
                                       setup_tmpdir, teardown_tmpdir),
   };
   /* VLM_TEST_ONLY=<substring>: only the tests whose names contain it */
