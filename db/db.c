@@ -1878,6 +1878,8 @@ int vlm_db_rebuild_meta(vlm_db *db) {
   return rc;
 }
 
+int vlm_db_readonly(const vlm_db *db) { return db && db->readonly; }
+
 int vlm_db_adopt_index(vlm_db *db, int modality, const char *path) {
   if (!db || !path || modality < 0 || modality >= VLM__NMOD)
     return vlm_seterr(VLM_EINVAL, "adopt index: bad argument");

@@ -105,6 +105,8 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
                 vlm_db **out);
 /* Checkpoint (unless readonly) and close.  Accepts NULL. */
 void vlm_db_close(vlm_db *db);
+/* 1 when db was opened read-only (writes fail with VLM_ESTATE). */
+int vlm_db_readonly(const vlm_db *db);
 
 /* The most bytes of one item's caption, source and meta_json, each: put
  * refuses a longer one (VLM_ETOOBIG, naming the key and the field), and

@@ -2130,6 +2130,38 @@ static void test_merge_shards_equals_single(void **state) {
   vlm_index_free(want);
   vlm_index_free(got);
 
+  /* served memory-mapped, the merged database answers */
+  {
+    vlm_record *rec;
+    vlm_db *sdb = open_ro(merged);
+    VLM_CHECK(vlm_db_get(sdb, mk.keys[17], &rec));
+    vlm_db_close(sdb);
+    char *bin = vlmdb_path(), *log = path_in(dir, "serve.log");
+    vlm_test_server srv;
+    const char *args[] = {"--db", merged, "--port", "0", "--mmap", NULL};
+    assert_int_equal(vlm_test_server_spawn(&srv, bin, args, log, 60), 0);
+    running_child = srv.pid;
+    redisContext *c = redisConnect("127.0.0.1", srv.port);
+    assert_true(c && !c->err);
+    redisReply *rep = redisCommand(c, "SEARCH VECTOR %b K 1 TARGET IMAGE "
+                                   "NPROBE 4", rec->image_vec,
+                                   DIM * sizeof(float));
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    redisReply *first = rep->element[0];
+    assert_string_equal(first->type == REDIS_REPLY_ARRAY
+                            ? first->element[0]->str
+                            : first->str,
+                        mk.keys[17]);
+    freeReplyObject(rep);
+    redisFree(c);
+    assert_int_equal(vlm_test_server_stop(&srv, 20), 0);
+    running_child = 0;
+    vlm_record_free(rec);
+    free(bin);
+    free(log);
+  }
+
   /* an index of other ids, or other shards, is refused */
   char *err;
   char other[PATH_MAX];
@@ -2246,6 +2278,112 @@ static void test_merge_resumes_after_kill(void **state) {
   free(map);
 }
 
+/* RssAnon of process pid in KiB (/proc/PID/status): the memory a process
+ * has made its own (a mapped file's pages are the page cache's). */
+static long rss_anon_kib(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kib = -1;
+  assert_non_null(f);
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
+      break;
+  fclose(f);
+  return kib;
+}
+
+/* `vlmdb serve --mmap` of a database with a large IVF index: it answers,
+ * refuses writes, and holds far less memory of its own than the same
+ * server that loads the index (measured in /proc/PID/status of each). */
+static void test_serve_mmap_keeps_rss_low(void **state) {
+  const char *dir = *state;
+  enum { N = 120000, CHUNK = 10000 };
+  char *db_dir = path_in(dir, "big");
+  free(RUN_OK(dir, "init", "--db", db_dir, "--model", MODEL, "--index",
+              "IVF64,Flat"));
+  vlm_db *db;
+  VLM_CHECK(vlm_db_open(db_dir, NULL, &db));
+  float *v = malloc((size_t)CHUNK * DIM * sizeof *v);
+  vlm_item *items = calloc(CHUNK, sizeof *items);
+  char (*keys)[16] = malloc((size_t)CHUNK * 16);
+  assert_true(v && items && keys);
+  uint64_t seed = 4242;
+  float probe[DIM];
+  for (int c = 0; c < N / CHUNK; c++) {
+    for (int i = 0; i < CHUNK; i++) {
+      unit_vector(v + (size_t)i * DIM, &seed);
+      snprintf(keys[i], 16, "k%d", c * CHUNK + i);
+      items[i] = (vlm_item){.key = keys[i], .image_vec = v + (size_t)i * DIM};
+    }
+    if (c == 3)
+      memcpy(probe, v + 123 * DIM, sizeof probe); /* key k30123 */
+    VLM_CHECK(vlm_db_put(db, items, CHUNK, 0, NULL));
+  }
+  VLM_CHECK(vlm_db_checkpoint(db));
+  vlm_db_info info;
+  VLM_CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.index_vectors, N);
+  assert_int_equal(info.pending_vectors, 0);
+  vlm_db_close(db);
+  free(v);
+  free(items);
+  free(keys);
+
+  char *bin = vlmdb_path();
+  char *log = path_in(dir, "serve.log");
+  long anon[2];
+  for (int mapped = 0; mapped < 2; mapped++) {
+    vlm_test_server srv;
+    const char *args[] = {"--db", db_dir, "--port", "0", "--threads", "1",
+                          mapped ? "--mmap" : "--quiet", NULL};
+    int st = vlm_test_server_spawn(&srv, bin, args, log, 60);
+    if (st != 0) {
+      char *text = slurp_text(log);
+      print_message("serve failed (%d):\n%s\n", st, text);
+      free(text);
+    }
+    assert_int_equal(st, 0);
+    running_child = srv.pid;
+    redisContext *c = redisConnect("127.0.0.1", srv.port);
+    assert_true(c && !c->err);
+    redisReply *r = redisCommand(c, "SEARCH VECTOR %b K 3 TARGET IMAGE",
+                                 probe, sizeof probe);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_true(r->elements >= 1);
+    /* the first hit is the stored vector itself, wherever the reply
+     * puts its key */
+    redisReply *first = r->element[0];
+    const char *key = first->type == REDIS_REPLY_ARRAY ? first->element[0]->str
+                                                       : first->str;
+    assert_string_equal(key, "k30123");
+    freeReplyObject(r);
+    r = redisCommand(c, "ADD knew IMAGEVEC %b", probe, sizeof probe);
+    assert_non_null(r);
+    if (mapped) {
+      assert_int_equal(r->type, REDIS_REPLY_ERROR);
+      assert_contains(r->str, "read-only");
+    }
+    freeReplyObject(r);
+    anon[mapped] = rss_anon_kib(srv.pid);
+    redisFree(c);
+    assert_int_equal(vlm_test_server_stop(&srv, 20), 0);
+    running_child = 0;
+  }
+  /* the index's lists: (48 floats + an id) per vector */
+  long lists_kib = (long)N * (DIM * 4 + 8) / 1024;
+  print_message("IVF lists %ld KiB; server RssAnon: index loaded %ld KiB, "
+                "mapped %ld KiB\n", lists_kib, anon[0], anon[1]);
+  /* what loading costs is the lists' size; mapped, most of it is not the
+   * process's own (the rest of the RssAnon is the server's base: the
+   * model, threads, allocator) */
+  assert_true(anon[0] - anon[1] > lists_kib * 3 / 4);
+  free(log);
+  free(bin);
+  free(db_dir);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_slots_match_redis),
@@ -2275,6 +2413,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_merge_shards_equals_single,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_merge_resumes_after_kill,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_serve_mmap_keeps_rss_low,
                                       setup_tmpdir, teardown_tmpdir),
   };
   /* VLM_TEST_ONLY=<substring>: only the tests whose names contain it */
