@@ -357,7 +357,8 @@ static int catch_up_locked(vlm_db *db) {
         /* id < upto: added by an earlier catch-up whose other modality
          * failed (ix_next did not move) */
         if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
-            db->vx[m].upto == 0 || id < db->vx[m].upto)
+            db->vx[m].upto == 0 || id < db->vx[m].upto ||
+            vlm_index_is_ondisk(db->vx[m].index))
           continue;
         if (!vlm__vec_finite(vec[m], dim)) {
           skip_bad(db, m, id);
@@ -384,7 +385,10 @@ static int catch_up_locked(vlm_db *db) {
         }
     for (int m = 0; m < VLM__NMOD && !rc; m++) {
       vlm__vindex *vx = &db->vx[m];
-      if (vx->upto == 0 || !vlm_index_is_trained(vx->index))
+      /* A mapped index takes no adds: its upto stays, and what came
+       * after is the pending tail, searched exactly. */
+      if (vx->upto == 0 || !vlm_index_is_trained(vx->index) ||
+          vlm_index_is_ondisk(vx->index))
         continue;
       if (n[m])
         rc = VLM__INDEX_ADD(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
@@ -514,6 +518,8 @@ fail:
 /* Add the live vectors of modality m with id in [vx->upto, tnext). */
 static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   vlm__vindex *vx = &db->vx[m];
+  if (vlm_index_is_ondisk(vx->index))
+    return 0; /* mapped read-only: the tail stays the pending tail */
   int rc = add_range(db, txn, m, vx->index, vx->upto, tnext);
   if (!rc)
     vx->upto = tnext;
@@ -611,7 +617,16 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
       vx->upto = upto;
       vx->removable = -1;
     }
-    vx->ntomb = vlm_index_count(vx->index) - (vx->upto ? vx->nlive : 0);
+    /* Everything in the index but the live items below upto (all of
+     * nlive, unless a mapped index left a tail it cannot take). */
+    int64_t live_below = 0;
+    if (vx->upto && vlm_index_is_ondisk(vx->index)) {
+      for (uint64_t id = 0; id < vx->upto; id++)
+        live_below += vlm__bit(vx->live, id);
+    } else if (vx->upto) {
+      live_below = vx->nlive;
+    }
+    vx->ntomb = vlm_index_count(vx->index) - live_below;
     if (vx->ntomb < 0)
       vx->ntomb = 0;
     if (vx->ntomb > 0 && vx->removable < 0)

@@ -2162,6 +2162,42 @@ static void test_merge_shards_equals_single(void **state) {
     free(log);
   }
 
+  /* a writer of the merged database: new items stay in the exactly
+   * searched tail (the mapped index takes no adds), deletions become
+   * tombstones, and the database reopens and verifies */
+  {
+    vlm_db *w;
+    VLM_CHECK(vlm_db_open(merged, NULL, &w));
+    uint64_t sd = 991;
+    float nv[DIM];
+    unit_vector(nv, &sd);
+    vlm_item it = {.key = "newcomer", .image_vec = nv, .meta_json =
+                   "{\"year\": 2024}"};
+    VLM_CHECK(vlm_db_put(w, &it, 1, 0, NULL));
+    const char *gone = mk.keys[3];
+    VLM_CHECK(vlm_db_delete(w, &gone, 1, NULL));
+    vlm_search_options so = {.k = 1, .target = VLM_TARGET_IMAGE};
+    vlm_hit *h;
+    int nh;
+    VLM_CHECK(vlm_db_search(w, nv, &so, &h, &nh));
+    assert_int_equal(nh, 1);
+    assert_string_equal(h[0].key, "newcomer");
+    vlm_hits_free(h, nh);
+    vlm_db_info wi;
+    VLM_CHECK(vlm_db_stat(w, &wi));
+    assert_int_equal(wi.pending_vectors, 1); /* the newcomer's image */
+    VLM_CHECK(vlm_db_checkpoint(w));
+    vlm_db_close(w);
+    vlm_db *rd = open_ro(merged);
+    VLM_CHECK(vlm_db_verify(rd));
+    assert_int_equal(vlm_db_exists(rd, "newcomer"), 1);
+    assert_int_equal(vlm_db_exists(rd, gone), 0);
+    VLM_CHECK(vlm_db_search(rd, nv, &so, &h, &nh));
+    assert_string_equal(h[0].key, "newcomer");
+    vlm_hits_free(h, nh);
+    vlm_db_close(rd);
+  }
+
   /* an index of other ids, or other shards, is refused */
   char *err;
   char other[PATH_MAX];
