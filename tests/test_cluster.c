@@ -2420,6 +2420,80 @@ static void test_serve_mmap_keeps_rss_low(void **state) {
   free(db_dir);
 }
 
+/* `vlmdb index` and `vlmdb merge` given what they cannot use: a usage
+ * error (exit 2) or a runtime error (exit 1) that names the problem. */
+static void test_index_commands_hostile(void **state) {
+  const char *dir = *state;
+  make_images(dir);
+  write_vector_catalog(dir, "catalog.jsonl");
+  char *catalog = path_in(dir, "catalog.jsonl"), *db = path_in(dir, "db");
+  char *trained = path_in(dir, "t.vlmidx"), *part = path_in(dir, "p.vlmidx");
+  char *side = path_in(dir, "p.vlmidx.json"), *out = path_in(dir, "o.vlmidx");
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index", "Flat"));
+  free(RUN_OK(dir, "ingest", "--db", db, catalog, "-q"));
+  char *err;
+#define EXPECT(code, text, ...)                                              \
+  do {                                                                       \
+    assert_int_equal(RUN(dir, NULL, &err, __VA_ARGS__), code);               \
+    assert_contains(err, text);                                              \
+    free(err);                                                               \
+  } while (0)
+  EXPECT(2, "train, add or merge", "index");
+  EXPECT(2, "unknown subcommand frob", "index", "frob");
+  EXPECT(2, "only IVF indexes merge", "index", "train", "--db", db,
+         "--factory", "HNSW32", "--sample", "100", "--out", trained);
+  EXPECT(2, "--modality sound", "index", "train", "--db", db, "--factory",
+         "IVF4,Flat", "--sample", "100", "--modality", "sound", "--out",
+         trained);
+  EXPECT(2, "needs --db, --factory", "index", "train", "--db", db);
+  /* 100 vectors cannot train 64 lists (39 each) */
+  EXPECT(1, "needs at least 2496", "index", "train", "--db", db, "--factory",
+         "IVF64,Flat", "--sample", "100", "--out", trained);
+  EXPECT(1, "index factory \"IVFxyz\"", "index", "train", "--db", db, "--factory",
+         "IVFxyz", "--sample", "100", "--out", trained);
+  free(RUN_OK(dir, "index", "train", "--db", db, "--factory", "IVF4,Flat",
+              "--sample", "200", "--out", trained));
+  free(RUN_OK(dir, "index", "add", "--db", db, "--trained", trained, "--out",
+              part));
+  /* a part is not an empty trained index */
+  EXPECT(1, "is not an empty trained index", "index", "add", "--db", db,
+         "--trained", part, "--out", out);
+  EXPECT(1, "not a vlmdb index file", "index", "add", "--db", db,
+         "--trained", catalog, "--out", out);
+  /* part descriptions: missing, not JSON, not one */
+  unlink(side);
+  EXPECT(1, "p.vlmidx.json", "index", "merge", "--trained", trained, "--out",
+         out, part);
+  put_text(dir, "p.vlmidx.json", "{not json");
+  EXPECT(1, "p.vlmidx.json", "index", "merge", "--trained", trained, "--out",
+         out, part);
+  put_text(dir, "p.vlmidx.json", "{\"shard\": -1, \"id_space\": \"many\"}");
+  EXPECT(1, "not a part description", "index", "merge", "--trained", trained,
+         "--out", out, part);
+  put_text(dir, "p.vlmidx.json",
+           "{\"shard\": -1, \"id_space\": 240, \"modality\": \"image\"}");
+  EXPECT(2, "merge needs --trained", "index", "merge", "--out", out, part);
+  /* a part that is not a copy of the trained index */
+  char *other = path_in(dir, "t2.vlmidx");
+  free(RUN_OK(dir, "index", "train", "--db", db, "--factory", "IVF4,Flat",
+              "--sample", "180", "--out", other));
+  EXPECT(1, "trained on different centroids", "index", "merge", "--trained",
+         other, "--out", out, part);
+  free(RUN_OK(dir, "index", "merge", "--trained", trained, "--out", out,
+              part));
+  /* merge: no shards, a shard that is no database */
+  EXPECT(2, "--into DB and one SHARD", "merge", "--into", out);
+  EXPECT(1, "nothere", "merge", "--into", out, "nothere");
+#undef EXPECT
+  free(other);
+  free(catalog);
+  free(db);
+  free(trained);
+  free(part);
+  free(side);
+  free(out);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_slots_match_redis),
@@ -2451,6 +2525,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_merge_resumes_after_kill,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_serve_mmap_keeps_rss_low,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_index_commands_hostile,
                                       setup_tmpdir, teardown_tmpdir),
   };
   /* VLM_TEST_ONLY=<substring>: only the tests whose names contain it */
