@@ -61,6 +61,15 @@ namespace {
 
 thread_local std::string ondisk_error;
 
+/* Ids in lists mapped from a file (IO_FLAG_MMAP, or a list file whose
+ * code size is not a multiple of 8) need not be 8-byte aligned. */
+inline idx_t id_at(const idx_t* ids, size_t j) {
+    idx_t id;
+    memcpy(&id, reinterpret_cast<const char*>(ids) + j * sizeof(idx_t),
+           sizeof id);
+    return id;
+}
+
 int fail(const char* what) {
     ondisk_error = what;
     return -1;
@@ -100,7 +109,7 @@ struct OffsetLists : faiss::ReadOnlyInvertedLists {
         const idx_t* src = il->get_ids(list_no);
         idx_t* out = new idx_t[n > 0 ? n : 1];
         for (size_t i = 0; i < n; i++)
-            out[i] = src[i] + offset;
+            out[i] = id_at(src, i) + offset;
         il->release_ids(list_no, src);
         return out;
     }
@@ -228,8 +237,9 @@ int vlm_faiss_ivf_merge_ondisk(
                     continue;
                 faiss::InvertedLists::ScopedIds ids(part->invlists, l);
                 for (size_t j = 0; j < n; j++)
-                    if (ids[j] < 0 ||
-                        ids[j] > std::numeric_limits<idx_t>::max() -
+                    if (id_at(ids.get(), j) < 0 ||
+                        id_at(ids.get(), j) >
+                                std::numeric_limits<idx_t>::max() -
                                         id_offsets[i])
                         return fail(("part " + std::to_string(i) +
                                      ": an id overflows with its offset")
@@ -340,7 +350,7 @@ int vlm_faiss_ivf_ids_outside(
                 continue;
             faiss::InvertedLists::ScopedIds ids(ivf->invlists, l);
             for (size_t j = 0; j < n; j++) {
-                idx_t id = ids[j];
+                idx_t id = id_at(ids.get(), j);
                 bool ok = id >= 0 && id < nbits &&
                         ((bitmap[id >> 3] >> (id & 7)) & 1) &&
                         !((seen[id >> 3] >> (id & 7)) & 1);
