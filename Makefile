@@ -3,6 +3,7 @@
 #   make demo      install missing packages, build, run the end-to-end demo
 #   make test      install missing packages, build, run every test
 #   make test T=db run one module's tests (tests/test_db.c)
+#   make test-cluster  a sharded build through a real Slurm on this machine
 #   make asan      the test suite under AddressSanitizer + UBSan
 #   make tsan      the concurrency tests under ThreadSanitizer
 #   make crash     the kill -9 crash campaign (CRASH_KILLS=1000)
@@ -73,7 +74,7 @@ TEST_UTIL_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/util/*.c))
 BENCH_SRC = $(wildcard bench/*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps build test asan tsan crash coverage fuzz fuzz-run bench demo data clean
+.PHONY: all deps build test test-cluster asan tsan crash coverage fuzz fuzz-run bench demo data clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/vlmdb
@@ -148,6 +149,15 @@ test: build
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=asan test
+
+# A sharded build through a real Slurm on this machine (about 15 s):
+# munged, slurmctld and two slurmd nodes started in a temporary directory
+# (tools/slurm/test-cluster.sh), the shard array and the merge submitted
+# with tools/slurm/submit.sh, the result checked against one process.
+test-cluster:
+	@sh tools/deps.sh cluster
+	@$(MAKE) --no-print-directory $(BUILD)/vlmdb
+	@bash tools/slurm/test-cluster.sh $(BUILD)/vlmdb
 
 # The long crash campaign: the kill -9 tests of `make test` run longer.
 # CRASH_KILLS kills of a writer child (ingest, upsert, delete, index
