@@ -233,7 +233,15 @@ int cmd_merge(int argc, char **argv) {
       vlm_cli_liberror(cmd, err);
       goto out;
     }
-  } else if (vlm_cli_open_db(cmd, into, 0, &mg.into)) {
+    vlm_db_close(mg.into);
+    mg.into = NULL;
+  }
+  /* A modality that takes a merged index builds none of its own first
+   * (at LAION's size that would be the whole index in memory). */
+  vlm_db_open_options oo = {.defer_index = (image_index ? 1u : 0u) |
+                                           (text_index ? 2u : 0u)};
+  if ((err = vlm_db_open(into, &oo, &mg.into))) {
+    vlm_cli_liberror(cmd, err);
     goto out;
   }
   vlm_db_info dinfo;

@@ -605,6 +605,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
                       "read-only open", dir);
   }
   db->mmap_index = o.mmap_index;
+  db->defer_index = o.defer_index & 3u;
   pthread_mutex_init(&db->write_mu.mu, NULL);
   pthread_mutex_init(&db->index_mu.mu, NULL);
   pthread_mutex_init(&db->pool_mu, NULL);

@@ -462,6 +462,7 @@ struct vlm_db {
   /* optional background indexing */
   int async;
   int mmap_index;             /* vlm_db_open_options.mmap_index */
+  unsigned defer_index;       /* vlm_db_open_options.defer_index */
   pthread_t bg;
   int bg_started, bg_stop, bg_work;
   pthread_mutex_t bg_mu;

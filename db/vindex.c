@@ -102,6 +102,15 @@ static void skip_bad(vlm_db *db, int m, uint64_t id) {
             db->dir, (unsigned long long)id, mod_name[m]);
 }
 
+/* Modality m's index takes no vectors: mapped read-only from a merged
+ * list file, or deferred by the opener (vlm_db_open_options.defer_index:
+ * `vlmdb merge` before it adopts a merged index).  Its items past upto
+ * stay the pending tail, searched exactly. */
+static int frozen(vlm_db *db, int m) {
+  return ((db->defer_index >> m) & 1u) ||
+         (db->vx[m].index && vlm_index_is_ondisk(db->vx[m].index));
+}
+
 /* Add the live vectors of modality m with id in [from, tnext) to ix, in
  * chunks of ADD_CHUNK. */
 static int add_range(vlm_db *db, MDB_txn *txn, int m, vlm_index *ix,
@@ -358,7 +367,7 @@ static int catch_up_locked(vlm_db *db) {
          * failed (ix_next did not move) */
         if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
             db->vx[m].upto == 0 || id < db->vx[m].upto ||
-            vlm_index_is_ondisk(db->vx[m].index))
+            frozen(db, m))
           continue;
         if (!vlm__vec_finite(vec[m], dim)) {
           skip_bad(db, m, id);
@@ -387,8 +396,7 @@ static int catch_up_locked(vlm_db *db) {
       vlm__vindex *vx = &db->vx[m];
       /* A mapped index takes no adds: its upto stays, and what came
        * after is the pending tail, searched exactly. */
-      if (vx->upto == 0 || !vlm_index_is_trained(vx->index) ||
-          vlm_index_is_ondisk(vx->index))
+      if (vx->upto == 0 || !vlm_index_is_trained(vx->index) || frozen(db, m))
         continue;
       if (n[m])
         rc = VLM__INDEX_ADD(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
@@ -410,7 +418,7 @@ static int catch_up_locked(vlm_db *db) {
    * txn (state tseq, which the index side now matches) outside the lock. */
   for (int m = 0; m < VLM__NMOD; m++) {
     vlm__vindex *vx = &db->vx[m];
-    if (vx->upto != 0 || vlm_index_is_trained(vx->index))
+    if (vx->upto != 0 || vlm_index_is_trained(vx->index) || frozen(db, m))
       continue;
     int64_t need = vlm_index_train_size(vx->index);
     if (vx->nlive < (need < 1 ? 1 : need))
@@ -518,8 +526,8 @@ fail:
 /* Add the live vectors of modality m with id in [vx->upto, tnext). */
 static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   vlm__vindex *vx = &db->vx[m];
-  if (vlm_index_is_ondisk(vx->index))
-    return 0; /* mapped read-only: the tail stays the pending tail */
+  if (frozen(db, m))
+    return 0; /* the tail stays the pending tail */
   int rc = add_range(db, txn, m, vx->index, vx->upto, tnext);
   if (!rc)
     vx->upto = tnext;
@@ -607,6 +615,13 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
     if (loaded) {
       if ((rc = add_tail(db, txn, m, tnext)))
         goto done;
+    } else if (db->defer_index & (1u << m)) {
+      /* an empty index, left so: the items are the pending tail */
+      if ((rc = vlm_index_create(db->man.factory, db->man.dim, VLM_METRIC_IP,
+                                 &vx->index)))
+        goto done;
+      vx->upto = 0;
+      vx->removable = -1;
     } else {
       vlm_index *ix = NULL;
       uint64_t upto = 0;
@@ -632,7 +647,7 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
     if (vx->ntomb > 0 && vx->removable < 0)
       vx->removable = 0;
     /* Enough vectors now for an index that still waits for training. */
-    if (vx->upto == 0 && !vlm_index_is_trained(vx->index)) {
+    if (vx->upto == 0 && !vlm_index_is_trained(vx->index) && !frozen(db, m)) {
       int64_t need = vlm_index_train_size(vx->index);
       if (vx->nlive >= (need < 1 ? 1 : need)) {
         vlm_index *ix = NULL;

@@ -94,6 +94,15 @@ typedef struct {
                                 index `vlmdb merge` gave the database
                                 (lists in a file of their own) is always
                                 mapped. */
+  unsigned defer_index;      /* bit 0 image, bit 1 text: this handle adds
+                                none of that modality's vectors to its
+                                FAISS index (nor trains or builds it);
+                                they are searched exactly as the pending
+                                tail.  For `vlmdb merge`, whose database
+                                takes a merged index afterwards
+                                (vlm_db_adopt_index) instead of building
+                                one in memory.  A later open without it
+                                indexes them. */
 } vlm_db_open_options;
 
 /* Create a new database in dir (created if missing, must be empty). */

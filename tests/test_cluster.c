@@ -2234,6 +2234,37 @@ static void test_merge_shards_equals_single(void **state) {
                    1);
   assert_contains(err, "differ in index kind");
   free(err);
+  /* deferred indexing (what merge opens its database with before it
+   * adopts an index): nothing enters FAISS, every item is searched
+   * exactly; a later open without it builds the index */
+  char deferred[PATH_MAX];
+  snprintf(deferred, sizeof deferred, "%s/deferred", dir);
+  free(RUN_OK(dir, "init", "--db", deferred, "--model", MODEL, "--index",
+              factory, "--field", "year:int"));
+  vlm_db *dd;
+  vlm_db_open_options defer = {.defer_index = 3};
+  VLM_CHECK(vlm_db_open(deferred, &defer, &dd));
+  for (int i = 0; i < all.n; i++) {
+    vlm_record *rec;
+    VLM_CHECK(vlm_db_get(one, all.keys[i], &rec));
+    vlm_item it = {.key = rec->key, .image_vec = rec->image_vec,
+                   .text_vec = rec->text_vec, .caption = rec->caption,
+                   .meta_json = rec->meta_json};
+    VLM_CHECK(vlm_db_put(dd, &it, 1, 0, NULL));
+    vlm_record_free(rec);
+  }
+  vlm_db_info di;
+  VLM_CHECK(vlm_db_stat(dd, &di));
+  assert_int_equal(di.index_vectors, 0);
+  assert_int_equal(di.pending_vectors, 2 * NROWS);
+  VLM_CHECK(vlm_db_checkpoint(dd));
+  vlm_db_close(dd);
+  VLM_CHECK(vlm_db_open(deferred, NULL, &dd));
+  VLM_CHECK(vlm_db_stat(dd, &di));
+  assert_int_equal(di.index_vectors, 2 * NROWS);
+  assert_int_equal(di.pending_vectors, 0);
+  vlm_db_close(dd);
+
   keylist_free(&all);
   keylist_free(&mk);
   vlm_db_close(one);
