@@ -149,6 +149,10 @@ int vlm_faiss_ivf_map_ondisk(
  * it (the mapping is kept: the caller moves or links the file). */
 const char* vlm_faiss_ivf_ondisk_filename(const FaissIndex* index);
 
+/* For an index whose lists are mapped (either way): every list inside
+ * the mapping.  0 (also for other indexes), or -1 with the reason. */
+int vlm_faiss_ivf_check_mapped(const FaissIndex* index);
+
 /* Count the ids of an IVF's lists whose bit is clear in bitmap[nbits] or
  * that appear a second time; *first gets the first (-1: none). */
 int vlm_faiss_ivf_ids_outside(

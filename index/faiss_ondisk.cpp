@@ -159,6 +159,21 @@ std::string same_training(const IndexIVF* a, const IndexIVF* b) {
     return "";
 }
 
+/* Every list of od inside its mapped size (what FAISS never checks: a
+ * size field changed in the file would send a search past the mapping).
+ * "" or why not. */
+std::string lists_outside(const faiss::OnDiskInvertedLists* od) {
+    size_t entry = sizeof(idx_t) + od->code_size;
+    for (size_t l = 0; l < od->nlist; l++) {
+        const auto& li = od->lists[l];
+        if (li.size > li.capacity || li.offset > od->totsize ||
+            li.capacity > (od->totsize - li.offset) / entry)
+            return "list " + std::to_string(l) + " lies outside the " +
+                    std::to_string(od->totsize) + "-byte mapping";
+    }
+    return "";
+}
+
 /* OnDiskInvertedLists::update_totsize printf()s "resizing FILE to N
  * bytes" to stdout, where vlmdb writes its --json summaries: point
  * stdout at /dev/null for the merge. */
@@ -309,16 +324,9 @@ int vlm_faiss_ivf_map_ondisk(
                          " bytes, the index needs " +
                          std::to_string(od->totsize))
                                 .c_str());
-        /* every list inside the mapped size */
-        for (size_t l = 0; l < od->nlist; l++) {
-            const auto& li = od->lists[l];
-            size_t bytes = li.capacity * (sizeof(idx_t) + od->code_size);
-            if (li.size > li.capacity || li.offset > od->totsize ||
-                bytes > od->totsize - li.offset)
-                return fail(("list " + std::to_string(l) +
-                             " lies outside " + od->filename)
-                                    .c_str());
-        }
+        std::string outside = lists_outside(od);
+        if (!outside.empty())
+            return fail((od->filename + ": " + outside).c_str());
         if (file_bytes)
             *file_bytes = (uint64_t)st.st_size;
         od->read_only = true;
@@ -365,6 +373,17 @@ int vlm_faiss_ivf_ids_outside(
         }
     }
     ONDISK_CATCH
+}
+
+int vlm_faiss_ivf_check_mapped(const FaissIndex* index) {
+    const IndexIVF* ivf = as_ivf(index);
+    auto* od = ivf ? dynamic_cast<const faiss::OnDiskInvertedLists*>(
+                             ivf->invlists)
+                   : nullptr;
+    if (!od)
+        return 0;
+    std::string outside = lists_outside(od);
+    return outside.empty() ? 0 : fail(outside.c_str());
 }
 
 const char* vlm_faiss_ivf_ondisk_filename(const FaissIndex* index) {

@@ -874,10 +874,17 @@ static int read_file(const char *path, int map_lists, vlm_index **out) {
     if (err) goto fail;
     close(s.fd);
     s.fd = -1;
-    if (faiss_Index_d(faiss) != h.dim) {
+    if (faiss_Index_d(faiss) != h.dim ||
+        (int)faiss_Index_metric_type(faiss) !=
+            (h.metric == VLM_METRIC_IP ? METRIC_INNER_PRODUCT : METRIC_L2)) {
       err = vlm_seterr(VLM_ECORRUPT, "%s: FAISS index (dim %d) disagrees "
                        "with header (dim %d)", path, faiss_Index_d(faiss),
                        h.dim);
+      goto fail;
+    }
+    if (vlm_faiss_ivf_check_mapped(faiss) != 0) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: %s", path,
+                       vlm_faiss_ondisk_last_error());
       goto fail;
     }
     struct stat st;
