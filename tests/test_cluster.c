@@ -2544,6 +2544,72 @@ static void test_index_commands_hostile(void **state) {
   free(out);
 }
 
+/* CRC-32C (Castagnoli), bitwise: the checksum of vlmdb's index files. */
+static uint32_t crc32c_bits(const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  uint32_t crc = ~0u;
+  while (len--) {
+    crc ^= *p++;
+    for (int k = 0; k < 8; k++)
+      crc = (crc >> 1) ^ (0x82F63B78u & -(crc & 1));
+  }
+  return ~crc;
+}
+
+/* A list size in an IVF file changed to one far past the file, with every
+ * checksum made right again (what a hostile file can do): mapped, FAISS
+ * would take the size as it is and a search would read past the mapping;
+ * the read refuses it.  The untouched file maps and searches. */
+static void test_mapped_lists_bounds_checked(void **state) {
+  const char *dir = *state;
+  enum { D = 32, N = 400 };
+  float *x = clustered(N, D, 3);
+  int64_t ids[N];
+  for (int i = 0; i < N; i++)
+    ids[i] = i + 1;
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/ivf.vlmidx", dir);
+  vlm_index *ix;
+  VLM_CHECK(vlm_index_create("IVF4,Flat", D, VLM_METRIC_IP, &ix));
+  VLM_CHECK(vlm_index_train(ix, N, x));
+  VLM_CHECK(vlm_index_add(ix, N, x, ids));
+  VLM_CHECK(vlm_index_write(ix, path));
+  vlm_index_free(ix);
+  VLM_CHECK(vlm_index_read_mmap(path, &ix));
+  float sc[5];
+  int64_t id[5];
+  vlm_index_params all = {.nprobe = 4};
+  VLM_CHECK(vlm_index_search(ix, 1, x + 7 * D, 5, &all, sc, id));
+  assert_int_equal(id[0], 8);
+  vlm_index_free(ix);
+
+  size_t len;
+  uint8_t *f = vlm_test_slurp(path, &len);
+  uint32_t factory_len;
+  memcpy(&factory_len, f + 24, 4);
+  size_t payload = 64 + factory_len;
+  /* FAISS's array lists: "ilar", nlist, code_size, then the sizes as
+   * "full" and a vector (its length, then one size_t per list) */
+  uint8_t *il = memmem(f + payload, len - payload, "ilar", 4);
+  assert_non_null(il);
+  assert_memory_equal(il + 20, "full", 4);
+  uint64_t nsizes, huge = (uint64_t)1 << 40;
+  memcpy(&nsizes, il + 24, 8);
+  assert_int_equal(nsizes, 4);
+  memcpy(il + 32 + 8 * 2, &huge, 8); /* list 2 */
+  uint32_t crc = crc32c_bits(f + payload, len - payload);
+  memcpy(f + 40, &crc, 4);
+  crc = crc32c_bits(f, 60);
+  memcpy(f + 60, &crc, 4);
+  vlm_test_spit(path, f, len);
+  free(f);
+  ix = NULL;
+  assert_int_equal(vlm_index_read_mmap(path, &ix), VLM_ECORRUPT);
+  assert_contains(vlm_errmsg(), "list 2 lies outside");
+  assert_null(ix);
+  free(x);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_key_slots_match_redis),
@@ -2569,6 +2635,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_ivf_merge_equals_one_index,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_mmap_open_keeps_rss_low,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_mapped_lists_bounds_checked,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_merge_shards_equals_single,
                                       setup_tmpdir, teardown_tmpdir),
