@@ -4,6 +4,7 @@
 #   make test      install missing packages, build, run every test
 #   make test T=db run one module's tests (tests/test_db.c)
 #   make test-web  the web console in a real browser (chromium, puppeteer-core)
+#   make test-cluster  a sharded build through a real Slurm on this machine
 #   make asan      the test suite under AddressSanitizer + UBSan
 #   make tsan      the concurrency tests under ThreadSanitizer
 #   make crash     the kill -9 crash campaign (CRASH_KILLS=1000)
@@ -48,7 +49,8 @@ LDFLAGS  += $(SANFLAGS) -pthread
 ifdef FAISS_PREFIX
   CFLAGS   += -I$(FAISS_PREFIX)/include -DVLM_FAISS_REAL_CAPI=1
   FAISS_LIBS = -L$(FAISS_PREFIX)/lib -Wl,-rpath,$(FAISS_PREFIX)/lib -lfaiss_c -lfaiss
-  SHIM_SRC  =
+  CXXFLAGS += -I$(FAISS_PREFIX)/include
+  SHIM_SRC  = index/faiss_ondisk.cpp
 else
   FAISS_LIBS = -lfaiss
   SHIM_SRC   = $(wildcard index/*.cpp)
@@ -73,7 +75,7 @@ TEST_UTIL_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/util/*.c))
 BENCH_SRC = $(wildcard bench/*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps build test test-web console-shots asan tsan crash coverage fuzz fuzz-run bench demo data clean
+.PHONY: all deps build test test-web console-shots test-cluster asan tsan crash coverage fuzz fuzz-run bench demo data clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/vlmdb
@@ -173,6 +175,14 @@ DEMO_DB ?= data/demo.vlmdb
 console-shots: deps
 	@$(MAKE) --no-print-directory -j$$(nproc) $(BUILD)/vlmdb $(WEB_DEPS)
 	node tests/web/console.test.mjs --vlmdb $(BUILD)/vlmdb --shots docs --db $(DEMO_DB)
+# A sharded build through a real Slurm on this machine (about 15 s):
+# munged, slurmctld and two slurmd nodes started in a temporary directory
+# (tools/slurm/test-cluster.sh), the shard array and the merge submitted
+# with tools/slurm/submit.sh, the result checked against one process.
+test-cluster:
+	@sh tools/deps.sh cluster
+	@$(MAKE) --no-print-directory $(BUILD)/vlmdb
+	@bash tools/slurm/test-cluster.sh $(BUILD)/vlmdb
 
 # The long crash campaign: the kill -9 tests of `make test` run longer.
 # CRASH_KILLS kills of a writer child (ingest, upsert, delete, index

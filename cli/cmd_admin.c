@@ -154,6 +154,20 @@ int cmd_info(int argc, char **argv) {
                         json_integer(info.format_version));
     json_object_set_new(o, "fields", fields);
     json_object_set_new(o, "disk_bytes", json_integer((json_int_t)info.disk_bytes));
+    if (info.shard >= 0) {
+      json_t *c = json_object(), *slots = json_array();
+      for (int i = 0; i < info.nslot_ranges; i++)
+        json_array_append_new(slots, json_pack("[ii]",
+                                               info.slot_ranges[i].first,
+                                               info.slot_ranges[i].last));
+      json_object_set_new(c, "digest", json_string(info.cluster_digest));
+      json_object_set_new(c, "shard", json_integer(info.shard));
+      json_object_set_new(c, "shards", json_integer(info.nshards));
+      json_object_set_new(c, "slots", slots);
+      json_object_set_new(o, "cluster", c);
+    } else {
+      json_object_set_new(o, "cluster", json_null());
+    }
     print_json_line(o);
     return VLM_EXIT_OK;
   }
@@ -190,6 +204,13 @@ int cmd_info(int argc, char **argv) {
   printf("\n");
   printf("disk:           %.1f MiB\n", (double)info.disk_bytes / (1 << 20));
   printf("format version: %d\n", info.format_version);
+  if (info.shard >= 0) {
+    char held[4096];
+    vlm_slot_ranges_format(info.slot_ranges, info.nslot_ranges, held,
+                           sizeof held);
+    printf("shard:          %d of %d, slots %s (cluster %s)\n", info.shard,
+           info.nshards, held, info.cluster_digest);
+  }
   return VLM_EXIT_OK;
 }
 

@@ -48,6 +48,11 @@ static void usage(FILE *f) {
 "  --batch-window-us N      how long an embedding waits for others to batch\n"
 "                           with (default %d; 0 turns batching off)\n"
 "  --batch-max N            largest embedding batch (default %d)\n"
+"  --mmap                   serve read-only, an IVF index's inverted lists\n"
+"                           memory-mapped from its file instead of loaded\n"
+"                           (resident memory far below the index's size;\n"
+"                           the LAION way, with `vlmdb merge`'s index);\n"
+"                           writes are refused\n"
 "  --quiet                  no log lines on stderr\n"
 "\n"
 "SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
@@ -83,13 +88,17 @@ int cmd_serve(int argc, char **argv) {
   const char *db_dir = NULL, *model_dir = NULL;
   vlm_server_options opts = {0};
   opts.port = VLM_SERVER_DEFAULT_PORT;
-  int quiet = 0, http_set = 0;
+  int quiet = 0, http_set = 0, mmap_index = 0;
   opts.http = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return VLM_EXIT_OK;
+    }
+    if (!strcmp(a, "--mmap")) {
+      mmap_index = 1;
+      continue;
     }
     if (!strcmp(a, "--quiet")) {
       quiet = 1;
@@ -171,7 +180,8 @@ int cmd_serve(int argc, char **argv) {
   int explicit_model = model_dir != NULL;
   /* The database names the model it was made with; --model only
    * overrides it (and must be that same model). */
-  vlm_db_open_options dopts = {0};
+  vlm_db_open_options dopts = {.readonly = mmap_index,
+                               .mmap_index = mmap_index};
   rc = vlm_db_open(db_dir, &dopts, &db);
   if (rc < 0) {
     vlm_cli_liberror(cmd, rc);

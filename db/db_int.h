@@ -46,6 +46,7 @@
 
 #include "vlm_error.h"
 #include "vlm_index.h"
+#include "vlm_slot.h"
 #include "vlmdb.h"
 
 #define VLM__FORMAT_VERSION 1
@@ -88,7 +89,17 @@ typedef struct {
   char fname[VLM__MAX_FIELDS][VLM_DB_FIELD_NAME];
   vlm__ckpt ckpt[VLM__NMOD];
   int sql_cksum;   /* meta.sqlite's pages carry checksums (sqlvfs.c) */
+  /* A shard of a cluster (nslot_ranges > 0): the map's digest, this
+   * shard's index among nshards, and the slot ranges it holds (sorted,
+   * disjoint).  Writes of keys of other slots are refused. */
+  char cluster_digest[17];
+  int shard, nshards;
+  int nslot_ranges;
+  vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
 } vlm__manifest;
+
+/* 1 when the database holds slot (always, for a database of no cluster). */
+int vlm__slot_mine(const vlm__manifest *m, int slot);
 
 int vlm__manifest_read(const char *dir, vlm__manifest *m);
 /* 0 when name is a model family a manifest may record: 1..31 bytes of
@@ -348,6 +359,8 @@ void vlm__vindex_close(vlm_db *db);
 int vlm__vindex_catch_up(vlm_db *db);
 int vlm__vindex_checkpoint(vlm_db *db);
 int vlm__vindex_reindex(vlm_db *db, const char *factory);
+/* vlm_db_adopt_index; the caller holds write_mu. */
+int vlm__vindex_adopt(vlm_db *db, int m, const char *path);
 int vlm__factory_nlist(const char *factory);
 void vlm__vindex_remove_orphans(vlm_db *db);
 
@@ -460,6 +473,8 @@ struct vlm_db {
 
   /* optional background indexing */
   int async;
+  int mmap_index;             /* vlm_db_open_options.mmap_index */
+  unsigned defer_index;       /* vlm_db_open_options.defer_index */
   pthread_t bg;
   int bg_started, bg_stop, bg_work;
   pthread_mutex_t bg_mu;

@@ -650,7 +650,8 @@ static void finish_shutdown(vlm_server *srv) {
   vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
   on_jobs_done(&srv->async_done);
-  int rc = vlm_db_checkpoint(srv->db);
+  /* a read-only database (serve --mmap) has nothing to write */
+  int rc = vlm_db_readonly(srv->db) ? 0 : vlm_db_checkpoint(srv->db);
   if (rc < 0) {
     srv->checkpoint_rc = rc;
     vlm__server_log(srv, "checkpoint failed: %s", vlm_errmsg());

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install the Debian packages vlmdb needs, if any are missing.
-# Usage: tools/deps.sh [build|data]   (build: compile and test; data: also
-# the sources of the catalogs `make data` and `make demo` build;
-# data-next is the same as data).
+# Usage: tools/deps.sh [build|data|cluster]   (build: compile and test;
+# data: also the sources of the catalogs `make data` and `make demo` build;
+# data-next is the same as data; cluster: also Slurm and MUNGE for `make
+# test-cluster`).
 set -eu
 
 # (chromium and npm: make test-web, the web console in a real browser)
@@ -22,8 +23,15 @@ tuxpaint-stamps-default librsvg2-bin wordnet-base dict-freedict-eng-deu
 dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
 dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
 
+# `make test-cluster`: a Slurm controller and two slurmd nodes on this host
+# (tools/slurm/test-cluster.sh), authenticated by MUNGE
+CLUSTER_PKGS="slurmctld slurmd slurm-client munge"
+
 pkgs=$BUILD_PKGS
-case ${1:-build} in data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;; esac
+case ${1:-build} in
+  data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;;
+  cluster) pkgs="$BUILD_PKGS $CLUSTER_PKGS" ;;
+esac
 
 missing=""
 for p in $pkgs; do
