@@ -64,7 +64,31 @@ chmod 400 "$T/munge.key"
 munged --force --key-file="$T/munge.key" --socket="$T/munge.sock" \
   --pid-file="$T/munged.pid" --log-file="$T/log/munged.log" \
   --seed-file="$T/munged.seed"
-base=$((20000 + RANDOM % 20000))
+# Three consecutive loopback ports below the kernel's ephemeral range
+# (32768 up), free now: a port a client happens to hold would stop
+# slurmctld (it exits: "Address already in use").
+free_ports() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 32000)
+    socks = []
+    try:
+        for p in range(base, base + 3):
+            s = socket.socket()
+            s.bind(("127.0.0.1", p))
+            socks.append(s)
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+}
+base=$(free_ports)
+[ -n "$base" ] || fail "no three free loopback ports"
 export SLURM_CONF=$T/slurm.conf
 cat > "$SLURM_CONF" <<EOF
 ClusterName=vlmtest
@@ -101,12 +125,21 @@ t0=$(date +%s.%N)
 slurmctld -f "$SLURM_CONF" -i
 slurmd -f "$SLURM_CONF" -N n1
 slurmd -f "$SLURM_CONF" -N n2
+# up within 15 s, or fail at once when a daemon has exited (sinfo against
+# a controller that is not there waits for its message timeout, so each
+# call is bounded too)
 up=0
-for _ in $(seq 1 100); do
-  if [ "$(sinfo -h -N -t idle -o %N 2>/dev/null | wc -l)" = 2 ]; then up=1; break; fi
+for _ in $(seq 1 150); do
+  for f in slurmctld slurmd-n1 slurmd-n2; do
+    if grep -qs 'fatal:' "$T/log/$f.log" ||
+       { [ -s "$T/$f.pid" ] && ! kill -0 "$(cat "$T/$f.pid")" 2>/dev/null; }; then
+      fail "$f has exited: $(grep -s 'fatal:' "$T/log/$f.log" | tail -n 1)"
+    fi
+  done
+  if [ "$(timeout 2 sinfo -h -N -t idle -o %N 2>/dev/null | wc -l)" = 2 ]; then up=1; break; fi
   sleep 0.1
 done
-[ "$up" = 1 ] || fail "the nodes did not come up"
+[ "$up" = 1 ] || fail "the nodes did not come up in 15 s"
 say "cluster up in $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}") s: $(sinfo -h -o '%P %D %t')"
 
 # wait for jobs to leave the queue (bounded: sbatch --wait lags ~30 s)
