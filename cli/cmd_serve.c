@@ -13,6 +13,7 @@
 #include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_server.h"
+#include "vlm_slot.h"
 #include "vlmdb.h"
 
 static void usage(FILE *f) {
@@ -42,6 +43,14 @@ static void usage(FILE *f) {
 "  --batch-window-us N      how long an embedding waits for others to batch\n"
 "                           with (default %d; 0 turns batching off)\n"
 "  --batch-max N            largest embedding batch (default %d)\n"
+"  --cluster FILE           serve as one node of a Redis Cluster: the\n"
+"                           cluster map (cluster.json, every shard with an\n"
+"                           address); the database must be its shard\n"
+"  --shard I|auto           which shard this node serves (default: the one\n"
+"                           the database's manifest records); the port\n"
+"                           defaults to the one of its address in the map\n"
+"  --cluster-timeout MS     how long SEARCH, COUNT and INFO keyspace wait\n"
+"                           for the other shards (default 2000)\n"
 "  --quiet                  no log lines on stderr\n"
 "\n"
 "SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
@@ -75,9 +84,11 @@ static int parse_count(const char *s, long long max, long long *out) {
 int cmd_serve(int argc, char **argv) {
   const char *cmd = argv[0];
   const char *db_dir = NULL, *model_dir = NULL;
+  const char *cluster_file = NULL, *shard_text = NULL;
   vlm_server_options opts = {0};
   opts.port = VLM_SERVER_DEFAULT_PORT;
-  int quiet = 0;
+  int quiet = 0, port_given = 0;
+  vlm_cluster *map = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -104,7 +115,14 @@ int cmd_serve(int argc, char **argv) {
     else if (!strcmp(a, "--requirepass"))
       opts.requirepass = v;
     else if (!strcmp(a, "--port"))
-      bad = parse_count(v, 65535, &n) < 0, opts.port = (int)n;
+      bad = parse_count(v, 65535, &n) < 0, opts.port = (int)n, port_given = 1;
+    else if (!strcmp(a, "--cluster"))
+      cluster_file = v;
+    else if (!strcmp(a, "--shard"))
+      shard_text = v;
+    else if (!strcmp(a, "--cluster-timeout"))
+      bad = parse_count(v, 3600000, &n) < 0 || n < 1,
+      opts.cluster_timeout_ms = (int)n;
     else if (!strcmp(a, "--threads"))
       bad = parse_count(v, 1024, &n) < 0 || n < 1, opts.threads = (int)n;
     else if (!strcmp(a, "--maxclients"))
@@ -136,6 +154,10 @@ int cmd_serve(int argc, char **argv) {
     vlm_cli_error(cmd, "--db DIR is required (see --help)");
     return VLM_EXIT_USAGE;
   }
+  if (shard_text && !cluster_file) {
+    vlm_cli_error(cmd, "--shard needs --cluster FILE");
+    return VLM_EXIT_USAGE;
+  }
 
   /* Freed request and reply buffers go back to the system instead of
    * raising glibc's mmap threshold, so memory returns to its baseline
@@ -160,6 +182,33 @@ int cmd_serve(int argc, char **argv) {
   if (rc < 0) {
     vlm_cli_liberror(cmd, rc);
     goto done;
+  }
+  if (cluster_file) {
+    rc = vlm_cluster_load(cluster_file, NULL, NULL, &map);
+    if (rc < 0) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    if (shard_text)
+      rc = vlm_shard_index(shard_text, map->nshards, &opts.shard);
+    else if (info.shard >= 0)
+      opts.shard = info.shard;
+    else if (map->nshards == 1)
+      opts.shard = 0;
+    else
+      rc = vlm_seterr(VLM_EINVAL, "%s is not a shard database: give --shard",
+                      db_dir);
+    if (rc < 0) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    opts.cluster = map;
+    /* the port of this shard's address in the map, unless given */
+    const vlm_cluster_shard *me = &map->shards[opts.shard];
+    const char *colon = me->naddresses ? strrchr(me->addresses[0], ':')
+                                       : NULL;
+    if (!port_given && colon)
+      opts.port = atoi(colon + 1);
   }
   if (!model_dir)
     model_dir = info.model_dir[0] && access(info.model_dir, R_OK) == 0
@@ -202,6 +251,7 @@ int cmd_serve(int argc, char **argv) {
   status = VLM_EXIT_OK;
 done:
   vlm_server_free(srv);
+  vlm_cluster_free(map);
   vlm_db_close(db);
   vlm_clip_free(clip);
   return status;
