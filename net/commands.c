@@ -942,6 +942,8 @@ typedef struct {
    * hits as RESP2 (without probability, computed over the merged hits),
    * and the query vector the other shards are sent. */
   int coordinated, allow_partial;
+  int rankings;            /* VLM.LOCAL ... RANKINGS: a hybrid search's
+                              two rankings, unfused, for a coordinator */
   vlm__buf local;
   float *qvec;
 } search_state;
@@ -1054,6 +1056,8 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       st->opts.exact = 1;
     } else if (arg_is(a, "ALLOWPARTIAL")) {
       st->allow_partial = 1;
+    } else if (arg_is(a, "RANKINGS") && job->local) {
+      st->rankings = 1;
     } else if (arg_is(a, "COLLAPSE") && has) {
       if (arg_double(ctx, &ctx->argv[++i], 0, 1, "COLLAPSE", &d) < 0)
         return -1;
@@ -1086,11 +1090,15 @@ static int cmd_search_proc(vlm__ctx *ctx) {
     return -1;
   }
   st->coordinated = ctx->srv->cluster && !job->local;
-  if (st->coordinated && (st->opts.hybrid_text || st->opts.collapse > 0)) {
-    vlm__reply_error(ctx->out, "ERR", "SEARCH %s is not coordinated across "
-                     "a cluster's shards yet (send VLM.LOCAL SEARCH ... to "
-                     "each shard)", st->opts.hybrid_text ? "HYBRID"
-                                                         : "COLLAPSE");
+  if (st->coordinated && st->opts.collapse > 0) {
+    vlm__reply_error(ctx->out, "ERR", "SEARCH COLLAPSE is not coordinated "
+                     "across a cluster's shards yet (send VLM.LOCAL SEARCH "
+                     "... to each shard)");
+    return -1;
+  }
+  if (st->rankings && (!st->opts.hybrid_text || st->opts.collapse > 0)) {
+    vlm__reply_error(ctx->out, "ERR", "RANKINGS needs HYBRID and no "
+                     "COLLAPSE");
     return -1;
   }
   /* logit and probability are the model's own score of a cosine, so they
@@ -1241,6 +1249,20 @@ static int search_after(vlm__job *job);
 static void search_done(vlm__job *job, redisReply **replies,
                         const char **errors);
 
+/* Keep the query vector for the other shards (exec of a coordinated
+ * search); -1 with the error replied. */
+static int save_query(vlm__job *job, const float *query) {
+  search_state *st = job->state;
+  size_t bytes = (size_t)job->srv->dim * sizeof *st->qvec;
+  if (st->local.oom || (query && !(st->qvec = malloc(bytes)))) {
+    vlm__reply_error(&job->reply, "ERR", "out of memory");
+    return -1;
+  }
+  if (query)
+    memcpy(st->qvec, query, bytes);
+  return 0;
+}
+
 static void cmd_search_exec(vlm__job *job) {
   vlm_server *srv = job->srv;
   search_state *st = job->state;
@@ -1277,6 +1299,30 @@ static void cmd_search_exec(vlm__job *job) {
     }
     break;
   }
+  if (st->rankings || (st->coordinated && st->opts.hybrid_text)) {
+    /* the two rankings a hybrid search fuses, left for the coordinator
+     * to fuse with the other shards' */
+    vlm_hit *text = NULL;
+    int ntext = 0;
+    rc = vlm_db_search_rankings(srv->db, query, &st->opts, &hits, &nhits,
+                                &text, &ntext);
+    if (rc < 0) {
+      reply_liberr(out, rc);
+      goto done;
+    }
+    vlm__buf *to = out;
+    if (st->coordinated) {
+      vlm__buf_init(&st->local, 0);
+      to = &st->local;
+    }
+    vlm__reply_array(to, 2);
+    write_hits(to, srv, st, hits, nhits, NULL, 1);
+    write_hits(to, srv, st, text, ntext, NULL, 1);
+    vlm_hits_free(text, ntext);
+    if (st->coordinated && save_query(job, query) == 0)
+      job->after = search_after;
+    goto done;
+  }
   rc = vlm_db_search(srv->db, query, &st->opts, &hits, &nhits);
   if (rc < 0) {
     reply_liberr(out, rc);
@@ -1285,18 +1331,9 @@ static void cmd_search_exec(vlm__job *job) {
   if (st->coordinated) {
     /* this shard's part, as the others answer theirs */
     vlm__buf_init(&st->local, 0);
-    st->qvec = malloc((size_t)srv->dim * sizeof *st->qvec);
-    if (!st->qvec) {
-      vlm__reply_error(out, "ERR", "out of memory");
-      goto done;
-    }
-    memcpy(st->qvec, query, (size_t)srv->dim * sizeof *st->qvec);
     write_hits(&st->local, srv, st, hits, nhits, NULL, 1);
-    if (st->local.oom) {
-      vlm__reply_error(out, "ERR", "out of memory");
-      goto done;
-    }
-    job->after = search_after;
+    if (save_query(job, query) == 0)
+      job->after = search_after;
     goto done;
   }
   int need_prob = 0;
@@ -1367,6 +1404,17 @@ static int search_after(vlm__job *job) {
   }
   if (st->opts.exact)
     CARG("EXACT");
+  char wbuf[32];
+  if (st->opts.hybrid_text) {
+    CARG("HYBRID");
+    CARG(st->opts.hybrid_text);
+    if (st->opts.hybrid_weight > 0) {
+      snprintf(wbuf, sizeof wbuf, "%.9g", (double)st->opts.hybrid_weight);
+      CARG("WEIGHT");
+      CARG(wbuf);
+    }
+    CARG("RANKINGS");
+  }
   for (int f = 0; f < st->nfields; f++)
     nfields += st->fields[f] != F_PROBABILITY;
   if (nfields > 0) {
@@ -1392,6 +1440,60 @@ static int merged_cmp(const void *a, const void *b) {
   if (x->score != y->score)
     return x->score > y->score ? -1 : 1;
   return strcmp(x->hit->element[0]->str, y->hit->element[0]->str);
+}
+
+typedef struct {
+  const char *key;
+  const redisReply *hit;
+  int from_text;
+} keyed_hit;
+
+static int keyed_cmp(const void *a, const void *b) {
+  const keyed_hit *x = a, *y = b;
+  int c = strcmp(x->key, y->key);
+  return c ? c : x->from_text - y->from_text;
+}
+
+/* Fuse the merged vector ranking vec[0..nv) and BM25 ranking
+ * text[0..nt) (vlm_fuse_rrf) into vec[0..*n): each fused hit with its
+ * entry (fields) from the vector ranking, else the BM25 one, and its
+ * fused score.  vec has room for nv + nt.  -1 out of memory. */
+static int fuse_rankings(merged_hit *vec, int nv, merged_hit *text, int nt,
+                         float weight, int k, int *n) {
+  vlm_hit *vh = calloc((size_t)(nv + nt) + 1, sizeof *vh), *fused = NULL;
+  keyed_hit *idx = malloc(((size_t)(nv + nt) + 1) * sizeof *idx);
+  int nf = 0, rc = -1;
+  if (!vh || !idx)
+    goto done;
+  for (int i = 0; i < nv + nt; i++) {
+    const merged_hit *m = i < nv ? &vec[i] : &text[i - nv];
+    vh[i].key = m->hit->element[0]->str;
+    vh[i].score = m->score;
+    vh[i].modality = i < nv ? VLM_TARGET_IMAGE : VLM_TARGET_TEXT;
+    idx[i].key = vh[i].key;
+    idx[i].hit = m->hit;
+    idx[i].from_text = i >= nv;
+  }
+  qsort(idx, (size_t)(nv + nt), sizeof *idx, keyed_cmp);
+  if (vlm_fuse_rrf(vh, nv, vh + nv, nt, weight, k, &fused, &nf) < 0)
+    goto done;
+  for (int i = 0; i < nf; i++) {
+    keyed_hit want = {fused[i].key, NULL, 0};
+    const keyed_hit *at = bsearch(&want, idx, (size_t)(nv + nt), sizeof *idx,
+                                  keyed_cmp);
+    if (!at) /* not in the vector ranking: its BM25 entry */
+      at = (want.from_text = 1, bsearch(&want, idx, (size_t)(nv + nt),
+                                        sizeof *idx, keyed_cmp));
+    vec[i].hit = at->hit;
+    vec[i].score = fused[i].score;
+  }
+  *n = nf;
+  rc = 0;
+done:
+  vlm_hits_free(fused, nf);
+  free(vh);
+  free(idx);
+  return rc;
 }
 
 /* A hit as a shard wrote it in RESP2: an array of 2 + 2 * nfields with a
@@ -1440,6 +1542,7 @@ static void search_done(vlm__job *job, redisReply **replies,
   vlm__buf *out = &job->reply;
   int nshards = vlm__cluster_nshards(srv), me = vlm__cluster_myshard(srv);
   int nfields = 0, answered = 0, total_hits = 0;
+  int hybrid = st->opts.hybrid_text != NULL, nlists = hybrid ? 2 : 1;
   merged_hit *merged = NULL;
   float *scores = NULL, *probs = NULL;
   redisReply *local = vlm__cluster_parse_reply(st->local.data, st->local.len);
@@ -1463,16 +1566,21 @@ static void search_done(vlm__job *job, redisReply **replies,
       vlm__reply_error(out, "ERR", "shard %d answered: %.300s", s, r->str);
       goto done;
     }
-    int ok = r->type == REDIS_REPLY_ARRAY;
-    for (size_t h = 0; ok && h < r->elements; h++)
-      ok = hit_ok(r->element[h], nfields);
+    /* hybrid: [vector ranking, BM25 ranking], else the hits */
+    int ok = r->type == REDIS_REPLY_ARRAY && (!hybrid || r->elements == 2);
+    for (int l = 0; ok && l < nlists; l++) {
+      const redisReply *list = hybrid ? r->element[l] : r;
+      ok = list->type == REDIS_REPLY_ARRAY;
+      for (size_t h = 0; ok && h < list->elements; h++)
+        ok = hit_ok(list->element[h], nfields);
+      total_hits += ok ? (int)list->elements : 0;
+    }
     if (!ok) {
       vlm__reply_error(out, "ERR", "shard %d answered SEARCH with a reply "
                        "that is not a list of hits", s);
       goto done;
     }
     answered++;
-    total_hits += (int)r->elements;
   }
   if (first_error && !st->allow_partial) {
     vlm__reply_error(out, "CLUSTERDOWN", "%s (SEARCH ... ALLOWPARTIAL "
@@ -1484,16 +1592,33 @@ static void search_done(vlm__job *job, redisReply **replies,
     vlm__reply_error(out, "ERR", "out of memory");
     goto done;
   }
-  int n = 0;
-  for (int s = 0; s < nshards; s++) {
-    const redisReply *r = s == me ? local : replies[s];
-    for (size_t h = 0; r && h < r->elements; h++) {
-      merged[n].hit = r->element[h];
-      merged[n].score = strtof(r->element[h]->element[1]->str, NULL);
-      n++;
+  int n = 0, nl[2] = {0, 0};
+  for (int l = 0; l < nlists; l++) {
+    merged_hit *list = merged + nl[0];
+    for (int s = 0; s < nshards; s++) {
+      const redisReply *r = s == me ? local : replies[s];
+      if (r && hybrid)
+        r = r->element[l];
+      for (size_t h = 0; r && h < r->elements; h++) {
+        list[nl[l]].hit = r->element[h];
+        list[nl[l]].score = strtof(r->element[h]->element[1]->str, NULL);
+        nl[l]++;
+      }
+    }
+    qsort(list, (size_t)nl[l], sizeof *list, merged_cmp);
+  }
+  n = nl[0];
+  if (hybrid) {
+    /* each ranking as deep as one database ranks it, then fused as one
+     * database fuses its own */
+    int depth = st->opts.k > 50 ? st->opts.k : 50;
+    if (fuse_rankings(merged, nl[0] < depth ? nl[0] : depth, merged + nl[0],
+                      nl[1] < depth ? nl[1] : depth,
+                      st->opts.hybrid_weight, st->opts.k, &n) < 0) {
+      vlm__reply_error(out, "ERR", "out of memory");
+      goto done;
     }
   }
-  qsort(merged, (size_t)n, sizeof *merged, merged_cmp);
   if (n > st->opts.k)
     n = st->opts.k;
   int need_prob = 0;

@@ -718,12 +718,171 @@ static void assert_same_hits(redisReply *got, redisReply *want,
   }
 }
 
+/* One entry of a ranking, for the test's own fusion. */
+typedef struct {
+  const char *key;
+  float score;
+  const redisReply *hit;
+} entry;
+
+static int entry_desc(const void *a, const void *b) {
+  const entry *x = a, *y = b;
+  if (x->score != y->score)
+    return x->score > y->score ? -1 : 1;
+  return strcmp(x->key, y->key);
+}
+
+typedef struct {
+  const char *key;
+  float score;
+} fused;
+
+static int fused_desc(const void *a, const void *b) {
+  const fused *x = a, *y = b;
+  if (x->score != y->score)
+    return x->score > y->score ? -1 : 1;
+  return strcmp(x->key, y->key);
+}
+
+/* A coordinated HYBRID search against the fusion computed here from the
+ * shards' own rankings (VLM.LOCAL ... RANKINGS): each ranking merged by
+ * score to depth max(k, 50), then reciprocal rank fusion with constant
+ * 60 (an item's first place in the vector ranking, each place in BM25);
+ * and its overlap with the single database's hybrid results (BM25 scores
+ * are each shard's own, so only close to one database's). */
+static void check_hybrid(redisContext **nodes, redisContext *single,
+                         const float *v, int k, const char *text, float w) {
+  char wbuf[32];
+  snprintf(wbuf, sizeof wbuf, "%g", (double)(w > 0 ? w : 0.5f));
+  redisReply *parts[NSHARDS];
+  entry *lists[2];
+  int nl[2] = {0, 0};
+  lists[0] = calloc(2 * NROWS, sizeof(entry));
+  lists[1] = calloc(2 * NROWS, sizeof(entry));
+  for (int s = 0; s < NSHARDS; s++) {
+    parts[s] = cmd(nodes[s], "VLM.LOCAL SEARCH VECTOR %b K %d HYBRID %s "
+                   "WEIGHT %s RANKINGS RETURN 1 caption", v, DIM * 4, k,
+                   text, wbuf);
+    assert_int_equal(parts[s]->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(parts[s]->elements, 2);
+    for (int l = 0; l < 2; l++) {
+      redisReply *list = parts[s]->element[l];
+      for (size_t h = 0; h < list->elements; h++) {
+        entry *e = &lists[l][nl[l]++];
+        e->key = list->element[h]->element[0]->str;
+        e->score = strtof(list->element[h]->element[1]->str, NULL);
+        e->hit = list->element[h];
+      }
+    }
+  }
+  int depth = k > 50 ? k : 50;
+  for (int l = 0; l < 2; l++) {
+    qsort(lists[l], (size_t)nl[l], sizeof(entry), entry_desc);
+    if (nl[l] > depth)
+      nl[l] = depth;
+  }
+  assert_true(nl[1] > 0); /* the words are in captions */
+  float wt = w > 0 ? w : 0.5f;
+  fused *f = calloc((size_t)(nl[0] + nl[1]), sizeof *f);
+  int nf = 0;
+  for (int i = 0; i < nl[0] + nl[1]; i++) {
+    int vec = i < nl[0];
+    const char *key = vec ? lists[0][i].key : lists[1][i - nl[0]].key;
+    float add = vec ? (1 - wt) / (60.0f + i + 1)
+                    : wt / (60.0f + (i - nl[0]) + 1);
+    int at = -1;
+    for (int j = 0; j < nf; j++)
+      if (!strcmp(f[j].key, key))
+        at = j;
+    if (at >= 0 && !vec) {
+      f[at].score += add;
+      continue;
+    }
+    if (at >= 0) /* a key twice in the vector ranking: its first place */
+      continue;
+    f[nf].key = key;
+    f[nf++].score = add;
+  }
+  qsort(f, (size_t)nf, sizeof *f, fused_desc);
+  if (nf > k)
+    nf = k;
+  redisReply *got = cmd(nodes[1], "SEARCH VECTOR %b K %d HYBRID %s WEIGHT "
+                        "%s RETURN 1 caption", v, DIM * 4, k, text, wbuf);
+  assert_int_equal(got->type, REDIS_REPLY_ARRAY);
+  if ((int)got->elements != nf)
+    fail_msg("HYBRID '%s' k %d: %zu hits, the shards' rankings fuse to %d",
+             text, k, got->elements, nf);
+  for (int i = 0; i < nf; i++) {
+    redisReply *h = got->element[i];
+    if (strcmp(h->element[0]->str, f[i].key))
+      fail_msg("HYBRID '%s' k %d: hit %d is %s, the fusion's %s", text, k,
+               i, h->element[0]->str, f[i].key);
+    assert_float_equal(strtof(h->element[1]->str, NULL), f[i].score, 1e-7);
+    assert_string_equal(h->element[2]->str, "caption");
+    assert_int_equal(h->element[3]->type, REDIS_REPLY_STRING);
+  }
+  redisReply *one = cmd(single, "SEARCH VECTOR %b K %d HYBRID %s WEIGHT %s",
+                        v, DIM * 4, k, text, wbuf);
+  int common = 0;
+  for (size_t i = 0; i < one->elements; i++)
+    for (size_t j = 0; j < got->elements; j++)
+      common += !strcmp(one->element[i]->element[0]->str,
+                        got->element[j]->element[0]->str);
+  print_message("HYBRID '%s' k %d w %s: %d hits as fused from the shards' "
+                "rankings; %d of the single database's %zu (BM25 ties are "
+                "broken by key here, by insertion there)\n", text, k, wbuf,
+                nf, common, one->elements);
+  freeReplyObject(one);
+
+  /* the rankings whole: the vector one is the single database's, the
+   * BM25 one matches the same captions */
+  redisReply *all = cmd(single, "VLM.LOCAL SEARCH VECTOR %b K %d HYBRID %s "
+                        "RANKINGS", v, DIM * 4, NROWS, text);
+  int n[2] = {0, 0};
+  for (int s = 0; s < NSHARDS; s++) {
+    freeReplyObject(parts[s]);
+    parts[s] = cmd(nodes[s], "VLM.LOCAL SEARCH VECTOR %b K %d HYBRID %s "
+                   "RANKINGS", v, DIM * 4, NROWS, text);
+    for (int l = 0; l < 2; l++) {
+      redisReply *list = parts[s]->element[l];
+      for (size_t h = 0; h < list->elements; h++) {
+        entry *e = &lists[l][n[l]++];
+        e->key = list->element[h]->element[0]->str;
+        e->score = strtof(list->element[h]->element[1]->str, NULL);
+      }
+    }
+  }
+  qsort(lists[0], (size_t)n[0], sizeof(entry), entry_desc);
+  assert_int_equal(n[0], all->element[0]->elements);
+  for (int i = 0; i < n[0]; i++) {
+    redisReply *h = all->element[0]->element[i];
+    assert_string_equal(lists[0][i].key, h->element[0]->str);
+    assert_true(lists[0][i].score == strtof(h->element[1]->str, NULL));
+  }
+  assert_int_equal(n[1], all->element[1]->elements);
+  for (size_t i = 0; i < all->element[1]->elements; i++) {
+    int found = 0;
+    for (int j = 0; j < n[1] && !found; j++)
+      found = !strcmp(lists[1][j].key,
+                      all->element[1]->element[i]->element[0]->str);
+    assert_true(found);
+  }
+  freeReplyObject(all);
+  freeReplyObject(got);
+  for (int s = 0; s < NSHARDS; s++)
+    freeReplyObject(parts[s]);
+  free(lists[0]);
+  free(lists[1]);
+  free(f);
+}
+
 static void test_search_equals_single_database(void **state) {
   (void)state;
   redisContext *nodes[NSHARDS];
   for (int s = 0; s < NSHARDS; s++)
     nodes[s] = connect_port(G.ports[s]);
   redisContext *single = connect_port(G.single.port);
+  float v0[DIM];
   static const char *const variants[][10] = {
       {"K", "10", NULL},
       {"K", "25", "FILTER", "year >= 2000", NULL},
@@ -783,9 +942,28 @@ static void test_search_equals_single_database(void **state) {
   assert_string_equal(got->str, want->str);
   freeReplyObject(want);
   freeReplyObject(got);
-  expect_error(cmd(nodes[0], "SEARCH TEXT x HYBRID x"), "not coordinated");
   expect_error(cmd(nodes[0], "SEARCH TEXT x COLLAPSE 0.9"),
                "not coordinated");
+  expect_error(cmd(nodes[0], "SEARCH TEXT x RANKINGS"), "syntax error");
+  expect_error(cmd(nodes[0], "VLM.LOCAL SEARCH TEXT x RANKINGS"),
+               "RANKINGS needs HYBRID");
+
+  /* HYBRID whose words no caption has: the vector side alone, fused */
+  unit_vector(v0, &seed);
+  want = cmd(single, "SEARCH VECTOR %b K 15 HYBRID %s RETURN 2 caption "
+             "modality", v0, sizeof v0, "zebra quartz");
+  got = cmd(nodes[2], "SEARCH VECTOR %b K 15 HYBRID %s RETURN 2 caption "
+            "modality", v0, sizeof v0, "zebra quartz");
+  assert_same_hits(got, want, "HYBRID, no BM25 match");
+  freeReplyObject(want);
+  freeReplyObject(got);
+  for (int q = 0; q < 6; q++) {
+    unit_vector(v0, &seed);
+    check_hybrid(nodes, single, v0, q % 2 ? 8 : 60,
+                 q % 3 == 0 ? "small boat" : q % 3 == 1 ? "red car 17"
+                                                        : "photo boat",
+                 q % 2 ? 0.3f : 0);
+  }
 
   /* RESP3 and RESP2 as redis-cli prints them, probability included (a
    * softmax over the merged hits) */
