@@ -203,6 +203,7 @@ int cmd_serve(int argc, char **argv) {
       goto done;
     }
     opts.cluster = map;
+    opts.cluster_path = cluster_file;
     /* the port of this shard's address in the map, unless given */
     const vlm_cluster_shard *me = &map->shards[opts.shard];
     const char *colon = me->naddresses ? strrchr(me->addresses[0], ':')

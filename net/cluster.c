@@ -67,6 +67,8 @@ struct fanout {
 
 struct vlm__cluster_state {
   const vlm_cluster *map;
+  vlm_cluster *owned;     /* the map CLUSTER RELOAD read (else borrowed) */
+  char *path;             /* the map's file, for CLUSTER RELOAD */
   int shard;
   int timeout_ms;
   shard_node *nodes;      /* one per shard */
@@ -113,8 +115,8 @@ static void node_id(const char *addr, char out[41]) {
            (unsigned long long)h.low64, (unsigned long long)(t >> 32));
 }
 
-int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map, int shard,
-                      int timeout_ms) {
+int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
+                      const char *path, int shard, int timeout_ms) {
   if (shard < 0 || shard >= map->nshards)
     return vlm_seterr(VLM_EINVAL, "shard %d is not in the cluster map (0..%d)",
                       shard, map->nshards - 1);
@@ -124,6 +126,11 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map, int shard,
     return vlm_seterr(VLM_ENOMEM, "cluster");
   }
   cs->map = map;
+  if (path && !(cs->path = strdup(path))) {
+    free(cs->nodes);
+    free(cs);
+    return vlm_seterr(VLM_ENOMEM, "cluster");
+  }
   cs->shard = shard;
   cs->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
   for (int s = 0; s < map->nshards; s++) {
@@ -131,6 +138,7 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map, int shard,
     n->srv = srv;
     n->shard = s;
     if (map->shards[s].naddresses < 1) {
+      free(cs->path);
       free(cs->nodes);
       free(cs);
       return vlm_seterr(VLM_EINVAL, "cluster map: shard %d has no address "
@@ -141,6 +149,7 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map, int shard,
     if (split_address(n->addr, n->host, sizeof n->host, &n->port) < 0) {
       vlm_seterr(VLM_EINVAL, "cluster map: shard %d's address '%s' is not "
                  "host:port", s, n->addr);
+      free(cs->path);
       free(cs->nodes);
       free(cs);
       return VLM_EINVAL;
@@ -291,6 +300,79 @@ void vlm__cluster_info(vlm_server *srv, vlm__buf *b) {
                   cs->map->nshards, cs->map->digest, cs->timeout_ms);
 }
 
+/* Drop a node's connection now (defined with the connections below). */
+static void node_drop(shard_node *n);
+
+/* CLUSTER RELOAD: read the map's file again.  Addresses may change (a
+ * shard served from another host); the slot assignment may not, since
+ * moving slots means moving their items between the shard databases.  A
+ * shard whose address changed is reconnected (requests waiting on its
+ * old address fail). */
+static int cluster_reload(vlm__ctx *ctx) {
+  vlm__cluster_state *cs = ctx->srv->cluster;
+  vlm__buf *out = ctx->out;
+  vlm_cluster *m = NULL;
+  if (!cs->path) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: the map was not read from "
+                     "a file");
+    return -1;
+  }
+  if (vlm_cluster_load(cs->path, NULL, NULL, &m) < 0) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s (the served map is "
+                     "unchanged)", vlm_errmsg());
+    return -1;
+  }
+  if (strcmp(m->digest, cs->map->digest)) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s assigns the slots "
+                     "differently (digest %s, served %s): moving slots "
+                     "between shards means moving their items, which is "
+                     "not done yet; the served map is unchanged", cs->path,
+                     m->digest, cs->map->digest);
+    vlm_cluster_free(m);
+    return -1;
+  }
+  shard_node *fresh = calloc((size_t)m->nshards, sizeof *fresh);
+  if (!fresh) {
+    vlm_cluster_free(m);
+    vlm__reply_error(out, "ERR", "out of memory");
+    return -1;
+  }
+  for (int s = 0; s < m->nshards; s++) {
+    shard_node *n = &fresh[s];
+    if (m->shards[s].naddresses < 1 ||
+        split_address(m->shards[s].addresses[0], n->host, sizeof n->host,
+                      &n->port) < 0) {
+      vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s: shard %d needs an "
+                       "address \"host:port\"; the served map is "
+                       "unchanged", cs->path, s);
+      free(fresh);
+      vlm_cluster_free(m);
+      return -1;
+    }
+    snprintf(n->addr, sizeof n->addr, "%s", m->shards[s].addresses[0]);
+  }
+  int changed = 0;
+  for (int s = 0; s < m->nshards; s++) {
+    shard_node *n = &cs->nodes[s];
+    if (!strcmp(n->addr, fresh[s].addr))
+      continue;
+    vlm__server_log(ctx->srv, "cluster: shard %d moved from %s to %s", s,
+                    n->addr, fresh[s].addr);
+    node_drop(n);
+    memcpy(n->addr, fresh[s].addr, sizeof n->addr);
+    memcpy(n->host, fresh[s].host, sizeof n->host);
+    n->port = fresh[s].port;
+    node_id(n->addr, n->id);
+    changed++;
+  }
+  free(fresh);
+  vlm_cluster_free(cs->owned);
+  cs->owned = m;
+  cs->map = m;
+  vlm__reply_int(out, changed);
+  return 0;
+}
+
 int vlm__cluster_command(vlm__ctx *ctx) {
   vlm__cluster_state *cs = ctx->srv->cluster;
   vlm__buf *out = ctx->out;
@@ -306,6 +388,7 @@ int vlm__cluster_command(vlm__ctx *ctx) {
     static const char *help[] = {
         "CLUSTER <subcommand> [<arg> ...]. Subcommands are:",
         "SLOTS", "SHARDS", "NODES", "MYID", "INFO", "KEYSLOT <key>",
+        "RELOAD: read the cluster map's file again (addresses only)",
         "HELP"};
     vlm__reply_array(out, sizeof help / sizeof help[0]);
     for (size_t i = 0; i < sizeof help / sizeof help[0]; i++)
@@ -325,6 +408,8 @@ int vlm__cluster_command(vlm__ctx *ctx) {
     cluster_shards(out, cs);
   } else if (arg_is(sub, "NODES")) {
     cluster_nodes(out, cs);
+  } else if (arg_is(sub, "RELOAD")) {
+    return cluster_reload(ctx);
   } else if (arg_is(sub, "MYID")) {
     vlm__reply_cstr(out, cs->nodes[cs->shard].id);
   } else if (arg_is(sub, "INFO")) {
@@ -343,7 +428,7 @@ int vlm__cluster_command(vlm__ctx *ctx) {
 arity:
   if (!arg_is(sub, "KEYSLOT") && !arg_is(sub, "SLOTS") &&
       !arg_is(sub, "SHARDS") && !arg_is(sub, "NODES") &&
-      !arg_is(sub, "MYID") && !arg_is(sub, "INFO"))
+      !arg_is(sub, "MYID") && !arg_is(sub, "INFO") && !arg_is(sub, "RELOAD"))
     goto unknown;
   vlm__reply_error(out, "ERR", "wrong number of arguments for 'cluster|%.*s'"
                    " command", (int)(sub->len < 32 ? sub->len : 32),
@@ -701,6 +786,8 @@ void vlm__cluster_free(vlm_server *srv) {
   vlm__cluster_state *cs = srv->cluster;
   if (!cs)
     return;
+  vlm_cluster_free(cs->owned);
+  free(cs->path);
   free(cs->nodes);
   free(cs);
   srv->cluster = NULL;

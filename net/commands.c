@@ -806,7 +806,8 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   return 0;
 }
 
-static void info_finish(vlm__job *job, const long long *others);
+static void info_finish(vlm__job *job, const long long *others,
+                        int answered);
 static int info_after(vlm__job *job);
 
 static void cmd_info_exec(vlm__job *job) {
@@ -862,19 +863,27 @@ static void cmd_info_exec(vlm__job *job) {
       return;
     }
   }
-  info_finish(job, NULL);
+  info_finish(job, NULL, 0);
 }
 
 /* The keyspace section (with the items of the cluster's other shards when
  * counts holds them) and the reply. */
-static void info_finish(vlm__job *job, const long long *others) {
+static void info_finish(vlm__job *job, const long long *others,
+                        int answered) {
   info_state *st = job->state;
   vlm__buf *b = &st->text;
   /* Redis's one line per database, which redis-cli --stat and monitoring
-   * tools read for the key count; vlmdb keys never expire. */
+   * tools read for the key count; vlmdb keys never expire.  A cluster
+   * node counts the shards that answered (INFO never fails for a shard
+   * down: cluster clients read it to connect). */
   if (st->keyspace)
-    vlm__buf_printf(b, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n"
-                    "\r\n", st->items + (others ? *others : 0));
+    vlm__buf_printf(b, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n",
+                    st->items + (others ? *others : 0));
+  if (st->keyspace && others)
+    vlm__buf_printf(b, "cluster_shards:%d\r\ncluster_shards_answered:%d\r\n",
+                    vlm__cluster_nshards(job->srv), answered);
+  if (st->keyspace)
+    vlm__buf_printf(b, "\r\n");
   size_t len = b->len >= 2 ? b->len - 2 : b->len; /* no trailing blank line */
   if (b->oom)
     vlm__reply_error(&job->reply, "ERR", "out of memory");
@@ -908,9 +917,16 @@ static int sum_replies(vlm__job *job, redisReply **replies,
 
 static void info_done(vlm__job *job, redisReply **replies,
                       const char **errors) {
-  long long others;
-  if (sum_replies(job, replies, errors, &others) == 0)
-    info_finish(job, &others);
+  long long others = 0;
+  int n = vlm__cluster_nshards(job->srv), answered = 0;
+  for (int s = 0; s < n; s++)
+    if (s == vlm__cluster_myshard(job->srv) ||
+        (replies[s] && replies[s]->type == REDIS_REPLY_INTEGER)) {
+      answered++;
+      others += replies[s] ? replies[s]->integer : 0;
+    }
+  (void)errors;
+  info_finish(job, &others, answered);
 }
 
 static const char *dbsize_argv[] = {"VLM.LOCAL", "DBSIZE"};
@@ -2294,7 +2310,7 @@ static void multi_queue(vlm__conn *conn, const vlm__command *cmd, int argc,
     conn->multi_dirty = 1;
     return;
   }
-  vlm__job *job = job_prepare(conn, cmd, argc, argv, out, 1);
+  vlm__job *job = job_prepare(conn, cmd, argc, argv, out, 0);
   if (!job) {
     conn->multi_dirty = 1;
     return;
@@ -2612,7 +2628,7 @@ static const vlm__command commands[] = {
      "[section [section ...]]",
      "Server, client, statistics, memory, database and model facts."},
     {"CLUSTER", vlm__cluster_command, NULL, -2, 0, "cluster",
-     "SLOTS | SHARDS | NODES | MYID | INFO | KEYSLOT key | HELP",
+     "SLOTS | SHARDS | NODES | MYID | INFO | KEYSLOT key | RELOAD | HELP",
      "The cluster map as Redis Cluster clients read it."},
     {"READONLY", cmd_ok, NULL, 1, 0, "cluster", "",
      "Accepted (every node serves reads)."},

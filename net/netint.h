@@ -198,8 +198,8 @@ struct redisReply;
 
 /* Set up cluster mode from opts (map borrowed for the server's life):
  * node ids, this node's address.  0, or VLM_EINVAL naming the problem. */
-int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map, int shard,
-                      int timeout_ms);
+int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
+                      const char *path, int shard, int timeout_ms);
 /* Disconnect from the other shards, failing every fan-out in flight
  * (loop thread, at shutdown).  Then vlm__cluster_free. */
 void vlm__cluster_stop(vlm_server *srv);

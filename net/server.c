@@ -801,7 +801,7 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
                       "init --cluster) but the cluster map has %d shards",
                       map->nshards);
     else
-      rc = vlm__cluster_init(srv, map, opts->shard,
+      rc = vlm__cluster_init(srv, map, opts->cluster_path, opts->shard,
                              opts->cluster_timeout_ms);
     if (rc < 0)
       goto fail_early;

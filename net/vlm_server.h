@@ -85,6 +85,8 @@ typedef struct {
                                 shard needs an address); NULL = not a
                                 cluster node */
   int shard;
+  const char *cluster_path;  /* the map's file, read again by CLUSTER
+                                RELOAD (NULL: RELOAD is refused) */
   int cluster_timeout_ms;    /* how long a coordinated command waits for
                                 the other shards; 0 = 2000 */
 } vlm_server_options;

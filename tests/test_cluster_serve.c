@@ -5,9 +5,10 @@
  * `redis-server --cluster-enabled yes`; CLUSTER SLOTS/SHARDS/NODES/MYID/
  * INFO against the map; -MOVED; redis-cli -c and redis-py's RedisCluster
  * routing ADD/GET/DEL themselves; SEARCH coordinated by any node equal to
- * the single database's (Flat: keys, scores and fields exactly), COUNT
- * and INFO keyspace summed; a stopped shard (timeout) and a killed one
- * (refused at once): -CLUSTERDOWN, ALLOWPARTIAL's coverage, recovery. */
+ * the single database's (Flat: keys, scores and fields exactly), HYBRID
+ * fused from the shards' rankings, COUNT and INFO keyspace summed; CLUSTER
+ * RELOAD of a shard's new address; a stopped shard (timeout) and a killed
+ * one (refused at once): -CLUSTERDOWN, ALLOWPARTIAL's coverage, recovery. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -225,6 +226,22 @@ static void write_catalog(const char *path) {
   fclose(f);
 }
 
+/* The map with G.ports as the addresses; shard 0 ends its first range
+ * at split (5000: the map the shards were built for). */
+static void write_map(int split) {
+  char json[1024];
+  snprintf(json, sizeof json,
+           "{\"shards\": ["
+           "{\"id\": 0, \"slots\": [[0, %d], [12000, 13000]], "
+           "\"addresses\": [\"127.0.0.1:%d\"]},"
+           " {\"id\": 1, \"slots\": [[%d, 11999]], "
+           "\"addresses\": [\"127.0.0.1:%d\"]},"
+           " {\"id\": 2, \"slots\": [[13001, 16383]], "
+           "\"addresses\": [\"127.0.0.1:%d\"]}]}",
+           split, G.ports[0], split + 1, G.ports[1], G.ports[2]);
+  vlm_test_spit(G.map, json, strlen(json));
+}
+
 static int group_setup(void **state) {
   (void)state;
   char tmpl[] = "/tmp/vlm_test_cluster_serve.XXXXXX";
@@ -236,18 +253,8 @@ static int group_setup(void **state) {
   write_catalog(catalog);
   for (int s = 0; s < NSHARDS; s++)
     G.ports[s] = free_port();
-  char json[1024];
-  snprintf(json, sizeof json,
-           "{\"shards\": ["
-           "{\"id\": 0, \"slots\": [[0, 5000], [12000, 13000]], "
-           "\"addresses\": [\"127.0.0.1:%d\"]},"
-           " {\"id\": 1, \"slots\": [[5001, 11999]], "
-           "\"addresses\": [\"127.0.0.1:%d\"]},"
-           " {\"id\": 2, \"slots\": [[13001, 16383]], "
-           "\"addresses\": [\"127.0.0.1:%d\"]}]}",
-           G.ports[0], G.ports[1], G.ports[2]);
   snprintf(G.map, sizeof G.map, "%s/cluster.json", G.dir);
-  vlm_test_spit(G.map, json, strlen(json));
+  write_map(5000);
   VLM_CHECK(vlm_cluster_load(G.map, NULL, NULL, &G.cluster));
 
   snprintf(G.single_db, sizeof G.single_db, "%s/single", G.dir);
@@ -999,6 +1006,7 @@ static void test_search_equals_single_database(void **state) {
     char line[64];
     snprintf(line, sizeof line, "db0:keys=%lld,", total);
     assert_non_null(strstr(n->str, line));
+    assert_non_null(strstr(n->str, "cluster_shards_answered:3"));
     freeReplyObject(n);
   }
   assert_int_equal(sum, total);
@@ -1074,7 +1082,14 @@ static void test_shard_down(void **state) {
   expect_partial(r, single, v, 10, 2);
   freeReplyObject(r);
   expect_error(cmd(c, "COUNT"), "CLUSTERDOWN");
-  expect_error(cmd(c, "INFO keyspace"), "CLUSTERDOWN");
+  /* INFO answers (cluster clients read it to connect), with what it has */
+  r = cmd(c, "INFO keyspace");
+  assert_non_null(strstr(r->str, "cluster_shards:3\r\n"
+                                 "cluster_shards_answered:2"));
+  freeReplyObject(r);
+  r = cmd(c, "INFO");
+  assert_non_null(strstr(r->str, "cluster_enabled:1"));
+  freeReplyObject(r);
   /* local commands do not wait for it */
   r = cmd(c, "DBSIZE");
   assert_int_equal(r->type, REDIS_REPLY_INTEGER);
@@ -1128,6 +1143,75 @@ static void test_shard_down(void **state) {
   redisFree(single);
 }
 
+/* ------------------------------------------------------ CLUSTER RELOAD */
+
+static void test_reload(void **state) {
+  (void)state;
+  redisContext *c = connect_port(G.ports[0]);
+  redisContext *single = connect_port(G.single.port);
+  redisReply *r = cmd(c, "CLUSTER RELOAD");
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  assert_int_equal(r->integer, 0); /* nothing changed */
+  freeReplyObject(r);
+  /* another slot assignment: refused, the served map kept */
+  write_map(4000);
+  expect_error(cmd(c, "CLUSTER RELOAD"), "assigns the slots differently");
+  const char *bad = "{\"shards\": [";
+  vlm_test_spit(G.map, bad, strlen(bad));
+  expect_error(cmd(c, "CLUSTER RELOAD"), "the served map is unchanged");
+  write_map(5000);
+  char key[32], want[64];
+  key_of_shard(key, sizeof key, "reload", 2);
+  int slot = vlm_key_slot(key, strlen(key));
+
+  /* shard 2 moves to another port: the others learn it on RELOAD */
+  vlm_test_server_stop(&G.node[2], 10);
+  int old_port = G.ports[2];
+  do
+    G.ports[2] = free_port();
+  while (G.ports[2] == old_port);
+  write_map(5000);
+  start_node(2);
+  float v[DIM];
+  uint64_t seed = 31;
+  unit_vector(v, &seed);
+  snprintf(want, sizeof want, "CLUSTERDOWN shard 2 (127.0.0.1:%d)",
+           old_port);
+  expect_error(cmd(c, "SEARCH VECTOR %b", v, sizeof v), want);
+  snprintf(want, sizeof want, "MOVED %d 127.0.0.1:%d", slot, old_port);
+  expect_error(cmd(c, "GET %s", key), want);
+  for (int s = 0; s < 2; s++) {
+    redisContext *n = connect_port(G.ports[s]);
+    r = cmd(n, "CLUSTER RELOAD");
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    redisFree(n);
+  }
+  snprintf(want, sizeof want, "MOVED %d 127.0.0.1:%d", slot, G.ports[2]);
+  expect_error(cmd(c, "GET %s", key), want);
+  char id[41];
+  expected_id(2, id);
+  r = cmd(c, "CLUSTER SLOTS");
+  int seen = 0;
+  for (size_t i = 0; i < r->elements; i++) {
+    redisReply *node = r->element[i]->element[2];
+    if (G.cluster->owner[r->element[i]->element[0]->integer] != 2)
+      continue;
+    assert_int_equal(node->element[1]->integer, G.ports[2]);
+    assert_string_equal(node->element[2]->str, id);
+    seen++;
+  }
+  assert_int_equal(seen, 1);
+  freeReplyObject(r);
+  r = cmd(c, "SEARCH VECTOR %b K 10", v, sizeof v);
+  redisReply *w = cmd(single, "SEARCH VECTOR %b K 10", v, sizeof v);
+  assert_same_hits(r, w, "after CLUSTER RELOAD");
+  freeReplyObject(r);
+  freeReplyObject(w);
+  redisFree(c);
+  redisFree(single);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_keyslot_matches_redis_server),
@@ -1137,6 +1221,7 @@ int main(void) {
       cmocka_unit_test(test_redis_cli_cluster_mode),
       cmocka_unit_test(test_redis_py_cluster),
       cmocka_unit_test(test_search_equals_single_database),
+      cmocka_unit_test(test_reload),
       cmocka_unit_test(test_shard_down),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
