@@ -253,18 +253,18 @@ static int group_setup(void **state) {
   write_catalog(catalog);
   for (int s = 0; s < NSHARDS; s++)
     G.ports[s] = free_port();
-  snprintf(G.map, sizeof G.map, "%s/cluster.json", G.dir);
+  snprintf(G.map, sizeof G.map, "%s/cluster.json", tmpl);
   write_map(5000);
   VLM_CHECK(vlm_cluster_load(G.map, NULL, NULL, &G.cluster));
 
-  snprintf(G.single_db, sizeof G.single_db, "%s/single", G.dir);
+  snprintf(G.single_db, sizeof G.single_db, "%s/single", tmpl);
   snprintf(args, sizeof args, "init --db %s --model %s --index Flat "
            "--field year:int", G.single_db, MODEL);
   vlmdb_ok(args);
   snprintf(args, sizeof args, "ingest --db %s %s -q", G.single_db, catalog);
   vlmdb_ok(args);
   for (int s = 0; s < NSHARDS; s++) {
-    snprintf(G.shard_db[s], PATH_MAX, "%s/shard-%d", G.dir, s);
+    snprintf(G.shard_db[s], PATH_MAX, "%s/shard-%d", tmpl, s);
     snprintf(args, sizeof args, "init --db %s --model %s --index Flat "
              "--field year:int --cluster %s --shard %d", G.shard_db[s],
              MODEL, G.map, s);
@@ -292,10 +292,30 @@ static int group_teardown(void **state) {
     vlm_test_server_stop(&G.node[s], 10);
   }
   vlm_test_server_stop(&G.single, 10);
+  /* the servers' own reports (a sanitizer build's, or a crash) */
+  int bad = 0;
+  for (int s = 0; s <= NSHARDS; s++) {
+    char log[PATH_MAX];
+    if (s < NSHARDS)
+      snprintf(log, sizeof log, "%s/node%d.log", G.dir, s);
+    else
+      snprintf(log, sizeof log, "%s/single.log", G.dir);
+    size_t len = 0;
+    char *text = (char *)vlm_test_slurp(log, &len);
+    if (!text)
+      continue;
+    text = realloc(text, len + 1);
+    text[len] = '\0';
+    if (strstr(text, "Sanitizer") || strstr(text, "runtime error")) {
+      print_error("%s:\n%s\n", log, text);
+      bad = 1;
+    }
+    free(text);
+  }
   vlm_cluster_free(G.cluster);
   vlm_test_rm_rf(G.dir);
   free(G.bin);
-  return 0;
+  return bad ? -1 : 0;
 }
 
 /* ------------------------------------------------- hash slots: oracle */
