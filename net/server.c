@@ -607,6 +607,19 @@ static void drain_waiting_jobs(vlm_server *srv) {
   }
 }
 
+/* Take the last completions once the workers are gone; a coordinated
+ * command's completion can post its job again (its fan-out fails at once
+ * while stopping), so until none is left. */
+static void take_last_completions(vlm_server *srv) {
+  int more;
+  do {
+    on_jobs_done(&srv->async_done);
+    pthread_mutex_lock(&srv->done_mu);
+    more = srv->done_head != NULL;
+    pthread_mutex_unlock(&srv->done_mu);
+  } while (more);
+}
+
 static void finish_shutdown(vlm_server *srv) {
   /* No client is left: every job still in the workers is an orphan.
    * Coordinated commands waiting on other shards fail now, so that the
@@ -615,7 +628,7 @@ static void finish_shutdown(vlm_server *srv) {
   drain_waiting_jobs(srv);
   vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
-  on_jobs_done(&srv->async_done);
+  take_last_completions(srv);
   int rc = vlm_db_checkpoint(srv->db);
   if (rc < 0) {
     srv->checkpoint_rc = rc;
@@ -910,7 +923,7 @@ void vlm_server_free(vlm_server *srv) {
     drain_waiting_jobs(srv);
     vlm__batcher_stop(&srv->batcher);
     vlm__pool_stop(&srv->pool);
-    on_jobs_done(&srv->async_done);
+    take_last_completions(srv);
     close_handle(srv, (uv_handle_t *)&srv->async_done);
     close_handle(srv, (uv_handle_t *)&srv->async_stop);
     close_handle(srv, (uv_handle_t *)&srv->cron);
