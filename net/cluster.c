@@ -55,6 +55,7 @@ struct fanout {
   vlm__job *job;
   vlm__fanout_done done;
   int nshards;
+  int target;       /* the one shard asked, or -1: every other shard */
   int pending;      /* callbacks hiredis still owes (plus holds) */
   int unanswered;   /* shards with neither reply nor error */
   int finished;     /* done has run */
@@ -695,7 +696,8 @@ static void on_timeout(uv_timer_t *t) {
   vlm__cluster_state *cs = f->srv->cluster;
   f->pending++; /* hold: dropping connections calls back into on_reply */
   for (int s = 0; s < f->nshards; s++) {
-    if (s == cs->shard || f->replies[s] || f->errors[s])
+    if (s == cs->shard || (f->target >= 0 && s != f->target) ||
+        f->replies[s] || f->errors[s])
       continue;
     char what[600];
     snprintf(what, sizeof what, "shard %d (%s) did not answer within %d ms",
@@ -710,8 +712,9 @@ static void on_timeout(uv_timer_t *t) {
   fanout_release(f);
 }
 
-int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
-                        const size_t *lens, vlm__fanout_done done) {
+static int fanout_start(vlm__job *job, int target, int argc,
+                        const char **argv, const size_t *lens,
+                        vlm__fanout_done done) {
   vlm_server *srv = job->srv;
   vlm__cluster_state *cs = srv->cluster;
   int n = cs->map->nshards;
@@ -733,6 +736,7 @@ int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
   f->job = job;
   f->done = done;
   f->nshards = n;
+  f->target = target;
   uv_timer_init(&srv->loop, &f->timer);
   f->timer.data = f;
   f->next = cs->inflight;
@@ -741,7 +745,7 @@ int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
   cs->inflight = f;
   f->pending = 1; /* hold while sending */
   for (int s = 0; s < n; s++) {
-    if (s == cs->shard)
+    if (s == cs->shard || (target >= 0 && s != target))
       continue;
     f->slots[s].f = f;
     f->slots[s].shard = s;
@@ -767,6 +771,20 @@ int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
   f->pending--;
   fanout_release(f);
   return 0;
+}
+
+int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
+                        const size_t *lens, vlm__fanout_done done) {
+  return fanout_start(job, -1, argc, argv, lens, done);
+}
+
+int vlm__cluster_ask(vlm__job *job, int shard, int argc, const char **argv,
+                     const size_t *lens, vlm__fanout_done done) {
+  return fanout_start(job, shard, argc, argv, lens, done);
+}
+
+int vlm__cluster_owner(const vlm_server *srv, int slot) {
+  return srv->cluster ? srv->cluster->map->owner[slot] : 0;
 }
 
 void vlm__cluster_stop(vlm_server *srv) {

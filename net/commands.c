@@ -958,6 +958,8 @@ typedef struct {
    * hits as RESP2 (without probability, computed over the merged hits),
    * and the query vector the other shards are sent. */
   int coordinated, allow_partial;
+  int remote_key;          /* Q_KEY of another shard's key: its vector is
+                              fetched first (then st->vec, Q_VECTOR) */
   int rankings;            /* VLM.LOCAL ... RANKINGS: a hybrid search's
                               two rankings, unfused, for a coordinator */
   vlm__buf local;
@@ -1149,6 +1151,8 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       return -1;
     }
     st->key = q->ptr;
+    st->remote_key = st->coordinated &&
+                     !vlm__cluster_owns(ctx->srv, vlm_key_slot(q->ptr, q->len));
     break;
   case Q_VECTOR:
     if (arg_vector(ctx, q, "VECTOR", &st->vec) < 0)
@@ -1264,6 +1268,7 @@ static void write_hits(vlm__buf *out, vlm_server *srv,
 static int search_after(vlm__job *job);
 static void search_done(vlm__job *job, redisReply **replies,
                         const char **errors);
+static int key_after(vlm__job *job);
 
 /* Keep the query vector for the other shards (exec of a coordinated
  * search); -1 with the error replied. */
@@ -1299,6 +1304,10 @@ static void cmd_search_exec(vlm__job *job) {
     query = st->vec;
     break;
   case Q_KEY:
+    if (st->remote_key) { /* the key's shard has its vector */
+      job->after = key_after;
+      return;
+    }
     rc = vlm_db_get(srv->db, st->key, &keyrec);
     if (rc == VLM_ENOTFOUND) {
       vlm__reply_error(out, "ERR", "no such key '%.200s'", st->key);
@@ -1444,6 +1453,68 @@ static int search_after(vlm__job *job) {
 #undef CARG
 #undef ARG
   return vlm__cluster_fanout(job, argc, argv, lens, search_done) == 0;
+}
+
+/* SEARCH KEY k of another shard's key: GET k WITHVECTORS from its shard,
+ * then the search goes on as SEARCH VECTOR with k's image vector (else
+ * its text vector), as on k's own shard. */
+static int key_resume(vlm__job *job) {
+  vlm__job_resubmit(job);
+  return 1;
+}
+
+static void key_done(vlm__job *job, redisReply **replies,
+                     const char **errors) {
+  search_state *st = job->state;
+  vlm__buf *out = &job->reply;
+  int owner = vlm__cluster_owner(job->srv,
+                                 vlm_key_slot(st->key, strlen(st->key)));
+  const redisReply *r = replies[owner];
+  size_t bytes = (size_t)job->srv->dim * sizeof(float);
+  if (!r) {
+    vlm__reply_error(out, "CLUSTERDOWN", "%s (it holds key '%.200s')",
+                     errors[owner], st->key);
+    return;
+  }
+  if (r->type == REDIS_REPLY_NIL) {
+    vlm__reply_error(out, "ERR", "no such key '%.200s'", st->key);
+    return;
+  }
+  if (r->type != REDIS_REPLY_ARRAY) {
+    vlm__reply_error(out, "ERR", "shard %d answered GET with %.200s", owner,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "no item");
+    return;
+  }
+  const redisReply *vec = NULL;
+  for (int want = 0; want < 2 && !vec; want++)
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      const redisReply *name = r->element[i], *v = r->element[i + 1];
+      if (name->type == REDIS_REPLY_STRING &&
+          !strcmp(name->str, want ? "text_vec" : "image_vec") &&
+          v->type == REDIS_REPLY_STRING && v->len == bytes)
+        vec = v;
+    }
+  if (!vec) {
+    vlm__reply_error(out, "ERR", "key '%.200s' has no vector", st->key);
+    return;
+  }
+  if (!(st->vec = malloc(bytes))) {
+    vlm__reply_error(out, "ERR", "out of memory");
+    return;
+  }
+  memcpy(st->vec, vec->str, bytes);
+  st->qtype = Q_VECTOR;
+  st->remote_key = 0;
+  job->after = key_resume; /* back to the workers once posted */
+}
+
+static int key_after(vlm__job *job) {
+  search_state *st = job->state;
+  vlm_server *srv = job->srv;
+  const char *argv[] = {"VLM.LOCAL", "GET", st->key, "WITHVECTORS"};
+  size_t lens[] = {9, 3, strlen(st->key), 11};
+  int owner = vlm__cluster_owner(srv, vlm_key_slot(st->key, lens[2]));
+  return vlm__cluster_ask(job, owner, 4, argv, lens, key_done) == 0;
 }
 
 typedef struct {
@@ -2740,15 +2811,13 @@ static void reply_unknown(vlm__buf *out, int argc, const vlm__resp_arg *argv) {
 }
 
 /* In cluster mode, a keyed command with a key of a slot another shard
- * holds is answered -MOVED (Redis Cluster's redirection), as is SEARCH KEY
- * of such a key.  1 when it was. */
+ * holds is answered -MOVED (Redis Cluster's redirection).  1 when it
+ * was. */
 static int cluster_redirect(vlm__conn *conn, const vlm__command *cmd,
                             int argc, const vlm__resp_arg *argv) {
   vlm_server *srv = conn->srv;
   int first, last, step;
   key_positions(cmd->name, &first, &last, &step);
-  if (!strcmp(cmd->name, "SEARCH") && argc >= 3 && arg_is(&argv[1], "KEY"))
-    first = last = step = 2;
   if (first <= 0)
     return 0;
   if (last < 0)

@@ -147,6 +147,10 @@ void vlm__job_complete(vlm__job *job);
  * batcher): EXEC embeds its queued commands' inputs before their batch.
  * 0, or -1 with job->failed set and the error in job->reply. */
 int vlm__job_embed_now(vlm__job *job);
+/* Send a job back to the workers from the loop (its exec runs again, no
+ * embedding): a coordinated command that had to fetch something first.
+ * Its place in its connection's order is kept meanwhile. */
+void vlm__job_resubmit(vlm__job *job);
 /* Free a list of queued jobs linked through multi_next. */
 void vlm__job_free_list(vlm__job *head);
 
@@ -227,6 +231,11 @@ typedef void (*vlm__fanout_done)(vlm__job *job, struct redisReply **replies,
                                  const char **errors);
 int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
                         const size_t *lens, vlm__fanout_done done);
+/* As vlm__cluster_fanout, asking one other shard only (replies[shard]). */
+int vlm__cluster_ask(vlm__job *job, int shard, int argc, const char **argv,
+                     const size_t *lens, vlm__fanout_done done);
+/* The shard holding slot. */
+int vlm__cluster_owner(const vlm_server *srv, int slot);
 /* Parse one RESP2 reply from len bytes (NULL if it is not one whole
  * reply); free with vlm__cluster_reply_free. */
 struct redisReply *vlm__cluster_parse_reply(const char *data, size_t len);

@@ -581,7 +581,6 @@ static void test_moved(void **state) {
   expect_error(cmd(c, "DEL %s %s", mine, other), want);
   expect_error(cmd(c, "EXISTS %s", other), want);
   expect_error(cmd(c, "TYPE %s", other), want);
-  expect_error(cmd(c, "SEARCH KEY %s K 3", other), want);
   /* nothing of it was written */
   redisContext *c1 = connect_port(G.ports[1]);
   redisReply *r = cmd(c1, "EXISTS %s", other);
@@ -680,7 +679,10 @@ static void test_redis_py_cluster(void **state) {
       "print('added', added, 'got', got, 'deleted', gone, 'left', left)\n"
       "hits = rc.execute_command('SEARCH', 'TEXT', 'caption of py-3', 'K', "
       "'3', target_nodes=RedisCluster.RANDOM)\n"
-      "print('hits', len(hits))\n";
+      "print('hits', len(hits))\n"
+      "hits = rc.execute_command('SEARCH', 'KEY', 'py-5', 'K', '2', "
+      "target_nodes=RedisCluster.RANDOM)\n"
+      "print('key hits', len(hits), hits[0][0].decode())\n";
   vlm_test_spit(script, py, strlen(py));
   snprintf(cmdline, sizeof cmdline, "/usr/bin/python3 %s %d 2>&1", script,
            G.ports[2]);
@@ -696,7 +698,8 @@ static void test_redis_py_cluster(void **state) {
       }
   char want[256];
   snprintf(want, sizeof want, "primaries %d %d %d\nadded 30 got 30 "
-           "deleted 15 left 15\nhits 3\n", sorted[0], sorted[1], sorted[2]);
+           "deleted 15 left 15\nhits 3\nkey hits 2 py-5\n", sorted[0],
+           sorted[1], sorted[2]);
   if (rc != 0 || strcmp(out, want))
     fail_msg("redis-py RedisCluster: exit %d, printed:\n%s\nwanted:\n%s", rc,
              out, want);
@@ -955,13 +958,28 @@ static void test_search_equals_single_database(void **state) {
   assert_same_hits(got, want, "SEARCH TEXT");
   freeReplyObject(want);
   freeReplyObject(got);
-  /* KEY queries on the key's node */
+  /* KEY queries on every node: the others fetch the key's vector from
+   * its shard */
   char key[16] = "item17";
-  want = cmd(single, "SEARCH KEY %s K 6", key);
-  got = cmd(nodes[owner(key)], "SEARCH KEY %s K 6", key);
-  assert_same_hits(got, want, "SEARCH KEY");
+  want = cmd(single, "SEARCH KEY %s K 6 RETURN 1 caption", key);
+  for (int s = 0; s < NSHARDS; s++) {
+    got = cmd(nodes[s], "SEARCH KEY %s K 6 RETURN 1 caption", key);
+    assert_same_hits(got, want, s == owner(key) ? "SEARCH KEY, its node"
+                                                : "SEARCH KEY, another node");
+    freeReplyObject(got);
+  }
+  freeReplyObject(want);
+  want = cmd(single, "SEARCH KEY %s K 4 TARGET TEXT", "item4"); /* no image */
+  got = cmd(nodes[(owner("item4") + 1) % NSHARDS], "SEARCH KEY %s K 4 TARGET "
+            "TEXT", "item4");
+  assert_same_hits(got, want, "SEARCH KEY of a text-only item");
   freeReplyObject(want);
   freeReplyObject(got);
+  for (int s = 0; s < NSHARDS; s++) {
+    char nokey[32];
+    key_of_shard(nokey, sizeof nokey, "absent", (s + 1) % NSHARDS);
+    expect_error(cmd(nodes[s], "SEARCH KEY %s", nokey), "no such key");
+  }
 
   /* errors are the single database's */
   want = cmd(single, "SEARCH TEXT x FILTER %s", "nosuchfield > 1");
@@ -1104,6 +1122,9 @@ static void test_shard_down(void **state) {
   expect_partial(r, single, v, 10, 2);
   freeReplyObject(r);
   expect_error(cmd(c, "COUNT"), "CLUSTERDOWN");
+  char key2[32];
+  key_of_shard(key2, sizeof key2, "item", 2);
+  expect_error(cmd(c, "SEARCH KEY %s", key2), "CLUSTERDOWN");
   /* INFO answers (cluster clients read it to connect), with what it has */
   r = cmd(c, "INFO keyspace");
   assert_non_null(strstr(r->str, "cluster_shards:3\r\n"
