@@ -499,6 +499,20 @@ static void test_topology(void **state) {
     redisFree(c);
   }
 
+  /* redis-cli's own cluster checker agrees */
+  char cmdline[256];
+  snprintf(cmdline, sizeof cmdline, "redis-cli --cluster check "
+           "127.0.0.1:%d 2>&1", G.ports[1]);
+  int rc;
+  char *out = run_shell(cmdline, &rc);
+  char keys[64];
+  snprintf(keys, sizeof keys, "[OK] %d keys in 3 masters.",
+           NROWS - (NROWS + 35) / 36);
+  if (rc != 0 || !strstr(out, "[OK] All nodes agree about slots") ||
+      !strstr(out, "[OK] All 16384 slots covered.") || !strstr(out, keys))
+    fail_msg("redis-cli --cluster check: exit %d\n%s", rc, out);
+  free(out);
+
   /* a plain server: not a cluster node, but the same hash */
   redisContext *c = connect_port(G.single.port);
   expect_error(cmd(c, "CLUSTER SLOTS"), "cluster support disabled");
