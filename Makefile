@@ -56,7 +56,7 @@ else
   SHIM_SRC   = $(wildcard index/*.cpp)
 endif
 
-LIBS = -ljansson -lhttp_parser -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv \
+LIBS = -ljansson -lhttp_parser -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv -lhiredis \
        -lsentencepiece $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 

@@ -13,6 +13,7 @@
 #include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_server.h"
+#include "vlm_slot.h"
 #include "vlmdb.h"
 
 static void usage(FILE *f) {
@@ -53,6 +54,14 @@ static void usage(FILE *f) {
 "                           (resident memory far below the index's size;\n"
 "                           the LAION way, with `vlmdb merge`'s index);\n"
 "                           writes are refused\n"
+"  --cluster FILE           serve as one node of a Redis Cluster: the\n"
+"                           cluster map (cluster.json, every shard with an\n"
+"                           address); the database must be its shard\n"
+"  --shard I|auto           which shard this node serves (default: the one\n"
+"                           the database's manifest records); the port\n"
+"                           defaults to the one of its address in the map\n"
+"  --cluster-timeout MS     how long SEARCH, COUNT and INFO keyspace wait\n"
+"                           for the other shards (default 2000)\n"
 "  --quiet                  no log lines on stderr\n"
 "\n"
 "SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
@@ -86,10 +95,12 @@ static int parse_count(const char *s, long long max, long long *out) {
 int cmd_serve(int argc, char **argv) {
   const char *cmd = argv[0];
   const char *db_dir = NULL, *model_dir = NULL;
+  const char *cluster_file = NULL, *shard_text = NULL;
   vlm_server_options opts = {0};
   opts.port = VLM_SERVER_DEFAULT_PORT;
-  int quiet = 0, http_set = 0, mmap_index = 0;
+  int quiet = 0, http_set = 0, mmap_index = 0, port_given = 0;
   opts.http = 1;
+  vlm_cluster *map = NULL;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -124,10 +135,17 @@ int cmd_serve(int argc, char **argv) {
     else if (!strcmp(a, "--requirepass"))
       opts.requirepass = v;
     else if (!strcmp(a, "--port"))
-      bad = parse_count(v, 65535, &n) < 0, opts.port = (int)n;
+      bad = parse_count(v, 65535, &n) < 0, opts.port = (int)n, port_given = 1;
     else if (!strcmp(a, "--http"))
       bad = parse_count(v, 65535, &n) < 0, opts.http_port = (int)n,
       http_set = 1;
+    else if (!strcmp(a, "--cluster"))
+      cluster_file = v;
+    else if (!strcmp(a, "--shard"))
+      shard_text = v;
+    else if (!strcmp(a, "--cluster-timeout"))
+      bad = parse_count(v, 3600000, &n) < 0 || n < 1,
+      opts.cluster_timeout_ms = (int)n;
     else if (!strcmp(a, "--threads"))
       bad = parse_count(v, 1024, &n) < 0 || n < 1, opts.threads = (int)n;
     else if (!strcmp(a, "--maxclients"))
@@ -159,12 +177,8 @@ int cmd_serve(int argc, char **argv) {
     vlm_cli_error(cmd, "--db DIR is required (see --help)");
     return VLM_EXIT_USAGE;
   }
-  /* HTTP next to RESP: 7879 by default, a free port when RESP's is */
-  if (!http_set)
-    opts.http_port = opts.port == 0 ? 0 : opts.port + 1;
-  if (opts.http_port > 65535) {
-    vlm_cli_error(cmd, "no HTTP port after %d: give --http P or --no-http",
-                  opts.port);
+  if (shard_text && !cluster_file) {
+    vlm_cli_error(cmd, "--shard needs --cluster FILE");
     return VLM_EXIT_USAGE;
   }
 
@@ -191,6 +205,43 @@ int cmd_serve(int argc, char **argv) {
   rc = vlm_db_stat(db, &info);
   if (rc < 0) {
     vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  if (cluster_file) {
+    rc = vlm_cluster_load(cluster_file, NULL, NULL, &map);
+    if (rc < 0) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    if (shard_text)
+      rc = vlm_shard_index(shard_text, map->nshards, &opts.shard);
+    else if (info.shard >= 0)
+      opts.shard = info.shard;
+    else if (map->nshards == 1)
+      opts.shard = 0;
+    else
+      rc = vlm_seterr(VLM_EINVAL, "%s is not a shard database: give --shard",
+                      db_dir);
+    if (rc < 0) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    opts.cluster = map;
+    opts.cluster_path = cluster_file;
+    /* the port of this shard's address in the map, unless given */
+    const vlm_cluster_shard *me = &map->shards[opts.shard];
+    const char *colon = me->naddresses ? strrchr(me->addresses[0], ':')
+                                       : NULL;
+    if (!port_given && colon)
+      opts.port = atoi(colon + 1);
+  }
+  /* HTTP next to RESP: 7879 by default, a free port when RESP's is */
+  if (opts.http && !http_set)
+    opts.http_port = opts.port == 0 ? 0 : opts.port + 1;
+  if (opts.http && opts.http_port > 65535) {
+    vlm_cli_error(cmd, "no HTTP port after %d: give --http P or --no-http",
+                  opts.port);
+    status = VLM_EXIT_USAGE;
     goto done;
   }
   if (!model_dir)
@@ -244,6 +295,7 @@ int cmd_serve(int argc, char **argv) {
   status = VLM_EXIT_OK;
 done:
   vlm_server_free(srv);
+  vlm_cluster_free(map);
   vlm_db_close(db);
   vlm_clip_free(clip);
   return status;

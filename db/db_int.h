@@ -400,9 +400,10 @@ int vlm__vec_finite(const void *vec_unaligned, int dim);
  * memory (hybrid.c). */
 int vlm__fuse_rrf(const vlm__cand *vr, int nvr, const uint64_t *bm25,
                   int nbm, float w, vlm__cand *out);
+/* scores (may be NULL): each id's BM25 score, higher is better. */
 int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
                 const uint8_t *allow, uint64_t allow_bits, int depth,
-                uint64_t **ids, int *n);
+                uint64_t **ids, float **scores, int *n);
 
 /* ---- the handle -------------------------------------------------------- */
 

@@ -111,12 +111,15 @@ static int captions_cjk(sqlite3 *sql) {
 
 int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
                 const uint8_t *allow, uint64_t allow_bits, int depth,
-                uint64_t **ids_out, int *n_out) {
+                uint64_t **ids_out, float **scores_out, int *n_out) {
   sqlite3_stmt *st = NULL;
   uint64_t *ids = NULL;
+  float *scores = NULL;
   int n = 0, rc;
   (void)db;
   *ids_out = NULL;
+  if (scores_out)
+    *scores_out = NULL;
   *n_out = 0;
   int cjk = captions_cjk(r->sql);
   if (cjk < 0)
@@ -128,13 +131,15 @@ int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
     free(q);
     return 0; /* no words: BM25 has nothing to rank */
   }
-  if (!(ids = malloc((size_t)depth * sizeof *ids))) {
+  if (!(ids = malloc((size_t)depth * sizeof *ids)) ||
+      (scores_out && !(scores = malloc((size_t)depth * sizeof *scores)))) {
+    free(ids);
     free(q);
     return vlm_seterr(VLM_ENOMEM, "hybrid");
   }
   rc = sqlite3_prepare_v2(r->sql,
-                          "SELECT rowid FROM captions WHERE captions MATCH ?1 "
-                          "ORDER BY rank",
+                          "SELECT rowid, rank FROM captions WHERE captions "
+                          "MATCH ?1 ORDER BY rank",
                           -1, &st, NULL);
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(r->sql, rc, "hybrid");
@@ -145,6 +150,8 @@ int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
     uint64_t id = (uint64_t)sqlite3_column_int64(st, 0);
     if (allow && (id >= allow_bits || !vlm__bit(allow, id)))
       continue;
+    if (scores) /* FTS5's rank is bm25(), lower is better */
+      scores[n] = (float)-sqlite3_column_double(st, 1);
     ids[n++] = id;
   }
   if (n < depth && rc != SQLITE_DONE) {
@@ -153,11 +160,15 @@ int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
   }
   rc = 0;
   *ids_out = ids;
+  if (scores_out)
+    *scores_out = scores;
   *n_out = n;
   ids = NULL;
+  scores = NULL;
 done:
   sqlite3_finalize(st);
   free(ids);
+  free(scores);
   free(q);
   return rc;
 }
@@ -206,4 +217,101 @@ int vlm__fuse_rrf(const vlm__cand *vr, int nvr, const uint64_t *bm25,
   }
   free(slot);
   return n;
+}
+
+/* ---- fusion by key, for rankings merged across shards ---------------- */
+
+static int key_cmp(const void *a, const void *b) {
+  return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+typedef struct {
+  vlm__cand c;
+  const char *key;
+} keyed_cand;
+
+static int keyed_desc(const void *a, const void *b) {
+  const keyed_cand *x = a, *y = b;
+  if (x->c.score != y->c.score)
+    return x->c.score < y->c.score ? 1 : -1;
+  return strcmp(x->key, y->key);
+}
+
+int vlm_fuse_rrf(const vlm_hit *vec, int nvec, const vlm_hit *text,
+                 int ntext, float weight, int k, vlm_hit **out, int *nout) {
+  const char **keys = NULL;
+  vlm__cand *vr = NULL, *fused = NULL;
+  uint64_t *bm = NULL;
+  keyed_cand *kc = NULL;
+  vlm_hit *hits = NULL;
+  int nkeys = 0, nh = 0, rc = VLM_ENOMEM;
+  *out = NULL;
+  *nout = 0;
+  if (nvec < 0 || ntext < 0 || k < 1 || !(weight >= 0 && weight <= 1))
+    return vlm_seterr(VLM_EINVAL, "fuse: bad arguments");
+  float w = weight > 0 ? weight : 0.5f;
+  size_t n = (size_t)nvec + (size_t)ntext;
+  /* ids: each key's place among the distinct keys, sorted */
+  if (!(keys = malloc((n + 1) * sizeof *keys)) ||
+      !(vr = malloc(((size_t)nvec + 1) * sizeof *vr)) ||
+      !(bm = malloc(((size_t)ntext + 1) * sizeof *bm)) ||
+      !(fused = malloc((n + 1) * sizeof *fused)))
+    goto done;
+  for (int i = 0; i < nvec; i++)
+    keys[nkeys++] = vec[i].key;
+  for (int i = 0; i < ntext; i++)
+    keys[nkeys++] = text[i].key;
+  qsort(keys, (size_t)nkeys, sizeof *keys, key_cmp);
+  int u = 0;
+  for (int i = 0; i < nkeys; i++)
+    if (u == 0 || strcmp(keys[u - 1], keys[i]))
+      keys[u++] = keys[i];
+  nkeys = u;
+  for (int i = 0; i < nvec; i++) {
+    const char **at = bsearch(&vec[i].key, keys, (size_t)nkeys,
+                              sizeof *keys, key_cmp);
+    memset(&vr[i], 0, sizeof vr[i]);
+    vr[i].id = (uint64_t)(at - keys);
+    vr[i].score = vec[i].score;
+    vr[i].mod = vec[i].modality == VLM_TARGET_IMAGE ? VLM__MOD_IMAGE
+                                                    : VLM__MOD_TEXT;
+  }
+  for (int i = 0; i < ntext; i++) {
+    const char **at = bsearch(&text[i].key, keys, (size_t)nkeys,
+                              sizeof *keys, key_cmp);
+    bm[i] = (uint64_t)(at - keys);
+  }
+  int nf = vlm__fuse_rrf(vr, nvec, bm, ntext, w, fused);
+  if (nf < 0)
+    goto done;
+  if (!(kc = malloc(((size_t)nf + 1) * sizeof *kc)))
+    goto done;
+  for (int i = 0; i < nf; i++) {
+    kc[i].c = fused[i];
+    kc[i].key = keys[fused[i].id];
+  }
+  qsort(kc, (size_t)nf, sizeof *kc, keyed_desc);
+  if (nf > k)
+    nf = k;
+  if (!(hits = calloc((size_t)nf + 1, sizeof *hits)))
+    goto done;
+  for (nh = 0; nh < nf; nh++) {
+    if (!(hits[nh].key = strdup(kc[nh].key)))
+      goto done;
+    hits[nh].score = kc[nh].c.score;
+    hits[nh].modality = kc[nh].c.mod == VLM__MOD_IMAGE ? VLM_TARGET_IMAGE
+                                                       : VLM_TARGET_TEXT;
+  }
+  *out = hits;
+  *nout = nh;
+  hits = NULL;
+  rc = 0;
+done:
+  vlm_hits_free(hits, nh);
+  free(keys);
+  free(vr);
+  free(bm);
+  free(fused);
+  free(kc);
+  return rc == VLM_ENOMEM ? vlm_seterr(VLM_ENOMEM, "fuse") : rc;
 }

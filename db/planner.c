@@ -689,7 +689,9 @@ typedef struct {
   vlm__cand *vr;          /* the vector ranking */
   int nvr;
   uint64_t *bm25;         /* the BM25 ranking (hybrid) */
+  float *bm25_score;      /* its scores, when the rankings are wanted */
   int nbm;
+  int rankings;           /* vlm_db_search_rankings: keep the BM25 scores */
   vlm__cand *fused;       /* hybrid: both fused */
   vlm__cand *final;       /* vr or fused */
   int nfinal;
@@ -720,6 +722,7 @@ static void search_free(search *s) {
   free(s->allow);
   free(s->vr);
   free(s->bm25);
+  free(s->bm25_score);
   free(s->fused);
   free(s->similar);
 }
@@ -881,9 +884,12 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   if (!o->hybrid_text)
     return 0;
   if ((rc = vlm__hybrid(db, r, o->hybrid_text, s->allow, s->next_id,
-                        s->depth, &s->bm25, &s->nbm)))
+                        s->depth, &s->bm25,
+                        s->rankings ? &s->bm25_score : NULL, &s->nbm)))
     return rc;
   s->full |= s->nbm >= s->depth;
+  if (s->rankings)
+    return 0; /* the caller fuses them */
   float w = o->hybrid_weight > 0 ? o->hybrid_weight : 0.5f;
   if (!(s->fused = malloc((size_t)(s->nvr + s->nbm + 1) * sizeof *s->fused)))
     return vlm_seterr(VLM_ENOMEM, "search");
@@ -1110,6 +1116,79 @@ int vlm_db_search(vlm_db *db, const float *query,
     search_reset(&s);
   }
   rc = search_resolve(db, r, &s, hits_out, nhits_out);
+done:
+  if (snap)
+    vlm__snapshot_end(r, s.need_sql);
+  if (locked)
+    pthread_rwlock_unlock(&db->index_lock);
+  if (r)
+    vlm__reader_put(db, r);
+  search_free(&s);
+  return rc;
+}
+
+/* Resolve n candidates (ids, scores, modalities) to keys. */
+static int resolve_list(vlm_db *db, vlm__reader *r, const vlm__cand *cands,
+                        const uint64_t *ids, const float *scores, int n,
+                        vlm_hit **out, int *nout) {
+  vlm_hit *hits = calloc((size_t)n + 1, sizeof *hits);
+  int nh = 0, rc;
+  if (!hits)
+    return vlm_seterr(VLM_ENOMEM, "search");
+  for (int i = 0; i < n; i++) {
+    vlm__rec rec;
+    rc = vlm__rec_get(&db->lm, r->txn, cands ? cands[i].id : ids[i], &rec);
+    if (rc == VLM_ENOTFOUND)
+      continue;
+    if (rc || !(hits[nh].key = strndup(rec.key, rec.key_len))) {
+      vlm_hits_free(hits, nh);
+      return rc ? rc : vlm_seterr(VLM_ENOMEM, "search");
+    }
+    hits[nh].score = cands ? cands[i].score : scores[i];
+    hits[nh].modality = !cands || cands[i].mod == VLM__MOD_TEXT
+                            ? VLM_TARGET_TEXT
+                            : VLM_TARGET_IMAGE;
+    nh++;
+  }
+  *out = hits;
+  *nout = nh;
+  return 0;
+}
+
+int vlm_db_search_rankings(vlm_db *db, const float *query,
+                           const vlm_search_options *opts, vlm_hit **vec,
+                           int *nvec, vlm_hit **text, int *ntext) {
+  search s;
+  vlm__reader *r = NULL;
+  int rc, locked = 0, snap = 0;
+  if (!db || !opts || !vec || !nvec || !text || !ntext)
+    return vlm_seterr(VLM_EINVAL, "search: NULL argument");
+  *vec = *text = NULL;
+  *nvec = *ntext = 0;
+  if (!opts->hybrid_text || opts->collapse > 0)
+    return vlm_seterr(VLM_EINVAL, "search rankings: a hybrid search "
+                      "without collapse");
+  memset(&s, 0, sizeof s);
+  s.rankings = 1;
+  if ((rc = search_check(db, query, opts, &s)) ||
+      (rc = vlm__reader_get(db, s.need_sql, &r)))
+    goto done;
+  pthread_rwlock_rdlock(&db->index_lock);
+  locked = 1;
+  if ((rc = vlm__snapshot_begin(db, r, s.need_sql, &s.next_id, &s.nitems,
+                                &s.seq)))
+    goto done;
+  snap = 1;
+  if ((rc = search_filter(db, r, &s)) || (rc = search_rank(db, r, &s)))
+    goto done;
+  if ((rc = resolve_list(db, r, s.vr, NULL, NULL,
+                         s.nvr < s.depth ? s.nvr : s.depth, vec, nvec)) ||
+      (rc = resolve_list(db, r, NULL, s.bm25, s.bm25_score, s.nbm, text,
+                         ntext))) {
+    vlm_hits_free(*vec, *nvec);
+    *vec = NULL;
+    *nvec = 0;
+  }
 done:
   if (snap)
     vlm__snapshot_end(r, s.need_sql);

@@ -285,6 +285,23 @@ int vlm_db_search(vlm_db *db, const float *query,
                   int *nhits);
 void vlm_hits_free(vlm_hit *hits, int nhits); /* accepts NULL */
 
+/* The two rankings a hybrid search (opts->hybrid_text set, no collapse)
+ * fuses, before fusion, for a coordinator that fuses the rankings of
+ * several shards itself: *vec the vector ranking (cosines, as deep as
+ * the search ranks: max(k, 50)), *text the BM25 ranking of captions
+ * (scores: -bm25, higher is better; only comparable within one database),
+ * both with the filter applied.  Free each with vlm_hits_free. */
+int vlm_db_search_rankings(vlm_db *db, const float *query,
+                           const vlm_search_options *opts, vlm_hit **vec,
+                           int *nvec, vlm_hit **text, int *ntext);
+
+/* Reciprocal rank fusion of a vector ranking and a BM25 ranking by key,
+ * exactly as a hybrid vlm_db_search fuses its own (weight: of BM25, 0 =
+ * 0.5): the best k, by fused score, ties by key.  *out as from
+ * vlm_db_search (modality: the vector ranking's, else TEXT). */
+int vlm_fuse_rrf(const vlm_hit *vec, int nvec, const vlm_hit *text,
+                 int ntext, float weight, int k, vlm_hit **out, int *nout);
+
 typedef struct {
   int64_t items;          /* keys */
   int64_t image_vectors;

@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "http.h"
+#include <hiredis/hiredis.h>
+
 #include "netint.h"
 #include "vlm_error.h"
 #include "vlm_eval.h"
@@ -665,6 +667,7 @@ static int cmd_command(vlm__ctx *ctx) {
 typedef struct {
   vlm__buf text;
   int db, model, keyspace;
+  long long items;  /* this shard's, for a summed keyspace line */
 } info_state;
 
 static void info_state_free(void *p) {
@@ -686,10 +689,10 @@ static void human_bytes(char *buf, size_t cap, double bytes) {
 
 static int cmd_info_proc(vlm__ctx *ctx) {
   vlm_server *srv = ctx->srv;
-  enum { NSECTIONS = 7 };
+  enum { NSECTIONS = 8 };
   static const char *names[NSECTIONS] = {"server", "clients", "stats",
                                          "memory", "db",      "model",
-                                         "keyspace"};
+                                         "keyspace", "cluster"};
   int want[NSECTIONS] = {0}, any = 0;
   for (int a = 1; a < ctx->argc; a++) {
     const vlm__resp_arg *s = &ctx->argv[a];
@@ -795,12 +798,18 @@ static int cmd_info_proc(vlm__ctx *ctx) {
                     h4, used ? (double)rss * 1024 / (double)used : 0.0, qbufs,
                     obufs);
   }
+  if (want[7])
+    vlm__cluster_info(srv, b);
   if (b->oom) {
     vlm__reply_error(ctx->out, "ERR", "out of memory");
     return -1;
   }
   return 0;
 }
+
+static void info_finish(vlm__job *job, const long long *others,
+                        int answered);
+static int info_after(vlm__job *job);
 
 static void cmd_info_exec(vlm__job *job) {
   vlm_server *srv = job->srv;
@@ -854,16 +863,85 @@ static void cmd_info_exec(vlm__job *job) {
     else
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:0\r\n\r\n");
   }
+  if (st->keyspace) {
+    st->items = info.items;
+    if (srv->cluster && !job->local) {
+      job->after = info_after; /* the whole cluster's keys */
+      return;
+    }
+  }
+  info_finish(job, NULL, 0);
+}
+
+/* The keyspace section (with the items of the cluster's other shards when
+ * counts holds them) and the reply. */
+static void info_finish(vlm__job *job, const long long *others,
+                        int answered) {
+  info_state *st = job->state;
+  vlm__buf *b = &st->text;
   /* Redis's one line per database, which redis-cli --stat and monitoring
-   * tools read for the key count; vlmdb keys never expire. */
+   * tools read for the key count; vlmdb keys never expire.  A cluster
+   * node counts the shards that answered (INFO never fails for a shard
+   * down: cluster clients read it to connect). */
   if (st->keyspace)
-    vlm__buf_printf(b, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n"
-                    "\r\n", (long long)info.items);
+    vlm__buf_printf(b, "# Keyspace\r\ndb0:keys=%lld,expires=0,avg_ttl=0\r\n",
+                    st->items + (others ? *others : 0));
+  if (st->keyspace && others)
+    vlm__buf_printf(b, "cluster_shards:%d\r\ncluster_shards_answered:%d\r\n",
+                    vlm__cluster_nshards(job->srv), answered);
+  if (st->keyspace)
+    vlm__buf_printf(b, "\r\n");
   size_t len = b->len >= 2 ? b->len - 2 : b->len; /* no trailing blank line */
   if (b->oom)
     vlm__reply_error(&job->reply, "ERR", "out of memory");
   else
     vlm__reply_bulk(&job->reply, b->data, len);
+}
+
+/* The sum of the integer replies of the other shards, or -1 after
+ * replying -CLUSTERDOWN (or the shard's error). */
+static int sum_replies(vlm__job *job, redisReply **replies,
+                       const char **errors, long long *sum) {
+  int n = job->srv->cluster ? vlm__cluster_nshards(job->srv) : 0;
+  *sum = 0;
+  for (int s = 0; s < n; s++) {
+    if (errors[s]) {
+      vlm__reply_error(&job->reply, "CLUSTERDOWN", "%s", errors[s]);
+      return -1;
+    }
+    if (!replies[s])
+      continue;
+    if (replies[s]->type != REDIS_REPLY_INTEGER) {
+      vlm__reply_error(&job->reply, "ERR", "shard %d answered: %.200s", s,
+                       replies[s]->type == REDIS_REPLY_ERROR
+                           ? replies[s]->str : "not an integer");
+      return -1;
+    }
+    *sum += replies[s]->integer;
+  }
+  return 0;
+}
+
+static void info_done(vlm__job *job, redisReply **replies,
+                      const char **errors) {
+  long long others = 0;
+  int n = vlm__cluster_nshards(job->srv), answered = 0;
+  for (int s = 0; s < n; s++)
+    if (s == vlm__cluster_myshard(job->srv) ||
+        (replies[s] && replies[s]->type == REDIS_REPLY_INTEGER)) {
+      answered++;
+      others += replies[s] ? replies[s]->integer : 0;
+    }
+  (void)errors;
+  info_finish(job, &others, answered);
+}
+
+static const char *dbsize_argv[] = {"VLM.LOCAL", "DBSIZE"};
+static const size_t dbsize_lens[] = {9, 6};
+
+static int info_after(vlm__job *job) {
+  return vlm__cluster_fanout(job, 2, dbsize_argv, dbsize_lens,
+                             info_done) == 0;
 }
 
 /* ======================================================================
@@ -884,12 +962,25 @@ typedef struct {
   int nfields;
   int fields[MAX_RETURN];  /* F_* or a declared field's index */
   const char *field_names[MAX_RETURN];
+  /* Coordinated across a cluster's shards (not VLM.LOCAL): this shard's
+   * hits as RESP2 (without probability, computed over the merged hits),
+   * and the query vector the other shards are sent. */
+  int coordinated, allow_partial;
+  int remote_key;          /* Q_KEY of another shard's key: its vector is
+                              fetched first (then st->vec, Q_VECTOR) */
+  int rankings;            /* VLM.LOCAL ... RANKINGS: a hybrid search's
+                              two rankings, unfused, for a coordinator */
+  vlm__buf local;
+  float *qvec;
 } search_state;
 
 static void search_state_free(void *p) {
   search_state *st = p;
-  if (st)
+  if (st) {
     free(st->vec);
+    free(st->qvec);
+    vlm__buf_free(&st->local);
+  }
   free(st);
 }
 
@@ -992,6 +1083,10 @@ static int cmd_search_proc(vlm__ctx *ctx) {
         return -1;
     } else if (arg_is(a, "EXACT")) {
       st->opts.exact = 1;
+    } else if (arg_is(a, "ALLOWPARTIAL")) {
+      st->allow_partial = 1;
+    } else if (arg_is(a, "RANKINGS") && job->local) {
+      st->rankings = 1;
     } else if (arg_is(a, "COLLAPSE") && has) {
       if (arg_double(ctx, &ctx->argv[++i], 0, 1, "COLLAPSE", &d) < 0)
         return -1;
@@ -1073,6 +1168,29 @@ static int cmd_search_proc(vlm__ctx *ctx) {
                      "combined");
     return -1;
   }
+  st->coordinated = ctx->srv->cluster && !job->local;
+  if (st->coordinated && st->opts.collapse > 0) {
+    vlm__reply_error(ctx->out, "ERR", "SEARCH COLLAPSE is not coordinated "
+                     "across a cluster's shards yet (send VLM.LOCAL SEARCH "
+                     "... to each shard)");
+    return -1;
+  }
+  /* a page or a group limit applied by each shard is not the cluster's:
+   * the coordinator would have to ask every shard for OFFSET + K and
+   * group again; refused until it does (MINSCORE is each shard's floor,
+   * so the merged top K is exact) */
+  if (st->coordinated && (st->opts.offset > 0 || st->opts.group_by)) {
+    vlm__reply_error(ctx->out, "ERR", "SEARCH %s is not coordinated across "
+                     "a cluster's shards yet (send VLM.LOCAL SEARCH ... to "
+                     "each shard)", st->opts.offset > 0 ? "OFFSET"
+                                                        : "GROUPBY");
+    return -1;
+  }
+  if (st->rankings && (!st->opts.hybrid_text || st->opts.collapse > 0)) {
+    vlm__reply_error(ctx->out, "ERR", "RANKINGS needs HYBRID and no "
+                     "COLLAPSE");
+    return -1;
+  }
   /* logit and probability are the model's own score of a cosine, so they
    * need the model, and a hybrid score (fused ranks) is no cosine. */
   for (int f = 0; f < st->nfields; f++) {
@@ -1105,6 +1223,8 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       return -1;
     }
     st->key = q->ptr;
+    st->remote_key = st->coordinated &&
+                     !vlm__cluster_owns(ctx->srv, vlm_key_slot(q->ptr, q->len));
     break;
   case Q_VECTOR:
     if (arg_vector(ctx, q, "VECTOR", &st->vec) < 0)
@@ -1176,6 +1296,69 @@ static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
   }
 }
 
+/* The hits with their RETURN fields (without probability when
+ * no_prob: a coordinator computes it over the merged hits). */
+static void write_hits(vlm__buf *out, vlm_server *srv,
+                       const search_state *st, const vlm_hit *hits,
+                       int nhits, const float *probs, int no_prob) {
+  int need_rec = 0, nfields = 0;
+  for (int f = 0; f < st->nfields; f++) {
+    need_rec |= st->fields[f] >= F_THUMB || st->fields[f] == F_HAS_THUMB;
+    nfields += !(no_prob && st->fields[f] == F_PROBABILITY);
+  }
+  if (out->resp3)
+    vlm__reply_map(out, nhits);
+  else
+    vlm__reply_array(out, nhits);
+  for (int h = 0; h < nhits; h++) {
+    vlm_record *rec = NULL;
+    json_t *meta = NULL;
+    if (need_rec && vlm_db_get(srv->db, hits[h].key, &rec) == 0) {
+      for (int f = 0; f < st->nfields; f++)
+        if (st->fields[f] >= 0 && !meta && rec->meta_json)
+          meta = json_loads(rec->meta_json, 0, NULL);
+    }
+    if (out->resp3) {
+      vlm__reply_cstr(out, hits[h].key);
+      vlm__reply_map(out, 1 + nfields);
+    } else {
+      vlm__reply_array(out, 2 + 2 * nfields);
+      vlm__reply_cstr(out, hits[h].key);
+    }
+    if (out->resp3)
+      vlm__reply_cstr(out, "score");
+    vlm__reply_float(out, hits[h].score);
+    for (int f = 0; f < st->nfields; f++) {
+      if (no_prob && st->fields[f] == F_PROBABILITY)
+        continue;
+      vlm__reply_cstr(out, st->field_names[f]);
+      reply_field(out, st->fields[f], &hits[h], rec, meta,
+                  st->field_names[f], srv->clip, probs ? probs[h] : 0.0f);
+    }
+    json_decref(meta);
+    vlm_record_free(rec);
+  }
+}
+
+static int search_after(vlm__job *job);
+static void search_done(vlm__job *job, redisReply **replies,
+                        const char **errors);
+static int key_after(vlm__job *job);
+
+/* Keep the query vector for the other shards (exec of a coordinated
+ * search); -1 with the error replied. */
+static int save_query(vlm__job *job, const float *query) {
+  search_state *st = job->state;
+  size_t bytes = (size_t)job->srv->dim * sizeof *st->qvec;
+  if (st->local.oom || (query && !(st->qvec = malloc(bytes)))) {
+    vlm__reply_error(&job->reply, "ERR", "out of memory");
+    return -1;
+  }
+  if (query)
+    memcpy(st->qvec, query, bytes);
+  return 0;
+}
+
 static void cmd_search_exec(vlm__job *job) {
   vlm_server *srv = job->srv;
   search_state *st = job->state;
@@ -1196,6 +1379,10 @@ static void cmd_search_exec(vlm__job *job) {
     query = st->vec;
     break;
   case Q_KEY:
+    if (st->remote_key) { /* the key's shard has its vector */
+      job->after = key_after;
+      return;
+    }
     rc = vlm_db_get(srv->db, st->key, &keyrec);
     if (rc == VLM_ENOTFOUND) {
       vlm__reply_error(out, "ERR", "no such key '%.200s'", st->key);
@@ -1212,16 +1399,46 @@ static void cmd_search_exec(vlm__job *job) {
     }
     break;
   }
+  if (st->rankings || (st->coordinated && st->opts.hybrid_text)) {
+    /* the two rankings a hybrid search fuses, left for the coordinator
+     * to fuse with the other shards' */
+    vlm_hit *text = NULL;
+    int ntext = 0;
+    rc = vlm_db_search_rankings(srv->db, query, &st->opts, &hits, &nhits,
+                                &text, &ntext);
+    if (rc < 0) {
+      reply_liberr(out, rc);
+      goto done;
+    }
+    vlm__buf *to = out;
+    if (st->coordinated) {
+      vlm__buf_init(&st->local, 0);
+      to = &st->local;
+    }
+    vlm__reply_array(to, 2);
+    write_hits(to, srv, st, hits, nhits, NULL, 1);
+    write_hits(to, srv, st, text, ntext, NULL, 1);
+    vlm_hits_free(text, ntext);
+    if (st->coordinated && save_query(job, query) == 0)
+      job->after = search_after;
+    goto done;
+  }
   rc = vlm_db_search(srv->db, query, &st->opts, &hits, &nhits);
   if (rc < 0) {
     reply_liberr(out, rc);
     goto done;
   }
-  int need_rec = 0, need_prob = 0;
-  for (int f = 0; f < st->nfields; f++) {
-    need_rec |= st->fields[f] >= F_THUMB || st->fields[f] == F_HAS_THUMB;
-    need_prob |= st->fields[f] == F_PROBABILITY;
+  if (st->coordinated) {
+    /* this shard's part, as the others answer theirs */
+    vlm__buf_init(&st->local, 0);
+    write_hits(&st->local, srv, st, hits, nhits, NULL, 1);
+    if (save_query(job, query) == 0)
+      job->after = search_after;
+    goto done;
   }
+  int need_prob = 0;
+  for (int f = 0; f < st->nfields; f++)
+    need_prob |= st->fields[f] == F_PROBABILITY;
   /* The family's probabilities of the hits (vlm_clip_probabilities):
    * SigLIP scores each hit on its own, CLIP shares a softmax over the hits
    * returned, as its zero-shot classification does over its labels. */
@@ -1239,40 +1456,401 @@ static void cmd_search_exec(vlm__job *job) {
       goto done;
     }
   }
-  if (out->resp3)
-    vlm__reply_map(out, nhits);
-  else
-    vlm__reply_array(out, nhits);
-  for (int h = 0; h < nhits; h++) {
-    vlm_record *rec = NULL;
-    json_t *meta = NULL;
-    if (need_rec && vlm_db_get(srv->db, hits[h].key, &rec) == 0) {
-      for (int f = 0; f < st->nfields; f++)
-        if (st->fields[f] >= 0 && !meta && rec->meta_json)
-          meta = json_loads(rec->meta_json, 0, NULL);
-    }
-    if (out->resp3) {
-      vlm__reply_cstr(out, hits[h].key);
-      vlm__reply_map(out, 1 + st->nfields);
-    } else {
-      vlm__reply_array(out, 2 + 2 * st->nfields);
-      vlm__reply_cstr(out, hits[h].key);
-    }
-    if (out->resp3)
-      vlm__reply_cstr(out, "score");
-    vlm__reply_float(out, hits[h].score);
-    for (int f = 0; f < st->nfields; f++) {
-      vlm__reply_cstr(out, st->field_names[f]);
-      reply_field(out, st->fields[f], &hits[h], rec, meta,
-                  st->field_names[f], srv->clip, probs ? probs[h] : 0.0f);
-    }
-    json_decref(meta);
-    vlm_record_free(rec);
-  }
+  write_hits(out, srv, st, hits, nhits, probs, 0);
 done:
   free(probs);
   vlm_hits_free(hits, nhits);
   vlm_record_free(keyrec);
+}
+
+/* ======================================================================
+ * SEARCH across a cluster: this shard's hits (from exec) and every other
+ * shard's (VLM.LOCAL SEARCH VECTOR ..., same options), merged by score
+ * ==================================================================== */
+
+static int search_after(vlm__job *job) {
+  search_state *st = job->state;
+  vlm_server *srv = job->srv;
+  enum { MAXARGS = 20 + MAX_RETURN };
+  const char *argv[MAXARGS];
+  size_t lens[MAXARGS];
+  char kbuf[16], efbuf[16], npbuf[16], nbuf[16];
+  int argc = 0, nfields = 0;
+#define ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
+#define CARG(s) ARG((s), strlen(s))
+  CARG("VLM.LOCAL");
+  CARG("SEARCH");
+  CARG("VECTOR");
+  ARG((const char *)st->qvec, (size_t)srv->dim * sizeof(float));
+  snprintf(kbuf, sizeof kbuf, "%d", st->opts.k);
+  CARG("K");
+  CARG(kbuf);
+  if (st->opts.filter) {
+    CARG("FILTER");
+    CARG(st->opts.filter);
+  }
+  CARG("TARGET");
+  CARG(st->opts.target == VLM_TARGET_IMAGE ? "IMAGE"
+       : st->opts.target == VLM_TARGET_TEXT ? "TEXT" : "ANY");
+  if (st->opts.ef_search) {
+    snprintf(efbuf, sizeof efbuf, "%d", st->opts.ef_search);
+    CARG("EF");
+    CARG(efbuf);
+  }
+  if (st->opts.nprobe) {
+    snprintf(npbuf, sizeof npbuf, "%d", st->opts.nprobe);
+    CARG("NPROBE");
+    CARG(npbuf);
+  }
+  if (st->opts.exact)
+    CARG("EXACT");
+  char wbuf[32];
+  if (st->opts.hybrid_text) {
+    CARG("HYBRID");
+    CARG(st->opts.hybrid_text);
+    if (st->opts.hybrid_weight > 0) {
+      snprintf(wbuf, sizeof wbuf, "%.9g", (double)st->opts.hybrid_weight);
+      CARG("WEIGHT");
+      CARG(wbuf);
+    }
+    CARG("RANKINGS");
+  }
+  for (int f = 0; f < st->nfields; f++)
+    nfields += st->fields[f] != F_PROBABILITY;
+  if (nfields > 0) {
+    snprintf(nbuf, sizeof nbuf, "%d", nfields);
+    CARG("RETURN");
+    CARG(nbuf);
+    for (int f = 0; f < st->nfields; f++)
+      if (st->fields[f] != F_PROBABILITY)
+        CARG(st->field_names[f]);
+  }
+#undef CARG
+#undef ARG
+  return vlm__cluster_fanout(job, argc, argv, lens, search_done) == 0;
+}
+
+/* SEARCH KEY k of another shard's key: GET k WITHVECTORS from its shard,
+ * then the search goes on as SEARCH VECTOR with k's image vector (else
+ * its text vector), as on k's own shard. */
+static int key_resume(vlm__job *job) {
+  vlm__job_resubmit(job);
+  return 1;
+}
+
+static void key_done(vlm__job *job, redisReply **replies,
+                     const char **errors) {
+  search_state *st = job->state;
+  vlm__buf *out = &job->reply;
+  int owner = vlm__cluster_owner(job->srv,
+                                 vlm_key_slot(st->key, strlen(st->key)));
+  const redisReply *r = replies[owner];
+  size_t bytes = (size_t)job->srv->dim * sizeof(float);
+  if (!r) {
+    vlm__reply_error(out, "CLUSTERDOWN", "%s (it holds key '%.200s')",
+                     errors[owner], st->key);
+    return;
+  }
+  if (r->type == REDIS_REPLY_NIL) {
+    vlm__reply_error(out, "ERR", "no such key '%.200s'", st->key);
+    return;
+  }
+  if (r->type != REDIS_REPLY_ARRAY) {
+    vlm__reply_error(out, "ERR", "shard %d answered GET with %.200s", owner,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "no item");
+    return;
+  }
+  const redisReply *vec = NULL;
+  for (int want = 0; want < 2 && !vec; want++)
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      const redisReply *name = r->element[i], *v = r->element[i + 1];
+      if (name->type == REDIS_REPLY_STRING &&
+          !strcmp(name->str, want ? "text_vec" : "image_vec") &&
+          v->type == REDIS_REPLY_STRING && v->len == bytes)
+        vec = v;
+    }
+  if (!vec) {
+    vlm__reply_error(out, "ERR", "key '%.200s' has no vector", st->key);
+    return;
+  }
+  if (!(st->vec = malloc(bytes))) {
+    vlm__reply_error(out, "ERR", "out of memory");
+    return;
+  }
+  memcpy(st->vec, vec->str, bytes);
+  st->qtype = Q_VECTOR;
+  st->remote_key = 0;
+  job->after = key_resume; /* back to the workers once posted */
+}
+
+static int key_after(vlm__job *job) {
+  search_state *st = job->state;
+  vlm_server *srv = job->srv;
+  const char *argv[] = {"VLM.LOCAL", "GET", st->key, "WITHVECTORS"};
+  size_t lens[] = {9, 3, strlen(st->key), 11};
+  int owner = vlm__cluster_owner(srv, vlm_key_slot(st->key, lens[2]));
+  return vlm__cluster_ask(job, owner, 4, argv, lens, key_done) == 0;
+}
+
+typedef struct {
+  const redisReply *hit; /* [key, score, field, value, ...] */
+  float score;
+} merged_hit;
+
+static int merged_cmp(const void *a, const void *b) {
+  const merged_hit *x = a, *y = b;
+  if (x->score != y->score)
+    return x->score > y->score ? -1 : 1;
+  return strcmp(x->hit->element[0]->str, y->hit->element[0]->str);
+}
+
+typedef struct {
+  const char *key;
+  const redisReply *hit;
+  int from_text;
+} keyed_hit;
+
+static int keyed_cmp(const void *a, const void *b) {
+  const keyed_hit *x = a, *y = b;
+  int c = strcmp(x->key, y->key);
+  return c ? c : x->from_text - y->from_text;
+}
+
+/* Fuse the merged vector ranking vec[0..nv) and BM25 ranking
+ * text[0..nt) (vlm_fuse_rrf) into vec[0..*n): each fused hit with its
+ * entry (fields) from the vector ranking, else the BM25 one, and its
+ * fused score.  vec has room for nv + nt.  -1 out of memory. */
+static int fuse_rankings(merged_hit *vec, int nv, merged_hit *text, int nt,
+                         float weight, int k, int *n) {
+  vlm_hit *vh = calloc((size_t)(nv + nt) + 1, sizeof *vh), *fused = NULL;
+  keyed_hit *idx = malloc(((size_t)(nv + nt) + 1) * sizeof *idx);
+  int nf = 0, rc = -1;
+  if (!vh || !idx)
+    goto done;
+  for (int i = 0; i < nv + nt; i++) {
+    const merged_hit *m = i < nv ? &vec[i] : &text[i - nv];
+    vh[i].key = m->hit->element[0]->str;
+    vh[i].score = m->score;
+    vh[i].modality = i < nv ? VLM_TARGET_IMAGE : VLM_TARGET_TEXT;
+    idx[i].key = vh[i].key;
+    idx[i].hit = m->hit;
+    idx[i].from_text = i >= nv;
+  }
+  qsort(idx, (size_t)(nv + nt), sizeof *idx, keyed_cmp);
+  if (vlm_fuse_rrf(vh, nv, vh + nv, nt, weight, k, &fused, &nf) < 0)
+    goto done;
+  for (int i = 0; i < nf; i++) {
+    keyed_hit want = {fused[i].key, NULL, 0};
+    const keyed_hit *at = bsearch(&want, idx, (size_t)(nv + nt), sizeof *idx,
+                                  keyed_cmp);
+    if (!at) /* not in the vector ranking: its BM25 entry */
+      at = (want.from_text = 1, bsearch(&want, idx, (size_t)(nv + nt),
+                                        sizeof *idx, keyed_cmp));
+    vec[i].hit = at->hit;
+    vec[i].score = fused[i].score;
+  }
+  *n = nf;
+  rc = 0;
+done:
+  vlm_hits_free(fused, nf);
+  free(vh);
+  free(idx);
+  return rc;
+}
+
+/* A hit as a shard wrote it in RESP2: an array of 2 + 2 * nfields with a
+ * key and a score. */
+static int hit_ok(const redisReply *h, int nfields) {
+  return h->type == REDIS_REPLY_ARRAY &&
+         h->elements == (size_t)(2 + 2 * nfields) &&
+         h->element[0]->type == REDIS_REPLY_STRING &&
+         h->element[1]->type == REDIS_REPLY_STRING;
+}
+
+/* A field value from a shard's RESP2 reply in the client's protocol:
+ * the numbers RESP2 sends as strings (logit, declared real fields) are
+ * doubles again for RESP3. */
+static void reply_forwarded(vlm__buf *out, const vlm_server *srv, int field,
+                            const redisReply *v) {
+  int real = field == F_LOGIT ||
+             (field >= 0 && srv->field_types[field] == VLM_FIELD_REAL);
+  switch (v->type) {
+  case REDIS_REPLY_INTEGER:
+    vlm__reply_int(out, v->integer);
+    return;
+  case REDIS_REPLY_NIL:
+    vlm__reply_null(out);
+    return;
+  case REDIS_REPLY_STRING:
+    if (real && out->resp3) {
+      char *end;
+      double d = strtod(v->str, &end);
+      if (*v->str && !*end) {
+        vlm__reply_double(out, d);
+        return;
+      }
+    }
+    vlm__reply_bulk(out, v->str, v->len);
+    return;
+  default:
+    vlm__reply_null(out);
+  }
+}
+
+static void search_done(vlm__job *job, redisReply **replies,
+                        const char **errors) {
+  search_state *st = job->state;
+  vlm_server *srv = job->srv;
+  vlm__buf *out = &job->reply;
+  int nshards = vlm__cluster_nshards(srv), me = vlm__cluster_myshard(srv);
+  int nfields = 0, answered = 0, total_hits = 0;
+  int hybrid = st->opts.hybrid_text != NULL, nlists = hybrid ? 2 : 1;
+  merged_hit *merged = NULL;
+  float *scores = NULL, *probs = NULL;
+  redisReply *local = vlm__cluster_parse_reply(st->local.data, st->local.len);
+  if (!local) {
+    vlm__reply_error(out, "ERR", "out of memory");
+    return;
+  }
+  for (int f = 0; f < st->nfields; f++)
+    nfields += st->fields[f] != F_PROBABILITY;
+  const char *first_error = NULL;
+  for (int s = 0; s < nshards; s++) {
+    const redisReply *r = s == me ? local : replies[s];
+    if (!r) {
+      if (!first_error)
+        first_error = errors[s];
+      continue;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+      /* a shard that refuses what this one accepted: not a partial
+       * answer but a broken cluster (different fields, version) */
+      vlm__reply_error(out, "ERR", "shard %d answered: %.300s", s, r->str);
+      goto done;
+    }
+    /* hybrid: [vector ranking, BM25 ranking], else the hits */
+    int ok = r->type == REDIS_REPLY_ARRAY && (!hybrid || r->elements == 2);
+    for (int l = 0; ok && l < nlists; l++) {
+      const redisReply *list = hybrid ? r->element[l] : r;
+      ok = list->type == REDIS_REPLY_ARRAY;
+      for (size_t h = 0; ok && h < list->elements; h++)
+        ok = hit_ok(list->element[h], nfields);
+      total_hits += ok ? (int)list->elements : 0;
+    }
+    if (!ok) {
+      vlm__reply_error(out, "ERR", "shard %d answered SEARCH with a reply "
+                       "that is not a list of hits", s);
+      goto done;
+    }
+    answered++;
+  }
+  if (first_error && !st->allow_partial) {
+    vlm__reply_error(out, "CLUSTERDOWN", "%s (SEARCH ... ALLOWPARTIAL "
+                     "answers from the shards that are up)", first_error);
+    goto done;
+  }
+  merged = malloc(((size_t)total_hits + 1) * sizeof *merged);
+  if (!merged) {
+    vlm__reply_error(out, "ERR", "out of memory");
+    goto done;
+  }
+  int n = 0, nl[2] = {0, 0};
+  for (int l = 0; l < nlists; l++) {
+    merged_hit *list = merged + nl[0];
+    for (int s = 0; s < nshards; s++) {
+      const redisReply *r = s == me ? local : replies[s];
+      if (r && hybrid)
+        r = r->element[l];
+      for (size_t h = 0; r && h < r->elements; h++) {
+        list[nl[l]].hit = r->element[h];
+        list[nl[l]].score = strtof(r->element[h]->element[1]->str, NULL);
+        nl[l]++;
+      }
+    }
+    qsort(list, (size_t)nl[l], sizeof *list, merged_cmp);
+  }
+  n = nl[0];
+  if (hybrid) {
+    /* each ranking as deep as one database ranks it, then fused as one
+     * database fuses its own */
+    int depth = st->opts.k > 50 ? st->opts.k : 50;
+    if (fuse_rankings(merged, nl[0] < depth ? nl[0] : depth, merged + nl[0],
+                      nl[1] < depth ? nl[1] : depth,
+                      st->opts.hybrid_weight, st->opts.k, &n) < 0) {
+      vlm__reply_error(out, "ERR", "out of memory");
+      goto done;
+    }
+  }
+  if (n > st->opts.k)
+    n = st->opts.k;
+  int need_prob = 0;
+  for (int f = 0; f < st->nfields; f++)
+    need_prob |= st->fields[f] == F_PROBABILITY;
+  if (need_prob && n > 0) {
+    scores = malloc((size_t)n * sizeof *scores);
+    probs = malloc((size_t)n * sizeof *probs);
+    if (!scores || !probs) {
+      vlm__reply_error(out, "ERR", "out of memory");
+      goto done;
+    }
+    for (int h = 0; h < n; h++)
+      scores[h] = merged[h].score;
+    int rc = vlm_clip_probabilities(srv->clip, scores, n, probs);
+    if (rc < 0) {
+      reply_liberr(out, rc);
+      goto done;
+    }
+  }
+  if (st->allow_partial) {
+    /* the coverage, then the hits */
+    vlm__reply_map(out, 4);
+    vlm__reply_cstr(out, "shards");
+    vlm__reply_int(out, nshards);
+    vlm__reply_cstr(out, "shards_answered");
+    vlm__reply_int(out, answered);
+    vlm__reply_cstr(out, "missing");
+    vlm__reply_array(out, nshards - answered);
+    for (int s = 0; s < nshards; s++)
+      if (s != me && !replies[s])
+        vlm__reply_cstr(out, errors[s]);
+    vlm__reply_cstr(out, "results");
+  }
+  if (out->resp3)
+    vlm__reply_map(out, n);
+  else
+    vlm__reply_array(out, n);
+  for (int h = 0; h < n; h++) {
+    const redisReply *hit = merged[h].hit;
+    if (out->resp3) {
+      vlm__reply_bulk(out, hit->element[0]->str, hit->element[0]->len);
+      vlm__reply_map(out, 1 + st->nfields);
+      vlm__reply_cstr(out, "score");
+    } else {
+      vlm__reply_array(out, 2 + 2 * st->nfields);
+      vlm__reply_bulk(out, hit->element[0]->str, hit->element[0]->len);
+    }
+    vlm__reply_float(out, merged[h].score);
+    int j = 0;
+    for (int f = 0; f < st->nfields; f++) {
+      vlm__reply_cstr(out, st->field_names[f]);
+      if (st->fields[f] == F_PROBABILITY) {
+        vlm__reply_float(out, probs[h]);
+        continue;
+      }
+      reply_forwarded(out, srv, st->fields[f], hit->element[3 + 2 * j]);
+      j++;
+    }
+  }
+  if (out->oom) {
+    out->len = 0;
+    out->oom = 0;
+    vlm__reply_error(out, "ERR", "out of memory");
+  }
+done:
+  free(merged);
+  free(scores);
+  free(probs);
+  vlm__cluster_reply_free(local);
 }
 
 /* ======================================================================
@@ -1680,18 +2258,61 @@ static void cmd_embed_exec(vlm__job *job) {
                job->srv->dim, st->as_array);
 }
 
+static int cmd_ok(vlm__ctx *ctx) {
+  vlm__reply_status(ctx->out, "OK");
+  return 0;
+}
+
+/* Never run: vlm__dispatch unwraps VLM.LOCAL. */
+static int cmd_local(vlm__ctx *ctx) {
+  vlm__reply_error(ctx->out, "ERR", "VLM.LOCAL needs a command");
+  return -1;
+}
+
 static int cmd_noargs_proc(vlm__ctx *ctx) {
   (void)ctx;
   return 0;
 }
 
+typedef struct {
+  long long items;
+} count_state;
+
+static void count_done(vlm__job *job, redisReply **replies,
+                       const char **errors) {
+  count_state *st = job->state;
+  long long others;
+  if (sum_replies(job, replies, errors, &others) == 0)
+    vlm__reply_int(&job->reply, st->items + others);
+}
+
+static int count_after(vlm__job *job) {
+  return vlm__cluster_fanout(job, 2, dbsize_argv, dbsize_lens,
+                             count_done) == 0;
+}
+
+/* COUNT is the cluster's (summed over the shards); DBSIZE is this node's,
+ * as in Redis Cluster, where clients sum it over the nodes themselves. */
 static void cmd_count_exec(vlm__job *job) {
   vlm_db_info info;
   int rc = vlm_db_stat(job->srv->db, &info);
-  if (rc < 0)
+  if (rc < 0) {
     reply_liberr(&job->reply, rc);
-  else
-    vlm__reply_int(&job->reply, info.items);
+    return;
+  }
+  if (job->srv->cluster && !job->local && !strcmp(job->cmd->name, "COUNT")) {
+    count_state *st = malloc(sizeof *st);
+    if (!st) {
+      vlm__reply_error(&job->reply, "ERR", "out of memory");
+      return;
+    }
+    st->items = info.items;
+    job->state = st;
+    job->state_free = free;
+    job->after = count_after;
+    return;
+  }
+  vlm__reply_int(&job->reply, info.items);
 }
 
 static void cmd_save_exec(vlm__job *job) {
@@ -1774,13 +2395,14 @@ static void cmd_backup_exec(vlm__job *job) {
  * job that goes to the workers would be an empty reply slot). */
 static vlm__job *job_prepare(vlm__conn *conn, const vlm__command *cmd,
                              int argc, const vlm__resp_arg *argv,
-                             vlm__buf *out) {
+                             vlm__buf *out, int local) {
   vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
   if (!job) {
     vlm__reply_error(out ? out : vlm__conn_reply_buf(conn), "ERR",
                      "out of memory");
     return NULL;
   }
+  job->local = local;
   vlm__ctx ctx = {conn->srv, conn, job, argc, job->argv, &job->reply};
   if (cmd->proc(&ctx) < 0) { /* answered in order, no worker needed */
     if (!out)
@@ -1841,7 +2463,7 @@ static void multi_queue(vlm__conn *conn, const vlm__command *cmd, int argc,
     conn->multi_dirty = 1;
     return;
   }
-  vlm__job *job = job_prepare(conn, cmd, argc, argv, out);
+  vlm__job *job = job_prepare(conn, cmd, argc, argv, out, 0);
   if (!job) {
     conn->multi_dirty = 1;
     return;
@@ -2175,6 +2797,17 @@ static const vlm__command commands[] = {
     {"INFO", cmd_info_proc, cmd_info_exec, -1, 0, "server",
      "[section [section ...]]",
      "Server, client, statistics, memory, database and model facts."},
+    {"CLUSTER", vlm__cluster_command, NULL, -2, 0, "cluster",
+     "SLOTS | SHARDS | NODES | MYID | INFO | KEYSLOT key | RELOAD | HELP",
+     "The cluster map as Redis Cluster clients read it."},
+    {"READONLY", cmd_ok, NULL, 1, 0, "cluster", "",
+     "Accepted (every node serves reads)."},
+    {"READWRITE", cmd_ok, NULL, 1, 0, "cluster", "", "Accepted."},
+    {"ASKING", cmd_ok, NULL, 1, 0, "cluster", "",
+     "Accepted (slots do not migrate while served)."},
+    {"VLM.LOCAL", cmd_local, NULL, -2, 0, "cluster",
+     "command [arg [arg ...]]",
+     "Run a command on this shard alone (what a coordinator sends)."},
     {"SEARCH", cmd_search_proc, cmd_search_exec, -3, 0, "search",
      "(TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes) [K k] "
      "[FILTER expr] [TARGET (ANY | IMAGE | TEXT)] [HYBRID text [WEIGHT w]] "
@@ -2290,9 +2923,41 @@ static void reply_unknown(vlm__buf *out, int argc, const vlm__resp_arg *argv) {
                    "with: %s", name, args);
 }
 
+/* In cluster mode, a keyed command with a key of a slot another shard
+ * holds is answered -MOVED (Redis Cluster's redirection).  1 when it
+ * was. */
+static int cluster_redirect(vlm__conn *conn, const vlm__command *cmd,
+                            int argc, const vlm__resp_arg *argv) {
+  vlm_server *srv = conn->srv;
+  int first, last, step;
+  key_positions(cmd->name, &first, &last, &step);
+  if (first <= 0)
+    return 0;
+  if (last < 0)
+    last = argc + last;
+  for (int i = first; i <= last && i < argc; i += step) {
+    int slot = vlm_key_slot(argv[i].ptr, argv[i].len);
+    if (!vlm__cluster_owns(srv, slot)) {
+      vlm__cluster_reply_moved(vlm__conn_reply_buf(conn), srv, slot);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
   vlm_server *srv = conn->srv;
   const vlm__command *cmd = lookup(argv[0].ptr, argv[0].len);
+  int local = 0;
+  if (cmd && cmd->proc == cmd_local && argc >= 2) {
+    /* VLM.LOCAL command ...: this shard's own answer, for a coordinator */
+    local = 1;
+    argc--;
+    argv++;
+    cmd = lookup(argv[0].ptr, argv[0].len);
+    if (cmd && cmd->proc == cmd_local)
+      cmd = NULL;
+  }
   if (!cmd) {
     reply_unknown(vlm__conn_reply_buf(conn), argc, argv);
     conn->multi_dirty = conn->multi; /* EXEC will abort */
@@ -2314,6 +2979,10 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     conn->multi_dirty = conn->multi;
     return;
   }
+  if (srv->cluster && !local && cluster_redirect(conn, cmd, argc, argv)) {
+    conn->multi_dirty = conn->multi;
+    return;
+  }
   if (conn->multi && !(cmd->flags & VLM__CMD_TX)) {
     multi_queue(conn, cmd, argc, argv);
     return;
@@ -2326,7 +2995,7 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
       vlm__metrics_error(srv, cmd, VLM__PROTO_RESP);
     return;
   }
-  vlm__job *job = job_prepare(conn, cmd, argc, argv, NULL);
+  vlm__job *job = job_prepare(conn, cmd, argc, argv, NULL, local);
   if (!job) {
     vlm__metrics_error(srv, cmd, VLM__PROTO_RESP);
     return;

@@ -175,6 +175,11 @@ static void job_run(vlm__task *task) {
   vlm__job_complete(job);
 }
 
+void vlm__job_resubmit(vlm__job *job) {
+  job->task.run = job_run;
+  vlm__pool_submit(&job->srv->pool, &job->task);
+}
+
 /* ---- execution order per connection (loop thread) ---- */
 
 static int job_exclusive(const vlm__job *job) {

@@ -31,6 +31,7 @@
 
 #include "resp.h"
 #include "vlm_server.h"
+#include "vlm_slot.h"
 
 typedef struct vlm__conn vlm__conn;
 typedef struct vlm__job vlm__job;
@@ -130,6 +131,13 @@ struct vlm__job {
   /* HTTP: how to turn the RESP3 reply into the response (loop; owned). */
   vlm__http_req *http;
   uint64_t created_ns;      /* for the latency histograms */
+  /* Cluster: local is set for a request sent as VLM.LOCAL (answered by
+   * this shard alone, never coordinated or redirected).  after, when
+   * set by exec, runs on the loop once the job is back from the workers
+   * (cleared first): it returns 1 when it keeps the job (it posts it
+   * again with vlm__job_complete when done), 0 to finish it now. */
+  int local;
+  int (*after)(vlm__job *job);
 };
 
 /* New job for cmd with copies of argv (argc 0: an inline reply slot). */
@@ -150,6 +158,10 @@ void vlm__job_complete(vlm__job *job);
  * batcher): EXEC embeds its queued commands' inputs before their batch.
  * 0, or -1 with job->failed set and the error in job->reply. */
 int vlm__job_embed_now(vlm__job *job);
+/* Send a job back to the workers from the loop (its exec runs again, no
+ * embedding): a coordinated command that had to fetch something first.
+ * Its place in its connection's order is kept meanwhile. */
+void vlm__job_resubmit(vlm__job *job);
 /* Free a list of queued jobs linked through multi_next. */
 void vlm__job_free_list(vlm__job *head);
 
@@ -219,6 +231,51 @@ int vlm__secret_equal(const char *guess, size_t glen, const char *secret,
                       size_t slen);
 /* For an UPSERT job sent by HTTP: 1 if the key existed before it. */
 int vlm__job_upsert_existed(const vlm__job *job);
+/* ---- cluster serving (cluster.c) ---- */
+
+typedef struct vlm__cluster_state vlm__cluster_state;
+struct redisReply;
+
+/* Set up cluster mode from opts (map borrowed for the server's life):
+ * node ids, this node's address.  0, or VLM_EINVAL naming the problem. */
+int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
+                      const char *path, int shard, int timeout_ms);
+/* Disconnect from the other shards, failing every fan-out in flight
+ * (loop thread, at shutdown).  Then vlm__cluster_free. */
+void vlm__cluster_stop(vlm_server *srv);
+void vlm__cluster_free(vlm_server *srv);
+/* Shards in the cluster (1 without one), and this node's. */
+int vlm__cluster_nshards(const vlm_server *srv);
+int vlm__cluster_myshard(const vlm_server *srv);
+/* 1 if this node holds slot. */
+int vlm__cluster_owns(const vlm_server *srv, int slot);
+/* Write -MOVED slot host:port for a slot held elsewhere. */
+void vlm__cluster_reply_moved(vlm__buf *out, const vlm_server *srv, int slot);
+/* CLUSTER subcommands (loop). */
+int vlm__cluster_command(vlm__ctx *ctx);
+/* INFO's "# Cluster" section. */
+void vlm__cluster_info(vlm_server *srv, vlm__buf *b);
+
+/* Send argv (argc strings of lens bytes, copied) to every other shard of
+ * the cluster and call done on the loop when each has answered, failed or
+ * timed out: replies[s] is shard s's reply (NULL for this shard and for
+ * those in errors[s], a message); both arrays are valid during the call
+ * only.  done writes job->reply; the job is then posted back.  Returns 0,
+ * or -1 when nothing could be sent (out of memory: job->reply holds the
+ * error). */
+typedef void (*vlm__fanout_done)(vlm__job *job, struct redisReply **replies,
+                                 const char **errors);
+int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
+                        const size_t *lens, vlm__fanout_done done);
+/* As vlm__cluster_fanout, asking one other shard only (replies[shard]). */
+int vlm__cluster_ask(vlm__job *job, int shard, int argc, const char **argv,
+                     const size_t *lens, vlm__fanout_done done);
+/* The shard holding slot. */
+int vlm__cluster_owner(const vlm_server *srv, int slot);
+/* Parse one RESP2 reply from len bytes (NULL if it is not one whole
+ * reply); free with vlm__cluster_reply_free. */
+struct redisReply *vlm__cluster_parse_reply(const char *data, size_t len);
+void vlm__cluster_reply_free(struct redisReply *r); /* accepts NULL */
 
 /* ---- server and connections (server.c) ---- */
 
@@ -323,6 +380,7 @@ struct vlm_server {
   size_t freed_since_trim;
   vlm__stats stats;
   vlm__metrics *metrics;    /* metrics.c */
+  vlm__cluster_state *cluster; /* NULL: not a cluster node */
 };
 
 /* The buffer the reply to the request being dispatched goes to: the

@@ -477,6 +477,14 @@ static void on_jobs_done(uv_async_t *async) {
   while (job) {
     vlm__job *next = job->done_next;
     vlm__conn *conn = job->conn;
+    if (job->after) {
+      int (*after)(vlm__job *) = job->after;
+      job->after = NULL;
+      if (after(job)) { /* it posts the job again when done */
+        job = next;
+        continue;
+      }
+    }
     conn->refs--;
     vlm__job_finished(job);
     if (job->cmd)
@@ -644,12 +652,28 @@ static void drain_waiting_jobs(vlm_server *srv) {
   }
 }
 
+/* Take the last completions once the workers are gone; a coordinated
+ * command's completion can post its job again (its fan-out fails at once
+ * while stopping), so until none is left. */
+static void take_last_completions(vlm_server *srv) {
+  int more;
+  do {
+    on_jobs_done(&srv->async_done);
+    pthread_mutex_lock(&srv->done_mu);
+    more = srv->done_head != NULL;
+    pthread_mutex_unlock(&srv->done_mu);
+  } while (more);
+}
+
 static void finish_shutdown(vlm_server *srv) {
-  /* No client is left: every job still in the workers is an orphan. */
+  /* No client is left: every job still in the workers is an orphan.
+   * Coordinated commands waiting on other shards fail now, so that the
+   * jobs waiting behind them can run. */
+  vlm__cluster_stop(srv);
   drain_waiting_jobs(srv);
   vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
-  on_jobs_done(&srv->async_done);
+  take_last_completions(srv);
   /* a read-only database (serve --mmap) has nothing to write */
   int rc = vlm_db_readonly(srv->db) ? 0 : vlm_db_checkpoint(srv->db);
   if (rc < 0) {
@@ -831,6 +855,25 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   }
   pthread_mutex_init(&srv->done_mu, NULL);
   pthread_cond_init(&srv->done_cv, NULL);
+  if (opts->cluster) {
+    /* The database must be the shard it is served as. */
+    const vlm_cluster *map = opts->cluster;
+    if (info.shard >= 0 && (strcmp(info.cluster_digest, map->digest) ||
+                            info.shard != opts->shard))
+      rc = vlm_seterr(VLM_EMISMATCH, "the database is shard %d of the "
+                      "cluster map with digest %s, not shard %d of this map "
+                      "(digest %s)", info.shard, info.cluster_digest,
+                      opts->shard, map->digest);
+    else if (info.shard < 0 && map->nshards > 1)
+      rc = vlm_seterr(VLM_EMISMATCH, "the database is not a shard (vlmdb "
+                      "init --cluster) but the cluster map has %d shards",
+                      map->nshards);
+    else
+      rc = vlm__cluster_init(srv, map, opts->cluster_path, opts->shard,
+                             opts->cluster_timeout_ms);
+    if (rc < 0)
+      goto fail_early;
+  }
   srv->rbuf = malloc(READ_CHUNK);
   if (!srv->rbuf || vlm__metrics_init(srv) < 0 || (opts->requirepass && *opts->requirepass &&
                      !srv->password)) {
@@ -896,6 +939,7 @@ fail_loop:
   uv_loop_close(&srv->loop);
 fail_early:
   vlm__metrics_free(srv);
+  vlm__cluster_free(srv);
   pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
@@ -942,10 +986,11 @@ void vlm_server_free(vlm_server *srv) {
     for (vlm__conn *conn = srv->conns; conn; conn = conn->next)
       conn_close(conn);
     uv_run(&srv->loop, UV_RUN_NOWAIT);
+    vlm__cluster_stop(srv);
     drain_waiting_jobs(srv);
     vlm__batcher_stop(&srv->batcher);
     vlm__pool_stop(&srv->pool);
-    on_jobs_done(&srv->async_done);
+    take_last_completions(srv);
     close_handle(srv, (uv_handle_t *)&srv->async_done);
     close_handle(srv, (uv_handle_t *)&srv->async_stop);
     close_handle(srv, (uv_handle_t *)&srv->cron);
@@ -957,6 +1002,7 @@ void vlm_server_free(vlm_server *srv) {
   }
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
+  vlm__cluster_free(srv);
   vlm__batcher_destroy(&srv->batcher);
   vlm__metrics_free(srv);
   pthread_cond_destroy(&srv->done_cv);

@@ -87,6 +87,15 @@ typedef struct {
                                 sizes /metrics reports; may be NULL */
   const char *model_dir;     /* reported by INFO; may be NULL */
   FILE *log;                 /* one line per notable event; NULL = quiet */
+  const vlm_cluster *cluster;/* serve shard `shard` of this cluster map as
+                                a Redis Cluster node (borrowed; every
+                                shard needs an address); NULL = not a
+                                cluster node */
+  int shard;
+  const char *cluster_path;  /* the map's file, read again by CLUSTER
+                                RELOAD (NULL: RELOAD is refused) */
+  int cluster_timeout_ms;    /* how long a coordinated command waits for
+                                the other shards; 0 = 2000 */
 } vlm_server_options;
 
 /* Create a server for db (required) and clip (NULL: the commands that

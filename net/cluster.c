@@ -1,0 +1,812 @@
+/* cluster.c - serving one shard of a cluster map as a Redis Cluster node.
+ *
+ * A node serves shard I of a cluster map (common/vlm_slot.h): the
+ * client-facing part of the Redis Cluster protocol (CLUSTER SLOTS, SHARDS,
+ * NODES, MYID, INFO, KEYSLOT, -MOVED redirections, INFO's cluster
+ * section), so cluster clients route keyed commands themselves, and the
+ * fan-out that coordinated commands (SEARCH, COUNT, INFO keyspace) use to
+ * ask every other shard.  There is no gossip: the map is the truth, and
+ * every node is given the same one.
+ *
+ * Node ids are 40 hex digits derived from the shard's address alone,
+ * XXH3-128 of "vlmdb-node " + address followed by the first 8 hex digits
+ * of XXH3-64 (seed 1) of the same bytes, so every node computes the same id
+ * for a shard and a restart keeps it.
+ *
+ * Fan-out runs on the loop thread with hiredis's libuv adapter: one
+ * persistent connection per other shard (opened on first use, reopened
+ * after an error), requests pipelined on it, a timer per fan-out.  A shard
+ * that does not answer in time has its connection dropped, which fails
+ * every request waiting on it; the next fan-out reconnects.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/adapters/libuv.h>
+#include <xxhash.h>
+
+#include "netint.h"
+#include "vlm_error.h"
+
+#define DEFAULT_TIMEOUT_MS 2000
+
+typedef struct {
+  vlm_server *srv;
+  int shard;
+  char addr[VLM_CLUSTER_ADDRESS_MAX + 1];
+  char host[VLM_CLUSTER_ADDRESS_MAX + 1];
+  int port;
+  char id[41];
+  redisAsyncContext *ac;  /* NULL: not connected */
+} shard_node;
+
+typedef struct fanout fanout;
+
+typedef struct {
+  fanout *f;
+  int shard;
+} fanout_slot;
+
+struct fanout {
+  vlm_server *srv;
+  vlm__job *job;
+  vlm__fanout_done done;
+  int nshards;
+  int target;       /* the one shard asked, or -1: every other shard */
+  int pending;      /* callbacks hiredis still owes (plus holds) */
+  int unanswered;   /* shards with neither reply nor error */
+  int finished;     /* done has run */
+  uv_timer_t timer;
+  redisReply **replies;
+  char **errors;
+  fanout_slot *slots;
+  fanout *prev, *next; /* in flight */
+};
+
+struct vlm__cluster_state {
+  const vlm_cluster *map;
+  vlm_cluster *owned;     /* the map CLUSTER RELOAD read (else borrowed) */
+  char *path;             /* the map's file, for CLUSTER RELOAD */
+  int shard;
+  int timeout_ms;
+  shard_node *nodes;      /* one per shard */
+  fanout *inflight;
+  int stopping;
+};
+
+/* ======================================================================
+ * Addresses and ids
+ * ==================================================================== */
+
+/* "host:port" or "[v6]:port". */
+static int split_address(const char *addr, char *host, size_t cap,
+                         int *port) {
+  const char *colon = strrchr(addr, ':');
+  if (!colon || colon == addr)
+    return -1;
+  const char *h = addr, *hend = colon;
+  if (*h == '[') {
+    if (hend[-1] != ']')
+      return -1;
+    h++;
+    hend--;
+  }
+  size_t n = (size_t)(hend - h);
+  if (n == 0 || n >= cap)
+    return -1;
+  memcpy(host, h, n);
+  host[n] = '\0';
+  char *end;
+  long p = strtol(colon + 1, &end, 10);
+  if (*end || end == colon + 1 || p < 1 || p > 65535)
+    return -1;
+  *port = (int)p;
+  return 0;
+}
+
+static void node_id(const char *addr, char out[41]) {
+  char buf[VLM_CLUSTER_ADDRESS_MAX + 16];
+  int n = snprintf(buf, sizeof buf, "vlmdb-node %s", addr);
+  XXH128_hash_t h = XXH3_128bits(buf, (size_t)n);
+  XXH64_hash_t t = XXH3_64bits_withSeed(buf, (size_t)n, 1);
+  snprintf(out, 41, "%016llx%016llx%08llx", (unsigned long long)h.high64,
+           (unsigned long long)h.low64, (unsigned long long)(t >> 32));
+}
+
+int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
+                      const char *path, int shard, int timeout_ms) {
+  if (shard < 0 || shard >= map->nshards)
+    return vlm_seterr(VLM_EINVAL, "shard %d is not in the cluster map (0..%d)",
+                      shard, map->nshards - 1);
+  vlm__cluster_state *cs = calloc(1, sizeof *cs);
+  if (!cs || !(cs->nodes = calloc((size_t)map->nshards, sizeof *cs->nodes))) {
+    free(cs);
+    return vlm_seterr(VLM_ENOMEM, "cluster");
+  }
+  cs->map = map;
+  if (path && !(cs->path = strdup(path))) {
+    free(cs->nodes);
+    free(cs);
+    return vlm_seterr(VLM_ENOMEM, "cluster");
+  }
+  cs->shard = shard;
+  cs->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
+  for (int s = 0; s < map->nshards; s++) {
+    shard_node *n = &cs->nodes[s];
+    n->srv = srv;
+    n->shard = s;
+    if (map->shards[s].naddresses < 1) {
+      free(cs->path);
+      free(cs->nodes);
+      free(cs);
+      return vlm_seterr(VLM_EINVAL, "cluster map: shard %d has no address "
+                        "(\"addresses\": [\"host:port\"]); a served cluster "
+                        "needs one for every shard", s);
+    }
+    snprintf(n->addr, sizeof n->addr, "%s", map->shards[s].addresses[0]);
+    if (split_address(n->addr, n->host, sizeof n->host, &n->port) < 0) {
+      vlm_seterr(VLM_EINVAL, "cluster map: shard %d's address '%s' is not "
+                 "host:port", s, n->addr);
+      free(cs->path);
+      free(cs->nodes);
+      free(cs);
+      return VLM_EINVAL;
+    }
+    node_id(n->addr, n->id);
+  }
+  srv->cluster = cs;
+  return 0;
+}
+
+int vlm__cluster_nshards(const vlm_server *srv) {
+  return srv->cluster ? srv->cluster->map->nshards : 1;
+}
+
+int vlm__cluster_myshard(const vlm_server *srv) {
+  return srv->cluster ? srv->cluster->shard : 0;
+}
+
+int vlm__cluster_owns(const vlm_server *srv, int slot) {
+  const vlm__cluster_state *cs = srv->cluster;
+  return !cs || cs->map->owner[slot] == cs->shard;
+}
+
+void vlm__cluster_reply_moved(vlm__buf *out, const vlm_server *srv, int slot) {
+  const vlm__cluster_state *cs = srv->cluster;
+  const shard_node *n = &cs->nodes[cs->map->owner[slot]];
+  if (strchr(n->host, ':'))
+    vlm__reply_error(out, "MOVED", "%d [%s]:%d", slot, n->host, n->port);
+  else
+    vlm__reply_error(out, "MOVED", "%d %s:%d", slot, n->host, n->port);
+}
+
+/* ======================================================================
+ * CLUSTER subcommands and INFO
+ * ==================================================================== */
+
+static int arg_is(const vlm__resp_arg *a, const char *word) {
+  size_t n = strlen(word);
+  return a->len == n && strncasecmp(a->ptr, word, n) == 0;
+}
+
+static void reply_node(vlm__buf *out, const shard_node *n) {
+  vlm__reply_array(out, 4);
+  vlm__reply_cstr(out, n->host);
+  vlm__reply_int(out, n->port);
+  vlm__reply_cstr(out, n->id);
+  vlm__reply_array(out, 0); /* Redis 7: hostname and other metadata */
+}
+
+static void cluster_slots(vlm__buf *out, const vlm__cluster_state *cs) {
+  const vlm_cluster *map = cs->map;
+  long n = 0;
+  for (int s = 0; s < map->nshards; s++)
+    n += map->shards[s].nranges;
+  vlm__reply_array(out, n);
+  for (int s = 0; s < map->nshards; s++)
+    for (int r = 0; r < map->shards[s].nranges; r++) {
+      vlm__reply_array(out, 3);
+      vlm__reply_int(out, map->shards[s].ranges[r].first);
+      vlm__reply_int(out, map->shards[s].ranges[r].last);
+      reply_node(out, &cs->nodes[s]);
+    }
+}
+
+static void cluster_shards(vlm__buf *out, const vlm__cluster_state *cs) {
+  const vlm_cluster *map = cs->map;
+  vlm__reply_array(out, map->nshards);
+  for (int s = 0; s < map->nshards; s++) {
+    const vlm_cluster_shard *sh = &map->shards[s];
+    const shard_node *n = &cs->nodes[s];
+    vlm__reply_map(out, 2);
+    vlm__reply_cstr(out, "slots");
+    vlm__reply_array(out, 2L * sh->nranges);
+    for (int r = 0; r < sh->nranges; r++) {
+      vlm__reply_int(out, sh->ranges[r].first);
+      vlm__reply_int(out, sh->ranges[r].last);
+    }
+    vlm__reply_cstr(out, "nodes");
+    vlm__reply_array(out, 1);
+    vlm__reply_map(out, 7);
+    vlm__reply_cstr(out, "id");
+    vlm__reply_cstr(out, n->id);
+    vlm__reply_cstr(out, "port");
+    vlm__reply_int(out, n->port);
+    vlm__reply_cstr(out, "ip");
+    vlm__reply_cstr(out, n->host);
+    vlm__reply_cstr(out, "endpoint");
+    vlm__reply_cstr(out, n->host);
+    vlm__reply_cstr(out, "role");
+    vlm__reply_cstr(out, "master");
+    vlm__reply_cstr(out, "replication-offset");
+    vlm__reply_int(out, 0);
+    vlm__reply_cstr(out, "health");
+    vlm__reply_cstr(out, "online");
+  }
+}
+
+static void cluster_nodes(vlm__buf *out, const vlm__cluster_state *cs) {
+  const vlm_cluster *map = cs->map;
+  vlm__buf b;
+  vlm__buf_init(&b, 0);
+  for (int s = 0; s < map->nshards; s++) {
+    const shard_node *n = &cs->nodes[s];
+    char ranges[4096];
+    vlm__buf_printf(&b, "%s %s%s%s:%d@0 %s - 0 0 1 connected", n->id,
+                    strchr(n->host, ':') ? "[" : "", n->host,
+                    strchr(n->host, ':') ? "]" : "", n->port,
+                    s == cs->shard ? "myself,master" : "master");
+    for (int r = 0; r < map->shards[s].nranges; r++) {
+      const vlm_slot_range *sr = &map->shards[s].ranges[r];
+      if (sr->first == sr->last)
+        snprintf(ranges, sizeof ranges, " %d", sr->first);
+      else
+        snprintf(ranges, sizeof ranges, " %d-%d", sr->first, sr->last);
+      vlm__buf_printf(&b, "%s", ranges);
+    }
+    vlm__buf_printf(&b, "\n");
+  }
+  if (b.oom)
+    vlm__reply_error(out, "ERR", "out of memory");
+  else
+    vlm__reply_bulk(out, b.data, b.len);
+  vlm__buf_free(&b);
+}
+
+static void cluster_info_text(vlm__buf *b, const vlm__cluster_state *cs) {
+  int n = cs->map->nshards;
+  vlm__buf_printf(b, "cluster_state:ok\r\ncluster_slots_assigned:%d\r\n"
+                  "cluster_slots_ok:%d\r\ncluster_slots_pfail:0\r\n"
+                  "cluster_slots_fail:0\r\ncluster_known_nodes:%d\r\n"
+                  "cluster_size:%d\r\ncluster_current_epoch:1\r\n"
+                  "cluster_my_epoch:1\r\ncluster_stats_messages_sent:0\r\n"
+                  "cluster_stats_messages_received:0\r\n"
+                  "total_cluster_links_buffer_limit_exceeded:0\r\n"
+                  "cluster_map_digest:%s\r\ncluster_shard:%d\r\n",
+                  VLM_SLOTS, VLM_SLOTS, n, n, cs->map->digest, cs->shard);
+}
+
+void vlm__cluster_info(vlm_server *srv, vlm__buf *b) {
+  vlm__cluster_state *cs = srv->cluster;
+  if (!cs) {
+    vlm__buf_printf(b, "# Cluster\r\ncluster_enabled:0\r\n\r\n");
+    return;
+  }
+  vlm__buf_printf(b, "# Cluster\r\ncluster_enabled:1\r\ncluster_shard:%d\r\n"
+                  "cluster_shards:%d\r\ncluster_map_digest:%s\r\n"
+                  "cluster_timeout_ms:%d\r\n\r\n", cs->shard,
+                  cs->map->nshards, cs->map->digest, cs->timeout_ms);
+}
+
+/* Drop a node's connection now (defined with the connections below). */
+static void node_drop(shard_node *n);
+
+/* CLUSTER RELOAD: read the map's file again.  Addresses may change (a
+ * shard served from another host); the slot assignment may not, since
+ * moving slots means moving their items between the shard databases.  A
+ * shard whose address changed is reconnected (requests waiting on its
+ * old address fail). */
+static int cluster_reload(vlm__ctx *ctx) {
+  vlm__cluster_state *cs = ctx->srv->cluster;
+  vlm__buf *out = ctx->out;
+  vlm_cluster *m = NULL;
+  if (!cs->path) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: the map was not read from "
+                     "a file");
+    return -1;
+  }
+  if (vlm_cluster_load(cs->path, NULL, NULL, &m) < 0) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s (the served map is "
+                     "unchanged)", vlm_errmsg());
+    return -1;
+  }
+  if (strcmp(m->digest, cs->map->digest)) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s assigns the slots "
+                     "differently (digest %s, served %s): moving slots "
+                     "between shards means moving their items, which is "
+                     "not done yet; the served map is unchanged", cs->path,
+                     m->digest, cs->map->digest);
+    vlm_cluster_free(m);
+    return -1;
+  }
+  shard_node *fresh = calloc((size_t)m->nshards, sizeof *fresh);
+  if (!fresh) {
+    vlm_cluster_free(m);
+    vlm__reply_error(out, "ERR", "out of memory");
+    return -1;
+  }
+  for (int s = 0; s < m->nshards; s++) {
+    shard_node *n = &fresh[s];
+    if (m->shards[s].naddresses < 1 ||
+        split_address(m->shards[s].addresses[0], n->host, sizeof n->host,
+                      &n->port) < 0) {
+      vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s: shard %d needs an "
+                       "address \"host:port\"; the served map is "
+                       "unchanged", cs->path, s);
+      free(fresh);
+      vlm_cluster_free(m);
+      return -1;
+    }
+    snprintf(n->addr, sizeof n->addr, "%s", m->shards[s].addresses[0]);
+  }
+  int changed = 0;
+  for (int s = 0; s < m->nshards; s++) {
+    shard_node *n = &cs->nodes[s];
+    if (!strcmp(n->addr, fresh[s].addr))
+      continue;
+    vlm__server_log(ctx->srv, "cluster: shard %d moved from %s to %s", s,
+                    n->addr, fresh[s].addr);
+    node_drop(n);
+    memcpy(n->addr, fresh[s].addr, sizeof n->addr);
+    memcpy(n->host, fresh[s].host, sizeof n->host);
+    n->port = fresh[s].port;
+    node_id(n->addr, n->id);
+    changed++;
+  }
+  free(fresh);
+  vlm_cluster_free(cs->owned);
+  cs->owned = m;
+  cs->map = m;
+  vlm__reply_int(out, changed);
+  return 0;
+}
+
+int vlm__cluster_command(vlm__ctx *ctx) {
+  vlm__cluster_state *cs = ctx->srv->cluster;
+  vlm__buf *out = ctx->out;
+  const vlm__resp_arg *sub = &ctx->argv[1];
+  if (arg_is(sub, "KEYSLOT")) {
+    /* answered with or without cluster mode: the hash is the same */
+    if (ctx->argc != 3)
+      goto arity;
+    vlm__reply_int(out, vlm_key_slot(ctx->argv[2].ptr, ctx->argv[2].len));
+    return 0;
+  }
+  if (arg_is(sub, "HELP") && ctx->argc == 2) {
+    static const char *help[] = {
+        "CLUSTER <subcommand> [<arg> ...]. Subcommands are:",
+        "SLOTS", "SHARDS", "NODES", "MYID", "INFO", "KEYSLOT <key>",
+        "RELOAD: read the cluster map's file again (addresses only)",
+        "HELP"};
+    vlm__reply_array(out, sizeof help / sizeof help[0]);
+    for (size_t i = 0; i < sizeof help / sizeof help[0]; i++)
+      vlm__reply_status(out, help[i]);
+    return 0;
+  }
+  if (!cs) {
+    vlm__reply_error(out, "ERR", "This instance has cluster support "
+                     "disabled (serve it with --cluster cluster.json)");
+    return -1;
+  }
+  if (ctx->argc != 2)
+    goto arity;
+  if (arg_is(sub, "SLOTS")) {
+    cluster_slots(out, cs);
+  } else if (arg_is(sub, "SHARDS")) {
+    cluster_shards(out, cs);
+  } else if (arg_is(sub, "NODES")) {
+    cluster_nodes(out, cs);
+  } else if (arg_is(sub, "RELOAD")) {
+    return cluster_reload(ctx);
+  } else if (arg_is(sub, "MYID")) {
+    vlm__reply_cstr(out, cs->nodes[cs->shard].id);
+  } else if (arg_is(sub, "INFO")) {
+    vlm__buf b;
+    vlm__buf_init(&b, 0);
+    cluster_info_text(&b, cs);
+    if (b.oom)
+      vlm__reply_error(out, "ERR", "out of memory");
+    else
+      vlm__reply_bulk(out, b.data, b.len);
+    vlm__buf_free(&b);
+  } else {
+    goto unknown;
+  }
+  return 0;
+arity:
+  if (!arg_is(sub, "KEYSLOT") && !arg_is(sub, "SLOTS") &&
+      !arg_is(sub, "SHARDS") && !arg_is(sub, "NODES") &&
+      !arg_is(sub, "MYID") && !arg_is(sub, "INFO") && !arg_is(sub, "RELOAD"))
+    goto unknown;
+  vlm__reply_error(out, "ERR", "wrong number of arguments for 'cluster|%.*s'"
+                   " command", (int)(sub->len < 32 ? sub->len : 32),
+                   sub->ptr);
+  return -1;
+unknown:
+  vlm__reply_error(out, "ERR", "unknown subcommand '%.*s'. Try CLUSTER HELP.",
+                   (int)(sub->len < 64 ? sub->len : 64), sub->ptr);
+  return -1;
+}
+
+/* ======================================================================
+ * Replies: copies the fan-out keeps after hiredis frees its own
+ * ==================================================================== */
+
+static void reply_free(redisReply *r) {
+  if (!r)
+    return;
+  for (size_t i = 0; i < r->elements; i++)
+    reply_free(r->element[i]);
+  free(r->element);
+  free(r->str);
+  free(r);
+}
+
+void vlm__cluster_reply_free(redisReply *r) { reply_free(r); }
+
+static redisReply *reply_copy(const redisReply *r) {
+  redisReply *c = calloc(1, sizeof *c);
+  if (!c)
+    return NULL;
+  c->type = r->type;
+  c->integer = r->integer;
+  if (r->str) {
+    if (!(c->str = malloc(r->len + 1)))
+      goto fail;
+    memcpy(c->str, r->str, r->len);
+    c->str[r->len] = '\0';
+    c->len = r->len;
+  }
+  if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+    if (!(c->element = calloc(r->elements, sizeof *c->element)))
+      goto fail;
+    c->elements = r->elements;
+    for (size_t i = 0; i < r->elements; i++)
+      if (!(c->element[i] = reply_copy(r->element[i])))
+        goto fail;
+  }
+  return c;
+fail:
+  reply_free(c);
+  return NULL;
+}
+
+redisReply *vlm__cluster_parse_reply(const char *data, size_t len) {
+  redisReader *rd = redisReaderCreate();
+  void *r = NULL;
+  redisReply *out = NULL;
+  if (!rd)
+    return NULL;
+  rd->maxbuf = 0;
+  if (redisReaderFeed(rd, data, len) == REDIS_OK &&
+      redisReaderGetReply(rd, &r) == REDIS_OK && r) {
+    out = reply_copy(r);
+    freeReplyObject(r);
+  }
+  redisReaderFree(rd);
+  return out;
+}
+
+/* ======================================================================
+ * Connections to the other shards
+ * ==================================================================== */
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+  shard_node *n = ac->data;
+  if (status != REDIS_OK && n && n->ac == ac) {
+    vlm__server_log(n->srv, "cluster: cannot connect to shard %d at %s: %s",
+                    n->shard, n->addr, ac->errstr);
+    n->ac = NULL; /* hiredis frees it after this call */
+  }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+  shard_node *n = ac->data;
+  (void)status;
+  if (n && n->ac == ac)
+    n->ac = NULL;
+}
+
+/* hiredis 0.14's libuv adapter ignores a poll error status, and libuv
+ * reports a socket error (a refused connect, a reset) only that way, after
+ * stopping the poll: the request would then wait for its timeout though
+ * the shard is known to be down.  So the adapter's handle and cleanup are
+ * kept, but its poll callback is this one, which lets hiredis find the
+ * error itself (a connect's SO_ERROR, a read's errno) and fail at once. */
+static void poll_cb(uv_poll_t *handle, int status, int events) {
+  redisLibuvEvents *p = handle->data;
+  if (status != 0) {
+    if (p->context && !(p->context->c.flags & REDIS_CONNECTED))
+      redisAsyncHandleWrite(p->context); /* completes the connect: error */
+    else if (p->context)
+      redisAsyncHandleRead(p->context);
+    return;
+  }
+  if (p->context && (events & UV_READABLE))
+    redisAsyncHandleRead(p->context);
+  if (p->context && (events & UV_WRITABLE))
+    redisAsyncHandleWrite(p->context);
+}
+
+static void poll_update(redisLibuvEvents *p) {
+  if (p->events)
+    uv_poll_start(&p->handle, p->events, poll_cb);
+  else
+    uv_poll_stop(&p->handle);
+}
+
+static void ev_add_read(void *d) {
+  redisLibuvEvents *p = d;
+  p->events |= UV_READABLE;
+  poll_update(p);
+}
+
+static void ev_del_read(void *d) {
+  redisLibuvEvents *p = d;
+  p->events &= ~UV_READABLE;
+  poll_update(p);
+}
+
+static void ev_add_write(void *d) {
+  redisLibuvEvents *p = d;
+  p->events |= UV_WRITABLE;
+  poll_update(p);
+}
+
+static void ev_del_write(void *d) {
+  redisLibuvEvents *p = d;
+  p->events &= ~UV_WRITABLE;
+  poll_update(p);
+}
+
+static redisAsyncContext *node_connect(vlm_server *srv, shard_node *n) {
+  if (n->ac)
+    return n->ac;
+  redisAsyncContext *ac = redisAsyncConnect(n->host, n->port);
+  if (!ac)
+    return NULL;
+  if (ac->err) {
+    vlm__server_log(srv, "cluster: cannot connect to shard %d at %s: %s",
+                    n->shard, n->addr, ac->errstr);
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  if (redisLibuvAttach(ac, &srv->loop) != REDIS_OK) {
+    redisAsyncFree(ac);
+    return NULL;
+  }
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
+  ac->data = n;
+  redisAsyncSetConnectCallback(ac, on_connect);
+  redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  n->ac = ac;
+  /* Every node of a cluster shares its password (as Redis Cluster's
+   * masterauth); the AUTH reply is not awaited: the commands queue
+   * behind it on the same connection. */
+  if (srv->password)
+    redisAsyncCommand(ac, NULL, NULL, "AUTH %b", srv->password,
+                      srv->password_len);
+  return ac;
+}
+
+/* Drop a node's connection now: every request waiting on it is called
+ * back with no reply. */
+static void node_drop(shard_node *n) {
+  redisAsyncContext *ac = n->ac;
+  if (!ac)
+    return;
+  n->ac = NULL;
+  ac->data = NULL;
+  redisAsyncFree(ac);
+}
+
+/* ======================================================================
+ * Fan-out
+ * ==================================================================== */
+
+static void fanout_closed(uv_handle_t *h) {
+  fanout *f = h->data;
+  for (int s = 0; s < f->nshards; s++) {
+    reply_free(f->replies[s]);
+    free(f->errors[s]);
+  }
+  free(f->replies);
+  free(f->errors);
+  free(f->slots);
+  free(f);
+}
+
+/* Free once finished and no callback is owed. */
+static void fanout_release(fanout *f) {
+  if (f->finished && f->pending == 0)
+    uv_close((uv_handle_t *)&f->timer, fanout_closed);
+}
+
+static void fanout_finish(fanout *f) {
+  if (f->finished)
+    return;
+  f->finished = 1;
+  uv_timer_stop(&f->timer);
+  vlm__cluster_state *cs = f->srv->cluster;
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    cs->inflight = f->next;
+  if (f->next)
+    f->next->prev = f->prev;
+  f->job->reply.len = 0;
+  f->done(f->job, f->replies, (const char **)f->errors);
+  for (int s = 0; s < f->nshards; s++) {
+    reply_free(f->replies[s]);
+    f->replies[s] = NULL;
+  }
+  vlm__job_complete(f->job);
+  f->job = NULL;
+}
+
+static void set_error(fanout *f, int s, const char *fmt, const char *arg) {
+  if (f->errors[s])
+    return;
+  char msg[512];
+  snprintf(msg, sizeof msg, fmt, arg);
+  f->errors[s] = strdup(msg);
+  if (!f->errors[s])
+    f->errors[s] = strdup("out of memory");
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *priv) {
+  fanout_slot *slot = priv;
+  fanout *f = slot->f;
+  int s = slot->shard;
+  f->pending--;
+  if (!f->finished && !f->replies[s] && !f->errors[s]) {
+    const shard_node *n = &f->srv->cluster->nodes[s];
+    if (!r) {
+      char what[600];
+      snprintf(what, sizeof what, "shard %d (%s) did not answer: %s", s,
+               n->addr, ac && ac->errstr[0] ? ac->errstr : "connection lost");
+      set_error(f, s, "%s", what);
+    } else if (!(f->replies[s] = reply_copy(r))) {
+      set_error(f, s, "%s", "out of memory");
+    }
+    if (--f->unanswered == 0)
+      fanout_finish(f);
+  }
+  fanout_release(f);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  fanout *f = t->data;
+  vlm__cluster_state *cs = f->srv->cluster;
+  f->pending++; /* hold: dropping connections calls back into on_reply */
+  for (int s = 0; s < f->nshards; s++) {
+    if (s == cs->shard || (f->target >= 0 && s != f->target) ||
+        f->replies[s] || f->errors[s])
+      continue;
+    char what[600];
+    snprintf(what, sizeof what, "shard %d (%s) did not answer within %d ms",
+             s, cs->nodes[s].addr, cs->timeout_ms);
+    set_error(f, s, "%s", what);
+    f->unanswered--;
+    vlm__server_log(f->srv, "cluster: %s; reconnecting", what);
+    node_drop(&cs->nodes[s]);
+  }
+  fanout_finish(f);
+  f->pending--;
+  fanout_release(f);
+}
+
+static int fanout_start(vlm__job *job, int target, int argc,
+                        const char **argv, const size_t *lens,
+                        vlm__fanout_done done) {
+  vlm_server *srv = job->srv;
+  vlm__cluster_state *cs = srv->cluster;
+  int n = cs->map->nshards;
+  fanout *f = calloc(1, sizeof *f);
+  if (!f || !(f->replies = calloc((size_t)n, sizeof *f->replies)) ||
+      !(f->errors = calloc((size_t)n, sizeof *f->errors)) ||
+      !(f->slots = calloc((size_t)n, sizeof *f->slots))) {
+    if (f) {
+      free(f->replies);
+      free(f->errors);
+      free(f->slots);
+      free(f);
+    }
+    job->reply.len = 0;
+    vlm__reply_error(&job->reply, "ERR", "out of memory");
+    return -1;
+  }
+  f->srv = srv;
+  f->job = job;
+  f->done = done;
+  f->nshards = n;
+  f->target = target;
+  uv_timer_init(&srv->loop, &f->timer);
+  f->timer.data = f;
+  f->next = cs->inflight;
+  if (cs->inflight)
+    cs->inflight->prev = f;
+  cs->inflight = f;
+  f->pending = 1; /* hold while sending */
+  for (int s = 0; s < n; s++) {
+    if (s == cs->shard || (target >= 0 && s != target))
+      continue;
+    f->slots[s].f = f;
+    f->slots[s].shard = s;
+    f->unanswered++;
+    redisAsyncContext *ac = cs->stopping ? NULL
+                                         : node_connect(srv, &cs->nodes[s]);
+    if (ac && redisAsyncCommandArgv(ac, on_reply, &f->slots[s], argc, argv,
+                                    lens) == REDIS_OK) {
+      f->pending++;
+    } else {
+      char what[600];
+      snprintf(what, sizeof what, "shard %d (%s) did not answer: %s", s,
+               cs->nodes[s].addr,
+               cs->stopping ? "shutting down" : "cannot connect");
+      set_error(f, s, "%s", what);
+      f->unanswered--;
+    }
+  }
+  if (f->unanswered == 0)
+    fanout_finish(f);
+  else
+    uv_timer_start(&f->timer, on_timeout, (uint64_t)cs->timeout_ms, 0);
+  f->pending--;
+  fanout_release(f);
+  return 0;
+}
+
+int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
+                        const size_t *lens, vlm__fanout_done done) {
+  return fanout_start(job, -1, argc, argv, lens, done);
+}
+
+int vlm__cluster_ask(vlm__job *job, int shard, int argc, const char **argv,
+                     const size_t *lens, vlm__fanout_done done) {
+  return fanout_start(job, shard, argc, argv, lens, done);
+}
+
+int vlm__cluster_owner(const vlm_server *srv, int slot) {
+  return srv->cluster ? srv->cluster->map->owner[slot] : 0;
+}
+
+void vlm__cluster_stop(vlm_server *srv) {
+  vlm__cluster_state *cs = srv->cluster;
+  if (!cs)
+    return;
+  cs->stopping = 1;
+  for (int s = 0; s < cs->map->nshards; s++)
+    node_drop(&cs->nodes[s]);
+  /* Dropping fails the requests in flight; a fan-out with nothing sent
+   * (all of it failed already) finished at once. */
+  while (cs->inflight)
+    on_timeout(&cs->inflight->timer);
+}
+
+void vlm__cluster_free(vlm_server *srv) {
+  vlm__cluster_state *cs = srv->cluster;
+  if (!cs)
+    return;
+  vlm_cluster_free(cs->owned);
+  free(cs->path);
+  free(cs->nodes);
+  free(cs);
+  srv->cluster = NULL;
+}
