@@ -1,0 +1,471 @@
+/* test_explain.c - match explanations and zero-shot tagging.
+ *
+ * The gradient that Grad-CAM weights (the score's, at the input of the
+ * vision tower's last block) against central finite differences in double
+ * precision (CLIP and SigLIP towers); a tiny CLIP trained here on pictures
+ * of one coloured square on a plain ground puts most of the map's mass on
+ * the square's patches for its colour's caption; the PNG overlay; and the
+ * refusals. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "train_model.h"
+#include "util/files.h"
+#include "util/util.h"
+#include "vlm_cli.h"
+#include "vlm_clip.h"
+#include "vlm_error.h"
+#include "vlm_train.h"
+
+static uint64_t rng = 0x5eed5eedull;
+
+static double urand(void) { return vlm_test_uniform(&rng); }
+
+static double nrand(void) {
+  double u = urand() + 1e-12, v = urand();
+  return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+/* ---- the gradient against finite differences -------------------------- */
+
+static void tiny_vision(vlm__clip_config *c, int siglip) {
+  if (siglip)
+    vlm__config_family_defaults(c, VLM__FAMILY_SIGLIP);
+  else
+    vlm__config_defaults(c);
+  c->vision_width = 8;
+  c->vision_layers = 2;
+  c->vision_heads = 2;
+  c->vision_mlp = 12;
+  c->image_size = 12;
+  c->patch_size = 4;
+  c->vision_act = siglip ? VLM__ACT_GELU_TANH : VLM__ACT_GELU;
+  c->text_width = siglip ? 8 : 6; /* SigLIP: one width */
+  c->text_layers = 1;
+  c->text_heads = 2;
+  c->text_mlp = 10;
+  c->vocab_size = 11;
+  c->context_length = 5;
+  if (!siglip) {
+    c->bos_id = 9;
+    c->eos_id = 10;
+  }
+  c->projection_dim = siglip ? 8 : 5;
+}
+
+static void gradient_case(int siglip) {
+  vlm__clip_config cfg;
+  tiny_vision(&cfg, siglip);
+  vlm__tlayout *L;
+  assert_int_equal(vlm__tlayout_create(&cfg, 0, 0, &L), 0);
+  enum { B = 2 };
+  vlm__tmodel_f64 *m;
+  assert_int_equal(vlm__tmodel_create_f64(L, NULL, B, 16, 1, &m), 0);
+  double *p = vlm__tmodel_params_f64(m);
+  for (size_t i = 0; i < L->total; i++)
+    p[i] = nrand() * 0.5;
+  for (int i = 0; i < L->nparams; i++)
+    if (strstr(L->params[i].name, "norm") &&
+        strstr(L->params[i].name, "weight"))
+      for (size_t j = 0; j < L->params[i].numel; j++)
+        p[L->params[i].offset + j] += 1;
+  int S = cfg.image_size, D = cfg.projection_dim;
+  size_t npx = (size_t)B * 3 * S * S;
+  double *pixels = malloc(sizeof(double) * npx);
+  for (size_t i = 0; i < npx; i++)
+    pixels[i] = nrand();
+  double q[8], qn = 0;
+  for (int d = 0; d < D; d++) {
+    q[d] = nrand();
+    qn += q[d] * q[d];
+  }
+  for (int d = 0; d < D; d++)
+    q[d] /= sqrt(qn);
+  vlm__tmodel_images_f64(m, pixels, B, NULL);
+  size_t n = (size_t)B * L->vision_tokens * cfg.vision_width;
+  double *x = malloc(sizeof(double) * n), *g = malloc(sizeof(double) * n);
+  memcpy(x, vlm__tmodel_image_block_input_f64(m, 0), sizeof(double) * n);
+  vlm__tmodel_image_block_grad_f64(m, q, g, NULL);
+  /* no weight gradient was touched */
+  const double *wg = vlm__tmodel_grads_f64(m);
+  for (size_t i = 0; i < L->total; i++)
+    assert_true(wg[i] == 0.0);
+  double s0 = vlm__tmodel_image_score_from_block_f64(m, x, 0, q);
+  assert_true(isfinite(s0) && fabs(s0) <= B + 1e-9);
+  double h = 1e-5, num2 = 0, an2 = 0, diff2 = 0;
+  for (size_t i = 0; i < n; i++) {
+    double save = x[i];
+    x[i] = save + h;
+    double sp = vlm__tmodel_image_score_from_block_f64(m, x, 0, q);
+    x[i] = save - h;
+    double sm = vlm__tmodel_image_score_from_block_f64(m, x, 0, q);
+    x[i] = save;
+    double num = (sp - sm) / (2 * h);
+    num2 += num * num;
+    an2 += g[i] * g[i];
+    diff2 += (num - g[i]) * (num - g[i]);
+  }
+  double rel = sqrt(diff2) / sqrt(fmax(num2, an2));
+  print_message("%s: d score / d last block input, %zu values, relative "
+                "error %.2e (|grad| %.3e)\n",
+                siglip ? "SigLIP" : "CLIP", n, rel, sqrt(an2));
+  assert_true(an2 > 1e-6);
+  assert_true(rel <= 1e-6);
+  free(x);
+  free(g);
+  free(pixels);
+  vlm__tmodel_free_f64(m);
+  vlm__tlayout_free(L);
+}
+
+static void test_gradient_clip(void **state) {
+  (void)state;
+  gradient_case(0);
+}
+
+static void test_gradient_siglip(void **state) {
+  (void)state;
+  gradient_case(1);
+}
+
+/* ---- a tiny CLIP that knows where the coloured square is ---------------- */
+
+#define NCOLOURS 4
+#define NTRAIN_PER 96
+/* and NTRAIN_PER pictures of the ground alone, "a plain picture": without
+ * them one colour can be learnt as "none of the others", with no look at
+ * its square */
+#define NTRAIN ((NCOLOURS + 1) * NTRAIN_PER)
+#define SIDE 32  /* picture side = the model's image size */
+#define PATCH 4  /* an 8 x 8 grid */
+#define SQ 10    /* the square's side */
+
+static const char *const colour_names[NCOLOURS] = {"red", "green", "blue",
+                                                   "yellow"};
+static const uint8_t colour_rgb[NCOLOURS][3] = {
+    {220, 30, 30}, {30, 170, 40}, {30, 60, 220}, {230, 210, 30}};
+
+typedef struct {
+  char dir[256];
+  char model[300];
+  char keys[NTRAIN][32], paths[NTRAIN][300], texts[NTRAIN][48];
+  vlm_train_item items[NTRAIN];
+  int trained;
+} world;
+
+static world *W;
+
+/* A SIDE x SIDE PNG: a plain ground of a random grey (so the picture's
+ * mean colour does not name the square's) and one SQ x SQ square of a colour at
+ * (x0, y0). */
+static void write_square(const char *path, int colour, int x0, int y0) {
+  uint8_t px[SIDE * SIDE * 3], ground[3];
+  int level = 110 + (int)(urand() * 130);
+  for (int c = 0; c < 3; c++)
+    ground[c] = (uint8_t)level;
+  for (int y = 0; y < SIDE; y++)
+    for (int x = 0; x < SIDE; x++) {
+      int in = colour >= 0 && x >= x0 && x < x0 + SQ && y >= y0 &&
+               y < y0 + SQ;
+      for (int c = 0; c < 3; c++)
+        px[(y * SIDE + x) * 3 + c] = in ? colour_rgb[colour][c] : ground[c];
+    }
+  png_image img;
+  memset(&img, 0, sizeof img);
+  img.version = PNG_IMAGE_VERSION;
+  img.width = SIDE;
+  img.height = SIDE;
+  img.format = PNG_FORMAT_RGB;
+  assert_true(png_image_write_to_file(&img, path, 0, px, 0, NULL));
+}
+
+static const char world_config[] =
+    "{\"projection_dim\": 32, \"logit_scale_init_value\": 2.6592,\n"
+    " \"text_config\": {\"vocab_size\": 49408, \"hidden_size\": 32,\n"
+    "   \"intermediate_size\": 64, \"num_hidden_layers\": 1,\n"
+    "   \"num_attention_heads\": 2, \"max_position_embeddings\": 8,\n"
+    "   \"hidden_act\": \"quick_gelu\", \"layer_norm_eps\": 1e-5},\n"
+    " \"vision_config\": {\"hidden_size\": 32, \"intermediate_size\": 64,\n"
+    "   \"num_hidden_layers\": 2, \"num_attention_heads\": 2,\n"
+    "   \"image_size\": 32, \"patch_size\": 4, \"hidden_act\": \"gelu\",\n"
+    "   \"layer_norm_eps\": 1e-5}}\n";
+
+static int world_setup(void **state) {
+  (void)state;
+  W = calloc(1, sizeof *W);
+  if (!W)
+    return -1;
+  strcpy(W->dir, "/tmp/vlm_explain_XXXXXX");
+  if (!mkdtemp(W->dir))
+    return -1;
+  rng = 0x2468aceull;
+  for (int c = 0; c <= NCOLOURS; c++)
+    for (int j = 0; j < NTRAIN_PER; j++) {
+      int i = c * NTRAIN_PER + j;
+      int x0 = (int)(urand() * (SIDE - SQ + 1)),
+          y0 = (int)(urand() * (SIDE - SQ + 1));
+      char key[32], dir[256], file[300];
+      snprintf(key, sizeof key, "%s-%02d",
+               c < NCOLOURS ? colour_names[c] : "plain", j);
+      memcpy(dir, W->dir, sizeof dir);
+      snprintf(file, sizeof file, "%.255s/%s.png", dir, key);
+      memcpy(W->keys[i], key, sizeof key);
+      memcpy(W->paths[i], file, sizeof file);
+      if (c < NCOLOURS) {
+        snprintf(W->texts[i], sizeof W->texts[i], "a %s square",
+                 colour_names[c]);
+        write_square(W->paths[i], c, x0, y0);
+      } else {
+        snprintf(W->texts[i], sizeof W->texts[i], "a plain picture");
+        write_square(W->paths[i], -1, x0, y0);
+      }
+      W->items[i] = (vlm_train_item){
+          .key = W->keys[i], .image = W->paths[i], .text = W->texts[i]};
+    }
+  return 0;
+}
+
+static int world_teardown(void **state) {
+  (void)state;
+  if (W) {
+    vlm_test_rm_rf(W->dir);
+    free(W);
+    W = NULL;
+  }
+  return 0;
+}
+
+/* Train the tiny CLIP once (the later tests use it). */
+static void train_world(void) {
+  if (W->trained)
+    return;
+  char config[300];
+  snprintf(config, sizeof config, "%.255s/config.json", W->dir);
+  FILE *f = fopen(config, "w");
+  assert_non_null(f);
+  fputs(world_config, f);
+  fclose(f);
+  char model[300];
+  snprintf(model, sizeof model, "%.255s/model", W->dir);
+  memcpy(W->model, model, sizeof model);
+  vlm_train_options o;
+  vlm_train_options_default(&o);
+  o.items = W->items;
+  o.n_items = NTRAIN;
+  o.out_dir = W->model;
+  o.config_path = config;
+  o.tokenizer_dir = "tests/fixtures/clip-tiny";
+  o.batch = 32;
+  o.max_steps = getenv("XSTEPS") ? atoi(getenv("XSTEPS")) : 800;
+  if (getenv("XLR")) o.lr = (float)atof(getenv("XLR"));
+  if (!getenv("XLR")) o.lr = 2e-3f;
+  o.warmup_steps = 20;
+  o.weight_decay = 0.01f;
+  o.no_augment = 1;
+  o.jitter = 0;
+  o.threads = 2;
+  o.loader_threads = 1;
+  o.seed = 11;
+  o.f16 = 0;
+  vlm_train_result res;
+  int rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("train: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  print_message("tiny CLIP: %lld steps, loss %.4f, %.0f pairs/s\n",
+                (long long)res.steps, res.loss, res.pairs_per_s);
+  vlm_train_result_free(&res);
+  W->trained = 1;
+}
+
+/* The share of the map on the patches the square touches. */
+static double square_mass(const float *map, int grid, int x0, int y0) {
+  double in = 0, all = 0;
+  for (int gy = 0; gy < grid; gy++)
+    for (int gx = 0; gx < grid; gx++) {
+      int px0 = gx * PATCH, py0 = gy * PATCH;
+      int touches = px0 < x0 + SQ && px0 + PATCH > x0 && py0 < y0 + SQ &&
+                    py0 + PATCH > y0;
+      all += map[gy * grid + gx];
+      if (touches)
+        in += map[gy * grid + gx];
+    }
+  return all > 0 ? in / all : 0;
+}
+
+static void test_square_mass(void **state) {
+  (void)state;
+  train_world();
+  vlm_clip *clip = NULL;
+  int rc = vlm_clip_load(W->model, NULL, &clip);
+  if (rc)
+    print_error("load: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  int D = vlm_clip_dim(clip);
+  float tv[NCOLOURS][32];
+  assert_int_equal(D, 32);
+  const char *caps[NCOLOURS];
+  char capbuf[NCOLOURS][32];
+  for (int c = 0; c < NCOLOURS; c++) {
+    snprintf(capbuf[c], sizeof capbuf[c], "a %s square", colour_names[c]);
+    caps[c] = capbuf[c];
+  }
+  assert_int_equal(vlm_clip_encode_texts(clip, caps, NCOLOURS, 0, &tv[0][0]),
+                   0);
+  vlm_explainer *ex = NULL;
+  assert_int_equal(vlm_explainer_create(clip, 2, &ex), 0);
+  int grid = vlm_explainer_grid(ex);
+  assert_int_equal(grid, SIDE / PATCH);
+  /* fresh pictures at new places: the mass on the square, both methods */
+  enum { NTEST = 32 };
+  double sum[4] = {0, 0, 0, 0}, worst[4] = {1, 1, 1, 1};
+  int right = 0;
+  char path[300];
+  snprintf(path, sizeof path, "%.255s/probe.png", W->dir);
+  float pixels[3 * SIDE * SIDE], map[64], img[32];
+  rng = 0x13579bdfull;
+  for (int t = 0; t < NTEST; t++) {
+    int c = t % NCOLOURS;
+    int x0 = (int)(urand() * (SIDE - SQ + 1)),
+        y0 = (int)(urand() * (SIDE - SQ + 1));
+    write_square(path, c, x0, y0);
+    assert_int_equal(vlm_clip_preprocess_file(clip, path, pixels), 0);
+    /* the explainer's score is the engine's cosine */
+    assert_int_equal(vlm_clip_encode_pixels(clip, pixels, 1, 0, img), 0);
+    double best = -2;
+    int arg = -1;
+    for (int k = 0; k < NCOLOURS; k++) {
+      double s = 0;
+      for (int d = 0; d < D; d++)
+        s += (double)img[d] * tv[k][d];
+      if (s > best) {
+        best = s;
+        arg = k;
+      }
+    }
+    right += arg == c;
+    for (int method = 0; method < 3; method++) {
+      float score = 0;
+      assert_int_equal(vlm_explainer_map(ex, pixels, tv[c], method, map,
+                                         &score),
+                       0);
+      double engine = 0;
+      for (int d = 0; d < D; d++)
+        engine += (double)img[d] * tv[c][d];
+      assert_true(fabs(score - engine) < 1e-4);
+      double mass = square_mass(map, grid, x0, y0);
+      sum[method] += mass;
+      if (getenv("XDUMP") && method == 2 && mass < 0.6) {
+        fprintf(stderr, "square at %d,%d colour %d mass %.3f\n", x0, y0, c, mass);
+        for (int gy = 0; gy < grid; gy++) {
+          for (int gx = 0; gx < grid; gx++)
+            fprintf(stderr, "%4d", (int)(1000 * map[gy * grid + gx]));
+          fprintf(stderr, "\n");
+        }
+      }
+      worst[method] = fmin(worst[method], mass);
+    }
+  }
+  print_message("coloured squares: colour right %d/%d; map mass on the "
+                "square's patches: Grad-CAM mean %.3f (worst %.3f), token "
+                "gradient x activation mean %.3f (worst %.3f)\n",
+                right, NTEST, sum[0] / NTEST, worst[0], sum[1] / NTEST,
+                worst[1]);
+  print_message("relevance: %.3f (%.3f)\n", sum[2] / NTEST, worst[2]);
+  assert_true(right >= NTEST * 9 / 10);
+  assert_true(sum[VLM_EXPLAIN_GRADCAM] / NTEST >= 0.8);
+  vlm_explainer_free(ex);
+  vlm_clip_free(clip);
+}
+
+/* The overlay: a PNG of the asked size whose hottest colour sits on the
+ * square and whose coldest is far from it. */
+static void test_png_overlay(void **state) {
+  (void)state;
+  int grid = 8;
+  float map[64] = {0};
+  map[2 * grid + 5] = 1; /* row 2, column 5 */
+  vlm_image img = {SIDE * 2, SIDE, malloc(SIDE * 2 * SIDE * 3)};
+  memset(img.rgb, 200, SIDE * 2 * SIDE * 3);
+  uint8_t *png = NULL;
+  size_t len = 0;
+  assert_int_equal(vlm_explain_png(&img, 0, map, grid, 64, &png, &len), 0);
+  vlm_image out = {0};
+  assert_int_equal(vlm_image_decode(png, len, NULL, &out), 0);
+  assert_int_equal(out.w, 64);
+  assert_int_equal(out.h, 64);
+  /* the centre of patch (2, 5) is at (5.5, 2.5) * 8 px */
+  const uint8_t *hot = out.rgb + ((size_t)20 * 64 + 44) * 3;
+  const uint8_t *cold = out.rgb + ((size_t)60 * 64 + 4) * 3;
+  print_message("overlay: hot (%d, %d, %d), cold (%d, %d, %d)\n", hot[0],
+                hot[1], hot[2], cold[0], cold[1], cold[2]);
+  assert_true(hot[0] > hot[2] + 50);
+  assert_true(cold[2] > cold[0] + 50);
+  vlm_image_free(&out);
+  free(png);
+  /* refusals */
+  assert_int_equal(vlm_explain_png(&img, 0, map, grid, 8, &png, &len),
+                   VLM_EINVAL);
+  assert_int_equal(vlm_explain_png(NULL, 0, map, grid, 64, &png, &len),
+                   VLM_EINVAL);
+  assert_int_equal(vlm_explain_png(&img, 0, NULL, grid, 64, &png, &len),
+                   VLM_EINVAL);
+  free(img.rgb);
+}
+
+static void test_refusals(void **state) {
+  (void)state;
+  vlm_clip *clip = NULL;
+  assert_int_equal(vlm_clip_load("tests/fixtures/clip-tiny", NULL, &clip), 0);
+  vlm_explainer *ex = NULL;
+  assert_int_equal(vlm_explainer_create(NULL, 1, &ex), VLM_EINVAL);
+  assert_int_equal(vlm_explainer_create(clip, 1, &ex), 0);
+  int S = vlm_clip_image_size(clip), D = vlm_clip_dim(clip);
+  int g = vlm_explainer_grid(ex);
+  float *pixels = calloc((size_t)3 * S * S, sizeof(float));
+  float *q = calloc((size_t)D, sizeof(float));
+  float *map = calloc((size_t)g * g, sizeof(float));
+  q[0] = 1;
+  assert_int_equal(vlm_explainer_map(ex, NULL, q, 0, map, NULL), VLM_EINVAL);
+  assert_int_equal(vlm_explainer_map(ex, pixels, q, 7, map, NULL),
+                   VLM_EINVAL);
+  assert_int_equal(vlm_explainer_map(ex, pixels, q, 0, map, NULL), 0);
+  double total = 0;
+  for (int i = 0; i < g * g; i++) {
+    assert_true(map[i] >= 0);
+    total += map[i];
+  }
+  assert_true(total == 0 || fabs(total - 1) < 1e-5);
+  pixels[0] = NAN;
+  assert_int_equal(vlm_explainer_map(ex, pixels, q, 0, map, NULL),
+                   VLM_ENUMERIC);
+  free(pixels);
+  free(q);
+  free(map);
+  vlm_explainer_free(ex);
+  vlm_explainer_free(NULL);
+  vlm_clip_free(clip);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_gradient_clip),
+      cmocka_unit_test(test_gradient_siglip),
+      cmocka_unit_test(test_png_overlay),
+      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_square_mass),
+  };
+  return cmocka_run_group_tests(tests, world_setup, world_teardown);
+}
