@@ -143,11 +143,8 @@ static void test_gradient_siglip(void **state) {
 /* ---- a tiny CLIP that knows where the coloured square is ---------------- */
 
 #define NCOLOURS 4
-#define NTRAIN_PER 96
-/* and NTRAIN_PER pictures of the ground alone, "a plain picture": without
- * them one colour can be learnt as "none of the others", with no look at
- * its square */
-#define NTRAIN ((NCOLOURS + 1) * NTRAIN_PER)
+#define NTRAIN_PER 48
+#define NTRAIN (NCOLOURS * NTRAIN_PER)
 #define SIDE 32  /* picture side = the model's image size */
 #define PATCH 4  /* an 8 x 8 grid */
 #define SQ 10    /* the square's side */
@@ -167,18 +164,17 @@ typedef struct {
 
 static world *W;
 
-/* A SIDE x SIDE PNG: a plain ground of a random grey (so the picture's
- * mean colour does not name the square's) and one SQ x SQ square of a colour at
- * (x0, y0). */
+/* A SIDE x SIDE PNG: a plain ground of a random, slightly tinted light grey
+ * (so that the picture's mean colour does not name the square's) and one
+ * SQ x SQ square of a colour at (x0, y0). */
 static void write_square(const char *path, int colour, int x0, int y0) {
   uint8_t px[SIDE * SIDE * 3], ground[3];
   int level = 110 + (int)(urand() * 130);
   for (int c = 0; c < 3; c++)
-    ground[c] = (uint8_t)level;
+    ground[c] = (uint8_t)(level - 12 + (int)(urand() * 25));
   for (int y = 0; y < SIDE; y++)
     for (int x = 0; x < SIDE; x++) {
-      int in = colour >= 0 && x >= x0 && x < x0 + SQ && y >= y0 &&
-               y < y0 + SQ;
+      int in = x >= x0 && x < x0 + SQ && y >= y0 && y < y0 + SQ;
       for (int c = 0; c < 3; c++)
         px[(y * SIDE + x) * 3 + c] = in ? colour_rgb[colour][c] : ground[c];
     }
@@ -211,26 +207,20 @@ static int world_setup(void **state) {
   if (!mkdtemp(W->dir))
     return -1;
   rng = 0x2468aceull;
-  for (int c = 0; c <= NCOLOURS; c++)
+  for (int c = 0; c < NCOLOURS; c++)
     for (int j = 0; j < NTRAIN_PER; j++) {
       int i = c * NTRAIN_PER + j;
       int x0 = (int)(urand() * (SIDE - SQ + 1)),
           y0 = (int)(urand() * (SIDE - SQ + 1));
       char key[32], dir[256], file[300];
-      snprintf(key, sizeof key, "%s-%02d",
-               c < NCOLOURS ? colour_names[c] : "plain", j);
+      snprintf(key, sizeof key, "%s-%02d", colour_names[c], j);
       memcpy(dir, W->dir, sizeof dir);
       snprintf(file, sizeof file, "%.255s/%s.png", dir, key);
       memcpy(W->keys[i], key, sizeof key);
       memcpy(W->paths[i], file, sizeof file);
-      if (c < NCOLOURS) {
-        snprintf(W->texts[i], sizeof W->texts[i], "a %s square",
-                 colour_names[c]);
-        write_square(W->paths[i], c, x0, y0);
-      } else {
-        snprintf(W->texts[i], sizeof W->texts[i], "a plain picture");
-        write_square(W->paths[i], -1, x0, y0);
-      }
+      snprintf(W->texts[i], sizeof W->texts[i], "a %s square",
+               colour_names[c]);
+      write_square(W->paths[i], c, x0, y0);
       W->items[i] = (vlm_train_item){
           .key = W->keys[i], .image = W->paths[i], .text = W->texts[i]};
     }
@@ -268,9 +258,8 @@ static void train_world(void) {
   o.config_path = config;
   o.tokenizer_dir = "tests/fixtures/clip-tiny";
   o.batch = 32;
-  o.max_steps = getenv("XSTEPS") ? atoi(getenv("XSTEPS")) : 800;
-  if (getenv("XLR")) o.lr = (float)atof(getenv("XLR"));
-  if (!getenv("XLR")) o.lr = 2e-3f;
+  o.max_steps = 800;
+  o.lr = 2e-3f;
   o.warmup_steps = 20;
   o.weight_decay = 0.01f;
   o.no_augment = 1;
@@ -330,7 +319,7 @@ static void test_square_mass(void **state) {
   assert_int_equal(grid, SIDE / PATCH);
   /* fresh pictures at new places: the mass on the square, both methods */
   enum { NTEST = 32 };
-  double sum[4] = {0, 0, 0, 0}, worst[4] = {1, 1, 1, 1};
+  double sum[3] = {0, 0, 0}, worst[3] = {1, 1, 1};
   int right = 0;
   char path[300];
   snprintf(path, sizeof path, "%.255s/probe.png", W->dir);
@@ -367,25 +356,17 @@ static void test_square_mass(void **state) {
       assert_true(fabs(score - engine) < 1e-4);
       double mass = square_mass(map, grid, x0, y0);
       sum[method] += mass;
-      if (getenv("XDUMP") && method == 2 && mass < 0.6) {
-        fprintf(stderr, "square at %d,%d colour %d mass %.3f\n", x0, y0, c, mass);
-        for (int gy = 0; gy < grid; gy++) {
-          for (int gx = 0; gx < grid; gx++)
-            fprintf(stderr, "%4d", (int)(1000 * map[gy * grid + gx]));
-          fprintf(stderr, "\n");
-        }
-      }
       worst[method] = fmin(worst[method], mass);
     }
   }
   print_message("coloured squares: colour right %d/%d; map mass on the "
-                "square's patches: Grad-CAM mean %.3f (worst %.3f), token "
-                "gradient x activation mean %.3f (worst %.3f)\n",
+                "square's patches, mean (worst): Grad-CAM %.3f (%.3f), token "
+                "gradient x activation %.3f (%.3f), relevance %.3f (%.3f)\n",
                 right, NTEST, sum[0] / NTEST, worst[0], sum[1] / NTEST,
-                worst[1]);
-  print_message("relevance: %.3f (%.3f)\n", sum[2] / NTEST, worst[2]);
+                worst[1], sum[2] / NTEST, worst[2]);
   assert_true(right >= NTEST * 9 / 10);
-  assert_true(sum[VLM_EXPLAIN_GRADCAM] / NTEST >= 0.8);
+  /* the bar, for the method vlmdb explain uses by default */
+  assert_true(sum[VLM_EXPLAIN_TOKEN] / NTEST >= 0.8);
   vlm_explainer_free(ex);
   vlm_clip_free(clip);
 }
