@@ -34,6 +34,8 @@ int cmd_embed(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_explain(int argc, char **argv);
+int cmd_tag(int argc, char **argv);
 
 /* Print "vlmdb <cmd>: <message>\n" to stderr (printf format). */
 void vlm_cli_error(const char *cmd, const char *fmt, ...)

@@ -7,6 +7,7 @@
 #include <png.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "model.h"
 #include "preprocess.h"
@@ -274,4 +275,64 @@ done:
   vlm_image_free(&crop);
   vlm_image_free(&sq);
   return rc;
+}
+
+/* ---- one call: encoded image bytes to map and PNG ------------------------ */
+
+int vlm_explain_image(const vlm_clip *clip, const void *data, size_t len,
+                      const float *text_vec, vlm_explain_method method,
+                      int side, int threads, vlm_explanation *out) {
+  if (!clip || !data || !text_vec || !out)
+    return vlm_seterr(VLM_EINVAL, "explain: NULL argument");
+  memset(out, 0, sizeof *out);
+  int S = vlm_clip_image_size(clip), rc;
+  vlm_explainer *ex = NULL;
+  vlm_image img = {0};
+  float *pixels = malloc(sizeof(float) * 3 * (size_t)S * S);
+  if (!pixels)
+    return vlm_seterr(VLM_ENOMEM, "explain: pixels");
+  if ((rc = vlm_clip_preprocess_image(clip, data, len, pixels, &img)) ||
+      (rc = vlm_explainer_create(clip, threads, &ex)))
+    goto done;
+  int g = vlm_explainer_grid(ex);
+  out->grid = g;
+  out->map = malloc(sizeof(float) * (size_t)g * g);
+  if (!out->map) {
+    rc = vlm_seterr(VLM_ENOMEM, "explain: map");
+    goto done;
+  }
+  if ((rc = vlm_explainer_map(ex, pixels, text_vec, method, out->map,
+                              &out->score)))
+    goto done;
+  int squash = vlm__clip_get_config(clip)->family == VLM__FAMILY_SIGLIP;
+  rc = vlm_explain_png(&img, squash, out->map, g, side, &out->png,
+                       &out->png_len);
+done:
+  if (rc)
+    vlm_explanation_free(out);
+  vlm_explainer_free(ex);
+  vlm_image_free(&img);
+  free(pixels);
+  return rc;
+}
+
+void vlm_explanation_free(vlm_explanation *e) {
+  if (!e)
+    return;
+  free(e->map);
+  free(e->png);
+  memset(e, 0, sizeof *e);
+}
+
+int vlm_explain_method_parse(const char *name, vlm_explain_method *out) {
+  static const char *const names[] = {"gradcam", "token", "relevance"};
+  for (int i = 0; i < 3; i++)
+    if (name && !strcasecmp(name, names[i])) {
+      *out = (vlm_explain_method)i;
+      return 0;
+    }
+  return vlm_seterr(VLM_EINVAL,
+                    "explain: unknown method '%s' (gradcam, token or "
+                    "relevance)",
+                    name ? name : "");
 }

@@ -225,4 +225,22 @@ int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
 int vlm_explain_png(const vlm_image *img, int squash, const float *map,
                     int grid, int side, uint8_t **png, size_t *len);
 
+/* Everything at once, for the command line and the server: decode and
+ * preprocess the encoded image data[len] as clip does, map it for
+ * text_vec, and draw the PNG (side x side).  The result owns its
+ * buffers: free with vlm_explanation_free (accepts zeroed). */
+typedef struct {
+  int grid;      /* the map is grid x grid, row-major, top row first */
+  float *map;    /* sums to 1 (or all 0) */
+  float score;   /* the cosine of the image and the text */
+  uint8_t *png;
+  size_t png_len;
+} vlm_explanation;
+int vlm_explain_image(const vlm_clip *clip, const void *data, size_t len,
+                      const float *text_vec, vlm_explain_method method,
+                      int side, int threads, vlm_explanation *out);
+void vlm_explanation_free(vlm_explanation *e);
+/* "gradcam", "token" or "relevance" (any case); VLM_EINVAL otherwise. */
+int vlm_explain_method_parse(const char *name, vlm_explain_method *out);
+
 #endif
