@@ -6,12 +6,19 @@
  * of one coloured square on a plain ground puts most of the map's mass on
  * the square's patches for its colour's caption; the PNG overlay; and the
  * refusals. */
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
 #include <setjmp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
@@ -28,6 +35,7 @@
 #include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_train.h"
+#include "vlmdb.h"
 
 static uint64_t rng = 0x5eed5eedull;
 
@@ -440,6 +448,331 @@ static void test_refusals(void **state) {
   vlm_clip_free(clip);
 }
 
+
+/* ---- the command line, the server, and zero-shot tagging ---------------- */
+
+#define NTAG 240 /* items of the tagging database */
+
+/* A database of the tiny model with NTAG fresh squares (colour i % 4) and
+ * one text-only item, fields colour:text and colour_p:real. */
+static void make_tag_db(const char *name, char *db, size_t cap) {
+  snprintf(db, cap, "%.255s/%s", W->dir, name);
+  char catalog[320];
+  snprintf(catalog, sizeof catalog, "%.255s/squares.jsonl", W->dir);
+  if (access(catalog, F_OK) != 0) {
+    FILE *f = fopen(catalog, "w");
+    assert_non_null(f);
+    rng = 0xfeedull;
+    for (int i = 0; i < NTAG; i++) {
+      char path[320];
+      snprintf(path, sizeof path, "%.255s/tag-%03d.png", W->dir, i);
+      write_square(path, i % NCOLOURS, (int)(urand() * (SIDE - SQ + 1)),
+                   (int)(urand() * (SIDE - SQ + 1)));
+      fprintf(f, "{\"key\":\"sq%03d\",\"image\":\"%s\",\"meta\":{\"truth\":"
+                 "\"%s\"}}\n",
+              i, path, colour_names[i % NCOLOURS]);
+    }
+    fprintf(f, "{\"key\":\"words\",\"text\":\"a red square\"}\n");
+    fclose(f);
+  }
+  char *init[] = {"init", "--db", db, "--model", W->model, "--field",
+                  "colour:text", "--field", "colour_p:real", "--index",
+                  "Flat", NULL};
+  assert_int_equal(cmd_init(11, init), 0);
+  char *ingest[] = {"ingest", "--db", db, catalog, "--quiet", NULL};
+  assert_int_equal(cmd_ingest(5, ingest), 0);
+}
+
+static void labels_file(char *path, size_t cap) {
+  snprintf(path, cap, "%.255s/labels.txt", W->dir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("# the colours\nred\n\ngreen\n blue \nyellow\n", f);
+  fclose(f);
+}
+
+/* key -> metadata JSON of every item */
+static char **all_meta(const char *db_dir) {
+  vlm_db *db = NULL;
+  VLM_CHECK(vlm_db_open(db_dir, NULL, &db));
+  char **meta = calloc(NTAG + 1, sizeof *meta);
+  for (int i = 0; i <= NTAG; i++) {
+    char key[16];
+    if (i < NTAG)
+      snprintf(key, sizeof key, "sq%03d", i);
+    else
+      snprintf(key, sizeof key, "words");
+    vlm_record *rec = NULL;
+    VLM_CHECK(vlm_db_get(db, key, &rec));
+    meta[i] = strdup(rec->meta_json);
+    vlm_record_free(rec);
+  }
+  vlm_db_close(db);
+  return meta;
+}
+
+static void free_meta(char **m) {
+  for (int i = 0; i <= NTAG; i++)
+    free(m[i]);
+  free(m);
+}
+
+static char *vlmdb_bin(void) {
+  const char *build = getenv("BUILD");
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/vlmdb", build && *build ? build : "build");
+  char *abs = realpath(path, NULL);
+  if (!abs)
+    fail_msg("%s not found: build it first", path);
+  return abs;
+}
+
+/* The squares tagged by colour, right; a kill -9 in the middle of a run
+ * and a rerun leave what one run leaves; --min-score; refusals. */
+static void test_tag(void **state) {
+  (void)state;
+  train_world();
+  char db1[300], db2[300], labels[300];
+  make_tag_db("tag1.vlmdb", db1, sizeof db1);
+  make_tag_db("tag2.vlmdb", db2, sizeof db2);
+  labels_file(labels, sizeof labels);
+  char *run[] = {"tag", "--db", db1, "--field", "colour", "--labels", labels,
+                 "--template", "a {} square", "--score-field", "colour_p",
+                 NULL};
+  assert_int_equal(cmd_tag(11, run), 0);
+  char **one = all_meta(db1);
+  int right = 0;
+  for (int i = 0; i < NTAG; i++) {
+    json_t *m = json_loads(one[i], 0, NULL);
+    assert_non_null(m);
+    const char *got = json_string_value(json_object_get(m, "colour"));
+    double p = json_real_value(json_object_get(m, "colour_p"));
+    assert_non_null(got);
+    assert_true(p > 0.25 && p <= 1); /* the best of 4 */
+    right += !strcmp(got, json_string_value(json_object_get(m, "truth")));
+    json_decref(m);
+  }
+  assert_string_equal(one[NTAG], "{}"); /* no image vector: untouched */
+  print_message("tag: %d/%d squares labelled with their colour\n", right,
+                NTAG);
+  assert_true(right >= NTAG * 9 / 10);
+  /* filters work on the new field */
+  {
+    vlm_db *db = NULL;
+    VLM_CHECK(vlm_db_open(db1, NULL, &db));
+    vlm_record *rec = NULL;
+    VLM_CHECK(vlm_db_get(db, "sq000", &rec));
+    vlm_search_options so = {.k = NTAG, .filter = "colour = 'red'",
+                             .target = VLM_TARGET_IMAGE};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    VLM_CHECK(vlm_db_search(db, rec->image_vec, &so, &hits, &nh));
+    int reds = 0;
+    for (int i = 0; i < NTAG; i++)
+      reds += strstr(one[i], "\"colour\":\"red\"") != NULL;
+    assert_int_equal(nh, reds);
+    vlm_hits_free(hits, nh);
+    vlm_record_free(rec);
+    vlm_db_close(db);
+  }
+
+  /* kill -9 after a few one-item batches, then run again */
+  char err[320];
+  snprintf(err, sizeof err, "%.255s/tag.stderr", W->dir);
+  char *bin = vlmdb_bin();
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fo = open("/dev/null", O_WRONLY);
+    if (fe < 0 || fo < 0)
+      _exit(127);
+    dup2(fe, 2);
+    dup2(fo, 1);
+    setenv("VLMDB_PROGRESS", "lines", 1);
+    setenv("VLMDB_PROGRESS_INTERVAL", "0.01", 1);
+    execl(bin, bin, "tag", "--db", db2, "--field", "colour", "--labels",
+          labels, "--template", "a {} square", "--score-field", "colour_p",
+          "--batch", "1", (char *)NULL);
+    _exit(127);
+  }
+  free(bin);
+  long best = -1;
+  for (int tries = 0; tries < 3000 && best < 20; tries++) {
+    size_t len = 0;
+    char *text = (char *)vlm_test_slurp(err, &len);
+    for (char *q = text; q && (q = strstr(q, "tag: ")); q += 5) {
+      long done = strtol(q + 5, NULL, 10);
+      best = done > best ? done : best;
+    }
+    free(text);
+    if (best < 20) {
+      struct timespec ts = {0, 2 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  kill(pid, SIGKILL);
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  if (!WIFSIGNALED(st))
+    fail_msg("the tag run ended (status %d) before the kill", st);
+  char **part = all_meta(db2);
+  int done = 0;
+  for (int i = 0; i < NTAG; i++)
+    done += strcmp(part[i], one[i]) == 0;
+  print_message("tag: killed after %ld reported, %d/%d items tagged\n", best,
+                done, NTAG);
+  assert_true(done >= 20 && done < NTAG);
+  free_meta(part);
+  char *rerun[] = {"tag", "--db", db2, "--field", "colour", "--labels",
+                   labels, "--template", "a {} square", "--score-field",
+                   "colour_p", NULL};
+  assert_int_equal(cmd_tag(11, rerun), 0);
+  char **two = all_meta(db2);
+  for (int i = 0; i <= NTAG; i++)
+    assert_string_equal(two[i], one[i]);
+  free_meta(two);
+
+  /* --retag with --min-score 1: every label goes (nothing is that sure) */
+  char *strict[] = {"tag", "--db", db2, "--field", "colour", "--labels",
+                    labels, "--template", "a {} square", "--score-field",
+                    "colour_p", "--retag", "--min-score", "1", NULL};
+  assert_int_equal(cmd_tag(14, strict), 0);
+  char **none = all_meta(db2);
+  for (int i = 0; i < NTAG; i++)
+    assert_null(strstr(none[i], "colour"));
+  free_meta(none);
+
+  /* refusals: an undeclared field, a score field of the wrong type, no
+   * labels, a template without {} */
+  char empty[300];
+  snprintf(empty, sizeof empty, "%.255s/empty.txt", W->dir);
+  vlm_test_spit(empty, "# nothing\n\n", 11);
+  char *bad1[] = {"tag", "--db", db1, "--field", "nope", "--labels", labels,
+                  NULL};
+  assert_int_equal(cmd_tag(7, bad1), 2);
+  char *bad2[] = {"tag", "--db", db1, "--field", "colour", "--labels",
+                  labels, "--score-field", "colour", NULL};
+  assert_int_equal(cmd_tag(9, bad2), 2);
+  char *bad3[] = {"tag", "--db", db1, "--field", "colour", "--labels", empty,
+                  NULL};
+  assert_int_equal(cmd_tag(7, bad3), 2);
+  char *bad4[] = {"tag", "--db", db1, "--field", "colour", "--labels",
+                  labels, "--template", "no slot", "--retag", NULL};
+  assert_int_equal(cmd_tag(10, bad4), 2);
+  char *bad5[] = {"tag", "--db", db1, "--field", "colour", "--labels",
+                  labels, "--min-score", "2", NULL};
+  assert_int_equal(cmd_tag(9, bad5), 2);
+  /* and nothing changed */
+  char **after = all_meta(db1);
+  for (int i = 0; i <= NTAG; i++)
+    assert_string_equal(after[i], one[i]);
+  free_meta(after);
+  free_meta(one);
+}
+
+/* vlmdb explain writes a PNG that decodes; VLM.EXPLAIN answers what the
+ * library computes from the stored thumbnail. */
+static void test_cli_and_server(void **state) {
+  (void)state;
+  train_world();
+  char db[300], out[320];
+  snprintf(db, sizeof db, "%.255s/tag1.vlmdb", W->dir);
+  if (access(db, F_OK) != 0)
+    make_tag_db("tag1.vlmdb", db, sizeof db);
+  snprintf(out, sizeof out, "%.255s/map.png", W->dir);
+  char *cli[] = {"explain", "--db", db, "--key", "sq000", "--text",
+                 "a red square", "--out", out, "--side", "96", NULL};
+  assert_int_equal(cmd_explain(11, cli), 0);
+  size_t len = 0;
+  uint8_t *png = vlm_test_slurp(out, &len);
+  vlm_image img = {0};
+  VLM_CHECK(vlm_image_decode(png, len, NULL, &img));
+  assert_int_equal(img.w, 96);
+  assert_int_equal(img.h, 96);
+  vlm_image_free(&img);
+  free(png);
+  if (getenv("VLM_EXPLAIN_EXAMPLE")) { /* docs/explain-example.png */
+    char *ex[] = {"explain", "--db", db, "--key", "sq000", "--text",
+                  "a red square", "--out", getenv("VLM_EXPLAIN_EXAMPLE"),
+                  "--side", "256", "--grid", NULL};
+    assert_int_equal(cmd_explain(12, ex), 0);
+  }
+  char *bad[] = {"explain", "--db", db, "--key", "sq000", "--text", "x",
+                 "--out", out, "--method", "nope", NULL};
+  assert_int_equal(cmd_explain(11, bad), 2);
+  char *missing[] = {"explain", "--db", db, "--key", "absent", "--text", "x",
+                     "--out", out, NULL};
+  assert_int_equal(cmd_explain(9, missing), 1);
+
+  /* the library on the stored thumbnail */
+  vlm_clip *clip = NULL;
+  VLM_CHECK(vlm_clip_load(W->model, NULL, &clip));
+  float tv[32];
+  const char *text = "a red square";
+  VLM_CHECK(vlm_clip_encode_texts(clip, &text, 1, 0, tv));
+  vlm_db *vdb = NULL;
+  VLM_CHECK(vlm_db_open(db, NULL, &vdb));
+  vlm_record *rec = NULL;
+  VLM_CHECK(vlm_db_get(vdb, "sq000", &rec));
+  vlm_explanation want;
+  VLM_CHECK(vlm_explain_image(clip, rec->thumb, rec->thumb_len, tv,
+                              VLM_EXPLAIN_TOKEN, 224, 1, &want));
+  vlm_record_free(rec);
+  vlm_db_close(vdb);
+
+  char *bin = vlmdb_bin(), log[320];
+  snprintf(log, sizeof log, "%.255s/serve.log", W->dir);
+  vlm_test_server srv;
+  const char *args[] = {"--db", db, "--port", "0", "--threads", "2", NULL};
+  assert_int_equal(vlm_test_server_spawn(&srv, bin, args, log, 60), 0);
+  free(bin);
+  redisContext *c = redisConnect("127.0.0.1", srv.port);
+  assert_true(c && !c->err);
+  redisReply *r = redisCommand(c, "VLM.EXPLAIN TEXT %s KEY %s", text,
+                               "sq000");
+  assert_non_null(r);
+  if (r->type == REDIS_REPLY_ERROR)
+    fail_msg("VLM.EXPLAIN: %s", r->str);
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 8);
+  assert_string_equal(r->element[0]->str, "score");
+  assert_true(fabs(atof(r->element[1]->str) - want.score) < 1e-5);
+  assert_string_equal(r->element[2]->str, "grid");
+  assert_int_equal(r->element[3]->integer, want.grid);
+  assert_string_equal(r->element[4]->str, "map");
+  assert_int_equal(r->element[5]->len, sizeof(float) * want.grid * want.grid);
+  assert_memory_equal(r->element[5]->str, want.map, r->element[5]->len);
+  assert_string_equal(r->element[6]->str, "png");
+  assert_int_equal(r->element[7]->len, want.png_len);
+  assert_memory_equal(r->element[7]->str, want.png, want.png_len);
+  freeReplyObject(r);
+  /* errors and a missing key */
+  r = redisCommand(c, "VLM.EXPLAIN TEXT %s KEY %s", text, "absent");
+  assert_int_equal(r->type, REDIS_REPLY_NIL);
+  freeReplyObject(r);
+  r = redisCommand(c, "VLM.EXPLAIN TEXT %s KEY %s METHOD %s", text, "sq000",
+                   "nope");
+  assert_int_equal(r->type, REDIS_REPLY_ERROR);
+  freeReplyObject(r);
+  r = redisCommand(c, "VLM.EXPLAIN KEY %s SIDE %s", "sq000", "64");
+  assert_int_equal(r->type, REDIS_REPLY_ERROR);
+  freeReplyObject(r);
+  r = redisCommand(c, "VLM.EXPLAIN TEXT %s IMAGE %b", text, "garbage",
+                   (size_t)7);
+  assert_int_equal(r->type, REDIS_REPLY_ERROR);
+  print_message("VLM.EXPLAIN on bad image bytes: %s\n", r->str);
+  freeReplyObject(r);
+  r = redisCommand(c, "PING");
+  assert_int_equal(r->type, REDIS_REPLY_STATUS);
+  freeReplyObject(r);
+  redisFree(c);
+  vlm_test_server_stop(&srv, 10);
+  vlm_explanation_free(&want);
+  vlm_clip_free(clip);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gradient_clip),
@@ -447,6 +780,8 @@ int main(void) {
       cmocka_unit_test(test_png_overlay),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_square_mass),
+      cmocka_unit_test(test_tag),
+      cmocka_unit_test(test_cli_and_server),
   };
   return cmocka_run_group_tests(tests, world_setup, world_teardown);
 }
