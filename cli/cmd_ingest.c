@@ -23,6 +23,7 @@
 #include "opts.h"
 #include "progress.h"
 #include "vlm_cli.h"
+#include "tag.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_file.h"
@@ -51,6 +52,8 @@ static const char usage[] =
     "usage: vlmdb ingest --db DIR CATALOG [--images-root DIR] [--batch N]\n"
     "                    [--threads N] [--upsert] [--strict] [--format F]\n"
     "                    [--model DIR] [--json] [--quiet]\n"
+    "                    [--tag-field F --tag-labels FILE [--tag-template T]...\n"
+    "                     [--tag-score-field F] [--tag-min-score S]]\n"
     "\n"
     "Embed and store every row of CATALOG: a JSONL file (.jsonl), a CSV or\n"
     "TSV file with a header (.csv, .tsv), or a directory of images (key =\n"
@@ -70,6 +73,10 @@ static const char usage[] =
     "  --model DIR         the model, if not where the database says\n"
     "  --json              print the summary as JSON\n"
     "  -q, --quiet         no progress display\n"
+    "  --tag-field F ...   then tag the items not tagged yet as `vlmdb tag`\n"
+    "                      --field F --labels FILE [--template T]...\n"
+    "                      [--score-field F] [--min-score S] does (its\n"
+    "                      summary goes to stderr)\n"
     "  -h, --help          this help\n"
     "\n"
     "Exit status: 0, or 1 when rows failed and none is stored (by this run\n"
@@ -896,6 +903,9 @@ int cmd_ingest(int argc, char **argv) {
   long batch_size = 32, threads = sysconf(_SC_NPROCESSORS_ONLN);
   int as_json = 0, quiet = 0;
   vlm_catalog_format format = VLM_CATALOG_AUTO;
+  vlm_cli_tag_options tag = {0};
+  const char *tag_labels = NULL, *templates[VLM_CLI_TAG_MAX_TEMPLATES];
+  int ntemplates = 0;
   static const struct option longopts[] = {
       {"db", required_argument, NULL, 'd'},
       {"images-root", required_argument, NULL, 'r'},
@@ -907,6 +917,11 @@ int cmd_ingest(int argc, char **argv) {
       {"model", required_argument, NULL, 'm'},
       {"json", no_argument, NULL, 'j'},
       {"quiet", no_argument, NULL, 'q'},
+      {"tag-field", required_argument, NULL, 'F'},
+      {"tag-labels", required_argument, NULL, 'L'},
+      {"tag-template", required_argument, NULL, 'T'},
+      {"tag-score-field", required_argument, NULL, 'S'},
+      {"tag-min-score", required_argument, NULL, 'M'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -934,6 +949,23 @@ int cmd_ingest(int argc, char **argv) {
     case 'm': ing.model_dir = optarg; break;
     case 'j': as_json = 1; break;
     case 'q': quiet = 1; break;
+    case 'F': tag.field = optarg; break;
+    case 'L': tag_labels = optarg; break;
+    case 'T':
+      if (ntemplates == VLM_CLI_TAG_MAX_TEMPLATES)
+        return vlm_cli_usage_error(cmd, "at most %d --tag-template",
+                                   VLM_CLI_TAG_MAX_TEMPLATES);
+      templates[ntemplates++] = optarg;
+      break;
+    case 'S': tag.score_field = optarg; break;
+    case 'M': {
+      char *end;
+      tag.min_score = strtod(optarg, &end);
+      if (end == optarg || *end || !(tag.min_score >= 0 && tag.min_score <= 1))
+        return vlm_cli_usage_error(cmd, "--tag-min-score: '%s' is not a "
+                                        "number in [0, 1]", optarg);
+      break;
+    }
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: fputs(usage, stderr); return VLM_EXIT_USAGE;
     }
@@ -942,6 +974,19 @@ int cmd_ingest(int argc, char **argv) {
     return vlm_cli_usage_error(cmd, "--db DIR is required");
   if (optind + 1 != argc)
     return vlm_cli_usage_error(cmd, "give exactly one CATALOG");
+  if (!tag.field != !tag_labels)
+    return vlm_cli_usage_error(cmd, "--tag-field and --tag-labels go "
+                                    "together");
+  if (tag_labels) {
+    int trc = vlm_cli_tag_read_labels(tag_labels, &tag);
+    if (trc) {
+      vlm_cli_tag_options_free(&tag);
+      return vlm_cli_usage_error(cmd, "%s", vlm_errmsg());
+    }
+    tag.templates = templates;
+    tag.ntemplates = ntemplates;
+    tag.quiet = quiet;
+  }
   if (threads < 1)
     threads = 1;
   ing.catalog_path = argv[optind];
@@ -1051,7 +1096,22 @@ int cmd_ingest(int argc, char **argv) {
     status = VLM_EXIT_RUNTIME;
   else
     status = VLM_EXIT_OK;
+  if (status == VLM_EXIT_OK && tag.field) {
+    vlm_cli_tag_result tres;
+    if ((!ing.clip && vlm_cli_load_model(cmd, ing.db, ing.model_dir, 0,
+                                         &ing.clip)) ||
+        (rc = vlm_cli_tag_run(ing.db, ing.clip, &tag, &tres))) {
+      if (ing.clip)
+        vlm_cli_liberror(cmd, rc);
+      status = VLM_EXIT_RUNTIME;
+    } else {
+      fprintf(stderr, "tag: %ld items tagged, %ld below --tag-min-score, "
+                      "%ld already tagged\n",
+              tres.tagged, tres.uncertain, tres.already);
+    }
+  }
 done:
+  vlm_cli_tag_options_free(&tag);
   if (handlers_set) {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);

@@ -580,11 +580,12 @@ static void test_tag(void **state) {
   char err[320];
   snprintf(err, sizeof err, "%.255s/tag.stderr", W->dir);
   char *bin = vlmdb_bin();
+  vlm_test_spit(err, "", 0); /* there before the child writes to it */
   fflush(NULL);
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
-    int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int fe = open(err, O_WRONLY | O_APPEND);
     int fo = open("/dev/null", O_WRONLY);
     if (fe < 0 || fo < 0)
       _exit(127);
@@ -633,6 +634,26 @@ static void test_tag(void **state) {
   for (int i = 0; i <= NTAG; i++)
     assert_string_equal(two[i], one[i]);
   free_meta(two);
+
+  /* ingest --tag-field does the same at ingest */
+  {
+    char db3[300], catalog[320];
+    snprintf(db3, sizeof db3, "%.255s/tag3.vlmdb", W->dir);
+    snprintf(catalog, sizeof catalog, "%.255s/squares.jsonl", W->dir);
+    char *init[] = {"init", "--db", db3, "--model", W->model, "--field",
+                    "colour:text", "--field", "colour_p:real", "--index",
+                    "Flat", NULL};
+    assert_int_equal(cmd_init(11, init), 0);
+    char *ingest[] = {"ingest", "--db", db3, catalog, "--quiet",
+                      "--tag-field", "colour", "--tag-labels", labels,
+                      "--tag-template", "a {} square", "--tag-score-field",
+                      "colour_p", NULL};
+    assert_int_equal(cmd_ingest(13, ingest), 0);
+    char **three = all_meta(db3);
+    for (int i = 0; i <= NTAG; i++)
+      assert_string_equal(three[i], one[i]);
+    free_meta(three);
+  }
 
   /* --retag with --min-score 1: every label goes (nothing is that sure) */
   char *strict[] = {"tag", "--db", db2, "--field", "colour", "--labels",
