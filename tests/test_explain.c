@@ -602,8 +602,13 @@ static void test_tag(void **state) {
   long best = -1;
   for (int tries = 0; tries < 3000 && best < 20; tries++) {
     size_t len = 0;
-    char *text = (char *)vlm_test_slurp(err, &len);
-    for (char *q = text; q && (q = strstr(q, "tag: ")); q += 5) {
+    uint8_t *raw = vlm_test_slurp(err, &len);
+    char *text = malloc(len + 1); /* the file's bytes, NUL-terminated */
+    assert_non_null(text);
+    memcpy(text, raw, len);
+    text[len] = '\0';
+    free(raw);
+    for (char *q = text; (q = strstr(q, "tag: ")); q += 5) {
       long done = strtol(q + 5, NULL, 10);
       best = done > best ? done : best;
     }
