@@ -2122,7 +2122,9 @@ static int cmd_explain_proc(vlm__ctx *ctx) {
 
 /* The map of the stored thumbnail (KEY) or the given image: score, grid
  * side, the map as float32 bytes (grid x grid, row-major, top row first,
- * summing to 1) and the heat map PNG. */
+ * summing to 1) and the heat map PNG.  The arguments come in any order
+ * (VLM.EXPLAIN TEXT t KEY k as well); the syntax line starts with the
+ * alternatives so that COMMAND DOCS lists them as separate arguments. */
 static void cmd_explain_exec(vlm__job *job) {
   explain_state *st = job->state;
   vlm__buf *out = &job->reply;
@@ -2259,7 +2261,7 @@ static const vlm__command commands[] = {
      "Write a consistent copy of the database to a new directory (on the "
      "server's machine) while serving: batch, items, bytes, seconds."},
     {"VLM.EXPLAIN", cmd_explain_proc, cmd_explain_exec, -5, 0, "embed",
-     "TEXT text (KEY key | IMAGE bytes) [METHOD (TOKEN | GRADCAM | "
+     "(KEY key | IMAGE bytes) TEXT text [METHOD (TOKEN | GRADCAM | "
      "RELEVANCE)] [SIDE px]",
      "Where the picture matches the text: score, grid, map (float32 "
      "bytes, grid x grid, summing to 1) and a heat map PNG."},
