@@ -414,6 +414,64 @@ static void test_png_overlay(void **state) {
   free(img.rgb);
 }
 
+/* Every family's tower maps (the conformance fixtures: random weights, so
+ * only the form is checked, and that the score is the engine's cosine);
+ * relevance needs a class token, which SigLIP has not. */
+static void test_families(void **state) {
+  (void)state;
+  static const char *const dirs[] = {"tests/fixtures/clip-tiny",
+                                     "tests/fixtures/siglip-tiny",
+                                     "tests/fixtures/chinese-clip-tiny"};
+  for (int f = 0; f < 3; f++) {
+    vlm_clip *clip = NULL;
+    VLM_CHECK(vlm_clip_load(dirs[f], NULL, &clip));
+    int S = vlm_clip_image_size(clip), D = vlm_clip_dim(clip);
+    char path[256];
+    snprintf(path, sizeof path, "%s/photo_rgb.jpg", dirs[f]);
+    float *pixels = malloc(sizeof(float) * 3 * (size_t)S * S);
+    float *img = malloc(sizeof(float) * (size_t)D);
+    float *q = malloc(sizeof(float) * (size_t)D);
+    VLM_CHECK(vlm_clip_preprocess_file(clip, path, pixels));
+    VLM_CHECK(vlm_clip_encode_pixels(clip, pixels, 1, 0, img));
+    const char *text = "a street";
+    VLM_CHECK(vlm_clip_encode_texts(clip, &text, 1, 0, q));
+    double want = 0;
+    for (int d = 0; d < D; d++)
+      want += (double)img[d] * q[d];
+    vlm_explainer *ex = NULL;
+    VLM_CHECK(vlm_explainer_create(clip, 1, &ex));
+    int g = vlm_explainer_grid(ex);
+    float *map = malloc(sizeof(float) * (size_t)g * g);
+    int siglip = !strcmp(vlm_clip_family(clip), "siglip");
+    for (int m = 0; m < 3; m++) {
+      float score = 0;
+      int rc = vlm_explainer_map(ex, pixels, q, m, map, &score);
+      if (siglip && m == VLM_EXPLAIN_RELEVANCE) {
+        assert_int_equal(rc, VLM_EUNSUPPORTED);
+        continue;
+      }
+      VLM_CHECK(rc);
+      if (fabs(score - want) > 1e-4)
+        fail_msg("%s method %d: score %.6f, engine %.6f", dirs[f], m,
+                 (double)score, want);
+      double total = 0;
+      for (int i = 0; i < g * g; i++) {
+        assert_true(map[i] >= 0);
+        total += map[i];
+      }
+      assert_true(total == 0 || fabs(total - 1) < 1e-4);
+    }
+    print_message("%s: %s, %d x %d grid\n", dirs[f], vlm_clip_family(clip),
+                  g, g);
+    free(map);
+    free(pixels);
+    free(img);
+    free(q);
+    vlm_explainer_free(ex);
+    vlm_clip_free(clip);
+  }
+}
+
 static void test_refusals(void **state) {
   (void)state;
   vlm_clip *clip = NULL;
@@ -805,6 +863,7 @@ int main(void) {
       cmocka_unit_test(test_gradient_siglip),
       cmocka_unit_test(test_png_overlay),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_families),
       cmocka_unit_test(test_square_mass),
       cmocka_unit_test(test_tag),
       cmocka_unit_test(test_cli_and_server),
