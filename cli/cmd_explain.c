@@ -38,9 +38,11 @@ static const char usage[] =
     "  --image FILE    a picture file instead of a stored item\n"
     "  --out FILE.png  the heat map (written to a temporary file, then\n"
     "                  renamed)\n"
-    "  --method M      token (default: gradient x activation per patch\n"
-    "                  token), gradcam (Grad-CAM's channel weights) or\n"
-    "                  relevance (Chefer et al. 2021; CLIP-family towers)\n"
+    "  --method M      auto (default: relevance where the vision tower has\n"
+    "                  a class token, CLIP and Chinese-CLIP, else token),\n"
+    "                  relevance (gradient x attention, Chefer et al.\n"
+    "                  2021), token (gradient x activation per patch\n"
+    "                  token) or gradcam (Grad-CAM's channel weights)\n"
     "  --side PX       the picture's side (default 448, 16..4096)\n"
     "  --grid          print the map's values\n"
     "  --thumb         use the stored thumbnail even when the source exists\n"
@@ -77,7 +79,7 @@ int cmd_explain(int argc, char **argv) {
              *key = NULL, *image = NULL;
   long side = 448, threads = 1;
   int print_grid = 0, use_thumb = 0;
-  vlm_explain_method method = VLM_EXPLAIN_TOKEN;
+  vlm_explain_method method = VLM_EXPLAIN_AUTO;
   static const struct option longopts[] = {
       {"db", required_argument, NULL, 'd'},
       {"out", required_argument, NULL, 'o'},

@@ -2071,7 +2071,7 @@ static int cmd_explain_proc(vlm__ctx *ctx) {
   explain_state *st = job_state(ctx, sizeof *st, free);
   if (!st)
     return -1;
-  st->method = VLM_EXPLAIN_TOKEN;
+  st->method = VLM_EXPLAIN_AUTO;
   st->side = 224;
   if (need_model(ctx, "VLM.EXPLAIN") < 0)
     return -1;
@@ -2101,7 +2101,7 @@ static int cmd_explain_proc(vlm__ctx *ctx) {
            vlm_explain_method_parse(name, &st->method))) {
         char tmp[64];
         vlm__reply_error(ctx->out, "ERR", "VLM.EXPLAIN: unknown METHOD '%s' "
-                         "(TOKEN, GRADCAM or RELEVANCE)",
+                         "(AUTO, RELEVANCE, TOKEN or GRADCAM)",
                          arg_show(m, tmp, sizeof tmp));
         return -1;
       }
@@ -2261,8 +2261,8 @@ static const vlm__command commands[] = {
      "Write a consistent copy of the database to a new directory (on the "
      "server's machine) while serving: batch, items, bytes, seconds."},
     {"VLM.EXPLAIN", cmd_explain_proc, cmd_explain_exec, -5, 0, "embed",
-     "(KEY key | IMAGE bytes) TEXT text [METHOD (TOKEN | GRADCAM | "
-     "RELEVANCE)] [SIDE px]",
+     "(KEY key | IMAGE bytes) TEXT text [METHOD (AUTO | RELEVANCE | TOKEN "
+     "| GRADCAM)] [SIDE px]",
      "Where the picture matches the text: score, grid, map (float32 "
      "bytes, grid x grid, summing to 1) and a heat map PNG."},
     {"VLM.EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",

@@ -125,8 +125,10 @@ int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
                       float *map, float *score) {
   if (!ex || !pixels || !text_vec || !map)
     return vlm_seterr(VLM_EINVAL, "explain: NULL argument");
-  if ((int)method < VLM_EXPLAIN_GRADCAM || (int)method > VLM_EXPLAIN_RELEVANCE)
+  if ((int)method < VLM_EXPLAIN_GRADCAM || (int)method > VLM_EXPLAIN_AUTO)
     return vlm_seterr(VLM_EINVAL, "explain: unknown method %d", (int)method);
+  if (method == VLM_EXPLAIN_AUTO)
+    method = ex->cls ? VLM_EXPLAIN_RELEVANCE : VLM_EXPLAIN_TOKEN;
   if (method == VLM_EXPLAIN_RELEVANCE && !ex->cls)
     return vlm_seterr(VLM_EUNSUPPORTED,
                       "explain: relevance needs a class token (this tower "
@@ -325,14 +327,15 @@ void vlm_explanation_free(vlm_explanation *e) {
 }
 
 int vlm_explain_method_parse(const char *name, vlm_explain_method *out) {
-  static const char *const names[] = {"gradcam", "token", "relevance"};
-  for (int i = 0; i < 3; i++)
+  static const char *const names[] = {"gradcam", "token", "relevance",
+                                      "auto"};
+  for (int i = 0; i < 4; i++)
     if (name && !strcasecmp(name, names[i])) {
       *out = (vlm_explain_method)i;
       return 0;
     }
   return vlm_seterr(VLM_EINVAL,
-                    "explain: unknown method '%s' (gradcam, token or "
-                    "relevance)",
+                    "explain: unknown method '%s' (auto, gradcam, token "
+                    "or relevance)",
                     name ? name : "");
 }

@@ -194,7 +194,9 @@ typedef struct vlm_explainer vlm_explainer;
 typedef enum {
   VLM_EXPLAIN_GRADCAM = 0,
   VLM_EXPLAIN_TOKEN = 1,
-  VLM_EXPLAIN_RELEVANCE = 2
+  VLM_EXPLAIN_RELEVANCE = 2,
+  VLM_EXPLAIN_AUTO = 3 /* relevance where the tower has a class token
+                          (CLIP, Chinese-CLIP), else token (SigLIP) */
 } vlm_explain_method;
 
 /* A copy of clip's vision tower in the trainer's layout (F32; the default
@@ -240,7 +242,8 @@ int vlm_explain_image(const vlm_clip *clip, const void *data, size_t len,
                       const float *text_vec, vlm_explain_method method,
                       int side, int threads, vlm_explanation *out);
 void vlm_explanation_free(vlm_explanation *e);
-/* "gradcam", "token" or "relevance" (any case); VLM_EINVAL otherwise. */
+/* "auto", "gradcam", "token" or "relevance" (any case); VLM_EINVAL
+ * otherwise. */
 int vlm_explain_method_parse(const char *name, vlm_explain_method *out);
 
 #endif
