@@ -21,6 +21,7 @@ static const char usage[] =
     "usage: vlmdb tag --db DIR --field F --labels FILE [--template T]...\n"
     "                 [--score-field F] [--min-score S] [--retag]\n"
     "                 [--batch N] [--model DIR] [--threads N] [--json]\n"
+    "                 [--quiet]\n"
     "\n"
     "Label every item that has an image vector with the best of the labels\n"
     "(one a line in FILE; blank lines and lines starting with # are\n"
@@ -48,6 +49,7 @@ static const char usage[] =
     "  --model DIR       the model, if not where the database says\n"
     "  --threads N       compute threads for the text encoder (0 = all)\n"
     "  --json            print the summary as JSON\n"
+    "  -q, --quiet       no progress display\n"
     "  -h, --help        this help\n"
     "\n"
     "example:\n"
@@ -73,11 +75,12 @@ int cmd_tag(int argc, char **argv) {
       {"model", required_argument, NULL, 'm'},
       {"threads", required_argument, NULL, 'j'},
       {"json", no_argument, NULL, 'J'},
+      {"quiet", no_argument, NULL, 'q'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
   int c;
-  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "qh", longopts, NULL)) != -1) {
     switch (c) {
     case 'd': db_dir = optarg; break;
     case 'f': o.field = optarg; break;
@@ -109,6 +112,7 @@ int cmd_tag(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       break;
     case 'J': json = 1; break;
+    case 'q': o.quiet = 1; break;
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: return vlm_cli_getopt_failed(cmd);
     }
