@@ -24,6 +24,7 @@
 #include "progress.h"
 #include "shard.h"
 #include "vlm_cli.h"
+#include "tag.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_file.h"
@@ -54,6 +55,8 @@ static const char usage[] =
     "                    [--images-root DIR] [--batch N]\n"
     "                    [--threads N] [--upsert] [--strict] [--format F]\n"
     "                    [--model DIR] [--json] [--quiet] [--publish]\n"
+    "                    [--tag-field F --tag-labels FILE [--tag-template T]...\n"
+    "                     [--tag-score-field F] [--tag-min-score S]]\n"
     "\n"
     "Embed and store every row of CATALOG: a JSONL file (.jsonl), a CSV or\n"
     "TSV file with a header (.csv, .tsv), or a directory of images (key =\n"
@@ -81,6 +84,10 @@ static const char usage[] =
     "  --publish           build in DIR.tmp (made by `vlmdb init --db DIR\n"
     "                      --publish`) and rename it to DIR when the run\n"
     "                      ends with status 0; nothing to do when DIR exists\n"
+    "  --tag-field F ...   then tag the items not tagged yet as `vlmdb tag`\n"
+    "                      --field F --labels FILE [--template T]...\n"
+    "                      [--score-field F] [--min-score S] does (its\n"
+    "                      summary goes to stderr)\n"
     "  -h, --help          this help\n"
     "\n"
     "Exit status: 0, or 1 when rows failed and none is stored (by this run\n"
@@ -929,6 +936,9 @@ int cmd_ingest(int argc, char **argv) {
   char tmp_dir[PATH_MAX];
   const char *final_dir = NULL;
   vlm_catalog_format format = VLM_CATALOG_AUTO;
+  vlm_cli_tag_options tag = {0};
+  const char *tag_labels = NULL, *templates[VLM_CLI_TAG_MAX_TEMPLATES];
+  int ntemplates = 0;
   static const struct option longopts[] = {
       {"db", required_argument, NULL, 'd'},
       {"images-root", required_argument, NULL, 'r'},
@@ -942,6 +952,11 @@ int cmd_ingest(int argc, char **argv) {
       {"quiet", no_argument, NULL, 'q'},
       {"publish", no_argument, NULL, 'P'},
       {"embeddings", required_argument, NULL, 'E'},
+      {"tag-field", required_argument, NULL, 'F'},
+      {"tag-labels", required_argument, NULL, 'L'},
+      {"tag-template", required_argument, NULL, 'T'},
+      {"tag-score-field", required_argument, NULL, 'S'},
+      {"tag-min-score", required_argument, NULL, 'M'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -974,6 +989,23 @@ int cmd_ingest(int argc, char **argv) {
       embeddings = optarg;
       format = VLM_CATALOG_EMBEDDINGS;
       break;
+    case 'F': tag.field = optarg; break;
+    case 'L': tag_labels = optarg; break;
+    case 'T':
+      if (ntemplates == VLM_CLI_TAG_MAX_TEMPLATES)
+        return vlm_cli_usage_error(cmd, "at most %d --tag-template",
+                                   VLM_CLI_TAG_MAX_TEMPLATES);
+      templates[ntemplates++] = optarg;
+      break;
+    case 'S': tag.score_field = optarg; break;
+    case 'M': {
+      char *end;
+      tag.min_score = strtod(optarg, &end);
+      if (end == optarg || *end || !(tag.min_score >= 0 && tag.min_score <= 1))
+        return vlm_cli_usage_error(cmd, "--tag-min-score: '%s' is not a "
+                                        "number in [0, 1]", optarg);
+      break;
+    }
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: fputs(usage, stderr); return VLM_EXIT_USAGE;
     }
@@ -1006,6 +1038,19 @@ int cmd_ingest(int argc, char **argv) {
     }
     final_dir = db_dir;
     db_dir = tmp_dir;
+  }
+  if (!tag.field != !tag_labels)
+    return vlm_cli_usage_error(cmd, "--tag-field and --tag-labels go "
+                                    "together");
+  if (tag_labels) {
+    int trc = vlm_cli_tag_read_labels(tag_labels, &tag);
+    if (trc) {
+      vlm_cli_tag_options_free(&tag);
+      return vlm_cli_usage_error(cmd, "%s", vlm_errmsg());
+    }
+    tag.templates = templates;
+    tag.ntemplates = ntemplates;
+    tag.quiet = quiet;
   }
   if (threads < 1)
     threads = 1;
@@ -1129,6 +1174,20 @@ int cmd_ingest(int argc, char **argv) {
     status = VLM_EXIT_RUNTIME;
   else
     status = VLM_EXIT_OK;
+  if (status == VLM_EXIT_OK && tag.field) {
+    vlm_cli_tag_result tres;
+    if ((!ing.clip && vlm_cli_load_model(cmd, ing.db, ing.model_dir, 0,
+                                         &ing.clip)) ||
+        (rc = vlm_cli_tag_run(ing.db, ing.clip, &tag, &tres))) {
+      if (ing.clip)
+        vlm_cli_liberror(cmd, rc);
+      status = VLM_EXIT_RUNTIME;
+    } else {
+      fprintf(stderr, "tag: %ld items tagged, %ld below --tag-min-score, "
+                      "%ld already tagged\n",
+              tres.tagged, tres.uncertain, tres.already);
+    }
+  }
   if (status == VLM_EXIT_OK && final_dir) {
     /* closed (checkpointed) first: the renamed directory is whole */
     vlm_db_close(ing.db);
@@ -1139,6 +1198,7 @@ int cmd_ingest(int argc, char **argv) {
       fprintf(stderr, "vlmdb %s: published %s\n", cmd, final_dir);
   }
 done:
+  vlm_cli_tag_options_free(&tag);
   if (handlers_set) {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);

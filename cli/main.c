@@ -14,6 +14,8 @@ static const vlm_command commands[] = {
     {"ingest", cmd_ingest, "bulk-load a catalog (JSONL, CSV/TSV, directory)"},
     {"search", cmd_search, "search by text, image or stored key"},
     {"sheet", cmd_sheet, "draw search results as a PNG contact sheet"},
+    {"explain", cmd_explain, "draw where a picture matches a text (heat map)"},
+    {"tag", cmd_tag, "fill a field by zero-shot classification"},
     {"eval", cmd_eval, "measure cross-modal Recall@K"},
     {"info", cmd_info, "show a database's counts and configuration"},
     {"get", cmd_get, "print one item by key"},

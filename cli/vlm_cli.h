@@ -42,6 +42,8 @@ int cmd_split(int argc, char **argv);
 int cmd_cluster(int argc, char **argv);
 int cmd_index(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_explain(int argc, char **argv);
+int cmd_tag(int argc, char **argv);
 
 /* Print "vlmdb <cmd>: <message>\n" to stderr (printf format). */
 void vlm_cli_error(const char *cmd, const char *fmt, ...)

@@ -23,6 +23,7 @@
 #include "netint.h"
 #include "vlm_error.h"
 #include "vlm_eval.h"
+#include "vlm_train.h"
 
 #define VLM_SERVER_VERSION "0.1.0"
 
@@ -2764,6 +2765,121 @@ static void cmd_eval_exec(vlm__job *job) {
 }
 
 /* ======================================================================
+ * VLM.EXPLAIN
+ * ==================================================================== */
+
+typedef struct {
+  const char *key;          /* KEY k, or */
+  const void *image;        /* IMAGE bytes (in job->argv) */
+  size_t image_len;
+  vlm_explain_method method;
+  long side;
+} explain_state;
+
+static int cmd_explain_proc(vlm__ctx *ctx) {
+  vlm__job *job = ctx->job;
+  explain_state *st = job_state(ctx, sizeof *st, free);
+  if (!st)
+    return -1;
+  st->method = VLM_EXPLAIN_AUTO;
+  st->side = 224;
+  if (need_model(ctx, "VLM.EXPLAIN") < 0)
+    return -1;
+  int have_text = 0;
+  for (int i = 1; i < ctx->argc; i++) {
+    const vlm__resp_arg *a = &ctx->argv[i];
+    int last = i + 1 >= ctx->argc;
+    if (arg_is(a, "TEXT") && !last) {
+      if (arg_cstr(ctx, &ctx->argv[++i], "text") < 0)
+        return -1;
+      job->embed_text = ctx->argv[i].ptr;
+      have_text = 1;
+    } else if (arg_is(a, "KEY") && !last) {
+      if (arg_cstr(ctx, &ctx->argv[++i], "key") < 0)
+        return -1;
+      st->key = ctx->argv[i].ptr;
+      st->image = NULL;
+    } else if (arg_is(a, "IMAGE") && !last) {
+      st->image = ctx->argv[++i].ptr;
+      st->image_len = ctx->argv[i].len;
+      st->key = NULL;
+    } else if (arg_is(a, "METHOD") && !last) {
+      char name[32];
+      const vlm__resp_arg *m = &ctx->argv[++i];
+      if (m->len >= sizeof name ||
+          (memcpy(name, m->ptr, m->len), name[m->len] = '\0',
+           vlm_explain_method_parse(name, &st->method))) {
+        char tmp[64];
+        vlm__reply_error(ctx->out, "ERR", "VLM.EXPLAIN: unknown METHOD '%s' "
+                         "(AUTO, RELEVANCE, TOKEN or GRADCAM)",
+                         arg_show(m, tmp, sizeof tmp));
+        return -1;
+      }
+    } else if (arg_is(a, "SIDE") && !last) {
+      if (arg_long(ctx, &ctx->argv[++i], 16, 1024, "SIDE", &st->side) < 0)
+        return -1;
+    } else {
+      return syntax_error(ctx, a);
+    }
+  }
+  if (!have_text || (!st->key && !st->image)) {
+    vlm__reply_error(ctx->out, "ERR", "VLM.EXPLAIN needs TEXT text and KEY "
+                     "key or IMAGE bytes");
+    return -1;
+  }
+  return 0;
+}
+
+/* The map of the stored thumbnail (KEY) or the given image: score, grid
+ * side, the map as float32 bytes (grid x grid, row-major, top row first,
+ * summing to 1) and the heat map PNG.  The arguments come in any order
+ * (VLM.EXPLAIN TEXT t KEY k as well); the syntax line starts with the
+ * alternatives so that COMMAND DOCS lists them as separate arguments. */
+static void cmd_explain_exec(vlm__job *job) {
+  explain_state *st = job->state;
+  vlm__buf *out = &job->reply;
+  vlm_record *rec = NULL;
+  const void *data = st->image;
+  size_t len = st->image_len;
+  if (st->key) {
+    int rc = vlm_db_get(job->srv->db, st->key, &rec);
+    if (rc == VLM_ENOTFOUND) {
+      vlm__reply_null(out);
+      return;
+    }
+    if (rc < 0) {
+      reply_liberr(out, rc);
+      return;
+    }
+    if (!rec->thumb) {
+      vlm_record_free(rec);
+      vlm__reply_error(out, "ERR", "VLM.EXPLAIN: the item has no thumbnail");
+      return;
+    }
+    data = rec->thumb;
+    len = rec->thumb_len;
+  }
+  vlm_explanation ex;
+  int rc = vlm_explain_image(job->srv->clip, data, len, job->text_vec,
+                             st->method, (int)st->side, 1, &ex);
+  vlm_record_free(rec);
+  if (rc < 0) {
+    reply_liberr(out, rc);
+    return;
+  }
+  vlm__reply_map(out, 4);
+  vlm__reply_cstr(out, "score");
+  vlm__reply_double(out, ex.score);
+  vlm__reply_cstr(out, "grid");
+  vlm__reply_int(out, ex.grid);
+  vlm__reply_cstr(out, "map");
+  vlm__reply_bulk(out, ex.map, sizeof(float) * (size_t)ex.grid * ex.grid);
+  vlm__reply_cstr(out, "png");
+  vlm__reply_bulk(out, ex.png, ex.png_len);
+  vlm_explanation_free(&ex);
+}
+
+/* ======================================================================
  * The table
  * ==================================================================== */
 
@@ -2869,6 +2985,11 @@ static const vlm__command commands[] = {
      "directory",
      "Write a consistent copy of the database to a new directory (on the "
      "server's machine) while serving: batch, items, bytes, seconds."},
+    {"VLM.EXPLAIN", cmd_explain_proc, cmd_explain_exec, -5, 0, "embed",
+     "(KEY key | IMAGE bytes) TEXT text [METHOD (AUTO | RELEVANCE | TOKEN "
+     "| GRADCAM)] [SIDE px]",
+     "Where the picture matches the text: score, grid, map (float32 "
+     "bytes, grid x grid, summing to 1) and a heat map PNG."},
     {"VLM.EVAL", cmd_eval_proc, cmd_eval_exec, -1, ADMIN, "admin",
      "[K k-list] [DIRECTION (T2I | I2T | BOTH)] [SAMPLE n [SEED s]] [EF ef] "
      "[NPROBE nprobe] [EXACTONLY]",

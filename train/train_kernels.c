@@ -156,10 +156,13 @@ static inline float tk_expf(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
+  /* a NaN x leaves k NaN, whose conversion to int is undefined: take 0
+   * (y is NaN already, so the result stays NaN) */
+  int32_t ki = k == k ? (int32_t)k : 0;
   union {
     int32_t i;
     float f;
-  } scale = {((int32_t)k + 127) << 23};
+  } scale = {(ki + 127) << 23};
   return y * scale.f;
 }
 

@@ -148,7 +148,31 @@ typedef struct {
   /* Add the gradients of the last loss to the gradient arrays (zero them  \
    * first with vlm__tmodel_zero_grads). */                                 \
   void vlm__tmodel_backward_##SFX(vlm__tmodel_##SFX *m);                     \
-  void vlm__tmodel_zero_grads_##SFX(vlm__tmodel_##SFX *m);
+  void vlm__tmodel_zero_grads_##SFX(vlm__tmodel_##SFX *m);                  \
+  /* Explanation (Grad-CAM on the token grid), after an images call of B  \
+   * images, with the score s = sum_b <emb_b, q> for a normalized text     \
+   * vector q[D]: the input of the vision tower's last block [B*T, C]      \
+   * (normed = 0) or its first LayerNorm's output (normed = 1; the class   \
+   * token first for CLIP; borrowed, valid until the next call), and the   \
+   * gradients of s with respect to both into grad and grad_normed [B*T,  \
+   * C] (either may be NULL; no weight gradient is touched; the model      \
+   * needs with_grads).  The vision tower must have a layer. */             \
+  const real *vlm__tmodel_image_block_input_##SFX(                           \
+      const vlm__tmodel_##SFX *m, int normed);                               \
+  void vlm__tmodel_image_block_grad_##SFX(vlm__tmodel_##SFX *m,              \
+                                          const real *q, real *grad,         \
+                                          real *grad_normed);                \
+  /* s recomputed with tokens[B*T, C] as the last block's input (normed =  \
+   * 0) or its first norm's output (normed = 1), for the finite-difference \
+   * checks; overwrites the activations. */                                 \
+  real vlm__tmodel_image_score_from_block_##SFX(                             \
+      vlm__tmodel_##SFX *m, const real *tokens, int normed, const real *q);   \
+  /* Gradient x attention relevance (Chefer et al., ICCV 2021) of the     \
+   * class token to every token, rel[B*T], after an images call, for the  \
+   * score against q[D].  -1: the tower has no class token (SigLIP) or is  \
+   * post-LN; -2: out of memory. */                                         \
+  int vlm__tmodel_image_relevance_##SFX(vlm__tmodel_##SFX *m, const real *q, \
+                                        real *rel);
 
 VLM__TM_DECLARE(float, f32)
 VLM__TM_DECLARE(double, f64)

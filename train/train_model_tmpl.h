@@ -20,6 +20,8 @@
 /* One encoder tower's activations for up to N rows. */
 typedef struct {
   int C, H, M, layers, act, causal;
+  int keep_ln1; /* tower_forward's first layer keeps its ln1 (the
+                   explanation's finite differences) */
   int post_ln; /* BERT: ln1/ln2 hold the sums before the norms, x1 the
                   first norm's output (see tower_forward) */
   real eps;
@@ -65,6 +67,9 @@ struct TM_CAT(vlm__tmodel, SFX) {
   real *d_res, *d_c, *d_qkv, *d_m, *d_probs, *d_u;
   real *d_pool, *d_post, *d_proj, *d_emb, *d_embn_img, *d_embn_txt;
   real *d_h1, *d_h2, *d_hq;
+  /* explanation: when set, the pre-LN blocks' backward keeps each layer's
+   * d(attention output) here ([layers][N, C]) */
+  real *d_att_keep;
 };
 
 typedef struct TM_CAT(vlm__tmodel, SFX) TMS(model);
@@ -336,11 +341,12 @@ static real *TMS(lora_u)(TMS(model) *m, TMS(tower) *t, int l, int which) {
  * Post-LN (BERT), the same buffers holding:
  *   ln1 = x + O(attn(QKV(x))); x1 = LN1(ln1); ln2 = x1 + fc2(act(fc1(x1)));
  *   xo = LN2(ln2) */
-static void TMS(tower_forward)(TMS(model) *m, TMS(tower) *t, int64_t N) {
+static void TMS(tower_forward)(TMS(model) *m, TMS(tower) *t, int64_t N,
+                                int from) {
   int C = t->C, M = t->M;
   const real *p = m->p;
   int lora = m->L->lora_rank > 0, post = t->post_ln;
-  for (int l = 0; l < t->layers; l++) {
+  for (int l = from; l < t->layers; l++) {
     const vlm__tlayer *o = &t->off[l];
     real *x = t->x + l * t->N * C, *xo = t->x + (l + 1) * t->N * C;
     real *ln1 = t->ln1 + l * t->N * C, *qkv = t->qkv + l * t->N * 3 * C;
@@ -352,8 +358,9 @@ static void TMS(tower_forward)(TMS(model) *m, TMS(tower) *t, int64_t N) {
     real *mean2 = t->mean2 + l * t->N, *rstd2 = t->rstd2 + l * t->N;
     const real *ain = x; /* the attention's input */
     if (!post) {
-      K(layernorm_forward)(m->pool, ln1, mean1, rstd1, x, p + o->ln1_w,
-                           p + o->ln1_b, (int)N, C, t->eps);
+      if (!(t->keep_ln1 && l == from))
+        K(layernorm_forward)(m->pool, ln1, mean1, rstd1, x, p + o->ln1_w,
+                             p + o->ln1_b, (int)N, C, t->eps);
       ain = ln1;
     }
     K(linear_forward)(m->pool, qkv, ain, p + o->qkv_w, p + o->qkv_b, (int)N, C,
@@ -442,6 +449,8 @@ static void TMS(block_backward_pre)(TMS(model) *m, TMS(tower) *t, int l,
   if (lora)
     TMS(lora_bwd)(m, dc, dres, C, att, (int)N, C, C, o->lora_a[VLM__LORA_O],
                   o->lora_b[VLM__LORA_O], TMS(lora_u)(m, t, l, VLM__LORA_O));
+  if (m->d_att_keep)
+    memcpy(m->d_att_keep + l * t->N * C, dc, sizeof(real) * N * C);
   K(attention_backward)(m->pool, dqkv, m->d_probs, dc, qkv, probs, &t->seqs,
                         C, t->H);
   K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->qkv_w),
@@ -582,6 +591,8 @@ static void TMS(head_backward)(TMS(model) *m, int B) {
                      p + o->qkv_w + (size_t)C * C, B * T, C, 2 * C);
 }
 
+static void TMS(vision_tail)(TMS(model) *m, int B);
+
 void TM(images)(TMS(model) *m, const real *pixels, int B, real *emb) {
   const vlm__tlayout *L = m->L;
   const vlm__clip_config *c = &L->cfg;
@@ -616,7 +627,23 @@ void TM(images)(TMS(model) *m, const real *pixels, int B, real *emb) {
                          p + L->pre_ln_w, p + L->pre_ln_b, (int)N, C,
                          c->vision_eps);
   }
-  TMS(tower_forward)(m, t, N);
+  TMS(tower_forward)(m, t, N, 0);
+  TMS(vision_tail)(m, B);
+  if (emb)
+    memcpy(emb, m->vemb_n, sizeof(real) * B * D);
+}
+
+/* The vision tower after its blocks, for the B images whose last block
+ * output is in the tower: post-norm, then the class row (CLIP,
+ * Chinese-CLIP) or SigLIP's head, the projection and the L2 norm. */
+static void TMS(vision_tail)(TMS(model) *m, int B) {
+  const vlm__tlayout *L = m->L;
+  const vlm__clip_config *c = &L->cfg;
+  const real *p = m->p;
+  int T = L->vision_tokens, C = c->vision_width, D = c->projection_dim;
+  const int siglip = c->family == VLM__FAMILY_SIGLIP;
+  TMS(tower) *t = &m->vis;
+  int64_t N = (int64_t)B * T;
   const real *last = t->x + (int64_t)t->layers * t->N * C;
   if (siglip) {
     K(layernorm_forward)(m->pool, m->vpost, m->vpost_mean, m->vpost_rstd,
@@ -632,8 +659,6 @@ void TM(images)(TMS(model) *m, const real *pixels, int B, real *emb) {
                       D);
   }
   K(l2norm_forward)(m->vemb_n, m->vnorm, m->vproj, B, D);
-  if (emb)
-    memcpy(emb, m->vemb_n, sizeof(real) * B * D);
 }
 
 void TM(texts)(TMS(model) *m, const vlm__ttexts *tx, real *emb) {
@@ -677,7 +702,7 @@ void TM(texts)(TMS(model) *m, const vlm__ttexts *tx, real *emb) {
     K(text_embed_forward)(m->pool, t->x, m->tids, m->tpos, p + L->tok,
                           p + L->tpos, (int)N, C);
   }
-  TMS(tower_forward)(m, t, N);
+  TMS(tower_forward)(m, t, N, 0);
   K(gather_rows)(m->tpool_, t->x + (int64_t)t->layers * t->N * C, m->tidx, B,
                  C);
   const real *pooled = m->tpool_;
@@ -704,6 +729,37 @@ real TM(loss)(TMS(model) *m) {
   return K(clip_loss_forward)(m->probs_row, m->probs_col, m->vemb_n,
                               m->temb_n, m->p[m->L->logit_scale], m->nimg,
                               m->L->cfg.projection_dim);
+}
+
+/* d_embn_img holds d(the normalized image embeddings) [B, D]; on return
+ * d_res holds d(the vision tower's last block output) [B*T, C]. */
+static void TMS(vision_tail_backward)(TMS(model) *m, int B) {
+  const vlm__tlayout *L = m->L;
+  const vlm__clip_config *c = &L->cfg;
+  const real *p = m->p;
+  int C = c->vision_width, T = L->vision_tokens, D = c->projection_dim;
+  const int siglip = c->family == VLM__FAMILY_SIGLIP;
+  TMS(tower) *t = &m->vis;
+  int64_t N = (int64_t)B * T;
+  K(l2norm_backward)(m->d_proj, m->d_embn_img, m->vemb_n, m->vnorm, B, D);
+  memset(m->d_res, 0, sizeof(real) * N * C);
+  if (siglip) {
+    TMS(head_backward)(m, B);
+    K(layernorm_backward)(m->pool, m->d_res, TMS(gw)(m, L->post_ln_w),
+                          TMS(gw)(m, L->post_ln_b), m->d_c,
+                          t->x + (int64_t)t->layers * t->N * C,
+                          p + L->post_ln_w, m->vpost_mean, m->vpost_rstd,
+                          (int)N, C);
+  } else {
+    K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->vproj), NULL,
+                       m->d_proj, m->vpost, p + L->vproj, B, C, D);
+    memset(m->d_pool, 0, sizeof(real) * B * C);
+    K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->post_ln_w),
+                          TMS(gw)(m, L->post_ln_b), m->d_post, m->vpool,
+                          p + L->post_ln_w, m->vpost_mean, m->vpost_rstd, B,
+                          C);
+    K(scatter_rows)(m->d_res, m->d_pool, m->vidx, B, C);
+  }
 }
 
 void TM(backward)(TMS(model) *m) {
@@ -767,25 +823,7 @@ void TM(backward)(TMS(model) *m) {
     TMS(tower) *t = &m->vis;
     int C = c->vision_width, T = L->vision_tokens;
     int64_t N = (int64_t)B * T;
-    K(l2norm_backward)(m->d_proj, m->d_embn_img, m->vemb_n, m->vnorm, B, D);
-    memset(m->d_res, 0, sizeof(real) * N * C);
-    if (siglip) {
-      TMS(head_backward)(m, B);
-      K(layernorm_backward)(m->pool, m->d_res, TMS(gw)(m, L->post_ln_w),
-                            TMS(gw)(m, L->post_ln_b), m->d_c,
-                            t->x + (int64_t)t->layers * t->N * C,
-                            p + L->post_ln_w, m->vpost_mean, m->vpost_rstd,
-                            (int)N, C);
-    } else {
-      K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->vproj), NULL,
-                         m->d_proj, m->vpost, p + L->vproj, B, C, D);
-      memset(m->d_pool, 0, sizeof(real) * B * C);
-      K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->post_ln_w),
-                            TMS(gw)(m, L->post_ln_b), m->d_post, m->vpool,
-                            p + L->post_ln_w, m->vpost_mean, m->vpost_rstd, B,
-                            C);
-      K(scatter_rows)(m->d_res, m->d_pool, m->vidx, B, C);
-    }
+    TMS(vision_tail_backward)(m, B);
     TMS(tower_backward)(m, t, N);
     if (TMS(gw)(m, L->patch_w)) {
       int np = T - L->vision_cls;
@@ -809,6 +847,122 @@ void TM(backward)(TMS(model) *m) {
                               m->patches, B, c->image_size, c->patch_size, C);
     }
   }
+}
+
+/* ---- explanation: the score's gradient at the last block's input ---- */
+
+const real *TM(image_block_input)(const TMS(model) *m, int normed) {
+  const TMS(tower) *t = &m->vis;
+  return (normed ? t->ln1 : t->x) + (int64_t)(t->layers - 1) * t->N * t->C;
+}
+
+void TM(image_block_grad)(TMS(model) *m, const real *q, real *grad,
+                          real *grad_normed) {
+  const vlm__tlayout *L = m->L;
+  int B = m->nimg, D = L->cfg.projection_dim;
+  TMS(tower) *t = &m->vis;
+  int64_t N = (int64_t)B * L->vision_tokens;
+  int frozen = m->frozen;
+  m->frozen = 1; /* no weight gradients: only the activations' */
+  for (int b = 0; b < B; b++)
+    memcpy(m->d_embn_img + (int64_t)b * D, q, sizeof(real) * D);
+  TMS(vision_tail_backward)(m, B);
+  TMS(block_backward_pre)(m, t, t->layers - 1, N);
+  /* the first norm's output feeds only q, k and v: d_c holds all of its
+   * gradient */
+  if (grad)
+    memcpy(grad, m->d_res, sizeof(real) * N * t->C);
+  if (grad_normed)
+    memcpy(grad_normed, m->d_c, sizeof(real) * N * t->C);
+  m->frozen = frozen;
+}
+
+real TM(image_score_from_block)(TMS(model) *m, const real *tokens,
+                                int normed, const real *q) {
+  const vlm__tlayout *L = m->L;
+  int B = m->nimg, D = L->cfg.projection_dim;
+  TMS(tower) *t = &m->vis;
+  int64_t N = (int64_t)B * L->vision_tokens;
+  memcpy((normed ? t->ln1 : t->x) + (int64_t)(t->layers - 1) * t->N * t->C,
+         tokens, sizeof(real) * N * t->C);
+  t->keep_ln1 = normed;
+  TMS(tower_forward)(m, t, N, t->layers - 1);
+  t->keep_ln1 = 0;
+  TMS(vision_tail)(m, B);
+  real s = 0;
+  for (int b = 0; b < B; b++)
+    for (int d = 0; d < D; d++)
+      s += m->vemb_n[(int64_t)b * D + d] * q[d];
+  return s;
+}
+
+/* Chefer, Gur and Wolf (ICCV 2021), eq. 5-6, on the class row: for each
+ * layer A-bar = mean over heads of ReLU(dS/dP (.) P) and R <- R + A-bar R
+ * from R = I; rel[b*T + j] = R[cls, j].  Only the class row of R is
+ * needed, so r <- r + r A-bar from the last layer down. */
+int TM(image_relevance)(TMS(model) *m, const real *q, real *rel) {
+  const vlm__tlayout *L = m->L;
+  int B = m->nimg, D = L->cfg.projection_dim, T = L->vision_tokens;
+  TMS(tower) *t = &m->vis;
+  if (!L->vision_cls || t->post_ln)
+    return -1;
+  int C = t->C, H = t->H, hd = C / H;
+  int64_t N = (int64_t)B * T;
+  real *keep = malloc(sizeof(real) * (size_t)t->layers * t->N * C);
+  real *abar = malloc(sizeof(real) * (size_t)T * T);
+  real *r = malloc(sizeof(real) * (size_t)T);
+  if (!keep || !abar || !r) {
+    free(keep);
+    free(abar);
+    free(r);
+    return -2;
+  }
+  int frozen = m->frozen;
+  m->frozen = 1;
+  for (int b = 0; b < B; b++)
+    memcpy(m->d_embn_img + (int64_t)b * D, q, sizeof(real) * D);
+  TMS(vision_tail_backward)(m, B);
+  m->d_att_keep = keep;
+  TMS(tower_backward)(m, t, N);
+  m->d_att_keep = NULL;
+  m->frozen = frozen;
+  for (int b = 0; b < B; b++) {
+    real *rb = rel + (int64_t)b * T;
+    for (int j = 0; j < T; j++)
+      rb[j] = j == 0;
+    for (int l = t->layers - 1; l >= 0; l--) {
+      memset(abar, 0, sizeof(real) * (size_t)T * T);
+      const real *qkv = t->qkv + l * t->N * 3 * C + (int64_t)b * T * 3 * C;
+      const real *dO = keep + l * t->N * C + (int64_t)b * T * C;
+      for (int h = 0; h < H; h++) {
+        const real *P = t->probs + l * t->probs_size + t->seqs.prob_off[b] +
+                        (int64_t)h * T * T;
+        for (int i = 0; i < T; i++)
+          for (int j = 0; j < T; j++) {
+            const real *o = dO + (int64_t)i * C + h * hd;
+            const real *v = qkv + (int64_t)j * 3 * C + 2 * C + h * hd;
+            real dp = 0;
+            for (int k = 0; k < hd; k++)
+              dp += o[k] * v[k];
+            real a = dp * P[(int64_t)i * T + j];
+            if (a > 0)
+              abar[(int64_t)i * T + j] += a / H;
+          }
+      }
+      for (int j = 0; j < T; j++) {
+        real acc = 0;
+        for (int i = 0; i < T; i++)
+          acc += rb[i] * abar[(int64_t)i * T + j];
+        r[j] = acc;
+      }
+      for (int j = 0; j < T; j++)
+        rb[j] += r[j];
+    }
+  }
+  free(keep);
+  free(abar);
+  free(r);
+  return 0;
 }
 
 #undef TM_CAT2

@@ -171,4 +171,79 @@ void vlm_train_options_default(vlm_train_options *opts);
 int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res);
 void vlm_train_result_free(vlm_train_result *res); /* accepts zeroed */
 
+/* ---- explaining a match ------------------------------------------------
+ *
+ * Which regions of an image drive its score against a text: Grad-CAM
+ * (Selvaraju et al., ICCV 2017) on the vision transformer's token grid, as
+ * pytorch-grad-cam applies it to ViTs.  The score is the cosine s = <v, q>
+ * of the image's normalized embedding v and a normalized text vector q.
+ * A = the input of the vision tower's last block (its patch rows, the
+ * class row left out), G = ds/dA through the trainer's hand-written
+ * backward pass (the same code that trains, float; tests check the double
+ * build against finite differences).  Then, per patch i:
+ *   VLM_EXPLAIN_GRADCAM: w_c = mean_i G_ic, map_i = ReLU(sum_c w_c A_ic)
+ *   VLM_EXPLAIN_TOKEN:   map_i = ReLU(sum_c G_ic A_ic)   (gradient x
+ *                        activation per token, each token its own weights)
+ * normalized to sum 1 (all zero when nothing is positive).  The last
+ * block's input, not its output: CLIP pools the class row of the output,
+ * so the output's patch rows have no gradient at all. */
+#include "vlm_clip.h"
+
+typedef struct vlm_explainer vlm_explainer;
+
+typedef enum {
+  VLM_EXPLAIN_GRADCAM = 0,
+  VLM_EXPLAIN_TOKEN = 1,
+  VLM_EXPLAIN_RELEVANCE = 2,
+  VLM_EXPLAIN_AUTO = 3 /* relevance where the tower has a class token
+                          (CLIP, Chinese-CLIP), else token (SigLIP) */
+} vlm_explain_method;
+
+/* A copy of clip's vision tower in the trainer's layout (F32; the default
+ * model's takes about 12 MB) with activations for one image.  clip is only
+ * read during the call.  threads: compute threads (0 = 1).  One thread at
+ * a time may use an explainer.  Errors: VLM_ENOMEM, VLM_EUNSUPPORTED (a
+ * vision tower without layers), VLM_EMISMATCH (a tensor of another
+ * size). */
+int vlm_explainer_create(const vlm_clip *clip, int threads,
+                         vlm_explainer **out);
+void vlm_explainer_free(vlm_explainer *ex); /* accepts NULL */
+/* The grid side g: maps hold g x g values, row-major, top row first. */
+int vlm_explainer_grid(const vlm_explainer *ex);
+/* The map of pixels[3*S*S] (vlm_clip_preprocess's output) for the
+ * normalized text vector text_vec[dim] into map[g*g]; *score (may be NULL)
+ * gets the cosine.  VLM_EINVAL for a NULL argument or an unknown method,
+ * VLM_ENUMERIC for a non-finite result. */
+int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
+                      const float *text_vec, vlm_explain_method method,
+                      float *map, float *score);
+
+/* The picture as the model saw it (img cut to its centred square, or
+ * squashed to a square when squash is set, as SigLIP's processor does),
+ * resized to side x side, with map[grid*grid] upsampled bilinearly,
+ * coloured (blue low, red high, scaled to the map's maximum) and blended
+ * at half strength over it, as a PNG into *png (malloc'd; free()).
+ * side 16..4096.  VLM_EINVAL for bad arguments. */
+int vlm_explain_png(const vlm_image *img, int squash, const float *map,
+                    int grid, int side, uint8_t **png, size_t *len);
+
+/* Everything at once, for the command line and the server: decode and
+ * preprocess the encoded image data[len] as clip does, map it for
+ * text_vec, and draw the PNG (side x side).  The result owns its
+ * buffers: free with vlm_explanation_free (accepts zeroed). */
+typedef struct {
+  int grid;      /* the map is grid x grid, row-major, top row first */
+  float *map;    /* sums to 1 (or all 0) */
+  float score;   /* the cosine of the image and the text */
+  uint8_t *png;
+  size_t png_len;
+} vlm_explanation;
+int vlm_explain_image(const vlm_clip *clip, const void *data, size_t len,
+                      const float *text_vec, vlm_explain_method method,
+                      int side, int threads, vlm_explanation *out);
+void vlm_explanation_free(vlm_explanation *e);
+/* "auto", "gradcam", "token" or "relevance" (any case); VLM_EINVAL
+ * otherwise. */
+int vlm_explain_method_parse(const char *name, vlm_explain_method *out);
+
 #endif
