@@ -1472,7 +1472,7 @@ done:
 static int search_after(vlm__job *job) {
   search_state *st = job->state;
   vlm_server *srv = job->srv;
-  enum { MAXARGS = 20 + MAX_RETURN };
+  enum { MAXARGS = 32 + MAX_RETURN }; /* 24 for the options, the fields */
   const char *argv[MAXARGS];
   size_t lens[MAXARGS];
   char kbuf[16], efbuf[16], npbuf[16], nbuf[16];
@@ -1505,6 +1505,12 @@ static int search_after(vlm__job *job) {
   }
   if (st->opts.exact)
     CARG("EXACT");
+  char msbuf[32];
+  if (st->opts.use_min_score) { /* each shard's floor: the merged top K */
+    snprintf(msbuf, sizeof msbuf, "%.9g", (double)st->opts.min_score);
+    CARG("MINSCORE");
+    CARG(msbuf);
+  }
   char wbuf[32];
   if (st->opts.hybrid_text) {
     CARG("HYBRID");

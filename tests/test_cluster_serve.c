@@ -937,6 +937,8 @@ static void test_search_equals_single_database(void **state) {
       {"K", "300", "EXACT", NULL},
       {"K", "12", "FILTER", "key LIKE '{group}%'", "RETURN", "1", "meta",
        NULL},
+      {"K", "40", "MINSCORE", "0.05", NULL},
+      {"MINSCORE", "0.2", "FILTER", "year >= 2000", NULL},
   };
   enum { NVARIANTS = sizeof variants / sizeof variants[0] };
   uint64_t seed = 4242;
@@ -1004,6 +1006,9 @@ static void test_search_equals_single_database(void **state) {
   freeReplyObject(want);
   freeReplyObject(got);
   expect_error(cmd(nodes[0], "SEARCH TEXT x COLLAPSE 0.9"),
+               "not coordinated");
+  expect_error(cmd(nodes[0], "SEARCH TEXT x OFFSET 5"), "not coordinated");
+  expect_error(cmd(nodes[0], "SEARCH TEXT x GROUPBY year"),
                "not coordinated");
   expect_error(cmd(nodes[0], "SEARCH TEXT x RANKINGS"), "syntax error");
   expect_error(cmd(nodes[0], "VLM.LOCAL SEARCH TEXT x RANKINGS"),
