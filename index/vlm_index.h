@@ -41,11 +41,13 @@
  * - tuning: ef_search (HNSW, default 16, FAISS's) and nprobe (IVF, default
  *   the index's nprobe, 1 unless the factory string set it) apply to one
  *   call only, so searches with different parameters may run concurrently.
- *   Over Debian's FAISS 1.7.3 the shim has to set HNSW's efSearch on the
- *   index for the duration of a search (1.7.3 ignores the per-call value
- *   for its queue size): concurrent HNSW searches with the same ef_search
- *   run in parallel, ones with different values take turns.  A real
- *   libfaiss_c >= 1.7.4 needs none of that.
+ *   Over Debian's FAISS 1.7.3 (which ignores the per-call value for its
+ *   queue size) the shim runs one-query HNSW searches itself, with the
+ *   call's ef_search and a visited table kept per thread, so they all run
+ *   in parallel whatever their ef_search; multi-query calls go to FAISS
+ *   with efSearch set on the index for their duration: those with the
+ *   same ef_search run in parallel, ones with different values take
+ *   turns.  A real libfaiss_c >= 1.7.4 needs none of that.
  * - PQ: "PQ{m}" is built as FAISS's "PQ{m}np" (no polysemous training,
  *   which costs minutes and serves only polysemous search, unused here).
  *   PQ codes are lossy: recall@10 of IVF..,PQ.. plateaus well below 1.
