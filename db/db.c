@@ -1693,6 +1693,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
     info->tombstones += vx->ntomb;
     info->tuned_effort[m] = vx->tuned;
     info->tuned_at[m] = vx->tuned_n;
+    info->tuned_recall[m] = vx->tuned_recall;
+    info->tuned_queries[m] = vx->tuned_queries;
     int64_t pending = vx->nlive - (count - vx->ntomb);
     int64_t published = m == 0 ? info->image_vectors : info->text_vectors;
     pending += published - vx->nlive; /* not yet seen by the index side */

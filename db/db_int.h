@@ -71,6 +71,8 @@ typedef struct {
   uint64_t upto;   /* items with id < upto are in it (when live) */
   int tuned;       /* the index's tuned search effort, 0 if none */
   int64_t tuned_n; /* ... measured at this many vectors */
+  double tuned_recall; /* ... and the recall@10 measured at it */
+  int tuned_queries;   /* ... over this many held-out queries */
 } vlm__ckpt;
 
 typedef struct {
@@ -329,6 +331,8 @@ typedef struct {
   int tuned;           /* efSearch/nprobe meeting the recall target on a
                           sample (tune.c); 0 = not tuned yet */
   int64_t tuned_n;     /* nlive when tuned */
+  double tuned_recall; /* recall@10 measured at tuned (held-out queries) */
+  int tuned_queries;   /* how many queries measured it */
 } vlm__vindex;
 
 int vlm__vindex_open(vlm_db *db);

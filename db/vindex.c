@@ -501,6 +501,8 @@ static int load_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
   vx->upto = c->upto;
   vx->tuned = c->tuned;
   vx->tuned_n = c->tuned_n;
+  vx->tuned_recall = c->tuned_recall;
+  vx->tuned_queries = c->tuned_queries;
   return 0;
 fail:
   free(ch);
@@ -711,15 +713,19 @@ static int checkpoint_locked(vlm_db *db, int force) {
       continue;
     }
     if (!force && c->file[0] && c->seq == db->ix_seq && c->upto == vx->upto) {
-      if (c->tuned != vx->tuned) {
+      if (c->tuned != vx->tuned || c->tuned_n != vx->tuned_n) {
         c->tuned = vx->tuned;
         c->tuned_n = vx->tuned_n;
+        c->tuned_recall = vx->tuned_recall;
+        c->tuned_queries = vx->tuned_queries;
         changed = 1;
       }
       continue;
     }
     c->tuned = vx->tuned;
     c->tuned_n = vx->tuned_n;
+    c->tuned_recall = vx->tuned_recall;
+    c->tuned_queries = vx->tuned_queries;
     char n[32], path[PATH_MAX];
     nonce(n, sizeof n);
     snprintf(c->file, sizeof c->file, "%s-%llu-%s.faiss", mod_name[m],
@@ -857,6 +863,8 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory) {
     fresh[m] = swap_index(db, m, fresh[m], upto[m]); /* the old: freed below */
     db->vx[m].tuned = 0; /* another kind of index: tuned below */
     db->vx[m].tuned_n = 0;
+    db->vx[m].tuned_recall = 0;
+    db->vx[m].tuned_queries = 0;
   }
   strcpy(db->man.factory, factory);
   pthread_rwlock_unlock(&db->index_lock);

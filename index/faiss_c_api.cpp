@@ -93,6 +93,13 @@ thread_local std::exception_ptr faiss_last_exception;
 
 namespace {
 
+/* SearchParametersHNSW that also hide one vertex from a one-query walk
+ * (vlm_faiss_SearchParametersHNSW_new_hiding): hidden is the caller's id
+ * on an IndexIDMap, the sub-index's sequential id below it. */
+struct SearchParametersHNSWHiding : SearchParametersHNSW {
+    faiss::Index::idx_t hidden = -1;
+};
+
 /* Selects sub-index id i iff the caller's selector selects id_map[i]. */
 struct IDSelectorTranslated : faiss::IDSelector {
     const std::vector<faiss::Index::idx_t>& id_map;
@@ -436,6 +443,7 @@ void hnsw_greedy_descent(
         const faiss::HNSW& hnsw,
         HNSWQueryDistance& dis,
         int level,
+        storage_idx_t hidden,
         storage_idx_t& nearest,
         float& d_nearest) {
     for (;;) {
@@ -446,6 +454,8 @@ void hnsw_greedy_descent(
             storage_idx_t v = hnsw.neighbors[j];
             if (v < 0)
                 break;
+            if (v == hidden)
+                continue;
             float d = dis(v);
             if (d < d_nearest) {
                 nearest = v;
@@ -464,6 +474,7 @@ void hnsw_search_level0(
         HNSWQueryDistance& dis,
         const SearchParametersHNSW& params,
         int k,
+        storage_idx_t hidden,
         faiss::HNSW::MinimaxHeap& candidates,
         faiss::VisitedTable& visited,
         faiss::Index::idx_t* I,
@@ -471,7 +482,7 @@ void hnsw_search_level0(
     const faiss::IDSelector* sel = params.sel;
     int nres = 0;
     auto offer = [&](storage_idx_t v, float d) {
-        if (sel && !sel->is_member(v))
+        if (v == hidden || (sel && !sel->is_member(v)))
             return;
         if (nres < k)
             faiss::maxheap_push(++nres, D, I, d, (faiss::Index::idx_t)v);
@@ -526,8 +537,13 @@ void hnsw_search_one(
         Index::idx_t k,
         float* distances,
         Index::idx_t* labels,
-        const SearchParametersHNSW& params) {
+        const SearchParametersHNSW& params,
+        Index::idx_t hidden_id) {
     FAISS_THROW_IF_NOT(k > 0 && k <= INT32_MAX);
+    /* The hidden vertex is never offered and never expanded; only when
+     * it is the entry point does the walk start from it. */
+    storage_idx_t hidden =
+            hidden_id >= 0 && hidden_id < index.ntotal ? hidden_id : -1;
     const faiss::HNSW& hnsw = index.hnsw;
     std::unique_ptr<faiss::DistanceComputer> dc(
             index.storage->get_distance_computer());
@@ -542,7 +558,7 @@ void hnsw_search_one(
         storage_idx_t nearest = hnsw.entry_point;
         float d_nearest = dis(nearest);
         for (int level = hnsw.max_level; level >= 1; level--)
-            hnsw_greedy_descent(hnsw, dis, level, nearest, d_nearest);
+            hnsw_greedy_descent(hnsw, dis, level, hidden, nearest, d_nearest);
         int queue = std::max(params.efSearch, (int)k);
         if (s.candidates.n != queue) {
             s.candidates.n = queue;
@@ -551,9 +567,11 @@ void hnsw_search_one(
         }
         s.candidates.clear();
         s.candidates.push(nearest, d_nearest);
+        if (hidden >= 0)
+            s.visited.set(hidden);
         hnsw_search_level0(
-                hnsw, dis, params, (int)k, s.candidates, s.visited, labels,
-                distances);
+                hnsw, dis, params, (int)k, hidden, s.candidates, s.visited,
+                labels, distances);
         s.visited.advance();
     }
     faiss::maxheap_reorder(k, distances, labels);
@@ -580,7 +598,10 @@ void search_maybe_hnsw(
         return;
     }
     if (n == 1 && hnsw_own_search_applies(*hnsw_index)) {
-        hnsw_search_one(*hnsw_index, x, k, distances, labels, *hp);
+        auto* hiding = dynamic_cast<const SearchParametersHNSWHiding*>(hp);
+        hnsw_search_one(
+                *hnsw_index, x, k, distances, labels, *hp,
+                hiding ? hiding->hidden : -1);
         return;
     }
     auto& hnsw = const_cast<faiss::HNSW&>(hnsw_index->hnsw);
@@ -599,7 +620,9 @@ SearchParameters* copy_params_with_sel(
         const SearchParameters* params,
         faiss::IDSelector* sel) {
     SearchParameters* copy;
-    if (auto* p = dynamic_cast<const SearchParametersHNSW*>(params)) {
+    if (auto* p = dynamic_cast<const SearchParametersHNSWHiding*>(params)) {
+        copy = new SearchParametersHNSWHiding(*p);
+    } else if (auto* p = dynamic_cast<const SearchParametersHNSW*>(params)) {
         copy = new SearchParametersHNSW(*p);
     } else if (auto* p = dynamic_cast<const SearchParametersIVF*>(params)) {
         copy = new SearchParametersIVF(*p);
@@ -624,6 +647,13 @@ void idmap_search(
     IDSelectorTranslated translated(idmap->id_map, params->sel);
     std::unique_ptr<SearchParameters> sub(copy_params_with_sel(
             params, params->sel ? &translated : nullptr));
+    if (auto* h = dynamic_cast<SearchParametersHNSWHiding*>(sub.get())) {
+        /* the caller's id to the sub-index's (a linear scan: hiding is
+         * for measuring, not for serving) */
+        auto it = std::find(
+                idmap->id_map.begin(), idmap->id_map.end(), h->hidden);
+        h->hidden = it == idmap->id_map.end() ? -1 : it - idmap->id_map.begin();
+    }
     search_maybe_hnsw(idmap->index, n, x, k, distances, labels, sub.get());
     for (Index::idx_t i = 0; i < n * k; i++) {
         if (labels[i] >= 0) {
@@ -906,6 +936,22 @@ int faiss_SearchParametersHNSW_new_with(
         sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
         sp->efSearch = efSearch;
         *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(sp);
+    }
+    VLM_CATCH
+}
+
+int vlm_faiss_SearchParametersHNSW_new_hiding(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel,
+        int efSearch,
+        idx_t hidden_id) {
+    try {
+        auto* sp = new SearchParametersHNSWHiding;
+        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
+        sp->efSearch = efSearch;
+        sp->hidden = hidden_id;
+        *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
+                static_cast<SearchParametersHNSW*>(sp));
     }
     VLM_CATCH
 }

@@ -107,4 +107,21 @@ int faiss_IDSelectorBitmap_new(
 #endif
 
 #endif /* VLM_FAISS_REAL_CAPI */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* vlmdb's own (index/faiss_c_api.cpp, not upstream): HNSW parameters whose
+ * one-query search acts as if the vector with the caller's id hidden_id
+ * were not in the graph.  The C API over Debian's FAISS only. */
+int vlm_faiss_SearchParametersHNSW_new_hiding(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel,
+        int efSearch,
+        idx_t hidden_id);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

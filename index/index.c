@@ -334,7 +334,13 @@ static int make_params(const vlm_index *index, const vlm_index_params *p,
   } else if (index->kind == KIND_HNSW) {
     int ef = p->ef_search > 0 ? p->ef_search : HNSW_DEFAULT_EF;
     FaissSearchParametersHNSW *sp = NULL;
-    rc = faiss_SearchParametersHNSW_new_with(&sp, sel, ef);
+#ifndef VLM_FAISS_REAL_CAPI
+    if (p->has_hidden)
+      rc = vlm_faiss_SearchParametersHNSW_new_hiding(&sp, sel, ef,
+                                                     p->hidden_id);
+    else
+#endif
+      rc = faiss_SearchParametersHNSW_new_with(&sp, sel, ef);
     *out = (FaissSearchParameters *)sp;
   } else {
     rc = faiss_SearchParameters_new(out, sel);

@@ -110,6 +110,14 @@ typedef struct {
   const uint8_t *bitmap;  /* optional ID selector: id i allowed iff bit
                              (bitmap[i >> 3] >> (i & 7)) & 1 */
   int64_t bitmap_bits;    /* ids >= bitmap_bits are not allowed */
+  int has_hidden;         /* HNSW, one-query calls: search as if the vector
+                             of hidden_id were not in the graph (the walk
+                             neither visits nor returns it).  db/tune.c
+                             measures recall with stored vectors as
+                             held-out queries this way.  Ignored over a
+                             real libfaiss_c, by multi-query calls and
+                             by other kinds. */
+  int64_t hidden_id;
 } vlm_index_params;
 
 /* k nearest neighbours of nq queries[nq * dim], best first.  scores[nq *

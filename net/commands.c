@@ -829,8 +829,17 @@ static void cmd_info_exec(vlm__job *job) {
                       (unsigned)info.field_types[i] < 3
                           ? types[info.field_types[i]]
                           : "?");
-    vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n\r\n",
+    vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n",
                     info.model_id, info.model_family);
+    /* the default search effort and the recall measured at it (0: not
+     * measured yet) */
+    for (int m = 0; m < 2; m++)
+      vlm__buf_printf(b, "%s_search_effort:%d\r\n%s_measured_recall:%.4f\r\n"
+                      "%s_measured_queries:%d\r\n", m ? "text" : "image",
+                      info.tuned_effort[m], m ? "text" : "image",
+                      info.tuned_recall[m], m ? "text" : "image",
+                      info.tuned_queries[m]);
+    vlm__buf_printf(b, "\r\n");
   }
   if (st->model) {
     if (srv->clip)
