@@ -1707,6 +1707,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0])
       info->disk_bytes += file_bytes(db->dir, db->man.ckpt[m].file);
+  if (db->man.live_file[0])
+    info->disk_bytes += file_bytes(db->dir, db->man.live_file);
   pthread_rwlock_unlock(&db->index_lock);
   info->dim = db->man.dim;
   snprintf(info->model_id, sizeof info->model_id, "%s", db->man.model_id);

@@ -89,9 +89,25 @@ typedef struct {
   char fname[VLM__MAX_FIELDS][VLM_DB_FIELD_NAME];
   vlm__ckpt ckpt[VLM__NMOD];
   int sql_cksum;   /* meta.sqlite's pages carry checksums (sqlvfs.c) */
+  char live_file[96]; /* the live bitmaps saved at a checkpoint
+                         (livebits.c), "" if none */
+  uint64_t live_seq;  /* ... the batch they stand at */
+  uint64_t live_next; /* ... and the id bound (ids below it) */
 } vlm__manifest;
 
 int vlm__manifest_read(const char *dir, vlm__manifest *m);
+
+/* The live bitmaps on disk (livebits.c).  write saves bits[m] (ids below
+ * next; higher bits are left out) as standing at batch seq, to path
+ * atomically (.tmp, fsync, rename; the caller fsyncs the directory).
+ * read fills bits[m] (cap bytes each, zeroed beyond) and nlive[m] from
+ * path and returns 0 only when the file is whole and stands at exactly
+ * seq and next; else -1 with the reason in why. */
+int vlm__live_write(const char *path, uint64_t seq, uint64_t next,
+                    uint8_t *const bits[VLM__NMOD]);
+int vlm__live_read(const char *path, uint64_t seq, uint64_t next,
+                   uint8_t *const bits[VLM__NMOD], size_t cap,
+                   int64_t nlive[VLM__NMOD], char *why, size_t whylen);
 /* 0 when name is a model family a manifest may record: 1..31 bytes of
  * [a-z0-9_]; -1 otherwise. */
 int vlm__model_family_ok(const char *name);
@@ -447,6 +463,8 @@ struct vlm_db {
   uint64_t ix_seq;            /* last batch applied to the index side */
   uint64_t ix_next;           /* live bitmaps cover ids < ix_next */
   size_t live_bytes;
+  int live_refused;           /* open could not use the manifest's live
+                                 file: the next checkpoint writes one */
   vlm__vindex vx[VLM__NMOD];
   int64_t bad_vecs;           /* stored non-finite vectors left out */
 

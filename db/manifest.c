@@ -290,6 +290,23 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
       m->ckpt[mod].tuned_queries = (int)json_integer_value(tuned_queries);
     }
   }
+  /* Optional: the live bitmaps saved at a checkpoint (livebits.c).  A
+   * malformed entry is ignored: open then reads the vector records. */
+  json_t *live = ix ? json_object_get(ix, "live") : NULL;
+  if (json_is_object(live)) {
+    json_t *file = json_object_get(live, "file");
+    json_t *seq = json_object_get(live, "seq");
+    json_t *next = json_object_get(live, "next");
+    if (json_is_string(file) && json_is_integer(seq) &&
+        json_is_integer(next) && json_integer_value(seq) >= 0 &&
+        json_integer_value(next) >= 0 &&
+        strlen(json_string_value(file)) < sizeof m->live_file &&
+        !strchr(json_string_value(file), '/')) {
+      strcpy(m->live_file, json_string_value(file));
+      m->live_seq = (uint64_t)json_integer_value(seq);
+      m->live_next = (uint64_t)json_integer_value(next);
+    }
+  }
 done:
   json_decref(root);
   return rc;
@@ -349,6 +366,13 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
                           json_integer(m->ckpt[mod].tuned_queries));
     }
     json_object_set_new(ix, mod_name[mod], c);
+  }
+  if (m->live_file[0]) {
+    json_t *live = json_object();
+    json_object_set_new(live, "file", json_string(m->live_file));
+    json_object_set_new(live, "seq", json_integer((json_int_t)m->live_seq));
+    json_object_set_new(live, "next", json_integer((json_int_t)m->live_next));
+    json_object_set_new(ix, "live", live);
   }
   json_object_set_new(root, "index", ix);
   uint64_t sum;

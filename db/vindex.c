@@ -520,6 +520,77 @@ static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   return rc;
 }
 
+/* The live bitmaps at txn's state (tseq, tnext) from the manifest's
+ * live file and the log's batches after it (livebits.c); -1 with the
+ * reason in why when they cannot be had that way (the caller then walks
+ * the vectors).  The bitmaps must be grown to tnext. */
+static int load_live(vlm_db *db, MDB_txn *txn, uint64_t tseq, uint64_t tnext,
+                     char *why, size_t whylen) {
+  const vlm__manifest *man = &db->man;
+  char path[PATH_MAX];
+  uint8_t *bits[VLM__NMOD] = {db->vx[0].live, db->vx[1].live};
+  int64_t nlive[VLM__NMOD];
+  vlm__change *ch = NULL;
+  size_t nch;
+  if (man->live_seq > tseq || man->live_next > tnext) {
+    snprintf(why, whylen, "ahead of the payload store");
+    return -1;
+  }
+  snprintf(path, sizeof path, "%s/%s", db->dir, man->live_file);
+  if (vlm__live_read(path, man->live_seq, man->live_next, bits,
+                     db->live_bytes, nlive, why, whylen) != 0)
+    return -1;
+  for (uint64_t s = man->live_seq + 1; s <= tseq; s++) {
+    int rc = vlm__log_get(&db->lm, txn, s, &ch, &nch);
+    if (rc) {
+      snprintf(why, whylen, "batch %llu: %s", (unsigned long long)s,
+               rc == VLM_ENOTFOUND ? "missing from the log" : vlm_errmsg());
+      return -1;
+    }
+    for (size_t i = 0; i < nch; i++) {
+      uint64_t gone = ch[i].old_id, born = ch[i].new_id;
+      for (int m = 0; m < VLM__NMOD && gone; m++)
+        if (gone < tnext && vlm__bit(bits[m], gone)) {
+          clear_bit(bits[m], gone);
+          nlive[m]--;
+        }
+      if (!born)
+        continue;
+      if (born < man->live_next || born >= tnext) {
+        snprintf(why, whylen, "batch %llu adds id %llu outside [%llu, %llu)",
+                 (unsigned long long)s, (unsigned long long)born,
+                 (unsigned long long)man->live_next,
+                 (unsigned long long)tnext);
+        free(ch);
+        return -1;
+      }
+      /* Read at txn's state: an id deleted by a later batch is gone
+       * already, and that batch's clear finds nothing to clear. */
+      uint32_t flags;
+      const void *vec[VLM__NMOD];
+      rc = vlm__vecs_get(&db->lm, txn, born, db->man.dim, &flags, vec);
+      if (rc == VLM_ENOTFOUND)
+        continue;
+      if (rc) {
+        snprintf(why, whylen, "id %llu: %s", (unsigned long long)born,
+                 vlm_errmsg());
+        free(ch);
+        return -1;
+      }
+      for (int m = 0; m < VLM__NMOD; m++)
+        if (vec[m] && !vlm__bit(bits[m], born)) {
+          set_bit(bits[m], born);
+          nlive[m]++;
+        }
+    }
+    free(ch);
+    ch = NULL;
+  }
+  for (int m = 0; m < VLM__NMOD; m++)
+    db->vx[m].nlive = nlive[m];
+  return 0;
+}
+
 static int vindex_open_once(vlm_db *db, int may_rebuild);
 
 /* A read-only process beside a writer can read a manifest whose index
@@ -536,8 +607,12 @@ int vlm__vindex_open(vlm_db *db) {
     for (int m = 0; m < VLM__NMOD; m++)
       db->vx[m].nlive = 0;
     vlm__manifest fresh;
-    if (vlm__manifest_read(db->dir, &fresh) == 0)
+    if (vlm__manifest_read(db->dir, &fresh) == 0) {
       memcpy(db->man.ckpt, fresh.ckpt, sizeof fresh.ckpt);
+      memcpy(db->man.live_file, fresh.live_file, sizeof fresh.live_file);
+      db->man.live_seq = fresh.live_seq;
+      db->man.live_next = fresh.live_next;
+    }
   }
 }
 
@@ -552,7 +627,25 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
     goto done;
   if ((rc = grow_bits(db, tnext)))
     goto done;
-  /* Live bitmaps from the vectors table. */
+  /* Live bitmaps: from the last checkpoint's file and the batches since
+   * when it agrees with the manifest and the log, else from the vectors
+   * table. */
+  if (db->man.live_file[0]) {
+    char why[PATH_MAX + 128];
+    if (load_live(db, txn, tseq, tnext, why, sizeof why) == 0)
+      goto have_live;
+    if (!may_rebuild) { /* a writer beside us may have replaced it */
+      rc = VLM_EBUSY;
+      goto done;
+    }
+    vlm__warn(db, "%s: live bitmaps %s: %s; reading every vector record "
+              "instead", db->dir, db->man.live_file, why);
+    db->live_refused = 1;
+    for (int m = 0; m < VLM__NMOD; m++) {
+      memset(db->vx[m].live, 0, db->live_bytes);
+      db->vx[m].nlive = 0;
+    }
+  }
   if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
@@ -583,6 +676,7 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
   }
   mdb_cursor_close(cur);
   cur = NULL;
+have_live:
   for (int m = 0; m < VLM__NMOD; m++) {
     vlm__vindex *vx = &db->vx[m];
     char why[PATH_MAX + 128];
@@ -682,10 +776,13 @@ void vlm__vindex_remove_orphans(vlm_db *db) {
     size_t n = strlen(e->d_name);
     int ours = (n > 6 && !strcmp(e->d_name + n - 6, ".faiss")) ||
                (n > 10 && !strcmp(e->d_name + n - 10, ".faiss.tmp")) ||
+               (!strncmp(e->d_name, "live-", 5) &&
+                ((n > 5 && !strcmp(e->d_name + n - 5, ".bits")) ||
+                 (n > 9 && !strcmp(e->d_name + n - 9, ".bits.tmp")))) ||
                !strcmp(e->d_name, "manifest.json.tmp");
     if (!ours)
       continue;
-    int named = 0;
+    int named = !strcmp(e->d_name, db->man.live_file);
     for (int m = 0; m < VLM__NMOD; m++)
       if (!strcmp(e->d_name, db->man.ckpt[m].file))
         named = 1;
@@ -745,7 +842,30 @@ static int checkpoint_locked(vlm_db *db, int force) {
       goto fail;
     changed = 1;
   }
+  /* A live file behind the index side (every index untrained, so no
+   * index file changed) would outlive the log it needs, and one open
+   * refused would be refused at every open: write it again. */
+  if (!changed && (!db->man.live_file[0] || db->live_refused ||
+                   db->man.live_seq != db->ix_seq ||
+                   db->man.live_next != db->ix_next))
+    changed = 1;
   if (changed) {
+    /* The live bitmaps as they stand at ix_seq (index_mu keeps the
+     * index side still), so the next open need not read every vector. */
+    char n[32], path[PATH_MAX];
+    nonce(n, sizeof n);
+    snprintf(next.live_file, sizeof next.live_file, "live-%llu-%s.bits",
+             (unsigned long long)db->ix_seq, n);
+    snprintf(path, sizeof path, "%s/%s", db->dir, next.live_file);
+    next.live_seq = db->ix_seq;
+    next.live_next = db->ix_next;
+    uint8_t *const bits[VLM__NMOD] = {db->vx[0].live, db->vx[1].live};
+    if ((rc = VLM__FAULT("file-write")
+                  ? vlm_seterr(VLM_EIO, "%s: write: I/O error (test fault)",
+                               path)
+                  : vlm__live_write(path, next.live_seq, next.live_next,
+                                    bits)))
+      goto fail;
     if ((rc = vlm__fsync_dir(db->dir)) ||
         (rc = vlm__manifest_write(db->dir, &next)))
       goto fail;
@@ -753,6 +873,10 @@ static int checkpoint_locked(vlm_db *db, int force) {
      * manifest without locks, stat reads these under index_lock. */
     pthread_rwlock_wrlock(&db->index_lock);
     memcpy(db->man.ckpt, next.ckpt, sizeof next.ckpt);
+    memcpy(db->man.live_file, next.live_file, sizeof next.live_file);
+    db->man.live_seq = next.live_seq;
+    db->man.live_next = next.live_next;
+    db->live_refused = 0;
     pthread_rwlock_unlock(&db->index_lock);
     vlm__vindex_remove_orphans(db);
   }
@@ -799,6 +923,11 @@ fail:
       snprintf(path, sizeof path, "%s/%s", db->dir, next.ckpt[m].file);
       unlink(path);
     }
+  if (next.live_file[0] && strcmp(next.live_file, db->man.live_file)) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", db->dir, next.live_file);
+    unlink(path);
+  }
   return rc;
 }
 

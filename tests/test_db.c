@@ -1566,10 +1566,11 @@ static char *index_answers(vlm_db *db, const corpus *c) {
   return out;
 }
 
-/* Bit flips and truncations in the index files and the manifest: each ends
- * in a clear error (the manifest, which carries its own checksum), an
- * index rebuilt from the payload store with a warning (the index files
- * carry a checksum the index shim checks), or answers identical to the
+/* Bit flips and truncations in the index files, the live bitmaps and the
+ * manifest: each ends in a clear error (the manifest, which carries its
+ * own checksum), an index rebuilt from the payload store with a warning
+ * (the index files carry a checksum the index shim checks), bitmaps read
+ * from the vector records with a warning, or answers identical to the
  * sound files' - never a silently wrong answer or a crash.  Each trial
  * runs in a child. */
 static int fault_warnings;
@@ -1593,16 +1594,18 @@ static void test_index_and_manifest_faults(void **state) {
   char *want = index_answers(db, &c);
   assert_non_null(want);
   vlm_db_close(db);
-  /* the files: both index checkpoints and the manifest */
-  char files[3][PATH_MAX];
+  /* the files: both index checkpoints, the live bitmaps and the
+   * manifest */
+  char files[4][PATH_MAX];
   int nfiles = 0;
   DIR *d = opendir(t.dir);
   struct dirent *e;
   while ((e = readdir(d)))
-    if (strstr(e->d_name, ".faiss") || !strcmp(e->d_name, "manifest.json"))
+    if (strstr(e->d_name, ".faiss") || strstr(e->d_name, ".bits") ||
+        !strcmp(e->d_name, "manifest.json"))
       snprintf(files[nfiles++], PATH_MAX, "%s/%s", t.dir, e->d_name);
   closedir(d);
-  assert_int_equal(nfiles, 3);
+  assert_int_equal(nfiles, 4);
   rng_state = 9191;
   for (int f = 0; f < nfiles; f++) {
     char orig[PATH_MAX + 8], cmd[3 * PATH_MAX];
@@ -1636,7 +1639,9 @@ static void test_index_and_manifest_faults(void **state) {
         char *got = index_answers(dd, &c);
         if (!got)
           _exit(0);
-        if (rebuilt) /* a fresh graph: held to the exact answers */
+        /* a fresh graph: held to the exact answers; a refused live
+         * file leaves the graph as it was: the same answers */
+        if (rebuilt && !strstr(files[f], ".bits"))
           _exit(0);
         _exit(strcmp(got, want) ? 2 : 1);
       }
@@ -1656,6 +1661,206 @@ static void test_index_and_manifest_faults(void **state) {
   check_targets(db, &c, NULL, 0, 0.95);
   vlm_db_close(db);
   free(want);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* ---- the live bitmaps a checkpoint saves (db/livebits.c) --------------- */
+
+static int live_walks; /* warnings that open read every vector record */
+static int other_warnings;
+static void live_warn(void *arg, const char *msg) {
+  (void)arg;
+  if (strstr(msg, "live bitmaps") && strstr(msg, "reading every vector"))
+    live_walks++;
+  else
+    other_warnings++;
+}
+
+/* The live file the manifest of dir names, into name (cap bytes): 0, or
+ * -1 when there is none. */
+static int live_file_of(const char *dir, char *name, size_t cap) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  json_error_t je;
+  json_t *root = json_load_file(path, 0, &je), *f;
+  int rc = -1;
+  if (root && (f = json_object_get(json_object_get(json_object_get(root,
+                                                                   "index"),
+                                                   "live"),
+                                   "file")) &&
+      json_is_string(f)) {
+    snprintf(name, cap, "%s", json_string_value(f));
+    rc = 0;
+  }
+  json_decref(root);
+  return rc;
+}
+
+/* Open dir (read-write: a crashed writer's SQLite is replayed), expecting
+ * the live file to be used (walk 0) or refused with a warning (walk 1);
+ * verify (every vector record against the bitmaps and counts) and return
+ * the stat and the index's answers. */
+static char *open_answers(const char *dir, const corpus *c, int walk,
+                          vlm_db_info *info) {
+  vlm_db_open_options o = {.warn = live_warn};
+  vlm_db *db = NULL;
+  live_walks = other_warnings = 0;
+  CHECK(vlm_db_open(dir, &o, &db));
+  assert_int_equal(live_walks, walk);
+  CHECK(vlm_db_verify(db));
+  CHECK(vlm_db_stat(db, info));
+  char *a = index_answers(db, c);
+  assert_non_null(a);
+  vlm_db_close(db);
+  return a;
+}
+
+/* dir opened as it is (walk: expecting its live file refused) and a copy
+ * of dir with the live file truncated (so open reads every vector
+ * record) answer alike.  Both opens are read-write and close with a
+ * checkpoint: dir moves on. */
+static void same_as_walk(const tmp *t, const corpus *c, int walk) {
+  char walkdir[160], name[128], path[PATH_MAX], cmd[512];
+  snprintf(walkdir, sizeof walkdir, "%s/walk", t->root);
+  rm_rf(walkdir);
+  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s'", t->dir, walkdir);
+  assert_int_equal(system(cmd), 0);
+  assert_int_equal(live_file_of(walkdir, name, sizeof name), 0);
+  snprintf(path, sizeof path, "%s/%s", walkdir, name);
+  if (access(path, F_OK) == 0)
+    assert_int_equal(truncate(path, 10), 0);
+  vlm_db_info a, b;
+  char *got = open_answers(t->dir, c, walk, &a);
+  char *want = open_answers(walkdir, c, 1, &b);
+  assert_string_equal(got, want);
+  assert_int_equal(a.items, b.items);
+  assert_int_equal(a.image_vectors, b.image_vectors);
+  assert_int_equal(a.text_vectors, b.text_vectors);
+  assert_int_equal(a.index_vectors, b.index_vectors);
+  free(got);
+  free(want);
+  rm_rf(walkdir);
+}
+
+/* A writer child: puts (new keys and replacements), deletes and
+ * checkpoints on dir until killed. */
+static void live_writer(const char *dir, const corpus *c, uint64_t seed) {
+  vlm_db *db = NULL;
+  if (vlm_db_open(dir, NULL, &db) != 0)
+    _exit(3);
+  rng_state = seed;
+  for (int round = 0;; round++) {
+    vlm_item items[16];
+    int n = 0;
+    for (int j = 0; j < 16; j++) {
+      int i = (int)(rng_next() % (uint64_t)c->n);
+      int dup = 0;
+      for (int k = 0; k < n; k++)
+        dup |= !strcmp(items[k].key, c->key[i]);
+      if (!dup)
+        items[n++] = corpus_item(c, i);
+    }
+    if (vlm_db_put(db, items, n, VLM_PUT_UPSERT, NULL) != 0)
+      _exit(4);
+    const char *del[4];
+    for (int j = 0; j < 4; j++)
+      del[j] = c->key[rng_next() % (uint64_t)c->n];
+    if (vlm_db_delete(db, del, 4, NULL) != 0)
+      _exit(5);
+    if (round % 5 == 4 && vlm_db_checkpoint(db) != 0)
+      _exit(6);
+  }
+}
+
+/* Open reads the saved bitmaps and replays the batches after them instead
+ * of every vector record; whatever it cannot trust (a writer killed
+ * mid-write, a damaged, missing or stale file) it refuses with a warning
+ * and walks the records as before.  Either way vlm_db_verify holds and
+ * the answers are the walk's. */
+static void test_live_bitmaps(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "HNSW32", DIM);
+  corpus c;
+  corpus_make(&c, 900, DIM, 4242);
+  corpus_put(db, &c, 0, 500, 100);
+  const char *del[] = {c.key[3], c.key[40], c.key[41]};
+  CHECK(vlm_db_delete(db, del, 3, NULL));
+  CHECK(vlm_db_checkpoint(db));
+  char name[128], old[PATH_MAX], path[PATH_MAX], cmd[3 * PATH_MAX];
+  assert_int_equal(live_file_of(t.dir, name, sizeof name), 0);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  snprintf(old, sizeof old, "%s/old.bits", t.root);
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", path, old);
+  assert_int_equal(system(cmd), 0);
+  /* after the checkpoint: new items, replacements, deletes on both sides
+   * of it; a child writes them and dies without closing */
+  vlm_db_close(db); /* (its checkpoint is the one above: nothing new) */
+  pid_t pid = fork_trial();
+  if (pid == 0) {
+    vlm_db *w = NULL;
+    if (vlm_db_open(t.dir, NULL, &w) != 0)
+      _exit(3);
+    vlm_item it[100];
+    for (int i = 500; i < 600; i++)
+      it[i - 500] = corpus_item(&c, i);
+    const char *d2[] = {c.key[7], c.key[520], c.key[41]};
+    if (vlm_db_put(w, it, 100, 0, NULL) ||
+        vlm_db_put(w, it + 10, 20, VLM_PUT_UPSERT, NULL) || /* replaced */
+        vlm_db_delete(w, d2, 3, NULL))
+      _exit(4);
+    _exit(0); /* no close: no checkpoint */
+  }
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  same_as_walk(&t, &c, 0);
+
+  /* a damaged file (one bit of the bitmaps, a truncation) and a missing
+   * one */
+  assert_int_equal(live_file_of(t.dir, name, sizeof name), 0);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_true(st.st_size > 64);
+  flip_bit(path, 64 + (st.st_size - 64) / 3, 2);
+  same_as_walk(&t, &c, 1);
+  assert_int_equal(live_file_of(t.dir, name, sizeof name), 0);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  assert_int_equal(truncate(path, 100), 0);
+  same_as_walk(&t, &c, 1);
+  assert_int_equal(live_file_of(t.dir, name, sizeof name), 0);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  assert_int_equal(unlink(path), 0);
+  same_as_walk(&t, &c, 1);
+
+  /* stale: an older checkpoint's file under the current name (whole, its
+   * checksums right, but another batch) */
+  assert_int_equal(live_file_of(t.dir, name, sizeof name), 0);
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", old, path);
+  assert_int_equal(system(cmd), 0);
+  same_as_walk(&t, &c, 1);
+  /* the checkpoint at the close after a walk wrote a sound file again */
+  same_as_walk(&t, &c, 0);
+
+  /* kill -9 of a writer mid-write (puts, replacements, deletes,
+   * checkpoints), then open: the live file and the batches after it give
+   * the walk's bitmaps */
+  for (int trial = 0; trial < 8; trial++) {
+    pid = fork_trial();
+    if (pid == 0)
+      live_writer(t.dir, &c, 1000 + (uint64_t)trial);
+    struct timespec ts = {0, (long)(20 + 37 * trial) * 1000000L};
+    nanosleep(&ts, NULL);
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFSIGNALED(ws));
+    same_as_walk(&t, &c, 0);
+  }
+  unlink(old);
   corpus_free(&c);
   tmp_free(&t);
 }
@@ -6642,6 +6847,7 @@ int main(void) {
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_sql_bit_flips_are_caught, teardown_tmp),
       cmocka_unit_test_teardown(test_index_and_manifest_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_live_bitmaps, teardown_tmp),
       cmocka_unit_test_teardown(test_read_only_filesystem, teardown_tmp),
       cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_salvage_steps_over_a_damaged_page,
