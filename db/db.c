@@ -491,6 +491,7 @@ static void db_free(vlm_db *db) {
   pthread_mutex_destroy(&db->write_mu.mu);
   pthread_mutex_destroy(&db->index_mu.mu);
   pthread_mutex_destroy(&db->pool_mu);
+  pthread_mutex_destroy(&db->lazy_mu);
   pthread_mutex_destroy(&db->bg_mu);
   pthread_cond_destroy(&db->bg_cv);
   pthread_rwlock_destroy(&db->pub_lock);
@@ -537,6 +538,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   pthread_mutex_init(&db->write_mu.mu, NULL);
   pthread_mutex_init(&db->index_mu.mu, NULL);
   pthread_mutex_init(&db->pool_mu, NULL);
+  pthread_mutex_init(&db->lazy_mu, NULL);
   pthread_mutex_init(&db->bg_mu, NULL);
   pthread_cond_init(&db->bg_cv, NULL);
   pthread_rwlock_init(&db->pub_lock, NULL);
@@ -1678,6 +1680,9 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   if (!db || !info)
     return vlm_seterr(VLM_EINVAL, "stat: NULL argument");
   memset(info, 0, sizeof *info);
+  int rc = vlm__vindex_ensure(db);
+  if (rc)
+    return rc;
   pthread_rwlock_rdlock(&db->index_lock);
   pthread_rwlock_rdlock(&db->pub_lock);
   info->items = db->pub_items;

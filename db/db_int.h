@@ -349,9 +349,22 @@ typedef struct {
   int64_t tuned_n;     /* nlive when tuned */
   double tuned_recall; /* recall@10 measured at tuned (held-out queries) */
   int tuned_queries;   /* how many queries measured it */
+  /* A read-only handle loads a checkpointed index at its first use
+   * (vlm__vindex_ensure), not at open: until then index is NULL, upto is
+   * the checkpoint's, lazy_fd holds the file open (a writer's next
+   * checkpoint may unlink it) and lazy_drops the ids of the checkpoint
+   * replaced or deleted by the batches up to open's. */
+  int lazy;
+  int lazy_fd;
+  int64_t *lazy_drops;
+  size_t lazy_ndrops;
 } vlm__vindex;
 
 int vlm__vindex_open(vlm_db *db);
+/* Load the indexes a read-only open left for their first use; call it
+ * before taking index_lock to use vx[].index, upto or ntomb.  Cheap once
+ * done. */
+int vlm__vindex_ensure(vlm_db *db);
 void vlm__vindex_close(vlm_db *db);
 int vlm__vindex_catch_up(vlm_db *db);
 int vlm__vindex_checkpoint(vlm_db *db);
@@ -463,6 +476,8 @@ struct vlm_db {
   uint64_t ix_seq;            /* last batch applied to the index side */
   uint64_t ix_next;           /* live bitmaps cover ids < ix_next */
   size_t live_bytes;
+  int lazy;                   /* some vx[].lazy (atomic; lazy_mu) */
+  pthread_mutex_t lazy_mu;
   int live_refused;           /* open could not use the manifest's live
                                  file: the next checkpoint writes one */
   vlm__vindex vx[VLM__NMOD];

@@ -822,6 +822,7 @@ int vlm_db_search(vlm_db *db, const float *query,
   *nhits_out = 0;
   memset(&s, 0, sizeof s);
   if ((rc = search_check(db, query, opts, &s)) ||
+      (rc = vlm__vindex_ensure(db)) ||
       (rc = vlm__reader_get(db, s.need_sql, &r)))
     goto done;
   /* one snapshot of all three stores for the whole search */

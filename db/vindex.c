@@ -21,6 +21,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -520,6 +521,146 @@ static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   return rc;
 }
 
+/* A read-only open defers reading modality m's checkpoint to its first
+ * use: check it can serve txn's state (tseq, tnext), hold the file open
+ * and note the ids of the checkpoint that later batches replaced or
+ * deleted; the pending tail [upto, tnext) waits too.  -1 with the reason
+ * in why as load_checkpoint. */
+static int defer_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
+                            uint64_t tnext, char *why, size_t whylen) {
+  const vlm__ckpt *c = &db->man.ckpt[m];
+  vlm__vindex *vx = &db->vx[m];
+  char path[PATH_MAX];
+  vlm__change *ch = NULL;
+  size_t nch;
+  idvec drops = {0};
+  if (c->seq > tseq || c->upto > tnext) {
+    snprintf(why, whylen, "%s is ahead of the stores", c->file);
+    return -1;
+  }
+  snprintf(path, sizeof path, "%s/%s", db->dir, c->file);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(why, whylen, "%s: %s", c->file, strerror(errno));
+    return -1;
+  }
+  for (uint64_t s = c->seq + 1; s <= tseq; s++) {
+    if (vlm__log_get(&db->lm, txn, s, &ch, &nch) != 0) {
+      snprintf(why, whylen, "batch %llu is missing from the log",
+               (unsigned long long)s);
+      goto fail;
+    }
+    for (size_t i = 0; i < nch; i++)
+      if (ch[i].old_id && ch[i].old_id < c->upto &&
+          idvec_push(&drops, (int64_t)ch[i].old_id) != 0) {
+        snprintf(why, whylen, "out of memory");
+        goto fail;
+      }
+    free(ch);
+    ch = NULL;
+  }
+  vx->index = NULL;
+  vx->lazy = 1;
+  vx->lazy_fd = fd;
+  vx->lazy_drops = drops.ids;
+  vx->lazy_ndrops = drops.n;
+  vx->upto = c->upto;
+  vx->removable = -1;
+  vx->ntomb = 0;
+  vx->tuned = c->tuned;
+  vx->tuned_n = c->tuned_n;
+  vx->tuned_recall = c->tuned_recall;
+  vx->tuned_queries = c->tuned_queries;
+  db->lazy = 1;
+  return 0;
+fail:
+  free(ch);
+  free(drops.ids);
+  close(fd);
+  return -1;
+}
+
+/* Load a deferred index (read-only handle, lazy_mu held): the file held
+ * open since open, less the ids noted then, plus the tail up to open's id
+ * bound read from the store as it is now (an item deleted since is simply
+ * not added; every hit is resolved against the search's snapshot
+ * anyway).  A file that cannot serve is rebuilt from the store, with the
+ * warning open would have given. */
+static int load_deferred(vlm_db *db, int m) {
+  vlm__vindex *vx = &db->vx[m];
+  MDB_txn *txn = NULL;
+  vlm_index *ix = NULL;
+  uint64_t upto = vx->upto;
+  char path[64], why[PATH_MAX + 128];
+  int rc = VLM__STORE("lmdb-read",
+                      mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
+  if (rc)
+    return vlm__lmdb_err(rc, "load index");
+  snprintf(path, sizeof path, "/proc/self/fd/%d", vx->lazy_fd);
+  why[0] = '\0';
+  if (vlm_index_read(path, &ix) != 0) {
+    snprintf(why, sizeof why, "%s: %s", db->man.ckpt[m].file, vlm_errmsg());
+  } else if (vlm_index_dim(ix) != db->man.dim ||
+             vlm_index_metric(ix) != VLM_METRIC_IP ||
+             !vlm_index_is_trained(ix)) {
+    snprintf(why, sizeof why, "%s does not match the manifest",
+             db->man.ckpt[m].file);
+    vlm_index_free(ix);
+    ix = NULL;
+  }
+  int removable = -1;
+  if (ix) {
+    if (vx->lazy_ndrops) {
+      int64_t removed = 0;
+      removable = vlm_index_remove(ix, (int64_t)vx->lazy_ndrops,
+                                   vx->lazy_drops, &removed) == 0;
+    }
+    rc = add_range(db, txn, m, ix, upto, db->ix_next);
+    upto = db->ix_next;
+  } else {
+    vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload store",
+              db->dir, mod_name[m], why);
+    removable = -1;
+    rc = build_index(db, txn, db->man.factory, m, db->ix_next, vx->nlive,
+                     &ix, &upto);
+  }
+  mdb_txn_abort(txn);
+  if (rc) {
+    vlm_index_free(ix);
+    return rc;
+  }
+  pthread_rwlock_wrlock(&db->index_lock);
+  vx->index = ix;
+  vx->upto = upto;
+  vx->removable = removable;
+  vx->ntomb = vlm_index_count(ix) - (upto ? vx->nlive : 0);
+  if (vx->ntomb < 0)
+    vx->ntomb = 0;
+  if (vx->ntomb > 0 && vx->removable < 0)
+    vx->removable = 0;
+  vx->lazy = 0;
+  pthread_rwlock_unlock(&db->index_lock);
+  close(vx->lazy_fd);
+  free(vx->lazy_drops);
+  vx->lazy_drops = NULL;
+  vx->lazy_ndrops = 0;
+  return 0;
+}
+
+int vlm__vindex_ensure(vlm_db *db) {
+  if (!__atomic_load_n(&db->lazy, __ATOMIC_ACQUIRE))
+    return 0;
+  int rc = 0;
+  pthread_mutex_lock(&db->lazy_mu);
+  for (int m = 0; m < VLM__NMOD && !rc; m++)
+    if (db->vx[m].lazy)
+      rc = load_deferred(db, m);
+  if (!rc)
+    __atomic_store_n(&db->lazy, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&db->lazy_mu);
+  return rc;
+}
+
 /* The live bitmaps at txn's state (tseq, tnext) from the manifest's
  * live file and the log's batches after it (livebits.c); -1 with the
  * reason in why when they cannot be had that way (the caller then walks
@@ -682,7 +823,11 @@ have_live:
     char why[PATH_MAX + 128];
     int loaded = 0;
     if (db->man.ckpt[m].file[0]) {
-      if (load_checkpoint(db, txn, m, tseq, tnext, why, sizeof why) == 0) {
+      /* a read-only handle reads the file at its first search */
+      if ((db->readonly ? defer_checkpoint(db, txn, m, tseq, tnext, why,
+                                           sizeof why)
+                        : load_checkpoint(db, txn, m, tseq, tnext, why,
+                                          sizeof why)) == 0) {
         loaded = 1;
       } else if (!may_rebuild) {
         rc = VLM_EBUSY; /* read the manifest again first */
@@ -692,6 +837,8 @@ have_live:
                   "store", db->dir, mod_name[m], why);
       }
     }
+    if (loaded && vx->lazy)
+      continue;
     if (loaded) {
       if ((rc = add_tail(db, txn, m, tnext)))
         goto done;
@@ -748,6 +895,13 @@ done:
 
 void vlm__vindex_close(vlm_db *db) {
   for (int m = 0; m < VLM__NMOD; m++) {
+    if (db->vx[m].lazy) {
+      close(db->vx[m].lazy_fd);
+      free(db->vx[m].lazy_drops);
+      db->vx[m].lazy_drops = NULL;
+      db->vx[m].lazy_ndrops = 0;
+      db->vx[m].lazy = 0;
+    }
     vlm_index_free(db->vx[m].index);
     free(db->vx[m].live);
     db->vx[m].index = NULL;

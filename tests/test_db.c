@@ -1633,12 +1633,13 @@ static void test_index_and_manifest_faults(void **state) {
         fault_warnings = 0;
         if (vlm_db_open(t.dir, &o, &dd) != 0)
           _exit(0);
-        int rebuilt = fault_warnings > 0;
+        /* (a read-only open reads an index file at its first use) */
         if (vlm_db_verify(dd) != 0)
           _exit(0);
         char *got = index_answers(dd, &c);
         if (!got)
           _exit(0);
+        int rebuilt = fault_warnings > 0;
         /* a fresh graph: held to the exact answers; a refused live
          * file leaves the graph as it was: the same answers */
         if (rebuilt && !strstr(files[f], ".bits"))
@@ -1863,6 +1864,126 @@ static void test_live_bitmaps(void **state) {
   unlink(old);
   corpus_free(&c);
   tmp_free(&t);
+}
+
+/* The file a manifest's checkpoint entry of modality mod names, into
+ * name: 0, or -1 when there is none. */
+static int ckpt_file_of(const char *dir, const char *mod, char *name,
+                        size_t cap) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/manifest.json", dir);
+  json_error_t je;
+  json_t *root = json_load_file(path, 0, &je), *f;
+  int rc = -1;
+  if (root && (f = json_object_get(json_object_get(json_object_get(root,
+                                                                   "index"),
+                                                   mod),
+                                   "file")) &&
+      json_is_string(f)) {
+    snprintf(name, cap, "%s", json_string_value(f));
+    rc = 0;
+  }
+  json_decref(root);
+  return rc;
+}
+
+/* A read-only open reads no index file: the first search does, from the
+ * file held open since the open, with the ids deleted after the
+ * checkpoint taken out and the tail added, even when a writer in another
+ * process has meanwhile replaced (unlinked) that file, pruned the log and
+ * written more.  Flat answers as the exact oracle does; HNSW keeps its
+ * recall and never returns a deleted item. */
+static void test_lazy_index_load(void **state) {
+  (void)state;
+  for (int f = 0; f < 2; f++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, f ? "HNSW32" : "Flat", DIM);
+    corpus c;
+    corpus_make(&c, 900, DIM, 515 + (uint64_t)f);
+    corpus_put(db, &c, 0, 600, 100);
+    const char *d1[] = {c.key[5], c.key[6]};
+    CHECK(vlm_db_delete(db, d1, 2, NULL));
+    CHECK(vlm_db_checkpoint(db));
+    vlm_db_close(db);
+    /* after the checkpoint, left unindexed by a writer that dies */
+    pid_t pid = fork_trial();
+    if (pid == 0) {
+      vlm_db *w = NULL;
+      vlm_item it[100];
+      for (int i = 600; i < 700; i++)
+        it[i - 600] = corpus_item(&c, i);
+      const char *d2[] = {c.key[7], c.key[650], c.key[300]};
+      if (vlm_db_open(t.dir, NULL, &w) || vlm_db_put(w, it, 100, 0, NULL) ||
+          vlm_db_delete(w, d2, 3, NULL))
+        _exit(1);
+      _exit(0);
+    }
+    int ws;
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    char img[128], path[PATH_MAX];
+    assert_int_equal(ckpt_file_of(t.dir, "image", img, sizeof img), 0);
+
+    /* what the index side holds (vectors, tombstones, pending) is what a
+     * writer's open, which loads the files at once, finds */
+    vlm_db_open_options o = {.readonly = 1, .warn = count_warning};
+    vlm_db *ro = NULL;
+    vlm_db_info lazy;
+    CHECK(vlm_db_open(t.dir, &o, &ro));
+    CHECK(vlm_db_stat(ro, &lazy));
+    vlm_db_close(ro);
+    if (!f) /* Flat removes what later batches deleted */
+      assert_int_equal(lazy.tombstones, 0);
+    pid = fork_trial();
+    if (pid == 0) {
+      vlm_db *w = NULL;
+      vlm_db_info eager;
+      if (vlm_db_open(t.dir, NULL, &w) || vlm_db_stat(w, &eager))
+        _exit(1);
+      _exit(eager.index_vectors == lazy.index_vectors &&
+                    eager.tombstones == lazy.tombstones &&
+                    eager.pending_vectors == lazy.pending_vectors &&
+                    eager.image_vectors == lazy.image_vectors &&
+                    eager.text_vectors == lazy.text_vectors
+                ? 0
+                : 2); /* (no close: no checkpoint) */
+    }
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    warnings = 0;
+    CHECK(vlm_db_open(t.dir, &o, &ro));
+    assert_int_equal(warnings, 0);
+    /* a writer beside it replaces the checkpoint and writes more */
+    pid = fork_trial();
+    if (pid == 0) {
+      vlm_db *w = NULL;
+      vlm_item it[200];
+      for (int i = 700; i < 900; i++)
+        it[i - 700] = corpus_item(&c, i);
+      const char *d3[] = {c.key[8], c.key[660], c.key[750], c.key[5]};
+      if (vlm_db_open(t.dir, NULL, &w) || vlm_db_put(w, it, 200, 0, NULL) ||
+          vlm_db_delete(w, d3, 4, NULL) || vlm_db_checkpoint(w))
+        _exit(1);
+      vlm_db_close(w);
+      _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    snprintf(path, sizeof path, "%s/%s", t.dir, img);
+    assert_int_equal(access(path, F_OK), -1); /* gone: read from the fd */
+    int alive[900];
+    for (int i = 0; i < 900; i++)
+      alive[i] = i != 5 && i != 6 && i != 7 && i != 8 && i != 300 &&
+                 i != 650 && i != 660 && i != 750;
+    check_targets(ro, &c, alive, 0, f ? 0.95 : 1.0);
+    check_targets(ro, &c, alive, 1, 1.0);
+    assert_int_equal(warnings, 0);
+    CHECK(vlm_db_verify(ro));
+    vlm_db_close(ro);
+    corpus_free(&c);
+    tmp_free(&t);
+  }
 }
 
 /* What the SQLite side answers: filtered and hybrid searches, as one
@@ -6848,6 +6969,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_sql_bit_flips_are_caught, teardown_tmp),
       cmocka_unit_test_teardown(test_index_and_manifest_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_live_bitmaps, teardown_tmp),
+      cmocka_unit_test_teardown(test_lazy_index_load, teardown_tmp),
       cmocka_unit_test_teardown(test_read_only_filesystem, teardown_tmp),
       cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_salvage_steps_over_a_damaged_page,
