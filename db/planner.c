@@ -165,10 +165,18 @@ static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
   return rc == MDB_NOTFOUND ? 0 : vlm__lmdb_err(rc, "vecs");
 }
 
-/* FAISS search of modality m; pushes live hits.  *returned gets how many
- * ids FAISS gave back (live or not). */
+/* How index_search treats FAISS's ids. */
+#define IX_RESOLVE 0 /* push the ids live in the snapshot */
+#define IX_PROBE 1   /* push nothing; count the ids the filter allows */
+#define IX_RAW 2     /* push every id: the caller's filter lookup (one
+                        SQLite row per live id of the snapshot) resolves
+                        them, so the LMDB lookup would be paid twice */
+
+/* FAISS search of modality m; pushes hits as mode says.  *returned gets
+ * how many ids FAISS gave back (live or not). */
 static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
-                        int probe, heap *h, int *returned) {
+                        int mode, heap *h, int *returned) {
+  int probe = mode == IX_PROBE;
   vlm_db *db = s->db;
   vlm__vindex *vx = &db->vx[m];
   vlm_index_params p = {0};
@@ -211,6 +219,10 @@ static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
     }
     (*returned)++;
     uint64_t id = (uint64_t)ids[i];
+    if (mode == IX_RAW) {
+      heap_push(h, id, scores[i], m);
+      continue;
+    }
     MDB_val key = {sizeof id, &id}, val;
     /* Resolve against the snapshot: skips items deleted since the index
      * side last caught up. */
@@ -285,6 +297,13 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
   vlm__vindex *vx = &s->db->vx[m];
   int64_t total = vx->nlive + (int64_t)(s->allow_bits - vx->upto);
   int depth = kk * 4, rc = 0;
+  /* An exhaustive index (Flat) scores every vector whatever the depth: a
+   * second round would be a second full pass.  Take the deepest ranking
+   * at once; if even that holds fewer than k matches, the caller lists
+   * them and makes one pass with the bitmap. */
+  if (vx->nlive > 0 && vlm_index_is_exact(vx->index) &&
+      depth < POST_MAX_DEPTH)
+    depth = POST_MAX_DEPTH;
   heap c = {NULL, 0, 0};
   for (;;) {
     vlm__cand *p = realloc(c.c, (size_t)depth * sizeof *p);
@@ -297,8 +316,8 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     c.n = 0;
     int returned = 0, e = ef > 2 * depth ? ef : 2 * depth;
     if ((vx->nlive > 0 &&
-         (rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe, 0,
-                            &c, &returned))) ||
+         (rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe,
+                            IX_RAW, &c, &returned))) ||
         (rc = exact_scan(s, m, vx->upto, &c)))
       break;
     qsort(c.c, (size_t)c.n, sizeof *c.c, cand_desc);
@@ -375,7 +394,10 @@ static int search_modality(sctx *s, int m, int kk,
     ef = kk;
   if (s->post)
     return post_filter_search(s, m, kk, 2 * ef, nprobe, h);
-  if (s->fids) {
+  /* Flat with the bitmap is one exact pass over the matches: no probe of
+   * the neighbourhood (itself a full pass), no widening, no sampling. */
+  int exhaustive = vlm_index_is_exact(vx->index);
+  if (s->fids && !exhaustive) {
     double sel = nitems > 0 ? (double)s->nf / (double)nitems : 1.0;
     if (sel > 1)
       sel = 1;
@@ -387,8 +409,8 @@ static int search_modality(sctx *s, int m, int kk,
     int nprobe_hits = 0, kprobe = kk * 4 < 64 ? 64 : kk * 4;
     if (kprobe > 1024)
       kprobe = 1024;
-    int rc = index_search(s, m, kprobe, ef > kprobe ? ef : kprobe, nprobe, 1,
-                          h, &nprobe_hits);
+    int rc = index_search(s, m, kprobe, ef > kprobe ? ef : kprobe, nprobe,
+                          IX_PROBE, h, &nprobe_hits);
     if (rc)
       return rc;
     double local = (double)nprobe_hits / kprobe;
@@ -418,13 +440,14 @@ static int search_modality(sctx *s, int m, int kk,
   for (int attempt = 0; attempt < 4; attempt++) {
     int returned = 0, rc;
     h->n = 0;
-    if ((rc = index_search(s, m, ask, ef, nprobe, 0, h, &returned)) ||
+    if ((rc = index_search(s, m, ask, ef, nprobe, IX_RESOLVE, h,
+                           &returned)) ||
         (rc = exact_scan(s, m, vx->upto, h)))
       return rc;
     if (VLM__FAULT("planner-short")) /* as a walk that found too few */
       h->n = 0;
     if (h->n >= want) {
-      if (!s->fids)
+      if (!s->fids || exhaustive)
         return 0;
       int err = 0, missed = sample_missed(s, m, vx->upto, h, &err);
       if (err)

@@ -256,6 +256,10 @@ int vlm_index_can_remove(const vlm_index *index) {
   return index->kind != KIND_HNSW;
 }
 
+int vlm_index_is_exact(const vlm_index *index) {
+  return index->kind == KIND_FLAT;
+}
+
 /* --------------------------------------------------------------- writes */
 
 int vlm_index_train(vlm_index *index, int64_t n, const float *x) {

@@ -94,6 +94,10 @@ int vlm_index_train(vlm_index *index, int64_t n, const float *x);
  * VLM_EUNSUPPORTED (HNSW kinds). */
 int vlm_index_can_remove(const vlm_index *index);
 
+/* 1 when a search is exhaustive (Flat: every stored vector scored, any
+ * effort setting ignored, a bitmap only skips ids), 0 otherwise. */
+int vlm_index_is_exact(const vlm_index *index);
+
 /* Add n vectors x[n * dim] under ids[n] (each >= 0).  VLM_ESTATE before
  * training, VLM_ENUMERIC if a component is NaN or Inf (nothing added). */
 int vlm_index_add(vlm_index *index, int64_t n, const float *x,
