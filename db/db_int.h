@@ -326,7 +326,10 @@ int vlm__authorizer(void *arg, int action, const char *a, const char *b,
                     const char *dbname, const char *trigger);
 /* Run the filter on r's snapshot: ids (sorted ascending) of matches.
  * With more than limit matches, stop early and report *complete = 0
- * (no ids); SIZE_MAX = no limit. */
+ * (no ids); SIZE_MAX = no limit.  The matches are kept per reader until
+ * the next batch, and returned whatever limit says; a filter that
+ * stopped early is listed in full the next time it is asked for at the
+ * same batch (and so kept). */
 int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
                     uint64_t seq, size_t limit, uint64_t **ids, size_t *n,
                     int *complete);

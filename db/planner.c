@@ -102,6 +102,8 @@ typedef struct {
   float *scratch;
   const char *post;     /* filter matching too many items to list: test
                            the unfiltered ranking's candidates instead */
+  int listed_post;      /* 0: broad listed matches may be post-filtered
+                           against the bitmap; 1: that already failed */
 } sctx;
 
 #define POST_FALLBACK 1 /* post-filtering found too few: list the matches */
@@ -192,7 +194,8 @@ static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
   p.nprobe = nprobe;
   if (probe) {
     /* unfiltered; *returned counts the hits that match the filter */
-  } else if (s->allow) {
+  } else if (s->allow && mode != IX_RAW) { /* (post-filtering walks the
+                                             unfiltered ranking) */
     p.bitmap = s->allow;
     p.bitmap_bits = (int64_t)s->allow_bits;
   } else if (vx->ntomb > 0) {
@@ -293,10 +296,20 @@ static int sample_missed(sctx *s, int m, uint64_t upto, heap *h, int *err) {
 #define POST_MAX_DEPTH 1024
 
 static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
-                              heap *h) {
+                              int64_t nitems, heap *h) {
   vlm__vindex *vx = &s->db->vx[m];
   int64_t total = vx->nlive + (int64_t)(s->allow_bits - vx->upto);
   int depth = kk * 4, rc = 0;
+  /* With the matches listed (s->allow), a candidate is tested against
+   * their bitmap, and the selectivity sets the first depth: 1.5 k /
+   * selectivity candidates hold about 1.5 k matches when the matches are
+   * spread like the rest. */
+  int bits = !s->post;
+  if (bits && s->nf > 0 && nitems > 0) {
+    double d = 1.5 * kk * (double)nitems / (double)s->nf;
+    if (d > depth)
+      depth = d > POST_MAX_DEPTH ? POST_MAX_DEPTH : (int)d;
+  }
   /* An exhaustive index (Flat) scores every vector whatever the depth: a
    * second round would be a second full pass.  Take the deepest ranking
    * at once; if even that holds fewer than k matches, the caller lists
@@ -325,7 +338,9 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     int found = 0;
     for (int i = 0; i < c.n && found < kk; i++) {
       int match;
-      if ((rc = vlm__filter_match(s->r, s->post, c.c[i].id, &match)))
+      if (bits) /* (a bit set means live in the snapshot: SQLite's rows) */
+        match = c.c[i].id < s->allow_bits && vlm__bit(s->allow, c.c[i].id);
+      else if ((rc = vlm__filter_match(s->r, s->post, c.c[i].id, &match)))
         goto done;
       if (match) {
         heap_push(h, c.c[i].id, c.c[i].score, m);
@@ -393,10 +408,23 @@ static int search_modality(sctx *s, int m, int kk,
   if (ef < kk)
     ef = kk;
   if (s->post)
-    return post_filter_search(s, m, kk, 2 * ef, nprobe, h);
+    return post_filter_search(s, m, kk, 2 * ef, nprobe, nitems, h);
   /* Flat with the bitmap is one exact pass over the matches: no probe of
    * the neighbourhood (itself a full pass), no widening, no sampling. */
   int exhaustive = vlm_index_is_exact(vx->index);
+  /* Broad matches listed (a filter asked for again, a hybrid search):
+   * post-filter the unfiltered ranking against their bitmap - one walk
+   * over-fetching by the selectivity, no SQLite lookup per candidate -
+   * and take the filtered walk below only when that finds fewer than k
+   * (matches rare near the query). */
+  if (s->fids && !exhaustive && !s->listed_post) {
+    int rc = VLM__FAULT("planner-bits")
+                 ? POST_FALLBACK
+                 : post_filter_search(s, m, kk, 2 * ef, nprobe, nitems, h);
+    if (rc != POST_FALLBACK)
+      return rc;
+    h->n = 0;
+  }
   if (s->fids && !exhaustive) {
     double sel = nitems > 0 ? (double)s->nf / (double)nitems : 1.0;
     if (sel > 1)
@@ -741,12 +769,13 @@ static int search_filter(vlm_db *db, vlm__reader *r, search *s) {
  * BM25 ranking, and their fusion into s->final. */
 static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   const vlm_search_options *o = &s->o;
-  int rc;
+  int rc, fell_back = 0;
   if (s->q && !s->listed) {
     sctx c = {db, r, s->q, s->dim, NULL, 0, NULL, s->next_id, s->scratch,
-              o->filter};
+              o->filter, 0};
     rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr);
     if (rc == POST_FALLBACK) { /* too few passed: list the matches after all */
+      fell_back = 1; /* (post-filtering them again would fail alike) */
       free(s->vr);
       s->vr = NULL;
       s->nvr = 0;
@@ -766,7 +795,7 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   }
   if (s->q && s->listed && !s->vr && (!o->filter || s->nf > 0)) {
     sctx c = {db, r, s->q, s->dim, o->filter ? s->fids : NULL, s->nf,
-              s->allow, s->next_id, s->scratch, NULL};
+              s->allow, s->next_id, s->scratch, NULL, fell_back};
     if ((rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr)))
       return rc;
   }

@@ -4710,12 +4710,13 @@ static void test_concurrency_readers_never_see_half_a_batch(void **state) {
 extern int (*vlm__test_fault)(const char *where);
 static const char *fault_at[3];
 
-static int fault_hits;
+static int fault_hits, fault_hits_at[3];
 
 static int fault_here(const char *where) {
   for (int i = 0; i < 3; i++)
     if (fault_at[i] && !strcmp(fault_at[i], where)) {
       fault_hits++;
+      fault_hits_at[i]++;
       return 1;
     }
   return 0;
@@ -4826,17 +4827,20 @@ static void test_planner_retries(void **state) {
     o.exact = 0;
     for (int mode = 0; mode < 2; mode++) {
       fault_at[0] = modes[mode];
-      fault_hits = 0;
+      /* the listed matches are post-filtered against their bitmap
+       * first: have that find too few, so the filtered walk runs */
+      fault_at[1] = "planner-bits";
+      fault_hits_at[0] = 0;
       CHECK(vlm_db_search(db, qv, &o, &hits, &nh));
       char *got = hits_keys(hits, nh);
       vlm_hits_free(hits, nh);
-      if (fault_hits == 0)
+      if (fault_hits_at[0] == 0)
         fail_msg("%s: the fault point was never reached", modes[mode]);
       if (strcmp(got, want))
         fail_msg("%s: query %d: %s\nexact: %s", modes[mode], q, got, want);
       free(got);
     }
-    fault_at[0] = NULL;
+    fault_at[0] = fault_at[1] = NULL;
     free(want);
   }
   vlm__test_fault = NULL;
