@@ -1887,6 +1887,21 @@ static int ckpt_file_of(const char *dir, const char *mod, char *name,
   return rc;
 }
 
+/* Threads that make the first searches of a read-only handle together:
+ * each loads nothing or waits for the one that loads (vlm__vindex_ensure),
+ * and all get the answers of one thread searching alone. */
+typedef struct {
+  vlm_db *db;
+  const corpus *c;
+  char *got; /* index_answers */
+} lazy_job;
+
+static void *lazy_searcher(void *arg) {
+  lazy_job *j = arg;
+  j->got = index_answers(j->db, j->c);
+  return NULL;
+}
+
 /* A read-only open reads no index file: the first search does, from the
  * file held open since the open, with the ids deleted after the
  * checkpoint taken out and the tail added, even when a writer in another
@@ -1980,6 +1995,28 @@ static void test_lazy_index_load(void **state) {
     check_targets(ro, &c, alive, 1, 1.0);
     assert_int_equal(warnings, 0);
     CHECK(vlm_db_verify(ro));
+    vlm_db_close(ro);
+    /* four threads making a fresh handle's first searches at once answer
+     * as one thread alone on another fresh handle */
+    CHECK(vlm_db_open(t.dir, &o, &ro));
+    char *alone = index_answers(ro, &c);
+    assert_non_null(alone);
+    vlm_db_close(ro);
+    CHECK(vlm_db_open(t.dir, &o, &ro));
+    lazy_job jobs[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+      jobs[i] = (lazy_job){ro, &c, NULL};
+      assert_int_equal(pthread_create(&th[i], NULL, lazy_searcher, &jobs[i]),
+                       0);
+    }
+    for (int i = 0; i < 4; i++) {
+      assert_int_equal(pthread_join(th[i], NULL), 0);
+      assert_non_null(jobs[i].got);
+      assert_string_equal(jobs[i].got, alone);
+      free(jobs[i].got);
+    }
+    free(alone);
     vlm_db_close(ro);
     corpus_free(&c);
     tmp_free(&t);
