@@ -3,6 +3,8 @@
 #   make demo      install missing packages, build, run the end-to-end demo
 #   make test      install missing packages, build, run every test
 #   make test T=db run one module's tests (tests/test_db.c)
+#   make test-web  the web console in a real browser (chromium, puppeteer-core)
+#   make test-cluster  a sharded build through a real Slurm on this machine
 #   make asan      the test suite under AddressSanitizer + UBSan
 #   make tsan      the concurrency tests under ThreadSanitizer
 #   make crash     the kill -9 crash campaign (CRASH_KILLS=1000)
@@ -47,13 +49,14 @@ LDFLAGS  += $(SANFLAGS) -pthread
 ifdef FAISS_PREFIX
   CFLAGS   += -I$(FAISS_PREFIX)/include -DVLM_FAISS_REAL_CAPI=1
   FAISS_LIBS = -L$(FAISS_PREFIX)/lib -Wl,-rpath,$(FAISS_PREFIX)/lib -lfaiss_c -lfaiss
-  SHIM_SRC  =
+  CXXFLAGS += -I$(FAISS_PREFIX)/include
+  SHIM_SRC  = index/faiss_ondisk.cpp
 else
   FAISS_LIBS = -lfaiss
   SHIM_SRC   = $(wildcard index/*.cpp)
 endif
 
-LIBS = -ljansson -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv \
+LIBS = -ljansson -lhttp_parser -lutf8proc -ljpeg -lpng16 $(IMAGE_LIBS) -lz -llmdb -lsqlite3 -lxxhash -luv \
        -lsentencepiece $(FAISS_LIBS) -lopenblas -lgomp -lstdc++ -lm -ldl -lrt
 TEST_LIBS = -lcmocka -lhiredis
 
@@ -72,7 +75,7 @@ TEST_UTIL_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/util/*.c))
 BENCH_SRC = $(wildcard bench/*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps build test asan tsan crash coverage fuzz fuzz-run bench demo data clean
+.PHONY: all deps build test test-web console-shots test-cluster asan tsan crash coverage fuzz fuzz-run bench demo data clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/vlmdb
@@ -88,6 +91,11 @@ tests-build: $(TEST_BIN) $(HELPER_BIN) $(BUILD)/vlmdb
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# The OpenAPI document is compiled into the server (.incbin in openapi.c).
+$(BUILD)/obj/net/openapi.o: net/openapi.json
+# So are the web console's files (.incbin in console.c).
+$(BUILD)/obj/net/console.o: net/console/index.html net/console/app.js net/console/app.css
 
 # The trainer's elementwise kernels need the vectorizer's full cost model
 # (-O2's is too cheap for loops of unknown length).
@@ -147,6 +155,34 @@ test: build
 
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=asan test
+
+# The web console in a real browser (tests/web/console.test.mjs): Debian's
+# chromium driven headless by puppeteer-core, which npm installs from
+# tests/web/package-lock.json when it is absent (it downloads no browser).
+# Screenshots of each state go to $(BUILD)/web/.
+WEB_DEPS = tests/web/node_modules/.package-lock.json
+$(WEB_DEPS): tests/web/package.json tests/web/package-lock.json
+	cd tests/web && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund
+	@touch $@
+
+test-web: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) $(BUILD)/vlmdb $(WEB_DEPS)
+	node tests/web/console.test.mjs --vlmdb $(BUILD)/vlmdb --out $(BUILD)/web
+
+# The README's two screenshots of the console (docs/console-*.png) on the
+# demo database (make demo builds it).
+DEMO_DB ?= data/demo.vlmdb
+console-shots: deps
+	@$(MAKE) --no-print-directory -j$$(nproc) $(BUILD)/vlmdb $(WEB_DEPS)
+	node tests/web/console.test.mjs --vlmdb $(BUILD)/vlmdb --shots docs --db $(DEMO_DB)
+# A sharded build through a real Slurm on this machine (about 15 s):
+# munged, slurmctld and two slurmd nodes started in a temporary directory
+# (tools/slurm/test-cluster.sh), the shard array and the merge submitted
+# with tools/slurm/submit.sh, the result checked against one process.
+test-cluster:
+	@sh tools/deps.sh cluster
+	@$(MAKE) --no-print-directory $(BUILD)/vlmdb
+	@bash tools/slurm/test-cluster.sh $(BUILD)/vlmdb
 
 # The long crash campaign: the kill -9 tests of `make test` run longer.
 # CRASH_KILLS kills of a writer child (ingest, upsert, delete, index

@@ -31,8 +31,15 @@
  * text cell runs 64 token ids through the tower (vlm__clip_encode_tokens)
  * so it needs no tokenizer file.
  *
+ * Each geometry runs in every compute mode of --compute (default
+ * exact,bf16,int8: vlm_clip_options.compute, embed/quant.h), each with
+ * its table, then one table side by side whose ratios are one thread's
+ * CPU time per image (batch 16) and per 7-token text of the exact path
+ * over the mode's, from the same run: readable on a busy machine.
+ *
  * usage: build/bench/embed [--f32] [--reps N] [--no-coretype] [--no-panels]
  *                          [--keep DIR] [--model DIR] [--geometry NAME]
+ *                          [--compute exact,bf16,int8]
  */
 #include <cblas.h>
 #include <jansson.h>
@@ -429,7 +436,7 @@ static void *panel_thread(void *p) {
   panel_job *j = p;
   for (int r = 0; r < j->reps; r++)
     vlm__matmul_panels(j->c, j->N, j->a, j->K, j->panels, 0, NULL, j->M,
-                       j->n0, j->n1, j->K, 0);
+                       j->n0, j->n1, j->K, 0, NULL);
   return NULL;
 }
 
@@ -502,18 +509,25 @@ static int load(const char *dir, const geometry *g, const vlm_clip_options *o,
 
 /* Measure the model in dir and print its table.  g: the geometry the
  * benchmark wrote there (NULL: a model given with --model). */
+/* One mode's numbers for the summary across compute modes. */
+typedef struct {
+  double b1_ips, b16_ips[2], text7_ms, cpu_b16_ms, cpu_text_ms;
+} summary;
+
 static int measure(const char *dir, const geometry *g, int reps,
-                   const anchor *an) {
+                   const anchor *an, vlm_compute_mode mode, summary *sum) {
   vlm_clip *probe_clip = NULL;
-  if (load(dir, g, NULL, &probe_clip)) {
+  vlm_clip_options po = {.compute = mode};
+  if (load(dir, g, &po, &probe_clip)) {
     fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
     return 1;
   }
   const int S = vlm_clip_image_size(probe_clip), D = vlm_clip_dim(probe_clip),
             ctx = vlm_clip_context_length(probe_clip);
   const int siglip = !strcmp(vlm_clip_family(probe_clip), "siglip");
-  printf("\n%s: %s, %d px, %d text positions, dimension %d\n",
-         g ? g->name : dir, vlm_clip_family(probe_clip), S, ctx, D);
+  printf("\n%s: %s, %d px, %d text positions, dimension %d, %s compute\n",
+         g ? g->name : dir, vlm_clip_family(probe_clip), S, ctx, D,
+         vlm_clip_compute(probe_clip));
   vlm_clip_free(probe_clip);
   const size_t per = (size_t)3 * S * S;
   float *pixels = malloc(16 * per * sizeof *pixels);
@@ -536,7 +550,7 @@ static int measure(const char *dir, const geometry *g, int reps,
   double cpu_ms[4] = {0, 0, 0, 0};
   double load_s[2] = {0, 0};
   for (int th = 1; th <= 2; th++) {
-    vlm_clip_options o = {.threads = th};
+    vlm_clip_options o = {.threads = th, .compute = mode};
     vlm_clip *clip = NULL;
     double t0 = now();
     if (load(dir, g, &o, &clip)) {
@@ -596,7 +610,7 @@ static int measure(const char *dir, const geometry *g, int reps,
    * (each call single-threaded, as a server's workers would run it). */
   double conc[64];
   {
-    vlm_clip_options o = {.threads = 1};
+    vlm_clip_options o = {.threads = 1, .compute = mode};
     vlm_clip *clip = NULL;
     if (load(dir, g, &o, &clip)) {
       fprintf(stderr, "bench: load: %s\n", vlm_errmsg());
@@ -662,14 +676,55 @@ static int measure(const char *dir, const geometry *g, int reps,
            100.0 * gflop / (cell[1][1].min * 1e-3) / an->rate[1].min,
            an->name, gflop);
   }
+  sum->b1_ips = 1e3 / cell[0][0].min;
+  sum->b16_ips[0] = 1e3 / cell[1][0].min;
+  sum->b16_ips[1] = 1e3 / cell[1][1].min;
+  sum->text7_ms = cell[2][0].min;
+  sum->cpu_b16_ms = cpu_ms[1];
+  sum->cpu_text_ms = cpu_ms[2];
   free(pixels);
   free(out);
+  return 0;
+}
+
+static const vlm_compute_mode modes[3] = {VLM_COMPUTE_EXACT, VLM_COMPUTE_BF16,
+                                          VLM_COMPUTE_INT8};
+static const char *const mode_names[3] = {"exact", "bf16", "int8"};
+
+/* Every compute mode asked for, then one table of them side by side: the
+ * ratios are of one thread's CPU time (what the work cost, whatever else
+ * the machine ran) to the exact path's in the same run. */
+static int measure_modes(const char *dir, const geometry *g, int reps,
+                         const anchor *an, unsigned mode_mask) {
+  summary sums[3];
+  int status = 0;
+  for (int m = 0; m < 3 && !status; m++)
+    if (mode_mask & (1u << m))
+      status = measure(dir, g, reps, an, modes[m], &sums[m]);
+  if (status || (mode_mask & (mode_mask - 1)) == 0)
+    return status;
+  printf("\n%s, compute modes side by side (best of %d; x: exact CPU time "
+         "over this one's, 1 thread)\n", g ? g->name : dir, reps);
+  printf("%-7s %10s %10s %10s %9s %9s %8s %8s\n", "compute", "img/s b1",
+         "img/s b16", "b16 2th", "ms 7-tok", "CPU ms/im", "x image", "x text");
+  for (int m = 0; m < 3; m++) {
+    if (!(mode_mask & (1u << m)))
+      continue;
+    const summary *s = &sums[m];
+    printf("%-7s %10.1f %10.1f %10.1f %9.2f %9.2f", mode_names[m], s->b1_ips,
+           s->b16_ips[0], s->b16_ips[1], s->text7_ms, s->cpu_b16_ms);
+    if (mode_mask & 1u)
+      printf(" %8.2f %8.2f", sums[0].cpu_b16_ms / s->cpu_b16_ms,
+             sums[0].cpu_text_ms / s->cpu_text_ms);
+    printf("\n");
+  }
   return 0;
 }
 
 int main(int argc, char **argv) {
   int f32 = 0, reps = 7, coretype = 1, panels = 1;
   const char *keep = NULL, *model = NULL, *only = NULL;
+  unsigned mode_mask = 7; /* exact, bf16, int8 */
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--f32"))
       f32 = 1;
@@ -685,10 +740,21 @@ int main(int argc, char **argv) {
       model = argv[++i];
     else if (!strcmp(argv[i], "--geometry") && i + 1 < argc)
       only = argv[++i];
-    else {
+    else if (!strcmp(argv[i], "--compute") && i + 1 < argc) {
+      const char *list = argv[++i];
+      mode_mask = 0;
+      for (int m = 0; m < 3; m++)
+        if (strstr(list, mode_names[m]))
+          mode_mask |= 1u << m;
+      if (!mode_mask) {
+        fprintf(stderr, "bench: --compute is a list of exact, bf16, int8\n");
+        return 2;
+      }
+    } else {
       fprintf(stderr, "usage: %s [--f32] [--reps N] [--no-coretype] "
               "[--no-panels] [--keep DIR] [--model DIR] "
-              "[--geometry vit-b32|siglip-b16]\n", argv[0]);
+              "[--geometry vit-b32|siglip-b16] [--compute exact,bf16,int8]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -758,7 +824,7 @@ int main(int argc, char **argv) {
   }
 
   if (model)
-    return measure(root, NULL, reps, &an);
+    return measure_modes(root, NULL, reps, &an, mode_mask);
   int status = 0;
   for (int i = 0; i < NGEOMETRIES && !status; i++) {
     const geometry *g = &geometries[i];
@@ -776,7 +842,7 @@ int main(int argc, char **argv) {
       }
       printf("\n(%s checkpoint written in %.1f s)", g->name, now() - t0);
     }
-    status = measure(dir, g, reps, &an);
+    status = measure_modes(dir, g, reps, &an, mode_mask);
     if (!keep) { /* only the temporary model this run wrote */
       static const char *files[] = {"model.safetensors", "config.json",
                                     "vocab.json", "merges.txt"};

@@ -1,7 +1,7 @@
 /* net.c - `vlmdb serve` under load, with a real redis-server as the anchor.
  *
  *   build/bench/net [--n ITEMS] [--dim DIM] [--threads T] [--seconds S]
- *                   [--model DIR] [--skip ping,vector,text] [--dir TMPDIR]
+ *                   [--model DIR] [--skip ping,vector,text,http] [--dir TMPDIR]
  *                   [--vec-db DIR]   (reuse a database of image vectors)
  *                   [--rounds R] [--queries Q] [--keep]
  *
@@ -30,6 +30,12 @@
  *    S seconds; QPS, p50 and p99 latency; meanwhile one more client sends
  *    PING every 2 ms and reports its p99 (the loop must stay responsive).
  *    Run with dynamic batching on (default window) and off.
+ * 4. HTTP beside RESP, same server, same run: 50 clients one request at a
+ *    time for S seconds each, text search (SEARCH TEXT ... K 10 TARGET
+ *    IMAGE RETURN 1 has_thumb against GET /v1/search?text=...&k=10&target=
+ *    image&fields=, which runs that same command) and embedding (EMBED TEXT ... ARRAY
+ *    against POST /v1/embed); QPS, p50, p99 and HTTP's overhead.  Goal:
+ *    HTTP within 15% of RESP.  The HTTP client is a keep-alive raw socket.
  *
  * Every server is a real `vlmdb serve` process (the binary beside this
  * one's directory: build/vlmdb), stopped with SIGTERM.  Numbers go to
@@ -41,6 +47,7 @@
 #include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -171,6 +178,7 @@ static void stop(pid_t pid) {
 typedef struct {
   pid_t pid;
   int port;
+  int http_port; /* vlmdb: from its "http on" line */
 } server;
 
 static server start_vlmdb(const char *db, const char *model,
@@ -185,7 +193,7 @@ static server start_vlmdb(const char *db, const char *model,
     argv[n++] = extra[i];
   argv[n] = NULL;
   int fd;
-  server s = {spawn(argv, &fd, log), 0};
+  server s = {spawn(argv, &fd, log), 0, 0};
   char line[256];
   size_t len = 0;
   while (len < sizeof line - 1) {
@@ -196,16 +204,28 @@ static server start_vlmdb(const char *db, const char *model,
       break;
   }
   line[len] = '\0';
+  char line2[256];
+  size_t len2 = 0;
+  while (len2 < sizeof line2 - 1) { /* written with the first */
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 0) <= 0 || read(fd, line2 + len2, 1) != 1)
+      break;
+    if (line2[len2++] == '\n')
+      break;
+  }
+  line2[len2] = '\0';
   close(fd);
   char *colon = strrchr(line, ':');
   if (!strstr(line, "listening on") || !colon)
     die("vlmdb serve did not start (see %s)", log);
   s.port = atoi(colon + 1);
+  char *colon2 = strrchr(line2, ':');
+  s.http_port = strstr(line2, "http on") && colon2 ? atoi(colon2 + 1) : 0;
   return s;
 }
 
 static server start_redis(void) {
-  server s = {0, free_port()};
+  server s = {0, free_port(), 0};
   char port[16];
   snprintf(port, sizeof port, "%d", s.port);
   const char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
@@ -716,6 +736,192 @@ static void bench_text(const char *dir, const char *model, int n,
   text_run(db, model, dir, seconds, threads, 0);
 }
 
+/* ======================================================================
+ * 4. HTTP beside RESP
+ * ==================================================================== */
+
+typedef struct {
+  int port, http;     /* http: use the HTTP port */
+  int embed;          /* EMBED instead of SEARCH */
+  double until;
+  double *lat;
+  size_t n, cap;
+  int id;
+} proto_client;
+
+/* One HTTP request on a keep-alive socket, the response read whole
+ * (status line, Content-Length, body); its status. */
+static int http_call(int fd, const char *req, size_t len, char *buf,
+                     size_t cap) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+    if (w <= 0)
+      die("http send: %s", strerror(errno));
+    off += (size_t)w;
+  }
+  size_t got = 0, need = 0;
+  char *body = NULL;
+  for (;;) {
+    ssize_t r = recv(fd, buf + got, cap - 1 - got, 0);
+    if (r <= 0)
+      die("http recv: %s", r ? strerror(errno) : "closed");
+    got += (size_t)r;
+    buf[got] = '\0';
+    if (!body && (body = strstr(buf, "\r\n\r\n"))) {
+      char *cl = strcasestr(buf, "Content-Length: ");
+      if (!cl)
+        die("http: no Content-Length");
+      need = (size_t)(body + 4 - buf) + strtoul(cl + 16, NULL, 10);
+      if (need >= cap)
+        die("http: response too large");
+    }
+    if (body && got >= need)
+      break;
+  }
+  return atoi(buf + 9);
+}
+
+static int tcp_open(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {0};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+    die("connect: %s", strerror(errno));
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+static void *proto_worker(void *arg) {
+  proto_client *pc = arg;
+  redisContext *c = NULL;
+  int fd = -1;
+  char *buf = malloc(1 << 20);
+  if (pc->http)
+    fd = tcp_open(pc->port);
+  else if (!(c = redisConnect("127.0.0.1", pc->port)) || c->err)
+    die("connect");
+  unsigned i = (unsigned)pc->id * 7919u;
+  while (now() < pc->until) {
+    char text[96], req[512];
+    snprintf(text, sizeof text, "%s %u",
+             phrases[i % (sizeof phrases / sizeof phrases[0])], i % 1000);
+    double t0 = now();
+    if (pc->http) {
+      int n;
+      if (pc->embed) {
+        char body[160];
+        int bl = snprintf(body, sizeof body, "{\"text\":\"%s\"}", text);
+        n = snprintf(req, sizeof req, "POST /v1/embed HTTP/1.1\r\nHost: b"
+                     "\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\n\r\n%s", bl, body);
+      } else {
+        for (char *p = text; *p; p++)
+          if (*p == ' ')
+            *p = '+';
+        n = snprintf(req, sizeof req, "GET /v1/search?text=%s&k=10&target="
+                     "image&fields= HTTP/1.1\r\nHost: b\r\n\r\n", text);
+      }
+      int st = http_call(fd, req, (size_t)n, buf, 1 << 20);
+      if (st != 200)
+        die("HTTP status %d: %.200s", st, buf);
+    } else {
+      redisReply *r = pc->embed
+                          ? redisCommand(c, "EMBED TEXT %s ARRAY", text)
+                          : redisCommand(c, "SEARCH TEXT %s K 10 TARGET IMAGE "
+                                         "RETURN 1 has_thumb", text);
+      if (!r || r->type == REDIS_REPLY_ERROR)
+        die("RESP: %s", r ? r->str : c->errstr);
+      freeReplyObject(r);
+    }
+    double dt = now() - t0;
+    if (pc->n == pc->cap) {
+      pc->cap = pc->cap ? pc->cap * 2 : 4096;
+      pc->lat = realloc(pc->lat, pc->cap * sizeof *pc->lat);
+    }
+    pc->lat[pc->n++] = dt;
+    i++;
+  }
+  if (c)
+    redisFree(c);
+  if (fd >= 0)
+    close(fd);
+  free(buf);
+  return NULL;
+}
+
+/* QPS, p50 and p99 (ms) of one protocol and request kind. */
+static void proto_run(const server *s, int http, int embed, double seconds,
+                      double *qps, double *p50, double *p99) {
+  enum { NC = 50 };
+  proto_client pc[NC];
+  pthread_t t[NC];
+  double until = now() + seconds;
+  for (int i = 0; i < NC; i++) {
+    memset(&pc[i], 0, sizeof pc[i]);
+    pc[i].port = http ? s->http_port : s->port;
+    pc[i].http = http;
+    pc[i].embed = embed;
+    pc[i].until = until;
+    pc[i].id = i;
+    pthread_create(&t[i], NULL, proto_worker, &pc[i]);
+  }
+  for (int i = 0; i < NC; i++)
+    pthread_join(t[i], NULL);
+  size_t total = 0, k = 0;
+  for (int i = 0; i < NC; i++)
+    total += pc[i].n;
+  double *all = malloc(total * sizeof *all);
+  for (int i = 0; i < NC; i++) {
+    memcpy(all + k, pc[i].lat, pc[i].n * sizeof *all);
+    k += pc[i].n;
+    free(pc[i].lat);
+  }
+  *qps = total / seconds;
+  *p50 = percentile(all, total, 0.5) * 1e3;
+  *p99 = percentile(all, total, 0.99) * 1e3;
+  free(all);
+}
+
+static void bench_http(const char *dir, const char *model, int n,
+                       double seconds, int threads) {
+  vlm_clip *clip;
+  if (vlm_clip_load(model, NULL, &clip) < 0)
+    die("model %s: %s", model, vlm_errmsg());
+  char db[PATH_MAX], log[PATH_MAX], tbuf[16];
+  snprintf(db, sizeof db, "%s/http.db", dir);
+  snprintf(log, sizeof log, "%s/http.log", dir);
+  fill_db(db, n, vlm_clip_dim(clip), "HNSW32", vlm_clip_model_id(clip));
+  vlm_clip_free(clip);
+  snprintf(tbuf, sizeof tbuf, "%d", threads);
+  const char *extra[] = {"--threads", tbuf, NULL};
+  server s = start_vlmdb(db, model, extra, log);
+  if (!s.http_port)
+    die("the server has no HTTP port");
+  printf("\n== HTTP beside RESP, same server: 50 clients one request at a "
+         "time, %.0f s each,\n   %d items, HNSW32, model %s, %d worker "
+         "threads\n", seconds, n, model, threads);
+  printf("%-44s %8s %9s %9s\n", "", "QPS", "p50 ms", "p99 ms");
+  static const char *names[2][2] = {
+      {"RESP  SEARCH TEXT ... K 10 TARGET IMAGE", "HTTP  GET /v1/search"},
+      {"RESP  EMBED TEXT ... ARRAY", "HTTP  POST /v1/embed"}};
+  for (int embed = 0; embed < 2; embed++) {
+    double q[2], p50[2], p99[2];
+    for (int http = 0; http < 2; http++) {
+      proto_run(&s, http, embed, 1, &q[http], &p50[http], &p99[http]);
+      proto_run(&s, http, embed, seconds, &q[http], &p50[http], &p99[http]);
+      printf("%-44s %8.0f %9.2f %9.2f\n", names[embed][http], q[http],
+             p50[http], p99[http]);
+    }
+    printf("HTTP overhead (%s): %.1f%% in throughput\n",
+           embed ? "embed" : "search", 100.0 * (q[0] / q[1] - 1));
+  }
+  stop(s.pid);
+}
+
 /* ====================================================================== */
 
 static int rm_entry(const char *path, const struct stat *st, int flag,
@@ -758,7 +964,7 @@ int main(int argc, char **argv) {
       queries = atoi(v), i++;
     else
       die("usage: %s [--n ITEMS] [--dim DIM] [--threads T] [--seconds S] "
-          "[--model DIR] [--skip ping,vector,text] [--dir TMPDIR] "
+          "[--model DIR] [--skip ping,vector,text,http] [--dir TMPDIR] "
           "[--vec-db DIR] [--rounds R] [--queries Q] [--keep]", argv[0]);
   }
   if (threads <= 0) {
@@ -795,6 +1001,8 @@ int main(int argc, char **argv) {
                  queries < 100 ? 100 : queries);
   if (!strstr(skip, "text"))
     bench_text(dir, model, n, seconds, threads);
+  if (!strstr(skip, "http"))
+    bench_http(dir, model, n, seconds, threads);
   if (keep)
     printf("kept %s (its vec.db can be passed to --vec-db)\n", dir);
   else

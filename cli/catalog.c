@@ -5,6 +5,7 @@
  * the same whatever the catalog's format.
  */
 #include "catalog.h"
+#include "catalog_emb.h"
 #include "vlm_error.h"
 #include "vlm_utf8.h"
 
@@ -38,6 +39,7 @@ static const char *const skip_names[VLM_SKIP_NREASONS] = {
     [VLM_SKIP_DUPLICATE] = "duplicate-key",
     [VLM_SKIP_EXISTS] = "exists",
     [VLM_SKIP_REJECTED] = "rejected",
+    [VLM_SKIP_OTHER_SHARD] = "other-shard",
 };
 
 const char *vlm_skip_reason_name(vlm_skip_reason reason) {
@@ -244,6 +246,10 @@ struct vlm_catalog {
   csv_column *cols;
   int ncols;
   csv_record rec;
+  /* EMBEDDINGS: the layout, and the vectors of the row being made */
+  vlm__emb *emb;
+  float *preset_image, *preset_text;
+  int preset_dim;
   /* DIR: sorted relative paths of the images */
   char **entries;
   size_t nentries, entries_cap, next_entry;
@@ -526,6 +532,13 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
       get_vector(cat, obj, "text_vector", &row->text_vec, &dim, row) ||
       get_vector(cat, obj, "vector", &any_vec, &dim, row))
     return 1;
+  if (cat->preset_image || cat->preset_text) {
+    /* vectors that came from .npy files beside the row's object */
+    row->image_vec = cat->preset_image;
+    row->text_vec = cat->preset_text;
+    cat->preset_image = cat->preset_text = NULL;
+    dim = cat->preset_dim;
+  }
   row->dim = dim;
   if (any_vec) {
     /* "vector" is the vector of the item's main modality: its image when
@@ -1139,6 +1152,22 @@ done:
   return rc;
 }
 
+/* ----------------------------------------------------------- EMBEDDINGS */
+
+static int emb_next(vlm_catalog *cat, vlm_catalog_row *row) {
+  json_t *obj;
+  int rc = vlm__emb_next(cat->emb, row, &obj, &cat->preset_image,
+                         &cat->preset_text, &cat->preset_dim);
+  if (rc == 1 && obj)
+    rc = row_from_object(cat, obj, row);
+  json_decref(obj);
+  /* not taken by the row (it was bad) */
+  free(cat->preset_image);
+  free(cat->preset_text);
+  cat->preset_image = cat->preset_text = NULL;
+  return rc;
+}
+
 /* ---------------------------------------------------------- open/close */
 
 static vlm_catalog_format format_from_name(const char *path) {
@@ -1184,6 +1213,19 @@ int vlm_catalog_open(const char *path, const vlm_catalog_options *opts,
         goto fail;
       cat->nfields = i + 1;
     }
+  }
+  if (S_ISDIR(st.st_mode) &&
+      (cat->format == VLM_CATALOG_EMBEDDINGS ||
+       (cat->format == VLM_CATALOG_AUTO && vlm__emb_is_layout(path)))) {
+    cat->format = VLM_CATALOG_EMBEDDINGS;
+    if ((rc = vlm__emb_open(path, cat->dim, &cat->emb)))
+      goto fail;
+    *out = cat;
+    return 0;
+  }
+  if (cat->format == VLM_CATALOG_EMBEDDINGS) {
+    rc = vlm_seterr(VLM_EINVAL, "%s is not a directory", path);
+    goto fail;
   }
   if (S_ISDIR(st.st_mode)) {
     if (cat->format != VLM_CATALOG_AUTO && cat->format != VLM_CATALOG_DIR) {
@@ -1252,6 +1294,9 @@ void vlm_catalog_close(vlm_catalog *cat) {
   for (size_t i = 0; i < cat->nentries; i++)
     free(cat->entries[i]);
   free(cat->entries);
+  vlm__emb_close(cat->emb);
+  free(cat->preset_image);
+  free(cat->preset_text);
   free(cat->base);
   free(cat->path);
   free(cat);
@@ -1267,6 +1312,7 @@ long vlm_catalog_count(vlm_catalog *cat) {
   case VLM_CATALOG_CSV:
   case VLM_CATALOG_TSV: return csv_count(cat->path, cat->delim);
   case VLM_CATALOG_DIR: return (long)cat->nentries;
+  case VLM_CATALOG_EMBEDDINGS: return vlm__emb_count(cat->emb);
   default: return -1;
   }
 }
@@ -1278,6 +1324,7 @@ int vlm_catalog_next(vlm_catalog *cat, vlm_catalog_row *row) {
   case VLM_CATALOG_CSV:
   case VLM_CATALOG_TSV: return csv_next(cat, row);
   case VLM_CATALOG_DIR: return dir_next(cat, row);
+  case VLM_CATALOG_EMBEDDINGS: return emb_next(cat, row);
   default: return vlm_seterr(VLM_EINVAL, "catalog format not set");
   }
 }

@@ -34,7 +34,10 @@ typedef enum {
   VLM_CATALOG_JSONL,
   VLM_CATALOG_CSV,
   VLM_CATALOG_TSV,
-  VLM_CATALOG_DIR
+  VLM_CATALOG_DIR,
+  VLM_CATALOG_EMBEDDINGS /* a directory in clip-retrieval's layout
+                            (catalog_emb.h): precomputed vectors; AUTO
+                            takes a directory with metadata/ for one */
 } vlm_catalog_format;
 
 /* Why a row was skipped; names (vlm_skip_reason_name) appear in the ingest
@@ -51,6 +54,8 @@ typedef enum {
   VLM_SKIP_DUPLICATE,     /* "duplicate-key": key seen earlier in the run */
   VLM_SKIP_EXISTS,        /* "exists": key already stored (no --upsert) */
   VLM_SKIP_REJECTED,      /* "rejected": the database refused the item */
+  VLM_SKIP_OTHER_SHARD,   /* "other-shard": the key's hash slot belongs to
+                             another shard of the database's cluster */
   VLM_SKIP_NREASONS
 } vlm_skip_reason;
 

@@ -23,6 +23,7 @@ typedef struct {
   const char *thumb;    /* get: --thumb FILE */
   const char *output;   /* export: -o FILE; salvage: --out DIR */
   const char *factory;  /* reindex: --index */
+  int text;             /* reindex: --text */
   const char *meta;     /* update: --meta JSON */
   const char *source;   /* update: --source URI */
   int first_arg;        /* argv index of the first positional argument */
@@ -30,7 +31,8 @@ typedef struct {
 
 enum { OPT_VECTORS = 1, OPT_THUMB = 2, OPT_OUTPUT = 4, OPT_INDEX = 8,
        OPT_ARGS = 16, /* takes positional arguments (keys) */
-       OPT_UPDATE = 32 /* --meta, --source */ };
+       OPT_UPDATE = 32, /* --meta, --source */
+       OPT_TEXT = 64 /* reindex: --text */ };
 
 static int parse_admin(int argc, char **argv, unsigned allowed,
                        admin_args *a) {
@@ -44,6 +46,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
       {"index", required_argument, NULL, 'i'},
       {"meta", required_argument, NULL, 'm'},
       {"source", required_argument, NULL, 's'},
+      {"text", no_argument, NULL, 'T'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -55,6 +58,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
                     : c == 'o' ? OPT_OUTPUT
                     : c == 'i' ? OPT_INDEX
                     : c == 'm' || c == 's' ? OPT_UPDATE
+                    : c == 'T' ? OPT_TEXT
                                : 0;
     if (need && !(allowed & need))
       return vlm_cli_usage_error(a->cmd, "that flag is not for this command");
@@ -67,6 +71,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
     case 'i': a->factory = optarg; break;
     case 'm': a->meta = optarg; break;
     case 's': a->source = optarg; break;
+    case 'T': a->text = 1; break;
     case 'h': fputs(a->usage, stdout); return VLM_EXIT_OK;
     default: fputs(a->usage, stderr); return VLM_EXIT_USAGE;
     }
@@ -157,6 +162,20 @@ int cmd_info(int argc, char **argv) {
                         json_integer(info.format_version));
     json_object_set_new(o, "fields", fields);
     json_object_set_new(o, "disk_bytes", json_integer((json_int_t)info.disk_bytes));
+    if (info.shard >= 0) {
+      json_t *c = json_object(), *slots = json_array();
+      for (int i = 0; i < info.nslot_ranges; i++)
+        json_array_append_new(slots, json_pack("[ii]",
+                                               info.slot_ranges[i].first,
+                                               info.slot_ranges[i].last));
+      json_object_set_new(c, "digest", json_string(info.cluster_digest));
+      json_object_set_new(c, "shard", json_integer(info.shard));
+      json_object_set_new(c, "shards", json_integer(info.nshards));
+      json_object_set_new(c, "slots", slots);
+      json_object_set_new(o, "cluster", c);
+    } else {
+      json_object_set_new(o, "cluster", json_null());
+    }
     print_json_line(o);
     return VLM_EXIT_OK;
   }
@@ -201,6 +220,13 @@ int cmd_info(int argc, char **argv) {
   printf("\n");
   printf("disk:           %.1f MiB\n", (double)info.disk_bytes / (1 << 20));
   printf("format version: %d\n", info.format_version);
+  if (info.shard >= 0) {
+    char held[4096];
+    vlm_slot_ranges_format(info.slot_ranges, info.nslot_ranges, held,
+                           sizeof held);
+    printf("shard:          %d of %d, slots %s (cluster %s)\n", info.shard,
+           info.nshards, held, info.cluster_digest);
+  }
   return VLM_EXIT_OK;
 }
 
@@ -473,27 +499,32 @@ int cmd_export(int argc, char **argv) {
 /* ------------------------------------------------------------- reindex */
 
 static const char reindex_usage[] =
-    "usage: vlmdb reindex --db DIR --index FACTORY [--json]\n"
+    "usage: vlmdb reindex --db DIR (--index FACTORY | --text) [--json]\n"
     "\n"
-    "Rebuild the vector index with another FAISS kind (HNSW32, Flat,\n"
-    "IVF1024,Flat, IVF1024,PQ64, ...), training it from the stored vectors\n"
-    "when it needs training.\n"
+    "--index: rebuild the vector index with another FAISS kind (HNSW32,\n"
+    "Flat, IVF1024,Flat, IVF1024,PQ64, ...), training it from the stored\n"
+    "vectors when it needs training.\n"
+    "--text: rebuild meta.sqlite (metadata rows and the captions' full-text\n"
+    "index) from the payload store, with this version's caption tokenizer\n"
+    "(vlm_cjk: CJK text as character bigrams); a database made before it\n"
+    "keeps unicode61 until then.\n"
     "\n"
-    "example:\n"
-    "  vlmdb reindex --db photos.vlm --index IVF256,SQ8\n";
+    "examples:\n"
+    "  vlmdb reindex --db photos.vlm --index IVF256,SQ8\n"
+    "  vlmdb reindex --db photos.vlm --text\n";
 
 int cmd_reindex(int argc, char **argv) {
   admin_args a = {.cmd = "reindex", .usage = reindex_usage};
-  int rc = parse_admin(argc, argv, OPT_INDEX, &a);
+  int rc = parse_admin(argc, argv, OPT_INDEX | OPT_TEXT, &a);
   if (rc >= 0)
     return rc;
-  if (!a.factory)
-    return vlm_cli_usage_error(a.cmd, "--index FACTORY is required");
+  if (!a.factory == !a.text)
+    return vlm_cli_usage_error(a.cmd, "give --index FACTORY or --text");
   vlm_db *db;
   if (vlm_cli_open_db(a.cmd, a.db_dir, 0, &db))
     return VLM_EXIT_RUNTIME;
   double t0 = vlm_now();
-  rc = vlm_db_reindex(db, a.factory);
+  rc = a.text ? vlm_db_rebuild_meta(db) : vlm_db_reindex(db, a.factory);
   double elapsed = vlm_now() - t0;
   vlm_db_info info;
   if (!rc)
@@ -503,7 +534,16 @@ int cmd_reindex(int argc, char **argv) {
     vlm_cli_liberror(a.cmd, rc);
     return VLM_EXIT_RUNTIME;
   }
-  if (a.as_json) {
+  if (a.text && a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "text", json_string("vlm_cjk"));
+    json_object_set_new(o, "items", json_integer(info.items));
+    json_object_set_new(o, "elapsed_s", json_real(elapsed));
+    print_json_line(o);
+  } else if (a.text) {
+    printf("rebuilt the metadata and caption index (vlm_cjk): %lld items "
+           "in %.1f s\n", (long long)info.items, elapsed);
+  } else if (a.as_json) {
     json_t *o = json_object();
     json_object_set_new(o, "index", json_string(info.index_factory));
     json_object_set_new(o, "index_vectors", json_integer(info.index_vectors));

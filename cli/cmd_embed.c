@@ -42,6 +42,10 @@ static const char embed_usage[] =
     "  --json          one JSON object with the model and the scores\n"
     "  -h, --help      this help\n"
     "\n"
+    "vlmdb embed --catalog CATALOG --out DIR ... writes a catalog's vectors\n"
+    "as files in clip-retrieval's layout instead: see\n"
+    "`vlmdb embed --catalog x --help`.\n"
+    "\n"
     "example:\n"
     "  vlmdb embed --model models/clip-vit-base-patch32 \\\n"
     "      --text \"a photo of a cat\" --image cat.jpg\n";
@@ -155,6 +159,9 @@ static int load(const char *cmd, const char *dir, int threads, int orient,
 }
 
 int cmd_embed(int argc, char **argv) {
+  for (int i = 1; i < argc && strcmp(argv[i], "--"); i++)
+    if (!strcmp(argv[i], "--catalog") || !strncmp(argv[i], "--catalog=", 10))
+      return cmd_embed_files(argc, argv);
   const char *cmd = argv[0];
   const char *model = NULL;
   long threads = 0;

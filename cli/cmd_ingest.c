@@ -22,6 +22,7 @@
 #include "catalog.h"
 #include "opts.h"
 #include "progress.h"
+#include "shard.h"
 #include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
@@ -31,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -48,9 +50,10 @@
 #define MAX_THREADS 256
 
 static const char usage[] =
-    "usage: vlmdb ingest --db DIR CATALOG [--images-root DIR] [--batch N]\n"
+    "usage: vlmdb ingest --db DIR (CATALOG | --embeddings DIR)\n"
+    "                    [--images-root DIR] [--batch N]\n"
     "                    [--threads N] [--upsert] [--strict] [--format F]\n"
-    "                    [--model DIR] [--json] [--quiet]\n"
+    "                    [--model DIR] [--json] [--quiet] [--publish]\n"
     "\n"
     "Embed and store every row of CATALOG: a JSONL file (.jsonl), a CSV or\n"
     "TSV file with a header (.csv, .tsv), or a directory of images (key =\n"
@@ -66,10 +69,18 @@ static const char usage[] =
     "  --threads N         image decoding threads (default: all cores)\n"
     "  --upsert            replace keys that exist instead of skipping them\n"
     "  --strict            stop at the first bad row and exit with 1\n"
-    "  --format F          jsonl, csv, tsv or dir (default: from the name)\n"
+    "  --format F          jsonl, csv, tsv, dir or embeddings (default: from\n"
+    "                      the name; a directory holding metadata/ is\n"
+    "                      embeddings)\n"
+    "  --embeddings DIR    the catalog is DIR in clip-retrieval's layout\n"
+    "                      (img_emb/, text_emb/, metadata/), as `vlmdb embed\n"
+    "                      --out` writes it: the vectors are stored as given\n"
     "  --model DIR         the model, if not where the database says\n"
     "  --json              print the summary as JSON\n"
     "  -q, --quiet         no progress display\n"
+    "  --publish           build in DIR.tmp (made by `vlmdb init --db DIR\n"
+    "                      --publish`) and rename it to DIR when the run\n"
+    "                      ends with status 0; nothing to do when DIR exists\n"
     "  -h, --help          this help\n"
     "\n"
     "Exit status: 0, or 1 when rows failed and none is stored (by this run\n"
@@ -140,6 +151,7 @@ typedef struct {
   int nencoders;          /* concurrent single-threaded encode calls */
   unsigned put_flags;
   int strict;
+  uint8_t *slot_mine;     /* a shard: 1 for each hash slot it holds */
 
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -153,6 +165,7 @@ typedef struct {
 
   /* results; written by the writer (and the reader before it starts) */
   long rows_done, ingested;
+  long keyless;           /* a shard's bad rows without a key */
   long skipped[VLM_SKIP_NREASONS];
   double model_load_s;    /* time spent loading the model, inside elapsed */
   vlm_progress progress;
@@ -523,7 +536,9 @@ static int write_batch(ingest *ing, batch *b) {
     const vlm_catalog_row *row = &b->items[i].row;
     if (row->error == VLM_SKIP_NONE)
       continue;
-    if (row->error != VLM_SKIP_EXISTS) {
+    if (row->error != VLM_SKIP_EXISTS && row->error != VLM_SKIP_OTHER_SHARD) {
+      if (!row->key && ing->slot_mine)
+        ing->keyless++; /* every shard reports it: it is none's */
       report_row(ing, row);
       if (ing->strict)
         stop_at = i;
@@ -690,6 +705,15 @@ static void publish_batch(ingest *ing, batch *b) {
 static int classify_row(ingest *ing, batch *b, ingest_item *it) {
   vlm_catalog_row *row = &it->row;
   long first_line;
+  if (ing->slot_mine) {
+    /* Every task of a sharded build reads the same catalog: rows of the
+     * other shards are counted, not reported. */
+    int slot = vlm_key_slot(row->key, strlen(row->key));
+    if (!ing->slot_mine[slot]) {
+      set_item_error(it, VLM_SKIP_OTHER_SHARD, "slot %d", slot);
+      return 0;
+    }
+  }
   int rc = keyset_add(&ing->seen, row->key, row->line, &first_line);
   if (rc < 0) {
     report_fatal(ing, "out of memory");
@@ -765,6 +789,11 @@ static int read_catalog(ingest *ing, vlm_catalog *cat) {
     if (rc == 0)
       break;
     b->n++;
+    if (it->row.error && it->row.key && ing->slot_mine &&
+        !ing->slot_mine[vlm_key_slot(it->row.key, strlen(it->row.key))]) {
+      /* a bad row of another shard is that shard's to report */
+      set_item_error(it, VLM_SKIP_OTHER_SHARD, "bad row of another shard");
+    }
     if (!it->row.error && classify_row(ing, b, it)) {
       status = -1;
       break;
@@ -848,7 +877,8 @@ static int parse_format(const char *s, vlm_catalog_format *out) {
   } formats[] = {{"jsonl", VLM_CATALOG_JSONL},
                  {"csv", VLM_CATALOG_CSV},
                  {"tsv", VLM_CATALOG_TSV},
-                 {"dir", VLM_CATALOG_DIR}};
+                 {"dir", VLM_CATALOG_DIR},
+                 {"embeddings", VLM_CATALOG_EMBEDDINGS}};
   for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
     if (!strcmp(s, formats[i].name)) {
       *out = formats[i].format;
@@ -894,7 +924,10 @@ int cmd_ingest(int argc, char **argv) {
   memset(&ing, 0, sizeof ing);
   ing.cmd = cmd;
   long batch_size = 32, threads = sysconf(_SC_NPROCESSORS_ONLN);
-  int as_json = 0, quiet = 0;
+  int as_json = 0, quiet = 0, publish = 0;
+  const char *embeddings = NULL;
+  char tmp_dir[PATH_MAX];
+  const char *final_dir = NULL;
   vlm_catalog_format format = VLM_CATALOG_AUTO;
   static const struct option longopts[] = {
       {"db", required_argument, NULL, 'd'},
@@ -907,6 +940,8 @@ int cmd_ingest(int argc, char **argv) {
       {"model", required_argument, NULL, 'm'},
       {"json", no_argument, NULL, 'j'},
       {"quiet", no_argument, NULL, 'q'},
+      {"publish", no_argument, NULL, 'P'},
+      {"embeddings", required_argument, NULL, 'E'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -934,17 +969,47 @@ int cmd_ingest(int argc, char **argv) {
     case 'm': ing.model_dir = optarg; break;
     case 'j': as_json = 1; break;
     case 'q': quiet = 1; break;
+    case 'P': publish = 1; break;
+    case 'E':
+      embeddings = optarg;
+      format = VLM_CATALOG_EMBEDDINGS;
+      break;
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: fputs(usage, stderr); return VLM_EXIT_USAGE;
     }
   }
   if (!db_dir)
     return vlm_cli_usage_error(cmd, "--db DIR is required");
-  if (optind + 1 != argc)
-    return vlm_cli_usage_error(cmd, "give exactly one CATALOG");
+  if (optind + !embeddings != argc)
+    return vlm_cli_usage_error(cmd, embeddings ? "--embeddings DIR is the "
+                               "catalog: give no other" : "give exactly one "
+                               "CATALOG");
+  if (publish) {
+    /* DIR.tmp is the database; DIR appears when it is complete. */
+    if (vlm_cli_publish_tmp(cmd, db_dir, tmp_dir, sizeof tmp_dir))
+      return VLM_EXIT_USAGE;
+    int have_dir = vlm_cli_exists(db_dir), have_tmp = vlm_cli_exists(tmp_dir);
+    if (have_dir && have_tmp) {
+      vlm_cli_error(cmd, "both %s and %s exist: remove the one that is not "
+                    "wanted", db_dir, tmp_dir);
+      return VLM_EXIT_RUNTIME;
+    }
+    if (have_dir) {
+      fprintf(stderr, "vlmdb %s: %s is published already: nothing to do\n",
+              cmd, db_dir);
+      return VLM_EXIT_OK;
+    }
+    if (!have_tmp) {
+      vlm_cli_error(cmd, "%s does not exist: make it with `vlmdb init --db "
+                    "%s --publish ...` first", tmp_dir, db_dir);
+      return VLM_EXIT_RUNTIME;
+    }
+    final_dir = db_dir;
+    db_dir = tmp_dir;
+  }
   if (threads < 1)
     threads = 1;
-  ing.catalog_path = argv[optind];
+  ing.catalog_path = embeddings ? embeddings : argv[optind];
   ing.batch_size = (int)batch_size;
   ing.max_rows = (int)batch_size * ROWS_PER_GOOD;
   ing.nworkers = (int)threads;
@@ -970,6 +1035,16 @@ int cmd_ingest(int argc, char **argv) {
     goto done;
   }
   ing.dim = info.dim;
+  if (info.shard >= 0) {
+    if (!(ing.slot_mine = calloc(VLM_SLOTS, 1))) {
+      vlm_cli_error(cmd, "out of memory");
+      goto done;
+    }
+    for (int r = 0; r < info.nslot_ranges; r++)
+      memset(ing.slot_mine + info.slot_ranges[r].first, 1,
+             (size_t)(info.slot_ranges[r].last - info.slot_ranges[r].first +
+                      1));
+  }
   vlm_field fields[64];
   for (int i = 0; i < info.nfields; i++) {
     fields[i].name = info.field_names[i];
@@ -1042,15 +1117,27 @@ int cmd_ingest(int argc, char **argv) {
                        "before it are stored, none after it");
   long errors = 0;
   for (int r = 1; r < VLM_SKIP_NREASONS; r++)
-    if (r != VLM_SKIP_EXISTS)
+    if (r != VLM_SKIP_EXISTS && r != VLM_SKIP_OTHER_SHARD)
       errors += ing.skipped[r];
   /* "Nothing could be ingested": no row is stored now, neither by this
-   * run nor by an earlier one, and some failed. */
+   * run nor by an earlier one, and some failed.  A shard's failures are
+   * its own rows' (a row without a key is every shard's to report, and
+   * a shard may hold no row of the catalog). */
+  errors -= ing.keyless;
   if (ing.failed || ing.strict_stopped || interrupted ||
       (ing.ingested + ing.skipped[VLM_SKIP_EXISTS] == 0 && errors > 0))
     status = VLM_EXIT_RUNTIME;
   else
     status = VLM_EXIT_OK;
+  if (status == VLM_EXIT_OK && final_dir) {
+    /* closed (checkpointed) first: the renamed directory is whole */
+    vlm_db_close(ing.db);
+    ing.db = NULL;
+    if (vlm_cli_publish(cmd, db_dir, final_dir))
+      status = VLM_EXIT_RUNTIME;
+    else
+      fprintf(stderr, "vlmdb %s: published %s\n", cmd, final_dir);
+  }
 done:
   if (handlers_set) {
     sigaction(SIGINT, &old_int, NULL);
@@ -1059,6 +1146,7 @@ done:
   vlm_catalog_close(cat);
   free_slots(&ing);
   keyset_free(&ing.seen);
+  free(ing.slot_mine);
   vlm_clip_free(ing.clip);
   vlm_db_close(ing.db);
   pthread_mutex_destroy(&ing.mu);

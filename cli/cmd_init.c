@@ -1,5 +1,6 @@
 /* cmd_init.c - `vlmdb init`: create a database bound to a model. */
 #include "opts.h"
+#include "shard.h"
 #include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
@@ -13,6 +14,7 @@
 static const char usage[] =
     "usage: vlmdb init --db DIR [--model DIR] [--index FACTORY]\n"
     "                  [--field NAME:TYPE]... [--exif apply|ignore]\n"
+    "                  [--cluster FILE --shard I|auto] [--publish]\n"
     "\n"
     "Create an empty database in DIR (created if missing; must be empty),\n"
     "bound to a model (CLIP, SigLIP or Chinese-CLIP): every vector it\n"
@@ -30,12 +32,65 @@ static const char usage[] =
     "                      setting (SigLIP and Chinese-CLIP apply it, CLIP\n"
     "                      ignores it). Every command on the database then\n"
     "                      does the same.\n"
+    "  --cluster FILE      make the database shard I of the cluster map FILE\n"
+    "  --shard I|auto      (cluster.json): it holds only the keys of the\n"
+    "                      shard's hash slots; auto takes I from\n"
+    "                      $SLURM_ARRAY_TASK_ID, $JOB_COMPLETION_INDEX or\n"
+    "                      $VLMDB_SHARD, the first one set\n"
+    "  --publish           build the database as DIR.tmp, for\n"
+    "                      `vlmdb ingest --publish` to rename to DIR when it\n"
+    "                      is complete; run again, it does nothing when DIR\n"
+    "                      exists or DIR.tmp holds a database made with the\n"
+    "                      same settings (a task that was killed resumes)\n"
     "  -h, --help          this help\n"
     "\n"
     "example:\n"
     "  vlmdb init --db photos.vlm --field category:text --field year:int\n";
 
 #define MAX_FIELDS VLM_DB_MAX_FIELDS
+
+/* 0 when the database in dir was made with config's settings (model,
+ * dimension, index, fields, EXIF, cluster and shard); else -1 and what
+ * differs (or why it cannot be read) in why. */
+static int same_settings(const char *cmd, const char *dir,
+                         const vlm_db_config *config, char *why,
+                         size_t cap) {
+  vlm_db *db = NULL;
+  vlm_db_info info;
+  vlm_db_open_options o = {.readonly = 1};
+  (void)cmd;
+  if (vlm_db_open(dir, &o, &db) || vlm_db_stat(db, &info)) {
+    snprintf(why, cap, "%s", vlm_errmsg());
+    vlm_db_close(db);
+    return -1;
+  }
+  vlm_db_close(db);
+  const char *factory = config->index_factory ? config->index_factory
+                                              : "HNSW32";
+  int fields_same = info.nfields == config->nfields;
+  for (int i = 0; fields_same && i < info.nfields; i++)
+    fields_same = !strcmp(info.field_names[i], config->fields[i].name) &&
+                  info.field_types[i] == config->fields[i].type;
+  int want_shard = config->nslot_ranges ? config->shard : -1;
+  if (strcmp(info.model_id, config->model_id))
+    snprintf(why, cap, "another model");
+  else if (info.dim != config->dim)
+    snprintf(why, cap, "dimension %d", info.dim);
+  else if (strcmp(info.index_factory, factory))
+    snprintf(why, cap, "index %s", info.index_factory);
+  else if (!fields_same)
+    snprintf(why, cap, "other fields");
+  else if (strcmp(info.image_orientation, config->image_orientation))
+    snprintf(why, cap, "--exif %s", info.image_orientation);
+  else if (info.shard != want_shard ||
+           (want_shard >= 0 &&
+            strcmp(info.cluster_digest, config->cluster_digest)))
+    snprintf(why, cap, "shard %d of cluster %s", info.shard,
+             info.shard < 0 ? "(none)" : info.cluster_digest);
+  else
+    return 0;
+  return -1;
+}
 
 int cmd_init(int argc, char **argv) {
   const char *cmd = "init", *db_dir = NULL, *model_dir = NULL,
@@ -48,8 +103,14 @@ int cmd_init(int argc, char **argv) {
       {"index", required_argument, NULL, 'i'},
       {"field", required_argument, NULL, 'f'},
       {"exif", required_argument, NULL, 'e'},
+      {"cluster", required_argument, NULL, 'c'},
+      {"shard", required_argument, NULL, 's'},
+      {"publish", no_argument, NULL, 'p'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
+  const char *cluster_path = NULL, *shard_text = NULL;
+  int publish = 0;
+  vlm_cluster *cluster = NULL;
   vlm_cli_getopt_reset();
   int c;
   while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -57,6 +118,9 @@ int cmd_init(int argc, char **argv) {
     case 'd': db_dir = optarg; break;
     case 'm': model_dir = optarg; break;
     case 'i': factory = optarg; break;
+    case 'c': cluster_path = optarg; break;
+    case 's': shard_text = optarg; break;
+    case 'p': publish = 1; break;
     case 'e':
       if (vlm_cli_orientation(optarg) < 0)
         return vlm_cli_usage_error(cmd, "--exif is apply, ignore or model");
@@ -82,8 +146,38 @@ int cmd_init(int argc, char **argv) {
     return vlm_cli_usage_error(cmd, "--db DIR is required");
   if (optind < argc)
     return vlm_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+  if (!cluster_path != !shard_text)
+    return vlm_cli_usage_error(cmd, "--cluster FILE and --shard I go "
+                               "together");
   if (!model_dir)
     model_dir = vlm_cli_default_model();
+  int shard = -1;
+  vlm_slot_range mine[VLM_CLUSTER_MAX_RANGES];
+  int nmine = 0;
+  if (cluster_path) {
+    if (vlm_cli_cluster_load(cmd, cluster_path, &cluster))
+      return VLM_EXIT_RUNTIME;
+    if (vlm_cli_shard_choose(cmd, shard_text, cluster, &shard)) {
+      vlm_cluster_free(cluster);
+      return VLM_EXIT_USAGE;
+    }
+    nmine = cluster->shards[shard].nranges;
+    memcpy(mine, cluster->shards[shard].ranges, (size_t)nmine * sizeof *mine);
+  }
+  char tmp_dir[PATH_MAX];
+  const char *final_dir = db_dir;
+  if (publish) {
+    if (vlm_cli_publish_tmp(cmd, db_dir, tmp_dir, sizeof tmp_dir)) {
+      vlm_cluster_free(cluster);
+      return VLM_EXIT_USAGE;
+    }
+    if (vlm_cli_exists(db_dir)) {
+      printf("%s is published already: nothing to do\n", db_dir);
+      vlm_cluster_free(cluster);
+      return VLM_EXIT_OK;
+    }
+    db_dir = tmp_dir;
+  }
 
   /* The database records the model's absolute path so later commands find
    * it from any working directory. */
@@ -95,6 +189,7 @@ int cmd_init(int argc, char **argv) {
   vlm_clip *clip = NULL;
   vlm_db *db = NULL;
   int status = VLM_EXIT_RUNTIME;
+  char config_text[160];
   vlm_clip_options copts = {.orientation =
                                 (vlm_orient_mode)vlm_cli_orientation(exif)};
   int rc = vlm_clip_load(model_abs, &copts, &clip);
@@ -110,7 +205,26 @@ int cmd_init(int argc, char **argv) {
                           .fields = fields,
                           .nfields = nfields,
                           .model_family = vlm_clip_family(clip),
-                          .image_orientation = exif};
+                          .image_orientation = exif,
+                          .cluster_digest = cluster ? cluster->digest : NULL,
+                          .shard = shard,
+                          .nshards = cluster ? cluster->nshards : 0,
+                          .slot_ranges = mine,
+                          .nslot_ranges = nmine};
+  if (publish && vlm_cli_exists(db_dir)) {
+    /* A rerun of a killed task: resume the database it began, if it is
+     * the one this command would make. */
+    if (same_settings(cmd, db_dir, &config, config_text,
+                      sizeof config_text)) {
+      vlm_cli_error(cmd, "%s holds a database made with other settings "
+                    "(%s); remove it to start again", db_dir, config_text);
+      goto done;
+    }
+    printf("%s exists with these settings: resuming it (publish as %s)\n",
+           db_dir, final_dir);
+    status = VLM_EXIT_OK;
+    goto done;
+  }
   rc = vlm_db_create(db_dir, &config, &db);
   if (rc) {
     vlm_cli_liberror(cmd, rc);
@@ -123,10 +237,15 @@ int cmd_init(int argc, char **argv) {
            fields[i].type == VLM_FIELD_TEXT  ? "text"
            : fields[i].type == VLM_FIELD_INT ? "int"
                                              : "real");
+  if (cluster)
+    printf(", shard %d of %d (%s)", shard, cluster->nshards, cluster_path);
+  if (publish)
+    printf(", published as %s by `vlmdb ingest --publish`", final_dir);
   printf("\n");
   status = VLM_EXIT_OK;
 done:
   vlm_db_close(db);
   vlm_clip_free(clip);
+  vlm_cluster_free(cluster);
   return status;
 }

@@ -16,7 +16,9 @@ static const char usage[] =
     "usage: vlmdb search --db DIR (--text T | --image PATH | --key K)\n"
     "                    [-k N] [--filter EXPR] [--target image|text|any]\n"
     "                    [--hybrid [--hybrid-weight W]] [--ef N] [--nprobe N]\n"
-    "                    [--exact] [--collapse T] [--fields F1,F2]\n"
+    "                    [--exact] [--collapse T] [--min-score S]\n"
+    "                    [--offset N] [--group-by FIELD [--per N]]\n"
+    "                    [--fields F1,F2]\n"
     "                    [--model DIR] [--json]\n"
     "\n"
     "Find the k items nearest to a query: a text (--text), an image file\n"
@@ -41,6 +43,14 @@ static const char usage[] =
     "  --collapse T        one result per group of near-identical images\n"
     "                      (image vectors with cosine >= T, e.g. 0.95); the\n"
     "                      match column shows how many were folded (+N)\n"
+    "  --min-score S       only results scoring at least S (a cosine, -1..1);\n"
+    "                      without -k, every one of them up to 10000\n"
+    "                      (not with --hybrid)\n"
+    "  --offset N          skip the first N results: a page of the ranking\n"
+    "                      (ranks N+1 .. N+k; ties go to the older item)\n"
+    "  --group-by FIELD    at most --per results (default 1) per value of a\n"
+    "                      declared field; items without it form one group\n"
+    "  --per N             results per group with --group-by\n"
     "  --fields F1,F2      metadata fields to show as columns\n"
     "  --model DIR         the model, if not where the database says\n"
     "  --json              one JSON object instead of the table\n"
@@ -144,6 +154,7 @@ typedef struct {
   vlm_hit *hits;
   int nhits;
   vlm_record **recs; /* NULL entries for keys gone meanwhile */
+  int offset;        /* the rank of hits[0] is offset + 1 */
 } result_set;
 
 static const char *target_name(vlm_target t) {
@@ -168,7 +179,7 @@ static void print_table(const result_set *rs, char **fields, int nfields) {
     json_t *meta = rec && rec->meta_json ? json_loads(rec->meta_json, 0, NULL)
                                          : NULL;
     char **row = cells + (size_t)i * ncols;
-    snprintf(buf, sizeof buf, "%d", i + 1);
+    snprintf(buf, sizeof buf, "%d", rs->offset + i + 1);
     row[0] = strdup(buf);
     snprintf(buf, sizeof buf, "%.4f", rs->hits[i].score);
     row[1] = strdup(buf);
@@ -226,10 +237,18 @@ static void print_json(const result_set *rs, json_t *query,
   json_object_set_new(o, "exact", json_boolean(opts->exact));
   if (opts->collapse > 0)
     json_object_set_new(o, "collapse", json_real(opts->collapse));
+  if (opts->use_min_score)
+    json_object_set_new(o, "min_score", json_real(opts->min_score));
+  if (opts->offset > 0)
+    json_object_set_new(o, "offset", json_integer(opts->offset));
+  if (opts->group_by) {
+    json_object_set_new(o, "group_by", json_string(opts->group_by));
+    json_object_set_new(o, "per", json_integer(opts->group_per));
+  }
   for (int i = 0; i < rs->nhits; i++) {
     const vlm_record *rec = rs->recs[i];
     json_t *r = json_object();
-    json_object_set_new(r, "rank", json_integer(i + 1));
+    json_object_set_new(r, "rank", json_integer(rs->offset + i + 1));
     json_object_set_new(r, "key", json_string(rs->hits[i].key));
     json_object_set_new(r, "score", json_real(rs->hits[i].score));
     json_object_set_new(r, "match",
@@ -272,7 +291,8 @@ int cmd_search(int argc, char **argv) {
   char *field_list = NULL;
   char *fields[MAX_COLS - 5];
   int nfields = 0, as_json = 0, hybrid = 0;
-  long k = 10, ef = 0, nprobe = 0;
+  long k = 10, ef = 0, nprobe = 0, offset = 0, per = 0;
+  int k_given = 0;
   vlm_search_options sopts = {0};
   static const struct option longopts[] = {
       {"db", required_argument, NULL, 'd'},
@@ -288,6 +308,10 @@ int cmd_search(int argc, char **argv) {
       {"nprobe", required_argument, NULL, 'n'},
       {"exact", no_argument, NULL, 'x'},
       {"collapse", required_argument, NULL, 'C'},
+      {"min-score", required_argument, NULL, 'S'},
+      {"offset", required_argument, NULL, 'O'},
+      {"group-by", required_argument, NULL, 'G'},
+      {"per", required_argument, NULL, 'P'},
       {"fields", required_argument, NULL, 'F'},
       {"model", required_argument, NULL, 'm'},
       {"json", no_argument, NULL, 'j'},
@@ -303,6 +327,27 @@ int cmd_search(int argc, char **argv) {
     case 'K': key = optarg; break;
     case 'k':
       if (vlm_cli_parse_long(cmd, "-k", optarg, 1, VLM_DB_MAX_K, &k))
+        return VLM_EXIT_USAGE;
+      k_given = 1;
+      break;
+    case 'S': {
+      char *end;
+      double s = strtod(optarg, &end);
+      if (end == optarg || *end || !(s >= -1 && s <= 1))
+        return vlm_cli_usage_error(cmd, "--min-score is a number from -1 "
+                                        "to 1");
+      sopts.use_min_score = 1;
+      sopts.min_score = (float)s;
+      break;
+    }
+    case 'O':
+      if (vlm_cli_parse_long(cmd, "--offset", optarg, 0, VLM_DB_MAX_K - 1,
+                             &offset))
+        return VLM_EXIT_USAGE;
+      break;
+    case 'G': sopts.group_by = optarg; break;
+    case 'P':
+      if (vlm_cli_parse_long(cmd, "--per", optarg, 1, VLM_DB_MAX_K, &per))
         return VLM_EXIT_USAGE;
       break;
     case 'f': sopts.filter = optarg; break;
@@ -348,6 +393,20 @@ int cmd_search(int argc, char **argv) {
     return vlm_cli_usage_error(cmd, "give one of --text, --image or --key");
   if (hybrid && !text)
     return vlm_cli_usage_error(cmd, "--hybrid needs --text");
+  if (hybrid && sopts.use_min_score)
+    return vlm_cli_usage_error(cmd, "--min-score is a cosine and a hybrid "
+                                    "score is fused ranks: not both");
+  if (per && !sopts.group_by)
+    return vlm_cli_usage_error(cmd, "--per needs --group-by");
+  if (sopts.group_by && sopts.collapse > 0)
+    return vlm_cli_usage_error(cmd, "--group-by and --collapse cannot be "
+                                    "combined");
+  if (sopts.use_min_score && !k_given)
+    k = VLM_DB_MAX_K - offset; /* every result above it, up to the bound */
+  if (offset + k > VLM_DB_MAX_K)
+    return vlm_cli_usage_error(cmd, "--offset %ld + -k %ld is past the "
+                               "deepest result a search returns (%d)",
+                               offset, k, VLM_DB_MAX_K);
   char *fields_copy = field_list ? strdup(field_list) : NULL;
   if (fields_copy &&
       (nfields = split_fields(fields_copy, fields, MAX_COLS - 5)) < 0) {
@@ -355,6 +414,8 @@ int cmd_search(int argc, char **argv) {
     return vlm_cli_usage_error(cmd, "at most %d --fields", MAX_COLS - 5);
   }
   sopts.k = (int)k;
+  sopts.offset = (int)offset;
+  sopts.group_per = (int)per;
   sopts.ef_search = (int)ef;
   sopts.nprobe = (int)nprobe;
   if (hybrid)
@@ -366,6 +427,7 @@ int cmd_search(int argc, char **argv) {
   float *query = NULL;
   json_t *jquery = json_object();
   result_set rs = {0};
+  rs.offset = (int)offset;
   if (vlm_cli_open_db(cmd, db_dir, 1, &db))
     goto done;
   vlm_db_info info;
@@ -405,7 +467,7 @@ int cmd_search(int argc, char **argv) {
   rc = vlm_db_search(db, query, &sopts, &rs.hits, &rs.nhits);
   if (rc) {
     vlm_cli_liberror(cmd, rc);
-    if (rc == VLM_EFILTER) /* the user's expression, not the database */
+    if (rc == VLM_EFILTER || rc == VLM_EINVAL) /* the user's options */
       status = VLM_EXIT_USAGE;
     goto done;
   }

@@ -21,6 +21,8 @@ static void usage(FILE *f) {
 "\n"
 "Serve a database over TCP with the Redis protocol (RESP2 and RESP3):\n"
 "redis-cli, redis-benchmark and every Redis client library can talk to it.\n"
+"The same commands answer HTTP/1.1 with JSON on a second port (the HTTP\n"
+"API: curl http://127.0.0.1:7879/openapi.json).\n"
 "\n"
 "  --db DIR                 the database (required)\n"
 "  --model DIR              the CLIP model for text and image queries\n"
@@ -31,6 +33,10 @@ static void usage(FILE *f) {
 "  --bind ADDR              address to listen on (default 127.0.0.1); any\n"
 "                           other than loopback needs --requirepass\n"
 "  --port P                 TCP port (default %d; 0 picks a free one)\n"
+"  --http P                 HTTP port for the JSON API, /metrics and\n"
+"                           /openapi.json (default: the RESP port + 1;\n"
+"                           0 picks a free one, as does --port 0)\n"
+"  --no-http                serve RESP only\n"
 "  --requirepass SECRET     clients must AUTH with SECRET first\n"
 "  --threads N              worker threads (default: the CPU count)\n"
 "  --maxclients N           connections at most (default %d)\n"
@@ -42,6 +48,11 @@ static void usage(FILE *f) {
 "  --batch-window-us N      how long an embedding waits for others to batch\n"
 "                           with (default %d; 0 turns batching off)\n"
 "  --batch-max N            largest embedding batch (default %d)\n"
+"  --mmap                   serve read-only, an IVF index's inverted lists\n"
+"                           memory-mapped from its file instead of loaded\n"
+"                           (resident memory far below the index's size;\n"
+"                           the LAION way, with `vlmdb merge`'s index);\n"
+"                           writes are refused\n"
 "  --quiet                  no log lines on stderr\n"
 "\n"
 "SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
@@ -77,15 +88,24 @@ int cmd_serve(int argc, char **argv) {
   const char *db_dir = NULL, *model_dir = NULL;
   vlm_server_options opts = {0};
   opts.port = VLM_SERVER_DEFAULT_PORT;
-  int quiet = 0;
+  int quiet = 0, http_set = 0, mmap_index = 0;
+  opts.http = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage(stdout);
       return VLM_EXIT_OK;
     }
+    if (!strcmp(a, "--mmap")) {
+      mmap_index = 1;
+      continue;
+    }
     if (!strcmp(a, "--quiet")) {
       quiet = 1;
+      continue;
+    }
+    if (!strcmp(a, "--no-http")) {
+      opts.http = 0;
       continue;
     }
     if (i + 1 >= argc) {
@@ -105,6 +125,9 @@ int cmd_serve(int argc, char **argv) {
       opts.requirepass = v;
     else if (!strcmp(a, "--port"))
       bad = parse_count(v, 65535, &n) < 0, opts.port = (int)n;
+    else if (!strcmp(a, "--http"))
+      bad = parse_count(v, 65535, &n) < 0, opts.http_port = (int)n,
+      http_set = 1;
     else if (!strcmp(a, "--threads"))
       bad = parse_count(v, 1024, &n) < 0 || n < 1, opts.threads = (int)n;
     else if (!strcmp(a, "--maxclients"))
@@ -136,6 +159,14 @@ int cmd_serve(int argc, char **argv) {
     vlm_cli_error(cmd, "--db DIR is required (see --help)");
     return VLM_EXIT_USAGE;
   }
+  /* HTTP next to RESP: 7879 by default, a free port when RESP's is */
+  if (!http_set)
+    opts.http_port = opts.port == 0 ? 0 : opts.port + 1;
+  if (opts.http_port > 65535) {
+    vlm_cli_error(cmd, "no HTTP port after %d: give --http P or --no-http",
+                  opts.port);
+    return VLM_EXIT_USAGE;
+  }
 
   /* Requests and replies of 256 KiB or more (images, large batches) are
    * mmapped, so their memory goes back to the system when they are freed
@@ -159,7 +190,8 @@ int cmd_serve(int argc, char **argv) {
   int explicit_model = model_dir != NULL;
   /* The database names the model it was made with; --model only
    * overrides it (and must be that same model). */
-  vlm_db_open_options dopts = {0};
+  vlm_db_open_options dopts = {.readonly = mmap_index,
+                               .mmap_index = mmap_index};
   rc = vlm_db_open(db_dir, &dopts, &db);
   if (rc < 0) {
     vlm_cli_liberror(cmd, rc);
@@ -194,6 +226,7 @@ int cmd_serve(int argc, char **argv) {
     goto done;
   }
   opts.handle_signals = 1;
+  opts.db_dir = db_dir;
   opts.model_dir = model_dir;
   opts.log = quiet ? NULL : stderr;
   rc = vlm_server_create(db, clip, &opts, &srv);
@@ -201,8 +234,17 @@ int cmd_serve(int argc, char **argv) {
     vlm_cli_liberror(cmd, rc);
     goto done;
   }
-  printf("vlmdb serve: listening on %s:%d\n", opts.bind ? opts.bind
-         : "127.0.0.1", vlm_server_port(srv));
+  /* One write for both lines: a reader that takes only the first and
+   * closes the pipe never makes a second write fail. */
+  const char *host = opts.bind ? opts.bind : "127.0.0.1";
+  char lines[256];
+  int n = snprintf(lines, sizeof lines, "vlmdb serve: listening on %s:%d\n",
+                   host, vlm_server_port(srv));
+  if (opts.http)
+    snprintf(lines + n, sizeof lines - (size_t)n,
+             "vlmdb serve: http on %s:%d\n", host,
+             vlm_server_http_port(srv));
+  fputs(lines, stdout);
   fflush(stdout);
   rc = vlm_server_run(srv);
   if (rc < 0) {

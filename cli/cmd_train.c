@@ -1,5 +1,6 @@
-/* cmd_train.c - `vlmdb train`: train or fine-tune a CLIP model on a
- * catalog of image-text pairs (the library does the work: vlm_train.h). */
+/* cmd_train.c - `vlmdb train`: train or fine-tune a CLIP, SigLIP or
+ * Chinese-CLIP model on a catalog of image-text pairs (the library does
+ * the work: vlm_train.h). */
 #include "vlm_cli.h"
 
 #include <errno.h>
@@ -20,22 +21,26 @@ static const char usage[] =
     "                   [--epochs N] [--batch N] [--lr X] [--seed N]\n"
     "                   [--threads N] [--lora RANK] [--resume] [options]\n"
     "\n"
-    "Train a CLIP model on the items of a catalog that have both an image\n"
-    "and a text (the formats `vlmdb ingest` reads), with CLIP's symmetric\n"
-    "contrastive loss, and write it to DIR in the Hugging Face layout:\n"
-    "config.json, model.safetensors, vocab.json, merges.txt,\n"
+    "Train a CLIP, SigLIP or Chinese-CLIP model on the items of a catalog\n"
+    "that have both an image and a text (the formats `vlmdb ingest` reads),\n"
+    "with the family's loss (CLIP's symmetric contrastive loss, SigLIP's\n"
+    "sigmoid loss), and write it to DIR in the Hugging Face layout:\n"
+    "config.json, model.safetensors, the tokenizer files,\n"
     "preprocessor_config.json, training.json, plus metrics.csv (held-out\n"
     "Recall@1/5/10 after every epoch), train.log and checkpoint/.\n"
     "\n"
     "model:\n"
     "  --init DIR          start from this model (any model `vlmdb embed`\n"
     "                      loads); without it, --config FILE gives the\n"
-    "                      geometry (a Hugging Face CLIP config.json) of a\n"
+    "                      geometry (a Hugging Face config.json of a\n"
+    "                      CLIPModel, SiglipModel or ChineseCLIPModel) of a\n"
     "                      model trained from scratch\n"
     "  --context N         text positions (default: the --init model's or\n"
     "                      the config's); longer than the --init model's\n"
-    "                      grows its position embeddings\n"
-    "  --tokenizer DIR     vocab.json + merges.txt (default: the --init\n"
+    "                      grows its position embeddings (not SigLIP)\n"
+    "  --tokenizer DIR     the family's tokenizer: vocab.json + merges.txt\n"
+    "                      (CLIP), spiece.model or tokenizer.model (SigLIP),\n"
+    "                      vocab.txt (Chinese-CLIP) (default: the --init\n"
     "                      model's, else the default model's)\n"
     "  --lora RANK         train low-rank adapters on every attention and\n"
     "                      MLP projection, base weights frozen; the output\n"
@@ -473,7 +478,9 @@ int cmd_train(int argc, char **argv) {
     vlm_cli_error(cmd, "give --val-catalog or --val-fraction, not both");
     return VLM_EXIT_USAGE;
   }
-  if (!o.tokenizer_dir && !o.init_dir) {
+  /* resuming, the output directory holds the tokenizer the run began
+   * with (the export copies it), whatever its family */
+  if (!o.tokenizer_dir && !o.init_dir && !o.resume) {
     o.tokenizer_dir = default_tokenizer();
     if (!o.tokenizer_dir && !o.resume) {
       vlm_cli_error(cmd, "no tokenizer found: give --tokenizer DIR (with "

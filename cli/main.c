@@ -29,6 +29,11 @@ static const vlm_command commands[] = {
     {"embed", cmd_embed, "print CLIP embeddings of texts and images"},
     {"tokenize", cmd_tokenize, "print CLIP token ids of texts"},
     {"train", cmd_train, "train or fine-tune a CLIP model"},
+    {"quantize", cmd_quantize, "write an int8 or bf16 copy of a model, gated"},
+    {"split", cmd_split, "cut a catalog into one catalog per shard"},
+    {"cluster", cmd_cluster, "check shard databases against a cluster map"},
+    {"index", cmd_index, "train, fill and merge one IVF index across shards"},
+    {"merge", cmd_merge, "merge shard databases into one"},
 };
 
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

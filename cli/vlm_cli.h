@@ -31,9 +31,17 @@ int cmd_delete(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_reindex(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
+/* `vlmdb embed --catalog ... --out DIR` (cmd_embed_files.c): cmd_embed
+ * hands its arguments over when --catalog is among them. */
+int cmd_embed_files(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+int cmd_split(int argc, char **argv);
+int cmd_cluster(int argc, char **argv);
+int cmd_index(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 /* Print "vlmdb <cmd>: <message>\n" to stderr (printf format). */
 void vlm_cli_error(const char *cmd, const char *fmt, ...)

@@ -33,14 +33,15 @@
   X(VERSION,     -18, "unknown format version")                          \
   X(NUMERIC,     -19, "non-finite number")                               \
   X(STATE,       -20, "operation not valid in this state")              \
-  X(READONLY,    -21, "read-only database or filesystem")
+  X(READONLY,    -21, "read-only database or filesystem")              \
+  X(WRONGSHARD,  -22, "key belongs to another shard")
 
 enum {
   VLM_OK = 0,
 #define VLM__ERRDEF(name, code, msg) VLM_E##name = (code),
   VLM_ERRNO_MAP(VLM__ERRDEF)
 #undef VLM__ERRDEF
-  VLM__ELAST = -21
+  VLM__ELAST = -22
 };
 
 /* Fixed message of an error code; never NULL, also for unknown codes. */

@@ -60,6 +60,23 @@ static int check_key(const char *key) {
   return 0;
 }
 
+/* A shard refuses keys of slots it does not hold, so a key can never be
+ * stored in two shards of a cluster; the message names the slot (the
+ * server turns it into a redirection). */
+static int check_slot(vlm_db *db, const char *key) {
+  if (!db->man.nslot_ranges)
+    return 0;
+  int slot = vlm_key_slot(key, strlen(key));
+  if (vlm__slot_mine(&db->man, slot))
+    return 0;
+  char held[128];
+  vlm_slot_ranges_format(db->man.slot_ranges, db->man.nslot_ranges, held,
+                         sizeof held);
+  return vlm_seterr(VLM_EWRONGSHARD, "key \"%.200s\" hashes to slot %d, "
+                    "which shard %d of %d (slots %s) does not hold", key,
+                    slot, db->man.shard, db->man.nshards, held);
+}
+
 /* The command line of process pid as "vlmdb serve --db x" (arguments
  * joined by spaces, cut to cap), or "" if it cannot be read. */
 static void process_command(pid_t pid, char *buf, size_t cap) {
@@ -332,6 +349,51 @@ void vlm__remove_created(const char *dir, int rmdir_too) {
     rmdir(dir);
 }
 
+/* The cluster part of a config into m: checked, ranges sorted. */
+static int set_cluster(vlm__manifest *m, const vlm_db_config *config) {
+  int n = config->nslot_ranges;
+  if (n == 0)
+    return 0;
+  const char *d = config->cluster_digest;
+  if (n < 0 || n > VLM_CLUSTER_MAX_RANGES || !config->slot_ranges)
+    return vlm_seterr(VLM_EINVAL, "create: 1..%d slot ranges",
+                      VLM_CLUSTER_MAX_RANGES);
+  if (!d || strlen(d) != 16 || strspn(d, "0123456789abcdef") != 16)
+    return vlm_seterr(VLM_EINVAL, "create: a cluster digest is 16 "
+                      "lower-case hex digits");
+  if (config->nshards < 1 || config->nshards > VLM_CLUSTER_MAX_SHARDS ||
+      config->shard < 0 || config->shard >= config->nshards)
+    return vlm_seterr(VLM_EINVAL, "create: shard %d of %d", config->shard,
+                      config->nshards);
+  memcpy(m->slot_ranges, config->slot_ranges,
+         (size_t)n * sizeof m->slot_ranges[0]);
+  for (int i = 1; i < n; i++) /* insertion sort: n is small */
+    for (int j = i; j > 0 && m->slot_ranges[j].first <
+                                 m->slot_ranges[j - 1].first; j--) {
+      vlm_slot_range t = m->slot_ranges[j];
+      m->slot_ranges[j] = m->slot_ranges[j - 1];
+      m->slot_ranges[j - 1] = t;
+    }
+  int merged = 0;
+  for (int i = 0; i < n; i++) {
+    const vlm_slot_range *r = &m->slot_ranges[i];
+    if (r->first < 0 || r->last >= VLM_SLOTS || r->first > r->last ||
+        (merged && r->first <= m->slot_ranges[merged - 1].last))
+      return vlm_seterr(VLM_EINVAL, "create: slot range [%d, %d] is outside "
+                        "0..%d, reversed, or overlaps another", r->first,
+                        r->last, VLM_SLOTS - 1);
+    if (merged && r->first == m->slot_ranges[merged - 1].last + 1)
+      m->slot_ranges[merged - 1].last = r->last; /* adjacent: one range */
+    else
+      m->slot_ranges[merged++] = *r;
+  }
+  m->nslot_ranges = merged;
+  m->shard = config->shard;
+  m->nshards = config->nshards;
+  strcpy(m->cluster_digest, d);
+  return 0;
+}
+
 int vlm_db_create(const char *dir, const vlm_db_config *config,
                   vlm_db **out) {
   vlm__manifest m;
@@ -395,6 +457,8 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     strcpy(m.model_dir, config->model_dir);
   strcpy(m.model_family, family);
   strcpy(m.image_orientation, orient);
+  if ((rc = set_cluster(&m, config)))
+    return rc;
   if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
     return vlm_seterr(VLM_EINVAL, "create: %s", vlm_errmsg());
   vlm_index_free(probe);
@@ -535,6 +599,14 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   db->warn = o.warn;
   db->warn_arg = o.warn_arg;
   db->async = o.async_index && !o.readonly;
+  if (o.mmap_index && !o.readonly) {
+    free(db->dir);
+    free(db);
+    return vlm_seterr(VLM_EINVAL, "open %s: a memory-mapped index needs a "
+                      "read-only open", dir);
+  }
+  db->mmap_index = o.mmap_index;
+  db->defer_index = o.defer_index & 3u;
   pthread_mutex_init(&db->write_mu.mu, NULL);
   pthread_mutex_init(&db->index_mu.mu, NULL);
   pthread_mutex_init(&db->pool_mu, NULL);
@@ -1095,7 +1167,8 @@ static int owned_id(vlm_db *db, MDB_txn *txn, const char *key, uint64_t *id) {
  * until the batch ends).  *changed: 0 when the key exists and the put is
  * not an upsert (nothing staged). */
 static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
-                     const json_t *meta, int upsert, int *changed) {
+                     const json_t *meta, int upsert, const uint64_t *at,
+                     int *changed) {
   assert(vlm__write_held(db) && b->txn);
   int dim = db->man.dim, rc, mrc;
   size_t klen = strlen(it->key);
@@ -1109,6 +1182,15 @@ static int stage_put(vlm_db *db, batch *b, const vlm_item *it,
     old_id = 0;
   else if (rc)
     return rc;
+  if (at) {
+    /* vlm_db_put_at: the caller's id, above every id given before */
+    if (*at < b->next_id)
+      return vlm_seterr(VLM_EINVAL, "key \"%s\": id %llu is below the "
+                        "database's next id %llu", it->key,
+                        (unsigned long long)*at,
+                        (unsigned long long)b->next_id);
+    b->next_id = *at;
+  }
   id = b->next_id++;
   uint32_t vf = (it->image_vec ? VLM__HAS_IMAGE : 0) |
                 (it->text_vec ? VLM__HAS_TEXT : 0);
@@ -1225,7 +1307,7 @@ static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
     return vlm_seterr(VLM_ETOOBIG, "key \"%s\": the updated payload of %zu "
                       "bytes exceeds the cap of %zu", m.key, payload,
                       db->max_payload);
-  return stage_put(db, b, &m, *meta, 1, changed);
+  return stage_put(db, b, &m, *meta, 1, NULL, changed);
 }
 
 /* Stage the delete of key; *changed 0 when it does not exist. */
@@ -1307,8 +1389,8 @@ static void batch_end(vlm_db *db, batch *b) {
  * NULL) says whether op i changed anything and *nchanged (or NULL) how many
  * did.  unique_keys: refuse a key twice (put's contract). */
 static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
-                     int unique_keys, int *changed, int *nchanged,
-                     const char *what) {
+                     int unique_keys, const uint64_t *ids, int *changed,
+                     int *nchanged, const char *what) {
   json_t **metas = NULL;
   const char **order = NULL;
   float *scratch = NULL;
@@ -1336,15 +1418,15 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
   uint64_t bytes = 0;
   for (int i = 0; i < n; i++) {
     const vlm_write_op *op = &ops[i];
-    if (op->kind == VLM_WRITE_DELETE)
-      rc = check_key(op->item.key);
-    else if (op->kind == VLM_WRITE_ADD || op->kind == VLM_WRITE_UPSERT ||
-             op->kind == VLM_WRITE_UPDATE)
-      rc = validate_item(db, &op->item, op->kind == VLM_WRITE_UPDATE,
-                         scratch, &metas[i], &bytes);
-    else
+    if (op->kind != VLM_WRITE_ADD && op->kind != VLM_WRITE_UPSERT &&
+        op->kind != VLM_WRITE_UPDATE && op->kind != VLM_WRITE_DELETE)
       rc = vlm_seterr(VLM_EINVAL, "%s: op %d: unknown kind %d", what, i,
                       (int)op->kind);
+    else if (!(rc = check_key(op->item.key)) &&
+             !(rc = check_slot(db, op->item.key)) &&
+             op->kind != VLM_WRITE_DELETE)
+      rc = validate_item(db, &op->item, op->kind == VLM_WRITE_UPDATE,
+                         scratch, &metas[i], &bytes);
     if (rc)
       goto done;
     order[i] = op->item.key;
@@ -1371,7 +1453,8 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
          : op->kind == VLM_WRITE_UPDATE
              ? stage_update(db, &b, &op->item, &metas[i], &ch)
              : stage_put(db, &b, &op->item, metas[i],
-                         op->kind == VLM_WRITE_UPSERT, &ch);
+                         op->kind == VLM_WRITE_UPSERT, ids ? &ids[i] : NULL,
+                         &ch);
     if (rc)
       goto done;
     if (changed)
@@ -1397,7 +1480,7 @@ done:
 int vlm_db_write(vlm_db *db, const vlm_write_op *ops, int n, int *changed) {
   if (!db || n < 0 || (n > 0 && !ops))
     return vlm_seterr(VLM_EINVAL, "write: bad arguments");
-  return write_ops(db, ops, n, 0, changed, NULL, "write");
+  return write_ops(db, ops, n, 0, NULL, changed, NULL, "write");
 }
 
 /* put and delete are write batches of one kind of op. */
@@ -1414,7 +1497,30 @@ int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
     ops[i].kind = (flags & VLM_PUT_UPSERT) ? VLM_WRITE_UPSERT : VLM_WRITE_ADD;
     ops[i].item = items[i];
   }
-  int rc = write_ops(db, ops, n, 1, NULL, written, "put");
+  int rc = write_ops(db, ops, n, 1, NULL, NULL, written, "put");
+  free(ops);
+  return rc;
+}
+
+int vlm_db_put_at(vlm_db *db, const vlm_item *items, const uint64_t *ids,
+                  int n, int *written) {
+  if (written)
+    *written = 0;
+  if (!db || n < 0 || (n > 0 && (!items || !ids)))
+    return vlm_seterr(VLM_EINVAL, "put: bad arguments");
+  for (int i = 0; i < n; i++)
+    if (ids[i] == 0 || ids[i] >= UINT64_MAX / 2 || (i && ids[i] <= ids[i - 1]))
+      return vlm_seterr(VLM_EINVAL, "put: ids must be positive and "
+                        "increase (id %llu at %d)",
+                        (unsigned long long)ids[i], i);
+  vlm_write_op *ops = calloc((size_t)(n ? n : 1), sizeof *ops);
+  if (!ops)
+    return vlm_seterr(VLM_ENOMEM, "put: batch of %d", n);
+  for (int i = 0; i < n; i++) {
+    ops[i].kind = VLM_WRITE_ADD;
+    ops[i].item = items[i];
+  }
+  int rc = write_ops(db, ops, n, 1, ids, NULL, written, "put");
   free(ops);
   return rc;
 }
@@ -1431,7 +1537,7 @@ int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted) {
     ops[i].kind = VLM_WRITE_DELETE;
     ops[i].item.key = keys[i];
   }
-  int rc = write_ops(db, ops, n, 0, NULL, deleted, "delete");
+  int rc = write_ops(db, ops, n, 0, NULL, NULL, deleted, "delete");
   free(ops);
   return rc;
 }
@@ -1505,6 +1611,7 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
   if (!(r = calloc(1, sizeof *r)))
     return vlm_seterr(VLM_ENOMEM, "record");
   r->dim = dim;
+  r->id = id;
   int oom = !(r->key = dup_n(rec.key, rec.key_len));
   if (vec[0] && !oom && (oom = !(r->image_vec = malloc((size_t)dim * 4))) == 0)
     memcpy(r->image_vec, vec[0], (size_t)dim * 4);
@@ -1689,6 +1796,7 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   info->image_vectors = db->pub_vecs[0];
   info->text_vectors = db->pub_vecs[1];
   info->seq = db->pub_seq;
+  info->next_id = db->pub_next_id;
   pthread_rwlock_unlock(&db->pub_lock);
   info->index_trained = 1;
   for (int m = 0; m < VLM__NMOD; m++) {
@@ -1722,6 +1830,15 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
            db->man.model_family);
   snprintf(info->image_orientation, sizeof info->image_orientation, "%s",
            db->man.image_orientation);
+  info->shard = db->man.nslot_ranges ? db->man.shard : -1;
+  if (db->man.nslot_ranges) {
+    info->nshards = db->man.nshards;
+    snprintf(info->cluster_digest, sizeof info->cluster_digest, "%s",
+             db->man.cluster_digest);
+    info->nslot_ranges = db->man.nslot_ranges;
+    memcpy(info->slot_ranges, db->man.slot_ranges,
+           (size_t)db->man.nslot_ranges * sizeof info->slot_ranges[0]);
+  }
   info->format_version = db->man.format_version;
   info->nfields = db->man.nfields;
   for (int i = 0; i < db->man.nfields; i++) {
@@ -1767,6 +1884,20 @@ int vlm_db_rebuild_meta(vlm_db *db) {
    * commit. */
   int rc = vlm__sql_rebuild(db, db->pub_seq);
   __atomic_store_n(&db->broken, rc != 0, __ATOMIC_RELEASE);
+  vlm__write_unlock(db);
+  return rc;
+}
+
+int vlm_db_readonly(const vlm_db *db) { return db && db->readonly; }
+
+int vlm_db_adopt_index(vlm_db *db, int modality, const char *path) {
+  if (!db || !path || modality < 0 || modality >= VLM__NMOD)
+    return vlm_seterr(VLM_EINVAL, "adopt index: bad argument");
+  int rc = writable(db);
+  if (rc)
+    return rc;
+  vlm__write_lock(db);
+  rc = vlm__vindex_adopt(db, modality, path);
   vlm__write_unlock(db);
   return rc;
 }

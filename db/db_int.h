@@ -16,6 +16,7 @@
  *   planner.c   search: snapshots, exact scans, filtered planning, merging
  *               modalities, near-duplicate collapse
  *   hybrid.c    BM25 over captions and reciprocal rank fusion
+ *   fts_cjk.c   the vlm_cjk FTS5 tokenizer: CJK text as character bigrams
  *   db.c        open/create/close, the batch engine (put, delete, write:
  *               the write protocol), get, scan, stat
  *   verify.c    every record, row and index entry checked against the others
@@ -45,6 +46,7 @@
 
 #include "vlm_error.h"
 #include "vlm_index.h"
+#include "vlm_slot.h"
 #include "vlmdb.h"
 
 #define VLM__FORMAT_VERSION 1
@@ -93,7 +95,17 @@ typedef struct {
                          (livebits.c), "" if none */
   uint64_t live_seq;  /* ... the batch they stand at */
   uint64_t live_next; /* ... and the id bound (ids below it) */
+  /* A shard of a cluster (nslot_ranges > 0): the map's digest, this
+   * shard's index among nshards, and the slot ranges it holds (sorted,
+   * disjoint).  Writes of keys of other slots are refused. */
+  char cluster_digest[17];
+  int shard, nshards;
+  int nslot_ranges;
+  vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
 } vlm__manifest;
+
+/* 1 when the database holds slot (always, for a database of no cluster). */
+int vlm__slot_mine(const vlm__manifest *m, int slot);
 
 int vlm__manifest_read(const char *dir, vlm__manifest *m);
 
@@ -283,6 +295,17 @@ int vlm__sql_err(sqlite3 *db, int rc, const char *what);
 const char *vlm__sql_vfs(void);     /* registers it once; NULL if it can't */
 int vlm__sql_reserve(sqlite3 *db);  /* a new file: make room for them */
 int vlm__sql_cksummed(sqlite3 *db); /* db's file carries them (after a read) */
+
+/* fts_cjk.c: the FTS5 tokenizer new databases' captions use: unicode61,
+ * but CJK runs as character bigrams.  vlm__fts_cjk_auto registers it for
+ * every later connection of the process (vlm__sql_vfs calls it). */
+#define VLM__FTS_CJK "vlm_cjk"
+void vlm__fts_cjk_auto(void);
+int vlm__fts_cjk_register(sqlite3 *db);
+int vlm__cjk_char(uint32_t cp);   /* Han, Hiragana, Katakana or Hangul */
+/* The code point at s[i] (n bytes in all) into *cp, and its length in
+ * bytes; an invalid byte is U+FFFD of length 1. */
+int vlm__utf8_next(const char *s, int n, int i, uint32_t *cp);
 /* After db's first read: the manifest's promise of checksums holds. */
 int vlm__sql_check_cksum(sqlite3 *db, const vlm__manifest *m,
                          const char *path);
@@ -372,6 +395,8 @@ void vlm__vindex_close(vlm_db *db);
 int vlm__vindex_catch_up(vlm_db *db);
 int vlm__vindex_checkpoint(vlm_db *db);
 int vlm__vindex_reindex(vlm_db *db, const char *factory);
+/* vlm_db_adopt_index; the caller holds write_mu. */
+int vlm__vindex_adopt(vlm_db *db, int m, const char *path);
 int vlm__factory_nlist(const char *factory);
 void vlm__vindex_remove_orphans(vlm_db *db);
 
@@ -488,6 +513,8 @@ struct vlm_db {
 
   /* optional background indexing */
   int async;
+  int mmap_index;             /* vlm_db_open_options.mmap_index */
+  unsigned defer_index;       /* vlm_db_open_options.defer_index */
   pthread_t bg;
   int bg_started, bg_stop, bg_work;
   pthread_mutex_t bg_mu;

@@ -27,6 +27,9 @@ int64_t vlm_eval_rank(const float *scores, int64_t nc, const int64_t *gt,
   return 1 + ahead;
 }
 
+const int vlm_eval_rank_bounds[VLM_EVAL_RANK_BUCKETS - 1] = {
+    1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000};
+
 static int cmp_i64(const void *a, const void *b) {
   int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
   return (x > y) - (x < y);
@@ -416,6 +419,13 @@ static int eval_direction(vlm_db *db, const vec_set *qset, const vec_set *cset,
   double recall[VLM_EVAL_MAX_KS];
   vlm_eval_summarize(ranks, nrun, ks, nks, recall, &out->median_rank,
                      &out->mean_rank);
+  memset(out->rank_hist, 0, sizeof out->rank_hist);
+  for (int64_t q = 0; q < nrun; q++) {
+    int b = 0;
+    while (b < VLM_EVAL_RANK_BUCKETS - 1 && ranks[q] > vlm_eval_rank_bounds[b])
+      b++;
+    out->rank_hist[b]++;
+  }
   for (int i = 0; i < nks; i++) {
     out->at[i].k = ks[i];
     out->at[i].recall = recall[i];

@@ -1,7 +1,8 @@
 /* hybrid.c - BM25 over captions (SQLite FTS5) for hybrid search.
  *
  * The query text is never handed to FTS5's query syntax as is: it is cut
- * into words (runs of letters, digits and non-ASCII bytes), each word is
+ * into words (runs of letters, digits and non-ASCII bytes; CJK runs into
+ * bigrams where the captions use vlm_cjk, fts_cjk.c), each word is
  * quoted as an FTS5 string and the words are OR-ed, so any user text is a
  * valid query and BM25 ranks captions by how many and how rare the shared
  * words are; vlm__fuse_rrf fuses that ranking with the vector ranking
@@ -13,10 +14,27 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *fts_query(const char *text) {
+/* Append one quoted FTS5 string, OR-ed to what is there. */
+static char *put_term(char *p, int *terms, const char *t, size_t n) {
+  if ((*terms)++)
+    p += sprintf(p, " OR ");
+  *p++ = '"';
+  memcpy(p, t, n);
+  p += n;
+  *p++ = '"';
+  return p;
+}
+
+/* The query text as OR-ed FTS5 strings: each word (a run of letters,
+ * digits and non-ASCII bytes).  With cjk (captions tokenized by vlm_cjk),
+ * a CJK run inside a word gives each of its overlapping bigrams as a term
+ * of its own (a lone character: itself), as a space would give words, so
+ * BM25 ranks by the bigrams shared rather than asking for the whole run
+ * as one phrase. */
+static char *fts_query(const char *text, int cjk) {
   size_t n = strlen(text);
-  char *out = malloc(n * 3 + 8), *p = out;
-  int words = 0;
+  char *out = malloc(n * 6 + 16), *p = out;
+  int terms = 0;
   if (!out)
     return NULL;
   for (size_t i = 0; i < n;) {
@@ -29,20 +47,66 @@ static char *fts_query(const char *text) {
     while (j < n && (isalnum((unsigned char)text[j]) ||
                      (unsigned char)text[j] >= 0x80))
       j++;
-    if (words++)
-      p += sprintf(p, " OR ");
-    *p++ = '"';
-    memcpy(p, text + i, j - i);
-    p += j - i;
-    *p++ = '"';
-    i = j;
+    if (!cjk) {
+      p = put_term(p, &terms, text + i, j - i);
+      i = j;
+      continue;
+    }
+    /* the word's CJK and other runs */
+    while (i < j) {
+      uint32_t cp;
+      int len = vlm__utf8_next(text, (int)j, (int)i, &cp);
+      int is_cjk = vlm__cjk_char(cp);
+      size_t e = i + (size_t)len;
+      while (e < j) {
+        len = vlm__utf8_next(text, (int)j, (int)e, &cp);
+        if (vlm__cjk_char(cp) != is_cjk)
+          break;
+        e += (size_t)len;
+      }
+      if (!is_cjk) {
+        p = put_term(p, &terms, text + i, e - i);
+      } else {
+        size_t a = i;
+        int l1 = vlm__utf8_next(text, (int)e, (int)a, &cp);
+        if (a + (size_t)l1 >= e)
+          p = put_term(p, &terms, text + a, (size_t)l1);
+        while (a + (size_t)l1 < e) {
+          int l2 = vlm__utf8_next(text, (int)e, (int)(a + (size_t)l1), &cp);
+          p = put_term(p, &terms, text + a, (size_t)(l1 + l2));
+          a += (size_t)l1;
+          l1 = l2;
+        }
+      }
+      i = e;
+    }
   }
   *p = '\0';
-  if (!words) {
+  if (!terms) {
     free(out);
     return strdup("");
   }
   return out;
+}
+
+/* 1 when the captions table's tokenizer is vlm_cjk (its schema names it;
+ * databases made before it keep unicode61), 0 if not, negative on error. */
+static int captions_cjk(sqlite3 *sql) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(sql, "SELECT sql FROM sqlite_master WHERE "
+                              "name = 'captions'", -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return vlm__sql_err(sql, rc, "hybrid");
+  rc = sqlite3_step(st);
+  int cjk = 0;
+  if (rc == SQLITE_ROW) {
+    const char *schema = (const char *)sqlite3_column_text(st, 0);
+    cjk = schema && strstr(schema, "tokenize='" VLM__FTS_CJK) != NULL;
+  } else if (rc != SQLITE_DONE) {
+    cjk = vlm__sql_err(sql, rc, "hybrid");
+  }
+  sqlite3_finalize(st);
+  return cjk;
 }
 
 int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
@@ -51,10 +115,13 @@ int vlm__hybrid(vlm_db *db, vlm__reader *r, const char *text,
   sqlite3_stmt *st = NULL;
   uint64_t *ids = NULL;
   int n = 0, rc;
-  char *q = fts_query(text);
   (void)db;
   *ids_out = NULL;
   *n_out = 0;
+  int cjk = captions_cjk(r->sql);
+  if (cjk < 0)
+    return cjk;
+  char *q = fts_query(text, cjk);
   if (!q)
     return vlm_seterr(VLM_ENOMEM, "hybrid");
   if (!*q) {

@@ -105,6 +105,61 @@ int vlm__model_family_ok(const char *name) {
   return 0;
 }
 
+int vlm__slot_mine(const vlm__manifest *m, int slot) {
+  if (!m->nslot_ranges)
+    return 1;
+  int lo = 0, hi = m->nslot_ranges - 1; /* sorted, disjoint */
+  while (lo <= hi) {
+    int mid = (lo + hi) / 2;
+    if (slot < m->slot_ranges[mid].first)
+      hi = mid - 1;
+    else if (slot > m->slot_ranges[mid].last)
+      lo = mid + 1;
+    else
+      return 1;
+  }
+  return 0;
+}
+
+/* "cluster": {"digest", "shard", "shards", "slots": [[first, last], ...]}
+ * (absent: not a shard). */
+static int read_cluster(json_t *c, vlm__manifest *m, const char *path) {
+  if (!c)
+    return 0;
+  json_t *digest = json_object_get(c, "digest");
+  json_t *shard = json_object_get(c, "shard");
+  json_t *shards = json_object_get(c, "shards");
+  json_t *slots = json_object_get(c, "slots");
+  const char *d = json_string_value(digest);
+  if (!json_is_object(c) || !d || strlen(d) != 16 ||
+      strspn(d, "0123456789abcdef") != 16 || !json_is_integer(shards) ||
+      json_integer_value(shards) < 1 ||
+      json_integer_value(shards) > VLM_CLUSTER_MAX_SHARDS ||
+      !json_is_integer(shard) || json_integer_value(shard) < 0 ||
+      json_integer_value(shard) >= json_integer_value(shards) ||
+      !json_is_array(slots) || json_array_size(slots) < 1 ||
+      json_array_size(slots) > VLM_CLUSTER_MAX_RANGES)
+    return vlm_seterr(VLM_EFORMAT, "%s: bad \"cluster\"", path);
+  for (size_t i = 0; i < json_array_size(slots); i++) {
+    json_t *r = json_array_get(slots, i);
+    json_t *a = json_array_get(r, 0), *b = json_array_get(r, 1);
+    if (!json_is_array(r) || json_array_size(r) != 2 || !json_is_integer(a) ||
+        !json_is_integer(b) || json_integer_value(a) < 0 ||
+        json_integer_value(b) >= VLM_SLOTS ||
+        json_integer_value(a) > json_integer_value(b) ||
+        (i && json_integer_value(a) <= m->slot_ranges[i - 1].last))
+      return vlm_seterr(VLM_EFORMAT, "%s: bad \"cluster\" slot range %zu",
+                        path, i);
+    m->slot_ranges[i].first = (int)json_integer_value(a);
+    m->slot_ranges[i].last = (int)json_integer_value(b);
+  }
+  m->nslot_ranges = (int)json_array_size(slots);
+  m->shard = (int)json_integer_value(shard);
+  m->nshards = (int)json_integer_value(shards);
+  strcpy(m->cluster_digest, d);
+  return 0;
+}
+
 int vlm__manifest_read(const char *dir, vlm__manifest *m) {
   char path[PATH_MAX];
   struct stat st;
@@ -250,6 +305,8 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     goto done;
   }
   m->sql_cksum = json_is_true(ck);
+  if ((rc = read_cluster(json_object_get(root, "cluster"), m, path)))
+    goto done;
   json_t *ix = json_object_get(root, "index");
   for (int mod = 0; mod < VLM__NMOD; mod++) {
     json_t *c = json_object_get(ix, mod_name[mod]);
@@ -348,6 +405,18 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
     json_array_append_new(fields, f);
   }
   json_object_set_new(root, "fields", fields);
+  if (m->nslot_ranges) {
+    json_t *c = json_object(), *slots = json_array();
+    for (int i = 0; c && slots && i < m->nslot_ranges; i++)
+      json_array_append_new(slots,
+                            json_pack("[ii]", m->slot_ranges[i].first,
+                                      m->slot_ranges[i].last));
+    json_object_set_new(c, "digest", json_string(m->cluster_digest));
+    json_object_set_new(c, "shard", json_integer(m->shard));
+    json_object_set_new(c, "shards", json_integer(m->nshards));
+    json_object_set_new(c, "slots", slots);
+    json_object_set_new(root, "cluster", c);
+  }
   for (int mod = 0; mod < VLM__NMOD; mod++) {
     if (!m->ckpt[mod].file[0])
       continue;

@@ -137,7 +137,7 @@ int vlm__sql_create(const char *path, const vlm__manifest *m) {
                             m->fname[i], m->fname[i]);
   snprintf(sql + off, cap - off,
            "CREATE VIRTUAL TABLE captions USING fts5(caption, "
-           "tokenize='unicode61 remove_diacritics 2');\n"
+           "tokenize='" VLM__FTS_CJK " remove_diacritics 2');\n"
            "CREATE TABLE vlm_state(name TEXT PRIMARY KEY, value INTEGER);\n"
            "INSERT INTO vlm_state VALUES('seq', 0), ('format_version', %d);\n"
            "COMMIT;",

@@ -29,6 +29,13 @@
 #define EXACT_MIN 4096 /* filtered: always exact at or below this */
 #define EXACT_FRACTION 20 /* ... or below 1/20 of the items */
 #define VLM__COLLAPSE_DEPTH VLM_DB_MAX_K /* candidates a collapsed search ranks */
+#define RANGE_FIRST_DEPTH 64 /* min_score over HNSW/IVF: the first depth */
+#define RANGE_MIN_K 100 /* at or below, a k-NN scan (the same one pass over
+                           Flat, a smaller result) serves a threshold */
+#define RANGE_MAX_VECTORS (1 << 22) /* a Flat range search's result may be
+                                       every vector: above this many, a
+                                       k-NN scan of depth offset + k cut
+                                       at the threshold instead */
 
 /* ---- a bounded min-heap of candidates ---------------------------------- */
 
@@ -37,20 +44,27 @@ typedef struct {
   int n, cap;
 } heap;
 
+/* a ranks below b: a lower score, or the same score and a newer id (ties
+ * go to the oldest item, the order cand_desc sorts in, so a heap of any
+ * capacity keeps a prefix of one ranking and pages stay consistent) */
+static int cand_below(const vlm__cand *a, const vlm__cand *b) {
+  return a->score < b->score || (a->score == b->score && a->id > b->id);
+}
+
 static void heap_push(heap *h, uint64_t id, float score, int mod) {
   vlm__cand x = {id, score, mod};
   if (!isfinite(score))
     return; /* a damaged stored vector (see vlm__vec_finite) never ranks */
   if (h->n == h->cap) {
-    if (score <= h->c[0].score)
+    if (!cand_below(&h->c[0], &x))
       return;
     int i = 0; /* replace the root and sift down */
     for (;;) {
       int l = 2 * i + 1, r = l + 1, s = i;
-      float ss = score;
-      if (l < h->n && h->c[l].score < ss)
-        s = l, ss = h->c[l].score;
-      if (r < h->n && h->c[r].score < ss)
+      const vlm__cand *least = &x;
+      if (l < h->n && cand_below(&h->c[l], least))
+        s = l, least = &h->c[l];
+      if (r < h->n && cand_below(&h->c[r], least))
         s = r;
       if (s == i)
         break;
@@ -58,20 +72,20 @@ static void heap_push(heap *h, uint64_t id, float score, int mod) {
       i = s;
     }
     h->c[i] = x;
-    assert(i == 0 || h->c[(i - 1) / 2].score <= score);
+    assert(i == 0 || !cand_below(&x, &h->c[(i - 1) / 2]));
     return;
   }
   int i = h->n++;
   while (i > 0) {
     int p = (i - 1) / 2;
-    if (h->c[p].score <= score)
+    if (!cand_below(&x, &h->c[p]))
       break;
     h->c[i] = h->c[p];
     i = p;
   }
   h->c[i] = x;
-  /* a min-heap: the new entry is no smaller than its parent */
-  assert(i == 0 || h->c[(i - 1) / 2].score <= h->c[i].score);
+  /* a min-heap: the new entry ranks no lower than its parent */
+  assert(i == 0 || !cand_below(&h->c[i], &h->c[(i - 1) / 2]));
 }
 
 static int cand_desc(const void *a, const void *b) {
@@ -366,6 +380,47 @@ done:
   return rc;
 }
 
+/* A threshold search over a Flat index: FAISS's range search returns
+ * every vector scoring at least min_score (one scan, like a k-NN search
+ * over Flat, but without a k-deep heap); live ones that pass the filter
+ * bitmap go into h, which keeps the best kk, and the pending tail is
+ * scanned exactly.  Candidates below the threshold that the tail adds are
+ * cut by the caller with the rest. */
+static int range_search(sctx *s, int m, float min_score, heap *h) {
+  vlm_db *db = s->db;
+  vlm__vindex *vx = &db->vx[m];
+  float *scores = NULL;
+  int64_t *ids = NULL, n = 0;
+  int rc;
+  h->n = 0;
+  if ((rc = vlm_index_range_search(vx->index, s->q, min_score, &scores, &ids,
+                                   &n)))
+    return rc;
+  for (int64_t i = 0; i < n; i++) {
+    if (ids[i] < 0 || !(scores[i] >= min_score))
+      continue;
+    uint64_t id = (uint64_t)ids[i];
+    if (s->allow && (id >= s->allow_bits || !vlm__bit(s->allow, id)))
+      continue;
+    if (vx->ntomb > 0 && (id >= vx->upto || !vlm__bit(vx->live, id)))
+      continue;
+    MDB_val key = {sizeof id, &id}, val;
+    int g = vlm__mdb_get(s->r->txn, db->lm.vecs, &key, &val);
+    if (g == MDB_NOTFOUND)
+      continue; /* deleted since the index side caught up */
+    if (g) {
+      rc = vlm__lmdb_err(g, "vecs");
+      goto done;
+    }
+    heap_push(h, id, scores[i], m);
+  }
+  rc = exact_scan(s, m, vx->upto, h);
+done:
+  free(scores);
+  free(ids);
+  return rc;
+}
+
 /* Top kk of modality m into h (capacity kk). */
 static int search_modality(sctx *s, int m, int kk,
                            const vlm_search_options *o, int64_t nitems,
@@ -396,6 +451,9 @@ static int search_modality(sctx *s, int m, int kk,
     h->n = 0;
     return exact_scan(s, m, 1, h);
   }
+  if (o->use_min_score && !s->post && kk > RANGE_MIN_K &&
+      vlm_index_can_range(vx->index) && vx->nlive <= RANGE_MAX_VECTORS)
+    return range_search(s, m, o->min_score, h);
   /* A search that sets no effort gets the one tuned for this index's
    * data (tune.c), or the fixed defaults until it has been measured. */
   int nlist = vlm__factory_nlist(db->man.factory);
@@ -499,7 +557,8 @@ static int search_modality(sctx *s, int m, int kk,
 
 /* Vector ranking: up to depth candidates, one per item, best first. */
 static int vector_ranking(sctx *s, const vlm_search_options *o, int depth,
-                          int64_t nitems, vlm__cand **out, int *nout) {
+                          int64_t nitems, vlm__cand **out, int *nout,
+                          int *full) {
   int mods[2], nm = 0, rc = 0;
   if (o->target == VLM_TARGET_ANY || o->target == VLM_TARGET_IMAGE)
     mods[nm++] = VLM__MOD_IMAGE;
@@ -517,6 +576,7 @@ static int vector_ranking(sctx *s, const vlm_search_options *o, int depth,
       goto fail;
     memcpy(all + n, h.c, (size_t)h.n * sizeof *all);
     n += h.n;
+    *full |= h.n >= depth; /* a deeper search may find more */
   }
   /* One hit per item: the best of its modalities. */
   qsort(all, (size_t)n, sizeof *all, cand_id_desc);
@@ -685,7 +745,24 @@ typedef struct {
   vlm__cand *final;       /* vr or fused */
   int nfinal;
   int *similar;           /* collapse: near-duplicates folded per result */
+  int want;               /* offset + k: the results the page needs */
+  int full;               /* the ranking stopped at depth: there may be
+                             more below */
+  int kept;               /* final[0 .. kept) passed threshold and groups */
+  int max_depth;          /* how deep the ranking may grow (vlm_db_search) */
 } search;
+
+/* Forget a ranking (vlm_db_search ranks again, deeper). */
+static void search_reset(search *s) {
+  free(s->allow);
+  free(s->vr);
+  free(s->bm25);
+  free(s->fused);
+  s->allow = NULL;
+  s->vr = s->fused = s->final = NULL;
+  s->bm25 = NULL;
+  s->nvr = s->nbm = s->nfinal = s->full = s->kept = 0;
+}
 
 static void search_free(search *s) {
   free(s->q);
@@ -705,11 +782,43 @@ static int search_check(vlm_db *db, const float *query,
   int rc;
   if (opts)
     *o = *opts;
-  if (o->k == 0)
-    o->k = 10;
+  if (o->offset < 0 || o->offset >= VLM_DB_MAX_K)
+    return vlm_seterr(VLM_EINVAL, "search: offset=%d outside 0..%d",
+                      o->offset, VLM_DB_MAX_K - 1);
+  if (o->k == 0) /* a range search's bound is the most a search returns */
+    o->k = o->use_min_score ? VLM_DB_MAX_K - o->offset : 10;
   if (o->k < 1 || o->k > VLM_DB_MAX_K)
     return vlm_seterr(VLM_EINVAL, "search: k=%d outside 1..%d", o->k,
                       VLM_DB_MAX_K);
+  if (o->offset + o->k > VLM_DB_MAX_K)
+    return vlm_seterr(VLM_EINVAL, "search: offset %d + k %d is past the "
+                      "deepest result a search returns (%d)", o->offset,
+                      o->k, VLM_DB_MAX_K);
+  if (o->use_min_score && !isfinite(o->min_score))
+    return vlm_seterr(VLM_EINVAL, "search: min_score must be a finite "
+                      "number");
+  if (o->use_min_score && o->hybrid_text)
+    return vlm_seterr(VLM_EINVAL, "search: min_score is a cosine, and a "
+                      "hybrid score is fused ranks: not both");
+  if (o->group_by) {
+    int f;
+    for (f = 0; f < db->man.nfields; f++)
+      if (!strcmp(db->man.fname[f], o->group_by))
+        break;
+    if (f == db->man.nfields)
+      return vlm_seterr(VLM_EINVAL, "search: group_by '%.64s' is not a "
+                        "declared field", o->group_by);
+    if (o->group_per == 0)
+      o->group_per = 1;
+    if (o->group_per < 1 || o->group_per > VLM_DB_MAX_K)
+      return vlm_seterr(VLM_EINVAL, "search: group_per=%d outside 1..%d",
+                        o->group_per, VLM_DB_MAX_K);
+    if (o->collapse > 0)
+      return vlm_seterr(VLM_EINVAL, "search: group_by and collapse cannot "
+                        "be combined");
+  } else if (o->group_per != 0) {
+    return vlm_seterr(VLM_EINVAL, "search: group_per needs group_by");
+  }
   if (o->target != VLM_TARGET_ANY && o->target != VLM_TARGET_IMAGE &&
       o->target != VLM_TARGET_TEXT)
     return vlm_seterr(VLM_EINVAL, "search: bad target %d", (int)o->target);
@@ -730,21 +839,39 @@ static int search_check(vlm_db *db, const float *query,
     if ((rc = vlm__normalize(query, s->q, s->dim, "query")))
       return rc;
   }
-  s->need_sql = o->filter || o->hybrid_text;
+  s->need_sql = o->filter || o->hybrid_text || o->group_by;
   if (s->need_sql && db->sql_behind)
     return vlm_seterr(VLM_ESTATE, "%s needs crash recovery before filters "
                       "or hybrid search (meta.sqlite lacks %llu batch(es)): "
                       "run `vlmdb recover --db %s`", db->dir,
                       (unsigned long long)db->sql_behind, db->dir);
-  s->depth = o->k;
+  s->want = o->offset + o->k;
+  s->depth = s->want;
+  s->max_depth = s->want;
   if (o->hybrid_text && s->depth < 50)
-    s->depth = 50;
+    s->depth = s->max_depth = 50;
   if (o->collapse > 0) { /* room for the near-duplicates that fold away */
-    int want = o->k < 13 ? 100 : o->k * 8;
+    int want = s->want < 13 ? 100 : s->want * 8;
     s->depth = want > VLM__COLLAPSE_DEPTH ? VLM__COLLAPSE_DEPTH
                : want > s->depth          ? want
                                           : s->depth;
+    s->max_depth = s->depth;
   }
+  if (o->group_by) { /* groups that fill up skip candidates: look deeper,
+                        and deeper again while the page is not full */
+    int want = s->want < 16 ? 64 : s->want * 4;
+    if (want < s->depth)
+      want = s->depth;
+    s->depth = want > VLM_DB_GROUP_DEPTH ? VLM_DB_GROUP_DEPTH : want;
+    s->max_depth = VLM_DB_GROUP_DEPTH > s->depth ? VLM_DB_GROUP_DEPTH
+                                                 : s->depth;
+  }
+  /* An approximate index without a range search: rank a little first and
+   * deeper only while the last score still reaches the threshold. */
+  if (o->use_min_score && !o->exact && !o->group_by &&
+      !vlm_index_can_range(db->vx[VLM__MOD_IMAGE].index) &&
+      s->depth > RANGE_FIRST_DEPTH)
+    s->depth = RANGE_FIRST_DEPTH;
   return 0;
 }
 
@@ -773,7 +900,8 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   if (s->q && !s->listed) {
     sctx c = {db, r, s->q, s->dim, NULL, 0, NULL, s->next_id, s->scratch,
               o->filter, 0};
-    rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr);
+    rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr,
+                        &s->full);
     if (rc == POST_FALLBACK) { /* too few passed: list the matches after all */
       fell_back = 1; /* (post-filtering them again would fail alike) */
       free(s->vr);
@@ -796,7 +924,8 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   if (s->q && s->listed && !s->vr && (!o->filter || s->nf > 0)) {
     sctx c = {db, r, s->q, s->dim, o->filter ? s->fids : NULL, s->nf,
               s->allow, s->next_id, s->scratch, NULL, fell_back};
-    if ((rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr)))
+    if ((rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr,
+                             &s->full)))
       return rc;
   }
   s->final = s->vr;
@@ -806,6 +935,7 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   if ((rc = vlm__hybrid(db, r, o->hybrid_text, s->allow, s->next_id,
                         s->depth, &s->bm25, &s->nbm)))
     return rc;
+  s->full |= s->nbm >= s->depth;
   float w = o->hybrid_weight > 0 ? o->hybrid_weight : 0.5f;
   if (!(s->fused = malloc((size_t)(s->nvr + s->nbm + 1) * sizeof *s->fused)))
     return vlm_seterr(VLM_ENOMEM, "search");
@@ -818,6 +948,135 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   return 0;
 }
 
+/* ---- threshold and groups ------------------------------------------------ */
+
+/* A group's identity: the value's SQLite type, then its bytes. */
+typedef struct {
+  char *key;
+  size_t len;
+  int count;
+} group_slot;
+
+static uint64_t group_hash(const char *p, size_t n) {
+  uint64_t h = 1469598103934665603ull; /* FNV-1a */
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+  return h;
+}
+
+/* Keep, best first, the candidates c[0 .. n) whose value of field has
+ * been kept fewer than per times, until want are kept; compacts c and
+ * sets *kept.  The values come from r's SQLite snapshot: an item without
+ * the field (NULL, or no row) is in the NULL group. */
+static int group_cut(vlm__reader *r, const char *field, int per,
+                     vlm__cand *c, int n, int want, int *kept) {
+  sqlite3_stmt *st = NULL;
+  group_slot *slots = NULL;
+  char sql[128], *buf = NULL;
+  size_t cap = 16, bufcap = 0;
+  int rc = 0, w = 0;
+  while (cap < 2 * (size_t)n)
+    cap <<= 1;
+  snprintf(sql, sizeof sql, "SELECT \"%s\" FROM items WHERE id = ?1", field);
+  if ((rc = sqlite3_prepare_v2(r->sql, sql, -1, &st, NULL)) != SQLITE_OK) {
+    rc = vlm__sql_err(r->sql, rc, "search: group_by");
+    goto done;
+  }
+  if (!(slots = calloc(cap, sizeof *slots))) {
+    rc = vlm_seterr(VLM_ENOMEM, "search: group_by");
+    goto done;
+  }
+  for (int i = 0; i < n && w < want; i++) {
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)c[i].id);
+    int type = SQLITE_NULL, step = sqlite3_step(st);
+    const void *val = NULL;
+    size_t len = 0;
+    char num[32];
+    if (step == SQLITE_ROW)
+      type = sqlite3_column_type(st, 0);
+    else if (step != SQLITE_DONE) {
+      rc = vlm__sql_err(r->sql, step, "search: group_by");
+      goto done;
+    }
+    if (type == SQLITE_INTEGER) {
+      len = (size_t)snprintf(num, sizeof num, "%lld",
+                             (long long)sqlite3_column_int64(st, 0));
+      val = num;
+    } else if (type == SQLITE_FLOAT) {
+      len = (size_t)snprintf(num, sizeof num, "%.17g",
+                             sqlite3_column_double(st, 0));
+      val = num;
+    } else if (type != SQLITE_NULL) {
+      val = sqlite3_column_blob(st, 0);
+      len = (size_t)sqlite3_column_bytes(st, 0);
+    }
+    if (len + 1 > bufcap) {
+      char *nb = realloc(buf, len + 1);
+      if (!nb) {
+        rc = vlm_seterr(VLM_ENOMEM, "search: group_by");
+        goto done;
+      }
+      buf = nb;
+      bufcap = len + 1;
+    }
+    buf[0] = (char)type;
+    if (len)
+      memcpy(buf + 1, val, len);
+    len++;
+    size_t h = (size_t)group_hash(buf, len) & (cap - 1);
+    while (slots[h].key &&
+           (slots[h].len != len || memcmp(slots[h].key, buf, len)))
+      h = (h + 1) & (cap - 1);
+    if (!slots[h].key) {
+      if (!(slots[h].key = malloc(len))) {
+        rc = vlm_seterr(VLM_ENOMEM, "search: group_by");
+        goto done;
+      }
+      memcpy(slots[h].key, buf, len);
+      slots[h].len = len;
+    }
+    if (slots[h].count < per) {
+      slots[h].count++;
+      c[w++] = c[i];
+    }
+  }
+  *kept = w;
+done:
+  if (slots)
+    for (size_t i = 0; i < cap; i++)
+      free(slots[i].key);
+  free(slots);
+  free(buf);
+  sqlite3_finalize(st);
+  return rc;
+}
+
+/* The threshold, then the groups, over the ranking: s->kept.  *more = 1
+ * when the page is not full and a deeper ranking could fill it: the
+ * ranking stopped at its depth with every score still at or above the
+ * threshold. */
+static int search_cut(vlm__reader *r, search *s, int *more) {
+  const vlm_search_options *o = &s->o;
+  int n = s->nfinal, full = s->full, rc;
+  *more = 0;
+  if (o->use_min_score) {
+    int i = 0;
+    while (i < n && s->final[i].score >= o->min_score)
+      i++;
+    if (i < n)
+      full = 0; /* crossed the threshold: nothing deeper reaches it */
+    n = i;
+  }
+  if (o->group_by && n > 0 &&
+      (rc = group_cut(r, o->group_by, o->group_per, s->final, n, s->want,
+                      &n)))
+    return rc;
+  s->kept = n;
+  *more = full && n < s->want && s->depth < s->max_depth;
+  return 0;
+}
+
 /* Near-duplicates folded, the first k resolved to keys against the LMDB
  * snapshot (an id the snapshot no longer holds is left out). */
 static int search_resolve(vlm_db *db, vlm__reader *r, search *s,
@@ -827,21 +1086,27 @@ static int search_resolve(vlm_db *db, vlm__reader *r, search *s,
   vlm_hit *hits = NULL;
   *out = NULL;
   *nout = 0;
+  if (nfinal > s->kept) /* search_cut: threshold and groups */
+    nfinal = s->kept;
   if (o->collapse > 0 && nfinal > 0) {
-    if (!(s->similar = calloc((size_t)(nfinal < o->k ? nfinal : o->k),
+    if (!(s->similar = calloc((size_t)(nfinal < s->want ? nfinal : s->want),
                               sizeof *s->similar)))
       return vlm_seterr(VLM_ENOMEM, "search");
-    int kept = collapse_near(db, r->txn, s->final, nfinal, o->k,
+    int kept = collapse_near(db, r->txn, s->final, nfinal, s->want,
                              o->collapse, s->similar);
     if (kept < 0)
       return kept;
     nfinal = kept;
   }
-  if (nfinal > o->k)
-    nfinal = o->k;
+  if (nfinal > s->want)
+    nfinal = s->want;
+  /* the page: results offset .. offset + k - 1 */
+  int first = o->offset < nfinal ? o->offset : nfinal;
+  nfinal -= first;
   if (nfinal > 0 && !(hits = calloc((size_t)nfinal, sizeof *hits)))
     return vlm_seterr(VLM_ENOMEM, "search");
-  for (int i = 0; i < nfinal; i++) {
+  for (int j = 0; j < nfinal; j++) {
+    int i = first + j;
     vlm__rec rec;
     rc = vlm__rec_get(&db->lm, r->txn, s->final[i].id, &rec);
     if (rc == VLM_ENOTFOUND)
@@ -873,8 +1138,9 @@ int vlm_db_search(vlm_db *db, const float *query,
   *hits_out = NULL;
   *nhits_out = 0;
   memset(&s, 0, sizeof s);
-  if ((rc = search_check(db, query, opts, &s)) ||
-      (rc = vlm__vindex_ensure(db)) ||
+  /* (the index first: search_check asks it whether it can range) */
+  if ((rc = vlm__vindex_ensure(db)) ||
+      (rc = search_check(db, query, opts, &s)) ||
       (rc = vlm__reader_get(db, s.need_sql, &r)))
     goto done;
   /* one snapshot of all three stores for the whole search */
@@ -884,8 +1150,19 @@ int vlm_db_search(vlm_db *db, const float *query,
                                 &s.seq)))
     goto done;
   snap = 1;
-  if ((rc = search_filter(db, r, &s)) || (rc = search_rank(db, r, &s)))
+  if ((rc = search_filter(db, r, &s)))
     goto done;
+  /* Rank; a threshold or groups that leave the page short rank again
+   * deeper (x4, up to max_depth), while the ranking may hold more. */
+  for (;;) {
+    int more;
+    if ((rc = search_rank(db, r, &s)) || (rc = search_cut(r, &s, &more)))
+      goto done;
+    if (!more)
+      break;
+    s.depth = s.depth > s.max_depth / 4 ? s.max_depth : s.depth * 4;
+    search_reset(&s);
+  }
   rc = search_resolve(db, r, &s, hits_out, nhits_out);
 done:
   if (snap)

@@ -221,7 +221,13 @@ int vlm_db_salvage(const char *src, const char *dst,
                        .model_dir = m.model_dir[0] ? m.model_dir : NULL,
                        .fields = fields, .nfields = m.nfields,
                        .model_family = m.model_family,
-                       .image_orientation = m.image_orientation};
+                       .image_orientation = m.image_orientation,
+                       /* a salvaged shard stays the same shard */
+                       .cluster_digest = m.cluster_digest,
+                       .shard = m.shard,
+                       .nshards = m.nshards,
+                       .slot_ranges = m.slot_ranges,
+                       .nslot_ranges = m.nslot_ranges};
   if ((rc = vlm_db_create(dst, &cfg, &out)))
     goto done;
   if (!(b = calloc(1, sizeof *b))) {

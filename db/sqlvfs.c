@@ -255,6 +255,7 @@ static void reg(void) {
 
 const char *vlm__sql_vfs(void) {
   pthread_once(&once, reg);
+  vlm__fts_cjk_auto(); /* every connection reads vlm_cjk tables */
   return reg_rc == SQLITE_OK ? VLM__SQL_VFS : NULL;
 }
 

@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,15 @@ static void skip_bad(vlm_db *db, int m, uint64_t id) {
   vlm__warn(db, "%s: item id %llu: stored %s vector is not finite; left "
             "out of the index (delete or re-put the item to repair it)",
             db->dir, (unsigned long long)id, mod_name[m]);
+}
+
+/* Modality m's index takes no vectors: mapped read-only from a merged
+ * list file, or deferred by the opener (vlm_db_open_options.defer_index:
+ * `vlmdb merge` before it adopts a merged index).  Its items past upto
+ * stay the pending tail, searched exactly. */
+static int frozen(vlm_db *db, int m) {
+  return ((db->defer_index >> m) & 1u) ||
+         (db->vx[m].index && vlm_index_is_ondisk(db->vx[m].index));
 }
 
 /* Add the live vectors of modality m with id in [from, tnext) to ix, in
@@ -357,7 +367,8 @@ static int catch_up_locked(vlm_db *db) {
         /* id < upto: added by an earlier catch-up whose other modality
          * failed (ix_next did not move) */
         if (!vec[m] || !vlm_index_is_trained(db->vx[m].index) ||
-            db->vx[m].upto == 0 || id < db->vx[m].upto)
+            db->vx[m].upto == 0 || id < db->vx[m].upto ||
+            frozen(db, m))
           continue;
         if (!vlm__vec_finite(vec[m], dim)) {
           skip_bad(db, m, id);
@@ -384,7 +395,9 @@ static int catch_up_locked(vlm_db *db) {
         }
     for (int m = 0; m < VLM__NMOD && !rc; m++) {
       vlm__vindex *vx = &db->vx[m];
-      if (vx->upto == 0 || !vlm_index_is_trained(vx->index))
+      /* A mapped index takes no adds: its upto stays, and what came
+       * after is the pending tail, searched exactly. */
+      if (vx->upto == 0 || !vlm_index_is_trained(vx->index) || frozen(db, m))
         continue;
       if (n[m])
         rc = VLM__INDEX_ADD(vx->index, n[m], buf + (size_t)m * ADD_CHUNK * dim,
@@ -406,7 +419,7 @@ static int catch_up_locked(vlm_db *db) {
    * txn (state tseq, which the index side now matches) outside the lock. */
   for (int m = 0; m < VLM__NMOD; m++) {
     vlm__vindex *vx = &db->vx[m];
-    if (vx->upto != 0 || vlm_index_is_trained(vx->index))
+    if (vx->upto != 0 || vlm_index_is_trained(vx->index) || frozen(db, m))
       continue;
     int64_t need = vlm_index_train_size(vx->index);
     if (vx->nlive < (need < 1 ? 1 : need))
@@ -462,7 +475,8 @@ static int load_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
     snprintf(why, whylen, "%s is ahead of the stores", c->file);
     return -1;
   }
-  if (vlm_index_read(path, &ix) != 0) {
+  if ((db->mmap_index ? vlm_index_read_mmap(path, &ix)
+                      : vlm_index_read(path, &ix)) != 0) {
     snprintf(why, whylen, "%s: %s", c->file, vlm_errmsg());
     return -1;
   }
@@ -515,6 +529,8 @@ fail:
 /* Add the live vectors of modality m with id in [vx->upto, tnext). */
 static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   vlm__vindex *vx = &db->vx[m];
+  if (frozen(db, m))
+    return 0; /* the tail stays the pending tail */
   int rc = add_range(db, txn, m, vx->index, vx->upto, tnext);
   if (!rc)
     vx->upto = tnext;
@@ -591,12 +607,19 @@ static int load_deferred(vlm_db *db, int m) {
   MDB_txn *txn = NULL;
   vlm_index *ix = NULL;
   uint64_t upto = vx->upto;
-  char path[64], why[PATH_MAX + 128];
+  char path[PATH_MAX], why[PATH_MAX + 128];
   int rc = VLM__STORE("lmdb-read",
                       mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
   if (rc)
     return vlm__lmdb_err(rc, "load index");
-  snprintf(path, sizeof path, "/proc/self/fd/%d", vx->lazy_fd);
+  /* The file by its name while it is still the one held open (an index
+   * whose lists are in a file of their own finds that file beside it),
+   * else (a writer's checkpoint replaced it) the one held open. */
+  struct stat held, named;
+  snprintf(path, sizeof path, "%s/%s", db->dir, db->man.ckpt[m].file);
+  if (fstat(vx->lazy_fd, &held) != 0 || stat(path, &named) != 0 ||
+      held.st_dev != named.st_dev || held.st_ino != named.st_ino)
+    snprintf(path, sizeof path, "/proc/self/fd/%d", vx->lazy_fd);
   why[0] = '\0';
   if (vlm_index_read(path, &ix) != 0) {
     snprintf(why, sizeof why, "%s: %s", db->man.ckpt[m].file, vlm_errmsg());
@@ -615,8 +638,11 @@ static int load_deferred(vlm_db *db, int m) {
       removable = vlm_index_remove(ix, (int64_t)vx->lazy_ndrops,
                                    vx->lazy_drops, &removed) == 0;
     }
-    rc = add_range(db, txn, m, ix, upto, db->ix_next);
-    upto = db->ix_next;
+    if (!vlm_index_is_ondisk(ix) && !((db->defer_index >> m) & 1u)) {
+      /* (a mapped or deferred one takes no tail: it stays pending) */
+      rc = add_range(db, txn, m, ix, upto, db->ix_next);
+      upto = db->ix_next;
+    }
   } else {
     vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload store",
               db->dir, mod_name[m], why);
@@ -633,7 +659,15 @@ static int load_deferred(vlm_db *db, int m) {
   vx->index = ix;
   vx->upto = upto;
   vx->removable = removable;
-  vx->ntomb = vlm_index_count(ix) - (upto ? vx->nlive : 0);
+  /* everything in the index but the live items below upto (as open) */
+  int64_t live_below = 0;
+  if (upto && vlm_index_is_ondisk(ix)) {
+    for (uint64_t id = 0; id < upto; id++)
+      live_below += vlm__bit(vx->live, id);
+  } else if (upto) {
+    live_below = vx->nlive;
+  }
+  vx->ntomb = vlm_index_count(ix) - live_below;
   if (vx->ntomb < 0)
     vx->ntomb = 0;
   if (vx->ntomb > 0 && vx->removable < 0)
@@ -823,11 +857,12 @@ have_live:
     char why[PATH_MAX + 128];
     int loaded = 0;
     if (db->man.ckpt[m].file[0]) {
-      /* a read-only handle reads the file at its first search */
-      if ((db->readonly ? defer_checkpoint(db, txn, m, tseq, tnext, why,
-                                           sizeof why)
-                        : load_checkpoint(db, txn, m, tseq, tnext, why,
-                                          sizeof why)) == 0) {
+      /* a read-only handle reads the file at its first search (a mapped
+       * one costs little at open: it maps it now) */
+      if ((db->readonly && !db->mmap_index
+               ? defer_checkpoint(db, txn, m, tseq, tnext, why, sizeof why)
+               : load_checkpoint(db, txn, m, tseq, tnext, why,
+                                 sizeof why)) == 0) {
         loaded = 1;
       } else if (!may_rebuild) {
         rc = VLM_EBUSY; /* read the manifest again first */
@@ -842,6 +877,13 @@ have_live:
     if (loaded) {
       if ((rc = add_tail(db, txn, m, tnext)))
         goto done;
+    } else if (db->defer_index & (1u << m)) {
+      /* an empty index, left so: the items are the pending tail */
+      if ((rc = vlm_index_create(db->man.factory, db->man.dim, VLM_METRIC_IP,
+                                 &vx->index)))
+        goto done;
+      vx->upto = 0;
+      vx->removable = -1;
     } else {
       vlm_index *ix = NULL;
       uint64_t upto = 0;
@@ -852,13 +894,22 @@ have_live:
       vx->upto = upto;
       vx->removable = -1;
     }
-    vx->ntomb = vlm_index_count(vx->index) - (vx->upto ? vx->nlive : 0);
+    /* Everything in the index but the live items below upto (all of
+     * nlive, unless a mapped index left a tail it cannot take). */
+    int64_t live_below = 0;
+    if (vx->upto && vlm_index_is_ondisk(vx->index)) {
+      for (uint64_t id = 0; id < vx->upto; id++)
+        live_below += vlm__bit(vx->live, id);
+    } else if (vx->upto) {
+      live_below = vx->nlive;
+    }
+    vx->ntomb = vlm_index_count(vx->index) - live_below;
     if (vx->ntomb < 0)
       vx->ntomb = 0;
     if (vx->ntomb > 0 && vx->removable < 0)
       vx->removable = 0;
     /* Enough vectors now for an index that still waits for training. */
-    if (vx->upto == 0 && !vlm_index_is_trained(vx->index)) {
+    if (vx->upto == 0 && !vlm_index_is_trained(vx->index) && !frozen(db, m)) {
       int64_t need = vlm_index_train_size(vx->index);
       if (vx->nlive >= (need < 1 ? 1 : need)) {
         vlm_index *ix = NULL;
@@ -1122,6 +1173,109 @@ int vlm__vindex_checkpoint(vlm_db *db) {
   if (!rc)
     rc = checkpoint_locked(db, force);
   vlm__index_unlock(db);
+  return rc;
+}
+
+/* Link src to dst, or copy it when they are on different filesystems. */
+static int link_or_copy(const char *src, const char *dst) {
+  if (link(src, dst) == 0)
+    return 0;
+  if (errno != EXDEV && errno != EPERM && errno != EMLINK)
+    return vlm_seterr(VLM_EIO, "link %s -> %s: %s", src, dst,
+                      strerror(errno));
+  int in = open(src, O_RDONLY | O_CLOEXEC), out = -1, rc = 0;
+  if (in < 0 ||
+      (out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0) {
+    rc = vlm_seterr(VLM_EIO, "%s: %s", in < 0 ? src : dst, strerror(errno));
+    goto done;
+  }
+  for (;;) {
+    ssize_t n = copy_file_range(in, NULL, out, NULL, 1 << 30, 0);
+    if (n == 0)
+      break;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO,
+                      "copy %s -> %s: %s", src, dst, strerror(errno));
+      goto done;
+    }
+  }
+  if (fsync(out) != 0)
+    rc = vlm_seterr(VLM_EIO, "%s: fsync: %s", dst, strerror(errno));
+done:
+  if (in >= 0)
+    close(in);
+  if (out >= 0)
+    close(out);
+  if (rc)
+    unlink(dst);
+  return rc;
+}
+
+int vlm__vindex_adopt(vlm_db *db, int m, const char *path) {
+  vlm__vindex *vx = &db->vx[m];
+  vlm_index *ix = NULL;
+  char dst[PATH_MAX], name[64], n[32];
+  int rc, linked = 0;
+  vlm__index_lock(db);
+  if ((rc = catch_up_locked(db)))
+    goto done;
+  if ((rc = vlm_index_read(path, &ix)))
+    goto done;
+  if (!vlm_index_lists_path(ix)) {
+    rc = vlm_seterr(VLM_EINVAL, "%s: not a merged index (its inverted lists "
+                    "are not a file of their own: vlmdb index merge)", path);
+    goto done;
+  }
+  if (vlm_index_dim(ix) != db->man.dim ||
+      vlm_index_metric(ix) != VLM_METRIC_IP ||
+      strcmp(vlm_index_factory(ix), db->man.factory) != 0) {
+    rc = vlm_seterr(VLM_EMISMATCH, "%s is a %s index of dimension %d; the "
+                    "database's is %s of %d", path, vlm_index_factory(ix),
+                    vlm_index_dim(ix), db->man.factory, db->man.dim);
+    goto done;
+  }
+  int64_t outside = 0, first = -1;
+  if ((rc = vlm_index_ids_outside(ix, vx->live, (int64_t)db->ix_next,
+                                  &outside, &first)))
+    goto done;
+  if (vlm_index_count(ix) != vx->nlive || outside != 0) {
+    rc = vlm_seterr(VLM_EMISMATCH, "%s holds %lld %s vectors (%lld of them "
+                    "under ids that are not live %s items of the database, "
+                    "the first %lld), the database has %lld: it was not "
+                    "merged from the shards this database was", path,
+                    (long long)vlm_index_count(ix), mod_name[m],
+                    (long long)outside, mod_name[m], (long long)first,
+                    (long long)vx->nlive);
+    goto done;
+  }
+  nonce(n, sizeof n);
+  snprintf(name, sizeof name, "%s-lists-%s.ivfdata", mod_name[m], n);
+  snprintf(dst, sizeof dst, "%s/%s", db->dir, name);
+  if ((rc = link_or_copy(vlm_index_lists_path(ix), dst)))
+    goto done;
+  linked = 1;
+  if ((rc = vlm__fsync_dir(db->dir)) ||
+      (rc = vlm_index_set_lists_path(ix, dst)))
+    goto done;
+  pthread_rwlock_wrlock(&db->index_lock);
+  vlm_index *old = swap_index(db, m, ix, db->ix_next);
+  vx->removable = 0;
+  vx->tuned = 0;
+  vx->tuned_n = 0;
+  pthread_rwlock_unlock(&db->index_lock);
+  ix = old; /* freed below */
+  linked = 0; /* the index in force names it now */
+  if (vlm__vindex_tune(db, m, 1) != 0)
+    vlm__warn(db, "%s: tuning the %s index: %s", db->dir, mod_name[m],
+              vlm_errmsg());
+  rc = checkpoint_locked(db, 1);
+done:
+  if (linked)
+    unlink(dst);
+  vlm__index_unlock(db);
+  vlm_index_free(ix);
   return rc;
 }
 

@@ -79,6 +79,12 @@ typedef struct {
   double index_recall;    /* ANN top K vs exact top K */
 } vlm_eval_at;
 
+/* The rank histogram's buckets: rank_hist[i] counts the queries whose
+ * ground truth ranked at most vlm_eval_rank_bounds[i] (and above the
+ * bound before it); the last bucket, ranks above the last bound. */
+#define VLM_EVAL_RANK_BUCKETS 12
+extern const int vlm_eval_rank_bounds[VLM_EVAL_RANK_BUCKETS - 1];
+
 typedef struct {
   int64_t queries;        /* queries evaluated */
   int64_t candidates;     /* vectors ranked per query */
@@ -90,6 +96,7 @@ typedef struct {
   double exact_ms_per_query; /* vlm_db_search with exact = 1 */
   double gt_probability;  /* mean ground-truth probability under the
                              model's own score; -1 when not measured */
+  int64_t rank_hist[VLM_EVAL_RANK_BUCKETS]; /* exact ranks, bucketed */
 } vlm_eval_direction;
 
 typedef struct {

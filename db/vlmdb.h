@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vlm_slot.h"
+
 typedef struct vlm_db vlm_db;
 
 typedef enum {
@@ -53,6 +55,15 @@ typedef struct {
                                 "model" (the model's own setting); every
                                 model load for the database must use it
                                 (it enters the model id when it applies) */
+  /* A shard of a cluster (vlm_slot.h), when nslot_ranges > 0: the
+   * database then holds only keys of these slots, and every write of a key
+   * of another slot fails with VLM_EWRONGSHARD naming the key and its
+   * slot.  The ranges need not be sorted but must be disjoint, within
+   * 0..VLM_SLOTS-1, at most VLM_CLUSTER_MAX_RANGES. */
+  const char *cluster_digest; /* the map's digest (vlm_cluster.digest) */
+  int shard, nshards;         /* this shard's index among nshards */
+  const vlm_slot_range *slot_ranges;
+  int nslot_ranges;
 } vlm_db_config;
 
 /* Receives warnings of open (an index file rebuilt from LMDB, recovery
@@ -75,6 +86,23 @@ typedef struct {
                                 committed; a background thread adds the
                                 vectors to FAISS (searches cover the
                                 not-yet-indexed tail exactly meanwhile) */
+  int mmap_index;            /* 1 = map an IVF index's inverted lists
+                                from its file instead of loading them
+                                (vlm_index_read_mmap): resident memory
+                                stays far below the index's size.  Only
+                                with readonly (VLM_EINVAL otherwise).  An
+                                index `vlmdb merge` gave the database
+                                (lists in a file of their own) is always
+                                mapped. */
+  unsigned defer_index;      /* bit 0 image, bit 1 text: this handle adds
+                                none of that modality's vectors to its
+                                FAISS index (nor trains or builds it);
+                                they are searched exactly as the pending
+                                tail.  For `vlmdb merge`, whose database
+                                takes a merged index afterwards
+                                (vlm_db_adopt_index) instead of building
+                                one in memory.  A later open without it
+                                indexes them. */
 } vlm_db_open_options;
 
 /* Create a new database in dir (created if missing, must be empty). */
@@ -86,6 +114,8 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
                 vlm_db **out);
 /* Checkpoint (unless readonly) and close.  Accepts NULL. */
 void vlm_db_close(vlm_db *db);
+/* 1 when db was opened read-only (writes fail with VLM_ESTATE). */
+int vlm_db_readonly(const vlm_db *db);
 
 /* The most bytes of one item's caption, source and meta_json, each: put
  * refuses a longer one (VLM_ETOOBIG, naming the key and the field), and
@@ -133,6 +163,16 @@ typedef struct {
 int vlm_db_put(vlm_db *db, const vlm_item *items, int n, unsigned flags,
                int *written);
 
+/* Put for `vlmdb merge`: insert items under the given ids (positive,
+ * increasing, each at or above the database's next id; the next id then
+ * follows the last), so the merged database's ids are the dense global
+ * ids its merged index holds.  Items whose key exists are skipped, as by
+ * put without VLM_PUT_UPSERT (a rerun of a killed merge passes the same
+ * items again); an id below the next id fails the batch with VLM_EINVAL.
+ * Atomic and durable like put. */
+int vlm_db_put_at(vlm_db *db, const vlm_item *items, const uint64_t *ids,
+                  int n, int *written);
+
 /* Delete keys (missing keys are ignored); *deleted (may be NULL) gets how
  * many existed.  Atomic and durable like put. */
 int vlm_db_delete(vlm_db *db, const char *const *keys, int n, int *deleted);
@@ -175,6 +215,7 @@ typedef struct {
   uint8_t *thumb;     /* NULL if absent */
   size_t thumb_len;
   char *meta_json;    /* the item's metadata object, "{}" if none */
+  uint64_t id;        /* its internal id (FAISS id; never reused) */
 } vlm_record;
 
 /* Get an item by key; VLM_ENOTFOUND if absent, VLM_ECORRUPT if its record
@@ -204,7 +245,30 @@ typedef struct {
                              result's is folded into it (near-duplicates
                              take one slot); results without an image
                              vector are never folded */
+  /* Fields added later; zero keeps the default. */
+  int offset;             /* pagination: skip the first offset results of
+                             the ranking and return the next k (results
+                             offset .. offset+k-1 of a search with k =
+                             offset + k; ties in score are broken by item
+                             id, oldest first, so pages are stable).
+                             0 .. VLM_DB_MAX_K - k */
+  int use_min_score;      /* 1 = range search: only results scoring at
+                             least min_score, still at most k of them
+                             (k = 0 then means VLM_DB_MAX_K - offset).
+                             Vector (cosine) scores only: refused with
+                             hybrid_text */
+  float min_score;        /* the threshold, a finite cosine */
+  const char *group_by;   /* a declared field, or NULL: at most group_per
+                             results per distinct value of it, best first
+                             (diverse pages); items without the field (a
+                             NULL value) form one group of their own.
+                             Looks at the best VLM_DB_GROUP_DEPTH
+                             candidates at most.  Not with collapse */
+  int group_per;          /* results per group, 1..VLM_DB_MAX_K; 0 = 1 */
 } vlm_search_options;
+
+/* How deep a grouped search looks into the ranking for enough groups. */
+#define VLM_DB_GROUP_DEPTH 10000
 
 typedef struct {
   char *key;
@@ -256,6 +320,13 @@ typedef struct {
                                 vlm_db_config.image_orientation */
   double tuned_recall[2];  /* recall@10 measured at tuned_effort */
   int tuned_queries[2];    /* ... on this many held-out queries */
+  int shard;              /* this shard's index, or -1: not a shard */
+  int nshards;            /* shards in its cluster (0: not a shard) */
+  char cluster_digest[17];/* its cluster map's digest ("" if none) */
+  int nslot_ranges;       /* the slots it holds, sorted and disjoint */
+  vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
+  uint64_t next_id;       /* the id the next item gets (ids < it are
+                             taken or were: 1 .. next_id-1) */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);
@@ -309,6 +380,19 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info);
  * fails).  Read-write handles only; no other thread may use db during the
  * call. */
 int vlm_db_rebuild_meta(vlm_db *db);
+
+/* Make the IVF index in path (made by vlm_index_merge: inverted lists in
+ * path's list file) the index of modality (0 image, 1 text): for `vlmdb
+ * merge`, whose items carry the global ids the merged index holds.  It
+ * must be of the database's factory and dimension and hold exactly as
+ * many vectors as the modality has live items, all of them in it (each
+ * id is checked).  The list file is linked (or copied) into the database
+ * directory, the index checkpointed over it; the index is mapped
+ * read-only from then on: later puts stay in the exactly searched tail,
+ * `vlmdb reindex` brings everything back into a RAM index.  VLM_EMISMATCH
+ * when it does not fit, VLM_EINVAL for a path that is not such an index.
+ * (A backup does not copy the list file yet.) */
+int vlm_db_adopt_index(vlm_db *db, int modality, const char *path);
 
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);

@@ -424,6 +424,12 @@ static void compute_model_id(vlm_clip *clip) {
    * vectors likewise; the reference behaviour (ignore it) adds nothing. */
   if (clip->pp.exif_transpose)
     vlm__sha256_update(&s, "exif transpose\n", 15);
+  /* int8 / bf16 compute gives other vectors than exact compute of the
+   * same values (an int8 file's values are its dequantized weights). */
+  if (clip->compute != VLM__COMPUTE_EXACT) {
+    n = snprintf(text, sizeof text, "compute %s\n", vlm_clip_compute(clip));
+    vlm__sha256_update(&s, text, (size_t)n);
+  }
   enum { CHUNK = 1 << 16 };
   float *buf = malloc(CHUNK * sizeof *buf);
   for (int i = 0; i < clip->n_named; i++) {
@@ -447,6 +453,19 @@ static void compute_model_id(vlm_clip *clip) {
   free(buf);
   uint8_t digest[32];
   vlm__sha256_final(&s, digest, clip->model_id);
+}
+
+const char *vlm_clip_compute(const vlm_clip *clip) {
+  if (!clip)
+    return NULL;
+  switch (clip->compute) {
+  case VLM__COMPUTE_BF16:
+    return "bf16";
+  case VLM__COMPUTE_INT8:
+    return "int8";
+  default:
+    return "exact";
+  }
 }
 
 const char *vlm_clip_model_id(const vlm_clip *clip) {

@@ -15,6 +15,7 @@
 
 #include "model.h"
 #include "preprocess.h"
+#include "quant.h"
 #include "safetensors.h"
 #include "vlm_clip.h"
 
@@ -38,6 +39,9 @@ typedef struct {
   /* The same weights packed for few-row products (kernels.h), or NULL:
    * [q; k; v] as one matrix of 3C rows, out_proj, fc1, fc2. */
   const uint16_t *p_qkv, *p_o, *p_fc1, *p_fc2;
+  /* With int8 / bf16 compute (quant.h), the same four products, and the
+   * weights above NULL; else NULL. */
+  const vlm__qlinear *ql_qkv, *ql_o, *ql_fc1, *ql_fc2;
 } vlm__block;
 
 /* NULL where the family has no such tensor (see model.h). */
@@ -77,6 +81,7 @@ typedef struct {
   int64_t numel;
   int lazy;
   const vlm__st_tensor *src;     /* lazy: elements src_offset.. of src */
+  const vlm__st_tensor *scale;   /* I8 src: its per-row F32 scales */
   int64_t src_offset;
   float *owned;                  /* lazy: the converted copy, once made */
 } vlm__named_tensor;
@@ -108,6 +113,9 @@ struct vlm_clip {
   uint16_t *panels;              /* weights packed for the panel kernel */
   size_t panels_bytes;
   int panels_bf16;               /* panels hold bfloat16, else half */
+  vlm__compute compute;          /* the Linear layers' arithmetic */
+  vlm__qlinear *qlin;            /* int8 / bf16: 4 per block, both towers */
+  int n_qlin;
   vlm__weights w;
   vlm__named_tensor *named;      /* sorted by name */
   int n_named;

@@ -170,6 +170,10 @@ typedef struct {
   pool_kind pool;
   float eps;
   int panels, panels_bf16; /* use the blocks' packed weights */
+  vlm__compute qmode;      /* int8 / bf16: the blocks' quantized layers */
+  uint8_t *qa;             /* [R, up to F] the quantized input of a product */
+  float *xs;               /* [R] its row scales (int8) */
+  int32_t *xz;             /* [R] its row zero points (int8) */
   const vlm__block *blocks;
   /* batch: n sequences packed into R rows */
   int n, R, max_T;
@@ -197,11 +201,26 @@ typedef struct {
   size_t mem_bytes; /* the scratch block x points into */
 } fwd;
 
+/* The tower's activation as a kernel. */
+static void (*act_fn(vlm__act act))(float *, size_t) {
+  switch (act) {
+  case VLM__ACT_QUICK_GELU:
+    return vlm__quick_gelu;
+  case VLM__ACT_GELU_TANH:
+    return vlm__gelu_tanh;
+  default:
+    return vlm__gelu;
+  }
+}
+
 /* Column chunks of a product with N outputs: a couple of panels each for
  * the panel kernel (it reads its input in place, so small chunks cost
  * nothing); for sgemm, which packs the input on every call, a few large
  * ones. */
-static int col_chunks(const fwd *f, const uint16_t *panels, int N) {
+static int col_chunks(const fwd *f, const uint16_t *panels,
+                      const vlm__qlinear *ql, int N) {
+  if (ql)
+    return chunks_of(chunks_of(N, VLM__QPANEL), PANELS_PER_CHUNK);
   if (panels && f->panels)
     return chunks_of(chunks_of(N, VLM__PANEL), PANELS_PER_CHUNK);
   int n = 2 * f->tm.nth;
@@ -209,19 +228,28 @@ static int col_chunks(const fwd *f, const uint16_t *panels, int N) {
   return n < groups ? n : groups;
 }
 
-/* out[:, columns of chunk k] = in · w[columns]ᵀ (+ bias); *c0, *c1 get the
- * columns. */
+/* out[:, columns of chunk k] = act(in · w[columns]ᵀ (+ bias)) (act NULL:
+ * none).  The panel kernel applies act to a few rows at a time, while they
+ * are in cache. */
 static void mm_chunk(const fwd *f, int k, int nk, float *out, int ldo,
                      const float *in, int ldi, const float *w,
-                     const uint16_t *panels, const float *bias, int M, int N,
-                     int K, int acc, int *c0, int *c1) {
+                     const uint16_t *panels, const vlm__qlinear *ql,
+                     const float *bias, int M, int N, int K, int acc,
+                     void (*act)(float *, size_t)) {
   int lo, hi;
-  if (panels && f->panels) {
+  if (ql) { /* from f->qa, which a qact_step filled from in */
+    const int per = PANELS_PER_CHUNK * VLM__QPANEL;
+    int ld;
+    vlm__qact_bytes(ql->mode, 0, K, &ld);
+    lo = k * per;
+    hi = lo + per < N ? lo + per : N;
+    vlm__qmatmul(out, ldo, f->qa, ld, f->xs, f->xz, ql, M, lo, hi, acc, act);
+  } else if (panels && f->panels) {
     const int per = PANELS_PER_CHUNK * VLM__PANEL;
     lo = k * per;
     hi = lo + per < N ? lo + per : N;
     vlm__matmul_panels(out, ldo, in, ldi, panels, f->panels_bf16, bias, M, lo,
-                       hi, K, acc);
+                       hi, K, acc, act);
   } else {
     int groups = chunks_of(N, 16);
     lo = (int)((int64_t)groups * k / nk) * 16;
@@ -230,20 +258,35 @@ static void mm_chunk(const fwd *f, int k, int nk, float *out, int ldo,
     if (hi > lo)
       vlm__matmul(out + lo, ldo, in, ldi, w + (size_t)lo * K, K,
                   bias ? bias + lo : NULL, M, hi - lo, K, acc);
-  }
-  if (c0) {
-    *c0 = lo;
-    *c1 = hi;
+    for (int r = 0; act && r < M && hi > lo; r++)
+      act(out + (size_t)r * ldo + lo, (size_t)(hi - lo));
   }
 }
 
-/* A whole product as one step. */
+/* f->qa = in[M, K] quantized for ql's product (one step, before it). */
+static void qact_step(fwd *f, int *s, const vlm__qlinear *ql, const float *in,
+                      int ldi, int M, int K) {
+  int ld;
+  vlm__qact_bytes(ql->mode, 0, K, &ld);
+  const int nk = chunks_of(M, ROWS_PER_CHUNK);
+  FOR_CHUNKS(&f->tm, s, k, nk) {
+    int r0 = k * ROWS_PER_CHUNK;
+    int r1 = r0 + ROWS_PER_CHUNK < M ? r0 + ROWS_PER_CHUNK : M;
+    vlm__qact_rows(ql->mode, f->qa, ld, f->xs, f->xz, in, ldi, r0, r1, K);
+  }
+}
+
+/* A whole product as one step (two with a quantized layer ql; then w,
+ * panels and bias are unused). */
 static void mm_step(fwd *f, int *s, float *out, int ldo, const float *in,
                     int ldi, const float *w, const uint16_t *panels,
-                    const float *bias, int M, int N, int K, int acc) {
-  const int nk = col_chunks(f, panels, N);
+                    const vlm__qlinear *ql, const float *bias, int M, int N,
+                    int K, int acc) {
+  if (ql)
+    qact_step(f, s, ql, in, ldi, M, K);
+  const int nk = col_chunks(f, panels, ql, N);
   FOR_CHUNKS(&f->tm, s, k, nk)
-  mm_chunk(f, k, nk, out, ldo, in, ldi, w, panels, bias, M, N, K, acc, NULL,
+  mm_chunk(f, k, nk, out, ldo, in, ldi, w, panels, ql, bias, M, N, K, acc,
            NULL);
 }
 
@@ -259,20 +302,6 @@ static void ln_step(fwd *f, int *s, float *out, const float *in,
   }
 }
 
-static void activation(const fwd *f, float *x, size_t n) {
-  switch (f->act) {
-  case VLM__ACT_QUICK_GELU:
-    vlm__quick_gelu(x, n);
-    break;
-  case VLM__ACT_GELU_TANH:
-    vlm__gelu_tanh(x, n);
-    break;
-  default:
-    vlm__gelu(x, n);
-    break;
-  }
-}
-
 /* The second half of a block over R rows.  Pre-LN: x += att·Woᵀ + bo,
  * then x += W2·act(W1·ln_2(x)).  Post-LN (BERT): x = ln_1(x + att·Woᵀ +
  * bo), then x = ln_2(x + W2·act(W1·x)).  h and mlp are scratch of R
@@ -280,7 +309,7 @@ static void activation(const fwd *f, float *x, size_t n) {
 static void block_tail(fwd *f, int *s, const vlm__block *b, float *x,
                        const float *att, float *h, float *mlp, int R) {
   const int C = f->C, F = f->F;
-  mm_step(f, s, x, C, att, C, b->o_w, b->p_o, b->o_b, R, C, C, 1);
+  mm_step(f, s, x, C, att, C, b->o_w, b->p_o, b->ql_o, b->o_b, R, C, C, 1);
   const float *in;
   if (f->post_ln) {
     ln_step(f, s, x, x, b->ln1_w, b->ln1_b, R);
@@ -289,16 +318,15 @@ static void block_tail(fwd *f, int *s, const vlm__block *b, float *x,
     ln_step(f, s, h, x, b->ln2_w, b->ln2_b, R);
     in = h;
   }
-  /* mlp = act(in · W1ᵀ + b1), the activation on the chunk just computed */
-  const int nk = col_chunks(f, b->p_fc1, F);
-  FOR_CHUNKS(&f->tm, s, k, nk) {
-    int c0, c1;
-    mm_chunk(f, k, nk, mlp, F, in, C, b->fc1_w, b->p_fc1, b->fc1_b, R, F, C,
-             0, &c0, &c1);
-    for (int r = 0; r < R && c1 > c0; r++)
-      activation(f, mlp + (size_t)r * F + c0, (size_t)(c1 - c0));
-  }
-  mm_step(f, s, x, C, mlp, F, b->fc2_w, b->p_fc2, b->fc2_b, R, C, F, 1);
+  /* mlp = act(in · W1ᵀ + b1) */
+  if (b->ql_fc1)
+    qact_step(f, s, b->ql_fc1, in, C, R, C);
+  const int nk = col_chunks(f, b->p_fc1, b->ql_fc1, F);
+  FOR_CHUNKS(&f->tm, s, k, nk)
+  mm_chunk(f, k, nk, mlp, F, in, C, b->fc1_w, b->p_fc1, b->ql_fc1, b->fc1_b,
+           R, F, C, 0, act_fn(f->act));
+  mm_step(f, s, x, C, mlp, F, b->fc2_w, b->p_fc2, b->ql_fc2, b->fc2_b, R, C,
+          F, 1);
   if (f->post_ln)
     ln_step(f, s, x, x, b->ln2_w, b->ln2_b, R);
 }
@@ -325,14 +353,15 @@ static void blocks_run(fwd *f, int tid, int *s) {
     }
     /* qkv = in · [Wq; Wk; Wv]ᵀ + b */
     if (b->qkv_fused) {
-      mm_step(f, s, f->qkv, 3 * C, in, C, b->q_w, b->p_qkv, b->q_b, R, 3 * C,
-              C, 0);
+      mm_step(f, s, f->qkv, 3 * C, in, C, b->q_w, b->p_qkv, b->ql_qkv, b->q_b,
+              R, 3 * C, C, 0);
     } else {
-      mm_step(f, s, f->qkv, 3 * C, in, C, b->q_w, NULL, b->q_b, R, C, C, 0);
-      mm_step(f, s, f->qkv + C, 3 * C, in, C, b->k_w, NULL, b->k_b, R, C, C,
+      mm_step(f, s, f->qkv, 3 * C, in, C, b->q_w, NULL, NULL, b->q_b, R, C, C,
               0);
-      mm_step(f, s, f->qkv + 2 * C, 3 * C, in, C, b->v_w, NULL, b->v_b, R, C,
-              C, 0);
+      mm_step(f, s, f->qkv + C, 3 * C, in, C, b->k_w, NULL, NULL, b->k_b, R,
+              C, C, 0);
+      mm_step(f, s, f->qkv + 2 * C, 3 * C, in, C, b->v_w, NULL, NULL, b->v_b,
+              R, C, C, 0);
     }
     /* attention per (sequence, head); in the last block only the pooled
      * query, written to row i of att */
@@ -371,9 +400,10 @@ static void head_run(fwd *f, int tid, int *s) {
   float *pq = f->pooled; /* the probe's query row, C floats */
   ln_step(f, s, f->x, f->x, w->post_ln_w, w->post_ln_b, f->R);
   /* qkv of every row (its q part unused), and the probe's q */
-  mm_step(f, s, f->qkv, 3 * C, f->x, C, hb->q_w, hb->p_qkv, hb->q_b, f->R,
-          3 * C, C, 0);
-  mm_step(f, s, pq, C, w->probe, C, hb->q_w, hb->p_qkv, hb->q_b, 1, C, C, 0);
+  mm_step(f, s, f->qkv, 3 * C, f->x, C, hb->q_w, hb->p_qkv, NULL, hb->q_b,
+          f->R, 3 * C, C, 0);
+  mm_step(f, s, pq, C, w->probe, C, hb->q_w, hb->p_qkv, NULL, hb->q_b, 1, C,
+          C, 0);
   FOR_CHUNKS(&f->tm, s, task, f->n * f->H) {
     int i = task / f->H, head = task % f->H;
     const float *kv = f->qkv + (size_t)f->start[i] * 3 * C +
@@ -402,8 +432,8 @@ static void pool_run(fwd *f, int tid, int *s) {
     ln_step(f, s, f->pooled, f->xc, f->ln_w, f->ln_b, f->n);
     pooled = f->pooled;
   }
-  mm_step(f, s, f->out, f->D, pooled, f->C, f->proj, NULL, f->proj_b, f->n,
-          f->D, f->C, 0);
+  mm_step(f, s, f->out, f->D, pooled, f->C, f->proj, NULL, NULL, f->proj_b,
+          f->n, f->D, f->C, 0);
 }
 
 static void text_thread(void *arg, int tid) {
@@ -455,8 +485,8 @@ static void vision_thread(void *arg, int tid) {
     }
   }
   /* h[n*NP, C] = patches · conv1ᵀ (+ bias) */
-  mm_step(f, &s, f->h, C, f->patches, K, w->patch_w, w->p_patch, w->patch_b,
-          f->n * NP, C, K, 0);
+  mm_step(f, &s, f->h, C, f->patches, K, w->patch_w, w->p_patch, NULL,
+          w->patch_b, f->n * NP, C, K, 0);
   /* x = [class;] patches + positions */
   FOR_CHUNKS(&f->tm, &s, k, chunks_of(f->R, ROWS_PER_CHUNK)) {
     int end = (k + 1) * ROWS_PER_CHUNK < f->R ? (k + 1) * ROWS_PER_CHUNK
@@ -479,17 +509,22 @@ static void vision_thread(void *arg, int tid) {
 }
 
 /* Steps of one pass: an upper bound on what the thread functions take
- * (embeddings 4, a block at most 10, pooling at most 14). */
+ * (embeddings 4, a block at most 10 and 4 quantization steps, pooling at
+ * most 14). */
 static int steps_needed(const fwd *f) {
-  return 4 + f->layers * 10 + 14;
+  return 4 + f->layers * 14 + 14;
 }
 
 static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   size_t R = (size_t)f->R, C = (size_t)f->C, F = (size_t)f->F;
   f->scores_per_thread = vlm__attention_scratch(f->max_T, f->hd);
+  size_t q_floats = 0;
+  if (f->qmode != VLM__COMPUTE_EXACT) /* qa (bytes), xs, xz */
+    q_floats = (vlm__qact_bytes(f->qmode, f->R, f->F > f->C ? f->F : f->C,
+                                NULL) + 3) / 4 + 2 * R + 16;
   size_t floats = R * C * 3 + R * 3 * C + R * F +
                   (size_t)MAX_THREADS * f->scores_per_thread +
-                  2 * (size_t)f->n * C + extra_floats;
+                  2 * (size_t)f->n * C + q_floats + extra_floats;
   float *mem = vlm__scratch_get(f->clip, floats * sizeof(float),
                                 &f->mem_bytes);
   int *idx = malloc((size_t)f->n * 2 * sizeof(int));
@@ -515,6 +550,14 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   f->pooled = f->scores + (size_t)MAX_THREADS * f->scores_per_thread;
   f->xc = f->pooled + (size_t)f->n * C;
   *extra = f->xc + (size_t)f->n * C;
+  if (q_floats) {
+    f->xs = *extra;
+    f->xz = (int32_t *)(void *)(f->xs + R);
+    /* 64-byte rows, from a 64-byte boundary */
+    uintptr_t at = (uintptr_t)(f->xz + R);
+    f->qa = (uint8_t *)((at + 63) & ~(uintptr_t)63);
+    *extra += q_floats;
+  }
   f->start = idx;
   f->len = idx + f->n;
   return 0;
@@ -560,6 +603,7 @@ int vlm__text_forward(const vlm_clip *clip, const int32_t *const *ids,
   }
   f.panels = clip->panels != NULL;
   f.panels_bf16 = clip->panels_bf16;
+  f.qmode = clip->compute;
   float *unused;
   int rc = fwd_alloc(&f, 0, &unused);
   if (rc)
@@ -602,6 +646,7 @@ int vlm__vision_forward(const vlm_clip *clip, const float *pixels, int n,
   f.R = n * f.max_T;
   f.panels = clip->panels != NULL;
   f.panels_bf16 = clip->panels_bf16;
+  f.qmode = clip->compute;
   size_t patch_floats = (size_t)n * G * G * 3 * cfg->patch_size *
                         cfg->patch_size;
   int rc = fwd_alloc(&f, patch_floats, &f.patches);

@@ -12,11 +12,11 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__FMA__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
-#define VL 16
+#define VL 16 /* vset spells out 16 lanes */
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 
@@ -26,7 +26,11 @@ static inline vf vload(const float *p) {
   return v;
 }
 static inline void vstore(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline vf vset(float x) { return (vf){0} + x; }
+/* A broadcast: (vf){0} + x would cost an add, which strict float
+ * semantics keep (it turns -0 into +0). */
+static inline vf vset(float x) {
+  return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
 static inline vf vsel(vi mask, vf a, vf b) {
   return (vf)(((vi)a & mask) | ((vi)b & ~mask));
 }
@@ -132,8 +136,20 @@ void vlm__layernorm(float *out, int ld_out, const float *in, int ld_in,
   }
 }
 
+/* 1 / x: the 14-bit reciprocal estimate and one Newton step (relative
+ * error about 2^-27) where AVX-512 has it, a division elsewhere.  A
+ * division of 16 floats costs more than the exp polynomial beside it. */
+static inline vf vrecip(vf x) {
+#if defined(__AVX512F__)
+  vf r = (vf)_mm512_rcp14_ps((__m512)x);
+  return r * (2.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
+}
+
 static inline vf vquick_gelu(vf x) {
-  return x / (1.0f + vexp(x * -1.702f));
+  return x * vrecip(1.0f + vexp(x * -1.702f));
 }
 
 void vlm__quick_gelu(float *x, size_t n) {
@@ -155,7 +171,7 @@ static inline vf vgelu(vf x) {
   vf z = x * 0.70710678118654752f;
   vi neg = z < 0;
   vf az = vsel(neg, -z, z);
-  vf t = 1.0f / (1.0f + 0.3275911f * az);
+  vf t = vrecip(1.0f + 0.3275911f * az);
   vf p = vset(1.061405429f);
   p = p * t - 1.453152027f;
   p = p * t + 1.421413741f;
@@ -183,7 +199,7 @@ void vlm__gelu(float *x, size_t n) {
  * PyTorch's gelu(approximate="tanh"), written with the vector exp. */
 static inline vf vgelu_tanh(vf x) {
   vf u = x * (0.7978845608028654f + 0.035677408136300125f * x * x);
-  return x / (1.0f + vexp(u * -2.0f));
+  return x * vrecip(1.0f + vexp(u * -2.0f));
 }
 
 void vlm__gelu_tanh(float *x, size_t n) {
@@ -198,13 +214,21 @@ void vlm__gelu_tanh(float *x, size_t n) {
   }
 }
 
-void vlm__softmax(float *x, int n) {
+/* x[i] = exp(x[i] - max x) in place; returns their sum. */
+static float softmax_exp(float *x, int n) {
+  int i = 0;
   float mx = x[0];
-  for (int i = 1; i < n; i++)
+  if (n >= VL) {
+    vf m = vload(x);
+    for (i = VL; i + VL <= n; i += VL)
+      m = vmax(m, vload(x + i));
+    for (int l = 0; l < VL; l++)
+      mx = m[l] > mx ? m[l] : mx;
+  }
+  for (; i < n; i++)
     mx = x[i] > mx ? x[i] : mx;
   vf vmx = vset(mx), acc = {0};
-  int i = 0;
-  for (; i + VL <= n; i += VL) {
+  for (i = 0; i + VL <= n; i += VL) {
     vf e = vexp(vload(x + i) - vmx);
     vstore(x + i, e);
     acc += e;
@@ -214,87 +238,233 @@ void vlm__softmax(float *x, int n) {
     x[i] = sexp(x[i] - mx);
     sum += x[i];
   }
-  float inv = 1.0f / sum;
-  for (i = 0; i < n; i++)
+  return sum;
+}
+
+void vlm__softmax(float *x, int n) {
+  const float inv = 1.0f / softmax_exp(x, n);
+  const vf vinv = vset(inv);
+  int i = 0;
+  for (; i + VL <= n; i += VL)
+    vstore(x + i, vload(x + i) * vinv);
+  for (; i < n; i++)
     x[i] *= inv;
 }
 
-/* Keys are handled 64 at a time (four vectors of accumulators). */
-#define KB (4 * VL)
-
-size_t vlm__attention_scratch(int T, int hd) {
-  size_t Tp = ((size_t)T + KB - 1) / KB * KB;
-  return Tp + (size_t)hd * Tp;
+/* a·b + c, fused where the target has FMA (the project's -std=c11 turns
+ * off contraction, so the compiler never fuses on its own). */
+static inline vf vfma(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  vf r;
+  __m256 lo = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a),
+                              _mm256_loadu_ps((const float *)&b),
+                              _mm256_loadu_ps((const float *)&c));
+  __m256 hi = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)&a + 8),
+                              _mm256_loadu_ps((const float *)&b + 8),
+                              _mm256_loadu_ps((const float *)&c + 8));
+  _mm256_storeu_ps((float *)&r, lo);
+  _mm256_storeu_ps((float *)&r + 8, hi);
+  return r;
+#else
+  return a * b + c;
+#endif
 }
 
-/* The keys are transposed once per head ([hd, T], padded to whole blocks)
- * so that the scores of one query against 64 keys are sums of hd
- * broadcast-multiplies kept in registers, with no horizontal sums; the
- * weighted sum of values likewise keeps 64 output columns in registers. */
+/* Queries are handled QB at a time, so that every key or value vector
+ * loaded serves QB rows: the scores of QB queries against 64 keys are 16
+ * accumulators, and so are their weighted sums over 64 value columns. */
+#define QB 4
+#define KB (4 * VL)
+
+static inline int round_vl(int n) { return (n + VL - 1) / VL * VL; }
+
+size_t vlm__attention_scratch(int T, int hd) {
+  size_t Tp = (size_t)round_vl(T);
+  return (size_t)QB * Tp + 2 * (size_t)hd * Tp + (size_t)QB * (size_t)hd;
+}
+
+/* The micro-kernels below keep their QB x 4 accumulators in named
+ * variables: GCC -O2 leaves an array of vectors in memory.  IN_REGS pins
+ * the four vectors loaded per step in registers: otherwise GCC folds the
+ * load into each of the QB multiply-adds that use it, QB loads instead of
+ * one. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define IN_REGS(a, b, c, d) __asm__("" : "+v"(a), "+v"(b), "+v"(c), "+v"(d))
+#else
+#define IN_REGS(a, b, c, d) ((void)0)
+#endif
+#define ROW4(X) X(0) X(1) X(2) X(3)
+
+/* sc[r][j] = q[r] · kt[:, j] for QB rows and keys j < np (a multiple of
+ * VL); kt is [hd, Tp]. */
+__attribute__((noinline)) static void attention_scores(
+    float *sc, int Tp, const float *const q[QB], const float *kt, int np,
+    int hd) {
+  const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+  int jb = 0;
+  for (; jb + KB <= np; jb += KB) {
+#define DECL(r) vf s##r##0 = {0}, s##r##1 = {0}, s##r##2 = {0}, s##r##3 = {0};
+    ROW4(DECL)
+#undef DECL
+    const float *col = kt + jb;
+    for (int d = 0; d < hd; d++, col += Tp) {
+      vf k0 = vload(col), k1 = vload(col + VL), k2 = vload(col + 2 * VL),
+         k3 = vload(col + 3 * VL);
+      IN_REGS(k0, k1, k2, k3);
+#define STEP(r)                                                                \
+  {                                                                            \
+    const vf qd = vset(q##r[d]);                                               \
+    s##r##0 = vfma(qd, k0, s##r##0);                                           \
+    s##r##1 = vfma(qd, k1, s##r##1);                                           \
+    s##r##2 = vfma(qd, k2, s##r##2);                                           \
+    s##r##3 = vfma(qd, k3, s##r##3);                                           \
+  }
+      ROW4(STEP)
+#undef STEP
+    }
+#define STORE(r)                                                               \
+  vstore(sc + (size_t)r * Tp + jb, s##r##0);                                   \
+  vstore(sc + (size_t)r * Tp + jb + VL, s##r##1);                              \
+  vstore(sc + (size_t)r * Tp + jb + 2 * VL, s##r##2);                          \
+  vstore(sc + (size_t)r * Tp + jb + 3 * VL, s##r##3);
+    ROW4(STORE)
+#undef STORE
+  }
+  for (; jb < np; jb += VL) {
+    vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    const float *col = kt + jb;
+    for (int d = 0; d < hd; d++, col += Tp) {
+      const vf k0 = vload(col);
+      s0 = vfma(vset(q0[d]), k0, s0);
+      s1 = vfma(vset(q1[d]), k0, s1);
+      s2 = vfma(vset(q2[d]), k0, s2);
+      s3 = vfma(vset(q3[d]), k0, s3);
+    }
+    vstore(sc + jb, s0);
+    vstore(sc + (size_t)Tp + jb, s1);
+    vstore(sc + (size_t)2 * Tp + jb, s2);
+    vstore(sc + (size_t)3 * Tp + jb, s3);
+  }
+}
+
+/* o[r] = inv[r] · Σ_j sc[r][j] · v[j] for QB rows over keys j < n. */
+__attribute__((noinline)) static void attention_values(
+    float *const o[QB], const float inv[QB], const float *sc, int Tp,
+    const float *v, int ld_qkv, int n, int hd) {
+  const float *p0 = sc, *p1 = sc + Tp, *p2 = sc + 2 * (size_t)Tp,
+              *p3 = sc + 3 * (size_t)Tp;
+  int d = 0;
+  for (; d + KB <= hd; d += KB) {
+#define DECL(r) vf a##r##0 = {0}, a##r##1 = {0}, a##r##2 = {0}, a##r##3 = {0};
+    ROW4(DECL)
+#undef DECL
+    for (int j = 0; j < n; j++) {
+      const float *vj = v + (size_t)j * ld_qkv + d;
+      vf v0 = vload(vj), v1 = vload(vj + VL), v2 = vload(vj + 2 * VL),
+         v3 = vload(vj + 3 * VL);
+      IN_REGS(v0, v1, v2, v3);
+#define STEP(r)                                                                \
+  {                                                                            \
+    const vf p = vset(p##r[j]);                                                \
+    a##r##0 = vfma(p, v0, a##r##0);                                            \
+    a##r##1 = vfma(p, v1, a##r##1);                                            \
+    a##r##2 = vfma(p, v2, a##r##2);                                            \
+    a##r##3 = vfma(p, v3, a##r##3);                                            \
+  }
+      ROW4(STEP)
+#undef STEP
+    }
+#define STORE(r)                                                               \
+  vstore(o[r] + d, a##r##0 * inv[r]);                                          \
+  vstore(o[r] + d + VL, a##r##1 * inv[r]);                                     \
+  vstore(o[r] + d + 2 * VL, a##r##2 * inv[r]);                                 \
+  vstore(o[r] + d + 3 * VL, a##r##3 * inv[r]);
+    ROW4(STORE)
+#undef STORE
+  }
+  for (; d + VL <= hd; d += VL) {
+    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (int j = 0; j < n; j++) {
+      const vf v0 = vload(v + (size_t)j * ld_qkv + d);
+      a0 = vfma(vset(p0[j]), v0, a0);
+      a1 = vfma(vset(p1[j]), v0, a1);
+      a2 = vfma(vset(p2[j]), v0, a2);
+      a3 = vfma(vset(p3[j]), v0, a3);
+    }
+    vstore(o[0] + d, a0 * inv[0]);
+    vstore(o[1] + d, a1 * inv[1]);
+    vstore(o[2] + d, a2 * inv[2]);
+    vstore(o[3] + d, a3 * inv[3]);
+  }
+  for (; d < hd; d++)
+    for (int r = 0; r < QB; r++) {
+      float a = 0;
+      for (int j = 0; j < n; j++)
+        a += sc[(size_t)r * Tp + j] * v[(size_t)j * ld_qkv + d];
+      o[r][d] = a * inv[r];
+    }
+}
+#undef ROW4
+#undef IN_REGS
+
+/* The keys are transposed once per head ([hd, T], scaled by 1/√hd, padded
+ * with zeros to whole vectors) so that the scores are sums of
+ * broadcast-multiplies kept in registers, with no horizontal sums.  The
+ * values are copied next to each other too: in place, each row of a head
+ * is a qkv row (9 KB at width 768) from the last, a page and a TLB entry
+ * per row.  A
+ * group with fewer than QB queries repeats its last one; each row's
+ * arithmetic is the same whatever group it falls in, so any range of
+ * queries gives the same rows bit for bit. */
 void vlm__attention(float *out, int ld_out, const float *q, const float *k,
                     const float *v, int ld_qkv, int T, int hd, int causal,
                     int q0, int q1, float *scratch) {
   const float scale = 1.0f / sqrtf((float)hd);
-  const int Tp = (T + KB - 1) / KB * KB;
-  float *scores = scratch, *kt = scratch + Tp;
-  for (int d = 0; d < hd; d++) {
-    float *row = kt + (size_t)d * Tp;
-    for (int j = 0; j < T; j++)
-      row[j] = k[(size_t)j * ld_qkv + d] * scale;
-    for (int j = T; j < Tp; j++)
-      row[j] = 0;
+  const int Tp = round_vl(T);
+  float *sc = scratch, *kt = scratch + (size_t)QB * Tp;
+  float *vc = kt + (size_t)hd * Tp; /* the values, rows adjacent */
+  float *spare = vc + (size_t)hd * Tp; /* output rows of repeated queries */
+  const int kn = causal ? q1 : T; /* keys any query of the range sees */
+  const int knp = round_vl(kn);
+  for (int j = 0; j < kn; j++) {
+    const float *kj = k + (size_t)j * ld_qkv;
+    for (int d = 0; d < hd; d++)
+      kt[(size_t)d * Tp + j] = kj[d] * scale;
+    memcpy(vc + (size_t)j * hd, v + (size_t)j * ld_qkv,
+           (size_t)hd * sizeof *vc);
   }
-  for (int i = q0; i < q1; i++) {
-    const float *qi = q + (size_t)i * ld_qkv;
-    const int n = causal ? i + 1 : T;
-    for (int jb = 0; jb < n; jb += KB) {
-      vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
-      const float *col = kt + jb;
-      for (int d = 0; d < hd; d++, col += Tp) {
-        const vf qd = vset(qi[d]);
-        s0 += qd * vload(col);
-        s1 += qd * vload(col + VL);
-        s2 += qd * vload(col + 2 * VL);
-        s3 += qd * vload(col + 3 * VL);
-      }
-      vstore(scores + jb, s0);
-      vstore(scores + jb + VL, s1);
-      vstore(scores + jb + 2 * VL, s2);
-      vstore(scores + jb + 3 * VL, s3);
+  for (int d = 0; d < hd; d++)
+    for (int j = kn; j < knp; j++)
+      kt[(size_t)d * Tp + j] = 0;
+  for (int i0 = q0; i0 < q1; i0 += QB) {
+    const float *qr[QB];
+    float *orow[QB];
+    int last = i0 + QB <= q1 ? i0 + QB - 1 : q1 - 1;
+    for (int r = 0; r < QB; r++) {
+      int i = i0 + r <= last ? i0 + r : last;
+      qr[r] = q + (size_t)i * ld_qkv;
+      orow[r] = i0 + r <= last ? out + (size_t)(i - q0) * ld_out
+                              : spare + (size_t)r * hd;
     }
-    vlm__softmax(scores, n);
-    float *o = out + (size_t)(i - q0) * ld_out;
-    int d = 0;
-    for (; d + KB <= hd; d += KB) {
-      vf o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
-      for (int j = 0; j < n; j++) {
-        const float *vj = v + (size_t)j * ld_qkv + d;
-        const vf p = vset(scores[j]);
-        o0 += p * vload(vj);
-        o1 += p * vload(vj + VL);
-        o2 += p * vload(vj + 2 * VL);
-        o3 += p * vload(vj + 3 * VL);
-      }
-      vstore(o + d, o0);
-      vstore(o + d + VL, o1);
-      vstore(o + d + 2 * VL, o2);
-      vstore(o + d + 3 * VL, o3);
+    /* keys the group sees: all, or (causal) up to its last query */
+    const int n = causal ? last + 1 : T;
+    attention_scores(sc, Tp, qr, kt, round_vl(n), hd);
+    float inv[QB]; /* each row's 1 / Σ exp, applied to its output */
+    for (int r = 0; r < QB; r++) {
+      int i = i0 + r <= last ? i0 + r : last;
+      int ni = causal ? i + 1 : T;
+      float *row = sc + (size_t)r * Tp;
+      inv[r] = 1.0f / softmax_exp(row, ni);
+      for (int j = ni; j < n; j++)
+        row[j] = 0;
     }
-    for (; d + VL <= hd; d += VL) {
-      vf o0 = {0};
-      for (int j = 0; j < n; j++)
-        o0 += vset(scores[j]) * vload(v + (size_t)j * ld_qkv + d);
-      vstore(o + d, o0);
-    }
-    for (; d < hd; d++) {
-      float acc = 0;
-      for (int j = 0; j < n; j++)
-        acc += scores[j] * v[(size_t)j * ld_qkv + d];
-      o[d] = acc;
-    }
+    attention_values(orow, inv, sc, Tp, vc, hd, n, hd);
   }
 }
 #undef KB
+#undef QB
 
 void vlm__l2_normalize(float *x, int n) {
   double ss = 0;
@@ -414,11 +584,12 @@ panel_rows(float *out, int ldo, const float *in, int ldi,
 
 void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                         const uint16_t *panels, int bf16, const float *bias,
-                        int M, int n0, int n1, int K, int accumulate) {
+                        int M, int n0, int n1, int K, int accumulate,
+                        void (*act)(float *x, size_t n)) {
   /* Blocks of rows (their inputs stay in L2) against every panel of the
    * range (a panel is K * 64 bytes, read from L1/L2 by each 7-row group). */
   const int RB = 8 * ROWS;
-  for (int mb = 0; mb < M; mb += RB)
+  for (int mb = 0; mb < M; mb += RB) {
   for (int n = n0; n < n1; n += VLM__PANEL) {
     const uint16_t *panel = panels + (size_t)(n / VLM__PANEL) * K * VLM__PANEL;
     int ncols = n1 - n < VLM__PANEL ? n1 - n : VLM__PANEL;
@@ -435,6 +606,10 @@ void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                    mend - m < ROWS ? mend - m : ROWS, ncols, K, accumulate);
     }
   }
+  if (act)
+    for (int m = mb; m < M && m < mb + RB; m++)
+      act(out + (size_t)m * ldo + n0, (size_t)(n1 - n0));
+  }
 }
 #undef ROWS
 
@@ -444,10 +619,12 @@ int vlm__panels_supported(void) { return 0; }
 
 void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                         const uint16_t *panels, int bf16, const float *bias,
-                        int M, int n0, int n1, int K, int accumulate) {
+                        int M, int n0, int n1, int K, int accumulate,
+                        void (*act)(float *x, size_t n)) {
   /* Never called: panels are only built where they are supported. */
   (void)out, (void)ldo, (void)in, (void)ldi, (void)panels, (void)bf16;
   (void)bias, (void)M, (void)n0, (void)n1, (void)K, (void)accumulate;
+  (void)act;
 }
 
 #endif

@@ -32,11 +32,14 @@ void vlm__panel_pack(uint16_t *panels, const uint16_t *const *rows, int N,
                      int K);
 
 /* out[M, n0:n1] (stride ldo) = in[M, K] · w[n0:n1, K]ᵀ + bias[n0:n1] (NULL:
- * none), accumulating into out when accumulate != 0.  n0 is a multiple of
- * VLM__PANEL; n1 <= N.  bf16: the panels hold bfloat16, else half. */
+ * none), accumulating into out when accumulate != 0, then act (NULL: none)
+ * applied in place to each row's n0:n1, a few rows at a time while they are
+ * still in cache.  n0 is a multiple of VLM__PANEL; n1 <= N.  bf16: the
+ * panels hold bfloat16, else half. */
 void vlm__matmul_panels(float *out, int ldo, const float *in, int ldi,
                         const uint16_t *panels, int bf16, const float *bias,
-                        int M, int n0, int n1, int K, int accumulate);
+                        int M, int n0, int n1, int K, int accumulate,
+                        void (*act)(float *x, size_t n));
 
 /* out[rows, C] = layer_norm(in[rows, C]) * w[C] + b[C]; rows of both are
  * stride ld_out / ld_in.  out may equal in. */

@@ -200,6 +200,13 @@ int vlm__st_parse(const void *buf, size_t len, const char *label,
                         label);
         goto fail;
       }
+      /* vlmdb reads one key (vlmdb.quantization); other keys and
+       * non-string values are kept out, as the format allows only
+       * strings there anyway. */
+      json_t *q = json_object_get(value, "vlmdb.quantization");
+      if (q && json_is_string(q) && !(st->quantization =
+                                          strdup(json_string_value(q))))
+        goto nomem;
       continue;
     }
     vlm__st_tensor *t = &st->tensors[i];
@@ -299,5 +306,6 @@ void vlm__st_close(vlm__safetensors *st) {
   free(st->tensors);
   free(st->names);
   free(st->path);
+  free(st->quantization);
   free(st);
 }

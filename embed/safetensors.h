@@ -46,6 +46,7 @@ typedef struct vlm__safetensors {
   int n_tensors;
   vlm__st_tensor *tensors; /* sorted by name */
   char *names;           /* one block holding every name */
+  char *quantization;    /* __metadata__'s "vlmdb.quantization", or NULL */
 } vlm__safetensors;
 
 /* Bytes per element and the file-format name of a dtype. */

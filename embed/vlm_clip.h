@@ -49,11 +49,29 @@ typedef enum {
   VLM_ORIENT_APPLY = 2   /* turned upright first, as exif_transpose */
 } vlm_orient_mode;
 
+/* The arithmetic of the towers' Linear layers (attention and MLP
+ * products; embeddings, layer norms, attention itself and the final
+ * projection are always float).  EXACT computes with the checkpoint's
+ * values in fp32; BF16 rounds weights and activations to bfloat16 and
+ * sums in fp32; INT8 uses per-output-channel int8 weights and per-row u8
+ * activations with int32 sums.  VLM_COMPUTE_MODEL takes the
+ * VLMDB_CLIP_COMPUTE environment variable ("exact", "bf16", "int8") when
+ * set, else what the checkpoint's "vlmdb.quantization" metadata says
+ * (written by vlm_clip_quantize), else EXACT.  A mode other than EXACT
+ * changes vlm_clip_model_id. */
+typedef enum {
+  VLM_COMPUTE_MODEL = 0,
+  VLM_COMPUTE_EXACT = 1,
+  VLM_COMPUTE_BF16 = 2,
+  VLM_COMPUTE_INT8 = 3
+} vlm_compute_mode;
+
 typedef struct {
   int threads;              /* compute threads per call; 0 = all cores */
   vlm_alpha_mode alpha;     /* default VLM_ALPHA_MODEL */
   uint64_t max_pixels;      /* decoded width*height cap; 0 = 64 Mpx default */
   vlm_orient_mode orientation; /* default VLM_ORIENT_MODEL */
+  vlm_compute_mode compute; /* default VLM_COMPUTE_MODEL */
 } vlm_clip_options;
 
 /* Decoded 8-bit RGB image, for thumbnails and training augmentation. */
@@ -80,6 +98,24 @@ typedef struct {
 int vlm_clip_load(const char *dir, const vlm_clip_options *opts,
                   vlm_clip **out);
 void vlm_clip_free(vlm_clip *clip); /* accepts NULL */
+
+/* The compute mode in effect: "exact", "bf16" or "int8". */
+const char *vlm_clip_compute(const vlm_clip *clip);
+
+/* Write a quantized copy of the model in in_dir to out_dir (created if
+ * missing): model.safetensors with every transformer-block Linear weight
+ * of both towers as I8 plus an F32 "<name>_scale" per output channel
+ * (mode VLM_COMPUTE_INT8) or as BF16 (VLM_COMPUTE_BF16), every other
+ * tensor as the source stores it, "__metadata__": {"vlmdb.quantization":
+ * "int8" | "bf16"}; and a copy of the directory's other files (config,
+ * tokenizer, preprocessor).  The source must be a Hugging Face layout
+ * model.safetensors or an open_clip_model.safetensors (written back
+ * under its own name).  Checks nothing about quality: `vlmdb quantize`
+ * measures that.  Errors: VLM_EIO / VLM_ENOSPACE (writing), VLM_EINVAL
+ * (mode; out_dir is in_dir; the source is already quantized), the load
+ * errors. */
+int vlm_clip_quantize(const char *in_dir, const char *out_dir,
+                      vlm_compute_mode mode);
 
 int vlm_clip_dim(const vlm_clip *clip);            /* projection dim */
 int vlm_clip_image_size(const vlm_clip *clip);     /* input side, pixels */

@@ -43,6 +43,7 @@ typedef struct {
   int lazy;                    /* read from panels: no F32 copy at load */
   /* filled while loading */
   const vlm__st_tensor *t;
+  const vlm__st_tensor *scale; /* t is I8: its F32 scales, one per row */
   const float *data;
 } spec;
 
@@ -435,10 +436,22 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *s) {
     snprintf(buf + n, cap - n, "]");
 }
 
-/* Element i .. i+count of t as F32 into out. */
-static void read_f32(float *out, const vlm__st_tensor *t, int64_t i,
-                     int64_t count) {
+/* Element i .. i+count of t as F32 into out (an I8 tensor times its
+ * row's scale from the F32 tensor scale). */
+static void read_f32(float *out, const vlm__st_tensor *t,
+                     const vlm__st_tensor *scale, int64_t i, int64_t count) {
   switch (t->dtype) {
+  case VLM__DT_I8: {
+    const int8_t *q = t->data;
+    int64_t cols = t->shape[t->ndim - 1];
+    for (int64_t j = 0; j < count; j++) {
+      float sc; /* the scales need not be aligned in the file */
+      memcpy(&sc, (const char *)scale->data + (size_t)((i + j) / cols) * 4,
+             4);
+      out[j] = (float)q[i + j] * sc;
+    }
+    break;
+  }
   case VLM__DT_F32:
     memcpy(out, (const float *)t->data + i, (size_t)count * sizeof *out);
     break;
@@ -699,6 +712,260 @@ static int build_panels(vlm_clip *clip, const spec_list *l, int bf16) {
   return 0;
 }
 
+/* ---- int8 / bf16 compute (quant.h) ------------------------------------ */
+
+/* With int8 / bf16 compute the blocks have their own packed layers; the
+ * patch embedding stays exact, and runs on the panel kernel as the exact
+ * path's does when the file holds it in F16 / BF16 (else sgemm). */
+static int build_patch_panel(vlm_clip *clip, const spec_list *l) {
+  const vlm__clip_config *c = &clip->cfg;
+  const char *env = getenv("VLMDB_CLIP_PANELS");
+  spec *probe = find_bind(l, &clip->w.patch_w);
+  if (!vlm__panels_supported() || (env && !strcmp(env, "0")) ||
+      c->vision_width % 16 || !probe ||
+      (probe->t->dtype != VLM__DT_F16 && probe->t->dtype != VLM__DT_BF16))
+    return 0;
+  const int bf16 = probe->t->dtype == VLM__DT_BF16;
+  const int N = c->vision_width, K = 3 * c->patch_size * c->patch_size;
+  size_t bytes = panel_elems(N, K) * sizeof(uint16_t);
+  pack_job job;
+  pack_plan plan = {.jobs = &job};
+  const uint16_t **rows = malloc((size_t)N * sizeof *rows), *patch = NULL;
+  void *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (!rows || mem == MAP_FAILED) {
+    free(rows);
+    if (mem != MAP_FAILED)
+      munmap(mem, bytes);
+    return vlm_seterr(VLM_ENOMEM, "out of memory packing weights");
+  }
+  plan.rows = rows;
+  plan.at = mem;
+  if (plan_one(l, &clip->w.patch_w, bf16, N, K, &plan, &patch)) {
+    free(rows);
+    munmap(mem, bytes);
+    return 0; /* not in 16-bit form: sgemm on the F32 copy */
+  }
+  vlm__panel_pack(job.dst, job.rows, job.N, job.K);
+  free(rows);
+  mprotect(mem, bytes, PROT_READ);
+  clip->panels = mem;
+  clip->panels_bytes = bytes;
+  clip->panels_bf16 = bf16;
+  clip->w.p_patch = patch;
+  return 0;
+}
+
+/* An I8 tensor must be a matrix with "<name>_scale", F32 [rows], beside
+ * it (as vlm_clip_quantize writes). */
+static int check_i8(const vlm__safetensors *st, const vlm__st_tensor *t,
+                    const char *path, const vlm__st_tensor **scale) {
+  char name[512];
+  snprintf(name, sizeof name, "%s_scale", t->name);
+  const vlm__st_tensor *sc = vlm__st_find(st, name);
+  if (t->ndim != 2)
+    return vlm_seterr(VLM_EUNSUPPORTED, "%s: I8 tensor %s is not a matrix",
+                      path, t->name);
+  if (!sc)
+    return vlm_seterr(VLM_ENOTFOUND, "%s: I8 tensor %s has no %s", path,
+                      t->name, name);
+  if (sc->dtype != VLM__DT_F32 || sc->ndim != 1 || sc->shape[0] != t->shape[0])
+    return vlm_seterr(VLM_EMISMATCH, "%s: %s must be F32 [%lld]", path, name,
+                      (long long)t->shape[0]);
+  *scale = sc;
+  return 0;
+}
+
+/* The compute mode: the load option, else VLMDB_CLIP_COMPUTE, else the
+ * file's "vlmdb.quantization", else exact. */
+static int parse_compute(const char *s, vlm__compute *out) {
+  if (!strcmp(s, "exact"))
+    *out = VLM__COMPUTE_EXACT;
+  else if (!strcmp(s, "bf16"))
+    *out = VLM__COMPUTE_BF16;
+  else if (!strcmp(s, "int8"))
+    *out = VLM__COMPUTE_INT8;
+  else
+    return -1;
+  return 0;
+}
+
+static int resolve_compute(vlm_clip *clip, const char *path) {
+  const char *env = getenv("VLMDB_CLIP_COMPUTE");
+  const char *meta = clip->st->quantization;
+  clip->compute = VLM__COMPUTE_EXACT;
+  switch (clip->opts.compute) {
+  case VLM_COMPUTE_EXACT:
+    return 0;
+  case VLM_COMPUTE_BF16:
+    clip->compute = VLM__COMPUTE_BF16;
+    return 0;
+  case VLM_COMPUTE_INT8:
+    clip->compute = VLM__COMPUTE_INT8;
+    return 0;
+  case VLM_COMPUTE_MODEL:
+    break;
+  default:
+    return vlm_seterr(VLM_EINVAL, "compute mode %d", (int)clip->opts.compute);
+  }
+  if (env && *env) {
+    if (parse_compute(env, &clip->compute))
+      return vlm_seterr(VLM_EINVAL, "VLMDB_CLIP_COMPUTE=%s (exact, bf16 or "
+                        "int8)", env);
+    return 0;
+  }
+  if (meta && parse_compute(meta, &clip->compute))
+    return vlm_seterr(VLM_EUNSUPPORTED, "%s: vlmdb.quantization \"%s\" "
+                      "(known: int8, bf16)", path, meta);
+  return 0;
+}
+
+/* The binds of a block's Linear weights: q, k, v, out, fc1, fc2. */
+static void block_binds(vlm__block *b, const float *const **m) {
+  m[0] = &b->q_w;
+  m[1] = &b->k_w;
+  m[2] = &b->v_w;
+  m[3] = &b->o_w;
+  m[4] = &b->fc1_w;
+  m[5] = &b->fc2_w;
+}
+
+/* Quantized compute: the blocks' Linear weights get no F32 copy. */
+static void mark_quantized(vlm_clip *clip, spec_list *l) {
+  const vlm__clip_config *c = &clip->cfg;
+  for (int t = 0; t < 2; t++) {
+    int L = t ? c->vision_layers : c->text_layers;
+    for (int i = 0; i < L; i++) {
+      const float *const *m[6];
+      block_binds(t ? &clip->w.vblocks[i] : &clip->w.tblocks[i], m);
+      for (int k = 0; k < 6; k++) {
+        spec *s = find_bind(l, m[k]);
+        if (s)
+          s->lazy = 1;
+      }
+    }
+  }
+}
+
+/* Row n (K values) of the matrix a spec binds: as int8 from an I8 file
+ * tensor (*q8 and *scale set, returns 1), else as F32 into f (returns 0). */
+static int spec_row(const spec *s, int n, int K, float *f, const int8_t **q8,
+                    float *scale) {
+  int64_t first = (s->kind == SRC_ROWS ? s->offset : 0) + (int64_t)n * K;
+  if (s->t->dtype == VLM__DT_I8 && s->kind != SRC_TRANSPOSE) {
+    *q8 = (const int8_t *)s->t->data + first;
+    memcpy(scale, (const char *)s->scale->data + (size_t)(first / K) * 4, 4);
+    return 1;
+  }
+  if (s->kind == SRC_TRANSPOSE) { /* never for block weights; kept whole */
+    int64_t rows = s->t->shape[0];
+    for (int k = 0; k < K; k++)
+      read_f32(&f[k], s->t, s->scale, (int64_t)k * rows + n, 1);
+    return 0;
+  }
+  read_f32(f, s->t, s->scale, first, K);
+  return 0;
+}
+
+/* One quantized layer from up to three stacked matrices (q, k, v) of N
+ * rows each.  int8 keeps an I8 file's values (the file's scales), and
+ * quantizes float ones here exactly as vlm_clip_quantize does. */
+static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
+                     int nparts, const float *const *biases, int N, int K) {
+  const int rows = N * nparts, int8 = clip->compute == VLM__COMPUTE_INT8;
+  float *f = malloc((size_t)rows * K * sizeof *f);
+  int8_t *q8 = int8 ? malloc((size_t)rows * K) : NULL;
+  float *scale = malloc((size_t)rows * sizeof *scale);
+  float *bias = malloc((size_t)rows * sizeof *bias);
+  const void **rowp = malloc((size_t)rows * sizeof *rowp);
+  int rc = 0, has_bias = 1;
+  if (!f || (int8 && !q8) || !scale || !bias || !rowp) {
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory quantizing weights");
+    goto done;
+  }
+  for (int p = 0; p < nparts; p++) {
+    if (!biases[p])
+      has_bias = 0;
+    else
+      memcpy(bias + (size_t)p * N, biases[p], (size_t)N * sizeof *bias);
+    for (int n = 0; n < N; n++) {
+      int r = p * N + n;
+      const int8_t *src8 = NULL;
+      float *fr = f + (size_t)r * K;
+      if (spec_row(parts[p], n, K, fr, &src8, &scale[r])) {
+        if (int8) {
+          rowp[r] = src8;
+          continue;
+        }
+        for (int k = 0; k < K; k++) /* bf16 compute of an int8 file */
+          fr[k] = (float)src8[k] * scale[r];
+      } else if (int8) {
+        scale[r] = vlm__q8_quantize_row(q8 + (size_t)r * K, fr, K);
+        rowp[r] = q8 + (size_t)r * K;
+        continue;
+      }
+      rowp[r] = fr;
+    }
+  }
+  if (int8)
+    rc = vlm__qlinear_init_int8(q, (const int8_t *const *)rowp, scale,
+                                has_bias ? bias : NULL, rows, K);
+  else
+    rc = vlm__qlinear_init_bf16(q, (const float *const *)rowp,
+                                has_bias ? bias : NULL, rows, K);
+done:
+  free(f);
+  free(q8);
+  free(scale);
+  free(bias);
+  free(rowp);
+  return rc;
+}
+
+static int build_qlinears(vlm_clip *clip, const spec_list *l) {
+  const vlm__clip_config *c = &clip->cfg;
+  int total = 4 * (c->text_layers + c->vision_layers);
+  clip->qlin = calloc((size_t)total, sizeof *clip->qlin);
+  if (!clip->qlin)
+    return vlm_seterr(VLM_ENOMEM, "out of memory quantizing weights");
+  for (int t = 0; t < 2; t++) {
+    int L = t ? c->vision_layers : c->text_layers;
+    int C = t ? c->vision_width : c->text_width;
+    int F = t ? c->vision_mlp : c->text_mlp;
+    for (int i = 0; i < L; i++) {
+      vlm__block *b = t ? &clip->w.vblocks[i] : &clip->w.tblocks[i];
+      const float *const *m[6];
+      const spec *sp[6];
+      block_binds(b, m);
+      for (int k = 0; k < 6; k++)
+        if (!(sp[k] = find_bind(l, m[k])))
+          return vlm_seterr(VLM_ECORRUPT, "internal: layer %d has no weight "
+                            "%d", i, k);
+      vlm__qlinear *q = &clip->qlin[clip->n_qlin];
+      const float *qkv_b[3] = {b->q_b, b->k_b, b->v_b};
+      int rc;
+      /* count each layer as soon as it holds memory, so a failure frees it */
+      if ((rc = build_one(clip, q, sp, 3, qkv_b, C, C)))
+        return rc;
+      clip->n_qlin++;
+      if ((rc = build_one(clip, q + 1, sp + 3, 1, &b->o_b, C, C)))
+        return rc;
+      clip->n_qlin++;
+      if ((rc = build_one(clip, q + 2, sp + 4, 1, &b->fc1_b, F, C)))
+        return rc;
+      clip->n_qlin++;
+      if ((rc = build_one(clip, q + 3, sp + 5, 1, &b->fc2_b, C, F)))
+        return rc;
+      clip->n_qlin++;
+      b->ql_qkv = q;
+      b->ql_o = q + 1;
+      b->ql_fc1 = q + 2;
+      b->ql_fc2 = q + 3;
+    }
+  }
+  return 0;
+}
+
 static int cmp_named(const void *a, const void *b) {
   return strcmp(((const vlm__named_tensor *)a)->name,
                 ((const vlm__named_tensor *)b)->name);
@@ -761,11 +1028,13 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
       rc = vlm_seterr(VLM_ENOTFOUND, "%s: missing tensor %s", path, s->src);
       goto fail;
     }
+    if (t->dtype == VLM__DT_I8 && (rc = check_i8(st, t, path, &s->scale)))
+      goto fail;
     if (t->dtype != VLM__DT_F32 && t->dtype != VLM__DT_F16 &&
-        t->dtype != VLM__DT_BF16) {
+        t->dtype != VLM__DT_BF16 && t->dtype != VLM__DT_I8) {
       rc = vlm_seterr(VLM_EUNSUPPORTED, "%s: tensor %s has dtype %s "
-                      "(supported: F32, F16, BF16)", path, s->src,
-                      vlm__dtype_name(t->dtype));
+                      "(supported: F32, F16, BF16, I8 with scales)", path,
+                      s->src, vlm__dtype_name(t->dtype));
       goto fail;
     }
     int same = t->ndim == s->src_ndim;
@@ -784,7 +1053,13 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     }
     s->t = t;
   }
-  int bf16 = 0, use_panels = panels_possible(clip, &l, &bf16);
+  if ((rc = resolve_compute(clip, path)))
+    goto fail;
+  int bf16 = 0, use_panels = 0;
+  if (clip->compute == VLM__COMPUTE_EXACT)
+    use_panels = panels_possible(clip, &l, &bf16);
+  else
+    mark_quantized(clip, &l);
   for (int i = 0; i < l.n; i++) {
     spec *s = &l.v[i];
     const vlm__st_tensor *t = s->t;
@@ -839,7 +1114,7 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
       if (!row)
         goto nomem;
       for (int64_t r = 0; r < rows; r++) {
-        read_f32(row, t, r * cols, cols);
+        read_f32(row, t, s->scale, r * cols, cols);
         for (int64_t k = 0; k < cols; k++)
           dst[k * rows + r] = row[k];
       }
@@ -854,7 +1129,7 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     } else {
       float *dst = clip->arena + used;
       used += ((size_t)t->numel + 15) & ~(size_t)15;
-      read_f32(dst, t, 0, t->numel);
+      read_f32(dst, t, s->scale, 0, t->numel);
       data = dst;
     }
     if (j == n_src) {
@@ -879,6 +1154,7 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     clip->named[i].numel = numel;
     clip->named[i].lazy = s->lazy;
     clip->named[i].src = s->t;
+    clip->named[i].scale = s->scale;
     clip->named[i].src_offset = s->kind == SRC_ROWS ? s->offset : 0;
     clip->n_named = i + 1;
     if (!clip->named[i].name)
@@ -910,6 +1186,8 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
       int biases = b->k_b == b->q_b + C && b->v_b == b->k_b + C;
       b->qkv_fused = biases && (use_panels || (b->k_w == b->q_w + C * C &&
                                                b->v_w == b->k_w + C * C));
+      if (clip->compute != VLM__COMPUTE_EXACT)
+        b->qkv_fused = 1; /* one packed [q; k; v] with its own bias */
       if (use_panels && !biases) {
         rc = vlm_seterr(VLM_ECORRUPT, "%s: internal: q/k/v biases of layer "
                         "%d are not adjacent", path, i);
@@ -920,6 +1198,9 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
   if (clip->arena)
     mprotect(clip->arena, clip->arena_bytes, PROT_READ);
   if (use_panels && (rc = build_panels(clip, &l, bf16)))
+    goto fail;
+  if (clip->compute != VLM__COMPUTE_EXACT &&
+      ((rc = build_qlinears(clip, &l)) || (rc = build_patch_panel(clip, &l))))
     goto fail;
   goto done;
 
@@ -950,6 +1231,11 @@ void vlm__weights_free(vlm_clip *clip) {
     munmap(clip->panels, clip->panels_bytes);
   clip->panels = NULL;
   clip->panels_bytes = 0;
+  for (int i = 0; i < clip->n_qlin; i++)
+    vlm__qlinear_free(&clip->qlin[i]);
+  free(clip->qlin);
+  clip->qlin = NULL;
+  clip->n_qlin = 0;
   free(clip->w.vblocks);
   free(clip->w.tblocks);
   memset(&clip->w, 0, sizeof clip->w);
@@ -981,7 +1267,7 @@ const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
   if (!mt->owned) {
     float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *buf);
     if (buf) {
-      read_f32(buf, t->src, t->src_offset, t->numel);
+      read_f32(buf, t->src, t->scale, t->src_offset, t->numel);
       mt->owned = buf;
       mt->data = buf;
     }
@@ -994,7 +1280,7 @@ const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
 void vlm__named_read(const vlm__named_tensor *t, int64_t i, int64_t count,
                      float *dst) {
   if (t->lazy)
-    read_f32(dst, t->src, t->src_offset + i, count);
+    read_f32(dst, t->src, t->scale, t->src_offset + i, count);
   else
     memcpy(dst, t->data + i, (size_t)count * sizeof *dst);
 }

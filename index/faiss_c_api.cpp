@@ -34,6 +34,7 @@
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/HNSW.h>
 #include <faiss/impl/IDSelector.h>
@@ -751,6 +752,20 @@ int faiss_Index_search_with_params(
     VLM_CATCH
 }
 
+int faiss_Index_range_search(
+        const FaissIndex* index,
+        idx_t n,
+        const float* x,
+        float radius,
+        FaissRangeSearchResult* result) {
+    try {
+        reinterpret_cast<const Index*>(index)->range_search(
+                n, x, radius,
+                reinterpret_cast<faiss::RangeSearchResult*>(result));
+    }
+    VLM_CATCH
+}
+
 int faiss_Index_reset(FaissIndex* index) {
     try {
         reinterpret_cast<Index*>(index)->reset();
@@ -967,6 +982,31 @@ DEFINE_INDEX_DOWNCAST(IndexIDMap)
 /* impl/AuxIndexStructures_c.cpp */
 
 DEFINE_DESTRUCTOR(IDSelector)
+
+/* impl/AuxIndexStructures_c.cpp: RangeSearchResult */
+
+DEFINE_DESTRUCTOR(RangeSearchResult)
+
+int faiss_RangeSearchResult_new(FaissRangeSearchResult** p_rsr, idx_t nq) {
+    try {
+        *p_rsr = reinterpret_cast<FaissRangeSearchResult*>(
+                new faiss::RangeSearchResult(nq));
+    }
+    VLM_CATCH
+}
+
+void faiss_RangeSearchResult_lims(FaissRangeSearchResult* rsr, size_t** lims) {
+    *lims = reinterpret_cast<faiss::RangeSearchResult*>(rsr)->lims;
+}
+
+void faiss_RangeSearchResult_labels(
+        FaissRangeSearchResult* rsr,
+        idx_t** labels,
+        float** distances) {
+    auto* r = reinterpret_cast<faiss::RangeSearchResult*>(rsr);
+    *labels = r->labels;
+    *distances = r->distances;
+}
 
 int faiss_IDSelector_is_member(const FaissIDSelector* sel, idx_t id) {
     return reinterpret_cast<const faiss::IDSelector*>(sel)->is_member(id);

@@ -108,6 +108,11 @@ int faiss_IDSelectorBitmap_new(
 
 #endif /* VLM_FAISS_REAL_CAPI */
 
+
+/* ---- vlmdb extensions (index/faiss_ondisk.cpp; not upstream's) ----
+ * IVF inverted lists in one file on disk, mapped at load.  Each returns 0
+ * or -1 with the reason in vlm_faiss_ondisk_last_error() (thread-local,
+ * valid until the thread's next call). */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -120,6 +125,53 @@ int vlm_faiss_SearchParametersHNSW_new_hiding(
         FaissIDSelector* sel,
         int efSearch,
         idx_t hidden_id);
+
+const char* vlm_faiss_ondisk_last_error(void);
+
+/* 1 when index is an IVF whose lists are FAISS's OnDiskInvertedLists in
+ * a list file of their own, 2 when they are an ordinary index file's
+ * lists mapped in place (read with IO_FLAG_MMAP), 0 otherwise. */
+int vlm_faiss_ivf_is_ondisk(const FaissIndex* index);
+
+/* Merge the inverted lists of nparts IVF indexes (each trained exactly as
+ * into: same centroids and code book) into one file at ivfdata_path
+ * (created or truncated), part i's ids moved up by id_offsets[i], and make
+ * that file into's lists (OnDiskInvertedLists::merge_from, then
+ * IndexIVF::replace_invlists; into's ntotal set).  into must be trained
+ * and empty.  The file is msync'ed and fsync'ed before this returns. */
+int vlm_faiss_ivf_merge_ondisk(
+        FaissIndex* into,
+        const FaissIndex* const* parts,
+        const int64_t* id_offsets,
+        int nparts,
+        const char* ivfdata_path);
+
+/* For an index read with IO_FLAG_SKIP_IVF_DATA whose lists are on disk:
+ * map its list file read-only, found by its base name in dir (so the
+ * index and its list file can move together), after checking that every
+ * list lies inside the file.  *file_bytes gets the file's size. */
+int vlm_faiss_ivf_map_ondisk(
+        FaissIndex* index,
+        const char* dir,
+        uint64_t* file_bytes);
+
+/* The list file an on-disk index names ("" for none), and a new name for
+ * it (the mapping is kept: the caller moves or links the file). */
+const char* vlm_faiss_ivf_ondisk_filename(const FaissIndex* index);
+
+/* For an index whose lists are mapped (either way): every list inside
+ * the mapping.  0 (also for other indexes), or -1 with the reason. */
+int vlm_faiss_ivf_check_mapped(const FaissIndex* index);
+
+/* Count the ids of an IVF's lists whose bit is clear in bitmap[nbits] or
+ * that appear a second time; *first gets the first (-1: none). */
+int vlm_faiss_ivf_ids_outside(
+        const FaissIndex* index,
+        const uint8_t* bitmap,
+        int64_t nbits,
+        int64_t* outside,
+        int64_t* first);
+int vlm_faiss_ivf_set_ondisk_filename(FaissIndex* index, const char* path);
 
 #ifdef __cplusplus
 }

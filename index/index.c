@@ -38,6 +38,7 @@ struct vlm_index {
   vlm_metric metric;
   index_kind kind;
   int64_t train_size;
+  uint64_t mapped_bytes; /* size of the mapped list file; 0: in RAM */
 };
 
 /* FAISS's own default efSearch (HNSW::efSearch); index.c never changes
@@ -253,7 +254,73 @@ int64_t vlm_index_train_size(const vlm_index *index) {
 }
 
 int vlm_index_can_remove(const vlm_index *index) {
-  return index->kind != KIND_HNSW;
+  return index->kind != KIND_HNSW && !vlm_faiss_ivf_is_ondisk(index->faiss);
+}
+
+int vlm_index_is_ondisk(const vlm_index *index) {
+  return vlm_faiss_ivf_is_ondisk(index->faiss) != 0;
+}
+
+uint64_t vlm_index_mapped_bytes(const vlm_index *index) {
+  return index->mapped_bytes;
+}
+
+int vlm_index_ids_outside(const vlm_index *index, const uint8_t *bitmap,
+                          int64_t nbits, int64_t *outside, int64_t *first) {
+  if (index->kind != KIND_IVF)
+    return vlm_seterr(VLM_EUNSUPPORTED, "index \"%s\": not an IVF index",
+                      index->factory);
+  if (vlm_faiss_ivf_ids_outside(index->faiss, bitmap, nbits, outside,
+                                first) != 0)
+    return vlm_seterr(VLM_ENOMEM, "index: %s", vlm_faiss_ondisk_last_error());
+  return 0;
+}
+
+const char *vlm_index_lists_path(const vlm_index *index) {
+  return vlm_faiss_ivf_is_ondisk(index->faiss) == 1
+             ? vlm_faiss_ivf_ondisk_filename(index->faiss)
+             : NULL;
+}
+
+int vlm_index_set_lists_path(vlm_index *index, const char *path) {
+  if (vlm_faiss_ivf_is_ondisk(index->faiss) != 1 || path == NULL)
+    return vlm_seterr(VLM_EINVAL, "index \"%s\": no list file to rename",
+                      index->factory);
+  if (vlm_faiss_ivf_set_ondisk_filename(index->faiss, path) != 0)
+    return vlm_seterr(VLM_ENOMEM, "index: %s", vlm_faiss_ondisk_last_error());
+  return 0;
+}
+
+/* ---------------------------------------------------------------- merge */
+
+int vlm_index_merge(vlm_index *into, vlm_index *const *parts,
+                    const int64_t *id_offsets, int nparts,
+                    const char *lists_path) {
+  if (into->kind != KIND_IVF)
+    return vlm_seterr(VLM_EUNSUPPORTED, "index \"%s\": only IVF indexes "
+                      "merge (FAISS cannot merge HNSW graphs)", into->factory);
+  if (nparts < 1 || parts == NULL || id_offsets == NULL || lists_path == NULL)
+    return vlm_seterr(VLM_EINVAL, "index merge: no parts");
+  const FaissIndex **fp = malloc((size_t)nparts * sizeof *fp);
+  if (fp == NULL) return vlm_seterr(VLM_ENOMEM, "index merge");
+  for (int i = 0; i < nparts; i++) {
+    if (parts[i]->dim != into->dim || parts[i]->metric != into->metric ||
+        strcmp(parts[i]->factory, into->factory) != 0) {
+      free(fp);
+      return vlm_seterr(VLM_EMISMATCH, "index merge: part %d is \"%s\" "
+                        "(dim %d), the index \"%s\" (dim %d)", i,
+                        parts[i]->factory, parts[i]->dim, into->factory,
+                        into->dim);
+    }
+    fp[i] = parts[i]->faiss;
+  }
+  int rc = vlm_faiss_ivf_merge_ondisk(into->faiss, fp, id_offsets, nparts,
+                                      lists_path);
+  free(fp);
+  if (rc != 0)
+    return vlm_seterr(VLM_EMISMATCH, "index merge into %s: %s", lists_path,
+                      vlm_faiss_ondisk_last_error());
+  return 0;
 }
 
 int vlm_index_is_exact(const vlm_index *index) {
@@ -282,6 +349,9 @@ int vlm_index_add(vlm_index *index, int64_t n, const float *x,
     return vlm_seterr(VLM_EINVAL, "index add: bad arguments (n %lld)",
                       (long long)n);
   if (n == 0) return 0;
+  if (vlm_faiss_ivf_is_ondisk(index->faiss))
+    return vlm_seterr(VLM_EREADONLY, "index \"%s\": its inverted lists "
+                      "are mapped read-only from disk", index->factory);
   if (!vlm_index_is_trained(index))
     return vlm_seterr(VLM_ESTATE, "index \"%s\": add before training",
                       index->factory);
@@ -305,6 +375,9 @@ int vlm_index_remove(vlm_index *index, int64_t n, const int64_t *ids,
   if (n < 0 || (n > 0 && ids == NULL))
     return vlm_seterr(VLM_EINVAL, "index remove: bad arguments (n %lld)",
                       (long long)n);
+  if (vlm_faiss_ivf_is_ondisk(index->faiss))
+    return vlm_seterr(VLM_EREADONLY, "index \"%s\": its inverted lists "
+                      "are mapped read-only from disk", index->factory);
   if (!vlm_index_can_remove(index))
     return vlm_seterr(VLM_EUNSUPPORTED,
                       "index \"%s\": HNSW cannot remove vectors; use a "
@@ -433,6 +506,66 @@ done:
   return err;
 }
 
+/* --------------------------------------------------------- range search */
+
+int vlm_index_can_range(const vlm_index *index) {
+  return index != NULL && index->kind == KIND_FLAT;
+}
+
+int vlm_index_range_search(const vlm_index *index, const float *query,
+                           float min_score, float **scores, int64_t **ids,
+                           int64_t *n) {
+  FaissRangeSearchResult *res = NULL;
+  size_t *lims;
+  idx_t *labels;
+  float *dist;
+  int err = 0;
+  if (scores == NULL || ids == NULL || n == NULL || query == NULL)
+    return vlm_seterr(VLM_EINVAL, "index range search: bad arguments");
+  *scores = NULL;
+  *ids = NULL;
+  *n = 0;
+  if (!vlm_index_can_range(index))
+    return vlm_seterr(VLM_EUNSUPPORTED, "index \"%s\": no exact range "
+                      "search (flat indexes only)", index->factory);
+  if (!isfinite(min_score))
+    return vlm_seterr(VLM_ENUMERIC, "index range search: threshold not finite");
+  err = check_finite("index range search", 1, index->dim, query);
+  if (err) return err;
+  if (faiss_RangeSearchResult_new(&res, 1) != 0)
+    return faiss_fail(VLM_ENOMEM, "index range search");
+  /* FAISS keeps inner products strictly above the radius (distances
+   * strictly below it for L2): step one float past the threshold so a
+   * score equal to it is kept, and let the caller compare exactly. */
+  float radius = index->metric == VLM_METRIC_IP ? nextafterf(min_score, -INFINITY)
+                                                : nextafterf(min_score, INFINITY);
+  if (faiss_Index_range_search(index->faiss, 1, query, radius, res) != 0) {
+    err = faiss_fail(VLM_EINDEX, "index range search");
+    goto done;
+  }
+  faiss_RangeSearchResult_lims(res, &lims);
+  faiss_RangeSearchResult_labels(res, &labels, &dist);
+  size_t count = lims[1] - lims[0];
+  if (count > 0) {
+    *scores = malloc(count * sizeof **scores);
+    *ids = malloc(count * sizeof **ids);
+    if (*scores == NULL || *ids == NULL) {
+      free(*scores);
+      free(*ids);
+      *scores = NULL;
+      *ids = NULL;
+      err = vlm_seterr(VLM_ENOMEM, "index range search");
+      goto done;
+    }
+    memcpy(*scores, dist + lims[0], count * sizeof **scores);
+    for (size_t i = 0; i < count; i++) (*ids)[i] = (int64_t)labels[lims[0] + i];
+  }
+  *n = (int64_t)count;
+done:
+  faiss_RangeSearchResult_free(res);
+  return err;
+}
+
 /* ---------------------------------------------------------------- files */
 
 /* CRC-32C (Castagnoli), reflected, as in iSCSI/ext4: hardware instruction
@@ -473,6 +606,12 @@ static uint32_t crc32c(uint32_t crc, const void *buf, size_t len) {
 #define FILE_MAGIC "VLMIDX1\n"
 #define FILE_VERSION 1u
 #define HEADER_SIZE 64
+/* The IVF's inverted lists live in a file of their own beside this one
+ * (FAISS's OnDiskInvertedLists), mapped read-only at load. */
+#define FILE_FLAG_ONDISK 1u
+/* C++ faiss::IO_FLAG_READ_ONLY | IO_FLAG_SKIP_IVF_DATA (index_io.h): read
+ * an on-disk lists header without mapping its file. */
+#define IO_FLAGS_ONDISK_HEADER (2 | 8)
 
 /* The fixed header, stored little-endian (this code assumes a
  * little-endian host, as FAISS's own format does). */
@@ -486,7 +625,8 @@ typedef struct {
   uint32_t factory_crc;
   uint64_t payload_len;
   uint32_t payload_crc;
-  uint8_t reserved[16];
+  uint32_t flags;        /* FILE_FLAG_*; 0 in files before them */
+  uint8_t reserved[12];
   uint32_t header_crc;   /* CRC-32C of the 60 bytes before it */
 } file_header;
 
@@ -579,6 +719,10 @@ int vlm_index_write(const vlm_index *index, const char *path) {
   size_t flen = strlen(index->factory);
   cookie_io_functions_t io = {.write = crc_stream_write};
 
+  if (vlm_faiss_ivf_is_ondisk(index->faiss) == 2)
+    return vlm_seterr(VLM_EUNSUPPORTED, "%s: an index whose lists are "
+                      "mapped from its own file cannot be written elsewhere",
+                      path);
   tmp = malloc(strlen(path) + 5);
   if (tmp == NULL) return vlm_seterr(VLM_ENOMEM, "%s: out of memory", path);
   sprintf(tmp, "%s.tmp", path);
@@ -621,6 +765,7 @@ int vlm_index_write(const vlm_index *index, const char *path) {
   h.factory_crc = crc32c(0, index->factory, flen);
   h.payload_len = s.bytes;
   h.payload_crc = s.crc;
+  h.flags = vlm_faiss_ivf_is_ondisk(index->faiss) == 1 ? FILE_FLAG_ONDISK : 0;
   h.header_crc = crc32c(0, &h, offsetof(file_header, header_crc));
   if (write_all(s.fd, &h, sizeof h, 0) != 0 || fsync(s.fd) != 0) {
     err = vlm_seterr(io_err(errno), "%s: %s", tmp, strerror(errno));
@@ -700,7 +845,43 @@ static int verify_payload(int fd, const char *path, const file_header *h) {
   return err;
 }
 
+static int read_file(const char *path, int map_lists, vlm_index **out);
+
 int vlm_index_read(const char *path, vlm_index **out) {
+  return read_file(path, 0, out);
+}
+
+int vlm_index_read_mmap(const char *path, vlm_index **out) {
+  return read_file(path, 1, out);
+}
+
+/* C++ faiss::IO_FLAG_MMAP (index_io.h: IO_FLAG_SKIP_IVF_DATA | 0x646f0000,
+ * the "od" of OnDiskInvertedLists' fourcc "ilod"): an ordinary IVF file's
+ * lists are mapped from the file in place.  The C API's FAISS_IO_FLAG_MMAP
+ * is 1, which C++ reads as no flag at all (everything loaded into RAM). */
+#define IO_FLAG_MMAP_CXX 0x646f0008
+
+/* The payload of fd (at start) read by FAISS from a real FILE * (the
+ * mapping hook needs its descriptor and offsets), its lists mapped. */
+static int read_mapped(int fd, off_t start, const char *path,
+                       FaissIndex **faiss) {
+  int fd2 = dup(fd);
+  FILE *fp = fd2 < 0 ? NULL : fdopen(fd2, "r");
+  if (fp == NULL) {
+    int e = errno;
+    if (fd2 >= 0) close(fd2);
+    return vlm_seterr(VLM_EIO, "%s: %s", path, strerror(e));
+  }
+  int err = 0;
+  if (fseeko(fp, start, SEEK_SET) != 0)
+    err = vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno));
+  else if (faiss_read_index(fp, IO_FLAG_MMAP_CXX, faiss) != 0)
+    err = faiss_fail(VLM_ECORRUPT, path);
+  fclose(fp);
+  return err;
+}
+
+static int read_file(const char *path, int map_lists, vlm_index **out) {
   file_header h;
   crc_stream s = {.fd = -1};
   FILE *fp = NULL;
@@ -733,6 +914,7 @@ int vlm_index_read(const char *path, vlm_index **out) {
     goto fail;
   }
   if (h.factory_len == 0 || h.factory_len > MAX_FACTORY_LEN || h.dim <= 0 ||
+      (h.flags & ~FILE_FLAG_ONDISK) != 0 ||
       (h.metric != VLM_METRIC_IP && h.metric != VLM_METRIC_L2)) {
     err = vlm_seterr(VLM_ECORRUPT, "%s: bad header fields", path);
     goto fail;
@@ -752,9 +934,38 @@ int vlm_index_read(const char *path, vlm_index **out) {
 
   /* Verify length and CRC before FAISS sees a byte: 1.7.3's read_index
    * leaks what it built so far when it throws on a truncated file, and a
-   * flipped size field can make it allocate without bound. */
+   * flipped size field can make it allocate without bound.  (It streams
+   * the file through a 1 MiB buffer: nothing is held.) */
   err = verify_payload(s.fd, path, &h);
   if (err) goto fail;
+
+  if (map_lists && !(h.flags & FILE_FLAG_ONDISK)) {
+    err = read_mapped(s.fd, HEADER_SIZE + (off_t)h.factory_len, path, &faiss);
+    if (err) goto fail;
+    close(s.fd);
+    s.fd = -1;
+    if (faiss_Index_d(faiss) != h.dim ||
+        (int)faiss_Index_metric_type(faiss) !=
+            (h.metric == VLM_METRIC_IP ? METRIC_INNER_PRODUCT : METRIC_L2)) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: FAISS index (dim %d) disagrees "
+                       "with header (dim %d)", path, faiss_Index_d(faiss),
+                       h.dim);
+      goto fail;
+    }
+    if (vlm_faiss_ivf_check_mapped(faiss) != 0) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: %s", path,
+                       vlm_faiss_ondisk_last_error());
+      goto fail;
+    }
+    struct stat st;
+    uint64_t mapped = 0;
+    if (vlm_faiss_ivf_is_ondisk(faiss) && stat(path, &st) == 0)
+      mapped = (uint64_t)st.st_size;
+    err = make_index(factory, h.dim, (vlm_metric)h.metric, faiss, out);
+    if (err == 0) (*out)->mapped_bytes = mapped;
+    free(factory);
+    return err;
+  }
 
   s.limit = h.payload_len;
   fp = fopencookie(&s, "r", io);
@@ -762,7 +973,9 @@ int vlm_index_read(const char *path, vlm_index **out) {
     err = vlm_seterr(VLM_ENOMEM, "%s: fopencookie failed", path);
     goto fail;
   }
-  if (faiss_read_index(fp, 0, &faiss) != 0) {
+  if (faiss_read_index(fp, h.flags & FILE_FLAG_ONDISK ? IO_FLAGS_ONDISK_HEADER
+                                                     : 0,
+                       &faiss) != 0) {
     err = s.error ? vlm_seterr(VLM_EIO, "%s: %s", path, strerror(s.error))
                   : faiss_fail(VLM_ECORRUPT, path);
     goto fail;
@@ -789,8 +1002,37 @@ int vlm_index_read(const char *path, vlm_index **out) {
     goto fail;
   }
   fclose(fp);
+  fp = NULL;
   close(s.fd);
+  s.fd = -1;
+  uint64_t mapped = 0;
+  if (h.flags & FILE_FLAG_ONDISK) {
+    /* The list file can be far larger than memory: it is mapped, never
+     * read here (its size and every list's bounds are checked). */
+    if (vlm_faiss_ivf_is_ondisk(faiss) != 1) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: flagged on-disk, but its lists "
+                       "are not", path);
+      goto fail;
+    }
+    char *dir = strdup(path);
+    if (dir == NULL) {
+      err = vlm_seterr(VLM_ENOMEM, "%s: out of memory", path);
+      goto fail;
+    }
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    else strcpy(dir, ".");
+    rc = vlm_faiss_ivf_map_ondisk(faiss, dir, &mapped);
+    free(dir);
+    if (rc != 0) {
+      err = vlm_seterr(VLM_ECORRUPT, "%s: inverted-list file: %s", path,
+                       vlm_faiss_ondisk_last_error());
+      goto fail;
+    }
+  }
   err = make_index(factory, h.dim, (vlm_metric)h.metric, faiss, out);
+  if (err == 0) (*out)->mapped_bytes = mapped;
   free(factory);
   return err;
 

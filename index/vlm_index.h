@@ -136,12 +136,68 @@ int vlm_index_search(const vlm_index *index, int64_t nq, const float *queries,
                      int k, const vlm_index_params *params, float *scores,
                      int64_t *ids);
 
+/* Range search of one query: every vector whose score is at least
+ * min_score (IP; L2: whose squared distance is at most min_score), into
+ * *scores and *ids (malloc'd, *n of them, unordered; both NULL when *n is
+ * 0; free with free()).  Only the flat kind answers it exactly, by one
+ * scan (FAISS range_search); the others return VLM_EUNSUPPORTED
+ * (vlm_index_can_range says which): HNSW's and IVF's range searches are
+ * approximate in ways a k-NN search with a growing k states better.  The
+ * result holds every match, so its size is bounded only by the index's:
+ * callers cap it by the index size they allow.  VLM_ENUMERIC for a
+ * NaN/Inf query or threshold. */
+int vlm_index_can_range(const vlm_index *index);
+int vlm_index_range_search(const vlm_index *index, const float *query,
+                           float min_score, float **scores, int64_t **ids,
+                           int64_t *n);
+/* Merge IVF parts into one index whose inverted lists live in one file,
+ * lists_path (created or truncated), the LAION way: into is an empty,
+ * trained index and every part a copy of it (same factory, centroids and
+ * code book: vlm_index_read of one trained file, then adds), its ids
+ * moved up by id_offsets[i] (ids must stay unique across parts; the caller
+ * picks offsets that keep them so).  FAISS's
+ * OnDiskInvertedLists::merge_from copies list by list; into then holds
+ * every part's vectors and can be searched and written.  Write into to a
+ * path in the directory of lists_path: vlm_index_read finds the list file
+ * by its base name beside the index file.  VLM_EUNSUPPORTED for kinds
+ * other than IVF, VLM_EMISMATCH for parts trained otherwise (or a part
+ * that is itself a merge), VLM_EIO-ish failures as VLM_EMISMATCH with
+ * FAISS's reason.  The parts are not changed. */
+int vlm_index_merge(vlm_index *into, vlm_index *const *parts,
+                    const int64_t *id_offsets, int nparts,
+                    const char *lists_path);
+
+/* 1 when the index's inverted lists are mapped from disk, a merged list
+ * file or (vlm_index_read_mmap) its own file (read-only:
+ * add and remove return VLM_EREADONLY, can_remove says 0). */
+int vlm_index_is_ondisk(const vlm_index *index);
+/* Size of the list file vlm_index_read mapped (0 when in RAM). */
+uint64_t vlm_index_mapped_bytes(const vlm_index *index);
+/* The list file of an index with one (NULL otherwise): where it was
+ * mapped from, or the name set_lists_path gave.  set_lists_path renames
+ * it for the next vlm_index_write (only the base name is kept there); the
+ * caller moves or links the file itself.  VLM_EINVAL without one. */
+const char *vlm_index_lists_path(const vlm_index *index);
+/* How many of an IVF index's vectors have an id whose bit is not set in
+ * bitmap[nbits] (or that appears twice), and the first such id (-1 when
+ * none); reads every list's ids.  VLM_EUNSUPPORTED for other kinds. */
+int vlm_index_ids_outside(const vlm_index *index, const uint8_t *bitmap,
+                          int64_t nbits, int64_t *outside, int64_t *first);
+int vlm_index_set_lists_path(vlm_index *index, const char *path);
+
 /* Persist to / load from a file.  The file is a 64-byte vlmdb header
  * (magic "VLMIDX1\n", format version, dim, metric, factory string length,
  * FAISS payload length and CRC-32C, header CRC-32C), the factory string,
  * then the index in FAISS's own format (faiss_write_index).  write goes to
  * path + ".tmp", fsyncs it, renames it over path and fsyncs the directory,
  * so a crash leaves either the old or the new file, never a mix.
+ * An index with on-disk lists (vlm_index_merge) writes only its header
+ * part (coarse quantizer, code book, list offsets; flag bit 0 in the
+ * header) and names the list file; read maps that file read-only from the
+ * index file's directory, checking its size and every list's bounds but
+ * not reading it (it is where an 800 GB index lives; the small index file
+ * keeps its full CRC check), so opening costs no memory for the lists:
+ * pages come in as searches touch them and the kernel may drop them.
  * read returns VLM_EIO (cannot open/read; VLM_ENOTFOUND if missing),
  * VLM_EFORMAT (not a vlmdb index file), VLM_EVERSION (newer format),
  * VLM_ECORRUPT (checksum or length mismatch, FAISS refused the payload);
@@ -149,5 +205,13 @@ int vlm_index_search(const vlm_index *index, int64_t nq, const float *queries,
  * VLM_EIO or VLM_ENOSPACE and leaves path untouched. */
 int vlm_index_write(const vlm_index *index, const char *path);
 int vlm_index_read(const char *path, vlm_index **out);
+/* read, with an ordinary IVF file's inverted lists mapped in place
+ * (read-only) instead of loaded: FAISS's C++ IO_FLAG_MMAP, 0x646f0008 (the
+ * C API's FAISS_IO_FLAG_MMAP, 1, loads everything).  The file's CRC is
+ * still checked first, streaming.  The index then refuses add and remove
+ * (VLM_EREADONLY) and write (VLM_EUNSUPPORTED); it can be a part of
+ * vlm_index_merge, which is how a merge of large parts stays out of RAM.
+ * Other kinds (and on-disk merged files) read as with vlm_index_read. */
+int vlm_index_read_mmap(const char *path, vlm_index **out);
 
 #endif

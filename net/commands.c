@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "netint.h"
 #include "vlm_error.h"
 #include "vlm_eval.h"
@@ -223,8 +224,8 @@ static int cmd_quit(vlm__ctx *ctx) {
 
 /* Compare in time that depends only on the secret's length, never on how
  * much of a guess is right. */
-static int secret_equal(const char *guess, size_t glen, const char *secret,
-                        size_t slen) {
+int vlm__secret_equal(const char *guess, size_t glen, const char *secret,
+                      size_t slen) {
   volatile unsigned char diff = glen != slen;
   for (size_t i = 0; i < slen; i++) {
     unsigned char g = glen ? (unsigned char)guess[i % glen] : 0;
@@ -244,7 +245,7 @@ static int check_auth(vlm__ctx *ctx, const vlm__resp_arg *user,
                      " your configuration is correct?");
     return -1;
   }
-  int ok = secret_equal(pass->ptr, pass->len, srv->password,
+  int ok = vlm__secret_equal(pass->ptr, pass->len, srv->password,
                         srv->password_len);
   if (user && !arg_is(user, "default"))
     ok = 0;
@@ -829,8 +830,14 @@ static void cmd_info_exec(vlm__job *job) {
                       (unsigned)info.field_types[i] < 3
                           ? types[info.field_types[i]]
                           : "?");
-    vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n",
-                    info.model_id, info.model_family);
+    vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n"
+                    "pending_vectors:%lld\r\ntombstones:%lld\r\n"
+                    "index_trained:%d\r\ntuned_effort_image:%d\r\n"
+                    "tuned_effort_text:%d\r\n",
+                    info.model_id, info.model_family,
+                    (long long)info.pending_vectors,
+                    (long long)info.tombstones, info.index_trained,
+                    info.tuned_effort[0], info.tuned_effort[1]);
     /* the default search effort and the recall measured at it (0: not
      * measured yet) */
     for (int m = 0; m < 2; m++)
@@ -874,7 +881,8 @@ static void cmd_info_exec(vlm__job *job) {
 
 enum { Q_TEXT, Q_IMAGE, Q_KEY, Q_VECTOR };
 enum { F_CAPTION = -1, F_SOURCE = -2, F_META = -3, F_THUMB = -4,
-       F_MODALITY = -5, F_SIMILAR = -6, F_LOGIT = -7, F_PROBABILITY = -8 };
+       F_MODALITY = -5, F_SIMILAR = -6, F_LOGIT = -7, F_PROBABILITY = -8,
+       F_HAS_THUMB = -9 };
 #define MAX_RETURN 32
 
 typedef struct {
@@ -902,7 +910,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
   } builtin[] = {{"caption", F_CAPTION}, {"source", F_SOURCE},
                  {"meta", F_META},       {"thumb", F_THUMB},
                  {"modality", F_MODALITY}, {"similar", F_SIMILAR},
-                 {"logit", F_LOGIT},     {"probability", F_PROBABILITY}};
+                 {"logit", F_LOGIT},     {"probability", F_PROBABILITY},
+                 {"has_thumb", F_HAS_THUMB}};
   for (size_t i = 0; i < sizeof builtin / sizeof builtin[0]; i++)
     if (arg_is(a, builtin[i].name)) {
       *field = builtin[i].id;
@@ -919,8 +928,8 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
     }
   char tmp[64];
   vlm__reply_error(ctx->out, "ERR", "unknown field '%s' in RETURN (caption, "
-                   "source, meta, thumb, modality, similar, logit, "
-                   "probability or a declared field)",
+                   "source, meta, thumb, has_thumb, modality, similar, "
+                   "logit, probability or a declared field)",
                    arg_show(a, tmp, sizeof tmp));
   return -1;
 }
@@ -951,6 +960,7 @@ static int cmd_search_proc(vlm__ctx *ctx) {
                      " IMAGE, KEY or VECTOR)", arg_show(kind, tmp, sizeof tmp));
     return -1;
   }
+  int k_given = 0;
   for (int i = 3; i < ctx->argc; i++) {
     const vlm__resp_arg *a = &ctx->argv[i];
     int has = i + 1 < ctx->argc, e;
@@ -960,6 +970,7 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       if (arg_long(ctx, &ctx->argv[++i], 1, VLM_DB_MAX_K, "K", &v) < 0)
         return -1;
       st->opts.k = (int)v;
+      k_given = 1;
     } else if (arg_is(a, "FILTER") && has) {
       if (arg_cstr(ctx, &ctx->argv[++i], "FILTER") < 0)
         return -1;
@@ -998,6 +1009,37 @@ static int cmd_search_proc(vlm__ctx *ctx) {
         return -1;
       }
       st->opts.collapse = (float)d;
+    } else if (arg_is(a, "MINSCORE") && has) {
+      if (arg_double(ctx, &ctx->argv[++i], -1, 1, "MINSCORE", &d) < 0)
+        return -1;
+      st->opts.use_min_score = 1;
+      st->opts.min_score = (float)d;
+    } else if (arg_is(a, "OFFSET") && has) {
+      if (arg_long(ctx, &ctx->argv[++i], 0, VLM_DB_MAX_K - 1, "OFFSET",
+                   &v) < 0)
+        return -1;
+      st->opts.offset = (int)v;
+    } else if (arg_is(a, "GROUPBY") && has) {
+      const vlm__resp_arg *g = &ctx->argv[++i];
+      int known = 0;
+      for (int f = 0; f < ctx->srv->nfields && !known; f++)
+        if (g->len == strlen(ctx->srv->field_names[f]) &&
+            !memcmp(g->ptr, ctx->srv->field_names[f], g->len)) {
+          known = 1;
+          st->opts.group_by = ctx->srv->field_names[f];
+        }
+      if (!known) {
+        char tmp[64];
+        vlm__reply_error(ctx->out, "ERR", "GROUPBY '%s' is not a declared "
+                         "field", arg_show(g, tmp, sizeof tmp));
+        return -1;
+      }
+      if (i + 2 < ctx->argc && arg_is(&ctx->argv[i + 1], "PER")) {
+        i++;
+        if (arg_long(ctx, &ctx->argv[++i], 1, VLM_DB_MAX_K, "PER", &v) < 0)
+          return -1;
+        st->opts.group_per = (int)v;
+      }
     } else if (arg_is(a, "RETURN") && has) {
       if (arg_long(ctx, &ctx->argv[++i], 0, MAX_RETURN, "RETURN count",
                    &v) < 0)
@@ -1019,6 +1061,25 @@ static int cmd_search_proc(vlm__ctx *ctx) {
   }
   if (st->opts.hybrid_weight > 0 && !st->opts.hybrid_text) {
     vlm__reply_error(ctx->out, "ERR", "WEIGHT needs HYBRID <text>");
+    return -1;
+  }
+  /* MINSCORE without K: every result above it, up to the deepest page */
+  if (st->opts.use_min_score && !k_given)
+    st->opts.k = VLM_DB_MAX_K - st->opts.offset;
+  if (st->opts.offset + st->opts.k > VLM_DB_MAX_K) {
+    vlm__reply_error(ctx->out, "ERR", "OFFSET %d + K %d is past the deepest "
+                     "result a search returns (%d)", st->opts.offset,
+                     st->opts.k, VLM_DB_MAX_K);
+    return -1;
+  }
+  if (st->opts.use_min_score && st->opts.hybrid_text) {
+    vlm__reply_error(ctx->out, "ERR", "MINSCORE is a cosine and a HYBRID "
+                     "score is fused ranks: not both");
+    return -1;
+  }
+  if (st->opts.group_by && st->opts.collapse > 0) {
+    vlm__reply_error(ctx->out, "ERR", "GROUPBY and COLLAPSE cannot be "
+                     "combined");
     return -1;
   }
   /* logit and probability are the model's own score of a cosine, so they
@@ -1110,6 +1171,9 @@ static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
   case F_META:
     vlm__reply_cstr(out, rec ? rec->meta_json : NULL);
     return;
+  case F_HAS_THUMB:
+    vlm__reply_bool(out, rec && rec->thumb);
+    return;
   case F_THUMB:
     if (rec && rec->thumb)
       vlm__reply_bulk(out, rec->thumb, rec->thumb_len);
@@ -1164,7 +1228,7 @@ static void cmd_search_exec(vlm__job *job) {
   }
   int need_rec = 0, need_prob = 0;
   for (int f = 0; f < st->nfields; f++) {
-    need_rec |= st->fields[f] >= F_THUMB;
+    need_rec |= st->fields[f] >= F_THUMB || st->fields[f] == F_HAS_THUMB;
     need_prob |= st->fields[f] == F_PROBABILITY;
   }
   /* The family's probabilities of the hits (vlm_clip_probabilities):
@@ -1230,6 +1294,7 @@ typedef struct {
   const void *image;
   size_t image_len;
   float *image_vec, *text_vec;  /* given as bytes */
+  int existed;                  /* HTTP UPSERT: the key was there before */
 } add_state;
 
 static void add_state_free(void *p) {
@@ -1364,7 +1429,13 @@ static void cmd_add_exec(vlm__job *job) {
   }
   int written = 0;
   vlm_write_op op = {.kind = st->kind, .item = item};
+  /* HTTP answers "created" or "replaced"; this connection's writes are
+   * ordered, so only another client's write could slip in between. */
+  if (job->http && st->kind == VLM_WRITE_UPSERT)
+    st->existed = vlm_db_exists(job->srv->db, item.key) == 1;
   int rc = vlm_db_write(job->srv->db, &op, 1, &written);
+  if (rc >= 0 && written && st->kind != VLM_WRITE_UPDATE)
+    vlm__metrics_items_added(job->srv, written);
   if (rc < 0)
     reply_liberr(&job->reply, rc);
   else
@@ -1887,6 +1958,11 @@ static void cmd_exec_exec(vlm__job *job) {
                      detail && *detail ? ": " : "", detail ? detail : "");
     goto done;
   }
+  long long added = 0;
+  for (int i = 0; i < nops; i++)
+    added += changed[i] && (ops[i].kind == VLM_WRITE_ADD ||
+                            ops[i].kind == VLM_WRITE_UPSERT);
+  vlm__metrics_items_added(job->srv, added);
   vlm__reply_array(&job->reply, st->n);
   o = 0;
   for (vlm__job *q = st->head; q; q = q->multi_next) {
@@ -1992,7 +2068,7 @@ static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
    * ground-truth probability when the model scored it */
   int with_prob = d->gt_probability >= 0;
   vlm__reply_map(out, 2 + d->nks * (skip_index ? 1 : 3) + 2 +
-                          (skip_index ? 1 : 2) + with_prob);
+                          (skip_index ? 1 : 2) + with_prob + 1);
   vlm__reply_cstr(out, "queries");
   vlm__reply_int(out, d->queries);
   vlm__reply_cstr(out, "candidates");
@@ -2025,6 +2101,18 @@ static void reply_eval_direction(vlm__buf *out, const vlm_eval_direction *d,
     vlm__reply_cstr(out, "gt_probability");
     vlm__reply_double(out, d->gt_probability);
   }
+  /* the exact ranks of the ground truth, bucketed: le[i] is bucket i's
+   * upper bound; counts has one more bucket, the ranks above the last */
+  vlm__reply_cstr(out, "rank_histogram");
+  vlm__reply_map(out, 2);
+  vlm__reply_cstr(out, "le");
+  vlm__reply_array(out, VLM_EVAL_RANK_BUCKETS - 1);
+  for (int i = 0; i < VLM_EVAL_RANK_BUCKETS - 1; i++)
+    vlm__reply_int(out, vlm_eval_rank_bounds[i]);
+  vlm__reply_cstr(out, "counts");
+  vlm__reply_array(out, VLM_EVAL_RANK_BUCKETS);
+  for (int i = 0; i < VLM_EVAL_RANK_BUCKETS; i++)
+    vlm__reply_int(out, d->rank_hist[i]);
 }
 
 static int model_probabilities(void *clip, const float *cosines, int n,
@@ -2100,8 +2188,12 @@ static const vlm__command commands[] = {
      "(TEXT text | IMAGE bytes | KEY key | VECTOR float32-bytes) [K k] "
      "[FILTER expr] [TARGET (ANY | IMAGE | TEXT)] [HYBRID text [WEIGHT w]] "
      "[EF ef] [NPROBE nprobe] [EXACT] [COLLAPSE cosine] "
+     "[MINSCORE cosine] [OFFSET offset] [GROUPBY field [PER n]] "
      "[RETURN n field [field ...]]",
-     "k nearest items: key, score and the fields asked for."},
+     "k nearest items (results offset .. offset+k-1; with MINSCORE only "
+     "those scoring at least it, K then defaulting to all up to 10000; "
+     "with GROUPBY at most n per value of the field): key, score and the "
+     "fields asked for."},
     {"ADD", cmd_add_proc, cmd_add_exec, -4, WRITE, "write",
      "key [TEXT text] [IMAGE bytes] [META json] [SOURCE uri] "
      "[IMAGEVEC float32-bytes] [TEXTVEC float32-bytes]",
@@ -2168,6 +2260,16 @@ static const vlm__command commands[] = {
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
 static const vlm__command *table_at(size_t i) { return &commands[i]; }
+
+int vlm__command_count(void) { return (int)NCOMMANDS; }
+
+const vlm__command *vlm__command_at(int i) { return &commands[i]; }
+
+int vlm__command_index(const vlm__command *cmd) {
+  return cmd >= commands && cmd < commands + NCOMMANDS
+             ? (int)(cmd - commands)
+             : -1;
+}
 static size_t table_size(void) { return NCOMMANDS; }
 
 static const vlm__command *lookup(const char *name, size_t len) {
@@ -2225,15 +2327,129 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     multi_queue(conn, cmd, argc, argv);
     return;
   }
+  vlm__metrics_request(srv, cmd, VLM__PROTO_RESP);
   vlm__ctx ctx = {srv, conn, NULL, argc, argv, NULL};
   if (!cmd->exec) {
     ctx.out = vlm__conn_reply_buf(conn);
-    cmd->proc(&ctx);
+    if (cmd->proc(&ctx) < 0)
+      vlm__metrics_error(srv, cmd, VLM__PROTO_RESP);
     return;
   }
   vlm__job *job = job_prepare(conn, cmd, argc, argv, NULL);
-  if (!job)
+  if (!job) {
+    vlm__metrics_error(srv, cmd, VLM__PROTO_RESP);
     return;
+  }
   vlm__conn_push_job(conn, job);
   vlm__job_start(job);
+}
+
+/* ======================================================================
+ * HTTP: the same commands, one job per request
+ * ==================================================================== */
+
+/* A job that is its own (error or inline) reply, already complete. */
+static void http_push_done(vlm__conn *conn, vlm__job *job) {
+  job->done = 1;
+  vlm__conn_push_job(conn, job);
+}
+
+static void http_dispatch_cmd(vlm__conn *conn, const vlm__command *cmd,
+                              int argc, const vlm__resp_arg *argv,
+                              vlm__http_req *req) {
+  vlm_server *srv = conn->srv;
+  vlm__job *job = vlm__job_new(conn, cmd, argc, argv);
+  if (!job) {
+    vlm__http_error(vlm__conn_reply_buf(conn), 500, "internal", NULL,
+                    req->keep_alive, "out of memory");
+    vlm__http_req_free(req);
+    return;
+  }
+  job->http = req;
+  if (cmd != &vlm__metrics_command)
+    vlm__metrics_request(srv, cmd, VLM__PROTO_HTTP);
+  vlm__ctx ctx = {srv, conn, job, argc, job->argv, &job->reply};
+  if ((cmd->arity > 0 && argc != cmd->arity) ||
+      (cmd->arity < 0 && argc < -cmd->arity)) {
+    vlm__reply_error(&job->reply, "ERR", "wrong number of arguments");
+    http_push_done(conn, job);
+    return;
+  }
+  if (cmd->proc(&ctx) < 0 || !cmd->exec) {
+    http_push_done(conn, job);
+    return;
+  }
+  vlm__conn_push_job(conn, job);
+  vlm__job_start(job);
+}
+
+void vlm__dispatch_http(vlm__conn *conn, int argc, const vlm__resp_arg *argv,
+                        vlm__http_req *req) {
+  const vlm__command *cmd = lookup(argv[0].ptr, argv[0].len);
+  if (!cmd && arg_is(&argv[0], vlm__metrics_command.name))
+    cmd = &vlm__metrics_command;
+  if (!cmd) { /* api.c names only commands of the table */
+    vlm__http_error(vlm__conn_reply_buf(conn), 500, "internal", NULL,
+                    req->keep_alive, "no command %.*s", (int)argv[0].len,
+                    argv[0].ptr);
+    vlm__http_req_free(req);
+    return;
+  }
+  http_dispatch_cmd(conn, cmd, argc, argv, req);
+}
+
+int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
+                             vlm__resp_arg *const *argvs, vlm__http_req *req,
+                             int *bad, char *why, size_t whycap) {
+  vlm__job *head = NULL, *tail = NULL;
+  const vlm__command *exec = lookup("EXEC", 4);
+  *bad = -1;
+  for (int i = 0; i < n; i++) {
+    const vlm__command *cmd = lookup(argvs[i][0].ptr, argvs[i][0].len);
+    vlm__job *q = cmd ? vlm__job_new(conn, cmd, argcs[i], argvs[i]) : NULL;
+    if (!q) {
+      snprintf(why, whycap, "out of memory");
+      goto fail;
+    }
+    vlm__ctx ctx = {conn->srv, conn, q, argcs[i], q->argv, &q->reply};
+    if (argcs[i] < -cmd->arity || cmd->proc(&ctx) < 0) {
+      reply_text(&q->reply, why, whycap);
+      if (argcs[i] < -cmd->arity)
+        snprintf(why, whycap, "no vector: text, image, text_vec or "
+                 "image_vec");
+      vlm__job_free(q);
+      *bad = i;
+      goto fail;
+    }
+    q->multi_next = NULL;
+    if (tail)
+      tail->multi_next = q;
+    else
+      head = q;
+    tail = q;
+  }
+  vlm__job *job = vlm__job_new(conn, exec, 0, NULL);
+  exec_state *st = job ? calloc(1, sizeof *st) : NULL;
+  if (!st) {
+    vlm__job_free(job);
+    snprintf(why, whycap, "out of memory");
+    goto fail;
+  }
+  st->head = head;
+  st->n = n;
+  job->state = st;
+  job->state_free = exec_state_free;
+  job->http = req;
+  vlm__metrics_request(conn->srv, exec, VLM__PROTO_HTTP);
+  vlm__conn_push_job(conn, job);
+  vlm__job_start(job);
+  return 0;
+fail:
+  vlm__job_free_list(head);
+  return -1;
+}
+
+int vlm__job_upsert_existed(const vlm__job *job) {
+  const add_state *st = job->state;
+  return job->cmd && job->cmd->exec == cmd_add_exec && st ? st->existed : 0;
 }

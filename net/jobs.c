@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "http.h"
 #include "netint.h"
 #include "vlm_error.h"
 
@@ -45,6 +46,7 @@ vlm__job *vlm__job_new(vlm__conn *conn, const vlm__command *cmd, int argc,
   job->srv = conn->srv;
   job->cmd = cmd;
   job->argc = argc;
+  job->created_ns = vlm__now_ns();
   vlm__buf_init(&job->reply, conn->resp3);
   if (argc > 0) {
     job->argv = (vlm__resp_arg *)(job + 1);
@@ -70,6 +72,7 @@ void vlm__job_free(vlm__job *job) {
   free(job->text_vec);
   free(job->image_vec);
   free(job->pixels);
+  vlm__http_req_free(job->http);
   free(job);
 }
 
@@ -425,6 +428,7 @@ static void finish_batch(vlm__batcher *b, int m, vlm__job *head,
 /* Run the model once for n jobs of modality m. */
 static void encode_batch(vlm__batcher *b, int m, vlm__job *head, int n) {
   vlm_server *srv = b->srv;
+  vlm__metrics_batch(srv, m, n);
   atomic_fetch_add(&b->batches[m], 1);
   atomic_fetch_add(&b->items[m], n);
   long long largest = atomic_load(&b->largest[m]);

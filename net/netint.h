@@ -8,6 +8,11 @@
  *               back to the loop in its connection's order
  *   commands.c  the command table and its handlers
  *   resp.c      the protocol
+ *   http.c      HTTP/1.1 connections: parsing, limits, responses (http.h)
+ *   api.c       the JSON API: a request becomes the command RESP would run
+ *   render.c    and its RESP3 reply becomes JSON (http.h)
+ *   json.c      a RESP3 reply reader and a JSON writer (http.h)
+ *   metrics.c   counters and histograms, /metrics (http.h)
  *
  * Thread rules.  Everything in vlm_server and vlm__conn belongs to the loop
  * thread, except the fields marked otherwise.  A job belongs to the loop
@@ -30,6 +35,9 @@
 typedef struct vlm__conn vlm__conn;
 typedef struct vlm__job vlm__job;
 typedef struct vlm__command vlm__command;
+typedef struct vlm__http_conn vlm__http_conn;
+typedef struct vlm__http_req vlm__http_req;
+typedef struct vlm__metrics vlm__metrics;
 
 /* ---- worker pool (pool.c) ---- */
 
@@ -119,6 +127,9 @@ struct vlm__job {
   void *state;
   void (*state_free)(void *state);
   vlm__job *multi_next;     /* a MULTI queue (loop) or an EXEC's list */
+  /* HTTP: how to turn the RESP3 reply into the response (loop; owned). */
+  vlm__http_req *http;
+  uint64_t created_ns;      /* for the latency histograms */
 };
 
 /* New job for cmd with copies of argv (argc 0: an inline reply slot). */
@@ -180,8 +191,34 @@ struct vlm__command {
  * argument maps; an empty one and -1 for a line outside the grammar. */
 int vlm__reply_doc_args(vlm__buf *out, const char *syntax);
 
+/* The command table, for the metrics: its size, an entry, and an entry's
+ * index (-1 for a command not in it). */
+int vlm__command_count(void);
+const vlm__command *vlm__command_at(int i);
+int vlm__command_index(const vlm__command *cmd);
+
 /* Look up, check arity and authentication, and run one request. */
 void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv);
+
+/* Run one command for an HTTP request (authentication was checked by
+ * http.c): exactly one job goes on the connection's reply list, carrying
+ * req (owned from here on); its reply is RESP3, an error reply when the
+ * arguments are refused. */
+void vlm__dispatch_http(vlm__conn *conn, int argc, const vlm__resp_arg *argv,
+                        vlm__http_req *req);
+/* Run writes (ADD/UPSERT/UPDATE/DEL argv lists) as one transaction, as
+ * MULTI ... EXEC would: one job as above whose reply is EXEC's.  When an
+ * item's arguments are refused nothing is queued: -1, *bad the item's
+ * index, why its message (req is not taken). */
+int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
+                             vlm__resp_arg *const *argvs, vlm__http_req *req,
+                             int *bad, char *why, size_t whycap);
+/* Compare a guess with the secret in time that depends only on the
+ * secret's length (AUTH, and HTTP's bearer token). */
+int vlm__secret_equal(const char *guess, size_t glen, const char *secret,
+                      size_t slen);
+/* For an UPSERT job sent by HTTP: 1 if the key existed before it. */
+int vlm__job_upsert_existed(const vlm__job *job);
 
 /* ---- server and connections (server.c) ---- */
 
@@ -194,6 +231,7 @@ typedef struct {
   uint64_t slow_readers;    /* disconnected: output cap */
   uint64_t timeouts;        /* disconnected: idle */
   uint64_t auth_failures;
+  uint64_t http_requests;   /* HTTP requests parsed */
 } vlm__stats;
 
 struct vlm__conn {
@@ -226,6 +264,7 @@ struct vlm__conn {
   int multi, multi_dirty, multi_n;
   vlm__job *multi_head, *multi_tail;
   int resp3, authed;
+  vlm__http_conn *http;     /* an HTTP connection's state; NULL for RESP */
   int reading, paused, quit, closing, closed;
   int flush_queued;         /* on the completion handler's flush list */
   vlm__conn *flush_next;
@@ -239,6 +278,7 @@ struct vlm__conn {
 struct vlm_server {
   uv_loop_t loop;
   uv_tcp_t listener;
+  uv_tcp_t http_listener;   /* open when http_port >= 0 */
   uv_async_t async_done, async_stop;
   uv_signal_t sig_int, sig_term;
   uv_timer_t cron, shutdown_timer;
@@ -250,6 +290,8 @@ struct vlm_server {
   int image_size;           /* model input side, pixels */
   char bind[64];
   int port;
+  int http_port;            /* -1: no HTTP listener */
+  char db_dir[512];         /* for the disk sizes in /metrics */
   char *password;
   size_t password_len;
   int threads, maxclients, max_pipeline, timeout_s, handle_signals;
@@ -280,6 +322,7 @@ struct vlm_server {
   uint64_t start_ms;
   size_t freed_since_trim;
   vlm__stats stats;
+  vlm__metrics *metrics;    /* metrics.c */
 };
 
 /* The buffer the reply to the request being dispatched goes to: the

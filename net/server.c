@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "netint.h"
 #include "vlm_error.h"
 
@@ -127,8 +128,13 @@ static void conn_drain_jobs(vlm__conn *conn) {
     if (!conn->jobs_head)
       conn->jobs_tail = NULL;
     conn->njobs--;
+    if (job->cmd && job->reply.len > 0 && job->reply.data[0] == '-')
+      vlm__metrics_error(conn->srv, job->cmd,
+                         conn->http ? VLM__PROTO_HTTP : VLM__PROTO_RESP);
     if (job->reply.oom) {
       conn->out.oom = 1;
+    } else if (conn->http) {
+      vlm__http_render(conn, job);
     } else if (conn->out.len == 0 && job->reply.len > 4096) {
       /* Take the job's buffer instead of copying a large reply. */
       vlm__buf tmp = conn->out;
@@ -218,6 +224,9 @@ static void conn_flush(vlm__conn *conn) {
   }
   if (conn->quit && !conn->writing && conn->out.len == 0 && conn->njobs == 0)
     conn_close(conn);
+  else if (conn->http && !conn->writing && conn->out.len == 0 &&
+           conn->njobs == 0 && vlm__http_flushed(conn) < 0)
+    conn_close(conn);
 }
 
 /* ======================================================================
@@ -225,6 +234,7 @@ static void conn_flush(vlm__conn *conn) {
  * ==================================================================== */
 
 static void conn_free(vlm__conn *conn) {
+  vlm__http_conn_free(conn);
   vlm__resp_parser_free(&conn->parser);
   free(conn->qbuf);
   vlm__buf_free(&conn->out);
@@ -306,6 +316,15 @@ static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf) {
   vlm__conn *conn = handle->data;
   vlm_server *srv = conn->srv;
   (void)suggested;
+  if (conn->http && srv->rbuf_busy) {
+    /* HTTP input is consumed whole by its parser: a scratch buffer */
+    if (conn_qbuf_reserve(conn, READ_CHUNK) < 0) {
+      *buf = uv_buf_init(NULL, 0);
+      return;
+    }
+    *buf = uv_buf_init(conn->qbuf, READ_CHUNK);
+    return;
+  }
   if (conn->qlen == conn->qpos && !srv->rbuf_busy) {
     srv->rbuf_busy = 1;
     *buf = uv_buf_init(srv->rbuf, READ_CHUNK);
@@ -406,7 +425,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     return;
   srv->stats.net_in += (uint64_t)nread;
   conn->last_ms = uv_now(&srv->loop);
-  if (shared) {
+  if (conn->http) {
+    vlm__http_read(conn, buf->base, (size_t)nread);
+    conn_drain_jobs(conn); /* requests refused at once are complete */
+  } else if (shared) {
     size_t used = process_bytes(conn, buf->base, (size_t)nread);
     size_t rest = (size_t)nread - used;
     if (rest > 0 && !conn->closing && !conn->quit) {
@@ -457,6 +479,9 @@ static void on_jobs_done(uv_async_t *async) {
     vlm__conn *conn = job->conn;
     conn->refs--;
     vlm__job_finished(job);
+    if (job->cmd)
+      vlm__metrics_latency(srv, job->cmd,
+                           (double)(vlm__now_ns() - job->created_ns) * 1e-9);
     if (job->orphan) {
       vlm__job_free(job);
       if (conn->closed && conn->refs == 0)
@@ -488,7 +513,7 @@ static void on_jobs_done(uv_async_t *async) {
  * Accepting
  * ==================================================================== */
 
-static void on_connection(uv_stream_t *listener, int status) {
+static void accept_conn(uv_stream_t *listener, int status, int http) {
   vlm_server *srv = listener->data;
   if (status < 0) {
     vlm__server_log(srv, "accept: %s", uv_strerror(status));
@@ -507,6 +532,7 @@ static void on_connection(uv_stream_t *listener, int status) {
   vlm__buf_init(&conn->out, 0);
   conn->id = ++srv->next_id;
   conn->authed = srv->password == NULL;
+  int refuse = http && vlm__http_conn_init(conn) < 0;
   conn->created_ms = conn->last_ms = uv_now(&srv->loop);
   conn->next = srv->conns;
   if (srv->conns)
@@ -531,13 +557,19 @@ static void on_connection(uv_stream_t *listener, int status) {
                ntohs(((struct sockaddr_in *)&ss)->sin_port));
     }
   }
-  if (srv->shutting_down) {
+  if (srv->shutting_down || refuse) {
+    if (refuse)
+      vlm__server_log(srv, "accept: out of memory");
     conn_close(conn);
     return;
   }
   if (srv->nconns > srv->maxclients) {
     srv->stats.rejected++;
-    vlm__reply_error(&conn->out, "ERR", "max number of clients reached");
+    if (conn->http)
+      vlm__http_error(&conn->out, 503, "unavailable", NULL, 0,
+                      "max number of clients reached");
+    else
+      vlm__reply_error(&conn->out, "ERR", "max number of clients reached");
     uv_buf_t buf = uv_buf_init(conn->out.data, (unsigned)conn->out.len);
     uv_try_write((uv_stream_t *)&conn->tcp, &buf, 1);
     conn_close(conn);
@@ -552,6 +584,14 @@ static void on_connection(uv_stream_t *listener, int status) {
   conn->reading = 1;
 }
 
+static void on_connection(uv_stream_t *listener, int status) {
+  accept_conn(listener, status, 0);
+}
+
+static void on_http_connection(uv_stream_t *listener, int status) {
+  accept_conn(listener, status, 1);
+}
+
 /* ======================================================================
  * Timers, signals, shutdown
  * ==================================================================== */
@@ -559,6 +599,11 @@ static void on_connection(uv_stream_t *listener, int status) {
 static void on_cron(uv_timer_t *timer) {
   vlm_server *srv = timer->data;
   uint64_t now = uv_now(&srv->loop);
+  for (vlm__conn *conn = srv->conns, *next; conn; conn = next) {
+    next = conn->next;
+    if (conn->http && !conn->closing && vlm__http_linger_over(conn, now))
+      conn_close(conn);
+  }
   if (srv->timeout_s > 0) {
     uint64_t limit = (uint64_t)srv->timeout_s * 1000u;
     for (vlm__conn *conn = srv->conns, *next; conn; conn = next) {
@@ -605,7 +650,8 @@ static void finish_shutdown(vlm_server *srv) {
   vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
   on_jobs_done(&srv->async_done);
-  int rc = vlm_db_checkpoint(srv->db);
+  /* a read-only database (serve --mmap) has nothing to write */
+  int rc = vlm_db_readonly(srv->db) ? 0 : vlm_db_checkpoint(srv->db);
   if (rc < 0) {
     srv->checkpoint_rc = rc;
     vlm__server_log(srv, "checkpoint failed: %s", vlm_errmsg());
@@ -646,6 +692,7 @@ static void begin_shutdown(vlm_server *srv) {
   srv->shutting_down = 1;
   vlm__server_log(srv, "shutting down: finishing requests in flight");
   close_handle(srv, (uv_handle_t *)&srv->listener);
+  close_handle(srv, (uv_handle_t *)&srv->http_listener);
   uv_timer_start(&srv->shutdown_timer, on_shutdown_deadline,
                  SHUTDOWN_DEADLINE_MS, 0);
   for (vlm__conn *conn = srv->conns, *next; conn; conn = next) {
@@ -675,28 +722,30 @@ static int is_loopback(const char *addr) {
          !strcmp(addr, "localhost");
 }
 
-static int listen_on(vlm_server *srv) {
+static int listen_on(vlm_server *srv, uv_tcp_t *listener, int *port,
+                     uv_connection_cb cb) {
   struct sockaddr_storage ss;
   const char *host = strcmp(srv->bind, "localhost") ? srv->bind : "127.0.0.1";
   int rc;
   if (strchr(host, ':'))
-    rc = uv_ip6_addr(host, srv->port, (struct sockaddr_in6 *)&ss);
+    rc = uv_ip6_addr(host, *port, (struct sockaddr_in6 *)&ss);
   else
-    rc = uv_ip4_addr(host, srv->port, (struct sockaddr_in *)&ss);
+    rc = uv_ip4_addr(host, *port, (struct sockaddr_in *)&ss);
   if (rc < 0)
     return vlm_seterr(VLM_EINVAL, "bind address '%s': %s", srv->bind,
                       uv_strerror(rc));
-  rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
+  rc = uv_tcp_bind(listener, (struct sockaddr *)&ss, 0);
   if (rc == 0)
-    rc = uv_listen((uv_stream_t *)&srv->listener, 511, on_connection);
+    rc = uv_listen((uv_stream_t *)listener, 511, cb);
   if (rc < 0)
-    return vlm_seterr(VLM_ENET, "listen on %s:%d: %s", srv->bind, srv->port,
+    return vlm_seterr(VLM_ENET, "listen on %s:%d%s: %s", srv->bind, *port,
+                      cb == on_http_connection ? " (HTTP)" : "",
                       uv_strerror(rc));
   int len = sizeof ss;
-  if (uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len) == 0)
-    srv->port = ntohs(ss.ss_family == AF_INET6
-                          ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                          : ((struct sockaddr_in *)&ss)->sin_port);
+  if (uv_tcp_getsockname(listener, (struct sockaddr *)&ss, &len) == 0)
+    *port = ntohs(ss.ss_family == AF_INET6
+                      ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                      : ((struct sockaddr_in *)&ss)->sin_port);
   return 0;
 }
 
@@ -718,6 +767,9 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
                       " set --requirepass, or bind to 127.0.0.1", bind);
   if (opts->port < 0 || opts->port > 65535)
     return vlm_seterr(VLM_EINVAL, "port %d out of range", opts->port);
+  if (opts->http && (opts->http_port < 0 || opts->http_port > 65535))
+    return vlm_seterr(VLM_EINVAL, "HTTP port %d out of range",
+                      opts->http_port);
   if (opts->threads < 0 || opts->maxclients < 0 || opts->timeout_s < 0 ||
       opts->max_pipeline < 0 || opts->batch_max < 0 ||
       opts->batch_window_us < VLM_SERVER_NO_BATCH)
@@ -740,6 +792,9 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   srv->image_size = clip ? vlm_clip_image_size(clip) : 0;
   snprintf(srv->bind, sizeof srv->bind, "%s", bind);
   srv->port = opts->port;
+  srv->http_port = opts->http ? opts->http_port : -1;
+  snprintf(srv->db_dir, sizeof srv->db_dir, "%s",
+           opts->db_dir ? opts->db_dir : "");
   if (opts->requirepass && *opts->requirepass) {
     srv->password = strdup(opts->requirepass);
     srv->password_len = strlen(opts->requirepass);
@@ -777,7 +832,7 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   pthread_mutex_init(&srv->done_mu, NULL);
   pthread_cond_init(&srv->done_cv, NULL);
   srv->rbuf = malloc(READ_CHUNK);
-  if (!srv->rbuf || (opts->requirepass && *opts->requirepass &&
+  if (!srv->rbuf || vlm__metrics_init(srv) < 0 || (opts->requirepass && *opts->requirepass &&
                      !srv->password)) {
     rc = vlm_seterr(VLM_ENOMEM, "server");
     goto fail_early;
@@ -790,6 +845,8 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   }
   uv_tcp_init(&srv->loop, &srv->listener);
   srv->listener.data = srv;
+  uv_tcp_init(&srv->loop, &srv->http_listener);
+  srv->http_listener.data = srv;
   uv_async_init(&srv->loop, &srv->async_done, on_jobs_done);
   srv->async_done.data = srv;
   uv_async_init(&srv->loop, &srv->async_stop, on_stop);
@@ -804,7 +861,10 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
     uv_signal_init(&srv->loop, &srv->sig_term);
     srv->sig_term.data = srv;
   }
-  rc = listen_on(srv);
+  rc = listen_on(srv, &srv->listener, &srv->port, on_connection);
+  if (rc == 0 && srv->http_port >= 0)
+    rc = listen_on(srv, &srv->http_listener, &srv->http_port,
+                   on_http_connection);
   if (rc < 0)
     goto fail_loop;
   rc = vlm__pool_start(&srv->pool, srv->threads);
@@ -823,6 +883,7 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
 fail_loop:
   /* Close every handle and let the loop run their close callbacks. */
   uv_close((uv_handle_t *)&srv->listener, NULL);
+  uv_close((uv_handle_t *)&srv->http_listener, NULL);
   uv_close((uv_handle_t *)&srv->async_done, NULL);
   uv_close((uv_handle_t *)&srv->async_stop, NULL);
   uv_close((uv_handle_t *)&srv->cron, NULL);
@@ -834,6 +895,7 @@ fail_loop:
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
 fail_early:
+  vlm__metrics_free(srv);
   pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
@@ -843,6 +905,10 @@ fail_early:
 }
 
 int vlm_server_port(const vlm_server *srv) { return srv->port; }
+
+int vlm_server_http_port(const vlm_server *srv) {
+  return srv->http_port >= 0 ? srv->http_port : 0;
+}
 
 int vlm_server_run(vlm_server *srv) {
   if (srv->running || srv->shutting_down)
@@ -872,6 +938,7 @@ void vlm_server_free(vlm_server *srv) {
     /* Never ran (or run failed): shut down without clients. */
     srv->shutting_down = 2;
     uv_close((uv_handle_t *)&srv->listener, NULL);
+    uv_close((uv_handle_t *)&srv->http_listener, NULL);
     for (vlm__conn *conn = srv->conns; conn; conn = conn->next)
       conn_close(conn);
     uv_run(&srv->loop, UV_RUN_NOWAIT);
@@ -891,6 +958,7 @@ void vlm_server_free(vlm_server *srv) {
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
   vlm__batcher_destroy(&srv->batcher);
+  vlm__metrics_free(srv);
   pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);

@@ -35,7 +35,8 @@
 
 typedef struct vlm_server vlm_server;
 
-/* The port `vlmdb serve` listens on by default (Redis's is 6379). */
+/* The port `vlmdb serve` listens on by default (Redis's is 6379); its
+ * HTTP port is the next one. */
 #define VLM_SERVER_DEFAULT_PORT 7878
 
 /* The defaults of vlm_server_options' zero fields (and of `vlmdb serve`). */
@@ -78,6 +79,12 @@ typedef struct {
                                 VLM_SERVER_DEFAULT_BATCH_MAX */
   int handle_signals;        /* run() catches SIGINT and SIGTERM and shuts
                                 down gracefully (and ignores SIGPIPE) */
+  int http;                  /* 1: also serve HTTP/1.1 (the JSON API,
+                                /metrics, /openapi.json) on http_port */
+  int http_port;             /* with http: the port; 0 = an ephemeral one
+                                (see vlm_server_http_port) */
+  const char *db_dir;        /* the database's directory, for the store
+                                sizes /metrics reports; may be NULL */
   const char *model_dir;     /* reported by INFO; may be NULL */
   FILE *log;                 /* one line per notable event; NULL = quiet */
 } vlm_server_options;
@@ -92,6 +99,9 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
 
 /* The port the server listens on (the chosen one when opts->port was 0). */
 int vlm_server_port(const vlm_server *srv);
+
+/* The HTTP port, or 0 when the server has no HTTP listener. */
+int vlm_server_http_port(const vlm_server *srv);
 
 /* Serve on the calling thread until stopped (see the header comment).
  * Returns 0, or the error of the final checkpoint. */

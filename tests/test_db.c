@@ -3356,7 +3356,714 @@ static void test_filter_injection_refused(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------ range, pages, groups */
+
+/* A threshold halfway between two neighbouring oracle scores (so float
+ * rounding at the boundary cannot decide a test); -2 if none is clear. */
+static float gap_threshold(const scored *want, int nwant, int at) {
+  for (int r = at; r + 1 < nwant && r < at + 20; r++)
+    if (want[r].score - want[r + 1].score > 1e-4f)
+      return (want[r].score + want[r + 1].score) / 2;
+  return -2;
+}
+
+/* How many oracle results score at least s. */
+static int count_at_least(const scored *want, int nwant, float s) {
+  int n = 0;
+  while (n < nwant && want[n].score >= s)
+    n++;
+  return n;
+}
+
+/* MINSCORE: every result scoring at least s and nothing below it, still
+ * at most k of them.  Flat answers by FAISS range search (k = 0 or k >
+ * 100), or its k-NN scan; IVF with nprobe >= nlist is exact too; HNSW
+ * ranks deeper while the last score still reaches s (high recall).  With
+ * a filter and a target alike, against the brute-force oracle. */
+static void test_search_min_score(void **state) {
+  (void)state;
+  const char *factories[] = {"Flat", "HNSW32", "IVF8,Flat"};
+  for (int f = 0; f < 3; f++) {
+    tmp t;
+    tmp_make(&t);
+    vlm_db *db = make_db(t.dir, factories[f], DIM);
+    corpus c;
+    const int n = 2000;
+    corpus_make(&c, n, DIM, 301 + f);
+    corpus_put(db, &c, 0, n, 500);
+    scored *want = malloc(sizeof *want * (size_t)n);
+    for (int trial = 0; trial < 6; trial++) {
+      float q[DIM];
+      unit(q, DIM);
+      vlm_target target = trial % 3 == 0   ? VLM_TARGET_ANY
+                          : trial % 3 == 1 ? VLM_TARGET_IMAGE
+                                           : VLM_TARGET_TEXT;
+      pred_fn pred = trial >= 3 ? p_animals_recent : NULL;
+      const char *filter =
+          trial >= 3 ? "category = 'animals' AND year >= 2005" : NULL;
+      int nwant = oracle(&c, NULL, pred, q, target, want);
+      /* ~150 results unfiltered, ~10 filtered: past the first depth of
+       * a growing search, and past the range-search cutoff */
+      float s = gap_threshold(want, nwant, trial >= 3 ? 10 : 150);
+      assert_true(s > -2);
+      int above = count_at_least(want, nwant, s);
+      int ks[] = {0, 20, 300};
+      for (int e = 0; e < 2; e++)
+        for (int ki = 0; ki < 3; ki++) {
+          vlm_search_options o = {.k = ks[ki], .use_min_score = 1,
+                                  .min_score = s, .target = target,
+                                  .filter = filter, .exact = e};
+          vlm_hit *hits = NULL;
+          int nh = 0;
+          CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+          int k = ks[ki] ? ks[ki] : VLM_DB_MAX_K;
+          int expect = above < k ? above : k;
+          for (int h = 0; h < nh; h++) {
+            if (!(hits[h].score >= s))
+              fail_msg("%s: hit %d scores %f below %f", factories[f], h,
+                       hits[h].score, s);
+            if (h && hits[h].score > hits[h - 1].score)
+              fail_msg("%s: hits out of order at %d", factories[f], h);
+          }
+          if (e || f != 1) { /* exact answers */
+            expect_same_as_oracle(&c, hits, nh, want, expect, k);
+          } else {
+            double rec = recall_at(&c, hits, nh, want, expect, k);
+            assert_true(nh <= expect);
+            if (rec < 0.9)
+              fail_msg("HNSW min_score recall %.3f (%d of %d)", rec, nh,
+                       expect);
+          }
+          vlm_hits_free(hits, nh);
+        }
+    }
+    /* nothing reaches the threshold: an empty answer */
+    float q[DIM];
+    unit(q, DIM);
+    vlm_search_options o = {.use_min_score = 1, .min_score = 1.5f};
+    vlm_hit *hits = NULL;
+    int nh = -1;
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    assert_int_equal(nh, 0);
+    vlm_hits_free(hits, nh);
+    /* a threshold of -1 is every item with a vector of the target, up
+     * to the bound */
+    o.min_score = -1;
+    o.k = 0;
+    CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+    int nwant = oracle(&c, NULL, NULL, q, VLM_TARGET_ANY, want);
+    if (f != 1)
+      assert_int_equal(nh, nwant);
+    else
+      assert_true(nh >= nwant * 9 / 10);
+    vlm_hits_free(hits, nh);
+    /* refused: no finite threshold; a threshold on fused ranks */
+    o.min_score = NAN;
+    assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+    o.min_score = 0.5f;
+    o.hybrid_text = "river";
+    assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+    free(want);
+    vlm_db_close(db);
+    corpus_free(&c);
+    tmp_free(&t);
+  }
+}
+
+/* OFFSET: pages of k concatenated are the one search with k = offset +
+ * k, ties in score ordered by item id (the oldest first), through the
+ * Flat index and the exact scan alike, with a filter and a target. */
+static void test_search_offset_pages(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  const int n = 1200, copies = 40;
+  corpus_make(&c, n, DIM, 411);
+  /* items 100.. 100 + copies: one image vector, so ties in score */
+  for (int i = 100; i < 100 + copies; i++) {
+    memcpy(c.img + (size_t)i * DIM, c.img + (size_t)100 * DIM,
+           DIM * sizeof(float));
+    c.has_img[i] = 1;
+  }
+  corpus_put(db, &c, 0, n, 300);
+  float q[DIM];
+  for (int trial = 0; trial < 6; trial++) {
+    if (trial < 3)
+      memcpy(q, c.img + (size_t)100 * DIM, sizeof q); /* the tied copies */
+    else
+      unit(q, DIM);
+    vlm_search_options big = {.k = 90, .exact = trial % 2,
+                              .target = trial == 2 ? VLM_TARGET_IMAGE
+                                                   : VLM_TARGET_ANY,
+                              .filter = trial == 4 ? "year >= 2000" : NULL};
+    vlm_hit *all = NULL;
+    int nall = 0;
+    CHECK(vlm_db_search(db, q, &big, &all, &nall));
+    assert_int_equal(nall, 90);
+    if (trial < 3) { /* the copies tie at the top, oldest first */
+      for (int h = 1; h < copies; h++) {
+        assert_float_equal(all[h].score, all[0].score, 1e-6);
+        assert_true(strcmp(all[h - 1].key, all[h].key) < 0);
+      }
+    }
+    for (int page = 7; page <= 13; page += 6)
+      for (int off = 0; off < 90; off += page) {
+        vlm_search_options o = big;
+        o.k = page;
+        o.offset = off;
+        vlm_hit *hits = NULL;
+        int nh = 0;
+        CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+        int expect = off + page <= 90 ? page : 90 - off;
+        if (nh < expect)
+          fail_msg("page at %d: %d hits, want %d", off, nh, expect);
+        for (int h = 0; h < expect; h++)
+          if (strcmp(hits[h].key, all[off + h].key) ||
+              hits[h].score != all[off + h].score)
+            fail_msg("trial %d page %d at %d: rank %d is %s (%f), the big "
+                     "search's %s (%f)", trial, page, off, off + h,
+                     hits[h].key, hits[h].score, all[off + h].key,
+                     all[off + h].score);
+        vlm_hits_free(hits, nh);
+      }
+    vlm_hits_free(all, nall);
+  }
+  /* past the end: an empty page; refused: negative, past the bound */
+  vlm_search_options o = {.k = 10, .offset = n + 5, .exact = 1};
+  vlm_hit *hits = NULL;
+  int nh = -1;
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  assert_int_equal(nh, 0);
+  vlm_hits_free(hits, nh);
+  o.offset = -1;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.offset = VLM_DB_MAX_K - 5;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.k = 5;
+  CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* The naive grouping oracle: walk the exact ranking, keep an item while
+ * its group (its value of the field; items without it share one) has
+ * fewer than per kept. */
+static int group_oracle(const scored *all, int nall, const char **group,
+                        int per, int k, scored *out) {
+  int n = 0;
+  for (int r = 0; r < nall && n < k; r++) {
+    int same = 0;
+    for (int j = 0; j < n; j++)
+      same += (group[out[j].i] == NULL && group[all[r].i] == NULL) ||
+              (group[out[j].i] && group[all[r].i] &&
+               !strcmp(group[out[j].i], group[all[r].i]));
+    if (same < per)
+      out[n++] = all[r];
+  }
+  return n;
+}
+
+/* GROUPBY: at most per results per value of a declared field (text or
+ * integer), best first, items without the field in a group of their own;
+ * against the naive grouping of the exact ranking, through the Flat index
+ * and the exact scan, with OFFSET pages of it.  Errors for an undeclared
+ * field, PER without GROUPBY, GROUPBY with COLLAPSE. */
+static void test_search_group_by(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus c;
+  const int n = 1500;
+  corpus_make(&c, n, DIM, 523);
+  const char **bycat = calloc((size_t)n, sizeof *bycat);
+  const char **byyear = calloc((size_t)n, sizeof *byyear);
+  char (*years)[8] = calloc((size_t)n, sizeof *years);
+  for (int i = 0; i < n; i++) {
+    if (i % 13 == 0) { /* neither category nor year */
+      snprintf(c.meta[i], sizeof c.meta[i], "{\"price\": 1.5}");
+      continue;
+    }
+    bycat[i] = c.category[i];
+    snprintf(years[i], sizeof years[i], "%d", c.year[i]);
+    byyear[i] = years[i];
+  }
+  corpus_put(db, &c, 0, n, 500);
+  scored *all = malloc(sizeof *all * (size_t)n);
+  scored *want = malloc(sizeof *want * (size_t)n);
+  struct {
+    const char *field;
+    const char **group;
+    int per, k, offset;
+  } cases[] = {
+      {"category", bycat, 1, 10, 0},  /* six groups: fewer than k */
+      {"category", bycat, 3, 15, 0},
+      {"category", bycat, 40, 200, 0},
+      {"year", byyear, 2, 30, 0},
+      {"year", byyear, 1, 20, 10},    /* a page of a grouped ranking */
+      {"category", bycat, 4, 5, 10},
+  };
+  for (int trial = 0; trial < 4; trial++) {
+    float q[DIM];
+    unit(q, DIM);
+    int nall = oracle(&c, NULL, NULL, q, VLM_TARGET_ANY, all);
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
+      for (int e = 0; e < 2; e++) {
+        vlm_search_options o = {.k = cases[ci].k, .offset = cases[ci].offset,
+                                .group_by = cases[ci].field,
+                                .group_per = cases[ci].per, .exact = e};
+        int nwant = group_oracle(all, nall, cases[ci].group, cases[ci].per,
+                                 cases[ci].offset + cases[ci].k, want);
+        int from = cases[ci].offset < nwant ? cases[ci].offset : nwant;
+        vlm_hit *hits = NULL;
+        int nh = 0;
+        CHECK(vlm_db_search(db, q, &o, &hits, &nh));
+        expect_same_as_oracle(&c, hits, nh, want + from, nwant - from,
+                              cases[ci].k);
+        vlm_hits_free(hits, nh);
+      }
+  }
+  float q[DIM];
+  unit(q, DIM);
+  vlm_hit *hits = NULL;
+  int nh = 0;
+  vlm_search_options o = {.k = 10, .group_by = "nosuch"};
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_by = "key";
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_by = NULL;
+  o.group_per = 2;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_by = "category";
+  o.group_per = -1;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  o.group_per = 1;
+  o.collapse = 0.9f;
+  assert_int_equal(vlm_db_search(db, q, &o, &hits, &nh), VLM_EINVAL);
+  free(all);
+  free(want);
+  free(bycat);
+  free(byyear);
+  free(years);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ hybrid */
+
+/* CJK text */
+
+/* The vlm_cjk tokenizer's tokens of one caption, as FTS5 stored them
+ * (fts5vocab's instances: term and position), against the list its rules
+ * give by hand: CJK runs as overlapping bigrams with each character
+ * colocated as a unigram, a lone character alone, the rest unicode61's
+ * (folded case, diacritics removed, punctuation dropped). */
+static void test_fts_cjk_tokens(void **state) {
+  (void)state;
+  sqlite3 *s;
+  vlm__sql_vfs(); /* registers vlm_cjk for every later connection */
+  assert_int_equal(sqlite3_open(":memory:", &s), SQLITE_OK);
+  assert_int_equal(
+      sqlite3_exec(s,
+                   "CREATE VIRTUAL TABLE t USING fts5(c, tokenize='vlm_cjk "
+                   "remove_diacritics 2');"
+                   "CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance');"
+                   "INSERT INTO t VALUES('东京塔的夜景 Tokyo café, "
+                   "서울은 猫!東京タワー');",
+                   NULL, NULL, NULL),
+      SQLITE_OK);
+  static const struct {
+    const char *term;
+    int pos;
+  } want[] = {{"东", 0},    {"东京", 0},   {"京", 1},   {"京塔", 1},
+              {"塔", 2},    {"塔的", 2},   {"的", 3},   {"的夜", 3},
+              {"夜", 4},    {"夜景", 4},   {"景", 4},   {"tokyo", 5},
+              {"cafe", 6},  {"서", 7},     {"서울", 7}, {"울", 8},
+              {"울은", 8},  {"은", 8},     {"猫", 9},   {"東", 10},
+              {"東京", 10}, {"京", 11},    {"京タ", 11}, {"タ", 12},
+              {"タワ", 12}, {"ワ", 13},    {"ワー", 13}, {"ー", 13}};
+  const size_t nwant = sizeof want / sizeof *want;
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT term, offset FROM v ORDER "
+                                      "BY offset, term", -1, &st, NULL),
+                   SQLITE_OK);
+  /* the expected list in the same order: by position, then term bytes */
+  size_t got = 0;
+  while (sqlite3_step(st) == SQLITE_ROW) {
+    const char *term = (const char *)sqlite3_column_text(st, 0);
+    int pos = sqlite3_column_int(st, 1);
+    int found = 0;
+    for (size_t w = 0; w < nwant && !found; w++)
+      found = want[w].pos == pos && !strcmp(want[w].term, term);
+    if (!found)
+      fail_msg("token '%s' at %d is not one the rules give", term, pos);
+    got++;
+  }
+  sqlite3_finalize(st);
+  if (got != nwant)
+    fail_msg("%zu tokens, the rules give %zu", got, nwant);
+  /* queries: a word inside the sentence, one character, not a bigram the
+   * text lacks, unicode61's folding outside CJK */
+  const struct {
+    const char *match;
+    int hits;
+  } q[] = {{"\"夜景\"", 1},   {"\"塔的夜景\"", 1}, {"\"猫\"", 1},
+           {"\"京夜\"", 0},   {"\"CAFE\"", 1},    {"\"서울\"", 1},
+           {"\"タワー\"", 1}, {"\"夜东\"", 0}};
+  for (size_t i = 0; i < sizeof q / sizeof *q; i++) {
+    assert_int_equal(sqlite3_prepare_v2(s, "SELECT count(*) FROM t WHERE t "
+                                        "MATCH ?1", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, q[i].match, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    if (sqlite3_column_int(st, 0) != q[i].hits)
+      fail_msg("MATCH %s: %d rows, want %d", q[i].match,
+               sqlite3_column_int(st, 0), q[i].hits);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(s);
+}
+
+/* Naive BM25 as FTS5 defines it (k1 1.2, b 0.75, IDF floored at 1e-6):
+ * documents and the query as token lists, each query term a phrase of
+ * one token; a document's length is its positions (colocated unigrams
+ * take none). */
+typedef struct {
+  char tok[64][16];
+  int colocated[64];
+  int n, npos;
+} toklist;
+
+/* A caption of CJK runs separated by ASCII spaces, as vlm_cjk tokenizes
+ * it for documents (with unigrams) or queries (without). */
+static void cjk_tokens(const char *text, int document, toklist *t) {
+  t->n = t->npos = 0;
+  const char *p = text;
+  while (*p) {
+    while (*p == ' ')
+      p++;
+    const char *chars[32];
+    int lens[32], nc = 0;
+    while (*p && *p != ' ') {
+      int l = (*p & 0xF0) == 0xF0 ? 4 : (*p & 0xE0) == 0xE0 ? 3 : 2;
+      chars[nc] = p;
+      lens[nc++] = l;
+      p += l;
+    }
+    if (nc == 1) {
+      snprintf(t->tok[t->n], 16, "%.*s", lens[0], chars[0]);
+      t->colocated[t->n++] = 0;
+      t->npos++;
+      continue;
+    }
+    for (int i = 0; i + 1 < nc; i++) {
+      snprintf(t->tok[t->n], 16, "%.*s%.*s", lens[i], chars[i], lens[i + 1],
+               chars[i + 1]);
+      t->colocated[t->n++] = 0;
+      t->npos++;
+      if (document) {
+        snprintf(t->tok[t->n], 16, "%.*s", lens[i], chars[i]);
+        t->colocated[t->n++] = 1;
+      }
+    }
+    if (document && nc > 1) {
+      snprintf(t->tok[t->n], 16, "%.*s", lens[nc - 1], chars[nc - 1]);
+      t->colocated[t->n++] = 1;
+    }
+  }
+}
+
+static int tok_count(const toklist *t, const char *term) {
+  int f = 0;
+  for (int i = 0; i < t->n; i++)
+    f += !strcmp(t->tok[i], term);
+  return f;
+}
+
+static double bm25_naive(const toklist *docs, int ndocs, int d,
+                         const toklist *query) {
+  double total = 0, score = 0;
+  for (int i = 0; i < ndocs; i++)
+    total += docs[i].npos;
+  double avgdl = total / ndocs;
+  for (int qi = 0; qi < query->n; qi++) {
+    int nq = 0;
+    for (int i = 0; i < ndocs; i++)
+      nq += tok_count(&docs[i], query->tok[qi]) > 0;
+    double idf = log((ndocs - nq + 0.5) / (nq + 0.5));
+    if (idf <= 0)
+      idf = 1e-6;
+    double f = tok_count(&docs[d], query->tok[qi]);
+    score += idf * f * 2.2 /
+             (f + 1.2 * (1 - 0.75 + 0.75 * docs[d].npos / avgdl));
+  }
+  return score;
+}
+
+/* Hybrid search over Chinese, Japanese and Korean captions: a word inside
+ * a sentence matches (and one character alone), and the BM25 ranking is
+ * the naive BM25 of the tokens vlm_cjk's rules give. */
+static void test_hybrid_cjk(void **state) {
+  (void)state;
+  static const char *captions[] = {
+      "东京塔的夜景非常美丽",     "一只黑猫在沙发上睡觉",
+      "北京的夜景 和 东京的早晨", "夜景",
+      "京都の古いお寺と紅葉",     "紅葉の季節に京都へ行く",
+      "猫が窓辺で寝ている",       "서울의 밤거리 풍경",
+      "부산 바다 와 서울 야경",   "공원 에서 노는 강아지",
+      "小狗 在 公园 里 跑",       "桜と富士山の写真",
+  };
+  const int n = (int)(sizeof captions / sizeof *captions);
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_item items[16];
+  char keys[16][16];
+  float vecs[16][DIM];
+  memset(items, 0, sizeof items);
+  for (int i = 0; i < n; i++) {
+    snprintf(keys[i], sizeof keys[i], "cjk-%02d", i);
+    unit(vecs[i], DIM);
+    items[i].key = keys[i];
+    items[i].text_vec = vecs[i];
+    items[i].caption = captions[i];
+  }
+  int written = 0;
+  CHECK(vlm_db_put(db, items, n, 0, &written));
+  assert_int_equal(written, n);
+  toklist docs[16];
+  for (int i = 0; i < n; i++)
+    cjk_tokens(captions[i], 1, &docs[i]);
+  struct {
+    const char *query;
+    int must; /* a caption that must be found (-1: none) */
+  } qs[] = {{"夜景", 0},      {"东京", 2},  {"猫", 1},     {"紅葉", 4},
+            {"京都の紅葉", 5}, {"밤거리", 7}, {"서울", 8},   {"강아지", 9},
+            {"黑猫", 1},      {"公园", 10}, {"富士山", 11}, {"ロンドン", -1}};
+  for (size_t qi = 0; qi < sizeof qs / sizeof *qs; qi++) {
+    vlm_search_options o = {.k = 50, .hybrid_text = qs[qi].query};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+    toklist q;
+    cjk_tokens(qs[qi].query, 0, &q);
+    double score[16];
+    int matching = 0;
+    for (int d = 0; d < n; d++) {
+      score[d] = bm25_naive(docs, n, d, &q);
+      matching += score[d] > 0;
+    }
+    if (nh != matching)
+      fail_msg("'%s': %d hits, %d captions share a token", qs[qi].query, nh,
+               matching);
+    int found = qs[qi].must < 0;
+    for (int h = 0; h < nh; h++) {
+      int d = -1;
+      sscanf(hits[h].key, "cjk-%d", &d);
+      assert_true(d >= 0 && d < n);
+      found |= d == qs[qi].must;
+      if (h > 0) {
+        int p = -1;
+        sscanf(hits[h - 1].key, "cjk-%d", &p);
+        if (score[d] > score[p] + 1e-9)
+          fail_msg("'%s': %s (BM25 %.6f) ranks below %s (%.6f)",
+                   qs[qi].query, hits[h].key, score[d], hits[h - 1].key,
+                   score[p]);
+      }
+    }
+    if (!found)
+      fail_msg("'%s' did not find '%s'", qs[qi].query,
+               captions[qs[qi].must]);
+    vlm_hits_free(hits, nh);
+  }
+  /* hostile query text: pieces of CJK characters, invalid bytes, quotes,
+   * FTS5 syntax; every one a valid query (or none) */
+  static const char *pieces[] = {"东", "京", "\xe4", "\xe4\xb8", "\x80", "a",
+                                 "\"", " ", "*", "OR", "서", "\xff", "の",
+                                 "NEAR(", "^", "ー", "\xf0\x9f\x98\x80"};
+  rng_state = 77;
+  for (int trial = 0; trial < 300; trial++) {
+    char text[256] = "";
+    int len = 1 + (int)(rng_next() % 24);
+    for (int i = 0; i < len; i++)
+      strcat(text, pieces[rng_next() % (sizeof pieces / sizeof *pieces)]);
+    vlm_search_options o = {.k = 20, .hybrid_text = text};
+    vlm_hit *hits = NULL;
+    int nh = 0;
+    int rc = vlm_db_search(db, NULL, &o, &hits, &nh);
+    if (rc)
+      fail_msg("hybrid text '%s': %s", text, vlm_errmsg());
+    vlm_hits_free(hits, nh);
+  }
+  vlm_db_close(db);
+  tmp_free(&t);
+}
+
+/* A database whose captions table predates vlm_cjk keeps unicode61 (a
+ * CJK run is one token: a word inside it is not found, the whole run
+ * is), until meta.sqlite is rebuilt from the payload store, which makes
+ * the table with vlm_cjk. */
+static void test_hybrid_cjk_old_tokenizer_kept(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  vlm_db_close(db);
+  char path[256];
+  snprintf(path, sizeof path, "%s/meta.sqlite", t.dir);
+  sqlite3 *s;
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(s,
+                                "DROP TABLE captions; CREATE VIRTUAL TABLE "
+                                "captions USING fts5(caption, tokenize="
+                                "'unicode61 remove_diacritics 2');",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  sqlite3_close(s);
+  db = open_db(t.dir);
+  float v[DIM];
+  unit(v, DIM);
+  vlm_item it = {.key = "tower", .text_vec = v,
+                 .caption = "东京塔的夜景非常美丽"};
+  int written = 0;
+  CHECK(vlm_db_put(db, &it, 1, 0, &written));
+  vlm_search_options o = {.k = 5, .hybrid_text = "夜景"};
+  vlm_hit *hits = NULL;
+  int nh = -1;
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 0);
+  vlm_hits_free(hits, nh);
+  o.hybrid_text = "东京塔的夜景非常美丽";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  vlm_hits_free(hits, nh);
+  CHECK(vlm_db_rebuild_meta(db));
+  o.hybrid_text = "夜景";
+  CHECK(vlm_db_search(db, NULL, &o, &hits, &nh));
+  assert_int_equal(nh, 1);
+  assert_string_equal(hits[0].key, "tower");
+  vlm_hits_free(hits, nh);
+  vlm_db_close(db);
+  assert_int_equal(sql_open_rw(path, &s), SQLITE_OK);
+  sqlite3_stmt *st;
+  assert_int_equal(sqlite3_prepare_v2(s, "SELECT sql FROM sqlite_master "
+                                      "WHERE name = 'captions'", -1, &st,
+                                      NULL),
+                   SQLITE_OK);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  assert_non_null(strstr((const char *)sqlite3_column_text(st, 0),
+                         "tokenize='vlm_cjk"));
+  sqlite3_finalize(st);
+  sqlite3_close(s);
+  tmp_free(&t);
+}
+
+
+/* db/hybrid.c's fusion; the struct is db_int.h's vlm__cand. */
+typedef struct {
+  uint64_t id;
+  float score;
+  int mod;
+} vlm__cand;
+int vlm__fuse_rrf(const vlm__cand *vr, int nvr, const uint64_t *bm25,
+                  int nbm, float w, vlm__cand *out);
+
+/* The fusion as it was before it was made linear: for each BM25 hit a
+ * scan of the fused list from its start (the test's oracle). */
+static int fuse_nested(const vlm__cand *vr, int nvr, const uint64_t *bm25,
+                       int nbm, float w, vlm__cand *fused) {
+  int nfu = 0;
+  for (int i = 0; i < nvr; i++) {
+    fused[nfu] = vr[i];
+    fused[nfu++].score = (1 - w) / (60.0f + i + 1);
+  }
+  for (int i = 0; i < nbm; i++) {
+    float add = w / (60.0f + i + 1);
+    int j;
+    for (j = 0; j < nfu; j++)
+      if (fused[j].id == bm25[i])
+        break;
+    if (j < nfu) {
+      fused[j].score += add;
+    } else {
+      fused[nfu].id = bm25[i];
+      fused[nfu].score = add;
+      fused[nfu++].mod = 1; /* VLM__MOD_TEXT */
+    }
+  }
+  return nfu;
+}
+
+/* Linear fusion equals the nested loop entry for entry (ids, scores to
+ * the bit, modalities, order) on random rankings: overlapping, disjoint,
+ * empty, with ids that collide in the hash table's low bits, and at
+ * k = 10,000. */
+static void test_fuse_rrf_matches_nested(void **state) {
+  (void)state;
+  rng_state = 4242;
+  static const int sizes[][2] = {{0, 0},   {0, 7},     {9, 0},       {1, 1},
+                                 {50, 50}, {300, 40},  {40, 300},    {1000, 1000},
+                                 {10000, 10000}};
+  for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++)
+    for (int variant = 0; variant < 3; variant++) {
+      int nvr = sizes[t][0], nbm = sizes[t][1];
+      vlm__cand *vr = calloc((size_t)nvr + 1, sizeof *vr);
+      uint64_t *bm = calloc((size_t)nbm + 1, sizeof *bm);
+      vlm__cand *a = calloc((size_t)(nvr + nbm) + 1, sizeof *a);
+      vlm__cand *b = calloc((size_t)(nvr + nbm) + 1, sizeof *b);
+      /* ids from a pool twice the larger ranking (variant 0), or
+       * multiples of 2^32 (equal low bits, variant 1), or disjoint
+       * (variant 2); each ranking has distinct ids */
+      uint64_t pool = 2 * (uint64_t)(nvr > nbm ? nvr : nbm) + 2;
+      uint64_t *perm = malloc((size_t)pool * sizeof *perm);
+      for (uint64_t i = 0; i < pool; i++)
+        perm[i] = i + 1;
+      for (uint64_t i = pool - 1; i > 0; i--) {
+        uint64_t j = rng_next() % (i + 1), x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+      }
+      for (int i = 0; i < nvr; i++) {
+        uint64_t id = variant == 2 ? 2 * (uint64_t)i + 1 : perm[i];
+        vr[i].id = variant == 1 ? id << 32 : id;
+        vr[i].score = 1.0f - (float)i / (float)(nvr + 1);
+        vr[i].mod = (int)(rng_next() % 2);
+      }
+      for (uint64_t i = pool - 1; i > 0; i--) {
+        uint64_t j = rng_next() % (i + 1), x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+      }
+      for (int i = 0; i < nbm; i++) {
+        uint64_t id = variant == 2 ? 2 * (uint64_t)i + 2 : perm[i];
+        bm[i] = variant == 1 ? id << 32 : id;
+      }
+      float w = (float)rng_uniform();
+      int na = vlm__fuse_rrf(vr, nvr, bm, nbm, w, a);
+      int nb = fuse_nested(vr, nvr, bm, nbm, w, b);
+      if (na != nb)
+        fail_msg("%d x %d variant %d: %d entries, the nested loop %d", nvr,
+                 nbm, variant, na, nb);
+      for (int i = 0; i < na; i++)
+        if (a[i].id != b[i].id || a[i].score != b[i].score ||
+            a[i].mod != b[i].mod)
+          fail_msg("%d x %d variant %d: entry %d is id %llu score %.9g mod "
+                   "%d, the nested loop's id %llu score %.9g mod %d",
+                   nvr, nbm, variant, i, (unsigned long long)a[i].id,
+                   a[i].score, a[i].mod, (unsigned long long)b[i].id,
+                   b[i].score, b[i].mod);
+      free(perm);
+      free(vr);
+      free(bm);
+      free(a);
+      free(b);
+    }
+}
 
 static void test_hybrid_rrf(void **state) {
   (void)state;
@@ -7011,6 +7718,9 @@ int main(void) {
       cmocka_unit_test_teardown(test_one_modality_database, teardown_tmp),
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
       cmocka_unit_test_teardown(test_collapse_near_duplicates, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_min_score, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_offset_pages, teardown_tmp),
+      cmocka_unit_test_teardown(test_search_group_by, teardown_tmp),
       cmocka_unit_test_teardown(test_truncated_payload_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_full_disk_campaign, teardown_tmp),
       cmocka_unit_test_teardown(test_bit_flips_are_caught, teardown_tmp),
@@ -7038,6 +7748,11 @@ int main(void) {
       cmocka_unit_test_teardown(test_broad_filters, teardown_tmp),
       cmocka_unit_test_teardown(test_filter_injection_refused, teardown_tmp),
       cmocka_unit_test_teardown(test_hybrid_rrf, teardown_tmp),
+      cmocka_unit_test(test_fuse_rrf_matches_nested),
+      cmocka_unit_test_teardown(test_fts_cjk_tokens, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_cjk, teardown_tmp),
+      cmocka_unit_test_teardown(test_hybrid_cjk_old_tokenizer_kept,
+                                teardown_tmp),
       cmocka_unit_test_teardown(test_extreme_vectors_and_text_limit,
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_recovery_replays_sqlite, teardown_tmp),

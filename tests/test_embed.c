@@ -1396,13 +1396,88 @@ static void test_kernel_exp_and_activations(void **state) {
     if (fabs(y[i] - want) > 3e-7 * (1 + fabs(x[i])))
       fail_msg("gelu(%.9g) = %.9g, want %.9g", x[i], y[i], want);
   }
+  for (int i = 0; i < N; i++)
+    y[i] = x[i];
+  vlm__gelu_tanh(y, N);
+  for (int i = 0; i < N; i++) {
+    double u = sqrt(2.0 / M_PI) * (x[i] + 0.044715 * pow(x[i], 3));
+    double want = 0.5 * x[i] * (1.0 + tanh(u));
+    if (fabs(y[i] - want) > 1e-6 * (1 + fabs(want)))
+      fail_msg("gelu_tanh(%.9g) = %.9g, want %.9g", x[i], y[i], want);
+  }
+  /* far out, where exp saturates: x above, 0 below, never NaN */
+  static const float far[] = {-1e30f, -1e4f, -100.0f, -60.0f,
+                              60.0f,  100.0f, 1e4f,   1e30f};
+  void (*const act[])(float *, size_t) = {vlm__quick_gelu, vlm__gelu,
+                                          vlm__gelu_tanh};
+  for (size_t a = 0; a < sizeof act / sizeof act[0]; a++)
+    for (size_t i = 0; i < sizeof far / sizeof far[0]; i++) {
+      float v = far[i];
+      act[a](&v, 1);
+      float want = far[i] > 0 ? far[i] : 0.0f;
+      if (!(fabsf(v - want) <= 1e-6f * (1 + fabsf(want))))
+        fail_msg("activation %zu at %g = %g, want %g", a, far[i], v, want);
+    }
   free(x);
   free(y);
 }
 
+/* vlm__attention over T positions of head size hd against a
+ * double-precision loop, causal and not; any range of queries gives the
+ * same rows bit for bit. */
+static void check_attention(int T, int HD) {
+  float *q = malloc((size_t)T * 3 * HD * sizeof *q);
+  float *o = malloc((size_t)T * HD * sizeof *o);
+  float *part = malloc((size_t)T * HD * sizeof *part);
+  float *scores = malloc(vlm__attention_scratch(T, HD) * sizeof *scores);
+  double *s = malloc((size_t)T * sizeof *s);
+  assert_non_null(q && o && part && scores && s);
+  for (int i = 0; i < T * 3 * HD; i++)
+    q[i] = 2.0f * frand();
+  for (int causal = 0; causal <= 1; causal++) {
+    vlm__attention(o, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal, 0, T,
+                   scores);
+    /* ranges of queries give the same rows */
+    for (int q0 = 0; q0 < T; q0 += 3) {
+      int q1 = q0 + 1 + (q0 * 7) % 6;
+      q1 = q1 < T ? q1 : T;
+      vlm__attention(part, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal,
+                     q0, q1, scores);
+      assert_memory_equal(part, o + (size_t)q0 * HD,
+                          (size_t)(q1 - q0) * HD * sizeof *part);
+    }
+    for (int i = 0; i < T; i++) {
+      int n = causal ? i + 1 : T;
+      double mx = -1e300, sum = 0;
+      for (int j = 0; j < n; j++) {
+        s[j] = 0;
+        for (int d = 0; d < HD; d++)
+          s[j] += (double)q[i * 3 * HD + d] * q[j * 3 * HD + HD + d];
+        s[j] /= sqrt((double)HD);
+        mx = s[j] > mx ? s[j] : mx;
+      }
+      for (int j = 0; j < n; j++)
+        sum += s[j] = exp(s[j] - mx);
+      for (int d = 0; d < HD; d++) {
+        double want = 0;
+        for (int j = 0; j < n; j++)
+          want += s[j] / sum * q[j * 3 * HD + 2 * HD + d];
+        if (fabs(o[i * HD + d] - want) > 2e-6)
+          fail_msg("attention(T=%d, hd=%d, causal=%d)[%d][%d] = %.9g, "
+                   "want %.9g", T, HD, causal, i, d, o[i * HD + d], want);
+      }
+    }
+  }
+  free(q);
+  free(o);
+  free(part);
+  free(scores);
+  free(s);
+}
+
 static void test_kernel_layernorm_softmax_attention(void **state) {
   (void)state;
-  enum { R = 5, C = 77, T = 19, HD = 24 };
+  enum { R = 5, C = 77 };
   float in[R * C], out[R * C], w[C], b[C];
   for (int i = 0; i < R * C; i++)
     in[i] = 3.0f * frand() + 0.5f;
@@ -1424,42 +1499,12 @@ static void test_kernel_layernorm_softmax_attention(void **state) {
                  out[r * C + i], want);
     }
   }
-  /* attention, causal and not, against a double-precision loop */
-  float q[T * 3 * HD], o[T * HD];
-  float *scores = malloc(vlm__attention_scratch(T, HD) * sizeof *scores);
-  for (int i = 0; i < T * 3 * HD; i++)
-    q[i] = 2.0f * frand();
-  for (int causal = 0; causal <= 1; causal++) {
-    vlm__attention(o, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal, 0, T,
-                   scores);
-    /* a range of queries gives the same rows */
-    float part[5 * HD];
-    vlm__attention(part, HD, q, q + HD, q + 2 * HD, 3 * HD, T, HD, causal, 7,
-                   12, scores);
-    assert_memory_equal(part, o + 7 * HD, sizeof part);
-    for (int i = 0; i < T; i++) {
-      int n = causal ? i + 1 : T;
-      double s[T], mx = -1e300, sum = 0;
-      for (int j = 0; j < n; j++) {
-        s[j] = 0;
-        for (int d = 0; d < HD; d++)
-          s[j] += (double)q[i * 3 * HD + d] * q[j * 3 * HD + HD + d];
-        s[j] /= sqrt((double)HD);
-        mx = s[j] > mx ? s[j] : mx;
-      }
-      for (int j = 0; j < n; j++)
-        sum += s[j] = exp(s[j] - mx);
-      for (int d = 0; d < HD; d++) {
-        double want = 0;
-        for (int j = 0; j < n; j++)
-          want += s[j] / sum * q[j * 3 * HD + 2 * HD + d];
-        if (fabs(o[i * HD + d] - want) > 2e-6)
-          fail_msg("attention(causal=%d)[%d][%d] = %.9g, want %.9g", causal,
-                   i, d, o[i * HD + d], want);
-      }
-    }
-  }
-  free(scores);
+  /* attention, causal and not, against a double-precision loop, at
+   * geometries that take every path of the kernel (key and value blocks
+   * of 64 and of 16, a scalar tail, groups of 4 queries and fewer) */
+  static const int geo[][2] = {{19, 24}, {77, 64}, {197, 80}, {5, 16}};
+  for (size_t g = 0; g < sizeof geo / sizeof geo[0]; g++)
+    check_attention(geo[g][0], geo[g][1]);
 }
 
 static void test_kernel_matmul(void **state) {

@@ -283,6 +283,118 @@ static void test_flat_exact_ip_and_l2(void **state) {
   free_data(&d);
 }
 
+static int float_desc(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int float_asc(const void *a, const void *b) { return -float_desc(a, b); }
+
+/* Range search over Flat: exactly the vectors whose inner product is at
+ * least the threshold (L2: whose squared distance is at most it), against
+ * a brute-force scan in double; a score equal to the threshold is kept
+ * (FAISS's own bound is strict).  Other kinds refuse it; a NaN threshold
+ * or query is refused. */
+static void test_flat_range_search(void **state) {
+  (void)state;
+  dataset d = make_data(3000, 21);
+  vlm_metric metrics[] = {VLM_METRIC_IP, VLM_METRIC_L2};
+  for (int mi = 0; mi < 2; mi++) {
+    vlm_index *index = build("Flat", metrics[mi], &d);
+    assert_int_equal(vlm_index_can_range(index), 1);
+    for (int qi = 0; qi < 8; qi++) {
+      const float *q = d.q + qi * DIM;
+      /* the threshold: the 40th best score the range search itself
+       * gives (its sums may round differently from the k-NN scan's), so
+       * a score equal to the threshold must come back */
+      float *sc = NULL;
+      int64_t *ids = NULL, n = -1;
+      float low = metrics[mi] == VLM_METRIC_IP ? 0.3f : 1.4f;
+      assert_int_equal(vlm_index_range_search(index, q, low, &sc, &ids, &n),
+                       0);
+      assert_true(n > 60);
+      float *sorted = malloc((size_t)n * sizeof *sorted);
+      memcpy(sorted, sc, (size_t)n * sizeof *sorted);
+      qsort(sorted, (size_t)n, sizeof *sorted,
+            metrics[mi] == VLM_METRIC_IP ? float_desc : float_asc);
+      float thr = sorted[39];
+      int64_t edge = -1;
+      for (int64_t r = 0; r < n; r++)
+        if (sc[r] == thr)
+          edge = ids[r];
+      free(sorted);
+      free(sc);
+      free(ids);
+      assert_int_equal(vlm_index_range_search(index, q, thr, &sc, &ids, &n),
+                       0);
+      int found_edge = 0, inside = 0;
+      for (int64_t r = 0; r < n; r++) {
+        found_edge |= ids[r] == edge;
+        int ok = metrics[mi] == VLM_METRIC_IP ? sc[r] >= thr : sc[r] <= thr;
+        if (!ok)
+          fail_msg("range result %lld scores %f past %f", (long long)ids[r],
+                   sc[r], thr);
+      }
+      if (!found_edge)
+        fail_msg("metric %d query %d: id %lld at the threshold %.9g is "
+                 "missing", mi, qi, (long long)edge, thr);
+      assert_true(n >= 40);
+      /* every vector clearly inside the threshold is there, and nothing
+       * clearly outside */
+      for (int64_t i = 0; i < d.n; i++) {
+        double s = 0;
+        for (int j = 0; j < DIM; j++) {
+          double a = d.x[i * DIM + j], b = q[j];
+          s += metrics[mi] == VLM_METRIC_IP ? a * b : (a - b) * (a - b);
+        }
+        double margin = metrics[mi] == VLM_METRIC_IP ? s - thr : thr - s;
+        if (fabs(margin) < 1e-5)
+          continue;
+        int present = 0;
+        for (int64_t r = 0; r < n && !present; r++)
+          present = ids[r] == d.ids[i];
+        if (present != (margin > 0))
+          fail_msg("query %d: id %lld (score %f, threshold %f) %s", qi,
+                   (long long)d.ids[i], s, thr,
+                   present ? "returned" : "missing");
+        inside += margin > 0;
+      }
+      assert_true(inside >= 35 && n >= inside);
+      free(sc);
+      free(ids);
+    }
+    /* nothing reaches it: an empty answer, no arrays */
+    float *sc = (float *)1;
+    int64_t *ids = (int64_t *)1, n = -1;
+    assert_int_equal(vlm_index_range_search(index, d.q,
+                                            metrics[mi] == VLM_METRIC_IP
+                                                ? 5.0f
+                                                : -1.0f,
+                                            &sc, &ids, &n),
+                     0);
+    assert_int_equal(n, 0);
+    assert_null(sc);
+    assert_null(ids);
+    assert_int_equal(vlm_index_range_search(index, d.q, NAN, &sc, &ids, &n),
+                     VLM_ENUMERIC);
+    float bad[DIM];
+    memcpy(bad, d.q, sizeof bad);
+    bad[3] = INFINITY;
+    assert_int_equal(vlm_index_range_search(index, bad, 0.5f, &sc, &ids, &n),
+                     VLM_ENUMERIC);
+    vlm_index_free(index);
+  }
+  vlm_index *hnsw = build("HNSW16", VLM_METRIC_IP, &d);
+  float *sc;
+  int64_t *ids, n;
+  assert_int_equal(vlm_index_can_range(hnsw), 0);
+  assert_int_equal(vlm_index_range_search(hnsw, d.q, 0.5f, &sc, &ids, &n),
+                   VLM_EUNSUPPORTED);
+  vlm_index_free(hnsw);
+  assert_int_equal(vlm_index_can_range(NULL), 0);
+  free_data(&d);
+}
+
 static void test_hnsw_recall_and_ef_search(void **state) {
   (void)state;
   /* nearly uniform data, where a small ef visibly misses neighbours */
@@ -896,6 +1008,7 @@ static void test_concurrent_search(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_flat_exact_ip_and_l2),
+      cmocka_unit_test(test_flat_range_search),
       cmocka_unit_test(test_hnsw_recall_and_ef_search),
       cmocka_unit_test(test_hnsw_one_query_matches_faiss),
       cmocka_unit_test(test_ivf_flat_nprobe),

@@ -215,7 +215,7 @@ static void start_server(server_t *s, const char *const *extra) {
 static void stop_server(server_t *s) {
   if (!s->pid)
     return;
-  vlm_test_server ts = {s->pid, s->port};
+  vlm_test_server ts = {s->pid, s->port, 0};
   int status = vlm_test_server_stop(&ts, 60);
   s->pid = 0;
   if (status == -1) {
@@ -1173,6 +1173,79 @@ static void test_write_read_search(void **state) {
   expect_error(hcmd(c, "SEARCH KEY saturn COLLAPSE 0"),
                "ERR COLLAPSE is a cosine");
   expect_error(hcmd(c, "SEARCH KEY saturn COLLAPSE 1.5"), "ERR");
+  /* MINSCORE: every hit at or above it (K then defaults to all); OFFSET:
+   * a page of the same ranking; GROUPBY cat [PER n]: the naive grouping
+   * of the oracle's ranking. */
+  text_vec("a photo of a dog", want);
+  m = oracle(want, VLM_TARGET_ANY, 1000, o);
+  {
+    int cut = -1;
+    for (int i = 2; i < m - 1 && cut < 0; i++)
+      if (o[i].score - o[i + 1].score > 1e-3f)
+        cut = i;
+    assert_true(cut > 0);
+    char thr[32];
+    snprintf(thr, sizeof thr, "%.6f", (o[cut].score + o[cut + 1].score) / 2);
+    r = hcmd(c, "SEARCH TEXT %s MINSCORE %s", "a photo of a dog", thr);
+    assert_search_matches(r, o, cut + 1);
+    freeReplyObject(r);
+    r = hcmd(c, "SEARCH TEXT %s MINSCORE %s K 2", "a photo of a dog", thr);
+    assert_search_matches(r, o, 2);
+    freeReplyObject(r);
+    r = hcmd(c, "SEARCH TEXT %s MINSCORE %s OFFSET 1", "a photo of a dog",
+             thr);
+    assert_search_matches(r, o + 1, cut);
+    freeReplyObject(r);
+    r = hcmd(c, "SEARCH TEXT %s K 3 OFFSET 2 EXACT", "a photo of a dog");
+    assert_search_matches(r, o + 2, 3);
+    freeReplyObject(r);
+    r = hcmd(c, "SEARCH TEXT %s K 3 OFFSET %d", "a photo of a dog", m - 1);
+    assert_search_matches(r, o + m - 1, 1);
+    freeReplyObject(r);
+    for (int per = 1; per <= 2; per++) {
+      scored g[NITEMS];
+      int ng = 0;
+      for (int i = 0; i < m; i++) {
+        const char *cat = NULL;
+        for (int j = 0; j < NITEMS; j++)
+          if (!strcmp(items[j].key, o[i].key))
+            cat = items[j].cat;
+        int same = 0;
+        for (int x = 0; x < ng; x++)
+          for (int j = 0; j < NITEMS; j++)
+            same += !strcmp(items[j].key, g[x].key) &&
+                    !strcmp(items[j].cat, cat);
+        if (same < per)
+          g[ng++] = o[i];
+      }
+      assert_true(ng >= 5 && ng < m);
+      r = hcmd(c, "SEARCH TEXT %s GROUPBY cat PER %d", "a photo of a dog",
+               per);
+      assert_search_matches(r, g, ng < 10 ? ng : 10);
+      freeReplyObject(r);
+    }
+    r = hcmd(c, "SEARCH TEXT %s GROUPBY cat K 3", "a photo of a dog");
+    assert_int_equal(r->elements, 3);
+    freeReplyObject(r);
+  }
+  expect_error(hcmd(c, "SEARCH KEY saturn MINSCORE 2"),
+               "ERR MINSCORE must be a number from -1 to 1");
+  expect_error(hcmd(c, "SEARCH KEY saturn MINSCORE nan"),
+               "ERR MINSCORE must be a number");
+  expect_error(hcmd(c, "SEARCH KEY saturn OFFSET -1"),
+               "ERR OFFSET must be an integer");
+  expect_error(hcmd(c, "SEARCH KEY saturn OFFSET 9995 K 10"),
+               "ERR OFFSET 9995 + K 10 is past the deepest result");
+  expect_error(hcmd(c, "SEARCH KEY saturn GROUPBY nosuch"),
+               "ERR GROUPBY 'nosuch' is not a declared field");
+  expect_error(hcmd(c, "SEARCH KEY saturn GROUPBY cat PER 0"),
+               "ERR PER must be an integer");
+  expect_error(hcmd(c, "SEARCH KEY saturn GROUPBY cat COLLAPSE 0.5"),
+               "ERR GROUPBY and COLLAPSE cannot be combined");
+  expect_error(hcmd(c, "SEARCH TEXT x MINSCORE 0.2 HYBRID x"),
+               "ERR MINSCORE is a cosine");
+  expect_error(hcmd(c, "SEARCH KEY saturn PER 2"),
+               "ERR syntax error near 'PER'");
   /* Hybrid fuses BM25 over captions: a well-formed ranking of k items. */
   r = hcmd(c, "SEARCH TEXT %s K 3 HYBRID %s WEIGHT 0.5", "planet",
            "ringed planet");

@@ -243,29 +243,34 @@ static void test_grad_attention_causal(void **state) {
 /* ---- activations ------------------------------------------------------ */
 
 typedef struct {
-  int quick;
+  int act; /* vlm__act */
   int64_t n;
   double *inp, *out, *R;
 } act_ctx;
 
 static double act_loss(void *p) {
   act_ctx *c = p;
-  vlm__tk_act_forward_f64(NULL, c->out, c->inp, c->n, c->quick);
+  vlm__tk_act_forward_f64(NULL, c->out, c->inp, c->n, c->act);
   return dot(c->out, c->R, (size_t)c->n);
 }
 
-static void act_case(int quick) {
-  act_ctx c = {.quick = quick, .n = 40};
+static void act_case(int act) {
+  static const char *const names[3] = {"gelu", "quick_gelu",
+                                       "gelu_pytorch_tanh"};
+  act_ctx c = {.act = act, .n = 40};
   c.inp = drand_array(40, 2);
   c.out = drand_array(40, 0);
   c.R = drand_array(40, 1);
   double *dinp = drand_array(40, 0);
-  vlm__tk_act_backward_f64(NULL, dinp, c.inp, c.R, 40, quick);
-  gradcheck(quick ? "quick_gelu" : "gelu", act_loss, &c, c.inp, dinp, 40, TOL);
-  /* values: quick_gelu(1) = 1 / (1 + e^-1.702), gelu(1) = 0.841344746 */
+  vlm__tk_act_backward_f64(NULL, dinp, c.inp, c.R, 40, act);
+  gradcheck(names[act], act_loss, &c, c.inp, dinp, 40, TOL);
+  /* values: quick_gelu(1) = 1 / (1 + e^-1.702), gelu(1) = 0.841344746,
+   * the tanh form by its definition */
   double one = 1, y;
-  vlm__tk_act_forward_f64(NULL, &y, &one, 1, quick);
-  double want = quick ? 1 / (1 + exp(-1.702)) : 0.8413447460685429;
+  vlm__tk_act_forward_f64(NULL, &y, &one, 1, act);
+  double want = act == 1   ? 1 / (1 + exp(-1.702))
+                : act == 2 ? 0.5 * (1 + tanh(sqrt(2 / M_PI) * 1.044715))
+                           : 0.8413447460685429;
   if (fabs(y - want) > 1e-12) {
     print_error("act(1) = %.12f, want %.12f\n", y, want);
     fail();
@@ -281,6 +286,11 @@ static void test_grad_gelu(void **state) {
 static void test_grad_quick_gelu(void **state) {
   (void)state;
   act_case(1);
+}
+
+static void test_grad_gelu_tanh(void **state) {
+  (void)state;
+  act_case(2);
 }
 
 /* ---- embeddings ------------------------------------------------------- */
@@ -356,7 +366,8 @@ static void test_grad_vision_embed(void **state) {
   c.R = drand_array(3 * 5 * 4, 1);
   double *dpatch = drand_array(48, 0), *dcls = drand_array(4, 0),
          *dpos = drand_array(20, 0);
-  vlm__tk_vision_embed_backward_f64(NULL, dpatch, dcls, dpos, c.R, 3, 5, 4);
+  vlm__tk_vision_embed_backward_f64(NULL, dpatch, dcls, dpos, c.R, 3, 5, 4,
+                                    1);
   gradcheck("vision embed dpatch", ve_loss, &c, c.patch, dpatch, 48, TOL);
   gradcheck("vision embed dcls", ve_loss, &c, c.cls, dcls, 4, TOL);
   gradcheck("vision embed dpos", ve_loss, &c, c.pos, dpos, 20, TOL);
@@ -472,6 +483,161 @@ static void test_grad_clip_loss(void **state) {
   free(c.img); free(c.txt); free(c.pr); free(c.pc); free(dimg); free(dtxt);
 }
 
+/* ---- SigLIP's and Chinese-CLIP's kernels ------------------------------ */
+
+/* A row added to every row: SigLIP's patch bias, BERT's token type 0. */
+typedef struct {
+  int N, C;
+  double *base, *row, *out, *R;
+} row_ctx;
+
+static double row_loss(void *p) {
+  row_ctx *c = p;
+  memcpy(c->out, c->base, sizeof(double) * c->N * c->C);
+  vlm__tk_add_row_forward_f64(NULL, c->out, c->row, c->N, c->C);
+  return dot(c->out, c->R, (size_t)c->N * c->C);
+}
+
+static void test_grad_add_row(void **state) {
+  (void)state;
+  row_ctx c = {.N = 5, .C = 4};
+  c.base = drand_array(20, 1);
+  c.row = drand_array(4, 1);
+  c.out = drand_array(20, 0);
+  c.R = drand_array(20, 1);
+  row_loss(&c);
+  for (int n = 0; n < 5; n++)
+    for (int i = 0; i < 4; i++)
+      assert_true(c.out[n * 4 + i] == c.base[n * 4 + i] + c.row[i]);
+  double *drow = drand_array(4, 0);
+  vlm__tk_add_row_backward_f64(NULL, drow, c.R, 5, 4);
+  gradcheck("row added to every row (token type, patch bias)", row_loss, &c,
+            c.row, drow, 4, TOL);
+  free(c.base); free(c.row); free(c.out); free(c.R); free(drow);
+}
+
+static double ve_nocls_loss(void *p) {
+  ve_ctx *c = p;
+  vlm__tk_vision_embed_forward_f64(NULL, c->out, c->patch, NULL, c->pos, c->B,
+                                   c->T, c->C);
+  return dot(c->out, c->R, (size_t)c->B * c->T * c->C);
+}
+
+/* SigLIP's embeddings: patches + positions, no class token. */
+static void test_grad_vision_embed_no_class(void **state) {
+  (void)state;
+  ve_ctx c = {.B = 3, .T = 4, .C = 4};
+  c.patch = drand_array(48, 1);
+  c.pos = drand_array(16, 1);
+  c.out = drand_array(48, 0);
+  c.R = drand_array(48, 1);
+  ve_nocls_loss(&c);
+  assert_true(c.out[(1 * 4 + 2) * 4 + 3] ==
+              c.patch[(1 * 4 + 2) * 4 + 3] + c.pos[2 * 4 + 3]);
+  double *dpatch = drand_array(48, 0), *dpos = drand_array(16, 0);
+  vlm__tk_vision_embed_backward_f64(NULL, dpatch, NULL, dpos, c.R, 3, 4, 4, 0);
+  gradcheck("vision embed (no class) dpatch", ve_nocls_loss, &c, c.patch,
+            dpatch, 48, TOL);
+  gradcheck("vision embed (no class) dpos", ve_nocls_loss, &c, c.pos, dpos, 16,
+            TOL);
+  free(c.patch); free(c.pos); free(c.out); free(c.R); free(dpatch);
+  free(dpos);
+}
+
+typedef struct {
+  int B, T, C, H;
+  double *q, *kv, *out, *probs, *R;
+} map_ctx;
+
+static double map_loss(void *p) {
+  map_ctx *c = p;
+  vlm__tk_map_attention_forward_f64(NULL, c->out, c->probs, c->q, c->kv, c->B,
+                                    c->T, c->C, c->H);
+  return dot(c->out, c->R, (size_t)c->B * c->C);
+}
+
+/* SigLIP's attention pooling: one query over each image's rows. */
+static void test_grad_map_attention(void **state) {
+  (void)state;
+  enum { B = 3, T = 5, C = 6, H = 2, hd = C / H };
+  map_ctx c = {.B = B, .T = T, .C = C, .H = H};
+  c.q = drand_array(C, 1);
+  c.kv = drand_array(B * T * 2 * C, 1);
+  c.out = drand_array(B * C, 0);
+  c.probs = drand_array(B * H * T, 0);
+  c.R = drand_array(B * C, 1);
+  map_loss(&c);
+  /* oracle: softmax(q.k / sqrt(hd)) v per image and head, directly */
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      double w[T], sum = 0;
+      for (int j = 0; j < T; j++) {
+        w[j] = exp(dot(c.q + h * hd, c.kv + (b * T + j) * 2 * C + h * hd, hd) /
+                   sqrt(hd));
+        sum += w[j];
+      }
+      for (int i = 0; i < hd; i++) {
+        double o = 0;
+        for (int j = 0; j < T; j++)
+          o += w[j] / sum * c.kv[(b * T + j) * 2 * C + C + h * hd + i];
+        assert_true(fabs(o - c.out[b * C + h * hd + i]) < 1e-12);
+      }
+    }
+  double *dq = drand_array(C, 0), *dkv = drand_array(B * T * 2 * C, 0);
+  vlm__tk_map_attention_backward_f64(NULL, dq, dkv, c.R, c.q, c.kv, c.probs, B,
+                                     T, C, H);
+  gradcheck("attention pooling dq", map_loss, &c, c.q, dq, C, TOL);
+  gradcheck("attention pooling dkv", map_loss, &c, c.kv, dkv, B * T * 2 * C,
+            TOL);
+  free(c.q); free(c.kv); free(c.out); free(c.probs); free(c.R); free(dq);
+  free(dkv);
+}
+
+typedef struct {
+  int B, D;
+  double *img, *txt, *logits, scale, bias;
+} sig_ctx;
+
+static double sig_loss(void *p) {
+  sig_ctx *c = p;
+  return vlm__tk_siglip_loss_forward_f64(c->logits, c->img, c->txt, c->scale,
+                                         c->bias, c->B, c->D);
+}
+
+/* SigLIP's sigmoid loss, logit_bias included, against its definition
+ * (transformers' SiglipModel: -sum log sigmoid(z * logits) / B). */
+static void test_grad_siglip_loss(void **state) {
+  (void)state;
+  sig_ctx c = {.B = 4, .D = 3, .scale = 1.7, .bias = -2.5};
+  c.img = drand_array(12, 0.6);
+  c.txt = drand_array(12, 0.6);
+  c.logits = drand_array(16, 0);
+  double loss = sig_loss(&c), want = 0;
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) {
+      double l = exp(c.scale) * dot(c.img + i * 3, c.txt + j * 3, 3) + c.bias;
+      double z = i == j ? 1 : -1;
+      want -= log(1 / (1 + exp(-z * l)));
+    }
+  want /= 4;
+  if (fabs(loss - want) > 1e-12) {
+    print_error("sigmoid loss %.15f, direct %.15f\n", loss, want);
+    fail();
+  }
+  double *dimg = drand_array(12, 0), *dtxt = drand_array(12, 0), ds = 0,
+         db = 0;
+  vlm__tk_siglip_loss_backward_f64(dimg, dtxt, &ds, &db, c.logits, c.img,
+                                   c.txt, c.scale, 4, 3);
+  gradcheck("sigmoid loss dimg", sig_loss, &c, c.img, dimg, 12, TOL);
+  gradcheck("sigmoid loss dtxt", sig_loss, &c, c.txt, dtxt, 12, TOL);
+  gradcheck("sigmoid loss dscale", sig_loss, &c, &c.scale, &ds, 1, TOL);
+  gradcheck("sigmoid loss dbias", sig_loss, &c, &c.bias, &db, 1, TOL);
+  /* large logits neither overflow nor lose the loss */
+  c.bias = 800;
+  assert_true(isfinite(sig_loss(&c)) && sig_loss(&c) > 100);
+  free(c.img); free(c.txt); free(c.logits); free(dimg); free(dtxt);
+}
+
 /* ---- float kernels agree with double ones ---------------------------- */
 
 static float *to_float(const double *d, size_t n) {
@@ -572,23 +738,24 @@ static double model_loss(void *p) {
   return vlm__tmodel_loss_f64(c->m);
 }
 
-/* Train-mode gradients of every tensor against finite differences. */
-static void model_case(int quick, int lora) {
-  vlm__clip_config cfg;
-  tiny_config(&cfg, quick);
+/* Train-mode gradients of every tensor against finite differences, for
+ * three texts ids[off[b] .. off[b] + len[b]). */
+static void model_check(const vlm__clip_config *cfg, int lora,
+                        const int32_t *ids, const int *off, const int *len,
+                        const char *label) {
   vlm__tlayout *L;
-  assert_int_equal(vlm__tlayout_create(&cfg, lora ? 2 : 0, 3.0f, &L), 0);
+  assert_int_equal(vlm__tlayout_create(cfg, lora ? 2 : 0, 3.0f, &L), 0);
   enum { B = 3 };
-  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10};
-  static const int off[B] = {0, 4, 6}, len[B] = {4, 2, 6};
+  int ntok = len[0] + len[1] + len[2];
   vlm__tmodel_f64 *m;
-  assert_int_equal(vlm__tmodel_create_f64(L, NULL, B, 12, 1, &m), 0);
+  assert_int_equal(vlm__tmodel_create_f64(L, NULL, B, ntok, 1, &m), 0);
   double *p = vlm__tmodel_params_f64(m);
   for (size_t i = 0; i < L->total; i++)
     p[i] = nrand() * 0.5;
   /* layer norm weights near 1 keep the towers well conditioned */
   for (int i = 0; i < L->nparams; i++)
-    if (strstr(L->params[i].name, "norm") &&
+    if ((strstr(L->params[i].name, "norm") ||
+         strstr(L->params[i].name, "Norm")) &&
         strstr(L->params[i].name, "weight"))
       for (size_t j = 0; j < L->params[i].numel; j++)
         p[L->params[i].offset + j] += 1;
@@ -598,7 +765,8 @@ static void model_case(int quick, int lora) {
     for (size_t i = 0; i < L->lora_total; i++)
       lp[i] = nrand() * 0.5;
   vlm__tmodel_freeze_base_f64(m, 0); /* check base and adapters together */
-  double *pixels = drand_array((size_t)B * 3 * 64, 1);
+  int S = cfg->image_size;
+  double *pixels = drand_array((size_t)B * 3 * S * S, 1);
   model_ctx c = {m, pixels, {B, ids, off, len}, B};
   double loss = model_loss(&c);
   assert_true(isfinite(loss) && loss > 0);
@@ -613,7 +781,8 @@ static void model_case(int quick, int lora) {
                            g + t->offset, t->numel, 1e-3);
     worst = fmax(worst, rel);
     zero += rel < 0;
-    key_bias += strstr(t->name, "k_proj.bias") != NULL;
+    key_bias += strstr(t->name, "k_proj.bias") != NULL ||
+                strstr(t->name, "self.key.bias") != NULL;
   }
   /* only the key biases have an identically zero gradient */
   assert_int_equal(zero, key_bias);
@@ -627,7 +796,7 @@ static void model_case(int quick, int lora) {
     }
   }
   print_message("whole model (%s%s): %d tensors, worst relative error %.2e\n",
-                quick ? "quick_gelu" : "gelu", lora ? ", LoRA" : "",
+                label, lora ? ", LoRA" : "",
                 L->nparams + (lora ? L->nlora : 0), worst);
   /* frozen base: base gradients stay zero, adapters still get theirs */
   if (lora) {
@@ -646,6 +815,72 @@ static void model_case(int quick, int lora) {
   free(pixels);
   vlm__tmodel_free_f64(m);
   vlm__tlayout_free(L);
+}
+
+static void model_case(int quick, int lora) {
+  vlm__clip_config cfg;
+  tiny_config(&cfg, quick);
+  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10};
+  static const int off[3] = {0, 4, 6}, len[3] = {4, 2, 6};
+  model_check(&cfg, lora, ids, off, len, quick ? "quick_gelu" : "gelu");
+}
+
+/* A tiny SigLIP: one width, tanh GELU, no class token, the attention-
+ * pooling head, unmasked texts of exactly context_length ids (padded with
+ * 1), the sigmoid loss with logit_bias. */
+static void siglip_model_case(int lora) {
+  vlm__clip_config cfg;
+  vlm__config_family_defaults(&cfg, VLM__FAMILY_SIGLIP);
+  cfg.vision_width = cfg.text_width = cfg.projection_dim = 8;
+  cfg.vision_layers = cfg.text_layers = 2;
+  cfg.vision_heads = cfg.text_heads = 2;
+  cfg.vision_mlp = 12;
+  cfg.text_mlp = 10;
+  cfg.image_size = 8;
+  cfg.patch_size = 4;
+  cfg.vocab_size = 11;
+  cfg.context_length = 5;
+  static const int32_t ids[] = {3, 4, 2, 1, 1, 7, 2, 1, 1, 1,
+                                5, 5, 6, 8, 2};
+  static const int off[3] = {0, 5, 10}, len[3] = {5, 5, 5};
+  model_check(&cfg, lora, ids, off, len, "SigLIP");
+}
+
+/* A tiny Chinese-CLIP: CLIP's vision tower, a BERT text tower (token
+ * types, embedding LayerNorm, post-LN blocks, erf GELU, [CLS] pooled). */
+static void chinese_clip_model_case(int lora) {
+  vlm__clip_config cfg;
+  tiny_config(&cfg, 1);
+  vlm__clip_config d;
+  vlm__config_family_defaults(&d, VLM__FAMILY_CHINESE_CLIP);
+  cfg.family = VLM__FAMILY_CHINESE_CLIP;
+  cfg.text_act = VLM__ACT_GELU;
+  cfg.text_eps = d.text_eps;
+  cfg.type_vocab_size = 2;
+  cfg.bos_id = cfg.eos_id = -1;
+  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10};
+  static const int off[3] = {0, 4, 6}, len[3] = {4, 2, 6};
+  model_check(&cfg, lora, ids, off, len, "Chinese-CLIP");
+}
+
+static void test_grad_model_siglip(void **state) {
+  (void)state;
+  siglip_model_case(0);
+}
+
+static void test_grad_model_siglip_lora(void **state) {
+  (void)state;
+  siglip_model_case(1);
+}
+
+static void test_grad_model_chinese_clip(void **state) {
+  (void)state;
+  chinese_clip_model_case(0);
+}
+
+static void test_grad_model_chinese_clip_lora(void **state) {
+  (void)state;
+  chinese_clip_model_case(1);
 }
 
 static void test_grad_model_quick_gelu(void **state) {
@@ -1469,6 +1704,451 @@ static void test_lora_exports_merged_weights(void **state) {
 
 /* `vlmdb train` from a catalog file: flags, outputs, F16 export that the
  * engine loads, training.json contents. */
+/* ---- SigLIP and Chinese-CLIP checkpoints ------------------------------ */
+
+/* The trainer's forward with a conformance fixture's weights gives the
+ * inference engine's embeddings (vlm_clip), images and texts. */
+static void forward_matches_engine(const char *dir) {
+  vlm_clip *clip = NULL;
+  int rc = vlm_clip_load(dir, NULL, &clip);
+  if (rc)
+    print_error("%s: %s\n", dir, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  vlm__clip_config cfg = *vlm__clip_get_config(clip);
+  vlm__tlayout *L;
+  assert_int_equal(vlm__tlayout_create(&cfg, 0, 0, &L), 0);
+  enum { N = 3 };
+  const char *texts[N] = {"a photo of a cat", "two dogs on a red sofa, 2024",
+                          "x"};
+  const char *files[N] = {"rgb.png", "photo_rgb.jpg", "wide.png"};
+  int ctx = cfg.context_length, S = cfg.image_size, D = cfg.projection_dim;
+  int32_t *ids = malloc(sizeof(int32_t) * N * ctx);
+  int off[N], len[N], pos = 0;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(vlm_clip_tokenize(clip, texts[i], ids + pos, ctx,
+                                       &len[i]), 0);
+    off[i] = pos;
+    pos += len[i];
+  }
+  vlm__tmodel_f32 *m;
+  assert_int_equal(vlm__tmodel_create_f32(L, NULL, N, pos, 0, &m), 0);
+  float *p = vlm__tmodel_params_f32(m);
+  for (int i = 0; i < L->nparams; i++) {
+    const vlm__tparam *t = &L->params[i];
+    int64_t numel = 0;
+    const float *src = vlm__clip_tensor(clip, t->name, &numel);
+    if (!src || (size_t)numel != t->numel)
+      print_error("%s: %s missing or of %lld elements\n", dir, t->name,
+                  (long long)numel);
+    assert_non_null(src);
+    assert_true((size_t)numel == t->numel);
+    memcpy(p + t->offset, src, sizeof(float) * t->numel);
+  }
+  size_t per = (size_t)3 * S * S;
+  float *pix = malloc(sizeof(float) * per * N);
+  float *a = malloc(sizeof(float) * N * D), *b = malloc(sizeof(float) * N * D);
+  for (int i = 0; i < N; i++) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+    assert_int_equal(vlm_clip_preprocess_file(clip, path, pix + per * i), 0);
+  }
+  double worst = 1;
+  vlm__tmodel_images_f32(m, pix, N, a);
+  assert_int_equal(vlm_clip_encode_pixels(clip, pix, N, 0, b), 0);
+  for (int i = 0; i < N; i++)
+    worst = fmin(worst, cosine(a + i * D, b + i * D, D));
+  vlm__ttexts tx = {N, ids, off, len};
+  vlm__tmodel_texts_f32(m, &tx, a);
+  assert_int_equal(vlm_clip_encode_texts(clip, texts, N, 0, b), 0);
+  for (int i = 0; i < N; i++)
+    worst = fmin(worst, cosine(a + i * D, b + i * D, D));
+  print_message("%s: trainer forward vs engine, worst cosine %.8f\n",
+                vlm_clip_family(clip), worst);
+  assert_true(worst >= 0.99999);
+  free(ids); free(pix); free(a); free(b);
+  vlm__tmodel_free_f32(m);
+  vlm__tlayout_free(L);
+  vlm_clip_free(clip);
+}
+
+static void test_forward_matches_engine_siglip(void **state) {
+  (void)state;
+  forward_matches_engine("tests/fixtures/siglip-tiny");
+}
+
+static void test_forward_matches_engine_chinese_clip(void **state) {
+  (void)state;
+  forward_matches_engine("tests/fixtures/chinese-clip-tiny");
+}
+
+/* train_loss of metrics.csv's first and last rows. */
+static void metrics_first_last(const char *dir, double *first, double *last,
+                               int *rows) {
+  char path[512], line[1024];
+  snprintf(path, sizeof path, "%s/metrics.csv", dir);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  *rows = 0;
+  long long epoch, step;
+  double loss;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "%lld,%lld,%lf", &epoch, &step, &loss) == 3) {
+      if (!(*rows)++)
+        *first = loss;
+      *last = loss;
+    }
+  fclose(f);
+}
+
+static void family_options(vlm_train_options *o, const char *fixture,
+                           const char *out) {
+  base_options(o, out);
+  o->config_path = NULL;
+  o->tokenizer_dir = NULL; /* the initial model's */
+  o->init_dir = fixture;
+  o->lr = 1e-3f;
+  o->warmup_steps = 3;
+  o->f16 = 0;
+}
+
+/* Fine-tuning a family's checkpoint on the synthetic set: the loss falls,
+ * the export (with its tokenizer) loads as the same family and gives the
+ * embeddings of the trainer's last evaluation, which differ from the
+ * initial model's; then LoRA with --save-adapters: PEFT names of the
+ * family's modules, merged weights that load. */
+static void family_train_case(const char *fixture, const char *family,
+                              const char *const *tok_files,
+                              const char *adapter_name,
+                              const char *target_probe) {
+  char out[300], path[512];
+  snprintf(out, sizeof out, "%s/%s-ft", S->dir, family);
+  vlm_train_options o;
+  family_options(&o, fixture, out);
+  o.max_steps = 30; /* one step per epoch: one metrics row per step */
+  o.val_items = S->items;
+  o.n_val = NPAIRS;
+  vlm_train_result res;
+  int rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("train %s: %s\n", family, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  double first = 0, last = 0;
+  int rows = 0;
+  metrics_first_last(out, &first, &last, &rows);
+  print_message("%s: loss %.4f -> %.4f over %d steps; R@1 i2t %.3f t2i "
+                "%.3f\n",
+                family, first, last, rows, res.recall.i2t[0],
+                res.recall.t2i[0]);
+  assert_int_equal(rows, 30);
+  assert_true(last < 0.8 * first);
+  for (int i = 0; tok_files[i]; i++) {
+    snprintf(path, sizeof path, "%s/%s", out, tok_files[i]);
+    assert_true(vlm__train_file_exists(path));
+  }
+  vlm_clip *trained = NULL, *init = NULL;
+  rc = vlm_clip_load(out, NULL, &trained);
+  if (rc)
+    print_error("load %s: %s\n", out, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  assert_string_equal(vlm_clip_family(trained), family);
+  assert_int_equal(vlm_clip_load(fixture, NULL, &init), 0);
+  int D = vlm_clip_dim(trained);
+  assert_int_equal(D, res.dim);
+  const char *paths[NPAIRS], *texts[NPAIRS];
+  for (int i = 0; i < NPAIRS; i++) {
+    paths[i] = S->items[res.eval_index[i]].image;
+    texts[i] = S->items[res.eval_index[i]].text;
+  }
+  float *img = malloc(sizeof(float) * NPAIRS * D);
+  float *txt = malloc(sizeof(float) * NPAIRS * D);
+  float *img0 = malloc(sizeof(float) * NPAIRS * D);
+  float *txt0 = malloc(sizeof(float) * NPAIRS * D);
+  assert_int_equal(vlm_clip_encode_images(trained, paths, NPAIRS, 0, img), 0);
+  assert_int_equal(vlm_clip_encode_texts(trained, texts, NPAIRS, 0, txt), 0);
+  assert_int_equal(vlm_clip_encode_images(init, paths, NPAIRS, 0, img0), 0);
+  assert_int_equal(vlm_clip_encode_texts(init, texts, NPAIRS, 0, txt0), 0);
+  double worst = 1, moved = 1;
+  for (int i = 0; i < NPAIRS; i++) {
+    worst = fmin(worst, cosine(img + i * D, res.image_emb + i * D, D));
+    worst = fmin(worst, cosine(txt + i * D, res.text_emb + i * D, D));
+    moved = fmin(moved, cosine(img + i * D, img0 + i * D, D));
+    moved = fmin(moved, cosine(txt + i * D, txt0 + i * D, D));
+  }
+  print_message("%s: export vs trainer worst cosine %.8f; vs the initial "
+                "model %.4f\n",
+                family, worst, moved);
+  assert_true(worst >= 0.99999);
+  assert_true(moved < 0.999);
+  vlm_clip_free(trained);
+  vlm_train_result_free(&res);
+
+  /* LoRA */
+  snprintf(out, sizeof out, "%s/%s-lora", S->dir, family);
+  family_options(&o, fixture, out);
+  o.max_steps = 4;
+  o.lora_rank = 2;
+  o.save_adapters = 1;
+  /* one held-out caption longer than any limit: the trainer cuts it
+   * where the engine does (Chinese-CLIP: the tokenizer's
+   * model_max_length, below the context) */
+  vlm_train_item val[NPAIRS];
+  memcpy(val, S->items, sizeof val);
+  char long_text[1200] = "";
+  for (int i = 0; i < 40; i++)
+    strcat(long_text, i % 2 ? "a blue square, " : "a red circle and ");
+  val[0].text = long_text;
+  o.val_items = val;
+  o.n_val = NPAIRS;
+  rc = vlm_train_run(&o, &res);
+  if (rc)
+    print_error("LoRA %s: %s\n", family, vlm_errmsg());
+  assert_int_equal(rc, 0);
+  snprintf(path, sizeof path, "%s/adapter_model.safetensors", out);
+  vlm__safetensors *st = NULL;
+  assert_int_equal(vlm__st_open(path, &st), 0);
+  if (!vlm__st_find(st, adapter_name))
+    print_error("%s: no %s\n", path, adapter_name);
+  assert_non_null(vlm__st_find(st, adapter_name));
+  /* every adapter pairs A and B under the base model's module names */
+  int n_a = 0, n_b = 0;
+  for (int i = 0; i < st->n_tensors; i++) {
+    const char *n = st->tensors[i].name;
+    assert_true(!strncmp(n, "base_model.model.", 17));
+    n_a += strstr(n, ".lora_A.weight") != NULL;
+    n_b += strstr(n, ".lora_B.weight") != NULL;
+  }
+  assert_true(n_a == n_b && n_a == 6 * 4); /* 6 modules, 2 + 2 layers */
+  vlm__st_close(st);
+  snprintf(path, sizeof path, "%s/adapter_config.json", out);
+  uint8_t *cfg_text = NULL;
+  size_t cfg_len = 0;
+  assert_int_equal(read_file_all(path, &cfg_text, &cfg_len), 0);
+  cfg_text[cfg_len] = '\0';
+  if (!strstr((char *)cfg_text, target_probe))
+    print_error("%s lacks %s:\n%s\n", path, target_probe, (char *)cfg_text);
+  assert_non_null(strstr((char *)cfg_text, target_probe));
+  free(cfg_text);
+  rc = vlm_clip_load(out, NULL, &trained);
+  assert_int_equal(rc, 0);
+  for (int i = 0; i < NPAIRS; i++) {
+    paths[i] = val[res.eval_index[i]].image;
+    texts[i] = val[res.eval_index[i]].text;
+  }
+  assert_int_equal(vlm_clip_encode_images(trained, paths, NPAIRS, 0, img), 0);
+  assert_int_equal(vlm_clip_encode_texts(trained, texts, NPAIRS, 0, txt), 0);
+  worst = 1;
+  for (int i = 0; i < NPAIRS; i++) {
+    worst = fmin(worst, cosine(img + i * D, res.image_emb + i * D, D));
+    worst = fmin(worst, cosine(txt + i * D, res.text_emb + i * D, D));
+  }
+  assert_true(worst >= 0.99999);
+  vlm_clip_free(trained);
+  vlm_clip_free(init);
+  vlm_train_result_free(&res);
+  free(img); free(txt); free(img0); free(txt0);
+}
+
+static void test_train_siglip(void **state) {
+  (void)state;
+  static const char *const files[] = {"spiece.model", "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "preprocessor_config.json", NULL};
+  family_train_case(
+      "tests/fixtures/siglip-tiny", "siglip", files,
+      "base_model.model.text_model.encoder.layers.1.self_attn.q_proj.lora_A."
+      "weight",
+      "encoder\\\\.layers");
+}
+
+static void test_train_chinese_clip(void **state) {
+  (void)state;
+  static const char *const files[] = {"vocab.txt", "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "preprocessor_config.json", NULL};
+  family_train_case(
+      "tests/fixtures/chinese-clip-tiny", "chinese_clip", files,
+      "base_model.model.text_model.encoder.layer.1.attention.output.dense."
+      "lora_B.weight",
+      "\"dense\"");
+}
+
+/* A SigLIP run stopped after its first step and resumed ends bit-for-bit
+ * where the uninterrupted run does (two compute threads). */
+static void test_resume_siglip(void **state) {
+  (void)state;
+  char a[300], b[300], pa[400], pb[400];
+  snprintf(a, sizeof a, "%s/siglip-straight", S->dir);
+  snprintf(b, sizeof b, "%s/siglip-resumed", S->dir);
+  vlm_train_options o;
+  family_options(&o, "tests/fixtures/siglip-tiny", a);
+  o.max_steps = 8;
+  o.batch = 8; /* three steps per epoch: the run crosses reshuffles */
+  o.threads = 2;
+  o.checkpoint_every = 3;
+  vlm_train_result ra, rb;
+  assert_int_equal(vlm_train_run(&o, &ra), 0);
+  o.out_dir = b;
+  volatile int stop = 1;
+  o.stop = &stop;
+  assert_int_equal(vlm_train_run(&o, &rb), VLM_EINTR);
+  assert_int_equal(rb.steps, 1);
+  vlm_train_result_free(&rb);
+  stop = 0;
+  o.resume = 1;
+  o.init_dir = NULL; /* the checkpoint holds everything */
+  int rc = vlm_train_run(&o, &rb);
+  if (rc)
+    print_error("resume: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  assert_int_equal(rb.steps, 8);
+  snprintf(pa, sizeof pa, "%s/checkpoint/state.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/checkpoint/state.safetensors", b);
+  assert_true(same_file(pa, pb));
+  snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+  assert_true(same_file(pa, pb));
+  vlm_train_result_free(&ra);
+  vlm_train_result_free(&rb);
+}
+
+/* From a config.json of each family: a SiglipModel and a
+ * ChineseCLIPModel geometry train from scratch with the family's
+ * tokenizer, start from the family's initialization (SigLIP's
+ * logit_scale log 10 and logit_bias -10) and export a model of that
+ * family. */
+static void test_train_families_from_scratch(void **state) {
+  (void)state;
+  static const char siglip_json[] =
+      "{\"model_type\": \"siglip\",\n"
+      " \"text_config\": {\"vocab_size\": 4000, \"hidden_size\": 32,\n"
+      "   \"intermediate_size\": 64, \"num_hidden_layers\": 1,\n"
+      "   \"num_attention_heads\": 2, \"max_position_embeddings\": 16},\n"
+      " \"vision_config\": {\"hidden_size\": 32, \"intermediate_size\": 64,\n"
+      "   \"num_hidden_layers\": 1, \"num_attention_heads\": 2,\n"
+      "   \"image_size\": 16, \"patch_size\": 8}}\n";
+  static const char cc_json[] =
+      "{\"model_type\": \"chinese_clip\", \"projection_dim\": 24,\n"
+      " \"text_config\": {\"vocab_size\": 5361, \"hidden_size\": 32,\n"
+      "   \"intermediate_size\": 64, \"num_hidden_layers\": 1,\n"
+      "   \"num_attention_heads\": 2, \"max_position_embeddings\": 24},\n"
+      " \"vision_config\": {\"hidden_size\": 32, \"intermediate_size\": 64,\n"
+      "   \"num_hidden_layers\": 1, \"num_attention_heads\": 2,\n"
+      "   \"image_size\": 16, \"patch_size\": 8}}\n";
+  /* SigLIP 2 (fixed resolution) is a SiglipModel with Gemma's tokenizer */
+  static const struct {
+    const char *name, *json, *tok, *tok_file;
+  } cases[3] = {
+      {"siglip", siglip_json, "tests/fixtures/siglip-tiny", "spiece.model"},
+      {"chinese_clip", cc_json, "tests/fixtures/chinese-clip-tiny",
+       "vocab.txt"},
+      {"siglip", siglip_json, "tests/fixtures/gemma-tiny", "tokenizer.model"}};
+  for (int k = 0; k < 3; k++) {
+    char cfg[300], out[300];
+    snprintf(cfg, sizeof cfg, "%s/%s-config.json", S->dir, cases[k].name);
+    snprintf(out, sizeof out, "%s/%s-scratch-%d", S->dir, cases[k].name, k);
+    write_text(cfg, cases[k].json);
+    vlm_train_options o;
+    base_options(&o, out);
+    o.config_path = cfg;
+    o.tokenizer_dir = cases[k].tok;
+    o.max_steps = 1;
+    o.lr = 1e-12f; /* the export is the initialization */
+    o.warmup_steps = 0;
+    o.f16 = 0;
+    vlm_train_result res;
+    int rc = vlm_train_run(&o, &res);
+    if (rc)
+      print_error("%s from scratch: %s\n", cases[k].name, vlm_errmsg());
+    assert_int_equal(rc, 0);
+    assert_true(isfinite(res.loss) && res.loss > 0);
+    vlm_train_result_free(&res);
+    vlm_clip *clip = NULL;
+    rc = vlm_clip_load(out, NULL, &clip);
+    if (rc)
+      print_error("load %s: %s\n", out, vlm_errmsg());
+    assert_int_equal(rc, 0);
+    assert_string_equal(vlm_clip_family(clip), cases[k].name);
+    char tok[512];
+    snprintf(tok, sizeof tok, "%s/%s", out, cases[k].tok_file);
+    assert_true(vlm__train_file_exists(tok));
+    if (k != 1) {
+      assert_int_equal(vlm_clip_dim(clip), 32);
+      assert_true(fabs(vlm_clip_logit_scale(clip) - log(10.0)) < 1e-5);
+      assert_true(fabs(vlm_clip_logit_bias(clip) + 10) < 1e-5);
+    } else {
+      assert_int_equal(vlm_clip_dim(clip), 24);
+      assert_true(fabs(vlm_clip_logit_scale(clip) - 2.6592) < 1e-5);
+    }
+    /* the encoders run on the exported tokenizer and weights */
+    const char *text = "a red circle";
+    float *e = malloc(sizeof(float) * vlm_clip_dim(clip));
+    assert_int_equal(vlm_clip_encode_texts(clip, &text, 1, 0, e), 0);
+    assert_int_equal(
+        vlm_clip_encode_images(clip, (const char *const *)&S->items[0].image,
+                               1, 0, e),
+        0);
+    free(e);
+    vlm_clip_free(clip);
+  }
+}
+
+/* `vlmdb train` on a SigLIP checkpoint with LoRA, stopped by
+ * --stop-after and resumed without --init (the tokenizer comes from the
+ * output directory). */
+static void test_cli_train_siglip(void **state) {
+  (void)state;
+  char out[300];
+  snprintf(out, sizeof out, "%s/cli-siglip", S->dir);
+  char *argv[] = {"train", "--catalog", S->catalog, "--out", out, "--init",
+                  "tests/fixtures/siglip-tiny", "--lora", "2",
+                  "--save-adapters", "--max-steps", "4", "--batch", "8",
+                  "--val-fraction", "0.25", "--threads", "2", "--stop-after",
+                  "2", "--quiet", NULL};
+  int argc = (int)(sizeof argv / sizeof argv[0]) - 1;
+  assert_int_equal(cmd_train(argc, argv), 0);
+  char *resume_argv[] = {"train", "--catalog", S->catalog, "--out", out,
+                         "--resume", "--val-fraction", "0.25", "--threads",
+                         "2", "--quiet", NULL};
+  assert_int_equal(
+      cmd_train((int)(sizeof resume_argv / sizeof resume_argv[0]) - 1,
+                resume_argv),
+      0);
+  char path[512];
+  snprintf(path, sizeof path, "%s/training.json", out);
+  uint8_t *js;
+  size_t n;
+  assert_int_equal(read_file_all(path, &js, &n), 0);
+  js[n] = 0;
+  assert_non_null(strstr((char *)js, "\"steps\": 4"));
+  free(js);
+  vlm_clip *clip = NULL;
+  assert_int_equal(vlm_clip_load(out, NULL, &clip), 0);
+  assert_string_equal(vlm_clip_family(clip), "siglip");
+  vlm_clip_free(clip);
+}
+
+/* What cannot be trained is refused with a clear error. */
+static void test_refusals(void **state) {
+  (void)state;
+  char out[300];
+  snprintf(out, sizeof out, "%s/siglip-context", S->dir);
+  vlm_train_options o;
+  family_options(&o, "tests/fixtures/siglip-tiny", out);
+  o.max_steps = 1;
+  o.context_length = 80;
+  vlm_train_result res;
+  assert_int_equal(vlm_train_run(&o, &res), VLM_EUNSUPPORTED);
+  assert_non_null(strstr(vlm_errmsg(), "SigLIP"));
+  vlm_train_result_free(&res);
+  /* a CLIP tokenizer does not tokenize for a SigLIP model */
+  snprintf(out, sizeof out, "%s/siglip-tok", S->dir);
+  family_options(&o, "tests/fixtures/siglip-tiny", out);
+  o.max_steps = 1;
+  o.tokenizer_dir = "tests/fixtures/clip-tiny";
+  assert_true(vlm_train_run(&o, &res) != 0);
+  vlm_train_result_free(&res);
+}
+
 static void test_cli_train(void **state) {
   (void)state;
   char out[300], steps[16] = "6";
@@ -1591,15 +2271,24 @@ int main(void) {
       cmocka_unit_test(test_grad_attention_causal),
       cmocka_unit_test(test_grad_gelu),
       cmocka_unit_test(test_grad_quick_gelu),
+      cmocka_unit_test(test_grad_gelu_tanh),
       cmocka_unit_test(test_grad_patch_embed),
       cmocka_unit_test(test_grad_vision_embed),
       cmocka_unit_test(test_grad_text_embed),
       cmocka_unit_test(test_grad_l2norm),
       cmocka_unit_test(test_grad_clip_loss),
+      cmocka_unit_test(test_grad_add_row),
+      cmocka_unit_test(test_grad_vision_embed_no_class),
+      cmocka_unit_test(test_grad_map_attention),
+      cmocka_unit_test(test_grad_siglip_loss),
       cmocka_unit_test(test_float_matches_double),
       cmocka_unit_test(test_grad_model_quick_gelu),
       cmocka_unit_test(test_grad_model_gelu),
       cmocka_unit_test(test_grad_model_lora),
+      cmocka_unit_test(test_grad_model_siglip),
+      cmocka_unit_test(test_grad_model_siglip_lora),
+      cmocka_unit_test(test_grad_model_chinese_clip),
+      cmocka_unit_test(test_grad_model_chinese_clip_lora),
       cmocka_unit_test(test_f16_matches_compiler),
   };
   const struct CMUnitTest training[] = {
@@ -1612,6 +2301,14 @@ int main(void) {
       cmocka_unit_test(test_context_growth),
       cmocka_unit_test(test_trainer_reads_configs_as_the_engine),
       cmocka_unit_test(test_cli_train),
+      cmocka_unit_test(test_forward_matches_engine_siglip),
+      cmocka_unit_test(test_forward_matches_engine_chinese_clip),
+      cmocka_unit_test(test_train_siglip),
+      cmocka_unit_test(test_train_chinese_clip),
+      cmocka_unit_test(test_resume_siglip),
+      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_train_families_from_scratch),
+      cmocka_unit_test(test_cli_train_siglip),
   };
   int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);
   failed += cmocka_run_group_tests_name("training", training, synth_setup,

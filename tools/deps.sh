@@ -1,28 +1,37 @@
 #!/bin/sh
 # Install the Debian packages vlmdb needs, if any are missing.
-# Usage: tools/deps.sh [build|data]   (build: compile and test; data: also
-# the sources of the catalogs `make data` and `make demo` build;
-# data-next is the same as data).
+# Usage: tools/deps.sh [build|data|cluster]   (build: compile and test;
+# data: also the sources of the catalogs `make data` and `make demo` build;
+# data-next is the same as data; cluster: also Slurm and MUNGE for `make
+# test-cluster`).
 set -eu
 
+# (chromium and npm: make test-web, the web console in a real browser)
 BUILD_PKGS="build-essential pkg-config clang libfaiss-dev liblmdb-dev lmdb-utils
 libsqlite3-dev libuv1-dev libcmocka-dev libopenblas-dev libhiredis-dev
 redis-tools redis-server libjpeg62-turbo-dev libpng-dev libutf8proc-dev
 libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis
 libxxhash-dev libsentencepiece-dev libwebp-dev libgif-dev libtiff-dev
-libheif-dev"
+libheif-dev libhttp-parser-dev prometheus chromium npm"
 # the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
 # emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, the
 # WordNet/FreeDict caption variants, EmojiOne (ruby-gemojione), art4apps
 # (inside pysiogame) and qABCs
 DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist
 fonts-noto-color-emoji unicode-cldr-core python3-fonttools
-tuxpaint-stamps-default librsvg2-bin npm wordnet-base dict-freedict-eng-deu
+tuxpaint-stamps-default librsvg2-bin wordnet-base dict-freedict-eng-deu
 dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
 dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
 
+# `make test-cluster`: a Slurm controller and two slurmd nodes on this host
+# (tools/slurm/test-cluster.sh), authenticated by MUNGE
+CLUSTER_PKGS="slurmctld slurmd slurm-client munge"
+
 pkgs=$BUILD_PKGS
-case ${1:-build} in data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;; esac
+case ${1:-build} in
+  data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;;
+  cluster) pkgs="$BUILD_PKGS $CLUSTER_PKGS" ;;
+esac
 
 missing=""
 for p in $pkgs; do

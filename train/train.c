@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tokenizer_spm.h"
+#include "tokenizer_wp.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
 
@@ -90,48 +92,155 @@ static double rng_normal(rng *r) {
   return sqrt(-2 * log(1 - u)) * cos(6.283185307179586 * v);
 }
 
+/* A standard normal truncated to [-2, 2], as torch's trunc_normal_tf_. */
+static double rng_trunc_normal(rng *r) {
+  for (;;) {
+    double z = rng_normal(r);
+    if (z >= -2 && z <= 2)
+      return z;
+  }
+}
+
+typedef enum { INIT_FILL, INIT_NORMAL, INIT_UNIFORM, INIT_TRUNC } init_kind;
+
+static int is_norm(const char *n) {
+  return strstr(n, "layer_norm") || strstr(n, "layrnorm") ||
+         strstr(n, "layernorm") || strstr(n, "LayerNorm");
+}
+
 /* Hugging Face's CLIPPreTrainedModel._init_weights (factor 1), except the
- * text position embedding: std 0.01 as open_clip. */
+ * text position embedding: std 0.01 as open_clip.  Chinese-CLIP's vision
+ * tower and projections are CLIP's. */
+static void init_rule_clip(const vlm__clip_config *c, const vlm__tparam *t,
+                           init_kind *kind, double *a) {
+  const char *n = t->name;
+  int vision = !strncmp(n, "vision_model.", 13);
+  double C = vision ? c->vision_width : c->text_width;
+  double layers = vision ? c->vision_layers : c->text_layers;
+  double in_std = pow(C, -0.5) * pow(2 * (layers > 0 ? layers : 1), -0.5);
+  *kind = INIT_NORMAL;
+  if (is_norm(n)) {
+    *kind = INIT_FILL;
+    *a = strstr(n, ".weight") ? 1 : 0;
+  } else if (strstr(n, ".bias")) {
+    *kind = INIT_FILL;
+    *a = 0;
+  } else if (!strcmp(n, "logit_scale")) {
+    *kind = INIT_FILL;
+    *a = c->logit_scale;
+  } else if (strstr(n, "token_embedding")) {
+    *a = 0.02;
+  } else if (strstr(n, "position_embedding")) {
+    *a = vision ? 0.02 : 0.01;
+  } else if (strstr(n, "class_embedding")) {
+    *a = pow(C, -0.5);
+  } else if (strstr(n, "patch_embedding")) {
+    *a = 0.02;
+  } else if (strstr(n, "q_proj") || strstr(n, "k_proj") ||
+             strstr(n, "v_proj") || strstr(n, "fc2")) {
+    *a = in_std;
+  } else if (strstr(n, "out_proj")) {
+    *a = pow(C, -0.5);
+  } else if (strstr(n, "fc1")) {
+    *a = pow(2 * C, -0.5);
+  } else if (!strcmp(n, "visual_projection.weight")) {
+    *a = pow(c->vision_width, -0.5);
+  } else if (!strcmp(n, "text_projection.weight")) {
+    *a = pow(c->text_width, -0.5);
+  } else {
+    *kind = INIT_FILL;
+    *a = 0;
+  }
+}
+
+/* ChineseCLIPPreTrainedModel._init_weights: the BERT text tower's linear
+ * layers and embeddings N(0, initializer_range 0.02), biases 0; the rest
+ * as CLIP's. */
+static void init_rule_chinese_clip(const vlm__clip_config *c,
+                                   const vlm__tparam *t, init_kind *kind,
+                                   double *a) {
+  const char *n = t->name;
+  if (strncmp(n, "text_model.", 11) || is_norm(n)) {
+    init_rule_clip(c, t, kind, a);
+    return;
+  }
+  *kind = strstr(n, ".bias") ? INIT_FILL : INIT_NORMAL;
+  *a = strstr(n, ".bias") ? 0 : 0.02;
+}
+
+/* SiglipPreTrainedModel._init_weights (transformers 4.44.2): embeddings
+ * N(0, 1/width) (the vision positions) or flax's default (variance 1 /
+ * fan_in), attention and MLP weights xavier-uniform (MLP biases N(0,
+ * 1e-6)), the head's probe and in_proj xavier-uniform, other linear and
+ * convolution weights lecun-normal (truncated), norms 1 and 0.  The
+ * scalars start as the SigLIP paper's: logit_scale log 10, logit_bias -10
+ * (transformers' _init_weights has log 1 and 0, which leaves a model from
+ * scratch with a loss dominated by its negatives). */
+static void init_rule_siglip(const vlm__clip_config *c, const vlm__tparam *t,
+                             init_kind *kind, double *a) {
+  const char *n = t->name;
+  double fan_in = t->ndim >= 2 ? (double)t->shape[1] : 1;
+  for (int d = 2; d < t->ndim; d++)
+    fan_in *= (double)t->shape[d];
+  double fan_out = t->ndim >= 1 ? (double)t->shape[0] : 1;
+  for (int d = 2; d < t->ndim; d++)
+    fan_out *= (double)t->shape[d];
+  *kind = INIT_FILL;
+  *a = 0;
+  if (is_norm(n)) {
+    *a = strstr(n, ".weight") ? 1 : 0;
+  } else if (!strcmp(n, "logit_scale")) {
+    *a = log(10.0);
+  } else if (!strcmp(n, "logit_bias")) {
+    *a = -10;
+  } else if (!strcmp(n, "vision_model.embeddings.position_embedding.weight")) {
+    *kind = INIT_NORMAL;
+    *a = 1 / sqrt((double)c->vision_width);
+  } else if (!strncmp(n, "text_model.embeddings.", 22)) {
+    *kind = INIT_NORMAL;
+    *a = sqrt(1 / fan_in);
+  } else if (!strcmp(n, "vision_model.head.probe")) {
+    *kind = INIT_UNIFORM; /* [1, 1, C]: fan_in = fan_out = C */
+    *a = sqrt(6 / (2.0 * (double)t->shape[2]));
+  } else if (strstr(n, ".bias")) {
+    if (strstr(n, "mlp.fc")) {
+      *kind = INIT_NORMAL;
+      *a = 1e-6;
+    } /* else 0: attention, in_proj, patch, head biases */
+  } else if (strstr(n, "in_proj_weight") || strstr(n, "self_attn.") ||
+             strstr(n, "mlp.fc")) {
+    *kind = INIT_UNIFORM; /* xavier */
+    *a = sqrt(6 / (fan_in + fan_out));
+  } else {
+    /* patch embedding, the head's out_proj, text_model.head: lecun */
+    *kind = INIT_TRUNC;
+    *a = sqrt(1 / fan_in) / 0.87962566103423978;
+  }
+}
+
 static void init_scratch(const vlm__tlayout *L, float *p, uint64_t seed) {
   const vlm__clip_config *c = &L->cfg;
   for (int i = 0; i < L->nparams; i++) {
     const vlm__tparam *t = &L->params[i];
-    const char *n = t->name;
-    int vision = !strncmp(n, "vision_model.", 13);
-    double C = vision ? c->vision_width : c->text_width;
-    double layers = vision ? c->vision_layers : c->text_layers;
-    double in_std = pow(C, -0.5) * pow(2 * (layers > 0 ? layers : 1), -0.5);
-    double std = 0, fill = 0;
-    if (strstr(n, "layer_norm") || strstr(n, "layrnorm") ||
-        strstr(n, "layernorm")) {
-      fill = strstr(n, ".weight") ? 1 : 0;
-    } else if (strstr(n, ".bias")) {
-      fill = 0;
-    } else if (!strcmp(n, "logit_scale")) {
-      fill = c->logit_scale;
-    } else if (strstr(n, "token_embedding")) {
-      std = 0.02;
-    } else if (strstr(n, "position_embedding")) {
-      std = vision ? 0.02 : 0.01;
-    } else if (strstr(n, "class_embedding")) {
-      std = pow(C, -0.5);
-    } else if (strstr(n, "patch_embedding")) {
-      std = 0.02;
-    } else if (strstr(n, "q_proj") || strstr(n, "k_proj") ||
-               strstr(n, "v_proj") || strstr(n, "fc2")) {
-      std = in_std;
-    } else if (strstr(n, "out_proj")) {
-      std = pow(C, -0.5);
-    } else if (strstr(n, "fc1")) {
-      std = pow(2 * C, -0.5);
-    } else if (!strcmp(n, "visual_projection.weight")) {
-      std = pow(c->vision_width, -0.5);
-    } else if (!strcmp(n, "text_projection.weight")) {
-      std = pow(c->text_width, -0.5);
-    }
+    init_kind kind;
+    double a;
+    if (c->family == VLM__FAMILY_SIGLIP)
+      init_rule_siglip(c, t, &kind, &a);
+    else if (c->family == VLM__FAMILY_CHINESE_CLIP)
+      init_rule_chinese_clip(c, t, &kind, &a);
+    else
+      init_rule_clip(c, t, &kind, &a);
     rng r = {mix64(seed ^ mix64(0x696e6974ull + (uint64_t)i))};
-    for (size_t j = 0; j < t->numel; j++)
-      p[t->offset + j] = std > 0 ? (float)(rng_normal(&r) * std) : (float)fill;
+    for (size_t j = 0; j < t->numel; j++) {
+      double v = a;
+      if (kind == INIT_NORMAL)
+        v = rng_normal(&r) * a;
+      else if (kind == INIT_UNIFORM)
+        v = (2 * rng_uniform(&r) - 1) * a;
+      else if (kind == INIT_TRUNC)
+        v = rng_trunc_normal(&r) * a;
+      p[t->offset + j] = (float)v;
+    }
   }
 }
 
@@ -150,8 +259,9 @@ static void init_lora(const vlm__tlayout *L, float *p, uint64_t seed) {
 
 static int init_from_model(vlm__trainer *t, vlm_clip *clip) {
   float *p = vlm__tmodel_params_f32(t->m);
-  static const char text_pos[] =
-      "text_model.embeddings.position_embedding.weight";
+  const char *text_pos =
+      t->L->text_bert ? "text_model.embeddings.position_embeddings.weight"
+                      : "text_model.embeddings.position_embedding.weight";
   for (int i = 0; i < t->L->nparams; i++) {
     const vlm__tparam *tp = &t->L->params[i];
     int64_t numel = 0;
@@ -167,6 +277,10 @@ static int init_from_model(vlm__trainer *t, vlm_clip *clip) {
     }
     if (!src && !strcmp(tp->name, "logit_scale")) {
       p[tp->offset] = vlm__clip_get_config(clip)->logit_scale;
+      continue;
+    }
+    if (!src && !strcmp(tp->name, "logit_bias")) {
+      p[tp->offset] = vlm__clip_get_config(clip)->logit_bias;
       continue;
     }
     if (!src)
@@ -343,6 +457,8 @@ static void trainer_free(vlm__trainer *t) {
   vlm__tlayout_free(t->L);
   vlm__tpool_free(t->pool);
   vlm__tokenizer_free(t->tok);
+  vlm__spm_tok_free(t->spm);
+  vlm__wp_tok_free(t->wp);
   vlm__tdata_free(t->train);
   vlm__tdata_free(t->val);
   free(t->train_items);
@@ -379,6 +495,77 @@ static int check_options(const vlm_train_options *o) {
       o->jitter >= 1)
     return vlm_seterr(VLM_EINVAL, "an optimizer or augmentation option is "
                                   "out of range");
+  return 0;
+}
+
+/* The family's tokenizer, from --tokenizer, else the initial model, else
+ * (resuming) the output directory, where the export copied it:
+ * vocab.json + merges.txt (CLIP), spiece.model or tokenizer.model
+ * (SigLIP), vocab.txt (Chinese-CLIP). */
+static int load_tokenizer(vlm__trainer *t, int resuming) {
+  const vlm_train_options *o = &t->o;
+  const vlm__family fam = t->cfg.family;
+  const char *key = fam == VLM__FAMILY_SIGLIP         ? "spiece.model"
+                    : fam == VLM__FAMILY_CHINESE_CLIP ? "vocab.txt"
+                                                      : "vocab.json";
+  const char *td = o->tokenizer_dir;
+  char path[4200];
+  int rc, vocab;
+  if (!td && o->init_dir) {
+    vlm__train_join_path(path, sizeof path, o->init_dir, key);
+    int found = vlm__train_file_exists(path);
+    if (!found && fam == VLM__FAMILY_SIGLIP) { /* SigLIP 2: Gemma's */
+      vlm__train_join_path(path, sizeof path, o->init_dir, "tokenizer.model");
+      found = vlm__train_file_exists(path);
+    }
+    if (found)
+      td = o->init_dir;
+  }
+  if (!td && resuming)
+    td = o->out_dir;
+  if (!td)
+    return vlm_seterr(VLM_EINVAL, "no tokenizer: give a directory with %s",
+                      fam == VLM__FAMILY_SIGLIP
+                          ? "spiece.model or tokenizer.model"
+                      : fam == VLM__FAMILY_CHINESE_CLIP
+                          ? "vocab.txt"
+                          : "vocab.json and merges.txt");
+  snprintf(t->tok_dir, sizeof t->tok_dir, "%s", td);
+  if (fam == VLM__FAMILY_SIGLIP) {
+    if ((rc = vlm__spm_tok_load(td, &t->spm)))
+      return rc;
+    if (vlm__spm_tok_pad(t->spm) < 0)
+      return vlm_seterr(VLM_EUNSUPPORTED, "%s: the SentencePiece tokenizer "
+                        "names no pad token (SigLIP pads every text to %d "
+                        "ids)", td, t->cfg.context_length);
+    vocab = vlm__spm_tok_vocab_size(t->spm);
+  } else if (fam == VLM__FAMILY_CHINESE_CLIP) {
+    if ((rc = vlm__wp_tok_load(td, &t->wp)))
+      return rc;
+    vocab = vlm__wp_tok_vocab_size(t->wp);
+    /* the tokenizer's model_max_length limits texts, as vlm_clip_load
+     * reads it (the export copies tokenizer_config.json) */
+    vlm__train_join_path(path, sizeof path, td, "tokenizer_config.json");
+    json_t *tc = json_load_file(path, 0, NULL);
+    json_t *mx = tc ? json_object_get(tc, "model_max_length") : NULL;
+    if (json_is_integer(mx) && json_integer_value(mx) >= 3 &&
+        json_integer_value(mx) < 1 << 20)
+      t->text_max_len = (int)json_integer_value(mx);
+    json_decref(tc);
+  } else {
+    char merges[4200];
+    if ((rc = vlm__train_join_path(path, sizeof path, td, "vocab.json")) ||
+        (rc = vlm__train_join_path(merges, sizeof merges, td,
+                                   "merges.txt")) ||
+        (rc = vlm__tokenizer_load(path, merges, &t->tok)))
+      return rc;
+    vocab = vlm__tokenizer_vocab_size(t->tok);
+    t->cfg.bos_id = vlm__tokenizer_bos(t->tok);
+    t->cfg.eos_id = vlm__tokenizer_eos(t->tok);
+  }
+  if (vocab > t->cfg.vocab_size)
+    return vlm_seterr(VLM_EMISMATCH, "tokenizer has %d tokens, model %d",
+                      vocab, t->cfg.vocab_size);
   return 0;
 }
 
@@ -451,16 +638,14 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
     return vlm_seterr(VLM_EINVAL, "give an initial model (--init) or a "
                                   "geometry (--config)");
   }
-  /* The trainer's towers are CLIP's (causal text, class token, no
-   * SigLIP head or BERT layers, no tanh GELU). */
-  if (t->cfg.family != VLM__FAMILY_CLIP ||
-      t->cfg.text_act == VLM__ACT_GELU_TANH ||
-      t->cfg.vision_act == VLM__ACT_GELU_TANH) {
-    rc = vlm_seterr(VLM_EUNSUPPORTED, "training supports CLIP models only "
-                    "(this is a %s model%s)",
-                    vlm__family_name(t->cfg.family),
-                    t->cfg.family == VLM__FAMILY_CLIP
-                        ? " with gelu_pytorch_tanh" : "");
+  /* SigLIP's text tower reads exactly max_position_embeddings ids, the
+   * padding included, and pools the last: a longer context would change
+   * every text's input */
+  if (!resuming && t->cfg.family == VLM__FAMILY_SIGLIP &&
+      o->context_length > 0 && o->context_length != t->cfg.context_length) {
+    rc = vlm_seterr(VLM_EUNSUPPORTED, "--context: a SigLIP model reads "
+                    "exactly %d text positions (its texts are padded to "
+                    "them and pooled at the last)", t->cfg.context_length);
     goto fail;
   }
   if (!resuming && o->context_length > 0)
@@ -470,34 +655,8 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
     o->lora_alpha = 2.0f * (o->lora_rank > 0 ? o->lora_rank : 1);
   if (o->lr <= 0)
     o->lr = o->lora_rank > 0 ? 1e-4f : o->init_dir ? 1e-5f : 5e-4f;
-  /* tokenizer: given, else the initial model's, else the output's own */
-  const char *td = o->tokenizer_dir;
-  char vocab[4200];
-  if (!td && o->init_dir) {
-    vlm__train_join_path(vocab, sizeof vocab, o->init_dir, "vocab.json");
-    if (vlm__train_file_exists(vocab))
-      td = o->init_dir;
-  }
-  if (!td && resuming)
-    td = o->out_dir;
-  if (!td) {
-    rc = vlm_seterr(VLM_EINVAL, "no tokenizer: give a directory with "
-                                "vocab.json and merges.txt");
+  if ((rc = load_tokenizer(t, resuming)))
     goto fail;
-  }
-  snprintf(t->tok_dir, sizeof t->tok_dir, "%s", td);
-  char merges[4200];
-  if ((rc = vlm__train_join_path(vocab, sizeof vocab, td, "vocab.json")) ||
-      (rc = vlm__train_join_path(merges, sizeof merges, td, "merges.txt")) ||
-      (rc = vlm__tokenizer_load(vocab, merges, &t->tok)))
-    goto fail;
-  if (vlm__tokenizer_vocab_size(t->tok) > t->cfg.vocab_size) {
-    rc = vlm_seterr(VLM_EMISMATCH, "tokenizer has %d tokens, model %d",
-                    vlm__tokenizer_vocab_size(t->tok), t->cfg.vocab_size);
-    goto fail;
-  }
-  t->cfg.bos_id = vlm__tokenizer_bos(t->tok);
-  t->cfg.eos_id = vlm__tokenizer_eos(t->tok);
   /* compute */
   int threads =
       o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -525,6 +684,11 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
       .seed = o->seed,
       .context_length = t->cfg.context_length,
       .vocab_size = t->cfg.vocab_size,
+      .family = t->cfg.family,
+      .spm = t->spm,
+      .wp = t->wp,
+      .pad_id = t->spm ? vlm__spm_tok_pad(t->spm) : 0,
+      .wp_max_len = t->text_max_len,
       .log = o->log};
   memcpy(dc.mean, t->cfg.mean, sizeof dc.mean);
   memcpy(dc.std, t->cfg.std, sizeof dc.std);
@@ -818,8 +982,9 @@ int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res) {
         vlm__tmodel_step_flops(t.L, t.o.batch,
                                (int64_t)(tokens / n * t.o.batch)) / 1e9;
     say(&t,
-        "vlmdb train: %s, %lld steps of %d pairs (%d per epoch), lr %.3g, "
+        "vlmdb train: %s %s, %lld steps of %d pairs (%d per epoch), lr %.3g, "
         "warm-up %d, %d threads, %zu parameters, %.1f GFLOP per step\n",
+        vlm__family_name(t.cfg.family),
         t.L->lora_rank ? "LoRA" : t.o.init_dir ? "fine-tuning" : "from scratch",
         (long long)t.total_steps, t.o.batch, t.spe, (double)t.o.lr, t.warmup,
         vlm__tpool_threads(t.pool), t.ntrain, gflop);

@@ -22,6 +22,8 @@
 #include "image.h"
 #include "preprocess.h"
 #include "sha256.h"
+#include "tokenizer_spm.h"
+#include "tokenizer_wp.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
 #include "vlm_file.h"
@@ -160,6 +162,7 @@ typedef struct {
   vlm__tdata *d;
   const vlm_train_item *items;
   const vlm__tokenizer *tok;
+  int empty_ids; /* ids the tokenizer gives for an empty text */
   int n;
   atomic_int next;
   atomic_llong cached_bytes;
@@ -169,6 +172,40 @@ typedef struct {
   uint8_t (*sha)[32];
   pair *tmp;
 } prep_ctx;
+
+/* The family's image processor, as embed/config.c's
+ * vlm__pp_family_defaults gives it to vlm_clip_load: CLIP's torchvision
+ * pipeline; Hugging Face's for the others (EXIF orientation, RGB first,
+ * floored crop offsets), SigLIP's resizing straight to the model's size. */
+static void family_preprocess(vlm__preprocess_cfg *pc, vlm__family family,
+                              int image_size) {
+  vlm__preprocess_defaults(pc, image_size);
+  if (family == VLM__FAMILY_CLIP)
+    return;
+  pc->rgb_first = 1;
+  pc->exif_transpose = 1;
+  pc->crop_floor = 1;
+  if (family == VLM__FAMILY_SIGLIP) {
+    pc->resize_w = pc->resize_h = image_size;
+    pc->center_crop = 0;
+  }
+}
+
+/* Tokenize text with the family's tokenizer, unpadded, into at most
+ * context_length ids. */
+static int family_tokenize(const vlm__tokenizer *tok, const vlm__tdata_cfg *cfg,
+                           const char *text, int32_t *ids, int *n_ids) {
+  int ctx = cfg->context_length;
+  if (cfg->spm)
+    return vlm__spm_tokenize(cfg->spm, text, ctx, ids, ctx, n_ids);
+  if (cfg->wp)
+    return vlm__wp_tokenize(cfg->wp, text,
+                            cfg->wp_max_len > 0 && cfg->wp_max_len < ctx
+                                ? cfg->wp_max_len
+                                : ctx,
+                            ids, ctx, n_ids);
+  return vlm__tokenize(tok, text, ctx, ids, ctx, n_ids);
+}
 
 /* Tokenize one caption into a malloc'd array.  0, or -1 with why set
  * (the caption is empty, or has ids outside the vocabulary). */
@@ -182,13 +219,12 @@ static int tokenize_caption(const prep_ctx *c, const char *text,
     snprintf(why, why_size, "out of memory");
     return -1;
   }
-  if (vlm__tokenize(c->tok, text, cfg->context_length, ids,
-                    cfg->context_length, &n_ids)) {
+  if (family_tokenize(c->tok, cfg, text, ids, &n_ids)) {
     snprintf(why, why_size, "text: %s", vlm_errmsg());
     free(ids);
     return -1;
   }
-  if (n_ids <= 2) {
+  if (n_ids <= c->empty_ids) {
     snprintf(why, why_size, "empty text");
     free(ids);
     return -1;
@@ -201,6 +237,10 @@ static int tokenize_caption(const prep_ctx *c, const char *text,
       free(ids);
       return -1;
     }
+  /* SigLIP's model sees exactly context_length ids, the padding
+   * included */
+  for (; cfg->spm && n_ids < cfg->context_length; n_ids++)
+    ids[n_ids] = cfg->pad_id;
   *out = ids;
   *n_out = n_ids;
   return 0;
@@ -258,7 +298,7 @@ static void prep_one(prep_ctx *c, int i) {
   vlm__sha256_final(&sh, c->sha[i], NULL);
   if (cfg->eval) {
     vlm__preprocess_cfg pc;
-    vlm__preprocess_defaults(&pc, cfg->image_size);
+    family_preprocess(&pc, cfg->family, cfg->image_size);
     pc.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
     memcpy(pc.mean, cfg->mean, sizeof pc.mean);
     memcpy(pc.std, cfg->std, sizeof pc.std);
@@ -273,7 +313,8 @@ static void prep_one(prep_ctx *c, int i) {
     vlm_clip_options dopt = {0};
     dopt.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
     /* the stored pixels, as the eval path's preprocessing sees them */
-    dopt.orientation = VLM_ORIENT_IGNORE;
+    dopt.orientation = cfg->family == VLM__FAMILY_CLIP ? VLM_ORIENT_IGNORE
+                                                       : VLM_ORIENT_APPLY;
     if (vlm_image_decode(data, len, &dopt, &img)) {
       snprintf(c->why[i], sizeof c->why[i], "%s: %s", it->image,
                vlm_errmsg());
@@ -359,6 +400,15 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
   c.d = d;
   c.items = items;
   c.tok = tok;
+  {
+    int32_t empty[8];
+    vlm__tdata_cfg small = *cfg;
+    small.context_length = 8;
+    if (family_tokenize(tok, &small, "", empty, &c.empty_ids)) {
+      rc = vlm_seterr(VLM_EINVAL, "tokenizer: %s", vlm_errmsg());
+      goto fail;
+    }
+  }
   c.n = n;
   c.ok = calloc((size_t)n, sizeof *c.ok);
   c.why = calloc((size_t)n, sizeof *c.why);
@@ -509,7 +559,8 @@ static int augment(const vlm__tdata *d, int draw, int64_t epoch, float *out) {
     if (!rc) {
       vlm_clip_options dopt = {0};
       dopt.alpha = cfg->alpha_white ? VLM_ALPHA_WHITE : VLM_ALPHA_DROP;
-      dopt.orientation = VLM_ORIENT_IGNORE;
+      dopt.orientation = cfg->family == VLM__FAMILY_CLIP ? VLM_ORIENT_IGNORE
+                                                       : VLM_ORIENT_APPLY;
       rc = vlm_image_decode(data, len, &dopt, &img);
       free(data);
     }

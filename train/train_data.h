@@ -14,12 +14,17 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "model.h"
 #include "tokenizer.h"
 #include "vlm_train.h"
 
 typedef struct {
   int image_size;
   float mean[3], std[3];
+  /* The family's image processor for evaluation (as vlm_clip_load's
+   * defaults: SigLIP resizes straight to image_size, Chinese-CLIP and
+   * SigLIP apply the EXIF orientation and convert to RGB first) */
+  vlm__family family;
   int eval;              /* 1: preprocess exactly as inference does (no
                             augmentation), keep the pixels */
   int augment;           /* training: random resized crop + jitter */
@@ -35,15 +40,24 @@ typedef struct {
   uint64_t seed;
   int context_length;
   int vocab_size;        /* token ids must be below it */
+  /* The family's tokenizer when it is not CLIP's (the tok argument of
+   * vlm__tdata_open is then NULL): SigLIP's SentencePiece, every text
+   * padded to context_length with pad_id as its processor does, or
+   * Chinese-CLIP's WordPiece ([CLS] ... [SEP], unpadded). */
+  const struct vlm__spm_tok *spm;
+  const struct vlm__wp_tok *wp;
+  int32_t pad_id;
+  int wp_max_len;        /* WordPiece texts' limit (0 = context_length) */
   FILE *log;             /* skipped pairs are reported here */
 } vlm__tdata_cfg;
 
 typedef struct vlm__tdata vlm__tdata;
 
 /* Read, decode and tokenize n pairs (in cfg->threads threads).  A pair
- * whose image cannot be read or decoded, or whose text is empty, is
- * skipped and reported; it is an error only if none is left.  The
- * tokenizer is only used during the call. */
+ * whose image cannot be read or decoded, or whose text is empty (no ids
+ * but the tokenizer's special ones), is skipped and reported; it is an
+ * error only if none is left.  The tokenizer (tok, or cfg->spm / cfg->wp)
+ * is only used during the call. */
 int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
                     int n, const vlm__tokenizer *tok, vlm__tdata **out);
 void vlm__tdata_free(vlm__tdata *d); /* stops the loader; accepts NULL */
@@ -58,7 +72,9 @@ int vlm__tdata_item(const vlm__tdata *d, int i);
 /* SHA-256 (hex) over the usable pairs in order: key, text, image bytes,
  * and (only for pairs that have some) the usable alt_texts. */
 const char *vlm__tdata_digest(const vlm__tdata *d);
-/* Token ids of pair i, bos first and eos last. */
+/* Token ids of pair i as the family's tokenizer gives them (CLIP: bos
+ * first and eos last; SigLIP: padded to context_length; BERT: [CLS]
+ * first). */
 void vlm__tdata_tokens(const vlm__tdata *d, int i, const int32_t **ids,
                        int *len);
 /* Token ids of the caption a draw (an entry of a batch's pairs) has in

@@ -22,8 +22,13 @@ typedef struct {
   vlm__tlayout *L;
   vlm__tpool *pool;
   vlm__tmodel_f32 *m;
-  vlm__tokenizer *tok;
+  vlm__tokenizer *tok;          /* CLIP's BPE, or */
+  struct vlm__spm_tok *spm;     /* SigLIP's SentencePiece, or */
+  struct vlm__wp_tok *wp;       /* Chinese-CLIP's WordPiece */
   char tok_dir[4096];
+  int text_max_len;             /* ids a text may take (Chinese-CLIP: the
+                                   tokenizer's model_max_length when
+                                   shorter than the context, as the engine) */
   vlm__tdata *train, *val;
   vlm_train_item *train_items, *val_items; /* the split, when by fraction */
   const vlm_train_item *val_src;          /* items the val set indexes */

@@ -87,7 +87,7 @@ int vlm__train_parse_config(json_t *root, const char *path,
                             vlm__clip_config *c) {
   vlm__config_defaults(c);
   int rc = vlm__config_parse_hf(root, path, c);
-  if (rc)
+  if (rc || c->family != VLM__FAMILY_CLIP)
     return rc;
   /* legacy configs say eos 2 and mean "the largest id", which is eos */
   if (c->eos_id == 2)
@@ -109,46 +109,118 @@ int vlm__train_load_config(const char *path, vlm__clip_config *c) {
   return rc;
 }
 
+static const char *act_name(vlm__act act) {
+  return act == VLM__ACT_QUICK_GELU  ? "quick_gelu"
+         : act == VLM__ACT_GELU_TANH ? "gelu_pytorch_tanh"
+                                     : "gelu";
+}
+
+/* The vision_config every family shares. */
+static json_t *vision_json(const vlm__clip_config *c, const char *type) {
+  return json_pack(
+      "{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f}", "model_type", type,
+      "hidden_size", c->vision_width, "intermediate_size", c->vision_mlp,
+      "num_hidden_layers", c->vision_layers, "num_attention_heads",
+      c->vision_heads, "image_size", c->image_size, "patch_size",
+      c->patch_size, "num_channels", 3, "hidden_act", act_name(c->vision_act),
+      "layer_norm_eps", (double)c->vision_eps);
+}
+
+/* config.json of the family: CLIPModel, SiglipModel or ChineseCLIPModel,
+ * stating every field vlm_clip_load and transformers read. */
 static json_t *config_json(const vlm__clip_config *c) {
-  json_t *t = json_pack(
+  json_t *t = NULL, *v = NULL;
+  if (c->family == VLM__FAMILY_SIGLIP) {
+    t = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f}",
+                  "model_type", "siglip_text_model", "vocab_size",
+                  c->vocab_size, "hidden_size", c->text_width,
+                  "intermediate_size", c->text_mlp, "num_hidden_layers",
+                  c->text_layers, "num_attention_heads", c->text_heads,
+                  "max_position_embeddings", c->context_length, "hidden_act",
+                  act_name(c->text_act), "layer_norm_eps", (double)c->text_eps);
+    v = vision_json(c, "siglip_vision_model");
+    return t && v ? json_pack("{s:[s], s:s, s:f, s:s, s:o, s:o}",
+                              "architectures", "SiglipModel", "model_type",
+                              "siglip", "initializer_factor", 1.0,
+                              "torch_dtype", "float32", "text_config", t,
+                              "vision_config", v)
+                  : (json_decref(t), json_decref(v), NULL);
+  }
+  if (c->family == VLM__FAMILY_CHINESE_CLIP) {
+    t = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:i, "
+                  "s:s}",
+                  "model_type", "chinese_clip_text_model", "vocab_size",
+                  c->vocab_size, "hidden_size", c->text_width,
+                  "intermediate_size", c->text_mlp, "num_hidden_layers",
+                  c->text_layers, "num_attention_heads", c->text_heads,
+                  "max_position_embeddings", c->context_length,
+                  "type_vocab_size", c->type_vocab_size, "hidden_act",
+                  act_name(c->text_act), "layer_norm_eps", (double)c->text_eps,
+                  "pad_token_id", 0, "position_embedding_type", "absolute");
+    v = vision_json(c, "chinese_clip_vision_model");
+    if (v)
+      json_object_set_new(v, "projection_dim", json_integer(c->projection_dim));
+    return t && v ? json_pack("{s:[s], s:s, s:i, s:f, s:f, s:f, s:s, s:o, "
+                              "s:o}",
+                              "architectures", "ChineseCLIPModel",
+                              "model_type", "chinese_clip", "projection_dim",
+                              c->projection_dim, "logit_scale_init_value",
+                              (double)c->logit_scale, "initializer_factor",
+                              1.0, "initializer_range", 0.02, "torch_dtype",
+                              "float32", "text_config", t, "vision_config", v)
+                  : (json_decref(t), json_decref(v), NULL);
+  }
+  t = json_pack(
       "{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:i, s:i, s:i, s:i}",
       "model_type", "clip_text_model", "vocab_size", c->vocab_size,
       "hidden_size", c->text_width, "intermediate_size", c->text_mlp,
       "num_hidden_layers", c->text_layers, "num_attention_heads",
       c->text_heads, "max_position_embeddings", c->context_length,
-      "hidden_act", c->text_act == VLM__ACT_QUICK_GELU ? "quick_gelu" : "gelu",
-      "layer_norm_eps", (double)c->text_eps, "projection_dim",
-      c->projection_dim, "bos_token_id", c->bos_id, "eos_token_id", c->eos_id,
-      "pad_token_id", 1);
-  json_t *v = json_pack(
-      "{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:f, s:i}", "model_type",
-      "clip_vision_model", "hidden_size", c->vision_width, "intermediate_size",
-      c->vision_mlp, "num_hidden_layers", c->vision_layers,
-      "num_attention_heads", c->vision_heads, "image_size", c->image_size,
-      "patch_size", c->patch_size, "num_channels", 3, "hidden_act",
-      c->vision_act == VLM__ACT_QUICK_GELU ? "quick_gelu" : "gelu", "layer_norm_eps",
-      (double)c->vision_eps, "projection_dim", c->projection_dim);
-  return json_pack("{s:[s], s:s, s:i, s:f, s:s, s:o, s:o}", "architectures",
-                   "CLIPModel", "model_type", "clip", "projection_dim",
-                   c->projection_dim, "logit_scale_init_value",
-                   (double)c->logit_scale, "torch_dtype", "float32",
-                   "text_config", t, "vision_config", v);
+      "hidden_act", act_name(c->text_act), "layer_norm_eps",
+      (double)c->text_eps, "projection_dim", c->projection_dim,
+      "bos_token_id", c->bos_id, "eos_token_id", c->eos_id, "pad_token_id",
+      1);
+  v = vision_json(c, "clip_vision_model");
+  if (v)
+    json_object_set_new(v, "projection_dim", json_integer(c->projection_dim));
+  return t && v ? json_pack("{s:[s], s:s, s:i, s:f, s:s, s:o, s:o}",
+                            "architectures", "CLIPModel", "model_type", "clip",
+                            "projection_dim", c->projection_dim,
+                            "logit_scale_init_value", (double)c->logit_scale,
+                            "torch_dtype", "float32", "text_config", t,
+                            "vision_config", v)
+                : (json_decref(t), json_decref(v), NULL);
 }
 
-/* The preprocessing the model was trained with; "vlmdb_alpha" tells the
- * engine how to flatten transparent images as training did. */
+/* The preprocessing the model was trained with, as the family's image
+ * processor states it (for evaluation the trainer preprocesses as
+ * vlm_clip_load's family defaults do); "vlmdb_alpha" tells the engine how
+ * to flatten transparent images as training did. */
 static json_t *preprocessor_json(const vlm__clip_config *c, int alpha_white) {
+  int S = c->image_size;
+  const char *alpha = alpha_white ? "white" : "drop";
+  if (c->family == VLM__FAMILY_SIGLIP)
+    return json_pack(
+        "{s:b, s:b, s:b, s:b, s:[f,f,f], s:[f,f,f], s:s, s:i, s:f, "
+        "s:{s:i, s:i}, s:s}",
+        "do_convert_rgb", 1, "do_normalize", 1, "do_rescale", 1, "do_resize",
+        1, "image_mean", (double)c->mean[0], (double)c->mean[1],
+        (double)c->mean[2], "image_std", (double)c->std[0], (double)c->std[1],
+        (double)c->std[2], "image_processor_type", "SiglipImageProcessor",
+        "resample", 3, "rescale_factor", 1.0 / 255, "size", "height", S,
+        "width", S, "vlmdb_alpha", alpha);
   return json_pack(
       "{s:{s:i, s:i}, s:b, s:b, s:b, s:b, s:b, s:[f,f,f], s:[f,f,f], "
       "s:s, s:i, s:f, s:{s:i}, s:s}",
-      "crop_size", "height", c->image_size, "width", c->image_size,
-      "do_center_crop", 1, "do_normalize", 1, "do_resize", 1, "do_rescale", 1,
-      "do_convert_rgb", 1, "image_mean", (double)c->mean[0],
-      (double)c->mean[1], (double)c->mean[2], "image_std", (double)c->std[0],
-      (double)c->std[1], (double)c->std[2], "image_processor_type",
-      "CLIPImageProcessor", "resample", 3, "rescale_factor", 1.0 / 255,
-      "size", "shortest_edge", c->image_size, "vlmdb_alpha",
-      alpha_white ? "white" : "drop");
+      "crop_size", "height", S, "width", S, "do_center_crop", 1,
+      "do_normalize", 1, "do_resize", 1, "do_rescale", 1, "do_convert_rgb", 1,
+      "image_mean", (double)c->mean[0], (double)c->mean[1],
+      (double)c->mean[2], "image_std", (double)c->std[0], (double)c->std[1],
+      (double)c->std[2], "image_processor_type",
+      c->family == VLM__FAMILY_CHINESE_CLIP ? "ChineseCLIPImageProcessor"
+                                            : "CLIPImageProcessor",
+      "resample", 3, "rescale_factor", 1.0 / 255, "size", "shortest_edge", S,
+      "vlmdb_alpha", alpha);
 }
 
 /* ---- checkpoints and export --------------------------------------------- */
@@ -207,6 +279,53 @@ static int write_tensors(const char *path, const vlm__tparam *tab, int n,
   return rc;
 }
 
+/* The family's tokenizer files from the tokenizer directory: the model
+ * files are required (vocab.json + merges.txt, spiece.model or Gemma's
+ * tokenizer.model, vocab.txt), tokenizer_config.json and
+ * special_tokens_map.json copied when present (they hold the special
+ * tokens, lowercasing and length limits the engine reads). */
+static int copy_tokenizer(vlm__trainer *t) {
+  static const char *const clip_files[] = {"vocab.json", "merges.txt", NULL};
+  static const char *const spm_files[] = {"spiece.model", "tokenizer.model",
+                                          NULL};
+  static const char *const wp_files[] = {"vocab.txt", NULL};
+  static const char *const extra[] = {"tokenizer_config.json",
+                                      "special_tokens_map.json", NULL};
+  const vlm__family fam = t->cfg.family;
+  const char *const *need = fam == VLM__FAMILY_SIGLIP         ? spm_files
+                            : fam == VLM__FAMILY_CHINESE_CLIP ? wp_files
+                                                              : clip_files;
+  int copied = 0, rc;
+  for (int pass = 0; pass < 2; pass++) {
+    const char *const *list = pass ? extra : need;
+    if (pass && fam == VLM__FAMILY_CLIP)
+      break; /* CLIP's vocab.json + merges.txt are all it reads */
+    for (int i = 0; list[i]; i++) {
+      char src[4200], dst[4200];
+      if ((rc = vlm__train_join_path(src, sizeof src, t->tok_dir, list[i])) ||
+          (rc = vlm__train_join_path(dst, sizeof dst, t->o.out_dir, list[i])))
+        return rc;
+      /* SigLIP has one of its two model files; the others all theirs */
+      int optional = pass || fam == VLM__FAMILY_SIGLIP;
+      if (optional && !vlm__train_file_exists(src))
+        continue;
+      struct stat a, b;
+      if (stat(dst, &b) == 0 && stat(src, &a) == 0 && a.st_ino == b.st_ino &&
+          a.st_dev == b.st_dev) {
+        copied += !pass;
+        continue; /* the tokenizer already lives here */
+      }
+      if ((rc = copy_file(src, dst)))
+        return rc;
+      copied += !pass;
+    }
+  }
+  if (!copied)
+    return vlm_seterr(VLM_ENOTFOUND, "%s: no spiece.model or tokenizer.model",
+                      t->tok_dir);
+  return 0;
+}
+
 /* The Hugging Face directory: config, weights, tokenizer, preprocessor,
  * and with LoRA optionally the adapters alone. */
 static int export_model(vlm__trainer *t) {
@@ -235,19 +354,8 @@ static int export_model(vlm__trainer *t) {
   }
   json_decref(cfg);
   json_decref(pre);
-  static const char *const tokfiles[2] = {"vocab.json", "merges.txt"};
-  for (int i = 0; i < 2; i++) {
-    char src[4200];
-    if ((rc = vlm__train_join_path(src, sizeof src, t->tok_dir, tokfiles[i])) ||
-        (rc = vlm__train_join_path(path, sizeof path, dir, tokfiles[i])))
-      return rc;
-    struct stat a, b;
-    if (stat(path, &b) == 0 && stat(src, &a) == 0 && a.st_ino == b.st_ino &&
-        a.st_dev == b.st_dev)
-      continue; /* the tokenizer already lives here */
-    if ((rc = copy_file(src, path)))
-      return rc;
-  }
+  if ((rc = copy_tokenizer(t)))
+    return rc;
   float *w = merged_weights(t);
   if (!w)
     return vlm_seterr(VLM_ENOMEM, "export");
@@ -264,12 +372,28 @@ static int export_model(vlm__trainer *t) {
                           vlm__tmodel_lora_f32(t->m), 0, "base_model.model.",
                           meta)))
     return rc;
-  json_t *ac = json_pack(
-      "{s:s, s:i, s:f, s:f, s:[s,s,s,s,s,s], s:s, s:s?, s:b}", "peft_type",
+  /* PEFT's target_modules: CLIP's and Chinese-CLIP's module names are
+   * each unique to the encoder layers (BERT's "dense" is its attention
+   * output, intermediate and output projections: ChineseCLIPModel has no
+   * pooler); SigLIP's head reuses out_proj, fc1 and fc2, so its targets
+   * are the pattern PEFT full-matches against module names. */
+  json_t *targets;
+  if (t->cfg.family == VLM__FAMILY_SIGLIP)
+    targets = json_string("(vision|text)_model\\.encoder\\.layers\\.[0-9]+\\."
+                          "(self_attn\\.(q_proj|k_proj|v_proj|out_proj)|"
+                          "mlp\\.(fc1|fc2))");
+  else if (t->cfg.family == VLM__FAMILY_CHINESE_CLIP)
+    targets = json_pack("[s,s,s,s,s,s,s,s,s,s]", "q_proj", "k_proj", "v_proj",
+                        "out_proj", "fc1", "fc2", "query", "key", "value",
+                        "dense");
+  else
+    targets = json_pack("[s,s,s,s,s,s]", "q_proj", "k_proj", "v_proj",
+                        "out_proj", "fc1", "fc2");
+  json_t *ac = targets ? json_pack(
+      "{s:s, s:i, s:f, s:f, s:o, s:s, s:s?, s:b}", "peft_type",
       "LORA", "r", t->L->lora_rank, "lora_alpha", (double)t->L->lora_alpha,
-      "lora_dropout", 0.0, "target_modules", "q_proj", "k_proj", "v_proj",
-      "out_proj", "fc1", "fc2", "bias", "none", "base_model_name_or_path",
-      t->o.init_dir, "fan_in_fan_out", 0);
+      "lora_dropout", 0.0, "target_modules", targets, "bias", "none",
+      "base_model_name_or_path", t->o.init_dir, "fan_in_fan_out", 0) : NULL;
   if (!ac)
     return vlm_seterr(VLM_ENOMEM, "adapter_config.json");
   if (!(rc = vlm__train_join_path(path, sizeof path, dir,

@@ -89,13 +89,15 @@ typedef struct {
       vlm__tpool *pool, real *dqkv, real *dprobs, const real *dout,          \
       const real *qkv, const real *probs, const vlm__tk_seqs *seqs, int C,   \
       int H);                                                                \
-  /* out[n] = gelu(inp[n]) (erf form) or quick_gelu: x * sigmoid(1.702x) */ \
+  /* out[n] = act(inp[n]), act a vlm__act: 0 gelu (erf form), 1          \
+   * quick_gelu x * sigmoid(1.702x), 2 gelu_pytorch_tanh                   \
+   * 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))) */                         \
   void vlm__tk_act_forward_##SFX(vlm__tpool *pool, real *out,                \
-                                 const real *inp, int64_t n, int quick);     \
+                                 const real *inp, int64_t n, int act);       \
   /* dinp[n] = dout[n] * act'(inp[n])   (overwritten) */                     \
   void vlm__tk_act_backward_##SFX(vlm__tpool *pool, real *dinp,              \
                                   const real *inp, const real *dout,         \
-                                  int64_t n, int quick);                     \
+                                  int64_t n, int act);                       \
   /* out[n] = a[n] + b[n] */                                                 \
   void vlm__tk_add_##SFX(vlm__tpool *pool, real *out, const real *a,         \
                          const real *b, int64_t n);                          \
@@ -112,16 +114,17 @@ typedef struct {
                                           const real *dout,                  \
                                           const real *patches, int B, int S, \
                                           int P, int C);                     \
-  /* out[B,T,C]: row 0 = cls[C] + pos[0], row 1+p = patch[B,T-1,C] + pos */ \
+  /* out[B,T,C]: row 0 = cls[C] + pos[0], row 1+p = patch[B,T-1,C] + pos; \
+   * cls NULL (SigLIP): no class token, row p = patch[B,T,C] + pos[p] */    \
   void vlm__tk_vision_embed_forward_##SFX(vlm__tpool *pool, real *out,       \
                                           const real *patch, const real *cls, \
                                           const real *pos, int B, int T,     \
                                           int C);                            \
-  /* dpatch[B,T-1,C] = (overwritten); dcls[C], dpos[T,C] += */               \
+  /* dpatch[B,T-has_cls,C] = (overwritten); dcls[C], dpos[T,C] += */       \
   void vlm__tk_vision_embed_backward_##SFX(vlm__tpool *pool, real *dpatch,   \
                                            real *dcls, real *dpos,           \
                                            const real *dout, int B, int T,   \
-                                           int C);                           \
+                                           int C, int has_cls);              \
   /* out[N,C] = tok[ids[n]] + pos[posn[n]] */                                \
   void vlm__tk_text_embed_forward_##SFX(vlm__tpool *pool, real *out,         \
                                         const int32_t *ids,                  \
@@ -157,7 +160,38 @@ typedef struct {
                                         const real *probs_row,               \
                                         const real *probs_col,               \
                                         const real *img, const real *txt,    \
-                                        real logit_scale, int B, int D);
+                                        real logit_scale, int B, int D);     \
+  /* out[N,C] += row[C] on every row (a bias; BERT's token type 0) */        \
+  void vlm__tk_add_row_forward_##SFX(vlm__tpool *pool, real *out,            \
+                                     const real *row, int N, int C);         \
+  /* drow[C] += column sums of dout[N,C] */                                  \
+  void vlm__tk_add_row_backward_##SFX(vlm__tpool *pool, real *drow,          \
+                                      const real *dout, int N, int C);       \
+  /* SigLIP's attention pooling: one query q[C] (the probe's projection)   \
+   * against the T rows of each of B images, kv[B*T, 2C] (k | v per row,  \
+   * heads of C/H columns); out[B,C] = softmax(q.k^T / sqrt(C/H)) v per    \
+   * head; probs[B,H,T] the cache. */                                        \
+  void vlm__tk_map_attention_forward_##SFX(vlm__tpool *pool, real *out,      \
+                                           real *probs, const real *q,       \
+                                           const real *kv, int B, int T,     \
+                                           int C, int H);                    \
+  /* dq[C], dkv[B*T,2C] = (overwritten) */                                   \
+  void vlm__tk_map_attention_backward_##SFX(                                 \
+      vlm__tpool *pool, real *dq, real *dkv, const real *dout,               \
+      const real *q, const real *kv, const real *probs, int B, int T, int C, \
+      int H);                                                                \
+  /* SigLIP's sigmoid loss as Hugging Face's SiglipModel has it:           \
+   * logits[B,B] = exp(scale) img[B,D] txt[B,D]^T + bias (kept as the      \
+   * cache); loss = -sum_ij log sigmoid(z_ij logits_ij) / B, z = +1 on    \
+   * the diagonal and -1 elsewhere. */                                       \
+  real vlm__tk_siglip_loss_forward_##SFX(real *logits, const real *img,      \
+                                         const real *txt, real logit_scale,  \
+                                         real logit_bias, int B, int D);     \
+  /* dimg[B,D], dtxt[B,D] = (overwritten); *dscale, *dbias += (either may  \
+   * be NULL) */                                                             \
+  void vlm__tk_siglip_loss_backward_##SFX(                                   \
+      real *dimg, real *dtxt, real *dscale, real *dbias, const real *logits, \
+      const real *img, const real *txt, real logit_scale, int B, int D);
 
 VLM__TK_DECLARE(float, f32)
 VLM__TK_DECLARE(double, f64)

@@ -335,19 +335,28 @@ void TK(attention_backward)(vlm__tpool *pool, real *dqkv, real *dprobs,
 typedef struct {
   real *out;
   const real *inp, *dout;
-  int quick;
+  int act;
 } TKS(act_ctx);
 
 #define TK_SQRT1_2 0.70710678118654752440
 #define TK_INV_SQRT_2PI 0.39894228040143267794
 
+#define TK_SQRT_2_PI 0.79788456080286535588 /* sqrt(2 / pi) */
+
 static void TKS(act_fwd)(void *p, int64_t begin, int64_t end, int t) {
   (void)t;
   const TKS(act_ctx) *c = p;
-  if (c->quick) {
+  if (c->act == 1) {
     for (int64_t i = begin; i < end; i++) {
       real x = c->inp[i];
       c->out[i] = x / (1 + EXP((real)-1.702 * x));
+    }
+  } else if (c->act == 2) {
+    /* 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
+    for (int64_t i = begin; i < end; i++) {
+      real x = c->inp[i];
+      real u = (real)TK_SQRT_2_PI * (x + (real)0.044715 * x * x * x);
+      c->out[i] = x / (1 + EXP(-2 * u));
     }
   } else {
     for (int64_t i = begin; i < end; i++) {
@@ -360,11 +369,21 @@ static void TKS(act_fwd)(void *p, int64_t begin, int64_t end, int t) {
 static void TKS(act_bwd)(void *p, int64_t begin, int64_t end, int t) {
   (void)t;
   const TKS(act_ctx) *c = p;
-  if (c->quick) {
+  if (c->act == 1) {
     for (int64_t i = begin; i < end; i++) {
       real x = c->inp[i];
       real sg = 1 / (1 + EXP((real)-1.702 * x));
       c->out[i] = c->dout[i] * (sg + (real)1.702 * x * sg * (1 - sg));
+    }
+  } else if (c->act == 2) {
+    /* d/dx 0.5 x (1 + th) = 0.5 (1 + th) + 0.5 x (1 - th^2) u'(x) */
+    for (int64_t i = begin; i < end; i++) {
+      real x = c->inp[i];
+      real u = (real)TK_SQRT_2_PI * (x + (real)0.044715 * x * x * x);
+      real th = 2 / (1 + EXP(-2 * u)) - 1;
+      real du = (real)TK_SQRT_2_PI * (1 + (real)(3 * 0.044715) * x * x);
+      c->out[i] = c->dout[i] * ((real)0.5 * (1 + th) +
+                                (real)0.5 * x * (1 - th * th) * du);
     }
   } else {
     for (int64_t i = begin; i < end; i++) {
@@ -377,14 +396,14 @@ static void TKS(act_bwd)(void *p, int64_t begin, int64_t end, int t) {
 }
 
 void TK(act_forward)(vlm__tpool *pool, real *out, const real *inp, int64_t n,
-                     int quick) {
-  TKS(act_ctx) c = {out, inp, NULL, quick};
+                     int act) {
+  TKS(act_ctx) c = {out, inp, NULL, act};
   vlm__tpool_for(pool, n, TKS(act_fwd), &c);
 }
 
 void TK(act_backward)(vlm__tpool *pool, real *dinp, const real *inp,
-                      const real *dout, int64_t n, int quick) {
-  TKS(act_ctx) c = {dinp, inp, dout, quick};
+                      const real *dout, int64_t n, int act) {
+  TKS(act_ctx) c = {dinp, inp, dout, act};
   vlm__tpool_for(pool, n, TKS(act_bwd), &c);
 }
 
@@ -452,7 +471,7 @@ void TK(patch_embed_backward)(vlm__tpool *pool, real *dw, const real *dout,
 typedef struct {
   real *out, *dpatch, *dcls, *dpos;
   const real *patch, *cls, *pos, *dout;
-  int B, T, C;
+  int B, T, C, has_cls;
 } TKS(vemb_ctx);
 
 static void TKS(vemb_fwd)(void *p, int64_t begin, int64_t end, int t) {
@@ -461,8 +480,9 @@ static void TKS(vemb_fwd)(void *p, int64_t begin, int64_t end, int t) {
   int T = c->T, C = c->C;
   for (int64_t r = begin; r < end; r++) {
     int64_t b = r / T;
-    int tt = (int)(r % T);
-    const real *src = tt == 0 ? c->cls : c->patch + (b * (T - 1) + tt - 1) * C;
+    int tt = (int)(r % T), k = c->has_cls;
+    const real *src = k && tt == 0 ? c->cls
+                                   : c->patch + (b * (T - k) + tt - k) * C;
     const real *pe = c->pos + (size_t)tt * C;
     real *o = c->out + r * C;
     for (int i = 0; i < C; i++)
@@ -474,7 +494,7 @@ void TK(vision_embed_forward)(vlm__tpool *pool, real *out, const real *patch,
                               const real *cls, const real *pos, int B, int T,
                               int C) {
   TKS(vemb_ctx) c = {.out = out, .patch = patch, .cls = cls, .pos = pos,
-                     .B = B, .T = T, .C = C};
+                     .B = B, .T = T, .C = C, .has_cls = cls != NULL};
   vlm__tpool_for(pool, (int64_t)B * T, TKS(vemb_fwd), &c);
 }
 
@@ -483,7 +503,7 @@ void TK(vision_embed_forward)(vlm__tpool *pool, real *out, const real *patch,
 static void TKS(vemb_bwd)(void *p, int64_t begin, int64_t end, int t) {
   (void)t;
   const TKS(vemb_ctx) *c = p;
-  int T = c->T, C = c->C;
+  int T = c->T, C = c->C, k = c->has_cls;
   for (int b = 0; b < c->B; b++)
     for (int tt = 0; tt < T; tt++) {
       const real *d = c->dout + ((size_t)b * T + tt) * C;
@@ -492,12 +512,12 @@ static void TKS(vemb_bwd)(void *p, int64_t begin, int64_t end, int t) {
         for (int64_t i = begin; i < end; i++)
           dp[i] += d[i];
       }
-      if (tt == 0) {
+      if (k && tt == 0) {
         if (c->dcls)
           for (int64_t i = begin; i < end; i++)
             c->dcls[i] += d[i];
       } else if (c->dpatch) {
-        real *dp = c->dpatch + ((size_t)b * (T - 1) + tt - 1) * C;
+        real *dp = c->dpatch + ((size_t)b * (T - k) + tt - k) * C;
         for (int64_t i = begin; i < end; i++)
           dp[i] = d[i];
       }
@@ -506,9 +526,10 @@ static void TKS(vemb_bwd)(void *p, int64_t begin, int64_t end, int t) {
 
 void TK(vision_embed_backward)(vlm__tpool *pool, real *dpatch, real *dcls,
                                real *dpos, const real *dout, int B, int T,
-                               int C) {
+                               int C, int has_cls) {
   TKS(vemb_ctx) c = {.dpatch = dpatch, .dcls = dcls, .dpos = dpos,
-                     .dout = dout, .B = B, .T = T, .C = C};
+                     .dout = dout, .B = B, .T = T, .C = C,
+                     .has_cls = has_cls};
   vlm__tpool_for(pool, C, TKS(vemb_bwd), &c);
 }
 
@@ -687,8 +708,190 @@ void TK(clip_loss_backward)(real *dimg, real *dtxt, real *dscale,
     *dscale += sc * ds;
 }
 
+/* ---- a row added to every row (bias, token type) --------------------- */
+
+void TK(add_row_forward)(vlm__tpool *pool, real *out, const real *row, int N,
+                         int C) {
+  TKS(bias_ctx) c = {out, row, C};
+  vlm__tpool_for(pool, N, TKS(bias_rows), &c);
+}
+
+void TK(add_row_backward)(vlm__tpool *pool, real *drow, const real *dout,
+                          int N, int C) {
+  TKS(colsum_ctx) c = {drow, dout, N, C};
+  vlm__tpool_for(pool, C, TKS(colsum), &c);
+}
+
+/* ---- attention pooling (SigLIP's head) ------------------------------- */
+
+typedef struct {
+  real *out, *probs, *dq, *dkv;
+  const real *q, *kv, *cprobs, *dout;
+  int B, T, C, H;
+} TKS(map_ctx);
+
+/* One task per (image, head): scores of the one query against the T keys
+ * of the image, softmax, then the weighted sum of the values. */
+static void TKS(map_fwd_tasks)(void *p, int64_t begin, int64_t end, int t) {
+  (void)t;
+  const TKS(map_ctx) *c = p;
+  int C = c->C, H = c->H, T = c->T, hd = C / H;
+  real scale = 1 / sqrt((real)hd);
+  for (int64_t task = begin; task < end; task++) {
+    int b = (int)(task / H), h = (int)(task % H);
+    const real *q = c->q + h * hd;
+    const real *kv = c->kv + (size_t)b * T * 2 * C + h * hd;
+    real *P = c->probs + ((size_t)b * H + h) * T;
+    real mx = 0;
+    for (int j = 0; j < T; j++) {
+      const real *k = kv + (size_t)j * 2 * C;
+      real s = 0;
+      for (int i = 0; i < hd; i++)
+        s += q[i] * k[i];
+      P[j] = s * scale;
+      if (j == 0 || P[j] > mx)
+        mx = P[j];
+    }
+    real sum = 0;
+    for (int j = 0; j < T; j++) {
+      P[j] = EXP(P[j] - mx);
+      sum += P[j];
+    }
+    real *o = c->out + (size_t)b * C + h * hd;
+    for (int i = 0; i < hd; i++)
+      o[i] = 0;
+    for (int j = 0; j < T; j++) {
+      P[j] /= sum;
+      const real *v = kv + (size_t)j * 2 * C + C;
+      for (int i = 0; i < hd; i++)
+        o[i] += P[j] * v[i];
+    }
+  }
+}
+
+void TK(map_attention_forward)(vlm__tpool *pool, real *out, real *probs,
+                               const real *q, const real *kv, int B, int T,
+                               int C, int H) {
+  TKS(map_ctx) c = {.out = out, .probs = probs, .q = q, .kv = kv, .B = B,
+                    .T = T, .C = C, .H = H};
+  vlm__tpool_for(pool, (int64_t)B * H, TKS(map_fwd_tasks), &c);
+}
+
+/* One task per head, the images in order (the query's gradient sums over
+ * them): dV_j = P_j dO; dS_j = P_j (dO . v_j - sum_k P_k dO . v_k);
+ * dq += scale sum_j dS_j k_j; dK_j = scale dS_j q. */
+static void TKS(map_bwd_tasks)(void *p, int64_t begin, int64_t end, int t) {
+  (void)t;
+  const TKS(map_ctx) *c = p;
+  int C = c->C, H = c->H, T = c->T, hd = C / H;
+  real scale = 1 / sqrt((real)hd);
+  for (int64_t h = begin; h < end; h++) {
+    real *dq = c->dq + h * hd;
+    const real *q = c->q + h * hd;
+    for (int i = 0; i < hd; i++)
+      dq[i] = 0;
+    for (int b = 0; b < c->B; b++) {
+      const real *kv = c->kv + (size_t)b * T * 2 * C + h * hd;
+      real *dkv = c->dkv + (size_t)b * T * 2 * C + h * hd;
+      const real *P = c->cprobs + ((size_t)b * H + h) * T;
+      const real *dO = c->dout + (size_t)b * C + h * hd;
+      real dot = 0;
+      for (int j = 0; j < T; j++) {
+        const real *v = kv + (size_t)j * 2 * C + C;
+        real dp = 0;
+        for (int i = 0; i < hd; i++)
+          dp += dO[i] * v[i];
+        dot += P[j] * dp;
+      }
+      for (int j = 0; j < T; j++) {
+        const real *k = kv + (size_t)j * 2 * C, *v = k + C;
+        real *dk = dkv + (size_t)j * 2 * C, *dv = dk + C;
+        real dp = 0;
+        for (int i = 0; i < hd; i++)
+          dp += dO[i] * v[i];
+        real ds = P[j] * (dp - dot) * scale;
+        for (int i = 0; i < hd; i++) {
+          dv[i] = P[j] * dO[i];
+          dk[i] = ds * q[i];
+          dq[i] += ds * k[i];
+        }
+      }
+    }
+  }
+}
+
+void TK(map_attention_backward)(vlm__tpool *pool, real *dq, real *dkv,
+                                const real *dout, const real *q,
+                                const real *kv, const real *probs, int B,
+                                int T, int C, int H) {
+  TKS(map_ctx) c = {.dq = dq, .dkv = dkv, .q = q, .kv = kv, .cprobs = probs,
+                    .dout = dout, .B = B, .T = T, .C = C, .H = H};
+  vlm__tpool_for(pool, H, TKS(map_bwd_tasks), &c);
+}
+
+/* ---- SigLIP's sigmoid loss ------------------------------------------- */
+
+/* log sigmoid(x) without overflow */
+static real TKS(log_sigmoid)(real x) {
+  return (x < 0 ? x : 0) - log1p(exp(-fabs(x)));
+}
+
+real TK(siglip_loss_forward)(real *logits, const real *img, const real *txt,
+                             real logit_scale, real logit_bias, int B, int D) {
+  real sc = exp(logit_scale);
+  /* logits[i,j] = sc * img_i . txt_j + bias */
+  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, B, B, D, sc, img, D, txt, D, 0,
+       logits, B);
+  real loss = 0;
+  for (int i = 0; i < B; i++)
+    for (int j = 0; j < B; j++) {
+      real *l = logits + (size_t)i * B + j;
+      *l += logit_bias;
+      loss -= TKS(log_sigmoid)(i == j ? *l : -*l);
+    }
+  return loss / (real)B;
+}
+
+void TK(siglip_loss_backward)(real *dimg, real *dtxt, real *dscale,
+                              real *dbias, const real *logits,
+                              const real *img, const real *txt,
+                              real logit_scale, int B, int D) {
+  real sc = exp(logit_scale);
+  /* dlogits[i,j] = -z sigmoid(-z l) / B with z = +1 on the diagonal, -1
+   * elsewhere; dimg = sc dlogits txt, dtxt = sc dlogits^T img, dscale =
+   * sc sum dlogits (img . txt^T), dbias = sum dlogits */
+  for (size_t k = 0; k < (size_t)B * D; k++)
+    dimg[k] = dtxt[k] = 0;
+  real ds = 0, db = 0, inv = 1 / (real)B;
+  for (int i = 0; i < B; i++) {
+    const real *a = img + (size_t)i * D;
+    real *da = dimg + (size_t)i * D;
+    for (int j = 0; j < B; j++) {
+      const real *b = txt + (size_t)j * D;
+      real *dt = dtxt + (size_t)j * D;
+      real z = i == j ? 1 : -1, l = logits[(size_t)i * B + j];
+      real g = -z * inv / (1 + exp(z * l));
+      real dot = 0;
+      for (int k = 0; k < D; k++)
+        dot += a[k] * b[k];
+      ds += g * dot;
+      db += g;
+      real gs = g * sc;
+      for (int k = 0; k < D; k++) {
+        da[k] += gs * b[k];
+        dt[k] += gs * a[k];
+      }
+    }
+  }
+  if (dscale)
+    *dscale += sc * ds;
+  if (dbias)
+    *dbias += db;
+}
+
 #undef TK_SQRT1_2
 #undef TK_INV_SQRT_2PI
+#undef TK_SQRT_2_PI
 #undef TK_CAT2
 #undef TK_CAT
 #undef TK

@@ -1,5 +1,12 @@
-/* train_model.h - the trainable CLIP: parameter layout under Hugging Face
- * names, and forward/backward of the whole model (internal to embed/).
+/* train_model.h - the trainable model: parameter layout under Hugging Face
+ * names, and forward/backward of the whole model (internal to train/).
+ *
+ * Three families (model.h): CLIP; SigLIP (no class token or pre-LN, patch
+ * bias, the attention-pooling head, a text tower without mask pooled at
+ * its last position through text_model.head, the sigmoid loss with
+ * logit_bias); Chinese-CLIP (CLIP's vision tower, a BERT text tower:
+ * token-type embeddings, embedding LayerNorm, post-LN blocks, [CLS]
+ * pooled).
  *
  * All base parameters live in one array of `total` elements; each tensor
  * has a name, shape and offset in the layout's table (llm.c style).  The
@@ -31,21 +38,38 @@ typedef struct {
 enum { VLM__LORA_Q, VLM__LORA_K, VLM__LORA_V, VLM__LORA_O, VLM__LORA_FC1,
        VLM__LORA_FC2, VLM__LORA_N };
 
+/* One block.  Pre-LN (CLIP, SigLIP): ln1 before the attention, ln2
+ * before the MLP.  Post-LN (BERT): ln1 = attention.output.LayerNorm after
+ * the attention's residual, ln2 = output.LayerNorm after the MLP's.
+ * SigLIP's head is one too: qkv = its in_proj, o = out_proj, ln2 = its
+ * layernorm, the MLP; ln1 unused. */
 typedef struct {
   size_t ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b;
   size_t fc1_w, fc1_b, fc2_w, fc2_b;
   size_t lora_a[VLM__LORA_N], lora_b[VLM__LORA_N]; /* into the lora array */
 } vlm__tlayer;
 
+/* PEFT module name (under the layer) of LoRA target w of a tower:
+ * CLIP/SigLIP "self_attn.q_proj" ... "mlp.fc2", BERT
+ * "attention.self.query" ... "output.dense". */
+const char *vlm__tlora_module(int bert, int w);
+
 typedef struct {
   vlm__clip_config cfg;
-  int vision_tokens;  /* (image_size / patch_size)^2 + 1 */
-  /* base parameters */
+  int vision_cls;     /* a class token (CLIP, Chinese-CLIP) */
+  int vision_tokens;  /* (image_size / patch_size)^2 + vision_cls */
+  int text_bert;      /* Chinese-CLIP's BERT text tower */
+  /* base parameters; offsets of tensors the family lacks are 0 and
+   * unused */
   vlm__tparam *params;
   int nparams;
   size_t total;
-  size_t patch_w, cls, vpos, pre_ln_w, pre_ln_b, post_ln_w, post_ln_b, vproj;
-  size_t tok, tpos, final_ln_w, final_ln_b, tproj, logit_scale;
+  size_t patch_w, patch_b, cls, vpos, pre_ln_w, pre_ln_b, post_ln_w,
+      post_ln_b, vproj;
+  size_t probe;       /* SigLIP's head: the probe, and the block vhead */
+  vlm__tlayer vhead;
+  size_t tok, tpos, type_emb, emb_ln_w, emb_ln_b, final_ln_w, final_ln_b;
+  size_t tproj, tproj_b, logit_scale, logit_bias;
   vlm__tlayer *vlayers, *tlayers;
   /* LoRA (rank 0 = none) */
   int lora_rank;
@@ -83,7 +107,9 @@ void vlm__tadamw_update(vlm__tpool *pool, const vlm__tadamw *h, float *w,
 double vlm__tgrad_sumsq(vlm__tpool *pool, const float *g, size_t n);
 
 /* A batch of texts: ids of sequence b at ids[off[b] .. off[b]+len[b]),
- * bos first and eos last (pooling reads the last position). */
+ * as the family's tokenizer gives them: CLIP's bos first and eos last
+ * (pooled at the last position), SigLIP's padded to context_length
+ * (pooled at the last position), BERT's [CLS] first (pooled there). */
 typedef struct {
   int n;
   const int32_t *ids;
@@ -116,7 +142,8 @@ typedef struct {
   /* Unnormalized projection outputs of the last images/texts call [B,D]. */ \
   const real *vlm__tmodel_image_proj_##SFX(const vlm__tmodel_##SFX *m);      \
   const real *vlm__tmodel_text_proj_##SFX(const vlm__tmodel_##SFX *m);       \
-  /* Contrastive loss of the last images + texts calls (same B). */          \
+  /* The family's loss of the last images + texts calls (same B): CLIP's  \
+   * contrastive loss, or SigLIP's sigmoid loss. */                         \
   real vlm__tmodel_loss_##SFX(vlm__tmodel_##SFX *m);                         \
   /* Add the gradients of the last loss to the gradient arrays (zero them  \
    * first with vlm__tmodel_zero_grads). */                                 \

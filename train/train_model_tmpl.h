@@ -1,12 +1,14 @@
-/* train_model_tmpl.h - the whole trainable CLIP, written once for `real`.
+/* train_model_tmpl.h - the whole trainable model, written once for `real`.
  *
  * Included twice by train_model.c (real = float / double, SFX = f32 /
  * f64).  No include guard on purpose.
  *
- * Towers are pre-LN transformers as in Hugging Face's CLIPModel.  Text
- * sequences are packed without padding: linear layers see every real
- * token as one row, attention runs per sequence.  Activations of every
- * layer are kept for the backward pass.
+ * Towers are transformers as in Hugging Face's CLIPModel, SiglipModel and
+ * ChineseCLIPModel: pre-LN blocks, or BERT's post-LN blocks for
+ * Chinese-CLIP's text tower.  Text sequences are packed without padding
+ * (SigLIP's come padded by the tokenizer, the padding being part of its
+ * input): linear layers see every token as one row, attention runs per
+ * sequence.  Activations of every layer are kept for the backward pass.
  */
 
 #define TM_CAT2(a, b) a##_##b
@@ -17,7 +19,9 @@
 
 /* One encoder tower's activations for up to N rows. */
 typedef struct {
-  int C, H, M, layers, quick, causal;
+  int C, H, M, layers, act, causal;
+  int post_ln; /* BERT: ln1/ln2 hold the sums before the norms, x1 the
+                  first norm's output (see tower_forward) */
   real eps;
   int tower; /* 0 vision, 1 text */
   const vlm__tlayer *off;
@@ -44,8 +48,13 @@ struct TM_CAT(vlm__tmodel, SFX) {
   real *vpool, *vpost, *vpost_mean, *vpost_rstd, *vproj, *vnorm, *vemb_n;
   int *vidx;
   int nimg;
+  /* SigLIP's head over vpost (every row post-normed): the probe's query
+   * hq, keys and values hkv, attention hatt (probabilities hprobs), its
+   * out_proj ho, layernorm hln, MLP hh -> hg; vproj = ho + fc2(hg) */
+  real *hq, *hkv, *hprobs, *hatt, *ho, *hln, *hmean, *hrstd, *hh, *hg;
   /* text */
   int32_t *tids, *tpos;
+  real *traw, *traw_mean, *traw_rstd; /* BERT: embeddings before their LN */
   real *tpool_, *tfin, *tfin_mean, *tfin_rstd, *tproj, *tnorm, *temb_n;
   int *tidx;
   int ntxt;
@@ -55,6 +64,7 @@ struct TM_CAT(vlm__tmodel, SFX) {
   /* backward scratch */
   real *d_res, *d_c, *d_qkv, *d_m, *d_probs, *d_u;
   real *d_pool, *d_post, *d_proj, *d_emb, *d_embn_img, *d_embn_txt;
+  real *d_h1, *d_h2, *d_hq;
 };
 
 typedef struct TM_CAT(vlm__tmodel, SFX) TMS(model);
@@ -81,12 +91,15 @@ static int TMS(tower_init)(TMS(tower) *t, const vlm__tlayout *L, int tower,
   t->tower = tower;
   if (tower == 0) {
     t->C = c->vision_width; t->H = c->vision_heads; t->M = c->vision_mlp;
-    t->layers = c->vision_layers; t->quick = c->vision_act == VLM__ACT_QUICK_GELU;
+    t->layers = c->vision_layers; t->act = (int)c->vision_act;
     t->eps = c->vision_eps; t->causal = 0; t->off = L->vlayers;
   } else {
     t->C = c->text_width; t->H = c->text_heads; t->M = c->text_mlp;
-    t->layers = c->text_layers; t->quick = c->text_act == VLM__ACT_QUICK_GELU;
-    t->eps = c->text_eps; t->causal = 1; t->off = L->tlayers;
+    t->layers = c->text_layers; t->act = (int)c->text_act;
+    t->eps = c->text_eps; t->off = L->tlayers;
+    /* CLIP's text is causal; SigLIP's and BERT's attend to every token */
+    t->causal = c->family == VLM__FAMILY_CLIP;
+    t->post_ln = L->text_bert;
   }
   t->N = N;
   t->probs_size = probs_size;
@@ -128,6 +141,10 @@ void TM(free)(TMS(model) *m) {
   free(m->pre_rstd); free(m->vpool); free(m->vpost); free(m->vpost_mean);
   free(m->vpost_rstd); free(m->vproj); free(m->vnorm); free(m->vemb_n);
   free(m->vidx); free(m->tids); free(m->tpos); free(m->tpool_);
+  free(m->hq); free(m->hkv); free(m->hprobs); free(m->hatt); free(m->ho);
+  free(m->hln); free(m->hmean); free(m->hrstd); free(m->hh); free(m->hg);
+  free(m->traw); free(m->traw_mean); free(m->traw_rstd);
+  free(m->d_h1); free(m->d_h2); free(m->d_hq);
   free(m->tfin); free(m->tfin_mean); free(m->tfin_rstd); free(m->tproj);
   free(m->tnorm); free(m->temb_n); free(m->tidx); free(m->probs_row);
   free(m->probs_col); free(m->d_res); free(m->d_c); free(m->d_qkv);
@@ -152,7 +169,8 @@ int TM(create)(const vlm__tlayout *L, vlm__tpool *pool, int max_batch,
   m->max_batch = max_batch;
   m->max_text = max_text;
   m->frozen = L->lora_rank > 0;
-  int B = max_batch, T = L->vision_tokens, np = T - 1;
+  int B = max_batch, T = L->vision_tokens, np = T - L->vision_cls;
+  const int siglip = c->family == VLM__FAMILY_SIGLIP;
   int Cv = c->vision_width, Ct = c->text_width, D = c->projection_dim;
   int P = c->patch_size, r = L->lora_rank;
   int64_t Nv = (int64_t)B * T, Nt = max_text;
@@ -180,9 +198,29 @@ int TM(create)(const vlm__tlayout *L, vlm__tpool *pool, int max_batch,
   m->pre_mean = TMS(alloc)(Nv, &fail);
   m->pre_rstd = TMS(alloc)(Nv, &fail);
   m->vpool = TMS(alloc)((int64_t)B * Cv, &fail);
-  m->vpost = TMS(alloc)((int64_t)B * Cv, &fail);
-  m->vpost_mean = TMS(alloc)(B, &fail);
-  m->vpost_rstd = TMS(alloc)(B, &fail);
+  /* SigLIP post-norms every row (for its head), the others one per image */
+  int64_t npost = siglip ? Nv : B;
+  m->vpost = TMS(alloc)(npost * Cv, &fail);
+  m->vpost_mean = TMS(alloc)(npost, &fail);
+  m->vpost_rstd = TMS(alloc)(npost, &fail);
+  if (siglip) {
+    int64_t Mv = c->vision_mlp;
+    m->hq = TMS(alloc)(Cv, &fail);
+    m->hkv = TMS(alloc)(Nv * 2 * Cv, &fail);
+    m->hprobs = TMS(alloc)((int64_t)B * c->vision_heads * T, &fail);
+    m->hatt = TMS(alloc)((int64_t)B * Cv, &fail);
+    m->ho = TMS(alloc)((int64_t)B * Cv, &fail);
+    m->hln = TMS(alloc)((int64_t)B * Cv, &fail);
+    m->hmean = TMS(alloc)(B, &fail);
+    m->hrstd = TMS(alloc)(B, &fail);
+    m->hh = TMS(alloc)((int64_t)B * Mv, &fail);
+    m->hg = TMS(alloc)((int64_t)B * Mv, &fail);
+  }
+  if (L->text_bert) {
+    m->traw = TMS(alloc)(Nt * Ct, &fail);
+    m->traw_mean = TMS(alloc)(Nt, &fail);
+    m->traw_rstd = TMS(alloc)(Nt, &fail);
+  }
   m->vproj = TMS(alloc)((int64_t)B * D, &fail);
   m->vnorm = TMS(alloc)(B, &fail);
   m->vemb_n = TMS(alloc)((int64_t)B * D, &fail);
@@ -209,6 +247,9 @@ int TM(create)(const vlm__tlayout *L, vlm__tpool *pool, int max_batch,
                                                          : m->txt.probs_size;
     m->d_res = TMS(alloc)(Nmax * Cmax, &fail);
     m->d_c = TMS(alloc)(Nmax * Cmax, &fail);
+    m->d_h1 = TMS(alloc)((int64_t)B * Cmax, &fail);
+    m->d_h2 = TMS(alloc)((int64_t)B * Cmax, &fail);
+    m->d_hq = TMS(alloc)(Cmax, &fail);
     m->d_qkv = TMS(alloc)(Nmax * 3 * Cmax, &fail);
     m->d_m = TMS(alloc)(Nmax * Mmax, &fail);
     m->d_probs = TMS(alloc)(pmax, &fail);
@@ -289,10 +330,16 @@ static real *TMS(lora_u)(TMS(model) *m, TMS(tower) *t, int l, int which) {
 
 /* ---- one tower ------------------------------------------------------ */
 
+/* Pre-LN (CLIP, SigLIP):
+ *   ln1 = LN1(x); x1 = x + O(attn(QKV(ln1))); ln2 = LN2(x1);
+ *   xo = x1 + fc2(act(fc1(ln2)))
+ * Post-LN (BERT), the same buffers holding:
+ *   ln1 = x + O(attn(QKV(x))); x1 = LN1(ln1); ln2 = x1 + fc2(act(fc1(x1)));
+ *   xo = LN2(ln2) */
 static void TMS(tower_forward)(TMS(model) *m, TMS(tower) *t, int64_t N) {
   int C = t->C, M = t->M;
   const real *p = m->p;
-  int lora = m->L->lora_rank > 0;
+  int lora = m->L->lora_rank > 0, post = t->post_ln;
   for (int l = 0; l < t->layers; l++) {
     const vlm__tlayer *o = &t->off[l];
     real *x = t->x + l * t->N * C, *xo = t->x + (l + 1) * t->N * C;
@@ -301,105 +348,246 @@ static void TMS(tower_forward)(TMS(model) *m, TMS(tower) *t, int64_t N) {
     real *ln2 = t->ln2 + l * t->N * C;
     real *h = t->h + l * t->N * M, *g = t->g + l * t->N * M;
     real *probs = t->probs + l * t->probs_size;
-    K(layernorm_forward)(m->pool, ln1, t->mean1 + l * t->N,
-                         t->rstd1 + l * t->N, x, p + o->ln1_w, p + o->ln1_b,
-                         (int)N, C, t->eps);
-    K(linear_forward)(m->pool, qkv, ln1, p + o->qkv_w, p + o->qkv_b, (int)N, C,
+    real *mean1 = t->mean1 + l * t->N, *rstd1 = t->rstd1 + l * t->N;
+    real *mean2 = t->mean2 + l * t->N, *rstd2 = t->rstd2 + l * t->N;
+    const real *ain = x; /* the attention's input */
+    if (!post) {
+      K(layernorm_forward)(m->pool, ln1, mean1, rstd1, x, p + o->ln1_w,
+                           p + o->ln1_b, (int)N, C, t->eps);
+      ain = ln1;
+    }
+    K(linear_forward)(m->pool, qkv, ain, p + o->qkv_w, p + o->qkv_b, (int)N, C,
                       3 * C);
     if (lora)
       for (int w = VLM__LORA_Q; w <= VLM__LORA_V; w++)
-        TMS(lora_fwd)(m, qkv + w * C, 3 * C, ln1, (int)N, C, C,
+        TMS(lora_fwd)(m, qkv + w * C, 3 * C, ain, (int)N, C, C,
                       o->lora_a[w], o->lora_b[w], TMS(lora_u)(m, t, l, w));
     K(attention_forward)(m->pool, att, probs, qkv, &t->seqs, C, t->H,
                          t->causal);
-    /* x1 = x + att Wo^T + bo (x1 holds the projection first) */
-    K(linear_forward)(m->pool, x1, att, p + o->o_w, p + o->o_b, (int)N, C, C);
+    /* r1 = x + att Wo^T + bo: x1 (pre-LN) or ln1 (post-LN) */
+    real *r1 = post ? ln1 : x1;
+    K(linear_forward)(m->pool, r1, att, p + o->o_w, p + o->o_b, (int)N, C, C);
     if (lora)
-      TMS(lora_fwd)(m, x1, C, att, (int)N, C, C, o->lora_a[VLM__LORA_O],
+      TMS(lora_fwd)(m, r1, C, att, (int)N, C, C, o->lora_a[VLM__LORA_O],
                     o->lora_b[VLM__LORA_O], TMS(lora_u)(m, t, l, VLM__LORA_O));
-    K(add)(m->pool, x1, x1, x, N * C);
-    K(layernorm_forward)(m->pool, ln2, t->mean2 + l * t->N,
-                         t->rstd2 + l * t->N, x1, p + o->ln2_w, p + o->ln2_b,
-                         (int)N, C, t->eps);
-    K(linear_forward)(m->pool, h, ln2, p + o->fc1_w, p + o->fc1_b, (int)N, C,
+    K(add)(m->pool, r1, r1, x, N * C);
+    const real *min; /* the MLP's input */
+    if (post) {
+      K(layernorm_forward)(m->pool, x1, mean1, rstd1, ln1, p + o->ln1_w,
+                           p + o->ln1_b, (int)N, C, t->eps);
+      min = x1;
+    } else {
+      K(layernorm_forward)(m->pool, ln2, mean2, rstd2, x1, p + o->ln2_w,
+                           p + o->ln2_b, (int)N, C, t->eps);
+      min = ln2;
+    }
+    K(linear_forward)(m->pool, h, min, p + o->fc1_w, p + o->fc1_b, (int)N, C,
                       M);
     if (lora)
-      TMS(lora_fwd)(m, h, M, ln2, (int)N, C, M, o->lora_a[VLM__LORA_FC1],
+      TMS(lora_fwd)(m, h, M, min, (int)N, C, M, o->lora_a[VLM__LORA_FC1],
                     o->lora_b[VLM__LORA_FC1],
                     TMS(lora_u)(m, t, l, VLM__LORA_FC1));
-    K(act_forward)(m->pool, g, h, N * M, t->quick);
-    K(linear_forward)(m->pool, xo, g, p + o->fc2_w, p + o->fc2_b, (int)N, M,
+    K(act_forward)(m->pool, g, h, N * M, t->act);
+    /* r2 = x1 + fc2(g): xo (pre-LN) or ln2 (post-LN) */
+    real *r2 = post ? ln2 : xo;
+    K(linear_forward)(m->pool, r2, g, p + o->fc2_w, p + o->fc2_b, (int)N, M,
                       C);
     if (lora)
-      TMS(lora_fwd)(m, xo, C, g, (int)N, M, C, o->lora_a[VLM__LORA_FC2],
+      TMS(lora_fwd)(m, r2, C, g, (int)N, M, C, o->lora_a[VLM__LORA_FC2],
                     o->lora_b[VLM__LORA_FC2],
                     TMS(lora_u)(m, t, l, VLM__LORA_FC2));
-    K(add)(m->pool, xo, xo, x1, N * C);
+    K(add)(m->pool, r2, r2, x1, N * C);
+    if (post)
+      K(layernorm_forward)(m->pool, xo, mean2, rstd2, ln2, p + o->ln2_w,
+                           p + o->ln2_b, (int)N, C, t->eps);
   }
+}
+
+/* The pre-LN block's backward: d_res holds d(xo) and gets d(x). */
+static void TMS(block_backward_pre)(TMS(model) *m, TMS(tower) *t, int l,
+                                    int64_t N) {
+  int C = t->C, M = t->M;
+  const real *p = m->p;
+  int lora = m->L->lora_rank > 0;
+  real *dres = m->d_res, *dc = m->d_c, *dqkv = m->d_qkv, *dm = m->d_m;
+  const vlm__tlayer *o = &t->off[l];
+  real *x = t->x + l * t->N * C;
+  real *ln1 = t->ln1 + l * t->N * C, *qkv = t->qkv + l * t->N * 3 * C;
+  real *att = t->att + l * t->N * C, *x1 = t->x1 + l * t->N * C;
+  real *ln2 = t->ln2 + l * t->N * C;
+  real *h = t->h + l * t->N * M, *g = t->g + l * t->N * M;
+  real *probs = t->probs + l * t->probs_size;
+  /* MLP: xo = x1 + fc2(act(fc1(ln2(x1)))) */
+  K(linear_backward)(m->pool, dm, 0, TMS(gw)(m, o->fc2_w),
+                     TMS(gw)(m, o->fc2_b), dres, g, p + o->fc2_w, (int)N, M,
+                     C);
+  if (lora)
+    TMS(lora_bwd)(m, dm, dres, C, g, (int)N, M, C, o->lora_a[VLM__LORA_FC2],
+                  o->lora_b[VLM__LORA_FC2],
+                  TMS(lora_u)(m, t, l, VLM__LORA_FC2));
+  K(act_backward)(m->pool, dm, h, dm, N * M, t->act);
+  K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->fc1_w),
+                     TMS(gw)(m, o->fc1_b), dm, ln2, p + o->fc1_w, (int)N, C,
+                     M);
+  if (lora)
+    TMS(lora_bwd)(m, dc, dm, M, ln2, (int)N, C, M, o->lora_a[VLM__LORA_FC1],
+                  o->lora_b[VLM__LORA_FC1],
+                  TMS(lora_u)(m, t, l, VLM__LORA_FC1));
+  K(layernorm_backward)(m->pool, dres, TMS(gw)(m, o->ln2_w),
+                        TMS(gw)(m, o->ln2_b), dc, x1, p + o->ln2_w,
+                        t->mean2 + l * t->N, t->rstd2 + l * t->N, (int)N, C);
+  /* attention: x1 = x + out_proj(attn(qkv(ln1(x)))) */
+  K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->o_w), TMS(gw)(m, o->o_b),
+                     dres, att, p + o->o_w, (int)N, C, C);
+  if (lora)
+    TMS(lora_bwd)(m, dc, dres, C, att, (int)N, C, C, o->lora_a[VLM__LORA_O],
+                  o->lora_b[VLM__LORA_O], TMS(lora_u)(m, t, l, VLM__LORA_O));
+  K(attention_backward)(m->pool, dqkv, m->d_probs, dc, qkv, probs, &t->seqs,
+                        C, t->H);
+  K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->qkv_w),
+                     TMS(gw)(m, o->qkv_b), dqkv, ln1, p + o->qkv_w, (int)N, C,
+                     3 * C);
+  if (lora)
+    for (int w = VLM__LORA_Q; w <= VLM__LORA_V; w++)
+      TMS(lora_bwd)(m, dc, dqkv + w * C, 3 * C, ln1, (int)N, C, C,
+                    o->lora_a[w], o->lora_b[w], TMS(lora_u)(m, t, l, w));
+  K(layernorm_backward)(m->pool, dres, TMS(gw)(m, o->ln1_w),
+                        TMS(gw)(m, o->ln1_b), dc, x, p + o->ln1_w,
+                        t->mean1 + l * t->N, t->rstd1 + l * t->N, (int)N, C);
+}
+
+/* The post-LN (BERT) block's backward: d_res holds d(xo) and gets d(x). */
+static void TMS(block_backward_post)(TMS(model) *m, TMS(tower) *t, int l,
+                                     int64_t N) {
+  int C = t->C, M = t->M;
+  const real *p = m->p;
+  int lora = m->L->lora_rank > 0;
+  real *dres = m->d_res, *dc = m->d_c, *dqkv = m->d_qkv, *dm = m->d_m;
+  const vlm__tlayer *o = &t->off[l];
+  real *x = t->x + l * t->N * C;
+  real *s1 = t->ln1 + l * t->N * C, *qkv = t->qkv + l * t->N * 3 * C;
+  real *att = t->att + l * t->N * C, *x1 = t->x1 + l * t->N * C;
+  real *s2 = t->ln2 + l * t->N * C;
+  real *h = t->h + l * t->N * M, *g = t->g + l * t->N * M;
+  real *probs = t->probs + l * t->probs_size;
+  /* xo = LN2(s2), s2 = x1 + fc2(act(fc1(x1))): dc = d s2, then d x1 */
+  memset(dc, 0, sizeof(real) * N * C);
+  K(layernorm_backward)(m->pool, dc, TMS(gw)(m, o->ln2_w),
+                        TMS(gw)(m, o->ln2_b), dres, s2, p + o->ln2_w,
+                        t->mean2 + l * t->N, t->rstd2 + l * t->N, (int)N, C);
+  K(linear_backward)(m->pool, dm, 0, TMS(gw)(m, o->fc2_w),
+                     TMS(gw)(m, o->fc2_b), dc, g, p + o->fc2_w, (int)N, M, C);
+  if (lora)
+    TMS(lora_bwd)(m, dm, dc, C, g, (int)N, M, C, o->lora_a[VLM__LORA_FC2],
+                  o->lora_b[VLM__LORA_FC2],
+                  TMS(lora_u)(m, t, l, VLM__LORA_FC2));
+  K(act_backward)(m->pool, dm, h, dm, N * M, t->act);
+  K(linear_backward)(m->pool, dc, 1, TMS(gw)(m, o->fc1_w),
+                     TMS(gw)(m, o->fc1_b), dm, x1, p + o->fc1_w, (int)N, C,
+                     M);
+  if (lora)
+    TMS(lora_bwd)(m, dc, dm, M, x1, (int)N, C, M, o->lora_a[VLM__LORA_FC1],
+                  o->lora_b[VLM__LORA_FC1],
+                  TMS(lora_u)(m, t, l, VLM__LORA_FC1));
+  /* x1 = LN1(s1), s1 = x + O(attn(QKV(x))): dres = d s1, then d x */
+  memset(dres, 0, sizeof(real) * N * C);
+  K(layernorm_backward)(m->pool, dres, TMS(gw)(m, o->ln1_w),
+                        TMS(gw)(m, o->ln1_b), dc, s1, p + o->ln1_w,
+                        t->mean1 + l * t->N, t->rstd1 + l * t->N, (int)N, C);
+  K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->o_w), TMS(gw)(m, o->o_b),
+                     dres, att, p + o->o_w, (int)N, C, C);
+  if (lora)
+    TMS(lora_bwd)(m, dc, dres, C, att, (int)N, C, C, o->lora_a[VLM__LORA_O],
+                  o->lora_b[VLM__LORA_O], TMS(lora_u)(m, t, l, VLM__LORA_O));
+  K(attention_backward)(m->pool, dqkv, m->d_probs, dc, qkv, probs, &t->seqs,
+                        C, t->H);
+  K(linear_backward)(m->pool, dres, 1, TMS(gw)(m, o->qkv_w),
+                     TMS(gw)(m, o->qkv_b), dqkv, x, p + o->qkv_w, (int)N, C,
+                     3 * C);
+  if (lora)
+    for (int w = VLM__LORA_Q; w <= VLM__LORA_V; w++)
+      TMS(lora_bwd)(m, dres, dqkv + w * C, 3 * C, x, (int)N, C, C,
+                    o->lora_a[w], o->lora_b[w], TMS(lora_u)(m, t, l, w));
 }
 
 /* d_res holds d(output of the last layer) [N,C]; on return it holds
  * d(input of layer 0). */
 static void TMS(tower_backward)(TMS(model) *m, TMS(tower) *t, int64_t N) {
-  int C = t->C, M = t->M;
-  const real *p = m->p;
-  int lora = m->L->lora_rank > 0;
-  real *dres = m->d_res, *dc = m->d_c, *dqkv = m->d_qkv, *dm = m->d_m;
   for (int l = t->layers - 1; l >= 0; l--) {
-    const vlm__tlayer *o = &t->off[l];
-    real *x = t->x + l * t->N * C;
-    real *ln1 = t->ln1 + l * t->N * C, *qkv = t->qkv + l * t->N * 3 * C;
-    real *att = t->att + l * t->N * C, *x1 = t->x1 + l * t->N * C;
-    real *ln2 = t->ln2 + l * t->N * C;
-    real *h = t->h + l * t->N * M, *g = t->g + l * t->N * M;
-    real *probs = t->probs + l * t->probs_size;
-    /* MLP: xo = x1 + fc2(act(fc1(ln2(x1)))) */
-    K(linear_backward)(m->pool, dm, 0, TMS(gw)(m, o->fc2_w),
-                       TMS(gw)(m, o->fc2_b), dres, g, p + o->fc2_w, (int)N, M,
-                       C);
-    if (lora)
-      TMS(lora_bwd)(m, dm, dres, C, g, (int)N, M, C, o->lora_a[VLM__LORA_FC2],
-                    o->lora_b[VLM__LORA_FC2],
-                    TMS(lora_u)(m, t, l, VLM__LORA_FC2));
-    K(act_backward)(m->pool, dm, h, dm, N * M, t->quick);
-    K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->fc1_w),
-                       TMS(gw)(m, o->fc1_b), dm, ln2, p + o->fc1_w, (int)N, C,
-                       M);
-    if (lora)
-      TMS(lora_bwd)(m, dc, dm, M, ln2, (int)N, C, M, o->lora_a[VLM__LORA_FC1],
-                    o->lora_b[VLM__LORA_FC1],
-                    TMS(lora_u)(m, t, l, VLM__LORA_FC1));
-    K(layernorm_backward)(m->pool, dres, TMS(gw)(m, o->ln2_w),
-                          TMS(gw)(m, o->ln2_b), dc, x1, p + o->ln2_w,
-                          t->mean2 + l * t->N, t->rstd2 + l * t->N, (int)N, C);
-    /* attention: x1 = x + out_proj(attn(qkv(ln1(x)))) */
-    K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->o_w), TMS(gw)(m, o->o_b),
-                       dres, att, p + o->o_w, (int)N, C, C);
-    if (lora)
-      TMS(lora_bwd)(m, dc, dres, C, att, (int)N, C, C, o->lora_a[VLM__LORA_O],
-                    o->lora_b[VLM__LORA_O], TMS(lora_u)(m, t, l, VLM__LORA_O));
-    K(attention_backward)(m->pool, dqkv, m->d_probs, dc, qkv, probs, &t->seqs,
-                          C, t->H);
-    K(linear_backward)(m->pool, dc, 0, TMS(gw)(m, o->qkv_w),
-                       TMS(gw)(m, o->qkv_b), dqkv, ln1, p + o->qkv_w, (int)N,
-                       C, 3 * C);
-    if (lora)
-      for (int w = VLM__LORA_Q; w <= VLM__LORA_V; w++)
-        TMS(lora_bwd)(m, dc, dqkv + w * C, 3 * C, ln1, (int)N, C, C,
-                      o->lora_a[w], o->lora_b[w], TMS(lora_u)(m, t, l, w));
-    K(layernorm_backward)(m->pool, dres, TMS(gw)(m, o->ln1_w),
-                          TMS(gw)(m, o->ln1_b), dc, x, p + o->ln1_w,
-                          t->mean1 + l * t->N, t->rstd1 + l * t->N, (int)N, C);
+    if (t->post_ln)
+      TMS(block_backward_post)(m, t, l, N);
+    else
+      TMS(block_backward_pre)(m, t, l, N);
   }
 }
 
 /* ---- the two encoders ----------------------------------------------- */
+
+/* SigLIP's attention-pooling head over y = vpost [B*T, C] (every row
+ * post-normed): q = probe Wq^T + bq; k, v of every row; a = attention of
+ * q over each image's rows; o = a Wo^T + bo; out = o + fc2(act(fc1(
+ * LN(o)))) into vproj [B, C]. */
+static void TMS(head_forward)(TMS(model) *m, int B) {
+  const vlm__tlayout *L = m->L;
+  const vlm__clip_config *c = &L->cfg;
+  const vlm__tlayer *o = &L->vhead;
+  const real *p = m->p;
+  int C = c->vision_width, M = c->vision_mlp, T = L->vision_tokens;
+  K(linear_forward)(m->pool, m->hq, p + L->probe, p + o->qkv_w, p + o->qkv_b,
+                    1, C, C);
+  K(linear_forward)(m->pool, m->hkv, m->vpost, p + o->qkv_w + (size_t)C * C,
+                    p + o->qkv_b + C, B * T, C, 2 * C);
+  K(map_attention_forward)(m->pool, m->hatt, m->hprobs, m->hq, m->hkv, B, T,
+                           C, c->vision_heads);
+  K(linear_forward)(m->pool, m->ho, m->hatt, p + o->o_w, p + o->o_b, B, C, C);
+  K(layernorm_forward)(m->pool, m->hln, m->hmean, m->hrstd, m->ho,
+                       p + o->ln2_w, p + o->ln2_b, B, C, c->vision_eps);
+  K(linear_forward)(m->pool, m->hh, m->hln, p + o->fc1_w, p + o->fc1_b, B, C,
+                    M);
+  K(act_forward)(m->pool, m->hg, m->hh, (int64_t)B * M, (int)c->vision_act);
+  K(linear_forward)(m->pool, m->vproj, m->hg, p + o->fc2_w, p + o->fc2_b, B,
+                    M, C);
+  K(add)(m->pool, m->vproj, m->vproj, m->ho, (int64_t)B * C);
+}
+
+/* d_proj holds d(vproj) [B, C]; on return d_c holds d(vpost) [B*T, C]. */
+static void TMS(head_backward)(TMS(model) *m, int B) {
+  const vlm__tlayout *L = m->L;
+  const vlm__clip_config *c = &L->cfg;
+  const vlm__tlayer *o = &L->vhead;
+  const real *p = m->p;
+  int C = c->vision_width, M = c->vision_mlp, T = L->vision_tokens;
+  real *dho = m->d_h1, *dt = m->d_h2, *dm = m->d_m, *dkv = m->d_qkv;
+  K(linear_backward)(m->pool, dm, 0, TMS(gw)(m, o->fc2_w),
+                     TMS(gw)(m, o->fc2_b), m->d_proj, m->hg, p + o->fc2_w, B,
+                     M, C);
+  K(act_backward)(m->pool, dm, m->hh, dm, (int64_t)B * M, (int)c->vision_act);
+  K(linear_backward)(m->pool, dt, 0, TMS(gw)(m, o->fc1_w),
+                     TMS(gw)(m, o->fc1_b), dm, m->hln, p + o->fc1_w, B, C, M);
+  memcpy(dho, m->d_proj, sizeof(real) * B * C); /* the residual */
+  K(layernorm_backward)(m->pool, dho, TMS(gw)(m, o->ln2_w),
+                        TMS(gw)(m, o->ln2_b), dt, m->ho, p + o->ln2_w,
+                        m->hmean, m->hrstd, B, C);
+  K(linear_backward)(m->pool, dt, 0, TMS(gw)(m, o->o_w), TMS(gw)(m, o->o_b),
+                     dho, m->hatt, p + o->o_w, B, C, C);
+  K(map_attention_backward)(m->pool, m->d_hq, dkv, dt, m->hq, m->hkv,
+                            m->hprobs, B, T, C, c->vision_heads);
+  /* q = probe Wq^T + bq: the probe's gradient and the q rows' */
+  K(linear_backward)(m->pool, TMS(gw)(m, L->probe), 1, TMS(gw)(m, o->qkv_w),
+                     TMS(gw)(m, o->qkv_b), m->d_hq, p + L->probe,
+                     p + o->qkv_w, 1, C, C);
+  K(linear_backward)(m->pool, m->d_c, 0,
+                     TMS(gw)(m, o->qkv_w + (size_t)C * C),
+                     TMS(gw)(m, o->qkv_b + C), dkv, m->vpost,
+                     p + o->qkv_w + (size_t)C * C, B * T, C, 2 * C);
+}
 
 void TM(images)(TMS(model) *m, const real *pixels, int B, real *emb) {
   const vlm__tlayout *L = m->L;
   const vlm__clip_config *c = &L->cfg;
   const real *p = m->p;
   int T = L->vision_tokens, C = c->vision_width, D = c->projection_dim;
+  const int siglip = c->family == VLM__FAMILY_SIGLIP;
   TMS(tower) *t = &m->vis;
   int64_t N = (int64_t)B * T;
   assert(B <= m->max_batch);
@@ -414,18 +602,35 @@ void TM(images)(TMS(model) *m, const real *pixels, int B, real *emb) {
   }
   K(patch_embed_forward)(m->pool, m->patch_out, m->patches, pixels,
                          p + L->patch_w, B, c->image_size, c->patch_size, C);
-  K(vision_embed_forward)(m->pool, m->vemb, m->patch_out, p + L->cls,
-                          p + L->vpos, B, T, C);
-  K(layernorm_forward)(m->pool, t->x, m->pre_mean, m->pre_rstd, m->vemb,
-                       p + L->pre_ln_w, p + L->pre_ln_b, (int)N, C,
-                       c->vision_eps);
+  if (siglip) {
+    /* patches (with the convolution's bias) + positions, no class token
+     * and no pre-norm: straight into the tower's input */
+    K(add_row_forward)(m->pool, m->patch_out, p + L->patch_b,
+                       B * (T - L->vision_cls), C);
+    K(vision_embed_forward)(m->pool, t->x, m->patch_out, NULL, p + L->vpos, B,
+                            T, C);
+  } else {
+    K(vision_embed_forward)(m->pool, m->vemb, m->patch_out, p + L->cls,
+                            p + L->vpos, B, T, C);
+    K(layernorm_forward)(m->pool, t->x, m->pre_mean, m->pre_rstd, m->vemb,
+                         p + L->pre_ln_w, p + L->pre_ln_b, (int)N, C,
+                         c->vision_eps);
+  }
   TMS(tower_forward)(m, t, N);
-  K(gather_rows)(m->vpool, t->x + (int64_t)t->layers * t->N * C, m->vidx, B,
-                 C);
-  K(layernorm_forward)(m->pool, m->vpost, m->vpost_mean, m->vpost_rstd,
-                       m->vpool, p + L->post_ln_w, p + L->post_ln_b, B, C,
-                       c->vision_eps);
-  K(linear_forward)(m->pool, m->vproj, m->vpost, p + L->vproj, NULL, B, C, D);
+  const real *last = t->x + (int64_t)t->layers * t->N * C;
+  if (siglip) {
+    K(layernorm_forward)(m->pool, m->vpost, m->vpost_mean, m->vpost_rstd,
+                         last, p + L->post_ln_w, p + L->post_ln_b, (int)N, C,
+                         c->vision_eps);
+    TMS(head_forward)(m, B);
+  } else {
+    K(gather_rows)(m->vpool, last, m->vidx, B, C);
+    K(layernorm_forward)(m->pool, m->vpost, m->vpost_mean, m->vpost_rstd,
+                         m->vpool, p + L->post_ln_w, p + L->post_ln_b, B, C,
+                         c->vision_eps);
+    K(linear_forward)(m->pool, m->vproj, m->vpost, p + L->vproj, NULL, B, C,
+                      D);
+  }
   K(l2norm_forward)(m->vemb_n, m->vnorm, m->vproj, B, D);
   if (emb)
     memcpy(emb, m->vemb_n, sizeof(real) * B * D);
@@ -448,32 +653,54 @@ void TM(texts)(TMS(model) *m, const vlm__ttexts *tx, real *emb) {
       m->tids[N + i] = tx->ids[tx->off[b] + i];
       m->tpos[N + i] = i;
     }
+    /* BERT pools [CLS], the first row; CLIP and SigLIP the last */
+    m->tidx[b] = L->text_bert ? (int)N : (int)N + len - 1;
     N += len;
     poff += (int64_t)c->text_heads * len * len;
     if (len > maxlen)
       maxlen = len;
-    m->tidx[b] = (int)N - 1;
   }
   assert(B <= m->max_batch && N <= m->max_text);
   m->ntxt = B;
   m->ntok = N;
   t->seqs.n = B;
   t->seqs.max_len = maxlen;
-  K(text_embed_forward)(m->pool, t->x, m->tids, m->tpos, p + L->tok,
-                        p + L->tpos, (int)N, C);
+  if (L->text_bert) {
+    /* word + position + token type 0, then the embeddings' LayerNorm */
+    K(text_embed_forward)(m->pool, m->traw, m->tids, m->tpos, p + L->tok,
+                          p + L->tpos, (int)N, C);
+    K(add_row_forward)(m->pool, m->traw, p + L->type_emb, (int)N, C);
+    K(layernorm_forward)(m->pool, t->x, m->traw_mean, m->traw_rstd, m->traw,
+                         p + L->emb_ln_w, p + L->emb_ln_b, (int)N, C,
+                         c->text_eps);
+  } else {
+    K(text_embed_forward)(m->pool, t->x, m->tids, m->tpos, p + L->tok,
+                          p + L->tpos, (int)N, C);
+  }
   TMS(tower_forward)(m, t, N);
   K(gather_rows)(m->tpool_, t->x + (int64_t)t->layers * t->N * C, m->tidx, B,
                  C);
-  K(layernorm_forward)(m->pool, m->tfin, m->tfin_mean, m->tfin_rstd,
-                       m->tpool_, p + L->final_ln_w, p + L->final_ln_b, B, C,
-                       c->text_eps);
-  K(linear_forward)(m->pool, m->tproj, m->tfin, p + L->tproj, NULL, B, C, D);
+  const real *pooled = m->tpool_;
+  if (!L->text_bert) {
+    K(layernorm_forward)(m->pool, m->tfin, m->tfin_mean, m->tfin_rstd,
+                         m->tpool_, p + L->final_ln_w, p + L->final_ln_b, B,
+                         C, c->text_eps);
+    pooled = m->tfin;
+  }
+  K(linear_forward)(m->pool, m->tproj, pooled, p + L->tproj,
+                    c->family == VLM__FAMILY_SIGLIP ? p + L->tproj_b : NULL, B,
+                    C, D);
   K(l2norm_forward)(m->temb_n, m->tnorm, m->tproj, B, D);
   if (emb)
     memcpy(emb, m->temb_n, sizeof(real) * B * D);
 }
 
 real TM(loss)(TMS(model) *m) {
+  if (m->L->cfg.family == VLM__FAMILY_SIGLIP)
+    return K(siglip_loss_forward)(m->probs_row, m->vemb_n, m->temb_n,
+                                  m->p[m->L->logit_scale],
+                                  m->p[m->L->logit_bias], m->nimg,
+                                  m->L->cfg.projection_dim);
   return K(clip_loss_forward)(m->probs_row, m->probs_col, m->vemb_n,
                               m->temb_n, m->p[m->L->logit_scale], m->nimg,
                               m->L->cfg.projection_dim);
@@ -484,26 +711,56 @@ void TM(backward)(TMS(model) *m) {
   const vlm__clip_config *c = &L->cfg;
   const real *p = m->p;
   int B = m->nimg, D = c->projection_dim;
-  K(clip_loss_backward)(m->d_embn_img, m->d_embn_txt,
-                        TMS(gw)(m, L->logit_scale), m->probs_row, m->probs_col,
-                        m->vemb_n, m->temb_n, p[L->logit_scale], B, D);
+  const int siglip = c->family == VLM__FAMILY_SIGLIP;
+  if (siglip)
+    K(siglip_loss_backward)(m->d_embn_img, m->d_embn_txt,
+                            TMS(gw)(m, L->logit_scale),
+                            TMS(gw)(m, L->logit_bias), m->probs_row,
+                            m->vemb_n, m->temb_n, p[L->logit_scale], B, D);
+  else
+    K(clip_loss_backward)(m->d_embn_img, m->d_embn_txt,
+                          TMS(gw)(m, L->logit_scale), m->probs_row,
+                          m->probs_col, m->vemb_n, m->temb_n,
+                          p[L->logit_scale], B, D);
   /* text tower */
   {
     TMS(tower) *t = &m->txt;
     int C = c->text_width;
     int64_t N = m->ntok;
     K(l2norm_backward)(m->d_proj, m->d_embn_txt, m->temb_n, m->tnorm, B, D);
-    K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->tproj), NULL,
-                       m->d_proj, m->tfin, p + L->tproj, B, C, D);
-    memset(m->d_pool, 0, sizeof(real) * B * C);
-    K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->final_ln_w),
-                          TMS(gw)(m, L->final_ln_b), m->d_post, m->tpool_,
-                          p + L->final_ln_w, m->tfin_mean, m->tfin_rstd, B, C);
+    K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->tproj),
+                       siglip ? TMS(gw)(m, L->tproj_b) : NULL, m->d_proj,
+                       L->text_bert ? m->tpool_ : m->tfin, p + L->tproj, B, C,
+                       D);
+    if (L->text_bert) {
+      memcpy(m->d_pool, m->d_post, sizeof(real) * B * C);
+    } else {
+      memset(m->d_pool, 0, sizeof(real) * B * C);
+      K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->final_ln_w),
+                            TMS(gw)(m, L->final_ln_b), m->d_post, m->tpool_,
+                            p + L->final_ln_w, m->tfin_mean, m->tfin_rstd, B,
+                            C);
+    }
     memset(m->d_res, 0, sizeof(real) * N * C);
     K(scatter_rows)(m->d_res, m->d_pool, m->tidx, B, C);
     TMS(tower_backward)(m, t, N);
-    K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok), TMS(gw)(m, L->tpos),
-                           m->d_res, m->tids, m->tpos, (int)N, C);
+    if (L->text_bert) {
+      if (TMS(gw)(m, L->tok)) {
+        memset(m->d_c, 0, sizeof(real) * N * C);
+        K(layernorm_backward)(m->pool, m->d_c, TMS(gw)(m, L->emb_ln_w),
+                              TMS(gw)(m, L->emb_ln_b), m->d_res, m->traw,
+                              p + L->emb_ln_w, m->traw_mean, m->traw_rstd,
+                              (int)N, C);
+        K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok),
+                               TMS(gw)(m, L->tpos), m->d_c, m->tids, m->tpos,
+                               (int)N, C);
+        K(add_row_backward)(m->pool, TMS(gw)(m, L->type_emb), m->d_c, (int)N,
+                            C);
+      }
+    } else {
+      K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok), TMS(gw)(m, L->tpos),
+                             m->d_res, m->tids, m->tpos, (int)N, C);
+    }
   }
   /* vision tower */
   {
@@ -511,25 +768,43 @@ void TM(backward)(TMS(model) *m) {
     int C = c->vision_width, T = L->vision_tokens;
     int64_t N = (int64_t)B * T;
     K(l2norm_backward)(m->d_proj, m->d_embn_img, m->vemb_n, m->vnorm, B, D);
-    K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->vproj), NULL,
-                       m->d_proj, m->vpost, p + L->vproj, B, C, D);
-    memset(m->d_pool, 0, sizeof(real) * B * C);
-    K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->post_ln_w),
-                          TMS(gw)(m, L->post_ln_b), m->d_post, m->vpool,
-                          p + L->post_ln_w, m->vpost_mean, m->vpost_rstd, B,
-                          C);
     memset(m->d_res, 0, sizeof(real) * N * C);
-    K(scatter_rows)(m->d_res, m->d_pool, m->vidx, B, C);
+    if (siglip) {
+      TMS(head_backward)(m, B);
+      K(layernorm_backward)(m->pool, m->d_res, TMS(gw)(m, L->post_ln_w),
+                            TMS(gw)(m, L->post_ln_b), m->d_c,
+                            t->x + (int64_t)t->layers * t->N * C,
+                            p + L->post_ln_w, m->vpost_mean, m->vpost_rstd,
+                            (int)N, C);
+    } else {
+      K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->vproj), NULL,
+                         m->d_proj, m->vpost, p + L->vproj, B, C, D);
+      memset(m->d_pool, 0, sizeof(real) * B * C);
+      K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->post_ln_w),
+                            TMS(gw)(m, L->post_ln_b), m->d_post, m->vpool,
+                            p + L->post_ln_w, m->vpost_mean, m->vpost_rstd, B,
+                            C);
+      K(scatter_rows)(m->d_res, m->d_pool, m->vidx, B, C);
+    }
     TMS(tower_backward)(m, t, N);
     if (TMS(gw)(m, L->patch_w)) {
-      /* through the pre-norm into the embeddings, then the patches */
-      memset(m->d_c, 0, sizeof(real) * N * C);
-      K(layernorm_backward)(m->pool, m->d_c, TMS(gw)(m, L->pre_ln_w),
-                            TMS(gw)(m, L->pre_ln_b), m->d_res, m->vemb,
-                            p + L->pre_ln_w, m->pre_mean, m->pre_rstd, (int)N,
-                            C);
-      K(vision_embed_backward)(m->pool, m->d_emb, TMS(gw)(m, L->cls),
-                               TMS(gw)(m, L->vpos), m->d_c, B, T, C);
+      int np = T - L->vision_cls;
+      if (siglip) {
+        /* no pre-norm: d_res is the embeddings' gradient */
+        K(vision_embed_backward)(m->pool, m->d_emb, NULL, TMS(gw)(m, L->vpos),
+                                 m->d_res, B, T, C, 0);
+        K(add_row_backward)(m->pool, TMS(gw)(m, L->patch_b), m->d_emb,
+                            B * np, C);
+      } else {
+        /* through the pre-norm into the embeddings, then the patches */
+        memset(m->d_c, 0, sizeof(real) * N * C);
+        K(layernorm_backward)(m->pool, m->d_c, TMS(gw)(m, L->pre_ln_w),
+                              TMS(gw)(m, L->pre_ln_b), m->d_res, m->vemb,
+                              p + L->pre_ln_w, m->pre_mean, m->pre_rstd,
+                              (int)N, C);
+        K(vision_embed_backward)(m->pool, m->d_emb, TMS(gw)(m, L->cls),
+                                 TMS(gw)(m, L->vpos), m->d_c, B, T, C, 1);
+      }
       K(patch_embed_backward)(m->pool, TMS(gw)(m, L->patch_w), m->d_emb,
                               m->patches, B, c->image_size, c->patch_size, C);
     }

@@ -1,11 +1,17 @@
-/* vlm_train.h - contrastive training and fine-tuning of CLIP models.
+/* vlm_train.h - contrastive training and fine-tuning of CLIP, SigLIP and
+ * Chinese-CLIP models.
  *
- * vlm_train_run trains a CLIP model on image-text pairs with the CLIP
- * symmetric contrastive loss and writes it to out_dir in the standard
- * Hugging Face layout, which vlm_clip_load (and anything else that loads
- * CLIP) reads:
+ * vlm_train_run trains a model on image-text pairs with its family's loss
+ * (CLIP and Chinese-CLIP: the symmetric contrastive loss; SigLIP and
+ * fixed-resolution SigLIP 2: the sigmoid loss with logit_bias, as
+ * transformers' SiglipModel) and writes it to out_dir in the standard
+ * Hugging Face layout of its family, which vlm_clip_load (and anything
+ * else that loads the family) reads:
  *
- *   config.json, model.safetensors (F16 or F32), vocab.json, merges.txt,
+ *   config.json, model.safetensors (F16 or F32), the tokenizer files
+ *   (vocab.json + merges.txt; spiece.model or tokenizer.model; vocab.txt;
+ *   with tokenizer_config.json and special_tokens_map.json when the
+ *   source has them),
  *   preprocessor_config.json, training.json (command, seed, data digest,
  *   steps, final metrics), metrics.csv (one row per evaluation),
  *   train.log (the progress lines), checkpoint/ (the resumable state:
@@ -14,17 +20,21 @@
  *   names).
  *
  * The model starts from a checkpoint (init_dir: any model vlm_clip_load
- * reads) or from scratch (config_path: a Hugging Face CLIP config.json;
- * weights initialised as Hugging Face's CLIPModel does).  AdamW with
+ * reads) or from scratch (config_path: a Hugging Face config.json of a
+ * CLIPModel, SiglipModel or ChineseCLIPModel; weights initialised as the
+ * family's Hugging Face _init_weights does, SigLIP's logit_scale and
+ * logit_bias as the SigLIP paper's log 10 and -10).  AdamW with
  * decoupled weight decay (none on norms, biases, token/position/class
  * embeddings, logit_scale; the patch embedding, a convolution, is
  * decayed like the other matrices), linear warm-up
  * then cosine decay, gradient clipping by global norm; logit_scale is
  * clamped to [0, ln 100] after each step as open_clip does.  With
  * lora_rank > 0, low-rank adapters (B zero-initialised, scaled by
- * alpha / rank) on every attention and MLP projection of both towers are
- * trained and the base weights are frozen; the exported model has the
- * adapters merged in.
+ * alpha / rank) on every attention and MLP projection of both towers'
+ * encoder layers (q/k/v/out_proj, fc1, fc2; BERT's query/key/value and
+ * its three dense layers) are trained and the base weights are frozen;
+ * the exported model has the adapters merged in.  SigLIP's attention-
+ * pooling head gets no adapter.
  *
  * Determinism: for a given seed, data and thread count the run is
  * bit-for-bit reproducible, and a run resumed from a checkpoint continues
@@ -33,6 +43,8 @@
  * saved generator state).
  *
  * Errors: VLM_EINVAL (bad options), VLM_EIO / VLM_ENOTFOUND (files),
+ * VLM_EUNSUPPORTED (what cannot be trained: context_length other than a
+ * SigLIP model's own, a SentencePiece tokenizer without a pad token),
  * VLM_EFORMAT (bad config.json), VLM_EMISMATCH (resume with another
  * geometry or data set), VLM_ENUMERIC (the loss diverged), VLM_ENOMEM,
  * VLM_EINTR (stopped through opts->stop: the state was checkpointed
@@ -71,7 +83,10 @@ typedef struct {
   const char *out_dir;       /* created if missing */
   const char *init_dir;      /* start from this model, or NULL */
   const char *config_path;   /* geometry for a model from scratch */
-  const char *tokenizer_dir; /* vocab.json + merges.txt; NULL = init_dir */
+  const char *tokenizer_dir; /* the family's tokenizer files (vocab.json +
+                                merges.txt, spiece.model or
+                                tokenizer.model, vocab.txt); NULL =
+                                init_dir's, or resuming out_dir's */
   /* schedule and optimizer (0 / negative = the default noted) */
   int epochs;                /* 10 */
   int batch;                 /* 128 (clamped to the training set size) */
@@ -105,7 +120,8 @@ typedef struct {
                                 the initial model's or the config's.  Larger
                                 than the initial model's: its position
                                 embeddings are kept and the new rows start
-                                as copies of its last one */
+                                as copies of its last one.  SigLIP: only
+                                its own (VLM_EUNSUPPORTED) */
   float alt_text_share;      /* each time a pair with alt_texts is drawn,
                                 it is captioned by one of them (chosen
                                 uniformly) with this probability, else by

@@ -83,11 +83,26 @@ int vlm_test_server_spawn(vlm_test_server *s, const char *bin,
       break;
   }
   line[len] = '\0';
+  /* the HTTP line comes in the same write, when the server has one */
+  char line2[256];
+  size_t len2 = 0;
+  s->http_port = 0;
+  while (len2 < sizeof line2 - 1) {
+    struct pollfd p = {out[0], POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0 || read(out[0], line2 + len2, 1) != 1)
+      break;
+    if (line2[len2++] == '\n')
+      break;
+  }
+  line2[len2] = '\0';
   close(out[0]);
   char *colon = strrchr(line, ':');
   if (strstr(line, "listening on") && colon) {
     s->pid = pid;
     s->port = atoi(colon + 1);
+    char *colon2 = strrchr(line2, ':');
+    if (strstr(line2, "http on") && colon2)
+      s->http_port = atoi(colon2 + 1);
     return 0;
   }
   int status = 0;

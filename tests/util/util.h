@@ -29,11 +29,13 @@ size_t vlm_test_resp_encode(char *out, int argc, const char **argv,
 typedef struct {
   int pid;  /* 0 when none runs */
   int port;
+  int http_port; /* from the "http on HOST:PORT" line; 0 if none */
 } vlm_test_server;
 
 /* Start `bin serve args...` (args NULL-terminated; pass "--port", "0" for
  * an ephemeral port), its stderr appended to log (NULL: inherited), and
- * wait up to timeout_s for the "listening on HOST:PORT" line it prints.
+ * wait up to timeout_s for the "listening on HOST:PORT" line it prints
+ * (and read the "http on HOST:PORT" line written with it).
  * 0 with s->pid and s->port set; else its exit status (-1 if it did not
  * exit by itself) and no child left.  The child dies with the test. */
 int vlm_test_server_spawn(vlm_test_server *s, const char *bin,
