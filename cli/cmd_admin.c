@@ -144,6 +144,14 @@ int cmd_info(int argc, char **argv) {
     json_object_set_new(tuned, "image", json_integer(info.tuned_effort[0]));
     json_object_set_new(tuned, "text", json_integer(info.tuned_effort[1]));
     json_object_set_new(o, "tuned_effort", tuned);
+    json_t *measured = json_object();
+    for (int m = 0; m < 2; m++) {
+      json_t *r = json_object();
+      json_object_set_new(r, "recall_at_10", json_real(info.tuned_recall[m]));
+      json_object_set_new(r, "queries", json_integer(info.tuned_queries[m]));
+      json_object_set_new(measured, m ? "text" : "image", r);
+    }
+    json_object_set_new(o, "tuned_measured", measured);
     json_object_set_new(o, "dim", json_integer(info.dim));
     json_object_set_new(o, "model_id", json_string(info.model_id));
     json_object_set_new(o, "model_dir", json_string(info.model_dir));
@@ -181,9 +189,17 @@ int cmd_info(int argc, char **argv) {
          info.pending_vectors ? ", some pending" : "");
   if (info.tuned_effort[0] || info.tuned_effort[1]) {
     const char *what = strstr(info.index_factory, "HNSW") ? "efSearch" : "nprobe";
-    printf("search effort:  %s image %d, text %d (measured for recall@10 "
-           ">= 0.99; 0 = default)\n",
-           what, info.tuned_effort[0], info.tuned_effort[1]);
+    printf("search effort:  %s", what);
+    for (int m = 0; m < 2; m++) {
+      const char *name = m ? "text" : "image";
+      if (info.tuned_effort[m])
+        printf("%s %s %d, measured recall@10 %.3f on %d held-out queries",
+               m ? ";" : "", name, info.tuned_effort[m],
+               info.tuned_recall[m], info.tuned_queries[m]);
+      else
+        printf("%s %s default", m ? ";" : "", name);
+    }
+    printf("\n");
   }
   printf("dimension:      %d\n", info.dim);
   printf("model:          %s\n", info.model_dir[0] ? info.model_dir : "?");

@@ -182,10 +182,20 @@ int cmd_serve(int argc, char **argv) {
     return VLM_EXIT_USAGE;
   }
 
-  /* Freed request and reply buffers go back to the system instead of
-   * raising glibc's mmap threshold, so memory returns to its baseline
-   * after a burst of large requests. */
+  /* Requests and replies of 256 KiB or more (images, large batches) are
+   * mmapped, so their memory goes back to the system when they are freed
+   * instead of raising glibc's sliding mmap threshold, and RSS returns to
+   * its baseline after a burst of large requests (test_net checks it).
+   * Fixing the threshold also stops the trim threshold from sliding: it
+   * stays at 128 KiB, so any free that left more than that at the top of
+   * an arena was handed back (madvise) and faulted in again by the next
+   * request.  Searches allocated and freed about 200 KB each that way
+   * (FAISS's visited table, now kept per thread by the index shim), which
+   * cost about 40% of the server's CPU.  An arena now keeps up to 1 MiB
+   * free at its top: no churn for anything under the mmap threshold, and
+   * a bounded amount per arena (one per worker thread here). */
   mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 
   int status = VLM_EXIT_RUNTIME, rc;
   vlm_clip *clip = NULL;

@@ -300,6 +300,8 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
   }
   vlm__manifest copy = db->man;
   memcpy(copy.ckpt, ck, sizeof ck);
+  copy.live_file[0] = '\0'; /* not copied: the copy's first checkpoint
+                               writes its own */
   if ((rc = vlm__manifest_write(tmp, &copy)))
     goto done;
   vlm__write_lock(db);

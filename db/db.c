@@ -555,6 +555,7 @@ static void db_free(vlm_db *db) {
   pthread_mutex_destroy(&db->write_mu.mu);
   pthread_mutex_destroy(&db->index_mu.mu);
   pthread_mutex_destroy(&db->pool_mu);
+  pthread_mutex_destroy(&db->lazy_mu);
   pthread_mutex_destroy(&db->bg_mu);
   pthread_cond_destroy(&db->bg_cv);
   pthread_rwlock_destroy(&db->pub_lock);
@@ -609,6 +610,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   pthread_mutex_init(&db->write_mu.mu, NULL);
   pthread_mutex_init(&db->index_mu.mu, NULL);
   pthread_mutex_init(&db->pool_mu, NULL);
+  pthread_mutex_init(&db->lazy_mu, NULL);
   pthread_mutex_init(&db->bg_mu, NULL);
   pthread_cond_init(&db->bg_cv, NULL);
   pthread_rwlock_init(&db->pub_lock, NULL);
@@ -1785,6 +1787,9 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   if (!db || !info)
     return vlm_seterr(VLM_EINVAL, "stat: NULL argument");
   memset(info, 0, sizeof *info);
+  int rc = vlm__vindex_ensure(db);
+  if (rc)
+    return rc;
   pthread_rwlock_rdlock(&db->index_lock);
   pthread_rwlock_rdlock(&db->pub_lock);
   info->items = db->pub_items;
@@ -1801,6 +1806,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
     info->tombstones += vx->ntomb;
     info->tuned_effort[m] = vx->tuned;
     info->tuned_at[m] = vx->tuned_n;
+    info->tuned_recall[m] = vx->tuned_recall;
+    info->tuned_queries[m] = vx->tuned_queries;
     int64_t pending = vx->nlive - (count - vx->ntomb);
     int64_t published = m == 0 ? info->image_vectors : info->text_vectors;
     pending += published - vx->nlive; /* not yet seen by the index side */
@@ -1813,6 +1820,8 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0])
       info->disk_bytes += file_bytes(db->dir, db->man.ckpt[m].file);
+  if (db->man.live_file[0])
+    info->disk_bytes += file_bytes(db->dir, db->man.live_file);
   pthread_rwlock_unlock(&db->index_lock);
   info->dim = db->man.dim;
   snprintf(info->model_id, sizeof info->model_id, "%s", db->man.model_id);

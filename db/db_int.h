@@ -73,6 +73,8 @@ typedef struct {
   uint64_t upto;   /* items with id < upto are in it (when live) */
   int tuned;       /* the index's tuned search effort, 0 if none */
   int64_t tuned_n; /* ... measured at this many vectors */
+  double tuned_recall; /* ... and the recall@10 measured at it */
+  int tuned_queries;   /* ... over this many held-out queries */
 } vlm__ckpt;
 
 typedef struct {
@@ -89,6 +91,10 @@ typedef struct {
   char fname[VLM__MAX_FIELDS][VLM_DB_FIELD_NAME];
   vlm__ckpt ckpt[VLM__NMOD];
   int sql_cksum;   /* meta.sqlite's pages carry checksums (sqlvfs.c) */
+  char live_file[96]; /* the live bitmaps saved at a checkpoint
+                         (livebits.c), "" if none */
+  uint64_t live_seq;  /* ... the batch they stand at */
+  uint64_t live_next; /* ... and the id bound (ids below it) */
   /* A shard of a cluster (nslot_ranges > 0): the map's digest, this
    * shard's index among nshards, and the slot ranges it holds (sorted,
    * disjoint).  Writes of keys of other slots are refused. */
@@ -102,6 +108,18 @@ typedef struct {
 int vlm__slot_mine(const vlm__manifest *m, int slot);
 
 int vlm__manifest_read(const char *dir, vlm__manifest *m);
+
+/* The live bitmaps on disk (livebits.c).  write saves bits[m] (ids below
+ * next; higher bits are left out) as standing at batch seq, to path
+ * atomically (.tmp, fsync, rename; the caller fsyncs the directory).
+ * read fills bits[m] (cap bytes each, zeroed beyond) and nlive[m] from
+ * path and returns 0 only when the file is whole and stands at exactly
+ * seq and next; else -1 with the reason in why. */
+int vlm__live_write(const char *path, uint64_t seq, uint64_t next,
+                    uint8_t *const bits[VLM__NMOD]);
+int vlm__live_read(const char *path, uint64_t seq, uint64_t next,
+                   uint8_t *const bits[VLM__NMOD], size_t cap,
+                   int64_t nlive[VLM__NMOD], char *why, size_t whylen);
 /* 0 when name is a model family a manifest may record: 1..31 bytes of
  * [a-z0-9_]; -1 otherwise. */
 int vlm__model_family_ok(const char *name);
@@ -331,7 +349,10 @@ int vlm__authorizer(void *arg, int action, const char *a, const char *b,
                     const char *dbname, const char *trigger);
 /* Run the filter on r's snapshot: ids (sorted ascending) of matches.
  * With more than limit matches, stop early and report *complete = 0
- * (no ids); SIZE_MAX = no limit. */
+ * (no ids); SIZE_MAX = no limit.  The matches are kept per reader until
+ * the next batch, and returned whatever limit says; a filter that
+ * stopped early is listed in full the next time it is asked for at the
+ * same batch (and so kept). */
 int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
                     uint64_t seq, size_t limit, uint64_t **ids, size_t *n,
                     int *complete);
@@ -352,9 +373,24 @@ typedef struct {
   int tuned;           /* efSearch/nprobe meeting the recall target on a
                           sample (tune.c); 0 = not tuned yet */
   int64_t tuned_n;     /* nlive when tuned */
+  double tuned_recall; /* recall@10 measured at tuned (held-out queries) */
+  int tuned_queries;   /* how many queries measured it */
+  /* A read-only handle loads a checkpointed index at its first use
+   * (vlm__vindex_ensure), not at open: until then index is NULL, upto is
+   * the checkpoint's, lazy_fd holds the file open (a writer's next
+   * checkpoint may unlink it) and lazy_drops the ids of the checkpoint
+   * replaced or deleted by the batches up to open's. */
+  int lazy;
+  int lazy_fd;
+  int64_t *lazy_drops;
+  size_t lazy_ndrops;
 } vlm__vindex;
 
 int vlm__vindex_open(vlm_db *db);
+/* Load the indexes a read-only open left for their first use; call it
+ * before taking index_lock to use vx[].index, upto or ntomb.  Cheap once
+ * done. */
+int vlm__vindex_ensure(vlm_db *db);
 void vlm__vindex_close(vlm_db *db);
 int vlm__vindex_catch_up(vlm_db *db);
 int vlm__vindex_checkpoint(vlm_db *db);
@@ -469,6 +505,10 @@ struct vlm_db {
   uint64_t ix_seq;            /* last batch applied to the index side */
   uint64_t ix_next;           /* live bitmaps cover ids < ix_next */
   size_t live_bytes;
+  int lazy;                   /* some vx[].lazy (atomic; lazy_mu) */
+  pthread_mutex_t lazy_mu;
+  int live_refused;           /* open could not use the manifest's live
+                                 file: the next checkpoint writes one */
   vlm__vindex vx[VLM__NMOD];
   int64_t bad_vecs;           /* stored non-finite vectors left out */
 

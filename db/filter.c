@@ -241,9 +241,19 @@ int vlm__filter_ids(vlm_db *db, vlm__reader *r, const char *expr,
   if ((rc = vlm__filter_lex(expr)))
     return rc;
   if (r->filter && r->filter_text && !strcmp(r->filter_text, expr) &&
-      r->broad_limit && r->broad_seq == seq && limit <= r->broad_limit) {
-    *complete = 0; /* known to match more than limit at this batch */
+      r->broad_limit && r->broad_seq == seq && limit <= r->broad_limit &&
+      VLM__FAULT("filter-broad-unlisted")) {
+    *complete = 0; /* (tests and benchmarks: as before broad lists) */
     return 0;
+  }
+  if (r->filter && r->filter_text && !strcmp(r->filter_text, expr) &&
+      r->broad_limit && r->broad_seq == seq && limit <= r->broad_limit) {
+    /* The second search with this broad filter at this batch: list its
+     * matches once and keep them (below), so that this search and the
+     * next ones test candidates against a bitmap of them instead of
+     * asking SQLite about each (one filter, many query vectors). */
+    r->broad_limit = 0;
+    limit = SIZE_MAX;
   }
   /* One compiled filter is kept per reader connection: the common case is
    * the same filter with many query vectors. */

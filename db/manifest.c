@@ -326,14 +326,42 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     strcpy(m->ckpt[mod].file, json_string_value(file));
     m->ckpt[mod].seq = (uint64_t)json_integer_value(seq);
     m->ckpt[mod].upto = (uint64_t)json_integer_value(upto);
-    /* Optional (absent in older manifests: the index is tuned again). */
+    /* Optional (absent in older manifests: the index is tuned again).
+     * An effort without its measured recall was tuned on the indexed
+     * vectors themselves, which overstated recall: measured again too. */
     json_t *tuned = json_object_get(c, "tuned");
     json_t *tuned_n = json_object_get(c, "tuned_n");
+    json_t *tuned_recall = json_object_get(c, "tuned_recall");
+    json_t *tuned_queries = json_object_get(c, "tuned_queries");
     if (json_is_integer(tuned) && json_is_integer(tuned_n) &&
         json_integer_value(tuned) > 0 && json_integer_value(tuned) <= 1 << 20 &&
-        json_integer_value(tuned_n) > 0) {
+        json_integer_value(tuned_n) > 0 && json_is_number(tuned_recall) &&
+        json_number_value(tuned_recall) >= 0 &&
+        json_number_value(tuned_recall) <= 1 &&
+        json_is_integer(tuned_queries) &&
+        json_integer_value(tuned_queries) > 0 &&
+        json_integer_value(tuned_queries) <= 1 << 20) {
       m->ckpt[mod].tuned = (int)json_integer_value(tuned);
       m->ckpt[mod].tuned_n = (int64_t)json_integer_value(tuned_n);
+      m->ckpt[mod].tuned_recall = json_number_value(tuned_recall);
+      m->ckpt[mod].tuned_queries = (int)json_integer_value(tuned_queries);
+    }
+  }
+  /* Optional: the live bitmaps saved at a checkpoint (livebits.c).  A
+   * malformed entry is ignored: open then reads the vector records. */
+  json_t *live = ix ? json_object_get(ix, "live") : NULL;
+  if (json_is_object(live)) {
+    json_t *file = json_object_get(live, "file");
+    json_t *seq = json_object_get(live, "seq");
+    json_t *next = json_object_get(live, "next");
+    if (json_is_string(file) && json_is_integer(seq) &&
+        json_is_integer(next) && json_integer_value(seq) >= 0 &&
+        json_integer_value(next) >= 0 &&
+        strlen(json_string_value(file)) < sizeof m->live_file &&
+        !strchr(json_string_value(file), '/')) {
+      strcpy(m->live_file, json_string_value(file));
+      m->live_seq = (uint64_t)json_integer_value(seq);
+      m->live_next = (uint64_t)json_integer_value(next);
     }
   }
 done:
@@ -401,8 +429,19 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
       json_object_set_new(c, "tuned", json_integer(m->ckpt[mod].tuned));
       json_object_set_new(c, "tuned_n",
                           json_integer((json_int_t)m->ckpt[mod].tuned_n));
+      json_object_set_new(c, "tuned_recall",
+                          json_real(m->ckpt[mod].tuned_recall));
+      json_object_set_new(c, "tuned_queries",
+                          json_integer(m->ckpt[mod].tuned_queries));
     }
     json_object_set_new(ix, mod_name[mod], c);
+  }
+  if (m->live_file[0]) {
+    json_t *live = json_object();
+    json_object_set_new(live, "file", json_string(m->live_file));
+    json_object_set_new(live, "seq", json_integer((json_int_t)m->live_seq));
+    json_object_set_new(live, "next", json_integer((json_int_t)m->live_next));
+    json_object_set_new(ix, "live", live);
   }
   json_object_set_new(root, "index", ix);
   uint64_t sum;

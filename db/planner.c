@@ -116,6 +116,8 @@ typedef struct {
   float *scratch;
   const char *post;     /* filter matching too many items to list: test
                            the unfiltered ranking's candidates instead */
+  int listed_post;      /* 0: broad listed matches may be post-filtered
+                           against the bitmap; 1: that already failed */
 } sctx;
 
 #define POST_FALLBACK 1 /* post-filtering found too few: list the matches */
@@ -179,10 +181,18 @@ static int exact_scan(sctx *s, int m, uint64_t lo, heap *h) {
   return rc == MDB_NOTFOUND ? 0 : vlm__lmdb_err(rc, "vecs");
 }
 
-/* FAISS search of modality m; pushes live hits.  *returned gets how many
- * ids FAISS gave back (live or not). */
+/* How index_search treats FAISS's ids. */
+#define IX_RESOLVE 0 /* push the ids live in the snapshot */
+#define IX_PROBE 1   /* push nothing; count the ids the filter allows */
+#define IX_RAW 2     /* push every id: the caller's filter lookup (one
+                        SQLite row per live id of the snapshot) resolves
+                        them, so the LMDB lookup would be paid twice */
+
+/* FAISS search of modality m; pushes hits as mode says.  *returned gets
+ * how many ids FAISS gave back (live or not). */
 static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
-                        int probe, heap *h, int *returned) {
+                        int mode, heap *h, int *returned) {
+  int probe = mode == IX_PROBE;
   vlm_db *db = s->db;
   vlm__vindex *vx = &db->vx[m];
   vlm_index_params p = {0};
@@ -198,7 +208,8 @@ static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
   p.nprobe = nprobe;
   if (probe) {
     /* unfiltered; *returned counts the hits that match the filter */
-  } else if (s->allow) {
+  } else if (s->allow && mode != IX_RAW) { /* (post-filtering walks the
+                                             unfiltered ranking) */
     p.bitmap = s->allow;
     p.bitmap_bits = (int64_t)s->allow_bits;
   } else if (vx->ntomb > 0) {
@@ -225,6 +236,10 @@ static int index_search(sctx *s, int m, int kk, int ef, int nprobe,
     }
     (*returned)++;
     uint64_t id = (uint64_t)ids[i];
+    if (mode == IX_RAW) {
+      heap_push(h, id, scores[i], m);
+      continue;
+    }
     MDB_val key = {sizeof id, &id}, val;
     /* Resolve against the snapshot: skips items deleted since the index
      * side last caught up. */
@@ -295,10 +310,27 @@ static int sample_missed(sctx *s, int m, uint64_t upto, heap *h, int *err) {
 #define POST_MAX_DEPTH 1024
 
 static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
-                              heap *h) {
+                              int64_t nitems, heap *h) {
   vlm__vindex *vx = &s->db->vx[m];
   int64_t total = vx->nlive + (int64_t)(s->allow_bits - vx->upto);
   int depth = kk * 4, rc = 0;
+  /* With the matches listed (s->allow), a candidate is tested against
+   * their bitmap, and the selectivity sets the first depth: 1.5 k /
+   * selectivity candidates hold about 1.5 k matches when the matches are
+   * spread like the rest. */
+  int bits = !s->post;
+  if (bits && s->nf > 0 && nitems > 0) {
+    double d = 1.5 * kk * (double)nitems / (double)s->nf;
+    if (d > depth)
+      depth = d > POST_MAX_DEPTH ? POST_MAX_DEPTH : (int)d;
+  }
+  /* An exhaustive index (Flat) scores every vector whatever the depth: a
+   * second round would be a second full pass.  Take the deepest ranking
+   * at once; if even that holds fewer than k matches, the caller lists
+   * them and makes one pass with the bitmap. */
+  if (vx->nlive > 0 && vlm_index_is_exact(vx->index) &&
+      depth < POST_MAX_DEPTH)
+    depth = POST_MAX_DEPTH;
   heap c = {NULL, 0, 0};
   for (;;) {
     vlm__cand *p = realloc(c.c, (size_t)depth * sizeof *p);
@@ -311,8 +343,8 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     c.n = 0;
     int returned = 0, e = ef > 2 * depth ? ef : 2 * depth;
     if ((vx->nlive > 0 &&
-         (rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe, 0,
-                            &c, &returned))) ||
+         (rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe,
+                            IX_RAW, &c, &returned))) ||
         (rc = exact_scan(s, m, vx->upto, &c)))
       break;
     qsort(c.c, (size_t)c.n, sizeof *c.c, cand_desc);
@@ -320,7 +352,9 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     int found = 0;
     for (int i = 0; i < c.n && found < kk; i++) {
       int match;
-      if ((rc = vlm__filter_match(s->r, s->post, c.c[i].id, &match)))
+      if (bits) /* (a bit set means live in the snapshot: SQLite's rows) */
+        match = c.c[i].id < s->allow_bits && vlm__bit(s->allow, c.c[i].id);
+      else if ((rc = vlm__filter_match(s->r, s->post, c.c[i].id, &match)))
         goto done;
       if (match) {
         heap_push(h, c.c[i].id, c.c[i].score, m);
@@ -432,8 +466,24 @@ static int search_modality(sctx *s, int m, int kk,
   if (ef < kk)
     ef = kk;
   if (s->post)
-    return post_filter_search(s, m, kk, 2 * ef, nprobe, h);
-  if (s->fids) {
+    return post_filter_search(s, m, kk, 2 * ef, nprobe, nitems, h);
+  /* Flat with the bitmap is one exact pass over the matches: no probe of
+   * the neighbourhood (itself a full pass), no widening, no sampling. */
+  int exhaustive = vlm_index_is_exact(vx->index);
+  /* Broad matches listed (a filter asked for again, a hybrid search):
+   * post-filter the unfiltered ranking against their bitmap - one walk
+   * over-fetching by the selectivity, no SQLite lookup per candidate -
+   * and take the filtered walk below only when that finds fewer than k
+   * (matches rare near the query). */
+  if (s->fids && !exhaustive && !s->listed_post) {
+    int rc = VLM__FAULT("planner-bits")
+                 ? POST_FALLBACK
+                 : post_filter_search(s, m, kk, 2 * ef, nprobe, nitems, h);
+    if (rc != POST_FALLBACK)
+      return rc;
+    h->n = 0;
+  }
+  if (s->fids && !exhaustive) {
     double sel = nitems > 0 ? (double)s->nf / (double)nitems : 1.0;
     if (sel > 1)
       sel = 1;
@@ -445,8 +495,8 @@ static int search_modality(sctx *s, int m, int kk,
     int nprobe_hits = 0, kprobe = kk * 4 < 64 ? 64 : kk * 4;
     if (kprobe > 1024)
       kprobe = 1024;
-    int rc = index_search(s, m, kprobe, ef > kprobe ? ef : kprobe, nprobe, 1,
-                          h, &nprobe_hits);
+    int rc = index_search(s, m, kprobe, ef > kprobe ? ef : kprobe, nprobe,
+                          IX_PROBE, h, &nprobe_hits);
     if (rc)
       return rc;
     double local = (double)nprobe_hits / kprobe;
@@ -476,13 +526,14 @@ static int search_modality(sctx *s, int m, int kk,
   for (int attempt = 0; attempt < 4; attempt++) {
     int returned = 0, rc;
     h->n = 0;
-    if ((rc = index_search(s, m, ask, ef, nprobe, 0, h, &returned)) ||
+    if ((rc = index_search(s, m, ask, ef, nprobe, IX_RESOLVE, h,
+                           &returned)) ||
         (rc = exact_scan(s, m, vx->upto, h)))
       return rc;
     if (VLM__FAULT("planner-short")) /* as a walk that found too few */
       h->n = 0;
     if (h->n >= want) {
-      if (!s->fids)
+      if (!s->fids || exhaustive)
         return 0;
       int err = 0, missed = sample_missed(s, m, vx->upto, h, &err);
       if (err)
@@ -848,13 +899,14 @@ static int search_filter(vlm_db *db, vlm__reader *r, search *s) {
  * BM25 ranking, and their fusion into s->final. */
 static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   const vlm_search_options *o = &s->o;
-  int rc;
+  int rc, fell_back = 0;
   if (s->q && !s->listed) {
     sctx c = {db, r, s->q, s->dim, NULL, 0, NULL, s->next_id, s->scratch,
-              o->filter};
+              o->filter, 0};
     rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr,
                         &s->full);
     if (rc == POST_FALLBACK) { /* too few passed: list the matches after all */
+      fell_back = 1; /* (post-filtering them again would fail alike) */
       free(s->vr);
       s->vr = NULL;
       s->nvr = 0;
@@ -874,7 +926,7 @@ static int search_rank(vlm_db *db, vlm__reader *r, search *s) {
   }
   if (s->q && s->listed && !s->vr && (!o->filter || s->nf > 0)) {
     sctx c = {db, r, s->q, s->dim, o->filter ? s->fids : NULL, s->nf,
-              s->allow, s->next_id, s->scratch, NULL};
+              s->allow, s->next_id, s->scratch, NULL, fell_back};
     if ((rc = vector_ranking(&c, o, s->depth, s->nitems, &s->vr, &s->nvr,
                              &s->full)))
       return rc;
@@ -1092,7 +1144,9 @@ int vlm_db_search(vlm_db *db, const float *query,
   *hits_out = NULL;
   *nhits_out = 0;
   memset(&s, 0, sizeof s);
-  if ((rc = search_check(db, query, opts, &s)) ||
+  /* (the index first: search_check asks it whether it can range) */
+  if ((rc = vlm__vindex_ensure(db)) ||
+      (rc = search_check(db, query, opts, &s)) ||
       (rc = vlm__reader_get(db, s.need_sql, &r)))
     goto done;
   /* one snapshot of all three stores for the whole search */

@@ -339,8 +339,8 @@ static int verify_once(vlm_db *db) {
                       "verified (meta.sqlite lacks %llu batch(es)): run "
                       "`vlmdb recover --db %s`", db->dir,
                       (unsigned long long)db->sql_behind, db->dir);
-  int rc = vlm__reader_get(db, 1, &r);
-  if (rc)
+  int rc = vlm__vindex_ensure(db); /* (the index files are checked too) */
+  if (rc || (rc = vlm__reader_get(db, 1, &r)))
     return rc;
   pthread_rwlock_rdlock(&db->index_lock);
   if ((rc = vlm__snapshot_begin(db, r, 1, &next_id, &nitems, &pseq)))

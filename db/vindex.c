@@ -22,6 +22,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -515,6 +516,8 @@ static int load_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
   vx->upto = c->upto;
   vx->tuned = c->tuned;
   vx->tuned_n = c->tuned_n;
+  vx->tuned_recall = c->tuned_recall;
+  vx->tuned_queries = c->tuned_queries;
   return 0;
 fail:
   free(ch);
@@ -534,6 +537,235 @@ static int add_tail(vlm_db *db, MDB_txn *txn, int m, uint64_t tnext) {
   return rc;
 }
 
+/* A read-only open defers reading modality m's checkpoint to its first
+ * use: check it can serve txn's state (tseq, tnext), hold the file open
+ * and note the ids of the checkpoint that later batches replaced or
+ * deleted; the pending tail [upto, tnext) waits too.  -1 with the reason
+ * in why as load_checkpoint. */
+static int defer_checkpoint(vlm_db *db, MDB_txn *txn, int m, uint64_t tseq,
+                            uint64_t tnext, char *why, size_t whylen) {
+  const vlm__ckpt *c = &db->man.ckpt[m];
+  vlm__vindex *vx = &db->vx[m];
+  char path[PATH_MAX];
+  vlm__change *ch = NULL;
+  size_t nch;
+  idvec drops = {0};
+  if (c->seq > tseq || c->upto > tnext) {
+    snprintf(why, whylen, "%s is ahead of the stores", c->file);
+    return -1;
+  }
+  snprintf(path, sizeof path, "%s/%s", db->dir, c->file);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    snprintf(why, whylen, "%s: %s", c->file, strerror(errno));
+    return -1;
+  }
+  for (uint64_t s = c->seq + 1; s <= tseq; s++) {
+    if (vlm__log_get(&db->lm, txn, s, &ch, &nch) != 0) {
+      snprintf(why, whylen, "batch %llu is missing from the log",
+               (unsigned long long)s);
+      goto fail;
+    }
+    for (size_t i = 0; i < nch; i++)
+      if (ch[i].old_id && ch[i].old_id < c->upto &&
+          idvec_push(&drops, (int64_t)ch[i].old_id) != 0) {
+        snprintf(why, whylen, "out of memory");
+        goto fail;
+      }
+    free(ch);
+    ch = NULL;
+  }
+  vx->index = NULL;
+  vx->lazy = 1;
+  vx->lazy_fd = fd;
+  vx->lazy_drops = drops.ids;
+  vx->lazy_ndrops = drops.n;
+  vx->upto = c->upto;
+  vx->removable = -1;
+  vx->ntomb = 0;
+  vx->tuned = c->tuned;
+  vx->tuned_n = c->tuned_n;
+  vx->tuned_recall = c->tuned_recall;
+  vx->tuned_queries = c->tuned_queries;
+  db->lazy = 1;
+  return 0;
+fail:
+  free(ch);
+  free(drops.ids);
+  close(fd);
+  return -1;
+}
+
+/* Load a deferred index (read-only handle, lazy_mu held): the file held
+ * open since open, less the ids noted then, plus the tail up to open's id
+ * bound read from the store as it is now (an item deleted since is simply
+ * not added; every hit is resolved against the search's snapshot
+ * anyway).  A file that cannot serve is rebuilt from the store, with the
+ * warning open would have given. */
+static int load_deferred(vlm_db *db, int m) {
+  vlm__vindex *vx = &db->vx[m];
+  MDB_txn *txn = NULL;
+  vlm_index *ix = NULL;
+  uint64_t upto = vx->upto;
+  char path[PATH_MAX], why[PATH_MAX + 128];
+  int rc = VLM__STORE("lmdb-read",
+                      mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
+  if (rc)
+    return vlm__lmdb_err(rc, "load index");
+  /* The file by its name while it is still the one held open (an index
+   * whose lists are in a file of their own finds that file beside it),
+   * else (a writer's checkpoint replaced it) the one held open. */
+  struct stat held, named;
+  snprintf(path, sizeof path, "%s/%s", db->dir, db->man.ckpt[m].file);
+  if (fstat(vx->lazy_fd, &held) != 0 || stat(path, &named) != 0 ||
+      held.st_dev != named.st_dev || held.st_ino != named.st_ino)
+    snprintf(path, sizeof path, "/proc/self/fd/%d", vx->lazy_fd);
+  why[0] = '\0';
+  if (vlm_index_read(path, &ix) != 0) {
+    snprintf(why, sizeof why, "%s: %s", db->man.ckpt[m].file, vlm_errmsg());
+  } else if (vlm_index_dim(ix) != db->man.dim ||
+             vlm_index_metric(ix) != VLM_METRIC_IP ||
+             !vlm_index_is_trained(ix)) {
+    snprintf(why, sizeof why, "%s does not match the manifest",
+             db->man.ckpt[m].file);
+    vlm_index_free(ix);
+    ix = NULL;
+  }
+  int removable = -1;
+  if (ix) {
+    if (vx->lazy_ndrops) {
+      int64_t removed = 0;
+      removable = vlm_index_remove(ix, (int64_t)vx->lazy_ndrops,
+                                   vx->lazy_drops, &removed) == 0;
+    }
+    if (!vlm_index_is_ondisk(ix) && !((db->defer_index >> m) & 1u)) {
+      /* (a mapped or deferred one takes no tail: it stays pending) */
+      rc = add_range(db, txn, m, ix, upto, db->ix_next);
+      upto = db->ix_next;
+    }
+  } else {
+    vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload store",
+              db->dir, mod_name[m], why);
+    removable = -1;
+    rc = build_index(db, txn, db->man.factory, m, db->ix_next, vx->nlive,
+                     &ix, &upto);
+  }
+  mdb_txn_abort(txn);
+  if (rc) {
+    vlm_index_free(ix);
+    return rc;
+  }
+  pthread_rwlock_wrlock(&db->index_lock);
+  vx->index = ix;
+  vx->upto = upto;
+  vx->removable = removable;
+  /* everything in the index but the live items below upto (as open) */
+  int64_t live_below = 0;
+  if (upto && vlm_index_is_ondisk(ix)) {
+    for (uint64_t id = 0; id < upto; id++)
+      live_below += vlm__bit(vx->live, id);
+  } else if (upto) {
+    live_below = vx->nlive;
+  }
+  vx->ntomb = vlm_index_count(ix) - live_below;
+  if (vx->ntomb < 0)
+    vx->ntomb = 0;
+  if (vx->ntomb > 0 && vx->removable < 0)
+    vx->removable = 0;
+  vx->lazy = 0;
+  pthread_rwlock_unlock(&db->index_lock);
+  close(vx->lazy_fd);
+  free(vx->lazy_drops);
+  vx->lazy_drops = NULL;
+  vx->lazy_ndrops = 0;
+  return 0;
+}
+
+int vlm__vindex_ensure(vlm_db *db) {
+  if (!__atomic_load_n(&db->lazy, __ATOMIC_ACQUIRE))
+    return 0;
+  int rc = 0;
+  pthread_mutex_lock(&db->lazy_mu);
+  for (int m = 0; m < VLM__NMOD && !rc; m++)
+    if (db->vx[m].lazy)
+      rc = load_deferred(db, m);
+  if (!rc)
+    __atomic_store_n(&db->lazy, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&db->lazy_mu);
+  return rc;
+}
+
+/* The live bitmaps at txn's state (tseq, tnext) from the manifest's
+ * live file and the log's batches after it (livebits.c); -1 with the
+ * reason in why when they cannot be had that way (the caller then walks
+ * the vectors).  The bitmaps must be grown to tnext. */
+static int load_live(vlm_db *db, MDB_txn *txn, uint64_t tseq, uint64_t tnext,
+                     char *why, size_t whylen) {
+  const vlm__manifest *man = &db->man;
+  char path[PATH_MAX];
+  uint8_t *bits[VLM__NMOD] = {db->vx[0].live, db->vx[1].live};
+  int64_t nlive[VLM__NMOD];
+  vlm__change *ch = NULL;
+  size_t nch;
+  if (man->live_seq > tseq || man->live_next > tnext) {
+    snprintf(why, whylen, "ahead of the payload store");
+    return -1;
+  }
+  snprintf(path, sizeof path, "%s/%s", db->dir, man->live_file);
+  if (vlm__live_read(path, man->live_seq, man->live_next, bits,
+                     db->live_bytes, nlive, why, whylen) != 0)
+    return -1;
+  for (uint64_t s = man->live_seq + 1; s <= tseq; s++) {
+    int rc = vlm__log_get(&db->lm, txn, s, &ch, &nch);
+    if (rc) {
+      snprintf(why, whylen, "batch %llu: %s", (unsigned long long)s,
+               rc == VLM_ENOTFOUND ? "missing from the log" : vlm_errmsg());
+      return -1;
+    }
+    for (size_t i = 0; i < nch; i++) {
+      uint64_t gone = ch[i].old_id, born = ch[i].new_id;
+      for (int m = 0; m < VLM__NMOD && gone; m++)
+        if (gone < tnext && vlm__bit(bits[m], gone)) {
+          clear_bit(bits[m], gone);
+          nlive[m]--;
+        }
+      if (!born)
+        continue;
+      if (born < man->live_next || born >= tnext) {
+        snprintf(why, whylen, "batch %llu adds id %llu outside [%llu, %llu)",
+                 (unsigned long long)s, (unsigned long long)born,
+                 (unsigned long long)man->live_next,
+                 (unsigned long long)tnext);
+        free(ch);
+        return -1;
+      }
+      /* Read at txn's state: an id deleted by a later batch is gone
+       * already, and that batch's clear finds nothing to clear. */
+      uint32_t flags;
+      const void *vec[VLM__NMOD];
+      rc = vlm__vecs_get(&db->lm, txn, born, db->man.dim, &flags, vec);
+      if (rc == VLM_ENOTFOUND)
+        continue;
+      if (rc) {
+        snprintf(why, whylen, "id %llu: %s", (unsigned long long)born,
+                 vlm_errmsg());
+        free(ch);
+        return -1;
+      }
+      for (int m = 0; m < VLM__NMOD; m++)
+        if (vec[m] && !vlm__bit(bits[m], born)) {
+          set_bit(bits[m], born);
+          nlive[m]++;
+        }
+    }
+    free(ch);
+    ch = NULL;
+  }
+  for (int m = 0; m < VLM__NMOD; m++)
+    db->vx[m].nlive = nlive[m];
+  return 0;
+}
+
 static int vindex_open_once(vlm_db *db, int may_rebuild);
 
 /* A read-only process beside a writer can read a manifest whose index
@@ -550,8 +782,12 @@ int vlm__vindex_open(vlm_db *db) {
     for (int m = 0; m < VLM__NMOD; m++)
       db->vx[m].nlive = 0;
     vlm__manifest fresh;
-    if (vlm__manifest_read(db->dir, &fresh) == 0)
+    if (vlm__manifest_read(db->dir, &fresh) == 0) {
       memcpy(db->man.ckpt, fresh.ckpt, sizeof fresh.ckpt);
+      memcpy(db->man.live_file, fresh.live_file, sizeof fresh.live_file);
+      db->man.live_seq = fresh.live_seq;
+      db->man.live_next = fresh.live_next;
+    }
   }
 }
 
@@ -566,7 +802,25 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
     goto done;
   if ((rc = grow_bits(db, tnext)))
     goto done;
-  /* Live bitmaps from the vectors table. */
+  /* Live bitmaps: from the last checkpoint's file and the batches since
+   * when it agrees with the manifest and the log, else from the vectors
+   * table. */
+  if (db->man.live_file[0]) {
+    char why[PATH_MAX + 128];
+    if (load_live(db, txn, tseq, tnext, why, sizeof why) == 0)
+      goto have_live;
+    if (!may_rebuild) { /* a writer beside us may have replaced it */
+      rc = VLM_EBUSY;
+      goto done;
+    }
+    vlm__warn(db, "%s: live bitmaps %s: %s; reading every vector record "
+              "instead", db->dir, db->man.live_file, why);
+    db->live_refused = 1;
+    for (int m = 0; m < VLM__NMOD; m++) {
+      memset(db->vx[m].live, 0, db->live_bytes);
+      db->vx[m].nlive = 0;
+    }
+  }
   if ((rc = VLM__STORE("lmdb-read", vlm__mdb_cursor_open(txn, db->lm.vecs, &cur)))) {
     rc = vlm__lmdb_err(rc, "vecs");
     goto done;
@@ -597,12 +851,18 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
   }
   mdb_cursor_close(cur);
   cur = NULL;
+have_live:
   for (int m = 0; m < VLM__NMOD; m++) {
     vlm__vindex *vx = &db->vx[m];
     char why[PATH_MAX + 128];
     int loaded = 0;
     if (db->man.ckpt[m].file[0]) {
-      if (load_checkpoint(db, txn, m, tseq, tnext, why, sizeof why) == 0) {
+      /* a read-only handle reads the file at its first search (a mapped
+       * one costs little at open: it maps it now) */
+      if ((db->readonly && !db->mmap_index
+               ? defer_checkpoint(db, txn, m, tseq, tnext, why, sizeof why)
+               : load_checkpoint(db, txn, m, tseq, tnext, why,
+                                 sizeof why)) == 0) {
         loaded = 1;
       } else if (!may_rebuild) {
         rc = VLM_EBUSY; /* read the manifest again first */
@@ -612,6 +872,8 @@ static int vindex_open_once(vlm_db *db, int may_rebuild) {
                   "store", db->dir, mod_name[m], why);
       }
     }
+    if (loaded && vx->lazy)
+      continue;
     if (loaded) {
       if ((rc = add_tail(db, txn, m, tnext)))
         goto done;
@@ -684,6 +946,13 @@ done:
 
 void vlm__vindex_close(vlm_db *db) {
   for (int m = 0; m < VLM__NMOD; m++) {
+    if (db->vx[m].lazy) {
+      close(db->vx[m].lazy_fd);
+      free(db->vx[m].lazy_drops);
+      db->vx[m].lazy_drops = NULL;
+      db->vx[m].lazy_ndrops = 0;
+      db->vx[m].lazy = 0;
+    }
     vlm_index_free(db->vx[m].index);
     free(db->vx[m].live);
     db->vx[m].index = NULL;
@@ -712,10 +981,13 @@ void vlm__vindex_remove_orphans(vlm_db *db) {
     size_t n = strlen(e->d_name);
     int ours = (n > 6 && !strcmp(e->d_name + n - 6, ".faiss")) ||
                (n > 10 && !strcmp(e->d_name + n - 10, ".faiss.tmp")) ||
+               (!strncmp(e->d_name, "live-", 5) &&
+                ((n > 5 && !strcmp(e->d_name + n - 5, ".bits")) ||
+                 (n > 9 && !strcmp(e->d_name + n - 9, ".bits.tmp")))) ||
                !strcmp(e->d_name, "manifest.json.tmp");
     if (!ours)
       continue;
-    int named = 0;
+    int named = !strcmp(e->d_name, db->man.live_file);
     for (int m = 0; m < VLM__NMOD; m++)
       if (!strcmp(e->d_name, db->man.ckpt[m].file))
         named = 1;
@@ -743,15 +1015,19 @@ static int checkpoint_locked(vlm_db *db, int force) {
       continue;
     }
     if (!force && c->file[0] && c->seq == db->ix_seq && c->upto == vx->upto) {
-      if (c->tuned != vx->tuned) {
+      if (c->tuned != vx->tuned || c->tuned_n != vx->tuned_n) {
         c->tuned = vx->tuned;
         c->tuned_n = vx->tuned_n;
+        c->tuned_recall = vx->tuned_recall;
+        c->tuned_queries = vx->tuned_queries;
         changed = 1;
       }
       continue;
     }
     c->tuned = vx->tuned;
     c->tuned_n = vx->tuned_n;
+    c->tuned_recall = vx->tuned_recall;
+    c->tuned_queries = vx->tuned_queries;
     char n[32], path[PATH_MAX];
     nonce(n, sizeof n);
     snprintf(c->file, sizeof c->file, "%s-%llu-%s.faiss", mod_name[m],
@@ -771,7 +1047,30 @@ static int checkpoint_locked(vlm_db *db, int force) {
       goto fail;
     changed = 1;
   }
+  /* A live file behind the index side (every index untrained, so no
+   * index file changed) would outlive the log it needs, and one open
+   * refused would be refused at every open: write it again. */
+  if (!changed && (!db->man.live_file[0] || db->live_refused ||
+                   db->man.live_seq != db->ix_seq ||
+                   db->man.live_next != db->ix_next))
+    changed = 1;
   if (changed) {
+    /* The live bitmaps as they stand at ix_seq (index_mu keeps the
+     * index side still), so the next open need not read every vector. */
+    char n[32], path[PATH_MAX];
+    nonce(n, sizeof n);
+    snprintf(next.live_file, sizeof next.live_file, "live-%llu-%s.bits",
+             (unsigned long long)db->ix_seq, n);
+    snprintf(path, sizeof path, "%s/%s", db->dir, next.live_file);
+    next.live_seq = db->ix_seq;
+    next.live_next = db->ix_next;
+    uint8_t *const bits[VLM__NMOD] = {db->vx[0].live, db->vx[1].live};
+    if ((rc = VLM__FAULT("file-write")
+                  ? vlm_seterr(VLM_EIO, "%s: write: I/O error (test fault)",
+                               path)
+                  : vlm__live_write(path, next.live_seq, next.live_next,
+                                    bits)))
+      goto fail;
     if ((rc = vlm__fsync_dir(db->dir)) ||
         (rc = vlm__manifest_write(db->dir, &next)))
       goto fail;
@@ -779,6 +1078,10 @@ static int checkpoint_locked(vlm_db *db, int force) {
      * manifest without locks, stat reads these under index_lock. */
     pthread_rwlock_wrlock(&db->index_lock);
     memcpy(db->man.ckpt, next.ckpt, sizeof next.ckpt);
+    memcpy(db->man.live_file, next.live_file, sizeof next.live_file);
+    db->man.live_seq = next.live_seq;
+    db->man.live_next = next.live_next;
+    db->live_refused = 0;
     pthread_rwlock_unlock(&db->index_lock);
     vlm__vindex_remove_orphans(db);
   }
@@ -825,6 +1128,11 @@ fail:
       snprintf(path, sizeof path, "%s/%s", db->dir, next.ckpt[m].file);
       unlink(path);
     }
+  if (next.live_file[0] && strcmp(next.live_file, db->man.live_file)) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", db->dir, next.live_file);
+    unlink(path);
+  }
   return rc;
 }
 
@@ -992,6 +1300,8 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory) {
     fresh[m] = swap_index(db, m, fresh[m], upto[m]); /* the old: freed below */
     db->vx[m].tuned = 0; /* another kind of index: tuned below */
     db->vx[m].tuned_n = 0;
+    db->vx[m].tuned_recall = 0;
+    db->vx[m].tuned_queries = 0;
   }
   strcpy(db->man.factory, factory);
   pthread_rwlock_unlock(&db->index_lock);

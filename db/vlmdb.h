@@ -324,10 +324,10 @@ typedef struct {
   int index_trained;      /* 0 while an IVF/PQ index waits for enough
                              vectors (searches are exact meanwhile) */
   int tuned_effort[2];    /* image, text index: the efSearch (HNSW) or
-                             nprobe (IVF) searches use by default, measured
-                             to reach recall@10 >= 0.99 on a sample of the
-                             database's own vectors; 0 = not measured yet
-                             (defaults 64 / 16) */
+                             nprobe (IVF) searches use by default, the
+                             least to reach recall@10 >= 0.995 on held-out
+                             queries (db/README.md, "Search effort"); 0 =
+                             not measured yet (defaults 64 / 16) */
   int64_t tuned_at[2];    /* vectors in the index when it was measured */
   char model_family[32];  /* the model's family as recorded at create
                              (vlm_clip_family: "clip", "siglip",
@@ -335,6 +335,8 @@ typedef struct {
                              before families were recorded */
   char image_orientation[8]; /* "model", "apply" or "ignore", as
                                 vlm_db_config.image_orientation */
+  double tuned_recall[2];  /* recall@10 measured at tuned_effort */
+  int tuned_queries[2];    /* ... on this many held-out queries */
   int shard;              /* this shard's index, or -1: not a shard */
   int nshards;            /* shards in its cluster (0: not a shard) */
   char cluster_digest[17];/* its cluster map's digest ("" if none) */

@@ -15,7 +15,9 @@
  * to the sub-index's sequential ids.  faiss_Index_search_with_params does
  * the same here, so a selector over user ids works on "IDMap,Flat" and
  * "IDMap,HNSW32" exactly as it does with a real, current libfaiss_c.
- * A second one: see HNSWEfGate below (efSearch in SearchParametersHNSW).
+ * A second one: efSearch in SearchParametersHNSW sizes the search queue as
+ * upstream's does (hnsw_search_one below for one query, HNSWEfGate for
+ * several).
  *
  * And one substitution that changes speed, not behaviour: Debian builds
  * libfaiss.a for baseline x86-64, so its fvec_inner_product/fvec_L2sqr
@@ -38,11 +40,14 @@
 #include <faiss/impl/IDSelector.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
+#include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/utils/Heap.h>
 #include <faiss/utils/distances.h>
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <climits>
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
@@ -88,6 +93,13 @@ using faiss::SearchParametersIVF;
 thread_local std::exception_ptr faiss_last_exception;
 
 namespace {
+
+/* SearchParametersHNSW that also hide one vertex from a one-query walk
+ * (vlm_faiss_SearchParametersHNSW_new_hiding): hidden is the caller's id
+ * on an IndexIDMap, the sub-index's sequential id below it. */
+struct SearchParametersHNSWHiding : SearchParametersHNSW {
+    faiss::Index::idx_t hidden = -1;
+};
 
 /* Selects sub-index id i iff the caller's selector selects id_map[i]. */
 struct IDSelectorTranslated : faiss::IDSelector {
@@ -389,8 +401,189 @@ Index* accelerate(Index* index) {
 
 
 
-/* Runs index->search(...) with params, through the gate when index is an
- * IndexHNSW and params carry an efSearch. */
+/* ---- HNSW search, one query at a time, with per-thread buffers -------
+ *
+ * 1.7.3's IndexHNSW::search allocates a VisitedTable of ntotal bytes for
+ * every call (200 KB at 200,000 vectors, 1 MB at a million), opens an
+ * OpenMP region even for one query, and needs the efSearch gate above.
+ * Served searches come one query per call, many threads at once, so the
+ * allocation was paid per query: glibc handed the pages back to the kernel
+ * on free and faulted them in again on the next search.  This runs the
+ * same walk over the same graph for one query: greedy descent through the
+ * upper levels, then the bounded best-first search on level 0 with
+ * upstream's (>= 1.7.4) queue size max(efSearch, k) and its stopping rule,
+ * the per-call efSearch read from the parameters, so nothing on the index
+ * is written and no gate is needed.  Its VisitedTable and candidate queue
+ * belong to the calling thread and are reused (the table grows to the
+ * largest index the thread has searched).  The answers are FAISS's own:
+ * test_index checks one-query calls against FAISS's batch search. */
+
+struct HNSWScratch {
+    faiss::VisitedTable visited{0};
+    faiss::HNSW::MinimaxHeap candidates{0};
+};
+
+thread_local HNSWScratch hnsw_scratch;
+
+using storage_idx_t = faiss::HNSW::storage_idx_t;
+
+/* Distances to the query, smaller is better: FAISS's HNSW orders by
+ * distance, so inner products are negated (as its own search does). */
+struct HNSWQueryDistance {
+    faiss::DistanceComputer* dc;
+    bool negate;
+    float operator()(storage_idx_t i) {
+        float v = (*dc)(i);
+        return negate ? -v : v;
+    }
+};
+
+/* Moves nearest to the closest vertex reachable on level by steps that
+ * each get closer to the query. */
+void hnsw_greedy_descent(
+        const faiss::HNSW& hnsw,
+        HNSWQueryDistance& dis,
+        int level,
+        storage_idx_t hidden,
+        storage_idx_t& nearest,
+        float& d_nearest) {
+    for (;;) {
+        storage_idx_t from = nearest;
+        size_t begin, end;
+        hnsw.neighbor_range(from, level, &begin, &end);
+        for (size_t j = begin; j < end; j++) {
+            storage_idx_t v = hnsw.neighbors[j];
+            if (v < 0)
+                break;
+            if (v == hidden)
+                continue;
+            float d = dis(v);
+            if (d < d_nearest) {
+                nearest = v;
+                d_nearest = d;
+            }
+        }
+        if (nearest == from)
+            return;
+    }
+}
+
+/* Level 0: best-first from the candidates' seed, keeping the k best
+ * selected vertices in the max-heap (D, I). */
+void hnsw_search_level0(
+        const faiss::HNSW& hnsw,
+        HNSWQueryDistance& dis,
+        const SearchParametersHNSW& params,
+        int k,
+        storage_idx_t hidden,
+        faiss::HNSW::MinimaxHeap& candidates,
+        faiss::VisitedTable& visited,
+        faiss::Index::idx_t* I,
+        float* D) {
+    const faiss::IDSelector* sel = params.sel;
+    int nres = 0;
+    auto offer = [&](storage_idx_t v, float d) {
+        if (v == hidden || (sel && !sel->is_member(v)))
+            return;
+        if (nres < k)
+            faiss::maxheap_push(++nres, D, I, d, (faiss::Index::idx_t)v);
+        else if (d < D[0])
+            faiss::maxheap_replace_top(nres, D, I, d, (faiss::Index::idx_t)v);
+    };
+    for (int i = 0; i < candidates.size(); i++) {
+        offer(candidates.ids[i], candidates.dis[i]);
+        visited.set(candidates.ids[i]);
+    }
+    for (int steps = 0; candidates.size() > 0;) {
+        float d0 = 0;
+        storage_idx_t v0 = candidates.pop_min(&d0);
+        /* stop once efSearch queued candidates are closer than this one */
+        if (params.check_relative_distance &&
+            candidates.count_below(d0) >= params.efSearch)
+            break;
+        size_t begin, end;
+        hnsw.neighbor_range(v0, 0, &begin, &end);
+        for (size_t j = begin; j < end; j++) {
+            storage_idx_t v = hnsw.neighbors[j];
+            if (v < 0)
+                break;
+            if (visited.get(v))
+                continue;
+            visited.set(v);
+            float d = dis(v);
+            offer(v, d);
+            candidates.push(v, d);
+        }
+        if (!params.check_relative_distance && ++steps > params.efSearch)
+            break;
+    }
+}
+
+/* True when hnsw_search_one serves this index: the plain walk (FAISS's
+ * defaults for the upper levels and the bounded queue) over a storage
+ * that gives a distance computer. */
+bool hnsw_own_search_applies(const faiss::IndexHNSW& index) {
+    return index.storage != nullptr && index.hnsw.upper_beam == 1 &&
+            index.hnsw.search_bounded_queue &&
+            index.reconstruct_from_neighbors == nullptr &&
+            (index.metric_type == faiss::METRIC_INNER_PRODUCT ||
+             index.metric_type == faiss::METRIC_L2);
+}
+
+/* One query x: its k best in (distances, labels), best first, as
+ * IndexHNSW::search reports them (similarities for inner product). */
+void hnsw_search_one(
+        const faiss::IndexHNSW& index,
+        const float* x,
+        Index::idx_t k,
+        float* distances,
+        Index::idx_t* labels,
+        const SearchParametersHNSW& params,
+        Index::idx_t hidden_id) {
+    FAISS_THROW_IF_NOT(k > 0 && k <= INT32_MAX);
+    /* The hidden vertex is never offered and never expanded; only when
+     * it is the entry point does the walk start from it. */
+    storage_idx_t hidden =
+            hidden_id >= 0 && hidden_id < index.ntotal ? hidden_id : -1;
+    const faiss::HNSW& hnsw = index.hnsw;
+    std::unique_ptr<faiss::DistanceComputer> dc(
+            index.storage->get_distance_computer());
+    HNSWQueryDistance dis{
+            dc.get(), index.metric_type == faiss::METRIC_INNER_PRODUCT};
+    dc->set_query(x);
+    faiss::maxheap_heapify(k, distances, labels);
+    if (hnsw.entry_point >= 0) {
+        HNSWScratch& s = hnsw_scratch;
+        if (s.visited.visited.size() < (size_t)index.ntotal)
+            s.visited.visited.resize((size_t)index.ntotal);
+        storage_idx_t nearest = hnsw.entry_point;
+        float d_nearest = dis(nearest);
+        for (int level = hnsw.max_level; level >= 1; level--)
+            hnsw_greedy_descent(hnsw, dis, level, hidden, nearest, d_nearest);
+        int queue = std::max(params.efSearch, (int)k);
+        if (s.candidates.n != queue) {
+            s.candidates.n = queue;
+            s.candidates.ids.resize((size_t)queue);
+            s.candidates.dis.resize((size_t)queue);
+        }
+        s.candidates.clear();
+        s.candidates.push(nearest, d_nearest);
+        if (hidden >= 0)
+            s.visited.set(hidden);
+        hnsw_search_level0(
+                hnsw, dis, params, (int)k, hidden, s.candidates, s.visited,
+                labels, distances);
+        s.visited.advance();
+    }
+    faiss::maxheap_reorder(k, distances, labels);
+    if (dis.negate)
+        for (Index::idx_t i = 0; i < k; i++)
+            distances[i] = -distances[i];
+}
+
+/* Runs index->search(...) with params: one query on an IndexHNSW through
+ * hnsw_search_one, several through FAISS (its OpenMP loop) inside the
+ * gate when params carry an efSearch. */
 void search_maybe_hnsw(
         const Index* index,
         Index::idx_t n,
@@ -403,6 +596,13 @@ void search_maybe_hnsw(
     auto* hp = dynamic_cast<const SearchParametersHNSW*>(params);
     if (hnsw_index == nullptr || hp == nullptr) {
         index->search(n, x, k, distances, labels, params);
+        return;
+    }
+    if (n == 1 && hnsw_own_search_applies(*hnsw_index)) {
+        auto* hiding = dynamic_cast<const SearchParametersHNSWHiding*>(hp);
+        hnsw_search_one(
+                *hnsw_index, x, k, distances, labels, *hp,
+                hiding ? hiding->hidden : -1);
         return;
     }
     auto& hnsw = const_cast<faiss::HNSW&>(hnsw_index->hnsw);
@@ -421,7 +621,9 @@ SearchParameters* copy_params_with_sel(
         const SearchParameters* params,
         faiss::IDSelector* sel) {
     SearchParameters* copy;
-    if (auto* p = dynamic_cast<const SearchParametersHNSW*>(params)) {
+    if (auto* p = dynamic_cast<const SearchParametersHNSWHiding*>(params)) {
+        copy = new SearchParametersHNSWHiding(*p);
+    } else if (auto* p = dynamic_cast<const SearchParametersHNSW*>(params)) {
         copy = new SearchParametersHNSW(*p);
     } else if (auto* p = dynamic_cast<const SearchParametersIVF*>(params)) {
         copy = new SearchParametersIVF(*p);
@@ -446,6 +648,13 @@ void idmap_search(
     IDSelectorTranslated translated(idmap->id_map, params->sel);
     std::unique_ptr<SearchParameters> sub(copy_params_with_sel(
             params, params->sel ? &translated : nullptr));
+    if (auto* h = dynamic_cast<SearchParametersHNSWHiding*>(sub.get())) {
+        /* the caller's id to the sub-index's (a linear scan: hiding is
+         * for measuring, not for serving) */
+        auto it = std::find(
+                idmap->id_map.begin(), idmap->id_map.end(), h->hidden);
+        h->hidden = it == idmap->id_map.end() ? -1 : it - idmap->id_map.begin();
+    }
     search_maybe_hnsw(idmap->index, n, x, k, distances, labels, sub.get());
     for (Index::idx_t i = 0; i < n * k; i++) {
         if (labels[i] >= 0) {
@@ -742,6 +951,22 @@ int faiss_SearchParametersHNSW_new_with(
         sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
         sp->efSearch = efSearch;
         *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(sp);
+    }
+    VLM_CATCH
+}
+
+int vlm_faiss_SearchParametersHNSW_new_hiding(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel,
+        int efSearch,
+        idx_t hidden_id) {
+    try {
+        auto* sp = new SearchParametersHNSWHiding;
+        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
+        sp->efSearch = efSearch;
+        sp->hidden = hidden_id;
+        *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
+                static_cast<SearchParametersHNSW*>(sp));
     }
     VLM_CATCH
 }

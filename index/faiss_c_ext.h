@@ -108,6 +108,7 @@ int faiss_IDSelectorBitmap_new(
 
 #endif /* VLM_FAISS_REAL_CAPI */
 
+
 /* ---- vlmdb extensions (index/faiss_ondisk.cpp; not upstream's) ----
  * IVF inverted lists in one file on disk, mapped at load.  Each returns 0
  * or -1 with the reason in vlm_faiss_ondisk_last_error() (thread-local,
@@ -115,6 +116,15 @@ int faiss_IDSelectorBitmap_new(
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* vlmdb's own (index/faiss_c_api.cpp, not upstream): HNSW parameters whose
+ * one-query search acts as if the vector with the caller's id hidden_id
+ * were not in the graph.  The C API over Debian's FAISS only. */
+int vlm_faiss_SearchParametersHNSW_new_hiding(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel,
+        int efSearch,
+        idx_t hidden_id);
 
 const char* vlm_faiss_ondisk_last_error(void);
 
@@ -166,5 +176,4 @@ int vlm_faiss_ivf_set_ondisk_filename(FaissIndex* index, const char* path);
 #ifdef __cplusplus
 }
 #endif
-
 #endif

@@ -323,6 +323,10 @@ int vlm_index_merge(vlm_index *into, vlm_index *const *parts,
   return 0;
 }
 
+int vlm_index_is_exact(const vlm_index *index) {
+  return index->kind == KIND_FLAT;
+}
+
 /* --------------------------------------------------------------- writes */
 
 int vlm_index_train(vlm_index *index, int64_t n, const float *x) {
@@ -407,7 +411,13 @@ static int make_params(const vlm_index *index, const vlm_index_params *p,
   } else if (index->kind == KIND_HNSW) {
     int ef = p->ef_search > 0 ? p->ef_search : HNSW_DEFAULT_EF;
     FaissSearchParametersHNSW *sp = NULL;
-    rc = faiss_SearchParametersHNSW_new_with(&sp, sel, ef);
+#ifndef VLM_FAISS_REAL_CAPI
+    if (p->has_hidden)
+      rc = vlm_faiss_SearchParametersHNSW_new_hiding(&sp, sel, ef,
+                                                     p->hidden_id);
+    else
+#endif
+      rc = faiss_SearchParametersHNSW_new_with(&sp, sel, ef);
     *out = (FaissSearchParameters *)sp;
   } else {
     rc = faiss_SearchParameters_new(out, sel);

@@ -41,11 +41,13 @@
  * - tuning: ef_search (HNSW, default 16, FAISS's) and nprobe (IVF, default
  *   the index's nprobe, 1 unless the factory string set it) apply to one
  *   call only, so searches with different parameters may run concurrently.
- *   Over Debian's FAISS 1.7.3 the shim has to set HNSW's efSearch on the
- *   index for the duration of a search (1.7.3 ignores the per-call value
- *   for its queue size): concurrent HNSW searches with the same ef_search
- *   run in parallel, ones with different values take turns.  A real
- *   libfaiss_c >= 1.7.4 needs none of that.
+ *   Over Debian's FAISS 1.7.3 (which ignores the per-call value for its
+ *   queue size) the shim runs one-query HNSW searches itself, with the
+ *   call's ef_search and a visited table kept per thread, so they all run
+ *   in parallel whatever their ef_search; multi-query calls go to FAISS
+ *   with efSearch set on the index for their duration: those with the
+ *   same ef_search run in parallel, ones with different values take
+ *   turns.  A real libfaiss_c >= 1.7.4 needs none of that.
  * - PQ: "PQ{m}" is built as FAISS's "PQ{m}np" (no polysemous training,
  *   which costs minutes and serves only polysemous search, unused here).
  *   PQ codes are lossy: recall@10 of IVF..,PQ.. plateaus well below 1.
@@ -92,6 +94,10 @@ int vlm_index_train(vlm_index *index, int64_t n, const float *x);
  * VLM_EUNSUPPORTED (HNSW kinds). */
 int vlm_index_can_remove(const vlm_index *index);
 
+/* 1 when a search is exhaustive (Flat: every stored vector scored, any
+ * effort setting ignored, a bitmap only skips ids), 0 otherwise. */
+int vlm_index_is_exact(const vlm_index *index);
+
 /* Add n vectors x[n * dim] under ids[n] (each >= 0).  VLM_ESTATE before
  * training, VLM_ENUMERIC if a component is NaN or Inf (nothing added). */
 int vlm_index_add(vlm_index *index, int64_t n, const float *x,
@@ -108,6 +114,14 @@ typedef struct {
   const uint8_t *bitmap;  /* optional ID selector: id i allowed iff bit
                              (bitmap[i >> 3] >> (i & 7)) & 1 */
   int64_t bitmap_bits;    /* ids >= bitmap_bits are not allowed */
+  int has_hidden;         /* HNSW, one-query calls: search as if the vector
+                             of hidden_id were not in the graph (the walk
+                             neither visits nor returns it).  db/tune.c
+                             measures recall with stored vectors as
+                             held-out queries this way.  Ignored over a
+                             real libfaiss_c, by multi-query calls and
+                             by other kinds. */
+  int64_t hidden_id;
 } vlm_index_params;
 
 /* k nearest neighbours of nq queries[nq * dim], best first.  scores[nq *

@@ -843,11 +843,20 @@ static void cmd_info_exec(vlm__job *job) {
     vlm__buf_printf(b, "\r\nmodel_id:%s\r\nmodel_family:%s\r\n"
                     "pending_vectors:%lld\r\ntombstones:%lld\r\n"
                     "index_trained:%d\r\ntuned_effort_image:%d\r\n"
-                    "tuned_effort_text:%d\r\n\r\n",
+                    "tuned_effort_text:%d\r\n",
                     info.model_id, info.model_family,
                     (long long)info.pending_vectors,
                     (long long)info.tombstones, info.index_trained,
                     info.tuned_effort[0], info.tuned_effort[1]);
+    /* the default search effort and the recall measured at it (0: not
+     * measured yet) */
+    for (int m = 0; m < 2; m++)
+      vlm__buf_printf(b, "%s_search_effort:%d\r\n%s_measured_recall:%.4f\r\n"
+                      "%s_measured_queries:%d\r\n", m ? "text" : "image",
+                      info.tuned_effort[m], m ? "text" : "image",
+                      info.tuned_recall[m], m ? "text" : "image",
+                      info.tuned_queries[m]);
+    vlm__buf_printf(b, "\r\n");
   }
   if (st->model) {
     if (srv->clip)

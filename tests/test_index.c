@@ -426,6 +426,118 @@ static void test_hnsw_recall_and_ef_search(void **state) {
   free_data(&d);
 }
 
+/* A one-query HNSW call runs the shim's own walk with per-thread buffers;
+ * a multi-query call runs FAISS's IndexHNSW::search.  Both must give the
+ * same ids and scores, whatever efSearch, k (also above efSearch), metric
+ * and bitmap, and a thread must keep giving them when it switches between
+ * indexes of different sizes (its visited table is reused). */
+static void test_hnsw_one_query_matches_faiss(void **state) {
+  (void)state;
+  enum { KK = 40 };
+  dataset big = make_data_clusters(4000, 400, 31);
+  dataset small = make_data_clusters(700, 70, 32);
+  uint8_t *bitmap;
+  int64_t bits;
+  uint8_t *live = random_subset(big.n, 0.3, 5, &bitmap, &bits);
+  vlm_metric metrics[] = {VLM_METRIC_IP, VLM_METRIC_L2};
+  int64_t *ids = malloc(sizeof(int64_t) * NQ * KK);
+  int64_t *one = malloc(sizeof(int64_t) * KK);
+  float *sc = malloc(sizeof(float) * NQ * KK), *osc = malloc(sizeof(float) * KK);
+  assert_non_null(ids);
+  assert_non_null(one);
+  assert_non_null(sc);
+  assert_non_null(osc);
+  int compared = 0;
+  for (int mi = 0; mi < 2; mi++) {
+    vlm_index *ix[2] = {build("HNSW32", metrics[mi], &big),
+                        build("HNSW32", metrics[mi], &small)};
+    const int efs[] = {10, 16, 64, 256};
+    const int ks[] = {1, K, KK};
+    for (int e = 0; e < 4; e++)
+      for (int ki = 0; ki < 3; ki++)
+        for (int b = 0; b < 3; b++) {
+          /* b: 0 the big index, 1 the big one with a bitmap, 2 the small */
+          const vlm_index *index = ix[b == 2];
+          const dataset *d = b == 2 ? &small : &big;
+          vlm_index_params p = {.ef_search = efs[e]};
+          if (b == 1) {
+            p.bitmap = bitmap;
+            p.bitmap_bits = bits;
+          }
+          int k = ks[ki];
+          assert_int_equal(vlm_index_search(index, NQ, d->q, k, &p, sc, ids), 0);
+          for (int q = 0; q < NQ; q++) {
+            assert_int_equal(vlm_index_search(index, 1, d->q + q * DIM, k, &p,
+                                              osc, one), 0);
+            for (int r = 0; r < k; r++) {
+              if (one[r] != ids[q * k + r] || osc[r] != sc[q * k + r])
+                fail_msg("%s ef %d k %d case %d query %d rank %d: one query "
+                         "%lld (%.7g), FAISS batch %lld (%.7g)",
+                         metrics[mi] == VLM_METRIC_IP ? "IP" : "L2", efs[e], k,
+                         b, q, r, (long long)one[r], osc[r],
+                         (long long)ids[q * k + r], sc[q * k + r]);
+              if (b == 1 && one[r] >= 0 && !live[index_of(one[r])])
+                fail_msg("rank %d: id %lld is outside the bitmap", r,
+                         (long long)one[r]);
+              compared++;
+            }
+          }
+        }
+    vlm_index_free(ix[0]);
+    vlm_index_free(ix[1]);
+  }
+  print_message("HNSW one-query walk: %d results identical to FAISS's batch "
+                "search\n", compared);
+
+  /* A stored vector searched with its own vertex hidden: the walk never
+   * returns it, and still finds its other neighbours (the oracle: brute
+   * force over the rest).  Without hiding it is its own best match. */
+  {
+    vlm_index *index = build("HNSW32", VLM_METRIC_IP, &big);
+    vlm_index_params p = {.ef_search = 64, .has_hidden = 1};
+    int64_t got[K], want[K];
+    float gs[K], ws[K];
+    uint8_t *others = malloc((size_t)big.n);
+    assert_non_null(others);
+    memset(others, 1, (size_t)big.n);
+    int hits = 0, nq = 100;
+    for (int i = 0; i < nq; i++) {
+      const float *x = big.x + (size_t)i * 37 * DIM;
+      int64_t self = big.ids[i * 37];
+      vlm_index_params plain = {.ef_search = 64};
+      search(index, x, 1, &plain, got, gs);
+      assert_int_equal(got[0], self);
+      p.hidden_id = self;
+      search(index, x, 1, &p, got, gs);
+      others[i * 37] = 0;
+      brute_force(VLM_METRIC_IP, big.x, big.n, others, x, 1, K, want, ws);
+      others[i * 37] = 1;
+      for (int r = 0; r < K; r++) {
+        if (got[r] == self)
+          fail_msg("query %d: hidden id %lld returned at rank %d", i,
+                   (long long)self, r);
+        for (int w = 0; w < K; w++)
+          hits += got[r] == want[w];
+      }
+    }
+    double r = (double)hits / (nq * K);
+    print_message("HNSW32, stored vectors as held-out queries: recall@10 "
+                  "%.3f at efSearch 64\n", r);
+    if (!(r >= 0.9))
+      fail_msg("held-out recall %.3f < 0.9", r);
+    free(others);
+    vlm_index_free(index);
+  }
+  free(ids);
+  free(one);
+  free(sc);
+  free(osc);
+  free(live);
+  free(bitmap);
+  free_data(&big);
+  free_data(&small);
+}
+
 static void test_ivf_flat_nprobe(void **state) {
   (void)state;
   dataset d = make_data(3000, 13);
@@ -898,6 +1010,7 @@ int main(void) {
       cmocka_unit_test(test_flat_exact_ip_and_l2),
       cmocka_unit_test(test_flat_range_search),
       cmocka_unit_test(test_hnsw_recall_and_ef_search),
+      cmocka_unit_test(test_hnsw_one_query_matches_faiss),
       cmocka_unit_test(test_ivf_flat_nprobe),
       cmocka_unit_test(test_ivf_pq_and_sq8),
       cmocka_unit_test(test_remove),
