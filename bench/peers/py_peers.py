@@ -218,7 +218,11 @@ def main():
     sel = np.load(os.path.join(data, "sel.npy"))
     fn = {"hnswlib": run_hnswlib, "faiss": run_faiss,
           "sqlite-vec": run_sqlite_vec}[system]
-    res = fn(data, work, base, queries, gt, sel)
+    try:
+        res = fn(data, work, base, queries, gt, sel)
+    except Exception as e:  # the row says why, the others go on
+        sys.exit("py_peers: %s: %s: %s" % (system, type(e).__name__,
+                                            str(e).splitlines()[0] if str(e) else ""))
     res["n"] = len(base)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
