@@ -34,9 +34,14 @@ function npy(name) {
   const hdr = buf.toString("latin1", 10, 10 + hl);
   const shape = hdr.match(/'shape': \(([^)]*)\)/)[1].split(",")
     .filter((s) => s.trim()).map(Number);
-  const ab = buf.buffer.slice(buf.byteOffset + 10 + hl, buf.byteOffset + buf.length);
-  if (hdr.includes("'<f4'")) return { shape, data: new Float32Array(ab) };
-  if (hdr.includes("'<i4'")) return { shape, data: new Int32Array(ab) };
+  // a view, not a copy (peak RSS should hold the vectors once, as the
+  // other systems' processes do); numpy pads the header so the values
+  // start 64-byte aligned, and a whole-file read starts a fresh buffer
+  const off = buf.byteOffset + 10 + hl, count = (buf.length - 10 - hl) / 4;
+  const view = (T) => (off % 4 === 0 ? new T(buf.buffer, off, count)
+    : new T(buf.buffer.slice(off, off + count * 4)));
+  if (hdr.includes("'<f4'")) return { shape, data: view(Float32Array) };
+  if (hdr.includes("'<i4'")) return { shape, data: view(Int32Array) };
   throw new Error(`${name}: neither <f4 nor <i4`);
 }
 

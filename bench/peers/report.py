@@ -115,6 +115,10 @@ def main():
     for name, f in rows:
         out.append("| %s | %s |" % (name, " | ".join(cell(s, f) for s in systems)))
     out.append("")
+    out.append("Peak RSS includes the %.0f MB of vectors every process loads "
+               "from base.npy; disk is what each system left in its "
+               "directory." % (raw / 1e6))
+    out.append("")
     out.append("Notes:")
     for s in systems:
         res, why = cols[s]
@@ -127,6 +131,9 @@ def main():
         else:
             notes.append("filtered: " + res.get("filtered_note", ""))
         notes.append(res.get("threads_note"))
+        if res.get("tuned_effort"):
+            notes.append("the efSearch vlmdb tuned for this data by itself: %d"
+                         % res["tuned_effort"])
         out.append("- %s: %s" % (s, "; ".join(x for x in notes if x)))
     out.append("")
     out.append("Every sweep point (%s: recall@10 / QPS):" % "effort")

@@ -24,7 +24,9 @@
 # The data is generated once per N, NQ and SEED and reused.
 #
 # Numbers to compare come from a quiet machine: run it when nothing else
-# runs (on 2 cores, 200,000 vectors take about 20 minutes).
+# runs (on 2 cores, 200,000 vectors should take about 15 minutes: the five
+# HNSW builds about a minute each, usearch's two, each sweep point up to
+# SECONDS_PER_POINT).
 set -u
 N=${1:-200000}
 OUT=${2:-/tmp/vlm-peers}
