@@ -109,7 +109,7 @@ run() {
 for sys in $SYSTEMS; do
   case $sys in
     vlmdb)
-      if (cd "$ROOT" && make build/bench/peers/vlmdb_peer) > "$RES/build.log" 2>&1; then
+      if (cd "$ROOT" && make -j2 build/bench/peers/vlmdb_peer) > "$RES/build.log" 2>&1; then
         run vlmdb "$ROOT/build/bench/peers/vlmdb_peer" "$DATA" \
           "$OUT/work/vlmdb" "$RES/vlmdb.json" "$SECONDS_PER_POINT"
       else
