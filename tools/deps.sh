@@ -1,9 +1,10 @@
 #!/bin/sh
 # Install the Debian packages vlmdb needs, if any are missing.
-# Usage: tools/deps.sh [build|data|cluster]   (build: compile and test;
-# data: also the sources of the catalogs `make data` and `make demo` build;
-# data-next is the same as data; cluster: also Slurm and MUNGE for `make
-# test-cluster`).
+# Usage: tools/deps.sh [build|data|cluster|peers]   (build: compile and
+# test; data: also the sources of the catalogs `make data` and `make demo`
+# build; data-next is the same as data; cluster: also Slurm and MUNGE for
+# `make test-cluster`; peers: also the libraries bench/peers/run.sh
+# compares vlmdb with).
 set -eu
 
 # (chromium and npm: make test-web, the web console in a real browser)
@@ -27,10 +28,16 @@ dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
 # (tools/slurm/test-cluster.sh), authenticated by MUNGE
 CLUSTER_PKGS="slurmctld slurmd slurm-client munge"
 
+# bench/peers/run.sh (not the build or the tests): hnswlib and FAISS for
+# Debian's /usr/bin/python3, NumPy for the shared data; its LanceDB,
+# usearch and sqlite-vec come from npm; time: /usr/bin/time -v for peak RSS
+PEERS_PKGS="python3-hnswlib python3-faiss python3-numpy time"
+
 pkgs=$BUILD_PKGS
 case ${1:-build} in
   data|data-next) pkgs="$BUILD_PKGS $DATA_PKGS" ;;
   cluster) pkgs="$BUILD_PKGS $CLUSTER_PKGS" ;;
+  peers) pkgs="$BUILD_PKGS $PEERS_PKGS" ;;
 esac
 
 missing=""
