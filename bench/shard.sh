@@ -9,7 +9,8 @@
 # WORK (a directory to keep everything in; default a temporary one,
 # removed at the end), VLMDB (default build/vlmdb).  N must be at least
 # 10,000 (PQ64 trains on 39 x 256 vectors).  Needs tools/deps.sh cluster
-# (Slurm, MUNGE, GNU time) and about 9 GB of disk per million vectors.
+# (Slurm, MUNGE, GNU time), about 15 GB of disk and 3 GB of memory per
+# million vectors (the LMDB stores take 4 KiB a 2 KiB vector).
 #
 # 1. Data (not timed in the tables): N 512-d unit vectors around N / 100
 #    random centres (build/bench/shard data), written once as
