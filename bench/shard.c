@@ -2,7 +2,7 @@
  * benchmark: a sharded build through Slurm against one process, the IVF
  * merge, and the merged index memory-mapped against the same in RAM).
  *
- *   build/bench/shard data --n N --nq NQ --out DIR [--seed S]
+ *   build/bench/shard data --n N --nq NQ --out DIR [--shards 4] [--seed S]
  *   build/bench/shard search --mode mmap|ram --dir DIR --index FILE
  *                     --trained FILE --nprobe P[,P...] SHARD:OFFSET...
  *
@@ -10,7 +10,8 @@
  * bench/search.c draws them: cos(x, centre) ~ 0.55), written as
  * clip-retrieval's layout, DIR/emb/img_emb/img_emb_0.npy (float32) and
  * DIR/emb/metadata/metadata_0.jsonl ({"key": "k00000042"}: row 42), which
- * `vlmdb ingest` reads without a model; NQ queries drawn the same way,
+ * `vlmdb ingest` reads without a model; the same rows split by shard
+ * into DIR/split/shard-S/ (the shards' slots in equal ranges); NQ queries drawn the same way,
  * DIR/queries.npy; and their exact top-10 rows (inner product over all N,
  * OpenBLAS sgemm block by block while the rows are written),
  * DIR/truth.bin (NQ x 10 int64).
@@ -44,6 +45,7 @@
 #include "vlm_error.h"
 #include "vlm_index.h"
 #include "vlm_npy.h"
+#include "vlm_slot.h"
 #include "vlmdb.h"
 
 #define D 512
@@ -135,7 +137,45 @@ static void mkdirs(const char *dir) {
   mkdir(path, 0755);
 }
 
-static int cmd_data(int64_t n, int nq, const char *out, uint64_t seed) {
+/* The same rows split by shard: DIR/split/shard-S/ in the same layout,
+ * shard S holding the slots [S * 16384 / nshards, (S + 1) * 16384 /
+ * nshards) (bench/shard.sh's cluster.json), as `vlmdb split` cuts a
+ * catalog: each task then reads only its own rows. */
+typedef struct {
+  vlm_npy_writer *w;
+  FILE *meta;
+  char meta_path[4096];
+} split_out;
+
+static void split_open(split_out *so, const char *out, int shard) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/split/shard-%d/img_emb", out, shard);
+  mkdirs(path);
+  snprintf(path, sizeof path, "%s/split/shard-%d/metadata", out, shard);
+  mkdirs(path);
+  snprintf(path, sizeof path, "%s/split/shard-%d/img_emb/img_emb_0.npy", out, shard);
+  if (vlm_npy_writer_open(path, D, VLM_NPY_F32, &so->w)) die(path);
+  snprintf(so->meta_path, sizeof so->meta_path,
+           "%s/split/shard-%d/metadata/metadata_0.jsonl", out, shard);
+  snprintf(path, sizeof path, "%s.tmp", so->meta_path);
+  if (!(so->meta = fopen(path, "w"))) {
+    perror(path);
+    exit(1);
+  }
+}
+
+static void split_close(split_out *so) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s.tmp", so->meta_path);
+  if (vlm_npy_writer_finish(so->w) || fclose(so->meta) ||
+      rename(path, so->meta_path)) {
+    perror(so->meta_path);
+    exit(1);
+  }
+}
+
+static int cmd_data(int64_t n, int nq, const char *out, uint64_t seed,
+                    int nshards) {
   char path[4096];
   int ncentres = (int)(n / 100 > 0 ? n / 100 : 1);
   uint64_t s = seed;
@@ -165,6 +205,9 @@ static int cmd_data(int64_t n, int nq, const char *out, uint64_t seed) {
     return 1;
   }
 
+  split_out *split = xmalloc((size_t)nshards * sizeof *split);
+  for (int i = 0; i < nshards; i++) split_open(&split[i], out, i);
+
   int64_t *top = xmalloc((size_t)nq * K * sizeof(int64_t));
   float *topsc = xmalloc((size_t)nq * K * sizeof(float));
   for (int i = 0; i < nq * K; i++) top[i] = -1, topsc[i] = -INFINITY;
@@ -174,7 +217,14 @@ static int cmd_data(int64_t n, int nq, const char *out, uint64_t seed) {
     int b = (int)(n - first < BLOCK ? n - first : BLOCK);
     clustered(x, b, centres, ncentres, &s);
     if (vlm_npy_writer_append(w, x, b)) die("img_emb_0.npy");
-    for (int i = 0; i < b; i++) fprintf(meta, "{\"key\": \"k%08lld\"}\n", (long long)(first + i));
+    for (int i = 0; i < b; i++) {
+      char key[32];
+      int len = snprintf(key, sizeof key, "k%08lld", (long long)(first + i));
+      int shard = (int)((int64_t)vlm_key_slot(key, (size_t)len) * nshards / VLM_SLOTS);
+      fprintf(meta, "{\"key\": \"%s\"}\n", key);
+      fprintf(split[shard].meta, "{\"key\": \"%s\"}\n", key);
+      if (vlm_npy_writer_append(split[shard].w, x + (size_t)i * D, 1)) die("split");
+    }
     /* sc[nq x b] = q[nq x D] . x[b x D]^T */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, b, D, 1.0f, q,
                 D, x, D, 0.0f, sc, b);
@@ -184,6 +234,8 @@ static int cmd_data(int64_t n, int nq, const char *out, uint64_t seed) {
                   sc[(size_t)i * b + j], first + j);
   }
   if (vlm_npy_writer_finish(w)) die("img_emb_0.npy");
+  for (int i = 0; i < nshards; i++) split_close(&split[i]);
+  free(split);
   if (fclose(meta)) {
     perror("metadata_0.jsonl");
     return 1;
@@ -384,7 +436,7 @@ static int cmd_search(const char *mode, const char *dir, const char *index,
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: shard data --n N --nq NQ --out DIR [--seed S]\n"
+          "usage: shard data --n N --nq NQ --out DIR [--shards 4] [--seed S]\n"
           "       shard search --mode mmap|ram --dir DIR --index FILE "
           "--trained FILE --nprobe P[,P...] SHARD:OFFSET...\n");
   exit(2);
@@ -393,7 +445,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
   if (argc < 2) usage();
   int64_t n = 0;
-  int nq = 1000;
+  int nq = 1000, nshards = 4;
   uint64_t seed = 18;
   const char *out = NULL, *mode = NULL, *index = NULL, *trained = NULL;
   const char *nprobes = "16,64";
@@ -403,6 +455,7 @@ int main(int argc, char **argv) {
     const char *v = argv[++i];
     if (!strcmp(argv[i - 1], "--n")) n = atoll(v);
     else if (!strcmp(argv[i - 1], "--nq")) nq = atoi(v);
+    else if (!strcmp(argv[i - 1], "--shards")) nshards = atoi(v);
     else if (!strcmp(argv[i - 1], "--seed")) seed = strtoull(v, NULL, 10);
     else if (!strcmp(argv[i - 1], "--out") || !strcmp(argv[i - 1], "--dir")) out = v;
     else if (!strcmp(argv[i - 1], "--mode")) mode = v;
@@ -412,8 +465,9 @@ int main(int argc, char **argv) {
     else usage();
   }
   if (!strcmp(argv[1], "data")) {
-    if (n < 1 || nq < 1 || !out || i != argc) usage();
-    return cmd_data(n, nq, out, seed);
+    if (n < 1 || nq < 1 || nshards < 1 || nshards > VLM_SLOTS || !out || i != argc)
+      usage();
+    return cmd_data(n, nq, out, seed, nshards);
   }
   if (!strcmp(argv[1], "search")) {
     if (!mode || !out || !index || !trained || i == argc) usage();
