@@ -9,8 +9,9 @@
 # WORK (a directory to keep everything in; default a temporary one,
 # removed at the end), VLMDB (default build/vlmdb).  N must be at least
 # 10,000 (PQ64 trains on 39 x 256 vectors).  Needs tools/deps.sh cluster
-# (Slurm, MUNGE, GNU time), about 15 GB of disk and 3 GB of memory per
-# million vectors (the LMDB stores take 4 KiB a 2 KiB vector).
+# (Slurm, MUNGE, GNU time), about 23 GB of disk and 3 GB of memory per
+# million vectors (three sets of databases of 6 GB: the LMDB store takes
+# 4 KiB a 2 KiB vector, the Flat index 2 KiB more).
 #
 # 1. Data (not timed in the tables): N 512-d unit vectors around N / 100
 #    random centres (build/bench/shard data), written once as
@@ -35,8 +36,10 @@
 #    sharding adds (each task reads all N rows), whatever the overlap.
 # 3. IVF-PQ: `vlmdb index train` on a sample of the single database
 #    (IVF<nlist>,PQ64, nlist = the power of two nearest sqrt(N), at most
-#    1024 and N/39: 1024 at 1M; the sample 39 x nlist, at least 10,000), `vlmdb index add` per shard, `vlmdb
-#    index merge` under GNU time: wall, CPU and peak RSS, and the sizes
+#    1024 and N/39: 1024 at 1M; the sample 39 x nlist, at least 10,000),
+#    `vlmdb index add` per shard, `vlmdb index merge` under GNU time
+#    (/usr/bin/time's %M, the peak RSS -v prints): wall, CPU, peak RSS and
+#    the sizes
 #    (FAISS and OpenBLAS held to one thread throughout: on a shared
 #    2-core machine their thread pools spin and take 3 times the CPU).
 # 4. Search: build/bench/shard search, once per mode in its own process:
