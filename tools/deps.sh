@@ -25,8 +25,9 @@ dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
 dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
 
 # `make test-cluster`: a Slurm controller and two slurmd nodes on this host
-# (tools/slurm/test-cluster.sh), authenticated by MUNGE
-CLUSTER_PKGS="slurmctld slurmd slurm-client munge"
+# (tools/slurm/test-cluster.sh), authenticated by MUNGE; GNU time for
+# bench/shard.sh (wall, CPU and peak RSS of each vlmdb command)
+CLUSTER_PKGS="slurmctld slurmd slurm-client munge time"
 
 # bench/peers/run.sh (not the build or the tests): hnswlib and FAISS for
 # Debian's /usr/bin/python3, NumPy for the shared data; its LanceDB,

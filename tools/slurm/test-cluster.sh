@@ -8,7 +8,8 @@
 # A self-contained cluster in a temporary directory, nothing in /etc:
 # munged with its own key and socket (slurm.conf's AuthInfo=socket=...),
 # slurmctld and two slurmd nodes (n1, n2) on loopback ports, all started
-# and stopped by their pids.  The packages come from tools/deps.sh cluster.
+# and stopped by their pids (tools/slurm/cluster-lib.sh, which bench/shard.sh
+# uses too).  The packages come from tools/deps.sh cluster.
 #
 # Then: the shard array and the merge (tools/slurm/submit.sh, the merge
 # after the array with --dependency=afterok), polled with squeue in a
@@ -27,24 +28,16 @@ root=$(cd "$here/../.." && pwd)
 VLMDB=$(readlink -f "${1:-$root/build/vlmdb}")
 MODEL=$root/tests/fixtures/clip-tiny
 [ -x "$VLMDB" ] || { echo "test-cluster: $VLMDB is not built" >&2; exit 1; }
-for p in munged slurmctld slurmd sbatch squeue scontrol python3; do
-  command -v "$p" >/dev/null || {
-    echo "test-cluster: $p is missing (tools/deps.sh cluster)" >&2; exit 1; }
-done
+command -v python3 >/dev/null || {
+  echo "test-cluster: python3 is missing (tools/deps.sh cluster)" >&2; exit 1; }
 
+# shellcheck source=tools/slurm/cluster-lib.sh
+. "$here/cluster-lib.sh"
 T=$(mktemp -d /tmp/vlm-slurm.XXXXXX)
 chmod 755 "$T"
-pids=()
 cleanup() {
   local rc=$?
-  for f in "$T"/slurmd-n1.pid "$T"/slurmd-n2.pid "$T"/slurmctld.pid "$T"/munged.pid; do
-    [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
-  done
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for f in "$T"/slurmd-n1.pid "$T"/slurmd-n2.pid "$T"/slurmctld.pid "$T"/munged.pid; do
-    [ -s "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
-  done
+  cluster_stop "$T"
   if [ "$rc" -ne 0 ]; then
     echo "test-cluster: FAILED; the daemons' logs:" >&2
     tail -n 20 "$T"/log/* >&2 2>/dev/null || true
@@ -58,100 +51,13 @@ fail() { echo "test-cluster: FAIL: $*" >&2; exit 1; }
 say() { echo "test-cluster: $*"; }
 
 # ---------------------------------------------------------------- daemons
-mkdir -p "$T/state" "$T/spool/n1" "$T/spool/n2" "$T/log" "$T/out"
-dd if=/dev/urandom of="$T/munge.key" bs=1024 count=1 2>/dev/null
-chmod 400 "$T/munge.key"
-munged --force --key-file="$T/munge.key" --socket="$T/munge.sock" \
-  --pid-file="$T/munged.pid" --log-file="$T/log/munged.log" \
-  --seed-file="$T/munged.seed"
-# Three consecutive loopback ports below the kernel's ephemeral range
-# (32768 up), free now: a port a client happens to hold would stop
-# slurmctld (it exits: "Address already in use").
-free_ports() {
-  python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 32000)
-    socks = []
-    try:
-        for p in range(base, base + 3):
-            s = socket.socket()
-            s.bind(("127.0.0.1", p))
-            socks.append(s)
-        print(base)
-        break
-    except OSError:
-        pass
-    finally:
-        for s in socks:
-            s.close()
-PY
-}
-base=$(free_ports)
-[ -n "$base" ] || fail "no three free loopback ports"
-export SLURM_CONF=$T/slurm.conf
-cat > "$SLURM_CONF" <<EOF
-ClusterName=vlmtest
-SlurmctldHost=localhost(127.0.0.1)
-SlurmUser=$(id -un)
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$T/munge.sock
-CredType=cred/munge
-StateSaveLocation=$T/state
-SlurmdSpoolDir=$T/spool/%n
-SlurmctldPidFile=$T/slurmctld.pid
-SlurmdPidFile=$T/slurmd-%n.pid
-SlurmctldPort=$base
-SlurmctldLogFile=$T/log/slurmctld.log
-SlurmdLogFile=$T/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/builtin
-SchedulerParameters=sched_interval=1
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-ReturnToService=2
-MpiDefault=none
-SwitchType=switch/none
-NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((base + 1)) CPUs=2 State=UNKNOWN
-NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((base + 2)) CPUs=2 State=UNKNOWN
-PartitionName=test Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
-EOF
+mkdir -p "$T/out"
 t0=$(date +%s.%N)
-slurmctld -f "$SLURM_CONF" -i
-slurmd -f "$SLURM_CONF" -N n1
-slurmd -f "$SLURM_CONF" -N n2
-# up within 15 s, or fail at once when a daemon has exited (sinfo against
-# a controller that is not there waits for its message timeout, so each
-# call is bounded too)
-up=0
-for _ in $(seq 1 150); do
-  for f in slurmctld slurmd-n1 slurmd-n2; do
-    if grep -qs 'fatal:' "$T/log/$f.log" ||
-       { [ -s "$T/$f.pid" ] && ! kill -0 "$(cat "$T/$f.pid")" 2>/dev/null; }; then
-      fail "$f has exited: $(grep -s 'fatal:' "$T/log/$f.log" | tail -n 1)"
-    fi
-  done
-  if [ "$(timeout 2 sinfo -h -N -t idle -o %N 2>/dev/null | wc -l)" = 2 ]; then up=1; break; fi
-  sleep 0.1
-done
-[ "$up" = 1 ] || fail "the nodes did not come up in 15 s"
+cluster_start "$T" 2 || fail "the nodes did not come up"
 say "cluster up in $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $t0}") s: $(sinfo -h -o '%P %D %t')"
 
-# wait for jobs to leave the queue (bounded: sbatch --wait lags ~30 s)
-wait_jobs() {
-  local limit=$1; shift
-  for _ in $(seq 1 $((limit * 5))); do
-    [ -z "$(squeue -h -j "$(IFS=,; echo "$*")" 2>/dev/null)" ] && return 0
-    sleep 0.2
-  done
-  fail "jobs $* still queued after $limit s"
-}
-job_state() { scontrol show job "$1" | grep -o 'JobState=[A-Z]*' | sort -u | tr '\n' ' '; }
+wait_jobs() { cluster_wait "$@" || fail "jobs still queued"; }
+job_state() { cluster_job_state "$1"; }
 
 # ------------------------------------------------------------------ data
 W=$T/work
@@ -238,22 +144,32 @@ OUT=$W/again
 INGEST_OPTS="--batch 1"   # one commit per row: the kill lands mid-ingest
 export OUT INGEST_OPTS
 mkdir -p "$OUT"
-j=$(sbatch --parsable --array=1 --export=ALL,TRAINED= "$here/build.sbatch")
-j=${j%%;*}
-for _ in $(seq 1 200); do
-  [ -d "$OUT/shard-1.tmp" ] && [ -n "$(squeue -h -j "$j" -t R 2>/dev/null)" ] && break
-  sleep 0.05
+# The kill must land after the task made shard-1.tmp and before it
+# published: on a loaded machine the task can finish first, so until a
+# kill lands in time, up to 5 tries, each killing sooner.
+landed=0
+for delay in 0.2 0.1 0.05 0 0; do
+  rm -rf "$OUT/shard-1" "$OUT/shard-1.tmp"
+  j=$(sbatch --parsable --array=1 --export=ALL,TRAINED= "$here/build.sbatch")
+  j=${j%%;*}
+  for _ in $(seq 1 200); do
+    [ -d "$OUT/shard-1.tmp" ] && [ -n "$(squeue -h -j "$j" -t R 2>/dev/null)" ] && break
+    sleep 0.05
+  done
+  sleep "$delay"
+  # (a job just started can be unknown to scancel for a moment: retry)
+  for _ in 1 2 3 4 5; do
+    scancel --signal=KILL --full "$j" 2>/dev/null && break
+    sleep 0.1
+  done
+  wait_jobs 60 "$j"
+  say "task $j killed after ${delay} s: $(job_state "$j")"
+  if [ -d "$OUT/shard-1.tmp" ] && [ ! -e "$OUT/shard-1" ]; then
+    landed=1
+    break
+  fi
 done
-sleep 0.2
-# (a job just started can be unknown to scancel for a moment: retry)
-for _ in 1 2 3 4 5; do
-  scancel --signal=KILL --full "$j" 2>/dev/null && break
-  sleep 0.1
-done
-wait_jobs 60 "$j"
-say "task $j killed: $(job_state "$j")"
-[ -d "$OUT/shard-1.tmp" ] && [ ! -e "$OUT/shard-1" ] ||
-  fail "the kill did not land mid-ingest (nothing to resume)"
+[ "$landed" = 1 ] || fail "the kill never landed mid-build (nothing to resume)"
 j=$(sbatch --parsable --array=1 --export=ALL,TRAINED= "$here/build.sbatch")
 j=${j%%;*}
 wait_jobs 60 "$j"
