@@ -145,16 +145,16 @@ INGEST_OPTS="--batch 1"   # one commit per row: the kill lands mid-ingest
 export OUT INGEST_OPTS
 mkdir -p "$OUT"
 # The kill must land after the task made shard-1.tmp and before it
-# published: on a loaded machine the task can finish first, so until a
-# kill lands in time, up to 5 tries, each killing sooner.
+# published: the task can finish first, so until a kill lands in time,
+# up to 8 tries, each killing sooner (at last as soon as it appears).
 landed=0
-for delay in 0.2 0.1 0.05 0 0; do
+for delay in 0.2 0.1 0.05 0 0 0 0 0; do
   rm -rf "$OUT/shard-1" "$OUT/shard-1.tmp"
   j=$(sbatch --parsable --array=1 --export=ALL,TRAINED= "$here/build.sbatch")
   j=${j%%;*}
-  for _ in $(seq 1 200); do
-    [ -d "$OUT/shard-1.tmp" ] && [ -n "$(squeue -h -j "$j" -t R 2>/dev/null)" ] && break
-    sleep 0.05
+  for _ in $(seq 1 1000); do
+    [ -d "$OUT/shard-1.tmp" ] && break
+    sleep 0.01
   done
   sleep "$delay"
   # (a job just started can be unknown to scancel for a moment: retry)
