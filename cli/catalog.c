@@ -257,12 +257,8 @@ struct vlm_catalog {
 
 static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
 
-static int set_row_error(vlm_catalog_row *row, vlm_skip_reason reason,
-                         const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int set_row_error(vlm_catalog_row *row, vlm_skip_reason reason,
-                         const char *fmt, ...) {
+int vlm_catalog_row_error(vlm_catalog_row *row, vlm_skip_reason reason,
+                          const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(row->message, sizeof row->message, fmt, ap);
@@ -315,13 +311,13 @@ static const char *json_type_name(const json_t *v) {
 /* One string of "texts", kept unless empty. */
 static int add_text(const json_t *v, const char *where, vlm_catalog_row *row) {
   if (!json_is_string(v))
-    return set_row_error(row, VLM_SKIP_TYPE,
-                         "\"texts\"%s must be a string, not %s", where,
-                         json_type_name(v));
+    return vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                 "\"texts\"%s must be a string, not %s", where,
+                                 json_type_name(v));
   const char *t = json_string_value(v);
   if (strlen(t) != json_string_length(v))
-    return set_row_error(row, VLM_SKIP_TYPE,
-                         "\"texts\"%s contains a NUL byte", where);
+    return vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                 "\"texts\"%s contains a NUL byte", where);
   if (!*t)
     return 0;
   char **p = realloc(row->texts, sizeof *p * (size_t)(row->ntexts + 1));
@@ -355,9 +351,9 @@ static int get_texts(const json_t *obj, vlm_catalog_row *row) {
     return 0;
   }
   if (!json_is_object(texts))
-    return set_row_error(row, VLM_SKIP_TYPE,
-                         "\"texts\" must be an array or an object, not %s",
-                         json_type_name(texts));
+    return vlm_catalog_row_error(
+        row, VLM_SKIP_TYPE, "\"texts\" must be an array or an object, not %s",
+        json_type_name(texts));
   const char *lang;
   const json_t *v;
   json_object_foreach((json_t *)texts, lang, v) {
@@ -385,8 +381,9 @@ static int get_string(const json_t *obj, const char *name, const char **out,
   if (!v || json_is_null(v))
     return 0;
   if (!json_is_string(v))
-    return set_row_error(row, VLM_SKIP_TYPE, "\"%s\" must be a string, not %s",
-                         name, json_type_name(v));
+    return vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                 "\"%s\" must be a string, not %s", name,
+                                 json_type_name(v));
   *out = json_string_value(v);
   return 0;
 }
@@ -400,32 +397,33 @@ static int get_vector(const vlm_catalog *cat, const json_t *obj,
   if (!v || json_is_null(v))
     return 0;
   if (!json_is_array(v))
-    return set_row_error(row, VLM_SKIP_VECTOR,
-                         "\"%s\" must be an array of numbers, not %s", name,
-                         json_type_name(v));
+    return vlm_catalog_row_error(row, VLM_SKIP_VECTOR,
+                                 "\"%s\" must be an array of numbers, not %s",
+                                 name, json_type_name(v));
   size_t n = json_array_size(v);
   if (n == 0 || n > 65536)
-    return set_row_error(row, VLM_SKIP_VECTOR, "\"%s\" has %zu numbers", name,
-                         n);
+    return vlm_catalog_row_error(row, VLM_SKIP_VECTOR, "\"%s\" has %zu numbers",
+                                 name, n);
   if (cat->dim > 0 && (int)n != cat->dim)
-    return set_row_error(row, VLM_SKIP_VECTOR,
-                         "\"%s\" has %zu numbers; the database's dimension "
-                         "is %d",
-                         name, n, cat->dim);
+    return vlm_catalog_row_error(
+        row, VLM_SKIP_VECTOR,
+        "\"%s\" has %zu numbers; the database's dimension "
+        "is %d",
+        name, n, cat->dim);
   if (*dim && (int)n != *dim)
-    return set_row_error(row, VLM_SKIP_VECTOR,
-                         "\"%s\" has %zu numbers, the other vector %d", name,
-                         n, *dim);
+    return vlm_catalog_row_error(row, VLM_SKIP_VECTOR,
+                                 "\"%s\" has %zu numbers, the other vector %d",
+                                 name, n, *dim);
   float *vec = malloc(n * sizeof *vec);
   if (!vec)
-    return set_row_error(row, VLM_SKIP_VECTOR, "out of memory");
+    return vlm_catalog_row_error(row, VLM_SKIP_VECTOR, "out of memory");
   for (size_t i = 0; i < n; i++) {
     const json_t *x = json_array_get(v, i);
     double d = json_number_value(x);
     if (!json_is_number(x) || !isfinite(d) || fabs(d) > 3.4e38) {
       free(vec);
-      return set_row_error(row, VLM_SKIP_VECTOR,
-                           "\"%s\"[%zu] is not a finite number", name, i);
+      return vlm_catalog_row_error(
+          row, VLM_SKIP_VECTOR, "\"%s\"[%zu] is not a finite number", name, i);
     }
     vec[i] = (float)d;
   }
@@ -447,12 +445,12 @@ static int check_meta(const vlm_catalog *cat, const json_t *meta,
              : f->type == VLM_FIELD_INT  ? json_is_integer(v)
                                          : json_is_number(v);
     if (!ok)
-      return set_row_error(
-          row, VLM_SKIP_TYPE, "meta.%s must be %s, not %s", name,
-          f->type == VLM_FIELD_TEXT  ? "a string"
-          : f->type == VLM_FIELD_INT ? "an integer"
-                                     : "a number",
-          json_type_name(v));
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                   "meta.%s must be %s, not %s", name,
+                                   f->type == VLM_FIELD_TEXT  ? "a string"
+                                   : f->type == VLM_FIELD_INT ? "an integer"
+                                                              : "a number",
+                                   json_type_name(v));
   }
   return 0;
 }
@@ -462,28 +460,31 @@ static int check_meta(const vlm_catalog *cat, const json_t *meta,
 static int row_from_object(vlm_catalog *cat, const json_t *obj,
                            vlm_catalog_row *row) {
   if (!json_is_object(obj))
-    return set_row_error(row, VLM_SKIP_SYNTAX,
-                         "a row must be a JSON object, not %s",
-                         json_type_name(obj));
+    return vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                                 "a row must be a JSON object, not %s",
+                                 json_type_name(obj));
   const json_t *jkey = json_object_get(obj, "key");
   if (!jkey)
-    return set_row_error(row, VLM_SKIP_KEY, "no \"key\"");
+    return vlm_catalog_row_error(row, VLM_SKIP_KEY, "no \"key\"");
   if (!json_is_string(jkey))
-    return set_row_error(row, VLM_SKIP_KEY, "\"key\" must be a string, not %s",
-                         json_type_name(jkey));
+    return vlm_catalog_row_error(row, VLM_SKIP_KEY,
+                                 "\"key\" must be a string, not %s",
+                                 json_type_name(jkey));
   const char *key = json_string_value(jkey);
   size_t keylen = json_string_length(jkey);
   if (keylen == 0)
-    return set_row_error(row, VLM_SKIP_KEY, "empty \"key\"");
+    return vlm_catalog_row_error(row, VLM_SKIP_KEY, "empty \"key\"");
   if (strlen(key) != keylen)
-    return set_row_error(row, VLM_SKIP_KEY, "\"key\" contains a NUL byte");
+    return vlm_catalog_row_error(row, VLM_SKIP_KEY,
+                                 "\"key\" contains a NUL byte");
   free(row->key); /* a CSV row sets it early, for messages */
   row->key = strdup(key);
   if (!row->key)
     return VLM_ENOMEM;
   if (keylen > KEY_MAX_BYTES)
-    return set_row_error(row, VLM_SKIP_KEY, "\"key\" is %zu bytes (at most %d)",
-                         keylen, KEY_MAX_BYTES);
+    return vlm_catalog_row_error(row, VLM_SKIP_KEY,
+                                 "\"key\" is %zu bytes (at most %d)", keylen,
+                                 KEY_MAX_BYTES);
 
   const char *image, *text, *caption, *source, *thumb;
   if (get_string(obj, "image", &image, row) ||
@@ -493,18 +494,19 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
       get_string(obj, "thumbnail", &thumb, row))
     return 1;
   if (text && caption)
-    return set_row_error(row, VLM_SKIP_TYPE,
-                         "both \"text\" (embedded) and \"caption\" (stored "
-                         "only) are given");
+    return vlm_catalog_row_error(
+        row, VLM_SKIP_TYPE,
+        "both \"text\" (embedded) and \"caption\" (stored "
+        "only) are given");
   if (image && !*image)
     image = NULL;
 
   const json_t *meta = json_object_get(obj, "meta");
   if (meta && !json_is_null(meta)) {
     if (!json_is_object(meta))
-      return set_row_error(row, VLM_SKIP_TYPE,
-                           "\"meta\" must be an object, not %s",
-                           json_type_name(meta));
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                   "\"meta\" must be an object, not %s",
+                                   json_type_name(meta));
     if (check_meta(cat, meta, row))
       return 1;
     row->meta_json = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
@@ -520,9 +522,9 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
   if (w && !json_is_null(w)) {
     double wv = json_is_number(w) ? json_number_value(w) : -1;
     if (!(wv > 0 && wv <= VLM_CATALOG_MAX_WEIGHT))
-      return set_row_error(row, VLM_SKIP_TYPE,
-                           "\"weight\" must be a number in (0, %g]",
-                           (double)VLM_CATALOG_MAX_WEIGHT);
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                   "\"weight\" must be a number in (0, %g]",
+                                   (double)VLM_CATALOG_MAX_WEIGHT);
     row->weight = wv;
   }
 
@@ -546,23 +548,22 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
     float **slot = image || !text ? &row->image_vec : &row->text_vec;
     if (*slot) {
       free(any_vec);
-      return set_row_error(row, VLM_SKIP_VECTOR,
-                           "both \"vector\" and \"%s\" are given",
-                           slot == &row->image_vec ? "image_vector"
-                                                   : "text_vector");
+      return vlm_catalog_row_error(
+          row, VLM_SKIP_VECTOR, "both \"vector\" and \"%s\" are given",
+          slot == &row->image_vec ? "image_vector" : "text_vector");
     }
     *slot = any_vec;
   }
 
   if (thumb && *thumb) {
     if (vlm_base64_decode(thumb, &row->thumb, &row->thumb_len))
-      return set_row_error(row, VLM_SKIP_TYPE, "\"thumbnail\": %s",
-                           vlm_errmsg());
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE, "\"thumbnail\": %s",
+                                   vlm_errmsg());
   }
 
   if (!image && !text && !row->image_vec && !row->text_vec)
-    return set_row_error(row, VLM_SKIP_EMPTY,
-                         "no \"image\", \"text\" or vector to store");
+    return vlm_catalog_row_error(row, VLM_SKIP_EMPTY,
+                                 "no \"image\", \"text\" or vector to store");
 
   if (image) {
     row->image = is_uri(image) ? strdup(image)
@@ -601,8 +602,9 @@ static int jsonl_next(vlm_catalog *cat, vlm_catalog_row *row) {
     size_t len = strlen(s);
     if ((size_t)n != (size_t)(s - line) + len) {
       row->line = cat->line;
-      set_row_error(row, VLM_SKIP_SYNTAX, "bad JSON: NUL byte at column %zu",
-                    (size_t)(s - line) + len + 1);
+      vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                            "bad JSON: NUL byte at column %zu",
+                            (size_t)(s - line) + len + 1);
       free(line);
       return 1;
     }
@@ -621,12 +623,13 @@ static int jsonl_next(vlm_catalog *cat, vlm_catalog_row *row) {
     const char *near;
     if (!obj && json_error_code(&jerr) == json_error_duplicate_key &&
         (near = strstr(jerr.text, "near '")) && strlen(near) > 7)
-      rc = set_row_error(row, VLM_SKIP_SYNTAX,
-                         "bad JSON: duplicate member %.*s (column %d)",
-                         (int)strlen(near) - 7, near + 6, jerr.column);
+      rc = vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                                 "bad JSON: duplicate member %.*s (column %d)",
+                                 (int)strlen(near) - 7, near + 6, jerr.column);
     else if (!obj)
-      rc = set_row_error(row, VLM_SKIP_SYNTAX, "bad JSON: %s (column %d)",
-                         jerr.text, jerr.column);
+      rc = vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                                 "bad JSON: %s (column %d)", jerr.text,
+                                 jerr.column);
     else
       rc = row_from_object(cat, obj, row);
     json_decref(obj);
@@ -913,10 +916,10 @@ static json_t *csv_object(vlm_catalog *cat, vlm_catalog_row *row) {
     if (!*cell && col->kind != COL_KEY)
       continue; /* an empty cell is an absent value */
     if (!vlm_utf8_valid(cell, strlen(cell))) {
-      set_row_error(row, VLM_SKIP_SYNTAX, "column %d (%s%s) is not valid UTF-8",
-                    i + 1, col->kind == COL_META ? "meta." : "",
-                    col->kind == COL_META ? col->meta_name
-                                          : column_names[col->kind]);
+      vlm_catalog_row_error(
+          row, VLM_SKIP_SYNTAX, "column %d (%s%s) is not valid UTF-8", i + 1,
+          col->kind == COL_META ? "meta." : "",
+          col->kind == COL_META ? col->meta_name : column_names[col->kind]);
       goto fail;
     }
     json_t *v = NULL;
@@ -924,8 +927,8 @@ static json_t *csv_object(vlm_catalog *cat, vlm_catalog_row *row) {
         col->kind == COL_TEXT_VECTOR) {
       v = parse_vector_cell(cell);
       if (!v) {
-        set_row_error(row, VLM_SKIP_VECTOR,
-                      "%s: not a list of numbers", column_names[col->kind]);
+        vlm_catalog_row_error(row, VLM_SKIP_VECTOR, "%s: not a list of numbers",
+                              column_names[col->kind]);
         goto fail;
       }
     } else if (col->kind == COL_META) {
@@ -935,16 +938,18 @@ static json_t *csv_object(vlm_catalog *cat, vlm_catalog_row *row) {
         errno = 0;
         long long x = strtoll(cell, &end, 10);
         if (errno || end == cell || *trim(end)) {
-          set_row_error(row, VLM_SKIP_TYPE, "meta.%s: \"%s\" is not an integer",
-                        col->meta_name, cell);
+          vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                "meta.%s: \"%s\" is not an integer",
+                                col->meta_name, cell);
           goto fail;
         }
         v = json_integer(x);
       } else if (f && f->type == VLM_FIELD_REAL) {
         double x = strtod(cell, &end);
         if (end == cell || *trim(end) || !isfinite(x)) {
-          set_row_error(row, VLM_SKIP_TYPE, "meta.%s: \"%s\" is not a number",
-                        col->meta_name, cell);
+          vlm_catalog_row_error(row, VLM_SKIP_TYPE,
+                                "meta.%s: \"%s\" is not a number",
+                                col->meta_name, cell);
           goto fail;
         }
         v = json_real(x);
@@ -967,7 +972,7 @@ static json_t *csv_object(vlm_catalog *cat, vlm_catalog_row *row) {
   }
   return obj;
 nomem:
-  set_row_error(row, VLM_SKIP_SYNTAX, "out of memory");
+  vlm_catalog_row_error(row, VLM_SKIP_SYNTAX, "out of memory");
 fail:
   json_decref(obj);
   return NULL;
@@ -984,20 +989,18 @@ static int csv_next(vlm_catalog *cat, vlm_catalog_row *row) {
     return rc < 0 ? vlm_seterr(rc, "%s: %s", cat->path, vlm_errmsg()) : 0;
   row->line = start;
   if (bad)
-    return set_row_error(row, VLM_SKIP_SYNTAX, "%s", bad);
+    return vlm_catalog_row_error(row, VLM_SKIP_SYNTAX, "%s", bad);
   if (cat->rec.n != cat->ncols)
-    return set_row_error(row, VLM_SKIP_SYNTAX,
-                         "%d field%s, the header has %d", cat->rec.n,
-                         cat->rec.n == 1 ? "" : "s", cat->ncols);
+    return vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                                 "%d field%s, the header has %d", cat->rec.n,
+                                 cat->rec.n == 1 ? "" : "s", cat->ncols);
   if (cat->rec.nul_field >= 0) {
     const csv_column *col = &cat->cols[cat->rec.nul_field];
-    return set_row_error(row, VLM_SKIP_SYNTAX,
-                         "NUL byte in column %d (%s%s), line %ld",
-                         cat->rec.nul_field + 1,
-                         col->kind == COL_META ? "meta." : "",
-                         col->kind == COL_META ? col->meta_name
-                                               : column_names[col->kind],
-                         cat->rec.nul_line);
+    return vlm_catalog_row_error(
+        row, VLM_SKIP_SYNTAX, "NUL byte in column %d (%s%s), line %ld",
+        cat->rec.nul_field + 1, col->kind == COL_META ? "meta." : "",
+        col->kind == COL_META ? col->meta_name : column_names[col->kind],
+        cat->rec.nul_line);
   }
   json_t *obj = csv_object(cat, row);
   if (!obj)
@@ -1123,11 +1126,13 @@ static int dir_next(vlm_catalog *cat, vlm_catalog_row *row) {
   if (!(row->key = strdup(rel)))
     goto done;
   if (sidecar == 1) {
-    rc = set_row_error(row, VLM_SKIP_SYNTAX, "sidecar text holds a NUL byte");
+    rc = vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                               "sidecar text holds a NUL byte");
     goto done;
   }
   if (text && !vlm_utf8_valid(text, strlen(text))) {
-    rc = set_row_error(row, VLM_SKIP_SYNTAX, "sidecar text is not UTF-8");
+    rc = vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                               "sidecar text is not UTF-8");
     goto done;
   }
   if (text && !*text) {
@@ -1135,7 +1140,7 @@ static int dir_next(vlm_catalog *cat, vlm_catalog_row *row) {
     text = NULL;
   }
   if (!vlm_utf8_valid(rel, strlen(rel))) {
-    rc = set_row_error(row, VLM_SKIP_KEY, "file name is not UTF-8");
+    rc = vlm_catalog_row_error(row, VLM_SKIP_KEY, "file name is not UTF-8");
     goto done;
   }
   free(row->key); /* row_from_object sets it again */

@@ -122,6 +122,11 @@ int vlm_catalog_next(vlm_catalog *cat, vlm_catalog_row *row);
 /* Free a row's contents and zero it.  Accepts a zeroed row. */
 void vlm_catalog_row_clear(vlm_catalog_row *row);
 
+/* Mark row as skipped for reason, with a message; returns 1 (a row). */
+int vlm_catalog_row_error(vlm_catalog_row *row, vlm_skip_reason reason,
+                          const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Format a stored item as one JSONL catalog line (no newline), the inverse
  * of reading: with_vectors adds image_vector, text_vector and thumbnail so
  * the line rebuilds the item without its files or the model.  Returns a

@@ -239,20 +239,6 @@ void vlm__emb_close(vlm__emb *e) {
 
 long vlm__emb_count(const vlm__emb *e) { return e->total; }
 
-static int row_error(vlm_catalog_row *row, vlm_skip_reason reason,
-                     const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int row_error(vlm_catalog_row *row, vlm_skip_reason reason,
-                     const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(row->message, sizeof row->message, fmt, ap);
-  va_end(ap);
-  row->error = reason;
-  return 1;
-}
-
 /* Row r of npy into a new vector; *vec NULL for a row of zeros.  1 with
  * the row's error set when it is not a finite unit vector. */
 static int read_vector(vlm__emb *e, vlm_npy *npy, const char *what,
@@ -273,9 +259,11 @@ static int read_vector(vlm__emb *e, vlm_npy *npy, const char *what,
   for (int i = 0; i < e->dim; i++) {
     if (!isfinite(v[i])) {
       free(v);
-      return row_error(row, VLM_SKIP_VECTOR, "%s vector [%d] is not finite "
-                       "(row %ld of %s_emb_%s.npy)", what, i, e->row, what,
-                       e->parts[e->cur].name);
+      return vlm_catalog_row_error(row, VLM_SKIP_VECTOR,
+                                   "%s vector [%d] is not finite "
+                                   "(row %ld of %s_emb_%s.npy)",
+                                   what, i, e->row, what,
+                                   e->parts[e->cur].name);
     }
     zero &= v[i] == 0;
     ss += (double)v[i] * v[i];
@@ -287,10 +275,12 @@ static int read_vector(vlm__emb *e, vlm_npy *npy, const char *what,
   double norm = sqrt(ss);
   if (fabs(norm - 1) > NORM_TOLERANCE) {
     free(v);
-    return row_error(row, VLM_SKIP_VECTOR, "%s vector has length %.4g, not "
-                     "1: not a normalized embedding (row %ld of "
-                     "%s_emb_%s.npy)", what, norm, e->row, what,
-                     e->parts[e->cur].name);
+    return vlm_catalog_row_error(row, VLM_SKIP_VECTOR,
+                                 "%s vector has length %.4g, not "
+                                 "1: not a normalized embedding (row %ld of "
+                                 "%s_emb_%s.npy)",
+                                 what, norm, e->row, what,
+                                 e->parts[e->cur].name);
   }
   *vec = v;
   return 0;
@@ -307,8 +297,9 @@ static int map_metadata(const json_t *in, vlm_catalog_row *row,
   if (!key || json_is_null(key))
     key = path;
   if (!json_is_string(key))
-    return row_error(row, VLM_SKIP_KEY, "no \"key\" or \"image_path\" "
-                     "string");
+    return vlm_catalog_row_error(row, VLM_SKIP_KEY,
+                                 "no \"key\" or \"image_path\" "
+                                 "string");
   json_t *o = json_object();
   if (!o)
     return VLM_ENOMEM;
@@ -380,14 +371,16 @@ int vlm__emb_next(vlm__emb *e, vlm_catalog_row *row, json_t **obj,
   row->line = e->row + 1;
   int rc = 0;
   if ((size_t)n != strlen(line)) {
-    rc = row_error(row, VLM_SKIP_SYNTAX, "metadata_%s.jsonl: NUL byte in "
-                   "the line", p->name);
+    rc = vlm_catalog_row_error(row, VLM_SKIP_SYNTAX,
+                               "metadata_%s.jsonl: NUL byte in "
+                               "the line",
+                               p->name);
   } else {
     json_error_t jerr;
     json_t *in = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
     if (!json_is_object(in))
-      rc = row_error(row, VLM_SKIP_SYNTAX, "metadata_%s.jsonl: %s", p->name,
-                     in ? "not a JSON object" : jerr.text);
+      rc = vlm_catalog_row_error(row, VLM_SKIP_SYNTAX, "metadata_%s.jsonl: %s",
+                                 p->name, in ? "not a JSON object" : jerr.text);
     else
       rc = map_metadata(in, row, obj);
     json_decref(in);
@@ -395,8 +388,9 @@ int vlm__emb_next(vlm__emb *e, vlm_catalog_row *row, json_t **obj,
   if (!rc && !(rc = read_vector(e, p->img, "img", row, image_vec)))
     rc = read_vector(e, p->txt, "text", row, text_vec);
   if (!rc && !*image_vec && !*text_vec)
-    rc = row_error(row, VLM_SKIP_EMPTY, "no image or text vector (rows of "
-                   "zeros)");
+    rc = vlm_catalog_row_error(row, VLM_SKIP_EMPTY,
+                               "no image or text vector (rows of "
+                               "zeros)");
   e->row++;
   free(line);
   if (rc) {

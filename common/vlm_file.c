@@ -99,3 +99,17 @@ done:
   *len = n;
   return 0;
 }
+
+int vlm_write_all(int fd, const void *data, size_t len) {
+  const uint8_t *p = data;
+  while (len) {
+    ssize_t w = write(fd, p, len);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    p += w;
+    len -= (size_t)w;
+  }
+  return 0;
+}

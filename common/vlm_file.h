@@ -19,4 +19,8 @@
 int vlm_read_file(const char *path, size_t max_bytes, uint8_t **data,
                   size_t *len);
 
+/* Write all len bytes to fd, going on after short writes and EINTR: 0, or
+ * -1 with errno set (0 for a write that wrote nothing). */
+int vlm_write_all(int fd, const void *data, size_t len);
+
 #endif

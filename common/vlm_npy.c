@@ -2,6 +2,7 @@
 #include "vlm_npy.h"
 
 #include "vlm_error.h"
+#include "vlm_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -389,20 +390,6 @@ void vlm_npy_close(vlm_npy *npy) {
 
 /* ------------------------------------------------------------ writing */
 
-static int write_all(int fd, const void *data, size_t len) {
-  const uint8_t *p = data;
-  while (len) {
-    ssize_t w = write(fd, p, len);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    p += w;
-    len -= (size_t)w;
-  }
-  return 0;
-}
-
 /* The header numpy 1.24 writes for a 2-D float32/float16 array: the dict
  * with room for the first dimension to grow to 21 digits, padded to 128
  * bytes in all (so a file written as a stream can have its row count
@@ -463,7 +450,7 @@ int vlm_npy_writer_open(const char *path, int64_t cols, vlm_npy_dtype dtype,
   char header[HEADER_BYTES];
   format_header(header, 0, cols, dtype);
   w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (w->fd < 0 || write_all(w->fd, header, sizeof header)) {
+  if (w->fd < 0 || vlm_write_all(w->fd, header, sizeof header)) {
     int rc = writer_io(w);
     vlm_npy_writer_abort(w);
     return rc;
@@ -492,7 +479,7 @@ int vlm_npy_writer_append(vlm_npy_writer *w, const float *data, int64_t rows) {
         w->chunk[2 * i + 1] = (uint8_t)(hv >> 8);
       }
     }
-    if (write_all(w->fd, w->chunk, k * (size_t)w->dtype))
+    if (vlm_write_all(w->fd, w->chunk, k * (size_t)w->dtype))
       return writer_io(w);
     done += k;
   }

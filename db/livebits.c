@@ -28,6 +28,7 @@
  * of byte i / 8 for item id i.
  */
 #include "db_int.h"
+#include "vlm_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -60,20 +61,6 @@ static uint64_t count_bits(const uint8_t *bits, size_t nbytes) {
   for (size_t i = 0; i < nbytes; i++)
     n += (uint64_t)__builtin_popcount(bits[i]);
   return n;
-}
-
-static int write_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n > 0) {
-    ssize_t w = write(fd, c, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
 }
 
 int vlm__live_write(const char *path, uint64_t seq, uint64_t next,
@@ -113,9 +100,9 @@ int vlm__live_write(const char *path, uint64_t seq, uint64_t next,
   h.header_hash = XXH32(&h, offsetof(live_header, header_hash), 0);
   snprintf(tmp, sizeof tmp, "%s.tmp", path);
   fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0 || write_all(fd, &h, sizeof h) != 0 ||
-      write_all(fd, copy[0], nbytes) != 0 ||
-      write_all(fd, copy[1], nbytes) != 0 || fsync(fd) != 0) {
+  if (fd < 0 || vlm_write_all(fd, &h, sizeof h) != 0 ||
+      vlm_write_all(fd, copy[0], nbytes) != 0 ||
+      vlm_write_all(fd, copy[1], nbytes) != 0 || fsync(fd) != 0) {
     int e = errno;
     rc = vlm_seterr(e == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s", tmp,
                     strerror(e));

@@ -28,6 +28,7 @@
 #include "kernels.h"
 #include "quant.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 
 typedef struct {
   const vlm__st_tensor *src;
@@ -121,20 +122,6 @@ static int by_align(const void *a, const void *b) {
   return strcmp(x->name, y->name);
 }
 
-static int write_all(int fd, const void *p, size_t n) {
-  const char *c = p;
-  while (n) {
-    ssize_t w = write(fd, c, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    c += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Write path (via path.tmp, fsync, rename). */
 static int write_file(const char *path, out_tensor *o, int n,
                       const char *mode_name) {
@@ -181,11 +168,11 @@ static int write_file(const char *path, out_tensor *o, int n,
   uint8_t len8[8];
   for (int i = 0; i < 8; i++)
     len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-  int bad = write_all(fd, len8, 8) || write_all(fd, text, len);
+  int bad = vlm_write_all(fd, len8, 8) || vlm_write_all(fd, text, len);
   for (size_t i = len; i < padded && !bad; i++)
-    bad = write_all(fd, " ", 1);
+    bad = vlm_write_all(fd, " ", 1);
   for (int i = 0; i < n && !bad; i++)
-    bad = write_all(fd, o[i].data, (size_t)o[i].nbytes);
+    bad = vlm_write_all(fd, o[i].data, (size_t)o[i].nbytes);
   if (bad || fsync(fd)) {
     int e = errno;
     rc = vlm_seterr(e == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s", tmp,
@@ -234,7 +221,7 @@ static int copy_file(const char *from, const char *to) {
     }
     if (r == 0)
       break;
-    if (write_all(out, buf, (size_t)r)) {
+    if (vlm_write_all(out, buf, (size_t)r)) {
       rc = vlm_seterr(errno == ENOSPC ? VLM_ENOSPACE : VLM_EIO, "%s: %s", to,
                       strerror(errno));
       goto done;
