@@ -894,7 +894,7 @@ static void bench_http(const char *dir, const char *model, int n,
   char db[PATH_MAX], log[PATH_MAX], tbuf[16];
   snprintf(db, sizeof db, "%s/http.db", dir);
   snprintf(log, sizeof log, "%s/http.log", dir);
-  fill_db(db, n, vlm_clip_dim(clip), "HNSW32", vlm_clip_model_id(clip));
+  fill_db(db, n, vlm_clip_dim(clip), "HNSW32", vlm_clip_model_id(clip), 0);
   vlm_clip_free(clip);
   snprintf(tbuf, sizeof tbuf, "%d", threads);
   const char *extra[] = {"--threads", tbuf, NULL};
