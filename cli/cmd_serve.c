@@ -49,6 +49,11 @@ static void usage(FILE *f) {
 "  --batch-window-us N      how long an embedding waits for others to batch\n"
 "                           with (default %d; 0 turns batching off)\n"
 "  --batch-max N            largest embedding batch (default %d)\n"
+"  --inline-max-us N        a search that needs no embedding runs on the\n"
+"                           event loop itself, saving two thread hand-offs,\n"
+"                           when the workers are idle, no other client is\n"
+"                           waiting and such commands have taken at most N\n"
+"                           us on average (default %d; 0: always workers)\n"
 "  --mmap                   serve read-only, an IVF index's inverted lists\n"
 "                           memory-mapped from its file instead of loaded\n"
 "                           (resident memory far below the index's size;\n"
@@ -69,7 +74,8 @@ static void usage(FILE *f) {
           VLM_SERVER_DEFAULT_PORT, VLM_SERVER_DEFAULT_MAXCLIENTS,
           VLM_SERVER_DEFAULT_MAX_REQUEST >> 20,
           VLM_SERVER_DEFAULT_MAX_OUTPUT >> 20,
-          VLM_SERVER_DEFAULT_BATCH_WINDOW_US, VLM_SERVER_DEFAULT_BATCH_MAX);
+          VLM_SERVER_DEFAULT_BATCH_WINDOW_US, VLM_SERVER_DEFAULT_BATCH_MAX,
+          VLM_SERVER_DEFAULT_INLINE_MAX_US);
 }
 
 /* A non-negative integer flag value with an optional K/M/G suffix. */
@@ -162,6 +168,9 @@ int cmd_serve(int argc, char **argv) {
     else if (!strcmp(a, "--batch-window-us"))
       bad = parse_count(v, 10000000, &n) < 0,
       opts.batch_window_us = n == 0 ? VLM_SERVER_NO_BATCH : (int)n;
+    else if (!strcmp(a, "--inline-max-us"))
+      bad = parse_count(v, 1000000, &n) < 0,
+      opts.inline_max_us = n == 0 ? VLM_SERVER_NO_INLINE : (int)n;
     else if (!strcmp(a, "--batch-max"))
       bad = parse_count(v, 4096, &n) < 0 || n < 1, opts.batch_max = (int)n;
     else {

@@ -757,7 +757,8 @@ static int cmd_info_proc(vlm__ctx *ctx) {
         "idle_timeouts:%llu\r\nauth_failures:%llu\r\n"
         "text_embed_batches:%lld\r\ntext_embeds_batched:%lld\r\n"
         "text_largest_batch:%lld\r\nimage_embed_batches:%lld\r\n"
-        "image_embeds_batched:%lld\r\nimage_largest_batch:%lld\r\n\r\n",
+        "image_embeds_batched:%lld\r\nimage_largest_batch:%lld\r\n"
+        "inline_commands_processed:%llu\r\n\r\n",
         (unsigned long long)s->connections, (unsigned long long)s->commands,
         (unsigned long long)s->rejected, (unsigned long long)s->net_in,
         (unsigned long long)s->net_out,
@@ -765,7 +766,8 @@ static int cmd_info_proc(vlm__ctx *ctx) {
         (unsigned long long)s->slow_readers, (unsigned long long)s->timeouts,
         (unsigned long long)s->auth_failures, tb, ti,
         (long long)atomic_load(&bt->largest[VLM__TEXT]), ib, ii,
-        (long long)atomic_load(&bt->largest[VLM__IMAGE]));
+        (long long)atomic_load(&bt->largest[VLM__IMAGE]),
+        (unsigned long long)srv->inline_jobs);
   }
   if (want[3]) {
     long rss = vlm__proc_status_kb("VmRSS"), hwm = vlm__proc_status_kb("VmHWM");

@@ -24,6 +24,7 @@
  * in parallel.  The gate runs on the loop thread: vlm__job_start queues
  * the job or launches it, vlm__job_finished launches what it held back.
  */
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -136,6 +137,95 @@ int vlm__job_embed_now(vlm__job *job) {
   return job->failed ? -1 : 0;
 }
 
+/* ---- inline execution on the loop thread ----
+ *
+ * A lone query pays two thread hand-offs on its way through a worker:
+ * the loop wakes a worker, the worker wakes the loop.  At one query in
+ * flight that is a sixth of an HNSW search.  So the loop runs a job itself
+ * when all of these hold, and hands it to the workers otherwise:
+ *
+ *   - it is a read (writes keep their order through the workers) that
+ *     needs no embedding and is not a coordinated fan-out's resubmission;
+ *   - its command's moving average of execution time is at most
+ *     --inline-max-us (default 1.5 ms; measured on the workers and inline alike; a command
+ *     never measured goes to a worker first), so a PING never waits
+ *     behind more than about that;
+ *   - the workers are idle and no other request of its client is already
+ *     in the buffer (a pipeline goes to the workers, in parallel);
+ *   - the loop has not seen contention lately: when, after a job run
+ *     inline, the loop has more input ready (another client sent while it
+ *     searched), jobs go to the workers for INLINE_BACKOFF_NS, so clients
+ *     in parallel are served in parallel.
+ *
+ * The job then completes through the loop's completion queue like any
+ * other, without waking the loop: the read callback drains it. */
+#define INLINE_BACKOFF_NS (20u * 1000u * 1000u)
+
+static void exec_cost_note(vlm_server *srv, const vlm__command *cmd,
+                           uint64_t ns) {
+  int i = vlm__command_index(cmd);
+  if (i < 0 || !srv->exec_cost_us)
+    return;
+  uint64_t us = ns / 1000u;
+  if (us > 1000000u)
+    us = 1000000u;
+  uint32_t old = atomic_load_explicit(&srv->exec_cost_us[i],
+                                      memory_order_relaxed);
+  /* Races between workers only lose a sample. */
+  uint32_t avg = old == 0 ? (uint32_t)us : ((old - 1) * 7u + (uint32_t)us) / 8u;
+  atomic_store_explicit(&srv->exec_cost_us[i], avg + 1, memory_order_relaxed);
+}
+
+static void job_exec_timed(vlm__job *job) {
+  uint64_t t0 = vlm__now_ns();
+  job->cmd->exec(job);
+  exec_cost_note(job->srv, job->cmd, vlm__now_ns() - t0);
+}
+
+static int job_exclusive(const vlm__job *job);
+
+static int job_inline_ok(const vlm__job *job) {
+  vlm_server *srv = job->srv;
+  if (!srv->in_read || srv->more_input || job_exclusive(job) ||
+      (job->cmd->flags & VLM__CMD_TX) ||
+      job->embed_text || job->embed_image || job->failed || !job->cmd->exec)
+    return 0;
+  int i = vlm__command_index(job->cmd);
+  if (i < 0 || !srv->exec_cost_us || srv->inline_max_us <= 0)
+    return 0;
+  uint32_t cost = atomic_load_explicit(&srv->exec_cost_us[i],
+                                       memory_order_relaxed);
+  if (cost == 0 || cost - 1 > (uint32_t)srv->inline_max_us)
+    return 0;
+  if (srv->contended_until_ns && vlm__now_ns() < srv->contended_until_ns)
+    return 0;
+  return vlm__pool_idle(&srv->pool);
+}
+
+/* Has the loop anything ready to read (or a worker's completion)? */
+static int loop_has_input(vlm_server *srv) {
+  struct pollfd p = {.fd = uv_backend_fd(&srv->loop), .events = POLLIN};
+  return poll(&p, 1, 0) > 0;
+}
+
+static void job_run_inline(vlm__job *job) {
+  vlm_server *srv = job->srv;
+  job_exec_timed(job);
+  srv->inline_jobs++;
+  if (loop_has_input(srv))
+    srv->contended_until_ns = vlm__now_ns() + INLINE_BACKOFF_NS;
+  job->done_next = NULL;
+  pthread_mutex_lock(&srv->done_mu);
+  if (srv->done_tail)
+    srv->done_tail->done_next = job;
+  else
+    srv->done_head = job;
+  srv->done_tail = job;
+  pthread_cond_signal(&srv->done_cv);
+  pthread_mutex_unlock(&srv->done_mu);
+  srv->inline_done = 1;
+}
+
 static int batching(const vlm_server *srv) {
   return srv->batcher.window_ns >= 0;
 }
@@ -171,7 +261,7 @@ static void job_run(vlm__task *task) {
     vlm__job_embed_now(job);
   }
   if (!job->failed)
-    job->cmd->exec(job);
+    job_exec_timed(job);
   vlm__job_complete(job);
 }
 
@@ -198,6 +288,10 @@ static void job_launch(vlm__job *job) {
     conn->exec_write = 1;
   else
     conn->exec_reads++;
+  if (job_inline_ok(job)) {
+    job_run_inline(job);
+    return;
+  }
   job->task.run = job_run;
   vlm__pool_submit(&job->srv->pool, &job->task);
 }

@@ -60,6 +60,8 @@ typedef struct {
 int vlm__pool_start(vlm__pool *pool, int nthreads);
 /* FIFO; any thread.  Tasks submitted while stopping still run. */
 void vlm__pool_submit(vlm__pool *pool, vlm__task *task);
+/* 1 when nothing is queued or running (and not stopping). */
+int vlm__pool_idle(vlm__pool *pool);
 /* Run every queued task (and those they submit), then join the threads. */
 void vlm__pool_stop(vlm__pool *pool);
 
@@ -381,6 +383,20 @@ struct vlm_server {
   vlm__stats stats;
   vlm__metrics *metrics;    /* metrics.c */
   vlm__cluster_state *cluster; /* NULL: not a cluster node */
+
+  /* Inline execution (jobs.c).  A read that needs no embedding runs on
+   * the loop thread itself when the workers are idle, nothing else is
+   * waiting to be read and its command has been cheap: a lone query then
+   * costs no hand-off to a worker and back. */
+  int in_read;              /* loop: inside a read callback */
+  int inline_done;          /* loop: a job finished inline, not yet drained */
+  int more_input;           /* loop: the request being dispatched has
+                               others behind it in its client's buffer */
+  uint64_t contended_until_ns; /* loop: no inline execution before this */
+  uint64_t inline_jobs;     /* loop: jobs run inline (INFO stats) */
+  int inline_max_us;        /* setting: 0 never inline */
+  _Atomic uint32_t *exec_cost_us; /* per command: 1 + moving average of
+                               exec time in us (0: not measured yet) */
 };
 
 /* The buffer the reply to the request being dispatched goes to: the

@@ -79,6 +79,13 @@ void vlm__pool_submit(vlm__pool *pool, vlm__task *task) {
   pthread_mutex_unlock(&pool->mu);
 }
 
+int vlm__pool_idle(vlm__pool *pool) {
+  pthread_mutex_lock(&pool->mu);
+  int idle = !pool->head && pool->active == 0 && !pool->stopping;
+  pthread_mutex_unlock(&pool->mu);
+  return idle;
+}
+
 void vlm__pool_stop(vlm__pool *pool) {
   if (!pool->threads)
     return;

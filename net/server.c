@@ -371,7 +371,9 @@ static size_t process_bytes(vlm__conn *conn, char *data, size_t len) {
     pos += used;
     if (conn->parser.argc > 0) {
       srv->stats.commands++;
+      srv->more_input = pos < len;
       vlm__dispatch(conn, conn->parser.argc, conn->parser.argv);
+      srv->more_input = 0;
       if (conn->njobs >= srv->max_pipeline && !conn->paused) {
         conn->paused = 1;
         if (conn->reading) {
@@ -400,8 +402,25 @@ static void conn_process(vlm__conn *conn) {
   }
 }
 
+static void on_read_conn(vlm__conn *conn, ssize_t nread, const uv_buf_t *buf);
+static void on_jobs_done(uv_async_t *async);
+
+/* A job run inline during the read completes here, before the reply is
+ * flushed: no wake-up of the loop by itself.  A completion can start more
+ * work of its client (a resumed pipeline), which may finish inline too. */
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
   vlm__conn *conn = stream->data;
+  vlm_server *srv = conn->srv;
+  srv->in_read = 1;
+  on_read_conn(conn, nread, buf);
+  while (srv->inline_done) {
+    srv->inline_done = 0;
+    on_jobs_done(&srv->async_done);
+  }
+  srv->in_read = 0;
+}
+
+static void on_read_conn(vlm__conn *conn, ssize_t nread, const uv_buf_t *buf) {
   vlm_server *srv = conn->srv;
   int shared = buf->base == srv->rbuf;
   if (shared)
@@ -839,6 +858,10 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
                              : VLM_SERVER_DEFAULT_BATCH_WINDOW_US;
   srv->batch_max = opts->batch_max ? opts->batch_max
                                    : VLM_SERVER_DEFAULT_BATCH_MAX;
+  srv->inline_max_us = opts->inline_max_us == VLM_SERVER_NO_INLINE ? 0
+                       : opts->inline_max_us > 0
+                           ? opts->inline_max_us
+                           : VLM_SERVER_DEFAULT_INLINE_MAX_US;
   srv->handle_signals = opts->handle_signals;
   snprintf(srv->model_dir, sizeof srv->model_dir, "%s",
            opts->model_dir ? opts->model_dir : "");
@@ -875,7 +898,9 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
       goto fail_early;
   }
   srv->rbuf = malloc(READ_CHUNK);
-  if (!srv->rbuf || vlm__metrics_init(srv) < 0 || (opts->requirepass && *opts->requirepass &&
+  srv->exec_cost_us = calloc((size_t)vlm__command_count(),
+                             sizeof *srv->exec_cost_us);
+  if (!srv->rbuf || !srv->exec_cost_us || vlm__metrics_init(srv) < 0 || (opts->requirepass && *opts->requirepass &&
                      !srv->password)) {
     rc = vlm_seterr(VLM_ENOMEM, "server");
     goto fail_early;
@@ -943,6 +968,7 @@ fail_early:
   pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
+  free(srv->exec_cost_us);
   free(srv->password);
   free(srv);
   return rc;
@@ -1008,6 +1034,7 @@ void vlm_server_free(vlm_server *srv) {
   pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
+  free(srv->exec_cost_us);
   if (srv->password) {
     memset(srv->password, 0, srv->password_len);
     free(srv->password);

@@ -47,6 +47,9 @@ typedef struct vlm_server vlm_server;
 #define VLM_SERVER_DEFAULT_BATCH_WINDOW_US 1000
 #define VLM_SERVER_DEFAULT_BATCH_MAX 64
 
+/* inline_max_us: the default, and the value that turns it off. */
+#define VLM_SERVER_DEFAULT_INLINE_MAX_US 1500
+#define VLM_SERVER_NO_INLINE (-1)
 /* batch_window_us value that turns dynamic batching off. */
 #define VLM_SERVER_NO_BATCH (-1)
 
@@ -77,6 +80,12 @@ typedef struct {
                                 VLM_SERVER_NO_BATCH = embed one by one */
   int batch_max;             /* largest embedding batch; 0 =
                                 VLM_SERVER_DEFAULT_BATCH_MAX */
+  int inline_max_us;         /* a read that needs no embedding runs on the
+                                event loop itself, without a worker, when
+                                the workers are idle and its command's
+                                moving average is at most this; 0 =
+                                VLM_SERVER_DEFAULT_INLINE_MAX_US;
+                                VLM_SERVER_NO_INLINE = never */
   int handle_signals;        /* run() catches SIGINT and SIGTERM and shuts
                                 down gracefully (and ignores SIGPIPE) */
   int http;                  /* 1: also serve HTTP/1.1 (the JSON API,

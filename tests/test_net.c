@@ -2025,6 +2025,87 @@ static void test_pipeline_order(void **state) {
   server_done(&s);
 }
 
+/* Reads that need no embedding run on the loop thread itself when the
+ * workers are idle (INFO's inline_commands_processed counts them): the
+ * same answers as through the workers, alone, pipelined, after a write of
+ * the same connection, and never with --inline-max-us 0. */
+static long info_field(redisContext *c, const char *section,
+                       const char *name);
+
+static void inline_round(redisContext *c, const char *const *texts, int nt,
+                         scored *o) {
+  float *q = malloc((size_t)g_dim * sizeof(float));
+  for (int rep = 0; rep < 5; rep++)
+    for (int t = 0; t < nt; t++) {
+      text_vec(texts[t], q);
+      oracle(q, VLM_TARGET_ANY, 1000, o);
+      redisReply *r = hcmd(c, "SEARCH VECTOR %b K 4", q, (size_t)g_dim * 4);
+      assert_search_matches(r, o, 4);
+      freeReplyObject(r);
+    }
+  /* a pipeline: all but the last wait in the buffer, so go to workers */
+  for (int t = 0; t < nt; t++) {
+    text_vec(texts[t], q);
+    redisAppendCommand(c, "SEARCH VECTOR %b K 4", q, (size_t)g_dim * 4);
+  }
+  for (int t = 0; t < nt; t++) {
+    redisReply *r;
+    assert_int_equal(redisGetReply(c, (void **)&r), REDIS_OK);
+    text_vec(texts[t], q);
+    oracle(q, VLM_TARGET_ANY, 1000, o);
+    assert_search_matches(r, o, 4);
+    freeReplyObject(r);
+  }
+  /* a write then a read of the same connection, sent together: the read
+   * sees the write */
+  for (int i = 0; i < g_dim; i++)
+    q[i] = (float)((i * 7919) % 13) - 6.0f;
+  redisAppendCommand(c, "UPSERT inl IMAGEVEC %b", q, (size_t)g_dim * 4);
+  redisAppendCommand(c, "SEARCH VECTOR %b K 1", q, (size_t)g_dim * 4);
+  redisReply *r;
+  assert_int_equal(redisGetReply(c, (void **)&r), REDIS_OK);
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  freeReplyObject(r);
+  assert_int_equal(redisGetReply(c, (void **)&r), REDIS_OK);
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(r->elements, 1);
+  assert_string_equal(r->element[0]->element[0]->str, "inl");
+  freeReplyObject(r);
+  expect_int(hcmd(c, "DEL inl"), 1);
+  free(q);
+}
+
+static void test_inline_reads(void **state) {
+  (void)state;
+  static const char *const texts[] = {"a photo of a dog", "a red car",
+                                      "flowers in a field"};
+  const int nt = 3;
+  scored *o = malloc(NITEMS * sizeof *o);
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  add_items(c);
+  inline_round(c, texts, nt, o);
+  /* 15 lone searches: the first is measured on a worker, the rest may
+   * run inline (a contended moment sends some to the workers) */
+  long n = info_field(c, "stats", "inline_commands_processed");
+  if (n < 5)
+    fail_msg("only %ld of 15 lone searches ran on the loop", n);
+  redisFree(c);
+  stop_server(&s);
+
+  static const char *const off[] = {"--inline-max-us", "0", NULL};
+  start_server(&s, off);
+  c = hconnect(s.port);
+  inline_round(c, texts, nt, o);
+  assert_int_equal(info_field(c, "stats", "inline_commands_processed"), 0);
+  redisFree(c);
+  stop_server(&s);
+  server_done(&s);
+  free(o);
+}
+
 /* redis-cli's interactive mode on a pseudo-terminal: it fetches COMMAND
  * DOCS for its help at start, as a user at a terminal would see. */
 static char *redis_cli_interactive(int port, const char *const *lines) {
@@ -3340,6 +3421,7 @@ int main(void) {
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),
       cmocka_unit_test(test_pipeline_order),
+      cmocka_unit_test(test_inline_reads),
       cmocka_unit_test(test_redis_cli),
       cmocka_unit_test(test_client_tools),
       cmocka_unit_test(test_scan),
