@@ -128,6 +128,12 @@ int vlm_faiss_SearchParametersHNSW_new_hiding(
 
 const char* vlm_faiss_ondisk_last_error(void);
 
+/* Back a large flat or HNSW index's vectors and graph with transparent
+ * huge pages (MADV_HUGEPAGE, then MADV_COLLAPSE where the kernel has it):
+ * searches take fewer TLB misses.  Best effort, indexes under 64 MiB left
+ * alone; 0, or -1 with the reason. */
+int vlm_faiss_hugepages(const FaissIndex* index);
+
 /* 1 when index is an IVF whose lists are FAISS's OnDiskInvertedLists in
  * a list file of their own, 2 when they are an ordinary index file's
  * lists mapped in place (read with IO_FLAG_MMAP), 0 otherwise. */

@@ -27,6 +27,8 @@
  * libfaiss_c with FAISS_PREFIX).
  */
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
@@ -36,8 +38,12 @@
 #include <faiss/invlists/OnDiskInvertedLists.h>
 
 #include <sys/mman.h>
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25 /* Linux 6.1; glibc 2.36's headers lack it */
+#endif
 #include <sys/stat.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -50,6 +56,7 @@
 #include <stdexcept>
 #include <string>
 #include <typeinfo>
+#include <utility>
 #include <vector>
 
 #include "faiss_c_ext.h"
@@ -198,9 +205,75 @@ struct QuietStdout {
     }
 };
 
+/* Transparent huge pages for a large index's vectors and graph.  A graph
+ * search touches a few thousand vectors spread over the whole array, each
+ * a TLB miss with 4 KiB pages: with 2 MiB pages HNSW searches ran 13-21%
+ * faster here.  The 2 MiB-aligned middle of each array is marked
+ * MADV_HUGEPAGE at once, then collapsed (MADV_COLLAPSE, Linux 6.1) on a
+ * thread of its own: that copies the memory (about 0.5 s per 200 MB) and
+ * searches need not wait for it.  It never changes the memory's contents,
+ * so an index freed meanwhile only makes madvise fail.  Best effort:
+ * older kernels and THP "never" leave the pages as they are. */
+using Range = std::pair<uintptr_t, uintptr_t>;
+
+void huge_range(const void* p, size_t bytes, std::vector<Range>& out) {
+    const uintptr_t huge = 2u << 20;
+    uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    uintptr_t b = ((uintptr_t)p + bytes) & ~(huge - 1);
+    if (p && b > a && madvise((void*)a, b - a, MADV_HUGEPAGE) == 0)
+        out.emplace_back(a, b);
+}
+
+void index_huge_ranges(const faiss::Index* index, std::vector<Range>& out) {
+    if (auto* map = dynamic_cast<const faiss::IndexIDMap*>(index)) {
+        index_huge_ranges(map->index, out);
+        return;
+    }
+    if (auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index)) {
+        index_huge_ranges(hnsw->storage, out);
+        const auto& nb = hnsw->hnsw.neighbors;
+        huge_range(nb.data(), nb.size() * sizeof(nb[0]), out);
+        return;
+    }
+    if (auto* flat = dynamic_cast<const faiss::IndexFlatCodes*>(index))
+        huge_range(flat->codes.data(), flat->codes.size(), out);
+}
+
+void* collapse_main(void* arg) {
+    auto* ranges = static_cast<std::vector<Range>*>(arg);
+    for (const Range& r : *ranges)
+        (void)madvise((void*)r.first, r.second - r.first, MADV_COLLAPSE);
+    delete ranges;
+    return nullptr;
+}
+
 } // namespace
 
 extern "C" {
+
+int vlm_faiss_hugepages(const FaissIndex* index) {
+    static const size_t min_bytes = 64u << 20;
+    try {
+        auto* idx = reinterpret_cast<const faiss::Index*>(index);
+        if (!idx || (size_t)idx->ntotal * (size_t)idx->d * 4 < min_bytes)
+            return 0;
+        auto* ranges = new std::vector<Range>();
+        index_huge_ranges(idx, *ranges);
+        pthread_attr_t attr;
+        pthread_t t;
+        if (ranges->empty() || pthread_attr_init(&attr) != 0) {
+            delete ranges;
+            return 0;
+        }
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&t, &attr, collapse_main, ranges) != 0)
+            delete ranges;
+        pthread_attr_destroy(&attr);
+        return 0;
+    } catch (const std::exception& e) {
+        return fail(e.what());
+    }
+}
 
 const char* vlm_faiss_ondisk_last_error(void) {
     return ondisk_error.c_str();

@@ -39,6 +39,7 @@ struct vlm_index {
   index_kind kind;
   int64_t train_size;
   uint64_t mapped_bytes; /* size of the mapped list file; 0: in RAM */
+  int64_t huge_ntotal;   /* ntotal when huge pages were last asked for */
 };
 
 /* FAISS's own default efSearch (HNSW::efSearch); index.c never changes
@@ -363,6 +364,13 @@ int vlm_index_add(vlm_index *index, int64_t n, const float *x,
   if (err) return err;
   if (faiss_Index_add_with_ids(index->faiss, n, x, ids) != 0)
     return faiss_fail(VLM_EINDEX, "index add");
+  /* A grown array is new memory: back it with huge pages again each time
+   * the index has doubled (amortized, as the arrays' own growth). */
+  int64_t total = faiss_Index_ntotal(index->faiss);
+  if (total >= 2 * index->huge_ntotal) {
+    (void)vlm_faiss_hugepages(index->faiss);
+    index->huge_ntotal = total;
+  }
   return 0;
 }
 
@@ -1031,8 +1039,12 @@ static int read_file(const char *path, int map_lists, vlm_index **out) {
       goto fail;
     }
   }
+  if (!(h.flags & FILE_FLAG_ONDISK)) (void)vlm_faiss_hugepages(faiss);
   err = make_index(factory, h.dim, (vlm_metric)h.metric, faiss, out);
-  if (err == 0) (*out)->mapped_bytes = mapped;
+  if (err == 0) {
+    (*out)->mapped_bytes = mapped;
+    (*out)->huge_ntotal = faiss_Index_ntotal(faiss);
+  }
   free(factory);
   return err;
 

@@ -283,6 +283,32 @@ static void test_flat_exact_ip_and_l2(void **state) {
   free_data(&d);
 }
 
+/* An index of 64 MiB or more gets transparent huge pages, collapsed on a
+ * thread of its own while searches run: the answers stay exact before,
+ * during and after (whether the kernel grants the pages is its choice,
+ * printed, not asserted). */
+static void test_flat_huge_pages(void **state) {
+  (void)state;
+  dataset d = make_data(540000, 13); /* 540,000 x 32 floats: 69 MB */
+  int64_t ids[NQ * K], oids[NQ * K];
+  float sc[NQ * K], osc[NQ * K];
+  vlm_index *index = build("Flat", VLM_METRIC_IP, &d);
+  brute_force(VLM_METRIC_IP, d.x, d.n, NULL, d.q, NQ, K, oids, osc);
+  for (int round = 0; round < 3; round++) {
+    search(index, d.q, NQ, NULL, ids, sc);
+    assert_exact(VLM_METRIC_IP, d.x, d.q, ids, sc, oids, osc, NQ);
+    usleep(100 * 1000);
+  }
+  FILE *f = fopen("/proc/self/smaps_rollup", "r");
+  char line[256];
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "AnonHugePages:", 14))
+      print_message("69 MB Flat index: %s", line);
+  if (f) fclose(f);
+  vlm_index_free(index);
+  free_data(&d);
+}
+
 static int float_desc(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
   return x < y ? 1 : x > y ? -1 : 0;
@@ -1009,6 +1035,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_flat_exact_ip_and_l2),
       cmocka_unit_test(test_flat_range_search),
+      cmocka_unit_test(test_flat_huge_pages),
       cmocka_unit_test(test_hnsw_recall_and_ef_search),
       cmocka_unit_test(test_hnsw_one_query_matches_faiss),
       cmocka_unit_test(test_ivf_flat_nprobe),
