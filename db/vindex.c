@@ -1091,6 +1091,9 @@ static int checkpoint_locked(vlm_db *db, int force) {
   uint64_t keep_after = db->pub_seq;
   if (db->log_pin < keep_after) /* a backup replays from there */
     keep_after = db->log_pin;
+  uint64_t repl_pin = __atomic_load_n(&db->repl_pin, __ATOMIC_ACQUIRE);
+  if (repl_pin < keep_after) /* replicas still read from there */
+    keep_after = repl_pin;
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
       keep_after = db->man.ckpt[m].seq;
