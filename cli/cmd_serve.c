@@ -258,6 +258,7 @@ int cmd_serve(int argc, char **argv) {
   vlm_clip *clip = NULL;
   vlm_db *db = NULL;
   vlm_server *srv = NULL;
+  char replica_of[300];
   int explicit_model = model_dir != NULL;
   if (opts.replica_of && mmap_index) {
     vlm_cli_error(cmd, "--replica-of writes the primary's batches: not with "
@@ -373,7 +374,8 @@ again:;
     vlm_cli_liberror(cmd, rc);
     goto done;
   }
-  if (vlm_server_reseed_needed(srv)) {
+  char primary[300];
+  if (vlm_server_reseed_needed(srv, primary, sizeof primary)) {
     /* too far behind its primary (or on another history): a new copy,
      * the old one kept until the new one is whole */
     vlm_server_free(srv);
@@ -385,11 +387,14 @@ again:;
     vlm_cluster_free(map);
     map = NULL;
     model_dir = explicit_model ? model_dir : NULL;
-    if ((rc = reseed(db_dir, opts.replica_of, opts.requirepass, opts.port,
+    if ((rc = reseed(db_dir, primary, opts.requirepass, opts.port,
                      quiet ? NULL : stderr)) < 0) {
       vlm_cli_liberror(cmd, rc);
       goto done;
     }
+    /* the new copy follows the primary the old one followed */
+    snprintf(replica_of, sizeof replica_of, "%s", primary);
+    opts.replica_of = replica_of;
     goto again;
   }
   status = VLM_EXIT_OK;

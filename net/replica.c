@@ -201,8 +201,26 @@ int vlm__repl_readonly(const vlm_server *srv) {
   return srv->repl && srv->repl->replica;
 }
 
-int vlm_server_reseed_needed(const vlm_server *srv) {
-  return srv && srv->repl && srv->repl->reseed;
+int vlm_server_reseed_needed(const vlm_server *srv, char *primary,
+                             size_t cap) {
+  if (!srv || !srv->repl || !srv->repl->reseed)
+    return 0;
+  if (primary && cap)
+    snprintf(primary, cap, strchr(srv->repl->host, ':') ? "[%s]:%d" : "%s:%d",
+             srv->repl->host, srv->repl->port);
+  return 1;
+}
+
+/* The primary no longer serves what this replica needs, or they hold
+ * different histories: stop serving, so that the caller seeds again. */
+static void ask_reseed(vlm_server *srv, const char *why) {
+  vlm__repl_state *rs = srv->repl;
+  vlm__server_log(srv, "replication: %s:%d: %s; seeding again", rs->host,
+                  rs->port, why);
+  pthread_mutex_lock(&rs->mu);
+  rs->reseed = 1;
+  pthread_mutex_unlock(&rs->mu);
+  vlm_server_stop(srv);
 }
 
 /* ======================================================================
@@ -660,10 +678,10 @@ static void on_applied(uv_async_t *async) {
   uint64_t head = rs->phead, applied = rs->applied;
   pthread_mutex_unlock(&rs->mu);
   if (t->rc == VLM_ESTATE && current) {
-    /* another history (or a buffer that does not follow on) */
+    /* another history (a key or an id that is not where the primary's
+     * batches expect it), or a database that refuses writes */
     set_error(rs, "applying the primary's batches: %s", t->err);
-    vlm__server_log(srv, "replication: %s", t->err);
-    again_in(srv, RETRY_MS);
+    ask_reseed(srv, t->err);
   } else if (t->rc < 0 && current) {
     set_error(rs, "applying the primary's batches: %s", t->err);
     vlm__server_log(srv, "replication: applying batches: %s", t->err);
@@ -699,12 +717,7 @@ static void on_sync(redisAsyncContext *ac, void *r, void *privdata) {
   if (reply->type == REDIS_REPLY_ERROR) {
     set_error(rs, "%s:%d answered: %s", rs->host, rs->port, reply->str);
     if (!strncmp(reply->str, "RESEED", 6)) {
-      vlm__server_log(srv, "replication: %s:%d: %s; seeding again", rs->host,
-                      rs->port, reply->str);
-      pthread_mutex_lock(&rs->mu);
-      rs->reseed = 1;
-      pthread_mutex_unlock(&rs->mu);
-      vlm_server_stop(srv);
+      ask_reseed(srv, reply->str);
       return;
     }
     again_in(srv, RETRY_MS);

@@ -133,9 +133,11 @@ void vlm_server_stop(vlm_server *srv);
 
 /* After run() returned: 1 when the server stopped because its primary
  * no longer holds the batches it needs (too far behind, or another
- * history): the caller seeds the database again (vlm_replica_seed) and
- * serves the new copy. */
-int vlm_server_reseed_needed(const vlm_server *srv);
+ * history), with the primary's "host:port" in primary (cap bytes; may
+ * be NULL): the caller seeds the database again (vlm_replica_seed) and
+ * serves the new copy.  0 otherwise. */
+int vlm_server_reseed_needed(const vlm_server *srv, char *primary,
+                             size_t cap);
 
 /* Seed a replica: an online backup of the primary at "host:port"
  * (VLM.SEED, password as its requirepass or NULL) is copied into dir,

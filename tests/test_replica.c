@@ -176,12 +176,14 @@ static redisReply *write_item(redisContext *c, const char *kind,
   return r;
 }
 
-static void start_primary(void) {
+/* backlog: --repl-backlog's value, or NULL for the default */
+static void start_primary(const char *backlog) {
   char port[16], log[PATH_MAX];
   snprintf(port, sizeof port, "%d", G.pport);
   snprintf(log, sizeof log, "%s/primary.log", G.dir);
   const char *args[] = {"--db", G.pdb, "--port", port, "--no-http",
-                        "--threads", "2", NULL};
+                        "--threads", "2", backlog ? "--repl-backlog" : NULL,
+                        backlog, NULL};
   assert_int_equal(vlm_test_server_spawn(&G.primary, G.bin, args, log, 60),
                    0);
 }
@@ -206,18 +208,31 @@ static void start_replica(int k) {
   }
 }
 
-/* Wait until replica k has applied batch seq (its reported offset). */
+/* Wait until replica k has applied batch seq (its reported offset); it
+ * may restart meanwhile (seeding again), so each poll connects anew. */
 static void wait_applied(int k, long long seq, double timeout_s) {
-  redisContext *c = connect_port(G.rport[k]);
   double deadline = now_s() + timeout_s;
   long long at = -1;
   while (now_s() < deadline) {
-    at = info_field(c, "replication", "slave_repl_offset");
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", G.rport[k], tv);
+    redisReply *r = NULL;
+    if (c && !c->err) {
+      redisSetTimeout(c, tv);
+      r = redisCommand(c, "INFO replication");
+    }
+    if (r && r->type == REDIS_REPLY_STRING) {
+      const char *p = strstr(r->str, "\nslave_repl_offset:");
+      at = p ? atoll(p + 19) : -1;
+    }
+    if (r)
+      freeReplyObject(r);
+    if (c)
+      redisFree(c);
     if (at >= seq)
       break;
     sleep_ms(20);
   }
-  redisFree(c);
   if (at < seq)
     fail_msg("replica %d at batch %lld after %.0f s, primary at %lld", k, at,
              timeout_s, seq);
@@ -334,7 +349,7 @@ static int group_setup(void **state) {
   G.pport = free_port();
   G.rport[0] = free_port();
   G.rport[1] = free_port();
-  start_primary();
+  start_primary(NULL);
   /* something to seed: 20 items before any replica exists */
   redisContext *c = connect_port(G.pport);
   for (int i = 0; i < 20; i++) {
@@ -475,6 +490,39 @@ static void test_replica_kill9_resumes(void **state) {
   expect_same(0);
   printf("[   INFO   ] %d kills of the replica mid-stream: each restart "
          "resumed, %d keys equal to the primary's\n", kills, G.nkeys);
+}
+
+/* A replica further behind than the primary keeps its log for (here
+ * --repl-backlog 20) is answered -RESEED, seeds itself again from a new
+ * backup and follows from there. */
+static void test_replica_too_far_behind_reseeds(void **state) {
+  (void)state;
+  assert_int_equal(vlm_test_server_stop(&G.replica[0], 20), 0);
+  assert_int_equal(vlm_test_server_stop(&G.primary, 20), 0);
+  start_primary("20");
+  pid_t w = spawn_writer(G.nkeys, G.nkeys + 60);
+  G.nkeys += 60;
+  assert_int_equal(wait_child(w), 0);
+  /* a checkpoint prunes the log the replica would need */
+  redisContext *p = connect_port(G.pport);
+  expect_ok(cmd(p, "SAVE"), "SAVE");
+  redisFree(p);
+  start_replica(0);
+  wait_applied(0, primary_seq(), 90);
+  expect_same(0);
+  char log[PATH_MAX], line[512];
+  snprintf(log, sizeof log, "%s/replica0.log", G.dir);
+  FILE *f = fopen(log, "r");
+  assert_non_null(f);
+  int reseeded = 0;
+  while (fgets(line, sizeof line, f))
+    reseeded += strstr(line, "seeding again") != NULL;
+  fclose(f);
+  if (!reseeded)
+    fail_msg("the replica caught up without seeding again: was the log "
+             "not pruned?");
+  printf("[   INFO   ] 60 batches behind a backlog of 20: seeded again and "
+         "caught up\n");
 }
 
 /* A cluster map's later addresses of a shard are its replicas. */
@@ -675,6 +723,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_writes_appear_in_order),
       cmocka_unit_test(test_replica_kill9_resumes),
+      cmocka_unit_test(test_replica_too_far_behind_reseeds),
       cmocka_unit_test(test_cluster_slots_lists_replicas),
       cmocka_unit_test(test_haproxy_fails_over_between_replicas),
       cmocka_unit_test(test_primary_kill9_promote),
