@@ -20,11 +20,16 @@
  * only ever shows states the primary had.  Item ids grow with the batches,
  * so an old id at or above the first id the buffer writes was written in
  * the buffer (and is gone): counting those against the gone ids tells
- * where the buffer may end.
+ * where the buffer may end.  A key written in every batch (a counter)
+ * would keep that count above zero up to the primary's last batch, so a
+ * buffer that reaches 16 times its size with gone items still open ends
+ * anyway, marked partial (VLM_CHANGES_PARTIAL): until a buffer without
+ * the mark is applied, the replica may lack items the primary held at its
+ * batch (those a later batch replaced).
  *
  * The buffer (host byte order, as the stores themselves):
  *   header  "VLMREPL1" | u32 dim | u32 nbatches | u64 first | u64 last |
- *           u64 head | u64 next_id
+ *           u64 head | u64 next_id | u32 flags | u32 0
  *   batch   u64 seq | u32 nch | u32 nrec | nch x (u64 new_id, u64 old_id)
  *           | nrec records, in the order of the changes they belong to
  *   record  u64 id | u32 rec_len | u32 vec_len | item record | vector
@@ -36,9 +41,10 @@
 #include "db_int.h"
 
 #define MAGIC "VLMREPL1"
-#define HDR_BYTES 48
+#define HDR_BYTES 56
 #define DEFAULT_MAX_BYTES ((size_t)4 << 20)
 #define MAX_BATCHES 1024
+#define HARD_FACTOR 16 /* a buffer ends there even with gone items open */
 
 /* ---- a growing buffer ----------------------------------------------------- */
 
@@ -177,13 +183,15 @@ int vlm_db_changes(vlm_db *db, uint64_t after, size_t max_bytes, void **out,
     free(ch);
     ch = NULL;
     nb++;
-    if (pending == 0 && (b.len >= max_bytes || nb >= MAX_BATCHES)) {
+    if ((pending == 0 && (b.len >= max_bytes || nb >= MAX_BATCHES)) ||
+        b.len >= HARD_FACTOR * max_bytes || nb >= HARD_FACTOR * MAX_BATCHES) {
       seq++;
       break;
     }
   }
   seq--; /* the last batch in the buffer */
-  if (pending != 0) { /* ids that do not grow with the batches */
+  uint32_t flags = pending > 0 ? VLM_CHANGES_PARTIAL : 0;
+  if (pending != 0 && seq == lseq) { /* ids that do not grow with batches */
     rc = vlm_seterr(VLM_ECORRUPT, "%s: the log after batch %llu names "
                     "items that no batch up to %llu wrote or removed",
                     db->dir, (unsigned long long)after,
@@ -201,6 +209,7 @@ int vlm_db_changes(vlm_db *db, uint64_t after, size_t max_bytes, void **out,
     memcpy(b.data + 24, &seq, 8);
     memcpy(b.data + 32, &lseq, 8);
     memcpy(b.data + 40, &nid, 8);
+    memcpy(b.data + 48, &flags, 4);
   }
   *out = b.data;
   *len = b.len;
@@ -235,6 +244,7 @@ static int take(rbuf *in, void *dst, size_t n) {
 typedef struct {
   uint32_t dim, nbatches;
   uint64_t first, last, head, next_id;
+  uint32_t flags;
 } header;
 
 static int read_header(const void *buf, size_t len, header *h) {
@@ -247,6 +257,7 @@ static int read_header(const void *buf, size_t len, header *h) {
   memcpy(&h->last, p + 24, 8);
   memcpy(&h->head, p + 32, 8);
   memcpy(&h->next_id, p + 40, 8);
+  memcpy(&h->flags, p + 48, 4);
   if (h->first == 0 || h->last + 1 < h->first ||
       h->last - h->first + 1 != h->nbatches || h->last > h->head)
     return vlm_seterr(VLM_EFORMAT, "changes: inconsistent header (batches "
@@ -258,7 +269,7 @@ static int read_header(const void *buf, size_t len, header *h) {
 }
 
 int vlm_db_changes_info(const void *buf, size_t len, uint64_t *first,
-                        uint64_t *last, uint64_t *head) {
+                        uint64_t *last, uint64_t *head, unsigned *flags) {
   header h;
   int rc = read_header(buf, len, &h);
   if (rc)
@@ -269,6 +280,8 @@ int vlm_db_changes_info(const void *buf, size_t len, uint64_t *first,
     *last = h.last;
   if (head)
     *head = h.head;
+  if (flags)
+    *flags = h.flags;
   return 0;
 }
 

@@ -403,7 +403,11 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info);
  * shipped as gone; the buffer then reaches at least that later batch, so
  * applying it never shows a state the primary did not have).  About
  * max_bytes of records (0 = 4 MiB) and at most 1024 batches, more only
- * to reach such a later batch.  *out is malloc'd (*len bytes; the caller
+ * to reach such a later batch, and never more than 16 times those: a
+ * buffer that stops there with gone items whose later batch it lacks is
+ * marked VLM_CHANGES_PARTIAL (a key written in every batch does that to
+ * a replica far behind): applied, it may lack those items until a later
+ * buffer without the mark is applied.  *out is malloc'd (*len bytes; the caller
  * frees it); *last gets the last batch in it (after when there is
  * nothing new: the buffer then only says the primary's batch), *head the
  * primary's last committed batch.  VLM_ENOTFOUND when the log no longer
@@ -414,11 +418,12 @@ int vlm_db_changes(vlm_db *db, uint64_t after, size_t max_bytes, void **out,
                    size_t *len, uint64_t *last, uint64_t *head);
 
 /* What vlm_db_changes' buffer says about itself without applying it:
- * its first and last batch (first = last + 1 when it holds none) and the
- * primary's last batch when it was made.  VLM_EFORMAT for a buffer that
- * is not one. */
+ * its first and last batch (first = last + 1 when it holds none), the
+ * primary's last batch when it was made, and its flags.  Each output may
+ * be NULL.  VLM_EFORMAT for a buffer that is not one. */
+#define VLM_CHANGES_PARTIAL 1u
 int vlm_db_changes_info(const void *buf, size_t len, uint64_t *first,
-                        uint64_t *last, uint64_t *head);
+                        uint64_t *last, uint64_t *head, unsigned *flags);
 
 /* Replica: apply a buffer of vlm_db_changes to db, whose last batch must
  * be the one before its first (VLM_ESTATE otherwise: nothing written).

@@ -80,6 +80,7 @@ typedef struct {
   size_t len;
   int rc;
   uint64_t seq;
+  unsigned flags;      /* the buffer's (VLM_CHANGES_PARTIAL) */
   char err[512];
 } apply_task;
 
@@ -102,6 +103,9 @@ struct vlm__repl_state {
   uint64_t last_io_ms;
   uint64_t applied_total; /* batches applied since start */
   int link_up, busy, syncs;
+  int partial;          /* the last buffer applied was partial: items may
+                           lack until a whole one is (INFO's
+                           master_sync_in_progress) */
   int reseed;           /* the primary asks for a new seed: run returns */
   char error[512];
   /* loop-only */
@@ -408,9 +412,11 @@ static int list_files(seed *s, const char *dir, const char *prefix) {
   struct dirent *e;
   int rc = 0;
   while (rc == 0 && (e = readdir(d))) {
+    size_t nl = strlen(e->d_name);
     if (e->d_name[0] == '.' || !strcmp(e->d_name, "lock.mdb") ||
-        !strcmp(e->d_name, "LOCK"))
-      continue;
+        !strcmp(e->d_name, "LOCK") ||
+        (nl > 4 && !strcmp(e->d_name + nl - 4, "-shm")))
+      continue; /* locks and SQLite's shared memory are made at open */
     char name[256], p[PATH_MAX];
     snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "/" : "",
              e->d_name);
@@ -454,8 +460,12 @@ static void seed_begin(vlm__job *job, seed_state *st) {
     }
   token = rs->next_token++;
   pthread_mutex_unlock(&rs->mu);
-  snprintf(dir, sizeof dir, "%s.seed-%d-%llu",
-           srv->db_dir[0] ? srv->db_dir : "/tmp/vlmdb", (int)getpid(),
+  /* beside the database (same filesystem), never inside it */
+  char base[PATH_MAX];
+  snprintf(base, sizeof base, "%s", srv->db_dir[0] ? srv->db_dir : "/tmp/vlmdb");
+  for (size_t n = strlen(base); n > 1 && base[n - 1] == '/'; n--)
+    base[n - 1] = '\0';
+  snprintf(dir, sizeof dir, "%s.seed-%d-%llu", base, (int)getpid(),
            (unsigned long long)token);
   rm_tree(dir);
   vlm_db_backup_info info;
@@ -673,6 +683,7 @@ static void on_applied(uv_async_t *async) {
   if (t->rc == 0) {
     rs->applied_total += t->seq - rs->applied;
     rs->applied = t->seq;
+    rs->partial = (t->flags & VLM_CHANGES_PARTIAL) != 0;
   }
   int current = t->gen == rs->gen && rs->replica;
   uint64_t head = rs->phead, applied = rs->applied;
@@ -724,8 +735,10 @@ static void on_sync(redisAsyncContext *ac, void *r, void *privdata) {
     return;
   }
   uint64_t first, last, head;
+  unsigned flags = 0;
   if (reply->type != REDIS_REPLY_STRING ||
-      vlm_db_changes_info(reply->str, reply->len, &first, &last, &head) < 0) {
+      vlm_db_changes_info(reply->str, reply->len, &first, &last, &head,
+                          &flags) < 0) {
     set_error(rs, "%s:%d answered VLM.SYNC with something else", rs->host,
               rs->port);
     again_in(srv, RETRY_MS);
@@ -754,6 +767,7 @@ static void on_sync(redisAsyncContext *ac, void *r, void *privdata) {
   }
   memcpy(t->buf, reply->str, reply->len);
   t->len = reply->len;
+  t->flags = flags;
   t->srv = srv;
   t->gen = gen;
   t->task.run = apply_run;
@@ -924,7 +938,7 @@ void vlm__repl_info(vlm_server *srv, vlm__buf *b, uint64_t seq) {
     vlm__buf_printf(b, "# Replication\r\nrole:slave\r\nmaster_host:%s\r\n"
                     "master_port:%d\r\nmaster_link_status:%s\r\n"
                     "master_last_io_seconds_ago:%lld\r\n"
-                    "master_sync_in_progress:0\r\nslave_read_repl_offset:%llu"
+                    "master_sync_in_progress:%d\r\nslave_read_repl_offset:%llu"
                     "\r\nslave_repl_offset:%llu\r\nslave_priority:100\r\n"
                     "slave_read_only:1\r\nreplica_announced:1\r\n"
                     "connected_slaves:0\r\nmaster_repl_offset:%llu\r\n"
@@ -934,7 +948,7 @@ void vlm__repl_info(vlm_server *srv, vlm__buf *b, uint64_t seq) {
                     rs->host, rs->port, rs->link_up ? "up" : "down",
                     rs->last_io_ms ? (long long)((now - rs->last_io_ms) / 1000)
                                    : -1LL,
-                    (unsigned long long)rs->applied,
+                    rs->partial, (unsigned long long)rs->applied,
                     (unsigned long long)rs->applied,
                     (unsigned long long)rs->phead, (unsigned long long)lag,
                     (unsigned long long)rs->applied_total, rs->error);
