@@ -183,6 +183,9 @@ int vlm__rec_decode(const void *data, size_t len, vlm__rec *out);
 void vlm__rec_seal(void *rec, size_t len, const void *vecs, size_t vlen);
 int vlm__rec_check(const void *rec, size_t len, const void *vecs,
                    size_t vlen);
+/* 32 bits that tell an item record's contents apart: its checksum, or
+ * (a record written without one) XXH32 of its bytes. */
+uint32_t vlm__rec_digest32(const void *rec, size_t len);
 /* What is wrong with a decoded record's contents (text not UTF-8, meta
  * not a JSON object, thumbnail not JPEG, a vector not finite or not of
  * unit length), or NULL (verify.c). */

@@ -38,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "db_int.h"
 
 #define MAGIC "VLMREPL1"
@@ -71,6 +73,73 @@ static int obuf_put(obuf *b, const void *p, size_t n) {
 
 static int obuf_u32(obuf *b, uint32_t v) { return obuf_put(b, &v, 4); }
 static int obuf_u64(obuf *b, uint64_t v) { return obuf_put(b, &v, 8); }
+
+/* ---- the history check ---------------------------------------------------- */
+
+int vlm_db_log_digest(vlm_db *db, uint64_t seq, uint64_t *digest,
+                      int *items) {
+  vlm__reader *r = NULL;
+  if (!db || !digest || !items)
+    return vlm_seterr(VLM_EINVAL, "log digest: NULL argument");
+  int rc = vlm__reader_get(db, 0, &r);
+  if (rc)
+    return rc;
+  pthread_rwlock_rdlock(&db->pub_lock);
+  rc = vlm__reader_txn(db, r, "log digest");
+  pthread_rwlock_unlock(&db->pub_lock);
+  if (rc) {
+    vlm__reader_put(db, r);
+    return rc;
+  }
+  MDB_val k = {sizeof seq, &seq}, v;
+  int mrc = vlm__mdb_get(r->txn, db->lm.log, &k, &v);
+  if (mrc == MDB_NOTFOUND)
+    rc = VLM_ENOTFOUND;
+  else if (mrc)
+    rc = vlm__lmdb_err(mrc, "log digest");
+  else if (v.mv_size % sizeof(vlm__change))
+    rc = vlm_seterr(VLM_ECORRUPT, "log entry %llu: bad size",
+                    (unsigned long long)seq);
+  if (rc == 0) {
+    /* the entry's changes, then the checksum of each of its items still
+     * live: the ids alone would be the same for two different batches
+     * that wrote as many items from the same next id */
+    XXH3_state_t *xs = XXH3_createState();
+    if (!xs) {
+      rc = vlm_seterr(VLM_ENOMEM, "log digest");
+      goto done;
+    }
+    XXH3_64bits_reset_withSeed(xs, seq);
+    XXH3_64bits_update(xs, v.mv_data, v.mv_size);
+    size_t n = v.mv_size / sizeof(vlm__change);
+    const uint8_t *p = v.mv_data;
+    *items = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+      vlm__change c;
+      memcpy(&c, p + i * sizeof c, sizeof c);
+      if (!c.new_id)
+        continue;
+      MDB_val ik = {sizeof c.new_id, &c.new_id}, iv;
+      mrc = vlm__mdb_get(r->txn, db->lm.items, &ik, &iv);
+      if (mrc == MDB_NOTFOUND)
+        continue;
+      if (mrc) {
+        rc = vlm__lmdb_err(mrc, "log digest");
+        break;
+      }
+      uint32_t d = vlm__rec_digest32(iv.mv_data, iv.mv_size);
+      XXH3_64bits_update(xs, &c.new_id, sizeof c.new_id);
+      XXH3_64bits_update(xs, &d, sizeof d);
+      (*items)++;
+    }
+    *digest = XXH3_64bits_digest(xs);
+    XXH3_freeState(xs);
+  }
+done:
+  mdb_txn_reset(r->txn);
+  vlm__reader_put(db, r);
+  return rc;
+}
 
 /* ---- the primary's side --------------------------------------------------- */
 

@@ -436,6 +436,18 @@ int vlm_db_changes_info(const void *buf, size_t len, uint64_t *first,
 int vlm_db_apply_changes(vlm_db *db, const void *buf, size_t len,
                          uint64_t *seq);
 
+/* A digest of batch seq: XXH3-64 of its log entry and of the checksums
+ * of its items still live, *items of them; VLM_ENOTFOUND when the log no
+ * longer holds it (the last batch's entry always stays).  A replica sends
+ * its last batch's with each request and the primary computes its own:
+ * the same number of live items with another digest is another batch
+ * under the same number (a replica that went on after its primary's
+ * crash, or a promoted one), which seeding again resolves.  (A later
+ * batch may have replaced some of the items on one side only: then the
+ * counts differ and nothing can be told.) */
+int vlm_db_log_digest(vlm_db *db, uint64_t seq, uint64_t *digest,
+                      int *items);
+
 /* Primary: checkpoints keep the log entries after batch `after` (those
  * a replica still has to read); UINT64_MAX drops the hold.  The caller
  * bounds how far back it holds (a replica too far behind is seeded

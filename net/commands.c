@@ -2947,8 +2947,8 @@ static const vlm__command commands[] = {
      "take writes (promotion by hand)."},
     {"SLAVEOF", vlm__repl_replicaof, NULL, 3, ADMIN, "server",
      "host port | NO ONE", "The old name of REPLICAOF."},
-    {"VLM.SYNC", vlm__repl_sync_proc, vlm__repl_sync_exec, 3, 0,
-     "server", "after port",
+    {"VLM.SYNC", vlm__repl_sync_proc, vlm__repl_sync_exec, -3, 0,
+     "server", "after port [digest items]",
      "For replicas: the batches after batch `after` (a binary buffer); "
      "-RESEED when the log no longer holds them."},
     {"VLM.SEED", vlm__repl_seed_proc, vlm__repl_seed_exec, -3, 0, "server",

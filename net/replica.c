@@ -81,6 +81,9 @@ typedef struct {
   int rc;
   uint64_t seq;
   unsigned flags;      /* the buffer's (VLM_CHANGES_PARTIAL) */
+  int has_digest;      /* the log digest of the batch it reached */
+  uint64_t digest;
+  int items;
   char err[512];
 } apply_task;
 
@@ -99,6 +102,9 @@ struct vlm__repl_state {
   int port;
   uint64_t gen;         /* bumped when the primary changes */
   uint64_t applied;     /* the last batch applied (durable) */
+  int has_digest;       /* ... and its digest (vlm_db_log_digest) */
+  uint64_t digest;
+  int items;
   uint64_t phead;       /* the primary's last batch, as last heard */
   uint64_t last_io_ms;
   uint64_t applied_total; /* batches applied since start */
@@ -242,7 +248,8 @@ static void update_hold(vlm_server *srv, uint64_t now) {
   if (hold != UINT64_MAX && rs->head > rs->backlog &&
       hold < rs->head - rs->backlog)
     hold = rs->head - rs->backlog;
-  vlm_db_retain_log(srv->db, hold);
+  /* the entry of the replica's own batch too: its history check */
+  vlm_db_retain_log(srv->db, hold == UINT64_MAX ? hold : hold ? hold - 1 : 0);
 }
 
 /* Note what the replica at ip:port holds.  Caller holds mu. */
@@ -270,6 +277,9 @@ static void note_peer(vlm__repl_state *rs, const char *ip, int port,
 typedef struct {
   uint64_t after;
   long port;
+  int has_digest;
+  uint64_t digest;     /* vlm_db_log_digest of the replica's batch after */
+  uint64_t items;      /* ... over this many live items */
   char ip[64];
 } sync_state;
 
@@ -313,13 +323,17 @@ static void *new_state(vlm__ctx *ctx, size_t size) {
   return st;
 }
 
-/* VLM.SYNC after port */
+/* VLM.SYNC after port [digest items] */
 int vlm__repl_sync_proc(vlm__ctx *ctx) {
-  uint64_t after, port;
-  if (parse_u64(&ctx->argv[1], &after) < 0 ||
-      parse_u64(&ctx->argv[2], &port) < 0 || port > 65535) {
-    vlm__reply_error(ctx->out, "ERR", "VLM.SYNC: a batch number and a port "
-                     "(0..65535) are needed");
+  uint64_t after, port, digest = 0, items = 0;
+  if ((ctx->argc != 3 && ctx->argc != 5) ||
+      parse_u64(&ctx->argv[1], &after) < 0 ||
+      parse_u64(&ctx->argv[2], &port) < 0 || port > 65535 ||
+      (ctx->argc == 5 && (parse_u64(&ctx->argv[3], &digest) < 0 ||
+                          parse_u64(&ctx->argv[4], &items) < 0))) {
+    vlm__reply_error(ctx->out, "ERR", "VLM.SYNC after port [digest items]: "
+                     "a batch number, a port (0..65535), and that batch's "
+                     "digest and live items (vlm_db_log_digest)");
     return -1;
   }
   sync_state *st = new_state(ctx, sizeof *st);
@@ -327,6 +341,9 @@ int vlm__repl_sync_proc(vlm__ctx *ctx) {
     return -1;
   st->after = after;
   st->port = (long)port;
+  st->has_digest = ctx->argc == 5;
+  st->digest = digest;
+  st->items = items;
   conn_ip(ctx->conn, st->ip, sizeof st->ip);
   return 0;
 }
@@ -337,7 +354,19 @@ void vlm__repl_sync_exec(vlm__job *job) {
   sync_state *st = job->state;
   void *buf = NULL;
   size_t len = 0;
-  uint64_t last = 0, head = 0;
+  uint64_t last = 0, head = 0, mine;
+  int mine_items;
+  /* the same batch number must be the same batch */
+  if (st->has_digest && st->after &&
+      vlm_db_log_digest(srv->db, st->after, &mine, &mine_items) == 0 &&
+      (uint64_t)mine_items == st->items && mine != st->digest) {
+    vlm__reply_error(&job->reply, "RESEED", "batch %llu here is not the "
+                     "replica's batch %llu: the histories differ (a replica "
+                     "that went on without this primary); seed it again",
+                     (unsigned long long)st->after,
+                     (unsigned long long)st->after);
+    return;
+  }
   int rc = vlm_db_changes(srv->db, st->after, 0, &buf, &len, &last, &head);
   if (rc == VLM_ENOTFOUND || rc == VLM_ESTATE) {
     vlm__reply_error(&job->reply, "RESEED", "%s", vlm_errmsg());
@@ -665,6 +694,9 @@ static void apply_run(vlm__task *task) {
   t->rc = vlm_db_apply_changes(t->srv->db, t->buf, t->len, &t->seq);
   if (t->rc < 0)
     snprintf(t->err, sizeof t->err, "%s", vlm_errmsg());
+  else
+    t->has_digest =
+        vlm_db_log_digest(t->srv->db, t->seq, &t->digest, &t->items) == 0;
   free(t->buf);
   t->buf = NULL;
   uv_async_send(&t->srv->repl->async);
@@ -682,6 +714,11 @@ static void on_applied(uv_async_t *async) {
   rs->busy = 0;
   if (t->rc == 0) {
     rs->applied_total += t->seq - rs->applied;
+    if (t->seq != rs->applied || t->has_digest) {
+      rs->has_digest = t->has_digest;
+      rs->digest = t->digest;
+      rs->items = t->items;
+    }
     rs->applied = t->seq;
     rs->partial = (t->flags & VLM_CHANGES_PARTIAL) != 0;
   }
@@ -802,12 +839,19 @@ static void send_sync(vlm_server *srv) {
                         srv->password_len);
   }
   pthread_mutex_lock(&rs->mu);
-  uint64_t after = rs->applied, gen = rs->gen;
+  uint64_t after = rs->applied, gen = rs->gen, digest = rs->digest;
+  int has_digest = rs->has_digest, items = rs->items;
   rs->busy = 1;
   pthread_mutex_unlock(&rs->mu);
-  if (redisAsyncCommand(rs->ac, on_sync, (void *)(uintptr_t)gen,
-                        "VLM.SYNC %llu %d", (unsigned long long)after,
-                        srv->port) != REDIS_OK) {
+  int rc = has_digest
+               ? redisAsyncCommand(rs->ac, on_sync, (void *)(uintptr_t)gen,
+                                   "VLM.SYNC %llu %d %llu %d",
+                                   (unsigned long long)after, srv->port,
+                                   (unsigned long long)digest, items)
+               : redisAsyncCommand(rs->ac, on_sync, (void *)(uintptr_t)gen,
+                                   "VLM.SYNC %llu %d",
+                                   (unsigned long long)after, srv->port);
+  if (rc != REDIS_OK) {
     pthread_mutex_lock(&rs->mu);
     rs->busy = 0;
     pthread_mutex_unlock(&rs->mu);
@@ -827,9 +871,16 @@ int vlm__repl_start(vlm_server *srv) {
   uv_async_init(&srv->loop, &rs->async, on_applied);
   rs->async.data = srv;
   rs->started = 1;
+  uint64_t digest = 0;
+  int items = 0;
+  int has_digest =
+      vlm_db_log_digest(srv->db, info.seq, &digest, &items) == 0;
   pthread_mutex_lock(&rs->mu);
   rs->applied = info.seq;
   rs->head = info.seq;
+  rs->has_digest = has_digest;
+  rs->digest = digest;
+  rs->items = items;
   pthread_mutex_unlock(&rs->mu);
   if (rs->replica) {
     vlm__server_log(srv, "replica of %s:%d from batch %llu", rs->host,

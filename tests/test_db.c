@@ -7867,6 +7867,31 @@ static void test_replica_applies_shipped_batches(void **state) {
   CHECK(vlm_db_checkpoint(p));
   nbuf += rp_ship(p, r, 0);
   rp_same(p, r, "after a checkpoint held for the replica");
+  /* the same batch has the same log digest on both sides, the last entry
+   * outlives a checkpoint, and another batch under the same number has
+   * another digest (the replica's history check) */
+  CHECK(vlm_db_stat(r, &ir));
+  CHECK(vlm_db_checkpoint(r));
+  CHECK(vlm_db_checkpoint(p));
+  uint64_t dp = 0, dr = 1;
+  int np = -1, nr = -2;
+  CHECK(vlm_db_log_digest(p, ir.seq, &dp, &np));
+  CHECK(vlm_db_log_digest(r, ir.seq, &dr, &nr));
+  assert_true(dp == dr && np == nr);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_log_digest(r, ir.seq - 1, &dr, &nr));
+  /* one item each, from the same next id: the same log entry, another
+   * item */
+  float lv[DIM];
+  unit(lv, DIM);
+  vlm_item local = {.key = "written-on-the-replica", .image_vec = lv};
+  CHECK(vlm_db_put(r, &local, 1, 0, NULL));
+  local.key = "written-on-the-primary";
+  CHECK(vlm_db_put(p, &local, 1, 0, NULL));
+  CHECK(vlm_db_log_digest(p, ir.seq + 1, &dp, &np));
+  CHECK(vlm_db_log_digest(r, ir.seq + 1, &dr, &nr));
+  assert_int_equal(np, 1);
+  assert_int_equal(nr, 1);
+  assert_true(dp != dr);
   /* ... and pruned without the hold: seed again */
   CHECK(vlm_db_stat(r, &ir));
   vlm_db_retain_log(p, UINT64_MAX);
