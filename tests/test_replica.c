@@ -355,9 +355,11 @@ static int group_setup(void **state) {
   snprintf(G.dir, sizeof G.dir, "/tmp/vlmdb-replica-XXXXXX");
   assert_non_null(mkdtemp(G.dir));
   G.bin = vlmdb_path();
-  snprintf(G.pdb, sizeof G.pdb, "%s/primary", G.dir);
+  char root[PATH_MAX]; /* a copy: G's fields are written from it */
+  snprintf(root, sizeof root, "%s", G.dir);
+  snprintf(G.pdb, sizeof G.pdb, "%s/primary", root);
   for (int k = 0; k < 2; k++)
-    snprintf(G.rdb[k], sizeof G.rdb[k], "%s/replica%d", G.dir, k);
+    snprintf(G.rdb[k], sizeof G.rdb[k], "%s/replica%d", root, k);
   char args[2 * PATH_MAX];
   snprintf(args, sizeof args, "init --db %s --model %s --index Flat "
            "--field n:int", G.pdb, MODEL);
@@ -383,7 +385,7 @@ static int group_teardown(void **state) {
   vlm_test_server_stop(&G.replica[0], 20);
   vlm_test_server_stop(&G.replica[1], 20);
   vlm_test_server_stop(&G.primary, 20);
-  if (!getenv("VLM_KEEP")) vlm_test_rm_rf(G.dir);
+  vlm_test_rm_rf(G.dir);
   free(G.bin);
   return 0;
 }
