@@ -126,12 +126,17 @@ static int rm_entry(const char *path, const struct stat *st, int flag,
   return 0;
 }
 
-/* Seed dir again from primary: the old copy is moved aside and removed
- * once the new one is whole (put back if seeding fails). */
+/* Seed dir again from primary: the old copy is moved aside and, when it
+ * was itself a seeded replica (its VLM_REPLICA_MARK file), removed once
+ * the new one is whole; a database that never was one (a primary's, a
+ * restored backup) is kept beside it, named in the log.  Put back if
+ * seeding fails. */
 static int reseed(const char *dir, const char *primary, const char *password,
                   int port, FILE *log) {
-  char stale[4096];
+  char stale[4096], mark[4096];
   snprintf(stale, sizeof stale, "%s.stale-%d", dir, (int)getpid());
+  snprintf(mark, sizeof mark, "%s/%s", dir, VLM_REPLICA_MARK);
+  int was_replica = access(mark, F_OK) == 0;
   if (rename(dir, stale) != 0)
     return vlm_seterr(VLM_EIO, "reseeding: rename %s: %s", dir,
                       strerror(errno));
@@ -140,7 +145,11 @@ static int reseed(const char *dir, const char *primary, const char *password,
     rename(stale, dir);
     return rc;
   }
-  nftw(stale, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  if (was_replica)
+    nftw(stale, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  else if (log)
+    fprintf(log, "vlmdb serve: %s was not a seeded replica: it is kept as "
+            "%s\n", dir, stale);
   return 0;
 }
 

@@ -938,6 +938,13 @@ int vlm__repl_replicaof(vlm__ctx *ctx) {
       uint64_t applied = rs->applied;
       pthread_mutex_unlock(&rs->mu);
       drop_link(rs);
+      /* a primary now: its database is no longer a copy to throw away
+       * when it must seed again (cmd_serve keeps such a one aside) */
+      if (srv->db_dir[0]) {
+        char mark[PATH_MAX];
+        snprintf(mark, sizeof mark, "%s/%s", srv->db_dir, VLM_REPLICA_MARK);
+        unlink(mark);
+      }
       vlm__server_log(srv, "replication: no longer a replica of %s:%d; "
                       "writable at batch %llu", rs->host, rs->port,
                       (unsigned long long)applied);
@@ -1174,6 +1181,17 @@ int vlm_replica_seed(const char *primary, const char *password,
     }
     close(fd);
   }
+  snprintf(path, sizeof path, "%s/%s", tmp, VLM_REPLICA_MARK);
+  FILE *mark = fopen(path, "w");
+  if (!mark || fprintf(mark, "seeded from %s at batch %lld\n", primary,
+                       batch) < 0 || fflush(mark) != 0 ||
+      fsync(fileno(mark)) != 0) {
+    int rc = vlm_seterr(VLM_EIO, "seeding: %s: %s", path, strerror(errno));
+    if (mark)
+      fclose(mark);
+    return seed_fail(c, r, tmp, rc);
+  }
+  fclose(mark);
   redisReply *e = redisCommand(c, "VLM.SEED END %lld", token);
   if (e)
     freeReplyObject(e);

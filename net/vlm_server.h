@@ -152,6 +152,12 @@ int vlm_replica_seed(const char *primary, const char *password,
                      const char *dir, int port_self, FILE *log,
                      uint64_t *seq);
 
+/* The file a seeded replica's directory holds (the primary's address, for
+ * information): a database without it was never seeded as a replica, and
+ * `vlmdb serve` keeps it aside rather than delete it when it must seed
+ * again. */
+#define VLM_REPLICA_MARK "REPLICA"
+
 /* Free a server that is not running.  Accepts NULL. */
 void vlm_server_free(vlm_server *srv);
 

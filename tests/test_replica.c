@@ -539,6 +539,17 @@ static void test_replica_too_far_behind_reseeds(void **state) {
   if (!reseeded)
     fail_msg("the replica caught up without seeding again: was the log "
              "not pruned?");
+  /* the old copy was a seeded replica (its REPLICA file): removed */
+  char cmdline[PATH_MAX + 64];
+  snprintf(cmdline, sizeof cmdline, "ls -d %s.stale-* 2>/dev/null | wc -l",
+           G.rdb[0]);
+  FILE *ls = popen(cmdline, "r");
+  int stale = -1;
+  assert_int_equal(fscanf(ls, "%d", &stale), 1);
+  pclose(ls);
+  assert_int_equal(stale, 0);
+  snprintf(log, sizeof log, "%s/REPLICA", G.rdb[0]);
+  assert_int_equal(access(log, F_OK), 0);
   printf("[   INFO   ] 60 batches behind a backlog of 20: seeded again and "
          "caught up\n");
 }
