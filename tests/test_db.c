@@ -7976,6 +7976,73 @@ static void test_replica_hot_key_partial_buffers(void **state) {
   tmp_free(&t);
 }
 
+/* Every store call of applying a buffer, failed in turn (the Nth call of
+ * a fault point, N = 1, 2, ... until the apply no longer reaches it): each
+ * failure is VLM_EIO and leaves the replica exactly as it was (its batch,
+ * every item, verify), and the buffer then applies whole.  A failed
+ * SQLite commit after LMDB's is repaired by the replay, as for a local
+ * batch. */
+static void test_replica_apply_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char rdir[160];
+  snprintf(rdir, sizeof rdir, "%s/replica", t.root);
+  vlm_db *p = make_db(t.dir, "Flat", DIM);
+  mw_model m;
+  for (int k = 0; k < MW_KEYS; k++)
+    m.version[k] = -1;
+  int ver = 0, failures = 0;
+  rng_state = 7117;
+  mw_run(p, &m, 6, &ver);
+  CHECK(vlm_db_backup(p, rdir, NULL));
+  vlm_db *r = open_db(rdir);
+  static const char *points[] = {"lmdb-begin", "lmdb-write", "sql-write",
+                                 "lmdb-commit", "sql-commit"};
+  for (size_t pt = 0; pt < sizeof points / sizeof points[0]; pt++) {
+    mw_run(p, &m, 5, &ver);
+    vlm_db_info before;
+    CHECK(vlm_db_stat(r, &before));
+    rp_digest d0 = {14695981039346656037ull, 0};
+    CHECK(vlm_db_foreach(r, rp_visit, &d0));
+    void *buf = NULL;
+    size_t len = 0;
+    uint64_t last, head;
+    CHECK(vlm_db_changes(p, before.seq, 0, &buf, &len, &last, &head));
+    assert_int_equal(last, head);
+    for (int n = 1;; n++) {
+      nth_arm(points[pt], n);
+      int rc = vlm_db_apply_changes(r, buf, len, NULL);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!reached || (rc == 0 && !strcmp(points[pt], "sql-commit"))) {
+        CHECK(rc); /* sql-commit: committed in LMDB, SQLite replayed */
+        break;
+      }
+      if (rc != VLM_EIO)
+        fail_msg("%s #%d: %d (%s), expected VLM_EIO", points[pt], n, rc,
+                 vlm_errmsg());
+      failures++;
+      vlm_db_info now;
+      CHECK(vlm_db_stat(r, &now));
+      rp_digest d1 = {14695981039346656037ull, 0};
+      CHECK(vlm_db_foreach(r, rp_visit, &d1));
+      if (now.seq != before.seq || d1.h != d0.h || now.items != before.items)
+        fail_msg("%s #%d failed but changed the replica (batch %llu -> "
+                 "%llu)", points[pt], n, (unsigned long long)before.seq,
+                 (unsigned long long)now.seq);
+      CHECK(vlm_db_verify(r));
+    }
+    free(buf);
+    rp_same(p, r, points[pt]);
+  }
+  vlm_db_close(r);
+  vlm_db_close(p);
+  printf("[   INFO   ] %d store calls of applying buffers failed in turn: "
+         "each VLM_EIO with the replica unchanged\n", failures);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ main */
 
 int main(void) {
@@ -8035,6 +8102,7 @@ int main(void) {
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_replica_hot_key_partial_buffers,
                                 teardown_tmp),
+      cmocka_unit_test_teardown(test_replica_apply_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_planner_retries, teardown_tmp),
