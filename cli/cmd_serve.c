@@ -1,6 +1,11 @@
 /* cmd_serve.c - `vlmdb serve`: serve a database over TCP with the Redis
  * protocol (see net/vlm_server.h and the README's "Server" section). */
+#include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <limits.h>
 #include <malloc.h>
 #include <signal.h>
@@ -67,6 +72,14 @@ static void usage(FILE *f) {
 "                           defaults to the one of its address in the map\n"
 "  --cluster-timeout MS     how long SEARCH, COUNT and INFO keyspace wait\n"
 "                           for the other shards (default 2000)\n"
+"  --replica-of HOST:PORT   serve a read replica of the primary there: an\n"
+"                           empty or absent --db is first seeded with an\n"
+"                           online backup of it; then every batch it\n"
+"                           commits is applied here, in order; writes\n"
+"                           answer -READONLY (REPLICAOF NO ONE promotes)\n"
+"  --repl-backlog N         as a primary, keep the log for a replica at\n"
+"                           most N batches behind (default 1000000); one\n"
+"                           further behind seeds itself again\n"
 "  --quiet                  no log lines on stderr\n"
 "\n"
 "SIGINT or SIGTERM stops it gracefully: requests in flight are answered,\n"
@@ -95,6 +108,54 @@ static int parse_count(const char *s, long long max, long long *out) {
   if (*end || v > max / mult)
     return -1;
   *out = v * mult;
+  return 0;
+}
+
+static int dir_absent_or_empty(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d)
+    return errno == ENOENT;
+  struct dirent *e;
+  int empty = 1;
+  while (empty && (e = readdir(d)))
+    empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+  closedir(d);
+  return empty;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  remove(path);
+  return 0;
+}
+
+/* Seed dir again from primary: the old copy is moved aside and, when it
+ * was itself a seeded replica (its VLM_REPLICA_MARK file), removed once
+ * the new one is whole; a database that never was one (a primary's, a
+ * restored backup) is kept beside it, named in the log.  Put back if
+ * seeding fails. */
+static int reseed(const char *dir, const char *primary, const char *password,
+                  int port, FILE *log) {
+  char stale[4096], mark[4096];
+  snprintf(stale, sizeof stale, "%s.stale-%d", dir, (int)getpid());
+  snprintf(mark, sizeof mark, "%s/%s", dir, VLM_REPLICA_MARK);
+  int was_replica = access(mark, F_OK) == 0;
+  if (rename(dir, stale) != 0)
+    return vlm_seterr(VLM_EIO, "reseeding: rename %s: %s", dir,
+                      strerror(errno));
+  int rc = vlm_replica_seed(primary, password, dir, port, log, NULL);
+  if (rc < 0) {
+    rename(stale, dir);
+    return rc;
+  }
+  if (was_replica)
+    nftw(stale, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  else if (log)
+    fprintf(log, "vlmdb serve: %s was not a seeded replica: it is kept as "
+            "%s\n", dir, stale);
   return 0;
 }
 
@@ -147,6 +208,11 @@ int cmd_serve(int argc, char **argv) {
       http_set = 1;
     else if (!strcmp(a, "--cluster"))
       cluster_file = v;
+    else if (!strcmp(a, "--replica-of"))
+      opts.replica_of = v;
+    else if (!strcmp(a, "--repl-backlog"))
+      bad = parse_count(v, INT64_MAX, &n) < 0 || n < 1,
+      opts.repl_backlog = (uint64_t)n;
     else if (!strcmp(a, "--shard"))
       shard_text = v;
     else if (!strcmp(a, "--cluster-timeout"))
@@ -210,7 +276,22 @@ int cmd_serve(int argc, char **argv) {
   vlm_clip *clip = NULL;
   vlm_db *db = NULL;
   vlm_server *srv = NULL;
+  char replica_of[300];
   int explicit_model = model_dir != NULL;
+  if (opts.replica_of && mmap_index) {
+    vlm_cli_error(cmd, "--replica-of writes the primary's batches: not with "
+                  "--mmap");
+    status = VLM_EXIT_USAGE;
+    goto done;
+  }
+  /* A replica's first copy: an online backup of its primary. */
+  if (opts.replica_of && dir_absent_or_empty(db_dir) &&
+      (rc = vlm_replica_seed(opts.replica_of, opts.requirepass, db_dir,
+                             opts.port, quiet ? NULL : stderr, NULL)) < 0) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+again:;
   /* The database names the model it was made with; --model only
    * overrides it (and must be that same model). */
   vlm_db_open_options dopts = {.readonly = mmap_index,
@@ -310,6 +391,29 @@ int cmd_serve(int argc, char **argv) {
   if (rc < 0) {
     vlm_cli_liberror(cmd, rc);
     goto done;
+  }
+  char primary[300];
+  if (vlm_server_reseed_needed(srv, primary, sizeof primary)) {
+    /* too far behind its primary (or on another history): a new copy,
+     * the old one kept until the new one is whole */
+    vlm_server_free(srv);
+    srv = NULL;
+    vlm_db_close(db);
+    db = NULL;
+    vlm_clip_free(clip);
+    clip = NULL;
+    vlm_cluster_free(map);
+    map = NULL;
+    model_dir = explicit_model ? model_dir : NULL;
+    if ((rc = reseed(db_dir, primary, opts.requirepass, opts.port,
+                     quiet ? NULL : stderr)) < 0) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    /* the new copy follows the primary the old one followed */
+    snprintf(replica_of, sizeof replica_of, "%s", primary);
+    opts.replica_of = replica_of;
+    goto again;
   }
   status = VLM_EXIT_OK;
 done:

@@ -594,6 +594,7 @@ int vlm_db_open(const char *dir, const vlm_db_open_options *opts,
   }
   db->lock_fd = -1;
   db->log_pin = UINT64_MAX;
+  db->repl_pin = UINT64_MAX;
   db->readonly = o.readonly;
   db->max_payload = o.max_payload ? o.max_payload : DEFAULT_MAX_PAYLOAD;
   db->warn = o.warn;
@@ -849,11 +850,14 @@ void vlm_db_close(vlm_db *db) {
  * whole batch.  LMDB commits first (the commit point); SQLite second. */
 static int commit_error(vlm_db *db, int mrc, uint64_t bytes);
 
-static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
-                          uint64_t next_id, int64_t d_items,
-                          const int64_t d_vecs[VLM__NMOD], uint64_t bytes) {
+/* A replica's shipped batches first .. seq commit together
+ * (vlm__commit_publish); a batch of this process is first == seq. */
+int vlm__commit_publish(vlm_db *db, MDB_txn *txn, uint64_t first,
+                        uint64_t seq, uint64_t next_id, int64_t d_items,
+                        const int64_t d_vecs[VLM__NMOD], uint64_t bytes) {
   assert(vlm__write_held(db));
-  assert(seq == db->pub_seq + 1); /* batch numbers go up by one */
+  assert(first == db->pub_seq + 1 && seq >= first); /* batch numbers go up
+                                                      by one */
   int rc = 0;
   pthread_rwlock_wrlock(&db->pub_lock);
   int mrc;
@@ -876,7 +880,7 @@ static int commit_publish(vlm_db *db, MDB_txn *txn, uint64_t seq,
     char why[512];
     snprintf(why, sizeof why, "%s", vlm_errmsg());
     vlm__sql_rollback(db);
-    if (!VLM__FAULT("sql-replay") && vlm__sql_replay(db, seq - 1, seq) == 0) {
+    if (!VLM__FAULT("sql-replay") && vlm__sql_replay(db, first - 1, seq) == 0) {
       rc = 0;
     } else {
       __atomic_store_n(&db->broken, 1, __ATOMIC_RELEASE);
@@ -915,7 +919,7 @@ static void maybe_checkpoint(vlm_db *db) {
     vlm__warn(db, "%s: automatic checkpoint: %s", db->dir, vlm_errmsg());
 }
 
-static void after_commit(vlm_db *db) {
+void vlm__after_commit(vlm_db *db) {
   if (db->async) {
     pthread_mutex_lock(&db->bg_mu);
     db->bg_work = 1;
@@ -931,7 +935,7 @@ static void after_commit(vlm_db *db) {
     maybe_checkpoint(db);
 }
 
-static int writable(vlm_db *db) {
+int vlm__writable(vlm_db *db) {
   if (db->readonly)
     return vlm_seterr(VLM_ESTATE, "%s is open read-only", db->dir);
   if (__atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
@@ -970,7 +974,7 @@ static uint64_t space_free(const char *dir) {
   return (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
 }
 
-static int space_check(vlm_db *db, const char *what, uint64_t bytes) {
+int vlm__space_check(vlm_db *db, const char *what, uint64_t bytes) {
   uint64_t need = space_needed(bytes), have = space_free(db->dir);
   if (have >= need)
     return 0;
@@ -995,7 +999,7 @@ static int batch_begin(vlm_db *db, const char *what, MDB_txn **txn,
                        uint64_t *next_id) {
   vlm__write_lock(db);
   *locked = 1;
-  int rc = writable(db);
+  int rc = vlm__writable(db);
   if (rc)
     return rc;
   int mrc = VLM__STORE("lmdb-begin", mdb_txn_begin(db->lm.env, NULL, 0, txn));
@@ -1360,12 +1364,12 @@ static int batch_commit(vlm_db *db, batch *b) {
       (rc = vlm__lmdb_put_u64(&db->lm, b->txn, "next_id", b->next_id)) ||
       (rc = vlm__sql_set_seq(db, b->seq)))
     return rc;
-  rc = commit_publish(db, b->txn, b->seq, b->next_id, b->d_items, b->d_vecs,
-                      b->bytes);
+  rc = vlm__commit_publish(db, b->txn, b->seq, b->seq, b->next_id,
+                           b->d_items, b->d_vecs, b->bytes);
   b->txn = NULL;
   b->sql_open = 0;
   if (rc == 0 || __atomic_load_n(&db->broken, __ATOMIC_ACQUIRE))
-    after_commit(db);
+    vlm__after_commit(db);
   return rc;
 }
 
@@ -1403,7 +1407,7 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
   if (changed)
     for (int i = 0; i < n; i++)
       changed[i] = 0;
-  if ((rc = writable(db)))
+  if ((rc = vlm__writable(db)))
     return rc;
   if (n == 0)
     return 0;
@@ -1440,7 +1444,7 @@ static int write_ops(vlm_db *db, const vlm_write_op *ops, int n,
         goto done;
       }
   }
-  if (bytes && (rc = space_check(db, what, bytes)))
+  if (bytes && (rc = vlm__space_check(db, what, bytes)))
     goto done;
   if ((rc = batch_open(db, &b, n, what)))
     goto done;
@@ -1856,7 +1860,7 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
 int vlm_db_checkpoint(vlm_db *db) {
   if (!db)
     return vlm_seterr(VLM_EINVAL, "checkpoint: NULL argument");
-  int rc = writable(db);
+  int rc = vlm__writable(db);
   if (rc)
     return rc;
   vlm__write_lock(db);
@@ -1893,7 +1897,7 @@ int vlm_db_readonly(const vlm_db *db) { return db && db->readonly; }
 int vlm_db_adopt_index(vlm_db *db, int modality, const char *path) {
   if (!db || !path || modality < 0 || modality >= VLM__NMOD)
     return vlm_seterr(VLM_EINVAL, "adopt index: bad argument");
-  int rc = writable(db);
+  int rc = vlm__writable(db);
   if (rc)
     return rc;
   vlm__write_lock(db);
@@ -1905,7 +1909,7 @@ int vlm_db_adopt_index(vlm_db *db, int modality, const char *path) {
 int vlm_db_reindex(vlm_db *db, const char *factory) {
   if (!db)
     return vlm_seterr(VLM_EINVAL, "reindex: NULL argument");
-  int rc = writable(db);
+  int rc = vlm__writable(db);
   if (rc)
     return rc;
   vlm__write_lock(db);

@@ -22,6 +22,7 @@
  *   verify.c    every record, row and index entry checked against the others
  *   salvage.c   copying the sound records out of a damaged database
  *   backup.c    online backup: a consistent copy while the database is written
+ *   repl.c      log shipping: a primary's batches out, a replica's in
  *   eval.c      Recall@K over the stored pairs
  *
  * Locks, always taken in this order (see README "Data safety"):
@@ -182,6 +183,9 @@ int vlm__rec_decode(const void *data, size_t len, vlm__rec *out);
 void vlm__rec_seal(void *rec, size_t len, const void *vecs, size_t vlen);
 int vlm__rec_check(const void *rec, size_t len, const void *vecs,
                    size_t vlen);
+/* 32 bits that tell an item record's contents apart: its checksum, or
+ * (a record written without one) XXH32 of its bytes. */
+uint32_t vlm__rec_digest32(const void *rec, size_t len);
 /* What is wrong with a decoded record's contents (text not UTF-8, meta
  * not a JSON object, thumbnail not JPEG, a vector not finite or not of
  * unit length), or NULL (verify.c). */
@@ -335,6 +339,11 @@ int vlm__sql_set_seq(vlm_db *db, uint64_t seq);
 int vlm__sql_commit(vlm_db *db);
 void vlm__sql_rollback(vlm_db *db);
 int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq);
+/* Stage batches from_seq+1 .. to_seq of txn's log (LMDB's view inside
+ * txn, which may be the batch's own write transaction) in the open
+ * SQLite transaction, as the replay does. */
+int vlm__sql_stage_log(vlm_db *db, MDB_txn *txn, uint64_t from_seq,
+                       uint64_t to_seq);
 /* Rebuild meta.sqlite from every live record of the payload store at
  * batch seq (the old file is kept as meta.sqlite.damaged); the writer
  * connection is left open on the new file. */
@@ -487,6 +496,9 @@ struct vlm_db {
                                  this batch into its copy: checkpoints keep
                                  it (UINT64_MAX: none) */
   int backing_up;             /* one backup at a time */
+  uint64_t repl_pin;          /* replicas still need the log after this
+                                 batch (vlm_db_retain_log; atomic):
+                                 checkpoints keep it (UINT64_MAX: none) */
   int follow;                 /* read-only beside a possible writer: each
                                  search pairs LMDB's and SQLite's snapshots
                                  and reads its batch from them (planner.c) */
@@ -543,6 +555,21 @@ int vlm__reader_txn(vlm_db *db, vlm__reader *r, const char *what);
  * it holds (into *seq, may be NULL); rolled back on failure. */
 int vlm__reader_sql_begin(vlm__reader *r, uint64_t *seq, const char *what);
 void vlm__reader_free(vlm__reader *r);
+
+/* The write protocol's steps (db.c), shared with a replica's batches
+ * (repl.c).  writable: 0, or VLM_ESTATE for a read-only or broken
+ * handle.  space_check: VLM_ENOSPACE when the disk lacks the room a batch
+ * of `bytes` may need.  commit_publish (caller holds write_mu; txn and the
+ * SQLite transaction hold batches first .. seq, first = the published
+ * batch + 1): commit LMDB (the commit point), then SQLite, then publish;
+ * txn is gone after it.  after_commit: the index catch-up of a committed
+ * batch. */
+int vlm__writable(vlm_db *db);
+int vlm__space_check(vlm_db *db, const char *what, uint64_t bytes);
+int vlm__commit_publish(vlm_db *db, MDB_txn *txn, uint64_t first,
+                        uint64_t seq, uint64_t next_id, int64_t d_items,
+                        const int64_t d_vecs[VLM__NMOD], uint64_t bytes);
+void vlm__after_commit(vlm_db *db);
 
 /* 1 if a writer process holds dir (the pid it wrote in LOCK is alive). */
 int vlm__writer_alive(const char *dir);

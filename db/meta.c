@@ -388,20 +388,16 @@ static void free_rows(vlm__sql_change *rows, size_t n) {
   free(rows);
 }
 
-/* Bring SQLite from batch from_seq to to_seq using LMDB's log: each
- * change's replaced id is deleted and its new item, if it is still live in
- * LMDB, is (re)inserted from its LMDB record.  Idempotent; one SQLite
- * transaction. */
-int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
-  MDB_txn *txn = NULL;
+/* Stage batches from_seq+1 .. to_seq of txn's log in the open SQLite
+ * transaction: each change's replaced id is deleted and its new item, if
+ * it is still live in txn, is (re)inserted from its LMDB record.
+ * Idempotent.  The replay at open and a replica's batches use it. */
+int vlm__sql_stage_log(vlm_db *db, MDB_txn *txn, uint64_t from_seq,
+                       uint64_t to_seq) {
   vlm__change *ch = NULL;
   vlm__sql_change *rows = NULL;
   size_t nch = 0, nrows = 0;
-  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
-  if (rc)
-    return vlm__lmdb_err(rc, "replay");
-  if ((rc = vlm__sql_begin(db)))
-    goto done;
+  int rc = 0;
   for (uint64_t seq = from_seq + 1; seq <= to_seq; seq++) {
     rc = vlm__log_get(&db->lm, txn, seq, &ch, &nch);
     if (rc == VLM_ENOTFOUND) {
@@ -443,12 +439,26 @@ int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
     free(ch);
     ch = NULL;
   }
-  if ((rc = vlm__sql_set_seq(db, to_seq)))
-    goto done;
-  rc = vlm__sql_commit(db);
 done:
   free_rows(rows, nrows);
   free(ch);
+  return rc;
+}
+
+/* Bring SQLite from batch from_seq to to_seq using LMDB's log, in one
+ * SQLite transaction. */
+int vlm__sql_replay(vlm_db *db, uint64_t from_seq, uint64_t to_seq) {
+  MDB_txn *txn = NULL;
+  int rc = VLM__STORE("lmdb-read", mdb_txn_begin(db->lm.env, NULL, MDB_RDONLY, &txn));
+  if (rc)
+    return vlm__lmdb_err(rc, "replay");
+  if ((rc = vlm__sql_begin(db)))
+    goto done;
+  if ((rc = vlm__sql_stage_log(db, txn, from_seq, to_seq)) ||
+      (rc = vlm__sql_set_seq(db, to_seq)))
+    goto done;
+  rc = vlm__sql_commit(db);
+done:
   if (rc)
     vlm__sql_rollback(db);
   mdb_txn_abort(txn);

@@ -253,6 +253,16 @@ int vlm__rec_check(const void *rec, size_t len, const void *vecs,
   return 0;
 }
 
+uint32_t vlm__rec_digest32(const void *rec, size_t len) {
+  uint32_t flags = 0, d;
+  if (len >= REC_HDR)
+    memcpy(&flags, (const uint8_t *)rec + 4, 4);
+  if (!(flags & VLM__HAS_CKSUM))
+    return XXH32(rec, len, 0);
+  memcpy(&d, (const uint8_t *)rec + REC_CKSUM_AT, 4);
+  return d;
+}
+
 int vlm__rec_decode(const void *data, size_t len, vlm__rec *out) {
   uint32_t hdr[10];
   if (len < REC_HDR)

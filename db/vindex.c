@@ -1088,9 +1088,14 @@ static int checkpoint_locked(vlm_db *db, int force) {
   /* Prune log entries every store has: SQLite is at pub_seq, and each
    * checkpointed index at its seq; an index without a checkpoint is
    * rebuilt from the vectors, which needs no log. */
-  uint64_t keep_after = db->pub_seq;
+  /* The last entry always stays: a replica's history check compares it
+   * with its primary's (repl.c, vlm_db_log_digest). */
+  uint64_t keep_after = db->pub_seq ? db->pub_seq - 1 : 0;
   if (db->log_pin < keep_after) /* a backup replays from there */
     keep_after = db->log_pin;
+  uint64_t repl_pin = __atomic_load_n(&db->repl_pin, __ATOMIC_ACQUIRE);
+  if (repl_pin < keep_after) /* replicas still read from there */
+    keep_after = repl_pin;
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
       keep_after = db->man.ckpt[m].seq;

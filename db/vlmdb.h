@@ -389,6 +389,71 @@ typedef struct {
 } vlm_db_backup_info;
 int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info);
 
+/* ---- Replication by log shipping (repl.c; db/README.md "Replication") ----
+ *
+ * A replica is a copy of a primary (seeded from its online backup) that
+ * applies the primary's batches in order, under the same batch numbers,
+ * item ids, records and vectors, so its log and its stores stay equal to
+ * the primary's at some batch.
+ *
+ * vlm_db_changes (primary, any handle, any thread): the batches after
+ * `after` as one self-contained buffer for vlm_db_apply_changes: their
+ * log entries and the records and vectors of the items they wrote that
+ * are still live (an item a later batch already replaced or deleted is
+ * shipped as gone; the buffer then reaches at least that later batch, so
+ * applying it never shows a state the primary did not have).  About
+ * max_bytes of records (0 = 4 MiB) and at most 1024 batches, more only
+ * to reach such a later batch, and never more than 16 times those: a
+ * buffer that stops there with gone items whose later batch it lacks is
+ * marked VLM_CHANGES_PARTIAL (a key written in every batch does that to
+ * a replica far behind): applied, it may lack those items until a later
+ * buffer without the mark is applied.  *out is malloc'd (*len bytes; the caller
+ * frees it); *last gets the last batch in it (after when there is
+ * nothing new: the buffer then only says the primary's batch), *head the
+ * primary's last committed batch.  VLM_ENOTFOUND when the log no longer
+ * holds batch after + 1 (pruned: the replica must be seeded again),
+ * VLM_ESTATE when after is beyond the primary's last batch (the replica
+ * has batches the primary lacks: another history). */
+int vlm_db_changes(vlm_db *db, uint64_t after, size_t max_bytes, void **out,
+                   size_t *len, uint64_t *last, uint64_t *head);
+
+/* What vlm_db_changes' buffer says about itself without applying it:
+ * its first and last batch (first = last + 1 when it holds none), the
+ * primary's last batch when it was made, and its flags.  Each output may
+ * be NULL.  VLM_EFORMAT for a buffer that is not one. */
+#define VLM_CHANGES_PARTIAL 1u
+int vlm_db_changes_info(const void *buf, size_t len, uint64_t *first,
+                        uint64_t *last, uint64_t *head, unsigned *flags);
+
+/* Replica: apply a buffer of vlm_db_changes to db, whose last batch must
+ * be the one before its first (VLM_ESTATE otherwise: nothing written).
+ * Its batches commit together through the write protocol (LMDB, the
+ * commit point, then SQLite; one transaction each), every batch under
+ * its own number with its own log entry, records checked against their
+ * checksums first (VLM_ECORRUPT: nothing written); so the batch number a
+ * replica reports is exactly what it holds, durably, and a restart
+ * resumes after it.  *seq (may be NULL) gets db's last batch after it. */
+int vlm_db_apply_changes(vlm_db *db, const void *buf, size_t len,
+                         uint64_t *seq);
+
+/* A digest of batch seq: XXH3-64 of its log entry and of the checksums
+ * of its items still live, *items of them; VLM_ENOTFOUND when the log no
+ * longer holds it (the last batch's entry always stays).  A replica sends
+ * its last batch's with each request and the primary computes its own:
+ * the same number of live items with another digest is another batch
+ * under the same number (a replica that went on after its primary's
+ * crash, or a promoted one), which seeding again resolves.  (A later
+ * batch may have replaced some of the items on one side only: then the
+ * counts differ and nothing can be told.) */
+int vlm_db_log_digest(vlm_db *db, uint64_t seq, uint64_t *digest,
+                      int *items);
+
+/* Primary: checkpoints keep the log entries after batch `after` (those
+ * a replica still has to read); UINT64_MAX drops the hold.  The caller
+ * bounds how far back it holds (a replica too far behind is seeded
+ * again).  Any thread. */
+void vlm_db_retain_log(vlm_db *db, uint64_t after);
+
 /* Rebuild meta.sqlite (the metadata rows filters read and the caption
  * rows BM25 reads) from the payload store's records, which are the truth;
  * the old file is kept as meta.sqlite.damaged.  A read-write open does it

@@ -41,6 +41,14 @@ typedef struct {
   int port;
   char id[41];
   redisAsyncContext *ac;  /* NULL: not connected */
+  /* The shard's read replicas: its map entry's later addresses (listed
+   * after it in CLUSTER SLOTS, SHARDS and NODES; never asked by fan-out) */
+  int nreplicas;
+  struct {
+    char host[VLM_CLUSTER_ADDRESS_MAX + 1];
+    int port;
+    char id[41];
+  } replicas[VLM_CLUSTER_MAX_ADDRESSES - 1];
 } shard_node;
 
 typedef struct fanout fanout;
@@ -116,6 +124,20 @@ static void node_id(const char *addr, char out[41]) {
            (unsigned long long)h.low64, (unsigned long long)(t >> 32));
 }
 
+/* A shard's addresses after the first are its replicas; one that is not
+ * host:port is left out (the map loader checks only its length). */
+static void set_replicas(shard_node *n, const vlm_cluster_shard *sh) {
+  n->nreplicas = 0;
+  for (int a = 1; a < sh->naddresses && a < VLM_CLUSTER_MAX_ADDRESSES; a++) {
+    int r = n->nreplicas;
+    if (split_address(sh->addresses[a], n->replicas[r].host,
+                      sizeof n->replicas[r].host, &n->replicas[r].port) < 0)
+      continue;
+    node_id(sh->addresses[a], n->replicas[r].id);
+    n->nreplicas++;
+  }
+}
+
 int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
                       const char *path, int shard, int timeout_ms) {
   if (shard < 0 || shard >= map->nshards)
@@ -156,6 +178,7 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
       return VLM_EINVAL;
     }
     node_id(n->addr, n->id);
+    set_replicas(n, &map->shards[s]);
   }
   srv->cluster = cs;
   return 0;
@@ -192,12 +215,21 @@ static int arg_is(const vlm__resp_arg *a, const char *word) {
   return a->len == n && strncasecmp(a->ptr, word, n) == 0;
 }
 
-static void reply_node(vlm__buf *out, const shard_node *n) {
+static void reply_addr(vlm__buf *out, const char *host, int port,
+                       const char *id) {
   vlm__reply_array(out, 4);
-  vlm__reply_cstr(out, n->host);
-  vlm__reply_int(out, n->port);
-  vlm__reply_cstr(out, n->id);
+  vlm__reply_cstr(out, host);
+  vlm__reply_int(out, port);
+  vlm__reply_cstr(out, id);
   vlm__reply_array(out, 0); /* Redis 7: hostname and other metadata */
+}
+
+/* The primary, then its replicas (Redis's order in CLUSTER SLOTS). */
+static void reply_node(vlm__buf *out, const shard_node *n) {
+  reply_addr(out, n->host, n->port, n->id);
+  for (int r = 0; r < n->nreplicas; r++)
+    reply_addr(out, n->replicas[r].host, n->replicas[r].port,
+               n->replicas[r].id);
 }
 
 static void cluster_slots(vlm__buf *out, const vlm__cluster_state *cs) {
@@ -208,7 +240,7 @@ static void cluster_slots(vlm__buf *out, const vlm__cluster_state *cs) {
   vlm__reply_array(out, n);
   for (int s = 0; s < map->nshards; s++)
     for (int r = 0; r < map->shards[s].nranges; r++) {
-      vlm__reply_array(out, 3);
+      vlm__reply_array(out, 3 + cs->nodes[s].nreplicas);
       vlm__reply_int(out, map->shards[s].ranges[r].first);
       vlm__reply_int(out, map->shards[s].ranges[r].last);
       reply_node(out, &cs->nodes[s]);
@@ -229,22 +261,26 @@ static void cluster_shards(vlm__buf *out, const vlm__cluster_state *cs) {
       vlm__reply_int(out, sh->ranges[r].last);
     }
     vlm__reply_cstr(out, "nodes");
-    vlm__reply_array(out, 1);
-    vlm__reply_map(out, 7);
-    vlm__reply_cstr(out, "id");
-    vlm__reply_cstr(out, n->id);
-    vlm__reply_cstr(out, "port");
-    vlm__reply_int(out, n->port);
-    vlm__reply_cstr(out, "ip");
-    vlm__reply_cstr(out, n->host);
-    vlm__reply_cstr(out, "endpoint");
-    vlm__reply_cstr(out, n->host);
-    vlm__reply_cstr(out, "role");
-    vlm__reply_cstr(out, "master");
-    vlm__reply_cstr(out, "replication-offset");
-    vlm__reply_int(out, 0);
-    vlm__reply_cstr(out, "health");
-    vlm__reply_cstr(out, "online");
+    vlm__reply_array(out, 1 + n->nreplicas);
+    for (int r = -1; r < n->nreplicas; r++) {
+      const char *id = r < 0 ? n->id : n->replicas[r].id;
+      const char *host = r < 0 ? n->host : n->replicas[r].host;
+      vlm__reply_map(out, 7);
+      vlm__reply_cstr(out, "id");
+      vlm__reply_cstr(out, id);
+      vlm__reply_cstr(out, "port");
+      vlm__reply_int(out, r < 0 ? n->port : n->replicas[r].port);
+      vlm__reply_cstr(out, "ip");
+      vlm__reply_cstr(out, host);
+      vlm__reply_cstr(out, "endpoint");
+      vlm__reply_cstr(out, host);
+      vlm__reply_cstr(out, "role");
+      vlm__reply_cstr(out, r < 0 ? "master" : "replica");
+      vlm__reply_cstr(out, "replication-offset");
+      vlm__reply_int(out, 0);
+      vlm__reply_cstr(out, "health");
+      vlm__reply_cstr(out, "online");
+    }
   }
 }
 
@@ -268,6 +304,12 @@ static void cluster_nodes(vlm__buf *out, const vlm__cluster_state *cs) {
       vlm__buf_printf(&b, "%s", ranges);
     }
     vlm__buf_printf(&b, "\n");
+    for (int r = 0; r < n->nreplicas; r++) {
+      const char *h = n->replicas[r].host;
+      vlm__buf_printf(&b, "%s %s%s%s:%d@0 slave %s 0 0 1 connected\n",
+                      n->replicas[r].id, strchr(h, ':') ? "[" : "", h,
+                      strchr(h, ':') ? "]" : "", n->replicas[r].port, n->id);
+    }
   }
   if (b.oom)
     vlm__reply_error(out, "ERR", "out of memory");
@@ -353,6 +395,8 @@ static int cluster_reload(vlm__ctx *ctx) {
     snprintf(n->addr, sizeof n->addr, "%s", m->shards[s].addresses[0]);
   }
   int changed = 0;
+  for (int s = 0; s < m->nshards; s++)
+    set_replicas(&cs->nodes[s], &m->shards[s]);
   for (int s = 0; s < m->nshards; s++) {
     shard_node *n = &cs->nodes[s];
     if (!strcmp(n->addr, fresh[s].addr))
@@ -572,6 +616,16 @@ static void ev_del_write(void *d) {
   poll_update(p);
 }
 
+int vlm__redis_attach(vlm_server *srv, redisAsyncContext *ac) {
+  if (redisLibuvAttach(ac, &srv->loop) != REDIS_OK)
+    return -1;
+  ac->ev.addRead = ev_add_read;
+  ac->ev.delRead = ev_del_read;
+  ac->ev.addWrite = ev_add_write;
+  ac->ev.delWrite = ev_del_write;
+  return 0;
+}
+
 static redisAsyncContext *node_connect(vlm_server *srv, shard_node *n) {
   if (n->ac)
     return n->ac;
@@ -584,14 +638,10 @@ static redisAsyncContext *node_connect(vlm_server *srv, shard_node *n) {
     redisAsyncFree(ac);
     return NULL;
   }
-  if (redisLibuvAttach(ac, &srv->loop) != REDIS_OK) {
+  if (vlm__redis_attach(srv, ac) < 0) {
     redisAsyncFree(ac);
     return NULL;
   }
-  ac->ev.addRead = ev_add_read;
-  ac->ev.delRead = ev_del_read;
-  ac->ev.addWrite = ev_add_write;
-  ac->ev.delWrite = ev_del_write;
   ac->data = n;
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);

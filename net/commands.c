@@ -667,7 +667,7 @@ static int cmd_command(vlm__ctx *ctx) {
 
 typedef struct {
   vlm__buf text;
-  int db, model, keyspace;
+  int db, model, keyspace, replication;
   long long items;  /* this shard's, for a summed keyspace line */
 } info_state;
 
@@ -690,10 +690,11 @@ static void human_bytes(char *buf, size_t cap, double bytes) {
 
 static int cmd_info_proc(vlm__ctx *ctx) {
   vlm_server *srv = ctx->srv;
-  enum { NSECTIONS = 8 };
+  enum { NSECTIONS = 9 };
   static const char *names[NSECTIONS] = {"server", "clients", "stats",
                                          "memory", "db",      "model",
-                                         "keyspace", "cluster"};
+                                         "keyspace", "cluster",
+                                         "replication"};
   int want[NSECTIONS] = {0}, any = 0;
   for (int a = 1; a < ctx->argc; a++) {
     const vlm__resp_arg *s = &ctx->argv[a];
@@ -715,6 +716,7 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   st->db = want[4];
   st->model = want[5];
   st->keyspace = want[6];
+  st->replication = want[8];
   vlm__buf *b = &st->text;
   uint64_t now = uv_now(&srv->loop);
   if (want[0])
@@ -819,7 +821,7 @@ static void cmd_info_exec(vlm__job *job) {
   info_state *st = job->state;
   vlm__buf *b = &st->text;
   vlm_db_info info;
-  if (st->db || st->keyspace) {
+  if (st->db || st->keyspace || st->replication) {
     int rc = vlm_db_stat(srv->db, &info);
     if (rc < 0) {
       reply_liberr(&job->reply, rc);
@@ -875,6 +877,8 @@ static void cmd_info_exec(vlm__job *job) {
     else
       vlm__buf_printf(b, "# Model\r\nmodel_loaded:0\r\n\r\n");
   }
+  if (st->replication)
+    vlm__repl_info(srv, b, info.seq);
   if (st->keyspace) {
     st->items = info.items;
     if (srv->cluster && !job->local) {
@@ -2938,6 +2942,20 @@ static const vlm__command commands[] = {
     {"READWRITE", cmd_ok, NULL, 1, 0, "cluster", "", "Accepted."},
     {"ASKING", cmd_ok, NULL, 1, 0, "cluster", "",
      "Accepted (slots do not migrate while served)."},
+    {"REPLICAOF", vlm__repl_replicaof, NULL, 3, ADMIN, "server",
+     "host port | NO ONE",
+     "Follow a primary as a read replica (its batches are applied as they "
+     "commit; writes answer -READONLY), or NO ONE: stop following and "
+     "take writes (promotion by hand)."},
+    {"SLAVEOF", vlm__repl_replicaof, NULL, 3, ADMIN, "server",
+     "host port | NO ONE", "The old name of REPLICAOF."},
+    {"VLM.SYNC", vlm__repl_sync_proc, vlm__repl_sync_exec, -3, 0,
+     "server", "after port [digest items]",
+     "For replicas: the batches after batch `after` (a binary buffer); "
+     "-RESEED when the log no longer holds them."},
+    {"VLM.SEED", vlm__repl_seed_proc, vlm__repl_seed_exec, -3, 0, "server",
+     "BEGIN port | READ token file offset | END token",
+     "For replicas: an online backup handed out file by file."},
     {"VLM.LOCAL", cmd_local, NULL, -2, 0, "cluster",
      "command [arg [arg ...]]",
      "Run a command on this shard alone (what a coordinator sends)."},
@@ -3083,6 +3101,18 @@ static int cluster_redirect(vlm__conn *conn, const vlm__command *cmd,
   return 0;
 }
 
+/* A replica's data comes from its primary only: client writes are
+ * answered -READONLY (as a Redis replica does).  1 when it was. */
+static int refuse_on_replica(vlm_server *srv, const vlm__command *cmd,
+                             vlm__buf *out) {
+  if (!(cmd->flags & VLM__CMD_WRITE) || (cmd->flags & VLM__CMD_TX) ||
+      !vlm__repl_readonly(srv))
+    return 0;
+  vlm__reply_error(out, "READONLY", "You can't write against a read only "
+                   "replica.");
+  return 1;
+}
+
 void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
   vlm_server *srv = conn->srv;
   const vlm__command *cmd = lookup(argv[0].ptr, argv[0].len);
@@ -3118,6 +3148,10 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     return;
   }
   if (srv->cluster && !local && cluster_redirect(conn, cmd, argc, argv)) {
+    conn->multi_dirty = conn->multi;
+    return;
+  }
+  if (refuse_on_replica(srv, cmd, vlm__conn_reply_buf(conn))) {
     conn->multi_dirty = conn->multi;
     return;
   }
@@ -3173,7 +3207,8 @@ static void http_dispatch_cmd(vlm__conn *conn, const vlm__command *cmd,
     http_push_done(conn, job);
     return;
   }
-  if (cmd->proc(&ctx) < 0 || !cmd->exec) {
+  if (refuse_on_replica(srv, cmd, &job->reply) || cmd->proc(&ctx) < 0 ||
+      !cmd->exec) {
     http_push_done(conn, job);
     return;
   }
@@ -3210,6 +3245,12 @@ int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
       goto fail;
     }
     vlm__ctx ctx = {conn->srv, conn, q, argcs[i], q->argv, &q->reply};
+    if (refuse_on_replica(conn->srv, cmd, &q->reply)) {
+      reply_text(&q->reply, why, whycap);
+      vlm__job_free(q);
+      *bad = i;
+      goto fail;
+    }
     if (argcs[i] < -cmd->arity || cmd->proc(&ctx) < 0) {
       reply_text(&q->reply, why, whycap);
       if (argcs[i] < -cmd->arity)

@@ -13,6 +13,8 @@
  *   render.c    and its RESP3 reply becomes JSON (http.h)
  *   json.c      a RESP3 reply reader and a JSON writer (http.h)
  *   metrics.c   counters and histograms, /metrics (http.h)
+ *   cluster.c   Redis Cluster serving: the map, redirections, fan-out
+ *   replica.c   read replicas: VLM.SYNC / VLM.SEED, following a primary
  *
  * Thread rules.  Everything in vlm_server and vlm__conn belongs to the loop
  * thread, except the fields marked otherwise.  A job belongs to the loop
@@ -279,6 +281,39 @@ int vlm__cluster_owner(const vlm_server *srv, int slot);
 struct redisReply *vlm__cluster_parse_reply(const char *data, size_t len);
 void vlm__cluster_reply_free(struct redisReply *r); /* accepts NULL */
 
+/* hiredis's libuv adapter with cluster.c's poll callback (a refused
+ * connect or a reset fails the requests at once): 0, or -1. */
+struct redisAsyncContext;
+int vlm__redis_attach(vlm_server *srv, struct redisAsyncContext *ac);
+
+/* ---- replication (replica.c) ---- */
+
+typedef struct vlm__repl_state vlm__repl_state;
+
+/* Set up replication (every server: a primary answers VLM.SYNC);
+ * replica_of "host:port" or NULL; backlog: the most batches the log is
+ * kept for a replica behind (0 = 1,000,000). */
+int vlm__repl_init(vlm_server *srv, const char *replica_of,
+                   uint64_t backlog);
+/* Loop: start following the primary (run), stop (shutdown, before the
+ * pool stops), close the handles (after it), free. */
+int vlm__repl_start(vlm_server *srv);
+void vlm__repl_stop(vlm_server *srv);
+void vlm__repl_close(vlm_server *srv);
+void vlm__repl_free(vlm_server *srv);
+void vlm__repl_cron(vlm_server *srv);
+/* 1 while the server follows a primary: client writes are refused. */
+int vlm__repl_readonly(const vlm_server *srv);
+/* INFO's "# Replication" section (any thread); seq: the database's last
+ * batch. */
+void vlm__repl_info(vlm_server *srv, vlm__buf *b, uint64_t seq);
+/* The commands: VLM.SYNC, VLM.SEED (worker), REPLICAOF (loop). */
+int vlm__repl_sync_proc(vlm__ctx *ctx);
+void vlm__repl_sync_exec(vlm__job *job);
+int vlm__repl_seed_proc(vlm__ctx *ctx);
+void vlm__repl_seed_exec(vlm__job *job);
+int vlm__repl_replicaof(vlm__ctx *ctx);
+
 /* ---- server and connections (server.c) ---- */
 
 typedef struct {
@@ -383,6 +418,7 @@ struct vlm_server {
   vlm__stats stats;
   vlm__metrics *metrics;    /* metrics.c */
   vlm__cluster_state *cluster; /* NULL: not a cluster node */
+  vlm__repl_state *repl;    /* replica.c */
 
   /* Inline execution (jobs.c).  A read that needs no embedding runs on
    * the loop thread itself when the workers are idle, nothing else is

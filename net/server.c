@@ -642,6 +642,7 @@ static void on_cron(uv_timer_t *timer) {
       }
     }
   }
+  vlm__repl_cron(srv);
   /* Give memory freed by departed clients and large requests back to the
    * system, so the server returns to its baseline size. */
   if (srv->freed_since_trim > 4 * 1024 * 1024) {
@@ -689,10 +690,12 @@ static void finish_shutdown(vlm_server *srv) {
    * Coordinated commands waiting on other shards fail now, so that the
    * jobs waiting behind them can run. */
   vlm__cluster_stop(srv);
+  vlm__repl_stop(srv);
   drain_waiting_jobs(srv);
   vlm__batcher_stop(&srv->batcher);
   vlm__pool_stop(&srv->pool);
   take_last_completions(srv);
+  vlm__repl_close(srv);
   /* a read-only database (serve --mmap) has nothing to write */
   int rc = vlm_db_readonly(srv->db) ? 0 : vlm_db_checkpoint(srv->db);
   if (rc < 0) {
@@ -897,6 +900,8 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
     if (rc < 0)
       goto fail_early;
   }
+  if ((rc = vlm__repl_init(srv, opts->replica_of, opts->repl_backlog)) < 0)
+    goto fail_early;
   srv->rbuf = malloc(READ_CHUNK);
   srv->exec_cost_us = calloc((size_t)vlm__command_count(),
                              sizeof *srv->exec_cost_us);
@@ -965,6 +970,7 @@ fail_loop:
 fail_early:
   vlm__metrics_free(srv);
   vlm__cluster_free(srv);
+  vlm__repl_free(srv);
   pthread_cond_destroy(&srv->done_cv);
   pthread_mutex_destroy(&srv->done_mu);
   free(srv->rbuf);
@@ -991,6 +997,8 @@ int vlm_server_run(vlm_server *srv) {
     uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
   }
   uv_timer_start(&srv->cron, on_cron, CRON_MS, CRON_MS);
+  if (vlm__repl_start(srv) < 0)
+    vlm__server_log(srv, "replication: %s", vlm_errmsg());
   vlm__server_log(srv, "listening on %s:%d (%d worker threads, batch window "
                   "%d us)", srv->bind, srv->port, srv->threads,
                   srv->batch_window_us);
@@ -1013,10 +1021,12 @@ void vlm_server_free(vlm_server *srv) {
       conn_close(conn);
     uv_run(&srv->loop, UV_RUN_NOWAIT);
     vlm__cluster_stop(srv);
+    vlm__repl_stop(srv);
     drain_waiting_jobs(srv);
     vlm__batcher_stop(&srv->batcher);
     vlm__pool_stop(&srv->pool);
     take_last_completions(srv);
+    vlm__repl_close(srv);
     close_handle(srv, (uv_handle_t *)&srv->async_done);
     close_handle(srv, (uv_handle_t *)&srv->async_stop);
     close_handle(srv, (uv_handle_t *)&srv->cron);
@@ -1029,6 +1039,7 @@ void vlm_server_free(vlm_server *srv) {
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
   vlm__cluster_free(srv);
+  vlm__repl_free(srv);
   vlm__batcher_destroy(&srv->batcher);
   vlm__metrics_free(srv);
   pthread_cond_destroy(&srv->done_cv);

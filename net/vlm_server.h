@@ -28,6 +28,7 @@
 #define VLM_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "vlm_clip.h"
@@ -105,6 +106,15 @@ typedef struct {
                                 RELOAD (NULL: RELOAD is refused) */
   int cluster_timeout_ms;    /* how long a coordinated command waits for
                                 the other shards; 0 = 2000 */
+  const char *replica_of;    /* "host:port": follow that primary as a
+                                read replica (db must be a copy of it,
+                                see vlm_replica_seed): its batches are
+                                applied as they commit there, client
+                                writes answer -READONLY; NULL = a primary
+                                (which any replica may follow) */
+  uint64_t repl_backlog;     /* a primary keeps its log for a replica at
+                                most this many batches behind; one further
+                                behind must seed again; 0 = 1,000,000 */
 } vlm_server_options;
 
 /* Create a server for db (required) and clip (NULL: the commands that
@@ -129,6 +139,33 @@ int vlm_server_run(vlm_server *srv);
  * from a signal handler; run() returns once the shutdown is complete.
  * Calling it before run() makes run() shut down at once. */
 void vlm_server_stop(vlm_server *srv);
+
+/* After run() returned: 1 when the server stopped because its primary
+ * no longer holds the batches it needs (too far behind, or another
+ * history), with the primary's "host:port" in primary (cap bytes; may
+ * be NULL): the caller seeds the database again (vlm_replica_seed) and
+ * serves the new copy.  0 otherwise. */
+int vlm_server_reseed_needed(const vlm_server *srv, char *primary,
+                             size_t cap);
+
+/* Seed a replica: an online backup of the primary at "host:port"
+ * (VLM.SEED, password as its requirepass or NULL) is copied into dir,
+ * for a replica that will listen on port_self (the primary keeps its log
+ * from the copy's batch for it; 0 if not known),
+ * which must be absent or empty; the copy is built beside it and renamed
+ * into place, so dir ends up a whole database or absent.  log (may be
+ * NULL) gets a line at the start and the end.  *seq (may be NULL) gets
+ * the copy's batch.  VLM_ENET when the primary cannot be reached or
+ * refuses, VLM_EIO / VLM_ENOSPACE for the local disk. */
+int vlm_replica_seed(const char *primary, const char *password,
+                     const char *dir, int port_self, FILE *log,
+                     uint64_t *seq);
+
+/* The file a seeded replica's directory holds (the primary's address, for
+ * information): a database without it was never seeded as a replica, and
+ * `vlmdb serve` keeps it aside rather than delete it when it must seed
+ * again. */
+#define VLM_REPLICA_MARK "REPLICA"
 
 /* Free a server that is not running.  Accepts NULL. */
 void vlm_server_free(vlm_server *srv);

@@ -7709,6 +7709,340 @@ static void test_backup_during_writes(void **state) {
   tmp_free(&t);
 }
 
+/* ------------------------------------------------------------ replication */
+
+/* A digest of everything a database holds, item by item in key order:
+ * key, id, caption, source, metadata, thumbnail and both vectors, bit
+ * for bit, so two databases with equal digests hold the same items under
+ * the same ids. */
+typedef struct {
+  uint64_t h;
+  int64_t n;
+} rp_digest;
+
+static void rp_mix(rp_digest *d, const void *p, size_t n) {
+  const uint8_t *b = p;
+  for (size_t i = 0; i < n; i++)
+    d->h = (d->h ^ b[i]) * 1099511628211ull;
+  d->h = (d->h ^ n) * 1099511628211ull;
+}
+
+static int rp_visit(const vlm_record *r, void *arg) {
+  rp_digest *d = arg;
+  const char *text[4] = {r->key, r->caption, r->source, r->meta_json};
+  for (int i = 0; i < 4; i++)
+    rp_mix(d, text[i] ? text[i] : "", text[i] ? strlen(text[i]) + 1 : 0);
+  rp_mix(d, &r->id, sizeof r->id);
+  rp_mix(d, r->thumb, r->thumb ? r->thumb_len : 0);
+  rp_mix(d, r->image_vec, r->image_vec ? (size_t)r->dim * 4 : 0);
+  rp_mix(d, r->text_vec, r->text_vec ? (size_t)r->dim * 4 : 0);
+  d->n++;
+  return 0;
+}
+
+static void rp_same(vlm_db *p, vlm_db *r, const char *when) {
+  rp_digest dp = {14695981039346656037ull, 0}, dr = dp;
+  CHECK(vlm_db_foreach(p, rp_visit, &dp));
+  CHECK(vlm_db_foreach(r, rp_visit, &dr));
+  vlm_db_info ip, ir;
+  CHECK(vlm_db_stat(p, &ip));
+  CHECK(vlm_db_stat(r, &ir));
+  if (dp.h != dr.h || dp.n != dr.n || ip.seq != ir.seq ||
+      ip.items != ir.items || ip.image_vectors != ir.image_vectors ||
+      ip.text_vectors != ir.text_vectors || ip.next_id != ir.next_id)
+    fail_msg("%s: primary at batch %llu (%lld items, digest %016llx, next "
+             "id %llu), replica at %llu (%lld items, digest %016llx, next "
+             "id %llu)", when, (unsigned long long)ip.seq,
+             (long long)ip.items, (unsigned long long)dp.h,
+             (unsigned long long)ip.next_id, (unsigned long long)ir.seq,
+             (long long)ir.items, (unsigned long long)dr.h,
+             (unsigned long long)ir.next_id);
+  CHECK(vlm_db_verify(r));
+  /* the index side: a stored vector's nearest item is the same on both */
+  vlm_search_options so = {0};
+  so.k = 5;
+  float q[DIM];
+  unit(q, DIM);
+  vlm_hit *hp = NULL, *hr = NULL;
+  int np = 0, nr = 0;
+  CHECK(vlm_db_search(p, q, &so, &hp, &np));
+  CHECK(vlm_db_search(r, q, &so, &hr, &nr));
+  assert_int_equal(np, nr);
+  for (int i = 0; i < np; i++)
+    if (strcmp(hp[i].key, hr[i].key) || hp[i].score != hr[i].score)
+      fail_msg("%s: hit %d: %s %g on the primary, %s %g on the replica",
+               when, i, hp[i].key, hp[i].score, hr[i].key, hr[i].score);
+  vlm_hits_free(hp, np);
+  vlm_hits_free(hr, nr);
+}
+
+/* Buffers shipped marked partial. */
+static int rp_partial;
+
+/* Ship everything the replica lacks, max_bytes at a time; the number of
+ * buffers it took. */
+static int rp_ship(vlm_db *p, vlm_db *r, size_t max_bytes) {
+  int nbuf = 0;
+  for (;;) {
+    vlm_db_info ir;
+    CHECK(vlm_db_stat(r, &ir));
+    void *buf = NULL;
+    size_t len = 0;
+    uint64_t last, head, first, seq;
+    CHECK(vlm_db_changes(p, ir.seq, max_bytes, &buf, &len, &last, &head));
+    unsigned flags;
+    CHECK(vlm_db_changes_info(buf, len, &first, NULL, NULL, &flags));
+    rp_partial += (flags & VLM_CHANGES_PARTIAL) != 0;
+    assert_true(last < head || !(flags & VLM_CHANGES_PARTIAL));
+    assert_int_equal(first, ir.seq + 1);
+    CHECK(vlm_db_apply_changes(r, buf, len, &seq));
+    assert_int_equal(seq, last);
+    free(buf);
+    nbuf++;
+    if (last == head)
+      return nbuf;
+  }
+}
+
+/* A replica seeded from a backup and fed the primary's batches (mixed
+ * writes: adds, upserts, deletes, a key written twice in one batch, items
+ * replaced again before they were shipped) holds exactly the primary's
+ * items, ids and vectors at every step, and its stores agree; a buffer
+ * applied twice or out of order is refused with nothing written; the log
+ * is kept for a replica while it is held, and a replica behind a pruned
+ * log is told to seed again; a reopened replica resumes at its batch. */
+static void test_replica_applies_shipped_batches(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char rdir[160];
+  snprintf(rdir, sizeof rdir, "%s/replica", t.root);
+  vlm_db *p = make_db(t.dir, "Flat", DIM);
+  mw_model m;
+  for (int k = 0; k < MW_KEYS; k++)
+    m.version[k] = -1;
+  int ver = 0, nbuf = 0;
+  rng_state = 9091;
+  mw_run(p, &m, 10, &ver);
+  CHECK(vlm_db_backup(p, rdir, NULL));
+  vlm_db *r = open_db(rdir);
+  rp_same(p, r, "seeded");
+  for (int round = 0; round < 6; round++) {
+    mw_run(p, &m, 12, &ver);
+    /* small buffers too: each ends where no shipped item is left gone */
+    nbuf += rp_ship(p, r, round % 2 ? 700 : 0);
+    char when[32];
+    snprintf(when, sizeof when, "round %d", round);
+    rp_same(p, r, when);
+    mw_check(r, &m, when);
+  }
+  /* nothing new: an empty buffer that says where the primary is */
+  vlm_db_info ip, ir;
+  CHECK(vlm_db_stat(p, &ip));
+  void *buf = NULL;
+  size_t len = 0;
+  uint64_t last = 0, head = 0, seq = 0;
+  CHECK(vlm_db_changes(p, ip.seq, 0, &buf, &len, &last, &head));
+  assert_int_equal(last, ip.seq);
+  assert_int_equal(head, ip.seq);
+  CHECK(vlm_db_apply_changes(r, buf, len, &seq));
+  assert_int_equal(seq, ip.seq);
+  free(buf);
+  /* a buffer the replica already holds part of is refused */
+  CHECK(vlm_db_changes(p, ip.seq - 3, 0, &buf, &len, &last, &head));
+  EXPECT_ERR(VLM_ESTATE, vlm_db_apply_changes(r, buf, len, NULL));
+  ((uint8_t *)buf)[len / 2] ^= 0x40; /* and a damaged one */
+  int rc = vlm_db_apply_changes(r, buf, len, NULL);
+  assert_true(rc == VLM_ECORRUPT || rc == VLM_EFORMAT || rc == VLM_ESTATE);
+  free(buf);
+  EXPECT_ERR(VLM_EFORMAT, vlm_db_apply_changes(r, "nonsense", 8, NULL));
+  rp_same(p, r, "after the refusals");
+  /* a replica ahead of the primary holds another history */
+  EXPECT_ERR(VLM_ESTATE,
+             vlm_db_changes(p, ip.seq + 5, 0, &buf, &len, &last, &head));
+  /* the log is kept while a replica is held at its batch ... */
+  CHECK(vlm_db_stat(r, &ir));
+  vlm_db_retain_log(p, ir.seq);
+  mw_run(p, &m, 6, &ver);
+  CHECK(vlm_db_checkpoint(p));
+  nbuf += rp_ship(p, r, 0);
+  rp_same(p, r, "after a checkpoint held for the replica");
+  /* the same batch has the same log digest on both sides, the last entry
+   * outlives a checkpoint, and another batch under the same number has
+   * another digest (the replica's history check) */
+  CHECK(vlm_db_stat(r, &ir));
+  CHECK(vlm_db_checkpoint(r));
+  CHECK(vlm_db_checkpoint(p));
+  uint64_t dp = 0, dr = 1;
+  int np = -1, nr = -2;
+  CHECK(vlm_db_log_digest(p, ir.seq, &dp, &np));
+  CHECK(vlm_db_log_digest(r, ir.seq, &dr, &nr));
+  assert_true(dp == dr && np == nr);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_log_digest(r, ir.seq - 1, &dr, &nr));
+  /* one item each, from the same next id: the same log entry, another
+   * item */
+  float lv[DIM];
+  unit(lv, DIM);
+  vlm_item local = {.key = "written-on-the-replica", .image_vec = lv};
+  CHECK(vlm_db_put(r, &local, 1, 0, NULL));
+  local.key = "written-on-the-primary";
+  CHECK(vlm_db_put(p, &local, 1, 0, NULL));
+  CHECK(vlm_db_log_digest(p, ir.seq + 1, &dp, &np));
+  CHECK(vlm_db_log_digest(r, ir.seq + 1, &dr, &nr));
+  assert_int_equal(np, 1);
+  assert_int_equal(nr, 1);
+  assert_true(dp != dr);
+  /* ... and pruned without the hold: seed again */
+  CHECK(vlm_db_stat(r, &ir));
+  vlm_db_retain_log(p, UINT64_MAX);
+  mw_run(p, &m, 6, &ver);
+  CHECK(vlm_db_checkpoint(p));
+  EXPECT_ERR(VLM_ENOTFOUND,
+             vlm_db_changes(p, ir.seq, 0, &buf, &len, &last, &head));
+  /* a reopened replica is at the batch it applied last */
+  vlm_db_close(r);
+  r = open_db(rdir);
+  vlm_db_info ir2;
+  CHECK(vlm_db_stat(r, &ir2));
+  assert_int_equal(ir2.seq, ir.seq);
+  CHECK(vlm_db_verify(r));
+  vlm_db_close(r);
+  vlm_db_close(p);
+  printf("[   INFO   ] %d buffers shipped %llu batches; replica equal to "
+         "its primary after each round\n", nbuf,
+         (unsigned long long)ir.seq);
+  tmp_free(&t);
+}
+
+/* A key written in every batch keeps a gone item open up to the
+ * primary's last batch: buffers end anyway at 16 times their size, marked
+ * partial, and the replica's stores agree after each; the last buffer is
+ * whole and the replica equal to its primary. */
+static void test_replica_hot_key_partial_buffers(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char rdir[160];
+  snprintf(rdir, sizeof rdir, "%s/replica", t.root);
+  vlm_db *p = make_db(t.dir, "Flat", DIM);
+  CHECK(vlm_db_backup(p, rdir, NULL));
+  vlm_db *r = open_db(rdir);
+  float v[DIM];
+  rng_state = 31337;
+  for (int i = 0; i < 240; i++) {
+    char key[16], cap[32];
+    snprintf(key, sizeof key, "n%d", i);
+    snprintf(cap, sizeof cap, "hot %d", i);
+    vlm_write_op ops[2];
+    memset(ops, 0, sizeof ops);
+    unit(v, DIM);
+    ops[0].kind = VLM_WRITE_UPSERT;
+    ops[0].item.key = "hot";
+    ops[0].item.caption = cap;
+    ops[0].item.image_vec = v;
+    ops[1].kind = VLM_WRITE_ADD;
+    ops[1].item.key = key;
+    ops[1].item.caption = cap;
+    ops[1].item.image_vec = v;
+    CHECK(vlm_db_write(p, ops, 2, NULL));
+  }
+  int nbuf = 0, partial = 0;
+  unsigned flags = 0;
+  for (;;) {
+    vlm_db_info ir;
+    CHECK(vlm_db_stat(r, &ir));
+    void *buf = NULL;
+    size_t len = 0;
+    uint64_t last, head;
+    CHECK(vlm_db_changes(p, ir.seq, 600, &buf, &len, &last, &head));
+    CHECK(vlm_db_changes_info(buf, len, NULL, NULL, NULL, &flags));
+    CHECK(vlm_db_apply_changes(r, buf, len, NULL));
+    free(buf);
+    nbuf++;
+    partial += (flags & VLM_CHANGES_PARTIAL) != 0;
+    CHECK(vlm_db_verify(r));
+    if (last == head)
+      break;
+  }
+  assert_int_equal(flags & VLM_CHANGES_PARTIAL, 0);
+  if (partial == 0 || partial != nbuf - 1)
+    fail_msg("%d of %d buffers partial: expected all but the last", partial,
+             nbuf);
+  rp_same(p, r, "after the hot key");
+  vlm_db_close(r);
+  vlm_db_close(p);
+  printf("[   INFO   ] a key upserted in each of 240 batches: %d buffers, "
+         "%d partial, then equal\n", nbuf, partial);
+  tmp_free(&t);
+}
+
+/* Every store call of applying a buffer, failed in turn (the Nth call of
+ * a fault point, N = 1, 2, ... until the apply no longer reaches it): each
+ * failure is VLM_EIO and leaves the replica exactly as it was (its batch,
+ * every item, verify), and the buffer then applies whole.  A failed
+ * SQLite commit after LMDB's is repaired by the replay, as for a local
+ * batch. */
+static void test_replica_apply_faults(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char rdir[160];
+  snprintf(rdir, sizeof rdir, "%s/replica", t.root);
+  vlm_db *p = make_db(t.dir, "Flat", DIM);
+  mw_model m;
+  for (int k = 0; k < MW_KEYS; k++)
+    m.version[k] = -1;
+  int ver = 0, failures = 0;
+  rng_state = 7117;
+  mw_run(p, &m, 6, &ver);
+  CHECK(vlm_db_backup(p, rdir, NULL));
+  vlm_db *r = open_db(rdir);
+  static const char *points[] = {"lmdb-begin", "lmdb-write", "sql-write",
+                                 "lmdb-commit", "sql-commit"};
+  for (size_t pt = 0; pt < sizeof points / sizeof points[0]; pt++) {
+    mw_run(p, &m, 5, &ver);
+    vlm_db_info before;
+    CHECK(vlm_db_stat(r, &before));
+    rp_digest d0 = {14695981039346656037ull, 0};
+    CHECK(vlm_db_foreach(r, rp_visit, &d0));
+    void *buf = NULL;
+    size_t len = 0;
+    uint64_t last, head;
+    CHECK(vlm_db_changes(p, before.seq, 0, &buf, &len, &last, &head));
+    assert_int_equal(last, head);
+    for (int n = 1;; n++) {
+      nth_arm(points[pt], n);
+      int rc = vlm_db_apply_changes(r, buf, len, NULL);
+      int reached = nth_seen >= n;
+      nth_disarm();
+      if (!reached || (rc == 0 && !strcmp(points[pt], "sql-commit"))) {
+        CHECK(rc); /* sql-commit: committed in LMDB, SQLite replayed */
+        break;
+      }
+      if (rc != VLM_EIO)
+        fail_msg("%s #%d: %d (%s), expected VLM_EIO", points[pt], n, rc,
+                 vlm_errmsg());
+      failures++;
+      vlm_db_info now;
+      CHECK(vlm_db_stat(r, &now));
+      rp_digest d1 = {14695981039346656037ull, 0};
+      CHECK(vlm_db_foreach(r, rp_visit, &d1));
+      if (now.seq != before.seq || d1.h != d0.h || now.items != before.items)
+        fail_msg("%s #%d failed but changed the replica (batch %llu -> "
+                 "%llu)", points[pt], n, (unsigned long long)before.seq,
+                 (unsigned long long)now.seq);
+      CHECK(vlm_db_verify(r));
+    }
+    free(buf);
+    rp_same(p, r, points[pt]);
+  }
+  vlm_db_close(r);
+  vlm_db_close(p);
+  printf("[   INFO   ] %d store calls of applying buffers failed in turn: "
+         "each VLM_EIO with the replica unchanged\n", failures);
+  tmp_free(&t);
+}
+
 /* ------------------------------------------------------------ main */
 
 int main(void) {
@@ -7764,6 +8098,11 @@ int main(void) {
       cmocka_unit_test_teardown(test_concurrency_readers_never_see_half_a_batch, teardown_tmp),
       cmocka_unit_test_teardown(test_readers_beside_a_live_writer, teardown_tmp),
       cmocka_unit_test_teardown(test_backup_during_writes, teardown_tmp),
+      cmocka_unit_test_teardown(test_replica_applies_shipped_batches,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_replica_hot_key_partial_buffers,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_replica_apply_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_planner_retries, teardown_tmp),

@@ -7,13 +7,14 @@
 # compares vlmdb with).
 set -eu
 
-# (chromium and npm: make test-web, the web console in a real browser)
+# (chromium and npm: make test-web, the web console in a real browser;
+# haproxy: test_replica runs tools/haproxy/vlmdb.cfg in front of replicas)
 BUILD_PKGS="build-essential pkg-config clang libfaiss-dev liblmdb-dev lmdb-utils
 libsqlite3-dev libuv1-dev libcmocka-dev libopenblas-dev libhiredis-dev
 redis-tools redis-server libjpeg62-turbo-dev libpng-dev libutf8proc-dev
 libjansson-dev libclang-rt-14-dev libxml2-dev zlib1g-dev python3-redis
 libxxhash-dev libsentencepiece-dev libwebp-dev libgif-dev libtiff-dev
-libheif-dev libhttp-parser-dev prometheus chromium npm"
+libheif-dev libhttp-parser-dev prometheus chromium npm haproxy"
 # the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
 # emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, the
 # WordNet/FreeDict caption variants, EmojiOne (ruby-gemojione), art4apps
