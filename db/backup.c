@@ -14,7 +14,8 @@
  *      payload store (mdb_env_copy2; its own snapshot, batch L >= S),
  *      SQLite's backup API from the pinned read transaction (batch S), and
  *      the index files from their open descriptors (batch I; a checkpoint
- *      that replaces them meanwhile only unlinks them).
+ *      that replaces them meanwhile only unlinks them), with the list
+ *      file of an adopted merged IVF index (opened in step 1 too).
  *   3. The copy is opened as a writer, which is the crash recovery every
  *      open runs: LMDB is the truth, meta.sqlite replays batches S+1..L
  *      from the copied log and the indexes catch up from I to L; a
@@ -174,8 +175,9 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
   vlm_db_backup_info local;
   struct timespec t0, t1;
   char tmp[PATH_MAX], path[PATH_MAX];
-  int fds[VLM__NMOD] = {-1, -1};
+  int fds[VLM__NMOD] = {-1, -1}, lfds[VLM__NMOD] = {-1, -1};
   vlm__ckpt ck[VLM__NMOD];
+  char lists[VLM__NMOD][sizeof ck[0].lists];
   vlm__reader *r = NULL;
   int rc = 0, made = 0, pinned = 0;
   if (!db || !dst)
@@ -223,11 +225,37 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
     }
     int vanished = 0;
     for (int m = 0; m < VLM__NMOD && !rc; m++) {
+      lists[m][0] = '\0';
       if (!ck[m].file[0])
         continue;
       snprintf(path, sizeof path, "%s/%s", db->dir, ck[m].file);
-      if ((fds[m] = open(path, O_RDONLY | O_CLOEXEC)) >= 0)
-        continue;
+      if ((fds[m] = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+        /* the list file the index file names, held open at the same
+         * moment (a checkpoint meanwhile may remove it) */
+        char held[64];
+        snprintf(held, sizeof held, "/proc/self/fd/%d", fds[m]);
+        if (vlm__vindex_ckpt_lists(db, m, &ck[m], held, lists[m],
+                                   sizeof lists[m]) != 0) {
+          vlm__warn(db, "%s: backup: the list file of the %s index is not "
+                    "recorded in this older manifest (a writer's next "
+                    "checkpoint records it): the copy rebuilds that index "
+                    "from its payload store", db->dir, m ? "text" : "image");
+          lists[m][0] = '\0';
+        }
+        if (!lists[m][0])
+          continue;
+        snprintf(path, sizeof path, "%s/%s", db->dir, lists[m]);
+        if ((lfds[m] = open(path, O_RDONLY | O_CLOEXEC)) >= 0)
+          continue;
+        if (errno == ENOENT && !db->follow) {
+          /* this handle's open rebuilt that index already */
+          vlm__warn(db, "%s: backup: %s is missing: the copy rebuilds the "
+                    "%s index from its payload store", db->dir, lists[m],
+                    m ? "text" : "image");
+          lists[m][0] = '\0';
+          continue;
+        }
+      }
       if (errno == ENOENT && db->follow && attempt < 5)
         vanished = 1;
       else
@@ -235,11 +263,13 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
     }
     if (rc || !vanished)
       break;
-    for (int m = 0; m < VLM__NMOD; m++)
-      if (fds[m] >= 0) {
+    for (int m = 0; m < VLM__NMOD; m++) {
+      if (fds[m] >= 0)
         close(fds[m]);
-        fds[m] = -1;
-      }
+      if (lfds[m] >= 0)
+        close(lfds[m]);
+      fds[m] = lfds[m] = -1;
+    }
   }
   for (int m = 0; m < VLM__NMOD && !rc; m++)
     if (ck[m].file[0] && ck[m].seq < pin)
@@ -297,9 +327,19 @@ int vlm_db_backup(vlm_db *db, const char *dst, vlm_db_backup_info *info) {
     snprintf(path, sizeof path, "%s/%s", tmp, ck[m].file);
     if ((rc = copy_fd(fds[m], path)))
       goto done;
+    if (lfds[m] < 0)
+      continue;
+    /* copied, not linked: the database's list file may share its inode
+     * with the `vlmdb index merge` output it was linked from, which a
+     * merge run again to the same name rewrites in place */
+    snprintf(path, sizeof path, "%s/%s", tmp, lists[m]);
+    if ((rc = copy_fd(lfds[m], path)))
+      goto done;
   }
   vlm__manifest copy = db->man;
   memcpy(copy.ckpt, ck, sizeof ck);
+  for (int m = 0; m < VLM__NMOD; m++)
+    strcpy(copy.ckpt[m].lists, lists[m]); /* what was copied */
   copy.live_file[0] = '\0'; /* not copied: the copy's first checkpoint
                                writes its own */
   if ((rc = vlm__manifest_write(tmp, &copy)))
@@ -335,9 +375,12 @@ done:
       sqlite3_exec(r->sql, "ROLLBACK", NULL, NULL, NULL);
     vlm__reader_put(db, r);
   }
-  for (int m = 0; m < VLM__NMOD; m++)
+  for (int m = 0; m < VLM__NMOD; m++) {
     if (fds[m] >= 0)
       close(fds[m]);
+    if (lfds[m] >= 0)
+      close(lfds[m]);
+  }
   if (made)
     vlm__remove_created(tmp, 1);
   vlm__write_lock(db);

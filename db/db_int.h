@@ -70,6 +70,9 @@
 
 typedef struct {
   char file[96];   /* index file name inside the directory, "" if none */
+  char lists[96];  /* the list file it names (an adopted merged IVF index,
+                      <modality>-lists-<nonce>.ivfdata), "" if none or not
+                      recorded (manifests before it: vlm__vindex_ckpt_lists) */
   uint64_t seq;    /* last batch whose changes the file holds */
   uint64_t upto;   /* items with id < upto are in it (when live) */
   int tuned;       /* the index's tuned search effort, 0 if none */
@@ -408,6 +411,14 @@ int vlm__vindex_reindex(vlm_db *db, const char *factory);
 int vlm__vindex_adopt(vlm_db *db, int m, const char *path);
 int vlm__factory_nlist(const char *factory);
 void vlm__vindex_remove_orphans(vlm_db *db);
+/* The list file checkpoint c of modality m names, into out[cap] ("" when
+ * its index has none): the manifest's record, else (a manifest written
+ * before it was recorded) the index file's header says whether there is
+ * one and the index this handle loaded from that file gives its name.
+ * path: the index file to read the header of (NULL: c->file in db->dir).
+ * -1 when it cannot be told without reading the whole index file. */
+int vlm__vindex_ckpt_lists(vlm_db *db, int m, const vlm__ckpt *c,
+                           const char *path, char *out, size_t cap);
 
 static inline int vlm__bit(const uint8_t *bm, uint64_t i) {
   return (bm[i >> 3] >> (i & 7)) & 1;

@@ -3,7 +3,8 @@
  * The manifest names the format and its version, the vector dimension and
  * metric, the index factory string, the model that made the vectors, the
  * declared fields, and the FAISS checkpoint of each modality (file, the
- * last batch it holds, and the id watermark).  It is replaced atomically:
+ * last batch it holds, the id watermark, and the list file of an adopted
+ * merged IVF index: binaries before it ignore the member).  It is replaced atomically:
  * written to manifest.json.tmp, fsync'd, renamed, and the directory
  * fsync'd, so a crash leaves either the old or the new manifest.
  *
@@ -324,6 +325,21 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
       goto done;
     }
     strcpy(m->ckpt[mod].file, json_string_value(file));
+    /* Optional: the list file the index file names (absent in manifests
+     * written before it was recorded, and for indexes without one). */
+    json_t *lists = json_object_get(c, "lists");
+    if (lists && (!json_is_string(lists) ||
+                  strlen(json_string_value(lists)) >=
+                      sizeof m->ckpt[mod].lists ||
+                  strchr(json_string_value(lists), '/') ||
+                  json_string_value(lists)[0] == '\0' ||
+                  json_string_value(lists)[0] == '.')) {
+      rc = vlm_seterr(VLM_EFORMAT, "%s: bad index checkpoint \"%s\" (its "
+                      "\"lists\")", path, mod_name[mod]);
+      goto done;
+    }
+    if (lists)
+      strcpy(m->ckpt[mod].lists, json_string_value(lists));
     m->ckpt[mod].seq = (uint64_t)json_integer_value(seq);
     m->ckpt[mod].upto = (uint64_t)json_integer_value(upto);
     /* Optional (absent in older manifests: the index is tuned again).
@@ -425,6 +441,8 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
     json_object_set_new(c, "seq", json_integer((json_int_t)m->ckpt[mod].seq));
     json_object_set_new(c, "upto",
                         json_integer((json_int_t)m->ckpt[mod].upto));
+    if (m->ckpt[mod].lists[0])
+      json_object_set_new(c, "lists", json_string(m->ckpt[mod].lists));
     if (m->ckpt[mod].tuned > 0) {
       json_object_set_new(c, "tuned", json_integer(m->ckpt[mod].tuned));
       json_object_set_new(c, "tuned_n",

@@ -970,9 +970,74 @@ static void nonce(char *out, size_t cap) {
            __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED) & 0xffff);
 }
 
+/* The base name of an index's list file ("" without one). */
+static void lists_base(const vlm_index *ix, char *out, size_t cap) {
+  const char *p = ix ? vlm_index_lists_path(ix) : NULL;
+  const char *slash = p ? strrchr(p, '/') : NULL;
+  snprintf(out, cap, "%s", slash ? slash + 1 : p ? p : "");
+}
+
+int vlm__vindex_ckpt_lists(vlm_db *db, int m, const vlm__ckpt *c,
+                           const char *path, char *out, size_t cap) {
+  char own[PATH_MAX];
+  int ondisk = 0, rc = -1;
+  out[0] = '\0';
+  if (!c->file[0])
+    return 0;
+  if (c->lists[0]) {
+    snprintf(out, cap, "%s", c->lists);
+    return 0;
+  }
+  if (!path) {
+    snprintf(own, sizeof own, "%s/%s", db->dir, c->file);
+    path = own;
+  }
+  if (vlm_index_file_is_ondisk(path, &ondisk) != 0)
+    return -1;
+  if (!ondisk)
+    return 0;
+  /* a manifest from before the list file was recorded: the name is in
+   * the index file's FAISS part, which only loading it reads; the index
+   * this handle loaded from that file knows it */
+  pthread_rwlock_rdlock(&db->index_lock);
+  if (db->vx[m].index && !strcmp(db->man.ckpt[m].file, c->file)) {
+    lists_base(db->vx[m].index, out, cap);
+    rc = out[0] ? 0 : -1;
+  }
+  pthread_rwlock_unlock(&db->index_lock);
+  return rc;
+}
+
+/* A list file's name as adopt gives them: <modality>-lists-*.ivfdata.
+ * (Other .ivfdata files, a user's merge output put here, are not ours.) */
+static int lists_name(const char *name) {
+  size_t n = strlen(name);
+  if (n <= 8 || strcmp(name + n - 8, ".ivfdata"))
+    return 0;
+  for (int m = 0; m < VLM__NMOD; m++) {
+    size_t k = strlen(mod_name[m]);
+    if (!strncmp(name, mod_name[m], k) && !strncmp(name + k, "-lists-", 7))
+      return 1;
+  }
+  return 0;
+}
+
 /* Remove index files the manifest does not name (left by a crash between
- * writing a checkpoint and switching the manifest to it). */
+ * writing a checkpoint and switching the manifest to it), and list files
+ * no checkpoint in force names (an adopted index replaced by reindex or
+ * another adoption, a crash between linking one in and the switch).  A
+ * list file goes only when the list file of every checkpoint in force is
+ * known: an index of an older manifest that this handle could not load
+ * keeps them all until a checkpoint records its name.  A read-only
+ * process that mapped a removed list file keeps its pages (the file lives
+ * until it is unmapped). */
 void vlm__vindex_remove_orphans(vlm_db *db) {
+  char keep[VLM__NMOD][sizeof db->man.ckpt[0].lists];
+  int lists_known = 1;
+  for (int m = 0; m < VLM__NMOD; m++)
+    if (vlm__vindex_ckpt_lists(db, m, &db->man.ckpt[m], NULL, keep[m],
+                               sizeof keep[m]) != 0)
+      lists_known = 0;
   DIR *d = opendir(db->dir);
   struct dirent *e;
   if (!d)
@@ -984,12 +1049,14 @@ void vlm__vindex_remove_orphans(vlm_db *db) {
                (!strncmp(e->d_name, "live-", 5) &&
                 ((n > 5 && !strcmp(e->d_name + n - 5, ".bits")) ||
                  (n > 9 && !strcmp(e->d_name + n - 9, ".bits.tmp")))) ||
-               !strcmp(e->d_name, "manifest.json.tmp");
+               !strcmp(e->d_name, "manifest.json.tmp") ||
+               (lists_known && lists_name(e->d_name));
     if (!ours)
       continue;
     int named = !strcmp(e->d_name, db->man.live_file);
     for (int m = 0; m < VLM__NMOD; m++)
-      if (!strcmp(e->d_name, db->man.ckpt[m].file))
+      if (!strcmp(e->d_name, db->man.ckpt[m].file) ||
+          !strcmp(e->d_name, keep[m]))
         named = 1;
     if (!named && unlinkat(dirfd(d), e->d_name, 0) != 0 && errno != ENOENT)
       vlm__warn(db, "%s/%s: cannot remove: %s", db->dir, e->d_name,
@@ -1014,7 +1081,20 @@ static int checkpoint_locked(vlm_db *db, int force) {
       memset(c, 0, sizeof *c); /* rebuilt from LMDB on open */
       continue;
     }
-    if (!force && c->file[0] && c->seq == db->ix_seq && c->upto == vx->upto) {
+    char lists[sizeof c->lists];
+    lists_base(vx->index, lists, sizeof lists);
+    /* an index that is not the one the file holds (the file named a
+     * list file open could not map, and the index was rebuilt) is
+     * written again */
+    int stale = c->lists[0] && strcmp(c->lists, lists);
+    if (!force && !stale && c->file[0] && c->seq == db->ix_seq &&
+        c->upto == vx->upto) {
+      if (strcmp(c->lists, lists)) {
+        /* the index loaded from this file at open: a manifest from
+         * before the list file was recorded gets its name */
+        strcpy(c->lists, lists);
+        changed = 1;
+      }
       if (c->tuned != vx->tuned || c->tuned_n != vx->tuned_n) {
         c->tuned = vx->tuned;
         c->tuned_n = vx->tuned_n;
@@ -1042,6 +1122,7 @@ static int checkpoint_locked(vlm_db *db, int force) {
              : vlm_index_write(vx->index, path);
     c->seq = db->ix_seq;
     c->upto = vx->upto;
+    strcpy(c->lists, lists);
     pthread_rwlock_unlock(&db->index_lock);
     if (rc)
       goto fail;

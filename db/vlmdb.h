@@ -473,7 +473,8 @@ int vlm_db_rebuild_meta(vlm_db *db);
  * read-only from then on: later puts stay in the exactly searched tail,
  * `vlmdb reindex` brings everything back into a RAM index.  VLM_EMISMATCH
  * when it does not fit, VLM_EINVAL for a path that is not such an index.
- * (A backup does not copy the list file yet.) */
+ * A backup copies the list file; it is removed once no checkpoint in
+ * force names it (after a reindex or another adoption). */
 int vlm_db_adopt_index(vlm_db *db, int modality, const char *path);
 
 /* Write the FAISS index file now (it records the last change it holds). */

@@ -337,6 +337,13 @@ int vlm_faiss_ivf_merge_ondisk(
             lists.emplace_back(new OffsetLists(part->invlists, id_offsets[i]));
             ils.push_back(lists.back().get());
         }
+        /* OnDiskInvertedLists truncates and rewrites an existing file
+         * in place (fopen "w"): a database that adopted a merge made to
+         * this name holds a hard link to that file, so the merge gets a
+         * file of its own instead. */
+        if (unlink(ivfdata_path) != 0 && errno != ENOENT)
+            return fail((std::string(ivfdata_path) + ": " + strerror(errno))
+                                .c_str());
         std::unique_ptr<faiss::OnDiskInvertedLists> od(
                 new faiss::OnDiskInvertedLists(
                         ivf->nlist, ivf->code_size, ivfdata_path));

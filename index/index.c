@@ -853,6 +853,29 @@ static int verify_payload(int fd, const char *path, const file_header *h) {
   return err;
 }
 
+int vlm_index_file_is_ondisk(const char *path, int *ondisk) {
+  file_header h;
+  *ondisk = 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return vlm_seterr(errno == ENOENT ? VLM_ENOTFOUND : VLM_EIO, "%s: %s",
+                      path, strerror(errno));
+  int rc = read_exact(fd, &h, sizeof h), err = 0;
+  if (rc < 0)
+    err = vlm_seterr(VLM_EIO, "%s: %s", path, strerror(errno));
+  else if (rc > 0 || memcmp(h.magic, FILE_MAGIC, 8) != 0)
+    err = vlm_seterr(VLM_EFORMAT, "%s: not a vlmdb index file", path);
+  else if (h.header_crc != crc32c(0, &h, offsetof(file_header, header_crc)))
+    err = vlm_seterr(VLM_ECORRUPT, "%s: header checksum mismatch", path);
+  else if (h.version != FILE_VERSION || h.header_size != HEADER_SIZE)
+    err = vlm_seterr(VLM_EVERSION, "%s: index format version %u, this "
+                     "vlmdb reads %u", path, h.version, FILE_VERSION);
+  else
+    *ondisk = (h.flags & FILE_FLAG_ONDISK) != 0;
+  close(fd);
+  return err;
+}
+
 static int read_file(const char *path, int map_lists, vlm_index **out);
 
 int vlm_index_read(const char *path, vlm_index **out) {

@@ -151,10 +151,12 @@ int vlm_index_range_search(const vlm_index *index, const float *query,
                            float min_score, float **scores, int64_t **ids,
                            int64_t *n);
 /* Merge IVF parts into one index whose inverted lists live in one file,
- * lists_path (created or truncated), the LAION way: into is an empty,
- * trained index and every part a copy of it (same factory, centroids and
- * code book: vlm_index_read of one trained file, then adds), its ids
- * moved up by id_offsets[i] (ids must stay unique across parts; the caller
+ * lists_path, the LAION way (a new file: one already of that name is
+ * unlinked, not rewritten, so a database that adopted it and holds a hard
+ * link to it keeps its contents): into is an empty, trained index and
+ * every part a copy of it (same factory, centroids and code book:
+ * vlm_index_read of one trained file, then adds), its ids moved up by
+ * id_offsets[i] (ids must stay unique across parts; the caller
  * picks offsets that keep them so).  FAISS's
  * OnDiskInvertedLists::merge_from copies list by list; into then holds
  * every part's vectors and can be searched and written.  Write into to a
@@ -204,6 +206,10 @@ int vlm_index_set_lists_path(vlm_index *index, const char *path);
  * on any of these db/ rebuilds the index from its vectors.  write returns
  * VLM_EIO or VLM_ENOSPACE and leaves path untouched. */
 int vlm_index_write(const vlm_index *index, const char *path);
+/* Whether the index file at path names a list file of its own (header
+ * flag bit 0), from its 64-byte header alone (its checksum checked): 0
+ * with *ondisk set, or read's errors. */
+int vlm_index_file_is_ondisk(const char *path, int *ondisk);
 int vlm_index_read(const char *path, vlm_index **out);
 /* read, with an ordinary IVF file's inverted lists mapped in place
  * (read-only) instead of loaded: FAISS's C++ IO_FLAG_MMAP, 0x646f0008 (the

@@ -36,6 +36,7 @@
 #include "util/util.h"
 #include "vlm_error.h"
 #include "vlm_eval.h"
+#include "vlm_index.h"
 #include "vlmdb.h"
 #include <jansson.h>
 #include <lmdb.h>
@@ -8045,6 +8046,316 @@ static void test_replica_apply_faults(void **state) {
 
 /* ------------------------------------------------------------ main */
 
+/* ------------------------------------ adopted merged IVF indexes (lists) */
+
+/* How many files of dir end in suffix (and start with prefix, if given). */
+static int count_files(const char *dir, const char *prefix,
+                       const char *suffix) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  int n = 0;
+  assert_non_null(d);
+  while ((e = readdir(d))) {
+    size_t len = strlen(e->d_name), sl = strlen(suffix);
+    if (len >= sl && !strcmp(e->d_name + len - sl, suffix) &&
+        (!prefix || !strncmp(e->d_name, prefix, strlen(prefix))))
+      n++;
+  }
+  closedir(d);
+  return n;
+}
+
+/* Make modality m's index of db (IVF8,Flat) a merged one, the way
+ * `vlmdb index train/add/merge` and `vlmdb merge` do: trained on the
+ * modality's stored vectors, filled by two parts under the items' ids,
+ * merged into root/merged-M.vlmidx with its list file beside it, and
+ * adopted. */
+static void adopt_merged(vlm_db *db, const corpus *c, const char *root,
+                         int m) {
+  float *x = malloc((size_t)c->n * c->dim * sizeof *x);
+  int64_t *ids = malloc((size_t)c->n * sizeof *ids);
+  int64_t n = 0;
+  for (int i = 0; i < c->n; i++) {
+    vlm_record *r;
+    if (vlm_db_get(db, c->key[i], &r) != 0)
+      continue;
+    const float *v = m == 0 ? r->image_vec : r->text_vec;
+    if (v) {
+      memcpy(x + (size_t)n * c->dim, v, (size_t)c->dim * sizeof *x);
+      ids[n++] = (int64_t)r->id;
+    }
+    vlm_record_free(r);
+  }
+  char trained[PATH_MAX], out[PATH_MAX], lists[PATH_MAX];
+  snprintf(trained, sizeof trained, "%s/trained-%d.vlmidx", root, m);
+  snprintf(out, sizeof out, "%s/merged-%d.vlmidx", root, m);
+  snprintf(lists, sizeof lists, "%s.ivfdata", out);
+  vlm_index *tr, *into, *part[2];
+  CHECK(vlm_index_create("IVF8,Flat", c->dim, VLM_METRIC_IP, &tr));
+  CHECK(vlm_index_train(tr, n, x));
+  CHECK(vlm_index_write(tr, trained));
+  vlm_index_free(tr);
+  CHECK(vlm_index_read(trained, &into));
+  for (int p = 0; p < 2; p++) {
+    int64_t from = p ? n / 2 : 0, to = p ? n : n / 2;
+    CHECK(vlm_index_read(trained, &part[p]));
+    CHECK(vlm_index_add(part[p], to - from, x + (size_t)from * c->dim,
+                        ids + from));
+  }
+  const int64_t offsets[2] = {0, 0};
+  CHECK(vlm_index_merge(into, part, offsets, 2, lists));
+  CHECK(vlm_index_write(into, out));
+  for (int p = 0; p < 2; p++)
+    vlm_index_free(part[p]);
+  vlm_index_free(into);
+  CHECK(vlm_db_adopt_index(db, m, out));
+  free(x);
+  free(ids);
+}
+
+/* A database whose two indexes are adopted merged IVF indexes. */
+static vlm_db *make_adopted(const tmp *t, corpus *c) {
+  vlm_db *db = make_db(t->dir, "IVF8,Flat", DIM);
+  corpus_make(c, 900, DIM, 707);
+  corpus_put(db, c, 0, c->n, 300);
+  for (int m = 0; m < 2; m++)
+    adopt_merged(db, c, t->root, m);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.pending_vectors, 0);
+  assert_int_equal(count_files(t->dir, NULL, ".ivfdata"), 2);
+  return db;
+}
+
+/* The same answers, key for key and bit for bit, from two handles:
+ * approximate searches (nprobe 1 and 3 of 8 lists) of each target. */
+static void expect_same_searches(vlm_db *a, vlm_db *b, uint64_t seed) {
+  vlm_target targets[] = {VLM_TARGET_ANY, VLM_TARGET_IMAGE, VLM_TARGET_TEXT};
+  uint64_t saved = rng_state;
+  rng_state = seed;
+  for (int q = 0; q < 30; q++) {
+    float v[DIM];
+    unit(v, DIM);
+    vlm_search_options o = {.k = 10, .target = targets[q % 3],
+                            .nprobe = q % 2 ? 1 : 3};
+    vlm_hit *ha, *hb;
+    int na, nb;
+    CHECK(vlm_db_search(a, v, &o, &ha, &na));
+    CHECK(vlm_db_search(b, v, &o, &hb, &nb));
+    assert_int_equal(na, nb);
+    for (int i = 0; i < na; i++) {
+      if (strcmp(ha[i].key, hb[i].key) || ha[i].score != hb[i].score)
+        fail_msg("query %d, rank %d: %s %.9g vs %s %.9g", q, i, ha[i].key,
+                 (double)ha[i].score, hb[i].key, (double)hb[i].score);
+    }
+    vlm_hits_free(ha, na);
+    vlm_hits_free(hb, nb);
+  }
+  rng_state = saved;
+}
+
+/* A backup of a database with adopted merged indexes carries their list
+ * files: it opens without rebuilding anything (no warning), maps its
+ * lists as the source does, and answers every approximate search bit for
+ * bit as the source does, opened as a writer, read-only or read-only
+ * with mmap_index; a backup taken from a read-only handle too. */
+static void test_backup_of_adopted_index(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  vlm_db *db = make_adopted(&t, &c);
+  /* a few writes after the adoption: the tail and a tombstone */
+  CHECK(vlm_db_delete(db, (const char *[]){c.key[5]}, 1, NULL));
+  vlm_item extra = corpus_item(&c, 6);
+  extra.key = "extra";
+  CHECK(vlm_db_put(db, &extra, 1, 0, NULL));
+  vlm_db_open_options opts[3] = {
+      {.warn = count_warning},
+      {.readonly = 1, .warn = count_warning},
+      {.readonly = 1, .mmap_index = 1, .warn = count_warning}};
+  char dst[3][128];
+  for (int b = 0; b < 3; b++) {
+    /* from the writer, a read-only handle, a mapped read-only handle */
+    snprintf(dst[b], sizeof dst[b], "%s/backup-%d", t.root, b);
+    if (b > 0) {
+      vlm_db_close(db);
+      warnings = 0;
+      CHECK(vlm_db_open(t.dir, &opts[b], &db));
+      assert_int_equal(warnings, 0);
+    }
+    vlm_db_backup_info bi;
+    warnings = 0;
+    CHECK(vlm_db_backup(db, dst[b], &bi));
+    if (warnings)
+      fail_msg("backup %d: %s", b, last_warning);
+    assert_int_equal(count_files(dst[b], NULL, ".ivfdata"), 2);
+    for (int o = 0; o < 3; o++) {
+      vlm_db *copy;
+      warnings = 0;
+      CHECK(vlm_db_open(dst[b], &opts[o], &copy));
+      vlm_db_info ci, si;
+      CHECK(vlm_db_stat(copy, &ci));
+      CHECK(vlm_db_stat(db, &si));
+      if (warnings)
+        fail_msg("backup %d, open %d: %s", b, o, last_warning);
+      assert_true(ci.index_vectors > 0);
+      assert_int_equal(ci.index_vectors, si.index_vectors);
+      assert_int_equal(ci.pending_vectors, si.pending_vectors);
+      assert_int_equal(ci.items, si.items);
+      expect_same_searches(db, copy, 99 + (uint64_t)o);
+      CHECK(vlm_db_verify(copy));
+      vlm_db_close(copy);
+    }
+  }
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
+/* List files no checkpoint in force names are removed: a stray one at
+ * the next writer open (the one in force stays, also when the manifest
+ * predates recording it), the old one after adopting another merged
+ * index, and every one after reindexing away from them; a read-only
+ * handle that mapped a removed file keeps answering; the database
+ * verifies and searches right throughout. */
+static void test_orphan_list_files_removed(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  vlm_db *db = make_adopted(&t, &c);
+  vlm_db_close(db);
+  char junk[PATH_MAX], mine[PATH_MAX], path[PATH_MAX];
+  snprintf(junk, sizeof junk, "%s/image-lists-junk.ivfdata", t.dir);
+  snprintf(mine, sizeof mine, "%s/mine.ivfdata", t.dir);
+  for (int round = 0; round < 2; round++) {
+    if (round == 1) {
+      /* a manifest written before the list file was recorded in it */
+      snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+      json_error_t je;
+      json_t *root = json_load_file(path, 0, &je);
+      assert_non_null(root);
+      json_t *ix = json_object_get(root, "index");
+      int had = 0;
+      for (int m = 0; m < 2; m++)
+        had += json_object_del(json_object_get(
+                   ix, m ? "text" : "image"), "lists") == 0;
+      assert_int_equal(had, 2);
+      json_object_del(root, "checksum");
+      assert_int_equal(json_dump_file(root, path, JSON_INDENT(2)), 0);
+      json_decref(root);
+    }
+    FILE *f = fopen(junk, "w");
+    assert_non_null(f);
+    fputs("junk", f);
+    fclose(f);
+    f = fopen(mine, "w"); /* not of vlmdb's naming: left alone */
+    assert_non_null(f);
+    fclose(f);
+    vlm_db_open_options ro = {.readonly = 1, .warn = count_warning};
+    CHECK(vlm_db_open(t.dir, &ro, &db));
+    vlm_db_close(db);
+    assert_int_equal(access(junk, F_OK), 0); /* readers remove nothing */
+    warnings = 0;
+    db = open_db(t.dir);
+    assert_int_equal(warnings, 0);
+    assert_int_equal(access(junk, F_OK), -1);
+    assert_int_equal(access(mine, F_OK), 0);
+    assert_int_equal(count_files(t.dir, NULL, ".ivfdata"), 3);
+    CHECK(vlm_db_verify(db));
+    check_targets(db, &c, NULL, 0, 1.0);
+    vlm_db_close(db);
+    if (round == 1) {
+      /* the checkpoint at close recorded the list files again */
+      snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+      json_error_t je;
+      json_t *root = json_load_file(path, 0, &je);
+      assert_non_null(root);
+      json_t *im = json_object_get(json_object_get(root, "index"), "image");
+      const char *lists = json_string_value(json_object_get(im, "lists"));
+      assert_non_null(lists);
+      snprintf(path, sizeof path, "%s/%s", t.dir, lists);
+      assert_int_equal(access(path, F_OK), 0);
+      json_decref(root);
+    }
+  }
+  /* adopting another merged index: the list file it replaced goes.  The
+   * merge is made again to the same name, whose first file the database
+   * linked in: it writes a new file rather than rewrite that one */
+  struct stat before, after;
+  snprintf(path, sizeof path, "%s/merged-0.vlmidx.ivfdata", t.root);
+  assert_int_equal(stat(path, &before), 0);
+  db = open_db(t.dir);
+  adopt_merged(db, &c, t.root, 0);
+  assert_int_equal(stat(path, &after), 0);
+  assert_true(before.st_ino != after.st_ino);
+  assert_int_equal(count_files(t.dir, "image-lists-", ".ivfdata"), 1);
+  assert_int_equal(count_files(t.dir, "text-lists-", ".ivfdata"), 1);
+  CHECK(vlm_db_verify(db));
+  /* reindexing away: no list file is left, while a reader process that
+   * mapped them keeps answering as before */
+  int ready[2], go[2];
+  assert_int_equal(pipe(ready), 0);
+  assert_int_equal(pipe(go), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    vlm_db *r;
+    vlm_db_open_options mo = {.readonly = 1, .mmap_index = 1,
+                              .warn = count_warning};
+    vlm_hit *h[2][6];
+    int nh[2][6];
+    char byte = 'r';
+    if (vlm_db_open(t.dir, &mo, &r) != 0)
+      _exit(2);
+    for (int pass = 0; pass < 2; pass++) {
+      if (pass == 1 && (write(ready[1], &byte, 1) != 1 ||
+                        read(go[0], &byte, 1) != 1))
+        _exit(3);
+      rng_state = 17;
+      for (int q = 0; q < 6; q++) {
+        float v[DIM];
+        unit(v, DIM);
+        vlm_search_options o = {.k = 10, .nprobe = 2,
+                                .target = (vlm_target)(q % 3)};
+        if (vlm_db_search(r, v, &o, &h[pass][q], &nh[pass][q]) != 0 ||
+            nh[pass][q] != 10)
+          _exit(4);
+      }
+    }
+    for (int q = 0; q < 6; q++)
+      for (int i = 0; i < 10; i++)
+        if (strcmp(h[0][q][i].key, h[1][q][i].key) ||
+            h[0][q][i].score != h[1][q][i].score)
+          _exit(5);
+    _exit(0);
+  }
+  char byte;
+  assert_int_equal(read(ready[0], &byte, 1), 1);
+  CHECK(vlm_db_reindex(db, "IVF8,Flat"));
+  assert_int_equal(count_files(t.dir, NULL, ".ivfdata"), 1); /* mine */
+  assert_int_equal(write(go[1], &byte, 1), 1);
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  for (int i = 0; i < 2; i++)
+    close(ready[i]), close(go[i]);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 0, 1.0);
+  vlm_db_close(db);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 0);
+  assert_int_equal(count_files(t.dir, NULL, ".ivfdata"), 1);
+  CHECK(vlm_db_verify(db));
+  check_targets(db, &c, NULL, 0, 1.0);
+  vlm_db_close(db);
+  corpus_free(&c);
+  tmp_free(&t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_put_get_exact_payload, teardown_tmp),
@@ -8103,6 +8414,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_replica_hot_key_partial_buffers,
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_replica_apply_faults, teardown_tmp),
+      cmocka_unit_test_teardown(test_backup_of_adopted_index, teardown_tmp),
+      cmocka_unit_test_teardown(test_orphan_list_files_removed, teardown_tmp),
       cmocka_unit_test_teardown(test_meta_rebuilt_from_payload, teardown_tmp),
       cmocka_unit_test_teardown(test_commit_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_planner_retries, teardown_tmp),
