@@ -246,6 +246,10 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
   }
   mdb_cursor_close(cur);
   cur = NULL;
+  /* a Flat index takes every live vector: room for them at once (at
+   * 200,000 x 512 growing it chunk by chunk was most of the build) */
+  if ((rc = vlm_index_reserve(ix, nlive)))
+    goto fail;
   if ((rc = add_range(db, txn, m, ix, 1, tnext)))
     goto fail;
   *out = ix;
