@@ -659,7 +659,9 @@ static void *writer_main(void *arg) {
       vlm_progress_update(&ing->progress, ing->rows_done);
       pthread_mutex_unlock(&ing->report_mu);
     }
-    clear_batch(b);
+    /* The rows are freed by the reader when it takes the slot again
+     * (start_batch): the writer is the pipeline's slowest stage, and
+     * memory is best freed by the thread that allocated it. */
     pthread_mutex_lock(&ing->mu);
     b->state = SLOT_FREE;
     ing->next_write++;
@@ -694,6 +696,7 @@ static batch *start_batch(ingest *ing) {
   b->state = SLOT_FILLING;
   b->seq = ing->next_fill++;
   pthread_mutex_unlock(&ing->mu);
+  clear_batch(b); /* the rows of its last use (writer_main) */
   return b;
 }
 
