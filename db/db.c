@@ -908,9 +908,16 @@ static void maybe_checkpoint(vlm_db *db) {
   assert(vlm__write_held(db));
   uint64_t oldest = UINT64_MAX;
   pthread_rwlock_rdlock(&db->index_lock);
-  for (int m = 0; m < VLM__NMOD; m++)
-    if (db->vx[m].upto && db->man.ckpt[m].upto < oldest)
-      oldest = db->man.ckpt[m].upto;
+  for (int m = 0; m < VLM__NMOD; m++) {
+    if (!db->vx[m].upto)
+      continue;
+    /* a Flat index has no file: the live file is what the log brings
+     * forward at open */
+    uint64_t at = vlm__vindex_fileless(db, m) ? db->man.live_next
+                                              : db->man.ckpt[m].upto;
+    if (at < oldest)
+      oldest = at;
+  }
   uint64_t next = db->ix_next;
   pthread_rwlock_unlock(&db->index_lock);
   if (oldest == UINT64_MAX || next - oldest < AUTO_CHECKPOINT_ITEMS)

@@ -403,6 +403,9 @@ int vlm__vindex_open(vlm_db *db);
  * before taking index_lock to use vx[].index, upto or ntomb.  Cheap once
  * done. */
 int vlm__vindex_ensure(vlm_db *db);
+/* 1 when modality m's index is an exact Flat one, which has no checkpoint
+ * file: it is built from the vectors table at open (vindex.c). */
+int vlm__vindex_fileless(const vlm_db *db, int m);
 void vlm__vindex_close(vlm_db *db);
 int vlm__vindex_catch_up(vlm_db *db);
 int vlm__vindex_checkpoint(vlm_db *db);

@@ -16,6 +16,13 @@
  * batches (ix_seq, published] from LMDB's log and vectors table.  A
  * checkpoint writes each index to <modality>-<seq>-<nonce>.faiss and then
  * points the manifest at it atomically; open loads it and catches up.
+ *
+ * A Flat index is the vectors themselves, which LMDB already holds: it has
+ * no file (its checkpoint entry stays empty) and open builds it from the
+ * vectors table, which costs about what reading the same bytes from a
+ * file did, without a second copy on disk or a rewrite of every vector at
+ * each checkpoint.  A read-only handle builds it at its first use.  A Flat
+ * file of an older database is still loaded; its next checkpoint drops it.
  */
 #include "db_int.h"
 
@@ -107,6 +114,22 @@ static void skip_bad(vlm_db *db, int m, uint64_t id) {
  * list file, or deferred by the opener (vlm_db_open_options.defer_index:
  * `vlmdb merge` before it adopts a merged index).  Its items past upto
  * stay the pending tail, searched exactly. */
+/* The factory makes an exact Flat index (index.c's KIND_FLAT): one that
+ * is built from the vectors table instead of saved to a file. */
+static int factory_is_flat(const char *factory) {
+  if (!strncmp(factory, "IDMap2,", 7))
+    factory += 7;
+  else if (!strncmp(factory, "IDMap,", 6))
+    factory += 6;
+  return !strcmp(factory, "Flat");
+}
+
+int vlm__vindex_fileless(const vlm_db *db, int m) {
+  const vlm_index *ix = db->vx[m].index;
+  return ix ? vlm_index_is_exact(ix) && !vlm_index_is_ondisk(ix)
+            : factory_is_flat(db->man.factory);
+}
+
 static int frozen(vlm_db *db, int m) {
   return ((db->defer_index >> m) & 1u) ||
          (db->vx[m].index && vlm_index_is_ondisk(db->vx[m].index));
@@ -223,6 +246,10 @@ static int build_index(vlm_db *db, MDB_txn *txn, const char *factory, int m,
   }
   mdb_cursor_close(cur);
   cur = NULL;
+  /* a Flat index takes every live vector: room for them at once (at
+   * 200,000 x 512 growing it chunk by chunk was most of the build) */
+  if ((rc = vlm_index_reserve(ix, nlive)))
+    goto fail;
   if ((rc = add_range(db, txn, m, ix, 1, tnext)))
     goto fail;
   *out = ix;
@@ -617,11 +644,14 @@ static int load_deferred(vlm_db *db, int m) {
    * else (a writer's checkpoint replaced it) the one held open. */
   struct stat held, named;
   snprintf(path, sizeof path, "%s/%s", db->dir, db->man.ckpt[m].file);
-  if (fstat(vx->lazy_fd, &held) != 0 || stat(path, &named) != 0 ||
-      held.st_dev != named.st_dev || held.st_ino != named.st_ino)
+  if (vx->lazy_fd >= 0 &&
+      (fstat(vx->lazy_fd, &held) != 0 || stat(path, &named) != 0 ||
+       held.st_dev != named.st_dev || held.st_ino != named.st_ino))
     snprintf(path, sizeof path, "/proc/self/fd/%d", vx->lazy_fd);
   why[0] = '\0';
-  if (vlm_index_read(path, &ix) != 0) {
+  if (vx->lazy_fd < 0) {
+    /* a Flat index: no file, built from the vectors table (below) */
+  } else if (vlm_index_read(path, &ix) != 0) {
     snprintf(why, sizeof why, "%s: %s", db->man.ckpt[m].file, vlm_errmsg());
   } else if (vlm_index_dim(ix) != db->man.dim ||
              vlm_index_metric(ix) != VLM_METRIC_IP ||
@@ -644,8 +674,9 @@ static int load_deferred(vlm_db *db, int m) {
       upto = db->ix_next;
     }
   } else {
-    vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload store",
-              db->dir, mod_name[m], why);
+    if (vx->lazy_fd >= 0)
+      vlm__warn(db, "%s: %s index: %s; rebuilding it from the payload "
+                "store", db->dir, mod_name[m], why);
     removable = -1;
     rc = build_index(db, txn, db->man.factory, m, db->ix_next, vx->nlive,
                      &ix, &upto);
@@ -674,7 +705,9 @@ static int load_deferred(vlm_db *db, int m) {
     vx->removable = 0;
   vx->lazy = 0;
   pthread_rwlock_unlock(&db->index_lock);
-  close(vx->lazy_fd);
+  if (vx->lazy_fd >= 0)
+    close(vx->lazy_fd);
+  vx->lazy_fd = -1;
   free(vx->lazy_drops);
   vx->lazy_drops = NULL;
   vx->lazy_ndrops = 0;
@@ -872,6 +905,21 @@ have_live:
                   "store", db->dir, mod_name[m], why);
       }
     }
+    if (!db->man.ckpt[m].file[0] && db->readonly && !db->mmap_index &&
+        !(db->defer_index & (1u << m)) && vlm__vindex_fileless(db, m)) {
+      /* a Flat index: built from the vectors at its first use, as a
+       * file would be read then (load_deferred) */
+      vx->index = NULL;
+      vx->lazy = 1;
+      vx->lazy_fd = -1;
+      vx->lazy_drops = NULL;
+      vx->lazy_ndrops = 0;
+      vx->upto = 0;
+      vx->removable = -1;
+      vx->ntomb = 0;
+      db->lazy = 1;
+      continue;
+    }
     if (loaded && vx->lazy)
       continue;
     if (loaded) {
@@ -947,7 +995,8 @@ done:
 void vlm__vindex_close(vlm_db *db) {
   for (int m = 0; m < VLM__NMOD; m++) {
     if (db->vx[m].lazy) {
-      close(db->vx[m].lazy_fd);
+      if (db->vx[m].lazy_fd >= 0)
+        close(db->vx[m].lazy_fd);
       free(db->vx[m].lazy_drops);
       db->vx[m].lazy_drops = NULL;
       db->vx[m].lazy_ndrops = 0;
@@ -1075,7 +1124,8 @@ static int checkpoint_locked(vlm_db *db, int force) {
   for (int m = 0; m < VLM__NMOD; m++) {
     vlm__vindex *vx = &db->vx[m];
     vlm__ckpt *c = &next.ckpt[m];
-    if (vx->upto == 0 || !vlm_index_is_trained(vx->index)) {
+    if (vx->upto == 0 || !vlm_index_is_trained(vx->index) ||
+        vlm__vindex_fileless(db, m)) {
       if (c->file[0])
         changed = 1;
       memset(c, 0, sizeof *c); /* rebuilt from LMDB on open */
@@ -1131,7 +1181,9 @@ static int checkpoint_locked(vlm_db *db, int force) {
   /* A live file behind the index side (every index untrained, so no
    * index file changed) would outlive the log it needs, and one open
    * refused would be refused at every open: write it again. */
-  if (!changed && (!db->man.live_file[0] || db->live_refused ||
+  /* A forced checkpoint (reindex: a new factory) writes the manifest even
+   * when no index file changed (a Flat index has none). */
+  if (!changed && (force || !db->man.live_file[0] || db->live_refused ||
                    db->man.live_seq != db->ix_seq ||
                    db->man.live_next != db->ix_next))
     changed = 1;
@@ -1180,6 +1232,10 @@ static int checkpoint_locked(vlm_db *db, int force) {
   for (int m = 0; m < VLM__NMOD; m++)
     if (db->man.ckpt[m].file[0] && db->man.ckpt[m].seq < keep_after)
       keep_after = db->man.ckpt[m].seq;
+  /* and the live file brings its bitmaps forward by the log (an index
+   * without a file, Flat, no longer holds the pruning back to it) */
+  if (db->man.live_file[0] && db->man.live_seq < keep_after)
+    keep_after = db->man.live_seq;
   if ((rc = VLM__STORE("lmdb-begin", mdb_txn_begin(db->lm.env, NULL, 0, &txn))))
     return vlm__lmdb_err(rc, "prune log");
   MDB_cursor *cur;

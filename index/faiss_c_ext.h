@@ -179,6 +179,11 @@ int vlm_faiss_ivf_ids_outside(
         int64_t* first);
 int vlm_faiss_ivf_set_ondisk_filename(FaissIndex* index, const char* path);
 
+/* A Flat index (or an IDMap over one): room for n more vectors, so adding
+ * them in chunks does not regrow (copy, zero and unmap) its storage time
+ * after time.  0 (nothing done for other kinds), or -1 with the reason. */
+int vlm_faiss_flat_reserve(FaissIndex* index, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif

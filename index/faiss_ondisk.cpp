@@ -28,6 +28,7 @@
  */
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
+#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexIDMap.h>
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFFlat.h>
@@ -277,6 +278,29 @@ int vlm_faiss_hugepages(const FaissIndex* index) {
 
 const char* vlm_faiss_ondisk_last_error(void) {
     return ondisk_error.c_str();
+}
+
+int vlm_faiss_flat_reserve(FaissIndex* index, int64_t n) {
+    auto* ix = reinterpret_cast<faiss::Index*>(index);
+    if (auto* map = dynamic_cast<faiss::IndexIDMap*>(ix)) {
+        ix = map->index;
+        try {
+            map->id_map.reserve(map->id_map.size() + (size_t)n);
+        } catch (const std::exception& e) {
+            ondisk_error = e.what();
+            return -1;
+        }
+    }
+    auto* flat = dynamic_cast<faiss::IndexFlatCodes*>(ix);
+    if (!flat || n <= 0)
+        return 0;
+    try {
+        flat->codes.reserve((size_t)(flat->ntotal + n) * flat->code_size);
+    } catch (const std::exception& e) {
+        ondisk_error = e.what();
+        return -1;
+    }
+    return 0;
 }
 
 int vlm_faiss_ivf_is_ondisk(const FaissIndex* index) {

@@ -374,6 +374,15 @@ int vlm_index_add(vlm_index *index, int64_t n, const float *x,
   return 0;
 }
 
+int vlm_index_reserve(vlm_index *index, int64_t n) {
+  if (n <= 0 || index->kind != KIND_FLAT)
+    return 0;
+  if (vlm_faiss_flat_reserve(index->faiss, n) != 0)
+    return vlm_seterr(VLM_ENOMEM, "index reserve: %lld vectors: %s",
+                      (long long)n, vlm_faiss_ondisk_last_error());
+  return 0;
+}
+
 int vlm_index_remove(vlm_index *index, int64_t n, const int64_t *ids,
                      int64_t *removed) {
   FaissIDSelectorBatch *sel = NULL;

@@ -102,6 +102,10 @@ int vlm_index_is_exact(const vlm_index *index);
  * training, VLM_ENUMERIC if a component is NaN or Inf (nothing added). */
 int vlm_index_add(vlm_index *index, int64_t n, const float *x,
                   const int64_t *ids);
+/* Make room for n more vectors in a Flat index, so that adding them in
+ * chunks does not regrow its storage each time (a no-op for other kinds).
+ * VLM_ENOMEM when the room cannot be had (nothing changed). */
+int vlm_index_reserve(vlm_index *index, int64_t n);
 /* Remove ids; *removed (may be NULL) gets how many vectors were removed
  * (ids not present are ignored).  VLM_EUNSUPPORTED for HNSW kinds. */
 int vlm_index_remove(vlm_index *index, int64_t n, const int64_t *ids,

@@ -219,7 +219,9 @@ static unsigned long long file_bytes(const char *path, time_t *newest) {
   return total;
 }
 
-/* The index checkpoints (*.faiss): their bytes and the newest's time. */
+/* The index checkpoints (*.faiss, and the live-*.bits every checkpoint
+ * writes: a Flat index has no file of its own): their bytes and the
+ * newest's time. */
 static unsigned long long index_bytes(const char *dir, time_t *newest) {
   unsigned long long total = 0;
   DIR *d = opendir(dir);
@@ -227,7 +229,9 @@ static unsigned long long index_bytes(const char *dir, time_t *newest) {
   char path[1024];
   while (d && (e = readdir(d))) {
     size_t n = strlen(e->d_name);
-    if (n > 6 && !strcmp(e->d_name + n - 6, ".faiss")) {
+    if ((n > 6 && !strcmp(e->d_name + n - 6, ".faiss")) ||
+        (!strncmp(e->d_name, "live-", 5) && n > 5 &&
+         !strcmp(e->d_name + n - 5, ".bits"))) {
       snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
       total += file_bytes(path, newest);
     }

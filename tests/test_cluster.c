@@ -1641,6 +1641,102 @@ static vlm_index *read_index(const char *path) {
   return ix;
 }
 
+/* The layout's .npy files are read 1,024 rows at a time: a layout of two
+ * partitions (2,500 rows with image and text vectors, then 700 with
+ * images only) with bad rows at and across the block edges (1023 not
+ * finite, 1024 of length 2, 2047 zero in both files, partition 1's first
+ * row not finite) ingests every other row with its vectors bit for bit
+ * and reports each bad row with its row number. */
+static void test_embeddings_layout_blocks(void **state) {
+  const char *dir = *state;
+  char *db = path_in(dir, "db");
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index", "Flat"));
+  char *lay = path_in(dir, "lay");
+  char sub[PATH_MAX];
+  mkdir(lay, 0755);
+  static const char *const subs[] = {"img_emb", "text_emb", "metadata"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(sub, sizeof sub, "%s/%s", lay, subs[i]);
+    mkdir(sub, 0755);
+  }
+  enum { N0 = 2500, N1 = 700 };
+  float *img = malloc((size_t)(N0 + N1) * DIM * sizeof *img);
+  float *txt = malloc((size_t)N0 * DIM * sizeof *txt);
+  assert_non_null(img);
+  assert_non_null(txt);
+  uint64_t seed = 77;
+  for (int r = 0; r < N0 + N1; r++)
+    unit_vector(img + (size_t)r * DIM, &seed);
+  for (int r = 0; r < N0; r++)
+    unit_vector(txt + (size_t)r * DIM, &seed);
+  img[1023 * DIM + 5] = INFINITY;
+  for (int i = 0; i < DIM; i++)
+    img[1024 * DIM + i] *= 2;
+  memset(img + 2047 * DIM, 0, DIM * sizeof(float));
+  memset(txt + 2047 * DIM, 0, DIM * sizeof(float));
+  img[(size_t)N0 * DIM] = NAN;
+  write_layout_npy(dir, "lay/img_emb/img_emb_0.npy", img, N0, DIM);
+  write_layout_npy(dir, "lay/text_emb/text_emb_0.npy", txt, N0, DIM);
+  write_layout_npy(dir, "lay/img_emb/img_emb_1.npy", img + (size_t)N0 * DIM,
+                   N1, DIM);
+  for (int part = 0; part < 2; part++) {
+    size_t cap = 64 * (size_t)N0, len = 0;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    for (int r = 0; r < (part ? N1 : N0); r++)
+      len += (size_t)snprintf(text + len, cap - len, "{\"key\": \"p%d-%d\"}\n",
+                              part, r);
+    snprintf(sub, sizeof sub, "lay/metadata/metadata_%d.jsonl", part);
+    put_text(dir, sub, text);
+    free(text);
+  }
+  char *out, *err;
+  assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", db, lay, "--json",
+                       "-q"),
+                   0);
+  json_t *sum = parse_json(out);
+  assert_int_equal(json_int_at(sum, "ingested", NULL), N0 + N1 - 4);
+  assert_int_equal(json_int_at(sum, "skipped_by_reason", "bad-vector"), 3);
+  assert_int_equal(json_int_at(sum, "skipped_by_reason", "no-content"), 1);
+  json_decref(sum);
+  assert_contains(err, "img vector [5] is not finite (row 1023 of "
+                       "img_emb_0.npy)");
+  assert_contains(err, "img vector has length 2, not 1");
+  assert_contains(err, "img vector [0] is not finite (row 0 of "
+                       "img_emb_1.npy)");
+  free(out);
+  free(err);
+  vlm_db *d = open_ro(db);
+  for (int r = 0; r < N0 + N1; r++) {
+    int part = r >= N0, row = part ? r - N0 : r;
+    char key[32];
+    snprintf(key, sizeof key, "p%d-%d", part, row);
+    vlm_record *rec = NULL;
+    int rc = vlm_db_get(d, key, &rec);
+    if (r == 1023 || r == 1024 || r == 2047 || r == N0) {
+      assert_int_equal(rc, VLM_ENOTFOUND);
+      continue;
+    }
+    VLM_CHECK(rc);
+    assert_non_null(rec->image_vec);
+    assert_memory_equal(rec->image_vec, img + (size_t)r * DIM,
+                        DIM * sizeof(float));
+    if (part) {
+      assert_null(rec->text_vec);
+    } else {
+      assert_non_null(rec->text_vec);
+      assert_memory_equal(rec->text_vec, txt + (size_t)r * DIM,
+                          DIM * sizeof(float));
+    }
+    vlm_record_free(rec);
+  }
+  vlm_db_close(d);
+  free(img);
+  free(txt);
+  free(lay);
+  free(db);
+}
+
 /* Three parts, each a copy of one trained index holding a shard's
  * vectors under its own ids 0..n_i-1, merged with offsets into one index
  * whose lists are one file: it answers exactly as one index that was
@@ -2631,6 +2727,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_embed_files_round_trip,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_embeddings_layout_hostile,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_embeddings_layout_blocks,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_ivf_merge_equals_one_index,
                                       setup_tmpdir, teardown_tmpdir),

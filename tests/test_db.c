@@ -1907,8 +1907,9 @@ static void *lazy_searcher(void *arg) {
  * file held open since the open, with the ids deleted after the
  * checkpoint taken out and the tail added, even when a writer in another
  * process has meanwhile replaced (unlinked) that file, pruned the log and
- * written more.  Flat answers as the exact oracle does; HNSW keeps its
- * recall and never returns a deleted item. */
+ * written more.  Flat has no file (it is built from the vectors table at
+ * the first search, as of the store then).  Flat answers as the exact
+ * oracle does; HNSW keeps its recall and never returns a deleted item. */
 static void test_lazy_index_load(void **state) {
   (void)state;
   for (int f = 0; f < 2; f++) {
@@ -1939,7 +1940,7 @@ static void test_lazy_index_load(void **state) {
     assert_int_equal(waitpid(pid, &ws, 0), pid);
     assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
     char img[128], path[PATH_MAX];
-    assert_int_equal(ckpt_file_of(t.dir, "image", img, sizeof img), 0);
+    assert_int_equal(ckpt_file_of(t.dir, "image", img, sizeof img), f ? 0 : -1);
 
     /* what the index side holds (vectors, tombstones, pending) is what a
      * writer's open, which loads the files at once, finds */
@@ -1986,8 +1987,10 @@ static void test_lazy_index_load(void **state) {
     }
     assert_int_equal(waitpid(pid, &ws, 0), pid);
     assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
-    snprintf(path, sizeof path, "%s/%s", t.dir, img);
-    assert_int_equal(access(path, F_OK), -1); /* gone: read from the fd */
+    if (f) {
+      snprintf(path, sizeof path, "%s/%s", t.dir, img);
+      assert_int_equal(access(path, F_OK), -1); /* gone: read from the fd */
+    }
     int alive[900];
     for (int i = 0; i < 900; i++)
       alive[i] = i != 5 && i != 6 && i != 7 && i != 8 && i != 300 &&
@@ -6454,11 +6457,16 @@ static void test_checkpoint_mismatches(void **state) {
   tmp_make(&t2);
   corpus c;
   corpus_make(&c, 30, DIM, 979);
-  vlm_db *other = make_db(t2.dir, "Flat", DIM / 2);
+  /* HNSW: a Flat index has no checkpoint file (built from the vectors) */
+  vlm_db *other = make_db(t2.dir, "HNSW32", DIM / 2);
+  corpus c2;
+  corpus_make(&c2, 4, DIM / 2, 980);
+  corpus_put(other, &c2, 0, 4, 4);
+  corpus_free(&c2);
   vlm_db_close(other);
   vlm_db_info info;
   for (int trial = 0; trial < 3; trial++) {
-    vlm_db *db = make_db(t.dir, "Flat", DIM);
+    vlm_db *db = make_db(t.dir, "HNSW32", DIM);
     corpus_put(db, &c, 0, 10, 10);
     CHECK(vlm_db_checkpoint(db));
     corpus_put(db, &c, 10, 30, 10);
@@ -6493,6 +6501,121 @@ static void test_checkpoint_mismatches(void **state) {
   }
   corpus_free(&c);
   tmp_free(&t2);
+  tmp_free(&t);
+}
+
+/* A Flat index is the vectors LMDB already holds: a checkpoint writes no
+ * file for it (the manifest names none, the directory holds no .faiss),
+ * and a writer's open and a read-only handle's first search build it from
+ * the vectors table, answering as the exact scan, without a warning.  A
+ * database written before this, with a Flat checkpoint file, still opens
+ * from that file (no warning, no rebuild) and its next checkpoint drops
+ * the file. */
+static int faiss_files(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  for (struct dirent *e; d && (e = readdir(d));)
+    n += strstr(e->d_name, ".faiss") != NULL;
+  if (d)
+    closedir(d);
+  return n;
+}
+
+static void test_flat_index_has_no_file(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  corpus c;
+  corpus_make(&c, 120, DIM, 4242);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  corpus_put(db, &c, 0, 80, 40);
+  CHECK(vlm_db_checkpoint(db));
+  char name[128];
+  assert_int_equal(ckpt_file_of(t.dir, "image", name, sizeof name), -1);
+  assert_int_equal(ckpt_file_of(t.dir, "text", name, sizeof name), -1);
+  assert_int_equal(faiss_files(t.dir), 0);
+  vlm_db_close(db);
+  assert_int_equal(faiss_files(t.dir), 0);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 0);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.pending_vectors, 0);
+  expect_index_matches_exact(db, &c);
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+  vlm_db_open_options ro = {.readonly = 1, .warn = count_warning};
+  CHECK(vlm_db_open(t.dir, &ro, &db));
+  expect_index_matches_exact(db, &c);
+  assert_int_equal(warnings, 0);
+  vlm_db_close(db);
+
+  /* The old layout: a Flat file holding items 1..80 (ids are given in
+   * put order from 1), named by the manifest at the last batch. */
+  vlm_index *ix = NULL;
+  CHECK(vlm_index_create("Flat", DIM, VLM_METRIC_IP, &ix));
+  for (int i = 0; i < 80; i++)
+    if (c.has_img[i]) {
+      int64_t id = i + 1;
+      CHECK(vlm_index_add(ix, 1, c.img + (size_t)i * DIM, &id));
+    }
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/image-2-old.faiss", t.dir);
+  CHECK(vlm_index_write(ix, path));
+  vlm_index_free(ix);
+  {
+    snprintf(path, sizeof path, "%s/manifest.json", t.dir);
+    json_error_t jerr;
+    json_t *m = json_load_file(path, 0, &jerr);
+    assert_non_null(m);
+    json_object_del(m, "checksum");
+    json_t *ixs = json_object_get(m, "index");
+    assert_non_null(ixs);
+    assert_null(json_object_get(ixs, "image"));
+    json_object_set_new(ixs, "image",
+                        json_pack("{s:s, s:i, s:i}", "file",
+                                  "image-2-old.faiss", "seq", 2, "upto", 81));
+    assert_int_equal(json_dump_file(m, path, JSON_INDENT(2)), 0);
+    json_decref(m);
+  }
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 0); /* loaded, not rebuilt */
+  assert_int_equal(ckpt_file_of(t.dir, "image", name, sizeof name), 0);
+  assert_string_equal(name, "image-2-old.faiss");
+  corpus_put(db, &c, 80, 120, 40);
+  const char *gone[] = {c.key[3], c.key[90]};
+  CHECK(vlm_db_delete(db, gone, 2, NULL));
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.tombstones, 0);
+  CHECK(vlm_db_verify(db));
+  CHECK(vlm_db_checkpoint(db)); /* drops the file */
+  assert_int_equal(ckpt_file_of(t.dir, "image", name, sizeof name), -1);
+  assert_int_equal(faiss_files(t.dir), 0);
+  vlm_db_close(db);
+  warnings = 0;
+  db = open_db(t.dir);
+  assert_int_equal(warnings, 0);
+  int alive[120];
+  for (int i = 0; i < 120; i++)
+    alive[i] = i != 3 && i != 90;
+  check_targets(db, &c, alive, 0, 1.0);
+  check_targets(db, &c, alive, 1, 1.0);
+  CHECK(vlm_db_verify(db));
+  /* to HNSW (a file) and back (none): the manifest keeps the factory */
+  CHECK(vlm_db_reindex(db, "HNSW32"));
+  assert_int_equal(ckpt_file_of(t.dir, "image", name, sizeof name), 0);
+  CHECK(vlm_db_reindex(db, "Flat"));
+  assert_int_equal(ckpt_file_of(t.dir, "image", name, sizeof name), -1);
+  vlm_db_close(db);
+  assert_int_equal(faiss_files(t.dir), 0);
+  db = open_db(t.dir);
+  CHECK(vlm_db_stat(db, &info));
+  assert_string_equal(info.index_factory, "Flat");
+  check_targets(db, &c, alive, 0, 1.0);
+  vlm_db_close(db);
+  corpus_free(&c);
   tmp_free(&t);
 }
 
@@ -8375,6 +8498,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_index_and_manifest_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_live_bitmaps, teardown_tmp),
       cmocka_unit_test_teardown(test_lazy_index_load, teardown_tmp),
+      cmocka_unit_test_teardown(test_flat_index_has_no_file, teardown_tmp),
       cmocka_unit_test_teardown(test_read_only_filesystem, teardown_tmp),
       cmocka_unit_test_teardown(test_checksums_and_salvage, teardown_tmp),
       cmocka_unit_test_teardown(test_salvage_steps_over_a_damaged_page,

@@ -309,6 +309,33 @@ static void test_flat_huge_pages(void **state) {
   free_data(&d);
 }
 
+/* Room reserved in a Flat index, then its vectors added in small chunks:
+ * the same exact answers as one add (and a no-op for HNSW). */
+static void test_flat_reserve_then_chunks(void **state) {
+  (void)state;
+  dataset d = make_data(3000, 12);
+  int64_t ids[NQ * K], oids[NQ * K];
+  float sc[NQ * K], osc[NQ * K];
+  vlm_index *index = NULL;
+  assert_int_equal(vlm_index_create("Flat", DIM, VLM_METRIC_IP, &index), 0);
+  assert_int_equal(vlm_index_reserve(index, d.n), 0);
+  assert_int_equal(vlm_index_count(index), 0);
+  for (int64_t i = 0; i < d.n; i += 128) {
+    int64_t n = d.n - i < 128 ? d.n - i : 128;
+    assert_int_equal(vlm_index_add(index, n, d.x + i * DIM, d.ids + i), 0);
+  }
+  assert_int_equal(vlm_index_count(index), d.n);
+  search(index, d.q, NQ, NULL, ids, sc);
+  brute_force(VLM_METRIC_IP, d.x, d.n, NULL, d.q, NQ, K, oids, osc);
+  assert_exact(VLM_METRIC_IP, d.x, d.q, ids, sc, oids, osc, NQ);
+  vlm_index_free(index);
+  assert_int_equal(vlm_index_create("HNSW16", DIM, VLM_METRIC_IP, &index), 0);
+  assert_int_equal(vlm_index_reserve(index, d.n), 0);
+  assert_int_equal(vlm_index_count(index), 0);
+  vlm_index_free(index);
+  free_data(&d);
+}
+
 static int float_desc(const void *a, const void *b) {
   float x = *(const float *)a, y = *(const float *)b;
   return x < y ? 1 : x > y ? -1 : 0;
@@ -1036,6 +1063,7 @@ int main(void) {
       cmocka_unit_test(test_flat_exact_ip_and_l2),
       cmocka_unit_test(test_flat_range_search),
       cmocka_unit_test(test_flat_huge_pages),
+      cmocka_unit_test(test_flat_reserve_then_chunks),
       cmocka_unit_test(test_hnsw_recall_and_ef_search),
       cmocka_unit_test(test_hnsw_one_query_matches_faiss),
       cmocka_unit_test(test_ivf_flat_nprobe),
