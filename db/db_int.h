@@ -64,6 +64,8 @@
 #define VLM__HAS_SOURCE 0x8u
 #define VLM__HAS_THUMB 0x10u
 #define VLM__HAS_CKSUM 0x20u /* item record carries its checksum */
+#define VLM__HAS_ORIGINAL 0x40u /* item record ends with the original image
+                                   bytes and their u32 length */
 
 /* ---- manifest ---------------------------------------------------------- */
 
@@ -161,6 +163,7 @@ typedef struct {
   const char *source; size_t source_len;
   const char *meta; size_t meta_len;
   const uint8_t *thumb; size_t thumb_len;
+  const uint8_t *image; size_t image_len; /* kept original, or NULL / 0 */
 } vlm__rec;
 
 int vlm__lmdb_err(int rc, const char *what);
