@@ -82,19 +82,28 @@ static const char usage[] =
     "example:\n"
     "  vlmdb reembed --db photos.vlm --model models/products-lora8\n";
 
-/* Test hook: VLMDB_TEST_KILL=POINT[:N] sends this process SIGKILL at the
- * N-th (default first) pass of the named point, for the crash tests. */
+/* Test hooks for the crash tests: VLMDB_TEST_KILL=POINT[:N] sends this
+ * process SIGKILL at the N-th (default first) pass of the named point
+ * ("created", "batch", "walked", "switched", "cleaned"); VLMDB_TEST_STOP
+ * likewise SIGSTOP (the test looks at the database meanwhile, then
+ * continues it). */
 static void kill_point(const char *point) {
-  static int passes;
-  const char *want = getenv("VLMDB_TEST_KILL");
-  if (!want)
-    return;
-  size_t n = strlen(point);
-  if (strncmp(want, point, n) || (want[n] && want[n] != ':'))
-    return;
-  int at = want[n] == ':' ? atoi(want + n + 1) : 1;
-  if (++passes >= at)
-    raise(SIGKILL);
+  static const struct {
+    const char *env;
+    int sig;
+  } hooks[] = {{"VLMDB_TEST_KILL", SIGKILL}, {"VLMDB_TEST_STOP", SIGSTOP}};
+  static int passes[2];
+  for (int h = 0; h < 2; h++) {
+    const char *want = getenv(hooks[h].env);
+    size_t n = strlen(point);
+    if (!want || strncmp(want, point, n) || (want[n] && want[n] != ':'))
+      continue;
+    int at = want[n] == ':' ? atoi(want + n + 1) : 1;
+    if (++passes[h] == at) {
+      fflush(NULL);
+      raise(hooks[h].sig);
+    }
+  }
 }
 
 /* ------------------------------------------------------------ files */
