@@ -2402,6 +2402,84 @@ static void test_e2e_reembed_killed_anywhere(void **state) {
   json_decref(want);
 }
 
+/* The loop on a database's own pairs, with its image files gone: train
+ * --db (a few LoRA steps; a split held out by key, written as eval pairs
+ * and not trained on), eval on the split, reembed with the new model,
+ * eval again. */
+static void test_e2e_train_db_loop(void **state) {
+  const char *dir = *state;
+  const int n = 40;
+  char db[PATH_MAX], cat[PATH_MAX], out_dir[PATH_MAX], pairs[PATH_MAX];
+  char img[PATH_MAX];
+  make_images(dir);
+  write_big_catalog(dir, n);
+  db_path(cat, sizeof cat, dir, "big.jsonl");
+  db_path(db, sizeof db, dir, "db");
+  db_path(out_dir, sizeof out_dir, dir, "tuned");
+  db_path(pairs, sizeof pairs, dir, "tuned/heldout-pairs.jsonl");
+  db_path(img, sizeof img, dir, "img");
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index", "Flat"));
+  free(RUN_OK(dir, "ingest", "--db", db, cat, "--keep-images"));
+  rm_rf(img);
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "train", "--db", db, "--init", MODEL,
+               "--lora", "4", "--max-steps", "3", "--batch", "8",
+               "--val-fraction", "0.25", "--threads", "1", "--out", out_dir);
+  if (rc)
+    fail_msg("train --db exited %d: %s", rc, err);
+  /* the held-out keys: distinct keys of the database, not trained on */
+  char *text = slurp(pairs);
+  int nheld = 0;
+  json_t *held = json_object();
+  char *save = NULL;
+  for (char *line = strtok_r(text, "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save)) {
+    json_t *o = parse_json(line);
+    const char *key = json_string_value(json_object_get(o, "image"));
+    assert_non_null(key);
+    assert_string_equal(key, json_string_value(json_object_get(o, "text")));
+    assert_true(!strncmp(key, "item00", 6) && atoi(key + 4) < n);
+    assert_null(json_object_get(held, key));
+    json_object_set_new(held, key, json_true());
+    json_decref(o);
+    nheld++;
+  }
+  free(text);
+  json_decref(held);
+  if (nheld < 3 || nheld > 20)
+    fail_msg("%d of %d pairs held out at 0.25", nheld, n);
+  char want[64];
+  snprintf(want, sizeof want, "on %d pairs", n - nheld);
+  if (!strstr(out, want))
+    fail_msg("want \"%s\" in: %s", want, out);
+  snprintf(want, sizeof want, "held-out %d pairs", nheld);
+  assert_non_null(strstr(out, want));
+  free(out);
+  free(err);
+  /* the copies of the kept images are gone with the run */
+  char scratch[PATH_MAX];
+  db_path(scratch, sizeof scratch, dir, "tuned/db-images");
+  assert_false(path_exists(scratch));
+
+  for (int step = 0; step < 2; step++) {
+    if (step == 1)
+      free(RUN_OK(dir, "reembed", "--db", db, "--model", out_dir));
+    out = RUN_OK(dir, "eval", "--db", db, "--pairs", pairs, "--json");
+    json_t *ev = parse_json(out);
+    assert_int_equal(json_int(ev, "pairs"), nheld);
+    json_decref(ev);
+    free(out);
+  }
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  char tuned_abs[PATH_MAX];
+  assert_non_null(realpath(out_dir, tuned_abs));
+  assert_string_equal(json_string_value(json_object_get(info, "model_dir")),
+                      tuned_abs);
+  json_decref(info);
+  free(out);
+}
+
 /* Ctrl-C: the run stops after the batch being written, says so, exits 1;
  * the next run completes it */
 static void test_e2e_sigint_stops_cleanly(void **state) {
@@ -3340,6 +3418,8 @@ int main(void) {
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_reembed_killed_anywhere,
                                       setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_train_db_loop, setup_tmpdir,
+                                      teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_resume_after_sigkill, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_serve_uses_recorded_model,
