@@ -210,6 +210,18 @@ int vlm_db_exchange(const char *dir, const char *staged) {
   return vlm__fsync_dir(pa);
 }
 
+int vlm__dir_unchanged(vlm_db *db) {
+  struct stat st;
+  if (!db->registered)
+    return 0;
+  if (stat(db->dir, &st) != 0 || st.st_dev != db->reg_dev ||
+      st.st_ino != db->reg_ino)
+    return vlm_seterr(VLM_ESTATE, "%s is no longer the database this handle "
+                      "opened (another was switched in, e.g. by vlmdb "
+                      "reembed): open it again", db->dir);
+  return 0;
+}
+
 /* 1 if a writer process holds dir (its pid in LOCK is alive). */
 int vlm__writer_alive(const char *dir) {
   char path[PATH_MAX], text[32] = {0};

@@ -547,6 +547,12 @@ int vlm__reader_txn(vlm_db *db, vlm__reader *r, const char *what);
 int vlm__reader_sql_begin(vlm__reader *r, uint64_t *seq, const char *what);
 void vlm__reader_free(vlm__reader *r);
 
+/* 0 while db->dir still names the directory db was opened in; else
+ * VLM_ESTATE: another database was switched in there (`vlmdb reembed`,
+ * vlm_db_exchange) or it was moved, and files this handle opens by path
+ * from now on would belong to another database. */
+int vlm__dir_unchanged(vlm_db *db);
+
 /* 1 if a writer process holds dir (the pid it wrote in LOCK is alive). */
 int vlm__writer_alive(const char *dir);
 

@@ -430,6 +430,7 @@ static void test_put_get_exact_payload(void **state) {
  * swap of two directories. */
 static void test_kept_image_bytes_lock_and_exchange(void **state) {
   (void)state;
+  int rc;
   tmp t;
   tmp_make(&t);
   vlm_db *db = make_db(t.dir, "Flat", DIM);
@@ -553,7 +554,23 @@ static void test_kept_image_bytes_lock_and_exchange(void **state) {
   snprintf(other, sizeof other, "%s/other", t.root);
   db = make_db(other, "Flat", DIM * 2);
   vlm_db_close(db);
+  /* a reader opened before the switch goes on reading the database it
+   * opened (its files are open; a connection it would open by path later
+   * is refused with VLM_ESTATE rather than mixing in the other's) */
+  vlm_db *before = NULL;
+  CHECK(vlm_db_open(out, &ro, &before));
   CHECK(vlm_db_exchange(out, other));
+  vlm_search_options so = {.k = 2, .filter = "category = 'cars'"};
+  vlm_hit *hits = NULL;
+  int nhits = 0;
+  rc = vlm_db_search(before, a, &so, &hits, &nhits);
+  if (rc != VLM_ESTATE) {
+    CHECK(rc);
+    assert_int_equal(nhits, 1);
+    assert_string_equal(hits[0].key, "kept");
+  }
+  vlm_hits_free(hits, nhits);
+  vlm_db_close(before);
   db = open_db(out);
   vlm_db_info info;
   CHECK(vlm_db_stat(db, &info));
