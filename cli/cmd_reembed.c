@@ -373,6 +373,8 @@ static int finish_switch(const char *cmd, const char *dir,
     vlm_cli_error(cmd, "%s: %s", path, strerror(errno));
     return -1;
   }
+  fprintf(stderr, "vlmdb %s: %s: the switch is complete, the old database "
+          "removed\n", cmd, dir);
   return 0;
 }
 
@@ -507,6 +509,12 @@ int cmd_reembed(int argc, char **argv) {
     return VLM_EXIT_RUNTIME;
   }
 
+  char manifest[PATH_MAX + 16];
+  snprintf(manifest, sizeof manifest, "%s/manifest.json", dir);
+  if (access(manifest, F_OK) != 0) {
+    vlm_cli_error(cmd, "%s is not a vlmdb database (no manifest.json)", dir);
+    return VLM_EXIT_RUNTIME;
+  }
   int status = VLM_EXIT_RUNTIME;
   vlm_db_lock *lock = NULL;
   reembed re;
