@@ -39,6 +39,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,7 +182,7 @@ typedef struct {
   const char *cmd;
   vlm_db *old, *staged;
   vlm_clip *clip;
-  int dim, batch_size, allow_missing;
+  int dim, batch_size, allow_missing, nthreads;
   size_t pixel_floats;
   /* one batch */
   vlm_record *rec[MAX_BATCH];
@@ -189,7 +190,11 @@ typedef struct {
   size_t image_len[MAX_BATCH];
   int want_image[MAX_BATCH], want_text[MAX_BATCH];
   int failed_image[MAX_BATCH], failed_text[MAX_BATCH];
+  const char *what[MAX_BATCH]; /* a failed image: why, in why[i] */
+  char (*why)[320];
   int n;
+  int next_prep;               /* the next item a preparing thread takes */
+  pthread_mutex_t prep_mu;
   float *pixels, *image_out, *text_out;
   /* counts */
   long done, embedded, resumed, failed, dropped, partial;
@@ -213,37 +218,79 @@ static void batch_clear(reembed *re) {
   re->n = 0;
 }
 
+/* Read and preprocess item i's image into pixel slot i (the kept bytes,
+ * else its source file); on failure failed_image[i], what[i], why[i]. */
+static void prepare_image(reembed *re, int i) {
+  vlm_record *r = re->rec[i];
+  uint8_t *data = re->image[i], *file = NULL;
+  size_t len = re->image_len[i];
+  if (!data) {
+    if (!r->source || vlm_read_file(r->source, VLM_MAX_IMAGE_FILE, &file,
+                                    &len)) {
+      re->failed_image[i] = 1;
+      re->what[i] = "missing-image";
+      snprintf(re->why[i], sizeof re->why[i], "%s",
+               r->source ? vlm_errmsg() : "no source and no kept image bytes");
+      return;
+    }
+    data = file;
+  }
+  if (vlm_clip_preprocess(re->clip, data, len,
+                          re->pixels + (size_t)i * re->pixel_floats)) {
+    re->failed_image[i] = 1;
+    re->what[i] = "corrupt-image";
+    snprintf(re->why[i], sizeof re->why[i], "%s", vlm_errmsg());
+  }
+  free(file);
+}
+
+/* Decoding is most of the work for a small model: the batch's images are
+ * prepared by nthreads threads, each taking the next item. */
+static void *prepare_main(void *arg) {
+  reembed *re = arg;
+  for (;;) {
+    pthread_mutex_lock(&re->prep_mu);
+    int i = re->next_prep;
+    while (i < re->n && !re->want_image[i])
+      i++;
+    re->next_prep = i + 1;
+    pthread_mutex_unlock(&re->prep_mu);
+    if (i >= re->n)
+      return NULL;
+    prepare_image(re, i);
+  }
+}
+
 /* Embed and write the batch; 0, or -1 when the run must stop. */
 static int batch_flush(reembed *re) {
   int dim = re->dim, m = 0, t = 0;
   int slot[MAX_BATCH], text_slot[MAX_BATCH];
   const char *texts[MAX_BATCH];
+  pthread_t th[64];
+  int nth = re->nthreads < 64 ? re->nthreads : 64, started = 0;
+  for (int i = 0; i < re->n; i++)
+    re->failed_image[i] = re->failed_text[i] = 0;
+  re->next_prep = 0;
+  for (; started < nth - 1; started++)
+    if (pthread_create(&th[started], NULL, prepare_main, re))
+      break;
+  prepare_main(re);
+  for (int k = 0; k < started; k++)
+    pthread_join(th[k], NULL);
   for (int i = 0; i < re->n; i++) {
     vlm_record *r = re->rec[i];
-    re->failed_image[i] = re->failed_text[i] = 0;
     slot[i] = text_slot[i] = -1;
     if (re->want_image[i]) {
-      uint8_t *data = re->image[i];
-      size_t len = re->image_len[i];
-      uint8_t *file = NULL;
-      if (!data) {
-        if (!r->source || vlm_read_file(r->source, VLM_MAX_IMAGE_FILE, &file,
-                                        &len)) {
-          item_error(re, r->key, "missing-image",
-                     r->source ? vlm_errmsg()
-                               : "no source and no kept image bytes");
-          re->failed_image[i] = 1;
-        }
-        data = file;
-      }
-      if (data && vlm_clip_preprocess(re->clip, data, len,
-                                      re->pixels + m * re->pixel_floats)) {
-        item_error(re, r->key, "corrupt-image", vlm_errmsg());
-        re->failed_image[i] = 1;
-      } else if (data) {
+      if (re->failed_image[i]) {
+        item_error(re, r->key, re->what[i], re->why[i]);
+      } else {
+        /* close the gaps failed images left, in item order */
+        if (m != i)
+          memmove(re->pixels + (size_t)m * re->pixel_floats,
+                  re->pixels + (size_t)i * re->pixel_floats,
+                  re->pixel_floats * sizeof(float));
         slot[i] = m++;
       }
-      free(file);
     }
     if (re->want_text[i]) {
       if (!r->caption) {
@@ -522,6 +569,9 @@ int cmd_reembed(int argc, char **argv) {
   re.cmd = cmd;
   re.batch_size = (int)batch;
   re.allow_missing = allow_missing;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  re.nthreads = threads ? (int)threads : ncpu > 0 ? (int)ncpu : 1;
+  pthread_mutex_init(&re.prep_mu, NULL);
   const char *outcome = "failed";
   vlm_db_info info;
   int rc = vlm_db_lock_writers(dir, &lock);
@@ -565,7 +615,8 @@ int cmd_reembed(int argc, char **argv) {
   re.pixels = malloc((size_t)re.batch_size * re.pixel_floats * sizeof(float));
   re.image_out = malloc((size_t)re.batch_size * re.dim * sizeof(float));
   re.text_out = malloc((size_t)re.batch_size * re.dim * sizeof(float));
-  if (!re.pixels || !re.image_out || !re.text_out) {
+  re.why = malloc((size_t)re.batch_size * sizeof *re.why);
+  if (!re.pixels || !re.image_out || !re.text_out || !re.why) {
     vlm_cli_error(cmd, "out of memory");
     goto done;
   }
@@ -612,6 +663,8 @@ done:
   free(re.pixels);
   free(re.image_out);
   free(re.text_out);
+  free(re.why);
+  pthread_mutex_destroy(&re.prep_mu);
   vlm_db_close(re.staged);
   vlm_db_close(re.old);
   vlm_clip_free(re.clip);
