@@ -67,7 +67,10 @@ static const char usage[] =
     "                      `ingest --keep-images` kept, else its source\n"
     "                      file); the held-out share (--val-fraction, by a\n"
     "                      hash of the key) is written to\n"
-    "                      DIR/heldout-pairs.jsonl for `vlmdb eval --pairs`\n"
+    "                      DIR/heldout-pairs.jsonl for `vlmdb eval --pairs`;\n"
+    "                      transparent images are handled as the --init\n"
+    "                      model says (its vlmdb_alpha), as the database\n"
+    "                      embeds them\n"
     "  --images-root DIR   base of relative image paths\n"
     "  --val-catalog FILE  held-out pairs evaluated after every epoch\n"
     "                      (repeatable)\n"
@@ -443,6 +446,19 @@ done:
   return status;
 }
 
+/* 1 when the model in dir composites transparent images onto white (its
+ * preprocessor_config.json says "vlmdb_alpha": "white"), as every vlmdb
+ * command that embeds with it does. */
+static int model_alpha_white(const char *dir) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+  json_t *o = json_load_file(path, 0, NULL);
+  const char *alpha = json_string_value(json_object_get(o, "vlmdb_alpha"));
+  int white = alpha && !strcmp(alpha, "white");
+  json_decref(o);
+  return white;
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag,
                     struct FTW *ftw) {
   (void)st, (void)flag, (void)ftw;
@@ -707,6 +723,12 @@ int cmd_train(int argc, char **argv) {
     if (read_db_pairs(cmd, db_dir, scratch, heldout, o.val_fraction, &train,
                       &val, quiet))
       goto done;
+    /* The database embeds its images as its model says; training on them
+     * otherwise would teach the model pixels it never sees there (a
+     * clip-art catalog's transparent backgrounds as black instead of
+     * white).  The catalog path keeps its default (alpha dropped). */
+    if (o.init_dir && model_alpha_white(o.init_dir))
+      o.alpha_white = 1;
     o.val_items = val.n ? val.items : NULL;
     o.n_val = val.n;
     o.val_fraction = 0;

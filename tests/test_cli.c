@@ -2470,6 +2470,19 @@ static void test_e2e_train_db_loop(void **state) {
     json_decref(ev);
     free(out);
   }
+  /* from a model that composites transparent images onto white (as the
+   * database embeds them), the tuned model does too */
+  char tuned2[PATH_MAX], pre[PATH_MAX];
+  db_path(tuned2, sizeof tuned2, dir, "tuned-default");
+  db_path(pre, sizeof pre, dir, "tuned-default/preprocessor_config.json");
+  free(RUN_OK(dir, "train", "--db", db, "--init", NEW_MODEL, "--lora", "2",
+              "--max-steps", "1", "--batch", "4", "--threads", "1", "--out",
+              tuned2));
+  json_t *pc = json_load_file(pre, 0, NULL);
+  assert_non_null(pc);
+  assert_string_equal(json_string_value(json_object_get(pc, "vlmdb_alpha")),
+                      "white");
+  json_decref(pc);
   out = RUN_OK(dir, "info", "--db", db, "--json");
   json_t *info = parse_json(out);
   char tuned_abs[PATH_MAX];
