@@ -21,6 +21,7 @@ typedef struct {
   int as_json;
   int vectors;          /* get, export: --vectors */
   const char *thumb;    /* get: --thumb FILE */
+  const char *image;    /* get: --image FILE */
   const char *output;   /* export: -o FILE; salvage: --out DIR */
   const char *factory;  /* reindex: --index */
   int text;             /* reindex: --text */
@@ -41,6 +42,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
       {"json", no_argument, NULL, 'j'},
       {"vectors", no_argument, NULL, 'v'},
       {"thumb", required_argument, NULL, 't'},
+      {"image", required_argument, NULL, 'I'},
       {"output", required_argument, NULL, 'o'},
       {"out", required_argument, NULL, 'o'},
       {"index", required_argument, NULL, 'i'},
@@ -54,7 +56,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
   while ((c = getopt_long(argc, argv, allowed & OPT_OUTPUT ? "o:h" : "h",
                           longopts, NULL)) != -1) {
     unsigned need = c == 'v'   ? OPT_VECTORS
-                    : c == 't' ? OPT_THUMB
+                    : c == 't' || c == 'I' ? OPT_THUMB
                     : c == 'o' ? OPT_OUTPUT
                     : c == 'i' ? OPT_INDEX
                     : c == 'm' || c == 's' ? OPT_UPDATE
@@ -67,6 +69,7 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
     case 'j': a->as_json = 1; break;
     case 'v': a->vectors = 1; break;
     case 't': a->thumb = optarg; break;
+    case 'I': a->image = optarg; break;
     case 'o': a->output = optarg; break;
     case 'i': a->factory = optarg; break;
     case 'm': a->meta = optarg; break;
@@ -234,9 +237,11 @@ int cmd_info(int argc, char **argv) {
 
 static const char get_usage[] =
     "usage: vlmdb get --db DIR KEY [--json] [--vectors] [--thumb FILE]\n"
+    "                 [--image FILE]\n"
     "\n"
     "Print one item: caption, source, metadata, which vectors it has and\n"
     "its thumbnail's size.  --thumb FILE writes the JPEG thumbnail;\n"
+    "--image FILE the original image bytes `ingest --keep-images` kept;\n"
     "--vectors adds the vectors to the JSON output.\n"
     "\n"
     "example:\n"
@@ -284,6 +289,26 @@ int cmd_get(int argc, char **argv) {
       goto done;
     }
   }
+  if (a.image) {
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    if ((rc = vlm_db_get_image(db, key, &bytes, &len))) {
+      vlm_cli_liberror(a.cmd, rc);
+      goto done;
+    }
+    if (!bytes) {
+      vlm_cli_error(a.cmd, "item \"%s\" keeps no image bytes (ingest "
+                    "--keep-images keeps them)", key);
+      goto done;
+    }
+    FILE *f = fopen(a.image, "wb");
+    int ok = f && fwrite(bytes, 1, len, f) == len;
+    free(bytes);
+    if ((f && fclose(f)) || !ok) {
+      vlm_cli_error(a.cmd, "writing %s failed", a.image);
+      goto done;
+    }
+  }
   json_t *meta = json_loads(rec->meta_json ? rec->meta_json : "{}", 0, NULL);
   if (a.as_json) {
     json_t *o = json_object();
@@ -303,6 +328,7 @@ int cmd_get(int argc, char **argv) {
                         : a.vectors    ? vector_array(rec->text_vec, rec->dim)
                                        : json_true());
     json_object_set_new(o, "thumb_bytes", json_integer((json_int_t)rec->thumb_len));
+    json_object_set_new(o, "image_bytes", json_integer((json_int_t)rec->image_len));
     print_json_line(o);
   } else {
     char *meta_text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
@@ -319,6 +345,8 @@ int cmd_get(int argc, char **argv) {
       printf("thumb:    %zu bytes JPEG\n", rec->thumb_len);
     else
       printf("thumb:    -\n");
+    if (rec->image_len)
+      printf("image:    %zu bytes kept\n", rec->image_len);
     free(meta_text);
   }
   status = VLM_EXIT_OK;

@@ -55,6 +55,7 @@ static const char usage[] =
     "usage: vlmdb ingest --db DIR (CATALOG | --embeddings DIR)\n"
     "                    [--images-root DIR] [--batch N]\n"
     "                    [--threads N] [--upsert] [--strict] [--format F]\n"
+    "                    [--keep-images]\n"
     "                    [--model DIR] [--json] [--quiet] [--publish]\n"
     "                    [--tag-field F --tag-labels FILE [--tag-template T]...\n"
     "                     [--tag-score-field F] [--tag-min-score S]]\n"
@@ -73,6 +74,10 @@ static const char usage[] =
     "                      4096 for --embeddings: nothing to embed)\n"
     "  --threads N         image decoding threads (default: all cores)\n"
     "  --upsert            replace keys that exist instead of skipping them\n"
+    "  --keep-images       also store each image file's bytes in the\n"
+    "                      database, so `vlmdb reembed` (and `train --db`)\n"
+    "                      work without the files (costs their size on\n"
+    "                      disk)\n"
     "  --strict            stop at the first bad row and exit with 1\n"
     "  --format F          jsonl, csv, tsv, dir or embeddings (default: from\n"
     "                      the name; a directory holding metadata/ is\n"
@@ -114,6 +119,8 @@ typedef struct {
   const float *text_vec;
   uint8_t *thumb;        /* made by a worker (else row.thumb is used) */
   size_t thumb_len;
+  uint8_t *image_bytes;  /* the image file, with --keep-images */
+  size_t image_len;
 } ingest_item;
 
 typedef enum {
@@ -160,6 +167,7 @@ typedef struct {
   int nencoders;          /* concurrent single-threaded encode calls */
   unsigned put_flags;
   int strict;
+  int keep_images;        /* store the image files' bytes too */
   uint8_t *slot_mine;     /* a shard: 1 for each hash slot it holds */
 
   pthread_mutex_t mu;
@@ -329,7 +337,12 @@ static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
   }
 done:
   vlm_image_free(&img);
-  free(data);
+  if (ing->keep_images && !it->row.error) {
+    it->image_bytes = data; /* written with the item */
+    it->image_len = len;
+  } else {
+    free(data);
+  }
 }
 
 /* Decode workers run at a lower priority than the encoder: a batch is
@@ -534,6 +547,8 @@ static void to_db_item(const ingest_item *it, vlm_item *out) {
   out->thumb = it->thumb ? it->thumb : it->row.thumb;
   out->thumb_len = it->thumb ? it->thumb_len : it->row.thumb_len;
   out->meta_json = it->row.meta_json;
+  out->image = it->image_bytes;
+  out->image_len = it->image_len;
 }
 
 /* Write one batch; returns 0, or -1 when the run must stop. */
@@ -624,6 +639,7 @@ static void clear_batch(batch *b) {
   for (int i = 0; i < b->n; i++) {
     vlm_catalog_row_clear(&b->items[i].row);
     free(b->items[i].thumb);
+    free(b->items[i].image_bytes);
   }
   memset(b->items, 0, (size_t)b->n * sizeof *b->items);
   b->n = b->ngood = b->npixels = 0;
@@ -951,6 +967,7 @@ int cmd_ingest(int argc, char **argv) {
       {"batch", required_argument, NULL, 'b'},
       {"threads", required_argument, NULL, 't'},
       {"upsert", no_argument, NULL, 'u'},
+      {"keep-images", no_argument, NULL, 'K'},
       {"strict", no_argument, NULL, 's'},
       {"format", required_argument, NULL, 'f'},
       {"model", required_argument, NULL, 'm'},
@@ -983,6 +1000,7 @@ int cmd_ingest(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       break;
     case 'u': ing.put_flags |= VLM_PUT_UPSERT; break;
+    case 'K': ing.keep_images = 1; break;
     case 's': ing.strict = 1; break;
     case 'f':
       if (parse_format(optarg, &format))

@@ -15,9 +15,16 @@
 #include "catalog.h"
 #include "vlm_error.h"
 #include "vlm_train.h"
+#include "vlmdb.h"
+
+#include <ftw.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/stat.h>
 
 static const char usage[] =
-    "usage: vlmdb train --catalog FILE --out DIR [--init DIR | --config FILE]\n"
+    "usage: vlmdb train (--catalog FILE | --db DB) --out DIR\n"
+    "                   [--init DIR | --config FILE]\n"
     "                   [--epochs N] [--batch N] [--lr X] [--seed N]\n"
     "                   [--threads N] [--lora RANK] [--resume] [options]\n"
     "\n"
@@ -55,6 +62,15 @@ static const char usage[] =
     "                      per epoch: 0.25 = in a quarter of the epochs\n"
     "  --weight X          multiply the weights of the --catalog before it\n"
     "                      (mix sources: --catalog a --catalog b --weight 3)\n"
+    "  --db DB             train on a database's own pairs instead: every\n"
+    "                      item with a caption and an image (the bytes\n"
+    "                      `ingest --keep-images` kept, else its source\n"
+    "                      file); the held-out share (--val-fraction, by a\n"
+    "                      hash of the key) is written to\n"
+    "                      DIR/heldout-pairs.jsonl for `vlmdb eval --pairs`;\n"
+    "                      transparent images are handled as the --init\n"
+    "                      model says (its vlmdb_alpha), as the database\n"
+    "                      embeds them\n"
     "  --images-root DIR   base of relative image paths\n"
     "  --val-catalog FILE  held-out pairs evaluated after every epoch\n"
     "                      (repeatable)\n"
@@ -103,6 +119,8 @@ static const char usage[] =
     "  vlmdb train --catalog clipart.jsonl --config models/default-config.json \\\n"
     "              --out models/clipart --epochs 40 --batch 128 --seed 1\n"
     "  vlmdb train --catalog products.jsonl --init models/default --lora 8 \\\n"
+    "              --out models/products --epochs 5\n"
+    "  vlmdb train --db products.vlm --init models/default --lora 8 \\\n"
     "              --out models/products --epochs 5\n";
 
 static volatile int stop_flag;
@@ -256,6 +274,197 @@ static int read_pairs(const char *cmd, const char *path,
   return 0;
 }
 
+/* ---- pairs of a database (--db) ------------------------------------------ */
+
+typedef struct {
+  item_list *out;
+  char **need_bytes; /* keys whose image comes from kept bytes */
+  int nneed, capneed;
+  long no_caption, no_image;
+  int rc;
+} db_walk;
+
+static int db_visit(const vlm_record *rec, void *arg) {
+  db_walk *w = arg;
+  item_list *out = w->out;
+  if (!rec->caption || !*rec->caption) {
+    w->no_caption++;
+    return 0;
+  }
+  int kept = rec->image_len > 0;
+  if (!kept && (!rec->source || access(rec->source, R_OK) != 0)) {
+    w->no_image++;
+    return 0;
+  }
+  if (out->n == out->cap) {
+    int cap = out->cap ? out->cap * 2 : 1024;
+    vlm_train_item *p = realloc(out->items, sizeof *p * cap);
+    if (!p)
+      return w->rc = VLM_ENOMEM;
+    out->items = p;
+    out->cap = cap;
+  }
+  vlm_train_item *it = &out->items[out->n];
+  memset(it, 0, sizeof *it);
+  it->key = keep(out, strdup(rec->key));
+  it->text = keep(out, strdup(rec->caption));
+  it->image = kept ? NULL : keep(out, strdup(rec->source));
+  if (!it->key || !it->text || (!kept && !it->image))
+    return w->rc = VLM_ENOMEM;
+  if (kept) {
+    if (w->nneed == w->capneed) {
+      int cap = w->capneed ? w->capneed * 2 : 256;
+      char **p = realloc(w->need_bytes, sizeof *p * cap);
+      if (!p)
+        return w->rc = VLM_ENOMEM;
+      w->need_bytes = p;
+      w->capneed = cap;
+    }
+    w->need_bytes[w->nneed++] = (char *)it->key;
+  }
+  out->n++;
+  return 0;
+}
+
+/* 1 when the pair of key is held out at fraction: FNV-1a of the key with
+ * splitmix64's finalizer, so that keys sharing a long prefix (item0001,
+ * item0002, ...) still land on both sides.  (The trainer's own
+ * --val-fraction split takes the high bits of plain FNV-1a, which such
+ * keys barely change; it is left as it is so that earlier runs keep
+ * their split.) */
+static int held_out(const char *key, double fraction) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+    h = (h ^ *p) * 0x100000001b3ull;
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  return (double)(h >> 11) / 9007199254740992.0 < fraction;
+}
+
+/* The database's pairs: every item with a caption and an image, into
+ * train, and those held_out() picks into val (strings owned by train).
+ * The trainer reads images by path, so kept bytes are written to files in
+ * scratch (removed by the caller once the run is done).  The held-out
+ * keys go to heldout as eval pairs. */
+static int read_db_pairs(const char *cmd, const char *db_dir,
+                         const char *scratch, const char *heldout,
+                         double val_fraction, item_list *out, item_list *val,
+                         int quiet) {
+  vlm_db *db = NULL;
+  vlm_db_open_options ro = {.readonly = 1};
+  db_walk w = {.out = out};
+  FILE *f = NULL;
+  int rc = vlm_db_open(db_dir, &ro, &db), status = -1;
+  if (rc || (rc = vlm_db_foreach(db, db_visit, &w)) || (rc = w.rc))
+    goto fail;
+  if (w.nneed && mkdir(scratch, 0755) != 0 && errno != EEXIST) {
+    vlm_cli_error(cmd, "%s: %s", scratch, strerror(errno));
+    goto done;
+  }
+  /* items and need_bytes list the kept ones in the same order */
+  for (int i = 0, j = 0; i < out->n && j < w.nneed; i++) {
+    vlm_train_item *it = &out->items[i];
+    if (it->key != w.need_bytes[j])
+      continue;
+    j++;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    if ((rc = vlm_db_get_image(db, it->key, &bytes, &len)))
+      goto fail;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%08d", scratch, j);
+    FILE *img = fopen(path, "wb");
+    int ok = img && fwrite(bytes, 1, len, img) == len;
+    free(bytes);
+    if ((img && fclose(img)) || !ok) {
+      vlm_cli_error(cmd, "writing %s failed", path);
+      goto done;
+    }
+    if (!(it->image = keep(out, strdup(path)))) {
+      rc = VLM_ENOMEM;
+      goto fail;
+    }
+  }
+  if (!(f = fopen(heldout, "w"))) {
+    vlm_cli_error(cmd, "%s: %s", heldout, strerror(errno));
+    goto done;
+  }
+  long nheld = 0;
+  if (!(val->items = malloc(sizeof *val->items * (size_t)(out->n + 1)))) {
+    rc = VLM_ENOMEM;
+    goto fail;
+  }
+  int kept_n = 0;
+  for (int i = 0; i < out->n; i++) {
+    if (!held_out(out->items[i].key, val_fraction)) {
+      out->items[kept_n++] = out->items[i];
+      continue;
+    }
+    val->items[val->n++] = out->items[i];
+    json_t *o = json_pack("{s:s, s:s}", "image", out->items[i].key, "text",
+                          out->items[i].key);
+    char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!line || fprintf(f, "%s\n", line) < 0) {
+      free(line);
+      vlm_cli_error(cmd, "writing %s failed", heldout);
+      goto done;
+    }
+    free(line);
+    nheld++;
+  }
+  out->n = kept_n;
+  if (fclose(f) != 0) {
+    f = NULL;
+    vlm_cli_error(cmd, "writing %s failed", heldout);
+    goto done;
+  }
+  f = NULL;
+  if (!quiet)
+    fprintf(stderr, "vlmdb %s: %s: %d pairs to train on, %ld held out "
+            "(listed in %s; %ld images from kept bytes); %ld items without a "
+            "caption and %ld without an image skipped\n", cmd, db_dir,
+            out->n, nheld, heldout,
+            (long)w.nneed, w.no_caption, w.no_image);
+  if (out->n == 0) {
+    vlm_cli_error(cmd, "%s: no items with both an image and a caption",
+                  db_dir);
+    goto done;
+  }
+  status = 0;
+  goto done;
+fail:
+  vlm_cli_liberror(cmd, rc);
+done:
+  if (f)
+    fclose(f);
+  free(w.need_bytes);
+  vlm_db_close(db);
+  return status;
+}
+
+/* 1 when the model in dir composites transparent images onto white (its
+ * preprocessor_config.json says "vlmdb_alpha": "white"), as every vlmdb
+ * command that embeds with it does. */
+static int model_alpha_white(const char *dir) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+  json_t *o = json_load_file(path, 0, NULL);
+  const char *alpha = json_string_value(json_object_get(o, "vlmdb_alpha"));
+  int white = alpha && !strcmp(alpha, "white");
+  json_decref(o);
+  return white;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag,
+                    struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path);
+}
+
 /* The default tokenizer: the default model's, else the CLIP tokenizer in
  * the source tree's test fixtures (the standard vocabulary). */
 static const char *default_tokenizer(void) {
@@ -317,7 +526,7 @@ int cmd_train(int argc, char **argv) {
   const char *catalogs[MAX_CATALOGS], *val_catalogs[MAX_CATALOGS];
   double cat_weight[MAX_CATALOGS];
   int ncat = 0, nval = 0;
-  const char *images_root = NULL;
+  const char *images_root = NULL, *db_dir = NULL;
   int quiet = 0, val_fraction_given = 0;
   vlm_train_options o;
   vlm_train_options_default(&o);
@@ -329,10 +538,11 @@ int cmd_train(int argc, char **argv) {
     O_ALT_TEXT_SHARE, O_CONTEXT, O_WEIGHT,
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
-    O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER
+    O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER, O_DB
   };
   static const struct option longopts[] = {
       {"catalog", required_argument, NULL, O_CATALOG},
+      {"db", required_argument, NULL, O_DB},
       {"weight", required_argument, NULL, O_WEIGHT},
       {"out", required_argument, NULL, O_OUT},
       {"init", required_argument, NULL, O_INIT},
@@ -403,6 +613,7 @@ int cmd_train(int argc, char **argv) {
       }
       DOUBLE_ARG("--weight", 1e-6, VLM_CATALOG_MAX_WEIGHT, cat_weight[ncat - 1]);
       break;
+    case O_DB: db_dir = optarg; break;
     case O_OUT: o.out_dir = optarg; break;
     case O_INIT: o.init_dir = optarg; break;
     case O_CONFIG: o.config_path = optarg; break;
@@ -460,9 +671,18 @@ int cmd_train(int argc, char **argv) {
     vlm_cli_error(cmd, "unexpected argument '%s' (see --help)", argv[optind]);
     return VLM_EXIT_USAGE;
   }
-  if (!ncat || !o.out_dir) {
-    vlm_cli_error(cmd, "--catalog FILE and --out DIR are required "
-                       "(see --help)");
+  if ((!ncat && !db_dir) || !o.out_dir) {
+    vlm_cli_error(cmd, "--catalog FILE (or --db DB) and --out DIR are "
+                       "required (see --help)");
+    return VLM_EXIT_USAGE;
+  }
+  if (ncat && db_dir) {
+    vlm_cli_error(cmd, "give --catalog or --db, not both");
+    return VLM_EXIT_USAGE;
+  }
+  if (db_dir && nval) {
+    vlm_cli_error(cmd, "--db holds its pairs out by key (--val-fraction); "
+                       "not with --val-catalog");
     return VLM_EXIT_USAGE;
   }
   if (o.init_dir && o.config_path) {
@@ -491,6 +711,28 @@ int cmd_train(int argc, char **argv) {
   item_list train = {0}, val = {0};
   int status = VLM_EXIT_RUNTIME;
   char *command = join_args(argc, argv);
+  char scratch[PATH_MAX] = "";
+  if (db_dir) {
+    char heldout[PATH_MAX];
+    snprintf(scratch, sizeof scratch, "%s/db-images", o.out_dir);
+    snprintf(heldout, sizeof heldout, "%s/heldout-pairs.jsonl", o.out_dir);
+    if (mkdir(o.out_dir, 0755) != 0 && errno != EEXIST) {
+      vlm_cli_error(cmd, "%s: %s", o.out_dir, strerror(errno));
+      goto done;
+    }
+    if (read_db_pairs(cmd, db_dir, scratch, heldout, o.val_fraction, &train,
+                      &val, quiet))
+      goto done;
+    /* The database embeds its images as its model says; training on them
+     * otherwise would teach the model pixels it never sees there (a
+     * clip-art catalog's transparent backgrounds as black instead of
+     * white).  The catalog path keeps its default (alpha dropped). */
+    if (o.init_dir && model_alpha_white(o.init_dir))
+      o.alpha_white = 1;
+    o.val_items = val.n ? val.items : NULL;
+    o.n_val = val.n;
+    o.val_fraction = 0;
+  }
   for (int i = 0; i < ncat; i++) {
     int first = train.n;
     if (read_pairs(cmd, catalogs[i], images_root, &train, quiet))
@@ -543,6 +785,9 @@ int cmd_train(int argc, char **argv) {
     status = VLM_EXIT_OK;
   }
   vlm_train_result_free(&res);
+  /* the kept images' copies: a --resume of a finished run needs none */
+  if (scratch[0] && status == VLM_EXIT_OK)
+    nftw(scratch, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 done:
   free(command);
   list_free(&train);

@@ -23,6 +23,7 @@ static const vlm_command commands[] = {
     {"update", cmd_update, "change an item's metadata or source, keep the rest"},
     {"export", cmd_export, "write the database back out as JSONL"},
     {"reindex", cmd_reindex, "rebuild the vector index with another kind"},
+    {"reembed", cmd_reembed, "move a database to another model, atomically"},
     {"verify", cmd_verify, "check that a database's stores agree"},
     {"recover", cmd_recover, "finish crash recovery, rebuild what LMDB can"},
     {"salvage", cmd_salvage, "copy a damaged database's sound records out"},

@@ -30,6 +30,7 @@ int cmd_get(int argc, char **argv);
 int cmd_delete(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_reindex(int argc, char **argv);
+int cmd_reembed(int argc, char **argv);
 int cmd_embed(int argc, char **argv);
 /* `vlmdb embed --catalog ... --out DIR` (cmd_embed_files.c): cmd_embed
  * hands its arguments over when --catalog is among them. */

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -152,6 +153,72 @@ static int lock_dir(const char *dir, int readonly, int *fd_out) {
     /* only a refused open's message and readers' crash check use it */
   }
   *fd_out = fd;
+  return 0;
+}
+
+struct vlm_db_lock {
+  int fd;
+};
+
+int vlm_db_lock_writers(const char *dir, vlm_db_lock **out) {
+  if (!dir || !out)
+    return vlm_seterr(VLM_EINVAL, "lock: NULL argument");
+  *out = NULL;
+  vlm_db_lock *lk = malloc(sizeof *lk);
+  if (!lk)
+    return vlm_seterr(VLM_ENOMEM, "lock");
+  int rc = lock_dir(dir, 0, &lk->fd);
+  if (rc) {
+    free(lk);
+    return rc;
+  }
+  *out = lk;
+  return 0;
+}
+
+void vlm_db_unlock_writers(vlm_db_lock *lock) {
+  if (!lock)
+    return;
+  /* a pid left in LOCK would name this process as the holder later */
+  if (ftruncate(lock->fd, 0) != 0) {
+    /* only messages read it */
+  }
+  close(lock->fd);
+  free(lock);
+}
+
+int vlm_db_exchange(const char *dir, const char *staged) {
+  char pa[PATH_MAX], pb[PATH_MAX];
+  if (!dir || !staged)
+    return vlm_seterr(VLM_EINVAL, "exchange: NULL argument");
+  vlm__parent_of(dir, pa, sizeof pa);
+  vlm__parent_of(staged, pb, sizeof pb);
+  struct stat sa, sb;
+  if (stat(pa, &sa) != 0 || stat(pb, &sb) != 0 || sa.st_dev != sb.st_dev ||
+      sa.st_ino != sb.st_ino)
+    return vlm_seterr(VLM_EINVAL, "%s and %s are not in one directory", dir,
+                      staged);
+  if (renameat2(AT_FDCWD, dir, AT_FDCWD, staged, RENAME_EXCHANGE) != 0) {
+    int e = errno;
+    if (e == EINVAL || e == ENOSYS || e == ENOTSUP)
+      return vlm_seterr(VLM_EINVAL, "exchanging %s and %s: the filesystem "
+                        "cannot swap two directories atomically (%s)", dir,
+                        staged, strerror(e));
+    return vlm_seterr(e == ENOENT ? VLM_ENOTFOUND : VLM_EIO,
+                      "exchanging %s and %s: %s", dir, staged, strerror(e));
+  }
+  return vlm__fsync_dir(pa);
+}
+
+int vlm__dir_unchanged(vlm_db *db) {
+  struct stat st;
+  if (!db->registered)
+    return 0;
+  if (stat(db->dir, &st) != 0 || st.st_dev != db->reg_dev ||
+      st.st_ino != db->reg_ino)
+    return vlm_seterr(VLM_ESTATE, "%s is no longer the database this handle "
+                      "opened (another was switched in, e.g. by vlmdb "
+                      "reembed): open it again", db->dir);
   return 0;
 }
 
@@ -1098,6 +1165,9 @@ static int validate_item(vlm_db *db, const vlm_item *it, int update,
   if (it->thumb_len && !it->thumb)
     return vlm_seterr(VLM_EINVAL, "key \"%s\": thumb_len without thumb",
                       it->key);
+  if (it->image_len && !it->image)
+    return vlm_seterr(VLM_EINVAL, "key \"%s\": image_len without image",
+                      it->key);
   if (it->thumb && it->thumb_len &&
       (it->thumb_len < 3 || memcmp(it->thumb, "\xff\xd8\xff", 3)))
     return vlm_seterr(VLM_EFORMAT, "key \"%s\": thumbnail is not JPEG data",
@@ -1295,6 +1365,14 @@ static int stage_update(vlm_db *db, batch *b, const vlm_item *it,
     memcpy(t, rec.thumb, rec.thumb_len);
     m.thumb = t;
     m.thumb_len = rec.thumb_len;
+  }
+  if (!it->image && rec.image_len) {
+    void *t = malloc(rec.image_len);
+    if (!t || (rc = batch_keep(b, t)))
+      return t ? rc : vlm_seterr(VLM_ENOMEM, "update");
+    memcpy(t, rec.image, rec.image_len);
+    m.image = t;
+    m.image_len = rec.image_len;
   }
   const float **mv[VLM__NMOD] = {&m.image_vec, &m.text_vec};
   for (int i = 0; i < VLM__NMOD; i++) {
@@ -1637,6 +1715,7 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
     memcpy(r->thumb, rec.thumb, rec.thumb_len);
     r->thumb_len = rec.thumb_len;
   }
+  r->image_len = rec.image_len;
   if (!oom)
     oom = !(r->meta_json = rec.meta_len ? dup_n(rec.meta, rec.meta_len)
                                         : strdup("{}"));
@@ -1672,6 +1751,57 @@ int vlm_db_get(vlm_db *db, const char *key, vlm_record **out) {
     vlm_record_free(*out);
     *out = NULL;
   }
+  end_read(db, r);
+  return rc;
+}
+
+int vlm_db_get_image(vlm_db *db, const char *key, uint8_t **data,
+                     size_t *len) {
+  vlm__reader *r;
+  uint64_t id;
+  if (!db || !key || !data || !len)
+    return vlm_seterr(VLM_EINVAL, "get image: NULL argument");
+  *data = NULL;
+  *len = 0;
+  int rc = begin_read(db, &r);
+  if (rc)
+    return rc;
+  rc = lookup_id(db, r->txn, key, &id);
+  if (rc == VLM_ENOTFOUND)
+    rc = vlm_seterr(VLM_ENOTFOUND, "key \"%s\" not found", key);
+  if (rc)
+    goto done;
+  MDB_val ik = {sizeof id, &id}, rv, vv;
+  vlm__rec rec;
+  int mrc = vlm__mdb_get(r->txn, db->lm.items, &ik, &rv);
+  if (!mrc)
+    mrc = vlm__mdb_get(r->txn, db->lm.vecs, &ik, &vv);
+  if (mrc) {
+    rc = mrc == MDB_NOTFOUND
+             ? vlm_seterr(VLM_ECORRUPT, "key \"%s\": item %llu missing", key,
+                          (unsigned long long)id)
+             : vlm__lmdb_err(mrc, key);
+    goto done;
+  }
+  if ((rc = vlm__rec_decode(rv.mv_data, rv.mv_size, &rec)))
+    goto done;
+  if (rec.key_len != strlen(key) || memcmp(rec.key, key, rec.key_len) ||
+      vlm__rec_check(rv.mv_data, rv.mv_size, vv.mv_data, vv.mv_size)) {
+    rc = vlm_seterr(VLM_ECORRUPT, "key \"%s\" (item %llu): the record is "
+                    "damaged; " VLM__LMDB_DAMAGED_HINT, key,
+                    (unsigned long long)id);
+    goto done;
+  }
+  if (rec.image_len) {
+    if (!(*data = malloc(rec.image_len))) {
+      rc = vlm_seterr(VLM_ENOMEM, "key \"%s\": image of %zu bytes", key,
+                      rec.image_len);
+      goto done;
+    }
+    memcpy(*data, rec.image, rec.image_len);
+    *len = rec.image_len;
+  }
+done:
   end_read(db, r);
   return rc;
 }

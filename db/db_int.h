@@ -65,6 +65,8 @@
 #define VLM__HAS_SOURCE 0x8u
 #define VLM__HAS_THUMB 0x10u
 #define VLM__HAS_CKSUM 0x20u /* item record carries its checksum */
+#define VLM__HAS_ORIGINAL 0x40u /* item record ends with the original image
+                                   bytes and their u32 length */
 
 /* ---- manifest ---------------------------------------------------------- */
 
@@ -165,6 +167,7 @@ typedef struct {
   const char *source; size_t source_len;
   const char *meta; size_t meta_len;
   const uint8_t *thumb; size_t thumb_len;
+  const uint8_t *image; size_t image_len; /* kept original, or NULL / 0 */
 } vlm__rec;
 
 int vlm__lmdb_err(int rc, const char *what);
@@ -584,6 +587,12 @@ int vlm__commit_publish(vlm_db *db, MDB_txn *txn, uint64_t first,
                         uint64_t seq, uint64_t next_id, int64_t d_items,
                         const int64_t d_vecs[VLM__NMOD], uint64_t bytes);
 void vlm__after_commit(vlm_db *db);
+
+/* 0 while db->dir still names the directory db was opened in; else
+ * VLM_ESTATE: another database was switched in there (`vlmdb reembed`,
+ * vlm_db_exchange) or it was moved, and files this handle opens by path
+ * from now on would belong to another database. */
+int vlm__dir_unchanged(vlm_db *db);
 
 /* 1 if a writer process holds dir (the pid it wrote in LOCK is alive). */
 int vlm__writer_alive(const char *dir);

@@ -573,7 +573,11 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   if (r->sql)
     return 0;
   snprintf(path, sizeof path, "%s/meta.sqlite", db->dir);
-  int rc;
+  /* Opened by path, perhaps long after the handle: not another database's
+   * file (checked before and after, as a switch is one atomic rename). */
+  int rc = vlm__dir_unchanged(db);
+  if (rc)
+    return rc;
   if (db->rofs) {
     /* A WAL database on a read-only filesystem opens only as immutable
      * (no -shm can be made); nothing can change it there. */
@@ -592,6 +596,11 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   }
   if (rc != SQLITE_OK) {
     rc = vlm__sql_err(r->sql, rc, path);
+    sqlite3_close(r->sql);
+    r->sql = NULL;
+    return rc;
+  }
+  if ((rc = vlm__dir_unchanged(db))) {
     sqlite3_close(r->sql);
     r->sql = NULL;
     return rc;

@@ -3,6 +3,8 @@
  * payload.lmdb/ holds five named databases:
  *   keys   user key -> u64 item id
  *   items  id -> record: header, key, caption, source, meta JSON, thumbnail
+ *          and, with VLM__HAS_ORIGINAL, the original image bytes followed
+ *          by their u32 length (the header has no spare word for it)
  *   vecs   id -> u32 flags, u32 dim, the image then the text vector
  *   log    batch seq -> the changes of that batch (new id, replaced id),
  *          kept until SQLite and every index checkpoint have them
@@ -178,7 +180,8 @@ static size_t slen(const char *s) { return s ? strlen(s) : 0; }
 
 size_t vlm__rec_size(size_t key_len, const vlm_item *it) {
   return REC_HDR + key_len + slen(it->caption) + slen(it->source) +
-         slen(it->meta_json) + (it->thumb ? it->thumb_len : 0);
+         slen(it->meta_json) + (it->thumb ? it->thumb_len : 0) +
+         (it->image && it->image_len ? it->image_len + 4 : 0);
 }
 
 static uint8_t *put_bytes(uint8_t *p, const void *src, size_t n) {
@@ -197,6 +200,8 @@ void vlm__rec_encode(void *dst, uint32_t flags, uint64_t seq, const char *key,
     flags |= VLM__HAS_SOURCE;
   if (it->thumb && it->thumb_len)
     flags |= VLM__HAS_THUMB;
+  if (it->image && it->image_len)
+    flags |= VLM__HAS_ORIGINAL;
   hdr[0] = REC_MAGIC;
   hdr[1] = flags;
   memcpy(&hdr[2], &seq, 8);
@@ -211,7 +216,12 @@ void vlm__rec_encode(void *dst, uint32_t flags, uint64_t seq, const char *key,
   p = put_bytes(p, it->caption, hdr[5]);
   p = put_bytes(p, it->source, hdr[6]);
   p = put_bytes(p, it->meta_json, hdr[7]);
-  put_bytes(p, it->thumb, hdr[8]);
+  p = put_bytes(p, it->thumb, hdr[8]);
+  if (flags & VLM__HAS_ORIGINAL) {
+    uint32_t n = (uint32_t)it->image_len;
+    p = put_bytes(p, it->image, it->image_len);
+    put_bytes(p, &n, 4);
+  }
 }
 
 /* The record's checksum: XXH32 of the item record (its checksum word
@@ -272,6 +282,13 @@ int vlm__rec_decode(const void *data, size_t len, vlm__rec *out) {
     return vlm_seterr(VLM_ECORRUPT, "item record: bad magic");
   uint64_t total = REC_HDR + (uint64_t)hdr[4] + hdr[5] + hdr[6] + hdr[7] +
                    hdr[8];
+  uint32_t image_len = 0;
+  if (hdr[1] & VLM__HAS_ORIGINAL) {
+    if (len < total + 4)
+      return vlm_seterr(VLM_ECORRUPT, "item record: bad length");
+    memcpy(&image_len, (const uint8_t *)data + len - 4, 4);
+    total += (uint64_t)image_len + 4;
+  }
   if (total != len)
     return vlm_seterr(VLM_ECORRUPT, "item record: bad length");
   const char *p = (const char *)data + REC_HDR;
@@ -281,7 +298,9 @@ int vlm__rec_decode(const void *data, size_t len, vlm__rec *out) {
   out->caption = p, out->caption_len = hdr[5], p += hdr[5];
   out->source = p, out->source_len = hdr[6], p += hdr[6];
   out->meta = p, out->meta_len = hdr[7], p += hdr[7];
-  out->thumb = (const uint8_t *)p, out->thumb_len = hdr[8];
+  out->thumb = (const uint8_t *)p, out->thumb_len = hdr[8], p += hdr[8];
+  out->image = image_len ? (const uint8_t *)p : NULL;
+  out->image_len = image_len;
   return 0;
 }
 

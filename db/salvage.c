@@ -24,7 +24,8 @@ enum { SALVAGE_BATCH = 256 };
 
 typedef struct {
   vlm_item it[SALVAGE_BATCH];
-  char *own[SALVAGE_BATCH][5]; /* key, caption, source, meta, thumb */
+  char *own[SALVAGE_BATCH][6]; /* key, caption, source, meta, thumb,
+                                  kept original image */
   float *vec[SALVAGE_BATCH];   /* image then text, 2 * dim floats */
   int n;
 } salvage_batch;
@@ -40,7 +41,7 @@ static char *dup_n(const char *p, size_t n) {
 
 static void batch_clear(salvage_batch *b) {
   for (int i = 0; i < b->n; i++) {
-    for (int k = 0; k < 5; k++)
+    for (int k = 0; k < 6; k++)
       free(b->own[i][k]);
     free(b->vec[i]);
   }
@@ -74,10 +75,13 @@ static int stage(salvage_batch *b, const vlm__rec *rec,
     own[3] = dup_n(rec->meta, rec->meta_len);
   if (rec->thumb_len)
     own[4] = dup_n((const char *)rec->thumb, rec->thumb_len);
+  if (rec->image_len)
+    own[5] = dup_n((const char *)rec->image, rec->image_len);
   if (!v || !own[0] || ((rec->flags & VLM__HAS_CAPTION) && !own[1]) ||
       ((rec->flags & VLM__HAS_SOURCE) && !own[2]) ||
-      (rec->meta_len && !own[3]) || (rec->thumb_len && !own[4])) {
-    for (int k = 0; k < 5; k++)
+      (rec->meta_len && !own[3]) || (rec->thumb_len && !own[4]) ||
+      (rec->image_len && !own[5])) {
+    for (int k = 0; k < 6; k++)
       free(own[k]);
     free(v);
     return vlm_seterr(VLM_ENOMEM, "salvage");
@@ -90,6 +94,8 @@ static int stage(salvage_batch *b, const vlm__rec *rec,
   it->meta_json = own[3];
   it->thumb = own[4];
   it->thumb_len = rec->thumb_len;
+  it->image = own[5];
+  it->image_len = rec->image_len;
   for (int m = 0; m < VLM__NMOD; m++)
     if (vec[m]) {
       memcpy(v + (size_t)m * dim, vec[m], sizeof(float) * (size_t)dim);

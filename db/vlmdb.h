@@ -148,6 +148,16 @@ typedef struct {
   const char *meta_json;   /* JSON object or NULL: declared fields become
                               SQLite columns, all of it stays in the
                               payload; at most VLM_DB_MAX_TEXT bytes */
+  /* Fields added later; zero keeps the default. */
+  const void *image;       /* the original image file's bytes, kept so the
+                              item can be embedded again by another model
+                              without the file (`ingest --keep-images`,
+                              `vlmdb reembed`); may be NULL.  Stored as
+                              given (not checked as an image); counts
+                              towards max_payload.  A record holding them
+                              cannot be read by vlmdb builds from before
+                              this field. */
+  size_t image_len;
 } vlm_item;
 
 /* put flags */
@@ -216,12 +226,21 @@ typedef struct {
   size_t thumb_len;
   char *meta_json;    /* the item's metadata object, "{}" if none */
   uint64_t id;        /* its internal id (FAISS id; never reused) */
+  size_t image_len;   /* bytes of its kept original image, 0 if none (not
+                         copied into the record: vlm_db_get_image) */
 } vlm_record;
 
 /* Get an item by key; VLM_ENOTFOUND if absent, VLM_ECORRUPT if its record
  * fails its checksum. */
 int vlm_db_get(vlm_db *db, const char *key, vlm_record **out);
 void vlm_record_free(vlm_record *rec); /* accepts NULL */
+
+/* The original image bytes kept with key's item (vlm_item.image) into
+ * *data (malloc'd: free() it) and *len; both NULL / 0 when the item keeps
+ * none.  VLM_ENOTFOUND if the key is absent, VLM_ECORRUPT if the record
+ * fails its checksum. */
+int vlm_db_get_image(vlm_db *db, const char *key, uint8_t **data,
+                     size_t *len);
 
 typedef enum {
   VLM_TARGET_ANY = 0,   /* match image and text vectors (best per key) */
@@ -476,6 +495,26 @@ int vlm_db_rebuild_meta(vlm_db *db);
  * A backup copies the list file; it is removed once no checkpoint in
  * force names it (after a reindex or another adoption). */
 int vlm_db_adopt_index(vlm_db *db, int modality, const char *path);
+
+/* Replacing a database with one built beside it (`vlmdb reembed`).
+ *
+ * vlm_db_lock_writers takes dir's writer lock without opening the
+ * database: while it is held, every read-write open of dir, in any
+ * process, fails with VLM_EBUSY naming this process; read-only opens work
+ * as beside any writer.  VLM_EBUSY when a writer holds it already.  The
+ * lock stays with the directory it was taken in, also after a rename. */
+typedef struct vlm_db_lock vlm_db_lock;
+int vlm_db_lock_writers(const char *dir, vlm_db_lock **out);
+void vlm_db_unlock_writers(vlm_db_lock *lock); /* accepts NULL */
+
+/* Swap the directories dir and staged in one atomic step (renameat2 with
+ * RENAME_EXCHANGE; their parent directory is then fsync'd): afterwards dir
+ * names what staged named and the other way round, and after a crash one
+ * of the two states is on disk, never a mix.  Both must be directories in
+ * the same parent.  Close every handle of both first (a handle writes by
+ * path).  VLM_EINVAL when the filesystem cannot exchange (NFS, some FUSE
+ * filesystems): nothing moved. */
+int vlm_db_exchange(const char *dir, const char *staged);
 
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);

@@ -2072,6 +2072,427 @@ static void test_e2e_resume_after_sigkill(void **state) {
   check_complete(dir, db, n);
 }
 
+/* ------------------------------------------------------------ reembed */
+
+#define NEW_MODEL "models/default"
+
+/* Two `export --vectors` maps hold the same items: the same members
+ * (payload, thumbnail) and vectors equal within tol per element (0:
+ * bit for bit, as nine digits give back the exact float). */
+static void assert_same_items(json_t *a, json_t *b, double tol) {
+  assert_int_equal(json_object_size(a), json_object_size(b));
+  const char *key;
+  json_t *x;
+  double worst = 0;
+  json_object_foreach(a, key, x) {
+    json_t *y = json_object_get(b, key);
+    if (!y)
+      fail_msg("key \"%s\" is missing", key);
+    const char *member;
+    json_t *v;
+    json_object_foreach(x, member, v) {
+      json_t *w = json_object_get(y, member);
+      if (!w)
+        fail_msg("key \"%s\": \"%s\" is missing", key, member);
+      if (strcmp(member, "image_vector") && strcmp(member, "text_vector")) {
+        if (!json_equal(v, w))
+          fail_msg("key \"%s\": \"%s\" differs", key, member);
+        continue;
+      }
+      assert_int_equal(json_array_size(v), json_array_size(w));
+      for (size_t i = 0; i < json_array_size(v); i++) {
+        double d = fabs(json_number_value(json_array_get(v, i)) -
+                        json_number_value(json_array_get(w, i)));
+        if (d > worst)
+          worst = d;
+        if (d > tol)
+          fail_msg("key \"%s\": %s[%zu] %.9g vs %.9g (tolerance %g)", key,
+                   member, i, json_number_value(json_array_get(v, i)),
+                   json_number_value(json_array_get(w, i)), tol);
+      }
+    }
+    assert_int_equal(json_object_size(x), json_object_size(y));
+  }
+  print_message("same items (%zu), vectors within %.3g\n",
+                json_object_size(a), worst);
+}
+
+static int path_exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+static int db_dim(const char *dir, const char *db) {
+  char *out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  int dim = (int)json_int(info, "dim");
+  json_decref(info);
+  free(out);
+  return dim;
+}
+
+/* Keys of a search's results, as "k1 k2 ...". */
+static char *search_keys(const char *dir, const char *db, const char *text) {
+  char *out = RUN_OK(dir, "search", "--db", db, "--text", text, "-k", "5",
+                     "--json");
+  char *keys = result_keys(out);
+  free(out);
+  return keys;
+}
+
+/* reembed to a model of another dimension gives what a fresh ingest with
+ * that model gives (the engine groups a batch's products differently, so
+ * within 1e-6, 1-2 ulp); with --keep-images it works with the files gone,
+ * and the kept bytes are the files' own. */
+static void test_e2e_reembed_new_model(void **state) {
+  const char *dir = *state;
+  char a[PATH_MAX], fresh[PATH_MAX], staged[PATH_MAX + 16], cat[PATH_MAX];
+  make_images(dir);
+  write_file(dir, "main.jsonl", main_catalog);
+  db_path(cat, sizeof cat, dir, "main.jsonl");
+  db_path(a, sizeof a, dir, "a");
+  db_path(fresh, sizeof fresh, dir, "fresh");
+  snprintf(staged, sizeof staged, "%s.reembed", a);
+  free(RUN_OK(dir, "init", "--db", a, "--model", MODEL, "--index", "Flat",
+              "--field", "category:text", "--field", "year:int"));
+  free(RUN_OK(dir, "ingest", "--db", a, cat, "--keep-images"));
+  free(RUN_OK(dir, "init", "--db", fresh, "--model", NEW_MODEL, "--index",
+              "Flat", "--field", "category:text", "--field", "year:int"));
+  free(RUN_OK(dir, "ingest", "--db", fresh, cat));
+  json_t *before = export_map(dir, a);
+
+  char *out = RUN_OK(dir, "reembed", "--db", a, "--model", NEW_MODEL);
+  assert_non_null(strstr(out, "switched: embedded 10 items again"));
+  free(out);
+  assert_false(path_exists(staged));
+  assert_int_equal(db_dim(dir, a), 128);
+  json_t *after = export_map(dir, a), *want = export_map(dir, fresh);
+  assert_same_items(after, want, 1e-6);
+  free(RUN_OK(dir, "verify", "--db", a));
+  char *ka = search_keys(dir, a, "a gray square");
+  char *kf = search_keys(dir, fresh, "a gray square");
+  assert_string_equal(ka, kf);
+  free(ka);
+  free(kf);
+  /* nothing to do the second time */
+  out = RUN_OK(dir, "reembed", "--db", a, "--model", NEW_MODEL);
+  assert_non_null(strstr(out, "nothing to do"));
+  free(out);
+
+  /* the kept bytes are the file's */
+  char got[PATH_MAX], src[PATH_MAX];
+  db_path(got, sizeof got, dir, "gray-kept.jpg");
+  db_path(src, sizeof src, dir, "img/gray.jpg");
+  free(RUN_OK(dir, "get", "--db", a, "gray", "--image", got));
+  size_t n1, n2;
+  char *b1 = slurp_len(got, &n1), *b2 = slurp_len(src, &n2);
+  assert_non_null(b1);
+  assert_non_null(b2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(b1, b2, n1);
+  free(b1);
+  free(b2);
+  out = RUN_OK(dir, "get", "--db", a, "text-only", "--json");
+  json_t *o = parse_json(out);
+  assert_int_equal(json_int(o, "image_bytes"), 0);
+  json_decref(o);
+  free(out);
+
+  /* back to the first model with every image file gone */
+  char img[PATH_MAX];
+  db_path(img, sizeof img, dir, "img");
+  rm_rf(img);
+  free(RUN_OK(dir, "reembed", "--db", a, "--model", MODEL));
+  assert_int_equal(db_dim(dir, a), 48);
+  json_t *back = export_map(dir, a);
+  assert_same_items(back, before, 1e-6);
+  free(RUN_OK(dir, "verify", "--db", a));
+  json_decref(before);
+  json_decref(after);
+  json_decref(want);
+  json_decref(back);
+}
+
+/* An image whose file is gone and whose bytes were not kept: listed, the
+ * rest goes on, nothing is switched (the database answers as before); the
+ * file back, a rerun resumes and switches.  --allow-missing switches with
+ * the item's text vector only. */
+static void test_e2e_reembed_missing_image(void **state) {
+  const char *dir = *state;
+  char b[PATH_MAX], c[PATH_MAX], staged[PATH_MAX + 16], cat[PATH_MAX];
+  char gray[PATH_MAX], src[PATH_MAX];
+  make_images(dir);
+  write_file(dir, "main.jsonl", main_catalog);
+  db_path(cat, sizeof cat, dir, "main.jsonl");
+  db_path(b, sizeof b, dir, "b");
+  db_path(c, sizeof c, dir, "c");
+  db_path(gray, sizeof gray, dir, "img/gray.jpg");
+  snprintf(src, sizeof src, MODEL "/gray.jpg");
+  snprintf(staged, sizeof staged, "%s.reembed", b);
+  for (int i = 0; i < 2; i++) {
+    const char *db = i ? c : b;
+    free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index", "Flat",
+                "--field", "category:text", "--field", "year:int"));
+    free(RUN_OK(dir, "ingest", "--db", db, cat));
+  }
+  json_t *before = export_map(dir, b);
+  char *keys_before = search_keys(dir, b, "a gray square");
+  unlink(gray);
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "reembed", "--db", b, "--model", NEW_MODEL,
+               "--batch", "3");
+  assert_int_equal(rc, 1);
+  assert_non_null(strstr(err, "key \"gray\": missing-image:"));
+  assert_non_null(strstr(out, "not switched: embedded 9 items again"));
+  assert_non_null(strstr(out, "1 could not be embedded again"));
+  free(out);
+  free(err);
+  assert_true(path_exists(staged));
+  assert_int_equal(db_dim(dir, b), 48);
+  json_t *still = export_map(dir, b);
+  assert_same_items(still, before, 0);
+  char *keys_now = search_keys(dir, b, "a gray square");
+  assert_string_equal(keys_now, keys_before);
+  free(keys_now);
+
+  copy_file(src, gray);
+  rc = RUN(dir, &out, &err, "reembed", "--db", b, "--model", NEW_MODEL,
+           "--json");
+  assert_int_equal(rc, 0);
+  assert_non_null(strstr(err, "resuming"));
+  json_t *sum = parse_json(out);
+  assert_string_equal(json_string_value(json_object_get(sum, "status")),
+                      "switched");
+  assert_int_equal(json_int(sum, "embedded"), 1);
+  assert_int_equal(json_int(sum, "resumed"), 9);
+  json_decref(sum);
+  free(out);
+  free(err);
+  assert_false(path_exists(staged));
+  assert_int_equal(db_dim(dir, b), 128);
+  free(RUN_OK(dir, "verify", "--db", b));
+
+  unlink(gray);
+  out = RUN_OK(dir, "reembed", "--db", c, "--model", NEW_MODEL,
+               "--allow-missing");
+  assert_non_null(strstr(out, "1 could not be embedded again (1 kept with "
+                              "fewer vectors, 0 dropped)"));
+  free(out);
+  out = RUN_OK(dir, "get", "--db", c, "gray", "--json");
+  json_t *o = parse_json(out);
+  assert_true(json_is_null(json_object_get(o, "image_vector")));
+  assert_true(json_is_true(json_object_get(o, "text_vector")));
+  json_decref(o);
+  free(out);
+  free(RUN_OK(dir, "verify", "--db", c));
+  free(keys_before);
+  json_decref(before);
+  json_decref(still);
+}
+
+/* kill -9 at each step of a reembed: before the switch the database is
+ * as it was (and answers); a rerun ends in the same database as a run
+ * never killed, bit for bit.  And while one runs, searches answer from
+ * the old model and writers are refused. */
+static void test_e2e_reembed_killed_anywhere(void **state) {
+  const char *dir = *state;
+  const int n = 22;
+  char orig[PATH_MAX], ref[PATH_MAX], cat[PATH_MAX];
+  make_images(dir);
+  write_big_catalog(dir, n);
+  db_path(cat, sizeof cat, dir, "big.jsonl");
+  db_path(orig, sizeof orig, dir, "orig");
+  db_path(ref, sizeof ref, dir, "ref");
+  free(RUN_OK(dir, "init", "--db", orig, "--model", MODEL, "--index", "Flat",
+              "--field", "year:int"));
+  free(RUN_OK(dir, "ingest", "--db", orig, cat, "--keep-images"));
+  json_t *old = export_map(dir, orig);
+  char *old_keys = search_keys(dir, orig, "caption number 7");
+  free(RUN_OK(dir, "backup", "--db", orig, "--out", ref));
+  free(RUN_OK(dir, "reembed", "--db", ref, "--model", NEW_MODEL, "--batch",
+              "4", "--threads", "1"));
+  json_t *want = export_map(dir, ref);
+  char *want_keys = search_keys(dir, ref, "caption number 7");
+
+  /* switched: the exchange happened (the old database is then at
+   * DB.reembed until the clean-up removes it, and DB/reembed.json says a
+   * clean-up is due) */
+  static const struct {
+    const char *point;
+    int switched, staged_left;
+  } points[] = {{"created", 0, 1}, {"batch:1", 0, 1}, {"batch:4", 0, 1},
+                {"walked", 0, 1},  {"switched", 1, 1}, {"cleaned", 1, 0}};
+  for (size_t p = 0; p < sizeof points / sizeof points[0]; p++) {
+    char db[PATH_MAX], staged[PATH_MAX + 16];
+    snprintf(db, sizeof db, "%s/t%zu", dir, p);
+    snprintf(staged, sizeof staged, "%s.reembed", db);
+    free(RUN_OK(dir, "backup", "--db", orig, "--out", db));
+    setenv("VLMDB_TEST_KILL", points[p].point, 1);
+    pid_t pid = spawn_vlmdb(dir, (const char *const[]){
+        "reembed", "--db", db, "--model", NEW_MODEL, "--batch", "4",
+        "--threads", "1", "--quiet", NULL});
+    unsetenv("VLMDB_TEST_KILL");
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL)
+      fail_msg("%s: not killed (status %d)", points[p].point, st);
+    assert_int_equal(path_exists(staged), points[p].staged_left);
+    char note[PATH_MAX + 16];
+    snprintf(note, sizeof note, "%s/reembed.json", db);
+    assert_int_equal(path_exists(note), points[p].switched);
+    if (!points[p].switched) {
+      /* the old state, whole and answering */
+      assert_int_equal(db_dim(dir, db), 48);
+      json_t *now = export_map(dir, db);
+      assert_same_items(now, old, 0);
+      json_decref(now);
+      char *keys = search_keys(dir, db, "caption number 7");
+      assert_string_equal(keys, old_keys);
+      free(keys);
+      free(RUN_OK(dir, "verify", "--db", db));
+    } else {
+      assert_int_equal(db_dim(dir, db), 128);
+    }
+    free(RUN_OK(dir, "reembed", "--db", db, "--model", NEW_MODEL, "--batch",
+                "4", "--threads", "1"));
+    assert_false(path_exists(staged));
+    json_t *now = export_map(dir, db);
+    assert_same_items(now, want, 0);
+    json_decref(now);
+    char *keys = search_keys(dir, db, "caption number 7");
+    assert_string_equal(keys, want_keys);
+    free(keys);
+    free(RUN_OK(dir, "verify", "--db", db));
+  }
+
+  /* stopped half-way: reads answer from the old model, a writer is told
+   * who holds the database; continued, it switches */
+  char db[PATH_MAX];
+  db_path(db, sizeof db, dir, "live");
+  free(RUN_OK(dir, "backup", "--db", orig, "--out", db));
+  setenv("VLMDB_TEST_STOP", "batch:2", 1);
+  pid_t pid = spawn_vlmdb(dir, (const char *const[]){
+      "reembed", "--db", db, "--model", NEW_MODEL, "--batch", "4",
+      "--threads", "1", "--quiet", NULL});
+  unsetenv("VLMDB_TEST_STOP");
+  running_child = pid;
+  int st;
+  assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+  assert_true(WIFSTOPPED(st));
+  char *keys = search_keys(dir, db, "caption number 7");
+  assert_string_equal(keys, old_keys);
+  free(keys);
+  assert_int_equal(db_dim(dir, db), 48);
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "ingest", "--db", db, cat, "--upsert");
+  assert_int_equal(rc, 1);
+  assert_non_null(strstr(err, "reembed"));
+  free(out);
+  free(err);
+  kill(pid, SIGCONT);
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  running_child = 0;
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  json_t *now = export_map(dir, db);
+  assert_same_items(now, want, 0);
+  json_decref(now);
+  free(old_keys);
+  free(want_keys);
+  json_decref(old);
+  json_decref(want);
+}
+
+/* The loop on a database's own pairs, with its image files gone: train
+ * --db (a few LoRA steps; a split held out by key, written as eval pairs
+ * and not trained on), eval on the split, reembed with the new model,
+ * eval again. */
+static void test_e2e_train_db_loop(void **state) {
+  const char *dir = *state;
+  const int n = 40;
+  char db[PATH_MAX], cat[PATH_MAX], out_dir[PATH_MAX], pairs[PATH_MAX];
+  char img[PATH_MAX];
+  make_images(dir);
+  write_big_catalog(dir, n);
+  db_path(cat, sizeof cat, dir, "big.jsonl");
+  db_path(db, sizeof db, dir, "db");
+  db_path(out_dir, sizeof out_dir, dir, "tuned");
+  db_path(pairs, sizeof pairs, dir, "tuned/heldout-pairs.jsonl");
+  db_path(img, sizeof img, dir, "img");
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--index", "Flat"));
+  free(RUN_OK(dir, "ingest", "--db", db, cat, "--keep-images"));
+  rm_rf(img);
+  char *out, *err;
+  int rc = RUN(dir, &out, &err, "train", "--db", db, "--init", MODEL,
+               "--lora", "4", "--max-steps", "3", "--batch", "8",
+               "--val-fraction", "0.25", "--threads", "1", "--out", out_dir);
+  if (rc)
+    fail_msg("train --db exited %d: %s", rc, err);
+  /* the held-out keys: distinct keys of the database, not trained on */
+  char *text = slurp(pairs);
+  int nheld = 0;
+  json_t *held = json_object();
+  char *save = NULL;
+  for (char *line = strtok_r(text, "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save)) {
+    json_t *o = parse_json(line);
+    const char *key = json_string_value(json_object_get(o, "image"));
+    assert_non_null(key);
+    assert_string_equal(key, json_string_value(json_object_get(o, "text")));
+    assert_true(!strncmp(key, "item00", 6) && atoi(key + 4) < n);
+    assert_null(json_object_get(held, key));
+    json_object_set_new(held, key, json_true());
+    json_decref(o);
+    nheld++;
+  }
+  free(text);
+  json_decref(held);
+  if (nheld < 3 || nheld > 20)
+    fail_msg("%d of %d pairs held out at 0.25", nheld, n);
+  char want[64];
+  snprintf(want, sizeof want, "on %d pairs", n - nheld);
+  if (!strstr(out, want))
+    fail_msg("want \"%s\" in: %s", want, out);
+  snprintf(want, sizeof want, "held-out %d pairs", nheld);
+  assert_non_null(strstr(out, want));
+  free(out);
+  free(err);
+  /* the copies of the kept images are gone with the run */
+  char scratch[PATH_MAX];
+  db_path(scratch, sizeof scratch, dir, "tuned/db-images");
+  assert_false(path_exists(scratch));
+
+  for (int step = 0; step < 2; step++) {
+    if (step == 1)
+      free(RUN_OK(dir, "reembed", "--db", db, "--model", out_dir));
+    out = RUN_OK(dir, "eval", "--db", db, "--pairs", pairs, "--json");
+    json_t *ev = parse_json(out);
+    assert_int_equal(json_int(ev, "pairs"), nheld);
+    json_decref(ev);
+    free(out);
+  }
+  /* from a model that composites transparent images onto white (as the
+   * database embeds them), the tuned model does too */
+  char tuned2[PATH_MAX], pre[PATH_MAX];
+  db_path(tuned2, sizeof tuned2, dir, "tuned-default");
+  db_path(pre, sizeof pre, dir, "tuned-default/preprocessor_config.json");
+  free(RUN_OK(dir, "train", "--db", db, "--init", NEW_MODEL, "--lora", "2",
+              "--max-steps", "1", "--batch", "4", "--threads", "1", "--out",
+              tuned2));
+  json_t *pc = json_load_file(pre, 0, NULL);
+  assert_non_null(pc);
+  assert_string_equal(json_string_value(json_object_get(pc, "vlmdb_alpha")),
+                      "white");
+  json_decref(pc);
+  out = RUN_OK(dir, "info", "--db", db, "--json");
+  json_t *info = parse_json(out);
+  char tuned_abs[PATH_MAX];
+  assert_non_null(realpath(out_dir, tuned_abs));
+  assert_string_equal(json_string_value(json_object_get(info, "model_dir")),
+                      tuned_abs);
+  json_decref(info);
+  free(out);
+}
+
 /* Ctrl-C: the run stops after the batch being written, says so, exits 1;
  * the next run completes it */
 static void test_e2e_sigint_stops_cleanly(void **state) {
@@ -3004,6 +3425,14 @@ int main(void) {
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_csv_tsv_dir_and_exit_status, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_reembed_new_model, setup_tmpdir,
+                                      teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_reembed_missing_image,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_reembed_killed_anywhere,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_train_db_loop, setup_tmpdir,
+                                      teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_resume_after_sigkill, setup_tmpdir,
                                       teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_serve_uses_recorded_model,
@@ -3017,5 +3446,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_e2e_sigint_stops_cleanly, setup_tmpdir,
                                       teardown_tmpdir),
   };
+  /* VLM_TEST_FILTER=test_e2e_reembed* runs the matching tests only */
+  if (getenv("VLM_TEST_FILTER"))
+    cmocka_set_test_filter(getenv("VLM_TEST_FILTER"));
   return cmocka_run_group_tests_name("cli", tests, NULL, NULL);
 }

@@ -424,6 +424,171 @@ static void test_put_get_exact_payload(void **state) {
   tmp_free(&t);
 }
 
+/* Kept image bytes (vlm_item.image): stored bit for bit under the
+ * record's checksum, kept by an update that does not name them, replaced
+ * by one that does, gone with the item, copied by salvage; a flipped byte
+ * in them is caught.  Then the writer lock without an open, and the atomic
+ * swap of two directories. */
+static void test_kept_image_bytes_lock_and_exchange(void **state) {
+  (void)state;
+  int rc;
+  tmp t;
+  tmp_make(&t);
+  vlm_db *db = make_db(t.dir, "Flat", DIM);
+  float a[DIM];
+  unit(a, DIM);
+  size_t big = 300000; /* spans overflow pages */
+  uint8_t *bytes = malloc(big);
+  assert_non_null(bytes);
+  for (size_t i = 0; i < big; i++)
+    bytes[i] = (uint8_t)(rng_next() >> 56);
+  vlm_item items[2] = {{0}};
+  items[0].key = "kept";
+  items[0].image_vec = a;
+  items[0].caption = "a picture whose file may go";
+  items[0].image = bytes;
+  items[0].image_len = big;
+  items[0].meta_json = "{\"category\": \"cars\"}";
+  items[1].key = "plain";
+  items[1].image_vec = a;
+  CHECK(vlm_db_put(db, items, 2, 0, NULL));
+  uint8_t *got = NULL;
+  size_t len = 0;
+  CHECK(vlm_db_get_image(db, "kept", &got, &len));
+  assert_int_equal(len, big);
+  assert_memory_equal(got, bytes, big);
+  free(got);
+  CHECK(vlm_db_get_image(db, "plain", &got, &len));
+  assert_null(got);
+  assert_int_equal(len, 0);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_get_image(db, "absent", &got, &len));
+  vlm_record *r = NULL;
+  CHECK(vlm_db_get(db, "kept", &r));
+  assert_int_equal(r->image_len, big);
+  assert_string_equal(r->caption, "a picture whose file may go");
+  vlm_record_free(r);
+  /* image_len without image is refused, nothing written */
+  vlm_item bad = {0};
+  bad.key = "bad";
+  bad.image_vec = a;
+  bad.image_len = 3;
+  EXPECT_ERR(VLM_EINVAL, vlm_db_put(db, &bad, 1, 0, NULL));
+  /* an update naming other fields keeps the bytes */
+  vlm_write_op op = {VLM_WRITE_UPDATE, {0}};
+  op.item.key = "kept";
+  op.item.caption = "a new caption";
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  CHECK(vlm_db_get_image(db, "kept", &got, &len));
+  assert_int_equal(len, big);
+  assert_memory_equal(got, bytes, big);
+  free(got);
+  /* one naming new bytes replaces them */
+  op.item.caption = NULL;
+  op.item.image = "\x01\x02\x03";
+  op.item.image_len = 3;
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  CHECK(vlm_db_get_image(db, "kept", &got, &len));
+  assert_int_equal(len, 3);
+  assert_memory_equal(got, "\x01\x02\x03", 3);
+  free(got);
+  op.item.image = bytes;
+  op.item.image_len = big;
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  CHECK(vlm_db_verify(db));
+  vlm_db_close(db);
+
+  /* salvage copies them */
+  char out[128];
+  snprintf(out, sizeof out, "%s/salvaged", t.root);
+  vlm_db_salvage_result res;
+  CHECK(vlm_db_salvage(t.dir, out, NULL, NULL, &res));
+  assert_int_equal(res.saved, 2);
+  db = open_db(out);
+  CHECK(vlm_db_get_image(db, "kept", &got, &len));
+  assert_int_equal(len, big);
+  assert_memory_equal(got, bytes, big);
+  free(got);
+  vlm_db_close(db);
+
+  /* a flipped byte in the middle of the kept bytes fails the checksum */
+  char data[160];
+  snprintf(data, sizeof data, "%s/payload.lmdb/data.mdb", t.dir);
+  size_t dlen = 0;
+  FILE *f = fopen(data, "r+b");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  dlen = (size_t)ftell(f);
+  uint8_t *whole = malloc(dlen);
+  fseek(f, 0, SEEK_SET);
+  assert_int_equal(fread(whole, 1, dlen, f), dlen);
+  uint8_t *at = memmem(whole, dlen, bytes + big / 2, 64);
+  assert_non_null(at);
+  fseek(f, (long)(at - whole), SEEK_SET);
+  fputc(at[0] ^ 0x10, f);
+  fclose(f);
+  free(whole);
+  db = open_db(t.dir);
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_get_image(db, "kept", &got, &len));
+  EXPECT_ERR(VLM_ECORRUPT, vlm_db_verify(db));
+  vlm_db_close(db);
+
+  /* the writer lock: a writer's open is refused while it is held, a
+   * reader's is not; held by an open writer, it cannot be taken */
+  vlm_db_lock *lk = NULL;
+  CHECK(vlm_db_lock_writers(out, &lk));
+  vlm_db *w = NULL;
+  EXPECT_ERR(VLM_EBUSY, vlm_db_open(out, NULL, &w));
+  vlm_db_open_options ro = {.readonly = 1};
+  CHECK(vlm_db_open(out, &ro, &w));
+  assert_int_equal(vlm_db_exists(w, "kept"), 1);
+  vlm_db_close(w);
+  vlm_db_unlock_writers(lk);
+  w = open_db(out);
+  lk = NULL;
+  EXPECT_ERR(VLM_EBUSY, vlm_db_lock_writers(out, &lk));
+  assert_null(lk);
+  vlm_db_close(w);
+  vlm_db_unlock_writers(NULL);
+
+  /* exchange swaps the two directories */
+  char other[128];
+  snprintf(other, sizeof other, "%s/other", t.root);
+  db = make_db(other, "Flat", DIM * 2);
+  vlm_db_close(db);
+  /* a reader opened before the switch goes on reading the database it
+   * opened (its files are open; a connection it would open by path later
+   * is refused with VLM_ESTATE rather than mixing in the other's) */
+  vlm_db *before = NULL;
+  CHECK(vlm_db_open(out, &ro, &before));
+  CHECK(vlm_db_exchange(out, other));
+  vlm_search_options so = {.k = 2, .filter = "category = 'cars'"};
+  vlm_hit *hits = NULL;
+  int nhits = 0;
+  rc = vlm_db_search(before, a, &so, &hits, &nhits);
+  if (rc != VLM_ESTATE) {
+    CHECK(rc);
+    assert_int_equal(nhits, 1);
+    assert_string_equal(hits[0].key, "kept");
+  }
+  vlm_hits_free(hits, nhits);
+  vlm_db_close(before);
+  db = open_db(out);
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.dim, DIM * 2);
+  assert_int_equal(info.items, 0);
+  vlm_db_close(db);
+  db = open_db(other);
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.items, 2);
+  vlm_db_close(db);
+  char nowhere[128];
+  snprintf(nowhere, sizeof nowhere, "%s/absent", t.root);
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_exchange(out, nowhere));
+  free(bytes);
+  tmp_free(&t);
+}
+
 static int visit_count(const vlm_record *rec, void *arg) {
   char *prev = arg;
   if (prev[0] && strcmp(prev, rec->key) >= 0)
@@ -8482,6 +8647,8 @@ static void test_orphan_list_files_removed(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_put_get_exact_payload, teardown_tmp),
+      cmocka_unit_test_teardown(test_kept_image_bytes_lock_and_exchange,
+                                teardown_tmp),
       cmocka_unit_test_teardown(test_upsert_delete_reach_all_stores, teardown_tmp),
       cmocka_unit_test_teardown(test_one_modality_database, teardown_tmp),
       cmocka_unit_test_teardown(test_search_targets_exact_and_index, teardown_tmp),
