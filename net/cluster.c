@@ -89,9 +89,8 @@ struct vlm__cluster_state {
  * Addresses and ids
  * ==================================================================== */
 
-/* "host:port" or "[v6]:port". */
-static int split_address(const char *addr, char *host, size_t cap,
-                         int *port) {
+int vlm__split_address(const char *addr, char *host, size_t cap,
+                       int *port) {
   const char *colon = strrchr(addr, ':');
   if (!colon || colon == addr)
     return -1;
@@ -130,7 +129,7 @@ static void set_replicas(shard_node *n, const vlm_cluster_shard *sh) {
   n->nreplicas = 0;
   for (int a = 1; a < sh->naddresses && a < VLM_CLUSTER_MAX_ADDRESSES; a++) {
     int r = n->nreplicas;
-    if (split_address(sh->addresses[a], n->replicas[r].host,
+    if (vlm__split_address(sh->addresses[a], n->replicas[r].host,
                       sizeof n->replicas[r].host, &n->replicas[r].port) < 0)
       continue;
     node_id(sh->addresses[a], n->replicas[r].id);
@@ -169,7 +168,7 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
                         "needs one for every shard", s);
     }
     snprintf(n->addr, sizeof n->addr, "%s", map->shards[s].addresses[0]);
-    if (split_address(n->addr, n->host, sizeof n->host, &n->port) < 0) {
+    if (vlm__split_address(n->addr, n->host, sizeof n->host, &n->port) < 0) {
       vlm_seterr(VLM_EINVAL, "cluster map: shard %d's address '%s' is not "
                  "host:port", s, n->addr);
       free(cs->path);
@@ -383,7 +382,7 @@ static int cluster_reload(vlm__ctx *ctx) {
   for (int s = 0; s < m->nshards; s++) {
     shard_node *n = &fresh[s];
     if (m->shards[s].naddresses < 1 ||
-        split_address(m->shards[s].addresses[0], n->host, sizeof n->host,
+        vlm__split_address(m->shards[s].addresses[0], n->host, sizeof n->host,
                       &n->port) < 0) {
       vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s: shard %d needs an "
                        "address \"host:port\"; the served map is "

@@ -77,7 +77,8 @@ void vlm__job_free(vlm__job *job) {
   free(job);
 }
 
-void vlm__job_complete(vlm__job *job) {
+/* Queue a finished job for the loop's completion handler. */
+static void job_post(vlm__job *job) {
   vlm_server *srv = job->srv;
   job->done_next = NULL;
   pthread_mutex_lock(&srv->done_mu);
@@ -88,7 +89,11 @@ void vlm__job_complete(vlm__job *job) {
   srv->done_tail = job;
   pthread_cond_signal(&srv->done_cv);
   pthread_mutex_unlock(&srv->done_mu);
-  uv_async_send(&srv->async_done);
+}
+
+void vlm__job_complete(vlm__job *job) {
+  job_post(job);
+  uv_async_send(&job->srv->async_done);
 }
 
 static void job_fail(vlm__job *job, const char *what) {
@@ -214,15 +219,7 @@ static void job_run_inline(vlm__job *job) {
   srv->inline_jobs++;
   if (loop_has_input(srv))
     srv->contended_until_ns = vlm__now_ns() + INLINE_BACKOFF_NS;
-  job->done_next = NULL;
-  pthread_mutex_lock(&srv->done_mu);
-  if (srv->done_tail)
-    srv->done_tail->done_next = job;
-  else
-    srv->done_head = job;
-  srv->done_tail = job;
-  pthread_cond_signal(&srv->done_cv);
-  pthread_mutex_unlock(&srv->done_mu);
+  job_post(job); /* the read callback drains it: no wake-up */
   srv->inline_done = 1;
 }
 

@@ -274,6 +274,10 @@ int vlm__cluster_fanout(vlm__job *job, int argc, const char **argv,
 /* As vlm__cluster_fanout, asking one other shard only (replies[shard]). */
 int vlm__cluster_ask(vlm__job *job, int shard, int argc, const char **argv,
                      const size_t *lens, vlm__fanout_done done);
+/* "host:port" or "[v6]:port" into host (cap bytes) and port: 0, or -1
+ * when addr is not one. */
+int vlm__split_address(const char *addr, char *host, size_t cap,
+                       int *port);
 /* The shard holding slot. */
 int vlm__cluster_owner(const vlm_server *srv, int slot);
 /* Parse one RESP2 reply from len bytes (NULL if it is not one whole

@@ -126,29 +126,6 @@ struct vlm__repl_state {
  * Setup and teardown
  * ==================================================================== */
 
-static int split_hostport(const char *addr, char *host, size_t cap,
-                          int *port) {
-  const char *colon = strrchr(addr, ':');
-  if (!colon || colon == addr)
-    return -1;
-  const char *h = addr, *hend = colon;
-  if (*h == '[' && hend[-1] == ']') {
-    h++;
-    hend--;
-  }
-  size_t n = (size_t)(hend - h);
-  if (n == 0 || n >= cap)
-    return -1;
-  memcpy(host, h, n);
-  host[n] = '\0';
-  char *end;
-  long p = strtol(colon + 1, &end, 10);
-  if (*end || end == colon + 1 || p < 1 || p > 65535)
-    return -1;
-  *port = (int)p;
-  return 0;
-}
-
 int vlm__repl_init(vlm_server *srv, const char *replica_of,
                    uint64_t backlog) {
   vlm__repl_state *rs = calloc(1, sizeof *rs);
@@ -158,7 +135,7 @@ int vlm__repl_init(vlm_server *srv, const char *replica_of,
   rs->backlog = backlog ? backlog : DEFAULT_BACKLOG;
   rs->next_token = 1;
   if (replica_of && *replica_of) {
-    if (split_hostport(replica_of, rs->host, sizeof rs->host, &rs->port) <
+    if (vlm__split_address(replica_of, rs->host, sizeof rs->host, &rs->port) <
         0) {
       pthread_mutex_destroy(&rs->mu);
       free(rs);
@@ -1070,7 +1047,7 @@ int vlm_replica_seed(const char *primary, const char *password,
   redisContext *c = NULL;
   redisReply *r = NULL;
   tmp[0] = '\0';
-  if (split_hostport(primary, host, sizeof host, &port) < 0)
+  if (vlm__split_address(primary, host, sizeof host, &port) < 0)
     return vlm_seterr(VLM_EINVAL, "replica of '%s': not host:port", primary);
   struct timeval tv = {10, 0};
   c = redisConnectWithTimeout(host, port, tv);
