@@ -3,6 +3,7 @@
  * shard (refusing other slots' keys, in the library and over the server),
  * `vlmdb init/ingest/split/cluster check` across shards against a single
  * database built from the same catalog, atomic publishing under kill -9,
+ * `vlmdb cluster move` of a slot range killed at every step and resumed,
  * and embeddings as files: .npy against files NumPy wrote, and
  * clip-retrieval's layout written by `vlmdb embed` and read by ingest. */
 #include <setjmp.h>
