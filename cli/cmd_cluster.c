@@ -422,10 +422,13 @@ done:
 
 static const char cluster_usage[] =
     "usage: vlmdb cluster check CLUSTER.json DIR...\n"
+    "       vlmdb cluster move --map CLUSTER.json --slots A-B --from DIR --to DIR\n"
+    "                          [--out NEW.json] (vlmdb cluster move --help)\n"
     "\n"
     "Check a cluster map and the shard databases built for it: the map's\n"
     "slot ranges are disjoint and cover 0..16383; each DIR is a shard of\n"
-    "this map (same digest), with the slots the map gives its shard, and\n"
+    "this map (same digest, or the slots the map gives its shard, as for a\n"
+    "shard a `cluster move` left alone), with those slots, and\n"
     "holds only keys of those slots; every shard of the map is given once;\n"
     "model, dimension, model family, index kind and fields are the same in\n"
     "all of them.  Prints one line per shard (its items) on stdout and one\n"
@@ -519,8 +522,11 @@ int cmd_cluster(int argc, char **argv) {
     default: fputs(cluster_usage, stderr); return VLM_EXIT_USAGE;
     }
   }
+  if (optind < argc && !strcmp(argv[optind], "move"))
+    return cmd_cluster_move(argc - optind, argv + optind);
   if (optind >= argc || strcmp(argv[optind], "check"))
-    return vlm_cli_usage_error(cmd, "the only subcommand is 'check'");
+    return vlm_cli_usage_error(cmd, "the subcommands are 'check' and "
+                               "'move'");
   optind++;
   /* flags may also follow the subcommand */
   int first = optind;
@@ -574,15 +580,19 @@ int cmd_cluster(int argc, char **argv) {
       const vlm_cluster_shard *sh =
           info->shard < cluster->nshards ? &cluster->shards[info->shard]
                                          : NULL;
-      if (strcmp(info->cluster_digest, cluster->digest) ||
-          info->nshards != cluster->nshards)
+      /* A shard that `vlmdb cluster move` left alone keeps the digest of
+       * the map it was built for: what must agree is its slots. */
+      int same_slots =
+          sh && sh->nranges == info->nslot_ranges &&
+          !memcmp(sh->ranges, info->slot_ranges,
+                  (size_t)sh->nranges * sizeof sh->ranges[0]);
+      if (info->nshards != cluster->nshards ||
+          (strcmp(info->cluster_digest, cluster->digest) && !same_slots))
         check_problem(&p, "%s: made for another cluster map (digest %s, %d "
                       "shards; %s has %s, %d shards)", dirs[d],
                       info->cluster_digest, info->nshards, map_path,
                       cluster->digest, cluster->nshards);
-      else if (sh && (sh->nranges != info->nslot_ranges ||
-                      memcmp(sh->ranges, info->slot_ranges,
-                             (size_t)sh->nranges * sizeof sh->ranges[0])))
+      else if (sh && !same_slots)
         check_problem(&p, "%s: shard %d holds other slots than the map "
                       "gives it", dirs[d], info->shard);
       if (sh && given[info->shard])

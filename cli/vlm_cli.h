@@ -41,6 +41,9 @@ int cmd_train(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_split(int argc, char **argv);
 int cmd_cluster(int argc, char **argv);
+/* `vlmdb cluster move` (cmd_cluster_move.c): cmd_cluster hands it argv
+ * from the subcommand on. */
+int cmd_cluster_move(int argc, char **argv);
 int cmd_index(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_explain(int argc, char **argv);

@@ -423,10 +423,10 @@ static int set_cluster(vlm__manifest *m, const vlm_db_config *config) {
     return 0;
   const char *d = config->cluster_digest;
   if (n < 0 || n > VLM_CLUSTER_MAX_RANGES || !config->slot_ranges)
-    return vlm_seterr(VLM_EINVAL, "create: 1..%d slot ranges",
+    return vlm_seterr(VLM_EINVAL, "1..%d slot ranges",
                       VLM_CLUSTER_MAX_RANGES);
   if (!d || strlen(d) != 16 || strspn(d, "0123456789abcdef") != 16)
-    return vlm_seterr(VLM_EINVAL, "create: a cluster digest is 16 "
+    return vlm_seterr(VLM_EINVAL, "a cluster digest is 16 "
                       "lower-case hex digits");
   if (config->nshards < 1 || config->nshards > VLM_CLUSTER_MAX_SHARDS ||
       config->shard < 0 || config->shard >= config->nshards)
@@ -446,7 +446,7 @@ static int set_cluster(vlm__manifest *m, const vlm_db_config *config) {
     const vlm_slot_range *r = &m->slot_ranges[i];
     if (r->first < 0 || r->last >= VLM_SLOTS || r->first > r->last ||
         (merged && r->first <= m->slot_ranges[merged - 1].last))
-      return vlm_seterr(VLM_EINVAL, "create: slot range [%d, %d] is outside "
+      return vlm_seterr(VLM_EINVAL, "slot range [%d, %d] is outside "
                         "0..%d, reversed, or overlaps another", r->first,
                         r->last, VLM_SLOTS - 1);
     if (merged && r->first == m->slot_ranges[merged - 1].last + 1)
@@ -2039,6 +2039,43 @@ int vlm_db_adopt_index(vlm_db *db, int modality, const char *path) {
     return rc;
   vlm__write_lock(db);
   rc = vlm__vindex_adopt(db, modality, path);
+  vlm__write_unlock(db);
+  return rc;
+}
+
+/* The manifest is rewritten whole (tmp, fsync, rename, fsync of the
+ * directory), so a crash leaves either the old slots or the new.  The
+ * write lock orders it with batches (whose keys check_slot tests against
+ * db->man) and with checkpoints (which rewrite the manifest too). */
+int vlm_db_set_slots(vlm_db *db, const char *digest,
+                     const vlm_slot_range *ranges, int n) {
+  if (!db || !digest || !ranges || n < 1)
+    return vlm_seterr(VLM_EINVAL, "set slots: bad argument");
+  int rc = vlm__writable(db);
+  if (rc)
+    return rc;
+  vlm__write_lock(db);
+  if (!db->man.nslot_ranges) {
+    rc = vlm_seterr(VLM_EINVAL, "%s: not a shard of a cluster (made without "
+                    "slot ranges)", db->dir);
+    goto done;
+  }
+  vlm__manifest next = db->man;
+  vlm_db_config cfg = {.cluster_digest = digest,
+                       .shard = db->man.shard,
+                       .nshards = db->man.nshards,
+                       .slot_ranges = ranges,
+                       .nslot_ranges = n};
+  if ((rc = set_cluster(&next, &cfg)) ||
+      (rc = vlm__manifest_write(db->dir, &next)))
+    goto done;
+  pthread_rwlock_wrlock(&db->index_lock);
+  memcpy(db->man.slot_ranges, next.slot_ranges, sizeof next.slot_ranges);
+  db->man.nslot_ranges = next.nslot_ranges;
+  memcpy(db->man.cluster_digest, next.cluster_digest,
+         sizeof next.cluster_digest);
+  pthread_rwlock_unlock(&db->index_lock);
+done:
   vlm__write_unlock(db);
   return rc;
 }

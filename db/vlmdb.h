@@ -519,6 +519,21 @@ int vlm_db_exchange(const char *dir, const char *staged);
 /* Write the FAISS index file now (it records the last change it holds). */
 int vlm_db_checkpoint(vlm_db *db);
 
+/* Change the slots a shard holds, and the digest of the cluster map it
+ * belongs to (for `vlmdb cluster move`, which moves a slot range's items
+ * from one shard to another).  ranges are checked as vlm_db_config's
+ * (disjoint, within 0..VLM_SLOTS-1, 1..VLM_CLUSTER_MAX_RANGES of them;
+ * sorted and merged here); digest is 16 lower-case hex digits.  The shard
+ * index and count stay.  Atomic and durable: the manifest is replaced
+ * (written beside, fsynced, renamed, directory fsynced), so a crash
+ * leaves the old slots or the new, never a mix.  Writes after it are
+ * checked against the new slots; keys already stored are not looked at
+ * (moving them is the caller's job).  Writer only (VLM_ESTATE read-only);
+ * VLM_EINVAL for a database that is not a shard or bad ranges; VLM_EIO /
+ * VLM_ENOSPACE from the manifest write (the old slots then stay). */
+int vlm_db_set_slots(vlm_db *db, const char *digest,
+                     const vlm_slot_range *ranges, int n);
+
 /* Rebuild the index with another factory string, training it from the
  * stored vectors when needed; the manifest is updated atomically. */
 int vlm_db_reindex(vlm_db *db, const char *factory);

@@ -346,10 +346,14 @@ void vlm__cluster_info(vlm_server *srv, vlm__buf *b) {
 static void node_drop(shard_node *n);
 
 /* CLUSTER RELOAD: read the map's file again.  Addresses may change (a
- * shard served from another host); the slot assignment may not, since
- * moving slots means moving their items between the shard databases.  A
- * shard whose address changed is reconnected (requests waiting on its
- * old address fail). */
+ * shard served from another host), and so may the slot assignment, once
+ * `vlmdb cluster move` has moved the slots' items: the new map must give
+ * this node's shard exactly the slots its database holds (a node whose
+ * shard gained or lost slots is restarted on the moved database; the
+ * others reload).  So a node never answers for slots its database does
+ * not hold, and no coordinated search counts an item twice.  A shard
+ * whose address changed is reconnected (requests waiting on its old
+ * address fail). */
 static int cluster_reload(vlm__ctx *ctx) {
   vlm__cluster_state *cs = ctx->srv->cluster;
   vlm__buf *out = ctx->out;
@@ -364,14 +368,43 @@ static int cluster_reload(vlm__ctx *ctx) {
                      "unchanged)", vlm_errmsg());
     return -1;
   }
-  if (strcmp(m->digest, cs->map->digest)) {
-    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s assigns the slots "
-                     "differently (digest %s, served %s): moving slots "
-                     "between shards means moving their items, which is "
-                     "not done yet; the served map is unchanged", cs->path,
-                     m->digest, cs->map->digest);
+  if (m->nshards != cs->map->nshards) {
+    vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s has %d shards, the "
+                     "served map %d; the served map is unchanged", cs->path,
+                     m->nshards, cs->map->nshards);
     vlm_cluster_free(m);
     return -1;
+  }
+  if (strcmp(m->digest, cs->map->digest)) {
+    vlm_db_info info;
+    const vlm_cluster_shard *mine = &m->shards[cs->shard];
+    int rc = vlm_db_stat(ctx->srv->db, &info);
+    if (rc == 0 && info.shard >= 0 &&
+        (info.nslot_ranges != mine->nranges ||
+         memcmp(info.slot_ranges, mine->ranges,
+                (size_t)mine->nranges * sizeof mine->ranges[0]))) {
+      char held[256], given[256];
+      vlm_slot_ranges_format(info.slot_ranges, info.nslot_ranges, held,
+                             sizeof held);
+      vlm_slot_ranges_format(mine->ranges, mine->nranges, given,
+                             sizeof given);
+      vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s assigns the slots "
+                       "differently and gives shard %d slots %s, but its "
+                       "database holds %s: move the items first "
+                       "(vlmdb cluster move) and restart this node on them; "
+                       "the served map is unchanged", cs->path, cs->shard,
+                       given, held);
+      vlm_cluster_free(m);
+      return -1;
+    }
+    if (rc) {
+      vlm__reply_error(out, "ERR", "CLUSTER RELOAD: %s; the served map is "
+                       "unchanged", vlm_errmsg());
+      vlm_cluster_free(m);
+      return -1;
+    }
+    vlm__server_log(ctx->srv, "cluster: %s assigns the slots anew (digest "
+                    "%s, was %s)", cs->path, m->digest, cs->map->digest);
   }
   shard_node *fresh = calloc((size_t)m->nshards, sizeof *fresh);
   if (!fresh) {
@@ -432,7 +465,8 @@ int vlm__cluster_command(vlm__ctx *ctx) {
     static const char *help[] = {
         "CLUSTER <subcommand> [<arg> ...]. Subcommands are:",
         "SLOTS", "SHARDS", "NODES", "MYID", "INFO", "KEYSLOT <key>",
-        "RELOAD: read the cluster map's file again (addresses only)",
+        "RELOAD: read the cluster map's file again (addresses, and slots "
+        "moved with vlmdb cluster move)",
         "HELP"};
     vlm__reply_array(out, sizeof help / sizeof help[0]);
     for (size_t i = 0; i < sizeof help / sizeof help[0]; i++)

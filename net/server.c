@@ -882,14 +882,38 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   pthread_mutex_init(&srv->done_mu, NULL);
   pthread_cond_init(&srv->done_cv, NULL);
   if (opts->cluster) {
-    /* The database must be the shard it is served as. */
+    /* The database must be the shard it is served as, holding exactly
+     * the slots the map gives that shard: a database left between the
+     * steps of a killed `vlmdb cluster move` is not served, so no search
+     * finds an item in two shards.  The digest may be an older map's (a
+     * shard a move left alone keeps the one it was built with). */
     const vlm_cluster *map = opts->cluster;
-    if (info.shard >= 0 && (strcmp(info.cluster_digest, map->digest) ||
-                            info.shard != opts->shard))
+    const vlm_cluster_shard *mine =
+        opts->shard >= 0 && opts->shard < map->nshards
+            ? &map->shards[opts->shard]
+            : NULL;
+    int same_slots =
+        mine && info.nslot_ranges == mine->nranges &&
+        !memcmp(info.slot_ranges, mine->ranges,
+                (size_t)mine->nranges * sizeof mine->ranges[0]);
+    if (info.shard >= 0 && (info.shard != opts->shard ||
+                            info.nshards != map->nshards || !same_slots)) {
+      char held[256] = "", given[256] = "";
+      vlm_slot_ranges_format(info.slot_ranges, info.nslot_ranges, held,
+                             sizeof held);
+      if (mine)
+        vlm_slot_ranges_format(mine->ranges, mine->nranges, given,
+                               sizeof given);
       rc = vlm_seterr(VLM_EMISMATCH, "the database is shard %d of the "
                       "cluster map with digest %s, not shard %d of this map "
-                      "(digest %s)", info.shard, info.cluster_digest,
-                      opts->shard, map->digest);
+                      "(digest %s): it holds slots %s, the map gives shard "
+                      "%d slots %s%s", info.shard, info.cluster_digest,
+                      opts->shard, map->digest, held, opts->shard, given,
+                      info.shard == opts->shard
+                          ? " (a `vlmdb cluster move` not finished? run it "
+                            "again)"
+                          : "");
+    }
     else if (info.shard < 0 && map->nshards > 1)
       rc = vlm_seterr(VLM_EMISMATCH, "the database is not a shard (vlmdb "
                       "init --cluster) but the cluster map has %d shards",

@@ -3,6 +3,7 @@
  * shard (refusing other slots' keys, in the library and over the server),
  * `vlmdb init/ingest/split/cluster check` across shards against a single
  * database built from the same catalog, atomic publishing under kill -9,
+ * `vlmdb cluster move` of a slot range killed at every step and resumed,
  * and embeddings as files: .npy against files NumPy wrote, and
  * clip-retrieval's layout written by `vlmdb embed` and read by ingest. */
 #include <setjmp.h>
@@ -2460,6 +2461,153 @@ static void test_merge_resumes_after_kill(void **state) {
   free(map);
 }
 
+/* ------------------------------------------------------- slot moves */
+
+/* Slots 2000-5000 go from shard 0 to shard 1 of map3. */
+#define MOVE_FIRST 2000
+#define MOVE_LAST 5000
+
+static void build_shard(const char *dir, const char *db, const char *map,
+                        const char *catalog, int shard) {
+  char idx[8];
+  snprintf(idx, sizeof idx, "%d", shard);
+  free(RUN_OK(dir, "init", "--db", db, "--model", MODEL, "--field",
+              "year:int", "--cluster", map, "--shard", idx));
+  free(RUN_OK(dir, "ingest", "--db", db, catalog, "-q"));
+}
+
+/* After a move: the map at new_map gives the range to shard 1, `cluster
+ * check` passes, both databases verify, and every key of the pristine
+ * shards ref[0..1] is in the database its new owner names, only there,
+ * its record and vectors bit for bit the same. */
+static void assert_moved(const char *dir, const char *new_map,
+                         char shard[3][PATH_MAX], char ref[2][PATH_MAX]) {
+  vlm_cluster *m;
+  VLM_CHECK(vlm_cluster_load(new_map, NULL, NULL, &m));
+  for (int s = MOVE_FIRST; s <= MOVE_LAST; s++)
+    assert_int_equal(m->owner[s], 1);
+  assert_int_equal(m->owner[MOVE_FIRST - 1], 0);
+  assert_int_equal(m->owner[12000], 0);
+  free(RUN_OK(dir, "cluster", "check", new_map, shard[0], shard[1],
+              shard[2]));
+  vlm_db *now[2] = {open_ro(shard[0]), open_ro(shard[1])};
+  VLM_CHECK(vlm_db_verify(now[0]));
+  VLM_CHECK(vlm_db_verify(now[1]));
+  long total = 0, moved = 0;
+  for (int r = 0; r < 2; r++) {
+    vlm_db *before = open_ro(ref[r]);
+    keylist k = db_keys(before);
+    for (int i = 0; i < k.n; i++) {
+      int owner = vlm_cluster_shard_of(m, k.keys[i], strlen(k.keys[i]));
+      assert_true(owner == 0 || owner == 1);
+      assert_int_equal(vlm_db_exists(now[owner], k.keys[i]), 1);
+      assert_int_equal(vlm_db_exists(now[1 - owner], k.keys[i]), 0);
+      assert_records_equal(before, now[owner], k.keys[i]);
+      moved += owner != r;
+    }
+    total += k.n;
+    keylist_free(&k);
+    vlm_db_close(before);
+  }
+  vlm_db_info a, b;
+  VLM_CHECK(vlm_db_stat(now[0], &a));
+  VLM_CHECK(vlm_db_stat(now[1], &b));
+  assert_int_equal(a.items + b.items, total);
+  assert_true(moved > 10); /* the range held items */
+  assert_string_equal(a.cluster_digest, m->digest);
+  assert_string_equal(b.cluster_digest, m->digest);
+  vlm_db_close(now[0]);
+  vlm_db_close(now[1]);
+  vlm_cluster_free(m);
+}
+
+/* `vlmdb cluster move`: run whole, and killed (SIGKILL) after each step
+ * and inside the copy and the delete, then run again: every key of the
+ * range ends in the destination, once, bit for bit; the map, both
+ * manifests and `cluster check` agree; a run after the end changes
+ * nothing. */
+static void test_cluster_move_resumes_after_kill(void **state) {
+  const char *dir = *state;
+  make_images(dir);
+  write_vector_catalog(dir, "catalog.jsonl");
+  put_text(dir, "cluster.json", map3);
+  char *catalog = path_in(dir, "catalog.jsonl");
+  char *map = path_in(dir, "cluster.json");
+  char shard[3][PATH_MAX], ref[2][PATH_MAX];
+  for (int s = 0; s < 2; s++) {
+    snprintf(ref[s], PATH_MAX, "%s/ref-%d", dir, s);
+    build_shard(dir, ref[s], map, catalog, s);
+  }
+  snprintf(shard[2], PATH_MAX, "%s/shard-2", dir);
+  build_shard(dir, shard[2], map, catalog, 2);
+  static const char *const kills[] = {NULL, "widen", "copy:2", "copy",
+                                      "map", "delete:1", "delete", "narrow"};
+  char slots[32];
+  snprintf(slots, sizeof slots, "%d-%d", MOVE_FIRST, MOVE_LAST);
+  for (size_t t = 0; t < sizeof kills / sizeof kills[0]; t++) {
+    char name[64], *run_map;
+    for (int s = 0; s < 2; s++) { /* fresh copies of the built shards */
+      snprintf(shard[s], PATH_MAX, "%s/run%zu-%d", dir, t, s);
+      vlm_db *db = open_ro(ref[s]);
+      VLM_CHECK(vlm_db_backup(db, shard[s], NULL));
+      vlm_db_close(db);
+    }
+    snprintf(name, sizeof name, "run%zu.json", t);
+    put_text(dir, name, map3);
+    run_map = path_in(dir, name);
+    const char *const args[] = {"cluster", "move", "--map", run_map,
+                                "--slots", slots, "--from", shard[0],
+                                "--to", shard[1], "--batch", "4", NULL};
+    if (kills[t]) {
+      char env[64];
+      snprintf(env, sizeof env, "VLMDB_TEST_MOVE_KILL=%s", kills[t]);
+      pid_t pid = spawn_env(dir, (const char *const[]){env, NULL}, args);
+      running_child = pid;
+      int st;
+      assert_int_equal(waitpid(pid, &st, 0), pid);
+      running_child = 0;
+      if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL) {
+        char *err = path_in(dir, ".stderr"), *text = slurp_text(err);
+        fail_msg("killed at %s: exit %d, not SIGKILL:\n%s", kills[t],
+                 WIFEXITED(st) ? WEXITSTATUS(st) : -1, text);
+      }
+      /* between the steps every key of the range is readable somewhere */
+      vlm_db *src, *dst;
+      VLM_CHECK(vlm_db_open(shard[0], NULL, &src));
+      VLM_CHECK(vlm_db_open(shard[1], NULL, &dst));
+      VLM_CHECK(vlm_db_verify(src));
+      VLM_CHECK(vlm_db_verify(dst));
+      vlm_db *before = open_ro(ref[0]);
+      keylist k = db_keys(before);
+      for (int i = 0; i < k.n; i++)
+        assert_true(vlm_db_exists(src, k.keys[i]) == 1 ||
+                    vlm_db_exists(dst, k.keys[i]) == 1);
+      keylist_free(&k);
+      vlm_db_close(before);
+      vlm_db_close(src);
+      vlm_db_close(dst);
+    }
+    char *o = run_ok(dir, args);
+    print_message("%s: %s", kills[t] ? kills[t] : "whole", o);
+    free(o);
+    assert_moved(dir, run_map, shard, ref);
+    /* once more: nothing left to do */
+    const char *const again[] = {"cluster", "move", "--map", run_map,
+                                 "--slots", slots, "--from", shard[0],
+                                 "--to", shard[1], "--json", NULL};
+    o = run_ok(dir, again);
+    json_t *sum = parse_json(o);
+    free(o);
+    assert_int_equal(json_int_at(sum, "copied", NULL), 0);
+    assert_int_equal(json_int_at(sum, "deleted", NULL), 0);
+    json_decref(sum);
+    assert_moved(dir, run_map, shard, ref);
+    free(run_map);
+  }
+  free(catalog);
+  free(map);
+}
+
 /* RssAnon of process pid in KiB (/proc/PID/status): the memory a process
  * has made its own (a mapped file's pages are the page cache's). */
 static long rss_anon_kib(pid_t pid) {
@@ -2739,6 +2887,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_merge_shards_equals_single,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_merge_resumes_after_kill,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_cluster_move_resumes_after_kill,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_serve_mmap_keeps_rss_low,
                                       setup_tmpdir, teardown_tmpdir),

@@ -1291,6 +1291,98 @@ static void test_reload(void **state) {
   redisFree(single);
 }
 
+/* ------------------------------------------- a slot range moved, served */
+
+/* Slots 12000-13000 move from shard 0 to shard 1 with `vlmdb cluster
+ * move` while those two nodes are stopped; they start again on the new
+ * map, node 2 still serves the old one until CLUSTER RELOAD.  Keyed
+ * commands end at the new owner either way, and every search through
+ * any node equals the single database's, over all NROWS items: none
+ * lost, none counted twice. */
+static void test_move_then_reload(void **state) {
+  (void)state;
+  char key[32] = "", want[128], args[4 * PATH_MAX], old_map[PATH_MAX];
+  for (int i = 0; i < NROWS && !key[0]; i++) {
+    snprintf(key, sizeof key, "%s%d", i % 5 ? "item" : "{group}item", i);
+    int slot = vlm_key_slot(key, strlen(key));
+    if (slot < 12000 || slot > 13000)
+      key[0] = '\0';
+  }
+  assert_true(key[0]);
+  int slot = vlm_key_slot(key, strlen(key));
+  size_t len;
+  uint8_t *text = vlm_test_slurp(G.map, &len);
+  snprintf(old_map, sizeof old_map, "%s/old.json", G.dir);
+  vlm_test_spit(old_map, text, len);
+  free(text);
+  for (int s = 0; s < 2; s++)
+    vlm_test_server_stop(&G.node[s], 10);
+  snprintf(args, sizeof args, "cluster move --map %s --slots 12000-13000 "
+           "--from %s --to %s", G.map, G.shard_db[0], G.shard_db[1]);
+  vlmdb_ok(args);
+  /* the moved database is not served under the old map */
+  int rc;
+  snprintf(args, sizeof args, "'%s' serve --db %s --cluster %s --port 0 "
+           "2>&1", G.bin, G.shard_db[0], old_map);
+  char *out = run_shell(args, &rc);
+  assert_int_not_equal(rc, 0);
+  if (!strstr(out, "cluster move"))
+    fail_msg("shard 0 served under the old map: %s", out);
+  free(out);
+  for (int s = 0; s < 2; s++)
+    start_node(s);
+  redisContext *c[NSHARDS], *single = connect_port(G.single.port);
+  for (int s = 0; s < NSHARDS; s++)
+    c[s] = connect_port(G.ports[s]);
+  /* node 2, on the old map, sends the key to shard 0, which sends it on */
+  snprintf(want, sizeof want, "MOVED %d 127.0.0.1:%d", slot, G.ports[0]);
+  expect_error(cmd(c[2], "GET %s", key), want);
+  snprintf(want, sizeof want, "MOVED %d 127.0.0.1:%d", slot, G.ports[1]);
+  expect_error(cmd(c[0], "GET %s", key), want);
+  redisReply *r = cmd(c[2], "CLUSTER RELOAD");
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  freeReplyObject(r);
+  expect_error(cmd(c[2], "GET %s", key), want);
+  r = cmd(c[1], "GET %s", key);
+  redisReply *w = cmd(single, "GET %s", key);
+  assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+  assert_int_equal(r->type, w->type);
+  assert_int_equal(r->elements, w->elements);
+  freeReplyObject(r);
+  freeReplyObject(w);
+  /* a node whose database does not hold what a map gives it keeps its
+   * map: shard 0 offered the old one back */
+  uint8_t *new_text = vlm_test_slurp(G.map, &len);
+  size_t old_len;
+  text = vlm_test_slurp(old_map, &old_len);
+  vlm_test_spit(G.map, text, old_len);
+  free(text);
+  expect_error(cmd(c[0], "CLUSTER RELOAD"), "its database holds 0-5000");
+  vlm_test_spit(G.map, new_text, len);
+  free(new_text);
+  r = cmd(c[0], "CLUSTER RELOAD");
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  freeReplyObject(r);
+  /* every item once, through any node */
+  float v[DIM];
+  uint64_t seed = 47;
+  unit_vector(v, &seed);
+  w = cmd(single, "SEARCH VECTOR %b K %d", v, sizeof v, NROWS);
+  for (int s = 0; s < NSHARDS; s++) {
+    r = cmd(c[s], "SEARCH VECTOR %b K %d", v, sizeof v, NROWS);
+    snprintf(want, sizeof want, "all items through node %d after the move",
+             s);
+    assert_same_hits(r, w, want);
+    freeReplyObject(r);
+  }
+  freeReplyObject(w);
+  vlm_cluster_free(G.cluster);
+  VLM_CHECK(vlm_cluster_load(G.map, NULL, NULL, &G.cluster));
+  for (int s = 0; s < NSHARDS; s++)
+    redisFree(c[s]);
+  redisFree(single);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_keyslot_matches_redis_server),
@@ -1301,6 +1393,7 @@ int main(void) {
       cmocka_unit_test(test_redis_py_cluster),
       cmocka_unit_test(test_search_equals_single_database),
       cmocka_unit_test(test_reload),
+      cmocka_unit_test(test_move_then_reload),
       cmocka_unit_test(test_shard_down),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,0 +1,644 @@
+/* cmd_cluster_move.c - `vlmdb cluster move`: the items of a slot range
+ * moved from one shard database to another, and the cluster map rewritten
+ * to match, crash-safe and resumable.
+ *
+ * The order of the steps is what makes a kill -9 at any instant harmless
+ * (each step is durable before the next starts, and each is idempotent):
+ *
+ *   1. widen:  the destination's manifest takes the new map's slots and
+ *              digest (vlm_db_set_slots), so it accepts the range's keys;
+ *   2. copy:   the range's items are upserted into the destination in
+ *              durable batches, each item as the source holds it (record
+ *              and vectors bit for bit; one already there identical is
+ *              left alone, so a rerun rewrites nothing);
+ *   3. map:    the new cluster.json is written (beside, fsynced, renamed,
+ *              directory fsynced): from here on the destination owns the
+ *              range;
+ *   4. delete: the range's items are deleted from the source in durable
+ *              batches (the source still holds the range, so the deletes
+ *              are ordinary writes);
+ *   5. narrow: the source's manifest takes the new map's slots and digest.
+ *
+ * Until step 3 the source has every item of the range; from step 2's end
+ * the destination has them too; the map names the owner.  A rerun reads
+ * which steps are done from the databases and the map themselves: when the
+ * map already gives the range to the destination, the copy is over and is
+ * not repeated (so a rerun can never copy a stale source item over a newer
+ * one); otherwise steps 1-3 are redone, each a no-op where done.
+ *
+ * A node serves its database only while the database's slots are the ones
+ * its map gives it (serve and CLUSTER RELOAD check it), so a database left
+ * between steps 1 and 5 is not served by a node of either map, and no
+ * coordinated search sees the range's items in two shards.
+ *
+ * Test hook: VLMDB_TEST_MOVE_KILL=STEP[:N] makes the process kill itself
+ * (SIGKILL) after STEP (widen, copy, map, delete, narrow), or after the
+ * Nth batch of copy or delete, so tests can stop it at chosen points. */
+#include "opts.h"
+#include "progress.h"
+#include "shard.h"
+#include "vlm_cli.h"
+#include "vlm_error.h"
+#include "vlm_file.h"
+#include "vlmdb.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char move_usage[] =
+    "usage: vlmdb cluster move --map CLUSTER.json --slots A-B --from DIR\n"
+    "                          --to DIR [--out NEW.json] [--batch N] [--json]\n"
+    "\n"
+    "Move the items of slots A..B from the shard database DIR (--from), whose\n"
+    "shard the map gives them, to the shard database --to, and write the map\n"
+    "that gives them to --to's shard (to --out, else over --map).  Steps:\n"
+    "widen --to's slots, copy the items, write the map, delete the items\n"
+    "from --from, narrow --from's slots; each is durable before the next.\n"
+    "Killed at any point, the same command run again finishes the move:\n"
+    "every item ends in --to, once.  Both databases must not be served or\n"
+    "written while it runs (it takes their writer locks): stop the two\n"
+    "nodes, move, start them with the new map, and send CLUSTER RELOAD to\n"
+    "the other nodes.\n"
+    "\n"
+    "  --map FILE      the cluster map the databases were built for (or the\n"
+    "                  new one, when a killed move already wrote it there)\n"
+    "  --slots A-B     the slot range to move (A-B inclusive, or one slot)\n"
+    "  --from DIR      the shard database that holds the range\n"
+    "  --to DIR        the shard database that takes it\n"
+    "  --out FILE      where the new map goes (default: over --map)\n"
+    "  --batch N       items per durable batch (default 1000)\n"
+    "  --json          print the summary as JSON\n"
+    "  -h, --help      this help\n"
+    "\n"
+    "example:\n"
+    "  vlmdb cluster move --map cluster.json --slots 8000-8191 \\\n"
+    "                     --from out/shard-0 --to out/shard-1\n";
+
+typedef struct {
+  const char *cmd;
+  vlm_db *src, *dst;
+  int first, last; /* the slot range */
+  int batch;
+  long copied, identical, deleted, batches;
+  const char *kill_step;
+  long kill_batch;
+  vlm_progress progress;
+} mover;
+
+/* The test hook: die here if VLMDB_TEST_MOVE_KILL names this point. */
+static void maybe_die(const mover *mv, const char *step, long batch) {
+  if (!mv->kill_step || strcmp(mv->kill_step, step))
+    return;
+  if (mv->kill_batch != batch) /* 0: the step's end */
+    return;
+  fflush(NULL);
+  raise(SIGKILL);
+}
+
+static int parse_slots(const char *s, int *first, int *last) {
+  char *end;
+  long a = strtol(s, &end, 10), b = a;
+  if (end == s)
+    return -1;
+  if (*end == '-') {
+    const char *p = end + 1;
+    b = strtol(p, &end, 10);
+    if (end == p)
+      return -1;
+  }
+  if (*end || a < 0 || b < a || b >= VLM_SLOTS)
+    return -1;
+  *first = (int)a;
+  *last = (int)b;
+  return 0;
+}
+
+static int in_range(const mover *mv, const char *key) {
+  int slot = vlm_key_slot(key, strlen(key));
+  return slot >= mv->first && slot <= mv->last;
+}
+
+/* The shard's slot ranges with [first, last] added (add) or taken out,
+ * sorted and merged, into out (capacity VLM_CLUSTER_MAX_RANGES + 1). */
+static int ranges_edit(const vlm_slot_range *in, int n, int first, int last,
+                       int add, vlm_slot_range *out) {
+  static unsigned char held[VLM_SLOTS];
+  memset(held, 0, sizeof held);
+  for (int i = 0; i < n; i++)
+    memset(held + in[i].first, 1, (size_t)(in[i].last - in[i].first + 1));
+  memset(held + first, add ? 1 : 0, (size_t)(last - first + 1));
+  int m = 0;
+  for (int s = 0; s < VLM_SLOTS; s++) {
+    if (!held[s])
+      continue;
+    if (m && out[m - 1].last == s - 1) {
+      out[m - 1].last = s;
+    } else {
+      if (m == VLM_CLUSTER_MAX_RANGES)
+        return -1;
+      out[m++] = (vlm_slot_range){s, s};
+    }
+  }
+  return m;
+}
+
+static int ranges_equal(const vlm_slot_range *a, int na,
+                        const vlm_slot_range *b, int nb) {
+  return na == nb && !memcmp(a, b, (size_t)na * sizeof *a);
+}
+
+static int same_bytes(const void *a, const void *b, size_t n) {
+  return (!a && !b) || (a && b && !memcmp(a, b, n));
+}
+
+static int same_text(const char *a, const char *b) {
+  return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
+/* Bit for bit the same item (its id aside). */
+static int records_equal(const vlm_record *a, const vlm_record *b) {
+  size_t vb = (size_t)a->dim * sizeof(float);
+  return a->dim == b->dim && same_bytes(a->image_vec, b->image_vec, vb) &&
+         same_bytes(a->text_vec, b->text_vec, vb) &&
+         same_text(a->caption, b->caption) &&
+         same_text(a->source, b->source) &&
+         same_text(a->meta_json, b->meta_json) &&
+         a->thumb_len == b->thumb_len &&
+         same_bytes(a->thumb, b->thumb, a->thumb_len);
+}
+
+/* Every key of the range the source holds, in scan order. */
+typedef struct {
+  char **keys;
+  long n, cap;
+} keyset;
+
+static void keyset_free(keyset *ks) {
+  for (long i = 0; i < ks->n; i++)
+    free(ks->keys[i]);
+  free(ks->keys);
+  memset(ks, 0, sizeof *ks);
+}
+
+static int range_keys(mover *mv, keyset *ks) {
+  uint64_t cursor = 0;
+  do {
+    char **keys;
+    int n, rc;
+    uint64_t next;
+    if ((rc = vlm_db_scan(mv->src, cursor, 4096, &keys, &n, &next)))
+      return rc;
+    for (int i = 0; i < n; i++) {
+      if (!in_range(mv, keys[i]))
+        continue;
+      if (ks->n == ks->cap) {
+        long cap = ks->cap ? ks->cap * 2 : 1024;
+        char **k = realloc(ks->keys, (size_t)cap * sizeof *k);
+        if (!k) {
+          vlm_db_keys_free(keys, n);
+          return vlm_seterr(VLM_ENOMEM, "move: key list");
+        }
+        ks->keys = k;
+        ks->cap = cap;
+      }
+      if (!(ks->keys[ks->n] = strdup(keys[i]))) {
+        vlm_db_keys_free(keys, n);
+        return vlm_seterr(VLM_ENOMEM, "move: key list");
+      }
+      ks->n++;
+    }
+    vlm_db_keys_free(keys, n);
+    cursor = next;
+  } while (cursor);
+  return 0;
+}
+
+/* Step 2: upsert each item of the range the destination lacks (or holds
+ * otherwise) in durable batches of mv->batch. */
+static int copy_items(mover *mv, const keyset *ks) {
+  vlm_record **recs = calloc((size_t)mv->batch, sizeof *recs);
+  vlm_item *items = calloc((size_t)mv->batch, sizeof *items);
+  int n = 0, rc = 0;
+  if (!recs || !items) {
+    rc = vlm_seterr(VLM_ENOMEM, "move: batch");
+    goto done;
+  }
+  for (long i = 0; i <= ks->n && rc == 0; i++) {
+    if (i < ks->n) {
+      vlm_record *r = NULL, *have = NULL;
+      if ((rc = vlm_db_get(mv->src, ks->keys[i], &r)))
+        break;
+      int got = vlm_db_get(mv->dst, ks->keys[i], &have);
+      if (got && got != VLM_ENOTFOUND) {
+        vlm_record_free(r);
+        rc = got;
+        break;
+      }
+      int same = got == 0 && records_equal(r, have);
+      vlm_record_free(have);
+      if (same) {
+        mv->identical++;
+        vlm_record_free(r);
+        continue;
+      }
+      recs[n] = r;
+      items[n] = (vlm_item){.key = r->key,
+                            .image_vec = r->image_vec,
+                            .text_vec = r->text_vec,
+                            .caption = r->caption,
+                            .source = r->source,
+                            .thumb = r->thumb,
+                            .thumb_len = r->thumb_len,
+                            .meta_json = r->meta_json};
+      n++;
+    }
+    if (n == mv->batch || (i == ks->n && n > 0)) {
+      int written = 0;
+      rc = vlm_db_put(mv->dst, items, n, VLM_PUT_UPSERT, &written);
+      for (int j = 0; j < n; j++)
+        vlm_record_free(recs[j]);
+      n = 0;
+      if (rc)
+        break;
+      mv->copied += written;
+      mv->batches++;
+      vlm_progress_update(&mv->progress, mv->copied + mv->identical);
+      maybe_die(mv, "copy", mv->batches);
+    }
+  }
+done:
+  for (int j = 0; j < n; j++)
+    vlm_record_free(recs[j]);
+  free(recs);
+  free(items);
+  return rc;
+}
+
+/* Step 4: delete the range's items from the source, mv->batch a batch. */
+static int delete_items(mover *mv, const keyset *ks) {
+  long batches = 0;
+  for (long i = 0; i < ks->n; i += mv->batch) {
+    int n = ks->n - i < mv->batch ? (int)(ks->n - i) : mv->batch, deleted = 0;
+    int rc = vlm_db_delete(mv->src, (const char *const *)ks->keys + i, n,
+                           &deleted);
+    if (rc)
+      return rc;
+    mv->deleted += deleted;
+    vlm_progress_update(&mv->progress, mv->deleted);
+    maybe_die(mv, "delete", ++batches);
+  }
+  return 0;
+}
+
+/* The map text of path with the slots of shards a and b replaced by
+ * the given ranges (everything else kept as written), or NULL. */
+static char *map_rewrite(const char *cmd, const char *path, int a,
+                         const vlm_slot_range *ra, int na, int b,
+                         const vlm_slot_range *rb, int nb) {
+  json_error_t jerr;
+  json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  json_t *shards = json_object_get(root, "shards");
+  char *text = NULL;
+  if (!json_is_array(shards)) {
+    vlm_cli_error(cmd, "%s: %s", path, root ? "no \"shards\"" : jerr.text);
+    goto done;
+  }
+  size_t i;
+  json_t *sh;
+  json_array_foreach(shards, i, sh) {
+    json_int_t id = json_integer_value(json_object_get(sh, "id"));
+    const vlm_slot_range *r = id == a ? ra : id == b ? rb : NULL;
+    int n = id == a ? na : nb;
+    if (!r)
+      continue;
+    json_t *slots = json_array();
+    for (int k = 0; k < n; k++)
+      json_array_append_new(slots, json_pack("[ii]", r[k].first, r[k].last));
+    json_object_set_new(sh, "slots", slots);
+  }
+  text = json_dumps(root, JSON_PRESERVE_ORDER | JSON_INDENT(2));
+  if (!text)
+    vlm_cli_error(cmd, "out of memory");
+done:
+  json_decref(root);
+  return text;
+}
+
+/* Write text to path atomically and durably: path.tmp, fsync, rename,
+ * fsync of the directory.  0, or -1 (printed). */
+static int write_durably(const char *cmd, const char *path,
+                         const char *text) {
+  char tmp[PATH_MAX], dir[PATH_MAX];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+    vlm_cli_error(cmd, "%s: path too long", path);
+    return -1;
+  }
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  size_t len = strlen(text);
+  if (fd < 0 || vlm_write_all(fd, text, len) || write(fd, "\n", 1) != 1 ||
+      fsync(fd)) {
+    vlm_cli_error(cmd, "%s: %s", tmp, strerror(errno));
+    if (fd >= 0)
+      close(fd);
+    unlink(tmp);
+    return -1;
+  }
+  close(fd);
+  if (rename(tmp, path)) {
+    vlm_cli_error(cmd, "rename %s: %s", tmp, strerror(errno));
+    unlink(tmp);
+    return -1;
+  }
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (!slash)
+    strcpy(dir, ".");
+  else if (slash == dir)
+    dir[1] = '\0';
+  else
+    *slash = '\0';
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int bad = dfd < 0 || fsync(dfd);
+  if (dfd >= 0)
+    close(dfd);
+  if (bad) {
+    vlm_cli_error(cmd, "fsync %s: %s", dir, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* 1 when every slot of [first, last] belongs to shard in map. */
+static int owns_range(const vlm_cluster *map, int shard, int first,
+                      int last) {
+  for (int s = first; s <= last; s++)
+    if (map->owner[s] != shard)
+      return 0;
+  return 1;
+}
+
+int cmd_cluster_move(int argc, char **argv) {
+  const char *cmd = "cluster move", *map_path = NULL, *slots = NULL,
+             *from = NULL, *to = NULL, *out_path = NULL;
+  int as_json = 0;
+  long batch = 1000;
+  static const struct option longopts[] = {
+      {"map", required_argument, NULL, 'm'},
+      {"slots", required_argument, NULL, 's'},
+      {"from", required_argument, NULL, 'f'},
+      {"to", required_argument, NULL, 't'},
+      {"out", required_argument, NULL, 'o'},
+      {"batch", required_argument, NULL, 'b'},
+      {"json", no_argument, NULL, 'j'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  vlm_cli_getopt_reset();
+  int c;
+  char *end;
+  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'm': map_path = optarg; break;
+    case 's': slots = optarg; break;
+    case 'f': from = optarg; break;
+    case 't': to = optarg; break;
+    case 'o': out_path = optarg; break;
+    case 'j': as_json = 1; break;
+    case 'b':
+      batch = strtol(optarg, &end, 10);
+      if (*end || end == optarg || batch < 1 || batch > 100000)
+        return vlm_cli_usage_error(cmd, "--batch is 1..100000");
+      break;
+    case 'h': fputs(move_usage, stdout); return VLM_EXIT_OK;
+    default: return vlm_cli_getopt_failed(cmd);
+    }
+  }
+  if (!map_path || !slots || !from || !to)
+    return vlm_cli_usage_error(cmd, "--map, --slots, --from and --to are "
+                               "required");
+  if (optind < argc)
+    return vlm_cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+  mover mv = {.cmd = cmd, .batch = (int)batch};
+  if (parse_slots(slots, &mv.first, &mv.last))
+    return vlm_cli_usage_error(cmd, "--slots is A-B (0 <= A <= B <= %d) or "
+                               "one slot", VLM_SLOTS - 1);
+  if (!out_path)
+    out_path = map_path;
+  char kill_step[32] = "";
+  const char *hook = getenv("VLMDB_TEST_MOVE_KILL");
+  if (hook && *hook) {
+    snprintf(kill_step, sizeof kill_step, "%s", hook);
+    char *colon = strchr(kill_step, ':');
+    if (colon) {
+      *colon = '\0';
+      mv.kill_batch = strtol(colon + 1, NULL, 10);
+    }
+    mv.kill_step = kill_step;
+  }
+
+  int status = VLM_EXIT_RUNTIME, rc;
+  vlm_cluster *map = NULL, *written = NULL;
+  vlm_cluster_shard *next = NULL;
+  keyset ks = {0};
+  char *text = NULL;
+  vlm_db_info si, di;
+  if (vlm_cli_cluster_load(cmd, map_path, &map))
+    goto done;
+  if (vlm_cli_open_db(cmd, from, 0, &mv.src) ||
+      vlm_cli_open_db(cmd, to, 0, &mv.dst))
+    goto done;
+  if ((rc = vlm_db_stat(mv.src, &si)) || (rc = vlm_db_stat(mv.dst, &di))) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  if (si.shard < 0 || di.shard < 0) {
+    vlm_cli_error(cmd, "%s is not a shard database (made without --cluster)",
+                  si.shard < 0 ? from : to);
+    goto done;
+  }
+  if (si.nshards != map->nshards || di.nshards != map->nshards) {
+    vlm_cli_error(cmd, "%s has %d shards; %s and %s are shards of %d and %d",
+                  map_path, map->nshards, from, to, si.nshards, di.nshards);
+    goto done;
+  }
+  if (si.shard == di.shard) {
+    vlm_cli_error(cmd, "%s and %s are both shard %d", from, to, si.shard);
+    goto done;
+  }
+  int a = si.shard, b = di.shard;
+  /* The map as it was, or as a killed run already rewrote it. */
+  int map_done, out_ok = 0;
+  if (owns_range(map, a, mv.first, mv.last)) {
+    map_done = 0;
+  } else if (owns_range(map, b, mv.first, mv.last)) {
+    map_done = 1;
+  } else {
+    vlm_cli_error(cmd, "%s: slots %d-%d are not all shard %d's (%s)",
+                  map_path, mv.first, mv.last, a, from);
+    goto done;
+  }
+  /* The new map: the range taken from a and given to b. */
+  if (!(next = calloc((size_t)map->nshards, sizeof *next))) {
+    vlm_cli_error(cmd, "out of memory");
+    goto done;
+  }
+  for (int s = 0; s < map->nshards; s++) {
+    next[s].id = s;
+    next[s].nranges = map->shards[s].nranges;
+    memcpy(next[s].ranges, map->shards[s].ranges, sizeof next[s].ranges);
+  }
+  vlm_slot_range tmp[VLM_CLUSTER_MAX_RANGES];
+  int na = ranges_edit(map->shards[a].ranges, map->shards[a].nranges,
+                       mv.first, mv.last, 0, tmp);
+  if (na > 0) {
+    next[a].nranges = na;
+    memcpy(next[a].ranges, tmp, (size_t)na * sizeof tmp[0]);
+  }
+  int nb = ranges_edit(map->shards[b].ranges, map->shards[b].nranges,
+                       mv.first, mv.last, 1, tmp);
+  if (na == 0) {
+    vlm_cli_error(cmd, "moving %d-%d leaves shard %d no slot; a shard holds "
+                  "at least one", mv.first, mv.last, a);
+    goto done;
+  }
+  if (na < 0 || nb < 0) {
+    vlm_cli_error(cmd, "a shard would hold more than %d slot ranges",
+                  VLM_CLUSTER_MAX_RANGES);
+    goto done;
+  }
+  next[b].nranges = nb;
+  memcpy(next[b].ranges, tmp, (size_t)nb * sizeof tmp[0]);
+  char digest[17];
+  vlm_cluster_digest(next, map->nshards, digest);
+  /* --out elsewhere: written already when it holds the new map */
+  if (strcmp(out_path, map_path) &&
+      !vlm_cluster_load(out_path, NULL, NULL, &written))
+    out_ok = !strcmp(written->digest, digest);
+  map_done |= out_ok;
+  /* Each database holds its slots of the old map or of the new one (a
+   * killed run stops between the two); anything else is not this move. */
+  const vlm_cluster_shard *old_a = map_done ? NULL : &map->shards[a],
+                          *old_b = map_done ? NULL : &map->shards[b];
+  int src_new = ranges_equal(si.slot_ranges, si.nslot_ranges, next[a].ranges,
+                             next[a].nranges) &&
+                !strcmp(si.cluster_digest, digest);
+  int src_old = old_a && ranges_equal(si.slot_ranges, si.nslot_ranges,
+                                      old_a->ranges, old_a->nranges);
+  int dst_new = ranges_equal(di.slot_ranges, di.nslot_ranges, next[b].ranges,
+                             next[b].nranges) &&
+                !strcmp(di.cluster_digest, digest);
+  int dst_old = old_b && ranges_equal(di.slot_ranges, di.nslot_ranges,
+                                      old_b->ranges, old_b->nranges);
+  if (map_done) {
+    /* the map was written after the widening; the source may be narrowed
+     * or still hold the range (it gave it up only at the end) */
+    vlm_slot_range wide[VLM_CLUSTER_MAX_RANGES + 1];
+    int nw = ranges_edit(next[a].ranges, next[a].nranges, mv.first, mv.last,
+                         1, wide);
+    src_old = nw > 0 && ranges_equal(si.slot_ranges, si.nslot_ranges, wide,
+                                     nw);
+  }
+  if (!(src_new || src_old) || !(dst_new || dst_old) ||
+      (map_done && !dst_new)) {
+    char held_s[256], held_d[256];
+    vlm_slot_ranges_format(si.slot_ranges, si.nslot_ranges, held_s,
+                           sizeof held_s);
+    vlm_slot_ranges_format(di.slot_ranges, di.nslot_ranges, held_d,
+                           sizeof held_d);
+    vlm_cli_error(cmd, "%s (slots %s) and %s (slots %s) do not hold the "
+                  "slots %s gives shards %d and %d, before or after moving "
+                  "%d-%d", from, held_s, to, held_d, map_path, a, b,
+                  mv.first, mv.last);
+    goto done;
+  }
+
+  /* 1. widen */
+  if (!dst_new && (rc = vlm_db_set_slots(mv.dst, digest, next[b].ranges,
+                                         next[b].nranges))) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  maybe_die(&mv, "widen", 0);
+  if ((rc = range_keys(&mv, &ks))) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  /* 2. copy, 3. map: only while the map still gives the range to the
+   * source; once written, the destination's items are the truth */
+  if (!map_done) {
+    vlm_progress_init(&mv.progress, stderr, "move: copy", ks.n);
+    rc = copy_items(&mv, &ks);
+    vlm_progress_finish(&mv.progress);
+    if (rc) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    maybe_die(&mv, "copy", 0);
+  }
+  if (!map_done) {
+    if (!(text = map_rewrite(cmd, map_path, a, next[a].ranges,
+                             next[a].nranges, b, next[b].ranges,
+                             next[b].nranges)))
+      goto done;
+    vlm_cluster *check = NULL;
+    if (vlm_cluster_parse(text, strlen(text), out_path, NULL, NULL, &check) ||
+        strcmp(check->digest, digest)) {
+      vlm_cli_error(cmd, "the rewritten map is not the one meant (%s)",
+                    check ? "another digest" : vlm_errmsg());
+      vlm_cluster_free(check);
+      goto done;
+    }
+    vlm_cluster_free(check);
+    if (write_durably(cmd, out_path, text))
+      goto done;
+  }
+  maybe_die(&mv, "map", 0);
+  /* 4. delete, 5. narrow */
+  if (!src_new) {
+    vlm_progress_init(&mv.progress, stderr, "move: delete", ks.n);
+    rc = delete_items(&mv, &ks);
+    vlm_progress_finish(&mv.progress);
+    if (rc) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    maybe_die(&mv, "delete", 0);
+    if ((rc = vlm_db_set_slots(mv.src, digest, next[a].ranges,
+                               next[a].nranges))) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+  }
+  maybe_die(&mv, "narrow", 0);
+  if ((rc = vlm_db_stat(mv.dst, &di))) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
+  if (as_json) {
+    printf("{\"slots\": [%d, %d], \"from\": %d, \"to\": %d, \"keys\": %ld, "
+           "\"copied\": %ld, \"already_there\": %ld, \"deleted\": %ld, "
+           "\"digest\": \"%s\"}\n", mv.first, mv.last, a, b, ks.n, mv.copied,
+           mv.identical, mv.deleted, digest);
+  } else {
+    printf("moved slots %d-%d from shard %d (%s) to shard %d (%s): %ld "
+           "copied, %ld already there, %ld deleted; map %s (digest %s)\n",
+           mv.first, mv.last, a, from, b, to, mv.copied, mv.identical,
+           mv.deleted, out_path, digest);
+  }
+  status = VLM_EXIT_OK;
+done:
+  keyset_free(&ks);
+  free(text);
+  free(next);
+  vlm_cluster_free(written);
+  vlm_cluster_free(map);
+  vlm_db_close(mv.src);
+  vlm_db_close(mv.dst);
+  return status;
+}
