@@ -174,6 +174,10 @@ static void start_node_window(int s, const char *window_us) {
   snprintf(timeout, sizeof timeout, "%d", TIMEOUT_MS);
   const char *args[] = {"--db", G.shard_db[s], "--cluster", G.map,
                         "--threads", "2", "--cluster-timeout", timeout,
+                        /* the HTTP port, RESP + 1 by default, may be taken
+                         * (the RESP ports are picked free, not their
+                         * neighbours): the kernel picks one */
+                        "--http", "0",
                         "--batch-window-us", window_us, NULL};
   assert_int_equal(vlm_test_server_spawn(&G.node[s], G.bin, args, log, 60),
                    0);
