@@ -342,13 +342,16 @@ static int post_filter_search(sctx *s, int m, int kk, int ef, int nprobe,
     c.cap = depth;
     c.n = 0;
     /* ef (twice the search's effort) buys recall for the top k; the
-     * depth-th candidate needs as much per result, or a filtered answer
-     * is less exact than the unfiltered one at the same effort (10%
-     * matches: recall 0.97 where unfiltered gave 0.999). */
+     * depth-th candidate needs more than the 2 x depth that served before
+     * (10% matches at efSearch 64: recall 0.97 where unfiltered gave
+     * 0.9998).  The search's per-result effort times the depth, but at
+     * most twice the old breadth: a large tuned effort already walks
+     * deep, and would pay up to 15x for nothing. */
+    int old_e = ef > 2 * depth ? ef : 2 * depth;
     double scaled = (double)ef / 2 * depth / kk;
-    int returned = 0, e = scaled > 2.0 * depth ? (int)scaled : 2 * depth;
-    if (e < ef)
-      e = ef;
+    if (scaled > 2.0 * old_e)
+      scaled = 2.0 * old_e;
+    int returned = 0, e = scaled > old_e ? (int)scaled : old_e;
     if ((vx->nlive > 0 &&
          (rc = index_search(s, m, depth, e > MAX_EF ? MAX_EF : e, nprobe,
                             IX_RAW, &c, &returned))) ||
@@ -516,8 +519,11 @@ static int search_modality(sctx *s, int m, int kk,
     /* A filtered walk keeps fewer of the candidates it visits: FAISS's
      * queue of ef holds matches and others alike, so about ef x sel of it
      * are matches.  The same recall as the unfiltered search needs ef /
-     * sel; always at least twice the unfiltered breadth. */
+     * sel (capped as above); always at least twice the unfiltered
+     * breadth. */
     double want = (double)ef / sel;
+    if (want > 4.0 * kk / sel) /* at most twice the 2k / sel of before */
+      want = 4.0 * kk / sel;
     ef *= 2;
     if (want > ef)
       ef = want > MAX_EF ? MAX_EF : (int)want;
