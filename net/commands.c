@@ -988,6 +988,7 @@ typedef struct {
                               two rankings, unfused, for a coordinator */
   vlm__buf local;
   float *qvec;
+  int page_offset;         /* coordinated OFFSET: merged hits skipped */
 } search_state;
 
 static void search_state_free(void *p) {
@@ -1191,16 +1192,22 @@ static int cmd_search_proc(vlm__ctx *ctx) {
                      "... to each shard)");
     return -1;
   }
-  /* a page or a group limit applied by each shard is not the cluster's:
-   * the coordinator would have to ask every shard for OFFSET + K and
-   * group again; refused until it does (MINSCORE is each shard's floor,
-   * so the merged top K is exact) */
-  if (st->coordinated && (st->opts.offset > 0 || st->opts.group_by)) {
-    vlm__reply_error(ctx->out, "ERR", "SEARCH %s is not coordinated across "
-                     "a cluster's shards yet (send VLM.LOCAL SEARCH ... to "
-                     "each shard)", st->opts.offset > 0 ? "OFFSET"
-                                                        : "GROUPBY");
+  /* A group limit applied by each shard is not the cluster's (a hit a
+   * shard kept can lose its place to another shard's hits of its group):
+   * refused until the coordinator groups again.  A page is exact: every
+   * shard (this one included) ranks its top OFFSET + K, the coordinator
+   * merges them and skips OFFSET (MINSCORE is each shard's floor, so the
+   * merged ranking is exact too). */
+  if (st->coordinated && st->opts.group_by) {
+    vlm__reply_error(ctx->out, "ERR", "SEARCH GROUPBY is not coordinated "
+                     "across a cluster's shards yet (send VLM.LOCAL SEARCH "
+                     "... to each shard)");
     return -1;
+  }
+  if (st->coordinated && st->opts.offset > 0) {
+    st->page_offset = st->opts.offset;
+    st->opts.k += st->opts.offset;
+    st->opts.offset = 0;
   }
   if (st->rankings && (!st->opts.hybrid_text || st->opts.collapse > 0)) {
     vlm__reply_error(ctx->out, "ERR", "RANKINGS needs HYBRID and no "
@@ -1805,6 +1812,11 @@ static void search_done(vlm__job *job, redisReply **replies,
   }
   if (n > st->opts.k)
     n = st->opts.k;
+  if (st->page_offset > 0) { /* the page: after OFFSET merged hits */
+    int skip = st->page_offset < n ? st->page_offset : n;
+    memmove(merged, merged + skip, (size_t)(n - skip) * sizeof *merged);
+    n -= skip;
+  }
   int need_prob = 0;
   for (int f = 0; f < st->nfields; f++)
     need_prob |= st->fields[f] == F_PROBABILITY;

@@ -943,11 +943,13 @@ static void test_search_equals_single_database(void **state) {
        NULL},
       {"K", "40", "MINSCORE", "0.05", NULL},
       {"MINSCORE", "0.2", "FILTER", "year >= 2000", NULL},
+      {"K", "6", "OFFSET", "9", "RETURN", "1", "caption", NULL},
+      {"K", "20", "OFFSET", "30", "FILTER", "year >= 2000", NULL},
   };
   enum { NVARIANTS = sizeof variants / sizeof variants[0] };
   uint64_t seed = 4242;
   int compared = 0;
-  for (int q = 0; q < 24; q++) {
+  for (int q = 0; q < 30; q++) {
     float v[DIM];
     unit_vector(v, &seed);
     const char *const *opt = variants[q % NVARIANTS];
@@ -967,7 +969,7 @@ static void test_search_equals_single_database(void **state) {
     freeReplyObject(want);
     freeReplyObject(got);
   }
-  print_message("24 vector searches: %d hits equal to the single "
+  print_message("30 vector searches: %d hits equal to the single "
                 "database's\n", compared);
 
   /* TEXT queries embed on the node that receives them */
@@ -1011,7 +1013,31 @@ static void test_search_equals_single_database(void **state) {
   freeReplyObject(got);
   expect_error(cmd(nodes[0], "SEARCH TEXT x COLLAPSE 0.9"),
                "not coordinated");
-  expect_error(cmd(nodes[0], "SEARCH TEXT x OFFSET 5"), "not coordinated");
+  /* a page through the cluster is the single database's page, also
+   * past the end */
+  static const char *const pages[] = {
+      "SEARCH TEXT %s K 4 OFFSET 3 RETURN 1 year",
+      "SEARCH TEXT %s K 10 OFFSET 295 EXACT"};
+  for (int p = 0; p < 2; p++) {
+    want = cmd(single, pages[p], "a small boat");
+    got = cmd(nodes[p % NSHARDS], pages[p], "a small boat");
+    assert_same_hits(got, want, pages[p]);
+    freeReplyObject(want);
+    freeReplyObject(got);
+  }
+  /* a hybrid page is the cluster's own fused ranking, sliced (its BM25
+   * differs from one database's: each shard has its term statistics) */
+  want = cmd(nodes[0], "SEARCH TEXT %s K 15 HYBRID boat", "a small boat");
+  got = cmd(nodes[1], "SEARCH TEXT %s K 10 OFFSET 5 HYBRID boat",
+            "a small boat");
+  assert_int_equal(want->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(got->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(got->elements + 5, want->elements);
+  for (size_t i = 0; i < got->elements; i++)
+    assert_string_equal(got->element[i]->element[0]->str,
+                        want->element[i + 5]->element[0]->str);
+  freeReplyObject(want);
+  freeReplyObject(got);
   expect_error(cmd(nodes[0], "SEARCH TEXT x GROUPBY year"),
                "not coordinated");
   expect_error(cmd(nodes[0], "SEARCH TEXT x RANKINGS"), "syntax error");
