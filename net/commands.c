@@ -989,6 +989,11 @@ typedef struct {
   vlm__buf local;
   float *qvec;
   int page_offset;         /* coordinated OFFSET: merged hits skipped */
+  /* Coordinated GROUPBY: the group field's place among the fields the
+   * shards return (it is asked for when RETURN does not name it, then
+   * hidden: group_hidden is its index in fields, else -1), how many hits
+   * a page keeps (OFFSET + K) and at most group_per of a value. */
+  int group_at, group_hidden, group_keep, group_per;
 } search_state;
 
 static void search_state_free(void *p) {
@@ -1198,11 +1203,49 @@ static int cmd_search_proc(vlm__ctx *ctx) {
    * shard (this one included) ranks its top OFFSET + K, the coordinator
    * merges them and skips OFFSET (MINSCORE is each shard's floor, so the
    * merged ranking is exact too). */
+  st->group_hidden = -1;
   if (st->coordinated && st->opts.group_by) {
-    vlm__reply_error(ctx->out, "ERR", "SEARCH GROUPBY is not coordinated "
-                     "across a cluster's shards yet (send VLM.LOCAL SEARCH "
-                     "... to each shard)");
-    return -1;
+    /* Exact when every shard ranks its top (OFFSET + K) x PER under its
+     * own group limit: a hit it leaves out is below that many of its
+     * hits in at least OFFSET + K groups, and each such group keeps its
+     * best hit in the merge, so the cluster's page leaves it out too. */
+    if (st->opts.hybrid_text) {
+      vlm__reply_error(ctx->out, "ERR", "SEARCH GROUPBY with HYBRID is not "
+                       "coordinated across a cluster's shards");
+      return -1;
+    }
+    int per = st->opts.group_per > 0 ? st->opts.group_per : 1;
+    long depth = (long)(st->opts.offset + st->opts.k) * per;
+    if (depth > VLM_DB_MAX_K) {
+      vlm__reply_error(ctx->out, "ERR", "GROUPBY on a cluster ranks (OFFSET "
+                       "+ K) x PER = %ld hits on every shard, more than %d",
+                       depth, VLM_DB_MAX_K);
+      return -1;
+    }
+    int field = -1, at = 0;
+    for (int f = 0; f < st->nfields && field < 0; f++) {
+      if (st->fields[f] >= 0 &&
+          !strcmp(ctx->srv->field_names[st->fields[f]], st->opts.group_by))
+        field = f;
+      else if (st->fields[f] != F_PROBABILITY)
+        at++;
+    }
+    if (field < 0) {
+      if (st->nfields == MAX_RETURN) {
+        vlm__reply_error(ctx->out, "ERR", "RETURN at most %d fields with "
+                         "GROUPBY on a cluster", MAX_RETURN - 1);
+        return -1;
+      }
+      for (int f = 0; f < ctx->srv->nfields; f++)
+        if (!strcmp(ctx->srv->field_names[f], st->opts.group_by))
+          st->fields[st->nfields] = f;
+      st->field_names[st->nfields] = st->opts.group_by;
+      st->group_hidden = st->nfields++;
+    }
+    st->group_at = at;
+    st->group_per = per;
+    st->group_keep = st->opts.offset + st->opts.k;
+    st->opts.k = (int)depth - st->opts.offset; /* + OFFSET below */
   }
   if (st->coordinated && st->opts.offset > 0) {
     st->page_offset = st->opts.offset;
@@ -1527,6 +1570,14 @@ static int search_after(vlm__job *job) {
   }
   if (st->opts.exact)
     CARG("EXACT");
+  char perbuf[16];
+  if (st->opts.group_by) { /* each shard's top (OFFSET + K) x PER */
+    snprintf(perbuf, sizeof perbuf, "%d", st->group_per);
+    CARG("GROUPBY");
+    CARG(st->opts.group_by);
+    CARG("PER");
+    CARG(perbuf);
+  }
   char msbuf[32];
   if (st->opts.use_min_score) { /* each shard's floor: the merged top K */
     snprintf(msbuf, sizeof msbuf, "%.9g", (double)st->opts.min_score);
@@ -1810,6 +1861,25 @@ static void search_done(vlm__job *job, redisReply **replies,
       goto done;
     }
   }
+  if (st->opts.group_by) { /* the cluster's groups, best first */
+    int kept = 0;
+    for (int h = 0; h < n && kept < st->group_keep; h++) {
+      const redisReply *v = merged[h].hit->element[3 + 2 * st->group_at];
+      int same = 0;
+      for (int e = 0; e < kept && same < st->group_per; e++) {
+        const redisReply *w = merged[e].hit->element[3 + 2 * st->group_at];
+        same += v->type == w->type &&
+                (v->type == REDIS_REPLY_INTEGER
+                     ? v->integer == w->integer
+                     : v->type != REDIS_REPLY_STRING ||
+                           (v->len == w->len &&
+                            !memcmp(v->str, w->str, v->len)));
+      }
+      if (same < st->group_per)
+        merged[kept++] = merged[h];
+    }
+    n = kept;
+  }
   if (n > st->opts.k)
     n = st->opts.k;
   if (st->page_offset > 0) { /* the page: after OFFSET merged hits */
@@ -1853,19 +1923,24 @@ static void search_done(vlm__job *job, redisReply **replies,
     vlm__reply_map(out, n);
   else
     vlm__reply_array(out, n);
+  int shown = st->nfields - (st->group_hidden >= 0);
   for (int h = 0; h < n; h++) {
     const redisReply *hit = merged[h].hit;
     if (out->resp3) {
       vlm__reply_bulk(out, hit->element[0]->str, hit->element[0]->len);
-      vlm__reply_map(out, 1 + st->nfields);
+      vlm__reply_map(out, 1 + shown);
       vlm__reply_cstr(out, "score");
     } else {
-      vlm__reply_array(out, 2 + 2 * st->nfields);
+      vlm__reply_array(out, 2 + 2 * shown);
       vlm__reply_bulk(out, hit->element[0]->str, hit->element[0]->len);
     }
     vlm__reply_float(out, merged[h].score);
     int j = 0;
     for (int f = 0; f < st->nfields; f++) {
+      if (f == st->group_hidden) { /* asked of the shards for grouping */
+        j++;
+        continue;
+      }
       vlm__reply_cstr(out, st->field_names[f]);
       if (st->fields[f] == F_PROBABILITY) {
         vlm__reply_float(out, probs[h]);

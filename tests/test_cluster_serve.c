@@ -945,11 +945,16 @@ static void test_search_equals_single_database(void **state) {
       {"MINSCORE", "0.2", "FILTER", "year >= 2000", NULL},
       {"K", "6", "OFFSET", "9", "RETURN", "1", "caption", NULL},
       {"K", "20", "OFFSET", "30", "FILTER", "year >= 2000", NULL},
+      {"K", "60", "GROUPBY", "year", NULL},
+      {"K", "70", "GROUPBY", "year", "PER", "2", "RETURN", "1", "caption",
+       NULL},
+      {"K", "25", "OFFSET", "40", "GROUPBY", "year", "RETURN", "1", "year",
+       NULL},
   };
   enum { NVARIANTS = sizeof variants / sizeof variants[0] };
   uint64_t seed = 4242;
   int compared = 0;
-  for (int q = 0; q < 30; q++) {
+  for (int q = 0; q < 39; q++) {
     float v[DIM];
     unit_vector(v, &seed);
     const char *const *opt = variants[q % NVARIANTS];
@@ -969,7 +974,7 @@ static void test_search_equals_single_database(void **state) {
     freeReplyObject(want);
     freeReplyObject(got);
   }
-  print_message("30 vector searches: %d hits equal to the single "
+  print_message("39 vector searches: %d hits equal to the single "
                 "database's\n", compared);
 
   /* TEXT queries embed on the node that receives them */
@@ -1025,6 +1030,17 @@ static void test_search_equals_single_database(void **state) {
     freeReplyObject(want);
     freeReplyObject(got);
   }
+  /* the group field asked of the shards for grouping is not shown when
+   * RETURN did not name it */
+  got = cmd(nodes[2], "SEARCH TEXT %s K 12 GROUPBY year RETURN 1 caption",
+            "a small boat");
+  assert_int_equal(got->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(got->elements, 12);
+  for (size_t i = 0; i < got->elements; i++) {
+    assert_int_equal(got->element[i]->elements, 4); /* key score caption */
+    assert_string_equal(got->element[i]->element[2]->str, "caption");
+  }
+  freeReplyObject(got);
   /* a hybrid page is the cluster's own fused ranking, sliced (its BM25
    * differs from one database's: each shard has its term statistics) */
   want = cmd(nodes[0], "SEARCH TEXT %s K 15 HYBRID boat", "a small boat");
@@ -1038,8 +1054,10 @@ static void test_search_equals_single_database(void **state) {
                         want->element[i + 5]->element[0]->str);
   freeReplyObject(want);
   freeReplyObject(got);
-  expect_error(cmd(nodes[0], "SEARCH TEXT x GROUPBY year"),
+  expect_error(cmd(nodes[0], "SEARCH TEXT x GROUPBY year HYBRID boat"),
                "not coordinated");
+  expect_error(cmd(nodes[0], "SEARCH TEXT x K 100 GROUPBY year PER 200"),
+               "more than");
   expect_error(cmd(nodes[0], "SEARCH TEXT x RANKINGS"), "syntax error");
   expect_error(cmd(nodes[0], "VLM.LOCAL SEARCH TEXT x RANKINGS"),
                "RANKINGS needs HYBRID");
