@@ -116,16 +116,11 @@ static void vlmdb_ok(const char *args) {
   free(out);
 }
 
+/* A free loopback port, or the test fails. */
 static int free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {0};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-  socklen_t len = sizeof a;
-  assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-  close(fd);
-  return ntohs(a.sin_port);
+  int port = vlm_test_free_port();
+  assert_true(port > 0);
+  return port;
 }
 
 static redisContext *connect_port(int port) {

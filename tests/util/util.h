@@ -25,6 +25,11 @@ double vlm_test_uniform(uint64_t *state);
 size_t vlm_test_resp_encode(char *out, int argc, const char **argv,
                             const size_t *lens);
 
+/* A loopback TCP port free at this moment (bound and released: another
+ * process may take it before the caller does), or 0 if none could be
+ * had (server.c). */
+int vlm_test_free_port(void);
+
 /* A `vlmdb serve` child process (server.c). */
 typedef struct {
   int pid;  /* 0 when none runs */
