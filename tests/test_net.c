@@ -1984,8 +1984,11 @@ static void test_pipeline_order(void **state) {
     fwrite(buf, 1, encode_cmd(buf, 4, second, NULL), f);
   }
   fclose(f);
-  snprintf(cmdline, sizeof cmdline, "redis-cli -p %d --pipe < %s 2>&1",
-           s.port, path);
+  /* (--pipe gives up after 30 s without a reply by default: 800 durable
+   * writes under ASan on a slow disk can take that long) */
+  snprintf(cmdline, sizeof cmdline,
+           "redis-cli -p %d --pipe --pipe-timeout 300 < %s 2>&1", s.port,
+           path);
   char *out = run_shell(cmdline);
   char want[64];
   snprintf(want, sizeof want, "errors: 0, replies: %d", 4 * ROUNDS);
