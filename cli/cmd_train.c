@@ -60,7 +60,8 @@ static const char usage[] =
     "                      repeat it to train on several.  A JSONL row's\n"
     "                      \"weight\" (default 1) is how often it is drawn\n"
     "                      per epoch: 0.25 = in a quarter of the epochs\n"
-    "  --weight X          multiply the weights of the --catalog before it\n"
+    "  --weight X          multiply the weights of the --catalog (or\n"
+    "                      --text-pairs) before it\n"
     "                      (mix sources: --catalog a --catalog b --weight 3)\n"
     "  --db DB             train on a database's own pairs instead: every\n"
     "                      item with a caption and an image (the bytes\n"
@@ -71,6 +72,16 @@ static const char usage[] =
     "                      transparent images are handled as the --init\n"
     "                      model says (its vlmdb_alpha), as the database\n"
     "                      embeds them\n"
+    "  --text-pairs FILE   pairs of texts that mean the same (JSONL rows\n"
+    "                      {\"a\": TEXT, \"b\": TEXT, \"weight\": W}: a word\n"
+    "                      and its definition, a name and its translation);\n"
+    "                      each step adds a contrastive loss between their\n"
+    "                      sides on the text tower alone (repeatable;\n"
+    "                      --weight after it scales its rows' weights)\n"
+    "  --text-batch N      text pairs per step (default: half the batch,\n"
+    "                      at most that)\n"
+    "  --text-weight X     the text-pair loss's weight in a step's loss\n"
+    "                      (default 1)\n"
     "  --images-root DIR   base of relative image paths\n"
     "  --val-catalog FILE  held-out pairs evaluated after every epoch\n"
     "                      (repeatable)\n"
@@ -269,6 +280,120 @@ static int read_pairs(const char *cmd, const char *path,
             cmd, path, out->n, bad, partial);
   if (out->n == 0) {
     vlm_cli_error(cmd, "%s: no items with both an image and a text", path);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- text pairs (--text-pairs) ------------------------------------------ */
+
+typedef struct {
+  vlm_train_text_pair *pairs;
+  int n, cap;
+  char **strings;
+  long nstr, capstr;
+} text_pair_list;
+
+static void text_pairs_free(text_pair_list *l) {
+  for (long i = 0; i < l->nstr; i++)
+    free(l->strings[i]);
+  free(l->strings);
+  free(l->pairs);
+}
+
+static char *tp_keep(text_pair_list *l, const char *s) {
+  if (l->nstr == l->capstr) {
+    long cap = l->capstr ? l->capstr * 2 : 1024;
+    char **p = realloc(l->strings, sizeof *p * (size_t)cap);
+    if (!p)
+      return NULL;
+    l->strings = p;
+    l->capstr = cap;
+  }
+  char *d = strdup(s);
+  if (d)
+    l->strings[l->nstr++] = d;
+  return d;
+}
+
+/* JSONL rows {"a": TEXT, "b": TEXT, "weight": W (optional, > 0)}; a row
+ * that is not one is reported (the first ten) and skipped. */
+static int read_text_pairs(const char *cmd, const char *path, double scale,
+                           text_pair_list *out, int quiet) {
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    vlm_cli_error(cmd, "%s: %s", path, strerror(errno));
+    return -1;
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  long lineno = 0, bad = 0;
+  int first = out->n, rc = 0;
+  while (getline(&line, &cap, f) > 0) {
+    lineno++;
+    if (line[strspn(line, " \t\r\n")] == '\0')
+      continue;
+    json_error_t e;
+    json_t *o = json_loads(line, 0, &e);
+    json_t *w = json_object_get(o, "weight");
+    const char *a = json_string_value(json_object_get(o, "a"));
+    const char *b = json_string_value(json_object_get(o, "b"));
+    double weight = w ? json_number_value(w) : 1;
+    const char *why = !o ? e.text
+                      : !json_is_object(o) ? "not a JSON object"
+                      : !a || !b ? "wants string members \"a\" and \"b\""
+                      : (w && !json_is_number(w)) || !(weight > 0) ||
+                              !isfinite(weight)
+                          ? "weight is not a positive number"
+                          : NULL;
+    if (why) {
+      if (!quiet && bad < 10)
+        fprintf(stderr, "vlmdb %s: %s:%ld: skipped: %s\n", cmd, path, lineno,
+                why);
+      bad++;
+      json_decref(o);
+      continue;
+    }
+    if (out->n == out->cap) {
+      int ncap = out->cap ? out->cap * 2 : 4096;
+      vlm_train_text_pair *p = realloc(out->pairs, sizeof *p * (size_t)ncap);
+      if (!p) {
+        json_decref(o);
+        rc = VLM_ENOMEM;
+        break;
+      }
+      out->pairs = p;
+      out->cap = ncap;
+    }
+    vlm_train_text_pair *tp = &out->pairs[out->n];
+    tp->a = tp_keep(out, a);
+    tp->b = tp_keep(out, b);
+    weight *= scale;
+    tp->weight = weight < VLM_CATALOG_MAX_WEIGHT ? weight
+                                                 : VLM_CATALOG_MAX_WEIGHT;
+    json_decref(o);
+    if (!tp->a || !tp->b) {
+      rc = VLM_ENOMEM;
+      break;
+    }
+    out->n++;
+  }
+  int read_error = ferror(f);
+  free(line);
+  fclose(f);
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+    return -1;
+  }
+  if (read_error) {
+    vlm_cli_error(cmd, "%s: read error", path);
+    return -1;
+  }
+  if (!quiet && bad)
+    fprintf(stderr, "vlmdb %s: %s: %d text pairs; %ld bad rows skipped\n",
+            cmd, path, out->n - first, bad);
+  if (out->n == first) {
+    vlm_cli_error(cmd, "%s: no text pairs", path);
     return -1;
   }
   return 0;
@@ -524,8 +649,9 @@ int cmd_train(int argc, char **argv) {
   const char *cmd = "train";
   enum { MAX_CATALOGS = 32 };
   const char *catalogs[MAX_CATALOGS], *val_catalogs[MAX_CATALOGS];
-  double cat_weight[MAX_CATALOGS];
-  int ncat = 0, nval = 0;
+  double cat_weight[MAX_CATALOGS], tp_weight[MAX_CATALOGS];
+  const char *text_pairs[MAX_CATALOGS];
+  int ncat = 0, nval = 0, ntp = 0, last_weighted = 0;
   const char *images_root = NULL, *db_dir = NULL;
   int quiet = 0, val_fraction_given = 0;
   vlm_train_options o;
@@ -538,11 +664,15 @@ int cmd_train(int argc, char **argv) {
     O_ALT_TEXT_SHARE, O_CONTEXT, O_WEIGHT,
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
-    O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER, O_DB
+    O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER, O_DB, O_TEXT_PAIRS,
+    O_TEXT_BATCH, O_TEXT_WEIGHT
   };
   static const struct option longopts[] = {
       {"catalog", required_argument, NULL, O_CATALOG},
       {"db", required_argument, NULL, O_DB},
+      {"text-pairs", required_argument, NULL, O_TEXT_PAIRS},
+      {"text-batch", required_argument, NULL, O_TEXT_BATCH},
+      {"text-weight", required_argument, NULL, O_TEXT_WEIGHT},
       {"weight", required_argument, NULL, O_WEIGHT},
       {"out", required_argument, NULL, O_OUT},
       {"init", required_argument, NULL, O_INIT},
@@ -605,14 +735,32 @@ int cmd_train(int argc, char **argv) {
       }
       cat_weight[ncat] = 1;
       catalogs[ncat++] = optarg;
+      last_weighted = 'c';
       break;
     case O_WEIGHT:
+      if (last_weighted == 't') {
+        DOUBLE_ARG("--weight", 1e-6, VLM_CATALOG_MAX_WEIGHT,
+                   tp_weight[ntp - 1]);
+        break;
+      }
       if (!ncat) {
-        vlm_cli_error(cmd, "--weight scales the --catalog before it");
+        vlm_cli_error(cmd, "--weight scales the --catalog (or --text-pairs) "
+                           "before it");
         return VLM_EXIT_USAGE;
       }
       DOUBLE_ARG("--weight", 1e-6, VLM_CATALOG_MAX_WEIGHT, cat_weight[ncat - 1]);
       break;
+    case O_TEXT_PAIRS:
+      if (ntp == MAX_CATALOGS) {
+        vlm_cli_error(cmd, "at most %d --text-pairs files", MAX_CATALOGS);
+        return VLM_EXIT_USAGE;
+      }
+      tp_weight[ntp] = 1;
+      text_pairs[ntp++] = optarg;
+      last_weighted = 't';
+      break;
+    case O_TEXT_BATCH: LONG_ARG("--text-batch", 1, 32768, o.text_batch); break;
+    case O_TEXT_WEIGHT: DOUBLE_ARG("--text-weight", 0, 1000, o.text_weight); break;
     case O_DB: db_dir = optarg; break;
     case O_OUT: o.out_dir = optarg; break;
     case O_INIT: o.init_dir = optarg; break;
@@ -709,6 +857,7 @@ int cmd_train(int argc, char **argv) {
     }
   }
   item_list train = {0}, val = {0};
+  text_pair_list tpl = {0};
   int status = VLM_EXIT_RUNTIME;
   char *command = join_args(argc, argv);
   char scratch[PATH_MAX] = "";
@@ -752,6 +901,11 @@ int cmd_train(int argc, char **argv) {
     o.n_val = val.n;
     o.val_fraction = 0;
   }
+  for (int i = 0; i < ntp; i++)
+    if (read_text_pairs(cmd, text_pairs[i], tp_weight[i], &tpl, quiet))
+      goto done;
+  o.text_pairs = tpl.pairs;
+  o.n_text_pairs = tpl.n;
   o.items = train.items;
   o.n_items = train.n;
   o.log = quiet ? NULL : stderr;
@@ -774,6 +928,9 @@ int cmd_train(int argc, char **argv) {
            "%.1f pairs/s\n",
            (long long)res.steps, res.epochs, res.n_train, res.loss,
            res.pairs_per_s);
+    if (res.n_text_pairs)
+      printf("text pairs: %d (%d skipped), final text loss %.4f\n",
+             res.n_text_pairs, res.n_text_skipped, res.text_loss);
     if (res.recall.n)
       printf("held-out %d pairs: image->text R@1 %.3f R@5 %.3f R@10 %.3f "
              "(median rank %.1f); text->image R@1 %.3f R@5 %.3f R@10 %.3f "
@@ -792,5 +949,6 @@ done:
   free(command);
   list_free(&train);
   list_free(&val);
+  text_pairs_free(&tpl);
   return status;
 }

@@ -863,6 +863,131 @@ static void chinese_clip_model_case(int lora) {
   model_check(&cfg, lora, ids, off, len, "Chinese-CLIP");
 }
 
+/* ---- the text-pair loss (texts alone) --------------------------------- */
+
+typedef struct {
+  vlm__tmodel_f64 *m;
+  vlm__ttexts texts; /* 2P texts: P anchors, then their P paraphrases */
+  double weight;
+} pair_ctx;
+
+static double pair_loss(void *p) {
+  pair_ctx *c = p;
+  vlm__tmodel_texts_f64(c->m, &c->texts, NULL);
+  return c->weight * vlm__tmodel_text_pair_loss_f64(c->m);
+}
+
+/* The loss against its definition (symmetric InfoNCE between the halves
+ * at exp(logit_scale)), every text-tower tensor's gradient against finite
+ * differences at weight 0.5, and no gradient at all for the vision tower
+ * or the temperature. */
+static void pair_check(const vlm__clip_config *cfg, const int32_t *ids,
+                       const int *off, const int *len, const char *label) {
+  vlm__tlayout *L;
+  assert_int_equal(vlm__tlayout_create(cfg, 0, 0, &L), 0);
+  enum { P = 3 };
+  int ntok = 0;
+  for (int i = 0; i < 2 * P; i++)
+    ntok += len[i];
+  vlm__tmodel_f64 *m;
+  assert_int_equal(vlm__tmodel_create_f64(L, NULL, 2 * P, ntok, 1, &m), 0);
+  double *p = vlm__tmodel_params_f64(m);
+  for (size_t i = 0; i < L->total; i++)
+    p[i] = nrand() * 0.5;
+  for (int i = 0; i < L->nparams; i++)
+    if ((strstr(L->params[i].name, "norm") ||
+         strstr(L->params[i].name, "Norm")) &&
+        strstr(L->params[i].name, "weight"))
+      for (size_t j = 0; j < L->params[i].numel; j++)
+        p[L->params[i].offset + j] += 1;
+  p[L->logit_scale] = 1.0;
+  pair_ctx c = {m, {2 * P, ids, off, len}, 0.5};
+  /* oracle: the definition from the embeddings themselves */
+  int D = cfg->projection_dim;
+  double *emb = malloc(sizeof(double) * 2 * P * D);
+  assert_non_null(emb);
+  vlm__tmodel_texts_f64(m, &c.texts, emb);
+  double want = 0, sc = exp(1.0);
+  for (int i = 0; i < P; i++) {
+    double lse_r = 0, lse_c = 0;
+    for (int j = 0; j < P; j++) {
+      lse_r += exp(sc * dot(emb + i * D, emb + (P + j) * D, D));
+      lse_c += exp(sc * dot(emb + j * D, emb + (P + i) * D, D));
+    }
+    double diag = sc * dot(emb + i * D, emb + (P + i) * D, D);
+    want += (log(lse_r) - diag) + (log(lse_c) - diag);
+  }
+  want /= 2 * P;
+  double loss = pair_loss(&c) / c.weight;
+  if (!(fabs(loss - want) <= 1e-12)) {
+    print_error("%s: text pair loss %.15f, direct %.15f\n", label, loss, want);
+    fail();
+  }
+  vlm__tmodel_zero_grads_f64(m);
+  pair_loss(&c);
+  vlm__tmodel_text_pair_backward_f64(m, c.weight);
+  double *g = vlm__tmodel_grads_f64(m);
+  double worst = 0;
+  int text_tensors = 0;
+  for (int i = 0; i < L->nparams; i++) {
+    const vlm__tparam *t = &L->params[i];
+    int text = !strncmp(t->name, "text_", 5); /* text_model, text_projection */
+    if (!text) { /* the vision tower and the temperature: nothing */
+      for (size_t j = 0; j < t->numel; j++)
+        if (g[t->offset + j] != 0.0) {
+          print_error("%s: %s has a gradient\n", label, t->name);
+          fail();
+        }
+      continue;
+    }
+    double rel = gradcheck(t->name, pair_loss, &c, p + t->offset,
+                           g + t->offset, t->numel, 1e-3);
+    worst = fmax(worst, rel);
+    text_tensors++;
+  }
+  assert_true(text_tensors > 8);
+  print_message("text pairs (%s): %d text tensors, worst relative error "
+                "%.2e\n", label, text_tensors, worst);
+  free(emb);
+  vlm__tmodel_free_f64(m);
+  vlm__tlayout_free(L);
+}
+
+static void test_grad_text_pairs(void **state) {
+  (void)state;
+  /* six texts of unequal lengths, CLIP's bos first and eos (10) last */
+  static const int32_t ids[] = {9, 1, 2, 10, 9, 10, 9, 3, 3, 4, 5, 10,
+                                9, 4, 10, 9, 6, 7, 8, 10, 9, 2, 2, 10};
+  static const int off[6] = {0, 4, 6, 12, 15, 20}, len[6] = {4, 2, 6, 3, 5, 4};
+  vlm__clip_config cfg;
+  tiny_config(&cfg, 1);
+  pair_check(&cfg, ids, off, len, "CLIP");
+  /* Chinese-CLIP's BERT tower pools [CLS], the first id */
+  vlm__clip_config d;
+  vlm__config_family_defaults(&d, VLM__FAMILY_CHINESE_CLIP);
+  cfg.family = VLM__FAMILY_CHINESE_CLIP;
+  cfg.text_act = VLM__ACT_GELU;
+  cfg.text_eps = d.text_eps;
+  cfg.type_vocab_size = 2;
+  cfg.bos_id = cfg.eos_id = -1;
+  pair_check(&cfg, ids, off, len, "Chinese-CLIP");
+  /* SigLIP: texts of exactly context_length ids, the head's bias */
+  vlm__config_family_defaults(&cfg, VLM__FAMILY_SIGLIP);
+  cfg.vision_width = cfg.text_width = cfg.projection_dim = 8;
+  cfg.vision_layers = cfg.text_layers = 2;
+  cfg.vision_heads = cfg.text_heads = 2;
+  cfg.vision_mlp = 12;
+  cfg.text_mlp = 10;
+  cfg.image_size = 8;
+  cfg.patch_size = 4;
+  cfg.vocab_size = 11;
+  cfg.context_length = 4;
+  static const int32_t sids[] = {3, 4, 2, 1, 7, 2, 1, 1, 5, 5, 6, 8,
+                                 3, 3, 2, 1, 8, 2, 1, 1, 6, 5, 2, 1};
+  static const int soff[6] = {0, 4, 8, 12, 16, 20}, slen[6] = {4, 4, 4, 4, 4, 4};
+  pair_check(&cfg, sids, soff, slen, "SigLIP");
+}
+
 static void test_grad_model_siglip(void **state) {
   (void)state;
   siglip_model_case(0);
@@ -1188,6 +1313,110 @@ static void test_train_learns_and_round_trips(void **state) {
   S->have_trained = 1;
 }
 
+/* Text pairs teach words no caption uses: colour synonyms paired with
+ * the captions' colour words ("a crimson circle" = "a red circle", for
+ * three of the four shapes, and "crimson" = "red") make "a crimson
+ * <shape>" find the red pictures, the fourth shape included; the same
+ * run without them does not. */
+static const char *const colour_synonyms[NCOLOURS] = {
+    "crimson", "emerald", "azure", "golden", "violet", "ebony"};
+
+static int synonym_hits(const char *model, int *held_out_hits) {
+  vlm_clip *clip = NULL;
+  int rc = vlm_clip_load(model, NULL, &clip);
+  if (rc)
+    print_error("load: %s\n", vlm_errmsg());
+  assert_int_equal(rc, 0);
+  int D = vlm_clip_dim(clip);
+  const char *paths[NPAIRS];
+  char qs[NPAIRS][64];
+  const char *texts[NPAIRS];
+  for (int i = 0; i < NPAIRS; i++) {
+    paths[i] = S->items[i].image;
+    snprintf(qs[i], sizeof qs[i], "a %s %s", colour_synonyms[i / NSHAPES],
+             shape_names[i % NSHAPES]);
+    texts[i] = qs[i];
+  }
+  float *img = malloc(sizeof(float) * NPAIRS * D);
+  float *txt = malloc(sizeof(float) * NPAIRS * D);
+  assert_int_equal(vlm_clip_encode_images(clip, paths, NPAIRS, 0, img), 0);
+  assert_int_equal(vlm_clip_encode_texts(clip, texts, NPAIRS, 0, txt), 0);
+  int hits = 0;
+  *held_out_hits = 0;
+  for (int q = 0; q < NPAIRS; q++) {
+    int best = 0;
+    double bs = -2;
+    for (int i = 0; i < NPAIRS; i++) {
+      double sc = cosine(txt + q * D, img + i * D, D);
+      if (sc > bs) {
+        bs = sc;
+        best = i;
+      }
+    }
+    int ok = best / NSHAPES == q / NSHAPES; /* the right colour */
+    hits += ok;
+    if (q % NSHAPES == NSHAPES - 1)
+      *held_out_hits += ok;
+  }
+  free(img);
+  free(txt);
+  vlm_clip_free(clip);
+  return hits;
+}
+
+static void test_text_pairs_teach_synonyms(void **state) {
+  (void)state;
+  enum { NTP = NCOLOURS * (NSHAPES - 1 + 1) };
+  vlm_train_text_pair tp[NTP];
+  char a[NTP][64], b[NTP][64];
+  int n = 0;
+  for (int c = 0; c < NCOLOURS; c++) {
+    for (int sh = 0; sh < NSHAPES - 1; sh++) {
+      snprintf(a[n], sizeof a[n], "a %s %s", colour_synonyms[c],
+               shape_names[sh]);
+      snprintf(b[n], sizeof b[n], "a %s %s", colour_names[c], shape_names[sh]);
+      n++;
+    }
+    snprintf(a[n], sizeof a[n], "%s", colour_synonyms[c]);
+    snprintf(b[n], sizeof b[n], "%s", colour_names[c]);
+    n++;
+  }
+  for (int i = 0; i < n; i++)
+    tp[i] = (vlm_train_text_pair){a[i], b[i], 0};
+  int hits[2], held[2];
+  for (int with = 0; with < 2; with++) {
+    char out[400];
+    snprintf(out, sizeof out, "%s/synonyms-%d", S->dir, with);
+    vlm_train_options o;
+    base_options(&o, out);
+    o.max_steps = 300;
+    o.f16 = 0;
+    if (with) {
+      o.text_pairs = tp;
+      o.n_text_pairs = n;
+      o.text_batch = 6;
+    }
+    vlm_train_result res;
+    int rc = vlm_train_run(&o, &res);
+    if (rc)
+      print_error("train: %s\n", vlm_errmsg());
+    assert_int_equal(rc, 0);
+    if (with) {
+      assert_int_equal(res.n_text_pairs, n);
+      assert_true(res.text_loss > 0 && res.text_loss < log(6.0) / 2);
+    }
+    vlm_train_result_free(&res);
+    hits[with] = synonym_hits(out, &held[with]);
+  }
+  print_message("\"a crimson circle\" finds the red pictures: %d/%d without "
+                "text pairs, %d/%d with them (held-out shape: %d/%d, %d/%d)\n",
+                hits[0], NPAIRS, hits[1], NPAIRS, held[0], NCOLOURS, held[1],
+                NCOLOURS);
+  assert_true(hits[1] >= NPAIRS * 3 / 4);
+  assert_true(held[1] >= NCOLOURS / 2);
+  assert_true(hits[0] < NPAIRS / 2);
+}
+
 static int same_file(const char *a, const char *b) {
   uint8_t *x = NULL, *y = NULL;
   size_t nx = 0, ny = 0;
@@ -1196,6 +1425,72 @@ static int same_file(const char *a, const char *b) {
   free(x);
   free(y);
   return ok;
+}
+
+/* With text pairs, a resumed run still equals an uninterrupted one bit
+ * for bit (the pairs of a step are a function of the seed and step);
+ * resuming with other pairs, or none, is refused; unusable pairs are
+ * skipped and counted. */
+static void test_text_pairs_resume(void **state) {
+  (void)state;
+  vlm_train_text_pair tp[] = {
+      {"crimson", "red", 0},        {"azure", "blue", 2},
+      {"emerald", "green", 0.5},    {"ebony", "black", 0},
+      {"", "purple", 0},            /* empty: skipped */
+      {"same", "same", 0},          /* the same ids: skipped */
+      {"violet", "purple", -1},     /* negative weight: skipped */
+      {"golden", "yellow", 0}};
+  int n = (int)(sizeof tp / sizeof tp[0]);
+  char a[300], b[300], pa[400], pb[400];
+  snprintf(a, sizeof a, "%s/tp-straight", S->dir);
+  snprintf(b, sizeof b, "%s/tp-resumed", S->dir);
+  vlm_train_options o;
+  base_options(&o, a);
+  o.max_steps = 12;
+  o.threads = 2;
+  o.f16 = 0;
+  o.batch = 8;
+  o.checkpoint_every = 4;
+  o.text_pairs = tp;
+  o.n_text_pairs = n;
+  o.text_batch = 4;
+  o.text_weight = 0.5f;
+  vlm_train_result ra, rb;
+  assert_int_equal(vlm_train_run(&o, &ra), 0);
+  assert_int_equal(ra.n_text_pairs, 5);
+  assert_int_equal(ra.n_text_skipped, 3);
+  assert_true(ra.text_loss > 0);
+  o.out_dir = b;
+  o.stop_after = 5;
+  assert_int_equal(vlm_train_run(&o, &rb), 0);
+  vlm_train_result_free(&rb);
+  o.stop_after = 0;
+  o.resume = 1;
+  tp[0].b = "scarlet"; /* other pairs */
+  assert_int_equal(vlm_train_run(&o, &rb), VLM_EMISMATCH);
+  vlm_train_result_free(&rb);
+  o.n_text_pairs = 0; /* none */
+  assert_int_equal(vlm_train_run(&o, &rb), VLM_EMISMATCH);
+  vlm_train_result_free(&rb);
+  tp[0].b = "red";
+  o.n_text_pairs = n;
+  o.text_weight = 3; /* ignored: the checkpoint's options win */
+  assert_int_equal(vlm_train_run(&o, &rb), 0);
+  assert_int_equal(rb.steps, 12);
+  snprintf(pa, sizeof pa, "%s/model.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/model.safetensors", b);
+  assert_true(same_file(pa, pb));
+  snprintf(pa, sizeof pa, "%s/checkpoint/state.safetensors", a);
+  snprintf(pb, sizeof pb, "%s/checkpoint/state.safetensors", b);
+  assert_true(same_file(pa, pb));
+  /* more pairs per step than half the batch is refused up front */
+  o.resume = 0;
+  o.text_batch = 5;
+  snprintf(b, sizeof b, "%s/tp-refused", S->dir);
+  o.out_dir = b;
+  assert_int_equal(vlm_train_run(&o, &rb), VLM_EINVAL);
+  vlm_train_result_free(&rb);
+  vlm_train_result_free(&ra);
 }
 
 /* N steps straight == 1 step and a stop request, resume to step 13,
@@ -2252,6 +2547,57 @@ static void test_cli_train(void **state) {
   assert_non_null(strstr((char *)js, want));
   assert_non_null(strstr((char *)js, "--weight 2"));
   free(js);
+  /* Text pairs from two files, one scaled by --weight; bad rows are
+   * skipped and counted, the rest recorded in training.json. */
+  char tp1[300], tp2[300], tp_out[300];
+  snprintf(tp1, sizeof tp1, "%s/pairs1.jsonl", S->dir);
+  snprintf(tp2, sizeof tp2, "%s/pairs2.jsonl", S->dir);
+  snprintf(tp_out, sizeof tp_out, "%s/cli-pairs", S->dir);
+  f = fopen(tp1, "w");
+  assert_non_null(f);
+  fputs("{\"a\": \"crimson\", \"b\": \"red\"}\n"
+        "\n"
+        "{\"a\": \"azure\", \"b\": \"blue\", \"weight\": 2}\n"
+        "not json\n"
+        "{\"a\": \"azure\"}\n"
+        "[\"a\", \"b\"]\n"
+        "{\"a\": \"x\", \"b\": \"y\", \"weight\": 0}\n"
+        "{\"a\": \"x\", \"b\": \"y\", \"weight\": \"heavy\"}\n"
+        "{\"a\": \"ebony\", \"b\": \"black\"}\n", f);
+  fclose(f);
+  f = fopen(tp2, "w");
+  assert_non_null(f);
+  fputs("{\"a\": \"ein roter Kreis\", \"b\": \"a red circle\"}\n"
+        "{\"a\": \"\u7ea2\u8272\u7684\u5706\", \"b\": \"a red circle\"}\n", f);
+  fclose(f);
+  char *tp_argv[] = {"train", "--catalog", S->catalog, "--text-pairs", tp1,
+                     "--text-pairs", tp2, "--weight", "3", "--text-batch",
+                     "3", "--text-weight", "0.5", "--out", tp_out,
+                     "--config", S->config, "--tokenizer",
+                     "tests/fixtures/clip-tiny", "--max-steps", "3",
+                     "--batch", "8", "--val-fraction", "0", "--seed", "3",
+                     "--threads", "1", "--quiet", NULL};
+  assert_int_equal(cmd_train((int)(sizeof tp_argv / sizeof tp_argv[0]) - 1,
+                             tp_argv),
+                   0);
+  snprintf(path, sizeof path, "%s/training.json", tp_out);
+  assert_int_equal(read_file_all(path, &js, &n), 0);
+  js[n] = 0;
+  assert_non_null(strstr((char *)js, "\"text_pairs\": 5,"));
+  assert_non_null(strstr((char *)js, "\"text_batch\": 3"));
+  assert_non_null(strstr((char *)js, "\"text_weight\": 0.5"));
+  assert_non_null(strstr((char *)js, "\"text_digest\": \""));
+  assert_non_null(strstr((char *)js, "\"text_loss\": "));
+  free(js);
+  /* a file with no usable row, a missing file, too many pairs per step */
+  char *none_argv[] = {"train", "--catalog", S->catalog, "--text-pairs",
+                       mix_catalog, "--out", tp_out, "--config", S->config,
+                       "--quiet", NULL};
+  assert_int_equal(cmd_train(10, none_argv), 1);
+  char *missing_argv[] = {"train", "--catalog", S->catalog, "--text-pairs",
+                          "/nonexistent/pairs.jsonl", "--out", tp_out,
+                          "--config", S->config, "--quiet", NULL};
+  assert_int_equal(cmd_train(10, missing_argv), 1);
   /* bad flags are usage errors */
   char *bad[] = {"train", "--catalog", S->catalog, NULL};
   assert_int_equal(cmd_train(3, bad), 2);
@@ -2289,6 +2635,7 @@ int main(void) {
       cmocka_unit_test(test_grad_model_siglip_lora),
       cmocka_unit_test(test_grad_model_chinese_clip),
       cmocka_unit_test(test_grad_model_chinese_clip_lora),
+      cmocka_unit_test(test_grad_text_pairs),
       cmocka_unit_test(test_f16_matches_compiler),
   };
   const struct CMUnitTest training[] = {
@@ -2297,6 +2644,8 @@ int main(void) {
       cmocka_unit_test(test_loader_matches_direct_build),
       cmocka_unit_test(test_alt_texts),
       cmocka_unit_test(test_item_weights),
+      cmocka_unit_test(test_text_pairs_teach_synonyms),
+      cmocka_unit_test(test_text_pairs_resume),
       cmocka_unit_test(test_lora_exports_merged_weights),
       cmocka_unit_test(test_context_growth),
       cmocka_unit_test(test_trainer_reads_configs_as_the_engine),

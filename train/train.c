@@ -55,6 +55,7 @@ void vlm_train_options_default(vlm_train_options *o) {
   o->jitter = 0.2f;
   o->cache_mb = 4096;
   o->alt_text_share = 0.5f;
+  o->text_weight = 1;
   o->f16 = 1;
   o->log_every_s = 10;
 }
@@ -461,6 +462,7 @@ static void trainer_free(vlm__trainer *t) {
   vlm__wp_tok_free(t->wp);
   vlm__tdata_free(t->train);
   vlm__tdata_free(t->val);
+  vlm__ttext_free(t->text);
   free(t->train_items);
   free(t->val_items);
   free(t->val_src_index);
@@ -495,6 +497,12 @@ static int check_options(const vlm_train_options *o) {
       o->jitter >= 1)
     return vlm_seterr(VLM_EINVAL, "an optimizer or augmentation option is "
                                   "out of range");
+  if (o->n_text_pairs > 0 &&
+      (!o->text_pairs || o->text_batch < 0 || o->text_batch > o->batch / 2 ||
+       !(o->text_weight >= 0) || !isfinite(o->text_weight)))
+    return vlm_seterr(VLM_EINVAL, "text pairs: %d per step (at most half "
+                      "the batch, %d), weight %g", o->text_batch,
+                      o->batch / 2, (double)o->text_weight);
   return 0;
 }
 
@@ -720,6 +728,35 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
         o->batch, vlm__tdata_draws(t->train));
     o->batch = vlm__tdata_draws(t->train);
   }
+  if (o->n_text_pairs > 0) {
+    t0 = vlm__train_now();
+    if ((rc = vlm__ttext_open(&dc, t->tok, o->text_pairs, o->n_text_pairs,
+                              &t->text)))
+      goto fail;
+    t->text_P = o->text_batch > 0 ? o->text_batch : o->batch / 2;
+    if (t->text_P > o->batch / 2)
+      t->text_P = o->batch / 2;
+    if (t->text_P > vlm__ttext_count(t->text))
+      t->text_P = vlm__ttext_count(t->text);
+    say(t, "vlmdb train: %d text pairs (%d skipped), %d per step at weight "
+           "%g, read in %.1f s; digest %.16s\n",
+        vlm__ttext_count(t->text), vlm__ttext_skipped(t->text), t->text_P,
+        (double)o->text_weight, vlm__train_now() - t0,
+        vlm__ttext_digest(t->text));
+    const char *was = resuming ? vlm__train_meta_get(meta, "text_digest")
+                               : NULL;
+    if (resuming && strcmp(was ? was : "", vlm__ttext_digest(t->text))) {
+      rc = vlm_seterr(VLM_EMISMATCH, "%s: the text pairs differ from the "
+                      "checkpoint's (digest %.16s, now %.16s)", ckpt,
+                      was ? was : "none", vlm__ttext_digest(t->text));
+      goto fail;
+    }
+  } else if (resuming && vlm__train_meta_get(meta, "text_digest") &&
+             *vlm__train_meta_get(meta, "text_digest")) {
+    rc = vlm_seterr(VLM_EMISMATCH, "%s: the checkpoint was trained with text "
+                    "pairs; give them again to resume", ckpt);
+    goto fail;
+  }
   t->spe = vlm__tdata_draws(t->train) / o->batch;
   if (!resuming) {
     t->total_steps = o->max_steps > 0 ? o->max_steps
@@ -801,7 +838,7 @@ static void fmt_duration(char *buf, size_t n, double s) {
 }
 
 static int train_step(vlm__trainer *t, int64_t epoch, const float *pixels,
-                      const int *pairs, double *loss_out) {
+                      const int *pairs, double *loss_out, double *tloss_out) {
   int B = t->o.batch;
   const vlm__tlayout *L = t->L;
   int ctx = t->cfg.context_length;
@@ -828,10 +865,29 @@ static int train_step(vlm__trainer *t, int64_t epoch, const float *pixels,
   float loss = vlm__tmodel_loss_f32(t->m);
   vlm__tmodel_backward_f32(t->m);
   free(ids); free(off); free(len);
+  float tloss = 0;
+  if (t->text) {
+    int P = t->text_P;
+    ids = malloc(sizeof(int32_t) * (size_t)2 * P * ctx);
+    off = malloc(sizeof(int) * 2 * (size_t)P);
+    len = malloc(sizeof(int) * 2 * (size_t)P);
+    int *which = malloc(sizeof(int) * (size_t)P);
+    if (!ids || !off || !len || !which) {
+      free(ids); free(off); free(len); free(which);
+      return vlm_seterr(VLM_ENOMEM, "step");
+    }
+    vlm__ttext_batch(t->text, P, t->step, ids, off, len, which);
+    vlm__ttexts ttx = {2 * P, ids, off, len};
+    vlm__tmodel_texts_f32(t->m, &ttx, NULL);
+    tloss = vlm__tmodel_text_pair_loss_f32(t->m);
+    vlm__tmodel_text_pair_backward_f32(t->m, t->o.text_weight);
+    free(ids); free(off); free(len); free(which);
+  }
+  *tloss_out = tloss;
   /* global gradient norm, clipping, AdamW */
   double norm = sqrt(vlm__tgrad_sumsq(t->pool, t->g, t->ntrain));
   *loss_out = loss;
-  if (!isfinite(loss) || !isfinite(norm))
+  if (!isfinite(loss) || !isfinite(tloss) || !isfinite(norm))
     return VLM_ENUMERIC; /* caller skips the update */
   vlm__tadamw h = {vlm__train_lr_at(t, t->step),
                    t->o.beta1,
@@ -864,7 +920,7 @@ static int run_loop(vlm__trainer *t) {
     goto finish;
   if ((rc = vlm__tdata_start(t->train, o->batch, t->step, end)))
     return rc;
-  double t_loop = vlm__train_now(), loss_avg = 0;
+  double t_loop = vlm__train_now(), loss_avg = 0, tloss_avg = 0;
   int64_t first = t->step;
   int loss_n = 0;
   t->t_last_log = t_loop;
@@ -873,9 +929,9 @@ static int run_loop(vlm__trainer *t) {
     const int *pairs;
     if ((rc = vlm__tdata_next(t->train, t->step, &pixels, &pairs)))
       return rc;
-    double loss = 0;
+    double loss = 0, tloss = 0;
     int src = train_step(t, t->step / vlm__tdata_steps_per_epoch(t->train),
-                         pixels, pairs, &loss);
+                         pixels, pairs, &loss, &tloss);
     vlm__tdata_release(t->train, t->step);
     if (src == VLM_ENUMERIC) {
       say(t, "vlmdb train: step %lld: non-finite loss or gradient; update "
@@ -890,8 +946,10 @@ static int run_loop(vlm__trainer *t) {
     } else {
       bad_steps = 0;
       t->epoch_loss_sum += loss;
+      t->epoch_tloss_sum += tloss;
       t->epoch_loss_n++;
       loss_avg = loss_n ? 0.9 * loss_avg + 0.1 * loss : loss;
+      tloss_avg = loss_n ? 0.9 * tloss_avg + 0.1 * tloss : tloss;
       loss_n++;
     }
     t->step++;
@@ -906,19 +964,26 @@ static int run_loop(vlm__trainer *t) {
       fmt_duration(eta, sizeof eta,
                    (double)(t->total_steps - t->step) * o->batch / rate);
       float ls = vlm__tmodel_params_f32(t->m)[t->L->logit_scale];
-      say(t, "step %lld/%lld epoch %lld/%lld loss %.4f lr %.3g temp %.4f "
+      char text_loss[48] = "";
+      if (t->text)
+        snprintf(text_loss, sizeof text_loss, " text loss %.4f", tloss_avg);
+      say(t, "step %lld/%lld epoch %lld/%lld loss %.4f%s lr %.3g temp %.4f "
              "%.1f img/s ETA %s\n",
           (long long)t->step, (long long)t->total_steps,
           (long long)((t->step - 1) / t->spe + 1),
           (long long)((t->total_steps + t->spe - 1) / t->spe), loss_avg,
-          (double)vlm__train_lr_at(t, t->step - 1), exp(-ls), rate, eta);
+          text_loss, (double)vlm__train_lr_at(t, t->step - 1), exp(-ls), rate,
+          eta);
       t->t_last_log = tn;
     }
     if (epoch_end) {
       t->epochs_done = (int)(t->step / t->spe);
       t->last_epoch_loss =
           t->epoch_loss_n ? t->epoch_loss_sum / t->epoch_loss_n : 0;
+      t->last_epoch_tloss =
+          t->epoch_loss_n ? t->epoch_tloss_sum / t->epoch_loss_n : 0;
       t->epoch_loss_sum = 0;
+      t->epoch_tloss_sum = 0;
       t->epoch_loss_n = 0;
       if ((rc = evaluate(t)))
         return rc;
@@ -949,7 +1014,10 @@ static int run_loop(vlm__trainer *t) {
   }
 finish:
   if (t->epoch_loss_n) /* a partial last epoch */
+  {
     t->last_epoch_loss = t->epoch_loss_sum / t->epoch_loss_n;
+    t->last_epoch_tloss = t->epoch_tloss_sum / t->epoch_loss_n;
+  }
   if (!evaluated_at_end && t->val) {
     if ((rc = evaluate(t)))
       return rc;
@@ -994,6 +1062,11 @@ int vlm_train_run(const vlm_train_options *opts, vlm_train_result *res) {
     res->steps = t.step;
     res->epochs = t.epochs_done;
     res->loss = t.last_epoch_loss;
+    res->text_loss = t.last_epoch_tloss;
+    if (t.text) {
+      res->n_text_pairs = vlm__ttext_count(t.text);
+      res->n_text_skipped = vlm__ttext_skipped(t.text);
+    }
     res->n_train = vlm__tdata_count(t.train);
     res->n_skipped = vlm__tdata_skipped(t.train);
     snprintf(res->data_digest, sizeof res->data_digest, "%s",

@@ -54,6 +54,13 @@ static double uniform(uint64_t *s) { /* [0, 1) */
   return (double)(splitmix64(s) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+uint64_t vlm__tdata_stream(uint64_t seed, uint64_t a, uint64_t b,
+                           uint64_t salt) {
+  return stream_seed(seed, a, b, salt);
+}
+
+double vlm__tdata_uniform(uint64_t *s) { return uniform(s); }
+
 /* ---- the data set ------------------------------------------------------ */
 
 typedef struct {
@@ -207,24 +214,31 @@ static int family_tokenize(const vlm__tokenizer *tok, const vlm__tdata_cfg *cfg,
   return vlm__tokenize(tok, text, ctx, ids, ctx, n_ids);
 }
 
-/* Tokenize one caption into a malloc'd array.  0, or -1 with why set
- * (the caption is empty, or has ids outside the vocabulary). */
-static int tokenize_caption(const prep_ctx *c, const char *text,
-                            int32_t **out, int *n_out, char *why,
-                            size_t why_size) {
-  const vlm__tdata_cfg *cfg = &c->d->cfg;
+int vlm__tdata_empty_ids(const vlm__tdata_cfg *cfg, const vlm__tokenizer *tok,
+                         int *n) {
+  int32_t empty[8];
+  vlm__tdata_cfg small = *cfg;
+  small.context_length = 8;
+  if (family_tokenize(tok, &small, "", empty, n))
+    return vlm_seterr(VLM_EINVAL, "tokenizer: %s", vlm_errmsg());
+  return 0;
+}
+
+int vlm__tdata_text_ids(const vlm__tdata_cfg *cfg, const vlm__tokenizer *tok,
+                        int empty_ids, const char *text, int32_t **out,
+                        int *n_out, char *why, size_t why_size) {
   int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->context_length);
   int n_ids = 0;
   if (!ids) {
     snprintf(why, why_size, "out of memory");
     return -1;
   }
-  if (family_tokenize(c->tok, cfg, text, ids, &n_ids)) {
+  if (family_tokenize(tok, cfg, text, ids, &n_ids)) {
     snprintf(why, why_size, "text: %s", vlm_errmsg());
     free(ids);
     return -1;
   }
-  if (n_ids <= c->empty_ids) {
+  if (n_ids <= empty_ids) {
     snprintf(why, why_size, "empty text");
     free(ids);
     return -1;
@@ -244,6 +258,15 @@ static int tokenize_caption(const prep_ctx *c, const char *text,
   *out = ids;
   *n_out = n_ids;
   return 0;
+}
+
+/* Tokenize one caption into a malloc'd array.  0, or -1 with why set
+ * (the caption is empty, or has ids outside the vocabulary). */
+static int tokenize_caption(const prep_ctx *c, const char *text,
+                            int32_t **out, int *n_out, char *why,
+                            size_t why_size) {
+  return vlm__tdata_text_ids(&c->d->cfg, c->tok, c->empty_ids, text, out,
+                             n_out, why, why_size);
 }
 
 static void prep_one(prep_ctx *c, int i) {
@@ -400,15 +423,8 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
   c.d = d;
   c.items = items;
   c.tok = tok;
-  {
-    int32_t empty[8];
-    vlm__tdata_cfg small = *cfg;
-    small.context_length = 8;
-    if (family_tokenize(tok, &small, "", empty, &c.empty_ids)) {
-      rc = vlm_seterr(VLM_EINVAL, "tokenizer: %s", vlm_errmsg());
-      goto fail;
-    }
-  }
+  if ((rc = vlm__tdata_empty_ids(cfg, tok, &c.empty_ids)))
+    goto fail;
   c.n = n;
   c.ok = calloc((size_t)n, sizeof *c.ok);
   c.why = calloc((size_t)n, sizeof *c.why);

@@ -51,6 +51,12 @@ typedef struct {
   FILE *log;             /* skipped pairs are reported here */
 } vlm__tdata_cfg;
 
+/* The data's random streams: the state of the stream keyed by (seed, a,
+ * b, salt), and a draw in [0, 1) from a state. */
+uint64_t vlm__tdata_stream(uint64_t seed, uint64_t a, uint64_t b,
+                           uint64_t salt);
+double vlm__tdata_uniform(uint64_t *state);
+
 typedef struct vlm__tdata vlm__tdata;
 
 /* Read, decode and tokenize n pairs (in cfg->threads threads).  A pair
@@ -61,6 +67,17 @@ typedef struct vlm__tdata vlm__tdata;
 int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
                     int n, const vlm__tokenizer *tok, vlm__tdata **out);
 void vlm__tdata_free(vlm__tdata *d); /* stops the loader; accepts NULL */
+
+/* Tokenize text as the pairs' captions are (the family's tokenizer, at
+ * most context_length ids, SigLIP's padded to it): 0 with *ids malloc'd
+ * (*n of them), or -1 with why set (an empty text, an id outside the
+ * vocabulary).  empty_ids: the number of ids "" gives, from
+ * vlm__tdata_empty_ids (an error code, or 0). */
+int vlm__tdata_empty_ids(const vlm__tdata_cfg *cfg, const vlm__tokenizer *tok,
+                         int *empty_ids);
+int vlm__tdata_text_ids(const vlm__tdata_cfg *cfg, const vlm__tokenizer *tok,
+                        int empty_ids, const char *text, int32_t **ids,
+                        int *n, char *why, size_t why_size);
 
 int vlm__tdata_count(const vlm__tdata *d);   /* usable pairs */
 /* Pairs drawn per training epoch: the sum of the items' weights, rounded

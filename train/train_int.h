@@ -10,6 +10,7 @@
 #include "tokenizer.h"
 #include "train_data.h"
 #include "train_model.h"
+#include "train_text.h"
 #include "vlm_train.h"
 
 #define CKPT_FORMAT "vlmdb-train-checkpoint"
@@ -30,6 +31,8 @@ typedef struct {
                                    tokenizer's model_max_length when
                                    shorter than the context, as the engine) */
   vlm__tdata *train, *val;
+  vlm__ttext *text;             /* text pairs, or NULL */
+  int text_P;                   /* text pairs per step */
   vlm_train_item *train_items, *val_items; /* the split, when by fraction */
   const vlm_train_item *val_src;          /* items the val set indexes */
   int *val_src_index;                      /* val pair -> caller's index */
@@ -49,6 +52,7 @@ typedef struct {
   double epoch_loss_sum;
   int epoch_loss_n;
   double last_epoch_loss;
+  double epoch_tloss_sum, last_epoch_tloss; /* the text-pair loss */
   int epochs_done;
   vlm_train_recall recall;
   float *eval_img, *eval_txt;

@@ -412,7 +412,7 @@ static double f7(float x) {
 
 static json_t *options_json(const vlm__trainer *t) {
   const vlm_train_options *o = &t->o;
-  return json_pack(
+  json_t *j = json_pack(
       "{s:I, s:i, s:I, s:f, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:i, s:f, "
       "s:b, s:b, s:f, s:f, s:b, s:i, s:b, s:b, s:f}",
       "seed", (json_int_t)o->seed, "batch", o->batch, "total_steps",
@@ -425,6 +425,11 @@ static json_t *options_json(const vlm__trainer *t) {
       f7(o->crop_scale_min), "jitter", f7(o->jitter), "f16", o->f16,
       "epochs", o->epochs, "save_adapters", o->save_adapters, "alpha_white",
       o->alpha_white, "alt_text_share", f7(o->alt_text_share));
+  if (j && t->text) { /* absent without text pairs: older files unchanged */
+    json_object_set_new(j, "text_batch", json_integer(t->text_P));
+    json_object_set_new(j, "text_weight", json_real(f7(o->text_weight)));
+  }
+  return j;
 }
 
 /* The resumable state: F32 weights (and adapters), AdamW moments, step,
@@ -453,7 +458,9 @@ static int save_checkpoint(vlm__trainer *t) {
                         "step", step_s, "threads", thr_s,
                         "data_digest", vlm__tdata_digest(t->train),
                         "config", cfg_s ? cfg_s : "{}",
-                        "options", opt_s ? opt_s : "{}", NULL};
+                        "options", opt_s ? opt_s : "{}",
+                        t->text ? "text_digest" : NULL,
+                        t->text ? vlm__ttext_digest(t->text) : NULL, NULL};
   int64_t total = (int64_t)t->L->total, nt = (int64_t)t->ntrain;
   int64_t lt = (int64_t)t->L->lora_total;
   vlm__stw_tensor ts[4] = {
@@ -591,6 +598,10 @@ int vlm__train_apply_saved_options(vlm__trainer *t, json_t *opt,
     GET_B("alpha_white", o->alpha_white);
   if (json_object_get(opt, "alt_text_share"))
     GET_F("alt_text_share", o->alt_text_share);
+  if (json_object_get(opt, "text_batch")) {
+    GET_I("text_batch", o->text_batch);
+    GET_F("text_weight", o->text_weight);
+  }
   o->no_augment = !aug;
   o->max_steps = t->total_steps;
   return 0;
@@ -633,6 +644,14 @@ static int write_training_json(vlm__trainer *t, double elapsed) {
                       json_integer(vlm__tdata_skipped(t->train)));
   json_object_set_new(doc, "heldout_pairs",
                       json_integer(t->val ? vlm__tdata_count(t->val) : 0));
+  if (t->text) {
+    json_object_set_new(doc, "text_digest",
+                        json_string(vlm__ttext_digest(t->text)));
+    json_object_set_new(doc, "text_pairs",
+                        json_integer(vlm__ttext_count(t->text)));
+    json_object_set_new(doc, "skipped_text_pairs",
+                        json_integer(vlm__ttext_skipped(t->text)));
+  }
   json_object_set_new(doc, "init", t->o.init_dir ? json_string(t->o.init_dir)
                                                  : json_null());
   json_object_set_new(doc, "steps", json_integer((json_int_t)t->step));
@@ -646,6 +665,8 @@ static int write_training_json(vlm__trainer *t, double elapsed) {
   json_object_set_new(doc, "elapsed_s_last_run", json_real(elapsed));
   json_t *fin = json_object();
   json_object_set_new(fin, "loss", json_real(t->last_epoch_loss));
+  if (t->text)
+    json_object_set_new(fin, "text_loss", json_real(t->last_epoch_tloss));
   json_object_set_new(
       fin, "logit_scale",
       json_real(vlm__tmodel_params_f32(t->m)[t->L->logit_scale]));

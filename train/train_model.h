@@ -148,6 +148,15 @@ typedef struct {
   /* Add the gradients of the last loss to the gradient arrays (zero them  \
    * first with vlm__tmodel_zero_grads). */                                 \
   void vlm__tmodel_backward_##SFX(vlm__tmodel_##SFX *m);                     \
+  /* Texts alone: after a texts call of 2P texts, the first P anchors a_i \
+   * and the last P their paraphrases b_i (P <= max_batch / 2), CLIP's    \
+   * symmetric contrastive loss between the two halves (whatever the      \
+   * family), in-batch negatives, at exp(logit_scale), which this loss    \
+   * does not train.  backward adds weight x its gradients (text tower    \
+   * only). */                                                             \
+  real vlm__tmodel_text_pair_loss_##SFX(vlm__tmodel_##SFX *m);              \
+  void vlm__tmodel_text_pair_backward_##SFX(vlm__tmodel_##SFX *m,           \
+                                            real weight);                   \
   void vlm__tmodel_zero_grads_##SFX(vlm__tmodel_##SFX *m);                  \
   /* Explanation (Grad-CAM on the token grid), after an images call of B  \
    * images, with the score s = sum_b <emb_b, q> for a normalized text     \

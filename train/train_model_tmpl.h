@@ -762,6 +762,53 @@ static void TMS(vision_tail_backward)(TMS(model) *m, int B) {
   }
 }
 
+/* d_embn_txt holds d(the normalized text embeddings) [B, D] of the last
+ * texts call (B texts): add the text tower's gradients. */
+static void TMS(text_backward)(TMS(model) *m, int B) {
+  const vlm__tlayout *L = m->L;
+  const vlm__clip_config *c = &L->cfg;
+  const real *p = m->p;
+  int D = c->projection_dim;
+  const int siglip = c->family == VLM__FAMILY_SIGLIP;
+  TMS(tower) *t = &m->txt;
+  int C = c->text_width;
+  int64_t N = m->ntok;
+  K(l2norm_backward)(m->d_proj, m->d_embn_txt, m->temb_n, m->tnorm, B, D);
+  K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->tproj),
+                     siglip ? TMS(gw)(m, L->tproj_b) : NULL, m->d_proj,
+                     L->text_bert ? m->tpool_ : m->tfin, p + L->tproj, B, C,
+                     D);
+  if (L->text_bert) {
+    memcpy(m->d_pool, m->d_post, sizeof(real) * B * C);
+  } else {
+    memset(m->d_pool, 0, sizeof(real) * B * C);
+    K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->final_ln_w),
+                          TMS(gw)(m, L->final_ln_b), m->d_post, m->tpool_,
+                          p + L->final_ln_w, m->tfin_mean, m->tfin_rstd, B,
+                          C);
+  }
+  memset(m->d_res, 0, sizeof(real) * N * C);
+  K(scatter_rows)(m->d_res, m->d_pool, m->tidx, B, C);
+  TMS(tower_backward)(m, t, N);
+  if (L->text_bert) {
+    if (TMS(gw)(m, L->tok)) {
+      memset(m->d_c, 0, sizeof(real) * N * C);
+      K(layernorm_backward)(m->pool, m->d_c, TMS(gw)(m, L->emb_ln_w),
+                            TMS(gw)(m, L->emb_ln_b), m->d_res, m->traw,
+                            p + L->emb_ln_w, m->traw_mean, m->traw_rstd,
+                            (int)N, C);
+      K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok),
+                             TMS(gw)(m, L->tpos), m->d_c, m->tids, m->tpos,
+                             (int)N, C);
+      K(add_row_backward)(m->pool, TMS(gw)(m, L->type_emb), m->d_c, (int)N,
+                          C);
+    }
+  } else {
+    K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok), TMS(gw)(m, L->tpos),
+                           m->d_res, m->tids, m->tpos, (int)N, C);
+  }
+}
+
 void TM(backward)(TMS(model) *m) {
   const vlm__tlayout *L = m->L;
   const vlm__clip_config *c = &L->cfg;
@@ -778,46 +825,7 @@ void TM(backward)(TMS(model) *m) {
                           TMS(gw)(m, L->logit_scale), m->probs_row,
                           m->probs_col, m->vemb_n, m->temb_n,
                           p[L->logit_scale], B, D);
-  /* text tower */
-  {
-    TMS(tower) *t = &m->txt;
-    int C = c->text_width;
-    int64_t N = m->ntok;
-    K(l2norm_backward)(m->d_proj, m->d_embn_txt, m->temb_n, m->tnorm, B, D);
-    K(linear_backward)(m->pool, m->d_post, 0, TMS(gw)(m, L->tproj),
-                       siglip ? TMS(gw)(m, L->tproj_b) : NULL, m->d_proj,
-                       L->text_bert ? m->tpool_ : m->tfin, p + L->tproj, B, C,
-                       D);
-    if (L->text_bert) {
-      memcpy(m->d_pool, m->d_post, sizeof(real) * B * C);
-    } else {
-      memset(m->d_pool, 0, sizeof(real) * B * C);
-      K(layernorm_backward)(m->pool, m->d_pool, TMS(gw)(m, L->final_ln_w),
-                            TMS(gw)(m, L->final_ln_b), m->d_post, m->tpool_,
-                            p + L->final_ln_w, m->tfin_mean, m->tfin_rstd, B,
-                            C);
-    }
-    memset(m->d_res, 0, sizeof(real) * N * C);
-    K(scatter_rows)(m->d_res, m->d_pool, m->tidx, B, C);
-    TMS(tower_backward)(m, t, N);
-    if (L->text_bert) {
-      if (TMS(gw)(m, L->tok)) {
-        memset(m->d_c, 0, sizeof(real) * N * C);
-        K(layernorm_backward)(m->pool, m->d_c, TMS(gw)(m, L->emb_ln_w),
-                              TMS(gw)(m, L->emb_ln_b), m->d_res, m->traw,
-                              p + L->emb_ln_w, m->traw_mean, m->traw_rstd,
-                              (int)N, C);
-        K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok),
-                               TMS(gw)(m, L->tpos), m->d_c, m->tids, m->tpos,
-                               (int)N, C);
-        K(add_row_backward)(m->pool, TMS(gw)(m, L->type_emb), m->d_c, (int)N,
-                            C);
-      }
-    } else {
-      K(text_embed_backward)(m->pool, TMS(gw)(m, L->tok), TMS(gw)(m, L->tpos),
-                             m->d_res, m->tids, m->tpos, (int)N, C);
-    }
-  }
+  TMS(text_backward)(m, B);
   /* vision tower */
   {
     TMS(tower) *t = &m->vis;
@@ -847,6 +855,28 @@ void TM(backward)(TMS(model) *m) {
                               m->patches, B, c->image_size, c->patch_size, C);
     }
   }
+}
+
+/* ---- text pairs: a contrastive loss on the text tower alone ---------- */
+
+real TM(text_pair_loss)(TMS(model) *m) {
+  int P = m->ntxt / 2, D = m->L->cfg.projection_dim;
+  assert(P >= 1 && m->ntxt == 2 * P);
+  return K(clip_loss_forward)(m->probs_row, m->probs_col, m->temb_n,
+                              m->temb_n + (int64_t)P * D,
+                              m->p[m->L->logit_scale], P, D);
+}
+
+void TM(text_pair_backward)(TMS(model) *m, real weight) {
+  int P = m->ntxt / 2, D = m->L->cfg.projection_dim;
+  real dscale = 0; /* the temperature is the image-text loss's to learn */
+  K(clip_loss_backward)(m->d_embn_txt, m->d_embn_txt + (int64_t)P * D,
+                        &dscale, m->probs_row, m->probs_col, m->temb_n,
+                        m->temb_n + (int64_t)P * D, m->p[m->L->logit_scale],
+                        P, D);
+  for (int64_t i = 0; i < (int64_t)2 * P * D; i++)
+    m->d_embn_txt[i] *= weight;
+  TMS(text_backward)(m, 2 * P);
 }
 
 /* ---- explanation: the score's gradient at the last block's input ---- */

@@ -71,6 +71,14 @@ typedef struct {
                         weight 2 twice per epoch */
 } vlm_train_item;
 
+/* Two texts that mean the same: a word and its definition, a name and
+ * its translation, a caption and its paraphrase.  Strings are borrowed for
+ * the duration of the call. */
+typedef struct {
+  const char *a, *b;
+  double weight;     /* relative chance of being drawn (0 = 1) */
+} vlm_train_text_pair;
+
 typedef struct {
   /* data */
   const vlm_train_item *items;     /* training pairs */
@@ -79,6 +87,16 @@ typedef struct {
   int n_val;
   double val_fraction;  /* without val_items: hold out this share of items,
                            chosen by a hash of the key (0 = no evaluation) */
+  /* Text pairs: each step also draws text_batch of them (by weight,
+   * no text twice in a batch) and adds text_weight x the contrastive loss
+   * between their two sides, on the text tower alone (in-batch negatives,
+   * CLIP's symmetric loss whatever the family, at the model's current
+   * temperature, which only the image-text loss trains).  They teach the
+   * text tower what no caption says: "a furry pet" is near "cat". */
+  const vlm_train_text_pair *text_pairs;
+  int n_text_pairs;
+  int text_batch;            /* 0 = batch / 2; at most batch / 2 */
+  float text_weight;         /* 1 */
   /* model */
   const char *out_dir;       /* created if missing */
   const char *init_dir;      /* start from this model, or NULL */
@@ -161,6 +179,10 @@ typedef struct {
   float *image_emb, *text_emb;
   int *eval_index;
   double pairs_per_s;     /* training throughput of this call */
+  int n_text_pairs, n_text_skipped; /* text pairs used and skipped */
+  double text_loss;       /* mean text-pair loss of the last epoch (0
+                             without text pairs) */
+
 } vlm_train_result;
 
 /* Defaults as documented above; the caller then sets data and out_dir. */
