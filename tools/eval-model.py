@@ -2,7 +2,7 @@
 """Measure a model on vlmdb's held-out data, with vlmdb itself.
 
   tools/eval-model.py --model models/default [--work DIR] [--json OUT]
-                      [--only held,lang,fmnist,shapes,queries]
+                      [--only held,lang,fmnist,shapes,queries,textq]
 
 Needs `make data` and `tools/make-data.sh emoji tuxpaint emoji-styles`.
 Every measure builds a database with `vlmdb init/ingest` and reads
@@ -18,6 +18,8 @@ Every measure builds a database with `vlmdb init/ingest` and reads
   nearest each picture among the 25 "a <colour> <shape>": right shape,
   right colour; and both on the pictures whose combination data/shapes
   holds out of training.
+- textq: the same queries against the openclipart captions, text to
+  text (the text tower alone, no image involved).
 - queries: tools/queries.json (natural-language queries in 7 languages
   with the items that should come back), precision@10 text->image on the
   openclipart catalog and on the demo catalog (openclipart + emoji + Tux
@@ -254,6 +256,49 @@ def queries(model, work, collapse):
     return out
 
 
+def embed_texts(model, texts):
+    """L2-normalized text embeddings from `vlmdb embed`, in order."""
+    out = []
+    for i in range(0, len(texts), 500):
+        args = ["embed", "--model", model]
+        for t in texts[i:i + 500]:
+            args += ["--text", t]
+        for line in run(*args).splitlines():
+            out.append(json.loads(line)["embedding"])
+    return out
+
+
+def textq(model):
+    """Images left out: each query ranks the openclipart captions by
+    text-text cosine; P@10 with the queries' relevance expressions.  It
+    measures the text tower alone (chance: the share of relevant
+    captions, about 0.016)."""
+    qs = json.load(open("tools/queries.json"))["queries"]
+    rows = load_rows(["data/openclipart/catalog.jsonl"])
+    keys = sorted(rows)
+    caps = []
+    for line in open("data/openclipart/catalog.jsonl"):
+        r = json.loads(line)
+        caps.append((r["key"], r.get("text") or r["key"]))
+    caps.sort()
+    cv = embed_texts(model, [c for _, c in caps])
+    out = {}
+    for l in LANGS:
+        qv = embed_texts(model, [q["q"][l] for q in qs])
+        ps = []
+        for q, v in zip(qs, qv):
+            sc = sorted(((sum(a * b for a, b in zip(v, c)), k)
+                         for (k, _), c in zip(caps, cv)), reverse=True)[:10]
+            rel = re.compile(q["relevant"])
+            ps.append(sum(1 for _, k in sc if rel.search(rows[k])) / 10)
+        out[l] = round(sum(ps) / len(ps), 4)
+    rel_share = sum(sum(1 for k in keys if re.search(q["relevant"], rows[k]))
+                    for q in qs) / (len(qs) * len(keys))
+    out["chance"] = round(rel_share, 4)
+    print("text->caption P@10 %s" % out, file=sys.stderr)
+    return out
+
+
 def p10_main(argv):
     """tools/eval-model.py p10 --db DB --catalog C [--catalog C ...]
     [--langs en,de] [--collapse T]: P@10 of tools/queries.json on an
@@ -282,7 +327,7 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", default="data/eval")
     ap.add_argument("--json")
-    ap.add_argument("--only", default="held,lang,fmnist,shapes,queries")
+    ap.add_argument("--only", default="held,lang,fmnist,shapes,queries,textq")
     ap.add_argument("--collapse", type=float, default=0)
     a = ap.parse_args()
     work = os.path.join(a.work, re.sub(r"\W+", "-", a.model.strip("/")))
@@ -294,6 +339,7 @@ def main():
         elif part == "fmnist": res["fashion_mnist"] = fmnist(a.model, work)
         elif part == "shapes": res["colour_shape"] = shapes(a.model, work)
         elif part == "queries": res["queries_p10"] = queries(a.model, work, a.collapse)
+        elif part == "textq": res["text_queries_p10"] = textq(a.model)
         else: sys.exit("unknown part " + part)
     text = json.dumps(res, indent=1, ensure_ascii=False)
     if a.json:
