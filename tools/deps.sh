@@ -18,12 +18,14 @@ libheif-dev libhttp-parser-dev prometheus chromium npm haproxy"
 # the catalogs of `make data` (tools/DATA.md): openclipart, Fashion-MNIST,
 # emoji (Noto + CLDR names), emoji styles (npm tarballs), Tux Paint, the
 # WordNet/FreeDict caption variants, EmojiOne (ruby-gemojione), art4apps
-# (inside pysiogame) and qABCs
+# (inside pysiogame), qABCs, and Unihan (unicode-data: Chinese characters'
+# English definitions) for the text pairs
 DATA_PKGS="openclipart-png openclipart-svg dataset-fashion-mnist
 fonts-noto-color-emoji unicode-cldr-core python3-fonttools
 tuxpaint-stamps-default librsvg2-bin wordnet-base dict-freedict-eng-deu
 dict-freedict-eng-fra dict-freedict-eng-spa dict-freedict-eng-rus
-dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data"
+dict-freedict-eng-jpn python3-numpy ruby-gemojione pysiogame qabcs-data
+unicode-data"
 
 # `make test-cluster`: a Slurm controller and two slurmd nodes on this host
 # (tools/slurm/test-cluster.sh), authenticated by MUNGE; GNU time for

@@ -5,7 +5,7 @@
 #
 #   tools/make-data.sh [openclipart] [fashion-mnist] [emoji] [tuxpaint]
 #                      [emoji-styles] [wordnet] [shapes] [fluent] [emojione]
-#                      [art4apps] [qabcs]   (default: all)
+#                      [art4apps] [qabcs] [textpairs]   (default: all)
 #
 # A dataset is rebuilt only when its builder or its package changed since
 # the last run (FORCE=1 rebuilds anyway).  Each dataset directory gets
@@ -17,7 +17,7 @@ BUILD=${BUILD:-build}
 DATA=${DATA:-data}
 FORCE=${FORCE:-0}
 
-sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet shapes fluent emojione art4apps qabcs}
+sets=${*:-openclipart fashion-mnist emoji tuxpaint emoji-styles wordnet shapes fluent emojione art4apps qabcs textpairs}
 
 say() { echo "make-data: $*" >&2; }
 
@@ -189,6 +189,47 @@ wordnet() {
   printf '%s\n' "$stamp" > "$out/.stamp"
 }
 
+# Pairs of texts that mean the same thing, for the text tower's contrastive
+# objective (tools/text-pairs.py): WordNet, FreeDict and Unihan, and the
+# train rows of the CLDR-named emoji sets, Tux Paint, art4apps and qABCs;
+# made after them (last in the default list).  Their test rows are read only
+# to leave the held-out names out, tools/queries.json only to leave the
+# evaluation queries out: both are in the stamp.
+TEXTPAIRS_PKGS="$WORDNET_PKGS unicode-data"
+TEXTPAIRS_FROM="emoji fluent emojione emoji-styles tuxpaint art4apps qabcs"
+
+textpairs() {
+  tool=tools/text-pairs.py
+  out=$DATA/textpairs
+  for p in $TEXTPAIRS_PKGS; do
+    [ "$(pkg_version "$p")" != missing ] ||
+      { say "$p is not installed (run: sh tools/deps.sh data)"; exit 1; }
+  done
+  srcs=""
+  for src in $TEXTPAIRS_FROM; do
+    for f in train test; do
+      [ -f "$DATA/$src/$f.jsonl" ] ||
+        { say "textpairs: $DATA/$src/$f.jsonl is missing (run: tools/make-data.sh $src)"; exit 1; }
+      srcs="$srcs $DATA/$src/$f.jsonl"
+    done
+  done
+  # shellcheck disable=SC2086
+  stamp=$(stamp_of "$tool" $TEXTPAIRS_PKGS
+          printf 'shared %s\nqueries %s\n' "$(sha tools/wordnet-captions.py)" "$(sha tools/queries.json)"
+          for f in $srcs; do printf '%s %s\n' "$f" "$(sha "$f")"; done)
+  if up_to_date "$out" "$stamp"; then
+    say "textpairs: up to date ($out/, FORCE=1 to rebuild)"
+    return 0
+  fi
+  rm -rf "$out"
+  mkdir -p "$out"
+  /usr/bin/python3 "$tool" --out "$out" --data "$DATA"
+  # no pictures: train.jsonl (every source file, concatenated) is the digest
+  # shellcheck disable=SC2086
+  write_digest "$out" none $TEXTPAIRS_PKGS
+  printf '%s\n' "$stamp" > "$out/.stamp"
+}
+
 # Synthetic colour x shape pictures (tools/shapes-data.py): no package
 # data, only numpy; the builder's digest and its seed fix the bytes.
 shapes() {
@@ -261,7 +302,8 @@ for s in $sets; do
          /usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png ruby-gemojione unicode-cldr-core ;;
     art4apps) more_set art4apps tools/words-catalog.py /usr/share/games/pysiogame/res/images/art4apps pysiogame ;;
     qabcs) more_set qabcs tools/words-catalog.py /usr/share/qabcs/abcs/all/pics qabcs-data ;;
-    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet, shapes, fluent, emojione, art4apps, qabcs)"; exit 2 ;;
+    textpairs) textpairs ;;
+    *) say "unknown dataset '$s' (openclipart, fashion-mnist, emoji, emoji-styles, tuxpaint, wordnet, shapes, fluent, emojione, art4apps, qabcs, textpairs)"; exit 2 ;;
   esac
   d=$DATA/$s/digest.json
   field() { sed -n "s/^  \"$1\": \"\{0,1\}\([^\",]*\).*/\1/p" "$d"; }
