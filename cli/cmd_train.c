@@ -82,6 +82,10 @@ static const char usage[] =
     "                      at most that)\n"
     "  --text-weight X     the text-pair loss's weight in a step's loss\n"
     "                      (default 1)\n"
+    "  --text-rounds K     batches of text pairs per step, each with its\n"
+    "                      own negatives, their mean loss weighted by\n"
+    "                      --text-weight (default 1; texts cost little\n"
+    "                      next to images)\n"
     "  --images-root DIR   base of relative image paths\n"
     "  --val-catalog FILE  held-out pairs evaluated after every epoch\n"
     "                      (repeatable)\n"
@@ -665,7 +669,7 @@ int cmd_train(int argc, char **argv) {
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
     O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER, O_DB, O_TEXT_PAIRS,
-    O_TEXT_BATCH, O_TEXT_WEIGHT
+    O_TEXT_BATCH, O_TEXT_WEIGHT, O_TEXT_ROUNDS
   };
   static const struct option longopts[] = {
       {"catalog", required_argument, NULL, O_CATALOG},
@@ -673,6 +677,7 @@ int cmd_train(int argc, char **argv) {
       {"text-pairs", required_argument, NULL, O_TEXT_PAIRS},
       {"text-batch", required_argument, NULL, O_TEXT_BATCH},
       {"text-weight", required_argument, NULL, O_TEXT_WEIGHT},
+      {"text-rounds", required_argument, NULL, O_TEXT_ROUNDS},
       {"weight", required_argument, NULL, O_WEIGHT},
       {"out", required_argument, NULL, O_OUT},
       {"init", required_argument, NULL, O_INIT},
@@ -761,6 +766,7 @@ int cmd_train(int argc, char **argv) {
       break;
     case O_TEXT_BATCH: LONG_ARG("--text-batch", 1, 32768, o.text_batch); break;
     case O_TEXT_WEIGHT: DOUBLE_ARG("--text-weight", 0, 1000, o.text_weight); break;
+    case O_TEXT_ROUNDS: LONG_ARG("--text-rounds", 1, 1024, o.text_rounds); break;
     case O_DB: db_dir = optarg; break;
     case O_OUT: o.out_dir = optarg; break;
     case O_INIT: o.init_dir = optarg; break;

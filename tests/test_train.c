@@ -1454,6 +1454,7 @@ static void test_text_pairs_resume(void **state) {
   o.text_pairs = tp;
   o.n_text_pairs = n;
   o.text_batch = 4;
+  o.text_rounds = 2;
   o.text_weight = 0.5f;
   vlm_train_result ra, rb;
   assert_int_equal(vlm_train_run(&o, &ra), 0);
@@ -2572,7 +2573,8 @@ static void test_cli_train(void **state) {
   fclose(f);
   char *tp_argv[] = {"train", "--catalog", S->catalog, "--text-pairs", tp1,
                      "--text-pairs", tp2, "--weight", "3", "--text-batch",
-                     "3", "--text-weight", "0.5", "--out", tp_out,
+                     "3", "--text-weight", "0.5", "--text-rounds", "2",
+                     "--out", tp_out,
                      "--config", S->config, "--tokenizer",
                      "tests/fixtures/clip-tiny", "--max-steps", "3",
                      "--batch", "8", "--val-fraction", "0", "--seed", "3",
@@ -2586,6 +2588,7 @@ static void test_cli_train(void **state) {
   assert_non_null(strstr((char *)js, "\"text_pairs\": 5,"));
   assert_non_null(strstr((char *)js, "\"text_batch\": 3"));
   assert_non_null(strstr((char *)js, "\"text_weight\": 0.5"));
+  assert_non_null(strstr((char *)js, "\"text_rounds\": 2"));
   assert_non_null(strstr((char *)js, "\"text_digest\": \""));
   assert_non_null(strstr((char *)js, "\"text_loss\": "));
   free(js);

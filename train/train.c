@@ -499,6 +499,7 @@ static int check_options(const vlm_train_options *o) {
                                   "out of range");
   if (o->n_text_pairs > 0 &&
       (!o->text_pairs || o->text_batch < 0 || o->text_batch > o->batch / 2 ||
+       o->text_rounds < 0 || o->text_rounds > 1024 ||
        !(o->text_weight >= 0) || !isfinite(o->text_weight)))
     return vlm_seterr(VLM_EINVAL, "text pairs: %d per step (at most half "
                       "the batch, %d), weight %g", o->text_batch,
@@ -738,9 +739,10 @@ static int setup(vlm__trainer *t, const vlm_train_options *opts) {
       t->text_P = o->batch / 2;
     if (t->text_P > vlm__ttext_count(t->text))
       t->text_P = vlm__ttext_count(t->text);
-    say(t, "vlmdb train: %d text pairs (%d skipped), %d per step at weight "
-           "%g, read in %.1f s; digest %.16s\n",
-        vlm__ttext_count(t->text), vlm__ttext_skipped(t->text), t->text_P,
+    say(t, "vlmdb train: %d text pairs (%d skipped), %d x %d per step at "
+           "weight %g, read in %.1f s; digest %.16s\n",
+        vlm__ttext_count(t->text), vlm__ttext_skipped(t->text),
+        o->text_rounds > 0 ? o->text_rounds : 1, t->text_P,
         (double)o->text_weight, vlm__train_now() - t0,
         vlm__ttext_digest(t->text));
     const char *was = resuming ? vlm__train_meta_get(meta, "text_digest")
@@ -876,11 +878,16 @@ static int train_step(vlm__trainer *t, int64_t epoch, const float *pixels,
       free(ids); free(off); free(len); free(which);
       return vlm_seterr(VLM_ENOMEM, "step");
     }
-    vlm__ttext_batch(t->text, P, t->step, ids, off, len, which);
-    vlm__ttexts ttx = {2 * P, ids, off, len};
-    vlm__tmodel_texts_f32(t->m, &ttx, NULL);
-    tloss = vlm__tmodel_text_pair_loss_f32(t->m);
-    vlm__tmodel_text_pair_backward_f32(t->m, t->o.text_weight);
+    /* K rounds of P pairs, each its own in-batch negatives; their mean
+     * loss has text_weight */
+    int K = t->o.text_rounds > 0 ? t->o.text_rounds : 1;
+    for (int k = 0; k < K; k++) {
+      vlm__ttext_batch(t->text, P, t->step * K + k, ids, off, len, which);
+      vlm__ttexts ttx = {2 * P, ids, off, len};
+      vlm__tmodel_texts_f32(t->m, &ttx, NULL);
+      tloss += vlm__tmodel_text_pair_loss_f32(t->m) / K;
+      vlm__tmodel_text_pair_backward_f32(t->m, t->o.text_weight / K);
+    }
     free(ids); free(off); free(len); free(which);
   }
   *tloss_out = tloss;

@@ -427,6 +427,8 @@ static json_t *options_json(const vlm__trainer *t) {
       o->alpha_white, "alt_text_share", f7(o->alt_text_share));
   if (j && t->text) { /* absent without text pairs: older files unchanged */
     json_object_set_new(j, "text_batch", json_integer(t->text_P));
+    json_object_set_new(j, "text_rounds",
+                        json_integer(o->text_rounds > 0 ? o->text_rounds : 1));
     json_object_set_new(j, "text_weight", json_real(f7(o->text_weight)));
   }
   return j;
@@ -600,6 +602,8 @@ int vlm__train_apply_saved_options(vlm__trainer *t, json_t *opt,
     GET_F("alt_text_share", o->alt_text_share);
   if (json_object_get(opt, "text_batch")) {
     GET_I("text_batch", o->text_batch);
+    if (json_object_get(opt, "text_rounds"))
+      GET_I("text_rounds", o->text_rounds);
     GET_F("text_weight", o->text_weight);
   }
   o->no_augment = !aug;

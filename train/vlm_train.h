@@ -96,6 +96,11 @@ typedef struct {
   const vlm_train_text_pair *text_pairs;
   int n_text_pairs;
   int text_batch;            /* 0 = batch / 2; at most batch / 2 */
+  int text_rounds;           /* batches of text_batch pairs per step, each
+                                with its own negatives, their mean loss
+                                weighted text_weight; 0 = 1.  Texts cost
+                                little next to images: rounds buy the
+                                text tower more pairs per step */
   float text_weight;         /* 1 */
   /* model */
   const char *out_dir;       /* created if missing */
