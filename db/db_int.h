@@ -457,6 +457,20 @@ int vlm__normalize(const float *in, float *out, int dim, const char *what);
  * vectors failing it (written by builds before normalize was overflow-safe)
  * are left out of the indexes and never rank; delete still removes them. */
 int vlm__vec_finite(const void *vec_unaligned, int dim);
+/* collapse.c: the greedy near-duplicate walk.  image_vec(arg, i, &vec)
+ * gives candidate i's image vector (dim floats, any alignment; valid
+ * until the next call) or NULL, 0, or a negative error that ends the
+ * walk.  Walking candidates 0 .. n - 1 best first, one whose vector has
+ * cosine >= thr with a vector kept before it is folded into the first
+ * such kept candidate (its similar[] grows); the rest, those without a
+ * finite image vector too, are kept: keep[] gets their indices, best
+ * first, until k are kept.  keep and similar have room for min(n, k).
+ * Returns the count kept or a negative error (image_vec's, VLM_ENOMEM);
+ * vlm_collapse_near is its form over an array of vectors. */
+typedef int (*vlm__image_vec_fn)(void *arg, int i, const void **vec);
+int vlm__collapse_near(int n, int dim, int k, float thr,
+                       vlm__image_vec_fn image_vec, void *arg, int *keep,
+                       int *similar);
 /* Reciprocal rank fusion of a vector ranking and a BM25 ranking into out
  * (room for nvr + nbm), unsorted; the number of entries, or -1 out of
  * memory (hybrid.c). */

@@ -28,7 +28,6 @@
 #define MAX_EF 4096
 #define EXACT_MIN 4096 /* filtered: always exact at or below this */
 #define EXACT_FRACTION 20 /* ... or below 1/20 of the items */
-#define VLM__COLLAPSE_DEPTH VLM_DB_MAX_K /* candidates a collapsed search ranks */
 #define RANGE_FIRST_DEPTH 64 /* min_score over HNSW/IVF: the first depth */
 #define RANGE_MIN_K 100 /* at or below, a k-NN scan (the same one pass over
                            Flat, a smaller result) serves a threshold */
@@ -690,50 +689,42 @@ void vlm__snapshot_end(vlm__reader *r, int need_sql) {
 
 /* ---- near-duplicates ----------------------------------------------------- */
 
+/* Candidate i's image vector from the search's LMDB snapshot (none for
+ * an id the snapshot no longer holds). */
+typedef struct {
+  vlm_db *db;
+  MDB_txn *txn;
+  const vlm__cand *c;
+} snapshot_vecs;
+
+static int snapshot_image_vec(void *arg, int i, const void **vec) {
+  const snapshot_vecs *a = arg;
+  uint32_t flags = 0;
+  const void *v[VLM__NMOD] = {NULL, NULL};
+  int rc = vlm__vecs_get(&a->db->lm, a->txn, a->c[i].id, a->db->man.dim,
+                         &flags, v);
+  if (rc && rc != VLM_ENOTFOUND)
+    return rc;
+  *vec = rc ? NULL : v[VLM__MOD_IMAGE];
+  return 0;
+}
+
 /* Keep, best first, up to k of the n candidates whose image vector has
  * cosine < thr with every image vector kept before it; a folded one adds
- * to similar[] of the first kept one it matches.  Candidates without an
- * image vector are kept as they are.  Compacts c; returns the count kept
- * or a negative error. */
+ * to similar[] of the first kept one it matches (vlm__collapse_near).
+ * Candidates without an image vector are kept as they are.  Compacts c;
+ * returns the count kept or a negative error. */
 static int collapse_near(vlm_db *db, MDB_txn *txn, vlm__cand *c, int n,
                          int k, float thr, int *similar) {
-  int dim = db->man.dim, kept = 0;
-  float *kv = malloc((size_t)k * dim * sizeof *kv);
-  int *kslot = malloc((size_t)k * sizeof *kslot); /* kv row -> kept index */
-  int nkv = 0;
-  if (!kv || !kslot) {
-    free(kv);
-    free(kslot);
+  int *keep = malloc(((size_t)(k < n ? k : n) + 1) * sizeof *keep);
+  if (!keep)
     return vlm_seterr(VLM_ENOMEM, "search: collapse");
-  }
-  for (int i = 0; i < n && kept < k; i++) {
-    uint32_t flags = 0;
-    const void *vec[VLM__NMOD] = {NULL, NULL};
-    int rc = vlm__vecs_get(&db->lm, txn, c[i].id, dim, &flags, vec);
-    if (rc && rc != VLM_ENOTFOUND) {
-      free(kv);
-      free(kslot);
-      return rc;
-    }
-    const void *iv = rc ? NULL : vec[VLM__MOD_IMAGE];
-    int into = -1;
-    if (iv && vlm__vec_finite(iv, dim))
-      for (int j = 0; j < nkv && into < 0; j++)
-        if (vlm__dot(kv + (size_t)j * dim, iv, dim) >= thr)
-          into = kslot[j];
-    if (into >= 0) {
-      similar[into]++;
-      continue;
-    }
-    if (iv && vlm__vec_finite(iv, dim)) {
-      memcpy(kv + (size_t)nkv * dim, iv, (size_t)dim * sizeof *kv);
-      kslot[nkv++] = kept;
-    }
-    similar[kept] = 0;
-    c[kept++] = c[i];
-  }
-  free(kv);
-  free(kslot);
+  snapshot_vecs a = {db, txn, c};
+  int kept = vlm__collapse_near(n, db->man.dim, k, thr, snapshot_image_vec,
+                                &a, keep, similar);
+  for (int j = 0; j < kept; j++) /* keep[j] >= j: in place */
+    c[j] = c[keep[j]];
+  free(keep);
   return kept;
 }
 
@@ -869,10 +860,9 @@ static int search_check(vlm_db *db, const float *query,
   if (o->hybrid_text && s->depth < 50)
     s->depth = s->max_depth = 50;
   if (o->collapse > 0) { /* room for the near-duplicates that fold away */
-    int want = s->want < 13 ? 100 : s->want * 8;
-    s->depth = want > VLM__COLLAPSE_DEPTH ? VLM__COLLAPSE_DEPTH
-               : want > s->depth          ? want
-                                          : s->depth;
+    int want = vlm_collapse_depth(s->want);
+    if (want > s->depth)
+      s->depth = want;
     s->max_depth = s->depth;
   }
   if (o->group_by) { /* groups that fill up skip candidates: look deeper,

@@ -321,6 +321,27 @@ int vlm_db_search_rankings(vlm_db *db, const float *query,
 int vlm_fuse_rrf(const vlm_hit *vec, int nvec, const vlm_hit *text,
                  int ntext, float weight, int k, vlm_hit **out, int *nout);
 
+/* How many candidates of its ranking a search with collapse folds for a
+ * page of want = offset + k results: want x 8, at least 100, at most
+ * VLM_DB_MAX_K.  Candidates deeper than that are never looked at, so a
+ * coordinator that asks every shard for this many uncollapsed candidates
+ * and merges them by score holds the database's own candidates. */
+int vlm_collapse_depth(int want);
+
+/* Fold near-duplicates exactly as a search with collapse folds its
+ * ranking, for a coordinator that ranks several shards' candidates
+ * itself.  image_vecs[0 .. n) are the candidates' image vectors, best
+ * candidate first (dim floats each, as stored; NULL for a candidate
+ * without one, which is never folded and folds nothing, as is one with a
+ * non-finite element).  Walking best first, a candidate whose vector has
+ * cosine >= threshold (0 < threshold <= 1) with a kept candidate's is
+ * folded into the first such one; the others are kept, until k are.
+ * keep[0 .. r) gets the kept candidates' indices, best first, and
+ * similar[0 .. r) how many were folded into each; both need room for
+ * min(n, k).  Returns r, VLM_EINVAL or VLM_ENOMEM. */
+int vlm_collapse_near(const float *const *image_vecs, int n, int dim, int k,
+                      float threshold, int *keep, int *similar);
+
 typedef struct {
   int64_t items;          /* keys */
   int64_t image_vectors;

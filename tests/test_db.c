@@ -794,7 +794,8 @@ static void test_search_targets_exact_and_index(void **state) {
 /* Collapse: the exact ranking, then greedily one result per group of
  * images with cosine >= t (the oracle below), with the count folded into
  * each; items without an image are never folded.  Through a Flat index
- * and the exact scan alike; bad thresholds are refused. */
+ * and the exact scan alike, and vlm_collapse_near over the ranking's
+ * vectors; bad thresholds are refused. */
 static void test_collapse_near_duplicates(void **state) {
   (void)state;
   tmp t;
@@ -852,6 +853,20 @@ static void test_collapse_near_duplicates(void **state) {
       folded += similar[a];
     if (trial % 2)
       assert_true(folded > 0); /* a query near a cluster folds some */
+    /* the walk a coordinator makes over vectors it was sent */
+    const float **vecs = malloc(sizeof *vecs * (size_t)m);
+    int keep[64], keep_similar[64];
+    for (int j = 0; j < m; j++)
+      vecs[j] = c.has_img[all[j].i] ? c.img + (size_t)all[j].i * DIM : NULL;
+    assert_int_equal(vlm_collapse_near(vecs, m, DIM, k, thr, keep,
+                                       keep_similar), nk);
+    for (int a = 0; a < nk; a++) {
+      assert_int_equal(all[keep[a]].i, kept[a]);
+      assert_int_equal(keep_similar[a], similar[a]);
+    }
+    assert_int_equal(vlm_collapse_near(vecs, m, DIM, k, 0, keep,
+                                       keep_similar), VLM_EINVAL);
+    free(vecs);
     for (int exact = 0; exact < 2; exact++) {
       vlm_search_options o = {.k = k, .target = target, .exact = exact,
                               .collapse = thr};
