@@ -967,7 +967,7 @@ static int info_after(vlm__job *job) {
 enum { Q_TEXT, Q_IMAGE, Q_KEY, Q_VECTOR };
 enum { F_CAPTION = -1, F_SOURCE = -2, F_META = -3, F_THUMB = -4,
        F_MODALITY = -5, F_SIMILAR = -6, F_LOGIT = -7, F_PROBABILITY = -8,
-       F_HAS_THUMB = -9 };
+       F_HAS_THUMB = -9, F_IMAGE_VEC = -10 };
 #define MAX_RETURN 32
 
 typedef struct {
@@ -994,6 +994,12 @@ typedef struct {
    * hidden: group_hidden is its index in fields, else -1), how many hits
    * a page keeps (OFFSET + K) and at most group_per of a value. */
   int group_at, group_hidden, group_keep, group_per;
+  /* Coordinated COLLAPSE: the threshold (the shards rank uncollapsed),
+   * the image vectors' place among the fields the shards return (always
+   * asked for, always hidden: vec_hidden is its index in fields, else
+   * -1), and how many hits the folding keeps (OFFSET + K). */
+  float collapse;
+  int vec_at, vec_hidden, collapse_keep;
 } search_state;
 
 static void search_state_free(void *p) {
@@ -1022,6 +1028,14 @@ static int resolve_field(vlm__ctx *ctx, const vlm__resp_arg *a, int *field,
       *name = builtin[i].name;
       return 0;
     }
+  /* the hit's image vector (float32 bytes, or nil), which a coordinator
+   * folds near-duplicates with: VLM.LOCAL only ("vlm_" names cannot be
+   * declared fields) */
+  if (ctx->job->local && arg_is(a, "vlm_image_vec")) {
+    *field = F_IMAGE_VEC;
+    *name = "vlm_image_vec";
+    return 0;
+  }
   vlm_server *srv = ctx->srv;
   for (int i = 0; i < srv->nfields; i++)
     if (a->len == strlen(srv->field_names[i]) &&
@@ -1191,11 +1205,35 @@ static int cmd_search_proc(vlm__ctx *ctx) {
     return -1;
   }
   st->coordinated = ctx->srv->cluster && !job->local;
+  st->group_hidden = st->vec_hidden = -1;
   if (st->coordinated && st->opts.collapse > 0) {
-    vlm__reply_error(ctx->out, "ERR", "SEARCH COLLAPSE is not coordinated "
-                     "across a cluster's shards yet (send VLM.LOCAL SEARCH "
-                     "... to each shard)");
-    return -1;
+    /* Exact: one database folds the best vlm_collapse_depth(OFFSET + K)
+     * candidates of its ranking (cut at MINSCORE) and nothing deeper.
+     * Every shard ranks its top that many, uncollapsed, with their image
+     * vectors; each of the database's candidates is among its own
+     * shard's top that many, so the merge's top that many are the
+     * database's candidates, and the node folds them with the same walk
+     * (vlm_collapse_near), keeps OFFSET + K and skips OFFSET.  HYBRID:
+     * both rankings to that depth, fused, then folded, as one database
+     * does (as close to its answer as HYBRID is). */
+    if (st->nfields == MAX_RETURN) {
+      vlm__reply_error(ctx->out, "ERR", "RETURN at most %d fields with "
+                       "COLLAPSE on a cluster", MAX_RETURN - 1);
+      return -1;
+    }
+    int at = 0;
+    for (int f = 0; f < st->nfields; f++)
+      at += st->fields[f] != F_PROBABILITY;
+    st->fields[st->nfields] = F_IMAGE_VEC;
+    st->field_names[st->nfields] = "vlm_image_vec";
+    st->vec_at = at;
+    st->vec_hidden = st->nfields++;
+    st->collapse = st->opts.collapse;
+    st->collapse_keep = st->opts.offset + st->opts.k;
+    st->page_offset = st->opts.offset;
+    st->opts.collapse = 0;
+    st->opts.offset = 0;
+    st->opts.k = vlm_collapse_depth(st->collapse_keep);
   }
   /* A group limit applied by each shard is not the cluster's (a hit a
    * shard kept can lose its place to another shard's hits of its group):
@@ -1203,7 +1241,6 @@ static int cmd_search_proc(vlm__ctx *ctx) {
    * shard (this one included) ranks its top OFFSET + K, the coordinator
    * merges them and skips OFFSET (MINSCORE is each shard's floor, so the
    * merged ranking is exact too). */
-  st->group_hidden = -1;
   if (st->coordinated && st->opts.group_by) {
     /* Exact when every shard ranks its top (OFFSET + K) x PER under its
      * own group limit: a hit it leaves out is below that many of its
@@ -1357,6 +1394,13 @@ static void reply_field(vlm__buf *out, int field, const vlm_hit *hit,
     else
       vlm__reply_null(out);
     return;
+  case F_IMAGE_VEC:
+    if (rec && rec->image_vec)
+      vlm__reply_bulk(out, rec->image_vec,
+                      (size_t)rec->dim * sizeof *rec->image_vec);
+    else
+      vlm__reply_null(out);
+    return;
   default:
     reply_json_value(out, meta ? json_object_get(meta, name) : NULL);
   }
@@ -1369,7 +1413,8 @@ static void write_hits(vlm__buf *out, vlm_server *srv,
                        int nhits, const float *probs, int no_prob) {
   int need_rec = 0, nfields = 0;
   for (int f = 0; f < st->nfields; f++) {
-    need_rec |= st->fields[f] >= F_THUMB || st->fields[f] == F_HAS_THUMB;
+    need_rec |= st->fields[f] >= F_THUMB || st->fields[f] == F_HAS_THUMB ||
+                st->fields[f] == F_IMAGE_VEC;
     nfields += !(no_prob && st->fields[f] == F_PROBABILITY);
   }
   if (out->resp3)
@@ -1675,6 +1720,7 @@ static int key_after(vlm__job *job) {
 typedef struct {
   const redisReply *hit; /* [key, score, field, value, ...] */
   float score;
+  int similar;           /* coordinated COLLAPSE: near-duplicates folded */
 } merged_hit;
 
 static int merged_cmp(const void *a, const void *b) {
@@ -1787,6 +1833,8 @@ static void search_done(vlm__job *job, redisReply **replies,
   int hybrid = st->opts.hybrid_text != NULL, nlists = hybrid ? 2 : 1;
   merged_hit *merged = NULL;
   float *scores = NULL, *probs = NULL;
+  const float **vecs = NULL;
+  int *keep = NULL, *similar = NULL;
   redisReply *local = vlm__cluster_parse_reply(st->local.data, st->local.len);
   if (!local) {
     vlm__reply_error(out, "ERR", "out of memory");
@@ -1844,6 +1892,7 @@ static void search_done(vlm__job *job, redisReply **replies,
       for (size_t h = 0; r && h < r->elements; h++) {
         list[nl[l]].hit = r->element[h];
         list[nl[l]].score = strtof(r->element[h]->element[1]->str, NULL);
+        list[nl[l]].similar = 0;
         nl[l]++;
       }
     }
@@ -1852,14 +1901,45 @@ static void search_done(vlm__job *job, redisReply **replies,
   n = nl[0];
   if (hybrid) {
     /* each ranking as deep as one database ranks it, then fused as one
-     * database fuses its own */
+     * database fuses its own (all of the fused list when it is folded
+     * next, as one database folds its whole fused list) */
     int depth = st->opts.k > 50 ? st->opts.k : 50;
-    if (fuse_rankings(merged, nl[0] < depth ? nl[0] : depth, merged + nl[0],
-                      nl[1] < depth ? nl[1] : depth,
-                      st->opts.hybrid_weight, st->opts.k, &n) < 0) {
+    int nv = nl[0] < depth ? nl[0] : depth, nt = nl[1] < depth ? nl[1] : depth;
+    int fuse_k = st->collapse > 0 ? (nv + nt > 0 ? nv + nt : 1) : st->opts.k;
+    if (fuse_rankings(merged, nv, merged + nl[0], nt, st->opts.hybrid_weight,
+                      fuse_k, &n) < 0) {
       vlm__reply_error(out, "ERR", "out of memory");
       goto done;
     }
+  } else if (st->collapse > 0 && n > st->opts.k) {
+    n = st->opts.k; /* one database's candidates: its best depth */
+  }
+  if (st->collapse > 0 && n > 0) { /* near-duplicates across the shards */
+    size_t bytes = (size_t)srv->dim * sizeof(float);
+    vecs = malloc((size_t)n * sizeof *vecs);
+    keep = malloc((size_t)n * sizeof *keep);
+    similar = malloc((size_t)n * sizeof *similar);
+    if (!vecs || !keep || !similar) {
+      vlm__reply_error(out, "ERR", "out of memory");
+      goto done;
+    }
+    for (int h = 0; h < n; h++) {
+      const redisReply *v = merged[h].hit->element[3 + 2 * st->vec_at];
+      vecs[h] = v->type == REDIS_REPLY_STRING && v->len == bytes
+                    ? (const float *)v->str
+                    : NULL;
+    }
+    int kept = vlm_collapse_near(vecs, n, srv->dim, st->collapse_keep,
+                                 st->collapse, keep, similar);
+    if (kept < 0) {
+      reply_liberr(out, kept);
+      goto done;
+    }
+    for (int j = 0; j < kept; j++) { /* keep[j] >= j: in place */
+      merged[j] = merged[keep[j]];
+      merged[j].similar = similar[j];
+    }
+    n = kept;
   }
   if (st->opts.group_by) { /* the cluster's groups, best first */
     int kept = 0;
@@ -1882,6 +1962,8 @@ static void search_done(vlm__job *job, redisReply **replies,
   }
   if (n > st->opts.k)
     n = st->opts.k;
+  if (st->collapse > 0 && n > st->collapse_keep)
+    n = st->collapse_keep;
   if (st->page_offset > 0) { /* the page: after OFFSET merged hits */
     int skip = st->page_offset < n ? st->page_offset : n;
     memmove(merged, merged + skip, (size_t)(n - skip) * sizeof *merged);
@@ -1923,7 +2005,7 @@ static void search_done(vlm__job *job, redisReply **replies,
     vlm__reply_map(out, n);
   else
     vlm__reply_array(out, n);
-  int shown = st->nfields - (st->group_hidden >= 0);
+  int shown = st->nfields - (st->group_hidden >= 0) - (st->vec_hidden >= 0);
   for (int h = 0; h < n; h++) {
     const redisReply *hit = merged[h].hit;
     if (out->resp3) {
@@ -1937,13 +2019,18 @@ static void search_done(vlm__job *job, redisReply **replies,
     vlm__reply_float(out, merged[h].score);
     int j = 0;
     for (int f = 0; f < st->nfields; f++) {
-      if (f == st->group_hidden) { /* asked of the shards for grouping */
-        j++;
+      if (f == st->group_hidden || f == st->vec_hidden) {
+        j++; /* asked of the shards for grouping or folding */
         continue;
       }
       vlm__reply_cstr(out, st->field_names[f]);
       if (st->fields[f] == F_PROBABILITY) {
         vlm__reply_float(out, probs[h]);
+        continue;
+      }
+      if (st->fields[f] == F_SIMILAR && st->collapse > 0) {
+        vlm__reply_int(out, merged[h].similar); /* folded here */
+        j++;
         continue;
       }
       reply_forwarded(out, srv, st->fields[f], hit->element[3 + 2 * j]);
@@ -1959,6 +2046,9 @@ done:
   free(merged);
   free(scores);
   free(probs);
+  free(vecs);
+  free(keep);
+  free(similar);
   vlm__cluster_reply_free(local);
 }
 

@@ -5,8 +5,10 @@
  * `redis-server --cluster-enabled yes`; CLUSTER SLOTS/SHARDS/NODES/MYID/
  * INFO against the map; -MOVED; redis-cli -c and redis-py's RedisCluster
  * routing ADD/GET/DEL themselves; SEARCH coordinated by any node equal to
- * the single database's (Flat: keys, scores and fields exactly), HYBRID
- * fused from the shards' rankings, COUNT and INFO keyspace summed; CLUSTER
+ * the single database's (Flat: keys, scores and fields exactly), COLLAPSE
+ * folding near-copies that lie on different shards as the single database
+ * does, HYBRID fused from the shards' rankings, COUNT and INFO keyspace
+ * summed; CLUSTER
  * RELOAD of a shard's new address; a stopped shard (timeout) and a killed
  * one (refused at once): -CLUSTERDOWN, ALLOWPARTIAL's coverage, recovery. */
 #include <setjmp.h>
@@ -1011,8 +1013,12 @@ static void test_search_equals_single_database(void **state) {
   assert_string_equal(got->str, want->str);
   freeReplyObject(want);
   freeReplyObject(got);
-  expect_error(cmd(nodes[0], "SEARCH TEXT x COLLAPSE 0.9"),
-               "not coordinated");
+  /* COLLAPSE: test_collapse_equals_single_database */
+  want = cmd(single, "SEARCH TEXT x COLLAPSE 0.9");
+  got = cmd(nodes[0], "SEARCH TEXT x COLLAPSE 0.9");
+  assert_same_hits(got, want, "SEARCH TEXT x COLLAPSE 0.9");
+  freeReplyObject(want);
+  freeReplyObject(got);
   /* a page through the cluster is the single database's page, also
    * past the end */
   static const char *const pages[] = {
@@ -1112,6 +1118,333 @@ static void test_search_equals_single_database(void **state) {
     freeReplyObject(n);
   }
   assert_int_equal(sum, total);
+  for (int s = 0; s < NSHARDS; s++)
+    redisFree(nodes[s]);
+  redisFree(single);
+}
+
+/* ------------------------------------ coordinated COLLAPSE vs oracle */
+
+#define NFAMILIES 8
+#define FAMILY 4     /* near-copies of one picture, on different shards */
+#define NTEXTONLY 6  /* near the families' pictures, with no picture */
+#define NADDED (NFAMILIES * FAMILY + NTEXTONLY)
+
+static float dot_f(const float *a, const float *b) {
+  float s = 0;
+  for (int i = 0; i < DIM; i++)
+    s += a[i] * b[i];
+  return s;
+}
+
+/* v = the unit vector along base + spread x a random unit vector */
+static void near_vector(float *v, const float *base, float spread,
+                        uint64_t *seed) {
+  float n[DIM];
+  unit_vector(n, seed);
+  double ss = 0;
+  for (int i = 0; i < DIM; i++) {
+    v[i] = base[i] + spread * n[i];
+    ss += (double)v[i] * v[i];
+  }
+  for (int i = 0; i < DIM; i++)
+    v[i] = (float)(v[i] / sqrt(ss));
+}
+
+/* ADD key to its shard's node and to the single database alike. */
+static void add_everywhere(redisContext **nodes, redisContext *single,
+                           const char *key, const char *text,
+                           const float *iv, const float *tv, int year) {
+  char meta[64];
+  snprintf(meta, sizeof meta, "{\"year\": %d}", year);
+  const char *argv[10] = {"ADD", key, "TEXT", text, "META", meta};
+  size_t lens[10] = {3, strlen(key), 4, strlen(text), 4, strlen(meta)};
+  int argc = 6;
+  if (iv) {
+    argv[argc] = "IMAGEVEC", lens[argc++] = 8;
+    argv[argc] = (const char *)iv, lens[argc++] = DIM * sizeof(float);
+  }
+  argv[argc] = "TEXTVEC", lens[argc++] = 7;
+  argv[argc] = (const char *)tv, lens[argc++] = DIM * sizeof(float);
+  for (int i = 0; i < 2; i++) {
+    redisReply *r = cmd_argv(i ? single : nodes[owner(key)], argc, argv,
+                             lens);
+    if (r->type != REDIS_REPLY_INTEGER || r->integer != 1)
+      fail_msg("ADD %s: type %d '%s'", key, r->type, r->str ? r->str : "");
+    freeReplyObject(r);
+  }
+}
+
+/* key's image vector from the single database into v: 1, or 0 if it has
+ * none. */
+static int image_vec_of(redisContext *single, const char *key, float *v) {
+  redisReply *r = cmd(single, "GET %s WITHVECTORS", key);
+  int found = 0;
+  assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+  for (size_t i = 0; i + 1 < r->elements; i += 2)
+    if (!strcmp(r->element[i]->str, "image_vec") &&
+        r->element[i + 1]->type == REDIS_REPLY_STRING) {
+      assert_int_equal(r->element[i + 1]->len, DIM * sizeof(float));
+      memcpy(v, r->element[i + 1]->str, DIM * sizeof(float));
+      found = 1;
+    }
+  freeReplyObject(r);
+  return found;
+}
+
+/* HYBRID with COLLAPSE against this test's own folding: the cluster's
+ * fused ranking to the depth one database folds (K = that depth, no
+ * COLLAPSE), walked greedily here with the items' image vectors.  Where
+ * the walk keeps k within that depth the answer is exactly it (keys,
+ * scores, folded counts); otherwise its kept keys begin the answer. */
+static void check_hybrid_collapse(redisContext **nodes, redisContext *single,
+                                  const float *v, int k, const char *text,
+                                  float thr) {
+  int depth = k < 13 ? 100 : k * 8;
+  char tbuf[32];
+  snprintf(tbuf, sizeof tbuf, "%g", (double)thr);
+  redisReply *full = cmd(nodes[0], "SEARCH VECTOR %b K %d HYBRID %s",
+                         v, DIM * sizeof(float), depth, text);
+  redisReply *got = cmd(nodes[2], "SEARCH VECTOR %b K %d HYBRID %s "
+                        "COLLAPSE %s RETURN 1 similar", v,
+                        DIM * sizeof(float), k, text, tbuf);
+  assert_int_equal(full->type, REDIS_REPLY_ARRAY);
+  if (got->type != REDIS_REPLY_ARRAY)
+    fail_msg("HYBRID '%s' COLLAPSE %s: %s", text, tbuf, got->str);
+  float (*kv)[DIM] = calloc((size_t)k, sizeof *kv);
+  int *has = calloc((size_t)k, sizeof *has);
+  int *similar = calloc((size_t)k, sizeof *similar);
+  const redisReply **kept = calloc((size_t)k, sizeof *kept);
+  int nk = 0, folded = 0;
+  for (size_t i = 0; i < full->elements && nk < k; i++) {
+    float iv[DIM];
+    int with = image_vec_of(single, full->element[i]->element[0]->str, iv);
+    int into = -1;
+    for (int j = 0; with && j < nk && into < 0; j++)
+      if (has[j] && dot_f(kv[j], iv) >= thr)
+        into = j;
+    if (into >= 0) {
+      similar[into]++;
+      folded++;
+      continue;
+    }
+    has[nk] = with;
+    if (with)
+      memcpy(kv[nk], iv, sizeof iv);
+    kept[nk++] = full->element[i];
+  }
+  if (nk == k)
+    assert_int_equal(got->elements, nk);
+  else
+    assert_true((int)got->elements >= nk);
+  for (int j = 0; j < nk; j++) {
+    const redisReply *h = got->element[j];
+    if (strcmp(h->element[0]->str, kept[j]->element[0]->str))
+      fail_msg("HYBRID '%s' COLLAPSE %s: hit %d is %s, the folding's %s",
+               text, tbuf, j, h->element[0]->str, kept[j]->element[0]->str);
+    assert_string_equal(h->element[1]->str, kept[j]->element[1]->str);
+    if (nk == k)
+      assert_int_equal(h->element[3]->integer, similar[j]);
+  }
+  print_message("HYBRID '%s' K %d COLLAPSE %s: %zu hits, %d folded, as "
+                "folded here from the cluster's fused ranking\n", text, k,
+                tbuf, got->elements, folded);
+  freeReplyObject(full);
+  freeReplyObject(got);
+  free(kv);
+  free(has);
+  free(similar);
+  free(kept);
+}
+
+/* SEARCH ... COLLAPSE through any node equals the single database's:
+ * near-copies of one picture lie on different shards (and fold into the
+ * best of them there), items without a picture are kept as they are; for
+ * thresholds from 0.1 to 1, pages, filters, targets, MINSCORE and a
+ * HYBRID without BM25 matches, including searches that fold so much that
+ * the page stays short (the depth one database looks at bounds it). */
+static void test_collapse_equals_single_database(void **state) {
+  (void)state;
+  redisContext *nodes[NSHARDS];
+  for (int s = 0; s < NSHARDS; s++)
+    nodes[s] = connect_port(G.ports[s]);
+  redisContext *single = connect_port(G.single.port);
+  static char keys[NADDED][32];
+  float base[NFAMILIES][DIM];
+  uint64_t seed = 5151;
+  static const float spread[FAMILY] = {0.15f, 0.3f, 0.45f, 0.7f};
+  int nkeys = 0;
+  for (int f = 0; f < NFAMILIES; f++) {
+    unit_vector(base[f], &seed);
+    int shards_used = 0;
+    for (int m = 0; m < FAMILY; m++) {
+      char prefix[32], text[64];
+      float iv[DIM], tv[DIM];
+      int s = (f + m) % NSHARDS;
+      snprintf(prefix, sizeof prefix, "dup%d.%d", f, m);
+      key_of_shard(keys[nkeys], sizeof keys[0], prefix, s);
+      shards_used |= 1 << s;
+      near_vector(iv, base[f], spread[m], &seed);
+      unit_vector(tv, &seed);
+      snprintf(text, sizeof text, "near copy %d of picture %d, a small "
+               "boat", m, f);
+      add_everywhere(nodes, single, keys[nkeys++], text, iv, tv,
+                     1990 + 5 * m + f);
+    }
+    assert_int_equal(shards_used, (1 << NSHARDS) - 1);
+  }
+  for (int t = 0; t < NTEXTONLY; t++) {
+    float tv[DIM];
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "textonly%d", t);
+    key_of_shard(keys[nkeys], sizeof keys[0], prefix, t % NSHARDS);
+    near_vector(tv, base[t % NFAMILIES], 0.6f, &seed);
+    add_everywhere(nodes, single, keys[nkeys++], "a note without a picture",
+                   NULL, tv, 2000 + t);
+  }
+  assert_int_equal(nkeys, NADDED);
+
+  static const char *const variants[][14] = {
+      {"K", "5", "COLLAPSE", "0.9", "RETURN", "1", "similar", NULL},
+      {"K", "10", "COLLAPSE", "0.8", "RETURN", "2", "similar", "caption",
+       NULL},
+      {"K", "3", "COLLAPSE", "0.95", "TARGET", "IMAGE", "RETURN", "1",
+       "similar", NULL},
+      /* folds most of the ranking: fewer than K within its depth */
+      {"K", "20", "COLLAPSE", "0.1", "TARGET", "IMAGE", "RETURN", "1",
+       "similar", NULL},
+      {"K", "12", "COLLAPSE", "0.5", "FILTER", "year >= 2000", "RETURN", "2",
+       "similar", "year", NULL},
+      {"K", "6", "OFFSET", "4", "COLLAPSE", "0.8", "RETURN", "2", "modality",
+       "similar", NULL},
+      {"K", "15", "COLLAPSE", "0.85", "MINSCORE", "0.1", "RETURN", "1",
+       "similar", NULL},
+      {"K", "8", "COLLAPSE", "0.9", "HYBRID", "zebra quartz", "RETURN", "1",
+       "similar", NULL},
+      {"K", "4", "COLLAPSE", "0.8", "RETURN", "3", "similar", "logit",
+       "probability", NULL},
+      {"K", "30", "COLLAPSE", "0.3", "EXACT", "TARGET", "IMAGE", "RETURN",
+       "1", "similar", NULL},
+      {"K", "9", "OFFSET", "3", "COLLAPSE", "0.2", "TARGET", "IMAGE",
+       "FILTER", "year < 2030", NULL},
+      {"COLLAPSE", "1", NULL},
+  };
+  enum { NVARIANTS = sizeof variants / sizeof variants[0] };
+  int compared = 0, folded = 0, short_pages = 0, cross = 0;
+  for (int q = 0; q < 3 * NVARIANTS; q++) {
+    /* near three families' pictures */
+    float v[DIM], sum[DIM];
+    for (int i = 0; i < DIM; i++)
+      sum[i] = base[q % NFAMILIES][i] + base[(q + 3) % NFAMILIES][i] +
+               base[(q + 5) % NFAMILIES][i];
+    near_vector(v, sum, 0.5f, &seed);
+    const char *const *opt = variants[q % NVARIANTS];
+    const char *argv[20] = {"SEARCH", "VECTOR", (const char *)v};
+    size_t lens[20] = {6, 6, sizeof v};
+    int argc = 3, k = 10;
+    for (; opt[argc - 3]; argc++) {
+      argv[argc] = opt[argc - 3];
+      lens[argc] = strlen(opt[argc - 3]);
+      if (argc > 3 && !strcmp(opt[argc - 4], "K"))
+        k = atoi(opt[argc - 3]);
+    }
+    redisReply *want = cmd_argv(single, argc, argv, lens);
+    redisReply *got = cmd_argv(nodes[q % NSHARDS], argc, argv, lens);
+    char what[64];
+    snprintf(what, sizeof what, "COLLAPSE query %d (variant %d)", q,
+             q % NVARIANTS);
+    assert_same_hits(got, want, what);
+    compared += (int)want->elements;
+    short_pages += (int)want->elements < k;
+    for (size_t h = 0; h < want->elements; h++) {
+      const redisReply *hit = want->element[h];
+      for (size_t f = 2; f + 1 < hit->elements; f += 2)
+        if (!strcmp(hit->element[f]->str, "similar"))
+          folded += (int)hit->element[f + 1]->integer;
+    }
+    freeReplyObject(want);
+    freeReplyObject(got);
+  }
+  /* a query at one family's picture: its near-copies on the other shards
+   * fold into the best one */
+  for (int f = 0; f < NFAMILIES; f++) {
+    redisReply *want = cmd(single, "SEARCH VECTOR %b K 3 TARGET IMAGE "
+                           "COLLAPSE 0.8 RETURN 1 similar", base[f],
+                           sizeof base[f]);
+    redisReply *got = cmd(nodes[f % NSHARDS], "SEARCH VECTOR %b K 3 TARGET "
+                          "IMAGE COLLAPSE 0.8 RETURN 1 similar", base[f],
+                          sizeof base[f]);
+    assert_same_hits(got, want, "COLLAPSE at a family's picture");
+    assert_true(got->elements >= 1);
+    /* (FAMILY - 1 copies fold at most; one shard holds two of them) */
+    cross += got->element[0]->element[3]->integer >= 2;
+    compared += (int)want->elements;
+    freeReplyObject(want);
+    freeReplyObject(got);
+  }
+  print_message("%d COLLAPSE searches: %d hits equal to the single "
+                "database's, %d near-duplicates folded, %d pages short of "
+                "K; %d of %d families folded across shards\n",
+                3 * NVARIANTS + NFAMILIES, compared, folded, short_pages,
+                cross, NFAMILIES);
+  assert_true(folded > 0);
+  assert_true(short_pages > 0);
+  assert_true(cross > NFAMILIES / 2);
+
+  /* TEXT and KEY queries, on a node that does not hold the key */
+  redisReply *want = cmd(single, "SEARCH TEXT %s K 7 COLLAPSE 0.6 RETURN 2 "
+                         "similar caption", "a small boat");
+  redisReply *got = cmd(nodes[1], "SEARCH TEXT %s K 7 COLLAPSE 0.6 RETURN 2 "
+                        "similar caption", "a small boat");
+  assert_same_hits(got, want, "SEARCH TEXT ... COLLAPSE");
+  freeReplyObject(want);
+  freeReplyObject(got);
+  want = cmd(single, "SEARCH KEY %s K 5 COLLAPSE 0.85 RETURN 1 similar",
+             keys[1]);
+  got = cmd(nodes[(owner(keys[1]) + 1) % NSHARDS], "SEARCH KEY %s K 5 "
+            "COLLAPSE 0.85 RETURN 1 similar", keys[1]);
+  assert_same_hits(got, want, "SEARCH KEY ... COLLAPSE, another node");
+  freeReplyObject(want);
+  freeReplyObject(got);
+
+  /* HYBRID with words: the cluster's fused ranking folded as one
+   * database folds its own */
+  for (int q = 0; q < 4; q++) {
+    float v[DIM];
+    near_vector(v, base[q], 0.5f, &seed);
+    check_hybrid_collapse(nodes, single, v, q % 2 ? 6 : 20,
+                          q < 2 ? "small boat" : "picture copy",
+                          q % 2 ? 0.8f : 0.4f);
+  }
+
+  /* as on one database: not with GROUPBY; the image vectors the shards
+   * send are VLM.LOCAL's alone */
+  expect_error(cmd(nodes[0], "SEARCH TEXT x GROUPBY year COLLAPSE 0.9"),
+               "GROUPBY and COLLAPSE cannot be combined");
+  expect_error(cmd(nodes[0], "SEARCH TEXT x RETURN 1 vlm_image_vec"),
+               "unknown field 'vlm_image_vec'");
+  got = cmd(nodes[0], "VLM.LOCAL SEARCH VECTOR %b K 3 TARGET IMAGE RETURN 1 "
+            "vlm_image_vec", base[0], sizeof base[0]);
+  assert_int_equal(got->type, REDIS_REPLY_ARRAY);
+  assert_int_equal(got->elements, 3);
+  for (size_t h = 0; h < got->elements; h++) {
+    float iv[DIM];
+    const redisReply *hit = got->element[h];
+    assert_int_equal(hit->elements, 4);
+    assert_true(image_vec_of(single, hit->element[0]->str, iv));
+    assert_int_equal(hit->element[3]->len, sizeof iv);
+    assert_memory_equal(hit->element[3]->str, iv, sizeof iv);
+  }
+  freeReplyObject(got);
+
+  for (int i = 0; i < NADDED; i++) {
+    redisReply *r = cmd(nodes[owner(keys[i])], "DEL %s", keys[i]);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+    r = cmd(single, "DEL %s", keys[i]);
+    assert_int_equal(r->integer, 1);
+    freeReplyObject(r);
+  }
   for (int s = 0; s < NSHARDS; s++)
     redisFree(nodes[s]);
   redisFree(single);
@@ -1435,6 +1768,7 @@ int main(void) {
       cmocka_unit_test(test_redis_cli_cluster_mode),
       cmocka_unit_test(test_redis_py_cluster),
       cmocka_unit_test(test_search_equals_single_database),
+      cmocka_unit_test(test_collapse_equals_single_database),
       cmocka_unit_test(test_reload),
       cmocka_unit_test(test_move_then_reload),
       cmocka_unit_test(test_shard_down),
