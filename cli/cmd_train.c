@@ -97,6 +97,10 @@ static const char usage[] =
     "  --jitter X          colour jitter strength (default 0.2)\n"
     "  --hflip             random horizontal flips (off by default: images\n"
     "                      may contain text)\n"
+    "  --silhouette X      show this share of the --catalog before it as\n"
+    "                      silhouettes: gray, negated (light on dark),\n"
+    "                      blurred to 28 x 28, as small scans of products\n"
+    "                      on black (default 0)\n"
     "  --alpha-white       composite transparent images onto white (default:\n"
     "                      drop alpha, as CLIP's reference preprocessing)\n"
     "  --alt-text-share X  how often a row with \"texts\" (other captions:\n"
@@ -250,6 +254,7 @@ static int read_pairs(const char *cmd, const char *path,
       it->alt_texts = NULL;
       it->n_alt_texts = 0;
       it->weight = row.weight;
+      it->silhouette = 0;
       if (row.ntexts > 0) {
         int kept = 0;
         while (kept < row.ntexts && keep(out, row.texts[kept]))
@@ -654,6 +659,7 @@ int cmd_train(int argc, char **argv) {
   enum { MAX_CATALOGS = 32 };
   const char *catalogs[MAX_CATALOGS], *val_catalogs[MAX_CATALOGS];
   double cat_weight[MAX_CATALOGS], tp_weight[MAX_CATALOGS];
+  double cat_silhouette[MAX_CATALOGS];
   const char *text_pairs[MAX_CATALOGS];
   int ncat = 0, nval = 0, ntp = 0, last_weighted = 0;
   const char *images_root = NULL, *db_dir = NULL;
@@ -665,7 +671,7 @@ int cmd_train(int argc, char **argv) {
     O_CATALOG = 256, O_OUT, O_INIT, O_CONFIG, O_TOKENIZER, O_LORA,
     O_LORA_ALPHA, O_SAVE_ADAPTERS, O_F32, O_IMAGES_ROOT, O_VAL_CATALOG,
     O_VAL_FRACTION, O_NO_AUGMENT, O_CROP_SCALE, O_JITTER, O_HFLIP, O_ALPHA_WHITE,
-    O_ALT_TEXT_SHARE, O_CONTEXT, O_WEIGHT,
+    O_ALT_TEXT_SHARE, O_CONTEXT, O_WEIGHT, O_SILHOUETTE,
     O_CACHE_MB, O_LOADER_THREADS, O_EPOCHS, O_MAX_STEPS, O_BATCH, O_LR,
     O_MIN_LR, O_WARMUP, O_WEIGHT_DECAY, O_GRAD_CLIP, O_SEED, O_THREADS,
     O_CHECKPOINT_EVERY, O_RESUME, O_STOP_AFTER, O_DB, O_TEXT_PAIRS,
@@ -694,6 +700,7 @@ int cmd_train(int argc, char **argv) {
       {"crop-scale", required_argument, NULL, O_CROP_SCALE},
       {"jitter", required_argument, NULL, O_JITTER},
       {"hflip", no_argument, NULL, O_HFLIP},
+      {"silhouette", required_argument, NULL, O_SILHOUETTE},
       {"alpha-white", no_argument, NULL, O_ALPHA_WHITE},
       {"alt-text-share", required_argument, NULL, O_ALT_TEXT_SHARE},
       {"context", required_argument, NULL, O_CONTEXT},
@@ -739,6 +746,7 @@ int cmd_train(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       }
       cat_weight[ncat] = 1;
+      cat_silhouette[ncat] = 0;
       catalogs[ncat++] = optarg;
       last_weighted = 'c';
       break;
@@ -754,6 +762,13 @@ int cmd_train(int argc, char **argv) {
         return VLM_EXIT_USAGE;
       }
       DOUBLE_ARG("--weight", 1e-6, VLM_CATALOG_MAX_WEIGHT, cat_weight[ncat - 1]);
+      break;
+    case O_SILHOUETTE:
+      if (!ncat) {
+        vlm_cli_error(cmd, "--silhouette applies to the --catalog before it");
+        return VLM_EXIT_USAGE;
+      }
+      DOUBLE_ARG("--silhouette", 0, 1, cat_silhouette[ncat - 1]);
       break;
     case O_TEXT_PAIRS:
       if (ntp == MAX_CATALOGS) {
@@ -892,6 +907,8 @@ int cmd_train(int argc, char **argv) {
     int first = train.n;
     if (read_pairs(cmd, catalogs[i], images_root, &train, quiet))
       goto done;
+    for (int k = first; k < train.n; k++)
+      train.items[k].silhouette = cat_silhouette[i];
     for (int k = first; k < train.n && cat_weight[i] != 1; k++) {
       double w = train.items[k].weight > 0 ? train.items[k].weight : 1;
       w *= cat_weight[i];

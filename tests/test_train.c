@@ -1634,6 +1634,76 @@ static void test_loader_matches_direct_build(void **state) {
   vlm__tokenizer_free(tok);
 }
 
+/* Silhouettes: an item's share of draws becomes gray, negated and blurred
+ * (light on dark); the other items, the order and the crops are drawn as
+ * without them, and the digest tells the data sets apart. */
+static void test_item_silhouette(void **state) {
+  (void)state;
+  vlm_train_item items[NPAIRS];
+  memcpy(items, S->items, sizeof items);
+  vlm__tokenizer *tok = NULL;
+  assert_int_equal(vlm__tokenizer_load("tests/fixtures/clip-tiny/vocab.json",
+                                       "tests/fixtures/clip-tiny/merges.txt",
+                                       &tok),
+                   0);
+  vlm__tdata_cfg cfg = {.image_size = 32, .augment = 1,
+                        .crop_scale_min = 0.5f, .jitter = 0.3f,
+                        .cache_bytes = 1 << 22, .threads = 1, .seed = 5,
+                        .context_length = 16, .vocab_size = 49408};
+  for (int c = 0; c < 3; c++)
+    cfg.mean[c] = 0.5f, cfg.std[c] = 0.25f;
+  vlm__tdata *plain = NULL, *sil = NULL;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &plain), 0);
+  items[0].silhouette = 1;
+  items[1].silhouette = 0.5;
+  assert_int_equal(vlm__tdata_open(&cfg, items, NPAIRS, tok, &sil), 0);
+  assert_string_not_equal(vlm__tdata_digest(plain), vlm__tdata_digest(sil));
+
+  const int N = NPAIRS, epochs = 200, n = 32 * 32;
+  size_t per = 3 * (size_t)n;
+  float *a = malloc(sizeof(float) * per * N), *b = malloc(sizeof(float) * per * N);
+  int pa[NPAIRS], pb[NPAIRS], half = 0;
+  for (int e = 0; e < epochs; e++) {
+    vlm__tdata_build(plain, N, e, a, pa);
+    vlm__tdata_build(sil, N, e, b, pb);
+    assert_memory_equal(pa, pb, sizeof pa);
+    for (int k = 0; k < N; k++) {
+      const float *x = a + per * k, *y = b + per * k;
+      if (pa[k] >= 2) { /* untouched */
+        assert_memory_equal(x, y, sizeof(float) * per);
+        continue;
+      }
+      int gray = 1;
+      double lum = 0, neg = 0;
+      for (int i = 0; i < n; i++) {
+        float r = y[i] * 0.25f + 0.5f, g = y[n + i] * 0.25f + 0.5f,
+              bl = y[2 * n + i] * 0.25f + 0.5f;
+        gray &= fabsf(r - g) < 1e-5f && fabsf(g - bl) < 1e-5f;
+        neg += r;
+        lum += 0.299f * (x[i] * 0.25f + 0.5f) +
+               0.587f * (x[n + i] * 0.25f + 0.5f) +
+               0.114f * (x[2 * n + i] * 0.25f + 0.5f);
+      }
+      if (pa[k] == 0)
+        assert_true(gray);
+      if (gray) { /* the plain picture, negated (blurring keeps the mean) */
+        assert_true(fabs(neg / n - (1 - lum / n)) < 0.03);
+        half += pa[k] == 1;
+      } else {
+        assert_memory_equal(x, y, sizeof(float) * per);
+      }
+    }
+  }
+  /* binomial(200, 0.5): sd 7; 5 sigma */
+  print_message("silhouette 0.5: %d of %d epochs\n", half, epochs);
+  assert_true(abs(half - epochs / 2) < 35);
+  free(a);
+  free(b);
+  vlm__tdata_free(sil);
+  vlm__tdata_free(plain);
+  vlm__tokenizer_free(tok);
+}
+
 /* Weights: an epoch draws pair i floor(w) times plus once with probability
  * frac(w), as a function of (seed, epoch); repeated draws get their own
  * augmentation; all weights 1 is a permutation, as without weights. */
@@ -2647,6 +2717,7 @@ int main(void) {
       cmocka_unit_test(test_loader_matches_direct_build),
       cmocka_unit_test(test_alt_texts),
       cmocka_unit_test(test_item_weights),
+      cmocka_unit_test(test_item_silhouette),
       cmocka_unit_test(test_text_pairs_teach_synonyms),
       cmocka_unit_test(test_text_pairs_resume),
       cmocka_unit_test(test_lora_exports_merged_weights),
@@ -2662,6 +2733,8 @@ int main(void) {
       cmocka_unit_test(test_train_families_from_scratch),
       cmocka_unit_test(test_cli_train_siglip),
   };
+  if (getenv("VLM_TEST_FILTER")) /* one test while working on it */
+    cmocka_set_test_filter(getenv("VLM_TEST_FILTER"));
   int failed = cmocka_run_group_tests_name("gradients", grads, NULL, NULL);
   failed += cmocka_run_group_tests_name("training", training, synth_setup,
                                         synth_teardown);

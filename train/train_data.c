@@ -66,6 +66,7 @@ double vlm__tdata_uniform(uint64_t *s) { return uniform(s); }
 typedef struct {
   int item;        /* index into the caller's items */
   double weight;   /* expected draws per epoch */
+  double silhouette; /* share of draws shown as silhouettes */
   int ntok;
   int32_t *ids;
   int nalt;        /* usable alt_texts, tokenized */
@@ -278,6 +279,8 @@ static void prep_one(prep_ctx *c, int i) {
   vlm_image img = {0};
   p->item = i;
   p->weight = it->weight > 0 ? it->weight : 1;
+  p->silhouette = it->silhouette > 0 ? it->silhouette < 1 ? it->silhouette : 1
+                                     : 0;
   c->ok[i] = 0;
   if (!it->image || !it->text) {
     snprintf(c->why[i], sizeof c->why[i], "needs both an image and a text");
@@ -472,6 +475,10 @@ int vlm__tdata_open(const vlm__tdata_cfg *cfg, const vlm_train_item *items,
       vlm__sha256_update(&sh, "weight", 7);
       vlm__sha256_update(&sh, &p->weight, sizeof p->weight);
     }
+    if (p->silhouette > 0) { /* likewise */
+      vlm__sha256_update(&sh, "silhouette", 11);
+      vlm__sha256_update(&sh, &p->silhouette, sizeof p->silhouette);
+    }
     if (p->nalt > 0) { /* absent ones leave older digests as they were */
       vlm__sha256_update(&sh, "alt", 4);
       for (int k = 0; k < p->nalt; k++) {
@@ -554,10 +561,37 @@ static void crop_box(int w, int h, double smin, uint64_t *rs, int box[4]) {
   box[3] = ch;
 }
 
+/* Silhouette: S x S RGB in [0, 1] becomes its negated luminance (light
+ * on dark), reduced to 28 x 28 and enlarged back (Pillow bicubic both
+ * ways): what a small grayscale scan of a product on black looks like. */
+static int silhouette(float *px, int S) {
+  enum { L = 28 };
+  int n = S * S, rc;
+  vlm_image g = {.w = S, .h = S, .rgb = malloc((size_t)n * 3)}, lo = {0},
+            back = {0};
+  if (!g.rgb)
+    return VLM_ENOMEM;
+  for (int k = 0; k < n; k++) {
+    float *v = px + k * 3;
+    float y = 1 - (0.299f * v[0] + 0.587f * v[1] + 0.114f * v[2]);
+    uint8_t b = (uint8_t)lrintf(255 * (y < 0 ? 0 : y > 1 ? 1 : y));
+    g.rgb[k * 3] = g.rgb[k * 3 + 1] = g.rgb[k * 3 + 2] = b;
+  }
+  if (!(rc = vlm__image_resize(&g, L, L, &lo)) &&
+      !(rc = vlm__image_resize(&lo, S, S, &back)))
+    for (int k = 0; k < n * 3; k++)
+      px[k] = back.rgb[k] * (1.0f / 255);
+  vlm_image_free(&g);
+  vlm_image_free(&lo);
+  vlm_image_free(&back);
+  return rc;
+}
+
 /* The training pixels of pair i in epoch e: a random resized crop of the
  * reduced image to S x S (Pillow bicubic), colour jitter (brightness,
- * contrast, saturation, as torchvision's ColorJitter), an optional
- * horizontal flip, normalized CHW.  Without augmentation: the centered
+ * contrast, saturation, as torchvision's ColorJitter), a silhouette for
+ * the item's share of draws, an optional horizontal flip, normalized
+ * CHW.  Without augmentation: the centered
  * square. */
 static int augment(const vlm__tdata *d, int draw, int64_t epoch, float *out) {
   const vlm__tdata_cfg *cfg = &d->cfg;
@@ -632,6 +666,13 @@ static int augment(const vlm__tdata *d, int draw, int64_t epoch, float *out) {
         px[c] = v < 0 ? 0 : v > 1 ? 1 : v;
       }
     }
+  }
+  if (cfg->augment && p->silhouette > 0) { /* its own stream: others keep
+                                              their draws */
+    uint64_t ss = stream_seed(cfg->seed, (uint64_t)epoch, (uint64_t)p->item,
+                              0x73696c68ull);
+    if (uniform(&ss) < p->silhouette && (rc = silhouette(tmp, S)))
+      goto done;
   }
   int flip = cfg->augment && cfg->hflip && uniform(&rs) < 0.5;
   for (int c = 0; c < 3; c++) {

@@ -69,6 +69,10 @@ typedef struct {
   double weight;     /* expected draws per epoch (0 = 1): an item of weight
                         0.25 is drawn in a quarter of the epochs, one of
                         weight 2 twice per epoch */
+  double silhouette; /* share of its draws shown as a silhouette: gray,
+                        negated (light on dark) and blurred to 28 x 28, as
+                        a scanned product photo; 0 = never.  Teaches
+                        shapes where colour and background do not help */
 } vlm_train_item;
 
 /* Two texts that mean the same: a word and its definition, a name and
