@@ -76,7 +76,10 @@ static void usage(FILE *f) {
 "                           empty or absent --db is first seeded with an\n"
 "                           online backup of it; then every batch it\n"
 "                           commits is applied here, in order; writes\n"
-"                           answer -READONLY (REPLICAOF NO ONE promotes)\n"
+"                           answer -READONLY (REPLICAOF NO ONE promotes).\n"
+"                           The role is kept in DB/REPLICAOF: a restart\n"
+"                           without --replica-of follows the primary that\n"
+"                           REPLICAOF or --replica-of last named\n"
 "  --repl-backlog N         as a primary, keep the log for a replica at\n"
 "                           most N batches behind (default 1000000); one\n"
 "                           further behind seeds itself again\n"
@@ -278,6 +281,22 @@ int cmd_serve(int argc, char **argv) {
   vlm_server *srv = NULL;
   char replica_of[300];
   int explicit_model = model_dir != NULL;
+  /* A replica keeps following after a restart: the primary REPLICAOF (or
+   * an earlier --replica-of) named, unless --replica-of names another */
+  if (!opts.replica_of && !mmap_index) {
+    rc = vlm_replica_role_read(db_dir, replica_of, sizeof replica_of);
+    if (rc < 0) {
+      vlm_cli_liberror(cmd, rc);
+      goto done;
+    }
+    if (rc == 1) {
+      opts.replica_of = replica_of;
+      if (!quiet)
+        fprintf(stderr, "vlmdb serve: a replica of %s (%s/%s; REPLICAOF NO "
+                "ONE makes it a primary)\n", replica_of, db_dir,
+                VLM_REPLICAOF_FILE);
+    }
+  }
   if (opts.replica_of && mmap_index) {
     vlm_cli_error(cmd, "--replica-of writes the primary's batches: not with "
                   "--mmap");

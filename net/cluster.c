@@ -283,17 +283,48 @@ static void cluster_shards(vlm__buf *out, const vlm__cluster_state *cs) {
   }
 }
 
+/* Which of its shard's addresses this node is: -1 the primary (the first),
+ * else the replica's index.  The map names nodes by address and a node
+ * knows the port it listens on: an address of the shard with that port is
+ * this node when it is the only one, or when its host is the bound one
+ * (several nodes of a shard on one port means several hosts).  Nothing
+ * matching: the primary, as before replicas were listed. */
+static int self_replica(const vlm__cluster_state *cs) {
+  const shard_node *n = &cs->nodes[cs->shard];
+  const vlm_server *srv = n->srv;
+  int same_port = 0, only = -1, by_host = -2;
+  for (int r = -1; r < n->nreplicas; r++) {
+    const char *host = r < 0 ? n->host : n->replicas[r].host;
+    if ((r < 0 ? n->port : n->replicas[r].port) != srv->port)
+      continue;
+    same_port++;
+    only = r;
+    if (by_host == -2 && !strcmp(host, srv->bind))
+      by_host = r;
+  }
+  if (same_port == 1)
+    return only;
+  return by_host != -2 ? by_host : -1;
+}
+
+static const char *self_id(const vlm__cluster_state *cs) {
+  int r = self_replica(cs);
+  const shard_node *n = &cs->nodes[cs->shard];
+  return r < 0 ? n->id : n->replicas[r].id;
+}
+
 static void cluster_nodes(vlm__buf *out, const vlm__cluster_state *cs) {
   const vlm_cluster *map = cs->map;
   vlm__buf b;
   vlm__buf_init(&b, 0);
+  int me = self_replica(cs);
   for (int s = 0; s < map->nshards; s++) {
     const shard_node *n = &cs->nodes[s];
     char ranges[4096];
     vlm__buf_printf(&b, "%s %s%s%s:%d@0 %s - 0 0 1 connected", n->id,
                     strchr(n->host, ':') ? "[" : "", n->host,
                     strchr(n->host, ':') ? "]" : "", n->port,
-                    s == cs->shard ? "myself,master" : "master");
+                    s == cs->shard && me < 0 ? "myself,master" : "master");
     for (int r = 0; r < map->shards[s].nranges; r++) {
       const vlm_slot_range *sr = &map->shards[s].ranges[r];
       if (sr->first == sr->last)
@@ -305,9 +336,11 @@ static void cluster_nodes(vlm__buf *out, const vlm__cluster_state *cs) {
     vlm__buf_printf(&b, "\n");
     for (int r = 0; r < n->nreplicas; r++) {
       const char *h = n->replicas[r].host;
-      vlm__buf_printf(&b, "%s %s%s%s:%d@0 slave %s 0 0 1 connected\n",
+      vlm__buf_printf(&b, "%s %s%s%s:%d@0 %s %s 0 0 1 connected\n",
                       n->replicas[r].id, strchr(h, ':') ? "[" : "", h,
-                      strchr(h, ':') ? "]" : "", n->replicas[r].port, n->id);
+                      strchr(h, ':') ? "]" : "", n->replicas[r].port,
+                      s == cs->shard && me == r ? "myself,slave" : "slave",
+                      n->id);
     }
   }
   if (b.oom)
@@ -489,7 +522,7 @@ int vlm__cluster_command(vlm__ctx *ctx) {
   } else if (arg_is(sub, "RELOAD")) {
     return cluster_reload(ctx);
   } else if (arg_is(sub, "MYID")) {
-    vlm__reply_cstr(out, cs->nodes[cs->shard].id);
+    vlm__reply_cstr(out, self_id(cs));
   } else if (arg_is(sub, "INFO")) {
     vlm__buf b;
     vlm__buf_init(&b, 0);

@@ -123,6 +123,84 @@ struct vlm__repl_state {
 };
 
 /* ======================================================================
+ * The persisted role (VLM_REPLICAOF_FILE)
+ * ==================================================================== */
+
+static int fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fsync(fd) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    return vlm_seterr(VLM_EIO, "fsync %s: %s", dir, strerror(e));
+  }
+  close(fd);
+  return 0;
+}
+
+/* Keep the role: addr ("host:port") written to a temporary file, synced
+ * and renamed over VLM_REPLICAOF_FILE, or (addr NULL) the file removed;
+ * the directory synced either way.  No database directory (a server on
+ * a database opened by its caller without one): nothing to keep. */
+static int persist_role(const vlm_server *srv, const char *addr) {
+  if (!srv->db_dir[0])
+    return 0;
+  char path[PATH_MAX], tmp[PATH_MAX + 8];
+  snprintf(path, sizeof path, "%s/%s", srv->db_dir, VLM_REPLICAOF_FILE);
+  if (!addr) {
+    if (unlink(path) != 0 && errno != ENOENT)
+      return vlm_seterr(VLM_EIO, "remove %s: %s", path, strerror(errno));
+    return fsync_dir(srv->db_dir);
+  }
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  char line[320];
+  int n = snprintf(line, sizeof line, "%s\n", addr);
+  if (fd < 0 || vlm_write_all(fd, line, (size_t)n) != 0 || fsync(fd) != 0) {
+    int e = errno;
+    if (fd >= 0)
+      close(fd);
+    unlink(tmp);
+    return vlm_seterr(VLM_EIO, "write %s: %s", tmp, strerror(e));
+  }
+  close(fd);
+  if (rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    return vlm_seterr(VLM_EIO, "rename %s: %s", tmp, strerror(e));
+  }
+  return fsync_dir(srv->db_dir);
+}
+
+int vlm_replica_role_read(const char *dir, char *addr, size_t cap) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, "%s/%s", dir, VLM_REPLICAOF_FILE);
+  uint8_t *data;
+  size_t len;
+  int rc = vlm_read_file(path, 1024, &data, &len);
+  if (rc == VLM_ENOTFOUND) {
+    vlm_clearerr();
+    return 0;
+  }
+  if (rc < 0)
+    return rc;
+  while (len && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+    data[--len] = '\0';
+  char host[256];
+  int port;
+  if (len == 0 || len >= cap || memchr(data, '\n', len) ||
+      vlm__split_address((const char *)data, host, sizeof host, &port) < 0) {
+    free(data);
+    return vlm_seterr(VLM_ECORRUPT, "%s: not host:port (it names the primary "
+                      "this replica follows; remove it to serve as a "
+                      "primary)", path);
+  }
+  memcpy(addr, data, len + 1);
+  free(data);
+  return 1;
+}
+
+/* ======================================================================
  * Setup and teardown
  * ==================================================================== */
 
@@ -145,6 +223,8 @@ int vlm__repl_init(vlm_server *srv, const char *replica_of,
     rs->replica = 1;
   }
   srv->repl = rs;
+  if (rs->replica) /* a restart follows the same primary */
+    return persist_role(srv, replica_of);
   return 0;
 }
 
@@ -906,6 +986,10 @@ int vlm__repl_replicaof(vlm__ctx *ctx) {
   const vlm__resp_arg *a = &ctx->argv[1], *b = &ctx->argv[2];
   if (a->len == 2 && !strncasecmp(a->ptr, "NO", 2) && b->len == 3 &&
       !strncasecmp(b->ptr, "ONE", 3)) {
+    if (persist_role(srv, NULL) < 0) { /* a restart would follow again */
+      vlm__reply_error(ctx->out, "ERR", "REPLICAOF NO ONE: %s", vlm_errmsg());
+      return -1;
+    }
     if (rs->replica) {
       uv_timer_stop(&rs->timer);
       pthread_mutex_lock(&rs->mu);
@@ -943,6 +1027,10 @@ int vlm__repl_replicaof(vlm__ctx *ctx) {
   if (rs->replica && !strcmp(rs->host, host) && rs->port == (int)port) {
     vlm__reply_status(ctx->out, "OK Already connected to specified master");
     return 0;
+  }
+  if (persist_role(srv, addr) < 0) {
+    vlm__reply_error(ctx->out, "ERR", "REPLICAOF: %s", vlm_errmsg());
+    return -1;
   }
   uv_timer_stop(&rs->timer);
   drop_link(rs);
@@ -1014,14 +1102,6 @@ void vlm__repl_info(vlm_server *srv, vlm__buf *b, uint64_t seq) {
 /* ======================================================================
  * Seeding a replica (vlmdb serve --replica-of, before it serves)
  * ==================================================================== */
-
-static void fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    fsync(fd);
-    close(fd);
-  }
-}
 
 static int seed_fail(redisContext *c, redisReply *r, const char *tmp,
                      int rc) {

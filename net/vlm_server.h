@@ -167,6 +167,18 @@ int vlm_replica_seed(const char *primary, const char *password,
  * again. */
 #define VLM_REPLICA_MARK "REPLICA"
 
+/* The role a server was given, kept in its database directory so that a
+ * restart keeps it: the primary's "host:port" and a newline, written
+ * (atomically, durably) when the server starts with replica_of or is
+ * sent REPLICAOF host port, removed by REPLICAOF NO ONE.  `vlmdb serve`
+ * without --replica-of follows the primary it names. */
+#define VLM_REPLICAOF_FILE "REPLICAOF"
+
+/* The primary dir's VLM_REPLICAOF_FILE names, into addr (cap bytes): 1,
+ * 0 when there is none, or an error code (a malformed file:
+ * VLM_ECORRUPT, naming it). */
+int vlm_replica_role_read(const char *dir, char *addr, size_t cap);
+
 /* Free a server that is not running.  Accepts NULL. */
 void vlm_server_free(vlm_server *srv);
 

@@ -8,8 +8,10 @@
  * applies resumes after restart with no batch lost or applied twice (the
  * same items and batch number as the primary, `vlmdb verify` clean); the
  * primary killed -9: after REPLICAOF NO ONE every batch the replica had
- * reported applied is there and it takes writes; CLUSTER SLOTS lists a
- * shard's replicas after it; tools/haproxy/vlmdb.cfg in front of two
+ * reported applied is there and it takes writes; roles survive restarts
+ * without --replica-of (REPLICAOF's file); CLUSTER SLOTS lists a shard's
+ * replicas after it, and a replica served with the map answers CLUSTER
+ * MYID and NODES as itself; tools/haproxy/vlmdb.cfg in front of two
  * replicas keeps answering when one is killed (skipped, with the reason,
  * when haproxy is not installed). */
 #include <setjmp.h>
@@ -201,6 +203,19 @@ static void start_replica(int k) {
     }
     fail_msg("replica %d did not start (%d):\n%s", k, rc, out);
   }
+}
+
+/* Replica k's server stopped and started again without --replica-of:
+ * what it follows now comes from its database (REPLICAOF's file). */
+static void restart_plain(int k) {
+  vlm_test_server_stop(&G.replica[k], 30);
+  char port[16], log[PATH_MAX];
+  snprintf(port, sizeof port, "%d", G.rport[k]);
+  snprintf(log, sizeof log, "%s/replica%d.log", G.dir, k);
+  const char *args[] = {"--db", G.rdb[k], "--port", port, "--no-http",
+                        "--threads", "2", NULL};
+  assert_int_equal(vlm_test_server_spawn(&G.replica[k], G.bin, args, log, 120),
+                   0);
 }
 
 /* Wait until replica k has applied batch seq (its reported offset),
@@ -580,12 +595,45 @@ static void test_cluster_slots_lists_replicas(void **state) {
   assert_int_equal(range->element[3]->element[1]->integer, rport);
   assert_string_not_equal(range->element[2]->element[2]->str,
                           range->element[3]->element[2]->str);
+  char pid[41], rid[41];
+  snprintf(pid, sizeof pid, "%s", range->element[2]->element[2]->str);
+  snprintf(rid, sizeof rid, "%s", range->element[3]->element[2]->str);
   freeReplyObject(r);
   r = cmd(c, "CLUSTER NODES");
   assert_int_equal(r->type, REDIS_REPLY_STRING);
-  if (!strstr(r->str, " slave "))
-    fail_msg("CLUSTER NODES has no replica line:\n%s", r->str);
+  if (!strstr(r->str, " slave ") || !strstr(r->str, "myself,master"))
+    fail_msg("CLUSTER NODES on the primary:\n%s", r->str);
   freeReplyObject(r);
+  r = cmd(c, "CLUSTER MYID");
+  assert_string_equal(r->str, pid);
+  freeReplyObject(r);
+
+  /* the replica, served with the same map on its own port, is itself */
+  char rdb[PATH_MAX], rp[16], of[64];
+  snprintf(rdb, sizeof rdb, "%s/node-replica", G.dir);
+  snprintf(rp, sizeof rp, "%d", rport);
+  snprintf(of, sizeof of, "127.0.0.1:%d", port);
+  snprintf(log, sizeof log, "%s/node-replica.log", G.dir);
+  const char *rargs[] = {"--db", rdb, "--cluster", map, "--port", rp,
+                         "--replica-of", of, "--no-http", "--threads", "1",
+                         NULL};
+  vlm_test_server rep;
+  assert_int_equal(vlm_test_server_spawn(&rep, G.bin, rargs, log, 60), 0);
+  redisContext *rc = connect_port(rport);
+  r = cmd(rc, "CLUSTER MYID");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  assert_string_equal(r->str, rid);
+  freeReplyObject(r);
+  r = cmd(rc, "CLUSTER NODES");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  char mine[128];
+  snprintf(mine, sizeof mine, "%s 127.0.0.1:%d@0 myself,slave %s", rid,
+           rport, pid);
+  if (!strstr(r->str, mine) || strstr(r->str, "myself,master"))
+    fail_msg("CLUSTER NODES on the replica lacks '%s':\n%s", mine, r->str);
+  freeReplyObject(r);
+  redisFree(rc);
+  vlm_test_server_stop(&rep, 20);
   redisFree(c);
   vlm_test_server_stop(&node, 20);
 }
@@ -781,6 +829,39 @@ static void test_primary_kill9_promote(void **state) {
          "batches reported applied present after promotion; the other "
          "replica, at %lld on the old history, seeded again from the new "
          "primary\n", reported, present, at1);
+  redisFree(r);
+
+  /* The roles survive restarts without --replica-of: the promoted one
+   * (started with --replica-of the dead primary) comes back a primary,
+   * the one sent REPLICAOF comes back following it, refusing writes and
+   * applying what the new primary writes meanwhile. */
+  restart_plain(0);
+  restart_plain(1);
+  r = connect_port(G.rport[0]);
+  info_text(r, "replication", text, sizeof text);
+  if (!strstr(text, "role:master"))
+    fail_msg("the promoted replica after a restart:\n%s", text);
+  expect_ok(write_item(r, "ADD", "after-restart", 30000, 0), "ADD");
+  long long seq = info_field(r, "replication", "master_repl_offset");
+  wait_following(1, G.rport[0], seq, 90);
+  r1 = connect_port(G.rport[1]);
+  redisReply *ro = write_item(r1, "ADD", "on-replica", 30001, 0);
+  assert_int_equal(ro->type, REDIS_REPLY_ERROR);
+  assert_true(strncmp(ro->str, "READONLY", 8) == 0);
+  freeReplyObject(ro);
+  redisReply *x = cmd(r1, "EXISTS after-restart");
+  assert_int_equal(x->integer, 1);
+  freeReplyObject(x);
+  /* promoted by hand, it stays a primary after its restart */
+  expect_ok(cmd(r1, "REPLICAOF NO ONE"), "REPLICAOF NO ONE");
+  redisFree(r1);
+  restart_plain(1);
+  r1 = connect_port(G.rport[1]);
+  info_text(r1, "replication", text, sizeof text);
+  if (!strstr(text, "role:master"))
+    fail_msg("replica 1 after REPLICAOF NO ONE and a restart:\n%s", text);
+  expect_ok(write_item(r1, "ADD", "own-write", 30002, 0), "ADD");
+  redisFree(r1);
   redisFree(r);
 }
 
