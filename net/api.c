@@ -2,11 +2,12 @@
  *
  * Each route builds the argv RESP would send (SEARCH TEXT ... K 10 RETURN
  * 3 caption source meta, UPSERT key TEXT ... IMAGE ..., EMBED TEXT ...,
- * VLM.EVAL ...) and hands it to vlm__dispatch_http, so the command's own
- * checks, the worker pool, the embedding batcher and the per-connection
- * ordering are RESP's; a batch put is MULTI ... EXEC's one durable batch.
- * When the job's turn comes its RESP3 reply is turned into the response
- * (render.c): the same answer, in JSON.  Parameters come from a
+ * VLM.EVAL ..., VLM.EXPLAIN KEY key TEXT ...) and hands it to
+ * vlm__dispatch_http, so the command's own checks, the worker pool, the
+ * embedding batcher and the per-connection ordering are RESP's; a batch
+ * put is MULTI ... EXEC's one durable batch.  When the job's turn comes
+ * its RESP3 reply is turned into the response (render.c): the same
+ * answer, in JSON (an explanation: its PNG).  Parameters come from a
  * JSON body, a query string, or multipart form fields; all three are read
  * through one parameter object (query and form values are strings and are
  * converted), so every route checks its parameters in one place and a bad
@@ -24,6 +25,7 @@
 #include "console.h"
 #include "http.h"
 #include "vlm_error.h"
+#include "vlm_train.h"
 
 #define MAX_ARGS 96
 #define MAX_FIELDS 32
@@ -909,6 +911,71 @@ done:
   args_free(&a);
 }
 
+/* GET /v1/items/{key}/explain?text=...&method=...&side=...: VLM.EXPLAIN
+ * KEY key TEXT text METHOD m SIDE s, answered with its PNG (render.c).
+ * "auto" is resolved here, as the explainer resolves it (relevance where
+ * the vision tower has a class token: every family but SigLIP), so the
+ * response can name the method that ran and the bytes are those of
+ * VLM.EXPLAIN with METHOD AUTO.  Without a model it goes through as
+ * AUTO and the command refuses it, in its own words. */
+static void route_explain(api_ctx *c, const char *key) {
+  static const char *const names[] = {"text", "method", "side", NULL};
+  static const char *const canonical[] = {
+      [VLM_EXPLAIN_GRADCAM] = "gradcam", [VLM_EXPLAIN_TOKEN] = "token",
+      [VLM_EXPLAIN_RELEVANCE] = "relevance", [VLM_EXPLAIN_AUTO] = "auto"};
+  args a;
+  args_init(&a);
+  const char *text = NULL, *s;
+  size_t text_len = 0;
+  long long side = 224;
+  int rc;
+  vlm_explain_method method = VLM_EXPLAIN_AUTO;
+  if (c->r->method != HTTP_GET) {
+    fail(c, 405, NULL, "%s is not allowed on an explanation (use GET)",
+         http_method_str((enum http_method)c->r->method));
+    goto done;
+  }
+  if (only(c, names) < 0 || (rc = get_str(c, "text", &text, &text_len)) < 0)
+    goto done;
+  if (rc == 0 || text_len == 0) {
+    fail(c, 400, "text", "text is required: the query whose match with "
+         "the item's picture to explain");
+    goto done;
+  }
+  if ((rc = get_str(c, "method", &s, NULL)) < 0)
+    goto done;
+  if (rc > 0 && vlm_explain_method_parse(s, &method)) {
+    fail(c, 400, "method", "method must be auto, relevance, token or "
+         "gradcam");
+    goto done;
+  }
+  if (get_int(c, "side", 16, 1024, &side) < 0)
+    goto done;
+  const char *family = vlm_clip_family(c->conn->srv->clip);
+  if (method == VLM_EXPLAIN_AUTO && family)
+    method = strcmp(family, "siglip") ? VLM_EXPLAIN_RELEVANCE
+                                      : VLM_EXPLAIN_TOKEN;
+  args_str(&a, "VLM.EXPLAIN");
+  args_str(&a, "KEY");
+  args_str(&a, key);
+  args_str(&a, "TEXT");
+  args_add(&a, text, text_len);
+  args_str(&a, "METHOD");
+  args_str(&a, canonical[method]);
+  args_str(&a, "SIDE");
+  args_fmt(&a, "%lld", side);
+  vlm__http_req *req = new_req(c, VLM__API_EXPLAIN);
+  if (!req || !(req->key = strdup(key))) {
+    vlm__http_req_free(req);
+    fail(c, 500, NULL, "out of memory");
+    goto done;
+  }
+  req->explain_method = canonical[method];
+  dispatch(c, &a, req);
+done:
+  args_free(&a);
+}
+
 static void route_batch(api_ctx *c) {
   json_t *items = param(c, "items"), *mode = param(c, "mode");
   int add = 0;
@@ -1235,13 +1302,14 @@ void vlm__api_handle(vlm__conn *conn, const vlm__http_request *r) {
     if (method_ok(&c, HTTP_GET, HTTP_GET) && load_params(&c, 0) == 0)
       route_scan(&c);
   } else if (!strncmp(p, "/v1/items/", 10) && p[10]) {
-    /* /v1/items/{key} or /v1/items/{key}/thumbnail; a '/' inside a key
-     * is sent as %2F */
+    /* /v1/items/{key}, /v1/items/{key}/thumbnail or
+     * /v1/items/{key}/explain; a '/' inside a key is sent as %2F */
     char key[VLM__HTTP_MAX_URL];
     const char *seg = p + 10, *slash = strchr(seg, '/');
     int thumb = slash && !strcmp(slash, "/thumbnail");
+    int explain = slash && !strcmp(slash, "/explain");
     size_t n = slash ? (size_t)(slash - seg) : strlen(seg);
-    if (slash && !thumb) {
+    if (slash && !thumb && !explain) {
       fail(&c, 404, NULL, "no route %s (a '/' in a key is written %%2F)", p);
     } else {
       memcpy(key, seg, n);
@@ -1251,6 +1319,8 @@ void vlm__api_handle(vlm__conn *conn, const vlm__http_request *r) {
         key[n] = '\0';
         if (r->method == HTTP_GET && load_params(&c, 0) < 0)
           ;
+        else if (explain)
+          route_explain(&c, key);
         else
           route_item(&c, key, thumb);
       }

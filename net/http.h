@@ -4,8 +4,8 @@
  *              authentication, keep-alive, response framing
  *   api.c      the JSON API (/v1/...): each request becomes the argv of
  *              the command RESP would run (SEARCH, GET, UPSERT, EMBED,
- *              VLM.EVAL, ...), through the same dispatch, workers and
- *              batcher
+ *              VLM.EVAL, VLM.EXPLAIN, ...), through the same dispatch,
+ *              workers and batcher
  *   render.c   its RESP3 reply becomes the JSON response
  *   json.c     a RESP3 reply reader and a JSON writer
  *   metrics.c  counters and histograms; GET /metrics
@@ -48,7 +48,7 @@ enum {
   VLM__API_SEARCH = 1, VLM__API_GET, VLM__API_THUMB, VLM__API_PUT,
   VLM__API_ADD, VLM__API_PATCH, VLM__API_DELETE, VLM__API_BATCH,
   VLM__API_EMBED, VLM__API_EVAL, VLM__API_SCAN, VLM__API_INFO,
-  VLM__API_METRICS
+  VLM__API_METRICS, VLM__API_EXPLAIN
 };
 
 struct vlm__http_req {
@@ -60,6 +60,8 @@ struct vlm__http_req {
   int nkeys;                /* batch: keys[] */
   char **keys;
   char *key;                /* the item, for messages and URLs */
+  const char *explain_method; /* the method explain runs ("relevance",
+                                 ...; static) */
   uint64_t start_ns;
 };
 

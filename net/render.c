@@ -1,7 +1,8 @@
 /* render.c - a finished API job's RESP3 reply as its HTTP response (see
  * http.h): search hits with their fields and thumbnail URLs, items with
  * their meta as JSON and vectors as numbers, INFO's text as an object,
- * and the command's errors as JSON errors with the status they deserve
+ * an explanation as its PNG with the method and score in headers, and
+ * the command's errors as JSON errors with the status they deserve
  * (400 for what the request got wrong, naming the member, 404, 409, 500
  * and 503 for the server's own failures). */
 #include <math.h>
@@ -303,6 +304,12 @@ static void render_info(vlm__buf *b, const vlm__r3 *v) {
   vlm__buf_append(b, "}}\n", 3);
 }
 
+/* Whether a reply's text ends with s. */
+static int ends_with(const vlm__r3 *v, const char *s) {
+  size_t n = strlen(s);
+  return v->len >= n && !memcmp(v->str + v->len - n, s, n);
+}
+
 void vlm__api_render(vlm__conn *conn, vlm__job *job, vlm__buf *out) {
   vlm__http_req *req = job->http;
   int ka = req->keep_alive;
@@ -315,6 +322,14 @@ void vlm__api_render(vlm__conn *conn, vlm__job *job, vlm__buf *out) {
   vlm__buf_init(&body, 0);
   int status = 200;
   const char *ctype = "application/json";
+  if (v.type == '-' && req->route == VLM__API_EXPLAIN &&
+      ends_with(&v, "the item has no thumbnail")) {
+    /* as /thumbnail answers it: there is no picture to explain */
+    vlm__http_error(out, 404, "not_found", NULL, ka, "item '%s' has no "
+                    "thumbnail to explain (it was stored without an image)",
+                    req->key);
+    goto done;
+  }
   if (v.type == '-') {
     render_error(out, &v, ka);
     goto done;
@@ -341,6 +356,33 @@ void vlm__api_render(vlm__conn *conn, vlm__job *job, vlm__buf *out) {
     }
     vlm__http_respond(out, 200, "image/jpeg", t->str, t->len, ka,
                       "Cache-Control: no-cache\r\n");
+    goto done;
+  }
+  case VLM__API_EXPLAIN: {
+    /* VLM.EXPLAIN's map; null for a missing key */
+    const vlm__r3 *png = vlm__r3_get(&v, "png");
+    const vlm__r3 *score = vlm__r3_get(&v, "score");
+    const vlm__r3 *grid = vlm__r3_get(&v, "grid");
+    if (v.type != '%') {
+      vlm__http_error(out, 404, "not_found", NULL, ka, "no item '%s'",
+                      req->key);
+      goto done;
+    }
+    if (!png || png->type != '$' || !score || score->type != ',' || !grid ||
+        grid->type != ':') {
+      vlm__http_error(out, 500, "internal", NULL, ka, "unexpected reply");
+      goto done;
+    }
+    char extra[256];
+    snprintf(extra, sizeof extra,
+             "Cache-Control: no-cache\r\n"
+             "X-Vlmdb-Explain-Method: %s\r\n"
+             "X-Vlmdb-Explain-Score: %.*s\r\n"
+             "X-Vlmdb-Explain-Grid: %lld\r\n",
+             req->explain_method ? req->explain_method : "auto",
+             (int)(score->len < 40 ? score->len : 40), score->str,
+             grid->integer);
+    vlm__http_respond(out, 200, "image/png", png->str, png->len, ka, extra);
     goto done;
   }
   case VLM__API_PUT:

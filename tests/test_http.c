@@ -102,8 +102,9 @@ static void print_log(const server_t *s) {
   }
 }
 
-/* An empty Flat database with fields n:int and cat:text. */
-static void make_db(server_t *s) {
+/* An empty Flat database with fields n:int and cat:text, made with the
+ * test model and recording model_dir as its model's directory. */
+static void make_db_model(server_t *s, const char *model_dir) {
   memset(s, 0, sizeof *s);
   snprintf(s->dir, sizeof s->dir, "/tmp/vlm_http_XXXXXX");
   assert_non_null(mkdtemp(s->dir));
@@ -114,7 +115,7 @@ static void make_db(server_t *s) {
   cfg.dim = g_dim;
   cfg.index_factory = "Flat";
   cfg.model_id = vlm_clip_model_id(g_clip);
-  cfg.model_dir = MODEL_DIR;
+  cfg.model_dir = model_dir;
   cfg.fields = fields;
   cfg.nfields = 2;
   vlm_db *db = NULL;
@@ -124,15 +125,22 @@ static void make_db(server_t *s) {
   track(s, 1);
 }
 
-static void start_server(server_t *s, const char *const *extra) {
+static void make_db(server_t *s) { make_db_model(s, MODEL_DIR); }
+
+/* Serve s's database with --model model (NULL: none given, so the
+ * server looks for the database's own model). */
+static void start_server_model(server_t *s, const char *model,
+                               const char *const *extra) {
   char bin[256];
   snprintf(bin, sizeof bin, "%s/vlmdb", build_dir());
   const char *argv[32];
   int n = 0;
   argv[n++] = "--db";
   argv[n++] = s->db;
-  argv[n++] = "--model";
-  argv[n++] = MODEL_DIR;
+  if (model) {
+    argv[n++] = "--model";
+    argv[n++] = model;
+  }
   argv[n++] = "--port";
   argv[n++] = "0";
   for (int i = 0; extra && extra[i]; i++)
@@ -149,6 +157,10 @@ static void start_server(server_t *s, const char *const *extra) {
   s->http = ts.http_port;
   if (s->http <= 0)
     fail_msg("the server printed no 'http on' line");
+}
+
+static void start_server(server_t *s, const char *const *extra) {
+  start_server_model(s, MODEL_DIR, extra);
 }
 
 static void stop_server(server_t *s) {
@@ -497,7 +509,8 @@ static void test_routes(void **state) {
   static const char *routes[] = {
       "/healthz", "/readyz", "/openapi.json", "/metrics", "/v1/info",
       "/v1/search", "/v1/items/{key}", "/v1/items/{key}/thumbnail",
-      "/v1/items:batch", "/v1/embed", "/v1/eval", "/v1/scan"};
+      "/v1/items/{key}/explain", "/v1/items:batch", "/v1/embed", "/v1/eval",
+      "/v1/scan"};
   json_t *paths = json_object_get(r.json, "paths");
   for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
     if (!json_object_get(paths, routes[i]))
@@ -1737,6 +1750,273 @@ static void test_options(void **state) {
   server_done(&s);
 }
 
+/* ======================================================================
+ * Explaining a match: GET /v1/items/{key}/explain, against VLM.EXPLAIN
+ * ==================================================================== */
+
+/* A PNG's size from its signature and IHDR chunk; -1 when it is no PNG. */
+static int png_size(const void *data, size_t len, int *w, int *h) {
+  static const unsigned char sig[8] = {0x89, 'P', 'N', 'G',
+                                       '\r', '\n', 0x1a, '\n'};
+  const unsigned char *p = data;
+  if (len < 24 || memcmp(p, sig, 8) || memcmp(p + 12, "IHDR", 4))
+    return -1;
+  *w = (int)((uint32_t)p[16] << 24 | (uint32_t)p[17] << 16 |
+             (uint32_t)p[18] << 8 | p[19]);
+  *h = (int)((uint32_t)p[20] << 24 | (uint32_t)p[21] << 16 |
+             (uint32_t)p[22] << 8 | p[23]);
+  return 0;
+}
+
+/* A response header's value (the first line named so), or fail. */
+static void header_value(const hresp *r, const char *name, char *out,
+                         size_t cap) {
+  char line[96];
+  snprintf(line, sizeof line, "\r\n%s: ", name);
+  const char *v = strcasestr(r->headers, line);
+  if (!v)
+    fail_msg("no %s header: %s", name, r->headers);
+  v += strlen(line);
+  size_t n = strcspn(v, "\r");
+  if (n >= cap)
+    fail_msg("%s header too long", name);
+  memcpy(out, v, n);
+  out[n] = '\0';
+}
+
+/* VLM.EXPLAIN KEY key TEXT text [METHOD method] [SIDE side] over RESP2:
+ * its map as a flat array (score, grid, map, png); the reply or NULL for
+ * a missing key. */
+static redisReply *resp_explain(redisContext *rc, const char *key,
+                                const char *text, const char *method,
+                                int side) {
+  const char *argv[9] = {"VLM.EXPLAIN", "KEY", key, "TEXT", text};
+  size_t lens[9];
+  int n = 5;
+  char sidebuf[16];
+  if (method) {
+    argv[n++] = "METHOD";
+    argv[n++] = method;
+  }
+  if (side) {
+    snprintf(sidebuf, sizeof sidebuf, "%d", side);
+    argv[n++] = "SIDE";
+    argv[n++] = sidebuf;
+  }
+  for (int i = 0; i < n; i++)
+    lens[i] = strlen(argv[i]);
+  redisReply *r = redisCommandArgv(rc, n, argv, lens);
+  if (!r)
+    fail_msg("VLM.EXPLAIN: %s", rc->errstr);
+  if (r->type == REDIS_REPLY_NIL) {
+    freeReplyObject(r);
+    return NULL;
+  }
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 8)
+    fail_msg("VLM.EXPLAIN KEY %s: type %d: %s", key, r->type,
+             r->type == REDIS_REPLY_ERROR ? r->str : "");
+  return r;
+}
+
+/* A member of the flat RESP2 map. */
+static const redisReply *resp_member(const redisReply *r, const char *name) {
+  for (size_t i = 0; i + 1 < r->elements; i += 2)
+    if (!strcmp(r->element[i]->str, name))
+      return r->element[i + 1];
+  fail_msg("VLM.EXPLAIN's reply has no %s", name);
+  return NULL;
+}
+
+static void test_explain(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  start_server(&s, NULL);
+  hconn c = hopen(s.http);
+  put_items(&c);
+  redisContext *rc = hiredis(s.port);
+  /* auto: relevance where the vision tower has a class token */
+  const char *auto_method =
+      strcmp(vlm_clip_family(g_clip), "siglip") ? "relevance" : "token";
+
+  /* the route's PNG is VLM.EXPLAIN's, byte for byte, with its side, the
+   * method that ran, and the same score and grid */
+  static const struct {
+    const char *key, *text, *query; /* the query string, as sent */
+    const char *method;             /* for RESP (NULL: its default) */
+    int side;                       /* 0: the default, 224 */
+    const char *ran;                /* NULL: auto's */
+  } cases[] = {
+      {"car", "a red sports car", "?text=a+red+sports+car", NULL, 0, NULL},
+      {"car", "a red sports car",
+       "?text=a%20red%20sports%20car&method=GradCAM&side=100", "GRADCAM",
+       100, "gradcam"},
+      {"saturn", "Saturn, the ringed planet",
+       "?side=64&method=token&text=Saturn%2C+the+ringed+planet", "token", 64,
+       "token"},
+      {"dog", "a dog", "?text=a+dog&method=auto", "AUTO", 0, NULL},
+      {"sun", "clip art of a smiling sun",
+       "?text=clip+art+of+a+smiling+sun&method=relevance&side=1024",
+       "relevance", 1024, "relevance"},
+  };
+  char path[512], got[64];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    if (cases[i].ran && !strcmp(cases[i].ran, "relevance") &&
+        strcmp(auto_method, "relevance"))
+      continue; /* a SigLIP test model has no class token */
+    item_path(path, sizeof path, cases[i].key, "/explain");
+    strcat(path, cases[i].query);
+    hresp r = hreq(&c, "GET", path, NULL, NULL, 0);
+    if (r.status != 200)
+      fail_msg("GET %s: %d %s", path, r.status, r.body);
+    assert_non_null(strcasestr(r.headers, "\r\nContent-Type: image/png\r\n"));
+    int w = 0, h = 0, side = cases[i].side ? cases[i].side : 224;
+    if (png_size(r.body, r.body_len, &w, &h) < 0)
+      fail_msg("GET %s: not a PNG (%zu bytes)", path, r.body_len);
+    if (w != side || h != side)
+      fail_msg("GET %s: %dx%d, want %dx%d", path, w, h, side, side);
+    const char *ran = cases[i].ran ? cases[i].ran : auto_method;
+    header_value(&r, "X-Vlmdb-Explain-Method", got, sizeof got);
+    assert_string_equal(got, ran);
+    redisReply *rr = resp_explain(rc, cases[i].key, cases[i].text,
+                                  cases[i].method, cases[i].side);
+    assert_non_null(rr);
+    const redisReply *png = resp_member(rr, "png");
+    if (png->len != r.body_len || memcmp(png->str, r.body, r.body_len))
+      fail_msg("GET %s: %zu bytes, VLM.EXPLAIN's PNG %zu bytes, not the "
+               "same", path, r.body_len, png->len);
+    header_value(&r, "X-Vlmdb-Explain-Score", got, sizeof got);
+    assert_string_equal(got, resp_member(rr, "score")->str);
+    header_value(&r, "X-Vlmdb-Explain-Grid", got, sizeof got);
+    assert_int_equal(strtoll(got, NULL, 10), resp_member(rr, "grid")->integer);
+    freeReplyObject(rr);
+    /* with the method named, RESP gives the same bytes as with auto */
+    if (!cases[i].method) {
+      rr = resp_explain(rc, cases[i].key, cases[i].text, auto_method, 0);
+      png = resp_member(rr, "png");
+      assert_true(png->len == r.body_len &&
+                  !memcmp(png->str, r.body, r.body_len));
+      freeReplyObject(rr);
+    }
+    hresp_free(&r);
+  }
+
+  /* at the thumbnail's side the overlay has the thumbnail's size (the
+   * car's picture is square, so its thumbnail is too) */
+  item_path(path, sizeof path, "car", "/thumbnail");
+  hresp t = hreq(&c, "GET", path, NULL, NULL, 0);
+  assert_int_equal(t.status, 200);
+  vlm_image thumb = {0};
+  VLM_CHECK(vlm_image_decode(t.body, t.body_len, NULL, &thumb));
+  hresp_free(&t);
+  assert_int_equal(thumb.w, thumb.h);
+  snprintf(path, sizeof path, "/v1/items/car/explain?text=a+car&side=%d",
+           thumb.w);
+  hresp r = hreq(&c, "GET", path, NULL, NULL, 0);
+  assert_int_equal(r.status, 200);
+  int w = 0, h = 0;
+  assert_int_equal(png_size(r.body, r.body_len, &w, &h), 0);
+  if (w != thumb.w || h != thumb.h)
+    fail_msg("explain %dx%d, thumbnail %dx%d", w, h, thumb.w, thumb.h);
+  vlm_image_free(&thumb);
+  hresp_free(&r);
+
+  /* errors: JSON, naming the parameter; the connection goes on */
+  static const struct {
+    const char *path;
+    int status;
+    const char *code, *field, *says;
+  } errors[] = {
+      {"/v1/items/car/explain", 400, "bad_request", "text", "text is required"},
+      {"/v1/items/car/explain?text=", 400, "bad_request", "text", NULL},
+      {"/v1/items/car/explain?text=a+car&method=saliency", 400, "bad_request",
+       "method", "auto, relevance, token or gradcam"},
+      {"/v1/items/car/explain?text=a+car&side=8", 400, "bad_request", "side",
+       NULL},
+      {"/v1/items/car/explain?text=a+car&side=2000", 400, "bad_request",
+       "side", NULL},
+      {"/v1/items/car/explain?text=a+car&side=big", 400, "bad_request", "side",
+       NULL},
+      {"/v1/items/car/explain?text=a+car&k=3", 400, "bad_request", "k", NULL},
+      {"/v1/items/nosuch/explain?text=a+car", 404, "not_found", NULL,
+       "no item 'nosuch'"},
+      {"/v1/items/fox/explain?text=a+fox", 404, "not_found", NULL,
+       "item 'fox' has no thumbnail"},
+      {"/v1/items/caf%C3%A9%2F1/explain?text=a+car", 404, "not_found", NULL,
+       "item 'caf\xc3\xa9/1' has no thumbnail"},
+      {"/v1/items/car/explanation?text=a+car", 404, "not_found", NULL, NULL},
+  };
+  for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++) {
+    r = hjson(&c, "GET", errors[i].path, 0, NULL);
+    expect_error(&r, errors[i].status, errors[i].code, errors[i].field);
+    const char *msg = json_string_value(
+        json_object_get(json_object_get(r.json, "error"), "message"));
+    if (errors[i].says && !strstr(msg, errors[i].says))
+      fail_msg("GET %s: '%s' does not say '%s'", errors[i].path, msg,
+               errors[i].says);
+    hresp_free(&r);
+  }
+  r = hjson(&c, "POST", "/v1/items/car/explain?text=a+car", 0, "{}");
+  expect_error(&r, 405, "method_not_allowed", NULL);
+  hresp_free(&r);
+  /* RESP answers the same cases as the route does */
+  assert_null(resp_explain(rc, "nosuch", "a car", NULL, 0));
+  redisReply *rr = redisCommand(rc, "VLM.EXPLAIN KEY fox TEXT %s", "a fox");
+  assert_int_equal(rr->type, REDIS_REPLY_ERROR);
+  assert_non_null(strstr(rr->str, "has no thumbnail"));
+  freeReplyObject(rr);
+  /* still answering on the same connection */
+  r = hreq(&c, "GET", "/v1/items/car/explain?text=a+car&side=16", NULL, NULL,
+           0);
+  assert_int_equal(r.status, 200);
+  hresp_free(&r);
+  redisFree(rc);
+  hclose(&c);
+  stop_server(&s);
+  server_done(&s);
+
+  /* a server without a model (none in the database's directory, none by
+   * default): the item has its thumbnail, the explanation is refused */
+  static const char *none = "/nonexistent/vlmdb-test-model";
+  make_db_model(&s, none);
+  setenv("VLMDB_MODEL", none, 1);
+  start_server_model(&s, NULL, NULL);
+  unsetenv("VLMDB_MODEL");
+  c = hopen(s.http);
+  size_t ilen;
+  char *img = fixture("rgb.png", &ilen);
+  char *img64 = base64(img, ilen);
+  float vec[1024];
+  const void *ip = img;
+  VLM_CHECK(vlm_clip_encode_image_buffers(g_clip, &ip, &ilen, 1, 0, vec));
+  size_t cap = 64 + strlen(img64) + (size_t)g_dim * 24, used = 0;
+  char *body = malloc(cap);
+  used += (size_t)snprintf(body, cap, "{\"image\":\"%s\",\"image_vec\":[",
+                           img64);
+  for (int i = 0; i < g_dim; i++)
+    used += (size_t)snprintf(body + used, cap - used, "%s%.9g", i ? "," : "",
+                             (double)vec[i]);
+  snprintf(body + used, cap - used, "]}");
+  r = hjson(&c, "PUT", "/v1/items/car", 201, "%s", body);
+  hresp_free(&r);
+  free(body);
+  free(img64);
+  free(img);
+  r = hreq(&c, "GET", "/v1/items/car/thumbnail", NULL, NULL, 0);
+  assert_int_equal(r.status, 200);
+  hresp_free(&r);
+  r = hjson(&c, "GET", "/v1/items/car/explain?text=a+car", 0, NULL);
+  expect_error(&r, 400, "bad_request", NULL);
+  const char *msg = json_string_value(
+      json_object_get(json_object_get(r.json, "error"), "message"));
+  if (!strstr(msg, "needs a model"))
+    fail_msg("without a model: %s", msg);
+  hresp_free(&r);
+  hclose(&c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 static int group_setup(void **state) {
   (void)state;
   signal(SIGPIPE, SIG_IGN);
@@ -1865,7 +2145,7 @@ int main(void) {
       cmocka_unit_test(test_malformed),  cmocka_unit_test(test_auth),
       cmocka_unit_test(test_batch),      cmocka_unit_test(test_metrics),
       cmocka_unit_test(test_saturation), cmocka_unit_test(test_options),
-      cmocka_unit_test(test_console),
+      cmocka_unit_test(test_console),    cmocka_unit_test(test_explain),
   };
   const char *only = getenv("HTTP_TEST"); /* run one test by name */
   if (only && *only)

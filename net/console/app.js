@@ -259,6 +259,8 @@
     query: null,        /* {kind: 'text'|'image'|'key', text, blob, name, key} */
     seq: 0,             /* the latest search; older answers are dropped */
     hits: [],
+    hitsQuery: null,    /* the query the hits answer (its text explains them) */
+    canExplain: false,  /* the server has GET /v1/items/{key}/explain and a model */
     urls: [],           /* object URLs of the rendered thumbnails */
     chipURL: null,
   };
@@ -374,7 +376,7 @@
       }
       if (seq !== state.seq)
         return;
-      renderHits(data, filter.text);
+      renderHits(data, filter.text, q);
     } catch (e) {
       if (seq !== state.seq)
         return;
@@ -426,13 +428,21 @@
       URL.revokeObjectURL(url);
     state.urls = [];
     state.hits = [];
+    state.hitsQuery = null;
     $('grid').replaceChildren();
   }
 
-  function renderHits(data, filterText) {
+  /* Whether a hit can be explained: a text query and a stored picture. */
+  function explainable(hit) {
+    const q = state.hitsQuery;
+    return state.canExplain && !!hit && !!hit.thumbnail && !!q && q.kind === 'text';
+  }
+
+  function renderHits(data, filterText, query) {
     clearGrid();
     const hits = Array.isArray(data.hits) ? data.hits : [];
     state.hits = hits;
+    state.hitsQuery = query;
     const grid = $('grid');
     const frag = document.createDocumentFragment();
     hits.forEach((hit, i) => {
@@ -460,8 +470,14 @@
         score.append(el('span', { class: 'similar', title: `${fields.similar} near-duplicates folded into this hit` },
                         `+${fields.similar}`));
       body.append(score, el('div', { class: 'caption', title: caption }, caption || hit.key));
-      const more = el('button', { type: 'button', class: 'more', title: 'Search with this item' }, 'More like this');
-      body.append(more);
+      const actions = el('div', { class: 'actions' });
+      actions.append(el('button', { type: 'button', class: 'more', title: 'Search with this item' }, 'More like this'));
+      if (explainable(hit))
+        actions.append(el('button', {
+          type: 'button', class: 'why', title: `Show which parts of the picture match “${query.text}”`,
+          'aria-label': `Why does ${caption || hit.key} match “${query.text}”?`,
+        }, 'Why?'));
+      body.append(actions);
       card.append(thumb, body);
       frag.append(card);
     });
@@ -480,11 +496,13 @@
 
   let itemIndex = -1;
 
-  async function openItem(index) {
+  async function openItem(index, explain) {
     const hit = state.hits[index];
     if (!hit)
       return;
     itemIndex = index;
+    resetExplain();
+    $('item-explain').hidden = !explainable(hit);
     const dlg = $('item');
     const tbody = $('item-table').tBodies[0];
     $('item-key').textContent = hit.key;
@@ -501,6 +519,8 @@
     img.alt = hit.key;
     if (!dlg.open)
       dlg.showModal();
+    if (explain)
+      runExplain();
     try {
       const item = await api('GET', itemPath(hit.key));
       if (itemIndex !== index)
@@ -531,6 +551,93 @@
     }
   }
 
+  /* ==================================================================
+   * Why this match: the server's heat map of the picture regions that
+   * drive its cosine with the query text (GET /v1/items/{key}/explain),
+   * with the method that ran
+   * ================================================================ */
+
+  let explainSeq = 0;     /* the latest explanation; older answers are dropped */
+  let explainURL = null;  /* the object URL of the heat map shown */
+
+  function setExplainURL(url) {
+    if (explainURL)
+      URL.revokeObjectURL(explainURL);
+    explainURL = url;
+    const img = $('explain-img');
+    if (url)
+      img.src = url;
+    else
+      img.removeAttribute('src');
+  }
+
+  function resetExplain() {
+    explainSeq++;
+    setExplainURL(null);
+    const box = $('explain');
+    box.hidden = true;
+    delete box.dataset.state;
+    delete box.dataset.method;
+    $('explain-img').alt = '';
+    $('explain-caption').textContent = '';
+    clearError($('explain-error'));
+  }
+
+  async function runExplain() {
+    const index = itemIndex;
+    const hit = state.hits[index];
+    const q = state.hitsQuery;
+    if (!explainable(hit))
+      return;
+    const seq = ++explainSeq;
+    const box = $('explain');
+    const caption = $('explain-caption');
+    const errBox = $('explain-error');
+    const method = $('explain-method').value;
+    box.hidden = false;
+    box.dataset.state = 'loading';
+    /* the method menu asks again; keep the focus in the view */
+    if (document.activeElement === $('item-explain'))
+      $('explain-method').focus();
+    $('item-explain').hidden = true;
+    clearError(errBox);
+    caption.textContent = `Explaining “${q.text}” (${method})…`;
+    const current = () => seq === explainSeq && itemIndex === index && $('item').open;
+    /* 256 px: the size of the item view's picture */
+    const params = new URLSearchParams({ text: q.text, method, side: '256' });
+    try {
+      const res = await request('GET', `${itemPath(hit.key)}/explain?${params}`);
+      if (!res.ok)
+        throw await errorOf(res);
+      const blob = await res.blob();
+      if (!current())
+        return;
+      const ran = res.headers.get('X-Vlmdb-Explain-Method') || method;
+      const score = Number(res.headers.get('X-Vlmdb-Explain-Score'));
+      setExplainURL(URL.createObjectURL(blob));
+      $('explain-img').alt = `Heat map over ${hit.key}: where it matches “${q.text}” (${ran})`;
+      caption.textContent = `Where the picture matches “${q.text}”: red drives the score, blue does not. ` +
+        `Method: ${ran}${method === 'auto' ? ' (auto)' : ''}` +
+        (Number.isFinite(score) ? ` · picture–text cosine ${score.toFixed(4)}` : '') + '.';
+      box.dataset.state = 'loaded';
+      box.dataset.method = ran;
+    } catch (e) {
+      if (!current())
+        return;
+      setExplainURL(null);
+      caption.textContent = '';
+      box.dataset.state = 'error';
+      $('item-explain').hidden = false; /* to try again */
+      showError(errBox, e);
+    }
+  }
+
+  $('item-explain').addEventListener('click', runExplain);
+  $('explain-method').addEventListener('change', () => {
+    if (!$('explain').hidden)
+      runExplain();
+  });
+
   function closeItem() {
     const dlg = $('item');
     if (dlg.open)
@@ -538,6 +645,7 @@
   }
 
   $('item').addEventListener('close', () => {
+    resetExplain();
     const card = document.querySelector(`.card[data-index="${itemIndex}"]`);
     if (card && $('page-eval').hidden)
       card.focus();
@@ -579,7 +687,7 @@
       setKeyQuery(state.hits[index].key, img && img.getAttribute('src'));
       return;
     }
-    openItem(index);
+    openItem(index, !!e.target.closest('.why'));
   });
 
   $('grid').addEventListener('keydown', (e) => {
@@ -959,12 +1067,15 @@
       errBox.append(' ', retry);
       return;
     }
-    /* Offer collapse and hybrid when the server's API has them. */
+    /* Offer collapse, hybrid and explanations when the server's API has
+     * them (explanations also need the model). */
+    const modelLoaded = (state.info.model || {}).loaded;
     try {
       const doc = await api('GET', '/openapi.json');
       const props = doc.components.schemas.SearchRequest.properties;
       $('collapse-wrap').hidden = !props.collapse;
       $('hybrid-wrap').hidden = !props.hybrid;
+      state.canExplain = !!(doc.paths && doc.paths['/v1/items/{key}/explain']) && modelLoaded !== 0 && modelLoaded !== false;
     } catch (e) {
       $('collapse-wrap').hidden = false;
     }

@@ -8,8 +8,9 @@
 // as such, its thumbnail never asked for), move through the grid with the
 // keyboard, filter (a quote in a string value), search by an uploaded
 // image, provoke an API error, open an item,
-// "more like this", run eval and read its charts, then the same page at
-// phone width.  Every answer the page shows is checked against the JSON
+// "more like this", ask "Why?" of a result (the server's heat map, and an
+// item deleted meanwhile: its 404 shown), run eval and read its charts,
+// then the same page at phone width.  Every answer the page shows is checked against the JSON
 // API asked directly (the oracle), or against the catalog for filters.
 // A screenshot of each state goes to the output directory.  The test fails
 // on any console error, page error, failed request or HTTP status >= 400
@@ -252,6 +253,14 @@ async function searchAndWait(page, action) {
 
 function keysOf(hits) {
   return hits.map((h) => h.key);
+}
+
+function itemPath(key) {
+  return '/v1/items/' + encodeURIComponent(key);
+}
+
+function escapeRe(s) {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 function noHorizontalScroll(page) {
@@ -533,7 +542,120 @@ async function runTest() {
     assertClean(w, 'item view');
     log(`item view: metadata as in the catalog, Esc, more like this (${more.length} hits), hybrid`);
 
-    // 6. Eval: Recall@K and the rank histogram as SVG, each bar the API's.
+    // 6. Why this match: "Why?" on a text search's card opens the item
+    //    with the server's heat map for that key and the query text, and
+    //    the method that ran; its bytes are the API's.  Another method
+    //    from the item view; then an item deleted behind the page's back:
+    //    the API's 404 shown, not swallowed.
+    await page.$eval('#q', (q) => { q.value = ''; });
+    await page.type('#q', query);
+    await searchAndWait(page, () => page.keyboard.press('Enter'));
+    const whyHits = await loadGrid(page);
+    const whyKeys = await page.$$eval('#grid .card', (cards) => cards.filter((c) => c.querySelector('.why')).map((c) => c.dataset.key));
+    const pictured = keysOf(whyHits).filter((key) => byKey.get(key).image);
+    sameList(whyKeys, pictured, '"Why?" on every hit with a picture, none on the one without');
+    const explainPath = (key, method) => `/v1/items/${encodeURIComponent(key)}/explain?` +
+      new URLSearchParams({ text: query, method, side: '256' });
+    const apiExplain = async (key, method) => {
+      const res = await fetch(base + explainPath(key, method), { headers: { Authorization: `Bearer ${PASSWORD}` } });
+      check(res.ok && res.headers.get('content-type') === 'image/png', `the API's explanation of ${key}: ${res.status}`);
+      return { ran: res.headers.get('x-vlmdb-explain-method'), bytes: Buffer.from(await res.arrayBuffer()) };
+    };
+    const explained = async (method) => {
+      await page.waitForFunction((m) => {
+        const box = document.querySelector('#explain');
+        const img = document.querySelector('#explain-img');
+        return !box.hidden && box.dataset.state === 'loaded' && box.dataset.method === m && img.complete && img.naturalWidth > 0;
+      }, { timeout: 60000 }, method);
+      const size = await page.$eval('#explain-img', (i) => [i.naturalWidth, i.naturalHeight]);
+      sameList(size, [256, 256], `the ${method} heat map's size`);
+      return page.$eval('#explain-caption', (e) => e.textContent);
+    };
+    /* The pixels of the heat map shown, or of PNG bytes decoded by the
+     * same page: width, height and a SHA-256 of the RGBA.  (The page's
+     * own response body is not kept by the browser to compare bytes.) */
+    const pixels = (png) => page.evaluate(async (b64) => {
+      let img = document.querySelector('#explain-img');
+      let url = null;
+      if (b64) {
+        url = URL.createObjectURL(new Blob([Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0))], { type: 'image/png' }));
+        img = new Image();
+        img.src = url;
+        await img.decode();
+      }
+      const canvas = document.createElement('canvas');
+      canvas.width = img.naturalWidth;
+      canvas.height = img.naturalHeight;
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+      if (url)
+        URL.revokeObjectURL(url);
+      const hash = new Uint8Array(await crypto.subtle.digest('SHA-256', data));
+      return [canvas.width, canvas.height, Array.from(hash, (b) => b.toString(16).padStart(2, '0')).join('')];
+    }, png ? png.toString('base64') : null);
+    /* the page's last explanation against the API's for the same key,
+     * text and method: the request, its headers, and the picture shown */
+    const sameAsApi = async (key, method) => {
+      const r = w.responses.filter((x) => /\/explain\?/.test(x.url())).pop();
+      check(r.url() === base + explainPath(key, method), `the page asked ${r.url()}`);
+      check(r.status() === 200 && r.headers()['content-type'] === 'image/png', `${r.url()}: ${r.status()}`);
+      const want = await apiExplain(key, method);
+      check(r.headers()['content-length'] === String(want.bytes.length) &&
+            r.headers()['x-vlmdb-explain-method'] === want.ran,
+            `the page's response ${JSON.stringify(r.headers())}, the API's ${want.bytes.length} bytes by ${want.ran}`);
+      sameList(await pixels(), await pixels(want.bytes), `the ${method} heat map of ${key}: the API's picture`);
+      return want.ran;
+    };
+    const whyKey = pictured[0];
+    const whyIndex = keysOf(whyHits).indexOf(whyKey);
+    await page.click(`#grid .card[data-index="${whyIndex}"] .why`);
+    await page.waitForSelector('#item[open]');
+    let whyCaption = await explained('relevance');
+    check(await page.$eval('#item-key', (e) => e.textContent) === whyKey, 'the item view of the card whose "Why?" was clicked');
+    check(whyCaption.includes(`“${query}”`) && /Method: relevance \(auto\)/.test(whyCaption), `the explanation's caption: ${whyCaption}`);
+    check((await sameAsApi(whyKey, 'auto')) === 'relevance', 'the API ran relevance for auto');
+    check(await page.$eval('#item-explain', (b) => b.hidden), '"Why this match?" is not offered again while the explanation shows');
+    await shot(page, 'explain');
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => !document.querySelector('#item').open);
+    check(await page.$eval('#explain', (e) => e.hidden && !e.querySelector('img').getAttribute('src')), 'closing the item drops its explanation');
+    // the item view opened from the card asks on "Why this match?"; the
+    // method menu asks again
+    await page.click(`#grid .card[data-index="${whyIndex}"] .caption`);
+    await page.waitForSelector('#item[open] #item-table tbody tr');
+    check(await page.$eval('#explain', (e) => e.hidden), 'no explanation before it is asked for');
+    await page.click('#item-explain');
+    await explained('relevance');
+    await page.select('#explain-method', 'gradcam');
+    whyCaption = await explained('gradcam');
+    check(/Method: gradcam ·/.test(whyCaption), `the Grad-CAM caption: ${whyCaption}`);
+    check((await sameAsApi(whyKey, 'gradcam')) === 'gradcam', 'the API ran gradcam');
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => !document.querySelector('#item').open);
+    // an item deleted by another client since the search
+    const goneKey = pictured[1];
+    const goneRow = byKey.get(goneKey);
+    const goneRe = new RegExp(escapeRe(itemPath(goneKey)));
+    await ask('DELETE', itemPath(goneKey));
+    expect(w, 404, 'GET', new RegExp(goneRe.source + '/explain\\?'));
+    expect(w, 404, 'GET', new RegExp(goneRe.source + '$'));
+    await page.click(`#grid .card[data-index="${keysOf(whyHits).indexOf(goneKey)}"] .why`);
+    await page.waitForFunction(() => document.querySelector('#explain').dataset.state === 'error', { timeout: 60000 });
+    const whyError = await page.$eval('#explain-error', (e) => (e.hidden ? '' : e.textContent));
+    check(whyError === `Error 404: no item '${goneKey}'`, `the explanation's error: ${whyError}`);
+    check(!(await page.$eval('#explain-img', (i) => i.getAttribute('src'))), 'no heat map under the error');
+    check(!(await page.$eval('#item-explain', (b) => b.hidden)), '"Why this match?" offered again after an error');
+    await shot(page, 'explain-error');
+    await page.keyboard.press('Escape');
+    await page.waitForFunction(() => !document.querySelector('#item').open);
+    // put it back as ingest made it (the later steps count the catalog)
+    await ask('PUT', itemPath(goneKey), { text: goneRow.text, meta: goneRow.meta, source: goneRow.image,
+                                          image: fs.readFileSync(goneRow.image).toString('base64') });
+    assertClean(w, 'why this match');
+    log(`why this match: the heat map of ${whyKey} (relevance for auto, then gradcam) the API's, 256 px; a deleted item's 404 shown`);
+
+    // 7. Eval: Recall@K and the rank histogram as SVG, each bar the API's.
     await page.click('#nav-eval');
     await page.waitForSelector('#page-eval:not([hidden])');
     await page.click('#eval-run');
@@ -559,7 +681,8 @@ async function runTest() {
     assertClean(w, 'eval');
     log(`eval: ${recall.length} Recall@K bars and ${ranks.length} histogram bars, each the API's`);
 
-    // 7. Phone width (375 px): no horizontal scroll on search, item, eval.
+    // 8. Phone width (375 px): no horizontal scroll on search, item,
+    //    an explanation and eval.
     await page.setViewport({ width: 375, height: 740, deviceScaleFactor: 2, isMobile: true, hasTouch: true });
     await page.goto(base + '/#search', { waitUntil: 'domcontentloaded' });
     await page.waitForSelector('body[data-ready="1"]');
@@ -575,6 +698,13 @@ async function runTest() {
         await page.click('#grid .card[data-index="0"] .caption');
         await page.waitForSelector('#item[open] #item-table tbody tr');
       }],
+      ['explain', async () => {
+        await page.keyboard.press('Escape');
+        await page.waitForFunction(() => !document.querySelector('#item').open);
+        await page.click('#grid .card .why');
+        await page.waitForFunction(() => document.querySelector('#explain').dataset.state === 'loaded' &&
+                                         document.querySelector('#explain-img').naturalWidth > 0, { timeout: 60000 });
+      }],
       ['eval', async () => {
         await page.keyboard.press('Escape');
         await page.click('#nav-eval');
@@ -588,7 +718,7 @@ async function runTest() {
       await shot(page, `phone-${state}`);
     }
     assertClean(w, 'phone width');
-    log(`phone width: ${phoneCols} columns, no horizontal scroll on search, item and eval`);
+    log(`phone width: ${phoneCols} columns, no horizontal scroll on search, item, explanation and eval`);
   } finally {
     await browser.close();
     const code = await stopServer(child);
