@@ -31,9 +31,9 @@
  * between steps 1 and 5 is not served by a node of either map, and no
  * coordinated search sees the range's items in two shards.
  *
- * Test hook: VLMDB_TEST_MOVE_KILL=STEP[:N] makes the process kill itself
- * (SIGKILL) after STEP (widen, copy, map, delete, narrow), or after the
- * Nth batch of copy or delete, so tests can stop it at chosen points. */
+ * Crash points (vlm_cli_crash_point, for the kill tests): after each STEP
+ * (widen, copy, map, delete, narrow), and "copy:N" / "delete:N" after the
+ * Nth batch of copy or delete. */
 #include "opts.h"
 #include "progress.h"
 #include "shard.h"
@@ -87,19 +87,17 @@ typedef struct {
   int first, last; /* the slot range */
   int batch;
   long copied, identical, deleted, batches;
-  const char *kill_step;
-  long kill_batch;
   vlm_progress progress;
 } mover;
 
-/* The test hook: die here if VLMDB_TEST_MOVE_KILL names this point. */
-static void maybe_die(const mover *mv, const char *step, long batch) {
-  if (!mv->kill_step || strcmp(mv->kill_step, step))
-    return;
-  if (mv->kill_batch != batch) /* 0: the step's end */
-    return;
-  fflush(NULL);
-  raise(SIGKILL);
+/* A crash point: "step" at a step's end (batch 0), else "step:batch". */
+static void maybe_die(const char *step, long batch) {
+  char point[48];
+  if (batch)
+    snprintf(point, sizeof point, "%s:%ld", step, batch);
+  else
+    snprintf(point, sizeof point, "%s", step);
+  vlm_cli_crash_point(point);
 }
 
 static int parse_slots(const char *s, int *first, int *last) {
@@ -270,7 +268,7 @@ static int copy_items(mover *mv, const keyset *ks) {
       mv->copied += written;
       mv->batches++;
       vlm_progress_update(&mv->progress, mv->copied + mv->identical);
-      maybe_die(mv, "copy", mv->batches);
+      maybe_die("copy", mv->batches);
     }
   }
 done:
@@ -292,7 +290,7 @@ static int delete_items(mover *mv, const keyset *ks) {
       return rc;
     mv->deleted += deleted;
     vlm_progress_update(&mv->progress, mv->deleted);
-    maybe_die(mv, "delete", ++batches);
+    maybe_die("delete", ++batches);
   }
   return 0;
 }
@@ -430,17 +428,6 @@ int cmd_cluster_move(int argc, char **argv) {
                                "one slot", VLM_SLOTS - 1);
   if (!out_path)
     out_path = map_path;
-  char kill_step[32] = "";
-  const char *hook = getenv("VLMDB_TEST_MOVE_KILL");
-  if (hook && *hook) {
-    snprintf(kill_step, sizeof kill_step, "%s", hook);
-    char *colon = strchr(kill_step, ':');
-    if (colon) {
-      *colon = '\0';
-      mv.kill_batch = strtol(colon + 1, NULL, 10);
-    }
-    mv.kill_step = kill_step;
-  }
 
   int status = VLM_EXIT_RUNTIME, rc;
   vlm_cluster *map = NULL, *written = NULL;
@@ -564,7 +551,7 @@ int cmd_cluster_move(int argc, char **argv) {
     vlm_cli_liberror(cmd, rc);
     goto done;
   }
-  maybe_die(&mv, "widen", 0);
+  maybe_die("widen", 0);
   if ((rc = range_keys(&mv, &ks))) {
     vlm_cli_liberror(cmd, rc);
     goto done;
@@ -579,7 +566,7 @@ int cmd_cluster_move(int argc, char **argv) {
       vlm_cli_liberror(cmd, rc);
       goto done;
     }
-    maybe_die(&mv, "copy", 0);
+    maybe_die("copy", 0);
   }
   if (!map_done) {
     if (!(text = map_rewrite(cmd, map_path, a, next[a].ranges,
@@ -598,7 +585,7 @@ int cmd_cluster_move(int argc, char **argv) {
     if (write_durably(cmd, out_path, text))
       goto done;
   }
-  maybe_die(&mv, "map", 0);
+  maybe_die("map", 0);
   /* 4. delete, 5. narrow */
   if (!src_new) {
     vlm_progress_init(&mv.progress, stderr, "move: delete", ks.n);
@@ -608,14 +595,14 @@ int cmd_cluster_move(int argc, char **argv) {
       vlm_cli_liberror(cmd, rc);
       goto done;
     }
-    maybe_die(&mv, "delete", 0);
+    maybe_die("delete", 0);
     if ((rc = vlm_db_set_slots(mv.src, digest, next[a].ranges,
                                next[a].nranges))) {
       vlm_cli_liberror(cmd, rc);
       goto done;
     }
   }
-  maybe_die(&mv, "narrow", 0);
+  maybe_die("narrow", 0);
   if ((rc = vlm_db_stat(mv.dst, &di))) {
     vlm_cli_liberror(cmd, rc);
     goto done;

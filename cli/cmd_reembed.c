@@ -83,28 +83,16 @@ static const char usage[] =
     "example:\n"
     "  vlmdb reembed --db photos.vlm --model models/products-lora8\n";
 
-/* Test hooks for the crash tests: VLMDB_TEST_KILL=POINT[:N] sends this
- * process SIGKILL at the N-th (default first) pass of the named point
- * ("created", "batch", "walked", "switched", "cleaned"); VLMDB_TEST_STOP
- * likewise SIGSTOP (the test looks at the database meanwhile, then
- * continues it). */
+/* The crash tests' points (vlm_cli_crash_point): "created", "batch:N"
+ * after the N-th batch, "walked", "switched", "cleaned". */
 static void kill_point(const char *point) {
-  static const struct {
-    const char *env;
-    int sig;
-  } hooks[] = {{"VLMDB_TEST_KILL", SIGKILL}, {"VLMDB_TEST_STOP", SIGSTOP}};
-  static int passes[2];
-  for (int h = 0; h < 2; h++) {
-    const char *want = getenv(hooks[h].env);
-    size_t n = strlen(point);
-    if (!want || strncmp(want, point, n) || (want[n] && want[n] != ':'))
-      continue;
-    int at = want[n] == ':' ? atoi(want + n + 1) : 1;
-    if (++passes[h] == at) {
-      fflush(NULL);
-      raise(hooks[h].sig);
-    }
+  static long batches;
+  char name[32];
+  if (!strcmp(point, "batch")) {
+    snprintf(name, sizeof name, "batch:%ld", ++batches);
+    point = name;
   }
+  vlm_cli_crash_point(point);
 }
 
 /* ------------------------------------------------------------ files */

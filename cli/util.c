@@ -72,3 +72,10 @@ void vlm_cli_json_string(FILE *f, const char *s) {
   }
   fputc('"', f);
 }
+
+void (*vlm_cli_crash_hook)(const char *point);
+
+void vlm_cli_crash_point(const char *point) {
+  if (vlm_cli_crash_hook)
+    vlm_cli_crash_hook(point);
+}

@@ -63,4 +63,13 @@ const char *vlm_cli_default_model(void);
 /* Write s as a JSON string literal (quotes and escapes) to f. */
 void vlm_cli_json_string(FILE *f, const char *s);
 
+/* Crash points for the kill tests.  A command that writes in steps calls
+ * vlm_cli_crash_point between them, naming the point ("created",
+ * "switched", "copy:2" for its second batch of copy...).  The hook is NULL
+ * in the vlmdb binary, so nothing outside a test (no flag, no
+ * environment variable) can make a command stop there; the tests run the
+ * command in a child process of their own with the hook set. */
+extern void (*vlm_cli_crash_hook)(const char *point);
+void vlm_cli_crash_point(const char *point);
+
 #endif

@@ -31,6 +31,7 @@
 
 #include "util/files.h"
 #include "util/util.h"
+#include "vlm_cli.h"
 #include "vlm_error.h"
 #include "vlm_index.h"
 #include "vlm_npy.h"
@@ -2559,9 +2560,9 @@ static void test_cluster_move_resumes_after_kill(void **state) {
                                 "--slots", slots, "--from", shard[0],
                                 "--to", shard[1], "--batch", "4", NULL};
     if (kills[t]) {
-      char env[64];
-      snprintf(env, sizeof env, "VLMDB_TEST_MOVE_KILL=%s", kills[t]);
-      pid_t pid = spawn_env(dir, (const char *const[]){env, NULL}, args);
+      pid_t pid = vlm_test_spawn_crash(dir, cmd_cluster, args, kills[t],
+                                       SIGKILL, &vlm_cli_crash_hook);
+      assert_true(pid > 0);
       running_child = pid;
       int st;
       assert_int_equal(waitpid(pid, &st, 0), pid);
@@ -2902,5 +2903,7 @@ int main(void) {
     snprintf(pattern, sizeof pattern, "*%s*", only);
     cmocka_set_test_filter(pattern);
   }
+  if (getenv("VLM_TEST_FILTER")) /* one test while working on it */
+    cmocka_set_test_filter(getenv("VLM_TEST_FILTER"));
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,10 @@
 /* util.c - see util.h. */
 #include "util.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+
 #include <ftw.h>
 #include <stdio.h>
 #include <string.h>
@@ -57,3 +61,48 @@ void __wrap__exit(int status) {
   __real__exit(status);
 }
 #endif
+
+static const char *crash_want;
+static int crash_sig;
+
+static void crash_hook(const char *point) {
+  if (crash_want && !strcmp(point, crash_want)) {
+    fflush(NULL);
+    raise(crash_sig);
+  }
+}
+
+pid_t vlm_test_spawn_crash(const char *dir, int (*fn)(int, char **),
+                           const char *const *args, const char *point,
+                           int sig, void (**hook)(const char *)) {
+  char out[4096], err[4096];
+  snprintf(out, sizeof out, "%s/.stdout", dir);
+  snprintf(err, sizeof err, "%s/.stderr", dir);
+  char *argv[64];
+  int argc = 0;
+  while (args[argc] && argc < 63) {
+    argv[argc] = (char *)args[argc];
+    argc++;
+  }
+  argv[argc] = NULL;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid != 0)
+    return pid;
+  int fo = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int fe = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int fi = open("/dev/null", O_RDONLY);
+  if (fo < 0 || fe < 0 || fi < 0)
+    _exit(127);
+  dup2(fo, 1);
+  dup2(fe, 2);
+  dup2(fi, 0);
+  setenv("VLMDB_PROGRESS", "lines", 1);
+  setenv("VLMDB_PROGRESS_INTERVAL", "0.02", 1);
+  crash_want = point;
+  crash_sig = sig;
+  *hook = crash_hook;
+  int rc = fn(argc, argv);
+  fflush(NULL);
+  _exit(rc);
+}

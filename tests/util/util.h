@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "vlm_error.h"
 
@@ -67,5 +68,17 @@ int vlm_test_server_stop(vlm_test_server *s, double timeout_s);
       fail_msg("%s = %d (%s), expected %s: %s", #call, rc_,                \
                vlm_errname(rc_), vlm_errname(code), vlm_errmsg());         \
   } while (0)
+
+/* Run a vlmdb command (fn, e.g. cmd_reembed, with args as its argv: args[0]
+ * the command's name, NULL-terminated) in a child process with the crash
+ * hook set (*hook, given as &vlm_cli_crash_hook: the helpers that share
+ * this file do not link the commands): when the command passes the crash point
+ * named point it raises sig (SIGKILL, or SIGSTOP to look at the database
+ * meanwhile).  The child's stdout and stderr go to DIR/.stdout and
+ * DIR/.stderr, its stdin is /dev/null; it exits with the command's
+ * status.  The child's pid, or -1. */
+pid_t vlm_test_spawn_crash(const char *dir, int (*fn)(int, char **),
+                           const char *const *args, const char *point,
+                           int sig, void (**hook)(const char *));
 
 #endif
