@@ -2512,16 +2512,17 @@ static int assert_same_kept(const char *dir, const char *a, const char *b,
   return with;
 }
 
-/* Kept image bytes travel through export and ingest.  A database made with
- * `init --keep-images` keeps every ingested file without the flag; export
- * writes each item's bytes as "kept_image" (not with --no-images); an
- * ingest of the export, into a database that does not keep images, keeps
- * them bit for bit (items without stay without), from the --vectors export
- * exactly the same items, from the plain one the same items embedded
- * again from the bytes with the image files gone; both results reembed to
- * another model without the files.  `config` turns the setting off and on
- * (the next ingest follows it), and hostile "kept_image" cells are refused
- * by row. */
+/* Kept image bytes travel through export and ingest, and backup.  A
+ * database made with `init --keep-images` keeps every ingested file
+ * without the flag; export writes each item's bytes as "kept_image" (not
+ * with --no-images); an ingest of the export, into a database that does
+ * not keep images, keeps them bit for bit (items without stay without),
+ * from the --vectors export exactly the same items, from the plain one the
+ * same items embedded again from the bytes with the image files gone; a
+ * backup holds them and the setting; all three reembed to another model
+ * without the files.  `config` turns the setting off and on (the next
+ * ingest follows it), and hostile "kept_image" cells are refused by
+ * row. */
 static void test_e2e_kept_images_travel_by_export(void **state) {
   const char *dir = *state;
   char a[PATH_MAX], b[PATH_MAX], c[PATH_MAX], cat[PATH_MAX], img[PATH_MAX];
@@ -2598,9 +2599,20 @@ static void test_e2e_kept_images_travel_by_export(void **state) {
   json_decref(mc);
   assert_int_equal(assert_same_kept(dir, a, c, main_keys, MAIN_GOOD),
                    MAIN_GOOD - 1);
-  /* both copies move to another model without the files */
-  for (int i = 0; i < 2; i++) {
-    const char *db = i ? c : b;
+  /* so does a backup (a restore is opening it) */
+  char bk[PATH_MAX];
+  db_path(bk, sizeof bk, dir, "a-backup");
+  free(RUN_OK(dir, "backup", "--db", a, "--out", bk));
+  assert_int_equal(assert_same_kept(dir, a, bk, main_keys, MAIN_GOOD),
+                   MAIN_GOOD - 1);
+  out = RUN_OK(dir, "info", "--db", bk, "--json");
+  o = parse_json(out);
+  assert_true(json_is_true(json_object_get(o, "keep_images")));
+  json_decref(o);
+  free(out);
+  /* all three copies move to another model without the files */
+  for (int i = 0; i < 3; i++) {
+    const char *db = i == 2 ? bk : i ? c : b;
     out = RUN_OK(dir, "reembed", "--db", db, "--model", NEW_MODEL);
     assert_non_null(strstr(out, "switched: embedded 10 items again"));
     free(out);
