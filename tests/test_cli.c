@@ -2599,6 +2599,14 @@ static void test_e2e_kept_images_travel_by_export(void **state) {
   json_decref(mc);
   assert_int_equal(assert_same_kept(dir, a, c, main_keys, MAIN_GOOD),
                    MAIN_GOOD - 1);
+  /* `embed --catalog` embeds the kept bytes too (the files are gone) */
+  char emb[PATH_MAX];
+  db_path(emb, sizeof emb, dir, "emb");
+  out = RUN_OK(dir, "embed", "--catalog", expp, "--out", emb, "--model",
+               MODEL);
+  if (!strstr(out, "embedded 10 rows") || !strstr(out, ": 9 image vectors"))
+    fail_msg("embed --catalog of the export:\n%s", out);
+  free(out);
   /* so does a backup (a restore is opening it) */
   char bk[PATH_MAX];
   db_path(bk, sizeof bk, dir, "a-backup");
