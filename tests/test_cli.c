@@ -2521,8 +2521,8 @@ static int assert_same_kept(const char *dir, const char *a, const char *b,
  * same items embedded again from the bytes with the image files gone; a
  * backup holds them and the setting; all three reembed to another model
  * without the files.  `config` turns the setting off and on (the next
- * ingest follows it), and hostile "kept_image" cells are refused by
- * row. */
+ * ingest follows it); hostile "kept_image" cells are refused by row, as
+ * is an image past the payload cap on a database that keeps images. */
 static void test_e2e_kept_images_travel_by_export(void **state) {
   const char *dir = *state;
   char a[PATH_MAX], b[PATH_MAX], c[PATH_MAX], cat[PATH_MAX], img[PATH_MAX];
@@ -2711,6 +2711,28 @@ static void test_e2e_kept_images_travel_by_export(void **state) {
   assert_int_equal(n1, 12);
   assert_memory_equal(got, "not an image", 12);
   free(got);
+
+  /* an image past the payload cap (16 MiB) on a database that keeps
+   * images: the row is refused, not stored without its bytes */
+  char hugef[PATH_MAX];
+  db_path(src, sizeof src, dir, "img/gray.jpg");
+  db_path(hugef, sizeof hugef, dir, "img/huge.jpg");
+  copy_file(src, hugef);
+  FILE *hf = fopen(hugef, "ab");
+  assert_non_null(hf);
+  char *pad = calloc(1, (size_t)17 << 20);
+  assert_non_null(pad);
+  assert_int_equal(fwrite(pad, 1, (size_t)17 << 20, hf), (size_t)17 << 20);
+  fclose(hf);
+  free(pad);
+  write_file(dir, "huge.jsonl",
+             "{\"key\": \"huge\", \"image\": \"img/huge.jpg\"}\n");
+  db_path(hostile, sizeof hostile, dir, "huge.jsonl");
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", a, hostile), 1);
+  if (!strstr(err, "rejected") || !strstr(err, "exceeds the cap"))
+    fail_msg("ingest of a 17 MiB image:\n%s", err);
+  free(err);
+  assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", a, "huge"), 1);
 }
 
 /* The loop on a database's own pairs, with its image files gone: train
