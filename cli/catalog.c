@@ -7,6 +7,7 @@
 #include "catalog.h"
 #include "catalog_emb.h"
 #include "vlm_error.h"
+#include "vlm_file.h"
 #include "vlm_utf8.h"
 
 #include <ctype.h>
@@ -202,6 +203,7 @@ typedef enum {
   COL_IMAGE_VECTOR,
   COL_TEXT_VECTOR,
   COL_THUMBNAIL,
+  COL_KEPT_IMAGE,
   COL_META
 } column_kind;
 
@@ -215,6 +217,7 @@ static const char *const column_names[] = {
     [COL_IMAGE_VECTOR] = "image_vector",
     [COL_TEXT_VECTOR] = "text_vector",
     [COL_THUMBNAIL] = "thumbnail",
+    [COL_KEPT_IMAGE] = "kept_image",
 };
 
 typedef struct {
@@ -282,6 +285,7 @@ void vlm_catalog_row_clear(vlm_catalog_row *row) {
   free(row->image_vec);
   free(row->text_vec);
   free(row->thumb);
+  free(row->kept);
   memset(row, 0, sizeof *row);
 }
 
@@ -486,12 +490,13 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
                                  "\"key\" is %zu bytes (at most %d)", keylen,
                                  KEY_MAX_BYTES);
 
-  const char *image, *text, *caption, *source, *thumb;
+  const char *image, *text, *caption, *source, *thumb, *kept;
   if (get_string(obj, "image", &image, row) ||
       get_string(obj, "text", &text, row) ||
       get_string(obj, "caption", &caption, row) ||
       get_string(obj, "source", &source, row) ||
-      get_string(obj, "thumbnail", &thumb, row))
+      get_string(obj, "thumbnail", &thumb, row) ||
+      get_string(obj, "kept_image", &kept, row))
     return 1;
   if (text && caption)
     return vlm_catalog_row_error(
@@ -560,10 +565,30 @@ static int row_from_object(vlm_catalog *cat, const json_t *obj,
       return vlm_catalog_row_error(row, VLM_SKIP_TYPE, "\"thumbnail\": %s",
                                    vlm_errmsg());
   }
+  if (kept && *kept) {
+    /* no larger than an image file ingest would read */
+    size_t n = strlen(kept);
+    if (n / 4 * 3 > VLM_MAX_IMAGE_FILE + 3)
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE, "\"kept_image\" is "
+                                   "larger than %zu bytes",
+                                   (size_t)VLM_MAX_IMAGE_FILE);
+    if (vlm_base64_decode(kept, &row->kept, &row->kept_len))
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE, "\"kept_image\": %s",
+                                   vlm_errmsg());
+    if (row->kept_len > VLM_MAX_IMAGE_FILE)
+      return vlm_catalog_row_error(row, VLM_SKIP_TYPE, "\"kept_image\" is "
+                                   "larger than %zu bytes",
+                                   (size_t)VLM_MAX_IMAGE_FILE);
+    if (row->kept_len == 0) {
+      free(row->kept);
+      row->kept = NULL;
+    }
+  }
 
-  if (!image && !text && !row->image_vec && !row->text_vec)
+  if (!image && !text && !row->image_vec && !row->text_vec && !row->kept)
     return vlm_catalog_row_error(row, VLM_SKIP_EMPTY,
-                                 "no \"image\", \"text\" or vector to store");
+                                 "no \"image\", \"text\", \"kept_image\" or "
+                                 "vector to store");
 
   if (image) {
     row->image = is_uri(image) ? strdup(image)
@@ -866,7 +891,8 @@ static int csv_header(vlm_catalog *cat) {
         return vlm_seterr(VLM_EFORMAT,
                           "%s:%ld: unknown column \"%s\" (columns: key, "
                           "image, text, caption, source, vector, "
-                          "image_vector, text_vector, thumbnail, meta.NAME)",
+                          "image_vector, text_vector, thumbnail, "
+                          "kept_image, meta.NAME)",
                           cat->path, start, name);
     }
     for (int j = 0; j < i; j++)
@@ -1387,6 +1413,17 @@ char *vlm_catalog_format_record(const vlm_record *rec, int with_vectors) {
       }
       free(b64);
     }
+  }
+  /* The kept bytes go with or without the vectors: without them ingest
+   * embeds the item's image from these bytes, so the image files need not
+   * exist any more. */
+  if (rec->image && rec->image_len) {
+    char *b64 = vlm_base64_encode(rec->image, rec->image_len);
+    if (!b64 || json_object_set_new(obj, "kept_image", json_string(b64))) {
+      free(b64);
+      goto done;
+    }
+    free(b64);
   }
   /* Nine significant digits give back the exact float. */
   line = json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(9));

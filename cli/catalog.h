@@ -5,10 +5,14 @@
  *   JSONL  one object a line: {"key": "...", "image": "path", "text": "...",
  *          "meta": {...}} plus optional "caption" (stored, not embedded),
  *          "source", "vector" / "image_vector" / "text_vector" (precomputed
- *          vectors) and "thumbnail" (base64 JPEG).
+ *          vectors), "thumbnail" (base64 JPEG) and "kept_image" (base64:
+ *          the image file's bytes, kept with the item and embedded instead
+ *          of reading "image"; what `vlmdb export` writes of an item that
+ *          keeps them).
  *   CSV    RFC 4180, a header row naming the columns: key, image, text,
  *   TSV    caption, source, vector, image_vector, text_vector, thumbnail,
- *          meta.NAME (one per metadata field); TSV is the same with tabs.
+ *          kept_image, meta.NAME (one per metadata field); TSV is the same
+ *          with tabs.
  *   DIR    a directory of .jpg/.jpeg/.png images, key = path relative to the
  *          directory, text from a sidecar NAME.txt (or NAME.jpg.txt).
  *
@@ -96,6 +100,10 @@ typedef struct {
   int dim;              /* length of the precomputed vectors */
   uint8_t *thumb;       /* decoded "thumbnail", or NULL */
   size_t thumb_len;
+  uint8_t *kept;        /* decoded "kept_image" (the item's image file
+                           bytes: stored with it, and read instead of the
+                           file at image), or NULL */
+  size_t kept_len;
   vlm_skip_reason error;/* VLM_SKIP_NONE, or why the row is bad */
   char message[320];    /* the reason in words, when error is set */
 } vlm_catalog_row;
@@ -129,8 +137,9 @@ int vlm_catalog_row_error(vlm_catalog_row *row, vlm_skip_reason reason,
 
 /* Format a stored item as one JSONL catalog line (no newline), the inverse
  * of reading: with_vectors adds image_vector, text_vector and thumbnail so
- * the line rebuilds the item without its files or the model.  Returns a
- * malloc'd string or NULL (out of memory). */
+ * the line rebuilds the item without its files or the model; a record
+ * read with its kept image bytes (VLM_GET_IMAGE) also gets "kept_image".
+ * Returns a malloc'd string or NULL (out of memory). */
 char *vlm_catalog_format_record(const vlm_record *rec, int with_vectors);
 
 /* Base64 (RFC 4648, with padding).  encode returns a malloc'd string;

@@ -1,5 +1,5 @@
 /* cmd_admin.c - the small database commands: info, get, delete, export,
- * update, reindex, verify, recover, salvage, backup. */
+ * update, config, reindex, verify, recover, salvage, backup. */
 #include "catalog.h"
 #include "opts.h"
 #include "progress.h"
@@ -25,6 +25,8 @@ typedef struct {
   const char *output;   /* export: -o FILE; salvage: --out DIR */
   const char *factory;  /* reindex: --index */
   int text;             /* reindex: --text */
+  int no_images;        /* export: --no-images */
+  const char *keep;     /* config: --keep-images on|off */
   const char *meta;     /* update: --meta JSON */
   const char *source;   /* update: --source URI */
   int first_arg;        /* argv index of the first positional argument */
@@ -33,7 +35,9 @@ typedef struct {
 enum { OPT_VECTORS = 1, OPT_THUMB = 2, OPT_OUTPUT = 4, OPT_INDEX = 8,
        OPT_ARGS = 16, /* takes positional arguments (keys) */
        OPT_UPDATE = 32, /* --meta, --source */
-       OPT_TEXT = 64 /* reindex: --text */ };
+       OPT_TEXT = 64, /* reindex: --text */
+       OPT_NO_IMAGES = 128, /* export: --no-images */
+       OPT_KEEP = 256 /* config: --keep-images */ };
 
 static int parse_admin(int argc, char **argv, unsigned allowed,
                        admin_args *a) {
@@ -49,6 +53,8 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
       {"meta", required_argument, NULL, 'm'},
       {"source", required_argument, NULL, 's'},
       {"text", no_argument, NULL, 'T'},
+      {"no-images", no_argument, NULL, 'N'},
+      {"keep-images", required_argument, NULL, 'K'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -61,6 +67,8 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
                     : c == 'i' ? OPT_INDEX
                     : c == 'm' || c == 's' ? OPT_UPDATE
                     : c == 'T' ? OPT_TEXT
+                    : c == 'N' ? OPT_NO_IMAGES
+                    : c == 'K' ? OPT_KEEP
                                : 0;
     if (need && !(allowed & need))
       return vlm_cli_usage_error(a->cmd, "that flag is not for this command");
@@ -75,6 +83,8 @@ static int parse_admin(int argc, char **argv, unsigned allowed,
     case 'm': a->meta = optarg; break;
     case 's': a->source = optarg; break;
     case 'T': a->text = 1; break;
+    case 'N': a->no_images = 1; break;
+    case 'K': a->keep = optarg; break;
     case 'h': fputs(a->usage, stdout); return VLM_EXIT_OK;
     default: fputs(a->usage, stderr); return VLM_EXIT_USAGE;
     }
@@ -161,6 +171,7 @@ int cmd_info(int argc, char **argv) {
     json_object_set_new(o, "model_family", json_string(info.model_family));
     json_object_set_new(o, "image_orientation",
                         json_string(info.image_orientation));
+    json_object_set_new(o, "keep_images", json_boolean(info.keep_images));
     json_object_set_new(o, "format_version",
                         json_integer(info.format_version));
     json_object_set_new(o, "fields", fields);
@@ -214,6 +225,9 @@ int cmd_info(int argc, char **argv) {
          : !strcmp(info.image_orientation, "ignore")
              ? "orientation ignored (--exif ignore)"
              : "as the model says");
+  printf("kept images:    %s\n",
+         info.keep_images ? "yes, every image written is kept (--keep-images)"
+                          : "no (only `ingest --keep-images` keeps them)");
   printf("fields:        ");
   if (info.nfields == 0)
     printf(" (none)");
@@ -452,14 +466,20 @@ int cmd_update(int argc, char **argv) {
 }
 
 static const char export_usage[] =
-    "usage: vlmdb export --db DIR [--vectors] [-o FILE]\n"
+    "usage: vlmdb export --db DIR [--vectors] [--no-images] [-o FILE]\n"
     "\n"
     "Write every item as a JSONL catalog that `vlmdb ingest` reads back:\n"
-    "key, image (the stored source path), text (the caption), meta.  With\n"
-    "--vectors each line also carries image_vector, text_vector and the\n"
-    "thumbnail (base64), so ingest rebuilds the items without their image\n"
-    "files and without running the model.\n"
+    "key, image (the stored source path), text (the caption), meta, and\n"
+    "the image bytes the item keeps (`ingest --keep-images`) as kept_image\n"
+    "(base64): ingest keeps them again and embeds the image from them, so\n"
+    "the image files need not exist.  With --vectors each line also\n"
+    "carries image_vector, text_vector and the thumbnail (base64), so\n"
+    "ingest rebuilds the items without their image files and without\n"
+    "running the model.\n"
     "\n"
+    "  --vectors           the vectors and thumbnails too\n"
+    "  --no-images         leave the kept image bytes out (ingest then\n"
+    "                      reads the image files, which must exist)\n"
     "  -o, --output FILE   write there instead of stdout\n"
     "\n"
     "example:\n"
@@ -472,6 +492,7 @@ typedef struct {
   int vectors;
   long n;
   long lossy; /* items whose vectors the line cannot rebuild */
+  long kept;  /* items written with their kept image bytes */
 } export_ctx;
 
 static int export_one(const vlm_record *rec, void *arg) {
@@ -479,12 +500,13 @@ static int export_one(const vlm_record *rec, void *arg) {
   char *line = vlm_catalog_format_record(rec, x->vectors);
   if (!line)
     return vlm_seterr(VLM_ENOMEM, "formatting key \"%s\"", rec->key);
+  x->kept += rec->image != NULL;
   int bad = fputs(line, x->out) < 0 || fputc('\n', x->out) == EOF;
   free(line);
   if (bad)
     return vlm_seterr(VLM_EIO, "writing the export failed");
   x->n++;
-  if (!x->vectors && ((rec->image_vec && !rec->source) ||
+  if (!x->vectors && ((rec->image_vec && !rec->source && !rec->image) ||
                       (rec->text_vec && !rec->caption)))
     x->lossy++;
   return 0;
@@ -492,7 +514,8 @@ static int export_one(const vlm_record *rec, void *arg) {
 
 int cmd_export(int argc, char **argv) {
   admin_args a = {.cmd = "export", .usage = export_usage};
-  int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_OUTPUT, &a);
+  int rc = parse_admin(argc, argv, OPT_VECTORS | OPT_OUTPUT | OPT_NO_IMAGES,
+                       &a);
   if (rc >= 0)
     return rc;
   vlm_db *db;
@@ -504,7 +527,8 @@ int cmd_export(int argc, char **argv) {
     vlm_db_close(db);
     return VLM_EXIT_RUNTIME;
   }
-  rc = vlm_db_foreach(db, export_one, &x);
+  rc = vlm_db_foreach2(db, a.no_images ? 0u : VLM_GET_IMAGE, export_one,
+                       &x);
   vlm_db_close(db);
   int close_failed = x.out != stdout ? fclose(x.out) : fflush(stdout);
   if (rc) {
@@ -515,12 +539,75 @@ int cmd_export(int argc, char **argv) {
     vlm_cli_error(a.cmd, "writing the export failed");
     return VLM_EXIT_RUNTIME;
   }
-  fprintf(stderr, "vlmdb %s: %ld items\n", a.cmd, x.n);
+  if (x.kept)
+    fprintf(stderr, "vlmdb %s: %ld items, %ld with their kept image bytes\n",
+            a.cmd, x.n, x.kept);
+  else
+    fprintf(stderr, "vlmdb %s: %ld items\n", a.cmd, x.n);
   if (x.lossy)
     fprintf(stderr,
             "vlmdb %s: warning: %ld items have a vector without the source "
             "or caption it came from; only --vectors exports them whole\n",
             a.cmd, x.lossy);
+  return VLM_EXIT_OK;
+}
+
+/* -------------------------------------------------------------- config */
+
+static const char config_usage[] =
+    "usage: vlmdb config --db DIR [--keep-images on|off] [--json]\n"
+    "\n"
+    "Show the settings of a database that can change after `vlmdb init`,\n"
+    "or change them (needs the writer lock: stop a `vlmdb serve` first).\n"
+    "\n"
+    "  --keep-images on|off  whether the database keeps images: on, every\n"
+    "                        ingest and the server's ADD, UPSERT and UPDATE\n"
+    "                        with an image store the image's bytes with the\n"
+    "                        item (as `ingest --keep-images`), so `vlmdb\n"
+    "                        reembed` and `train --db` need no files.  Items\n"
+    "                        stored already keep what they hold\n"
+    "  --json                print the settings as JSON\n"
+    "\n"
+    "example:\n"
+    "  vlmdb config --db photos.vlm --keep-images on\n";
+
+int cmd_config(int argc, char **argv) {
+  admin_args a = {.cmd = "config", .usage = config_usage};
+  int rc = parse_admin(argc, argv, OPT_KEEP, &a);
+  if (rc >= 0)
+    return rc;
+  int on = -1;
+  if (a.keep) {
+    if (!strcmp(a.keep, "on") || !strcmp(a.keep, "yes") ||
+        !strcmp(a.keep, "true") || !strcmp(a.keep, "1"))
+      on = 1;
+    else if (!strcmp(a.keep, "off") || !strcmp(a.keep, "no") ||
+             !strcmp(a.keep, "false") || !strcmp(a.keep, "0"))
+      on = 0;
+    else
+      return vlm_cli_usage_error(a.cmd, "--keep-images is on or off, not "
+                                 "'%s'", a.keep);
+  }
+  vlm_db *db;
+  if (vlm_cli_open_db(a.cmd, a.db_dir, on < 0, &db))
+    return VLM_EXIT_RUNTIME;
+  int was = vlm_db_keeps_images(db);
+  if (on >= 0 && (rc = vlm_db_set_keep_images(db, on))) {
+    vlm_db_close(db);
+    vlm_cli_liberror(a.cmd, rc);
+    return VLM_EXIT_RUNTIME;
+  }
+  int now = vlm_db_keeps_images(db);
+  vlm_db_close(db);
+  if (a.as_json) {
+    json_t *o = json_object();
+    json_object_set_new(o, "keep_images", json_boolean(now));
+    json_object_set_new(o, "changed", json_boolean(now != was));
+    print_json_line(o);
+  } else {
+    printf("keep images: %s%s\n", now ? "on" : "off",
+           on < 0 || now == was ? "" : was ? " (was on)" : " (was off)");
+  }
   return VLM_EXIT_OK;
 }
 

@@ -204,6 +204,11 @@ static int split_rows(splitter *sp, const char *path,
       json_object_set_new(o, "thumbnail", json_string(b64 ? b64 : ""));
       free(b64);
     }
+    if (row.kept) {
+      char *b64 = vlm_base64_encode(row.kept, row.kept_len);
+      json_object_set_new(o, "kept_image", json_string(b64 ? b64 : ""));
+      free(b64);
+    }
     status = write_row(sp, row.key, o);
     json_decref(o);
     if (status)
@@ -637,6 +642,11 @@ int cmd_cluster(int argc, char **argv) {
         check_problem(&p, "%s: EXIF %s, %s has %s", dirs[d],
                       info->image_orientation, dirs[ref],
                       r->image_orientation);
+      /* nodes of one cluster keep the images they are sent alike */
+      if (!info->keep_images != !r->keep_images)
+        check_problem(&p, "%s: %s images, %s %s", dirs[d],
+                      info->keep_images ? "keeps" : "does not keep",
+                      dirs[ref], r->keep_images ? "does" : "does not");
     }
   }
   for (int s = 0; cluster && s < cluster->nshards; s++)

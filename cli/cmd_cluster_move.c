@@ -8,9 +8,9 @@
  *   1. widen:  the destination's manifest takes the new map's slots and
  *              digest (vlm_db_set_slots), so it accepts the range's keys;
  *   2. copy:   the range's items are upserted into the destination in
- *              durable batches, each item as the source holds it (record
- *              and vectors bit for bit; one already there identical is
- *              left alone, so a rerun rewrites nothing);
+ *              durable batches, each item as the source holds it (record,
+ *              kept image bytes and vectors bit for bit; one already there
+ *              identical is left alone, so a rerun rewrites nothing);
  *   3. map:    the new cluster.json is written (beside, fsynced, renamed,
  *              directory fsynced): from here on the destination owns the
  *              range;
@@ -160,7 +160,8 @@ static int same_text(const char *a, const char *b) {
   return (!a && !b) || (a && b && !strcmp(a, b));
 }
 
-/* Bit for bit the same item (its id aside). */
+/* Bit for bit the same item (its id aside); both read with their kept
+ * image bytes. */
 static int records_equal(const vlm_record *a, const vlm_record *b) {
   size_t vb = (size_t)a->dim * sizeof(float);
   return a->dim == b->dim && same_bytes(a->image_vec, b->image_vec, vb) &&
@@ -169,8 +170,13 @@ static int records_equal(const vlm_record *a, const vlm_record *b) {
          same_text(a->source, b->source) &&
          same_text(a->meta_json, b->meta_json) &&
          a->thumb_len == b->thumb_len &&
-         same_bytes(a->thumb, b->thumb, a->thumb_len);
+         same_bytes(a->thumb, b->thumb, a->thumb_len) &&
+         a->image_len == b->image_len &&
+         same_bytes(a->image, b->image, a->image_len);
 }
+
+/* A batch also ends once the kept image bytes it holds reach this. */
+#define MOVE_BATCH_IMAGE_BYTES ((size_t)64 << 20)
 
 /* Every key of the range the source holds, in scan order. */
 typedef struct {
@@ -224,6 +230,7 @@ static int copy_items(mover *mv, const keyset *ks) {
   vlm_record **recs = calloc((size_t)mv->batch, sizeof *recs);
   vlm_item *items = calloc((size_t)mv->batch, sizeof *items);
   int n = 0, rc = 0;
+  size_t image_bytes = 0;
   if (!recs || !items) {
     rc = vlm_seterr(VLM_ENOMEM, "move: batch");
     goto done;
@@ -231,9 +238,9 @@ static int copy_items(mover *mv, const keyset *ks) {
   for (long i = 0; i <= ks->n && rc == 0; i++) {
     if (i < ks->n) {
       vlm_record *r = NULL, *have = NULL;
-      if ((rc = vlm_db_get(mv->src, ks->keys[i], &r)))
+      if ((rc = vlm_db_get2(mv->src, ks->keys[i], VLM_GET_IMAGE, &r)))
         break;
-      int got = vlm_db_get(mv->dst, ks->keys[i], &have);
+      int got = vlm_db_get2(mv->dst, ks->keys[i], VLM_GET_IMAGE, &have);
       if (got && got != VLM_ENOTFOUND) {
         vlm_record_free(r);
         rc = got;
@@ -254,15 +261,20 @@ static int copy_items(mover *mv, const keyset *ks) {
                             .source = r->source,
                             .thumb = r->thumb,
                             .thumb_len = r->thumb_len,
-                            .meta_json = r->meta_json};
+                            .meta_json = r->meta_json,
+                            .image = r->image,
+                            .image_len = r->image ? r->image_len : 0};
+      image_bytes += r->image ? r->image_len : 0;
       n++;
     }
-    if (n == mv->batch || (i == ks->n && n > 0)) {
+    if (n == mv->batch || (n > 0 && image_bytes >= MOVE_BATCH_IMAGE_BYTES) ||
+        (i == ks->n && n > 0)) {
       int written = 0;
       rc = vlm_db_put(mv->dst, items, n, VLM_PUT_UPSERT, &written);
       for (int j = 0; j < n; j++)
         vlm_record_free(recs[j]);
       n = 0;
+      image_bytes = 0;
       if (rc)
         break;
       mv->copied += written;

@@ -88,7 +88,16 @@ static int flush_batch(embedder *e, const char *catalog) {
   for (int i = 0; i < e->n; i++) {
     vlm_catalog_row *row = &e->rows[i];
     pix_slot[i] = text_slot[i] = -1;
-    if (row->image && !row->image_vec) {
+    if (row->kept && !row->image_vec) {
+      /* an export's kept bytes are the item's image: no file to read */
+      if (vlm_clip_preprocess(e->clip, row->kept, row->kept_len,
+                              e->pixels + (size_t)npix * e->pixel_floats)) {
+        row->error = VLM_SKIP_CORRUPT_IMAGE;
+        report(e, catalog, row, vlm_errmsg());
+        continue;
+      }
+      pix_slot[i] = npix++;
+    } else if (row->image && !row->image_vec) {
       if (row->image[0] != '/') {
         row->error = VLM_SKIP_MISSING_FILE;
         report(e, catalog, row, "only local files can be read");

@@ -108,7 +108,7 @@ static int index_train(index_args *a) {
     goto fail;
   }
   if ((rc = vlm_index_create(a->factory, info.dim, VLM_METRIC_IP, &ix)) ||
-      (rc = vlm_cli_walk_ids(db, sample_one, &s)))
+      (rc = vlm_cli_walk_ids(db, 0, sample_one, &s)))
     goto fail;
   if (s.got < vlm_index_train_size(ix)) {
     vlm_cli_error(a->cmd, "%s has %ld %s vectors to train on, %s needs at "
@@ -222,7 +222,7 @@ static int index_add(index_args *a) {
     rc = vlm_seterr(VLM_ENOMEM, "index add");
     goto fail;
   }
-  if ((rc = vlm_cli_walk_ids(db, add_one, &ad)) ||
+  if ((rc = vlm_cli_walk_ids(db, 0, add_one, &ad)) ||
       (ad.n && (rc = flush_adds(&ad))) ||
       (rc = vlm_index_write(ad.ix, a->out)))
     goto fail;

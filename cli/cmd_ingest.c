@@ -77,7 +77,9 @@ static const char usage[] =
     "  --keep-images       also store each image file's bytes in the\n"
     "                      database, so `vlmdb reembed` (and `train --db`)\n"
     "                      work without the files (costs their size on\n"
-    "                      disk)\n"
+    "                      disk); the default on a database that keeps\n"
+    "                      images (`vlmdb init --keep-images`).  A row's\n"
+    "                      \"kept_image\" (an export's) is always kept\n"
     "  --strict            stop at the first bad row and exit with 1\n"
     "  --format F          jsonl, csv, tsv, dir or embeddings (default: from\n"
     "                      the name; a directory holding metadata/ is\n"
@@ -307,15 +309,25 @@ static void report_fatal(ingest *ing, const char *fmt, ...) {
 static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
   uint8_t *data = NULL;
   size_t len = 0;
+  /* A row's kept bytes are its image: the file is not read. */
+  if (it->row.kept) {
+    data = it->row.kept;
+    len = it->row.kept_len;
+    it->row.kept = NULL;
+    it->row.kept_len = 0;
+    it->image_bytes = data; /* kept whatever becomes of the decode */
+    it->image_len = len;
+  }
   /* Regular files only: a FIFO, directory or device is refused like a
    * missing file, without waiting on it (vlm_file.h). */
-  if (vlm_read_file(it->row.image, VLM_MAX_IMAGE_FILE, &data, &len)) {
+  else if (vlm_read_file(it->row.image, VLM_MAX_IMAGE_FILE, &data, &len)) {
     /* With a precomputed vector the image only gives a thumbnail. */
     if (it->embed_image)
       set_item_error(it, VLM_SKIP_MISSING_FILE, "%s", vlm_errmsg());
     return;
   }
   vlm_image img = {0};
+  const char *what = it->row.image ? it->row.image : "its \"kept_image\"";
   if (it->embed_image) {
     /* One decode gives the model's pixels and the thumbnail's image. */
     float *pixels = b->pixels + it->pixel_slot * ing->pixel_floats;
@@ -323,7 +335,7 @@ static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
                  ? vlm_clip_preprocess_image(ing->clip, data, len, pixels, &img)
                  : vlm_clip_preprocess(ing->clip, data, len, pixels);
     if (rc) {
-      set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: %s", it->row.image,
+      set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: %s", what,
                      vlm_errmsg());
       goto done;
     }
@@ -333,11 +345,13 @@ static void prepare_item(ingest *ing, batch *b, ingest_item *it) {
                      : vlm_image_thumbnail_bytes(data, len, &it->thumb, &it->thumb_len);
     if (rc && it->embed_image)
       set_item_error(it, VLM_SKIP_CORRUPT_IMAGE, "%s: thumbnail: %s",
-                     it->row.image, vlm_errmsg());
+                     what, vlm_errmsg());
   }
 done:
   vlm_image_free(&img);
-  if (ing->keep_images && !it->row.error) {
+  if (it->image_bytes) {
+    /* the row's own kept bytes: clear_batch frees them */
+  } else if (ing->keep_images && !it->row.error) {
     it->image_bytes = data; /* written with the item */
     it->image_len = len;
   } else {
@@ -764,14 +778,21 @@ static int classify_row(ingest *ing, batch *b, ingest_item *it) {
     }
   }
   int local = row->image && row->image[0] == '/';
-  if (row->image && !row->image_vec && !local) {
+  if (row->image && !row->image_vec && !local && !row->kept) {
     set_item_error(it, VLM_SKIP_MISSING_FILE,
                    "%s: only local files can be read", row->image);
     return 0;
   }
-  it->embed_image = row->image && !row->image_vec;
+  /* Kept bytes (an export's "kept_image") stand in for the file. */
+  it->embed_image = (row->image || row->kept) && !row->image_vec;
   it->embed_text = row->text && !row->text_vec;
-  it->make_thumb = local && !row->thumb;
+  it->make_thumb = (local || row->kept) && !row->thumb;
+  if (row->kept && !it->embed_image && !it->make_thumb) {
+    it->image_bytes = row->kept; /* stored as they are */
+    it->image_len = row->kept_len;
+    row->kept = NULL;
+    row->kept_len = 0;
+  }
   if ((it->embed_image || it->embed_text) && !ing->clip) {
     double t0 = vlm_now();
     /* one thread per call: embed_batch runs a call per core */
@@ -1105,6 +1126,14 @@ int cmd_ingest(int argc, char **argv) {
     goto done;
   }
   ing.dim = info.dim;
+  if (info.keep_images) {
+    ing.keep_images = 1;
+  } else if (ing.keep_images && !quiet) {
+    fprintf(stderr, "vlmdb %s: note: this run keeps its images, but %s does "
+            "not keep images for other writes (the server's ADD): `vlmdb "
+            "config --db %s --keep-images on` makes it\n", cmd,
+            final_dir ? final_dir : db_dir, final_dir ? final_dir : db_dir);
+  }
   if (info.shard >= 0) {
     if (!(ing.slot_mine = calloc(VLM_SLOTS, 1))) {
       vlm_cli_error(cmd, "out of memory");

@@ -15,6 +15,7 @@ static const char usage[] =
     "usage: vlmdb init --db DIR [--model DIR] [--index FACTORY]\n"
     "                  [--field NAME:TYPE]... [--exif apply|ignore]\n"
     "                  [--cluster FILE --shard I|auto] [--publish]\n"
+    "                  [--keep-images]\n"
     "\n"
     "Create an empty database in DIR (created if missing; must be empty),\n"
     "bound to a model (CLIP, SigLIP or Chinese-CLIP): every vector it\n"
@@ -32,6 +33,11 @@ static const char usage[] =
     "                      setting (SigLIP and Chinese-CLIP apply it, CLIP\n"
     "                      ignores it). Every command on the database then\n"
     "                      does the same.\n"
+    "  --keep-images       the database keeps images: every ingest, and the\n"
+    "                      server's ADD, UPSERT and UPDATE with an image,\n"
+    "                      store the image file's bytes with the item, so\n"
+    "                      `vlmdb reembed` and `train --db` need no files\n"
+    "                      (`vlmdb config --keep-images on|off` changes it)\n"
     "  --cluster FILE      make the database shard I of the cluster map FILE\n"
     "  --shard I|auto      (cluster.json): it holds only the keys of the\n"
     "                      shard's hash slots; auto takes I from\n"
@@ -50,7 +56,8 @@ static const char usage[] =
 #define MAX_FIELDS VLM_DB_MAX_FIELDS
 
 /* 0 when the database in dir was made with config's settings (model,
- * dimension, index, fields, EXIF, cluster and shard); else -1 and what
+ * dimension, index, fields, EXIF, kept images, cluster and shard); else
+ * -1 and what
  * differs (or why it cannot be read) in why. */
 static int same_settings(const char *cmd, const char *dir,
                          const vlm_db_config *config, char *why,
@@ -82,6 +89,9 @@ static int same_settings(const char *cmd, const char *dir,
     snprintf(why, cap, "other fields");
   else if (strcmp(info.image_orientation, config->image_orientation))
     snprintf(why, cap, "--exif %s", info.image_orientation);
+  else if (!info.keep_images != !config->keep_images)
+    snprintf(why, cap, "%s", info.keep_images ? "--keep-images"
+                                              : "no --keep-images");
   else if (info.shard != want_shard ||
            (want_shard >= 0 &&
             strcmp(info.cluster_digest, config->cluster_digest)))
@@ -106,10 +116,11 @@ int cmd_init(int argc, char **argv) {
       {"cluster", required_argument, NULL, 'c'},
       {"shard", required_argument, NULL, 's'},
       {"publish", no_argument, NULL, 'p'},
+      {"keep-images", no_argument, NULL, 'K'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   const char *cluster_path = NULL, *shard_text = NULL;
-  int publish = 0;
+  int publish = 0, keep_images = 0;
   vlm_cluster *cluster = NULL;
   vlm_cli_getopt_reset();
   int c;
@@ -121,6 +132,7 @@ int cmd_init(int argc, char **argv) {
     case 'c': cluster_path = optarg; break;
     case 's': shard_text = optarg; break;
     case 'p': publish = 1; break;
+    case 'K': keep_images = 1; break;
     case 'e':
       if (vlm_cli_orientation(optarg) < 0)
         return vlm_cli_usage_error(cmd, "--exif is apply, ignore or model");
@@ -210,7 +222,8 @@ int cmd_init(int argc, char **argv) {
                           .shard = shard,
                           .nshards = cluster ? cluster->nshards : 0,
                           .slot_ranges = mine,
-                          .nslot_ranges = nmine};
+                          .nslot_ranges = nmine,
+                          .keep_images = keep_images};
   if (publish && vlm_cli_exists(db_dir)) {
     /* A rerun of a killed task: resume the database it began, if it is
      * the one this command would make. */
@@ -239,6 +252,8 @@ int cmd_init(int argc, char **argv) {
                                              : "real");
   if (cluster)
     printf(", shard %d of %d (%s)", shard, cluster->nshards, cluster_path);
+  if (keep_images)
+    printf(", keeps images");
   if (publish)
     printf(", published as %s by `vlmdb ingest --publish`", final_dir);
   printf("\n");

@@ -25,11 +25,13 @@ static const char merge_usage[] =
     "                   [--batch N] [--json] SHARD...\n"
     "\n"
     "Combine shard databases into DB (created if missing): every record,\n"
-    "its vectors bit for bit and its metadata rows, under its global id:\n"
-    "the shard's own id plus the shard's offset, the id spaces of the\n"
-    "shards before it (ordered by the shard index their manifests record,\n"
-    "else as given).  The shards must agree on model, dimension, index\n"
-    "kind and fields.  Each batch commits like any put, so a merge killed\n"
+    "its vectors bit for bit, its kept image bytes and its metadata rows,\n"
+    "under its global id: the shard's own id plus the shard's offset, the\n"
+    "id spaces of the shards before it (ordered by the shard index their\n"
+    "manifests record, else as given).  The shards must agree on model,\n"
+    "dimension, index kind and fields; DB keeps images (`vlmdb init\n"
+    "--keep-images`) when a shard does.  Each batch commits like any put\n"
+    "(at most 64 MiB of kept image bytes), so a merge killed\n"
     "part-way leaves DB openable, and the same command run again finishes\n"
     "it (items already in DB are skipped).  DB builds its own index of the\n"
     "kind the shards have (an HNSW graph is rebuilt); --image-index and\n"
@@ -40,16 +42,22 @@ static const char merge_usage[] =
     "  --into DB            the merged database\n"
     "  --image-index FILE   a merged IVF index of the shards' image vectors\n"
     "  --text-index FILE    the same for text vectors\n"
-    "  --batch N            items per batch (default 1000)\n"
+    "  --batch N            items per batch (default 1000; fewer when\n"
+    "                       their kept image bytes reach 64 MiB)\n"
     "  --json               print the summary as JSON\n"
     "\n"
     "example:\n"
     "  vlmdb merge --into photos.vlm shards/shard-*\n";
 
+/* A batch also ends once the kept image bytes it holds reach this, so a
+ * merge of items that keep large images holds a bounded amount of them. */
+#define MERGE_BATCH_IMAGE_BYTES ((size_t)64 << 20)
+
 typedef struct {
   vlm_db *into;
   int64_t offset;
   int batch, n;
+  size_t image_bytes; /* kept bytes in the batch */
   vlm_record **recs;
   vlm_item *items;
   uint64_t *ids;
@@ -67,7 +75,9 @@ static int flush_batch(merger *mg) {
                               .source = r->source,
                               .thumb = r->thumb,
                               .thumb_len = r->thumb_len,
-                              .meta_json = r->meta_json};
+                              .meta_json = r->meta_json,
+                              .image = r->image,
+                              .image_len = r->image ? r->image_len : 0};
   }
   int written = 0;
   int rc = vlm_db_put_at(mg->into, mg->items, mg->ids, mg->n, &written);
@@ -77,6 +87,7 @@ static int flush_batch(merger *mg) {
   for (int i = 0; i < mg->n; i++)
     vlm_record_free(mg->recs[i]);
   mg->n = 0;
+  mg->image_bytes = 0;
   return rc;
 }
 
@@ -94,9 +105,11 @@ static vlm_record *copy_record(const vlm_record *r) {
   c->image_vec = r->image_vec ? malloc(vb) : NULL;
   c->text_vec = r->text_vec ? malloc(vb) : NULL;
   c->thumb = r->thumb ? malloc(r->thumb_len ? r->thumb_len : 1) : NULL;
+  c->image = r->image ? malloc(r->image_len ? r->image_len : 1) : NULL;
   if (!c->key || (r->caption && !c->caption) || (r->source && !c->source) ||
       (r->meta_json && !c->meta_json) || (r->image_vec && !c->image_vec) ||
-      (r->text_vec && !c->text_vec) || (r->thumb && !c->thumb)) {
+      (r->text_vec && !c->text_vec) || (r->thumb && !c->thumb) ||
+      (r->image && !c->image)) {
     vlm_record_free(c);
     return NULL;
   }
@@ -106,6 +119,8 @@ static vlm_record *copy_record(const vlm_record *r) {
     memcpy(c->text_vec, r->text_vec, vb);
   if (c->thumb)
     memcpy(c->thumb, r->thumb, r->thumb_len);
+  if (c->image)
+    memcpy(c->image, r->image, r->image_len);
   return c;
 }
 
@@ -117,7 +132,10 @@ static int take_one(const vlm_record *rec, void *arg) {
   mg->recs[mg->n] = c;
   mg->ids[mg->n++] = (uint64_t)mg->offset + rec->id;
   mg->seen++;
-  return mg->n == mg->batch ? flush_batch(mg) : 0;
+  mg->image_bytes += c->image ? c->image_len : 0;
+  return mg->n == mg->batch || mg->image_bytes >= MERGE_BATCH_IMAGE_BYTES
+             ? flush_batch(mg)
+             : 0;
 }
 
 static int same_fields(const vlm_db_info *a, const vlm_db_info *b) {
@@ -215,9 +233,12 @@ int cmd_merge(int argc, char **argv) {
     goto out;
   }
 
-  /* DB: created from the shards' configuration (holding every slot), or
-   * the same DB a killed merge left */
+  /* DB: created from the shards' configuration (holding every slot; it
+   * keeps images when a shard does), or the same DB a killed merge left */
   struct stat st;
+  int keep_images = 0;
+  for (int i = 0; i < n; i++)
+    keep_images |= info[i].keep_images;
   if (stat(into, &st) != 0) {
     vlm_field fields[VLM_DB_MAX_FIELDS];
     for (int i = 0; i < info[0].nfields; i++)
@@ -228,7 +249,8 @@ int cmd_merge(int argc, char **argv) {
         .model_dir = info[0].model_dir[0] ? info[0].model_dir : NULL,
         .fields = fields, .nfields = info[0].nfields,
         .model_family = info[0].model_family,
-        .image_orientation = info[0].image_orientation};
+        .image_orientation = info[0].image_orientation,
+        .keep_images = keep_images};
     if ((err = vlm_db_create(into, &cfg, &mg.into))) {
       vlm_cli_liberror(cmd, err);
       goto out;
@@ -264,7 +286,7 @@ int cmd_merge(int argc, char **argv) {
   for (int k = 0; k < n; k++) {
     int i = order[k];
     mg.offset = offsets[i];
-    if ((err = vlm_cli_walk_ids(shards[i], take_one, &mg)) ||
+    if ((err = vlm_cli_walk_ids(shards[i], VLM_GET_IMAGE, take_one, &mg)) ||
         (mg.n && (err = flush_batch(&mg)))) {
       vlm_cli_liberror(cmd, err);
       goto out;

@@ -452,7 +452,8 @@ static int stage_open(const char *cmd, const char *staged,
                           .shard = info->shard,
                           .nshards = info->nshards,
                           .slot_ranges = info->slot_ranges,
-                          .nslot_ranges = info->nslot_ranges};
+                          .nslot_ranges = info->nslot_ranges,
+                          .keep_images = info->keep_images};
   int rc = vlm_db_create(staged, &config, out);
   if (rc) {
     vlm_cli_liberror(cmd, rc);

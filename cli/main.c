@@ -21,6 +21,7 @@ static const vlm_command commands[] = {
     {"get", cmd_get, "print one item by key"},
     {"delete", cmd_delete, "delete items by key"},
     {"update", cmd_update, "change an item's metadata or source, keep the rest"},
+    {"config", cmd_config, "show or change a database's settings (kept images)"},
     {"export", cmd_export, "write the database back out as JSONL"},
     {"reindex", cmd_reindex, "rebuild the vector index with another kind"},
     {"reembed", cmd_reembed, "move a database to another model, atomically"},

@@ -7,7 +7,8 @@
 
 #include "vlm_error.h"
 
-int vlm_cli_walk_ids(vlm_db *db, vlm_cli_item_fn fn, void *arg) {
+int vlm_cli_walk_ids(vlm_db *db, unsigned flags, vlm_cli_item_fn fn,
+                     void *arg) {
   uint64_t cursor = 0;
   do {
     char **keys = NULL;
@@ -17,7 +18,7 @@ int vlm_cli_walk_ids(vlm_db *db, vlm_cli_item_fn fn, void *arg) {
       return rc;
     for (int i = 0; i < n && rc == 0; i++) {
       vlm_record *rec = NULL;
-      rc = vlm_db_get(db, keys[i], &rec);
+      rc = vlm_db_get2(db, keys[i], flags, &rec);
       if (rc == VLM_ENOTFOUND) { /* deleted since the scan */
         rc = 0;
         continue;

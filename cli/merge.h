@@ -19,11 +19,13 @@
 
 #include "vlmdb.h"
 
-/* Visit every live item of db in id order (rec->id increasing).  A
- * non-zero return from fn stops the walk and is returned; a library
- * error is returned as its VLM_E* code (vlm_errmsg() set). */
+/* Visit every live item of db in id order (rec->id increasing), each
+ * read with vlm_db_get2's flags (VLM_GET_IMAGE: with its kept image
+ * bytes).  A non-zero return from fn stops the walk and is returned; a
+ * library error is returned as its VLM_E* code (vlm_errmsg() set). */
 typedef int (*vlm_cli_item_fn)(const vlm_record *rec, void *arg);
-int vlm_cli_walk_ids(vlm_db *db, vlm_cli_item_fn fn, void *arg);
+int vlm_cli_walk_ids(vlm_db *db, unsigned flags, vlm_cli_item_fn fn,
+                     void *arg);
 
 /* One shard's place among n: shard indexes (-1 for a database that is
  * not a shard) and id spaces in, the order and offsets out (order[k] is

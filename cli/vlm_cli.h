@@ -24,6 +24,7 @@ int cmd_recover(int argc, char **argv);
 int cmd_salvage(int argc, char **argv);
 int cmd_backup(int argc, char **argv);
 int cmd_update(int argc, char **argv);
+int cmd_config(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_get(int argc, char **argv);

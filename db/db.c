@@ -524,6 +524,7 @@ int vlm_db_create(const char *dir, const vlm_db_config *config,
     strcpy(m.model_dir, config->model_dir);
   strcpy(m.model_family, family);
   strcpy(m.image_orientation, orient);
+  m.keep_images = config->keep_images != 0;
   if ((rc = set_cluster(&m, config)))
     return rc;
   if ((rc = vlm_index_create(factory, m.dim, VLM_METRIC_IP, &probe)))
@@ -1666,9 +1667,9 @@ int vlm_db_exists(vlm_db *db, const char *key) {
 /* Build a caller-owned record of item id from txn. */
 /* check: verify the record's checksum first (get does; the walk of
  * foreach leaves that to verify and salvage, so an export still reads
- * past a damaged record). */
+ * past a damaged record).  flags: VLM_GET_IMAGE copies the kept bytes. */
 static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
-                       vlm_record **out) {
+                       unsigned flags, vlm_record **out) {
   vlm__rec rec;
   uint32_t vf;
   const void *vec[VLM__NMOD];
@@ -1716,6 +1717,9 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
     r->thumb_len = rec.thumb_len;
   }
   r->image_len = rec.image_len;
+  if ((flags & VLM_GET_IMAGE) && rec.image_len && !oom &&
+      (oom = !(r->image = malloc(rec.image_len))) == 0)
+    memcpy(r->image, rec.image, rec.image_len);
   if (!oom)
     oom = !(r->meta_json = rec.meta_len ? dup_n(rec.meta, rec.meta_len)
                                         : strdup("{}"));
@@ -1728,11 +1732,18 @@ static int make_record(vlm_db *db, MDB_txn *txn, uint64_t id, int check,
 }
 
 int vlm_db_get(vlm_db *db, const char *key, vlm_record **out) {
+  return vlm_db_get2(db, key, 0, out);
+}
+
+int vlm_db_get2(vlm_db *db, const char *key, unsigned flags,
+                vlm_record **out) {
   vlm__reader *r;
   uint64_t id;
   if (!db || !key || !out)
     return vlm_seterr(VLM_EINVAL, "get: NULL argument");
   *out = NULL;
+  if (flags & ~VLM_GET_IMAGE)
+    return vlm_seterr(VLM_EINVAL, "get: unknown flags 0x%x", flags);
   int rc = begin_read(db, &r);
   if (rc)
     return rc;
@@ -1740,7 +1751,7 @@ int vlm_db_get(vlm_db *db, const char *key, vlm_record **out) {
   if (rc == VLM_ENOTFOUND)
     rc = vlm_seterr(VLM_ENOTFOUND, "key \"%s\" not found", key);
   else if (!rc)
-    rc = make_record(db, r->txn, id, 1, out);
+    rc = make_record(db, r->txn, id, 1, flags, out);
   /* The record names its key and its checksum covers it: a damaged keys
    * tree that sends a key to another item's sound record is caught here */
   if (!rc && strcmp((*out)->key, key) != 0) {
@@ -1816,15 +1827,23 @@ void vlm_record_free(vlm_record *rec) {
   free(rec->source);
   free(rec->thumb);
   free(rec->meta_json);
+  free(rec->image);
   free(rec);
 }
 
 int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
+  return vlm_db_foreach2(db, 0, fn, arg);
+}
+
+int vlm_db_foreach2(vlm_db *db, unsigned flags, vlm_db_visit_fn fn,
+                    void *arg) {
   vlm__reader *r;
   MDB_cursor *cur = NULL;
   MDB_val k, v;
   if (!db || !fn)
     return vlm_seterr(VLM_EINVAL, "foreach: NULL argument");
+  if (flags & ~VLM_GET_IMAGE)
+    return vlm_seterr(VLM_EINVAL, "foreach: unknown flags 0x%x", flags);
   int rc = begin_read(db, &r);
   if (rc)
     return rc;
@@ -1838,7 +1857,7 @@ int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg) {
     uint64_t id;
     vlm_record *rec;
     memcpy(&id, v.mv_data, 8);
-    if ((rc = make_record(db, r->txn, id, 0, &rec)))
+    if ((rc = make_record(db, r->txn, id, 0, flags, &rec)))
       goto done;
     rc = fn(rec, arg);
     vlm_record_free(rec);
@@ -1963,6 +1982,7 @@ int vlm_db_stat(vlm_db *db, vlm_db_info *info) {
       info->disk_bytes += file_bytes(db->dir, db->man.ckpt[m].file);
   if (db->man.live_file[0])
     info->disk_bytes += file_bytes(db->dir, db->man.live_file);
+  info->keep_images = db->man.keep_images;
   pthread_rwlock_unlock(&db->index_lock);
   info->dim = db->man.dim;
   snprintf(info->model_id, sizeof info->model_id, "%s", db->man.model_id);
@@ -2076,6 +2096,34 @@ int vlm_db_set_slots(vlm_db *db, const char *digest,
          sizeof next.cluster_digest);
   pthread_rwlock_unlock(&db->index_lock);
 done:
+  vlm__write_unlock(db);
+  return rc;
+}
+
+int vlm_db_keeps_images(vlm_db *db) {
+  if (!db)
+    return 0;
+  pthread_rwlock_rdlock(&db->index_lock);
+  int on = db->man.keep_images;
+  pthread_rwlock_unlock(&db->index_lock);
+  return on;
+}
+
+int vlm_db_set_keep_images(vlm_db *db, int on) {
+  if (!db)
+    return vlm_seterr(VLM_EINVAL, "set keep images: NULL argument");
+  int rc = vlm__writable(db);
+  if (rc)
+    return rc;
+  vlm__write_lock(db);
+  vlm__manifest next = db->man;
+  next.keep_images = on != 0;
+  if (next.keep_images != db->man.keep_images &&
+      !(rc = vlm__manifest_write(db->dir, &next))) {
+    pthread_rwlock_wrlock(&db->index_lock);
+    db->man.keep_images = next.keep_images;
+    pthread_rwlock_unlock(&db->index_lock);
+  }
   vlm__write_unlock(db);
   return rc;
 }

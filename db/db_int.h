@@ -108,6 +108,8 @@ typedef struct {
   int shard, nshards;
   int nslot_ranges;
   vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
+  int keep_images; /* writers that embed images keep their bytes
+                      (vlm_db_config.keep_images) */
 } vlm__manifest;
 
 /* 1 when the database holds slot (always, for a database of no cluster). */

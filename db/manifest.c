@@ -4,7 +4,9 @@
  * metric, the index factory string, the model that made the vectors, the
  * declared fields, and the FAISS checkpoint of each modality (file, the
  * last batch it holds, the id watermark, and the list file of an adopted
- * merged IVF index: binaries before it ignore the member).  It is replaced atomically:
+ * merged IVF index: binaries before it ignore the member), and whether
+ * the database keeps images ("keep_images", absent when it does not; also
+ * ignored by binaries before it).  It is replaced atomically:
  * written to manifest.json.tmp, fsync'd, renamed, and the directory
  * fsync'd, so a crash leaves either the old or the new manifest.
  *
@@ -306,6 +308,15 @@ int vlm__manifest_read(const char *dir, vlm__manifest *m) {
     goto done;
   }
   m->sql_cksum = json_is_true(ck);
+  /* Absent: the database does not keep images (manifests before the
+   * setting, and databases made without it). */
+  json_t *keep = json_object_get(root, "keep_images");
+  if (keep && !json_is_boolean(keep)) {
+    rc = vlm_seterr(VLM_EFORMAT, "%s: \"keep_images\" is not a boolean",
+                    path);
+    goto done;
+  }
+  m->keep_images = json_is_true(keep);
   if ((rc = read_cluster(json_object_get(root, "cluster"), m, path)))
     goto done;
   json_t *ix = json_object_get(root, "index");
@@ -414,6 +425,8 @@ int vlm__manifest_write(const char *dir, const vlm__manifest *m) {
                         json_string(m->image_orientation));
   if (m->sql_cksum)
     json_object_set_new(root, "sql_page_checksums", json_true());
+  if (m->keep_images)
+    json_object_set_new(root, "keep_images", json_true());
   for (int i = 0; i < m->nfields; i++) {
     json_t *f = json_object();
     json_object_set_new(f, "name", json_string(m->fname[i]));

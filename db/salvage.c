@@ -233,7 +233,8 @@ int vlm_db_salvage(const char *src, const char *dst,
                        .shard = m.shard,
                        .nshards = m.nshards,
                        .slot_ranges = m.slot_ranges,
-                       .nslot_ranges = m.nslot_ranges};
+                       .nslot_ranges = m.nslot_ranges,
+                       .keep_images = m.keep_images};
   if ((rc = vlm_db_create(dst, &cfg, &out)))
     goto done;
   if (!(b = calloc(1, sizeof *b))) {

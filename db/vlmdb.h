@@ -64,6 +64,15 @@ typedef struct {
   int shard, nshards;         /* this shard's index among nshards */
   const vlm_slot_range *slot_ranges;
   int nslot_ranges;
+  int keep_images;            /* 1 = the database keeps images: the writers
+                                that take an image to embed (vlmdb ingest,
+                                the server's ADD, UPSERT and UPDATE with
+                                IMAGE, the HTTP item writes) store its bytes
+                                with the item (vlm_item.image), as
+                                `ingest --keep-images` does.  Recorded in
+                                the manifest; vlm_db_set_keep_images
+                                changes it.  Put itself stores the bytes it
+                                is given either way. */
 } vlm_db_config;
 
 /* Receives warnings of open (an index file rebuilt from LMDB, recovery
@@ -156,7 +165,10 @@ typedef struct {
                               given (not checked as an image); counts
                               towards max_payload.  A record holding them
                               cannot be read by vlmdb builds from before
-                              this field. */
+                              this field.  In an update (VLM_WRITE_UPDATE)
+                              NULL keeps the stored bytes and a non-NULL
+                              image with image_len 0 removes them (a new
+                              picture whose bytes are not to be kept). */
   size_t image_len;
 } vlm_item;
 
@@ -228,12 +240,25 @@ typedef struct {
   uint64_t id;        /* its internal id (FAISS id; never reused) */
   size_t image_len;   /* bytes of its kept original image, 0 if none (not
                          copied into the record: vlm_db_get_image) */
+  /* Fields added later. */
+  uint8_t *image;     /* the kept bytes themselves (image_len of them) when
+                         asked for with VLM_GET_IMAGE, else NULL */
 } vlm_record;
 
 /* Get an item by key; VLM_ENOTFOUND if absent, VLM_ECORRUPT if its record
  * fails its checksum. */
 int vlm_db_get(vlm_db *db, const char *key, vlm_record **out);
 void vlm_record_free(vlm_record *rec); /* accepts NULL */
+
+/* What vlm_db_get2 and vlm_db_foreach2 copy beyond vlm_db_get's record. */
+#define VLM_GET_IMAGE 1u /* the kept image bytes, into vlm_record.image */
+
+/* vlm_db_get with flags: one read of the record, so the kept bytes are
+ * those of the same version of the item as the rest (for the commands
+ * that copy items whole: merge, cluster move).  Errors as vlm_db_get;
+ * VLM_ENOMEM when the bytes do not fit in memory. */
+int vlm_db_get2(vlm_db *db, const char *key, unsigned flags,
+                vlm_record **out);
 
 /* The original image bytes kept with key's item (vlm_item.image) into
  * *data (malloc'd: free() it) and *len; both NULL / 0 when the item keeps
@@ -384,6 +409,7 @@ typedef struct {
   vlm_slot_range slot_ranges[VLM_CLUSTER_MAX_RANGES];
   uint64_t next_id;       /* the id the next item gets (ids < it are
                              taken or were: 1 .. next_id-1) */
+  int keep_images;        /* vlm_db_config.keep_images, as recorded now */
 } vlm_db_info;
 
 int vlm_db_stat(vlm_db *db, vlm_db_info *info);
@@ -563,6 +589,22 @@ int vlm_db_reindex(vlm_db *db, const char *factory);
  * from fn stops the walk and is returned. */
 typedef int (*vlm_db_visit_fn)(const vlm_record *rec, void *arg);
 int vlm_db_foreach(vlm_db *db, vlm_db_visit_fn fn, void *arg);
+/* vlm_db_foreach with vlm_db_get2's flags (export: VLM_GET_IMAGE). */
+int vlm_db_foreach2(vlm_db *db, unsigned flags, vlm_db_visit_fn fn,
+                    void *arg);
+
+/* Whether the database keeps images (vlm_db_config.keep_images): 1 or 0.
+ * Any thread. */
+int vlm_db_keeps_images(vlm_db *db);
+
+/* Record whether the database keeps images from now on (`vlmdb config
+ * --keep-images on|off`).  Atomic and durable like vlm_db_set_slots (the
+ * manifest is replaced).  Items already stored keep what they hold: off
+ * removes no kept bytes, on adds none.  Writer only (VLM_ESTATE
+ * read-only); VLM_EIO / VLM_ENOSPACE from the manifest write (the old
+ * setting then stays).  A replica seeded before the change keeps the
+ * setting it was seeded with (the manifest is not log-shipped). */
+int vlm_db_set_keep_images(vlm_db *db, int on);
 
 /* One step of a walk over the keys of the live items, in item-id order,
  * for SCAN: up to count keys of the items whose id is >= cursor (0 = from

@@ -860,7 +860,8 @@ static void cmd_info_exec(vlm__job *job) {
                       info.tuned_effort[m], m ? "text" : "image",
                       info.tuned_recall[m], m ? "text" : "image",
                       info.tuned_queries[m]);
-    vlm__buf_printf(b, "\r\n");
+    /* 1: ADD, UPSERT and UPDATE keep the bytes of the image they carry */
+    vlm__buf_printf(b, "keep_images:%d\r\n\r\n", info.keep_images);
   }
   if (st->model) {
     if (srv->clip)
@@ -2167,7 +2168,13 @@ static int cmd_setmeta_proc(vlm__ctx *ctx) {
 
 /* The item an ADD/UPSERT job writes, its vectors given or embedded, with
  * the thumbnail made from its image (*thumb, malloc'd, or NULL).  0, or
- * -1 with *why set (the image cannot be read). */
+ * -1 with *why set (the image cannot be read).
+ *
+ * A database that keeps images (vlm_db_keeps_images) keeps the image's
+ * bytes with the item, as `ingest --keep-images` keeps a file's.  One
+ * that does not keeps none; an UPDATE with a new IMAGE there removes the
+ * bytes the item kept, which are no longer its picture (a later reembed
+ * would embed the old one). */
 static int add_item(vlm__job *job, vlm_item *item, uint8_t **thumb,
                     char *why, size_t whylen) {
   add_state *st = job->state;
@@ -2183,6 +2190,13 @@ static int add_item(vlm__job *job, vlm_item *item, uint8_t **thumb,
   item->text_vec = st->text_vec ? st->text_vec : job->text_vec;
   item->thumb = *thumb;
   item->thumb_len = thumb_len;
+  if (st->image && vlm_db_keeps_images(job->srv->db)) {
+    item->image = st->image;
+    item->image_len = st->image_len;
+  } else if (st->image && st->kind == VLM_WRITE_UPDATE) {
+    item->image = st->image;
+    item->image_len = 0;
+  }
   return 0;
 }
 

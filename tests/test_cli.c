@@ -2159,7 +2159,9 @@ static void test_e2e_reembed_new_model(void **state) {
   free(RUN_OK(dir, "ingest", "--db", a, cat, "--keep-images"));
   free(RUN_OK(dir, "init", "--db", fresh, "--model", NEW_MODEL, "--index",
               "Flat", "--field", "category:text", "--field", "year:int"));
-  free(RUN_OK(dir, "ingest", "--db", fresh, cat));
+  /* it keeps the files' bytes too, so its export carries them as the
+   * reembedded database's does, and they are compared as well */
+  free(RUN_OK(dir, "ingest", "--db", fresh, cat, "--keep-images"));
   json_t *before = export_map(dir, a);
 
   char *out = RUN_OK(dir, "reembed", "--db", a, "--model", NEW_MODEL);
@@ -2406,6 +2408,337 @@ static void test_e2e_reembed_killed_anywhere(void **state) {
   free(want_keys);
   json_decref(old);
   json_decref(want);
+}
+
+/* "kept_image" (an item's kept image bytes, base64) is written for a
+ * record read with its bytes and read back bit for bit from JSONL and from
+ * a CSV column (empty: absent), is content enough for a row on its own,
+ * and split passes it on from a CSV catalog. */
+static void test_kept_image_member_reads_back(void **state) {
+  const char *dir = *state;
+  uint8_t bytes[300];
+  for (int i = 0; i < 300; i++)
+    bytes[i] = (uint8_t)(i * 37 + 11); /* every kind of byte, NULs too */
+  vlm_record rec = {.key = "k", .dim = 4, .meta_json = "{}",
+                    .image = bytes, .image_len = sizeof bytes};
+  char *line = vlm_catalog_format_record(&rec, 0);
+  assert_non_null(line);
+  assert_non_null(strstr(line, "\"kept_image\":\""));
+  rec.image = NULL; /* the size alone (vlm_db_get) writes nothing */
+  char *line2 = vlm_catalog_format_record(&rec, 1);
+  assert_null(strstr(line2, "kept_image"));
+  char *b64 = vlm_base64_encode(bytes, sizeof bytes);
+  char text[2048];
+  snprintf(text, sizeof text, "%s\n%s\n", line, line2);
+  write_file(dir, "k.jsonl", text);
+  snprintf(text, sizeof text, "key,kept_image,text\nc1,%s,t\nc2,,t\n", b64);
+  write_file(dir, "k.csv", text);
+  free(line);
+  free(line2);
+  char path[PATH_MAX];
+  vlm_catalog_options opts = {.dim = 4};
+  vlm_catalog_row rows[MAX_ROWS] = {{0}};
+  snprintf(path, sizeof path, "%s/k.jsonl", dir);
+  int n = read_all(path, &opts, rows);
+  assert_int_equal(n, 2);
+  assert_int_equal(rows[0].error, VLM_SKIP_NONE); /* the bytes are content */
+  assert_int_equal(rows[0].kept_len, sizeof bytes);
+  assert_memory_equal(rows[0].kept, bytes, sizeof bytes);
+  assert_null(rows[0].image);
+  assert_int_equal(rows[1].error, VLM_SKIP_EMPTY);
+  clear_rows(rows, n);
+  snprintf(path, sizeof path, "%s/k.csv", dir);
+  n = read_all(path, &opts, rows);
+  assert_int_equal(n, 2);
+  assert_int_equal(rows[0].error, VLM_SKIP_NONE);
+  assert_int_equal(rows[0].kept_len, sizeof bytes);
+  assert_memory_equal(rows[0].kept, bytes, sizeof bytes);
+  assert_int_equal(rows[1].error, VLM_SKIP_NONE);
+  assert_null(rows[1].kept);
+  clear_rows(rows, n);
+  /* split writes the CSV row as JSONL with its bytes */
+  char cluster[PATH_MAX], out[PATH_MAX];
+  write_file(dir, "cluster.json",
+             "{\"shards\": [{\"id\": 0, \"slots\": [[0, 16383]]}]}\n");
+  snprintf(cluster, sizeof cluster, "%s/cluster.json", dir);
+  snprintf(out, sizeof out, "%s/split", dir);
+  free(RUN_OK(dir, "split", "--cluster", cluster, "--catalog", path, "--out",
+              out));
+  snprintf(path, sizeof path, "%s/split/shard-0.jsonl", dir);
+  n = read_all(path, &opts, rows);
+  assert_int_equal(n, 2);
+  assert_int_equal(rows[0].kept_len, sizeof bytes);
+  assert_memory_equal(rows[0].kept, bytes, sizeof bytes);
+  assert_null(rows[1].kept);
+  clear_rows(rows, n);
+  free(b64);
+}
+
+/* The bytes key keeps in db, as `get --image` writes them (NULL, *len 0:
+ * none). */
+static char *kept_of(const char *dir, const char *db, const char *key,
+                     size_t *len) {
+  char *out = RUN_OK(dir, "get", "--db", db, key, "--json");
+  json_t *o = parse_json(out);
+  long n = json_int(o, "image_bytes");
+  json_decref(o);
+  free(out);
+  *len = 0;
+  if (n == 0)
+    return NULL;
+  char path[PATH_MAX];
+  db_path(path, sizeof path, dir, "kept.bin");
+  free(RUN_OK(dir, "get", "--db", db, key, "--image", path));
+  char *b = slurp_len(path, len);
+  assert_non_null(b);
+  assert_int_equal((long)*len, n);
+  unlink(path);
+  return b;
+}
+
+/* Every key of a keeps in b exactly the bytes it keeps in a (memcmp), and
+ * keys without kept bytes in a have none in b; the number of keys with
+ * bytes. */
+static int assert_same_kept(const char *dir, const char *a, const char *b,
+                            const char *const *keys, int n) {
+  int with = 0;
+  for (int i = 0; i < n; i++) {
+    size_t la, lb;
+    char *ba = kept_of(dir, a, keys[i], &la), *bb = kept_of(dir, b, keys[i],
+                                                            &lb);
+    if (la != lb)
+      fail_msg("key \"%s\": %zu kept bytes in %s, %zu in %s", keys[i], la, a,
+               lb, b);
+    if (la && memcmp(ba, bb, la))
+      fail_msg("key \"%s\": the kept bytes differ", keys[i]);
+    with += la > 0;
+    free(ba);
+    free(bb);
+  }
+  return with;
+}
+
+/* Kept image bytes travel through export and ingest, and backup.  A
+ * database made with `init --keep-images` keeps every ingested file
+ * without the flag; export writes each item's bytes as "kept_image" (not
+ * with --no-images); an ingest of the export, into a database that does
+ * not keep images, keeps them bit for bit (items without stay without),
+ * from the --vectors export exactly the same items, from the plain one the
+ * same items embedded again from the bytes with the image files gone; a
+ * backup holds them and the setting; all three reembed to another model
+ * without the files.  `config` turns the setting off and on (the next
+ * ingest follows it); hostile "kept_image" cells are refused by row, as
+ * is an image past the payload cap on a database that keeps images. */
+static void test_e2e_kept_images_travel_by_export(void **state) {
+  const char *dir = *state;
+  char a[PATH_MAX], b[PATH_MAX], c[PATH_MAX], cat[PATH_MAX], img[PATH_MAX];
+  char expv[PATH_MAX], expp[PATH_MAX], expn[PATH_MAX];
+  make_images(dir);
+  write_file(dir, "main.jsonl", main_catalog);
+  db_path(cat, sizeof cat, dir, "main.jsonl");
+  db_path(img, sizeof img, dir, "img");
+  db_path(a, sizeof a, dir, "a");
+  db_path(b, sizeof b, dir, "b");
+  db_path(c, sizeof c, dir, "c");
+  db_path(expv, sizeof expv, dir, "exp-v.jsonl");
+  db_path(expp, sizeof expp, dir, "exp.jsonl");
+  db_path(expn, sizeof expn, dir, "exp-n.jsonl");
+  char *out = RUN_OK(dir, "init", "--db", a, "--model", MODEL, "--index",
+                     "Flat", "--field", "category:text", "--field",
+                     "year:int", "--keep-images");
+  assert_non_null(strstr(out, "keeps images"));
+  free(out);
+  out = RUN_OK(dir, "info", "--db", a, "--json");
+  json_t *o = parse_json(out);
+  assert_true(json_is_true(json_object_get(o, "keep_images")));
+  json_decref(o);
+  free(out);
+  RUN(dir, NULL, NULL, "ingest", "--db", a, cat); /* bad rows: exit 0 */
+  /* the files' own bytes, without --keep-images */
+  size_t n1, n2;
+  char src[PATH_MAX];
+  db_path(src, sizeof src, dir, "img/photo_rgb.jpg");
+  char *got = kept_of(dir, a, "photo", &n1), *file = slurp_len(src, &n2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(got, file, n1);
+  free(got);
+  free(file);
+  assert_null(kept_of(dir, a, "text-only", &n1));
+
+  free(RUN_OK(dir, "export", "--db", a, "--vectors", "-o", expv));
+  free(RUN_OK(dir, "export", "--db", a, "-o", expp));
+  free(RUN_OK(dir, "export", "--db", a, "--no-images", "-o", expn));
+  char *text = slurp(expn);
+  assert_null(strstr(text, "kept_image"));
+  free(text);
+  text = slurp(expp);
+  int lines = 0, with = 0;
+  char *save = NULL;
+  for (char *line = strtok_r(text, "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save), lines++)
+    with += strstr(line, "\"kept_image\"") != NULL;
+  free(text);
+  assert_int_equal(lines, MAIN_GOOD);
+  assert_int_equal(with, MAIN_GOOD - 1); /* all but text-only */
+
+  /* the --vectors export: the same items, bytes and all */
+  free(RUN_OK(dir, "init", "--db", b, "--model", MODEL, "--index", "Flat",
+              "--field", "category:text", "--field", "year:int"));
+  free(RUN_OK(dir, "ingest", "--db", b, expv));
+  assert_same_export(dir, a, b);
+  assert_int_equal(assert_same_kept(dir, a, b, main_keys, MAIN_GOOD),
+                   MAIN_GOOD - 1);
+
+  /* the plain export with every image file gone: embedded again from
+   * the kept bytes, the same items up to float rounding */
+  rm_rf(img);
+  free(RUN_OK(dir, "init", "--db", c, "--model", MODEL, "--index", "Flat",
+              "--field", "category:text", "--field", "year:int"));
+  out = RUN_OK(dir, "ingest", "--db", c, expp, "--json");
+  json_t *sum = parse_json(out);
+  assert_int_equal(json_int(sum, "ingested"), MAIN_GOOD);
+  assert_int_equal(json_int(sum, "skipped"), 0);
+  json_decref(sum);
+  free(out);
+  json_t *ma = export_map(dir, a), *mc = export_map(dir, c);
+  assert_same_items(mc, ma, 1e-6);
+  json_decref(mc);
+  assert_int_equal(assert_same_kept(dir, a, c, main_keys, MAIN_GOOD),
+                   MAIN_GOOD - 1);
+  /* `embed --catalog` embeds the kept bytes too (the files are gone) */
+  char emb[PATH_MAX];
+  db_path(emb, sizeof emb, dir, "emb");
+  out = RUN_OK(dir, "embed", "--catalog", expp, "--out", emb, "--model",
+               MODEL);
+  if (!strstr(out, "embedded 10 rows") || !strstr(out, ": 9 image vectors"))
+    fail_msg("embed --catalog of the export:\n%s", out);
+  free(out);
+  /* so does a backup (a restore is opening it) */
+  char bk[PATH_MAX];
+  db_path(bk, sizeof bk, dir, "a-backup");
+  free(RUN_OK(dir, "backup", "--db", a, "--out", bk));
+  assert_int_equal(assert_same_kept(dir, a, bk, main_keys, MAIN_GOOD),
+                   MAIN_GOOD - 1);
+  out = RUN_OK(dir, "info", "--db", bk, "--json");
+  o = parse_json(out);
+  assert_true(json_is_true(json_object_get(o, "keep_images")));
+  json_decref(o);
+  free(out);
+  /* all three copies move to another model without the files */
+  for (int i = 0; i < 3; i++) {
+    const char *db = i == 2 ? bk : i ? c : b;
+    out = RUN_OK(dir, "reembed", "--db", db, "--model", NEW_MODEL);
+    assert_non_null(strstr(out, "switched: embedded 10 items again"));
+    free(out);
+    assert_int_equal(db_dim(dir, db), 128);
+    free(RUN_OK(dir, "verify", "--db", db));
+    assert_int_equal(assert_same_kept(dir, a, db, main_keys, MAIN_GOOD),
+                     MAIN_GOOD - 1);
+  }
+  /* an export of the export's import is the first export (bytes and all) */
+  json_t *mb = export_map(dir, b);
+  const char *key;
+  json_t *x;
+  json_object_foreach(ma, key, x) {
+    json_t *k1 = json_object_get(x, "kept_image");
+    json_t *k2 = json_object_get(json_object_get(mb, key), "kept_image");
+    assert_int_equal(!k1, !k2);
+    if (k1 && !json_equal(k1, k2))
+      fail_msg("key \"%s\": kept_image differs after the reembed", key);
+  }
+  json_decref(ma);
+  json_decref(mb);
+
+  /* the setting: off, and the next ingest keeps nothing; the flag keeps
+   * that run's files and says the database does not */
+  make_images(dir);
+  out = RUN_OK(dir, "config", "--db", a, "--keep-images", "off");
+  assert_non_null(strstr(out, "keep images: off (was on)"));
+  free(out);
+  write_file(dir, "more.jsonl",
+             "{\"key\": \"more1\", \"image\": \"img/gray.jpg\", \"text\": "
+             "\"x\"}\n");
+  write_file(dir, "more2.jsonl",
+             "{\"key\": \"more2\", \"image\": \"img/gray.jpg\", \"text\": "
+             "\"x\"}\n");
+  char more[PATH_MAX], more2[PATH_MAX], *err;
+  db_path(more, sizeof more, dir, "more.jsonl");
+  db_path(more2, sizeof more2, dir, "more2.jsonl");
+  free(RUN_OK(dir, "ingest", "--db", a, more));
+  assert_null(kept_of(dir, a, "more1", &n1));
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", a, more2,
+                       "--keep-images"), 0);
+  assert_non_null(strstr(err, "does not keep images for other writes"));
+  free(err);
+  free(kept_of(dir, a, "more2", &n1));
+  assert_true(n1 > 0);
+  out = RUN_OK(dir, "config", "--db", a, "--json");
+  o = parse_json(out);
+  assert_true(json_is_false(json_object_get(o, "keep_images")));
+  json_decref(o);
+  free(out);
+  out = RUN_OK(dir, "config", "--db", a, "--keep-images", "on");
+  assert_non_null(strstr(out, "keep images: on (was off)"));
+  free(out);
+  assert_int_equal(RUN(dir, NULL, NULL, "config", "--db", a,
+                       "--keep-images", "maybe"), 2);
+
+  /* hostile kept_image cells: not base64, or bytes that are no image for
+   * a row that must embed them, are refused by row; bytes beside a given
+   * vector are stored as they are (they are the item's data) */
+  char vec[2048] = "[";
+  for (int i = 0; i < 48; i++)
+    snprintf(vec + strlen(vec), sizeof vec - strlen(vec), "%s%d",
+             i ? "," : "", i == 0);
+  strcat(vec, "]");
+  char rows[4096];
+  snprintf(rows, sizeof rows,
+           "{\"key\": \"h1\", \"kept_image\": \"@@not base64@@\"}\n"
+           "{\"key\": \"h2\", \"kept_image\": \"bm90IGFuIGltYWdl\"}\n"
+           "{\"key\": \"h3\", \"kept_image\": 5}\n"
+           "{\"key\": \"h4\", \"kept_image\": \"bm90IGFuIGltYWdl\", "
+           "\"image_vector\": %s}\n", vec);
+  write_file(dir, "hostile.jsonl", rows);
+  char hostile[PATH_MAX];
+  db_path(hostile, sizeof hostile, dir, "hostile.jsonl");
+  assert_int_equal(RUN(dir, &out, &err, "ingest", "--db", a, hostile,
+                       "--json"), 0);
+  sum = parse_json(out);
+  assert_int_equal(json_int(sum, "ingested"), 1);
+  json_t *by = json_object_get(sum, "skipped_by_reason");
+  assert_int_equal(json_int(by, "wrong-type"), 2);
+  assert_int_equal(json_int(by, "corrupt-image"), 1);
+  json_decref(sum);
+  if (!strstr(err, "\"kept_image\""))
+    fail_msg("no word of kept_image in:\n%s", err);
+  free(out);
+  free(err);
+  got = kept_of(dir, a, "h4", &n1);
+  assert_int_equal(n1, 12);
+  assert_memory_equal(got, "not an image", 12);
+  free(got);
+
+  /* an image past the payload cap (16 MiB) on a database that keeps
+   * images: the row is refused, not stored without its bytes */
+  char hugef[PATH_MAX];
+  db_path(src, sizeof src, dir, "img/gray.jpg");
+  db_path(hugef, sizeof hugef, dir, "img/huge.jpg");
+  copy_file(src, hugef);
+  FILE *hf = fopen(hugef, "ab");
+  assert_non_null(hf);
+  char *pad = calloc(1, (size_t)17 << 20);
+  assert_non_null(pad);
+  assert_int_equal(fwrite(pad, 1, (size_t)17 << 20, hf), (size_t)17 << 20);
+  fclose(hf);
+  free(pad);
+  write_file(dir, "huge.jsonl",
+             "{\"key\": \"huge\", \"image\": \"img/huge.jpg\"}\n");
+  db_path(hostile, sizeof hostile, dir, "huge.jsonl");
+  assert_int_equal(RUN(dir, NULL, &err, "ingest", "--db", a, hostile), 1);
+  if (!strstr(err, "rejected") || !strstr(err, "exceeds the cap"))
+    fail_msg("ingest of a 17 MiB image:\n%s", err);
+  free(err);
+  assert_int_equal(RUN(dir, NULL, NULL, "get", "--db", a, "huge"), 1);
 }
 
 /* The loop on a database's own pairs, with its image files gone: train
@@ -3413,6 +3746,8 @@ int main(void) {
       cmocka_unit_test(test_base64_rfc4648_vectors),
       cmocka_unit_test_setup_teardown(test_export_line_reads_back, setup_tmpdir,
                                       teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_kept_image_member_reads_back,
+                                      setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test(test_resolve_path),
       cmocka_unit_test(test_progress_text),
       cmocka_unit_test(test_progress_modes),
@@ -3436,6 +3771,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_e2e_reembed_missing_image,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_reembed_killed_anywhere,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_e2e_kept_images_travel_by_export,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_e2e_train_db_loop, setup_tmpdir,
                                       teardown_tmpdir),

@@ -748,12 +748,16 @@ static void make_images(const char *dir) {
   free(img);
 }
 
-/* Every record of a equal to b's, vectors bit for bit; both must hold
- * exactly the keys keys[0..n) (or all of b's when keys is NULL). */
+/* Every record of a equal to b's, vectors and kept image bytes bit for
+ * bit; both must hold exactly the keys keys[0..n) (or all of b's when keys
+ * is NULL). */
 static void assert_records_equal(vlm_db *a, vlm_db *b, const char *key) {
   vlm_record *x, *y;
-  VLM_CHECK(vlm_db_get(a, key, &x));
-  VLM_CHECK(vlm_db_get(b, key, &y));
+  VLM_CHECK(vlm_db_get2(a, key, VLM_GET_IMAGE, &x));
+  VLM_CHECK(vlm_db_get2(b, key, VLM_GET_IMAGE, &y));
+  assert_int_equal(x->image_len, y->image_len);
+  if (x->image_len)
+    assert_memory_equal(x->image, y->image, x->image_len);
   assert_string_equal(x->meta_json, y->meta_json);
   assert_true(!x->caption == !y->caption);
   if (x->caption)
@@ -2609,6 +2613,165 @@ static void test_cluster_move_resumes_after_kill(void **state) {
   free(map);
 }
 
+/* Kept image bytes travel through `vlmdb merge` and `vlmdb cluster move`.
+ * Three shards that keep images (`init --keep-images`) are built from one
+ * catalog of images (one a 3 MiB file) and text-only rows; the merged
+ * database keeps images and holds every item's bytes as its shard did
+ * (assert_records_equal compares them with memcmp; text-only items stay
+ * without); a slot range moved from shard 0 to shard 1 arrives with its
+ * bytes; with the image files deleted, both the merged database and the
+ * destination shard move to another model from the kept bytes. */
+#define KEPT_ROWS 60
+static void test_kept_images_travel_by_merge_and_move(void **state) {
+  const char *dir = *state;
+  static const char *const pics[] = {"gray.jpg", "photo_rgb.jpg", "rgb.png",
+                                     "wide.png", "palette.png"};
+  char *img = path_in(dir, "img");
+  mkdir(img, 0755);
+  for (int i = 0; i < 5; i++) {
+    char from[PATH_MAX], to[PATH_MAX];
+    snprintf(from, sizeof from, MODEL "/%s", pics[i]);
+    snprintf(to, sizeof to, "%s/%s", img, pics[i]);
+    copy_file(from, to);
+  }
+  /* a large picture: a JPEG with 3 MiB after its end (decoders stop at
+   * the end marker; the kept bytes are the whole file) */
+  char *big = path_in(dir, "img/big.jpg");
+  copy_file(MODEL "/photo_rgb.jpg", big);
+  FILE *f = fopen(big, "ab");
+  assert_non_null(f);
+  uint64_t seed = 5;
+  for (int i = 0; i < (3 << 20) / 8; i++) {
+    uint64_t x = vlm_test_splitmix64(&seed);
+    fwrite(&x, 8, 1, f);
+  }
+  fclose(f);
+  free(big);
+  char *cat = path_in(dir, "kept.jsonl");
+  f = fopen(cat, "w");
+  assert_non_null(f);
+  for (int i = 0; i < KEPT_ROWS; i++) {
+    if (i % 6 == 5)
+      fprintf(f, "{\"key\": \"t%02d\", \"text\": \"words %d\"}\n", i, i);
+    else
+      fprintf(f, "{\"key\": \"k%02d\", \"image\": \"img/%s\", \"text\": "
+              "\"picture %d\"}\n", i, i == 7 ? "big.jpg" : pics[i % 5], i);
+  }
+  fclose(f);
+  put_text(dir, "cluster.json", map3);
+  char *map = path_in(dir, "cluster.json");
+  char shard[3][PATH_MAX], ref0[PATH_MAX];
+  for (int s = 0; s < 3; s++) {
+    char idx[8];
+    snprintf(shard[s], PATH_MAX, "%s/shard-%d", dir, s);
+    snprintf(idx, sizeof idx, "%d", s);
+    free(RUN_OK(dir, "init", "--db", shard[s], "--model", MODEL, "--index",
+                "Flat", "--cluster", map, "--shard", idx, "--keep-images"));
+    free(RUN_OK(dir, "ingest", "--db", shard[s], cat, "-q"));
+  }
+  free(RUN_OK(dir, "cluster", "check", map, shard[0], shard[1], shard[2]));
+  /* a shard that keeps no images among ones that do is a problem */
+  free(RUN_OK(dir, "config", "--db", shard[2], "--keep-images", "off"));
+  char *err;
+  assert_int_equal(RUN(dir, NULL, &err, "cluster", "check", map, shard[0],
+                       shard[1], shard[2]), 1);
+  if (!strstr(err, "does not keep images"))
+    fail_msg("cluster check:\n%s", err);
+  free(err);
+  free(RUN_OK(dir, "config", "--db", shard[2], "--keep-images", "on"));
+
+  /* merge: every key's record and kept bytes as its shard holds them */
+  char *merged = path_in(dir, "merged");
+  free(RUN_OK(dir, "merge", "--into", merged, "--batch", "7", shard[0],
+              shard[1], shard[2]));
+  vlm_db *m = open_ro(merged);
+  vlm_db_info info;
+  VLM_CHECK(vlm_db_stat(m, &info));
+  assert_int_equal(info.items, KEPT_ROWS);
+  assert_int_equal(info.keep_images, 1);
+  int with = 0, without = 0;
+  for (int s = 0; s < 3; s++) {
+    vlm_db *sh = open_ro(shard[s]);
+    keylist k = db_keys(sh);
+    for (int i = 0; i < k.n; i++) {
+      assert_records_equal(sh, m, k.keys[i]);
+      vlm_record *r;
+      VLM_CHECK(vlm_db_get(m, k.keys[i], &r));
+      if (k.keys[i][0] == 't')
+        assert_int_equal(r->image_len, 0);
+      else
+        assert_true(r->image_len > 0);
+      with += r->image_len > 0;
+      without += r->image_len == 0;
+      if (!strcmp(k.keys[i], "k07"))
+        assert_true(r->image_len > (size_t)3 << 20);
+      vlm_record_free(r);
+    }
+    keylist_free(&k);
+    vlm_db_close(sh);
+  }
+  vlm_db_close(m);
+  assert_int_equal(with, KEPT_ROWS - KEPT_ROWS / 6);
+  assert_int_equal(without, KEPT_ROWS / 6);
+
+  /* move: the range's items arrive with their bytes */
+  snprintf(ref0, PATH_MAX, "%s/ref-0", dir);
+  vlm_db *db = open_ro(shard[0]);
+  VLM_CHECK(vlm_db_backup(db, ref0, NULL));
+  vlm_db_close(db);
+  char slots[32];
+  snprintf(slots, sizeof slots, "%d-%d", MOVE_FIRST, MOVE_LAST);
+  free(RUN_OK(dir, "cluster", "move", "--map", map, "--slots", slots,
+              "--from", shard[0], "--to", shard[1], "--batch", "3"));
+  vlm_cluster *cl;
+  VLM_CHECK(vlm_cluster_load(map, NULL, NULL, &cl));
+  vlm_db *before = open_ro(ref0), *dst = open_ro(shard[1]);
+  keylist k = db_keys(before);
+  int moved = 0, moved_with = 0;
+  for (int i = 0; i < k.n; i++) {
+    if (vlm_cluster_shard_of(cl, k.keys[i], strlen(k.keys[i])) != 1)
+      continue;
+    assert_records_equal(before, dst, k.keys[i]);
+    vlm_record *r;
+    VLM_CHECK(vlm_db_get(dst, k.keys[i], &r));
+    moved_with += r->image_len > 0;
+    vlm_record_free(r);
+    moved++;
+  }
+  print_message("merged %d items (%d with kept bytes); moved %d (%d with)\n",
+                KEPT_ROWS, with, moved, moved_with);
+  assert_true(moved_with > 0);
+  keylist_free(&k);
+  vlm_cluster_free(cl);
+  vlm_db_close(before);
+  vlm_db_close(dst);
+
+  /* the image files gone, both move to another model from the bytes */
+  vlm_test_rm_rf(img);
+  const char *const dbs[2] = {merged, shard[1]};
+  for (int i = 0; i < 2; i++) {
+    char *o = RUN_OK(dir, "reembed", "--db", dbs[i], "--model",
+                     "models/default");
+    assert_non_null(strstr(o, "switched: embedded"));
+    free(o);
+    free(RUN_OK(dir, "verify", "--db", dbs[i]));
+  }
+  vlm_db *after = open_ro(merged);
+  VLM_CHECK(vlm_db_stat(after, &info));
+  assert_int_equal(info.dim, 128);
+  assert_int_equal(info.keep_images, 1);
+  uint8_t *bytes;
+  size_t len;
+  VLM_CHECK(vlm_db_get_image(after, "k07", &bytes, &len));
+  assert_true(len > (size_t)3 << 20);
+  free(bytes);
+  vlm_db_close(after);
+  free(img);
+  free(cat);
+  free(map);
+  free(merged);
+}
+
 /* RssAnon of process pid in KiB (/proc/PID/status): the memory a process
  * has made its own (a mapped file's pages are the page cache's). */
 static long rss_anon_kib(pid_t pid) {
@@ -2890,6 +3053,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_merge_resumes_after_kill,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_cluster_move_resumes_after_kill,
+                                      setup_tmpdir, teardown_tmpdir),
+      cmocka_unit_test_setup_teardown(test_kept_images_travel_by_merge_and_move,
                                       setup_tmpdir, teardown_tmpdir),
       cmocka_unit_test_setup_teardown(test_serve_mmap_keeps_rss_low,
                                       setup_tmpdir, teardown_tmpdir),

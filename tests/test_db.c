@@ -8218,6 +8218,215 @@ static void test_replica_applies_shipped_batches(void **state) {
   tmp_free(&t);
 }
 
+/* Kept image bytes travel, and a database records whether it keeps
+ * images: the setting is made at create, survives a reopen, changes
+ * durably (vlm_db_set_keep_images, refused read-only) and is copied by
+ * backup and salvage; vlm_db_get2 / vlm_db_foreach2 hand out the bytes of
+ * the same read as the record; an update with an empty image removes
+ * them; a backup and a replica fed by log shipping hold every item's bytes
+ * bit for bit (one of 2 MiB among them), and an item without them stays
+ * without. */
+static uint8_t *kt_bytes(size_t n, uint64_t seed) {
+  uint8_t *b = malloc(n);
+  assert_non_null(b);
+  for (size_t i = 0; i < n; i++)
+    b[i] = (uint8_t)(vlm_test_splitmix64(&seed) >> 56);
+  return b;
+}
+
+/* key holds exactly want (n bytes; NULL: none), by get_image and get2. */
+static void kt_expect(vlm_db *db, const char *key, const uint8_t *want,
+                      size_t n) {
+  uint8_t *got = NULL;
+  size_t len = 1;
+  CHECK(vlm_db_get_image(db, key, &got, &len));
+  if (len != (want ? n : 0))
+    fail_msg("key \"%s\": %zu kept bytes, want %zu", key, len,
+             want ? n : 0);
+  if (want)
+    assert_memory_equal(got, want, n);
+  else
+    assert_null(got);
+  free(got);
+  vlm_record *r = NULL;
+  CHECK(vlm_db_get2(db, key, VLM_GET_IMAGE, &r));
+  assert_int_equal(r->image_len, want ? n : 0);
+  if (want)
+    assert_memory_equal(r->image, want, n);
+  else
+    assert_null(r->image);
+  vlm_record_free(r);
+}
+
+typedef struct {
+  int seen, with;
+  const uint8_t *big;
+  size_t big_len;
+} kt_walk;
+
+static int kt_visit(const vlm_record *rec, void *arg) {
+  kt_walk *w = arg;
+  w->seen++;
+  /* the size always; the bytes only when asked for */
+  assert_int_equal(rec->image_len > 0, strcmp(rec->key, "none") != 0);
+  assert_true(!rec->image || rec->image_len > 0);
+  if (rec->image) {
+    w->with++;
+    if (!strcmp(rec->key, "big")) {
+      assert_int_equal(rec->image_len, w->big_len);
+      assert_memory_equal(rec->image, w->big, w->big_len);
+    }
+  }
+  return 0;
+}
+
+static void test_kept_images_setting_and_travel(void **state) {
+  (void)state;
+  tmp t;
+  tmp_make(&t);
+  char man[160], copy[160], rdir[160], salv[160];
+  snprintf(man, sizeof man, "%s/manifest.json", t.dir);
+  snprintf(copy, sizeof copy, "%s/backup", t.root);
+  snprintf(rdir, sizeof rdir, "%s/replica", t.root);
+  snprintf(salv, sizeof salv, "%s/salvaged", t.root);
+  vlm_db_config c = {0};
+  c.dim = DIM;
+  c.index_factory = "Flat";
+  c.model_id = "test-model";
+  c.keep_images = 1;
+  vlm_db *db = NULL;
+  CHECK(vlm_db_create(t.dir, &c, &db));
+  vlm_db_info info;
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.keep_images, 1);
+  assert_int_equal(vlm_db_keeps_images(db), 1);
+  vlm_db_close(db);
+  json_t *m = json_load_file(man, 0, NULL);
+  assert_true(json_is_true(json_object_get(m, "keep_images")));
+  json_decref(m);
+  /* off, durably; a read-only handle cannot change it */
+  db = open_db(t.dir);
+  assert_int_equal(vlm_db_keeps_images(db), 1);
+  CHECK(vlm_db_set_keep_images(db, 0));
+  assert_int_equal(vlm_db_keeps_images(db), 0);
+  vlm_db_close(db);
+  m = json_load_file(man, 0, NULL);
+  assert_null(json_object_get(m, "keep_images"));
+  json_decref(m);
+  vlm_db_open_options ro = {.readonly = 1};
+  CHECK(vlm_db_open(t.dir, &ro, &db));
+  assert_int_equal(vlm_db_keeps_images(db), 0);
+  EXPECT_ERR(VLM_ESTATE, vlm_db_set_keep_images(db, 1));
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  assert_int_equal(vlm_db_keeps_images(db), 0);
+  CHECK(vlm_db_set_keep_images(db, 1));
+  CHECK(vlm_db_set_keep_images(db, 1)); /* again: nothing to do */
+  vlm_db_close(db);
+  db = open_db(t.dir);
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.keep_images, 1);
+
+  /* items with bytes (one of 2 MiB) and one without */
+  size_t big_len = (size_t)2 << 20, small_len = 5000;
+  uint8_t *big = kt_bytes(big_len, 1), *small = kt_bytes(small_len, 2);
+  float a[DIM], b[DIM];
+  unit(a, DIM);
+  unit(b, DIM);
+  vlm_item items[3] = {{0}};
+  items[0] = (vlm_item){.key = "big", .image_vec = a, .caption = "big one",
+                        .image = big, .image_len = big_len};
+  items[1] = (vlm_item){.key = "small", .image_vec = b, .text_vec = a,
+                        .image = small, .image_len = small_len};
+  items[2] = (vlm_item){.key = "none", .image_vec = b, .caption = "no bytes"};
+  CHECK(vlm_db_put(db, items, 3, 0, NULL));
+  kt_expect(db, "big", big, big_len);
+  kt_expect(db, "small", small, small_len);
+  kt_expect(db, "none", NULL, 0);
+  vlm_record *r = NULL;
+  CHECK(vlm_db_get(db, "big", &r)); /* without the flag: the size only */
+  assert_int_equal(r->image_len, big_len);
+  assert_null(r->image);
+  vlm_record_free(r);
+  EXPECT_ERR(VLM_EINVAL, vlm_db_get2(db, "big", 0x80, &r));
+  EXPECT_ERR(VLM_ENOTFOUND, vlm_db_get2(db, "absent", VLM_GET_IMAGE, &r));
+  kt_walk w = {0, 0, big, big_len};
+  CHECK(vlm_db_foreach2(db, VLM_GET_IMAGE, kt_visit, &w));
+  assert_int_equal(w.seen, 3);
+  assert_int_equal(w.with, 2);
+  w = (kt_walk){0, 0, big, big_len};
+  CHECK(vlm_db_foreach(db, kt_visit, &w)); /* no bytes without the flag */
+  assert_int_equal(w.with, 0);
+
+  /* an update with an empty image removes the bytes (a new picture not
+   * to be kept); one without an image keeps them; "none" stays without */
+  vlm_write_op op = {VLM_WRITE_UPDATE, {0}};
+  op.item.key = "small";
+  op.item.image = "";
+  op.item.image_len = 0;
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  kt_expect(db, "small", NULL, 0);
+  op.item.key = "none";
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  kt_expect(db, "none", NULL, 0);
+  op.item = (vlm_item){.key = "small", .image = small,
+                       .image_len = small_len};
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  op.item = (vlm_item){.key = "small", .caption = "renamed"};
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  kt_expect(db, "small", small, small_len);
+  CHECK(vlm_db_verify(db));
+
+  /* a backup holds the bytes and the setting; a replica seeded from it
+   * gets later items' bytes by log shipping */
+  CHECK(vlm_db_backup(db, copy, NULL));
+  CHECK(vlm_db_backup(db, rdir, NULL));
+  vlm_db *rep = open_db(rdir);
+  size_t later_len = 700000;
+  uint8_t *later = kt_bytes(later_len, 3);
+  vlm_item more[2] = {{0}};
+  more[0] = (vlm_item){.key = "later", .image_vec = a, .image = later,
+                       .image_len = later_len};
+  more[1] = (vlm_item){.key = "later-none", .text_vec = b};
+  CHECK(vlm_db_put(db, more, 2, 0, NULL));
+  op.item = (vlm_item){.key = "big", .caption = "big, renamed"};
+  CHECK(vlm_db_write(db, &op, 1, NULL));
+  rp_ship(db, rep, 0);
+  rp_same(db, rep, "kept bytes shipped");
+  kt_expect(rep, "big", big, big_len);
+  kt_expect(rep, "small", small, small_len);
+  kt_expect(rep, "later", later, later_len);
+  kt_expect(rep, "none", NULL, 0);
+  kt_expect(rep, "later-none", NULL, 0);
+  CHECK(vlm_db_stat(rep, &info));
+  assert_int_equal(info.keep_images, 1);
+  vlm_db_close(rep);
+  vlm_db_close(db);
+  vlm_db *bk = open_db(copy);
+  kt_expect(bk, "big", big, big_len);
+  kt_expect(bk, "small", small, small_len);
+  kt_expect(bk, "none", NULL, 0);
+  CHECK(vlm_db_stat(bk, &info));
+  assert_int_equal(info.keep_images, 1);
+  CHECK(vlm_db_verify(bk));
+  vlm_db_close(bk);
+
+  /* salvage keeps the setting as well as the bytes */
+  vlm_db_salvage_result res;
+  CHECK(vlm_db_salvage(t.dir, salv, NULL, NULL, &res));
+  assert_int_equal(res.saved, 5);
+  db = open_db(salv);
+  CHECK(vlm_db_stat(db, &info));
+  assert_int_equal(info.keep_images, 1);
+  kt_expect(db, "later", later, later_len);
+  kt_expect(db, "later-none", NULL, 0);
+  vlm_db_close(db);
+  free(big);
+  free(small);
+  free(later);
+  tmp_free(&t);
+}
+
 /* A key written in every batch keeps a gone item open up to the
  * primary's last batch: buffers end anyway at 16 times their size, marked
  * partial, and the replica's stores agree after each; the last buffer is
@@ -8718,6 +8927,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_replica_applies_shipped_batches,
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_replica_hot_key_partial_buffers,
+                                teardown_tmp),
+      cmocka_unit_test_teardown(test_kept_images_setting_and_travel,
                                 teardown_tmp),
       cmocka_unit_test_teardown(test_replica_apply_faults, teardown_tmp),
       cmocka_unit_test_teardown(test_backup_of_adopted_index, teardown_tmp),

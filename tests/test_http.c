@@ -1527,6 +1527,73 @@ static void test_batch(void **state) {
   server_done(&s);
 }
 
+/* key keeps exactly want (len bytes; NULL: none) in the database at dir. */
+static void expect_kept(const char *dir, const char *key, const void *want,
+                        size_t len) {
+  vlm_db_open_options o = {.readonly = 1};
+  vlm_db *db = NULL;
+  if (vlm_db_open(dir, &o, &db) < 0)
+    fail_msg("open %s: %s", dir, vlm_errmsg());
+  uint8_t *got = NULL;
+  size_t n = 0;
+  if (vlm_db_get_image(db, key, &got, &n) < 0)
+    fail_msg("get image %s: %s", key, vlm_errmsg());
+  if (n != (want ? len : 0))
+    fail_msg("key %s keeps %zu bytes, want %zu", key, n, want ? len : 0);
+  if (want && memcmp(got, want, len))
+    fail_msg("key %s: the kept bytes differ from the image sent", key);
+  free(got);
+  vlm_db_close(db);
+}
+
+/* The item writes are ADD / UPSERT / UPDATE, so a database that keeps
+ * images keeps the image bytes of each of them: a JSON body's base64
+ * image, a raw image body, a batch's item, a PATCH's new image (replacing
+ * the old bytes); an item without an image keeps none. */
+static void test_item_writes_keep_images(void **state) {
+  (void)state;
+  server_t s;
+  make_db(&s);
+  vlm_db *db = NULL;
+  if (vlm_db_open(s.db, NULL, &db) < 0 || vlm_db_set_keep_images(db, 1) < 0)
+    fail_msg("keep images: %s", vlm_errmsg());
+  vlm_db_close(db);
+  start_server(&s, NULL);
+  hconn c = hopen(s.http);
+  size_t plen, glen;
+  char *png = fixture("palette.png", &plen), *jpg = fixture("gray.jpg", &glen);
+  char *png64 = base64(png, plen), *jpg64 = base64(jpg, glen);
+  hresp r = hjson(&c, "PUT", "/v1/items/h1", 0,
+                  "{\"text\": \"palette\", \"image\": \"%s\"}", png64);
+  assert_true(r.status == 200 || r.status == 201);
+  hresp_free(&r);
+  r = hreq(&c, "PUT", "/v1/items/h2", "Content-Type: image/jpeg\r\n", jpg,
+           glen);
+  assert_true(r.status == 200 || r.status == 201);
+  hresp_free(&r);
+  r = hjson(&c, "POST", "/v1/items:batch", 200,
+            "{\"items\":[{\"key\":\"b1\",\"image\":\"%s\"},"
+            "{\"key\":\"b2\",\"text\":\"words only\"}]}", jpg64);
+  hresp_free(&r);
+  expect_kept(s.db, "h1", png, plen);
+  expect_kept(s.db, "h2", jpg, glen);
+  expect_kept(s.db, "b1", jpg, glen);
+  expect_kept(s.db, "b2", NULL, 0);
+  r = hjson(&c, "PATCH", "/v1/items/h1", 200, "{\"image\": \"%s\"}", jpg64);
+  hresp_free(&r);
+  expect_kept(s.db, "h1", jpg, glen);
+  r = hjson(&c, "PATCH", "/v1/items/h1", 200, "{\"meta\": {\"n\": 4}}");
+  hresp_free(&r);
+  expect_kept(s.db, "h1", jpg, glen);
+  free(png);
+  free(jpg);
+  free(png64);
+  free(jpg64);
+  hclose(&c);
+  stop_server(&s);
+  server_done(&s);
+}
+
 /* ======================================================================
  * Metrics
  * ==================================================================== */
@@ -2144,6 +2211,7 @@ int main(void) {
       cmocka_unit_test(test_pipelining), cmocka_unit_test(test_limits),
       cmocka_unit_test(test_malformed),  cmocka_unit_test(test_auth),
       cmocka_unit_test(test_batch),      cmocka_unit_test(test_metrics),
+      cmocka_unit_test(test_item_writes_keep_images),
       cmocka_unit_test(test_saturation), cmocka_unit_test(test_options),
       cmocka_unit_test(test_console),    cmocka_unit_test(test_explain),
   };

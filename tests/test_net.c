@@ -150,8 +150,9 @@ static void print_log(const server_t *s) {
   }
 }
 
-/* Make a temp dir with an empty database (fields n:int, cat:text). */
-static void make_db(server_t *s) {
+/* Make a temp dir with an empty database (fields n:int, cat:text) that
+ * keeps images or not (vlm_db_config.keep_images). */
+static void make_db_keep(server_t *s, int keep_images) {
   memset(s, 0, sizeof *s);
   snprintf(s->dir, sizeof s->dir, "/tmp/vlm_net_XXXXXX");
   assert_non_null(mkdtemp(s->dir));
@@ -165,6 +166,7 @@ static void make_db(server_t *s) {
   cfg.model_dir = MODEL_DIR;
   cfg.fields = fields;
   cfg.nfields = 2;
+  cfg.keep_images = keep_images;
   vlm_db *db = NULL;
   int rc = vlm_db_create(s->db, &cfg, &db);
   if (rc < 0)
@@ -172,6 +174,9 @@ static void make_db(server_t *s) {
   vlm_db_close(db);
   track(s, 1);
 }
+
+/* Make a temp dir with an empty database (fields n:int, cat:text). */
+static void make_db(server_t *s) { make_db_keep(s, 0); }
 
 static void server_done(server_t *s) {
   track(s, 0);
@@ -1463,6 +1468,172 @@ static void test_update_commands(void **state) {
   free(img);
   redisFree(c);
   stop_server(&s);
+  server_done(&s);
+}
+
+/* Open s's database read-only (the server may be running or stopped). */
+static vlm_db *open_ro_db(const server_t *s) {
+  vlm_db_open_options o = {.readonly = 1};
+  vlm_db *db = NULL;
+  if (vlm_db_open(s->db, &o, &db) < 0)
+    fail_msg("open %s: %s", s->db, vlm_errmsg());
+  return db;
+}
+
+/* key keeps exactly want (len bytes; NULL: none) in db. */
+static void expect_kept(vlm_db *db, const char *key, const void *want,
+                        size_t len) {
+  uint8_t *got = NULL;
+  size_t n = 0;
+  if (vlm_db_get_image(db, key, &got, &n) < 0)
+    fail_msg("get image %s: %s", key, vlm_errmsg());
+  if (n != (want ? len : 0))
+    fail_msg("key %s keeps %zu bytes, want %zu", key, n, want ? len : 0);
+  if (want && memcmp(got, want, len))
+    fail_msg("key %s: the kept bytes differ from the image sent", key);
+  free(got);
+}
+
+/* A JPEG followed by pad bytes (decoders stop at its end marker). */
+static char *padded_jpeg(size_t pad, size_t *len) {
+  size_t n;
+  char *jpg = fixture("photo_rgb.jpg", &n);
+  char *out = malloc(n + pad);
+  assert_non_null(out);
+  memcpy(out, jpg, n);
+  uint64_t seed = pad;
+  for (size_t i = 0; i < pad; i++)
+    out[n + i] = (char)(vlm_test_splitmix64(&seed) >> 56);
+  free(jpg);
+  *len = n + pad;
+  return out;
+}
+
+/* A database that keeps images keeps the bytes of every image its ADD,
+ * UPSERT, UPDATE and MULTI/EXEC are sent, bit for bit (one of 3 MiB); an
+ * image beyond the payload cap is refused with nothing written; an item
+ * sent without an image keeps none; INFO db says keep_images:1.  A
+ * database that does not keep images keeps none, and its UPDATE with a new
+ * IMAGE removes the bytes an item kept (no longer its picture) while one
+ * without an image leaves them.  The keeping database then moves to
+ * another model with `vlmdb reembed` from the kept bytes alone: the new
+ * image vectors are the new model's embeddings of the bytes that were
+ * sent. */
+static void test_add_keeps_images(void **state) {
+  (void)state;
+  server_t s, n;
+  make_db_keep(&s, 1);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  size_t plen, glen, blen, hlen;
+  char *photo = fixture("photo_rgb.jpg", &plen);
+  char *gray = fixture("gray.jpg", &glen);
+  char *big = padded_jpeg((size_t)3 << 20, &blen);
+  char *huge = padded_jpeg((size_t)17 << 20, &hlen); /* over the 16 MiB cap */
+  expect_int(hcmd(c, "ADD a IMAGE %b TEXT %s", photo, plen, "a photo"), 1);
+  expect_int(hcmd(c, "ADD words TEXT %s", "only words"), 1);
+  expect_int(hcmd(c, "ADD big IMAGE %b", big, blen), 1);
+  expect_int(hcmd(c, "UPSERT u IMAGE %b SOURCE %s", gray, glen,
+                  "/gone/gray.jpg"), 1);
+  expect_status(hcmd(c, "MULTI"), "OK");
+  expect_status(hcmd(c, "ADD m IMAGE %b", photo, plen), "QUEUED");
+  expect_status(hcmd(c, "UPDATE u IMAGE %b", photo, plen), "QUEUED");
+  redisReply *e = hcmd(c, "EXEC");
+  assert_int_equal(e->type, REDIS_REPLY_ARRAY);
+  freeReplyObject(e);
+  redisReply *r = hcmd(c, "ADD huge IMAGE %b", huge, hlen);
+  if (r->type != REDIS_REPLY_ERROR || !strstr(r->str, "exceeds the cap"))
+    fail_msg("ADD of a 17 MiB image: type %d '%s'", r->type,
+             r->str ? r->str : "");
+  freeReplyObject(r);
+  expect_int(hcmd(c, "EXISTS huge"), 0);
+  /* an UPDATE without an image keeps the bytes */
+  expect_int(hcmd(c, "UPDATE a TEXT %s", "a renamed photo"), 1);
+  r = hcmd(c, "INFO db");
+  assert_non_null(strstr(r->str, "keep_images:1\r\n"));
+  freeReplyObject(r);
+  vlm_db *db = open_ro_db(&s);
+  expect_kept(db, "a", photo, plen);
+  expect_kept(db, "words", NULL, 0);
+  expect_kept(db, "big", big, blen);
+  expect_kept(db, "u", photo, plen); /* the UPDATE's picture */
+  expect_kept(db, "m", photo, plen);
+  vlm_db_close(db);
+  redisFree(c);
+  stop_server(&s);
+
+  /* a database that does not keep images */
+  make_db_keep(&n, 0);
+  vlm_db *w = NULL;
+  if (vlm_db_open(n.db, NULL, &w) < 0)
+    fail_msg("open: %s", vlm_errmsg());
+  float v[64];
+  image_vec("gray.jpg", v);
+  vlm_item it = {.key = "old", .image_vec = v, .image = gray,
+                 .image_len = glen};
+  if (vlm_db_put(w, &it, 1, 0, NULL) < 0)
+    fail_msg("put: %s", vlm_errmsg());
+  vlm_db_close(w);
+  start_server(&n, NULL);
+  c = hconnect(n.port);
+  expect_int(hcmd(c, "ADD p IMAGE %b", photo, plen), 1);
+  expect_int(hcmd(c, "UPDATE old META %s", "{\"n\": 3}"), 1);
+  db = open_ro_db(&n);
+  expect_kept(db, "p", NULL, 0);
+  expect_kept(db, "old", gray, glen);
+  vlm_db_close(db);
+  expect_int(hcmd(c, "UPDATE old IMAGE %b", photo, plen), 1);
+  db = open_ro_db(&n);
+  expect_kept(db, "old", NULL, 0);
+  vlm_db_close(db);
+  r = hcmd(c, "INFO db");
+  assert_non_null(strstr(r->str, "keep_images:0\r\n"));
+  freeReplyObject(r);
+  redisFree(c);
+  stop_server(&n);
+  server_done(&n);
+
+  /* reembed from the kept bytes: no item of s has an image file */
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "%s/vlmdb reembed --db %s --model "
+           "models/default --quiet > %s/reembed.log 2>&1", build_dir(), s.db,
+           s.dir);
+  if (system(cmd) != 0) {
+    char log[128];
+    size_t ln;
+    snprintf(log, sizeof log, "%s/reembed.log", s.dir);
+    char *text = read_file(log, &ln);
+    fail_msg("%s failed:\n%.*s", cmd, text ? (int)ln : 0, text ? text : "");
+  }
+  vlm_clip *nm = NULL;
+  if (vlm_clip_load("models/default", NULL, &nm) < 0)
+    fail_msg("models/default: %s", vlm_errmsg());
+  int d = vlm_clip_dim(nm);
+  db = open_ro_db(&s);
+  const char *keys[3] = {"a", "big", "u"};
+  const void *imgs[3] = {photo, big, photo};
+  size_t lens[3] = {plen, blen, plen};
+  float *want = malloc((size_t)d * sizeof *want);
+  for (int i = 0; i < 3; i++) {
+    vlm_record *rec = NULL;
+    if (vlm_db_get(db, keys[i], &rec) < 0)
+      fail_msg("get %s: %s", keys[i], vlm_errmsg());
+    assert_int_equal(rec->dim, d);
+    assert_non_null(rec->image_vec);
+    if (vlm_clip_encode_image_buffers(nm, &imgs[i], &lens[i], 1, 0, want) < 0)
+      fail_msg("encode: %s", vlm_errmsg());
+    assert_vec_near(rec->image_vec, want, d, 1e-5f, keys[i]);
+    vlm_record_free(rec);
+    expect_kept(db, keys[i], imgs[i], lens[i]);
+  }
+  expect_kept(db, "words", NULL, 0);
+  vlm_db_close(db);
+  free(want);
+  vlm_clip_free(nm);
+  free(photo);
+  free(gray);
+  free(big);
+  free(huge);
   server_done(&s);
 }
 
@@ -3420,6 +3591,7 @@ int main(void) {
       cmocka_unit_test(test_backup_command),
       cmocka_unit_test(test_multi_exec),
       cmocka_unit_test(test_update_commands),
+      cmocka_unit_test(test_add_keeps_images),
       cmocka_unit_test(test_resp3),
       cmocka_unit_test(test_auth),
       cmocka_unit_test(test_pipeline_10000),

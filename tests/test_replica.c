@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "util/util.h"
+#include "vlmdb.h"
 
 #define MODEL "tests/fixtures/clip-tiny"
 #define DIM 48 /* clip-tiny's */
@@ -564,6 +565,118 @@ static void test_replica_too_far_behind_reseeds(void **state) {
          "caught up\n");
 }
 
+/* An image file's bytes (malloc'd), padded with pad bytes after its end
+ * (decoders stop at the end marker; a large picture). */
+static char *read_image(const char *name, size_t pad, size_t *len) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof path, MODEL "/%s", name);
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  size_t n = (size_t)ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *b = malloc(n + pad);
+  assert_non_null(b);
+  assert_int_equal(fread(b, 1, n, f), n);
+  fclose(f);
+  uint64_t seed = 77;
+  for (size_t i = 0; i < pad; i++)
+    b[n + i] = (char)(vlm_test_splitmix64(&seed) >> 56);
+  *len = n + pad;
+  return b;
+}
+
+/* key keeps exactly want (len bytes; NULL: none) in the database at dir
+ * (opened read-only beside its server). */
+static void expect_kept(const char *dir, const char *key, const void *want,
+                        size_t len) {
+  vlm_db_open_options o = {.readonly = 1};
+  vlm_db *db = NULL;
+  if (vlm_db_open(dir, &o, &db) < 0)
+    fail_msg("open %s: %s", dir, vlm_errmsg());
+  uint8_t *got = NULL;
+  size_t n = 0;
+  if (vlm_db_get_image(db, key, &got, &n) < 0)
+    fail_msg("%s: get image %s: %s", dir, key, vlm_errmsg());
+  if (n != (want ? len : 0))
+    fail_msg("%s: key %s keeps %zu bytes, want %zu", dir, key, n,
+             want ? len : 0);
+  if (want && memcmp(got, want, len))
+    fail_msg("%s: key %s: the kept bytes differ from the image sent", dir,
+             key);
+  free(got);
+  vlm_db_close(db);
+}
+
+/* A primary that keeps images (`init --keep-images`) and a replica of it:
+ * images sent before the replica was seeded and after (one of 3 MiB)
+ * reach it with their bytes, bit for bit; an item without an image keeps
+ * none; the replica says keep_images:1 (the setting came with the seed);
+ * stopped, the replica's database moves to another model from the kept
+ * bytes alone. */
+static void test_replica_gets_kept_images(void **state) {
+  (void)state;
+  char pdb[PATH_MAX], rdb[PATH_MAX], args[3 * PATH_MAX], plog[PATH_MAX],
+      rlog[PATH_MAX], port[16], rport[16], of[64];
+  snprintf(pdb, sizeof pdb, "%s/kept-primary", G.dir);
+  snprintf(rdb, sizeof rdb, "%s/kept-replica", G.dir);
+  snprintf(plog, sizeof plog, "%s/kept-primary.log", G.dir);
+  snprintf(rlog, sizeof rlog, "%s/kept-replica.log", G.dir);
+  snprintf(args, sizeof args, "init --db %s --model %s --index Flat "
+           "--keep-images", pdb, MODEL);
+  free(vlmdb_ok(args));
+  int pp = free_port(), rp = free_port();
+  snprintf(port, sizeof port, "%d", pp);
+  snprintf(rport, sizeof rport, "%d", rp);
+  snprintf(of, sizeof of, "127.0.0.1:%d", pp);
+  vlm_test_server prim, rep;
+  const char *pargs[] = {"--db", pdb, "--port", port, "--no-http",
+                         "--threads", "2", NULL};
+  assert_int_equal(vlm_test_server_spawn(&prim, G.bin, pargs, plog, 60), 0);
+  size_t plen, glen, blen;
+  char *photo = read_image("photo_rgb.jpg", 0, &plen);
+  char *gray = read_image("gray.jpg", 0, &glen);
+  char *big = read_image("photo_rgb.jpg", (size_t)3 << 20, &blen);
+  redisContext *c = connect_port(pp);
+  expect_ok(cmd(c, "ADD before IMAGE %b TEXT %s", photo, plen, "a photo"),
+            "ADD");
+  expect_ok(cmd(c, "ADD words TEXT %s", "only words"), "ADD");
+  const char *rargs[] = {"--db", rdb, "--port", rport, "--no-http",
+                         "--threads", "2", "--replica-of", of, NULL};
+  assert_int_equal(vlm_test_server_spawn(&rep, G.bin, rargs, rlog, 120), 0);
+  expect_ok(cmd(c, "ADD big IMAGE %b", big, blen), "ADD");
+  expect_ok(cmd(c, "UPSERT after IMAGE %b TEXT %s", gray, glen, "gray"),
+            "UPSERT");
+  long long seq = info_field(c, "replication", "master_repl_offset");
+  redisFree(c);
+  double deadline = now_s() + 60;
+  long long at = -1;
+  redisContext *r = connect_port(rp);
+  while (now_s() < deadline &&
+         (at = info_field(r, "replication", "slave_repl_offset")) < seq)
+    sleep_ms(20);
+  if (at < seq)
+    fail_msg("the replica reached batch %lld of %lld", at, seq);
+  assert_int_equal(info_field(r, "db", "keep_images"), 1);
+  redisFree(r);
+  expect_kept(rdb, "before", photo, plen);
+  expect_kept(rdb, "big", big, blen);
+  expect_kept(rdb, "after", gray, glen);
+  expect_kept(rdb, "words", NULL, 0);
+  assert_int_equal(vlm_test_server_stop(&rep, 20), 0);
+  assert_int_equal(vlm_test_server_stop(&prim, 20), 0);
+  snprintf(args, sizeof args, "reembed --db %s --model models/default "
+           "--quiet", rdb);
+  char *out = vlmdb_ok(args);
+  if (!strstr(out, "switched: embedded 4 items again"))
+    fail_msg("reembed of the replica's database:\n%s", out);
+  free(out);
+  expect_kept(rdb, "big", big, blen);
+  free(photo);
+  free(gray);
+  free(big);
+}
+
 /* A cluster map's later addresses of a shard are its replicas. */
 static void test_cluster_slots_lists_replicas(void **state) {
   (void)state;
@@ -871,6 +984,7 @@ int main(void) {
       cmocka_unit_test(test_replica_kill9_resumes),
       cmocka_unit_test(test_replica_too_far_behind_reseeds),
       cmocka_unit_test(test_cluster_slots_lists_replicas),
+      cmocka_unit_test(test_replica_gets_kept_images),
       cmocka_unit_test(test_haproxy_fails_over_between_replicas),
       cmocka_unit_test(test_primary_kill9_promote),
   };
