@@ -477,10 +477,15 @@ static void test_writes_appear_in_order(void **state) {
     fail_msg("replica's INFO replication:\n%s", text);
   assert_int_equal(info_field(r, "replication", "master_repl_offset"), seq);
   assert_int_equal(info_field(r, "replication", "replica_lag_batches"), 0);
-  info_text(p, "replication", text, sizeof text);
+  /* the primary hears of the last batch with the replica's next request
+   * (at once, or POLL_MS later when caught up): wait for it */
   char want[128];
   snprintf(want, sizeof want, "port=%d,state=online,offset=%lld", G.rport[0],
            seq);
+  double until = now_s() + 10;
+  do
+    info_text(p, "replication", text, sizeof text);
+  while (!strstr(text, want) && now_s() < until && (sleep_ms(10), 1));
   if (!strstr(text, "role:master") || !strstr(text, want))
     fail_msg("primary's INFO replication lacks '%s':\n%s", want, text);
   printf("[   INFO   ] %lld batches replicated; the counter read %lld times "
