@@ -33,7 +33,17 @@
  *
  * Crash points (vlm_cli_crash_point, for the kill tests): after each STEP
  * (widen, copy, map, delete, narrow), and "copy:N" / "delete:N" after the
- * Nth batch of copy or delete. */
+ * Nth batch of copy or delete.
+ *
+ * --live does the same steps between the two serving nodes (move_live,
+ * below): each node changes its own database (VLM.MIGRATE, VLM.RESTORE,
+ * VLM.LOCAL DEL), a fence (-TRYAGAIN) holds the range's writes on the
+ * source for the last copy, and every node reloads the new map before the
+ * source deletes the range.  The databases stay servable at every step
+ * (a database holding more slots than its map gives carries a marked
+ * digest: vlm_cluster_held_ok), and a rerun goes on from what the map and
+ * the nodes' states say (cli/README.md, "Moving slots while the nodes
+ * serve"). */
 #include "opts.h"
 #include "progress.h"
 #include "shard.h"

@@ -13,7 +13,9 @@
  *   render.c    and its RESP3 reply becomes JSON (http.h)
  *   json.c      a RESP3 reply reader and a JSON writer (http.h)
  *   metrics.c   counters and histograms, /metrics (http.h)
- *   cluster.c   Redis Cluster serving: the map, redirections, fan-out
+ *   cluster.c   Redis Cluster serving: the map, redirections, fan-out,
+ *               a live move's hidden slots and write fence (VLM.MIGRATE)
+ *   migrate.c   a live move's item transfer: VLM.RANGEKEYS, DUMP, RESTORE
  *   replica.c   read replicas: VLM.SYNC / VLM.SEED, following a primary
  *
  * Thread rules.  Everything in vlm_server and vlm__conn belongs to the loop
