@@ -33,7 +33,17 @@
  *
  * Crash points (vlm_cli_crash_point, for the kill tests): after each STEP
  * (widen, copy, map, delete, narrow), and "copy:N" / "delete:N" after the
- * Nth batch of copy or delete. */
+ * Nth batch of copy or delete.
+ *
+ * --live does the same steps between the two serving nodes (move_live,
+ * below): each node changes its own database (VLM.MIGRATE, VLM.RESTORE,
+ * VLM.LOCAL DEL), a fence (-TRYAGAIN) holds the range's writes on the
+ * source for the last copy, and every node reloads the new map before the
+ * source deletes the range.  The databases stay servable at every step
+ * (a database holding more slots than its map gives carries a marked
+ * digest: vlm_cluster_held_ok), and a rerun goes on from what the map and
+ * the nodes' states say (cli/README.md, "Moving slots while the nodes
+ * serve"). */
 #include "opts.h"
 #include "progress.h"
 #include "shard.h"
@@ -45,9 +55,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,6 +67,8 @@
 static const char move_usage[] =
     "usage: vlmdb cluster move --map CLUSTER.json --slots A-B --from DIR\n"
     "                          --to DIR [--out NEW.json] [--batch N] [--json]\n"
+    "       vlmdb cluster move --live --map CLUSTER.json --slots A-B --from I\n"
+    "                          --to J [--password P] [--grace MS] [--batch N]\n"
     "\n"
     "Move the items of slots A..B from the shard database DIR (--from), whose\n"
     "shard the map gives them, to the shard database --to, and write the map\n"
@@ -75,6 +89,15 @@ static const char move_usage[] =
     "  --out FILE      where the new map goes (default: over --map)\n"
     "  --batch N       items per durable batch (default 1000)\n"
     "  --json          print the summary as JSON\n"
+    "  --live          move between the serving nodes of shards I (--from)\n"
+    "                  and J (--to), at their addresses in the map: they\n"
+    "                  copy the items while serving, writes to the range\n"
+    "                  answer -TRYAGAIN for the last copy, then every node\n"
+    "                  reloads the new map (cli/README.md, \"Moving slots\n"
+    "                  while the nodes serve\"); a rerun finishes a killed one\n"
+    "  --password P    the nodes' --requirepass (default $VLMDB_PASSWORD)\n"
+    "  --grace MS      with --live, how long searches begun on the old map\n"
+    "                  get before the source deletes the range (200)\n"
     "  -h, --help      this help\n"
     "\n"
     "example:\n"
@@ -394,11 +417,555 @@ static int owns_range(const vlm_cluster *map, int shard, int first,
   return 1;
 }
 
+/* ======================================================================
+ * --live: the same move between two serving nodes
+ * ==================================================================== */
+
+typedef struct {
+  redisContext *c;
+  int shard;
+  char addr[VLM_CLUSTER_ADDRESS_MAX + 1];
+} live_node;
+
+typedef struct {
+  char *key;
+  long long id;
+} keyid;
+
+typedef struct {
+  keyid *v;
+  long n;
+} keyids;
+
+static void keyids_free(keyids *k) {
+  for (long i = 0; i < k->n; i++)
+    free(k->v[i].key);
+  free(k->v);
+  k->v = NULL;
+  k->n = 0;
+}
+
+static int keyid_cmp(const void *a, const void *b) {
+  return strcmp(((const keyid *)a)->key, ((const keyid *)b)->key);
+}
+
+static const keyid *keyids_find(const keyids *k, const char *key) {
+  keyid probe = {(char *)key, 0};
+  return k->n ? bsearch(&probe, k->v, (size_t)k->n, sizeof *k->v, keyid_cmp)
+              : NULL;
+}
+
+/* A reply of n's, or NULL with the error printed (connection lost, an
+ * error reply). */
+static redisReply *live_check(const char *cmd, live_node *n, redisReply *r) {
+  if (!r) {
+    vlm_cli_error(cmd, "shard %d (%s): %s", n->shard, n->addr,
+                  n->c->errstr[0] ? n->c->errstr : "no reply");
+    return NULL;
+  }
+  if (r->type == REDIS_REPLY_ERROR) {
+    vlm_cli_error(cmd, "shard %d (%s): %s", n->shard, n->addr, r->str);
+    freeReplyObject(r);
+    return NULL;
+  }
+  return r;
+}
+
+static redisReply *live_argv(const char *cmd, live_node *n, int argc,
+                             const char **argv, const size_t *lens) {
+  return live_check(cmd, n, redisCommandArgv(n->c, argc, argv, lens));
+}
+
+static redisReply *live_cmd(const char *cmd, live_node *n, const char *fmt,
+                            ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(n->c, fmt, ap);
+  va_end(ap);
+  return live_check(cmd, n, r);
+}
+
+static int live_connect(const char *cmd, const vlm_cluster *map, int shard,
+                        const char *password, live_node *n) {
+  char host[VLM_CLUSTER_ADDRESS_MAX + 1];
+  n->shard = shard;
+  if (map->shards[shard].naddresses < 1) {
+    vlm_cli_error(cmd, "the map gives shard %d no address", shard);
+    return -1;
+  }
+  snprintf(n->addr, sizeof n->addr, "%s", map->shards[shard].addresses[0]);
+  const char *colon = strrchr(n->addr, ':');
+  if (!colon || colon == n->addr) {
+    vlm_cli_error(cmd, "shard %d's address '%s' is not host:port", shard,
+                  n->addr);
+    return -1;
+  }
+  const char *h = n->addr;
+  size_t hl = (size_t)(colon - h);
+  if (*h == '[' && hl >= 2) {
+    h++;
+    hl -= 2;
+  }
+  snprintf(host, sizeof host, "%.*s", (int)hl, h);
+  struct timeval tv = {10, 0};
+  n->c = redisConnectWithTimeout(host, atoi(colon + 1), tv);
+  if (!n->c || n->c->err) {
+    vlm_cli_error(cmd, "shard %d (%s): %s", shard, n->addr,
+                  n->c ? n->c->errstr : "out of memory");
+    return -1;
+  }
+  struct timeval op = {120, 0};
+  redisSetTimeout(n->c, op);
+  if (password) {
+    redisReply *r = live_cmd(cmd, n, "AUTH %s", password);
+    if (!r)
+      return -1;
+    freeReplyObject(r);
+  }
+  return 0;
+}
+
+/* A node's database: its shard, held slots and digest (VLM.MIGRATE
+ * STATE), and the digest of the map it serves. */
+typedef struct {
+  int shard, nheld;
+  vlm_slot_range held[VLM_CLUSTER_MAX_RANGES];
+  char digest[17], map_digest[17];
+} live_state;
+
+static int live_get_state(const char *cmd, live_node *n, live_state *st) {
+  redisReply *r = live_cmd(cmd, n, "VLM.MIGRATE STATE");
+  if (!r)
+    return -1;
+  int ok = r->type == REDIS_REPLY_ARRAY && r->elements == 4;
+  if (ok) {
+    st->shard = (int)r->element[0]->integer;
+    snprintf(st->digest, sizeof st->digest, "%s",
+             r->element[1]->str ? r->element[1]->str : "");
+    snprintf(st->map_digest, sizeof st->map_digest, "%s",
+             r->element[3]->str ? r->element[3]->str : "");
+    st->nheld = 0;
+    const char *p = r->element[2]->str ? r->element[2]->str : "";
+    while (*p && st->nheld < VLM_CLUSTER_MAX_RANGES) {
+      int first, last;
+      char *end;
+      first = last = (int)strtol(p, &end, 10);
+      if (*end == '-')
+        last = (int)strtol(end + 1, &end, 10);
+      st->held[st->nheld++] = (vlm_slot_range){first, last};
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
+  freeReplyObject(r);
+  if (!ok)
+    vlm_cli_error(cmd, "shard %d (%s): VLM.MIGRATE STATE: unexpected reply",
+                  n->shard, n->addr);
+  return ok ? 0 : -1;
+}
+
+static int live_setslots(const char *cmd, live_node *n, const char *digest,
+                         const vlm_slot_range *r, int nr) {
+  char text[4096];
+  vlm_slot_ranges_format(r, nr, text, sizeof text);
+  redisReply *rep = live_cmd(cmd, n, "VLM.MIGRATE SETSLOTS %s %s", digest,
+                             text);
+  if (!rep)
+    return -1;
+  freeReplyObject(rep);
+  return 0;
+}
+
+/* The range's keys on n with their item ids, sorted by key. */
+static int live_keys(const char *cmd, live_node *n, const mover *mv,
+                     keyids *out) {
+  redisReply *r = live_cmd(cmd, n, "VLM.RANGEKEYS %d %d", mv->first,
+                           mv->last);
+  if (!r)
+    return -1;
+  long cnt = (long)r->elements / 2;
+  out->n = 0;
+  out->v = calloc((size_t)cnt + 1, sizeof *out->v);
+  for (long i = 0; out->v && i < cnt; i++) {
+    out->v[i].key = strdup(r->element[2 * i]->str);
+    out->v[i].id = r->element[2 * i + 1]->integer;
+    out->n++;
+    if (!out->v[i].key) {
+      out->n--;
+      break;
+    }
+  }
+  freeReplyObject(r);
+  if (!out->v || out->n != cnt) {
+    keyids_free(out);
+    vlm_cli_error(cmd, "out of memory");
+    return -1;
+  }
+  qsort(out->v, (size_t)out->n, sizeof *out->v, keyid_cmp);
+  return 0;
+}
+
+/* Copy from src to dst the keys of now not in done with the same id
+ * (a write gives an item a new id), mv->batch a request; done becomes
+ * now. */
+static int live_copy(const char *cmd, mover *mv, live_node *src,
+                     live_node *dst, keyids *now, keyids *done) {
+  const char **argv = malloc(((size_t)mv->batch + 1) * sizeof *argv);
+  size_t *lens = malloc(((size_t)mv->batch + 1) * sizeof *lens);
+  int rc = -1;
+  if (!argv || !lens) {
+    vlm_cli_error(cmd, "out of memory");
+    goto out;
+  }
+  long i = 0;
+  while (i < now->n) {
+    int n = 0;
+    argv[n] = "VLM.DUMP";
+    lens[n++] = 8;
+    for (; i < now->n && n <= mv->batch; i++) {
+      const keyid *had = keyids_find(done, now->v[i].key);
+      if (had && had->id == now->v[i].id) {
+        mv->identical++;
+        continue;
+      }
+      argv[n] = now->v[i].key;
+      lens[n++] = strlen(now->v[i].key);
+    }
+    if (n == 1)
+      break;
+    redisReply *d = live_argv(cmd, src, n, argv, lens);
+    if (!d)
+      goto out;
+    int m = 0;
+    argv[m] = "VLM.RESTORE";
+    lens[m++] = 11;
+    for (size_t e = 0; e < d->elements; e++)
+      if (d->element[e]->type == REDIS_REPLY_STRING) {
+        argv[m] = d->element[e]->str;
+        lens[m++] = d->element[e]->len;
+      }
+    if (m > 1) {
+      redisReply *w = live_argv(cmd, dst, m, argv, lens);
+      if (!w) {
+        freeReplyObject(d);
+        goto out;
+      }
+      mv->copied += w->integer;
+      freeReplyObject(w);
+    }
+    freeReplyObject(d);
+    mv->batches++;
+    maybe_die("copy", mv->batches);
+  }
+  keyids_free(done);
+  *done = *now;
+  now->v = NULL;
+  now->n = 0;
+  rc = 0;
+out:
+  free(argv);
+  free(lens);
+  return rc;
+}
+
+/* Delete keys[0..n) on node (VLM.LOCAL: whether or not its map gives it
+ * their slots), mv->batch a request; *deleted += how many were there. */
+static int live_delete(const char *cmd, const mover *mv, live_node *n,
+                       const keyid *keys, long nkeys, long *deleted,
+                       const char *step) {
+  const char **argv = malloc(((size_t)mv->batch + 2) * sizeof *argv);
+  long batches = 0;
+  if (!argv) {
+    vlm_cli_error(cmd, "out of memory");
+    return -1;
+  }
+  for (long i = 0; i < nkeys;) {
+    int m = 0;
+    argv[m++] = "VLM.LOCAL";
+    argv[m++] = "DEL";
+    for (; i < nkeys && m < mv->batch + 2; i++)
+      argv[m++] = keys[i].key;
+    redisReply *r = live_argv(cmd, n, m, argv, NULL);
+    if (!r) {
+      free(argv);
+      return -1;
+    }
+    *deleted += r->integer;
+    freeReplyObject(r);
+    if (step)
+      maybe_die(step, ++batches);
+  }
+  free(argv);
+  return 0;
+}
+
+static int same_ranges(const live_state *st, const vlm_slot_range *r, int n) {
+  return ranges_equal(st->held, st->nheld, r, n);
+}
+
+/* Wait until the writes the source admitted before its fence are done;
+ * the fence's token into token. */
+static int live_fence(const char *cmd, mover *mv, live_node *src,
+                      char *token, size_t cap) {
+  redisReply *r = live_cmd(cmd, src, "VLM.MIGRATE FENCE %d %d", mv->first,
+                           mv->last);
+  if (!r)
+    return -1;
+  snprintf(token, cap, "%s", r->str ? r->str : "");
+  freeReplyObject(r);
+  for (int tries = 0; tries < 30000; tries++) {
+    if (!(r = live_cmd(cmd, src, "VLM.MIGRATE STATUS")))
+      return -1;
+    long long old = r->elements == 5 ? r->element[4]->integer : -1;
+    int same = r->elements == 5 && r->element[3]->str &&
+               !strcmp(r->element[3]->str, token);
+    freeReplyObject(r);
+    if (!same) {
+      vlm_cli_error(cmd, "shard %d (%s) lost its fence (restarted?): run "
+                    "the move again", src->shard, src->addr);
+      return -1;
+    }
+    if (old == 0)
+      return 0;
+    usleep(1000);
+  }
+  vlm_cli_error(cmd, "shard %d (%s): writes begun before the fence did not "
+                "finish in 30 s", src->shard, src->addr);
+  return -1;
+}
+
+static int live_reload(const char *cmd, live_node *n) {
+  redisReply *r = live_cmd(cmd, n, "CLUSTER RELOAD");
+  if (!r)
+    return -1;
+  freeReplyObject(r);
+  return 0;
+}
+
+/* The live move: see cli/README.md "Moving slots while the nodes serve". */
+static int move_live(const char *cmd, mover *mv, const char *map_path,
+                     const char *out_path, const char *from, const char *to,
+                     const char *password, int grace_ms, int as_json) {
+  int status = VLM_EXIT_RUNTIME;
+  vlm_cluster *map = NULL;
+  vlm_cluster_shard *next = NULL;
+  live_node A = {0}, B = {0};
+  live_state sa, sb;
+  keyids done = {0}, now = {0}, there = {0}, extra = {0};
+  char *text = NULL, token[64];
+  long deleted_dst = 0;
+  if (vlm_cli_cluster_load(cmd, map_path, &map))
+    goto done;
+  int a, b;
+  if (vlm_shard_index(from, map->nshards, &a) ||
+      vlm_shard_index(to, map->nshards, &b)) {
+    vlm_cli_error(cmd, "with --live, --from and --to are shard indices of "
+                  "%s (0..%d): %s", map_path, map->nshards - 1, vlm_errmsg());
+    goto done;
+  }
+  if (a == b) {
+    vlm_cli_error(cmd, "--from and --to are both shard %d", a);
+    goto done;
+  }
+  int map_done;
+  if (owns_range(map, a, mv->first, mv->last)) {
+    map_done = 0;
+  } else if (owns_range(map, b, mv->first, mv->last)) {
+    map_done = 1;
+  } else {
+    vlm_cli_error(cmd, "%s: slots %d-%d are not all shard %d's", map_path,
+                  mv->first, mv->last, a);
+    goto done;
+  }
+  /* the map after the move (before it, when map_done) */
+  if (!(next = calloc((size_t)map->nshards, sizeof *next))) {
+    vlm_cli_error(cmd, "out of memory");
+    goto done;
+  }
+  for (int s = 0; s < map->nshards; s++) {
+    next[s].id = s;
+    next[s].nranges = map->shards[s].nranges;
+    memcpy(next[s].ranges, map->shards[s].ranges, sizeof next[s].ranges);
+  }
+  vlm_slot_range wide_a[VLM_CLUSTER_MAX_RANGES + 1],
+      wide_b[VLM_CLUSTER_MAX_RANGES + 1], tmp[VLM_CLUSTER_MAX_RANGES + 1];
+  int na = ranges_edit(map->shards[a].ranges, map->shards[a].nranges,
+                       mv->first, mv->last, 0, tmp);
+  if (na <= 0) {
+    vlm_cli_error(cmd, na == 0 ? "moving the range leaves shard %d no slot"
+                               : "shard %d would hold too many ranges", a);
+    goto done;
+  }
+  next[a].nranges = na;
+  memcpy(next[a].ranges, tmp, (size_t)na * sizeof tmp[0]);
+  int nb = ranges_edit(map->shards[b].ranges, map->shards[b].nranges,
+                       mv->first, mv->last, 1, tmp);
+  if (nb <= 0) {
+    vlm_cli_error(cmd, "shard %d would hold too many ranges", b);
+    goto done;
+  }
+  next[b].nranges = nb;
+  memcpy(next[b].ranges, tmp, (size_t)nb * sizeof tmp[0]);
+  int nwa = ranges_edit(next[a].ranges, next[a].nranges, mv->first, mv->last,
+                        1, wide_a);
+  int nwb = nb;
+  memcpy(wide_b, next[b].ranges, (size_t)nb * sizeof wide_b[0]);
+  char digest[17], mark[17];
+  vlm_cluster_digest(next, map->nshards, digest);
+  vlm_cluster_move_mark(digest, mark);
+  if (live_connect(cmd, map, a, password, &A) ||
+      live_connect(cmd, map, b, password, &B) ||
+      live_get_state(cmd, &A, &sa) || live_get_state(cmd, &B, &sb))
+    goto done;
+  if (sa.shard != a || sb.shard != b) {
+    vlm_cli_error(cmd, "the nodes at %s and %s serve shards %d and %d, not "
+                  "%d and %d", A.addr, B.addr, sa.shard, sb.shard, a, b);
+    goto done;
+  }
+  if (!map_done) {
+    const vlm_cluster_shard *old_a = &map->shards[a], *old_b = &map->shards[b];
+    if (strcmp(sa.map_digest, map->digest) ||
+        strcmp(sb.map_digest, map->digest)) {
+      vlm_cli_error(cmd, "the nodes do not serve %s (digest %s): send them "
+                    "CLUSTER RELOAD first", map_path, map->digest);
+      goto done;
+    }
+    if (!same_ranges(&sa, old_a->ranges, old_a->nranges) ||
+        !(same_ranges(&sb, old_b->ranges, old_b->nranges) ||
+          (same_ranges(&sb, wide_b, nwb) && !strcmp(sb.digest, mark)))) {
+      vlm_cli_error(cmd, "shards %d and %d do not hold the slots %s gives "
+                    "them, before or during a live move of %d-%d", a, b,
+                    map_path, mv->first, mv->last);
+      goto done;
+    }
+    /* 1. widen the destination (its map does not give it the range: the
+     * node hides the items that arrive) */
+    if (!same_ranges(&sb, wide_b, nwb) &&
+        live_setslots(cmd, &B, mark, wide_b, nwb))
+      goto done;
+    maybe_die("widen", 0);
+    /* 2. copy, twice while writes go on, then with the range fenced */
+    for (int round = 0; round < 2; round++)
+      if (live_keys(cmd, &A, mv, &now) ||
+          live_copy(cmd, mv, &A, &B, &now, &done))
+        goto done;
+    maybe_die("copy", 0);
+    if (live_fence(cmd, mv, &A, token, sizeof token))
+      goto done;
+    maybe_die("fence", 0);
+    /* the source's manifest marks the move, so that it may still hold
+     * the range once the map gives it away */
+    if (strcmp(sa.digest, mark) &&
+        live_setslots(cmd, &A, mark, old_a->ranges, old_a->nranges))
+      goto done;
+    if (live_keys(cmd, &A, mv, &now) ||
+        live_copy(cmd, mv, &A, &B, &now, &done) ||
+        live_keys(cmd, &B, mv, &there))
+      goto done;
+    /* items deleted on the source since they were copied */
+    if (!(extra.v = calloc((size_t)there.n + 1, sizeof *extra.v))) {
+      vlm_cli_error(cmd, "out of memory");
+      goto done;
+    }
+    for (long i = 0; i < there.n; i++)
+      if (!keyids_find(&done, there.v[i].key))
+        extra.v[extra.n++].key = there.v[i].key;
+    if (live_delete(cmd, mv, &B, extra.v, extra.n, &deleted_dst, NULL))
+      goto done;
+    /* still fenced: no write reached the source since */
+    redisReply *r = live_cmd(cmd, &A, "VLM.MIGRATE STATUS");
+    int held = r && r->elements == 5 && r->element[3]->str &&
+               !strcmp(r->element[3]->str, token);
+    if (r)
+      freeReplyObject(r);
+    if (!held) {
+      vlm_cli_error(cmd, "shard %d (%s) lost its fence (restarted?): run "
+                    "the move again", a, A.addr);
+      goto done;
+    }
+    /* 3. the map: from here on the destination owns the range */
+    if (!(text = map_rewrite(cmd, map_path, a, next[a].ranges,
+                             next[a].nranges, b, next[b].ranges,
+                             next[b].nranges)) ||
+        write_durably(cmd, out_path, text))
+      goto done;
+  } else if (!((same_ranges(&sb, map->shards[b].ranges,
+                            map->shards[b].nranges)) &&
+               (same_ranges(&sa, map->shards[a].ranges,
+                            map->shards[a].nranges) ||
+                (nwa > 0 && same_ranges(&sa, wide_a, nwa))))) {
+    vlm_cli_error(cmd, "shards %d and %d do not hold the slots %s gives "
+                  "them, during or after a live move of %d-%d", a, b,
+                  map_path, mv->first, mv->last);
+    goto done;
+  }
+  maybe_die("map", 0);
+  /* 4. every node serves the new map: the destination first, then the
+   * source (which lifts its fence: the range's writes now go on to the
+   * destination), then the others */
+  if (live_reload(cmd, &B) || live_reload(cmd, &A))
+    goto done;
+  for (int s = 0; s < map->nshards; s++) {
+    if (s == a || s == b)
+      continue;
+    live_node o = {0};
+    if (live_connect(cmd, map, s, password, &o) || live_reload(cmd, &o))
+      fprintf(stderr, "vlmdb cluster move: warning: shard %d did not "
+              "reload the map; send it CLUSTER RELOAD (until then it sends "
+              "the range's keys to shard %d, which sends them on)\n", s, a);
+    if (o.c)
+      redisFree(o.c);
+  }
+  maybe_die("reload", 0);
+  /* searches a node began on the old map finish against the source */
+  usleep((useconds_t)grace_ms * 1000);
+  /* 5. the destination's clean digest; the source's items deleted, its
+   * slots narrowed */
+  if (live_get_state(cmd, &A, &sa) || live_get_state(cmd, &B, &sb))
+    goto done;
+  if (strcmp(sb.digest, digest) &&
+      live_setslots(cmd, &B, digest, next[b].ranges, next[b].nranges))
+    goto done;
+  if (!same_ranges(&sa, next[a].ranges, next[a].nranges)) {
+    if (live_keys(cmd, &A, mv, &now) ||
+        live_delete(cmd, mv, &A, now.v, now.n, &mv->deleted, "delete"))
+      goto done;
+    maybe_die("delete", 0);
+    if (live_setslots(cmd, &A, digest, next[a].ranges, next[a].nranges))
+      goto done;
+  }
+  maybe_die("narrow", 0);
+  if (as_json)
+    printf("{\"slots\": [%d, %d], \"from\": %d, \"to\": %d, \"live\": true, "
+           "\"copied\": %ld, \"already_there\": %ld, \"deleted\": %ld, "
+           "\"digest\": \"%s\"}\n", mv->first, mv->last, a, b, mv->copied,
+           mv->identical, mv->deleted, digest);
+  else
+    printf("moved slots %d-%d live from shard %d (%s) to shard %d (%s): %ld "
+           "copied, %ld already there, %ld deleted; map %s (digest %s)\n",
+           mv->first, mv->last, a, A.addr, b, B.addr, mv->copied,
+           mv->identical, mv->deleted, out_path, digest);
+  status = VLM_EXIT_OK;
+done:
+  free(extra.v); /* its keys are there's */
+  keyids_free(&there);
+  keyids_free(&now);
+  keyids_free(&done);
+  free(text);
+  free(next);
+  if (A.c)
+    redisFree(A.c);
+  if (B.c)
+    redisFree(B.c);
+  vlm_cluster_free(map);
+  return status;
+}
+
 int cmd_cluster_move(int argc, char **argv) {
   const char *cmd = "cluster move", *map_path = NULL, *slots = NULL,
              *from = NULL, *to = NULL, *out_path = NULL;
-  int as_json = 0;
-  long batch = 1000;
+  const char *password = getenv("VLMDB_PASSWORD");
+  int as_json = 0, live = 0;
+  long batch = 1000, grace_ms = 200;
   static const struct option longopts[] = {
       {"map", required_argument, NULL, 'm'},
       {"slots", required_argument, NULL, 's'},
@@ -407,6 +974,9 @@ int cmd_cluster_move(int argc, char **argv) {
       {"out", required_argument, NULL, 'o'},
       {"batch", required_argument, NULL, 'b'},
       {"json", no_argument, NULL, 'j'},
+      {"live", no_argument, NULL, 'l'},
+      {"password", required_argument, NULL, 'p'},
+      {"grace", required_argument, NULL, 'g'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -420,6 +990,13 @@ int cmd_cluster_move(int argc, char **argv) {
     case 't': to = optarg; break;
     case 'o': out_path = optarg; break;
     case 'j': as_json = 1; break;
+    case 'l': live = 1; break;
+    case 'p': password = optarg; break;
+    case 'g':
+      grace_ms = strtol(optarg, &end, 10);
+      if (*end || end == optarg || grace_ms < 0 || grace_ms > 60000)
+        return vlm_cli_usage_error(cmd, "--grace is 0..60000 ms");
+      break;
     case 'b':
       batch = strtol(optarg, &end, 10);
       if (*end || end == optarg || batch < 1 || batch > 100000)
@@ -440,6 +1017,10 @@ int cmd_cluster_move(int argc, char **argv) {
                                "one slot", VLM_SLOTS - 1);
   if (!out_path)
     out_path = map_path;
+  if (live)
+    return move_live(cmd, &mv, map_path, out_path, from, to,
+                     password && *password ? password : NULL, (int)grace_ms,
+                     as_json);
 
   int status = VLM_EXIT_RUNTIME, rc;
   vlm_cluster *map = NULL, *written = NULL;

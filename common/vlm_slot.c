@@ -409,3 +409,70 @@ int vlm_shard_index(const char *text, int nshards, int *out) {
   *out = (int)v;
   return 0;
 }
+
+/* ------------------------------------------------------- live moves */
+
+void vlm_cluster_move_mark(const char *digest, char out[17]) {
+  char buf[64];
+  int n = snprintf(buf, sizeof buf, "vlmdb-live-move %s", digest);
+  snprintf(out, 17, "%016llx",
+           (unsigned long long)XXH3_64bits(buf, (size_t)n));
+}
+
+/* The digest of map's assignment with every slot set in extra given to
+ * shard; -1 when a shard would then hold too many ranges. */
+static int digest_with(const vlm_cluster *map, int shard,
+                       const unsigned char *extra, char out[17]) {
+  vlm_cluster_shard *sh = calloc((size_t)map->nshards, sizeof *sh);
+  int rc = 0;
+  if (!sh)
+    return -1;
+  for (int s = 0; s < map->nshards; s++)
+    sh[s].id = s;
+  for (int slot = 0; slot < VLM_SLOTS && rc == 0; slot++) {
+    vlm_cluster_shard *o = &sh[extra[slot] ? shard : map->owner[slot]];
+    if (o->nranges && o->ranges[o->nranges - 1].last == slot - 1)
+      o->ranges[o->nranges - 1].last = slot;
+    else if (o->nranges == VLM_CLUSTER_MAX_RANGES)
+      rc = -1;
+    else
+      o->ranges[o->nranges++] = (vlm_slot_range){slot, slot};
+  }
+  if (rc == 0)
+    vlm_cluster_digest(sh, map->nshards, out);
+  free(sh);
+  return rc;
+}
+
+int vlm_cluster_held_ok(const vlm_cluster *map, int shard,
+                        const vlm_slot_range *held, int nheld,
+                        const char *held_digest) {
+  static _Thread_local unsigned char extra[VLM_SLOTS];
+  int nextra = 0;
+  memset(extra, 0, sizeof extra);
+  for (int r = 0; r < nheld; r++)
+    for (int s = held[r].first; s <= held[r].last; s++)
+      if (map->owner[s] != shard) {
+        extra[s] = 1;
+        nextra++;
+      }
+  int held_slots = 0, given = 0;
+  for (int r = 0; r < nheld; r++)
+    held_slots += held[r].last - held[r].first + 1;
+  for (int s = 0; s < VLM_SLOTS; s++)
+    given += map->owner[s] == shard;
+  if (held_slots - nextra != given)
+    return -1; /* a slot the map gives is not held */
+  if (nextra == 0)
+    return 0;
+  char mark[17], with[17];
+  vlm_cluster_move_mark(map->digest, mark);
+  if (held_digest && !strcmp(held_digest, mark))
+    return 1; /* the source, the map switched, the range not yet deleted */
+  if (held_digest && digest_with(map, shard, extra, with) == 0) {
+    vlm_cluster_move_mark(with, mark);
+    if (!strcmp(held_digest, mark))
+      return 1; /* the destination, widened, the map not yet switched */
+  }
+  return -1;
+}

@@ -97,4 +97,26 @@ void vlm_slot_ranges_format(const vlm_slot_range *ranges, int n, char *buf,
  * out of range). */
 int vlm_shard_index(const char *text, int nshards, int *out);
 
+/* Live moves (`vlmdb cluster move --live`, net/README.md "Moving slots
+ * while the nodes serve").  While one is under way, a shard database may
+ * hold more slots than the map gives its shard: the destination has taken
+ * the range before the map gives it (its items arrive meanwhile), the
+ * source still holds it after (until its items are deleted).  Such a
+ * database records a marked digest, vlm_cluster_move_mark of the new
+ * map's digest (XXH3-64 of "vlmdb-live-move " + digest, 16 hex digits
+ * into out[17]), so a database a killed offline move left half-moved
+ * (plain digest) is still told apart and refused. */
+void vlm_cluster_move_mark(const char *digest, char out[17]);
+
+/* Whether a shard database holding the slots held[0..nheld) under the
+ * digest held_digest may be served as shard of map: 0 when it holds
+ * exactly the slots the map gives the shard; 1 when it holds them and
+ * more, as a live move leaves it (held_digest is the mark of map's digest,
+ * or of the digest of map with the extra slots given to shard): a node
+ * then serves only the map's slots and hides the items of the others;
+ * -1 otherwise (not served).  Thread-safe. */
+int vlm_cluster_held_ok(const vlm_cluster *map, int shard,
+                        const vlm_slot_range *held, int nheld,
+                        const char *held_digest);
+
 #endif

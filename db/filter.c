@@ -34,7 +34,7 @@ static const char *allowed_functions[] = {
     "trim",    "max",      "min",     "nullif",   "round",     "substr",
     "substring", "replace", "typeof", "unicode",  "likely",    "unlikely",
     "likelihood", "date",  "time",    "datetime", "julianday", "strftime",
-    "unixepoch", "sign",   "octet_length",
+    "unixepoch", "sign",   "octet_length", "vlm_key_slot",
 };
 
 static int deny(vlm__authctx *a, const char *fmt, const char *x,

@@ -60,6 +60,19 @@ int vlm__sql_err(sqlite3 *db, int rc, const char *what) {
                     db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
 }
 
+
+/* vlm_key_slot(text): the key's Redis Cluster hash slot; NULL for NULL. */
+static void sql_key_slot(sqlite3_context *c, int argc, sqlite3_value **v) {
+  (void)argc;
+  const unsigned char *key = sqlite3_value_text(v[0]);
+  if (!key) {
+    sqlite3_result_null(c);
+    return;
+  }
+  sqlite3_result_int(c, vlm_key_slot((const char *)key,
+                                     (size_t)sqlite3_value_bytes(v[0])));
+}
+
 static const char *sql_type(vlm_field_type t) {
   switch (t) {
   case VLM_FIELD_INT: return "INTEGER";
@@ -617,6 +630,12 @@ int vlm__reader_sql(vlm_db *db, vlm__reader *r) {
   sqlite3_limit(r->sql, SQLITE_LIMIT_LENGTH, 3 * VLM_DB_MAX_TEXT + 65536);
   r->auth.man = &db->man;
   sqlite3_set_authorizer(r->sql, vlm__authorizer, &r->auth);
+  /* vlm_key_slot(key): a cluster node hides the items of slots it holds
+   * but does not serve (a live move under way) with a filter on it */
+  sqlite3_create_function(r->sql, "vlm_key_slot", 1,
+                          SQLITE_UTF8 | SQLITE_DETERMINISTIC |
+                              SQLITE_INNOCUOUS,
+                          NULL, sql_key_slot, NULL, NULL);
   rc = sqlite3_prepare_v3(r->sql,
                           "SELECT value FROM vlm_state WHERE name = 'seq'", -1,
                           SQLITE_PREPARE_PERSISTENT, &r->pin, NULL);

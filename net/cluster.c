@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -83,6 +84,18 @@ struct vlm__cluster_state {
   shard_node *nodes;      /* one per shard */
   fanout *inflight;
   int stopping;
+  /* The slots the database holds (its manifest), which may be more than
+   * the map gives while a live move is under way: the items of the others
+   * are hidden from searches. */
+  int nheld;
+  vlm_slot_range held[VLM_CLUSTER_MAX_RANGES];
+  char held_digest[17];
+  /* Live move fence: writes to fence_first..fence_last answer -TRYAGAIN;
+   * fence_old counts the writes started before it that have not finished
+   * (fence_seq: the last write number started before it). */
+  int fenced, fence_first, fence_last;
+  uint64_t fence_seq, fence_token, fence_count;
+  long fence_old;
 };
 
 /* ======================================================================
@@ -137,6 +150,20 @@ static void set_replicas(shard_node *n, const vlm_cluster_shard *sh) {
   }
 }
 
+/* Read the slots the database holds into the cluster state. */
+static int refresh_held(vlm_server *srv) {
+  vlm__cluster_state *cs = srv->cluster;
+  vlm_db_info info;
+  int rc = vlm_db_stat(srv->db, &info);
+  if (rc < 0)
+    return rc;
+  cs->nheld = info.shard >= 0 ? info.nslot_ranges : 0;
+  memcpy(cs->held, info.slot_ranges, (size_t)cs->nheld * sizeof cs->held[0]);
+  snprintf(cs->held_digest, sizeof cs->held_digest, "%s",
+           info.cluster_digest);
+  return 0;
+}
+
 int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
                       const char *path, int shard, int timeout_ms) {
   if (shard < 0 || shard >= map->nshards)
@@ -180,6 +207,12 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
     set_replicas(n, &map->shards[s]);
   }
   srv->cluster = cs;
+  cs->fence_token = vlm__now_ns() ^ ((uint64_t)getpid() << 40);
+  int rc = refresh_held(srv);
+  if (rc < 0) {
+    vlm__cluster_free(srv);
+    return rc;
+  }
   return 0;
 }
 
@@ -412,10 +445,11 @@ static int cluster_reload(vlm__ctx *ctx) {
     vlm_db_info info;
     const vlm_cluster_shard *mine = &m->shards[cs->shard];
     int rc = vlm_db_stat(ctx->srv->db, &info);
+    /* exactly the map's slots, or more while a live move is under way
+     * (vlm_cluster_held_ok: the database's marked digest says so) */
     if (rc == 0 && info.shard >= 0 &&
-        (info.nslot_ranges != mine->nranges ||
-         memcmp(info.slot_ranges, mine->ranges,
-                (size_t)mine->nranges * sizeof mine->ranges[0]))) {
+        vlm_cluster_held_ok(m, cs->shard, info.slot_ranges,
+                            info.nslot_ranges, info.cluster_digest) < 0) {
       char held[256], given[256];
       vlm_slot_ranges_format(info.slot_ranges, info.nslot_ranges, held,
                              sizeof held);
@@ -479,6 +513,15 @@ static int cluster_reload(vlm__ctx *ctx) {
   vlm_cluster_free(cs->owned);
   cs->owned = m;
   cs->map = m;
+  /* a fenced range the map now gives another shard: its writes go there
+   * (-MOVED), the fence is done */
+  if (cs->fenced && m->owner[cs->fence_first] != cs->shard) {
+    vlm__server_log(ctx->srv, "cluster: slots %d-%d now served by shard %d; "
+                    "fence lifted", cs->fence_first, cs->fence_last,
+                    m->owner[cs->fence_first]);
+    cs->fenced = 0;
+  }
+  refresh_held(ctx->srv);
   vlm__reply_int(out, changed);
   return 0;
 }
@@ -925,4 +968,280 @@ void vlm__cluster_free(vlm_server *srv) {
   free(cs->nodes);
   free(cs);
   srv->cluster = NULL;
+}
+
+/* ======================================================================
+ * Live moves: hidden slots, the write fence, VLM.MIGRATE
+ * ==================================================================== */
+
+char *vlm__cluster_owners(const vlm_server *srv) {
+  const vlm__cluster_state *cs = srv->cluster;
+  vlm__buf b;
+  vlm__buf_init(&b, 0);
+  for (int s = 0; s < VLM_SLOTS;) {
+    int e = s;
+    while (e + 1 < VLM_SLOTS && cs->map->owner[e + 1] == cs->map->owner[s])
+      e++;
+    vlm__buf_printf(&b, "%s%d-%d:%d", s ? "," : "", s, e, cs->map->owner[s]);
+    s = e + 1;
+  }
+  vlm__buf_append(&b, "", 1);
+  if (b.oom) {
+    vlm__buf_free(&b);
+    return NULL;
+  }
+  return b.data; /* the buffer's own allocation, NUL-terminated */
+}
+
+/* given[slot] = 1 for the slots owners gives shard. */
+static int parse_owners(const char *owners, int shard, unsigned char *given) {
+  const char *p = owners;
+  while (*p) {
+    char *end;
+    long a = strtol(p, &end, 10), b, s;
+    if (end == p || *end != '-')
+      return -1;
+    p = end + 1;
+    b = strtol(p, &end, 10);
+    if (end == p || *end != ':')
+      return -1;
+    p = end + 1;
+    s = strtol(p, &end, 10);
+    if (end == p || (*end && *end != ',') || a < 0 || b < a ||
+        b >= VLM_SLOTS || s < 0)
+      return -1;
+    if (s == shard)
+      memset(given + a, 1, (size_t)(b - a + 1));
+    p = *end ? end + 1 : end;
+  }
+  return 0;
+}
+
+int vlm__cluster_search_filter(const vlm_server *srv, const char *owners,
+                               const char *user, char **out, char *why,
+                               size_t whycap) {
+  const vlm__cluster_state *cs = srv->cluster;
+  *out = NULL;
+  if (!cs || cs->nheld == 0)
+    return 0;
+  unsigned char *given = calloc(VLM_SLOTS, 1);
+  if (!given) {
+    snprintf(why, whycap, "out of memory");
+    return -1;
+  }
+  if (owners) {
+    if (parse_owners(owners, cs->shard, given) < 0) {
+      snprintf(why, whycap, "OWNERS: not a slot map (a-b:shard,...)");
+      free(given);
+      return -1;
+    }
+  } else {
+    for (int s = 0; s < VLM_SLOTS; s++)
+      given[s] = cs->map->owner[s] == cs->shard;
+  }
+  vlm__buf b;
+  vlm__buf_init(&b, 0);
+  int nhidden = 0;
+  for (int r = 0; r < cs->nheld; r++)
+    for (int s = cs->held[r].first; s <= cs->held[r].last; s++) {
+      if (given[s])
+        continue;
+      int e = s;
+      while (e + 1 <= cs->held[r].last && !given[e + 1])
+        e++;
+      vlm__buf_printf(&b, "%svlm_key_slot(key) BETWEEN %d AND %d",
+                      nhidden++ ? " OR " : "", s, e);
+      s = e;
+    }
+  free(given);
+  if (nhidden == 0) {
+    vlm__buf_free(&b);
+    return 0;
+  }
+  vlm__buf f;
+  vlm__buf_init(&f, 0);
+  if (user)
+    vlm__buf_printf(&f, "(%s) AND ", user);
+  vlm__buf_printf(&f, "NOT (%.*s)", (int)b.len, b.data);
+  vlm__buf_append(&f, "", 1);
+  vlm__buf_free(&b);
+  if (f.oom) {
+    vlm__buf_free(&f);
+    snprintf(why, whycap, "out of memory");
+    return -1;
+  }
+  *out = f.data;
+  return 0;
+}
+
+int vlm__cluster_fenced(const vlm_server *srv, int slot) {
+  const vlm__cluster_state *cs = srv->cluster;
+  return cs && cs->fenced && slot >= cs->fence_first &&
+         slot <= cs->fence_last;
+}
+
+void vlm__cluster_write_started(vlm_server *srv, vlm__job *job) {
+  job->write_seq = ++srv->write_seq;
+  srv->writes_inflight++;
+}
+
+void vlm__cluster_write_finished(vlm_server *srv, vlm__job *job) {
+  vlm__cluster_state *cs = srv->cluster;
+  srv->writes_inflight--;
+  if (cs && cs->fenced && cs->fence_old > 0 && job->write_seq <= cs->fence_seq)
+    cs->fence_old--;
+  job->write_seq = 0;
+}
+
+/* "a-b,c" into ranges (at most VLM_CLUSTER_MAX_RANGES): n, or -1. */
+static int parse_ranges(const char *text, vlm_slot_range *ranges) {
+  int n = 0;
+  const char *p = text;
+  while (*p) {
+    char *end;
+    long a = strtol(p, &end, 10), b = a;
+    if (end == p)
+      return -1;
+    if (*end == '-') {
+      p = end + 1;
+      b = strtol(p, &end, 10);
+      if (end == p)
+        return -1;
+    }
+    if ((*end && *end != ',') || a < 0 || b < a || b >= VLM_SLOTS ||
+        n == VLM_CLUSTER_MAX_RANGES)
+      return -1;
+    ranges[n++] = (vlm_slot_range){(int)a, (int)b};
+    p = *end ? end + 1 : end;
+  }
+  return n;
+}
+
+/* VLM.MIGRATE, the steps of a live move that change this node's state,
+ * sent by `vlmdb cluster move --live` (cli/cmd_cluster_move.c):
+ *   STATE                 [shard, held digest, held slots, map digest]
+ *   SETSLOTS digest a-b,..  the database's slots (vlm_db_set_slots),
+ *                         refused unless the node may still serve it
+ *                         under its map (vlm_cluster_held_ok)
+ *   FENCE first last      writes to the range answer -TRYAGAIN from now
+ *                         on; answers the fence's token
+ *   STATUS                [fenced, first, last, token, writes started
+ *                         before the fence still running]
+ *   UNFENCE               lift it (also lifted by the CLUSTER RELOAD that
+ *                         gives the range away, and by a restart)
+ * They run on the loop: SETSLOTS waits for a manifest's fsync, rarely. */
+int vlm__migrate_command(vlm__ctx *ctx) {
+  vlm_server *srv = ctx->srv;
+  vlm__cluster_state *cs = srv->cluster;
+  vlm__buf *out = ctx->out;
+  const vlm__resp_arg *sub = &ctx->argv[1];
+  char text[4096];
+  if (!cs) {
+    vlm__reply_error(out, "ERR", "VLM.MIGRATE: not a cluster node");
+    return -1;
+  }
+  if (arg_is(sub, "STATE") && ctx->argc == 2) {
+    vlm_slot_ranges_format(cs->held, cs->nheld, text, sizeof text);
+    vlm__reply_array(out, 4);
+    vlm__reply_int(out, cs->shard);
+    vlm__reply_cstr(out, cs->held_digest);
+    vlm__reply_cstr(out, text);
+    vlm__reply_cstr(out, cs->map->digest);
+    return 0;
+  }
+  if (arg_is(sub, "SETSLOTS") && ctx->argc == 4) {
+    vlm_slot_range ranges[VLM_CLUSTER_MAX_RANGES];
+    const vlm__resp_arg *d = &ctx->argv[2], *r = &ctx->argv[3];
+    int n = r->len < sizeof text ? (memcpy(text, r->ptr, r->len),
+                                    text[r->len] = '\0',
+                                    parse_ranges(text, ranges))
+                                 : -1;
+    char digest[17];
+    if (n <= 0 || d->len != 16) {
+      vlm__reply_error(out, "ERR", "VLM.MIGRATE SETSLOTS digest a-b,...");
+      return -1;
+    }
+    memcpy(digest, d->ptr, 16);
+    digest[16] = '\0';
+    if (vlm_cluster_held_ok(cs->map, cs->shard, ranges, n, digest) < 0) {
+      vlm__reply_error(out, "ERR", "VLM.MIGRATE SETSLOTS: shard %d could not "
+                       "be served with slots %s under its map (digest %s)",
+                       cs->shard, text, cs->map->digest);
+      return -1;
+    }
+    int rc = vlm_db_set_slots(srv->db, digest, ranges, n);
+    if (rc == 0)
+      rc = refresh_held(srv);
+    if (rc < 0) {
+      vlm__reply_error(out, "ERR", "VLM.MIGRATE SETSLOTS: %s", vlm_errmsg());
+      return -1;
+    }
+    vlm__server_log(srv, "cluster: the database now holds slots %s (digest "
+                    "%s)", text, digest);
+    vlm__reply_status(out, "OK");
+    return 0;
+  }
+  if (arg_is(sub, "FENCE") && ctx->argc == 4) {
+    long a, b;
+    char *end;
+    int la = (int)(ctx->argv[2].len < 16 ? ctx->argv[2].len : 15);
+    int lb = (int)(ctx->argv[3].len < 16 ? ctx->argv[3].len : 15);
+    char ta[16], tb[16];
+    memcpy(ta, ctx->argv[2].ptr, (size_t)la);
+    ta[la] = '\0';
+    memcpy(tb, ctx->argv[3].ptr, (size_t)lb);
+    tb[lb] = '\0';
+    a = strtol(ta, &end, 10);
+    int bad = *end || end == ta;
+    b = strtol(tb, &end, 10);
+    bad |= *end || end == tb || a < 0 || b < a || b >= VLM_SLOTS;
+    if (bad) {
+      vlm__reply_error(out, "ERR", "VLM.MIGRATE FENCE first last");
+      return -1;
+    }
+    for (long s = a; s <= b; s++)
+      if (cs->map->owner[s] != cs->shard) {
+        vlm__reply_error(out, "ERR", "VLM.MIGRATE FENCE: slot %ld is not "
+                         "served here", s);
+        return -1;
+      }
+    if (!cs->fenced || cs->fence_first != a || cs->fence_last != b) {
+      cs->fenced = 1;
+      cs->fence_first = (int)a;
+      cs->fence_last = (int)b;
+      cs->fence_seq = srv->write_seq;
+      cs->fence_old = srv->writes_inflight;
+      cs->fence_count++;
+      vlm__server_log(srv, "cluster: writes to slots %ld-%ld held back "
+                      "(-TRYAGAIN) for a live move", a, b);
+    }
+    snprintf(text, sizeof text, "%016llx-%llu",
+             (unsigned long long)cs->fence_token,
+             (unsigned long long)cs->fence_count);
+    vlm__reply_cstr(out, text);
+    return 0;
+  }
+  if (arg_is(sub, "STATUS") && ctx->argc == 2) {
+    snprintf(text, sizeof text, "%016llx-%llu",
+             (unsigned long long)cs->fence_token,
+             (unsigned long long)cs->fence_count);
+    vlm__reply_array(out, 5);
+    vlm__reply_int(out, cs->fenced);
+    vlm__reply_int(out, cs->fenced ? cs->fence_first : -1);
+    vlm__reply_int(out, cs->fenced ? cs->fence_last : -1);
+    vlm__reply_cstr(out, cs->fenced ? text : "");
+    vlm__reply_int(out, cs->fenced ? cs->fence_old : 0);
+    return 0;
+  }
+  if (arg_is(sub, "UNFENCE") && ctx->argc == 2) {
+    if (cs->fenced)
+      vlm__server_log(srv, "cluster: writes to slots %d-%d accepted again",
+                      cs->fence_first, cs->fence_last);
+    cs->fenced = 0;
+    vlm__reply_status(out, "OK");
+    return 0;
+  }
+  vlm__reply_error(out, "ERR", "VLM.MIGRATE STATE | SETSLOTS digest ranges | "
+                   "FENCE first last | STATUS | UNFENCE");
+  return -1;
 }

@@ -1001,11 +1001,18 @@ typedef struct {
    * -1), and how many hits the folding keeps (OFFSET + K). */
   float collapse;
   int vec_at, vec_hidden, collapse_keep;
+  /* Cluster: the client's filter (sent on to the other shards), and the
+   * one this node searches with, hiding the items of slots it holds but
+   * does not serve (a live move under way: vlm__cluster_search_filter);
+   * owners: VLM.LOCAL's OWNERS, the coordinator's map. */
+  const char *user_filter, *owners;
+  char *hide_filter;
 } search_state;
 
 static void search_state_free(void *p) {
   search_state *st = p;
   if (st) {
+    free(st->hide_filter);
     free(st->vec);
     free(st->qvec);
     vlm__buf_free(&st->local);
@@ -1094,6 +1101,10 @@ static int cmd_search_proc(vlm__ctx *ctx) {
       if (arg_cstr(ctx, &ctx->argv[++i], "FILTER") < 0)
         return -1;
       st->opts.filter = ctx->argv[i].ptr;
+    } else if (arg_is(a, "OWNERS") && has && job->local) {
+      if (arg_cstr(ctx, &ctx->argv[++i], "OWNERS") < 0)
+        return -1;
+      st->owners = ctx->argv[i].ptr;
     } else if (arg_is(a, "TARGET") && has) {
       const vlm__resp_arg *t = &ctx->argv[++i];
       if (arg_is(t, "ANY"))
@@ -1207,6 +1218,19 @@ static int cmd_search_proc(vlm__ctx *ctx) {
   }
   st->coordinated = ctx->srv->cluster && !job->local;
   st->group_hidden = st->vec_hidden = -1;
+  st->user_filter = st->opts.filter;
+  if (ctx->srv->cluster) {
+    /* every shard answers for the slots the coordinator's map gives it,
+     * so a key held by two shards during a live move counts once */
+    char why[160];
+    if (vlm__cluster_search_filter(ctx->srv, st->owners, st->opts.filter,
+                                   &st->hide_filter, why, sizeof why) < 0) {
+      vlm__reply_error(ctx->out, "ERR", "%s", why);
+      return -1;
+    }
+    if (st->hide_filter)
+      st->opts.filter = st->hide_filter;
+  }
   if (st->coordinated && st->opts.collapse > 0) {
     /* Exact: one database folds the best vlm_collapse_depth(OFFSET + K)
      * candidates of its ranking (cut at MINSCORE) and nothing deeper.
@@ -1583,7 +1607,7 @@ done:
 static int search_after(vlm__job *job) {
   search_state *st = job->state;
   vlm_server *srv = job->srv;
-  enum { MAXARGS = 32 + MAX_RETURN }; /* 24 for the options, the fields */
+  enum { MAXARGS = 34 + MAX_RETURN }; /* 26 for the options, the fields */
   const char *argv[MAXARGS];
   size_t lens[MAXARGS];
   char kbuf[16], efbuf[16], npbuf[16], nbuf[16];
@@ -1597,9 +1621,9 @@ static int search_after(vlm__job *job) {
   snprintf(kbuf, sizeof kbuf, "%d", st->opts.k);
   CARG("K");
   CARG(kbuf);
-  if (st->opts.filter) {
+  if (st->user_filter) {
     CARG("FILTER");
-    CARG(st->opts.filter);
+    CARG(st->user_filter);
   }
   CARG("TARGET");
   CARG(st->opts.target == VLM_TARGET_IMAGE ? "IMAGE"
@@ -1651,9 +1675,17 @@ static int search_after(vlm__job *job) {
       if (st->fields[f] != F_PROBABILITY)
         CARG(st->field_names[f]);
   }
+  /* the map this node merges by: each shard answers for its slots of it */
+  char *owners = vlm__cluster_owners(srv);
+  if (owners) {
+    CARG("OWNERS");
+    CARG(owners);
+  }
 #undef CARG
 #undef ARG
-  return vlm__cluster_fanout(job, argc, argv, lens, search_done) == 0;
+  int sent = vlm__cluster_fanout(job, argc, argv, lens, search_done) == 0;
+  free(owners);
+  return sent;
 }
 
 /* SEARCH KEY k of another shard's key: GET k WITHVECTORS from its shard,
@@ -3147,6 +3179,20 @@ static const vlm__command commands[] = {
     {"VLM.SEED", vlm__repl_seed_proc, vlm__repl_seed_exec, -3, 0, "server",
      "BEGIN port | READ token file offset | END token",
      "For replicas: an online backup handed out file by file."},
+    {"VLM.MIGRATE", vlm__migrate_command, NULL, -2, ADMIN, "cluster",
+     "STATE | SETSLOTS digest ranges | FENCE first last | STATUS | UNFENCE",
+     "For `vlmdb cluster move --live`: this node's side of a live move."},
+    {"VLM.RANGEKEYS", vlm__rangekeys_proc, vlm__rangekeys_exec, 3, ADMIN,
+     "cluster", "first last",
+     "For live moves: the keys of slots first..last held here, each with "
+     "its item id."},
+    {"VLM.DUMP", vlm__dump_proc, vlm__dump_exec, -2, ADMIN, "cluster",
+     "key [key ...]",
+     "For live moves: each item whole (a binary record), or nil."},
+    {"VLM.RESTORE", vlm__restore_proc, vlm__restore_exec, -2, WRITE,
+     "cluster", "record [record ...]",
+     "For live moves: write VLM.DUMP records bit for bit (upserts; one "
+     "already identical is left alone); answers how many were written."},
     {"VLM.LOCAL", cmd_local, NULL, -2, 0, "cluster",
      "command [arg [arg ...]]",
      "Run a command on this shard alone (what a coordinator sends)."},
@@ -3270,6 +3316,12 @@ static void reply_unknown(vlm__buf *out, int argc, const vlm__resp_arg *argv) {
                    "with: %s", name, args);
 }
 
+/* Redis Cluster's answer for a slot being migrated: the client retries. */
+static void reply_tryagain(vlm__buf *out, int slot) {
+  vlm__reply_error(out, "TRYAGAIN", "slot %d is moving to another shard; "
+                   "retry in a moment", slot);
+}
+
 /* In cluster mode, a keyed command with a key of a slot another shard
  * holds is answered -MOVED (Redis Cluster's redirection).  1 when it
  * was. */
@@ -3287,6 +3339,33 @@ static int cluster_redirect(vlm__conn *conn, const vlm__command *cmd,
     if (!vlm__cluster_owns(srv, slot)) {
       vlm__cluster_reply_moved(vlm__conn_reply_buf(conn), srv, slot);
       return 1;
+    }
+    if ((cmd->flags & VLM__CMD_WRITE) && vlm__cluster_fenced(srv, slot)) {
+      reply_tryagain(vlm__conn_reply_buf(conn), slot);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* EXEC of a transaction that writes a key of a fenced slot (fenced since
+ * the write was queued): -TRYAGAIN, the transaction discarded.  1 when. */
+static int exec_fenced(vlm__conn *conn) {
+  for (vlm__job *q = conn->multi_head; q; q = q->multi_next) {
+    int first, last, step;
+    if (!q->cmd || !(q->cmd->flags & VLM__CMD_WRITE))
+      continue;
+    key_positions(q->cmd->name, &first, &last, &step);
+    if (first <= 0)
+      continue;
+    if (last < 0)
+      last = q->argc + last;
+    for (int i = first; i <= last && i < q->argc; i += step) {
+      int slot = vlm_key_slot(q->argv[i].ptr, q->argv[i].len);
+      if (vlm__cluster_fenced(conn->srv, slot)) {
+        reply_tryagain(vlm__conn_reply_buf(conn), slot);
+        return 1;
+      }
     }
   }
   return 0;
@@ -3342,6 +3421,11 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     conn->multi_dirty = conn->multi;
     return;
   }
+  if (srv->cluster && conn->multi && cmd->proc == cmd_exec_proc &&
+      exec_fenced(conn)) {
+    multi_reset(conn);
+    return;
+  }
   if (refuse_on_replica(srv, cmd, vlm__conn_reply_buf(conn))) {
     conn->multi_dirty = conn->multi;
     return;
@@ -3377,6 +3461,28 @@ static void http_push_done(vlm__conn *conn, vlm__job *job) {
   vlm__conn_push_job(conn, job);
 }
 
+/* A write of a key of a fenced slot (a live move switching it): 1, the
+ * TRYAGAIN error in out. */
+static int http_fenced(vlm_server *srv, const vlm__command *cmd, int argc,
+                       const vlm__resp_arg *argv, vlm__buf *out) {
+  int first, last, step;
+  if (!srv->cluster || !(cmd->flags & VLM__CMD_WRITE))
+    return 0;
+  key_positions(cmd->name, &first, &last, &step);
+  if (first <= 0)
+    return 0;
+  if (last < 0)
+    last = argc + last;
+  for (int i = first; i <= last && i < argc; i += step) {
+    int slot = vlm_key_slot(argv[i].ptr, argv[i].len);
+    if (vlm__cluster_fenced(srv, slot)) {
+      reply_tryagain(out, slot);
+      return 1;
+    }
+  }
+  return 0;
+}
+
 static void http_dispatch_cmd(vlm__conn *conn, const vlm__command *cmd,
                               int argc, const vlm__resp_arg *argv,
                               vlm__http_req *req) {
@@ -3398,8 +3504,9 @@ static void http_dispatch_cmd(vlm__conn *conn, const vlm__command *cmd,
     http_push_done(conn, job);
     return;
   }
-  if (refuse_on_replica(srv, cmd, &job->reply) || cmd->proc(&ctx) < 0 ||
-      !cmd->exec) {
+  if (refuse_on_replica(srv, cmd, &job->reply) ||
+      http_fenced(srv, cmd, argc, argv, &job->reply) ||
+      cmd->proc(&ctx) < 0 || !cmd->exec) {
     http_push_done(conn, job);
     return;
   }

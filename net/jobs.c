@@ -296,6 +296,8 @@ static void job_launch(vlm__job *job) {
 void vlm__job_start(vlm__job *job) {
   vlm__conn *conn = job->conn;
   conn->refs++;
+  if (job->cmd && (job->cmd->flags & VLM__CMD_WRITE))
+    vlm__cluster_write_started(job->srv, job);
   if (!conn->wait_head && job_may_run(conn, job)) {
     job_launch(job);
     return;
@@ -311,6 +313,8 @@ void vlm__job_start(vlm__job *job) {
 
 void vlm__job_finished(vlm__job *job) {
   vlm__conn *conn = job->conn;
+  if (job->write_seq)
+    vlm__cluster_write_finished(job->srv, job);
   if (job_exclusive(job))
     conn->exec_write = 0;
   else

@@ -13,7 +13,9 @@
  *   render.c    and its RESP3 reply becomes JSON (http.h)
  *   json.c      a RESP3 reply reader and a JSON writer (http.h)
  *   metrics.c   counters and histograms, /metrics (http.h)
- *   cluster.c   Redis Cluster serving: the map, redirections, fan-out
+ *   cluster.c   Redis Cluster serving: the map, redirections, fan-out,
+ *               a live move's hidden slots and write fence (VLM.MIGRATE)
+ *   migrate.c   a live move's item transfer: VLM.RANGEKEYS, DUMP, RESTORE
  *   replica.c   read replicas: VLM.SYNC / VLM.SEED, following a primary
  *
  * Thread rules.  Everything in vlm_server and vlm__conn belongs to the loop
@@ -142,6 +144,7 @@ struct vlm__job {
    * again with vlm__job_complete when done), 0 to finish it now. */
   int local;
   int (*after)(vlm__job *job);
+  uint64_t write_seq;       /* loop: a write job's number (0: not one) */
 };
 
 /* New job for cmd with copies of argv (argc 0: an inline reply slot). */
@@ -285,6 +288,37 @@ int vlm__cluster_owner(const vlm_server *srv, int slot);
 struct redisReply *vlm__cluster_parse_reply(const char *data, size_t len);
 void vlm__cluster_reply_free(struct redisReply *r); /* accepts NULL */
 
+/* Live moves (net/README.md "Moving slots while the nodes serve").
+ *
+ * The search filter of this node: user (may be NULL) with the items of
+ * the slots its database holds but the map does not give its shard
+ * hidden; the map is owners (VLM.LOCAL SEARCH ... OWNERS spec, the
+ * coordinator's: "a-b:s,c-d:t", see vlm__cluster_owners) or, when NULL,
+ * this node's.  0 with *out NULL when nothing is hidden, else *out
+ * malloc'd; -1 with why set (owners malformed, the filter too long).
+ * Loop thread. */
+int vlm__cluster_search_filter(const vlm_server *srv, const char *owners,
+                               const char *user, char **out, char *why,
+                               size_t whycap);
+/* This node's map as an owners spec (malloc'd, NULL: out of memory). */
+char *vlm__cluster_owners(const vlm_server *srv);
+/* 1 if writes to slot are held back (-TRYAGAIN) while a live move
+ * switches it to another shard. */
+int vlm__cluster_fenced(const vlm_server *srv, int slot);
+/* A write job started / finished (loop; jobs.c): the fence waits for the
+ * writes admitted before it. */
+void vlm__cluster_write_started(vlm_server *srv, vlm__job *job);
+void vlm__cluster_write_finished(vlm_server *srv, vlm__job *job);
+/* VLM.MIGRATE STATE | SETSLOTS | FENCE | STATUS | UNFENCE (loop). */
+int vlm__migrate_command(vlm__ctx *ctx);
+/* VLM.RANGEKEYS, VLM.DUMP, VLM.RESTORE (migrate.c): procs and execs. */
+int vlm__rangekeys_proc(vlm__ctx *ctx);
+void vlm__rangekeys_exec(vlm__job *job);
+int vlm__dump_proc(vlm__ctx *ctx);
+void vlm__dump_exec(vlm__job *job);
+int vlm__restore_proc(vlm__ctx *ctx);
+void vlm__restore_exec(vlm__job *job);
+
 /* hiredis's libuv adapter with cluster.c's poll callback (a refused
  * connect or a reset fails the requests at once): 0, or -1. */
 struct redisAsyncContext;
@@ -423,6 +457,8 @@ struct vlm_server {
   vlm__metrics *metrics;    /* metrics.c */
   vlm__cluster_state *cluster; /* NULL: not a cluster node */
   vlm__repl_state *repl;    /* replica.c */
+  uint64_t write_seq;       /* loop: write jobs started so far */
+  long writes_inflight;     /* loop: write jobs started, not finished */
 
   /* Inline execution (jobs.c).  A read that needs no embedding runs on
    * the loop thread itself when the workers are idle, nothing else is

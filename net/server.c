@@ -892,10 +892,12 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
         opts->shard >= 0 && opts->shard < map->nshards
             ? &map->shards[opts->shard]
             : NULL;
+    /* or more slots, marked as a live move's (vlm_cluster_held_ok): the
+     * node hides the items of the slots its map does not give it */
     int same_slots =
-        mine && info.nslot_ranges == mine->nranges &&
-        !memcmp(info.slot_ranges, mine->ranges,
-                (size_t)mine->nranges * sizeof mine->ranges[0]);
+        mine && info.nshards == map->nshards &&
+        vlm_cluster_held_ok(map, opts->shard, info.slot_ranges,
+                            info.nslot_ranges, info.cluster_digest) >= 0;
     if (info.shard >= 0 && (info.shard != opts->shard ||
                             info.nshards != map->nshards || !same_slots)) {
       char held[256] = "", given[256] = "";

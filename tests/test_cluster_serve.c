@@ -1759,6 +1759,331 @@ static void test_move_then_reload(void **state) {
   redisFree(single);
 }
 
+/* ------------------------------------------------ live moves (--live) */
+
+#define LIVE_KEYS 40
+#define LIVE_FIRST 12000
+#define LIVE_LAST 13000
+
+static char live_keys[LIVE_KEYS][32];
+
+/* LIVE_KEYS keys for the writer, half of them in the moved range. */
+static void pick_live_keys(void) {
+  int in = 0, out = 0;
+  for (int n = 0; in + out < LIVE_KEYS; n++) {
+    char k[32];
+    snprintf(k, sizeof k, "live-%d", n);
+    int slot = vlm_key_slot(k, strlen(k));
+    int mine = slot >= LIVE_FIRST && slot <= LIVE_LAST;
+    if (mine && in < LIVE_KEYS / 2)
+      snprintf(live_keys[in++ + out], 32, "%s", k);
+    else if (!mine && out < LIVE_KEYS / 2)
+      snprintf(live_keys[in + out++], 32, "%s", k);
+  }
+}
+
+/* A cluster client's command: follows -MOVED, retries -TRYAGAIN (as
+ * redis-cli -c and the cluster libraries do).  NULL on a lost
+ * connection.  For the writer child: no cmocka here. */
+static redisReply *cluster_argv(redisContext **conns, int argc,
+                                const char **argv, const size_t *lens) {
+  int port = G.ports[owner(argv[1])];
+  for (int tries = 0; tries < 5000; tries++) {
+    int s = 0;
+    while (s < NSHARDS && G.ports[s] != port)
+      s++;
+    if (s == NSHARDS)
+      return NULL;
+    if (!conns[s]) {
+      struct timeval tv = {10, 0};
+      conns[s] = redisConnectWithTimeout("127.0.0.1", port, tv);
+      if (!conns[s] || conns[s]->err)
+        return NULL;
+      redisSetTimeout(conns[s], tv);
+    }
+    redisReply *r = redisCommandArgv(conns[s], argc, argv, lens);
+    if (!r)
+      return NULL;
+    if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "MOVED ", 6)) {
+      const char *colon = strrchr(r->str, ':');
+      port = colon ? atoi(colon + 1) : port;
+      freeReplyObject(r);
+      continue;
+    }
+    if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "TRYAGAIN", 8)) {
+      freeReplyObject(r);
+      usleep(2000);
+      continue;
+    }
+    return r;
+  }
+  return NULL;
+}
+
+/* The writer: ADD, UPSERT and DEL of the live keys through the cluster
+ * and the same on the single database, until stop exists; every answer
+ * must be the single database's (an integer: a lost or doubled write
+ * shows).  Exit status 0, or what went wrong. */
+static int live_writer(const char *stop) {
+  redisContext *conns[NSHARDS] = {0};
+  struct timeval tv = {10, 0};
+  redisContext *single = redisConnectWithTimeout("127.0.0.1", G.single.port,
+                                                 tv);
+  if (!single || single->err)
+    return 10;
+  uint64_t seed = 4242;
+  for (long op = 0; access(stop, F_OK) != 0; op++) {
+    const char *key = live_keys[(int)(vlm_test_uniform(&seed) * LIVE_KEYS)];
+    float v[DIM];
+    unit_vector(v, &seed);
+    int kind = (int)(vlm_test_uniform(&seed) * 3);
+    const char *argv[4] = {kind == 0 ? "ADD" : kind == 1 ? "UPSERT" : "DEL",
+                           key, "IMAGEVEC", (const char *)v};
+    size_t lens[4] = {strlen(argv[0]), strlen(key), 8, sizeof v};
+    int argc = kind == 2 ? 2 : 4;
+    redisReply *a = cluster_argv(conns, argc, argv, lens);
+    redisReply *b = redisCommandArgv(single, argc, argv, lens);
+    if (!a || !b)
+      return 11;
+    int same = a->type == REDIS_REPLY_INTEGER &&
+               b->type == REDIS_REPLY_INTEGER && a->integer == b->integer;
+    if (!same)
+      fprintf(stderr, "writer: %s %s: cluster %s/%lld, single %lld\n",
+              argv[0], key, a->str ? a->str : "", a->integer, b->integer);
+    freeReplyObject(a);
+    freeReplyObject(b);
+    if (!same)
+      return 12;
+  }
+  for (int s = 0; s < NSHARDS; s++)
+    if (conns[s])
+      redisFree(conns[s]);
+  redisFree(single);
+  return 0;
+}
+
+static int str_cmp(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A coordinated search through node c during a move: no key twice, and
+ * every item the writer does not touch (nstable of them) there. */
+static void check_search_during_move(redisContext *c, long nstable) {
+  float v[DIM];
+  uint64_t seed = 99;
+  unit_vector(v, &seed);
+  redisReply *r = cmd(c, "SEARCH VECTOR %b K 10000", v, sizeof v);
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("SEARCH during the move: %s", r->str ? r->str : "?");
+  char **keys = calloc(r->elements + 1, sizeof *keys);
+  long stable = 0;
+  for (size_t h = 0; h < r->elements; h++) {
+    keys[h] = r->element[h]->element[0]->str;
+    stable += strncmp(keys[h], "live-", 5) != 0;
+  }
+  qsort(keys, r->elements, sizeof *keys, str_cmp);
+  for (size_t h = 1; h < r->elements; h++)
+    if (!strcmp(keys[h], keys[h - 1]))
+      fail_msg("SEARCH during the move: %s twice", keys[h]);
+  if (stable != nstable)
+    fail_msg("SEARCH during the move: %ld of the %ld items not written "
+             "meanwhile", stable, nstable);
+  free(keys);
+  freeReplyObject(r);
+}
+
+/* Start `vlmdb cluster move --live ...` in the background. */
+static pid_t spawn_move(int from, int to, int batch) {
+  char log[PATH_MAX], fs[8], ts[8], bs[8], slots[32];
+  snprintf(log, sizeof log, "%s/move.log", G.dir);
+  snprintf(fs, sizeof fs, "%d", from);
+  snprintf(ts, sizeof ts, "%d", to);
+  snprintf(bs, sizeof bs, "%d", batch);
+  snprintf(slots, sizeof slots, "%d-%d", LIVE_FIRST, LIVE_LAST);
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    execl(G.bin, G.bin, "cluster", "move", "--live", "--map", G.map,
+          "--slots", slots, "--from", fs, "--to", ts, "--batch", bs,
+          "--grace", "50", (char *)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+static int wait_move(pid_t pid) {
+  int st;
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
+}
+
+static void print_move_log(void) {
+  char log[PATH_MAX];
+  snprintf(log, sizeof log, "%s/move.log", G.dir);
+  size_t len = 0;
+  char *text = (char *)vlm_test_slurp(log, &len);
+  if (text) {
+    print_message("%.*s", (int)len, text);
+    free(text);
+  }
+  unlink(log);
+}
+
+/* After a move: every node's coordinated search is the single database's
+ * (each item once, the same scores and fields), the nodes' DBSIZEs add up
+ * to its, every item of the range is on its new owner (to) bit for bit as
+ * the single database holds it, and the old owner redirects there. */
+static void check_after_move(int from, int to) {
+  redisContext *c[NSHARDS], *single = connect_port(G.single.port);
+  for (int s = 0; s < NSHARDS; s++)
+    c[s] = connect_port(G.ports[s]);
+  vlm_cluster_free(G.cluster);
+  VLM_CHECK(vlm_cluster_load(G.map, NULL, NULL, &G.cluster));
+  float v[DIM];
+  uint64_t seed = 123;
+  unit_vector(v, &seed);
+  redisReply *w = cmd(single, "SEARCH VECTOR %b K 10000", v, sizeof v);
+  for (int s = 0; s < NSHARDS; s++) {
+    char what[64];
+    redisReply *r = cmd(c[s], "SEARCH VECTOR %b K 10000", v, sizeof v);
+    snprintf(what, sizeof what, "through node %d after the live move", s);
+    assert_same_hits(r, w, what);
+    freeReplyObject(r);
+  }
+  long long total = 0;
+  for (int s = 0; s < NSHARDS; s++) {
+    redisReply *r = cmd(c[s], "DBSIZE");
+    total += r->integer;
+    freeReplyObject(r);
+  }
+  redisReply *r = cmd(single, "DBSIZE");
+  assert_int_equal(total, r->integer);
+  freeReplyObject(r);
+  int moved = 0;
+  for (size_t h = 0; h < w->elements; h++) {
+    const char *key = w->element[h]->element[0]->str;
+    int slot = vlm_key_slot(key, strlen(key));
+    if (slot < LIVE_FIRST || slot > LIVE_LAST)
+      continue;
+    assert_int_equal(owner(key), to);
+    redisReply *a = cmd(c[to], "VLM.DUMP %s", key);
+    redisReply *b = cmd(single, "VLM.DUMP %s", key);
+    assert_int_equal(a->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(a->element[0]->type, REDIS_REPLY_STRING);
+    if (a->element[0]->len != b->element[0]->len ||
+        memcmp(a->element[0]->str, b->element[0]->str, a->element[0]->len))
+      fail_msg("%s on shard %d is not the single database's item", key, to);
+    freeReplyObject(a);
+    freeReplyObject(b);
+    a = cmd(c[from], "VLM.LOCAL EXISTS %s", key);
+    assert_int_equal(a->integer, 0);
+    freeReplyObject(a);
+    if (!moved++) {
+      char want[64];
+      snprintf(want, sizeof want, "MOVED %d 127.0.0.1:%d", slot,
+               G.ports[to]);
+      expect_error(cmd(c[from], "GET %s", key), want);
+      expect_error(cmd(c[3 - from - to], "GET %s", key), want);
+    }
+  }
+  assert_true(moved > 0);
+  freeReplyObject(w);
+  for (int s = 0; s < NSHARDS; s++)
+    redisFree(c[s]);
+  redisFree(single);
+}
+
+/* Slots 12000-13000 moved from shard 1 to shard 0 while both serve, a
+ * client writing keys of the range and others (following -MOVED and
+ * -TRYAGAIN) and another searching: no write lost or doubled (every
+ * answer is the single database's), no search with a key twice or
+ * without an item that lives throughout; afterwards the cluster is the
+ * single database.  Then moved back, the move command killed -9 midway
+ * and run again; and once more with the destination node killed -9. */
+static void test_live_move(void **state) {
+  (void)state;
+  pick_live_keys();
+  /* the range's shard (1 after test_move_then_reload, else 0) */
+  int from = G.cluster->owner[LIVE_FIRST], to = from == 0 ? 1 : 0;
+  redisContext *single = connect_port(G.single.port), *c[NSHARDS];
+  for (int s = 0; s < NSHARDS; s++)
+    c[s] = connect_port(G.ports[s]);
+  redisReply *r = cmd(single, "DBSIZE");
+  long nstable = (long)r->integer;
+  freeReplyObject(r);
+  for (int k = 0; k < LIVE_KEYS; k++) { /* none of them yet */
+    r = cmd(single, "EXISTS %s", live_keys[k]);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+  }
+  char stop[PATH_MAX];
+  snprintf(stop, sizeof stop, "%s/stop-writer", G.dir);
+  unlink(stop);
+  fflush(NULL);
+  pid_t writer = fork();
+  assert_true(writer >= 0);
+  if (writer == 0)
+    _exit(live_writer(stop));
+  usleep(100000);
+  pid_t mover = spawn_move(from, to, 4);
+  int searches = 0, st;
+  double t0 = now_s();
+  while (waitpid(mover, &st, WNOHANG) == 0) {
+    check_search_during_move(c[searches % NSHARDS], nstable);
+    searches++;
+    if (now_s() - t0 > 120)
+      fail_msg("the live move did not finish in 120 s");
+  }
+  usleep(100000); /* writes after the switch */
+  vlm_test_spit(stop, "", 0);
+  int wst;
+  assert_int_equal(waitpid(writer, &wst, 0), writer);
+  print_move_log();
+  print_message("live move with a writer: %d searches during it, %.2f s\n",
+                searches, now_s() - t0);
+  assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  if (!WIFEXITED(wst) || WEXITSTATUS(wst) != 0)
+    fail_msg("the writer saw the cluster differ from the single database "
+             "(exit %d)", WIFEXITED(wst) ? WEXITSTATUS(wst) : -1);
+  for (int s = 0; s < NSHARDS; s++)
+    redisFree(c[s]);
+  redisFree(single);
+  check_after_move(from, to);
+
+  /* back, the move command killed -9 midway, run again */
+  pid_t pid = spawn_move(to, from, 1);
+  usleep(40000);
+  kill(pid, SIGKILL);
+  int rc = wait_move(pid);
+  print_message("move command killed (status %d); again\n", rc);
+  pid = spawn_move(to, from, 1);
+  rc = wait_move(pid);
+  print_move_log();
+  assert_int_equal(rc, 0);
+  check_after_move(to, from);
+
+  /* and over again, the destination node killed -9 midway */
+  pid = spawn_move(from, to, 1);
+  usleep(40000);
+  kill(G.node[to].pid, SIGKILL);
+  rc = wait_move(pid);
+  print_message("node %d killed during the move (move status %d)\n", to,
+                rc);
+  vlm_test_server_stop(&G.node[to], 5);
+  start_node(to); /* serves its widened database under the map it has */
+  pid = spawn_move(from, to, 1);
+  rc = wait_move(pid);
+  print_move_log();
+  assert_int_equal(rc, 0);
+  check_after_move(from, to);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_keyslot_matches_redis_server),
@@ -1771,7 +2096,11 @@ int main(void) {
       cmocka_unit_test(test_collapse_equals_single_database),
       cmocka_unit_test(test_reload),
       cmocka_unit_test(test_move_then_reload),
+      cmocka_unit_test(test_live_move),
       cmocka_unit_test(test_shard_down),
   };
+  const char *only = getenv("VLM_TEST_FILTER");
+  if (only && *only)
+    cmocka_set_test_filter(only);
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
