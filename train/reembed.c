@@ -243,11 +243,16 @@ static int batch_flush(vlm_reembed *re) {
       }
     }
   }
+  char why[400];
   if (m && (rc = vlm_clip_encode_pixels(re->clip, re->pixels, m, 0,
-                                        re->image_out)))
-    return vlm_seterr(rc, "encoding images: %s", vlm_errmsg());
-  if (t && (rc = vlm_clip_encode_texts(re->clip, texts, t, 0, re->text_out)))
-    return vlm_seterr(rc, "encoding captions: %s", vlm_errmsg());
+                                        re->image_out))) {
+    snprintf(why, sizeof why, "%s", vlm_errmsg());
+    return vlm_seterr(rc, "encoding images: %s", why);
+  }
+  if (t && (rc = vlm_clip_encode_texts(re->clip, texts, t, 0, re->text_out))) {
+    snprintf(why, sizeof why, "%s", vlm_errmsg());
+    return vlm_seterr(rc, "encoding captions: %s", why);
+  }
   vlm_item items[VLM_REEMBED_MAX_BATCH];
   int k = 0;
   for (int i = 0; i < re->n; i++) {
