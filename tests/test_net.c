@@ -3794,7 +3794,8 @@ static void test_reembed_server_killed(void **state) {
   kill9(&s);
   assert_int_not_equal(served_dim(&s, NULL, 0), old_dim);
   run_verify(&s);
-  start_server(&s, NULL); /* finishes the clean-up, if it was cut */
+  /* finishes the clean-up, if it was cut (the later --model wins) */
+  start_server(&s, (const char *const[]){"--model", REEMBED_MODEL, NULL});
   assert_false(dir_exists(staged));
   c = hconnect(s.port);
   r = hcmd(c, "INFO model");
