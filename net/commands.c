@@ -3246,7 +3246,7 @@ static const vlm__command commands[] = {
      "[NPROBE nprobe] [EXACTONLY]",
      "Cross-modal Recall@K over the items that have both vectors."},
     {"VLM.REEMBED", vlm__reembed_command, NULL, -2, ADMIN, "admin",
-     "(MODEL dir [BATCH n] [THREADS n] [ALLOWMISSING] | STATUS | ABORT)",
+     "(MODEL dir | STATUS | ABORT) [BATCH n] [THREADS n] [ALLOWMISSING]",
      "Move the database to another model while serving (writes are "
      "refused until the atomic switch); STATUS, ABORT."},
     /* Redis's EVAL runs a Lua script; client libraries and cluster
