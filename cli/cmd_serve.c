@@ -17,6 +17,7 @@
 #include "vlm_cli.h"
 #include "vlm_clip.h"
 #include "vlm_error.h"
+#include "vlm_reembed.h"
 #include "vlm_server.h"
 #include "vlm_slot.h"
 #include "vlmdb.h"
@@ -160,6 +161,11 @@ static int reseed(const char *dir, const char *primary, const char *password,
     fprintf(log, "vlmdb serve: %s was not a seeded replica: it is kept as "
             "%s\n", dir, stale);
   return 0;
+}
+
+static void serve_note(void *arg, const char *line) {
+  (void)arg;
+  fprintf(stderr, "vlmdb serve: %s\n", line);
 }
 
 int cmd_serve(int argc, char **argv) {
@@ -326,6 +332,13 @@ again:;
     vlm_cli_liberror(cmd, rc);
     goto done;
   }
+  /* a re-embedding killed after its switch: the old database, beside
+   * this one, goes now (this process holds the writer lock) */
+  if (!mmap_index) {
+    vlm_reembed_options notes = {.on_note = serve_note};
+    if ((rc = vlm_reembed_finish_switch(db_dir, &notes, NULL)) < 0)
+      vlm_cli_liberror(cmd, rc);
+  }
   if (cluster_file) {
     rc = vlm_cluster_load(cluster_file, NULL, NULL, &map);
     if (rc < 0) {
@@ -415,6 +428,7 @@ again:;
   if (vlm_server_reseed_needed(srv, primary, sizeof primary)) {
     /* too far behind its primary (or on another history): a new copy,
      * the old one kept until the new one is whole */
+    vlm_server_handles(srv, &db, &clip); /* a VLM.REEMBED replaces them */
     vlm_server_free(srv);
     srv = NULL;
     vlm_db_close(db);
@@ -436,6 +450,8 @@ again:;
   }
   status = VLM_EXIT_OK;
 done:
+  if (srv)
+    vlm_server_handles(srv, &db, &clip); /* a VLM.REEMBED replaces them */
   vlm_server_free(srv);
   vlm_cluster_free(map);
   vlm_db_close(db);

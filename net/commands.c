@@ -690,11 +690,11 @@ static void human_bytes(char *buf, size_t cap, double bytes) {
 
 static int cmd_info_proc(vlm__ctx *ctx) {
   vlm_server *srv = ctx->srv;
-  enum { NSECTIONS = 9 };
+  enum { NSECTIONS = 10 };
   static const char *names[NSECTIONS] = {"server", "clients", "stats",
                                          "memory", "db",      "model",
                                          "keyspace", "cluster",
-                                         "replication"};
+                                         "replication", "reembed"};
   int want[NSECTIONS] = {0}, any = 0;
   for (int a = 1; a < ctx->argc; a++) {
     const vlm__resp_arg *s = &ctx->argv[a];
@@ -805,6 +805,8 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   }
   if (want[7])
     vlm__cluster_info(srv, b);
+  if (want[9])
+    vlm__reembed_info(srv, b);
   if (b->oom) {
     vlm__reply_error(ctx->out, "ERR", "out of memory");
     return -1;
@@ -2659,6 +2661,29 @@ static vlm__job *job_prepare(vlm__conn *conn, const vlm__command *cmd,
   return job;
 }
 
+int vlm__job_prepare_again(vlm__job *job) {
+  job->model_gen = job->srv->model_gen;
+  if (job->failed)
+    return -1;
+  if (job->state_free)
+    job->state_free(job->state);
+  job->state = NULL;
+  job->state_free = NULL;
+  job->embed_text = NULL;
+  job->embed_image = NULL;
+  job->embed_image_len = 0;
+  job->reply.len = 0;
+  for (int i = 0; i < job->argc; i++)
+    job->argv[i].off = 0;
+  vlm__ctx ctx = {job->srv, job->conn, job, job->argc, job->argv,
+                  &job->reply};
+  if (job->cmd->proc(&ctx) < 0) {
+    job->failed = 1;
+    return -1;
+  }
+  return 0;
+}
+
 #define MULTI_MAX 100000 /* queued commands per transaction */
 
 static int cmd_multi(vlm__ctx *ctx) {
@@ -3266,6 +3291,10 @@ static const vlm__command commands[] = {
      "[K k-list] [DIRECTION (T2I | I2T | BOTH)] [SAMPLE n [SEED s]] [EF ef] "
      "[NPROBE nprobe] [EXACTONLY]",
      "Cross-modal Recall@K over the items that have both vectors."},
+    {"VLM.REEMBED", vlm__reembed_command, NULL, -2, ADMIN, "admin",
+     "(MODEL dir | STATUS | ABORT) [BATCH n] [THREADS n] [ALLOWMISSING]",
+     "Move the database to another model while serving (writes are "
+     "refused until the atomic switch); STATUS, ABORT."},
     /* Redis's EVAL runs a Lua script; client libraries and cluster
      * clients treat it so (script, numkeys, keys), so the name is not
      * reused: it answers what to call instead. */
@@ -3383,6 +3412,35 @@ static int refuse_on_replica(vlm_server *srv, const vlm__command *cmd,
   return 1;
 }
 
+/* While VLM.REEMBED stages the new model, writes are refused (the
+ * staging is made from one state of the database); so is becoming a
+ * replica.  EXEC ends its transaction, as a refused write would have
+ * made it abort. */
+static int refuse_during_reembed(vlm_server *srv, vlm__conn *conn,
+                                 const vlm__command *cmd, vlm__buf *out) {
+  int replicaof = cmd->proc == vlm__repl_replicaof;
+  if (!(cmd->flags & VLM__CMD_WRITE) && !replicaof)
+    return 0;
+  const char *model = vlm__reembed_refusing(srv);
+  if (!model)
+    return 0;
+  if (cmd->flags & VLM__CMD_TX) {
+    if (!conn || !conn->multi)
+      return 0; /* EXEC without MULTI: its own error */
+    multi_reset(conn);
+    vlm__reply_error(out, "EXECABORT", "Transaction discarded, nothing "
+                     "written: %s: the database is being re-embedded with "
+                     "the model in %s; writes are refused until it switches "
+                     "(VLM.REEMBED STATUS)", vlm_strerror(VLM_EBUSY), model);
+    return 1;
+  }
+  vlm__reply_error(out, "ERR", "%s: the database is being re-embedded with "
+                   "the model in %s; %s until it switches (VLM.REEMBED "
+                   "STATUS)", vlm_strerror(VLM_EBUSY), model,
+                   replicaof ? "REPLICAOF is refused" : "writes are refused");
+  return 1;
+}
+
 void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
   vlm_server *srv = conn->srv;
   const vlm__command *cmd = lookup(argv[0].ptr, argv[0].len);
@@ -3427,6 +3485,10 @@ void vlm__dispatch(vlm__conn *conn, int argc, const vlm__resp_arg *argv) {
     return;
   }
   if (refuse_on_replica(srv, cmd, vlm__conn_reply_buf(conn))) {
+    conn->multi_dirty = conn->multi;
+    return;
+  }
+  if (refuse_during_reembed(srv, conn, cmd, vlm__conn_reply_buf(conn))) {
     conn->multi_dirty = conn->multi;
     return;
   }
@@ -3506,6 +3568,7 @@ static void http_dispatch_cmd(vlm__conn *conn, const vlm__command *cmd,
   }
   if (refuse_on_replica(srv, cmd, &job->reply) ||
       http_fenced(srv, cmd, argc, argv, &job->reply) ||
+      refuse_during_reembed(srv, NULL, cmd, &job->reply) ||
       cmd->proc(&ctx) < 0 || !cmd->exec) {
     http_push_done(conn, job);
     return;
@@ -3543,7 +3606,8 @@ int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
       goto fail;
     }
     vlm__ctx ctx = {conn->srv, conn, q, argcs[i], q->argv, &q->reply};
-    if (refuse_on_replica(conn->srv, cmd, &q->reply)) {
+    if (refuse_on_replica(conn->srv, cmd, &q->reply) ||
+        refuse_during_reembed(conn->srv, NULL, cmd, &q->reply)) {
       reply_text(&q->reply, why, whycap);
       vlm__job_free(q);
       *bad = i;

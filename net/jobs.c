@@ -47,6 +47,7 @@ vlm__job *vlm__job_new(vlm__conn *conn, const vlm__command *cmd, int argc,
   job->srv = conn->srv;
   job->cmd = cmd;
   job->argc = argc;
+  job->model_gen = conn->srv->model_gen;
   job->created_ns = vlm__now_ns();
   vlm__buf_init(&job->reply, conn->resp3);
   if (argc > 0) {
@@ -281,10 +282,23 @@ static int job_may_run(const vlm__conn *conn, const vlm__job *job) {
 
 static void job_launch(vlm__job *job) {
   vlm__conn *conn = job->conn;
+  vlm_server *srv = job->srv;
   if (job_exclusive(job))
     conn->exec_write = 1;
   else
     conn->exec_reads++;
+  if (srv->hold_launches) { /* a model switch waits for the workers */
+    job->wait_next = NULL;
+    if (srv->held_tail)
+      srv->held_tail->wait_next = job;
+    else
+      srv->held_head = job;
+    srv->held_tail = job;
+    return;
+  }
+  srv->jobs_out++;
+  if (job->model_gen != srv->model_gen)
+    vlm__job_prepare_again(job);
   if (job_inline_ok(job)) {
     job_run_inline(job);
     return;
@@ -293,11 +307,31 @@ static void job_launch(vlm__job *job) {
   vlm__pool_submit(&job->srv->pool, &job->task);
 }
 
+void vlm__jobs_release_held(vlm_server *srv) {
+  vlm__job *job = srv->held_head;
+  srv->held_head = srv->held_tail = NULL;
+  while (job) {
+    vlm__job *next = job->wait_next;
+    srv->jobs_out++;
+    if (job->model_gen != srv->model_gen)
+      vlm__job_prepare_again(job);
+    job->task.run = job_run;
+    vlm__pool_submit(&srv->pool, &job->task);
+    job = next;
+  }
+}
+
+static int job_is_write(const vlm__job *job) {
+  return job->cmd && (job->cmd->flags & VLM__CMD_WRITE);
+}
+
 void vlm__job_start(vlm__job *job) {
   vlm__conn *conn = job->conn;
   conn->refs++;
-  if (job->cmd && (job->cmd->flags & VLM__CMD_WRITE))
+  if (job_is_write(job)) {
     vlm__cluster_write_started(job->srv, job);
+    job->srv->writes_pending++;
+  }
   if (!conn->wait_head && job_may_run(conn, job)) {
     job_launch(job);
     return;
@@ -315,6 +349,9 @@ void vlm__job_finished(vlm__job *job) {
   vlm__conn *conn = job->conn;
   if (job->write_seq)
     vlm__cluster_write_finished(job->srv, job);
+  job->srv->jobs_out--;
+  if (job_is_write(job))
+    job->srv->writes_pending--;
   if (job_exclusive(job))
     conn->exec_write = 0;
   else

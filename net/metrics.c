@@ -335,6 +335,18 @@ static void metrics_exec(vlm__job *job) {
 
   help(&b, "vlmdb_items", "gauge", "Items in the database.");
   vlm__buf_printf(&b, "vlmdb_items %lld\n", (long long)info.items);
+  int reembedding;
+  long re_items, re_done;
+  vlm__reembed_progress(srv, &reembedding, &re_items, &re_done);
+  help(&b, "vlmdb_reembed_running", "gauge",
+       "1 while VLM.REEMBED stages another model (writes refused).");
+  vlm__buf_printf(&b, "vlmdb_reembed_running %d\n", reembedding);
+  help(&b, "vlmdb_reembed_items", "gauge",
+       "Items of the database the last VLM.REEMBED moves.");
+  vlm__buf_printf(&b, "vlmdb_reembed_items %ld\n", re_items);
+  help(&b, "vlmdb_reembed_done_items", "gauge",
+       "Items the last VLM.REEMBED has staged (resumed ones included).");
+  vlm__buf_printf(&b, "vlmdb_reembed_done_items %ld\n", re_done);
   help(&b, "vlmdb_vectors", "gauge", "Stored vectors, by modality.");
   vlm__buf_printf(&b, "vlmdb_vectors{modality=\"image\"} %lld\n"
                   "vlmdb_vectors{modality=\"text\"} %lld\n",

@@ -17,6 +17,7 @@
  *               a live move's hidden slots and write fence (VLM.MIGRATE)
  *   migrate.c   a live move's item transfer: VLM.RANGEKEYS, DUMP, RESTORE
  *   replica.c   read replicas: VLM.SYNC / VLM.SEED, following a primary
+ *   reembed.c   VLM.REEMBED: another model while serving, and the switch
  *
  * Thread rules.  Everything in vlm_server and vlm__conn belongs to the loop
  * thread, except the fields marked otherwise.  A job belongs to the loop
@@ -145,6 +146,7 @@ struct vlm__job {
   int local;
   int (*after)(vlm__job *job);
   uint64_t write_seq;       /* loop: a write job's number (0: not one) */
+  uint64_t model_gen;       /* the server's model_gen when proc checked it */
 };
 
 /* New job for cmd with copies of argv (argc 0: an inline reply slot). */
@@ -171,6 +173,8 @@ int vlm__job_embed_now(vlm__job *job);
 void vlm__job_resubmit(vlm__job *job);
 /* Free a list of queued jobs linked through multi_next. */
 void vlm__job_free_list(vlm__job *head);
+/* Launch the jobs held while hold_launches was set (loop thread). */
+void vlm__jobs_release_held(vlm_server *srv);
 
 /* ---- commands (commands.c) ---- */
 
@@ -236,6 +240,10 @@ int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
  * secret's length (AUTH, and HTTP's bearer token). */
 int vlm__secret_equal(const char *guess, size_t glen, const char *secret,
                       size_t slen);
+/* Check a job's arguments again (its command's proc) against the model
+ * served now: a job checked before a model switch (VLM.REEMBED) and run
+ * after it.  0, or -1 with job->failed set and the error in job->reply. */
+int vlm__job_prepare_again(vlm__job *job);
 /* For an UPSERT job sent by HTTP: 1 if the key existed before it. */
 int vlm__job_upsert_existed(const vlm__job *job);
 /* ---- cluster serving (cluster.c) ---- */
@@ -351,6 +359,28 @@ void vlm__repl_sync_exec(vlm__job *job);
 int vlm__repl_seed_proc(vlm__ctx *ctx);
 void vlm__repl_seed_exec(vlm__job *job);
 int vlm__repl_replicaof(vlm__ctx *ctx);
+
+/* ---- model migration while serving (reembed.c) ---- */
+
+typedef struct vlm__reembed_state vlm__reembed_state;
+
+int vlm__reembed_init(vlm_server *srv);
+void vlm__reembed_free(vlm_server *srv);
+/* VLM.REEMBED (loop). */
+int vlm__reembed_command(vlm__ctx *ctx);
+/* Loop: move the re-embedding on (start it once no write is in flight,
+ * switch once no job is out, join its thread once it ended).  Called
+ * after completions, from the cron and on async_reembed. */
+void vlm__reembed_poll(vlm_server *srv);
+/* Loop, at shutdown: stop the re-embedding before its switch (the staged
+ * database stays for a rerun); with join, wait for its thread. */
+void vlm__reembed_stop(vlm_server *srv, int join);
+/* The new model's directory while writes are refused, else NULL (loop). */
+const char *vlm__reembed_refusing(vlm_server *srv);
+/* INFO's "# Reembed" section; the figures /metrics reports (any thread). */
+void vlm__reembed_info(vlm_server *srv, vlm__buf *b);
+void vlm__reembed_progress(vlm_server *srv, int *running, long *items,
+                           long *done);
 
 /* ---- server and connections (server.c) ---- */
 
@@ -473,6 +503,18 @@ struct vlm_server {
   int inline_max_us;        /* setting: 0 never inline */
   _Atomic uint32_t *exec_cost_us; /* per command: 1 + moving average of
                                exec time in us (0: not measured yet) */
+
+  /* Model migration (reembed.c).  A switch of database and model happens
+   * on the loop while no job is in the workers: jobs launched meanwhile
+   * wait in the held list (they count as launched for their connection's
+   * order), and run after it, checked again against the new model. */
+  vlm__reembed_state *reembed;
+  uv_async_t async_reembed; /* the re-embedding thread wakes the loop */
+  uint64_t model_gen;       /* loop: bumped by each switch */
+  int hold_launches;        /* loop: launches go to the held list */
+  vlm__job *held_head, *held_tail; /* linked through wait_next */
+  int jobs_out;             /* loop: jobs launched and not yet finished */
+  int writes_pending;       /* loop: write jobs started, not yet finished */
 };
 
 /* The buffer the reply to the request being dispatched goes to: the

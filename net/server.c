@@ -533,6 +533,7 @@ static void on_jobs_done(uv_async_t *async) {
     conn->flush_queued = 0;
     conn_flush(conn);
   }
+  vlm__reembed_poll(srv); /* a model switch waits for jobs to come back */
   maybe_finish_shutdown(srv);
 }
 
@@ -643,6 +644,7 @@ static void on_cron(uv_timer_t *timer) {
     }
   }
   vlm__repl_cron(srv);
+  vlm__reembed_poll(srv);
   /* Give memory freed by departed clients and large requests back to the
    * system, so the server returns to its baseline size. */
   if (srv->freed_since_trim > 4 * 1024 * 1024) {
@@ -688,7 +690,9 @@ static void take_last_completions(vlm_server *srv) {
 static void finish_shutdown(vlm_server *srv) {
   /* No client is left: every job still in the workers is an orphan.
    * Coordinated commands waiting on other shards fail now, so that the
-   * jobs waiting behind them can run. */
+   * jobs waiting behind them can run; a re-embedding stops before its
+   * switch. */
+  vlm__reembed_stop(srv, 1);
   vlm__cluster_stop(srv);
   vlm__repl_stop(srv);
   drain_waiting_jobs(srv);
@@ -697,7 +701,8 @@ static void finish_shutdown(vlm_server *srv) {
   take_last_completions(srv);
   vlm__repl_close(srv);
   /* a read-only database (serve --mmap) has nothing to write */
-  int rc = vlm_db_readonly(srv->db) ? 0 : vlm_db_checkpoint(srv->db);
+  int rc = !srv->db || vlm_db_readonly(srv->db) ? 0
+                                                : vlm_db_checkpoint(srv->db);
   if (rc < 0) {
     srv->checkpoint_rc = rc;
     vlm__server_log(srv, "checkpoint failed: %s", vlm_errmsg());
@@ -706,6 +711,7 @@ static void finish_shutdown(vlm_server *srv) {
   }
   close_handle(srv, (uv_handle_t *)&srv->async_done);
   close_handle(srv, (uv_handle_t *)&srv->async_stop);
+  close_handle(srv, (uv_handle_t *)&srv->async_reembed);
   close_handle(srv, (uv_handle_t *)&srv->cron);
   close_handle(srv, (uv_handle_t *)&srv->shutdown_timer);
   if (srv->handle_signals) {
@@ -737,6 +743,7 @@ static void begin_shutdown(vlm_server *srv) {
     return;
   srv->shutting_down = 1;
   vlm__server_log(srv, "shutting down: finishing requests in flight");
+  vlm__reembed_stop(srv, 0); /* held jobs go to the workers */
   close_handle(srv, (uv_handle_t *)&srv->listener);
   close_handle(srv, (uv_handle_t *)&srv->http_listener);
   uv_timer_start(&srv->shutdown_timer, on_shutdown_deadline,
@@ -752,6 +759,8 @@ static void begin_shutdown(vlm_server *srv) {
 }
 
 static void on_stop(uv_async_t *async) { begin_shutdown(async->data); }
+
+static void on_reembed(uv_async_t *async) { vlm__reembed_poll(async->data); }
 
 static void on_signal(uv_signal_t *sig, int signum) {
   vlm_server *srv = sig->data;
@@ -926,7 +935,8 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
     if (rc < 0)
       goto fail_early;
   }
-  if ((rc = vlm__repl_init(srv, opts->replica_of, opts->repl_backlog)) < 0)
+  if ((rc = vlm__repl_init(srv, opts->replica_of, opts->repl_backlog)) < 0 ||
+      (rc = vlm__reembed_init(srv)) < 0)
     goto fail_early;
   srv->rbuf = malloc(READ_CHUNK);
   srv->exec_cost_us = calloc((size_t)vlm__command_count(),
@@ -950,6 +960,8 @@ int vlm_server_create(vlm_db *db, vlm_clip *clip,
   srv->async_done.data = srv;
   uv_async_init(&srv->loop, &srv->async_stop, on_stop);
   srv->async_stop.data = srv;
+  uv_async_init(&srv->loop, &srv->async_reembed, on_reembed);
+  srv->async_reembed.data = srv;
   uv_timer_init(&srv->loop, &srv->cron);
   srv->cron.data = srv;
   uv_timer_init(&srv->loop, &srv->shutdown_timer);
@@ -985,6 +997,7 @@ fail_loop:
   uv_close((uv_handle_t *)&srv->http_listener, NULL);
   uv_close((uv_handle_t *)&srv->async_done, NULL);
   uv_close((uv_handle_t *)&srv->async_stop, NULL);
+  uv_close((uv_handle_t *)&srv->async_reembed, NULL);
   uv_close((uv_handle_t *)&srv->cron, NULL);
   uv_close((uv_handle_t *)&srv->shutdown_timer, NULL);
   if (srv->handle_signals) {
@@ -994,6 +1007,7 @@ fail_loop:
   uv_run(&srv->loop, UV_RUN_DEFAULT);
   uv_loop_close(&srv->loop);
 fail_early:
+  vlm__reembed_free(srv);
   vlm__metrics_free(srv);
   vlm__cluster_free(srv);
   vlm__repl_free(srv);
@@ -1007,6 +1021,11 @@ fail_early:
 }
 
 int vlm_server_port(const vlm_server *srv) { return srv->port; }
+
+void vlm_server_handles(const vlm_server *srv, vlm_db **db, vlm_clip **clip) {
+  *db = srv->db;
+  *clip = srv->clip;
+}
 
 int vlm_server_http_port(const vlm_server *srv) {
   return srv->http_port >= 0 ? srv->http_port : 0;
@@ -1046,6 +1065,7 @@ void vlm_server_free(vlm_server *srv) {
     for (vlm__conn *conn = srv->conns; conn; conn = conn->next)
       conn_close(conn);
     uv_run(&srv->loop, UV_RUN_NOWAIT);
+    vlm__reembed_stop(srv, 1);
     vlm__cluster_stop(srv);
     vlm__repl_stop(srv);
     drain_waiting_jobs(srv);
@@ -1055,6 +1075,7 @@ void vlm_server_free(vlm_server *srv) {
     vlm__repl_close(srv);
     close_handle(srv, (uv_handle_t *)&srv->async_done);
     close_handle(srv, (uv_handle_t *)&srv->async_stop);
+    close_handle(srv, (uv_handle_t *)&srv->async_reembed);
     close_handle(srv, (uv_handle_t *)&srv->cron);
     close_handle(srv, (uv_handle_t *)&srv->shutdown_timer);
     if (srv->handle_signals) {
@@ -1066,6 +1087,7 @@ void vlm_server_free(vlm_server *srv) {
   uv_loop_close(&srv->loop);
   vlm__cluster_free(srv);
   vlm__repl_free(srv);
+  vlm__reembed_free(srv);
   vlm__batcher_destroy(&srv->batcher);
   vlm__metrics_free(srv);
   pthread_cond_destroy(&srv->done_cv);

@@ -20,7 +20,8 @@
  * accepting, finishes the requests already received, writes their
  * replies, checkpoints the database (vlm_db_checkpoint) and returns.  The
  * caller then frees the server and closes the database and model, which
- * the server borrows and never closes.
+ * the server borrows and never closes, except at a VLM.REEMBED switch
+ * (see vlm_server_handles).
  *
  * Errors: 0 or a negative VLM_E* code with vlm_errmsg() set.
  */
@@ -124,6 +125,16 @@ typedef struct {
  * bind without a password), VLM_ENET (address in use, ...), VLM_ENOMEM. */
 int vlm_server_create(vlm_db *db, vlm_clip *clip,
                       const vlm_server_options *opts, vlm_server **out);
+
+/* The database and model the server serves now.  VLM.REEMBED (see the
+ * README's "Commands") moves a running server to another model: at its
+ * switch the server closes the database and frees the model it served
+ * (those given to create, or those of an earlier switch) and serves a new
+ * database handle and model it opened.  So after run returns, the caller
+ * closes and frees what this reports (before vlm_server_free), not
+ * necessarily what it passed; they are the same when no switch
+ * happened.  Loop thread or after run. */
+void vlm_server_handles(const vlm_server *srv, vlm_db **db, vlm_clip **clip);
 
 /* The port the server listens on (the chosen one when opts->port was 0). */
 int vlm_server_port(const vlm_server *srv);

@@ -3424,6 +3424,391 @@ static void test_server_api(void **state) {
 
 /* Every command given arguments it must refuse: an error naming what is
  * wrong, the connection still usable after each, nothing written. */
+/* ======================================================================
+ * VLM.REEMBED: another model while serving
+ * ==================================================================== */
+
+#define REEMBED_MODEL "models/default"
+#define REEMBED_N 240
+
+static const char *reembed_images[] = {"gray.jpg",      "gray.png",
+                                       "palette.png",   "photo_prog.jpg",
+                                       "photo_rgb.jpg", "rgb.png",
+                                       "rgba.png",      "small_upscale.png",
+                                       "wide.png"};
+#define REEMBED_NIMAGES 9
+
+/* A database that keeps images, REEMBED_N items (image i % 9 and the
+ * caption "caption number i"), written through the server. */
+static void reembed_fill(redisContext *c) {
+  char *img[REEMBED_NIMAGES];
+  size_t len[REEMBED_NIMAGES];
+  for (int i = 0; i < REEMBED_NIMAGES; i++)
+    img[i] = fixture(reembed_images[i], &len[i]);
+  for (int i = 0; i < REEMBED_N; i++) {
+    char key[32], cap[64];
+    snprintf(key, sizeof key, "k%d", i);
+    snprintf(cap, sizeof cap, "caption number %d", i);
+    redisAppendCommand(c, "ADD %s IMAGE %b TEXT %s", key,
+                       img[i % REEMBED_NIMAGES], len[i % REEMBED_NIMAGES],
+                       cap);
+  }
+  for (int i = 0; i < REEMBED_N; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(c, (void **)&r) != REDIS_OK)
+      fail_msg("ADD: %s", c->errstr);
+    expect_int(r, 1);
+  }
+  for (int i = 0; i < REEMBED_NIMAGES; i++)
+    free(img[i]);
+}
+
+/* VLM.REEMBED STATUS's state (RESP2: a flat array of pairs). */
+static void reembed_status(redisContext *c, char *state, size_t cap,
+                           long long *done) {
+  redisReply *r = hcmd(c, "VLM.REEMBED STATUS");
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("VLM.REEMBED STATUS: type %d '%s'", r->type,
+             r->str ? r->str : "");
+  state[0] = '\0';
+  for (size_t i = 0; i + 1 < r->elements; i += 2) {
+    const char *k = r->element[i]->str;
+    if (!strcmp(k, "state"))
+      snprintf(state, cap, "%s", r->element[i + 1]->str);
+    if (!strcmp(k, "done") && done)
+      *done = r->element[i + 1]->integer;
+    if (!strcmp(k, "message") && r->element[i + 1]->str &&
+        *r->element[i + 1]->str)
+      print_message("reembed: %s\n", r->element[i + 1]->str);
+  }
+  freeReplyObject(r);
+}
+
+/* Wait (up to 300 s) for the re-embedding to leave waiting/running/
+ * switching/cleaning; its final state into state. */
+static void reembed_wait(redisContext *c, char *state, size_t cap) {
+  for (int i = 0; i < 3000; i++) {
+    reembed_status(c, state, cap, NULL);
+    if (strcmp(state, "waiting") && strcmp(state, "running") &&
+        strcmp(state, "switching") && strcmp(state, "cleaning"))
+      return;
+    usleep(100 * 1000);
+  }
+  fail_msg("the re-embedding did not end within 300 s (state %s)", state);
+}
+
+/* A search's reply as one string (keys and scores as the server wrote
+ * them), to compare two answers exactly. */
+static char *search_text(redisContext *c, const char *text) {
+  redisReply *r = hcmd(c, "SEARCH TEXT %s K 5 TARGET TEXT", text);
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("SEARCH: type %d '%s'", r->type, r->str ? r->str : "");
+  char *out = calloc(1, 4096);
+  for (size_t i = 0; i < r->elements; i++) {
+    redisReply *hit = r->element[i];
+    for (size_t j = 0; j < hit->elements && j < 2; j++)
+      snprintf(out + strlen(out), 4096 - strlen(out), "%s ",
+               hit->element[j]->str);
+  }
+  freeReplyObject(r);
+  return out;
+}
+
+static void run_verify(const server_t *s) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "%s/vlmdb verify --db %s >> %s/verify.log 2>&1",
+           build_dir(), s->db, s->dir);
+  if (system(cmd) != 0) {
+    char log[128];
+    size_t n;
+    snprintf(log, sizeof log, "%s/verify.log", s->dir);
+    char *text = read_file(log, &n);
+    fail_msg("%s failed:\n%.*s", cmd, text ? (int)n : 0, text ? text : "");
+  }
+}
+
+static int dir_exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+/* The served database's dimension and model id, read beside the server. */
+static int served_dim(const server_t *s, char *model_id, size_t cap) {
+  vlm_db *db = open_ro_db(s);
+  vlm_db_info info;
+  if (vlm_db_stat(db, &info) < 0)
+    fail_msg("stat: %s", vlm_errmsg());
+  if (model_id)
+    snprintf(model_id, cap, "%s", info.model_id);
+  vlm_db_close(db);
+  return info.dim;
+}
+
+/* While VLM.REEMBED runs, searches answer from the old model exactly as
+ * before and writes are refused (RESP, MULTI/EXEC, HTTP-free); after the
+ * switch the server answers with the new model (INFO says so), every
+ * vector is the new model's own embedding of the kept image and caption
+ * (within 1e-6), searches rank as a brute force over them, writes are
+ * taken, and the database verifies. */
+static void test_reembed_while_serving(void **state) {
+  (void)state;
+  server_t s;
+  make_db_keep(&s, 1);
+  start_server(&s, (const char *const[]){"--threads", "2", NULL});
+  redisContext *c = hconnect(s.port);
+  reembed_fill(c);
+  char *before = search_text(c, "caption number 7");
+  char *before2 = search_text(c, "caption number 123");
+
+  redisReply *r = hcmd(c, "VLM.REEMBED MODEL %s BATCH 1", REEMBED_MODEL);
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("VLM.REEMBED MODEL: type %d '%s'", r->type,
+             r->str ? r->str : "");
+  freeReplyObject(r);
+  /* a second one is refused */
+  r = hcmd(c, "VLM.REEMBED MODEL %s", REEMBED_MODEL);
+  assert_int_equal(r->type, REDIS_REPLY_ERROR);
+  assert_non_null(strstr(r->str, "already running"));
+  freeReplyObject(r);
+  char st[32];
+  int during = 0, late = 0;
+  for (;;) {
+    /* reads and writes, then the state: when it still runs after them,
+     * no switch can have happened while they were answered */
+    char *now = search_text(c, "caption number 7");
+    char *now2 = search_text(c, "caption number 123");
+    char key[32];
+    snprintf(key, sizeof key, "late%d", late++);
+    redisReply *add = hcmd(c, "ADD %s TEXT %s", key, "a late write");
+    expect_status(hcmd(c, "MULTI"), "OK");
+    redisReply *del = hcmd(c, "ADD m%s TEXT %s", key, "a late write");
+    redisReply *exec = hcmd(c, "EXEC");
+    redisReply *info = hcmd(c, "INFO reembed");
+    reembed_status(c, st, sizeof st, NULL);
+    int busy = !strcmp(st, "running") || !strcmp(st, "waiting");
+    if (busy) {
+      assert_string_equal(now, before);
+      assert_string_equal(now2, before2);
+      if (add->type != REDIS_REPLY_ERROR || !strstr(add->str, "re-embedded"))
+        fail_msg("ADD during the reembed: type %d '%s'", add->type,
+                 add->str ? add->str : "");
+      assert_int_equal(del->type, REDIS_REPLY_ERROR);
+      assert_int_equal(exec->type, REDIS_REPLY_ERROR); /* EXECABORT */
+      if (!strstr(info->str, "reembed_writes_refused:1") ||
+          !strstr(info->str, "reembed_state:running"))
+        fail_msg("INFO reembed: %s", info->str);
+      expect_int(hcmd(c, "EXISTS k1 %s m%s", key, key), 1);
+      during++;
+    }
+    free(now);
+    free(now2);
+    freeReplyObject(add);
+    freeReplyObject(del);
+    freeReplyObject(exec);
+    freeReplyObject(info);
+    if (!busy)
+      break;
+    usleep(20 * 1000);
+  }
+  print_message("%d rounds of reads and refused writes during the "
+                "reembed\n", during);
+  if (during < 1)
+    fail_msg("the reembed ended (%s) before a search could run beside it: "
+             "raise REEMBED_N", st);
+  reembed_wait(c, st, sizeof st);
+  if (strcmp(st, "done")) {
+    print_log(&s);
+    fail_msg("the reembed ended %s", st);
+  }
+
+  /* the new model, in INFO and in the database */
+  vlm_clip *nm = NULL;
+  if (vlm_clip_load(REEMBED_MODEL, NULL, &nm) < 0)
+    fail_msg("%s: %s", REEMBED_MODEL, vlm_errmsg());
+  int d = vlm_clip_dim(nm);
+  r = hcmd(c, "INFO model");
+  char want_line[128];
+  snprintf(want_line, sizeof want_line, "model_id:%s\r\n",
+           vlm_clip_model_id(nm));
+  if (!strstr(r->str, want_line) || !strstr(r->str, "models/default"))
+    fail_msg("INFO model after the switch: %s", r->str);
+  freeReplyObject(r);
+  char staged[128];
+  snprintf(staged, sizeof staged, "%s.reembed", s.db);
+  assert_false(dir_exists(staged));
+
+  /* every vector: the new model's embedding of the kept image / caption */
+  float *img_want = malloc((size_t)REEMBED_NIMAGES * d * sizeof(float));
+  for (int i = 0; i < REEMBED_NIMAGES; i++) {
+    size_t len;
+    char *img = fixture(reembed_images[i], &len);
+    const void *p = img;
+    if (vlm_clip_encode_image_buffers(nm, &p, &len, 1, 0,
+                                      img_want + (size_t)i * d) < 0)
+      fail_msg("encode: %s", vlm_errmsg());
+    free(img);
+  }
+  float *text_want = malloc((size_t)REEMBED_N * d * sizeof(float));
+  for (int i = 0; i < REEMBED_N; i++) {
+    char cap[64];
+    snprintf(cap, sizeof cap, "caption number %d", i);
+    const char *t = cap;
+    if (vlm_clip_encode_texts(nm, &t, 1, 0, text_want + (size_t)i * d) < 0)
+      fail_msg("encode: %s", vlm_errmsg());
+  }
+  for (int i = 0; i < REEMBED_N; i++) {
+    r = hcmd(c, "GET k%d WITHVECTORS", i);
+    if (r->type != REDIS_REPLY_ARRAY)
+      fail_msg("GET k%d: type %d '%s'", i, r->type, r->str ? r->str : "");
+    const float *iv = NULL, *tv = NULL;
+    for (size_t j = 0; j + 1 < r->elements; j += 2) {
+      redisReply *k = r->element[j], *v = r->element[j + 1];
+      if (!strcmp(k->str, "image_vec")) {
+        assert_int_equal(v->len, (size_t)d * 4);
+        iv = (const float *)v->str;
+      }
+      if (!strcmp(k->str, "text_vec")) {
+        assert_int_equal(v->len, (size_t)d * 4);
+        tv = (const float *)v->str;
+      }
+    }
+    assert_non_null(iv);
+    assert_non_null(tv);
+    char what[32];
+    snprintf(what, sizeof what, "k%d image_vec", i);
+    assert_vec_near(iv, img_want + (size_t)(i % REEMBED_NIMAGES) * d, d,
+                    1e-6f, what);
+    snprintf(what, sizeof what, "k%d text_vec", i);
+    assert_vec_near(tv, text_want + (size_t)i * d, d, 1e-6f, what);
+    freeReplyObject(r);
+  }
+  /* a search ranks as a brute force over those text vectors */
+  float q[1024];
+  const char *qt = "caption number 7";
+  assert_true(d <= 1024);
+  if (vlm_clip_encode_texts(nm, &qt, 1, 0, q) < 0)
+    fail_msg("encode: %s", vlm_errmsg());
+  r = hcmd(c, "SEARCH TEXT %s K 5 TARGET TEXT", qt);
+  assert_int_equal(r->elements, 5);
+  float prev = 2;
+  for (size_t h = 0; h < r->elements; h++) {
+    int i = atoi(r->element[h]->element[0]->str + 1);
+    float dot = 0, best = -2;
+    for (int j = 0; j < d; j++)
+      dot += q[j] * text_want[(size_t)i * d + j];
+    for (int o = 0; o < REEMBED_N; o++) { /* none better left out */
+      float x = 0;
+      for (int j = 0; j < d; j++)
+        x += q[j] * text_want[(size_t)o * d + j];
+      if (x > best && x < prev - 1e-6f)
+        best = x;
+    }
+    float got = (float)atof(r->element[h]->element[1]->str);
+    if (fabsf(got - dot) > 1e-5f || fabsf(got - best) > 1e-5f)
+      fail_msg("hit %zu (%s): score %g, its cosine %g, the best left %g", h,
+               r->element[h]->element[0]->str, (double)got, (double)dot,
+               (double)best);
+    prev = got;
+  }
+  freeReplyObject(r);
+  /* writes are taken again, embedded by the new model */
+  expect_int(hcmd(c, "ADD late TEXT %s", "a late write"), 1);
+  r = hcmd(c, "EMBED TEXT %s", "a late write");
+  assert_int_equal(r->len, (size_t)d * 4);
+  freeReplyObject(r);
+  redisFree(c);
+  stop_server(&s);
+  assert_int_equal(served_dim(&s, NULL, 0), d);
+  run_verify(&s);
+  free(img_want);
+  free(text_want);
+  free(before);
+  free(before2);
+  vlm_clip_free(nm);
+  server_done(&s);
+}
+
+static void kill9(server_t *s) {
+  kill(s->pid, SIGKILL);
+  waitpid(s->pid, NULL, 0);
+  s->pid = 0;
+}
+
+/* kill -9 of the server in the middle of a reembed: the database is the
+ * old one, whole (verify passes, searches answer as before), the staging
+ * is kept; restarted, VLM.REEMBED resumes it and switches.  Killed again
+ * around the switch's clean-up: the new database, whole, and the next
+ * start removes what is left of the old one. */
+static void test_reembed_server_killed(void **state) {
+  (void)state;
+  server_t s;
+  make_db_keep(&s, 1);
+  start_server(&s, NULL);
+  redisContext *c = hconnect(s.port);
+  reembed_fill(c);
+  char *before = search_text(c, "caption number 7");
+  char old_id[80];
+  int old_dim = served_dim(&s, old_id, sizeof old_id);
+  redisReply *r = hcmd(c, "VLM.REEMBED MODEL %s BATCH 1", REEMBED_MODEL);
+  freeReplyObject(r);
+  char st[32];
+  long long done = 0;
+  for (int i = 0; i < 3000; i++) {
+    reembed_status(c, st, sizeof st, &done);
+    if (done >= 20 || (strcmp(st, "waiting") && strcmp(st, "running")))
+      break;
+    usleep(10 * 1000);
+  }
+  assert_string_equal(st, "running");
+  redisFree(c);
+  kill9(&s);
+  char staged[128];
+  snprintf(staged, sizeof staged, "%s.reembed", s.db);
+  assert_true(dir_exists(staged));
+  char id[80];
+  assert_int_equal(served_dim(&s, id, sizeof id), old_dim);
+  assert_string_equal(id, old_id);
+  run_verify(&s);
+
+  start_server(&s, NULL);
+  c = hconnect(s.port);
+  char *now = search_text(c, "caption number 7");
+  assert_string_equal(now, before);
+  free(now);
+  reembed_status(c, st, sizeof st, NULL);
+  assert_string_equal(st, "idle");
+  r = hcmd(c, "VLM.REEMBED MODEL %s", REEMBED_MODEL);
+  freeReplyObject(r);
+  /* kill it as soon as the switch happened (cleaning or done) */
+  for (int i = 0; i < 30000; i++) {
+    reembed_status(c, st, sizeof st, NULL);
+    if (strcmp(st, "waiting") && strcmp(st, "running") &&
+        strcmp(st, "switching"))
+      break;
+    usleep(1000);
+  }
+  print_message("killed in state %s\n", st);
+  if (strcmp(st, "cleaning") && strcmp(st, "done"))
+    fail_msg("the resumed reembed ended %s", st);
+  redisFree(c);
+  kill9(&s);
+  assert_int_not_equal(served_dim(&s, NULL, 0), old_dim);
+  run_verify(&s);
+  /* finishes the clean-up, if it was cut (the later --model wins) */
+  start_server(&s, (const char *const[]){"--model", REEMBED_MODEL, NULL});
+  assert_false(dir_exists(staged));
+  c = hconnect(s.port);
+  r = hcmd(c, "INFO model");
+  assert_non_null(strstr(r->str, "models/default"));
+  freeReplyObject(r);
+  expect_int(hcmd(c, "DBSIZE"), REEMBED_N);
+  redisFree(c);
+  stop_server(&s);
+  run_verify(&s);
+  free(before);
+  server_done(&s);
+}
+
 static void test_command_refusals(void **state) {
   (void)state;
   server_t s;
@@ -3608,6 +3993,8 @@ int main(void) {
       cmocka_unit_test(test_kill9_under_load),
       cmocka_unit_test(test_server_api),
       cmocka_unit_test(test_command_refusals),
+      cmocka_unit_test(test_reembed_while_serving),
+      cmocka_unit_test(test_reembed_server_killed),
   };
   const char *only = getenv("NET_TEST"); /* run one test: NET_TEST=name */
   if (only && *only)
