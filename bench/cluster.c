@@ -983,16 +983,20 @@ int main(int argc, char **argv) {
       }
 
   long ncores = sysconf(_SC_NPROCESSORS_ONLN);
-  char cpu[256] = "?";
+  char cpu[256], line[256];
+  snprintf(cpu, sizeof cpu, "CPU model unknown");
   FILE *ci = fopen("/proc/cpuinfo", "r");
-  while (ci && fgets(cpu, sizeof cpu, ci))
-    if (!strncmp(cpu, "model name", 10))
+  while (ci && fgets(line, sizeof line, ci)) {
+    char *colon = strchr(line, ':');
+    if (!strncmp(line, "model name", 10) && colon) {
+      snprintf(cpu, sizeof cpu, "%s", colon + 1 + (colon[1] == ' '));
+      cpu[strcspn(cpu, "\n")] = '\0';
       break;
+    }
+  }
   if (ci)
     fclose(ci);
-  char *colon = strchr(cpu, ':');
-  const char *cpu_name = colon ? colon + 2 : cpu;
-  cpu[strcspn(cpu, "\n")] = '\0';
+  const char *cpu_name = cpu;
   time_t t = time(NULL);
   char date[32];
   strftime(date, sizeof date, "%F %T", gmtime(&t));
