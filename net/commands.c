@@ -3365,7 +3365,10 @@ static int cluster_redirect(vlm__conn *conn, const vlm__command *cmd,
     last = argc + last;
   for (int i = first; i <= last && i < argc; i += step) {
     int slot = vlm_key_slot(argv[i].ptr, argv[i].len);
-    if (!vlm__cluster_owns(srv, slot)) {
+    /* a replica sends writes of its own slots to its shard's primary, as
+     * a Redis Cluster replica does (its reads it answers) */
+    if (!vlm__cluster_owns(srv, slot) ||
+        ((cmd->flags & VLM__CMD_WRITE) && vlm__repl_readonly(srv))) {
       vlm__cluster_reply_moved(vlm__conn_reply_buf(conn), srv, slot);
       return 1;
     }

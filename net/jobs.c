@@ -93,8 +93,9 @@ static void job_post(vlm__job *job) {
 }
 
 void vlm__job_complete(vlm__job *job) {
+  vlm_server *srv = job->srv; /* once posted, the loop may free the job */
   job_post(job);
-  uv_async_send(&job->srv->async_done);
+  uv_async_send(&srv->async_done);
 }
 
 static void job_fail(vlm__job *job, const char *what) {

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "util/util.h"
+#include "vlm_slot.h"
 #include "vlmdb.h"
 
 #define MODEL "tests/fixtures/clip-tiny"
@@ -749,6 +750,18 @@ static void test_cluster_slots_lists_replicas(void **state) {
            rport, pid);
   if (!strstr(r->str, mine) || strstr(r->str, "myself,master"))
     fail_msg("CLUSTER NODES on the replica lacks '%s':\n%s", mine, r->str);
+  freeReplyObject(r);
+  /* a write of its own slots goes to the primary, as in Redis Cluster;
+   * a read is answered here */
+  r = cmd(rc, "DEL somekey");
+  char moved[64];
+  snprintf(moved, sizeof moved, "MOVED %d 127.0.0.1:%d",
+           vlm_key_slot("somekey", 7), port);
+  if (r->type != REDIS_REPLY_ERROR || strcmp(r->str, moved))
+    fail_msg("DEL on the replica: %s (want %s)", r->str ? r->str : "?", moved);
+  freeReplyObject(r);
+  r = cmd(rc, "EXISTS somekey");
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
   freeReplyObject(r);
   redisFree(rc);
   vlm_test_server_stop(&rep, 20);
