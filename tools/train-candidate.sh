@@ -10,7 +10,7 @@
 #   git archive a00cb29 models/candidate | tar -x -C /tmp
 #   INIT=/tmp/models/candidate tools/train-candidate.sh [OUT]   (OUT: data/runs/v7)
 #
-# About 35 minutes on the 2-core machine with nothing else running (56
+# About 35 minutes on the 2-core machine with nothing else running (53
 # minutes shared with builds and tests).  Ctrl-C checkpoints; the same
 # command with --resume appended continues bit for bit.
 set -eu
