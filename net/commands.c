@@ -1006,15 +1006,19 @@ typedef struct {
   /* Cluster: the client's filter (sent on to the other shards), and the
    * one this node searches with, hiding the items of slots it holds but
    * does not serve (a live move under way: vlm__cluster_search_filter);
-   * owners: VLM.LOCAL's OWNERS, the coordinator's map. */
+   * owners: VLM.LOCAL's OWNERS, the coordinator's map; coord_owners:
+   * this node's map as it coordinates, taken when its own part's filter
+   * is, so that a CLUSTER RELOAD before the fan-out cannot give the
+   * other shards another map than the one its own part hid by. */
   const char *user_filter, *owners;
-  char *hide_filter;
+  char *hide_filter, *coord_owners;
 } search_state;
 
 static void search_state_free(void *p) {
   search_state *st = p;
   if (st) {
     free(st->hide_filter);
+    free(st->coord_owners);
     free(st->vec);
     free(st->qvec);
     vlm__buf_free(&st->local);
@@ -1232,6 +1236,10 @@ static int cmd_search_proc(vlm__ctx *ctx) {
     }
     if (st->hide_filter)
       st->opts.filter = st->hide_filter;
+    if (st->coordinated && !(st->coord_owners = vlm__cluster_owners(ctx->srv))) {
+      vlm__reply_error(ctx->out, "ERR", "out of memory");
+      return -1;
+    }
   }
   if (st->coordinated && st->opts.collapse > 0) {
     /* Exact: one database folds the best vlm_collapse_depth(OFFSET + K)
@@ -1677,17 +1685,15 @@ static int search_after(vlm__job *job) {
       if (st->fields[f] != F_PROBABILITY)
         CARG(st->field_names[f]);
   }
-  /* the map this node merges by: each shard answers for its slots of it */
-  char *owners = vlm__cluster_owners(srv);
-  if (owners) {
+  /* the map this node's own part hid by: each shard answers for its
+   * slots of it */
+  if (st->coord_owners) {
     CARG("OWNERS");
-    CARG(owners);
+    CARG(st->coord_owners);
   }
 #undef CARG
 #undef ARG
-  int sent = vlm__cluster_fanout(job, argc, argv, lens, search_done) == 0;
-  free(owners);
-  return sent;
+  return vlm__cluster_fanout(job, argc, argv, lens, search_done) == 0;
 }
 
 /* SEARCH KEY k of another shard's key: GET k WITHVECTORS from its shard,
