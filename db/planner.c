@@ -1186,6 +1186,29 @@ done:
   return rc;
 }
 
+int vlm_db_count_where(vlm_db *db, const char *filter, int64_t *n) {
+  vlm__reader *r = NULL;
+  uint64_t next_id, seq, *ids = NULL;
+  int64_t nitems;
+  size_t nids = 0;
+  int rc, complete;
+  if (!db || !filter || !n)
+    return vlm_seterr(VLM_EINVAL, "count: NULL argument");
+  *n = 0;
+  if ((rc = vlm__reader_get(db, 1, &r)))
+    return rc;
+  if ((rc = vlm__snapshot_begin(db, r, 1, &next_id, &nitems, &seq)) == 0) {
+    rc = vlm__filter_ids(db, r, filter, seq, SIZE_MAX, &ids, &nids,
+                         &complete);
+    vlm__snapshot_end(r, 1);
+  }
+  vlm__reader_put(db, r);
+  free(ids);
+  if (rc == 0)
+    *n = (int64_t)nids;
+  return rc;
+}
+
 /* Resolve n candidates (ids, scores, modalities) to keys. */
 static int resolve_list(vlm_db *db, vlm__reader *r, const vlm__cand *cands,
                         const uint64_t *ids, const float *scores, int n,

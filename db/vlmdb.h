@@ -329,6 +329,11 @@ int vlm_db_search(vlm_db *db, const float *query,
                   int *nhits);
 void vlm_hits_free(vlm_hit *hits, int nhits); /* accepts NULL */
 
+/* How many items match filter (a SEARCH filter: SQL over the declared
+ * fields, vlm_key_slot(key), ...), in one snapshot.  Lists the matches:
+ * O(matches) time and memory. */
+int vlm_db_count_where(vlm_db *db, const char *filter, int64_t *n);
+
 /* The two rankings a hybrid search (opts->hybrid_text set, no collapse)
  * fuses, before fusion, for a coordinator that fuses the rankings of
  * several shards itself: *vec the vector ranking (cosines, as deep as

@@ -1057,11 +1057,15 @@ static void route_batch(api_ctx *c) {
     goto done;
   int bad;
   char why[512];
-  if (vlm__dispatch_http_batch(c->conn, n, argcs, argvs, req, &bad, why,
-                               sizeof why) < 0) {
+  int drc = vlm__dispatch_http_batch(c->conn, n, argcs, argvs, req, &bad,
+                                     why, sizeof why);
+  if (drc < 0) {
     char field[48];
     snprintf(field, sizeof field, "items[%d]", bad);
-    if (bad >= 0)
+    if (drc == -2) /* a live move's fence: nothing written, send it again */
+      fail(c, 503, field, "items[%d] (key '%s'): %s", bad, req->keys[bad],
+           why);
+    else if (bad >= 0)
       fail(c, 400, field, "items[%d] (key '%s'): %s", bad, req->keys[bad],
            why);
     else

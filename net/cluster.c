@@ -1074,6 +1074,24 @@ int vlm__cluster_search_filter(const vlm_server *srv, const char *owners,
   return 0;
 }
 
+int vlm__cluster_hidden_slots(const vlm_server *srv, uint8_t **out) {
+  const vlm__cluster_state *cs = srv->cluster;
+  *out = NULL;
+  if (!cs)
+    return 0;
+  uint8_t *bits = NULL;
+  for (int r = 0; r < cs->nheld; r++)
+    for (int s = cs->held[r].first; s <= cs->held[r].last; s++) {
+      if (cs->map->owner[s] == cs->shard)
+        continue;
+      if (!bits && !(bits = calloc(VLM_SLOTS / 8, 1)))
+        return -1;
+      bits[s >> 3] |= (uint8_t)(1u << (s & 7));
+    }
+  *out = bits;
+  return 0;
+}
+
 int vlm__cluster_fenced(const vlm_server *srv, int slot) {
   const vlm__cluster_state *cs = srv->cluster;
   return cs && cs->fenced && slot >= cs->fence_first &&

@@ -661,6 +661,64 @@ static int cmd_command(vlm__ctx *ctx) {
   return 0;
 }
 
+/* How a node counts its items in a cluster.  During a live move a node
+ * holds items of slots it does not serve (copies on their way in, or left
+ * behind after the switch); a count leaves them out, so the cluster's sum
+ * counts each key once: hide is the filter of the items it serves
+ * (vlm__cluster_search_filter; NULL: all it holds), under owners when a
+ * coordinator sent its map (VLM.LOCAL DBSIZE OWNERS map), else its own.
+ * A coordinator sends the map it counted by (coord_owners) to the
+ * others.  Taken on the loop thread, where CLUSTER RELOAD changes the
+ * map; counted on a worker. */
+typedef struct {
+  char *hide, *coord_owners;
+} count_view;
+
+static int count_view_take(vlm__ctx *ctx, const char *owners, int coordinating,
+                           count_view *v) {
+  vlm_server *srv = ctx->srv;
+  char why[160];
+  if (!srv->cluster)
+    return 0;
+  if (vlm__cluster_search_filter(srv, owners, NULL, &v->hide, why,
+                                 sizeof why) < 0) {
+    vlm__reply_error(ctx->out, "ERR", "%s", why);
+    return -1;
+  }
+  if (coordinating && !(v->coord_owners = vlm__cluster_owners(srv))) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+static void count_view_free(count_view *v) {
+  free(v->hide);
+  free(v->coord_owners);
+}
+
+/* The items this node answers for: all (the database's count), or those
+ * its view's filter keeps. */
+static int count_served(vlm__job *job, const count_view *v, long long all,
+                        long long *items) {
+  *items = all;
+  if (!v->hide)
+    return 0;
+  int64_t n;
+  int rc = vlm_db_count_where(job->srv->db, v->hide, &n);
+  if (rc == 0)
+    *items = (long long)n;
+  return rc;
+}
+
+static int dbsize_fanout(vlm__job *job, const count_view *v,
+                         vlm__fanout_done done) {
+  const char *argv[4] = {"VLM.LOCAL", "DBSIZE", "OWNERS", v->coord_owners};
+  size_t lens[4] = {9, 6, 6, v->coord_owners ? strlen(v->coord_owners) : 0};
+  return vlm__cluster_fanout(job, v->coord_owners ? 4 : 2, argv, lens,
+                             done) == 0;
+}
+
 /* ======================================================================
  * INFO: loop sections in proc, database and model sections on a worker
  * ==================================================================== */
@@ -669,12 +727,15 @@ typedef struct {
   vlm__buf text;
   int db, model, keyspace, replication;
   long long items;  /* this shard's, for a summed keyspace line */
+  count_view view;
 } info_state;
 
 static void info_state_free(void *p) {
   info_state *st = p;
-  if (st)
+  if (st) {
     vlm__buf_free(&st->text);
+    count_view_free(&st->view);
+  }
   free(st);
 }
 
@@ -717,6 +778,10 @@ static int cmd_info_proc(vlm__ctx *ctx) {
   st->model = want[5];
   st->keyspace = want[6];
   st->replication = want[8];
+  if (st->keyspace &&
+      count_view_take(ctx, NULL, ctx->srv->cluster && !ctx->job->local,
+                      &st->view) < 0)
+    return -1;
   vlm__buf *b = &st->text;
   uint64_t now = uv_now(&srv->loop);
   if (want[0])
@@ -883,7 +948,8 @@ static void cmd_info_exec(vlm__job *job) {
   if (st->replication)
     vlm__repl_info(srv, b, info.seq);
   if (st->keyspace) {
-    st->items = info.items;
+    if (count_served(job, &st->view, info.items, &st->items) < 0)
+      st->items = info.items; /* INFO answers: what it holds */
     if (srv->cluster && !job->local) {
       job->after = info_after; /* the whole cluster's keys */
       return;
@@ -955,12 +1021,9 @@ static void info_done(vlm__job *job, redisReply **replies,
   info_finish(job, &others, answered);
 }
 
-static const char *dbsize_argv[] = {"VLM.LOCAL", "DBSIZE"};
-static const size_t dbsize_lens[] = {9, 6};
-
 static int info_after(vlm__job *job) {
-  return vlm__cluster_fanout(job, 2, dbsize_argv, dbsize_lens,
-                             info_done) == 0;
+  info_state *st = job->state;
+  return dbsize_fanout(job, &st->view, info_done);
 }
 
 /* ======================================================================
@@ -2315,10 +2378,23 @@ typedef struct {
   int count;
   int type_ok;   /* TYPE absent or "item" */
   int match_arg; /* argv index of the pattern, 0 = none */
+  uint8_t *hidden; /* cluster: slots held, not served (live move) */
 } scan_state;
 
+static int slot_bit(const uint8_t *bits, const char *key) {
+  int slot = vlm_key_slot(key, strlen(key));
+  return bits[slot >> 3] >> (slot & 7) & 1;
+}
+
+static void scan_state_free(void *p) {
+  scan_state *st = p;
+  if (st)
+    free(st->hidden);
+  free(st);
+}
+
 static int cmd_scan_proc(vlm__ctx *ctx) {
-  scan_state *st = job_state(ctx, sizeof *st, free);
+  scan_state *st = job_state(ctx, sizeof *st, scan_state_free);
   if (!st)
     return -1;
   st->count = 10;
@@ -2352,6 +2428,13 @@ static int cmd_scan_proc(vlm__ctx *ctx) {
       return syntax_error(ctx, a);
     }
   }
+  /* a node walks the keys it serves: not the copies a live move left
+   * (or is bringing) in slots it holds but does not serve */
+  if (ctx->srv->cluster &&
+      vlm__cluster_hidden_slots(ctx->srv, &st->hidden) < 0) {
+    vlm__reply_error(ctx->out, "ERR", "out of memory");
+    return -1;
+  }
   return 0;
 bad_cursor:
   vlm__reply_error(ctx->out, "ERR", "invalid cursor");
@@ -2371,7 +2454,8 @@ static void cmd_scan_exec(vlm__job *job) {
   const char *pattern = st->match_arg ? job->argv[st->match_arg].ptr : NULL;
   int shown = 0;
   for (int i = 0; i < n; i++)
-    if (st->type_ok && (!pattern || fnmatch(pattern, keys[i], 0) == 0))
+    if (st->type_ok && (!pattern || fnmatch(pattern, keys[i], 0) == 0) &&
+        !(st->hidden && slot_bit(st->hidden, keys[i])))
       keys[shown++] = keys[i];
     else
       free(keys[i]);
@@ -2529,7 +2613,38 @@ static int cmd_noargs_proc(vlm__ctx *ctx) {
 
 typedef struct {
   long long items;
+  count_view view;
 } count_state;
+
+static void count_state_free(void *p) {
+  count_state *st = p;
+  if (st)
+    count_view_free(&st->view);
+  free(st);
+}
+
+/* COUNT, DBSIZE; VLM.LOCAL DBSIZE [OWNERS map] (a coordinator's count). */
+static int cmd_count_proc(vlm__ctx *ctx) {
+  vlm__job *job = ctx->job;
+  const char *owners = NULL;
+  if (ctx->argc == 3 && job->local && arg_is(&ctx->argv[1], "OWNERS")) {
+    if (arg_cstr(ctx, &ctx->argv[2], "OWNERS") < 0)
+      return -1;
+    owners = ctx->argv[2].ptr;
+  } else if (ctx->argc != 1) {
+    vlm__reply_error(ctx->out, "ERR", "wrong number of arguments for '%s' "
+                     "command", !strcmp(job->cmd->name, "COUNT") ? "count"
+                                                                 : "dbsize");
+    return -1;
+  }
+  count_state *st = job_state(ctx, sizeof *st, count_state_free);
+  if (!st)
+    return -1;
+  return count_view_take(ctx, owners,
+                         ctx->srv->cluster && !job->local &&
+                             !strcmp(job->cmd->name, "COUNT"),
+                         &st->view);
+}
 
 static void count_done(vlm__job *job, redisReply **replies,
                        const char **errors) {
@@ -2540,32 +2655,27 @@ static void count_done(vlm__job *job, redisReply **replies,
 }
 
 static int count_after(vlm__job *job) {
-  return vlm__cluster_fanout(job, 2, dbsize_argv, dbsize_lens,
-                             count_done) == 0;
+  count_state *st = job->state;
+  return dbsize_fanout(job, &st->view, count_done);
 }
 
 /* COUNT is the cluster's (summed over the shards); DBSIZE is this node's,
  * as in Redis Cluster, where clients sum it over the nodes themselves. */
 static void cmd_count_exec(vlm__job *job) {
+  count_state *st = job->state;
   vlm_db_info info;
   int rc = vlm_db_stat(job->srv->db, &info);
+  if (rc == 0)
+    rc = count_served(job, &st->view, info.items, &st->items);
   if (rc < 0) {
     reply_liberr(&job->reply, rc);
     return;
   }
-  if (job->srv->cluster && !job->local && !strcmp(job->cmd->name, "COUNT")) {
-    count_state *st = malloc(sizeof *st);
-    if (!st) {
-      vlm__reply_error(&job->reply, "ERR", "out of memory");
-      return;
-    }
-    st->items = info.items;
-    job->state = st;
-    job->state_free = free;
+  if (st->view.coord_owners) { /* a coordinated COUNT: the cluster's */
     job->after = count_after;
     return;
   }
-  vlm__reply_int(&job->reply, info.items);
+  vlm__reply_int(&job->reply, st->items);
 }
 
 static void cmd_save_exec(vlm__job *job) {
@@ -3270,9 +3380,9 @@ static const vlm__command commands[] = {
     {"EMBED", cmd_embed_proc, cmd_embed_exec, -3, 0, "embed",
      "(TEXT text | IMAGE bytes) [BYTES | ARRAY]",
      "The model's normalized vector: float32 bytes (RESP3: doubles)."},
-    {"COUNT", cmd_noargs_proc, cmd_count_exec, 1, 0, "admin", "",
+    {"COUNT", cmd_count_proc, cmd_count_exec, -1, 0, "admin", "",
      "Number of items."},
-    {"DBSIZE", cmd_noargs_proc, cmd_count_exec, 1, 0, "admin", "",
+    {"DBSIZE", cmd_count_proc, cmd_count_exec, -1, 0, "admin", "",
      "Number of items (as COUNT)."},
     {"MULTI", cmd_multi, NULL, 1, TX, "transactions", "",
      "Start a transaction: the writes that follow (ADD, UPSERT, DEL) are "
@@ -3615,6 +3725,13 @@ int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
       goto fail;
     }
     vlm__ctx ctx = {conn->srv, conn, q, argcs[i], q->argv, &q->reply};
+    if (http_fenced(conn->srv, cmd, argcs[i], argvs[i], &q->reply)) {
+      reply_text(&q->reply, why, whycap);
+      vlm__job_free(q);
+      *bad = i;
+      vlm__job_free_list(head);
+      return -2;
+    }
     if (refuse_on_replica(conn->srv, cmd, &q->reply) ||
         refuse_during_reembed(conn->srv, NULL, cmd, &q->reply)) {
       reply_text(&q->reply, why, whycap);

@@ -232,7 +232,8 @@ void vlm__dispatch_http(vlm__conn *conn, int argc, const vlm__resp_arg *argv,
 /* Run writes (ADD/UPSERT/UPDATE/DEL argv lists) as one transaction, as
  * MULTI ... EXEC would: one job as above whose reply is EXEC's.  When an
  * item's arguments are refused nothing is queued: -1, *bad the item's
- * index, why its message (req is not taken). */
+ * index, why its message (req is not taken); -2 the same when the item
+ * may be sent again in a moment (its slot is fenced by a live move). */
 int vlm__dispatch_http_batch(vlm__conn *conn, int n, const int *argcs,
                              vlm__resp_arg *const *argvs, vlm__http_req *req,
                              int *bad, char *why, size_t whycap);
@@ -310,6 +311,10 @@ int vlm__cluster_search_filter(const vlm_server *srv, const char *owners,
                                size_t whycap);
 /* This node's map as an owners spec (malloc'd, NULL: out of memory). */
 char *vlm__cluster_owners(const vlm_server *srv);
+/* *out: a bitmap (VLM_SLOTS bits) of the slots this node holds but does
+ * not serve under its map (a live move under way), or NULL when there
+ * are none.  -1: out of memory.  Loop thread. */
+int vlm__cluster_hidden_slots(const vlm_server *srv, uint8_t **out);
 /* 1 if writes to slot are held back (-TRYAGAIN) while a live move
  * switches it to another shard. */
 int vlm__cluster_fenced(const vlm_server *srv, int slot);

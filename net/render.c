@@ -66,6 +66,9 @@ static void render_error(vlm__buf *out, const vlm__r3 *v, int keep_alive) {
   }
   if (!strncmp(m, "out of memory", 13))
     status = 500;
+  if (!strncmp(msg, "TRYAGAIN ", 9)) /* a live move's fence: 503 and
+                                        Retry-After, nothing written */
+    status = 503;
   if (!strncmp(msg, "no such key", 11))
     status = 404;
   vlm__http_error(out, status, vlm__http_code(status),

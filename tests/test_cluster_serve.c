@@ -1488,6 +1488,120 @@ static void expect_partial(redisReply *got, redisContext *single,
   freeReplyObject(all);
 }
 
+/* One HTTP/1.1 request to 127.0.0.1:port with a JSON body (may be
+ * NULL); the response's status, its body's start in body. */
+static int http_status(int port, const char *method, const char *path,
+                       const char *json, char *body, size_t cap) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  struct timeval tv = {10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) < 0)
+    fail_msg("connect to the HTTP port %d: %s", port, strerror(errno));
+  char head[512];
+  size_t n = json ? strlen(json) : 0;
+  int h = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: x\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\n\r\n", method, path, n);
+  assert_int_equal(write(fd, head, (size_t)h), h);
+  if (n)
+    assert_int_equal(write(fd, json, n), (ssize_t)n);
+  char buf[8192];
+  size_t len = 0;
+  ssize_t got;
+  while (len < sizeof buf - 1 &&
+         (got = read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+    len += (size_t)got;
+  buf[len] = '\0';
+  close(fd);
+  int status = 0;
+  if (sscanf(buf, "HTTP/1.1 %d", &status) != 1)
+    fail_msg("%s %s: no HTTP status in '%.200s'", method, path, buf);
+  const char *b = strstr(buf, "\r\n\r\n");
+  snprintf(body, cap, "%s", b ? b + 4 : "");
+  return status;
+}
+
+/* VLM.MIGRATE FENCE (what a live move raises for its last copy): a write
+ * of a key of the range answers "try again" and writes nothing, whichever
+ * way it comes (RESP, MULTI/EXEC, an HTTP write, an HTTP batch holding it
+ * with other keys); other keys' writes and reads go on; UNFENCE lifts
+ * it. */
+static void test_fence_refuses_writes(void **state) {
+  (void)state;
+  const int s = 0;
+  char in[64], out[64], path[128], json[4096], body[1024];
+  key_of_shard(in, sizeof in, "fenced", s);
+  int slot = vlm_key_slot(in, strlen(in));
+  for (int n = 0;; n++) { /* a key of the shard outside the fence */
+    snprintf(out, sizeof out, "open-%d", n);
+    if (owner(out) == s && vlm_key_slot(out, strlen(out)) != slot)
+      break;
+  }
+  float v[DIM];
+  uint64_t seed = 77;
+  unit_vector(v, &seed);
+  int at = snprintf(json, sizeof json, "{\"image_vec\":[");
+  for (int d = 0; d < DIM; d++)
+    at += snprintf(json + at, sizeof json - at, "%s%.6f", d ? "," : "",
+                   (double)v[d]);
+  snprintf(json + at, sizeof json - at, "]}");
+  char *vecjson = strdup(json + strlen("{\"image_vec\":"));
+  vecjson[strlen(vecjson) - 1] = '\0'; /* the array alone */
+
+  redisContext *c = connect_port(G.ports[s]);
+  redisReply *r = cmd(c, "VLM.MIGRATE FENCE %d %d", slot, slot);
+  if (r->type == REDIS_REPLY_ERROR)
+    fail_msg("FENCE: %s", r->str);
+  freeReplyObject(r);
+
+  expect_error(cmd(c, "ADD %s IMAGEVEC %b", in, v, sizeof v), "TRYAGAIN");
+  expect_error(cmd(c, "DEL %s", in), "TRYAGAIN");
+  expect_status(cmd(c, "MULTI"), "OK");
+  r = cmd(c, "ADD %s IMAGEVEC %b", in, v, sizeof v); /* refused queued */
+  int queued_refused = r->type == REDIS_REPLY_ERROR &&
+                       strstr(r->str, "TRYAGAIN");
+  freeReplyObject(r);
+  r = cmd(c, "EXEC");
+  if (!queued_refused &&
+      !(r->type == REDIS_REPLY_ERROR && strstr(r->str, "TRYAGAIN")))
+    fail_msg("MULTI/ADD/EXEC of a fenced key: EXEC answered type %d '%s'",
+             r->type, r->str ? r->str : "");
+  freeReplyObject(r);
+
+  int port = G.node[s].http_port;
+  assert_true(port > 0);
+  snprintf(path, sizeof path, "/v1/items/%s", in);
+  int st = http_status(port, "PUT", path, json, body, sizeof body);
+  if (st != 503)
+    fail_msg("HTTP PUT of a fenced key: %d %s", st, body);
+  snprintf(json, sizeof json,
+           "{\"items\":[{\"key\":\"%s\",\"image_vec\":%s},"
+           "{\"key\":\"%s\",\"image_vec\":%s}]}", out, vecjson, in, vecjson);
+  st = http_status(port, "POST", "/v1/items:batch", json, body, sizeof body);
+  if (st != 503 || !strstr(body, "items[1]"))
+    fail_msg("an HTTP batch with a fenced key: %d %s", st, body);
+  r = cmd(c, "EXISTS %s %s", in, out); /* reads answer; nothing written */
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  assert_int_equal(r->integer, 0);
+  freeReplyObject(r);
+  r = cmd(c, "ADD %s IMAGEVEC %b", out, v, sizeof v); /* other slots write */
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  freeReplyObject(r);
+
+  expect_status(cmd(c, "VLM.MIGRATE UNFENCE"), "OK");
+  st = http_status(port, "POST", "/v1/items:batch", json, body, sizeof body);
+  if (st != 200)
+    fail_msg("the HTTP batch after UNFENCE: %d %s", st, body);
+  r = cmd(c, "DEL %s %s", in, out);
+  assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+  assert_int_equal(r->integer, 2);
+  freeReplyObject(r);
+  free(vecjson);
+  redisFree(c);
+}
+
 static void test_shard_down(void **state) {
   (void)state;
   redisContext *c = connect_port(G.ports[0]);
@@ -1892,6 +2006,60 @@ static void check_search_during_move(redisContext *c, long nstable) {
   freeReplyObject(r);
 }
 
+/* While a live move is stopped anywhere (copies on their way in, the
+ * switch made or not, the old copies not yet dropped): COUNT through
+ * every node, the nodes' DBSIZE summed and SCAN over every node each
+ * count every key once, as the single database does (no writer runs). */
+static void check_counts_during_move(const char *when) {
+  redisContext *single = connect_port(G.single.port);
+  redisReply *r = cmd(single, "DBSIZE");
+  long long n = r->integer;
+  freeReplyObject(r);
+  redisFree(single);
+  long long dbsize = 0;
+  size_t nkeys = 0, cap = 1024;
+  char **keys = malloc(cap * sizeof *keys);
+  for (int s = 0; s < NSHARDS; s++) {
+    redisContext *c = connect_port(G.ports[s]);
+    r = cmd(c, "COUNT");
+    if (r->type != REDIS_REPLY_INTEGER || r->integer != n)
+      fail_msg("%s: COUNT on node %d says %lld, the single database holds "
+               "%lld", when, s, r->type == REDIS_REPLY_INTEGER
+                                  ? r->integer : -1, n);
+    freeReplyObject(r);
+    r = cmd(c, "DBSIZE");
+    assert_int_equal(r->type, REDIS_REPLY_INTEGER);
+    dbsize += r->integer;
+    freeReplyObject(r);
+    char cursor[32] = "0";
+    do {
+      r = cmd(c, "SCAN %s COUNT 1000", cursor);
+      assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+      snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+      for (size_t i = 0; i < r->element[1]->elements; i++) {
+        if (nkeys == cap)
+          keys = realloc(keys, (cap *= 2) * sizeof *keys);
+        keys[nkeys++] = strdup(r->element[1]->element[i]->str);
+      }
+      freeReplyObject(r);
+    } while (strcmp(cursor, "0"));
+    redisFree(c);
+  }
+  if (dbsize != n)
+    fail_msg("%s: the nodes' DBSIZE sum to %lld, the single database holds "
+             "%lld", when, dbsize, n);
+  qsort(keys, nkeys, sizeof *keys, str_cmp);
+  for (size_t i = 1; i < nkeys; i++)
+    if (!strcmp(keys[i], keys[i - 1]))
+      fail_msg("%s: SCAN over the nodes gives %s twice", when, keys[i]);
+  if ((long long)nkeys != n)
+    fail_msg("%s: SCAN over the nodes gives %zu keys, the single database "
+             "holds %lld", when, nkeys, n);
+  for (size_t i = 0; i < nkeys; i++)
+    free(keys[i]);
+  free(keys);
+}
+
 /* Start `vlmdb cluster move --live ...` in the background. */
 static pid_t spawn_move(int from, int to, int batch) {
   char log[PATH_MAX], fs[8], ts[8], bs[8], slots[32];
@@ -2056,12 +2224,21 @@ static void test_live_move(void **state) {
   redisFree(single);
   check_after_move(from, to);
 
-  /* back, the move command killed -9 midway, run again */
+  /* back, the move command stopped three times on its way (counts
+   * checked), killed -9 midway, run again */
   pid_t pid = spawn_move(to, from, 1);
-  usleep(40000);
+  for (int i = 0; i < 3; i++) {
+    char when[64];
+    usleep(15000);
+    kill(pid, SIGSTOP);
+    snprintf(when, sizeof when, "move stopped after %d ms", 15 * (i + 1));
+    check_counts_during_move(when);
+    kill(pid, SIGCONT);
+  }
   kill(pid, SIGKILL);
   int rc = wait_move(pid);
   print_message("move command killed (status %d); again\n", rc);
+  check_counts_during_move("move command killed");
   pid = spawn_move(to, from, 1);
   rc = wait_move(pid);
   print_move_log();
@@ -2097,6 +2274,7 @@ int main(void) {
       cmocka_unit_test(test_reload),
       cmocka_unit_test(test_move_then_reload),
       cmocka_unit_test(test_live_move),
+      cmocka_unit_test(test_fence_refuses_writes),
       cmocka_unit_test(test_shard_down),
   };
   const char *only = getenv("VLM_TEST_FILTER");
