@@ -90,6 +90,13 @@ struct vlm__cluster_state {
   int nheld;
   vlm_slot_range held[VLM_CLUSTER_MAX_RANGES];
   char held_digest[17];
+  /* What every coordinated request would otherwise work out again from
+   * 16,384 slots: the map's owners text (vlm__cluster_owners) and whether
+   * any held slot is hidden under the map, as of generation gen (bumped
+   * when the map or the held slots change; 0: not worked out). */
+  unsigned gen, owners_gen, hidden_gen;
+  char *owners_text;
+  int any_hidden;
   /* Live move fence: writes to fence_first..fence_last answer -TRYAGAIN;
    * fence_old counts the writes started before it that have not finished
    * (fence_seq: the last write number started before it). */
@@ -158,6 +165,7 @@ static int refresh_held(vlm_server *srv) {
   if (rc < 0)
     return rc;
   cs->nheld = info.shard >= 0 ? info.nslot_ranges : 0;
+  cs->gen++;
   memcpy(cs->held, info.slot_ranges, (size_t)cs->nheld * sizeof cs->held[0]);
   snprintf(cs->held_digest, sizeof cs->held_digest, "%s",
            info.cluster_digest);
@@ -175,6 +183,7 @@ int vlm__cluster_init(vlm_server *srv, const vlm_cluster *map,
     return vlm_seterr(VLM_ENOMEM, "cluster");
   }
   cs->map = map;
+  cs->gen = 1;
   if (path && !(cs->path = strdup(path))) {
     free(cs->nodes);
     free(cs);
@@ -513,6 +522,7 @@ static int cluster_reload(vlm__ctx *ctx) {
   vlm_cluster_free(cs->owned);
   cs->owned = m;
   cs->map = m;
+  cs->gen++;
   /* a fenced range the map now gives another shard: its writes go there
    * (-MOVED), the fence is done */
   if (cs->fenced && m->owner[cs->fence_first] != cs->shard) {
@@ -966,6 +976,7 @@ void vlm__cluster_free(vlm_server *srv) {
   vlm_cluster_free(cs->owned);
   free(cs->path);
   free(cs->nodes);
+  free(cs->owners_text);
   free(cs);
   srv->cluster = NULL;
 }
@@ -974,23 +985,50 @@ void vlm__cluster_free(vlm_server *srv) {
  * Live moves: hidden slots, the write fence, VLM.MIGRATE
  * ==================================================================== */
 
+/* The map's owners text, "a-b:s,..." (built once per generation; NULL:
+ * out of memory). */
+static const char *owners_text(vlm__cluster_state *cs) {
+  if (cs->owners_gen != cs->gen || !cs->owners_text) {
+    vlm__buf b;
+    vlm__buf_init(&b, 0);
+    for (int s = 0; s < VLM_SLOTS;) {
+      int e = s;
+      while (e + 1 < VLM_SLOTS && cs->map->owner[e + 1] == cs->map->owner[s])
+        e++;
+      vlm__buf_printf(&b, "%s%d-%d:%d", s ? "," : "", s, e,
+                      cs->map->owner[s]);
+      s = e + 1;
+    }
+    vlm__buf_append(&b, "", 1);
+    if (b.oom) {
+      vlm__buf_free(&b);
+      return NULL;
+    }
+    free(cs->owners_text);
+    cs->owners_text = b.data; /* the buffer's own allocation */
+    cs->owners_gen = cs->gen;
+  }
+  return cs->owners_text;
+}
+
 char *vlm__cluster_owners(const vlm_server *srv) {
-  const vlm__cluster_state *cs = srv->cluster;
-  vlm__buf b;
-  vlm__buf_init(&b, 0);
-  for (int s = 0; s < VLM_SLOTS;) {
-    int e = s;
-    while (e + 1 < VLM_SLOTS && cs->map->owner[e + 1] == cs->map->owner[s])
-      e++;
-    vlm__buf_printf(&b, "%s%d-%d:%d", s ? "," : "", s, e, cs->map->owner[s]);
-    s = e + 1;
+  const char *t = owners_text(srv->cluster);
+  return t ? strdup(t) : NULL;
+}
+
+/* Does the map hide any slot the database holds (a live move)? */
+static int any_hidden(vlm__cluster_state *cs) {
+  if (cs->hidden_gen != cs->gen) {
+    cs->any_hidden = 0;
+    for (int r = 0; r < cs->nheld && !cs->any_hidden; r++)
+      for (int s = cs->held[r].first; s <= cs->held[r].last; s++)
+        if (cs->map->owner[s] != cs->shard) {
+          cs->any_hidden = 1;
+          break;
+        }
+    cs->hidden_gen = cs->gen;
   }
-  vlm__buf_append(&b, "", 1);
-  if (b.oom) {
-    vlm__buf_free(&b);
-    return NULL;
-  }
-  return b.data; /* the buffer's own allocation, NUL-terminated */
+  return cs->any_hidden;
 }
 
 /* given[slot] = 1 for the slots owners gives shard. */
@@ -1020,9 +1058,15 @@ static int parse_owners(const char *owners, int shard, unsigned char *given) {
 int vlm__cluster_search_filter(const vlm_server *srv, const char *owners,
                                const char *user, char **out, char *why,
                                size_t whycap) {
-  const vlm__cluster_state *cs = srv->cluster;
+  vlm__cluster_state *cs = srv->cluster;
   *out = NULL;
   if (!cs || cs->nheld == 0)
+    return 0;
+  /* the coordinator's map is this node's (the common case) */
+  const char *mine = owners ? owners_text(cs) : NULL;
+  if (owners && mine && !strcmp(owners, mine))
+    owners = NULL;
+  if (!owners && !any_hidden(cs))
     return 0;
   unsigned char *given = calloc(VLM_SLOTS, 1);
   if (!given) {
@@ -1075,9 +1119,9 @@ int vlm__cluster_search_filter(const vlm_server *srv, const char *owners,
 }
 
 int vlm__cluster_hidden_slots(const vlm_server *srv, uint8_t **out) {
-  const vlm__cluster_state *cs = srv->cluster;
+  vlm__cluster_state *cs = srv->cluster;
   *out = NULL;
-  if (!cs)
+  if (!cs || !any_hidden(cs))
     return 0;
   uint8_t *bits = NULL;
   for (int r = 0; r < cs->nheld; r++)
