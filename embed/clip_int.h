@@ -82,6 +82,7 @@ typedef struct {
   int lazy;
   const vlm__st_tensor *src;     /* lazy: elements src_offset.. of src */
   const vlm__st_tensor *scale;   /* I8 src: its per-row F32 scales */
+  const vlm__st_tensor *smooth;  /* I8 src: its F32 smoothing, or NULL */
   int64_t src_offset;
   float *owned;                  /* lazy: the converted copy, once made */
 } vlm__named_tensor;
@@ -115,6 +116,9 @@ struct vlm_clip {
   int panels_bf16;               /* panels hold bfloat16, else half */
   vlm__compute compute;          /* the Linear layers' arithmetic */
   vlm__qlinear *qlin;            /* int8 / bf16: 4 per block, both towers */
+  /* the file tensors each qlin's rows come from (q, k, v; one for the
+   * others; the same tensor thrice for a stacked in_proj_weight) */
+  const vlm__st_tensor *(*qlin_src)[3];
   int n_qlin;
   vlm__weights w;
   vlm__named_tensor *named;      /* sorted by name */

@@ -272,7 +272,7 @@ static void qact_step(fwd *f, int *s, const vlm__qlinear *ql, const float *in,
   FOR_CHUNKS(&f->tm, s, k, nk) {
     int r0 = k * ROWS_PER_CHUNK;
     int r1 = r0 + ROWS_PER_CHUNK < M ? r0 + ROWS_PER_CHUNK : M;
-    vlm__qact_rows(ql->mode, f->qa, ld, f->xs, f->xz, in, ldi, r0, r1, K);
+    vlm__qact_rows(ql->mode, f->qa, ld, f->xs, f->xz, in, ldi, r0, r1, K, ql);
   }
 }
 

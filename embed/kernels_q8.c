@@ -8,6 +8,7 @@
  * 1.5 * 2^23 trick, so it gives the same integers on every path. */
 #include "quant.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,8 @@ int vlm__qlinear_init_bf16(vlm__qlinear *q, const float *const *rowsf,
 void vlm__qlinear_free(vlm__qlinear *q) {
   if (!q)
     return;
+  free(q->ismooth);
+  free(q->amax);
   free(q->panels);
   free(q->scale);
   free(q->colsum);
@@ -231,13 +234,42 @@ static void q8_row(uint8_t *dst, float *xs, int32_t *xz, const float *x,
   }
 }
 
+/* amax[k] = max(amax[k], |x[k]|), safe against other threads recording
+ * into the same layer (non-negative floats order as their bits). */
+static void amax_note(float *amax, const float *x, int K) {
+  for (int k = 0; k < K; k++) {
+    float a = fabsf(x[k]);
+    if (!(a <= 3.0e38f))
+      continue; /* NaN, inf: no scale comes from them */
+    uint32_t bits, old;
+    memcpy(&bits, &a, 4);
+    uint32_t *p = (uint32_t *)(void *)&amax[k];
+    old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (bits > old &&
+           !__atomic_compare_exchange_n(p, &old, bits, 1, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+      ;
+  }
+}
+
 void vlm__qact_rows(vlm__compute mode, uint8_t *qa, int ld, float *xs,
                     int32_t *xz, const float *in, int ldi, int r0, int r1,
-                    int K) {
+                    int K, const vlm__qlinear *ql) {
   const int Kp = (K + 3) & ~3;
+  const float *ism = ql && mode == VLM__COMPUTE_INT8 ? ql->ismooth : NULL;
+  float *row = NULL;
+  if (ism && !(row = malloc((size_t)K * sizeof *row)))
+    ism = NULL; /* cannot happen at these sizes; unsmoothed beats a crash */
   for (int m = r0; m < r1; m++) {
     const float *x = in + (size_t)m * ldi;
     uint8_t *dst = qa + (size_t)m * ld;
+    if (ql && ql->amax)
+      amax_note(ql->amax, x, K);
+    if (ism) {
+      for (int k = 0; k < K; k++)
+        row[k] = x[k] * ism[k];
+      x = row;
+    }
     if (mode == VLM__COMPUTE_INT8) {
       q8_row(dst, &xs[m], &xz[m], x, K);
       memset(dst + K, (int)xz[m], (size_t)(Kp - K)); /* zero weights there */
@@ -249,6 +281,7 @@ void vlm__qact_rows(vlm__compute mode, uint8_t *qa, int ld, float *xs,
         d[k] = 0;
     }
   }
+  free(row);
 }
 
 /* ---- products: reference ------------------------------------------------- */

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,10 +57,11 @@ static float *to_f32(const vlm__st_tensor *t) {
   return f;
 }
 
-/* The quantized forms of one block weight: name (I8) + name_scale (F32),
- * or name (BF16). */
+/* The quantized forms of one block weight: name (I8) + name_scale (F32)
+ * (+ name_smooth (F32 [K]) with the columns multiplied by it first, when
+ * smooth is given), or name (BF16). */
 static int quantize_tensor(const vlm__st_tensor *t, vlm_compute_mode mode,
-                           out_tensor *o, int *n) {
+                           const float *smooth_in, out_tensor *o, int *n) {
   if (t->ndim != 2 || (t->dtype != VLM__DT_F32 && t->dtype != VLM__DT_F16 &&
                        t->dtype != VLM__DT_BF16))
     return vlm_seterr(VLM_EUNSUPPORTED, "%s: %s %s cannot be quantized",
@@ -75,6 +77,17 @@ static int quantize_tensor(const vlm__st_tensor *t, vlm_compute_mode mode,
   w->ndim = 2;
   w->shape[0] = rows;
   w->shape[1] = K;
+  float *smooth = NULL;
+  if (mode == VLM_COMPUTE_INT8 && smooth_in) {
+    if (!(smooth = malloc((size_t)(K ? K : 1) * sizeof *smooth))) {
+      free(f);
+      return vlm_seterr(VLM_ENOMEM, "out of memory quantizing %s", t->name);
+    }
+    memcpy(smooth, smooth_in, (size_t)K * sizeof *smooth);
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t k = 0; k < K; k++)
+        f[r * K + k] *= smooth[k];
+  }
   if (mode == VLM_COMPUTE_INT8) {
     int8_t *q = malloc((size_t)(rows * K > 0 ? rows * K : 1));
     float *scale = malloc((size_t)(rows ? rows : 1) * sizeof *scale);
@@ -82,6 +95,7 @@ static int quantize_tensor(const vlm__st_tensor *t, vlm_compute_mode mode,
       free(q);
       free(scale);
       free(f);
+      free(smooth);
       return vlm_seterr(VLM_ENOMEM, "out of memory quantizing %s", t->name);
     }
     for (int64_t r = 0; r < rows; r++)
@@ -98,6 +112,16 @@ static int quantize_tensor(const vlm__st_tensor *t, vlm_compute_mode mode,
     s->data = s->owned = scale;
     s->nbytes = (uint64_t)rows * 4;
     s->align = 4;
+    if (smooth) {
+      out_tensor *m = &o[(*n)++];
+      snprintf(m->name, sizeof m->name, "%s_smooth", t->name);
+      m->dtype = "F32";
+      m->ndim = 1;
+      m->shape[0] = K;
+      m->data = m->owned = smooth;
+      m->nbytes = (uint64_t)K * 4;
+      m->align = 4;
+    }
   } else {
     uint16_t *h = malloc((size_t)(rows * K > 0 ? rows * K : 1) * 2);
     if (!h) {
@@ -262,13 +286,120 @@ static int copy_others(const char *in_dir, const char *out_dir) {
   return rc;
 }
 
+/* The calibration run: the model in bf16 compute (its activations are
+ * the exact model's to about three digits, where int8's would be skewed
+ * by the very outliers being measured), every block Linear recording its
+ * inputs' magnitudes.  *amax: one [K] array per layer of the model's
+ * qlin order (*n of them). */
+static int calibrate(const char *in_dir, const vlm_quant_calib *cal,
+                     float ***amax, int *n) {
+  vlm_clip_options opts = {.threads = cal->threads,
+                           .compute = VLM_COMPUTE_BF16};
+  vlm_clip *clip = NULL;
+  float *out = NULL;
+  *amax = NULL;
+  *n = 0;
+  int rc = vlm_clip_load(in_dir, &opts, &clip);
+  if (rc)
+    return rc;
+  for (int i = 0; i < clip->n_qlin && !rc; i++)
+    if (!(clip->qlin[i].amax = calloc((size_t)clip->qlin[i].K, sizeof(float))))
+      rc = vlm_seterr(VLM_ENOMEM, "out of memory calibrating");
+  const int D = vlm_clip_dim(clip), S = vlm_clip_image_size(clip), B = 16;
+  if (!rc && !(out = malloc((size_t)B * D * sizeof *out)))
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory calibrating");
+  for (int i = 0; !rc && i < cal->ntexts; i += B)
+    rc = vlm_clip_encode_texts(clip, cal->texts + i,
+                               cal->ntexts - i < B ? cal->ntexts - i : B,
+                               VLM_CLIP_RAW, out);
+  for (int i = 0; !rc && i < cal->nimages; i += B)
+    rc = vlm_clip_encode_pixels(clip, cal->pixels + (size_t)i * 3 * S * S,
+                                cal->nimages - i < B ? cal->nimages - i : B,
+                                VLM_CLIP_RAW, out);
+  free(out);
+  if (!rc && !(*amax = calloc((size_t)clip->n_qlin, sizeof **amax)))
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory calibrating");
+  if (!rc) {
+    *n = clip->n_qlin;
+    for (int i = 0; i < clip->n_qlin; i++) { /* taken from the layers */
+      (*amax)[i] = clip->qlin[i].amax;
+      clip->qlin[i].amax = NULL;
+    }
+  }
+  vlm_clip_free(clip);
+  return rc;
+}
+
 int vlm_clip_quantize(const char *in_dir, const char *out_dir,
                       vlm_compute_mode mode) {
+  return vlm_clip_quantize_ex(in_dir, out_dir, mode, NULL);
+}
+
+/* Layer q's smoothing from its inputs' magnitudes amax: s[k] =
+ * amax[k]^alpha / max|w[:,k]|^(1 - alpha), the weight maximum over all of
+ * the layer's rows (q, k and v share their input, so one s); a channel
+ * never seen, or a zero column, keeps 1; clamped to [1e-4, 1e4]. */
+static int layer_smoothing(const vlm_clip *clip, int q, const float *amax,
+                           float alpha, float **out) {
+  const int K = clip->qlin[q].K;
+  float *wmax = calloc((size_t)K, sizeof *wmax);
+  float *s = malloc((size_t)K * sizeof *s);
+  *out = NULL;
+  if (!wmax || !s) {
+    free(wmax);
+    free(s);
+    return vlm_seterr(VLM_ENOMEM, "out of memory quantizing");
+  }
+  for (int p = 0; p < 3; p++) {
+    const vlm__st_tensor *t = clip->qlin_src[q][p];
+    if (!t || (p > 0 && t == clip->qlin_src[q][p - 1]))
+      continue; /* none, or a stacked tensor already read whole */
+    float *f = to_f32(t);
+    if (!f) {
+      free(wmax);
+      free(s);
+      return vlm_seterr(VLM_ENOMEM, "out of memory quantizing %s", t->name);
+    }
+    for (int64_t r = 0; r < t->shape[0]; r++)
+      for (int k = 0; k < K; k++) {
+        float a = fabsf(f[r * K + k]);
+        wmax[k] = a > wmax[k] ? a : wmax[k];
+      }
+    free(f);
+  }
+  for (int k = 0; k < K; k++) {
+    double sk = 1;
+    if (amax[k] > 0 && wmax[k] > 0)
+      sk = pow(amax[k], alpha) / pow(wmax[k], 1 - alpha);
+    s[k] = (float)(sk < 1e-4 ? 1e-4 : sk > 1e4 ? 1e4 : sk);
+  }
+  free(wmax);
+  *out = s;
+  return 0;
+}
+
+int vlm_clip_quantize_ex(const char *in_dir, const char *out_dir,
+                         vlm_compute_mode mode, const vlm_quant_calib *cal) {
   if (!in_dir || !out_dir)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_quantize: NULL argument");
   if (mode != VLM_COMPUTE_INT8 && mode != VLM_COMPUTE_BF16)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_quantize: mode %d (int8 or "
                       "bf16)", (int)mode);
+  if (mode != VLM_COMPUTE_INT8)
+    cal = NULL; /* bf16 has no activation outliers to move */
+  float alpha = cal && cal->alpha > 0 ? cal->alpha : 0.5f;
+  if (cal && ((cal->ntexts <= 0 && cal->nimages <= 0) ||
+              (cal->ntexts > 0 && !cal->texts) ||
+              (cal->nimages > 0 && !cal->pixels) || !(alpha < 1)))
+    return vlm_seterr(VLM_EINVAL, "vlm_clip_quantize: calibration needs "
+                      "texts or images, and alpha in (0, 1)");
+  float **amax = NULL, **smooth = NULL;
+  int namax = 0;
+  if (cal) {
+    int crc = calibrate(in_dir, cal, &amax, &namax);
+    if (crc)
+      return crc;
+  }
   /* The loader's view of the model: with int8 compute, the block weights
    * are the lazy named tensors. */
   vlm_clip_options opts = {.threads = 1, .compute = VLM_COMPUTE_INT8};
@@ -276,14 +407,27 @@ int vlm_clip_quantize(const char *in_dir, const char *out_dir,
   out_tensor *o = NULL;
   int n = 0, rc = vlm__clip_load_towers(in_dir, &opts, &clip);
   if (rc)
-    return rc;
+    goto done;
+  if (amax && namax != clip->n_qlin) {
+    rc = vlm_seterr(VLM_EINVAL, "internal: %d calibrated layers, %d in the "
+                    "model", namax, clip->n_qlin);
+    goto done;
+  }
+  if (amax && !(smooth = calloc((size_t)namax, sizeof *smooth))) {
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory quantizing");
+    goto done;
+  }
+  for (int q = 0; smooth && q < namax && !rc; q++)
+    rc = layer_smoothing(clip, q, amax[q], alpha, &smooth[q]);
+  if (rc)
+    goto done;
   const vlm__safetensors *st = clip->st;
   if (st->quantization) {
     rc = vlm_seterr(VLM_EINVAL, "%s: already quantized (vlmdb.quantization "
                     "\"%s\")", clip->weights_path, st->quantization);
     goto done;
   }
-  o = calloc((size_t)st->n_tensors * 2 + 1, sizeof *o);
+  o = calloc((size_t)st->n_tensors * 3 + 1, sizeof *o);
   if (!o) {
     rc = vlm_seterr(VLM_ENOMEM, "out of memory");
     goto done;
@@ -294,7 +438,19 @@ int vlm_clip_quantize(const char *in_dir, const char *out_dir,
     for (int j = 0; j < clip->n_named && !block; j++)
       block = clip->named[j].lazy && clip->named[j].src == t;
     if (block) {
-      rc = quantize_tensor(t, mode, o, &n);
+      /* the smoothing of the layer whose rows come from t */
+      const float *sm = NULL;
+      for (int q = 0; smooth && q < clip->n_qlin && !sm; q++)
+        for (int p = 0; p < 3 && !sm; p++)
+          if (clip->qlin_src[q][p] == t) {
+            sm = smooth[q];
+            if (clip->qlin[q].K != t->shape[1])
+              rc = vlm_seterr(VLM_EINVAL, "internal: %s has %lld columns, "
+                              "its layer %d inputs", t->name,
+                              (long long)t->shape[1], clip->qlin[q].K);
+          }
+      if (!rc)
+        rc = quantize_tensor(t, mode, sm, o, &n);
       continue;
     }
     out_tensor *c = &o[n++];
@@ -332,6 +488,12 @@ done:
   for (int i = 0; o && i < n; i++)
     free(o[i].owned);
   free(o);
+  for (int i = 0; i < namax; i++) {
+    free(amax[i]);
+    free(smooth ? smooth[i] : NULL);
+  }
+  free(amax);
+  free(smooth);
   vlm_clip_free(clip);
   return rc;
 }

@@ -49,6 +49,13 @@ typedef struct {
   int32_t *colsum;     /* int8: [N] Σ_k wq[n,k] */
   float *bias;         /* [N] or NULL */
   int simd;            /* the CPU's kernel (VNNI / BF16), else reference */
+  /* int8 with smoothing (SmoothQuant): the weights are w[n,k] · s[k] and
+   * an input row is x[k] / s[k] before it is quantized; ismooth = 1/s
+   * ([K], owned), NULL: none. */
+  float *ismooth;
+  /* Calibration (vlm_clip_quantize_ex): when set, every input row this
+   * layer quantizes raises amax[k] to |x[k]| ([K], owned). */
+  float *amax;
 } vlm__qlinear;
 
 /* Quantize one weight row w[K] to q[K] (symmetric, round to nearest even,
@@ -72,10 +79,12 @@ void vlm__qlinear_free(vlm__qlinear *q); /* accepts NULL and zeroed */
 size_t vlm__qact_bytes(vlm__compute mode, int M, int K, int *ld);
 
 /* Quantize rows r0..r1-1 of in[M, K] (stride ldi) into qa (row stride ld
- * bytes), with xs[m] / xz[m] (int8: scale and zero point per row). */
+ * bytes), with xs[m] / xz[m] (int8: scale and zero point per row).  ql
+ * (may be NULL): its ismooth divides the rows first (int8), and its amax
+ * records their magnitudes. */
 void vlm__qact_rows(vlm__compute mode, uint8_t *qa, int ld, float *xs,
                     int32_t *xz, const float *in, int ldi, int r0, int r1,
-                    int K);
+                    int K, const vlm__qlinear *ql);
 
 /* out[M, n0:n1] (stride ldo) = qa[M] · w[n0:n1]ᵀ + bias, accumulating into
  * out when accumulate != 0, then act (NULL: none) on each row's n0:n1.

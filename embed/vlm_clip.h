@@ -117,6 +117,32 @@ const char *vlm_clip_compute(const vlm_clip *clip);
 int vlm_clip_quantize(const char *in_dir, const char *out_dir,
                       vlm_compute_mode mode);
 
+/* Inputs that calibrate int8 smoothing (SmoothQuant: Xiao et al., ICML
+ * 2023): texts, and images as normalized CHW pixels of the model's size
+ * (vlm_clip_preprocess), are run through the model in bf16 compute to
+ * find the largest magnitude m[k] of every input channel k of every
+ * block Linear layer; its weight columns are then multiplied by
+ * s[k] = m[k]^alpha / max_n |w[n,k]|^(1 - alpha) before they are
+ * quantized, written as "<name>_smooth" (F32 [K]) beside the scales, and
+ * an int8 product divides its input by s (bf16 and exact loads divide the
+ * weights back).  Channels that are large in every token (activation
+ * outliers) then no longer take the row's 255 steps from the rest. */
+typedef struct {
+  const char *const *texts;
+  int ntexts;
+  const float *pixels;  /* nimages x 3 x S x S */
+  int nimages;
+  float alpha;          /* migration strength in (0, 1); 0: 0.5 */
+  int threads;          /* for the calibration run; 0: all cores */
+} vlm_quant_calib;
+
+/* vlm_clip_quantize, with smoothing calibrated on calib when mode is
+ * VLM_COMPUTE_INT8 and calib is not NULL (NULL: as vlm_clip_quantize).
+ * Errors: as vlm_clip_quantize; VLM_EINVAL (calib without inputs, alpha
+ * outside (0, 1)). */
+int vlm_clip_quantize_ex(const char *in_dir, const char *out_dir,
+                         vlm_compute_mode mode, const vlm_quant_calib *calib);
+
 int vlm_clip_dim(const vlm_clip *clip);            /* projection dim */
 int vlm_clip_image_size(const vlm_clip *clip);     /* input side, pixels */
 int vlm_clip_context_length(const vlm_clip *clip); /* text positions */

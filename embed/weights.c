@@ -44,6 +44,7 @@ typedef struct {
   /* filled while loading */
   const vlm__st_tensor *t;
   const vlm__st_tensor *scale; /* t is I8: its F32 scales, one per row */
+  const vlm__st_tensor *smooth; /* ... and its smoothing, F32 [cols] */
   const float *data;
 } spec;
 
@@ -437,18 +438,23 @@ static void format_shape(char *buf, size_t cap, int ndim, const int64_t *s) {
 }
 
 /* Element i .. i+count of t as F32 into out (an I8 tensor times its
- * row's scale from the F32 tensor scale). */
+ * row's scale from the F32 tensor scale, divided by its column's
+ * smoothing from smooth when there is one). */
 static void read_f32(float *out, const vlm__st_tensor *t,
-                     const vlm__st_tensor *scale, int64_t i, int64_t count) {
+                     const vlm__st_tensor *scale,
+                     const vlm__st_tensor *smooth, int64_t i, int64_t count) {
   switch (t->dtype) {
   case VLM__DT_I8: {
     const int8_t *q = t->data;
     int64_t cols = t->shape[t->ndim - 1];
     for (int64_t j = 0; j < count; j++) {
-      float sc; /* the scales need not be aligned in the file */
+      float sc, sm = 1; /* neither need be aligned in the file */
       memcpy(&sc, (const char *)scale->data + (size_t)((i + j) / cols) * 4,
              4);
-      out[j] = (float)q[i + j] * sc;
+      if (smooth)
+        memcpy(&sm, (const char *)smooth->data + (size_t)((i + j) % cols) * 4,
+               4);
+      out[j] = (float)q[i + j] * sc / sm;
     }
     break;
   }
@@ -757,10 +763,30 @@ static int build_patch_panel(vlm_clip *clip, const spec_list *l) {
 }
 
 /* An I8 tensor must be a matrix with "<name>_scale", F32 [rows], beside
- * it (as vlm_clip_quantize writes). */
+ * it, and may have "<name>_smooth", F32 [cols], all positive and finite
+ * (as vlm_clip_quantize writes). */
 static int check_i8(const vlm__safetensors *st, const vlm__st_tensor *t,
-                    const char *path, const vlm__st_tensor **scale) {
+                    const char *path, const vlm__st_tensor **scale,
+                    const vlm__st_tensor **smooth) {
   char name[512];
+  snprintf(name, sizeof name, "%s_smooth", t->name);
+  const vlm__st_tensor *sm = vlm__st_find(st, name);
+  *smooth = NULL;
+  if (sm && t->ndim == 2) {
+    if (sm->dtype != VLM__DT_F32 || sm->ndim != 1 ||
+        sm->shape[0] != t->shape[1])
+      return vlm_seterr(VLM_EMISMATCH, "%s: %s must be F32 [%lld]", path,
+                        name, (long long)t->shape[1]);
+    for (int64_t k = 0; k < sm->shape[0]; k++) {
+      float v;
+      memcpy(&v, (const char *)sm->data + k * 4, 4);
+      if (!(v > 0 && v < 3.0e38f))
+        return vlm_seterr(VLM_ECORRUPT, "%s: %s[%lld] is %g (a smoothing "
+                          "factor is positive and finite)", path, name,
+                          (long long)k, (double)v);
+    }
+    *smooth = sm;
+  }
   snprintf(name, sizeof name, "%s_scale", t->name);
   const vlm__st_tensor *sc = vlm__st_find(st, name);
   if (t->ndim != 2)
@@ -860,10 +886,10 @@ static int spec_row(const spec *s, int n, int K, float *f, const int8_t **q8,
   if (s->kind == SRC_TRANSPOSE) { /* never for block weights; kept whole */
     int64_t rows = s->t->shape[0];
     for (int k = 0; k < K; k++)
-      read_f32(&f[k], s->t, s->scale, (int64_t)k * rows + n, 1);
+      read_f32(&f[k], s->t, s->scale, s->smooth, (int64_t)k * rows + n, 1);
     return 0;
   }
-  read_f32(f, s->t, s->scale, first, K);
+  read_f32(f, s->t, s->scale, s->smooth, first, K);
   return 0;
 }
 
@@ -897,8 +923,13 @@ static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
           rowp[r] = src8;
           continue;
         }
-        for (int k = 0; k < K; k++) /* bf16 compute of an int8 file */
-          fr[k] = (float)src8[k] * scale[r];
+        const vlm__st_tensor *sm = parts[p]->smooth;
+        for (int k = 0; k < K; k++) { /* bf16 compute of an int8 file */
+          float d = 1;
+          if (sm)
+            memcpy(&d, (const char *)sm->data + (size_t)k * 4, 4);
+          fr[k] = (float)src8[k] * scale[r] / d;
+        }
       } else if (int8) {
         scale[r] = vlm__q8_quantize_row(q8 + (size_t)r * K, fr, K);
         rowp[r] = q8 + (size_t)r * K;
@@ -907,12 +938,39 @@ static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
       rowp[r] = fr;
     }
   }
-  if (int8)
-    rc = vlm__qlinear_init_int8(q, (const int8_t *const *)rowp, scale,
-                                has_bias ? bias : NULL, rows, K);
-  else
+  /* SmoothQuant: the parts of one layer (q, k, v) share its input, so
+   * they share one smoothing, or have none; an int8 product divides its
+   * input by it (the file's weights were multiplied by it). */
+  const vlm__st_tensor *sm0 = parts[0]->t->dtype == VLM__DT_I8
+                                  ? parts[0]->smooth : NULL;
+  for (int p = 1; p < nparts && !rc; p++) {
+    const vlm__st_tensor *sm = parts[p]->t->dtype == VLM__DT_I8
+                                   ? parts[p]->smooth : NULL;
+    if (!sm0 != !sm || (sm && memcmp(sm->data, sm0->data, (size_t)K * 4)))
+      rc = vlm_seterr(VLM_ECORRUPT, "%s and %s: one layer's weights with "
+                      "different smoothing", parts[0]->t->name,
+                      parts[p]->t->name);
+  }
+  if (rc)
+    goto done;
+  if (!int8) {
     rc = vlm__qlinear_init_bf16(q, (const float *const *)rowp,
                                 has_bias ? bias : NULL, rows, K);
+    goto done;
+  }
+  if ((rc = vlm__qlinear_init_int8(q, (const int8_t *const *)rowp, scale,
+                                   has_bias ? bias : NULL, rows, K)) ||
+      !sm0)
+    goto done;
+  if (!(q->ismooth = malloc((size_t)K * sizeof *q->ismooth))) {
+    rc = vlm_seterr(VLM_ENOMEM, "out of memory quantizing weights");
+    goto done;
+  }
+  for (int k = 0; k < K; k++) {
+    float d;
+    memcpy(&d, (const char *)sm0->data + (size_t)k * 4, 4);
+    q->ismooth[k] = 1.0f / d;
+  }
 done:
   free(f);
   free(q8);
@@ -926,7 +984,8 @@ static int build_qlinears(vlm_clip *clip, const spec_list *l) {
   const vlm__clip_config *c = &clip->cfg;
   int total = 4 * (c->text_layers + c->vision_layers);
   clip->qlin = calloc((size_t)total, sizeof *clip->qlin);
-  if (!clip->qlin)
+  clip->qlin_src = calloc((size_t)total, sizeof *clip->qlin_src);
+  if (!clip->qlin || !clip->qlin_src)
     return vlm_seterr(VLM_ENOMEM, "out of memory quantizing weights");
   for (int t = 0; t < 2; t++) {
     int L = t ? c->vision_layers : c->text_layers;
@@ -957,6 +1016,12 @@ static int build_qlinears(vlm_clip *clip, const spec_list *l) {
       if ((rc = build_one(clip, q + 3, sp + 5, 1, &b->fc2_b, C, F)))
         return rc;
       clip->n_qlin++;
+      int at = (int)(q - clip->qlin);
+      for (int k = 0; k < 3; k++)
+        clip->qlin_src[at][k] = sp[k]->t;
+      clip->qlin_src[at + 1][0] = sp[3]->t;
+      clip->qlin_src[at + 2][0] = sp[4]->t;
+      clip->qlin_src[at + 3][0] = sp[5]->t;
       b->ql_qkv = q;
       b->ql_o = q + 1;
       b->ql_fc1 = q + 2;
@@ -1028,7 +1093,8 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
       rc = vlm_seterr(VLM_ENOTFOUND, "%s: missing tensor %s", path, s->src);
       goto fail;
     }
-    if (t->dtype == VLM__DT_I8 && (rc = check_i8(st, t, path, &s->scale)))
+    if (t->dtype == VLM__DT_I8 &&
+        (rc = check_i8(st, t, path, &s->scale, &s->smooth)))
       goto fail;
     if (t->dtype != VLM__DT_F32 && t->dtype != VLM__DT_F16 &&
         t->dtype != VLM__DT_BF16 && t->dtype != VLM__DT_I8) {
@@ -1114,7 +1180,7 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
       if (!row)
         goto nomem;
       for (int64_t r = 0; r < rows; r++) {
-        read_f32(row, t, s->scale, r * cols, cols);
+        read_f32(row, t, s->scale, s->smooth, r * cols, cols);
         for (int64_t k = 0; k < cols; k++)
           dst[k * rows + r] = row[k];
       }
@@ -1129,7 +1195,7 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     } else {
       float *dst = clip->arena + used;
       used += ((size_t)t->numel + 15) & ~(size_t)15;
-      read_f32(dst, t, s->scale, 0, t->numel);
+      read_f32(dst, t, s->scale, s->smooth, 0, t->numel);
       data = dst;
     }
     if (j == n_src) {
@@ -1155,6 +1221,7 @@ int vlm__weights_load(vlm_clip *clip, const char *path) {
     clip->named[i].lazy = s->lazy;
     clip->named[i].src = s->t;
     clip->named[i].scale = s->scale;
+    clip->named[i].smooth = s->smooth;
     clip->named[i].src_offset = s->kind == SRC_ROWS ? s->offset : 0;
     clip->n_named = i + 1;
     if (!clip->named[i].name)
@@ -1235,6 +1302,8 @@ void vlm__weights_free(vlm_clip *clip) {
     vlm__qlinear_free(&clip->qlin[i]);
   free(clip->qlin);
   clip->qlin = NULL;
+  free(clip->qlin_src);
+  clip->qlin_src = NULL;
   clip->n_qlin = 0;
   free(clip->w.vblocks);
   free(clip->w.tblocks);
@@ -1267,7 +1336,7 @@ const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
   if (!mt->owned) {
     float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *buf);
     if (buf) {
-      read_f32(buf, t->src, t->scale, t->src_offset, t->numel);
+      read_f32(buf, t->src, t->scale, t->smooth, t->src_offset, t->numel);
       mt->owned = buf;
       mt->data = buf;
     }
@@ -1280,7 +1349,7 @@ const float *vlm__clip_tensor(const vlm_clip *clip, const char *hf_name,
 void vlm__named_read(const vlm__named_tensor *t, int64_t i, int64_t count,
                      float *dst) {
   if (t->lazy)
-    read_f32(dst, t->src, t->scale, t->src_offset + i, count);
+    read_f32(dst, t->src, t->scale, t->smooth, t->src_offset + i, count);
   else
     memcpy(dst, t->data + i, (size_t)count * sizeof *dst);
 }

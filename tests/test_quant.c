@@ -217,7 +217,7 @@ static float *run_layer(vlm__compute mode, const float *w, const float *x,
   uint8_t *qa = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
   float *xs = malloc((size_t)M * sizeof *xs);
   int32_t *xz = malloc((size_t)M * sizeof *xz);
-  vlm__qact_rows(mode, qa, ld, xs, xz, x, K, 0, M, K);
+  vlm__qact_rows(mode, qa, ld, xs, xz, x, K, 0, M, K, NULL);
   float *out = malloc((size_t)M * N * sizeof *out);
   for (int i = 0; i < M * N; i++)
     out[i] = acc ? 0.25f * (float)(i % 7) : NAN;
@@ -340,7 +340,8 @@ static void test_activation_rows(void **state) {
   uint8_t *qa = aligned_alloc(64, bytes);
   float xs[3];
   int32_t xz[3];
-  vlm__qact_rows(VLM__COMPUTE_INT8, qa, ld, xs, xz, &x[0][0], 20, 0, 3, 20);
+  vlm__qact_rows(VLM__COMPUTE_INT8, qa, ld, xs, xz, &x[0][0], 20, 0, 3, 20,
+                 NULL);
   /* row 0: [-5, 14]; 0 maps to the zero point exactly */
   assert_int_equal(qa[5], xz[0]);
   assert_true(xz[0] > 0 && xz[0] < 255);
@@ -722,6 +723,237 @@ static void test_modes_and_hostile_files(void **state) {
   free(tmp);
 }
 
+/* ---- smoothing (SmoothQuant) ---------------------------------------------- */
+
+/* A layer whose input has two outlier channels (80 and 50 times the
+ * others, in every row): the int8 product of the smoothed layer (weight
+ * columns times s, input divided by s) is far closer to the float
+ * product than the plain int8 one, and dividing by s is exact to float
+ * rounding (an all-ones s gives the plain layer's numbers). */
+static double q8_product_error(const float *w, const float *x, const float *s,
+                               int M, int N, int K) {
+  vlm__qlinear q;
+  const int8_t *rows8[128];
+  int8_t *w8 = malloc((size_t)N * K);
+  float *scale = malloc((size_t)N * sizeof *scale);
+  float *row = malloc((size_t)K * sizeof *row);
+  for (int n = 0; n < N; n++) {
+    for (int k = 0; k < K; k++)
+      row[k] = w[(size_t)n * K + k] * (s ? s[k] : 1);
+    scale[n] = vlm__q8_quantize_row(w8 + (size_t)n * K, row, K);
+    rows8[n] = w8 + (size_t)n * K;
+  }
+  assert_int_equal(vlm__qlinear_init_int8(&q, rows8, scale, NULL, N, K), 0);
+  if (s) {
+    q.ismooth = malloc((size_t)K * sizeof *q.ismooth);
+    for (int k = 0; k < K; k++)
+      q.ismooth[k] = 1.0f / s[k];
+  }
+  int ld;
+  size_t bytes = vlm__qact_bytes(VLM__COMPUTE_INT8, M, K, &ld);
+  uint8_t *qa = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+  float *xs = malloc((size_t)M * sizeof *xs);
+  int32_t *xz = malloc((size_t)M * sizeof *xz);
+  float *out = malloc((size_t)M * N * sizeof *out);
+  vlm__qact_rows(VLM__COMPUTE_INT8, qa, ld, xs, xz, x, K, 0, M, K, &q);
+  vlm__qmatmul(out, N, qa, ld, xs, xz, &q, M, 0, N, 0, NULL);
+  double err = 0, norm = 0;
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double t = 0;
+      for (int k = 0; k < K; k++)
+        t += (double)x[(size_t)m * K + k] * w[(size_t)n * K + k];
+      err += (out[(size_t)m * N + n] - t) * (out[(size_t)m * N + n] - t);
+      norm += t * t;
+    }
+  vlm__qlinear_free(&q);
+  free(w8);
+  free(scale);
+  free(row);
+  free(qa);
+  free(xs);
+  free(xz);
+  free(out);
+  return sqrt(err / norm);
+}
+
+static void test_smoothing_kernel(void **state) {
+  (void)state;
+  enum { M = 16, N = 48, K = 96 };
+  static float w[N * K], x[M * K], s[K], ones[K];
+  uint64_t seed = 5;
+  for (int i = 0; i < N * K; i++)
+    w[i] = (float)(vlm_test_uniform(&seed) - 0.5);
+  for (int m = 0; m < M; m++)
+    for (int k = 0; k < K; k++)
+      x[m * K + k] = (float)(vlm_test_uniform(&seed) - 0.5) *
+                     (k == 3 ? 80 : k == 17 ? 50 : 1);
+  for (int k = 0; k < K; k++) { /* alpha 0.5 */
+    double xm = 0, wm = 0;
+    for (int m = 0; m < M; m++)
+      xm = fmax(xm, fabs(x[m * K + k]));
+    for (int n = 0; n < N; n++)
+      wm = fmax(wm, fabs(w[n * K + k]));
+    s[k] = (float)(sqrt(xm) / sqrt(wm));
+    ones[k] = 1;
+  }
+  double plain = q8_product_error(w, x, NULL, M, N, K);
+  double unit = q8_product_error(w, x, ones, M, N, K);
+  double smooth = q8_product_error(w, x, s, M, N, K);
+  print_message("int8 relative error with outlier channels: plain %.5f, "
+                "smoothed %.5f\n", plain, smooth);
+  assert_true(unit == plain); /* s = 1 is the plain layer, bit for bit */
+  assert_true(smooth < plain / 2);
+  assert_true(smooth < 0.01);
+}
+
+/* A Chinese-CLIP fixture quantized with smoothing calibrated on other
+ * inputs than those measured: every I8 tensor has its "_smooth" (q, k and
+ * v of a layer the same one); its int8 vectors are closer to exact than
+ * the plain int8 file's at the measured inputs' worst; loaded exact or
+ * bf16 the file's weights are divided back (cosine to exact >= 0.999);
+ * and a damaged "_smooth" (zero, of the wrong length) is refused. */
+static double lowest_cos(vlm_clip *exact, vlm_clip *q, const char *dir) {
+  const char *imgs[] = {"photo_rgb.jpg", "rgb.png", "gray.png", "wide.png"};
+  const char *texts[] = {"a photo of a cat", "a red car", "\xe7\x8c\xab",
+                         "two dogs playing in the snow"};
+  char paths[4][256];
+  const char *pp[4];
+  for (int i = 0; i < 4; i++) {
+    snprintf(paths[i], sizeof paths[i], "%s/%s", dir, imgs[i]);
+    pp[i] = paths[i];
+  }
+  const int D = vlm_clip_dim(exact);
+  float *e = malloc((size_t)8 * D * sizeof *e), *v = malloc((size_t)8 * D * sizeof *v);
+  assert_int_equal(vlm_clip_encode_images(exact, pp, 4, VLM_CLIP_RAW, e), 0);
+  assert_int_equal(vlm_clip_encode_texts(exact, texts, 4, VLM_CLIP_RAW,
+                                         e + (size_t)4 * D), 0);
+  assert_int_equal(vlm_clip_encode_images(q, pp, 4, VLM_CLIP_RAW, v), 0);
+  assert_int_equal(vlm_clip_encode_texts(q, texts, 4, VLM_CLIP_RAW,
+                                         v + (size_t)4 * D), 0);
+  double lowest = 1;
+  for (int i = 0; i < 8; i++) {
+    double c = cosine(e + (size_t)i * D, v + (size_t)i * D, D);
+    lowest = c < lowest ? c : lowest;
+  }
+  free(e);
+  free(v);
+  return lowest;
+}
+
+static void test_smoothing_file(void **state) {
+  (void)state;
+  const char *dir = "tests/fixtures/chinese-clip-tiny";
+  char *tmp = make_tmpdir(), plain[512], smooth[512], path[600];
+  snprintf(plain, sizeof plain, "%s/plain", tmp);
+  snprintf(smooth, sizeof smooth, "%s/smooth", tmp);
+  vlm_clip *exact = load(dir, VLM_COMPUTE_EXACT, 1);
+  /* calibration: other texts, and the fixture's other images */
+  const char *ctexts[] = {"a brown horse in a field", "\xe4\xb8\x80\xe5\x8f\xaa"
+                          "\xe7\x8b\x97", "three apples on a table",
+                          "a map of europe", "OK"};
+  const char *cimgs[] = {"gray.jpg", "palette.png", "photo_prog.jpg",
+                         "rgba.png", "small_upscale.png", "exif_rot6.jpg"};
+  const int S = vlm_clip_image_size(exact);
+  float *px = malloc((size_t)6 * 3 * S * S * sizeof *px);
+  for (int i = 0; i < 6; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, cimgs[i]);
+    assert_int_equal(vlm_clip_preprocess_file(exact, path,
+                                              px + (size_t)i * 3 * S * S), 0);
+  }
+  vlm_quant_calib cal = {ctexts, 5, px, 6, 0.5f, 1};
+  assert_int_equal(vlm_clip_quantize(dir, plain, VLM_COMPUTE_INT8), 0);
+  assert_int_equal(vlm_clip_quantize_ex(dir, smooth, VLM_COMPUTE_INT8, &cal),
+                   0);
+  free(px);
+
+  snprintf(path, sizeof path, "%s/model.safetensors", smooth);
+  vlm_test_ckpt ck;
+  vlm_test_ckpt_read(path, &ck);
+  int n_i8 = 0;
+  const char *name;
+  json_t *t;
+  json_object_foreach(ck.header, name, t) {
+    const char *dt = json_string_value(json_object_get(t, "dtype"));
+    if (!dt || strcmp(dt, "I8"))
+      continue;
+    char sm[600];
+    snprintf(sm, sizeof sm, "%s_smooth", name);
+    json_t *st = json_object_get(ck.header, sm);
+    if (!st)
+      fail_msg("%s has no %s", name, sm);
+    assert_int_equal(json_integer_value(json_array_get(
+                         json_object_get(st, "shape"), 0)),
+                     json_integer_value(json_array_get(
+                         json_object_get(t, "shape"), 1)));
+    n_i8++;
+  }
+  assert_true(n_i8 >= 12); /* 2 + 2 blocks x (q, k, v, out, fc1, fc2) */
+
+  vlm_clip *qp = load(plain, VLM_COMPUTE_MODEL, 1);
+  vlm_clip *qs = load(smooth, VLM_COMPUTE_MODEL, 1);
+  assert_string_equal(vlm_clip_compute(qs), "int8");
+  double cp = lowest_cos(exact, qp, dir), cs = lowest_cos(exact, qs, dir);
+  print_message("chinese-clip-tiny int8, lowest cosine to exact: plain "
+                "%.6f, smoothed %.6f\n", cp, cs);
+  assert_true(cs > cp);
+  vlm_clip_free(qp);
+  vlm_clip_free(qs);
+  /* exact and bf16 compute divide the weights back: only the weights'
+   * rounding is left (without the division the vectors are another
+   * model's), so at least as close as int8 compute of the same file */
+  for (int mode = VLM_COMPUTE_EXACT; mode <= VLM_COMPUTE_BF16; mode++) {
+    vlm_clip *q = load(smooth, (vlm_compute_mode)mode, 1);
+    double c = lowest_cos(exact, q, dir);
+    print_message("the smoothed file loaded %s: lowest cosine %.6f\n",
+                  vlm_clip_compute(q), c);
+    if (!(c >= 0.995 && c >= cs - 1e-4))
+      fail_msg("the smoothed file loaded %s: lowest cosine %.6f",
+               vlm_clip_compute(q), c);
+    vlm_clip_free(q);
+  }
+
+  /* damaged: a zero factor, a factor vector of the wrong length */
+  const char *fc1 = "text_model.encoder.layer.0.intermediate.dense.weight";
+  char smname[256];
+  snprintf(smname, sizeof smname, "%s_smooth", fc1);
+  json_t *st = json_object_get(ck.header, smname);
+  if (!st)
+    fail_msg("no %s in the smoothed file", smname);
+  json_int_t off = json_integer_value(json_array_get(
+      json_object_get(st, "data_offsets"), 0));
+  for (int edit = 0; edit < 2; edit++) {
+    vlm_test_ckpt c = {json_deep_copy(ck.header), malloc(ck.data_len),
+                       ck.data_len};
+    memcpy(c.data, ck.data, ck.data_len);
+    int want;
+    if (edit == 0) {
+      memset(c.data + off + 8, 0, 4); /* the third factor: 0.0f */
+      want = VLM_ECORRUPT;
+    } else {
+      json_t *e = json_object_get(c.header, smname);
+      json_array_set_new(json_object_get(e, "shape"), 0, json_integer(3));
+      json_array_set_new(json_object_get(e, "data_offsets"), 1,
+                         json_integer(off + 12));
+      want = VLM_EMISMATCH;
+    }
+    vlm_test_ckpt_write(&c, path);
+    json_decref(c.header);
+    free(c.data);
+    vlm_clip *bad = NULL;
+    int rc = vlm_clip_load(smooth, NULL, &bad);
+    if (rc != want)
+      fail_msg("smoothing edit %d: load gave %s (%s), expected %s", edit,
+               vlm_errname(rc), vlm_errmsg(), vlm_errname(want));
+    assert_null(bad);
+    assert_non_null(strstr(vlm_errmsg(), smname));
+  }
+  vlm_test_ckpt_free(&ck);
+  vlm_clip_free(exact);
+  vlm_test_rm_rf(tmp);
+  free(tmp);
+}
+
 /* ---- vlmdb quantize ------------------------------------------------------- */
 
 static char *capture(int (*fn)(int, char **), int argc, char **argv,
@@ -824,6 +1056,37 @@ static void test_cli_quantize(void **state) {
   assert_int_equal(status, VLM_EXIT_USAGE);
   free(capture(cmd_quantize, 6, u4, &status));
   assert_int_equal(status, VLM_EXIT_USAGE);
+  char *u5[] = {"quantize", "--model", FIX, "--bf16", "--smooth", "0.5",
+                "--out", out2, NULL};
+  char *u6[] = {"quantize", "--model", FIX, "--int8", "--smooth", "1",
+                "--out", out2, NULL};
+  free(capture(cmd_quantize, 8, u5, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+  free(capture(cmd_quantize, 8, u6, &status));
+  assert_int_equal(status, VLM_EXIT_USAGE);
+
+  /* --smooth: calibrated on other inputs than the gate's (the catalog's
+   * rows after the gate's first 4), gated like any int8 model */
+  char out3[512];
+  snprintf(out3, sizeof out3, "%s/smooth", tmp);
+  char *a4[] = {"quantize", "--model", FIX, "--out", out3, "--int8",
+                "--smooth", "0.5", "--catalog", FIX, "--limit", "4",
+                "--json", NULL};
+  text = capture(cmd_quantize, 13, a4, &status);
+  assert_int_equal(status, VLM_EXIT_OK);
+  o = json_loads(text, 0, &err);
+  if (!o)
+    fail_msg("not JSON (%s): %s", err.text, text);
+  json_t *sm = json_object_get(o, "smoothing");
+  if (!sm || json_real_value(json_object_get(sm, "alpha")) != 0.5)
+    fail_msg("no smoothing record: %s", text);
+  /* 24 synthetic images and the catalog's 5 after the gate's 4 */
+  assert_int_equal(json_integer_value(json_object_get(sm,
+                                                      "calibration_images")),
+                   29);
+  assert_true(json_is_true(json_object_get(o, "pass")));
+  json_decref(o);
+  free(text);
 
   /* model ids: a database made with the exact model refuses the int8 one */
   snprintf(db, sizeof db, "%s/db", tmp);
@@ -851,6 +1114,8 @@ int main(void) {
       cmocka_unit_test(test_fallback_and_threads),
       cmocka_unit_test(test_other_families),
       cmocka_unit_test(test_quantize_file),
+      cmocka_unit_test(test_smoothing_kernel),
+      cmocka_unit_test(test_smoothing_file),
       cmocka_unit_test(test_modes_and_hostile_files),
       cmocka_unit_test(test_cli_quantize),
   };
