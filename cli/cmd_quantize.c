@@ -29,7 +29,7 @@
 static const char usage[] =
     "usage: vlmdb quantize --model IN --out OUT --int8|--bf16\n"
     "                      [--catalog FILE] [--limit N] [--min-cos C]\n"
-    "                      [--smooth A] [--force]\n"
+    "                      [--smooth A] [--no-mixed] [--force]\n"
     "                      [--threads N] [--json]\n"
     "\n"
     "Write a copy of the model in IN to the new directory OUT whose\n"
@@ -54,6 +54,11 @@ static const char usage[] =
     "the rest.  It helps models with such channels, and costs a little\n"
     "on models without them: compare both with the gate.\n"
     "\n"
+    "int8 mixed precision: when a tower's calibration inputs (above, not\n"
+    "the gate's) reach a lower cosine than the gate asks, its first blocks\n"
+    "keep BF16 weights and compute (the fewest that reach it, found by\n"
+    "bisection; each try writes OUT again); --no-mixed turns this off.\n"
+    "\n"
     "Quality gate: every input is embedded by IN (exact) and OUT; the\n"
     "lowest cosine between the two must be >= 0.999 (int8) or >= 0.9999\n"
     "(bf16) on the built-in texts, the synthetic images and, with\n"
@@ -74,6 +79,8 @@ static const char usage[] =
     "  --min-cos C     the gate (default 0.999 int8, 0.9999 bf16)\n"
     "  --smooth A      int8 with smoothing of strength A, 0 < A < 1\n"
     "                  (SmoothQuant's usual value is 0.5)\n"
+    "  --no-mixed      int8 everywhere, even where it misses the gate on\n"
+    "                  the calibration inputs\n"
     "  --force         keep OUT even when the gate fails\n"
     "  --threads N     compute threads (default: all cores)\n"
     "  --json          print the measurements as one JSON object\n"
@@ -343,6 +350,24 @@ static int calib_catalog(const char *cmd, const char *path, long skip,
   return status;
 }
 
+/* The lowest cosine between the exact and the quantized embedding of the
+ * calibration texts (tower 0) or images (tower 1). */
+static int calib_min_cos(vlm_clip *exact, vlm_clip *quant,
+                         const vlm_quant_calib *cal, int tower, float *a,
+                         float *b, double gate, double *lowest) {
+  gate_row g = {"calibration", 0, 0, 0, 0, gate};
+  const int S = vlm_clip_image_size(exact);
+  const size_t per = (size_t)3 * S * S;
+  int rc = 0;
+  if (tower == 0)
+    rc = gate_texts(&g, exact, quant, cal->texts, cal->ntexts, a, b);
+  for (int i = 0; tower == 1 && !rc && i < cal->nimages; i += 16)
+    rc = gate_pixels(&g, exact, quant, cal->pixels + (size_t)i * per,
+                     cal->nimages - i < 16 ? cal->nimages - i : 16, a, b);
+  *lowest = g.n ? g.min : 1;
+  return rc;
+}
+
 /* OUT must be new or empty; *created says whether this run made it. */
 static int prepare_out(const char *cmd, const char *out, int *created) {
   *created = 0;
@@ -413,7 +438,7 @@ int cmd_quantize(int argc, char **argv) {
   long threads = 0, limit = 1000;
   double min_cos = NAN; /* the mode's gate unless given */
   int mode = 0, force = 0, as_json = 0, created = 0, written = 0;
-  int smooth = 0;
+  int smooth = 0, mixed_ok = 1;
   double alpha = 0.5;
   float *cal_px = NULL;
   char **cal_texts = NULL;
@@ -433,6 +458,7 @@ int cmd_quantize(int argc, char **argv) {
       {"threads", required_argument, NULL, 'j'},
       {"json", no_argument, NULL, 'J'},
       {"smooth", required_argument, NULL, 'a'},
+      {"no-mixed", no_argument, NULL, 'M'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   vlm_cli_getopt_reset();
@@ -475,6 +501,7 @@ int cmd_quantize(int argc, char **argv) {
       smooth = 1;
       break;
     }
+    case 'M': mixed_ok = 0; break;
     case 'h': fputs(usage, stdout); return VLM_EXIT_OK;
     default: return vlm_cli_getopt_failed(cmd);
     }
@@ -508,7 +535,9 @@ int cmd_quantize(int argc, char **argv) {
   const int D = vlm_clip_dim(exact), S = vlm_clip_image_size(exact);
   const size_t per = (size_t)3 * S * S;
   vlm_quant_calib cal = {0};
-  if (smooth) {
+  vlm_quant_mixed mixed = {{0, 0}, {0, 0}};
+  const int int8 = mode == VLM_COMPUTE_INT8;
+  if (int8) { /* calibration inputs: smoothing, and the mixed search */
     if (!(cal_px = malloc(N_CALIB_IMAGES * per * sizeof *cal_px)) ||
         !(cal_texts = malloc(N_CALIB_TEXTS * sizeof *cal_texts))) {
       vlm_cli_error(cmd, "out of memory");
@@ -529,16 +558,62 @@ int cmd_quantize(int argc, char **argv) {
     cal = (vlm_quant_calib){(const char *const *)cal_texts, cal_ntexts,
                             cal_px, cal_npx, (float)alpha, (int)threads};
   }
+  a = malloc((size_t)16 * D * sizeof *a);
+  b = malloc((size_t)16 * D * sizeof *b);
+  if (!a || !b) {
+    vlm_cli_error(cmd, "out of memory");
+    goto done;
+  }
   rc = vlm_clip_quantize_ex(in, out, (vlm_compute_mode)mode,
-                            smooth ? &cal : NULL);
+                            smooth ? &cal : NULL, NULL);
   if (rc || (rc = vlm_clip_load(out, &qo, &quant))) {
     vlm_cli_liberror(cmd, rc);
     goto done;
   }
-  a = malloc((size_t)16 * D * sizeof *a);
-  b = malloc((size_t)16 * D * sizeof *b);
+  /* Mixed precision: a tower whose calibration inputs miss the gate gets
+   * its first j blocks in bf16, the fewest that reach it (binary search;
+   * each try writes OUT again and loads it).  The gate's own inputs are
+   * not used, so the gate below still tests a model it did not shape. */
+  double cal_min[2] = {1, 1};
+  for (int t = 0; int8 && mixed_ok && t < 2 && !rc; t++) {
+    rc = calib_min_cos(exact, quant, &cal, t, a, b, min_cos, &cal_min[t]);
+    if (rc || cal_min[t] >= min_cos)
+      continue;
+    int lo = 1, hi = vlm_clip_layers(exact, t), best = hi;
+    while (lo <= hi && !rc) {
+      int mid = (lo + hi) / 2;
+      double c = 0;
+      mixed.bf16_to[t] = mid;
+      vlm_clip_free(quant);
+      quant = NULL;
+      if ((rc = vlm_clip_quantize_ex(in, out, (vlm_compute_mode)mode,
+                                     smooth ? &cal : NULL, &mixed)) ||
+          (rc = vlm_clip_load(out, &qo, &quant)) ||
+          (rc = calib_min_cos(exact, quant, &cal, t, a, b, min_cos, &c)))
+        break;
+      if (c >= min_cos) {
+        best = mid;
+        hi = mid - 1;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    mixed.bf16_to[t] = best;
+  }
+  if (!rc && (mixed.bf16_to[0] || mixed.bf16_to[1])) {
+    vlm_clip_free(quant);
+    quant = NULL;
+    rc = vlm_clip_quantize_ex(in, out, (vlm_compute_mode)mode,
+                              smooth ? &cal : NULL, &mixed);
+    if (!rc)
+      rc = vlm_clip_load(out, &qo, &quant);
+  }
+  if (rc) {
+    vlm_cli_liberror(cmd, rc);
+    goto done;
+  }
   px = malloc(N_SYNTH_IMAGES * per * sizeof *px);
-  if (!a || !b || !px) {
+  if (!px) {
     vlm_cli_error(cmd, "out of memory");
     goto done;
   }
@@ -576,6 +651,9 @@ int cmd_quantize(int argc, char **argv) {
     if (smooth)
       printf(",\"smoothing\":{\"alpha\":%.6g,\"calibration_texts\":%d,"
              "\"calibration_images\":%d}", alpha, cal_ntexts, cal_npx);
+    if (int8)
+      printf(",\"bf16_blocks\":{\"text\":%d,\"image\":%d}",
+             mixed.bf16_to[0], mixed.bf16_to[1]);
     printf(",\"model_id\":\"%s\",\"exact_model_id\":\"%s\",\"gate\":%.6g,"
            "\"min_cos\":%.9f,\"pass\":%s,\"kept\":%s,\"measured\":{",
            vlm_clip_model_id(quant), vlm_clip_model_id(exact), min_cos,
@@ -591,6 +669,12 @@ int cmd_quantize(int argc, char **argv) {
     if (smooth)
       printf("smoothing: alpha %.3g, calibrated on %d texts and %d images "
              "(none of the gate's)\n", alpha, cal_ntexts, cal_npx);
+    for (int t = 0; t < 2; t++)
+      if (mixed.bf16_to[t])
+        printf("mixed precision: %s blocks 1-%d of %d in bf16 (all in "
+               "int8, its calibration inputs reached cosine %.6f < %.8g)\n",
+               t ? "image" : "text", mixed.bf16_to[t],
+               vlm_clip_layers(exact, t), cal_min[t], min_cos);
     printf("cosine to the exact embedding (gate: min >= %.8g):\n", min_cos);
     print_row_text(&rows[0], "built-in", 1);
     print_row_text(&rows[1], "synthetic", 1);

@@ -277,6 +277,10 @@ int vlm_clip_image_size(const vlm_clip *clip) {
   return clip ? clip->cfg.image_size : 0;
 }
 
+int vlm_clip_layers(const vlm_clip *clip, int vision) {
+  return clip ? vision ? clip->cfg.vision_layers : clip->cfg.text_layers : 0;
+}
+
 int vlm_clip_context_length(const vlm_clip *clip) {
   return clip ? clip->cfg.context_length : 0;
 }

@@ -520,7 +520,8 @@ static int fwd_alloc(fwd *f, size_t extra_floats, float **extra) {
   f->scores_per_thread = vlm__attention_scratch(f->max_T, f->hd);
   size_t q_floats = 0;
   if (f->qmode != VLM__COMPUTE_EXACT) /* qa (bytes), xs, xz */
-    q_floats = (vlm__qact_bytes(f->qmode, f->R, f->F > f->C ? f->F : f->C,
+    q_floats = (vlm__qact_bytes(VLM__COMPUTE_BF16, f->R, /* the wider */
+                                f->F > f->C ? f->F : f->C,
                                 NULL) + 3) / 4 + 2 * R + 16;
   size_t floats = R * C * 3 + R * 3 * C + R * F +
                   (size_t)MAX_THREADS * f->scores_per_thread +

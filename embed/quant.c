@@ -332,7 +332,7 @@ static int calibrate(const char *in_dir, const vlm_quant_calib *cal,
 
 int vlm_clip_quantize(const char *in_dir, const char *out_dir,
                       vlm_compute_mode mode) {
-  return vlm_clip_quantize_ex(in_dir, out_dir, mode, NULL);
+  return vlm_clip_quantize_ex(in_dir, out_dir, mode, NULL, NULL);
 }
 
 /* Layer q's smoothing from its inputs' magnitudes amax: s[k] =
@@ -379,14 +379,17 @@ static int layer_smoothing(const vlm_clip *clip, int q, const float *amax,
 }
 
 int vlm_clip_quantize_ex(const char *in_dir, const char *out_dir,
-                         vlm_compute_mode mode, const vlm_quant_calib *cal) {
+                         vlm_compute_mode mode, const vlm_quant_calib *cal,
+                         const vlm_quant_mixed *mixed) {
   if (!in_dir || !out_dir)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_quantize: NULL argument");
   if (mode != VLM_COMPUTE_INT8 && mode != VLM_COMPUTE_BF16)
     return vlm_seterr(VLM_EINVAL, "vlm_clip_quantize: mode %d (int8 or "
                       "bf16)", (int)mode);
-  if (mode != VLM_COMPUTE_INT8)
+  if (mode != VLM_COMPUTE_INT8) {
     cal = NULL; /* bf16 has no activation outliers to move */
+    mixed = NULL;
+  }
   float alpha = cal && cal->alpha > 0 ? cal->alpha : 0.5f;
   if (cal && ((cal->ntexts <= 0 && cal->nimages <= 0) ||
               (cal->ntexts > 0 && !cal->texts) ||
@@ -438,19 +441,30 @@ int vlm_clip_quantize_ex(const char *in_dir, const char *out_dir,
     for (int j = 0; j < clip->n_named && !block; j++)
       block = clip->named[j].lazy && clip->named[j].src == t;
     if (block) {
-      /* the smoothing of the layer whose rows come from t */
+      /* the layer whose rows come from t: its smoothing, and whether its
+       * block stays in BF16 */
       const float *sm = NULL;
-      for (int q = 0; smooth && q < clip->n_qlin && !sm; q++)
-        for (int p = 0; p < 3 && !sm; p++)
+      vlm_compute_mode tm = mode;
+      int found = 0;
+      for (int q = 0; q < clip->n_qlin && !found; q++)
+        for (int p = 0; p < 3 && !found; p++)
           if (clip->qlin_src[q][p] == t) {
-            sm = smooth[q];
+            found = 1;
+            sm = smooth ? smooth[q] : NULL;
             if (clip->qlin[q].K != t->shape[1])
               rc = vlm_seterr(VLM_EINVAL, "internal: %s has %lld columns, "
                               "its layer %d inputs", t->name,
                               (long long)t->shape[1], clip->qlin[q].K);
+            int tl = clip->cfg.text_layers, tower = q / 4 >= tl;
+            int b = q / 4 - (tower ? tl : 0);
+            if (mixed && b >= mixed->bf16_from[tower] &&
+                b < mixed->bf16_to[tower]) {
+              tm = VLM_COMPUTE_BF16;
+              sm = NULL;
+            }
           }
       if (!rc)
-        rc = quantize_tensor(t, mode, sm, o, &n);
+        rc = quantize_tensor(t, tm, sm, o, &n);
       continue;
     }
     out_tensor *c = &o[n++];

@@ -136,16 +136,30 @@ typedef struct {
   int threads;          /* for the calibration run; 0: all cores */
 } vlm_quant_calib;
 
+/* Mixed precision in an int8 file: the blocks [bf16_from[t], bf16_to[t])
+ * of tower t (0 text, 1 image) keep their Linear weights in BF16, and an
+ * int8 load computes those layers in bf16 (a block weight an int8 file
+ * stores as BF16 runs bf16; every other file's BF16 weights run int8
+ * under int8 compute, as before).  For layers whose int8 rounding the
+ * model amplifies; `vlmdb quantize` finds them. */
+typedef struct {
+  int bf16_from[2], bf16_to[2];
+} vlm_quant_mixed;
+
 /* vlm_clip_quantize, with smoothing calibrated on calib when mode is
- * VLM_COMPUTE_INT8 and calib is not NULL (NULL: as vlm_clip_quantize).
+ * VLM_COMPUTE_INT8 and calib is not NULL, and the blocks mixed names in
+ * BF16 (int8 only; NULL: none).  Both NULL: as vlm_clip_quantize.
  * Errors: as vlm_clip_quantize; VLM_EINVAL (calib without inputs, alpha
  * outside (0, 1)). */
 int vlm_clip_quantize_ex(const char *in_dir, const char *out_dir,
-                         vlm_compute_mode mode, const vlm_quant_calib *calib);
+                         vlm_compute_mode mode, const vlm_quant_calib *calib,
+                         const vlm_quant_mixed *mixed);
 
 int vlm_clip_dim(const vlm_clip *clip);            /* projection dim */
 int vlm_clip_image_size(const vlm_clip *clip);     /* input side, pixels */
 int vlm_clip_context_length(const vlm_clip *clip); /* text positions */
+/* Transformer blocks of the text (vision 0) or image (vision 1) tower. */
+int vlm_clip_layers(const vlm_clip *clip, int vision);
 
 /* The model's family: "clip", "siglip" or "chinese_clip" (NULL for a
  * NULL handle). */

@@ -898,7 +898,18 @@ static int spec_row(const spec *s, int n, int K, float *f, const int8_t **q8,
  * quantizes float ones here exactly as vlm_clip_quantize does. */
 static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
                      int nparts, const float *const *biases, int N, int K) {
-  const int rows = N * nparts, int8 = clip->compute == VLM__COMPUTE_INT8;
+  /* an int8 file's BF16 block weights run bf16 (mixed precision) */
+  const int mixed_bf16 = clip->st->quantization &&
+                         !strcmp(clip->st->quantization, "int8") &&
+                         parts[0]->t->dtype == VLM__DT_BF16;
+  const int rows = N * nparts,
+            int8 = clip->compute == VLM__COMPUTE_INT8 && !mixed_bf16;
+  for (int p = 1; p < nparts; p++)
+    if ((parts[p]->t->dtype == VLM__DT_BF16) !=
+        (parts[0]->t->dtype == VLM__DT_BF16) && mixed_bf16)
+      return vlm_seterr(VLM_ECORRUPT, "%s and %s: one layer's weights in "
+                        "BF16 and %s", parts[0]->t->name, parts[p]->t->name,
+                        vlm__dtype_name(parts[p]->t->dtype));
   float *f = malloc((size_t)rows * K * sizeof *f);
   int8_t *q8 = int8 ? malloc((size_t)rows * K) : NULL;
   float *scale = malloc((size_t)rows * sizeof *scale);

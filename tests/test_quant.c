@@ -863,8 +863,8 @@ static void test_smoothing_file(void **state) {
   }
   vlm_quant_calib cal = {ctexts, 5, px, 6, 0.5f, 1};
   assert_int_equal(vlm_clip_quantize(dir, plain, VLM_COMPUTE_INT8), 0);
-  assert_int_equal(vlm_clip_quantize_ex(dir, smooth, VLM_COMPUTE_INT8, &cal),
-                   0);
+  assert_int_equal(vlm_clip_quantize_ex(dir, smooth, VLM_COMPUTE_INT8, &cal,
+                                        NULL), 0);
   free(px);
 
   snprintf(path, sizeof path, "%s/model.safetensors", smooth);
@@ -975,6 +975,72 @@ static char *capture(int (*fn)(int, char **), int argc, char **argv,
   out = realloc(out, len + 1);
   out[len] = '\0';
   return (char *)out;
+}
+
+/* Mixed precision: `vlmdb quantize --int8` of the SigLIP and
+ * Chinese-CLIP fixtures (which int8 everywhere leaves at 0.986 / 0.982)
+ * keeps the blocks its calibration inputs need in BF16 and passes the
+ * gate; the file holds those blocks' weights as BF16 and the others as
+ * I8; loaded (int8 compute, from the file) it reaches 0.999 on the
+ * conformance inputs the gate never saw; --no-mixed fails the gate. */
+static void test_mixed_precision(void **state) {
+  (void)state;
+  const char *dirs[] = {"tests/fixtures/siglip-tiny",
+                        "tests/fixtures/chinese-clip-tiny"};
+  char *tmp = make_tmpdir();
+  for (int d = 0; d < 2; d++) {
+    char out[512], path[600];
+    snprintf(out, sizeof out, "%s/mixed%d", tmp, d);
+    char *a[] = {"quantize", "--model", (char *)dirs[d], "--out", out,
+                 "--int8", "--json", NULL};
+    int status;
+    char *text = capture(cmd_quantize, 7, a, &status);
+    if (status != VLM_EXIT_OK)
+      fail_msg("%s: quantize --int8 exited %d: %s", dirs[d], status, text);
+    json_error_t err;
+    json_t *o = json_loads(text, 0, &err);
+    assert_non_null(o);
+    json_t *bb = json_object_get(o, "bf16_blocks");
+    int nt = (int)json_integer_value(json_object_get(bb, "text"));
+    int ni = (int)json_integer_value(json_object_get(bb, "image"));
+    print_message("%s: bf16 blocks text %d, image %d\n", dirs[d] + 15, nt,
+                  ni);
+    assert_true(nt + ni > 0);
+    json_decref(o);
+    free(text);
+    /* the file: BF16 and I8 block weights side by side */
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    vlm_test_ckpt ck;
+    vlm_test_ckpt_read(path, &ck);
+    int n_bf16 = 0, n_i8 = 0;
+    const char *name;
+    json_t *t;
+    json_object_foreach(ck.header, name, t) {
+      const char *dt = json_string_value(json_object_get(t, "dtype"));
+      n_bf16 += dt && !strcmp(dt, "BF16");
+      n_i8 += dt && !strcmp(dt, "I8");
+    }
+    vlm_test_ckpt_free(&ck);
+    assert_true(n_bf16 > 0 && n_i8 > 0);
+    vlm_clip *exact = load(dirs[d], VLM_COMPUTE_EXACT, 1);
+    vlm_clip *q = load(out, VLM_COMPUTE_MODEL, 1);
+    assert_string_equal(vlm_clip_compute(q), "int8");
+    double c = lowest_cos(exact, q, dirs[d]);
+    print_message("%s mixed int8 file: lowest cosine to exact %.6f on the "
+                  "conformance inputs\n", dirs[d] + 15, c);
+    if (!(c >= 0.999))
+      fail_msg("%s: the mixed int8 file reaches %.6f", dirs[d], c);
+    vlm_clip_free(q);
+    vlm_clip_free(exact);
+    /* int8 everywhere: the gate fails and nothing is kept */
+    snprintf(out, sizeof out, "%s/plain%d", tmp, d);
+    char *b[] = {"quantize", "--model", (char *)dirs[d], "--out", out,
+                 "--int8", "--no-mixed", NULL};
+    free(capture(cmd_quantize, 7, b, &status));
+    assert_int_equal(status, VLM_EXIT_RUNTIME);
+  }
+  vlm_test_rm_rf(tmp);
+  free(tmp);
 }
 
 /* The gate printed and applied; a failed gate leaves nothing behind; a
@@ -1118,6 +1184,7 @@ int main(void) {
       cmocka_unit_test(test_smoothing_file),
       cmocka_unit_test(test_modes_and_hostile_files),
       cmocka_unit_test(test_cli_quantize),
+      cmocka_unit_test(test_mixed_precision),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
