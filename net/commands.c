@@ -3540,7 +3540,7 @@ static int refuse_during_reembed(vlm_server *srv, vlm__conn *conn,
   int replicaof = cmd->proc == vlm__repl_replicaof;
   if (!(cmd->flags & VLM__CMD_WRITE) && !replicaof)
     return 0;
-  const char *model = vlm__reembed_refusing(srv);
+  const char *model = vlm__reembed_refusing(srv, !replicaof);
   if (!model)
     return 0;
   if (cmd->flags & VLM__CMD_TX) {
@@ -3548,14 +3548,16 @@ static int refuse_during_reembed(vlm_server *srv, vlm__conn *conn,
       return 0; /* EXEC without MULTI: its own error */
     multi_reset(conn);
     vlm__reply_error(out, "EXECABORT", "Transaction discarded, nothing "
-                     "written: %s: the database is being re-embedded with "
-                     "the model in %s; writes are refused until it switches "
-                     "(VLM.REEMBED STATUS)", vlm_strerror(VLM_EBUSY), model);
+                     "written: %s: the database is switching to the model "
+                     "in %s; writes are refused until it has (VLM.REEMBED "
+                     "STATUS)", vlm_strerror(VLM_EBUSY), model);
     return 1;
   }
-  vlm__reply_error(out, "ERR", "%s: the database is being re-embedded with "
-                   "the model in %s; %s until it switches (VLM.REEMBED "
-                   "STATUS)", vlm_strerror(VLM_EBUSY), model,
+  vlm__reply_error(out, "ERR", "%s: the database is %s the model in %s; "
+                   "%s until it switches (VLM.REEMBED STATUS)",
+                   vlm_strerror(VLM_EBUSY),
+                   replicaof ? "being re-embedded with" : "switching to",
+                   model,
                    replicaof ? "REPLICAOF is refused" : "writes are refused");
   return 1;
 }

@@ -373,15 +373,18 @@ int vlm__reembed_init(vlm_server *srv);
 void vlm__reembed_free(vlm_server *srv);
 /* VLM.REEMBED (loop). */
 int vlm__reembed_command(vlm__ctx *ctx);
-/* Loop: move the re-embedding on (start it once no write is in flight,
- * switch once no job is out, join its thread once it ended).  Called
+/* Loop: move the re-embedding on (start its thread, tell it when the
+ * final phase has no write in flight, switch once no job is out, join its
+ * thread once it ended).  Called
  * after completions, from the cron and on async_reembed. */
 void vlm__reembed_poll(vlm_server *srv);
 /* Loop, at shutdown: stop the re-embedding before its switch (the staged
  * database stays for a rerun); with join, wait for its thread. */
 void vlm__reembed_stop(vlm_server *srv, int join);
-/* The new model's directory while writes are refused, else NULL (loop). */
-const char *vlm__reembed_refusing(vlm_server *srv);
+/* The new model's directory while writes (writes 1: from the last
+ * catch-up to the switch) or REPLICAOF (writes 0: from the command to the
+ * switch) are refused, else NULL (loop). */
+const char *vlm__reembed_refusing(vlm_server *srv, int writes);
 /* INFO's "# Reembed" section; the figures /metrics reports (any thread). */
 void vlm__reembed_info(vlm_server *srv, vlm__buf *b);
 void vlm__reembed_progress(vlm_server *srv, int *running, long *items,

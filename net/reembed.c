@@ -5,11 +5,18 @@
  * `vlmdb reembed` runs, on a thread of its own that reads the served
  * database through the server's own handle.  The phases:
  *
- *   waiting    writes are refused from the command on (commands.c); the
- *              writes already started finish first (writes_pending), so
- *              the batch the staging records is the last one written;
- *   running    the thread loads the new model and stages every item;
- *              searches and reads answer from the old database and model;
+ *   waiting    the command was taken; the thread starts at once;
+ *   running    the thread loads the new model and stages every item,
+ *              then catches up with the writes taken meanwhile (every
+ *              write gives its item a new id: the items whose id is at
+ *              least the next id of a pass's start, embedded again), pass
+ *              after pass while a pass finds more than a batch of them;
+ *              searches, reads and writes go to the old database and
+ *              model;
+ *   final      writes are refused (commands.c) and the ones already
+ *              started finish (writes_pending, on the loop); then the last
+ *              catch-up and the sweep of keys deleted meanwhile make the
+ *              staged database the old one's items, embedded again;
  *   switching  the staging is whole: new worker jobs are held at launch
  *              (jobs.c), and once every job launched has come back
  *              (jobs_out == 0) the loop closes the old database, swaps the
@@ -44,6 +51,7 @@ enum {
   PHASE_IDLE,
   PHASE_WAITING,
   PHASE_RUNNING,
+  PHASE_FINAL,
   PHASE_SWITCHING,
   PHASE_CLEANING,
   PHASE_DONE,
@@ -51,9 +59,9 @@ enum {
   PHASE_ABORTED
 };
 
-static const char *phase_names[] = {"idle",      "waiting",  "running",
-                                    "switching", "cleaning", "done",
-                                    "failed",    "aborted"};
+static const char *phase_names[] = {"idle",     "waiting",  "running",
+                                    "final",    "switching", "cleaning",
+                                    "done",     "failed",   "aborted"};
 
 struct vlm__reembed_state {
   pthread_mutex_t mu;
@@ -61,6 +69,9 @@ struct vlm__reembed_state {
   int phase;
   int switch_rc;            /* loop -> thread: 1 switched, < 0 failed */
   int switch_done;
+  int drained;              /* loop -> thread: final, no write in flight */
+  long caught_up, swept;    /* items embedded again after the walk, keys
+                               deleted from the staging by the sweep */
   char model_dir[PATH_MAX]; /* the new model's directory (absolute) */
   char from_model[80];
   char message[512];        /* why it failed, or how it ended */
@@ -107,7 +118,13 @@ static void phase_set(vlm__reembed_state *st, int phase, const char *fmt,
 }
 
 static int busy_phase(int p) {
-  return p == PHASE_WAITING || p == PHASE_RUNNING || p == PHASE_SWITCHING;
+  return p == PHASE_WAITING || p == PHASE_RUNNING || p == PHASE_FINAL ||
+         p == PHASE_SWITCHING;
+}
+
+/* Writes are refused from the final catch-up to the switch. */
+static int refusing_phase(int p) {
+  return p == PHASE_FINAL || p == PHASE_SWITCHING;
 }
 
 int vlm__reembed_init(vlm_server *srv) {
@@ -189,16 +206,62 @@ static void *reembed_main(void *arg) {
   st->resumed = c.resumed;
   st->failed = c.failed;
   pthread_mutex_unlock(&st->mu);
-  if (rc == VLM_EINTR) {
-    vlm_reembed_free(re);
-    vlm_clip_free(clip);
-    phase_set(st, PHASE_ABORTED, "aborted before the switch: the database "
-              "is as it was");
-    vlm__server_log(srv, "reembed: aborted; writes are taken again");
-    return NULL;
-  }
+  if (rc == VLM_EINTR)
+    goto aborted;
   if (rc < 0)
     goto fail;
+  if (c.failed && !st->allow_missing) {
+    rc = vlm_seterr(VLM_ENOTFOUND, "%ld items could not be embedded again "
+                    "(the log names them); the database stays as it was: "
+                    "restore their files and run VLM.REEMBED again, or add "
+                    "ALLOWMISSING", c.failed);
+    goto fail;
+  }
+  /* Catch up with the writes taken during the walk, pass after pass,
+   * while writes go on; a pass that finds at most a batch ends it. */
+  uint64_t mark = vlm_reembed_mark(re), next = 0;
+  long changed = 0, deleted = 0;
+  for (int pass = 0; pass < 8; pass++) {
+    if ((rc = vlm_reembed_catch_up(re, mark, &next, &changed)) < 0)
+      break;
+    mark = next;
+    pthread_mutex_lock(&st->mu);
+    st->caught_up += changed;
+    pthread_mutex_unlock(&st->mu);
+    if (changed <= st->batch)
+      break;
+  }
+  if (rc == VLM_EINTR)
+    goto aborted;
+  if (rc < 0)
+    goto fail;
+  /* Final: writes refused; once the started ones are in, the last pass
+   * and the sweep leave nothing to catch up. */
+  pthread_mutex_lock(&st->mu);
+  st->drained = 0;
+  st->phase = PHASE_FINAL;
+  pthread_mutex_unlock(&st->mu);
+  vlm__server_log(srv, "reembed: %ld items embedded again after the walk; "
+                  "writes are refused for the last catch-up and the switch",
+                  st->caught_up);
+  uv_async_send(&srv->async_reembed);
+  pthread_mutex_lock(&st->mu);
+  while (!st->drained && !atomic_load(&st->cancel))
+    pthread_cond_wait(&st->cv, &st->mu);
+  pthread_mutex_unlock(&st->mu);
+  if (atomic_load(&st->cancel))
+    goto aborted;
+  if ((rc = vlm_reembed_catch_up(re, mark, &next, &changed)) < 0 ||
+      (rc = vlm_reembed_sweep(re, &deleted)) < 0) {
+    if (rc == VLM_EINTR)
+      goto aborted;
+    goto fail;
+  }
+  pthread_mutex_lock(&st->mu);
+  st->caught_up += changed;
+  st->swept = deleted;
+  pthread_mutex_unlock(&st->mu);
+  vlm_reembed_get_counts(re, &c);
   if (c.failed && !st->allow_missing) {
     rc = vlm_seterr(VLM_ENOTFOUND, "%ld items could not be embedded again "
                     "(the log names them); the database stays as it was: "
@@ -243,6 +306,13 @@ static void *reembed_main(void *arg) {
     return NULL;
   }
   phase_set(st, PHASE_DONE, "switched to the model in %s", st->model_dir);
+  return NULL;
+aborted:
+  vlm_reembed_free(re);
+  vlm_clip_free(clip);
+  phase_set(st, PHASE_ABORTED, "aborted before the switch: the database "
+            "is as it was");
+  vlm__server_log(srv, "reembed: aborted; writes are taken again");
   return NULL;
 fail:
   phase_set(st, PHASE_FAILED, "%s: %s", vlm_strerror(rc), vlm_errmsg());
@@ -317,7 +387,16 @@ void vlm__reembed_poll(vlm_server *srv) {
   if (!st)
     return;
   int phase = phase_get(st);
-  if (phase == PHASE_WAITING && srv->writes_pending == 0) {
+  if (phase == PHASE_FINAL && srv->writes_pending == 0) {
+    pthread_mutex_lock(&st->mu);
+    if (!st->drained) {
+      st->drained = 1;
+      pthread_cond_signal(&st->cv);
+    }
+    pthread_mutex_unlock(&st->mu);
+    return;
+  }
+  if (phase == PHASE_WAITING) {
     if (srv->shutting_down) {
       phase_set(st, PHASE_ABORTED, "the server shut down first");
       return;
@@ -328,8 +407,8 @@ void vlm__reembed_poll(vlm_server *srv) {
       return;
     }
     st->thread_live = 1;
-    vlm__server_log(srv, "reembed: started, to the model in %s; writes are "
-                    "refused until the switch", st->model_dir);
+    vlm__server_log(srv, "reembed: started, to the model in %s; writes go "
+                    "on until the last catch-up", st->model_dir);
     return;
   }
   if (phase == PHASE_SWITCHING && !srv->shutting_down) {
@@ -367,8 +446,10 @@ void vlm__reembed_stop(vlm_server *srv, int join) {
     phase_set(st, PHASE_ABORTED, "the server shut down first");
   if (!st->thread_live)
     return;
-  /* a thread waiting for the switch is told it will not happen */
+  /* a thread waiting for the drain or the switch is told it will not
+   * happen */
   pthread_mutex_lock(&st->mu);
+  pthread_cond_signal(&st->cv);
   if (st->phase == PHASE_SWITCHING && !st->switch_done) {
     st->switch_rc = vlm_seterr(VLM_EINTR, "the server shut down before the "
                                "switch");
@@ -403,16 +484,19 @@ void vlm__reembed_free(vlm_server *srv) {
 
 /* ---------------------------------------------------------------- command */
 
-const char *vlm__reembed_refusing(vlm_server *srv) {
+const char *vlm__reembed_refusing(vlm_server *srv, int writes) {
   vlm__reembed_state *st = srv->reembed;
-  return st && busy_phase(phase_get(st)) ? st->model_dir : NULL;
+  if (!st)
+    return NULL;
+  int p = phase_get(st);
+  return (writes ? refusing_phase(p) : busy_phase(p)) ? st->model_dir : NULL;
 }
 
 static void reply_status(vlm_server *srv, vlm__buf *out) {
   vlm__reembed_state *st = srv->reembed;
   pthread_mutex_lock(&st->mu);
   double end = st->phase >= PHASE_DONE ? st->finished : now_s();
-  vlm__reply_map(out, 9);
+  vlm__reply_map(out, 11);
   vlm__reply_cstr(out, "state");
   vlm__reply_cstr(out, phase_names[st->phase]);
   vlm__reply_cstr(out, "model_dir");
@@ -427,6 +511,10 @@ static void reply_status(vlm_server *srv, vlm__buf *out) {
   vlm__reply_int(out, st->resumed);
   vlm__reply_cstr(out, "failed");
   vlm__reply_int(out, st->failed);
+  vlm__reply_cstr(out, "caught_up");
+  vlm__reply_int(out, st->caught_up);
+  vlm__reply_cstr(out, "swept");
+  vlm__reply_int(out, st->swept);
   vlm__reply_cstr(out, "elapsed_s");
   vlm__reply_double(out, st->started > 0 ? end - st->started : 0.0);
   vlm__reply_cstr(out, "message");
@@ -454,7 +542,8 @@ int vlm__reembed_command(vlm__ctx *ctx) {
     return 0;
   }
   if (ctx->argc == 2 && arg_eq(&a[1], "ABORT")) {
-    if (phase != PHASE_WAITING && phase != PHASE_RUNNING) {
+    if (phase != PHASE_WAITING && phase != PHASE_RUNNING &&
+        phase != PHASE_FINAL) {
       vlm__reply_error(ctx->out, "ERR", "no re-embedding to abort (state "
                        "%s)", phase_names[phase]);
       return -1;
@@ -530,6 +619,7 @@ int vlm__reembed_command(vlm__ctx *ctx) {
   st->message[0] = '\0';
   st->items = (long)info.items;
   st->done = st->embedded = st->resumed = st->failed = 0;
+  st->caught_up = st->swept = 0;
   st->started = now_s();
   st->finished = 0;
   st->batch = (int)batch;
@@ -539,7 +629,7 @@ int vlm__reembed_command(vlm__ctx *ctx) {
   st->phase = PHASE_WAITING;
   pthread_mutex_unlock(&st->mu);
   atomic_store(&st->cancel, 0);
-  vlm__reembed_poll(srv); /* starts now when no write is in flight */
+  vlm__reembed_poll(srv); /* starts the thread */
   reply_status(srv, ctx->out);
   return 0;
 }
@@ -552,12 +642,13 @@ void vlm__reembed_info(vlm_server *srv, vlm__buf *b) {
                   "reembed_model_dir:%s\r\nreembed_items:%ld\r\n"
                   "reembed_done:%ld\r\nreembed_embedded:%ld\r\n"
                   "reembed_resumed:%ld\r\nreembed_failed:%ld\r\n"
+                  "reembed_caught_up:%ld\r\nreembed_swept:%ld\r\n"
                   "reembed_elapsed_s:%.1f\r\nreembed_writes_refused:%d\r\n"
                   "reembed_message:%s\r\n\r\n",
                   phase_names[st->phase], st->model_dir, st->items, st->done,
-                  st->embedded, st->resumed, st->failed,
-                  st->started > 0 ? end - st->started : 0.0,
-                  busy_phase(st->phase), st->message);
+                  st->embedded, st->resumed, st->failed, st->caught_up,
+                  st->swept, st->started > 0 ? end - st->started : 0.0,
+                  refusing_phase(st->phase), st->message);
   pthread_mutex_unlock(&st->mu);
 }
 

@@ -139,6 +139,8 @@ struct vlm_reembed {
   pthread_mutex_t prep_mu;
   float *pixels, *image_out, *text_out;
   vlm_reembed_counts counts;
+  unsigned put_flags;          /* catch-up passes replace staged keys */
+  uint64_t mark;               /* the old database's next id at begin */
 };
 
 static void item_error(vlm_reembed *re, const char *key, const char *what,
@@ -285,7 +287,7 @@ static int batch_flush(vlm_reembed *re) {
     k++;
   }
   int written = 0;
-  rc = k ? vlm_db_put(re->staged, items, k, 0, &written) : 0;
+  rc = k ? vlm_db_put(re->staged, items, k, re->put_flags, &written) : 0;
   if (rc)
     return rc;
   c->embedded += written;
@@ -344,6 +346,88 @@ int vlm_reembed_walk(vlm_reembed *re) {
     cursor = next;
   } while (cursor);
   return re->n ? batch_flush(re) : 0;
+}
+
+uint64_t vlm_reembed_mark(const vlm_reembed *re) { return re->mark; }
+
+int vlm_reembed_catch_up(vlm_reembed *re, uint64_t from_id,
+                         uint64_t *next_mark, long *changed) {
+  vlm_db_info info;
+  int rc = vlm_db_stat(re->old, &info);
+  *changed = 0;
+  if (rc)
+    return rc;
+  /* ids from here on are the next pass's: taken before this one reads */
+  *next_mark = info.next_id;
+  uint64_t cursor = from_id ? from_id : 1;
+  re->put_flags = VLM_PUT_UPSERT;
+  do {
+    if (re->opts.cancel && atomic_load(re->opts.cancel)) {
+      batch_clear(re);
+      rc = vlm_seterr(VLM_EINTR, "re-embedding stopped before the switch");
+      break;
+    }
+    char **keys = NULL;
+    int n = 0;
+    uint64_t next = 0;
+    if ((rc = vlm_db_scan(re->old, cursor, 256, &keys, &n, &next)))
+      break;
+    for (int i = 0; i < n && rc == 0; i++) {
+      int j = re->n;
+      rc = vlm_db_get(re->old, keys[i], &re->rec[j]);
+      if (rc == VLM_ENOTFOUND) { /* deleted since the scan: the sweep's */
+        rc = 0;
+        continue;
+      }
+      if (rc || (rc = vlm_db_get_image(re->old, keys[i], &re->image[j],
+                                       &re->image_len[j]))) {
+        vlm_record_free(re->rec[j]);
+        re->rec[j] = NULL;
+        break;
+      }
+      re->want_image[j] = re->rec[j]->image_vec != NULL;
+      re->want_text[j] = re->rec[j]->text_vec != NULL;
+      re->n++;
+      (*changed)++;
+      if (re->n == re->batch_size)
+        rc = batch_flush(re);
+    }
+    vlm_db_keys_free(keys, n);
+    cursor = next;
+  } while (!rc && cursor);
+  if (!rc && re->n)
+    rc = batch_flush(re);
+  if (rc)
+    batch_clear(re);
+  re->put_flags = 0;
+  return rc;
+}
+
+int vlm_reembed_sweep(vlm_reembed *re, long *deleted) {
+  uint64_t cursor = 0;
+  int rc = 0;
+  *deleted = 0;
+  do {
+    char **keys = NULL, *gone[256];
+    int n = 0, ngone = 0, d = 0;
+    uint64_t next = 0;
+    if ((rc = vlm_db_scan(re->staged, cursor, 256, &keys, &n, &next)))
+      break;
+    for (int i = 0; i < n && !rc; i++) {
+      int have = vlm_db_exists(re->old, keys[i]);
+      if (have < 0)
+        rc = have;
+      else if (!have)
+        gone[ngone++] = keys[i];
+    }
+    if (!rc && ngone &&
+        !(rc = vlm_db_delete(re->staged, (const char *const *)gone, ngone,
+                             &d)))
+      *deleted += d;
+    vlm_db_keys_free(keys, n);
+    cursor = next;
+  } while (!rc && cursor);
+  return rc;
 }
 
 /* ------------------------------------------------------------ the steps */
@@ -454,6 +538,7 @@ int vlm_reembed_begin(const char *dir, vlm_db *old, vlm_clip *clip,
   re->nthreads = opts->threads ? opts->threads : ncpu > 0 ? (int)ncpu : 1;
   re->counts.items = (long)info.items;
   pthread_mutex_init(&re->prep_mu, NULL);
+  re->mark = info.next_id;
   reembed_state want = {.from_seq = info.seq};
   snprintf(want.from_model, sizeof want.from_model, "%s", info.model_id);
   snprintf(want.to_model, sizeof want.to_model, "%s",

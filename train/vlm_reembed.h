@@ -22,7 +22,9 @@
  * the old database, now DIR.reembed, then the file).
  *
  * The caller keeps DIR from changing between begin and the switch (the
- * CLI holds the writer lock; the server refuses writes).
+ * CLI holds the writer lock), or catches up with its changes before it
+ * (the server: vlm_reembed_catch_up and vlm_reembed_sweep with its writes
+ * stopped for the last pass).
  *
  * Errors: 0 or a negative VLM_E* code with vlm_errmsg() set.
  */
@@ -103,6 +105,22 @@ int vlm_reembed_begin(const char *dir, vlm_db *old, vlm_clip *clip,
  * reported (on_item_error), not errors.  0, VLM_EINTR when cancelled, or
  * the error that stopped it (the staged database stays for a rerun). */
 int vlm_reembed_walk(vlm_reembed *re);
+
+/* Writes while it runs (the server's VLM.REEMBED takes them): every write
+ * gives the item a new id, so what changed since a moment is the items
+ * whose id is at least the old database's next id of that moment.
+ * vlm_reembed_mark: that id when begin ran (the walk's moment).
+ * vlm_reembed_catch_up: embed again every item of the old database with
+ * an id >= from_id into the staged one (replacing what is there);
+ * *next_mark gets the next id taken before it read, for the next pass,
+ * *changed how many it embedded.  vlm_reembed_sweep: delete from the
+ * staged database the keys the old one no longer has.  With the old
+ * database's writes stopped, one catch-up from the last mark and a sweep
+ * make the staged database the old one's items, embedded again. */
+uint64_t vlm_reembed_mark(const vlm_reembed *re);
+int vlm_reembed_catch_up(vlm_reembed *re, uint64_t from_id,
+                         uint64_t *next_mark, long *changed);
+int vlm_reembed_sweep(vlm_reembed *re, long *deleted);
 
 void vlm_reembed_get_counts(const vlm_reembed *re, vlm_reembed_counts *out);
 
