@@ -861,18 +861,20 @@ done:
   args_free(&a);
 }
 
+/* thumb: 1 the thumbnail, 2 the kept original image, 0 the item. */
 static void route_item(api_ctx *c, const char *key, int thumb) {
   int m = c->r->method;
   args a;
   args_init(&a);
   if (thumb) {
     if (m != HTTP_GET) {
-      fail(c, 405, NULL, "use GET for a thumbnail");
+      fail(c, 405, NULL, "use GET for %s", thumb == 2 ? "an image"
+                                                      : "a thumbnail");
       goto done;
     }
     args_str(&a, "GET");
     args_str(&a, key);
-    args_str(&a, "WITHTHUMB");
+    args_str(&a, thumb == 2 ? "WITHIMAGE" : "WITHTHUMB");
   } else if (m == HTTP_GET) {
     int vectors = 0;
     if (get_bool(c, "vectors", &vectors) < 0)
@@ -896,7 +898,8 @@ static void route_item(api_ctx *c, const char *key, int thumb) {
          "DELETE)", http_method_str(m));
     goto done;
   }
-  vlm__http_req *req = new_req(c, thumb             ? VLM__API_THUMB
+  vlm__http_req *req = new_req(c, thumb == 2        ? VLM__API_IMAGE
+                                   : thumb         ? VLM__API_THUMB
                                    : m == HTTP_GET ? VLM__API_GET
                                                    : VLM__API_DELETE);
   if (!req || !(req->key = strdup(key))) {
@@ -1306,11 +1309,13 @@ void vlm__api_handle(vlm__conn *conn, const vlm__http_request *r) {
     if (method_ok(&c, HTTP_GET, HTTP_GET) && load_params(&c, 0) == 0)
       route_scan(&c);
   } else if (!strncmp(p, "/v1/items/", 10) && p[10]) {
-    /* /v1/items/{key}, /v1/items/{key}/thumbnail or
-     * /v1/items/{key}/explain; a '/' inside a key is sent as %2F */
+    /* /v1/items/{key}, /v1/items/{key}/thumbnail, /v1/items/{key}/image
+     * or /v1/items/{key}/explain; a '/' inside a key is sent as %2F */
     char key[VLM__HTTP_MAX_URL];
     const char *seg = p + 10, *slash = strchr(seg, '/');
-    int thumb = slash && !strcmp(slash, "/thumbnail");
+    int thumb = slash && !strcmp(slash, "/thumbnail")
+                    ? 1
+                    : slash && !strcmp(slash, "/image") ? 2 : 0;
     int explain = slash && !strcmp(slash, "/explain");
     size_t n = slash ? (size_t)(slash - seg) : strlen(seg);
     if (slash && !thumb && !explain) {

@@ -2479,7 +2479,7 @@ static void cmd_type_exec(vlm__job *job) {
 }
 
 typedef struct {
-  int thumb, vectors;
+  int thumb, vectors, image;
 } get_state;
 
 static int cmd_get_proc(vlm__ctx *ctx) {
@@ -2493,6 +2493,8 @@ static int cmd_get_proc(vlm__ctx *ctx) {
       st->thumb = 1;
     else if (arg_is(&ctx->argv[i], "WITHVECTORS"))
       st->vectors = 1;
+    else if (arg_is(&ctx->argv[i], "WITHIMAGE"))
+      st->image = 1;
     else
       return syntax_error(ctx, &ctx->argv[i]);
   }
@@ -2512,7 +2514,20 @@ static void cmd_get_exec(vlm__job *job) {
     reply_liberr(out, rc);
     return;
   }
-  vlm__reply_map(out, 4 + st->thumb + 2 * st->vectors);
+  /* the kept original bytes (--keep-images), read apart from the record */
+  uint8_t *img = NULL;
+  size_t img_len = 0;
+  if (st->image &&
+      (rc = vlm_db_get_image(job->srv->db, job->argv[1].ptr, &img,
+                             &img_len)) < 0) {
+    vlm_record_free(rec);
+    if (rc == VLM_ENOTFOUND) /* deleted between the two reads */
+      vlm__reply_null(out);
+    else
+      reply_liberr(out, rc);
+    return;
+  }
+  vlm__reply_map(out, 4 + st->thumb + 2 * st->vectors + st->image);
   vlm__reply_cstr(out, "key");
   vlm__reply_cstr(out, rec->key);
   vlm__reply_cstr(out, "caption");
@@ -2540,6 +2555,14 @@ static void cmd_get_exec(vlm__job *job) {
     else
       vlm__reply_null(out);
   }
+  if (st->image) {
+    vlm__reply_cstr(out, "image");
+    if (img)
+      vlm__reply_bulk(out, img, img_len);
+    else
+      vlm__reply_null(out);
+  }
+  free(img);
   vlm_record_free(rec);
 }
 
@@ -3367,8 +3390,9 @@ static const vlm__command commands[] = {
     {"DEL", cmd_keys_proc, cmd_del_exec, -2, WRITE, "write", "key [key ...]",
      "Delete items; answer how many existed."},
     {"GET", cmd_get_proc, cmd_get_exec, -2, 0, "read",
-     "key [WITHTHUMB] [WITHVECTORS]",
-     "An item's caption, source, metadata (and thumbnail, vectors)."},
+     "key [WITHTHUMB] [WITHVECTORS] [WITHIMAGE]",
+     "An item's caption, source, metadata (and thumbnail, vectors, the "
+     "original image bytes kept with it)."},
     {"EXISTS", cmd_keys_proc, cmd_exists_exec, -2, 0, "read", "key [key ...]",
      "How many of the keys exist."},
     {"SCAN", cmd_scan_proc, cmd_scan_exec, -2, 0, "read",

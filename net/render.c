@@ -38,6 +38,29 @@ static const char *error_field(const char *msg) {
   return NULL;
 }
 
+/* The media type of image bytes by their first bytes (what the decoder
+ * would read them as); application/octet-stream when none fits. */
+static const char *image_type(const char *p, size_t n) {
+  const unsigned char *b = (const unsigned char *)p;
+  if (n >= 3 && b[0] == 0xff && b[1] == 0xd8 && b[2] == 0xff)
+    return "image/jpeg";
+  if (n >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8))
+    return "image/png";
+  if (n >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4))
+    return "image/webp";
+  if (n >= 6 && (!memcmp(b, "GIF87a", 6) || !memcmp(b, "GIF89a", 6)))
+    return "image/gif";
+  if (n >= 4 && (!memcmp(b, "II*\0", 4) || !memcmp(b, "MM\0*", 4)))
+    return "image/tiff";
+  if (n >= 2 && b[0] == 'B' && b[1] == 'M')
+    return "image/bmp";
+  if (n >= 12 && !memcmp(b + 4, "ftyp", 4))
+    return !memcmp(b + 8, "avif", 4) || !memcmp(b + 8, "avis", 4)
+               ? "image/avif"
+               : "image/heic";
+  return "application/octet-stream";
+}
+
 /* An error reply: 400 for what the request got wrong, 500/503 for the
  * server's own failures (storage, memory, a busy resource). */
 static void render_error(vlm__buf *out, const vlm__r3 *v, int keep_alive) {
@@ -359,6 +382,21 @@ void vlm__api_render(vlm__conn *conn, vlm__job *job, vlm__buf *out) {
     }
     vlm__http_respond(out, 200, "image/jpeg", t->str, t->len, ka,
                       "Cache-Control: no-cache\r\n");
+    goto done;
+  }
+  case VLM__API_IMAGE: {
+    /* the kept original bytes, as stored; the type from their magic */
+    const vlm__r3 *t = vlm__r3_get(&v, "image");
+    if (!t || t->type != '$') {
+      vlm__http_error(out, 404, "not_found", NULL, ka, v.type == '%'
+                      ? "item '%s' keeps no image (init --keep-images, or "
+                        "vlmdb config --keep-images, before it was written)"
+                      : "no item '%s'",
+                      req->key);
+      goto done;
+    }
+    vlm__http_respond(out, 200, image_type(t->str, t->len), t->str, t->len,
+                      ka, "Cache-Control: no-cache\r\n");
     goto done;
   }
   case VLM__API_EXPLAIN: {

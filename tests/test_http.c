@@ -509,7 +509,7 @@ static void test_routes(void **state) {
   static const char *routes[] = {
       "/healthz", "/readyz", "/openapi.json", "/metrics", "/v1/info",
       "/v1/search", "/v1/items/{key}", "/v1/items/{key}/thumbnail",
-      "/v1/items/{key}/explain", "/v1/items:batch", "/v1/embed", "/v1/eval",
+      "/v1/items/{key}/image", "/v1/items/{key}/explain", "/v1/items:batch", "/v1/embed", "/v1/eval",
       "/v1/scan"};
   json_t *paths = json_object_get(r.json, "paths");
   for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
@@ -1585,6 +1585,61 @@ static void test_item_writes_keep_images(void **state) {
   r = hjson(&c, "PATCH", "/v1/items/h1", 200, "{\"meta\": {\"n\": 4}}");
   hresp_free(&r);
   expect_kept(s.db, "h1", jpg, glen);
+  /* fetched back: GET /v1/items/{key}/image and GET key WITHIMAGE give
+   * the kept bytes as stored, typed by their magic */
+  r = hjson(&c, "PUT", "/v1/items/h3", 0,
+            "{\"text\": \"palette\", \"image\": \"%s\"}", png64);
+  hresp_free(&r);
+  const struct {
+    const char *key, *ctype;
+    const char *bytes;
+    size_t len;
+  } want[] = {{"h1", "image/jpeg", jpg, glen}, {"h3", "image/png", png, plen}};
+  for (int i = 0; i < 2; i++) {
+    char path[64];
+    snprintf(path, sizeof path, "/v1/items/%s/image", want[i].key);
+    r = hreq(&c, "GET", path, NULL, NULL, 0);
+    char ct[64];
+    snprintf(ct, sizeof ct, "Content-Type: %s\r\n", want[i].ctype);
+    if (r.status != 200 || !strstr(r.headers, ct) ||
+        r.body_len != want[i].len || memcmp(r.body, want[i].bytes, r.body_len))
+      fail_msg("GET %s: %d, %zu bytes, headers %s", path, r.status,
+               r.body_len, r.headers);
+    hresp_free(&r);
+  }
+  r = hreq(&c, "GET", "/v1/items/b2/image", NULL, NULL, 0);
+  expect_error(&r, 404, "not_found", NULL);
+  assert_non_null(strstr(r.body, "keeps no image"));
+  hresp_free(&r);
+  r = hreq(&c, "GET", "/v1/items/nosuch/image", NULL, NULL, 0);
+  expect_error(&r, 404, "not_found", NULL);
+  assert_non_null(strstr(r.body, "no item"));
+  hresp_free(&r);
+  r = hreq(&c, "DELETE", "/v1/items/h1/image", NULL, NULL, 0);
+  assert_int_equal(r.status, 405);
+  hresp_free(&r);
+  redisContext *rc = hiredis(s.port);
+  redisReply *g = redisCommand(rc, "GET h3 WITHIMAGE");
+  assert_non_null(g);
+  const redisReply *img = NULL;
+  for (size_t j = 0; g->type == REDIS_REPLY_ARRAY && j + 1 < g->elements;
+       j += 2)
+    if (!strcmp(g->element[j]->str, "image"))
+      img = g->element[j + 1];
+  if (!img || img->type != REDIS_REPLY_STRING || img->len != plen ||
+      memcmp(img->str, png, plen))
+    fail_msg("GET h3 WITHIMAGE: no image field with the kept bytes");
+  freeReplyObject(g);
+  g = redisCommand(rc, "GET b2 WITHIMAGE"); /* keeps none: nil */
+  img = NULL;
+  for (size_t j = 0; g->type == REDIS_REPLY_ARRAY && j + 1 < g->elements;
+       j += 2)
+    if (!strcmp(g->element[j]->str, "image"))
+      img = g->element[j + 1];
+  assert_non_null(img);
+  assert_int_equal(img->type, REDIS_REPLY_NIL);
+  freeReplyObject(g);
+  redisFree(rc);
   free(png);
   free(jpg);
   free(png64);
