@@ -1,24 +1,41 @@
 #!/bin/sh
-# The recipe of models/candidate (models/candidate/README.md): continue
-# the text-pair run (tools/train-default.sh's result, models/candidate at
-# commit a00cb29) for 1,500 steps with a fifth of every drawing and photo
-# catalog's draws shown as silhouettes (--silhouette 0.2: gray, negated,
-# blurred to 28 x 28, train/README.md), not the synthetic shapes, whose
-# captions are about colour.
+# The recipe of models/candidate (models/candidate/README.md), in stages,
+# each continuing the one before:
+#
+#   stage 1  the text-pair run (tools/train-default.sh's result,
+#            models/candidate at commit a00cb29), 1,500 steps, a fifth of
+#            every drawing and photo catalog's draws shown as silhouettes
+#            (--silhouette 0.2: gray, negated, blurred to 28 x 28;
+#            train/README.md), not the synthetic shapes, whose captions
+#            are about colour; seed 7 (models/candidate at commit 54c6ac6)
+#   stage 2  stage 1's result, 1,000 steps, silhouettes 0.35, seed 11
+#   stage 3  stage 2's result, 1,000 steps, silhouettes 0.35, seed 13,
+#            six text-pair rounds a step instead of four and the CLDR
+#            pairs at weight 0.6 instead of 0.37
 #
 #   make data
 #   git archive a00cb29 models/candidate | tar -x -C /tmp
-#   INIT=/tmp/models/candidate tools/train-candidate.sh [OUT]   (OUT: data/runs/v7)
+#   STAGE=1 INIT=/tmp/models/candidate tools/train-candidate.sh data/runs/v7
+#   STAGE=2 INIT=data/runs/v7 tools/train-candidate.sh data/runs/v8
+#   STAGE=3 INIT=data/runs/v8 tools/train-candidate.sh data/runs/v9
 #
-# About 35 minutes on the 2-core machine with nothing else running (53
-# minutes shared with builds and tests).  Ctrl-C checkpoints; the same
-# command with --resume appended continues bit for bit.
+# Stage 1 took about 35 minutes on the 2-core machine with nothing else
+# running (53 minutes shared with builds and tests); stages 2 and 3 about
+# 25 each (a model evaluation or builds beside them).  Ctrl-C
+# checkpoints; the same command with --resume appended continues bit for
+# bit.
 set -eu
 BUILD=${BUILD:-build}
+STAGE=${STAGE:-3}
 INIT=${INIT:-models/candidate}
-OUT=${1:-data/runs/v7}
+OUT=${1:-data/runs/stage$STAGE}
 [ $# -gt 0 ] && shift
-S=0.2
+case $STAGE in
+1) S=0.2 STEPS=1500 SEED=7 CLDR=0.37 ROUNDS=4 ;;
+2) S=0.35 STEPS=1000 SEED=11 CLDR=0.37 ROUNDS=4 ;;
+3) S=0.35 STEPS=1000 SEED=13 CLDR=0.6 ROUNDS=6 ;;
+*) echo "train-candidate.sh: STAGE is 1, 2 or 3" >&2; exit 2 ;;
+esac
 exec "$BUILD/vlmdb" train --init "$INIT" --context 64 \
   --catalog data/openclipart/train.jsonl --silhouette $S \
   --catalog data/emoji/train.jsonl --silhouette $S \
@@ -33,8 +50,8 @@ exec "$BUILD/vlmdb" train --init "$INIT" --context 64 \
   --text-pairs data/textpairs/wordnet.jsonl \
   --text-pairs data/textpairs/freedict.jsonl \
   --text-pairs data/textpairs/unihan.jsonl --weight 22 \
-  --text-pairs data/textpairs/cldr.jsonl --weight 0.37 \
+  --text-pairs data/textpairs/cldr.jsonl --weight $CLDR \
   --text-pairs data/textpairs/tuxpaint.jsonl --weight 2.1 \
   --val-catalog data/openclipart/test.jsonl --val-catalog data/tuxpaint/test.jsonl \
-  --text-rounds 4 --out "$OUT" --max-steps 1500 --batch 128 --lr 1e-4 \
-  --warmup 50 --alpha-white --threads 2 --seed 7 --checkpoint-every 250 "$@"
+  --text-rounds $ROUNDS --out "$OUT" --max-steps $STEPS --batch 128 --lr 1e-4 \
+  --warmup 50 --alpha-white --threads 2 --seed $SEED --checkpoint-every 250 "$@"
