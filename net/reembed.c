@@ -551,6 +551,9 @@ int vlm__reembed_command(vlm__ctx *ctx) {
     if (phase == PHASE_WAITING)
       phase_set(st, PHASE_ABORTED, "aborted before it started");
     atomic_store(&st->cancel, 1);
+    pthread_mutex_lock(&st->mu); /* a thread waiting for the drain */
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);
     vlm__reply_status(ctx->out, "OK");
     return 0;
   }
