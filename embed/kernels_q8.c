@@ -257,9 +257,7 @@ void vlm__qact_rows(vlm__compute mode, uint8_t *qa, int ld, float *xs,
                     int K, const vlm__qlinear *ql) {
   const int Kp = (K + 3) & ~3;
   const float *ism = ql && mode == VLM__COMPUTE_INT8 ? ql->ismooth : NULL;
-  float *row = NULL;
-  if (ism && !(row = malloc((size_t)K * sizeof *row)))
-    ism = NULL; /* cannot happen at these sizes; unsmoothed beats a crash */
+  float row[VLM__QSMOOTH_MAX_K]; /* the loader keeps smoothed K below it */
   for (int m = r0; m < r1; m++) {
     const float *x = in + (size_t)m * ldi;
     uint8_t *dst = qa + (size_t)m * ld;
@@ -281,7 +279,6 @@ void vlm__qact_rows(vlm__compute mode, uint8_t *qa, int ld, float *xs,
         d[k] = 0;
     }
   }
-  free(row);
 }
 
 /* ---- products: reference ------------------------------------------------- */

@@ -57,6 +57,18 @@ static float *to_f32(const vlm__st_tensor *t) {
   return f;
 }
 
+/* An owned F32 vector written beside tensor name as name + suffix. */
+static void f32_beside(out_tensor *v, const char *name, const char *suffix,
+                       float *data, int64_t len) {
+  snprintf(v->name, sizeof v->name, "%s%s", name, suffix);
+  v->dtype = "F32";
+  v->ndim = 1;
+  v->shape[0] = len;
+  v->data = v->owned = data;
+  v->nbytes = (uint64_t)len * 4;
+  v->align = 4;
+}
+
 /* The quantized forms of one block weight: name (I8) + name_scale (F32)
  * (+ name_smooth (F32 [K]) with the columns multiplied by it first, when
  * smooth is given), or name (BF16). */
@@ -104,24 +116,9 @@ static int quantize_tensor(const vlm__st_tensor *t, vlm_compute_mode mode,
     w->data = w->owned = q;
     w->nbytes = (uint64_t)(rows * K);
     w->align = 1;
-    out_tensor *s = &o[(*n)++];
-    snprintf(s->name, sizeof s->name, "%s_scale", t->name);
-    s->dtype = "F32";
-    s->ndim = 1;
-    s->shape[0] = rows;
-    s->data = s->owned = scale;
-    s->nbytes = (uint64_t)rows * 4;
-    s->align = 4;
-    if (smooth) {
-      out_tensor *m = &o[(*n)++];
-      snprintf(m->name, sizeof m->name, "%s_smooth", t->name);
-      m->dtype = "F32";
-      m->ndim = 1;
-      m->shape[0] = K;
-      m->data = m->owned = smooth;
-      m->nbytes = (uint64_t)K * 4;
-      m->align = 4;
-    }
+    f32_beside(&o[(*n)++], t->name, "_scale", scale, rows);
+    if (smooth)
+      f32_beside(&o[(*n)++], t->name, "_smooth", smooth, K);
   } else {
     uint16_t *h = malloc((size_t)(rows * K > 0 ? rows * K : 1) * 2);
     if (!h) {
@@ -421,7 +418,8 @@ int vlm_clip_quantize_ex(const char *in_dir, const char *out_dir,
     goto done;
   }
   for (int q = 0; smooth && q < namax && !rc; q++)
-    rc = layer_smoothing(clip, q, amax[q], alpha, &smooth[q]);
+    if (clip->qlin[q].K <= VLM__QSMOOTH_MAX_K) /* wider ones: unsmoothed */
+      rc = layer_smoothing(clip, q, amax[q], alpha, &smooth[q]);
   if (rc)
     goto done;
   const vlm__safetensors *st = clip->st;

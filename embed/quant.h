@@ -33,6 +33,9 @@ typedef enum {
 } vlm__compute;
 
 #define VLM__QPANEL 32
+/* The widest input a smoothed layer may have (its divided row is kept on
+ * the stack of the thread quantizing it). */
+#define VLM__QSMOOTH_MAX_K 8192
 
 /* CPU features the kernels use, after VLMDB_CPU_FEATURES (read when a
  * layer is packed: a loaded model keeps its choice). */
@@ -52,7 +55,7 @@ typedef struct {
   /* int8 with smoothing (SmoothQuant): the weights are w[n,k] · s[k] and
    * an input row is x[k] / s[k] before it is quantized; ismooth = 1/s
    * ([K], owned), NULL: none. */
-  float *ismooth;
+  float *ismooth;       /* K <= VLM__QSMOOTH_MAX_K */
   /* Calibration (vlm_clip_quantize_ex): when set, every input row this
    * layer quantizes raises amax[k] to |x[k]| ([K], owned). */
   float *amax;

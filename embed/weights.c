@@ -777,6 +777,9 @@ static int check_i8(const vlm__safetensors *st, const vlm__st_tensor *t,
         sm->shape[0] != t->shape[1])
       return vlm_seterr(VLM_EMISMATCH, "%s: %s must be F32 [%lld]", path,
                         name, (long long)t->shape[1]);
+    if (sm->shape[0] > VLM__QSMOOTH_MAX_K)
+      return vlm_seterr(VLM_EUNSUPPORTED, "%s: %s: smoothing of inputs "
+                        "wider than %d", path, name, VLM__QSMOOTH_MAX_K);
     for (int64_t k = 0; k < sm->shape[0]; k++) {
       float v;
       memcpy(&v, (const char *)sm->data + k * 4, 4);
@@ -874,11 +877,12 @@ static void mark_quantized(vlm_clip *clip, spec_list *l) {
 }
 
 /* Row n (K values) of the matrix a spec binds: as int8 from an I8 file
- * tensor (*q8 and *scale set, returns 1), else as F32 into f (returns 0). */
+ * tensor when q8 is not NULL (*q8 and *scale set, returns 1), else as F32
+ * into f (an I8 one dequantized; returns 0). */
 static int spec_row(const spec *s, int n, int K, float *f, const int8_t **q8,
                     float *scale) {
   int64_t first = (s->kind == SRC_ROWS ? s->offset : 0) + (int64_t)n * K;
-  if (s->t->dtype == VLM__DT_I8 && s->kind != SRC_TRANSPOSE) {
+  if (q8 && s->t->dtype == VLM__DT_I8 && s->kind != SRC_TRANSPOSE) {
     *q8 = (const int8_t *)s->t->data + first;
     memcpy(scale, (const char *)s->scale->data + (size_t)(first / K) * 4, 4);
     return 1;
@@ -904,12 +908,24 @@ static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
                          parts[0]->t->dtype == VLM__DT_BF16;
   const int rows = N * nparts,
             int8 = clip->compute == VLM__COMPUTE_INT8 && !mixed_bf16;
-  for (int p = 1; p < nparts; p++)
+  /* The parts of one layer (q, k, v) share its input, so they share one
+   * precision, and one smoothing (SmoothQuant) or none: an int8 product
+   * divides its input by it (the file's weights were multiplied by it). */
+  const vlm__st_tensor *sm0 = parts[0]->t->dtype == VLM__DT_I8
+                                  ? parts[0]->smooth : NULL;
+  for (int p = 1; p < nparts; p++) {
+    const vlm__st_tensor *sm = parts[p]->t->dtype == VLM__DT_I8
+                                   ? parts[p]->smooth : NULL;
     if ((parts[p]->t->dtype == VLM__DT_BF16) !=
         (parts[0]->t->dtype == VLM__DT_BF16) && mixed_bf16)
       return vlm_seterr(VLM_ECORRUPT, "%s and %s: one layer's weights in "
                         "BF16 and %s", parts[0]->t->name, parts[p]->t->name,
                         vlm__dtype_name(parts[p]->t->dtype));
+    if (!sm0 != !sm || (sm && memcmp(sm->data, sm0->data, (size_t)K * 4)))
+      return vlm_seterr(VLM_ECORRUPT, "%s and %s: one layer's weights with "
+                        "different smoothing", parts[0]->t->name,
+                        parts[p]->t->name);
+  }
   float *f = malloc((size_t)rows * K * sizeof *f);
   int8_t *q8 = int8 ? malloc((size_t)rows * K) : NULL;
   float *scale = malloc((size_t)rows * sizeof *scale);
@@ -929,19 +945,13 @@ static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
       int r = p * N + n;
       const int8_t *src8 = NULL;
       float *fr = f + (size_t)r * K;
-      if (spec_row(parts[p], n, K, fr, &src8, &scale[r])) {
-        if (int8) {
-          rowp[r] = src8;
-          continue;
-        }
-        const vlm__st_tensor *sm = parts[p]->smooth;
-        for (int k = 0; k < K; k++) { /* bf16 compute of an int8 file */
-          float d = 1;
-          if (sm)
-            memcpy(&d, (const char *)sm->data + (size_t)k * 4, 4);
-          fr[k] = (float)src8[k] * scale[r] / d;
-        }
-      } else if (int8) {
+      /* bf16 compute reads an I8 file's rows dequantized (and divided
+       * by their smoothing) */
+      if (spec_row(parts[p], n, K, fr, int8 ? &src8 : NULL, &scale[r])) {
+        rowp[r] = src8;
+        continue;
+      }
+      if (int8) {
         scale[r] = vlm__q8_quantize_row(q8 + (size_t)r * K, fr, K);
         rowp[r] = q8 + (size_t)r * K;
         continue;
@@ -949,21 +959,6 @@ static int build_one(vlm_clip *clip, vlm__qlinear *q, const spec *const *parts,
       rowp[r] = fr;
     }
   }
-  /* SmoothQuant: the parts of one layer (q, k, v) share its input, so
-   * they share one smoothing, or have none; an int8 product divides its
-   * input by it (the file's weights were multiplied by it). */
-  const vlm__st_tensor *sm0 = parts[0]->t->dtype == VLM__DT_I8
-                                  ? parts[0]->smooth : NULL;
-  for (int p = 1; p < nparts && !rc; p++) {
-    const vlm__st_tensor *sm = parts[p]->t->dtype == VLM__DT_I8
-                                   ? parts[p]->smooth : NULL;
-    if (!sm0 != !sm || (sm && memcmp(sm->data, sm0->data, (size_t)K * 4)))
-      rc = vlm_seterr(VLM_ECORRUPT, "%s and %s: one layer's weights with "
-                      "different smoothing", parts[0]->t->name,
-                      parts[p]->t->name);
-  }
-  if (rc)
-    goto done;
   if (!int8) {
     rc = vlm__qlinear_init_bf16(q, (const float *const *)rowp,
                                 has_bias ? bias : NULL, rows, K);

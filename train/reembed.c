@@ -300,52 +300,72 @@ static int batch_flush(vlm_reembed *re) {
   return 0;
 }
 
-int vlm_reembed_walk(vlm_reembed *re) {
-  uint64_t cursor = 0;
+/* Stage the old database's items whose id is >= from (0: all), in id
+ * order.  resume: keys already staged are skipped (a rerun of a cut
+ * walk), else they are replaced (a catch-up).  A key deleted between the
+ * scan and its read is skipped (the sweep's).  *added: items batched. */
+static int stage_from(vlm_reembed *re, uint64_t from, int resume,
+                      long *added) {
+  uint64_t cursor = from;
+  int rc = 0;
+  *added = 0;
+  re->put_flags = resume ? 0 : VLM_PUT_UPSERT;
   do {
     if (re->opts.cancel && atomic_load(re->opts.cancel)) {
-      batch_clear(re);
-      return vlm_seterr(VLM_EINTR, "re-embedding stopped before the switch");
+      rc = vlm_seterr(VLM_EINTR, "re-embedding stopped before the switch");
+      break;
     }
     char **keys = NULL;
     int n = 0;
     uint64_t next = 0;
-    int rc = vlm_db_scan(re->old, cursor, 256, &keys, &n, &next);
-    if (rc)
-      return rc;
+    if ((rc = vlm_db_scan(re->old, cursor, 256, &keys, &n, &next)))
+      break;
     for (int i = 0; i < n && rc == 0; i++) {
-      int have = vlm_db_exists(re->staged, keys[i]);
-      if (have < 0) {
-        rc = have;
-        break;
-      }
-      if (have) {
-        re->counts.resumed++;
-        continue;
+      if (resume) {
+        int have = vlm_db_exists(re->staged, keys[i]);
+        if (have < 0) {
+          rc = have;
+          break;
+        }
+        if (have) {
+          re->counts.resumed++;
+          continue;
+        }
       }
       int j = re->n;
-      if ((rc = vlm_db_get(re->old, keys[i], &re->rec[j])) ||
-          (rc = vlm_db_get_image(re->old, keys[i], &re->image[j],
-                                 &re->image_len[j])))
+      rc = vlm_db_get(re->old, keys[i], &re->rec[j]);
+      if (rc == VLM_ENOTFOUND) {
+        rc = 0;
+        continue;
+      }
+      if (rc || (rc = vlm_db_get_image(re->old, keys[i], &re->image[j],
+                                       &re->image_len[j]))) {
+        vlm_record_free(re->rec[j]);
+        re->rec[j] = NULL;
         break;
+      }
       re->want_image[j] = re->rec[j]->image_vec != NULL;
       re->want_text[j] = re->rec[j]->text_vec != NULL;
       re->n++;
-      if (re->n == re->batch_size) {
-        if ((rc = batch_flush(re)))
-          break;
-        if (re->opts.cancel && atomic_load(re->opts.cancel))
-          break;
-      }
+      (*added)++;
+      if (re->n == re->batch_size && (rc = batch_flush(re)) == 0 &&
+          re->opts.cancel && atomic_load(re->opts.cancel))
+        rc = vlm_seterr(VLM_EINTR, "re-embedding stopped before the switch");
     }
     vlm_db_keys_free(keys, n);
-    if (rc) {
-      batch_clear(re);
-      return rc;
-    }
     cursor = next;
-  } while (cursor);
-  return re->n ? batch_flush(re) : 0;
+  } while (!rc && cursor);
+  if (!rc && re->n)
+    rc = batch_flush(re);
+  if (rc)
+    batch_clear(re);
+  re->put_flags = 0;
+  return rc;
+}
+
+int vlm_reembed_walk(vlm_reembed *re) {
+  long added;
+  return stage_from(re, 0, 1, &added);
 }
 
 uint64_t vlm_reembed_mark(const vlm_reembed *re) { return re->mark; }
@@ -359,48 +379,7 @@ int vlm_reembed_catch_up(vlm_reembed *re, uint64_t from_id,
     return rc;
   /* ids from here on are the next pass's: taken before this one reads */
   *next_mark = info.next_id;
-  uint64_t cursor = from_id ? from_id : 1;
-  re->put_flags = VLM_PUT_UPSERT;
-  do {
-    if (re->opts.cancel && atomic_load(re->opts.cancel)) {
-      batch_clear(re);
-      rc = vlm_seterr(VLM_EINTR, "re-embedding stopped before the switch");
-      break;
-    }
-    char **keys = NULL;
-    int n = 0;
-    uint64_t next = 0;
-    if ((rc = vlm_db_scan(re->old, cursor, 256, &keys, &n, &next)))
-      break;
-    for (int i = 0; i < n && rc == 0; i++) {
-      int j = re->n;
-      rc = vlm_db_get(re->old, keys[i], &re->rec[j]);
-      if (rc == VLM_ENOTFOUND) { /* deleted since the scan: the sweep's */
-        rc = 0;
-        continue;
-      }
-      if (rc || (rc = vlm_db_get_image(re->old, keys[i], &re->image[j],
-                                       &re->image_len[j]))) {
-        vlm_record_free(re->rec[j]);
-        re->rec[j] = NULL;
-        break;
-      }
-      re->want_image[j] = re->rec[j]->image_vec != NULL;
-      re->want_text[j] = re->rec[j]->text_vec != NULL;
-      re->n++;
-      (*changed)++;
-      if (re->n == re->batch_size)
-        rc = batch_flush(re);
-    }
-    vlm_db_keys_free(keys, n);
-    cursor = next;
-  } while (!rc && cursor);
-  if (!rc && re->n)
-    rc = batch_flush(re);
-  if (rc)
-    batch_clear(re);
-  re->put_flags = 0;
-  return rc;
+  return stage_from(re, from_id, 0, changed);
 }
 
 int vlm_reembed_sweep(vlm_reembed *re, long *deleted) {
