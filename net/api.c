@@ -916,8 +916,8 @@ done:
 
 /* GET /v1/items/{key}/explain?text=...&method=...&side=...: VLM.EXPLAIN
  * KEY key TEXT text METHOD m SIDE s, answered with its PNG (render.c).
- * "auto" is resolved here, as the explainer resolves it (relevance where
- * the vision tower has a class token: every family but SigLIP), so the
+ * "auto" is resolved here, as the explainer resolves it (integrated
+ * gradients, for every family), so the
  * response can name the method that ran and the bytes are those of
  * VLM.EXPLAIN with METHOD AUTO.  Without a model it goes through as
  * AUTO and the command refuses it, in its own words. */
@@ -925,7 +925,8 @@ static void route_explain(api_ctx *c, const char *key) {
   static const char *const names[] = {"text", "method", "side", NULL};
   static const char *const canonical[] = {
       [VLM_EXPLAIN_GRADCAM] = "gradcam", [VLM_EXPLAIN_TOKEN] = "token",
-      [VLM_EXPLAIN_RELEVANCE] = "relevance", [VLM_EXPLAIN_AUTO] = "auto"};
+      [VLM_EXPLAIN_RELEVANCE] = "relevance",
+      [VLM_EXPLAIN_INTEGRATED] = "integrated", [VLM_EXPLAIN_AUTO] = "auto"};
   args a;
   args_init(&a);
   const char *text = NULL, *s;
@@ -948,16 +949,15 @@ static void route_explain(api_ctx *c, const char *key) {
   if ((rc = get_str(c, "method", &s, NULL)) < 0)
     goto done;
   if (rc > 0 && vlm_explain_method_parse(s, &method)) {
-    fail(c, 400, "method", "method must be auto, relevance, token or "
-         "gradcam");
+    fail(c, 400, "method", "method must be auto, integrated, relevance, "
+         "token or gradcam");
     goto done;
   }
   if (get_int(c, "side", 16, 1024, &side) < 0)
     goto done;
   const char *family = vlm_clip_family(c->conn->srv->clip);
   if (method == VLM_EXPLAIN_AUTO && family)
-    method = strcmp(family, "siglip") ? VLM_EXPLAIN_RELEVANCE
-                                      : VLM_EXPLAIN_TOKEN;
+    method = VLM_EXPLAIN_INTEGRATED;
   args_str(&a, "VLM.EXPLAIN");
   args_str(&a, "KEY");
   args_str(&a, key);

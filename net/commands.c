@@ -3219,7 +3219,7 @@ static int cmd_explain_proc(vlm__ctx *ctx) {
            vlm_explain_method_parse(name, &st->method))) {
         char tmp[64];
         vlm__reply_error(ctx->out, "ERR", "VLM.EXPLAIN: unknown METHOD '%s' "
-                         "(AUTO, RELEVANCE, TOKEN or GRADCAM)",
+                         "(AUTO, INTEGRATED, RELEVANCE, TOKEN or GRADCAM)",
                          arg_show(m, tmp, sizeof tmp));
         return -1;
       }

@@ -1957,9 +1957,9 @@ static void test_explain(void **state) {
   hconn c = hopen(s.http);
   put_items(&c);
   redisContext *rc = hiredis(s.port);
-  /* auto: relevance where the vision tower has a class token */
-  const char *auto_method =
-      strcmp(vlm_clip_family(g_clip), "siglip") ? "relevance" : "token";
+  /* auto: integrated gradients, for every family */
+  const char *auto_method = "integrated";
+  int has_cls = strcmp(vlm_clip_family(g_clip), "siglip") != 0;
 
   /* the route's PNG is VLM.EXPLAIN's, byte for byte, with its side, the
    * method that ran, and the same score and grid */
@@ -1977,14 +1977,15 @@ static void test_explain(void **state) {
        "?side=64&method=token&text=Saturn%2C+the+ringed+planet", "token", 64,
        "token"},
       {"dog", "a dog", "?text=a+dog&method=auto", "AUTO", 0, NULL},
+      {"dog", "a dog", "?text=a+dog&method=Integrated&side=32", "integrated",
+       32, "integrated"},
       {"sun", "clip art of a smiling sun",
        "?text=clip+art+of+a+smiling+sun&method=relevance&side=1024",
        "relevance", 1024, "relevance"},
   };
   char path[512], got[64];
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    if (cases[i].ran && !strcmp(cases[i].ran, "relevance") &&
-        strcmp(auto_method, "relevance"))
+    if (cases[i].ran && !strcmp(cases[i].ran, "relevance") && !has_cls)
       continue; /* a SigLIP test model has no class token */
     item_path(path, sizeof path, cases[i].key, "/explain");
     strcat(path, cases[i].query);
@@ -2052,7 +2053,7 @@ static void test_explain(void **state) {
       {"/v1/items/car/explain", 400, "bad_request", "text", "text is required"},
       {"/v1/items/car/explain?text=", 400, "bad_request", "text", NULL},
       {"/v1/items/car/explain?text=a+car&method=saliency", 400, "bad_request",
-       "method", "auto, relevance, token or gradcam"},
+       "method", "auto, integrated, relevance, token or gradcam"},
       {"/v1/items/car/explain?text=a+car&side=8", 400, "bad_request", "side",
        NULL},
       {"/v1/items/car/explain?text=a+car&side=2000", 400, "bad_request",

@@ -18,7 +18,7 @@ struct vlm_explainer {
   vlm__tlayout *L;
   vlm__tpool *pool;
   vlm__tmodel_f32 *m;
-  int dim, grid, tokens, cls, width;
+  int dim, grid, tokens, cls, width, side;
   float *grad; /* [tokens, width] */
 };
 
@@ -69,6 +69,7 @@ int vlm_explainer_create(const vlm_clip *clip, int threads,
   ex->tokens = ex->L->vision_tokens;
   ex->cls = ex->L->vision_cls;
   ex->width = cfg->vision_width;
+  ex->side = cfg->image_size;
   ex->grad = malloc(sizeof(float) * (size_t)ex->tokens * ex->width);
   if (!ex->grad) {
     rc = vlm_seterr(VLM_ENOMEM, "explain: gradient");
@@ -120,6 +121,60 @@ static int relevance_map(vlm_explainer *ex, const float *text_vec, double s,
   return 0;
 }
 
+/* Integrated gradients (Sundararajan, Taly and Yan, ICML 2017) from the
+ * all-zero picture (the model's mean colour) to this one, a midpoint sum
+ * of IG_STEPS gradients; the convolution is linear in the pixels, so a
+ * patch's share is <its convolution output, the mean gradient there>. */
+enum { IG_STEPS = 16 };
+
+static int integrated_map(vlm_explainer *ex, const float *pixels,
+                          const float *text_vec, double s, float *map,
+                          float *score) {
+  int np = ex->grid * ex->grid, C = ex->width;
+  size_t npx = (size_t)3 * ex->side * ex->side;
+  float *conv = malloc(sizeof(float) * (size_t)np * C);
+  double *acc = calloc((size_t)np * C, sizeof(double));
+  float *scaled = malloc(sizeof(float) * npx);
+  if (!conv || !acc || !scaled) {
+    free(conv);
+    free(acc);
+    free(scaled);
+    return vlm_seterr(VLM_ENOMEM, "explain: integrated gradients");
+  }
+  /* the caller's forward left the picture's own convolution output */
+  vlm__tmodel_image_patch_grad_f32(ex->m, text_vec, NULL, conv);
+  for (int k = 0; k < IG_STEPS; k++) {
+    float a = (k + 0.5f) / IG_STEPS;
+    for (size_t i = 0; i < npx; i++)
+      scaled[i] = a * pixels[i];
+    vlm__tmodel_images_f32(ex->m, scaled, 1, NULL);
+    vlm__tmodel_image_patch_grad_f32(ex->m, text_vec, ex->grad, NULL);
+    for (size_t i = 0; i < (size_t)np * C; i++)
+      acc[i] += ex->grad[i];
+  }
+  double total = 0;
+  for (int i = 0; i < np; i++) {
+    double v = 0;
+    for (int c = 0; c < C; c++)
+      v += acc[(size_t)i * C + c] / IG_STEPS * conv[(size_t)i * C + c];
+    if (!isfinite(v))
+      total = NAN;
+    v = v > 0 ? v : 0;
+    map[i] = (float)v;
+    total += v;
+  }
+  free(conv);
+  free(acc);
+  free(scaled);
+  if (!isfinite(total) || !isfinite(s))
+    return vlm_seterr(VLM_ENUMERIC, "explain: the map is not finite");
+  for (int i = 0; i < np; i++)
+    map[i] = total > 0 ? (float)(map[i] / total) : 0.0f;
+  if (score)
+    *score = (float)s;
+  return 0;
+}
+
 int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
                       const float *text_vec, vlm_explain_method method,
                       float *map, float *score) {
@@ -128,7 +183,7 @@ int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
   if ((int)method < VLM_EXPLAIN_GRADCAM || (int)method > VLM_EXPLAIN_AUTO)
     return vlm_seterr(VLM_EINVAL, "explain: unknown method %d", (int)method);
   if (method == VLM_EXPLAIN_AUTO)
-    method = ex->cls ? VLM_EXPLAIN_RELEVANCE : VLM_EXPLAIN_TOKEN;
+    method = VLM_EXPLAIN_INTEGRATED;
   if (method == VLM_EXPLAIN_RELEVANCE && !ex->cls)
     return vlm_seterr(VLM_EUNSUPPORTED,
                       "explain: relevance needs a class token (this tower "
@@ -145,6 +200,8 @@ int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
     free(e);
   if (method == VLM_EXPLAIN_RELEVANCE)
     return relevance_map(ex, text_vec, s, map, score);
+  if (method == VLM_EXPLAIN_INTEGRATED)
+    return integrated_map(ex, pixels, text_vec, s, map, score);
   vlm__tmodel_image_block_grad_f32(ex->m, text_vec, NULL, ex->grad);
   const float *A = vlm__tmodel_image_block_input_f32(ex->m, 1);
   int C = ex->width, np = ex->grid * ex->grid;
@@ -328,14 +385,14 @@ void vlm_explanation_free(vlm_explanation *e) {
 
 int vlm_explain_method_parse(const char *name, vlm_explain_method *out) {
   static const char *const names[] = {"gradcam", "token", "relevance",
-                                      "auto"};
-  for (int i = 0; i < 4; i++)
+                                      "integrated", "auto"};
+  for (int i = 0; i < 5; i++)
     if (name && !strcasecmp(name, names[i])) {
       *out = (vlm_explain_method)i;
       return 0;
     }
   return vlm_seterr(VLM_EINVAL,
-                    "explain: unknown method '%s' (auto, gradcam, token "
-                    "or relevance)",
+                    "explain: unknown method '%s' (auto, integrated, "
+                    "relevance, token or gradcam)",
                     name ? name : "");
 }

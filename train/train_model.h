@@ -181,7 +181,17 @@ typedef struct {
    * score against q[D].  -1: the tower has no class token (SigLIP) or is  \
    * post-LN; -2: out of memory. */                                         \
   int vlm__tmodel_image_relevance_##SFX(vlm__tmodel_##SFX *m, const real *q, \
-                                        real *rel);
+                                        real *rel);                          \
+  /* After an images call of B images: the gradient of s (as above) with   \
+   * respect to the patch convolution's output (before its bias, the      \
+   * positions, the class token and the pre-norm), grad[B*np, C], and that \
+   * output itself, conv[B*np, C] (either may be NULL).  Integrated        \
+   * gradients walk the pixels from zero (the normalized mean colour), on  \
+   * which the convolution is linear, so these two give a patch's share.  \
+   * Touches no weight gradient; the model needs with_grads. */            \
+  void vlm__tmodel_image_patch_grad_##SFX(vlm__tmodel_##SFX *m,              \
+                                          const real *q, real *grad,         \
+                                          real *conv);
 
 VLM__TM_DECLARE(float, f32)
 VLM__TM_DECLARE(double, f64)

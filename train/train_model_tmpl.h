@@ -995,6 +995,44 @@ int TM(image_relevance)(TMS(model) *m, const real *q, real *rel) {
   return 0;
 }
 
+void TM(image_patch_grad)(TMS(model) *m, const real *q, real *grad,
+                          real *conv) {
+  const vlm__tlayout *L = m->L;
+  const vlm__clip_config *c = &L->cfg;
+  int B = m->nimg, D = c->projection_dim, C = c->vision_width;
+  int T = L->vision_tokens, np = T - L->vision_cls;
+  int64_t N = (int64_t)B * T, P = (int64_t)B * np;
+  TMS(tower) *t = &m->vis;
+  if (conv) {
+    memcpy(conv, m->patch_out, sizeof(real) * P * C);
+    if (c->family == VLM__FAMILY_SIGLIP) /* the bias was added in place */
+      for (int64_t i = 0; i < P; i++)
+        for (int k = 0; k < C; k++)
+          conv[i * C + k] -= m->p[L->patch_b + k];
+  }
+  if (!grad)
+    return;
+  int frozen = m->frozen;
+  m->frozen = 1;
+  for (int b = 0; b < B; b++)
+    memcpy(m->d_embn_img + (int64_t)b * D, q, sizeof(real) * D);
+  TMS(vision_tail_backward)(m, B);
+  TMS(tower_backward)(m, t, N);
+  if (c->family == VLM__FAMILY_SIGLIP) {
+    K(vision_embed_backward)(m->pool, m->d_emb, NULL, NULL, m->d_res, B, T, C,
+                             0);
+  } else {
+    memset(m->d_c, 0, sizeof(real) * N * C);
+    K(layernorm_backward)(m->pool, m->d_c, NULL, NULL, m->d_res, m->vemb,
+                          m->p + L->pre_ln_w, m->pre_mean, m->pre_rstd,
+                          (int)N, C);
+    K(vision_embed_backward)(m->pool, m->d_emb, NULL, NULL, m->d_c, B, T, C,
+                             1);
+  }
+  memcpy(grad, m->d_emb, sizeof(real) * P * C);
+  m->frozen = frozen;
+}
+
 #undef TM_CAT2
 #undef TM_CAT
 #undef TM

@@ -226,8 +226,8 @@ typedef enum {
   VLM_EXPLAIN_GRADCAM = 0,
   VLM_EXPLAIN_TOKEN = 1,
   VLM_EXPLAIN_RELEVANCE = 2,
-  VLM_EXPLAIN_AUTO = 3 /* relevance where the tower has a class token
-                          (CLIP, Chinese-CLIP), else token (SigLIP) */
+  VLM_EXPLAIN_INTEGRATED = 3,
+  VLM_EXPLAIN_AUTO = 4 /* integrated, for every family */
 } vlm_explain_method;
 
 /* A copy of clip's vision tower in the trainer's layout (F32; the default

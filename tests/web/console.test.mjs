@@ -611,10 +611,10 @@ async function runTest() {
     const whyIndex = keysOf(whyHits).indexOf(whyKey);
     await page.click(`#grid .card[data-index="${whyIndex}"] .why`);
     await page.waitForSelector('#item[open]');
-    let whyCaption = await explained('relevance');
+    let whyCaption = await explained('integrated');
     check(await page.$eval('#item-key', (e) => e.textContent) === whyKey, 'the item view of the card whose "Why?" was clicked');
-    check(whyCaption.includes(`“${query}”`) && /Method: relevance \(auto\)/.test(whyCaption), `the explanation's caption: ${whyCaption}`);
-    check((await sameAsApi(whyKey, 'auto')) === 'relevance', 'the API ran relevance for auto');
+    check(whyCaption.includes(`“${query}”`) && /Method: integrated \(auto\)/.test(whyCaption), `the explanation's caption: ${whyCaption}`);
+    check((await sameAsApi(whyKey, 'auto')) === 'integrated', 'the API ran integrated gradients for auto');
     check(await page.$eval('#item-explain', (b) => b.hidden), '"Why this match?" is not offered again while the explanation shows');
     await shot(page, 'explain');
     await page.keyboard.press('Escape');
@@ -626,7 +626,7 @@ async function runTest() {
     await page.waitForSelector('#item[open] #item-table tbody tr');
     check(await page.$eval('#explain', (e) => e.hidden), 'no explanation before it is asked for');
     await page.click('#item-explain');
-    await explained('relevance');
+    await explained('integrated');
     await page.select('#explain-method', 'gradcam');
     whyCaption = await explained('gradcam');
     check(/Method: gradcam ·/.test(whyCaption), `the Grad-CAM caption: ${whyCaption}`);
@@ -653,7 +653,7 @@ async function runTest() {
     await ask('PUT', itemPath(goneKey), { text: goneRow.text, meta: goneRow.meta, source: goneRow.image,
                                           image: fs.readFileSync(goneRow.image).toString('base64') });
     assertClean(w, 'why this match');
-    log(`why this match: the heat map of ${whyKey} (relevance for auto, then gradcam) the API's, 256 px; a deleted item's 404 shown`);
+    log(`why this match: the heat map of ${whyKey} (integrated gradients for auto, then gradcam) the API's, 256 px; a deleted item's 404 shown`);
 
     // 7. Eval: Recall@K and the rank histogram as SVG, each bar the API's.
     await page.click('#nav-eval');
