@@ -218,9 +218,12 @@ static void *reembed_main(void *arg) {
     goto fail;
   }
   /* Catch up with the writes taken during the walk, pass after pass,
-   * while writes go on; a pass that finds at most a batch ends it. */
+   * while writes go on.  A pass that finds at most a batch ends it, and
+   * so does one that finds no fewer than the pass before: writes come in
+   * as fast as this thread embeds them, and more passes would only grow
+   * (the last pass, with writes refused, is then about one pass long). */
   uint64_t mark = vlm_reembed_mark(re), next = 0;
-  long changed = 0, deleted = 0;
+  long changed = 0, deleted = 0, before = LONG_MAX;
   for (int pass = 0; pass < 8; pass++) {
     if ((rc = vlm_reembed_catch_up(re, mark, &next, &changed)) < 0)
       break;
@@ -228,8 +231,9 @@ static void *reembed_main(void *arg) {
     pthread_mutex_lock(&st->mu);
     st->caught_up += changed;
     pthread_mutex_unlock(&st->mu);
-    if (changed <= st->batch)
+    if (changed <= st->batch || changed >= before)
       break;
+    before = changed;
   }
   if (rc == VLM_EINTR)
     goto aborted;

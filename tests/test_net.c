@@ -3792,6 +3792,133 @@ static void test_reembed_while_serving(void **state) {
   server_done(&s);
 }
 
+/* The last catch-up refuses writes: a client that keeps 16 image ADDs in
+ * flight for the whole run (BATCH large, so the catch-up passes end at
+ * once and the last one embeds what came in during the one before) sees
+ * them taken, then refused with the switching error, then taken again;
+ * every acknowledged write is in the new database with the new model's
+ * vector of its image, and no refused one is. */
+#define FLOOD_MAX 20000
+static void test_reembed_final_refuses_writes(void **state) {
+  (void)state;
+  server_t s;
+  make_db_keep(&s, 1);
+  start_server(&s, (const char *const[]){"--threads", "2", NULL});
+  redisContext *c = hconnect(s.port), *w = hconnect(s.port);
+  reembed_fill(c);
+  char *img[REEMBED_NIMAGES];
+  size_t ilen[REEMBED_NIMAGES];
+  for (int i = 0; i < REEMBED_NIMAGES; i++)
+    img[i] = fixture(reembed_images[i], &ilen[i]);
+  redisReply *r = hcmd(c, "VLM.REEMBED MODEL %s BATCH 1024", REEMBED_MODEL);
+  if (r->type != REDIS_REPLY_ARRAY)
+    fail_msg("VLM.REEMBED MODEL: type %d '%s'", r->type,
+             r->str ? r->str : "");
+  freeReplyObject(r);
+  /* 0: not sent, 1: taken, 2: refused */
+  static char fate[FLOOD_MAX];
+  memset(fate, 0, sizeof fate);
+  enum { WINDOW = 16 };
+  int sent = 0, got = 0, taken_before = 0, refused = 0, taken_after = 0;
+  char st[32] = "running";
+  for (;;) {
+    while (sent - got < WINDOW) {
+      assert_true(sent < FLOOD_MAX);
+      redisAppendCommand(w, "ADD f%d IMAGE %b", sent,
+                         img[sent % REEMBED_NIMAGES],
+                         ilen[sent % REEMBED_NIMAGES]);
+      sent++;
+    }
+    redisReply *a = NULL;
+    if (redisGetReply(w, (void **)&a) != REDIS_OK)
+      fail_msg("ADD: %s", w->errstr);
+    int i = got++;
+    if (a->type == REDIS_REPLY_INTEGER && a->integer == 1) {
+      fate[i] = 1;
+      if (refused)
+        taken_after++;
+      else
+        taken_before++;
+    } else if (a->type == REDIS_REPLY_ERROR && strstr(a->str, "switching")) {
+      fate[i] = 2;
+      if (taken_after)
+        fail_msg("ADD f%d refused after a later one was taken: %s", i,
+                 a->str);
+      refused++;
+      usleep(2000); /* refusals are quick: do not flood the switch */
+    } else {
+      fail_msg("ADD f%d during the reembed: type %d '%s'", i, a->type,
+               a->str ? a->str : "");
+    }
+    freeReplyObject(a);
+    if (got % WINDOW == 0) {
+      reembed_status(c, st, sizeof st, NULL);
+      if (strcmp(st, "running") && strcmp(st, "waiting") &&
+          strcmp(st, "final") && strcmp(st, "switching") &&
+          (taken_after >= WINDOW || strcmp(st, "cleaning")))
+        break;
+    }
+  }
+  while (got < sent) { /* the window's last replies */
+    redisReply *a = NULL;
+    if (redisGetReply(w, (void **)&a) != REDIS_OK)
+      fail_msg("ADD: %s", w->errstr);
+    fate[got++] = a->type == REDIS_REPLY_INTEGER ? 1 : 2;
+    freeReplyObject(a);
+  }
+  print_message("%d ADDs during the reembed: %d taken before the last "
+                "catch-up, %d refused, %d taken after the switch\n", sent,
+                taken_before, refused, taken_after);
+  reembed_wait(c, st, sizeof st);
+  if (strcmp(st, "done")) {
+    print_log(&s);
+    fail_msg("the reembed ended %s", st);
+  }
+  assert_true(taken_before > 0);
+  assert_true(refused > 0);
+  vlm_clip *nm = NULL;
+  if (vlm_clip_load(REEMBED_MODEL, NULL, &nm) < 0)
+    fail_msg("%s: %s", REEMBED_MODEL, vlm_errmsg());
+  int d = vlm_clip_dim(nm);
+  float *want = malloc((size_t)REEMBED_NIMAGES * d * sizeof(float));
+  for (int i = 0; i < REEMBED_NIMAGES; i++) {
+    const void *p = img[i];
+    if (vlm_clip_encode_image_buffers(nm, &p, &ilen[i], 1, 0,
+                                      want + (size_t)i * d) < 0)
+      fail_msg("encode: %s", vlm_errmsg());
+  }
+  for (int i = 0; i < sent; i++) {
+    r = hcmd(c, "GET f%d WITHVECTORS", i);
+    if (fate[i] != 1) {
+      if (r->type != REDIS_REPLY_NIL)
+        fail_msg("f%d was refused, yet GET answers type %d", i, r->type);
+      freeReplyObject(r);
+      continue;
+    }
+    if (r->type != REDIS_REPLY_ARRAY)
+      fail_msg("GET f%d, acknowledged: type %d", i, r->type);
+    const float *iv = NULL;
+    for (size_t j = 0; j + 1 < r->elements; j += 2)
+      if (!strcmp(r->element[j]->str, "image_vec"))
+        iv = (const float *)r->element[j + 1]->str;
+    assert_non_null(iv);
+    char what[32];
+    snprintf(what, sizeof what, "f%d image_vec", i);
+    assert_vec_near(iv, want + (size_t)(i % REEMBED_NIMAGES) * d, d, 1e-6f,
+                    what);
+    freeReplyObject(r);
+  }
+  redisFree(w);
+  redisFree(c);
+  stop_server(&s);
+  run_verify(&s);
+  free(want);
+  for (int i = 0; i < REEMBED_NIMAGES; i++)
+    free(img[i]);
+  vlm_clip_free(nm);
+  server_done(&s);
+}
+
 static void kill9(server_t *s) {
   kill(s->pid, SIGKILL);
   waitpid(s->pid, NULL, 0);
@@ -4058,6 +4185,7 @@ int main(void) {
       cmocka_unit_test(test_server_api),
       cmocka_unit_test(test_command_refusals),
       cmocka_unit_test(test_reembed_while_serving),
+      cmocka_unit_test(test_reembed_final_refuses_writes),
       cmocka_unit_test(test_reembed_server_killed),
   };
   const char *only = getenv("NET_TEST"); /* run one test: NET_TEST=name */
