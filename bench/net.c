@@ -517,9 +517,26 @@ static vec_rates measure_library(vec_job *j, const char *db, int nq) {
   return r;
 }
 
+/* One and two in flight (and, piped, 4 clients x 8) against the server on
+ * j->port, after a warm-up. */
+static vec_rates drive(vec_job *j, int nq, int piped) {
+  vec_rates r = {0};
+  j->depth = 1;
+  j->nq = nq / 4;
+  run_vec(j, 2, server_worker); /* warm up */
+  j->nq = nq;
+  r.c1 = run_vec(j, 1, server_worker);
+  r.p50_us = percentile(j->lat, (size_t)j->nq, 0.5) * 1e6;
+  r.c2 = run_vec(j, 2, server_worker);
+  if (piped) {
+    j->depth = 8;
+    r.piped = run_vec(j, 4, server_worker);
+  }
+  return r;
+}
+
 static vec_rates measure_server(vec_job *j, const char *db, const char *log,
                                 int threads, int nq) {
-  vec_rates r = {0};
   char tbuf[16];
   snprintf(tbuf, sizeof tbuf, "%d", threads);
   const char *extra[] = {"--threads", tbuf, NULL};
@@ -529,15 +546,7 @@ static vec_rates measure_server(vec_job *j, const char *db, const char *log,
   server s = start_vlmdb(db, NULL, extra, log);
   unsetenv("VLMDB_MODEL");
   j->port = s.port;
-  j->depth = 1;
-  j->nq = nq / 4;
-  run_vec(j, 2, server_worker); /* warm up */
-  j->nq = nq;
-  r.c1 = run_vec(j, 1, server_worker);
-  r.p50_us = percentile(j->lat, (size_t)j->nq, 0.5) * 1e6;
-  r.c2 = run_vec(j, 2, server_worker);
-  j->depth = 8;
-  r.piped = run_vec(j, 4, server_worker);
+  vec_rates r = drive(j, nq, 1);
   stop(s.pid);
   return r;
 }
@@ -548,17 +557,10 @@ static vec_rates measure_server(vec_job *j, const char *db, const char *log,
  * that does almost nothing: the library's time plus this is the best any
  * server could answer these searches in. */
 static vec_rates measure_floor(vec_job *j, int nq) {
-  vec_rates r = {0};
   server s = start_redis();
   j->port = s.port;
-  j->depth = 1;
   j->floor = 1;
-  j->nq = nq / 4;
-  run_vec(j, 2, server_worker); /* warm up */
-  j->nq = nq;
-  r.c1 = run_vec(j, 1, server_worker);
-  r.p50_us = percentile(j->lat, (size_t)j->nq, 0.5) * 1e6;
-  r.c2 = run_vec(j, 2, server_worker);
+  vec_rates r = drive(j, nq, 0);
   j->floor = 0;
   stop(s.pid);
   return r;

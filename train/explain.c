@@ -94,6 +94,29 @@ void vlm_explainer_free(vlm_explainer *ex) {
 
 int vlm_explainer_grid(const vlm_explainer *ex) { return ex ? ex->grid : 0; }
 
+/* A patch's raw value v into map[i], clipped at zero (every method keeps
+ * what raises the score), added to *total (NaN once any is not finite). */
+static void map_put(float *map, int i, double v, double *total) {
+  if (!isfinite(v))
+    *total = NAN;
+  v = v > 0 ? v : 0;
+  map[i] = (float)v;
+  *total += v;
+}
+
+/* The map normalized to sum 1 (all zero when nothing is positive), and
+ * the score. */
+static int map_finish(float *map, int np, double total, double s,
+                      float *score) {
+  if (!isfinite(total) || !isfinite(s))
+    return vlm_seterr(VLM_ENUMERIC, "explain: the map is not finite");
+  for (int i = 0; i < np; i++)
+    map[i] = total > 0 ? (float)(map[i] / total) : 0.0f;
+  if (score)
+    *score = (float)s;
+  return 0;
+}
+
 /* The class row of the relevance rollout over the patches, normalized. */
 static int relevance_map(vlm_explainer *ex, const float *text_vec, double s,
                          float *map, float *score) {
@@ -105,20 +128,9 @@ static int relevance_map(vlm_explainer *ex, const float *text_vec, double s,
   if (rc)
     return vlm_seterr(VLM_EUNSUPPORTED, "explain: no class token");
   double total = 0;
-  for (int i = 0; i < np; i++) {
-    double v = ex->grad[ex->cls + i];
-    if (!isfinite(v))
-      total = NAN;
-    map[i] = (float)(v > 0 ? v : 0);
-    total += v > 0 ? v : 0;
-  }
-  if (!isfinite(total) || !isfinite(s))
-    return vlm_seterr(VLM_ENUMERIC, "explain: the map is not finite");
   for (int i = 0; i < np; i++)
-    map[i] = total > 0 ? (float)(map[i] / total) : 0.0f;
-  if (score)
-    *score = (float)s;
-  return 0;
+    map_put(map, i, ex->grad[ex->cls + i], &total);
+  return map_finish(map, np, total, s, score);
 }
 
 /* Integrated gradients (Sundararajan, Taly and Yan, ICML 2017) from the
@@ -157,22 +169,12 @@ static int integrated_map(vlm_explainer *ex, const float *pixels,
     double v = 0;
     for (int c = 0; c < C; c++)
       v += acc[(size_t)i * C + c] / IG_STEPS * conv[(size_t)i * C + c];
-    if (!isfinite(v))
-      total = NAN;
-    v = v > 0 ? v : 0;
-    map[i] = (float)v;
-    total += v;
+    map_put(map, i, v, &total);
   }
   free(conv);
   free(acc);
   free(scaled);
-  if (!isfinite(total) || !isfinite(s))
-    return vlm_seterr(VLM_ENUMERIC, "explain: the map is not finite");
-  for (int i = 0; i < np; i++)
-    map[i] = total > 0 ? (float)(map[i] / total) : 0.0f;
-  if (score)
-    *score = (float)s;
-  return 0;
+  return map_finish(map, np, total, s, score);
 }
 
 int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
@@ -223,20 +225,10 @@ int vlm_explainer_map(vlm_explainer *ex, const float *pixels,
     double v = 0;
     for (int c = 0; c < C; c++)
       v += (w ? w[c] : G[(size_t)i * C + c]) * A[(size_t)i * C + c];
-    if (!isfinite(v))
-      total = NAN;
-    v = v > 0 ? v : 0;
-    map[i] = (float)v;
-    total += v;
+    map_put(map, i, v, &total);
   }
   free(w);
-  if (!isfinite(total) || !isfinite(s))
-    return vlm_seterr(VLM_ENUMERIC, "explain: the map is not finite");
-  for (int i = 0; i < np; i++)
-    map[i] = total > 0 ? (float)(map[i] / total) : 0.0f;
-  if (score)
-    *score = (float)s;
-  return 0;
+  return map_finish(map, np, total, s, score);
 }
 
 /* ---- rendering ---------------------------------------------------------- */
