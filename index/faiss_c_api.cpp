@@ -99,6 +99,9 @@ namespace {
  * on an IndexIDMap, the sub-index's sequential id below it. */
 struct SearchParametersHNSWHiding : SearchParametersHNSW {
     faiss::Index::idx_t hidden = -1;
+    /* score every vector the selector allows from the flat store, one
+     * exact pass, instead of walking the graph */
+    bool scan = false;
 };
 
 /* Selects sub-index id i iff the caller's selector selects id_map[i]. */
@@ -598,6 +601,13 @@ void search_maybe_hnsw(
         index->search(n, x, k, distances, labels, params);
         return;
     }
+    auto* ex = dynamic_cast<const SearchParametersHNSWHiding*>(hp);
+    if (ex && ex->scan && hnsw_index->storage != nullptr) {
+        SearchParameters flat;
+        flat.sel = hp->sel;
+        hnsw_index->storage->search(n, x, k, distances, labels, &flat);
+        return;
+    }
     if (n == 1 && hnsw_own_search_applies(*hnsw_index)) {
         auto* hiding = dynamic_cast<const SearchParametersHNSWHiding*>(hp);
         hnsw_search_one(
@@ -965,6 +975,19 @@ int vlm_faiss_SearchParametersHNSW_new_hiding(
         sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
         sp->efSearch = efSearch;
         sp->hidden = hidden_id;
+        *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
+                static_cast<SearchParametersHNSW*>(sp));
+    }
+    VLM_CATCH
+}
+
+int vlm_faiss_SearchParametersHNSW_new_scan(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel) {
+    try {
+        auto* sp = new SearchParametersHNSWHiding;
+        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
+        sp->scan = true;
         *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
                 static_cast<SearchParametersHNSW*>(sp));
     }

@@ -126,6 +126,13 @@ int vlm_faiss_SearchParametersHNSW_new_hiding(
         int efSearch,
         idx_t hidden_id);
 
+/* vlmdb's own: HNSW parameters whose search scores every vector sel
+ * allows, exactly, from the index's flat store (one pass, no graph walk).
+ * The C API over Debian's FAISS only. */
+int vlm_faiss_SearchParametersHNSW_new_scan(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel);
+
 const char* vlm_faiss_ondisk_last_error(void);
 
 /* Back a large flat or HNSW index's vectors and graph with transparent

@@ -328,6 +328,15 @@ int vlm_index_is_exact(const vlm_index *index) {
   return index->kind == KIND_FLAT;
 }
 
+int vlm_index_can_scan(const vlm_index *index) {
+#ifdef VLM_FAISS_REAL_CAPI
+  (void)index;
+  return 0;
+#else
+  return index->kind == KIND_HNSW;
+#endif
+}
+
 /* --------------------------------------------------------------- writes */
 
 int vlm_index_train(vlm_index *index, int64_t n, const float *x) {
@@ -429,7 +438,9 @@ static int make_params(const vlm_index *index, const vlm_index_params *p,
     int ef = p->ef_search > 0 ? p->ef_search : HNSW_DEFAULT_EF;
     FaissSearchParametersHNSW *sp = NULL;
 #ifndef VLM_FAISS_REAL_CAPI
-    if (p->has_hidden)
+    if (p->scan && sel != NULL)
+      rc = vlm_faiss_SearchParametersHNSW_new_scan(&sp, sel);
+    else if (p->has_hidden)
       rc = vlm_faiss_SearchParametersHNSW_new_hiding(&sp, sel, ef,
                                                      p->hidden_id);
     else

@@ -98,6 +98,11 @@ int vlm_index_can_remove(const vlm_index *index);
  * effort setting ignored, a bitmap only skips ids), 0 otherwise. */
 int vlm_index_is_exact(const vlm_index *index);
 
+/* 1 when a search with a bitmap can score every allowed vector exactly
+ * from the index's own flat store (vlm_index_params.scan: HNSW over
+ * Debian's FAISS), 0 otherwise. */
+int vlm_index_can_scan(const vlm_index *index);
+
 /* Add n vectors x[n * dim] under ids[n] (each >= 0).  VLM_ESTATE before
  * training, VLM_ENUMERIC if a component is NaN or Inf (nothing added). */
 int vlm_index_add(vlm_index *index, int64_t n, const float *x,
@@ -126,6 +131,10 @@ typedef struct {
                              real libfaiss_c, by multi-query calls and
                              by other kinds. */
   int64_t hidden_id;
+  int scan;               /* HNSW with a bitmap, where vlm_index_can_scan:
+                             one exact pass over the vectors the bitmap
+                             allows instead of the graph walk (ef_search
+                             ignored) */
 } vlm_index_params;
 
 /* k nearest neighbours of nq queries[nq * dim], best first.  scores[nq *
