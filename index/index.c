@@ -333,7 +333,16 @@ int vlm_index_can_scan(const vlm_index *index) {
   (void)index;
   return 0;
 #else
-  return index->kind == KIND_HNSW;
+  /* HNSW over plain float vectors only ("HNSW32", "HNSW32,Flat"): a
+   * quantized store (HNSW32_SQ8, _PQ16) is left to the graph walk */
+  const char *f = index->factory;
+  if (index->kind != KIND_HNSW) return 0;
+  if (strncmp(f, "IDMap2,", 7) == 0) f += 7;
+  else if (strncmp(f, "IDMap,", 6) == 0) f += 6;
+  if (strncmp(f, "HNSW", 4) != 0) return 0;
+  for (f += 4; *f >= '0' && *f <= '9'; f++) {
+  }
+  return *f == '\0' || strcmp(f, ",Flat") == 0;
 #endif
 }
 

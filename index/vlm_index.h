@@ -99,8 +99,8 @@ int vlm_index_can_remove(const vlm_index *index);
 int vlm_index_is_exact(const vlm_index *index);
 
 /* 1 when a search with a bitmap can score every allowed vector exactly
- * from the index's own flat store (vlm_index_params.scan: HNSW over
- * Debian's FAISS), 0 otherwise. */
+ * from the index's own flat store (vlm_index_params.scan: HNSW over float
+ * vectors, "HNSW32" or "HNSW32,Flat", with Debian's FAISS), 0 otherwise. */
 int vlm_index_can_scan(const vlm_index *index);
 
 /* Add n vectors x[n * dim] under ids[n] (each >= 0).  VLM_ESTATE before

@@ -1058,8 +1058,28 @@ static void test_concurrent_search(void **state) {
   free_data(&d);
 }
 
+/* Which HNSW indexes can score a bitmap's vectors from a flat store: the
+ * float ones only (a quantized store is left to the graph walk). */
+static void test_can_scan(void **state) {
+  (void)state;
+  static const struct {
+    const char *factory;
+    int scan;
+  } cases[] = {{"HNSW16", 1},     {"HNSW32,Flat", 1}, {"HNSW16_SQ8", 0},
+               {"HNSW16_PQ4", 0}, {"Flat", 0},        {"IVF4,Flat", 0}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    vlm_index *index = NULL;
+    assert_int_equal(
+        vlm_index_create(cases[i].factory, DIM, VLM_METRIC_IP, &index), 0);
+    if (vlm_index_can_scan(index) != cases[i].scan)
+      fail_msg("%s: can_scan %d", cases[i].factory, vlm_index_can_scan(index));
+    vlm_index_free(index);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_can_scan),
       cmocka_unit_test(test_flat_exact_ip_and_l2),
       cmocka_unit_test(test_flat_range_search),
       cmocka_unit_test(test_flat_huge_pages),
