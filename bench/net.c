@@ -502,36 +502,30 @@ typedef struct {
   double c1, c2, piped, p50_us;
 } vec_rates;
 
-static vec_rates measure_library(vec_job *j, const char *db, int nq) {
-  vec_rates r = {0};
-  if (vlm_db_open(db, NULL, &j->db) < 0)
-    die("open: %s", vlm_errmsg());
-  j->nq = nq / 4;
-  run_vec(j, 2, inproc_worker); /* warm up */
-  j->nq = nq;
-  r.c1 = run_vec(j, 1, inproc_worker);
-  r.p50_us = percentile(j->lat, (size_t)j->nq, 0.5) * 1e6;
-  r.c2 = run_vec(j, 2, inproc_worker);
-  vlm_db_close(j->db);
-  j->db = NULL;
-  return r;
-}
-
-/* One and two in flight (and, piped, 4 clients x 8) against the server on
- * j->port, after a warm-up. */
-static vec_rates drive(vec_job *j, int nq, int piped) {
+/* One and two in flight (and, piped, 4 clients x 8) through fn: the
+ * library in process, or the server on j->port; after a warm-up. */
+static vec_rates drive(vec_job *j, int nq, int piped, void *(*fn)(void *)) {
   vec_rates r = {0};
   j->depth = 1;
   j->nq = nq / 4;
-  run_vec(j, 2, server_worker); /* warm up */
+  run_vec(j, 2, fn); /* warm up */
   j->nq = nq;
-  r.c1 = run_vec(j, 1, server_worker);
+  r.c1 = run_vec(j, 1, fn);
   r.p50_us = percentile(j->lat, (size_t)j->nq, 0.5) * 1e6;
-  r.c2 = run_vec(j, 2, server_worker);
+  r.c2 = run_vec(j, 2, fn);
   if (piped) {
     j->depth = 8;
-    r.piped = run_vec(j, 4, server_worker);
+    r.piped = run_vec(j, 4, fn);
   }
+  return r;
+}
+
+static vec_rates measure_library(vec_job *j, const char *db, int nq) {
+  if (vlm_db_open(db, NULL, &j->db) < 0)
+    die("open: %s", vlm_errmsg());
+  vec_rates r = drive(j, nq, 0, inproc_worker);
+  vlm_db_close(j->db);
+  j->db = NULL;
   return r;
 }
 
@@ -546,7 +540,7 @@ static vec_rates measure_server(vec_job *j, const char *db, const char *log,
   server s = start_vlmdb(db, NULL, extra, log);
   unsetenv("VLMDB_MODEL");
   j->port = s.port;
-  vec_rates r = drive(j, nq, 1);
+  vec_rates r = drive(j, nq, 1, server_worker);
   stop(s.pid);
   return r;
 }
@@ -560,7 +554,7 @@ static vec_rates measure_floor(vec_job *j, int nq) {
   server s = start_redis();
   j->port = s.port;
   j->floor = 1;
-  vec_rates r = drive(j, nq, 0);
+  vec_rates r = drive(j, nq, 0, server_worker);
   j->floor = 0;
   stop(s.pid);
   return r;

@@ -965,33 +965,38 @@ int faiss_SearchParametersHNSW_new_with(
     VLM_CATCH
 }
 
-int vlm_faiss_SearchParametersHNSW_new_hiding(
+/* vlmdb's own HNSW parameters (SearchParametersHNSWHiding). */
+static int new_own_hnsw_params(
         FaissSearchParametersHNSW** p_sp,
         FaissIDSelector* sel,
         int efSearch,
-        idx_t hidden_id) {
+        idx_t hidden_id,
+        bool scan) {
     try {
         auto* sp = new SearchParametersHNSWHiding;
         sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
         sp->efSearch = efSearch;
         sp->hidden = hidden_id;
+        sp->scan = scan;
         *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
                 static_cast<SearchParametersHNSW*>(sp));
     }
     VLM_CATCH
 }
 
+int vlm_faiss_SearchParametersHNSW_new_hiding(
+        FaissSearchParametersHNSW** p_sp,
+        FaissIDSelector* sel,
+        int efSearch,
+        idx_t hidden_id) {
+    return new_own_hnsw_params(p_sp, sel, efSearch, hidden_id, false);
+}
+
 int vlm_faiss_SearchParametersHNSW_new_scan(
         FaissSearchParametersHNSW** p_sp,
         FaissIDSelector* sel) {
-    try {
-        auto* sp = new SearchParametersHNSWHiding;
-        sp->sel = reinterpret_cast<faiss::IDSelector*>(sel);
-        sp->scan = true;
-        *p_sp = reinterpret_cast<FaissSearchParametersHNSW*>(
-                static_cast<SearchParametersHNSW*>(sp));
-    }
-    VLM_CATCH
+    SearchParametersHNSW defaults;
+    return new_own_hnsw_params(p_sp, sel, defaults.efSearch, -1, true);
 }
 
 DEFINE_GETTER_PERMISSIVE(SearchParametersHNSW, const FaissIDSelector*, sel)

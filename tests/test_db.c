@@ -258,6 +258,33 @@ typedef struct {
   float score;
 } scored;
 
+/* Keep top[0..m) the best (at most 10) scores seen, best first; the new
+ * count. */
+static int top10_push(scored *top, int m, int i, float sc) {
+  if (m == 10 && sc <= top[9].score)
+    return m;
+  int j = m < 10 ? m++ : 9;
+  while (j > 0 && top[j - 1].score < sc) {
+    top[j] = top[j - 1];
+    j--;
+  }
+  top[j].i = i, top[j].score = sc;
+  return m;
+}
+
+/* How many of top[0..m) are among the hits (keys: a letter, then i). */
+static int top10_found(const scored *top, int m, const vlm_hit *hits,
+                       int nh) {
+  int found = 0;
+  for (int a = 0; a < m; a++)
+    for (int h = 0; h < nh; h++)
+      if (atoi(hits[h].key + 1) == top[a].i) {
+        found++;
+        break;
+      }
+  return found;
+}
+
 static int scored_desc(const void *a, const void *b) {
   const scored *x = a, *y = b;
   return x->score < y->score ? 1 : x->score > y->score ? -1 : x->i - y->i;
@@ -3228,15 +3255,7 @@ static void test_planner_filtered_recall(void **state) {
         int v = cases[f].field ? cl[i] : year[i];
         if (v >= cases[f].limit)
           continue;
-        float sc = dot(q, x + (size_t)i * PD, PD);
-        if (m < 10 || sc > top[9].score) {
-          int j = m < 10 ? m++ : 9;
-          while (j > 0 && top[j - 1].score < sc) {
-            top[j] = top[j - 1];
-            j--;
-          }
-          top[j].i = i, top[j].score = sc;
-        }
+        m = top10_push(top, m, i, dot(q, x + (size_t)i * PD, PD));
       }
       vlm_search_options o = {0};
       vlm_hit *hits;
@@ -3251,12 +3270,7 @@ static void test_planner_filtered_recall(void **state) {
           fail_msg("filter \"%s\" returned %s", cases[f].expr, hits[h].key);
       }
       want += m;
-      for (int a = 0; a < m; a++)
-        for (int h = 0; h < nh; h++)
-          if (atoi(hits[h].key + 1) == top[a].i) {
-            found++;
-            break;
-          }
+      found += top10_found(top, m, hits, nh);
       vlm_hits_free(hits, nh);
     }
     double recall = found / want;
@@ -3360,15 +3374,7 @@ static void test_planner_scan(void **state) {
       for (int i = 0; i < N; i++) {
         if (!alive[i] || year[i] >= 160)
           continue;
-        float sc = dot(q, x + (size_t)i * PD, PD);
-        if (m < 10 || sc > top[9].score) {
-          int j = m < 10 ? m++ : 9;
-          while (j > 0 && top[j - 1].score < sc) {
-            top[j] = top[j - 1];
-            j--;
-          }
-          top[j].i = i, top[j].score = sc;
-        }
+        m = top10_push(top, m, i, dot(q, x + (size_t)i * PD, PD));
       }
       vlm_search_options o = {0};
       vlm_hit *hits;
@@ -3389,12 +3395,7 @@ static void test_planner_scan(void **state) {
                    (double)top[h].score);
       }
       want += m;
-      for (int a = 0; a < m; a++)
-        for (int h = 0; h < nh; h++)
-          if (atoi(hits[h].key + 1) == top[a].i) {
-            found++;
-            break;
-          }
+      found += top10_found(top, m, hits, nh);
       vlm_hits_free(hits, nh);
     }
     recall[off] = found / want;
@@ -3564,15 +3565,7 @@ static void test_broad_filters(void **state) {
       scored top[10];
       int m = 0;
       for (int i = NEAR; i < M; i++) {
-        float sc = dot(q, x + (size_t)i * PD, PD);
-        if (m < 10 || sc > top[9].score) {
-          int j = m < 10 ? m++ : 9;
-          while (j > 0 && top[j - 1].score < sc) {
-            top[j] = top[j - 1];
-            j--;
-          }
-          top[j].i = i, top[j].score = sc;
-        }
+        m = top10_push(top, m, i, dot(q, x + (size_t)i * PD, PD));
       }
       vlm_search_options o = {0};
       o.k = 10;
@@ -3585,9 +3578,8 @@ static void test_broad_filters(void **state) {
         int i = atoi(hits[h].key + 1);
         if (i < NEAR)
           fail_msg("\"year = 2\" returned %s", hits[h].key);
-        for (int a = 0; a < 10; a++)
-          found += top[a].i == i;
       }
+      found += top10_found(top, m, hits, nh);
       vlm_hits_free(hits, nh);
     }
     if (found / 200 < (f ? 1.0 : 0.99))
